@@ -1,0 +1,23 @@
+"""symopt — differentiable constrained optimisation in PyTorch by artificial mirror symmetries.
+
+Each constraint reparametrises a tensor into factors so that the loss gains a mirror symmetry whose
+fixed subspace is the constraint; coupled weight decay on the factors (``symopt.penalty`` or
+``symopt.param_groups``) then drives the tensor onto it (Ziyin, ICML 2024, arXiv 2309.16932).
+"""
+
+from .attach import Handle, constrain, constraints
+from .certify import Certificate, ConstraintCertificate
+from .constraints import Constraint, FixedZeros, GroupSparse, LowRank, Sparse, Subspace, Tied
+from .decay import DecoupledDecayWarning, check_optimizer, param_groups, penalty
+from .finalize import finalize
+from .report import Report, report
+from .verbs import fixed_zeros, group_sparse, low_rank, sparse, subspace, tie
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Certificate", "Constraint", "ConstraintCertificate", "DecoupledDecayWarning", "FixedZeros",
+    "GroupSparse", "Handle", "LowRank", "Report", "Sparse", "Subspace", "Tied", "check_optimizer",
+    "constrain", "constraints", "finalize", "fixed_zeros", "group_sparse", "low_rank", "param_groups",
+    "penalty", "report", "sparse", "subspace", "tie",
+]

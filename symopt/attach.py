@@ -1,0 +1,279 @@
+"""Layer 2 — glue between constraint kinds and ``torch.nn.utils.parametrize``.
+
+Registers a constraint on a (possibly dotted) parameter name after validating everything first,
+finds what is registered in a model (:func:`constraints`), and installs a load-state hook so a plain,
+unconstrained checkpoint loads into a constrained model (``weight`` → factors).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from .constraints import Constraint, Tied, TiedMember
+from .constraints.base import require_floating
+
+_FACTOR_FLAG = "_symopt_factor"
+_HOOK_FLAG = "_symopt_load_hook"
+
+
+@dataclass(frozen=True)
+class Member:
+    """One constrained tensor: ``module.<tensor>``, reachable as ``qualname`` from the model."""
+
+    qualname: str
+    module: nn.Module
+    tensor: str
+
+    def __repr__(self) -> str:
+        return f"Member({self.qualname!r})"
+
+    @property
+    def parametrization(self) -> Constraint:
+        return self.module.parametrizations[self.tensor][0]
+
+    @property
+    def factors(self) -> tuple[Tensor, ...]:
+        plist = self.module.parametrizations[self.tensor]
+        return tuple(getattr(plist, f"original{i}") for i in range(plist.ntensors))
+
+    @property
+    def value(self) -> Tensor:
+        return getattr(self.module, self.tensor)
+
+
+@dataclass(frozen=True)
+class Handle:
+    """What :func:`constraints` returns per registered constraint (a tie has several members)."""
+
+    constraint: Constraint
+    members: tuple[Member, ...]
+
+    def __repr__(self) -> str:
+        return f"Handle({self.kind} on {self.name}, strength={self.strength:g})"
+
+    @property
+    def name(self) -> str:
+        return ", ".join(m.qualname for m in self.members)
+
+    @property
+    def kind(self) -> str:
+        return self.constraint.kind
+
+    @property
+    def strength(self) -> float:
+        return self.constraint.strength
+
+    def values(self) -> list[Tensor]:
+        return [m.value for m in self.members]
+
+    def decayed_factors(self) -> list[Tensor]:
+        return [m.factors[i] for m in self.members for i in m.parametrization.decayed]
+
+    def free_parameters(self) -> list[Tensor]:
+        """Parameters of this constraint that carry no symopt decay (free components, tie centre)."""
+        out = []
+        for m in self.members:
+            decayed = set(m.parametrization.decayed)
+            out += [f for i, f in enumerate(m.factors) if i not in decayed]
+        if isinstance(self.constraint, Tied):
+            out.append(self.constraint.center)
+        return out
+
+    def penalty(self) -> Tensor:
+        return sum(m.parametrization.penalty(*m.factors) for m in self.members)
+
+
+# -- resolving names ---------------------------------------------------------------------------
+def resolve(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    """``model``, ``"a.b.weight"`` → ``(model.a.b, "weight")`` with a clear error on typos."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"expected an nn.Module, got {type(model).__name__}")
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"parameter name must be a non-empty string like 'weight', got {name!r}")
+    *path, leaf = name.split(".")
+    module = model
+    for i, part in enumerate(path):
+        child = module._modules.get(part)
+        if child is None:
+            where = ".".join(path[:i]) or type(model).__name__
+            raise ValueError(
+                f"'{name}': {where} has no submodule '{part}'; submodules: {sorted(module._modules)}"
+            )
+        module = child
+    return module, leaf
+
+
+def _check_target(module: nn.Module, leaf: str, qualname: str) -> Tensor:
+    """Everything that must hold before a tensor can be constrained; returns the tensor."""
+    if parametrize.is_parametrized(module, leaf):
+        existing = [type(p).__name__ for p in module.parametrizations[leaf]]
+        raise ValueError(
+            f"'{qualname}' is already constrained ({', '.join(existing)}); one constraint per tensor — "
+            "finalize or remove the existing one first, or combine the structure into one constraint"
+        )
+    if leaf in module._buffers:
+        raise ValueError(
+            f"'{qualname}' is a buffer, not a parameter; symopt constrains trainable parameters: "
+            "register it with nn.Parameter"
+        )
+    tensor = module._parameters.get(leaf)
+    if tensor is None:
+        params = sorted(n for n, p in module._parameters.items() if p is not None)
+        raise ValueError(
+            f"'{qualname}': {type(module).__name__} has no parameter '{leaf}'; its parameters: {params}"
+        )
+    require_floating(tensor, qualname)
+    return tensor
+
+
+def _check_fresh(constraint: Constraint) -> None:
+    if not isinstance(constraint, Constraint):
+        raise TypeError(
+            f"expected a symopt constraint (Sparse, GroupSparse, LowRank, Subspace, FixedZeros, Tied), "
+            f"got {type(constraint).__name__}"
+        )
+    if constraint.attached_to is not None:
+        raise ValueError(
+            f"this {type(constraint).__name__} object is already attached to '{constraint.attached_to}'; "
+            "create a new one for each tensor"
+        )
+
+
+# -- registration ------------------------------------------------------------------------------
+def constrain(model: nn.Module, name: str | Sequence[str], constraint: Constraint) -> Handle:
+    """Constrain ``model.<name>`` with ``constraint`` (object form of every verb).
+
+    ``name`` is a (dotted) parameter name; for :class:`Tied` it is the list of names to tie.
+    Everything is validated before anything changes. Registration keeps the tensor's value.
+    The module's parameter object is replaced by factors, so build the optimizer afterwards.
+
+    Example:
+        >>> import torch, symopt
+        >>> lin = torch.nn.Linear(4, 2)
+        >>> symopt.constrain(lin, "weight", symopt.Sparse(strength=1e-3)).name
+        'weight'
+    """
+    _check_fresh(constraint)
+    if isinstance(constraint, Tied):
+        if isinstance(name, str):
+            raise TypeError("Tied needs the list of parameter names to tie, e.g. ['enc.weight', 'dec.weight']")
+        return _tie(model, list(name), constraint)
+    if not isinstance(name, str):
+        raise TypeError(f"{type(constraint).__name__} acts on one parameter: pass its name as a string")
+    module, leaf = resolve(model, name)
+    tensor = _check_target(module, leaf, name)
+    constraint.validate(tensor, name)
+    constraint.to(device=tensor.device, dtype=tensor.dtype)
+    _register(module, leaf, constraint, name)
+    return Handle(constraint, (Member(name, module, leaf),))
+
+
+def _tie(model: nn.Module, names: list[str], group: Tied) -> Handle:
+    targets = []
+    for name in names:
+        if not isinstance(name, str):
+            raise TypeError(f"tie: parameter names must be strings, got {name!r}")
+        module, leaf = resolve(model, name)
+        targets.append((name, module, leaf, _check_target(module, leaf, name)))
+    group.validate_members([t[3] for t in targets], names)
+    if len({(id(t[1]), t[2]) for t in targets}) != len(targets):
+        raise ValueError(f"Tied: a tensor cannot be tied with itself; got {names}")
+    tensor = targets[0][3]
+    group.to(device=tensor.device, dtype=tensor.dtype)
+    group.init_center([t[3] for t in targets])
+    done: list[tuple[nn.Module, str, Tensor]] = []
+    try:
+        for name, module, leaf, original in targets:
+            _register(module, leaf, group.member(), name)
+            done.append((module, leaf, original))
+    except Exception:  # pragma: no cover - registration was validated; keep the model intact anyway
+        for module, leaf, original in done:
+            parametrize.remove_parametrizations(module, leaf, leave_parametrized=True)
+            with torch.no_grad():
+                getattr(module, leaf).copy_(original)
+        raise
+    group.attached_to = ", ".join(names)
+    return Handle(group, tuple(Member(n, m, leaf) for n, m, leaf, _ in targets))
+
+
+def _register(module: nn.Module, leaf: str, parametrization: Constraint, qualname: str) -> None:
+    parametrize.register_parametrization(module, leaf, parametrization)
+    parametrization.attached_to = qualname
+    mark_factors(module, leaf)
+    if not getattr(module, _HOOK_FLAG, False):
+        module.register_load_state_dict_pre_hook(_load_plain_checkpoint)
+        setattr(module, _HOOK_FLAG, True)
+
+
+def mark_factors(module: nn.Module, leaf: str) -> None:
+    """Flag the decayed factors (``p._symopt_factor = True``) for the decoupled-decay check."""
+    plist = module.parametrizations[leaf]
+    for i in plist[0].decayed:
+        setattr(getattr(plist, f"original{i}"), _FACTOR_FLAG, True)
+
+
+def is_factor(tensor: Tensor) -> bool:
+    return getattr(tensor, _FACTOR_FLAG, False)
+
+
+# -- discovery ---------------------------------------------------------------------------------
+def _members(model: nn.Module) -> Iterator[Member]:
+    for mod_name, module in model.named_modules():
+        if not parametrize.is_parametrized(module):
+            continue
+        for leaf, plist in module.parametrizations.items():
+            if isinstance(plist[0], Constraint):
+                yield Member(f"{mod_name}.{leaf}" if mod_name else leaf, module, leaf)
+
+
+def constraints(model: nn.Module) -> list[Handle]:
+    """Handles of every symopt constraint registered in ``model`` (one per tie group).
+
+    Example:
+        >>> import torch, symopt
+        >>> net = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 2))
+        >>> _ = symopt.sparse(net, "0.weight", strength=1e-3)
+        >>> [(h.name, h.kind) for h in symopt.constraints(net)]
+        [('0.weight', 'sparse')]
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"expected an nn.Module, got {type(model).__name__}")
+    # Keyed by the constraint object: a tie's members share their group and become one handle.
+    found: dict[int, tuple[Constraint, list[Member]]] = {}
+    for member in _members(model):
+        mark_factors(member.module, member.tensor)  # deepcopy drops tensor attributes: re-flag
+        p = member.parametrization
+        owner = p.group if isinstance(p, TiedMember) else p
+        found.setdefault(id(owner), (owner, []))[1].append(member)
+    return [Handle(owner, tuple(members)) for owner, members in found.values()]
+
+
+# -- plain checkpoints -------------------------------------------------------------------------
+def _load_plain_checkpoint(module, state_dict, prefix, *_args) -> None:
+    """Map ``prefix + 'weight'`` of an unconstrained checkpoint onto the factors (right_inverse)."""
+    if not parametrize.is_parametrized(module):
+        return
+    for leaf, plist in module.parametrizations.items():
+        parametrization = plist[0]
+        plain_key = prefix + leaf
+        base = f"{prefix}parametrizations.{leaf}."
+        if not isinstance(parametrization, Constraint) or plain_key not in state_dict:
+            continue
+        if base + "original0" in state_dict:
+            continue
+        current = getattr(module, leaf)
+        value = state_dict[plain_key]
+        if not isinstance(value, Tensor) or value.shape != current.shape:
+            continue  # leave it for load_state_dict's own shape / unexpected-key error
+        del state_dict[plain_key]
+        with torch.no_grad():
+            factors = parametrization.right_inverse(value.to(device=current.device, dtype=current.dtype))
+        for i, factor in enumerate(factors):
+            state_dict[f"{base}original{i}"] = factor
+        for key, tensor in parametrization.state_dict(prefix=base + "0.", keep_vars=False).items():
+            state_dict.setdefault(key, tensor)  # e.g. the tie centre, absent from a plain checkpoint

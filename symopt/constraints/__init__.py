@@ -1,0 +1,11 @@
+"""Layer 1 — constraint kinds: which symmetry each builds, its penalty, its projection."""
+
+from .base import Constraint
+from .fixed_zeros import FixedZeros
+from .group import GroupSparse
+from .lowrank import LowRank
+from .sparse import Sparse
+from .subspace import Subspace
+from .tied import Tied, TiedMember
+
+__all__ = ["Constraint", "Sparse", "GroupSparse", "LowRank", "Subspace", "FixedZeros", "Tied", "TiedMember"]

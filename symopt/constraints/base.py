@@ -1,0 +1,180 @@
+"""The contract every constraint kind fulfils, and the helpers they share.
+
+A constraint kind is a :class:`torch.nn.Module` usable as a ``torch.nn.utils.parametrize``
+parametrization: ``right_inverse(value)`` splits a tensor into *factors*, ``forward(*factors)``
+rebuilds the tensor from them. The factorisation is chosen so that the loss gains a mirror
+symmetry whose fixed subspace is the constraint set, and a weight decay ``(λ/2)‖factor‖²`` on the
+``decayed`` factors induces a norm penalty ``λ·induced_norm(value)`` (Ziyin, ICML 2024).
+
+Registration, discovery and state_dict hooks live in :mod:`symopt.attach`; this layer is maths only.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+# Fallback scale for the non-zero factor of an all-zero tensor: with u = 1, v = 0 the factored
+# gradient on w = u·v has the same scale as on the unfactored tensor.
+_UNIT_SCALE = 1.0
+# Random imbalance |u|/|v| = exp(±_IMBALANCE): a sign-balanced start (u = ±v) is conserved by
+# gradient flow and forbids sign changes, which gives wrong solutions (THEORY.md §4).
+_IMBALANCE = 0.5
+
+
+def check_strength(strength: object, owner: str) -> float:
+    """Return ``strength`` as a float after checking it is a finite number > 0."""
+    if isinstance(strength, bool) or not isinstance(strength, numbers.Real):
+        raise TypeError(
+            f"{owner}: strength must be a positive real number, got {type(strength).__name__}; "
+            "pass e.g. strength=1e-3"
+        )
+    value = float(strength)
+    if not math.isfinite(value) or value <= 0.0:
+        raise ValueError(
+            f"{owner}: strength must be finite and > 0, got {strength!r}; pass e.g. strength=1e-3 "
+            "(strength is the λ of the induced penalty λ·‖·‖)"
+        )
+    return value
+
+
+def working_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Precision used for factorisations (SVD, QR): at least float32."""
+    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
+
+
+class Factorizer:
+    """Deterministic source of the random signs / imbalances used by ``right_inverse``.
+
+    Stores a seed and a call counter (not a ``torch.Generator``) so constraints deepcopy and pickle;
+    numbers are drawn on the CPU so a factorisation is the same on every device.
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.seed = int(seed)
+        self.calls = 0
+
+    def generator(self) -> torch.Generator:
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.calls)
+        self.calls += 1
+        return gen
+
+    def signs_and_jitter(self, shape: torch.Size, like: Tensor) -> tuple[Tensor, Tensor]:
+        """Random ±1 signs and log-uniform factors in ``[e^-0.5, e^0.5]``, shaped like ``shape``."""
+        gen = self.generator()
+        signs = torch.randint(0, 2, tuple(shape), generator=gen, dtype=torch.int8) * 2 - 1
+        jitter = torch.empty(tuple(shape), dtype=torch.float64).uniform_(
+            -_IMBALANCE, _IMBALANCE, generator=gen
+        ).exp()
+        return (
+            signs.to(device=like.device, dtype=like.dtype),
+            jitter.to(device=like.device, dtype=like.dtype),
+        )
+
+
+def zero_scale(magnitudes: Tensor) -> Tensor:
+    """Scale given to the live factor of a zero entry: typical magnitude of the others, or 1."""
+    nonzero = magnitudes[magnitudes > 0]
+    if nonzero.numel() == 0:
+        return magnitudes.new_tensor(_UNIT_SCALE)
+    return nonzero.square().mean().sqrt()
+
+
+def random_gate(magnitudes: Tensor, factorizer: Factorizer) -> Tensor:
+    """Gate ``g`` for non-negative magnitudes ``m``: random sign, ``|g| = sqrt(m)·jitter``.
+
+    The other factor is ``value / g``. Where ``m = 0`` the gate takes the typical scale instead,
+    so the other factor is 0 but still receives gradient.
+    """
+    roots = magnitudes.sqrt()
+    signs, jitter = factorizer.signs_and_jitter(magnitudes.shape, magnitudes)
+    return signs * torch.where(magnitudes > 0, roots, zero_scale(roots)) * jitter
+
+
+def split_product(value: Tensor, factorizer: Factorizer) -> tuple[Tensor, Tensor]:
+    """Hadamard split ``value = u ⊙ v`` with independent (not sign-balanced) factors.
+
+    Zero entries get ``u ≠ 0, v = 0``: the point is on the mirror plane but ``v`` has a non-zero
+    gradient ``g·u``, so the entry can leave zero if the loss asks for it.
+    """
+    gate = random_gate(value.abs(), factorizer)
+    return gate, value / gate
+
+
+class Constraint(nn.Module):
+    """Base class of the constraint kinds (a parametrization for ``torch.nn.utils.parametrize``).
+
+    Subclasses define:
+
+    * ``kind`` — short name shown in reports;
+    * ``linear`` — True when the constraint set is a linear subspace (then ``strength`` above the
+      Lagrange multipliers makes the constraint hold exactly);
+    * ``decayed`` — indices of the factors that carry the decay ``(λ/2)‖·‖²``;
+    * ``validate(tensor, name)``, ``right_inverse(value)``, ``forward(*factors)``,
+      ``project(value, tol)``, ``induced_norm(value)``, ``dual_norm(grad)``, ``balance(*factors)``,
+      ``structure(value, tol)``.
+    """
+
+    kind: ClassVar[str] = "constraint"
+    linear: ClassVar[bool] = False
+    decayed: ClassVar[tuple[int, ...]] = ()
+
+    def __init__(self, strength: float, *, seed: int = 0) -> None:
+        super().__init__()
+        self.strength = check_strength(strength, type(self).__name__)
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+            raise TypeError(f"{type(self).__name__}: seed must be an int, got {type(seed).__name__}")
+        self.factorizer = Factorizer(int(seed))
+        self.attached_to: str | None = None  # qualified name once registered (one tensor per object)
+
+    # -- the contract ---------------------------------------------------------------------------
+    def validate(self, tensor: Tensor, name: str) -> None:
+        """Raise ``ValueError``/``TypeError`` if this constraint cannot act on ``tensor``."""
+
+    def penalty(self, *factors: Tensor) -> Tensor:
+        """Decay on the factors, ``(λ/2)·Σ_decayed ‖factor‖²``; at balanced factors it equals
+        ``λ·induced_norm(forward(*factors))``."""
+        total = sum(factors[i].square().sum() for i in self.decayed)
+        return 0.5 * self.strength * total
+
+    def violation(self, value: Tensor, tol: float = 0.0) -> float:
+        """Euclidean distance from ``value`` to its snap ``project(value, tol)``."""
+        return float((value - self.project(value, tol)).norm())
+
+    def project(self, value: Tensor, tol: float = 0.0) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def induced_norm(self, value: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def dual_norm(self, grad: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def balance(self, *factors: Tensor) -> float:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def structure(self, value: Tensor, tol: float = 0.0) -> str:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return f"strength={self.strength:g}"
+
+
+def hadamard_balance(u: Tensor, v: Tensor) -> float:
+    """``Σ|u_i² − v_i²| / Σ(u_i² + v_i²)`` in [0, 1]: 0 at the balanced factorisation that the
+    decay converges to (where the penalty equals the induced norm)."""
+    usq, vsq = u.detach().square(), v.detach().square()
+    denom = float((usq + vsq).sum())
+    return float((usq - vsq).abs().sum()) / denom if denom > 0 else 0.0
+
+
+def require_floating(tensor: Tensor, name: str, what: str = "parameter") -> None:
+    if not torch.is_floating_point(tensor):
+        raise TypeError(
+            f"{what} '{name}' has dtype {tensor.dtype}; symopt constrains floating-point tensors: "
+            f"convert it with .float() or .double() first"
+        )

@@ -1,0 +1,143 @@
+"""Low rank: ``W = U Vᵀ`` with ``U ∈ R^{m×r}``, ``V ∈ R^{n×r}``.
+
+Symmetry: ``(U, V) → (UQ, VQ)`` for orthogonal ``Q``; with the mirror ``Q = I − 2nnᵀ`` the fixed
+subspace is ``Un = Vn = 0``: one singular direction removed (rank drops by one).
+Penalty: ``min_{UVᵀ=W} (λ/2)(‖U‖²_F + ‖V‖²_F) = λ‖W‖_*`` (nuclear norm); a singular direction is
+removed exactly when the gradient's operator norm on the removed directions is ``≤ λ``.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+from torch import Tensor
+
+from .base import Constraint, working_dtype, zero_scale
+
+_LAYOUTS = ("flatten", "batch")
+
+
+class LowRank(Constraint):
+    r"""Low rank through ``W = U Vᵀ``; decay ``(λ/2)(‖U‖² + ‖V‖²)`` induces ``λ‖W‖_*``.
+
+    Matrix view of the tensor: 2-D as is; for more dims ``layout="flatten"`` (default, the conv
+    convention) uses ``W.reshape(shape[0], -1)``, ``layout="batch"`` treats the last two dims as the
+    matrix and the leading ones as a batch (one factorisation each).
+
+    Args:
+        strength: λ (> 0).
+        max_rank: width ``r`` of the factors — a hard bound on the rank by construction; ``None``
+            means ``min(m, n)`` (the penalty alone decides the rank). If the current value has a
+            larger rank, registration keeps its best rank-``r`` approximation and warns.
+        layout: ``"flatten"`` or ``"batch"`` (see above).
+        seed: seed of the factor initialisation.
+
+    Example:
+        >>> import torch, symopt
+        >>> lin = torch.nn.Linear(6, 4)
+        >>> _ = symopt.constrain(lin, "weight", symopt.LowRank(strength=1e-2))
+        >>> [tuple(f.shape) for f in lin.parametrizations.weight.original0, lin.parametrizations.weight.original1]
+        [(4, 4), (6, 4)]
+    """
+
+    kind = "low_rank"
+    decayed = (0, 1)
+
+    def __init__(
+        self, strength: float = 1e-3, max_rank: int | None = None, *, layout: str = "flatten",
+        seed: int = 0,
+    ) -> None:
+        super().__init__(strength, seed=seed)
+        if max_rank is not None:
+            if isinstance(max_rank, bool) or not isinstance(max_rank, int):
+                raise TypeError(f"LowRank: max_rank must be an int or None, got {type(max_rank).__name__}")
+            if max_rank < 1:
+                raise ValueError(f"LowRank: max_rank must be >= 1, got {max_rank}; use None for full width")
+        if layout not in _LAYOUTS:
+            raise ValueError(f"LowRank: layout must be one of {_LAYOUTS}, got {layout!r}")
+        self.max_rank = max_rank
+        self.layout = layout
+        self.shape: tuple[int, ...] | None = None  # recorded by right_inverse
+
+    def _matrix_shape(self, shape: tuple[int, ...]) -> tuple[int, int]:
+        if len(shape) == 2 or self.layout == "batch":
+            return shape[-2], shape[-1]
+        return shape[0], math.prod(shape[1:])
+
+    def validate(self, tensor: Tensor, name: str) -> None:
+        if tensor.dim() < 2:
+            raise ValueError(
+                f"LowRank on '{name}': needs a matrix, got a {tensor.dim()}-d tensor of shape "
+                f"{tuple(tensor.shape)}; use Sparse or GroupSparse for vectors"
+            )
+        m, n = self._matrix_shape(tuple(tensor.shape))
+        if self.max_rank is not None and self.max_rank > min(m, n):
+            raise ValueError(
+                f"LowRank on '{name}': max_rank={self.max_rank} exceeds min(m, n) = {min(m, n)} of "
+                f"its {m}×{n} matrix view; choose max_rank <= {min(m, n)} or None"
+            )
+
+    def matrix(self, value: Tensor) -> Tensor:
+        """The matrix (or batch of matrices) view of ``value``."""
+        if value.dim() == 2 or self.layout == "batch":
+            return value
+        return value.reshape(value.shape[0], -1)
+
+    def forward(self, U: Tensor, V: Tensor) -> Tensor:
+        return (U @ V.mT).reshape(self.shape)
+
+    def right_inverse(self, value: Tensor) -> tuple[Tensor, Tensor]:
+        self.shape = tuple(value.shape)
+        mat = self.matrix(value).to(working_dtype(value.dtype))
+        m, n = mat.shape[-2:]
+        rank = self.max_rank or min(m, n)
+        P, S, Qh = torch.linalg.svd(mat, full_matrices=False)
+        kept, dropped = S[..., :rank], S[..., rank:]
+        if dropped.numel() and float(dropped.amax()) > 1e-6 * float(S.amax()):
+            rel = float(dropped.square().sum().sqrt() / S.square().sum().sqrt())
+            warnings.warn(
+                f"LowRank(max_rank={rank}): the value has rank > {rank}; keeping its best rank-{rank} "
+                f"approximation (relative change {rel:.3g})",
+                stacklevel=4,
+            )
+        roots = kept.sqrt()
+        # Zero singular values: U keeps a live column (scale of the others), V's column is 0, so
+        # the direction gets gradient; otherwise a random per-direction imbalance (not balanced).
+        tiny = float(S.amax()) * max(m, n) * torch.finfo(mat.dtype).eps
+        signs, jitter = self.factorizer.signs_and_jitter(kept.shape, kept)
+        live = torch.where(kept > tiny, roots, zero_scale(roots))
+        u_scale = signs * live * jitter
+        v_scale = torch.where(kept > tiny, kept / (live * jitter), torch.zeros_like(kept)) * signs
+        U = P[..., :rank] * u_scale.unsqueeze(-2)
+        V = Qh[..., :rank, :].mT * v_scale.unsqueeze(-2)
+        return U.to(value.dtype), V.to(value.dtype)
+
+    def singular_values(self, value: Tensor) -> Tensor:
+        return torch.linalg.svdvals(self.matrix(value).to(working_dtype(value.dtype)))
+
+    def project(self, value: Tensor, tol: float = 0.0) -> Tensor:
+        mat = self.matrix(value).to(working_dtype(value.dtype))
+        P, S, Qh = torch.linalg.svd(mat, full_matrices=False)
+        S = torch.where(S > tol, S, torch.zeros_like(S))
+        return ((P * S.unsqueeze(-2)) @ Qh).reshape(value.shape).to(value.dtype)
+
+    def induced_norm(self, value: Tensor) -> Tensor:
+        return self.singular_values(value).sum()
+
+    def dual_norm(self, grad: Tensor) -> Tensor:
+        return self.singular_values(grad).amax()
+
+    def balance(self, U: Tensor, V: Tensor) -> float:
+        U, V = U.detach(), V.detach()
+        denom = float(U.square().sum() + V.square().sum())
+        return float((U.mT @ U - V.mT @ V).norm()) / denom if denom > 0 else 0.0
+
+    def structure(self, value: Tensor, tol: float = 0.0) -> str:
+        S = self.singular_values(value.detach())
+        rank = int((S > tol).sum(dim=-1).amax()) if S.numel() else 0
+        return f"rank {rank}/{S.shape[-1] if self.max_rank is None else self.max_rank}"
+
+    def extra_repr(self) -> str:
+        return f"strength={self.strength:g}, max_rank={self.max_rank}, layout={self.layout!r}"

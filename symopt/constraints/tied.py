@@ -1,0 +1,115 @@
+"""Tied tensors ``θ_1 = … = θ_k``: ``θ_j = m + u_j ⊙ v_j`` with a shared, free centre ``m``.
+
+Symmetry: for each copy, ``(u_j, v_j) → (−u_j, −v_j)``; fixed subspace ``δ_j = u_j ⊙ v_j = 0`` for
+all j, i.e. every copy equals ``m``. Penalty: ``λ Σ_j ‖δ_j‖₁`` (= ``λ min_m Σ_j ‖θ_j − m‖₁``),
+exact once ``λ ≥ max_j ‖∇_{θ_j} ℓ(θ*)‖_∞`` at the tied optimum θ*.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .base import Constraint, hadamard_balance, split_product
+
+
+class Tied(Constraint):
+    r"""Ties k ≥ 2 tensors of one shape, dtype and device (register with :func:`symopt.tie`).
+
+    This object is the *group*: it owns the shared centre ``m`` (an ``nn.Parameter``, not decayed);
+    each tied tensor gets a :class:`TiedMember` parametrization ``θ_j = m + u_j ⊙ v_j`` whose factors
+    are decayed. The methods below act on the sequence of the members' values.
+
+    Args:
+        strength: λ (> 0).
+        seed: seed of the factor initialisation.
+
+    Example:
+        >>> import torch, symopt
+        >>> net = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 3))
+        >>> _ = symopt.tie(net, ["0.weight", "1.weight"], strength=1.0)
+        >>> net[0].parametrizations.weight[0].group.center.shape
+        torch.Size([3, 3])
+    """
+
+    kind = "tied"
+    linear = True
+
+    def __init__(self, strength: float = 1.0, *, seed: int = 0) -> None:
+        super().__init__(strength, seed=seed)
+        self.register_parameter("center", None)  # set by init_center when the tie is registered
+
+    def validate_members(self, tensors: Sequence[Tensor], names: Sequence[str]) -> None:
+        if len(tensors) < 2:
+            raise ValueError(f"Tied: needs at least two tensors to tie, got {list(names)}")
+        if len(set(names)) != len(names) or len({id(t) for t in tensors}) != len(tensors):
+            raise ValueError(f"Tied: a tensor cannot be tied with itself; got {list(names)}")
+        first, name0 = tensors[0], names[0]
+        for t, name in zip(tensors[1:], names[1:]):
+            for what in ("shape", "dtype", "device"):
+                if getattr(t, what) != getattr(first, what):
+                    raise ValueError(
+                        f"Tied: '{name}' has {what} {getattr(t, what)} but '{name0}' has "
+                        f"{getattr(first, what)}; tied tensors must agree in shape, dtype and device"
+                    )
+
+    def init_center(self, values: Sequence[Tensor]) -> None:
+        """Centre = mean of the current values, so registration keeps every value."""
+        self.center = nn.Parameter(torch.stack([v.detach() for v in values]).mean(0))
+
+    def member(self) -> TiedMember:
+        return TiedMember(self)
+
+    def project(self, values: Sequence[Tensor], tol: float = 0.0) -> list[Tensor]:
+        mean = torch.stack(list(values)).mean(0)
+        return [mean.clone() for _ in values]
+
+    def violation(self, values: Sequence[Tensor], tol: float = 0.0) -> float:
+        stacked = torch.stack(list(values))
+        return float((stacked - stacked.mean(0)).norm())
+
+    def induced_norm(self, values: Sequence[Tensor]) -> Tensor:
+        stacked = torch.stack(list(values))
+        return (stacked - stacked.median(0).values).abs().sum()
+
+    def dual_norm(self, grads: Sequence[Tensor]) -> Tensor:
+        return torch.stack([g.abs().amax() for g in grads]).amax()
+
+    def structure(self, values: Sequence[Tensor], tol: float = 0.0) -> str:
+        return f"{len(values)} copies"
+
+
+class TiedMember(Constraint):
+    """Parametrization of one tied tensor: ``θ_j = group.center + u_j ⊙ v_j``; decays ``u_j, v_j``."""
+
+    kind = "tied"
+    linear = True
+    decayed = (0, 1)
+
+    def __init__(self, group: Tied) -> None:
+        super().__init__(group.strength, seed=group.factorizer.seed)
+        self.factorizer = group.factorizer  # one random stream for the whole group
+        self.group = group
+
+    @property
+    def strength(self) -> float:  # always the group's: one λ for the whole tie
+        return self.group.strength
+
+    @strength.setter
+    def strength(self, value: float) -> None:
+        if "group" in self._modules:
+            self.group.strength = value
+
+    def forward(self, u: Tensor, v: Tensor) -> Tensor:
+        return self.group.center + u * v
+
+    def right_inverse(self, value: Tensor) -> tuple[Tensor, Tensor]:
+        return split_product(value - self.group.center, self.factorizer)
+
+    def balance(self, u: Tensor, v: Tensor) -> float:
+        return hadamard_balance(u, v)
+
+    def extra_repr(self) -> str:
+        return f"strength={self.strength:g}"

@@ -1,0 +1,114 @@
+"""Layer 3 — the decay on the factors, as a loss term or as optimizer parameter groups.
+
+Both paths implement the same objective ``ℓ + Σ_c (λ_c/2)‖factors_c‖²``: either add
+``symopt.penalty(model)`` to the loss, or build the optimizer from ``symopt.param_groups(model)``
+(factors get ``weight_decay = λ``). Decay must be *coupled* (added to the gradient): AdamW's decoupled
+decay does not induce the norm penalty (THEORY.md §4), so symopt warns when it sees it on factors.
+"""
+
+from __future__ import annotations
+
+import warnings
+import weakref
+
+import torch
+from torch.optim.optimizer import register_optimizer_step_pre_hook
+from torch import Tensor, nn
+
+from .attach import constraints, is_factor
+
+
+class DecoupledDecayWarning(UserWarning):
+    """A symopt factor sits in an optimizer group with decoupled (AdamW-style) weight decay."""
+
+
+def penalty(model: nn.Module) -> Tensor:
+    """Coupled decay of all symopt factors in ``model``: ``Σ_c (λ_c/2)·Σ‖factor‖²``, one scalar.
+
+    At balanced factors it equals the induced penalty (``λ‖w‖₁``, ``λΣ‖w_g‖₂``, ``λ‖W‖_*``, ...);
+    minimising ``loss + penalty(model)`` minimises ``loss + induced penalty``.
+
+    Example:
+        >>> import torch, symopt
+        >>> lin = torch.nn.Linear(3, 2)
+        >>> _ = symopt.sparse(lin, "weight", strength=0.1)
+        >>> float(symopt.penalty(lin)) > 0
+        True
+    """
+    handles = constraints(model)
+    if not handles:
+        first = next(model.parameters(), None)
+        return torch.zeros((), device=None if first is None else first.device)
+    return sum(h.penalty() for h in handles)
+
+
+def param_groups(model: nn.Module, lr: float | None = None, weight_decay: float = 0.0, **options) -> list[dict]:
+    """Optimizer parameter groups: symopt factors with ``weight_decay = λ`` (one group per λ),
+    every other parameter with the caller's ``weight_decay`` and options.
+
+    Use with an optimizer whose ``weight_decay`` is coupled (SGD, Adam, RMSprop, ...), not AdamW.
+    Equivalent to adding :func:`penalty` to the loss.
+
+    Example:
+        >>> import torch, symopt
+        >>> lin = torch.nn.Linear(3, 2)
+        >>> _ = symopt.sparse(lin, "weight", strength=0.1)
+        >>> opt = torch.optim.SGD(symopt.param_groups(lin, lr=0.1), lr=0.1)
+        >>> [g["weight_decay"] for g in opt.param_groups]
+        [0.1, 0.0]
+    """
+    if isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float)) or weight_decay < 0:
+        raise ValueError(f"param_groups: weight_decay must be a number >= 0, got {weight_decay!r}")
+    common = dict(options)
+    if lr is not None:
+        common["lr"] = lr
+    by_strength: dict[float, list[Tensor]] = {}
+    decayed_ids: set[int] = set()
+    for handle in constraints(model):
+        for factor in handle.decayed_factors():
+            if id(factor) not in decayed_ids:
+                decayed_ids.add(id(factor))
+                by_strength.setdefault(handle.strength, []).append(factor)
+    groups = [
+        {"params": params, **common, "weight_decay": strength, "symopt_strength": strength}
+        for strength, params in by_strength.items()
+    ]
+    rest = [p for p in model.parameters() if id(p) not in decayed_ids]
+    if rest:
+        groups.append({"params": rest, **common, "weight_decay": weight_decay})
+    return groups
+
+
+def check_optimizer(optimizer: torch.optim.Optimizer) -> bool:
+    """Warn (:class:`DecoupledDecayWarning`) and return True if any symopt factor gets decoupled
+    weight decay from ``optimizer``. Runs automatically before an optimizer's first step."""
+    decoupled_type = isinstance(optimizer, torch.optim.AdamW)
+    for index, group in enumerate(optimizer.param_groups):
+        decoupled = decoupled_type or bool(group.get("decoupled_weight_decay", False))
+        if not decoupled or not group.get("weight_decay", 0):
+            continue
+        if any(is_factor(p) for p in group["params"]):
+            warnings.warn(
+                f"{type(optimizer).__name__} group {index} applies decoupled weight decay "
+                f"({group['weight_decay']:g}) to symopt factors; decoupled decay does not induce the "
+                "constraint's norm penalty. Use a coupled optimizer (SGD, Adam) with "
+                "symopt.param_groups(model), or weight_decay=0 on factors plus symopt.penalty(model).",
+                DecoupledDecayWarning,
+                stacklevel=3,
+            )
+            return True
+    return False
+
+
+_checked: "weakref.WeakKeyDictionary[torch.optim.Optimizer, int]" = weakref.WeakKeyDictionary()
+
+
+def _check_before_step(optimizer, _args, _kwargs) -> None:
+    # Once per optimizer (and again if groups are added): a dict lookup on every later step.
+    groups = len(optimizer.param_groups)
+    if _checked.get(optimizer) != groups:
+        _checked[optimizer] = groups
+        check_optimizer(optimizer)
+
+
+register_optimizer_step_pre_hook(_check_before_step)

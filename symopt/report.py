@@ -1,0 +1,70 @@
+"""Layer 3 — :func:`report`: where each constraint stands during training."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ._format import table
+from .attach import Handle, constraints
+from .constraints import Tied
+
+
+@dataclass(frozen=True)
+class ReportRow:
+    """``violation``: distance to the constraint set (sparsity / rank kinds: to the snap at ``tol``);
+    ``structure``: density / groups / rank / codimension; ``balance`` ∈ [0, 1]: factor imbalance,
+    0 at the balanced factorisation where the decay equals the induced penalty."""
+
+    name: str
+    kind: str
+    strength: float
+    violation: float
+    structure: str
+    balance: float
+    penalty: float
+
+
+class Report(list):
+    """A list of :class:`ReportRow` that prints as a table."""
+
+    def __str__(self) -> str:
+        headers = ["name", "kind", "strength", "violation", "structure", "balance", "penalty"]
+        return table(headers, [[r.name, r.kind, r.strength, r.violation, r.structure, r.balance, r.penalty]
+                               for r in self])
+
+
+def values_and_violation(handle: Handle, tol: float) -> tuple[list[torch.Tensor], float]:
+    values = [v.detach() for v in handle.values()]
+    c = handle.constraint
+    return values, c.violation(values, tol) if isinstance(c, Tied) else c.violation(values[0], tol)
+
+
+def structure(handle: Handle, values: list[torch.Tensor], tol: float) -> str:
+    c = handle.constraint
+    return c.structure(values, tol) if isinstance(c, Tied) else c.structure(values[0], tol)
+
+
+@torch.no_grad()
+def report(model: nn.Module, tol: float = 1e-6) -> Report:
+    """Per constraint: name, kind, strength, violation, density / rank, factor balance, penalty.
+
+    Example:
+        >>> import torch, symopt
+        >>> lin = torch.nn.Linear(4, 3)
+        >>> _ = symopt.low_rank(lin, "weight", strength=1e-3, max_rank=2)
+        >>> [row.kind for row in symopt.report(lin)]
+        ['low_rank']
+    """
+    rows = Report()
+    for handle in constraints(model):
+        values, violation = values_and_violation(handle, tol)
+        balances = [m.parametrization.balance(*m.factors) for m in handle.members]
+        rows.append(ReportRow(
+            name=handle.name, kind=handle.kind, strength=handle.strength, violation=violation,
+            structure=structure(handle, values, tol), balance=sum(balances) / len(balances),
+            penalty=float(handle.penalty()),
+        ))
+    return rows

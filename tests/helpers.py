@@ -1,0 +1,92 @@
+"""Shared test helpers: small float64 problems and a plain training loop."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+import symopt
+
+DT = torch.float64
+
+
+class Vector(nn.Module):
+    """A bare ``nn.Parameter`` in a custom module (the most basic embedding)."""
+
+    def __init__(self, *shape, init=None):
+        super().__init__()
+        self.theta = nn.Parameter(torch.zeros(*shape, dtype=DT) if init is None else init.clone())
+
+
+def least_squares(n=60, d=15, k=4, noise=0.3, seed=0):
+    """Planted sparse regression; returns X (n×d), y (n,)."""
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(n, d, generator=g, dtype=DT)
+    truth = torch.zeros(d, dtype=DT)
+    truth[:k] = torch.linspace(2.0, 0.5, k, dtype=DT) * torch.tensor([1.0, -1.0] * k, dtype=DT)[:k]
+    return X, X @ truth + noise * torch.randn(n, generator=g, dtype=DT)
+
+
+def ls_loss(X, y):
+    """``1/(2n)‖Xθ − y‖²`` on a flat view of θ."""
+    return lambda theta: 0.5 * (X @ theta.reshape(-1) - y).square().mean()
+
+
+def ls_grad(X, y, theta):
+    return X.T @ (X @ theta - y) / X.shape[0]
+
+
+def train(model, loss_fn, steps, lr, path="penalty", optimizer=torch.optim.SGD, **opt_kwargs):
+    """Full-batch training of ``loss_fn(model)`` with symopt decay through ``path``."""
+    if path == "penalty":
+        opt = optimizer(model.parameters(), lr=lr, **opt_kwargs)
+    elif path == "param_groups":
+        opt = optimizer(symopt.param_groups(model, lr=lr), lr=lr, **opt_kwargs)
+    else:
+        raise ValueError(path)
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = loss_fn(model)
+        if path == "penalty":
+            loss = loss + symopt.penalty(model)
+        loss.backward()
+        opt.step()
+    return model
+
+
+def null_space_solution(X, y, A):
+    """Equality-constrained LS ``min 1/(2n)‖Xθ−y‖² s.t. Aθ = 0`` via a null-space basis (numpy)."""
+    Xn, yn, An = X.numpy(), y.numpy(), A.numpy()
+    _, s, vh = np.linalg.svd(An)
+    rank = int((s > 1e-12 * s.max()).sum())
+    N = vh[rank:].T
+    coef = np.linalg.lstsq(Xn @ N, yn, rcond=None)[0]
+    return torch.from_numpy(N @ coef)
+
+
+def soft_threshold_svd(M, lam):
+    """Singular-value soft-thresholding: argmin ½‖W − M‖² + λ‖W‖_*."""
+    P, S, Qh = torch.linalg.svd(M, full_matrices=False)
+    return (P * (S - lam).clamp_min(0)) @ Qh
+
+
+def proximal_group_lasso(X, y, groups, lam, iters=20000):
+    """Reference group lasso by FISTA with block soft-thresholding (numpy, float64)."""
+    Xn, yn = X.numpy(), y.numpy()
+    n, d = Xn.shape
+    L = np.linalg.norm(Xn, 2) ** 2 / n
+    w = np.zeros(d)
+    z, t = w.copy(), 1.0
+    for _ in range(iters):
+        grad = Xn.T @ (Xn @ z - yn) / n
+        v = z - grad / L
+        w_new = np.zeros(d)
+        for g in groups:
+            norm = np.linalg.norm(v[g])
+            if norm > lam / L:
+                w_new[g] = (1 - lam / (L * norm)) * v[g]
+        t_new = (1 + np.sqrt(1 + 4 * t * t)) / 2
+        z = w_new + (t - 1) / t_new * (w_new - w)
+        w, t = w_new, t_new
+    return torch.from_numpy(w)
