@@ -35,6 +35,9 @@ class Sparse(Constraint):
     kind = "sparse"
     decayed = (0, 1)
 
+    def __init__(self, strength: float = 1e-3, *, seed: int = 0) -> None:
+        super().__init__(strength, seed=seed)
+
     def forward(self, u: Tensor, v: Tensor) -> Tensor:
         return u * v
 

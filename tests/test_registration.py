@@ -1,0 +1,253 @@
+"""Registration on any module keeps the value; assignment, gradients, state_dict, deepcopy."""
+
+import copy
+import io
+
+import pytest
+import torch
+from torch import nn
+
+import symopt
+from helpers import DT
+
+MASK = torch.rand(4, 6, generator=torch.Generator().manual_seed(1)) > 0.5
+
+
+def make(kind):
+    """(constraint factory, target tensor shape) for each kind on a 4×6 weight."""
+    return {
+        "sparse": lambda: symopt.Sparse(1e-2),
+        "group_rows": lambda: symopt.GroupSparse(0, 1e-2),
+        "group_cols": lambda: symopt.GroupSparse(-1, 1e-2),
+        "low_rank": lambda: symopt.LowRank(1e-2),
+        "subspace": lambda: symopt.Subspace(torch.randn(5, 24, generator=torch.Generator().manual_seed(2)), 1.0),
+        "fixed_zeros": lambda: symopt.FixedZeros(MASK, 1.0),
+    }[kind]()
+
+
+KINDS = ["sparse", "group_rows", "group_cols", "low_rank", "subspace", "fixed_zeros"]
+
+
+@pytest.mark.parametrize("dtype,atol", [(torch.float32, 2e-6), (torch.float64, 1e-13)])
+@pytest.mark.parametrize("kind", KINDS)
+def test_registration_keeps_value_and_assignment_works(kind, dtype, atol):
+    lin = nn.Linear(6, 4).to(dtype)
+    w0 = lin.weight.detach().clone()
+    symopt.constrain(lin, "weight", make(kind))
+    assert lin.weight.dtype == dtype
+    assert float((lin.weight - w0).abs().max()) <= atol
+    W = torch.randn(4, 6, dtype=dtype)
+    lin.weight = W  # assignment goes through right_inverse
+    assert float((lin.weight - W).abs().max()) <= atol
+
+
+@pytest.mark.parametrize("module,name,constraint", [
+    (lambda: nn.Conv1d(3, 5, 3), "weight", lambda: symopt.LowRank(1e-2)),
+    (lambda: nn.Conv2d(3, 8, 3), "weight", lambda: symopt.LowRank(1e-2)),
+    (lambda: nn.Conv2d(3, 8, 3), "weight", lambda: symopt.GroupSparse(0, 1e-2)),
+    (lambda: nn.Conv2d(3, 8, 3), "weight", lambda: symopt.Sparse(1e-2)),
+    (lambda: nn.Embedding(10, 4), "weight", lambda: symopt.GroupSparse(1, 1e-2)),
+    (lambda: nn.Embedding(10, 4), "weight", lambda: symopt.LowRank(1e-2, 3)),
+    (lambda: nn.Linear(4, 3), "bias", lambda: symopt.Sparse(1e-2)),
+])
+def test_other_modules(module, name, constraint):
+    mod = module().double()
+    before = getattr(mod, name).detach().clone()
+    c = constraint()
+    if isinstance(c, symopt.LowRank) and c.max_rank is not None:
+        with pytest.warns(UserWarning, match="best rank-3 approximation"):
+            symopt.constrain(mod, name, c)
+        P, S, Qh = torch.linalg.svd(before)
+        before = (P[:, :3] * S[:3]) @ Qh[:3]  # the best rank-3 approximation is what is kept
+    else:
+        symopt.constrain(mod, name, c)
+    assert float((getattr(mod, name) - before).abs().max()) <= 1e-12
+    x = torch.randint(0, 10, (5,)) if isinstance(mod, nn.Embedding) else torch.randn(
+        2, *((4,) if isinstance(mod, nn.Linear) else (3, 9) if isinstance(mod, nn.Conv1d) else (3, 9, 9)),
+        dtype=DT)
+    mod(x).sum().backward()  # gradients reach every factor
+    assert all(p.grad is not None for p in mod.parameters())
+
+
+def test_batched_low_rank_layout():
+    bare = nn.Module()
+    bare.w = nn.Parameter(torch.randn(3, 5, 4, dtype=DT))
+    w0 = bare.w.detach().clone()
+    handle = symopt.low_rank(bare, "w", strength=1e-2, max_rank=4, layout="batch")
+    assert float((bare.w - w0).abs().max()) <= 1e-12
+    U, V = handle.members[0].factors
+    assert U.shape == (3, 5, 4) and V.shape == (3, 4, 4)
+
+
+def test_low_rank_zero_singular_values_get_live_factor():
+    bare = nn.Module()
+    bare.w = nn.Parameter(torch.zeros(5, 4, dtype=DT))
+    handle = symopt.low_rank(bare, "w", strength=1e-2)
+    U, V = handle.members[0].factors
+    assert float(U.abs().max()) > 0 and float(V.abs().max()) == 0  # on the plane, but not stuck
+    (bare.w * torch.randn(5, 4, dtype=DT)).sum().backward()
+    assert float(V.grad.abs().max()) > 0
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_gradcheck_of_forward(kind):
+    c = make(kind).double()
+    value = torch.randn(4, 6, dtype=DT)
+    factors = tuple(f.detach().requires_grad_() for f in c.right_inverse(value))
+    assert torch.autograd.gradcheck(lambda *f: c(*f), factors)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_penalty_equals_induced_norm_at_balanced_factors(kind):
+    """(λ/2)Σ‖factors‖² = λ·‖w‖ (ℓ₁ / group / nuclear / ‖Oᵀθ‖₁) at the balanced factorisation."""
+    c = make(kind).double()
+    value = torch.randn(4, 6, dtype=DT)
+    factors = list(c.right_inverse(value))
+    if kind == "sparse":
+        factors = [value.abs().sqrt() * value.sign(), value.abs().sqrt()]
+    elif kind.startswith("group"):
+        norms = c.group_norms(value)
+        shape = c._gate_shape(value)
+        factors = [norms.sqrt(), value / norms.sqrt().view(shape)]
+    elif kind == "low_rank":
+        P, S, Qh = torch.linalg.svd(value, full_matrices=False)
+        factors = [P * S.sqrt(), Qh.mT * S.sqrt()]
+    else:
+        z = factors[1] * factors[2]
+        factors[1:] = [z.abs().sqrt() * z.sign(), z.abs().sqrt()]
+    assert torch.allclose(c(*factors), value, atol=1e-12)
+    assert float(c.penalty(*factors)) == pytest.approx(c.strength * float(c.induced_norm(value)), rel=1e-12)
+    assert c.balance(*factors) == pytest.approx(0.0, abs=1e-12)
+    # and the penalty of any other factorisation is larger (AM–GM / the variational norm)
+    assert float(c.penalty(*c.right_inverse(value))) >= c.strength * float(c.induced_norm(value)) * (1 - 1e-12)
+
+
+def test_initial_factors_are_not_sign_balanced_and_deterministic():
+    lin = nn.Linear(6, 4).double()
+    handle = symopt.sparse(lin, "weight")
+    u, v = handle.members[0].factors
+    assert float((u.abs() - v.abs()).abs().max()) > 1e-3
+    lin2 = nn.Linear(6, 4).double()
+    lin2.load_state_dict({"weight": lin.weight.detach(), "bias": lin.bias.detach()}, strict=False)
+    h2 = symopt.sparse(lin2, "weight")
+    assert torch.equal(h2.members[0].factors[0], u)  # same value + same seed → same factors
+
+
+def _trained_copy(model_fn, constrain_fn):
+    model = model_fn()
+    constrain_fn(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(3):
+        opt.zero_grad()
+        (model(torch.randn(5, 6, dtype=DT)).square().mean() + symopt.penalty(model)).backward()
+        opt.step()
+    return model
+
+
+CONSTRAIN = {
+    "sparse": lambda m: symopt.sparse(m, "0.weight", strength=1e-2),
+    "group": lambda m: symopt.group_sparse(m, "0.weight", dim=1, strength=1e-2),
+    "low_rank": lambda m: symopt.low_rank(m, "0.weight", strength=1e-2),
+    "subspace": lambda m: symopt.subspace(m, "0.weight", torch.ones(1, 36, dtype=DT), strength=1.0),
+    "fixed_zeros": lambda m: symopt.fixed_zeros(m, "0.weight", torch.eye(6, dtype=torch.bool), strength=1.0),
+    "tied": lambda m: symopt.tie(m, ["0.weight", "2.weight"], strength=1.0),
+}
+
+
+def mlp():
+    return nn.Sequential(nn.Linear(6, 6), nn.Tanh(), nn.Linear(6, 6)).double()
+
+
+@pytest.mark.parametrize("kind", CONSTRAIN)
+def test_state_dict_round_trip_into_fresh_constrained_model(kind):
+    trained = _trained_copy(mlp, CONSTRAIN[kind])
+    fresh = mlp()
+    CONSTRAIN[kind](fresh)
+    buffer = io.BytesIO()
+    torch.save(trained.state_dict(), buffer)
+    buffer.seek(0)
+    fresh.load_state_dict(torch.load(buffer))
+    x = torch.randn(4, 6, dtype=DT)
+    assert torch.equal(fresh(x), trained(x))
+    for a, b in zip(fresh.state_dict().values(), trained.state_dict().values()):
+        assert torch.equal(a, b)
+    assert float(symopt.penalty(fresh)) == float(symopt.penalty(trained))
+
+
+@pytest.mark.parametrize("kind", CONSTRAIN)
+def test_plain_checkpoint_loads_into_constrained_model(kind):
+    plain = mlp()
+    constrained = mlp()
+    CONSTRAIN[kind](constrained)
+    constrained.load_state_dict(plain.state_dict())  # strict: weight → factors by the load hook
+    x = torch.randn(4, 6, dtype=DT)
+    assert torch.allclose(constrained(x), plain(x), atol=1e-12)
+    assert symopt.constraints(constrained)
+
+
+@pytest.mark.parametrize("kind", CONSTRAIN)
+def test_deepcopy_is_independent_and_keeps_constraints(kind):
+    model = _trained_copy(mlp, CONSTRAIN[kind])
+    clone = copy.deepcopy(model)
+    x = torch.randn(4, 6, dtype=DT)
+    assert torch.equal(clone(x), model(x))
+    assert [h.kind for h in symopt.constraints(clone)] == [h.kind for h in symopt.constraints(model)]
+    with torch.no_grad():
+        for p in clone.parameters():
+            p.add_(1.0)
+    assert not torch.equal(clone(x), model(x))
+    if kind == "tied":  # the copy's members still share one centre
+        (h,) = symopt.constraints(clone)
+        a, b = (m.parametrization.group for m in h.members)
+        assert a is b and a is not symopt.constraints(model)[0].constraint
+
+
+def test_report_and_finalize_all_kinds():
+    model = nn.Sequential(nn.Linear(6, 6), nn.Linear(6, 6), nn.Linear(6, 6), nn.Linear(6, 4)).double()
+    symopt.sparse(model, "0.weight", strength=1e-2)
+    symopt.low_rank(model, "1.weight", strength=1e-2, max_rank=6)
+    symopt.fixed_zeros(model, "3.weight", torch.ones(4, 6, dtype=torch.bool), strength=1.0)
+    symopt.tie(model, ["0.bias", "1.bias"], strength=1.0)
+    rows = symopt.report(model)
+    assert [r.kind for r in rows] == ["sparse", "tied", "low_rank", "fixed_zeros"]
+    text = str(rows)
+    assert "0.bias, 1.bias" in text and "density" in text and "rank" in text
+    with pytest.raises(ValueError, match="finalize refused, nothing changed"):
+        symopt.finalize(model, tol=1e-6)  # the tie and fixed zeros do not hold yet
+    assert len(symopt.constraints(model)) == 4
+    cert = symopt.finalize(model, tol=1e-6, force=True)
+    assert cert.ok and len(cert) == 4
+    assert torch.equal(model[0].bias, model[1].bias)
+    assert float(model[3].weight.abs().max()) == 0.0
+    assert cert["3.weight"].violation_before > 0 and cert["3.weight"].change == pytest.approx(
+        cert["3.weight"].violation_before)
+    assert all(isinstance(p, nn.Parameter) for p in model.parameters()) and symopt.constraints(model) == []
+    assert "violation before" in str(cert)
+
+
+def test_finalize_snaps_small_entries_and_singular_values():
+    lin = nn.Linear(4, 4, bias=False).double()
+    with torch.no_grad():
+        lin.weight.copy_(torch.diag(torch.tensor([1.0, 0.5, 1e-8, 0.0], dtype=DT)))
+    lin2 = copy.deepcopy(lin)
+    symopt.sparse(lin, "weight")
+    symopt.low_rank(lin2, "weight")
+    c1, c2 = symopt.finalize(lin, tol=1e-6), symopt.finalize(lin2, tol=1e-6)
+    assert int((lin.weight != 0).sum()) == 2 and int(torch.linalg.matrix_rank(lin2.weight)) == 2
+    assert c1["weight"].change == pytest.approx(1e-8) and c2["weight"].change == pytest.approx(1e-8)
+    assert c1["weight"].structure.startswith("density 0.125")
+
+
+def test_tie_with_shared_centre_trains_to_equal_copies():
+    model = nn.Sequential(nn.Linear(5, 5), nn.Tanh(), nn.Linear(5, 5)).double()
+    symopt.tie(model, ["0.weight", "2.weight"], strength=0.5)
+    n_params = sum(p.numel() for p in model.parameters())
+    assert n_params == 25 + 4 * 25 + 10  # centre counted once, plus u, v per copy, plus biases
+    x = torch.randn(64, 5, dtype=DT)
+    target = torch.sin(x)
+    opt = torch.optim.SGD(symopt.param_groups(model, lr=0.1), lr=0.1)
+    for _ in range(3000):
+        opt.zero_grad()
+        (model(x) - target).square().mean().backward()
+        opt.step()
+    assert float((model[0].weight - model[2].weight).abs().max()) <= 1e-10
