@@ -145,6 +145,16 @@ class Constraint(nn.Module):
         """Euclidean distance from ``value`` to its snap ``project(value, tol)``."""
         return float((value - self.project(value, tol)).norm())
 
+    def prox(self, value: Tensor, step: float) -> Tensor:
+        """``argmin_x ½‖x − value‖² + step·λ·induced_norm(x)``; the projection for linear kinds."""
+        return self.project(value)
+
+    def kkt_residual(self, value: Tensor, grad: Tensor, tol: float = 0.0) -> float:
+        """Distance of ``−grad`` (gradient of the smooth loss at ``value``) to ``λ·∂induced_norm``
+        for the penalty kinds; for linear kinds, the norm of the gradient projected onto the
+        constraint set (0 at the constrained optimum). 0 certifies optimality on convex losses."""
+        return float(self.project(grad).norm())
+
     def project(self, value: Tensor, tol: float = 0.0) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 

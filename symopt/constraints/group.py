@@ -72,6 +72,20 @@ class GroupSparse(Constraint):
         # ω_g = w_g / s_g; zero groups have ω_g = 0 with a live gate so ω_g gets gradient.
         return gates, value / gates.view(self._gate_shape(value))
 
+    def prox(self, value: Tensor, step: float) -> Tensor:
+        norms = self.group_norms(value)
+        scale = (1 - step * self.strength / norms.clamp_min(torch.finfo(value.dtype).tiny)).clamp_min(0)
+        return value * scale.view(self._gate_shape(value))
+
+    def kkt_residual(self, value: Tensor, grad: Tensor, tol: float = 0.0) -> float:
+        lam = self.strength
+        norms = self.group_norms(value)
+        on = norms > tol
+        unit = value / norms.clamp_min(torch.finfo(value.dtype).tiny).view(self._gate_shape(value))
+        active = self.group_norms(grad + lam * unit)
+        res = torch.where(on, active, (self.group_norms(grad) - lam).clamp_min(0))
+        return float(res.norm())
+
     def project(self, value: Tensor, tol: float = 0.0) -> Tensor:
         keep = (self.group_norms(value) > tol).to(value.dtype)
         return value * keep.view(self._gate_shape(value))

@@ -112,10 +112,27 @@ class LowRank(Constraint):
         v_scale = torch.where(kept > tiny, kept / (live * jitter), torch.zeros_like(kept)) * signs
         U = P[..., :rank] * u_scale.unsqueeze(-2)
         V = Qh[..., :rank, :].mT * v_scale.unsqueeze(-2)
-        return U.to(value.dtype), V.to(value.dtype)
+        return U.to(value.dtype).contiguous(), V.to(value.dtype).contiguous()
 
     def singular_values(self, value: Tensor) -> Tensor:
         return torch.linalg.svdvals(self.matrix(value).to(working_dtype(value.dtype)))
+
+    def prox(self, value: Tensor, step: float) -> Tensor:
+        """Singular-value soft-thresholding at ``step·λ``."""
+        mat = self.matrix(value).to(working_dtype(value.dtype))
+        P, S, Qh = torch.linalg.svd(mat, full_matrices=False)
+        S = (S - step * self.strength).clamp_min(0)
+        if self.max_rank is not None:
+            S[..., self.max_rank:] = 0
+        return ((P * S.unsqueeze(-2)) @ Qh).reshape(value.shape).to(value.dtype)
+
+    def kkt_residual(self, value: Tensor, grad: Tensor, tol: float = 0.0) -> float:
+        W = self.matrix(value).to(working_dtype(value.dtype))
+        G = self.matrix(grad).to(W.dtype)
+        if W.dim() == 2:
+            return _nuclear_kkt(W, G, self.strength, tol)
+        pairs = zip(W.reshape(-1, *W.shape[-2:]), G.reshape(-1, *G.shape[-2:]))
+        return sum(_nuclear_kkt(w, g, self.strength, tol) ** 2 for w, g in pairs) ** 0.5
 
     def project(self, value: Tensor, tol: float = 0.0) -> Tensor:
         mat = self.matrix(value).to(working_dtype(value.dtype))
@@ -141,3 +158,20 @@ class LowRank(Constraint):
 
     def extra_repr(self) -> str:
         return f"strength={self.strength:g}, max_rank={self.max_rank}, layout={self.layout!r}"
+
+
+def _nuclear_kkt(W: Tensor, G: Tensor, lam: float, tol: float) -> float:
+    """Distance of ``−G`` to ``λ∂‖W‖_*`` for one matrix.
+
+    ``∂‖W‖_* = {P Qᵀ + Z : PᵀZ = 0, ZQ = 0, ‖Z‖₂ ≤ 1}`` with ``W = P Σ Qᵀ`` (thin, σ > tol): the
+    residual splits into a tangent part that must vanish and the excess over λ of the normal part's
+    singular values.
+    """
+    P, S, Qh = torch.linalg.svd(W, full_matrices=False)
+    keep = S > tol
+    P, Q = P[:, keep], Qh[keep].mT
+    R = G + lam * P @ Q.mT
+    normal = R - P @ (P.mT @ R)
+    normal = normal - (normal @ Q) @ Q.mT
+    excess = (torch.linalg.svdvals(normal) - lam).clamp_min(0)
+    return float(((R - normal).square().sum() + excess.square().sum()).sqrt())

@@ -44,6 +44,15 @@ class Sparse(Constraint):
     def right_inverse(self, value: Tensor) -> tuple[Tensor, Tensor]:
         return split_product(value, self.factorizer)
 
+    def prox(self, value: Tensor, step: float) -> Tensor:
+        return value.sign() * (value.abs() - step * self.strength).clamp_min(0)
+
+    def kkt_residual(self, value: Tensor, grad: Tensor, tol: float = 0.0) -> float:
+        lam = self.strength
+        on = value.abs() > tol
+        res = torch.where(on, (grad + lam * value.sign()).abs(), (grad.abs() - lam).clamp_min(0))
+        return float(res.norm())
+
     def project(self, value: Tensor, tol: float = 0.0) -> Tensor:
         return torch.where(value.abs() > tol, value, torch.zeros_like(value))
 

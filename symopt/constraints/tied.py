@@ -77,6 +77,10 @@ class Tied(Constraint):
     def dual_norm(self, grads: Sequence[Tensor]) -> Tensor:
         return torch.stack([g.abs().amax() for g in grads]).amax()
 
+    def kkt_residual(self, values: Sequence[Tensor], grads: Sequence[Tensor], tol: float = 0.0) -> float:
+        """Norm of the gradient projected onto the tie set: ``√k·‖mean_j g_j‖``."""
+        return float(torch.stack(list(grads)).mean(0).norm()) * len(grads) ** 0.5
+
     def structure(self, values: Sequence[Tensor], tol: float = 0.0) -> str:
         return f"{len(values)} copies"
 

@@ -1,0 +1,40 @@
+"""cvxpy on a problem's convex twin: the reference optimum."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from ..problems import Problem
+from ..result import Result
+
+
+def solve_cvxpy(problem: Problem, solver: str | None = None, **options) -> Result:
+    """Solve the cvxpy twin of ``problem`` (default solver: Clarabel, cvxpy's own default).
+
+    Raises ``ImportError`` without cvxpy (``pip install 'symopt[baselines]'``) and ``ValueError``
+    when the problem has no convex twin.
+    """
+    try:
+        import cvxpy as cp
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError("the cvxpy baseline needs cvxpy: pip install 'symopt[baselines]'") from err
+    if problem.cvxpy is None:
+        raise ValueError(f"{problem.name} has no cvxpy twin")
+    variable, objective, constraints = problem.cvxpy(**problem.numpy_data())
+    cvx_problem = cp.Problem(cp.Minimize(objective), constraints)
+    start = time.perf_counter()
+    cvx_problem.solve(solver=solver or cp.CLARABEL, **options)
+    seconds = time.perf_counter() - start
+    if variable.value is None:
+        x = torch.full(problem.shape, float("nan"), dtype=torch.float64)
+    else:
+        x = torch.from_numpy(np.asarray(variable.value, dtype=np.float64).reshape(problem.shape))
+    c = problem.constraint().to(dtype=torch.float64)
+    return Result(
+        x=x, objective=problem.objective(x), violation=c.violation(x) if c.linear else 0.0,
+        kkt_residual=float("nan"), iterations=int(cvx_problem.solver_stats.num_iters or 0), seconds=seconds,
+        status=str(cvx_problem.status), solver=f"cvxpy[{cvx_problem.solver_stats.solver_name}]",
+    )

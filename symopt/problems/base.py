@@ -1,0 +1,57 @@
+"""A constrained problem declared once, with two faces: a torch objective and a cvxpy twin."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..constraints import Constraint
+
+
+@dataclass
+class Problem:
+    r"""``minimise loss(θ; data) + strength·induced_norm(θ)`` (penalty kinds) or
+    ``minimise loss(θ; data) s.t. θ ∈ constraint set`` (linear kinds), over θ of ``shape``.
+
+    Attributes:
+        name: short label, e.g. ``"lasso 200x500"``.
+        shape: shape of the variable θ.
+        loss: ``loss(theta, **data) -> scalar tensor``, smooth and differentiable.
+        constraint: factory returning a fresh :class:`~symopt.Constraint` (strength included).
+        data: tensors the loss needs; moved to the solver's device and dtype.
+        cvxpy: optional twin ``cvxpy(**numpy_data) -> (variable, objective, constraints)`` whose
+            variable has ``shape`` and whose optimum is the problem's optimum.
+        meta: free-form description (sizes, planted truth, ...).
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    loss: Callable[..., Tensor]
+    constraint: Callable[[], Constraint]
+    data: dict[str, Tensor] = field(default_factory=dict)
+    cvxpy: Callable | None = None
+    meta: dict = field(default_factory=dict)
+
+    def data_on(self, device=None, dtype=None) -> dict[str, Tensor]:
+        return {
+            k: v.to(device=device, dtype=dtype if torch.is_floating_point(v) else None) for k, v in self.data.items()
+        }
+
+    def numpy_data(self) -> dict[str, np.ndarray]:
+        return {k: v.detach().cpu().numpy() for k, v in self.data.items()}
+
+    def objective(self, theta: Tensor, constraint: Constraint | None = None) -> float:
+        """Full objective at θ (in float64 on θ's device): loss + λ·induced norm for penalty kinds,
+        loss alone for linear kinds (whose feasibility is measured separately)."""
+        constraint = constraint or self.constraint()
+        theta = theta.detach().to(torch.float64)
+        data = self.data_on(theta.device, torch.float64)
+        constraint = constraint.to(device=theta.device, dtype=torch.float64)
+        value = float(self.loss(theta, **data))
+        if not constraint.linear:
+            value += constraint.strength * float(constraint.induced_norm(theta))
+        return value

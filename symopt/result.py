@@ -1,0 +1,38 @@
+"""The record every solver returns (DCS and baselines alike), so they compare field by field."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class Result:
+    """Outcome of one solve.
+
+    Attributes:
+        x: the solution (CPU tensor, float64 for comparisons).
+        objective: full objective at ``x`` (loss + λ·induced norm; loss alone for linear kinds).
+        violation: distance of ``x`` to the constraint set (0 for penalty kinds).
+        kkt_residual: distance of ``−∇loss(x)`` to ``λ∂‖x‖`` (projected gradient for linear kinds).
+        iterations: solver iterations (outer iterations for DCS).
+        seconds: wall time of the solve.
+        history: per iteration, ``(objective, kkt_residual)``.
+        device: where it ran.
+        status: ``"optimal"``, ``"max_iter"``, ``"nan"`` or a baseline's own status.
+        solver: name of the solver.
+        message: human-readable detail.
+    """
+
+    x: torch.Tensor
+    objective: float
+    violation: float
+    kkt_residual: float
+    iterations: int
+    seconds: float
+    history: list = field(default_factory=list)
+    device: str = "cpu"
+    status: str = "optimal"
+    solver: str = "dcs"
+    message: str = ""
