@@ -12,6 +12,9 @@ from .decay import DecoupledDecayWarning, check_optimizer, param_groups, penalty
 from .finalize import finalize
 from .report import Report, report
 from .verbs import fixed_zeros, group_sparse, low_rank, sparse, subspace, tie
+from .problems import Problem
+from .result import Result
+from .solve import solve
 
 __version__ = "0.1.0"
 
@@ -19,5 +22,5 @@ __all__ = [
     "Certificate", "Constraint", "ConstraintCertificate", "DecoupledDecayWarning", "FixedZeros",
     "GroupSparse", "Handle", "LowRank", "Report", "Sparse", "Subspace", "Tied", "check_optimizer",
     "constrain", "constraints", "finalize", "fixed_zeros", "group_sparse", "low_rank", "param_groups",
-    "penalty", "report", "sparse", "subspace", "tie",
+    "penalty", "report", "sparse", "subspace", "tie", "Problem", "Result", "solve",
 ]

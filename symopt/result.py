@@ -20,7 +20,7 @@ class Result:
         seconds: wall time of the solve.
         history: per iteration, ``(objective, kkt_residual)``.
         device: where it ran.
-        status: ``"optimal"``, ``"max_iter"``, ``"nan"`` or a baseline's own status.
+        status: ``"optimal"``, ``"max_iter"``, ``"stalled"``, ``"nan"`` or a baseline's own status.
         solver: name of the solver.
         message: human-readable detail.
     """

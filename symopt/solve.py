@@ -43,7 +43,9 @@ def solve(problem: Problem, device=None, dtype=torch.float64, method: str = "lbf
             8 outer iterations with 100 vs 231 with 20, measured on ``make_logistic_l1()``).
 
     Returns:
-        :class:`~symopt.result.Result` with status ``optimal``, ``max_iter`` or ``nan``.
+        :class:`~symopt.result.Result` with status ``optimal``, ``max_iter``, ``stalled`` (the line
+        search can no longer decrease the objective: ``tol`` is below what the precision allows)
+        or ``nan``.
 
     Example:
         >>> import symopt
@@ -77,6 +79,7 @@ def solve(problem: Problem, device=None, dtype=torch.float64, method: str = "lbf
 
     history, status, message = [], "max_iter", f"KKT residual above {tol:g}·scale after {max_iter} iterations"
     start = time.perf_counter()
+    previous = holder.theta.detach().clone()
     for iteration in range(1, max_iter + 1):
         opt.step(closure)
         theta = holder.theta.detach()
@@ -89,6 +92,11 @@ def solve(problem: Problem, device=None, dtype=torch.float64, method: str = "lbf
         if kkt <= tol * scale and violation <= tol * max(1.0, float(theta.norm())):
             status, message = "optimal", "KKT residual and violation below tolerance"
             break
+        if torch.equal(theta, previous):
+            status = "stalled"
+            message = f"no progress: KKT residual {kkt:.2g} is at the objective's floating-point resolution"
+            break
+        previous = theta.clone()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start

@@ -9,12 +9,11 @@ removed exactly when the gradient's operator norm on the removed directions is `
 from __future__ import annotations
 
 import math
-import warnings
 
 import torch
 from torch import Tensor
 
-from .base import Constraint, working_dtype, zero_scale
+from .base import Constraint, warn_user, working_dtype, zero_scale
 
 _LAYOUTS = ("flatten", "batch")
 
@@ -97,10 +96,9 @@ class LowRank(Constraint):
         kept, dropped = S[..., :rank], S[..., rank:]
         if dropped.numel() and float(dropped.amax()) > 1e-6 * float(S.amax()):
             rel = float(dropped.square().sum().sqrt() / S.square().sum().sqrt())
-            warnings.warn(
+            warn_user(
                 f"LowRank(max_rank={rank}): the value has rank > {rank}; keeping its best rank-{rank} "
-                f"approximation (relative change {rel:.3g})",
-                stacklevel=4,
+                f"approximation (relative change {rel:.3g})"
             )
         roots = kept.sqrt()
         # Zero singular values: U keeps a live column (scale of the others), V's column is 0, so

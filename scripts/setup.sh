@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Create .venv (once) and install symopt with its test and baseline extras. torch is pinned to the
+# local CPU build through requirements/constraints-cpu.txt (an unpinned torch pulls GBs of CUDA).
+# Re-installs only when pyproject.toml or the constraints change.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$python" -m venv .venv
+fi
+want=$(cat pyproject.toml requirements/constraints-cpu.txt | sha256sum | cut -d' ' -f1)
+if [ "$(cat .venv/.symopt-installed 2>/dev/null)" != "$want" ]; then
+  echo "installing symopt and its dependencies into .venv ..." >&2
+  .venv/bin/python -m pip install -q -c requirements/constraints-cpu.txt -e ".[dev,baselines]"
+  echo "$want" > .venv/.symopt-installed
+fi
