@@ -1,0 +1,106 @@
+"""Training-step overhead of each constraint kind vs the plain model (CPU or CUDA).
+
+    python -m benchmarks.overhead [--device cuda] [--width 512] [--batch 256] [--repeats 5]
+
+One MLP (width × width hidden layers, float32) per kind, the middle layer constrained; a step is
+forward + backward + SGD update, with ``symopt.penalty`` in the loss. Prints the median step time of
+``--repeats`` timed runs (after warm-up) and its ratio to the unconstrained model, measured in the
+same process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+
+import torch
+from torch import nn
+
+import symopt
+
+
+def _model(width: int, device, kind: str | None) -> nn.Module:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(),
+                        nn.Linear(width, 10)).to(device)
+    if kind == "sparse":
+        symopt.sparse(net, "2.weight", strength=1e-4)
+    elif kind == "group_sparse":
+        symopt.group_sparse(net, "2.weight", dim=0, strength=1e-4)
+    elif kind == "low_rank":
+        symopt.low_rank(net, "2.weight", strength=1e-4)
+    elif kind == "subspace(16 rows)":
+        A = torch.randn(16, width * width, device=device)
+        symopt.subspace(net, "2.weight", A, strength=1.0)
+    elif kind == "fixed_zeros(50%)":
+        symopt.fixed_zeros(net, "2.weight", torch.rand(width, width, device=device) < 0.5, strength=1.0)
+    elif kind == "tied":
+        symopt.tie(net, ["0.weight", "2.weight"], strength=1.0)
+    return net
+
+
+def _step_time(net: nn.Module, x, y, steps: int, device) -> float:
+    opt = torch.optim.SGD(net.parameters(), lr=1e-3)
+    loss_fn = nn.CrossEntropyLoss()
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        (loss_fn(net(x), y) + symopt.penalty(net)).backward()
+        opt.step()
+
+    for _ in range(3):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / steps
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--width", type=int, default=512)
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    machine = torch.cuda.get_device_name(device) if device.type == "cuda" else (
+        f"{cpu_name()}, {torch.get_num_threads()} threads")
+    print(f"training-step overhead — torch {torch.__version__}, {machine}, float32, "
+          f"MLP width {args.width}, batch {args.batch}, median of {args.repeats} interleaved rounds of {args.steps} steps\n")
+    x = torch.randn(args.batch, args.width, device=device)
+    y = torch.randint(0, 10, (args.batch,), device=device)
+    kinds = [None, "sparse", "group_sparse", "low_rank", "subspace(16 rows)", "fixed_zeros(50%)", "tied"]
+    nets = {kind: _model(args.width, device, kind) for kind in kinds}
+    times: dict = {kind: [] for kind in kinds}
+    for _ in range(args.repeats):  # interleaved rounds, so drift in machine load hits every kind alike
+        for kind in kinds:
+            times[kind].append(_step_time(nets[kind], x, y, args.steps, device))
+    base = statistics.median(times[None])
+    rows = [(kind or "plain", statistics.median(t) * 1e3, statistics.median(t) / base) for kind, t in times.items()]
+    width = max(len(r[0]) for r in rows)
+    print(f"{'model':<{width}}  ms/step  ratio")
+    for name, ms, ratio in rows:
+        print(f"{name:<{width}}  {ms:7.3f}  {ratio:5.2f}")
+
+
+if __name__ == "__main__":
+    main()
