@@ -11,7 +11,6 @@ same process.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 
@@ -19,6 +18,7 @@ import torch
 from torch import nn
 
 import symopt
+from symopt.cli import machine_name
 
 
 def _model(width: int, device, kind: str | None) -> nn.Module:
@@ -62,17 +62,6 @@ def _step_time(net: nn.Module, x, y, steps: int, device) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--device", default="cpu")
@@ -82,8 +71,7 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    machine = torch.cuda.get_device_name(device) if device.type == "cuda" else (
-        f"{cpu_name()}, {torch.get_num_threads()} threads")
+    machine = machine_name(device)
     print(f"training-step overhead — torch {torch.__version__}, {machine}, float32, "
           f"MLP width {args.width}, batch {args.batch}, median of {args.repeats} interleaved rounds of {args.steps} steps\n")
     x = torch.randn(args.batch, args.width, device=device)

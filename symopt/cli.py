@@ -11,10 +11,17 @@ import torch
 from .compare import BUILTIN, SOLVERS, builtin_problems, compare
 
 
-def _machine(device: str | None) -> str:
-    if device and device.startswith("cuda"):
+def machine_name(device=None) -> str:
+    """The GPU's name for a CUDA device, else the CPU model and torch's thread count."""
+    if device is not None and torch.device(device).type == "cuda":
         return torch.cuda.get_device_name(torch.device(device))
-    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
+    except OSError:
+        pass
+    return f"{name}, {torch.get_num_threads()} threads"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         problems = builtin_problems(args.problems.split(","), quick=args.quick, seed=args.seed)
         if args.device and args.device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError("--device cuda requested but CUDA is not available")
-        print(f"symopt compare — torch {torch.__version__}, {_machine(args.device)}, float64\n")
+        print(f"symopt compare — torch {torch.__version__}, {machine_name(args.device)}, float64\n")
         rows = compare(problems, solvers=args.solvers.split(","), device=args.device)
     except ValueError as err:
         parser.error(str(err))
