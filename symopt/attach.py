@@ -74,15 +74,23 @@ class Handle:
     def decayed_factors(self) -> list[Tensor]:
         return [m.factors[i] for m in self.members for i in m.parametrization.decayed]
 
-    def free_parameters(self) -> list[Tensor]:
-        """Parameters of this constraint that carry no symopt decay (free components, tie centre)."""
-        out = []
-        for m in self.members:
-            decayed = set(m.parametrization.decayed)
-            out += [f for i, f in enumerate(m.factors) if i not in decayed]
-        if isinstance(self.constraint, Tied):
-            out.append(self.constraint.center)
-        return out
+    # The maths of a tie acts on all members' values at once, that of the other kinds on one tensor:
+    # these three methods take the list of values either way.
+    def _call(self, method: str, values: list[Tensor], tol: float):
+        target = values if isinstance(self.constraint, Tied) else values[0]
+        return getattr(self.constraint, method)(target, tol)
+
+    def violation(self, values: list[Tensor], tol: float = 0.0) -> float:
+        """Distance of ``values`` to the constraint set (to the snap at ``tol`` for penalty kinds)."""
+        return self._call("violation", values, tol)
+
+    def snap(self, values: list[Tensor], tol: float = 0.0) -> list[Tensor]:
+        """``values`` projected onto the constraint set (small entries / groups / σ zeroed)."""
+        out = self._call("project", values, tol)
+        return out if isinstance(self.constraint, Tied) else [out]
+
+    def structure(self, values: list[Tensor], tol: float = 0.0) -> str:
+        return self._call("structure", values, tol)
 
     def penalty(self) -> Tensor:
         return sum(m.parametrization.penalty(*m.factors) for m in self.members)

@@ -12,8 +12,6 @@ from torch.nn.utils import parametrize
 
 from .attach import constraints
 from .certify import Certificate, ConstraintCertificate
-from .constraints import Tied
-from .report import structure, values_and_violation
 
 
 @torch.no_grad()
@@ -42,10 +40,10 @@ def finalize(model: nn.Module, tol: float = 1e-6, force: bool = False) -> Certif
     plan = []
     refused = []
     for handle in constraints(model):
-        values, violation = values_and_violation(handle, tol)
-        c = handle.constraint
-        snapped = c.project(values, tol) if isinstance(c, Tied) else [c.project(values[0], tol)]
-        if c.linear and violation > tol and not force:
+        values = [v.detach() for v in handle.values()]
+        violation = handle.violation(values, tol)
+        snapped = handle.snap(values, tol)
+        if handle.constraint.linear and violation > tol and not force:
             refused.append(f"'{handle.name}' ({handle.kind}): distance {violation:.3g} > tol {tol:g}")
         plan.append((handle, values, violation, snapped))
     if refused:
@@ -61,13 +59,12 @@ def finalize(model: nn.Module, tol: float = 1e-6, force: bool = False) -> Certif
             with torch.enable_grad():
                 parametrize.remove_parametrizations(member.module, member.tensor, leave_parametrized=True)
             getattr(member.module, member.tensor).copy_(new)
-        c = handle.constraint
-        after = c.violation(snapped, tol) if isinstance(c, Tied) else c.violation(snapped[0], tol)
+        after = handle.violation(snapped, tol)
         change = math.sqrt(sum(float((n - b).square().sum()) for n, b in zip(snapped, before)))
         norm = math.sqrt(sum(float(b.square().sum()) for b in before))
         entries.append(ConstraintCertificate(
             name=handle.name, kind=handle.kind, strength=handle.strength, violation_before=violation,
             violation_after=after, change=change, relative_change=change / norm if norm > 0 else 0.0,
-            structure=structure(handle, snapped, tol),
+            structure=handle.structure(snapped, tol),
         ))
     return Certificate(tuple(entries), tol)

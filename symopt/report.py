@@ -8,8 +8,7 @@ import torch
 from torch import nn
 
 from ._format import table
-from .attach import Handle, constraints
-from .constraints import Tied
+from .attach import constraints
 
 
 @dataclass(frozen=True)
@@ -36,17 +35,6 @@ class Report(list):
                                for r in self])
 
 
-def values_and_violation(handle: Handle, tol: float) -> tuple[list[torch.Tensor], float]:
-    values = [v.detach() for v in handle.values()]
-    c = handle.constraint
-    return values, c.violation(values, tol) if isinstance(c, Tied) else c.violation(values[0], tol)
-
-
-def structure(handle: Handle, values: list[torch.Tensor], tol: float) -> str:
-    c = handle.constraint
-    return c.structure(values, tol) if isinstance(c, Tied) else c.structure(values[0], tol)
-
-
 @torch.no_grad()
 def report(model: nn.Module, tol: float = 1e-6) -> Report:
     """Per constraint: name, kind, strength, violation, density / rank, factor balance, penalty.
@@ -54,17 +42,17 @@ def report(model: nn.Module, tol: float = 1e-6) -> Report:
     Example:
         >>> import torch, symopt
         >>> lin = torch.nn.Linear(4, 3)
-        >>> _ = symopt.low_rank(lin, "weight", strength=1e-3, max_rank=2)
+        >>> _ = symopt.low_rank(lin, "weight", strength=1e-3)
         >>> [row.kind for row in symopt.report(lin)]
         ['low_rank']
     """
     rows = Report()
     for handle in constraints(model):
-        values, violation = values_and_violation(handle, tol)
+        values = [v.detach() for v in handle.values()]
         balances = [m.parametrization.balance(*m.factors) for m in handle.members]
         rows.append(ReportRow(
-            name=handle.name, kind=handle.kind, strength=handle.strength, violation=violation,
-            structure=structure(handle, values, tol), balance=sum(balances) / len(balances),
+            name=handle.name, kind=handle.kind, strength=handle.strength, violation=handle.violation(values, tol),
+            structure=handle.structure(values, tol), balance=sum(balances) / len(balances),
             penalty=float(handle.penalty()),
         ))
     return rows

@@ -37,8 +37,9 @@ class LowRank(Constraint):
         >>> import torch, symopt
         >>> lin = torch.nn.Linear(6, 4)
         >>> _ = symopt.constrain(lin, "weight", symopt.LowRank(strength=1e-2))
-        >>> [tuple(f.shape) for f in lin.parametrizations.weight.original0, lin.parametrizations.weight.original1]
-        [(4, 4), (6, 4)]
+        >>> U, V = symopt.constraints(lin)[0].members[0].factors
+        >>> tuple(U.shape), tuple(V.shape)
+        ((4, 4), (6, 4))
     """
 
     kind = "low_rank"
