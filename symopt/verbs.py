@@ -26,8 +26,9 @@ def sparse(module: nn.Module, name: str, strength: float = 1e-3, **kwargs) -> Ha
     return constrain(module, name, Sparse(strength, **kwargs))
 
 
-def group_sparse(module: nn.Module, name: str, dim: int = 0, strength: float = 1e-3, **kwargs) -> Handle:
-    """Group sparsity over the slices along ``dim``, induced penalty ``λΣ_g‖w_g‖₂`` (see :class:`GroupSparse`).
+def group_sparse(module: nn.Module, name: str, dim: int | None = None, strength: float = 1e-3, **kwargs) -> Handle:
+    """Group sparsity over the slices along ``dim`` (default 0) or over index ``groups=``, induced penalty
+    ``λΣ_g‖w_g‖₂`` (see :class:`GroupSparse`).
 
     Example:
         >>> import torch, symopt

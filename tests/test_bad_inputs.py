@@ -1,5 +1,7 @@
 """Every bad input raises a clear ValueError/TypeError before anything changes."""
 
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -42,6 +44,13 @@ CASES = [
     (lambda m: symopt.group_sparse(m, "0.weight", dim=2), ValueError, "dim=2 is out of range"),
     (lambda m: symopt.group_sparse(m, "0.weight", dim=-3), ValueError, "out of range"),
     (lambda m: symopt.group_sparse(m, "0.weight", dim=1.0), TypeError, "dim must be an int"),
+    (lambda m: symopt.group_sparse(m, "0.weight", dim=0, groups=3), ValueError, "either dim"),
+    (lambda m: symopt.group_sparse(m, "0.weight", groups=5), ValueError, "group size 5 does not divide"),
+    (lambda m: symopt.group_sparse(m, "0.weight", groups=[[0, 1], [1, 2]]), ValueError, "must be disjoint"),
+    (lambda m: symopt.group_sparse(m, "0.weight", groups=[[0, 2]]), ValueError, "indices [1] are in no group"),
+    (lambda m: symopt.group_sparse(m, "0.weight", groups=[[0, 1], []]), ValueError, "non-empty list"),
+    (lambda m: symopt.group_sparse(m, "0.weight", groups=[[0, 1]]), ValueError, "the groups cover 2 indices"),
+    (lambda m: symopt.group_sparse(m, "0.weight", groups="rows"), TypeError, "groups must be an int size"),
     (lambda m: symopt.low_rank(m, "0.weight", max_rank=0), ValueError, "max_rank must be >= 1"),
     (lambda m: symopt.low_rank(m, "0.weight", max_rank=4), ValueError, "max_rank=4 exceeds min(m, n) = 3"),
     (lambda m: symopt.low_rank(m, "0.bias"), ValueError, "needs a matrix"),
@@ -73,7 +82,7 @@ CASES = [
 def test_bad_input_raises_before_any_change(call, error, fragment):
     model = net()
     snap = snapshot(model)
-    with pytest.raises(error, match=fragment.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(error, match=re.escape(fragment)):
         call(model)
     assert_untouched(model, snap)
 

@@ -67,6 +67,18 @@ def test_group_sparse_equals_proximal_group_lasso(path):
     assert all(float(w[g].norm()) <= 1e-6 for g in zero_groups)
 
 
+def test_group_sparse_with_unequal_index_groups():
+    X, y = least_squares(n=80, d=12, k=6, seed=3)
+    groups = [[0, 5], [1, 2, 3], [4, 6, 7, 8, 9], [10, 11]]
+    lam = 0.12
+    ref = proximal_group_lasso(X, y, groups, lam)
+    model = Vector(12, init=torch.randn(12, dtype=DT))
+    symopt.group_sparse(model, "theta", groups=groups, strength=lam)
+    train(model, lambda m: ls_loss(X, y)(m.theta), steps=8000, lr=0.2)
+    assert (model.theta.detach() - ref).abs().max() <= 1e-6
+    assert 0 < sum(float(ref[g].norm()) == 0.0 for g in groups) < len(groups)
+
+
 @pytest.mark.parametrize("path", ["penalty", "param_groups"])
 def test_low_rank_equals_singular_value_thresholding(path):
     g = torch.Generator().manual_seed(2)

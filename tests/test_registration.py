@@ -19,13 +19,16 @@ def make(kind):
         "sparse": lambda: symopt.Sparse(1e-2),
         "group_rows": lambda: symopt.GroupSparse(0, 1e-2),
         "group_cols": lambda: symopt.GroupSparse(-1, 1e-2),
+        "group_index": lambda: symopt.GroupSparse(groups=[list(range(0, 24, 2)), [1, 3], list(range(5, 24, 2))],
+                                                  strength=1e-2),
+        "group_size": lambda: symopt.GroupSparse(groups=8, strength=1e-2),
         "low_rank": lambda: symopt.LowRank(1e-2),
         "subspace": lambda: symopt.Subspace(torch.randn(5, 24, generator=torch.Generator().manual_seed(2)), 1.0),
         "fixed_zeros": lambda: symopt.FixedZeros(MASK, 1.0),
     }[kind]()
 
 
-KINDS = ["sparse", "group_rows", "group_cols", "low_rank", "subspace", "fixed_zeros"]
+KINDS = ["sparse", "group_rows", "group_cols", "group_index", "group_size", "low_rank", "subspace", "fixed_zeros"]
 
 
 @pytest.mark.parametrize("dtype,atol", [(torch.float32, 2e-6), (torch.float64, 1e-13)])
@@ -107,8 +110,7 @@ def test_penalty_equals_induced_norm_at_balanced_factors(kind):
         factors = [value.abs().sqrt() * value.sign(), value.abs().sqrt()]
     elif kind.startswith("group"):
         norms = c.group_norms(value)
-        shape = c._gate_shape(value)
-        factors = [norms.sqrt(), value / norms.sqrt().view(shape)]
+        factors = [norms.sqrt(), value / c.spread(norms.sqrt(), value)]
     elif kind == "low_rank":
         P, S, Qh = torch.linalg.svd(value, full_matrices=False)
         factors = [P * S.sqrt(), Qh.mT * S.sqrt()]

@@ -1,11 +1,16 @@
-"""Structured (group) sparsity: one scalar gate per slice along an axis, ``w_g = s_g · ω_g``.
+"""Structured (group) sparsity: one scalar gate per group, ``w_g = s_g · ω_g``.
 
 Symmetry: ``(s_g, ω_g) → (−s_g, −ω_g)``; fixed subspace ``s_g = 0, ω_g = 0``, i.e. ``w_g = 0``.
 Penalty: ``min_{s ω = w_g} (λ/2)(s² + ‖ω‖²) = λ‖w_g‖₂``, so the decay solves the group lasso
 ``ℓ(w) + λ Σ_g ‖w_g‖₂``; a zero group is exact when ``‖∂ℓ/∂w_g‖₂ ≤ λ``.
+
+Groups are either the slices along an axis (``dim``: rows, channels, input features) or arbitrary
+disjoint index sets of the flattened tensor (``groups``) that cover every entry once.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -14,15 +19,16 @@ from .base import Constraint, random_gate
 
 
 class GroupSparse(Constraint):
-    r"""Group sparsity: the slices ``w.select(dim, g)`` are the groups, each with a scalar gate.
+    r"""Group sparsity with a scalar gate per group; decay ``(λ/2)(‖s‖² + ‖ω‖²)`` induces ``λ Σ_g ‖w_g‖₂``.
 
-    Factors: ``s`` of shape ``(w.shape[dim],)`` and ``ω`` of the shape of ``w``;
-    ``w = s[g] · ω`` broadcast along ``dim``. Decay ``(λ/2)(‖s‖² + ‖ω‖²)`` induces ``λ Σ_g ‖w_g‖₂``.
+    Factors: the gates ``s`` (one per group) and ``ω`` of the shape of ``w``; ``w = s[g(i)] · ω_i``.
 
     Args:
         dim: the axis that indexes the groups (``0`` = output rows / channels of a Linear / Conv,
-            ``1`` = input features of a Linear). Negative values count from the end.
+            ``1`` = input features of a Linear; negative counts from the end). Default 0.
         strength: λ (> 0).
+        groups: instead of ``dim``: a list of index lists into ``w.reshape(-1)``, disjoint and
+            covering every entry, or an int ``k`` for consecutive groups of ``k`` entries.
         seed: seed of the factor initialisation.
 
     Example:
@@ -31,64 +37,106 @@ class GroupSparse(Constraint):
         >>> _ = symopt.constrain(lin, "weight", symopt.GroupSparse(dim=1, strength=1e-2))
         >>> lin.parametrizations.weight.original0.shape    # one gate per input feature
         torch.Size([5])
+        >>> v = torch.nn.Module(); v.w = torch.nn.Parameter(torch.randn(5))
+        >>> _ = symopt.constrain(v, "w", symopt.GroupSparse(groups=[[0, 3], [1, 2, 4]]))
+        >>> v.parametrizations.w.original0.shape
+        torch.Size([2])
     """
 
     kind = "group_sparse"
     decayed = (0, 1)
 
-    def __init__(self, dim: int = 0, strength: float = 1e-3, *, seed: int = 0) -> None:
+    def __init__(self, dim: int | None = None, strength: float = 1e-3, *,
+                 groups: int | Sequence[Sequence[int]] | None = None, seed: int = 0) -> None:
         super().__init__(strength, seed=seed)
-        if isinstance(dim, bool) or not isinstance(dim, int):
+        if groups is not None and dim is not None:
+            raise ValueError("GroupSparse: pass either dim (slices along an axis) or groups (index sets), not both")
+        if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int)):
             raise TypeError(f"GroupSparse: dim must be an int axis, got {type(dim).__name__}")
-        self.dim = dim
+        self.dim = 0 if dim is None and groups is None else dim
+        self.group_size: int | None = None
+        self.register_buffer("group_index", None, persistent=False)
+        if groups is None:
+            return
+        if isinstance(groups, int) and not isinstance(groups, bool):
+            if groups < 1:
+                raise ValueError(f"GroupSparse: groups={groups} must be a group size >= 1")
+            self.group_size = groups
+        elif isinstance(groups, Sequence) and not isinstance(groups, str):
+            self.group_index = _index_of(groups)
+        else:
+            raise TypeError(f"GroupSparse: groups must be an int size or a list of index lists, got {groups!r}")
 
+    # -- grouping -----------------------------------------------------------------------------
     def validate(self, tensor: Tensor, name: str) -> None:
-        if tensor.dim() == 0:
-            raise ValueError(f"GroupSparse on '{name}': a 0-d tensor has no axis to group along")
-        if not -tensor.dim() <= self.dim < tensor.dim():
+        if self.dim is not None:
+            if tensor.dim() == 0:
+                raise ValueError(f"GroupSparse on '{name}': a 0-d tensor has no axis to group along")
+            if not -tensor.dim() <= self.dim < tensor.dim():
+                raise ValueError(
+                    f"GroupSparse on '{name}': dim={self.dim} is out of range for a tensor of shape "
+                    f"{tuple(tensor.shape)}; choose dim in [{-tensor.dim()}, {tensor.dim() - 1}]"
+                )
+        elif self.group_size is not None:
+            if tensor.numel() % self.group_size:
+                raise ValueError(
+                    f"GroupSparse on '{name}': group size {self.group_size} does not divide its "
+                    f"{tensor.numel()} entries; pass a divisor or explicit index lists"
+                )
+        elif self.group_index.numel() != tensor.numel():
             raise ValueError(
-                f"GroupSparse on '{name}': dim={self.dim} is out of range for a tensor of shape "
-                f"{tuple(tensor.shape)}; choose dim in [{-tensor.dim()}, {tensor.dim() - 1}]"
+                f"GroupSparse on '{name}': the groups cover {self.group_index.numel()} indices 0.."
+                f"{self.group_index.numel() - 1} but the parameter has {tensor.numel()} entries; "
+                "groups must cover every entry of reshape(-1) exactly once"
             )
 
-    def _axis(self, value: Tensor) -> int:
-        return self.dim % value.dim()
-
-    def _gate_shape(self, value: Tensor) -> list[int]:
-        shape = [1] * value.dim()
-        shape[self._axis(value)] = -1
-        return shape
+    def _index(self, value: Tensor) -> Tensor:
+        if self.group_index is None:  # equal consecutive groups: built once the size is known
+            self.group_index = torch.arange(value.numel(), device=value.device) // self.group_size
+        return self.group_index
 
     def group_norms(self, value: Tensor) -> Tensor:
-        """``‖w_g‖₂`` for every group, shape ``(w.shape[dim],)``."""
-        axis = self._axis(value)
-        return value.movedim(axis, 0).reshape(value.shape[axis], -1).norm(dim=1)
+        """``‖w_g‖₂`` for every group, in group order."""
+        if self.dim is not None:
+            axis = self.dim % value.dim()
+            return value.movedim(axis, 0).reshape(value.shape[axis], -1).norm(dim=1)
+        index = self._index(value)
+        squares = value.new_zeros(int(index.max()) + 1).index_add(0, index, value.reshape(-1).square())
+        return squares.sqrt()
 
+    def spread(self, per_group: Tensor, value: Tensor) -> Tensor:
+        """Per-group scalars laid out to multiply ``value`` entrywise (broadcast or gathered)."""
+        if self.dim is not None:
+            shape = [1] * value.dim()
+            shape[self.dim % value.dim()] = -1
+            return per_group.view(shape)
+        return per_group[self._index(value)].view(value.shape)
+
+    # -- the contract -------------------------------------------------------------------------
     def forward(self, gates: Tensor, omega: Tensor) -> Tensor:
-        return gates.view(self._gate_shape(omega)) * omega
+        return self.spread(gates, omega) * omega
 
     def right_inverse(self, value: Tensor) -> tuple[Tensor, Tensor]:
         gates = random_gate(self.group_norms(value), self.factorizer)
         # ω_g = w_g / s_g; zero groups have ω_g = 0 with a live gate so ω_g gets gradient.
-        return gates, value / gates.view(self._gate_shape(value))
+        return gates, value / self.spread(gates, value)
 
     def prox(self, value: Tensor, step: float) -> Tensor:
         norms = self.group_norms(value)
         scale = (1 - step * self.strength / norms.clamp_min(torch.finfo(value.dtype).tiny)).clamp_min(0)
-        return value * scale.view(self._gate_shape(value))
+        return value * self.spread(scale, value)
 
     def kkt_residual(self, value: Tensor, grad: Tensor, tol: float = 0.0) -> float:
         lam = self.strength
         norms = self.group_norms(value)
-        on = norms > tol
-        unit = value / norms.clamp_min(torch.finfo(value.dtype).tiny).view(self._gate_shape(value))
+        unit = value / self.spread(norms.clamp_min(torch.finfo(value.dtype).tiny), value)
         active = self.group_norms(grad + lam * unit)
-        res = torch.where(on, active, (self.group_norms(grad) - lam).clamp_min(0))
+        res = torch.where(norms > tol, active, (self.group_norms(grad) - lam).clamp_min(0))
         return float(res.norm())
 
     def project(self, value: Tensor, tol: float = 0.0) -> Tensor:
         keep = (self.group_norms(value) > tol).to(value.dtype)
-        return value * keep.view(self._gate_shape(value))
+        return value * self.spread(keep, value)
 
     def induced_norm(self, value: Tensor) -> Tensor:
         return self.group_norms(value).sum()
@@ -105,7 +153,30 @@ class GroupSparse(Constraint):
     def structure(self, value: Tensor, tol: float = 0.0) -> str:
         norms = self.group_norms(value.detach())
         alive = int((norms > tol).sum())
-        return f"groups {alive}/{norms.numel()} (dim={self.dim})"
+        where = f"dim={self.dim}" if self.dim is not None else "index groups"
+        return f"groups {alive}/{norms.numel()} ({where})"
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, strength={self.strength:g}"
+        where = f"dim={self.dim}" if self.dim is not None else (
+            f"group_size={self.group_size}" if self.group_size else f"groups={int(self.group_index.max()) + 1}")
+        return f"{where}, strength={self.strength:g}"
+
+
+def _index_of(groups: Sequence[Sequence[int]]) -> Tensor:
+    """Entry → group id for explicit index lists; checks they are disjoint, non-empty and contiguous."""
+    ids: dict[int, int] = {}
+    for g, members in enumerate(groups):
+        if isinstance(members, (str, bytes)) or not isinstance(members, Sequence) or len(members) == 0:
+            raise ValueError(f"GroupSparse: group {g} must be a non-empty list of indices, got {members!r}")
+        for i in members:
+            if isinstance(i, bool) or not isinstance(i, int) or i < 0:
+                raise ValueError(f"GroupSparse: group {g} has index {i!r}; indices are ints >= 0")
+            if i in ids:
+                raise ValueError(f"GroupSparse: index {i} is in groups {ids[i]} and {g}; groups must be disjoint")
+            ids[i] = g
+    if not ids:
+        raise ValueError("GroupSparse: groups is empty")
+    missing = sorted(set(range(max(ids) + 1)) - set(ids))
+    if missing:
+        raise ValueError(f"GroupSparse: indices {missing[:5]} are in no group; groups must cover every entry")
+    return torch.tensor([ids[i] for i in range(len(ids))], dtype=torch.long)
