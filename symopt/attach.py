@@ -87,7 +87,7 @@ class Handle:
     def snap(self, values: list[Tensor], tol: float = 0.0) -> list[Tensor]:
         """``values`` projected onto the constraint set (small entries / groups / σ zeroed)."""
         out = self._call("project", values, tol)
-        return out if isinstance(self.constraint, Tied) else [out]
+        return list(out.unbind(0)) if isinstance(self.constraint, Tied) else [out]
 
     def structure(self, values: list[Tensor], tol: float = 0.0) -> str:
         return self._call("structure", values, tol)

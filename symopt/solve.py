@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .attach import constrain
+from .constraints import Constraint, Tied
 from .decay import penalty
 from .optimality import gradient_scale, kkt_at_snap, snap_tol
 from .problems import Problem
@@ -23,9 +24,25 @@ _METHODS = ("lbfgs",)
 
 
 class _Variable(nn.Module):
-    def __init__(self, shape, device, dtype):
+    """Holds the problem's variable. A tie acts across tensors, so for :class:`Tied` the variable
+    ``(k, ...)`` is k parameters and ``theta`` stacks them."""
+
+    def __init__(self, shape, device, dtype, constraint: Constraint):
         super().__init__()
-        self.theta = nn.Parameter(torch.zeros(shape, device=device, dtype=dtype))
+        self.copies = shape[0] if isinstance(constraint, Tied) else 0
+        if self.copies:
+            for j in range(self.copies):
+                self.register_parameter(f"copy{j}", nn.Parameter(torch.zeros(shape[1:], device=device, dtype=dtype)))
+            constrain(self, [f"copy{j}" for j in range(self.copies)], constraint)
+        else:
+            self.value = nn.Parameter(torch.zeros(shape, device=device, dtype=dtype))
+            constrain(self, "value", constraint)
+
+    @property
+    def theta(self) -> torch.Tensor:
+        if self.copies:
+            return torch.stack([getattr(self, f"copy{j}") for j in range(self.copies)])
+        return self.value
 
 
 def solve(problem: Problem, device=None, dtype=torch.float64, method: str = "lbfgs", tol: float = 1e-6,
@@ -61,9 +78,8 @@ def solve(problem: Problem, device=None, dtype=torch.float64, method: str = "lbf
         raise ValueError(f"solve: max_iter must be an int >= 1, got {max_iter!r}")
     device = torch.device(device or "cpu")
     data = problem.data_on(device, dtype)
-    holder = _Variable(problem.shape, device, dtype)
-    handle = constrain(holder, "theta", problem.constraint())
-    constraint = handle.constraint
+    constraint = problem.constraint()
+    holder = _Variable(problem.shape, device, dtype, constraint)
 
     loss = lambda theta: problem.loss(theta, **data)  # noqa: E731
     scale = gradient_scale(loss, problem.shape, device, dtype)

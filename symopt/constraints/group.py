@@ -90,7 +90,8 @@ class GroupSparse(Constraint):
                 "groups must cover every entry of reshape(-1) exactly once"
             )
 
-    def _index(self, value: Tensor) -> Tensor:
+    def group_ids(self, value: Tensor) -> Tensor:
+        """Group id of every entry of ``value.reshape(-1)`` (index groups only)."""
         if self.group_index is None:  # equal consecutive groups: built once the size is known
             self.group_index = torch.arange(value.numel(), device=value.device) // self.group_size
         return self.group_index
@@ -100,7 +101,7 @@ class GroupSparse(Constraint):
         if self.dim is not None:
             axis = self.dim % value.dim()
             return value.movedim(axis, 0).reshape(value.shape[axis], -1).norm(dim=1)
-        index = self._index(value)
+        index = self.group_ids(value)
         squares = value.new_zeros(int(index.max()) + 1).index_add(0, index, value.reshape(-1).square())
         return squares.sqrt()
 
@@ -110,7 +111,7 @@ class GroupSparse(Constraint):
             shape = [1] * value.dim()
             shape[self.dim % value.dim()] = -1
             return per_group.view(shape)
-        return per_group[self._index(value)].view(value.shape)
+        return per_group[self.group_ids(value)].view(value.shape)
 
     # -- the contract -------------------------------------------------------------------------
     def forward(self, gates: Tensor, omega: Tensor) -> Tensor:

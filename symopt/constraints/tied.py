@@ -20,7 +20,8 @@ class Tied(Constraint):
 
     This object is the *group*: it owns the shared centre ``m`` (an ``nn.Parameter``, not decayed);
     each tied tensor gets a :class:`TiedMember` parametrization ``θ_j = m + u_j ⊙ v_j`` whose factors
-    are decayed. The methods below act on the sequence of the members' values.
+    are decayed. The methods below act on the members' values, as a sequence or stacked along a
+    new first axis (``project`` returns them stacked).
 
     Args:
         strength: λ (> 0).
@@ -62,9 +63,10 @@ class Tied(Constraint):
     def member(self) -> TiedMember:
         return TiedMember(self)
 
-    def project(self, values: Sequence[Tensor], tol: float = 0.0) -> list[Tensor]:
-        mean = torch.stack(list(values)).mean(0)
-        return [mean.clone() for _ in values]
+    def project(self, values: Sequence[Tensor], tol: float = 0.0) -> Tensor:
+        """Orthogonal projection onto the tie set: every copy replaced by the mean (stacked)."""
+        stacked = torch.stack(list(values))
+        return stacked.mean(0).expand_as(stacked).clone()
 
     def violation(self, values: Sequence[Tensor], tol: float = 0.0) -> float:
         stacked = torch.stack(list(values))
@@ -76,6 +78,9 @@ class Tied(Constraint):
 
     def dual_norm(self, grads: Sequence[Tensor]) -> Tensor:
         return torch.stack([g.abs().amax() for g in grads]).amax()
+
+    def prox(self, values: Sequence[Tensor], step: float) -> Tensor:
+        return self.project(values)
 
     def kkt_residual(self, values: Sequence[Tensor], grads: Sequence[Tensor], tol: float = 0.0) -> float:
         """Norm of the gradient projected onto the tie set: ``√k·‖mean_j g_j‖``."""

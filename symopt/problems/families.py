@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from ..constraints import GroupSparse, LowRank, Sparse, Subspace
+from ..constraints import FixedZeros, GroupSparse, LowRank, Sparse, Subspace, Tied
 from .base import Problem
 
 
@@ -50,27 +50,28 @@ def lasso(X, y, strength: float) -> Problem:
                    {"family": "lasso", "strength": strength})
 
 
-def group_lasso(X, y, group_size: int, strength: float) -> Problem:
-    """``1/(2n)‖Xw − y‖² + λ Σ_g ‖w_g‖₂`` with consecutive groups of ``group_size`` columns.
+def group_lasso(X, y, groups, strength: float) -> Problem:
+    """``1/(2n)‖Xw − y‖² + λ Σ_g ‖w_g‖₂``.
 
-    The variable has shape ``(d / group_size, group_size)``: row g is group g.
+    ``groups``: a list of index lists covering every column once, or an int ``k`` for consecutive
+    groups of ``k`` columns.
     """
     X, y = _check_xy(X, y)
     n, d = X.shape
-    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1 or d % group_size:
-        raise ValueError(f"group_size must be a positive int dividing d = {d}, got {group_size!r}")
-    G = d // group_size
+    constraint = GroupSparse(groups=groups, strength=strength)  # validates groups and strength now
+    constraint.validate(torch.empty(d), "w")
+    index = constraint.group_ids(torch.empty(d)).tolist()
+    members = [[i for i in range(d) if index[i] == g] for g in range(max(index) + 1)]
 
     def twin(X, y):
         import cvxpy as cp
-        w = cp.Variable((G, group_size))
-        fit = cp.sum_squares(X @ cp.vec(w, order="C") - y) / (2 * n)
-        return w, fit + strength * cp.sum(cp.norm(w, 2, axis=1)), []
+        w = cp.Variable(d)
+        return w, cp.sum_squares(X @ w - y) / (2 * n) + strength * sum(cp.norm(w[g], 2) for g in members), []
 
-    GroupSparse(0, strength)
-    return Problem(f"group_lasso {n}x{d}/{group_size}", (G, group_size), _least_squares,
-                   lambda: GroupSparse(0, strength), {"X": X, "y": y}, twin,
-                   {"family": "group_lasso", "strength": strength, "group_size": group_size})
+    label = f"/{groups}" if isinstance(groups, int) else f", {len(members)} groups"
+    return Problem(f"group_lasso {n}x{d}{label}", (d,), _least_squares,
+                   lambda: GroupSparse(groups=groups, strength=strength), {"X": X, "y": y}, twin,
+                   {"family": "group_lasso", "strength": strength, "groups": members})
 
 
 def _logistic(theta: Tensor, X: Tensor, y: Tensor) -> Tensor:
@@ -95,24 +96,55 @@ def logistic_l1(X, y, strength: float) -> Problem:
                    {"family": "logistic_l1", "strength": strength})
 
 
-def equality_ls(X, y, A, strength: float = 1.0) -> Problem:
-    """``1/(2n)‖Xw − y‖²`` subject to ``A w = 0`` (Subspace constraint; ``strength`` must exceed the
-    Lagrange multipliers ``‖Oᵀ∇ℓ(w*)‖_∞`` for exactness)."""
+def equality_ls(X, y, A=None, strength: float = 1.0, *, zeros=None) -> Problem:
+    """``1/(2n)‖Xw − y‖²`` subject to ``A w = 0`` (:class:`~symopt.Subspace`), or to ``w[zeros] = 0``
+    (:class:`~symopt.FixedZeros`, ``zeros`` a bool mask). ``strength`` must exceed the Lagrange
+    multipliers (``‖Oᵀ∇ℓ(w*)‖_∞``) for the constraint to hold exactly."""
     X, y = _check_xy(X, y)
-    A = _as_tensor("A", A).to(X.dtype)
     n, d = X.shape
-    Subspace(A, strength).validate(torch.empty(d), "w")
-
-    A_np = A.detach().cpu().numpy()
+    if (A is None) == (zeros is None):
+        raise ValueError("equality_ls: pass exactly one of A (A w = 0) or zeros (a bool mask of entries = 0)")
+    if A is not None:
+        A = _as_tensor("A", A).to(X.dtype)
+        make = lambda: Subspace(A, strength)  # noqa: E731
+        rows = A.detach().cpu().numpy()
+    else:
+        zeros = torch.as_tensor(zeros)
+        make = lambda: FixedZeros(zeros, strength)  # noqa: E731
+        rows = torch.eye(d, dtype=torch.float64)[zeros.cpu()].numpy() if zeros.dtype == torch.bool else None
+    make().validate(torch.empty(d), "w")  # checks A's columns / the mask's shape and dtype now
 
     def twin(X, y):
         import cvxpy as cp
         w = cp.Variable(d)
-        return w, cp.sum_squares(X @ w - y) / (2 * n), [A_np @ w == 0]
+        return w, cp.sum_squares(X @ w - y) / (2 * n), [rows @ w == 0]
 
-    return Problem(f"equality_ls {n}x{d}, {A.shape[0]} eq.", (d,), _least_squares,
-                   lambda: Subspace(A, strength), {"X": X, "y": y}, twin,
+    what = f"{rows.shape[0]} eq." if A is not None else f"{int(zeros.sum())} zeros"
+    return Problem(f"equality_ls {n}x{d}, {what}", (d,), _least_squares, make, {"X": X, "y": y}, twin,
                    {"family": "equality_ls", "strength": strength})
+
+
+def _tied_least_squares(theta: Tensor, X: Tensor, y: Tensor) -> Tensor:
+    return 0.5 * (torch.einsum("knd,kd->kn", X, theta) - y).square().mean(1).sum()
+
+
+def tied_least_squares(X, y, strength: float = 1.0) -> Problem:
+    """k least-squares tasks ``Σ_j 1/(2n)‖X_j w_j − y_j‖²`` with tied weights ``w_1 = … = w_k``
+    (:class:`~symopt.Tied`); ``X`` is ``(k, n, d)``, ``y`` is ``(k, n)``, the variable ``(k, d)``."""
+    X, y = _as_tensor("X", X), _as_tensor("y", y)
+    if X.dim() != 3 or y.shape != X.shape[:2] or X.shape[0] < 2:
+        raise ValueError(f"tied_least_squares: X must be (k>=2, n, d) and y (k, n), got {tuple(X.shape)}, {tuple(y.shape)}")
+    k, n, d = X.shape
+    Tied(strength)
+
+    def twin(X, y):
+        import cvxpy as cp
+        W = cp.Variable((k, d))
+        fit = sum(cp.sum_squares(X[j] @ W[j] - y[j]) / (2 * n) for j in range(k))
+        return W, fit, [W[j] == W[0] for j in range(1, k)]
+
+    return Problem(f"tied_ls {k}x{n}x{d}", (k, d), _tied_least_squares, lambda: Tied(strength),
+                   {"X": X, "y": y.to(X.dtype)}, twin, {"family": "tied_least_squares", "strength": strength})
 
 
 def _completion(theta: Tensor, M: Tensor, mask: Tensor) -> Tensor:

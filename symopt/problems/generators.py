@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .base import Problem
-from .families import equality_ls, group_lasso, lasso, logistic_l1, matrix_completion
+from .families import equality_ls, group_lasso, lasso, logistic_l1, matrix_completion, tied_least_squares
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -40,7 +40,8 @@ def make_group_lasso(n=200, d=400, group_size=4, active_groups=5, noise=0.1, fra
     truth = torch.zeros(d // group_size, group_size, dtype=torch.float64)
     active = torch.randperm(d // group_size, generator=g)[:active_groups]
     truth[active] = torch.randn(active_groups, group_size, generator=g, dtype=torch.float64)
-    y = X @ truth.reshape(-1) + noise * torch.randn(n, generator=g, dtype=torch.float64)
+    truth = truth.reshape(-1)
+    y = X @ truth + noise * torch.randn(n, generator=g, dtype=torch.float64)
     lam_max = float((X.T @ y).reshape(-1, group_size).norm(dim=1).max()) / n
     p = group_lasso(X, y, group_size, fraction * lam_max)
     p.meta["truth"] = truth
@@ -71,6 +72,35 @@ def make_equality_ls(n=200, d=100, constraints=10, noise=0.1, margin=1.5, seed=0
     multipliers = O.mT @ (X.T @ (X @ w_star - y) / n)
     p = equality_ls(X, y, A, strength=margin * float(multipliers.abs().max()))
     p.meta.update(solution=w_star, multiplier_bound=float(multipliers.abs().max()))
+    return p
+
+
+def make_fixed_zeros_ls(n=200, d=100, zeros=20, noise=0.1, margin=1.5, seed=0) -> Problem:
+    """Least squares with ``zeros`` entries forced to 0 (some of them non-zero in the truth)."""
+    X, y, _ = _planted_regression(n, d, d, noise, seed)
+    mask = torch.zeros(d, dtype=torch.bool)
+    mask[torch.randperm(d, generator=_gen(seed + 1))[:zeros]] = True
+    free = (~mask).nonzero().squeeze(1)
+    w_star = torch.zeros(d, dtype=torch.float64)
+    w_star[free] = torch.linalg.lstsq(X[:, free], y.unsqueeze(1)).solution.squeeze(1)
+    multipliers = (X.T @ (X @ w_star - y) / n)[mask]
+    p = equality_ls(X, y, zeros=mask, strength=margin * float(multipliers.abs().max()))
+    p.meta.update(solution=w_star, multiplier_bound=float(multipliers.abs().max()))
+    return p
+
+
+def make_tied_least_squares(tasks=3, n=100, d=30, noise=0.1, spread=0.3, margin=1.5, seed=0) -> Problem:
+    """``tasks`` regressions whose true weights differ by ``spread``; tied to one shared weight."""
+    g = _gen(seed)
+    X = torch.randn(tasks, n, d, generator=g, dtype=torch.float64)
+    base = torch.randn(d, generator=g, dtype=torch.float64)
+    truth = base + spread * torch.randn(tasks, d, generator=g, dtype=torch.float64)
+    y = torch.einsum("knd,kd->kn", X, truth) + noise * torch.randn(tasks, n, generator=g, dtype=torch.float64)
+    w_star = torch.linalg.lstsq(X.reshape(-1, d), y.reshape(-1, 1)).solution.squeeze(1)
+    grads = torch.einsum("knd,kn->kd", X, torch.einsum("knd,d->kn", X, w_star) - y) / n
+    bound = float(grads.abs().max())
+    p = tied_least_squares(X, y, strength=margin * bound)
+    p.meta.update(solution=w_star.expand(tasks, d).clone(), multiplier_bound=bound)
     return p
 
 
