@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import json
+import pathlib
 import platform
 import sys
 
 import torch
 
-from .compare import BUILTIN, SOLVERS, builtin_problems, compare
+from .compare import BUILTIN, SIZES, SOLVERS, builtin_problems, compare
 
 
 def machine_name(device=None) -> str:
@@ -24,32 +26,58 @@ def machine_name(device=None) -> str:
     return f"{name}, {torch.get_num_threads()} threads"
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="symopt", description="Differentiable constraints by symmetry (DCS).")
     sub = parser.add_subparsers(dest="command", required=True)
-    cmp = sub.add_parser("compare", help="DCS vs cvxpy / scikit-learn / proximal solvers on built-in problems")
-    cmp.add_argument("--problems", default=",".join(BUILTIN), help=f"comma list from {','.join(BUILTIN)}")
+    cmp = sub.add_parser("compare", help="DCS vs cvxpy / scikit-learn / projected / geoopt on built-in problems",
+                         description="Solve the built-in problems with DCS and every applicable baseline; print "
+                                     "one table, write it as Markdown and JSON, and plot gap vs time per problem. "
+                                     "Exit code 1 if DCS disagrees with the best solver.")
+    cmp.add_argument("--problems", "--problem", default=",".join(BUILTIN),
+                     help=f"comma list from {','.join(BUILTIN)} (default: all)")
     cmp.add_argument("--solvers", default=",".join(SOLVERS), help=f"comma list from {','.join(SOLVERS)}")
-    cmp.add_argument("--device", default=None, help="cpu (default) or cuda for DCS and the proximal solver")
-    cmp.add_argument("--quick", action="store_true", help="small sizes (seconds)")
+    cmp.add_argument("--size", choices=SIZES, default="default", help="problem sizes (default: default)")
+    cmp.add_argument("--quick", action="store_true", help="same as --size quick")
+    cmp.add_argument("--device", default="cpu", help="device for DCS, projected and geoopt: cpu or cuda")
+    cmp.add_argument("--dtype", choices=("float64", "float32"), default="float64",
+                     help="precision of DCS, projected and geoopt (objectives are compared in float64)")
+    cmp.add_argument("--out", default="symopt-compare", help="folder for results.md, results.json and PNG plots")
     cmp.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    return parser
 
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    size = "quick" if args.quick else args.size
     try:
-        problems = builtin_problems(args.problems.split(","), quick=args.quick, seed=args.seed)
-        if args.device and args.device.startswith("cuda") and not torch.cuda.is_available():
+        if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
             raise ValueError("--device cuda requested but CUDA is not available")
-        print(f"symopt compare — torch {torch.__version__}, {machine_name(args.device)}, float64\n")
-        rows = compare(problems, solvers=args.solvers.split(","), device=args.device)
-    except ValueError as err:
+        problems = builtin_problems(args.problems.split(","), seed=args.seed, size=size)
+        solvers = args.solvers.split(",")
+        print(f"symopt compare — torch {torch.__version__}, {machine_name(args.device)}, {args.dtype}, "
+              f"size {size}\n", flush=True)
+        rows = compare(problems, solvers=solvers, device=args.device, dtype=getattr(torch, args.dtype),
+                       progress=lambda line: print(line, file=sys.stderr, flush=True))
+    except (ValueError, RuntimeError) as err:
         parser.error(str(err))
     print(rows)
     print("\nrel. gap: (objective − best feasible objective) / max(1, |best|); same: support / rank equal to the"
-          " best solver's; seconds: solve time only.")
-    if not rows.ok:
+          " best solver's; seconds: solve time only; n/a: the solver does not apply.")
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.md").write_text(rows.to_markdown() + "\n")
+    (out / "results.json").write_text(json.dumps(rows.to_dict(), indent=1) + "\n")
+    try:
+        plots = rows.plot(out)
+        print(f"\nwrote {out}/results.md, results.json and {len(plots)} plots (gap vs time)")
+    except ImportError as err:
+        print(f"\nwrote {out}/results.md and results.json; no plots: {err}")
+    if "dcs" in solvers and not rows.ok:
         print("\nFAIL: a DCS result is not within 1e-6 of the best objective or disagrees on the structure.")
         return 1
-    print("\nOK: DCS matches the best solver on every problem (relative gap ≤ 1e-6, same structure).")
+    if "dcs" in solvers:
+        print("\nOK: DCS matches the best solver on every problem (relative gap ≤ 1e-6, same structure).")
     return 0
 
 

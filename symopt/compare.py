@@ -1,4 +1,4 @@
-"""Layer 5 — run DCS and the independent baselines on the same problems and tabulate them."""
+"""Layer 5 — run DCS and the independent baselines on the same problems; tables and plots."""
 
 from __future__ import annotations
 
@@ -9,64 +9,139 @@ from dataclasses import dataclass
 import torch
 
 from ._format import table
-from .baselines import solve_cvxpy, solve_proximal, solve_sklearn
+from .baselines import solve_cvxpy, solve_geoopt, solve_proximal, solve_sklearn
 from .optimality import snap_tol
-from .problems import (Problem, make_equality_ls, make_group_lasso, make_lasso, make_logistic_l1,
-                       make_matrix_completion)
-from .result import Result
+from .problems import (Problem, make_equality_ls, make_fixed_zeros_ls, make_group_lasso, make_lasso,
+                       make_logistic_l1, make_low_rank_regression, make_matrix_completion, make_tied_least_squares)
+from .result import NotApplicable, Result
 from .solve import solve
 
-# name -> (generator, full-size kwargs, --quick kwargs)
-BUILTIN: dict[str, tuple[Callable[..., Problem], dict, dict]] = {
-    "lasso": (make_lasso, dict(n=500, d=2000, nonzeros=20), dict(n=100, d=200, nonzeros=5)),
-    "group_lasso": (make_group_lasso, dict(n=500, d=1000, group_size=5), dict(n=100, d=200, group_size=4)),
-    "logistic_l1": (make_logistic_l1, dict(n=500, d=300), dict(n=200, d=50)),
-    "equality_ls": (make_equality_ls, dict(n=500, d=300, constraints=30), dict(n=100, d=50, constraints=5)),
-    "matrix_completion": (make_matrix_completion, dict(m=40, n=30), dict(m=20, n=15, rank=2)),
+# name -> (generator, kwargs per size)
+BUILTIN: dict[str, tuple[Callable[..., Problem], dict[str, dict]]] = {
+    "lasso": (make_lasso, {"quick": dict(n=100, d=200, nonzeros=5), "default": dict(n=500, d=2000, nonzeros=20)}),
+    "group_lasso": (make_group_lasso, {"quick": dict(n=100, d=200, group_size=4),
+                                       "default": dict(n=500, d=1000, group_size=5)}),
+    "logistic_l1": (make_logistic_l1, {"quick": dict(n=200, d=50), "default": dict(n=500, d=300)}),
+    "equality_ls": (make_equality_ls, {"quick": dict(n=100, d=50, constraints=5),
+                                       "default": dict(n=500, d=300, constraints=30)}),
+    "fixed_zeros_ls": (make_fixed_zeros_ls, {"quick": dict(n=100, d=50, zeros=10),
+                                             "default": dict(n=500, d=300, zeros=60)}),
+    "tied_ls": (make_tied_least_squares, {"quick": dict(tasks=3, n=60, d=20),
+                                          "default": dict(tasks=4, n=200, d=100)}),
+    "matrix_completion": (make_matrix_completion, {"quick": dict(m=20, n=15, rank=2), "default": dict(m=40, n=30)}),
+    "low_rank_regression": (make_low_rank_regression, {"quick": dict(n=100, p=15, q=10, rank=2),
+                                                       "default": dict(n=300, p=40, q=30, rank=3)}),
+    "hard_rank": (make_low_rank_regression, {"quick": dict(n=100, p=15, q=10, rank=2, hard_rank=2),
+                                             "default": dict(n=300, p=40, q=30, rank=3, hard_rank=3)}),
 }
+SIZES = ("quick", "default")
 
 SOLVERS: dict[str, Callable[..., Result]] = {
-    "dcs": lambda p, device: solve(p, device=device),
-    "cvxpy": lambda p, device: solve_cvxpy(p),
-    "sklearn": lambda p, device: solve_sklearn(p),
-    "proximal": lambda p, device: solve_proximal(p, device=device),
+    "dcs": lambda p, device, dtype: solve(p, device=device, dtype=dtype),
+    "cvxpy": lambda p, device, dtype: solve_cvxpy(p),
+    "sklearn": lambda p, device, dtype: solve_sklearn(p),
+    "projected": lambda p, device, dtype: solve_proximal(p, device=device, dtype=dtype),
+    "geoopt": lambda p, device, dtype: solve_geoopt(p, device=device, dtype=dtype),
 }
 
 
 @dataclass(frozen=True)
 class Row:
     problem: str
-    result: Result
+    solver: str
+    result: Result | None  # None: the solver does not apply to this problem
     gap: float  # (objective − best feasible objective) / max(1, |best|)
     structure: str
-    agrees: bool  # same support / rank as the best solver's answer
+    agrees: bool | None  # same support / rank as the best solver's answer
+    best: float = float("nan")  # best feasible objective on this problem
+    note: str = ""
 
 
 class Comparison(list):
-    """Rows of a comparison; prints as a table."""
+    """Rows of a comparison: prints as a table; ``to_markdown``, ``to_dict``, ``plot``."""
+
+    HEADERS = ["problem", "solver", "status", "objective", "rel. gap", "violation", "structure", "same",
+               "iters", "seconds", "device"]
+
+    def _cells(self, r: Row) -> list[str]:
+        if r.result is None:
+            return [r.problem, r.solver, f"n/a: {r.note}", "", "", "", "", "", "", "", ""]
+        res = r.result
+        return [r.problem, res.solver, res.status, f"{res.objective:.10g}", f"{r.gap:.1e}", f"{res.violation:.1e}",
+                r.structure, {True: "yes", False: "NO", None: "?"}[r.agrees], str(res.iterations),
+                f"{res.seconds:.3f}", res.device]
 
     def __str__(self) -> str:
-        headers = ["problem", "solver", "status", "objective", "rel. gap", "violation", "structure", "same",
-                   "iters", "seconds", "device"]
-        return table(headers, [
-            [r.problem, r.result.solver, r.result.status, f"{r.result.objective:.10g}", f"{r.gap:.1e}",
-             f"{r.result.violation:.1e}", r.structure, "yes" if r.agrees else "NO", r.result.iterations,
-             f"{r.result.seconds:.3f}", r.result.device]
-            for r in self
-        ])
+        return table(self.HEADERS, [self._cells(r) for r in self])
+
+    def to_markdown(self) -> str:
+        lines = ["| " + " | ".join(self.HEADERS) + " |", "|" + "---|" * len(self.HEADERS)]
+        lines += ["| " + " | ".join(self._cells(r)) + " |" for r in self]
+        return "\n".join(lines)
+
+    def to_dict(self) -> list[dict]:
+        out = []
+        for r in self:
+            entry = {"problem": r.problem, "solver": r.solver, "applicable": r.result is not None}
+            if r.result is not None:
+                res = r.result
+                entry.update(status=res.status, objective=res.objective, gap=r.gap, violation=res.violation,
+                             kkt_residual=res.kkt_residual, structure=r.structure, agrees=r.agrees,
+                             iterations=res.iterations, seconds=res.seconds, device=res.device)
+            else:
+                entry["note"] = r.note
+            out.append(entry)
+        return out
 
     @property
     def ok(self) -> bool:
         """Every DCS row is within 1e-6 relative gap of the best and agrees on the structure."""
-        return all(r.gap <= 1e-6 and r.agrees for r in self if r.result.solver == "dcs")
+        return all(r.gap <= 1e-6 and r.agrees for r in self if r.solver == "dcs" and r.result is not None)
+
+    def plot(self, folder) -> list:
+        """One PNG per problem: relative objective gap vs seconds per solver (log-log). Needs matplotlib."""
+        import pathlib
+
+        try:
+            import matplotlib
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError as err:  # pragma: no cover
+            raise ImportError("plots need matplotlib: pip install 'symopt[plots]'") from err
+        folder = pathlib.Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for problem in dict.fromkeys(r.problem for r in self):
+            rows = [r for r in self if r.problem == problem and r.result is not None]
+            best = rows[0].best if rows else 0.0
+            fig, ax = plt.subplots(figsize=(6, 4))
+            for r in rows:
+                res = r.result
+                points = res.history or [(res.seconds, res.objective, float("nan"))]
+                xs = [max(t, 1e-6) for t, _, _ in points]
+                ys = [max((obj - best) / max(1.0, abs(best)), 1e-16) for _, obj, _ in points]
+                ax.plot(xs, ys, marker="o" if len(xs) <= 10 else None, markersize=4, label=res.solver)
+            ax.set(xscale="log", yscale="log", xlabel="seconds", ylabel="relative objective gap", title=problem)
+            ax.legend(fontsize=8)
+            fig.tight_layout()
+            path = folder / (problem.replace(" ", "_").replace("/", "-").replace(",", "") + ".png")
+            fig.savefig(path, dpi=100)
+            plt.close(fig)
+            paths.append(path)
+        return paths
 
 
-def builtin_problems(names: Sequence[str] | None = None, quick: bool = False, seed: int = 0) -> list[Problem]:
+def builtin_problems(names: Sequence[str] | None = None, quick: bool = False, seed: int = 0,
+                     size: str | None = None) -> list[Problem]:
+    """The built-in suite (or the named families) at ``size`` ``"quick"`` or ``"default"``."""
+    size = size or ("quick" if quick else "default")
+    if size not in SIZES:
+        raise ValueError(f"unknown size {size!r}; choose one of {SIZES}")
     names = list(names or BUILTIN)
     unknown = [n for n in names if n not in BUILTIN]
     if unknown:
         raise ValueError(f"unknown problem(s) {unknown}; built-in: {sorted(BUILTIN)}")
-    return [BUILTIN[n][0](**BUILTIN[n][2 if quick else 1], seed=seed) for n in names]
+    return [BUILTIN[n][0](**BUILTIN[n][1][size], seed=seed) for n in names]
 
 
 def _pattern(problem: Problem, x: torch.Tensor) -> tuple[str, object]:
@@ -83,13 +158,15 @@ def _pattern(problem: Problem, x: torch.Tensor) -> tuple[str, object]:
     return c.structure(x, tol), key
 
 
-def compare(problems: Sequence[Problem], solvers: Sequence[str] = tuple(SOLVERS), device=None) -> Comparison:
-    """Solve each problem with each applicable solver; gaps are relative to the best feasible objective.
+def compare(problems: Sequence[Problem], solvers: Sequence[str] = tuple(SOLVERS), device=None,
+            dtype=torch.float64, progress: Callable[[str], None] | None = None) -> Comparison:
+    """Solve each problem with each solver; gaps are relative to the best feasible objective, and
+    solvers that do not apply get a "not applicable" row.
 
     Example:
         >>> import symopt
         >>> from symopt.compare import builtin_problems, compare
-        >>> rows = compare(builtin_problems(["lasso"], quick=True), solvers=["dcs", "proximal"])
+        >>> rows = compare(builtin_problems(["lasso"], quick=True), solvers=["dcs", "projected"])
         >>> rows.ok
         True
     """
@@ -97,18 +174,27 @@ def compare(problems: Sequence[Problem], solvers: Sequence[str] = tuple(SOLVERS)
     if unknown:
         raise ValueError(f"unknown solver(s) {unknown}; available: {sorted(SOLVERS)}")
     rows = Comparison()
+    total, done = len(problems) * len(solvers), 0
     for problem in problems:
-        results = []
+        results: list[tuple[str, Result | None, str]] = []
         for name in solvers:
+            done += 1
+            if progress:
+                progress(f"[{done}/{total}] {problem.name}: {name}")
             try:
-                results.append(SOLVERS[name](problem, device))
-            except (ValueError, ImportError):
-                continue  # not applicable to this family, or the package is not installed
-        feasible = [r for r in results if math.isfinite(r.objective) and r.violation <= 1e-6 * max(1, r.x.norm())]
+                results.append((name, SOLVERS[name](problem, device, dtype), ""))
+            except (NotApplicable, ImportError) as err:
+                results.append((name, None, str(err)))
+        solved = [r for _, r, _ in results if r is not None]
+        feasible = [r for r in solved if math.isfinite(r.objective) and r.violation <= 1e-6 * max(1, r.x.norm())]
         best = min(feasible, key=lambda r: r.objective) if feasible else None
         _, best_key = _pattern(problem, best.x) if best else ("", None)
-        for r in results:
+        for name, r, note in results:
+            if r is None:
+                rows.append(Row(problem.name, name, None, float("nan"), "", None, note=note))
+                continue
             structure, key = _pattern(problem, r.x)
             gap = (r.objective - best.objective) / max(1.0, abs(best.objective)) if best else float("nan")
-            rows.append(Row(problem.name, r, gap, structure, key == best_key))
+            rows.append(Row(problem.name, name, r, gap, structure, key == best_key,
+                            best.objective if best else float("nan")))
     return rows

@@ -7,6 +7,10 @@ from dataclasses import dataclass, field
 import torch
 
 
+class NotApplicable(ValueError):
+    """A solver has no method for this problem (e.g. cvxpy for a problem without a convex twin)."""
+
+
 @dataclass
 class Result:
     """Outcome of one solve.
@@ -18,7 +22,7 @@ class Result:
         kkt_residual: distance of ``−∇loss(x)`` to ``λ∂‖x‖`` (projected gradient for linear kinds).
         iterations: solver iterations (outer iterations for DCS).
         seconds: wall time of the solve.
-        history: per iteration, ``(objective, kkt_residual)``.
+        history: per iteration, ``(seconds since start, objective, kkt_residual)``.
         device: where it ran.
         status: ``"optimal"``, ``"max_iter"``, ``"stalled"``, ``"nan"`` or a baseline's own status.
         solver: name of the solver.

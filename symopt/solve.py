@@ -102,9 +102,9 @@ def solve(problem: Problem, device=None, dtype=torch.float64, method: str = "lbf
         if not bool(torch.isfinite(theta).all()):
             status, message = "nan", "non-finite iterate"
             break
-        _, kkt = kkt_at_snap(loss, constraint, theta, tol)
+        point, kkt = kkt_at_snap(loss, constraint, theta, tol)
         violation = constraint.violation(theta) if constraint.linear else 0.0
-        history.append((float(loss(theta)), kkt))
+        history.append((time.perf_counter() - start, problem.value(point, data, constraint), kkt))
         if kkt <= tol * scale and violation <= tol * max(1.0, float(theta.norm())):
             status, message = "optimal", "KKT residual and violation below tolerance"
             break
@@ -120,6 +120,6 @@ def solve(problem: Problem, device=None, dtype=torch.float64, method: str = "lbf
     x = constraint.project(theta, snap_tol(theta, tol)).to("cpu", torch.float64)
     return Result(
         x=x, objective=problem.objective(x), violation=constraint.violation(theta) if constraint.linear else 0.0,
-        kkt_residual=history[-1][1] if history else float("nan"), iterations=len(history), seconds=seconds,
+        kkt_residual=history[-1][2] if history else float("nan"), iterations=len(history), seconds=seconds,
         history=history, device=str(device), status=status, solver="dcs", message=message,
     )

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ..problems import Problem
-from ..result import Result
+from ..result import NotApplicable, Result
 
 
 def solve_cvxpy(problem: Problem, solver: str | None = None, **options) -> Result:
@@ -22,7 +22,7 @@ def solve_cvxpy(problem: Problem, solver: str | None = None, **options) -> Resul
     except ImportError as err:  # pragma: no cover - depends on the environment
         raise ImportError("the cvxpy baseline needs cvxpy: pip install 'symopt[baselines]'") from err
     if problem.cvxpy is None:
-        raise ValueError(f"{problem.name} has no cvxpy twin")
+        raise NotApplicable("no convex twin")
     variable, objective, constraints = problem.cvxpy(**problem.numpy_data())
     cvx_problem = cp.Problem(cp.Minimize(objective), constraints)
     start = time.perf_counter()

@@ -52,8 +52,8 @@ def solve_proximal(problem: Problem, device=None, dtype=torch.float64, tol: floa
         z = x_new + (t - 1) / t_new * (x_new - x)
         x, t = x_new, t_new
         L /= 1.5  # let the step grow back
-        _, kkt = kkt_at_snap(loss, c, x, tol)
-        history.append((f_new, kkt))
+        point, kkt = kkt_at_snap(loss, c, x, tol)
+        history.append((time.perf_counter() - start, problem.value(point, data, c), kkt))
         if not math.isfinite(kkt):
             status = "nan"
             break
@@ -66,6 +66,6 @@ def solve_proximal(problem: Problem, device=None, dtype=torch.float64, tol: floa
     x = x.to("cpu", torch.float64)
     c64 = problem.constraint().to(dtype=torch.float64)
     return Result(x=x, objective=problem.objective(x), violation=c64.violation(x) if c.linear else 0.0,
-                  kkt_residual=history[-1][1] if history else float("nan"), iterations=len(history),
+                  kkt_residual=history[-1][2] if history else float("nan"), iterations=len(history),
                   seconds=seconds, history=history, device=str(device), status=status,
                   solver="projected" if c.linear else "proximal")

@@ -8,7 +8,7 @@ import warnings
 import torch
 
 from ..problems import Problem
-from ..result import Result
+from ..result import NotApplicable, Result
 
 
 def solve_sklearn(problem: Problem, tol: float = 1e-10, max_iter: int = 10_000) -> Result:
@@ -19,7 +19,7 @@ def solve_sklearn(problem: Problem, tol: float = 1e-10, max_iter: int = 10_000) 
         raise ImportError("the sklearn baseline needs scikit-learn: pip install 'symopt[baselines]'") from err
     family, lam = problem.meta.get("family"), problem.meta.get("strength")
     if family not in ("lasso", "logistic_l1"):
-        raise ValueError(f"sklearn has no solver for {family!r}")
+        raise NotApplicable(f"no scikit-learn solver for {family}")
     data = problem.numpy_data()
     X, y = data["X"], data["y"]
     if family == "lasso":

@@ -128,10 +128,11 @@ class LowRank(Constraint):
     def kkt_residual(self, value: Tensor, grad: Tensor, tol: float = 0.0) -> float:
         W = self.matrix(value).to(working_dtype(value.dtype))
         G = self.matrix(grad).to(W.dtype)
+        cap = self.max_rank
         if W.dim() == 2:
-            return _nuclear_kkt(W, G, self.strength, tol)
+            return _nuclear_kkt(W, G, self.strength, tol, cap)
         pairs = zip(W.reshape(-1, *W.shape[-2:]), G.reshape(-1, *G.shape[-2:]))
-        return sum(_nuclear_kkt(w, g, self.strength, tol) ** 2 for w, g in pairs) ** 0.5
+        return sum(_nuclear_kkt(w, g, self.strength, tol, cap) ** 2 for w, g in pairs) ** 0.5
 
     def project(self, value: Tensor, tol: float = 0.0) -> Tensor:
         mat = self.matrix(value).to(working_dtype(value.dtype))
@@ -159,12 +160,14 @@ class LowRank(Constraint):
         return f"strength={self.strength:g}, max_rank={self.max_rank}, layout={self.layout!r}"
 
 
-def _nuclear_kkt(W: Tensor, G: Tensor, lam: float, tol: float) -> float:
+def _nuclear_kkt(W: Tensor, G: Tensor, lam: float, tol: float, cap: int | None = None) -> float:
     """Distance of ``−G`` to ``λ∂‖W‖_*`` for one matrix.
 
     ``∂‖W‖_* = {P Qᵀ + Z : PᵀZ = 0, ZQ = 0, ‖Z‖₂ ≤ 1}`` with ``W = P Σ Qᵀ`` (thin, σ > tol): the
     residual splits into a tangent part that must vanish and the excess over λ of the normal part's
-    singular values.
+    singular values. When the rank sits at the factor width ``cap`` the rank bound is active and the
+    normal part is its multiplier: only the tangent part counts (stationarity on the rank-``cap``
+    manifold).
     """
     P, S, Qh = torch.linalg.svd(W, full_matrices=False)
     keep = S > tol
@@ -173,4 +176,6 @@ def _nuclear_kkt(W: Tensor, G: Tensor, lam: float, tol: float) -> float:
     normal = R - P @ (P.mT @ R)
     normal = normal - (normal @ Q) @ Q.mT
     excess = (torch.linalg.svdvals(normal) - lam).clamp_min(0)
+    if cap is not None and int(keep.sum()) >= cap:
+        excess = excess[:0]
     return float(((R - normal).square().sum() + excess.square().sum()).sqrt())

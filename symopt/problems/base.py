@@ -26,6 +26,9 @@ class Problem:
         cvxpy: optional twin ``cvxpy(**numpy_data) -> (variable, objective, constraints)`` whose
             variable has ``shape`` and whose optimum is the problem's optimum.
         meta: free-form description (sizes, planted truth, ...).
+        penalized: False for hard-constraint problems whose objective is the loss alone even though
+            the constraint is a penalty kind (hard rank: ``LowRank(max_rank=r)`` with a vanishing
+            strength).
     """
 
     name: str
@@ -35,6 +38,7 @@ class Problem:
     data: dict[str, Tensor] = field(default_factory=dict)
     cvxpy: Callable | None = None
     meta: dict = field(default_factory=dict)
+    penalized: bool = True
 
     def data_on(self, device=None, dtype=None) -> dict[str, Tensor]:
         return {
@@ -44,14 +48,18 @@ class Problem:
     def numpy_data(self) -> dict[str, np.ndarray]:
         return {k: v.detach().cpu().numpy() for k, v in self.data.items()}
 
-    def objective(self, theta: Tensor, constraint: Constraint | None = None) -> float:
-        """Full objective at θ (in float64 on θ's device): loss + λ·induced norm for penalty kinds,
-        loss alone for linear kinds (whose feasibility is measured separately)."""
-        constraint = constraint or self.constraint()
-        theta = theta.detach().to(torch.float64)
-        data = self.data_on(theta.device, torch.float64)
-        constraint = constraint.to(device=theta.device, dtype=torch.float64)
-        value = float(self.loss(theta, **data))
-        if not constraint.linear:
-            value += constraint.strength * float(constraint.induced_norm(theta))
+    def value(self, theta: Tensor, data: dict[str, Tensor], constraint: Constraint) -> float:
+        """Full objective at θ with data and constraint already on θ's device and dtype."""
+        with torch.no_grad():
+            value = float(self.loss(theta, **data))
+            if self.penalized and not constraint.linear:
+                value += constraint.strength * float(constraint.induced_norm(theta))
         return value
+
+    def objective(self, theta: Tensor) -> float:
+        """Full objective at θ in float64 on θ's device — the number solvers are compared on:
+        loss + λ·induced norm for penalty kinds, the loss alone for linear kinds (whose feasibility
+        is measured separately) and for hard-constraint problems (``penalized=False``)."""
+        theta = theta.detach().to(torch.float64)
+        constraint = self.constraint().to(device=theta.device, dtype=torch.float64)
+        return self.value(theta, self.data_on(theta.device, torch.float64), constraint)

@@ -107,12 +107,11 @@ def equality_ls(X, y, A=None, strength: float = 1.0, *, zeros=None) -> Problem:
     if A is not None:
         A = _as_tensor("A", A).to(X.dtype)
         make = lambda: Subspace(A, strength)  # noqa: E731
-        rows = A.detach().cpu().numpy()
     else:
         zeros = torch.as_tensor(zeros)
         make = lambda: FixedZeros(zeros, strength)  # noqa: E731
-        rows = torch.eye(d, dtype=torch.float64)[zeros.cpu()].numpy() if zeros.dtype == torch.bool else None
     make().validate(torch.empty(d), "w")  # checks A's columns / the mask's shape and dtype now
+    rows = A.detach().cpu().numpy() if A is not None else torch.eye(d, dtype=torch.float64)[zeros.cpu()].numpy()
 
     def twin(X, y):
         import cvxpy as cp
@@ -170,3 +169,40 @@ def matrix_completion(M, mask, strength: float) -> Problem:
     m, n = M.shape
     return Problem(f"completion {m}x{n}", (m, n), _completion, lambda: LowRank(strength),
                    {"M": M, "mask": maskf}, twin, {"family": "matrix_completion", "strength": strength})
+
+
+def _matrix_least_squares(theta: Tensor, X: Tensor, Y: Tensor) -> Tensor:
+    return 0.5 * (X @ theta - Y).square().sum() / X.shape[0]
+
+
+def low_rank_regression(X, Y, strength: float | None = None, *, rank: int | None = None) -> Problem:
+    """Multi-output regression ``1/(2n)‖XW − Y‖²_F`` with ``W`` of shape ``(p, q)``, either
+    penalised, ``+ λ‖W‖_*`` (``strength``; convex, cvxpy twin), or with a hard bound
+    ``rank(W) ≤ r`` (``rank``; no convex twin: cvxpy reports not applicable).
+
+    The hard-rank form uses ``LowRank(max_rank=r)`` with a vanishing strength (1e-9 of
+    ``‖XᵀY‖₂/n``) that keeps the factors balanced; its objective is the loss alone.
+    """
+    X, Y = _as_tensor("X", X), _as_tensor("Y", Y)
+    if X.dim() != 2 or Y.dim() != 2 or X.shape[0] != Y.shape[0]:
+        raise ValueError(f"X must be (n, p) and Y (n, q), got X {tuple(X.shape)} and Y {tuple(Y.shape)}")
+    if (strength is None) == (rank is None):
+        raise ValueError("low_rank_regression: pass exactly one of strength (nuclear norm) or rank (hard rank)")
+    n, p = X.shape
+    q = Y.shape[1]
+    Y = Y.to(X.dtype)
+    if rank is not None:
+        LowRank(1.0, rank).validate(torch.empty(p, q), "W")
+        vanishing = 1e-9 * float(torch.linalg.matrix_norm(X.T @ Y / n, ord=2))
+        return Problem(f"hard_rank {n}x{p}x{q}, r={rank}", (p, q), _matrix_least_squares,
+                       lambda: LowRank(vanishing, rank), {"X": X, "Y": Y}, None,
+                       {"family": "low_rank_regression", "rank": rank}, penalized=False)
+    LowRank(strength)
+
+    def twin(X, Y):
+        import cvxpy as cp
+        W = cp.Variable((p, q))
+        return W, cp.sum_squares(X @ W - Y) / (2 * n) + strength * cp.normNuc(W), []
+
+    return Problem(f"low_rank_regression {n}x{p}x{q}", (p, q), _matrix_least_squares, lambda: LowRank(strength),
+                   {"X": X, "Y": Y}, twin, {"family": "low_rank_regression", "strength": strength})

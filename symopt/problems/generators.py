@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from .base import Problem
-from .families import equality_ls, group_lasso, lasso, logistic_l1, matrix_completion, tied_least_squares
+from .families import (equality_ls, group_lasso, lasso, logistic_l1, low_rank_regression, matrix_completion,
+                       tied_least_squares)
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -113,3 +114,26 @@ def make_matrix_completion(m=50, n=40, rank=3, observed=0.5, noise=0.01, strengt
     p = matrix_completion(M, mask, strength)
     p.meta["truth"] = truth
     return p
+
+
+def make_low_rank_regression(n=200, p=30, q=20, rank=3, noise=0.1, fraction=0.2, hard_rank=None,
+                             orthogonal=False, seed=0) -> Problem:
+    """Planted rank-``rank`` coefficients. ``hard_rank=r`` gives the hard-rank variant; with
+    ``orthogonal=True`` the design has ``XᵀX = n·I``, so truncated SVD of ``XᵀY/n`` is the exact
+    hard-rank optimum (a check for any solver)."""
+    g = _gen(seed)
+    X = torch.randn(n, p, generator=g, dtype=torch.float64)
+    if orthogonal:
+        X = torch.linalg.qr(X).Q * n**0.5
+    truth = torch.randn(p, rank, generator=g, dtype=torch.float64) @ torch.randn(rank, q, generator=g,
+                                                                                dtype=torch.float64)
+    Y = X @ truth + noise * torch.randn(n, q, generator=g, dtype=torch.float64)
+    if hard_rank is not None:
+        problem = low_rank_regression(X, Y, rank=hard_rank)
+    else:
+        problem = low_rank_regression(X, Y, fraction * float(torch.linalg.matrix_norm(X.T @ Y / n, ord=2)))
+    problem.meta["truth"] = truth
+    if orthogonal and hard_rank is not None:
+        P, S, Qh = torch.linalg.svd(X.T @ Y / n, full_matrices=False)
+        problem.meta["solution"] = (P[:, :hard_rank] * S[:hard_rank]) @ Qh[:hard_rank]
+    return problem
