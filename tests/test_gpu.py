@@ -63,3 +63,22 @@ def test_lasso_on_cuda_matches_sklearn():
     Xc, yc = X.to(CUDA), y.to(CUDA)
     train(model, lambda m: ls_loss(Xc, yc)(m.theta), steps=8000, lr=0.4)
     assert np.abs(model.theta.detach().cpu().numpy() - ref).max() <= 1e-6
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_solve_on_cuda_matches_cpu(dtype):
+    from symopt.compare import builtin_problems
+    from symopt.solve import solve
+
+    for problem in builtin_problems(quick=True):
+        cpu = solve(problem)
+        gpu = solve(problem, device="cuda", dtype=dtype, tol=1e-6 if dtype == torch.float64 else 1e-4)
+        assert gpu.device.startswith("cuda") and gpu.status == "optimal", problem.name
+        rel = 1e-6 if dtype == torch.float64 else 1e-4
+        assert abs(gpu.objective - cpu.objective) <= rel * max(1.0, abs(cpu.objective)), problem.name
+
+
+def test_compare_cli_on_cuda(tmp_path):
+    from symopt.cli import main
+
+    assert main(["compare", "--quick", "--device", "cuda", "--solvers", "dcs,projected", "--out", str(tmp_path)]) == 0

@@ -53,6 +53,15 @@ def test_default_tolerance_reaches_gap_1e6_on_every_family():
         assert (dcs.objective - ref.objective) / max(1.0, abs(ref.objective)) <= 1e-6, problem.name
 
 
+def test_momentum_method_reaches_the_same_optimum(capsys):
+    for problem in builtin_problems(quick=True, seed=3):
+        a, b = solve(problem), solve(problem, method="momentum", max_iter=2000)
+        assert b.status == "optimal" and b.solver == "dcs[momentum]", problem.name
+        assert (b.objective - a.objective) / max(1.0, abs(a.objective)) <= 1e-6, problem.name
+    solve(builtin_problems(["lasso"], quick=True)[0], progress=True)
+    assert "[symopt.solve lasso 100x200] iter 1: objective" in capsys.readouterr().err
+
+
 def test_hard_rank_geoopt_dcs_and_projected_match_truncated_svd():
     problem = make_low_rank_regression(n=100, p=15, q=10, rank=2, hard_rank=2, orthogonal=True)
     optimum = problem.objective(problem.meta["solution"])  # truncated SVD is optimal for XᵀX = n·I
@@ -123,6 +132,7 @@ def test_unreachable_tolerance_stops_as_stalled():
 
 @pytest.mark.parametrize("kwargs,match", [
     (dict(tol=-1.0), "tol must be"), (dict(max_iter=0), "max_iter must be"), (dict(method="newton"), "unknown method"),
+    (dict(dtype=torch.int64), "dtype must be"), (dict(device="gpu0"), "unknown device"),
 ])
 def test_solve_bad_options(kwargs, match):
     (problem,) = builtin_problems(["lasso"], quick=True)
