@@ -87,10 +87,17 @@ def test_float32_solve():
     assert abs(r32.objective - r64.objective) / abs(r64.objective) <= 1e-5
 
 
-def test_baselines_agree_with_each_other():
-    (problem,) = builtin_problems(["lasso"], quick=True)
-    a, b = solve_sklearn(problem), solve_proximal(problem)
+@pytest.mark.parametrize("name", ["lasso", "group_lasso", "logistic_l1"])
+def test_baselines_agree_with_each_other(name):
+    if name == "group_lasso":
+        pytest.importorskip("skglm")
+    (problem,) = builtin_problems([name], quick=True)
+    a, b = solve_sklearn(problem), solve_proximal(problem, tol=1e-9)
+    assert a.status == "optimal" and a.kkt_residual <= 1e-8
     assert abs(a.objective - b.objective) <= 1e-9 * abs(a.objective)
+
+
+def test_sklearn_not_applicable():
     with pytest.raises(NotApplicable, match="no scikit-learn solver"):
         solve_sklearn(builtin_problems(["matrix_completion"], quick=True)[0])
 
