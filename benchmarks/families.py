@@ -17,7 +17,7 @@ import time
 import torch
 
 from symopt.cli import machine_name
-from symopt.compare import SOLVERS
+from symopt.comparison import SOLVERS
 from symopt.problems import (make_equality_ls, make_group_lasso, make_lasso, make_logistic_l1,
                              make_low_rank_regression, make_matrix_completion, make_tied_least_squares)
 from symopt.result import NotApplicable

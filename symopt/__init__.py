@@ -15,6 +15,7 @@ from .verbs import fixed_zeros, group_sparse, low_rank, sparse, subspace, tie
 from .problems import Problem
 from .result import Result
 from .solve import solve
+from .comparison import compare
 
 __version__ = "0.1.0"
 
@@ -22,5 +23,5 @@ __all__ = [
     "Certificate", "Constraint", "ConstraintCertificate", "DecoupledDecayWarning", "FixedZeros",
     "GroupSparse", "Handle", "LowRank", "Report", "Sparse", "Subspace", "Tied", "check_optimizer",
     "constrain", "constraints", "finalize", "fixed_zeros", "group_sparse", "low_rank", "param_groups",
-    "penalty", "report", "sparse", "subspace", "tie", "Problem", "Result", "solve",
+    "penalty", "report", "sparse", "subspace", "tie", "Problem", "Result", "solve", "compare",
 ]

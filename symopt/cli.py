@@ -10,7 +10,7 @@ import sys
 
 import torch
 
-from .compare import BUILTIN, SIZES, SOLVERS, builtin_problems, compare
+from .comparison import BUILTIN, SIZES, SOLVERS, builtin_problems, compare
 
 
 def machine_name(device=None) -> str:

@@ -6,7 +6,7 @@ import torch
 import symopt
 from symopt.baselines import NotApplicable, solve_cvxpy, solve_geoopt, solve_proximal, solve_sklearn
 from symopt.cli import main
-from symopt.compare import builtin_problems, compare
+from symopt.comparison import builtin_problems, compare
 from symopt.problems import (equality_ls, lasso, logistic_l1, low_rank_regression, make_low_rank_regression,
                              matrix_completion, tied_least_squares)
 from symopt.solve import solve
@@ -18,7 +18,7 @@ CONVEX = ["lasso", "group_lasso", "logistic_l1", "equality_ls", "fixed_zeros_ls"
 
 
 def _pattern(problem, x):
-    from symopt.compare import _pattern as pattern
+    from symopt.comparison import _pattern as pattern
     return pattern(problem, x)[1]
 
 
@@ -170,3 +170,17 @@ def test_problem_objective_of_truth_is_finite():
         x = torch.zeros(problem.shape, dtype=torch.float64)
         assert torch.isfinite(torch.tensor(problem.objective(x)))
     assert symopt.Sparse  # the top-level API stays importable next to the problem layer
+
+
+def test_public_names_of_the_issue():
+    from symopt import baselines
+    from symopt.problems import make_lasso
+
+    problem = make_lasso(n=40, d=60, nonzeros=3)
+    assert baselines.cvxpy(problem).status == "optimal"
+    assert baselines.projected(problem).status == "optimal"
+    assert baselines.sklearn(problem).status == "optimal"
+    with pytest.raises(NotApplicable):
+        baselines.geoopt(problem)
+    rows = symopt.compare(problem, solvers=["dcs", "cvxpy"])
+    assert rows.ok and len(rows) == 2

@@ -1,11 +1,25 @@
-"""Layer 4 — independent solvers to check DCS against. Optional imports: each baseline raises
-``ImportError`` naming the extra when its package is missing (never at ``import symopt``), and
-:class:`~symopt.result.NotApplicable` when it has no method for a problem."""
+"""Layer 4 — independent solvers to check DCS against, each ``f(problem) -> Result``:
+
+- :func:`cvxpy` — the convex twin with Clarabel (any cvxpy solver by name);
+- :func:`projected` — proximal / projected FISTA on the original variable;
+- :func:`geoopt` — rank bounds with Stiefel factors and RiemannianAdam;
+- :func:`sklearn` — scikit-learn's Lasso and L1 logistic regression, skglm's group lasso.
+
+Optional imports: a missing package raises ``ImportError`` naming the extra (never at
+``import symopt``); a solver with no method for a problem raises
+:class:`~symopt.result.NotApplicable`.
+"""
 
 from ..result import NotApplicable
-from .cvxpy import solve_cvxpy
-from .geoopt import solve_geoopt
+from .convex import solve_cvxpy
 from .proximal import solve_proximal
-from .sklearn import solve_sklearn
+from .riemannian import solve_geoopt
+from .scikit import solve_sklearn
 
-__all__ = ["NotApplicable", "solve_cvxpy", "solve_geoopt", "solve_proximal", "solve_sklearn"]
+cvxpy = solve_cvxpy
+projected = solve_proximal
+geoopt = solve_geoopt
+sklearn = solve_sklearn
+
+__all__ = ["NotApplicable", "cvxpy", "geoopt", "projected", "sklearn", "solve_cvxpy", "solve_geoopt",
+           "solve_proximal", "solve_sklearn"]

@@ -158,18 +158,20 @@ def _pattern(problem: Problem, x: torch.Tensor) -> tuple[str, object]:
     return c.structure(x, tol), key
 
 
-def compare(problems: Sequence[Problem], solvers: Sequence[str] = tuple(SOLVERS), device=None,
+def compare(problems: Problem | Sequence[Problem], solvers: Sequence[str] = tuple(SOLVERS), device=None,
             dtype=torch.float64, progress: Callable[[str], None] | None = None) -> Comparison:
     """Solve each problem with each solver; gaps are relative to the best feasible objective, and
     solvers that do not apply get a "not applicable" row.
 
     Example:
         >>> import symopt
-        >>> from symopt.compare import builtin_problems, compare
-        >>> rows = compare(builtin_problems(["lasso"], quick=True), solvers=["dcs", "projected"])
+        >>> from symopt.problems import make_lasso
+        >>> rows = symopt.compare(make_lasso(n=50, d=80, nonzeros=3), solvers=["dcs", "projected"])
         >>> rows.ok
         True
     """
+    if isinstance(problems, Problem):
+        problems = [problems]
     unknown = [s for s in solvers if s not in SOLVERS]
     if unknown:
         raise ValueError(f"unknown solver(s) {unknown}; available: {sorted(SOLVERS)}")
