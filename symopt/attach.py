@@ -196,8 +196,8 @@ def _tie(model: nn.Module, names: list[str], group: Tied) -> Handle:
     group.init_center([t[3] for t in targets])
     done: list[tuple[nn.Module, str, Tensor]] = []
     try:
-        for name, module, leaf, original in targets:
-            _register(module, leaf, group.member(), name)
+        for index, (name, module, leaf, original) in enumerate(targets):
+            _register(module, leaf, group.member(index), name)
             done.append((module, leaf, original))
     except Exception:  # pragma: no cover - registration was validated; keep the model intact anyway
         for module, leaf, original in done:
@@ -219,14 +219,20 @@ def _register(module: nn.Module, leaf: str, parametrization: Constraint, qualnam
 
 
 def mark_factors(module: nn.Module, leaf: str) -> None:
-    """Flag the decayed factors (``p._symopt_factor = True``) for the decoupled-decay check."""
+    """Point each decayed factor at its constraint (``p._symopt_factor``): the decoupled-decay
+    check and the weight-decay sync of ``strength="auto"`` find it there."""
     plist = module.parametrizations[leaf]
     for i in plist[0].decayed:
-        setattr(getattr(plist, f"original{i}"), _FACTOR_FLAG, True)
+        setattr(getattr(plist, f"original{i}"), _FACTOR_FLAG, plist[0])
 
 
 def is_factor(tensor: Tensor) -> bool:
-    return getattr(tensor, _FACTOR_FLAG, False)
+    return getattr(tensor, _FACTOR_FLAG, None) is not None
+
+
+def owner_of(tensor: Tensor) -> Constraint | None:
+    """The constraint whose decayed factor ``tensor`` is (None for other tensors)."""
+    return getattr(tensor, _FACTOR_FLAG, None)
 
 
 # -- discovery ---------------------------------------------------------------------------------

@@ -2,8 +2,14 @@
 
 Both paths implement the same objective ``ℓ + Σ_c (λ_c/2)‖factors_c‖²``: either add
 ``symopt.penalty(model)`` to the loss, or build the optimizer from ``symopt.param_groups(model)``
-(factors get ``weight_decay = λ``). Decay must be *coupled* (added to the gradient): AdamW's decoupled
-decay does not induce the norm penalty (THEORY.md §4), so symopt warns when it sees it on factors.
+(factors get ``weight_decay = λ``, one group per constraint). Decay must be *coupled* (added to the
+gradient): AdamW's decoupled decay does not induce the norm penalty (THEORY.md §4), so symopt warns
+when it sees it on factors.
+
+Global optimizer step hooks (registered on import) make this work with no extra call: before a
+step they check each optimizer once for decoupled decay and copy every ``strength="auto"`` λ into
+its group's ``weight_decay``; during the step they hold back multiplier observations (L-BFGS
+evaluates its closure many times), applied when the step ends.
 """
 
 from __future__ import annotations
@@ -12,10 +18,11 @@ import warnings
 import weakref
 
 import torch
-from torch.optim.optimizer import register_optimizer_step_pre_hook
+from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 from torch import Tensor, nn
 
-from .attach import constraints, is_factor
+from .attach import constraints, is_factor, owner_of
+from .constraints.auto import DEFER, commit_pending
 
 
 class DecoupledDecayWarning(UserWarning):
@@ -43,8 +50,9 @@ def penalty(model: nn.Module) -> Tensor:
 
 
 def param_groups(model: nn.Module, lr: float | None = None, weight_decay: float = 0.0, **options) -> list[dict]:
-    """Optimizer parameter groups: symopt factors with ``weight_decay = λ`` (one group per λ),
-    every other parameter with the caller's ``weight_decay`` and options.
+    """Optimizer parameter groups: the factors of each constraint with ``weight_decay = λ`` (one
+    group per constraint, kept in sync with ``strength="auto"``), every other parameter with the
+    caller's ``weight_decay`` and options.
 
     Use with an optimizer whose ``weight_decay`` is coupled (SGD, Adam, RMSprop, ...), not AdamW.
     Equivalent to adding :func:`penalty` to the loss.
@@ -62,17 +70,13 @@ def param_groups(model: nn.Module, lr: float | None = None, weight_decay: float 
     common = dict(options)
     if lr is not None:
         common["lr"] = lr
-    by_strength: dict[float, list[Tensor]] = {}
-    decayed_ids: set[int] = set()
+    groups, decayed_ids = [], set()
     for handle in constraints(model):
-        for factor in handle.decayed_factors():
-            if id(factor) not in decayed_ids:
-                decayed_ids.add(id(factor))
-                by_strength.setdefault(handle.strength, []).append(factor)
-    groups = [
-        {"params": params, **common, "weight_decay": strength, "symopt_strength": strength}
-        for strength, params in by_strength.items()
-    ]
+        factors = [f for f in handle.decayed_factors() if id(f) not in decayed_ids]
+        decayed_ids.update(id(f) for f in factors)
+        if factors:
+            groups.append({"params": factors, **common, "weight_decay": handle.strength,
+                           "symopt_strength": handle.strength})
     rest = [p for p in model.parameters() if id(p) not in decayed_ids]
     if rest:
         groups.append({"params": rest, **common, "weight_decay": weight_decay})
@@ -103,12 +107,24 @@ def check_optimizer(optimizer: torch.optim.Optimizer) -> bool:
 _checked: "weakref.WeakKeyDictionary[torch.optim.Optimizer, int]" = weakref.WeakKeyDictionary()
 
 
-def _check_before_step(optimizer, _args, _kwargs) -> None:
-    # Once per optimizer (and again if groups are added): a dict lookup on every later step.
+def _before_step(optimizer, _args, _kwargs) -> None:
+    # Decoupled-decay check once per optimizer (and again if groups are added).
     groups = len(optimizer.param_groups)
     if _checked.get(optimizer) != groups:
         _checked[optimizer] = groups
         check_optimizer(optimizer)
+    for group in optimizer.param_groups:  # λ of strength="auto" moves: keep weight_decay equal to it
+        if "symopt_strength" in group and group["params"]:
+            owner = owner_of(group["params"][0])
+            if owner is not None:
+                group["weight_decay"] = group["symopt_strength"] = owner.strength
+    DEFER["active"] = True
 
 
-register_optimizer_step_pre_hook(_check_before_step)
+def _after_step(_optimizer, _args, _kwargs) -> None:
+    DEFER["active"] = False
+    commit_pending()
+
+
+register_optimizer_step_pre_hook(_before_step)
+register_optimizer_step_post_hook(_after_step)

@@ -15,7 +15,8 @@ from .attach import constraints
 class ReportRow:
     """``violation``: distance to the constraint set (sparsity / rank kinds: to the snap at ``tol``);
     ``structure``: density / groups / rank / codimension; ``balance`` ∈ [0, 1]: factor imbalance,
-    0 at the balanced factorisation where the decay equals the induced penalty."""
+    0 at the balanced factorisation where the decay equals the induced penalty; ``multiplier``: the
+    running Lagrange-multiplier estimate behind ``strength="auto"`` (None otherwise)."""
 
     name: str
     kind: str
@@ -24,15 +25,16 @@ class ReportRow:
     structure: str
     balance: float
     penalty: float
+    multiplier: float | None = None
 
 
 class Report(list):
     """A list of :class:`ReportRow` that prints as a table."""
 
     def __str__(self) -> str:
-        headers = ["name", "kind", "strength", "violation", "structure", "balance", "penalty"]
-        return table(headers, [[r.name, r.kind, r.strength, r.violation, r.structure, r.balance, r.penalty]
-                               for r in self])
+        headers = ["name", "kind", "strength", "multiplier est.", "violation", "structure", "balance", "penalty"]
+        return table(headers, [[r.name, r.kind, r.strength, "-" if r.multiplier is None else r.multiplier,
+                                r.violation, r.structure, r.balance, r.penalty] for r in self])
 
 
 @torch.no_grad()
@@ -53,6 +55,6 @@ def report(model: nn.Module, tol: float = 1e-6) -> Report:
         rows.append(ReportRow(
             name=handle.name, kind=handle.kind, strength=handle.strength, violation=handle.violation(values, tol),
             structure=handle.structure(values, tol), balance=sum(balances) / len(balances),
-            penalty=float(handle.penalty()),
+            penalty=float(handle.penalty()), multiplier=handle.constraint.multiplier(),
         ))
     return rows

@@ -51,7 +51,7 @@ def low_rank(module: nn.Module, name: str, strength: float = 1e-3, max_rank: int
     return constrain(module, name, LowRank(strength, max_rank, **kwargs))
 
 
-def subspace(module: nn.Module, name: str, A, strength: float = 1.0, **kwargs) -> Handle:
+def subspace(module: nn.Module, name: str, A, strength: float | str = "auto", **kwargs) -> Handle:
     """Linear constraint ``A·vec(θ) = 0``, exact penalty ``λ‖Oᵀθ‖₁`` (see :class:`Subspace`).
 
     Example:
@@ -64,7 +64,7 @@ def subspace(module: nn.Module, name: str, A, strength: float = 1.0, **kwargs) -
     return constrain(module, name, Subspace(A, strength, **kwargs))
 
 
-def fixed_zeros(module: nn.Module, name: str, mask, strength: float = 1.0, **kwargs) -> Handle:
+def fixed_zeros(module: nn.Module, name: str, mask, strength: float | str = "auto", **kwargs) -> Handle:
     """``θ[mask] = 0``, exact penalty ``λ‖θ[mask]‖₁`` (see :class:`FixedZeros`).
 
     Example:
@@ -76,7 +76,7 @@ def fixed_zeros(module: nn.Module, name: str, mask, strength: float = 1.0, **kwa
     return constrain(module, name, FixedZeros(mask, strength, **kwargs))
 
 
-def tie(model: nn.Module, names: Sequence[str], strength: float = 1.0, **kwargs) -> Handle:
+def tie(model: nn.Module, names: Sequence[str], strength: float | str = "auto", **kwargs) -> Handle:
     """``θ_1 = … = θ_k`` for the dotted ``names`` in ``model``, penalty ``λΣ_j‖θ_j − m‖₁`` (see :class:`Tied`).
 
     Example:

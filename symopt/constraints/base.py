@@ -21,6 +21,8 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from .auto import MultiplierEstimate, check_margin, watch_gradient
+
 # Fallback scale for the non-zero factor of an all-zero tensor: with u = 1, v = 0 the factored
 # gradient on w = u·v has the same scale as on the unfactored tensor.
 _UNIT_SCALE = 1.0
@@ -137,13 +139,43 @@ class Constraint(nn.Module):
     linear: ClassVar[bool] = False
     decayed: ClassVar[tuple[int, ...]] = ()
 
-    def __init__(self, strength: float, *, seed: int = 0) -> None:
+    def __init__(self, strength: float | str, *, seed: int = 0, margin: float = 1.5, slots: int = 1) -> None:
         super().__init__()
-        self.strength = check_strength(strength, type(self).__name__)
+        owner = type(self).__name__
+        self.auto = strength == "auto"
+        if self.auto and not self.linear:
+            raise ValueError(
+                f"{owner}: strength='auto' applies to the exact-penalty kinds (Subspace, FixedZeros, Tied); "
+                "give a number, e.g. strength=1e-3"
+            )
+        self._strength = 0.0 if self.auto else check_strength(strength, owner)
+        self.margin = check_margin(margin, owner)
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-            raise TypeError(f"{type(self).__name__}: seed must be an int, got {type(seed).__name__}")
+            raise TypeError(f"{owner}: seed must be an int, got {type(seed).__name__}")
         self.factorizer = Factorizer(int(seed))
         self.attached_to: str | None = None  # qualified name once registered (one tensor per object)
+        if self.auto:
+            self.estimate = MultiplierEstimate(slots)
+            self.register_forward_hook(watch_gradient)
+
+    @property
+    def strength(self) -> float:
+        """λ: the given number, or with ``strength="auto"`` ``margin ×`` the multiplier estimate
+        (0 until the first backward pass)."""
+        return self.margin * self.estimate.value() if self.auto else self._strength
+
+    @strength.setter
+    def strength(self, value: float) -> None:
+        self._strength = check_strength(value, type(self).__name__)
+        self.auto = False
+
+    def multiplier(self) -> float | None:
+        """The running multiplier estimate (``strength="auto"`` only)."""
+        return self.estimate.value() if self.auto else None
+
+    def observe(self, grad: Tensor) -> None:
+        """Record the dual norm of ``∂ℓ/∂θ`` (called by the gradient hook of auto strength)."""
+        self.estimate.observe(float(self.dual_norm(grad.detach())))
 
     # -- the contract ---------------------------------------------------------------------------
     def validate(self, tensor: Tensor, name: str) -> None:
@@ -185,7 +217,7 @@ class Constraint(nn.Module):
         raise NotImplementedError
 
     def extra_repr(self) -> str:
-        return f"strength={self.strength:g}"
+        return "strength=auto" if self.auto else f"strength={self.strength:g}"
 
 
 def hadamard_balance(u: Tensor, v: Tensor) -> float:

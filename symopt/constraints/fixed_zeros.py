@@ -18,7 +18,9 @@ class FixedZeros(Constraint):
 
     Args:
         mask: bool tensor of the parameter's shape; True marks an entry that must be 0.
-        strength: λ (> 0).
+        strength: λ (> 0), or ``"auto"`` (default): ``margin ×`` a running estimate of the
+            multipliers ``‖(∂ℓ/∂θ)[mask]‖_∞``.
+        margin: safety factor of ``"auto"`` (> 1).
         seed: seed of the factor initialisation.
 
     Example:
@@ -34,8 +36,8 @@ class FixedZeros(Constraint):
     linear = True
     decayed = (1, 2)
 
-    def __init__(self, mask, strength: float = 1.0, *, seed: int = 0) -> None:
-        super().__init__(strength, seed=seed)
+    def __init__(self, mask, strength: float | str = "auto", *, margin: float = 1.5, seed: int = 0) -> None:
+        super().__init__(strength, seed=seed, margin=margin)
         if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
             got = f"{type(mask).__name__}" + (f" of dtype {mask.dtype}" if isinstance(mask, Tensor) else "")
             raise TypeError(f"FixedZeros: mask must be a bool torch.Tensor, got {got}; use mask.bool()")
@@ -74,4 +76,4 @@ class FixedZeros(Constraint):
         return f"zeros {int(self.index.numel())}/{value.numel()}"
 
     def extra_repr(self) -> str:
-        return f"zeros={int(self.index.numel())}, strength={self.strength:g}"
+        return f"zeros={int(self.index.numel())}, {super().extra_repr()}"

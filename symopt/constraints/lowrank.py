@@ -157,7 +157,7 @@ class LowRank(Constraint):
         return f"rank {rank}/{S.shape[-1] if self.max_rank is None else self.max_rank}"
 
     def extra_repr(self) -> str:
-        return f"strength={self.strength:g}, max_rank={self.max_rank}, layout={self.layout!r}"
+        return f"{super().extra_repr()}, max_rank={self.max_rank}, layout={self.layout!r}"
 
 
 def _nuclear_kkt(W: Tensor, G: Tensor, lam: float, tol: float, cap: int | None = None) -> float:

@@ -31,7 +31,9 @@ class Subspace(Constraint):
     Args:
         A: ``(m, numel)`` matrix (tensor or array; a 1-D array is one row) acting on
             ``θ.reshape(-1)``. Finite, not all zero; dependent rows are fine.
-        strength: λ (> 0).
+        strength: λ (> 0), or ``"auto"`` (default): ``margin ×`` a running estimate of the
+            multipliers ``‖Oᵀ∂ℓ/∂θ‖_∞`` observed on each backward pass (see ``symopt.constraints.auto``).
+        margin: safety factor of ``"auto"`` (> 1).
         seed: seed of the factor initialisation.
 
     Attributes:
@@ -51,8 +53,8 @@ class Subspace(Constraint):
     linear = True
     decayed = (1, 2)
 
-    def __init__(self, A, strength: float = 1.0, *, seed: int = 0) -> None:
-        super().__init__(strength, seed=seed)
+    def __init__(self, A, strength: float | str = "auto", *, margin: float = 1.5, seed: int = 0) -> None:
+        super().__init__(strength, seed=seed, margin=margin)
         A = _as_matrix(A)
         self.num_columns = A.shape[1]
         self.register_buffer("basis", orthonormal_rowspace(A), persistent=False)
@@ -93,7 +95,7 @@ class Subspace(Constraint):
         return f"codim {self.basis.shape[1]}"
 
     def extra_repr(self) -> str:
-        return f"codim={self.basis.shape[1]}, strength={self.strength:g}"
+        return f"codim={self.basis.shape[1]}, {super().extra_repr()}"
 
 
 def _as_matrix(A) -> Tensor:

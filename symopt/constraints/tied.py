@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from .auto import MultiplierEstimate, watch_gradient
 from .base import Constraint, hadamard_balance, split_product
 
 
@@ -24,7 +25,9 @@ class Tied(Constraint):
     new first axis (``project`` returns them stacked).
 
     Args:
-        strength: λ (> 0).
+        strength: λ (> 0), or ``"auto"`` (default): ``margin ×`` the largest running estimate of
+            ``‖∂ℓ/∂θ_j‖_∞`` over the copies.
+        margin: safety factor of ``"auto"`` (> 1).
         seed: seed of the factor initialisation.
 
     Example:
@@ -38,8 +41,8 @@ class Tied(Constraint):
     kind = "tied"
     linear = True
 
-    def __init__(self, strength: float = 1.0, *, seed: int = 0) -> None:
-        super().__init__(strength, seed=seed)
+    def __init__(self, strength: float | str = "auto", *, margin: float = 1.5, seed: int = 0) -> None:
+        super().__init__(strength, seed=seed, margin=margin)
         self.register_parameter("center", None)  # set by init_center when the tie is registered
 
     def validate_members(self, tensors: Sequence[Tensor], names: Sequence[str]) -> None:
@@ -59,9 +62,11 @@ class Tied(Constraint):
     def init_center(self, values: Sequence[Tensor]) -> None:
         """Centre = mean of the current values, so registration keeps every value."""
         self.center = nn.Parameter(torch.stack([v.detach() for v in values]).mean(0))
+        if self.auto:  # one running estimate per copy
+            self.estimate = MultiplierEstimate(len(values)).to(device=values[0].device)
 
-    def member(self) -> TiedMember:
-        return TiedMember(self)
+    def member(self, index: int) -> TiedMember:
+        return TiedMember(self, index)
 
     def project(self, values: Sequence[Tensor], tol: float = 0.0) -> Tensor:
         """Orthogonal projection onto the tie set: every copy replaced by the mean (stacked)."""
@@ -97,10 +102,17 @@ class TiedMember(Constraint):
     linear = True
     decayed = (0, 1)
 
-    def __init__(self, group: Tied) -> None:
-        super().__init__(group.strength, seed=group.factorizer.seed)
-        self.factorizer = group.factorizer  # one random stream for the whole group
+    def __init__(self, group: Tied, index: int) -> None:
+        nn.Module.__init__(self)  # λ, its estimate and the random stream all belong to the group
         self.group = group
+        self.index = index
+        self.factorizer = group.factorizer
+        self.attached_to: str | None = None
+        self.register_forward_hook(watch_gradient)
+
+    @property
+    def auto(self) -> bool:
+        return self.group.auto
 
     @property
     def strength(self) -> float:  # always the group's: one λ for the whole tie
@@ -108,8 +120,13 @@ class TiedMember(Constraint):
 
     @strength.setter
     def strength(self, value: float) -> None:
-        if "group" in self._modules:
-            self.group.strength = value
+        self.group.strength = value
+
+    def multiplier(self) -> float | None:
+        return self.group.multiplier()
+
+    def observe(self, grad: Tensor) -> None:
+        self.group.estimate.observe(float(grad.detach().abs().amax()), slot=self.index)
 
     def forward(self, u: Tensor, v: Tensor) -> Tensor:
         return self.group.center + u * v
@@ -121,4 +138,4 @@ class TiedMember(Constraint):
         return hadamard_balance(u, v)
 
     def extra_repr(self) -> str:
-        return f"strength={self.strength:g}"
+        return f"copy {self.index}"
