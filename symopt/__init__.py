@@ -6,7 +6,7 @@ fixed subspace is the constraint; coupled weight decay on the factors (``symopt.
 """
 
 from .attach import Handle, constrain, constraints
-from .certify import Certificate, ConstraintCertificate
+from .certify import Certificate, ConstraintCertificate, certify
 from .constraints import Constraint, FixedZeros, GroupSparse, LowRank, Sparse, Subspace, Tied
 from .decay import DecoupledDecayWarning, check_optimizer, param_groups, penalty
 from .finalize import finalize
@@ -23,5 +23,5 @@ __all__ = [
     "Certificate", "Constraint", "ConstraintCertificate", "DecoupledDecayWarning", "FixedZeros",
     "GroupSparse", "Handle", "LowRank", "Report", "Sparse", "Subspace", "Tied", "check_optimizer",
     "constrain", "constraints", "finalize", "fixed_zeros", "group_sparse", "low_rank", "param_groups",
-    "penalty", "report", "sparse", "subspace", "tie", "Problem", "Result", "solve", "compare",
+    "penalty", "report", "sparse", "subspace", "tie", "Problem", "Result", "solve", "compare", "certify",
 ]

@@ -1,10 +1,21 @@
-"""Layer 3 — certificates: what :func:`symopt.finalize` measured and changed, per constraint."""
+"""Layer 3 — certificates: per constraint, how far a tensor is from its set, how far from optimal
+(the KKT residual), and whether λ exceeds the Lagrange multipliers (exactness). :func:`certify`
+measures a model or a solver result; :func:`symopt.finalize` records what snapping changed."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
 from ._format import table
+from .attach import constraints
+from .constraints.auto import DEFER
 
 
 @dataclass(frozen=True)
@@ -12,8 +23,12 @@ class ConstraintCertificate:
     """One constraint's record.
 
     ``violation_before`` / ``violation_after``: Euclidean distance of the tensor(s) to the constraint
-    set (for the sparsity / rank kinds: to the snap at ``tol``). ``change``: ‖after − before‖;
-    ``relative_change``: change / ‖before‖.
+    set (for the sparsity / rank kinds: to the snap at ``tol``); :func:`certify` changes nothing, so
+    there both are the current distance. ``change``: ‖after − before‖; ``relative_change``:
+    change / ‖before‖. With a gradient (``certify`` given a loss): ``kkt_residual`` — distance of
+    ``−∇ℓ`` to ``λ∂‖·‖`` (penalty kinds) or the gradient projected onto the set (linear kinds);
+    ``multiplier`` — the dual norm of ``∇ℓ`` on the constrained directions (linear kinds), and
+    ``exact`` — whether λ exceeds it, the condition for the constraint to hold exactly.
     """
 
     name: str
@@ -24,6 +39,10 @@ class ConstraintCertificate:
     change: float
     relative_change: float
     structure: str
+    kkt_residual: float | None = None
+    multiplier: float | None = None
+    exact: bool | None = None
+    relative_violation: float | None = None
 
 
 @dataclass(frozen=True)
@@ -51,10 +70,77 @@ class Certificate:
         raise KeyError(f"no constraint named {name!r}; have {[e.name for e in self.entries]}")
 
     def __str__(self) -> str:
-        headers = ["name", "kind", "strength", "violation before", "after", "change", "rel. change", "structure"]
+        headers = ["name", "kind", "strength", "violation before", "after", "change", "rel. change", "structure",
+                   "KKT residual", "multiplier", "λ > mult."]
+        dash = lambda v: "-" if v is None else ("yes" if v is True else "NO" if v is False else v)  # noqa: E731
         rows = [
             [e.name, e.kind, e.strength, e.violation_before, e.violation_after, e.change, e.relative_change,
-             e.structure]
+             e.structure, dash(e.kkt_residual), dash(e.multiplier), dash(e.exact)]
             for e in self.entries
         ]
         return table(headers, rows)
+
+
+@contextmanager
+def _quiet_estimates():
+    """Gradients taken for a certificate must not feed the ``strength="auto"`` estimates."""
+    saved = dict(DEFER)
+    DEFER.update(active=True, paused=True)
+    try:
+        yield
+    finally:
+        DEFER.clear()
+        DEFER.update(saved)
+
+
+def certify(model: nn.Module, loss_fn: Callable | None = None, batch=None, tol: float = 1e-6) -> Certificate:
+    """Measure every constraint of ``model`` without changing anything.
+
+    Args:
+        model: a model with symopt constraints.
+        loss_fn: optional ``loss_fn(model)`` or ``loss_fn(model, batch)`` returning the scalar loss
+            *without* the symopt penalty; with it the KKT residual and the multipliers are computed
+            from ``∂loss/∂θ`` (no ``.grad`` is touched).
+        batch: passed to ``loss_fn`` when given.
+        tol: snap tolerance for the sparsity / rank kinds (entries, groups or σ ≤ tol count as 0).
+
+    Example:
+        >>> import torch, symopt
+        >>> lin = torch.nn.Linear(3, 1, bias=False)
+        >>> _ = symopt.fixed_zeros(lin, "weight", torch.tensor([[True, False, False]]), strength=1.0)
+        >>> X, y = torch.randn(20, 3), torch.randn(20)
+        >>> cert = symopt.certify(lin, lambda m: (m(X).squeeze(1) - y).square().mean())
+        >>> cert.entries[0].kkt_residual is not None
+        True
+    """
+    handles = constraints(model)
+    grads: dict[int, list[torch.Tensor]] = {}
+    if loss_fn is not None:
+        with parametrize.cached(), _quiet_estimates():
+            values = {id(h): h.values() for h in handles}
+            loss = loss_fn(model) if batch is None else loss_fn(model, batch)
+            flat = [v for h in handles for v in values[id(h)]]
+            found = torch.autograd.grad(loss, flat, allow_unused=True)
+        it = iter(found)
+        for h in handles:
+            grads[id(h)] = [g if g is not None else torch.zeros_like(v) for v, g in zip(values[id(h)], it)]
+    entries = []
+    for h in handles:
+        values = [v.detach() for v in h.values()]
+        violation = h.violation(values, tol)
+        norm = math.sqrt(sum(float(v.square().sum()) for v in values))
+        kkt = multiplier = exact = None
+        if id(h) in grads:
+            c, g = h.constraint, grads[id(h)]
+            stacked_v = torch.stack(values) if len(values) > 1 else values[0]
+            stacked_g = torch.stack(g) if len(g) > 1 else g[0]
+            kkt = c.kkt_residual(stacked_v, stacked_g, tol) if c.linear else c.kkt_residual(values[0], g[0], tol)
+            if c.linear:
+                multiplier = float(c.dual_norm(stacked_g))
+                exact = h.strength > multiplier
+        entries.append(ConstraintCertificate(
+            name=h.name, kind=h.kind, strength=h.strength, violation_before=violation, violation_after=violation,
+            change=0.0, relative_change=0.0, structure=h.structure(values, tol), kkt_residual=kkt,
+            multiplier=multiplier, exact=exact, relative_violation=violation / norm if norm > 0 else 0.0,
+        ))
+    return Certificate(tuple(entries), tol)

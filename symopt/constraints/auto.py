@@ -18,8 +18,9 @@ import weakref
 import torch
 from torch import Tensor, nn
 
-# Set by symopt.decay's optimizer step hooks while an optimizer step runs.
-DEFER = {"active": False}
+# "active": set by symopt.decay's optimizer step hooks while an optimizer step runs;
+# "paused": set by symopt.certify while it takes gradients of its own.
+DEFER = {"active": False, "paused": False}
 _PENDING: "weakref.WeakSet[MultiplierEstimate]" = weakref.WeakSet()
 
 
@@ -38,6 +39,8 @@ class MultiplierEstimate(nn.Module):
         self.pending: dict[int, float] = {}
 
     def observe(self, value: float, slot: int = 0) -> None:
+        if DEFER.get("paused"):  # gradients taken by symopt.certify, not by training
+            return
         if DEFER["active"]:
             self.pending[slot] = max(value, self.pending.get(slot, 0.0))
             _PENDING.add(self)

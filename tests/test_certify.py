@@ -1,0 +1,64 @@
+"""symopt.certify: violation, KKT residual and the multiplier test, checked against known optima."""
+
+import copy
+
+import pytest
+import torch
+from sklearn.linear_model import Lasso
+
+import symopt
+from helpers import DT, Vector, least_squares, ls_grad, ls_loss, null_space_solution, train
+
+
+def test_certify_subspace_at_and_away_from_the_optimum():
+    X, y = least_squares(n=40, d=12, seed=1)
+    A = torch.randn(3, 12, generator=torch.Generator().manual_seed(5), dtype=DT)
+    theta_star = null_space_solution(X, y, A)
+    lam_star = float(symopt.Subspace(A).dual_norm(ls_grad(X, y, theta_star)))
+    model = Vector(12, init=theta_star)
+    handle = symopt.subspace(model, "theta", A, strength=1.05 * lam_star)
+    loss = lambda m: ls_loss(X, y)(m.theta)  # noqa: E731
+    state = copy.deepcopy(model.state_dict())
+    (e,) = symopt.certify(model, loss).entries
+    assert e.violation_before <= 1e-12 and e.kkt_residual <= 1e-12
+    assert e.multiplier == pytest.approx(lam_star, rel=1e-10) and e.exact is True
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), state.values()))  # unchanged
+    assert all(p.grad is None for p in model.parameters())  # no .grad touched
+    handle.constraint.strength = 0.9 * lam_star
+    assert symopt.certify(model, loss).entries[0].exact is False
+    with torch.no_grad():  # move off the optimum, off the set
+        model.theta = theta_star + 0.1
+    (e,) = symopt.certify(model, loss).entries
+    assert e.violation_before > 1e-3 and e.kkt_residual > 1e-3 and e.relative_violation > 1e-3
+    assert "KKT residual" in str(symopt.certify(model, loss))
+
+
+def test_certify_lasso_kkt_matches_sklearn_optimum():
+    X, y = least_squares(n=60, d=15)
+    lam = 0.1
+    ref = torch.from_numpy(Lasso(alpha=lam, fit_intercept=False, tol=1e-14, max_iter=10**6)
+                           .fit(X.numpy(), y.numpy()).coef_)
+    model = Vector(15, init=ref)
+    symopt.sparse(model, "theta", strength=lam)
+    loss = lambda m, batch: ls_loss(*batch)(m.theta)  # noqa: E731
+    assert symopt.certify(model, loss, batch=(X, y), tol=1e-12).entries[0].kkt_residual <= 1e-9
+    model.theta = ref * 1.01
+    assert symopt.certify(model, loss, batch=(X, y), tol=1e-12).entries[0].kkt_residual > 1e-4
+
+
+def test_certify_does_not_feed_auto_estimates():
+    X, y = least_squares(n=40, d=12, seed=1)
+    A = torch.randn(3, 12, generator=torch.Generator().manual_seed(5), dtype=DT)
+    model = Vector(12, init=torch.randn(12, dtype=DT))
+    handle = symopt.subspace(model, "theta", A)
+    train(model, lambda m: ls_loss(X, y)(m.theta), 20, 0.3)
+    before = handle.constraint.estimate.count.clone()
+    symopt.certify(model, lambda m: 100 * ls_loss(X, y)(m.theta))
+    assert torch.equal(handle.constraint.estimate.count, before)
+
+
+def test_certify_tie_without_loss():
+    net = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 3)).double()
+    symopt.tie(net, ["0.weight", "1.weight"], strength=1.0)
+    (e,) = symopt.certify(net).entries
+    assert e.kind == "tied" and e.violation_before > 0 and e.kkt_residual is None
