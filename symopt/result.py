@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import torch
+
+
+def elapsed_since(start: float, device: torch.device) -> float:
+    """Wall seconds since ``start`` (``time.perf_counter()``), after the device's queued work is done."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
 
 
 class NotApplicable(ValueError):

@@ -21,7 +21,7 @@ from .constraints import Constraint, Tied
 from .decay import penalty
 from .optimality import gradient_scale, kkt_at_snap, snap_tol
 from .problems import Problem
-from .result import Result
+from .result import Result, elapsed_since
 
 _METHODS = ("auto", "lbfgs", "momentum")
 
@@ -176,9 +176,7 @@ def solve(problem: Problem, device=None, dtype=None, method: str = "auto", tol: 
             message = f"no progress: KKT residual {kkt:.2g} is at the objective's floating-point resolution"
             break
         previous = theta.clone()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - start
+    seconds = elapsed_since(start, device)
     theta = holder.theta.detach()
     # The point returned is the snapped point whose KKT residual was measured last.
     x = (point if history else constraint.project(theta, snap_tol(theta, tol))).to("cpu", torch.float64)

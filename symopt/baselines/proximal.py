@@ -13,7 +13,7 @@ import torch
 
 from ..optimality import gradient_scale, kkt_at_snap
 from ..problems import Problem
-from ..result import Result
+from ..result import Result, elapsed_since
 
 
 def solve_proximal(problem: Problem, device=None, dtype=torch.float64, tol: float = 1e-6,
@@ -60,9 +60,7 @@ def solve_proximal(problem: Problem, device=None, dtype=torch.float64, tol: floa
         if kkt <= tol * scale:
             status = "optimal"
             break
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - start
+    seconds = elapsed_since(start, device)
     x = x.to("cpu", torch.float64)
     c64 = problem.constraint().to(dtype=torch.float64)
     return Result(x=x, objective=problem.objective(x), violation=c64.violation(x) if c.linear else 0.0,

@@ -11,7 +11,7 @@ import torch
 from ..constraints import LowRank
 from ..optimality import gradient_scale
 from ..problems import Problem
-from ..result import NotApplicable, Result
+from ..result import NotApplicable, Result, elapsed_since
 
 
 def solve_geoopt(problem: Problem, device=None, dtype=torch.float64, tol: float = 1e-6, max_iter: int = 10_000,
@@ -59,9 +59,7 @@ def solve_geoopt(problem: Problem, device=None, dtype=torch.float64, tol: float 
             if kkt <= tol * scale:
                 status = "optimal"
                 break
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - start
+    seconds = elapsed_since(start, device)
     x = ((U * s) @ V.mT).detach().to("cpu", torch.float64)
     return Result(x=x, objective=problem.objective(x), violation=0.0,
                   kkt_residual=history[-1][2] if history else float("nan"), iterations=it, seconds=seconds,
