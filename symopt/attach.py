@@ -75,10 +75,12 @@ class Handle:
         return [m.factors[i] for m in self.members for i in m.parametrization.decayed]
 
     # The maths of a tie acts on all members' values at once, that of the other kinds on one tensor:
-    # these three methods take the list of values either way.
+    # the methods below take the list of values (and gradients) either way.
+    def _target(self, tensors: list[Tensor]):
+        return tensors if isinstance(self.constraint, Tied) else tensors[0]
+
     def _call(self, method: str, values: list[Tensor], tol: float):
-        target = values if isinstance(self.constraint, Tied) else values[0]
-        return getattr(self.constraint, method)(target, tol)
+        return getattr(self.constraint, method)(self._target(values), tol)
 
     def violation(self, values: list[Tensor], tol: float = 0.0) -> float:
         """Distance of ``values`` to the constraint set (to the snap at ``tol`` for penalty kinds)."""
@@ -91,6 +93,14 @@ class Handle:
 
     def structure(self, values: list[Tensor], tol: float = 0.0) -> str:
         return self._call("structure", values, tol)
+
+    def kkt_residual(self, values: list[Tensor], grads: list[Tensor], tol: float = 0.0) -> float:
+        """KKT residual at ``values`` given the loss gradients ``grads`` (see ``Constraint.kkt_residual``)."""
+        return self.constraint.kkt_residual(self._target(values), self._target(grads), tol)
+
+    def multiplier(self, grads: list[Tensor]) -> float:
+        """Dual norm of the loss gradients on the constrained directions (the multipliers' size)."""
+        return float(self.constraint.dual_norm(self._target(grads)))
 
     def penalty(self) -> Tensor:
         return sum(m.parametrization.penalty(*m.factors) for m in self.members)

@@ -84,13 +84,12 @@ class Certificate:
 @contextmanager
 def _quiet_estimates():
     """Gradients taken for a certificate must not feed the ``strength="auto"`` estimates."""
-    saved = dict(DEFER)
-    DEFER.update(active=True, paused=True)
+    paused = DEFER["paused"]
+    DEFER["paused"] = True
     try:
         yield
     finally:
-        DEFER.clear()
-        DEFER.update(saved)
+        DEFER["paused"] = paused
 
 
 def certify(model: nn.Module, loss_fn: Callable | None = None, batch=None, tol: float = 1e-6) -> Certificate:
@@ -131,12 +130,9 @@ def certify(model: nn.Module, loss_fn: Callable | None = None, batch=None, tol: 
         norm = math.sqrt(sum(float(v.square().sum()) for v in values))
         kkt = multiplier = exact = None
         if id(h) in grads:
-            c, g = h.constraint, grads[id(h)]
-            stacked_v = torch.stack(values) if len(values) > 1 else values[0]
-            stacked_g = torch.stack(g) if len(g) > 1 else g[0]
-            kkt = c.kkt_residual(stacked_v, stacked_g, tol) if c.linear else c.kkt_residual(values[0], g[0], tol)
-            if c.linear:
-                multiplier = float(c.dual_norm(stacked_g))
+            kkt = h.kkt_residual(values, grads[id(h)], tol)
+            if h.constraint.linear:
+                multiplier = h.multiplier(grads[id(h)])
                 exact = h.strength > multiplier
         entries.append(ConstraintCertificate(
             name=h.name, kind=h.kind, strength=h.strength, violation_before=violation, violation_after=violation,

@@ -62,3 +62,15 @@ def test_certify_tie_without_loss():
     symopt.tie(net, ["0.weight", "1.weight"], strength=1.0)
     (e,) = symopt.certify(net).entries
     assert e.kind == "tied" and e.violation_before > 0 and e.kkt_residual is None
+
+
+def test_certify_tie_with_loss_uses_every_copy():
+    model = torch.nn.Module()
+    model.a = torch.nn.Parameter(torch.tensor([1.0, 2.0], dtype=DT))
+    model.b = torch.nn.Parameter(torch.tensor([1.0, 2.0], dtype=DT))
+    symopt.tie(model, ["a", "b"], strength=1.0)
+    # ∂/∂a = (0.3, -0.2), ∂/∂b = (-0.3, 0.2): tied optimum, multipliers ‖g_j‖∞ = 0.3
+    loss = lambda m: 0.3 * m.a[0] - 0.2 * m.a[1] - 0.3 * m.b[0] + 0.2 * m.b[1]  # noqa: E731
+    (e,) = symopt.certify(model, loss).entries
+    assert e.kkt_residual == pytest.approx(0.0, abs=1e-15)
+    assert e.multiplier == pytest.approx(0.3) and e.exact is True
