@@ -87,8 +87,9 @@ class Handle:
         return self._call("violation", values, tol)
 
     def snap(self, values: list[Tensor], tol: float = 0.0) -> list[Tensor]:
-        """``values`` projected onto the constraint set (small entries / groups / σ zeroed)."""
-        out = self._call("project", values, tol)
+        """``values`` projected onto the constraint set (small entries / groups / σ zeroed, and a
+        budget's smallest atoms)."""
+        out = self._call("snap", values, tol)
         return list(out.unbind(0)) if isinstance(self.constraint, Tied) else [out]
 
     def structure(self, values: list[Tensor], tol: float = 0.0) -> str:

@@ -29,6 +29,8 @@ class ConstraintCertificate:
     ``−∇ℓ`` to ``λ∂‖·‖`` (penalty kinds) or the gradient projected onto the set (linear kinds);
     ``multiplier`` — the dual norm of ``∇ℓ`` on the constrained directions (linear kinds), and
     ``exact`` — whether λ exceeds it, the condition for the constraint to hold exactly.
+    ``budget``: the atom budget (non-zeros, groups, rank) when one was set; the violation then
+    includes the atoms beyond it. ``linear``: the set is a linear subspace (exact-penalty kinds).
     """
 
     name: str
@@ -43,11 +45,17 @@ class ConstraintCertificate:
     multiplier: float | None = None
     exact: bool | None = None
     relative_violation: float | None = None
+    budget: int | None = None
+    linear: bool = False
 
 
 @dataclass(frozen=True)
 class Certificate:
-    """Per-constraint records; ``ok`` is True when every ``violation_after <= tol``."""
+    """Per-constraint records; ``ok`` is True when every ``violation_after <= tol``.
+
+    ``extra`` holds whole-problem numbers: ``loss_before`` / ``loss_after`` (finalize given a loss),
+    ``objective``, ``dual_objective`` and ``duality_gap`` (a solver result of a problem with a dual).
+    """
 
     entries: tuple[ConstraintCertificate, ...]
     tol: float
@@ -56,6 +64,18 @@ class Certificate:
     @property
     def ok(self) -> bool:
         return all(e.violation_after <= self.tol for e in self.entries)
+
+    @property
+    def loss_change(self) -> float | None:
+        """Loss after − loss before the snap (``finalize`` given ``loss_fn``), else None."""
+        if "loss_before" not in self.extra:
+            return None
+        return self.extra["loss_after"] - self.extra["loss_before"]
+
+    @property
+    def duality_gap(self) -> float | None:
+        """Primal minus dual objective (an upper bound on the suboptimality), when known."""
+        return self.extra.get("duality_gap")
 
     def __iter__(self):
         return iter(self.entries)
@@ -78,7 +98,14 @@ class Certificate:
              e.structure, dash(e.kkt_residual), dash(e.multiplier), dash(e.exact)]
             for e in self.entries
         ]
-        return table(headers, rows)
+        lines = [table(headers, rows)]
+        if self.loss_change is not None:
+            lines.append(f"loss {self.extra['loss_before']:.10g} -> {self.extra['loss_after']:.10g} "
+                         f"(change {self.loss_change:+.3g})")
+        if self.duality_gap is not None:
+            lines.append(f"objective {self.extra['objective']:.12g}, dual {self.extra['dual_objective']:.12g}, "
+                         f"duality gap {self.duality_gap:.3g}")
+        return "\n".join(lines)
 
 
 @contextmanager
@@ -138,5 +165,6 @@ def certify(model: nn.Module, loss_fn: Callable | None = None, batch=None, tol: 
             name=h.name, kind=h.kind, strength=h.strength, violation_before=violation, violation_after=violation,
             change=0.0, relative_change=0.0, structure=h.structure(values, tol), kkt_residual=kkt,
             multiplier=multiplier, exact=exact, relative_violation=violation / norm if norm > 0 else 0.0,
+            budget=h.constraint.budget, linear=h.constraint.linear,
         ))
     return Certificate(tuple(entries), tol)

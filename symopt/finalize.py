@@ -5,24 +5,39 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Callable
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
 from .attach import constraints
-from .certify import Certificate, ConstraintCertificate
+from .certify import Certificate, ConstraintCertificate, certify
 
 
-@torch.no_grad()
-def finalize(model: nn.Module, tol: float = 1e-6, force: bool = False) -> Certificate:
+def _loss(model: nn.Module, loss_fn: Callable, batch) -> float:
+    with torch.no_grad():
+        return float(loss_fn(model) if batch is None else loss_fn(model, batch))
+
+
+def finalize(model: nn.Module, tol: float = 1e-6, force: bool = False, loss_fn: Callable | None = None,
+             batch=None) -> Certificate:
     """Snap each constrained tensor onto its constraint set and remove symopt's parametrizations.
 
-    Linear constraints (Subspace, FixedZeros, Tied) are projected orthogonally; finalize refuses
-    (``ValueError``, nothing changed) when a tensor is farther than ``tol`` from its set, since the
-    projection would then change the trained model noticeably — raise ``strength`` or train longer,
-    or pass ``force=True``. Sparsity / rank kinds zero the entries, groups or singular values whose
-    magnitude is ``<= tol``. Afterwards each tensor is a plain ``nn.Parameter`` again.
+    Linear constraints (Subspace, FixedZeros, Tied) are projected orthogonally. Sparsity / rank kinds
+    zero the entries, groups or singular values whose magnitude is ``<= tol``; with a budget
+    (``max_nonzero``, ``density``, ``max_groups``, ``target_rank``) they also keep only the budget's
+    largest atoms, so the budget holds exactly. finalize first measures every constraint
+    (:func:`symopt.certify`) and refuses (``ValueError``, nothing changed) when a linear or budgeted
+    tensor is farther than ``tol`` from its set, since snapping would then change the trained model
+    noticeably — raise ``strength`` or train longer, or pass ``force=True``. Afterwards each tensor is a
+    plain ``nn.Parameter`` again.
+
+    Args:
+        tol: snap tolerance and refusal threshold (absolute, in the parameter's units).
+        force: snap even when the distance exceeds ``tol``.
+        loss_fn: optional ``loss_fn(model)`` / ``loss_fn(model, batch)``; with it the certificate
+            reports the loss before and after the snap (``cert.loss_change``).
 
     Returns:
         Certificate with, per constraint, the violation before and after, and the change made.
@@ -37,34 +52,45 @@ def finalize(model: nn.Module, tol: float = 1e-6, force: bool = False) -> Certif
     """
     if isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not math.isfinite(tol) or tol < 0:
         raise ValueError(f"finalize: tol must be a finite number >= 0, got {tol!r}")
-    plan = []
+    if loss_fn is not None and not callable(loss_fn):
+        raise TypeError(f"finalize: loss_fn must be callable as loss_fn(model[, batch]), got {type(loss_fn).__name__}")
+    measured = certify(model, tol=tol)
     refused = []
-    for handle in constraints(model):
-        values = [v.detach() for v in handle.values()]
-        violation = handle.violation(values, tol)
-        snapped = handle.snap(values, tol)
-        if handle.constraint.linear and violation > tol and not force:
-            refused.append(f"'{handle.name}' ({handle.kind}): distance {violation:.3g} > tol {tol:g}")
-        plan.append((handle, values, violation, snapped))
+    for entry in measured:
+        bounded = entry.budget is not None or entry.linear
+        if bounded and entry.violation_before > tol and not force:
+            why = f"keeping its {entry.budget} largest atoms moves it" if entry.budget is not None else "distance"
+            refused.append(f"'{entry.name}' ({entry.kind}, {entry.structure}): {why} {entry.violation_before:.3g} "
+                           f"> tol {tol:g}")
     if refused:
         raise ValueError(
             "finalize refused, nothing changed — the constraint does not hold yet: " + "; ".join(refused)
-            + ". Raise the strength or train longer, or pass force=True to project anyway."
+            + ". Raise the strength or train longer, raise tol, or pass force=True to snap anyway."
         )
+    loss_before = _loss(model, loss_fn, batch) if loss_fn is not None else None
     entries = []
-    for handle, before, violation, snapped in plan:
-        for member, new in zip(handle.members, snapped):
-            # parametrize decides Parameter vs buffer from requires_grad of the value, so the
-            # removal must see grad mode on (finalize itself runs under no_grad).
-            with torch.enable_grad():
-                parametrize.remove_parametrizations(member.module, member.tensor, leave_parametrized=True)
-            getattr(member.module, member.tensor).copy_(new)
-        after = handle.violation(snapped, tol)
-        change = math.sqrt(sum(float((n - b).square().sum()) for n, b in zip(snapped, before)))
-        norm = math.sqrt(sum(float(b.square().sum()) for b in before))
-        entries.append(ConstraintCertificate(
-            name=handle.name, kind=handle.kind, strength=handle.strength, violation_before=violation,
-            violation_after=after, change=change, relative_change=change / norm if norm > 0 else 0.0,
-            structure=handle.structure(snapped, tol),
-        ))
-    return Certificate(tuple(entries), tol)
+    with torch.no_grad():
+        for handle in constraints(model):
+            before = [v.detach().clone() for v in handle.values()]
+            violation = handle.violation(before, tol)
+            snapped = handle.snap(before, tol)
+            structure = handle.structure(snapped, tol)
+            for member, new in zip(handle.members, snapped):
+                # parametrize decides Parameter vs buffer from requires_grad of the value, so the
+                # removal must see grad mode on.
+                with torch.enable_grad():
+                    parametrize.remove_parametrizations(member.module, member.tensor, leave_parametrized=True)
+                getattr(member.module, member.tensor).copy_(new)
+            after = handle.violation(snapped, tol)
+            change = math.sqrt(sum(float((n - b).square().sum()) for n, b in zip(snapped, before)))
+            norm = math.sqrt(sum(float(b.square().sum()) for b in before))
+            entries.append(ConstraintCertificate(
+                name=handle.name, kind=handle.kind, strength=handle.strength, violation_before=violation,
+                violation_after=after, change=change, relative_change=change / norm if norm > 0 else 0.0,
+                structure=structure, relative_violation=violation / norm if norm > 0 else 0.0,
+                budget=handle.constraint.budget, linear=handle.constraint.linear,
+            ))
+    extra = {}
+    if loss_fn is not None:
+        extra = {"loss_before": loss_before, "loss_after": _loss(model, loss_fn, batch)}
+    return Certificate(tuple(entries), tol, extra)

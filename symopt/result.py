@@ -35,6 +35,8 @@ class Result:
         status: ``"optimal"``, ``"max_iter"``, ``"stalled"``, ``"nan"`` or a baseline's own status.
         solver: name of the solver.
         message: human-readable detail.
+        strength: the λ solved at (for a budget problem, the λ that :func:`symopt.solve` found).
+        problem: the problem solved (lets :func:`symopt.certify` re-measure the result).
     """
 
     x: torch.Tensor
@@ -48,3 +50,5 @@ class Result:
     status: str = "optimal"
     solver: str = "dcs"
     message: str = ""
+    strength: float | None = None
+    problem: object = field(default=None, repr=False, compare=False)

@@ -14,7 +14,7 @@ from .attach import Handle, constrain
 from .constraints import FixedZeros, GroupSparse, LowRank, Sparse, Subspace, Tied
 
 
-def sparse(module: nn.Module, name: str, strength: float = 1e-3, **kwargs) -> Handle:
+def sparse(module: nn.Module, name: str, strength: float | None = None, **kwargs) -> Handle:
     """Elementwise sparsity, ``w = u ⊙ v``, induced penalty ``λ‖w‖₁`` (see :class:`Sparse`).
 
     Example:
@@ -26,7 +26,8 @@ def sparse(module: nn.Module, name: str, strength: float = 1e-3, **kwargs) -> Ha
     return constrain(module, name, Sparse(strength, **kwargs))
 
 
-def group_sparse(module: nn.Module, name: str, dim: int | None = None, strength: float = 1e-3, **kwargs) -> Handle:
+def group_sparse(module: nn.Module, name: str, dim: int | None = None, strength: float | None = None,
+                 **kwargs) -> Handle:
     """Group sparsity over the slices along ``dim`` (default 0) or over index ``groups=``, induced penalty
     ``λΣ_g‖w_g‖₂`` (see :class:`GroupSparse`).
 
@@ -39,7 +40,8 @@ def group_sparse(module: nn.Module, name: str, dim: int | None = None, strength:
     return constrain(module, name, GroupSparse(dim, strength, **kwargs))
 
 
-def low_rank(module: nn.Module, name: str, strength: float = 1e-3, max_rank: int | None = None, **kwargs) -> Handle:
+def low_rank(module: nn.Module, name: str, strength: float | None = None, max_rank: int | None = None,
+             **kwargs) -> Handle:
     """Low rank, ``W = U Vᵀ``, induced penalty ``λ‖W‖_*`` (see :class:`LowRank`).
 
     Example:

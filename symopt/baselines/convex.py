@@ -21,6 +21,7 @@ def solve_cvxpy(problem: Problem, solver: str | None = None, **options) -> Resul
         import cvxpy as cp
     except ImportError as err:  # pragma: no cover - depends on the environment
         raise ImportError("the cvxpy baseline needs cvxpy: pip install 'symopt[baselines]'") from err
+    problem.require_strength("cvxpy")
     if problem.cvxpy is None:
         raise NotApplicable("no convex twin")
     variable, objective, constraints = problem.cvxpy(**problem.numpy_data())

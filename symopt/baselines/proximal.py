@@ -19,6 +19,7 @@ from ..result import Result, elapsed_since
 def solve_proximal(problem: Problem, device=None, dtype=torch.float64, tol: float = 1e-6,
                    max_iter: int = 20_000) -> Result:
     """FISTA; stops when the KKT residual ≤ ``tol × ‖∇loss(0)‖`` (as :func:`symopt.solve`)."""
+    problem.require_strength("proximal")
     device = torch.device(device or "cpu")
     data = problem.data_on(device, dtype)
     c = problem.constraint().to(device=device, dtype=dtype)

@@ -22,6 +22,7 @@ def solve_geoopt(problem: Problem, device=None, dtype=torch.float64, tol: float 
         import geoopt
     except ImportError as err:  # pragma: no cover
         raise ImportError("the geoopt baseline needs geoopt: pip install 'symopt[baselines]'") from err
+    problem.require_strength("geoopt")
     c = problem.constraint()
     if not isinstance(c, LowRank) or c.max_rank is None or len(problem.shape) != 2:
         raise NotApplicable("needs a rank bound (LowRank max_rank)")

@@ -19,6 +19,7 @@ def solve_sklearn(problem: Problem, tol: float = 1e-10, max_iter: int = 10_000) 
         from sklearn.linear_model import Lasso, LogisticRegression
     except ImportError as err:  # pragma: no cover
         raise ImportError("the sklearn baseline needs scikit-learn: pip install 'symopt[baselines]'") from err
+    problem.require_strength("sklearn")
     family, lam = problem.meta.get("family"), problem.meta.get("strength")
     if family not in ("lasso", "logistic_l1", "group_lasso"):
         raise NotApplicable(f"no scikit-learn solver for {family}")

@@ -73,9 +73,11 @@ def commit_pending() -> None:
 
 
 def watch_gradient(module: nn.Module, _inputs, output: Tensor) -> None:
-    """Forward hook of auto-strength constraints: observe ``∂ℓ/∂θ`` when it is computed."""
-    if module.auto and isinstance(output, Tensor) and output.requires_grad and torch.is_grad_enabled():
-        output.register_hook(module.observe)
+    """Forward hook of constraints whose λ adapts (auto strength, budgets): observe ``∂ℓ/∂θ`` (with
+    the value it was taken at) when backward computes it."""
+    if module.watching and isinstance(output, Tensor) and output.requires_grad and torch.is_grad_enabled():
+        value = output.detach()
+        output.register_hook(lambda grad: module.observe(grad, value))
 
 
 def check_margin(margin: object, owner: str) -> float:

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from .auto import MultiplierEstimate, check_margin, watch_gradient
+from .budget import RATE, BudgetController, budget_target, check_rate
 
 # Fallback scale for the non-zero factor of an all-zero tensor: with u = 1, v = 0 the factored
 # gradient on w = u·v has the same scale as on the unfactored tensor.
@@ -139,43 +140,98 @@ class Constraint(nn.Module):
     linear: ClassVar[bool] = False
     decayed: ClassVar[tuple[int, ...]] = ()
 
-    def __init__(self, strength: float | str, *, seed: int = 0, margin: float = 1.5, slots: int = 1) -> None:
+    def __init__(self, strength: float | str | None, *, seed: int = 0, margin: float = 1.5, slots: int = 1,
+                 budget: tuple[str, float] | None = None, adapt_rate: float = RATE) -> None:
         super().__init__()
         owner = type(self).__name__
         self.auto = strength == "auto"
         if self.auto and not self.linear:
             raise ValueError(
                 f"{owner}: strength='auto' applies to the exact-penalty kinds (Subspace, FixedZeros, Tied); "
-                "give a number, e.g. strength=1e-3"
+                "give a number, e.g. strength=1e-3, or a budget (max_nonzero=, max_groups=, target_rank=)"
             )
-        self._strength = 0.0 if self.auto else check_strength(strength, owner)
+        if strength is None and budget is None and not self.linear:
+            strength = 1e-3  # the penalty kinds' default λ
+        starts_unknown = strength is None and budget is not None
+        self._strength = 0.0 if self.auto or starts_unknown else check_strength(strength, owner)
         self.margin = check_margin(margin, owner)
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
             raise TypeError(f"{owner}: seed must be an int, got {type(seed).__name__}")
         self.factorizer = Factorizer(int(seed))
         self.attached_to: str | None = None  # qualified name once registered (one tensor per object)
+        # budget: ("count", k) or ("density", f); the count k is fixed by validate() once the shape is known
+        self.budget_spec = budget
+        self.budget: int | None = int(budget[1]) if budget is not None and budget[0] == "count" else None
+        self.adaptive = budget is not None
+        if self.adaptive:
+            self.controller = BudgetController(self.budget or 0, None if starts_unknown else self._strength,
+                                               check_rate(adapt_rate, owner))
         if self.auto:
             self.estimate = MultiplierEstimate(slots)
+        if self.auto or self.adaptive:
             self.register_forward_hook(watch_gradient)
 
     @property
+    def watching(self) -> bool:
+        """Whether λ follows the gradients (``strength="auto"`` or a budget)."""
+        return self.auto or self.adaptive
+
+    @property
     def strength(self) -> float:
-        """λ: the given number, or with ``strength="auto"`` ``margin ×`` the multiplier estimate
-        (0 until the first backward pass)."""
-        return self.margin * self.estimate.value() if self.auto else self._strength
+        """λ: the given number; with ``strength="auto"`` ``margin ×`` the multiplier estimate; with a
+        budget the controller's λ (0 until the first backward pass if no starting strength was given)."""
+        if self.auto:
+            return self.margin * self.estimate.value()
+        if self.adaptive:
+            return self.controller.value()
+        return self._strength
 
     @strength.setter
     def strength(self, value: float) -> None:
+        """Fix λ: stops ``"auto"`` and budget adaptation (a budget still decides the final snap)."""
         self._strength = check_strength(value, type(self).__name__)
-        self.auto = False
+        self.auto = self.adaptive = False
 
     def multiplier(self) -> float | None:
         """The running multiplier estimate (``strength="auto"`` only)."""
         return self.estimate.value() if self.auto else None
 
-    def observe(self, grad: Tensor) -> None:
-        """Record the dual norm of ``∂ℓ/∂θ`` (called by the gradient hook of auto strength)."""
-        self.estimate.observe(float(self.dual_norm(grad.detach())))
+    def observe(self, grad: Tensor, value: Tensor | None = None) -> None:
+        """Called with ``∂ℓ/∂θ`` on each backward pass by the gradient hook: feeds the multiplier
+        estimate of ``"auto"`` (dual norm of the gradient) or the budget controller."""
+        if self.auto:
+            self.estimate.observe(float(self.dual_norm(grad.detach())))
+        elif self.adaptive and value is not None:
+            self.controller.observe(budget_target(self.atoms, value, grad, self.budget, self.strength))
+
+    # -- budgets --------------------------------------------------------------------------------
+    def resolve_budget(self, atoms: int, name: str, unit: str) -> None:
+        """Fix the budget's atom count for a tensor with ``atoms`` atoms (called by ``validate``)."""
+        if self.budget_spec is None:
+            return
+        how, amount = self.budget_spec
+        owner = type(self).__name__
+        k = max(1, round(amount * atoms)) if how == "density" else int(amount)
+        if k >= atoms:
+            raise ValueError(
+                f"{owner} on '{name}': a budget of {k} {unit} does not bind — the tensor has only {atoms}; "
+                f"give fewer than {atoms}, or no budget"
+            )
+        self.budget = k
+        self.controller.budget = k
+
+    def atoms(self, value: Tensor) -> Tensor:  # pragma: no cover - budget kinds override
+        """Sizes of the terms of the induced norm (|entries|, group norms, σ) as a 1-d tensor."""
+        raise NotImplementedError
+
+    def truncate(self, value: Tensor, k: int) -> Tensor:  # pragma: no cover - budget kinds override
+        """``value`` with all but its ``k`` largest atoms set to zero."""
+        raise NotImplementedError
+
+    def snap(self, value: Tensor, tol: float = 0.0) -> Tensor:
+        """``project(value, tol)``, then, with a budget, only its ``budget`` largest atoms kept."""
+        out = self.project(value, tol)
+        return out if self.budget is None else self.truncate(out, self.budget)
 
     # -- the contract ---------------------------------------------------------------------------
     def validate(self, tensor: Tensor, name: str) -> None:
@@ -188,8 +244,9 @@ class Constraint(nn.Module):
         return 0.5 * self.strength * total
 
     def violation(self, value: Tensor, tol: float = 0.0) -> float:
-        """Euclidean distance from ``value`` to its snap ``project(value, tol)``."""
-        return float((value - self.project(value, tol)).norm())
+        """Euclidean distance from ``value`` to its snap (:meth:`snap`: atoms ``<= tol`` zeroed and,
+        with a budget, all but the ``budget`` largest)."""
+        return float((value - self.snap(value, tol)).norm())
 
     def prox(self, value: Tensor, step: float) -> Tensor:
         """``argmin_x ½‖x − value‖² + step·λ·induced_norm(x)``; the projection for linear kinds."""
@@ -217,7 +274,11 @@ class Constraint(nn.Module):
         raise NotImplementedError
 
     def extra_repr(self) -> str:
-        return "strength=auto" if self.auto else f"strength={self.strength:g}"
+        if self.auto:
+            return "strength=auto"
+        if self.adaptive:
+            return f"budget={self.budget}, strength={self.strength:g} (adapting)"
+        return f"strength={self.strength:g}"
 
 
 def hadamard_balance(u: Tensor, v: Tensor) -> float:

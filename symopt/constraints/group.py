@@ -2,7 +2,8 @@
 
 Symmetry: ``(s_g, ω_g) → (−s_g, −ω_g)``; fixed subspace ``s_g = 0, ω_g = 0``, i.e. ``w_g = 0``.
 Penalty: ``min_{s ω = w_g} (λ/2)(s² + ‖ω‖²) = λ‖w_g‖₂``, so the decay solves the group lasso
-``ℓ(w) + λ Σ_g ‖w_g‖₂``; a zero group is exact when ``‖∂ℓ/∂w_g‖₂ ≤ λ``.
+``ℓ(w) + λ Σ_g ‖w_g‖₂``; a zero group is exact when ``‖∂ℓ/∂w_g‖₂ ≤ λ``. Budget ``max_groups=g``: λ
+adapts to the point of the group-lasso path with g non-zero groups.
 
 Groups are either the slices along an axis (``dim``: rows, channels, input features) or arbitrary
 disjoint index sets of the flattened tensor (``groups``) that cover every entry once.
@@ -16,6 +17,7 @@ import torch
 from torch import Tensor
 
 from .base import Constraint, random_gate
+from .budget import RATE, check_budget
 
 
 class GroupSparse(Constraint):
@@ -26,9 +28,13 @@ class GroupSparse(Constraint):
     Args:
         dim: the axis that indexes the groups (``0`` = output rows / channels of a Linear / Conv,
             ``1`` = input features of a Linear; negative counts from the end). Default 0.
-        strength: λ (> 0).
+        strength: λ (> 0). Default 1e-3; with a budget, the starting λ (default: from the first
+            gradient).
+        max_groups: budget: λ adapts during training until exactly this many groups are non-zero;
+            :func:`symopt.finalize` keeps the largest groups.
         groups: instead of ``dim``: a list of index lists into ``w.reshape(-1)``, disjoint and
             covering every entry, or an int ``k`` for consecutive groups of ``k`` entries.
+        adapt_rate: fraction of the way log λ moves toward the budget's target per optimizer step.
         seed: seed of the factor initialisation.
 
     Example:
@@ -46,9 +52,11 @@ class GroupSparse(Constraint):
     kind = "group_sparse"
     decayed = (0, 1)
 
-    def __init__(self, dim: int | None = None, strength: float = 1e-3, *,
-                 groups: int | Sequence[Sequence[int]] | None = None, seed: int = 0) -> None:
-        super().__init__(strength, seed=seed)
+    def __init__(self, dim: int | None = None, strength: float | None = None, *,
+                 groups: int | Sequence[Sequence[int]] | None = None, max_groups: int | None = None,
+                 adapt_rate: float = RATE, seed: int = 0) -> None:
+        k = check_budget(max_groups, "max_groups", "GroupSparse")
+        super().__init__(strength, seed=seed, budget=None if k is None else ("count", k), adapt_rate=adapt_rate)
         if groups is not None and dim is not None:
             raise ValueError("GroupSparse: pass either dim (slices along an axis) or groups (index sets), not both")
         if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int)):
@@ -89,6 +97,14 @@ class GroupSparse(Constraint):
                 f"{self.group_index.numel() - 1} but the parameter has {tensor.numel()} entries; "
                 "groups must cover every entry of reshape(-1) exactly once"
             )
+        self.resolve_budget(self._group_count(tensor), name, "groups")
+
+    def _group_count(self, tensor: Tensor) -> int:
+        if self.dim is not None:
+            return tensor.shape[self.dim % tensor.dim()]
+        if self.group_size is not None:
+            return tensor.numel() // self.group_size
+        return int(self.group_index.max()) + 1
 
     def group_ids(self, value: Tensor) -> Tensor:
         """Group id of every entry of ``value.reshape(-1)`` (index groups only)."""
@@ -139,6 +155,15 @@ class GroupSparse(Constraint):
         keep = (self.group_norms(value) > tol).to(value.dtype)
         return value * self.spread(keep, value)
 
+    def atoms(self, value: Tensor) -> Tensor:
+        return self.group_norms(value)
+
+    def truncate(self, value: Tensor, k: int) -> Tensor:
+        norms = self.group_norms(value)
+        keep = torch.zeros_like(norms)
+        keep[torch.topk(norms, min(k, norms.numel())).indices] = 1
+        return value * self.spread(keep, value)
+
     def induced_norm(self, value: Tensor) -> Tensor:
         return self.group_norms(value).sum()
 
@@ -155,12 +180,13 @@ class GroupSparse(Constraint):
         norms = self.group_norms(value.detach())
         alive = int((norms > tol).sum())
         where = f"dim={self.dim}" if self.dim is not None else "index groups"
-        return f"groups {alive}/{norms.numel()} ({where})"
+        budget = "" if self.budget is None else f", budget {self.budget}"
+        return f"groups {alive}/{norms.numel()} ({where}{budget})"
 
     def extra_repr(self) -> str:
         where = f"dim={self.dim}" if self.dim is not None else (
             f"group_size={self.group_size}" if self.group_size else f"groups={int(self.group_index.max()) + 1}")
-        return f"{where}, strength={self.strength:g}"
+        return f"{where}, {super().extra_repr()}"
 
 
 def _index_of(groups: Sequence[Sequence[int]]) -> Tensor:

@@ -4,6 +4,8 @@ Symmetry: ``(U, V) → (UQ, VQ)`` for orthogonal ``Q``; with the mirror ``Q = I 
 subspace is ``Un = Vn = 0``: one singular direction removed (rank drops by one).
 Penalty: ``min_{UVᵀ=W} (λ/2)(‖U‖²_F + ‖V‖²_F) = λ‖W‖_*`` (nuclear norm); a singular direction is
 removed exactly when the gradient's operator norm on the removed directions is ``≤ λ``.
+Budget ``target_rank=r``: λ adapts to the point of the nuclear-norm path with rank r (``max_rank``
+stays the factor width, a bound by construction).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import torch
 from torch import Tensor
 
 from .base import Constraint, warn_user, working_dtype, zero_scale
+from .budget import RATE, check_budget
 
 _LAYOUTS = ("flatten", "batch")
 
@@ -26,11 +29,15 @@ class LowRank(Constraint):
     matrix and the leading ones as a batch (one factorisation each).
 
     Args:
-        strength: λ (> 0).
+        strength: λ (> 0). Default 1e-3; with ``target_rank``, the starting λ (default: from the
+            first gradient).
         max_rank: width ``r`` of the factors — a hard bound on the rank by construction; ``None``
             means ``min(m, n)`` (the penalty alone decides the rank). If the current value has a
             larger rank, registration keeps its best rank-``r`` approximation and warns.
         layout: ``"flatten"`` or ``"batch"`` (see above).
+        target_rank: budget ``r`` (≤ ``max_rank``): λ adapts during training until the rank is r;
+            :func:`symopt.finalize` keeps the r largest singular values. ``"flatten"`` layout only.
+        adapt_rate: fraction of the way log λ moves toward the budget's target per optimizer step.
         seed: seed of the factor initialisation.
 
     Example:
@@ -46,10 +53,17 @@ class LowRank(Constraint):
     decayed = (0, 1)
 
     def __init__(
-        self, strength: float = 1e-3, max_rank: int | None = None, *, layout: str = "flatten",
-        seed: int = 0,
+        self, strength: float | None = None, max_rank: int | None = None, *, layout: str = "flatten",
+        target_rank: int | None = None, adapt_rate: float = RATE, seed: int = 0,
     ) -> None:
-        super().__init__(strength, seed=seed)
+        r = check_budget(target_rank, "target_rank", "LowRank")
+        if r is not None and layout == "batch":
+            raise ValueError("LowRank: target_rank needs layout='flatten' (one λ cannot set the rank of each "
+                             "matrix of a batch); give a strength instead")
+        if r is not None and max_rank is not None and isinstance(max_rank, int) and r > max_rank:
+            raise ValueError(f"LowRank: target_rank={r} exceeds max_rank={max_rank} (the factor width); "
+                             f"raise max_rank or lower target_rank")
+        super().__init__(strength, seed=seed, budget=None if r is None else ("count", r), adapt_rate=adapt_rate)
         if max_rank is not None:
             if isinstance(max_rank, bool) or not isinstance(max_rank, int):
                 raise TypeError(f"LowRank: max_rank must be an int or None, got {type(max_rank).__name__}")
@@ -78,6 +92,7 @@ class LowRank(Constraint):
                 f"LowRank on '{name}': max_rank={self.max_rank} exceeds min(m, n) = {min(m, n)} of "
                 f"its {m}×{n} matrix view; choose max_rank <= {min(m, n)} or None"
             )
+        self.resolve_budget(min(m, n), name, "singular values (rank)")
 
     def matrix(self, value: Tensor) -> Tensor:
         """The matrix (or batch of matrices) view of ``value``."""
@@ -140,6 +155,16 @@ class LowRank(Constraint):
         S = torch.where(S > tol, S, torch.zeros_like(S))
         return ((P * S.unsqueeze(-2)) @ Qh).reshape(value.shape).to(value.dtype)
 
+    def atoms(self, value: Tensor) -> Tensor:
+        return self.singular_values(value).reshape(-1)
+
+    def truncate(self, value: Tensor, k: int) -> Tensor:
+        mat = self.matrix(value).to(working_dtype(value.dtype))
+        P, S, Qh = torch.linalg.svd(mat, full_matrices=False)
+        S = S.clone()
+        S[..., k:] = 0
+        return ((P * S.unsqueeze(-2)) @ Qh).reshape(value.shape).to(value.dtype)
+
     def induced_norm(self, value: Tensor) -> Tensor:
         return self.singular_values(value).sum()
 
@@ -154,7 +179,8 @@ class LowRank(Constraint):
     def structure(self, value: Tensor, tol: float = 0.0) -> str:
         S = self.singular_values(value.detach())
         rank = int((S > tol).sum(dim=-1).amax()) if S.numel() else 0
-        return f"rank {rank}/{S.shape[-1] if self.max_rank is None else self.max_rank}"
+        budget = "" if self.budget is None else f", target {self.budget}"
+        return f"rank {rank}/{S.shape[-1] if self.max_rank is None else self.max_rank}{budget}"
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, max_rank={self.max_rank}, layout={self.layout!r}"

@@ -4,6 +4,8 @@ Symmetry: for each coordinate, the mirror ``(u_i, v_i) → (−u_i, −v_i)`` le
 its fixed subspace is ``u_i = v_i = 0``, i.e. ``w_i = 0``.
 Penalty: ``min_{u⊙v=w} (λ/2)(‖u‖² + ‖v‖²) = λ‖w‖₁`` (AM–GM), so decaying the factors solves the
 Lasso-penalised problem; exactness threshold for a zero entry: ``|∂ℓ/∂w_i| ≤ λ``.
+Budget ``max_nonzero=k``: λ adapts to the point of the Lasso path with k non-zeros
+(:mod:`symopt.constraints.budget`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import torch
 from torch import Tensor
 
 from .base import Constraint, hadamard_balance, split_product
+from .budget import RATE, check_budget, check_density
 
 
 class Sparse(Constraint):
@@ -20,7 +23,12 @@ class Sparse(Constraint):
     With decay ``(λ/2)(‖u‖² + ‖v‖²)`` the training objective equals ``ℓ(w) + λ‖w‖₁`` at its minima.
 
     Args:
-        strength: λ, the coefficient of the induced ``ℓ₁`` penalty (> 0).
+        strength: λ, the coefficient of the induced ``ℓ₁`` penalty (> 0). Default 1e-3; with a
+            budget, the starting λ (default: taken from the first gradient).
+        max_nonzero: budget ``k``: λ adapts during training until exactly k entries are non-zero
+            (the Lasso-path point with support size k); :func:`symopt.finalize` keeps the k largest.
+        density: the budget as a fraction of the entries (``k = round(density · numel)``).
+        adapt_rate: fraction of the way log λ moves toward the budget's target per optimizer step.
         seed: seed of the random, sign-independent factor initialisation.
 
     Example:
@@ -35,8 +43,26 @@ class Sparse(Constraint):
     kind = "sparse"
     decayed = (0, 1)
 
-    def __init__(self, strength: float = 1e-3, *, seed: int = 0) -> None:
-        super().__init__(strength, seed=seed)
+    def __init__(self, strength: float | None = None, *, max_nonzero: int | None = None,
+                 density: float | None = None, adapt_rate: float = RATE, seed: int = 0) -> None:
+        k = check_budget(max_nonzero, "max_nonzero", "Sparse")
+        fraction = check_density(density, "Sparse")
+        if k is not None and fraction is not None:
+            raise ValueError("Sparse: give max_nonzero or density, not both")
+        budget = ("count", k) if k is not None else ("density", fraction) if fraction is not None else None
+        super().__init__(strength, seed=seed, budget=budget, adapt_rate=adapt_rate)
+
+    def validate(self, tensor: Tensor, name: str) -> None:
+        self.resolve_budget(tensor.numel(), name, "non-zeros")
+
+    def atoms(self, value: Tensor) -> Tensor:
+        return value.abs().reshape(-1)
+
+    def truncate(self, value: Tensor, k: int) -> Tensor:
+        flat = value.reshape(-1)
+        keep = torch.zeros_like(flat, dtype=torch.bool)
+        keep[torch.topk(flat.abs(), min(k, flat.numel())).indices] = True
+        return torch.where(keep, flat, torch.zeros_like(flat)).view_as(value)
 
     def forward(self, u: Tensor, v: Tensor) -> Tensor:
         return u * v
@@ -67,4 +93,5 @@ class Sparse(Constraint):
 
     def structure(self, value: Tensor, tol: float = 0.0) -> str:
         nonzero = int((value.abs() > tol).sum())
-        return f"density {nonzero / max(value.numel(), 1):.3g} ({nonzero}/{value.numel()})"
+        budget = "" if self.budget is None else f", budget {self.budget}"
+        return f"density {nonzero / max(value.numel(), 1):.3g} ({nonzero}/{value.numel()}{budget})"

@@ -108,10 +108,15 @@ class TiedMember(Constraint):
         self.index = index
         self.factorizer = group.factorizer
         self.attached_to: str | None = None
+        self.budget, self.adaptive = None, False
         self.register_forward_hook(watch_gradient)
 
     @property
     def auto(self) -> bool:
+        return self.group.auto
+
+    @property
+    def watching(self) -> bool:
         return self.group.auto
 
     @property
@@ -125,7 +130,7 @@ class TiedMember(Constraint):
     def multiplier(self) -> float | None:
         return self.group.multiplier()
 
-    def observe(self, grad: Tensor) -> None:
+    def observe(self, grad: Tensor, value: Tensor | None = None) -> None:
         self.group.estimate.observe(float(grad.detach().abs().amax()), slot=self.index)
 
     def forward(self, u: Tensor, v: Tensor) -> Tensor:

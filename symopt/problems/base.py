@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from ..constraints import Constraint
+from ..result import NotApplicable
 
 
 @dataclass
@@ -29,6 +30,9 @@ class Problem:
         penalized: False for hard-constraint problems whose objective is the loss alone even though
             the constraint is a penalty kind (hard rank: ``LowRank(max_rank=r)`` with a vanishing
             strength).
+        at_strength: for budget problems (``max_nonzero``, ``max_groups``, ``target_rank``), the
+            penalised problem at a given λ — ``problem.at_strength(result.strength)`` is the convex
+            problem that :func:`symopt.solve`'s answer solves, for cvxpy and the other baselines.
     """
 
     name: str
@@ -39,6 +43,20 @@ class Problem:
     cvxpy: Callable | None = None
     meta: dict = field(default_factory=dict)
     penalized: bool = True
+    at_strength: Callable[[float], "Problem"] | None = None
+
+    @property
+    def budget(self) -> int | None:
+        """Atom budget (non-zeros, groups, rank) of a budget problem, else None."""
+        return self.meta.get("budget")
+
+    def require_strength(self, solver: str) -> None:
+        """Baselines solve at a fixed λ; a budget problem has none until :func:`symopt.solve` finds it."""
+        if self.budget is not None:
+            raise NotApplicable(
+                f"{solver}: '{self.name}' has a budget, not a strength; solve it with symopt.solve, then run "
+                f"{solver} on problem.at_strength(result.strength)"
+            )
 
     def data_on(self, device=None, dtype=None) -> dict[str, Tensor]:
         return {

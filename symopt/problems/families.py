@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from ..constraints import FixedZeros, GroupSparse, LowRank, Sparse, Subspace, Tied
+from ..constraints import Constraint, FixedZeros, GroupSparse, LowRank, Sparse, Subspace, Tied
 from .base import Problem
 
 
@@ -31,14 +31,27 @@ def _check_xy(X, y) -> tuple[Tensor, Tensor]:
     return X, y.to(X.dtype)
 
 
+def _strength_or_budget(family: str, strength, budget: int | None, what: str) -> None:
+    if (strength is None) == (budget is None):
+        raise ValueError(f"{family}: pass exactly one of strength (λ) or {what} (a budget; λ is then found)")
+
+
 def _least_squares(theta: Tensor, X: Tensor, y: Tensor) -> Tensor:
     return 0.5 * (X @ theta.reshape(-1) - y).square().mean()
 
 
-def lasso(X, y, strength: float) -> Problem:
-    """``1/(2n)‖Xw − y‖² + λ‖w‖₁`` (scikit-learn's ``Lasso(alpha=λ, fit_intercept=False)``)."""
+def lasso(X, y, strength: float | None = None, *, max_nonzero: int | None = None) -> Problem:
+    """``1/(2n)‖Xw − y‖² + λ‖w‖₁`` (scikit-learn's ``Lasso(alpha=λ, fit_intercept=False)``).
+
+    With ``max_nonzero=k`` instead of ``strength``: the Lasso-path point with k non-zeros
+    (:func:`symopt.solve` finds its λ; ``problem.at_strength(λ)`` is the penalised problem)."""
     X, y = _check_xy(X, y)
     n, d = X.shape
+    _strength_or_budget("lasso", strength, max_nonzero, "max_nonzero")
+    if max_nonzero is not None:
+        return _budget_problem(f"lasso {n}x{d}", (d,), _least_squares, Sparse(max_nonzero=max_nonzero),
+                               lambda: Sparse(max_nonzero=max_nonzero), {"X": X, "y": y}, "lasso",
+                               lambda lam: lasso(X, y, lam))
 
     def twin(X, y):
         import cvxpy as cp
@@ -50,14 +63,21 @@ def lasso(X, y, strength: float) -> Problem:
                    {"family": "lasso", "strength": strength})
 
 
-def group_lasso(X, y, groups, strength: float) -> Problem:
+def group_lasso(X, y, groups, strength: float | None = None, *, max_groups: int | None = None) -> Problem:
     """``1/(2n)‖Xw − y‖² + λ Σ_g ‖w_g‖₂``.
 
     ``groups``: a list of index lists covering every column once, or an int ``k`` for consecutive
-    groups of ``k`` columns.
+    groups of ``k`` columns. ``max_groups=g`` instead of ``strength``: the path point with g non-zero
+    groups.
     """
     X, y = _check_xy(X, y)
     n, d = X.shape
+    _strength_or_budget("group_lasso", strength, max_groups, "max_groups")
+    if max_groups is not None:
+        return _budget_problem(f"group_lasso {n}x{d}", (d,), _least_squares,
+                               GroupSparse(groups=groups, max_groups=max_groups),
+                               lambda: GroupSparse(groups=groups, max_groups=max_groups), {"X": X, "y": y},
+                               "group_lasso", lambda lam: group_lasso(X, y, groups, lam))
     constraint = GroupSparse(groups=groups, strength=strength)  # validates groups and strength now
     constraint.validate(torch.empty(d), "w")
     index = constraint.group_ids(torch.empty(d)).tolist()
@@ -78,12 +98,18 @@ def _logistic(theta: Tensor, X: Tensor, y: Tensor) -> Tensor:
     return F.binary_cross_entropy_with_logits(X @ theta, y)
 
 
-def logistic_l1(X, y, strength: float) -> Problem:
-    """Mean log-loss (no intercept), labels in {0, 1}, ``+ λ‖w‖₁``."""
+def logistic_l1(X, y, strength: float | None = None, *, max_nonzero: int | None = None) -> Problem:
+    """Mean log-loss (no intercept), labels in {0, 1}, ``+ λ‖w‖₁``; or ``max_nonzero=k`` (the path
+    point with k non-zeros)."""
     X, y = _check_xy(X, y)
     if not bool(((y == 0) | (y == 1)).all()):
         raise ValueError("logistic_l1: labels y must be 0 or 1")
     n, d = X.shape
+    _strength_or_budget("logistic_l1", strength, max_nonzero, "max_nonzero")
+    if max_nonzero is not None:
+        return _budget_problem(f"logistic_l1 {n}x{d}", (d,), _logistic, Sparse(max_nonzero=max_nonzero),
+                               lambda: Sparse(max_nonzero=max_nonzero), {"X": X, "y": y}, "logistic_l1",
+                               lambda lam: logistic_l1(X, y, lam))
 
     def twin(X, y):
         import cvxpy as cp
@@ -150,8 +176,9 @@ def _completion(theta: Tensor, M: Tensor, mask: Tensor) -> Tensor:
     return 0.5 * (mask * (theta - M)).square().sum()
 
 
-def matrix_completion(M, mask, strength: float) -> Problem:
-    """``½‖P_Ω(W − M)‖²_F + λ‖W‖_*`` with Ω the True entries of ``mask``."""
+def matrix_completion(M, mask, strength: float | None = None, *, target_rank: int | None = None) -> Problem:
+    """``½‖P_Ω(W − M)‖²_F + λ‖W‖_*`` with Ω the True entries of ``mask``; or ``target_rank=r``
+    (the nuclear-norm path point of rank r)."""
     M = _as_tensor("M", M)
     mask = torch.as_tensor(mask)
     if M.dim() != 2 or mask.shape != M.shape:
@@ -159,6 +186,12 @@ def matrix_completion(M, mask, strength: float) -> Problem:
     if not bool(mask.bool().any()):
         raise ValueError("matrix_completion: mask has no observed entry")
     maskf = mask.to(M.dtype)
+    m, n = M.shape
+    _strength_or_budget("matrix_completion", strength, target_rank, "target_rank")
+    if target_rank is not None:
+        return _budget_problem(f"completion {m}x{n}", (m, n), _completion, LowRank(target_rank=target_rank),
+                               lambda: LowRank(target_rank=target_rank), {"M": M, "mask": maskf},
+                               "matrix_completion", lambda lam: matrix_completion(M, mask, lam))
 
     def twin(M, mask):
         import cvxpy as cp
@@ -166,7 +199,6 @@ def matrix_completion(M, mask, strength: float) -> Problem:
         return W, 0.5 * cp.sum_squares(cp.multiply(mask, W - M)) + strength * cp.normNuc(W), []
 
     LowRank(strength)
-    m, n = M.shape
     return Problem(f"completion {m}x{n}", (m, n), _completion, lambda: LowRank(strength),
                    {"M": M, "mask": maskf}, twin, {"family": "matrix_completion", "strength": strength})
 
@@ -206,3 +238,10 @@ def low_rank_regression(X, Y, strength: float | None = None, *, rank: int | None
 
     return Problem(f"low_rank_regression {n}x{p}x{q}", (p, q), _matrix_least_squares, lambda: LowRank(strength),
                    {"X": X, "Y": Y}, twin, {"family": "low_rank_regression", "strength": strength})
+
+
+def _budget_problem(name, shape, loss, probe: Constraint, make, data, family, at_strength) -> Problem:
+    """A problem whose constraint carries a budget: no fixed λ, so no convex twin until λ is known."""
+    probe.validate(torch.empty(shape), "theta")  # budget vs. shape, now
+    return Problem(f"{name}, budget {probe.budget}", shape, loss, make, data, None,
+                   {"family": family, "budget": probe.budget}, at_strength=at_strength)

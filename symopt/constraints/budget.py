@@ -1,0 +1,128 @@
+"""Budgets for the sparsity and rank kinds: keep exactly ``k`` atoms alive by adapting λ.
+
+An *atom* is one term of the induced norm: an entry's magnitude (``ℓ₁``), a group's norm (group
+lasso), a singular value (nuclear norm). A budget ``k`` (``max_nonzero`` / ``density``,
+``max_groups``, ``target_rank``) asks for the point of the regularisation path whose support has
+``k`` atoms; symopt finds its λ during training, with no extra call in the loop.
+
+**Controller (why this one).** One proximal-gradient step from θ with step ``t`` keeps exactly the
+atoms whose *score* ``s = atoms(θ − t∇ℓ(θ)) / t`` exceeds λ. So the λ that keeps ``k`` atoms lies
+between the k-th and (k+1)-th largest scores; after each optimizer step log λ moves a fraction
+``rate`` of the way to the log of their midpoint (observations inside one step are combined, so an
+L-BFGS closure sees one λ).
+
+* It reacts at once: the gradient half of the score sees an atom that should leave the support
+  immediately, whereas DCS shrinks that atom only geometrically, so a controller that *counts*
+  non-zeros lags λ by thousands of steps and overshoots.
+* It cannot stall: when more than k atoms are predicted alive, both scores exceed λ and λ rises;
+  when fewer, both lie below and λ falls. λ is at rest only when the predicted support has exactly k
+  atoms; at a converged point that is the true support, so on a convex loss λ ends inside the
+  interval of the path where the solution has k atoms.
+* ``t = spread · mean(k largest atoms of θ) / λ`` puts both halves of the score on one scale.
+
+Before the first observation λ is the ``strength`` given, or, if none, the midpoint of the k-th and
+(k+1)-th largest gradient atoms at the first backward pass (the λ at which k atoms would leave 0).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+from torch import Tensor, nn
+
+from .auto import DEFER, _PENDING
+
+SPREAD = 2.0
+RATE = 0.1
+
+
+def check_budget(value: object, what: str, owner: str) -> int | None:
+    """``value`` as an int >= 1 (or None)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{owner}: {what} must be an int >= 1, got {value!r}")
+    return int(value)
+
+
+def check_density(value: object, owner: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 < float(value) < 1.0:
+        raise ValueError(f"{owner}: density must be a fraction in (0, 1), e.g. density=0.1, got {value!r}")
+    return float(value)
+
+
+def check_rate(value: object, owner: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 < float(value) <= 1.0:
+        raise ValueError(f"{owner}: adapt_rate must be in (0, 1], got {value!r}")
+    return float(value)
+
+
+def split_point(scores: Tensor, k: int) -> float:
+    """Midpoint of the k-th and (k+1)-th largest ``scores`` (a 1-d tensor with more than k entries)."""
+    top = torch.topk(scores.reshape(-1).to(torch.float64), k + 1).values
+    return float(0.5 * (top[k - 1] + top[k]))
+
+
+class BudgetController(nn.Module):
+    """λ for a budget: log λ is a buffer (saved in ``state_dict``); see the module docstring.
+
+    Buffers: ``log_strength`` (NaN until λ is known), ``updates`` (how many steps moved it).
+    """
+
+    def __init__(self, budget: int, initial: float | None, rate: float = RATE) -> None:
+        super().__init__()
+        self.budget = budget
+        self.rate = rate
+        start = math.log(initial) if initial is not None else math.nan
+        self.register_buffer("log_strength", torch.tensor(start, dtype=torch.float64))
+        self.register_buffer("updates", torch.zeros((), dtype=torch.float64))
+        self.pending: float | None = None
+
+    def value(self) -> float:
+        """Current λ (0 before it is known)."""
+        log = float(self.log_strength)
+        return 0.0 if math.isnan(log) else math.exp(log)
+
+    def observe(self, target: float) -> None:
+        """Record the midpoint λ the current point asks for; moves λ now or when the step ends."""
+        if DEFER.get("paused") or not math.isfinite(target) or target <= 0:
+            return
+        if DEFER["active"]:
+            # the last point of a step is where the optimizer stopped; before λ is known, the first
+            # point (where the step started) sets its scale
+            if self.pending is None or not math.isnan(float(self.log_strength)):
+                self.pending = target
+            _PENDING.add(self)
+        else:
+            self._update(target)
+
+    def _update(self, target: float) -> None:
+        log = float(self.log_strength)
+        if math.isnan(log):
+            self.log_strength.fill_(math.log(target))
+        else:
+            move = max(-1.0, min(1.0, math.log(target) - log))  # at most a factor e per step
+            self.log_strength.fill_(log + self.rate * move)
+        self.updates += 1
+
+    def commit(self) -> None:
+        if self.pending is not None:
+            self._update(self.pending)
+            self.pending = None
+
+
+def budget_target(atoms, value: Tensor, grad: Tensor, k: int, strength: float) -> float:
+    """The midpoint λ for budget ``k`` at ``value`` with loss gradient ``grad`` (see module docstring).
+
+    ``atoms(tensor)`` returns the 1-d atom sizes of a tensor (|entries|, group norms, σ).
+    """
+    value, grad = value.detach(), grad.detach()
+    size = torch.topk(atoms(value).reshape(-1), k).values.mean()
+    if strength <= 0 or float(size) == 0.0:
+        return split_point(atoms(grad), k)
+    step = SPREAD * float(size) / strength
+    return split_point(atoms(value - step * grad), k) / step
