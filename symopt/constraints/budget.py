@@ -20,8 +20,12 @@ L-BFGS closure sees one λ).
   interval of the path where the solution has k atoms.
 * ``t = spread · mean(k largest atoms of θ) / λ`` puts both halves of the score on one scale.
 
-Before the first observation λ is the ``strength`` given, or, if none, the midpoint of the k-th and
-(k+1)-th largest gradient atoms at the first backward pass (the λ at which k atoms would leave 0).
+Before the first observation λ is the ``strength`` given, or, if none, ``START`` (a tenth) of the
+midpoint of the k-th and (k+1)-th largest gradient atoms at the first backward pass (about the λ at
+which k atoms would leave 0). Starting low is deliberate — continuation from the dense end of the
+path: λ then rises (by at most ``(1 + 1/spread)^rate`` per step), atoms leave the support in path
+order, and none is pushed to the factors' absorbing point ``u = v = 0`` by a λ that is too high
+early on (an atom there cannot re-enter when λ comes back down).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from .auto import DEFER, _PENDING
 
 SPREAD = 2.0
 RATE = 0.1
+START = 0.1
 
 
 def check_budget(value: object, what: str, owner: str) -> int | None:
@@ -70,22 +75,21 @@ def split_point(scores: Tensor, k: int) -> float:
 class BudgetController(nn.Module):
     """λ for a budget: log λ is a buffer (saved in ``state_dict``); see the module docstring.
 
-    Buffers: ``log_strength`` (NaN until λ is known), ``updates`` (how many steps moved it).
+    Buffers: ``log_strength`` (−inf until λ is known), ``updates`` (how many steps moved it).
     """
 
     def __init__(self, budget: int, initial: float | None, rate: float = RATE) -> None:
         super().__init__()
         self.budget = budget
         self.rate = rate
-        start = math.log(initial) if initial is not None else math.nan
+        start = math.log(initial) if initial is not None else -math.inf
         self.register_buffer("log_strength", torch.tensor(start, dtype=torch.float64))
         self.register_buffer("updates", torch.zeros((), dtype=torch.float64))
         self.pending: float | None = None
 
     def value(self) -> float:
         """Current λ (0 before it is known)."""
-        log = float(self.log_strength)
-        return 0.0 if math.isnan(log) else math.exp(log)
+        return math.exp(float(self.log_strength))
 
     def observe(self, target: float) -> None:
         """Record the midpoint λ the current point asks for; moves λ now or when the step ends."""
@@ -94,7 +98,7 @@ class BudgetController(nn.Module):
         if DEFER["active"]:
             # the last point of a step is where the optimizer stopped; before λ is known, the first
             # point (where the step started) sets its scale
-            if self.pending is None or not math.isnan(float(self.log_strength)):
+            if self.pending is None or math.isfinite(float(self.log_strength)):
                 self.pending = target
             _PENDING.add(self)
         else:
@@ -102,8 +106,8 @@ class BudgetController(nn.Module):
 
     def _update(self, target: float) -> None:
         log = float(self.log_strength)
-        if math.isnan(log):
-            self.log_strength.fill_(math.log(target))
+        if not math.isfinite(log):
+            self.log_strength.fill_(math.log(START * target))
         else:
             move = max(-1.0, min(1.0, math.log(target) - log))  # at most a factor e per step
             self.log_strength.fill_(log + self.rate * move)

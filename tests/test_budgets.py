@@ -1,0 +1,227 @@
+"""Budgets (≤ k non-zeros / groups / rank): λ adapts in a plain training loop and in ``solve``; the
+λ found is a point of the convex path with that support size (checked with sklearn and cvxpy);
+``finalize`` meets the budget exactly and reports the loss change, or refuses."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import symopt
+from helpers import DT, Vector, least_squares, ls_loss
+from symopt.problems import group_lasso, lasso, make_matrix_completion, matrix_completion
+
+sklearn = pytest.importorskip("sklearn.linear_model")
+
+
+def _init(d, seed=7):
+    return torch.randn(d, generator=torch.Generator().manual_seed(seed), dtype=DT)
+
+
+def _lasso_data():
+    return least_squares(n=100, d=40, k=8, noise=0.5, seed=3)
+
+
+def _train_adam(model, loss_fn, steps, lr=1e-2):
+    opt = torch.optim.Adam(symopt.param_groups(model), lr=lr)
+    for _ in range(steps):
+        opt.zero_grad()
+        loss_fn(model).backward()
+        opt.step()
+
+
+def _train_lbfgs(model, loss_fn, steps):
+    opt = torch.optim.LBFGS(model.parameters(), lr=1, max_iter=20, line_search_fn="strong_wolfe", history_size=50)
+
+    def closure():
+        opt.zero_grad()
+        total = loss_fn(model) + symopt.penalty(model)
+        total.backward()
+        return total
+
+    for _ in range(steps):
+        opt.step(closure)
+
+
+def _sklearn_support(X, y, lam):
+    coef = sklearn.Lasso(alpha=lam, fit_intercept=False, tol=1e-12, max_iter=100_000).fit(X.numpy(), y.numpy()).coef_
+    return sorted(np.flatnonzero(coef).tolist())
+
+
+def _path_supports_of_size(X, y, k):
+    alphas, coefs, _ = sklearn.lasso_path(X.numpy(), y.numpy(), alphas=np.geomspace(3.0, 1e-3, 400), tol=1e-12,
+                                          max_iter=100_000)
+    return {tuple(np.flatnonzero(c).tolist()) for c in coefs.T if np.count_nonzero(c) == k}, alphas, coefs
+
+
+@pytest.mark.parametrize("trainer", ["adam_param_groups", "lbfgs_penalty"])
+def test_max_nonzero_in_a_training_loop_matches_the_lasso_path(trainer):
+    X, y = _lasso_data()
+    k = 5
+    model = Vector(40, init=_init(40))
+    handle = symopt.sparse(model, "theta", max_nonzero=k)  # no strength: λ comes from the gradients
+    assert handle.constraint.budget == k and handle.strength == 0.0
+    loss_fn = lambda m: ls_loss(X, y)(m.theta)  # noqa: E731
+    if trainer == "adam_param_groups":
+        _train_adam(model, loss_fn, 3000)
+    else:
+        _train_lbfgs(model, loss_fn, 300)
+    lam = handle.strength
+    ours = sorted(torch.topk(model.theta.detach().abs(), k).indices.tolist())
+    # λ found is on the path's k-interval: sklearn at that λ has the same k-support ...
+    assert _sklearn_support(X, y, lam) == ours
+    # ... which is the support lasso_path shows at size k
+    supports, _, _ = _path_supports_of_size(X, y, k)
+    assert supports == {tuple(ours)}
+    cert = symopt.finalize(model, tol=1e-4, loss_fn=loss_fn)
+    theta = model.theta.detach()
+    assert int((theta != 0).sum()) == k and sorted(np.flatnonzero(theta.numpy()).tolist()) == ours
+    assert cert.loss_change is not None and abs(cert.loss_change) < 1e-6
+    assert "loss" in str(cert)
+
+
+def test_density_sets_the_budget_from_the_size():
+    lin = nn.Linear(20, 5)
+    handle = symopt.sparse(lin, "weight", density=0.1)
+    assert handle.constraint.budget == 10 and "budget 10" in handle.structure(handle.values())
+
+
+def test_max_groups_in_a_training_loop_matches_the_group_lasso_path():
+    X, y = least_squares(n=80, d=24, k=9, noise=0.3, seed=4)
+    model = Vector(24, init=_init(24))
+    handle = symopt.group_sparse(model, "theta", groups=3, max_groups=2)
+    _train_adam(model, lambda m: ls_loss(X, y)(m.theta), 3000)
+    lam = handle.strength
+    norms = handle.constraint.group_norms(model.theta.detach())
+    ours = sorted(torch.topk(norms, 2).indices.tolist())
+    # the group lasso at the λ found (FISTA reference, KKT-certified) has exactly those 2 groups
+    ref = symopt.baselines.solve_proximal(group_lasso(X, y, 3, lam), tol=1e-10)
+    ref_norms = symopt.GroupSparse(groups=3).group_norms(ref.x)
+    assert sorted(torch.nonzero(ref_norms > 1e-8).reshape(-1).tolist()) == ours
+    symopt.finalize(model, tol=1e-4)
+    assert int((symopt.GroupSparse(groups=3).group_norms(model.theta.detach()) > 0).sum()) == 2
+
+
+def test_target_rank_in_a_training_loop_matches_cvxpy_at_the_lambda_found():
+    cp = pytest.importorskip("cvxpy")
+    base = make_matrix_completion(m=30, n=25, rank=3, observed=0.5, noise=0.1)
+    M, mask = base.data["M"], base.data["mask"]
+    model = Vector(30, 25)
+    handle = symopt.low_rank(model, "theta", target_rank=3)
+    _train_adam(model, lambda m: 0.5 * (mask * (m.theta - M)).square().sum(), 4000)
+    lam = handle.strength
+    symopt.finalize(model, tol=1e-3)
+    W = model.theta.detach()
+    assert int(torch.linalg.matrix_rank(W, atol=1e-9)) == 3
+    ours = float(0.5 * (mask * (W - M)).square().sum() + lam * torch.linalg.svdvals(W).sum())
+    Wc = cp.Variable(M.shape)
+    prob = cp.Problem(cp.Minimize(0.5 * cp.sum_squares(cp.multiply(mask.numpy(), Wc - M.numpy()))
+                                  + lam * cp.normNuc(Wc)))
+    prob.solve()
+    assert abs(ours - prob.value) <= 1e-4 * abs(prob.value)
+    assert int((np.linalg.svd(Wc.value, compute_uv=False) > 1e-5).sum()) == 3
+
+
+def test_minibatch_sgd_feature_budget_on_an_mlp():
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(512, 12, generator=g)
+    y = (X[:, 0] - 2 * X[:, 1] + 1.5 * torch.tanh(2 * X[:, 2]) > 0).float()  # features 0, 1, 2 only
+    net = nn.Sequential(nn.Linear(12, 16), nn.Tanh(), nn.Linear(16, 1))
+    handle = symopt.group_sparse(net, "0.weight", dim=1, max_groups=3)  # keep 3 input features
+    opt = torch.optim.Adam(symopt.param_groups(net, lr=1e-2), lr=1e-2)
+    for epoch in range(60):
+        for idx in torch.randperm(512, generator=g).split(64):
+            opt.zero_grad()
+            nn.functional.binary_cross_entropy_with_logits(net(X[idx]).squeeze(1), y[idx]).backward()
+            opt.step()
+    norms = handle.constraint.group_norms(net[0].weight.detach())
+    assert sorted(torch.topk(norms, 3).indices.tolist()) == [0, 1, 2]
+    symopt.finalize(net, tol=1e-2)
+    kept = torch.nonzero(net[0].weight.detach().norm(dim=0) > 0).reshape(-1).tolist()
+    assert kept == [0, 1, 2]
+
+
+def test_finalize_refuses_an_unmet_budget_and_changes_nothing():
+    lin = nn.Linear(10, 3)
+    symopt.sparse(lin, "weight", max_nonzero=4)
+    before = copy.deepcopy(lin.state_dict())
+    with pytest.raises(ValueError, match="keeping its 4 largest atoms"):
+        symopt.finalize(lin)
+    assert symopt.constraints(lin) and all(torch.equal(before[k], v) for k, v in lin.state_dict().items())
+    cert = symopt.finalize(lin, force=True)
+    assert int((lin.weight != 0).sum()) == 4 and cert.entries[0].budget == 4
+
+
+def test_budget_state_dict_round_trip_keeps_lambda():
+    X, y = _lasso_data()
+    model = Vector(40, init=_init(40))
+    handle = symopt.sparse(model, "theta", max_nonzero=5)
+    _train_adam(model, lambda m: ls_loss(X, y)(m.theta), 200)
+    fresh = Vector(40)
+    symopt.sparse(fresh, "theta", max_nonzero=5)
+    fresh.load_state_dict(model.state_dict())
+    assert symopt.constraints(fresh)[0].strength == handle.strength > 0
+
+
+def test_setting_strength_stops_adaptation():
+    X, y = _lasso_data()
+    model = Vector(40, init=_init(40))
+    handle = symopt.sparse(model, "theta", max_nonzero=5)
+    handle.constraint.strength = 0.3
+    _train_adam(model, lambda m: ls_loss(X, y)(m.theta), 50)
+    assert handle.strength == 0.3 and handle.constraint.budget == 5
+
+
+@pytest.mark.parametrize("k", [3, 7])
+def test_solve_finds_the_lasso_lambda_with_k_nonzeros(k):
+    X, y = _lasso_data()
+    result = symopt.solve(lasso(X, y, max_nonzero=k))
+    assert result.status == "optimal", result.message
+    support = sorted(np.flatnonzero(result.x.numpy()).tolist())
+    assert len(support) == k
+    assert _sklearn_support(X, y, result.strength) == support
+    at = lasso(X, y, result.strength)
+    assert result.objective == pytest.approx(at.objective(result.x), rel=1e-12)
+
+
+def test_solve_target_rank_matches_cvxpy_nuclear_norm():
+    base = make_matrix_completion(m=30, n=25, rank=3, observed=0.5, noise=0.1)
+    problem = matrix_completion(base.data["M"], base.data["mask"].bool(), target_rank=2)
+    result = symopt.solve(problem)
+    assert result.status == "optimal", result.message
+    assert int(torch.linalg.matrix_rank(result.x, atol=1e-8)) == 2
+    reference = symopt.baselines.solve_cvxpy(problem.at_strength(result.strength))
+    assert abs(result.objective - reference.objective) <= 1e-4 * abs(reference.objective)
+
+
+def test_baselines_refuse_a_budget_problem_with_the_way_forward():
+    X, y = _lasso_data()
+    problem = lasso(X, y, max_nonzero=3)
+    for solver in (symopt.baselines.solve_cvxpy, symopt.baselines.solve_proximal, symopt.baselines.solve_sklearn):
+        with pytest.raises(symopt.result.NotApplicable, match="at_strength"):
+            solver(problem)
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: symopt.Sparse(max_nonzero=0), "max_nonzero must be an int >= 1"),
+    (lambda: symopt.Sparse(density=1.5), "density must be a fraction"),
+    (lambda: symopt.Sparse(max_nonzero=3, density=0.1), "not both"),
+    (lambda: symopt.Sparse(max_nonzero=2, adapt_rate=0), "adapt_rate"),
+    (lambda: symopt.GroupSparse(max_groups=2.5), "max_groups must be an int"),
+    (lambda: symopt.LowRank(target_rank=3, max_rank=2), "exceeds max_rank"),
+    (lambda: symopt.LowRank(target_rank=2, layout="batch"), "layout='flatten'"),
+    (lambda: lasso(torch.randn(5, 3), torch.randn(5), 0.1, max_nonzero=2), "exactly one of"),
+])
+def test_bad_budgets(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_budget_that_does_not_bind_is_refused_before_registration():
+    lin = nn.Linear(3, 2)
+    before = copy.deepcopy(lin.state_dict())
+    with pytest.raises(ValueError, match="does not bind"):
+        symopt.sparse(lin, "weight", max_nonzero=6)
+    assert not symopt.constraints(lin) and all(torch.equal(before[k], v) for k, v in lin.state_dict().items())
