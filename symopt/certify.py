@@ -119,11 +119,15 @@ def _quiet_estimates():
         DEFER["paused"] = paused
 
 
-def certify(model: nn.Module, loss_fn: Callable | None = None, batch=None, tol: float = 1e-6) -> Certificate:
-    """Measure every constraint of ``model`` without changing anything.
+def certify(model, loss_fn: Callable | None = None, batch=None, tol: float = 1e-6) -> Certificate:
+    """Measure every constraint of ``model`` — or a solver's result — without changing anything.
 
     Args:
-        model: a model with symopt constraints.
+        model: a model with symopt constraints, or a :class:`~symopt.Result` from
+            :func:`symopt.solve` or a baseline (then ``loss_fn`` / ``batch`` are not needed: the
+            result's problem supplies the loss; the certificate adds ``objective``, and for the
+            penalised convex families the dual objective and ``duality_gap`` of a dual-feasible
+            point built from the result — see :mod:`symopt.problems.duality`).
         loss_fn: optional ``loss_fn(model)`` or ``loss_fn(model, batch)`` returning the scalar loss
             *without* the symopt penalty; with it the KKT residual and the multipliers are computed
             from ``∂loss/∂θ`` (no ``.grad`` is touched).
@@ -139,6 +143,10 @@ def certify(model: nn.Module, loss_fn: Callable | None = None, batch=None, tol: 
         >>> cert.entries[0].kkt_residual is not None
         True
     """
+    if not isinstance(model, nn.Module):
+        if hasattr(model, "x") and hasattr(model, "problem"):
+            return _certify_result(model, tol)
+        raise TypeError(f"certify: expected an nn.Module or a solver Result, got {type(model).__name__}")
     handles = constraints(model)
     grads: dict[int, list[torch.Tensor]] = {}
     if loss_fn is not None:
@@ -168,3 +176,42 @@ def certify(model: nn.Module, loss_fn: Callable | None = None, batch=None, tol: 
             budget=h.constraint.budget, linear=h.constraint.linear,
         ))
     return Certificate(tuple(entries), tol)
+
+
+def _certify_result(result, tol: float) -> Certificate:
+    """Certificate of a solver result: the problem's constraint at the result's λ, measured at ``x``."""
+    problem = result.problem
+    if problem is None:
+        raise ValueError("certify: this Result carries no problem (results of symopt.solve and of "
+                         "symopt.baselines do); certify the model instead")
+    if getattr(problem, "budget", None) is not None:  # the penalised problem at the λ found
+        if result.strength is None or result.strength <= 0:
+            raise ValueError("certify: a budget result needs the λ it found (result.strength)")
+        problem = problem.at_strength(result.strength)
+    constraint = problem.constraint().to(dtype=torch.float64)
+    data = problem.data_on("cpu", torch.float64)
+    x = result.x.detach().to("cpu", torch.float64)
+    point = x.clone().requires_grad_()
+    with _quiet_estimates():
+        (grad,) = torch.autograd.grad(problem.loss(point, **data), point)
+    if constraint.auto:  # the λ the solver ended with (margin × its multiplier estimate)
+        constraint.strength = result.strength if result.strength else float("inf")
+    tied = constraint.kind == "tied"
+    value = list(x.unbind(0)) if tied else x
+    g = list(grad.unbind(0)) if tied else grad
+    violation = constraint.violation(value, tol)
+    norm = float(x.norm())
+    multiplier = float(constraint.dual_norm(g)) if constraint.linear else None
+    entry = ConstraintCertificate(
+        name=problem.name, kind=constraint.kind, strength=constraint.strength, violation_before=violation,
+        violation_after=violation, change=0.0, relative_change=0.0, structure=constraint.structure(value, tol),
+        kkt_residual=constraint.kkt_residual(value, g, tol), multiplier=multiplier,
+        exact=None if multiplier is None else constraint.strength > multiplier,
+        relative_violation=violation / norm if norm > 0 else 0.0, budget=result.problem.budget,
+        linear=constraint.linear,
+    )
+    extra = {"objective": problem.value(x, data, constraint), "solver": result.solver}
+    if problem.dual is not None:
+        dual_value, nu = problem.dual(x, data, constraint)
+        extra.update(dual_objective=dual_value, duality_gap=extra["objective"] - dual_value, dual_point=nu)
+    return Certificate((entry,), tol, extra)

@@ -34,7 +34,7 @@ def solve_cvxpy(problem: Problem, solver: str | None = None, **options) -> Resul
     else:
         x = torch.from_numpy(np.asarray(variable.value, dtype=np.float64).reshape(problem.shape))
     c = problem.constraint().to(dtype=torch.float64)
-    return Result(
+    return Result(problem=problem, 
         x=x, objective=problem.objective(x), violation=c.violation(x) if c.linear else 0.0,
         kkt_residual=float("nan"), iterations=int(cvx_problem.solver_stats.num_iters or 0), seconds=seconds,
         status=str(cvx_problem.status), solver=f"cvxpy[{cvx_problem.solver_stats.solver_name}]",

@@ -64,7 +64,7 @@ def solve_proximal(problem: Problem, device=None, dtype=torch.float64, tol: floa
     seconds = elapsed_since(start, device)
     x = x.to("cpu", torch.float64)
     c64 = problem.constraint().to(dtype=torch.float64)
-    return Result(x=x, objective=problem.objective(x), violation=c64.violation(x) if c.linear else 0.0,
+    return Result(problem=problem, x=x, objective=problem.objective(x), violation=c64.violation(x) if c.linear else 0.0,
                   kkt_residual=history[-1][2] if history else float("nan"), iterations=len(history),
                   seconds=seconds, history=history, device=str(device), status=status,
                   solver="projected" if c.linear else "proximal")

@@ -62,6 +62,6 @@ def solve_geoopt(problem: Problem, device=None, dtype=torch.float64, tol: float 
                 break
     seconds = elapsed_since(start, device)
     x = ((U * s) @ V.mT).detach().to("cpu", torch.float64)
-    return Result(x=x, objective=problem.objective(x), violation=0.0,
+    return Result(problem=problem, x=x, objective=problem.objective(x), violation=0.0,
                   kkt_residual=history[-1][2] if history else float("nan"), iterations=it, seconds=seconds,
                   history=history, device=str(device), status=status, solver="geoopt[RiemannianAdam]")

@@ -51,6 +51,6 @@ def solve_sklearn(problem: Problem, tol: float = 1e-10, max_iter: int = 10_000) 
     loss = lambda w: problem.loss(w, **data_t)  # noqa: E731
     _, kkt = kkt_at_snap(loss, c, x, 1e-8)
     status = "optimal" if kkt <= 1e-6 * gradient_scale(loss, problem.shape, "cpu", torch.float64) else "inaccurate"
-    return Result(x=x, objective=problem.objective(x), violation=0.0, kkt_residual=kkt, iterations=iterations,
+    return Result(problem=problem, x=x, objective=problem.objective(x), violation=0.0, kkt_residual=kkt, iterations=iterations,
                   seconds=seconds, status=status,
                   solver=f"{type(model).__module__.split('.')[0]}[{type(model).__name__}]")

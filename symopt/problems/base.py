@@ -33,6 +33,9 @@ class Problem:
         at_strength: for budget problems (``max_nonzero``, ``max_groups``, ``target_rank``), the
             penalised problem at a given λ — ``problem.at_strength(result.strength)`` is the convex
             problem that :func:`symopt.solve`'s answer solves, for cvxpy and the other baselines.
+        dual: for penalised convex families, ``dual(θ, data, constraint) -> (D(ν), ν)``: a
+            dual-feasible point built from θ and its dual objective (:mod:`symopt.problems.duality`);
+            ``objective − D(ν)`` is the duality gap that :func:`symopt.certify` reports.
     """
 
     name: str
@@ -44,6 +47,7 @@ class Problem:
     meta: dict = field(default_factory=dict)
     penalized: bool = True
     at_strength: Callable[[float], "Problem"] | None = None
+    dual: Callable[[Tensor, dict, Constraint], tuple[float, Tensor]] | None = None
 
     @property
     def budget(self) -> int | None:

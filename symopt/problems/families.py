@@ -11,6 +11,7 @@ from torch.nn import functional as F
 
 from ..constraints import Constraint, FixedZeros, GroupSparse, LowRank, Sparse, Subspace, Tied
 from .base import Problem
+from .duality import completion_dual, least_squares_dual, logistic_dual
 
 
 def _as_tensor(name: str, value) -> Tensor:
@@ -60,7 +61,7 @@ def lasso(X, y, strength: float | None = None, *, max_nonzero: int | None = None
 
     Sparse(strength)  # validate strength now, not at solve time
     return Problem(f"lasso {n}x{d}", (d,), _least_squares, lambda: Sparse(strength), {"X": X, "y": y}, twin,
-                   {"family": "lasso", "strength": strength})
+                   {"family": "lasso", "strength": strength}, dual=least_squares_dual)
 
 
 def group_lasso(X, y, groups, strength: float | None = None, *, max_groups: int | None = None) -> Problem:
@@ -91,7 +92,7 @@ def group_lasso(X, y, groups, strength: float | None = None, *, max_groups: int 
     label = f"/{groups}" if isinstance(groups, int) else f", {len(members)} groups"
     return Problem(f"group_lasso {n}x{d}{label}", (d,), _least_squares,
                    lambda: GroupSparse(groups=groups, strength=strength), {"X": X, "y": y}, twin,
-                   {"family": "group_lasso", "strength": strength, "groups": members})
+                   {"family": "group_lasso", "strength": strength, "groups": members}, dual=least_squares_dual)
 
 
 def _logistic(theta: Tensor, X: Tensor, y: Tensor) -> Tensor:
@@ -119,7 +120,7 @@ def logistic_l1(X, y, strength: float | None = None, *, max_nonzero: int | None 
 
     Sparse(strength)
     return Problem(f"logistic_l1 {n}x{d}", (d,), _logistic, lambda: Sparse(strength), {"X": X, "y": y}, twin,
-                   {"family": "logistic_l1", "strength": strength})
+                   {"family": "logistic_l1", "strength": strength}, dual=logistic_dual)
 
 
 def equality_ls(X, y, A=None, strength: float = 1.0, *, zeros=None) -> Problem:
@@ -200,7 +201,8 @@ def matrix_completion(M, mask, strength: float | None = None, *, target_rank: in
 
     LowRank(strength)
     return Problem(f"completion {m}x{n}", (m, n), _completion, lambda: LowRank(strength),
-                   {"M": M, "mask": maskf}, twin, {"family": "matrix_completion", "strength": strength})
+                   {"M": M, "mask": maskf}, twin, {"family": "matrix_completion", "strength": strength},
+                   dual=completion_dual)
 
 
 def _matrix_least_squares(theta: Tensor, X: Tensor, Y: Tensor) -> Tensor:
@@ -237,7 +239,8 @@ def low_rank_regression(X, Y, strength: float | None = None, *, rank: int | None
         return W, cp.sum_squares(X @ W - Y) / (2 * n) + strength * cp.normNuc(W), []
 
     return Problem(f"low_rank_regression {n}x{p}x{q}", (p, q), _matrix_least_squares, lambda: LowRank(strength),
-                   {"X": X, "Y": Y}, twin, {"family": "low_rank_regression", "strength": strength})
+                   {"X": X, "Y": Y}, twin, {"family": "low_rank_regression", "strength": strength},
+                   dual=least_squares_dual)
 
 
 def _budget_problem(name, shape, loss, probe: Constraint, make, data, family, at_strength) -> Problem:
