@@ -12,6 +12,9 @@ from .decay import DecoupledDecayWarning, check_optimizer, param_groups, penalty
 from .finalize import finalize
 from .report import Report, report
 from .verbs import fixed_zeros, group_sparse, low_rank, sparse, subspace, tie
+from .syre import syre
+from .diagnose import Diagnosis, LayerDiagnosis, diagnose, effective_rank
+from .conserved import ConservationTracker, conserved
 from .problems import Problem
 from .result import Result
 from .solve import solve
@@ -23,5 +26,6 @@ __all__ = [
     "Certificate", "Constraint", "ConstraintCertificate", "DecoupledDecayWarning", "FixedZeros",
     "GroupSparse", "Handle", "LowRank", "Report", "Sparse", "Subspace", "Tied", "check_optimizer",
     "constrain", "constraints", "finalize", "fixed_zeros", "group_sparse", "low_rank", "param_groups",
-    "penalty", "report", "sparse", "subspace", "tie", "Problem", "Result", "solve", "compare", "certify",
+    "penalty", "report", "sparse", "subspace", "syre", "tie", "diagnose", "Diagnosis", "LayerDiagnosis",
+    "effective_rank", "conserved", "ConservationTracker", "Problem", "Result", "solve", "compare", "certify",
 ]

@@ -7,10 +7,10 @@ import pathlib
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "symopt"
 
 LAYERS = {
-    "_format": 0,
+    "_format": 0, "_layers": 0,
     "constraints": 1,
     "attach": 2,
-    "decay": 3, "report": 3, "certify": 3, "finalize": 3, "optimality": 3, "verbs": 3, "result": 3,
+    "decay": 3, "report": 3, "certify": 3, "finalize": 3, "optimality": 3, "verbs": 3, "result": 3, "syre": 3, "diagnose": 3, "conserved": 3,
     "problems": 4, "solve": 4, "baselines": 4,
     "comparison": 5, "cli": 5, "__main__": 5,
     "__init__": 6,

@@ -1,5 +1,6 @@
 """Layer 1 — constraint kinds: which symmetry each builds, its penalty, its projection."""
 
+from .anchor import Anchor
 from .base import Constraint
 from .fixed_zeros import FixedZeros
 from .group import GroupSparse
@@ -8,4 +9,4 @@ from .sparse import Sparse
 from .subspace import Subspace
 from .tied import Tied, TiedMember
 
-__all__ = ["Constraint", "Sparse", "GroupSparse", "LowRank", "Subspace", "FixedZeros", "Tied", "TiedMember"]
+__all__ = ["Anchor", "Constraint", "Sparse", "GroupSparse", "LowRank", "Subspace", "FixedZeros", "Tied", "TiedMember"]

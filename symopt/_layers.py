@@ -1,0 +1,69 @@
+"""Layer 0 — the linear layers of a model, in order, and which consecutive pairs share units.
+
+Used by :func:`symopt.diagnose` and :func:`symopt.conserved`. A *unit* of a Linear / Conv layer is an
+output row / channel; it is shared with the next layer in module order whose input size equals this
+layer's output size (its input column / channel). The module right after a layer in an
+``nn.Sequential`` is recorded as the activation between them (``None`` when the layers are adjacent:
+then the pair also has the rotation symmetry ``W₂W₁ = (W₂G⁻¹)(GW₁)``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+LAYER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+@dataclass(frozen=True)
+class Pair:
+    """Consecutive layers ``first → second`` sharing ``first``'s output units."""
+
+    first: str
+    second: str
+    activation: nn.Module | None  # the module between them in an nn.Sequential (None: adjacent / unknown)
+    adjacent: bool  # no module between them in an nn.Sequential: a purely linear composition
+
+
+def layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(name or type(m).__name__, m) for name, m in model.named_modules() if isinstance(m, LAYER_TYPES)]
+
+
+def in_size(module: nn.Module) -> int:
+    return module.in_features if isinstance(module, nn.Linear) else module.in_channels
+
+
+def out_size(module: nn.Module) -> int:
+    return module.out_features if isinstance(module, nn.Linear) else module.out_channels
+
+
+def incoming(module: nn.Module) -> Tensor:
+    """Per unit: its incoming weights and bias as one row, ``(units, fan_in [+1])``."""
+    W = module.weight.detach().reshape(out_size(module), -1)
+    bias = getattr(module, "bias", None)
+    return W if bias is None else torch.cat([W, bias.detach().reshape(-1, 1)], dim=1)
+
+
+def outgoing(module: nn.Module) -> Tensor:
+    """Per input unit of ``module``: its outgoing weights, ``(units, fan_out)``."""
+    W = module.weight.detach()
+    return W.transpose(0, 1).reshape(in_size(module), -1)
+
+
+def pairs(model: nn.Module) -> list[Pair]:
+    found = layers(model)
+    following: dict[int, tuple[nn.Module | None, bool]] = {}
+    for parent in model.modules():
+        if isinstance(parent, nn.Sequential):
+            children = list(parent.children())
+            for i, child in enumerate(children[:-1]):
+                nxt = children[i + 1]
+                following[id(child)] = (None, True) if isinstance(nxt, LAYER_TYPES) else (nxt, False)
+    out = []
+    for (name1, m1), (name2, m2) in zip(found, found[1:]):
+        if out_size(m1) == in_size(m2):
+            activation, adjacent = following.get(id(m1), (None, False))
+            out.append(Pair(name1, name2, activation, adjacent))
+    return out

@@ -1,0 +1,168 @@
+"""Layer 3 — :func:`diagnose`: is a model collapsed onto a symmetry's mirror plane?
+
+Weight decay pulls toward zero, which lies on the mirror plane of every symmetry of a network, and
+mirror planes are absorbing (Ziyin, Xu, Chuang, arXiv 2408.15495): units die (rescaling / sign
+symmetry), become identical (permutation), or the layers lose rank (rotation between consecutive
+linear layers). This report finds each of these per layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from ._format import table
+from ._layers import incoming, layers, outgoing, out_size, pairs
+
+
+def effective_rank(matrix: Tensor) -> float:
+    """``exp(entropy(σ / Σσ))`` (Roy & Vetterli 2007): between 1 and the rank; 0 for a zero matrix."""
+    s = torch.linalg.svdvals(matrix.detach().double())
+    total = float(s.sum())
+    if total == 0.0:
+        return 0.0
+    p = s / total
+    return float(torch.exp(-(torch.special.xlogy(p, p)).sum()))
+
+
+@dataclass(frozen=True)
+class LayerDiagnosis:
+    """One Linear / Conv layer: ``dead`` unit indices (zero in- or out-weights, or inactive on the
+    inputs), ``identical`` groups of units whose incoming weights agree (cosine ≥ 1 − ε),
+    ``weight_rank`` / ``feature_rank`` effective ranks, and ``mirror_planes`` it sits on."""
+
+    name: str
+    units: int
+    dead: tuple[int, ...]
+    identical: tuple[tuple[int, ...], ...]
+    weight_rank: float
+    feature_rank: float | None
+    mirror_planes: tuple[str, ...] = field(default=())
+
+
+class Diagnosis(list):
+    """A list of :class:`LayerDiagnosis` that prints as a table; ``collapsed`` says whether any layer
+    has dead or identical units or sits on a mirror plane."""
+
+    @property
+    def collapsed(self) -> bool:
+        return any(d.dead or d.identical or d.mirror_planes for d in self)
+
+    def __getitem__(self, key):
+        if isinstance(key, str):
+            for d in self:
+                if d.name == key:
+                    return d
+            raise KeyError(f"no layer {key!r}; have {[d.name for d in self]}")
+        return super().__getitem__(key)
+
+    def __str__(self) -> str:
+        rows = [[d.name, d.units, len(d.dead), "; ".join(",".join(map(str, g)) for g in d.identical) or "-",
+                 d.weight_rank, "-" if d.feature_rank is None else d.feature_rank,
+                 "; ".join(d.mirror_planes) or "-"] for d in self]
+        return table(["layer", "units", "dead", "identical groups", "eff. rank W", "eff. rank features",
+                      "mirror planes"], rows)
+
+
+def _groups(rows: Tensor, eps: float, alive: Tensor) -> list[tuple[int, ...]]:
+    """Groups (size ≥ 2) of live rows with pairwise cosine ≥ 1 − eps (union-find over pairs)."""
+    norms = rows.norm(dim=1, keepdim=True).clamp_min(1e-300)
+    cos = (rows / norms) @ (rows / norms).T
+    parent = list(range(rows.shape[0]))
+
+    def root(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    close = torch.nonzero(torch.triu(cos >= 1 - eps, diagonal=1) & alive[:, None] & alive[None, :])
+    for i, j in close.tolist():
+        parent[root(i)] = root(j)
+    members: dict[int, list[int]] = {}
+    for i in range(rows.shape[0]):
+        if bool(alive[i]):
+            members.setdefault(root(i), []).append(i)
+    return [tuple(g) for g in members.values() if len(g) > 1]
+
+
+@torch.no_grad()
+def diagnose(model: nn.Module, inputs: Tensor | None = None, tol: float = 1e-6, eps: float = 1e-4) -> Diagnosis:
+    """Per Linear / Conv layer: dead units, groups of identical units, effective rank of the weight
+    and (given ``inputs``) of the layer's output features, and the mirror planes the parameters sit on.
+
+    Args:
+        inputs: optional batch passed through ``model``; then a unit is also dead when its output is
+            constant over the batch, or ≤ 0 everywhere when a ReLU follows it.
+        tol: relative size below which weights count as zero (of the layer's largest row norm).
+        eps: units are identical when the cosine of their incoming weights (with bias) is ≥ 1 − eps.
+
+    Mirror planes reported: ``sign/rescale (units …)`` — in- and out-weights both zero;
+    ``permutation (units i=j)`` — identical incoming *and* outgoing weights, the fixed subspace of
+    swapping them; ``rotation (first→second)`` — adjacent linear layers sharing a null direction
+    (``nᵀW_first = 0`` and ``W_second n = 0``).
+
+    Example:
+        >>> import torch, symopt
+        >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1))
+        >>> with torch.no_grad(): net[0].weight[1] = net[0].weight[0]; net[0].bias[1] = net[0].bias[0]
+        >>> symopt.diagnose(net)["0"].identical
+        ((0, 1),)
+    """
+    found = layers(model)
+    modules = dict(found)
+    features: dict[str, Tensor] = {}
+    if inputs is not None:
+        hooks = [m.register_forward_hook(
+            lambda mod, _i, out, name=name: features.__setitem__(
+                name, out.detach().movedim(1, -1).reshape(-1, out_size(mod))))
+            for name, m in found]
+        try:
+            model(inputs)
+        finally:
+            for h in hooks:
+                h.remove()
+    next_of = {p.first: p for p in pairs(model)}
+    planes: dict[str, list[str]] = {name: [] for name, _ in found}
+    out = Diagnosis()
+    for name, module in found:
+        w_in = incoming(module)
+        scale = max(float(w_in.norm(dim=1).max()), 1e-300)
+        dead_in = w_in.norm(dim=1) <= tol * scale
+        dead_out = torch.zeros_like(dead_in)
+        pair = next_of.get(name)
+        if pair is not None:
+            w_out = outgoing(modules[pair.second])
+            dead_out = w_out.norm(dim=1) <= tol * max(float(w_out.norm(dim=1).max()), 1e-300)
+        inactive = torch.zeros_like(dead_in)
+        if name in features:
+            f = features[name]
+            inactive = f.std(dim=0) <= tol * max(float(f.abs().max()), 1e-300)
+            if pair is not None and isinstance(pair.activation, nn.ReLU):
+                inactive |= f.amax(dim=0) <= 0
+        dead = dead_in | dead_out | inactive
+        both = dead_in & dead_out
+        if bool(both.any()):
+            planes[name].append(f"sign/rescale (units {','.join(map(str, torch.nonzero(both).reshape(-1).tolist()))})")
+        groups = _groups(w_in, eps, ~dead)
+        if pair is not None:
+            w_out = outgoing(modules[pair.second])
+            for g in groups:
+                for i in g[1:]:
+                    same_in = torch.allclose(w_in[i], w_in[g[0]], rtol=eps, atol=tol * scale)
+                    if same_in and torch.allclose(w_out[i], w_out[g[0]], rtol=eps, atol=tol * scale):
+                        planes[name].append(f"permutation (units {g[0]}={i})")
+            if pair.adjacent:
+                stacked = torch.cat([w_in, w_out], dim=1)  # n with nᵀ W_first = 0 and W_second n = 0
+                s = torch.linalg.svdvals(stacked.double())
+                if stacked.shape[0] <= stacked.shape[1] and float(s[-1]) <= tol * float(s[0]):
+                    planes[name].append(f"rotation ({name}→{pair.second})")
+        out.append(LayerDiagnosis(
+            name=name, units=w_in.shape[0], dead=tuple(torch.nonzero(dead).reshape(-1).tolist()),
+            identical=tuple(groups), weight_rank=effective_rank(w_in),
+            feature_rank=effective_rank(features[name]) if name in features else None,
+            mirror_planes=tuple(planes[name]),
+        ))
+    return out

@@ -1,0 +1,93 @@
+"""Layer 3 — :func:`syre`: remove unwanted symmetries by decaying toward random anchors
+(Ziyin, Xu, Chuang, arXiv 2408.15495; the maths is in :mod:`symopt.constraints.anchor`)."""
+
+from __future__ import annotations
+
+import numbers
+import zlib
+from collections.abc import Sequence
+
+from torch import nn
+from torch.nn.utils import parametrize
+
+from .attach import Handle, constrain, resolve
+from .constraints import Anchor, Constraint
+from .constraints.base import check_strength, require_floating
+
+
+def _plain_parameter_names(model: nn.Module) -> list[str]:
+    """Qualified names of the model's parameters as the user sees them (``lin.weight``, not the
+    factors behind a parametrization)."""
+    names = []
+    for mod_name, module in model.named_modules():
+        if isinstance(module, parametrize.ParametrizationList) or mod_name.endswith("parametrizations"):
+            continue
+        prefix = f"{mod_name}." if mod_name else ""
+        leaves = list(module._parameters)
+        if parametrize.is_parametrized(module):
+            leaves += list(module.parametrizations)
+        names += [prefix + leaf for leaf in leaves if module._parameters.get(leaf) is not None
+                  or (parametrize.is_parametrized(module) and leaf in module.parametrizations)]
+    return names
+
+
+def syre(model: nn.Module, strength: float, names: Sequence[str] | None = None, sigma: float | None = None,
+         anisotropy: float = 0.0, seed: int = 0) -> list[Handle]:
+    """Decay ``names`` (default: every parameter) toward fixed random anchors instead of zero.
+
+    Each tensor φ gets the penalty ``(λ/2) Σ D_ii (φ_i − θ₀_i)²`` with ``θ₀ ~ N(0, σ₀²)`` and
+    ``D_ii ~ U(1 − ε, 1 + ε)`` (``ε = anisotropy``), applied like the constraints' decay:
+    ``symopt.penalty(model)`` or ``symopt.param_groups(model)``. No mirror plane of the loss
+    survives (identical units, dead units, rotations between layers), so weight decay no longer pulls
+    the model into a collapsed state.
+
+    Args:
+        strength: λ (> 0).
+        names: dotted parameter names; ``None`` means every parameter of ``model``.
+        sigma: anchor std ``σ₀``; ``None``: 0.01 × each tensor's std at registration.
+        anisotropy: ε in [0, 1); > 0 also breaks rotation-type symmetries.
+        seed: anchors are regenerated from ``seed`` and the parameter's name.
+
+    Raises:
+        ValueError: before changing anything, if a tensor carries a symopt constraint — syre removes
+        exactly the mirror symmetry that DCS builds — or is otherwise parametrized.
+
+    Example:
+        >>> import torch, symopt
+        >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+        >>> [h.name for h in symopt.syre(net, strength=1e-3)]
+        ['0.weight', '0.bias', '2.weight', '2.bias']
+    """
+    check_strength(strength, "syre")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"syre: seed must be an int, got {type(seed).__name__}")
+    if names is None:
+        names = _plain_parameter_names(model)
+    elif isinstance(names, str) or not all(isinstance(n, str) for n in names):
+        raise TypeError("syre: names must be a list of parameter names, e.g. ['0.weight', '2.weight']")
+    names = list(names)
+    if len(set(names)) != len(names):
+        raise ValueError(f"syre: names repeat a parameter: {names}")
+    plan, constrained = [], []
+    for name in names:  # validate everything before changing anything
+        module, leaf = resolve(model, name)
+        if parametrize.is_parametrized(module, leaf):
+            kinds = [type(p).__name__ for p in module.parametrizations[leaf]]
+            if any(isinstance(p, Constraint) for p in module.parametrizations[leaf]):
+                constrained.append(f"'{name}' ({', '.join(kinds)})")
+                continue
+            raise ValueError(f"syre: '{name}' is already parametrized ({', '.join(kinds)}); syre needs a plain parameter")
+        tensor = module._parameters.get(leaf)
+        if tensor is None:
+            raise ValueError(f"syre: '{name}' is not a parameter of {type(module).__name__}")
+        require_floating(tensor, name)
+        anchor = Anchor(strength, sigma=sigma, anisotropy=anisotropy, seed=int(seed), stream=zlib.crc32(name.encode()))
+        anchor.validate(tensor, name)
+        plan.append((name, anchor))
+    if constrained:
+        free = [n for n in names if all(f"'{n}'" not in c for c in constrained)]
+        raise ValueError(
+            "syre refused, nothing changed: " + ", ".join(constrained) + " carry a symopt constraint; syre removes "
+            "exactly the mirror symmetry that constraint relies on. Leave them out, e.g. names=" + repr(free)
+        )
+    return [constrain(model, name, anchor) for name, anchor in plan]
