@@ -79,7 +79,8 @@ def syre(model: nn.Module, strength: float, names: Sequence[str] | None = None, 
             raise ValueError(f"syre: '{name}' is already parametrized ({', '.join(kinds)}); syre needs a plain parameter")
         tensor = module._parameters.get(leaf)
         if tensor is None:
-            raise ValueError(f"syre: '{name}' is not a parameter of {type(module).__name__}")
+            params = sorted(n for n, p in module._parameters.items() if p is not None)
+            raise ValueError(f"syre: '{name}': {type(module).__name__} has no parameter '{leaf}'; its parameters: {params}")
         require_floating(tensor, name)
         anchor = Anchor(strength, sigma=sigma, anisotropy=anisotropy, seed=int(seed), stream=zlib.crc32(name.encode()))
         anchor.validate(tensor, name)
