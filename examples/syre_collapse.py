@@ -63,19 +63,20 @@ def relu_mlp(strength: float, use_syre: bool, steps: int):
 
 
 def main(strengths=(1e-2, 1e-1, 3e-1, 1.0), steps: int = 3000, plot: str | None = None) -> dict:
-    out = {"linear": {}, "mlp": {}}
-    print(f"two-layer linear net (8×8), {steps} Adam steps")
-    print(f"{'λ':>7}  {'decay: loss':>11}  {'rank':>4}  {'eff.rank':>8}   {'syre: loss':>10}  {'rank':>4}  {'eff.rank':>8}")
-    for lam in strengths:
-        plain, syre = linear_net(lam, False, steps), linear_net(lam, True, steps)
-        out["linear"][lam] = (plain, syre)
-        print(f"{lam:7.0e}  {plain[0]:11.3e}  {plain[1]:4d}  {plain[2]:8.3f}   {syre[0]:10.3e}  {syre[1]:4d}  {syre[2]:8.3f}")
-    print(f"\nReLU MLP 6→32→1, {steps} Adam steps (units: dead / duplicates)")
-    print(f"{'λ':>7}  {'decay: loss':>11}  {'dead':>4}  {'dup.':>4}   {'syre: loss':>10}  {'dead':>4}  {'dup.':>4}")
-    for lam in strengths:
-        plain, syre = relu_mlp(lam, False, steps), relu_mlp(lam, True, steps)
-        out["mlp"][lam] = (plain, syre)
-        print(f"{lam:7.0e}  {plain[0]:11.3e}  {plain[1]:4d}  {plain[2]:4d}   {syre[0]:10.3e}  {syre[1]:4d}  {syre[2]:4d}")
+    experiments = (  # key, run, title, names of the two measures after the loss
+        ("linear", linear_net, "two-layer linear net (8×8)", ("rank", "eff.rank")),
+        ("mlp", relu_mlp, "ReLU MLP 6→32→1 (units: dead / duplicates)", ("dead", "dup.")),
+    )
+    out = {}
+    for key, run, title, (first, second) in experiments:
+        print(f"\n{title}, {steps} Adam steps")
+        print(f"{'λ':>7}  {'decay: loss':>11}  {first:>4}  {second:>8}   {'syre: loss':>10}  {first:>4}  {second:>8}")
+        out[key] = {}
+        for lam in strengths:
+            plain, syre = run(lam, False, steps), run(lam, True, steps)
+            out[key][lam] = (plain, syre)
+            print(f"{lam:7.0e}  {plain[0]:11.3e}  {plain[1]:4d}  {plain[2]:8.4g}   "
+                  f"{syre[0]:10.3e}  {syre[1]:4d}  {syre[2]:8.4g}")
     if plot:
         import matplotlib
         matplotlib.use("Agg")

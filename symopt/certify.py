@@ -15,6 +15,7 @@ from torch.nn.utils import parametrize
 
 from ._format import table
 from .attach import constraints
+from .constraints import Tied
 from .constraints.auto import DEFER
 
 
@@ -194,9 +195,9 @@ def _certify_result(result, tol: float) -> Certificate:
     point = x.clone().requires_grad_()
     with _quiet_estimates():
         (grad,) = torch.autograd.grad(problem.loss(point, **data), point)
-    if constraint.auto:  # the λ the solver ended with (margin × its multiplier estimate)
-        constraint.strength = result.strength if result.strength else float("inf")
-    tied = constraint.kind == "tied"
+    if constraint.auto and result.strength:  # the λ the solver ended with (margin × its multiplier estimate)
+        constraint.strength = result.strength
+    tied = isinstance(constraint, Tied)
     value = list(x.unbind(0)) if tied else x
     g = list(grad.unbind(0)) if tied else grad
     violation = constraint.violation(value, tol)

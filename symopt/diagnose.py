@@ -133,8 +133,8 @@ def diagnose(model: nn.Module, inputs: Tensor | None = None, tol: float = 1e-6, 
         dead_in = w_in.norm(dim=1) <= tol * scale
         dead_out = torch.zeros_like(dead_in)
         pair = next_of.get(name)
+        w_out = None if pair is None else outgoing(modules[pair.second])
         if pair is not None:
-            w_out = outgoing(modules[pair.second])
             dead_out = w_out.norm(dim=1) <= tol * max(float(w_out.norm(dim=1).max()), 1e-300)
         inactive = torch.zeros_like(dead_in)
         if name in features:
@@ -148,7 +148,6 @@ def diagnose(model: nn.Module, inputs: Tensor | None = None, tol: float = 1e-6, 
             planes[name].append(f"sign/rescale (units {','.join(map(str, torch.nonzero(both).reshape(-1).tolist()))})")
         groups = _groups(w_in, eps, ~dead)
         if pair is not None:
-            w_out = outgoing(modules[pair.second])
             for g in groups:
                 for i in g[1:]:
                     same_in = torch.allclose(w_in[i], w_in[g[0]], rtol=eps, atol=tol * scale)

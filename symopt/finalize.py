@@ -70,9 +70,9 @@ def finalize(model: nn.Module, tol: float = 1e-6, force: bool = False, loss_fn: 
     loss_before = _loss(model, loss_fn, batch) if loss_fn is not None else None
     entries = []
     with torch.no_grad():
-        for handle in constraints(model):
+        for handle, entry in zip(constraints(model), measured):  # same order: certify lists constraints(model)
             before = [v.detach().clone() for v in handle.values()]
-            violation = handle.violation(before, tol)
+            violation = entry.violation_before
             snapped = handle.snap(before, tol)
             structure = handle.structure(snapped, tol)
             for member, new in zip(handle.members, snapped):
@@ -87,7 +87,7 @@ def finalize(model: nn.Module, tol: float = 1e-6, force: bool = False, loss_fn: 
             entries.append(ConstraintCertificate(
                 name=handle.name, kind=handle.kind, strength=handle.strength, violation_before=violation,
                 violation_after=after, change=change, relative_change=change / norm if norm > 0 else 0.0,
-                structure=structure, relative_violation=violation / norm if norm > 0 else 0.0,
+                structure=structure, relative_violation=entry.relative_violation,
                 budget=handle.constraint.budget, linear=handle.constraint.linear,
             ))
     extra = {}

@@ -251,9 +251,7 @@ def _search_path(descent: _Descent, constraint: Constraint, loss, max_iter: int,
         if status not in ("optimal", "stalled"):
             return status, f"at λ = {lam:.6g} (round {rounds}): {message}"
         point = descent.point
-        # atoms of the certified (snapped) point: zero, or above the snap threshold (a rebuilt
-        # low-rank matrix has rounding-level σ where it was snapped)
-        alive = int((constraint.atoms(point) > snap_tol(point, descent.tol)).sum())
+        alive = _alive(constraint, point, descent.tol)
         if descent.progress:
             print(f"[symopt.solve {descent.problem.name}] λ = {lam:.8g}: {alive} atoms (budget {k})",
                   file=sys.stderr, flush=True)
@@ -276,6 +274,12 @@ def _search_path(descent: _Descent, constraint: Constraint, loss, max_iter: int,
     return "max_iter", f"no λ with exactly {k} atoms within {max_rounds} rounds (last λ = {lam:.6g})"
 
 
+def _alive(constraint: Constraint, point: torch.Tensor, tol: float) -> int:
+    """Atoms of a certified (snapped) point: each is zero or above the snap threshold (a rebuilt
+    low-rank matrix has rounding-level σ where it was snapped)."""
+    return int((constraint.atoms(point) > snap_tol(point, tol)).sum())
+
+
 def _proposal(constraint: Constraint, loss, point: torch.Tensor, k: int, lam: float) -> float:
     """The budget controller's λ at an exact solution: the midpoint of the k-th and (k+1)-th scores."""
     point = point.clone().requires_grad_()
@@ -296,8 +300,7 @@ def _centre(descent: _Descent, constraint: Constraint, loss, k: int, lam: float,
     constraint.strength = target
     descent.refactor()
     new_status, new_message = descent.run(max_iter, start)
-    if new_status in ("optimal", "stalled") and int(
-            (constraint.atoms(descent.point) > snap_tol(descent.point, descent.tol)).sum()) == k:
+    if new_status in ("optimal", "stalled") and _alive(constraint, descent.point, descent.tol) == k:
         return new_status, f"λ = {target:.8g} gives exactly {k} atoms (round {rounds + 1}, centred); {new_message}"
     with torch.no_grad():  # back to the λ that worked
         for p, value in zip(descent.holder.parameters(), saved[0]):

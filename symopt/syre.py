@@ -16,18 +16,16 @@ from .constraints.base import check_strength, require_floating
 
 
 def _plain_parameter_names(model: nn.Module) -> list[str]:
-    """Qualified names of the model's parameters as the user sees them (``lin.weight``, not the
-    factors behind a parametrization)."""
+    """Qualified names of the model's parameters as the user sees them (``lin.weight``), not the
+    tensors that live inside a parametrization (factors, a tie's centre)."""
     names = []
     for mod_name, module in model.named_modules():
-        if isinstance(module, parametrize.ParametrizationList) or mod_name.endswith("parametrizations"):
+        if "parametrizations" in mod_name.split("."):
             continue
         prefix = f"{mod_name}." if mod_name else ""
-        leaves = list(module._parameters)
+        names += [prefix + leaf for leaf, p in module._parameters.items() if p is not None]
         if parametrize.is_parametrized(module):
-            leaves += list(module.parametrizations)
-        names += [prefix + leaf for leaf in leaves if module._parameters.get(leaf) is not None
-                  or (parametrize.is_parametrized(module) and leaf in module.parametrizations)]
+            names += [prefix + leaf for leaf in module.parametrizations]
     return names
 
 

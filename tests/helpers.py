@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+import pathlib
+
 import numpy as np
 import torch
 from torch import nn
@@ -90,3 +93,14 @@ def proximal_group_lasso(X, y, groups, lam, iters=20000):
         z = w_new + (t - 1) / t_new * (w_new - w)
         w, t = w_new, t_new
     return torch.from_numpy(w)
+
+
+EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
+
+
+def load_example(name):
+    """Import ``examples/<name>.py`` as a module (examples are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import symopt
-from helpers import DT, Vector, least_squares, ls_loss
+from helpers import DT, Vector, least_squares, ls_loss, train
 from symopt.problems import group_lasso, lasso, make_matrix_completion, matrix_completion
 
 sklearn = pytest.importorskip("sklearn.linear_model")
@@ -24,12 +24,8 @@ def _lasso_data():
     return least_squares(n=100, d=40, k=8, noise=0.5, seed=3)
 
 
-def _train_adam(model, loss_fn, steps, lr=1e-2):
-    opt = torch.optim.Adam(symopt.param_groups(model), lr=lr)
-    for _ in range(steps):
-        opt.zero_grad()
-        loss_fn(model).backward()
-        opt.step()
+def _train_adam(model, loss_fn, steps):
+    train(model, loss_fn, steps, 1e-2, path="param_groups", optimizer=torch.optim.Adam)
 
 
 def _train_lbfgs(model, loss_fn, steps):

@@ -1,18 +1,8 @@
 """The examples run and show what they claim."""
 
-import importlib.util
-import pathlib
-
 import pytest
 
-EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
-
-
-def load(name):
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from helpers import load_example as load
 
 
 def test_lasso_diabetes_matches_sklearn():

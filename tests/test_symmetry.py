@@ -1,8 +1,6 @@
 """syre, diagnose and conserved: the seeds' claims (a)–(c) on small models, and the API's contract."""
 
 import copy
-import importlib.util
-import pathlib
 
 import pytest
 import torch
@@ -10,15 +8,7 @@ from torch import nn
 
 import symopt
 from helpers import DT
-
-EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
-
-
-def load(name):
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from helpers import load_example as load
 
 
 # -- the claims ----------------------------------------------------------------------------------

@@ -128,17 +128,24 @@ class LowRank(Constraint):
         V = Qh[..., :rank, :].mT * v_scale.unsqueeze(-2)
         return U.to(value.dtype).contiguous(), V.to(value.dtype).contiguous()
 
+    def _map_singular_values(self, value: Tensor, change) -> Tensor:
+        """``value`` rebuilt from its SVD with the singular values replaced by ``change(S)``."""
+        mat = self.matrix(value).to(working_dtype(value.dtype))
+        P, S, Qh = torch.linalg.svd(mat, full_matrices=False)
+        return ((P * change(S).unsqueeze(-2)) @ Qh).reshape(value.shape).to(value.dtype)
+
     def singular_values(self, value: Tensor) -> Tensor:
         return torch.linalg.svdvals(self.matrix(value).to(working_dtype(value.dtype)))
 
     def prox(self, value: Tensor, step: float) -> Tensor:
         """Singular-value soft-thresholding at ``step·λ``."""
-        mat = self.matrix(value).to(working_dtype(value.dtype))
-        P, S, Qh = torch.linalg.svd(mat, full_matrices=False)
-        S = (S - step * self.strength).clamp_min(0)
-        if self.max_rank is not None:
-            S[..., self.max_rank:] = 0
-        return ((P * S.unsqueeze(-2)) @ Qh).reshape(value.shape).to(value.dtype)
+        def shrink(S: Tensor) -> Tensor:
+            S = (S - step * self.strength).clamp_min(0)
+            if self.max_rank is not None:
+                S[..., self.max_rank:] = 0
+            return S
+
+        return self._map_singular_values(value, shrink)
 
     def kkt_residual(self, value: Tensor, grad: Tensor, tol: float = 0.0) -> float:
         W = self.matrix(value).to(working_dtype(value.dtype))
@@ -150,20 +157,18 @@ class LowRank(Constraint):
         return sum(_nuclear_kkt(w, g, self.strength, tol, cap) ** 2 for w, g in pairs) ** 0.5
 
     def project(self, value: Tensor, tol: float = 0.0) -> Tensor:
-        mat = self.matrix(value).to(working_dtype(value.dtype))
-        P, S, Qh = torch.linalg.svd(mat, full_matrices=False)
-        S = torch.where(S > tol, S, torch.zeros_like(S))
-        return ((P * S.unsqueeze(-2)) @ Qh).reshape(value.shape).to(value.dtype)
+        return self._map_singular_values(value, lambda S: torch.where(S > tol, S, torch.zeros_like(S)))
 
     def atoms(self, value: Tensor) -> Tensor:
         return self.singular_values(value).reshape(-1)
 
     def truncate(self, value: Tensor, k: int) -> Tensor:
-        mat = self.matrix(value).to(working_dtype(value.dtype))
-        P, S, Qh = torch.linalg.svd(mat, full_matrices=False)
-        S = S.clone()
-        S[..., k:] = 0
-        return ((P * S.unsqueeze(-2)) @ Qh).reshape(value.shape).to(value.dtype)
+        def keep_top(S: Tensor) -> Tensor:
+            S = S.clone()
+            S[..., k:] = 0
+            return S
+
+        return self._map_singular_values(value, keep_top)
 
     def induced_norm(self, value: Tensor) -> Tensor:
         return self.singular_values(value).sum()

@@ -5,6 +5,8 @@ Scaling follows scikit-learn: data terms are averaged over the n samples.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 from torch.nn import functional as F
@@ -50,8 +52,8 @@ def lasso(X, y, strength: float | None = None, *, max_nonzero: int | None = None
     n, d = X.shape
     _strength_or_budget("lasso", strength, max_nonzero, "max_nonzero")
     if max_nonzero is not None:
-        return _budget_problem(f"lasso {n}x{d}", (d,), _least_squares, Sparse(max_nonzero=max_nonzero),
-                               lambda: Sparse(max_nonzero=max_nonzero), {"X": X, "y": y}, "lasso",
+        return _budget_problem(f"lasso {n}x{d}", (d,), _least_squares, lambda: Sparse(max_nonzero=max_nonzero),
+                               {"X": X, "y": y}, "lasso",
                                lambda lam: lasso(X, y, lam))
 
     def twin(X, y):
@@ -76,7 +78,6 @@ def group_lasso(X, y, groups, strength: float | None = None, *, max_groups: int 
     _strength_or_budget("group_lasso", strength, max_groups, "max_groups")
     if max_groups is not None:
         return _budget_problem(f"group_lasso {n}x{d}", (d,), _least_squares,
-                               GroupSparse(groups=groups, max_groups=max_groups),
                                lambda: GroupSparse(groups=groups, max_groups=max_groups), {"X": X, "y": y},
                                "group_lasso", lambda lam: group_lasso(X, y, groups, lam))
     constraint = GroupSparse(groups=groups, strength=strength)  # validates groups and strength now
@@ -108,8 +109,8 @@ def logistic_l1(X, y, strength: float | None = None, *, max_nonzero: int | None 
     n, d = X.shape
     _strength_or_budget("logistic_l1", strength, max_nonzero, "max_nonzero")
     if max_nonzero is not None:
-        return _budget_problem(f"logistic_l1 {n}x{d}", (d,), _logistic, Sparse(max_nonzero=max_nonzero),
-                               lambda: Sparse(max_nonzero=max_nonzero), {"X": X, "y": y}, "logistic_l1",
+        return _budget_problem(f"logistic_l1 {n}x{d}", (d,), _logistic, lambda: Sparse(max_nonzero=max_nonzero),
+                               {"X": X, "y": y}, "logistic_l1",
                                lambda lam: logistic_l1(X, y, lam))
 
     def twin(X, y):
@@ -190,8 +191,8 @@ def matrix_completion(M, mask, strength: float | None = None, *, target_rank: in
     m, n = M.shape
     _strength_or_budget("matrix_completion", strength, target_rank, "target_rank")
     if target_rank is not None:
-        return _budget_problem(f"completion {m}x{n}", (m, n), _completion, LowRank(target_rank=target_rank),
-                               lambda: LowRank(target_rank=target_rank), {"M": M, "mask": maskf},
+        return _budget_problem(f"completion {m}x{n}", (m, n), _completion, lambda: LowRank(target_rank=target_rank),
+                               {"M": M, "mask": maskf},
                                "matrix_completion", lambda lam: matrix_completion(M, mask, lam))
 
     def twin(M, mask):
@@ -243,8 +244,9 @@ def low_rank_regression(X, Y, strength: float | None = None, *, rank: int | None
                    dual=least_squares_dual)
 
 
-def _budget_problem(name, shape, loss, probe: Constraint, make, data, family, at_strength) -> Problem:
+def _budget_problem(name, shape, loss, make: Callable[[], Constraint], data, family, at_strength) -> Problem:
     """A problem whose constraint carries a budget: no fixed λ, so no convex twin until λ is known."""
+    probe = make()
     probe.validate(torch.empty(shape), "theta")  # budget vs. shape, now
     return Problem(f"{name}, budget {probe.budget}", shape, loss, make, data, None,
                    {"family": family, "budget": probe.budget}, at_strength=at_strength)
