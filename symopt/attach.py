@@ -246,6 +246,20 @@ def owner_of(tensor: Tensor) -> Constraint | None:
     return getattr(tensor, _FACTOR_FLAG, None)
 
 
+def remove(module: nn.Module, leaf: str) -> None:
+    """Remove the parametrization of ``module.<leaf>``, leaving its current value as a plain parameter.
+
+    ``torch.nn.utils.parametrize`` keeps the parametrized property on a class created for the module,
+    and ``copy.deepcopy`` shares that class between copy and original; removing on one would delete the
+    property from both (the original then has no ``weight``). So the module first gets its own class.
+    """
+    cls = type(module)
+    module.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
+    # parametrize decides Parameter vs buffer from requires_grad of the value, so grad mode must be on.
+    with torch.enable_grad():
+        parametrize.remove_parametrizations(module, leaf, leave_parametrized=True)
+
+
 # -- discovery ---------------------------------------------------------------------------------
 def _members(model: nn.Module) -> Iterator[Member]:
     for mod_name, module in model.named_modules():

@@ -9,9 +9,8 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
-from .attach import constraints
+from .attach import constraints, remove
 from .certify import Certificate, ConstraintCertificate, certify
 
 
@@ -76,10 +75,7 @@ def finalize(model: nn.Module, tol: float = 1e-6, force: bool = False, loss_fn: 
             snapped = handle.snap(before, tol)
             structure = handle.structure(snapped, tol)
             for member, new in zip(handle.members, snapped):
-                # parametrize decides Parameter vs buffer from requires_grad of the value, so the
-                # removal must see grad mode on.
-                with torch.enable_grad():
-                    parametrize.remove_parametrizations(member.module, member.tensor, leave_parametrized=True)
+                remove(member.module, member.tensor)
                 getattr(member.module, member.tensor).copy_(new)
             after = handle.violation(snapped, tol)
             change = math.sqrt(sum(float((n - b).square().sum()) for n, b in zip(snapped, before)))

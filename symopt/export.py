@@ -1,0 +1,369 @@
+"""Layer 3 — :func:`export`: a trained constrained model → plain PyTorch modules, dense or physically
+compressed, and :func:`footprint` to measure what that bought (stored numbers, bytes, forward time).
+
+The constraints guarantee *structure* (zeros, low rank, dead channels); only a different architecture
+turns structure into fewer multiply-adds. ``mode="compressed"`` rewrites, on a copy:
+
+* low rank ``W = A B`` (rank r) — Linear → ``Linear(n, r) ∘ Linear(r, m)``; ConvNd → ConvNd with r
+  output channels (same kernel, stride, padding) ∘ 1×1 ConvNd; Embedding → ``Embedding(N, r)`` ∘
+  ``Linear(r, d)``. Only when ``r (m + n) < m n`` (otherwise the factors cost more than W).
+* group sparsity on output rows / channels (``dim=0``) — the layer loses its dead units and the next
+  layer of the same ``nn.Sequential`` chain loses the matching input columns / channels. A dead unit
+  still emits a constant ``act(bias)``; it is folded into the consumer's bias (exact for a Linear
+  consumer and for an unpadded conv; a padded conv sees zeros at the border, so such a channel is kept
+  unless its constant is 0).
+* elementwise sparsity on a Linear — a CSR weight (:class:`SparseLinear`) when its density is at most
+  ``csr_max_density`` (measured on 2 CPU cores: CSR wins below ~15% density, see docs/embedding.md).
+
+Anything else stays dense and is listed in one :class:`ExportWarning`: group sparsity along other axes,
+chains that are not an ``nn.Sequential`` of Linear / Conv layers separated by elementwise modules
+(BatchNorm, Flatten, pooling, attention), grouped convolutions, sparse convs.
+"""
+
+from __future__ import annotations
+
+import copy
+import numbers
+import statistics
+import time
+import warnings
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ._layers import LAYER_TYPES, in_size, out_size
+from .attach import constraints
+from .finalize import finalize
+
+MODES = ("dense", "compressed")
+SPARSE_FORMATS = ("auto", "csr", "dense")
+
+# Modules that act on each unit / channel separately and keep the shape: a dead unit stays a constant
+# through them, so the chain producer → these → consumer can be shrunk.
+ELEMENTWISE = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
+    nn.Tanh, nn.Sigmoid, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.Softplus, nn.Softsign,
+    nn.Tanhshrink, nn.Identity, nn.Dropout,
+)
+
+
+class ExportWarning(UserWarning):
+    """A constrained tensor stayed dense in ``mode="compressed"`` (the message says why)."""
+
+
+class SparseLinear(nn.Module):
+    """``y = x Wᵀ + b`` with ``W`` stored as a CSR tensor (inference; built by :func:`export`).
+
+    Example:
+        >>> import torch, symopt
+        >>> W = torch.tensor([[0.0, 2.0], [0.0, 0.0], [1.0, 0.0]])
+        >>> layer = symopt.SparseLinear(W, torch.zeros(3))
+        >>> layer(torch.tensor([[1.0, 1.0]])).tolist()
+        [[2.0, 0.0, 1.0]]
+    """
+
+    def __init__(self, weight: Tensor, bias: Tensor | None) -> None:
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        with warnings.catch_warnings():  # "sparse CSR support is in beta" is not the user's concern
+            warnings.simplefilter("ignore", UserWarning)
+            self.register_buffer("weight", weight.detach().to_sparse_csr())
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        flat = x.reshape(-1, self.in_features).transpose(0, 1)
+        out = self.weight @ flat if self.bias is None else torch.addmm(self.bias.unsqueeze(1), self.weight, flat)
+        return out.transpose(0, 1).reshape(*x.shape[:-1], self.out_features)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args):
+        # A CSR buffer cannot be copied into in place when the sparsity pattern differs: replace it.
+        key = prefix + "weight"
+        if key not in state_dict:
+            return super()._load_from_state_dict(state_dict, prefix, *args)
+        incoming = state_dict[key]
+        own = self._buffers.pop("weight")
+        try:
+            super()._load_from_state_dict({k: v for k, v in state_dict.items() if k != key}, prefix, *args)
+        finally:
+            self._buffers["weight"] = own
+        self.weight = incoming.to(own.device).to_sparse_csr()
+
+    def extra_repr(self) -> str:
+        nnz = self.weight.values().numel()
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"nnz={nnz} ({nnz / max(1, self.weight.shape[0] * self.weight.shape[1]):.1%}), "
+                f"bias={self.bias is not None}")
+
+
+# -- the public functions ----------------------------------------------------------------------
+def export(model: nn.Module, mode: str = "dense", *, tol: float = 1e-6, force: bool = False,
+           sparse_format: str = "auto", csr_max_density: float = 0.1) -> nn.Module:
+    """A copy of ``model`` with every constraint snapped exactly and removed; ``model`` is untouched.
+
+    ``mode="dense"``: the same architecture with plain parameters holding the exact constrained
+    values (:func:`symopt.finalize` on a copy), so its ``state_dict`` loads into an unconstrained
+    instance of the original class. ``mode="compressed"``: additionally rewrites layers so the
+    structure saves parameters and time (see the module docstring for what is rewritten and what is
+    not; what stays dense is listed in one :class:`ExportWarning`). Outputs agree with the dense
+    export to rounding.
+
+    Args:
+        mode: ``"dense"`` or ``"compressed"``.
+        tol: snap tolerance, as in :func:`symopt.finalize` (also decides which singular values count
+            toward the rank of a factorised layer).
+        force: snap even where a linear or budgeted constraint is farther than ``tol``.
+        sparse_format: for elementwise-sparse Linear weights: ``"auto"`` (CSR when the density is
+            ``<= csr_max_density``), ``"csr"`` (always) or ``"dense"`` (never).
+        csr_max_density: the density threshold of ``"auto"``.
+
+    Returns:
+        The exported module (in the same train / eval mode as ``model``).
+
+    Raises:
+        ValueError: bad arguments, or (from finalize) a constraint that does not hold yet.
+
+    Example:
+        >>> import torch, symopt
+        >>> net = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+        >>> _ = symopt.low_rank(net, "0.weight", strength=1e-3, max_rank=2)
+        >>> small = symopt.export(net, mode="compressed")
+        >>> [tuple(m.weight.shape) for m in small[0]]      # 8×8 → (2×8, 8×2)
+        [(2, 8), (8, 2)]
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"export: expected an nn.Module, got {type(model).__name__}")
+    if mode not in MODES:
+        raise ValueError(f"export: mode must be one of {MODES}, got {mode!r}")
+    if sparse_format not in SPARSE_FORMATS:
+        raise ValueError(f"export: sparse_format must be one of {SPARSE_FORMATS}, got {sparse_format!r}")
+    if (isinstance(csr_max_density, bool) or not isinstance(csr_max_density, numbers.Real)
+            or not 0 <= csr_max_density <= 1):
+        raise ValueError(f"export: csr_max_density must be a number in [0, 1], got {csr_max_density!r}")
+    names = {id(m): name for name, m in model.named_modules()}
+    plan = [(names[id(member.module)], member.tensor, handle.constraint)
+            for handle in constraints(model) for member in handle.members]
+    exported = copy.deepcopy(model)
+    finalize(exported, tol=tol, force=force)  # raises, on the copy only, when a constraint does not hold
+    if mode == "dense":
+        return exported
+    # The linear kinds (subspace, fixed zeros, ties) promise values, not a smaller layer: they stay dense.
+    holder = nn.Module()  # so that a constraint on the root module itself can replace the root
+    holder.root = exported
+    kept_dense = []
+    with torch.no_grad():
+        for module_name, tensor, constraint in plan:  # shrink first: factorising a consumer then sees fewer columns
+            if constraint.kind == "group_sparse":
+                kept_dense += _shrink_units(holder, _qual("root", module_name), tensor, constraint)
+        for module_name, tensor, constraint in plan:
+            where = _qual("root", module_name)
+            if constraint.kind == "low_rank":
+                kept_dense += _factorise(holder, where, tensor, constraint, tol)
+            elif constraint.kind == "sparse":
+                kept_dense += _sparsify(holder, where, tensor, sparse_format, csr_max_density)
+    if kept_dense:
+        notes = "; ".join(note.removeprefix("root.") for note in kept_dense)
+        warnings.warn(f"export(mode='compressed') kept these dense: {notes}", ExportWarning, stacklevel=2)
+    return holder.root
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """What a model stores and how fast it runs on one input (see :func:`footprint`)."""
+
+    stored: int  # numbers stored: parameter and floating buffer entries, non-zeros for sparse tensors
+    bytes: int  # storage including sparse indices
+    forward_seconds: float  # median forward time
+
+
+def footprint(model: nn.Module, example_input: Tensor | tuple, repeats: int = 20, warmup: int = 3) -> Footprint:
+    """Numbers stored, bytes, and median forward time (no grad) of ``model`` on ``example_input``.
+
+    Example:
+        >>> import torch, symopt
+        >>> symopt.footprint(torch.nn.Linear(4, 3), torch.randn(2, 4), repeats=2).stored
+        15
+    """
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"footprint: repeats must be an int >= 1, got {repeats!r}")
+    stored = size = 0
+    for t in list(model.parameters()) + [b for b in model.buffers() if b.is_floating_point()]:
+        if t.layout == torch.sparse_csr:
+            values = t.values()
+            stored += values.numel()
+            size += values.numel() * values.element_size() + sum(
+                i.numel() * i.element_size() for i in (t.crow_indices(), t.col_indices()))
+        else:
+            stored += t.numel()
+            size += t.numel() * t.element_size()
+    args = example_input if isinstance(example_input, tuple) else (example_input,)
+    device = next(iter(model.parameters()), torch.empty(0)).device
+    times = []
+    with torch.no_grad():
+        for i in range(warmup + repeats):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            model(*args)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if i >= warmup:
+                times.append(time.perf_counter() - start)
+    return Footprint(stored, size, statistics.median(times))
+
+
+# -- rewriting ---------------------------------------------------------------------------------
+def _qual(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix and name else prefix or name
+
+
+def _get(root: nn.Module, name: str) -> nn.Module:
+    return root.get_submodule(name) if name else root
+
+
+def _set(root: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, leaf = name.rpartition(".")
+    setattr(_get(root, parent_name), leaf, new)
+
+
+def _clone_conv(conv: nn.Module, in_channels: int, out_channels: int, kernel_size, bias: bool, **overrides):
+    kwargs = dict(stride=conv.stride, padding=conv.padding, dilation=conv.dilation, groups=1,
+                  padding_mode=conv.padding_mode)
+    kwargs.update(overrides)
+    return type(conv)(in_channels, out_channels, kernel_size, bias=bias, device=conv.weight.device,
+                      dtype=conv.weight.dtype, **kwargs)
+
+
+def _resized(layer: nn.Module, in_units: int, out_units: int, bias: bool) -> nn.Module:
+    """A fresh layer like ``layer`` with other input / output sizes (weights to be filled in)."""
+    if isinstance(layer, nn.Linear):
+        return nn.Linear(in_units, out_units, bias=bias, device=layer.weight.device, dtype=layer.weight.dtype)
+    return _clone_conv(layer, in_units, out_units, layer.kernel_size, bias)
+
+
+def _consumer(root: nn.Module, module_name: str):
+    """The next Linear / Conv after ``module_name`` in its ``nn.Sequential``, with the elementwise
+    modules between them; ``(None, reason)`` when the chain is not one symopt can rewrite."""
+    parent_name, _, leaf = module_name.rpartition(".")
+    parent = _get(root, parent_name)
+    if not isinstance(parent, nn.Sequential):
+        return None, "its layer is not inside an nn.Sequential, so its consumer is unknown"
+    children = list(parent.named_children())
+    index = [n for n, _ in children].index(leaf)
+    between = []
+    for name, child in children[index + 1:]:
+        if isinstance(child, LAYER_TYPES):
+            return (_qual(parent_name, name), child, between), ""
+        if not isinstance(child, ELEMENTWISE):
+            return None, f"{type(child).__name__} follows it (only elementwise modules can sit between layers)"
+        between.append(child)
+    return None, "no later Linear / Conv in its nn.Sequential consumes its units"
+
+
+def _shrink_units(root: nn.Module, module_name: str, tensor: str, constraint) -> list[str]:
+    layer = _get(root, module_name)
+    where = _qual(module_name, tensor)
+    if tensor != "weight" or not isinstance(layer, LAYER_TYPES):
+        return [f"{where} (group_sparse): only Linear / Conv weights are shrunk"]
+    if constraint.dim is None or constraint.dim % layer.weight.dim() != 0:
+        return [f"{where} (group_sparse): only output units (dim=0) are removed"]
+    if not isinstance(layer, nn.Linear) and layer.groups != 1:
+        return [f"{where} (group_sparse): grouped convolutions are not rewritten"]
+    found, reason = _consumer(root, module_name)
+    if found is None:
+        return [f"{where} (group_sparse): {reason}"]
+    consumer_name, consumer, between = found
+    if in_size(consumer) != out_size(layer) or (not isinstance(consumer, nn.Linear) and consumer.groups != 1):
+        return [f"{where} (group_sparse): its consumer {consumer_name} does not take its units one to one"]
+    dead = layer.weight.reshape(out_size(layer), -1).abs().amax(dim=1) == 0
+    bias = layer.bias if layer.bias is not None else torch.zeros_like(dead, dtype=layer.weight.dtype)
+    constant = bias.clone()
+    for module in between:  # what each dead unit emits: act(bias), the same at every position
+        if not isinstance(module, nn.Dropout):  # identity at inference, where the export is used
+            constant = module(constant.reshape(1, -1)).reshape(-1)
+    padded = not isinstance(consumer, nn.Linear) and (
+        isinstance(consumer.padding, str) and consumer.padding != "valid"
+        or not isinstance(consumer.padding, str) and any(consumer.padding))
+    if padded:  # a padded conv sees zeros at the border, not the constant: keep those channels
+        dead &= constant == 0
+    if not bool(dead.any()):
+        return []
+    keep = (~dead).nonzero().squeeze(1)
+    W2 = consumer.weight
+    folded = W2[:, dead].reshape(W2.shape[0], int(dead.sum()), -1).sum(dim=2) @ constant[dead]
+    new_layer = _resized(layer, in_size(layer), keep.numel(), bias=layer.bias is not None)
+    new_layer.weight.copy_(layer.weight[keep])
+    if layer.bias is not None:
+        new_layer.bias.copy_(layer.bias[keep])
+    has_bias = consumer.bias is not None or bool(folded.any())
+    new_consumer = _resized(consumer, keep.numel(), out_size(consumer), bias=has_bias)
+    new_consumer.weight.copy_(W2[:, keep])
+    if has_bias:
+        new_consumer.bias.copy_(folded + (consumer.bias if consumer.bias is not None else 0))
+    new_layer.train(layer.training)
+    new_consumer.train(consumer.training)
+    _set(root, module_name, new_layer)
+    _set(root, consumer_name, new_consumer)
+    return []
+
+
+def _rank(matrix: Tensor, tol: float) -> tuple[int, Tensor, Tensor, Tensor]:
+    U, S, Vh = torch.linalg.svd(matrix, full_matrices=False)
+    floor = max(tol, float(S[0]) * max(matrix.shape) * torch.finfo(S.dtype).eps if S.numel() else 0.0)
+    return int((S > floor).sum()), U, S, Vh
+
+
+def _factorise(root: nn.Module, module_name: str, tensor: str, constraint, tol: float) -> list[str]:
+    layer = _get(root, module_name)
+    where = _qual(module_name, tensor)
+    supported = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding)
+    if tensor != "weight" or not isinstance(layer, supported) or constraint.layout != "flatten":
+        return [f"{where} (low_rank): only Linear / Conv / Embedding weights in the flatten layout are factorised"]
+    if isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and layer.groups != 1:
+        return [f"{where} (low_rank): grouped convolutions are not rewritten"]
+    if isinstance(layer, nn.Embedding) and (layer.max_norm is not None or layer.sparse):
+        return [f"{where} (low_rank): an Embedding with max_norm / sparse gradients is not rewritten"]
+    W = layer.weight
+    matrix = W.reshape(W.shape[0], -1)
+    m, n = matrix.shape
+    r, U, S, Vh = _rank(matrix, tol)
+    if r * (m + n) >= m * n:
+        return [f"{where} (low_rank): rank {r} of a {m}×{n} matrix — factors would not be smaller"]
+    root_s = S[:r].sqrt()
+    left, right = U[:, :r] * root_s, root_s.unsqueeze(1) * Vh[:r]  # W = left @ right
+    kw = dict(device=W.device, dtype=W.dtype)
+    if isinstance(layer, nn.Linear):
+        first, second = nn.Linear(n, r, bias=False, **kw), nn.Linear(r, m, bias=layer.bias is not None, **kw)
+        first.weight.copy_(right)
+        second.weight.copy_(left)
+    elif isinstance(layer, nn.Embedding):
+        first = nn.Embedding(layer.num_embeddings, r, padding_idx=layer.padding_idx, **kw)
+        second = nn.Linear(r, n, bias=False, **kw)
+        first.weight.copy_(left)
+        second.weight.copy_(right.T)
+    else:
+        first = _clone_conv(layer, layer.in_channels, r, layer.kernel_size, bias=False)
+        second = _clone_conv(layer, r, m, 1, bias=layer.bias is not None, stride=1, padding=0, dilation=1,
+                             padding_mode="zeros")
+        first.weight.copy_(right.reshape(r, *W.shape[1:]))
+        second.weight.copy_(left.reshape(m, r, *([1] * (W.dim() - 2))))
+    if getattr(layer, "bias", None) is not None:
+        second.bias.copy_(layer.bias)
+    new = nn.Sequential(first, second).train(layer.training)
+    _set(root, module_name, new)
+    return []
+
+
+def _sparsify(root: nn.Module, module_name: str, tensor: str, sparse_format: str, max_density: float) -> list[str]:
+    layer = _get(root, module_name)
+    where = _qual(module_name, tensor)
+    if sparse_format == "dense":
+        return []
+    if tensor != "weight" or type(layer) is not nn.Linear:
+        return [f"{where} (sparse): only Linear weights get a CSR layout"]
+    density = float((layer.weight != 0).float().mean())
+    if sparse_format == "auto" and density > max_density:
+        return [f"{where} (sparse): density {density:.1%} > csr_max_density {max_density:.0%}, where "
+                "CSR is slower than dense"]
+    _set(root, module_name, SparseLinear(layer.weight, layer.bias).train(layer.training))
+    return []

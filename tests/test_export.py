@@ -1,0 +1,196 @@
+"""export(mode="dense" | "compressed"): exact constrained weights in plain modules; compressed layers
+that are physically smaller and agree with the dense export; the original model is never touched."""
+
+import copy
+import io
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import symopt
+from symopt import ExportWarning
+
+DT = torch.float64
+
+
+def _zero_rows(module, rows):
+    """Make output units dead through the group-sparse factors (gate and ω)."""
+    plist = module.parametrizations.weight
+    with torch.no_grad():
+        plist.original0[rows] = 0
+        plist.original1[rows] = 0
+
+
+def _mlp():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(10, 16), nn.ReLU(), nn.Linear(16, 12), nn.Tanh(), nn.Linear(12, 3)).double()
+    symopt.group_sparse(net, "0.weight", dim=0, strength=1e-3)
+    with pytest.warns(UserWarning, match="rank-3 approximation"):
+        symopt.low_rank(net, "2.weight", strength=1e-3, max_rank=3)
+    symopt.sparse(net, "4.weight", strength=1e-3)
+    _zero_rows(net[0], slice(0, 16, 2))
+    with torch.no_grad():
+        net[0].bias.fill_(0.3)  # dead units emit relu(0.3) ≠ 0: must be folded into the consumer's bias
+        u = net[4].parametrizations.weight.original0
+        u[torch.rand(u.shape, generator=torch.Generator().manual_seed(1)) < 0.9] = 0
+    return net
+
+
+def test_dense_export_is_plain_exact_and_loads_into_the_original_architecture():
+    net = _mlp()
+    x = torch.randn(7, 10, dtype=DT)
+    before = net(x).detach()
+    dense = symopt.export(net)
+    assert symopt.constraints(dense) == []
+    assert torch.allclose(dense(x), before, atol=1e-12)
+    assert int((dense[0].weight.abs().sum(1) == 0).sum()) == 8  # exact zeros, not small ones
+    assert torch.linalg.matrix_rank(dense[2].weight) == 3
+    fresh = nn.Sequential(nn.Linear(10, 16), nn.ReLU(), nn.Linear(16, 12), nn.Tanh(), nn.Linear(12, 3)).double()
+    fresh.load_state_dict(dense.state_dict())  # strict: same keys, plain names
+    assert torch.equal(fresh(x), dense(x))
+    # the constrained model itself is untouched and still trains
+    assert len(symopt.constraints(net)) == 3 and torch.equal(net(x), before)
+    net(x).sum().backward()
+
+
+def test_finalize_on_a_deepcopy_leaves_the_original_working():
+    """parametrize shares its generated class between a module and its deepcopy; removing on the copy
+    must not delete the original's ``weight`` property."""
+    net = nn.Sequential(nn.Linear(4, 3))
+    symopt.sparse(net, "0.weight", strength=1e-3)
+    symopt.finalize(copy.deepcopy(net), tol=0.0)
+    assert net[0].weight.shape == (3, 4) and len(symopt.constraints(net)) == 1
+    symopt.finalize(net, tol=0.0)
+    assert type(net[0]) is nn.Linear
+
+
+@pytest.mark.parametrize("dtype, atol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+def test_compressed_mlp_matches_dense_and_is_smaller(dtype, atol):
+    net = _mlp().to(dtype)
+    x = torch.randn(9, 10, dtype=dtype)
+    dense = symopt.export(net)
+    small = symopt.export(net, mode="compressed", sparse_format="csr")
+    assert isinstance(small[0], nn.Linear) and small[0].out_features == 8  # 8 dead units removed
+    assert isinstance(small[2], nn.Sequential) and small[2][0].in_features == 8  # consumer sliced
+    assert [tuple(m.weight.shape) for m in small[2]] == [(3, 8), (12, 3)]  # rank 3 factors
+    assert isinstance(small[4], symopt.SparseLinear)
+    assert torch.allclose(small(x), dense(x), atol=atol, rtol=0)
+    assert symopt.footprint(small, x, repeats=1).stored < 0.5 * symopt.footprint(dense, x, repeats=1).stored
+
+
+def test_auto_sparse_format_keeps_dense_above_the_density_threshold():
+    net = _mlp()
+    with pytest.warns(ExportWarning, match=r"4.weight \(sparse\): density .* > csr_max_density"):
+        small = symopt.export(net, mode="compressed", csr_max_density=0.01)
+    assert type(small[4]) is nn.Linear
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert isinstance(symopt.export(net, mode="compressed", csr_max_density=0.5)[4], symopt.SparseLinear)
+
+
+@pytest.mark.parametrize("conv, shape", [(nn.Conv1d, (2, 3, 11)), (nn.Conv2d, (2, 3, 9, 9))])
+def test_compressed_conv_chain(conv, shape):
+    torch.manual_seed(0)
+    net = nn.Sequential(conv(3, 8, 3, padding=1), nn.ReLU(), conv(8, 6, 3), nn.GELU(),
+                        conv(6, 6, 3, padding=1), nn.ReLU(), conv(6, 4, 1)).double()
+    symopt.group_sparse(net, "0.weight", dim=0, strength=1e-3)  # consumer unpadded: every dead channel goes
+    with pytest.warns(UserWarning, match="rank-2"):
+        symopt.low_rank(net, "2.weight", strength=1e-3, max_rank=2)
+    symopt.group_sparse(net, "4.weight", dim=0, strength=1e-3)  # consumer 1×1, unpadded
+    _zero_rows(net[0], [0, 1, 2])
+    _zero_rows(net[4], [1, 4])
+    x = torch.randn(*shape, dtype=DT)
+    dense, small = symopt.export(net), symopt.export(net, mode="compressed")
+    assert small[0].out_channels == 5 and small[2][0].in_channels == 5
+    assert small[2][0].out_channels == 2 and small[2][1].kernel_size == (1,) * (len(shape) - 2)
+    assert small[4].out_channels == 4 and small[6].in_channels == 4
+    assert torch.allclose(small(x), dense(x), atol=1e-12, rtol=0)
+
+
+def test_padded_consumer_keeps_dead_channels_with_a_nonzero_constant():
+    net = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 3, 3, padding=1)).double()
+    symopt.group_sparse(net, "0.weight", dim=0, strength=1e-3)
+    _zero_rows(net[0], [0, 1])
+    with torch.no_grad():
+        net[0].bias.copy_(torch.tensor([0.5, -0.5, 0.1, 0.1]))  # relu: channel 0 emits 0.5, channel 1 emits 0
+    x = torch.randn(2, 2, 6, 6, dtype=DT)
+    small = symopt.export(net, mode="compressed")
+    assert small[0].out_channels == 3  # channel 1 removed, channel 0 kept (zero padding would see 0, not 0.5)
+    assert torch.allclose(small(x), symopt.export(net)(x), atol=1e-12, rtol=0)
+
+
+def test_low_rank_embedding_becomes_embedding_then_linear():
+    emb = nn.Embedding(50, 16, padding_idx=0).double()
+    with pytest.warns(UserWarning):
+        symopt.low_rank(emb, "weight", strength=1e-3, max_rank=4)
+    small = symopt.export(emb, mode="compressed")  # a constraint on the root module replaces the root
+    assert isinstance(small, nn.Sequential) and small[0].embedding_dim == 4
+    ids = torch.randint(0, 50, (3, 7))
+    assert torch.allclose(small(ids), symopt.export(emb)(ids), atol=1e-12, rtol=0)
+
+
+def test_unsupported_structures_stay_dense_with_one_warning_that_says_why():
+    net = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.Linear(8, 8), nn.Linear(8, 2)).double()
+    symopt.group_sparse(net, "0.weight", dim=0, strength=1e-3)
+    symopt.group_sparse(net, "2.weight", dim=1, strength=1e-3)
+    symopt.low_rank(net, "3.weight", strength=1e-3)  # full rank 2: factors are not smaller
+    with torch.no_grad():
+        net[2].bias.copy_(net[0].bias)
+    symopt.tie(net, ["0.bias", "2.bias"], strength=1.0)  # linear kinds never warn
+    _zero_rows(net[0], [0])
+    with pytest.warns(ExportWarning) as record:
+        small = symopt.export(net, mode="compressed")
+    assert len(record) == 1
+    message = str(record[0].message)
+    assert "0.weight (group_sparse): BatchNorm1d follows it" in message
+    assert "2.weight (group_sparse): only output units (dim=0)" in message
+    assert "3.weight (low_rank): rank 2 of a 2×8 matrix" in message
+    assert [type(m) for m in small] == [nn.Linear, nn.BatchNorm1d, nn.Linear, nn.Linear]
+
+
+def test_sparse_linear_round_trips():
+    W = torch.zeros(5, 4, dtype=DT)
+    W[0, 1], W[3, 2] = 2.0, -1.0
+    layer = symopt.SparseLinear(W, torch.arange(5, dtype=DT))
+    x = torch.randn(2, 3, 4, dtype=DT)  # leading batch dims
+    assert torch.allclose(layer(x), x @ W.T + torch.arange(5, dtype=DT), atol=1e-14)
+    buffer = io.BytesIO()
+    torch.save(layer.state_dict(), buffer)
+    other = symopt.SparseLinear(torch.eye(5, 4, dtype=DT), torch.zeros(5, dtype=DT))
+    other.load_state_dict(torch.load(io.BytesIO(buffer.getvalue())))
+    assert torch.equal(other(x), layer(x))
+    assert symopt.footprint(layer, x, repeats=1).stored == 2 + 5
+
+
+def test_a_constraint_that_does_not_hold_refuses_and_changes_nothing():
+    lin = nn.Linear(4, 3).double()
+    symopt.fixed_zeros(lin, "weight", torch.eye(3, 4, dtype=torch.bool), strength=1.0)
+    with torch.no_grad():
+        lin.parametrizations.weight.original0.add_(1.0)  # far from the set
+    before = lin.weight.detach().clone()
+    with pytest.raises(ValueError, match="finalize refused"):
+        symopt.export(lin, mode="compressed")
+    assert torch.equal(lin.weight, before) and len(symopt.constraints(lin)) == 1
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(mode="tiny"), "mode must be one of"),
+    (dict(sparse_format="coo"), "sparse_format must be one of"),
+    (dict(csr_max_density=1.5), r"csr_max_density must be a number in \[0, 1\]"),
+    (dict(tol=-1.0), "tol must be a finite number"),
+])
+def test_bad_arguments(kwargs, match):
+    lin = nn.Linear(3, 2)
+    symopt.sparse(lin, "weight", strength=1e-3)
+    with pytest.raises(ValueError, match=match):
+        symopt.export(lin, **kwargs)
+    assert len(symopt.constraints(lin)) == 1
+
+
+def test_bad_model_and_repeats():
+    with pytest.raises(TypeError, match="expected an nn.Module"):
+        symopt.export(torch.zeros(3))
+    with pytest.raises(ValueError, match="repeats must be an int >= 1"):
+        symopt.footprint(nn.Linear(2, 2), torch.zeros(1, 2), repeats=0)
