@@ -15,6 +15,7 @@ from .verbs import fixed_zeros, group_sparse, low_rank, sparse, subspace, tie
 from .syre import syre
 from .diagnose import Diagnosis, LayerDiagnosis, diagnose, effective_rank
 from .conserved import ConservationTracker, conserved
+from .distributed import sync_strengths
 from .export import ExportWarning, Footprint, SparseLinear, export, footprint
 from .problems import Problem
 from .result import Result
@@ -28,6 +29,6 @@ __all__ = [
     "GroupSparse", "Handle", "LowRank", "Report", "Sparse", "Subspace", "Tied", "check_optimizer",
     "constrain", "constraints", "finalize", "fixed_zeros", "group_sparse", "low_rank", "param_groups",
     "penalty", "report", "sparse", "subspace", "syre", "tie", "diagnose", "Diagnosis", "LayerDiagnosis",
-    "effective_rank", "conserved", "ConservationTracker", "export", "footprint", "Footprint", "ExportWarning",
+    "effective_rank", "conserved", "ConservationTracker", "export", "footprint", "sync_strengths", "Footprint", "ExportWarning",
     "SparseLinear", "Problem", "Result", "solve", "compare", "certify",
 ]

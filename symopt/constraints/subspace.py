@@ -19,7 +19,9 @@ def orthonormal_rowspace(A: Tensor) -> Tensor:
     """Orthonormal basis ``O`` (d×k) of the row space of ``A`` (m×d), via SVD with a rank cut."""
     _, S, Vh = torch.linalg.svd(A, full_matrices=False)
     cut = float(S.amax()) * max(A.shape) * torch.finfo(A.dtype).eps
-    return Vh[S > cut].mT.contiguous()
+    # a fresh dense tensor: a transposed view with a size-1 dim keeps odd strides, which DDP's buffer
+    # broadcast rejects as overlapping memory
+    return Vh[S > cut].mT.clone(memory_format=torch.contiguous_format)
 
 
 class Subspace(Constraint):
