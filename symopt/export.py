@@ -286,6 +286,8 @@ def _shrink_units(root: nn.Module, module_name: str, tensor: str, constraint) ->
         or not isinstance(consumer.padding, str) and any(consumer.padding))
     if padded:  # a padded conv sees zeros at the border, not the constant: keep those channels
         dead &= constant == 0
+    if bool(dead.all()):  # a layer needs one unit: keep the first (zero weights, not folded)
+        dead[0] = False
     if not bool(dead.any()):
         return []
     keep = (~dead).nonzero().squeeze(1)
