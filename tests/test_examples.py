@@ -17,3 +17,42 @@ def test_exact_threshold_is_sharp():
             assert violation <= 1e-10 and error <= 1e-10
         else:
             assert violation >= 1e-3
+
+
+def test_quickstart_recovers_the_support():
+    assert load("quickstart").main() == [0, 1, 2]
+
+
+def test_feature_selection_uses_exactly_the_budget():
+    pytest.importorskip("sklearn")
+    rows = load("feature_selection_digits").main(features=12, steps=600)
+    dcs = rows["symopt group_sparse(dim=1)"]
+    assert dcs[0] == 12 and rows["magnitude pruning + fine-tune"][0] == 12
+    assert rows["L1 logistic regression"][0] <= 12
+    assert dcs[1] > 0.8  # far above chance (0.1) with 12 of 64 pixels
+
+
+def test_lowrank_compression_exports_thin_layers():
+    pytest.importorskip("sklearn")
+    rows = load("lowrank_compression_digits").main(ranks=(4,), steps=150)
+    by_method = {name: (r, params, acc) for name, r, params, acc, _ in rows}
+    dense_params = by_method["dense"][1]
+    for name in ("symopt target_rank", "fixed rank U Vᵀ, no decay", "truncated SVD after training"):
+        r, params, acc = by_method[name]
+        assert r == 4 and params < 0.2 * dense_params  # the export is physically rank 4
+        assert 0.1 < acc <= 1.0
+
+
+def test_tied_autoencoder_ties_exactly():
+    pytest.importorskip("sklearn")
+    rows = load("tied_autoencoder").main()
+    mse, params, gap = rows["tied (symopt.tie, λ=1e-3)"]
+    assert gap < 1e-5 and params < rows["untied"][1]
+    assert mse < 2 * rows["untied"][0]
+
+
+def test_tiny_transformer_ties_and_lowers_rank():
+    rows = load("tiny_transformer_lm").main()
+    val, ranks, gap, params = rows["symopt (tied, low-rank M)"]
+    assert gap < 1e-4 and max(ranks) < 24
+    assert val < rows["entropy"] + 0.35  # near the source's entropy (uniform guessing: log 16 = 2.77)
