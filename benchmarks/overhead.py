@@ -1,11 +1,12 @@
 """Training-step overhead of each constraint kind vs the plain model (CPU or CUDA).
 
-    python -m benchmarks.overhead [--device cuda] [--width 512] [--batch 256] [--repeats 5]
+    python -m benchmarks.overhead [--model mlp|cnn] [--device cuda] [--width 512] [--batch 256] [--repeats 5]
 
-One MLP (width × width hidden layers, float32) per kind, the middle layer constrained; a step is
-forward + backward + SGD update, with ``symopt.penalty`` in the loss. Prints the median step time of
-``--repeats`` timed runs (after warm-up) and its ratio to the unconstrained model, measured in the
-same process.
+One model per kind, float32: an MLP (width × width hidden layers) or a CNN (three 3×3 convs with
+``--channels`` channels on 32×32 inputs), its middle layer constrained (tied: first and middle
+layers); a step is forward + backward + SGD update, with ``symopt.penalty`` in the loss. Prints the
+median step time of ``--repeats`` interleaved timed runs (after warm-up), its ratio to the
+unconstrained model measured in the same process, and on CUDA the peak memory of a step.
 """
 
 from __future__ import annotations
@@ -21,10 +22,17 @@ import symopt
 from symopt.cli import machine_name
 
 
-def _model(width: int, device, kind: str | None) -> nn.Module:
+def _model(arch: str, width: int, device, kind: str | None) -> nn.Module:
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(),
-                        nn.Linear(width, 10)).to(device)
+    if arch == "mlp":
+        net = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(),
+                            nn.Linear(width, 10)).to(device)
+    else:
+        net = nn.Sequential(nn.Conv2d(width, width, 3, padding=1), nn.ReLU(), nn.Conv2d(width, width, 3, padding=1),
+                            nn.ReLU(), nn.Conv2d(width, width, 3, padding=1), nn.AdaptiveAvgPool2d(1),
+                            nn.Flatten(), nn.Linear(width, 10)).to(device)
+    shape = net[2].weight.shape
+    numel = net[2].weight.numel()
     if kind == "sparse":
         symopt.sparse(net, "2.weight", strength=1e-4)
     elif kind == "group_sparse":
@@ -32,10 +40,10 @@ def _model(width: int, device, kind: str | None) -> nn.Module:
     elif kind == "low_rank":
         symopt.low_rank(net, "2.weight", strength=1e-4)
     elif kind == "subspace(16 rows)":
-        A = torch.randn(16, width * width, device=device)
+        A = torch.randn(16, numel, device=device)
         symopt.subspace(net, "2.weight", A, strength=1.0)
     elif kind == "fixed_zeros(50%)":
-        symopt.fixed_zeros(net, "2.weight", torch.rand(width, width, device=device) < 0.5, strength=1.0)
+        symopt.fixed_zeros(net, "2.weight", torch.rand(shape, device=device) < 0.5, strength=1.0)
     elif kind == "tied":
         symopt.tie(net, ["0.weight", "2.weight"], strength=1.0)
     return net
@@ -54,6 +62,7 @@ def _step_time(net: nn.Module, x, y, steps: int, device) -> float:
         step()
     if device.type == "cuda":
         torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     for _ in range(steps):
         step()
@@ -64,30 +73,39 @@ def _step_time(net: nn.Module, x, y, steps: int, device) -> float:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--model", choices=("mlp", "cnn"), default="mlp")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--width", type=int, default=512)
-    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--width", type=int, default=None, help="MLP width (512) / CNN channels (64)")
+    parser.add_argument("--batch", type=int, default=None, help="batch size (MLP 256, CNN 32)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)
+    args.width = args.width or (512 if args.model == "mlp" else 64)
+    args.batch = args.batch or (256 if args.model == "mlp" else 32)
     device = torch.device(args.device)
     machine = machine_name(device)
     print(f"training-step overhead — torch {torch.__version__}, {machine}, float32, "
-          f"MLP width {args.width}, batch {args.batch}, median of {args.repeats} interleaved rounds of {args.steps} steps\n")
-    x = torch.randn(args.batch, args.width, device=device)
+          f"{args.model.upper()} width {args.width}, batch {args.batch}, median of {args.repeats} interleaved rounds "
+          f"of {args.steps} steps\n")
+    x = (torch.randn(args.batch, args.width, device=device) if args.model == "mlp"
+         else torch.randn(args.batch, args.width, 32, 32, device=device))
     y = torch.randint(0, 10, (args.batch,), device=device)
     kinds = [None, "sparse", "group_sparse", "low_rank", "subspace(16 rows)", "fixed_zeros(50%)", "tied"]
-    nets = {kind: _model(args.width, device, kind) for kind in kinds}
+    nets = {kind: _model(args.model, args.width, device, kind) for kind in kinds}
     times: dict = {kind: [] for kind in kinds}
+    peaks: dict = {}
     for _ in range(args.repeats):  # interleaved rounds, so drift in machine load hits every kind alike
         for kind in kinds:
             times[kind].append(_step_time(nets[kind], x, y, args.steps, device))
+            if device.type == "cuda":
+                peaks[kind] = torch.cuda.max_memory_allocated() / 2**20
     base = statistics.median(times[None])
-    rows = [(kind or "plain", statistics.median(t) * 1e3, statistics.median(t) / base) for kind, t in times.items()]
+    rows = [(kind or "plain", statistics.median(t) * 1e3, statistics.median(t) / base, peaks.get(kind))
+            for kind, t in times.items()]
     width = max(len(r[0]) for r in rows)
-    print(f"{'model':<{width}}  ms/step  ratio")
-    for name, ms, ratio in rows:
-        print(f"{name:<{width}}  {ms:7.3f}  {ratio:5.2f}")
+    print(f"{'model':<{width}}  ms/step  ratio" + ("  peak MiB" if peaks else ""))
+    for name, ms, ratio, peak in rows:
+        print(f"{name:<{width}}  {ms:7.3f}  {ratio:5.2f}" + (f"  {peak:8.1f}" if peak is not None else ""))
 
 
 if __name__ == "__main__":
