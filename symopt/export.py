@@ -254,8 +254,9 @@ def _consumer(root: nn.Module, module_name: str):
     for name, child in children[index + 1:]:
         if isinstance(child, LAYER_TYPES):
             return (_qual(parent_name, name), child, between), ""
-        if not isinstance(child, ELEMENTWISE):
-            return None, f"{type(child).__name__} follows it (only elementwise modules can sit between layers)"
+        if not isinstance(child, ELEMENTWISE) or isinstance(child, nn.PReLU) and child.num_parameters != 1:
+            return None, f"{type(child).__name__} follows it (only elementwise modules without per-unit " \
+                         "parameters can sit between layers)"
         between.append(child)
     return None, "no later Linear / Conv in its nn.Sequential consumes its units"
 

@@ -194,3 +194,13 @@ def test_bad_model_and_repeats():
         symopt.export(torch.zeros(3))
     with pytest.raises(ValueError, match="repeats must be an int >= 1"):
         symopt.footprint(nn.Linear(2, 2), torch.zeros(1, 2), repeats=0)
+
+
+def test_per_channel_prelu_blocks_shrinking():
+    net = nn.Sequential(nn.Linear(4, 6), nn.PReLU(6), nn.Linear(6, 2)).double()
+    symopt.group_sparse(net, "0.weight", dim=0, strength=1e-3)
+    _zero_rows(net[0], [0, 1])
+    with pytest.warns(ExportWarning, match="PReLU follows it"):
+        small = symopt.export(net, mode="compressed")
+    x = torch.randn(3, 4, dtype=DT)
+    assert small[0].out_features == 6 and torch.allclose(small(x), net(x), atol=1e-12)
