@@ -69,6 +69,7 @@ def _worker(rank: int, world: int, port: int, path: str, out: str, adaptive: boo
         state = _train(net, ddp, x[part], y[part], path, sync)
         state["strengths"] = torch.tensor([h.strength for h in symopt.constraints(net)], dtype=DT)
         torch.save(state, f"{out}.{rank}")
+        dist.barrier()  # no rank tears gloo down while the other still talks to it
     finally:
         dist.destroy_process_group()
 
@@ -89,6 +90,7 @@ def _fsdp_worker(rank: int, world: int, port: int, out: str) -> None:
         state = {k: v.full_tensor() if hasattr(v, "full_tensor") else v for k, v in state.items()}
         if rank == 0:
             torch.save(state, out)
+        dist.barrier()  # no rank tears gloo down while the other still talks to it
     finally:
         dist.destroy_process_group()
 
