@@ -212,7 +212,7 @@ def _tie(model: nn.Module, names: list[str], group: Tied) -> Handle:
             done.append((module, leaf, original))
     except Exception:  # pragma: no cover - registration was validated; keep the model intact anyway
         for module, leaf, original in done:
-            parametrize.remove_parametrizations(module, leaf, leave_parametrized=True)
+            remove(module, leaf)
             with torch.no_grad():
                 getattr(module, leaf).copy_(original)
         raise

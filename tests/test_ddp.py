@@ -1,6 +1,7 @@
 """DistributedDataParallel (gloo, 2 CPU processes): a constrained model trained on two half batches ends
 where the single-process run on the full batch ends (≤ 1e-6), for every fixed-strength kind."""
 
+import contextlib
 import os
 import socket
 
@@ -57,42 +58,46 @@ def _train(net, forward, x, y, path, sync=False):
     return {k: v.detach().clone() for k, v in net.state_dict().items()}
 
 
-def _worker(rank: int, world: int, port: int, path: str, out: str, adaptive: bool = False,
-            sync: bool = False) -> None:
+@contextlib.contextmanager
+def _process_group(rank: int, world: int, port: int):
+    """A gloo group for this spawned rank, torn down only after every rank is done with it."""
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
-        net = _model(adaptive)
-        ddp = nn.parallel.DistributedDataParallel(net)
-        x, y = _data()
-        part = slice(rank * len(x) // world, (rank + 1) * len(x) // world)
-        state = _train(net, ddp, x[part], y[part], path, sync)
-        state["strengths"] = torch.tensor([h.strength for h in symopt.constraints(net)], dtype=DT)
-        torch.save(state, f"{out}.{rank}")
+        yield
         dist.barrier()  # no rank tears gloo down while the other still talks to it
     finally:
         dist.destroy_process_group()
+
+
+def _half_batch(rank: int, world: int):
+    x, y = _data()
+    part = slice(rank * len(x) // world, (rank + 1) * len(x) // world)
+    return x[part], y[part]
+
+
+def _worker(rank: int, world: int, port: int, path: str, out: str, adaptive: bool = False,
+            sync: bool = False) -> None:
+    with _process_group(rank, world, port):
+        net = _model(adaptive)
+        ddp = nn.parallel.DistributedDataParallel(net)
+        state = _train(net, ddp, *_half_batch(rank, world), path, sync)
+        state["strengths"] = torch.tensor([h.strength for h in symopt.constraints(net)], dtype=DT)
+        torch.save(state, f"{out}.{rank}")
 
 
 def _fsdp_worker(rank: int, world: int, port: int, out: str) -> None:
     from torch.distributed.fsdp import fully_shard
 
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    try:
+    with _process_group(rank, world, port):
         net = _model()
         # One FSDP unit for the whole model: a tie's centre is shared by two layers, and a parameter
         # shared between FSDP units is not supported by FSDP (tested: per-layer units fail on it).
         fully_shard(net)  # every factor becomes a DTensor sharded over the ranks
-        x, y = _data()
-        part = slice(rank * len(x) // world, (rank + 1) * len(x) // world)
-        state = _train(net, net, x[part], y[part], "param_groups")
+        state = _train(net, net, *_half_batch(rank, world), "param_groups")
         state = {k: v.full_tensor() if hasattr(v, "full_tensor") else v for k, v in state.items()}
         if rank == 0:
             torch.save(state, out)
-        dist.barrier()  # no rank tears gloo down while the other still talks to it
-    finally:
-        dist.destroy_process_group()
 
 
 def test_fsdp2_fully_shard_matches_the_full_batch_run(tmp_path):
