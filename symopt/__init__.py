@@ -16,6 +16,7 @@ from .syre import syre
 from .diagnose import Diagnosis, LayerDiagnosis, diagnose, effective_rank
 from .conserved import ConservationTracker, conserved
 from .distributed import sync_strengths
+from .guard import Diverged, Guard, GuardEvent, guard
 from .export import ExportWarning, Footprint, SparseLinear, export, footprint
 from .problems import Problem
 from .result import Result
@@ -30,5 +31,5 @@ __all__ = [
     "constrain", "constraints", "finalize", "fixed_zeros", "group_sparse", "low_rank", "param_groups",
     "penalty", "report", "sparse", "subspace", "syre", "tie", "diagnose", "Diagnosis", "LayerDiagnosis",
     "effective_rank", "conserved", "ConservationTracker", "export", "footprint", "sync_strengths", "Footprint", "ExportWarning",
-    "SparseLinear", "Problem", "Result", "solve", "compare", "certify",
+    "SparseLinear", "guard", "Guard", "GuardEvent", "Diverged", "Problem", "Result", "solve", "compare", "certify",
 ]

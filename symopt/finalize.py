@@ -29,8 +29,8 @@ def finalize(model: nn.Module, tol: float = 1e-6, force: bool = False, loss_fn: 
     largest atoms, so the budget holds exactly. finalize first measures every constraint
     (:func:`symopt.certify`) and refuses (``ValueError``, nothing changed) when a linear or budgeted
     tensor is farther than ``tol`` from its set, since snapping would then change the trained model
-    noticeably — raise ``strength`` or train longer, or pass ``force=True``. Afterwards each tensor is a
-    plain ``nn.Parameter`` again.
+    noticeably — raise ``strength`` or train longer, or pass ``force=True``. It always refuses a tensor
+    holding NaN or Inf. Afterwards each tensor is a plain ``nn.Parameter`` again.
 
     Args:
         tol: snap tolerance and refusal threshold (absolute, in the parameter's units).
@@ -53,6 +53,14 @@ def finalize(model: nn.Module, tol: float = 1e-6, force: bool = False, loss_fn: 
         raise ValueError(f"finalize: tol must be a finite number >= 0, got {tol!r}")
     if loss_fn is not None and not callable(loss_fn):
         raise TypeError(f"finalize: loss_fn must be callable as loss_fn(model[, batch]), got {type(loss_fn).__name__}")
+    broken = [f"'{h.name}' ({h.kind})" for h in constraints(model)
+              if not all(bool(torch.isfinite(v).all()) for v in h.values())]
+    if broken:  # snapping would turn NaN into 0 or keep it: a silently wrong model either way
+        raise ValueError(
+            "finalize refused, nothing changed — NaN or Inf in " + ", ".join(broken)
+            + ": training diverged. Roll back to a finite state (symopt.Guard does this each step) or reload "
+            "a checkpoint; force=True does not override this."
+        )
     measured = certify(model, tol=tol)
     refused = []
     for entry in measured:

@@ -20,7 +20,7 @@ from .attach import constrain
 from .constraints import Constraint, Tied
 from .constraints.budget import budget_target, split_point
 from .decay import penalty
-from .optimality import gradient_scale, kkt_at_snap, snap_tol
+from .optimality import kkt_at_snap, snap_tol
 from .problems import Problem
 from .result import Result, elapsed_since
 
@@ -30,7 +30,11 @@ _METHODS = ("auto", "lbfgs", "momentum")
 def _lbfgs_stepper(params, closure, inner: int, history_size: int) -> Callable[[], None]:
     opt = torch.optim.LBFGS(params, lr=1.0, max_iter=inner, history_size=history_size,
                             line_search_fn="strong_wolfe", tolerance_grad=0.0, tolerance_change=0.0)
-    return lambda: opt.step(closure)
+
+    def step() -> None:
+        opt.step(closure)
+
+    return step
 
 
 def _momentum_stepper(params, closure, inner: int, history_size: int) -> Callable[[], None]:
@@ -44,19 +48,31 @@ def _momentum_stepper(params, closure, inner: int, history_size: int) -> Callabl
             for p, v in zip(params, values):
                 p.copy_(v)
 
-    def step():
+    def step() -> str | None:
+        """``inner`` iterations; returns a message if the step size collapsed (the caller judges it)."""
+        collapsed = None
         for _ in range(inner):
             f_y = float(closure().detach())  # at the current (extrapolated) point y, fills .grad
             y = [p.detach().clone() for p in params]
             grads = [p.grad.detach().clone() for p in params]
             gsq = sum(float(g.square().sum()) for g in grads)
+            if not (math.isfinite(f_y) and math.isfinite(gsq)):
+                load(state["x"])
+                raise _NonFinite(f"the {'objective' if not math.isfinite(f_y) else 'gradient'} is NaN or Inf "
+                                 "at the extrapolated point")
             L = state["L"]
+            decreased = False  # at the precision floor rounding lets some trial decrease; a wrong gradient never
             while True:
                 x_new = [yi - gi / L for yi, gi in zip(y, grads)]
                 load(x_new)
                 with torch.no_grad():
                     f_new = float(closure())
-                if f_new <= f_y - 0.5 * gsq / L or L > 1e30:
+                decreased = decreased or f_new < f_y
+                if f_new <= f_y - 0.5 * gsq / L and (decreased or gsq == 0.0):
+                    break
+                if L > 1e30:  # no step decreases f: the precision floor, or a gradient that does not describe f
+                    if not decreased:
+                        collapsed = f"step size collapsed (1/L < 1e-30) at objective {f_y:.6g}"
                     break
                 L *= 2.0
             t = state["t"] if f_new <= state["f_x"] else 1.0  # restart when the objective rises
@@ -64,11 +80,42 @@ def _momentum_stepper(params, closure, inner: int, history_size: int) -> Callabl
             load([xn + (t - 1) / t_new * (xn - xo) for xn, xo in zip(x_new, state["x"])])
             state.update(x=x_new, t=t_new, L=L / 1.5, f_x=f_new)
         load(state["x"])  # leave the parameters at the last accepted iterate, not the extrapolation
+        return collapsed
 
     return step
 
 
 _STEPPERS = {"lbfgs": _lbfgs_stepper, "momentum": _momentum_stepper}
+
+
+class _NonFinite(RuntimeError):
+    """Raised by a stepper that meets a NaN or Inf objective or gradient."""
+
+
+class _Watchdog:
+    """What a KKT check cannot see: an objective that keeps rising (``patience`` outer iterations in a
+    row) and iterates running off to infinity (‖θ‖ at least doubling ``patience // 2`` times in a row
+    while the objective falls: the objective is unbounded below)."""
+
+    def __init__(self, patience: int = 10) -> None:
+        self.patience = patience
+        self.rises = self.growths = 0
+        self.last: tuple[float, float] | None = None
+
+    def verdict(self, objective: float, norm: float) -> str | None:
+        if self.last is not None:
+            before, before_norm = self.last
+            rising = objective > before + 1e-12 * max(1.0, abs(before))
+            self.rises = self.rises + 1 if rising else 0
+            running_off = objective < before and norm >= 2.0 * before_norm > 0
+            self.growths = self.growths + 1 if running_off else 0
+        self.last = (objective, norm)
+        if self.rises >= self.patience:
+            return f"the objective rose in each of the last {self.rises} iterations"
+        if self.growths >= max(1, self.patience // 2):
+            return (f"the objective falls without bound: ‖θ‖ doubled in each of the last {self.growths} "
+                    "iterations (is the loss bounded below?)")
+        return None
 
 
 class _Variable(nn.Module):
@@ -123,11 +170,26 @@ def solve(problem: Problem, device=None, dtype=None, method: str = "auto", tol: 
     that λ is on the path interval with that support size, and ``result.strength`` reports it.
 
     Returns:
-        :class:`~symopt.result.Result` with status ``optimal``, ``max_iter``, ``stalled`` (the line
-        search can no longer decrease the objective: ``tol`` is below what the precision allows),
-        ``nan`` or, for budgets, ``budget_unreachable`` (the path jumps over the budget: no λ gives
-        exactly that many atoms; ``x`` is then the solution with the nearest larger support, snapped
-        to the budget).
+        :class:`~symopt.result.Result` with a status and a message, never an exception from inside
+        torch:
+
+        * ``optimal`` — KKT residual (and violation) below tolerance;
+        * ``max_iter`` — out of iterations;
+        * ``stalled`` — the line search can no longer decrease the objective: ``tol`` is below what
+          the precision allows;
+        * ``nan`` — the objective, its gradient, the iterate or the factors became NaN or Inf (or
+          were so at θ = 0);
+        * ``diverged`` — the objective rose for 10 iterations in a row, fell without bound (‖θ‖
+          doubling each iteration), or no step size decreased it (``method="momentum"``);
+        * ``budget_unreachable`` (budgets) — the path jumps over the budget: no λ gives exactly
+          that many atoms; ``x`` is then the solution with the nearest larger support, snapped
+          to the budget.
+
+        After ``nan`` or ``diverged``, ``x`` is the last finite certified point (θ = 0 if there
+        was none) and the message names the iteration.
+
+    Raises:
+        TypeError / ValueError: bad options (named), or a loss that cannot be evaluated at θ = 0.
 
     Example:
         >>> import symopt
@@ -135,11 +197,15 @@ def solve(problem: Problem, device=None, dtype=None, method: str = "auto", tol: 
         >>> symopt.solve(make_lasso(n=50, d=40, nonzeros=3)).status
         'optimal'
     """
+    if not isinstance(problem, Problem):
+        raise TypeError(f"solve: expected a symopt.problems.Problem (e.g. symopt.problems.lasso(X, y, 0.1)), "
+                        f"got {type(problem).__name__}")
     if method not in _METHODS:
         raise ValueError(f"solve: unknown method {method!r}; choose one of {_METHODS}")
-    if not (isinstance(tol, (int, float)) and tol > 0 and math.isfinite(tol)):
+    if isinstance(tol, bool) or not (isinstance(tol, (int, float)) and tol > 0 and math.isfinite(tol)):
         raise ValueError(f"solve: tol must be a finite number > 0, got {tol!r}")
-    for label, count in (("max_iter", max_iter), ("max_rounds", max_rounds)):
+    counts = (("max_iter", max_iter), ("max_rounds", max_rounds), ("inner", inner), ("history_size", history_size))
+    for label, count in counts:
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise ValueError(f"solve: {label} must be an int >= 1, got {count!r}")
     if dtype is None:
@@ -153,10 +219,13 @@ def solve(problem: Problem, device=None, dtype=None, method: str = "auto", tol: 
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("solve: device 'cuda' requested but CUDA is not available")
     data = problem.data_on(device, dtype)
-    constraint = problem.constraint()
-    holder = _Variable(problem.shape, device, dtype, constraint)
     loss = lambda theta: problem.loss(theta, **data)  # noqa: E731
-    descent = _Descent(problem, holder, constraint, loss, data, method, tol, inner, history_size, progress)
+    grad0, trouble = _gradient_at_zero(problem, loss, device, dtype)
+    constraint = problem.constraint()
+    if trouble:
+        return _failed_at_start(problem, constraint, device, method, trouble)
+    holder = _Variable(problem.shape, device, dtype, constraint)
+    descent = _Descent(problem, holder, constraint, loss, data, method, tol, inner, history_size, progress, grad0)
 
     start = time.perf_counter()
     if constraint.budget is None:
@@ -165,8 +234,14 @@ def solve(problem: Problem, device=None, dtype=None, method: str = "auto", tol: 
         status, message = _search_path(descent, constraint, loss, max_iter, max_rounds, start)
     seconds = elapsed_since(start, device)
     theta = holder.theta.detach()
-    # The point returned is the snapped point whose KKT residual was measured last.
-    point = descent.point if descent.point is not None else constraint.project(theta, snap_tol(theta, tol))
+    if descent.point is not None:  # the snapped point whose KKT residual was measured last
+        point = descent.point
+    elif status in ("nan", "diverged"):  # failed before any certified point: the start
+        point = theta = torch.zeros_like(grad0)
+    else:
+        point = constraint.project(theta, snap_tol(theta, tol))
+    if status in ("nan", "diverged"):
+        theta = point
     if status == "budget_unreachable":
         point = constraint.truncate(point, constraint.budget)
     x = point.to("cpu", torch.float64)
@@ -183,13 +258,47 @@ def solve(problem: Problem, device=None, dtype=None, method: str = "auto", tol: 
     )
 
 
+def _gradient_at_zero(problem: Problem, loss, device, dtype) -> tuple[torch.Tensor, str | None]:
+    """∇loss(0), the start's health check: a loss that cannot be evaluated is the caller's error
+    (``ValueError``, naming the problem); one that is NaN or Inf there is a ``nan`` result."""
+    zero = torch.zeros(problem.shape, device=device, dtype=dtype, requires_grad=True)
+    try:
+        value = loss(zero)
+        if not isinstance(value, torch.Tensor) or value.numel() != 1:
+            got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise ValueError(f"solve: the loss of '{problem.name}' must return a scalar tensor, got {got}")
+        grad = None
+        if value.requires_grad:
+            (grad,) = torch.autograd.grad(value.reshape(()), zero, allow_unused=True)
+    except (RuntimeError, TypeError, IndexError) as err:
+        raise ValueError(f"solve: the loss of '{problem.name}' fails at θ = 0 of shape {tuple(problem.shape)} "
+                         f"({type(err).__name__}: {err}); check the loss against the data and the shape") from err
+    if grad is None:
+        raise ValueError(f"solve: the loss of '{problem.name}' does not depend on θ (no gradient flows to it)")
+    value = float(value.detach())
+    if not math.isfinite(value):
+        return grad, f"the loss is {value} at the start θ = 0; check the data and the loss"
+    if not bool(torch.isfinite(grad).all()):
+        return grad, "the loss gradient at the start θ = 0 holds NaN or Inf (a loss not differentiable at 0?)"
+    return grad.detach(), None
+
+
+def _failed_at_start(problem: Problem, constraint: Constraint, device, method: str, message: str) -> Result:
+    x = torch.zeros(problem.shape, dtype=torch.float64)
+    return Result(x=x, objective=float("nan"), violation=0.0, kkt_residual=float("nan"), iterations=0,
+                  seconds=0.0, history=[], device=str(device), status="nan",
+                  solver="dcs" if method == "auto" else f"dcs[{method}]", message=message,
+                  strength=constraint.strength, problem=problem)
+
+
 class _Descent:
     """The DCS descent at the constraint's current λ, stopped on the KKT residual."""
 
-    def __init__(self, problem, holder, constraint, loss, data, method, tol, inner, history_size, progress):
+    def __init__(self, problem, holder, constraint, loss, data, method, tol, inner, history_size, progress, grad0):
         self.problem, self.holder, self.constraint, self.loss, self.data = problem, holder, constraint, loss, data
         self.method, self.tol, self.inner, self.history_size, self.progress = method, tol, inner, history_size, progress
-        self.scale = gradient_scale(loss, problem.shape, holder.theta.device, holder.theta.dtype)
+        self.grad0 = grad0
+        self.scale = max(float(grad0.norm()), 1e-12)  # ‖∇loss(0)‖: the scale of relative KKT tolerances
         self.history: list = []
         self.point: torch.Tensor | None = None
 
@@ -199,6 +308,25 @@ class _Descent:
         if torch.is_grad_enabled():
             objective.backward()
         return objective
+
+    def _non_finite(self, theta: torch.Tensor) -> str | None:
+        """Which of the iterate / its factors holds NaN or Inf, or None."""
+        if not bool(torch.isfinite(theta).all()):
+            return "the iterate holds"
+        if not all(bool(torch.isfinite(p).all()) for p in self.holder.parameters()):
+            return "the factors hold"
+        return None
+
+    def _broken(self, watchdog: "_Watchdog", what: str) -> tuple[str, str]:
+        """NaN / Inf met: ``diverged`` if the iterates were already running off to infinity (the
+        overflow is the symptom), else ``nan``."""
+        if watchdog.growths:
+            return "diverged", f"{what} after ‖θ‖ doubled while the objective fell (is the loss bounded below?){self._kept()}"
+        return "nan", what + self._kept()
+
+    def _kept(self) -> str:
+        at = f"iteration {len(self.history)}" if self.history else "the start, θ = 0"
+        return f"; x is the last finite certified point ({at})"
 
     def refactor(self) -> None:
         """Re-split the last certified point into factors. DCS zeros converge to ``u = v = 0``, a
@@ -214,15 +342,36 @@ class _Descent:
         make = _STEPPERS["lbfgs" if self.method == "auto" else self.method]
         step = make(list(self.holder.parameters()), self.closure, self.inner, self.history_size)
         previous = self.holder.theta.detach().clone()
+        watchdog = _Watchdog()
         for _ in range(budget):
-            step()
+            iteration = len(self.history) + 1
+            try:
+                collapsed = step()
+            except _NonFinite as err:
+                return self._broken(watchdog, f"iteration {iteration}: {err}")
+            except RuntimeError as err:  # e.g. a linear-algebra routine meeting NaN inside the loss
+                return self._broken(watchdog, f"iteration {iteration}: torch raised {type(err).__name__}: {err}")
             theta = self.holder.theta.detach()
-            if not bool(torch.isfinite(theta).all()):
-                return "nan", "non-finite iterate"
-            self.point, kkt = kkt_at_snap(self.loss, self.constraint, theta, self.tol)
+            broken = self._non_finite(theta)
+            if broken:
+                return self._broken(watchdog, f"iteration {iteration}: {broken} NaN or Inf")
+            try:
+                point, kkt = kkt_at_snap(self.loss, self.constraint, theta, self.tol)
+            except RuntimeError as err:
+                return self._broken(watchdog, f"iteration {iteration}: torch raised {type(err).__name__}: {err}")
+            objective = self.problem.value(point, self.data, self.constraint)
+            if not (math.isfinite(objective) and math.isfinite(kkt)):
+                return self._broken(watchdog, f"iteration {iteration}: the objective or its gradient is NaN or Inf")
+            if collapsed and kkt > 1e3 * self.tol * self.scale:  # far from optimal, yet no step decreases f
+                return "diverged", (f"iteration {iteration}: {collapsed} with the KKT residual {kkt:.2g} far above "
+                                    "the target: the gradient does not describe the objective (a non-smooth, noisy "
+                                    f"or wrongly differentiated loss?){self._kept()}")
+            self.point = point
             violation = self.constraint.violation(theta) if self.constraint.linear else 0.0
-            self.history.append((time.perf_counter() - start,
-                                 self.problem.value(self.point, self.data, self.constraint), kkt))
+            self.history.append((time.perf_counter() - start, objective, kkt))
+            trouble = watchdog.verdict(objective, float(theta.norm()))
+            if trouble:
+                return "diverged", f"iteration {iteration}: {trouble}{self._kept()}"
             if self.progress:
                 print(f"[symopt.solve {self.problem.name}] iter {len(self.history)}: objective "
                       f"{self.history[-1][1]:.10g}, KKT {kkt:.2e} (target {self.tol * self.scale:.2e})",
@@ -230,6 +379,11 @@ class _Descent:
             if kkt <= self.tol * self.scale and violation <= self.tol * max(1.0, float(theta.norm())):
                 return "optimal", "KKT residual and violation below tolerance"
             if torch.equal(theta, previous):
+                target = self.tol * self.scale
+                if kkt > 1e3 * target:
+                    return "stalled", (f"no progress although the KKT residual {kkt:.2g} is far above the target "
+                                       f"{target:.2g}: the line search finds no decrease, so the gradient may not "
+                                       "describe the objective (a non-smooth, noisy or wrongly differentiated loss?)")
                 return "stalled", f"no progress: KKT residual {kkt:.2g} is at the objective's floating-point resolution"
             previous = theta.clone()
         return "max_iter", f"KKT residual above {self.tol:g}·scale after {len(self.history)} iterations"
@@ -239,10 +393,7 @@ def _search_path(descent: _Descent, constraint: Constraint, loss, max_iter: int,
                  start: float) -> tuple[str, str]:
     """Find λ whose solution has exactly ``constraint.budget`` atoms (see :func:`solve`)."""
     k = constraint.budget
-    zero = torch.zeros(descent.problem.shape, device=descent.holder.theta.device,
-                       dtype=descent.holder.theta.dtype, requires_grad=True)
-    (grad0,) = torch.autograd.grad(loss(zero), zero)
-    lam = constraint.strength or split_point(constraint.atoms(grad0), k)  # where k atoms would leave 0
+    lam = constraint.strength or split_point(constraint.atoms(descent.grad0), k)  # where k atoms would leave 0
     too_many, too_few = 0.0, math.inf  # largest λ with > k atoms, smallest with < k
     for rounds in range(1, max_rounds + 1):
         constraint.strength = lam  # fixed within a round (also stops the training-loop controller)

@@ -13,6 +13,7 @@ applied when the step ends, so λ is constant within a step; ``symopt.decay`` to
 
 from __future__ import annotations
 
+import math
 import weakref
 
 import torch
@@ -39,7 +40,9 @@ class MultiplierEstimate(nn.Module):
         self.pending: dict[int, float] = {}
 
     def observe(self, value: float, slot: int = 0) -> None:
-        if DEFER.get("paused"):  # gradients taken by symopt.certify, not by training
+        # gradients taken by symopt.certify are not training's; a NaN / Inf gradient (a bad batch,
+        # skipped by symopt.Guard) must not poison λ for the rest of training
+        if DEFER.get("paused") or not math.isfinite(value):
             return
         if DEFER["active"]:
             self.pending[slot] = max(value, self.pending.get(slot, 0.0))

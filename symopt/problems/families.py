@@ -17,13 +17,22 @@ from .duality import completion_dual, least_squares_dual, logistic_dual
 
 
 def _as_tensor(name: str, value) -> Tensor:
-    tensor = torch.as_tensor(value)
+    """``value`` as a real floating tensor (integers and bools become float64), or a clear error."""
+    try:
+        tensor = torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise TypeError(f"{name} must be a tensor, a numpy array or a nested list of numbers, "
+                        f"got {type(value).__name__}") from err
+    if tensor.is_complex():
+        raise TypeError(f"{name} is complex ({tensor.dtype}); symopt's problems are real: pass the real part "
+                        "or stack real and imaginary parts")
     if not torch.is_floating_point(tensor):
         tensor = tensor.to(torch.float64)
     if tensor.numel() == 0:
-        raise ValueError(f"{name} is empty")
+        raise ValueError(f"{name} is empty (shape {tuple(tensor.shape)})")
     if not bool(torch.isfinite(tensor).all()):
-        raise ValueError(f"{name} contains NaN or Inf")
+        bad = int((~torch.isfinite(tensor)).sum())
+        raise ValueError(f"{name} contains NaN or Inf ({bad} of {tensor.numel()} entries); drop or impute them first")
     return tensor
 
 
@@ -181,11 +190,18 @@ def _completion(theta: Tensor, M: Tensor, mask: Tensor) -> Tensor:
 def matrix_completion(M, mask, strength: float | None = None, *, target_rank: int | None = None) -> Problem:
     """``½‖P_Ω(W − M)‖²_F + λ‖W‖_*`` with Ω the True entries of ``mask``; or ``target_rank=r``
     (the nuclear-norm path point of rank r)."""
-    M = _as_tensor("M", M)
     mask = torch.as_tensor(mask)
+    if mask.dtype != torch.bool:
+        if mask.is_complex() or not bool(((mask == 0) | (mask == 1)).all()):
+            raise TypeError(f"matrix_completion: mask must be bool (or 0/1), got {mask.dtype} with other values")
+        mask = mask.bool()
+    M = torch.as_tensor(M)
+    if M.shape == mask.shape and M.is_floating_point():
+        M = torch.where(mask, M, torch.zeros((), dtype=M.dtype))  # unobserved entries (often NaN) are never read
+    M = _as_tensor("M", M)
     if M.dim() != 2 or mask.shape != M.shape:
         raise ValueError(f"M must be a matrix and mask of its shape, got {tuple(M.shape)} and {tuple(mask.shape)}")
-    if not bool(mask.bool().any()):
+    if not bool(mask.any()):
         raise ValueError("matrix_completion: mask has no observed entry")
     maskf = mask.to(M.dtype)
     m, n = M.shape
