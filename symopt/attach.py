@@ -83,7 +83,10 @@ class Handle:
         return getattr(self.constraint, method)(self._target(values), tol)
 
     def violation(self, values: list[Tensor], tol: float = 0.0) -> float:
-        """Distance of ``values`` to the constraint set (to the snap at ``tol`` for penalty kinds)."""
+        """Distance of ``values`` to the constraint set (to the snap at ``tol`` for penalty kinds);
+        NaN when a value holds NaN or Inf (an SVD would raise on it: reports must not)."""
+        if not _finite(values):
+            return float("nan")
         return self._call("violation", values, tol)
 
     def snap(self, values: list[Tensor], tol: float = 0.0) -> list[Tensor]:
@@ -93,18 +96,28 @@ class Handle:
         return list(out.unbind(0)) if isinstance(self.constraint, Tied) else [out]
 
     def structure(self, values: list[Tensor], tol: float = 0.0) -> str:
+        if not _finite(values):
+            return "non-finite (NaN/Inf)"
         return self._call("structure", values, tol)
 
     def kkt_residual(self, values: list[Tensor], grads: list[Tensor], tol: float = 0.0) -> float:
         """KKT residual at ``values`` given the loss gradients ``grads`` (see ``Constraint.kkt_residual``)."""
+        if not (_finite(values) and _finite(grads)):
+            return float("nan")
         return self.constraint.kkt_residual(self._target(values), self._target(grads), tol)
 
     def multiplier(self, grads: list[Tensor]) -> float:
         """Dual norm of the loss gradients on the constrained directions (the multipliers' size)."""
+        if not _finite(grads):
+            return float("nan")
         return float(self.constraint.dual_norm(self._target(grads)))
 
     def penalty(self) -> Tensor:
         return sum(m.parametrization.penalty(*m.factors) for m in self.members)
+
+
+def _finite(tensors: list[Tensor]) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
 
 
 # -- resolving names ---------------------------------------------------------------------------

@@ -1,11 +1,15 @@
-"""Property tests (hypothesis): for random shapes, kinds, strengths and dtypes, registration keeps the
-value, the penalty bounds the induced norm (equal at balance), finalize lands on the set, report runs.
-The fast profile (40 examples) runs by default; `HYPOTHESIS_PROFILE=slow pytest tests/test_properties.py`
-runs 1000 examples per property."""
+"""Property tests (hypothesis): for random shapes (1×1, tall, wide, 3-d), kinds, strengths, dtypes and
+the devices present, registration keeps the value, the penalty bounds the induced norm and equals it at
+balanced factors, finalize lands on the set, report / certify never raise (NaN factors included), and
+bad group lists are refused with the module untouched.
+
+Each property runs twice: a fast profile (40 examples) in the default suite, and 1000 examples under
+``-m slow`` (``pytest -m slow tests/test_properties.py``)."""
 
 import os
 import warnings
 
+import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -13,22 +17,37 @@ from torch import nn
 
 import symopt
 
-settings.register_profile("fast", max_examples=40, deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow])
-settings.register_profile("slow", max_examples=1000, deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow])
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fast"))
+FAST = settings(max_examples=int(os.environ.get("SYMOPT_PROPERTY_EXAMPLES", 40)), deadline=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+SLOW = settings(max_examples=1000, deadline=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
-shapes = st.lists(st.integers(1, 5), min_size=1, max_size=3).map(tuple)
+
+def fast_and_slow(*strategies):
+    """The property under the fast profile, and a ``slow``-marked twin with 1000 examples."""
+    def register(body):
+        fast = FAST(given(*strategies)(body))
+        slow = pytest.mark.slow(SLOW(given(*strategies)(body)))
+        return fast, slow
+    return register
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+shapes = st.one_of(
+    st.lists(st.integers(1, 5), min_size=1, max_size=3).map(tuple),
+    st.sampled_from([(1, 1), (1,), (20, 2), (2, 20), (1, 7), (7, 1)]),  # degenerate, tall, wide
+)
 strengths = st.floats(1e-4, 10.0)
 dtypes = st.sampled_from([torch.float32, torch.float64])
+KINDS = ["sparse", "group", "subspace", "fixed_zeros", "low_rank", "tied"]
 
 
 @st.composite
-def constrained_case(draw):
+def constrained_case(draw, zeros=True):
+    """(module with parameters p (and q for a tie), constraint, the value(s) before registration)."""
     shape = draw(shapes)
     numel = int(torch.Size(shape).numel())
-    kinds = ["sparse", "group", "subspace", "fixed_zeros"] + (["low_rank"] if len(shape) >= 2 else [])
+    kinds = [k for k in KINDS if k != "low_rank" or len(shape) >= 2]
     kind = draw(st.sampled_from(kinds))
     lam = draw(strengths)
     seed = draw(st.integers(0, 2**16))
@@ -39,54 +58,177 @@ def constrained_case(draw):
         c = symopt.GroupSparse(draw(st.integers(-len(shape), len(shape) - 1)), lam, seed=seed)
     elif kind == "low_rank":
         m, n = shape[0], numel // shape[0]
-        c = symopt.LowRank(lam, draw(st.integers(1, min(m, n))), seed=seed)
+        c = symopt.LowRank(lam, draw(st.one_of(st.none(), st.integers(1, min(m, n)))), seed=seed)
     elif kind == "subspace":
         c = symopt.Subspace(torch.randn(draw(st.integers(1, numel)), numel, generator=g, dtype=torch.float64),
                             lam, seed=seed)
+    elif kind == "tied":
+        c = symopt.Tied(lam, seed=seed)
     else:
         mask = torch.rand(shape, generator=g) < 0.5
         mask.view(-1)[0] = True
         c = symopt.FixedZeros(mask, lam, seed=seed)
-    value = torch.randn(shape, generator=g, dtype=torch.float64)
-    value[torch.rand(shape, generator=g) < 0.3] = 0.0  # exact zeros exercise the live-factor path
-    return c, value.to(draw(dtypes))
-
-
-@given(constrained_case())
-def test_registration_preserves_value_and_penalty_bounds_norm(case):
-    c, value = case
+    dtype, device = draw(dtypes), draw(st.sampled_from(DEVICES))
+    values = []
+    for _ in range(2 if kind == "tied" else 1):
+        value = torch.randn(shape, generator=g, dtype=torch.float64)
+        if zeros:
+            value[torch.rand(shape, generator=g) < 0.3] = 0.0  # exact zeros exercise the live-factor path
+        values.append(value.to(device=device, dtype=dtype))
     module = nn.Module()
-    module.p = nn.Parameter(value.clone())
-    expected = value
-    if isinstance(c, symopt.LowRank) and c.max_rank < min(c.matrix(value).shape):
-        # the value may have rank > max_rank: registration keeps its best rank-r approximation
+    module.p = nn.Parameter(values[0].clone())
+    if kind == "tied":
+        module.q = nn.Parameter(values[1].clone())
+    return module, c, values
+
+
+def register(module, c):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the low-rank truncation warning
+        if isinstance(c, symopt.Tied):
+            return symopt.constrain(module, ["p", "q"], c)
+        return symopt.constrain(module, "p", c)
+
+
+def expected_after_registration(c, value):
+    """The value itself, except a rank cap below the value's rank keeps its best rank-r approximation."""
+    if isinstance(c, symopt.LowRank) and c.max_rank is not None and c.max_rank < min(c.matrix(value).shape):
         P, S, Qh = torch.linalg.svd(c.matrix(value.double()), full_matrices=False)
         r = c.max_rank
-        expected = ((P[:, :r] * S[:r]) @ Qh[:r]).reshape(value.shape).to(value.dtype)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the truncation warning
-        symopt.constrain(module, "p", c)
-    tol = 1e-5 if value.dtype == torch.float32 else 1e-10
-    scale = 1.0 + float(value.abs().max())
-    assert float((module.p.detach() - expected).abs().max()) <= tol * scale
+        return ((P[:, :r] * S[:r]) @ Qh[:r]).reshape(value.shape).to(value.dtype)
+    return value
+
+
+def tolerance(value):
+    return (1e-5 if value.dtype == torch.float32 else 1e-10) * (1.0 + float(value.abs().max()))
+
+
+def factors_of(module, name="p"):
+    plist = getattr(module.parametrizations, name)
+    count = sum(1 for n in vars(plist)["_parameters"] if n.startswith("original"))
+    return [getattr(plist, f"original{i}") for i in range(count)]
+
+
+def balanced(c, factors):
+    """The balanced factors of the same value (the decay's minimiser over the symmetry orbit)."""
+    if isinstance(c, symopt.LowRank):
+        U, V = factors
+        P, S, Qh = torch.linalg.svd(U @ V.mT, full_matrices=False)
+        root = S.sqrt()
+        return P * root, Qh.mT * root
+    if isinstance(c, symopt.GroupSparse):
+        gates, omega = factors
+        norms = c.group_norms(c.spread(gates, omega) * omega)
+        new = norms.sqrt()
+        scale = torch.where(new > 0, gates / new.clamp_min(1e-300), torch.zeros_like(new))
+        return new, omega * c.spread(scale, omega)
+    first = 1 if isinstance(c, (symopt.Subspace, symopt.FixedZeros)) else 0
+    u, v = factors[first], factors[first + 1]
+    product = u * v
+    root = product.abs().sqrt()
+    return (*factors[:first], product.sign() * root, root)
+
+
+@fast_and_slow(constrained_case())
+def _registration(case):
+    module, c, values = case
+    register(module, c)
+    names = ["p", "q"][:len(values)]
+    for name, value in zip(names, values):
+        got = getattr(module, name).detach()
+        assert float((got - expected_after_registration(c, value)).abs().max()) <= tolerance(value)
     pen = float(symopt.penalty(module))
-    induced = c.strength * float(c.induced_norm(module.p.detach()))
-    assert pen >= induced * (1 - 1e-4) - 1e-6  # AM–GM: decay ≥ induced norm, equality at balance
-    assert symopt.report(module)[0].balance >= 0.0
+    if not isinstance(c, symopt.Tied):
+        induced = c.strength * float(c.induced_norm(module.p.detach()))
+        assert pen >= induced * (1 - 1e-4) - 1e-6  # AM–GM: decay ≥ induced norm
+    assert all(r.balance >= 0.0 for r in symopt.report(module))
 
 
-@given(constrained_case(), st.floats(1e-8, 1e-1))
-def test_finalize_lands_on_the_set(case, tol):
-    c, value = case
-    module = nn.Module()
-    module.p = nn.Parameter(value.clone())
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        symopt.constrain(module, "p", c)
+test_registration_preserves_value_and_penalty_bounds_norm, test_registration_slow = _registration
+
+
+@fast_and_slow(constrained_case(zeros=False))
+def _balance(case):
+    module, c, values = case
+    if isinstance(c, symopt.Tied):
+        return  # its penalty is per copy around the free centre, not a norm of one tensor
+    register(module, c)
+    factors = tuple(t.detach() for t in factors_of(module))
+    even = balanced(c, factors)
+    value = c(*even)
+    assert float((value - module.p.detach()).abs().max()) <= tolerance(values[0]) * 10
+    pen = float(c.penalty(*even))
+    induced = c.strength * float(c.induced_norm(value))
+    rel = 1e-5 if values[0].dtype == torch.float32 else 1e-10
+    assert abs(pen - induced) <= rel * (1 + induced)  # equality at balance
+
+
+test_penalty_equals_induced_norm_at_balance, test_balance_slow = _balance
+
+
+@fast_and_slow(constrained_case(), st.floats(1e-8, 1e-1))
+def _finalize(case, tol):
+    module, c, values = case
+    register(module, c)
     cert = symopt.finalize(module, tol=tol, force=True)
-    after = module.p.detach()
-    atol = 1e-5 if value.dtype == torch.float32 else 1e-12
-    assert cert.entries[0].violation_after <= max(tol, atol * (1 + float(value.abs().max())))
-    if c.linear:
-        assert float((c.project(after) - after).abs().max()) <= atol * (1 + float(value.abs().max()))
-    assert isinstance(module.p, nn.Parameter)
+    atol = 1e-5 if values[0].dtype == torch.float32 else 1e-12
+    scale = 1 + max(float(v.abs().max()) for v in values)
+    assert cert.entries[0].violation_after <= max(tol, atol * scale)
+    after = [module.p.detach()] + ([module.q.detach()] if isinstance(c, symopt.Tied) else [])
+    if isinstance(c, symopt.Tied):
+        assert float((after[0] - after[1]).abs().max()) <= atol * scale
+    elif c.linear:
+        assert float((c.project(after[0]) - after[0]).abs().max()) <= atol * scale
+    assert isinstance(module.p, nn.Parameter) and not symopt.constraints(module)
+
+
+test_finalize_lands_on_the_set, test_finalize_slow = _finalize
+
+
+@fast_and_slow(constrained_case(), st.sampled_from([float("nan"), float("inf"), -float("inf"), 1e30]))
+def _report_never_raises(case, poison):
+    module, c, values = case
+    register(module, c)
+    with torch.no_grad():
+        factors_of(module)[-1].view(-1)[0] = poison
+    assert len(symopt.report(module)) == 1
+    str(symopt.report(module))
+    symopt.certify(module)
+
+
+test_report_and_certify_never_raise, test_report_slow = _report_never_raises
+
+
+@st.composite
+def bad_groups(draw):
+    """Index groups over n entries with one defect: an empty group, a gap or an overlap."""
+    n = draw(st.integers(2, 12))
+    perm = draw(st.permutations(list(range(n))))
+    cuts = sorted(draw(st.sets(st.integers(1, n - 1), max_size=n - 1)))
+    groups = [list(perm[a:b]) for a, b in zip([0] + cuts, cuts + [n])]
+    defect = draw(st.sampled_from(["empty", "gap", "overlap"]))
+    if defect == "empty":
+        groups.insert(draw(st.integers(0, len(groups))), [])
+    elif defect == "gap":
+        victim = max(groups, key=len)
+        victim.pop()
+        groups = [g for g in groups if g]
+    else:
+        other = draw(st.sampled_from(perm))
+        groups[0] = groups[0] + [other] if other not in groups[0] else groups[0] + groups[0][:1]
+    return n, groups, defect
+
+
+@fast_and_slow(bad_groups())
+def _bad_groups(case):
+    n, groups, defect = case
+    module = nn.Module()
+    module.p = nn.Parameter(torch.randn(n, dtype=torch.float64))
+    before = module.p.detach().clone()
+    with pytest.raises(ValueError):
+        symopt.group_sparse(module, "p", groups=groups, strength=0.1)
+    assert not symopt.constraints(module) and torch.equal(module.p.detach(), before)
+    assert type(module) is nn.Module  # no parametrization class was swapped in
+
+
+test_bad_group_lists_are_refused, test_bad_groups_slow = _bad_groups
