@@ -144,7 +144,9 @@ def builtin_problems(names: Sequence[str] | None = None, quick: bool = False, se
     return [BUILTIN[n][0](**BUILTIN[n][1][size], seed=seed) for n in names]
 
 
-def _pattern(problem: Problem, x: torch.Tensor) -> tuple[str, object]:
+def structure_of(problem: Problem, x: torch.Tensor) -> tuple[str, object]:
+    """``(description, key)`` of x's structure at the snap tolerance: equal keys mean the same
+    support (entries, groups) or rank; linear kinds have no key (their set is fixed)."""
     c = problem.constraint().to(dtype=torch.float64)
     tol = snap_tol(x, 1e-6)
     if c.linear:
@@ -190,12 +192,12 @@ def compare(problems: Problem | Sequence[Problem], solvers: Sequence[str] = tupl
         solved = [r for _, r, _ in results if r is not None]
         feasible = [r for r in solved if math.isfinite(r.objective) and r.violation <= 1e-6 * max(1, r.x.norm())]
         best = min(feasible, key=lambda r: r.objective) if feasible else None
-        _, best_key = _pattern(problem, best.x) if best else ("", None)
+        _, best_key = structure_of(problem, best.x) if best else ("", None)
         for name, r, note in results:
             if r is None:
                 rows.append(Row(problem.name, name, None, float("nan"), "", None, note=note))
                 continue
-            structure, key = _pattern(problem, r.x)
+            structure, key = structure_of(problem, r.x)
             gap = (r.objective - best.objective) / max(1.0, abs(best.objective)) if best else float("nan")
             rows.append(Row(problem.name, name, r, gap, structure, key == best_key,
                             best.objective if best else float("nan")))

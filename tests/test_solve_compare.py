@@ -18,8 +18,8 @@ CONVEX = ["lasso", "group_lasso", "logistic_l1", "equality_ls", "fixed_zeros_ls"
 
 
 def _pattern(problem, x):
-    from symopt.comparison import _pattern as pattern
-    return pattern(problem, x)[1]
+    from symopt.comparison import structure_of
+    return structure_of(problem, x)[1]
 
 
 @pytest.mark.parametrize("name", CONVEX)

@@ -3,7 +3,8 @@
 - :func:`cvxpy` — the convex twin with Clarabel (any cvxpy solver by name);
 - :func:`projected` — proximal / projected FISTA on the original variable;
 - :func:`geoopt` — rank bounds with Stiefel factors and RiemannianAdam;
-- :func:`sklearn` — scikit-learn's Lasso and L1 logistic regression, skglm's group lasso.
+- :func:`sklearn` — scikit-learn's Lasso and L1 logistic regression, skglm's group lasso;
+- :func:`skglm` — skglm's Lasso, sparse logistic regression and group lasso.
 
 Optional imports: a missing package raises ``ImportError`` naming the extra (never at
 ``import symopt``); a solver with no method for a problem raises
@@ -14,12 +15,13 @@ from ..result import NotApplicable
 from .convex import solve_cvxpy
 from .proximal import solve_proximal
 from .riemannian import solve_geoopt
-from .scikit import solve_sklearn
+from .scikit import solve_skglm, solve_sklearn
 
 cvxpy = solve_cvxpy
 projected = solve_proximal
 geoopt = solve_geoopt
 sklearn = solve_sklearn
+skglm = solve_skglm
 
 __all__ = ["NotApplicable", "cvxpy", "geoopt", "projected", "sklearn", "solve_cvxpy", "solve_geoopt",
-           "solve_proximal", "solve_sklearn"]
+           "solve_proximal", "solve_skglm", "solve_sklearn", "skglm"]
