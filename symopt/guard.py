@@ -190,7 +190,7 @@ class Guard:
         return _first_non_finite(named, "")
 
     def _save(self) -> None:
-        """Copy parameters, buffers and optimizer state (reusing the previous copy's memory)."""
+        """Copy parameters, buffers (into the previous copy's memory) and the optimizer state."""
         old = self._saved or {}
         tensors = {n: t for n, t in self.model.state_dict(keep_vars=True).items() if isinstance(t, Tensor)}
         saved = {"model": {}, "optimizer": None, "smooth": self._smooth.state()}
@@ -240,11 +240,14 @@ class _Smoothed:
     def load(self, state: tuple) -> None:
         self.mean, self.count, self.best, self.last, self.streak = state
 
+    def _ceiling(self, rise: float) -> float:
+        return self.best + rise * max(abs(self.best), 1e-12)
+
     def good(self, rise: float) -> bool:
         """Worth saving: not on a rise, and within ``rise × |best|`` of the best smoothed loss."""
         if self.count == 0:
             return True
-        return self.streak == 0 and self.last <= self.best + rise * max(abs(self.best), 1e-12)
+        return self.streak == 0 and self.last <= self._ceiling(rise)
 
     def update(self, value: float, patience: int, rise: float) -> str | None:
         self.mean = 0.9 * self.mean + 0.1 * value
@@ -253,7 +256,7 @@ class _Smoothed:
         self.streak = self.streak + 1 if smoothed > self.last else 0
         self.last = smoothed
         self.best = min(self.best, smoothed)
-        if self.streak >= patience and smoothed > self.best + rise * max(abs(self.best), 1e-12):
+        if self.streak >= patience and smoothed > self._ceiling(rise):
             return (f"divergence: the smoothed loss rose for {self.streak} steps in a row, "
                     f"from {self.best:.4g} to {smoothed:.4g}")
         return None

@@ -88,6 +88,9 @@ def _momentum_stepper(params, closure, inner: int, history_size: int) -> Callabl
 _STEPPERS = {"lbfgs": _lbfgs_stepper, "momentum": _momentum_stepper}
 
 
+_WRONG_GRADIENT = "the gradient may not describe the objective (a non-smooth, noisy or wrongly differentiated loss?)"
+
+
 class _NonFinite(RuntimeError):
     """Raised by a stepper that meets a NaN or Inf objective or gradient."""
 
@@ -253,7 +256,7 @@ def solve(problem: Problem, device=None, dtype=None, method: str = "auto", tol: 
         x=x, objective=objective, violation=constraint.violation(theta) if constraint.linear else 0.0,
         kkt_residual=descent.history[-1][2] if descent.history else float("nan"),
         iterations=len(descent.history), seconds=seconds, history=descent.history, device=str(device),
-        status=status, solver="dcs" if method == "auto" else f"dcs[{method}]", message=message,
+        status=status, solver=_solver_name(method), message=message,
         strength=constraint.strength, problem=problem,
     )
 
@@ -283,11 +286,15 @@ def _gradient_at_zero(problem: Problem, loss, device, dtype) -> tuple[torch.Tens
     return grad.detach(), None
 
 
+def _solver_name(method: str) -> str:
+    return "dcs" if method == "auto" else f"dcs[{method}]"
+
+
 def _failed_at_start(problem: Problem, constraint: Constraint, device, method: str, message: str) -> Result:
     x = torch.zeros(problem.shape, dtype=torch.float64)
     return Result(x=x, objective=float("nan"), violation=0.0, kkt_residual=float("nan"), iterations=0,
                   seconds=0.0, history=[], device=str(device), status="nan",
-                  solver="dcs" if method == "auto" else f"dcs[{method}]", message=message,
+                  solver=_solver_name(method), message=message,
                   strength=constraint.strength, problem=problem)
 
 
@@ -343,29 +350,27 @@ class _Descent:
         step = make(list(self.holder.parameters()), self.closure, self.inner, self.history_size)
         previous = self.holder.theta.detach().clone()
         watchdog = _Watchdog()
+        target = self.tol * self.scale
         for _ in range(budget):
             iteration = len(self.history) + 1
             try:
                 collapsed = step()
+                theta = self.holder.theta.detach()
+                broken = self._non_finite(theta)
+                if broken:
+                    return self._broken(watchdog, f"iteration {iteration}: {broken} NaN or Inf")
+                point, kkt = kkt_at_snap(self.loss, self.constraint, theta, self.tol)
             except _NonFinite as err:
                 return self._broken(watchdog, f"iteration {iteration}: {err}")
             except RuntimeError as err:  # e.g. a linear-algebra routine meeting NaN inside the loss
                 return self._broken(watchdog, f"iteration {iteration}: torch raised {type(err).__name__}: {err}")
-            theta = self.holder.theta.detach()
-            broken = self._non_finite(theta)
-            if broken:
-                return self._broken(watchdog, f"iteration {iteration}: {broken} NaN or Inf")
-            try:
-                point, kkt = kkt_at_snap(self.loss, self.constraint, theta, self.tol)
-            except RuntimeError as err:
-                return self._broken(watchdog, f"iteration {iteration}: torch raised {type(err).__name__}: {err}")
             objective = self.problem.value(point, self.data, self.constraint)
             if not (math.isfinite(objective) and math.isfinite(kkt)):
                 return self._broken(watchdog, f"iteration {iteration}: the objective or its gradient is NaN or Inf")
-            if collapsed and kkt > 1e3 * self.tol * self.scale:  # far from optimal, yet no step decreases f
+            far = kkt > 1e3 * target  # far from optimal: a stuck descent then means a wrong gradient
+            if collapsed and far:
                 return "diverged", (f"iteration {iteration}: {collapsed} with the KKT residual {kkt:.2g} far above "
-                                    "the target: the gradient does not describe the objective (a non-smooth, noisy "
-                                    f"or wrongly differentiated loss?){self._kept()}")
+                                    f"the target: {_WRONG_GRADIENT}{self._kept()}")
             self.point = point
             violation = self.constraint.violation(theta) if self.constraint.linear else 0.0
             self.history.append((time.perf_counter() - start, objective, kkt))
@@ -374,16 +379,13 @@ class _Descent:
                 return "diverged", f"iteration {iteration}: {trouble}{self._kept()}"
             if self.progress:
                 print(f"[symopt.solve {self.problem.name}] iter {len(self.history)}: objective "
-                      f"{self.history[-1][1]:.10g}, KKT {kkt:.2e} (target {self.tol * self.scale:.2e})",
-                      file=sys.stderr, flush=True)
-            if kkt <= self.tol * self.scale and violation <= self.tol * max(1.0, float(theta.norm())):
+                      f"{objective:.10g}, KKT {kkt:.2e} (target {target:.2e})", file=sys.stderr, flush=True)
+            if kkt <= target and violation <= self.tol * max(1.0, float(theta.norm())):
                 return "optimal", "KKT residual and violation below tolerance"
             if torch.equal(theta, previous):
-                target = self.tol * self.scale
-                if kkt > 1e3 * target:
+                if far:
                     return "stalled", (f"no progress although the KKT residual {kkt:.2g} is far above the target "
-                                       f"{target:.2g}: the line search finds no decrease, so the gradient may not "
-                                       "describe the objective (a non-smooth, noisy or wrongly differentiated loss?)")
+                                       f"{target:.2g}: the line search finds no decrease, so {_WRONG_GRADIENT}")
                 return "stalled", f"no progress: KKT residual {kkt:.2g} is at the objective's floating-point resolution"
             previous = theta.clone()
         return "max_iter", f"KKT residual above {self.tol:g}·scale after {len(self.history)} iterations"

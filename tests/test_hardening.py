@@ -186,7 +186,7 @@ def test_finalize_and_export_refuse_nan_and_change_nothing(call):
     assert symopt.constraints(model)  # still parametrized
     after = model.state_dict()
     assert list(after) == list(before)
-    assert all(torch.equal(after[k], v, ) or (torch.isnan(v).any() and torch.equal(after[k].isnan(), v.isnan()))
+    assert all(torch.equal(after[k], v) or (torch.isnan(v).any() and torch.equal(after[k].isnan(), v.isnan()))
                for k, v in before.items())
 
 

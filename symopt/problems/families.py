@@ -16,8 +16,9 @@ from .base import Problem
 from .duality import completion_dual, least_squares_dual, logistic_dual
 
 
-def _as_tensor(name: str, value) -> Tensor:
-    """``value`` as a real floating tensor (integers and bools become float64), or a clear error."""
+def _as_tensor(name: str, value, observed: Tensor | None = None) -> Tensor:
+    """``value`` as a real floating tensor (integers and bools become float64), or a clear error.
+    With a bool ``observed`` of its shape, entries outside it (often NaN: "missing") become 0."""
     try:
         tensor = torch.as_tensor(value)
     except (TypeError, ValueError, RuntimeError) as err:
@@ -28,6 +29,8 @@ def _as_tensor(name: str, value) -> Tensor:
                         "or stack real and imaginary parts")
     if not torch.is_floating_point(tensor):
         tensor = tensor.to(torch.float64)
+    if observed is not None and observed.shape == tensor.shape:
+        tensor = torch.where(observed, tensor, torch.zeros((), dtype=tensor.dtype))
     if tensor.numel() == 0:
         raise ValueError(f"{name} is empty (shape {tuple(tensor.shape)})")
     if not bool(torch.isfinite(tensor).all()):
@@ -195,10 +198,7 @@ def matrix_completion(M, mask, strength: float | None = None, *, target_rank: in
         if mask.is_complex() or not bool(((mask == 0) | (mask == 1)).all()):
             raise TypeError(f"matrix_completion: mask must be bool (or 0/1), got {mask.dtype} with other values")
         mask = mask.bool()
-    M = torch.as_tensor(M)
-    if M.shape == mask.shape and M.is_floating_point():
-        M = torch.where(mask, M, torch.zeros((), dtype=M.dtype))  # unobserved entries (often NaN) are never read
-    M = _as_tensor("M", M)
+    M = _as_tensor("M", M, observed=mask)  # unobserved entries are never read
     if M.dim() != 2 or mask.shape != M.shape:
         raise ValueError(f"M must be a matrix and mask of its shape, got {tuple(M.shape)} and {tuple(mask.shape)}")
     if not bool(mask.any()):
