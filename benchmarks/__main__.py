@@ -1,7 +1,7 @@
 """The benchmark runner: every benchmark in one command.
 
     python -m benchmarks run [--device cuda] [--quick] [--large] [--only families,floor,overhead,export]
-                             [--figures benchmarks/figures]
+                             [--figures docs/figures/benchmarks]
 
 ``--quick`` is the smoke test (seconds per benchmark, smallest sizes, one repeat): it checks the
 harness runs, its figures mean nothing. Each benchmark prints its own table and the machine; copy
@@ -26,7 +26,7 @@ def main(argv=None) -> None:
     run.add_argument("--quick", action="store_true", help="smoke test: smallest sizes, one repeat")
     run.add_argument("--large", action="store_true", help="families: add the large sizes")
     run.add_argument("--only", default=",".join(BENCHMARKS), help=f"comma list from {BENCHMARKS}")
-    run.add_argument("--figures", default="benchmarks/figures", help="folder for the families' PNGs")
+    run.add_argument("--figures", default="docs/figures/benchmarks", help="folder for the families' PNGs")
     args = parser.parse_args(argv)
     chosen = args.only.split(",")
     unknown = [b for b in chosen if b not in BENCHMARKS]

@@ -2,7 +2,7 @@
 (proximal / FISTA) and geoopt.
 
     python -m benchmarks.families [--device cuda] [--repeats 3] [--families lasso,hard_rank] [--quick]
-                                  [--large] [--figures benchmarks/figures]
+                                  [--large] [--figures docs/figures/benchmarks]
 
 For each family and size, every applicable solver runs once as a warm-up, then ``--repeats`` times
 (a solver whose warm-up took over ``--slow`` seconds is not repeated: its warm-up is the measurement,
