@@ -48,7 +48,29 @@ class Member:
 
 @dataclass(frozen=True)
 class Handle:
-    """What :func:`constraints` returns per registered constraint (a tie has several members)."""
+    """One registered constraint, as returned by the verbs and by :func:`constraints`.
+
+    A handle is a view: it holds no tensors of its own, so it stays valid through training,
+    ``state_dict`` loads and ``strength`` changes (until :func:`symopt.finalize` removes the
+    constraint). The methods take the list of member values, so a tie and a single tensor read alike.
+
+    Attributes:
+        constraint: the :class:`~symopt.Constraint` (the parametrization module; the same object
+            for every member of a tie).
+        members: the constrained tensors: one, or one per tied tensor. ``member.value`` is the
+            current tensor, ``member.factors`` its factors (``original0``, ``original1``, ...).
+        name: the dotted names, comma-separated for a tie.
+        kind: ``"sparse"``, ``"group_sparse"``, ``"low_rank"``, ``"subspace"``, ``"fixed_zeros"``
+            or ``"tied"``.
+        strength: the current λ (with ``"auto"`` or a budget, the adapted value).
+
+    Examples:
+        >>> import torch, symopt
+        >>> net = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 3))
+        >>> handle = symopt.tie(net, ["0.weight", "1.weight"], strength=1.0)
+        >>> [m.qualname for m in handle.members], handle.violation(handle.values()) > 0
+        (['0.weight', '1.weight'], True)
+    """
 
     constraint: Constraint
     members: tuple[Member, ...]
@@ -69,9 +91,11 @@ class Handle:
         return self.constraint.strength
 
     def values(self) -> list[Tensor]:
+        """The members' current tensors."""
         return [m.value for m in self.members]
 
     def decayed_factors(self) -> list[Tensor]:
+        """The factors that carry the decay (a tie's free centre and a subspace's free part do not)."""
         return [m.factors[i] for m in self.members for i in m.parametrization.decayed]
 
     # The maths of a tie acts on all members' values at once, that of the other kinds on one tensor:
@@ -96,6 +120,7 @@ class Handle:
         return list(out.unbind(0)) if isinstance(self.constraint, Tied) else [out]
 
     def structure(self, values: list[Tensor], tol: float = 0.0) -> str:
+        """One-line description of the structure at ``tol`` (density, groups, rank, zeros, copies)."""
         if not _finite(values):
             return "non-finite (NaN/Inf)"
         return self._call("structure", values, tol)
@@ -113,6 +138,7 @@ class Handle:
         return float(self.constraint.dual_norm(self._target(grads)))
 
     def penalty(self) -> Tensor:
+        """This constraint's decay ``(λ/2)·Σ‖factor‖²`` (differentiable)."""
         return sum(m.parametrization.penalty(*m.factors) for m in self.members)
 
 
@@ -178,13 +204,31 @@ def _check_fresh(constraint: Constraint) -> None:
 
 # -- registration ------------------------------------------------------------------------------
 def constrain(model: nn.Module, name: str | Sequence[str], constraint: Constraint) -> Handle:
-    """Constrain ``model.<name>`` with ``constraint`` (object form of every verb).
+    """Constrain ``model.<name>`` with ``constraint`` (the object form of every verb).
 
-    ``name`` is a (dotted) parameter name; for :class:`Tied` it is the list of names to tie.
-    Everything is validated before anything changes. Registration keeps the tensor's value.
-    The module's parameter object is replaced by factors, so build the optimizer afterwards.
+    The tensor ``θ`` is registered as ``torch.nn.utils.parametrize`` parametrization: the module
+    now stores the constraint's factors and recomputes ``θ = constraint(factors)`` on access. The
+    factors are initialised by ``constraint.right_inverse(θ)``, so ``θ`` keeps its value (up to
+    rounding; a low-rank bound below θ's rank truncates, with a warning).
 
-    Example:
+    Args:
+        model: the module that owns the parameter, or an ancestor of it.
+        name: a (dotted) parameter name; for :class:`~symopt.Tied`, the list of names to tie.
+        constraint: a fresh constraint object (one per tensor; a tie's object covers its group).
+
+    Returns:
+        Handle: the registered constraint. The parameter object is replaced by the factors, so
+        build the optimizer afterwards.
+
+    Raises:
+        TypeError: ``constraint`` is not a symopt constraint, ``model`` is not an ``nn.Module``,
+            or the parameter is not floating point.
+        ValueError: no such parameter, a parameter already constrained, a constraint object
+            already attached elsewhere, or an option that does not fit the tensor (shape of a
+            mask / matrix, budget larger than the tensor, ...). Everything is validated before
+            anything changes.
+
+    Examples:
         >>> import torch, symopt
         >>> lin = torch.nn.Linear(4, 2)
         >>> symopt.constrain(lin, "weight", symopt.Sparse(strength=1e-3)).name
@@ -284,9 +328,18 @@ def _members(model: nn.Module) -> Iterator[Member]:
 
 
 def constraints(model: nn.Module) -> list[Handle]:
-    """Handles of every symopt constraint registered in ``model`` (one per tie group).
+    """Handles of every symopt constraint registered in ``model`` (one per tie group), in module order.
 
-    Example:
+    Args:
+        model: any module; constraints are found in it and all its submodules.
+
+    Returns:
+        list[Handle]: empty when nothing is constrained (e.g. after :func:`symopt.finalize`).
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module``.
+
+    Examples:
         >>> import torch, symopt
         >>> net = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 2))
         >>> _ = symopt.sparse(net, "0.weight", strength=1e-3)

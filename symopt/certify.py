@@ -21,17 +21,36 @@ from .constraints.auto import DEFER
 
 @dataclass(frozen=True)
 class ConstraintCertificate:
-    """One constraint's record.
+    """One constraint's record in a :class:`Certificate`.
 
-    ``violation_before`` / ``violation_after``: Euclidean distance of the tensor(s) to the constraint
-    set (for the sparsity / rank kinds: to the snap at ``tol``); :func:`certify` changes nothing, so
-    there both are the current distance. ``change``: ‖after − before‖; ``relative_change``:
-    change / ‖before‖. With a gradient (``certify`` given a loss): ``kkt_residual`` — distance of
-    ``−∇ℓ`` to ``λ∂‖·‖`` (penalty kinds) or the gradient projected onto the set (linear kinds);
-    ``multiplier`` — the dual norm of ``∇ℓ`` on the constrained directions (linear kinds), and
-    ``exact`` — whether λ exceeds it, the condition for the constraint to hold exactly.
-    ``budget``: the atom budget (non-zeros, groups, rank) when one was set; the violation then
-    includes the atoms beyond it. ``linear``: the set is a linear subspace (exact-penalty kinds).
+    Attributes:
+        name: the dotted name(s) of the constrained tensor(s).
+        kind: the constraint kind.
+        strength: λ when measured.
+        violation_before: Euclidean distance of the tensor(s) to the constraint set (sparsity /
+            rank kinds: to the snap at ``tol``). :func:`certify` changes nothing, so there
+            ``violation_after`` is the same number.
+        violation_after: the distance after :func:`symopt.finalize` snapped.
+        change: ``‖after − before‖`` of the tensor(s).
+        relative_change: ``change / ‖before‖``.
+        structure: density / groups / rank / codimension, as text.
+        kkt_residual: with a loss: the distance of ``−∇ℓ`` to ``λ∂‖·‖`` (penalty kinds), or the
+            gradient projected onto the set (linear kinds). 0 at an optimum.
+        multiplier: with a loss, linear kinds: ``‖Oᵀ∇ℓ‖_∞``, the size of the Lagrange multipliers.
+        exact: with a loss, linear kinds: ``λ > multiplier``, the condition for the constraint to
+            hold exactly.
+        relative_violation: ``violation / ‖tensor‖``.
+        budget: the atom budget (non-zeros, groups, rank) when one was set; the violation then
+            includes the atoms beyond it.
+        linear: the set is a linear subspace (the exact-penalty kinds).
+
+    Examples:
+        >>> import torch, symopt
+        >>> lin = torch.nn.Linear(3, 1, bias=False)
+        >>> _ = symopt.fixed_zeros(lin, "weight", torch.tensor([[True, False, False]]), strength=1.0)
+        >>> entry = symopt.certify(lin).entries[0]
+        >>> entry.linear, entry.violation_before == abs(float(lin.weight[0, 0]))
+        (True, True)
     """
 
     name: str
@@ -52,10 +71,26 @@ class ConstraintCertificate:
 
 @dataclass(frozen=True)
 class Certificate:
-    """Per-constraint records; ``ok`` is True when every ``violation_after <= tol``.
+    """What :func:`certify` measured or :func:`symopt.finalize` did: one record per constraint.
 
-    ``extra`` holds whole-problem numbers: ``loss_before`` / ``loss_after`` (finalize given a loss),
-    ``objective``, ``dual_objective`` and ``duality_gap`` (a solver result of a problem with a dual).
+    Iterate it, index it by name (``certificate["0.weight"]``) or ``print`` it as a table.
+
+    Attributes:
+        entries: one :class:`ConstraintCertificate` per constraint.
+        tol: the tolerance used.
+        extra: whole-problem numbers: ``loss_before`` / ``loss_after`` (finalize given a loss),
+            ``objective``, ``dual_objective`` and ``duality_gap`` (a solver result of a problem
+            with a dual).
+        ok: True when every ``violation_after ≤ tol``.
+        loss_change: loss after − loss before the snap, when a loss was given.
+        duality_gap: primal minus dual objective, an upper bound on ``objective − optimum``.
+
+    Examples:
+        >>> import symopt
+        >>> from symopt.problems import make_lasso
+        >>> certificate = symopt.certify(symopt.solve(make_lasso(n=40, d=20, nonzeros=3), tol=1e-9))
+        >>> certificate.ok, 0 <= certificate.duality_gap < 1e-8
+        (True, True)
     """
 
     entries: tuple[ConstraintCertificate, ...]
@@ -123,6 +158,13 @@ def _quiet_estimates():
 def certify(model, loss_fn: Callable | None = None, batch=None, tol: float = 1e-6) -> Certificate:
     """Measure every constraint of ``model`` — or a solver's result — without changing anything.
 
+    Per constraint: the distance to the set, and with a loss the KKT residual (0 exactly at a
+    minimiser of ``ℓ + λ‖·‖``: ``−∇ℓ ∈ λ∂‖θ‖``) and, for the linear kinds, the multiplier
+    ``‖Oᵀ∇ℓ‖_∞`` with ``exact = λ > multiplier``, the exact-penalty condition. For a solver result
+    of a penalised convex family it adds a Fenchel dual point and the duality gap, an upper bound on
+    ``objective − optimum`` that needs no reference solver. Parameters, ``.grad`` and the
+    ``strength="auto"`` estimates are left as they are.
+
     Args:
         model: a model with symopt constraints, or a :class:`~symopt.Result` from
             :func:`symopt.solve` or a baseline (then ``loss_fn`` / ``batch`` are not needed: the
@@ -135,14 +177,24 @@ def certify(model, loss_fn: Callable | None = None, batch=None, tol: float = 1e-
         batch: passed to ``loss_fn`` when given.
         tol: snap tolerance for the sparsity / rank kinds (entries, groups or σ ≤ tol count as 0).
 
-    Example:
+    Returns:
+        Certificate: one :class:`ConstraintCertificate` per constraint (``violation_after`` equals
+        ``violation_before``: nothing is changed); ``extra`` holds the objective and duality gap
+        of a solver result.
+
+    Raises:
+        TypeError: ``model`` is neither an ``nn.Module`` nor a solver ``Result``.
+        ValueError: a ``Result`` that carries no problem, or a budget result without its λ.
+
+    Examples:
         >>> import torch, symopt
         >>> lin = torch.nn.Linear(3, 1, bias=False)
         >>> _ = symopt.fixed_zeros(lin, "weight", torch.tensor([[True, False, False]]), strength=1.0)
         >>> X, y = torch.randn(20, 3), torch.randn(20)
         >>> cert = symopt.certify(lin, lambda m: (m(X).squeeze(1) - y).square().mean())
-        >>> cert.entries[0].kkt_residual is not None
-        True
+        >>> entry = cert.entries[0]
+        >>> entry.exact == (entry.strength > entry.multiplier), entry.kkt_residual >= 0
+        (True, True)
     """
     if not isinstance(model, nn.Module):
         if hasattr(model, "x") and hasattr(model, "problem"):

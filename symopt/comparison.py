@@ -165,7 +165,7 @@ def compare(problems: Problem | Sequence[Problem], solvers: Sequence[str] = tupl
     """Solve each problem with each solver; gaps are relative to the best feasible objective, and
     solvers that do not apply get a "not applicable" row.
 
-    Example:
+    Examples:
         >>> import symopt
         >>> from symopt.problems import make_lasso
         >>> rows = symopt.compare(make_lasso(n=50, d=80, nonzeros=3), solvers=["dcs", "projected"])

@@ -29,12 +29,28 @@ def conserved(model: nn.Module) -> dict[str, Tensor]:
     """The charges of ``model`` now, keyed ``"units first→second"`` (a vector, one per shared unit)
     and, for layers with nothing between them, ``"linear first→second"`` (a matrix).
 
-    Example:
+    Noether: a continuous symmetry of the loss gives a quantity that gradient flow conserves. The
+    rescaling ``(w_in,j, w_out,j) → (α w_in,j, w_out,j / α)`` gives ``‖w_in,j‖² − ‖w_out,j‖²``;
+    the ``GL`` symmetry of two adjacent linear layers gives ``W_lW_lᵀ − W_{l+1}ᵀW_{l+1}``. With
+    coupled decay λ both shrink like ``e^{−2λt}``.
+
+    Args:
+        model: the network; consecutive Linear / Conv layers are paired in module order.
+
+    Returns:
+        dict[str, Tensor]: the charges (empty when no pair has a symmetry).
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module``.
+
+    Examples:
         >>> import torch, symopt
         >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
         >>> {k: tuple(v.shape) for k, v in symopt.conserved(net).items()}
         {'units 0→2': (4,)}
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"conserved: expected an nn.Module, got {type(model).__name__}")
     modules = dict(model.named_modules())
     charges: dict[str, Tensor] = {}
     for pair in pairs(model):
@@ -50,7 +66,18 @@ def conserved(model: nn.Module) -> dict[str, Tensor]:
 class ConservationTracker:
     """Records :func:`conserved` charges during training: call :meth:`record` every few steps.
 
-    Example:
+    ``drift()`` is ``max_t ‖C(t) − C(0)‖ / ‖C(0)‖`` per charge (≈ 0 under gradient flow without
+    decay), ``decay_rate()`` the fitted ``r`` of ``‖C(t)‖ ≈ ‖C(0)‖e^{−rt}`` (``2λ`` under coupled
+    decay λ, with ``t = lr × step``). A drift where none is expected means the symmetry is broken:
+    by decay, a large learning rate, or a layer that is not what it seems.
+
+    Args:
+        model: the network to watch.
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module``.
+
+    Examples:
         >>> import torch, symopt
         >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
         >>> tracker = symopt.ConservationTracker(net)
@@ -60,11 +87,14 @@ class ConservationTracker:
     """
 
     def __init__(self, model: nn.Module) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"ConservationTracker: expected an nn.Module, got {type(model).__name__}")
         self.model = model
         self.steps: list[float] = []
         self.history: list[dict[str, Tensor]] = []
 
     def record(self, step: float | None = None) -> None:
+        """Store the charges now, at ``step`` (default: the number of records so far)."""
         with torch.no_grad():
             self.history.append({k: v.detach().clone() for k, v in conserved(self.model).items()})
         self.steps.append(float(len(self.steps) if step is None else step))

@@ -26,16 +26,42 @@ from .constraints.auto import DEFER, commit_pending
 
 
 class DecoupledDecayWarning(UserWarning):
-    """A symopt factor sits in an optimizer group with decoupled (AdamW-style) weight decay."""
+    """A symopt factor sits in an optimizer group with decoupled (AdamW-style) weight decay.
+
+    Decoupled decay multiplies the factors by ``1 − lr·λ`` outside the adaptive scaling; it is not
+    the gradient of ``(λ/2)‖factor‖²``, so the induced norm penalty (and the exactness of the
+    linear kinds) does not follow. Raised as a warning by :func:`check_optimizer`.
+
+    Examples:
+        >>> import torch, symopt, warnings
+        >>> lin = torch.nn.Linear(3, 2)
+        >>> _ = symopt.sparse(lin, "weight", strength=0.1)
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     _ = symopt.check_optimizer(torch.optim.AdamW(lin.parameters(), weight_decay=0.1))
+        >>> caught[0].category is symopt.DecoupledDecayWarning
+        True
+    """
 
 
 def penalty(model: nn.Module) -> Tensor:
     """Coupled decay of all symopt factors in ``model``: ``Σ_c (λ_c/2)·Σ‖factor‖²``, one scalar.
 
-    At balanced factors it equals the induced penalty (``λ‖w‖₁``, ``λΣ‖w_g‖₂``, ``λ‖W‖_*``, ...);
-    minimising ``loss + penalty(model)`` minimises ``loss + induced penalty``.
+    For every factorisation the decay is ≥ the induced penalty (``λ‖w‖₁``, ``λΣ‖w_g‖₂``,
+    ``λ‖W‖_*``, ``λ‖Oᵀθ‖₁``), with equality at balanced factors, which every minimiser has; so
+    minimising ``loss + penalty(model)`` minimises ``loss + induced penalty``. Use it with an
+    optimizer that has no weight decay on the factors (or any optimizer, AdamW included).
 
-    Example:
+    Args:
+        model: the module holding the constraints (and its submodules).
+
+    Returns:
+        Tensor: a differentiable scalar on the model's device (a zero when nothing is constrained).
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module``.
+
+    Examples:
         >>> import torch, symopt
         >>> lin = torch.nn.Linear(3, 2)
         >>> _ = symopt.sparse(lin, "weight", strength=0.1)
@@ -54,10 +80,25 @@ def param_groups(model: nn.Module, lr: float | None = None, weight_decay: float 
     group per constraint, kept in sync with ``strength="auto"``), every other parameter with the
     caller's ``weight_decay`` and options.
 
-    Use with an optimizer whose ``weight_decay`` is coupled (SGD, Adam, RMSprop, ...), not AdamW.
-    Equivalent to adding :func:`penalty` to the loss.
+    Coupled ``weight_decay=λ`` adds ``λ·factor`` to the gradient, the gradient of
+    ``(λ/2)‖factor‖²``: the same objective as adding :func:`penalty` to the loss. Use it with SGD,
+    Adam, RMSprop, ... but not AdamW (decoupled; see :class:`DecoupledDecayWarning`).
 
-    Example:
+    Args:
+        model: the module holding the constraints.
+        lr: learning rate put in every group (optional: the optimizer's default otherwise).
+        weight_decay: decay of the parameters that are *not* symopt factors (≥ 0).
+        **options: any other per-group option (``momentum``, ``betas``, ...), put in every group.
+
+    Returns:
+        list[dict]: one group per constraint (keys ``params``, ``weight_decay`` = λ,
+        ``symopt_strength``) and a last group with every other parameter.
+
+    Raises:
+        ValueError: ``weight_decay`` is negative or not a number.
+        TypeError: ``model`` is not an ``nn.Module``.
+
+    Examples:
         >>> import torch, symopt
         >>> lin = torch.nn.Linear(3, 2)
         >>> _ = symopt.sparse(lin, "weight", strength=0.1)
@@ -85,7 +126,30 @@ def param_groups(model: nn.Module, lr: float | None = None, weight_decay: float 
 
 def check_optimizer(optimizer: torch.optim.Optimizer) -> bool:
     """Warn (:class:`DecoupledDecayWarning`) and return True if any symopt factor gets decoupled
-    weight decay from ``optimizer``. Runs automatically before an optimizer's first step."""
+    weight decay from ``optimizer``.
+
+    Runs automatically before an optimizer's first step (and again when groups are added), so a
+    call is only needed to check up front.
+
+    Args:
+        optimizer: any ``torch.optim.Optimizer``; AdamW, and groups with
+            ``decoupled_weight_decay=True``, count as decoupled.
+
+    Returns:
+        bool: True when a group with decoupled, non-zero decay holds a symopt factor.
+
+    Raises:
+        TypeError: ``optimizer`` is not a ``torch.optim.Optimizer``.
+
+    Examples:
+        >>> import torch, symopt
+        >>> lin = torch.nn.Linear(3, 2)
+        >>> _ = symopt.sparse(lin, "weight", strength=0.1)
+        >>> symopt.check_optimizer(torch.optim.SGD(symopt.param_groups(lin, lr=0.1)))
+        False
+    """
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"check_optimizer: expected a torch.optim.Optimizer, got {type(optimizer).__name__}")
     decoupled_type = isinstance(optimizer, torch.optim.AdamW)
     for index, group in enumerate(optimizer.param_groups):
         decoupled = decoupled_type or bool(group.get("decoupled_weight_decay", False))

@@ -18,7 +18,31 @@ from ._layers import incoming, layers, outgoing, out_size, pairs
 
 
 def effective_rank(matrix: Tensor) -> float:
-    """``exp(entropy(σ / Σσ))`` (Roy & Vetterli 2007): between 1 and the rank; 0 for a zero matrix."""
+    """Effective rank ``exp(H(p))`` with ``p = σ / Σσ`` the normalised singular values (Roy & Vetterli 2007).
+
+    A smooth count of the directions a matrix uses: ``k`` for ``k`` equal singular values, between
+    1 and the rank otherwise. Collapse onto a low-rank mirror plane shows as a drop of it.
+
+    Args:
+        matrix: a 2-D tensor (weights or a batch of features).
+
+    Returns:
+        float: the effective rank; 0.0 for a zero matrix.
+
+    Raises:
+        TypeError: ``matrix`` is not a tensor.
+        ValueError: ``matrix`` is not 2-D.
+
+    Examples:
+        >>> import torch, symopt
+        >>> round(symopt.effective_rank(torch.diag(torch.tensor([1.0, 1.0, 0.0]))), 6)
+        2.0
+    """
+    if not isinstance(matrix, Tensor):
+        raise TypeError(f"effective_rank: expected a torch.Tensor, got {type(matrix).__name__}")
+    if matrix.dim() != 2:
+        raise ValueError(f"effective_rank: expected a 2-D matrix, got shape {tuple(matrix.shape)}; "
+                         "reshape it, e.g. W.reshape(W.shape[0], -1)")
     s = torch.linalg.svdvals(matrix.detach().double())
     total = float(s.sum())
     if total == 0.0:
@@ -29,9 +53,26 @@ def effective_rank(matrix: Tensor) -> float:
 
 @dataclass(frozen=True)
 class LayerDiagnosis:
-    """One Linear / Conv layer: ``dead`` unit indices (zero in- or out-weights, or inactive on the
-    inputs), ``identical`` groups of units whose incoming weights agree (cosine ≥ 1 − ε),
-    ``weight_rank`` / ``feature_rank`` effective ranks, and ``mirror_planes`` it sits on."""
+    """One Linear / Conv layer's line in a :class:`Diagnosis`.
+
+    Attributes:
+        name: the layer's dotted name.
+        units: its number of output units / channels.
+        dead: indices of dead units (zero in- or out-weights, or inactive on the inputs).
+        identical: groups of units whose incoming weights agree (cosine ≥ 1 − ε).
+        weight_rank: effective rank of the weight (:func:`effective_rank`).
+        feature_rank: effective rank of the layer's output features on the inputs (None without
+            inputs).
+        mirror_planes: the mirror planes the parameters sit on (sign / rescale, permutation,
+            rotation).
+
+    Examples:
+        >>> import torch, symopt
+        >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1))
+        >>> with torch.no_grad(): net[0].weight[2] = 0; net[0].bias[2] = 0
+        >>> symopt.diagnose(net)["0"].dead
+        (2,)
+    """
 
     name: str
     units: int
@@ -43,8 +84,17 @@ class LayerDiagnosis:
 
 
 class Diagnosis(list):
-    """A list of :class:`LayerDiagnosis` that prints as a table; ``collapsed`` says whether any layer
-    has dead or identical units or sits on a mirror plane."""
+    """A list of :class:`LayerDiagnosis` that prints as a table; index it by position or layer name.
+
+    ``collapsed`` says whether any layer has dead or identical units or sits on a mirror plane.
+
+    Examples:
+        >>> import torch, symopt
+        >>> _ = torch.manual_seed(0)
+        >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1))
+        >>> symopt.diagnose(net).collapsed
+        False
+    """
 
     @property
     def collapsed(self) -> bool:
@@ -94,6 +144,7 @@ def diagnose(model: nn.Module, inputs: Tensor | None = None, tol: float = 1e-6, 
     and (given ``inputs``) of the layer's output features, and the mirror planes the parameters sit on.
 
     Args:
+        model: the network; its Linear / Conv layers are read in module order.
         inputs: optional batch passed through ``model``; then a unit is also dead when its output is
             constant over the batch, or ≤ 0 everywhere when a ReLU follows it.
         tol: relative size below which weights count as zero (of the layer's largest row norm).
@@ -104,13 +155,26 @@ def diagnose(model: nn.Module, inputs: Tensor | None = None, tol: float = 1e-6, 
     swapping them; ``rotation (first→second)`` — adjacent linear layers sharing a null direction
     (``nᵀW_first = 0`` and ``W_second n = 0``).
 
-    Example:
+    Returns:
+        Diagnosis: one :class:`LayerDiagnosis` per layer; ``print`` shows a table.
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module``.
+        ValueError: ``tol`` is negative or ``eps`` is not in [0, 1).
+
+    Examples:
         >>> import torch, symopt
         >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1))
         >>> with torch.no_grad(): net[0].weight[1] = net[0].weight[0]; net[0].bias[1] = net[0].bias[0]
         >>> symopt.diagnose(net)["0"].identical
         ((0, 1),)
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"diagnose: expected an nn.Module, got {type(model).__name__}")
+    if not (isinstance(tol, (int, float)) and tol >= 0):
+        raise ValueError(f"diagnose: tol must be a number >= 0, got {tol!r}")
+    if not (isinstance(eps, (int, float)) and 0 <= eps < 1):
+        raise ValueError(f"diagnose: eps must be a number in [0, 1), got {eps!r}")
     found = layers(model)
     modules = dict(found)
     features: dict[str, Tensor] = {}

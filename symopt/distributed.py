@@ -39,7 +39,18 @@ def sync_strengths(model: nn.Module, group=None) -> None:
     (the dual norm of an average gradient is not the average of dual norms) — a different, equally
     valid estimate.
 
-    Example:
+    Args:
+        model: the (DDP-wrapped or plain) module holding the constraints; every rank calls it with
+            the same constraints in the same order.
+        group: the process group (default: the world).
+
+    Returns:
+        None: the adaptive state is averaged in place; constraints without it are untouched.
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module``.
+
+    Examples:
         >>> import torch, symopt
         >>> lin = torch.nn.Linear(4, 2)
         >>> _ = symopt.sparse(lin, "weight", max_nonzero=3)

@@ -49,13 +49,34 @@ ELEMENTWISE = (
 
 
 class ExportWarning(UserWarning):
-    """A constrained tensor stayed dense in ``mode="compressed"`` (the message says why)."""
+    """A constrained tensor stayed dense in ``mode="compressed"`` (the message says why).
+
+    E.g. a low-rank factorisation that would store more numbers than the dense weight, a sparse
+    weight above ``csr_max_density``, or a group-sparse layer whose neighbour cannot be shrunk.
+
+    Examples:
+        >>> import torch, symopt, warnings
+        >>> lin = torch.nn.Linear(4, 4)
+        >>> _ = symopt.low_rank(lin, "weight", strength=1e-3)      # full rank: factors would be larger
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     _ = symopt.export(lin, mode="compressed")
+        >>> caught[0].category is symopt.ExportWarning
+        True
+    """
 
 
 class SparseLinear(nn.Module):
     """``y = x Wᵀ + b`` with ``W`` stored as a CSR tensor (inference; built by :func:`export`).
 
-    Example:
+    Stores ``nnz`` values plus ``nnz + out + 1`` indices instead of ``out × in`` numbers; on CPU
+    the sparse product beats the dense one below roughly 10% density (``csr_max_density``).
+
+    Args:
+        weight: the ``(out, in)`` weight; converted to CSR (zeros are not stored).
+        bias: the ``(out,)`` bias, or None.
+
+    Examples:
         >>> import torch, symopt
         >>> W = torch.tensor([[0.0, 2.0], [0.0, 0.0], [1.0, 0.0]])
         >>> layer = symopt.SparseLinear(W, torch.zeros(3))
@@ -109,6 +130,7 @@ def export(model: nn.Module, mode: str = "dense", *, tol: float = 1e-6, force: b
     export to rounding.
 
     Args:
+        model: the trained, constrained model; it is deep-copied, never changed.
         mode: ``"dense"`` or ``"compressed"``.
         tol: snap tolerance, as in :func:`symopt.finalize` (also decides which singular values count
             toward the rank of a factorised layer).
@@ -121,9 +143,11 @@ def export(model: nn.Module, mode: str = "dense", *, tol: float = 1e-6, force: b
         The exported module (in the same train / eval mode as ``model``).
 
     Raises:
-        ValueError: bad arguments, or (from finalize) a constraint that does not hold yet.
+        TypeError: ``model`` is not an ``nn.Module``.
+        ValueError: bad arguments, or (from finalize) a constraint that does not hold yet or a
+            tensor holding NaN / Inf; ``model`` is untouched either way.
 
-    Example:
+    Examples:
         >>> import torch, symopt
         >>> net = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
         >>> _ = symopt.low_rank(net, "0.weight", strength=1e-3, max_rank=2)
@@ -169,7 +193,19 @@ def export(model: nn.Module, mode: str = "dense", *, tol: float = 1e-6, force: b
 
 @dataclass(frozen=True)
 class Footprint:
-    """What a model stores and how fast it runs on one input (see :func:`footprint`)."""
+    """What a model stores and how fast it runs on one input (see :func:`footprint`).
+
+    Attributes:
+        stored: numbers stored: parameter and floating buffer entries, non-zeros for sparse tensors.
+        bytes: storage in bytes, including sparse indices.
+        forward_seconds: median forward time (no grad).
+
+    Examples:
+        >>> import torch, symopt
+        >>> fp = symopt.footprint(torch.nn.Linear(4, 3, bias=False).double(), torch.randn(2, 4).double(), repeats=2)
+        >>> fp.stored, fp.bytes
+        (12, 96)
+    """
 
     stored: int  # numbers stored: parameter and floating buffer entries, non-zeros for sparse tensors
     bytes: int  # storage including sparse indices
@@ -179,7 +215,22 @@ class Footprint:
 def footprint(model: nn.Module, example_input: Tensor | tuple, repeats: int = 20, warmup: int = 3) -> Footprint:
     """Numbers stored, bytes, and median forward time (no grad) of ``model`` on ``example_input``.
 
-    Example:
+    Use it to compare a model with its :func:`export` (``mode="compressed"``): the ratio of
+    ``stored`` is the compression, the ratio of ``forward_seconds`` the speed-up on this device.
+
+    Args:
+        model: any module (CSR buffers counted by their non-zeros and indices).
+        example_input: a tensor, or a tuple of positional inputs.
+        repeats: timed forward passes (≥ 1); the median is reported.
+        warmup: untimed passes first.
+
+    Returns:
+        Footprint: ``stored``, ``bytes``, ``forward_seconds``.
+
+    Raises:
+        ValueError: ``repeats`` is not an int ≥ 1.
+
+    Examples:
         >>> import torch, symopt
         >>> symopt.footprint(torch.nn.Linear(4, 3), torch.randn(2, 4), repeats=2).stored
         15

@@ -32,16 +32,27 @@ def finalize(model: nn.Module, tol: float = 1e-6, force: bool = False, loss_fn: 
     noticeably — raise ``strength`` or train longer, or pass ``force=True``. It always refuses a tensor
     holding NaN or Inf. Afterwards each tensor is a plain ``nn.Parameter`` again.
 
+    The snap is the Euclidean projection onto the set: ``(I − OOᵀ)θ`` for a subspace, the mean of
+    the copies for a tie, the truncated SVD for a rank, zeroing for the sparsity kinds.
+
     Args:
+        model: the module holding the constraints; changed in place.
         tol: snap tolerance and refusal threshold (absolute, in the parameter's units).
         force: snap even when the distance exceeds ``tol``.
         loss_fn: optional ``loss_fn(model)`` / ``loss_fn(model, batch)``; with it the certificate
             reports the loss before and after the snap (``cert.loss_change``).
+        batch: passed to ``loss_fn`` when given.
 
     Returns:
-        Certificate with, per constraint, the violation before and after, and the change made.
+        Certificate: per constraint, the violation before and after, and the change made.
 
-    Example:
+    Raises:
+        ValueError: a linear or budgeted tensor farther than ``tol`` from its set (without
+            ``force``), a tensor holding NaN / Inf (even with ``force``), or a bad ``tol``; the
+            model is unchanged.
+        TypeError: ``loss_fn`` is not callable, or ``model`` is not an ``nn.Module``.
+
+    Examples:
         >>> import torch, symopt
         >>> lin = torch.nn.Linear(3, 2)
         >>> _ = symopt.sparse(lin, "weight", strength=1e-3)

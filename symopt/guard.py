@@ -32,13 +32,38 @@ from torch import Tensor, nn
 
 class Diverged(RuntimeError):
     """Training kept failing after :class:`Guard` rolled back ``max_failures`` times in a row; the
-    model holds the last good state."""
+    model holds the last good state.
+
+    Catch it to save the model, lower the learning rate or stop; ``guard.events`` lists what failed.
+
+    Examples:
+        >>> import torch, symopt
+        >>> model = torch.nn.Linear(2, 1)
+        >>> guard = symopt.guard(model, max_failures=1)
+        >>> try:
+        ...     for _ in range(3):                      # the 2nd failure in a row is one too many
+        ...         _ = guard.check(loss=float("nan"))
+        ... except symopt.Diverged:
+        ...     print(len(guard.events), guard.events[-1].action)
+        2 rolled_back
+    """
 
 
 @dataclass(frozen=True)
 class GuardEvent:
-    """One intervention: at ``step`` (1-based count of guarded steps), ``action`` is ``"skipped"``
-    (bad loss or gradient, no update made) or ``"rolled_back"``; ``reason`` says what was seen."""
+    """One intervention of a :class:`Guard`.
+
+    Attributes:
+        step: the 1-based count of guarded steps when it happened.
+        action: ``"skipped"`` (bad loss or gradient, no update made) or ``"rolled_back"``.
+        reason: what was seen (``"loss is nan"``, ``"parameter '0.weight' is not finite"``, ...).
+
+    Examples:
+        >>> import torch, symopt
+        >>> guard = symopt.guard(torch.nn.Linear(2, 1))
+        >>> guard.check(loss=float("inf")), guard.events[0].step, guard.events[0].action
+        (False, 1, 'rolled_back')
+    """
 
     step: int
     action: str
@@ -73,7 +98,7 @@ class Guard:
         events: list of :class:`GuardEvent`, oldest first.
         steps: guarded steps so far.
 
-    Example:
+    Examples:
         >>> import torch, symopt
         >>> model = torch.nn.Linear(3, 1)
         >>> _ = symopt.sparse(model, "weight", strength=1e-3)
@@ -282,7 +307,25 @@ def guard(model: nn.Module, optimizer: torch.optim.Optimizer | None = None, **op
     """A :class:`Guard` for ``model`` (and ``optimizer``): ``guard.step(loss)`` replaces
     ``optimizer.step()``; it skips or rolls back a step that breaks the model.
 
-    Example:
+    A NaN / Inf loss or gradient skips the step; NaN / Inf in a parameter or buffer after a step,
+    a second bad step in a row, or divergence (the smoothed loss rose ``patience`` steps in a row
+    and is ``rise`` above its best) restores the last good parameters, buffers and optimizer state
+    and scales ``lr`` by ``lr_factor``.
+
+    Args:
+        model: the module being trained.
+        optimizer: its optimizer (needed for :meth:`Guard.step` and to restore its state).
+        **options: ``patience``, ``rise``, ``lr_factor``, ``max_failures``, ``every`` (see
+            :class:`Guard`).
+
+    Returns:
+        Guard: holding a snapshot of the current (good) state.
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module`` or ``optimizer`` not an optimizer.
+        ValueError: an option out of range (the message names it).
+
+    Examples:
         >>> import torch, symopt
         >>> model = torch.nn.Linear(2, 1)
         >>> symopt.guard(model).check(loss=0.5)

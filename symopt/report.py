@@ -13,10 +13,20 @@ from .attach import constraints
 
 @dataclass(frozen=True)
 class ReportRow:
-    """``violation``: distance to the constraint set (sparsity / rank kinds: to the snap at ``tol``);
-    ``structure``: density / groups / rank / codimension; ``balance`` ∈ [0, 1]: factor imbalance,
-    0 at the balanced factorisation where the decay equals the induced penalty; ``multiplier``: the
-    running Lagrange-multiplier estimate behind ``strength="auto"`` (None otherwise)."""
+    """One constraint's line in a :class:`Report`.
+
+    Attributes:
+        name: the dotted name(s) of the constrained tensor(s).
+        kind: the constraint kind.
+        strength: the current λ.
+        violation: distance to the constraint set (sparsity / rank kinds: to the snap at ``tol``).
+        structure: density / groups / rank / codimension, as text.
+        balance: factor imbalance in [0, 1]; 0 at the balanced factorisation, where the decay
+            equals the induced penalty (e.g. ``|u_i| = |v_i|``, ``UᵀU = VᵀV``).
+        penalty: the current decay ``(λ/2)Σ‖factor‖²``.
+        multiplier: the running Lagrange-multiplier estimate behind ``strength="auto"`` (None
+            otherwise).
+    """
 
     name: str
     kind: str
@@ -29,7 +39,15 @@ class ReportRow:
 
 
 class Report(list):
-    """A list of :class:`ReportRow` that prints as a table."""
+    """A list of :class:`ReportRow` (one per constraint) that prints as a table.
+
+    Examples:
+        >>> import torch, symopt
+        >>> lin = torch.nn.Linear(4, 3)
+        >>> _ = symopt.sparse(lin, "weight", strength=1e-3)
+        >>> str(symopt.report(lin)).splitlines()[0].split()[:3]
+        ['name', 'kind', 'strength']
+    """
 
     def __str__(self) -> str:
         headers = ["name", "kind", "strength", "multiplier est.", "violation", "structure", "balance", "penalty"]
@@ -41,7 +59,22 @@ class Report(list):
 def report(model: nn.Module, tol: float = 1e-6) -> Report:
     """Per constraint: name, kind, strength, violation, density / rank, factor balance, penalty.
 
-    Example:
+    Changes nothing and needs no loss: it reads the current tensors and factors. For optimality
+    (the KKT residual, the multipliers) use :func:`symopt.certify`.
+
+    Args:
+        model: the module holding the constraints.
+        tol: entries, groups or singular values ``≤ tol`` count as zero for the structure and
+            the violation of the sparsity / rank kinds.
+
+    Returns:
+        Report: one :class:`ReportRow` per constraint; ``print`` shows a table. A tensor holding
+        NaN / Inf gives a NaN violation and structure "non-finite" instead of an error.
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module``.
+
+    Examples:
         >>> import torch, symopt
         >>> lin = torch.nn.Linear(4, 3)
         >>> _ = symopt.low_rank(lin, "weight", strength=1e-3)

@@ -194,7 +194,7 @@ def solve(problem: Problem, device=None, dtype=None, method: str = "auto", tol: 
     Raises:
         TypeError / ValueError: bad options (named), or a loss that cannot be evaluated at θ = 0.
 
-    Example:
+    Examples:
         >>> import symopt
         >>> from symopt.problems import make_lasso
         >>> symopt.solve(make_lasso(n=50, d=40, nonzeros=3)).status

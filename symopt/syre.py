@@ -40,17 +40,24 @@ def syre(model: nn.Module, strength: float, names: Sequence[str] | None = None, 
     the model into a collapsed state.
 
     Args:
+        model: the module whose parameters get anchors.
         strength: λ (> 0).
         names: dotted parameter names; ``None`` means every parameter of ``model``.
         sigma: anchor std ``σ₀``; ``None``: 0.01 × each tensor's std at registration.
         anisotropy: ε in [0, 1); > 0 also breaks rotation-type symmetries.
         seed: anchors are regenerated from ``seed`` and the parameter's name.
 
-    Raises:
-        ValueError: before changing anything, if a tensor carries a symopt constraint — syre removes
-        exactly the mirror symmetry that DCS builds — or is otherwise parametrized.
+    Returns:
+        list[Handle]: one handle per anchored tensor (kind ``"anchor"``); they appear in
+        :func:`symopt.constraints` and :func:`symopt.report` like the constraints.
 
-    Example:
+    Raises:
+        ValueError: before changing anything, if a tensor carries a symopt constraint (syre
+            removes exactly the mirror symmetry that DCS builds) or is otherwise parametrized,
+            or if ``names`` repeat; also a bad ``strength``, ``sigma`` or ``anisotropy``.
+        TypeError: ``names`` is a string rather than a list, or ``seed`` is not an int.
+
+    Examples:
         >>> import torch, symopt
         >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
         >>> [h.name for h in symopt.syre(net, strength=1e-3)]

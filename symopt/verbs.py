@@ -13,28 +13,69 @@ from torch import nn
 from .attach import Handle, constrain
 from .constraints import FixedZeros, GroupSparse, LowRank, Sparse, Subspace, Tied
 
-
 def sparse(module: nn.Module, name: str, strength: float | None = None, **kwargs) -> Handle:
-    """Elementwise sparsity, ``w = u ⊙ v``, induced penalty ``λ‖w‖₁`` (see :class:`Sparse`).
+    """Elementwise sparsity: ``w = u ⊙ v``, so the decay ``(λ/2)(‖u‖² + ‖v‖²)`` is ``λ‖w‖₁``.
 
-    Example:
+    The mirror ``(u_i, v_i) → (−u_i, −v_i)`` fixes ``w_i = 0``; a zero is stable while
+    ``|∂ℓ/∂w_i| ≤ λ`` (the Lasso's optimality condition). See :class:`~symopt.Sparse`.
+
+    Args:
+        module: the module that owns the parameter (or an ancestor, with a dotted ``name``).
+        name: the parameter's (dotted) name, e.g. ``"weight"`` or ``"encoder.0.weight"``.
+        strength: λ (> 0), default 1e-3; with a budget, the starting λ.
+        **kwargs: ``max_nonzero=k`` or ``density=f`` (a budget: λ adapts until ``k`` entries are
+            non-zero), ``adapt_rate``, ``seed``.
+
+    Returns:
+        Handle: the registered constraint. ``module.<name>`` keeps its value; its parameter is
+        replaced by the factors, so build the optimizer afterwards.
+
+    Raises:
+        ValueError: no such parameter, one already constrained, or an invalid option (the message
+            names the argument and the fix); nothing is changed.
+        TypeError: a non-floating parameter, or an option of the wrong type.
+
+    Examples:
         >>> import torch, symopt
         >>> lin = torch.nn.Linear(4, 2)
-        >>> symopt.sparse(lin, "weight", strength=1e-3).kind
-        'sparse'
+        >>> w0 = lin.weight.detach().clone()
+        >>> handle = symopt.sparse(lin, "weight", strength=1e-3)
+        >>> handle.kind, torch.allclose(lin.weight, w0)
+        ('sparse', True)
     """
     return constrain(module, name, Sparse(strength, **kwargs))
 
 
 def group_sparse(module: nn.Module, name: str, dim: int | None = None, strength: float | None = None,
                  **kwargs) -> Handle:
-    """Group sparsity over the slices along ``dim`` (default 0) or over index ``groups=``, induced penalty
-    ``λΣ_g‖w_g‖₂`` (see :class:`GroupSparse`).
+    """Group sparsity: a scalar gate per group, ``w_g = s_g·ω_g``, so the decay is ``λΣ_g‖w_g‖₂``.
 
-    Example:
+    The mirror ``(s_g, ω_g) → (−s_g, −ω_g)`` fixes the whole group at ``w_g = 0``; a group stays
+    zero while ``‖∇_{w_g} ℓ‖₂ ≤ λ``. See :class:`~symopt.GroupSparse`.
+
+    Args:
+        module: the module that owns the parameter (or an ancestor, with a dotted ``name``).
+        name: the parameter's (dotted) name, e.g. ``"weight"`` or ``"encoder.0.weight"``.
+        dim: the axis whose slices are the groups (default 0: output rows / channels; 1: input
+            features of a Linear).
+        strength: λ (> 0), default 1e-3; with a budget, the starting λ.
+        **kwargs: ``groups=`` (index lists instead of ``dim``), ``max_groups=g`` (a budget),
+            ``adapt_rate``, ``seed``.
+
+    Returns:
+        Handle: the registered constraint. ``module.<name>`` keeps its value; its parameter is
+        replaced by the factors, so build the optimizer afterwards.
+
+    Raises:
+        ValueError: no such parameter, one already constrained, or an invalid option (the message
+            names the argument and the fix); nothing is changed.
+        TypeError: a non-floating parameter, or an option of the wrong type.
+
+    Examples:
         >>> import torch, symopt
         >>> conv = torch.nn.Conv2d(3, 8, 3)
-        >>> symopt.group_sparse(conv, "weight", dim=0, strength=1e-3).constraint.group_norms(conv.weight).shape
+        >>> handle = symopt.group_sparse(conv, "weight", dim=0, strength=1e-3)
+        >>> handle.constraint.group_norms(conv.weight).shape        # one norm per output channel
         torch.Size([8])
     """
     return constrain(module, name, GroupSparse(dim, strength, **kwargs))
@@ -42,46 +83,129 @@ def group_sparse(module: nn.Module, name: str, dim: int | None = None, strength:
 
 def low_rank(module: nn.Module, name: str, strength: float | None = None, max_rank: int | None = None,
              **kwargs) -> Handle:
-    """Low rank, ``W = U Vᵀ``, induced penalty ``λ‖W‖_*`` (see :class:`LowRank`).
+    """Low rank: ``W = U Vᵀ``, so the decay ``(λ/2)(‖U‖²_F + ‖V‖²_F)`` is ``λ‖W‖_*``.
 
-    Example:
+    ``‖W‖_* ≤ ‖U‖_F‖V‖_F ≤ (‖U‖²_F + ‖V‖²_F)/2`` with equality at the balanced SVD factors; the
+    mirrors ``U → UQ, V → VQ`` (``Q = I − 2nnᵀ``) each fix one removed singular direction. See
+    :class:`~symopt.LowRank`.
+
+    Args:
+        module: the module that owns the parameter (or an ancestor, with a dotted ``name``).
+        name: the parameter's (dotted) name, e.g. ``"weight"`` or ``"encoder.0.weight"``.
+        strength: λ (> 0), default 1e-3; with a budget, the starting λ.
+        max_rank: the factor width ``r``, a hard bound on the rank (default ``min(m, n)``). A value
+            of larger rank is truncated to its best rank-``r`` approximation, with a warning.
+        **kwargs: ``target_rank=r`` (a budget), ``layout="batch"`` (one factorisation per leading
+            index), ``adapt_rate``, ``seed``.
+
+    Returns:
+        Handle: the registered constraint. ``module.<name>`` keeps its value; its parameter is
+        replaced by the factors, so build the optimizer afterwards.
+
+    Raises:
+        ValueError: no such parameter, one already constrained, or an invalid option (the message
+            names the argument and the fix); nothing is changed.
+        TypeError: a non-floating parameter, or an option of the wrong type.
+
+    Examples:
         >>> import torch, symopt
         >>> lin = torch.nn.Linear(6, 4)
-        >>> symopt.low_rank(lin, "weight", strength=1e-3).members[0].factors[0].shape
-        torch.Size([4, 4])
+        >>> U, V = symopt.low_rank(lin, "weight", strength=1e-3).members[0].factors
+        >>> U.shape, V.shape, torch.allclose(U @ V.T, lin.weight, atol=1e-6)
+        (torch.Size([4, 4]), torch.Size([6, 4]), True)
     """
     return constrain(module, name, LowRank(strength, max_rank, **kwargs))
 
 
 def subspace(module: nn.Module, name: str, A, strength: float | str = "auto", **kwargs) -> Handle:
-    """Linear constraint ``A·vec(θ) = 0``, exact penalty ``λ‖Oᵀθ‖₁`` (see :class:`Subspace`).
+    """Linear constraint ``A·vec(θ) = 0`` by the exact penalty ``λ‖Oᵀθ‖₁``.
 
-    Example:
+    ``θ = (I − OOᵀ)w + O(a ⊙ b)`` with ``O`` an orthonormal basis of rowspace(A); the mirrors
+    ``(a_i, b_i) → (−a_i, −b_i)`` fix ``Oᵀθ = 0``. Exact once ``λ > ‖Oᵀ∇ℓ(θ*)‖_∞``, the Lagrange
+    multipliers at the constrained optimum. See :class:`~symopt.Subspace`.
+
+    Args:
+        module: the module that owns the parameter (or an ancestor, with a dotted ``name``).
+        name: the parameter's (dotted) name, e.g. ``"weight"`` or ``"encoder.0.weight"``.
+        A: ``(k, numel)`` matrix (tensor or array) of ``k`` linear constraints on the flattened
+            parameter; dependent rows are fine.
+        strength: λ (> 0), or ``"auto"`` (default): ``margin ×`` a running multiplier estimate.
+        **kwargs: ``margin`` (of ``"auto"``, > 1), ``seed``.
+
+    Returns:
+        Handle: the registered constraint. ``module.<name>`` keeps its value; its parameter is
+        replaced by the factors, so build the optimizer afterwards.
+
+    Raises:
+        ValueError: no such parameter, one already constrained, or an invalid option (the message
+            names the argument and the fix); nothing is changed.
+        TypeError: a non-floating parameter, or an option of the wrong type.
+
+    Examples:
         >>> import torch, symopt
         >>> lin = torch.nn.Linear(2, 1, bias=False)
-        >>> h = symopt.subspace(lin, "weight", torch.tensor([[1.0, 1.0]]), strength=1.0)
-        >>> h.constraint.basis.shape      # one constrained direction, (1, 1)/√2
-        torch.Size([2, 1])
+        >>> handle = symopt.subspace(lin, "weight", torch.tensor([[1.0, 1.0]]), strength=1.0)
+        >>> handle.constraint.basis.T.abs()    # the one constrained direction, ±(1, 1)/√2
+        tensor([[0.7071, 0.7071]])
     """
     return constrain(module, name, Subspace(A, strength, **kwargs))
 
 
 def fixed_zeros(module: nn.Module, name: str, mask, strength: float | str = "auto", **kwargs) -> Handle:
-    """``θ[mask] = 0``, exact penalty ``λ‖θ[mask]‖₁`` (see :class:`FixedZeros`).
+    """``θ[mask] = 0`` by the exact penalty ``λ‖θ[mask]‖₁`` (no dense basis).
 
-    Example:
+    The masked entries are ``a ⊙ b``; the mirrors ``(a_i, b_i) → (−a_i, −b_i)`` fix them at zero.
+    Exact once ``λ > ‖∇ℓ(θ*)[mask]‖_∞``. See :class:`~symopt.FixedZeros`.
+
+    Args:
+        module: the module that owns the parameter (or an ancestor, with a dotted ``name``).
+        name: the parameter's (dotted) name, e.g. ``"weight"`` or ``"encoder.0.weight"``.
+        mask: bool tensor of the parameter's shape; True marks an entry that must be 0.
+        strength: λ (> 0), or ``"auto"`` (default): ``margin ×`` a running multiplier estimate.
+        **kwargs: ``margin`` (of ``"auto"``, > 1), ``seed``.
+
+    Returns:
+        Handle: the registered constraint. ``module.<name>`` keeps its value; its parameter is
+        replaced by the factors, so build the optimizer afterwards.
+
+    Raises:
+        ValueError: no such parameter, one already constrained, or an invalid option (the message
+            names the argument and the fix); nothing is changed.
+        TypeError: a non-floating parameter, or an option of the wrong type.
+
+    Examples:
         >>> import torch, symopt
         >>> lin = torch.nn.Linear(2, 2)
-        >>> symopt.fixed_zeros(lin, "weight", torch.eye(2, dtype=torch.bool)).kind
-        'fixed_zeros'
+        >>> handle = symopt.fixed_zeros(lin, "weight", torch.eye(2, dtype=torch.bool))
+        >>> handle.kind, handle.strength                      # "auto" starts at 0 until it has seen a gradient
+        ('fixed_zeros', 0.0)
     """
     return constrain(module, name, FixedZeros(mask, strength, **kwargs))
 
 
 def tie(model: nn.Module, names: Sequence[str], strength: float | str = "auto", **kwargs) -> Handle:
-    """``θ_1 = … = θ_k`` for the dotted ``names`` in ``model``, penalty ``λΣ_j‖θ_j − m‖₁`` (see :class:`Tied`).
+    """``θ_1 = … = θ_k`` for the dotted ``names`` in ``model``, by the exact penalty ``λΣ_j‖θ_j − m‖₁``.
 
-    Example:
+    ``θ_j = m + u_j ⊙ v_j`` with a shared free centre ``m``; the mirrors ``(u_j, v_j) → −(u_j, v_j)``
+    fix ``θ_j = m`` for every copy. Exact once ``λ > max_j ‖∇_{θ_j}ℓ(θ*)‖_∞``. See
+    :class:`~symopt.Tied`.
+
+    Args:
+        model: the module that owns every tied parameter (or a common ancestor).
+        names: two or more dotted parameter names, of equal shape, dtype and device.
+        strength: λ (> 0), or ``"auto"`` (default): ``margin ×`` a running multiplier estimate.
+        **kwargs: ``margin`` (of ``"auto"``, > 1), ``seed``.
+
+    Returns:
+        Handle: the registered constraint. ``module.<name>`` keeps its value; its parameter is
+        replaced by the factors, so build the optimizer afterwards.
+
+    Raises:
+        TypeError: ``names`` is a single string.
+        ValueError: fewer than two names, a name repeated, tensors that differ in shape, dtype or
+            device, or one already constrained; nothing is changed.
+
+    Examples:
         >>> import torch, symopt
         >>> net = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 3))
         >>> symopt.tie(net, ["0.bias", "1.bias"], strength=1.0).name
@@ -90,3 +214,4 @@ def tie(model: nn.Module, names: Sequence[str], strength: float | str = "auto", 
     if isinstance(names, str):
         raise TypeError("tie: pass a list of at least two parameter names, e.g. ['enc.weight', 'dec.weight']")
     return constrain(model, list(names), Tied(strength, **kwargs))
+

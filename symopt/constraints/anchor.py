@@ -35,7 +35,7 @@ class Anchor(Constraint):
         anisotropy: ε of ``D_ii ~ U(1 − ε, 1 + ε)``, in [0, 1); 0 gives ``D = I``.
         seed, stream: the anchor's random stream (``syre`` derives ``stream`` from the name).
 
-    Example:
+    Examples:
         >>> import torch, symopt
         >>> lin = torch.nn.Linear(4, 3)
         >>> w0 = lin.weight.detach().clone()

@@ -125,7 +125,9 @@ def split_product(value: Tensor, factorizer: Factorizer) -> tuple[Tensor, Tensor
 class Constraint(nn.Module):
     """Base class of the constraint kinds (a parametrization for ``torch.nn.utils.parametrize``).
 
-    Subclasses define:
+    A kind writes the constrained tensor θ as a function of factors whose loss has a mirror
+    symmetry ``R = I − 2nnᵀ`` with fixed subspace the constraint; the decay ``(λ/2)‖decayed
+    factors‖²`` then induces the kind's norm penalty. Subclasses define:
 
     * ``kind`` — short name shown in reports;
     * ``linear`` — True when the constraint set is a linear subspace (then ``strength`` above the
@@ -134,6 +136,25 @@ class Constraint(nn.Module):
     * ``validate(tensor, name)``, ``right_inverse(value)``, ``forward(*factors)``,
       ``project(value, tol)``, ``induced_norm(value)``, ``dual_norm(grad)``, ``balance(*factors)``,
       ``structure(value, tol)``.
+
+    The base class provides ``penalty`` (the decay), ``violation``, ``snap``, ``prox``,
+    ``kkt_residual`` and the machinery of ``strength="auto"`` (a multiplier estimate fed by a
+    gradient hook) and of budgets (a controller that moves λ along the path).
+
+    Args:
+        strength: λ (> 0); ``"auto"`` for the linear kinds; None for the kind's default.
+        seed: seed of the factor initialisation (random signs and imbalance: never balanced).
+        margin: ``"auto"`` keeps ``λ = margin ×`` the multiplier estimate (> 1).
+        slots: number of tensors one object covers (a tie's copies).
+        budget: ``("count", k)`` or ``("density", f)``: the atom budget, for the kinds that take one.
+        adapt_rate: fraction of the way log λ moves toward the budget's target per step.
+
+    Examples:
+        >>> import torch, symopt
+        >>> c = symopt.Sparse(strength=0.5)
+        >>> w = torch.tensor([3.0, -4.0])
+        >>> float(c.induced_norm(w)), float(c.dual_norm(w)), c.linear
+        (7.0, 4.0, False)
     """
 
     kind: ClassVar[str] = "constraint"

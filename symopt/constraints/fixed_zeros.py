@@ -23,7 +23,7 @@ class FixedZeros(Constraint):
         margin: safety factor of ``"auto"`` (> 1).
         seed: seed of the factor initialisation.
 
-    Example:
+    Examples:
         >>> import torch, symopt
         >>> lin = torch.nn.Linear(3, 3)
         >>> mask = ~torch.eye(3, dtype=torch.bool)          # keep only the diagonal

@@ -37,7 +37,7 @@ class GroupSparse(Constraint):
         adapt_rate: fraction of the way log λ moves toward the budget's target per optimizer step.
         seed: seed of the factor initialisation.
 
-    Example:
+    Examples:
         >>> import torch, symopt
         >>> lin = torch.nn.Linear(5, 3)
         >>> _ = symopt.constrain(lin, "weight", symopt.GroupSparse(dim=1, strength=1e-2))

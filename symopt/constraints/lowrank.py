@@ -40,7 +40,7 @@ class LowRank(Constraint):
         adapt_rate: fraction of the way log λ moves toward the budget's target per optimizer step.
         seed: seed of the factor initialisation.
 
-    Example:
+    Examples:
         >>> import torch, symopt
         >>> lin = torch.nn.Linear(6, 4)
         >>> _ = symopt.constrain(lin, "weight", symopt.LowRank(strength=1e-2))

@@ -31,7 +31,7 @@ class Sparse(Constraint):
         adapt_rate: fraction of the way log λ moves toward the budget's target per optimizer step.
         seed: seed of the random, sign-independent factor initialisation.
 
-    Example:
+    Examples:
         >>> import torch, symopt
         >>> lin = torch.nn.Linear(4, 3)
         >>> w0 = lin.weight.detach().clone()

@@ -42,7 +42,7 @@ class Subspace(Constraint):
         basis: ``O``, the ``(numel, k)`` orthonormal basis of rowspace(A) that defines the penalty
             (the ℓ₁ norm is taken in this basis).
 
-    Example:
+    Examples:
         >>> import torch, symopt
         >>> lin = torch.nn.Linear(3, 1, bias=False)
         >>> A = torch.tensor([[1.0, -1.0, 0.0]])          # w0 = w1

@@ -30,7 +30,7 @@ class Tied(Constraint):
         margin: safety factor of ``"auto"`` (> 1).
         seed: seed of the factor initialisation.
 
-    Example:
+    Examples:
         >>> import torch, symopt
         >>> net = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 3))
         >>> _ = symopt.tie(net, ["0.weight", "1.weight"], strength=1.0)
