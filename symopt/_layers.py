@@ -1,6 +1,6 @@
 """Layer 0 — the linear layers of a model, in order, and which consecutive pairs share units.
 
-Used by :func:`symopt.diagnose` and :func:`symopt.conserved`. A *unit* of a Linear / Conv layer is an
+Used by [`symopt.diagnose`][symopt.diagnose] and [`symopt.conserved`][symopt.conserved]. A *unit* of a Linear / Conv layer is an
 output row / channel; it is shared with the next layer in module order whose input size equals this
 layer's output size (its input column / channel). The module right after a layer in an
 ``nn.Sequential`` is recorded as the activation between them (``None`` when the layers are adjacent:

@@ -1,7 +1,7 @@
 """Layer 2 — glue between constraint kinds and ``torch.nn.utils.parametrize``.
 
 Registers a constraint on a (possibly dotted) parameter name after validating everything first,
-finds what is registered in a model (:func:`constraints`), and installs a load-state hook so a plain,
+finds what is registered in a model ([`constraints`][symopt.constraints]), and installs a load-state hook so a plain,
 unconstrained checkpoint loads into a constrained model (``weight`` → factors).
 """
 
@@ -48,14 +48,14 @@ class Member:
 
 @dataclass(frozen=True)
 class Handle:
-    """One registered constraint, as returned by the verbs and by :func:`constraints`.
+    """One registered constraint, as returned by the verbs and by [`constraints`][symopt.constraints].
 
     A handle is a view: it holds no tensors of its own, so it stays valid through training,
-    ``state_dict`` loads and ``strength`` changes (until :func:`symopt.finalize` removes the
+    ``state_dict`` loads and ``strength`` changes (until [`symopt.finalize`][symopt.finalize] removes the
     constraint). The methods take the list of member values, so a tie and a single tensor read alike.
 
     Attributes:
-        constraint: the :class:`~symopt.Constraint` (the parametrization module; the same object
+        constraint: the [`Constraint`][symopt.Constraint] (the parametrization module; the same object
             for every member of a tie).
         members: the constrained tensors: one, or one per tied tensor. ``member.value`` is the
             current tensor, ``member.factors`` its factors (``original0``, ``original1``, ...).
@@ -213,12 +213,12 @@ def constrain(model: nn.Module, name: str | Sequence[str], constraint: Constrain
 
     Args:
         model: the module that owns the parameter, or an ancestor of it.
-        name: a (dotted) parameter name; for :class:`~symopt.Tied`, the list of names to tie.
+        name: a (dotted) parameter name; for [`Tied`][symopt.Tied], the list of names to tie.
         constraint: a fresh constraint object (one per tensor; a tie's object covers its group).
 
     Returns:
         Handle: the registered constraint. The parameter object is replaced by the factors, so
-        build the optimizer afterwards.
+            build the optimizer afterwards.
 
     Raises:
         TypeError: ``constraint`` is not a symopt constraint, ``model`` is not an ``nn.Module``,
@@ -334,7 +334,7 @@ def constraints(model: nn.Module) -> list[Handle]:
         model: any module; constraints are found in it and all its submodules.
 
     Returns:
-        list[Handle]: empty when nothing is constrained (e.g. after :func:`symopt.finalize`).
+        list[Handle]: empty when nothing is constrained (e.g. after [`symopt.finalize`][symopt.finalize]).
 
     Raises:
         TypeError: ``model`` is not an ``nn.Module``.

@@ -1,6 +1,6 @@
 """Layer 3 — certificates: per constraint, how far a tensor is from its set, how far from optimal
-(the KKT residual), and whether λ exceeds the Lagrange multipliers (exactness). :func:`certify`
-measures a model or a solver result; :func:`symopt.finalize` records what snapping changed."""
+(the KKT residual), and whether λ exceeds the Lagrange multipliers (exactness). [`certify`][symopt.certify]
+measures a model or a solver result; [`symopt.finalize`][symopt.finalize] records what snapping changed."""
 
 from __future__ import annotations
 
@@ -21,16 +21,16 @@ from .constraints.auto import DEFER
 
 @dataclass(frozen=True)
 class ConstraintCertificate:
-    """One constraint's record in a :class:`Certificate`.
+    """One constraint's record in a [`Certificate`][symopt.Certificate].
 
     Attributes:
         name: the dotted name(s) of the constrained tensor(s).
         kind: the constraint kind.
         strength: λ when measured.
         violation_before: Euclidean distance of the tensor(s) to the constraint set (sparsity /
-            rank kinds: to the snap at ``tol``). :func:`certify` changes nothing, so there
+            rank kinds: to the snap at ``tol``). [`certify`][symopt.certify] changes nothing, so there
             ``violation_after`` is the same number.
-        violation_after: the distance after :func:`symopt.finalize` snapped.
+        violation_after: the distance after [`symopt.finalize`][symopt.finalize] snapped.
         change: ``‖after − before‖`` of the tensor(s).
         relative_change: ``change / ‖before‖``.
         structure: density / groups / rank / codimension, as text.
@@ -71,12 +71,12 @@ class ConstraintCertificate:
 
 @dataclass(frozen=True)
 class Certificate:
-    """What :func:`certify` measured or :func:`symopt.finalize` did: one record per constraint.
+    """What [`certify`][symopt.certify] measured or [`symopt.finalize`][symopt.finalize] did: one record per constraint.
 
     Iterate it, index it by name (``certificate["0.weight"]``) or ``print`` it as a table.
 
     Attributes:
-        entries: one :class:`ConstraintCertificate` per constraint.
+        entries: one [`ConstraintCertificate`][symopt.ConstraintCertificate] per constraint.
         tol: the tolerance used.
         extra: whole-problem numbers: ``loss_before`` / ``loss_after`` (finalize given a loss),
             ``objective``, ``dual_objective`` and ``duality_gap`` (a solver result of a problem
@@ -166,11 +166,11 @@ def certify(model, loss_fn: Callable | None = None, batch=None, tol: float = 1e-
     ``strength="auto"`` estimates are left as they are.
 
     Args:
-        model: a model with symopt constraints, or a :class:`~symopt.Result` from
-            :func:`symopt.solve` or a baseline (then ``loss_fn`` / ``batch`` are not needed: the
+        model: a model with symopt constraints, or a [`Result`][symopt.Result] from
+            [`symopt.solve`][symopt.solve] or a baseline (then ``loss_fn`` / ``batch`` are not needed: the
             result's problem supplies the loss; the certificate adds ``objective``, and for the
             penalised convex families the dual objective and ``duality_gap`` of a dual-feasible
-            point built from the result — see :mod:`symopt.problems.duality`).
+            point built from the result — see `symopt.problems.duality`).
         loss_fn: optional ``loss_fn(model)`` or ``loss_fn(model, batch)`` returning the scalar loss
             *without* the symopt penalty; with it the KKT residual and the multipliers are computed
             from ``∂loss/∂θ`` (no ``.grad`` is touched).
@@ -178,9 +178,9 @@ def certify(model, loss_fn: Callable | None = None, batch=None, tol: float = 1e-
         tol: snap tolerance for the sparsity / rank kinds (entries, groups or σ ≤ tol count as 0).
 
     Returns:
-        Certificate: one :class:`ConstraintCertificate` per constraint (``violation_after`` equals
-        ``violation_before``: nothing is changed); ``extra`` holds the objective and duality gap
-        of a solver result.
+        Certificate: one [`ConstraintCertificate`][symopt.ConstraintCertificate] per constraint (``violation_after`` equals
+            ``violation_before``: nothing is changed); ``extra`` holds the objective and duality gap
+            of a solver result.
 
     Raises:
         TypeError: ``model`` is neither an ``nn.Module`` nor a solver ``Result``.

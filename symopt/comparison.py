@@ -165,6 +165,26 @@ def compare(problems: Problem | Sequence[Problem], solvers: Sequence[str] = tupl
     """Solve each problem with each solver; gaps are relative to the best feasible objective, and
     solvers that do not apply get a "not applicable" row.
 
+    Per row: status, objective, relative gap ``(f − f_best)/max(1, |f_best|)`` to the best
+    feasible objective of any solver on that problem, violation, the support / rank found and
+    whether it equals the best solver's (``same``), iterations and seconds. ``rows.ok`` is True
+    when every DCS row is within 1e-6 relative gap of the best and agrees on the structure.
+
+    Args:
+        problems: one [`Problem`][symopt.Problem] or a list of them.
+        solvers: names from ``symopt.comparison.SOLVERS``: ``"dcs"``, ``"cvxpy"``, ``"sklearn"``,
+            ``"projected"``, ``"geoopt"`` (skglm is in the benchmarks, not here).
+        device: where the torch solvers run (DCS, projected, geoopt).
+        dtype: their precision.
+        progress: optional callback given one line per solve (e.g. ``print``).
+
+    Returns:
+        Comparison: a list of rows that prints as the table of ``symopt compare``.
+
+    Raises:
+        ValueError: an unknown solver name. A missing optional package or a solver without a
+            method for a problem is not an error: its row says ``n/a`` and why.
+
     Examples:
         >>> import symopt
         >>> from symopt.problems import make_lasso

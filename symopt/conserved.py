@@ -64,7 +64,7 @@ def conserved(model: nn.Module) -> dict[str, Tensor]:
 
 
 class ConservationTracker:
-    """Records :func:`conserved` charges during training: call :meth:`record` every few steps.
+    """Records [`conserved`][symopt.conserved] charges during training: call `record` every few steps.
 
     ``drift()`` is ``max_t ‖C(t) − C(0)‖ / ‖C(0)‖`` per charge (≈ 0 under gradient flow without
     decay), ``decay_rate()`` the fitted ``r`` of ``‖C(t)‖ ≈ ‖C(0)‖e^{−rt}`` (``2λ`` under coupled

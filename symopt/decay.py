@@ -30,7 +30,7 @@ class DecoupledDecayWarning(UserWarning):
 
     Decoupled decay multiplies the factors by ``1 − lr·λ`` outside the adaptive scaling; it is not
     the gradient of ``(λ/2)‖factor‖²``, so the induced norm penalty (and the exactness of the
-    linear kinds) does not follow. Raised as a warning by :func:`check_optimizer`.
+    linear kinds) does not follow. Raised as a warning by [`check_optimizer`][symopt.check_optimizer].
 
     Examples:
         >>> import torch, symopt, warnings
@@ -81,8 +81,8 @@ def param_groups(model: nn.Module, lr: float | None = None, weight_decay: float 
     caller's ``weight_decay`` and options.
 
     Coupled ``weight_decay=λ`` adds ``λ·factor`` to the gradient, the gradient of
-    ``(λ/2)‖factor‖²``: the same objective as adding :func:`penalty` to the loss. Use it with SGD,
-    Adam, RMSprop, ... but not AdamW (decoupled; see :class:`DecoupledDecayWarning`).
+    ``(λ/2)‖factor‖²``: the same objective as adding [`penalty`][symopt.penalty] to the loss. Use it with SGD,
+    Adam, RMSprop, ... but not AdamW (decoupled; see [`DecoupledDecayWarning`][symopt.DecoupledDecayWarning]).
 
     Args:
         model: the module holding the constraints.
@@ -92,7 +92,7 @@ def param_groups(model: nn.Module, lr: float | None = None, weight_decay: float 
 
     Returns:
         list[dict]: one group per constraint (keys ``params``, ``weight_decay`` = λ,
-        ``symopt_strength``) and a last group with every other parameter.
+            ``symopt_strength``) and a last group with every other parameter.
 
     Raises:
         ValueError: ``weight_decay`` is negative or not a number.
@@ -125,7 +125,7 @@ def param_groups(model: nn.Module, lr: float | None = None, weight_decay: float 
 
 
 def check_optimizer(optimizer: torch.optim.Optimizer) -> bool:
-    """Warn (:class:`DecoupledDecayWarning`) and return True if any symopt factor gets decoupled
+    """Warn ([`DecoupledDecayWarning`][symopt.DecoupledDecayWarning]) and return True if any symopt factor gets decoupled
     weight decay from ``optimizer``.
 
     Runs automatically before an optimizer's first step (and again when groups are added), so a

@@ -1,4 +1,4 @@
-"""Layer 3 — :func:`diagnose`: is a model collapsed onto a symmetry's mirror plane?
+"""Layer 3 — [`diagnose`][symopt.diagnose]: is a model collapsed onto a symmetry's mirror plane?
 
 Weight decay pulls toward zero, which lies on the mirror plane of every symmetry of a network, and
 mirror planes are absorbing (Ziyin, Xu, Chuang, arXiv 2408.15495): units die (rescaling / sign
@@ -53,14 +53,14 @@ def effective_rank(matrix: Tensor) -> float:
 
 @dataclass(frozen=True)
 class LayerDiagnosis:
-    """One Linear / Conv layer's line in a :class:`Diagnosis`.
+    """One Linear / Conv layer's line in a [`Diagnosis`][symopt.Diagnosis].
 
     Attributes:
         name: the layer's dotted name.
         units: its number of output units / channels.
         dead: indices of dead units (zero in- or out-weights, or inactive on the inputs).
         identical: groups of units whose incoming weights agree (cosine ≥ 1 − ε).
-        weight_rank: effective rank of the weight (:func:`effective_rank`).
+        weight_rank: effective rank of the weight ([`effective_rank`][symopt.effective_rank]).
         feature_rank: effective rank of the layer's output features on the inputs (None without
             inputs).
         mirror_planes: the mirror planes the parameters sit on (sign / rescale, permutation,
@@ -84,7 +84,7 @@ class LayerDiagnosis:
 
 
 class Diagnosis(list):
-    """A list of :class:`LayerDiagnosis` that prints as a table; index it by position or layer name.
+    """A list of [`LayerDiagnosis`][symopt.LayerDiagnosis] that prints as a table; index it by position or layer name.
 
     ``collapsed`` says whether any layer has dead or identical units or sits on a mirror plane.
 
@@ -156,7 +156,7 @@ def diagnose(model: nn.Module, inputs: Tensor | None = None, tol: float = 1e-6, 
     (``nᵀW_first = 0`` and ``W_second n = 0``).
 
     Returns:
-        Diagnosis: one :class:`LayerDiagnosis` per layer; ``print`` shows a table.
+        Diagnosis: one [`LayerDiagnosis`][symopt.LayerDiagnosis] per layer; ``print`` shows a table.
 
     Raises:
         TypeError: ``model`` is not an ``nn.Module``.

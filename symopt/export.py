@@ -1,5 +1,5 @@
-"""Layer 3 — :func:`export`: a trained constrained model → plain PyTorch modules, dense or physically
-compressed, and :func:`footprint` to measure what that bought (stored numbers, bytes, forward time).
+"""Layer 3 — [`export`][symopt.export]: a trained constrained model → plain PyTorch modules, dense or physically
+compressed, and [`footprint`][symopt.footprint] to measure what that bought (stored numbers, bytes, forward time).
 
 The constraints guarantee *structure* (zeros, low rank, dead channels); only a different architecture
 turns structure into fewer multiply-adds. ``mode="compressed"`` rewrites, on a copy:
@@ -12,10 +12,10 @@ turns structure into fewer multiply-adds. ``mode="compressed"`` rewrites, on a c
   still emits a constant ``act(bias)``; it is folded into the consumer's bias (exact for a Linear
   consumer and for an unpadded conv; a padded conv sees zeros at the border, so such a channel is kept
   unless its constant is 0).
-* elementwise sparsity on a Linear — a CSR weight (:class:`SparseLinear`) when its density is at most
+* elementwise sparsity on a Linear — a CSR weight ([`SparseLinear`][symopt.SparseLinear]) when its density is at most
   ``csr_max_density`` (measured on 2 CPU cores: CSR wins below ~15% density, see docs/embedding.md).
 
-Anything else stays dense and is listed in one :class:`ExportWarning`: group sparsity along other axes,
+Anything else stays dense and is listed in one [`ExportWarning`][symopt.ExportWarning]: group sparsity along other axes,
 chains that are not an ``nn.Sequential`` of Linear / Conv layers separated by elementwise modules
 (BatchNorm, Flatten, pooling, attention), grouped convolutions, sparse convs.
 """
@@ -67,7 +67,7 @@ class ExportWarning(UserWarning):
 
 
 class SparseLinear(nn.Module):
-    """``y = x Wᵀ + b`` with ``W`` stored as a CSR tensor (inference; built by :func:`export`).
+    """``y = x Wᵀ + b`` with ``W`` stored as a CSR tensor (inference; built by [`export`][symopt.export]).
 
     Stores ``nnz`` values plus ``nnz + out + 1`` indices instead of ``out × in`` numbers; on CPU
     the sparse product beats the dense one below roughly 10% density (``csr_max_density``).
@@ -123,16 +123,16 @@ def export(model: nn.Module, mode: str = "dense", *, tol: float = 1e-6, force: b
     """A copy of ``model`` with every constraint snapped exactly and removed; ``model`` is untouched.
 
     ``mode="dense"``: the same architecture with plain parameters holding the exact constrained
-    values (:func:`symopt.finalize` on a copy), so its ``state_dict`` loads into an unconstrained
+    values ([`symopt.finalize`][symopt.finalize] on a copy), so its ``state_dict`` loads into an unconstrained
     instance of the original class. ``mode="compressed"``: additionally rewrites layers so the
     structure saves parameters and time (see the module docstring for what is rewritten and what is
-    not; what stays dense is listed in one :class:`ExportWarning`). Outputs agree with the dense
+    not; what stays dense is listed in one [`ExportWarning`][symopt.ExportWarning]). Outputs agree with the dense
     export to rounding.
 
     Args:
         model: the trained, constrained model; it is deep-copied, never changed.
         mode: ``"dense"`` or ``"compressed"``.
-        tol: snap tolerance, as in :func:`symopt.finalize` (also decides which singular values count
+        tol: snap tolerance, as in [`symopt.finalize`][symopt.finalize] (also decides which singular values count
             toward the rank of a factorised layer).
         force: snap even where a linear or budgeted constraint is farther than ``tol``.
         sparse_format: for elementwise-sparse Linear weights: ``"auto"`` (CSR when the density is
@@ -193,7 +193,7 @@ def export(model: nn.Module, mode: str = "dense", *, tol: float = 1e-6, force: b
 
 @dataclass(frozen=True)
 class Footprint:
-    """What a model stores and how fast it runs on one input (see :func:`footprint`).
+    """What a model stores and how fast it runs on one input (see [`footprint`][symopt.footprint]).
 
     Attributes:
         stored: numbers stored: parameter and floating buffer entries, non-zeros for sparse tensors.
@@ -215,7 +215,7 @@ class Footprint:
 def footprint(model: nn.Module, example_input: Tensor | tuple, repeats: int = 20, warmup: int = 3) -> Footprint:
     """Numbers stored, bytes, and median forward time (no grad) of ``model`` on ``example_input``.
 
-    Use it to compare a model with its :func:`export` (``mode="compressed"``): the ratio of
+    Use it to compare a model with its [`export`][symopt.export] (``mode="compressed"``): the ratio of
     ``stored`` is the compression, the ratio of ``forward_seconds`` the speed-up on this device.
 
     Args:

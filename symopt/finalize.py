@@ -1,5 +1,5 @@
-"""Layer 3 — :func:`finalize`: snap every constrained tensor exactly onto its set and remove the
-parametrizations, leaving plain parameters and a :class:`~symopt.certify.Certificate`."""
+"""Layer 3 — [`finalize`][symopt.finalize]: snap every constrained tensor exactly onto its set and remove the
+parametrizations, leaving plain parameters and a [`Certificate`][symopt.Certificate]."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def finalize(model: nn.Module, tol: float = 1e-6, force: bool = False, loss_fn: 
     zero the entries, groups or singular values whose magnitude is ``<= tol``; with a budget
     (``max_nonzero``, ``density``, ``max_groups``, ``target_rank``) they also keep only the budget's
     largest atoms, so the budget holds exactly. finalize first measures every constraint
-    (:func:`symopt.certify`) and refuses (``ValueError``, nothing changed) when a linear or budgeted
+    ([`symopt.certify`][symopt.certify]) and refuses (``ValueError``, nothing changed) when a linear or budgeted
     tensor is farther than ``tol`` from its set, since snapping would then change the trained model
     noticeably — raise ``strength`` or train longer, or pass ``force=True``. It always refuses a tensor
     holding NaN or Inf. Afterwards each tensor is a plain ``nn.Parameter`` again.

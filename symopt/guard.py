@@ -1,8 +1,8 @@
-"""Layer 3 — :class:`Guard`: keep a training loop on finite ground.
+"""Layer 3 — [`Guard`][symopt.Guard]: keep a training loop on finite ground.
 
 One bad step (a learning rate too high for the factored landscape, a budget λ that overshoots, a
 batch with an Inf) writes NaN or Inf into the factors, and from there into every later step, every
-checkpoint and :func:`symopt.finalize`. A guard checks each step and, when one goes wrong, rolls
+checkpoint and [`symopt.finalize`][symopt.finalize]. A guard checks each step and, when one goes wrong, rolls
 the model back to its last good state — parameters (the factors included) and buffers (the
 ``strength="auto"`` estimates and the budget controllers' λ live there), plus the optimizer's
 state — and lowers the learning rate, so the same step is not taken again.
@@ -16,7 +16,7 @@ What counts as wrong:
   trigger it) rose on each of the last ``patience`` steps and is above its best by more than
   ``rise × |best|`` — *rolled back* to the state before the rise began.
 
-More than ``max_failures`` failures in a row raise :class:`Diverged`, after the rollback: the
+More than ``max_failures`` failures in a row raise [`Diverged`][symopt.Diverged], after the rollback: the
 model is never left corrupted.
 """
 
@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 
 class Diverged(RuntimeError):
-    """Training kept failing after :class:`Guard` rolled back ``max_failures`` times in a row; the
+    """Training kept failing after [`Guard`][symopt.Guard] rolled back ``max_failures`` times in a row; the
     model holds the last good state.
 
     Catch it to save the model, lower the learning rate or stop; ``guard.events`` lists what failed.
@@ -51,7 +51,7 @@ class Diverged(RuntimeError):
 
 @dataclass(frozen=True)
 class GuardEvent:
-    """One intervention of a :class:`Guard`.
+    """One intervention of a [`Guard`][symopt.Guard].
 
     Attributes:
         step: the 1-based count of guarded steps when it happened.
@@ -83,19 +83,19 @@ class Guard:
 
     Args:
         model: the module being trained (constrained or not).
-        optimizer: its optimizer. Needed for :meth:`step` and to restore the optimizer's state and
-            lower its learning rate on rollback; without it, call :meth:`check` after your own step.
+        optimizer: its optimizer. Needed for `step` and to restore the optimizer's state and
+            lower its learning rate on rollback; without it, call `check` after your own step.
         patience: steps of uninterrupted rise of the smoothed loss that count as divergence
             (``None`` turns divergence detection off; NaN / Inf are always caught).
         rise: how far above its best the smoothed loss must be, relative to ``|best|``.
         lr_factor: multiply every group's ``lr`` by this on rollback (1.0 keeps it). A scheduler that
             recomputes ``lr`` in closed form overrides it.
-        max_failures: skips or rollbacks in a row before :class:`Diverged` is raised.
+        max_failures: skips or rollbacks in a row before [`Diverged`][symopt.Diverged] is raised.
         every: refresh the saved state at most every ``every`` good steps (each refresh copies the
             parameters, buffers and optimizer state once; the copy costs one model's memory).
 
     Attributes:
-        events: list of :class:`GuardEvent`, oldest first.
+        events: list of [`GuardEvent`][symopt.GuardEvent], oldest first.
         steps: guarded steps so far.
 
     Examples:
@@ -143,7 +143,7 @@ class Guard:
 
     # -- the two entry points --------------------------------------------------------------------
     def step(self, loss: Tensor | float | None = None, closure=None) -> bool:
-        """Check ``loss`` and the gradients, step the optimizer if they are finite, then :meth:`check`.
+        """Check ``loss`` and the gradients, step the optimizer if they are finite, then `check`.
 
         Call after ``loss.backward()`` in place of ``optimizer.step()``. Returns True when the
         update was made and the model is healthy; False when the step was skipped or rolled back.
@@ -304,7 +304,7 @@ def _first_non_finite(named: list[tuple[str, Tensor]], what: str) -> str | None:
 
 
 def guard(model: nn.Module, optimizer: torch.optim.Optimizer | None = None, **options) -> Guard:
-    """A :class:`Guard` for ``model`` (and ``optimizer``): ``guard.step(loss)`` replaces
+    """A [`Guard`][symopt.Guard] for ``model`` (and ``optimizer``): ``guard.step(loss)`` replaces
     ``optimizer.step()``; it skips or rolls back a step that breaks the model.
 
     A NaN / Inf loss or gradient skips the step; NaN / Inf in a parameter or buffer after a step,
@@ -314,9 +314,9 @@ def guard(model: nn.Module, optimizer: torch.optim.Optimizer | None = None, **op
 
     Args:
         model: the module being trained.
-        optimizer: its optimizer (needed for :meth:`Guard.step` and to restore its state).
+        optimizer: its optimizer (needed for `Guard.step` and to restore its state).
         **options: ``patience``, ``rise``, ``lr_factor``, ``max_failures``, ``every`` (see
-            :class:`Guard`).
+            [`Guard`][symopt.Guard]).
 
     Returns:
         Guard: holding a snapshot of the current (good) state.

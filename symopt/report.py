@@ -1,4 +1,4 @@
-"""Layer 3 — :func:`report`: where each constraint stands during training."""
+"""Layer 3 — [`report`][symopt.report]: where each constraint stands during training."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from .attach import constraints
 
 @dataclass(frozen=True)
 class ReportRow:
-    """One constraint's line in a :class:`Report`.
+    """One constraint's line in a [`Report`][symopt.Report].
 
     Attributes:
         name: the dotted name(s) of the constrained tensor(s).
@@ -39,7 +39,7 @@ class ReportRow:
 
 
 class Report(list):
-    """A list of :class:`ReportRow` (one per constraint) that prints as a table.
+    """A list of `ReportRow` (one per constraint) that prints as a table.
 
     Examples:
         >>> import torch, symopt
@@ -60,7 +60,7 @@ def report(model: nn.Module, tol: float = 1e-6) -> Report:
     """Per constraint: name, kind, strength, violation, density / rank, factor balance, penalty.
 
     Changes nothing and needs no loss: it reads the current tensors and factors. For optimality
-    (the KKT residual, the multipliers) use :func:`symopt.certify`.
+    (the KKT residual, the multipliers) use [`symopt.certify`][symopt.certify].
 
     Args:
         model: the module holding the constraints.
@@ -68,8 +68,8 @@ def report(model: nn.Module, tol: float = 1e-6) -> Report:
             the violation of the sparsity / rank kinds.
 
     Returns:
-        Report: one :class:`ReportRow` per constraint; ``print`` shows a table. A tensor holding
-        NaN / Inf gives a NaN violation and structure "non-finite" instead of an error.
+        Report: one `ReportRow` per constraint; ``print`` shows a table. A tensor holding
+            NaN / Inf gives a NaN violation and structure "non-finite" instead of an error.
 
     Raises:
         TypeError: ``model`` is not an ``nn.Module``.

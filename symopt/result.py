@@ -16,7 +16,20 @@ def elapsed_since(start: float, device: torch.device) -> float:
 
 
 class NotApplicable(ValueError):
-    """A solver has no method for this problem (e.g. cvxpy for a problem without a convex twin)."""
+    """A solver has no method for this problem (e.g. cvxpy for a problem without a convex twin).
+
+    [`symopt.compare`][symopt.compare] shows it as ``n/a: <message>`` instead of failing the run.
+
+    Examples:
+        >>> import symopt
+        >>> from symopt.baselines import solve_sklearn
+        >>> from symopt.problems import make_equality_ls
+        >>> try:
+        ...     solve_sklearn(make_equality_ls(n=20, d=5, constraints=1))
+        ... except symopt.baselines.NotApplicable as why:
+        ...     print(why)
+        no scikit-learn solver for equality_ls
+    """
 
 
 @dataclass
@@ -35,8 +48,15 @@ class Result:
         status: ``"optimal"``, ``"max_iter"``, ``"stalled"``, ``"nan"`` or a baseline's own status.
         solver: name of the solver.
         message: human-readable detail.
-        strength: the λ solved at (for a budget problem, the λ that :func:`symopt.solve` found).
-        problem: the problem solved (lets :func:`symopt.certify` re-measure the result).
+        strength: the λ solved at (for a budget problem, the λ that [`symopt.solve`][symopt.solve] found).
+        problem: the problem solved (lets [`symopt.certify`][symopt.certify] re-measure the result).
+
+    Examples:
+        >>> import symopt
+        >>> from symopt.problems import make_lasso
+        >>> result = symopt.solve(make_lasso(n=40, d=20, nonzeros=3))
+        >>> result.status, result.solver, result.kkt_residual < 1e-6, result.history[-1][1] == result.objective
+        ('optimal', 'dcs', True, True)
     """
 
     x: torch.Tensor

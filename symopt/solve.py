@@ -1,4 +1,4 @@
-"""Layer 4 — ``symopt.solve``: DCS on a :class:`~symopt.problems.Problem`.
+"""Layer 4 — ``symopt.solve``: DCS on a [`Problem`][symopt.Problem].
 
 Uses the same parametrizations as the training API (a holder module, ``symopt.constrain``,
 ``symopt.penalty``), minimised by L-BFGS with a strong-Wolfe line search or by accelerated gradient
@@ -122,7 +122,7 @@ class _Watchdog:
 
 
 class _Variable(nn.Module):
-    """Holds the problem's variable. A tie acts across tensors, so for :class:`Tied` the variable
+    """Holds the problem's variable. A tie acts across tensors, so for [`Tied`][symopt.Tied] the variable
     ``(k, ...)`` is k parameters and ``theta`` stacks them."""
 
     def __init__(self, shape, device, dtype, constraint: Constraint):
@@ -148,9 +148,16 @@ def solve(problem: Problem, device=None, dtype=None, method: str = "auto", tol: 
           max_rounds: int = 40) -> Result:
     """Solve ``problem`` by DCS.
 
+    DCS minimises the smooth factored objective ``loss(c(factors)) + (λ/2)‖factors‖²`` (``c`` the
+    constraint's parametrisation, the same one the training API registers), whose minimisers are
+    those of ``loss(θ) + λ‖θ‖`` (the induced norm); for the linear kinds, with ``λ`` above the
+    multipliers, those of ``loss`` on the constraint set. It stops on the KKT residual of the
+    original problem, measured at θ = c(factors), not on the factored gradient.
+
     Args:
-        problem: a :class:`~symopt.problems.Problem`.
-        device, dtype: where and in which precision to solve (default CPU, float64).
+        problem: a [`Problem`][symopt.Problem].
+        device: where to solve (default CPU; ``"cuda"`` on a GPU).
+        dtype: the precision (default float64).
         method: ``"lbfgs"`` (L-BFGS, strong-Wolfe line search), ``"momentum"`` (Nesterov with a
             backtracked Lipschitz step and restarts) or ``"auto"`` (= ``"lbfgs"``, the faster on
             every built-in family).
@@ -167,32 +174,27 @@ def solve(problem: Problem, device=None, dtype=None, method: str = "auto", tol: 
     A *budget* problem (``lasso(X, y, max_nonzero=k)``, ``target_rank=r``, ...) has no fixed λ:
     solve searches the regularisation path. Each round solves at one λ to the KKT tolerance (warm
     started) and counts the atoms of the certified point; λ then moves to the budget controller's
-    target (:mod:`symopt.constraints.budget`) — evaluated at an exact solution, so its prediction is
+    target (`symopt.constraints.budget`) — evaluated at an exact solution, so its prediction is
     the support at that λ — safeguarded by bisection between the largest λ seen with too many atoms
     and the smallest with too few. It stops at the first λ whose solution has exactly the budget:
     that λ is on the path interval with that support size, and ``result.strength`` reports it.
 
     Returns:
-        :class:`~symopt.result.Result` with a status and a message, never an exception from inside
-        torch:
-
-        * ``optimal`` — KKT residual (and violation) below tolerance;
-        * ``max_iter`` — out of iterations;
-        * ``stalled`` — the line search can no longer decrease the objective: ``tol`` is below what
-          the precision allows;
-        * ``nan`` — the objective, its gradient, the iterate or the factors became NaN or Inf (or
-          were so at θ = 0);
-        * ``diverged`` — the objective rose for 10 iterations in a row, fell without bound (‖θ‖
-          doubling each iteration), or no step size decreased it (``method="momentum"``);
-        * ``budget_unreachable`` (budgets) — the path jumps over the budget: no λ gives exactly
-          that many atoms; ``x`` is then the solution with the nearest larger support, snapped
-          to the budget.
-
-        After ``nan`` or ``diverged``, ``x`` is the last finite certified point (θ = 0 if there
-        was none) and the message names the iteration.
+        Result: a status and a message, never an exception from inside torch. The statuses:
+            ``optimal`` (KKT residual, and violation, below tolerance); ``max_iter`` (out of
+            iterations); ``stalled`` (the line search can no longer decrease the objective: ``tol``
+            is below what the precision allows); ``nan`` (the objective, its gradient, the iterate
+            or the factors became NaN or Inf, or were so at θ = 0); ``diverged`` (the objective
+            rose for 10 iterations in a row, fell without bound, or no step size decreased it);
+            ``budget_unreachable`` (budgets: the path jumps over the budget; ``x`` is the solution
+            with the nearest larger support, snapped to the budget). After ``nan`` or
+            ``diverged``, ``x`` is the last finite certified point (θ = 0 if there was none) and
+            the message names the iteration.
 
     Raises:
-        TypeError / ValueError: bad options (named), or a loss that cannot be evaluated at θ = 0.
+        TypeError: ``problem`` is not a [`Problem`][symopt.Problem].
+        ValueError: a bad option (named in the message), or a loss that cannot be evaluated at
+            θ = 0 (a shape bug, a non-scalar output, no dependence on θ).
 
     Examples:
         >>> import symopt
@@ -393,7 +395,7 @@ class _Descent:
 
 def _search_path(descent: _Descent, constraint: Constraint, loss, max_iter: int, max_rounds: int,
                  start: float) -> tuple[str, str]:
-    """Find λ whose solution has exactly ``constraint.budget`` atoms (see :func:`solve`)."""
+    """Find λ whose solution has exactly ``constraint.budget`` atoms (see [`solve`][symopt.solve])."""
     k = constraint.budget
     lam = constraint.strength or split_point(constraint.atoms(descent.grad0), k)  # where k atoms would leave 0
     too_many, too_few = 0.0, math.inf  # largest λ with > k atoms, smallest with < k

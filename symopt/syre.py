@@ -1,5 +1,5 @@
-"""Layer 3 — :func:`syre`: remove unwanted symmetries by decaying toward random anchors
-(Ziyin, Xu, Chuang, arXiv 2408.15495; the maths is in :mod:`symopt.constraints.anchor`)."""
+"""Layer 3 — [`syre`][symopt.syre]: remove unwanted symmetries by decaying toward random anchors
+(Ziyin, Xu, Chuang, arXiv 2408.15495; the maths is in `symopt.constraints.anchor`)."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def syre(model: nn.Module, strength: float, names: Sequence[str] | None = None, 
 
     Returns:
         list[Handle]: one handle per anchored tensor (kind ``"anchor"``); they appear in
-        :func:`symopt.constraints` and :func:`symopt.report` like the constraints.
+            [`symopt.constraints`][symopt.constraints] and [`symopt.report`][symopt.report] like the constraints.
 
     Raises:
         ValueError: before changing anything, if a tensor carries a symopt constraint (syre

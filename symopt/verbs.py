@@ -1,7 +1,7 @@
 """One-line verbs: ``symopt.sparse(module, "weight", strength=...)`` etc.
 
-Each builds the constraint object and calls :func:`symopt.constrain`; they return its
-:class:`~symopt.attach.Handle`. Names may be dotted (``"encoder.0.weight"``).
+Each builds the constraint object and calls [`symopt.constrain`][symopt.constrain]; they return its
+[`Handle`][symopt.Handle]. Names may be dotted (``"encoder.0.weight"``).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ def sparse(module: nn.Module, name: str, strength: float | None = None, **kwargs
     """Elementwise sparsity: ``w = u ⊙ v``, so the decay ``(λ/2)(‖u‖² + ‖v‖²)`` is ``λ‖w‖₁``.
 
     The mirror ``(u_i, v_i) → (−u_i, −v_i)`` fixes ``w_i = 0``; a zero is stable while
-    ``|∂ℓ/∂w_i| ≤ λ`` (the Lasso's optimality condition). See :class:`~symopt.Sparse`.
+    ``|∂ℓ/∂w_i| ≤ λ`` (the Lasso's optimality condition). See [`Sparse`][symopt.Sparse].
 
     Args:
         module: the module that owns the parameter (or an ancestor, with a dotted ``name``).
@@ -28,7 +28,7 @@ def sparse(module: nn.Module, name: str, strength: float | None = None, **kwargs
 
     Returns:
         Handle: the registered constraint. ``module.<name>`` keeps its value; its parameter is
-        replaced by the factors, so build the optimizer afterwards.
+            replaced by the factors, so build the optimizer afterwards.
 
     Raises:
         ValueError: no such parameter, one already constrained, or an invalid option (the message
@@ -51,7 +51,7 @@ def group_sparse(module: nn.Module, name: str, dim: int | None = None, strength:
     """Group sparsity: a scalar gate per group, ``w_g = s_g·ω_g``, so the decay is ``λΣ_g‖w_g‖₂``.
 
     The mirror ``(s_g, ω_g) → (−s_g, −ω_g)`` fixes the whole group at ``w_g = 0``; a group stays
-    zero while ``‖∇_{w_g} ℓ‖₂ ≤ λ``. See :class:`~symopt.GroupSparse`.
+    zero while ``‖∇_{w_g} ℓ‖₂ ≤ λ``. See [`GroupSparse`][symopt.GroupSparse].
 
     Args:
         module: the module that owns the parameter (or an ancestor, with a dotted ``name``).
@@ -64,7 +64,7 @@ def group_sparse(module: nn.Module, name: str, dim: int | None = None, strength:
 
     Returns:
         Handle: the registered constraint. ``module.<name>`` keeps its value; its parameter is
-        replaced by the factors, so build the optimizer afterwards.
+            replaced by the factors, so build the optimizer afterwards.
 
     Raises:
         ValueError: no such parameter, one already constrained, or an invalid option (the message
@@ -87,7 +87,7 @@ def low_rank(module: nn.Module, name: str, strength: float | None = None, max_ra
 
     ``‖W‖_* ≤ ‖U‖_F‖V‖_F ≤ (‖U‖²_F + ‖V‖²_F)/2`` with equality at the balanced SVD factors; the
     mirrors ``U → UQ, V → VQ`` (``Q = I − 2nnᵀ``) each fix one removed singular direction. See
-    :class:`~symopt.LowRank`.
+    [`LowRank`][symopt.LowRank].
 
     Args:
         module: the module that owns the parameter (or an ancestor, with a dotted ``name``).
@@ -100,7 +100,7 @@ def low_rank(module: nn.Module, name: str, strength: float | None = None, max_ra
 
     Returns:
         Handle: the registered constraint. ``module.<name>`` keeps its value; its parameter is
-        replaced by the factors, so build the optimizer afterwards.
+            replaced by the factors, so build the optimizer afterwards.
 
     Raises:
         ValueError: no such parameter, one already constrained, or an invalid option (the message
@@ -122,7 +122,7 @@ def subspace(module: nn.Module, name: str, A, strength: float | str = "auto", **
 
     ``θ = (I − OOᵀ)w + O(a ⊙ b)`` with ``O`` an orthonormal basis of rowspace(A); the mirrors
     ``(a_i, b_i) → (−a_i, −b_i)`` fix ``Oᵀθ = 0``. Exact once ``λ > ‖Oᵀ∇ℓ(θ*)‖_∞``, the Lagrange
-    multipliers at the constrained optimum. See :class:`~symopt.Subspace`.
+    multipliers at the constrained optimum. See [`Subspace`][symopt.Subspace].
 
     Args:
         module: the module that owns the parameter (or an ancestor, with a dotted ``name``).
@@ -134,7 +134,7 @@ def subspace(module: nn.Module, name: str, A, strength: float | str = "auto", **
 
     Returns:
         Handle: the registered constraint. ``module.<name>`` keeps its value; its parameter is
-        replaced by the factors, so build the optimizer afterwards.
+            replaced by the factors, so build the optimizer afterwards.
 
     Raises:
         ValueError: no such parameter, one already constrained, or an invalid option (the message
@@ -155,7 +155,7 @@ def fixed_zeros(module: nn.Module, name: str, mask, strength: float | str = "aut
     """``θ[mask] = 0`` by the exact penalty ``λ‖θ[mask]‖₁`` (no dense basis).
 
     The masked entries are ``a ⊙ b``; the mirrors ``(a_i, b_i) → (−a_i, −b_i)`` fix them at zero.
-    Exact once ``λ > ‖∇ℓ(θ*)[mask]‖_∞``. See :class:`~symopt.FixedZeros`.
+    Exact once ``λ > ‖∇ℓ(θ*)[mask]‖_∞``. See [`FixedZeros`][symopt.FixedZeros].
 
     Args:
         module: the module that owns the parameter (or an ancestor, with a dotted ``name``).
@@ -166,7 +166,7 @@ def fixed_zeros(module: nn.Module, name: str, mask, strength: float | str = "aut
 
     Returns:
         Handle: the registered constraint. ``module.<name>`` keeps its value; its parameter is
-        replaced by the factors, so build the optimizer afterwards.
+            replaced by the factors, so build the optimizer afterwards.
 
     Raises:
         ValueError: no such parameter, one already constrained, or an invalid option (the message
@@ -188,7 +188,7 @@ def tie(model: nn.Module, names: Sequence[str], strength: float | str = "auto", 
 
     ``θ_j = m + u_j ⊙ v_j`` with a shared free centre ``m``; the mirrors ``(u_j, v_j) → −(u_j, v_j)``
     fix ``θ_j = m`` for every copy. Exact once ``λ > max_j ‖∇_{θ_j}ℓ(θ*)‖_∞``. See
-    :class:`~symopt.Tied`.
+    [`Tied`][symopt.Tied].
 
     Args:
         model: the module that owns every tied parameter (or a common ancestor).
@@ -198,7 +198,7 @@ def tie(model: nn.Module, names: Sequence[str], strength: float | str = "auto", 
 
     Returns:
         Handle: the registered constraint. ``module.<name>`` keeps its value; its parameter is
-        replaced by the factors, so build the optimizer afterwards.
+            replaced by the factors, so build the optimizer afterwards.
 
     Raises:
         TypeError: ``names`` is a single string.

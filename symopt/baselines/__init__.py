@@ -1,14 +1,14 @@
 """Layer 4 — independent solvers to check DCS against, each ``f(problem) -> Result``:
 
-- :func:`cvxpy` — the convex twin with Clarabel (any cvxpy solver by name);
-- :func:`projected` — proximal / projected FISTA on the original variable;
-- :func:`geoopt` — rank bounds with Stiefel factors and RiemannianAdam;
-- :func:`sklearn` — scikit-learn's Lasso and L1 logistic regression, skglm's group lasso;
-- :func:`skglm` — skglm's Lasso, sparse logistic regression and group lasso.
+- `cvxpy` — the convex twin with Clarabel (any cvxpy solver by name);
+- `projected` — proximal / projected FISTA on the original variable;
+- `geoopt` — rank bounds with Stiefel factors and RiemannianAdam;
+- `sklearn` — scikit-learn's Lasso and L1 logistic regression, skglm's group lasso;
+- `skglm` — skglm's Lasso, sparse logistic regression and group lasso.
 
 Optional imports: a missing package raises ``ImportError`` naming the extra (never at
 ``import symopt``); a solver with no method for a problem raises
-:class:`~symopt.result.NotApplicable`.
+`NotApplicable`.
 """
 
 from ..result import NotApplicable

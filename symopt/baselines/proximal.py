@@ -18,7 +18,33 @@ from ..result import Result, elapsed_since
 
 def solve_proximal(problem: Problem, device=None, dtype=torch.float64, tol: float = 1e-6,
                    max_iter: int = 20_000) -> Result:
-    """FISTA; stops when the KKT residual ≤ ``tol × ‖∇loss(0)‖`` (as :func:`symopt.solve`)."""
+    """Accelerated proximal / projected gradient (FISTA) on the original variable θ.
+
+    Penalty kinds take the proximal step of ``λ‖·‖`` (soft thresholding of entries, groups or
+    singular values); linear kinds project onto the set, ``θ − O Oᵀθ``. The step ``1/L`` is found
+    by backtracking on the quadratic upper bound. It stops when the KKT residual
+    ``≤ tol × ‖∇loss(0)‖``, the same test as [`symopt.solve`][symopt.solve].
+
+    Args:
+        problem: a [`Problem`][symopt.Problem] with a fixed λ.
+        device: where to run (default CPU).
+        dtype: the precision (default float64).
+        tol: relative KKT tolerance.
+        max_iter: iterations before ``status="max_iter"``.
+
+    Returns:
+        Result: ``solver="proximal"``, with the iteration history.
+
+    Raises:
+        NotApplicable: a budget problem (no fixed λ).
+
+    Examples:
+        >>> from symopt.baselines import solve_proximal
+        >>> from symopt.problems import make_equality_ls
+        >>> result = solve_proximal(make_equality_ls(n=40, d=10, constraints=2))
+        >>> result.status, result.violation < 1e-12
+        ('optimal', True)
+    """
     problem.require_strength("proximal")
     device = torch.device(device or "cpu")
     data = problem.data_on(device, dtype)

@@ -16,8 +16,36 @@ from ..result import NotApplicable, Result, elapsed_since
 
 def solve_geoopt(problem: Problem, device=None, dtype=torch.float64, tol: float = 1e-6, max_iter: int = 10_000,
                  lr: float = 0.3, seed: int = 0) -> Result:
-    """RiemannianAdam (learning rate decayed ×0.5 on plateaus) from a random orthonormal start;
-    stops when the KKT residual on the rank-r manifold ≤ ``tol × ‖∇loss(0)‖``."""
+    """Hard rank ``r`` by Riemannian optimisation: ``W = U diag(s) Vᵀ`` with ``U``, ``V`` on Stiefel manifolds.
+
+    RiemannianAdam (geoopt; learning rate decayed ×0.5 on plateaus) from a random orthonormal
+    start. For a penalised problem the penalty ``λΣ|s_i|`` is added. It stops when the KKT
+    residual on the rank-r manifold ``≤ tol × ‖∇loss(0)‖``.
+
+    Args:
+        problem: a matrix [`Problem`][symopt.Problem] whose constraint is ``LowRank(max_rank=r)``.
+        device: where to run (default CPU).
+        dtype: the precision (default float64).
+        tol: relative KKT tolerance.
+        max_iter: iterations before ``status="max_iter"``.
+        lr: the initial learning rate.
+        seed: seed of the random start.
+
+    Returns:
+        Result: ``solver="geoopt[RiemannianAdam]"``, with the iteration history.
+
+    Raises:
+        ImportError: geoopt is not installed (``pip install 'symopt[baselines]'``).
+        NotApplicable: the problem has no rank bound, is not a matrix, or is a budget problem.
+
+    Examples:
+        >>> from symopt.baselines import solve_geoopt
+        >>> from symopt.problems import make_low_rank_regression
+        >>> problem = make_low_rank_regression(n=60, p=8, q=6, rank=2, hard_rank=2, orthogonal=True)
+        >>> result = solve_geoopt(problem, max_iter=3000)
+        >>> float((result.x - problem.meta["solution"]).abs().max()) < 1e-4
+        True
+    """
     try:
         import geoopt
     except ImportError as err:  # pragma: no cover

@@ -15,8 +15,33 @@ from ..result import NotApplicable, Result
 
 
 def solve_sklearn(problem: Problem, tol: float = 1e-10, max_iter: int = 10_000) -> Result:
-    """Lasso (``alpha = λ``), L1 logistic regression (``C = 1/(nλ)``) without intercept, or skglm's
-    ``GroupLasso(groups, alpha = λ)`` (same ``1/(2n)`` scaling; needs skglm, in the baselines extra)."""
+    """scikit-learn's coordinate descent: ``Lasso(alpha = λ)``, or ``LogisticRegression`` with an L1
+    penalty and ``C = 1/(nλ)`` (liblinear), both without intercept; for the group lasso, skglm's
+    ``GroupLasso(groups, alpha = λ)`` (same ``1/(2n)`` scaling).
+
+    The scalings match the problems: sklearn's Lasso minimises ``1/(2n)‖Xw − y‖² + α‖w‖₁``, and
+    ``C·Σ log-loss + ‖w‖₁`` has the minimiser of ``mean log-loss + λ‖w‖₁`` when ``C = 1/(nλ)``.
+
+    Args:
+        problem: a lasso, logistic-L1 or group-lasso [`Problem`][symopt.Problem] with a fixed λ.
+        tol: the solver's tolerance (tight by default, to compare at 1e-6).
+        max_iter: the solver's iteration limit.
+
+    Returns:
+        Result: ``kkt_residual`` measured at the answer, ``solver`` names the estimator.
+
+    Raises:
+        ImportError: scikit-learn (or skglm, for the group lasso) is not installed.
+        NotApplicable: another family, or a budget problem.
+
+    Examples:
+        >>> import symopt
+        >>> from symopt.baselines import solve_sklearn
+        >>> from symopt.problems import make_lasso
+        >>> problem = make_lasso(n=40, d=20, nonzeros=3)
+        >>> abs(solve_sklearn(problem).objective - symopt.solve(problem).objective) < 1e-9
+        True
+    """
     try:
         from sklearn.linear_model import Lasso, LogisticRegression
     except ImportError as err:  # pragma: no cover
@@ -43,8 +68,32 @@ def solve_sklearn(problem: Problem, tol: float = 1e-10, max_iter: int = 10_000) 
 
 
 def solve_skglm(problem: Problem, tol: float = 1e-10, max_iter: int = 10_000) -> Result:
-    """skglm's ``Lasso(alpha = λ)``, ``SparseLogisticRegression(alpha = λ)`` or ``GroupLasso`` (no
-    intercept; the same ``1/(2n)`` and mean log-loss scalings as the problems)."""
+    """skglm's working-set coordinate descent: ``Lasso(alpha = λ)``, ``SparseLogisticRegression(alpha = λ)``
+    or ``GroupLasso(groups, alpha = λ)``, without intercept.
+
+    The fastest CPU baseline for these families (see the benchmarks); the scalings are the
+    problems' own (``1/(2n)`` least squares, mean log-loss), so ``alpha`` is λ.
+
+    Args:
+        problem: a lasso, logistic-L1 or group-lasso [`Problem`][symopt.Problem] with a fixed λ.
+        tol: the solver's tolerance.
+        max_iter: the solver's iteration limit.
+
+    Returns:
+        Result: ``kkt_residual`` measured at the answer, ``solver`` names the estimator.
+
+    Raises:
+        ImportError: skglm is not installed (``pip install 'symopt[baselines]'``).
+        NotApplicable: another family, or a budget problem.
+
+    Examples:
+        >>> import symopt
+        >>> from symopt.baselines import solve_skglm
+        >>> from symopt.problems import make_group_lasso
+        >>> problem = make_group_lasso(n=60, d=40, group_size=4, active_groups=2)
+        >>> abs(solve_skglm(problem).objective - symopt.solve(problem).objective) < 1e-9
+        True
+    """
     try:
         from skglm import GroupLasso, Lasso, SparseLogisticRegression
     except ImportError as err:  # pragma: no cover

@@ -26,14 +26,16 @@ from .base import Constraint, require_floating
 
 
 class Anchor(Constraint):
-    r"""Decay toward a fixed random anchor (register with :func:`symopt.syre`).
+    r"""Decay toward a fixed random anchor (register with [`symopt.syre`][symopt.syre]).
 
     Args:
         strength: λ of the decay ``(λ/2) Σ D_ii (φ_i − θ₀_i)²`` (> 0).
         sigma: std ``σ₀`` of the anchor; ``None`` means 0.01 × the tensor's std at registration
             (0.01/√fan_in for a constant tensor).
         anisotropy: ε of ``D_ii ~ U(1 − ε, 1 + ε)``, in [0, 1); 0 gives ``D = I``.
-        seed, stream: the anchor's random stream (``syre`` derives ``stream`` from the name).
+        seed: the anchor's random seed.
+        stream: a second key of the random stream (``syre`` derives it from the tensor's name, so
+            each tensor gets its own anchor from one seed).
 
     Examples:
         >>> import torch, symopt

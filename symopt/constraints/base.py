@@ -1,12 +1,12 @@
 """The contract every constraint kind fulfils, and the helpers they share.
 
-A constraint kind is a :class:`torch.nn.Module` usable as a ``torch.nn.utils.parametrize``
+A constraint kind is a `torch.nn.Module` usable as a ``torch.nn.utils.parametrize``
 parametrization: ``right_inverse(value)`` splits a tensor into *factors*, ``forward(*factors)``
 rebuilds the tensor from them. The factorisation is chosen so that the loss gains a mirror
 symmetry whose fixed subspace is the constraint set, and a weight decay ``(λ/2)‖factor‖²`` on the
 ``decayed`` factors induces a norm penalty ``λ·induced_norm(value)`` (Ziyin, ICML 2024).
 
-Registration, discovery and state_dict hooks live in :mod:`symopt.attach`; this layer is maths only.
+Registration, discovery and state_dict hooks live in `symopt.attach`; this layer is maths only.
 """
 
 from __future__ import annotations
@@ -265,7 +265,7 @@ class Constraint(nn.Module):
         return 0.5 * self.strength * total
 
     def violation(self, value: Tensor, tol: float = 0.0) -> float:
-        """Euclidean distance from ``value`` to its snap (:meth:`snap`: atoms ``<= tol`` zeroed and,
+        """Euclidean distance from ``value`` to its snap (`snap`: atoms ``<= tol`` zeroed and,
         with a budget, all but the ``budget`` largest)."""
         return float((value - self.snap(value, tol)).norm())
 

@@ -31,7 +31,7 @@ class GroupSparse(Constraint):
         strength: λ (> 0). Default 1e-3; with a budget, the starting λ (default: from the first
             gradient).
         max_groups: budget: λ adapts during training until exactly this many groups are non-zero;
-            :func:`symopt.finalize` keeps the largest groups.
+            [`symopt.finalize`][symopt.finalize] keeps the largest groups.
         groups: instead of ``dim``: a list of index lists into ``w.reshape(-1)``, disjoint and
             covering every entry, or an int ``k`` for consecutive groups of ``k`` entries.
         adapt_rate: fraction of the way log λ moves toward the budget's target per optimizer step.

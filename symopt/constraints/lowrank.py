@@ -36,7 +36,7 @@ class LowRank(Constraint):
             larger rank, registration keeps its best rank-``r`` approximation and warns.
         layout: ``"flatten"`` or ``"batch"`` (see above).
         target_rank: budget ``r`` (≤ ``max_rank``): λ adapts during training until the rank is r;
-            :func:`symopt.finalize` keeps the r largest singular values. ``"flatten"`` layout only.
+            [`symopt.finalize`][symopt.finalize] keeps the r largest singular values. ``"flatten"`` layout only.
         adapt_rate: fraction of the way log λ moves toward the budget's target per optimizer step.
         seed: seed of the factor initialisation.
 

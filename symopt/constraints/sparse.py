@@ -5,7 +5,7 @@ its fixed subspace is ``u_i = v_i = 0``, i.e. ``w_i = 0``.
 Penalty: ``min_{u⊙v=w} (λ/2)(‖u‖² + ‖v‖²) = λ‖w‖₁`` (AM–GM), so decaying the factors solves the
 Lasso-penalised problem; exactness threshold for a zero entry: ``|∂ℓ/∂w_i| ≤ λ``.
 Budget ``max_nonzero=k``: λ adapts to the point of the Lasso path with k non-zeros
-(:mod:`symopt.constraints.budget`).
+(`symopt.constraints.budget`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ class Sparse(Constraint):
         strength: λ, the coefficient of the induced ``ℓ₁`` penalty (> 0). Default 1e-3; with a
             budget, the starting λ (default: taken from the first gradient).
         max_nonzero: budget ``k``: λ adapts during training until exactly k entries are non-zero
-            (the Lasso-path point with support size k); :func:`symopt.finalize` keeps the k largest.
+            (the Lasso-path point with support size k); [`symopt.finalize`][symopt.finalize] keeps the k largest.
         density: the budget as a fraction of the entries (``k = round(density · numel)``).
         adapt_rate: fraction of the way log λ moves toward the budget's target per optimizer step.
         seed: seed of the random, sign-independent factor initialisation.

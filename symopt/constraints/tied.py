@@ -17,10 +17,10 @@ from .base import Constraint, hadamard_balance, split_product
 
 
 class Tied(Constraint):
-    r"""Ties k ≥ 2 tensors of one shape, dtype and device (register with :func:`symopt.tie`).
+    r"""Ties k ≥ 2 tensors of one shape, dtype and device (register with [`symopt.tie`][symopt.tie]).
 
     This object is the *group*: it owns the shared centre ``m`` (an ``nn.Parameter``, not decayed);
-    each tied tensor gets a :class:`TiedMember` parametrization ``θ_j = m + u_j ⊙ v_j`` whose factors
+    each tied tensor gets a `TiedMember` parametrization ``θ_j = m + u_j ⊙ v_j`` whose factors
     are decayed. The methods below act on the members' values, as a sequence or stacked along a
     new first axis (``project`` returns them stacked).
 

@@ -22,7 +22,7 @@ class Problem:
         name: short label, e.g. ``"lasso 200x500"``.
         shape: shape of the variable θ.
         loss: ``loss(theta, **data) -> scalar tensor``, smooth and differentiable.
-        constraint: factory returning a fresh :class:`~symopt.Constraint` (strength included).
+        constraint: factory returning a fresh [`Constraint`][symopt.Constraint] (strength included).
         data: tensors the loss needs; moved to the solver's device and dtype.
         cvxpy: optional twin ``cvxpy(**numpy_data) -> (variable, objective, constraints)`` whose
             variable has ``shape`` and whose optimum is the problem's optimum.
@@ -32,10 +32,24 @@ class Problem:
             strength).
         at_strength: for budget problems (``max_nonzero``, ``max_groups``, ``target_rank``), the
             penalised problem at a given λ — ``problem.at_strength(result.strength)`` is the convex
-            problem that :func:`symopt.solve`'s answer solves, for cvxpy and the other baselines.
+            problem that [`symopt.solve`][symopt.solve]'s answer solves, for cvxpy and the other baselines.
         dual: for penalised convex families, ``dual(θ, data, constraint) -> (D(ν), ν)``: a
-            dual-feasible point built from θ and its dual objective (:mod:`symopt.problems.duality`);
-            ``objective − D(ν)`` is the duality gap that :func:`symopt.certify` reports.
+            dual-feasible point built from θ and its dual objective (`symopt.problems.duality`);
+            ``objective − D(ν)`` is the duality gap that [`symopt.certify`][symopt.certify] reports.
+
+    Examples:
+        A problem of your own: least squares with the weights summing to zero, then solved.
+
+        >>> import torch, symopt
+        >>> X, y = torch.randn(30, 4, dtype=torch.float64), torch.randn(30, dtype=torch.float64)
+        >>> problem = symopt.Problem(
+        ...     name="sum-zero LS", shape=(4,),
+        ...     loss=lambda theta, X, y: 0.5 * (X @ theta - y).square().mean(),
+        ...     constraint=lambda: symopt.Subspace(torch.ones(1, 4), strength=10.0),
+        ...     data={"X": X, "y": y}, penalized=False)
+        >>> result = symopt.solve(problem)
+        >>> result.status, abs(float(result.x.sum())) < 1e-10
+        ('optimal', True)
     """
 
     name: str
@@ -55,7 +69,7 @@ class Problem:
         return self.meta.get("budget")
 
     def require_strength(self, solver: str) -> None:
-        """Baselines solve at a fixed λ; a budget problem has none until :func:`symopt.solve` finds it."""
+        """Baselines solve at a fixed λ; a budget problem has none until [`symopt.solve`][symopt.solve] finds it."""
         if self.budget is not None:
             raise NotApplicable(
                 f"{solver}: '{self.name}' has a budget, not a strength; solve it with symopt.solve, then run "

@@ -56,10 +56,34 @@ def _least_squares(theta: Tensor, X: Tensor, y: Tensor) -> Tensor:
 
 
 def lasso(X, y, strength: float | None = None, *, max_nonzero: int | None = None) -> Problem:
-    """``1/(2n)‖Xw − y‖² + λ‖w‖₁`` (scikit-learn's ``Lasso(alpha=λ, fit_intercept=False)``).
+    """The Lasso ``1/(2n)‖Xw − y‖² + λ‖w‖₁`` (scikit-learn's ``Lasso(alpha=λ, fit_intercept=False)``).
 
-    With ``max_nonzero=k`` instead of ``strength``: the Lasso-path point with k non-zeros
-    (:func:`symopt.solve` finds its λ; ``problem.at_strength(λ)`` is the penalised problem)."""
+    DCS solves it as ``1/(2n)‖X(u ⊙ v) − y‖² + (λ/2)(‖u‖² + ‖v‖²)`` ([`Sparse`][symopt.Sparse]).
+    ``w = 0`` is optimal iff ``λ ≥ ‖Xᵀy‖_∞ / n``.
+
+    Args:
+        X: ``(n, d)`` design matrix (tensor or array; float64 recommended).
+        y: ``(n,)`` targets.
+        strength: λ (> 0).
+        max_nonzero: instead of ``strength``: the Lasso-path point with this many non-zeros
+            ([`symopt.solve`][symopt.solve] finds its λ; ``problem.at_strength(λ)`` is the penalised problem).
+
+    Returns:
+        Problem: with a cvxpy twin and a Fenchel dual (for the duality gap).
+
+    Raises:
+        TypeError: complex or non-numeric data (named).
+        ValueError: mismatched shapes, empty data, NaN / Inf entries (counted), a bad strength, or
+            both / neither of strength and budget.
+
+    Examples:
+        >>> import torch, symopt
+        >>> from symopt.problems import lasso
+        >>> X = torch.eye(3, dtype=torch.float64) * 3 ** 0.5        # XᵀX/n = I: soft thresholding
+        >>> result = symopt.solve(lasso(X, torch.tensor([3.0, 0.6, -1.5], dtype=torch.float64), 0.5))
+        >>> [round(v, 6) for v in result.x.tolist()]               # Xᵀy/n = (√3, 0.2√3, −0.5√3), shrunk by 0.5
+        [1.232051, 0.0, -0.366025]
+    """
     X, y = _check_xy(X, y)
     n, d = X.shape
     _strength_or_budget("lasso", strength, max_nonzero, "max_nonzero")
@@ -79,11 +103,35 @@ def lasso(X, y, strength: float | None = None, *, max_nonzero: int | None = None
 
 
 def group_lasso(X, y, groups, strength: float | None = None, *, max_groups: int | None = None) -> Problem:
-    """``1/(2n)‖Xw − y‖² + λ Σ_g ‖w_g‖₂``.
+    """The group lasso ``1/(2n)‖Xw − y‖² + λ Σ_g ‖w_g‖₂``.
 
-    ``groups``: a list of index lists covering every column once, or an int ``k`` for consecutive
-    groups of ``k`` columns. ``max_groups=g`` instead of ``strength``: the path point with g non-zero
-    groups.
+    DCS solves it with one scalar gate per group, ``w_g = s_g ω_g`` ([`GroupSparse`][symopt.GroupSparse]),
+    since ``min_{sω = w_g} (λ/2)(s² + ‖ω‖²) = λ‖w_g‖₂``. A group is zero iff ``‖X_gᵀr‖₂ / n ≤ λ``
+    at the optimum's residual ``r``.
+
+    Args:
+        X: ``(n, d)`` design matrix (tensor or array; float64 recommended).
+        y: ``(n,)`` targets.
+        groups: a list of index lists covering every column once, or an int ``k`` for consecutive
+            groups of ``k`` columns.
+        strength: λ (> 0).
+        max_groups: instead of ``strength``: the path point with this many non-zero groups.
+
+    Returns:
+        Problem: with a cvxpy twin and a Fenchel dual.
+
+    Raises:
+        TypeError: complex or non-numeric data (named).
+        ValueError: mismatched shapes, empty data, NaN / Inf entries (counted), a bad strength, or
+            both / neither of strength and budget. Groups that overlap, leave a gap or are empty are a ``ValueError`` too.
+
+    Examples:
+        >>> import symopt
+        >>> from symopt.problems import group_lasso, make_group_lasso
+        >>> base = make_group_lasso(n=80, d=40, group_size=4, active_groups=2)
+        >>> result = symopt.solve(group_lasso(base.data["X"], base.data["y"], 4, strength=0.05))
+        >>> int((result.x.reshape(10, 4).norm(dim=1) > 0).sum())    # whole groups survive
+        2
     """
     X, y = _check_xy(X, y)
     n, d = X.shape
@@ -113,8 +161,33 @@ def _logistic(theta: Tensor, X: Tensor, y: Tensor) -> Tensor:
 
 
 def logistic_l1(X, y, strength: float | None = None, *, max_nonzero: int | None = None) -> Problem:
-    """Mean log-loss (no intercept), labels in {0, 1}, ``+ λ‖w‖₁``; or ``max_nonzero=k`` (the path
-    point with k non-zeros)."""
+    """Sparse logistic regression: mean log-loss ``(1/n)Σ log(1 + e^{−s_i x_iᵀw})`` + ``λ‖w‖₁``.
+
+    Labels ``y_i ∈ {0, 1}`` (``s_i = 2y_i − 1``), no intercept. scikit-learn's
+    ``LogisticRegression(penalty="l1", C=1/(nλ), fit_intercept=False)`` solves the same problem.
+    ``w = 0`` is optimal iff ``λ ≥ ‖Xᵀ(y − ½)‖_∞ / n``.
+
+    Args:
+        X: ``(n, d)`` design matrix (tensor or array; float64 recommended).
+        y: ``(n,)`` targets. Labels 0 or 1.
+        strength: λ (> 0).
+        max_nonzero: instead of ``strength``: the path point with this many non-zeros.
+
+    Returns:
+        Problem: with a cvxpy twin and a Fenchel dual.
+
+    Raises:
+        TypeError: complex or non-numeric data (named).
+        ValueError: mismatched shapes, empty data, NaN / Inf entries (counted), a bad strength, or
+            both / neither of strength and budget. Labels other than 0 / 1 are a ``ValueError``.
+
+    Examples:
+        >>> import symopt
+        >>> from symopt.problems import make_logistic_l1
+        >>> result = symopt.solve(make_logistic_l1(n=100, d=20, nonzeros=3))
+        >>> result.status, 0 < int((result.x != 0).sum()) < 20
+        ('optimal', True)
+    """
     X, y = _check_xy(X, y)
     if not bool(((y == 0) | (y == 1)).all()):
         raise ValueError("logistic_l1: labels y must be 0 or 1")
@@ -137,9 +210,36 @@ def logistic_l1(X, y, strength: float | None = None, *, max_nonzero: int | None 
 
 
 def equality_ls(X, y, A=None, strength: float = 1.0, *, zeros=None) -> Problem:
-    """``1/(2n)‖Xw − y‖²`` subject to ``A w = 0`` (:class:`~symopt.Subspace`), or to ``w[zeros] = 0``
-    (:class:`~symopt.FixedZeros`, ``zeros`` a bool mask). ``strength`` must exceed the Lagrange
-    multipliers (``‖Oᵀ∇ℓ(w*)‖_∞``) for the constraint to hold exactly."""
+    """Equality-constrained least squares: ``1/(2n)‖Xw − y‖²`` subject to ``A w = 0`` or ``w[zeros] = 0``.
+
+    DCS uses the exact penalty ``λ‖Oᵀw‖₁`` ([`Subspace`][symopt.Subspace], ``O`` an orthonormal basis
+    of rowspace(A)) or ``λ‖w[zeros]‖₁`` ([`FixedZeros`][symopt.FixedZeros]); ``strength`` must exceed
+    the Lagrange multipliers ``‖Oᵀ∇ℓ(w*)‖_∞`` for the constraint to hold exactly. The objective
+    is the loss alone.
+
+    Args:
+        X: ``(n, d)`` design matrix (tensor or array; float64 recommended).
+        y: ``(n,)`` targets.
+        A: ``(k, d)`` constraint matrix (exactly one of ``A`` and ``zeros``).
+        strength: λ (> 0) or ``"auto"``.
+        zeros: a bool mask of length ``d``: the entries that must be zero.
+
+    Returns:
+        Problem: with a cvxpy twin (``A w == 0`` as a constraint).
+
+    Raises:
+        TypeError: complex or non-numeric data (named).
+        ValueError: mismatched shapes, empty data, NaN / Inf entries (counted), a bad strength, or
+            both / neither of strength and budget. Both or neither of ``A`` and ``zeros`` is a ``ValueError``.
+
+    Examples:
+        >>> import torch, symopt
+        >>> from symopt.problems import equality_ls
+        >>> X, y = torch.randn(50, 3, dtype=torch.float64), torch.randn(50, dtype=torch.float64)
+        >>> result = symopt.solve(equality_ls(X, y, A=[[1.0, -1.0, 0.0]], strength=10.0))
+        >>> abs(float(result.x[0] - result.x[1])) < 1e-10               # w₀ = w₁ exactly
+        True
+    """
     X, y = _check_xy(X, y)
     n, d = X.shape
     if (A is None) == (zeros is None):
@@ -168,8 +268,33 @@ def _tied_least_squares(theta: Tensor, X: Tensor, y: Tensor) -> Tensor:
 
 
 def tied_least_squares(X, y, strength: float = 1.0) -> Problem:
-    """k least-squares tasks ``Σ_j 1/(2n)‖X_j w_j − y_j‖²`` with tied weights ``w_1 = … = w_k``
-    (:class:`~symopt.Tied`); ``X`` is ``(k, n, d)``, ``y`` is ``(k, n)``, the variable ``(k, d)``."""
+    """k least-squares tasks ``Σ_j 1/(2n)‖X_j w_j − y_j‖²`` with tied weights ``w_1 = … = w_k``.
+
+    DCS writes ``w_j = m + u_j ⊙ v_j`` ([`Tied`][symopt.Tied]): the exact penalty
+    ``λΣ_j‖w_j − m‖₁`` holds the tie once ``λ > max_j ‖∇_{w_j}ℓ(w*)‖_∞``. The answer is the
+    least-squares fit of one ``w`` to all tasks pooled.
+
+    Args:
+        X: ``(k, n, d)``, one design per task (k ≥ 2).
+        y: ``(k, n)`` targets.
+        strength: λ (> 0) or ``"auto"``.
+
+    Returns:
+        Problem: the variable is ``(k, d)``; with a cvxpy twin.
+
+    Raises:
+        TypeError: complex or non-numeric data.
+        ValueError: shapes other than ``(k ≥ 2, n, d)`` and ``(k, n)``, NaN / Inf, a bad strength.
+
+    Examples:
+        >>> import torch, symopt
+        >>> from symopt.problems import tied_least_squares
+        >>> X, y = torch.randn(2, 30, 3, dtype=torch.float64), torch.randn(2, 30, dtype=torch.float64)
+        >>> result = symopt.solve(tied_least_squares(X, y, strength=5.0))
+        >>> pooled = torch.linalg.lstsq(X.reshape(60, 3), y.reshape(60, 1)).solution[:, 0]
+        >>> torch.allclose(result.x[0], pooled, atol=1e-8), torch.equal(result.x[0], result.x[1])
+        (True, True)
+    """
     X, y = _as_tensor("X", X), _as_tensor("y", y)
     if X.dim() != 3 or y.shape != X.shape[:2] or X.shape[0] < 2:
         raise ValueError(f"tied_least_squares: X must be (k>=2, n, d) and y (k, n), got {tuple(X.shape)}, {tuple(y.shape)}")
@@ -191,8 +316,35 @@ def _completion(theta: Tensor, M: Tensor, mask: Tensor) -> Tensor:
 
 
 def matrix_completion(M, mask, strength: float | None = None, *, target_rank: int | None = None) -> Problem:
-    """``½‖P_Ω(W − M)‖²_F + λ‖W‖_*`` with Ω the True entries of ``mask``; or ``target_rank=r``
-    (the nuclear-norm path point of rank r)."""
+    """Nuclear-norm matrix completion: ``½‖P_Ω(W − M)‖²_F + λ‖W‖_*``, Ω the True entries of ``mask``.
+
+    DCS writes ``W = UVᵀ`` ([`LowRank`][symopt.LowRank]), since
+    ``min_{UVᵀ=W} (λ/2)(‖U‖²_F + ‖V‖²_F) = λ‖W‖_*``. A singular direction is zero iff the
+    gradient's spectral norm on it is ≤ λ.
+
+    Args:
+        M: the ``(m, n)`` matrix; unobserved entries are never read (NaN there is fine).
+        mask: bool (or 0/1) ``(m, n)`` mask of the observed entries.
+        strength: λ (> 0).
+        target_rank: instead of ``strength``: the path point of this rank.
+
+    Returns:
+        Problem: with a cvxpy twin and a Fenchel dual.
+
+    Raises:
+        TypeError: complex / non-numeric ``M`` or a mask that is not 0/1.
+        ValueError: shapes that differ, no observed entry, NaN / Inf at an observed entry, a bad
+            strength, or both / neither of strength and ``target_rank``.
+
+    Examples:
+        >>> import torch, symopt
+        >>> from symopt.problems import matrix_completion
+        >>> M = torch.outer(torch.arange(1.0, 6.0), torch.arange(1.0, 5.0)).double()   # rank 1
+        >>> mask = torch.rand(5, 4, generator=torch.Generator().manual_seed(0)) < 0.7
+        >>> result = symopt.solve(matrix_completion(M, mask, strength=0.1))
+        >>> int(torch.linalg.matrix_rank(result.x))
+        1
+    """
     mask = torch.as_tensor(mask)
     if mask.dtype != torch.bool:
         if mask.is_complex() or not bool(((mask == 0) | (mask == 1)).all()):
@@ -229,10 +381,34 @@ def _matrix_least_squares(theta: Tensor, X: Tensor, Y: Tensor) -> Tensor:
 def low_rank_regression(X, Y, strength: float | None = None, *, rank: int | None = None) -> Problem:
     """Multi-output regression ``1/(2n)‖XW − Y‖²_F`` with ``W`` of shape ``(p, q)``, either
     penalised, ``+ λ‖W‖_*`` (``strength``; convex, cvxpy twin), or with a hard bound
-    ``rank(W) ≤ r`` (``rank``; no convex twin: cvxpy reports not applicable).
+    ``rank(W) ≤ r`` (``rank``; no convex twin: cvxpy reports not applicable, geoopt applies).
 
     The hard-rank form uses ``LowRank(max_rank=r)`` with a vanishing strength (1e-9 of
     ``‖XᵀY‖₂/n``) that keeps the factors balanced; its objective is the loss alone.
+
+    Args:
+        X: ``(n, p)`` inputs.
+        Y: ``(n, q)`` outputs.
+        strength: λ of the nuclear-norm penalty (exactly one of ``strength`` and ``rank``).
+        rank: the hard bound ``r``.
+
+    Returns:
+        Problem: the variable is ``W`` of shape ``(p, q)``.
+
+    Raises:
+        TypeError: complex or non-numeric data.
+        ValueError: shapes that do not match, NaN / Inf, a bad strength or rank, or both / neither
+            of ``strength`` and ``rank``.
+
+    Examples:
+        >>> import torch, symopt
+        >>> from symopt.problems import low_rank_regression
+        >>> g = torch.Generator().manual_seed(0)
+        >>> X = torch.randn(100, 6, generator=g, dtype=torch.float64)
+        >>> Y = X @ torch.randn(6, 2, generator=g, dtype=torch.float64) @ torch.randn(2, 5, generator=g, dtype=torch.float64)
+        >>> result = symopt.solve(low_rank_regression(X, Y, rank=2))
+        >>> result.status, result.objective < 1e-8 * float(Y.square().mean())   # the rank-2 truth fits
+        ('optimal', True)
     """
     X, Y = _as_tensor("X", X), _as_tensor("Y", Y)
     if X.dim() != 2 or Y.dim() != 2 or X.shape[0] != Y.shape[0]:

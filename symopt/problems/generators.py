@@ -13,6 +13,23 @@ def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def _check(owner: str, counts: dict, at_most: dict | None = None, nonnegative: dict | None = None,
+           fractions: dict | None = None) -> None:
+    """Sizes are ints ≥ 1 (a count ≤ its bound), noises ≥ 0, fractions in (0, 1]; else a named ValueError."""
+    for name, value in counts.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{owner}: {name} must be an int >= 1, got {value!r}")
+    for name, (value, bound, what) in (at_most or {}).items():
+        if value > bound:
+            raise ValueError(f"{owner}: {name}={value} exceeds {what}={bound}")
+    for name, value in (nonnegative or {}).items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+            raise ValueError(f"{owner}: {name} must be a number >= 0, got {value!r}")
+    for name, value in (fractions or {}).items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+            raise ValueError(f"{owner}: {name} must be in (0, 1], got {value!r}")
+
+
 def _planted_regression(n, d, nonzeros, noise, seed):
     g = _gen(seed)
     X = torch.randn(n, d, generator=g, dtype=torch.float64)
@@ -29,6 +46,35 @@ def _lambda_max_fraction(X, y, fraction):
 
 
 def make_lasso(n=200, d=500, nonzeros=10, noise=0.1, fraction=0.1, seed=0) -> Problem:
+    """A [`lasso`][symopt.problems.lasso] with a planted sparse truth: ``y = Xw° + noise·ε``.
+
+    ``X`` has i.i.d. N(0, 1) entries; ``w°`` has ``nonzeros`` entries of magnitude in [1, 2] and
+    random sign; λ is ``fraction × λ_max`` with ``λ_max = ‖Xᵀy‖_∞/n``, the smallest λ whose
+    solution is 0.
+
+    Args:
+        n: samples.
+        d: features.
+        nonzeros: size of the planted support (≤ d).
+        noise: standard deviation of the noise.
+        fraction: λ / λ_max, in (0, 1].
+        seed: seed of the generator (same seed, same problem).
+
+    Returns:
+        Problem: ``meta["truth"]`` holds ``w°``.
+
+    Raises:
+        ValueError: a size that is not a positive int, ``nonzeros > d``, negative noise, or a
+            fraction outside (0, 1].
+
+    Examples:
+        >>> from symopt.problems import make_lasso
+        >>> problem = make_lasso(n=50, d=30, nonzeros=4)
+        >>> problem.name, int((problem.meta["truth"] != 0).sum())
+        ('lasso 50x30', 4)
+    """
+    _check("make_lasso", dict(n=n, d=d, nonzeros=nonzeros), dict(nonzeros=(nonzeros, d, "d")),
+           dict(noise=noise), dict(fraction=fraction))
     X, y, truth = _planted_regression(n, d, nonzeros, noise, seed)
     p = lasso(X, y, _lambda_max_fraction(X, y, fraction))
     p.meta["truth"] = truth
@@ -36,6 +82,38 @@ def make_lasso(n=200, d=500, nonzeros=10, noise=0.1, fraction=0.1, seed=0) -> Pr
 
 
 def make_group_lasso(n=200, d=400, group_size=4, active_groups=5, noise=0.1, fraction=0.1, seed=0) -> Problem:
+    """A [`group_lasso`][symopt.problems.group_lasso] over consecutive groups with a planted group-sparse truth.
+
+    ``active_groups`` of the ``d / group_size`` groups carry N(0, 1) weights; λ is
+    ``fraction × λ_max`` with ``λ_max = max_g ‖X_gᵀy‖₂/n``.
+
+    Args:
+        n: samples.
+        d: features (a multiple of ``group_size``).
+        group_size: columns per group.
+        active_groups: planted non-zero groups (≤ d / group_size).
+        noise: standard deviation of the noise.
+        fraction: λ / λ_max, in (0, 1].
+        seed: seed of the generator (same seed, same problem).
+
+    Returns:
+        Problem: ``meta["truth"]`` holds the planted weights.
+
+    Raises:
+        ValueError: a size that is not a positive int, ``d`` not a multiple of ``group_size``, too
+            many active groups, negative noise, or a fraction outside (0, 1].
+
+    Examples:
+        >>> from symopt.problems import make_group_lasso
+        >>> problem = make_group_lasso(n=40, d=20, group_size=5, active_groups=1)
+        >>> problem.name
+        'group_lasso 40x20/5'
+    """
+    _check("make_group_lasso", dict(n=n, d=d, group_size=group_size, active_groups=active_groups),
+           dict(active_groups=(active_groups, d // group_size, "the number of groups")), dict(noise=noise),
+           dict(fraction=fraction))
+    if d % group_size:
+        raise ValueError(f"make_group_lasso: d={d} is not a multiple of group_size={group_size}")
     g = _gen(seed)
     X = torch.randn(n, d, generator=g, dtype=torch.float64)
     truth = torch.zeros(d // group_size, group_size, dtype=torch.float64)
@@ -50,6 +128,32 @@ def make_group_lasso(n=200, d=400, group_size=4, active_groups=5, noise=0.1, fra
 
 
 def make_logistic_l1(n=300, d=100, nonzeros=5, fraction=0.1, seed=0) -> Problem:
+    """A [`logistic_l1`][symopt.problems.logistic_l1] with labels drawn from a planted sparse logistic model.
+
+    ``y_i ~ Bernoulli(σ(x_iᵀw°))`` with ``nonzeros`` entries of ``w°`` equal to 2; λ is
+    ``fraction × λ_max``, ``λ_max = ‖Xᵀ(y − ½)‖_∞/n``.
+
+    Args:
+        n: samples.
+        d: features.
+        nonzeros: planted support size (≤ d).
+        fraction: λ / λ_max, in (0, 1].
+        seed: seed of the generator (same seed, same problem).
+
+    Returns:
+        Problem: ``meta["truth"]`` holds ``w°``.
+
+    Raises:
+        ValueError: a size that is not a positive int, ``nonzeros > d``, or a fraction outside
+            (0, 1].
+
+    Examples:
+        >>> from symopt.problems import make_logistic_l1
+        >>> sorted(make_logistic_l1(n=30, d=10, nonzeros=2).data["y"].unique().tolist())
+        [0.0, 1.0]
+    """
+    _check("make_logistic_l1", dict(n=n, d=d, nonzeros=nonzeros), dict(nonzeros=(nonzeros, d, "d")),
+           fractions=dict(fraction=fraction))
     g = _gen(seed)
     X = torch.randn(n, d, generator=g, dtype=torch.float64)
     truth = torch.zeros(d, dtype=torch.float64)
@@ -62,7 +166,37 @@ def make_logistic_l1(n=300, d=100, nonzeros=5, fraction=0.1, seed=0) -> Problem:
 
 
 def make_equality_ls(n=200, d=100, constraints=10, noise=0.1, margin=1.5, seed=0) -> Problem:
-    """Random ``A``; strength = ``margin`` × the Lagrange-multiplier bound at the constrained optimum."""
+    """An [`equality_ls`][symopt.problems.equality_ls] with a random N(0, 1) constraint matrix ``A`` (``k × d``).
+
+    The constrained optimum ``w*`` (least squares on the null space of ``A``) and its multipliers
+    ``Oᵀ∇ℓ(w*)`` are computed in closed form; ``strength = margin × ‖Oᵀ∇ℓ(w*)‖_∞``, so the
+    exact-penalty threshold is known.
+
+    Args:
+        n: samples.
+        d: features.
+        constraints: rows of ``A`` (< d).
+        noise: standard deviation of the noise.
+        margin: strength over the multiplier bound (> 1 for an exact answer).
+        seed: seed of the generator (same seed, same problem).
+
+    Returns:
+        Problem: ``meta["solution"]`` is ``w*``, ``meta["multiplier_bound"]`` the threshold λ*.
+
+    Raises:
+        ValueError: a size that is not a positive int, ``constraints ≥ d``, or negative noise /
+            margin.
+
+    Examples:
+        >>> import symopt
+        >>> from symopt.problems import make_equality_ls
+        >>> problem = make_equality_ls(n=40, d=10, constraints=3)
+        >>> result = symopt.solve(problem)
+        >>> float((result.x - problem.meta["solution"]).abs().max()) < 1e-8
+        True
+    """
+    _check("make_equality_ls", dict(n=n, d=d, constraints=constraints),
+           dict(constraints=(constraints, d - 1, "d - 1")), dict(noise=noise, margin=margin))
     X, y, truth = _planted_regression(n, d, d, noise, seed)
     A = torch.randn(constraints, d, generator=_gen(seed + 1), dtype=torch.float64)
     from ..constraints.subspace import orthonormal_rowspace
@@ -77,7 +211,35 @@ def make_equality_ls(n=200, d=100, constraints=10, noise=0.1, margin=1.5, seed=0
 
 
 def make_fixed_zeros_ls(n=200, d=100, zeros=20, noise=0.1, margin=1.5, seed=0) -> Problem:
-    """Least squares with ``zeros`` entries forced to 0 (some of them non-zero in the truth)."""
+    """Least squares with ``zeros`` random entries forced to 0 (non-zero in the truth): an
+    [`equality_ls`][symopt.problems.equality_ls] with ``zeros=mask``.
+
+    The constrained optimum (least squares on the free entries) and the multipliers
+    ``∇ℓ(w*)[mask]`` are computed in closed form; ``strength = margin × ‖∇ℓ(w*)[mask]‖_∞``.
+
+    Args:
+        n: samples.
+        d: features.
+        zeros: entries forced to zero (< d).
+        noise: standard deviation of the noise.
+        margin: strength over the multiplier bound.
+        seed: seed of the generator (same seed, same problem).
+
+    Returns:
+        Problem: ``meta["solution"]`` and ``meta["multiplier_bound"]`` as in
+            [`make_equality_ls`][symopt.problems.make_equality_ls].
+
+    Raises:
+        ValueError: a size that is not a positive int, ``zeros ≥ d``, or negative noise / margin.
+
+    Examples:
+        >>> from symopt.problems import make_fixed_zeros_ls
+        >>> problem = make_fixed_zeros_ls(n=40, d=10, zeros=3)
+        >>> problem.name, int((problem.meta["solution"] == 0).sum())
+        ('equality_ls 40x10, 3 zeros', 3)
+    """
+    _check("make_fixed_zeros_ls", dict(n=n, d=d, zeros=zeros), dict(zeros=(zeros, d - 1, "d - 1")),
+           dict(noise=noise, margin=margin))
     X, y, _ = _planted_regression(n, d, d, noise, seed)
     mask = torch.zeros(d, dtype=torch.bool)
     mask[torch.randperm(d, generator=_gen(seed + 1))[:zeros]] = True
@@ -91,7 +253,36 @@ def make_fixed_zeros_ls(n=200, d=100, zeros=20, noise=0.1, margin=1.5, seed=0) -
 
 
 def make_tied_least_squares(tasks=3, n=100, d=30, noise=0.1, spread=0.3, margin=1.5, seed=0) -> Problem:
-    """``tasks`` regressions whose true weights differ by ``spread``; tied to one shared weight."""
+    """``tasks`` regressions whose true weights differ by ``spread``, tied to one shared weight: a
+    [`tied_least_squares`][symopt.problems.tied_least_squares].
+
+    The tied optimum is the pooled least-squares fit; ``strength = margin × max_j ‖∇_{w_j}ℓ(w*)‖_∞``.
+
+    Args:
+        tasks: number of tasks (≥ 2).
+        n: samples per task.
+        d: features.
+        noise: standard deviation of the noise.
+        spread: standard deviation of each task's deviation from the shared weight.
+        margin: strength over the multiplier bound.
+        seed: seed of the generator (same seed, same problem).
+
+    Returns:
+        Problem: ``meta["solution"]`` is the pooled fit repeated per task.
+
+    Raises:
+        ValueError: a size that is not a positive int, fewer than 2 tasks, or negative noise /
+            spread / margin.
+
+    Examples:
+        >>> from symopt.problems import make_tied_least_squares
+        >>> make_tied_least_squares(tasks=2, n=20, d=5).shape
+        (2, 5)
+    """
+    _check("make_tied_least_squares", dict(tasks=tasks, n=n, d=d),
+           nonnegative=dict(noise=noise, spread=spread, margin=margin))
+    if tasks < 2:
+        raise ValueError(f"make_tied_least_squares: tasks must be >= 2 (a tie needs two copies), got {tasks}")
     g = _gen(seed)
     X = torch.randn(tasks, n, d, generator=g, dtype=torch.float64)
     base = torch.randn(d, generator=g, dtype=torch.float64)
@@ -106,6 +297,35 @@ def make_tied_least_squares(tasks=3, n=100, d=30, noise=0.1, spread=0.3, margin=
 
 
 def make_matrix_completion(m=50, n=40, rank=3, observed=0.5, noise=0.01, strength=0.5, seed=0) -> Problem:
+    """A [`matrix_completion`][symopt.problems.matrix_completion] of a planted rank-``rank`` matrix.
+
+    ``M = AB + noise·ε`` with Gaussian ``A`` (m × rank), ``B`` (rank × n); each entry is observed
+    with probability ``observed``.
+
+    Args:
+        m: rows.
+        n: columns.
+        rank: planted rank (≤ min(m, n)).
+        observed: fraction of observed entries, in (0, 1].
+        noise: standard deviation of the noise.
+        strength: λ of the nuclear norm.
+        seed: seed of the generator (same seed, same problem).
+
+    Returns:
+        Problem: ``meta["truth"]`` is the noiseless planted matrix.
+
+    Raises:
+        ValueError: a size that is not a positive int, ``rank > min(m, n)``, negative noise, or
+            ``observed`` outside (0, 1].
+
+    Examples:
+        >>> from symopt.problems import make_matrix_completion
+        >>> problem = make_matrix_completion(m=8, n=6, rank=2)
+        >>> problem.name, int(problem.data["mask"].sum()) < 48
+        ('completion 8x6', True)
+    """
+    _check("make_matrix_completion", dict(m=m, n=n, rank=rank), dict(rank=(rank, min(m, n), "min(m, n)")),
+           dict(noise=noise), dict(observed=observed))
     g = _gen(seed)
     truth = torch.randn(m, rank, generator=g, dtype=torch.float64) @ torch.randn(rank, n, generator=g,
                                                                                 dtype=torch.float64)
@@ -118,9 +338,41 @@ def make_matrix_completion(m=50, n=40, rank=3, observed=0.5, noise=0.01, strengt
 
 def make_low_rank_regression(n=200, p=30, q=20, rank=3, noise=0.1, fraction=0.2, hard_rank=None,
                              orthogonal=False, seed=0) -> Problem:
-    """Planted rank-``rank`` coefficients. ``hard_rank=r`` gives the hard-rank variant; with
-    ``orthogonal=True`` the design has ``XᵀX = n·I``, so truncated SVD of ``XᵀY/n`` is the exact
-    hard-rank optimum (a check for any solver)."""
+    """A [`low_rank_regression`][symopt.problems.low_rank_regression] with planted rank-``rank`` coefficients.
+
+    ``Y = XW° + noise·ε``. Without ``hard_rank``: the nuclear-norm problem at
+    ``λ = fraction × ‖XᵀY/n‖₂``. ``hard_rank=r`` gives the hard-rank variant; with
+    ``orthogonal=True`` the design has ``XᵀX = n·I``, so the truncated SVD of ``XᵀY/n`` is the exact
+    hard-rank optimum (``meta["solution"]``, a check for any solver).
+
+    Args:
+        n: samples.
+        p: inputs.
+        q: outputs.
+        rank: planted rank (≤ min(p, q)).
+        noise: standard deviation of the noise.
+        fraction: λ / ‖XᵀY/n‖₂ for the penalised variant, in (0, 1].
+        hard_rank: the bound ``r`` of the hard-rank variant (None: penalised).
+        orthogonal: make ``XᵀX = n·I`` (needs ``n ≥ p``).
+        seed: seed of the generator (same seed, same problem).
+
+    Returns:
+        Problem: ``meta["truth"]`` is ``W°``.
+
+    Raises:
+        ValueError: a size that is not a positive int, ``rank > min(p, q)``, negative noise, a
+            fraction outside (0, 1], or ``orthogonal`` with ``n < p``.
+
+    Examples:
+        >>> from symopt.problems import make_low_rank_regression
+        >>> problem = make_low_rank_regression(n=40, p=6, q=5, rank=2, hard_rank=2, orthogonal=True)
+        >>> problem.name, tuple(problem.meta["solution"].shape)
+        ('hard_rank 40x6x5, r=2', (6, 5))
+    """
+    _check("make_low_rank_regression", dict(n=n, p=p, q=q, rank=rank), dict(rank=(rank, min(p, q), "min(p, q)")),
+           dict(noise=noise), dict(fraction=fraction))
+    if orthogonal and n < p:
+        raise ValueError(f"make_low_rank_regression: orthogonal=True needs n >= p, got n={n}, p={p}")
     g = _gen(seed)
     X = torch.randn(n, p, generator=g, dtype=torch.float64)
     if orthogonal:
