@@ -197,6 +197,9 @@ def compare(problems: Problem | Sequence[Problem], solvers: Sequence[str] = tupl
     unknown = [s for s in solvers if s not in SOLVERS]
     if unknown:
         raise ValueError(f"unknown solver(s) {unknown}; available: {sorted(SOLVERS)}")
+    # The first torch optimizer built in a process imports torch._dynamo (~1.3 s on a 2-core CPU);
+    # pay it here, untimed, instead of inside whichever solver happens to run first.
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
     rows = Comparison()
     total, done = len(problems) * len(solvers), 0
     for problem in problems:

@@ -380,3 +380,42 @@ def test_training_is_deterministic_on_cpu():
 
     a, b = run(), run()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# -- input checks the API reference promises (diagnostics, generators, optimizer check) -------------
+@pytest.mark.parametrize("call, error, words", [
+    (lambda: symopt.diagnose("net"), TypeError, "nn.Module"),
+    (lambda: symopt.diagnose(torch.nn.Linear(2, 2), tol=-1), ValueError, "tol"),
+    (lambda: symopt.diagnose(torch.nn.Linear(2, 2), eps=1.0), ValueError, "eps"),
+    (lambda: symopt.effective_rank([[1.0]]), TypeError, "Tensor"),
+    (lambda: symopt.effective_rank(torch.ones(2, 2, 2)), ValueError, "2-D"),
+    (lambda: symopt.conserved(None), TypeError, "nn.Module"),
+    (lambda: symopt.ConservationTracker("net"), TypeError, "nn.Module"),
+    (lambda: symopt.check_optimizer(torch.nn.Linear(2, 2)), TypeError, "Optimizer"),
+])
+def test_diagnostics_refuse_bad_input_by_name(call, error, words):
+    with pytest.raises(error, match=words):
+        call()
+
+
+@pytest.mark.parametrize("make, kwargs, words", [
+    ("make_lasso", dict(n=0), "n must be an int"),
+    ("make_lasso", dict(d=5, nonzeros=6), "nonzeros=6 exceeds d=5"),
+    ("make_lasso", dict(fraction=1.5), "fraction"),
+    ("make_lasso", dict(noise=-0.1), "noise"),
+    ("make_group_lasso", dict(d=10, group_size=4, active_groups=1), "multiple of group_size"),
+    ("make_group_lasso", dict(d=8, group_size=4, active_groups=3), "active_groups=3 exceeds"),
+    ("make_logistic_l1", dict(d=3, nonzeros=4), "nonzeros=4 exceeds"),
+    ("make_equality_ls", dict(d=5, constraints=5), "constraints=5 exceeds"),
+    ("make_fixed_zeros_ls", dict(d=5, zeros=5), "zeros=5 exceeds"),
+    ("make_tied_least_squares", dict(tasks=1), "tasks must be >= 2"),
+    ("make_matrix_completion", dict(m=3, n=4, rank=4), "rank=4 exceeds"),
+    ("make_matrix_completion", dict(observed=0.0), "observed"),
+    ("make_low_rank_regression", dict(p=4, q=3, rank=4), "rank=4 exceeds"),
+    ("make_low_rank_regression", dict(n=3, p=4, q=3, rank=1, orthogonal=True), "n >= p"),
+    ("make_lasso", dict(n=2.5), "n must be an int"),
+])
+def test_generators_refuse_bad_sizes_by_name(make, kwargs, words):
+    import symopt.problems as problems
+    with pytest.raises(ValueError, match=words):
+        getattr(problems, make)(**kwargs)

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Regenerate every figure the docs show (PNG, checked in under docs/figures/). Each comes from a
+# script in this repository; none is drawn by hand. `--benchmarks` also reruns the time-to-accuracy
+# benchmark that draws docs/figures/benchmarks/*.png (tens of minutes; see benchmarks/RESULTS.md).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+py=.venv/bin/python
+$py examples/exact_threshold.py --plot docs/figures/threshold.png
+$py examples/syre_identical_units.py --plot docs/figures/syre_identical.png
+$py examples/syre_collapse.py --plot docs/figures/syre_collapse.png
+$py examples/noether_charges.py --plot docs/figures/noether.png
+out=$(mktemp -d)
+.venv/bin/symopt compare --quick --problems lasso,hard_rank --out "$out" > /dev/null || true  # exit 1 = a disagreement, shown in the table
+mkdir -p docs/figures/compare
+cp "$out"/*.png docs/figures/compare/
+rm -rf "$out"
+if [ "${1:-}" = "--benchmarks" ]; then
+  $py -m benchmarks.families --figures docs/figures/benchmarks
+fi
+ls -l docs/figures docs/figures/compare
