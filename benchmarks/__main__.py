@@ -1,6 +1,6 @@
 """The benchmark runner: every benchmark in one command.
 
-    python -m benchmarks run [--device cuda] [--quick] [--large] [--only families,floor,overhead,export]
+    python -m benchmarks run [--device cuda] [--quick] [--large] [--only families,floor,overhead,export,cvxpy_limits]
                              [--figures docs/figures/benchmarks]
 
 ``--quick`` is the smoke test (seconds per benchmark, smallest sizes, one repeat): it checks the
@@ -13,9 +13,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import export, families, floor, overhead
+from . import cvxpy_limits, export, families, floor, overhead
 
-BENCHMARKS = ("families", "floor", "overhead", "export")
+BENCHMARKS = ("families", "floor", "overhead", "export", "cvxpy_limits")
 
 
 def main(argv=None) -> None:
@@ -43,6 +43,8 @@ def main(argv=None) -> None:
         elif name == "overhead":
             for model in ("mlp", "cnn"):
                 overhead.main(device + ["--model", model] + (["--repeats", "1", "--steps", "3"] if args.quick else []))
+        elif name == "cvxpy_limits":
+            cvxpy_limits.main(quick)
         else:
             export.main(device + (["--repeats", "3", "--width", "128"] if args.quick else []))
         sys.stdout.flush()

@@ -1,6 +1,7 @@
 """The benchmark harness runs (a smoke test at the smallest size; benchmarks are not timed here)."""
 
-from benchmarks import families, floor
+from benchmarks import cvxpy_limits, families, floor
+from symopt.problems import make_lasso
 from symopt.result import Result
 import torch
 
@@ -27,3 +28,9 @@ def test_floor_quick(capsys):
     out = floor.main(["--quick"])
     assert out["floor"] > 0 and out["evaluation"] > 0
     assert "two mat-vecs (floor)" in capsys.readouterr().out
+
+
+def test_cvxpy_is_stopped_at_its_wall_clock_limit():
+    status, objective, seconds = cvxpy_limits.cvxpy_with_limit(make_lasso, dict(n=20, d=10, nonzeros=2),
+                                                               "CLARABEL", {}, limit=0.2, memory_gb=8)
+    assert status == "not finished in 0 s" and objective is None and seconds < 30
