@@ -54,13 +54,8 @@ def solve_sklearn(problem: Problem, tol: float = 1e-10, max_iter: int = 10_000) 
     X, y = data["X"], data["y"]
     if family == "lasso":
         model = Lasso(alpha=lam, fit_intercept=False, tol=tol, max_iter=max_iter)
-    elif family == "group_lasso":
-        try:
-            from skglm import GroupLasso
-        except ImportError as err:  # pragma: no cover
-            raise ImportError("the group-lasso baseline needs skglm: pip install 'symopt[baselines]'") from err
-        model = GroupLasso(groups=problem.meta["groups"], alpha=lam, fit_intercept=False, tol=tol,
-                           max_iter=max_iter)
+    elif family == "group_lasso":  # scikit-learn has none: skglm's, the same estimator as solve_skglm's
+        return solve_skglm(problem, tol=tol, max_iter=max_iter)
     elif family == "logistic_l1":
         model = LogisticRegression(l1_ratio=1.0, C=1.0 / (X.shape[0] * lam), fit_intercept=False, solver="liblinear",
                                    tol=tol, max_iter=max_iter)
