@@ -69,8 +69,9 @@ class ExportWarning(UserWarning):
 class SparseLinear(nn.Module):
     """``y = x Wᵀ + b`` with ``W`` stored as a CSR tensor (inference; built by [`export`][symopt.export]).
 
-    Stores ``nnz`` values plus ``nnz + out + 1`` indices instead of ``out × in`` numbers; on CPU
-    the sparse product beats the dense one below roughly 10% density (``csr_max_density``).
+    Stores ``nnz`` values plus ``nnz + out + 1`` indices instead of ``out × in`` numbers. On a
+    2-core CPU the sparse product was the faster below about 15% density and slower at 20%
+    (``benchmarks/RESULTS.md``), hence [`export`][symopt.export]'s default ``csr_max_density=0.1``.
 
     Args:
         weight: the ``(out, in)`` weight; converted to CSR (zeros are not stored).

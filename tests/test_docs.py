@@ -32,3 +32,18 @@ def test_site_builds_with_no_warning(tmp_path):
                           cwd=ROOT, capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "api" / "constraints" / "index.html").exists()
+
+
+def test_every_figure_shown_is_made_by_the_figures_script():
+    """Each PNG a page shows exists and comes from `scripts/figures.sh` (directly, or from the folder
+    it fills: the compare plots and the family benchmark's --figures folder)."""
+    script = (ROOT / "scripts" / "figures.sh").read_text()
+    shown = {(path.parent / ref).resolve().relative_to(ROOT)
+             for path in (ROOT / "docs").rglob("*.md")
+             for ref in re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", path.read_text())}
+    assert shown, "no figures found: the pattern is wrong"
+    for figure in shown:
+        assert (ROOT / figure).exists(), f"{figure} is shown but missing"
+        filled_folder = figure.parent != pathlib.Path("docs/figures") and str(figure.parent) in script
+        assert str(figure) in script or filled_folder, \
+            f"{figure} is shown but scripts/figures.sh does not make it"
