@@ -20,7 +20,7 @@ from .attach import constrain
 from .constraints import Constraint, Tied
 from .constraints.budget import budget_target, split_point
 from .decay import penalty
-from .optimality import kkt_at_snap, snap_tol
+from .optimality import kkt_at_snap, polish_on_face, snap_tol
 from .problems import Problem
 from .result import Result, elapsed_since
 
@@ -145,7 +145,7 @@ class _Variable(nn.Module):
 
 def solve(problem: Problem, device=None, dtype=None, method: str = "auto", tol: float = 1e-6,
           max_iter: int = 500, progress: bool = False, inner: int = 20, history_size: int = 100,
-          max_rounds: int = 40) -> Result:
+          max_rounds: int = 40, polish: bool = True) -> Result:
     """Solve ``problem`` by DCS.
 
     DCS minimises the smooth factored objective ``loss(c(factors)) + (λ/2)‖factors‖²`` (``c`` the
@@ -170,6 +170,12 @@ def solve(problem: Problem, device=None, dtype=None, method: str = "auto", tol: 
         history_size: L-BFGS memory; a long memory matters on the factored problems (logistic-L1:
             8 outer iterations with 100 vs 231 with 20, measured on ``make_logistic_l1()``).
         max_rounds: budget problems only — most λ values tried.
+        polish: after each outer iteration whose KKT residual is above the target, minimise the
+            objective on the face of the snapped point (its support, alive groups or rank) by
+            L-BFGS in those few smooth coordinates, and keep the result if its KKT residual (of the
+            full problem) is smaller. The zeros of DCS arrive geometrically, so the stopping test,
+            not the descent, dominated: on ``make_logistic_l1(n=500, d=200)`` 2.17 s without,
+            0.12 s with (same machine as benchmarks/RESULTS.md). ``False`` gives plain DCS.
 
     A *budget* problem (``lasso(X, y, max_nonzero=k)``, ``target_rank=r``, ...) has no fixed λ:
     solve searches the regularisation path. Each round solves at one λ to the KKT tolerance (warm
@@ -213,6 +219,8 @@ def solve(problem: Problem, device=None, dtype=None, method: str = "auto", tol: 
     for label, count in counts:
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise ValueError(f"solve: {label} must be an int >= 1, got {count!r}")
+    if not isinstance(polish, bool):
+        raise TypeError(f"solve: polish must be True or False, got {type(polish).__name__}")
     if dtype is None:
         dtype = torch.float64
     if dtype not in (torch.float32, torch.float64):
@@ -230,7 +238,8 @@ def solve(problem: Problem, device=None, dtype=None, method: str = "auto", tol: 
     if trouble:
         return _failed_at_start(problem, constraint, device, method, trouble)
     holder = _Variable(problem.shape, device, dtype, constraint)
-    descent = _Descent(problem, holder, constraint, loss, data, method, tol, inner, history_size, progress, grad0)
+    descent = _Descent(problem, holder, constraint, loss, data, method, tol, inner, history_size, progress, grad0,
+                       polish)
 
     start = time.perf_counter()
     if constraint.budget is None:
@@ -303,10 +312,11 @@ def _failed_at_start(problem: Problem, constraint: Constraint, device, method: s
 class _Descent:
     """The DCS descent at the constraint's current λ, stopped on the KKT residual."""
 
-    def __init__(self, problem, holder, constraint, loss, data, method, tol, inner, history_size, progress, grad0):
+    def __init__(self, problem, holder, constraint, loss, data, method, tol, inner, history_size, progress, grad0,
+                 polish):
         self.problem, self.holder, self.constraint, self.loss, self.data = problem, holder, constraint, loss, data
         self.method, self.tol, self.inner, self.history_size, self.progress = method, tol, inner, history_size, progress
-        self.grad0 = grad0
+        self.grad0, self.polish = grad0, polish
         self.scale = max(float(grad0.norm()), 1e-12)  # ‖∇loss(0)‖: the scale of relative KKT tolerances
         self.history: list = []
         self.point: torch.Tensor | None = None
@@ -362,6 +372,10 @@ class _Descent:
                 if broken:
                     return self._broken(watchdog, f"iteration {iteration}: {broken} NaN or Inf")
                 point, kkt = kkt_at_snap(self.loss, self.constraint, theta, self.tol)
+                if self.polish and kkt > target:
+                    polished = polish_on_face(self.loss, self.constraint, point, self.tol, target, self.inner)
+                    if polished is not None and polished[1] < kkt:
+                        point, kkt = polished
             except _NonFinite as err:
                 return self._broken(watchdog, f"iteration {iteration}: {err}")
             except RuntimeError as err:  # e.g. a linear-algebra routine meeting NaN inside the loss

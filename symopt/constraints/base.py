@@ -16,6 +16,8 @@ import numbers
 import os
 import sys
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -120,6 +122,28 @@ def split_product(value: Tensor, factorizer: Factorizer) -> tuple[Tensor, Tensor
     """
     gate = random_gate(value.abs(), factorizer)
     return gate, value / gate
+
+
+@dataclass(frozen=True)
+class Face:
+    """The face of the induced norm on which a point lies, in smooth coordinates.
+
+    On the set of tensors with the same structure as the point (the same support and signs, the
+    same alive groups, the same rank), the induced norm is smooth near the point, so
+    ``loss(θ) + λ‖θ‖`` restricted to that set is a smooth problem in few variables: a quasi-Newton
+    method solves it to rounding, where the factored descent converges only linearly (its zeros arrive
+    geometrically). [`solve`][symopt.solve] uses it to finish; the KKT residual of the full problem
+    then certifies the result.
+
+    Attributes:
+        start: the point's coordinates on the face (tensors, each free to move).
+        embed: coordinates → θ (a tensor of the constrained shape).
+        norm: coordinates → the induced norm of ``embed(*coordinates)``, smooth near ``start``.
+    """
+
+    start: tuple[Tensor, ...]
+    embed: Callable[..., Tensor]
+    norm: Callable[..., Tensor]
 
 
 class Constraint(nn.Module):
@@ -281,6 +305,12 @@ class Constraint(nn.Module):
 
     def project(self, value: Tensor, tol: float = 0.0) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def face(self, value: Tensor, tol: float = 0.0) -> Face | None:
+        """The [`Face`][symopt.constraints.base.Face] of the induced norm at ``value``, its atoms
+        ``<= tol`` counted as zero; None where the kind has none to offer (the linear kinds: their
+        projection is already exact)."""
+        return None
 
     def induced_norm(self, value: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .base import Constraint, random_gate
+from .base import Constraint, Face, random_gate
 from .budget import RATE, check_budget
 
 
@@ -117,9 +117,15 @@ class GroupSparse(Constraint):
         if self.dim is not None:
             axis = self.dim % value.dim()
             return value.movedim(axis, 0).reshape(value.shape[axis], -1).norm(dim=1)
+        return self._group_squares(value).sqrt()
+
+    def _group_squares(self, value: Tensor) -> Tensor:
+        """``‖w_g‖₂²`` for every group, in group order."""
+        if self.dim is not None:
+            axis = self.dim % value.dim()
+            return value.movedim(axis, 0).reshape(value.shape[axis], -1).square().sum(dim=1)
         index = self.group_ids(value)
-        squares = value.new_zeros(int(index.max()) + 1).index_add(0, index, value.reshape(-1).square())
-        return squares.sqrt()
+        return value.new_zeros(int(index.max()) + 1).index_add(0, index, value.reshape(-1).square())
 
     def spread(self, per_group: Tensor, value: Tensor) -> Tensor:
         """Per-group scalars laid out to multiply ``value`` entrywise (broadcast or gathered)."""
@@ -163,6 +169,19 @@ class GroupSparse(Constraint):
         keep = torch.zeros_like(norms)
         keep[torch.topk(norms, min(k, norms.numel())).indices] = 1
         return value * self.spread(keep, value)
+
+    def face(self, value: Tensor, tol: float = 0.0) -> Face:
+        # Same alive groups: there Σ_g ‖θ_g‖ is smooth (no group at 0). The square root is taken of
+        # the alive groups only, so no gradient meets √0.
+        alive = self._group_squares(value) > tol * tol
+        free = self.spread(alive.to(value.dtype), value).expand_as(value) > 0
+        zeros = torch.zeros_like(value)
+
+        def embed(z: Tensor) -> Tensor:
+            return zeros.masked_scatter(free, z)
+
+        return Face(start=(value[free],), embed=embed,
+                    norm=lambda z: self._group_squares(embed(z))[alive].sqrt().sum())
 
     def induced_norm(self, value: Tensor) -> Tensor:
         return self.group_norms(value).sum()

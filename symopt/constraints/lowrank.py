@@ -15,7 +15,7 @@ import math
 import torch
 from torch import Tensor
 
-from .base import Constraint, warn_user, working_dtype, zero_scale
+from .base import Constraint, Face, warn_user, working_dtype, zero_scale
 from .budget import RATE, check_budget
 
 _LAYOUTS = ("flatten", "batch")
@@ -158,6 +158,27 @@ class LowRank(Constraint):
 
     def project(self, value: Tensor, tol: float = 0.0) -> Tensor:
         return self._map_singular_values(value, lambda S: torch.where(S > tol, S, torch.zeros_like(S)))
+
+    def face(self, value: Tensor, tol: float = 0.0) -> Face | None:
+        """Rank-r matrices near ``value = P Σ Qᵀ``, as ``A Bᵀ`` (``A = P√Σ``, ``B = Q√Σ``); with
+        ``A = Q_A R_A`` and ``B = Q_B R_B`` (QR), ``‖A Bᵀ‖_* = ‖R_A R_Bᵀ‖_*``: an r×r SVD, smooth
+        while the rank stays r. None for a batch of matrices (each would have its own rank) or
+        rank 0."""
+        mat = self.matrix(value)
+        if mat.dim() != 2:
+            return None
+        P, S, Qh = torch.linalg.svd(mat, full_matrices=False)
+        rank = int((S > tol).sum())
+        if rank == 0:
+            return None
+        roots = S[:rank].sqrt()
+        shape = value.shape
+
+        def norm(A: Tensor, B: Tensor) -> Tensor:
+            return torch.linalg.svdvals(torch.linalg.qr(A).R @ torch.linalg.qr(B).R.mT).sum()
+
+        return Face(start=(P[:, :rank] * roots, Qh[:rank].mT * roots),
+                    embed=lambda A, B: (A @ B.mT).reshape(shape), norm=norm)
 
     def atoms(self, value: Tensor) -> Tensor:
         return self.singular_values(value).reshape(-1)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Constraint, hadamard_balance, split_product
+from .base import Constraint, Face, hadamard_balance, split_product
 from .budget import RATE, check_budget, check_density
 
 
@@ -81,6 +81,14 @@ class Sparse(Constraint):
 
     def project(self, value: Tensor, tol: float = 0.0) -> Tensor:
         return torch.where(value.abs() > tol, value, torch.zeros_like(value))
+
+    def face(self, value: Tensor, tol: float = 0.0) -> Face:
+        # Same support and signs: there ‖θ‖₁ = Σ sign(θ_i)·θ_i, linear in the non-zeros.
+        support = value.abs() > tol
+        signs = value.sign()[support]
+        zeros = torch.zeros_like(value)
+        return Face(start=(value[support],), embed=lambda z: zeros.masked_scatter(support, z),
+                    norm=lambda z: (signs * z).sum())
 
     def induced_norm(self, value: Tensor) -> Tensor:
         return value.abs().sum()
