@@ -20,27 +20,40 @@ def snap_tol(theta: Tensor, tol: float) -> float:
 
 
 def kkt_at_snap(loss: Callable[[Tensor], Tensor], constraint: Constraint, theta: Tensor,
-                tol: float, levels: int = 5) -> tuple[Tensor, float]:
+                tol: float, levels: int = 5, quick: bool = False) -> tuple[Tensor, float]:
     """``(snapped θ, KKT residual there)`` for ``minimise loss(θ) + λ‖θ‖`` (or s.t. θ ∈ set).
 
     DCS drives an entry that belongs at zero to zero geometrically, slowly when its gradient sits
     just below λ. Snapping at ``snap_tol`` and at up to ``levels − 1`` tenfold larger thresholds, the
     point with the smallest residual is returned: the residual certifies the point returned, however
-    it was obtained. Linear kinds project exactly, so one level suffices.
+    it was obtained. Linear kinds project exactly, so one level suffices. ``quick`` is passed to
+    ``kkt_residual`` (an estimate that may fall short: confirm with ``quick=False``).
     """
     cut = snap_tol(theta, tol)
     best = None
+    sizes = None
+    if not constraint.linear:
+        try:
+            sizes = constraint.atoms(theta.detach())
+        except NotImplementedError:  # a kind without atoms: every level is tried
+            sizes = None
+    alive = None
     for level in range(1 if constraint.linear else levels):
+        if sizes is not None:  # a level that zeroes no further atom gives the same point: skip it
+            count = int((sizes > cut * 10**level).sum())
+            if count == alive:
+                continue
+            alive = count
         point = constraint.project(theta.detach(), cut * 10**level).requires_grad_()
         (grad,) = torch.autograd.grad(loss(point), point)
-        residual = constraint.kkt_residual(point.detach(), grad, cut * 10**level)
+        residual = constraint.kkt_residual(point.detach(), grad, cut * 10**level, quick=quick)
         if best is None or residual < best[1]:
             best = (point.detach(), residual)
     return best
 
 
 def polish_on_face(loss: Callable[[Tensor], Tensor], constraint: Constraint, point: Tensor, tol: float,
-                   target: float, max_iter: int = 20) -> tuple[Tensor, float] | None:
+                   target: float, max_iter: int = 20, quick: bool = False) -> tuple[Tensor, float] | None:
     """``(point', KKT residual there)`` after minimising ``loss + λ‖·‖`` on the face of ``point``.
 
     Near a solution DCS has found the structure (support, alive groups, rank) long before its
@@ -60,6 +73,7 @@ def polish_on_face(loss: Callable[[Tensor], Tensor], constraint: Constraint, poi
         tol: the relative snap tolerance (see [`snap_tol`][symopt.optimality.snap_tol]).
         target: the absolute KKT residual the caller stops at; the face solve stops at a tenth of it.
         max_iter: L-BFGS iterations at most (about as many loss evaluations).
+        quick: measure the residual with ``kkt_residual(quick=True)`` (see there).
     """
     face = constraint.face(point, snap_tol(point, tol))
     if face is None:
@@ -85,7 +99,7 @@ def polish_on_face(loss: Callable[[Tensor], Tensor], constraint: Constraint, poi
             theta = face.embed(*coordinates)
         if not bool(torch.isfinite(theta).all()):
             return None
-        polished, residual = kkt_at_snap(loss, constraint, theta, tol, levels=1)
+        polished, residual = kkt_at_snap(loss, constraint, theta, tol, levels=1, quick=quick)
     except RuntimeError:  # e.g. an SVD or a loss meeting NaN on the way
         return None
     return (polished, residual) if math.isfinite(residual) else None

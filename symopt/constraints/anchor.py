@@ -120,7 +120,7 @@ class Anchor(Constraint):
         shrink = step * self.strength * self.weights
         return (value + shrink * self.anchor) / (1 + shrink)
 
-    def kkt_residual(self, value: Tensor, grad: Tensor, tol: float = 0.0) -> float:
+    def kkt_residual(self, value: Tensor, grad: Tensor, tol: float = 0.0, quick: bool = False) -> float:
         return float((grad + self.strength * self.weights * (value - self.anchor)).norm())
 
     def balance(self, psi: Tensor) -> float:

@@ -184,6 +184,7 @@ class Constraint(nn.Module):
     kind: ClassVar[str] = "constraint"
     linear: ClassVar[bool] = False
     decayed: ClassVar[tuple[int, ...]] = ()
+    quick_kkt: ClassVar[bool] = False  # whether kkt_residual(quick=True) can differ from the exact residual
 
     def __init__(self, strength: float | str | None, *, seed: int = 0, margin: float = 1.5, slots: int = 1,
                  budget: tuple[str, float] | None = None, adapt_rate: float = RATE) -> None:
@@ -297,10 +298,13 @@ class Constraint(nn.Module):
         """``argmin_x ½‖x − value‖² + step·λ·induced_norm(x)``; the projection for linear kinds."""
         return self.project(value)
 
-    def kkt_residual(self, value: Tensor, grad: Tensor, tol: float = 0.0) -> float:
+    def kkt_residual(self, value: Tensor, grad: Tensor, tol: float = 0.0, quick: bool = False) -> float:
         """Distance of ``−grad`` (gradient of the smooth loss at ``value``) to ``λ·∂induced_norm``
         for the penalty kinds; for linear kinds, the norm of the gradient projected onto the
-        constraint set (0 at the constrained optimum). 0 certifies optimality on convex losses."""
+        constraint set (0 at the constrained optimum). 0 certifies optimality on convex losses.
+        ``quick=True`` allows a cheaper estimate that may fall short of the exact residual (kinds
+        with ``quick_kkt``: LowRank estimates the top singular values of a large normal part); only
+        the exact residual certifies."""
         return float(self.project(grad).norm())
 
     def project(self, value: Tensor, tol: float = 0.0) -> Tensor:  # pragma: no cover - abstract

@@ -149,7 +149,7 @@ class GroupSparse(Constraint):
         scale = (1 - step * self.strength / norms.clamp_min(torch.finfo(value.dtype).tiny)).clamp_min(0)
         return value * self.spread(scale, value)
 
-    def kkt_residual(self, value: Tensor, grad: Tensor, tol: float = 0.0) -> float:
+    def kkt_residual(self, value: Tensor, grad: Tensor, tol: float = 0.0, quick: bool = False) -> float:
         lam = self.strength
         norms = self.group_norms(value)
         unit = value / self.spread(norms.clamp_min(torch.finfo(value.dtype).tiny), value)

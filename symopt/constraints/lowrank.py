@@ -51,6 +51,7 @@ class LowRank(Constraint):
 
     kind = "low_rank"
     decayed = (0, 1)
+    quick_kkt = True
 
     def __init__(
         self, strength: float | None = None, max_rank: int | None = None, *, layout: str = "flatten",
@@ -74,6 +75,10 @@ class LowRank(Constraint):
         self.max_rank = max_rank
         self.layout = layout
         self.shape: tuple[int, ...] | None = None  # recorded by right_inverse
+
+    def with_width(self, width: int | None) -> LowRank:
+        """This constraint (same λ, layout and seed) with factors of ``width`` columns (None: full)."""
+        return LowRank(self.strength, width, layout=self.layout, seed=self.factorizer.seed)
 
     def _matrix_shape(self, shape: tuple[int, ...]) -> tuple[int, int]:
         if len(shape) == 2 or self.layout == "batch":
@@ -108,7 +113,7 @@ class LowRank(Constraint):
         mat = self.matrix(value).to(working_dtype(value.dtype))
         m, n = mat.shape[-2:]
         rank = self.max_rank or min(m, n)
-        P, S, Qh = torch.linalg.svd(mat, full_matrices=False)
+        P, S, Qh = self._svd(mat)
         kept, dropped = S[..., :rank], S[..., rank:]
         if dropped.numel() and float(dropped.amax()) > 1e-6 * float(S.amax()):
             rel = float(dropped.square().sum().sqrt() / S.square().sum().sqrt())
@@ -128,14 +133,19 @@ class LowRank(Constraint):
         V = Qh[..., :rank, :].mT * v_scale.unsqueeze(-2)
         return U.to(value.dtype).contiguous(), V.to(value.dtype).contiguous()
 
+    def _svd(self, mat: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Thin SVD of a value's matrix view; see [`thin_svd`][symopt.constraints.lowrank.thin_svd]."""
+        return thin_svd(mat, self.max_rank)
+
     def _map_singular_values(self, value: Tensor, change) -> Tensor:
         """``value`` rebuilt from its SVD with the singular values replaced by ``change(S)``."""
         mat = self.matrix(value).to(working_dtype(value.dtype))
-        P, S, Qh = torch.linalg.svd(mat, full_matrices=False)
+        P, S, Qh = self._svd(mat)
         return ((P * change(S).unsqueeze(-2)) @ Qh).reshape(value.shape).to(value.dtype)
 
     def singular_values(self, value: Tensor) -> Tensor:
-        return torch.linalg.svdvals(self.matrix(value).to(working_dtype(value.dtype)))
+        mat = self.matrix(value).to(working_dtype(value.dtype))
+        return self._svd(mat)[1] if mat.dim() == 2 and self.max_rank is not None else torch.linalg.svdvals(mat)
 
     def prox(self, value: Tensor, step: float) -> Tensor:
         """Singular-value soft-thresholding at ``step·λ``."""
@@ -147,12 +157,12 @@ class LowRank(Constraint):
 
         return self._map_singular_values(value, shrink)
 
-    def kkt_residual(self, value: Tensor, grad: Tensor, tol: float = 0.0) -> float:
+    def kkt_residual(self, value: Tensor, grad: Tensor, tol: float = 0.0, quick: bool = False) -> float:
         W = self.matrix(value).to(working_dtype(value.dtype))
         G = self.matrix(grad).to(W.dtype)
         cap = self.max_rank
         if W.dim() == 2:
-            return _nuclear_kkt(W, G, self.strength, tol, cap)
+            return _nuclear_kkt(W, G, self.strength, tol, cap, self._svd(W), quick)
         pairs = zip(W.reshape(-1, *W.shape[-2:]), G.reshape(-1, *G.shape[-2:]))
         return sum(_nuclear_kkt(w, g, self.strength, tol, cap) ** 2 for w, g in pairs) ** 0.5
 
@@ -167,7 +177,7 @@ class LowRank(Constraint):
         mat = self.matrix(value)
         if mat.dim() != 2:
             return None
-        P, S, Qh = torch.linalg.svd(mat, full_matrices=False)
+        P, S, Qh = self._svd(mat)
         rank = int((S > tol).sum())
         if rank == 0:
             return None
@@ -195,7 +205,7 @@ class LowRank(Constraint):
         return self.singular_values(value).sum()
 
     def dual_norm(self, grad: Tensor) -> Tensor:
-        return self.singular_values(grad).amax()
+        return torch.linalg.svdvals(self.matrix(grad).to(working_dtype(grad.dtype))).amax()  # full rank
 
     def balance(self, U: Tensor, V: Tensor) -> float:
         U, V = U.detach(), V.detach()
@@ -212,22 +222,56 @@ class LowRank(Constraint):
         return f"{super().extra_repr()}, max_rank={self.max_rank}, layout={self.layout!r}"
 
 
-def _nuclear_kkt(W: Tensor, G: Tensor, lam: float, tol: float, cap: int | None = None) -> float:
+_QUICK_TOP = 16  # singular values of the normal part estimated by kkt_residual(quick=True)
+
+
+def thin_svd(mat: Tensor, width: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """``torch.linalg.svd(mat, full_matrices=False)``, cheaper for a matrix of rank ≤ ``width``.
+
+    A value of a ``LowRank(max_rank=r)`` is ``U Vᵀ`` with r columns: when r is well below
+    ``min(m, n)`` its SVD comes from its range: ``Q = qr(mat Ω)`` with a Gaussian ``Ω`` of r + 8
+    columns (the range exactly, with probability 1, when the rank is ≤ r + 8), then the SVD of the
+    small ``Qᵀ mat``: ``O(mn·r)`` instead of ``O(mn·min(m, n))`` (2000×2000: 0.07 s instead of
+    1.8 s, measured here). The range is checked (``‖mat − QQᵀmat‖`` at rounding level): a matrix of
+    larger rank, a gradient say, gets the full SVD. Only the r + 8 leading singular triplets are
+    returned on the fast path; the others are 0.
+    """
+    if mat.dim() != 2 or width is None or 4 * (width + 8) > min(mat.shape):
+        return torch.linalg.svd(mat, full_matrices=False)
+    generator = torch.Generator(device=mat.device).manual_seed(0)
+    omega = torch.randn(mat.shape[1], width + 8, generator=generator, device=mat.device, dtype=mat.dtype)
+    Q = torch.linalg.qr(mat @ omega).Q
+    small = Q.mT @ mat
+    floor = 100 * torch.finfo(mat.dtype).eps * math.sqrt(min(mat.shape))
+    if float((mat - Q @ small).norm()) > floor * float(mat.norm()):
+        return torch.linalg.svd(mat, full_matrices=False)
+    P, S, Qh = torch.linalg.svd(small, full_matrices=False)
+    return Q @ P, S, Qh
+
+
+def _nuclear_kkt(W: Tensor, G: Tensor, lam: float, tol: float, cap: int | None = None,
+                 svd: tuple[Tensor, Tensor, Tensor] | None = None, quick: bool = False) -> float:
     """Distance of ``−G`` to ``λ∂‖W‖_*`` for one matrix.
 
     ``∂‖W‖_* = {P Qᵀ + Z : PᵀZ = 0, ZQ = 0, ‖Z‖₂ ≤ 1}`` with ``W = P Σ Qᵀ`` (thin, σ > tol): the
     residual splits into a tangent part that must vanish and the excess over λ of the normal part's
     singular values. When the rank sits at the factor width ``cap`` the rank bound is active and the
     normal part is its multiplier: only the tangent part counts (stationarity on the rank-``cap``
-    manifold).
+    manifold). ``quick``: on a large matrix, the normal part's leading singular values by randomized
+    subspace iteration (``torch.svd_lowrank``, 16 of them): never above the exact ones, so the
+    residual can only come out smaller than the exact one (2000×2000: 0.05 s instead of 0.6 s).
     """
-    P, S, Qh = torch.linalg.svd(W, full_matrices=False)
+    P, S, Qh = torch.linalg.svd(W, full_matrices=False) if svd is None else svd
     keep = S > tol
     P, Q = P[:, keep], Qh[keep].mT
     R = G + lam * P @ Q.mT
     normal = R - P @ (P.mT @ R)
     normal = normal - (normal @ Q) @ Q.mT
-    excess = (torch.linalg.svdvals(normal) - lam).clamp_min(0)
     if cap is not None and int(keep.sum()) >= cap:
-        excess = excess[:0]
+        excess = normal.new_zeros(0)  # the rank bound's multiplier: not a violation (and no SVD to pay)
+    elif quick and min(normal.shape) > 4 * _QUICK_TOP:
+        _, top, _ = torch.svd_lowrank(normal, q=_QUICK_TOP, niter=4)
+        excess = (top - lam).clamp_min(0)
+    else:
+        excess = (torch.linalg.svdvals(normal) - lam).clamp_min(0)
     return float(((R - normal).square().sum() + excess.square().sum()).sqrt())

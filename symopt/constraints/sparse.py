@@ -73,7 +73,7 @@ class Sparse(Constraint):
     def prox(self, value: Tensor, step: float) -> Tensor:
         return value.sign() * (value.abs() - step * self.strength).clamp_min(0)
 
-    def kkt_residual(self, value: Tensor, grad: Tensor, tol: float = 0.0) -> float:
+    def kkt_residual(self, value: Tensor, grad: Tensor, tol: float = 0.0, quick: bool = False) -> float:
         lam = self.strength
         on = value.abs() > tol
         res = torch.where(on, (grad + lam * value.sign()).abs(), (grad.abs() - lam).clamp_min(0))

@@ -87,7 +87,8 @@ class Tied(Constraint):
     def prox(self, values: Sequence[Tensor], step: float) -> Tensor:
         return self.project(values)
 
-    def kkt_residual(self, values: Sequence[Tensor], grads: Sequence[Tensor], tol: float = 0.0) -> float:
+    def kkt_residual(self, values: Sequence[Tensor], grads: Sequence[Tensor], tol: float = 0.0,
+                     quick: bool = False) -> float:
         """Norm of the gradient projected onto the tie set: ``√k·‖mean_j g_j‖``."""
         return float(torch.stack(list(grads)).mean(0).norm()) * len(grads) ** 0.5
 

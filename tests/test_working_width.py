@@ -1,0 +1,96 @@
+"""Large nuclear-norm problems: the thin SVD from the range, the quick KKT estimate, and solve's
+narrow factors that widen on demand (the narrow problem is the full one while the rank stays below
+the width)."""
+
+import sys
+
+import pytest
+import torch
+
+import symopt
+from helpers import DT
+from symopt.constraints.lowrank import thin_svd
+from symopt.problems import make_matrix_completion
+
+SOLVE = sys.modules["symopt.solve"]
+
+
+def _low_rank(m, n, r, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(m, r, generator=g, dtype=DT) @ torch.randn(r, n, generator=g, dtype=DT)
+
+
+def test_thin_svd_from_the_range_is_the_svd():
+    W = _low_rank(200, 150, 6)
+    P, S, Qh = thin_svd(W, width=8)
+    assert S.shape[0] == 16  # width + 8 triplets, not min(m, n)
+    assert torch.allclose(S, torch.linalg.svdvals(W)[:16], atol=1e-9)
+    assert torch.allclose((P * S) @ Qh, W, atol=1e-9)
+    assert torch.allclose(P.mT @ P, torch.eye(16, dtype=DT), atol=1e-10)
+
+
+def test_thin_svd_falls_back_when_the_rank_exceeds_the_width():
+    W = torch.randn(200, 150, dtype=DT, generator=torch.Generator().manual_seed(1))  # full rank
+    P, S, Qh = thin_svd(W, width=8)
+    assert S.shape[0] == 150 and torch.allclose((P * S) @ Qh, W, atol=1e-9)
+    assert thin_svd(W[:40, :40], width=8)[1].shape[0] == 40  # too small for the range: plain SVD
+
+
+def test_a_narrow_low_rank_keeps_its_maths_on_a_full_rank_input():
+    """The fast path is only taken when checked: a capped constraint still projects and measures
+    gradients (full rank) exactly."""
+    G = torch.randn(120, 100, dtype=DT, generator=torch.Generator().manual_seed(2))
+    narrow, full = symopt.LowRank(0.5, max_rank=8), symopt.LowRank(0.5)
+    assert float(narrow.dual_norm(G)) == pytest.approx(float(torch.linalg.svdvals(G)[0]), rel=1e-12)
+    assert torch.allclose(narrow.project(G, 3.0), full.project(G, 3.0), atol=1e-10)
+
+
+def test_quick_kkt_never_exceeds_the_exact_residual():
+    W = _low_rank(300, 260, 4, seed=3)
+    c = symopt.LowRank(1.0)
+    for seed in range(3):
+        g = torch.Generator().manual_seed(seed)
+        noise = 0.5 * torch.randn(300, 260, dtype=DT, generator=g)  # all its σ far above λ = 1
+        exact, quick = c.kkt_residual(W, noise, 1e-9), c.kkt_residual(W, noise, 1e-9, quick=True)
+        assert quick <= exact * (1 + 1e-12)
+        spikes = 5 * _low_rank(300, 260, 3, seed=seed + 10) / 300 + 0.01 * noise  # 3 σ above λ, the rest below
+        exact, quick = c.kkt_residual(W, spikes, 1e-9), c.kkt_residual(W, spikes, 1e-9, quick=True)
+        assert quick == pytest.approx(exact, rel=1e-6)  # the leading values are the ones that count
+    small = _low_rank(30, 20, 2)
+    G = torch.randn(30, 20, dtype=DT)
+    assert c.kkt_residual(small, G, 1e-9, quick=True) == c.kkt_residual(small, G, 1e-9)  # small: exact
+
+
+@pytest.fixture
+def narrow_from_40(monkeypatch):
+    """Narrow factors from min(m, n) = 40 with width 4, so small problems take the large-problem path."""
+    monkeypatch.setattr(SOLVE, "_NARROW_FROM", 40)
+    monkeypatch.setattr(SOLVE, "_START_WIDTH", 4)
+
+
+def _reference(problem, monkeypatch):
+    monkeypatch.setattr(SOLVE, "_NARROW_FROM", 10**9)  # full-width factors throughout
+    return symopt.solve(problem, tol=1e-9)
+
+
+@pytest.mark.parametrize("rank, strength, observed", [(2, 0.5, 0.6), (10, 0.2, 0.8)],
+                         ids=["rank below width", "widens"])
+def test_narrow_factors_reach_the_full_width_optimum(narrow_from_40, monkeypatch, rank, strength, observed):
+    problem = make_matrix_completion(m=60, n=50, rank=rank, observed=observed, strength=strength)
+    result = symopt.solve(problem)
+    assert result.status == "optimal"
+    reference = _reference(problem, monkeypatch)
+    assert result.objective == pytest.approx(reference.objective, rel=1e-7)
+    found = int((torch.linalg.svdvals(result.x) > 1e-6 * float(result.x.abs().max())).sum())
+    expected = int((torch.linalg.svdvals(reference.x) > 1e-6 * float(reference.x.abs().max())).sum())
+    assert found == expected
+    if rank == 10:
+        assert found > 4  # above the starting width: solve had to widen
+
+
+def test_working_width_only_for_penalised_low_rank_of_a_large_matrix():
+    assert SOLVE._working_width(symopt.LowRank(0.1), (200, 300)) == (16, 200)
+    assert SOLVE._working_width(symopt.LowRank(0.1), (100, 300))[0] is None  # small: full width
+    assert SOLVE._working_width(symopt.LowRank(0.1, max_rank=3), (200, 300))[0] is None  # a rank bound
+    assert SOLVE._working_width(symopt.LowRank(target_rank=3), (200, 300))[0] is None  # a budget
+    assert SOLVE._working_width(symopt.Sparse(0.1), (200, 300))[0] is None
