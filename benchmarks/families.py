@@ -2,7 +2,7 @@
 (proximal / FISTA) and geoopt.
 
     python -m benchmarks.families [--device cuda] [--repeats 3] [--families lasso,hard_rank] [--quick]
-                                  [--large] [--figures docs/figures/benchmarks]
+                                  [--large | --large-only] [--solvers dcs,proximal] [--figures docs/figures/benchmarks]
 
 For each family and size, every applicable solver runs once as a warm-up, then ``--repeats`` times
 (a solver whose warm-up took over ``--slow`` seconds is not repeated: its warm-up is the measurement,
@@ -105,9 +105,9 @@ def data_size(problem) -> int:
 
 
 def bench_problem(problem, device: str, repeats: int, slow: float, cvxpy_max: int,
-                  cvxpy_max_data: float = math.inf) -> list[dict]:
+                  cvxpy_max_data: float = math.inf, solvers=None) -> list[dict]:
     measured = {}
-    for name in SOLVERS:
+    for name in solvers or SOLVERS:
         if name == "sklearn" and problem.meta.get("family") == "group_lasso":
             continue
         if name == "cvxpy" and (numel(problem) > cvxpy_max or data_size(problem) > cvxpy_max_data):
@@ -192,7 +192,12 @@ def main(argv=None) -> list[dict]:
                         help="skip cvxpy above this many data entries (Lasso 5000×10000 did not finish in 330 s)")
     parser.add_argument("--slow", type=float, default=20.0, help="do not repeat a solver whose warm-up took longer")
     parser.add_argument("--figures", default=None, help="folder for one PNG per family (default: no plots)")
+    parser.add_argument("--solvers", default=",".join(SOLVERS), help="comma list (dcs always runs)")
+    parser.add_argument("--large-only", action="store_true", help="only the large sizes (implies --large)")
     args = parser.parse_args(argv)
+    solvers = ["dcs"] + [s for s in args.solvers.split(",") if s != "dcs"]
+    if any(s not in SOLVERS for s in solvers):
+        parser.error(f"unknown solvers {[s for s in solvers if s not in SOLVERS]}; choose from {list(SOLVERS)}")
     unknown = [f for f in args.families.split(",") if f not in FAMILIES]
     if unknown:
         parser.error(f"unknown families {unknown}; choose from {list(FAMILIES)}")
@@ -209,11 +214,11 @@ def main(argv=None) -> list[dict]:
     everything = []
     for family in args.families.split(","):
         make, sizes, large = FAMILIES[family]
-        chosen = sizes[:1] if args.quick else sizes + (large if args.large else [])
+        chosen = sizes[:1] if args.quick else large if args.large_only else sizes + (large if args.large else [])
         rows = []
         for kwargs in chosen:
             found = bench_problem(make(**kwargs), args.device, repeats, args.slow, args.cvxpy_max,
-                                  args.cvxpy_max_data)
+                                  args.cvxpy_max_data, solvers)
             print_rows(found)
             rows += found
         print()

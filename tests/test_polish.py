@@ -1,4 +1,4 @@
-"""Faces of the induced norms and the face polish of ``solve``.
+"""Faces of the induced norms and the face polish of ``solve`` (and its compiled loss).
 
 A face is the set of tensors with the point's structure (support and signs, alive groups, rank) in
 smooth coordinates. Checked: the coordinates rebuild the point and the face norm equals the induced
@@ -141,3 +141,15 @@ def test_polish_removes_the_slow_tail_on_logistic_l1():
 def test_polish_option_is_checked():
     with pytest.raises(TypeError, match="polish must be True or False"):
         symopt.solve(make_logistic_l1(), polish="yes")
+
+
+def test_compiled_loss_gives_the_same_answer():
+    """``compile=True`` runs the loss through torch.compile (inductor; a C compiler on the CPU): the
+    answer is the plain one to the tolerance."""
+    problem = make_logistic_l1(n=200, d=50)
+    plain, compiled = symopt.solve(problem), symopt.solve(problem, compile=True)
+    assert compiled.status == "optimal"
+    assert compiled.objective == pytest.approx(plain.objective, rel=1e-9)
+    assert torch.equal(compiled.x != 0, plain.x != 0)
+    with pytest.raises(TypeError, match="compile must be True or False"):
+        symopt.solve(problem, compile=1)
