@@ -39,6 +39,8 @@ def _model(arch: str, width: int, device, kind: str | None) -> nn.Module:
         symopt.group_sparse(net, "2.weight", dim=0, strength=1e-4)
     elif kind == "low_rank":
         symopt.low_rank(net, "2.weight", strength=1e-4)
+    elif kind == "low_rank(max_rank=64)":
+        symopt.low_rank(net, "2.weight", strength=1e-4, max_rank=min(64, min(shape[0], numel // shape[0])))
     elif kind == "subspace(16 rows)":
         A = torch.randn(16, numel, device=device)
         symopt.subspace(net, "2.weight", A, strength=1.0)
@@ -90,7 +92,8 @@ def main(argv=None) -> None:
     x = (torch.randn(args.batch, args.width, device=device) if args.model == "mlp"
          else torch.randn(args.batch, args.width, 32, 32, device=device))
     y = torch.randint(0, 10, (args.batch,), device=device)
-    kinds = [None, "sparse", "group_sparse", "low_rank", "subspace(16 rows)", "fixed_zeros(50%)", "tied"]
+    kinds = [None, "sparse", "group_sparse", "low_rank", "low_rank(max_rank=64)", "subspace(16 rows)",
+             "fixed_zeros(50%)", "tied"]
     nets = {kind: _model(args.model, args.width, device, kind) for kind in kinds}
     times: dict = {kind: [] for kind in kinds}
     peaks: dict = {}

@@ -62,9 +62,9 @@ def polish_on_face(loss: Callable[[Tensor], Tensor], constraint: Constraint, poi
     L-BFGS with a strong-Wolfe line search solves it in a few iterations. Nothing is trusted: the
     result is snapped and certified by the KKT residual of the full problem, like any other point,
     and the caller keeps whichever residual is smaller. None when the kind has no face, or the
-    solve fails (a NaN, a linear-algebra error), or the face has over half as many coordinates as
-    θ has entries (the structure is not found yet, and the face solve would cost as much as the
-    descent).
+    solve fails (a NaN, a linear-algebra error), or the face of a penalty kind has over half as many
+    coordinates as θ has entries (the structure is not found yet, and the face solve would cost as
+    much as the descent). A linear kind's face is its constraint set, known from the start.
 
     Args:
         loss: the smooth loss ℓ(θ).
@@ -79,7 +79,7 @@ def polish_on_face(loss: Callable[[Tensor], Tensor], constraint: Constraint, poi
     if face is None:
         return None
     free = sum(t.numel() for t in face.start)
-    if free > point.numel() // 2:  # the structure is not found yet (e.g. rank 177 of 200 early on)
+    if free > point.numel() // 2 and not constraint.linear:  # the structure is not found yet (e.g. rank 177 of 200)
         return None
     lam = constraint.strength
     coordinates = [t.detach().clone(memory_format=torch.contiguous_format).requires_grad_() for t in face.start]

@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 import symopt
 from helpers import DT, least_squares
 from symopt.optimality import kkt_at_snap, polish_on_face, snap_tol
-from symopt.problems import lasso, make_group_lasso, make_logistic_l1, make_matrix_completion
+from symopt.problems import (lasso, make_equality_ls, make_fixed_zeros_ls, make_group_lasso, make_logistic_l1,
+                             make_matrix_completion, make_tied_least_squares)
 
 FAST = settings(max_examples=int(os.environ.get("SYMOPT_PROPERTY_EXAMPLES", 40)), deadline=None,
                 suppress_health_check=[HealthCheck.too_slow])
@@ -68,8 +69,25 @@ def test_face_norm_gradient_is_finite_and_is_the_subgradient(kind):
         assert torch.equal(grads[0], value[value != 0].sign())
 
 
+def test_a_linear_kinds_face_is_its_constraint_set():
+    c = symopt.Subspace(torch.tensor([[1.0, -1.0, 0.0]], dtype=DT), 1.0)  # θ0 = θ1
+    z = torch.tensor([3.0, 1.0, 5.0], dtype=DT)
+    face = c.face(z)
+    assert torch.allclose(face.embed(z), torch.tensor([2.0, 2.0, 5.0], dtype=DT))
+    assert float(face.norm(z)) == 0.0  # the exact penalty vanishes on the set
+
+
+@pytest.mark.parametrize("make", [make_equality_ls, make_tied_least_squares, make_fixed_zeros_ls])
+def test_float32_descent_is_certified_in_float64(make):
+    """A float32 descent cannot show a relative KKT residual of 1e-6; the certificate and the face
+    polish run in float64, so the float32 solve ends optimal at the float64 answer."""
+    problem = make()
+    r32, r64 = symopt.solve(problem, dtype=torch.float32), symopt.solve(problem)
+    assert r32.status == r64.status == "optimal"
+    assert r32.objective == pytest.approx(r64.objective, rel=1e-7)  # both within tol of the optimum
+
+
 def test_face_is_none_where_there_is_nothing_to_polish():
-    assert symopt.Subspace(torch.eye(2, 3, dtype=DT), 1.0).face(torch.zeros(3, dtype=DT)) is None
     batch = symopt.LowRank(0.1, layout="batch")
     assert batch.face(torch.randn(2, 4, 3, dtype=DT)) is None  # each matrix would have its own rank
     assert symopt.LowRank(0.1).face(torch.zeros(4, 3, dtype=DT)) is None  # rank 0

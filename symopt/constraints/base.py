@@ -312,9 +312,11 @@ class Constraint(nn.Module):
 
     def face(self, value: Tensor, tol: float = 0.0) -> Face | None:
         """The [`Face`][symopt.constraints.base.Face] of the induced norm at ``value``, its atoms
-        ``<= tol`` counted as zero; None where the kind has none to offer (the linear kinds: their
-        projection is already exact)."""
-        return None
+        ``<= tol`` counted as zero; None where the kind has none to offer. A linear kind's face is its
+        constraint set, where the penalty is 0: coordinates θ, embedded by the projection."""
+        if not self.linear:
+            return None
+        return Face(start=(value,), embed=self.project, norm=lambda z: z.new_zeros(()))
 
     def induced_norm(self, value: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
