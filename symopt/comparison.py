@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from ._format import table
-from .baselines import solve_cvxpy, solve_geoopt, solve_proximal, solve_sklearn
+from .baselines import solve_cvxpy, solve_geoopt, solve_proximal, solve_skglm, solve_sklearn
 from .optimality import snap_tol
 from .problems import (Problem, make_equality_ls, make_fixed_zeros_ls, make_group_lasso, make_lasso,
                        make_logistic_l1, make_low_rank_regression, make_matrix_completion, make_tied_least_squares)
@@ -160,6 +160,17 @@ def structure_of(problem: Problem, x: torch.Tensor) -> tuple[str, object]:
     return c.structure(x, tol), key
 
 
+def _compile_skglm() -> None:
+    """The sklearn row of a group lasso is skglm's, whose numba kernels compile on their first fit
+    in a process (~9 s here): pay that untimed on a 4-variable problem, as for torch above."""
+    from .problems import make_group_lasso
+
+    try:
+        solve_skglm(make_group_lasso(n=8, d=4, group_size=2, active_groups=1))
+    except ImportError:  # no skglm: the row will say so
+        pass
+
+
 def compare(problems: Problem | Sequence[Problem], solvers: Sequence[str] = tuple(SOLVERS), device=None,
             dtype=torch.float64, progress: Callable[[str], None] | None = None) -> Comparison:
     """Solve each problem with each solver; gaps are relative to the best feasible objective, and
@@ -200,6 +211,8 @@ def compare(problems: Problem | Sequence[Problem], solvers: Sequence[str] = tupl
     # The first torch optimizer built in a process imports torch._dynamo (~1.3 s on a 2-core CPU);
     # pay it here, untimed, instead of inside whichever solver happens to run first.
     torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    if "sklearn" in solvers and any(p.meta.get("family") == "group_lasso" for p in problems):
+        _compile_skglm()
     rows = Comparison()
     total, done = len(problems) * len(solvers), 0
     for problem in problems:
