@@ -187,14 +187,14 @@ def solve(problem: Problem, device=None, dtype=None, method: str = "auto", tol: 
             objective on the face of the snapped point (its support, alive groups or rank) by
             L-BFGS in those few smooth coordinates, and keep the result if its KKT residual (of the
             full problem) is smaller. The zeros of DCS arrive geometrically, so the stopping test,
-            not the descent, dominated: on ``make_logistic_l1(n=500, d=200)`` 2.17 s without,
-            0.12 s with (same machine as benchmarks/RESULTS.md). ``False`` gives plain DCS.
+            not the descent, dominated: on ``make_logistic_l1(n=500, d=200)`` 2.10 s without,
+            0.11 s with (benchmarks/RESULTS.md). ``False`` gives plain DCS.
 
     Penalised low rank of a large matrix (``min(m, n) ≥ 128``, no ``max_rank``, no budget) starts
     with factors 16 columns wide and doubles the width whenever the rank fills it: the narrow problem
     is the full one while the rank stays below the width, and its SVDs come from the factors' range
-    (nuclear-norm completion 2000×2000 of rank 5: 28.6 s instead of an estimated 400 s at full width;
-    1000×1000: 5.6 s instead of 54 s; this machine, benchmarks/RESULTS.md). While iterating, the
+    (nuclear-norm completion 1000×1000 of rank 5: 5.1 s instead of 54 s at full width; 2000×2000:
+    28.4 s, where full width would take about 8× the 1000×1000 time; benchmarks/RESULTS.md). While iterating, the
     nuclear-norm KKT residual estimates the normal part's leading singular values; the stop is
     decided by the exact residual.
 
@@ -254,8 +254,8 @@ def solve(problem: Problem, device=None, dtype=None, method: str = "auto", tol: 
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("solve: device 'cuda' requested but CUDA is not available")
     data = problem.data_on(device, dtype)
-    objective = torch.compile(problem.loss) if compile else problem.loss
-    loss = lambda theta: objective(theta, **data)  # noqa: E731
+    loss_fn = torch.compile(problem.loss) if compile else problem.loss
+    loss = lambda theta: loss_fn(theta, **data)  # noqa: E731
     grad0, trouble = _gradient_at_zero(problem, loss, device, dtype)
     constraint = problem.constraint()
     if trouble:
