@@ -46,6 +46,9 @@ FAMILIES = {
     "lasso": (make_lasso, [dict(n=200, d=1000, nonzeros=10), dict(n=1000, d=5000, nonzeros=50),
                            dict(n=5000, d=10000, nonzeros=100)],
               [dict(n=5000, d=100_000, nonzeros=100)]),
+    # sparse X (torch CSR), about 20 stored entries per column
+    "lasso_sparse_x": (make_lasso, [dict(n=2000, d=20_000, nonzeros=20, x_density=1e-2)],
+                       [dict(n=10_000, d=1_000_000, nonzeros=100, x_density=2e-3)]),
     "group_lasso": (make_group_lasso, [dict(n=200, d=1000, group_size=5), dict(n=1000, d=5000, group_size=5),
                                        dict(n=5000, d=10000, group_size=10, active_groups=10)],
                     [dict(n=5000, d=100_000, group_size=10, active_groups=10)]),

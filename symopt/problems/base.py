@@ -82,7 +82,9 @@ class Problem:
         }
 
     def numpy_data(self) -> dict[str, np.ndarray]:
-        return {k: v.detach().cpu().numpy() for k, v in self.data.items()}
+        """The data as numpy arrays for cvxpy and scikit-learn; a sparse (CSR) design becomes a
+        ``scipy.sparse.csr_matrix``."""
+        return {k: _to_numpy(v) for k, v in self.data.items()}
 
     def value(self, theta: Tensor, data: dict[str, Tensor], constraint: Constraint) -> float:
         """Full objective at θ with data and constraint already on θ's device and dtype."""
@@ -99,3 +101,13 @@ class Problem:
         theta = theta.detach().to(torch.float64)
         constraint = self.constraint().to(device=theta.device, dtype=torch.float64)
         return self.value(theta, self.data_on(theta.device, torch.float64), constraint)
+
+
+def _to_numpy(value: Tensor):
+    value = value.detach().cpu()
+    if value.layout != torch.sparse_csr:
+        return value.numpy()
+    import scipy.sparse
+
+    return scipy.sparse.csr_matrix((value.values().numpy(), value.col_indices().numpy(),
+                                    value.crow_indices().numpy()), shape=tuple(value.shape))

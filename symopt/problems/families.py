@@ -39,8 +39,34 @@ def _as_tensor(name: str, value, observed: Tensor | None = None) -> Tensor:
     return tensor
 
 
+def _as_sparse_design(X) -> Tensor | None:
+    """A scipy.sparse matrix or a torch sparse tensor as a float torch CSR tensor (None if ``X`` is
+    dense): a design with few non-zeros per row is multiplied without being densified."""
+    if getattr(X, "layout", torch.strided) in (torch.sparse_coo, torch.sparse_csr, torch.sparse_csc):
+        csr = X.to_sparse_csr() if X.layout != torch.sparse_csr else X
+    elif hasattr(X, "tocsr") and hasattr(X, "nnz"):  # scipy.sparse, without importing scipy here
+        m = X.tocsr()
+        csr = torch.sparse_csr_tensor(torch.as_tensor(m.indptr, dtype=torch.int64),
+                                      torch.as_tensor(m.indices, dtype=torch.int64), torch.as_tensor(m.data),
+                                      size=m.shape)
+    else:
+        return None
+    if csr.dim() != 2 or csr.is_complex():
+        raise ValueError(f"a sparse X must be a real (n, d) matrix, got shape {tuple(csr.shape)}, {csr.dtype}")
+    if not torch.is_floating_point(csr):
+        csr = csr.to(torch.float64)
+    if 0 in csr.shape:
+        raise ValueError(f"X is empty (shape {tuple(csr.shape)})")
+    values = csr.values()
+    if not bool(torch.isfinite(values).all()):
+        bad = int((~torch.isfinite(values)).sum())
+        raise ValueError(f"X contains NaN or Inf ({bad} of its {values.numel()} stored entries); drop or impute them first")
+    return csr
+
+
 def _check_xy(X, y) -> tuple[Tensor, Tensor]:
-    X, y = _as_tensor("X", X), _as_tensor("y", y)
+    sparse = _as_sparse_design(X)
+    X, y = (sparse if sparse is not None else _as_tensor("X", X)), _as_tensor("y", y)
     if X.dim() != 2 or y.dim() != 1 or X.shape[0] != y.shape[0]:
         raise ValueError(f"X must be (n, d) and y (n,), got X {tuple(X.shape)} and y {tuple(y.shape)}")
     return X, y.to(X.dtype)
@@ -62,7 +88,8 @@ def lasso(X, y, strength: float | None = None, *, max_nonzero: int | None = None
     ``w = 0`` is optimal iff ``λ ≥ ‖Xᵀy‖_∞ / n``.
 
     Args:
-        X: ``(n, d)`` design matrix (tensor or array; float64 recommended).
+        X: ``(n, d)`` design matrix (tensor or array; float64 recommended; a scipy.sparse
+            matrix or torch sparse tensor is kept sparse, as torch CSR).
         y: ``(n,)`` targets.
         strength: λ (> 0).
         max_nonzero: instead of ``strength``: the Lasso-path point with this many non-zeros
@@ -110,7 +137,8 @@ def group_lasso(X, y, groups, strength: float | None = None, *, max_groups: int 
     at the optimum's residual ``r``.
 
     Args:
-        X: ``(n, d)`` design matrix (tensor or array; float64 recommended).
+        X: ``(n, d)`` design matrix (tensor or array; float64 recommended; a scipy.sparse
+            matrix or torch sparse tensor is kept sparse, as torch CSR).
         y: ``(n,)`` targets.
         groups: a list of index lists covering every column once, or an int ``k`` for consecutive
             groups of ``k`` columns.
@@ -168,7 +196,8 @@ def logistic_l1(X, y, strength: float | None = None, *, max_nonzero: int | None 
     ``w = 0`` is optimal iff ``λ ≥ ‖Xᵀ(y − ½)‖_∞ / n``.
 
     Args:
-        X: ``(n, d)`` design matrix (tensor or array; float64 recommended).
+        X: ``(n, d)`` design matrix (tensor or array; float64 recommended; a scipy.sparse
+            matrix or torch sparse tensor is kept sparse, as torch CSR).
         y: ``(n,)`` targets. Labels 0 or 1.
         strength: λ (> 0).
         max_nonzero: instead of ``strength``: the path point with this many non-zeros.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from .base import Problem
@@ -30,9 +32,9 @@ def _check(owner: str, counts: dict, at_most: dict | None = None, nonnegative: d
             raise ValueError(f"{owner}: {name} must be in (0, 1], got {value!r}")
 
 
-def _planted_regression(n, d, nonzeros, noise, seed):
+def _planted_regression(n, d, nonzeros, noise, seed, x_density=None):
     g = _gen(seed)
-    X = torch.randn(n, d, generator=g, dtype=torch.float64)
+    X = torch.randn(n, d, generator=g, dtype=torch.float64) if x_density is None else _sparse_design(n, d, x_density, g)
     truth = torch.zeros(d, dtype=torch.float64)
     support = torch.randperm(d, generator=g)[:nonzeros]
     truth[support] = torch.randn(nonzeros, generator=g, dtype=torch.float64).sign() * (
@@ -40,12 +42,24 @@ def _planted_regression(n, d, nonzeros, noise, seed):
     return X, X @ truth + noise * torch.randn(n, generator=g, dtype=torch.float64), truth
 
 
+def _sparse_design(n, d, density, g):
+    """An n×d CSR matrix with about ``density·n·d`` N(0, 1) entries at uniform random positions
+    (drawn as coordinates, so a 1e4×1e6 design never exists densely)."""
+    count = max(1, round(density * n * d))
+    rows = torch.randint(n, (count,), generator=g)
+    cols = torch.randint(d, (count,), generator=g)
+    values = torch.randn(count, generator=g, dtype=torch.float64)
+    with warnings.catch_warnings():  # torch's "sparse CSR support is in beta" notice, once per process
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_coo_tensor(torch.stack([rows, cols]), values, (n, d)).coalesce().to_sparse_csr()
+
+
 def _lambda_max_fraction(X, y, fraction):
     """λ as a fraction of λ_max = ‖Xᵀy‖_∞/n, the smallest λ with the all-zero Lasso solution."""
-    return fraction * float((X.T @ y).abs().max()) / X.shape[0]
+    return fraction * float((X.t() @ y).abs().max()) / X.shape[0]
 
 
-def make_lasso(n=200, d=500, nonzeros=10, noise=0.1, fraction=0.1, seed=0) -> Problem:
+def make_lasso(n=200, d=500, nonzeros=10, noise=0.1, fraction=0.1, seed=0, x_density=None) -> Problem:
     """A [`lasso`][symopt.problems.lasso] with a planted sparse truth: ``y = Xw° + noise·ε``.
 
     ``X`` has i.i.d. N(0, 1) entries; ``w°`` has ``nonzeros`` entries of magnitude in [1, 2] and
@@ -59,23 +73,28 @@ def make_lasso(n=200, d=500, nonzeros=10, noise=0.1, fraction=0.1, seed=0) -> Pr
         noise: standard deviation of the noise.
         fraction: λ / λ_max, in (0, 1].
         seed: seed of the generator (same seed, same problem).
+        x_density: None for a dense Gaussian X; a fraction in (0, 1] for a sparse (CSR) X with
+            about that share of N(0, 1) entries (``n = 1e4, d = 1e6`` at 1e-4 is 1e6 stored entries).
 
     Returns:
         Problem: ``meta["truth"]`` holds ``w°``.
 
     Raises:
         ValueError: a size that is not a positive int, ``nonzeros > d``, negative noise, or a
-            fraction outside (0, 1].
+            fraction or density outside (0, 1].
 
     Examples:
         >>> from symopt.problems import make_lasso
         >>> problem = make_lasso(n=50, d=30, nonzeros=4)
         >>> problem.name, int((problem.meta["truth"] != 0).sum())
         ('lasso 50x30', 4)
+        >>> make_lasso(n=50, d=1000, x_density=0.01).data["X"].layout
+        torch.sparse_csr
     """
+    fractions = dict(fraction=fraction) if x_density is None else dict(fraction=fraction, x_density=x_density)
     _check("make_lasso", dict(n=n, d=d, nonzeros=nonzeros), dict(nonzeros=(nonzeros, d, "d")),
-           dict(noise=noise), dict(fraction=fraction))
-    X, y, truth = _planted_regression(n, d, nonzeros, noise, seed)
+           dict(noise=noise), fractions)
+    X, y, truth = _planted_regression(n, d, nonzeros, noise, seed, x_density)
     p = lasso(X, y, _lambda_max_fraction(X, y, fraction))
     p.meta["truth"] = truth
     return p
