@@ -75,7 +75,9 @@ def polish_on_face(loss: Callable[[Tensor], Tensor], constraint: Constraint, poi
         max_iter: L-BFGS iterations at most (about as many loss evaluations).
         quick: measure the residual with ``kkt_residual(quick=True)`` (see there).
     """
-    face = constraint.face(point, snap_tol(point, tol))
+    probe = point.detach().clone().requires_grad_()
+    (grad,) = torch.autograd.grad(loss(probe), probe)  # lets atoms the descent left at 0 enter the face
+    face = constraint.face(point, snap_tol(point, tol), grad)
     if face is None:
         return None
     free = sum(t.numel() for t in face.start)

@@ -113,6 +113,28 @@ def test_polish_reaches_the_closed_form_lasso_solution():
     assert torch.allclose(polished, closed, atol=1e-7)
 
 
+def test_a_zero_that_should_enter_joins_the_face():
+    """A descent that left one support entry at 0 (|g_i| > λ there; DCS lets atoms near the
+    breakpoint in last): the face, given the gradient, frees it with the sign −sign(g_i), and the
+    polish lands on the Lasso optimum."""
+    X, y = least_squares(n=80, d=20, k=4, noise=0.1)
+    lam = 0.05
+    loss = lambda w: 0.5 * (X @ w - y).square().mean()  # noqa: E731
+    reference = symopt.solve(lasso(X, y, lam), tol=1e-10).x
+    missing = int(torch.where(reference != 0, reference.abs(), torch.inf).argmin())  # the smallest: nearest to λ
+    start = reference.clone()
+    start[missing] = 0.0
+    probe = start.clone().requires_grad_()
+    (grad,) = torch.autograd.grad(loss(probe), probe)
+    c = symopt.Sparse(lam)
+    assert abs(float(grad[missing])) > lam  # the optimality condition of that zero fails
+    face = c.face(start, 1e-12, grad)
+    assert face.start[0].numel() == int((reference != 0).sum())  # the support, the missing entry included
+    assert c.face(start, 1e-12).start[0].numel() == int((reference != 0).sum()) - 1  # without the gradient
+    polished, residual = polish_on_face(loss, c, start, 1e-10, target=1e-7)
+    assert residual < 1e-7 and torch.allclose(polished, reference, atol=1e-7)
+
+
 def test_polish_on_a_wrong_face_reports_an_honest_residual():
     """A wrong sign makes the face objective wrong; the residual says so (the caller keeps the
     better point), and it is the residual of the point returned."""

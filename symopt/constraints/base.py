@@ -310,10 +310,12 @@ class Constraint(nn.Module):
     def project(self, value: Tensor, tol: float = 0.0) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def face(self, value: Tensor, tol: float = 0.0) -> Face | None:
+    def face(self, value: Tensor, tol: float = 0.0, grad: Tensor | None = None) -> Face | None:
         """The [`Face`][symopt.constraints.base.Face] of the induced norm at ``value``, its atoms
         ``<= tol`` counted as zero; None where the kind has none to offer. A linear kind's face is its
-        constraint set, where the penalty is 0: coordinates θ, embedded by the projection."""
+        constraint set, where the penalty is 0: coordinates θ, embedded by the projection. With the
+        loss gradient ``grad`` at ``value``, a kind may widen the face by the zero atoms whose
+        optimality condition fails (Sparse: ``|g_i| > λ``), which the descent had not yet let in."""
         if not self.linear:
             return None
         return Face(start=(value,), embed=self.project, norm=lambda z: z.new_zeros(()))

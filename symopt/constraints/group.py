@@ -170,7 +170,7 @@ class GroupSparse(Constraint):
         keep[torch.topk(norms, min(k, norms.numel())).indices] = 1
         return value * self.spread(keep, value)
 
-    def face(self, value: Tensor, tol: float = 0.0) -> Face:
+    def face(self, value: Tensor, tol: float = 0.0, grad: Tensor | None = None) -> Face:
         # Same alive groups: there Σ_g ‖θ_g‖ is smooth (no group at 0). The square root is taken of
         # the alive groups only, so no gradient meets √0.
         alive = self._group_squares(value) > tol * tol

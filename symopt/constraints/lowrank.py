@@ -169,7 +169,7 @@ class LowRank(Constraint):
     def project(self, value: Tensor, tol: float = 0.0) -> Tensor:
         return self._map_singular_values(value, lambda S: torch.where(S > tol, S, torch.zeros_like(S)))
 
-    def face(self, value: Tensor, tol: float = 0.0) -> Face | None:
+    def face(self, value: Tensor, tol: float = 0.0, grad: Tensor | None = None) -> Face | None:
         """Rank-r matrices near ``value = P Σ Qᵀ``, as ``A Bᵀ`` (``A = P√Σ``, ``B = Q√Σ``); with
         ``A = Q_A R_A`` and ``B = Q_B R_B`` (QR), ``‖A Bᵀ‖_* = ‖R_A R_Bᵀ‖_*``: an r×r SVD, smooth
         while the rank stays r. None for a batch of matrices (each would have its own rank) or

@@ -82,10 +82,22 @@ class Sparse(Constraint):
     def project(self, value: Tensor, tol: float = 0.0) -> Tensor:
         return torch.where(value.abs() > tol, value, torch.zeros_like(value))
 
-    def face(self, value: Tensor, tol: float = 0.0) -> Face:
-        # Same support and signs: there ‖θ‖₁ = Σ sign(θ_i)·θ_i, linear in the non-zeros.
+    def face(self, value: Tensor, tol: float = 0.0, grad: Tensor | None = None) -> Face:
+        # Same support and signs: there ‖θ‖₁ = Σ sign(θ_i)·θ_i, linear in the non-zeros. A zero whose
+        # gradient exceeds λ joins with the sign that lowers the objective, −sign(g_i): the worst
+        # violators, at most a quarter of the support (more means the support itself is not found).
         support = value.abs() > tol
-        signs = value.sign()[support]
+        signs = value.sign()
+        if grad is not None:
+            excess = torch.where(support, torch.zeros_like(grad), grad.abs() - self.strength).reshape(-1)
+            room = max(1, int(support.sum()) // 4)
+            top = torch.topk(excess, min(room, excess.numel()))
+            entering = torch.zeros_like(excess, dtype=torch.bool)
+            entering[top.indices[top.values > 0]] = True
+            entering = entering.view_as(value)
+            signs = torch.where(entering, -grad.sign(), signs)
+            support = support | entering
+        signs = signs[support]
         zeros = torch.zeros_like(value)
         return Face(start=(value[support],), embed=lambda z: zeros.masked_scatter(support, z),
                     norm=lambda z: (signs * z).sum())
