@@ -135,6 +135,26 @@ def test_a_zero_that_should_enter_joins_the_face():
     assert residual < 1e-7 and torch.allclose(polished, reference, atol=1e-7)
 
 
+def test_a_zero_group_that_should_enter_joins_the_face():
+    """The same for groups: a group left at 0 with ‖g_g‖ > λ enters (started off its kink) and the
+    polish reaches the group-lasso optimum."""
+    problem = make_group_lasso(n=100, d=40, group_size=4, active_groups=3, seed=3)
+    data = problem.data_on("cpu", DT)
+    loss = lambda w: problem.loss(w, **data)  # noqa: E731
+    c = problem.constraint()
+    reference = symopt.solve(problem, tol=1e-10).x
+    norms = c.group_norms(reference)
+    weakest = int(torch.where(norms > 0, norms, torch.inf).argmin())
+    start = reference.clone()
+    start[c.group_ids(start) == weakest] = 0.0
+    probe = start.clone().requires_grad_()
+    (grad,) = torch.autograd.grad(loss(probe), probe)
+    assert float(c.group_norms(grad)[weakest]) > c.strength
+    assert c.face(start, 1e-12, grad).start[0].numel() == c.face(reference, 1e-12).start[0].numel()
+    polished, residual = polish_on_face(loss, c, start, 1e-10, target=1e-7)
+    assert residual < 1e-7 and torch.allclose(polished, reference, atol=1e-6)
+
+
 def test_polish_on_a_wrong_face_reports_an_honest_residual():
     """A wrong sign makes the face objective wrong; the residual says so (the caller keeps the
     better point), and it is the residual of the point returned."""

@@ -172,15 +172,30 @@ class GroupSparse(Constraint):
 
     def face(self, value: Tensor, tol: float = 0.0, grad: Tensor | None = None) -> Face:
         # Same alive groups: there Σ_g ‖θ_g‖ is smooth (no group at 0). The square root is taken of
-        # the alive groups only, so no gradient meets √0.
-        alive = self._group_squares(value) > tol * tol
+        # the alive groups only, so no gradient meets √0. With the gradient, the worst zero groups
+        # with ‖g_g‖ > λ (at most a quarter of the alive ones) enter, started a small step along
+        # −g_g so that their norm is not at its kink.
+        norms = self.group_norms(value)
+        alive = norms > tol
+        start = value
+        if grad is not None:
+            grad_norms = self.group_norms(grad)
+            excess = torch.where(alive, torch.zeros_like(grad_norms), grad_norms - self.strength)
+            top = torch.topk(excess, min(max(1, int(alive.sum()) // 4), excess.numel()))
+            entering = torch.zeros_like(alive)
+            entering[top.indices[top.values > 0]] = True
+            if bool(entering.any()):
+                step = 1e-3 * (float(norms[alive].mean()) if bool(alive.any()) else 1.0)
+                direction = -grad / self.spread(grad_norms.clamp_min(torch.finfo(grad.dtype).tiny), grad)
+                start = value + self.spread(entering.to(value.dtype) * step, value) * direction
+                alive = alive | entering
         free = self.spread(alive.to(value.dtype), value).expand_as(value) > 0
         zeros = torch.zeros_like(value)
 
         def embed(z: Tensor) -> Tensor:
             return zeros.masked_scatter(free, z)
 
-        return Face(start=(value[free],), embed=embed,
+        return Face(start=(start[free],), embed=embed,
                     norm=lambda z: self._group_squares(embed(z))[alive].sqrt().sum())
 
     def induced_norm(self, value: Tensor) -> Tensor:
