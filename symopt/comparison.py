@@ -163,8 +163,6 @@ def structure_of(problem: Problem, x: torch.Tensor) -> tuple[str, object]:
 def _compile_skglm() -> None:
     """The sklearn row of a group lasso is skglm's, whose numba kernels compile on their first fit
     in a process (~9 s here): pay that untimed on a 4-variable problem, as for torch above."""
-    from .problems import make_group_lasso
-
     try:
         solve_skglm(make_group_lasso(n=8, d=4, group_size=2, active_groups=1))
     except ImportError:  # no skglm: the row will say so

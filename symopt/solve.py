@@ -409,8 +409,7 @@ class _Descent:
         if not self.filled(point):
             return False
         self.width = min(2 * self.width, self.full)
-        base = self.constraint
-        self.constraint = base.with_width(self.width if 4 * (self.width + 8) <= self.full else None)
+        self.constraint = self.constraint.with_width(self.width if 4 * (self.width + 8) <= self.full else None)
         if self.constraint.max_rank is None:
             self.width = None  # full width from now on
         self.holder = _Variable(self.problem.shape, point.device, self.dtype, self.constraint)

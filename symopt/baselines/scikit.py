@@ -50,14 +50,13 @@ def solve_sklearn(problem: Problem, tol: float = 1e-10, max_iter: int = 10_000) 
     family, lam = problem.meta.get("family"), problem.meta.get("strength")
     if family not in ("lasso", "logistic_l1", "group_lasso"):
         raise NotApplicable(f"no scikit-learn solver for {family}")
-    data = problem.numpy_data()
-    X, y = data["X"], data["y"]
     if family == "lasso":
         model = Lasso(alpha=lam, fit_intercept=False, tol=tol, max_iter=max_iter)
     elif family == "group_lasso":  # scikit-learn has none: skglm's, the same estimator as solve_skglm's
         return solve_skglm(problem, tol=tol, max_iter=max_iter)
     elif family == "logistic_l1":
-        model = LogisticRegression(l1_ratio=1.0, C=1.0 / (X.shape[0] * lam), fit_intercept=False, solver="liblinear",
+        n = problem.data["X"].shape[0]
+        model = LogisticRegression(l1_ratio=1.0, C=1.0 / (n * lam), fit_intercept=False, solver="liblinear",
                                    tol=tol, max_iter=max_iter)
     return _fit(problem, model)
 

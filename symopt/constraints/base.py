@@ -146,6 +146,17 @@ class Face:
     norm: Callable[..., Tensor]
 
 
+def entering(excess: Tensor, alive: int) -> Tensor:
+    """Which zero atoms a face admits, given ``excess`` (per atom: how far its optimality
+    condition fails, ≤ 0 where it holds or the atom is alive): the worst violators, at most a quarter
+    of the ``alive`` count and at least one (more means the structure itself is not found yet)."""
+    flat = excess.reshape(-1)
+    top = torch.topk(flat, min(max(1, alive // 4), flat.numel()))
+    chosen = torch.zeros_like(flat, dtype=torch.bool)
+    chosen[top.indices[top.values > 0]] = True
+    return chosen.view_as(excess)
+
+
 class Constraint(nn.Module):
     """Base class of the constraint kinds (a parametrization for ``torch.nn.utils.parametrize``).
 

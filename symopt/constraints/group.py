@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .base import Constraint, Face, random_gate
+from .base import Constraint, Face, entering, random_gate
 from .budget import RATE, check_budget
 
 
@@ -115,15 +115,18 @@ class GroupSparse(Constraint):
     def group_norms(self, value: Tensor) -> Tensor:
         """``‖w_g‖₂`` for every group, in group order."""
         if self.dim is not None:
-            axis = self.dim % value.dim()
-            return value.movedim(axis, 0).reshape(value.shape[axis], -1).norm(dim=1)
+            return self._rows(value).norm(dim=1)  # its backward is 0, not NaN, at a zero group
         return self._group_squares(value).sqrt()
+
+    def _rows(self, value: Tensor) -> Tensor:
+        """``value`` with one row per group (``dim`` groups)."""
+        axis = self.dim % value.dim()
+        return value.movedim(axis, 0).reshape(value.shape[axis], -1)
 
     def _group_squares(self, value: Tensor) -> Tensor:
         """``‖w_g‖₂²`` for every group, in group order."""
         if self.dim is not None:
-            axis = self.dim % value.dim()
-            return value.movedim(axis, 0).reshape(value.shape[axis], -1).square().sum(dim=1)
+            return self._rows(value).square().sum(dim=1)
         index = self.group_ids(value)
         return value.new_zeros(int(index.max()) + 1).index_add(0, index, value.reshape(-1).square())
 
@@ -180,15 +183,12 @@ class GroupSparse(Constraint):
         start = value
         if grad is not None:
             grad_norms = self.group_norms(grad)
-            excess = torch.where(alive, torch.zeros_like(grad_norms), grad_norms - self.strength)
-            top = torch.topk(excess, min(max(1, int(alive.sum()) // 4), excess.numel()))
-            entering = torch.zeros_like(alive)
-            entering[top.indices[top.values > 0]] = True
-            if bool(entering.any()):
+            joining = entering(torch.where(alive, 0.0, grad_norms - self.strength), int(alive.sum()))
+            if bool(joining.any()):
                 step = 1e-3 * (float(norms[alive].mean()) if bool(alive.any()) else 1.0)
                 direction = -grad / self.spread(grad_norms.clamp_min(torch.finfo(grad.dtype).tiny), grad)
-                start = value + self.spread(entering.to(value.dtype) * step, value) * direction
-                alive = alive | entering
+                start = value + self.spread(joining.to(value.dtype) * step, value) * direction
+                alive = alive | joining
         free = self.spread(alive.to(value.dtype), value).expand_as(value) > 0
         zeros = torch.zeros_like(value)
 

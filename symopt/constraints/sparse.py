@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Constraint, Face, hadamard_balance, split_product
+from .base import Constraint, Face, entering, hadamard_balance, split_product
 from .budget import RATE, check_budget, check_density
 
 
@@ -89,14 +89,9 @@ class Sparse(Constraint):
         support = value.abs() > tol
         signs = value.sign()
         if grad is not None:
-            excess = torch.where(support, torch.zeros_like(grad), grad.abs() - self.strength).reshape(-1)
-            room = max(1, int(support.sum()) // 4)
-            top = torch.topk(excess, min(room, excess.numel()))
-            entering = torch.zeros_like(excess, dtype=torch.bool)
-            entering[top.indices[top.values > 0]] = True
-            entering = entering.view_as(value)
-            signs = torch.where(entering, -grad.sign(), signs)
-            support = support | entering
+            joining = entering(torch.where(support, 0.0, grad.abs() - self.strength), int(support.sum()))
+            signs = torch.where(joining, -grad.sign(), signs)
+            support = support | joining
         signs = signs[support]
         zeros = torch.zeros_like(value)
         return Face(start=(value[support],), embed=lambda z: zeros.masked_scatter(support, z),

@@ -31,12 +31,18 @@ def _as_tensor(name: str, value, observed: Tensor | None = None) -> Tensor:
         tensor = tensor.to(torch.float64)
     if observed is not None and observed.shape == tensor.shape:
         tensor = torch.where(observed, tensor, torch.zeros((), dtype=tensor.dtype))
-    if tensor.numel() == 0:
-        raise ValueError(f"{name} is empty (shape {tuple(tensor.shape)})")
-    if not bool(torch.isfinite(tensor).all()):
-        bad = int((~torch.isfinite(tensor)).sum())
-        raise ValueError(f"{name} contains NaN or Inf ({bad} of {tensor.numel()} entries); drop or impute them first")
+    _require_finite(name, tensor, tensor, "entries")
     return tensor
+
+
+def _require_finite(name: str, tensor: Tensor, values: Tensor, what: str) -> None:
+    """Named errors for an empty ``tensor`` or NaN / Inf among its ``values`` (the entries, or the
+    stored entries of a sparse tensor)."""
+    if 0 in tensor.shape:
+        raise ValueError(f"{name} is empty (shape {tuple(tensor.shape)})")
+    if not bool(torch.isfinite(values).all()):
+        bad = int((~torch.isfinite(values)).sum())
+        raise ValueError(f"{name} contains NaN or Inf ({bad} of {values.numel()} {what}); drop or impute them first")
 
 
 def _as_sparse_design(X) -> Tensor | None:
@@ -55,12 +61,7 @@ def _as_sparse_design(X) -> Tensor | None:
         raise ValueError(f"a sparse X must be a real (n, d) matrix, got shape {tuple(csr.shape)}, {csr.dtype}")
     if not torch.is_floating_point(csr):
         csr = csr.to(torch.float64)
-    if 0 in csr.shape:
-        raise ValueError(f"X is empty (shape {tuple(csr.shape)})")
-    values = csr.values()
-    if not bool(torch.isfinite(values).all()):
-        bad = int((~torch.isfinite(values)).sum())
-        raise ValueError(f"X contains NaN or Inf ({bad} of its {values.numel()} stored entries); drop or impute them first")
+    _require_finite("X", csr, csr.values(), "stored entries")
     return csr
 
 
