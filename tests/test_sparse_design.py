@@ -9,6 +9,7 @@ import torch
 import symopt
 from symopt.baselines import solve_cvxpy, solve_proximal, solve_skglm, solve_sklearn
 from symopt.problems import lasso, logistic_l1, make_lasso
+from symopt.problems.design import matvec, rmatvec
 
 
 def _design(n=120, d=300, density=0.05, seed=0):
@@ -57,3 +58,29 @@ def test_bad_sparse_designs_are_named():
         lasso(A, y[:-1], 0.1)
     with pytest.raises(ValueError, match="x_density must be in"):
         make_lasso(n=10, d=20, nonzeros=2, x_density=0.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("columns", [None, 3], ids=["vector", "matrix"])
+def test_csr_product_gradient_is_the_dense_one(dtype, columns):
+    """The CSR product's own backward (cached CSR transpose) gives autograd's dense answer."""
+    A, _ = _design(n=40, d=70, density=0.1, seed=2)
+    dense = torch.tensor(A.toarray(), dtype=dtype)
+    csr = dense.to_sparse_csr()
+    shape = (70,) if columns is None else (70, columns)
+    theta = torch.randn(shape, dtype=dtype, requires_grad=True)
+    weights = torch.randn((40,) if columns is None else (40, columns), dtype=dtype)
+    (matvec(csr, theta) * weights).sum().backward()
+    grad, theta.grad = theta.grad, None
+    (dense @ theta * weights).sum().backward()
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(grad, theta.grad, rtol=tol, atol=tol)
+    torch.testing.assert_close(rmatvec(csr, weights), dense.t() @ weights, rtol=tol, atol=tol)
+    assert rmatvec(csr, weights) is not None and csr._symopt_csr_transpose is not None  # built once, kept
+
+
+def test_dense_designs_take_torchs_own_product():
+    X, theta = torch.randn(5, 4, dtype=torch.float64), torch.randn(4, dtype=torch.float64)
+    torch.testing.assert_close(matvec(X, theta), X @ theta)
+    torch.testing.assert_close(rmatvec(X, X @ theta), X.t() @ (X @ theta))
+    assert not hasattr(X, "_symopt_csr_transpose")

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from ..constraints import Constraint
+from .design import rmatvec
 
 
 def _feasible(nu: Tensor, grad: Tensor, constraint: Constraint) -> Tensor:
@@ -28,7 +29,7 @@ def least_squares_dual(theta: Tensor, data: dict[str, Tensor], constraint: Const
     y = data["y"] if "y" in data else data["Y"]
     n = X.shape[0]
     nu = (X @ theta.reshape(X.shape[1], -1).squeeze(-1) - y) / n
-    nu = _feasible(nu, X.t() @ nu, constraint)  # t(): also for a sparse (CSR) X
+    nu = _feasible(nu, rmatvec(X, nu), constraint)
     return float(-(nu * y).sum() - 0.5 * n * nu.square().sum()), nu
 
 
@@ -38,7 +39,7 @@ def logistic_dual(theta: Tensor, data: dict[str, Tensor], constraint: Constraint
     X, y = data["X"], data["y"]
     n = X.shape[0]
     nu = (torch.sigmoid(X @ theta) - y) / n
-    nu = _feasible(nu, X.t() @ nu, constraint)  # t(): also for a sparse (CSR) X
+    nu = _feasible(nu, rmatvec(X, nu), constraint)
     p = (n * nu + y).clamp(0.0, 1.0)
     entropy = torch.special.xlogy(p, p) + torch.special.xlogy(1 - p, 1 - p)
     return float(-entropy.sum() / n), nu

@@ -13,6 +13,7 @@ from torch.nn import functional as F
 
 from ..constraints import Constraint, FixedZeros, GroupSparse, LowRank, Sparse, Subspace, Tied
 from .base import Problem
+from .design import matvec
 from .duality import completion_dual, least_squares_dual, logistic_dual
 
 
@@ -79,7 +80,7 @@ def _strength_or_budget(family: str, strength, budget: int | None, what: str) ->
 
 
 def _least_squares(theta: Tensor, X: Tensor, y: Tensor) -> Tensor:
-    return 0.5 * (X @ theta.reshape(-1) - y).square().mean()
+    return 0.5 * (matvec(X, theta.reshape(-1)) - y).square().mean()
 
 
 def lasso(X, y, strength: float | None = None, *, max_nonzero: int | None = None) -> Problem:
@@ -186,7 +187,7 @@ def group_lasso(X, y, groups, strength: float | None = None, *, max_groups: int 
 
 
 def _logistic(theta: Tensor, X: Tensor, y: Tensor) -> Tensor:
-    return F.binary_cross_entropy_with_logits(X @ theta, y)
+    return F.binary_cross_entropy_with_logits(matvec(X, theta), y)
 
 
 def logistic_l1(X, y, strength: float | None = None, *, max_nonzero: int | None = None) -> Problem:
