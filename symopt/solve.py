@@ -24,11 +24,15 @@ from .decay import penalty
 from .optimality import kkt_at_snap, polish_on_face, snap_tol
 from .problems import Problem
 from .result import Result, elapsed_since
+from .working_set import applies as working_sets_apply
+from .working_set import solve_on_working_sets
 
 _METHODS = ("auto", "lbfgs", "momentum")
 # Penalised low rank on a matrix with min(m, n) >= _NARROW_FROM starts with factors of width
 # _START_WIDTH, doubled whenever the rank fills them (see _Descent.widen).
 _NARROW_FROM, _START_WIDTH = 128, 16
+# working_set=None turns working sets on for θ with at least this many entries (see solve's docstring).
+_WORKING_SETS_FROM = 1000
 
 
 def _lbfgs_stepper(params, closure, inner: int, history_size: int) -> Callable[[], None]:
@@ -149,7 +153,8 @@ class _Variable(nn.Module):
 
 def solve(problem: Problem, device=None, dtype=None, method: str = "auto", tol: float = 1e-6,
           max_iter: int = 500, progress: bool = False, inner: int = 20, history_size: int = 100,
-          max_rounds: int = 40, polish: bool = True, compile: bool = False) -> Result:
+          max_rounds: int = 40, polish: bool = True, compile: bool = False, working_set: bool | None = None,
+          start=None) -> Result:
     """Solve ``problem`` by DCS.
 
     DCS minimises the smooth factored objective ``loss(c(factors)) + (λ/2)‖factors‖²`` (``c`` the
@@ -189,6 +194,13 @@ def solve(problem: Problem, device=None, dtype=None, method: str = "auto", tol: 
             full problem) is smaller. The zeros of DCS arrive geometrically, so the stopping test,
             not the descent, dominated: on ``make_logistic_l1(n=500, d=200)`` 2.10 s without,
             0.11 s with (benchmarks/RESULTS.md). ``False`` gives plain DCS.
+        working_set: solve a problem that can restrict itself (``problem.restrict``: Lasso, group
+            lasso, logistic-L1 at a fixed λ) on growing working sets of atoms — DCS on a column
+            subset of ``X``, the KKT residual of the full problem checked after each
+            (`symopt.working_set`). ``None`` (default): on when θ has at least 1000 entries;
+            ``False``: always on the full problem; ``True``: required (a ``ValueError`` if the
+            problem cannot be restricted).
+        start: initial θ (a warm start; default 0), of ``problem.shape``.
 
     Penalised low rank of a large matrix (``min(m, n) ≥ 128``, no ``max_rank``, no budget) starts
     with factors 16 columns wide and doubles the width whenever the rank fills it: the narrow problem
@@ -253,6 +265,24 @@ def solve(problem: Problem, device=None, dtype=None, method: str = "auto", tol: 
         raise ValueError(f"solve: unknown device {device!r}") from err
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("solve: device 'cuda' requested but CUDA is not available")
+    if working_set is not None and not isinstance(working_set, bool):
+        raise TypeError(f"solve: working_set must be True, False or None, got {type(working_set).__name__}")
+    if start is not None:
+        start = _checked_start(start, problem)
+    if working_set is not False:
+        constraint = problem.constraint()
+        usable = working_sets_apply(problem, constraint)
+        if working_set and not usable:
+            raise ValueError(f"solve: working_set=True needs a problem that can restrict itself at a fixed λ "
+                             f"(Lasso, group lasso, logistic-L1 without a budget); '{problem.name}' cannot: "
+                             "pass working_set=None or False")
+        if usable and (working_set or math.prod(problem.shape) >= _WORKING_SETS_FROM) and start is None:
+            def restricted(sub: Problem, tol: float, start) -> Result:
+                return solve(sub, device, dtype, method, tol, max_iter, False, inner, history_size, max_rounds,
+                             polish, compile, working_set=False, start=start)
+
+            return solve_on_working_sets(problem, restricted, device=device, tol=tol, max_iter=max_iter,
+                                         progress=progress, solver=_solver_name(method))
     data = problem.data_on(device, dtype)
     loss_fn = torch.compile(problem.loss) if compile else problem.loss
     loss = lambda theta: loss_fn(theta, **data)  # noqa: E731
@@ -270,6 +300,14 @@ def solve(problem: Problem, device=None, dtype=None, method: str = "auto", tol: 
         descent.exact = (lambda theta: problem.loss(theta, **data64), data64)
     if width is not None:
         descent.width, descent.full = width, full
+    if start is not None:  # right_inverse splits it into factors, every zero with a live factor
+        with torch.no_grad():
+            values = start.to(device=device, dtype=dtype, copy=True)
+            if holder.copies:
+                for j in range(holder.copies):
+                    setattr(holder, f"copy{j}", values[j])
+            else:
+                holder.value = values
 
     start = time.perf_counter()
     if constraint.budget is None:
@@ -298,6 +336,17 @@ def solve(problem: Problem, device=None, dtype=None, method: str = "auto", tol: 
         status=status, solver=_solver_name(method), message=message,
         strength=constraint.strength, problem=problem,
     )
+
+
+def _checked_start(start, problem: Problem) -> torch.Tensor:
+    if not isinstance(start, torch.Tensor):
+        raise TypeError(f"solve: start must be a tensor of shape {tuple(problem.shape)}, got {type(start).__name__}")
+    if tuple(start.shape) != tuple(problem.shape):
+        raise ValueError(f"solve: start has shape {tuple(start.shape)}, but '{problem.name}' has θ of shape "
+                         f"{tuple(problem.shape)}")
+    if not torch.is_floating_point(start) or not bool(torch.isfinite(start).all()):
+        raise ValueError("solve: start must hold finite floating-point values")
+    return start.detach()
 
 
 def _working_width(constraint: Constraint, shape) -> tuple[int | None, int]:

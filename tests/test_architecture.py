@@ -12,7 +12,7 @@ LAYERS = {
     "attach": 2,
     "decay": 3, "report": 3, "certify": 3, "finalize": 3, "optimality": 3, "verbs": 3, "result": 3, "syre": 3, "diagnose": 3, "conserved": 3,
     "export": 3, "distributed": 3, "guard": 3,
-    "problems": 4, "solve": 4, "baselines": 4,
+    "problems": 4, "solve": 4, "working_set": 4, "baselines": 4,
     "comparison": 5, "cli": 5, "__main__": 5,
     "__init__": 6,
 }

@@ -36,6 +36,11 @@ class Problem:
         dual: for penalised convex families, ``dual(θ, data, constraint) -> (D(ν), ν)``: a
             dual-feasible point built from θ and its dual objective (`symopt.problems.duality`);
             ``objective − D(ν)`` is the duality gap that [`symopt.certify`][symopt.certify] reports.
+        restrict: for separable penalised families (Lasso, group lasso, logistic-L1),
+            ``restrict(index)`` is the same problem over ``θ[index]`` alone, the other coordinates
+            fixed at 0 (``index`` sorted; for groups, whole groups): a column subset of ``X``, so an
+            evaluation costs the subset, not the full design. [`symopt.solve`][symopt.solve] uses it
+            for working sets.
 
     Examples:
         A problem of your own: least squares with the weights summing to zero, then solved.
@@ -62,6 +67,7 @@ class Problem:
     penalized: bool = True
     at_strength: Callable[[float], "Problem"] | None = None
     dual: Callable[[Tensor, dict, Constraint], tuple[float, Tensor]] | None = None
+    restrict: Callable[[Tensor], "Problem"] | None = None
 
     @property
     def budget(self) -> int | None:

@@ -20,7 +20,16 @@ def _csr_transpose(X: Tensor) -> Tensor:
     # for a new dtype or device, which gets its own copy. The data of a problem is never mutated.
     cached = getattr(X, _TRANSPOSE, None)
     if cached is None:
-        cached = X.t().to_sparse_csr()
+        # A stable sort of the column indices is the transpose's entry order (rows stay sorted within
+        # each column): faster than X.t().to_sparse_csr() (1.0 vs 1.6 s at 2e7 entries, measured).
+        crow, cols = X.crow_indices(), X.col_indices()
+        order = torch.sort(cols, stable=True).indices
+        rows = torch.repeat_interleave(torch.arange(X.shape[0], device=cols.device), crow.diff())
+        counts = torch.bincount(cols, minlength=X.shape[1])
+        new_crow = torch.zeros(X.shape[1] + 1, dtype=crow.dtype, device=crow.device)
+        torch.cumsum(counts, 0, out=new_crow[1:])
+        cached = torch.sparse_csr_tensor(new_crow, rows[order], X.values()[order], size=(X.shape[1], X.shape[0]),
+                                         check_invariants=False)  # built from a valid CSR: valid
         setattr(X, _TRANSPOSE, cached)
     return cached
 
@@ -67,3 +76,30 @@ def rmatvec(X: Tensor, r: Tensor) -> Tensor:
     if X.layout == torch.sparse_csr:
         return _csr_transpose(X) @ r
     return X.t() @ r
+
+
+def columns(X: Tensor, index: Tensor) -> Tensor:
+    """``X[:, index]``, dense or CSR (torch has no column selection for CSR: the rows of the cached
+    CSR transpose are gathered instead, and kept as the new matrix's own transpose).
+
+    Examples:
+        >>> import torch
+        >>> X = torch.tensor([[0.0, 2.0, 5.0], [1.0, 0.0, 6.0]], dtype=torch.float64)
+        >>> columns(X.to_sparse_csr(), torch.tensor([2, 0])).to_dense().tolist()
+        [[5.0, 0.0], [6.0, 1.0]]
+    """
+    if X.layout != torch.sparse_csr:
+        return X.index_select(1, index)
+    rows = _csr_transpose(X)  # (d, n): the columns of X are its rows
+    crow, cols, values = rows.crow_indices(), rows.col_indices(), rows.values()
+    first, lengths = crow[index], crow[index + 1] - crow[index]
+    new_crow = torch.zeros(len(index) + 1, dtype=crow.dtype, device=crow.device)
+    torch.cumsum(lengths, 0, out=new_crow[1:])
+    # entry j of the selection sits at first[row] + (j − new_crow[row]) in the original rows
+    offset = torch.repeat_interleave(first - new_crow[:-1], lengths)
+    take = torch.arange(int(new_crow[-1]), device=crow.device) + offset
+    picked = torch.sparse_csr_tensor(new_crow, cols[take], values[take], size=(len(index), X.shape[0]),
+                                     check_invariants=False)  # built from a valid CSR: valid
+    selected = picked.t().to_sparse_csr()
+    setattr(selected, _TRANSPOSE, picked)
+    return selected

@@ -13,7 +13,7 @@ from torch.nn import functional as F
 
 from ..constraints import Constraint, FixedZeros, GroupSparse, LowRank, Sparse, Subspace, Tied
 from .base import Problem
-from .design import matvec
+from .design import columns, matvec
 from .duality import completion_dual, least_squares_dual, logistic_dual
 
 
@@ -55,7 +55,7 @@ def _as_sparse_design(X) -> Tensor | None:
         m = X.tocsr()
         csr = torch.sparse_csr_tensor(torch.as_tensor(m.indptr, dtype=torch.int64),
                                       torch.as_tensor(m.indices, dtype=torch.int64), torch.as_tensor(m.data),
-                                      size=m.shape)
+                                      size=m.shape, check_invariants=True)  # user data: validate it
     else:
         return None
     if csr.dim() != 2 or csr.is_complex():
@@ -128,7 +128,8 @@ def lasso(X, y, strength: float | None = None, *, max_nonzero: int | None = None
 
     Sparse(strength)  # validate strength now, not at solve time
     return Problem(f"lasso {n}x{d}", (d,), _least_squares, lambda: Sparse(strength), {"X": X, "y": y}, twin,
-                   {"family": "lasso", "strength": strength}, dual=least_squares_dual)
+                   {"family": "lasso", "strength": strength}, dual=least_squares_dual,
+                   restrict=lambda index: lasso(columns(X, index), y, strength))
 
 
 def group_lasso(X, y, groups, strength: float | None = None, *, max_groups: int | None = None) -> Problem:
@@ -172,18 +173,30 @@ def group_lasso(X, y, groups, strength: float | None = None, *, max_groups: int 
                                "group_lasso", lambda lam: group_lasso(X, y, groups, lam))
     constraint = GroupSparse(groups=groups, strength=strength)  # validates groups and strength now
     constraint.validate(torch.empty(d), "w")
-    index = constraint.group_ids(torch.empty(d)).tolist()
-    members = [[i for i in range(d) if index[i] == g] for g in range(max(index) + 1)]
+    ids = constraint.group_ids(torch.empty(d))
+    members = _members(ids)
 
     def twin(X, y):
         import cvxpy as cp
         w = cp.Variable(d)
         return w, cp.sum_squares(X @ w - y) / (2 * n) + strength * sum(cp.norm(w[g], 2) for g in members), []
 
+    def restrict(index: Tensor) -> Problem:  # index: whole groups, sorted, so an int size still applies
+        kept = groups if isinstance(groups, int) else _members(torch.unique(ids[index], return_inverse=True)[1])
+        return group_lasso(columns(X, index), y, kept, strength)
+
     label = f"/{groups}" if isinstance(groups, int) else f", {len(members)} groups"
     return Problem(f"group_lasso {n}x{d}{label}", (d,), _least_squares,
                    lambda: GroupSparse(groups=groups, strength=strength), {"X": X, "y": y}, twin,
-                   {"family": "group_lasso", "strength": strength, "groups": members}, dual=least_squares_dual)
+                   {"family": "group_lasso", "strength": strength, "groups": members}, dual=least_squares_dual,
+                   restrict=restrict)
+
+
+def _members(ids: Tensor) -> list[list[int]]:
+    """Group ids per coordinate (0 … G−1) → the coordinates of each group, in one sort."""
+    order = torch.argsort(ids, stable=True)
+    counts = torch.bincount(ids).tolist()
+    return [chunk.tolist() for chunk in torch.split(order, counts)]
 
 
 def _logistic(theta: Tensor, X: Tensor, y: Tensor) -> Tensor:
@@ -237,7 +250,8 @@ def logistic_l1(X, y, strength: float | None = None, *, max_nonzero: int | None 
 
     Sparse(strength)
     return Problem(f"logistic_l1 {n}x{d}", (d,), _logistic, lambda: Sparse(strength), {"X": X, "y": y}, twin,
-                   {"family": "logistic_l1", "strength": strength}, dual=logistic_dual)
+                   {"family": "logistic_l1", "strength": strength}, dual=logistic_dual,
+                   restrict=lambda index: logistic_l1(columns(X, index), y, strength))
 
 
 def equality_ls(X, y, A=None, strength: float = 1.0, *, zeros=None) -> Problem:

@@ -1,0 +1,127 @@
+"""Layer 4 — working sets: DCS on a few columns of the design at a time, certified on all of them.
+
+A sparse problem (Lasso, group lasso, logistic-L1) has a solution with few non-zero atoms, but
+each DCS evaluation reads the whole design ``X``. A working set ``W`` of atoms (coordinates, or
+whole groups) gives the problem restricted to them (`Problem.restrict`: ``X[:, W]``, the other
+coordinates fixed at 0), whose evaluations cost ``|W|/d`` of the full ones. The loop (as in
+celer / skglm, here with DCS as the inner solver):
+
+1. solve the restricted problem by DCS, warm started, to half the full problem's KKT target;
+2. embed its solution and measure the KKT residual of the *full* problem there (one full
+   gradient): on ``W`` it is the restricted residual; outside ``W``, where θ = 0, it is
+   ``max(‖g_a‖ − λ, 0)`` per atom, positive only for atoms that want to enter;
+3. stop when it is below the target; else take the alive atoms plus the atoms with the largest
+   ``‖g_a‖`` (the worst violators), doubling the size, and repeat.
+
+The answer is certified exactly as a plain solve's: by the full problem's KKT residual.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from .constraints import GroupSparse, Sparse
+from .optimality import snap_tol
+from .problems import Problem
+from .result import Result, elapsed_since
+
+FIRST_SIZE = 100  # atoms in the first working set (at least twice the alive atoms later)
+
+
+def applies(problem: Problem, constraint) -> bool:
+    """Whether working sets can solve ``problem``: a family that can restrict itself, with a
+    penalised (λ fixed, no budget) elementwise or index-grouped sparsity constraint."""
+    if problem.restrict is None or constraint.budget is not None:
+        return False
+    return type(constraint) is Sparse or (isinstance(constraint, GroupSparse) and constraint.dim is None)
+
+
+def atom_of(constraint, numel: int, device) -> Tensor:
+    """The atom (coordinate or group) of every coordinate of θ."""
+    if isinstance(constraint, GroupSparse):
+        return constraint.group_ids(torch.empty(numel, device=device)).to(device)
+    return torch.arange(numel, device=device)
+
+
+def solve_on_working_sets(problem: Problem, solve_restricted: Callable[..., Result], *, device, tol: float,
+                          max_iter: int, progress: bool, solver: str = "dcs") -> Result:
+    """Solve ``problem`` by DCS on growing working sets (see the module docstring).
+
+    Args:
+        problem: a problem with ``restrict`` (see `applies`).
+        solve_restricted: ``solve_restricted(sub_problem, tol=, start=)`` → Result: plain DCS.
+        device: where the full KKT check runs (in float64); the inner solves choose their own.
+        tol: the relative KKT tolerance of the full problem (as in ``symopt.solve``).
+        max_iter: most working-set rounds (each one inner solve).
+        progress: one line per round to stderr.
+        solver: the name the result reports.
+    """
+    start = time.perf_counter()
+    constraint = problem.constraint().to(device=device, dtype=torch.float64)
+    data = problem.data_on(device, torch.float64)
+    shape, numel = tuple(problem.shape), math.prod(problem.shape)
+    ids = atom_of(constraint, numel, device)
+    theta = torch.zeros(numel, device=device, dtype=torch.float64)
+    grad = _gradient(problem, data, theta, shape)
+    grad0 = grad.clone()
+    target = tol * max(float(grad0.norm()), 1e-12)
+    history: list = []
+    size, chosen, inner_iterations = FIRST_SIZE, None, 0
+    status, message = "max_iter", f"KKT residual above {tol:g}·scale after {max_iter} working-set rounds"
+    for round_ in range(1, max_iter + 1):
+        alive = constraint.atoms(theta) > 0
+        scores = constraint.atoms(grad)
+        size = max(size, 2 * int(alive.sum()))
+        priority = torch.where(alive, torch.full_like(scores, math.inf), scores)
+        atoms = torch.topk(priority, min(size, priority.numel())).indices
+        keep = torch.zeros(priority.numel(), dtype=torch.bool, device=device)
+        keep[atoms] = True
+        index = torch.nonzero(keep[ids]).reshape(-1)  # sorted coordinates of the chosen atoms
+        if chosen is not None and torch.equal(index, chosen):
+            status, message = "stalled", (f"the working set of {len(index)} coordinates cannot grow, but the KKT "
+                                          f"residual {history[-1][2]:.2g} is above the target {target:.2g}")
+            break
+        chosen = index
+        # The restricted residual, on W, is the full one's W part: half the target leaves room for the rest.
+        scale = max(float(grad0[index].norm()), 1e-12)
+        inner = solve_restricted(problem.restrict(index.cpu()), tol=0.5 * target / scale,
+                                 start=theta[index].to("cpu"))
+        inner_iterations += inner.iterations
+        if inner.status in ("nan", "diverged", "max_iter"):
+            status, message = inner.status, f"working-set round {round_} ({len(index)} coordinates): {inner.message}"
+            break
+        theta = torch.zeros_like(theta)
+        theta[index] = inner.x.to(device=device, dtype=torch.float64).reshape(-1)
+        grad = _gradient(problem, data, theta, shape)
+        kkt = constraint.kkt_residual(theta.reshape(shape), grad.reshape(shape), snap_tol(theta, tol))
+        objective = problem.value(theta.reshape(shape), data, constraint)
+        history.append((time.perf_counter() - start, objective, kkt))
+        if progress:
+            print(f"[symopt.solve {problem.name}] working set {round_}: {len(index)} coordinates, objective "
+                  f"{objective:.10g}, KKT {kkt:.2e} (target {target:.2e})", file=sys.stderr, flush=True)
+        if kkt <= target:
+            status, message = "optimal", (f"KKT residual below tolerance (working sets: {round_} rounds, last "
+                                          f"{len(index)} of {numel} coordinates, {inner_iterations} inner iterations)")
+            break
+        if len(index) == numel:  # the working set is the whole problem: its solve's verdict stands
+            status, message = inner.status, inner.message
+            break
+        size *= 2
+    x = theta.reshape(shape).to("cpu")
+    c64 = problem.constraint().to(dtype=torch.float64)
+    return Result(x=x, objective=problem.value(x, problem.data_on("cpu", torch.float64), c64), violation=0.0,
+                  kkt_residual=history[-1][2] if history else float("nan"), iterations=len(history),
+                  seconds=elapsed_since(start, device), history=history, device=str(device), status=status,
+                  solver=solver, message=message, strength=constraint.strength, problem=problem)
+
+
+def _gradient(problem: Problem, data: dict, theta: Tensor, shape) -> Tensor:
+    point = theta.reshape(shape).detach().requires_grad_()
+    (grad,) = torch.autograd.grad(problem.loss(point, **data), point)
+    return grad.reshape(-1)

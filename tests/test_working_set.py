@@ -1,0 +1,112 @@
+"""Working sets (`symopt.working_set`): DCS on column subsets of X reaches the full problem's optimum,
+certified by the full KKT residual; restrictions are the problem on a subset; warm starts."""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import symopt
+from symopt import working_set
+from symopt.baselines import solve_cvxpy
+from symopt.problems import group_lasso, lasso, make_group_lasso, make_lasso, make_logistic_l1, make_matrix_completion
+from symopt.problems.design import columns
+
+
+def _support(x: torch.Tensor) -> set:
+    return set(torch.nonzero(x.reshape(-1)).reshape(-1).tolist())
+
+
+@pytest.mark.parametrize("make", [
+    lambda: make_lasso(n=150, d=1200, nonzeros=8),
+    lambda: make_lasso(n=150, d=1200, nonzeros=8, x_density=0.05),
+    lambda: make_group_lasso(n=150, d=1200, group_size=6, active_groups=4),
+    lambda: make_logistic_l1(n=300, d=1000, nonzeros=6),
+], ids=["lasso", "lasso-sparse-x", "group-lasso", "logistic"])
+def test_working_sets_reach_the_full_optimum(make):
+    problem = make()
+    ws, full = symopt.solve(problem, working_set=True), symopt.solve(problem, working_set=False)
+    assert ws.status == full.status == "optimal"
+    assert "working sets" in ws.message
+    assert ws.objective == pytest.approx(full.objective, rel=1e-9)
+    assert _support(ws.x) == _support(full.x)
+    assert ws.kkt_residual <= 1e-6 * float(_gradient_at_zero(problem).norm())
+
+
+@pytest.mark.slow
+def test_working_sets_match_cvxpy():
+    problem = make_lasso(n=100, d=1000, nonzeros=5)
+    ws, reference = symopt.solve(problem, working_set=True), solve_cvxpy(problem)
+    assert ws.objective == pytest.approx(reference.objective, rel=1e-7)
+
+
+def test_the_working_set_grows_until_the_full_kkt_holds(monkeypatch):
+    monkeypatch.setattr(working_set, "FIRST_SIZE", 2)  # far fewer than the ~30 atoms of the solution
+    problem = make_lasso(n=200, d=1500, nonzeros=30, fraction=0.05)
+    ws, full = symopt.solve(problem, working_set=True), symopt.solve(problem, working_set=False)
+    assert ws.status == "optimal" and ws.iterations >= 3  # rounds: 2, 4, 8, ... atoms
+    assert ws.objective == pytest.approx(full.objective, rel=1e-9)
+    times = [t for t, _, _ in ws.history]
+    assert times == sorted(times)
+
+
+def test_list_groups_are_restricted_as_groups():
+    base = make_group_lasso(n=120, d=1200, group_size=4, active_groups=3)
+    rng = np.random.default_rng(0)
+    perm = rng.permutation(1200)
+    groups = [perm[i:i + 4].tolist() for i in range(0, 1200, 4)]  # scattered index groups
+    problem = group_lasso(base.data["X"], base.data["y"], groups, strength=base.meta["strength"])
+    ws, full = symopt.solve(problem, working_set=True), symopt.solve(problem, working_set=False)
+    assert ws.status == full.status == "optimal"
+    assert ws.objective == pytest.approx(full.objective, rel=1e-9)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.integers(0, 59), min_size=1, max_size=60, unique=True), st.booleans())
+def test_a_restriction_is_the_problem_on_the_subset(chosen, sparse):
+    """loss_W(θ_W) = loss(θ with θ_W in place and 0 elsewhere), for dense and CSR designs."""
+    g = torch.Generator().manual_seed(len(chosen))
+    X = torch.randn(25, 60, generator=g, dtype=torch.float64)
+    X = X * (torch.rand(25, 60, generator=g) < 0.3)
+    y = torch.randn(25, generator=g, dtype=torch.float64)
+    problem = lasso(X.to_sparse_csr() if sparse else X, y, 0.1)
+    index = torch.tensor(sorted(chosen))
+    sub = problem.restrict(index)
+    theta_w = torch.randn(len(index), generator=g, dtype=torch.float64)
+    theta = torch.zeros(60, dtype=torch.float64)
+    theta[index] = theta_w
+    assert float(sub.loss(theta_w, **sub.data)) == pytest.approx(float(problem.loss(theta, **problem.data)), rel=1e-12)
+    torch.testing.assert_close(columns(problem.data["X"], index).to_dense(), X[:, index])
+
+
+def test_warm_start():
+    problem = make_lasso(n=100, d=300, nonzeros=5)
+    cold = symopt.solve(problem, working_set=False)
+    warm = symopt.solve(problem, working_set=False, start=cold.x)
+    assert warm.status == "optimal" and warm.iterations == 1
+    assert warm.objective == pytest.approx(cold.objective, rel=1e-10)
+
+
+def test_bad_options_are_named_and_change_nothing():
+    problem = make_lasso(n=50, d=40, nonzeros=3)
+    with pytest.raises(TypeError, match="working_set must be True, False or None"):
+        symopt.solve(problem, working_set="yes")
+    with pytest.raises(ValueError, match="working_set=True needs a problem that can restrict itself"):
+        symopt.solve(make_matrix_completion(m=20, n=20, rank=2), working_set=True)
+    with pytest.raises(ValueError, match=r"start has shape \(3,\)"):
+        symopt.solve(problem, start=torch.zeros(3))
+    with pytest.raises(TypeError, match="start must be a tensor"):
+        symopt.solve(problem, start=[0.0] * 40)
+    with pytest.raises(ValueError, match="finite"):
+        symopt.solve(problem, start=torch.full((40,), float("nan")))
+    budget = make_lasso(n=50, d=1200, nonzeros=3)
+    budget = lasso(budget.data["X"], budget.data["y"], max_nonzero=3)
+    assert not working_set.applies(budget, budget.constraint())  # budgets search the path on the full problem
+
+
+def _gradient_at_zero(problem):
+    zero = torch.zeros(problem.shape, dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(problem.loss(zero, **problem.data), zero)
+    return grad
