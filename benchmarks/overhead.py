@@ -7,6 +7,11 @@ One model per kind, float32: an MLP (width × width hidden layers) or a CNN (thr
 layers); a step is forward + backward + SGD update, with ``symopt.penalty`` in the loss. Prints the
 median step time of ``--repeats`` interleaved timed runs (after warm-up), its ratio to the
 unconstrained model measured in the same process, and on CUDA the peak memory of a step.
+
+``storage`` is the issue's memory measure, exact on any device: the bytes the constrained layers
+hold (their factors, plus buffers such as a subspace basis or a mask) ÷ the bytes of the
+parameters they replace. Gradients and SGD state scale with the factors, so a step's extra memory
+follows the same ratio.
 """
 
 from __future__ import annotations
@@ -52,6 +57,17 @@ def _model(arch: str, width: int, device, kind: str | None) -> nn.Module:
     elif kind == "tied":
         symopt.tie(net, ["0.weight", "2.weight"], strength=1.0)
     return net
+
+
+def _storage_ratio(net: nn.Module, plain: nn.Module) -> float:
+    """Bytes of the constrained layers' tensors ÷ bytes of the plain parameters they replace."""
+    def nbytes(tensors) -> int:
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    own, now = dict(plain.named_parameters()), dict(net.named_parameters())
+    replaced = [name for name in own if name not in now]  # registered parameters move under .parametrizations
+    added = [t for name, t in list(now.items()) + list(net.named_buffers()) if name not in own]
+    return nbytes(added) / nbytes(own[name] for name in replaced)
 
 
 def _step_time(net: nn.Module, x, y, steps: int, device) -> float:
@@ -106,12 +122,14 @@ def main(argv=None) -> None:
             if device.type == "cuda":
                 peaks[kind] = torch.cuda.max_memory_allocated() / 2**20
     base = statistics.median(times[None])
-    rows = [(kind or "plain", statistics.median(t) * 1e3, statistics.median(t) / base, peaks.get(kind))
+    rows = [(kind or "plain", statistics.median(t) * 1e3, statistics.median(t) / base,
+             _storage_ratio(nets[kind], nets[None]) if kind else None, peaks.get(kind))
             for kind, t in times.items()]
     width = max(len(r[0]) for r in rows)
-    print(f"{'model':<{width}}  ms/step  ratio" + ("  peak MiB" if peaks else ""))
-    for name, ms, ratio, peak in rows:
-        print(f"{name:<{width}}  {ms:7.3f}  {ratio:5.2f}" + (f"  {peak:8.1f}" if peak is not None else ""))
+    print(f"{'model':<{width}}  ms/step  ratio  storage" + ("  peak MiB" if peaks else ""))
+    for name, ms, ratio, storage, peak in rows:
+        print(f"{name:<{width}}  {ms:7.3f}  {ratio:5.2f}  " + ("      -" if storage is None else f"{storage:6.2f}×")
+              + (f"  {peak:8.1f}" if peak is not None else ""))
 
 
 if __name__ == "__main__":
