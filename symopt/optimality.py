@@ -19,6 +19,13 @@ def snap_tol(theta: Tensor, tol: float) -> float:
     return max(math.sqrt(torch.finfo(theta.dtype).eps), tol) * max(1e-12, float(theta.abs().max()))
 
 
+def loss_gradient(loss: Callable[[Tensor], Tensor], point: Tensor) -> Tensor:
+    """``∇loss(point)``, differentiating a detached view of ``point`` (the caller's tensor is untouched)."""
+    probe = point.detach().requires_grad_()
+    (grad,) = torch.autograd.grad(loss(probe), probe)
+    return grad
+
+
 def kkt_at_snap(loss: Callable[[Tensor], Tensor], constraint: Constraint, theta: Tensor,
                 tol: float, levels: int = 5, quick: bool = False) -> tuple[Tensor, float]:
     """``(snapped θ, KKT residual there)`` for ``minimise loss(θ) + λ‖θ‖`` (or s.t. θ ∈ set).
@@ -44,11 +51,10 @@ def kkt_at_snap(loss: Callable[[Tensor], Tensor], constraint: Constraint, theta:
             if count == alive:
                 continue
             alive = count
-        point = constraint.project(theta.detach(), cut * 10**level).requires_grad_()
-        (grad,) = torch.autograd.grad(loss(point), point)
-        residual = constraint.kkt_residual(point.detach(), grad, cut * 10**level, quick=quick)
+        point = constraint.project(theta.detach(), cut * 10**level)
+        residual = constraint.kkt_residual(point, loss_gradient(loss, point), cut * 10**level, quick=quick)
         if best is None or residual < best[1]:
-            best = (point.detach(), residual)
+            best = (point, residual)
     return best
 
 
@@ -75,8 +81,7 @@ def polish_on_face(loss: Callable[[Tensor], Tensor], constraint: Constraint, poi
         max_iter: L-BFGS iterations at most (about as many loss evaluations).
         quick: measure the residual with ``kkt_residual(quick=True)`` (see there).
     """
-    probe = point.detach().clone().requires_grad_()
-    (grad,) = torch.autograd.grad(loss(probe), probe)  # lets atoms the descent left at 0 enter the face
+    grad = loss_gradient(loss, point)  # lets atoms the descent left at 0 enter the face
     face = constraint.face(point, snap_tol(point, tol), grad)
     if face is None:
         return None
@@ -109,6 +114,5 @@ def polish_on_face(loss: Callable[[Tensor], Tensor], constraint: Constraint, poi
 
 def gradient_scale(loss: Callable[[Tensor], Tensor], shape, device, dtype) -> float:
     """‖∇loss(0)‖: the problem's natural scale for relative KKT tolerances."""
-    zero = torch.zeros(shape, device=device, dtype=dtype, requires_grad=True)
-    (grad,) = torch.autograd.grad(loss(zero), zero)
+    grad = loss_gradient(loss, torch.zeros(shape, device=device, dtype=dtype))
     return max(float(grad.norm()), 1e-12)

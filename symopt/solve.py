@@ -21,7 +21,7 @@ from .attach import constrain
 from .constraints import Constraint, LowRank, Tied
 from .constraints.budget import budget_target, split_point
 from .decay import penalty
-from .optimality import kkt_at_snap, polish_on_face, snap_tol
+from .optimality import kkt_at_snap, loss_gradient, polish_on_face, snap_tol
 from .problems import Problem
 from .result import Result, elapsed_since
 from .working_set import applies as working_sets_apply
@@ -150,6 +150,18 @@ class _Variable(nn.Module):
             return torch.stack([getattr(self, f"copy{j}") for j in range(self.copies)])
         return self.value
 
+    def load(self, theta: torch.Tensor) -> None:
+        """Set θ (a copy, in the holder's dtype): ``right_inverse`` splits it into factors and gives
+        every zero a live factor."""
+        dtype = next(self.parameters()).dtype
+        with torch.no_grad():
+            values = theta.to(dtype=dtype, copy=True)
+            if self.copies:
+                for j in range(self.copies):
+                    setattr(self, f"copy{j}", values[j])
+            else:
+                self.value = values
+
 
 def solve(problem: Problem, device=None, dtype=None, method: str = "auto", tol: float = 1e-6,
           max_iter: int = 500, progress: bool = False, inner: int = 20, history_size: int = 100,
@@ -269,8 +281,8 @@ def solve(problem: Problem, device=None, dtype=None, method: str = "auto", tol: 
         raise TypeError(f"solve: working_set must be True, False or None, got {type(working_set).__name__}")
     if start is not None:
         start = _checked_start(start, problem)
+    constraint = problem.constraint()
     if working_set is not False:
-        constraint = problem.constraint()
         usable = working_sets_apply(problem, constraint)
         if working_set and not usable:
             raise ValueError(f"solve: working_set=True needs a problem that can restrict itself at a fixed λ "
@@ -278,8 +290,9 @@ def solve(problem: Problem, device=None, dtype=None, method: str = "auto", tol: 
                              "pass working_set=None or False")
         if usable and (working_set or math.prod(problem.shape) >= _WORKING_SETS_FROM) and start is None:
             def restricted(sub: Problem, tol: float, start) -> Result:
-                return solve(sub, device, dtype, method, tol, max_iter, False, inner, history_size, max_rounds,
-                             polish, compile, working_set=False, start=start)
+                return solve(sub, device=device, dtype=dtype, method=method, tol=tol, max_iter=max_iter,
+                             inner=inner, history_size=history_size, polish=polish, compile=compile,
+                             working_set=False, start=start)
 
             return solve_on_working_sets(problem, restricted, device=device, tol=tol, max_iter=max_iter,
                                          progress=progress, solver=_solver_name(method))
@@ -287,7 +300,6 @@ def solve(problem: Problem, device=None, dtype=None, method: str = "auto", tol: 
     loss_fn = torch.compile(problem.loss) if compile else problem.loss
     loss = lambda theta: loss_fn(theta, **data)  # noqa: E731
     grad0, trouble = _gradient_at_zero(problem, loss, device, dtype)
-    constraint = problem.constraint()
     if trouble:
         return _failed_at_start(problem, constraint, device, method, trouble)
     width, full = _working_width(constraint, problem.shape)
@@ -300,21 +312,15 @@ def solve(problem: Problem, device=None, dtype=None, method: str = "auto", tol: 
         descent.exact = (lambda theta: problem.loss(theta, **data64), data64)
     if width is not None:
         descent.width, descent.full = width, full
-    if start is not None:  # right_inverse splits it into factors, every zero with a live factor
-        with torch.no_grad():
-            values = start.to(device=device, dtype=dtype, copy=True)
-            if holder.copies:
-                for j in range(holder.copies):
-                    setattr(holder, f"copy{j}", values[j])
-            else:
-                holder.value = values
+    if start is not None:
+        holder.load(start.to(device))
 
-    start = time.perf_counter()
+    began = time.perf_counter()
     if constraint.budget is None:
-        status, message = descent.run(max_iter, start)
+        status, message = descent.run(max_iter, began)
     else:
-        status, message = _search_path(descent, constraint, loss, max_iter, max_rounds, start)
-    seconds = elapsed_since(start, device)
+        status, message = _search_path(descent, constraint, loss, max_iter, max_rounds, began)
+    seconds = elapsed_since(began, device)
     theta = descent.holder.theta.detach()
     if descent.point is not None:  # the snapped point whose KKT residual was measured last
         point = descent.point
@@ -462,8 +468,7 @@ class _Descent:
         if self.constraint.max_rank is None:
             self.width = None  # full width from now on
         self.holder = _Variable(self.problem.shape, point.device, self.dtype, self.constraint)
-        with torch.no_grad():
-            self.holder.value = point.to(self.dtype, copy=True)
+        self.holder.load(point)
         return True
 
     def refactor(self) -> None:
@@ -471,8 +476,7 @@ class _Descent:
         stationary point: after λ decreases such an atom could not re-enter; ``right_inverse`` gives
         every zero a live factor again."""
         if self.point is not None and not self.holder.copies:
-            with torch.no_grad():
-                self.holder.value = self.point.to(self.dtype, copy=True)
+            self.holder.load(self.point)
 
     @property
     def certified_dtype(self) -> torch.dtype:
@@ -594,9 +598,8 @@ def _alive(constraint: Constraint, point: torch.Tensor, tol: float) -> int:
 
 def _proposal(constraint: Constraint, loss, point: torch.Tensor, k: int, lam: float, dtype) -> float:
     """The budget controller's λ at an exact solution: the midpoint of the k-th and (k+1)-th scores."""
-    point = point.to(dtype, copy=True).requires_grad_()  # the certified point may be float64 over a float32 descent
-    (grad,) = torch.autograd.grad(loss(point), point)
-    return budget_target(constraint.atoms, point.detach(), grad, k, lam)
+    point = point.to(dtype)  # the certified point may be float64 over a float32 descent
+    return budget_target(constraint.atoms, point, loss_gradient(loss, point), k, lam)
 
 
 def _centre(descent: _Descent, constraint: Constraint, loss, k: int, lam: float, max_iter: int, start: float,

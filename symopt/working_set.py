@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from .constraints import GroupSparse, Sparse
-from .optimality import snap_tol
+from .optimality import loss_gradient, snap_tol
 from .problems import Problem
 from .result import Result, elapsed_since
 
@@ -68,8 +68,7 @@ def solve_on_working_sets(problem: Problem, solve_restricted: Callable[..., Resu
     shape, numel = tuple(problem.shape), math.prod(problem.shape)
     ids = atom_of(constraint, numel, device)
     theta = torch.zeros(numel, device=device, dtype=torch.float64)
-    grad = _gradient(problem, data, theta, shape)
-    grad0 = grad.clone()
+    grad = grad0 = _gradient(problem, data, theta, shape)
     target = tol * max(float(grad0.norm()), 1e-12)
     history: list = []
     size, chosen, inner_iterations = FIRST_SIZE, None, 0
@@ -122,6 +121,5 @@ def solve_on_working_sets(problem: Problem, solve_restricted: Callable[..., Resu
 
 
 def _gradient(problem: Problem, data: dict, theta: Tensor, shape) -> Tensor:
-    point = theta.reshape(shape).detach().requires_grad_()
-    (grad,) = torch.autograd.grad(problem.loss(point, **data), point)
-    return grad.reshape(-1)
+    """∇loss of the full problem at the flat θ, flat."""
+    return loss_gradient(lambda point: problem.loss(point, **data), theta.reshape(shape)).reshape(-1)

@@ -15,6 +15,13 @@ from torch import Tensor
 _TRANSPOSE = "_symopt_csr_transpose"  # the cached CSR copy of Xᵀ, an attribute of X itself
 
 
+def _row_pointers(counts: Tensor) -> Tensor:
+    """CSR row pointers (``crow_indices``) from the number of stored entries per row."""
+    pointers = counts.new_zeros(len(counts) + 1)
+    torch.cumsum(counts, 0, out=pointers[1:])
+    return pointers
+
+
 def _csr_transpose(X: Tensor) -> Tensor:
     # Kept on the tensor, so it lives exactly as long as X; `Problem.data_on` makes a new tensor
     # for a new dtype or device, which gets its own copy. The data of a problem is never mutated.
@@ -25,9 +32,7 @@ def _csr_transpose(X: Tensor) -> Tensor:
         crow, cols = X.crow_indices(), X.col_indices()
         order = torch.sort(cols, stable=True).indices
         rows = torch.repeat_interleave(torch.arange(X.shape[0], device=cols.device), crow.diff())
-        counts = torch.bincount(cols, minlength=X.shape[1])
-        new_crow = torch.zeros(X.shape[1] + 1, dtype=crow.dtype, device=crow.device)
-        torch.cumsum(counts, 0, out=new_crow[1:])
+        new_crow = _row_pointers(torch.bincount(cols, minlength=X.shape[1]))
         cached = torch.sparse_csr_tensor(new_crow, rows[order], X.values()[order], size=(X.shape[1], X.shape[0]),
                                          check_invariants=False)  # built from a valid CSR: valid
         setattr(X, _TRANSPOSE, cached)
@@ -93,8 +98,7 @@ def columns(X: Tensor, index: Tensor) -> Tensor:
     rows = _csr_transpose(X)  # (d, n): the columns of X are its rows
     crow, cols, values = rows.crow_indices(), rows.col_indices(), rows.values()
     first, lengths = crow[index], crow[index + 1] - crow[index]
-    new_crow = torch.zeros(len(index) + 1, dtype=crow.dtype, device=crow.device)
-    torch.cumsum(lengths, 0, out=new_crow[1:])
+    new_crow = _row_pointers(lengths)
     # entry j of the selection sits at first[row] + (j − new_crow[row]) in the original rows
     offset = torch.repeat_interleave(first - new_crow[:-1], lengths)
     take = torch.arange(int(new_crow[-1]), device=crow.device) + offset

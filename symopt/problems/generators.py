@@ -7,6 +7,7 @@ import warnings
 import torch
 
 from .base import Problem
+from .design import rmatvec
 from .families import (equality_ls, group_lasso, lasso, logistic_l1, low_rank_regression, matrix_completion,
                        tied_least_squares)
 
@@ -55,8 +56,9 @@ def _sparse_design(n, d, density, g):
 
 
 def _lambda_max_fraction(X, y, fraction):
-    """λ as a fraction of λ_max = ‖Xᵀy‖_∞/n, the smallest λ with the all-zero Lasso solution."""
-    return fraction * float((X.t() @ y).abs().max()) / X.shape[0]
+    """λ as a fraction of λ_max = ‖Xᵀy‖_∞/n, the smallest λ with the all-zero Lasso solution. For a
+    CSR X, ``rmatvec`` builds the transpose that the problem's solves then reuse."""
+    return fraction * float(rmatvec(X, y).abs().max()) / X.shape[0]
 
 
 def make_lasso(n=200, d=500, nonzeros=10, noise=0.1, fraction=0.1, seed=0, x_density=None) -> Problem:
