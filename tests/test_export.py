@@ -168,7 +168,8 @@ def test_a_constraint_that_does_not_hold_refuses_and_changes_nothing():
     lin = nn.Linear(4, 3).double()
     symopt.fixed_zeros(lin, "weight", torch.eye(3, 4, dtype=torch.bool), strength=1.0)
     with torch.no_grad():
-        lin.parametrizations.weight.original0.add_(1.0)  # far from the set
+        lin.parametrizations.weight.original1.add_(1.0)  # the masked entries' factors: far from the set
+        lin.parametrizations.weight.original2.add_(1.0)
     before = lin.weight.detach().clone()
     with pytest.raises(ValueError, match="finalize refused"):
         symopt.export(lin, mode="compressed")

@@ -92,6 +92,25 @@ def test_low_rank_zero_singular_values_get_live_factor():
     assert float(V.grad.abs().max()) > 0
 
 
+@pytest.mark.parametrize("mask", [MASK, torch.ones(4, 6, dtype=torch.bool), torch.eye(4, 6, dtype=torch.bool)],
+                         ids=["random", "all", "diagonal"])
+def test_fixed_zeros_stores_only_the_free_entries(mask):
+    """``w`` is exactly θ[~mask] (no slot the mask overwrites), a ⊙ b is θ[mask]; the layout buffer
+    is int32 and rebuilds the mask; gradients reach each factor through the gather."""
+    lin = nn.Linear(6, 4, bias=False).double()
+    value = lin.weight.detach().clone()
+    symopt.fixed_zeros(lin, "weight", mask, strength=1.0)
+    constraint = lin.parametrizations.weight[0]
+    w, a, b = (getattr(lin.parametrizations.weight, f"original{i}") for i in range(3))
+    assert w.shape == (int((~mask).sum()),) and a.shape == b.shape == (int(mask.sum()),)
+    assert torch.equal(w, value[~mask]) and torch.allclose(a * b, value[mask], atol=1e-15)
+    assert constraint.source.dtype == torch.int32 and torch.equal(constraint.mask, mask)
+    assert constraint.zeros == int(mask.sum())
+    g = torch.randn(4, 6, dtype=DT)
+    (lin.weight * g).sum().backward()
+    assert torch.equal(w.grad, g[~mask]) and torch.allclose(a.grad, g[mask] * b.detach())
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_gradcheck_of_forward(kind):
     c = make(kind).double()

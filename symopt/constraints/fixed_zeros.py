@@ -1,8 +1,14 @@
 """Fixed zeros ``θ[mask] = 0``: the ``Subspace`` constraint in the coordinate basis, elementwise.
 
-``θ = w`` off the mask and ``θ[mask] = a ⊙ b``. Symmetry ``(a_i, b_i) → (−a_i, −b_i)``; fixed
+``θ[~mask] = w`` and ``θ[mask] = a ⊙ b``. Symmetry ``(a_i, b_i) → (−a_i, −b_i)``; fixed
 subspace ``θ[mask] = 0``; penalty ``λ‖θ[mask]‖₁``, exact once ``λ ≥ ‖∇ℓ(θ*)[mask]‖_∞``.
 No dense basis is formed: memory and time are O(numel).
+
+Layout: ``w`` holds only the free entries, so no parameter (nor its gradient or optimiser
+state) is spent on a slot that the mask overwrites. The entries are placed by one gather,
+``θ = cat(w, a ⊙ b)[source]``, whose backward is a scatter: a bool mask would be 4× smaller
+than the int32 ``source`` but masked kernels are 3–4× slower on CPU (measured at 512², see
+``benchmarks/RESULTS.md``), and the step time matters more than 1 byte per entry.
 """
 
 from __future__ import annotations
@@ -28,8 +34,9 @@ class FixedZeros(Constraint):
         >>> lin = torch.nn.Linear(3, 3)
         >>> mask = ~torch.eye(3, dtype=torch.bool)          # keep only the diagonal
         >>> _ = symopt.constrain(lin, "weight", symopt.FixedZeros(mask, strength=1.0))
-        >>> lin.parametrizations.weight.original1.shape     # one factor pair per masked entry
-        torch.Size([6])
+        >>> free, a, b = symopt.constraints(lin)[0].members[0].factors
+        >>> free.shape, a.shape                              # the 3 free entries; a pair per zero
+        (torch.Size([3]), torch.Size([6]))
     """
 
     kind = "fixed_zeros"
@@ -43,37 +50,56 @@ class FixedZeros(Constraint):
             raise TypeError(f"FixedZeros: mask must be a bool torch.Tensor, got {got}; use mask.bool()")
         if not bool(mask.any()):
             raise ValueError("FixedZeros: mask selects no entry, so it constrains nothing; mark zeros with True")
-        self.register_buffer("mask", mask.detach().clone(), persistent=False)
-        self.register_buffer("index", mask.reshape(-1).nonzero().squeeze(1), persistent=False)
+        flat = mask.detach().reshape(-1)
+        self.shape = tuple(mask.shape)
+        self.free = int(flat.numel() - flat.sum())
+        # source[i]: where θ's entry i sits in cat(w, a ⊙ b) (free entries first, in order)
+        source = torch.empty_like(flat, dtype=torch.int64)
+        source[~flat] = torch.arange(self.free, device=flat.device)
+        source[flat] = torch.arange(self.free, flat.numel(), device=flat.device)
+        small = flat.numel() <= torch.iinfo(torch.int32).max
+        self.register_buffer("source", source.int() if small else source, persistent=False)
+
+    @property
+    def mask(self) -> Tensor:
+        """The bool mask (True: the entry must be 0), rebuilt from ``source``."""
+        return (self.source >= self.free).view(self.shape)
+
+    @property
+    def zeros(self) -> int:
+        """Number of entries the mask constrains."""
+        return self.source.numel() - self.free
 
     def validate(self, tensor: Tensor, name: str) -> None:
-        if tuple(self.mask.shape) != tuple(tensor.shape):
+        if self.shape != tuple(tensor.shape):
             raise ValueError(
-                f"FixedZeros on '{name}': mask has shape {tuple(self.mask.shape)} but the parameter has "
+                f"FixedZeros on '{name}': mask has shape {self.shape} but the parameter has "
                 f"shape {tuple(tensor.shape)}; pass a bool mask of the parameter's shape"
             )
 
     def forward(self, w: Tensor, a: Tensor, b: Tensor) -> Tensor:
-        return w.reshape(-1).index_put((self.index,), a * b).view_as(w)
+        return torch.cat([w, a * b]).index_select(0, self.source).view(self.shape)
 
     def right_inverse(self, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        a, b = split_product(value.reshape(-1)[self.index], self.factorizer)
-        return self.project(value), a, b
+        mask = self.mask
+        a, b = split_product(value[mask], self.factorizer)
+        return value[~mask], a, b
 
     def project(self, value: Tensor, tol: float = 0.0) -> Tensor:
         return value.masked_fill(self.mask, 0.0)
 
     def induced_norm(self, value: Tensor) -> Tensor:
-        return value[self.mask].abs().sum()
+        return value.abs().masked_fill(~self.mask, 0.0).sum()
 
     def dual_norm(self, grad: Tensor) -> Tensor:
-        return grad[self.mask].abs().amax()
+        # called on every backward pass under strength="auto": masked_fill, not a (slower) masked_select
+        return grad.abs().masked_fill(~self.mask, 0.0).amax()
 
     def balance(self, w: Tensor, a: Tensor, b: Tensor) -> float:
         return hadamard_balance(a, b)
 
     def structure(self, value: Tensor, tol: float = 0.0) -> str:
-        return f"zeros {int(self.index.numel())}/{value.numel()}"
+        return f"zeros {self.zeros}/{value.numel()}"
 
     def extra_repr(self) -> str:
-        return f"zeros={int(self.index.numel())}, {super().extra_repr()}"
+        return f"zeros={self.zeros}, {super().extra_repr()}"
