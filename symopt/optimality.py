@@ -11,6 +11,12 @@ from torch import Tensor
 
 from .constraints import Constraint
 
+# A face with at most this many coordinates is always polished: its L-BFGS solve costs about
+# max_iter loss evaluations whatever the point's structure. Working-set sub-problems (100 to a few
+# thousand coordinates) often have over half of them alive, and without the polish their descent
+# took 7 outer rounds instead of 1 (Lasso 1000×5000: 0.20 s → 0.06 s).
+SMALL_FACE = 2000
+
 
 def snap_tol(theta: Tensor, tol: float) -> float:
     """Zeros arrive geometrically under DCS (and to rounding under SVT), never exactly: entries,
@@ -69,8 +75,9 @@ def polish_on_face(loss: Callable[[Tensor], Tensor], constraint: Constraint, poi
     result is snapped and certified by the KKT residual of the full problem, like any other point,
     and the caller keeps whichever residual is smaller. None when the kind has no face, or the
     solve fails (a NaN, a linear-algebra error), or the face of a penalty kind has over half as many
-    coordinates as θ has entries (the structure is not found yet, and the face solve would cost as
-    much as the descent). A linear kind's face is its constraint set, known from the start.
+    coordinates as θ has entries and more than ``SMALL_FACE`` (the structure is not found yet, and
+    the face solve would cost as much as the descent). A linear kind's face is its constraint set,
+    known from the start.
 
     Args:
         loss: the smooth loss ℓ(θ).
@@ -86,7 +93,7 @@ def polish_on_face(loss: Callable[[Tensor], Tensor], constraint: Constraint, poi
     if face is None:
         return None
     free = sum(t.numel() for t in face.start)
-    if free > point.numel() // 2 and not constraint.linear:  # the structure is not found yet (e.g. rank 177 of 200)
+    if free > max(point.numel() // 2, SMALL_FACE) and not constraint.linear:  # structure not found (rank 177 of 200)
         return None
     lam = constraint.strength
     coordinates = [t.detach().clone(memory_format=torch.contiguous_format).requires_grad_() for t in face.start]

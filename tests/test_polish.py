@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 import symopt
 from helpers import DT, least_squares
-from symopt.optimality import kkt_at_snap, polish_on_face, snap_tol
+from symopt.optimality import SMALL_FACE, kkt_at_snap, polish_on_face, snap_tol
 from symopt.problems import (lasso, make_equality_ls, make_fixed_zeros_ls, make_group_lasso, make_logistic_l1,
                              make_matrix_completion, make_tied_least_squares)
 
@@ -170,10 +170,18 @@ def test_polish_on_a_wrong_face_reports_an_honest_residual():
     assert residual == pytest.approx(recomputed, rel=1e-12)
 
 
-def test_polish_skips_a_face_that_is_not_small():
+def test_polish_skips_a_face_that_is_large_and_not_small_relative_to_theta():
     c = symopt.Sparse(0.1)
-    dense = torch.randn(10, dtype=DT)
+    dense = torch.randn(2 * SMALL_FACE + 2, dtype=DT)
     assert polish_on_face(lambda w: w.square().sum(), c, dense, 1e-8, target=1e-8) is None
+
+
+def test_polish_solves_a_small_face_even_if_dense():
+    """Working-set sub-problems are small and often mostly alive: their face is still polished."""
+    c = symopt.Sparse(0.1)
+    dense = torch.randn(10, dtype=DT, generator=torch.Generator().manual_seed(0)) + 3.0  # all entries stay non-zero at the optimum (w − 0.05·sign)
+    polished = polish_on_face(lambda w: (w - 3.0).square().sum(), c, dense, 1e-8, target=1e-8)
+    assert polished is not None and polished[1] < 1e-8
 
 
 @pytest.mark.parametrize("make", [lambda: make_logistic_l1(n=300, d=100),
