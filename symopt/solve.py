@@ -25,13 +25,17 @@ from .optimality import kkt_at_snap, loss_gradient, polish_on_face, snap_tol
 from .problems import Problem
 from .result import Result, elapsed_since
 from .working_set import applies as working_sets_apply
+from .working_set import atom_count
 from .working_set import solve_on_working_sets
 
 _METHODS = ("auto", "lbfgs", "momentum")
 # Penalised low rank on a matrix with min(m, n) >= _NARROW_FROM starts with factors of width
 # _START_WIDTH, doubled whenever the rank fills them (see _Descent.widen).
 _NARROW_FROM, _START_WIDTH = 128, 16
-# working_set=None turns working sets on for θ with at least this many entries (see solve's docstring).
+# working_set=None turns working sets on for θ with at least this many atoms (coordinates, or groups):
+# with fewer, the first working set (working_set.FIRST_SIZE atoms) is a large share of the problem, and a
+# second round is often the whole of it (group lasso 500×1000 in groups of 5, 200 atoms: 0.11 s with
+# working sets, 0.037 s without; benchmarks/RESULTS.md).
 _WORKING_SETS_FROM = 1000
 
 
@@ -209,7 +213,8 @@ def solve(problem: Problem, device=None, dtype=None, method: str = "auto", tol: 
         working_set: solve a problem that can restrict itself (``problem.restrict``: Lasso, group
             lasso, logistic-L1 at a fixed λ) on growing working sets of atoms — DCS on a column
             subset of ``X``, the KKT residual of the full problem checked after each
-            (`symopt.working_set`). ``None`` (default): on when θ has at least 1000 entries;
+            (`symopt.working_set`). ``None`` (default): on when θ has at least 1000 atoms
+            (coordinates of a Lasso / logistic-L1, groups of a group lasso);
             ``False``: always on the full problem; ``True``: required (a ``ValueError`` if the
             problem cannot be restricted).
         start: initial θ (a warm start; default 0), of ``problem.shape``.
@@ -288,7 +293,8 @@ def solve(problem: Problem, device=None, dtype=None, method: str = "auto", tol: 
             raise ValueError(f"solve: working_set=True needs a problem that can restrict itself at a fixed λ "
                              f"(Lasso, group lasso, logistic-L1 without a budget); '{problem.name}' cannot: "
                              "pass working_set=None or False")
-        if usable and (working_set or math.prod(problem.shape) >= _WORKING_SETS_FROM) and start is None:
+        if usable and start is None and (
+                working_set or atom_count(constraint, math.prod(problem.shape)) >= _WORKING_SETS_FROM):
             def restricted(sub: Problem, tol: float, start) -> Result:
                 return solve(sub, device=device, dtype=dtype, method=method, tol=tol, max_iter=max_iter,
                              inner=inner, history_size=history_size, polish=polish, compile=compile,

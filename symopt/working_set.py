@@ -49,6 +49,11 @@ def atom_of(constraint, numel: int, device) -> Tensor:
     return torch.arange(numel, device=device)
 
 
+def atom_count(constraint, numel: int) -> int:
+    """How many atoms (coordinates, or groups) a θ with ``numel`` entries has."""
+    return int(atom_of(constraint, numel, "cpu").max()) + 1
+
+
 def solve_on_working_sets(problem: Problem, solve_restricted: Callable[..., Result], *, device, tol: float,
                           max_iter: int, progress: bool, solver: str = "dcs") -> Result:
     """Solve ``problem`` by DCS on growing working sets (see the module docstring).

@@ -89,6 +89,18 @@ def test_warm_start():
     assert warm.objective == pytest.approx(cold.objective, rel=1e-10)
 
 
+@pytest.mark.parametrize("make, atoms", [
+    (lambda: make_lasso(n=50, d=1000, nonzeros=3), 1000),
+    (lambda: make_lasso(n=50, d=999, nonzeros=3), 999),
+    (lambda: make_group_lasso(n=50, d=1000, group_size=5), 200),    # 1000 entries, but 200 groups
+    (lambda: make_group_lasso(n=50, d=2000, group_size=2), 1000),
+], ids=["lasso-1000", "lasso-999", "groups-200", "groups-1000"])
+def test_the_default_counts_atoms_not_entries(make, atoms):
+    problem = make()
+    assert working_set.atom_count(problem.constraint(), problem.shape[0]) == atoms
+    assert ("working sets" in symopt.solve(problem).message) == (atoms >= 1000)
+
+
 def test_bad_options_are_named_and_change_nothing():
     problem = make_lasso(n=50, d=40, nonzeros=3)
     with pytest.raises(TypeError, match="working_set must be True, False or None"):
