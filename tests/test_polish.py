@@ -77,7 +77,8 @@ def test_a_linear_kinds_face_is_its_constraint_set():
     assert float(face.norm(z)) == 0.0  # the exact penalty vanishes on the set
 
 
-@pytest.mark.parametrize("make", [make_equality_ls, make_tied_least_squares, make_fixed_zeros_ls])
+@pytest.mark.parametrize("make", [make_equality_ls, make_tied_least_squares, make_fixed_zeros_ls,
+                                  lambda: make_logistic_l1(n=500, d=200)])
 def test_float32_descent_is_certified_in_float64(make):
     """A float32 descent cannot show a relative KKT residual of 1e-6; the certificate and the face
     polish run in float64, so the float32 solve ends optimal at the float64 answer."""
@@ -85,6 +86,23 @@ def test_float32_descent_is_certified_in_float64(make):
     r32, r64 = symopt.solve(problem, dtype=torch.float32), symopt.solve(problem)
     assert r32.status == r64.status == "optimal"
     assert r32.objective == pytest.approx(r64.objective, rel=1e-7)  # both within tol of the optimum
+
+
+@pytest.mark.parametrize("spurious", [-1e-3, 1e-3], ids=["wrong-sign", "right-sign"])
+def test_an_entry_that_crosses_zero_on_the_face_leaves_it(spurious):
+    """ℓ(w) = ½‖w − c‖², λ = 0.1, c = (3, 0.05): the optimum is (2.9, 0). From (2.9, ±1e-3) the
+    second entry is on its way to 0; on the face its linear norm ±λ·w₁ pushes it through 0 (to 0.15
+    from the negative side, to −0.05 from the positive one). It crosses 0, so it leaves, and the
+    smaller face gives the optimum."""
+    c = torch.tensor([3.0, 0.05], dtype=DT)
+    constraint = symopt.Sparse(0.1)
+    point = torch.tensor([2.9, spurious], dtype=DT)
+    polished, residual = polish_on_face(lambda w: 0.5 * (w - c).square().sum(), constraint, point, 1e-12,
+                                        target=1e-10)
+    assert residual < 1e-10
+    assert torch.allclose(polished, torch.tensor([2.9, 0.0], dtype=DT), atol=1e-12)
+    face = constraint.face(point)
+    assert face.crossed(torch.tensor([2.9, 0.15], dtype=DT)).tolist() == [False, spurious < 0]
 
 
 def test_face_is_none_where_there_is_nothing_to_polish():

@@ -139,11 +139,16 @@ class Face:
         start: the point's coordinates on the face (tensors, each free to move).
         embed: coordinates → θ (a tensor of the constrained shape).
         norm: coordinates → the induced norm of ``embed(*coordinates)``, smooth near ``start``.
+        crossed: coordinates → bool mask (θ's shape) of the atoms that left the face through
+            zero, where ``norm`` stops being the induced norm (Sparse: an entry whose sign
+            flipped). The polish sets them to 0 and solves again on the smaller face. None: the
+            kind's face norm stays exact (a group or a singular value shrinks to 0, it cannot flip).
     """
 
     start: tuple[Tensor, ...]
     embed: Callable[..., Tensor]
     norm: Callable[..., Tensor]
+    crossed: Callable[..., Tensor] | None = None
 
 
 def entering(excess: Tensor, alive: int) -> Tensor:

@@ -94,8 +94,11 @@ class Sparse(Constraint):
             support = support | joining
         signs = signs[support]
         zeros = torch.zeros_like(value)
+        # An entry on its way to 0 (a float32 descent can stop with one left at 1e-4) would cross
+        # it on the face, where the linear norm then rewards it for growing with the wrong sign.
         return Face(start=(value[support],), embed=lambda z: zeros.masked_scatter(support, z),
-                    norm=lambda z: (signs * z).sum())
+                    norm=lambda z: (signs * z).sum(),
+                    crossed=lambda z: torch.zeros_like(support).masked_scatter(support, signs * z < 0))
 
     def induced_norm(self, value: Tensor) -> Tensor:
         return value.abs().sum()
