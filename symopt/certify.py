@@ -17,6 +17,7 @@ from ._format import table
 from .attach import constraints
 from .constraints import Tied
 from .constraints.auto import DEFER
+from .optimality import loss_gradient
 
 
 @dataclass(frozen=True)
@@ -244,9 +245,8 @@ def _certify_result(result, tol: float) -> Certificate:
     constraint = problem.constraint().to(dtype=torch.float64)
     data = problem.data_on("cpu", torch.float64)
     x = result.x.detach().to("cpu", torch.float64)
-    point = x.clone().requires_grad_()
     with _quiet_estimates():
-        (grad,) = torch.autograd.grad(problem.loss(point, **data), point)
+        grad = loss_gradient(lambda point: problem.loss(point, **data), x)
     if constraint.auto and result.strength:  # the λ the solver ended with (margin × its multiplier estimate)
         constraint.strength = result.strength
     tied = isinstance(constraint, Tied)
