@@ -1,10 +1,14 @@
 """Training-step overhead of each constraint kind vs the plain model (CPU or CUDA).
 
     python -m benchmarks.overhead [--model mlp|cnn] [--device cuda] [--width 512] [--batch 256] [--repeats 5]
+                                  [--decay param_groups|penalty]
 
 One model per kind, float32: an MLP (width × width hidden layers) or a CNN (three 3×3 convs with
 ``--channels`` channels on 32×32 inputs), its middle layer constrained (tied: first and middle
-layers); a step is forward + backward + SGD update, with ``symopt.penalty`` in the loss. Prints the
+layers); a step is forward + backward + SGD update. The decay on the factors comes from
+``symopt.param_groups`` (``weight_decay = λ`` in SGD's fused update; the default, as in the README)
+or, with ``--decay penalty``, from ``symopt.penalty`` added to the loss (extra forward and backward
+passes over the factors; the same minimiser). Prints the
 median step time of ``--repeats`` interleaved timed runs (after warm-up), its ratio to the
 unconstrained model measured in the same process, and on CUDA the peak memory of a step.
 
@@ -70,13 +74,17 @@ def _storage_ratio(net: nn.Module, plain: nn.Module) -> float:
     return nbytes(added) / nbytes(own[name] for name in replaced)
 
 
-def _step_time(net: nn.Module, x, y, steps: int, device) -> float:
-    opt = torch.optim.SGD(net.parameters(), lr=1e-3)
+def _step_time(net: nn.Module, x, y, steps: int, device, decay: str) -> float:
+    groups = symopt.param_groups(net, lr=1e-3) if decay == "param_groups" else net.parameters()
+    opt = torch.optim.SGD(groups, lr=1e-3)
     loss_fn = nn.CrossEntropyLoss()
+
+    def objective():
+        return loss_fn(net(x), y) + (symopt.penalty(net) if decay == "penalty" else 0.0)
 
     def step():
         opt.zero_grad(set_to_none=True)
-        (loss_fn(net(x), y) + symopt.penalty(net)).backward()
+        objective().backward()
         opt.step()
 
     for _ in range(3):
@@ -100,14 +108,16 @@ def main(argv=None) -> None:
     parser.add_argument("--batch", type=int, default=None, help="batch size (MLP 256, CNN 32)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--decay", choices=("param_groups", "penalty"), default="param_groups",
+                        help="how the factors are decayed (see the module docstring)")
     args = parser.parse_args(argv)
     args.width = args.width or (512 if args.model == "mlp" else 64)
     args.batch = args.batch or (256 if args.model == "mlp" else 32)
     device = torch.device(args.device)
     machine = machine_name(device)
     print(f"training-step overhead — torch {torch.__version__}, {machine}, float32, "
-          f"{args.model.upper()} width {args.width}, batch {args.batch}, median of {args.repeats} interleaved rounds "
-          f"of {args.steps} steps\n")
+          f"{args.model.upper()} width {args.width}, batch {args.batch}, decay by {args.decay}, median of "
+          f"{args.repeats} interleaved rounds of {args.steps} steps\n")
     x = (torch.randn(args.batch, args.width, device=device) if args.model == "mlp"
          else torch.randn(args.batch, args.width, 32, 32, device=device))
     y = torch.randint(0, 10, (args.batch,), device=device)
@@ -118,7 +128,7 @@ def main(argv=None) -> None:
     peaks: dict = {}
     for _ in range(args.repeats):  # interleaved rounds, so drift in machine load hits every kind alike
         for kind in kinds:
-            times[kind].append(_step_time(nets[kind], x, y, args.steps, device))
+            times[kind].append(_step_time(nets[kind], x, y, args.steps, device, args.decay))
             if device.type == "cuda":
                 peaks[kind] = torch.cuda.max_memory_allocated() / 2**20
     base = statistics.median(times[None])
