@@ -17,10 +17,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .attach import constrain
+from .attach import constrain, constraints
 from .constraints import Constraint, LowRank, Tied
 from .constraints.budget import budget_target, split_point
-from .decay import penalty
 from .optimality import kkt_at_snap, loss_gradient, polish_on_face, snap_tol
 from .problems import Problem
 from .result import Result, elapsed_since
@@ -147,6 +146,13 @@ class _Variable(nn.Module):
         else:
             self.value = nn.Parameter(torch.zeros(shape, device=device, dtype=dtype))
             constrain(self, "value", constraint)
+        # Handles are views (they look their factors up by name), so one lookup serves every evaluation:
+        # symopt.penalty(self) would search the module tree each time (a fifth of a small problem's evaluation).
+        self._handles = constraints(self)
+
+    def decay(self) -> torch.Tensor:
+        """The factors' decay ``(λ/2)·Σ‖factor‖²``: [`symopt.penalty`][symopt.penalty] of this holder."""
+        return sum(h.penalty() for h in self._handles)
 
     @property
     def theta(self) -> torch.Tensor:
@@ -436,7 +442,7 @@ class _Descent:
 
     def closure(self):
         self.holder.zero_grad()
-        objective = self.loss(self.holder.theta) + penalty(self.holder)
+        objective = self.loss(self.holder.theta) + self.holder.decay()
         if torch.is_grad_enabled():
             objective.backward()
         return objective
