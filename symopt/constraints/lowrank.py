@@ -181,14 +181,16 @@ class LowRank(Constraint):
         rank = int((S > tol).sum())
         if rank == 0:
             return None
-        roots = S[:rank].sqrt()
+        sigma = S[:rank]
         shape = value.shape
 
         def norm(A: Tensor, B: Tensor) -> Tensor:
-            return torch.linalg.svdvals(torch.linalg.qr(A).R @ torch.linalg.qr(B).R.mT).sum()
+            return torch.linalg.svdvals((torch.linalg.qr(A).R / sigma) @ torch.linalg.qr(B).R.mT).sum()
 
-        return Face(start=(P[:, :rank] * roots, Qh[:rank].mT * roots),
-                    embed=lambda A, B: (A @ B.mT).reshape(shape), norm=norm)
+        # Coordinates A = PΣ, B = QΣ with θ = A Σ⁻¹ Bᵀ: in A = P√Σ, B = Q√Σ the curvature of column i
+        # is σ_i, so the face solve's conditioning was σ_max / σ_min; here every column's is 1.
+        return Face(start=(P[:, :rank] * sigma, Qh[:rank].mT * sigma),
+                    embed=lambda A, B: ((A / sigma) @ B.mT).reshape(shape), norm=norm)
 
     def atoms(self, value: Tensor) -> Tensor:
         return self.singular_values(value).reshape(-1)
