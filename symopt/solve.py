@@ -193,8 +193,8 @@ def solve(problem: Problem, device=None, dtype=None, method: str = "auto", tol: 
             are computed in float64 from a float64 copy of the data: float32 alone cannot resolve
             a relative residual of 1e-6. Measured on the built-in generators (`symopt compare`'s
             default sizes, and ``make_logistic_l1(n=500, d=200)``): every family ends ``optimal`` as
-            in float64, except nuclear-norm completion 40×30, which ends ``stalled`` within a
-            relative gap of 1e-8 of the float64 optimum (the face polish does not finish it there).
+            in float64. (The float64 polish goes on from its best point when the float32 descent
+            stalls behind it.)
         method: ``"lbfgs"`` (L-BFGS, strong-Wolfe line search), ``"momentum"`` (Nesterov with a
             backtracked Lipschitz step and restarts) or ``"auto"`` (= ``"lbfgs"``, the faster on
             every built-in family).
@@ -515,6 +515,7 @@ class _Descent:
         previous = self.holder.theta.detach().clone()
         watchdog = _Watchdog()
         target = self.tol * self.scale
+        best: tuple[torch.Tensor, float] | None = None  # the lowest-residual certified point of this run (one λ)
         for _ in range(budget):
             iteration = len(self.history) + 1
             try:
@@ -526,10 +527,15 @@ class _Descent:
                 loss, data, constraint = self.certifying()
                 quick = constraint.quick_kkt  # estimates while iterating, the exact residual to stop
                 point, kkt = kkt_at_snap(loss, constraint, theta.to(self.certified_dtype), self.tol, quick=quick)
+                if best is not None and best[1] < kkt:
+                    # A float32 descent stalls at its own resolution, behind what the float64 polish
+                    # reached: the polish goes on from its best point instead of starting over.
+                    point, kkt = best
                 if self.polish and kkt > target:  # also before a widening: the wider factors start better
                     polished = polish_on_face(loss, constraint, point, self.tol, target, self.inner, quick)
                     if polished is not None and polished[1] < kkt:
                         point, kkt = polished
+                best = (point, kkt)
                 if quick and kkt <= target:
                     point, kkt = kkt_at_snap(loss, constraint, point, self.tol, levels=1)
             except _NonFinite as err:

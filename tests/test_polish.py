@@ -78,7 +78,9 @@ def test_a_linear_kinds_face_is_its_constraint_set():
 
 
 @pytest.mark.parametrize("make", [make_equality_ls, make_tied_least_squares, make_fixed_zeros_ls,
-                                  lambda: make_logistic_l1(n=500, d=200)])
+                                  lambda: make_logistic_l1(n=500, d=200),
+                                  lambda: make_matrix_completion(m=40, n=30)],
+                         ids=["equality", "tied", "fixed_zeros", "logistic_l1", "completion"])
 def test_float32_descent_is_certified_in_float64(make):
     """A float32 descent cannot show a relative KKT residual of 1e-6; the certificate and the face
     polish run in float64, so the float32 solve ends optimal at the float64 answer."""
