@@ -229,8 +229,8 @@ def solve(problem: Problem, device=None, dtype=None, method: str = "auto", tol: 
     Penalised low rank of a large matrix (``min(m, n) ≥ 128``, no ``max_rank``, no budget) starts
     with factors 16 columns wide and doubles the width whenever the rank fills it: the narrow problem
     is the full one while the rank stays below the width, and its SVDs come from the factors' range
-    (nuclear-norm completion 1000×1000 of rank 5: 4.2 s instead of 54 s at full width; 2000×2000:
-    23 s, where full width would take about 8× the 1000×1000 time; benchmarks/RESULTS.md). While
+    (nuclear-norm completion 1000×1000 of rank 5: 2.9 s instead of 54 s at full width; 2000×2000:
+    15 s, where full width would take about 8× the 1000×1000 time; benchmarks/RESULTS.md). While
     iterating, the nuclear-norm KKT residual estimates the normal part's leading singular values;
     the stop is decided by the exact residual.
 
