@@ -75,21 +75,17 @@ def main(argv=None) -> dict:
     holder.w = torch.nn.Parameter(w.clone())
     symopt.sparse(holder, "w", strength=float(problem.meta["strength"]))
 
-    def closure():
-        holder.zero_grad(set_to_none=True)
-        loss = problem.loss(holder.w, X=X, y=y) + symopt.penalty(holder)
-        loss.backward()
-        return loss
+    def closure_of(loss_fn):
+        """One evaluation as L-BFGS makes it: loss + decay, forward and backward through the factors."""
+        def closure():
+            holder.zero_grad(set_to_none=True)
+            loss = loss_fn(holder.w, X=X, y=y) + symopt.penalty(holder)
+            loss.backward()
+            return loss
+        return closure
 
-    evaluation = median_seconds(closure, device, args.repeats)
-
-    compiled_loss = torch.compile(problem.loss)
-
-    def compiled_closure():
-        holder.zero_grad(set_to_none=True)
-        loss = compiled_loss(holder.w, X=X, y=y) + symopt.penalty(holder)
-        loss.backward()
-        return loss
+    evaluation = median_seconds(closure_of(problem.loss), device, args.repeats)
+    compiled_closure = closure_of(torch.compile(problem.loss))
 
     try:
         start = time.perf_counter()

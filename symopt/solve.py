@@ -24,8 +24,7 @@ from .optimality import kkt_at_snap, loss_gradient, polish_on_face, snap_tol
 from .problems import Problem
 from .result import Result, elapsed_since
 from .working_set import applies as working_sets_apply
-from .working_set import atom_count
-from .working_set import solve_on_working_sets
+from .working_set import atom_count, solve_on_working_sets
 
 _METHODS = ("auto", "lbfgs", "momentum")
 # Penalised low rank on a matrix with min(m, n) >= _NARROW_FROM starts with factors of width
