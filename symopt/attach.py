@@ -95,7 +95,7 @@ class Handle:
         return [m.value for m in self.members]
 
     def decayed_factors(self) -> list[Tensor]:
-        """The factors that carry the decay (a tie's free centre and a subspace's free part do not)."""
+        """The factors that carry the decay (a tie's anchor and a subspace's free part do not)."""
         return [m.factors[i] for m in self.members for i in m.parametrization.decayed]
 
     # The maths of a tie acts on all members' values at once, that of the other kinds on one tensor:
@@ -261,11 +261,13 @@ def _tie(model: nn.Module, names: list[str], group: Tied) -> Handle:
         raise ValueError(f"Tied: a tensor cannot be tied with itself; got {names}")
     tensor = targets[0][3]
     group.to(device=tensor.device, dtype=tensor.dtype)
-    group.init_center([t[3] for t in targets])
+    group.prepare(len(targets), tensor.device)
     done: list[tuple[nn.Module, str, Tensor]] = []
     try:
+        # The anchor first: the later copies are stored as differences to it.
         for index, (name, module, leaf, original) in enumerate(targets):
             _register(module, leaf, group.member(index), name)
+            group.bind(module.parametrizations[leaf])
             done.append((module, leaf, original))
     except Exception:  # pragma: no cover - registration was validated; keep the model intact anyway
         for module, leaf, original in done:
@@ -355,7 +357,9 @@ def constraints(model: nn.Module) -> list[Handle]:
         p = member.parametrization
         owner = p.group if isinstance(p, TiedMember) else p
         found.setdefault(id(owner), (owner, []))[1].append(member)
-    return [Handle(owner, tuple(members)) for owner, members in found.values()]
+    # A tie's members in the order they were tied (the anchor first), whatever the module order.
+    order = lambda m: getattr(m.parametrization, "index", 0)  # noqa: E731
+    return [Handle(owner, tuple(sorted(members, key=order))) for owner, members in found.values()]
 
 
 # -- plain checkpoints -------------------------------------------------------------------------
@@ -381,4 +385,4 @@ def _load_plain_checkpoint(module, state_dict, prefix, *_args) -> None:
         for i, factor in enumerate(factors):
             state_dict[f"{base}original{i}"] = factor
         for key, tensor in parametrization.state_dict(prefix=base + "0.", keep_vars=False).items():
-            state_dict.setdefault(key, tensor)  # e.g. the tie centre, absent from a plain checkpoint
+            state_dict.setdefault(key, tensor)  # e.g. a tie's multiplier estimate, absent from a plain checkpoint

@@ -84,7 +84,8 @@ def report(model: nn.Module, tol: float = 1e-6) -> Report:
     rows = Report()
     for handle in constraints(model):
         values = [v.detach() for v in handle.values()]
-        balances = [m.parametrization.balance(*m.factors) for m in handle.members]
+        # members with decayed factors only: a tie's anchor stores its value as is
+        balances = [m.parametrization.balance(*m.factors) for m in handle.members if m.parametrization.decayed]
         rows.append(ReportRow(
             name=handle.name, kind=handle.kind, strength=handle.strength, violation=handle.violation(values, tol),
             structure=handle.structure(values, tol), balance=sum(balances) / len(balances),

@@ -17,7 +17,7 @@ from .constraints.base import check_strength, require_floating
 
 def _plain_parameter_names(model: nn.Module) -> list[str]:
     """Qualified names of the model's parameters as the user sees them (``lin.weight``), not the
-    tensors that live inside a parametrization (factors, a tie's centre)."""
+    tensors that live inside a parametrization (factors, a tie's anchor)."""
     names = []
     for mod_name, module in model.named_modules():
         if "parametrizations" in mod_name.split("."):

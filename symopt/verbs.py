@@ -184,11 +184,11 @@ def fixed_zeros(module: nn.Module, name: str, mask, strength: float | str = "aut
 
 
 def tie(model: nn.Module, names: Sequence[str], strength: float | str = "auto", **kwargs) -> Handle:
-    """``θ_1 = … = θ_k`` for the dotted ``names`` in ``model``, by the exact penalty ``λΣ_j‖θ_j − m‖₁``.
+    """``θ_1 = … = θ_k`` for the dotted ``names`` in ``model``, by the exact penalty ``λΣ_{j≥2}‖θ_j − θ_1‖₁``.
 
-    ``θ_j = m + u_j ⊙ v_j`` with a shared free centre ``m``; the mirrors ``(u_j, v_j) → −(u_j, v_j)``
-    fix ``θ_j = m`` for every copy. Exact once ``λ > max_j ‖∇_{θ_j}ℓ(θ*)‖_∞``. See
-    [`Tied`][symopt.Tied].
+    The first name is the anchor, stored as is; every later copy is ``θ_j = θ_1 + u_j ⊙ v_j``, and the
+    mirrors ``(u_j, v_j) → −(u_j, v_j)`` fix ``θ_j = θ_1``. Exact once
+    ``λ > max_{j≥2} ‖∇_{θ_j}ℓ(θ*)‖_∞``. See [`Tied`][symopt.Tied].
 
     Args:
         model: the module that owns every tied parameter (or a common ancestor).

@@ -91,7 +91,7 @@ def _fsdp_worker(rank: int, world: int, port: int, out: str) -> None:
 
     with _process_group(rank, world, port):
         net = _model()
-        # One FSDP unit for the whole model: a tie's centre is shared by two layers, and a parameter
+        # One FSDP unit for the whole model: a tie's anchor is read by the other copy's layer, and a parameter
         # shared between FSDP units is not supported by FSDP (tested: per-layer units fail on it).
         fully_shard(net)  # every factor becomes a DTensor sharded over the ranks
         state = _train(net, net, *_half_batch(rank, world), "param_groups")

@@ -28,9 +28,9 @@ def test_param_groups_cover_every_parameter_once():
     ids = [id(p) for g in groups for p in g["params"]]
     assert len(ids) == len(set(ids)) == len(list(m.parameters()))
     by_decay = [(g["weight_decay"], len(g["params"])) for g in groups]
-    # one group per constraint: sparse (u, v), tie (u, v of both copies), low rank (U, V), subspace (a, b);
-    # rest: subspace w, tie centre, 2.bias
-    assert by_decay == [(0.1, 2), (2.0, 4), (0.1, 2), (2.0, 2), (1e-4, 3)]
+    # one group per constraint: sparse (u, v), tie (u, v of the second copy), low rank (U, V), subspace (a, b);
+    # rest: subspace w, the tie's anchor (its first copy, stored as is), 2.bias
+    assert by_decay == [(0.1, 2), (2.0, 2), (0.1, 2), (2.0, 2), (1e-4, 3)]
     assert all(g["lr"] == 0.1 and g["momentum"] == 0.9 for g in groups)
     torch.optim.SGD(groups)  # accepted as is
 

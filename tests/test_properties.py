@@ -151,7 +151,7 @@ test_registration_preserves_value_and_penalty_bounds_norm, test_registration_slo
 def _balance(case):
     module, c, values = case
     if isinstance(c, symopt.Tied):
-        return  # its penalty is per copy around the free centre, not a norm of one tensor
+        return  # its penalty is per copy around the anchor, not a norm of one tensor
     register(module, c)
     factors = tuple(t.detach() for t in factors_of(module))
     even = balanced(c, factors)

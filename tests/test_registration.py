@@ -172,6 +172,9 @@ CONSTRAIN = {
     "subspace": lambda m: symopt.subspace(m, "0.weight", torch.ones(1, 36, dtype=DT), strength=1.0),
     "fixed_zeros": lambda m: symopt.fixed_zeros(m, "0.weight", torch.eye(6, dtype=torch.bool), strength=1.0),
     "tied": lambda m: symopt.tie(m, ["0.weight", "2.weight"], strength=1.0),
+    # the anchor (first name) comes after the other copy in module order, so a plain checkpoint
+    # loads the other copy before the anchor it is stored relative to
+    "tied_anchor_last": lambda m: symopt.tie(m, ["2.weight", "0.weight"], strength=1.0),
 }
 
 
@@ -259,11 +262,11 @@ def test_finalize_snaps_small_entries_and_singular_values():
     assert c1["weight"].structure.startswith("density 0.125")
 
 
-def test_tie_with_shared_centre_trains_to_equal_copies():
+def test_anchored_tie_trains_to_equal_copies():
     model = nn.Sequential(nn.Linear(5, 5), nn.Tanh(), nn.Linear(5, 5)).double()
     symopt.tie(model, ["0.weight", "2.weight"], strength=0.5)
     n_params = sum(p.numel() for p in model.parameters())
-    assert n_params == 25 + 4 * 25 + 10  # centre counted once, plus u, v per copy, plus biases
+    assert n_params == 25 + 2 * 25 + 10  # the anchor as is, u and v of the other copy, the biases
     x = torch.randn(64, 5, dtype=DT)
     target = torch.sin(x)
     opt = torch.optim.SGD(symopt.param_groups(model, lr=0.1), lr=0.1)
@@ -272,3 +275,45 @@ def test_tie_with_shared_centre_trains_to_equal_copies():
         (model(x) - target).square().mean().backward()
         opt.step()
     assert float((model[0].weight - model[2].weight).abs().max()) <= 1e-10
+
+
+def test_a_tie_of_k_copies_stores_2k_minus_1_tensors():
+    model = nn.ModuleDict({name: nn.Linear(4, 4).double() for name in "abc"})
+    values = [model[n].weight.detach().clone() for n in "abc"]
+    handle = symopt.tie(model, ["b.weight", "a.weight", "c.weight"], strength=1.0)
+    weights = [p for name, p in model.named_parameters() if "weight" in name]
+    assert sum(p.numel() for p in weights) == (2 * 3 - 1) * 16
+    # the anchor stores its own value; the others their difference to it, as u ⊙ v
+    assert torch.equal(handle.constraint.center, values[1])
+    assert [m.qualname for m in symopt.constraints(model)[0].members] == ["b.weight", "a.weight", "c.weight"]
+    for n, v in zip("abc", values):
+        assert torch.allclose(model[n].weight, v, atol=1e-14)
+    assert [len(m.factors) for m in handle.members] == [1, 2, 2]
+    assert [m.parametrization.decayed for m in handle.members] == [(), (0, 1), (0, 1)]
+
+
+@pytest.mark.parametrize("assigned", ["a", "b", "c"])
+def test_assigning_one_tied_copy_leaves_the_others(assigned):
+    model = nn.ModuleDict({name: nn.Linear(3, 2).double() for name in "abc"})
+    symopt.tie(model, ["a.weight", "b.weight", "c.weight"], strength=1.0)
+    before = {n: model[n].weight.detach().clone() for n in "abc"}
+    new = torch.randn(2, 3, dtype=DT)
+    model[assigned].weight = new  # the anchor ("a") moves the centre; the others keep their values
+    for n in "abc":
+        expected = new if n == assigned else before[n]
+        assert torch.allclose(model[n].weight, expected, atol=1e-14), n
+
+
+def test_tied_anchor_gradient_is_its_own():
+    """∂ℓ/∂θ_1 of the anchor's value is its own gradient, although the other copies read its tensor."""
+    model = nn.Module()
+    model.a = nn.Parameter(torch.tensor([1.0, 2.0], dtype=DT))
+    model.b = nn.Parameter(torch.tensor([0.5, 2.0], dtype=DT))
+    symopt.tie(model, ["a", "b"], strength=1.0)
+    a, b = model.a, model.b
+    ga, gb = torch.autograd.grad((3 * a).sum() + (5 * b).sum(), [a, b])
+    assert torch.equal(ga, torch.full((2,), 3.0, dtype=DT)) and torch.equal(gb, torch.full((2,), 5.0, dtype=DT))
+    # while the stored anchor tensor gets both: every copy moves with it
+    centre = model.parametrizations.a.original0
+    (3 * model.a).sum().add((5 * model.b).sum()).backward()
+    assert torch.equal(centre.grad, torch.full((2,), 8.0, dtype=DT))

@@ -7,6 +7,6 @@ from .group import GroupSparse
 from .lowrank import LowRank
 from .sparse import Sparse
 from .subspace import Subspace
-from .tied import Tied, TiedMember
+from .tied import Tied, TiedAnchor, TiedMember
 
-__all__ = ["Anchor", "Constraint", "Sparse", "GroupSparse", "LowRank", "Subspace", "FixedZeros", "Tied", "TiedMember"]
+__all__ = ["Anchor", "Constraint", "Sparse", "GroupSparse", "LowRank", "Subspace", "FixedZeros", "Tied", "TiedAnchor", "TiedMember"]

@@ -315,8 +315,8 @@ def _tied_least_squares(theta: Tensor, X: Tensor, y: Tensor) -> Tensor:
 def tied_least_squares(X, y, strength: float = 1.0) -> Problem:
     """k least-squares tasks ``Σ_j 1/(2n)‖X_j w_j − y_j‖²`` with tied weights ``w_1 = … = w_k``.
 
-    DCS writes ``w_j = m + u_j ⊙ v_j`` ([`Tied`][symopt.Tied]): the exact penalty
-    ``λΣ_j‖w_j − m‖₁`` holds the tie once ``λ > max_j ‖∇_{w_j}ℓ(w*)‖_∞``. The answer is the
+    DCS writes ``w_j = w_1 + u_j ⊙ v_j`` for j ≥ 2 ([`Tied`][symopt.Tied]): the exact penalty
+    ``λΣ_{j≥2}‖w_j − w_1‖₁`` holds the tie once ``λ > max_{j≥2} ‖∇_{w_j}ℓ(w*)‖_∞``. The answer is the
     least-squares fit of one ``w`` to all tasks pooled.
 
     Args:
