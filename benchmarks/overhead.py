@@ -10,18 +10,28 @@ layers); a step is forward + backward + SGD update. The decay on the factors com
 or, with ``--decay penalty``, from ``symopt.penalty`` added to the loss (extra forward and backward
 passes over the factors; the same minimiser). Prints the
 median step time of ``--repeats`` interleaved timed runs (after warm-up), its ratio to the
-unconstrained model measured in the same process, and on CUDA the peak memory of a step.
+unconstrained model measured in the same process, and the memory of a step (below).
 
-``storage`` is the issue's memory measure, exact on any device: the bytes the constrained layers
-hold (their factors, plus buffers such as a subspace basis or a mask) ÷ the bytes of the
-parameters they replace. Gradients and SGD state scale with the factors, so a step's extra memory
-follows the same ratio.
+Two memory columns:
+
+* ``storage``, the issue's memory measure: the bytes the constrained layers hold (their factors, plus
+  buffers such as a subspace basis or a mask) ÷ the bytes of the parameters they replace.
+* ``peak MiB`` of one step, and its ratio to the plain model's: the bytes the model holds when a step
+  starts (parameters, buffers, optimizer state; the batch is not counted) plus the highest the
+  step's own allocations (activations, gradients, temporaries) rise above that. The allocations are
+  read from the allocator, on any device: on CPU from the profiler's memory events
+  (``torch.profiler``, ``profile_memory=True``), on CUDA from ``torch.cuda.max_memory_allocated``
+  above what was allocated when the step started. Exact to the byte; measured on one step, after
+  the timed ones.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import statistics
+import sys
 import time
 import warnings
 
@@ -74,7 +84,8 @@ def _storage_ratio(net: nn.Module, plain: nn.Module) -> float:
     return nbytes(added) / nbytes(own[name] for name in replaced)
 
 
-def _step_time(net: nn.Module, x, y, steps: int, device, decay: str) -> float:
+def _stepper(net: nn.Module, x, y, decay: str):
+    """(one training step, its optimizer): SGD, gradients set to None before each step."""
     groups = symopt.param_groups(net, lr=1e-3) if decay == "param_groups" else net.parameters()
     opt = torch.optim.SGD(groups, lr=1e-3)
     loss_fn = nn.CrossEntropyLoss()
@@ -87,17 +98,73 @@ def _step_time(net: nn.Module, x, y, steps: int, device, decay: str) -> float:
         objective().backward()
         opt.step()
 
+    return step, opt
+
+
+def _step_time(net: nn.Module, x, y, steps: int, device, decay: str) -> float:
+    step, _ = _stepper(net, x, y, decay)
     for _ in range(3):
         step()
     if device.type == "cuda":
         torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     for _ in range(steps):
         step()
     if device.type == "cuda":
         torch.cuda.synchronize()
     return (time.perf_counter() - start) / steps
+
+
+def _held_bytes(net: nn.Module, opt: torch.optim.Optimizer) -> int:
+    """Bytes of the model's parameters, buffers and optimizer state (each storage once)."""
+    tensors = list(net.parameters()) + list(net.buffers())
+    tensors += [t for state in opt.state.values() for t in state.values() if isinstance(t, torch.Tensor)]
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
+    return sum(storages.values())
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silence file descriptor 2: the profiler's C++ side logs its start and stop there."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def _transient_peak(step, device) -> int:
+    """Highest bytes one ``step()`` allocates above what was allocated when it started."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        step()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - before
+    from torch.profiler import ProfilerActivity, profile
+
+    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    current = peak = 0
+    for event in sorted(events, key=lambda e: e.start_ns()):
+        current += event.nbytes()  # + allocation, − free
+        peak = max(peak, current)
+    return peak
+
+
+def _peak_bytes(net: nn.Module, x, y, device, decay: str) -> int:
+    """Memory of one step: what the model holds at its start plus the step's own peak above that."""
+    step, opt = _stepper(net, x, y, decay)
+    for _ in range(2):  # optimizer state (if any) exists from the first step on
+        step()
+    opt.zero_grad(set_to_none=True)
+    return _held_bytes(net, opt) + _transient_peak(step, device)
 
 
 def main(argv=None) -> None:
@@ -125,21 +192,19 @@ def main(argv=None) -> None:
              "fixed_zeros(50%)", "tied"]
     nets = {kind: _model(args.model, args.width, device, kind) for kind in kinds}
     times: dict = {kind: [] for kind in kinds}
-    peaks: dict = {}
     for _ in range(args.repeats):  # interleaved rounds, so drift in machine load hits every kind alike
         for kind in kinds:
             times[kind].append(_step_time(nets[kind], x, y, args.steps, device, args.decay))
-            if device.type == "cuda":
-                peaks[kind] = torch.cuda.max_memory_allocated() / 2**20
+    peaks = {kind: _peak_bytes(nets[kind], x, y, device, args.decay) / 2**20 for kind in kinds}
     base = statistics.median(times[None])
     rows = [(kind or "plain", statistics.median(t) * 1e3, statistics.median(t) / base,
-             _storage_ratio(nets[kind], nets[None]) if kind else None, peaks.get(kind))
+             _storage_ratio(nets[kind], nets[None]) if kind else None, peaks[kind], peaks[kind] / peaks[None])
             for kind, t in times.items()]
     width = max(len(r[0]) for r in rows)
-    print(f"{'model':<{width}}  ms/step  ratio  storage" + ("  peak MiB" if peaks else ""))
-    for name, ms, ratio, storage, peak in rows:
+    print(f"{'model':<{width}}  ms/step  ratio  storage  peak MiB  ratio")
+    for name, ms, ratio, storage, peak, peak_ratio in rows:
         print(f"{name:<{width}}  {ms:7.3f}  {ratio:5.2f}  " + ("      -" if storage is None else f"{storage:6.2f}×")
-              + (f"  {peak:8.1f}" if peak is not None else ""))
+              + f"  {peak:8.2f}  {peak_ratio:5.2f}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """The benchmark harness runs (a smoke test at the smallest size; benchmarks are not timed here)."""
 
-from benchmarks import cvxpy_limits, families, floor
+from benchmarks import cvxpy_limits, families, floor, overhead
 from symopt.problems import make_lasso
 from symopt.result import Result
 import torch
@@ -35,3 +35,21 @@ def test_cvxpy_is_stopped_at_its_wall_clock_limit():
     status, objective, seconds = cvxpy_limits.cvxpy_with_limit(make_lasso, dict(n=20, d=10, nonzeros=2),
                                                                "CLARABEL", {}, limit=0.2, memory_gb=8)
     assert status == "not finished in 0 s" and objective is None and seconds < 30
+
+
+def test_the_step_memory_reads_the_allocator():
+    """A step that allocates 4 MiB, then 1 MiB more, then frees both, peaks at 5 MiB above its start."""
+    def step():
+        a = torch.empty(1 << 20)  # 4 MiB of float32
+        b = torch.empty(1 << 18)
+        del a, b
+
+    assert 5 * 2**20 <= overhead._transient_peak(step, torch.device("cpu")) < 5 * 2**20 + 2**16
+
+
+def test_overhead_prints_time_storage_and_peak_memory(capsys):
+    overhead.main(["--width", "16", "--batch", "4", "--steps", "1", "--repeats", "1"])
+    lines = capsys.readouterr().out.splitlines()
+    assert "peak MiB" in lines[2]
+    tied = next(line.split() for line in lines if line.startswith("tied"))
+    assert tied[3] == "1.50×" and float(tied[4]) > 0  # the anchored tie: first copy as is + (u, v)
