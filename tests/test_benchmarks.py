@@ -1,6 +1,6 @@
 """The benchmark harness runs (a smoke test at the smallest size; benchmarks are not timed here)."""
 
-from benchmarks import cvxpy_limits, families, floor, overhead
+from benchmarks import cvxpy_limits, families, floor, geoopt_optimizers, overhead
 from symopt.problems import make_lasso
 from symopt.result import Result
 import torch
@@ -53,3 +53,10 @@ def test_overhead_prints_time_storage_and_peak_memory(capsys):
     assert "peak MiB" in lines[2]
     tied = next(line.split() for line in lines if line.startswith("tied"))
     assert tied[3] == "1.50×" and float(tied[4]) > 0  # the anchored tie: first copy as is + (u, v)
+
+
+def test_geoopt_optimizers_quick():
+    rows = geoopt_optimizers.main(["--quick"])
+    solvers = [r["solver"] for r in rows]
+    assert solvers[:2] == ["dcs", "geoopt RiemannianAdam"] and len(solvers) == 2 + len(geoopt_optimizers.LINE_SEARCHES)
+    assert rows[0]["status"] == "optimal" and rows[0]["gap"] == 0.0
