@@ -1,8 +1,9 @@
 """Time to accuracy per problem family and size: DCS vs cvxpy, scikit-learn / skglm, projected
 (proximal / FISTA) and geoopt.
 
-    python -m benchmarks.families [--device cuda] [--repeats 3] [--families lasso,hard_rank] [--quick]
-                                  [--large | --large-only] [--solvers dcs,proximal] [--figures docs/figures/benchmarks]
+    python -m benchmarks.families [--device cuda] [--dtype float32] [--repeats 3] [--families lasso,hard_rank]
+                                  [--quick] [--large | --large-only] [--solvers dcs,proximal]
+                                  [--figures docs/figures/benchmarks]
 
 For each family and size, every applicable solver runs once as a warm-up, then ``--repeats`` times
 (a solver whose warm-up took over ``--slow`` seconds is not repeated: its warm-up is the measurement,
@@ -15,7 +16,7 @@ marked ``n=1``). Per solver the table shows
 * ``rel. gap`` of its final answer, ``same``: whether its support / rank equals the best solver's;
 * ``÷ DCS``: its time to 1e-6 divided by DCS's (> 1: DCS is faster).
 
-One process, one machine, float64. A PNG per family plots time to 1e-6 against the number of
+One process, one machine; float64, or DCS in float32 with ``--dtype float32``. A PNG per family plots time to 1e-6 against the number of
 variables for each solver.
 """
 
@@ -84,12 +85,12 @@ def time_to_accuracy(result, best: float, target: float = TARGET) -> float | Non
     return None
 
 
-def measure(problem, name: str, device: str, repeats: int, slow: float):
+def measure(problem, name: str, device: str, repeats: int, slow: float, dtype: torch.dtype = torch.float64):
     """Warm-up then ``repeats`` runs; returns (results, wall seconds per run) or None if n/a."""
     run = SOLVERS[name]
     start = time.perf_counter()
     try:
-        first = run(problem, device, torch.float64)
+        first = run(problem, device, dtype)
     except (NotApplicable, ImportError):
         return None
     warm = time.perf_counter() - start
@@ -98,7 +99,7 @@ def measure(problem, name: str, device: str, repeats: int, slow: float):
     results, seconds = [], []
     for _ in range(repeats):
         start = time.perf_counter()
-        results.append(run(problem, device, torch.float64))
+        results.append(run(problem, device, dtype))
         seconds.append(time.perf_counter() - start)
     return results, seconds
 
@@ -108,7 +109,9 @@ def data_size(problem) -> int:
 
 
 def bench_problem(problem, device: str, repeats: int, slow: float, cvxpy_max: int,
-                  cvxpy_max_data: float = math.inf, solvers=None) -> list[dict]:
+                  cvxpy_max_data: float = math.inf, solvers=None, dtype: torch.dtype = torch.float64) -> list[dict]:
+    """Every applicable solver on ``problem``; DCS runs in ``dtype`` (its certificate and polish stay
+    float64), the baselines in float64."""
     measured = {}
     for name in solvers or SOLVERS:
         if name == "sklearn" and problem.meta.get("family") == "group_lasso":
@@ -116,7 +119,7 @@ def bench_problem(problem, device: str, repeats: int, slow: float, cvxpy_max: in
         if name == "cvxpy" and (numel(problem) > cvxpy_max or data_size(problem) > cvxpy_max_data):
             measured[name] = "skipped"
             continue
-        found = measure(problem, name, device, repeats, slow)
+        found = measure(problem, name, device, repeats, slow, dtype if name == "dcs" else torch.float64)
         if found is not None:
             measured[name] = found
     done = {k: v for k, v in measured.items() if v != "skipped"}
@@ -197,6 +200,8 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--figures", default=None, help="folder for one PNG per family (default: no plots)")
     parser.add_argument("--solvers", default=",".join(SOLVERS), help="comma list (dcs always runs)")
     parser.add_argument("--large-only", action="store_true", help="only the large sizes (implies --large)")
+    parser.add_argument("--dtype", choices=("float64", "float32"), default="float64",
+                        help="DCS's precision (float32: the GPU's fast path; certificate and polish in float64)")
     args = parser.parse_args(argv)
     solvers = ["dcs"] + [s for s in args.solvers.split(",") if s != "dcs"]
     if any(s not in SOLVERS for s in solvers):
@@ -209,7 +214,7 @@ def main(argv=None) -> list[dict]:
         args.cvxpy_max = min(args.cvxpy_max, 1000)
     machine = machine_name(args.device)
     print(f"time to relative gap {TARGET:g} — torch {torch.__version__}, {machine}; DCS / projected / geoopt on "
-          f"{args.device}, float64; median of {repeats} after a warm-up\n")
+          f"{args.device}; DCS in {args.dtype}, the baselines in float64; median of {repeats} after a warm-up\n")
     header = (f"{'problem':<36} {'solver':<26} {'to 1e-6':>9} {'total':>9}{'':<4} {'rel. gap':>9} {'same':>5} "
               f"{'÷ DCS':>7}")
     print(header)
@@ -221,7 +226,7 @@ def main(argv=None) -> list[dict]:
         rows = []
         for kwargs in chosen:
             found = bench_problem(make(**kwargs), args.device, repeats, args.slow, args.cvxpy_max,
-                                  args.cvxpy_max_data, solvers)
+                                  args.cvxpy_max_data, solvers, getattr(torch, args.dtype))
             print_rows(found)
             rows += found
         print()
