@@ -2,7 +2,7 @@
 (proximal / FISTA) and geoopt.
 
     python -m benchmarks.families [--device cuda] [--dtype float32] [--repeats 3] [--families lasso,hard_rank]
-                                  [--quick] [--large | --large-only] [--solvers dcs,proximal]
+                                  [--quick] [--large | --large-only] [--solvers dcs,projected]
                                   [--figures docs/figures/benchmarks]
 
 For each family and size, every applicable solver runs once as a warm-up, then ``--repeats`` times

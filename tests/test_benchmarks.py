@@ -60,3 +60,10 @@ def test_geoopt_optimizers_quick():
     solvers = [r["solver"] for r in rows]
     assert solvers[:2] == ["dcs", "geoopt RiemannianAdam"] and len(solvers) == 2 + len(geoopt_optimizers.LINE_SEARCHES)
     assert rows[0]["status"] == "optimal" and rows[0]["gap"] == 0.0
+
+
+def test_families_runs_dcs_in_float32_with_a_float64_answer(capsys):
+    rows = families.main(["--quick", "--families", "lasso", "--solvers", "dcs,projected", "--dtype", "float32"])
+    dcs, projected = rows  # the projected (FISTA) baseline stays in float64
+    assert dcs["status"] == "optimal" and dcs["same"] and dcs["gap"] <= 1e-9 and dcs["to_target"] is not None
+    assert "DCS in float32" in capsys.readouterr().out
