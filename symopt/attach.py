@@ -364,7 +364,14 @@ def constraints(model: nn.Module) -> list[Handle]:
 
 # -- plain checkpoints -------------------------------------------------------------------------
 def _load_plain_checkpoint(module, state_dict, prefix, *_args) -> None:
-    """Map ``prefix + 'weight'`` of an unconstrained checkpoint onto the factors (right_inverse)."""
+    """Load ``prefix + 'weight'`` of an unconstrained checkpoint by assigning it (``right_inverse``).
+
+    Loading a plain value is the same as assigning it, ``module.weight = value``. For a tie,
+    assigning one copy keeps the others' values (the anchor re-splits their differences, in place),
+    so the copies of a tie can arrive in any order: from one module or several, and with the anchor
+    before or after the others. The state_dict then carries the factors themselves, not copies, so
+    that a copy loaded later in the same call still shifts them in place.
+    """
     if not parametrize.is_parametrized(module):
         return
     for leaf, plist in module.parametrizations.items():
@@ -381,8 +388,8 @@ def _load_plain_checkpoint(module, state_dict, prefix, *_args) -> None:
             continue  # leave it for load_state_dict's own shape / unexpected-key error
         del state_dict[plain_key]
         with torch.no_grad():
-            factors = parametrization.right_inverse(value.to(device=current.device, dtype=current.dtype))
-        for i, factor in enumerate(factors):
-            state_dict[f"{base}original{i}"] = factor
-        for key, tensor in parametrization.state_dict(prefix=base + "0.", keep_vars=False).items():
+            setattr(module, leaf, value.to(device=current.device, dtype=current.dtype))
+        for i in range(plist.ntensors):
+            state_dict[f"{base}original{i}"] = getattr(plist, f"original{i}")
+        for key, tensor in parametrization.state_dict(prefix=base + "0.", keep_vars=True).items():
             state_dict.setdefault(key, tensor)  # e.g. a tie's multiplier estimate, absent from a plain checkpoint
