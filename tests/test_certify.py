@@ -74,3 +74,24 @@ def test_certify_tie_with_loss_uses_every_copy():
     (e,) = symopt.certify(model, loss).entries
     assert e.kkt_residual == pytest.approx(0.0, abs=1e-15)
     assert e.multiplier == pytest.approx(0.3) and e.exact is True
+
+
+def test_a_ties_multipliers_are_the_later_copies_gradients():
+    """Three copies at a tied optimum with ∂/∂a = 0.5, ∂/∂b = −0.2, ∂/∂c = −0.3 (they sum to 0): the
+    anchored penalty λ(‖b − a‖₁ + ‖c − a‖₁) is exact once λ > max(0.2, 0.3), the anchor's 0.5 is not
+    a multiplier; and strength="auto" never observes the anchor."""
+    model = torch.nn.Module()
+    for name in "abc":
+        model.register_parameter(name, torch.nn.Parameter(torch.ones(1, dtype=DT)))
+    loss = lambda m: (0.5 * m.a - 0.2 * m.b - 0.3 * m.c).sum()  # noqa: E731
+    symopt.tie(model, ["a", "b", "c"], strength=0.4)
+    (e,) = symopt.certify(model, loss).entries
+    assert e.kkt_residual == pytest.approx(0.0, abs=1e-15)
+    assert e.multiplier == pytest.approx(0.3) and e.exact is True
+    auto = torch.nn.Module()
+    for name in "abc":
+        auto.register_parameter(name, torch.nn.Parameter(torch.ones(1, dtype=DT)))
+    handle = symopt.tie(auto, ["a", "b", "c"])
+    loss(auto).backward()
+    assert handle.constraint.estimate.count.tolist() == [0.0, 1.0, 1.0]
+    assert handle.constraint.multiplier() == pytest.approx(0.3)

@@ -34,8 +34,8 @@ class Tied(Constraint):
 
     Args:
         strength: λ (> 0), or ``"auto"`` (default): ``margin ×`` the largest running estimate of
-            ``‖∂ℓ/∂θ_j‖_∞`` over the copies (the anchor's included: at a tied optimum it is at most
-            the sum of the others', so the estimate errs on the safe side).
+            ``‖∂ℓ/∂θ_j‖_∞`` over the later copies j ≥ 2, the multipliers of the anchored penalty
+            (the anchor's own gradient is not one: see `dual_norm`).
         margin: safety factor of ``"auto"`` (> 1).
         seed: seed of the factor initialisation.
 
@@ -124,9 +124,10 @@ class Tied(Constraint):
         return (stacked[1:] - stacked[0]).abs().sum()
 
     def dual_norm(self, grads: Sequence[Tensor]) -> Tensor:
-        """``max_j ‖g_j‖_∞`` over every copy: at a tied optimum (``Σ_j g_j = 0``) it bounds the
-        multipliers ``max_{j≥2} ‖g_j‖_∞`` of the anchored penalty, and equals them for two copies."""
-        return torch.stack([g.abs().amax() for g in grads]).amax()
+        """``max_{j≥2} ‖g_j‖_∞`` (grads anchor first): the multipliers of the anchored penalty. At a
+        tied optimum the KKT conditions read ``g_j = −λ s_j`` with ``|s_j| ≤ 1`` for every later copy,
+        and ``g_1 = −Σ_{j≥2} g_j`` for the anchor, which the sum over the copies settles."""
+        return torch.stack([g.abs().amax() for g in list(grads)[1:]]).amax()
 
     def prox(self, values: Sequence[Tensor], step: float) -> Tensor:
         return self.project(values)
@@ -198,10 +199,14 @@ class TiedAnchor(TiedMember):
 
     decayed = ()
 
+    @property
+    def watching(self) -> bool:  # the multipliers are the later copies' gradients (Tied.dual_norm)
+        return False
+
     def forward(self, center: Tensor) -> Tensor:
         # A view, not the parameter itself: the value is then its own autograd node, so ∂ℓ/∂θ_1
-        # (symopt.certify, the "auto" hook) is the anchor's own gradient, not the sum over the
-        # copies that read the centre, and a hook on the value never lands on the parameter.
+        # (symopt.certify) is the anchor's own gradient, not the sum over the copies that read the
+        # centre.
         return center.view_as(center)
 
     def right_inverse(self, value: Tensor) -> tuple[Tensor]:
