@@ -26,8 +26,9 @@ import torch
 
 from symopt import solve
 from symopt.baselines import solve_geoopt
+from symopt.baselines.riemannian import rank_kkt, stiefel_start
 from symopt.cli import machine_name
-from symopt.optimality import gradient_scale, loss_gradient
+from symopt.optimality import gradient_scale
 from symopt.problems import make_low_rank_regression
 
 SIZES = [dict(n=300, p=40, q=30, hard_rank=3), dict(n=2000, p=200, q=100, rank=5, hard_rank=5)]
@@ -35,22 +36,13 @@ LINE_SEARCHES = [("armijo", "steepest"), ("armijo", "pr"), ("wolfe", "steepest")
 TOL = 1e-6
 
 
-def _line_search(problem, method: str, cg: str, limit: float, seed: int = 0) -> tuple[str, int, float, float, float]:
+def _line_search(problem, loss, scale: float, method: str, cg: str, limit: float,
+                 seed: int = 0) -> tuple[str, int, float, float, float]:
     """(status, iterations, seconds, relative KKT, objective) of RiemannianLineSearch."""
     import geoopt
 
-    data = problem.data_on(torch.device("cpu"), torch.float64)
-    loss = lambda W: problem.loss(W, **data)  # noqa: E731
     c = problem.constraint()
-    (m, n), r = problem.shape, c.max_rank
-    scale = gradient_scale(loss, problem.shape, torch.device("cpu"), torch.float64)
-    gen = torch.Generator().manual_seed(seed)  # the start of solve_geoopt
-    stiefel = geoopt.manifolds.Stiefel()
-    U = geoopt.ManifoldParameter(torch.linalg.qr(torch.randn(m, r, generator=gen, dtype=torch.float64)).Q,
-                                 manifold=stiefel)
-    V = geoopt.ManifoldParameter(torch.linalg.qr(torch.randn(n, r, generator=gen, dtype=torch.float64)).Q,
-                                 manifold=stiefel)
-    s = torch.nn.Parameter(torch.full((r,), 1e-3, dtype=torch.float64))
+    U, V, s = stiefel_start(problem.shape, c.max_rank, seed, "cpu", torch.float64)  # solve_geoopt's start
     opt = geoopt.optim.RiemannianLineSearch([U, V, s], line_search_method=method, cg_method=cg)
 
     def closure():
@@ -59,7 +51,6 @@ def _line_search(problem, method: str, cg: str, limit: float, seed: int = 0) -> 
         objective.backward()
         return objective.detach()  # scipy's Wolfe search converts the value to numpy
 
-    status, kkt, it = "time limit", float("nan"), 0
     start = time.perf_counter()
     # geoopt warns on every failed line search (it then leaves the point where it is)
     with warnings.catch_warnings():
@@ -76,8 +67,7 @@ def _iterate(opt, closure, U, V, s, c, loss, scale, limit, start) -> tuple[str, 
             it += 1
             opt.step(closure)
             if it % 10 == 0:
-                W = ((U * s) @ V.mT).detach()
-                kkt = c.kkt_residual(W, loss_gradient(loss, W), 1e-12 * float(W.abs().max())) / scale
+                kkt = rank_kkt(c, loss, ((U * s) @ V.mT).detach()) / scale
                 if kkt <= TOL:
                     status = "optimal"
                     break
@@ -101,19 +91,19 @@ def main(argv=None) -> list[dict]:
     for size in sizes:
         problem = make_low_rank_regression(**size)
         name = f"{size['n']}x{size['p']}x{size['q']}, r={size['hard_rank']}"
+        data = problem.data_on(torch.device("cpu"), torch.float64)
+        loss = lambda W: problem.loss(W, **data)  # noqa: E731
+        scale = gradient_scale(loss, problem.shape, torch.device("cpu"), torch.float64)  # KKT residuals relative to it
         solve(problem)  # warm-up: the first torch optimizer in a process imports torch._dynamo
         start = time.perf_counter()
         dcs = solve(problem, tol=TOL)
-        runs = [("dcs", dcs.status, dcs.iterations, time.perf_counter() - start,
-                 dcs.kkt_residual / gradient_scale(lambda W: problem.loss(W, **problem.data), problem.shape,
-                                                   torch.device("cpu"), torch.float64), dcs.objective)]
+        runs = [("dcs", dcs.status, dcs.iterations, time.perf_counter() - start, dcs.kkt_residual / scale,
+                 dcs.objective)]
         adam = solve_geoopt(problem, tol=TOL, max_iter=500 if args.quick else 10_000)
-        scale = gradient_scale(lambda W: problem.loss(W, **problem.data), problem.shape, torch.device("cpu"),
-                               torch.float64)
         runs.append(("geoopt RiemannianAdam", adam.status, adam.iterations, adam.seconds,
                      adam.kkt_residual / scale, adam.objective))
         for method, cg in LINE_SEARCHES:
-            runs.append((f"geoopt RiemannianLineSearch {method}/{cg}", *_line_search(problem, method, cg, limit)))
+            runs.append((f"geoopt RiemannianLineSearch {method}/{cg}", *_line_search(problem, loss, scale, method, cg, limit)))
         for solver, status, iters, seconds, kkt, objective in runs:
             gap = (objective - dcs.objective) / max(1.0, abs(dcs.objective))
             print(f"{name:<26}  {solver:<44}  {status:<22}  {iters:>6}  {seconds:8.2f}  {kkt:8.1e}  {gap:8.1e}",

@@ -9,7 +9,7 @@ import time
 import torch
 
 from ..constraints import LowRank
-from ..optimality import gradient_scale
+from ..optimality import gradient_scale, loss_gradient
 from ..problems import Problem
 from ..result import NotApplicable, Result, elapsed_since
 
@@ -58,15 +58,7 @@ def solve_geoopt(problem: Problem, device=None, dtype=torch.float64, tol: float 
     data = problem.data_on(device, dtype)
     loss = lambda W: problem.loss(W, **data)  # noqa: E731
     c = c.to(device=device, dtype=dtype)
-    m, n = problem.shape
-    r = c.max_rank
-    gen = torch.Generator().manual_seed(seed)
-    stiefel = geoopt.manifolds.Stiefel()
-    U = geoopt.ManifoldParameter(torch.linalg.qr(torch.randn(m, r, generator=gen, dtype=dtype)).Q.to(device),
-                                 manifold=stiefel)
-    V = geoopt.ManifoldParameter(torch.linalg.qr(torch.randn(n, r, generator=gen, dtype=dtype)).Q.to(device),
-                                 manifold=stiefel)
-    s = torch.nn.Parameter(torch.full((r,), 1e-3, device=device, dtype=dtype))
+    U, V, s = stiefel_start(problem.shape, c.max_rank, seed, device, dtype)
     opt = geoopt.optim.RiemannianAdam([U, V, s], lr=lr)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=50)
     penalty = c.strength if problem.penalized else 0.0
@@ -81,9 +73,7 @@ def solve_geoopt(problem: Problem, device=None, dtype=torch.float64, tol: float 
         opt.step()
         sched.step(float(objective.detach()))
         if it % 25 == 0:
-            Wd = ((U * s) @ V.mT).detach().requires_grad_()
-            (G,) = torch.autograd.grad(loss(Wd), Wd)
-            kkt = c.kkt_residual(Wd.detach(), G, 1e-12 * float(Wd.detach().abs().max()))
+            kkt = rank_kkt(c, loss, ((U * s) @ V.mT).detach())
             history.append((time.perf_counter() - start, float(objective.detach()), kkt))
             if kkt <= tol * scale:
                 status = "optimal"
@@ -93,3 +83,23 @@ def solve_geoopt(problem: Problem, device=None, dtype=torch.float64, tol: float 
     return Result(problem=problem, x=x, objective=problem.objective(x), violation=0.0,
                   kkt_residual=history[-1][2] if history else float("nan"), iterations=it, seconds=seconds,
                   history=history, device=str(device), status=status, solver="geoopt[RiemannianAdam]")
+
+
+def stiefel_start(shape, r: int, seed: int, device, dtype) -> tuple:
+    """The start of the geoopt baseline: ``U``, ``V`` random orthonormal (Stiefel manifold
+    parameters) and ``s = 1e-3``, so ``W = U diag(s) Vᵀ`` starts near 0."""
+    import geoopt
+
+    m, n = shape
+    gen = torch.Generator().manual_seed(seed)
+    stiefel = geoopt.manifolds.Stiefel()
+    U = geoopt.ManifoldParameter(torch.linalg.qr(torch.randn(m, r, generator=gen, dtype=dtype)).Q.to(device),
+                                 manifold=stiefel)
+    V = geoopt.ManifoldParameter(torch.linalg.qr(torch.randn(n, r, generator=gen, dtype=dtype)).Q.to(device),
+                                 manifold=stiefel)
+    return U, V, torch.nn.Parameter(torch.full((r,), 1e-3, device=device, dtype=dtype))
+
+
+def rank_kkt(constraint: LowRank, loss, W) -> float:
+    """The KKT residual of ``W`` on the rank-r manifold (singular values below 1e-12·max|W| count as 0)."""
+    return constraint.kkt_residual(W, loss_gradient(loss, W), 1e-12 * float(W.abs().max()))

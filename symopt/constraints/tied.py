@@ -213,8 +213,5 @@ class TiedAnchor(TiedMember):
         self.group.move_center(value)
         return (value.detach().clone(),)
 
-    def balance(self, center: Tensor) -> float:
-        return 0.0
-
     def extra_repr(self) -> str:
         return "copy 0 (anchor)"
