@@ -2,8 +2,11 @@
 where the single-process run on the full batch ends (≤ 1e-6), for every fixed-strength kind."""
 
 import contextlib
+import gc
 import os
 import socket
+import sys
+import warnings
 
 import pytest
 import torch
@@ -65,9 +68,16 @@ def _process_group(rank: int, world: int, port: int):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         yield
+        gc.collect()  # DDP's reducer holds the group: free it now, not during interpreter shutdown
         dist.barrier()  # no rank tears gloo down while the other still talks to it
     finally:
         dist.destroy_process_group()
+    # Skip interpreter shutdown: gloo's threads can abort the process in C++ static destructors
+    # ("terminate called without an active exception", seen once per few hundred CI runs on 2 loaded cores)
+    # after the rank's result is already on disk.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _half_batch(rank: int, world: int):
@@ -82,6 +92,7 @@ def _worker(rank: int, world: int, port: int, path: str, out: str, adaptive: boo
         net = _model(adaptive)
         ddp = nn.parallel.DistributedDataParallel(net)
         state = _train(net, ddp, *_half_batch(rank, world), path, sync)
+        del ddp
         state["strengths"] = torch.tensor([h.strength for h in symopt.constraints(net)], dtype=DT)
         torch.save(state, f"{out}.{rank}")
 
@@ -106,7 +117,7 @@ def test_fsdp2_fully_shard_matches_the_full_batch_run(tmp_path):
         pytest.skip("torch.distributed with gloo is not available in this build")
     pytest.importorskip("torch.distributed.fsdp")
     out = os.fspath(tmp_path / "fsdp.pt")
-    mp.spawn(_fsdp_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+    _spawn(_fsdp_worker, out)
     sharded = torch.load(out)
     net = _model()
     x, y = _data()
@@ -114,6 +125,22 @@ def test_fsdp2_fully_shard_matches_the_full_batch_run(tmp_path):
     assert sharded.keys() == single.keys()
     for key in single:
         assert torch.allclose(sharded[key], single[key], atol=1e-6, rtol=0), key
+
+
+def _spawn(worker, *args) -> None:
+    """Run ``worker(rank, 2, port, *args)`` on two gloo ranks.
+
+    A rank killed by a signal (gloo aborting under CPU contention, not a Python error) is retried once on a
+    fresh port; an exception raised in a worker fails the test at once.
+    """
+    for attempt in range(2):
+        try:
+            mp.spawn(worker, args=(2, _free_port(), *args), nprocs=2, join=True)
+            return
+        except mp.ProcessExitedException as error:
+            if attempt:
+                raise
+            warnings.warn(f"retrying a gloo run after {error}", stacklevel=2)
 
 
 def _free_port() -> int:
@@ -127,7 +154,7 @@ def test_ddp_two_processes_match_the_full_batch_run(tmp_path, path):
     if not dist.is_available() or not dist.is_gloo_available():
         pytest.skip("torch.distributed with gloo is not available in this build")
     out = os.fspath(tmp_path / "rank0.pt")
-    mp.spawn(_worker, args=(2, _free_port(), path, out), nprocs=2, join=True)
+    _spawn(_worker, path, out)
     distributed = torch.load(out + ".0")
     del distributed["strengths"]
     net = _model()
@@ -146,7 +173,7 @@ def test_adaptive_strengths_stay_equal_across_ranks_only_with_sync(tmp_path, syn
     if not dist.is_available() or not dist.is_gloo_available():
         pytest.skip("torch.distributed with gloo is not available in this build")
     out = os.fspath(tmp_path / "rank")
-    mp.spawn(_worker, args=(2, _free_port(), "param_groups", out, True, sync), nprocs=2, join=True)
+    _spawn(_worker, "param_groups", out, True, sync)
     rank0, rank1 = torch.load(out + ".0"), torch.load(out + ".1")
     worst = max(float((rank0[k] - rank1[k]).abs().max()) for k in rank0)
     if sync:
