@@ -66,6 +66,9 @@ def _model(arch: str, width: int, device, kind: str | None) -> nn.Module:
     elif kind == "subspace(16 rows)":
         A = torch.randn(16, numel, device=device)
         symopt.subspace(net, "2.weight", A, strength=1.0)
+    elif kind == "subspace(16 per row)":  # the same 16 constraints on each output row / filter: a small basis
+        A = torch.randn(16, numel // shape[0], device=device)
+        symopt.subspace(net, "2.weight", A, strength=1.0, dim=tuple(range(1, len(shape))))
     elif kind == "fixed_zeros(50%)":
         symopt.fixed_zeros(net, "2.weight", torch.rand(shape, device=device) < 0.5, strength=1.0)
     elif kind == "tied":
@@ -189,7 +192,7 @@ def main(argv=None) -> None:
          else torch.randn(args.batch, args.width, 32, 32, device=device))
     y = torch.randint(0, 10, (args.batch,), device=device)
     kinds = [None, "sparse", "group_sparse", "low_rank", "low_rank(max_rank=64)", "subspace(16 rows)",
-             "fixed_zeros(50%)", "tied"]
+             "subspace(16 per row)", "fixed_zeros(50%)", "tied"]
     nets = {kind: _model(args.model, args.width, device, kind) for kind in kinds}
     times: dict = {kind: [] for kind in kinds}
     for _ in range(args.repeats):  # interleaved rounds, so drift in machine load hits every kind alike

@@ -117,7 +117,8 @@ def low_rank(module: nn.Module, name: str, strength: float | None = None, max_ra
     return constrain(module, name, LowRank(strength, max_rank, **kwargs))
 
 
-def subspace(module: nn.Module, name: str, A, strength: float | str = "auto", **kwargs) -> Handle:
+def subspace(module: nn.Module, name: str, A, strength: float | str = "auto", *,
+             dim: int | tuple[int, ...] | None = None, **kwargs) -> Handle:
     """Linear constraint ``A·vec(θ) = 0`` by the exact penalty ``λ‖Oᵀθ‖₁``.
 
     ``θ = (I − OOᵀ)w + O(a ⊙ b)`` with ``O`` an orthonormal basis of rowspace(A); the mirrors
@@ -128,8 +129,11 @@ def subspace(module: nn.Module, name: str, A, strength: float | str = "auto", **
         module: the module that owns the parameter (or an ancestor, with a dotted ``name``).
         name: the parameter's (dotted) name, e.g. ``"weight"`` or ``"encoder.0.weight"``.
         A: ``(k, numel)`` matrix (tensor or array) of ``k`` linear constraints on the flattened
-            parameter; dependent rows are fine.
+            parameter; dependent rows are fine. With ``dim``: ``(k, slice size)``, applied to each slice.
         strength: λ (> 0), or ``"auto"`` (default): ``margin ×`` a running multiplier estimate.
+        dim: an axis or tuple of axes: ``A`` constrains every slice over them (``dim=1``: each row of
+            a Linear weight; ``dim=(1, 2, 3)``: each Conv filter), with a basis of the slice's size
+            instead of a dense ``I ⊗ A``. ``None`` (default): ``A`` acts on the whole parameter.
         **kwargs: ``margin`` (of ``"auto"``, > 1), ``seed``.
 
     Returns:
@@ -147,8 +151,11 @@ def subspace(module: nn.Module, name: str, A, strength: float | str = "auto", **
         >>> handle = symopt.subspace(lin, "weight", torch.tensor([[1.0, 1.0]]), strength=1.0)
         >>> handle.constraint.basis.T.abs()    # the one constrained direction, ±(1, 1)/√2
         tensor([[0.7071, 0.7071]])
+        >>> rows = torch.nn.Linear(4, 3)         # every row of the weight sums to zero
+        >>> symopt.subspace(rows, "weight", torch.ones(1, 4), strength=1.0, dim=1).constraint
+        Subspace(codim=1, dim=(1,), strength=1)
     """
-    return constrain(module, name, Subspace(A, strength, **kwargs))
+    return constrain(module, name, Subspace(A, strength, dim=dim, **kwargs))
 
 
 def fixed_zeros(module: nn.Module, name: str, mask, strength: float | str = "auto", **kwargs) -> Handle:

@@ -39,7 +39,7 @@ shapes = st.one_of(
 )
 strengths = st.floats(1e-4, 10.0)
 dtypes = st.sampled_from([torch.float32, torch.float64])
-KINDS = ["sparse", "group", "subspace", "fixed_zeros", "low_rank", "tied"]
+KINDS = ["sparse", "group", "subspace", "subspace_slices", "fixed_zeros", "low_rank", "tied"]
 
 
 @st.composite
@@ -62,6 +62,12 @@ def constrained_case(draw, zeros=True):
     elif kind == "subspace":
         c = symopt.Subspace(torch.randn(draw(st.integers(1, numel)), numel, generator=g, dtype=torch.float64),
                             lam, seed=seed)
+    elif kind == "subspace_slices":  # A on each slice over a random, possibly non-trailing, ordered set of axes
+        axes = draw(st.permutations(range(len(shape))).flatmap(lambda p: st.integers(1, len(p)).map(lambda k: p[:k])))
+        dim = tuple(a - len(shape) if draw(st.booleans()) else a for a in axes)  # negative axes too
+        size = int(torch.Size([shape[a] for a in axes]).numel())
+        c = symopt.Subspace(torch.randn(draw(st.integers(1, size)), size, generator=g, dtype=torch.float64),
+                            lam, seed=seed, dim=dim)
     elif kind == "tied":
         c = symopt.Tied(lam, seed=seed)
     else:
