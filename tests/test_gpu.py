@@ -17,6 +17,7 @@ KINDS = {
     "group": lambda: symopt.GroupSparse(1, 1e-2),
     "low_rank": lambda: symopt.LowRank(1e-2),
     "subspace": lambda: symopt.Subspace(torch.randn(3, 24), 1.0),
+    "subspace_rows": lambda: symopt.Subspace(torch.randn(2, 6), 1.0, dim=1),
     "fixed_zeros": lambda: symopt.FixedZeros(torch.eye(4, 6, dtype=torch.bool), 1.0),
 }
 

@@ -86,14 +86,19 @@ def test_zero_mean_filters_train_to_an_exact_constraint():
     assert handle.constraint.basis.shape == (18, 1)
     x, y = torch.randn(64, 2, 6, 6, dtype=DT), torch.randn(64, 1, dtype=DT)
     opt = torch.optim.SGD(symopt.param_groups(net, lr=0.05), lr=0.05)
+    loss_fn = lambda model: (model(x) - y).square().mean()  # noqa: E731
     means = []
     for step in range(1500):
         opt.zero_grad()
-        (net(x) - y).square().mean().backward()
+        loss_fn(net).backward()
         opt.step()
         if step in (0, 1499):
             means.append(float(net[0].weight.mean(dim=(1, 2, 3)).abs().max()))
     assert means[0] > 1e-3 and means[1] < 1e-10  # it started off the set and ended on it
+    entry = symopt.certify(net, loss_fn).entries[0]
+    assert entry.exact and 0 < entry.multiplier < 5.0  # λ above the largest multiplier over all filters
+    assert symopt.finalize(net, tol=1e-9).ok
+    assert type(net[0].weight) is nn.Parameter and float(net[0].weight.mean(dim=(1, 2, 3)).abs().max()) < 1e-12
 
 
 def test_state_dict_round_trip_and_assignment():
