@@ -4,6 +4,8 @@
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import symopt
@@ -115,3 +117,24 @@ def test_state_dict_round_trip_and_assignment():
     second.load_state_dict(first.state_dict())
     assert torch.equal(second.weight, first.weight)
     assert make().constraint.structure(value) == "codim 1 on each of 5 slices"
+
+
+@st.composite
+def sliced_case(draw):
+    shape = tuple(draw(st.lists(st.integers(1, 4), min_size=1, max_size=3)))
+    axes = draw(st.permutations(range(len(shape))).flatmap(lambda p: st.integers(1, len(p)).map(lambda k: p[:k])))
+    size = int(np.prod([shape[a] for a in axes]))
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**16)))
+    A = torch.randn(draw(st.integers(1, size)), size, generator=g, dtype=DT)
+    return shape, tuple(axes), A, torch.randn(shape, generator=g, dtype=DT)
+
+
+@settings(max_examples=60, deadline=None)
+@given(sliced_case())
+def test_slices_project_like_the_dense_block_constraint_for_any_axes(case):
+    """Any shape and any ordered set of axes: the projection is the dense ``I ⊗ A`` one, and feasible."""
+    shape, axes, A, theta = case
+    full = block_matrix(A, shape, axes)
+    projected = symopt.Subspace(A, 1.0, dim=axes).project(theta)
+    assert torch.allclose(projected, symopt.Subspace(full, 1.0).project(theta), atol=1e-10)
+    assert float((full @ projected.reshape(-1)).abs().max()) < 1e-10
