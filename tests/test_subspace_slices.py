@@ -138,3 +138,11 @@ def test_slices_project_like_the_dense_block_constraint_for_any_axes(case):
     projected = symopt.Subspace(A, 1.0, dim=axes).project(theta)
     assert torch.allclose(projected, symopt.Subspace(full, 1.0).project(theta), atol=1e-10)
     assert float((full @ projected.reshape(-1)).abs().max()) < 1e-10
+
+
+def test_a_scalar_has_no_slices():
+    holder = nn.Module()
+    holder.s = nn.Parameter(torch.tensor(1.0, dtype=DT))
+    with pytest.raises(ValueError, match="a scalar parameter has no axes to slice; drop dim"):
+        symopt.subspace(holder, "s", torch.ones(1, 1, dtype=DT), dim=0)
+    assert type(holder.s) is nn.Parameter  # nothing registered

@@ -90,6 +90,8 @@ class Subspace(Constraint):
                     "and act on the parameter's reshape(-1), or pass dim= to constrain each slice"
                 )
             return
+        if tensor.dim() == 0:
+            raise ValueError(f"Subspace on '{name}': a scalar parameter has no axes to slice; drop dim")
         for axis in self.dim:
             if not -tensor.dim() <= axis < tensor.dim():
                 raise ValueError(
@@ -123,8 +125,8 @@ class Subspace(Constraint):
         if self.dim is None:
             return rows.view_as(like)
         rest, axes = self._order(like.dim())
-        order = rest + axes
-        return rows.reshape([like.shape[d] for d in order]).permute(*sorted(range(like.dim()), key=order.__getitem__))
+        order = rest + axes  # axis j of the rows' layout is axis order[j] of θ
+        return rows.reshape([like.shape[d] for d in order]).permute(*[order.index(d) for d in range(like.dim())])
 
     def coordinates(self, value: Tensor) -> Tensor:
         """``Oᵀ vec(θ)`` (with ``dim``: ``(slices, k)``, ``Oᵀ vec(θ_s)`` per row): the components that the
