@@ -105,18 +105,18 @@ def test_zero_mean_filters_train_to_an_exact_constraint():
 
 def test_state_dict_round_trip_and_assignment():
     torch.manual_seed(0)
-    make = lambda: symopt.subspace(nn.Linear(5, 3).double(), "weight", torch.ones(1, 3, dtype=DT), 1.0,  # noqa: E731
-                                   dim=0)
-    first = nn.Linear(5, 3).double()
-    symopt.subspace(first, "weight", torch.ones(1, 3, dtype=DT), 1.0, dim=0)  # each column sums to zero
+
+    def columns_sum_to_zero():
+        lin = nn.Linear(5, 3).double()
+        return lin, symopt.subspace(lin, "weight", torch.ones(1, 3, dtype=DT), 1.0, dim=0)
+
+    (first, handle), (second, _) = columns_sum_to_zero(), columns_sum_to_zero()
     value = torch.randn(3, 5, dtype=DT)
     first.weight = value
     assert torch.allclose(first.weight, value, atol=1e-12)
-    second = nn.Linear(5, 3).double()
-    symopt.subspace(second, "weight", torch.ones(1, 3, dtype=DT), 1.0, dim=0)
     second.load_state_dict(first.state_dict())
     assert torch.equal(second.weight, first.weight)
-    assert make().constraint.structure(value) == "codim 1 on each of 5 slices"
+    assert handle.constraint.structure(value) == "codim 1 on each of 5 slices"
 
 
 @st.composite
