@@ -5,22 +5,22 @@ fixed subspace is the constraint; coupled weight decay on the factors (``symopt.
 ``symopt.param_groups``) then drives the tensor onto it (Ziyin, ICML 2024, arXiv 2309.16932).
 """
 
-from .attach import Handle, constrain, constraints
+from .attach import Handle, constrain, list_constraints
 from .certify import Certificate, ConstraintCertificate, certify
-from .constraints import Constraint, FixedZeros, GroupSparse, LowRank, Sparse, Subspace, Tied
-from .decay import DecoupledDecayWarning, check_optimizer, param_groups, penalty
+from . import constraints  # noqa: F401 - symopt.constraints is the sub-package of kinds
+from .constraints import (Auto, BudgetStrength, Constraint, Fixed, FixedZeros, GroupSparse, LowRank,
+                          Scheduled, Sparse, Strength, Subspace, Tied)
+from .decay import Binding, DecoupledDecayWarning, bind, check_optimizer, param_groups, penalty
 from .finalize import finalize
 from .report import Report, report
 from .verbs import fixed_zeros, group_sparse, low_rank, sparse, subspace, tie
-from .syre import syre
-from .diagnose import Diagnosis, LayerDiagnosis, diagnose, effective_rank
-from .conserved import ConservationTracker, conserved
+from .symmetry import ConservationTracker, Diagnosis, LayerDiagnosis, conserved, diagnose, effective_rank, syre
 from .distributed import sync_strengths
 from .guard import Diverged, Guard, GuardEvent, guard
 from .export import ExportWarning, Footprint, SparseLinear, export, footprint
 from .problems import Problem
 from .result import Result
-from .solve import solve
+from .solver import solve
 from .comparison import compare
 
 __version__ = "0.1.0"
@@ -28,8 +28,9 @@ __version__ = "0.1.0"
 __all__ = [
     "Certificate", "Constraint", "ConstraintCertificate", "DecoupledDecayWarning", "FixedZeros",
     "GroupSparse", "Handle", "LowRank", "Report", "Sparse", "Subspace", "Tied", "check_optimizer",
-    "constrain", "constraints", "finalize", "fixed_zeros", "group_sparse", "low_rank", "param_groups",
+    "constrain", "list_constraints", "finalize", "fixed_zeros", "group_sparse", "low_rank", "param_groups",
     "penalty", "report", "sparse", "subspace", "syre", "tie", "diagnose", "Diagnosis", "LayerDiagnosis",
     "effective_rank", "conserved", "ConservationTracker", "export", "footprint", "sync_strengths", "Footprint", "ExportWarning",
     "SparseLinear", "guard", "Guard", "GuardEvent", "Diverged", "Problem", "Result", "solve", "compare", "certify",
+    "bind", "Binding", "Strength", "Fixed", "Auto", "BudgetStrength", "Scheduled",
 ]

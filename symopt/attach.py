@@ -1,7 +1,7 @@
 """Layer 2 — glue between constraint kinds and ``torch.nn.utils.parametrize``.
 
 Registers a constraint on a (possibly dotted) parameter name after validating everything first,
-finds what is registered in a model ([`constraints`][symopt.constraints]), and installs a load-state hook so a plain,
+finds what is registered in a model ([`list_constraints`][symopt.list_constraints]), and installs a load-state hook so a plain,
 unconstrained checkpoint loads into a constrained model (``weight`` → factors).
 """
 
@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from .constraints import Constraint, Tied, TiedMember
+from .constraints import KINDS, Constraint
 from .constraints.base import require_floating
 
 _FACTOR_FLAG = "_symopt_factor"
@@ -48,7 +48,7 @@ class Member:
 
 @dataclass(frozen=True)
 class Handle:
-    """One registered constraint, as returned by the verbs and by [`constraints`][symopt.constraints].
+    """One registered constraint, as returned by the verbs and by [`list_constraints`][symopt.list_constraints].
 
     A handle is a view: it holds no tensors of its own, so it stays valid through training,
     ``state_dict`` loads and ``strength`` changes (until [`symopt.finalize`][symopt.finalize] removes the
@@ -101,7 +101,7 @@ class Handle:
     # The maths of a tie acts on all members' values at once, that of the other kinds on one tensor:
     # the methods below take the list of values (and gradients) either way.
     def _target(self, tensors: list[Tensor]):
-        return tensors if isinstance(self.constraint, Tied) else tensors[0]
+        return tensors if self.constraint.multi_tensor else tensors[0]
 
     def _call(self, method: str, values: list[Tensor], tol: float):
         return getattr(self.constraint, method)(self._target(values), tol)
@@ -117,7 +117,7 @@ class Handle:
         """``values`` projected onto the constraint set (small entries / groups / σ zeroed, and a
         budget's smallest atoms)."""
         out = self._call("snap", values, tol)
-        return list(out.unbind(0)) if isinstance(self.constraint, Tied) else [out]
+        return list(out.unbind(0)) if self.constraint.multi_tensor else [out]
 
     def structure(self, values: list[Tensor], tol: float = 0.0) -> str:
         """One-line description of the structure at ``tol`` (density, groups, rank, zeros, copies)."""
@@ -192,7 +192,7 @@ def _check_target(module: nn.Module, leaf: str, qualname: str) -> Tensor:
 def _check_fresh(constraint: Constraint) -> None:
     if not isinstance(constraint, Constraint):
         raise TypeError(
-            f"expected a symopt constraint (Sparse, GroupSparse, LowRank, Subspace, FixedZeros, Tied), "
+            f"expected a symopt constraint ({', '.join(sorted(c.__name__ for c in KINDS.values()))}), "
             f"got {type(constraint).__name__}"
         )
     if constraint.attached_to is not None:
@@ -235,10 +235,11 @@ def constrain(model: nn.Module, name: str | Sequence[str], constraint: Constrain
         'weight'
     """
     _check_fresh(constraint)
-    if isinstance(constraint, Tied):
+    if constraint.multi_tensor:
         if isinstance(name, str):
-            raise TypeError("Tied needs the list of parameter names to tie, e.g. ['enc.weight', 'dec.weight']")
-        return _tie(model, list(name), constraint)
+            raise TypeError(f"{type(constraint).__name__} acts on several tensors: pass the list of parameter "
+                            "names, e.g. ['enc.weight', 'dec.weight']")
+        return _constrain_several(model, list(name), constraint)
     if not isinstance(name, str):
         raise TypeError(f"{type(constraint).__name__} acts on one parameter: pass its name as a string")
     module, leaf = resolve(model, name)
@@ -249,22 +250,26 @@ def constrain(model: nn.Module, name: str | Sequence[str], constraint: Constrain
     return Handle(constraint, (Member(name, module, leaf),))
 
 
-def _tie(model: nn.Module, names: list[str], group: Tied) -> Handle:
+def _constrain_several(model: nn.Module, names: list[str], group: Constraint) -> Handle:
+    """Register a constraint that acts on several tensors (``multi_tensor``): the group validates
+    them together (``validate_members``), then gives one parametrization per tensor (``member``),
+    in order, and records each registered one (``bind``)."""
+    owner = type(group).__name__
     targets = []
     for name in names:
         if not isinstance(name, str):
-            raise TypeError(f"tie: parameter names must be strings, got {name!r}")
+            raise TypeError(f"{owner}: parameter names must be strings, got {name!r}")
         module, leaf = resolve(model, name)
         targets.append((name, module, leaf, _check_target(module, leaf, name)))
     group.validate_members([t[3] for t in targets], names)
     if len({(id(t[1]), t[2]) for t in targets}) != len(targets):
-        raise ValueError(f"Tied: a tensor cannot be tied with itself; got {names}")
+        raise ValueError(f"{owner}: a tensor cannot be constrained twice in one group; got {names}")
     tensor = targets[0][3]
     group.to(device=tensor.device, dtype=tensor.dtype)
     group.prepare(len(targets), tensor.device)
     done: list[tuple[nn.Module, str, Tensor]] = []
     try:
-        # The anchor first: the later copies are stored as differences to it.
+        # In the order given: a tie stores its later copies as differences to the first (the anchor).
         for index, (name, module, leaf, original) in enumerate(targets):
             _register(module, leaf, group.member(index), name)
             group.bind(module.parametrizations[leaf])
@@ -329,7 +334,7 @@ def _members(model: nn.Module) -> Iterator[Member]:
                 yield Member(f"{mod_name}.{leaf}" if mod_name else leaf, module, leaf)
 
 
-def constraints(model: nn.Module) -> list[Handle]:
+def list_constraints(model: nn.Module) -> list[Handle]:
     """Handles of every symopt constraint registered in ``model`` (one per tie group), in module order.
 
     Args:
@@ -345,7 +350,7 @@ def constraints(model: nn.Module) -> list[Handle]:
         >>> import torch, symopt
         >>> net = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 2))
         >>> _ = symopt.sparse(net, "0.weight", strength=1e-3)
-        >>> [(h.name, h.kind) for h in symopt.constraints(net)]
+        >>> [(h.name, h.kind) for h in symopt.list_constraints(net)]
         [('0.weight', 'sparse')]
     """
     if not isinstance(model, nn.Module):
@@ -355,10 +360,10 @@ def constraints(model: nn.Module) -> list[Handle]:
     for member in _members(model):
         mark_factors(member.module, member.tensor)  # deepcopy drops tensor attributes: re-flag
         p = member.parametrization
-        owner = p.group if isinstance(p, TiedMember) else p
+        owner = p.owner  # a tie's members share their group
         found.setdefault(id(owner), (owner, []))[1].append(member)
     # A tie's members in the order they were tied (the anchor first), whatever the module order.
-    order = lambda m: getattr(m.parametrization, "index", 0)  # noqa: E731
+    order = lambda m: m.parametrization.slot  # noqa: E731
     return [Handle(owner, tuple(sorted(members, key=order))) for owner, members in found.values()]
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -14,9 +14,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ._format import table
-from .attach import constraints
-from .constraints import Tied
-from .constraints.auto import DEFER
+from .attach import list_constraints
 from .optimality import loss_gradient
 
 
@@ -146,14 +144,13 @@ class Certificate:
 
 
 @contextmanager
-def _quiet_estimates():
-    """Gradients taken for a certificate must not feed the ``strength="auto"`` estimates."""
-    paused = DEFER["paused"]
-    DEFER["paused"] = True
-    try:
+def _quiet_estimates(constraints):
+    """Gradients taken for a certificate must not feed adaptive strengths (``"auto"``, budgets,
+    schedules): the policies of ``constraints`` ignore observations inside the block."""
+    with ExitStack() as stack:
+        for c in constraints:
+            stack.enter_context(c.policy.paused())
         yield
-    finally:
-        DEFER["paused"] = paused
 
 
 def certify(model, loss_fn: Callable | None = None, batch=None, tol: float = 1e-6) -> Certificate:
@@ -201,10 +198,10 @@ def certify(model, loss_fn: Callable | None = None, batch=None, tol: float = 1e-
         if hasattr(model, "x") and hasattr(model, "problem"):
             return _certify_result(model, tol)
         raise TypeError(f"certify: expected an nn.Module or a solver Result, got {type(model).__name__}")
-    handles = constraints(model)
+    handles = list_constraints(model)
     grads: dict[int, list[torch.Tensor]] = {}
     if loss_fn is not None:
-        with parametrize.cached(), _quiet_estimates():
+        with parametrize.cached(), _quiet_estimates([h.constraint for h in handles]):
             values = {id(h): h.values() for h in handles}
             loss = loss_fn(model) if batch is None else loss_fn(model, batch)
             flat = [v for h in handles for v in values[id(h)]]
@@ -245,13 +242,13 @@ def _certify_result(result, tol: float) -> Certificate:
     constraint = problem.constraint().to(dtype=torch.float64)
     data = problem.data_on("cpu", torch.float64)
     x = result.x.detach().to("cpu", torch.float64)
-    with _quiet_estimates():
+    with _quiet_estimates([constraint]):
         grad = loss_gradient(lambda point: problem.loss(point, **data), x)
     if constraint.auto and result.strength:  # the λ the solver ended with (margin × its multiplier estimate)
         constraint.strength = result.strength
-    tied = isinstance(constraint, Tied)
-    value = list(x.unbind(0)) if tied else x
-    g = list(grad.unbind(0)) if tied else grad
+    several = constraint.multi_tensor  # x stacks the tensors (a tie's copies)
+    value = list(x.unbind(0)) if several else x
+    g = list(grad.unbind(0)) if several else grad
     violation = constraint.violation(value, tol)
     norm = float(x.norm())
     multiplier = float(constraint.dual_norm(g)) if constraint.linear else None

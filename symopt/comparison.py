@@ -14,7 +14,7 @@ from .optimality import snap_tol
 from .problems import (Problem, make_equality_ls, make_fixed_zeros_ls, make_group_lasso, make_lasso,
                        make_logistic_l1, make_low_rank_regression, make_matrix_completion, make_tied_least_squares)
 from .result import NotApplicable, Result
-from .solve import solve
+from .solver import solve
 
 # name -> (generator, kwargs per size)
 BUILTIN: dict[str, tuple[Callable[..., Problem], dict[str, dict]]] = {
@@ -149,15 +149,7 @@ def structure_of(problem: Problem, x: torch.Tensor) -> tuple[str, object]:
     support (entries, groups) or rank; linear kinds have no key (their set is fixed)."""
     c = problem.constraint().to(dtype=torch.float64)
     tol = snap_tol(x, 1e-6)
-    if c.linear:
-        return c.structure(x, tol), None
-    if c.kind == "low_rank":
-        key = int((torch.linalg.svdvals(c.matrix(x)) > tol).sum())
-    elif c.kind == "group_sparse":
-        key = tuple((c.group_norms(x) > tol).tolist())
-    else:
-        key = tuple((x.abs() > tol).reshape(-1).tolist())
-    return c.structure(x, tol), key
+    return c.structure(x, tol), c.structure_key(x, tol)
 
 
 def _compile_skglm() -> None:

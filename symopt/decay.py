@@ -6,23 +6,25 @@ Both paths implement the same objective ``ℓ + Σ_c (λ_c/2)‖factors_c‖²``
 gradient): AdamW's decoupled decay does not induce the norm penalty (THEORY.md §4), so symopt warns
 when it sees it on factors.
 
-Global optimizer step hooks (registered on import) make this work with no extra call: before a
-step they check each optimizer once for decoupled decay and copy every ``strength="auto"`` λ into
-its group's ``weight_decay``; during the step they hold back multiplier observations (L-BFGS
-evaluates its closure many times), applied when the step ends.
+Nothing is registered in torch on import. A group from ``param_groups`` is followed by its
+constraint's strength policy, which writes every new λ (``"auto"``, budgets, schedules) into its
+``weight_decay``. [`bind`][symopt.bind] goes further for one optimizer the user passes, with hooks on
+that optimizer alone (removable): it checks for decoupled decay before the first step, re-reads λ
+before every step (also after ``optimizer.load_state_dict`` replaced the groups), and holds λ fixed
+within a step (L-BFGS evaluates its closure many times).
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 import warnings
-import weakref
 
 import torch
-from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 from torch import Tensor, nn
 
-from .attach import constraints, is_factor, owner_of
-from .constraints.auto import DEFER, commit_pending
+from .attach import list_constraints, is_factor, owner_of
+from .constraints.strength import StrengthGroup
 
 
 class DecoupledDecayWarning(UserWarning):
@@ -68,7 +70,7 @@ def penalty(model: nn.Module) -> Tensor:
         >>> float(symopt.penalty(lin)) > 0
         True
     """
-    handles = constraints(model)
+    handles = list_constraints(model)
     if not handles:
         first = next(model.parameters(), None)
         return torch.zeros((), device=None if first is None else first.device)
@@ -106,18 +108,21 @@ def param_groups(model: nn.Module, lr: float | None = None, weight_decay: float 
         >>> [g["weight_decay"] for g in opt.param_groups]
         [0.1, 0.0]
     """
-    if isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float)) or weight_decay < 0:
-        raise ValueError(f"param_groups: weight_decay must be a number >= 0, got {weight_decay!r}")
+    if (isinstance(weight_decay, bool) or not isinstance(weight_decay, numbers.Real)
+            or not math.isfinite(weight_decay) or weight_decay < 0):
+        raise ValueError(f"param_groups: weight_decay must be a finite number >= 0, got {weight_decay!r}")
     common = dict(options)
     if lr is not None:
         common["lr"] = lr
     groups, decayed_ids = [], set()
-    for handle in constraints(model):
+    for handle in list_constraints(model):
         factors = [f for f in handle.decayed_factors() if id(f) not in decayed_ids]
         decayed_ids.update(id(f) for f in factors)
         if factors:
-            groups.append({"params": factors, **common, "weight_decay": handle.strength,
-                           "symopt_strength": handle.strength})
+            group = StrengthGroup(params=factors, **common, weight_decay=handle.strength,
+                                  symopt_strength=handle.strength)
+            handle.constraint.policy.follow(group)  # λ that moves is written into weight_decay
+            groups.append(group)
     rest = [p for p in model.parameters() if id(p) not in decayed_ids]
     if rest:
         groups.append({"params": rest, **common, "weight_decay": weight_decay})
@@ -128,8 +133,8 @@ def check_optimizer(optimizer: torch.optim.Optimizer) -> bool:
     """Warn ([`DecoupledDecayWarning`][symopt.DecoupledDecayWarning]) and return True if any symopt factor gets decoupled
     weight decay from ``optimizer``.
 
-    Runs automatically before an optimizer's first step (and again when groups are added), so a
-    call is only needed to check up front.
+    [`bind`][symopt.bind] runs it before the optimizer's first step (and again when groups are
+    added); call it to check up front.
 
     Args:
         optimizer: any ``torch.optim.Optimizer``; AdamW, and groups with
@@ -168,27 +173,126 @@ def check_optimizer(optimizer: torch.optim.Optimizer) -> bool:
     return False
 
 
-_checked: "weakref.WeakKeyDictionary[torch.optim.Optimizer, int]" = weakref.WeakKeyDictionary()
+class Binding:
+    """The hooks [`bind`][symopt.bind] installed on one optimizer; ``remove()`` takes them off.
+
+    Before each step: the decoupled-decay check (once, and again when groups are added); every
+    group of symopt factors gets ``weight_decay`` = its constraint's current λ; the strength policies
+    of the optimizer's factors are held, so λ stays fixed within the step. After the step they are
+    released and apply what they observed during it. A step that raised leaves its policies held:
+    the next step (or ``remove``) abandons that step's observations first, so one failure does not
+    freeze λ.
+
+    Args:
+        optimizer: the optimizer to hook (use [`bind`][symopt.bind], which returns this object).
+
+    Examples:
+        >>> import torch, symopt
+        >>> lin = torch.nn.Linear(3, 2)
+        >>> _ = symopt.sparse(lin, "weight", strength=0.1)
+        >>> opt = torch.optim.SGD(symopt.param_groups(lin, lr=0.1))
+        >>> binding = symopt.bind(opt)
+        >>> binding is symopt.bind(opt), binding.remove()
+        (True, None)
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+        self.optimizer = optimizer
+        self._checked_groups = -1
+        self._held: list = []
+        self._hooks = [optimizer.register_step_pre_hook(self._before_step),
+                       optimizer.register_step_post_hook(self._after_step)]
+        self._synced = self._policies()  # they need not warn that their param_groups were replaced
+        for policy in self._synced:
+            policy.bound += 1
+
+    def _policies(self) -> list:
+        found: dict[int, object] = {}
+        for group in self.optimizer.param_groups:
+            for p in group["params"]:
+                owner = owner_of(p)
+                if owner is not None:
+                    found.setdefault(id(owner.policy), owner.policy)
+        return list(found.values())
+
+    def _before_step(self, optimizer, _args, _kwargs) -> None:
+        self._abandon()
+        if self._checked_groups != len(optimizer.param_groups):
+            self._checked_groups = len(optimizer.param_groups)
+            check_optimizer(optimizer)
+        for group in optimizer.param_groups:
+            if "symopt_strength" in group and group["params"]:
+                owner = owner_of(group["params"][0])
+                if owner is not None:
+                    group["weight_decay"] = group["symopt_strength"] = owner.strength
+        self._held = self._policies()
+        for policy in self._held:
+            policy.hold()
+
+    def _after_step(self, _optimizer, _args, _kwargs) -> None:
+        held, self._held = self._held, []
+        for policy in held:
+            policy.release()
+
+    def _abandon(self) -> None:
+        held, self._held = self._held, []
+        for policy in held:
+            policy.abandon()
+
+    def remove(self) -> None:
+        """Take the hooks off the optimizer (and drop an unfinished step's hold)."""
+        self._abandon()
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
+        for policy in self._synced:
+            policy.bound -= 1
+        self._synced = []
+        if getattr(self.optimizer, "_symopt_binding", None) is self:
+            del self.optimizer._symopt_binding
 
 
-def _before_step(optimizer, _args, _kwargs) -> None:
-    # Decoupled-decay check once per optimizer (and again if groups are added).
-    groups = len(optimizer.param_groups)
-    if _checked.get(optimizer) != groups:
-        _checked[optimizer] = groups
-        check_optimizer(optimizer)
-    for group in optimizer.param_groups:  # λ of strength="auto" moves: keep weight_decay equal to it
-        if "symopt_strength" in group and group["params"]:
-            owner = owner_of(group["params"][0])
-            if owner is not None:
-                group["weight_decay"] = group["symopt_strength"] = owner.strength
-    DEFER["active"] = True
+def bind(optimizer: torch.optim.Optimizer) -> Binding:
+    """Install symopt's step hooks on ``optimizer`` (that optimizer only): the decoupled-decay
+    check before its first step, ``weight_decay`` = λ for every group of symopt factors before every
+    step, and λ held fixed within a step.
 
+    Without it, a plain ``loss.backward(); optimizer.step()`` loop with groups from
+    [`param_groups`][symopt.param_groups] already decays by the current λ. Bind when the optimizer
+    evaluates a closure several times per step (L-BFGS) with an adaptive λ (``"auto"``, budgets,
+    schedules), when its groups are not from ``param_groups`` (AdamW over ``model.parameters()``:
+    the check then warns), or after ``optimizer.load_state_dict`` (which replaces the groups).
 
-def _after_step(_optimizer, _args, _kwargs) -> None:
-    DEFER["active"] = False
-    commit_pending()
+    Args:
+        optimizer: a ``torch.optim.Optimizer`` holding symopt factors.
 
+    Returns:
+        Binding: call ``.remove()`` to take the hooks off. Binding an optimizer twice returns the
+            same binding.
 
-register_optimizer_step_pre_hook(_before_step)
-register_optimizer_step_post_hook(_after_step)
+    Raises:
+        TypeError: ``optimizer`` is not a ``torch.optim.Optimizer``.
+
+    Examples:
+        >>> import torch, symopt
+        >>> lin = torch.nn.Linear(3, 2)
+        >>> _ = symopt.subspace(lin, "weight", torch.ones(1, 6))          # strength="auto"
+        >>> opt = torch.optim.LBFGS(lin.parameters(), max_iter=5)
+        >>> binding = symopt.bind(opt)
+        >>> def closure():
+        ...     opt.zero_grad()
+        ...     loss = lin(torch.ones(4, 3)).square().mean() + symopt.penalty(lin)
+        ...     loss.backward()
+        ...     return loss
+        >>> _ = opt.step(closure)        # λ moves once, after the step, not between evaluations
+        >>> int(lin.parametrizations.weight[0].policy.estimate.count.item())
+        1
+    """
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"bind: expected a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    existing = getattr(optimizer, "_symopt_binding", None)
+    if existing is not None:
+        return existing
+    binding = Binding(optimizer)
+    optimizer._symopt_binding = binding
+    return binding

@@ -13,17 +13,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .attach import constraints
+from .attach import list_constraints
 
 
 def _adaptive_state(model: nn.Module) -> list[torch.Tensor]:
     state = []
-    for handle in constraints(model):
-        c = handle.constraint
-        if c.auto:
-            state += [c.estimate.mean, c.estimate.count]
-        elif c.adaptive:
-            state.append(c.controller.log_strength)
+    for handle in list_constraints(model):
+        state += handle.constraint.policy.sync_state()  # what the policy needs replicas to agree on
     return state
 
 
@@ -56,7 +52,7 @@ def sync_strengths(model: nn.Module, group=None) -> None:
         >>> _ = symopt.sparse(lin, "weight", max_nonzero=3)
         >>> lin(torch.randn(8, 4)).square().mean().backward()
         >>> symopt.sync_strengths(lin)    # single process: nothing to do
-        >>> symopt.constraints(lin)[0].strength > 0
+        >>> symopt.list_constraints(lin)[0].strength > 0
         True
     """
     if not isinstance(model, nn.Module):
@@ -82,3 +78,5 @@ def sync_strengths(model: nn.Module, group=None) -> None:
             n = t.numel()
             t.copy_(averaged[offset:offset + n].reshape(t.shape).to(t.dtype))
             offset += n
+    for handle in list_constraints(model):
+        handle.constraint.policy.publish()  # the averaged λ into the optimizer groups that follow it

@@ -27,13 +27,14 @@ import numbers
 import statistics
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from ._layers import LAYER_TYPES, in_size, out_size
-from .attach import constraints
+from .attach import list_constraints
 from .finalize import finalize
 
 MODES = ("dense", "compressed")
@@ -167,25 +168,22 @@ def export(model: nn.Module, mode: str = "dense", *, tol: float = 1e-6, force: b
         raise ValueError(f"export: csr_max_density must be a number in [0, 1], got {csr_max_density!r}")
     names = {id(m): name for name, m in model.named_modules()}
     plan = [(names[id(member.module)], member.tensor, handle.constraint)
-            for handle in constraints(model) for member in handle.members]
+            for handle in list_constraints(model) for member in handle.members]
     exported = copy.deepcopy(model)
     finalize(exported, tol=tol, force=force)  # raises, on the copy only, when a constraint does not hold
     if mode == "dense":
         return exported
-    # The linear kinds (subspace, fixed zeros, ties) promise values, not a smaller layer: they stay dense.
+    # Each constraint says which structure it has (compressed_structure); a structure without a
+    # rewrite, or none (the linear kinds promise values, not a smaller layer), stays dense.
     holder = nn.Module()  # so that a constraint on the root module itself can replace the root
     holder.root = exported
     kept_dense = []
+    options = {"tol": tol, "sparse_format": sparse_format, "csr_max_density": csr_max_density}
     with torch.no_grad():
-        for module_name, tensor, constraint in plan:  # shrink first: factorising a consumer then sees fewer columns
-            if constraint.kind == "group_sparse":
-                kept_dense += _shrink_units(holder, _qual("root", module_name), tensor, constraint)
-        for module_name, tensor, constraint in plan:
-            where = _qual("root", module_name)
-            if constraint.kind == "low_rank":
-                kept_dense += _factorise(holder, where, tensor, constraint, tol)
-            elif constraint.kind == "sparse":
-                kept_dense += _sparsify(holder, where, tensor, sparse_format, csr_max_density)
+        for structure, rewrite in REWRITES.items():  # in registration order: units first
+            for module_name, tensor, constraint in plan:
+                if constraint.compressed_structure() == structure:
+                    kept_dense += rewrite(holder, _qual("root", module_name), tensor, constraint, options)
     if kept_dense:
         notes = "; ".join(note.removeprefix("root.") for note in kept_dense)
         warnings.warn(f"export(mode='compressed') kept these dense: {notes}", ExportWarning, stacklevel=2)
@@ -318,7 +316,7 @@ def _shrink_units(root: nn.Module, module_name: str, tensor: str, constraint) ->
     where = _qual(module_name, tensor)
     if tensor != "weight" or not isinstance(layer, LAYER_TYPES):
         return [f"{where} (group_sparse): only Linear / Conv weights are shrunk"]
-    if constraint.dim is None or constraint.dim % layer.weight.dim() != 0:
+    if constraint.unit_axis(layer.weight.dim()) != 0:
         return [f"{where} (group_sparse): only output units (dim=0) are removed"]
     if not isinstance(layer, nn.Linear) and layer.groups != 1:
         return [f"{where} (group_sparse): grouped convolutions are not rewritten"]
@@ -372,7 +370,7 @@ def _factorise(root: nn.Module, module_name: str, tensor: str, constraint, tol: 
     layer = _get(root, module_name)
     where = _qual(module_name, tensor)
     supported = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding)
-    if tensor != "weight" or not isinstance(layer, supported) or constraint.layout != "flatten":
+    if tensor != "weight" or not isinstance(layer, supported) or constraint.matrix(layer.weight).dim() != 2:
         return [f"{where} (low_rank): only Linear / Conv / Embedding weights in the flatten layout are factorised"]
     if isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and layer.groups != 1:
         return [f"{where} (low_rank): grouped convolutions are not rewritten"]
@@ -422,3 +420,24 @@ def _sparsify(root: nn.Module, module_name: str, tensor: str, sparse_format: str
                 "CSR is slower than dense"]
     _set(root, module_name, SparseLinear(layer.weight, layer.bias).train(layer.training))
     return []
+
+
+# The rewrites of a compressed export, keyed by the structure a constraint reports
+# (`Constraint.compressed_structure`), run in this order: removing units first, so that factorising a
+# consumer then sees fewer columns. Each takes (root, module name, tensor name, constraint, options)
+# and returns notes on what it had to keep dense. A new structure registers its rewrite here.
+Rewrite = Callable[[nn.Module, str, str, object, dict], list]
+REWRITES: dict[str, Rewrite] = {}
+
+
+def register_rewrite(structure: str, rewrite: Rewrite) -> None:
+    """Make ``export(mode="compressed")`` realise ``structure`` with ``rewrite`` (see ``REWRITES``)."""
+    if not isinstance(structure, str) or not callable(rewrite):
+        raise TypeError("register_rewrite: give a structure name (str) and a callable rewrite")
+    REWRITES[structure] = rewrite
+
+
+register_rewrite("units", lambda root, where, tensor, c, options: _shrink_units(root, where, tensor, c))
+register_rewrite("factors", lambda root, where, tensor, c, options: _factorise(root, where, tensor, c, options["tol"]))
+register_rewrite("entries", lambda root, where, tensor, c, options: _sparsify(
+    root, where, tensor, options["sparse_format"], options["csr_max_density"]))

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .attach import constraints, remove
+from .attach import list_constraints, remove
 from .certify import Certificate, ConstraintCertificate, certify
 
 
@@ -57,14 +57,14 @@ def finalize(model: nn.Module, tol: float = 1e-6, force: bool = False, loss_fn: 
         >>> lin = torch.nn.Linear(3, 2)
         >>> _ = symopt.sparse(lin, "weight", strength=1e-3)
         >>> cert = symopt.finalize(lin, tol=1e-6)
-        >>> cert.ok, symopt.constraints(lin)
+        >>> cert.ok, symopt.list_constraints(lin)
         (True, [])
     """
     if isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not math.isfinite(tol) or tol < 0:
         raise ValueError(f"finalize: tol must be a finite number >= 0, got {tol!r}")
     if loss_fn is not None and not callable(loss_fn):
         raise TypeError(f"finalize: loss_fn must be callable as loss_fn(model[, batch]), got {type(loss_fn).__name__}")
-    broken = [f"'{h.name}' ({h.kind})" for h in constraints(model)
+    broken = [f"'{h.name}' ({h.kind})" for h in list_constraints(model)
               if not all(bool(torch.isfinite(v).all()) for v in h.values())]
     if broken:  # snapping would turn NaN into 0 or keep it: a silently wrong model either way
         raise ValueError(
@@ -88,7 +88,7 @@ def finalize(model: nn.Module, tol: float = 1e-6, force: bool = False, loss_fn: 
     loss_before = _loss(model, loss_fn, batch) if loss_fn is not None else None
     entries = []
     with torch.no_grad():
-        for handle, entry in zip(constraints(model), measured):  # same order: certify lists constraints(model)
+        for handle, entry in zip(list_constraints(model), measured):  # same order: certify lists list_constraints(model)
             before = [v.detach().clone() for v in handle.values()]
             violation = entry.violation_before
             snapped = handle.snap(before, tol)

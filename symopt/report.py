@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ._format import table
-from .attach import constraints
+from .attach import list_constraints
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ def report(model: nn.Module, tol: float = 1e-6) -> Report:
         ['low_rank']
     """
     rows = Report()
-    for handle in constraints(model):
+    for handle in list_constraints(model):
         values = [v.detach() for v in handle.values()]
         # members with decayed factors only: a tie's anchor stores its value as is
         balances = [m.parametrization.balance(*m.factors) for m in handle.members if m.parametrization.decayed]

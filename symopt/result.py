@@ -72,3 +72,51 @@ class Result:
     message: str = ""
     strength: float | None = None
     problem: object = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def from_point(cls, problem, x: torch.Tensor, *, solver: str, status: str, seconds: float,
+                   history: list | None = None, kkt_residual: float | None = None, iterations: int | None = None,
+                   device="cpu", message: str = "", strength: float | None = None,
+                   evaluate_at: float | None = None) -> "Result":
+        """The record of a solver that ended at ``x``, measured the same way whatever the solver: ``x``
+        in float64 on the CPU, the problem's objective there (at λ = ``evaluate_at`` when given: the λ
+        a budget search found), the constraint's ``infeasibility``, and the last KKT residual of
+        ``history`` unless one is given.
+
+        Args:
+            problem: the [`Problem`][symopt.Problem] solved.
+            x: the point the solver ended at.
+            solver: its name.
+            status: ``"optimal"``, ``"max_iter"``, ... or the solver's own.
+            seconds: wall time of the solve.
+            history: ``(seconds, objective, kkt_residual)`` per iteration.
+            kkt_residual: the residual at ``x`` (default: the last of ``history``, NaN without one).
+            iterations: default ``len(history)``.
+            device: where it ran.
+            message: detail for a human.
+            strength: the λ to report.
+            evaluate_at: the λ at which to evaluate the objective (default: the problem's own).
+
+        Returns:
+            Result: the record.
+
+        Examples:
+            >>> import torch, symopt
+            >>> from symopt.problems import make_lasso
+            >>> problem = make_lasso(n=30, d=10, nonzeros=2)
+            >>> result = symopt.Result.from_point(problem, torch.zeros(10), solver="zero", status="start", seconds=0.0)
+            >>> result.objective == problem.objective(torch.zeros(10, dtype=torch.float64)), result.violation
+            (True, 0.0)
+        """
+        x = x.detach().to("cpu", torch.float64)
+        constraint = problem.constraint().to(dtype=torch.float64)
+        if evaluate_at is not None:
+            constraint.strength = evaluate_at
+        history = list(history or [])
+        if kkt_residual is None:
+            kkt_residual = history[-1][2] if history else float("nan")
+        return cls(x=x, objective=problem.value(x, problem.data_on("cpu", torch.float64), constraint),
+                   violation=constraint.infeasibility(x), kkt_residual=kkt_residual,
+                   iterations=len(history) if iterations is None else iterations, seconds=seconds, history=history,
+                   device=str(device), status=status, solver=solver, message=message, strength=strength,
+                   problem=problem)

@@ -10,9 +10,9 @@ LAYERS = {
     "_format": 0, "_layers": 0,
     "constraints": 1,
     "attach": 2,
-    "decay": 3, "report": 3, "certify": 3, "finalize": 3, "optimality": 3, "verbs": 3, "result": 3, "syre": 3, "diagnose": 3, "conserved": 3,
+    "decay": 3, "report": 3, "certify": 3, "finalize": 3, "optimality": 3, "verbs": 3, "result": 3, "symmetry": 3,
     "export": 3, "distributed": 3, "guard": 3,
-    "problems": 4, "solve": 4, "working_set": 4, "baselines": 4,
+    "problems": 4, "solver": 4, "baselines": 4,
     "comparison": 5, "cli": 5, "__main__": 5,
     "__init__": 6,
 }
@@ -53,3 +53,49 @@ def test_layers_depend_downward_only():
             if dep in LAYERS and LAYERS[dep] > own:
                 violations.append(f"{path.relative_to(PACKAGE)} (layer {own}) imports {dep} (layer {LAYERS[dep]})")
     assert not violations, "\n".join(violations)
+
+
+def test_no_kind_switch_outside_constraints():
+    """Layers above constraints/ ask the constraint (methods, capabilities, registries); they never
+    test which kind it is (``isinstance(c, LowRank)``, ``type(c) is Sparse``, ``c.kind == "sparse"``)."""
+    import re
+
+    from symopt.constraints import KINDS
+
+    classes = sorted({cls.__name__ for cls in KINDS.values()} | {"TiedMember", "TiedAnchor"})
+    kind_class = "|".join(classes)
+    patterns = [
+        re.compile(rf"isinstance\([^)]*\b({kind_class})\b"),
+        re.compile(rf"type\([^)]*\)\s+is\s+({kind_class})\b"),
+        re.compile(r"\.kind\s*(==|!=|in\b)"),
+        re.compile(r"kind\s*==\s*[\"']"),
+    ]
+    found = []
+    for path in PACKAGE.rglob("*.py"):
+        if top_name(path) == "constraints":
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if any(p.search(line) for p in patterns):
+                found.append(f"{path.relative_to(PACKAGE)}:{number}: {line.strip()}")
+    assert not found, "kind switches outside constraints/:\n" + "\n".join(found)
+
+
+def test_the_constraints_package_is_the_subpackage():
+    import symopt
+    import symopt.constraints.base  # noqa: F401 - the import must work
+
+    assert symopt.constraints.base.Face is not None
+    assert set(symopt.constraints.KINDS) >= {"sparse", "group_sparse", "low_rank", "subspace", "fixed_zeros", "tied"}
+
+
+def test_the_old_discovery_call_still_works_with_a_deprecation_warning():
+    import pytest
+    import torch
+
+    import symopt
+
+    lin = torch.nn.Linear(3, 2)
+    symopt.sparse(lin, "weight", strength=0.1)
+    with pytest.warns(DeprecationWarning, match="list_constraints"):
+        handles = symopt.constraints(lin)
+    assert [h.name for h in handles] == [h.name for h in symopt.list_constraints(lin)] == ["weight"]

@@ -128,11 +128,11 @@ def test_estimate_survives_state_dict_and_deepcopy():
     fresh_handle = symopt.subspace(fresh, "theta", A)
     fresh.load_state_dict(model.state_dict())
     assert fresh_handle.strength == handle.strength > 0
-    assert symopt.constraints(copy.deepcopy(model))[0].strength == handle.strength
+    assert symopt.list_constraints(copy.deepcopy(model))[0].strength == handle.strength
     plain = Vector(12)
     symopt.subspace(plain, "theta", A)
     plain.load_state_dict({"theta": torch.zeros(12, dtype=DT)})  # a plain checkpoint still loads
-    assert symopt.constraints(plain)[0].strength == 0.0
+    assert symopt.list_constraints(plain)[0].strength == 0.0
 
 
 @pytest.mark.parametrize("make,match", [

@@ -142,5 +142,6 @@ def test_finalize_bad_tol():
 
 def test_param_groups_bad_weight_decay():
     model = net()
-    with pytest.raises(ValueError, match="weight_decay must be a number >= 0"):
-        symopt.param_groups(model, weight_decay=-0.1)
+    for bad in (-0.1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="weight_decay must be a finite number >= 0"):
+            symopt.param_groups(model, weight_decay=bad)

@@ -145,7 +145,7 @@ def test_finalize_refuses_an_unmet_budget_and_changes_nothing():
     before = copy.deepcopy(lin.state_dict())
     with pytest.raises(ValueError, match="keeping its 4 largest atoms"):
         symopt.finalize(lin)
-    assert symopt.constraints(lin) and all(torch.equal(before[k], v) for k, v in lin.state_dict().items())
+    assert symopt.list_constraints(lin) and all(torch.equal(before[k], v) for k, v in lin.state_dict().items())
     cert = symopt.finalize(lin, force=True)
     assert int((lin.weight != 0).sum()) == 4 and cert.entries[0].budget == 4
 
@@ -158,7 +158,7 @@ def test_budget_state_dict_round_trip_keeps_lambda():
     fresh = Vector(40)
     symopt.sparse(fresh, "theta", max_nonzero=5)
     fresh.load_state_dict(model.state_dict())
-    assert symopt.constraints(fresh)[0].strength == handle.strength > 0
+    assert symopt.list_constraints(fresh)[0].strength == handle.strength > 0
 
 
 def test_setting_strength_stops_adaptation():
@@ -220,4 +220,4 @@ def test_budget_that_does_not_bind_is_refused_before_registration():
     before = copy.deepcopy(lin.state_dict())
     with pytest.raises(ValueError, match="does not bind"):
         symopt.sparse(lin, "weight", max_nonzero=6)
-    assert not symopt.constraints(lin) and all(torch.equal(before[k], v) for k, v in lin.state_dict().items())
+    assert not symopt.list_constraints(lin) and all(torch.equal(before[k], v) for k, v in lin.state_dict().items())

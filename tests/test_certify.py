@@ -52,9 +52,9 @@ def test_certify_does_not_feed_auto_estimates():
     model = Vector(12, init=torch.randn(12, dtype=DT))
     handle = symopt.subspace(model, "theta", A)
     train(model, lambda m: ls_loss(X, y)(m.theta), 20, 0.3)
-    before = handle.constraint.estimate.count.clone()
+    before = handle.constraint.policy.estimate.count.clone()
     symopt.certify(model, lambda m: 100 * ls_loss(X, y)(m.theta))
-    assert torch.equal(handle.constraint.estimate.count, before)
+    assert torch.equal(handle.constraint.policy.estimate.count, before)
 
 
 def test_certify_tie_without_loss():
@@ -93,5 +93,5 @@ def test_a_ties_multipliers_are_the_later_copies_gradients():
         auto.register_parameter(name, torch.nn.Parameter(torch.ones(1, dtype=DT)))
     handle = symopt.tie(auto, ["a", "b", "c"])
     loss(auto).backward()
-    assert handle.constraint.estimate.count.tolist() == [0.0, 1.0, 1.0]
+    assert handle.constraint.policy.estimate.count.tolist() == [0.0, 1.0, 1.0]
     assert handle.constraint.multiplier() == pytest.approx(0.3)

@@ -87,7 +87,7 @@ def _worker(rank: int, world: int, port: int, path: str, out: str, adaptive: boo
         ddp = nn.parallel.DistributedDataParallel(net)
         state = _train(net, ddp, *_half_batch(rank, world), path, sync)
         del ddp
-        state["strengths"] = torch.tensor([h.strength for h in symopt.constraints(net)], dtype=DT)
+        state["strengths"] = torch.tensor([h.strength for h in symopt.list_constraints(net)], dtype=DT)
         torch.save(state, f"{out}.{rank}")
 
 

@@ -61,6 +61,7 @@ def _lasso_with(optimizer_fn, steps=6000):
     m = Vector(15, init=torch.randn(15, dtype=DT))
     symopt.sparse(m, "theta", strength=lam)
     opt = optimizer_fn(m, lam)
+    symopt.bind(opt)  # the decoupled-decay check runs before the first step
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.999)
     for _ in range(steps):
         opt.zero_grad()
@@ -109,3 +110,93 @@ def test_adamw_without_decay_on_factors_is_fine():
     with warnings.catch_warnings():
         warnings.simplefilter("error", symopt.DecoupledDecayWarning)
         assert not symopt.check_optimizer(torch.optim.AdamW(groups, lr=1e-3))
+
+
+def test_import_registers_no_global_optimizer_hook():
+    import subprocess
+    import sys
+    code = ("import torch.optim.optimizer as o; before = (len(o._global_optimizer_pre_hooks), "
+            "len(o._global_optimizer_post_hooks)); import symopt; "
+            "assert (len(o._global_optimizer_pre_hooks), len(o._global_optimizer_post_hooks)) == before")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_failed_step_does_not_freeze_lambda_of_other_optimizers():
+    """An unrelated optimizer whose step raises touches no symopt state; a bound optimizer's failed
+    step is abandoned at its next step, so λ keeps following the gradients."""
+    m = Vector(6, init=torch.randn(6, dtype=DT))
+    handle = symopt.subspace(m, "theta", torch.ones(1, 6, dtype=DT))  # strength="auto"
+    opt = torch.optim.SGD(symopt.param_groups(m, lr=0.01), lr=0.01)
+    binding = symopt.bind(opt)
+    other = torch.optim.SGD([torch.zeros(2, requires_grad=True)], lr=0.1)
+    other.step = lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom"))
+    with pytest.raises(RuntimeError):
+        other.step()
+    counts = []
+    for _ in range(3):
+        opt.zero_grad()
+        (m.theta - 1).square().sum().backward()
+        opt.step()
+        counts.append(int(handle.constraint.policy.estimate.count.sum()))
+    assert counts == [1, 2, 3]
+    assert opt.param_groups[0]["weight_decay"] == handle.strength > 0
+    binding.remove()
+    assert not hasattr(opt, "_symopt_binding")
+
+
+def test_bind_holds_lambda_within_a_step():
+    """L-BFGS evaluates its closure many times per step: under bind, λ moves once per step."""
+    m = Vector(6, init=torch.randn(6, dtype=DT))
+    handle = symopt.subspace(m, "theta", torch.ones(1, 6, dtype=DT))
+    opt = torch.optim.LBFGS(m.parameters(), lr=1, max_iter=10)
+    symopt.bind(opt)
+    seen = []
+
+    def closure():
+        opt.zero_grad()
+        loss = (m.theta - torch.arange(6, dtype=DT)).square().sum() + symopt.penalty(m)
+        loss.backward()
+        seen.append(handle.strength)
+        return loss
+
+    opt.step(closure)
+    assert len(seen) > 2 and len(set(seen)) == 1      # one λ for every evaluation of the step
+    assert int(handle.constraint.policy.estimate.count.sum()) == 1
+    assert handle.strength > 0
+
+
+def test_bind_rejects_a_non_optimizer():
+    with pytest.raises(TypeError, match="bind: expected a torch.optim.Optimizer"):
+        symopt.bind(nn.Linear(2, 2))
+
+
+def _auto_step(m, opt):
+    opt.zero_grad()
+    (m.theta - 1).square().sum().backward()
+    opt.step()
+
+
+def test_replaced_groups_warn_unless_bound():
+    """optimizer.load_state_dict replaces the groups param_groups made: an adaptive λ can no longer
+    reach weight_decay, which symopt says (once) unless the optimizer is bound."""
+    m = Vector(6, init=torch.randn(6, dtype=DT))
+    handle = symopt.subspace(m, "theta", torch.ones(1, 6, dtype=DT))
+    opt = torch.optim.SGD(symopt.param_groups(m, lr=0.01), lr=0.01)
+    _auto_step(m, opt)
+    opt.load_state_dict(opt.state_dict())
+    with pytest.warns(UserWarning, match="symopt.bind"):
+        _auto_step(m, opt)
+    assert opt.param_groups[0]["weight_decay"] != handle.strength  # stale: what the warning is about
+
+    m2 = Vector(6, init=torch.randn(6, dtype=DT))
+    handle2 = symopt.subspace(m2, "theta", torch.ones(1, 6, dtype=DT))
+    opt2 = torch.optim.SGD(symopt.param_groups(m2, lr=0.01), lr=0.01)
+    symopt.bind(opt2)
+    _auto_step(m2, opt2)
+    opt2.load_state_dict(opt2.state_dict())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _auto_step(m2, opt2)
+        _auto_step(m2, opt2)
+    assert opt2.param_groups[0]["weight_decay"] > 0  # re-read before every step by the binding
+    assert handle2.strength > 0

@@ -101,5 +101,5 @@ def test_finalize_after_exact_training_changes_nothing_measurable():
     cert = symopt.finalize(model, tol=1e-9)
     assert cert.ok and cert["theta"].violation_before <= 1e-10
     assert cert["theta"].violation_after <= 1e-14
-    assert isinstance(model.theta, nn.Parameter) and symopt.constraints(model) == []
+    assert isinstance(model.theta, nn.Parameter) and symopt.list_constraints(model) == []
     assert float((model.theta.detach() - before).abs().max()) <= 1e-10

@@ -43,7 +43,7 @@ def test_dense_export_is_plain_exact_and_loads_into_the_original_architecture():
     x = torch.randn(7, 10, dtype=DT)
     before = net(x).detach()
     dense = symopt.export(net)
-    assert symopt.constraints(dense) == []
+    assert symopt.list_constraints(dense) == []
     assert torch.allclose(dense(x), before, atol=1e-12)
     assert int((dense[0].weight.abs().sum(1) == 0).sum()) == 8  # exact zeros, not small ones
     assert torch.linalg.matrix_rank(dense[2].weight) == 3
@@ -51,7 +51,7 @@ def test_dense_export_is_plain_exact_and_loads_into_the_original_architecture():
     fresh.load_state_dict(dense.state_dict())  # strict: same keys, plain names
     assert torch.equal(fresh(x), dense(x))
     # the constrained model itself is untouched and still trains
-    assert len(symopt.constraints(net)) == 3 and torch.equal(net(x), before)
+    assert len(symopt.list_constraints(net)) == 3 and torch.equal(net(x), before)
     net(x).sum().backward()
 
 
@@ -61,7 +61,7 @@ def test_finalize_on_a_deepcopy_leaves_the_original_working():
     net = nn.Sequential(nn.Linear(4, 3))
     symopt.sparse(net, "0.weight", strength=1e-3)
     symopt.finalize(copy.deepcopy(net), tol=0.0)
-    assert net[0].weight.shape == (3, 4) and len(symopt.constraints(net)) == 1
+    assert net[0].weight.shape == (3, 4) and len(symopt.list_constraints(net)) == 1
     symopt.finalize(net, tol=0.0)
     assert type(net[0]) is nn.Linear
 
@@ -173,7 +173,7 @@ def test_a_constraint_that_does_not_hold_refuses_and_changes_nothing():
     before = lin.weight.detach().clone()
     with pytest.raises(ValueError, match="finalize refused"):
         symopt.export(lin, mode="compressed")
-    assert torch.equal(lin.weight, before) and len(symopt.constraints(lin)) == 1
+    assert torch.equal(lin.weight, before) and len(symopt.list_constraints(lin)) == 1
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -187,7 +187,7 @@ def test_bad_arguments(kwargs, match):
     symopt.sparse(lin, "weight", strength=1e-3)
     with pytest.raises(ValueError, match=match):
         symopt.export(lin, **kwargs)
-    assert len(symopt.constraints(lin)) == 1
+    assert len(symopt.list_constraints(lin)) == 1
 
 
 def test_bad_model_and_repeats():

@@ -69,7 +69,7 @@ def test_lasso_on_cuda_matches_sklearn():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_solve_on_cuda_matches_cpu(dtype):
     from symopt.comparison import builtin_problems
-    from symopt.solve import solve
+    from symopt import solve
 
     for problem in builtin_problems(quick=True):
         cpu = solve(problem)

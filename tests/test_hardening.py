@@ -14,7 +14,7 @@ from torch import nn
 
 import symopt
 from symopt.problems import Problem, lasso, logistic_l1, make_lasso, matrix_completion
-from symopt.solve import _Watchdog
+from symopt.solver.stop import Watchdog as _Watchdog
 
 DT = torch.float64
 
@@ -160,10 +160,10 @@ def test_a_nan_gradient_does_not_poison_auto_strength():
     symopt.subspace(model, "weight", torch.tensor([[1.0, -1.0, 0.0]], dtype=DT))
     x = torch.randn(8, 3, dtype=DT)
     model(x).square().mean().backward()
-    good = symopt.constraints(model)[0].strength
+    good = symopt.list_constraints(model)[0].strength
     x[0, 0] = float("nan")
     model(x).square().mean().backward()
-    assert math.isfinite(symopt.constraints(model)[0].strength) and symopt.constraints(model)[0].strength == good
+    assert math.isfinite(symopt.list_constraints(model)[0].strength) and symopt.list_constraints(model)[0].strength == good
 
 
 def _broken_sparse_linear():
@@ -183,7 +183,7 @@ def test_finalize_and_export_refuse_nan_and_change_nothing(call):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(ValueError, match="NaN or Inf in 'weight'"):
         call(model)
-    assert symopt.constraints(model)  # still parametrized
+    assert symopt.list_constraints(model)  # still parametrized
     after = model.state_dict()
     assert list(after) == list(before)
     assert all(torch.equal(after[k], v) or (torch.isnan(v).any() and torch.equal(after[k].isnan(), v.isnan()))

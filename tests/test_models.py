@@ -131,7 +131,7 @@ def test_hand_written_attention_learns_a_low_rank_score_form():
     with torch.no_grad():
         student.value.weight.copy_(teacher.value.weight)
     symopt.low_rank(student, "score", strength=2e-2)
-    U, V = symopt.constraints(student)[0].members[0].factors
+    U, V = symopt.list_constraints(student)[0].members[0].factors
     assert U.shape == V.shape == (dim, dim)  # the factors are W_Q and W_K
     _fit(student, x, target, steps=800, lr=0.1)
     sigma = torch.linalg.svdvals(student.score.detach())

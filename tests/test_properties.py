@@ -185,7 +185,7 @@ def _finalize(case, tol):
         assert float((after[0] - after[1]).abs().max()) <= atol * scale
     elif c.linear:
         assert float((c.project(after[0]) - after[0]).abs().max()) <= atol * scale
-    assert isinstance(module.p, nn.Parameter) and not symopt.constraints(module)
+    assert isinstance(module.p, nn.Parameter) and not symopt.list_constraints(module)
 
 
 test_finalize_lands_on_the_set, test_finalize_slow = _finalize
@@ -233,7 +233,7 @@ def _bad_groups(case):
     before = module.p.detach().clone()
     with pytest.raises(ValueError):
         symopt.group_sparse(module, "p", groups=groups, strength=0.1)
-    assert not symopt.constraints(module) and torch.equal(module.p.detach(), before)
+    assert not symopt.list_constraints(module) and torch.equal(module.p.detach(), before)
     assert type(module) is nn.Module  # no parametrization class was swapped in
 
 

@@ -206,7 +206,7 @@ def test_plain_checkpoint_loads_into_constrained_model(kind):
     constrained.load_state_dict(plain.state_dict())  # strict: weight → factors by the load hook
     x = torch.randn(4, 6, dtype=DT)
     assert torch.allclose(constrained(x), plain(x), atol=1e-12)
-    assert symopt.constraints(constrained)
+    assert symopt.list_constraints(constrained)
 
 
 @pytest.mark.parametrize("kind", CONSTRAIN)
@@ -215,15 +215,15 @@ def test_deepcopy_is_independent_and_keeps_constraints(kind):
     clone = copy.deepcopy(model)
     x = torch.randn(4, 6, dtype=DT)
     assert torch.equal(clone(x), model(x))
-    assert [h.kind for h in symopt.constraints(clone)] == [h.kind for h in symopt.constraints(model)]
+    assert [h.kind for h in symopt.list_constraints(clone)] == [h.kind for h in symopt.list_constraints(model)]
     with torch.no_grad():
         for p in clone.parameters():
             p.add_(1.0)
     assert not torch.equal(clone(x), model(x))
     if kind == "tied":  # the copy's members still share one centre
-        (h,) = symopt.constraints(clone)
+        (h,) = symopt.list_constraints(clone)
         a, b = (m.parametrization.group for m in h.members)
-        assert a is b and a is not symopt.constraints(model)[0].constraint
+        assert a is b and a is not symopt.list_constraints(model)[0].constraint
 
 
 def test_report_and_finalize_all_kinds():
@@ -238,14 +238,14 @@ def test_report_and_finalize_all_kinds():
     assert "0.bias, 1.bias" in text and "density" in text and "rank" in text
     with pytest.raises(ValueError, match="finalize refused, nothing changed"):
         symopt.finalize(model, tol=1e-6)  # the tie and fixed zeros do not hold yet
-    assert len(symopt.constraints(model)) == 4
+    assert len(symopt.list_constraints(model)) == 4
     cert = symopt.finalize(model, tol=1e-6, force=True)
     assert cert.ok and len(cert) == 4
     assert torch.equal(model[0].bias, model[1].bias)
     assert float(model[3].weight.abs().max()) == 0.0
     assert cert["3.weight"].violation_before > 0 and cert["3.weight"].change == pytest.approx(
         cert["3.weight"].violation_before)
-    assert all(isinstance(p, nn.Parameter) for p in model.parameters()) and symopt.constraints(model) == []
+    assert all(isinstance(p, nn.Parameter) for p in model.parameters()) and symopt.list_constraints(model) == []
     assert "violation before" in str(cert)
 
 
@@ -285,7 +285,7 @@ def test_a_tie_of_k_copies_stores_2k_minus_1_tensors():
     assert sum(p.numel() for p in weights) == (2 * 3 - 1) * 16
     # the anchor stores its own value; the others their difference to it, as u ⊙ v
     assert torch.equal(handle.constraint.center, values[1])
-    assert [m.qualname for m in symopt.constraints(model)[0].members] == ["b.weight", "a.weight", "c.weight"]
+    assert [m.qualname for m in symopt.list_constraints(model)[0].members] == ["b.weight", "a.weight", "c.weight"]
     for n, v in zip("abc", values):
         assert torch.allclose(model[n].weight, v, atol=1e-14)
     assert [len(m.factors) for m in handle.members] == [1, 2, 2]

@@ -9,7 +9,7 @@ from symopt.cli import main
 from symopt.comparison import builtin_problems, compare
 from symopt.problems import (equality_ls, lasso, logistic_l1, low_rank_regression, make_low_rank_regression,
                              matrix_completion, tied_least_squares)
-from symopt.solve import solve
+from symopt import solve
 
 pytest.importorskip("cvxpy")
 

@@ -81,7 +81,7 @@ def test_syre_survives_state_dict_round_trip_and_deepcopy():
     other = nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 1))
     symopt.syre(other, 1e-2, anisotropy=0.3, seed=7)
     other.load_state_dict(net.state_dict())
-    for a, b in zip(symopt.constraints(net), symopt.constraints(other)):
+    for a, b in zip(symopt.list_constraints(net), symopt.list_constraints(other)):
         assert torch.equal(a.constraint.anchor, b.constraint.anchor)
         assert torch.equal(a.constraint.weights, b.constraint.weights)
         assert torch.equal(a.values()[0], b.values()[0])
@@ -96,7 +96,7 @@ def test_syre_refuses_constrained_parameters_and_changes_nothing(names):
     before = copy.deepcopy(net.state_dict())
     with pytest.raises(ValueError, match="removes exactly the mirror symmetry"):
         symopt.syre(net, 1e-2, names=names)
-    assert [h.kind for h in symopt.constraints(net)] == ["sparse"]
+    assert [h.kind for h in symopt.list_constraints(net)] == ["sparse"]
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
 
 
@@ -113,7 +113,7 @@ def test_syre_bad_inputs(kwargs, error, match):
     before = copy.deepcopy(net.state_dict())
     with pytest.raises(error, match=match):
         symopt.syre(net, **kwargs)
-    assert not symopt.constraints(net) and all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    assert not symopt.list_constraints(net) and all(torch.equal(before[k], v) for k, v in net.state_dict().items())
 
 
 # -- diagnose and conserved ----------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Working sets (`symopt.working_set`): DCS on column subsets of X reaches the full problem's optimum,
+"""Working sets (`symopt.solver.working_set`): DCS on column subsets of X reaches the full problem's optimum,
 certified by the full KKT residual; restrictions are the problem on a subset; warm starts."""
 
 import numpy as np
@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import symopt
-from symopt import working_set
+from symopt.solver import working_set
 from symopt.baselines import solve_cvxpy
 from symopt.problems import group_lasso, lasso, make_group_lasso, make_lasso, make_logistic_l1, make_matrix_completion
 from symopt.problems.design import columns

@@ -12,7 +12,7 @@ from helpers import DT
 from symopt.constraints.lowrank import thin_svd
 from symopt.problems import make_matrix_completion
 
-SOLVE = sys.modules["symopt.solve"]
+LOWRANK = sys.modules["symopt.constraints.lowrank"]
 
 
 def _low_rank(m, n, r, seed=0):
@@ -64,12 +64,12 @@ def test_quick_kkt_never_exceeds_the_exact_residual():
 @pytest.fixture
 def narrow_from_40(monkeypatch):
     """Narrow factors from min(m, n) = 40 with width 4, so small problems take the large-problem path."""
-    monkeypatch.setattr(SOLVE, "_NARROW_FROM", 40)
-    monkeypatch.setattr(SOLVE, "_START_WIDTH", 4)
+    monkeypatch.setattr(LOWRANK, "_NARROW_FROM", 40)
+    monkeypatch.setattr(LOWRANK, "_START_WIDTH", 4)
 
 
 def _reference(problem, monkeypatch):
-    monkeypatch.setattr(SOLVE, "_NARROW_FROM", 10**9)  # full-width factors throughout
+    monkeypatch.setattr(LOWRANK, "_NARROW_FROM", 10**9)  # full-width factors throughout
     return symopt.solve(problem, tol=1e-9)
 
 
@@ -89,8 +89,19 @@ def test_narrow_factors_reach_the_full_width_optimum(narrow_from_40, monkeypatch
 
 
 def test_working_width_only_for_penalised_low_rank_of_a_large_matrix():
-    assert SOLVE._working_width(symopt.LowRank(0.1), (200, 300)) == (16, 200)
-    assert SOLVE._working_width(symopt.LowRank(0.1), (100, 300))[0] is None  # small: full width
-    assert SOLVE._working_width(symopt.LowRank(0.1, max_rank=3), (200, 300))[0] is None  # a rank bound
-    assert SOLVE._working_width(symopt.LowRank(target_rank=3), (200, 300))[0] is None  # a budget
-    assert SOLVE._working_width(symopt.Sparse(0.1), (200, 300))[0] is None
+    assert symopt.LowRank(0.1).working_width((200, 300)) == (16, 200)
+    assert symopt.LowRank(0.1).working_width((100, 300))[0] is None  # small: full width
+    assert symopt.LowRank(0.1, max_rank=3).working_width((200, 300))[0] is None  # a rank bound
+    assert symopt.LowRank(target_rank=3).working_width((200, 300))[0] is None  # a budget
+    assert symopt.Sparse(0.1).working_width((200, 300))[0] is None
+
+
+def test_with_width_keeps_a_subclass():
+    """The solver narrows a constraint through with_width: a subclass must stay itself (a plain LowRank
+    would silently replace, say, a block-structured one)."""
+    class Special(symopt.LowRank):
+        pass
+
+    narrow = Special(0.2, seed=3).with_width(4)
+    assert type(narrow) is Special and narrow.max_rank == 4 and narrow.strength == 0.2
+    assert narrow.factorizer.seed == 3

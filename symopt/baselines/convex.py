@@ -56,9 +56,6 @@ def solve_cvxpy(problem: Problem, solver: str | None = None, **options) -> Resul
         x = torch.full(problem.shape, float("nan"), dtype=torch.float64)
     else:
         x = torch.from_numpy(np.asarray(variable.value, dtype=np.float64).reshape(problem.shape))
-    c = problem.constraint().to(dtype=torch.float64)
-    return Result(problem=problem, 
-        x=x, objective=problem.objective(x), violation=c.violation(x) if c.linear else 0.0,
-        kkt_residual=float("nan"), iterations=int(cvx_problem.solver_stats.num_iters or 0), seconds=seconds,
-        status=str(cvx_problem.status), solver=f"cvxpy[{cvx_problem.solver_stats.solver_name}]",
-    )
+    return Result.from_point(problem, x, solver=f"cvxpy[{cvx_problem.solver_stats.solver_name}]",
+                             status=str(cvx_problem.status), seconds=seconds,
+                             iterations=int(cvx_problem.solver_stats.num_iters or 0))

@@ -49,7 +49,7 @@ def solve_proximal(problem: Problem, device=None, dtype=torch.float64, tol: floa
     device = torch.device(device or "cpu")
     data = problem.data_on(device, dtype)
     c = problem.constraint().to(device=device, dtype=dtype)
-    step_of = c.prox if not c.linear else (lambda v, _t: c.project(v))
+    step_of = c.prox  # the norm's proximal map; a linear kind's is the projection onto its set
 
     loss = lambda x: problem.loss(x, **data)  # noqa: E731
 
@@ -88,9 +88,5 @@ def solve_proximal(problem: Problem, device=None, dtype=torch.float64, tol: floa
             status = "optimal"
             break
     seconds = elapsed_since(start, device)
-    x = x.to("cpu", torch.float64)
-    c64 = problem.constraint().to(dtype=torch.float64)
-    return Result(problem=problem, x=x, objective=problem.objective(x), violation=c64.violation(x) if c.linear else 0.0,
-                  kkt_residual=history[-1][2] if history else float("nan"), iterations=len(history),
-                  seconds=seconds, history=history, device=str(device), status=status,
-                  solver="projected" if c.linear else "proximal")
+    return Result.from_point(problem, x, solver="projected" if c.linear else "proximal", status=status,
+                             seconds=seconds, history=history, device=device)

@@ -1,6 +1,7 @@
 """geoopt: rank bounds the Riemannian way, ``W = U diag(s) Vᵀ`` with ``U``, ``V`` on Stiefel
-manifolds, trained by RiemannianAdam. Applies to problems whose constraint is ``LowRank`` with a
-``max_rank`` (hard rank r); a nuclear penalty, if the problem has one, is ``λ Σ|s_i|``."""
+manifolds, trained by RiemannianAdam. Applies to problems whose constraint has a rank bound on a matrix
+(``constraint.fixed_rank(shape)``: ``LowRank`` with ``max_rank``); a nuclear penalty, if the problem
+has one, is ``λ Σ|s_i|``."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import time
 
 import torch
 
-from ..constraints import LowRank
+from ..constraints import Constraint
 from ..optimality import gradient_scale, loss_gradient
 from ..problems import Problem
 from ..result import NotApplicable, Result, elapsed_since
@@ -52,13 +53,14 @@ def solve_geoopt(problem: Problem, device=None, dtype=torch.float64, tol: float 
         raise ImportError("the geoopt baseline needs geoopt: pip install 'symopt[baselines]'") from err
     problem.require_strength("geoopt")
     c = problem.constraint()
-    if not isinstance(c, LowRank) or c.max_rank is None or len(problem.shape) != 2:
-        raise NotApplicable("needs a rank bound (LowRank max_rank)")
+    rank = c.fixed_rank(tuple(problem.shape))
+    if rank is None:
+        raise NotApplicable("needs a rank bound on a matrix (a constraint with fixed_rank, e.g. LowRank max_rank)")
     device = torch.device(device or "cpu")
     data = problem.data_on(device, dtype)
     loss = lambda W: problem.loss(W, **data)  # noqa: E731
     c = c.to(device=device, dtype=dtype)
-    U, V, s = stiefel_start(problem.shape, c.max_rank, seed, device, dtype)
+    U, V, s = stiefel_start(problem.shape, rank, seed, device, dtype)
     opt = geoopt.optim.RiemannianAdam([U, V, s], lr=lr)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=50)
     penalty = c.strength if problem.penalized else 0.0
@@ -79,10 +81,8 @@ def solve_geoopt(problem: Problem, device=None, dtype=torch.float64, tol: float 
                 status = "optimal"
                 break
     seconds = elapsed_since(start, device)
-    x = ((U * s) @ V.mT).detach().to("cpu", torch.float64)
-    return Result(problem=problem, x=x, objective=problem.objective(x), violation=0.0,
-                  kkt_residual=history[-1][2] if history else float("nan"), iterations=it, seconds=seconds,
-                  history=history, device=str(device), status=status, solver="geoopt[RiemannianAdam]")
+    return Result.from_point(problem, (U * s) @ V.mT, solver="geoopt[RiemannianAdam]", status=status,
+                             seconds=seconds, history=history, iterations=it, device=device)
 
 
 def stiefel_start(shape, r: int, seed: int, device, dtype) -> tuple:
@@ -100,6 +100,6 @@ def stiefel_start(shape, r: int, seed: int, device, dtype) -> tuple:
     return U, V, torch.nn.Parameter(torch.full((r,), 1e-3, device=device, dtype=dtype))
 
 
-def rank_kkt(constraint: LowRank, loss, W) -> float:
+def rank_kkt(constraint: Constraint, loss, W) -> float:
     """The KKT residual of ``W`` on the rank-r manifold (singular values below 1e-12·max|W| count as 0)."""
     return constraint.kkt_residual(W, loss_gradient(loss, W), 1e-12 * float(W.abs().max()))

@@ -124,6 +124,5 @@ def _fit(problem: Problem, model) -> Result:
     loss = lambda w: problem.loss(w, **data_t)  # noqa: E731
     _, kkt = kkt_at_snap(loss, c, x, 1e-8)
     status = "optimal" if kkt <= 1e-6 * gradient_scale(loss, problem.shape, "cpu", torch.float64) else "inaccurate"
-    return Result(problem=problem, x=x, objective=problem.objective(x), violation=0.0, kkt_residual=kkt, iterations=iterations,
-                  seconds=seconds, status=status,
-                  solver=f"{type(model).__module__.split('.')[0]}[{type(model).__name__}]")
+    return Result.from_point(problem, x, solver=f"{type(model).__module__.split('.')[0]}[{type(model).__name__}]",
+                             status=status, seconds=seconds, kkt_residual=kkt, iterations=iterations)

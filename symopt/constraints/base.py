@@ -11,20 +11,18 @@ Registration, discovery and state_dict hooks live in `symopt.attach`; this layer
 
 from __future__ import annotations
 
-import math
 import numbers
-import os
-import sys
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules.module import _addindent
 
-from .auto import MultiplierEstimate, check_margin, watch_gradient
-from .budget import RATE, BudgetController, budget_target, check_rate
+from .auto import watch_gradient
+from .budget import RATE
+from .strength import Auto, BudgetStrength, Fixed, Strength, strength_policy
 
 # Fallback scale for the non-zero factor of an all-zero tensor: with u = 1, v = 0 the factored
 # gradient on w = u·v has the same scale as on the unfactored tensor.
@@ -32,33 +30,6 @@ _UNIT_SCALE = 1.0
 # Random imbalance |u|/|v| = exp(±_IMBALANCE): a sign-balanced start (u = ±v) is conserved by
 # gradient flow and forbids sign changes, which gives wrong solutions (THEORY.md §4).
 _IMBALANCE = 0.5
-
-
-def check_strength(strength: object, owner: str) -> float:
-    """Return ``strength`` as a float after checking it is a finite number > 0."""
-    if isinstance(strength, bool) or not isinstance(strength, numbers.Real):
-        raise TypeError(
-            f"{owner}: strength must be a positive real number, got {type(strength).__name__}; "
-            "pass e.g. strength=1e-3"
-        )
-    value = float(strength)
-    if not math.isfinite(value) or value <= 0.0:
-        raise ValueError(
-            f"{owner}: strength must be finite and > 0, got {strength!r}; pass e.g. strength=1e-3 "
-            "(strength is the λ of the induced penalty λ·‖·‖)"
-        )
-    return value
-
-
-_INTERNAL = (os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.path.dirname(torch.__file__))
-
-
-def warn_user(message: str, category: type[Warning] = UserWarning) -> None:
-    """Warn with the location of the first caller outside symopt and torch (the user's line)."""
-    level, frame = 1, sys._getframe(1)
-    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_INTERNAL):
-        frame, level = frame.f_back, level + 1
-    warnings.warn(message, category, stacklevel=level + 1)
 
 
 def working_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -162,30 +133,59 @@ def entering(excess: Tensor, alive: int) -> Tensor:
     return chosen.view_as(excess)
 
 
+@dataclass(frozen=True)
+class Example:
+    """A small instance of a kind, for the conformance suite (``tests/test_conformance.py``).
+
+    Attributes:
+        make: builds a fresh constraint object (one per registration).
+        shapes: the shape of each tensor it constrains (several for a kind with ``multi_tensor``).
+        draw: turns a standard normal tensor into a value the factors represent exactly (e.g.
+            ``abs`` for a kind whose values are non-negative); None for any value.
+    """
+
+    make: Callable[[], "Constraint"]
+    shapes: tuple[tuple[int, ...], ...]
+    draw: Callable[[Tensor], Tensor] | None = None  # maps a standard normal draw into the kind's domain
+
+
+# Every kind, by its ``kind`` name, filled by the class statement of each kind's own file (see
+# ``Constraint.__init_subclass__``). Layers above ask it instead of listing kinds.
+KINDS: dict[str, type["Constraint"]] = {}
+
+
 class Constraint(nn.Module):
     """Base class of the constraint kinds (a parametrization for ``torch.nn.utils.parametrize``).
 
     A kind writes the constrained tensor θ as a function of factors whose loss has a mirror
     symmetry ``R = I − 2nnᵀ`` with fixed subspace the constraint; the decay ``(λ/2)‖decayed
-    factors‖²`` then induces the kind's norm penalty. Subclasses define:
+    factors‖²`` then induces the kind's norm penalty. The contract has two halves, each kind
+    implementing what it has (see [`PenaltyHalf`][symopt.constraints.base.PenaltyHalf] and
+    [`FeasibleHalf`][symopt.constraints.base.FeasibleHalf]):
 
-    * ``kind`` — short name shown in reports;
-    * ``linear`` — True when the constraint set is a linear subspace (then ``strength`` above the
-      Lagrange multipliers makes the constraint hold exactly);
-    * ``decayed`` — indices of the factors that carry the decay ``(λ/2)‖·‖²``;
-    * ``validate(tensor, name)``, ``right_inverse(value)``, ``forward(*factors)``,
-      ``project(value, tol)``, ``induced_norm(value)``, ``dual_norm(grad)``, ``balance(*factors)``,
-      ``structure(value, tol)``.
+    * **factors** — ``forward(*factors)``, ``right_inverse(value)``, ``decayed`` (indices of the
+      decayed factors), ``balance(*factors)``, ``validate(tensor, name)``;
+    * **penalty half** — ``induced_norm``, ``dual_norm``, ``prox``, ``kkt_residual``, ``face``;
+    * **feasible half** — ``project`` (onto the set, or the structure at ``tol`` for penalty kinds),
+      ``infeasibility`` (distance to the promised set: 0 where nothing is promised), and, for the
+      exact-penalty kinds (``linear``), the threshold: λ above ``dual_norm`` of the loss gradient
+      holds the set exactly.
 
-    The base class provides ``penalty`` (the decay), ``violation``, ``snap``, ``prox``,
-    ``kkt_residual`` and the machinery of ``strength="auto"`` (a multiplier estimate fed by a
-    gradient hook) and of budgets (a controller that moves λ along the path).
+    Capabilities that layers above ask instead of switching on the kind: ``multi_tensor`` (the
+    constraint acts on several tensors at once, a tie), ``atom_ids`` (the atoms working sets
+    grow), ``working_width`` / ``with_width`` (narrow factors for the solver), ``fixed_rank`` (a
+    rank bound a Riemannian baseline can take), ``structure_key`` (what "the same structure" means),
+    ``compressed_structure`` (which export rewrite realises it), ``objective_term`` (what the
+    penalised objective adds).
+
+    λ belongs to a [`Strength`][symopt.constraints.strength.Strength] policy (``self.policy``):
+    fixed, ``"auto"``, budget, or scheduled; ``strength`` reads it.
 
     Args:
-        strength: λ (> 0); ``"auto"`` for the linear kinds; None for the kind's default.
+        strength: λ (> 0); ``"auto"`` for the linear kinds; a ``Strength`` policy; None for the
+            kind's default.
         seed: seed of the factor initialisation (random signs and imbalance: never balanced).
         margin: ``"auto"`` keeps ``λ = margin ×`` the multiplier estimate (> 1).
-        slots: number of tensors one object covers (a tie's copies).
         budget: ``("count", k)`` or ``("density", f)``: the atom budget, for the kinds that take one.
         adapt_rate: fraction of the way log λ moves toward the budget's target per step.
 
@@ -198,25 +198,23 @@ class Constraint(nn.Module):
     """
 
     kind: ClassVar[str] = "constraint"
-    linear: ClassVar[bool] = False
+    linear: ClassVar[bool] = False  # the set is a linear subspace held exactly above the multipliers
     decayed: ClassVar[tuple[int, ...]] = ()
+    multi_tensor: ClassVar[bool] = False  # acts on a list of tensors (their values stacked)
     quick_kkt: ClassVar[bool] = False  # whether kkt_residual(quick=True) can differ from the exact residual
+    slot: ClassVar[int] = 0  # which running multiplier estimate this parametrization feeds (a tie: its copy)
 
-    def __init__(self, strength: float | str | None, *, seed: int = 0, margin: float = 1.5, slots: int = 1,
+    def __init_subclass__(cls, register: bool = True, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if register and "kind" in cls.__dict__ and "example" in cls.__dict__:
+            KINDS.setdefault(cls.kind, cls)
+
+    def __init__(self, strength: float | str | Strength | None, *, seed: int = 0, margin: float = 1.5,
                  budget: tuple[str, float] | None = None, adapt_rate: float = RATE) -> None:
         super().__init__()
         owner = type(self).__name__
-        self.auto = strength == "auto"
-        if self.auto and not self.linear:
-            raise ValueError(
-                f"{owner}: strength='auto' applies to the exact-penalty kinds (Subspace, FixedZeros, Tied); "
-                "give a number, e.g. strength=1e-3, or a budget (max_nonzero=, max_groups=, target_rank=)"
-            )
-        if strength is None and budget is None and not self.linear:
-            strength = 1e-3  # the penalty kinds' default λ
-        starts_unknown = strength is None and budget is not None
-        self._strength = 0.0 if self.auto or starts_unknown else check_strength(strength, owner)
-        self.margin = check_margin(margin, owner)
+        self.policy = strength_policy(strength, linear=self.linear, budget=budget is not None, margin=margin,
+                                      rate=adapt_rate, owner=owner)
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
             raise TypeError(f"{owner}: seed must be an int, got {type(seed).__name__}")
         self.factorizer = Factorizer(int(seed))
@@ -224,47 +222,59 @@ class Constraint(nn.Module):
         # budget: ("count", k) or ("density", f); the count k is fixed by validate() once the shape is known
         self.budget_spec = budget
         self.budget: int | None = int(budget[1]) if budget is not None and budget[0] == "count" else None
-        self.adaptive = budget is not None
-        if self.adaptive:
-            self.controller = BudgetController(self.budget or 0, None if starts_unknown else self._strength,
-                                               check_rate(adapt_rate, owner))
-        if self.auto:
-            self.estimate = MultiplierEstimate(slots)
-        if self.auto or self.adaptive:
-            self.register_forward_hook(watch_gradient)
+        self.register_forward_hook(watch_gradient)
+        self._register_load_state_dict_pre_hook(_rename_policy_keys)
+
+    @classmethod
+    def example(cls) -> Example:  # pragma: no cover - each registered kind defines its own
+        """A small instance for the conformance suite."""
+        raise NotImplementedError
+
+    # -- λ ----------------------------------------------------------------------------------------
+    @property
+    def owner(self) -> "Constraint":
+        """The object that holds this parametrization's λ and identity (a tie's copies: their group)."""
+        return self
 
     @property
     def watching(self) -> bool:
-        """Whether λ follows the gradients (``strength="auto"`` or a budget)."""
-        return self.auto or self.adaptive
+        """Whether λ follows the gradients (``"auto"``, budgets, schedules)."""
+        return self.policy.watching
+
+    @property
+    def auto(self) -> bool:
+        """Whether λ is ``margin ×`` a multiplier estimate (``strength="auto"``)."""
+        return isinstance(self.policy, Auto)
+
+    @property
+    def adaptive(self) -> bool:
+        """Whether λ is adapted to a budget."""
+        return isinstance(self.policy, BudgetStrength)
+
+    @property
+    def margin(self) -> float | None:
+        return getattr(self.policy, "margin", None)
 
     @property
     def strength(self) -> float:
         """λ: the given number; with ``strength="auto"`` ``margin ×`` the multiplier estimate; with a
         budget the controller's λ (0 until the first backward pass if no starting strength was given)."""
-        if self.auto:
-            return self.margin * self.estimate.value()
-        if self.adaptive:
-            return self.controller.value()
-        return self._strength
+        return self.policy.value()
 
     @strength.setter
     def strength(self, value: float) -> None:
         """Fix λ: stops ``"auto"`` and budget adaptation (a budget still decides the final snap)."""
-        self._strength = check_strength(value, type(self).__name__)
-        self.auto = self.adaptive = False
+        self.policy = self.policy.handover(Fixed(value, type(self).__name__))
 
     def multiplier(self) -> float | None:
         """The running multiplier estimate (``strength="auto"`` only)."""
-        return self.estimate.value() if self.auto else None
+        return self.policy.multiplier()
 
     def observe(self, grad: Tensor, value: Tensor | None = None) -> None:
-        """Called with ``∂ℓ/∂θ`` on each backward pass by the gradient hook: feeds the multiplier
-        estimate of ``"auto"`` (dual norm of the gradient) or the budget controller."""
-        if self.auto:
-            self.estimate.observe(float(self.dual_norm(grad.detach())))
-        elif self.adaptive and value is not None:
-            self.controller.observe(budget_target(self.atoms, value, grad, self.budget, self.strength))
+        """Called with ``∂ℓ/∂θ`` on each backward pass by the gradient hook: hands it to the strength
+        policy (a multiplier estimate, a budget controller, a schedule's step count)."""
+        if value is not None:
+            self.policy.observe(self, value, grad)
 
     # -- budgets --------------------------------------------------------------------------------
     def resolve_budget(self, atoms: int, name: str, unit: str) -> None:
@@ -280,7 +290,6 @@ class Constraint(nn.Module):
                 f"give fewer than {atoms}, or no budget"
             )
         self.budget = k
-        self.controller.budget = k
 
     def atoms(self, value: Tensor) -> Tensor:  # pragma: no cover - budget kinds override
         """Sizes of the terms of the induced norm (|entries|, group norms, σ) as a 1-d tensor."""
@@ -294,6 +303,12 @@ class Constraint(nn.Module):
         """``project(value, tol)``, then, with a budget, only its ``budget`` largest atoms kept."""
         out = self.project(value, tol)
         return out if self.budget is None else self.truncate(out, self.budget)
+
+    @property
+    def binding(self) -> bool:
+        """Whether the constraint promises a set that ``finalize`` must reach (a linear set, or a
+        budget), rather than a penalty whose structure is whatever training found."""
+        return self.linear or self.budget is not None
 
     # -- the contract ---------------------------------------------------------------------------
     def validate(self, tensor: Tensor, name: str) -> None:
@@ -309,6 +324,17 @@ class Constraint(nn.Module):
         """Euclidean distance from ``value`` to its snap (`snap`: atoms ``<= tol`` zeroed and,
         with a budget, all but the ``budget`` largest)."""
         return float((value - self.snap(value, tol)).norm())
+
+    def infeasibility(self, value: Tensor) -> float:
+        """Distance from ``value`` to the set the constraint promises: the linear set of an exact
+        penalty, a hard set built into the factors (0 when every factorised value is in it); 0 for a
+        pure penalty, which promises no set."""
+        return float((value - self.project(value)).norm()) if self.linear else 0.0
+
+    def objective_term(self, value: Tensor) -> Tensor:
+        """What the penalised objective adds to the loss: ``λ·induced_norm`` for penalty kinds; 0 for
+        the linear kinds, whose problem is the loss on the set."""
+        return value.new_zeros(()) if self.linear else self.strength * self.induced_norm(value)
 
     def prox(self, value: Tensor, step: float) -> Tensor:
         """``argmin_x ½‖x − value‖² + step·λ·induced_norm(x)``; the projection for linear kinds."""
@@ -348,13 +374,90 @@ class Constraint(nn.Module):
     def structure(self, value: Tensor, tol: float = 0.0) -> str:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def extra_repr(self) -> str:
-        if self.auto:
-            return "strength=auto"
-        if self.adaptive:
-            return f"budget={self.budget}, strength={self.strength:g} (adapting)"
-        return f"strength={self.strength:g}"
+    # -- capabilities the layers above ask ------------------------------------------------------
+    def structure_key(self, value: Tensor, tol: float) -> object:
+        """A hashable key of ``value``'s structure at ``tol``: equal keys mean the same structure
+        (support, alive groups, rank). None for linear kinds, whose set is fixed."""
+        if self.linear:
+            return None
+        return tuple((self.atoms(value) > tol).reshape(-1).tolist())
 
+    def atom_ids(self, numel: int, device=None) -> Tensor | None:
+        """The atom (coordinate, or index group) of each of θ's ``numel`` flattened coordinates, for
+        working sets (which solve on a few atoms' columns of a design); None where the atoms are not
+        subsets of coordinates (singular values, slices of a reshaped tensor) or λ is not fixed."""
+        return None
+
+    def working_width(self, shape: tuple[int, ...]) -> tuple[int | None, int]:
+        """``(starting factor width, full width)`` for `symopt.solve`: None keeps full-width factors."""
+        return None, 0
+
+    def with_width(self, width: int | None) -> "Constraint":  # pragma: no cover - kinds with a width
+        raise NotImplementedError(f"{type(self).__name__} has no factor width")
+
+    def fixed_rank(self, shape: tuple[int, ...]) -> int | None:
+        """The rank bound ``r`` of a matrix-shaped θ, where the kind has one (a fixed-rank manifold a
+        Riemannian baseline can optimise on); None otherwise."""
+        return None
+
+    def compressed_structure(self) -> str | None:
+        """The structure a compressed export realises for this constraint: ``"units"`` (whole rows /
+        channels removed), ``"factors"`` (a layer split into two thinner ones), ``"entries"`` (a
+        sparse layout), or None (values only: the layer stays dense)."""
+        return None
+
+    def unit_axis(self, ndim: int) -> int | None:
+        """For a ``"units"`` structure: the axis of an ``ndim``-d tensor whose slices are the units (a
+        layer's output channels are axis 0); None when the units are not slices along one axis."""
+        return None
+
+    def matrix(self, value: Tensor) -> Tensor:
+        """For a ``"factors"`` structure: the matrix (or batch of matrices) whose rank is constrained."""
+        return value.reshape(value.shape[0], -1)
+
+    def __repr__(self) -> str:
+        # The strength policy is described in extra_repr (λ and how it moves); listing it again as a
+        # child module would only repeat that. Other children (a tie's group) are shown as usual.
+        children = [f"({name}): " + _addindent(repr(module), 2) for name, module in self._modules.items()
+                    if name != "policy" and module is not None]
+        if not children:
+            return f"{type(self).__name__}({self.extra_repr()})"
+        body = "\n  ".join(([self.extra_repr()] if self.extra_repr() else []) + children)
+        return f"{type(self).__name__}(\n  {body}\n)"
+
+    def extra_repr(self) -> str:
+        return self.policy.describe() if self.budget is None or not self.adaptive else \
+            f"budget={self.budget}, {self.policy.describe()}"
+
+
+def _rename_policy_keys(state_dict, prefix, *_args) -> None:
+    """Checkpoints written before λ moved into ``policy`` keep loading (``estimate.*``,
+    ``controller.*`` → ``policy.estimate.*``, ``policy.controller.*``)."""
+    for old in [k for k in state_dict if k.startswith(prefix + "estimate.") or k.startswith(prefix + "controller.")]:
+        state_dict[prefix + "policy." + old[len(prefix):]] = state_dict.pop(old)
+
+
+@runtime_checkable
+class PenaltyHalf(Protocol):
+    """What a kind with an induced norm penalty provides: the decay ``(λ/2)‖decayed factors‖²``
+    equals ``λ·induced_norm(θ)`` at balanced factors; ``dual_norm`` measures the gradient in the
+    dual norm (the multiplier at a zero); ``prox`` is the norm's proximal map; ``kkt_residual`` the
+    distance of ``−∇ℓ`` to ``λ∂‖θ‖``."""
+
+    def induced_norm(self, value: Tensor) -> Tensor: ...
+    def dual_norm(self, grad: Tensor) -> Tensor: ...
+    def prox(self, value: Tensor, step: float) -> Tensor: ...
+    def kkt_residual(self, value: Tensor, grad: Tensor, tol: float = 0.0, quick: bool = False) -> float: ...
+
+
+@runtime_checkable
+class FeasibleHalf(Protocol):
+    """What a kind with a set to land on provides: ``project`` onto it, ``infeasibility`` (the
+    distance to it), ``violation`` (the distance to the snapped structure)."""
+
+    def project(self, value: Tensor, tol: float = 0.0) -> Tensor: ...
+    def infeasibility(self, value: Tensor) -> float: ...
+    def violation(self, value: Tensor, tol: float = 0.0) -> float: ...
 
 def hadamard_balance(u: Tensor, v: Tensor) -> float:
     """``Σ|u_i² − v_i²| / Σ(u_i² + v_i²)`` in [0, 1]: 0 at the balanced factorisation that the

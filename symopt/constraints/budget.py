@@ -8,8 +8,8 @@ lasso), a singular value (nuclear norm). A budget ``k`` (``max_nonzero`` / ``den
 **Controller (why this one).** One proximal-gradient step from θ with step ``t`` keeps exactly the
 atoms whose *score* ``s = atoms(θ − t∇ℓ(θ)) / t`` exceeds λ. So the λ that keeps ``k`` atoms lies
 between the k-th and (k+1)-th largest scores; after each optimizer step log λ moves a fraction
-``rate`` of the way to the log of their midpoint (observations inside one step are combined, so an
-L-BFGS closure sees one λ).
+``rate`` of the way to the log of their midpoint (the strength policy combines the observations of one
+step, so an L-BFGS closure sees one λ).
 
 * It reacts at once: the gradient half of the score sees an atom that should leave the support
   immediately, whereas DCS shrinks that atom only geometrically, so a controller that *counts*
@@ -35,8 +35,6 @@ import numbers
 
 import torch
 from torch import Tensor, nn
-
-from .auto import DEFER, _PENDING
 
 SPREAD = 2.0
 RATE = 0.1
@@ -78,33 +76,19 @@ class BudgetController(nn.Module):
     Buffers: ``log_strength`` (−inf until λ is known), ``updates`` (how many steps moved it).
     """
 
-    def __init__(self, budget: int, initial: float | None, rate: float = RATE) -> None:
+    def __init__(self, initial: float | None, rate: float = RATE) -> None:
         super().__init__()
-        self.budget = budget
         self.rate = rate
         start = math.log(initial) if initial is not None else -math.inf
         self.register_buffer("log_strength", torch.tensor(start, dtype=torch.float64))
         self.register_buffer("updates", torch.zeros((), dtype=torch.float64))
-        self.pending: float | None = None
 
     def value(self) -> float:
         """Current λ (0 before it is known)."""
         return math.exp(float(self.log_strength))
 
-    def observe(self, target: float) -> None:
-        """Record the midpoint λ the current point asks for; moves λ now or when the step ends."""
-        if DEFER.get("paused") or not math.isfinite(target) or target <= 0:
-            return
-        if DEFER["active"]:
-            # the last point of a step is where the optimizer stopped; before λ is known, the first
-            # point (where the step started) sets its scale
-            if self.pending is None or math.isfinite(float(self.log_strength)):
-                self.pending = target
-            _PENDING.add(self)
-        else:
-            self._update(target)
-
-    def _update(self, target: float) -> None:
+    def update(self, target: float) -> None:
+        """Move log λ a fraction ``rate`` toward log ``target`` (the midpoint λ the point asks for)."""
         log = float(self.log_strength)
         if not math.isfinite(log):
             self.log_strength.fill_(math.log(START * target))
@@ -112,11 +96,6 @@ class BudgetController(nn.Module):
             move = max(-1.0, min(1.0, math.log(target) - log))  # at most a factor e per step
             self.log_strength.fill_(log + self.rate * move)
         self.updates += 1
-
-    def commit(self) -> None:
-        if self.pending is not None:
-            self._update(self.pending)
-            self.pending = None
 
 
 def budget_target(atoms, value: Tensor, grad: Tensor, k: int, strength: float) -> float:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Constraint, hadamard_balance, split_product
+from .base import Constraint, Example, hadamard_balance, split_product
 
 
 class FixedZeros(Constraint):
@@ -34,7 +34,7 @@ class FixedZeros(Constraint):
         >>> lin = torch.nn.Linear(3, 3)
         >>> mask = ~torch.eye(3, dtype=torch.bool)          # keep only the diagonal
         >>> _ = symopt.constrain(lin, "weight", symopt.FixedZeros(mask, strength=1.0))
-        >>> free, a, b = symopt.constraints(lin)[0].members[0].factors
+        >>> free, a, b = symopt.list_constraints(lin)[0].members[0].factors
         >>> free.shape, a.shape                              # the 3 free entries; a pair per zero
         (torch.Size([3]), torch.Size([6]))
     """
@@ -42,6 +42,12 @@ class FixedZeros(Constraint):
     kind = "fixed_zeros"
     linear = True
     decayed = (1, 2)
+
+    @classmethod
+    def example(cls) -> Example:
+        mask = torch.zeros(4, 5, dtype=torch.bool)
+        mask[0, :2] = mask[3, 4] = True
+        return Example(lambda: cls(mask, 1.0), ((4, 5),))
 
     def __init__(self, mask, strength: float | str = "auto", *, margin: float = 1.5, seed: int = 0) -> None:
         super().__init__(strength, seed=seed, margin=margin)

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .base import Constraint, Face, entering, random_gate
+from .base import Constraint, Example, Face, entering, random_gate
 from .budget import RATE, check_budget
 
 
@@ -51,6 +51,23 @@ class GroupSparse(Constraint):
 
     kind = "group_sparse"
     decayed = (0, 1)
+
+    @classmethod
+    def example(cls) -> Example:
+        return Example(lambda: cls(0, 0.3), ((4, 5),))
+
+    def atom_ids(self, numel: int, device=None) -> Tensor | None:
+        # Index groups are subsets of θ's coordinates (a design's columns); slices along an axis of
+        # a reshaped tensor are not.
+        if self.dim is not None:
+            return None
+        return self.group_ids(torch.empty(numel, device=device)).to(device)
+
+    def compressed_structure(self) -> str | None:
+        return "units"
+
+    def unit_axis(self, ndim: int) -> int | None:
+        return None if self.dim is None else self.dim % ndim
 
     def __init__(self, dim: int | None = None, strength: float | None = None, *,
                  groups: int | Sequence[Sequence[int]] | None = None, max_groups: int | None = None,

@@ -10,12 +10,14 @@ stays the factor width, a bound by construction).
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
 from torch import Tensor
 
-from .base import Constraint, Face, warn_user, working_dtype, zero_scale
+from .base import Constraint, Example, Face, working_dtype, zero_scale
+from .warn import warn_user
 from .budget import RATE, check_budget
 
 _LAYOUTS = ("flatten", "batch")
@@ -44,13 +46,38 @@ class LowRank(Constraint):
         >>> import torch, symopt
         >>> lin = torch.nn.Linear(6, 4)
         >>> _ = symopt.constrain(lin, "weight", symopt.LowRank(strength=1e-2))
-        >>> U, V = symopt.constraints(lin)[0].members[0].factors
+        >>> U, V = symopt.list_constraints(lin)[0].members[0].factors
         >>> tuple(U.shape), tuple(V.shape)
         ((4, 4), (6, 4))
     """
 
     kind = "low_rank"
     decayed = (0, 1)
+
+    @classmethod
+    def example(cls) -> Example:
+        return Example(lambda: cls(0.3), ((4, 5),))
+
+    def working_width(self, shape: tuple[int, ...]) -> tuple[int | None, int]:
+        """Penalised low rank of one large matrix (no rank bound, no budget) starts with narrow
+        factors: those of an m×n matrix cost O(mn·w) per evaluation instead of O(mn·min(m, n)), and
+        the solution of a nuclear-norm problem has small rank. The narrow problem is the full one
+        while the rank stays below the width; `symopt.solve` doubles it when the rank fills it."""
+        if self.max_rank is not None or self.budget is not None:
+            return None, 0
+        if len(shape) != 2 and self.layout == "batch":
+            return None, 0
+        full = min(self._matrix_shape(tuple(shape)))
+        return (_START_WIDTH if full >= _NARROW_FROM else None), full
+
+    def fixed_rank(self, shape: tuple[int, ...]) -> int | None:
+        return self.max_rank if len(shape) == 2 else None
+
+    def structure_key(self, value: Tensor, tol: float) -> object:
+        return int((torch.linalg.svdvals(self.matrix(value)) > tol).sum())
+
+    def compressed_structure(self) -> str | None:
+        return "factors"
     quick_kkt = True
 
     def __init__(
@@ -78,7 +105,9 @@ class LowRank(Constraint):
 
     def with_width(self, width: int | None) -> LowRank:
         """This constraint (same λ, layout and seed) with factors of ``width`` columns (None: full)."""
-        return LowRank(self.strength, width, layout=self.layout, seed=self.factorizer.seed)
+        narrow = copy.deepcopy(self)  # a copy of this object, so that a subclass stays itself
+        narrow.max_rank, narrow.shape, narrow.attached_to = width, None, None
+        return narrow
 
     def _matrix_shape(self, shape: tuple[int, ...]) -> tuple[int, int]:
         if len(shape) == 2 or self.layout == "batch":
@@ -225,6 +254,11 @@ class LowRank(Constraint):
 
 
 _QUICK_TOP = 16  # singular values of the normal part estimated by kkt_residual(quick=True)
+
+
+# Penalised low rank on a matrix with min(m, n) >= _NARROW_FROM starts with factors of width
+# _START_WIDTH (see LowRank.working_width).
+_NARROW_FROM, _START_WIDTH = 128, 16
 
 
 def thin_svd(mat: Tensor, width: int | None = None) -> tuple[Tensor, Tensor, Tensor]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Constraint, Face, entering, hadamard_balance, split_product
+from .base import Constraint, Example, Face, entering, hadamard_balance, split_product
 from .budget import RATE, check_budget, check_density
 
 
@@ -42,6 +42,16 @@ class Sparse(Constraint):
 
     kind = "sparse"
     decayed = (0, 1)
+
+    @classmethod
+    def example(cls) -> Example:
+        return Example(lambda: cls(0.3), ((4, 5),))
+
+    def atom_ids(self, numel: int, device=None) -> Tensor | None:
+        return torch.arange(numel, device=device)  # every coordinate is an atom
+
+    def compressed_structure(self) -> str | None:
+        return "entries"
 
     def __init__(self, strength: float | None = None, *, max_nonzero: int | None = None,
                  density: float | None = None, adapt_rate: float = RATE, seed: int = 0) -> None:

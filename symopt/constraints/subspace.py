@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .base import Constraint, hadamard_balance, require_floating, split_product
+from .base import Constraint, Example, hadamard_balance, require_floating, split_product
 
 
 def orthonormal_rowspace(A: Tensor) -> Tensor:
@@ -72,6 +72,11 @@ class Subspace(Constraint):
     kind = "subspace"
     linear = True
     decayed = (1, 2)
+
+    @classmethod
+    def example(cls) -> Example:
+        A = torch.tensor([[1.0, -1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 1.0, 1.0]])
+        return Example(lambda: cls(A, 1.0, dim=1), ((4, 5),))
 
     def __init__(self, A, strength: float | str = "auto", *, margin: float = 1.5, seed: int = 0,
                  dim: int | tuple[int, ...] | None = None) -> None:

@@ -18,8 +18,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .auto import MultiplierEstimate, watch_gradient
-from .base import Constraint, hadamard_balance, split_product
+from .auto import watch_gradient
+from .base import Constraint, Example, hadamard_balance, split_product
 
 
 class Tied(Constraint):
@@ -52,6 +52,11 @@ class Tied(Constraint):
 
     kind = "tied"
     linear = True
+    multi_tensor = True
+
+    @classmethod
+    def example(cls) -> Example:
+        return Example(lambda: cls(1.0), ((3, 4), (3, 4), (3, 4)))
 
     def __init__(self, strength: float | str = "auto", *, margin: float = 1.5, seed: int = 0) -> None:
         super().__init__(strength, seed=seed, margin=margin)
@@ -85,8 +90,7 @@ class Tied(Constraint):
         """Start a tie of ``count`` copies: no copy bound yet; with ``"auto"``, one running
         multiplier estimate per copy."""
         self.copies = []
-        if self.auto:
-            self.estimate = MultiplierEstimate(count).to(device=device)
+        self.policy.resize(count, device)
 
     def member(self, index: int) -> TiedMember:
         """The parametrization of copy ``index``: the anchor for 0."""
@@ -118,6 +122,10 @@ class Tied(Constraint):
         stacked = torch.stack(list(values))
         return float((stacked - stacked.mean(0)).norm())
 
+    def infeasibility(self, values: Sequence[Tensor]) -> float:
+        """Distance of the copies (a sequence, or stacked) to the tie set."""
+        return self.violation(values)
+
     def induced_norm(self, values: Sequence[Tensor]) -> Tensor:
         """``Σ_{j≥2} ‖θ_j − θ_1‖₁`` (values anchor first)."""
         stacked = torch.stack(list(values))
@@ -141,29 +149,35 @@ class Tied(Constraint):
         return f"{len(values)} copies"
 
 
-class TiedMember(Constraint):
-    """Parametrization of a later tied tensor: ``θ_j = θ_1 + u_j ⊙ v_j``; decays ``u_j, v_j``."""
+class TiedMember(Constraint, register=False):
+    """Parametrization of a later tied tensor: ``θ_j = θ_1 + u_j ⊙ v_j``; decays ``u_j, v_j``.
+
+    Its λ, strength policy and random stream are the group's (`Tied`): one λ for the whole tie."""
 
     kind = "tied"
     linear = True
     decayed: tuple[int, ...] = (0, 1)
 
     def __init__(self, group: Tied, index: int) -> None:
-        nn.Module.__init__(self)  # λ, its estimate and the random stream all belong to the group
+        nn.Module.__init__(self)  # the state is the group's; nothing of Constraint.__init__ applies
         self.group = group
         self.index = index
         self.factorizer = group.factorizer
         self.attached_to: str | None = None
-        self.budget, self.adaptive = None, False
+        self.budget, self.budget_spec = None, None
         self.register_forward_hook(watch_gradient)
 
     @property
-    def auto(self) -> bool:
-        return self.group.auto
+    def owner(self) -> Tied:
+        return self.group
 
     @property
-    def watching(self) -> bool:
-        return self.group.auto
+    def policy(self):
+        return self.group.policy
+
+    @property
+    def slot(self) -> int:  # one running multiplier estimate per copy
+        return self.index
 
     @property
     def strength(self) -> float:  # always the group's: one λ for the whole tie
@@ -173,11 +187,9 @@ class TiedMember(Constraint):
     def strength(self, value: float) -> None:
         self.group.strength = value
 
-    def multiplier(self) -> float | None:
-        return self.group.multiplier()
-
-    def observe(self, grad: Tensor, value: Tensor | None = None) -> None:
-        self.group.estimate.observe(float(grad.detach().abs().amax()), slot=self.index)
+    def dual_norm(self, grad: Tensor) -> Tensor:
+        """This copy's multiplier: ``‖g_j‖_∞`` (see `Tied.dual_norm`)."""
+        return grad.abs().amax()
 
     def forward(self, u: Tensor, v: Tensor) -> Tensor:
         return torch.addcmul(self.group.center, u, v)  # one fused kernel, no u ⊙ v temporary

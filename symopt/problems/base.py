@@ -96,8 +96,8 @@ class Problem:
         """Full objective at θ with data and constraint already on θ's device and dtype."""
         with torch.no_grad():
             value = float(self.loss(theta, **data))
-            if self.penalized and not constraint.linear:
-                value += constraint.strength * float(constraint.induced_norm(theta))
+            if self.penalized:  # λ·induced norm for penalty kinds; 0 for linear kinds (see objective_term)
+                value += float(constraint.objective_term(theta))
         return value
 
     def objective(self, theta: Tensor) -> float:

@@ -62,17 +62,37 @@ def test_group_lasso_matches_cvxpy():
 
 
 def test_nuclear_norm_completion_matches_cvxpy():
+    """The completion objective is flat along some unobserved directions, so two solvers' points can
+    differ by ~1e-5 (Clarabel 0.11 vs DCS here) at objectives equal to 1e-10: compare the objective,
+    the certificate (KKT residual) and the rank, and the points only to that flatness."""
     g = torch.Generator().manual_seed(7)
     M = torch.randn(8, 2, generator=g, dtype=DT) @ torch.randn(2, 7, generator=g, dtype=DT)
     mask = (torch.rand(8, 7, generator=g) < 0.6).to(DT)
     lam = 0.3
     W = cp.Variable((8, 7))
     fit = 0.5 * cp.sum_squares(cp.multiply(mask.numpy(), W - M.numpy()))
-    solve(cp.Problem(cp.Minimize(fit + lam * cp.normNuc(W))))
+    prob = solve(cp.Problem(cp.Minimize(fit + lam * cp.normNuc(W))))
     m = Vector(8, 7, init=torch.randn(8, 7, dtype=DT))
-    symopt.low_rank(m, "theta", strength=lam)
-    train(m, lambda mod: 0.5 * (mask * (mod.theta - M)).square().sum(), steps=20000, lr=0.05)  # lr 0.1 oscillates (period 2)
-    assert np.abs(m.theta.detach().numpy() - W.value).max() <= 1e-5
+    handle = symopt.low_rank(m, "theta", strength=lam)
+    loss = lambda theta: 0.5 * (mask * (theta - M)).square().sum()  # noqa: E731
+    opt = torch.optim.LBFGS(m.parameters(), lr=1, max_iter=100, history_size=100, line_search_fn="strong_wolfe",
+                            tolerance_grad=1e-15, tolerance_change=0.0)
+
+    def closure():
+        opt.zero_grad()
+        total = loss(m.theta) + symopt.penalty(m)
+        total.backward()
+        return total
+
+    for _ in range(30):
+        opt.step(closure)
+    theta = m.theta.detach()
+    objective = float(loss(theta)) + lam * float(torch.linalg.svdvals(theta).sum())
+    assert objective - prob.value <= 1e-9 * max(1.0, abs(prob.value))
+    assert handle.kkt_residual([theta], [mask * (theta - M)], 1e-8) <= 1e-7  # gradient scale ~0.3
+    ranks = [int((torch.linalg.svdvals(torch.as_tensor(t)) > 1e-6).sum()) for t in (theta, W.value)]
+    assert ranks[0] == ranks[1] == 3
+    assert np.abs(theta.numpy() - W.value).max() <= 1e-4
 
 
 def test_subspace_matches_cvxpy_equality_constrained():

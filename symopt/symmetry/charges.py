@@ -19,8 +19,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ._format import table
-from ._layers import incoming, outgoing, pairs
+from .._format import table
+from .._layers import incoming, outgoing, pairs
 
 _HOMOGENEOUS = (nn.ReLU, nn.LeakyReLU, nn.Identity)
 

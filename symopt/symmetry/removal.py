@@ -10,9 +10,10 @@ from collections.abc import Sequence
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .attach import Handle, constrain, resolve
-from .constraints import Anchor, Constraint
-from .constraints.base import check_strength, require_floating
+from ..attach import Handle, constrain, resolve
+from ..constraints import Anchor, Constraint
+from ..constraints.base import require_floating
+from ..constraints.strength import check_strength
 
 
 def _plain_parameter_names(model: nn.Module) -> list[str]:
@@ -49,7 +50,7 @@ def syre(model: nn.Module, strength: float, names: Sequence[str] | None = None, 
 
     Returns:
         list[Handle]: one handle per anchored tensor (kind ``"anchor"``); they appear in
-            [`symopt.constraints`][symopt.constraints] and [`symopt.report`][symopt.report] like the constraints.
+            [`symopt.list_constraints`][symopt.list_constraints] and [`symopt.report`][symopt.report] like the constraints.
 
     Raises:
         ValueError: before changing anything, if a tensor carries a symopt constraint (syre

@@ -26,27 +26,25 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .constraints import GroupSparse, Sparse
-from .optimality import loss_gradient, snap_tol
-from .problems import Problem
-from .result import Result, elapsed_since
+from ..optimality import loss_gradient, snap_tol
+from ..problems import Problem
+from ..result import Result, elapsed_since
 
 FIRST_SIZE = 100  # atoms in the first working set (at least twice the alive atoms later)
 
 
 def applies(problem: Problem, constraint) -> bool:
     """Whether working sets can solve ``problem``: a family that can restrict itself, with a
-    penalised (λ fixed, no budget) elementwise or index-grouped sparsity constraint."""
+    penalised constraint (no budget) whose atoms are subsets of θ's coordinates
+    (``constraint.atom_ids``: entries, index groups)."""
     if problem.restrict is None or constraint.budget is not None:
         return False
-    return type(constraint) is Sparse or (isinstance(constraint, GroupSparse) and constraint.dim is None)
+    return constraint.atom_ids(math.prod(problem.shape)) is not None
 
 
 def atom_of(constraint, numel: int, device) -> Tensor:
     """The atom (coordinate or group) of every coordinate of θ."""
-    if isinstance(constraint, GroupSparse):
-        return constraint.group_ids(torch.empty(numel, device=device)).to(device)
-    return torch.arange(numel, device=device)
+    return constraint.atom_ids(numel, device)
 
 
 def atom_count(constraint, numel: int) -> int:
@@ -117,12 +115,9 @@ def solve_on_working_sets(problem: Problem, solve_restricted: Callable[..., Resu
             status, message = inner.status, inner.message
             break
         size *= 2
-    x = theta.reshape(shape).to("cpu")
-    c64 = problem.constraint().to(dtype=torch.float64)
-    return Result(x=x, objective=problem.value(x, problem.data_on("cpu", torch.float64), c64), violation=0.0,
-                  kkt_residual=history[-1][2] if history else float("nan"), iterations=len(history),
-                  seconds=elapsed_since(start, device), history=history, device=str(device), status=status,
-                  solver=solver, message=message, strength=constraint.strength, problem=problem)
+    return Result.from_point(problem, theta.reshape(shape), solver=solver, status=status,
+                             seconds=elapsed_since(start, device), history=history, device=device, message=message,
+                             strength=constraint.strength)
 
 
 def _gradient(problem: Problem, data: dict, theta: Tensor, shape) -> Tensor:

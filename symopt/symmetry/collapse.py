@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from ._format import table
-from ._layers import incoming, layers, outgoing, out_size, pairs
+from .._format import table
+from .._layers import incoming, layers, outgoing, out_size, pairs
 
 
 def effective_rank(matrix: Tensor) -> float:

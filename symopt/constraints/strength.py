@@ -1,0 +1,415 @@
+"""Strength policies: who decides λ, the coefficient of a constraint's induced penalty ``λ‖θ‖``.
+
+A constraint owns one policy object (a tie's copies share their group's). The policy answers
+``value()`` (the λ to use now), may *observe* the loss gradient ``∂ℓ/∂θ`` on each backward pass, and
+keeps whatever state it needs as buffers (saved in ``state_dict``, averaged across DDP ranks through
+``sync_state``). Nothing here is process-global:
+
+* ``Fixed(λ)`` — a number.
+* ``Auto(margin)`` — ``margin ×`` a running estimate of the Lagrange multipliers, for the exact-penalty
+  (linear) kinds: above the multipliers the penalty holds the constraint exactly (THEORY.md §3).
+* ``BudgetStrength(rate, initial)`` — λ moved along the regularisation path until the constraint's
+  budget of ``k`` atoms is the predicted support (`symopt.constraints.budget`).
+* ``Scheduled(schedule)`` — ``λ = schedule(step)``, a function of the training step (warm-up, ramp).
+
+**Steps.** An optimizer step may evaluate the loss many times (L-BFGS's closure); λ must not move
+inside one step, or the line search compares objectives with different penalties. A policy therefore
+has ``hold()`` / ``release()``: while held, observations are kept aside and applied when released.
+[`symopt.bind`][symopt.bind] holds the policies of an optimizer's factors around each of its steps;
+without it every backward pass is one step (the plain ``backward(); step()`` loop).
+
+**Optimizer groups.** [`symopt.param_groups`][symopt.param_groups] gives each constraint's factors a
+group with ``weight_decay = λ``; the policy *follows* that group (weakly) and writes every new λ into
+it, so an optimizer built from it decays the factors by the current λ with no call in the loop.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import weakref
+from collections.abc import Callable
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from .auto import MultiplierEstimate, check_margin
+from .budget import RATE, BudgetController, budget_target, check_rate
+from .warn import warn_user
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .base import Constraint
+
+
+def check_strength(strength: object, owner: str) -> float:
+    """Return ``strength`` as a float after checking it is a finite number > 0."""
+    if isinstance(strength, bool) or not isinstance(strength, numbers.Real):
+        raise TypeError(
+            f"{owner}: strength must be a positive real number, got {type(strength).__name__}; "
+            "pass e.g. strength=1e-3"
+        )
+    value = float(strength)
+    if not math.isfinite(value) or value <= 0.0:
+        raise ValueError(
+            f"{owner}: strength must be finite and > 0, got {strength!r}; pass e.g. strength=1e-3 "
+            "(strength is the λ of the induced penalty λ·‖·‖)"
+        )
+    return value
+
+
+class StrengthGroup(dict):
+    """An optimizer parameter group made by `symopt.param_groups` (a plain ``dict`` otherwise).
+
+    A dict subclass only so that a policy can follow it through a weak reference: when the optimizer
+    goes away, so does the policy's link to its group."""
+
+
+class Strength(nn.Module):
+    """Base class of the strength policies (see the module docstring).
+
+    Subclasses define ``value()`` and, when λ follows the gradients, ``watching = True``,
+    ``_observation`` (what one backward pass contributes) and ``_commit`` (apply one step's
+    observations); ``describe()`` is the text of the constraint's repr. Pass an instance as any
+    constraint's ``strength=``.
+
+    Examples:
+        >>> import torch, symopt
+        >>> lin = torch.nn.Linear(3, 2)
+        >>> handle = symopt.sparse(lin, "weight", strength=symopt.Scheduled(lambda t: 1e-3 * min(1, t / 100 + 0.01)))
+        >>> isinstance(handle.constraint.policy, symopt.Strength), handle.strength
+        (True, 1e-05)
+    """
+
+    watching: ClassVar[bool] = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._holds = 0
+        self._paused = 0
+        self._pending: list = []
+        self._followers: list[weakref.ref] = []
+        self._orphaned_warned = False
+        self.bound = 0  # how many symopt.bind bindings copy λ into their optimizer's groups every step
+
+    # -- what a consumer asks ---------------------------------------------------------------------
+    def value(self) -> float:  # pragma: no cover - abstract
+        """λ now."""
+        raise NotImplementedError
+
+    def multiplier(self) -> float | None:
+        """The running multiplier estimate, where the policy keeps one (``Auto``)."""
+        return None
+
+    def sync_state(self) -> list[Tensor]:
+        """The state tensors that replicas must agree on (averaged by `symopt.sync_strengths`)."""
+        return []
+
+    def resize(self, slots: int, device=None) -> None:
+        """Prepare for ``slots`` tensors observed separately (a tie's copies); most policies keep one
+        state for all."""
+
+    def describe(self) -> str:
+        return f"strength={self.value():g}"
+
+    # -- observations -----------------------------------------------------------------------------
+    def observe(self, constraint: Constraint, value: Tensor, grad: Tensor) -> None:
+        """Called by the gradient hook with ``∂ℓ/∂θ`` at ``value``: turn it into an observation,
+        applied now, or when the step ends while the policy is held. Ignored while paused (gradients
+        taken by `symopt.certify`) and when not finite (a bad batch must not poison λ)."""
+        if not self.watching or self._paused:
+            return
+        observation = self._observation(constraint, value, grad)
+        if observation is None:
+            return
+        if self._holds:
+            self._pending.append(observation)
+        else:
+            self._commit([observation])
+
+    def _observation(self, constraint: Constraint, value: Tensor, grad: Tensor):
+        return None
+
+    def _commit(self, observations: list) -> None:
+        """Apply the observations of one step (several within an L-BFGS step)."""
+
+    # -- steps and pauses -------------------------------------------------------------------------
+    def hold(self) -> None:
+        """Start of an optimizer step: keep λ fixed until `release`."""
+        self._holds += 1
+
+    def release(self) -> None:
+        """End of an optimizer step: apply what was observed during it."""
+        self._holds = max(0, self._holds - 1)
+        if not self._holds:
+            pending, self._pending = self._pending, []
+            self._commit(pending)
+
+    def abandon(self) -> None:
+        """Forget an unfinished step (it raised): drop its holds and observations."""
+        self._holds, self._pending = 0, []
+
+    @contextmanager
+    def paused(self):
+        """Ignore observations inside the block (gradients that are not training's)."""
+        self._paused += 1
+        try:
+            yield self
+        finally:
+            self._paused -= 1
+
+    # -- optimizer groups -------------------------------------------------------------------------
+    def follow(self, group: StrengthGroup) -> None:
+        """Write λ into ``group["weight_decay"]`` now and whenever it changes."""
+        self._followers = [ref for ref in self._followers if ref() is not None and ref() is not group]
+        self._followers.append(weakref.ref(group))
+        self.publish()
+
+    def publish(self) -> None:
+        """Copy λ into the groups this policy follows (after any change of state)."""
+        lam, alive = self.value(), []
+        for ref in self._followers:
+            group = ref()
+            if group is not None:
+                group["weight_decay"] = group["symopt_strength"] = lam
+                alive.append(ref)
+        if self._followers and not alive and not self._orphaned_warned and not self.bound:
+            # The optimizer that held these groups is gone, or optimizer.load_state_dict replaced its
+            # groups by plain dicts: λ moves but no weight_decay follows it any more.
+            self._orphaned_warned = True
+            warn_user("an adaptive strength changed, but the optimizer groups from symopt.param_groups that "
+                      "followed it are gone (optimizer.load_state_dict replaces them): call "
+                      "symopt.bind(optimizer) so that weight_decay keeps following λ, or rebuild the optimizer "
+                      "from symopt.param_groups(model)")
+        self._followers = alive
+
+    def handover(self, successor: Strength) -> Strength:
+        """Give the groups this policy follows to ``successor`` (a strength that replaces it)."""
+        successor._followers = list(self._followers)
+        successor.publish()
+        return successor
+
+    # A copy (deepcopy, pickle) belongs to no optimizer: it follows no group and holds no step.
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.update(_followers=[], _holds=0, _paused=0, _pending=[], _orphaned_warned=False, bound=0)
+        return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        for name, default in (("_followers", []), ("_holds", 0), ("_paused", 0), ("_pending", []),
+                              ("_orphaned_warned", False), ("bound", 0)):
+            self.__dict__.setdefault(name, default)
+
+
+class Fixed(Strength):
+    """λ is a number given by the user (what ``strength=0.1`` builds).
+
+    Args:
+        strength: λ, a finite number > 0.
+        owner: the name used in error messages.
+
+    Examples:
+        >>> from symopt.constraints.strength import Fixed
+        >>> Fixed(0.1).value()
+        0.1
+    """
+
+    def __init__(self, strength: float, owner: str = "strength") -> None:
+        super().__init__()
+        self.strength = check_strength(strength, owner)
+
+    def value(self) -> float:
+        return self.strength
+
+
+class Auto(Strength):
+    """``λ = margin ×`` a running estimate of the Lagrange multipliers (exact-penalty kinds).
+
+    The multiplier of a linear constraint is the dual norm of the loss gradient on the constrained
+    directions at the constrained optimum; the estimate is a bias-corrected moving average of that
+    dual norm over the backward passes (stochastic gradients are noisy), one slot per tied copy.
+    λ is 0 until the first observation.
+
+    Args:
+        margin: λ = margin × the estimate (> 1).
+        slots: how many running estimates (a tie's copies), λ uses the largest.
+        owner: the name used in error messages.
+
+    Examples:
+        >>> import torch
+        >>> from symopt.constraints.strength import Auto
+        >>> auto = Auto(margin=2.0)
+        >>> auto.record(0.5); auto.value()
+        1.0
+    """
+
+    watching = True
+
+    def __init__(self, margin: float = 1.5, slots: int = 1, owner: str = "strength") -> None:
+        super().__init__()
+        self.margin = check_margin(margin, owner)
+        self.estimate = MultiplierEstimate(slots)
+
+    def resize(self, slots: int, device=None) -> None:
+        """One running estimate per tied copy (fresh)."""
+        self.estimate = MultiplierEstimate(slots).to(device=device)
+
+    def value(self) -> float:
+        return self.margin * self.estimate.value()
+
+    def multiplier(self) -> float | None:
+        return self.estimate.value()
+
+    def sync_state(self) -> list[Tensor]:
+        return [self.estimate.mean, self.estimate.count]
+
+    def describe(self) -> str:
+        return "strength=auto"
+
+    def record(self, multiplier: float, slot: int = 0) -> None:
+        """Observe one multiplier value directly (what the gradient hook does with a dual norm)."""
+        if math.isfinite(multiplier) and not self._paused:
+            if self._holds:
+                self._pending.append((multiplier, slot))
+            else:
+                self._commit([(multiplier, slot)])
+
+    def _observation(self, constraint, value, grad):
+        multiplier = float(constraint.dual_norm(grad.detach()))
+        return (multiplier, constraint.slot) if math.isfinite(multiplier) else None
+
+    def _commit(self, observations) -> None:
+        # Within one step, the largest dual norm per slot: the conservative reading.
+        largest: dict[int, float] = {}
+        for multiplier, slot in observations:
+            largest[slot] = max(multiplier, largest.get(slot, 0.0))
+        for slot, multiplier in largest.items():
+            self.estimate.update(multiplier, slot)
+        if largest:
+            self.publish()
+
+
+class BudgetStrength(Strength):
+    """λ adapted so that the constraint's budget of ``k`` atoms is the predicted support (see
+    `symopt.constraints.budget` for the controller and why it is this one).
+
+    Args:
+        initial: the starting λ; None to take it from the first gradient.
+        rate: fraction of the way log λ moves toward its target per step, in (0, 1].
+        owner: the name used in error messages.
+
+    Examples:
+        >>> import torch, symopt
+        >>> lin = torch.nn.Linear(4, 3)
+        >>> handle = symopt.sparse(lin, "weight", max_nonzero=4)     # builds a BudgetStrength
+        >>> type(handle.constraint.policy).__name__, handle.strength   # λ unknown until a gradient
+        ('BudgetStrength', 0.0)
+    """
+
+    watching = True
+
+    def __init__(self, initial: float | None = None, rate: float = RATE, owner: str = "strength") -> None:
+        super().__init__()
+        start = None if initial is None else check_strength(initial, owner)
+        self.controller = BudgetController(start, check_rate(rate, owner))
+
+    def value(self) -> float:
+        return self.controller.value()
+
+    def sync_state(self) -> list[Tensor]:
+        return [self.controller.log_strength]
+
+    def describe(self) -> str:
+        return f"strength={self.value():g} (adapting)"
+
+    def _observation(self, constraint, value, grad):
+        if constraint.budget is None:
+            return None
+        target = budget_target(constraint.atoms, value, grad, constraint.budget, self.value())
+        return target if math.isfinite(target) and target > 0 else None
+
+    def _commit(self, observations) -> None:
+        if not observations:
+            return
+        # The last point of a step is where the optimizer stopped; before λ is known, the first point
+        # (where the step started) sets its scale.
+        known = math.isfinite(float(self.controller.log_strength))
+        self.controller.update(observations[-1] if known else observations[0])
+        self.publish()
+
+
+class Scheduled(Strength):
+    """``λ = schedule(step)``: λ as a function of the training step (0, 1, 2, ...).
+
+    A step is one backward pass, or one optimizer step under [`symopt.bind`][symopt.bind] (an
+    L-BFGS step with many closure evaluations counts once). The step count is a buffer, so a resumed
+    checkpoint continues the schedule. Use it for a warm-up (λ small while the features form) or a
+    gradual ramp to the final strength, as gradual magnitude pruning ramps its sparsity.
+
+    Args:
+        schedule: a function ``step -> λ`` returning a finite number > 0 for every step.
+        owner: the name used in error messages.
+
+    Examples:
+        >>> from symopt.constraints.strength import Scheduled
+        >>> ramp = Scheduled(lambda t: 1e-3 * min(1.0, (t + 1) / 100))
+        >>> ramp.value()
+        1e-05
+    """
+
+    watching = True
+
+    def __init__(self, schedule: Callable[[int], float], owner: str = "strength") -> None:
+        super().__init__()
+        if not callable(schedule):
+            raise TypeError(f"{owner}: Scheduled needs a function step -> λ, got {type(schedule).__name__}")
+        self.schedule = schedule
+        self.owner = owner
+        check_strength(schedule(0), f"{owner}: schedule(0)")
+        self.register_buffer("step", torch.zeros((), dtype=torch.float64))
+
+    def value(self) -> float:
+        return check_strength(self.schedule(int(self.step)), f"{self.owner}: schedule({int(self.step)})")
+
+    def sync_state(self) -> list[Tensor]:
+        return [self.step]
+
+    def describe(self) -> str:
+        return f"strength={self.value():g} (scheduled, step {int(self.step)})"
+
+    def _observation(self, constraint, value, grad):
+        return True
+
+    def _commit(self, observations) -> None:
+        if observations:
+            self.step += 1
+            self.publish()
+
+
+def strength_policy(strength, *, linear: bool, budget: bool, margin: float, rate: float, owner: str) -> Strength:
+    """The policy a constraint's ``strength=`` argument asks for.
+
+    ``"auto"`` (linear kinds only) → `Auto`; a budget → `BudgetStrength` (starting at ``strength``
+    when given); a number → `Fixed`; None → the kind's default (1e-3 for penalty kinds, ``"auto"`` for
+    linear ones); a `Strength` object is used as it is.
+    """
+    if isinstance(strength, Strength):
+        return strength
+    margin, rate = check_margin(margin, owner), check_rate(rate, owner)  # checked whatever the policy
+    if isinstance(strength, str):
+        if strength != "auto":
+            raise TypeError(f"{owner}: strength must be a positive real number or 'auto', got {strength!r}; "
+                            "pass e.g. strength=1e-3")
+        if not linear:
+            raise ValueError(
+                f"{owner}: strength='auto' applies to the exact-penalty kinds (Subspace, FixedZeros, Tied); "
+                "give a number, e.g. strength=1e-3, or a budget (max_nonzero=, max_groups=, target_rank=)"
+            )
+        return Auto(margin, owner=owner)
+    if budget:
+        return BudgetStrength(strength, rate, owner=owner)
+    if strength is None:
+        return Auto(margin, owner=owner) if linear else Fixed(1e-3, owner)
+    return Fixed(strength, owner)

@@ -1,0 +1,73 @@
+"""From an iterate to a certified point: snap at the tolerance, measure the KKT residual of the
+*original* problem there, and polish on the face of the snapped point when it is not yet optimal."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import torch
+
+from ..constraints import Constraint
+from ..optimality import kkt_at_snap, polish_on_face
+
+
+class Certifier:
+    """Certifies the iterates of one descent.
+
+    A float32 descent (``exact`` given) is certified and polished in float64, from float64 copies of
+    the loss and data: float32 cannot resolve a KKT residual of 1e-6 relative. The float64 copy of the
+    constraint is refreshed when the descent's constraint or its λ changes (a budget search, a wider
+    factor width).
+
+    Args:
+        loss, data: the descent's loss ``θ -> loss`` and its data.
+        tol: the snap tolerance.
+        target: the KKT residual at which a point is optimal.
+        inner: iterations of the face polish.
+        polish: whether to polish at all.
+        exact: ``(loss, data)`` in float64 when the descent runs in float32.
+    """
+
+    def __init__(self, loss: Callable, data: dict, tol: float, target: float, inner: int, polish: bool,
+                 exact: tuple[Callable, dict] | None = None) -> None:
+        self.loss, self.data, self.tol, self.target = loss, data, tol, target
+        self.inner, self.polish, self.exact = inner, polish, exact
+        self._exact_constraint: tuple | None = None  # (source constraint, its λ, float64 copy)
+        self.best: tuple[torch.Tensor, float] | None = None  # the lowest-residual point at this λ
+
+    def start_run(self) -> None:
+        """A new run (λ may have changed): forget the best point."""
+        self.best = None
+
+    def dtype(self, descent_dtype: torch.dtype) -> torch.dtype:
+        return descent_dtype if self.exact is None else torch.float64
+
+    def certifying(self, constraint: Constraint) -> tuple[Callable, dict, Constraint]:
+        """``(loss, data, constraint)`` that points are certified (and polished) with."""
+        if self.exact is None:
+            return self.loss, self.data, constraint
+        cached = self._exact_constraint
+        if cached is None or cached[0] is not constraint or cached[1] != constraint.strength:
+            exact = copy.deepcopy(constraint).to(torch.float64)
+            self._exact_constraint = cached = (constraint, constraint.strength, exact)
+        return self.exact[0], self.exact[1], cached[2]
+
+    def certify(self, theta: torch.Tensor, constraint: Constraint) -> tuple[torch.Tensor, float, dict, Constraint]:
+        """``(point, kkt, data, constraint)``: the snapped point with the lowest residual found so far at
+        this λ, after the face polish; ``data`` and ``constraint`` are the certifying ones."""
+        loss, data, certifying = self.certifying(constraint)
+        quick = certifying.quick_kkt  # estimates while iterating, the exact residual to stop
+        point, kkt = kkt_at_snap(loss, certifying, theta.to(self.dtype(theta.dtype)), self.tol, quick=quick)
+        if self.best is not None and self.best[1] < kkt:
+            # A float32 descent stalls at its own resolution, behind what the float64 polish
+            # reached: the polish goes on from its best point instead of starting over.
+            point, kkt = self.best
+        if self.polish and kkt > self.target:  # also before a widening: the wider factors start better
+            polished = polish_on_face(loss, certifying, point, self.tol, self.target, self.inner, quick)
+            if polished is not None and polished[1] < kkt:
+                point, kkt = polished
+        self.best = (point, kkt)
+        if quick and kkt <= self.target:
+            point, kkt = kkt_at_snap(loss, certifying, point, self.tol, levels=1)
+        return point, kkt, data, certifying

@@ -1,0 +1,211 @@
+"""``symopt.solve``: DCS on a [`Problem`][symopt.Problem].
+
+Uses the same parametrizations as the training API (a `Variable` holder, ``symopt.constrain``, the
+decay), minimised by L-BFGS with a strong-Wolfe line search or by accelerated gradient with a
+backtracked Lipschitz step (no step size to tune), and stops on the KKT residual of the *original*
+problem, not on an iteration count. The pieces: `options` (checked once), `descent` (the loop),
+`certifier` (snap, KKT, face polish), `stop` (the stop rule), `path` (budgets), `working_set`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+
+from ..constraints import Constraint
+from ..optimality import snap_tol
+from ..problems import Problem
+from ..result import Result, elapsed_since
+from .descent import Descent
+from .options import Options
+from .path import search_path
+from .variable import Variable
+from .working_set import applies as working_sets_apply
+from .working_set import atom_count, solve_on_working_sets
+
+# working_set=None turns working sets on for θ with at least this many atoms (coordinates, or groups):
+# with fewer, the first working set (working_set.FIRST_SIZE atoms) is a large share of the problem, and a
+# second round is often the whole of it (group lasso 500×1000 in groups of 5, 200 atoms: 0.11 s with
+# working sets, 0.037 s without; benchmarks/RESULTS.md).
+_WORKING_SETS_FROM = 1000
+
+
+def solve(problem: Problem, device=None, dtype=None, method: str = "auto", tol: float = 1e-6,
+          max_iter: int = 500, progress: bool = False, inner: int = 20, history_size: int = 100,
+          max_rounds: int = 40, polish: bool = True, compile: bool = False, working_set: bool | None = None,
+          start=None) -> Result:
+    """Solve ``problem`` by DCS.
+
+    DCS minimises the smooth factored objective ``loss(c(factors)) + (λ/2)‖factors‖²`` (``c`` the
+    constraint's parametrisation, the same one the training API registers), whose minimisers are
+    those of ``loss(θ) + λ‖θ‖`` (the induced norm); for the linear kinds, with ``λ`` above the
+    multipliers, those of ``loss`` on the constraint set. It stops on the KKT residual of the
+    original problem, measured at θ = c(factors), not on the factored gradient.
+
+    Args:
+        problem: a [`Problem`][symopt.Problem].
+        device: where to solve (default CPU; ``"cuda"`` on a GPU).
+        dtype: the precision of the descent (default float64). With ``torch.float32`` (half the
+            memory traffic; on a GPU the fast path) the certificate (KKT residual) and the face polish
+            are computed in float64 from a float64 copy of the data: float32 alone cannot resolve
+            a relative residual of 1e-6.
+        method: ``"lbfgs"`` (L-BFGS, strong-Wolfe line search), ``"momentum"`` (Nesterov with a
+            backtracked Lipschitz step and restarts) or ``"auto"`` (= ``"lbfgs"``, the faster on
+            every built-in family).
+        tol: stop when the KKT residual ≤ ``tol × ‖∇loss(0)‖`` (and, for linear kinds, the
+            violation ≤ ``tol × ‖θ‖``).
+        max_iter: maximum outer iterations (each runs up to ``inner`` L-BFGS iterations); for a
+            budget problem, per λ tried.
+        progress: print one line per outer iteration (objective, KKT residual) to stderr.
+        inner: iterations per outer iteration (between KKT checks).
+        history_size: L-BFGS memory (a long memory matters on the factored problems).
+        max_rounds: budget problems only — most λ values tried.
+        compile: run the loss through ``torch.compile`` (inductor); compiled at the health check at
+            θ = 0, outside ``result.seconds``.
+        polish: after each outer iteration whose KKT residual is above the target, minimise the
+            objective on the face of the snapped point (its support, alive groups or rank) by
+            L-BFGS in those few smooth coordinates, and keep the result if its KKT residual (of the
+            full problem) is smaller (the zeros of DCS arrive only geometrically). ``False`` gives
+            plain DCS.
+        working_set: solve a problem that can restrict itself (``problem.restrict``: Lasso, group
+            lasso, logistic-L1 at a fixed λ) on growing working sets of atoms — DCS on a column
+            subset of ``X``, the KKT residual of the full problem checked after each
+            (`symopt.working_set`). ``None`` (default): on when θ has at least 1000 atoms
+            (coordinates of a Lasso / logistic-L1, groups of a group lasso);
+            ``False``: always on the full problem; ``True``: required (a ``ValueError`` if the
+            problem cannot be restricted).
+        start: initial θ (a warm start; default 0), of ``problem.shape``.
+
+    A constraint may start with narrow factors (``Constraint.working_width``: penalised low rank of a
+    large matrix) that widen whenever the rank fills them: the narrow problem is the full one while
+    the rank stays below the width. What each switch costs and saves is measured in
+    ``docs/compare.md`` and ``benchmarks/RESULTS.md``.
+
+    A *budget* problem (``lasso(X, y, max_nonzero=k)``, ``target_rank=r``, ...) has no fixed λ:
+    solve searches the regularisation path. Each round solves at one λ to the KKT tolerance (warm
+    started) and counts the atoms of the certified point; λ then moves to the budget controller's
+    target (`symopt.constraints.budget`) — evaluated at an exact solution, so its prediction is
+    the support at that λ — safeguarded by bisection between the largest λ seen with too many atoms
+    and the smallest with too few. It stops at the first λ whose solution has exactly the budget:
+    that λ is on the path interval with that support size, and ``result.strength`` reports it.
+
+    Returns:
+        Result: a status and a message, never an exception from inside torch. The statuses:
+            ``optimal`` (KKT residual, and violation, below tolerance); ``max_iter`` (out of
+            iterations); ``stalled`` (the line search can no longer decrease the objective: ``tol``
+            is below what the precision allows); ``nan`` (the objective, its gradient, the iterate
+            or the factors became NaN or Inf, or were so at θ = 0); ``diverged`` (the objective
+            rose for 10 iterations in a row, fell without bound, or no step size decreased it);
+            ``budget_unreachable`` (budgets: the path jumps over the budget; ``x`` is the solution
+            with the nearest larger support, snapped to the budget). After ``nan`` or
+            ``diverged``, ``x`` is the last finite certified point (θ = 0 if there was none) and
+            the message names the iteration.
+
+    Raises:
+        TypeError: ``problem`` is not a [`Problem`][symopt.Problem].
+        ValueError: a bad option (named in the message), or a loss that cannot be evaluated at
+            θ = 0 (a shape bug, a non-scalar output, no dependence on θ).
+
+    Examples:
+        >>> import symopt
+        >>> from symopt.problems import make_lasso
+        >>> symopt.solve(make_lasso(n=50, d=40, nonzeros=3)).status
+        'optimal'
+    """
+    options = Options.check(problem, device=device, dtype=dtype, method=method, tol=tol, max_iter=max_iter,
+                            progress=progress, inner=inner, history_size=history_size, max_rounds=max_rounds,
+                            polish=polish, compile=compile, working_set=working_set, start=start)
+    device, dtype, start = options.device, options.dtype, options.start
+    constraint = problem.constraint()
+    if working_set is not False:
+        usable = working_sets_apply(problem, constraint)
+        if working_set and not usable:
+            raise ValueError(f"solve: working_set=True needs a problem that can restrict itself at a fixed λ "
+                             f"(Lasso, group lasso, logistic-L1 without a budget); '{problem.name}' cannot: "
+                             "pass working_set=None or False")
+        if usable and start is None and (
+                working_set or atom_count(constraint, math.prod(problem.shape)) >= _WORKING_SETS_FROM):
+            def restricted(sub: Problem, tol: float, start) -> Result:
+                return solve(sub, device=device, dtype=dtype, method=method, tol=tol, max_iter=max_iter,
+                             inner=inner, history_size=history_size, polish=polish, compile=compile,
+                             working_set=False, start=start)
+
+            return solve_on_working_sets(problem, restricted, device=device, tol=tol, max_iter=max_iter,
+                                         progress=progress, solver=_solver_name(method))
+    data = problem.data_on(device, dtype)
+    loss_fn = torch.compile(problem.loss) if compile else problem.loss
+    loss = lambda theta: loss_fn(theta, **data)  # noqa: E731
+    grad0, trouble = _gradient_at_zero(problem, loss, device, dtype)
+    if trouble:
+        return _failed_at_start(problem, constraint, device, method, trouble)
+    width, full = constraint.working_width(tuple(problem.shape))
+    working = constraint if width is None else constraint.with_width(width)
+    holder = Variable(problem.shape, device, dtype, working)
+    exact = None
+    if dtype == torch.float32:  # float32 descent, float64 certificate (and polish): 1e-6 needs more digits
+        data64 = problem.data_on(device, torch.float64)
+        exact = (lambda theta: problem.loss(theta, **data64), data64)
+    descent = Descent(problem, holder, working, loss, data, options, grad0, exact=exact, width=width,
+                      full=full if width is not None else 0)
+    if start is not None:
+        holder.load(start.to(device))
+
+    began = time.perf_counter()
+    if constraint.budget is None:
+        status, message = descent.run(max_iter, began)
+    else:
+        status, message = search_path(descent, constraint, loss, max_iter, max_rounds, began)
+    seconds = elapsed_since(began, device)
+    theta = descent.holder.theta.detach()
+    if descent.point is not None:  # the snapped point whose KKT residual was measured last
+        point = descent.point
+    elif status in ("nan", "diverged"):  # failed before any certified point: the start
+        point = torch.zeros_like(grad0)
+    else:
+        point = constraint.project(theta, snap_tol(theta, tol))
+    if status == "budget_unreachable":
+        point = constraint.truncate(point, constraint.budget)
+    found = constraint.strength if constraint.budget is not None and constraint.strength > 0 else None
+    return Result.from_point(
+        problem, point, solver=_solver_name(method), status=status, seconds=seconds, history=descent.history,
+        device=device, message=message, strength=constraint.strength, evaluate_at=found,
+    )
+
+
+def _gradient_at_zero(problem: Problem, loss, device, dtype) -> tuple[torch.Tensor, str | None]:
+    """∇loss(0), the start's health check: a loss that cannot be evaluated is the caller's error
+    (``ValueError``, naming the problem); one that is NaN or Inf there is a ``nan`` result."""
+    zero = torch.zeros(problem.shape, device=device, dtype=dtype, requires_grad=True)
+    try:
+        value = loss(zero)
+        if not isinstance(value, torch.Tensor) or value.numel() != 1:
+            got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise ValueError(f"solve: the loss of '{problem.name}' must return a scalar tensor, got {got}")
+        grad = None
+        if value.requires_grad:
+            (grad,) = torch.autograd.grad(value.reshape(()), zero, allow_unused=True)
+    except (RuntimeError, TypeError, IndexError) as err:
+        raise ValueError(f"solve: the loss of '{problem.name}' fails at θ = 0 of shape {tuple(problem.shape)} "
+                         f"({type(err).__name__}: {err}); check the loss against the data and the shape") from err
+    if grad is None:
+        raise ValueError(f"solve: the loss of '{problem.name}' does not depend on θ (no gradient flows to it)")
+    value = float(value.detach())
+    if not math.isfinite(value):
+        return grad, f"the loss is {value} at the start θ = 0; check the data and the loss"
+    if not bool(torch.isfinite(grad).all()):
+        return grad, "the loss gradient at the start θ = 0 holds NaN or Inf (a loss not differentiable at 0?)"
+    return grad.detach(), None
+
+
+def _solver_name(method: str) -> str:
+    return "dcs" if method == "auto" else f"dcs[{method}]"
+
+
+def _failed_at_start(problem: Problem, constraint: Constraint, device, method: str, message: str) -> Result:
+    x = torch.zeros(problem.shape, dtype=torch.float64)
+    return Result(x=x, objective=float("nan"), violation=0.0, kkt_residual=float("nan"), iterations=0,
+                  seconds=0.0, history=[], device=str(device), status="nan",
+                  solver=_solver_name(method), message=message,
+                  strength=constraint.strength, problem=problem)

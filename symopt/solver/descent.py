@@ -1,0 +1,161 @@
+"""The DCS descent at the constraint's current λ: steps on the factors, a certificate after each outer
+iteration, and the stop rule; narrow factors widened when the rank fills them."""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+
+import torch
+
+from ..constraints import Constraint
+from ..optimality import snap_tol
+from .certifier import Certifier
+from .options import Options
+from .steppers import STEPPERS, NonFinite
+from .stop import StopRule
+from .variable import Variable
+
+
+class Descent:
+    """DCS on ``holder``'s factors, stopped on the KKT residual of the original problem.
+
+    Args:
+        problem: the problem (its ``value`` is the objective recorded in the history).
+        holder: the `Variable` holding θ's factors.
+        constraint: the constraint registered on it (λ may change between runs: a budget search).
+        loss, data: ``θ -> loss`` in the descent's dtype, and its data.
+        options: the solve's options.
+        grad0: ∇loss(0), whose norm scales the relative tolerance.
+        exact: ``(loss, data)`` in float64 when the descent runs in float32 (certificates in float64).
+        width, full: the narrowed factor width and the full one (see ``Constraint.working_width``);
+            None and 0 for full-width factors.
+    """
+
+    def __init__(self, problem, holder: Variable, constraint: Constraint, loss, data, options: Options,
+                 grad0: torch.Tensor, exact: tuple | None = None, width: int | None = None, full: int = 0) -> None:
+        self.problem, self.holder, self.constraint, self.loss, self.data = problem, holder, constraint, loss, data
+        self.options = options
+        self.tol, self.progress = options.tol, options.progress
+        self.grad0, self.dtype = grad0, grad0.dtype
+        self.width, self.full = width, full
+        self.scale = max(float(grad0.norm()), 1e-12)  # ‖∇loss(0)‖: the scale of relative KKT tolerances
+        self.certifier = Certifier(loss, data, options.tol, options.tol * self.scale, options.inner, options.polish,
+                                   exact)
+        self.history: list = []
+        self.point: torch.Tensor | None = None
+
+    def closure(self):
+        self.holder.zero_grad()
+        objective = self.loss(self.holder.theta) + self.holder.decay()
+        if torch.is_grad_enabled():
+            objective.backward()
+        return objective
+
+    def _stepper(self):
+        make = STEPPERS["lbfgs" if self.options.method == "auto" else self.options.method]
+        return make(list(self.holder.parameters()), self.closure, self.options.inner, self.options.history_size)
+
+    def _non_finite(self, theta: torch.Tensor) -> str | None:
+        """Which of the iterate / its factors holds NaN or Inf, or None."""
+        if not bool(torch.isfinite(theta).all()):
+            return "the iterate holds"
+        if not all(bool(torch.isfinite(p).all()) for p in self.holder.parameters()):
+            return "the factors hold"
+        return None
+
+    def _broken(self, rule: StopRule, what: str) -> tuple[str, str]:
+        """NaN / Inf met: ``diverged`` if the iterates were already running off to infinity (the
+        overflow is the symptom), else ``nan``."""
+        if rule.watchdog.growths:
+            return "diverged", f"{what} after ‖θ‖ doubled while the objective fell (is the loss bounded below?){self._kept()}"
+        return "nan", what + self._kept()
+
+    def _kept(self) -> str:
+        at = f"iteration {len(self.history)}" if self.history else "the start, θ = 0"
+        return f"; x is the last finite certified point ({at})"
+
+    def filled(self, point: torch.Tensor) -> bool:
+        """Whether the rank of ``point`` fills a narrowed factor width (then ``widen`` acts)."""
+        return self.width is not None and alive(self.constraint, point, self.tol) >= self.width
+
+    def widen(self, point: torch.Tensor) -> bool:
+        """Double the factor width (up to full) and re-split ``point`` into the wider factors, if
+        the rank fills the current width; returns whether it did. The KKT residual with the rank at
+        the width only certifies the rank-bounded problem, so such a point is never accepted."""
+        if not self.filled(point):
+            return False
+        wider = min(2 * self.width, self.full)
+        self.width = wider if 4 * (wider + 8) <= self.full else None  # None: full width from now on
+        self.constraint = self.constraint.with_width(self.width)
+        self.holder = Variable(self.problem.shape, point.device, self.dtype, self.constraint)
+        self.holder.load(point)
+        return True
+
+    def refactor(self) -> None:
+        """Re-split the last certified point into factors. DCS zeros converge to ``u = v = 0``, a
+        stationary point: after λ decreases such an atom could not re-enter; ``right_inverse`` gives
+        every zero a live factor again."""
+        if self.point is not None and not self.holder.copies:
+            self.holder.load(self.point)
+
+    def _iterate(self, step, rule: StopRule, iteration: int):
+        """One outer iteration: step, then certify. ``(collapsed, theta, point, kkt, data, constraint)``,
+        or a ``(status, message)`` verdict when NaN / Inf or a torch error stops it."""
+        try:
+            collapsed = step()
+            theta = self.holder.theta.detach()
+            broken = self._non_finite(theta)
+            if broken:
+                return self._broken(rule, f"iteration {iteration}: {broken} NaN or Inf")
+            point, kkt, data, constraint = self.certifier.certify(theta, self.constraint)
+        except NonFinite as err:
+            return self._broken(rule, f"iteration {iteration}: {err}")
+        except RuntimeError as err:  # e.g. a linear-algebra routine meeting NaN inside the loss
+            return self._broken(rule, f"iteration {iteration}: torch raised {type(err).__name__}: {err}")
+        return collapsed, theta, point, kkt, data, constraint
+
+    def run(self, budget: int, start: float) -> tuple[str, str]:
+        """Up to ``budget`` outer iterations from the current factors (a fresh optimizer: λ may
+        have changed since the last run). Returns ``(status, message)``."""
+        step = self._stepper()
+        previous = self.holder.theta.detach().clone()
+        rule = StopRule(self.tol, self.tol * self.scale)
+        self.certifier.start_run()
+        for _ in range(budget):
+            iteration = len(self.history) + 1
+            outcome = self._iterate(step, rule, iteration)
+            if len(outcome) == 2:
+                return outcome
+            collapsed, theta, point, kkt, data, constraint = outcome
+            objective = self.problem.value(point, data, constraint)
+            if not (math.isfinite(objective) and math.isfinite(kkt)):
+                return self._broken(rule, f"iteration {iteration}: the objective or its gradient is NaN or Inf")
+            verdict = rule.collapsed(collapsed, kkt)
+            if verdict:
+                return verdict[0], f"iteration {iteration}: {verdict[1]}{self._kept()}"
+            self.point = point
+            violation = self.constraint.infeasibility(theta)
+            self.history.append((time.perf_counter() - start, objective, kkt))
+            trouble = rule.diverging(objective, float(theta.norm()))
+            if trouble:
+                return "diverged", f"iteration {iteration}: {trouble}{self._kept()}"
+            if self.progress:
+                print(f"[symopt.solve {self.problem.name}] iter {len(self.history)}: objective "
+                      f"{objective:.10g}, KKT {kkt:.2e} (target {rule.target:.2e})", file=sys.stderr, flush=True)
+            if self.widen(point):  # a fresh optimizer on the wider factors
+                step = self._stepper()
+                previous = self.holder.theta.detach().clone()
+                continue
+            verdict = rule.finished(kkt, violation, theta, previous)
+            if verdict:
+                return verdict
+            previous = theta.clone()
+        return "max_iter", f"KKT residual above {self.tol:g}·scale after {len(self.history)} iterations"
+
+
+def alive(constraint: Constraint, point: torch.Tensor, tol: float) -> int:
+    """Atoms of a certified (snapped) point: each is zero or above the snap threshold (a rebuilt
+    low-rank matrix has rounding-level σ where it was snapped)."""
+    return int((constraint.atoms(point) > snap_tol(point, tol)).sum())

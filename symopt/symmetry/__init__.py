@@ -1,0 +1,9 @@
+"""Layer 3 — tools for the symmetries a model already has, as opposed to the ones DCS builds:
+`removal` (``syre``: a random anchor for the decay removes them), `collapse` (``diagnose``: dead or
+identical units, low effective rank), `charges` (``conserved``: their Noether charges)."""
+
+from .charges import ConservationTracker, conserved
+from .collapse import Diagnosis, LayerDiagnosis, diagnose, effective_rank
+from .removal import syre
+
+__all__ = ["ConservationTracker", "Diagnosis", "LayerDiagnosis", "conserved", "diagnose", "effective_rank", "syre"]
