@@ -9,11 +9,11 @@ from .attach import Handle, constrain, list_constraints
 from .certify import Certificate, ConstraintCertificate, certify
 from . import constraints  # noqa: F401 - symopt.constraints is the sub-package of kinds
 from .constraints import (Auto, BudgetStrength, Constraint, Fixed, FixedZeros, GroupSparse, LowRank,
-                          Scheduled, Sparse, Strength, Subspace, Tied)
+                          NonNegative, Scheduled, Sparse, Strength, Subspace, Tied)
 from .decay import Binding, DecoupledDecayWarning, bind, check_optimizer, param_groups, penalty
 from .finalize import finalize
 from .report import Report, report
-from .verbs import fixed_zeros, group_sparse, low_rank, sparse, subspace, tie
+from .verbs import fixed_zeros, group_sparse, low_rank, nonnegative, sparse, subspace, tie
 from .symmetry import ConservationTracker, Diagnosis, LayerDiagnosis, conserved, diagnose, effective_rank, syre
 from .distributed import sync_strengths
 from .guard import Diverged, Guard, GuardEvent, guard
@@ -32,5 +32,5 @@ __all__ = [
     "penalty", "report", "sparse", "subspace", "syre", "tie", "diagnose", "Diagnosis", "LayerDiagnosis",
     "effective_rank", "conserved", "ConservationTracker", "export", "footprint", "sync_strengths", "Footprint", "ExportWarning",
     "SparseLinear", "guard", "Guard", "GuardEvent", "Diverged", "Problem", "Result", "solve", "compare", "certify",
-    "bind", "Binding", "Strength", "Fixed", "Auto", "BudgetStrength", "Scheduled",
+    "NonNegative", "nonnegative", "bind", "Binding", "Strength", "Fixed", "Auto", "BudgetStrength", "Scheduled",
 ]

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from torch import nn
 
 from .attach import Handle, constrain
-from .constraints import FixedZeros, GroupSparse, LowRank, Sparse, Subspace, Tied
+from .constraints import FixedZeros, GroupSparse, LowRank, NonNegative, Sparse, Subspace, Tied
 
 def sparse(module: nn.Module, name: str, strength: float | None = None, **kwargs) -> Handle:
     """Elementwise sparsity: ``w = u ⊙ v``, so the decay ``(λ/2)(‖u‖² + ‖v‖²)`` is ``λ‖w‖₁``.
@@ -44,6 +44,39 @@ def sparse(module: nn.Module, name: str, strength: float | None = None, **kwargs
         ('sparse', True)
     """
     return constrain(module, name, Sparse(strength, **kwargs))
+
+
+def nonnegative(module: nn.Module, name: str, strength: float | None = None, **kwargs) -> Handle:
+    """Non-negative sparsity: ``θ = ½ u ⊙ u``, so θ ≥ 0 by construction and the decay ``(λ/2)‖u‖²``
+    is ``λ Σθ_i`` (the non-negative Lasso penalty).
+
+    The mirror ``u_i → −u_i`` fixes ``θ_i = 0``; a zero is stable while ``−∂ℓ/∂θ_i ≤ λ``. Negative
+    entries are projected to 0 at registration (with a warning). See [`NonNegative`][symopt.NonNegative].
+
+    Args:
+        module: the module that owns the parameter (or an ancestor, with a dotted ``name``).
+        name: the parameter's (dotted) name.
+        strength: λ (> 0), default 1e-3; with a budget, the starting λ.
+        **kwargs: ``max_nonzero=k`` or ``density=f`` (a budget), ``adapt_rate``, ``seed``.
+
+    Returns:
+        Handle: the registered constraint; build the optimizer afterwards.
+
+    Raises:
+        ValueError: no such parameter, one already constrained, or an invalid option; nothing is changed.
+        TypeError: a non-floating parameter, or an option of the wrong type.
+
+    Examples:
+        >>> import torch, symopt
+        >>> lin = torch.nn.Linear(4, 2)
+        >>> with torch.no_grad():
+        ...     _ = lin.weight.abs_()        # a negative entry would be projected to 0, with a warning
+        >>> w0 = lin.weight.detach().clone()
+        >>> handle = symopt.nonnegative(lin, "weight", strength=1e-3)
+        >>> handle.kind, torch.allclose(lin.weight, w0)
+        ('nonnegative', True)
+    """
+    return constrain(module, name, NonNegative(strength, **kwargs))
 
 
 def group_sparse(module: nn.Module, name: str, dim: int | None = None, strength: float | None = None,

@@ -14,13 +14,14 @@ from .base import KINDS, Constraint, Example, FeasibleHalf, PenaltyHalf
 from .fixed_zeros import FixedZeros
 from .group import GroupSparse
 from .lowrank import LowRank
+from .nonnegative import NonNegative
 from .sparse import Sparse
 from .strength import Auto, BudgetStrength, Fixed, Scheduled, Strength
 from .subspace import Subspace
 from .tied import Tied, TiedAnchor, TiedMember
 
 __all__ = ["Anchor", "Auto", "BudgetStrength", "Constraint", "Example", "FeasibleHalf", "Fixed", "FixedZeros",
-           "GroupSparse", "KINDS", "LowRank", "PenaltyHalf", "Scheduled", "Sparse", "Strength",
+           "GroupSparse", "KINDS", "LowRank", "NonNegative", "PenaltyHalf", "Scheduled", "Sparse", "Strength",
            "Subspace", "Tied", "TiedAnchor", "TiedMember"]
 
 
