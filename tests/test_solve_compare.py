@@ -169,7 +169,6 @@ def test_problem_objective_of_truth_is_finite():
     for problem in builtin_problems(quick=True):
         x = torch.zeros(problem.shape, dtype=torch.float64)
         assert torch.isfinite(torch.tensor(problem.objective(x)))
-    assert symopt.Sparse  # the top-level API stays importable next to the problem layer
 
 
 def test_public_names_of_the_issue():
