@@ -186,7 +186,33 @@ def _check_target(module: nn.Module, leaf: str, qualname: str) -> Tensor:
             f"'{qualname}': {type(module).__name__} has no parameter '{leaf}'; its parameters: {params}"
         )
     require_floating(tensor, qualname)
+    if tensor.device.type == "meta":
+        raise ValueError(f"'{qualname}' is on the meta device: it has no values to factorise; materialise the "
+                         "module first (module.to_empty(device=...) and initialise it), then constrain it")
+    if tensor.numel() == 0:
+        raise ValueError(f"'{qualname}' is empty (shape {tuple(tensor.shape)}): there is nothing to constrain")
+    bad = int((~torch.isfinite(tensor.detach())).sum())
+    if bad:
+        raise ValueError(f"'{qualname}' holds {bad} NaN / Inf entries of {tensor.numel()}: a factorisation would "
+                         "spread them (a whole group or every entry); fix or re-initialise the value first")
     return tensor
+
+
+def _check_not_shared(model: nn.Module, module: nn.Module, leaf: str, qualname: str) -> None:
+    """Refuse a parameter that another module of ``model`` holds too (``b.weight = a.weight``):
+    parametrizing it in one module would leave the other reading the old, now untrained tensor."""
+    tensor = module._parameters[leaf]
+    others = [f"{name}.{key}" if name else key
+              for name, other in model.named_modules(remove_duplicate=False)
+              for key, p in other._parameters.items()
+              if p is tensor and not (other is module and key == leaf)]
+    if others:
+        raise ValueError(
+            f"'{qualname}' is shared with {', '.join(repr(o) for o in others)} (the same Parameter object): "
+            "constraining it in one module would silently untie the other. Either keep one owner (make the "
+            "other module read it, e.g. F.linear(x, owner.weight)), or untie them "
+            "(b.weight = nn.Parameter(a.weight.detach().clone())) and keep them equal with symopt.tie"
+        )
 
 
 def _check_fresh(constraint: Constraint) -> None:
@@ -244,6 +270,7 @@ def constrain(model: nn.Module, name: str | Sequence[str], constraint: Constrain
         raise TypeError(f"{type(constraint).__name__} acts on one parameter: pass its name as a string")
     module, leaf = resolve(model, name)
     tensor = _check_target(module, leaf, name)
+    _check_not_shared(model, module, leaf, name)
     constraint.validate(tensor, name)
     constraint.to(device=tensor.device, dtype=tensor.dtype)
     _register(module, leaf, constraint, name)
@@ -261,6 +288,7 @@ def _constrain_several(model: nn.Module, names: list[str], group: Constraint) ->
             raise TypeError(f"{owner}: parameter names must be strings, got {name!r}")
         module, leaf = resolve(model, name)
         targets.append((name, module, leaf, _check_target(module, leaf, name)))
+        _check_not_shared(model, module, leaf, name)
     group.validate_members([t[3] for t in targets], names)
     if len({(id(t[1]), t[2]) for t in targets}) != len(targets):
         raise ValueError(f"{owner}: a tensor cannot be constrained twice in one group; got {names}")
@@ -285,8 +313,13 @@ def _constrain_several(model: nn.Module, names: list[str], group: Constraint) ->
 
 
 def _register(module: nn.Module, leaf: str, parametrization: Constraint, qualname: str) -> None:
+    value = getattr(module, leaf)
     parametrize.register_parametrization(module, leaf, parametrization)
     parametrization.attached_to = qualname
+    # What an assignment must match from now on (Constraint.check_assignment): the shape, and the dtype
+    # and device of an empty buffer, which model.to() / .double() convert along with the factors.
+    parametrization.registered_shape = tuple(value.shape)
+    parametrization.register_buffer("assign_like", value.detach().new_empty(0), persistent=False)
     mark_factors(module, leaf)
     if not getattr(module, _HOOK_FLAG, False):
         module.register_load_state_dict_pre_hook(_load_plain_checkpoint)

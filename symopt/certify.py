@@ -204,6 +204,13 @@ def certify(model, loss_fn: Callable | None = None, batch=None, tol: float = 1e-
         with parametrize.cached(), _quiet_estimates([h.constraint for h in handles]):
             values = {id(h): h.values() for h in handles}
             loss = loss_fn(model) if batch is None else loss_fn(model, batch)
+            if not isinstance(loss, torch.Tensor) or loss.numel() != 1 or not loss.requires_grad:
+                got = f"a tensor of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else type(loss).__name__
+                raise ValueError(f"certify: loss_fn must return a scalar tensor that depends on the model, got {got}"
+                                 + ("" if not isinstance(loss, torch.Tensor) or loss.numel() != 1
+                                    else " without grad (computed under torch.no_grad?)")
+                                 + "; reduce it with .mean() or .sum()")
+            loss = loss.reshape(())
             flat = [v for h in handles for v in values[id(h)]]
             found = torch.autograd.grad(loss, flat, allow_unused=True)
         it = iter(found)

@@ -32,7 +32,9 @@ def _parser() -> argparse.ArgumentParser:
     cmp = sub.add_parser("compare", help="DCS vs cvxpy / scikit-learn / projected / geoopt on built-in problems",
                          description="Solve the built-in problems with DCS and every applicable baseline; print "
                                      "one table, write it as Markdown and JSON, and plot gap vs time per problem. "
-                                     "Exit code 1 if DCS disagrees with the best solver.")
+                                     "Exit codes: 0 DCS agrees with the best solver on every problem, 1 it "
+                                     "disagrees on one, 2 a usage error (bad argument, output folder not "
+                                     "writable), found before anything is solved.")
     cmp.add_argument("--problems", "--problem", default=",".join(BUILTIN),
                      help=f"comma list from {','.join(BUILTIN)} (default: all)")
     cmp.add_argument("--solvers", default=",".join(SOLVERS), help=f"comma list from {','.join(SOLVERS)}")
@@ -50,6 +52,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     size = "quick" if args.quick else args.size
+    out = pathlib.Path(args.out)
+    try:  # before the comparison, which takes minutes: an output folder we cannot write is a usage error
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".symopt-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        parser.error(f"--out {args.out}: cannot write there ({err.strerror or err}); choose a writable folder")
     try:
         if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
             raise ValueError("--device cuda requested but CUDA is not available")
@@ -64,8 +74,6 @@ def main(argv: list[str] | None = None) -> int:
     print(rows)
     print("\nrel. gap: (objective − best feasible objective) / max(1, |best|); same: support / rank equal to the"
           " best solver's; seconds: solve time only; n/a: the solver does not apply.")
-    out = pathlib.Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     (out / "results.md").write_text(rows.to_markdown() + "\n")
     (out / "results.json").write_text(json.dumps(rows.to_dict(), indent=1) + "\n")
     try:

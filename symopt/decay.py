@@ -111,6 +111,9 @@ def param_groups(model: nn.Module, lr: float | None = None, weight_decay: float 
     if (isinstance(weight_decay, bool) or not isinstance(weight_decay, numbers.Real)
             or not math.isfinite(weight_decay) or weight_decay < 0):
         raise ValueError(f"param_groups: weight_decay must be a finite number >= 0, got {weight_decay!r}")
+    if "params" in options:
+        raise TypeError("param_groups: 'params' is not an option — the groups' params are the model's; "
+                        "pass the model (or a submodule) to choose which parameters")
     common = dict(options)
     if lr is not None:
         common["lr"] = lr

@@ -62,6 +62,8 @@ def finalize(model: nn.Module, tol: float = 1e-6, force: bool = False, loss_fn: 
     """
     if isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not math.isfinite(tol) or tol < 0:
         raise ValueError(f"finalize: tol must be a finite number >= 0, got {tol!r}")
+    if not isinstance(force, bool):
+        raise TypeError(f"finalize: force must be True or False, got {force!r} ({type(force).__name__})")
     if loss_fn is not None and not callable(loss_fn):
         raise TypeError(f"finalize: loss_fn must be callable as loss_fn(model[, batch]), got {type(loss_fn).__name__}")
     broken = [f"'{h.name}' ({h.kind})" for h in list_constraints(model)

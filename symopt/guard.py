@@ -11,10 +11,16 @@ What counts as wrong:
 
 * a NaN / Inf loss or gradient — the step is *skipped* (nothing has changed yet); if the next step
   is bad too, the model itself is what breaks (weights grown huge but finite) and it is *rolled back*;
-* a NaN / Inf parameter or buffer after the step — *rolled back*;
+* a budgeted tensor that became all zeros (a budget's λ that overshot) — *rolled back*;
+* a NaN / Inf parameter or buffer after the step, or in the optimizer's state (one huge finite
+  gradient can put Inf in Adam's ``exp_avg_sq``, after which the parameters stop moving) — *rolled back*;
 * divergence — the smoothed loss (an exponential moving average, β = 0.9, so batch noise does not
   trigger it) rose on each of the last ``patience`` steps and is above its best by more than
   ``rise × |best|`` — *rolled back* to the state before the rise began.
+
+A skipped or rolled-back step leaves λ as it was: the adaptive strengths (``"auto"``, budgets,
+schedules) observe the gradient during ``backward()``, before the guard sees the step, so the guard
+keeps a copy of their state after every accepted step and puts it back when it refuses one.
 
 More than ``max_failures`` failures in a row raise [`Diverged`][symopt.Diverged], after the rollback: the
 model is never left corrupted.
@@ -28,6 +34,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+
+from .attach import list_constraints
 
 
 class Diverged(RuntimeError):
@@ -140,6 +148,8 @@ class Guard:
         self._saved: dict | None = None
         self._since_save = 0
         self._save()
+        self._strengths: list[tuple[Tensor, Tensor]] = []
+        self._keep_strengths()
 
     # -- the two entry points --------------------------------------------------------------------
     def step(self, loss: Tensor | float | None = None, closure=None) -> bool:
@@ -155,7 +165,8 @@ class Guard:
         bad = self._bad_loss(loss) or self._bad_gradients()
         if bad:
             self.optimizer.zero_grad(set_to_none=True)
-            if self._failures == 0:  # one bad batch: skip it, nothing has changed
+            if self._failures == 0:  # one bad batch: skip it, nothing has changed (λ put back)
+                self._undo_strengths()
                 self._fail("skipped", bad)
             else:  # again: the model itself is what breaks (e.g. weights grown huge but finite)
                 self._restore()
@@ -179,7 +190,7 @@ class Guard:
 
     # -- internals -------------------------------------------------------------------------------
     def _after_update(self, loss) -> bool:
-        bad = self._bad_loss(loss) or self._bad_state()
+        bad = self._bad_loss(loss) or self._bad_state() or self._bad_optimizer_state() or self._zeroed_budget()
         if not bad and loss is not None and self.patience is not None:
             bad = self._smooth.update(_value(loss), self.patience, self.rise)
         if bad:
@@ -187,6 +198,7 @@ class Guard:
             self._fail("rolled_back", bad)
             return False
         self._failures = 0
+        self._keep_strengths()
         self._since_save += 1
         if self._since_save >= self.every and self._smooth.good(self.rise):  # never save on the way up
             self._save()
@@ -213,6 +225,44 @@ class Guard:
         named = list(self.model.named_parameters()) + [
             (n, b) for n, b in self.model.named_buffers() if torch.is_floating_point(b)]
         return _first_non_finite(named, "")
+
+    def _bad_optimizer_state(self) -> str | None:
+        if self.optimizer is None:
+            return None
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        for p, state in self.optimizer.state.items():
+            for key, value in state.items():
+                if isinstance(value, Tensor) and torch.is_floating_point(value) and not bool(torch.isfinite(value).all()):
+                    return f"optimizer state '{key}' of parameter '{names.get(id(p), '?')}' is not finite"
+        return None
+
+    def _zeroed_budget(self) -> str | None:
+        """A budgeted tensor that became all zeros: a budget of k ≥ 1 atoms cannot mean that (a λ that
+        overshot, e.g. under gradient clipping), and zero factors cannot grow back."""
+        for handle in list_constraints(self.model):
+            budget = handle.constraint.budget
+            if budget and all(not bool(v.detach().any()) for v in handle.values()):
+                return f"'{handle.name}' (budget {budget}) has every entry at 0: the layer was zeroed"
+        return None
+
+    def _policies(self) -> list:
+        found: dict[int, object] = {}
+        for handle in list_constraints(self.model):
+            found.setdefault(id(handle.constraint.policy), handle.constraint.policy)
+        return list(found.values())
+
+    def _keep_strengths(self) -> None:
+        """Copy the adaptive strengths' state (an accepted step's λ)."""
+        self._strengths = [(b, b.detach().clone()) for policy in self._policies() for b in policy.buffers()]
+
+    def _undo_strengths(self) -> None:
+        """Put λ back where the last accepted step left it (and into the optimizer groups that follow it)."""
+        with torch.no_grad():
+            for buffer, value in self._strengths:
+                if buffer.shape == value.shape:
+                    buffer.copy_(value)
+        for policy in self._policies():
+            policy.publish()
 
     def _save(self) -> None:
         """Copy parameters, buffers (into the previous copy's memory) and the optimizer state."""
@@ -247,6 +297,9 @@ class Guard:
                     group["lr"] = group["lr"] * self.lr_factor
             self.optimizer.zero_grad(set_to_none=True)
         self._smooth.load(self._saved["smooth"])
+        for policy in self._policies():  # the restored buffers hold λ's state: into the groups with it
+            policy.publish()
+        self._keep_strengths()
 
 
 class _Smoothed:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Callable
+import functools
 from dataclasses import dataclass
 from typing import ClassVar, Protocol, runtime_checkable
 
@@ -208,6 +209,36 @@ class Constraint(nn.Module):
         super().__init_subclass__(**kwargs)
         if register and "kind" in cls.__dict__ and "example" in cls.__dict__:
             KINDS.setdefault(cls.kind, cls)
+        own = cls.__dict__.get("right_inverse")
+        if own is not None and not getattr(own, "_checks_assignment", False):
+            # Every assignment (module.weight = value, a plain checkpoint's load) goes through
+            # right_inverse: check the value first, whichever kind, so a wrong one changes nothing.
+            @functools.wraps(own)
+            def right_inverse(self, value, _own=own):
+                self.check_assignment(value)
+                return _own(self, value)
+
+            right_inverse._checks_assignment = True
+            cls.right_inverse = right_inverse
+
+    def check_assignment(self, value) -> None:
+        """Refuse a value this registered constraint cannot take (before anything changes): not a
+        tensor, another shape, dtype or device than the registered tensor, or NaN / Inf."""
+        where = f"'{self.attached_to}'" if self.attached_to else type(self).__name__
+        if not isinstance(value, Tensor):
+            raise TypeError(f"{where}: assign a tensor, got {type(value).__name__}")
+        shape, like = getattr(self, "registered_shape", None), getattr(self, "assign_like", None)
+        if shape is not None and like is not None:
+            dtype, device = like.dtype, like.device
+            if tuple(value.shape) != shape:
+                raise ValueError(f"{where} is constrained with shape {shape}; the assigned tensor has shape "
+                                 f"{tuple(value.shape)}. A constrained tensor keeps its shape: finalize it first "
+                                 "to change the layer")
+            if value.dtype != dtype or value.device != device:
+                raise ValueError(f"{where} is {dtype} on {device}; the assigned tensor is {value.dtype} on "
+                                 f"{value.device}: convert it with .to(dtype={dtype}, device='{device}')")
+        if value.device.type != "meta" and value.numel() and not bool(torch.isfinite(value.detach()).all()):
+            raise ValueError(f"{where}: the assigned tensor holds NaN or Inf; a factorisation would spread them")
 
     def __init__(self, strength: float | str | Strength | None, *, seed: int = 0, margin: float = 1.5,
                  budget: tuple[str, float] | None = None, adapt_rate: float = RATE) -> None:

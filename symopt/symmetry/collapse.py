@@ -31,7 +31,7 @@ def effective_rank(matrix: Tensor) -> float:
 
     Raises:
         TypeError: ``matrix`` is not a tensor.
-        ValueError: ``matrix`` is not 2-D.
+        ValueError: ``matrix`` is not 2-D, or holds NaN / Inf.
 
     Examples:
         >>> import torch, symopt
@@ -43,6 +43,9 @@ def effective_rank(matrix: Tensor) -> float:
     if matrix.dim() != 2:
         raise ValueError(f"effective_rank: expected a 2-D matrix, got shape {tuple(matrix.shape)}; "
                          "reshape it, e.g. W.reshape(W.shape[0], -1)")
+    if not bool(torch.isfinite(matrix.detach()).all()):
+        raise ValueError("effective_rank: the matrix holds NaN or Inf (training diverged?); a rank of it "
+                         "means nothing — roll back to a finite state first")
     s = torch.linalg.svdvals(matrix.detach().double())
     total = float(s.sum())
     if total == 0.0:
@@ -160,7 +163,7 @@ def diagnose(model: nn.Module, inputs: Tensor | None = None, tol: float = 1e-6, 
 
     Raises:
         TypeError: ``model`` is not an ``nn.Module``.
-        ValueError: ``tol`` is negative or ``eps`` is not in [0, 1).
+        ValueError: ``tol`` is negative, ``eps`` is not in [0, 1), or a layer's weights hold NaN / Inf.
 
     Examples:
         >>> import torch, symopt
@@ -176,6 +179,10 @@ def diagnose(model: nn.Module, inputs: Tensor | None = None, tol: float = 1e-6, 
     if not (isinstance(eps, (int, float)) and 0 <= eps < 1):
         raise ValueError(f"diagnose: eps must be a number in [0, 1), got {eps!r}")
     found = layers(model)
+    broken = [name for name, module in found if not bool(torch.isfinite(incoming(module)).all())]
+    if broken:
+        raise ValueError(f"diagnose: NaN or Inf in the weights of {', '.join(broken)} (training diverged?); "
+                         "roll back to a finite state (symopt.Guard does this each step) and diagnose that")
     modules = dict(found)
     features: dict[str, Tensor] = {}
     if inputs is not None:
