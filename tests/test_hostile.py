@@ -244,6 +244,14 @@ def test_a_skipped_step_leaves_lambda_as_it_was(kind):
     assert opt.param_groups[0]["weight_decay"] == lam
 
 
+def _accepted_step(model, opt, guard, x, y):
+    opt.zero_grad()
+    loss = (model(x) - y).square().mean()
+    loss.backward()
+    assert guard.step(loss)
+    return loss
+
+
 def test_inf_in_the_optimizer_state_is_rolled_back():
     torch.manual_seed(0)
     model = nn.Linear(3, 1).double()
@@ -251,10 +259,7 @@ def test_inf_in_the_optimizer_state_is_rolled_back():
     opt = torch.optim.Adam(symopt.param_groups(model, lr=1e-2), lr=1e-2)
     guard = symopt.guard(model, opt, patience=None)
     x, y = torch.randn(8, 3, dtype=DT), torch.randn(8, 1, dtype=DT)
-    opt.zero_grad()
-    loss = (model(x) - y).square().mean()
-    loss.backward()
-    assert guard.step(loss)
+    _accepted_step(model, opt, guard, x, y)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     opt.zero_grad()
     loss = (model(x) - y).square().mean()
@@ -295,10 +300,7 @@ def test_a_zeroed_budget_layer_is_rolled_back():
     opt = torch.optim.SGD(symopt.param_groups(model, lr=0.05), lr=0.05)
     guard = symopt.guard(model, opt, patience=None)
     x, y = torch.randn(16, 4, dtype=DT), torch.randn(16, 1, dtype=DT)
-    opt.zero_grad()
-    loss = (model(x) - y).square().mean()
-    loss.backward()
-    assert guard.step(loss)
+    loss = _accepted_step(model, opt, guard, x, y)
     kept = model[0].weight.detach().clone()
     with torch.no_grad():  # what an overshooting λ does: every factor pair collapses
         for factor in model[0].parametrizations.weight.parameters():

@@ -58,6 +58,15 @@ def check_density(value: object, owner: str) -> float | None:
     return float(value)
 
 
+def entry_budget(max_nonzero: object, density: object, owner: str) -> tuple[str, float] | None:
+    """The budget of an elementwise kind from ``max_nonzero=k`` or ``density=f`` (one of them, or none)."""
+    k = check_budget(max_nonzero, "max_nonzero", owner)
+    fraction = check_density(density, owner)
+    if k is not None and fraction is not None:
+        raise ValueError(f"{owner}: give max_nonzero or density, not both")
+    return ("count", k) if k is not None else ("density", fraction) if fraction is not None else None
+
+
 def check_rate(value: object, owner: str) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 < float(value) <= 1.0:
         raise ValueError(f"{owner}: adapt_rate must be in (0, 1], got {value!r}")

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from .base import Constraint, Example, Face, entering, zero_scale
 from .warn import warn_user
-from .budget import RATE, check_budget, check_density
+from .budget import RATE, entry_budget
 
 # A registered zero becomes this fraction of the typical magnitude: off the mirror plane, so that it can
 # grow, and below the float64 resolution of any entry of that magnitude.
@@ -61,11 +61,7 @@ class NonNegative(Constraint):
 
     def __init__(self, strength: float | None = None, *, max_nonzero: int | None = None,
                  density: float | None = None, adapt_rate: float = RATE, seed: int = 0) -> None:
-        k = check_budget(max_nonzero, "max_nonzero", "NonNegative")
-        fraction = check_density(density, "NonNegative")
-        if k is not None and fraction is not None:
-            raise ValueError("NonNegative: give max_nonzero or density, not both")
-        budget = ("count", k) if k is not None else ("density", fraction) if fraction is not None else None
+        budget = entry_budget(max_nonzero, density, "NonNegative")
         super().__init__(strength, seed=seed, budget=budget, adapt_rate=adapt_rate)
 
     # -- factors ----------------------------------------------------------------------------------

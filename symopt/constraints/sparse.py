@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from .base import Constraint, Example, Face, entering, hadamard_balance, split_product
-from .budget import RATE, check_budget, check_density
+from .budget import RATE, entry_budget
 
 
 class Sparse(Constraint):
@@ -55,11 +55,7 @@ class Sparse(Constraint):
 
     def __init__(self, strength: float | None = None, *, max_nonzero: int | None = None,
                  density: float | None = None, adapt_rate: float = RATE, seed: int = 0) -> None:
-        k = check_budget(max_nonzero, "max_nonzero", "Sparse")
-        fraction = check_density(density, "Sparse")
-        if k is not None and fraction is not None:
-            raise ValueError("Sparse: give max_nonzero or density, not both")
-        budget = ("count", k) if k is not None else ("density", fraction) if fraction is not None else None
+        budget = entry_budget(max_nonzero, density, "Sparse")
         super().__init__(strength, seed=seed, budget=budget, adapt_rate=adapt_rate)
 
     def validate(self, tensor: Tensor, name: str) -> None:
