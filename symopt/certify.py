@@ -36,8 +36,9 @@ class ConstraintCertificate:
         kkt_residual: with a loss: the distance of ``−∇ℓ`` to ``λ∂‖·‖`` (penalty kinds), or the
             gradient projected onto the set (linear kinds). 0 at an optimum.
         multiplier: with a loss, linear kinds: ``‖Oᵀ∇ℓ‖_∞``, the size of the Lagrange multipliers.
-        exact: with a loss, linear kinds: ``λ > multiplier``, the condition for the constraint to
-            hold exactly.
+        exact: with a loss, linear kinds: ``λ > multiplier`` (the condition for the penalty to hold
+            the constraint exactly) *and* the constraint holds (violation ≤ ``tol``); never True for a
+            violated constraint, whatever λ.
         relative_violation: ``violation / ‖tensor‖``.
         budget: the atom budget (non-zeros, groups, rank) when one was set; the violation then
             includes the atoms beyond it.
@@ -158,7 +159,8 @@ def certify(model, loss_fn: Callable | None = None, batch=None, tol: float = 1e-
 
     Per constraint: the distance to the set, and with a loss the KKT residual (0 exactly at a
     minimiser of ``ℓ + λ‖·‖``: ``−∇ℓ ∈ λ∂‖θ‖``) and, for the linear kinds, the multiplier
-    ``‖Oᵀ∇ℓ‖_∞`` with ``exact = λ > multiplier``, the exact-penalty condition. For a solver result
+    ``‖Oᵀ∇ℓ‖_∞`` with ``exact``: ``λ > multiplier`` (the exact-penalty condition) and the violation
+    within ``tol``. For a solver result
     of a penalised convex family it adds a Fenchel dual point and the duality gap, an upper bound on
     ``objective − optimum`` that needs no reference solver. Parameters, ``.grad`` and the
     ``strength="auto"`` estimates are left as they are.
@@ -191,8 +193,8 @@ def certify(model, loss_fn: Callable | None = None, batch=None, tol: float = 1e-
         >>> X, y = torch.randn(20, 3), torch.randn(20)
         >>> cert = symopt.certify(lin, lambda m: (m(X).squeeze(1) - y).square().mean())
         >>> entry = cert.entries[0]
-        >>> entry.exact == (entry.strength > entry.multiplier), entry.kkt_residual >= 0
-        (True, True)
+        >>> entry.exact, entry.violation_before > 1e-6    # not trained yet: violated, so not exact
+        (False, True)
     """
     if not isinstance(model, nn.Module):
         if hasattr(model, "x") and hasattr(model, "problem"):
@@ -226,7 +228,7 @@ def certify(model, loss_fn: Callable | None = None, batch=None, tol: float = 1e-
             kkt = h.kkt_residual(values, grads[id(h)], tol)
             if h.constraint.linear:
                 multiplier = h.multiplier(grads[id(h)])
-                exact = h.strength > multiplier
+                exact = h.strength > multiplier and violation <= tol
         entries.append(ConstraintCertificate(
             name=h.name, kind=h.kind, strength=h.strength, violation_before=violation, violation_after=violation,
             change=0.0, relative_change=0.0, structure=h.structure(values, tol), kkt_residual=kkt,
@@ -263,7 +265,7 @@ def _certify_result(result, tol: float) -> Certificate:
         name=problem.name, kind=constraint.kind, strength=constraint.strength, violation_before=violation,
         violation_after=violation, change=0.0, relative_change=0.0, structure=constraint.structure(value, tol),
         kkt_residual=constraint.kkt_residual(value, g, tol), multiplier=multiplier,
-        exact=None if multiplier is None else constraint.strength > multiplier,
+        exact=None if multiplier is None else (constraint.strength > multiplier and violation <= tol),
         relative_violation=violation / norm if norm > 0 else 0.0, budget=result.problem.budget,
         linear=constraint.linear,
     )

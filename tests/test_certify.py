@@ -95,3 +95,15 @@ def test_a_ties_multipliers_are_the_later_copies_gradients():
     loss(auto).backward()
     assert handle.constraint.policy.estimate.count.tolist() == [0.0, 1.0, 1.0]
     assert handle.constraint.multiplier() == pytest.approx(0.3)
+
+
+def test_certify_never_calls_a_violated_constraint_exact():
+    """λ above the multiplier is not enough: a tie still 0.08 apart is not exact (issue 20's report)."""
+    model = torch.nn.Module()
+    model.a = torch.nn.Parameter(torch.tensor([1.0, 2.0], dtype=DT))
+    model.b = torch.nn.Parameter(torch.tensor([1.08, 2.0], dtype=DT))
+    symopt.tie(model, ["a", "b"], strength=10.0)
+    loss = lambda m: 0.1 * (m.a.sum() - m.b.sum())  # noqa: E731 - multipliers 0.1, far below λ
+    (e,) = symopt.certify(model, loss).entries
+    assert e.strength > e.multiplier and e.violation_before > 0.05
+    assert e.exact is False
