@@ -127,7 +127,7 @@ class Certificate:
 
     def __str__(self) -> str:
         headers = ["name", "kind", "strength", "violation before", "after", "change", "rel. change", "structure",
-                   "KKT residual", "multiplier", "λ > mult."]
+                   "KKT residual", "multiplier", "exact"]
         dash = lambda v: "-" if v is None else ("yes" if v is True else "NO" if v is False else v)  # noqa: E731
         rows = [
             [e.name, e.kind, e.strength, e.violation_before, e.violation_after, e.change, e.relative_change,
