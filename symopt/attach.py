@@ -117,7 +117,9 @@ class Handle:
         """``values`` projected onto the constraint set (small entries / groups / σ zeroed, and a
         budget's smallest atoms)."""
         out = self._call("snap", values, tol)
-        return list(out.unbind(0)) if self.constraint.multi_tensor else [out]
+        if not self.constraint.multi_tensor:
+            return [out]
+        return list(out) if isinstance(out, (list, tuple)) else list(out.unbind(0))
 
     def structure(self, values: list[Tensor], tol: float = 0.0) -> str:
         """One-line description of the structure at ``tol`` (density, groups, rank, zeros, copies)."""

@@ -11,9 +11,13 @@ from collections.abc import Sequence
 from torch import nn
 
 from .attach import Handle, constrain
-from .constraints import FixedZeros, GroupSparse, LowRank, NonNegative, Sparse, Subspace, Tied
+import functools
 
-def sparse(module: nn.Module, name: str, strength: float | None = None, **kwargs) -> Handle:
+from .constraints import FixedZeros, GroupSparse, LowRank, NonNegative, Sparse, Subspace, Tied
+from .constraints.budget import RATE, entry_budget
+from .constraints.pooled import Pooled
+
+def sparse(module: nn.Module, name: str | Sequence[str], strength: float | None = None, **kwargs) -> Handle:
     """Elementwise sparsity: ``w = u ⊙ v``, so the decay ``(λ/2)(‖u‖² + ‖v‖²)`` is ``λ‖w‖₁``.
 
     The mirror ``(u_i, v_i) → (−u_i, −v_i)`` fixes ``w_i = 0``; a zero is stable while
@@ -21,7 +25,10 @@ def sparse(module: nn.Module, name: str, strength: float | None = None, **kwargs
 
     Args:
         module: the module that owns the parameter (or an ancestor, with a dotted ``name``).
-        name: the parameter's (dotted) name, e.g. ``"weight"`` or ``"encoder.0.weight"``.
+        name: the parameter's (dotted) name, e.g. ``"weight"`` or ``"encoder.0.weight"``; a list of
+            names shares one budget over all their entries (``max_nonzero`` / ``density`` counted
+            over the concatenation, one λ: ``prune.global_unstructured``'s budget; see
+            [`Pooled`][symopt.constraints.pooled.Pooled]).
         strength: λ (> 0), default 1e-3; with a budget, the starting λ.
         **kwargs: ``max_nonzero=k`` or ``density=f`` (a budget: λ adapts until ``k`` entries are
             non-zero), ``adapt_rate``, ``seed``.
@@ -43,10 +50,12 @@ def sparse(module: nn.Module, name: str, strength: float | None = None, **kwargs
         >>> handle.kind, torch.allclose(lin.weight, w0)
         ('sparse', True)
     """
+    if not isinstance(name, str):
+        return constrain(module, name, _pooled(Sparse, "sparse", strength, **kwargs))
     return constrain(module, name, Sparse(strength, **kwargs))
 
 
-def nonnegative(module: nn.Module, name: str, strength: float | None = None, **kwargs) -> Handle:
+def nonnegative(module: nn.Module, name: str | Sequence[str], strength: float | None = None, **kwargs) -> Handle:
     """Non-negative sparsity: ``θ = ½ u ⊙ u``, so θ ≥ 0 by construction and the decay ``(λ/2)‖u‖²``
     is ``λ Σθ_i`` (the non-negative Lasso penalty).
 
@@ -55,7 +64,8 @@ def nonnegative(module: nn.Module, name: str, strength: float | None = None, **k
 
     Args:
         module: the module that owns the parameter (or an ancestor, with a dotted ``name``).
-        name: the parameter's (dotted) name.
+        name: the parameter's (dotted) name; a list of names shares one budget (as for
+            [`sparse`][symopt.sparse]).
         strength: λ (> 0), default 1e-3; with a budget, the starting λ.
         **kwargs: ``max_nonzero=k`` or ``density=f`` (a budget), ``adapt_rate``, ``seed``.
 
@@ -76,6 +86,8 @@ def nonnegative(module: nn.Module, name: str, strength: float | None = None, **k
         >>> handle.kind, torch.allclose(lin.weight, w0)
         ('nonnegative', True)
     """
+    if not isinstance(name, str):
+        return constrain(module, name, _pooled(NonNegative, "nonnegative", strength, **kwargs))
     return constrain(module, name, NonNegative(strength, **kwargs))
 
 
@@ -255,3 +267,14 @@ def tie(model: nn.Module, names: Sequence[str], strength: float | str = "auto", 
         raise TypeError("tie: pass a list of at least two parameter names, e.g. ['enc.weight', 'dec.weight']")
     return constrain(model, list(names), Tied(strength, **kwargs))
 
+
+
+def _pooled(kind, verb: str, strength, *, max_nonzero=None, density=None, adapt_rate: float = RATE,
+            seed: int = 0) -> Pooled:
+    """One budget over the tensors of a list of names (``symopt.constraints.pooled``)."""
+    budget = entry_budget(max_nonzero, density, kind.__name__)
+    if budget is None:
+        raise ValueError(f"{verb}: a list of names shares one budget — give max_nonzero= or density=; for one λ "
+                         f"on several tensors call symopt.{verb} on each name")
+    kind(1.0, seed=seed)  # the seed checked now
+    return Pooled(functools.partial(kind, 1.0, seed=seed), budget, strength=strength, adapt_rate=adapt_rate)

@@ -1,0 +1,254 @@
+"""One budget over several tensors: ``symopt.sparse(model, ["0.weight", "2.weight"], density=0.1)``.
+
+Each tensor keeps its own factorisation (its own mirror symmetries, e.g. ``w = u ⊙ v``), and all of them
+share one λ: the decay is ``λ Σ_t ‖θ_t‖`` with a single λ, so the atoms of every tensor compete on one
+scale and the budget counts them together, as ``torch.nn.utils.prune.global_unstructured`` does with
+magnitudes. λ is found by the budget controller (`symopt.constraints.budget`) on the union of the
+tensors' atoms: after every tensor has reported its gradient in a backward pass, the scores of all
+atoms give one target. At a converged point of a convex loss, that is the point of the regularisation
+path of ``ℓ + λ Σ_t ‖θ_t‖`` whose support has exactly the budget.
+
+For kinds whose atoms are entries (``Sparse``, ``NonNegative``): their atoms of a flattened tensor are
+the atoms of the tensor, so the union is a concatenation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .auto import watch_gradient
+from .base import Constraint, Factorizer
+from .budget import RATE, budget_target
+from .strength import BudgetStrength, Strength
+
+
+class PooledBudget(BudgetStrength):
+    """The budget controller of a pool: one target per backward pass, from the union of the members'
+    atoms (see the module docstring). ``members`` and ``budget`` are set when the pool is registered."""
+
+    def __init__(self, initial: float | None = None, rate: float = RATE, owner: str = "strength") -> None:
+        super().__init__(initial, rate, owner)
+        self.members, self.budget = 0, 0
+        self._round: dict[int, tuple[Tensor, Tensor, Callable]] = {}
+
+    def _observation(self, constraint, value, grad):
+        self._round[constraint.slot] = (value.detach().reshape(-1), grad.detach().reshape(-1), constraint.atoms)
+        if len(self._round) < self.members:
+            return None
+        parts = [self._round[i] for i in sorted(self._round)]
+        self._round = {}
+        value = torch.cat([p[0] for p in parts])
+        grad = torch.cat([p[1] for p in parts])
+        target = budget_target(parts[0][2], value, grad, self.budget, self.value())
+        return target if target == target and target > 0 else None
+
+
+class _Borrowed(Strength):
+    """The λ of another policy (a pool's), for a member's inner kind; holds no state of its own."""
+
+    def __init__(self, source: Strength) -> None:
+        super().__init__()
+        self.__dict__["_source"] = source  # not a submodule: the pool owns the state
+
+    def value(self) -> float:
+        return self.__dict__["_source"].value()
+
+
+class Pooled(Constraint, register=False):
+    """A budget of ``k`` atoms shared by several tensors, each factorised by its own ``make()`` kind.
+
+    Register with the verbs: ``symopt.sparse(model, [names], max_nonzero=k or density=f)`` (also
+    ``symopt.nonnegative``). The members' values are handled as a list, in the order of the names.
+
+    Args:
+        make: builds the per-tensor kind (called once per tensor), e.g. ``lambda: Sparse(1.0)``.
+        budget: ``("count", k)`` or ``("density", f)`` over all the tensors' entries.
+        strength: the starting λ (default: from the first gradients).
+        adapt_rate: fraction of the way log λ moves toward the budget's target per step.
+
+    Examples:
+        >>> import torch, symopt
+        >>> net = torch.nn.Sequential(torch.nn.Linear(6, 6), torch.nn.ReLU(), torch.nn.Linear(6, 2))
+        >>> handle = symopt.sparse(net, ["0.weight", "2.weight"], max_nonzero=10)
+        >>> handle.kind, handle.constraint.budget, [m.qualname for m in handle.members]
+        ('sparse', 10, ['0.weight', '2.weight'])
+    """
+
+    multi_tensor = True
+
+    def __init__(self, make: Callable[[], Constraint], budget: tuple[str, float], *, strength: float | None = None,
+                 adapt_rate: float = RATE) -> None:
+        probe = make()
+        super().__init__(PooledBudget(strength, adapt_rate, owner=f"{type(probe).__name__} (pooled)"),
+                         budget=budget)
+        if probe.budget_spec is not None:
+            raise ValueError(f"{type(probe).__name__} (pooled): the pool holds the budget; its members take none")
+        if probe.linear or not _entries_are_atoms(probe):
+            raise ValueError(f"{type(probe).__name__}: one budget over several tensors needs a kind whose atoms "
+                             "are entries (Sparse, NonNegative)")
+        self.make = make
+        self.kind = probe.kind  # reports and certificates show the members' kind
+        self.copies: list[nn.Module] = []
+
+    # -- registration (the multi-tensor protocol of attach) ------------------------------------------
+    def validate_members(self, tensors: Sequence[Tensor], names: Sequence[str]) -> None:
+        if len(tensors) < 2:
+            raise ValueError(f"one budget over several tensors needs at least two names, got {list(names)}; "
+                             "for one tensor pass its name as a string")
+        first = tensors[0]
+        for t, name in zip(tensors[1:], names[1:]):
+            if t.dtype != first.dtype or t.device != first.device:
+                raise ValueError(f"a pooled budget needs one dtype and device: '{name}' is {t.dtype} on {t.device}, "
+                                 f"'{names[0]}' is {first.dtype} on {first.device}; convert the model first")
+        for t, name in zip(tensors, names):
+            self.make().validate(t, name)
+        self.resolve_budget(sum(t.numel() for t in tensors), ", ".join(names), "non-zeros")
+        self.policy.budget = self.budget
+
+    def prepare(self, count: int, device: torch.device) -> None:
+        self.copies = []
+        self.policy.members = count
+
+    def member(self, index: int) -> PooledMember:
+        inner = self.make()
+        inner.factorizer = Factorizer(inner.factorizer.seed + 7919 * index)  # independent signs per tensor
+        return PooledMember(self, index, inner)
+
+    def bind(self, copy: nn.Module) -> None:
+        self.copies.append(copy)
+
+    # -- the maths on the list of values -------------------------------------------------------------
+    def _inner(self) -> Constraint:
+        return self.copies[0][0].inner if self.copies else self.make()
+
+    def atoms(self, values: Sequence[Tensor]) -> Tensor:
+        inner = self._inner()
+        return torch.cat([inner.atoms(v).reshape(-1) for v in values])
+
+    def snap(self, values: Sequence[Tensor], tol: float = 0.0) -> list[Tensor]:
+        """Atoms ``<= tol`` zeroed, then the ``budget`` largest atoms over all the tensors kept."""
+        inner = self._inner()
+        snapped = [inner.project(v, tol) for v in values]
+        if self.budget is None:
+            return snapped
+        flat = torch.cat([inner.atoms(v).reshape(-1) for v in snapped])
+        keep = torch.zeros_like(flat, dtype=torch.bool)
+        keep[torch.topk(flat, min(self.budget, flat.numel())).indices] = True
+        out, start = [], 0
+        for v in snapped:
+            mask = keep[start:start + v.numel()].view_as(v)
+            out.append(torch.where(mask, v, torch.zeros_like(v)))
+            start += v.numel()
+        return out
+
+    def project(self, values: Sequence[Tensor], tol: float = 0.0) -> list[Tensor]:
+        inner = self._inner()
+        return [inner.project(v, tol) for v in values]
+
+    def violation(self, values: Sequence[Tensor], tol: float = 0.0) -> float:
+        return float(torch.stack([(v - s).norm() for v, s in zip(values, self.snap(values, tol))]).norm())
+
+    def infeasibility(self, values: Sequence[Tensor]) -> float:
+        inner = self._inner()
+        return float(torch.tensor([inner.infeasibility(v) for v in values]).norm())
+
+    def induced_norm(self, values: Sequence[Tensor]) -> Tensor:
+        inner = self._inner()
+        return torch.stack([inner.induced_norm(v) for v in values]).sum()
+
+    def dual_norm(self, grads: Sequence[Tensor]) -> Tensor:
+        inner = self._inner()
+        return torch.stack([inner.dual_norm(g) for g in grads]).amax()
+
+    def prox(self, values: Sequence[Tensor], step: float) -> list[Tensor]:
+        inner = self._inner()
+        return [inner.prox(v, step) for v in values]
+
+    def kkt_residual(self, values: Sequence[Tensor], grads: Sequence[Tensor], tol: float = 0.0,
+                     quick: bool = False) -> float:
+        inner = self._inner()
+        parts = [inner.kkt_residual(v, g, tol) for v, g in zip(values, grads)]
+        return float(torch.tensor(parts, dtype=torch.float64).norm())
+
+    def structure(self, values: Sequence[Tensor], tol: float = 0.0) -> str:
+        alive = int((self.atoms(values) > tol).sum())
+        total = sum(v.numel() for v in values)
+        each = ", ".join(str(int((self._inner().atoms(v) > tol).sum())) for v in values)
+        budget = "" if self.budget is None else f", budget {self.budget}"
+        return f"density {alive / max(total, 1):.3g} ({alive}/{total}{budget}; per tensor {each})"
+
+    def structure_key(self, value, tol: float) -> object:
+        return tuple((self.atoms(list(value)) > tol).tolist())
+
+    def compressed_structure(self) -> str | None:
+        return self._inner().compressed_structure()
+
+
+def _entries_are_atoms(kind: Constraint) -> bool:
+    """Whether a kind's atoms are the entries of a tensor (so a pool's atoms are a concatenation)."""
+    try:
+        return kind.atoms(torch.ones(2, 3)).numel() == 6
+    except (NotImplementedError, RuntimeError, ValueError):
+        return False
+
+
+class PooledMember(Constraint, register=False):
+    """The parametrization of one tensor of a pool: its own kind's factorisation (``inner``), the
+    pool's λ and controller."""
+
+    def __init__(self, group: Pooled, index: int, inner: Constraint) -> None:
+        nn.Module.__init__(self)  # the state is the pool's; nothing of Constraint.__init__ applies
+        self.group = group
+        self.index = index
+        inner.policy = _Borrowed(group.policy)
+        self.inner = inner
+        self.factorizer = inner.factorizer
+        self.attached_to: str | None = None
+        self.budget, self.budget_spec = None, None
+        self.register_forward_hook(watch_gradient)
+
+    @property
+    def kind(self) -> str:  # type: ignore[override]
+        return self.group.kind
+
+    @property
+    def decayed(self) -> tuple[int, ...]:  # type: ignore[override]
+        return self.inner.decayed
+
+    @property
+    def owner(self) -> Pooled:
+        return self.group
+
+    @property
+    def policy(self):
+        return self.group.policy
+
+    @property
+    def slot(self) -> int:
+        return self.index
+
+    @property
+    def strength(self) -> float:
+        return self.group.strength
+
+    @strength.setter
+    def strength(self, value: float) -> None:
+        self.group.strength = value
+
+    def atoms(self, value: Tensor) -> Tensor:
+        return self.inner.atoms(value)
+
+    def forward(self, *factors: Tensor) -> Tensor:
+        return self.inner.forward(*factors)
+
+    def right_inverse(self, value: Tensor):
+        return self.inner.right_inverse(value)
+
+    def balance(self, *factors: Tensor) -> float:
+        return self.inner.balance(*factors)
+
+    def extra_repr(self) -> str:
+        return f"tensor {self.index} of a pooled budget of {self.group.budget}"

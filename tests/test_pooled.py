@@ -1,0 +1,127 @@
+"""One budget over several tensors (``symopt.sparse(model, [names], max_nonzero=k)``): the atoms of all
+the tensors compete on one λ, so the budget lands on the Lasso path of the *concatenated* problem —
+checked against scikit-learn's Lasso on the stacked design at the λ found — and finalize keeps exactly
+k entries over all of them."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import Lasso
+from torch import nn
+
+import symopt
+
+DT = torch.float64
+
+
+class TwoBlocks(nn.Module):
+    """ŷ = X₁w₁ + X₂w₂: a Lasso on the concatenated design, its coefficients held by two tensors."""
+
+    def __init__(self, d1: int, d2: int):
+        super().__init__()
+        self.w1 = nn.Parameter(torch.full((d1,), 0.1, dtype=DT))
+        self.w2 = nn.Parameter(torch.full((d2,), 0.1, dtype=DT))
+
+    def forward(self, X1, X2):
+        return X1 @ self.w1 + X2 @ self.w2
+
+
+def _data(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(120, 30, generator=g, dtype=DT)
+    truth = torch.zeros(30, dtype=DT)
+    truth[[1, 4, 20, 22, 27, 28]] = torch.tensor([2.0, -1.5, 1.0, 3.0, -2.0, 0.8], dtype=DT)
+    return X[:, :10], X[:, 10:], X @ truth + 0.3 * torch.randn(120, generator=g, dtype=DT)
+
+
+def _fit(model, X1, X2, y, steps=150):
+    opt = torch.optim.LBFGS(model.parameters(), lr=1, max_iter=20, line_search_fn="strong_wolfe", history_size=50)
+    symopt.bind(opt)
+
+    def closure():
+        opt.zero_grad()
+        loss = 0.5 * (model(X1, X2) - y).square().mean() + symopt.penalty(model)
+        loss.backward()
+        return loss
+
+    for _ in range(steps):
+        opt.step(closure)
+
+
+def test_a_global_budget_lands_on_the_lasso_path_of_the_stacked_problem():
+    X1, X2, y = _data()
+    model = TwoBlocks(10, 20)
+    handle = symopt.sparse(model, ["w1", "w2"], max_nonzero=5)
+    _fit(model, X1, X2, y, steps=250)  # λ settles after ~200 steps (0.7862 here, to 6 digits)
+    lam = handle.strength
+    w = torch.cat([model.w1.detach(), model.w2.detach()]).numpy()
+    reference = Lasso(alpha=lam, fit_intercept=False, tol=1e-12, max_iter=10**6)
+    coef = reference.fit(torch.cat([X1, X2], 1).numpy(), y.numpy()).coef_
+    assert int((np.abs(coef) > 1e-10).sum()) == 5                 # λ lies on the path's 5-atom interval
+    assert set(np.flatnonzero(np.abs(w) > 1e-6)) == set(np.flatnonzero(coef))
+    assert np.abs(w - coef).max() <= 1e-4  # the factored zeros near λ's boundary converge slowly (1e-5 here)
+    per_tensor = [int((model.w1.abs() > 1e-6).sum()), int((model.w2.abs() > 1e-6).sum())]
+    assert sum(per_tensor) == 5 and per_tensor[0] != per_tensor[1]  # allocated by the loss, not evenly
+    certificate = symopt.finalize(model, tol=1e-6)                   # no force needed
+    assert certificate.ok
+    assert int((model.w1 != 0).sum() + (model.w2 != 0).sum()) == 5
+
+
+def test_density_counts_every_entry_of_every_tensor():
+    net = nn.Sequential(nn.Linear(10, 10), nn.ReLU(), nn.Linear(10, 30))
+    handle = symopt.sparse(net, ["0.weight", "2.weight"], density=0.1)
+    assert handle.constraint.budget == 40  # 10% of 100 + 300
+    assert "budget 40" in handle.structure(handle.values())
+
+
+def test_a_pool_saves_loads_and_deep_copies_its_lambda():
+    X1, X2, y = _data()
+    model = TwoBlocks(10, 20)
+    handle = symopt.sparse(model, ["w1", "w2"], max_nonzero=5)
+    _fit(model, X1, X2, y, steps=5)
+    fresh = TwoBlocks(10, 20)
+    fresh_handle = symopt.sparse(fresh, ["w1", "w2"], max_nonzero=5)
+    fresh.load_state_dict(model.state_dict())
+    assert fresh_handle.strength == handle.strength > 0
+    assert torch.equal(fresh.w1, model.w1) and torch.equal(fresh.w2, model.w2)
+    clone = copy.deepcopy(model)
+    (clone_handle,) = symopt.list_constraints(clone)
+    assert clone_handle.strength == handle.strength and clone_handle.constraint is not handle.constraint
+
+
+def test_nonnegative_pools_too():
+    net = nn.Sequential(nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 6))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.abs_()
+    handle = symopt.nonnegative(net, ["0.weight", "2.weight"], max_nonzero=12)
+    assert handle.kind == "nonnegative" and handle.constraint.budget == 12
+
+
+@pytest.mark.parametrize("call,error,match", [
+    (lambda m: symopt.sparse(m, ["0.weight", "2.weight"], strength=0.1), ValueError, "shares one budget"),
+    (lambda m: symopt.sparse(m, ["0.weight", "2.weight"], max_nonzero=10_000), ValueError, "does not bind"),
+    (lambda m: symopt.sparse(m, ["0.weight"], max_nonzero=3), ValueError, "at least two names"),
+    (lambda m: symopt.sparse(m, ["0.weight", "2.weight"], max_nonzero=3, density=0.1), ValueError, "not both"),
+    (lambda m: symopt.sparse(m, ["0.weight", "nope"], max_nonzero=3), ValueError, "no parameter"),
+    (lambda m: symopt.sparse(m, ["0.weight", "0.weight"], max_nonzero=3), ValueError, "twice"),
+])
+def test_bad_pools_change_nothing(call, error, match):
+    net = nn.Sequential(nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 6))
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    with pytest.raises(error, match=match):
+        call(net)
+    assert symopt.list_constraints(net) == []
+    assert all(torch.equal(net.state_dict()[k], v) for k, v in before.items())
+
+
+def test_a_pool_over_two_dtypes_is_refused():
+    net = nn.Sequential(nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 6))
+    net[2].double()
+    with pytest.raises(ValueError, match="one dtype and device"):
+        symopt.sparse(net, ["0.weight", "2.weight"], max_nonzero=3)
+    assert symopt.list_constraints(net) == []
