@@ -461,6 +461,41 @@ class Constraint(nn.Module):
             f"budget={self.budget}, {self.policy.describe()}"
 
 
+class GroupMember(Constraint, register=False):
+    """The parametrization of one tensor of a multi-tensor group (a tie's copy, a pool's tensor): its
+    λ, strength policy, random stream and identity are the group's (``owner``); ``slot`` is its index,
+    which a policy with one state per tensor (a tie's multiplier estimates) uses."""
+
+    def __init__(self, group: Constraint, index: int) -> None:
+        nn.Module.__init__(self)  # the state is the group's; nothing of Constraint.__init__ applies
+        self.group = group
+        self.index = index
+        self.factorizer = group.factorizer
+        self.attached_to: str | None = None
+        self.budget, self.budget_spec = None, None
+        self.register_forward_hook(watch_gradient)
+
+    @property
+    def owner(self) -> Constraint:
+        return self.group
+
+    @property
+    def policy(self):
+        return self.group.policy
+
+    @property
+    def slot(self) -> int:
+        return self.index
+
+    @property
+    def strength(self) -> float:  # always the group's: one λ for the whole group
+        return self.group.strength
+
+    @strength.setter
+    def strength(self, value: float) -> None:
+        self.group.strength = value
+
+
 def _rename_policy_keys(state_dict, prefix, *_args) -> None:
     """Checkpoints written before λ moved into ``policy`` keep loading (``estimate.*``,
     ``controller.*`` → ``policy.estimate.*``, ``policy.controller.*``)."""

@@ -19,8 +19,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from .auto import watch_gradient
-from .base import Constraint, Factorizer
+from .base import Constraint, Factorizer, GroupMember
 from .budget import RATE, budget_target
 from .strength import BudgetStrength, Strength
 
@@ -195,20 +194,15 @@ def _entries_are_atoms(kind: Constraint) -> bool:
         return False
 
 
-class PooledMember(Constraint, register=False):
+class PooledMember(GroupMember):
     """The parametrization of one tensor of a pool: its own kind's factorisation (``inner``), the
     pool's λ and controller."""
 
     def __init__(self, group: Pooled, index: int, inner: Constraint) -> None:
-        nn.Module.__init__(self)  # the state is the pool's; nothing of Constraint.__init__ applies
-        self.group = group
-        self.index = index
+        super().__init__(group, index)
         inner.policy = _Borrowed(group.policy)
         self.inner = inner
         self.factorizer = inner.factorizer
-        self.attached_to: str | None = None
-        self.budget, self.budget_spec = None, None
-        self.register_forward_hook(watch_gradient)
 
     @property
     def kind(self) -> str:  # type: ignore[override]
@@ -217,26 +211,6 @@ class PooledMember(Constraint, register=False):
     @property
     def decayed(self) -> tuple[int, ...]:  # type: ignore[override]
         return self.inner.decayed
-
-    @property
-    def owner(self) -> Pooled:
-        return self.group
-
-    @property
-    def policy(self):
-        return self.group.policy
-
-    @property
-    def slot(self) -> int:
-        return self.index
-
-    @property
-    def strength(self) -> float:
-        return self.group.strength
-
-    @strength.setter
-    def strength(self, value: float) -> None:
-        self.group.strength = value
 
     def atoms(self, value: Tensor) -> Tensor:
         return self.inner.atoms(value)

@@ -18,8 +18,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .auto import watch_gradient
-from .base import Constraint, Example, hadamard_balance, split_product
+from .base import Constraint, Example, GroupMember, hadamard_balance, split_product
 
 
 class Tied(Constraint):
@@ -149,7 +148,7 @@ class Tied(Constraint):
         return f"{len(values)} copies"
 
 
-class TiedMember(Constraint, register=False):
+class TiedMember(GroupMember):
     """Parametrization of a later tied tensor: ``θ_j = θ_1 + u_j ⊙ v_j``; decays ``u_j, v_j``.
 
     Its λ, strength policy and random stream are the group's (`Tied`): one λ for the whole tie."""
@@ -157,35 +156,6 @@ class TiedMember(Constraint, register=False):
     kind = "tied"
     linear = True
     decayed: tuple[int, ...] = (0, 1)
-
-    def __init__(self, group: Tied, index: int) -> None:
-        nn.Module.__init__(self)  # the state is the group's; nothing of Constraint.__init__ applies
-        self.group = group
-        self.index = index
-        self.factorizer = group.factorizer
-        self.attached_to: str | None = None
-        self.budget, self.budget_spec = None, None
-        self.register_forward_hook(watch_gradient)
-
-    @property
-    def owner(self) -> Tied:
-        return self.group
-
-    @property
-    def policy(self):
-        return self.group.policy
-
-    @property
-    def slot(self) -> int:  # one running multiplier estimate per copy
-        return self.index
-
-    @property
-    def strength(self) -> float:  # always the group's: one λ for the whole tie
-        return self.group.strength
-
-    @strength.setter
-    def strength(self, value: float) -> None:
-        self.group.strength = value
 
     def dual_norm(self, grad: Tensor) -> Tensor:
         """This copy's multiplier: ``‖g_j‖_∞`` (see `Tied.dual_norm`)."""
