@@ -15,6 +15,7 @@ from .problems import (Problem, make_equality_ls, make_fixed_zeros_ls, make_grou
                        make_logistic_l1, make_low_rank_regression, make_matrix_completion, make_tied_least_squares)
 from .result import NotApplicable, Result
 from .solver import solve
+from .solver.steppers import warm_up
 
 # name -> (generator, kwargs per size)
 BUILTIN: dict[str, tuple[Callable[..., Problem], dict[str, dict]]] = {
@@ -198,9 +199,9 @@ def compare(problems: Problem | Sequence[Problem], solvers: Sequence[str] = tupl
     unknown = [s for s in solvers if s not in SOLVERS]
     if unknown:
         raise ValueError(f"unknown solver(s) {unknown}; available: {sorted(SOLVERS)}")
-    # The first torch optimizer built in a process imports torch._dynamo (~1.3 s on a 2-core CPU);
-    # pay it here, untimed, instead of inside whichever solver happens to run first.
-    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    # The first torch optimizer built in a process imports torch._dynamo: pay it here, untimed,
+    # instead of inside whichever solver happens to run first.
+    warm_up()
     if "sklearn" in solvers and any(p.meta.get("family") == "group_lasso" for p in problems):
         _compile_skglm()
     rows = Comparison()

@@ -21,6 +21,7 @@ from ..result import Result, elapsed_since
 from .descent import Descent
 from .options import Options
 from .path import search_path
+from .steppers import warm_up
 from .variable import Variable
 from .working_set import applies as working_sets_apply
 from .working_set import atom_count, solve_on_working_sets
@@ -152,6 +153,7 @@ def solve(problem: Problem, device=None, dtype=None, method: str = "auto", tol: 
     if start is not None:
         holder.load(start.to(device))
 
+    warm_up()  # a one-time import of torch's, outside the solve's time
     began = time.perf_counter()
     if constraint.budget is None:
         status, message = descent.run(max_iter, began)
