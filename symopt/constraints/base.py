@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.nn.modules.module import _addindent
 
 from .auto import watch_gradient
-from .budget import RATE
+from .budget import RATE, check_total_steps
 from .strength import Auto, BudgetStrength, Fixed, Strength, strength_policy
 
 # Fallback scale for the non-zero factor of an all-zero tensor: with u = 1, v = 0 the factored
@@ -189,6 +189,12 @@ class Constraint(nn.Module):
         margin: ``"auto"`` keeps ``λ = margin ×`` the multiplier estimate (> 1).
         budget: ``("count", k)`` or ``("density", f)``: the atom budget, for the kinds that take one.
         adapt_rate: fraction of the way log λ moves toward the budget's target per step.
+        total_steps: the steps until training ends (backward passes; optimizer steps under
+            `symopt.bind`). The budget then arrives on a schedule and lands: no decay before
+            ``ramp[0]·total_steps``, the cubic schedule of gradual pruning down to the budget until
+            ``ramp[1]·total_steps``, where the dropped atoms are put on their mirror's fixed subspace
+            and held there (exactly 0 whatever the optimizer); see ``BudgetStrength``.
+        ramp: ``(start, end)`` of that schedule as fractions of ``total_steps`` (default (0.1, 0.75)).
 
     Examples:
         >>> import torch, symopt
@@ -241,11 +247,21 @@ class Constraint(nn.Module):
             raise ValueError(f"{where}: the assigned tensor holds NaN or Inf; a factorisation would spread them")
 
     def __init__(self, strength: float | str | Strength | None, *, seed: int = 0, margin: float = 1.5,
-                 budget: tuple[str, float] | None = None, adapt_rate: float = RATE) -> None:
+                 budget: tuple[str, float] | None = None, adapt_rate: float = RATE, total_steps: int | None = None,
+                 ramp: tuple[float, float] = (0.1, 0.75)) -> None:
         super().__init__()
         owner = type(self).__name__
+        schedule = check_total_steps(total_steps, ramp, owner)
+        if schedule is not None:
+            if budget is None:
+                raise ValueError(f"{owner}: total_steps schedules a budget; give one (max_nonzero=, density=, "
+                                 "max_groups=, target_rank=), or use strength=symopt.Scheduled(...) for λ")
+            if isinstance(strength, Strength):
+                raise ValueError(f"{owner}: total_steps builds the budget's policy; do not pass a Strength too")
+            if type(self).land is Constraint.land:
+                raise ValueError(f"{owner}: this kind cannot land a budget (no `land`); drop total_steps")
         self.policy = strength_policy(strength, linear=self.linear, budget=budget is not None, margin=margin,
-                                      rate=adapt_rate, owner=owner)
+                                      rate=adapt_rate, owner=owner, schedule=schedule)
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
             raise TypeError(f"{owner}: seed must be an int, got {type(seed).__name__}")
         self.factorizer = Factorizer(int(seed))
@@ -254,6 +270,8 @@ class Constraint(nn.Module):
         self.budget_spec = budget
         self.budget: int | None = int(budget[1]) if budget is not None and budget[0] == "count" else None
         self.register_forward_hook(watch_gradient)
+        if schedule is not None:
+            self.register_forward_pre_hook(_land_when_due)
         self._register_load_state_dict_pre_hook(_rename_policy_keys)
 
     @classmethod
@@ -321,6 +339,22 @@ class Constraint(nn.Module):
                 f"give fewer than {atoms}, or no budget"
             )
         self.budget = k
+        self.atom_total = atoms
+        if self.policy.schedule_of_budget() is not None:
+            # Which atoms the landing kept (all until it happens): a buffer, so a resumed run holds them too.
+            self.register_buffer("landed_keep", torch.ones(atoms, dtype=torch.bool))
+
+    def land(self, factors: tuple[Tensor, ...], keep: Tensor) -> None:  # pragma: no cover - budget kinds
+        """Put the factors of every atom outside ``keep`` (a bool mask over ``atoms``) on the fixed
+        subspace of its mirror symmetry, in place: those atoms are then exactly 0 and stay 0 under any
+        gradient method. Kinds with budgets define it (a budget with ``total_steps`` needs it)."""
+        raise NotImplementedError
+
+    def hold_landed(self, factors: tuple[Tensor, ...], keep: Tensor) -> None:
+        """After the landing, before every forward: put the dropped atoms' factors back on the fixed
+        subspace. Gradients never move them off it, but an optimizer's momentum (SGD's buffer, Adam's
+        averages, built before the landing) would, for a while. Default: ``land`` again."""
+        self.land(factors, keep)
 
     def atoms(self, value: Tensor) -> Tensor:  # pragma: no cover - budget kinds override
         """Sizes of the terms of the induced norm (|entries|, group norms, σ) as a 1-d tensor."""
@@ -494,6 +528,25 @@ class GroupMember(Constraint, register=False):
     @strength.setter
     def strength(self, value: float) -> None:
         self.group.strength = value
+
+
+def _land_when_due(module: "Constraint", inputs: tuple[Tensor, ...]) -> None:
+    """Forward pre-hook of a budget with ``total_steps``: at the end of its ramp, keep the ``budget``
+    largest atoms and land the others (``Constraint.land``) before this forward uses the factors."""
+    policy = module.policy
+    if policy.has_landed():
+        with torch.no_grad():
+            module.hold_landed(inputs, module.landed_keep)
+        return
+    if not policy.landing_due():
+        return
+    with torch.no_grad():
+        atoms = module.atoms(module.forward(*inputs)).reshape(-1)
+        keep = torch.zeros_like(atoms, dtype=torch.bool)
+        keep[torch.topk(atoms, min(module.budget, atoms.numel())).indices] = True
+        module.land(inputs, keep)
+        module.landed_keep.copy_(keep)
+    policy.mark_landed()
 
 
 def _rename_policy_keys(state_dict, prefix, *_args) -> None:

@@ -67,6 +67,33 @@ def entry_budget(max_nonzero: object, density: object, owner: str) -> tuple[str,
     return ("count", k) if k is not None else ("density", fraction) if fraction is not None else None
 
 
+def check_total_steps(total_steps: object, ramp: object, owner: str) -> tuple[int, float, float] | None:
+    """``(total_steps, ramp start, ramp end)`` as checked values, or None without ``total_steps``."""
+    if total_steps is None:
+        return None
+    if isinstance(total_steps, bool) or not isinstance(total_steps, numbers.Integral) or total_steps < 1:
+        raise ValueError(f"{owner}: total_steps must be an int >= 1 (the steps until training ends), "
+                         f"got {total_steps!r}")
+    if (not isinstance(ramp, tuple) or len(ramp) != 2
+            or not all(isinstance(r, numbers.Real) and not isinstance(r, bool) for r in ramp)
+            or not 0.0 <= ramp[0] < ramp[1] <= 1.0):
+        raise ValueError(f"{owner}: ramp must be (start, end) fractions of total_steps with 0 <= start < end <= 1, "
+                         f"got {ramp!r}; the budget lands at the end of the ramp, which cannot be after "
+                         "total_steps")
+    return int(total_steps), float(ramp[0]), float(ramp[1])
+
+
+def scheduled_count(step: int, atoms: int, k: int, start: int, end: int) -> int:
+    """The atoms kept at ``step`` on the way from all ``atoms`` to the budget ``k``: the cubic schedule
+    of gradual magnitude pruning (Zhu & Gupta, 2017), ``k + (atoms − k)(1 − τ)³`` with τ the fraction of
+    the ramp ``[start, end)`` done. It removes atoms fast while many are redundant and slowly near the
+    budget, where each one costs accuracy; at least ``k + 1`` before ``end``, ``k`` from then on."""
+    if step >= end:
+        return k
+    tau = max(0.0, (step - start) / max(end - start, 1))
+    return min(atoms - 1, max(k + 1, round(k + (atoms - k) * (1.0 - tau) ** 3)))
+
+
 def check_rate(value: object, owner: str) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 < float(value) <= 1.0:
         raise ValueError(f"{owner}: adapt_rate must be in (0, 1], got {value!r}")
@@ -74,9 +101,19 @@ def check_rate(value: object, owner: str) -> float:
 
 
 def split_point(scores: Tensor, k: int) -> float:
-    """Midpoint of the k-th and (k+1)-th largest ``scores`` (a 1-d tensor with more than k entries)."""
-    top = torch.topk(scores.reshape(-1).to(torch.float64), k + 1).values
-    return float(0.5 * (top[k - 1] + top[k]))
+    """Midpoint of the k-th and (k+1)-th largest ``scores`` (a 1-d tensor with more than k entries).
+
+    When fewer than k + 1 scores are positive (a one-sided norm: NonNegative's atoms are 0 wherever the
+    gradient pushes an entry down), every λ below the smallest positive score keeps them all and the
+    budget does not bind yet: half that score, the small λ of the dense end of the path (0 if no score
+    is positive)."""
+    flat = scores.reshape(-1).to(torch.float64)
+    top = torch.topk(flat, k + 1).values
+    mid = float(0.5 * (top[k - 1] + top[k]))
+    if mid > 0:
+        return mid
+    positive = flat[flat > 0]
+    return 0.5 * float(positive.min()) if positive.numel() else 0.0
 
 
 class BudgetController(nn.Module):
@@ -115,6 +152,6 @@ def budget_target(atoms, value: Tensor, grad: Tensor, k: int, strength: float) -
     value, grad = value.detach(), grad.detach()
     size = torch.topk(atoms(value).reshape(-1), k).values.mean()
     if strength <= 0 or float(size) == 0.0:
-        return split_point(atoms(grad), k)
+        return split_point(atoms(-grad), k)  # the prox score of a zero point: atoms(0 − t·∇ℓ) / t
     step = SPREAD * float(size) / strength
     return split_point(atoms(value - step * grad), k) / step

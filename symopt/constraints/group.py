@@ -35,6 +35,8 @@ class GroupSparse(Constraint):
         groups: instead of ``dim``: a list of index lists into ``w.reshape(-1)``, disjoint and
             covering every entry, or an int ``k`` for consecutive groups of ``k`` entries.
         adapt_rate: fraction of the way log λ moves toward the budget's target per optimizer step.
+        total_steps, ramp: a budget that arrives on a schedule and lands exactly (see
+            [`Constraint`][symopt.Constraint] and docs/hard-constraints.md).
         seed: seed of the factor initialisation.
 
     Examples:
@@ -71,9 +73,11 @@ class GroupSparse(Constraint):
 
     def __init__(self, dim: int | None = None, strength: float | None = None, *,
                  groups: int | Sequence[Sequence[int]] | None = None, max_groups: int | None = None,
-                 adapt_rate: float = RATE, seed: int = 0) -> None:
+                 adapt_rate: float = RATE, seed: int = 0, total_steps: int | None = None,
+                 ramp: tuple[float, float] = (0.1, 0.75)) -> None:
         k = check_budget(max_groups, "max_groups", "GroupSparse")
-        super().__init__(strength, seed=seed, budget=None if k is None else ("count", k), adapt_rate=adapt_rate)
+        super().__init__(strength, seed=seed, budget=None if k is None else ("count", k), adapt_rate=adapt_rate,
+                         total_steps=total_steps, ramp=ramp)
         if groups is not None and dim is not None:
             raise ValueError("GroupSparse: pass either dim (slices along an axis) or groups (index sets), not both")
         if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int)):
@@ -183,6 +187,11 @@ class GroupSparse(Constraint):
 
     def atoms(self, value: Tensor) -> Tensor:
         return self.group_norms(value)
+
+    def land(self, factors: tuple[Tensor, ...], keep: Tensor) -> None:
+        gates, omega = factors
+        gates.masked_fill_(~keep, 0.0)
+        omega.mul_(self.spread(keep.to(omega.dtype), omega))  # s_g = 0 and ω_g = 0: the mirror's fixed point
 
     def truncate(self, value: Tensor, k: int) -> Tensor:
         norms = self.group_norms(value)

@@ -40,6 +40,8 @@ class LowRank(Constraint):
         target_rank: budget ``r`` (≤ ``max_rank``): λ adapts during training until the rank is r;
             [`symopt.finalize`][symopt.finalize] keeps the r largest singular values. ``"flatten"`` layout only.
         adapt_rate: fraction of the way log λ moves toward the budget's target per optimizer step.
+        total_steps, ramp: a budget that arrives on a schedule and lands exactly (see
+            [`Constraint`][symopt.Constraint] and docs/hard-constraints.md).
         seed: seed of the factor initialisation.
 
     Examples:
@@ -82,7 +84,8 @@ class LowRank(Constraint):
 
     def __init__(
         self, strength: float | None = None, max_rank: int | None = None, *, layout: str = "flatten",
-        target_rank: int | None = None, adapt_rate: float = RATE, seed: int = 0,
+        target_rank: int | None = None, adapt_rate: float = RATE, seed: int = 0, total_steps: int | None = None,
+        ramp: tuple[float, float] = (0.1, 0.75),
     ) -> None:
         r = check_budget(target_rank, "target_rank", "LowRank")
         if r is not None and layout == "batch":
@@ -91,7 +94,8 @@ class LowRank(Constraint):
         if r is not None and max_rank is not None and isinstance(max_rank, int) and r > max_rank:
             raise ValueError(f"LowRank: target_rank={r} exceeds max_rank={max_rank} (the factor width); "
                              f"raise max_rank or lower target_rank")
-        super().__init__(strength, seed=seed, budget=None if r is None else ("count", r), adapt_rate=adapt_rate)
+        super().__init__(strength, seed=seed, budget=None if r is None else ("count", r), adapt_rate=adapt_rate,
+                         total_steps=total_steps, ramp=ramp)
         if max_rank is not None:
             if isinstance(max_rank, bool) or not isinstance(max_rank, int):
                 raise TypeError(f"LowRank: max_rank must be an int or None, got {type(max_rank).__name__}")
@@ -241,6 +245,25 @@ class LowRank(Constraint):
 
     def atoms(self, value: Tensor) -> Tensor:
         return self.singular_values(value).reshape(-1)
+
+    def land(self, factors: tuple[Tensor, ...], keep: Tensor) -> None:
+        """Balanced factors of the best rank-k part (``U = P√S``, ``V = Q√S`` on the k leading singular
+        triplets) and zero columns beyond: the rotation symmetry's fixed subspace for the dropped
+        directions, which gradients do not leave."""
+        U, V = factors
+        k = int(keep.sum())
+        P, S, Qh = torch.linalg.svd((U @ V.mT).to(working_dtype(U.dtype)), full_matrices=False)
+        roots = S[:k].sqrt()
+        U.zero_()
+        V.zero_()
+        U[:, :k] = (P[:, :k] * roots).to(U.dtype)
+        V[:, :k] = (Qh[:k].mT * roots).to(V.dtype)
+
+    def hold_landed(self, factors: tuple[Tensor, ...], keep: Tensor) -> None:
+        U, V = factors  # the landing put the kept directions in the first k columns
+        k = int(keep.sum())
+        U[:, k:] = 0.0
+        V[:, k:] = 0.0
 
     def truncate(self, value: Tensor, k: int) -> Tensor:
         def keep_top(S: Tensor) -> Tensor:

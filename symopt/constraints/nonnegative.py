@@ -40,6 +40,8 @@ class NonNegative(Constraint):
         max_nonzero: budget ``k``: λ adapts until exactly k entries are positive.
         density: the budget as a fraction of the entries.
         adapt_rate: fraction of the way log λ moves toward the budget's target per step.
+        total_steps, ramp: a budget that arrives on a schedule and lands exactly (see
+            [`Constraint`][symopt.Constraint] and docs/hard-constraints.md).
         seed: seed of the factors' random signs.
 
     Examples:
@@ -60,9 +62,11 @@ class NonNegative(Constraint):
         return Example(lambda: cls(0.3), ((4, 5),), draw=lambda z: z.abs() + 0.1)
 
     def __init__(self, strength: float | None = None, *, max_nonzero: int | None = None,
-                 density: float | None = None, adapt_rate: float = RATE, seed: int = 0) -> None:
+                 density: float | None = None, adapt_rate: float = RATE, seed: int = 0,
+                 total_steps: int | None = None, ramp: tuple[float, float] = (0.1, 0.75)) -> None:
         budget = entry_budget(max_nonzero, density, "NonNegative")
-        super().__init__(strength, seed=seed, budget=budget, adapt_rate=adapt_rate)
+        super().__init__(strength, seed=seed, budget=budget, adapt_rate=adapt_rate, total_steps=total_steps,
+                         ramp=ramp)
 
     # -- factors ----------------------------------------------------------------------------------
     def validate(self, tensor: Tensor, name: str) -> None:
@@ -124,6 +128,10 @@ class NonNegative(Constraint):
     # -- budgets and structure --------------------------------------------------------------------
     def atoms(self, value: Tensor) -> Tensor:
         return value.clamp_min(0).reshape(-1)
+
+    def land(self, factors: tuple[Tensor, ...], keep: Tensor) -> None:
+        (u,) = factors
+        u.masked_fill_(~keep.view_as(u), 0.0)  # u_i = 0: the fixed point of u_i → −u_i
 
     def truncate(self, value: Tensor, k: int) -> Tensor:
         flat = value.reshape(-1)

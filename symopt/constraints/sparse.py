@@ -29,6 +29,8 @@ class Sparse(Constraint):
             (the Lasso-path point with support size k); [`symopt.finalize`][symopt.finalize] keeps the k largest.
         density: the budget as a fraction of the entries (``k = round(density · numel)``).
         adapt_rate: fraction of the way log λ moves toward the budget's target per optimizer step.
+        total_steps, ramp: a budget that arrives on a schedule and lands exactly (see
+            [`Constraint`][symopt.Constraint] and docs/hard-constraints.md).
         seed: seed of the random, sign-independent factor initialisation.
 
     Examples:
@@ -54,15 +56,23 @@ class Sparse(Constraint):
         return "entries"
 
     def __init__(self, strength: float | None = None, *, max_nonzero: int | None = None,
-                 density: float | None = None, adapt_rate: float = RATE, seed: int = 0) -> None:
+                 density: float | None = None, adapt_rate: float = RATE, seed: int = 0,
+                 total_steps: int | None = None, ramp: tuple[float, float] = (0.1, 0.75)) -> None:
         budget = entry_budget(max_nonzero, density, "Sparse")
-        super().__init__(strength, seed=seed, budget=budget, adapt_rate=adapt_rate)
+        super().__init__(strength, seed=seed, budget=budget, adapt_rate=adapt_rate, total_steps=total_steps,
+                         ramp=ramp)
 
     def validate(self, tensor: Tensor, name: str) -> None:
         self.resolve_budget(tensor.numel(), name, "non-zeros")
 
     def atoms(self, value: Tensor) -> Tensor:
         return value.abs().reshape(-1)
+
+    def land(self, factors: tuple[Tensor, ...], keep: Tensor) -> None:
+        u, v = factors
+        drop = ~keep.view_as(u)
+        u.masked_fill_(drop, 0.0)
+        v.masked_fill_(drop, 0.0)  # u_i = v_i = 0: the mirror's fixed point, which no gradient leaves
 
     def truncate(self, value: Tensor, k: int) -> Tensor:
         flat = value.reshape(-1)

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from .auto import MultiplierEstimate, check_margin
-from .budget import RATE, BudgetController, budget_target, check_rate
+from .budget import RATE, BudgetController, budget_target, check_rate, scheduled_count
 from .warn import warn_user
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -105,6 +105,14 @@ class Strength(nn.Module):
     def sync_state(self) -> list[Tensor]:
         """The state tensors that replicas must agree on (averaged by `symopt.sync_strengths`)."""
         return []
+
+    def schedule_of_budget(self):
+        """A budget's ``(total_steps, ramp start, ramp end)``, None for anything else."""
+        return None
+
+    def has_landed(self) -> bool:
+        """Whether a scheduled budget has landed (its dropped atoms are held at exactly 0)."""
+        return False
 
     def resize(self, slots: int, device=None) -> None:
         """Prepare for ``slots`` tensors observed separately (a tie's copies); most policies keep one
@@ -295,10 +303,19 @@ class BudgetStrength(Strength):
     """λ adapted so that the constraint's budget of ``k`` atoms is the predicted support (see
     `symopt.constraints.budget` for the controller and why it is this one).
 
+    With ``total_steps`` the budget *arrives* during training and *lands*: no decay before the ramp
+    starts (the features form), then the count follows the cubic schedule of gradual pruning from all
+    atoms to ``k`` over the ramp; at its end the constraint puts the factors of every atom outside the
+    ``k`` largest on the fixed subspace of their mirror symmetry (both factors exactly 0), where every
+    gradient method leaves them: from then on the budget holds exactly, λ is frozen, and the ``k``
+    atoms train on (a fine-tuning phase, as after pruning).
+
     Args:
         initial: the starting λ; None to take it from the first gradient.
         rate: fraction of the way log λ moves toward its target per step, in (0, 1].
         owner: the name used in error messages.
+        schedule: ``(total_steps, ramp start, ramp end)`` (see ``budget.check_total_steps``), or None for
+            a constant budget that never lands by itself.
 
     Examples:
         >>> import torch, symopt
@@ -308,35 +325,71 @@ class BudgetStrength(Strength):
         ('BudgetStrength', 0.0)
     """
 
-    watching = True
-
-    def __init__(self, initial: float | None = None, rate: float = RATE, owner: str = "strength") -> None:
+    def __init__(self, initial: float | None = None, rate: float = RATE, owner: str = "strength",
+                 schedule: tuple[int, float, float] | None = None) -> None:
         super().__init__()
         start = None if initial is None else check_strength(initial, owner)
         self.controller = BudgetController(start, check_rate(rate, owner))
+        self.schedule = schedule
+        if schedule is not None:
+            total, first, last = schedule
+            self.ramp = (int(first * total), max(int(first * total) + 1, int(round(last * total))))
+            self.register_buffer("step", torch.zeros((), dtype=torch.float64))
+            self.register_buffer("landed", torch.zeros((), dtype=torch.float64))
+
+    @property
+    def watching(self) -> bool:  # type: ignore[override]
+        return self.schedule is None or not bool(self.landed)
 
     def value(self) -> float:
         return self.controller.value()
 
     def sync_state(self) -> list[Tensor]:
-        return [self.controller.log_strength]
+        return [self.controller.log_strength] + ([self.step] if self.schedule is not None else [])
 
     def describe(self) -> str:
+        if self.schedule is not None and bool(self.landed):
+            return f"strength={self.value():g} (landed)"
         return f"strength={self.value():g} (adapting)"
 
+    def count(self, constraint) -> int | None:
+        """The atoms the budget keeps now: the constraint's budget, or its schedule's count."""
+        if constraint.budget is None or self.schedule is None:
+            return constraint.budget
+        return scheduled_count(int(self.step), constraint.atom_total, constraint.budget, *self.ramp)
+
+    def schedule_of_budget(self):
+        return self.schedule
+
+    def has_landed(self) -> bool:
+        return self.schedule is not None and bool(self.landed)
+
+    def landing_due(self) -> bool:
+        """Whether the ramp has ended and the budget has not landed yet."""
+        return self.schedule is not None and not bool(self.landed) and int(self.step) >= self.ramp[1]
+
+    def mark_landed(self) -> None:
+        self.landed.fill_(1.0)
+
     def _observation(self, constraint, value, grad):
-        if constraint.budget is None:
+        k = self.count(constraint)
+        if k is None:
             return None
-        target = budget_target(constraint.atoms, value, grad, constraint.budget, self.value())
+        if self.schedule is not None and int(self.step) < self.ramp[0]:
+            return "warm-up"  # a step that counts, with no decay yet
+        target = budget_target(constraint.atoms, value, grad, k, self.value())
         return target if math.isfinite(target) and target > 0 else None
 
     def _commit(self, observations) -> None:
-        if not observations:
+        if self.schedule is not None and observations:
+            self.step += 1
+        targets = [o for o in observations if not isinstance(o, str)]
+        if not targets:
             return
         # The last point of a step is where the optimizer stopped; before λ is known, the first point
         # (where the step started) sets its scale.
         known = math.isfinite(float(self.controller.log_strength))
-        self.controller.update(observations[-1] if known else observations[0])
+        self.controller.update(targets[-1] if known else targets[0])
         self.publish()
 
 
@@ -388,7 +441,8 @@ class Scheduled(Strength):
             self.publish()
 
 
-def strength_policy(strength, *, linear: bool, budget: bool, margin: float, rate: float, owner: str) -> Strength:
+def strength_policy(strength, *, linear: bool, budget: bool, margin: float, rate: float, owner: str,
+                    schedule: tuple[int, float, float] | None = None) -> Strength:
     """The policy a constraint's ``strength=`` argument asks for.
 
     ``"auto"`` (linear kinds only) → `Auto`; a budget → `BudgetStrength` (starting at ``strength``
@@ -409,7 +463,7 @@ def strength_policy(strength, *, linear: bool, budget: bool, margin: float, rate
             )
         return Auto(margin, owner=owner)
     if budget:
-        return BudgetStrength(strength, rate, owner=owner)
+        return BudgetStrength(strength, rate, owner=owner, schedule=schedule)
     if strength is None:
         return Auto(margin, owner=owner) if linear else Fixed(1e-3, owner)
     return Fixed(strength, owner)

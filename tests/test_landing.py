@@ -1,0 +1,143 @@
+"""Budgets that arrive during training and land: ``total_steps=N`` ramps the budget with the cubic schedule
+of gradual pruning and, at the end of the ramp, puts the dropped atoms' factors on the fixed subspace of
+their mirror symmetry. From then on the budget holds exactly (whatever the optimizer, clipping or LR
+schedule), and ``symopt.finalize(model)`` succeeds with its default arguments."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+from torch import nn
+
+import symopt
+from symopt.constraints.budget import scheduled_count
+
+DT = torch.float64
+STEPS = 400
+
+
+def _data(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(200, 12, generator=g, dtype=DT)
+    W = torch.zeros(12, 6, dtype=DT)
+    W[:4, :3] = torch.randn(4, 3, generator=g, dtype=DT)
+    return X, X @ W + 0.05 * torch.randn(200, 6, generator=g, dtype=DT)
+
+
+# kind → (register it on a 6×12 Linear with a budget landing at the end of the ramp, count the atoms left)
+KINDS = {
+    "sparse": (lambda m: symopt.sparse(m, "weight", max_nonzero=9, total_steps=STEPS),
+               lambda w: int((w != 0).sum()), 9),
+    "nonnegative": (lambda m: symopt.nonnegative(m, "weight", max_nonzero=9, total_steps=STEPS),
+                    lambda w: int((w != 0).sum()), 9),
+    "group_sparse": (lambda m: symopt.group_sparse(m, "weight", dim=1, max_groups=4, total_steps=STEPS),
+                     lambda w: int((w.abs().sum(0) != 0).sum()), 4),
+    "low_rank": (lambda m: symopt.low_rank(m, "weight", target_rank=2, total_steps=STEPS),
+                 lambda w: int((torch.linalg.svdvals(w) > 1e-12).sum()), 2),
+}
+
+OPTIMIZERS = {
+    "adam": lambda groups: (torch.optim.Adam(groups, lr=1e-2), None, None),
+    "sgd_momentum_clipped": lambda groups: (torch.optim.SGD(groups, lr=0.05, momentum=0.9), None, 0.5),
+    "sgd_onecycle_clipped": lambda groups: (
+        opt := torch.optim.SGD(groups, lr=0.05, momentum=0.9),
+        torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=STEPS), 0.5),
+    "adam_cosine": lambda groups: (
+        opt := torch.optim.Adam(groups, lr=1e-2),
+        torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=STEPS), None),
+}
+
+
+def _train(kind: str, optimizer: str, steps: int = STEPS):
+    torch.manual_seed(0)
+    X, Y = _data()
+    model = nn.Linear(12, 6, bias=False).double()
+    if kind == "nonnegative":
+        with torch.no_grad():
+            model.weight.abs_()
+    register, count, budget = KINDS[kind]
+    handle = register(model)
+    opt, schedule, clip = OPTIMIZERS[optimizer](symopt.param_groups(model, lr=1e-2))
+    counts = []
+    for _ in range(steps):
+        opt.zero_grad()
+        (0.5 * (model(X) - Y).square().mean()).backward()
+        if clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        opt.step()
+        if schedule:
+            schedule.step()
+        counts.append(count(model.weight.detach()))
+    return model, handle, counts, budget
+
+
+@pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_the_budget_lands_exactly_and_finalize_needs_no_force(kind, optimizer):
+    model, handle, counts, budget = _train(kind, optimizer)
+    land = round(0.75 * STEPS)
+    assert all(c == budget for c in counts[land:])        # exact from the landing to the end
+    assert "landed" in repr(handle.constraint)
+    assert symopt.finalize(model).ok                       # default tol, no force
+    assert KINDS[kind][1](model.weight.detach()) == budget  # never a layer killed: exactly the budget
+
+
+def test_no_decay_before_the_ramp_and_the_cubic_count_on_it():
+    torch.manual_seed(0)
+    X, Y = _data()
+    model = nn.Linear(12, 6, bias=False).double()
+    handle = symopt.sparse(model, "weight", max_nonzero=9, total_steps=STEPS, ramp=(0.25, 0.5))
+    opt = torch.optim.SGD(symopt.param_groups(model, lr=0.05), lr=0.05)
+    for _ in range(int(0.25 * STEPS)):
+        opt.zero_grad()
+        (0.5 * (model(X) - Y).square().mean()).backward()
+        opt.step()
+    assert handle.strength == 0.0 and opt.param_groups[0]["weight_decay"] == 0.0  # warm-up: plain training
+    assert scheduled_count(100, 72, 9, 100, 200) == 71 and scheduled_count(150, 72, 9, 100, 200) == 17
+    assert scheduled_count(199, 72, 9, 100, 200) == 10 and scheduled_count(200, 72, 9, 100, 200) == 9
+
+
+def test_a_resumed_run_lands_and_holds_the_same_atoms():
+    """model + optimizer state_dicts saved mid-ramp: the resumed run follows the same schedule (the step
+    count and the landing mask are buffers) and ends bit-identical."""
+    def build():
+        torch.manual_seed(0)
+        model = nn.Linear(12, 6, bias=False).double()
+        symopt.sparse(model, "weight", max_nonzero=9, total_steps=200)
+        opt = torch.optim.Adam(symopt.param_groups(model, lr=1e-2), lr=1e-2)
+        symopt.bind(opt)
+        return model, opt
+
+    def run(model, opt, steps):
+        X, Y = _data()
+        for _ in range(steps):
+            opt.zero_grad()
+            (0.5 * (model(X) - Y).square().mean()).backward()
+            opt.step()
+
+    model, opt = build()
+    run(model, opt, 120)
+    buffer = io.BytesIO()
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, buffer)
+    run(model, opt, 80)
+    again, opt2 = build()
+    state = torch.load(io.BytesIO(buffer.getvalue()))
+    again.load_state_dict(state["model"])
+    opt2.load_state_dict(state["opt"])
+    run(again, opt2, 80)
+    assert torch.equal(again.weight, model.weight) and int((again.weight != 0).sum()) == 9
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda: symopt.Sparse(max_nonzero=3, total_steps=0), "total_steps must be an int >= 1"),
+    (lambda: symopt.Sparse(max_nonzero=3, total_steps=1.5), "total_steps must be an int >= 1"),
+    (lambda: symopt.Sparse(max_nonzero=3, total_steps=100, ramp=(0.5, 1.2)), "cannot be after total_steps"),
+    (lambda: symopt.Sparse(max_nonzero=3, total_steps=100, ramp=(0.6, 0.5)), "0 <= start < end <= 1"),
+    (lambda: symopt.Sparse(0.1, total_steps=100), "total_steps schedules a budget"),
+    (lambda: symopt.Sparse(symopt.Fixed(0.1), max_nonzero=3, total_steps=100), "do not pass a Strength"),
+])
+def test_bad_schedules_are_refused(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
