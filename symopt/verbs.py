@@ -270,11 +270,12 @@ def tie(model: nn.Module, names: Sequence[str], strength: float | str = "auto", 
 
 
 def _pooled(kind, verb: str, strength, *, max_nonzero=None, density=None, adapt_rate: float = RATE,
-            seed: int = 0) -> Pooled:
+            seed: int = 0, total_steps: int | None = None, ramp: tuple[float, float] = (0.1, 0.75)) -> Pooled:
     """One budget over the tensors of a list of names (``symopt.constraints.pooled``)."""
     budget = entry_budget(max_nonzero, density, kind.__name__)
     if budget is None:
         raise ValueError(f"{verb}: a list of names shares one budget — give max_nonzero= or density=; for one λ "
                          f"on several tensors call symopt.{verb} on each name")
     kind(1.0, seed=seed)  # the seed checked now
-    return Pooled(functools.partial(kind, 1.0, seed=seed), budget, strength=strength, adapt_rate=adapt_rate)
+    return Pooled(functools.partial(kind, 1.0, seed=seed), budget, strength=strength, adapt_rate=adapt_rate,
+                  total_steps=total_steps, ramp=ramp)

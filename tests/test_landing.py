@@ -141,3 +141,25 @@ def test_a_resumed_run_lands_and_holds_the_same_atoms():
 def test_bad_schedules_are_refused(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+def test_a_pooled_budget_lands_over_all_its_tensors():
+    """One budget over two layers with total_steps: exactly k entries over both from the landing on,
+    allocated between the layers by the training, and finalize needs no force."""
+    torch.manual_seed(0)
+    X, Y = _data()
+    model = nn.Sequential(nn.Linear(12, 16), nn.Tanh(), nn.Linear(16, 6)).double()
+    handle = symopt.sparse(model, ["0.weight", "2.weight"], max_nonzero=40, total_steps=STEPS)
+    opt = torch.optim.Adam(symopt.param_groups(model, lr=1e-2), lr=1e-2)
+    counts = []
+    for _ in range(STEPS):
+        opt.zero_grad()
+        (0.5 * (model(X) - Y).square().mean()).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        counts.append([int((model[i].weight != 0).sum()) for i in (0, 2)])
+    land = round(0.75 * STEPS)
+    assert all(sum(c) == 40 for c in counts[land:])
+    assert counts[-1][0] != counts[-1][1]
+    assert "landed" in repr(handle.constraint)
+    assert symopt.finalize(model).ok

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import Constraint, Factorizer, GroupMember
-from .budget import RATE, budget_target
+from .budget import RATE, budget_target, check_total_steps, scheduled_count
 from .strength import BudgetStrength, Strength
 
 
@@ -28,9 +28,10 @@ class PooledBudget(BudgetStrength):
     """The budget controller of a pool: one target per backward pass, from the union of the members'
     atoms (see the module docstring). ``members`` and ``budget`` are set when the pool is registered."""
 
-    def __init__(self, initial: float | None = None, rate: float = RATE, owner: str = "strength") -> None:
-        super().__init__(initial, rate, owner)
-        self.members, self.budget = 0, 0
+    def __init__(self, initial: float | None = None, rate: float = RATE, owner: str = "strength",
+                 schedule: tuple[int, float, float] | None = None) -> None:
+        super().__init__(initial, rate, owner, schedule=schedule)
+        self.members, self.budget, self.atom_total = 0, 0, 0
         self._round: dict[int, tuple[Tensor, Tensor, Callable]] = {}
 
     def _observation(self, constraint, value, grad):
@@ -39,9 +40,13 @@ class PooledBudget(BudgetStrength):
             return None
         parts = [self._round[i] for i in sorted(self._round)]
         self._round = {}
+        if self.schedule is not None and int(self.step) < self.ramp[0]:
+            return "warm-up"  # a step that counts, with no decay yet
+        k = self.budget if self.schedule is None else scheduled_count(
+            int(self.step), self.atom_total, self.budget, *self.ramp)
         value = torch.cat([p[0] for p in parts])
         grad = torch.cat([p[1] for p in parts])
-        target = budget_target(parts[0][2], value, grad, self.budget, self.value())
+        target = budget_target(parts[0][2], value, grad, k, self.value())
         return target if target == target and target > 0 else None
 
 
@@ -79,10 +84,14 @@ class Pooled(Constraint, register=False):
     multi_tensor = True
 
     def __init__(self, make: Callable[[], Constraint], budget: tuple[str, float], *, strength: float | None = None,
-                 adapt_rate: float = RATE) -> None:
+                 adapt_rate: float = RATE, total_steps: int | None = None,
+                 ramp: tuple[float, float] = (0.1, 0.75)) -> None:
         probe = make()
-        super().__init__(PooledBudget(strength, adapt_rate, owner=f"{type(probe).__name__} (pooled)"),
-                         budget=budget)
+        owner = f"{type(probe).__name__} (pooled)"
+        schedule = check_total_steps(total_steps, ramp, owner)
+        if schedule is not None and type(probe).land is Constraint.land:
+            raise ValueError(f"{owner}: this kind cannot land a budget (no `land`); drop total_steps")
+        super().__init__(PooledBudget(strength, adapt_rate, owner=owner, schedule=schedule), budget=budget)
         if probe.budget_spec is not None:
             raise ValueError(f"{type(probe).__name__} (pooled): the pool holds the budget; its members take none")
         if probe.linear or not _entries_are_atoms(probe):
@@ -105,7 +114,8 @@ class Pooled(Constraint, register=False):
         for t, name in zip(tensors, names):
             self.make().validate(t, name)
         self.resolve_budget(sum(t.numel() for t in tensors), ", ".join(names), "non-zeros")
-        self.policy.budget = self.budget
+        self.policy.budget, self.policy.atom_total = self.budget, self.atom_total
+        self.sizes = [t.numel() for t in tensors]
 
     def prepare(self, count: int, device: torch.device) -> None:
         self.copies = []
@@ -114,7 +124,25 @@ class Pooled(Constraint, register=False):
     def member(self, index: int) -> PooledMember:
         inner = self.make()
         inner.factorizer = Factorizer(inner.factorizer.seed + 7919 * index)  # independent signs per tensor
-        return PooledMember(self, index, inner)
+        return PooledMember(self, index, inner, self.sizes[index])
+
+    def land_all(self) -> None:
+        """Land the pool: the ``budget`` largest atoms over all the tensors are kept, every other
+        atom's factors go to its mirror's fixed subspace (each tensor's ``inner.land``)."""
+        with torch.no_grad():
+            factors = [tuple(getattr(copy, f"original{i}") for i in range(copy.ntensors)) for copy in self.copies]
+            members = [copy[0] for copy in self.copies]
+            atoms = [m.inner.atoms(m.inner.forward(*f)).reshape(-1) for m, f in zip(members, factors)]
+            flat = torch.cat(atoms)
+            keep = torch.zeros_like(flat, dtype=torch.bool)
+            keep[torch.topk(flat, min(self.budget, flat.numel())).indices] = True
+            start = 0
+            for member, f, a in zip(members, factors, atoms):
+                mask = keep[start:start + a.numel()]
+                member.inner.land(f, mask)
+                member.landed_keep.copy_(mask)
+                start += a.numel()
+        self.policy.mark_landed()
 
     def bind(self, copy: nn.Module) -> None:
         self.copies.append(copy)
@@ -186,6 +214,18 @@ class Pooled(Constraint, register=False):
         return self._inner().compressed_structure()
 
 
+def _land_pool_when_due(member: "PooledMember", inputs: tuple[Tensor, ...]) -> None:
+    """Forward pre-hook of a pool's tensor: the pool lands all its tensors at once at the end of the
+    ramp; from then on each tensor holds its dropped atoms at 0 before every forward."""
+    policy = member.policy
+    if not policy.has_landed():
+        if not policy.landing_due():
+            return
+        member.group.land_all()
+    with torch.no_grad():
+        member.inner.hold_landed(inputs, member.landed_keep)
+
+
 def _entries_are_atoms(kind: Constraint) -> bool:
     """Whether a kind's atoms are the entries of a tensor (so a pool's atoms are a concatenation)."""
     try:
@@ -198,11 +238,14 @@ class PooledMember(GroupMember):
     """The parametrization of one tensor of a pool: its own kind's factorisation (``inner``), the
     pool's λ and controller."""
 
-    def __init__(self, group: Pooled, index: int, inner: Constraint) -> None:
+    def __init__(self, group: Pooled, index: int, inner: Constraint, size: int) -> None:
         super().__init__(group, index)
         inner.policy = _Borrowed(group.policy)
         self.inner = inner
         self.factorizer = inner.factorizer
+        if group.policy.schedule_of_budget() is not None:
+            self.register_buffer("landed_keep", torch.ones(size, dtype=torch.bool))
+            self.register_forward_pre_hook(_land_pool_when_due)
 
     @property
     def kind(self) -> str:  # type: ignore[override]
