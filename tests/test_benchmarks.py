@@ -67,3 +67,14 @@ def test_families_runs_dcs_in_float32_with_a_float64_answer(capsys):
     dcs, projected = rows  # the projected (FISTA) baseline stays in float64
     assert dcs["status"] == "optimal" and dcs["same"] and dcs["gap"] <= 1e-9 and dcs["to_target"] is not None
     assert "DCS in float32" in capsys.readouterr().out
+
+
+def test_compression_quick(capsys):
+    """The compression benchmark runs every row; symopt's rows end at exactly the asked density."""
+    from benchmarks import compression
+
+    compression.main(["--quick"])
+    printed = capsys.readouterr().out
+    rows = [line.split() for line in printed.splitlines() if line.startswith(("symopt", "magnitude", "dense"))]
+    assert len(rows) == 5
+    assert all(float(row[-2]) == 0.1 for row in rows if row[0] == "symopt")

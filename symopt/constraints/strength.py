@@ -307,8 +307,8 @@ class BudgetStrength(Strength):
     starts (the features form), then the count follows the cubic schedule of gradual pruning from all
     atoms to ``k`` over the ramp; at its end the constraint puts the factors of every atom outside the
     ``k`` largest on the fixed subspace of their mirror symmetry (both factors exactly 0), where every
-    gradient method leaves them: from then on the budget holds exactly, λ is frozen, and the ``k``
-    atoms train on (a fine-tuning phase, as after pruning).
+    gradient method leaves them: from then on the budget holds exactly, λ drops to 0 (the decay would
+    only shrink the kept atoms now), and the ``k`` atoms train on (a fine-tuning phase, as after pruning).
 
     Args:
         initial: the starting λ; None to take it from the first gradient.
@@ -369,7 +369,11 @@ class BudgetStrength(Strength):
         return self.schedule is not None and not bool(self.landed) and int(self.step) >= self.ramp[1]
 
     def mark_landed(self) -> None:
+        """The budget landed: the structure is now held by the fixed subspace, so the decay would only
+        shrink the kept atoms (the Lasso's bias): λ drops to 0 for the fine-tuning."""
         self.landed.fill_(1.0)
+        self.controller.log_strength.fill_(-math.inf)
+        self.publish()
 
     def _observation(self, constraint, value, grad):
         k = self.count(constraint)
