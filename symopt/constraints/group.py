@@ -35,8 +35,9 @@ class GroupSparse(Constraint):
         groups: instead of ``dim``: a list of index lists into ``w.reshape(-1)``, disjoint and
             covering every entry, or an int ``k`` for consecutive groups of ``k`` entries.
         adapt_rate: fraction of the way log λ moves toward the budget's target per optimizer step.
-        total_steps, ramp: a budget that arrives on a schedule and lands exactly (see
-            [`Constraint`][symopt.Constraint] and docs/hard-constraints.md).
+        total_steps: the steps until training ends: the budget then arrives on a schedule and lands
+            exactly (see [`Constraint`][symopt.Constraint] and docs/hard-constraints.md).
+        ramp: the schedule's ``(start, end)`` as fractions of ``total_steps``.
         seed: seed of the factor initialisation.
 
     Examples:

@@ -40,8 +40,9 @@ class LowRank(Constraint):
         target_rank: budget ``r`` (≤ ``max_rank``): λ adapts during training until the rank is r;
             [`symopt.finalize`][symopt.finalize] keeps the r largest singular values. ``"flatten"`` layout only.
         adapt_rate: fraction of the way log λ moves toward the budget's target per optimizer step.
-        total_steps, ramp: a budget that arrives on a schedule and lands exactly (see
-            [`Constraint`][symopt.Constraint] and docs/hard-constraints.md).
+        total_steps: the steps until training ends: the budget then arrives on a schedule and lands
+            exactly (see [`Constraint`][symopt.Constraint] and docs/hard-constraints.md).
+        ramp: the schedule's ``(start, end)`` as fractions of ``total_steps``.
         seed: seed of the factor initialisation.
 
     Examples:

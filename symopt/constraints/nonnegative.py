@@ -40,8 +40,9 @@ class NonNegative(Constraint):
         max_nonzero: budget ``k``: λ adapts until exactly k entries are positive.
         density: the budget as a fraction of the entries.
         adapt_rate: fraction of the way log λ moves toward the budget's target per step.
-        total_steps, ramp: a budget that arrives on a schedule and lands exactly (see
-            [`Constraint`][symopt.Constraint] and docs/hard-constraints.md).
+        total_steps: the steps until training ends: the budget then arrives on a schedule and lands
+            exactly (see [`Constraint`][symopt.Constraint] and docs/hard-constraints.md).
+        ramp: the schedule's ``(start, end)`` as fractions of ``total_steps``.
         seed: seed of the factors' random signs.
 
     Examples:

@@ -29,8 +29,9 @@ class Sparse(Constraint):
             (the Lasso-path point with support size k); [`symopt.finalize`][symopt.finalize] keeps the k largest.
         density: the budget as a fraction of the entries (``k = round(density · numel)``).
         adapt_rate: fraction of the way log λ moves toward the budget's target per optimizer step.
-        total_steps, ramp: a budget that arrives on a schedule and lands exactly (see
-            [`Constraint`][symopt.Constraint] and docs/hard-constraints.md).
+        total_steps: the steps until training ends: the budget then arrives on a schedule and lands
+            exactly (see [`Constraint`][symopt.Constraint] and docs/hard-constraints.md).
+        ramp: the schedule's ``(start, end)`` as fractions of ``total_steps``.
         seed: seed of the random, sign-independent factor initialisation.
 
     Examples:
