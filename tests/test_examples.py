@@ -7,7 +7,8 @@ from helpers import load_example as load
 
 def test_lasso_diabetes_matches_sklearn():
     pytest.importorskip("sklearn")
-    for lam, nnz_dcs, nnz_ref, max_dw, gap in load("lasso_diabetes").main():
+    # 10,000 SGD steps (the example runs 20,000): 8,000 already pass, 4,000 do not
+    for lam, nnz_dcs, nnz_ref, max_dw, gap in load("lasso_diabetes").main(steps=10_000):
         assert nnz_dcs == nnz_ref and max_dw <= 1e-6 and gap <= 1e-10
 
 
