@@ -123,6 +123,14 @@ class Face:
     crossed: Callable[..., Tensor] | None = None
 
 
+def largest(sizes: Tensor, k: int) -> Tensor:
+    """Bool mask (flat) of the ``k`` largest of ``sizes``: the atoms a budget of ``k`` keeps."""
+    flat = sizes.reshape(-1)
+    keep = torch.zeros_like(flat, dtype=torch.bool)
+    keep[torch.topk(flat, min(k, flat.numel())).indices] = True
+    return keep
+
+
 def entering(excess: Tensor, alive: int) -> Tensor:
     """Which zero atoms a face admits, given ``excess`` (per atom: how far its optimality
     condition fails, ≤ 0 where it holds or the atom is alive): the worst violators, at most a quarter
@@ -541,9 +549,7 @@ def _land_when_due(module: "Constraint", inputs: tuple[Tensor, ...]) -> None:
     if not policy.landing_due():
         return
     with torch.no_grad():
-        atoms = module.atoms(module.forward(*inputs)).reshape(-1)
-        keep = torch.zeros_like(atoms, dtype=torch.bool)
-        keep[torch.topk(atoms, min(module.budget, atoms.numel())).indices] = True
+        keep = largest(module.atoms(module.forward(*inputs)), module.budget)
         module.land(inputs, keep)
         module.landed_keep.copy_(keep)
     policy.mark_landed()

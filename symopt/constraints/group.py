@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .base import Constraint, Example, Face, entering, random_gate
+from .base import Constraint, Example, Face, entering, largest, random_gate
 from .budget import RATE, check_budget
 
 
@@ -195,9 +195,7 @@ class GroupSparse(Constraint):
         omega.mul_(self.spread(keep.to(omega.dtype), omega))  # s_g = 0 and ω_g = 0: the mirror's fixed point
 
     def truncate(self, value: Tensor, k: int) -> Tensor:
-        norms = self.group_norms(value)
-        keep = torch.zeros_like(norms)
-        keep[torch.topk(norms, min(k, norms.numel())).indices] = 1
+        keep = largest(self.group_norms(value), k).to(value.dtype)
         return value * self.spread(keep, value)
 
     def face(self, value: Tensor, tol: float = 0.0, grad: Tensor | None = None) -> Face:

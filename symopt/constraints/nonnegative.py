@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Constraint, Example, Face, entering, zero_scale
+from .base import Constraint, Example, Face, entering, largest, zero_scale
 from .warn import warn_user
 from .budget import RATE, entry_budget
 
@@ -135,10 +135,8 @@ class NonNegative(Constraint):
         u.masked_fill_(~keep.view_as(u), 0.0)  # u_i = 0: the fixed point of u_i → −u_i
 
     def truncate(self, value: Tensor, k: int) -> Tensor:
-        flat = value.reshape(-1)
-        keep = torch.zeros_like(flat, dtype=torch.bool)
-        keep[torch.topk(flat, min(k, flat.numel())).indices] = True
-        return torch.where(keep, flat, torch.zeros_like(flat)).view_as(value)
+        keep = largest(value, k).view_as(value)
+        return torch.where(keep, value, torch.zeros_like(value))
 
     def structure(self, value: Tensor, tol: float = 0.0) -> str:
         positive = int((value > tol).sum())

@@ -19,8 +19,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from .base import Constraint, Factorizer, GroupMember
-from .budget import RATE, budget_target, check_total_steps, scheduled_count
+from .base import Constraint, Factorizer, GroupMember, largest
+from .budget import RATE, check_total_steps
 from .strength import BudgetStrength, Strength
 
 
@@ -40,14 +40,9 @@ class PooledBudget(BudgetStrength):
             return None
         parts = [self._round[i] for i in sorted(self._round)]
         self._round = {}
-        if self.schedule is not None and int(self.step) < self.ramp[0]:
-            return "warm-up"  # a step that counts, with no decay yet
-        k = self.budget if self.schedule is None else scheduled_count(
-            int(self.step), self.atom_total, self.budget, *self.ramp)
         value = torch.cat([p[0] for p in parts])
         grad = torch.cat([p[1] for p in parts])
-        target = budget_target(parts[0][2], value, grad, k, self.value())
-        return target if target == target and target > 0 else None
+        return self.target(parts[0][2], value, grad, self.budget, self.atom_total)
 
 
 class _Borrowed(Strength):
@@ -133,9 +128,7 @@ class Pooled(Constraint, register=False):
             factors = [tuple(getattr(copy, f"original{i}") for i in range(copy.ntensors)) for copy in self.copies]
             members = [copy[0] for copy in self.copies]
             atoms = [m.inner.atoms(m.inner.forward(*f)).reshape(-1) for m, f in zip(members, factors)]
-            flat = torch.cat(atoms)
-            keep = torch.zeros_like(flat, dtype=torch.bool)
-            keep[torch.topk(flat, min(self.budget, flat.numel())).indices] = True
+            keep = largest(torch.cat(atoms), self.budget)
             start = 0
             for member, f, a in zip(members, factors, atoms):
                 mask = keep[start:start + a.numel()]
@@ -161,9 +154,7 @@ class Pooled(Constraint, register=False):
         snapped = [inner.project(v, tol) for v in values]
         if self.budget is None:
             return snapped
-        flat = torch.cat([inner.atoms(v).reshape(-1) for v in snapped])
-        keep = torch.zeros_like(flat, dtype=torch.bool)
-        keep[torch.topk(flat, min(self.budget, flat.numel())).indices] = True
+        keep = largest(self.atoms(snapped), self.budget)
         out, start = [], 0
         for v in snapped:
             mask = keep[start:start + v.numel()].view_as(v)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Constraint, Example, Face, entering, hadamard_balance, split_product
+from .base import Constraint, Example, Face, entering, hadamard_balance, largest, split_product
 from .budget import RATE, entry_budget
 
 
@@ -76,10 +76,8 @@ class Sparse(Constraint):
         v.masked_fill_(drop, 0.0)  # u_i = v_i = 0: the mirror's fixed point, which no gradient leaves
 
     def truncate(self, value: Tensor, k: int) -> Tensor:
-        flat = value.reshape(-1)
-        keep = torch.zeros_like(flat, dtype=torch.bool)
-        keep[torch.topk(flat.abs(), min(k, flat.numel())).indices] = True
-        return torch.where(keep, flat, torch.zeros_like(flat)).view_as(value)
+        keep = largest(value.abs(), k).view_as(value)
+        return torch.where(keep, value, torch.zeros_like(value))
 
     def forward(self, u: Tensor, v: Tensor) -> Tensor:
         return u * v

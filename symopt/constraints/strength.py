@@ -129,8 +129,11 @@ class Strength(nn.Module):
         if not self.watching or self._paused:
             return
         observation = self._observation(constraint, value, grad)
-        if observation is None:
-            return
+        if observation is not None:
+            self._accept(observation)
+
+    def _accept(self, observation) -> None:
+        """Apply an observation now, or keep it for the end of the step while held."""
         if self._holds:
             self._pending.append(observation)
         else:
@@ -279,10 +282,7 @@ class Auto(Strength):
     def record(self, multiplier: float, slot: int = 0) -> None:
         """Observe one multiplier value directly (what the gradient hook does with a dual norm)."""
         if math.isfinite(multiplier) and not self._paused:
-            if self._holds:
-                self._pending.append((multiplier, slot))
-            else:
-                self._commit([(multiplier, slot)])
+            self._accept((multiplier, slot))
 
     def _observation(self, constraint, value, grad):
         multiplier = float(constraint.dual_norm(grad.detach()))
@@ -352,11 +352,19 @@ class BudgetStrength(Strength):
             return f"strength={self.value():g} (landed)"
         return f"strength={self.value():g} (adapting)"
 
-    def count(self, constraint) -> int | None:
-        """The atoms the budget keeps now: the constraint's budget, or its schedule's count."""
-        if constraint.budget is None or self.schedule is None:
-            return constraint.budget
-        return scheduled_count(int(self.step), constraint.atom_total, constraint.budget, *self.ramp)
+    def count(self, budget: int, atom_total: int) -> int:
+        """The atoms a budget of ``budget`` (of ``atom_total``) keeps now: itself, or its schedule's count."""
+        if self.schedule is None:
+            return budget
+        return scheduled_count(int(self.step), atom_total, budget, *self.ramp)
+
+    def target(self, atoms, value: Tensor, grad: Tensor, budget: int, atom_total: int):
+        """The observation of one backward pass: ``"warm-up"`` before the ramp (a step that counts, no
+        decay yet), else the controller's target λ for the current count (None if not a usable λ)."""
+        if self.schedule is not None and int(self.step) < self.ramp[0]:
+            return "warm-up"
+        target = budget_target(atoms, value, grad, self.count(budget, atom_total), self.value())
+        return target if math.isfinite(target) and target > 0 else None
 
     def schedule_of_budget(self):
         return self.schedule
@@ -376,13 +384,9 @@ class BudgetStrength(Strength):
         self.publish()
 
     def _observation(self, constraint, value, grad):
-        k = self.count(constraint)
-        if k is None:
+        if constraint.budget is None:
             return None
-        if self.schedule is not None and int(self.step) < self.ramp[0]:
-            return "warm-up"  # a step that counts, with no decay yet
-        target = budget_target(constraint.atoms, value, grad, k, self.value())
-        return target if math.isfinite(target) and target > 0 else None
+        return self.target(constraint.atoms, value, grad, constraint.budget, getattr(constraint, "atom_total", 0))
 
     def _commit(self, observations) -> None:
         if self.schedule is not None and observations:
