@@ -190,7 +190,8 @@ class Guard:
 
     # -- internals -------------------------------------------------------------------------------
     def _after_update(self, loss) -> bool:
-        bad = self._bad_loss(loss) or self._bad_state() or self._bad_optimizer_state() or self._zeroed_budget()
+        handles = list_constraints(self.model)  # once per step: the checks and the λ copy share it
+        bad = self._bad_loss(loss) or self._bad_state() or self._bad_optimizer_state() or self._zeroed_budget(handles)
         if not bad and loss is not None and self.patience is not None:
             bad = self._smooth.update(_value(loss), self.patience, self.rise)
         if bad:
@@ -198,7 +199,7 @@ class Guard:
             self._fail("rolled_back", bad)
             return False
         self._failures = 0
-        self._keep_strengths()
+        self._keep_strengths(handles)
         self._since_save += 1
         if self._since_save >= self.every and self._smooth.good(self.rise):  # never save on the way up
             self._save()
@@ -236,24 +237,24 @@ class Guard:
                     return f"optimizer state '{key}' of parameter '{names.get(id(p), '?')}' is not finite"
         return None
 
-    def _zeroed_budget(self) -> str | None:
+    def _zeroed_budget(self, handles) -> str | None:
         """A budgeted tensor that became all zeros: a budget of k ≥ 1 atoms cannot mean that (a λ that
         overshot, e.g. under gradient clipping), and zero factors cannot grow back."""
-        for handle in list_constraints(self.model):
+        for handle in handles:
             budget = handle.constraint.budget
             if budget and all(not bool(v.detach().any()) for v in handle.values()):
                 return f"'{handle.name}' (budget {budget}) has every entry at 0: the layer was zeroed"
         return None
 
-    def _policies(self) -> list:
+    def _policies(self, handles=None) -> list:
         found: dict[int, object] = {}
-        for handle in list_constraints(self.model):
+        for handle in list_constraints(self.model) if handles is None else handles:
             found.setdefault(id(handle.constraint.policy), handle.constraint.policy)
         return list(found.values())
 
-    def _keep_strengths(self) -> None:
+    def _keep_strengths(self, handles=None) -> None:
         """Copy the adaptive strengths' state (an accepted step's λ)."""
-        self._strengths = [(b, b.detach().clone()) for policy in self._policies() for b in policy.buffers()]
+        self._strengths = [(b, b.detach().clone()) for policy in self._policies(handles) for b in policy.buffers()]
 
     def _undo_strengths(self) -> None:
         """Put λ back where the last accepted step left it (and into the optimizer groups that follow it)."""
@@ -297,9 +298,10 @@ class Guard:
                     group["lr"] = group["lr"] * self.lr_factor
             self.optimizer.zero_grad(set_to_none=True)
         self._smooth.load(self._saved["smooth"])
-        for policy in self._policies():  # the restored buffers hold λ's state: into the groups with it
+        handles = list_constraints(self.model)
+        for policy in self._policies(handles):  # the restored buffers hold λ's state: into the groups with it
             policy.publish()
-        self._keep_strengths()
+        self._keep_strengths(handles)
 
 
 class _Smoothed:
