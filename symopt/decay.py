@@ -122,9 +122,8 @@ def param_groups(model: nn.Module, lr: float | None = None, weight_decay: float 
         factors = [f for f in handle.decayed_factors() if id(f) not in decayed_ids]
         decayed_ids.update(id(f) for f in factors)
         if factors:
-            group = StrengthGroup(params=factors, **common, weight_decay=handle.strength,
-                                  symopt_strength=handle.strength)
-            handle.constraint.policy.follow(group)  # λ that moves is written into weight_decay
+            group = StrengthGroup(params=factors, **common)
+            handle.constraint.policy.follow(group)  # writes weight_decay = symopt_strength = λ, now and on change
             groups.append(group)
     rest = [p for p in model.parameters() if id(p) not in decayed_ids]
     if rest:

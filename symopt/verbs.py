@@ -50,9 +50,7 @@ def sparse(module: nn.Module, name: str | Sequence[str], strength: float | None 
         >>> handle.kind, torch.allclose(lin.weight, w0)
         ('sparse', True)
     """
-    if not isinstance(name, str):
-        return constrain(module, name, _pooled(Sparse, "sparse", strength, **kwargs))
-    return constrain(module, name, Sparse(strength, **kwargs))
+    return _entries(Sparse, "sparse", module, name, strength, kwargs)
 
 
 def nonnegative(module: nn.Module, name: str | Sequence[str], strength: float | None = None, **kwargs) -> Handle:
@@ -86,9 +84,7 @@ def nonnegative(module: nn.Module, name: str | Sequence[str], strength: float | 
         >>> handle.kind, torch.allclose(lin.weight, w0)
         ('nonnegative', True)
     """
-    if not isinstance(name, str):
-        return constrain(module, name, _pooled(NonNegative, "nonnegative", strength, **kwargs))
-    return constrain(module, name, NonNegative(strength, **kwargs))
+    return _entries(NonNegative, "nonnegative", module, name, strength, kwargs)
 
 
 def group_sparse(module: nn.Module, name: str, dim: int | None = None, strength: float | None = None,
@@ -267,6 +263,13 @@ def tie(model: nn.Module, names: Sequence[str], strength: float | str = "auto", 
         raise TypeError("tie: pass a list of at least two parameter names, e.g. ['enc.weight', 'dec.weight']")
     return constrain(model, list(names), Tied(strength, **kwargs))
 
+
+
+def _entries(kind, verb: str, module: nn.Module, name, strength, kwargs: dict) -> Handle:
+    """An entry kind on one name, or one budget pooled over a list of names."""
+    if isinstance(name, str):
+        return constrain(module, name, kind(strength, **kwargs))
+    return constrain(module, name, _pooled(kind, verb, strength, **kwargs))
 
 
 def _pooled(kind, verb: str, strength, *, max_nonzero=None, density=None, adapt_rate: float = RATE,

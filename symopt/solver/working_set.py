@@ -42,14 +42,9 @@ def applies(problem: Problem, constraint) -> bool:
     return constraint.atom_ids(math.prod(problem.shape)) is not None
 
 
-def atom_of(constraint, numel: int, device) -> Tensor:
-    """The atom (coordinate or group) of every coordinate of θ."""
-    return constraint.atom_ids(numel, device)
-
-
 def atom_count(constraint, numel: int) -> int:
     """How many atoms (coordinates, or groups) a θ with ``numel`` entries has."""
-    return int(atom_of(constraint, numel, "cpu").max()) + 1
+    return int(constraint.atom_ids(numel, "cpu").max()) + 1
 
 
 def solve_on_working_sets(problem: Problem, solve_restricted: Callable[..., Result], *, device, tol: float,
@@ -69,7 +64,7 @@ def solve_on_working_sets(problem: Problem, solve_restricted: Callable[..., Resu
     constraint = problem.constraint().to(device=device, dtype=torch.float64)
     data = problem.data_on(device, torch.float64)
     shape, numel = tuple(problem.shape), math.prod(problem.shape)
-    ids = atom_of(constraint, numel, device)
+    ids = constraint.atom_ids(numel, device)
     theta = torch.zeros(numel, device=device, dtype=torch.float64)
     grad = grad0 = _gradient(problem, data, theta, shape)
     target = tol * max(float(grad0.norm()), 1e-12)
