@@ -58,12 +58,13 @@ def _call(rng: random.Random, model: Holder, shape):
         return verb, lambda: symopt.group_sparse(model, "p0", dim=dim, strength=strength)
     if verb == "low_rank":
         return verb, lambda: symopt.low_rank(model, "p0", strength, max_rank=rng.choice([None, 1, 2, 100, 0]))
+    gen = torch.Generator().manual_seed(rng.randrange(2**31))  # the fuzz's own stream, not torch's global one
     if verb == "subspace":
         cols = numel if rng.random() < 0.8 else numel + 1
-        A = torch.randn(rng.randrange(1, 3), max(cols, 1), dtype=torch.float64)
+        A = torch.randn(rng.randrange(1, 3), max(cols, 1), generator=gen, dtype=torch.float64)
         return verb, lambda: symopt.subspace(model, "p0", A, strength="auto" if strength is None else strength)
     if verb == "fixed_zeros":
-        mask = torch.rand(shape) < 0.5 if rng.random() < 0.8 else torch.zeros(shape)
+        mask = torch.rand(shape, generator=gen) < 0.5 if rng.random() < 0.8 else torch.zeros(shape)
         return verb, lambda: symopt.fixed_zeros(model, "p0", mask, strength="auto" if strength is None else strength)
     return verb, lambda: symopt.tie(model, rng.choice([["p0", "p1"], ["p0", "p0"], ["p0", "nope"], "p0"]),
                                     strength="auto" if strength is None else strength)
