@@ -125,3 +125,20 @@ def test_a_pool_over_two_dtypes_is_refused():
     with pytest.raises(ValueError, match="one dtype and device"):
         symopt.sparse(net, ["0.weight", "2.weight"], max_nonzero=3)
     assert symopt.list_constraints(net) == []
+
+
+def test_a_global_budget_on_diabetes_matches_scikit_learn():
+    """Real data: diabetes' 10 standardised features held by two tensors (4 + 6); a global budget of 5
+    lands on scikit-learn's Lasso of the whole design at the λ found (same support, 1e-4)."""
+    from sklearn.datasets import load_diabetes
+
+    X, y = load_diabetes(return_X_y=True)
+    X, y = torch.tensor((X - X.mean(0)) / X.std(0)), torch.tensor((y - y.mean()) / y.std())
+    model = TwoBlocks(4, 6)
+    handle = symopt.sparse(model, ["w1", "w2"], max_nonzero=5)
+    _fit(model, X[:, :4], X[:, 4:], y, steps=250)
+    w = torch.cat([model.w1.detach(), model.w2.detach()]).numpy()
+    coef = Lasso(alpha=handle.strength, fit_intercept=False, tol=1e-12, max_iter=10**6).fit(X.numpy(), y.numpy()).coef_
+    assert set(np.flatnonzero(np.abs(w) > 1e-6)) == set(np.flatnonzero(coef)) and len(np.flatnonzero(coef)) == 5
+    assert np.abs(w - coef).max() <= 1e-4
+    assert symopt.finalize(model, tol=1e-6).ok
