@@ -7,17 +7,21 @@ turns structure into fewer multiply-adds. ``mode="compressed"`` rewrites, on a c
 * low rank ``W = A B`` (rank r) — Linear → ``Linear(n, r) ∘ Linear(r, m)``; ConvNd → ConvNd with r
   output channels (same kernel, stride, padding) ∘ 1×1 ConvNd; Embedding → ``Embedding(N, r)`` ∘
   ``Linear(r, d)``. Only when ``r (m + n) < m n`` (otherwise the factors cost more than W).
-* group sparsity on output rows / channels (``dim=0``) — the layer loses its dead units and the next
-  layer of the same ``nn.Sequential`` chain loses the matching input columns / channels. A dead unit
-  still emits a constant ``act(bias)``; it is folded into the consumer's bias (exact for a Linear
-  consumer and for an unpadded conv; a padded conv sees zeros at the border, so such a channel is kept
-  unless its constant is 0).
+* dead output units / channels (group sparsity with ``dim=0``) — removed through the model's
+  ``torch.fx`` graph ([`symopt.surgery`][symopt.surgery]): every consumer loses the matching inputs, through
+  activations, pooling, Flatten (a channel is a block of features), BatchNorm and per-channel PReLU
+  (their entries go too), residual additions (a unit goes from every branch or none), concatenations
+  and functional forwards. A dead unit still emits a constant ``act(bias)``; it is folded into each
+  consumer's bias (exact for a Linear and an unpadded conv; behind zero padding only a constant 0 can
+  go). The outputs are compared before and after on ``example_input`` (or an input built from the first
+  layer) and the rewrite is undone if they moved.
 * elementwise sparsity on a Linear — a CSR weight ([`SparseLinear`][symopt.SparseLinear]) when its density is at most
   ``csr_max_density`` (measured on 2 CPU cores: CSR wins below ~15% density, see docs/embedding.md).
 
-Anything else stays dense and is listed in one [`ExportWarning`][symopt.ExportWarning]: group sparsity along other axes,
-chains that are not an ``nn.Sequential`` of Linear / Conv layers separated by elementwise modules
-(BatchNorm, Flatten, pooling, attention), grouped convolutions, sparse convs.
+Anything else stays dense and is listed in one [`ExportWarning`][symopt.ExportWarning], with the reason: group
+sparsity along other axes, units that reach an op the analysis does not know (LayerNorm, slicing,
+attention, a model output, a read of their shape), grouped convolutions, sparse convs, a model fx
+cannot trace.
 """
 
 from __future__ import annotations
@@ -33,21 +37,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ._layers import LAYER_TYPES, in_size, out_size
+from ._layers import LAYER_TYPES
 from .attach import list_constraints
+from . import surgery
 from .finalize import finalize
 
 MODES = ("dense", "compressed")
 SPARSE_FORMATS = ("auto", "csr", "dense")
-
-# Modules that act on each unit / channel separately and keep the shape: a dead unit stays a constant
-# through them, so the chain producer → these → consumer can be shrunk.
-ELEMENTWISE = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
-    nn.Tanh, nn.Sigmoid, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.Softplus, nn.Softsign,
-    nn.Tanhshrink, nn.Identity, nn.Dropout,
-)
-
 
 class ExportWarning(UserWarning):
     """A constrained tensor stayed dense in ``mode="compressed"`` (the message says why).
@@ -121,7 +117,7 @@ class SparseLinear(nn.Module):
 
 # -- the public functions ----------------------------------------------------------------------
 def export(model: nn.Module, mode: str = "dense", *, tol: float = 1e-6, force: bool = False,
-           sparse_format: str = "auto", csr_max_density: float = 0.1) -> nn.Module:
+           sparse_format: str = "auto", csr_max_density: float = 0.1, example_input=None) -> nn.Module:
     """A copy of ``model`` with every constraint snapped exactly and removed; ``model`` is untouched.
 
     ``mode="dense"``: the same architecture with plain parameters holding the exact constrained
@@ -140,6 +136,10 @@ def export(model: nn.Module, mode: str = "dense", *, tol: float = 1e-6, force: b
         sparse_format: for elementwise-sparse Linear weights: ``"auto"`` (CSR when the density is
             ``<= csr_max_density``), ``"csr"`` (always) or ``"dense"`` (never).
         csr_max_density: the density threshold of ``"auto"``.
+        example_input: a tensor or a tuple of positional inputs on which ``mode="compressed"`` checks
+            that removing units left the outputs unchanged (eval mode). Default: an input built from the
+            first layer (a Linear's width; a conv's channels at sizes 8, 16, 28, 32, 64, 224); when
+            none fits, the ``ExportWarning`` says the check did not run.
 
     Returns:
         The exported module (in the same train / eval mode as ``model``).
@@ -166,6 +166,8 @@ def export(model: nn.Module, mode: str = "dense", *, tol: float = 1e-6, force: b
     if (isinstance(csr_max_density, bool) or not isinstance(csr_max_density, numbers.Real)
             or not 0 <= csr_max_density <= 1):
         raise ValueError(f"export: csr_max_density must be a number in [0, 1], got {csr_max_density!r}")
+    if example_input is not None and not isinstance(example_input, (Tensor, tuple)):
+        raise TypeError(f"export: example_input must be a tensor or a tuple of inputs, got {type(example_input).__name__}")
     names = {id(m): name for name, m in model.named_modules()}
     plan = [(names[id(member.module)], member.tensor, handle.constraint)
             for handle in list_constraints(model) for member in handle.members]
@@ -178,12 +180,14 @@ def export(model: nn.Module, mode: str = "dense", *, tol: float = 1e-6, force: b
     holder = nn.Module()  # so that a constraint on the root module itself can replace the root
     holder.root = exported
     kept_dense = []
-    options = {"tol": tol, "sparse_format": sparse_format, "csr_max_density": csr_max_density}
+    options = {"tol": tol, "sparse_format": sparse_format, "csr_max_density": csr_max_density,
+               "example_input": example_input}
     with torch.no_grad():
         for structure, rewrite in REWRITES.items():  # in registration order: units first
-            for module_name, tensor, constraint in plan:
-                if constraint.compressed_structure() == structure:
-                    kept_dense += rewrite(holder, _qual("root", module_name), tensor, constraint, options)
+            targets = [(_qual("root", module_name), tensor, constraint) for module_name, tensor, constraint in plan
+                       if constraint.compressed_structure() == structure]
+            if targets:
+                kept_dense += rewrite(holder, targets, options)
     if kept_dense:
         notes = "; ".join(note.removeprefix("root.") for note in kept_dense)
         warnings.warn(f"export(mode='compressed') kept these dense: {notes}", ExportWarning, stacklevel=2)
@@ -284,80 +288,48 @@ def _clone_conv(conv: nn.Module, in_channels: int, out_channels: int, kernel_siz
                       dtype=conv.weight.dtype, **kwargs)
 
 
-def _resized(layer: nn.Module, in_units: int, out_units: int, bias: bool) -> nn.Module:
-    """A fresh layer like ``layer`` with other input / output sizes (weights to be filled in)."""
-    if isinstance(layer, nn.Linear):
-        return nn.Linear(in_units, out_units, bias=bias, device=layer.weight.device, dtype=layer.weight.dtype)
-    return _clone_conv(layer, in_units, out_units, layer.kernel_size, bias)
+def _label(where: str, tensor: str, constraint) -> str:
+    return f"{_qual(where, tensor).removeprefix('root.')} ({getattr(constraint, 'kind', type(constraint).__name__)})"
 
 
-def _consumer(root: nn.Module, module_name: str):
-    """The next Linear / Conv after ``module_name`` in its ``nn.Sequential``, with the elementwise
-    modules between them; ``(None, reason)`` when the chain is not one symopt can rewrite."""
-    parent_name, _, leaf = module_name.rpartition(".")
-    parent = _get(root, parent_name)
-    if not isinstance(parent, nn.Sequential):
-        return None, "its layer is not inside an nn.Sequential, so its consumer is unknown"
-    children = list(parent.named_children())
-    index = [n for n, _ in children].index(leaf)
-    between = []
-    for name, child in children[index + 1:]:
-        if isinstance(child, LAYER_TYPES):
-            return (_qual(parent_name, name), child, between), ""
-        if not isinstance(child, ELEMENTWISE) or isinstance(child, nn.PReLU) and child.num_parameters != 1:
-            return None, f"{type(child).__name__} follows it (only elementwise modules without per-unit " \
-                         "parameters can sit between layers)"
-        between.append(child)
-    return None, "no later Linear / Conv in its nn.Sequential consumes its units"
-
-
-def _shrink_units(root: nn.Module, module_name: str, tensor: str, constraint) -> list[str]:
-    layer = _get(root, module_name)
-    where = _qual(module_name, tensor)
-    if tensor != "weight" or not isinstance(layer, LAYER_TYPES):
-        return [f"{where} (group_sparse): only Linear / Conv weights are shrunk"]
-    if constraint.unit_axis(layer.weight.dim()) != 0:
-        return [f"{where} (group_sparse): only output units (dim=0) are removed"]
-    if not isinstance(layer, nn.Linear) and layer.groups != 1:
-        return [f"{where} (group_sparse): grouped convolutions are not rewritten"]
-    found, reason = _consumer(root, module_name)
-    if found is None:
-        return [f"{where} (group_sparse): {reason}"]
-    consumer_name, consumer, between = found
-    if in_size(consumer) != out_size(layer) or (not isinstance(consumer, nn.Linear) and consumer.groups != 1):
-        return [f"{where} (group_sparse): its consumer {consumer_name} does not take its units one to one"]
-    dead = layer.weight.reshape(out_size(layer), -1).abs().amax(dim=1) == 0
-    bias = layer.bias if layer.bias is not None else torch.zeros_like(dead, dtype=layer.weight.dtype)
-    constant = bias.clone()
-    for module in between:  # what each dead unit emits: act(bias), the same at every position
-        if not isinstance(module, nn.Dropout):  # identity at inference, where the export is used
-            constant = module(constant.reshape(1, -1)).reshape(-1)
-    padded = not isinstance(consumer, nn.Linear) and (
-        isinstance(consumer.padding, str) and consumer.padding != "valid"
-        or not isinstance(consumer.padding, str) and any(consumer.padding))
-    if padded:  # a padded conv sees zeros at the border, not the constant: keep those channels
-        dead &= constant == 0
-    if bool(dead.all()):  # a layer needs one unit: keep the first (zero weights, not folded)
-        dead[0] = False
-    if not bool(dead.any()):
-        return []
-    keep = (~dead).nonzero().squeeze(1)
-    W2 = consumer.weight
-    folded = W2[:, dead].reshape(W2.shape[0], int(dead.sum()), -1).sum(dim=2) @ constant[dead]
-    new_layer = _resized(layer, in_size(layer), keep.numel(), bias=layer.bias is not None)
-    new_layer.weight.copy_(layer.weight[keep])
-    if layer.bias is not None:
-        new_layer.bias.copy_(layer.bias[keep])
-    has_bias = consumer.bias is not None or bool(folded.any())
-    new_consumer = _resized(consumer, keep.numel(), out_size(consumer), bias=has_bias)
-    new_consumer.weight.copy_(W2[:, keep])
-    if has_bias:
-        new_consumer.bias.copy_(folded + (consumer.bias if consumer.bias is not None else 0))
-    new_layer.train(layer.training)
-    new_consumer.train(consumer.training)
-    _set(root, module_name, new_layer)
-    _set(root, consumer_name, new_consumer)
-    return []
+def _shrink_units(holder: nn.Module, targets: list, options: dict) -> list[str]:
+    """Remove the dead output units of every target layer at once, through the model's traced graph
+    (``symopt.surgery``), then check on an input that the outputs did not move."""
+    notes, producers = [], {}
+    for where, tensor, constraint in targets:
+        layer, label = _get(holder, where), _label(where, tensor, constraint)
+        if tensor != "weight" or not isinstance(layer, LAYER_TYPES):
+            notes.append(f"{label}: only Linear / Conv weights are shrunk")
+        elif constraint.unit_axis(layer.weight.dim()) != 0:
+            notes.append(f"{label}: only output units (dim=0) are removed")
+        elif not isinstance(layer, nn.Linear) and layer.groups != 1:
+            notes.append(f"{label}: grouped convolutions are not rewritten")
+        else:
+            producers[where.removeprefix("root").removeprefix(".")] = label
+    if not producers:
+        return notes
+    before = copy.deepcopy(holder.root)
+    try:
+        plan = surgery.plan_removal(holder.root, set(producers))
+    except Exception as error:  # noqa: BLE001 - fx raises many types on a forward it cannot trace
+        reason = f"torch.fx cannot trace {type(holder.root).__name__} ({type(error).__name__}: {error}), " \
+                 "so the consumers of its units are unknown"
+        return notes + [f"{label}: {reason}" for label in producers.values()]
+    for name, reasons in plan.kept.items():
+        counts = {r: reasons.count(r) for r in reasons}
+        why = "; ".join(f"{n} because {r}" for r, n in counts.items())
+        notes.append(f"{producers[name]}: {len(reasons)} dead unit(s) kept: {why}")
+    if not plan.removed:
+        return notes
+    surgery.apply(holder.root, plan)
+    checked, problem = surgery.verify(before, holder.root, options["example_input"])
+    if problem is not None:
+        holder.root = before  # never hand back a model whose outputs moved
+        return notes + [f"{label}: units kept, {problem}" for label in producers.values()]
+    if not checked:
+        notes.append("dead units were removed but the outputs were not compared (no input of a size the "
+                     "model accepts could be built: pass example_input=)")
+    return notes
 
 
 def _rank(matrix: Tensor, tol: float) -> tuple[int, Tensor, Tensor, Tensor]:
@@ -424,9 +396,11 @@ def _sparsify(root: nn.Module, module_name: str, tensor: str, sparse_format: str
 
 # The rewrites of a compressed export, keyed by the structure a constraint reports
 # (`Constraint.compressed_structure`), run in this order: removing units first, so that factorising a
-# consumer then sees fewer columns. Each takes (root, module name, tensor name, constraint, options)
-# and returns notes on what it had to keep dense. A new structure registers its rewrite here.
-Rewrite = Callable[[nn.Module, str, str, object, dict], list]
+# consumer then sees fewer columns. Each takes (holder, targets, options): ``holder.root`` is the model
+# (a rewrite may replace it), targets the ``(module name, tensor name, constraint)`` of that structure
+# (module names start at ``"root"``); it returns notes on what it had to keep dense. A rewrite sees all
+# its targets at once because removing units is a property of the whole graph (residual groups).
+Rewrite = Callable[[nn.Module, list, dict], list]
 REWRITES: dict[str, Rewrite] = {}
 
 
@@ -437,7 +411,9 @@ def register_rewrite(structure: str, rewrite: Rewrite) -> None:
     REWRITES[structure] = rewrite
 
 
-register_rewrite("units", lambda root, where, tensor, c, options: _shrink_units(root, where, tensor, c))
-register_rewrite("factors", lambda root, where, tensor, c, options: _factorise(root, where, tensor, c, options["tol"]))
-register_rewrite("entries", lambda root, where, tensor, c, options: _sparsify(
-    root, where, tensor, options["sparse_format"], options["csr_max_density"]))
+register_rewrite("units", _shrink_units)
+register_rewrite("factors", lambda root, targets, options: [
+    note for where, tensor, c in targets for note in _factorise(root, where, tensor, c, options["tol"])])
+register_rewrite("entries", lambda root, targets, options: [
+    note for where, tensor, c in targets
+    for note in _sparsify(root, where, tensor, options["sparse_format"], options["csr_max_density"])])
