@@ -15,8 +15,9 @@ turns structure into fewer multiply-adds. ``mode="compressed"`` rewrites, on a c
   consumer's bias (exact for a Linear and an unpadded conv; behind zero padding only a constant 0 can
   go). The outputs are compared before and after on ``example_input`` (or an input built from the first
   layer) and the rewrite is undone if they moved.
-* elementwise sparsity on a Linear — a CSR weight ([`SparseLinear`][symopt.SparseLinear]) when its density is at most
-  ``csr_max_density`` (measured on 2 CPU cores: CSR wins below ~15% density, see docs/embedding.md).
+* elementwise sparsity on a Linear — a CSR weight ([`SparseLinear`][symopt.SparseLinear]) where a timed forward on
+  this device says CSR is the faster (on 2 CPU cores it won below ~15% density, see docs/embedding.md),
+  or below a fixed ``csr_max_density``.
 
 Anything else stays dense and is listed in one [`ExportWarning`][symopt.ExportWarning], with the reason: group
 sparsity along other axes, units that reach an op the analysis does not know (LayerNorm, slicing,
@@ -40,6 +41,7 @@ from torch import Tensor, nn
 from ._layers import LAYER_TYPES
 from .attach import list_constraints
 from . import surgery
+from .constraints.base import density_count
 from .finalize import finalize
 
 MODES = ("dense", "compressed")
@@ -49,7 +51,7 @@ class ExportWarning(UserWarning):
     """A constrained tensor stayed dense in ``mode="compressed"`` (the message says why).
 
     E.g. a low-rank factorisation that would store more numbers than the dense weight, a sparse
-    weight above ``csr_max_density``, or a group-sparse layer whose neighbour cannot be shrunk.
+    weight where CSR measured slower than dense, or a dead unit whose consumer cannot fold it.
 
     Examples:
         >>> import torch, symopt, warnings
@@ -68,7 +70,7 @@ class SparseLinear(nn.Module):
 
     Stores ``nnz`` values plus ``nnz + out + 1`` indices instead of ``out × in`` numbers. On a
     2-core CPU the sparse product was the faster below about 15% density and slower at 20%
-    (``benchmarks/RESULTS.md``), hence [`export`][symopt.export]'s default ``csr_max_density=0.1``.
+    (``benchmarks/RESULTS.md``), hence [`export`][symopt.export] times both layouts before choosing.
 
     Args:
         weight: the ``(out, in)`` weight; converted to CSR (zeros are not stored).
@@ -117,7 +119,7 @@ class SparseLinear(nn.Module):
 
 # -- the public functions ----------------------------------------------------------------------
 def export(model: nn.Module, mode: str = "dense", *, tol: float = 1e-6, force: bool = False,
-           sparse_format: str = "auto", csr_max_density: float = 0.1, example_input=None) -> nn.Module:
+           sparse_format: str = "auto", csr_max_density: float | None = None, example_input=None) -> nn.Module:
     """A copy of ``model`` with every constraint snapped exactly and removed; ``model`` is untouched.
 
     ``mode="dense"``: the same architecture with plain parameters holding the exact constrained
@@ -133,9 +135,12 @@ def export(model: nn.Module, mode: str = "dense", *, tol: float = 1e-6, force: b
         tol: snap tolerance, as in [`symopt.finalize`][symopt.finalize] (also decides which singular values count
             toward the rank of a factorised layer).
         force: snap even where a linear or budgeted constraint is farther than ``tol``.
-        sparse_format: for elementwise-sparse Linear weights: ``"auto"`` (CSR when the density is
-            ``<= csr_max_density``), ``"csr"`` (always) or ``"dense"`` (never).
-        csr_max_density: the density threshold of ``"auto"``.
+        sparse_format: for elementwise-sparse Linear weights: ``"auto"`` (CSR where it is faster),
+            ``"csr"`` (always) or ``"dense"`` (never).
+        csr_max_density: how ``"auto"`` decides. None (default): it times a forward of both layouts
+            on this device (a batch of 64) and keeps the faster. A number in [0, 1]: CSR when the
+            non-zeros are at most ``max(1, round(csr_max_density · numel))``, the rounding a
+            ``density=`` budget uses, so a budget that landed at that density gets CSR.
         example_input: a tensor or a tuple of positional inputs on which ``mode="compressed"`` checks
             that removing units left the outputs unchanged (eval mode). Default: an input built from the
             first layer (a Linear's width; a conv's channels at sizes 8, 16, 28, 32, 64, 224); when
@@ -163,9 +168,9 @@ def export(model: nn.Module, mode: str = "dense", *, tol: float = 1e-6, force: b
         raise ValueError(f"export: mode must be one of {MODES}, got {mode!r}")
     if sparse_format not in SPARSE_FORMATS:
         raise ValueError(f"export: sparse_format must be one of {SPARSE_FORMATS}, got {sparse_format!r}")
-    if (isinstance(csr_max_density, bool) or not isinstance(csr_max_density, numbers.Real)
-            or not 0 <= csr_max_density <= 1):
-        raise ValueError(f"export: csr_max_density must be a number in [0, 1], got {csr_max_density!r}")
+    if csr_max_density is not None and (isinstance(csr_max_density, bool) or not isinstance(
+            csr_max_density, numbers.Real) or not 0 <= csr_max_density <= 1):
+        raise ValueError(f"export: csr_max_density must be None or a number in [0, 1], got {csr_max_density!r}")
     if example_input is not None and not isinstance(example_input, (Tensor, tuple)):
         raise TypeError(f"export: example_input must be a tensor or a tuple of inputs, got {type(example_input).__name__}")
     names = {id(m): name for name, m in model.named_modules()}
@@ -379,19 +384,45 @@ def _factorise(root: nn.Module, module_name: str, tensor: str, constraint, tol: 
     return []
 
 
-def _sparsify(root: nn.Module, module_name: str, tensor: str, sparse_format: str, max_density: float) -> list[str]:
+def _sparsify(root: nn.Module, module_name: str, tensor: str, sparse_format: str,
+              max_density: float | None) -> list[str]:
     layer = _get(root, module_name)
-    where = _qual(module_name, tensor)
+    where = _qual(module_name, tensor).removeprefix("root.")
     if sparse_format == "dense":
         return []
     if tensor != "weight" or type(layer) is not nn.Linear:
         return [f"{where} (sparse): only Linear weights get a CSR layout"]
-    density = float((layer.weight != 0).float().mean())
-    if sparse_format == "auto" and density > max_density:
-        return [f"{where} (sparse): density {density:.1%} > csr_max_density {max_density:.0%}, where "
+    sparse = SparseLinear(layer.weight, layer.bias).train(layer.training)
+    nonzeros, numel = int((layer.weight != 0).sum()), layer.weight.numel()
+    if sparse_format == "auto" and max_density is not None and nonzeros > density_count(max_density, numel):
+        return [f"{where} (sparse): density {nonzeros / numel:.1%} > csr_max_density {max_density:.0%}, where "
                 "CSR is slower than dense"]
-    _set(root, module_name, SparseLinear(layer.weight, layer.bias).train(layer.training))
+    if sparse_format == "auto" and max_density is None:
+        dense_s, csr_s = _time_layouts(layer, sparse)
+        if csr_s >= dense_s:
+            return [f"{where} (sparse): at density {nonzeros / numel:.1%} CSR measured {csr_s / dense_s:.2f}× "
+                    "the dense layer's time here"]
+    _set(root, module_name, sparse)
     return []
+
+
+def _time_layouts(dense: nn.Linear, sparse: SparseLinear, batch: int = 64, repeats: int = 7) -> tuple[float, float]:
+    """Median seconds of a forward of each layout on a ``batch × in`` input, interleaved so that the
+    machine's load hits both alike (what ``sparse_format="auto"`` decides by)."""
+    x = torch.randn(batch, dense.in_features, dtype=dense.weight.dtype, device=dense.weight.device)
+    times = ([], [])
+    with torch.no_grad():
+        for i in range(repeats + 2):
+            for layer, record in zip((dense, sparse), times):
+                if x.device.type == "cuda":
+                    torch.cuda.synchronize(x.device)
+                start = time.perf_counter()
+                layer(x)
+                if x.device.type == "cuda":
+                    torch.cuda.synchronize(x.device)
+                if i >= 2:  # the first two are warm-up
+                    record.append(time.perf_counter() - start)
+    return statistics.median(times[0]), statistics.median(times[1])
 
 
 # The rewrites of a compressed export, keyed by the structure a constraint reports

@@ -2,6 +2,7 @@
 that are physically smaller and agree with the dense export; the original model is never touched."""
 
 import copy
+import importlib
 import io
 import warnings
 
@@ -11,6 +12,9 @@ from torch import nn
 
 import symopt
 from symopt import ExportWarning
+from symopt.constraints.base import density_count
+
+EXPORT = importlib.import_module("symopt.export")  # the module (symopt.export is the function)
 
 DT = torch.float64
 
@@ -78,6 +82,29 @@ def test_compressed_mlp_matches_dense_and_is_smaller(dtype, atol):
     assert isinstance(small[4], symopt.SparseLinear)
     assert torch.allclose(small(x), dense(x), atol=atol, rtol=0)
     assert symopt.footprint(small, x, repeats=1).stored < 0.5 * symopt.footprint(dense, x, repeats=1).stored
+
+
+def test_a_density_budget_that_landed_gets_csr_at_the_same_density_cut_off():
+    """A ``density=0.1`` budget lands on round(0.1 · 65536) = 6554 non-zeros (0.10001): the cut-off of
+    the same density must accept it (issue 21: the two disagreed by rounding)."""
+    lin = nn.Linear(256, 256, bias=False)
+    symopt.sparse(lin, "weight", strength=1e-3)
+    with torch.no_grad():
+        u = lin.parametrizations.weight.original0
+        u.view(-1)[6554:] = 0
+    assert int((lin.weight != 0).sum()) == 6554 == density_count(0.1, 65536)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert isinstance(symopt.export(lin, mode="compressed", csr_max_density=0.1), symopt.SparseLinear)
+
+
+def test_auto_without_a_cut_off_times_both_layouts_and_keeps_the_faster(monkeypatch):
+    net = _mlp()
+    monkeypatch.setattr(EXPORT, "_time_layouts", lambda dense, sparse: (1.0, 2.0))
+    with pytest.warns(ExportWarning, match=r"4.weight \(sparse\): at density .* CSR measured 2.00× the dense"):
+        assert type(symopt.export(net, mode="compressed")[4]) is nn.Linear
+    monkeypatch.setattr(EXPORT, "_time_layouts", lambda dense, sparse: (2.0, 1.0))
+    assert isinstance(symopt.export(net, mode="compressed")[4], symopt.SparseLinear)
 
 
 def test_auto_sparse_format_keeps_dense_above_the_density_threshold():
@@ -181,7 +208,7 @@ def test_a_constraint_that_does_not_hold_refuses_and_changes_nothing():
 @pytest.mark.parametrize("kwargs, match", [
     (dict(mode="tiny"), "mode must be one of"),
     (dict(sparse_format="coo"), "sparse_format must be one of"),
-    (dict(csr_max_density=1.5), r"csr_max_density must be a number in \[0, 1\]"),
+    (dict(csr_max_density=1.5), r"csr_max_density must be None or a number in \[0, 1\]"),
     (dict(tol=-1.0), "tol must be a finite number"),
 ])
 def test_bad_arguments(kwargs, match):

@@ -340,7 +340,7 @@ class Constraint(nn.Module):
             return
         how, amount = self.budget_spec
         owner = type(self).__name__
-        k = max(1, round(amount * atoms)) if how == "density" else int(amount)
+        k = density_count(amount, atoms) if how == "density" else int(amount)
         if k >= atoms:
             raise ValueError(
                 f"{owner} on '{name}': a budget of {k} {unit} does not bind — the tensor has only {atoms}; "
@@ -560,6 +560,12 @@ def _rename_policy_keys(state_dict, prefix, *_args) -> None:
     ``controller.*`` → ``policy.estimate.*``, ``policy.controller.*``)."""
     for old in [k for k in state_dict if k.startswith(prefix + "estimate.") or k.startswith(prefix + "controller.")]:
         state_dict[prefix + "policy." + old[len(prefix):]] = state_dict.pop(old)
+
+
+def density_count(density: float, atoms: int) -> int:
+    """The number of atoms a density stands for: ``max(1, round(density · atoms))``. The one rounding
+    rule of a ``density=`` budget and of export's density cut-off, so the two never disagree."""
+    return max(1, round(density * atoms))
 
 
 @runtime_checkable
