@@ -301,8 +301,14 @@ def _shrink_units(holder: nn.Module, targets: list, options: dict) -> list[str]:
     """Remove the dead output units of every target layer at once, through the model's traced graph
     (``symopt.surgery``), then check on an input that the outputs did not move."""
     notes, producers = [], {}
+    # A group spanning a layer's weight and its bias / norm entries (UnitGroups) removes those entries
+    # along with the weight's units: they need no rewrite of their own.
+    with_weight = {id(c) for where, tensor, c in targets
+                   if tensor == "weight" and isinstance(_get(holder, where), LAYER_TYPES)}
     for where, tensor, constraint in targets:
         layer, label = _get(holder, where), _label(where, tensor, constraint)
+        if id(constraint) in with_weight and not (tensor == "weight" and isinstance(layer, LAYER_TYPES)):
+            continue
         if tensor != "weight" or not isinstance(layer, LAYER_TYPES):
             notes.append(f"{label}: only Linear / Conv weights are shrunk")
         elif constraint.unit_axis(layer.weight.dim()) != 0:

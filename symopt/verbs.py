@@ -16,6 +16,7 @@ import functools
 from .constraints import FixedZeros, GroupSparse, LowRank, NonNegative, Sparse, Subspace, Tied
 from .constraints.budget import RATE, entry_budget
 from .constraints.pooled import Pooled
+from .constraints.unit_groups import UnitGroups
 
 def sparse(module: nn.Module, name: str | Sequence[str], strength: float | None = None, **kwargs) -> Handle:
     """Elementwise sparsity: ``w = u ⊙ v``, so the decay ``(λ/2)(‖u‖² + ‖v‖²)`` is ``λ‖w‖₁``.
@@ -87,8 +88,8 @@ def nonnegative(module: nn.Module, name: str | Sequence[str], strength: float | 
     return _entries(NonNegative, "nonnegative", module, name, strength, kwargs)
 
 
-def group_sparse(module: nn.Module, name: str, dim: int | None = None, strength: float | None = None,
-                 **kwargs) -> Handle:
+def group_sparse(module: nn.Module, name: str | Sequence[str], dim: int | None = None,
+                 strength: float | None = None, **kwargs) -> Handle:
     """Group sparsity: a scalar gate per group, ``w_g = s_g·ω_g``, so the decay is ``λΣ_g‖w_g‖₂``.
 
     The mirror ``(s_g, ω_g) → (−s_g, −ω_g)`` fixes the whole group at ``w_g = 0``; a group stays
@@ -96,7 +97,10 @@ def group_sparse(module: nn.Module, name: str, dim: int | None = None, strength:
 
     Args:
         module: the module that owns the parameter (or an ancestor, with a dotted ``name``).
-        name: the parameter's (dotted) name, e.g. ``"weight"`` or ``"encoder.0.weight"``.
+        name: the parameter's (dotted) name, e.g. ``"weight"`` or ``"encoder.0.weight"``; or a list
+            of names whose units are one group each, with one gate per unit across them (a conv's
+            ``weight`` and ``bias`` and its BatchNorm's ``weight`` and ``bias``: a dead channel is then
+            wholly zero; see [`UnitGroups`][symopt.constraints.unit_groups.UnitGroups]).
         dim: the axis whose slices are the groups (default 0: output rows / channels; 1: input
             features of a Linear).
         strength: λ (> 0), default 1e-3; with a budget, the starting λ.
@@ -118,7 +122,17 @@ def group_sparse(module: nn.Module, name: str, dim: int | None = None, strength:
         >>> handle = symopt.group_sparse(conv, "weight", dim=0, strength=1e-3)
         >>> handle.constraint.group_norms(conv.weight).shape        # one norm per output channel
         torch.Size([8])
+        >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8))
+        >>> whole = symopt.group_sparse(net, ["0.weight", "0.bias", "1.weight", "1.bias"], strength=1e-3)
+        >>> whole.constraint.unit_norms(whole.values()).shape      # a channel across the four tensors
+        torch.Size([8])
     """
+    if not isinstance(name, str) and isinstance(name, Sequence):
+        extra = sorted(set(kwargs) - {"seed"})
+        if extra:
+            raise ValueError(f"group_sparse over several tensors takes dim, strength and seed; not {extra} "
+                             "(budgets and index groups act on one tensor)")
+        return constrain(module, list(name), UnitGroups(0 if dim is None else dim, strength, **kwargs))
     return constrain(module, name, GroupSparse(dim, strength, **kwargs))
 
 

@@ -1,0 +1,240 @@
+"""Group sparsity across tensors: one gate per unit shared by every tensor that belongs to it.
+
+A channel of a conv is its weight slice ``W[c]``, its bias ``b[c]`` and the following BatchNorm's
+``γ[c], β[c]``. Each tensor ``t`` gets ``θ_t[c] = s_c · ω_t[c]`` with one gate ``s_c`` for all of them.
+
+Symmetry: ``(s_c, ω_{1..T}[c]) → (−s_c, −ω_{1..T}[c])`` for each unit; fixed subspace ``s_c = 0,
+ω_t[c] = 0`` for every t, i.e. the whole unit is zero. Penalty: ``min (λ/2)(s_c² + Σ_t ‖ω_t[c]‖²) =
+λ ‖(W[c], b[c], γ[c], β[c])‖₂``, the group lasso whose groups span the tensors; a zero unit is exact
+when the norm of its joint gradient is ≤ λ. A unit whose bias and norm entries are zero emits exactly 0,
+so [`export`][symopt.export] removes it even behind a zero-padded consumer, where a dead weight with a
+live bias could not go.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .base import Constraint, GroupMember, random_gate
+
+
+class UnitGroups(Constraint, register=False):
+    r"""One group per unit (slice along ``dim``) spanning several tensors, with one shared gate.
+
+    Register with [`symopt.group_sparse`][symopt.group_sparse] and a list of names, e.g.
+    ``["conv.weight", "conv.bias", "bn.weight", "bn.bias"]``: every tensor must have the same number
+    of units along ``dim``. The first tensor's parametrization stores the gates ``s`` (with its own
+    ``ω``); the others read them. Decay: ``(λ/2)(‖s‖² + Σ_t ‖ω_t‖²)``, which is
+    ``λ Σ_c ‖θ_{·}[c]‖₂`` at the balanced point.
+
+    Args:
+        dim: the axis of every tensor that indexes the units (default 0: output channels / rows).
+        strength: λ (> 0), default 1e-3.
+        seed: seed of the gates' signs.
+
+    Examples:
+        >>> import torch, symopt
+        >>> net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4))
+        >>> handle = symopt.group_sparse(net, ["0.weight", "0.bias", "1.weight", "1.bias"], strength=1e-3)
+        >>> handle.constraint.unit_norms(handle.values()).shape      # one norm per channel
+        torch.Size([4])
+        >>> net[1].parametrizations.bias.original0 is not None       # each tensor its own ω ...
+        True
+        >>> handle.constraint.gates is net[0].parametrizations.weight.original0   # ... one gate per channel
+        True
+    """
+
+    kind = "group_sparse"
+    multi_tensor = True
+
+    def __init__(self, dim: int = 0, strength: float | None = None, *, seed: int = 0) -> None:
+        if isinstance(strength, str):
+            raise ValueError("group_sparse over several tensors: give a number for strength (λ > 0); "
+                             "'auto' is not available for groups that span tensors")
+        if isinstance(dim, bool) or not isinstance(dim, int):
+            raise TypeError(f"group_sparse over several tensors: dim must be an int axis, got {type(dim).__name__}")
+        super().__init__(1e-3 if strength is None else strength, seed=seed)
+        self.dim = dim
+        self.copies: list[nn.Module] = []  # the members' ParametrizationLists (plain list: no cycle)
+        self._norms: Tensor | None = None  # the joint unit norms while the members register
+        self._expected = 0
+
+    # -- registration (the multi-tensor protocol of attach) ------------------------------------------
+    def validate_members(self, tensors: Sequence[Tensor], names: Sequence[str]) -> None:
+        if len(tensors) < 2:
+            raise ValueError(f"group_sparse over several tensors needs at least two names, got {list(names)}; "
+                             "for one tensor pass its name as a string")
+        counts = []
+        for t, name in zip(tensors, names):
+            if t.dim() == 0 or not -t.dim() <= self.dim < t.dim():
+                raise ValueError(f"group_sparse: dim={self.dim} is out of range for '{name}' of shape "
+                                 f"{tuple(t.shape)}; every tensor needs the unit axis")
+            counts.append(t.shape[self.dim % t.dim()])
+        if len(set(counts)) != 1:
+            listing = ", ".join(f"'{n}': {c}" for n, c in zip(names, counts))
+            raise ValueError(f"group_sparse: the tensors must have the same number of units along dim={self.dim} "
+                             f"({listing}); list the weight, bias and norm entries of one layer")
+        first = tensors[0]
+        for t, name in zip(tensors[1:], names[1:]):
+            if t.dtype != first.dtype or t.device != first.device:
+                raise ValueError(f"group_sparse: '{name}' is {t.dtype} on {t.device}, '{names[0]}' is "
+                                 f"{first.dtype} on {first.device}; one dtype and device for all the tensors")
+        self._norms = self.unit_norms([t.detach() for t in tensors])
+
+    def prepare(self, count: int, device: torch.device) -> None:
+        self.copies = []
+        self._expected = count
+
+    def member(self, index: int) -> UnitGroupsMember:
+        return UnitGroupsMember(self, index)
+
+    def bind(self, copy: nn.Module) -> None:
+        self.copies.append(copy)
+        if len(self.copies) == self._expected:
+            self._norms = None  # registration is over: a later right_inverse is an assignment
+
+    @property
+    def gates(self) -> Tensor:
+        """The shared gates ``s`` (stored by the first tensor's parametrization)."""
+        if not self.copies:
+            raise RuntimeError("UnitGroups: no tensor is registered yet; use symopt.group_sparse(model, [names])")
+        return self.copies[0].original0
+
+    def regate(self, index: int, value: Tensor) -> Tensor:
+        """New gates for an assignment of ``value`` to tensor ``index``: a unit whose gate is 0 could
+        not hold a non-zero value, so the gates are drawn again from the joint norms, and every other
+        tensor's ``ω`` is rescaled to keep its value. The first tensor's gates are written here unless
+        it is the one assigned (then parametrize stores what its right_inverse returns)."""
+        with torch.no_grad():
+            values = [value if i == index else self._value(i) for i in range(len(self.copies))]
+            new = random_gate(self.unit_norms(values), self.factorizer)
+            for i, copy in enumerate(self.copies):
+                if i != index:
+                    (copy.original1 if i == 0 else copy.original0).copy_(values[i] / self.spread(new, values[i]))
+            if index != 0:
+                self.gates.copy_(new)
+        return new
+
+    def _value(self, index: int) -> Tensor:
+        copy = self.copies[index]
+        omega = copy.original1 if index == 0 else copy.original0
+        return self.spread(self.gates, omega) * omega
+
+    # -- the maths on the list of values ---------------------------------------------------------------
+    def spread(self, per_unit: Tensor, value: Tensor) -> Tensor:
+        shape = [1] * value.dim()
+        shape[self.dim % value.dim()] = -1
+        return per_unit.view(shape)
+
+    def _rows(self, value: Tensor) -> Tensor:
+        axis = self.dim % value.dim()
+        return value.movedim(axis, 0).reshape(value.shape[axis], -1)
+
+    def unit_norms(self, values: Sequence[Tensor]) -> Tensor:
+        """``‖θ_{·}[c]‖₂`` over all the tensors, for every unit c."""
+        return torch.stack([self._rows(v).square().sum(dim=1) for v in values]).sum(dim=0).sqrt()
+
+    def atoms(self, values: Sequence[Tensor]) -> Tensor:
+        return self.unit_norms(values)
+
+    def project(self, values: Sequence[Tensor], tol: float = 0.0) -> list[Tensor]:
+        keep = (self.unit_norms(values) > tol)
+        return [v * self.spread(keep.to(v.dtype), v) for v in values]
+
+    def violation(self, values: Sequence[Tensor], tol: float = 0.0) -> float:
+        snapped = self.project(values, tol)
+        return float(torch.stack([(v - s).norm() for v, s in zip(values, snapped)]).norm())
+
+    def infeasibility(self, values: Sequence[Tensor]) -> float:
+        return 0.0  # a penalty: it promises no set
+
+    def induced_norm(self, values: Sequence[Tensor]) -> Tensor:
+        return self.unit_norms(values).sum()
+
+    def dual_norm(self, grads: Sequence[Tensor]) -> Tensor:
+        return self.unit_norms(grads).amax()
+
+    def prox(self, values: Sequence[Tensor], step: float) -> list[Tensor]:
+        norms = self.unit_norms(values)
+        scale = (1 - step * self.strength / norms.clamp_min(torch.finfo(norms.dtype).tiny)).clamp_min(0)
+        return [v * self.spread(scale.to(v.dtype), v) for v in values]
+
+    def kkt_residual(self, values: Sequence[Tensor], grads: Sequence[Tensor], tol: float = 0.0,
+                     quick: bool = False) -> float:
+        lam = self.strength
+        norms = self.unit_norms(values)
+        safe = norms.clamp_min(torch.finfo(norms.dtype).tiny)
+        active = self.unit_norms([g + lam * v / self.spread(safe, v) for v, g in zip(values, grads)])
+        res = torch.where(norms > tol, active, (self.unit_norms(grads) - lam).clamp_min(0))
+        return float(res.norm())
+
+    def structure(self, values: Sequence[Tensor], tol: float = 0.0) -> str:
+        norms = self.unit_norms([v.detach() for v in values])
+        return f"units {int((norms > tol).sum())}/{norms.numel()} (dim={self.dim}, {len(values)} tensors)"
+
+    def structure_key(self, value, tol: float) -> object:
+        return tuple((self.unit_norms(list(value)) > tol).tolist())
+
+    def compressed_structure(self) -> str | None:
+        return "units"
+
+    def unit_axis(self, ndim: int) -> int | None:
+        return self.dim % ndim
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, {super().extra_repr()}"
+
+
+class UnitGroupsMember(GroupMember):
+    """The parametrization of one tensor of a [`UnitGroups`][symopt.constraints.unit_groups.UnitGroups]:
+    ``θ_t = s ⊙ ω_t`` (gates broadcast along the unit axis). The first tensor stores ``(s, ω_1)``, the
+    others ``(ω_t)`` and read ``s`` from it."""
+
+    kind = "group_sparse"
+
+    @property
+    def decayed(self) -> tuple[int, ...]:  # type: ignore[override]
+        return (0, 1) if self.index == 0 else (0,)
+
+    def atoms(self, value: Tensor) -> Tensor:
+        return self.group._rows(value).norm(dim=1)
+
+    def unit_axis(self, ndim: int) -> int | None:
+        return self.group.unit_axis(ndim)
+
+    def compressed_structure(self) -> str | None:
+        return "units"
+
+    def forward(self, *factors: Tensor) -> Tensor:
+        if self.index == 0:
+            gates, omega = factors
+        else:
+            (omega,), gates = factors, self.group.gates
+        return self.group.spread(gates, omega) * omega
+
+    def right_inverse(self, value: Tensor):
+        group = self.group
+        if group._norms is not None and self.index == 0:  # registration: gates from the joint norms
+            gates = random_gate(group._norms.to(value.dtype), self.factorizer)
+        elif group._norms is not None:
+            gates = group.gates.detach()
+        else:  # an assignment after registration
+            gates = group.regate(self.index, value.detach())
+        omega = value / group.spread(gates, value)
+        return (gates.detach().clone(), omega) if self.index == 0 else (omega,)
+
+    def balance(self, *factors: Tensor) -> float:
+        if self.index != 0:
+            return 0.0  # the gates' balance is measured once, on the first tensor, over all of them
+        gates = factors[0].detach()
+        osq = sum(self.group._rows(c.original1 if i == 0 else c.original0).detach().square().sum(dim=1)
+                  for i, c in enumerate(self.group.copies))
+        gsq = gates.square()
+        denom = float((gsq + osq).sum())
+        return float((gsq - osq).abs().sum()) / denom if denom > 0 else 0.0
+
+    def extra_repr(self) -> str:
+        return f"tensor {self.index} of units along dim={self.group.dim}" + (" (holds the gates)" if self.index == 0 else "")

@@ -1,0 +1,141 @@
+"""group_sparse over several tensors (UnitGroups): one gate per unit shared by a layer's weight slice, bias
+entry and norm entries — the group lasso whose groups span tensors, and a dead channel that is wholly 0."""
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import symopt
+from symopt import ExportWarning
+
+DT = torch.float64
+NAMES = ["0.weight", "0.bias", "1.weight", "1.bias"]
+
+
+def _conv_bn():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(2, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
+                        nn.Conv2d(6, 3, 3, padding=1)).double().eval()
+    net[1].running_mean.uniform_(-0.5, 0.5)
+    net[1].running_var.uniform_(0.5, 2.0)
+    return net
+
+
+def test_registration_keeps_every_value_and_one_gate_serves_every_tensor():
+    net = _conv_bn()
+    before = [net.get_parameter(n).detach().clone() for n in NAMES]
+    handle = symopt.group_sparse(net, NAMES, strength=1e-2)
+    for value, old in zip(handle.values(), before):
+        assert torch.allclose(value, old, atol=1e-15, rtol=0)
+    gates = net[0].parametrizations.weight.original0
+    assert handle.constraint.gates is gates and gates.shape == (6,)
+    loss = sum(v.sum() for v in handle.values()[1:])  # only the other tensors: the gates still get gradient
+    loss.backward()
+    assert gates.grad is not None and bool(gates.grad.abs().gt(0).all())
+
+
+def test_penalty_at_balance_is_lambda_times_the_joint_unit_norms():
+    net = _conv_bn()
+    handle = symopt.group_sparse(net, NAMES, strength=0.3)
+    values = [v.detach() for v in handle.values()]
+    norms = handle.constraint.unit_norms(values)
+    expected = torch.cat([v.movedim(0, 0).reshape(6, -1) for v in values], dim=1).norm(dim=1)
+    assert torch.allclose(norms, expected, atol=1e-14)
+    with torch.no_grad():  # the balanced factors: |s_c| = √‖θ[c]‖, ω_t = θ_t / s
+        gates = norms.sqrt()
+        net[0].parametrizations.weight.original0.copy_(gates)
+        for copy, value in zip(handle.constraint.copies, values):
+            omega = copy.original1 if copy is handle.constraint.copies[0] else copy.original0
+            omega.copy_(value / handle.constraint.spread(gates, value))
+    assert float(symopt.penalty(net)) == pytest.approx(0.3 * float(norms.sum()), rel=1e-12)
+    assert handle.constraint.copies[0][0].balance(net[0].parametrizations.weight.original0) < 1e-12
+
+
+def test_assignment_after_registration_keeps_the_other_tensors():
+    net = _conv_bn()
+    symopt.group_sparse(net, NAMES, strength=1e-2)
+    with torch.no_grad():
+        net[0].parametrizations.weight.original0[2] = 0.0  # a dead gate: unit 2 is 0 in every tensor
+    others = [net[0].weight.detach().clone(), net[0].bias.detach().clone(), net[1].weight.detach().clone()]
+    new_bias = torch.arange(6, dtype=DT) + 1.0  # unit 2 non-zero: the gates must be drawn again
+    net[1].bias = new_bias
+    assert torch.allclose(net[1].bias, new_bias, atol=1e-14)
+    for now, old in zip((net[0].weight, net[0].bias, net[1].weight), others):
+        assert torch.allclose(now, old, atol=1e-14)
+    net[0].weight = torch.ones(6, 2, 3, 3, dtype=DT)  # the first tensor (holder of the gates) too
+    assert torch.allclose(net[0].weight, torch.ones(6, 2, 3, 3, dtype=DT), atol=1e-14)
+    assert torch.allclose(net[1].bias, new_bias, atol=1e-14)
+
+
+def test_training_matches_the_group_lasso_of_cvxpy_with_bias_in_the_groups():
+    cp = pytest.importorskip("cvxpy")
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(60, 5, generator=g, dtype=DT)
+    W0 = torch.zeros(4, 5, dtype=DT)
+    W0[0], W0[2] = torch.tensor([1.0, -2, 0, 0, 1]), torch.tensor([0, 0.5, 1, 0, 0])
+    Y = X @ W0.T + torch.tensor([0.3, 0.0, -0.2, 0.0]) + 0.05 * torch.randn(60, 4, generator=g, dtype=DT)
+    lam = 0.15
+    lin = nn.Linear(5, 4).double()
+    symopt.group_sparse(lin, ["weight", "bias"], strength=lam)
+    opt = torch.optim.SGD(symopt.param_groups(lin), lr=0.1, momentum=0.9)
+    for _ in range(1200):
+        opt.zero_grad()
+        (0.5 * ((lin(X) - Y) ** 2).sum(1).mean()).backward()
+        opt.step()
+    Wv, bv = cp.Variable((4, 5)), cp.Variable(4)
+    residual = X.numpy() @ Wv.T + cp.reshape(bv, (1, 4), order="C") - Y.numpy()
+    objective = 0.5 * cp.sum_squares(residual) / 60 + lam * cp.sum(cp.norm(cp.hstack([Wv, cp.reshape(bv, (4, 1), order="C")]), 2, axis=1))
+    cp.Problem(cp.Minimize(objective)).solve()
+    W_ref, b_ref = torch.tensor(Wv.value), torch.tensor(bv.value)
+    joint_ref = torch.cat([W_ref, b_ref[:, None]], 1).norm(dim=1)
+    joint = torch.cat([lin.weight, lin.bias[:, None]], 1).detach().norm(dim=1)
+    assert ((joint_ref > 1e-6) == (joint > 1e-6)).all() and bool((joint_ref < 1e-6).any())  # same dead units
+    assert torch.allclose(lin.weight.detach(), W_ref, atol=2e-4) and torch.allclose(lin.bias.detach(), b_ref, atol=2e-4)
+    assert float(joint[joint_ref < 1e-6].max()) < 1e-8  # a dead unit is dead in weight and bias alike
+
+
+def test_wholly_dead_channels_leave_even_a_padded_consumer():
+    net = _conv_bn()
+    symopt.group_sparse(net, NAMES, strength=1e-2)
+    with torch.no_grad():  # what training leaves: a unit's gate and every ω at the mirror's fixed point
+        net[0].parametrizations.weight.original0[[1, 4]] = 0.0
+        for copy in symopt.list_constraints(net)[0].constraint.copies:
+            (copy.original1 if hasattr(copy, "original1") else copy.original0)[[1, 4]] = 0.0
+    x = torch.randn(3, 2, 7, 7, dtype=DT)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ExportWarning)
+        small = symopt.export(net, mode="compressed")
+    assert (small[0].out_channels, small[1].num_features, small[3].in_channels) == (4, 4, 4)
+    assert torch.allclose(small(x), net(x), atol=1e-12, rtol=0)
+    cert = symopt.finalize(net)
+    assert "units 4/6" in cert.entries[0].structure and net[0].weight.shape == (6, 2, 3, 3)
+
+
+def test_state_dict_round_trip_into_a_fresh_registration():
+    net = _conv_bn()
+    symopt.group_sparse(net, NAMES, strength=1e-2)
+    with torch.no_grad():
+        net[0].parametrizations.weight.original0.mul_(1.7)
+    other = _conv_bn()
+    symopt.group_sparse(other, NAMES, strength=1e-2)
+    other.load_state_dict(net.state_dict())
+    x = torch.randn(2, 2, 5, 5, dtype=DT)
+    assert torch.equal(other(x), net(x))
+
+
+@pytest.mark.parametrize("names, kwargs, error, match", [
+    (["0.weight", "3.weight"], {}, ValueError, r"same number of units along dim=0 \('0.weight': 6, '3.weight': 3\)"),
+    (["0.weight"], {}, ValueError, "needs at least two names"),
+    (NAMES, dict(strength="auto"), ValueError, "give a number for strength"),
+    (NAMES, dict(max_groups=2), ValueError, r"takes dim, strength and seed; not \['max_groups'\]"),
+    (NAMES, dict(dim=2), ValueError, "dim=2 is out of range for '0.bias'"),
+    (NAMES, dict(dim=1.0), TypeError, "dim must be an int"),
+])
+def test_bad_inputs_name_the_tensor_and_change_nothing(names, kwargs, error, match):
+    net = _conv_bn()
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    with pytest.raises(error, match=match):
+        symopt.group_sparse(net, names, **kwargs)
+    assert symopt.list_constraints(net) == [] and all(torch.equal(v, state[k]) for k, v in net.state_dict().items())
