@@ -15,6 +15,8 @@ turns structure into fewer multiply-adds. ``mode="compressed"`` rewrites, on a c
   consumer's bias (exact for a Linear and an unpadded conv; behind zero padding only a constant 0 can
   go). The outputs are compared before and after on ``example_input`` (or an input built from the first
   layer) and the rewrite is undone if they moved.
+* a tie — one parameter: each later copy *is* the anchor's parameter, or for a transposed tie
+  (decoder = encoderᵀ) a plain ``torch.nn.utils.parametrize`` view of it ([`Transposed`][symopt.export.Transposed]).
 * elementwise sparsity on a Linear — a CSR weight ([`SparseLinear`][symopt.SparseLinear]) where a timed forward on
   this device says CSR is the faster (on 2 CPU cores it won below ~15% density, see docs/embedding.md),
   or below a fixed ``csr_max_density``.
@@ -37,6 +39,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from ._layers import LAYER_TYPES
 from .attach import list_constraints
@@ -431,6 +434,57 @@ def _time_layouts(dense: nn.Linear, sparse: SparseLinear, batch: int = 64, repea
     return statistics.median(times[0]), statistics.median(times[1])
 
 
+class Transposed(nn.Module):
+    """A plain ``torch.nn.utils.parametrize`` view ``W = Aᵀ`` (no symopt inside): how a compressed export
+    shares one matrix between a layer and another that holds its transpose (a tied decoder)."""
+
+    def forward(self, matrix: Tensor) -> Tensor:
+        return matrix.transpose(0, 1)
+
+    def right_inverse(self, value: Tensor) -> Tensor:
+        return value.transpose(0, 1)
+
+
+def _share(holder: nn.Module, targets: list, options: dict) -> list[str]:
+    """Tied copies become one parameter: a later copy *is* the anchor's parameter (or a transposed
+    view of it), so the export stores it once and an update of one is an update of all."""
+    groups: dict[int, list] = {}
+    for where, tensor, constraint in targets:
+        groups.setdefault(id(constraint), []).append((where, tensor, constraint))
+    notes = []
+    for members in groups.values():
+        (anchor_where, anchor_tensor, constraint) = members[0]
+        try:
+            shared = getattr(_get(holder, anchor_where), anchor_tensor)
+        except AttributeError:  # an earlier rewrite replaced the anchor's layer (factorised it)
+            notes.append(f"{_label(anchor_where, anchor_tensor, constraint)}: the tie stays as equal copies, "
+                         "because another rewrite replaced the anchor's layer")
+            continue
+        for index, (where, tensor, _) in enumerate(members[1:], start=1):
+            flipped = bool(constraint.transposed and constraint.transposed[index])
+            module = _get(holder, where) if _has(holder, where) else None
+            current = getattr(module, tensor, None) if module is not None else None
+            expected = shared.shape[::-1] if flipped else shared.shape
+            if not isinstance(current, Tensor) or tuple(current.shape) != tuple(expected):
+                notes.append(f"{_label(where, tensor, constraint)}: kept as its own copy, because another "
+                             "rewrite changed its layer or its shape")
+                continue
+            if flipped:
+                parametrize.register_parametrization(module, tensor, Transposed(), unsafe=True)
+                module.parametrizations[tensor].original = shared
+            else:
+                setattr(module, tensor, shared)
+    return notes
+
+
+def _has(root: nn.Module, name: str) -> bool:
+    try:
+        _get(root, name)
+    except AttributeError:
+        return False
+    return True
+
+
 # The rewrites of a compressed export, keyed by the structure a constraint reports
 # (`Constraint.compressed_structure`), run in this order: removing units first, so that factorising a
 # consumer then sees fewer columns. Each takes (holder, targets, options): ``holder.root`` is the model
@@ -449,6 +503,7 @@ def register_rewrite(structure: str, rewrite: Rewrite) -> None:
 
 
 register_rewrite("units", _shrink_units)
+register_rewrite("shared", _share)
 register_rewrite("factors", lambda root, targets, options: [
     note for where, tensor, c in targets for note in _factorise(root, where, tensor, c, options["tol"])])
 register_rewrite("entries", lambda root, targets, options: [

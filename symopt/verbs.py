@@ -254,9 +254,12 @@ def tie(model: nn.Module, names: Sequence[str], strength: float | str = "auto", 
 
     Args:
         model: the module that owns every tied parameter (or a common ancestor).
-        names: two or more dotted parameter names, of equal shape, dtype and device.
+        names: two or more dotted parameter names, of one dtype and device, each of the anchor's
+            shape or (2-d) of its transpose: ``["enc.weight", "dec.weight"]`` with shapes 16×64 and
+            64×16 ties the decoder to the encoder's transpose.
         strength: λ (> 0), or ``"auto"`` (default): ``margin ×`` a running multiplier estimate.
-        **kwargs: ``margin`` (of ``"auto"``, > 1), ``seed``.
+        **kwargs: ``margin`` (of ``"auto"``, > 1), ``seed``, ``transpose`` (True: tie square
+            matrices as transposes; False: refuse transposed shapes).
 
     Returns:
         Handle: the registered constraint. ``module.<name>`` keeps its value; its parameter is
@@ -264,8 +267,8 @@ def tie(model: nn.Module, names: Sequence[str], strength: float | str = "auto", 
 
     Raises:
         TypeError: ``names`` is a single string.
-        ValueError: fewer than two names, a name repeated, tensors that differ in shape, dtype or
-            device, or one already constrained; nothing is changed.
+        ValueError: fewer than two names, a name repeated, shapes that match in no orientation,
+            tensors that differ in dtype or device, or one already constrained; nothing is changed.
 
     Examples:
         >>> import torch, symopt

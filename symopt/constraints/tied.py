@@ -31,12 +31,19 @@ class Tied(Constraint):
     values, anchor first, as a sequence or stacked along a new first axis (``project`` returns
     them stacked).
 
+    A 2-d copy may hold the anchor's transpose (``decoder.weight = encoder.weightᵀ``, an output head
+    tied to an embedding): ``θ_j = θ_1ᵀ + u_j ⊙ v_j``. Every method here works in the anchor's
+    orientation and hands values back in each copy's own.
+
     Args:
         strength: λ (> 0), or ``"auto"`` (default): ``margin ×`` the largest running estimate of
             ``‖∂ℓ/∂θ_j‖_∞`` over the later copies j ≥ 2, the multipliers of the anchored penalty
             (the anchor's own gradient is not one: see `dual_norm`).
         margin: safety factor of ``"auto"`` (> 1).
         seed: seed of the factor initialisation.
+        transpose: None (default): a copy whose shape is the anchor's reversed (2-d, not square) is
+            tied to the transpose; True: every later copy is (needed for square matrices); False:
+            shapes must be equal.
 
     Examples:
         >>> import torch, symopt
@@ -57,8 +64,14 @@ class Tied(Constraint):
     def example(cls) -> Example:
         return Example(lambda: cls(1.0), ((3, 4), (3, 4), (3, 4)))
 
-    def __init__(self, strength: float | str = "auto", *, margin: float = 1.5, seed: int = 0) -> None:
+    def __init__(self, strength: float | str = "auto", *, margin: float = 1.5, seed: int = 0,
+                 transpose: bool | None = None) -> None:
         super().__init__(strength, seed=seed, margin=margin)
+        if transpose is not None and not isinstance(transpose, bool):
+            raise TypeError(f"Tied: transpose must be None (decide from the shapes), True or False; got {transpose!r}")
+        self.transpose = transpose
+        # Per copy: whether it is tied to the anchor's transpose (decoder = encoderᵀ); set at registration.
+        self.transposed: list[bool] = []
         # The members' ParametrizationLists, anchor first (set by symopt.tie as it registers them).
         # A plain list, not submodules: each member holds the group, so registering them would make
         # a cycle in the module tree.
@@ -77,13 +90,46 @@ class Tied(Constraint):
         if len(set(names)) != len(names) or len({id(t) for t in tensors}) != len(tensors):
             raise ValueError(f"Tied: a tensor cannot be tied with itself; got {list(names)}")
         first, name0 = tensors[0], names[0]
+        transposed = [False]
         for t, name in zip(tensors[1:], names[1:]):
-            for what in ("shape", "dtype", "device"):
+            for what in ("dtype", "device"):
                 if getattr(t, what) != getattr(first, what):
                     raise ValueError(
                         f"Tied: '{name}' has {what} {getattr(t, what)} but '{name0}' has "
                         f"{getattr(first, what)}; tied tensors must agree in shape, dtype and device"
                     )
+            flipped = first.dim() == 2 and t.shape == first.shape[::-1]
+            if self.transpose is True and not flipped:
+                raise ValueError(f"Tied: transpose=True needs '{name}' to be the transpose of the 2-d '{name0}' "
+                                 f"(shape {tuple(first.shape)[::-1]}), but it has shape {tuple(t.shape)}")
+            if self.transpose is True or (self.transpose is None and t.shape != first.shape and flipped):
+                transposed.append(True)
+            elif t.shape == first.shape:
+                transposed.append(False)
+            else:
+                orientations = f"{tuple(first.shape)} or its transpose" if first.dim() == 2 else tuple(first.shape)
+                raise ValueError(
+                    f"Tied: '{name}' has shape {tuple(t.shape)} but '{name0}' has shape {tuple(first.shape)}; "
+                    f"tied tensors must have the anchor's shape {orientations}, and agree in dtype and device"
+                )
+        self.transposed = transposed
+
+    def oriented(self, value: Tensor, index: int) -> Tensor:
+        """``value`` (in the anchor's orientation) as copy ``index`` holds it (transposed or not)."""
+        return value.transpose(0, 1) if self.transposed and self.transposed[index] else value
+
+    def _aligned(self, values: Sequence[Tensor]) -> Tensor:
+        """The copies in the anchor's orientation, stacked."""
+        values = list(values)
+        if not any(self.transposed):
+            return torch.stack(values)
+        return torch.stack([self.oriented(v, i) for i, v in enumerate(values)])
+
+    def _as_copies(self, stacked: Tensor):
+        """Undo `_aligned`: stacked when every copy has the anchor's orientation, else a list."""
+        if not any(self.transposed):
+            return stacked
+        return [self.oriented(v, i) for i, v in enumerate(stacked.unbind(0))]
 
     def prepare(self, count: int, device: torch.device) -> None:
         """Start a tie of ``count`` copies: no copy bound yet; with ``"auto"``, one running
@@ -106,19 +152,20 @@ class Tied(Constraint):
             return  # registration: no other copy yet
         with torch.no_grad():
             shift = self.center - value
-            for copy in self.copies[1:]:
+            for index, copy in enumerate(self.copies[1:], start=1):
                 u, v = copy.original0, copy.original1
-                new_u, new_v = split_product(torch.addcmul(shift, u, v), self.factorizer)
+                new_u, new_v = split_product(torch.addcmul(self.oriented(shift, index), u, v), self.factorizer)
                 u.copy_(new_u)
                 v.copy_(new_v)
 
-    def project(self, values: Sequence[Tensor], tol: float = 0.0) -> Tensor:
-        """Orthogonal projection onto the tie set: every copy replaced by the mean (stacked)."""
-        stacked = torch.stack(list(values))
-        return stacked.mean(0).expand_as(stacked).clone()
+    def project(self, values: Sequence[Tensor], tol: float = 0.0):
+        """Orthogonal projection onto the tie set: every copy replaced by the mean (stacked; a list
+        when a copy is transposed)."""
+        stacked = self._aligned(values)
+        return self._as_copies(stacked.mean(0).expand_as(stacked).clone())
 
     def violation(self, values: Sequence[Tensor], tol: float = 0.0) -> float:
-        stacked = torch.stack(list(values))
+        stacked = self._aligned(values)
         return float((stacked - stacked.mean(0)).norm())
 
     def infeasibility(self, values: Sequence[Tensor]) -> float:
@@ -127,7 +174,7 @@ class Tied(Constraint):
 
     def induced_norm(self, values: Sequence[Tensor]) -> Tensor:
         """``Σ_{j≥2} ‖θ_j − θ_1‖₁`` (values anchor first)."""
-        stacked = torch.stack(list(values))
+        stacked = self._aligned(values)
         return (stacked[1:] - stacked[0]).abs().sum()
 
     def dual_norm(self, grads: Sequence[Tensor]) -> Tensor:
@@ -142,10 +189,14 @@ class Tied(Constraint):
     def kkt_residual(self, values: Sequence[Tensor], grads: Sequence[Tensor], tol: float = 0.0,
                      quick: bool = False) -> float:
         """Norm of the gradient projected onto the tie set: ``√k·‖mean_j g_j‖``."""
-        return float(torch.stack(list(grads)).mean(0).norm()) * len(grads) ** 0.5
+        return float(self._aligned(grads).mean(0).norm()) * len(grads) ** 0.5
 
     def structure(self, values: Sequence[Tensor], tol: float = 0.0) -> str:
-        return f"{len(values)} copies"
+        flipped = sum(self.transposed)
+        return f"{len(values)} copies" + (f" ({flipped} transposed)" if flipped else "")
+
+    def compressed_structure(self) -> str | None:
+        return "shared"
 
 
 class TiedMember(GroupMember):
@@ -162,10 +213,11 @@ class TiedMember(GroupMember):
         return grad.abs().amax()
 
     def forward(self, u: Tensor, v: Tensor) -> Tensor:
-        return torch.addcmul(self.group.center, u, v)  # one fused kernel, no u ⊙ v temporary
+        # one fused kernel, no u ⊙ v temporary; a transposed copy reads the anchor's transpose (a view)
+        return torch.addcmul(self.group.oriented(self.group.center, self.index), u, v)
 
     def right_inverse(self, value: Tensor) -> tuple[Tensor, Tensor]:
-        return split_product(value - self.group.center, self.factorizer)
+        return split_product(value - self.group.oriented(self.group.center, self.index), self.factorizer)
 
     def balance(self, u: Tensor, v: Tensor) -> float:
         return hadamard_balance(u, v)
