@@ -18,6 +18,7 @@ from .symmetry import ConservationTracker, Diagnosis, LayerDiagnosis, conserved,
 from .distributed import sync_strengths
 from .guard import Diverged, Guard, GuardEvent, guard
 from .export import ExportWarning, Footprint, SparseLinear, export, footprint
+from .hub import from_pretrained, save_pretrained
 from .problems import Problem
 from .result import Result
 from .solver import solve
@@ -33,4 +34,5 @@ __all__ = [
     "effective_rank", "conserved", "ConservationTracker", "export", "footprint", "sync_strengths", "Footprint", "ExportWarning",
     "SparseLinear", "guard", "Guard", "GuardEvent", "Diverged", "Problem", "Result", "solve", "compare", "certify",
     "NonNegative", "nonnegative", "bind", "Binding", "Strength", "Fixed", "Auto", "BudgetStrength", "Scheduled",
+    "save_pretrained", "from_pretrained",
 ]

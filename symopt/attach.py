@@ -263,6 +263,7 @@ def constrain(model: nn.Module, name: str | Sequence[str], constraint: Constrain
         'weight'
     """
     _check_fresh(constraint)
+    _guard_save_pretrained(model)
     if constraint.multi_tensor:
         if isinstance(name, str):
             raise TypeError(f"{type(constraint).__name__} acts on several tensors: pass the list of parameter "
@@ -277,6 +278,38 @@ def constrain(model: nn.Module, name: str | Sequence[str], constraint: Constrain
     constraint.to(device=tensor.device, dtype=tensor.dtype)
     _register(module, leaf, constraint, name)
     return Handle(constraint, (Member(name, module, leaf),))
+
+
+class _SavePretrainedGuard:
+    """Stands in for a Hugging Face model's ``save_pretrained`` while the model has symopt constraints.
+
+    ``model.save_pretrained`` would write the factors under keys ``from_pretrained`` does not know, and
+    ``from_pretrained`` would then re-initialise every constrained weight without an error (a warning
+    in a load report). While constraints are registered this raises instead and names the two ways
+    that keep the values; once none are left it is the model's own ``save_pretrained`` again. It is
+    set on the instance only (never on the class), and a deepcopy carries it to the copy's model.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    def __call__(self, *args, **kwargs):
+        if list_constraints(self.model):
+            raise ValueError(
+                f"{type(self.model).__name__}.save_pretrained: this model has symopt constraints, whose factors "
+                "from_pretrained would not load (it re-initialises those weights silently). Use "
+                "symopt.save_pretrained(model, directory) (values + factors, reloadable with "
+                "symopt.from_pretrained), or symopt.export(model).save_pretrained(directory) (plain weights)."
+            )
+        return type(self.model).save_pretrained(self.model, *args, **kwargs)
+
+
+def _guard_save_pretrained(model: nn.Module) -> None:
+    """Install `_SavePretrainedGuard` on a Hugging Face-style model (one with ``save_pretrained`` and a
+    ``config``) the first time it is constrained."""
+    if (hasattr(type(model), "save_pretrained") and hasattr(model, "config")
+            and not isinstance(model.__dict__.get("save_pretrained"), _SavePretrainedGuard)):
+        model.__dict__["save_pretrained"] = _SavePretrainedGuard(model)
 
 
 def _constrain_several(model: nn.Module, names: list[str], group: Constraint) -> Handle:

@@ -1,0 +1,116 @@
+"""Layer 3 — Hugging Face round trips: [`save_pretrained`][symopt.save_pretrained] and
+[`from_pretrained`][symopt.from_pretrained] for a ``transformers`` model with symopt constraints.
+
+A constrained weight is stored as its factors (``…parametrizations.weight.original0``), which
+``transformers``' ``from_pretrained`` does not know: it would re-initialise the weight and say so only
+in a load report. symopt therefore keeps both views in one directory:
+
+* the model's own ``save_pretrained`` output, written from a plain copy that holds every constrained
+  weight's current value — any ``from_pretrained`` (symopt's or not) loads the values exactly;
+* ``symopt_state.safetensors``: the constrained model's own ``state_dict`` (factors, λ and the
+  policies' buffers), which [`from_pretrained`][symopt.from_pretrained] loads after re-registering the
+  constraints, so training resumes bit-exactly.
+
+``transformers`` is optional; these functions only call methods of the model and its class.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from .attach import list_constraints, remove
+
+STATE_FILE = "symopt_state.safetensors"
+
+
+def save_pretrained(model: nn.Module, directory: str | os.PathLike, **kwargs) -> None:
+    """Save a constrained Hugging Face model so that its values and its constraints survive.
+
+    Writes ``model``'s ``save_pretrained`` output from a plain copy (constrained weights at their
+    current values, not snapped: mid-training checkpoints stay what they are) and the constrained
+    ``state_dict`` in ``symopt_state.safetensors``. ``model`` is not changed.
+
+    Args:
+        model: a model with ``save_pretrained`` (a ``transformers.PreTrainedModel``).
+        directory: where to write (created if needed).
+        **kwargs: passed to ``save_pretrained`` (e.g. ``safe_serialization``).
+
+    Raises:
+        TypeError: ``model`` has no ``save_pretrained``.
+
+    Examples:
+        >>> import tempfile, torch, symopt
+        >>> from transformers import BertConfig, BertModel       # doctest: +SKIP
+        >>> model = BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
+        ...                              num_attention_heads=2, intermediate_size=32))  # doctest: +SKIP
+        >>> _ = symopt.low_rank(model, "encoder.layer.0.intermediate.dense.weight", max_rank=4)  # doctest: +SKIP
+        >>> symopt.save_pretrained(model, tempfile.mkdtemp())   # doctest: +SKIP
+    """
+    if not hasattr(type(model), "save_pretrained"):
+        raise TypeError(f"save_pretrained: {type(model).__name__} has no save_pretrained (a transformers model "
+                        "is expected); for a plain module use torch.save(model.state_dict(), path)")
+    from safetensors.torch import save_file
+
+    state = {key: value.detach().to("cpu").clone().contiguous() for key, value in model.state_dict().items()}
+    plain = copy.deepcopy(model)
+    for handle in list_constraints(plain):
+        for member in handle.members:
+            remove(member.module, member.tensor)  # the current value, as a plain parameter
+    os.makedirs(directory, exist_ok=True)
+    type(plain).save_pretrained(plain, directory, **kwargs)
+    save_file(state, os.path.join(directory, STATE_FILE), metadata={"format": "pt", "writer": "symopt"})
+
+
+def from_pretrained(cls, directory: str | os.PathLike, constrain: Callable[[nn.Module], object] | None = None,
+                    **kwargs) -> nn.Module:
+    """Load what [`save_pretrained`][symopt.save_pretrained] wrote: the values, and with ``constrain``
+    the constraints and their factors.
+
+    Args:
+        cls: the model class (``BertForSequenceClassification``, ``AutoModel``, ...).
+        directory: the saved directory.
+        constrain: a function that registers the same constraints on the loaded model, as they were
+            registered before saving (``lambda m: symopt.low_rank(m, "…", max_rank=4)``). Without it
+            the model comes back plain, holding the constrained values.
+        **kwargs: passed to ``cls.from_pretrained``.
+
+    Returns:
+        The model; with ``constrain``, its factors and λ are the saved ones (bit-exact resume).
+
+    Raises:
+        ValueError: ``constrain`` registered constraints that do not match the saved ones (missing
+            or unexpected keys, named in the message); the saved directory has no symopt state but
+            ``constrain`` was given.
+
+    Examples:
+        >>> import symopt
+        >>> from transformers import BertModel                                   # doctest: +SKIP
+        >>> model = symopt.from_pretrained(BertModel, "saved/", constrain=lambda m: symopt.low_rank(
+        ...     m, "encoder.layer.0.intermediate.dense.weight", max_rank=4))     # doctest: +SKIP
+    """
+    model = cls.from_pretrained(directory, **kwargs)
+    if constrain is None:
+        return model
+    path = os.path.join(directory, STATE_FILE)
+    if not os.path.exists(path):
+        raise ValueError(f"from_pretrained: {directory} has no {STATE_FILE} (it was not written by "
+                         "symopt.save_pretrained); load it without constrain=, then register the constraints")
+    from safetensors.torch import load_file
+
+    constrain(model)
+    state = load_file(path)
+    own = model.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise ValueError(f"from_pretrained: the constraints registered by constrain= do not match the saved ones: "
+                         f"missing {missing[:5]}, unexpected {unexpected[:5]}; register the same constraints, "
+                         "on the same names, as before saving")
+    device = next(iter(model.parameters())).device
+    with torch.no_grad():
+        model.load_state_dict({k: v.to(device) for k, v in state.items()})
+    return model
