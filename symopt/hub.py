@@ -40,16 +40,35 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, **kwargs) ->
         directory: where to write (created if needed).
         **kwargs: passed to ``save_pretrained`` (e.g. ``safe_serialization``).
 
+    Returns:
+        None; the directory holds the model's own files and ``symopt_state.safetensors``.
+
     Raises:
         TypeError: ``model`` has no ``save_pretrained``.
 
     Examples:
-        >>> import tempfile, torch, symopt
-        >>> from transformers import BertConfig, BertModel       # doctest: +SKIP
-        >>> model = BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
-        ...                              num_attention_heads=2, intermediate_size=32))  # doctest: +SKIP
-        >>> _ = symopt.low_rank(model, "encoder.layer.0.intermediate.dense.weight", max_rank=4)  # doctest: +SKIP
-        >>> symopt.save_pretrained(model, tempfile.mkdtemp())   # doctest: +SKIP
+        A stand-in for a ``transformers`` model (any class with ``save_pretrained`` / ``from_pretrained``
+        and a ``config``; ``tests/test_hub.py`` runs the same with BERT):
+
+        >>> import os, tempfile, torch, symopt
+        >>> class Tiny(torch.nn.Module):
+        ...     config = {}
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.lin = torch.nn.Linear(4, 4)
+        ...     def save_pretrained(self, directory):
+        ...         torch.save(self.state_dict(), os.path.join(directory, "weights.pt"))
+        ...     @classmethod
+        ...     def from_pretrained(cls, directory):
+        ...         model = cls()
+        ...         model.load_state_dict(torch.load(os.path.join(directory, "weights.pt")))
+        ...         return model
+        >>> model = Tiny()
+        >>> _ = symopt.low_rank(model, "lin.weight", strength=1e-3)
+        >>> directory = tempfile.mkdtemp()
+        >>> symopt.save_pretrained(model, directory)
+        >>> sorted(os.listdir(directory))
+        ['symopt_state.safetensors', 'weights.pt']
     """
     if not hasattr(type(model), "save_pretrained"):
         raise TypeError(f"save_pretrained: {type(model).__name__} has no save_pretrained (a transformers model "
@@ -88,10 +107,32 @@ def from_pretrained(cls, directory: str | os.PathLike, constrain: Callable[[nn.M
             ``constrain`` was given.
 
     Examples:
-        >>> import symopt
-        >>> from transformers import BertModel                                   # doctest: +SKIP
-        >>> model = symopt.from_pretrained(BertModel, "saved/", constrain=lambda m: symopt.low_rank(
-        ...     m, "encoder.layer.0.intermediate.dense.weight", max_rank=4))     # doctest: +SKIP
+        With the stand-in ``Tiny`` of [`save_pretrained`][symopt.save_pretrained]:
+
+        >>> import os, tempfile, torch, symopt
+        >>> class Tiny(torch.nn.Module):
+        ...     config = {}
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.lin = torch.nn.Linear(4, 4)
+        ...     def save_pretrained(self, directory):
+        ...         torch.save(self.state_dict(), os.path.join(directory, "weights.pt"))
+        ...     @classmethod
+        ...     def from_pretrained(cls, directory):
+        ...         model = cls()
+        ...         model.load_state_dict(torch.load(os.path.join(directory, "weights.pt")))
+        ...         return model
+        >>> register = lambda m: symopt.low_rank(m, "lin.weight", strength=1e-3)
+        >>> model = Tiny()
+        >>> _ = register(model)
+        >>> directory = tempfile.mkdtemp()
+        >>> symopt.save_pretrained(model, directory)
+        >>> back = symopt.from_pretrained(Tiny, directory, constrain=register)
+        >>> torch.equal(back.lin.weight, model.lin.weight), len(symopt.list_constraints(back))
+        (True, 1)
+        >>> plain = symopt.from_pretrained(Tiny, directory)       # anyone's from_pretrained: the values
+        >>> torch.equal(plain.lin.weight, model.lin.weight)
+        True
     """
     model = cls.from_pretrained(directory, **kwargs)
     if constrain is None:
