@@ -8,12 +8,12 @@ fixed subspace is the constraint; coupled weight decay on the factors (``symopt.
 from .attach import Handle, constrain, list_constraints
 from .certify import Certificate, ConstraintCertificate, certify
 from . import constraints  # noqa: F401 - symopt.constraints is the sub-package of kinds
-from .constraints import (Auto, BudgetStrength, Constraint, Fixed, FixedZeros, GroupSparse, LowRank,
+from .constraints import (Auto, BudgetStrength, Constraint, Fixed, FixedZeros, GroupSparse, LowRank, NMSparse,
                           NonNegative, Scheduled, Sparse, Strength, Subspace, Tied)
 from .decay import Binding, DecoupledDecayWarning, bind, check_optimizer, param_groups, penalty
 from .finalize import finalize
 from .report import Report, report
-from .verbs import fixed_zeros, group_sparse, low_rank, nonnegative, sparse, subspace, tie
+from .verbs import fixed_zeros, group_sparse, low_rank, n_m_sparse, nonnegative, sparse, subspace, tie
 from .symmetry import ConservationTracker, Diagnosis, LayerDiagnosis, conserved, diagnose, effective_rank, syre
 from .distributed import sync_strengths
 from .guard import Diverged, Guard, GuardEvent, guard
@@ -34,5 +34,5 @@ __all__ = [
     "effective_rank", "conserved", "ConservationTracker", "export", "footprint", "sync_strengths", "Footprint", "ExportWarning",
     "SparseLinear", "guard", "Guard", "GuardEvent", "Diverged", "Problem", "Result", "solve", "compare", "certify",
     "NonNegative", "nonnegative", "bind", "Binding", "Strength", "Fixed", "Auto", "BudgetStrength", "Scheduled",
-    "save_pretrained", "from_pretrained",
+    "save_pretrained", "from_pretrained", "NMSparse", "n_m_sparse",
 ]

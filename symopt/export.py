@@ -17,6 +17,9 @@ turns structure into fewer multiply-adds. ``mode="compressed"`` rewrites, on a c
   layer) and the rewrite is undone if they moved.
 * a tie — one parameter: each later copy *is* the anchor's parameter, or for a transposed tie
   (decoder = encoderᵀ) a plain ``torch.nn.utils.parametrize`` view of it ([`Transposed`][symopt.export.Transposed]).
+* N:M sparsity (2:4) on a Linear — the semi-structured layout GPUs accelerate
+  (``torch.sparse.to_sparse_semi_structured``) for a CUDA float16 / bfloat16 weight; elsewhere dense,
+  holding the exact pattern (and said so in the warning).
 * elementwise sparsity on a Linear — a CSR weight ([`SparseLinear`][symopt.SparseLinear]) where a timed forward on
   this device says CSR is the faster (on 2 CPU cores it won below ~15% density, see docs/embedding.md),
   or below a fixed ``csr_max_density``.
@@ -485,6 +488,31 @@ def _has(root: nn.Module, name: str) -> bool:
     return True
 
 
+def _semi_structured(holder: nn.Module, targets: list, options: dict) -> list[str]:
+    """N:M weights in the layout GPUs accelerate (``torch.sparse.to_sparse_semi_structured``): 2:4, on
+    CUDA, in float16 / bfloat16. Elsewhere the weight stays dense, holding the exact pattern."""
+    notes = []
+    for where, tensor, constraint in targets:
+        layer, label = _get(holder, where), _label(where, tensor, constraint)
+        weight = getattr(layer, tensor)
+        if tensor != "weight" or type(layer) is not nn.Linear:
+            notes.append(f"{label}: only a Linear's weight gets the semi-structured layout; kept dense")
+            continue
+        if (constraint.n, constraint.m) != (2, 4) or weight.device.type != "cuda" or \
+                weight.dtype not in (torch.float16, torch.bfloat16):
+            notes.append(f"{label}: the semi-structured layout needs a 2:4 weight on CUDA in float16 / bfloat16 "
+                         f"(this one is {constraint.n}:{constraint.m}, {weight.dtype} on {weight.device.type}); "
+                         "kept dense with the exact pattern")
+            continue
+        try:
+            packed = torch.sparse.to_sparse_semi_structured(weight.detach())
+        except (RuntimeError, ValueError) as error:  # shape limits of the CUTLASS / cuSPARSELt kernels
+            notes.append(f"{label}: to_sparse_semi_structured refused it ({error}); kept dense")
+            continue
+        layer.weight = nn.Parameter(packed, requires_grad=False)
+    return notes
+
+
 # The rewrites of a compressed export, keyed by the structure a constraint reports
 # (`Constraint.compressed_structure`), run in this order: removing units first, so that factorising a
 # consumer then sees fewer columns. Each takes (holder, targets, options): ``holder.root`` is the model
@@ -504,6 +532,7 @@ def register_rewrite(structure: str, rewrite: Rewrite) -> None:
 
 register_rewrite("units", _shrink_units)
 register_rewrite("shared", _share)
+register_rewrite("semi_structured", _semi_structured)
 register_rewrite("factors", lambda root, targets, options: [
     note for where, tensor, c in targets for note in _factorise(root, where, tensor, c, options["tol"])])
 register_rewrite("entries", lambda root, targets, options: [

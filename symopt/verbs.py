@@ -13,7 +13,7 @@ from torch import nn
 from .attach import Handle, constrain
 import functools
 
-from .constraints import FixedZeros, GroupSparse, LowRank, NonNegative, Sparse, Subspace, Tied
+from .constraints import FixedZeros, GroupSparse, LowRank, NMSparse, NonNegative, Sparse, Subspace, Tied
 from .constraints.budget import RATE, entry_budget
 from .constraints.pooled import Pooled
 from .constraints.unit_groups import UnitGroups
@@ -243,6 +243,38 @@ def fixed_zeros(module: nn.Module, name: str, mask, strength: float | str = "aut
         ('fixed_zeros', 0.0)
     """
     return constrain(module, name, FixedZeros(mask, strength, **kwargs))
+
+
+def n_m_sparse(module: nn.Module, name: str, n: int = 2, m: int = 4, *, total_steps: int | None = None,
+               **kwargs) -> Handle:
+    """N:M semi-structured sparsity: at most ``n`` non-zeros in every ``m`` consecutive entries of a row.
+
+    ``w = u ⊙ v`` as for [`sparse`][symopt.sparse] (decay = ``λ‖w‖₁``); a budget of ``n/m`` of the entries
+    moves λ, and at the end of the ramp the ``n`` largest of every group are kept and the others put on
+    the mirror's fixed point. See [`NMSparse`][symopt.NMSparse].
+
+    Args:
+        module: the module that owns the parameter (or an ancestor, with a dotted ``name``).
+        name: the parameter's (dotted) name; its last axis must be a multiple of ``m``.
+        n: non-zeros kept in every group (default 2).
+        m: the group size, consecutive entries of a row (default 4: 2:4 is the pattern GPUs accelerate).
+        total_steps: the optimizer steps until training ends, so the pattern lands exactly by then.
+        **kwargs: ``strength`` (the starting λ), ``ramp``, ``adapt_rate``, ``seed``.
+
+    Returns:
+        Handle: the registered constraint (build the optimizer afterwards).
+
+    Raises:
+        ValueError: a last axis that ``m`` does not divide, ``n >= m``, a bad option; nothing is changed.
+
+    Examples:
+        >>> import torch, symopt
+        >>> lin = torch.nn.Linear(8, 4)
+        >>> handle = symopt.n_m_sparse(lin, "weight", 2, 4, total_steps=100)
+        >>> handle.constraint.budget, handle.kind
+        (16, 'n_m_sparse')
+    """
+    return constrain(module, name, NMSparse(n, m, total_steps=total_steps, **kwargs))
 
 
 def tie(model: nn.Module, names: Sequence[str], strength: float | str = "auto", **kwargs) -> Handle:

@@ -14,6 +14,7 @@ from .base import KINDS, Constraint, Example, FeasibleHalf, PenaltyHalf
 from .fixed_zeros import FixedZeros
 from .group import GroupSparse
 from .lowrank import LowRank
+from .n_m_sparse import NMSparse
 from .nonnegative import NonNegative
 from .sparse import Sparse
 from .strength import Auto, BudgetStrength, Fixed, Scheduled, Strength
@@ -21,7 +22,7 @@ from .subspace import Subspace
 from .tied import Tied, TiedAnchor, TiedMember
 
 __all__ = ["Anchor", "Auto", "BudgetStrength", "Constraint", "Example", "FeasibleHalf", "Fixed", "FixedZeros",
-           "GroupSparse", "KINDS", "LowRank", "NonNegative", "PenaltyHalf", "Scheduled", "Sparse", "Strength",
+           "GroupSparse", "KINDS", "LowRank", "NMSparse", "NonNegative", "PenaltyHalf", "Scheduled", "Sparse", "Strength",
            "Subspace", "Tied", "TiedAnchor", "TiedMember"]
 
 

@@ -372,6 +372,11 @@ class Constraint(nn.Module):
         """``value`` with all but its ``k`` largest atoms set to zero."""
         raise NotImplementedError
 
+    def keep_mask(self, atoms: Tensor) -> Tensor:
+        """Which atoms a landing keeps (bool, flat over ``atoms``): the ``budget`` largest. A kind whose
+        budget has a shape (N:M sparsity: the N largest of every M) overrides it."""
+        return largest(atoms, self.budget)
+
     def snap(self, value: Tensor, tol: float = 0.0) -> Tensor:
         """``project(value, tol)``, then, with a budget, only its ``budget`` largest atoms kept."""
         out = self.project(value, tol)
@@ -394,8 +399,11 @@ class Constraint(nn.Module):
         return 0.5 * self.strength * total
 
     def violation(self, value: Tensor, tol: float = 0.0) -> float:
-        """Euclidean distance from ``value`` to its snap (`snap`: atoms ``<= tol`` zeroed and,
-        with a budget, all but the ``budget`` largest)."""
+        """With a budget: the Euclidean distance from ``value`` to the budget's set (all but the
+        ``budget`` largest atoms zero; tiny kept atoms are inside the set, so they do not count).
+        Without: the distance to its snap (atoms ``<= tol`` zeroed)."""
+        if self.budget is not None:
+            return float((value - self.truncate(value, self.budget)).norm())
         return float((value - self.snap(value, tol)).norm())
 
     def infeasibility(self, value: Tensor) -> float:
@@ -549,7 +557,7 @@ def _land_when_due(module: "Constraint", inputs: tuple[Tensor, ...]) -> None:
     if not policy.landing_due():
         return
     with torch.no_grad():
-        keep = largest(module.atoms(module.forward(*inputs)), module.budget)
+        keep = module.keep_mask(module.atoms(module.forward(*inputs)))
         module.land(inputs, keep)
         module.landed_keep.copy_(keep)
     policy.mark_landed()

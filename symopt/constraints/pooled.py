@@ -167,7 +167,10 @@ class Pooled(Constraint, register=False):
         return [inner.project(v, tol) for v in values]
 
     def violation(self, values: Sequence[Tensor], tol: float = 0.0) -> float:
-        return float(torch.stack([(v - s).norm() for v, s in zip(values, self.snap(values, tol))]).norm())
+        """Distance to the pool's budget set (all but the ``budget`` largest atoms over the tensors zero;
+        tiny kept atoms are inside it), or without a budget to the snap at ``tol``."""
+        target = self.snap(values, 0.0) if self.budget is not None else self.snap(values, tol)
+        return float(torch.stack([(v - s).norm() for v, s in zip(values, target)]).norm())
 
     def infeasibility(self, values: Sequence[Tensor]) -> float:
         inner = self._inner()
