@@ -13,7 +13,8 @@ from .constraints import (Auto, BudgetStrength, Constraint, Fixed, FixedZeros, G
 from .decay import Binding, DecoupledDecayWarning, bind, check_optimizer, param_groups, penalty
 from .finalize import finalize
 from .report import Report, report
-from .verbs import fixed_zeros, group_sparse, low_rank, n_m_sparse, nonnegative, sparse, subspace, tie
+from .verbs import (attention_heads, fixed_zeros, group_sparse, low_rank, n_m_sparse, nonnegative, sparse,
+                    subspace, tie)
 from .symmetry import ConservationTracker, Diagnosis, LayerDiagnosis, conserved, diagnose, effective_rank, syre
 from .distributed import sync_strengths
 from .guard import Diverged, Guard, GuardEvent, guard
@@ -34,5 +35,5 @@ __all__ = [
     "effective_rank", "conserved", "ConservationTracker", "export", "footprint", "sync_strengths", "Footprint", "ExportWarning",
     "SparseLinear", "guard", "Guard", "GuardEvent", "Diverged", "Problem", "Result", "solve", "compare", "certify",
     "NonNegative", "nonnegative", "bind", "Binding", "Strength", "Fixed", "Auto", "BudgetStrength", "Scheduled",
-    "save_pretrained", "from_pretrained", "NMSparse", "n_m_sparse",
+    "save_pretrained", "from_pretrained", "NMSparse", "n_m_sparse", "attention_heads",
 ]

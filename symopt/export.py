@@ -15,6 +15,9 @@ turns structure into fewer multiply-adds. ``mode="compressed"`` rewrites, on a c
   consumer's bias (exact for a Linear and an unpadded conv; behind zero padding only a constant 0 can
   go). The outputs are compared before and after on ``example_input`` (or an input built from the first
   layer) and the rewrite is undone if they moved.
+* dead attention heads ([`symopt.attention_heads`][symopt.attention_heads]) — a
+  [`HeadPrunedAttention`][symopt._attention.HeadPrunedAttention] in place of the
+  ``nn.MultiheadAttention``, with the removed heads' constant outputs folded into the output bias.
 * a tie — one parameter: each later copy *is* the anchor's parameter, or for a transposed tie
   (decoder = encoderᵀ) a plain ``torch.nn.utils.parametrize`` view of it ([`Transposed`][symopt.export.Transposed]).
 * N:M sparsity (2:4) on a Linear — the semi-structured layout GPUs accelerate
@@ -44,6 +47,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from ._attention import HeadPrunedAttention
 from ._layers import LAYER_TYPES
 from .attach import list_constraints
 from . import surgery
@@ -513,6 +517,72 @@ def _semi_structured(holder: nn.Module, targets: list, options: dict) -> list[st
     return notes
 
 
+def _prune_heads(holder: nn.Module, targets: list, options: dict) -> list[str]:
+    """Attention heads whose value rows or output columns are all zero leave their
+    ``nn.MultiheadAttention``, replaced by a [`HeadPrunedAttention`][symopt._attention.HeadPrunedAttention]
+    (same call signature). A head whose value rows are zero still writes the constant ``W_o,h b_v,h``
+    (softmax weights sum to 1): it is folded into the output bias. The new module is checked against the
+    old one on random inputs, weights included, before it goes in."""
+    notes = []
+    groups: dict[int, list] = {}
+    for where, tensor, constraint in targets:
+        groups.setdefault(id(constraint), []).append((where, tensor, constraint))
+    for members in groups.values():
+        where, _, constraint = members[0]
+        mha = _get(holder, where)
+        label = _label(where, "heads", constraint)
+        if not isinstance(mha, nn.MultiheadAttention):
+            notes.append(f"{label}: heads are removed from nn.MultiheadAttention only")
+            continue
+        if mha.bias_k is not None or mha.add_zero_attn:
+            notes.append(f"{label}: add_bias_kv / add_zero_attn attend to extra keys; heads kept")
+            continue
+        E, H = mha.embed_dim, mha.num_heads
+        d = E // H
+        v_w = mha.in_proj_weight[2 * E:] if mha._qkv_same_embed_dim else mha.v_proj_weight
+        v_b = mha.in_proj_bias[2 * E:] if mha.in_proj_bias is not None else None
+        W_o = mha.out_proj.weight
+        out_dead = W_o.reshape(E, H, d).abs().amax(dim=(0, 2)) == 0
+        value_dead = v_w.reshape(H, -1).abs().amax(dim=1) == 0
+        dead = out_dead | value_dead
+        if bool(dead.all()):
+            dead[0] = False  # a layer keeps one head
+        if not bool(dead.any()):
+            continue
+        out_bias = mha.out_proj.bias.detach().clone() if mha.out_proj.bias is not None else torch.zeros(E, dtype=W_o.dtype, device=W_o.device)
+        if v_b is not None:
+            for h in (dead & ~out_dead).nonzero().reshape(-1).tolist():  # writes W_o,h · b_v,h everywhere
+                out_bias += W_o[:, h * d:(h + 1) * d] @ v_b[h * d:(h + 1) * d]
+        keep = (~dead).nonzero().reshape(-1).tolist()
+        new = HeadPrunedAttention(mha, keep, out_bias if (mha.out_proj.bias is not None or bool(out_bias.any())) else None)
+        problem = _compare_attention(mha, new)
+        if problem is not None:
+            notes.append(f"{label}: heads kept, {problem}")
+            continue
+        _set(holder, where, new.train(mha.training))
+    return notes
+
+
+def _compare_attention(old: nn.MultiheadAttention, new: nn.Module) -> str | None:
+    """None when ``new`` returns what ``old`` does (eval mode, outputs and averaged / per-head weights)."""
+    kw = dict(dtype=old.out_proj.weight.dtype, device=old.out_proj.weight.device)
+    g = torch.Generator(device=kw["device"]).manual_seed(0)
+    shape = (2, 5, old.embed_dim) if old.batch_first else (5, 2, old.embed_dim)
+    q = torch.randn(*shape, generator=g, **kw)
+    k = torch.randn(*shape[:-1], old.kdim, generator=g, **kw)
+    v = torch.randn(*shape[:-1], old.vdim, generator=g, **kw)
+    a, b = copy.deepcopy(old).eval(), copy.deepcopy(new).eval()
+    with torch.no_grad():
+        for average in (True, False):
+            want, got = a(q, k, v, average_attn_weights=average), b(q, k, v, average_attn_weights=average)
+            scale = 1.0 + float(want[0].abs().max())
+            for x, y in zip(want, got):
+                gap = float((x - y).abs().max())
+                if not gap <= torch.finfo(x.dtype).eps ** 0.5 * scale:
+                    return f"the pruned attention differs by {gap:.3g}"
+    return None
+
+
 # The rewrites of a compressed export, keyed by the structure a constraint reports
 # (`Constraint.compressed_structure`), run in this order: removing units first, so that factorising a
 # consumer then sees fewer columns. Each takes (holder, targets, options): ``holder.root`` is the model
@@ -533,6 +603,7 @@ def register_rewrite(structure: str, rewrite: Rewrite) -> None:
 register_rewrite("units", _shrink_units)
 register_rewrite("shared", _share)
 register_rewrite("semi_structured", _semi_structured)
+register_rewrite("heads", _prune_heads)
 register_rewrite("factors", lambda root, targets, options: [
     note for where, tensor, c in targets for note in _factorise(root, where, tensor, c, options["tol"])])
 register_rewrite("entries", lambda root, targets, options: [

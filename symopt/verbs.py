@@ -277,6 +277,64 @@ def n_m_sparse(module: nn.Module, name: str, n: int = 2, m: int = 4, *, total_st
     return constrain(module, name, NMSparse(n, m, total_steps=total_steps, **kwargs))
 
 
+def attention_heads(model: nn.Module, name: str = "", strength: float | None = None, *, seed: int = 0) -> Handle:
+    """Group sparsity over the heads of an ``nn.MultiheadAttention``: one gate per head, shared by its
+    query, key and value rows (weights and biases) and its columns of the output projection.
+
+    The decay is ``λ Σ_h ‖(W_q,h, W_k,h, W_v,h, b_h, W_o,h)‖₂``, so whole heads go to zero, and
+    [`symopt.export`][symopt.export] (``mode="compressed"``) removes them. See
+    [`UnitGroups`][symopt.constraints.unit_groups.UnitGroups].
+
+    Args:
+        model: the attention module or a model that contains it.
+        name: the dotted name of the ``nn.MultiheadAttention`` in ``model`` ("" for ``model`` itself).
+        strength: λ (> 0), default 1e-3.
+        seed: seed of the gates' signs.
+
+    Returns:
+        Handle: the registered constraint (build the optimizer afterwards).
+
+    Raises:
+        TypeError: ``name`` is not an ``nn.MultiheadAttention``.
+        ValueError: a tensor already constrained, a bad strength; nothing is changed.
+
+    Examples:
+        >>> import torch, symopt
+        >>> attn = torch.nn.MultiheadAttention(16, 4)
+        >>> handle = symopt.attention_heads(attn, strength=1e-3)
+        >>> handle.constraint.unit_norms(handle.values()).shape   # one norm per head
+        torch.Size([4])
+    """
+    import torch
+
+    mha = model.get_submodule(name) if name else model
+    if not isinstance(mha, nn.MultiheadAttention):
+        raise TypeError(f"attention_heads: '{name or type(model).__name__}' is a {type(mha).__name__}, not an "
+                        "nn.MultiheadAttention; for a hand-written block use group_sparse over its q / k / v / out "
+                        "weights")
+    E, H = mha.embed_dim, mha.num_heads
+    d = E // H
+    prefix = f"{name}." if name else ""
+    packed = (torch.arange(3 * E) % E) // d  # the q, k and v rows of head h are all unit h
+    per_head = torch.arange(E) // d
+    names, dims, maps = [], [], []
+    if mha._qkv_same_embed_dim:
+        names, dims, maps = [prefix + "in_proj_weight"], [0], [packed]
+    else:
+        for which in ("q", "k", "v"):
+            names.append(f"{prefix}{which}_proj_weight")
+            dims.append(0)
+            maps.append(per_head)
+    if mha.in_proj_bias is not None:
+        names.append(prefix + "in_proj_bias")
+        dims.append(0)
+        maps.append(packed)
+    names.append(prefix + "out_proj.weight")
+    dims.append(1)
+    maps.append(per_head)
+    return constrain(model, names, UnitGroups(dims, strength, seed=seed, unit_maps=maps, structure_name="heads"))
+
+
 def tie(model: nn.Module, names: Sequence[str], strength: float | str = "auto", **kwargs) -> Handle:
     """``θ_1 = … = θ_k`` for the dotted ``names`` in ``model``, by the exact penalty ``λΣ_{j≥2}‖θ_j − θ_1‖₁``.
 

@@ -50,29 +50,51 @@ class UnitGroups(Constraint, register=False):
     kind = "group_sparse"
     multi_tensor = True
 
-    def __init__(self, dim: int = 0, strength: float | None = None, *, seed: int = 0) -> None:
+    def __init__(self, dim: int | Sequence[int] = 0, strength: float | None = None, *, seed: int = 0,
+                 unit_maps: Sequence[Tensor | None] | None = None, structure_name: str = "units") -> None:
         if isinstance(strength, str):
             raise ValueError("group_sparse over several tensors: give a number for strength (λ > 0); "
                              "'auto' is not available for groups that span tensors")
-        if isinstance(dim, bool) or not isinstance(dim, int):
-            raise TypeError(f"group_sparse over several tensors: dim must be an int axis, got {type(dim).__name__}")
+        dims = [dim] if isinstance(dim, int) else list(dim) if isinstance(dim, Sequence) else [dim]
+        if any(isinstance(d, bool) or not isinstance(d, int) for d in dims):
+            raise TypeError(f"group_sparse over several tensors: dim must be an int axis (or one per tensor), got {dim!r}")
         super().__init__(1e-3 if strength is None else strength, seed=seed)
-        self.dim = dim
+        self.dim = dims[0]
+        self.dims = dims  # one per tensor, or one for all
+        # per tensor: the unit of each index along its axis (None: index i is unit i). Attention heads
+        # use it: the rows of q, k and v of head h are all unit h.
+        self.unit_maps = list(unit_maps) if unit_maps is not None else None
+        self.structure_name = structure_name
         self.copies: list[nn.Module] = []  # the members' ParametrizationLists (plain list: no cycle)
         self._norms: Tensor | None = None  # the joint unit norms while the members register
         self._expected = 0
+        self._count = 0
 
     # -- registration (the multi-tensor protocol of attach) ------------------------------------------
     def validate_members(self, tensors: Sequence[Tensor], names: Sequence[str]) -> None:
         if len(tensors) < 2:
             raise ValueError(f"group_sparse over several tensors needs at least two names, got {list(names)}; "
                              "for one tensor pass its name as a string")
-        counts = []
-        for t, name in zip(tensors, names):
-            if t.dim() == 0 or not -t.dim() <= self.dim < t.dim():
-                raise ValueError(f"group_sparse: dim={self.dim} is out of range for '{name}' of shape "
+        if len(self.dims) not in (1, len(tensors)):
+            raise ValueError(f"group_sparse: give one dim for all the tensors or one per tensor ({len(tensors)}), "
+                             f"got {self.dims}")
+        if self.unit_maps is not None and len(self.unit_maps) != len(tensors):
+            raise ValueError(f"group_sparse: unit_maps needs one entry per tensor ({len(tensors)}), got {len(self.unit_maps)}")
+        axes, maps, counts = [], [], []
+        for i, (t, name) in enumerate(zip(tensors, names)):
+            d = self.dims[i] if len(self.dims) > 1 else self.dims[0]
+            if t.dim() == 0 or not -t.dim() <= d < t.dim():
+                raise ValueError(f"group_sparse: dim={d} is out of range for '{name}' of shape "
                                  f"{tuple(t.shape)}; every tensor needs the unit axis")
-            counts.append(t.shape[self.dim % t.dim()])
+            size = t.shape[d % t.dim()]
+            ids = self.unit_maps[i] if self.unit_maps is not None else None
+            ids = torch.arange(size) if ids is None else torch.as_tensor(ids, dtype=torch.long).reshape(-1)
+            if ids.numel() != size or (ids.numel() and int(ids.min()) < 0):
+                raise ValueError(f"group_sparse: the unit map of '{name}' must give a unit id >= 0 to each of "
+                                 f"its {size} indices along dim={d}")
+            axes.append(d % t.dim())
+            maps.append(ids.to(t.device))
+            counts.append(int(ids.max()) + 1 if ids.numel() else 0)
         if len(set(counts)) != 1:
             listing = ", ".join(f"'{n}': {c}" for n, c in zip(names, counts))
             raise ValueError(f"group_sparse: the tensors must have the same number of units along dim={self.dim} "
@@ -82,6 +104,10 @@ class UnitGroups(Constraint, register=False):
             if t.dtype != first.dtype or t.device != first.device:
                 raise ValueError(f"group_sparse: '{name}' is {t.dtype} on {t.device}, '{names[0]}' is "
                                  f"{first.dtype} on {first.device}; one dtype and device for all the tensors")
+        self.axes, self.units = axes, counts[0]
+        for i, ids in enumerate(maps):  # buffers: model.to(device) moves them with the factors
+            self.register_buffer(f"unit_map{i}", ids, persistent=False)
+        self._count = len(maps)
         self._norms = self.unit_norms([t.detach() for t in tensors])
 
     def prepare(self, count: int, device: torch.device) -> None:
@@ -113,7 +139,7 @@ class UnitGroups(Constraint, register=False):
             new = random_gate(self.unit_norms(values), self.factorizer)
             for i, copy in enumerate(self.copies):
                 if i != index:
-                    (copy.original1 if i == 0 else copy.original0).copy_(values[i] / self.spread(new, values[i]))
+                    (copy.original1 if i == 0 else copy.original0).copy_(values[i] / self.spread(new, values[i], i))
             if index != 0:
                 self.gates.copy_(new)
         return new
@@ -121,28 +147,35 @@ class UnitGroups(Constraint, register=False):
     def _value(self, index: int) -> Tensor:
         copy = self.copies[index]
         omega = copy.original1 if index == 0 else copy.original0
-        return self.spread(self.gates, omega) * omega
+        return self.spread(self.gates, omega, index) * omega
+
+    @property
+    def maps(self) -> list[Tensor]:
+        return [getattr(self, f"unit_map{i}") for i in range(self._count)]
 
     # -- the maths on the list of values ---------------------------------------------------------------
-    def spread(self, per_unit: Tensor, value: Tensor) -> Tensor:
+    def spread(self, per_unit: Tensor, value: Tensor, index: int = 0) -> Tensor:
+        """Per-unit scalars laid out to multiply tensor ``index`` (``value``) entrywise."""
         shape = [1] * value.dim()
-        shape[self.dim % value.dim()] = -1
-        return per_unit.view(shape)
+        shape[self.axes[index]] = -1
+        return per_unit[self.maps[index]].view(shape)
 
-    def _rows(self, value: Tensor) -> Tensor:
-        axis = self.dim % value.dim()
-        return value.movedim(axis, 0).reshape(value.shape[axis], -1)
+    def _unit_squares(self, value: Tensor, index: int) -> Tensor:
+        """``Σ`` of squares of tensor ``index``'s entries per unit."""
+        axis = self.axes[index]
+        per_index = value.movedim(axis, 0).reshape(value.shape[axis], -1).square().sum(dim=1)
+        return per_index.new_zeros(self.units).index_add(0, self.maps[index], per_index)
 
     def unit_norms(self, values: Sequence[Tensor]) -> Tensor:
         """``‖θ_{·}[c]‖₂`` over all the tensors, for every unit c."""
-        return torch.stack([self._rows(v).square().sum(dim=1) for v in values]).sum(dim=0).sqrt()
+        return torch.stack([self._unit_squares(v, i) for i, v in enumerate(values)]).sum(dim=0).sqrt()
 
     def atoms(self, values: Sequence[Tensor]) -> Tensor:
         return self.unit_norms(values)
 
     def project(self, values: Sequence[Tensor], tol: float = 0.0) -> list[Tensor]:
         keep = (self.unit_norms(values) > tol)
-        return [v * self.spread(keep.to(v.dtype), v) for v in values]
+        return [v * self.spread(keep.to(v.dtype), v, i) for i, v in enumerate(values)]
 
     def violation(self, values: Sequence[Tensor], tol: float = 0.0) -> float:
         snapped = self.project(values, tol)
@@ -160,14 +193,14 @@ class UnitGroups(Constraint, register=False):
     def prox(self, values: Sequence[Tensor], step: float) -> list[Tensor]:
         norms = self.unit_norms(values)
         scale = (1 - step * self.strength / norms.clamp_min(torch.finfo(norms.dtype).tiny)).clamp_min(0)
-        return [v * self.spread(scale.to(v.dtype), v) for v in values]
+        return [v * self.spread(scale.to(v.dtype), v, i) for i, v in enumerate(values)]
 
     def kkt_residual(self, values: Sequence[Tensor], grads: Sequence[Tensor], tol: float = 0.0,
                      quick: bool = False) -> float:
         lam = self.strength
         norms = self.unit_norms(values)
         safe = norms.clamp_min(torch.finfo(norms.dtype).tiny)
-        active = self.unit_norms([g + lam * v / self.spread(safe, v) for v, g in zip(values, grads)])
+        active = self.unit_norms([g + lam * v / self.spread(safe, v, i) for i, (v, g) in enumerate(zip(values, grads))])
         res = torch.where(norms > tol, active, (self.unit_norms(grads) - lam).clamp_min(0))
         return float(res.norm())
 
@@ -179,7 +212,7 @@ class UnitGroups(Constraint, register=False):
         return tuple((self.unit_norms(list(value)) > tol).tolist())
 
     def compressed_structure(self) -> str | None:
-        return "units"
+        return self.structure_name
 
     def unit_axis(self, ndim: int) -> int | None:
         return self.dim % ndim
@@ -200,20 +233,20 @@ class UnitGroupsMember(GroupMember):
         return (0, 1) if self.index == 0 else (0,)
 
     def atoms(self, value: Tensor) -> Tensor:
-        return self.group._rows(value).norm(dim=1)
+        return self.group._unit_squares(value, self.index).sqrt()
 
     def unit_axis(self, ndim: int) -> int | None:
-        return self.group.unit_axis(ndim)
+        return self.group.axes[self.index]
 
     def compressed_structure(self) -> str | None:
-        return "units"
+        return self.group.structure_name
 
     def forward(self, *factors: Tensor) -> Tensor:
         if self.index == 0:
             gates, omega = factors
         else:
             (omega,), gates = factors, self.group.gates
-        return self.group.spread(gates, omega) * omega
+        return self.group.spread(gates, omega, self.index) * omega
 
     def right_inverse(self, value: Tensor):
         group = self.group
@@ -223,14 +256,14 @@ class UnitGroupsMember(GroupMember):
             gates = group.gates.detach()
         else:  # an assignment after registration
             gates = group.regate(self.index, value.detach())
-        omega = value / group.spread(gates, value)
+        omega = value / group.spread(gates, value, self.index)
         return (gates.detach().clone(), omega) if self.index == 0 else (omega,)
 
     def balance(self, *factors: Tensor) -> float:
         if self.index != 0:
             return 0.0  # the gates' balance is measured once, on the first tensor, over all of them
         gates = factors[0].detach()
-        osq = sum(self.group._rows(c.original1 if i == 0 else c.original0).detach().square().sum(dim=1)
+        osq = sum(self.group._unit_squares((c.original1 if i == 0 else c.original0).detach(), i)
                   for i, c in enumerate(self.group.copies))
         gsq = gates.square()
         denom = float((gsq + osq).sum())

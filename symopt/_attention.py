@@ -1,0 +1,144 @@
+"""Layer 0 — ``nn.MultiheadAttention``'s forward with some heads removed (built by [`export`][symopt.export]).
+
+``nn.MultiheadAttention`` ties its inner width to ``embed_dim`` (``num_heads · head_dim = embed_dim``),
+so a model with fewer heads but the same embedding needs a module of its own. This one computes
+exactly what the original did: the same projections restricted to the kept heads, softmax attention
+with the same scale ``1/√head_dim``, masks, dropout and batch layout, and the output projection's
+columns of the kept heads. A removed head still shapes the attention *weights* the original returns
+(``need_weights=True`` averages over every head), so its query / key rows are kept aside and used only
+when weights are asked for; its value path, which is zero or a constant folded into the output bias,
+is gone.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class HeadPrunedAttention(nn.Module):
+    """Multi-head attention over the kept heads of an ``nn.MultiheadAttention`` (same call signature).
+
+    Args:
+        mha: the original module (its weights are copied).
+        keep: indices of the heads to keep (ascending).
+        out_bias: the output projection's bias with the removed heads' constant outputs folded in.
+
+    Examples:
+        >>> import torch
+        >>> from symopt._attention import HeadPrunedAttention
+        >>> mha = torch.nn.MultiheadAttention(8, 4).eval()
+        >>> with torch.no_grad():
+        ...     mha.out_proj.weight[:, 2:4] = 0            # head 1 writes nothing
+        >>> small = HeadPrunedAttention(mha, [0, 2, 3], mha.out_proj.bias.detach()).eval()
+        >>> x = torch.randn(5, 2, 8)
+        >>> torch.allclose(small(x, x, x)[0], mha(x, x, x)[0], atol=1e-6)
+        True
+    """
+
+    # nn.TransformerEncoderLayer reads these to decide on its fused fast path (which needs the
+    # original module's packed weights): they send it to the ordinary path, which calls forward().
+    in_proj_bias = None
+    _qkv_same_embed_dim = False
+
+    def __init__(self, mha: nn.MultiheadAttention, keep, out_bias: Tensor | None) -> None:
+        super().__init__()
+        E, H = mha.embed_dim, mha.num_heads
+        d = E // H
+        self.embed_dim, self.heads_before, self.head_dim = E, H, d
+        self.num_heads = len(keep)
+        self.batch_first, self.dropout = mha.batch_first, mha.dropout
+        keep = torch.as_tensor(list(keep), dtype=torch.long)
+        dead = torch.tensor([h for h in range(H) if h not in set(keep.tolist())], dtype=torch.long)
+        self.register_buffer("kept_heads", keep, persistent=False)
+        self.register_buffer("removed_heads", dead, persistent=False)
+        if mha._qkv_same_embed_dim:
+            q_w, k_w, v_w = mha.in_proj_weight.detach().chunk(3)
+        else:
+            q_w, k_w, v_w = (w.detach() for w in (mha.q_proj_weight, mha.k_proj_weight, mha.v_proj_weight))
+        biases = mha.in_proj_bias.detach().chunk(3) if mha.in_proj_bias is not None else (None, None, None)
+        rows = (keep[:, None] * d + torch.arange(d)).reshape(-1)
+        ghost = (dead[:, None] * d + torch.arange(d)).reshape(-1)
+        kw = dict(device=q_w.device, dtype=q_w.dtype)
+        self.q = nn.Linear(q_w.shape[1], rows.numel(), bias=biases[0] is not None, **kw)
+        self.k = nn.Linear(k_w.shape[1], rows.numel(), bias=biases[1] is not None, **kw)
+        self.v = nn.Linear(v_w.shape[1], rows.numel(), bias=biases[2] is not None, **kw)
+        self.out = nn.Linear(rows.numel(), E, bias=out_bias is not None, **kw)
+        with torch.no_grad():
+            for layer, w, b in ((self.q, q_w, biases[0]), (self.k, k_w, biases[1]), (self.v, v_w, biases[2])):
+                layer.weight.copy_(w[rows])
+                if b is not None:
+                    layer.bias.copy_(b[rows])
+            self.out.weight.copy_(mha.out_proj.weight.detach()[:, rows])
+            if out_bias is not None:
+                self.out.bias.copy_(out_bias)
+        # the removed heads' query / key rows: only for the attention weights, when asked for
+        zero = torch.zeros(0, **kw)
+        self.register_buffer("ghost_q_weight", q_w[ghost].clone())
+        self.register_buffer("ghost_k_weight", k_w[ghost].clone())
+        self.register_buffer("ghost_q_bias", biases[0][ghost].clone() if biases[0] is not None else zero)
+        self.register_buffer("ghost_k_bias", biases[1][ghost].clone() if biases[1] is not None else zero)
+
+    def _split(self, x: Tensor, heads: int) -> Tensor:  # (N, L, heads·d) → (N, heads, L, d)
+        N, L, _ = x.shape
+        return x.reshape(N, L, heads, self.head_dim).transpose(1, 2)
+
+    def _mask(self, attn_mask, key_padding_mask, is_causal, N, L, S, dtype, device) -> Tensor:
+        """The additive mask (N, H_before, L, S) of every original head (float, -inf where masked)."""
+        mask = torch.zeros(N, self.heads_before, L, S, dtype=dtype, device=device)
+        if attn_mask is None and is_causal:
+            attn_mask = torch.ones(L, S, dtype=torch.bool, device=device).triu(1)
+        for m, shape in ((attn_mask, None), (key_padding_mask, "padding")):
+            if m is None:
+                continue
+            if shape == "padding":
+                m = m.reshape(N, 1, 1, S)
+            elif m.dim() == 2:
+                m = m.reshape(1, 1, L, S)
+            else:
+                m = m.reshape(N, self.heads_before, L, S)
+            mask = mask.masked_fill(m, float("-inf")) if m.dtype == torch.bool else mask + m.to(dtype)
+        return mask
+
+    def forward(self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Tensor | None = None,
+                need_weights: bool = True, attn_mask: Tensor | None = None, average_attn_weights: bool = True,
+                is_causal: bool = False):
+        unbatched = query.dim() == 2
+        batch_axis = 0 if self.batch_first else 1
+        if unbatched:
+            query, key, value = (t.unsqueeze(batch_axis) for t in (query, key, value))
+            key_padding_mask = key_padding_mask.unsqueeze(0) if key_padding_mask is not None else None
+        if not self.batch_first:
+            query, key, value = (t.transpose(0, 1) for t in (query, key, value))
+        N, L, S = query.shape[0], query.shape[1], key.shape[1]
+        mask = self._mask(attn_mask, key_padding_mask, is_causal, N, L, S, query.dtype, query.device)
+        q, k, v = self._split(self.q(query), self.num_heads), self._split(self.k(key), self.num_heads), \
+            self._split(self.v(value), self.num_heads)
+        scale = 1.0 / math.sqrt(self.head_dim)
+        weights = torch.softmax(q @ k.transpose(-2, -1) * scale + mask[:, self.kept_heads], dim=-1)
+        attended = F.dropout(weights, self.dropout, self.training) @ v  # (N, H', L, d)
+        out = self.out(attended.transpose(1, 2).reshape(N, L, -1))
+        if not self.batch_first:
+            out = out.transpose(0, 1)
+        if unbatched:
+            out = out.squeeze(batch_axis)
+        if not need_weights:
+            return out, None
+        every = weights.new_zeros(N, self.heads_before, L, S)
+        every[:, self.kept_heads] = weights
+        if self.removed_heads.numel():
+            gq = self._split(F.linear(query, self.ghost_q_weight, self.ghost_q_bias if self.ghost_q_bias.numel() else None),
+                             self.removed_heads.numel())
+            gk = self._split(F.linear(key, self.ghost_k_weight, self.ghost_k_bias if self.ghost_k_bias.numel() else None),
+                             self.removed_heads.numel())
+            every[:, self.removed_heads] = torch.softmax(gq @ gk.transpose(-2, -1) * scale + mask[:, self.removed_heads],
+                                                         dim=-1)
+        every = every.mean(dim=1) if average_attn_weights else every
+        return out, every.squeeze(0) if unbatched else every
+
+    def extra_repr(self) -> str:
+        return (f"embed_dim={self.embed_dim}, heads {self.num_heads} of {self.heads_before} "
+                f"(kept {self.kept_heads.tolist()}), head_dim={self.head_dim}, batch_first={self.batch_first}")

@@ -1,0 +1,100 @@
+"""Attention heads as units: symopt.attention_heads groups each head's q / k / v rows, biases and output
+columns under one gate; export removes dead heads from nn.MultiheadAttention exactly (outputs and the
+attention weights it returns), with masks, both batch layouts and inside nn.TransformerEncoderLayer."""
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import symopt
+from symopt import ExportWarning
+from symopt._attention import HeadPrunedAttention
+
+DT = torch.float64
+
+
+def _kill_heads(attn, heads):
+    """What training leaves on a dead head: its gate and every one of its factors at 0."""
+    handle = [h for h in symopt.list_constraints(attn)][0]
+    with torch.no_grad():
+        handle.constraint.gates[heads] = 0.0
+    return handle
+
+
+def _quiet(model, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ExportWarning)
+        return symopt.export(model, mode="compressed", **kwargs)
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_dead_heads_leave_and_outputs_and_weights_are_unchanged(batch_first):
+    torch.manual_seed(0)
+    attn = nn.MultiheadAttention(16, 4, batch_first=batch_first).double().eval()
+    handle = symopt.attention_heads(attn, strength=1e-3)
+    assert handle.constraint.unit_norms(handle.values()).shape == (4,)
+    _kill_heads(attn, [1, 3])
+    assert "units 2/4" in handle.structure(handle.values())
+    small = _quiet(attn)
+    assert isinstance(small, HeadPrunedAttention) and small.num_heads == 2 and small.q.out_features == 8
+    shape = (2, 6, 16) if batch_first else (6, 2, 16)
+    q, k, v = (torch.randn(*shape, dtype=DT) for _ in range(3))
+    padding = torch.zeros(2, 6, dtype=torch.bool)
+    padding[0, -2:] = True
+    causal = torch.ones(6, 6, dtype=torch.bool).triu(1)
+    float_mask = torch.randn(6, 6, dtype=DT)
+    for kwargs in (dict(), dict(key_padding_mask=padding), dict(attn_mask=causal), dict(attn_mask=float_mask),
+                   dict(average_attn_weights=False), dict(need_weights=False)):
+        want, got = attn(q, k, v, **kwargs), small(q, k, v, **kwargs)
+        assert torch.allclose(got[0], want[0], atol=1e-12, rtol=0), kwargs
+        if want[1] is not None:
+            assert torch.allclose(got[1], want[1], atol=1e-12, rtol=0), kwargs
+    x = torch.randn(6, 16, dtype=DT)  # unbatched input
+    assert torch.allclose(small(x, x, x)[0], attn(x, x, x)[0], atol=1e-12)
+
+
+def test_a_head_with_dead_values_only_writes_a_constant_that_is_folded():
+    torch.manual_seed(1)
+    attn = nn.MultiheadAttention(8, 2).double().eval()
+    with torch.no_grad():
+        attn.in_proj_weight[8 + 8: 8 + 8 + 4] = 0.0   # head 0's value rows (not its bias, not W_o)
+        attn.in_proj_bias[16:20] = torch.tensor([0.5, -1.0, 2.0, 0.25], dtype=DT)
+    symopt.attention_heads(attn, strength=1e-3)
+    small = _quiet(attn)
+    assert small.num_heads == 1
+    x = torch.randn(5, 3, 8, dtype=DT)
+    want, got = attn(x, x, x), small(x, x, x)
+    assert torch.allclose(got[0], want[0], atol=1e-12) and torch.allclose(got[1], want[1], atol=1e-12)
+
+
+def test_training_kills_heads_and_the_transformer_layer_still_runs_after_export():
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(16, 4, dim_feedforward=32, dropout=0.0, batch_first=True).double()
+    symopt.attention_heads(layer, "self_attn", strength=0.02)
+    x = torch.randn(32, 6, 16, dtype=DT)
+    target = x + x.mean(1, keepdim=True).expand_as(x)  # one head (uniform attention) is enough
+    opt = torch.optim.SGD(symopt.param_groups(layer), lr=0.05, momentum=0.9)
+    for _ in range(800):
+        opt.zero_grad()
+        ((layer(x) - target) ** 2).mean().backward()
+        opt.step()
+    layer.eval()
+    handle = symopt.list_constraints(layer)[0]
+    norms = handle.constraint.unit_norms([v.detach() for v in handle.values()])
+    dead = int((norms <= 1e-3).sum())
+    assert 1 <= dead < 4, norms  # the decay removed whole heads, not all of them
+    small, dense = _quiet(layer, tol=1e-3), symopt.export(layer, tol=1e-3)
+    assert small.self_attn.num_heads == 4 - dead
+    assert torch.allclose(small(x), dense(x), atol=1e-10)
+
+
+def test_bad_inputs():
+    with pytest.raises(TypeError, match="is a Linear, not an nn.MultiheadAttention"):
+        symopt.attention_heads(nn.Sequential(nn.Linear(2, 2)), "0")
+    attn = nn.MultiheadAttention(8, 2, add_bias_kv=True).double()
+    symopt.attention_heads(attn, strength=1e-3)
+    _kill_heads(attn, [0])
+    with pytest.warns(ExportWarning, match="add_bias_kv / add_zero_attn attend to extra keys; heads kept"):
+        assert isinstance(symopt.export(attn, mode="compressed"), nn.MultiheadAttention)
