@@ -529,6 +529,9 @@ def _prune_heads(holder: nn.Module, targets: list, options: dict) -> list[str]:
         groups.setdefault(id(constraint), []).append((where, tensor, constraint))
     for members in groups.values():
         where, _, constraint = members[0]
+        if constraint.attention_block is not None:
+            notes += _prune_block_heads(holder, constraint, options)
+            continue
         mha = _get(holder, where)
         label = _label(where, "heads", constraint)
         if not isinstance(mha, nn.MultiheadAttention):
@@ -542,9 +545,7 @@ def _prune_heads(holder: nn.Module, targets: list, options: dict) -> list[str]:
         v_w = mha.in_proj_weight[2 * E:] if mha._qkv_same_embed_dim else mha.v_proj_weight
         v_b = mha.in_proj_bias[2 * E:] if mha.in_proj_bias is not None else None
         W_o = mha.out_proj.weight
-        out_dead = W_o.reshape(E, H, d).abs().amax(dim=(0, 2)) == 0
-        value_dead = v_w.reshape(H, -1).abs().amax(dim=1) == 0
-        dead = out_dead | value_dead
+        out_dead, dead = _dead_heads(W_o, v_w, H)
         if bool(dead.all()):
             dead[0] = False  # a layer keeps one head
         if not bool(dead.any()):
@@ -561,6 +562,64 @@ def _prune_heads(holder: nn.Module, targets: list, options: dict) -> list[str]:
             continue
         _set(holder, where, new.train(mha.training))
     return notes
+
+
+def _dead_heads(W_o: Tensor, v_weight: Tensor, heads: int) -> Tensor:
+    """Heads that write nothing (zero output columns) or only a constant (zero value rows)."""
+    out_dead = W_o.reshape(W_o.shape[0], heads, -1).abs().amax(dim=(0, 2)) == 0
+    value_dead = v_weight.reshape(heads, -1).abs().amax(dim=1) == 0
+    return out_dead, out_dead | value_dead
+
+
+def _prune_block_heads(holder: nn.Module, constraint, options: dict) -> list[str]:
+    """Heads of a hand-written attention block: its q / k / v layers lose the rows of dead heads, its
+    output layer the columns, and its head-count attribute goes down; the model's outputs are compared
+    before and after (``example_input`` or a probe) and the rewrite undone if they moved."""
+    info = constraint.attention_block
+    block_name = info["block"]
+    label = f"{block_name or 'the model'} (heads)"
+    if info["count_attribute"] is None:
+        return [f"{label}: heads kept: the block keeps its head count in no attribute symopt can lower "
+                "(num_heads, n_heads, num_attention_heads, n_head)"]
+    block = _get(holder, _qual("root", block_name))
+    q, k, v, o = (getattr(block, n) for n in info["projections"])
+    H = info["heads"]
+    d = q.out_features // H
+    out_dead, dead = _dead_heads(o.weight, v.weight, H)
+    if bool(dead.all()):
+        dead[0] = False
+    if not bool(dead.any()):
+        return []
+    keep = (~dead).nonzero().reshape(-1)
+    rows = (keep[:, None] * d + torch.arange(d, device=keep.device)).reshape(-1)
+    out_bias = o.bias.detach().clone() if o.bias is not None else torch.zeros(o.out_features, dtype=o.weight.dtype,
+                                                                                  device=o.weight.device)
+    if v.bias is not None:
+        for h in (dead & ~out_dead).nonzero().reshape(-1).tolist():  # the constant W_o,h · b_v,h
+            out_bias += o.weight[:, h * d:(h + 1) * d] @ v.bias[h * d:(h + 1) * d]
+    before = copy.deepcopy(holder.root)
+    kw = dict(device=q.weight.device, dtype=q.weight.dtype)
+    for layer_name, layer in zip(info["projections"][:3], (q, k, v)):
+        new = nn.Linear(layer.in_features, rows.numel(), bias=layer.bias is not None, **kw)
+        new.weight.copy_(layer.weight[rows])
+        if layer.bias is not None:
+            new.bias.copy_(layer.bias[rows])
+        setattr(block, layer_name, new.train(layer.training))
+    has_bias = o.bias is not None or bool(out_bias.any())
+    new_o = nn.Linear(rows.numel(), o.out_features, bias=has_bias, **kw)
+    new_o.weight.copy_(o.weight[:, rows])
+    if has_bias:
+        new_o.bias.copy_(out_bias)
+    setattr(block, info["projections"][3], new_o.train(o.training))
+    setattr(block, info["count_attribute"], int(keep.numel()))
+    checked, problem = surgery.verify(before, holder.root, options["example_input"])
+    if problem is not None:
+        holder.root = before
+        return [f"{label}: heads kept, {problem} (does the block read its head count from "
+                f"'{info['count_attribute']}'?)"]
+    if not checked:
+        return [f"{label}: {int(dead.sum())} heads removed but the outputs were not compared (pass example_input=)"]
+    return []
 
 
 def _compare_attention(old: nn.MultiheadAttention, new: nn.Module) -> str | None:

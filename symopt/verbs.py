@@ -277,26 +277,41 @@ def n_m_sparse(module: nn.Module, name: str, n: int = 2, m: int = 4, *, total_st
     return constrain(module, name, NMSparse(n, m, total_steps=total_steps, **kwargs))
 
 
-def attention_heads(model: nn.Module, name: str = "", strength: float | None = None, *, seed: int = 0) -> Handle:
-    """Group sparsity over the heads of an ``nn.MultiheadAttention``: one gate per head, shared by its
-    query, key and value rows (weights and biases) and its columns of the output projection.
+PROJECTION_NAMES = (("q_proj", "k_proj", "v_proj", "out_proj"), ("q_proj", "k_proj", "v_proj", "o_proj"),
+                    ("q", "k", "v", "o"), ("query", "key", "value", "out"))
+HEAD_COUNT_NAMES = ("num_heads", "n_heads", "num_attention_heads", "n_head")
+
+
+def attention_heads(model: nn.Module, name: str = "", strength: float | None = None, *, seed: int = 0,
+                    projections: Sequence[str] | None = None, heads: int | None = None) -> Handle:
+    """Group sparsity over attention heads: one gate per head, shared by its query, key and value
+    rows (weights and biases) and its columns of the output projection.
 
     The decay is ``λ Σ_h ‖(W_q,h, W_k,h, W_v,h, b_h, W_o,h)‖₂``, so whole heads go to zero, and
-    [`symopt.export`][symopt.export] (``mode="compressed"``) removes them. See
-    [`UnitGroups`][symopt.constraints.unit_groups.UnitGroups].
+    [`symopt.export`][symopt.export] (``mode="compressed"``) removes them. Works on an
+    ``nn.MultiheadAttention`` and on a hand-written block with four ``nn.Linear`` projections (q, k, v,
+    out) and an int attribute holding its head count (``num_heads``, ``n_heads``, ...), which export
+    lowers after removing heads. See [`UnitGroups`][symopt.constraints.unit_groups.UnitGroups].
 
     Args:
         model: the attention module or a model that contains it.
-        name: the dotted name of the ``nn.MultiheadAttention`` in ``model`` ("" for ``model`` itself).
+        name: the dotted name of the attention module in ``model`` ("" for ``model`` itself).
         strength: λ (> 0), default 1e-3.
         seed: seed of the gates' signs.
+        projections: for a hand-written block, the names of its q, k, v and output Linear layers
+            (default: the first of ``q_proj/k_proj/v_proj/out_proj``, ``…/o_proj``, ``q/k/v/o``,
+            ``query/key/value/out`` that it has).
+        heads: for a hand-written block, its head count (default: its ``num_heads`` / ``n_heads`` /
+            ``num_attention_heads`` / ``n_head`` attribute).
 
     Returns:
         Handle: the registered constraint (build the optimizer afterwards).
 
     Raises:
-        TypeError: ``name`` is not an ``nn.MultiheadAttention``.
-        ValueError: a tensor already constrained, a bad strength; nothing is changed.
+        TypeError: ``name`` is neither an ``nn.MultiheadAttention`` nor a block with four Linear
+            projections.
+        ValueError: a head count that does not divide the projections, a tensor already
+            constrained, a bad strength; nothing is changed.
 
     Examples:
         >>> import torch, symopt
@@ -307,32 +322,62 @@ def attention_heads(model: nn.Module, name: str = "", strength: float | None = N
     """
     import torch
 
-    mha = model.get_submodule(name) if name else model
-    if not isinstance(mha, nn.MultiheadAttention):
-        raise TypeError(f"attention_heads: '{name or type(model).__name__}' is a {type(mha).__name__}, not an "
-                        "nn.MultiheadAttention; for a hand-written block use group_sparse over its q / k / v / out "
-                        "weights")
-    E, H = mha.embed_dim, mha.num_heads
-    d = E // H
+    block = model.get_submodule(name) if name else model
     prefix = f"{name}." if name else ""
-    packed = (torch.arange(3 * E) % E) // d  # the q, k and v rows of head h are all unit h
-    per_head = torch.arange(E) // d
     names, dims, maps = [], [], []
-    if mha._qkv_same_embed_dim:
-        names, dims, maps = [prefix + "in_proj_weight"], [0], [packed]
-    else:
-        for which in ("q", "k", "v"):
-            names.append(f"{prefix}{which}_proj_weight")
+    if isinstance(block, nn.MultiheadAttention):
+        E, H = block.embed_dim, block.num_heads
+        d = E // H
+        packed = (torch.arange(3 * E) % E) // d  # the q, k and v rows of head h are all unit h
+        per_head = torch.arange(E) // d
+        if block._qkv_same_embed_dim:
+            names, dims, maps = [prefix + "in_proj_weight"], [0], [packed]
+        else:
+            for which in ("q", "k", "v"):
+                names.append(f"{prefix}{which}_proj_weight")
+                dims.append(0)
+                maps.append(per_head)
+        if block.in_proj_bias is not None:
+            names.append(prefix + "in_proj_bias")
+            dims.append(0)
+            maps.append(packed)
+        names.append(prefix + "out_proj.weight")
+        dims.append(1)
+        maps.append(per_head)
+        return constrain(model, names, UnitGroups(dims, strength, seed=seed, unit_maps=maps, structure_name="heads"))
+    found = [tuple(projections)] if projections is not None else [
+        p for p in PROJECTION_NAMES if all(isinstance(getattr(block, n, None), nn.Linear) for n in p)]
+    if not found or len(found[0]) != 4 or not all(isinstance(getattr(block, n, None), nn.Linear) for n in found[0]):
+        raise TypeError(f"attention_heads: '{name or type(model).__name__}' is a {type(block).__name__}, neither an "
+                        "nn.MultiheadAttention nor a block with four nn.Linear projections; pass projections=("
+                        "'q', 'k', 'v', 'out') with its layer names")
+    q, k, v, o = (getattr(block, n) for n in found[0])
+    attr = next((a for a in HEAD_COUNT_NAMES if isinstance(getattr(block, a, None), int)), None)
+    count = heads if heads is not None else getattr(block, attr) if attr is not None else None
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValueError(f"attention_heads: give heads= (the head count of '{name}'), or keep it in one of its "
+                         f"attributes {HEAD_COUNT_NAMES}")
+    inner = q.out_features
+    if inner % count or k.out_features != inner or v.out_features != inner or o.in_features != inner:
+        raise ValueError(f"attention_heads: {count} heads need q, k, v outputs and the output layer's inputs of one "
+                         f"width divisible by {count}; got {q.out_features}, {k.out_features}, {v.out_features}, "
+                         f"{o.in_features}")
+    per_head = torch.arange(inner) // (inner // count)
+    for layer, layer_name in zip((q, k, v), found[0][:3]):
+        names.append(f"{prefix}{layer_name}.weight")
+        dims.append(0)
+        maps.append(per_head)
+        if layer.bias is not None:
+            names.append(f"{prefix}{layer_name}.bias")
             dims.append(0)
             maps.append(per_head)
-    if mha.in_proj_bias is not None:
-        names.append(prefix + "in_proj_bias")
-        dims.append(0)
-        maps.append(packed)
-    names.append(prefix + "out_proj.weight")
+    names.append(f"{prefix}{found[0][3]}.weight")
     dims.append(1)
     maps.append(per_head)
-    return constrain(model, names, UnitGroups(dims, strength, seed=seed, unit_maps=maps, structure_name="heads"))
+    group = UnitGroups(dims, strength, seed=seed, unit_maps=maps, structure_name="heads")
+    # what export needs to rewrite the block (the constraint carries it: export asks, never guesses)
+    group.attention_block = {"block": name, "projections": tuple(found[0]), "heads": count, "count_attribute": attr}
+    return constrain(model, names, group)
 
 
 def tie(model: nn.Module, names: Sequence[str], strength: float | str = "auto", **kwargs) -> Handle:

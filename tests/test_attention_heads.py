@@ -91,10 +91,65 @@ def test_training_kills_heads_and_the_transformer_layer_still_runs_after_export(
 
 
 def test_bad_inputs():
-    with pytest.raises(TypeError, match="is a Linear, not an nn.MultiheadAttention"):
+    with pytest.raises(TypeError, match="is a Linear, neither an nn.MultiheadAttention nor a block with four"):
         symopt.attention_heads(nn.Sequential(nn.Linear(2, 2)), "0")
     attn = nn.MultiheadAttention(8, 2, add_bias_kv=True).double()
     symopt.attention_heads(attn, strength=1e-3)
     _kill_heads(attn, [0])
     with pytest.warns(ExportWarning, match="add_bias_kv / add_zero_attn attend to extra keys; heads kept"):
         assert isinstance(symopt.export(attn, mode="compressed"), nn.MultiheadAttention)
+
+
+class HandWritten(nn.Module):
+    """The attention block people write: four Linear layers and a reshape by self.num_heads."""
+
+    def __init__(self, dim=16, heads=4):
+        super().__init__()
+        self.num_heads, self.head_dim = heads, dim // heads
+        self.q_proj, self.k_proj, self.v_proj = (nn.Linear(dim, dim) for _ in range(3))
+        self.out_proj = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        N, L, _ = x.shape
+        split = lambda t: t.view(N, L, self.num_heads, self.head_dim).transpose(1, 2)  # noqa: E731
+        q, k, v = split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x))
+        weights = torch.softmax(q @ k.transpose(-2, -1) / self.head_dim ** 0.5, dim=-1)
+        return self.out_proj((weights @ v).transpose(1, 2).reshape(N, L, -1))
+
+
+class TinyLM(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(30, 16)
+        self.attn = HandWritten()
+        self.head = nn.Linear(16, 30)
+
+    def forward(self, ids):
+        x = self.embed(ids)
+        return self.head(x + self.attn(x))
+
+
+def test_hand_written_block_loses_its_dead_heads_and_its_head_count_goes_down():
+    torch.manual_seed(0)
+    model = TinyLM().double().eval()
+    handle = symopt.attention_heads(model, "attn", strength=1e-3)
+    assert [m.qualname for m in handle.members][-1] == "attn.out_proj.weight"
+    _kill_heads(model, [0, 2])
+    with torch.no_grad():  # head 3: only its value rows dead; its value bias writes a constant (folded)
+        handle.constraint.copies[4].original0[12:16] = 0.0   # ω of v_proj.weight, rows of head 3
+    assert float(model.attn.v_proj.weight[12:16].abs().max()) == 0 and float(model.attn.v_proj.bias[12:16].abs().max()) > 0
+    small = _quiet(model)  # compared on a probe built from the Embedding
+    assert small.attn.num_heads == 1 and small.attn.q_proj.out_features == 4 and small.attn.out_proj.in_features == 4
+    ids = torch.randint(0, 30, (3, 7))
+    assert torch.allclose(small(ids), model(ids), atol=1e-12, rtol=0)
+
+
+def test_hand_written_block_without_a_head_count_attribute_is_refused_or_kept():
+    block = HandWritten().double()
+    del block.num_heads
+    with pytest.raises(ValueError, match="give heads="):
+        symopt.attention_heads(block)
+    symopt.attention_heads(block, heads=4)
+    _kill_heads(block, [1])
+    with pytest.warns(ExportWarning, match="keeps its head count in no attribute"):
+        symopt.export(block, mode="compressed")

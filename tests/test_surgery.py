@@ -311,3 +311,21 @@ def test_random_chains_stay_exact(seed):
     x = torch.randn(4, 3, 12, 12, dtype=DT)
     assert torch.allclose(small(x), net(x), atol=1e-12, rtol=0)
     assert _params(small) < _params(symopt.export(net))  # something went in every draw
+
+
+def test_grouped_convolutions_are_kept_with_their_reason_and_stay_exact():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(2, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, groups=4),
+                        nn.ReLU(), nn.Conv2d(8, 4, 3, groups=2), nn.Flatten(), nn.LazyLinear(3)).double()
+    net(torch.randn(1, 2, 6, 6, dtype=DT))  # materialise the lazy layer
+    symopt.group_sparse(net, "0.weight", dim=0, strength=1e-3)   # consumed by a grouped conv
+    symopt.group_sparse(net, "2.weight", dim=0, strength=1e-3)   # itself grouped
+    _kill(net[0], [0, 5], bias=0.0)
+    _kill(net[2], [1], bias=0.0)
+    with pytest.warns(ExportWarning) as record:
+        small = symopt.export(net, mode="compressed")
+    message = str(record[0].message)
+    assert "0.weight (group_sparse): 2 dead unit(s) kept: 2 because Conv2d 2 uses it" in message
+    assert "2.weight (group_sparse): grouped convolutions are not rewritten" in message
+    x = torch.randn(3, 2, 6, 6, dtype=DT)
+    assert small[0].out_channels == 8 and torch.allclose(small(x), net(x), atol=1e-12, rtol=0)

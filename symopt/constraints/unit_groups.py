@@ -65,6 +65,9 @@ class UnitGroups(Constraint, register=False):
         # use it: the rows of q, k and v of head h are all unit h.
         self.unit_maps = list(unit_maps) if unit_maps is not None else None
         self.structure_name = structure_name
+        # for the heads of a hand-written attention block: its name, its q / k / v / out layer names,
+        # its head count and the attribute holding it (set by symopt.attention_heads; export reads it)
+        self.attention_block: dict | None = None
         self.copies: list[nn.Module] = []  # the members' ParametrizationLists (plain list: no cycle)
         self._norms: Tensor | None = None  # the joint unit norms while the members register
         self._expected = 0
