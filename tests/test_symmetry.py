@@ -153,3 +153,55 @@ def test_conserved_values_by_hand():
         net[2].weight.copy_(torch.tensor([[2.0, 3.0]]))
     charges = symopt.conserved(net)["units 0→2"]
     assert charges.tolist() == [1 + 4 + 1 - 4, 1 - 9]
+
+
+class _Functional(nn.Module):
+    """Activations applied inside forward (no nn.Sequential to read them from)."""
+
+    def __init__(self, activation):
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(4, 8), nn.Linear(8, 8), nn.Linear(8, 2)
+        self.activation = activation
+
+    def forward(self, x):
+        return self.c(torch.relu(self.b(self.activation(self.a(x)))))
+
+
+def _gradient_flow_drift(net, steps=400, lr=1e-3):
+    torch.manual_seed(1)
+    X, Y = torch.randn(64, 4, dtype=torch.float64), torch.randn(64, 2, dtype=torch.float64)
+    tracker = symopt.ConservationTracker(net)
+    tracker.record(0)
+    opt = torch.optim.SGD(net.parameters(), lr=lr)
+    for step in range(steps):
+        opt.zero_grad()
+        ((net(X) - Y) ** 2).mean().backward()
+        opt.step()
+    tracker.record(steps)
+    return tracker.drift()
+
+
+def test_conserved_reports_only_charges_the_traced_graph_justifies():
+    torch.manual_seed(0)
+    tanh_net = _Functional(torch.tanh).double()
+    with pytest.warns(UserWarning, match=r"a→b: tanh between them is not positively homogeneous per unit"):
+        charges = symopt.conserved(tanh_net)
+    assert "units a→b" not in charges and "units b→c" in charges
+    relu_net = _Functional(torch.relu).double()
+    drift = _gradient_flow_drift(relu_net)
+    assert set(drift) == {"units a→b", "units b→c"}
+    assert max(drift.values()) < 1e-3  # conserved by small-step gradient descent
+
+
+def test_a_unit_read_twice_or_added_to_a_residual_has_no_charge():
+    class Residual(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
+
+        def forward(self, x):
+            h = torch.relu(self.a(x))
+            return self.b(h) + h  # a's units also feed the sum: rescaling them changes the output
+
+    with pytest.warns(UserWarning, match=r"a→b: the output of relu goes to 2 places"):
+        assert symopt.conserved(Residual()) == {}
