@@ -205,3 +205,27 @@ def test_a_unit_read_twice_or_added_to_a_residual_has_no_charge():
 
     with pytest.warns(UserWarning, match=r"a→b: the output of relu goes to 2 places"):
         assert symopt.conserved(Residual()) == {}
+
+
+def test_diagnose_sees_functional_collapse_on_the_inputs():
+    """Units that are not exactly dead or identical but functionally so: 10 of 32 units send < 1% of the
+    largest unit's output, 3 pairs are the same function up to small weight noise."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 3)).double()
+    with torch.no_grad():
+        net[0].weight[:10] *= 1e-4   # faint units: alive, but their output is ~1e-4 of the others'
+        net[0].bias[:10] *= 1e-4
+        for a, b in ((20, 21), (22, 23), (24, 25)):
+            net[0].weight[b] = net[0].weight[a] * 1.5 + 0.02 * torch.randn(8, dtype=torch.float64)
+            net[0].bias[b] = net[0].bias[a] * 1.5
+    x = torch.randn(512, 8, dtype=torch.float64)
+    plain = symopt.diagnose(net)
+    assert not plain.collapsed and not plain.functionally_collapsed  # the weights alone show nothing
+    found = symopt.diagnose(net, x)
+    layer = found["0"]
+    silent = [u for u in range(10) if float(torch.relu(net[0](x))[:, u].abs().max()) > 0]
+    assert set(layer.near_dead) >= set(silent) and set(layer.near_dead) <= set(range(10))
+    assert {tuple(sorted(g)) for g in layer.near_duplicate} >= {(20, 21), (22, 23), (24, 25)}
+    assert found.functionally_collapsed and "near-dead" in str(found)
+    with pytest.raises(ValueError, match="dead_fraction must be a number in"):
+        symopt.diagnose(net, x, dead_fraction=2)

@@ -68,6 +68,11 @@ class LayerDiagnosis:
             inputs).
         mirror_planes: the mirror planes the parameters sit on (sign / rescale, permutation,
             rotation).
+        near_dead: (with inputs) live units whose output, as the next layer receives it, has an RMS
+            over the batch below ``dead_fraction`` of the layer's largest: functionally dead, though
+            not exactly zero.
+        near_duplicate: (with inputs) groups of live units whose outputs over the batch have cosine
+            ≥ ``duplicate_cosine``: functionally one unit, though their weights differ.
 
     Examples:
         >>> import torch, symopt
@@ -84,12 +89,15 @@ class LayerDiagnosis:
     weight_rank: float
     feature_rank: float | None
     mirror_planes: tuple[str, ...] = field(default=())
+    near_dead: tuple[int, ...] = field(default=())
+    near_duplicate: tuple[tuple[int, ...], ...] = field(default=())
 
 
 class Diagnosis(list):
     """A list of [`LayerDiagnosis`][symopt.LayerDiagnosis] that prints as a table; index it by position or layer name.
 
-    ``collapsed`` says whether any layer has dead or identical units or sits on a mirror plane.
+    ``collapsed`` says whether any layer has dead or identical units or sits on a mirror plane;
+    ``functionally_collapsed`` also counts near-dead and near-duplicate units (found with inputs).
 
     Examples:
         >>> import torch, symopt
@@ -103,6 +111,10 @@ class Diagnosis(list):
     def collapsed(self) -> bool:
         return any(d.dead or d.identical or d.mirror_planes for d in self)
 
+    @property
+    def functionally_collapsed(self) -> bool:
+        return self.collapsed or any(d.near_dead or d.near_duplicate for d in self)
+
     def __getitem__(self, key):
         if isinstance(key, str):
             for d in self:
@@ -112,11 +124,12 @@ class Diagnosis(list):
         return super().__getitem__(key)
 
     def __str__(self) -> str:
-        rows = [[d.name, d.units, len(d.dead), "; ".join(",".join(map(str, g)) for g in d.identical) or "-",
-                 d.weight_rank, "-" if d.feature_rank is None else d.feature_rank,
-                 "; ".join(d.mirror_planes) or "-"] for d in self]
-        return table(["layer", "units", "dead", "identical groups", "eff. rank W", "eff. rank features",
-                      "mirror planes"], rows)
+        rows = [[d.name, d.units, len(d.dead), len(d.near_dead),
+                 "; ".join(",".join(map(str, g)) for g in d.identical) or "-",
+                 sum(len(g) for g in d.near_duplicate), d.weight_rank,
+                 "-" if d.feature_rank is None else d.feature_rank, "; ".join(d.mirror_planes) or "-"] for d in self]
+        return table(["layer", "units", "dead", "near-dead", "identical groups", "in near-duplicate groups",
+                      "eff. rank W", "eff. rank features", "mirror planes"], rows)
 
 
 def _groups(rows: Tensor, eps: float, alive: Tensor) -> list[tuple[int, ...]]:
@@ -142,7 +155,8 @@ def _groups(rows: Tensor, eps: float, alive: Tensor) -> list[tuple[int, ...]]:
 
 
 @torch.no_grad()
-def diagnose(model: nn.Module, inputs: Tensor | None = None, tol: float = 1e-6, eps: float = 1e-4) -> Diagnosis:
+def diagnose(model: nn.Module, inputs: Tensor | None = None, tol: float = 1e-6, eps: float = 1e-4, *,
+             dead_fraction: float = 0.01, duplicate_cosine: float = 0.99) -> Diagnosis:
     """Per Linear / Conv layer: dead units, groups of identical units, effective rank of the weight
     and (given ``inputs``) of the layer's output features, and the mirror planes the parameters sit on.
 
@@ -152,6 +166,11 @@ def diagnose(model: nn.Module, inputs: Tensor | None = None, tol: float = 1e-6, 
             constant over the batch, or ≤ 0 everywhere when a ReLU follows it.
         tol: relative size below which weights count as zero (of the layer's largest row norm).
         eps: units are identical when the cosine of their incoming weights (with bias) is ≥ 1 − eps.
+        dead_fraction: with ``inputs``: a live unit is *near-dead* when the RMS over the batch of
+            what it sends on (the next layer's input for it, after the activation; its own output
+            when no next layer takes it) is below this fraction of the layer's largest (default 1%).
+        duplicate_cosine: with ``inputs``: live units are *near-duplicates* when the cosine of those
+            outputs over the batch (uncentred) is at least this (default 0.99).
 
     Mirror planes reported: ``sign/rescale (units …)`` — in- and out-weights both zero;
     ``permutation (units i=j)`` — identical incoming *and* outgoing weights, the fixed subspace of
@@ -163,7 +182,8 @@ def diagnose(model: nn.Module, inputs: Tensor | None = None, tol: float = 1e-6, 
 
     Raises:
         TypeError: ``model`` is not an ``nn.Module``.
-        ValueError: ``tol`` is negative, ``eps`` is not in [0, 1), or a layer's weights hold NaN / Inf.
+        ValueError: ``tol`` is negative, ``eps`` is not in [0, 1), ``dead_fraction`` or
+            ``duplicate_cosine`` not in [0, 1], or a layer's weights hold NaN / Inf.
 
     Examples:
         >>> import torch, symopt
@@ -178,6 +198,9 @@ def diagnose(model: nn.Module, inputs: Tensor | None = None, tol: float = 1e-6, 
         raise ValueError(f"diagnose: tol must be a number >= 0, got {tol!r}")
     if not (isinstance(eps, (int, float)) and 0 <= eps < 1):
         raise ValueError(f"diagnose: eps must be a number in [0, 1), got {eps!r}")
+    for what, value in (("dead_fraction", dead_fraction), ("duplicate_cosine", duplicate_cosine)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+            raise ValueError(f"diagnose: {what} must be a number in [0, 1], got {value!r}")
     found = layers(model)
     broken = [name for name, module in found if not bool(torch.isfinite(incoming(module)).all())]
     if broken:
@@ -185,10 +208,16 @@ def diagnose(model: nn.Module, inputs: Tensor | None = None, tol: float = 1e-6, 
                          "roll back to a finite state (symopt.Guard does this each step) and diagnose that")
     modules = dict(found)
     features: dict[str, Tensor] = {}
+    received: dict[str, Tensor] = {}  # what each layer receives: its input, per input unit
     if inputs is not None:
         hooks = [m.register_forward_hook(
             lambda mod, _i, out, name=name: features.__setitem__(
                 name, out.detach().movedim(1, -1).reshape(-1, out_size(mod))))
+            for name, m in found]
+        hooks += [m.register_forward_pre_hook(
+            lambda mod, args, name=name: received.__setitem__(
+                name, args[0].detach().movedim(1, -1).reshape(-1, args[0].shape[1])
+                if args[0].dim() > 2 else args[0].detach().reshape(-1, args[0].shape[-1])))
             for name, m in found]
         try:
             model(inputs)
@@ -229,10 +258,24 @@ def diagnose(model: nn.Module, inputs: Tensor | None = None, tol: float = 1e-6, 
                 s = torch.linalg.svdvals(stacked.double())
                 if stacked.shape[0] <= stacked.shape[1] and float(s[-1]) <= tol * float(s[0]):
                     planes[name].append(f"rotation ({name}→{pair.second})")
+        near_dead: tuple[int, ...] = ()
+        near_duplicate: tuple[tuple[int, ...], ...] = ()
+        if name in features:
+            # what the next layer receives from each unit (after the activation) when a pair is known
+            # and the shapes agree; the layer's own output otherwise
+            sent = received.get(pair.second) if pair is not None else None
+            if sent is None or sent.shape[1] != w_in.shape[0]:
+                sent = features[name]
+            rms = sent.double().square().mean(dim=0).sqrt()
+            live = ~dead
+            top = float(rms[live].max()) if bool(live.any()) else 0.0
+            faint = live & (rms < dead_fraction * top)
+            near_dead = tuple(torch.nonzero(faint).reshape(-1).tolist())
+            near_duplicate = tuple(_groups(sent.double().T, 1 - duplicate_cosine, live & ~faint))
         out.append(LayerDiagnosis(
             name=name, units=w_in.shape[0], dead=tuple(torch.nonzero(dead).reshape(-1).tolist()),
             identical=tuple(groups), weight_rank=effective_rank(w_in),
             feature_rank=effective_rank(features[name]) if name in features else None,
-            mirror_planes=tuple(planes[name]),
+            mirror_planes=tuple(planes[name]), near_dead=near_dead, near_duplicate=near_duplicate,
         ))
     return out
