@@ -15,7 +15,8 @@ from .finalize import finalize
 from .report import Report, report
 from .verbs import (attention_heads, fixed_zeros, group_sparse, low_rank, n_m_sparse, nonnegative, sparse,
                     subspace, tie)
-from .symmetry import ConservationTracker, Diagnosis, LayerDiagnosis, conserved, diagnose, effective_rank, syre
+from .symmetry import (ConservationTracker, Diagnosis, LayerDiagnosis, conserved, diagnose, effective_rank,
+                       noise_collapse, syre)
 from .distributed import sync_strengths
 from .guard import Diverged, Guard, GuardEvent, guard
 from .export import ExportWarning, Footprint, SparseLinear, export, footprint
@@ -35,5 +36,5 @@ __all__ = [
     "effective_rank", "conserved", "ConservationTracker", "export", "footprint", "sync_strengths", "Footprint", "ExportWarning",
     "SparseLinear", "guard", "Guard", "GuardEvent", "Diverged", "Problem", "Result", "solve", "compare", "certify",
     "NonNegative", "nonnegative", "bind", "Binding", "Strength", "Fixed", "Auto", "BudgetStrength", "Scheduled",
-    "save_pretrained", "from_pretrained", "NMSparse", "n_m_sparse", "attention_heads",
+    "save_pretrained", "from_pretrained", "NMSparse", "n_m_sparse", "attention_heads", "noise_collapse",
 ]

@@ -372,6 +372,9 @@ class Constraint(nn.Module):
         """``value`` with all but its ``k`` largest atoms set to zero."""
         raise NotImplementedError
 
+    #: whether each atom is a Hadamard pair ``θ_i = u_i v_i`` (asked by ``symopt.noise_collapse``)
+    hadamard_atoms: ClassVar[bool] = False
+
     def keep_mask(self, atoms: Tensor) -> Tensor:
         """Which atoms a landing keeps (bool, flat over ``atoms``): the ``budget`` largest. A kind whose
         budget has a shape (N:M sparsity: the N largest of every M) overrides it."""

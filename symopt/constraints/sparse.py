@@ -45,6 +45,7 @@ class Sparse(Constraint):
 
     kind = "sparse"
     decayed = (0, 1)
+    hadamard_atoms = True
 
     @classmethod
     def example(cls) -> Example:

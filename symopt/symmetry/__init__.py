@@ -1,9 +1,11 @@
 """Layer 3 — tools for the symmetries a model already has, as opposed to the ones DCS builds:
 `removal` (``syre``: a random anchor for the decay removes them), `collapse` (``diagnose``: dead or
-identical units, low effective rank), `charges` (``conserved``: their Noether charges)."""
+identical units, low effective rank), `noise` (``noise_collapse``: atoms SGD's noise will collapse), `charges` (``conserved``: their Noether charges)."""
 
 from .charges import ConservationTracker, conserved
 from .collapse import Diagnosis, LayerDiagnosis, diagnose, effective_rank
+from .noise import NoiseReport, collapse_exponents, noise_collapse
 from .removal import syre
 
-__all__ = ["ConservationTracker", "Diagnosis", "LayerDiagnosis", "conserved", "diagnose", "effective_rank", "syre"]
+__all__ = ["ConservationTracker", "Diagnosis", "LayerDiagnosis", "NoiseReport", "collapse_exponents", "conserved",
+           "diagnose", "effective_rank", "noise_collapse", "syre"]

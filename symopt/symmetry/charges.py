@@ -150,9 +150,9 @@ def conserved(model: nn.Module) -> dict[str, Tensor]:
         warnings.warn(f"conserved: no charge for these layer pairs, whose symmetry the graph does not show — "
                       f"{reasons}", UserWarning, stacklevel=2)
     charges: dict[str, Tensor] = {}
-    for kind, first, second in found:
+    for form, first, second in found:
         w_in, w_out = incoming(modules[first]), outgoing(modules[second])
-        if kind == "linear":
+        if form == "linear":
             charges[f"linear {first}→{second}"] = w_in @ w_in.T - w_out @ w_out.T
         else:
             charges[f"units {first}→{second}"] = w_in.square().sum(1) - w_out.square().sum(1)
