@@ -78,3 +78,22 @@ def test_compression_quick(capsys):
     rows = [line.split() for line in printed.splitlines() if line.startswith(("symopt", "magnitude", "dense"))]
     assert len(rows) == 5
     assert all(float(row[-2]) == 0.1 for row in rows if row[0] == "symopt")
+
+
+def test_export_architectures_quick(capsys):
+    """Issue 21's CNN and the residual block shrink to Torch-Pruning's shapes (when it is installed)."""
+    import argparse
+
+    from benchmarks import export
+    rows = export.architectures(argparse.Namespace(batch=4, repeats=1))
+    by_name = {r[0]: r for r in rows}
+    assert by_name["digits CNN, 50% channels dead"][2] == 9930
+    for name, dense, ours, theirs, *_ in rows:
+        assert ours < dense and (theirs is None or theirs == ours), name
+
+
+def test_plasticity_quick(capsys):
+    from benchmarks import plasticity
+    results = plasticity.main(["--tasks", "2", "--seeds", "1", "--epochs", "1"])
+    assert set(results) == {"no decay", "decay", "syre"}
+    assert "acc last" in capsys.readouterr().out
