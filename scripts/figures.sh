@@ -10,6 +10,7 @@ $py examples/exact_threshold.py --plot docs/figures/threshold.png
 $py examples/syre_identical_units.py --plot docs/figures/syre_identical.png
 $py examples/syre_collapse.py --plot docs/figures/syre_collapse.png
 $py examples/noether_charges.py --plot docs/figures/noether.png
+$py examples/noise_collapse.py --plot docs/figures/noise_collapse.png
 out=$(mktemp -d)
 .venv/bin/symopt compare --quick --problems lasso,hard_rank --out "$out" > /dev/null || true  # exit 1 = a disagreement, shown in the table
 mkdir -p docs/figures/compare
