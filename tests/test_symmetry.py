@@ -2,6 +2,8 @@
 
 import copy
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -229,3 +231,64 @@ def test_diagnose_sees_functional_collapse_on_the_inputs():
     assert found.functionally_collapsed and "near-dead" in str(found)
     with pytest.raises(ValueError, match="dead_fraction must be a number in"):
         symopt.diagnose(net, x, dead_fraction=2)
+
+
+def _identical_tanh_net():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 2), nn.Tanh(), nn.Linear(2, 1)).double()
+    with torch.no_grad():
+        net[0].weight[1] = net[0].weight[0]
+        net[0].bias[1] = net[0].bias[0]
+        net[2].weight[0, 1] = net[2].weight[0, 0]
+    return net
+
+
+@pytest.mark.parametrize("strength", [0.03, 0.3])
+def test_permutation_threshold_predicts_whether_identical_units_split_and_how_fast(strength):
+    """Two identical tanh units: settled by GD with coupled decay λ (they stay identical), then nudged
+    along the predicted direction. The measured log-growth per step of their difference equals
+    log|1 − lr(h/2 + λ)| to 3 digits, and its sign is that of λ* − λ."""
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(128, 3, generator=g, dtype=torch.float64)
+    y = torch.sin(2 * X[:, :1]) + X[:, 1:2] * X[:, 2:3]
+    loss = lambda out, target: 0.5 * ((out - target) ** 2).mean()  # noqa: E731
+    net, lr = _identical_tanh_net(), 0.1
+    settle = torch.optim.SGD(net.parameters(), lr=0.5, weight_decay=strength)
+    for _ in range(600):  # near the stationary point of the symmetric subspace
+        settle.zero_grad()
+        loss(net(X), y).backward()
+        settle.step()
+    opt = torch.optim.SGD(net.parameters(), lr=lr, weight_decay=strength)
+    found = symopt.permutation_threshold(net, "0", (0, 1), loss, X, y)
+    with torch.no_grad():  # nudge along the predicted direction (unit 0 +d, unit 1 −d)
+        d = 1e-7 * found.direction
+        net[0].weight[0] += d[:3]
+        net[0].weight[1] -= d[:3]
+        net[0].bias[0] += d[3]
+        net[0].bias[1] -= d[3]
+        net[2].weight[0, 0] += d[4]
+        net[2].weight[0, 1] -= d[4]
+
+    def gap():
+        w_in, w_out = torch.cat([net[0].weight, net[0].bias[:, None]], 1), net[2].weight.T
+        return float(torch.cat([w_in[0] - w_in[1], w_out[0] - w_out[1]]).norm())
+
+    start = gap()
+    for _ in range(30):
+        opt.zero_grad()
+        loss(net(X), y).backward()
+        opt.step()
+    measured = math.log(gap() / start) / 30
+    assert measured == pytest.approx(found.growth_rate(lr, strength), rel=2e-2)
+    assert (measured > 0) == (strength < found.threshold)
+
+
+def test_permutation_threshold_refuses_units_that_are_not_identical():
+    net = _identical_tanh_net()
+    with torch.no_grad():
+        net[0].weight[1, 0] += 0.5
+    with pytest.raises(ValueError, match="are not identical"):
+        symopt.permutation_threshold(net, "0", (0, 1), lambda o, t: (o - t).pow(2).mean(), torch.zeros(4, 3, dtype=torch.float64),
+                                     torch.zeros(4, 1, dtype=torch.float64))
+    with pytest.raises(ValueError, match="must be a Linear layer followed by a Linear consumer"):
+        symopt.permutation_threshold(net, "2", (0, 1), None, None, None)

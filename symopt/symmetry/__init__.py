@@ -3,9 +3,9 @@
 identical units, low effective rank), `noise` (``noise_collapse``: atoms SGD's noise will collapse), `charges` (``conserved``: their Noether charges)."""
 
 from .charges import ConservationTracker, conserved
-from .collapse import Diagnosis, LayerDiagnosis, diagnose, effective_rank
+from .collapse import Diagnosis, LayerDiagnosis, PermutationThreshold, diagnose, effective_rank, permutation_threshold
 from .noise import NoiseReport, collapse_exponents, noise_collapse
 from .removal import syre
 
 __all__ = ["ConservationTracker", "Diagnosis", "LayerDiagnosis", "NoiseReport", "collapse_exponents", "conserved",
-           "diagnose", "effective_rank", "noise_collapse", "syre"]
+           "diagnose", "effective_rank", "noise_collapse", "PermutationThreshold", "permutation_threshold", "syre"]

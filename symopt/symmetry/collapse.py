@@ -279,3 +279,109 @@ def diagnose(model: nn.Module, inputs: Tensor | None = None, tol: float = 1e-6, 
             mirror_planes=tuple(planes[name]), near_dead=near_dead, near_duplicate=near_duplicate,
         ))
     return out
+
+
+@dataclass(frozen=True)
+class PermutationThreshold:
+    """The stability of two identical units under coupled weight decay (see
+    [`permutation_threshold`][symopt.permutation_threshold]).
+
+    Attributes:
+        threshold: λ* — with coupled decay λ > λ* the identical state attracts (the units stay one);
+            below it the units split.
+        curvature: the smallest eigenvalue of the loss Hessian along the antisymmetric
+            perturbations ``(w_i, w_j) → (w_i + δ, w_j − δ)`` (``δ`` over in- and out-weights).
+        direction: its eigenvector (in-weights, bias, out-weights of unit i; unit j gets the opposite).
+
+    Examples:
+        >>> import torch, symopt
+        >>> t = symopt.symmetry.collapse.PermutationThreshold(0.1, -0.2, torch.ones(3))
+        >>> round(t.growth_rate(lr=0.1, strength=0.0), 6)   # log-growth per step of the split
+        0.00995
+    """
+
+    threshold: float
+    curvature: float
+    direction: Tensor
+
+    def growth_rate(self, lr: float, strength: float) -> float:
+        """Log-growth per gradient-descent step of the split between the units:
+        ``log|1 − lr (curvature/2 + λ)|`` (negative: the units merge back)."""
+        return float(torch.log(torch.tensor(abs(1 - lr * (self.curvature / 2 + strength)))))
+
+
+def permutation_threshold(model: nn.Module, layer: str, units: tuple[int, int], loss_fn, inputs: Tensor,
+                          targets: Tensor) -> PermutationThreshold:
+    """The weight decay λ* above which two identical units of a Linear layer stay identical.
+
+    Two units with the same in- and out-weights sit on the fixed subspace of the permutation that swaps
+    them. Gradient descent keeps them there; whether a small difference grows or dies is decided by the
+    loss Hessian along the antisymmetric perturbations ``(w_i + δ, w_j − δ)``: with coupled decay λ the
+    difference is multiplied each step by ``1 − lr (h/2 + λ)`` along the eigenvector of the smallest
+    eigenvalue ``h``, so the identical state attracts iff ``λ > λ* = max(0, −h/2)``.
+
+    Args:
+        model: a plain model (no symopt constraint on the two layers involved).
+        layer: the dotted name of the Linear layer that holds the two units.
+        units: the two unit indices (identical in- and out-weights).
+        loss_fn: ``loss_fn(output, targets)`` of the full batch.
+        inputs: the batch of inputs.
+        targets: their targets.
+
+    Returns:
+        PermutationThreshold: ``threshold``, ``curvature``, ``direction`` and ``growth_rate(lr, λ)``.
+
+    Raises:
+        ValueError: no Linear layer ``layer`` with a Linear consumer, unit indices out of range or
+            equal, units that are not identical, or a constrained layer.
+
+    Examples:
+        >>> import torch, symopt
+        >>> _ = torch.manual_seed(0)
+        >>> net = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Tanh(), torch.nn.Linear(2, 1)).double()
+        >>> with torch.no_grad():
+        ...     net[0].weight[1] = net[0].weight[0]; net[0].bias[1] = net[0].bias[0]
+        ...     net[2].weight[0, 1] = net[2].weight[0, 0]
+        >>> X = torch.randn(64, 3, dtype=torch.float64)
+        >>> t = symopt.permutation_threshold(net, "0", (0, 1), torch.nn.functional.mse_loss, X, X[:, :1] ** 2)
+        >>> t.threshold >= 0
+        True
+    """
+    modules = dict(model.named_modules())
+    first = modules.get(layer)
+    pair = {p.first: p for p in pairs(model)}.get(layer)
+    if not isinstance(first, nn.Linear) or pair is None or not isinstance(modules[pair.second], nn.Linear):
+        raise ValueError(f"permutation_threshold: '{layer}' must be a Linear layer followed by a Linear consumer "
+                         "of its units")
+    second = modules[pair.second]
+    if any(hasattr(m, "parametrizations") for m in (first, second)):
+        raise ValueError(f"permutation_threshold: '{layer}' or '{pair.second}' carries a constraint; the threshold "
+                         "is of the model's own symmetry — use a plain (exported) model")
+    i, j = units
+    if i == j or not (0 <= i < first.out_features and 0 <= j < first.out_features):
+        raise ValueError(f"permutation_threshold: units must be two different indices below {first.out_features}, "
+                         f"got {units}")
+    w_in, w_out = incoming(first), outgoing(second)
+    if not (torch.allclose(w_in[i], w_in[j]) and torch.allclose(w_out[i], w_out[j])):
+        raise ValueError(f"permutation_threshold: units {i} and {j} of '{layer}' are not identical (in- and "
+                         "out-weights); the threshold is that of the identical state")
+    base = {name: p.detach() for name, p in model.named_parameters()}
+    sign = torch.zeros(first.out_features, dtype=first.weight.dtype, device=first.weight.device)
+    sign[i], sign[j] = 1.0, -1.0
+    n_in, has_bias = first.in_features, first.bias is not None
+    w1, b1, w2 = f"{layer}.weight", f"{layer}.bias", f"{pair.second}.weight"
+
+    def loss_along(delta: Tensor) -> Tensor:
+        params = dict(base)
+        params[w1] = base[w1] + torch.outer(sign, delta[:n_in])
+        if has_bias:
+            params[b1] = base[b1] + sign * delta[n_in]
+        params[w2] = base[w2] + torch.outer(delta[n_in + has_bias:], sign)
+        return loss_fn(torch.func.functional_call(model, params, (inputs,)), targets)
+
+    size = n_in + int(has_bias) + second.out_features
+    hessian = torch.autograd.functional.hessian(loss_along, torch.zeros(size, dtype=first.weight.dtype,
+                                                                         device=first.weight.device))
+    values, vectors = torch.linalg.eigh(hessian.double())
+    h = float(values[0])
+    return PermutationThreshold(max(0.0, -h / 2), h, vectors[:, 0])
