@@ -47,28 +47,15 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, **kwargs) ->
         TypeError: ``model`` has no ``save_pretrained``.
 
     Examples:
-        A stand-in for a ``transformers`` model (any class with ``save_pretrained`` / ``from_pretrained``
-        and a ``config``; ``tests/test_hub.py`` runs the same with BERT):
+        [`from_pretrained`][symopt.from_pretrained] shows the round trip (with a stand-in model class;
+        ``tests/test_hub.py`` runs it with BERT). A plain module has no ``save_pretrained``:
 
-        >>> import os, tempfile, torch, symopt
-        >>> class Tiny(torch.nn.Module):
-        ...     config = {}
-        ...     def __init__(self):
-        ...         super().__init__()
-        ...         self.lin = torch.nn.Linear(4, 4)
-        ...     def save_pretrained(self, directory):
-        ...         torch.save(self.state_dict(), os.path.join(directory, "weights.pt"))
-        ...     @classmethod
-        ...     def from_pretrained(cls, directory):
-        ...         model = cls()
-        ...         model.load_state_dict(torch.load(os.path.join(directory, "weights.pt")))
-        ...         return model
-        >>> model = Tiny()
-        >>> _ = symopt.low_rank(model, "lin.weight", strength=1e-3)
-        >>> directory = tempfile.mkdtemp()
-        >>> symopt.save_pretrained(model, directory)
-        >>> sorted(os.listdir(directory))
-        ['symopt_state.safetensors', 'weights.pt']
+        >>> import torch, symopt
+        >>> try:
+        ...     symopt.save_pretrained(torch.nn.Linear(2, 2), "unused")
+        ... except TypeError as error:
+        ...     print(str(error).split(";")[0])
+        save_pretrained: Linear has no save_pretrained (a transformers model is expected)
     """
     if not hasattr(type(model), "save_pretrained"):
         raise TypeError(f"save_pretrained: {type(model).__name__} has no save_pretrained (a transformers model "
@@ -107,7 +94,8 @@ def from_pretrained(cls, directory: str | os.PathLike, constrain: Callable[[nn.M
             ``constrain`` was given.
 
     Examples:
-        With the stand-in ``Tiny`` of [`save_pretrained`][symopt.save_pretrained]:
+        A stand-in for a ``transformers`` model (any class with ``save_pretrained`` / ``from_pretrained``
+        and a ``config``):
 
         >>> import os, tempfile, torch, symopt
         >>> class Tiny(torch.nn.Module):
