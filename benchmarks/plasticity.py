@@ -77,6 +77,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--strength", type=float, default=1e-3)
+    parser.add_argument("--plot", default=None, help="PNG: accuracy and feature rank per task (medians)")
     args = parser.parse_args(argv)
     print(f"permuted digits, {args.tasks} tasks x {args.epochs} epochs, MLP 64-128-128-10, Adam lr 1e-3, "
           f"λ = {args.strength}, medians over {args.seeds} seeds; first hidden layer (128 units)\n")
@@ -94,7 +95,29 @@ def main(argv=None) -> dict:
         results[method] = (row, runs)
         print(f"{method:<10}{row['acc_first']:>10.4f}{row['acc_last']:>10.4f}{row['acc_mean']:>10.4f}"
               f"{row['dead_last']:>10.0f}{row['dup_last']:>10.0f}{row['rank_first']:>11.1f}{row['rank_last']:>10.1f}")
+    if args.plot:
+        plot(results, args, args.plot)
     return results
+
+
+def plot(results: dict, args, path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), dpi=200)
+    tasks_axis = list(range(1, args.tasks + 1))
+    for method, (_, runs) in results.items():
+        for ax, column in ((axes[0], 0), (axes[1], 3)):
+            ax.plot(tasks_axis, [statistics.median(r[t][column] for r in runs) for t in range(args.tasks)], "o-",
+                    label=method)
+    axes[0].set_title(f"test accuracy on each new task (λ = {args.strength:g})")
+    axes[1].set_title("effective rank of the first hidden layer")
+    for ax in axes:
+        ax.set_xlabel("task")
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path)
 
 
 if __name__ == "__main__":
