@@ -270,15 +270,21 @@ def footprint(model: nn.Module, example_input: Tensor | tuple, repeats: int = 20
     times = []
     with torch.no_grad():
         for i in range(warmup + repeats):
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            model(*args)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
+            seconds = _seconds(model, args, device)
             if i >= warmup:
-                times.append(time.perf_counter() - start)
+                times.append(seconds)
     return Footprint(stored, size, statistics.median(times))
+
+
+def _seconds(module: nn.Module, args: tuple, device: torch.device) -> float:
+    """Wall time of one forward, the device's queue drained before and after (CUDA runs async)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    module(*args)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
 
 
 # -- rewriting ---------------------------------------------------------------------------------
@@ -408,11 +414,11 @@ def _sparsify(root: nn.Module, module_name: str, tensor: str, sparse_format: str
         return []
     if tensor != "weight" or type(layer) is not nn.Linear:
         return [f"{where} (sparse): only Linear weights get a CSR layout"]
-    sparse = SparseLinear(layer.weight, layer.bias).train(layer.training)
     nonzeros, numel = int((layer.weight != 0).sum()), layer.weight.numel()
     if sparse_format == "auto" and max_density is not None and nonzeros > density_count(max_density, numel):
         return [f"{where} (sparse): density {nonzeros / numel:.1%} > csr_max_density {max_density:.0%}, where "
                 "CSR is slower than dense"]
+    sparse = SparseLinear(layer.weight, layer.bias).train(layer.training)
     if sparse_format == "auto" and max_density is None:
         dense_s, csr_s = _time_layouts(layer, sparse)
         if csr_s >= dense_s:
@@ -430,14 +436,9 @@ def _time_layouts(dense: nn.Linear, sparse: SparseLinear, batch: int = 64, repea
     with torch.no_grad():
         for i in range(repeats + 2):
             for layer, record in zip((dense, sparse), times):
-                if x.device.type == "cuda":
-                    torch.cuda.synchronize(x.device)
-                start = time.perf_counter()
-                layer(x)
-                if x.device.type == "cuda":
-                    torch.cuda.synchronize(x.device)
+                seconds = _seconds(layer, (x,), x.device)
                 if i >= 2:  # the first two are warm-up
-                    record.append(time.perf_counter() - start)
+                    record.append(seconds)
     return statistics.median(times[0]), statistics.median(times[1])
 
 
@@ -452,14 +453,20 @@ class Transposed(nn.Module):
         return value.transpose(0, 1)
 
 
+def _by_constraint(targets: list) -> list[list]:
+    """The targets of a multi-tensor constraint grouped together, in registration order (a tie's
+    anchor first, an attention group's first tensor first)."""
+    groups: dict[int, list] = {}
+    for target in targets:
+        groups.setdefault(id(target[2]), []).append(target)
+    return list(groups.values())
+
+
 def _share(holder: nn.Module, targets: list, options: dict) -> list[str]:
     """Tied copies become one parameter: a later copy *is* the anchor's parameter (or a transposed
     view of it), so the export stores it once and an update of one is an update of all."""
-    groups: dict[int, list] = {}
-    for where, tensor, constraint in targets:
-        groups.setdefault(id(constraint), []).append((where, tensor, constraint))
     notes = []
-    for members in groups.values():
+    for members in _by_constraint(targets):
         (anchor_where, anchor_tensor, constraint) = members[0]
         try:
             shared = getattr(_get(holder, anchor_where), anchor_tensor)
@@ -524,10 +531,7 @@ def _prune_heads(holder: nn.Module, targets: list, options: dict) -> list[str]:
     (softmax weights sum to 1): it is folded into the output bias. The new module is checked against the
     old one on random inputs, weights included, before it goes in."""
     notes = []
-    groups: dict[int, list] = {}
-    for where, tensor, constraint in targets:
-        groups.setdefault(id(constraint), []).append((where, tensor, constraint))
-    for members in groups.values():
+    for members in _by_constraint(targets):
         where, _, constraint = members[0]
         if constraint.attention_block is not None:
             notes += _prune_block_heads(holder, constraint, options)
@@ -550,10 +554,7 @@ def _prune_heads(holder: nn.Module, targets: list, options: dict) -> list[str]:
             dead[0] = False  # a layer keeps one head
         if not bool(dead.any()):
             continue
-        out_bias = mha.out_proj.bias.detach().clone() if mha.out_proj.bias is not None else torch.zeros(E, dtype=W_o.dtype, device=W_o.device)
-        if v_b is not None:
-            for h in (dead & ~out_dead).nonzero().reshape(-1).tolist():  # writes W_o,h · b_v,h everywhere
-                out_bias += W_o[:, h * d:(h + 1) * d] @ v_b[h * d:(h + 1) * d]
+        out_bias = _folded_out_bias(W_o, mha.out_proj.bias, v_b, dead & ~out_dead, d)
         keep = (~dead).nonzero().reshape(-1).tolist()
         new = HeadPrunedAttention(mha, keep, out_bias if (mha.out_proj.bias is not None or bool(out_bias.any())) else None)
         problem = _compare_attention(mha, new)
@@ -569,6 +570,18 @@ def _dead_heads(W_o: Tensor, v_weight: Tensor, heads: int) -> Tensor:
     out_dead = W_o.reshape(W_o.shape[0], heads, -1).abs().amax(dim=(0, 2)) == 0
     value_dead = v_weight.reshape(heads, -1).abs().amax(dim=1) == 0
     return out_dead, out_dead | value_dead
+
+
+def _folded_out_bias(W_o: Tensor, out_bias: Tensor | None, v_bias: Tensor | None, constant_heads: Tensor,
+                     head_dim: int) -> Tensor:
+    """The output bias with the constant ``W_o,h · b_v,h`` of every head in ``constant_heads`` added: a
+    head whose value rows are zero attends over the constant rows ``b_v,h``, and softmax weights sum to 1."""
+    bias = out_bias.detach().clone() if out_bias is not None else W_o.new_zeros(W_o.shape[0])
+    if v_bias is not None:
+        for h in constant_heads.nonzero().reshape(-1).tolist():
+            cols = slice(h * head_dim, (h + 1) * head_dim)
+            bias += W_o[:, cols] @ v_bias[cols]
+    return bias
 
 
 def _prune_block_heads(holder: nn.Module, constraint, options: dict) -> list[str]:
@@ -592,11 +605,7 @@ def _prune_block_heads(holder: nn.Module, constraint, options: dict) -> list[str
         return []
     keep = (~dead).nonzero().reshape(-1)
     rows = (keep[:, None] * d + torch.arange(d, device=keep.device)).reshape(-1)
-    out_bias = o.bias.detach().clone() if o.bias is not None else torch.zeros(o.out_features, dtype=o.weight.dtype,
-                                                                                  device=o.weight.device)
-    if v.bias is not None:
-        for h in (dead & ~out_dead).nonzero().reshape(-1).tolist():  # the constant W_o,h · b_v,h
-            out_bias += o.weight[:, h * d:(h + 1) * d] @ v.bias[h * d:(h + 1) * d]
+    out_bias = _folded_out_bias(o.weight, o.bias, v.bias, dead & ~out_dead, d)
     before = copy.deepcopy(holder.root)
     kw = dict(device=q.weight.device, dtype=q.weight.dtype)
     for layer_name, layer in zip(info["projections"][:3], (q, k, v)):

@@ -154,23 +154,18 @@ def plan_removal(root: nn.Module, producers: set[str]) -> Plan:
     flows: dict[torch.fx.Node, Flow | None] = {}
     shapes: dict[torch.fx.Node, Flow] = {}  # nodes holding x.shape of a flow (only shape[0] is safe)
 
-    def block_all(flow: Flow | None, reason: str) -> None:
-        if flow is not None:
-            for u in flow.units:
-                units.block(u, reason)
-
     def inputs(node) -> list[Flow]:
         found = []
         torch.fx.node.map_arg((node.args, node.kwargs), lambda n: found.append(n) or n)
         for n in found:
             if n in shapes:
-                block_all(shapes.pop(n), f"its shape is read by {_describe(node)}")
+                _block_flow(units, shapes.pop(n), f"its shape is read by {_describe(node)}")
         return [flows[n] for n in found if flows.get(n) is not None]
 
     def unknown(node) -> None:
         what = f"{type(modules[node.target]).__name__} {node.target}" if node.op == "call_module" else _describe(node)
         for flow in inputs(node):
-            block_all(flow, f"{what} uses it, and symopt does not know how that op treats units")
+            _block_flow(units, flow, f"{what} uses it, and symopt does not know how that op treats units")
         flows[node] = None
 
     for node in graph.nodes:
@@ -178,7 +173,7 @@ def plan_removal(root: nn.Module, producers: set[str]) -> Plan:
             flows[node] = None
         elif node.op == "output":
             for flow in inputs(node):
-                block_all(flow, "it is an output of the model")
+                _block_flow(units, flow, "it is an output of the model")
         elif node.op == "call_module":
             module = modules[node.target]
             flow = flows.get(node.args[0]) if node.args and isinstance(node.args[0], torch.fx.Node) else None
@@ -195,7 +190,7 @@ def plan_removal(root: nn.Module, producers: set[str]) -> Plan:
             flows[node] = _through_call(node, flows, shapes, units, unknown)
         else:  # pragma: no cover - fx has no other ops
             unknown(node)
-    return _decide(units, edits, modules)
+    return _decide(units, edits)
 
 
 def _describe(node) -> str:
@@ -235,9 +230,11 @@ def _produce(name: str, module: nn.Module, constrained: bool, units: _Units, edi
     return Flow(ids, bias.clone().cpu(), -1 if isinstance(module, nn.Linear) else 1)
 
 
-def _block_flow(units: _Units, flow: Flow, reason: str) -> None:
-    for u in flow.units:
-        units.block(u, reason)
+def _block_flow(units: _Units, flow: Flow | None, reason: str) -> None:
+    """Every unit of ``flow`` (if any) is kept, for ``reason``."""
+    if flow is not None:
+        for u in flow.units:
+            units.block(u, reason)
 
 
 def _through_module(node, module, flow, units, edits, unknown) -> Flow | None:
@@ -402,20 +399,20 @@ def _cat(node, flows, units, unknown) -> Flow | None:
     return Flow([u for p in parts for u in p.units], torch.cat([p.const for p in parts]), axis, block)
 
 
-def _decide(units: _Units, edits: list[Edit], modules: dict) -> Plan:
+def _decide(units: _Units, edits: list[Edit]) -> Plan:
     # a class goes when every producer unit in it is dead and nothing blocked it
     classes = defaultdict(list)
     for u in range(len(units.parent)):
         classes[units.find(u)].append(u)
     removable = {r for r, members in classes.items() if all(units.dead[u] for u in members) and r not in units.blocked}
     # every layer keeps at least one unit (a zero-width layer is not a layer): keep its first unit's class
+    outputs = defaultdict(list)
+    for e in edits:
+        if e.role == "out":
+            outputs[e.module].append(e.unit)
     changed = True
-    while changed:
+    while changed:  # keeping a class can keep units of other layers: repeat until nothing changes
         changed = False
-        outputs = defaultdict(list)
-        for e in edits:
-            if e.role == "out":
-                outputs[e.module].append(e.unit)
         for name, members in outputs.items():
             if all(units.find(u) in removable for u in members):
                 root = units.find(members[0])

@@ -120,9 +120,6 @@ class Tied(Constraint):
 
     def _aligned(self, values: Sequence[Tensor]) -> Tensor:
         """The copies in the anchor's orientation, stacked."""
-        values = list(values)
-        if not any(self.transposed):
-            return torch.stack(values)
         return torch.stack([self.oriented(v, i) for i, v in enumerate(values)])
 
     def _as_copies(self, stacked: Tensor):
