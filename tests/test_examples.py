@@ -57,3 +57,9 @@ def test_tiny_transformer_ties_and_lowers_rank():
     val, ranks, gap, params = rows["symopt (tied, low-rank M)"]
     assert gap < 1e-4 and max(ranks) < 24
     assert val < rows["entropy"] + 0.35  # near the source's entropy (uniform guessing: log 16 = 2.77)
+
+
+def test_charges_in_forward_keeps_only_the_justified_charge():
+    out = load("charges_in_forward").main()
+    assert out["reported"] == ["units b→c"]
+    assert max(out["drift"].values()) < 1e-5 and out["pseudo"] > 1e-2
