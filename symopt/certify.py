@@ -15,7 +15,7 @@ from torch.nn.utils import parametrize
 
 from ._format import table
 from .attach import list_constraints
-from .optimality import loss_gradient
+from .optimality import gradient_scale, loss_gradient
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,8 @@ class ConstraintCertificate:
         budget: the atom budget (non-zeros, groups, rank) when one was set; the violation then
             includes the atoms beyond it.
         linear: the set is a linear subspace (the exact-penalty kinds).
+        kkt_scale: what ``kkt_residual`` is measured against: ``‖∇ℓ(0)‖`` for a solver result (the
+            scale [`symopt.solve`][symopt.solve]'s ``tol`` uses), ``‖∇ℓ(θ)‖`` for a model.
 
     Examples:
         >>> import torch, symopt
@@ -67,6 +69,14 @@ class ConstraintCertificate:
     relative_violation: float | None = None
     budget: int | None = None
     linear: bool = False
+    kkt_scale: float | None = None
+
+    @property
+    def relative_kkt(self) -> float | None:
+        """``kkt_residual / kkt_scale`` (None without a loss)."""
+        if self.kkt_residual is None or self.kkt_scale is None:
+            return None
+        return self.kkt_residual / max(self.kkt_scale, 1e-300) if self.kkt_residual > 0 else 0.0
 
 
 @dataclass(frozen=True)
@@ -81,7 +91,12 @@ class Certificate:
         extra: whole-problem numbers: ``loss_before`` / ``loss_after`` (finalize given a loss),
             ``objective``, ``dual_objective`` and ``duality_gap`` (a solver result of a problem
             with a dual).
-        ok: True when every ``violation_after ≤ tol``.
+        feasible: True when every ``violation_after ≤ tol`` (each constraint holds).
+        optimal: with a loss (or for a solver result): True when every relative KKT residual
+            (``kkt_residual / kkt_scale``) is ≤ ``tol``; None when no loss was given.
+        ok: feasible, and optimal within ``tol`` wherever optimality was measured. An
+            under-trained model certified with its loss is not ``ok`` however feasible it is; after
+            [`symopt.finalize`][symopt.finalize] (no KKT measured) ``ok`` is ``feasible``.
         loss_change: loss after − loss before the snap, when a loss was given.
         duality_gap: primal minus dual objective, an upper bound on ``objective − optimum``.
 
@@ -98,8 +113,19 @@ class Certificate:
     extra: dict = field(default_factory=dict)
 
     @property
-    def ok(self) -> bool:
+    def feasible(self) -> bool:
         return all(e.violation_after <= self.tol for e in self.entries)
+
+    @property
+    def optimal(self) -> bool | None:
+        measured = [e.relative_kkt for e in self.entries if e.relative_kkt is not None]
+        if not measured:
+            return None
+        return all(r <= self.tol for r in measured)
+
+    @property
+    def ok(self) -> bool:
+        return self.feasible and self.optimal is not False
 
     @property
     def loss_change(self) -> float | None:
@@ -223,9 +249,10 @@ def certify(model, loss_fn: Callable | None = None, batch=None, tol: float = 1e-
         values = [v.detach() for v in h.values()]
         violation = h.violation(values, tol)
         norm = math.sqrt(sum(float(v.square().sum()) for v in values))
-        kkt = multiplier = exact = None
+        kkt = multiplier = exact = scale = None
         if id(h) in grads:
             kkt = h.kkt_residual(values, grads[id(h)], tol)
+            scale = math.sqrt(sum(float(g.square().sum()) for g in grads[id(h)]))
             if h.constraint.linear:
                 multiplier = h.multiplier(grads[id(h)])
                 exact = h.strength > multiplier and violation <= tol
@@ -233,7 +260,7 @@ def certify(model, loss_fn: Callable | None = None, batch=None, tol: float = 1e-
             name=h.name, kind=h.kind, strength=h.strength, violation_before=violation, violation_after=violation,
             change=0.0, relative_change=0.0, structure=h.structure(values, tol), kkt_residual=kkt,
             multiplier=multiplier, exact=exact, relative_violation=violation / norm if norm > 0 else 0.0,
-            budget=h.constraint.budget, linear=h.constraint.linear,
+            budget=h.constraint.budget, linear=h.constraint.linear, kkt_scale=scale,
         ))
     return Certificate(tuple(entries), tol)
 
@@ -267,7 +294,8 @@ def _certify_result(result, tol: float) -> Certificate:
         kkt_residual=constraint.kkt_residual(value, g, tol), multiplier=multiplier,
         exact=None if multiplier is None else (constraint.strength > multiplier and violation <= tol),
         relative_violation=violation / norm if norm > 0 else 0.0, budget=result.problem.budget,
-        linear=constraint.linear,
+        linear=constraint.linear, kkt_scale=gradient_scale(lambda point: problem.loss(point, **data),
+                                                           tuple(problem.shape), "cpu", torch.float64),
     )
     extra = {"objective": problem.value(x, data, constraint), "solver": result.solver}
     if problem.dual is not None:

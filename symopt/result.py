@@ -73,6 +73,14 @@ class Result:
     strength: float | None = None
     problem: object = field(default=None, repr=False, compare=False)
 
+    @property
+    def intercept(self):
+        """The unpenalised intercept that goes with ``x`` (a float; a ``(T,)`` tensor for several
+        targets), for problems built with ``fit_intercept=True``; None otherwise."""
+        if self.problem is None or getattr(self.problem, "intercept", None) is None:
+            return None
+        return self.problem.intercept(self.x)
+
     @classmethod
     def from_point(cls, problem, x: torch.Tensor, *, solver: str, status: str, seconds: float,
                    history: list | None = None, kkt_residual: float | None = None, iterations: int | None = None,

@@ -15,8 +15,11 @@ from ..result import NotApplicable, Result
 
 
 def solve_sklearn(problem: Problem, tol: float = 1e-10, max_iter: int = 10_000) -> Result:
-    """scikit-learn's coordinate descent: ``Lasso(alpha = λ)``, or ``LogisticRegression`` with an L1
-    penalty and ``C = 1/(nλ)`` (liblinear), both without intercept; for the group lasso, skglm's
+    """scikit-learn's coordinate descent: ``Lasso(alpha = λ)`` (``ElasticNet`` for ``l1_ratio < 1``,
+    with the problem's ``fit_intercept``, ``positive`` and sample weights), ``MultiTaskLasso``, or
+    ``LogisticRegression`` with an L1 penalty and ``C = 1/(nλ)`` (liblinear; saga, with the weights
+    scaled to sum to ``n``, when the problem has an unpenalised intercept, weights or
+    ``l1_ratio < 1``: liblinear penalises its intercept); for the group lasso, skglm's
     ``GroupLasso(groups, alpha = λ)`` (same ``1/(2n)`` scaling).
 
     The scalings match the problems: sklearn's Lasso minimises ``1/(2n)‖Xw − y‖² + α‖w‖₁``, and
@@ -43,22 +46,34 @@ def solve_sklearn(problem: Problem, tol: float = 1e-10, max_iter: int = 10_000) 
         True
     """
     try:
-        from sklearn.linear_model import Lasso, LogisticRegression
+        from sklearn.linear_model import ElasticNet, Lasso, LogisticRegression, MultiTaskLasso
     except ImportError as err:  # pragma: no cover
         raise ImportError("the sklearn baseline needs scikit-learn: pip install 'symopt[baselines]'") from err
     problem.require_strength("sklearn")
-    family, lam = problem.meta.get("family"), problem.meta.get("strength")
-    if family not in ("lasso", "logistic_l1", "group_lasso"):
+    meta = problem.meta
+    family, lam = meta.get("family"), meta.get("strength")
+    if family not in ("lasso", "logistic_l1", "group_lasso", "multitask_lasso"):
         raise NotApplicable(f"no scikit-learn solver for {family}")
-    if family == "lasso":
-        model = Lasso(alpha=lam, fit_intercept=False, tol=tol, max_iter=max_iter)
+    intercept, ratio = bool(meta.get("fit_intercept")), meta.get("l1_ratio", 1.0)
+    if family == "lasso":  # sklearn rescales sample_weight to sum to n: the same weighted mean as ours
+        common = dict(alpha=lam, fit_intercept=intercept, positive=bool(meta.get("positive")), tol=tol,
+                      max_iter=max_iter)
+        model = Lasso(**common) if ratio == 1 else ElasticNet(l1_ratio=ratio, **common)
+    elif family == "multitask_lasso":
+        if meta.get("sample_weight"):
+            raise NotApplicable("scikit-learn's MultiTaskLasso takes no sample_weight")
+        model = MultiTaskLasso(alpha=lam, fit_intercept=intercept, tol=tol, max_iter=max_iter)
     elif family == "group_lasso":  # scikit-learn has none: skglm's, the same estimator as solve_skglm's
         return solve_skglm(problem, tol=tol, max_iter=max_iter)
-    elif family == "logistic_l1":
+    elif not (intercept or meta.get("sample_weight") or ratio < 1):
         n = problem.data["X"].shape[0]
         # liblinear visits coordinates in a random order: unseeded, the same fit took 0.01 s or 2.7 s
         # (10000 iterations at tol 1e-10) from run to run
         model = LogisticRegression(l1_ratio=1.0, C=1.0 / (n * lam), fit_intercept=False, solver="liblinear",
+                                   tol=tol, max_iter=max_iter, random_state=0)
+    else:  # liblinear penalises its intercept: saga's is free. C·Σ s_i ℓ_i, s summing to n (see _fit)
+        n = problem.data["X"].shape[0]
+        model = LogisticRegression(l1_ratio=ratio, C=1.0 / (n * lam), fit_intercept=intercept, solver="saga",
                                    tol=tol, max_iter=max_iter, random_state=0)
     return _fit(problem, model)
 
@@ -96,12 +111,19 @@ def solve_skglm(problem: Problem, tol: float = 1e-10, max_iter: int = 10_000) ->
         raise ImportError("the skglm baseline needs skglm: pip install 'symopt[baselines]'") from err
     problem.require_strength("skglm")
     family, lam = problem.meta.get("family"), problem.meta.get("strength")
+    unsupported = [what for what, on in (("sample_weight", problem.meta.get("sample_weight")),
+                                         ("l1_ratio < 1", problem.meta.get("l1_ratio", 1.0) < 1),
+                                         ("positive", problem.meta.get("positive"))) if on]
+    if unsupported:
+        raise NotApplicable(f"the skglm baseline here does not pass {', '.join(unsupported)}")
+    intercept = bool(problem.meta.get("fit_intercept"))
     if family == "lasso":
-        model = Lasso(alpha=lam, fit_intercept=False, tol=tol, max_iter=max_iter)
+        model = Lasso(alpha=lam, fit_intercept=intercept, tol=tol, max_iter=max_iter)
     elif family == "logistic_l1":
-        model = SparseLogisticRegression(alpha=lam, fit_intercept=False, tol=tol, max_iter=max_iter)
+        model = SparseLogisticRegression(alpha=lam, fit_intercept=intercept, tol=tol, max_iter=max_iter)
     elif family == "group_lasso":
-        model = GroupLasso(groups=problem.meta["groups"], alpha=lam, fit_intercept=False, tol=tol, max_iter=max_iter)
+        model = GroupLasso(groups=problem.meta["groups"], alpha=lam, fit_intercept=intercept, tol=tol,
+                           max_iter=max_iter)
     else:
         raise NotApplicable(f"no skglm solver for {family}")
     return _fit(problem, model)
@@ -110,12 +132,14 @@ def solve_skglm(problem: Problem, tol: float = 1e-10, max_iter: int = 10_000) ->
 def _fit(problem: Problem, model) -> Result:
     data = problem.numpy_data()
     X, y = data["X"], data["y"]
+    fit = {"sample_weight": data["weights"] * X.shape[0]} if "weights" in data else {}  # summing to n
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model.fit(X, y)
+        model.fit(X, y, **fit)
     seconds = time.perf_counter() - start
-    x = torch.as_tensor(model.coef_, dtype=torch.float64).reshape(problem.shape)
+    coef = torch.as_tensor(model.coef_, dtype=torch.float64)
+    x = (coef.T if len(problem.shape) == 2 else coef).reshape(problem.shape)  # multi-task coef_ is (T, d)
     iterations = int(max(model.n_iter_) if hasattr(model.n_iter_, "__len__") else model.n_iter_)
     # Status from the KKT residual at the answer: iteration counts are not comparable across these
     # libraries (skglm reports its iteration budget).

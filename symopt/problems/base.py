@@ -41,6 +41,9 @@ class Problem:
             fixed at 0 (``index`` sorted; for groups, whole groups): a column subset of ``X``, so an
             evaluation costs the subset, not the full design. [`symopt.solve`][symopt.solve] uses it
             for working sets.
+        intercept: for families with ``fit_intercept=True``, ``intercept(θ)``: the unpenalised
+            intercept that goes with θ (profiled out of the loss, so not part of the variable);
+            ``result.intercept`` calls it. None for problems without one.
 
     Examples:
         A problem of your own: least squares with the weights summing to zero, then solved.
@@ -68,6 +71,7 @@ class Problem:
     at_strength: Callable[[float], "Problem"] | None = None
     dual: Callable[[Tensor, dict, Constraint], tuple[float, Tensor]] | None = None
     restrict: Callable[[Tensor], "Problem"] | None = None
+    intercept: Callable[[Tensor], object] | None = None
 
     @property
     def budget(self) -> int | None:

@@ -51,3 +51,43 @@ def completion_dual(theta: Tensor, data: dict[str, Tensor], constraint: Constrai
     nu = mask * (theta - M)
     nu = _feasible(nu, nu, constraint)
     return float(-(nu * M).sum() - 0.5 * nu.square().sum()), nu
+
+
+def glm_dual(term):
+    """The Fenchel dual of a family with a [`DataTerm`][symopt.problems.glm.DataTerm]: sample
+    weights, a profiled intercept and an elastic-net ridge.
+
+    ``F(z) = Σ ω_i f(z_i, y_i)`` (``ω`` the normalised weights). Its conjugate, at ``ν`` with
+    ``ν_i = 0`` where ``ω_i = 0``: least squares ``⟨ν, y⟩ + ½ Σ ν_i²/ω_i``; log-loss
+    ``Σ ω_i H(p_i)``, ``p = y + ν/ω``, ``H(p) = p log p + (1 − p) log(1 − p)``. The profiled
+    intercept adds the constraint ``Σ ν_i = 0``, which ``ν = ∇F(Xw + b*)`` meets exactly
+    (``b*`` zeroes it) and every rescaling keeps.
+
+    Without a ridge, ``ν`` is scaled into ``‖Xᵀν‖_* ≤ λ`` as in the plain families. With a ridge
+    ``μ > 0`` the regulariser ``G = (μ/2)‖w‖² + λΦ(w)`` has a finite conjugate everywhere,
+    ``G*(s) = ⟨s, w⟩ − G(w)`` at ``w = prox_{λΦ/μ}(s/μ)`` (asked of the constraint: any penalty
+    kind), and ``D(ν) = −F*(ν) − G*(−Xᵀν)`` needs no scaling.
+    """
+
+    def dual(theta: Tensor, data: dict[str, Tensor], constraint: Constraint) -> tuple[float, Tensor]:
+        X, y, weights = data["X"], data["y"], data.get("weights")
+        n = X.shape[0]
+        theta = theta.reshape(X.shape[1], *y.shape[1:])
+        with torch.no_grad():
+            z = term.predictor(theta, X, y, weights)
+        omega = (torch.full((n,), 1.0 / n, dtype=z.dtype, device=z.device) if weights is None
+                 else weights.to(z.dtype)).reshape(-1, *([1] * (z.dim() - 1)))
+        nu = omega * term.fit.slope(z, y)
+        grad = rmatvec(X, nu)
+        if term.ridge:
+            return float(-term.fit.conjugate(nu, y, omega) - _regulariser_conjugate(-grad, term.ridge, constraint)), nu
+        nu = _feasible(nu, grad, constraint)
+        return float(-term.fit.conjugate(nu, y, omega)), nu
+
+    return dual
+
+
+def _regulariser_conjugate(s: Tensor, ridge: float, constraint: Constraint) -> Tensor:
+    """``G*(s)`` for ``G(w) = (ridge/2)‖w‖² + λΦ(w)``: the sup is attained at ``prox_{λΦ/ridge}(s/ridge)``."""
+    w = constraint.prox(s / ridge, 1.0 / ridge)
+    return (s * w).sum() - 0.5 * ridge * w.square().sum() - constraint.objective_term(w)

@@ -11,10 +11,13 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from ..constraints import Constraint, FixedZeros, GroupSparse, LowRank, Sparse, Subspace, Tied
+import numpy as np
+
+from ..constraints import Constraint, FixedZeros, GroupSparse, LowRank, NonNegative, Sparse, Subspace, Tied
 from .base import Problem
 from .design import columns, matvec
-from .duality import completion_dual, least_squares_dual, logistic_dual
+from .duality import completion_dual, glm_dual, least_squares_dual, logistic_dual
+from .glm import DataTerm, LogLoss, SquaredError, normalised_weights
 
 
 def _as_tensor(name: str, value, observed: Tensor | None = None) -> Tensor:
@@ -83,27 +86,143 @@ def _least_squares(theta: Tensor, X: Tensor, y: Tensor) -> Tensor:
     return 0.5 * (matvec(X, theta.reshape(-1)) - y).square().mean()
 
 
-def lasso(X, y, strength: float | None = None, *, max_nonzero: int | None = None) -> Problem:
-    """The Lasso ``1/(2n)‖Xw − y‖² + λ‖w‖₁`` (scikit-learn's ``Lasso(alpha=λ, fit_intercept=False)``).
+def _logistic(theta: Tensor, X: Tensor, y: Tensor) -> Tensor:
+    return F.binary_cross_entropy_with_logits(matvec(X, theta), y)
 
-    DCS solves it as ``1/(2n)‖X(u ⊙ v) − y‖² + (λ/2)(‖u‖² + ‖v‖²)`` ([`Sparse`][symopt.Sparse]).
-    ``w = 0`` is optimal iff ``λ ≥ ‖Xᵀy‖_∞ / n``.
+
+class _Options:
+    """What a user brings to a regression / classification family beyond ``(X, y, λ)``: an
+    unpenalised intercept, sample weights, elastic-net mixing and a sign constraint, checked once
+    (named errors) and turned into the data term, the data, the constraint's strength and the cvxpy
+    twin's pieces (see `symopt.problems.glm`)."""
+
+    def __init__(self, family: str, fit, X: Tensor, y: Tensor, strength, budget, *, fit_intercept,
+                 sample_weight, l1_ratio, positive=False):
+        for name, flag in (("fit_intercept", fit_intercept), ("positive", positive)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{family}: {name} must be True or False, got {flag!r}")
+        if isinstance(l1_ratio, bool) or not isinstance(l1_ratio, (int, float)) or not 0 < l1_ratio <= 1:
+            raise ValueError(f"{family}: l1_ratio={l1_ratio!r} must be in (0, 1] (1: the pure L1 penalty; "
+                             "at 0 nothing is sparse: use ridge regression)")
+        if l1_ratio < 1 and budget is not None:
+            raise ValueError(f"{family}: a budget searches λ of the pure L1 path; pass l1_ratio=1 with it, or a "
+                             "strength with l1_ratio < 1")
+        self.family = family
+        self.fit_intercept, self.positive, self.l1_ratio = fit_intercept, positive, float(l1_ratio)
+        self.weights = _weights(sample_weight, X.shape[0], X.dtype)
+        if isinstance(fit, LogLoss) and fit_intercept:
+            share = float(y.mean()) if self.weights is None else float((self.weights * y).sum())
+            if not 0 < share < 1:
+                raise ValueError(f"{family}: fit_intercept=True needs both labels 0 and 1 among the samples with a "
+                                 "positive weight (with one class the intercept is infinite)")
+        self.strength = strength
+        ridge = (1 - self.l1_ratio) * strength if strength is not None and l1_ratio < 1 else 0.0
+        self.term = DataTerm(fit, fit_intercept, ridge)
+        self.default = not (fit_intercept or ridge or self.weights is not None)
+
+    @property
+    def l1_strength(self) -> float | None:
+        """The constraint's λ: the L1 share of an elastic net's strength."""
+        return None if self.strength is None else self.l1_ratio * self.strength
+
+    def loss(self, plain):
+        """The plain loss when nothing was added (the tested, fastest path), else the data term."""
+        return plain if self.default else self.term
+
+    def data(self, X: Tensor, y: Tensor) -> dict[str, Tensor]:
+        data = {"X": X, "y": y}
+        if self.weights is not None:
+            data["weights"] = self.weights
+        return data
+
+    def label(self) -> str:
+        parts = [what for what, on in (("intercept", self.fit_intercept), ("weighted", self.weights is not None),
+                                       (f"l1_ratio={self.l1_ratio:g}", self.l1_ratio < 1),
+                                       ("positive", self.positive)) if on]
+        return f" ({', '.join(parts)})" if parts else ""
+
+    def meta(self, **extra) -> dict:
+        return {"family": self.family, "strength": self.strength, "fit_intercept": self.fit_intercept,
+                "sample_weight": self.weights is not None, "l1_ratio": self.l1_ratio, "positive": self.positive,
+                **extra}
+
+    def intercept(self, data_of):
+        """``result.intercept``: ``b*`` at θ (None when the problem has no intercept)."""
+        if not self.fit_intercept:
+            return None
+        term = self.term
+
+        def at(theta: Tensor):
+            data = data_of()
+            return term.intercept(theta.to(data["X"].dtype), **data)
+
+        return at
+
+    def twin(self, d: int, penalty):
+        """A cvxpy twin: ``penalty(w)`` is the constraint's term at the L1 strength; the weights,
+        intercept and ridge are added here."""
+        weighted, fit, ridge, fit_intercept, positive = self.weights is not None, self.term.fit, self.term.ridge, \
+            self.fit_intercept, self.positive
+
+        def twin(X, y, weights=None):
+            import cvxpy as cp
+            shape = (d,) if y.ndim == 1 else (d, y.shape[1])
+            w = cp.Variable(shape)
+            z = X @ w
+            if fit_intercept:
+                b = cp.Variable(() if y.ndim == 1 else (1, y.shape[1]))
+                z = z + (b if y.ndim == 1 else np.ones((X.shape[0], 1)) @ b)
+            n = X.shape[0]
+            omega = weights if weights is not None else np.full(n, 1.0 / n)
+            objective = fit.cvxpy(z, y, omega, weighted) + penalty(w)
+            if ridge:
+                objective = objective + 0.5 * ridge * cp.sum_squares(w)
+            return w, objective, ([w >= 0] if positive else [])
+
+        return twin
+
+
+def _weights(sample_weight, n: int, dtype) -> Tensor | None:
+    return normalised_weights(sample_weight, n, dtype)
+
+
+def lasso(X, y, strength: float | None = None, *, max_nonzero: int | None = None, fit_intercept: bool = False,
+          sample_weight=None, l1_ratio: float = 1.0, positive: bool = False) -> Problem:
+    """The Lasso ``1/(2n)‖Xw − y‖² + λ‖w‖₁`` (scikit-learn's ``Lasso(alpha=λ, fit_intercept=False)``),
+    with scikit-learn's options: an unpenalised intercept, sample weights, the elastic net and
+    ``positive``.
+
+    DCS solves it as ``1/(2n)‖X(u ⊙ v) − y‖² + (λ/2)(‖u‖² + ‖v‖²)`` ([`Sparse`][symopt.Sparse];
+    with ``positive=True``, ``w = ½u⊙u`` and the penalty ``λΣw``: [`NonNegative`][symopt.NonNegative]).
+    ``w = 0`` is optimal iff ``λ ≥ ‖Xᵀy‖_∞ / n`` (with an intercept, of the centred ``y``).
+
+    With all options the problem is ``Σ_i ω_i ½(x_iᵀw + b − y_i)² + λ(α‖w‖₁ + (1 − α)/2 ‖w‖²)``,
+    ``ω = sample_weight / Σ sample_weight`` (``1/n`` without), ``α = l1_ratio``, ``b`` unpenalised and
+    profiled out in closed form (`symopt.problems.glm`): scikit-learn's ``ElasticNet(alpha=λ,
+    l1_ratio=α, fit_intercept=True, positive=...)`` fitted with ``sample_weight``.
 
     Args:
         X: ``(n, d)`` design matrix (tensor or array; float64 recommended; a scipy.sparse
-            matrix or torch sparse tensor is kept sparse, as torch CSR).
+            matrix or torch sparse tensor is kept sparse, as torch CSR, with or without an intercept:
+            the design is never centred).
         y: ``(n,)`` targets.
         strength: λ (> 0).
         max_nonzero: instead of ``strength``: the Lasso-path point with this many non-zeros
             ([`symopt.solve`][symopt.solve] finds its λ; ``problem.at_strength(λ)`` is the penalised problem).
+        fit_intercept: add an unpenalised intercept ``b``; ``result.intercept`` reports it.
+        sample_weight: ``(n,)`` non-negative weights (scaled to sum 1; a weight of 0 drops a sample).
+        l1_ratio: α of the elastic net, in (0, 1]; 1 is the Lasso.
+        positive: constrain ``w ≥ 0`` (the non-negative Lasso).
 
     Returns:
-        Problem: with a cvxpy twin and a Fenchel dual (for the duality gap).
+        Problem: with a cvxpy twin and a Fenchel dual (for the duality gap); ``problem.at_strength(λ)``
+        is the same problem at another λ (what [`symopt.path`][symopt.path] walks).
 
     Raises:
-        TypeError: complex or non-numeric data (named).
-        ValueError: mismatched shapes, empty data, NaN / Inf entries (counted), a bad strength, or
-            both / neither of strength and budget.
+        TypeError: complex or non-numeric data (named); a flag that is not a bool.
+        ValueError: mismatched shapes, empty data, NaN / Inf entries (counted), a bad strength, both /
+            neither of strength and budget, negative or mis-sized sample weights, ``l1_ratio`` outside
+            (0, 1] (or below 1 with a budget).
 
     Examples:
         >>> import torch, symopt
@@ -112,28 +231,47 @@ def lasso(X, y, strength: float | None = None, *, max_nonzero: int | None = None
         >>> result = symopt.solve(lasso(X, torch.tensor([3.0, 0.6, -1.5], dtype=torch.float64), 0.5))
         >>> [round(v, 6) for v in result.x.tolist()]               # Xᵀy/n = (√3, 0.2√3, −0.5√3), shrunk by 0.5
         [1.232051, 0.0, -0.366025]
+
+        With an intercept: the offset 10 goes to ``b`` unpenalised; the weights are shrunk as before.
+
+        >>> Z = torch.tensor([[1.0, 1.0], [1.0, -1.0], [-1.0, 1.0], [-1.0, -1.0]], dtype=torch.float64)
+        >>> y = 10 + Z @ torch.tensor([2.0, 0.3], dtype=torch.float64)     # centred columns, ZᵀZ/n = I
+        >>> result = symopt.solve(lasso(Z, y, 0.5, fit_intercept=True))
+        >>> round(result.intercept, 6), [round(v, 6) for v in result.x.tolist()]
+        (10.0, [1.5, 0.0])
     """
     X, y = _check_xy(X, y)
     n, d = X.shape
     _strength_or_budget("lasso", strength, max_nonzero, "max_nonzero")
+    options = _Options("lasso", SquaredError(), X, y, strength, max_nonzero, fit_intercept=fit_intercept,
+                       sample_weight=sample_weight, l1_ratio=l1_ratio, positive=positive)
+    penalty_kind = NonNegative if positive else Sparse  # w = ½u⊙u for w ≥ 0, else u⊙v
+    again = dict(fit_intercept=fit_intercept, sample_weight=sample_weight, l1_ratio=l1_ratio, positive=positive)
+    loss = options.loss(_least_squares)
     if max_nonzero is not None:
-        return _budget_problem(f"lasso {n}x{d}", (d,), _least_squares, lambda: Sparse(max_nonzero=max_nonzero),
-                               {"X": X, "y": y}, "lasso",
-                               lambda lam: lasso(X, y, lam))
+        return _budget_problem(f"lasso {n}x{d}{options.label()}", (d,), loss, lambda: penalty_kind(max_nonzero=max_nonzero),
+                               options.data(X, y), options.meta(), lambda lam: lasso(X, y, lam, **again),
+                               options)
+    lam = options.l1_strength
+    penalty_kind(lam)  # validate strength now, not at solve time
 
-    def twin(X, y):
+    def penalty(w):
         import cvxpy as cp
-        w = cp.Variable(d)
-        return w, cp.sum_squares(X @ w - y) / (2 * n) + strength * cp.norm1(w), []
+        return lam * (cp.sum(w) if positive else cp.norm1(w))
 
-    Sparse(strength)  # validate strength now, not at solve time
-    return Problem(f"lasso {n}x{d}", (d,), _least_squares, lambda: Sparse(strength), {"X": X, "y": y}, twin,
-                   {"family": "lasso", "strength": strength}, dual=least_squares_dual,
-                   restrict=lambda index: lasso(columns(X, index), y, strength))
+    problem = Problem(f"lasso {n}x{d}{options.label()}", (d,), loss, lambda: penalty_kind(lam), options.data(X, y),
+                      options.twin(d, penalty), options.meta(),
+                      dual=least_squares_dual if options.default else glm_dual(options.term),
+                      restrict=lambda index: lasso(columns(X, index), y, strength, **again),
+                      at_strength=lambda new: lasso(X, y, new, **again))
+    problem.intercept = options.intercept(lambda: problem.data_on("cpu", torch.float64))
+    return problem
 
 
-def group_lasso(X, y, groups, strength: float | None = None, *, max_groups: int | None = None) -> Problem:
-    """The group lasso ``1/(2n)‖Xw − y‖² + λ Σ_g ‖w_g‖₂``.
+def group_lasso(X, y, groups, strength: float | None = None, *, max_groups: int | None = None,
+                fit_intercept: bool = False, sample_weight=None) -> Problem:
+    """The group lasso ``1/(2n)‖Xw − y‖² + λ Σ_g ‖w_g‖₂``, optionally with an unpenalised intercept
+    and sample weights (``Σ_i ω_i ½(x_iᵀw + b − y_i)²``, as in [`lasso`][symopt.problems.lasso]).
 
     DCS solves it with one scalar gate per group, ``w_g = s_g ω_g`` ([`GroupSparse`][symopt.GroupSparse]),
     since ``min_{sω = w_g} (λ/2)(s² + ‖ω‖²) = λ‖w_g‖₂``. A group is zero iff ``‖X_gᵀr‖₂ / n ≤ λ``
@@ -147,6 +285,8 @@ def group_lasso(X, y, groups, strength: float | None = None, *, max_groups: int 
             groups of ``k`` columns.
         strength: λ (> 0).
         max_groups: instead of ``strength``: the path point with this many non-zero groups.
+        fit_intercept: add an unpenalised intercept (``result.intercept``).
+        sample_weight: ``(n,)`` non-negative weights.
 
     Returns:
         Problem: with a cvxpy twin and a Fenchel dual.
@@ -167,29 +307,35 @@ def group_lasso(X, y, groups, strength: float | None = None, *, max_groups: int 
     X, y = _check_xy(X, y)
     n, d = X.shape
     _strength_or_budget("group_lasso", strength, max_groups, "max_groups")
+    options = _Options("group_lasso", SquaredError(), X, y, strength, max_groups, fit_intercept=fit_intercept,
+                       sample_weight=sample_weight, l1_ratio=1.0)
+    again = dict(fit_intercept=fit_intercept, sample_weight=sample_weight)
+    loss = options.loss(_least_squares)
     if max_groups is not None:
-        return _budget_problem(f"group_lasso {n}x{d}", (d,), _least_squares,
-                               lambda: GroupSparse(groups=groups, max_groups=max_groups), {"X": X, "y": y},
-                               "group_lasso", lambda lam: group_lasso(X, y, groups, lam))
+        return _budget_problem(f"group_lasso {n}x{d}{options.label()}", (d,), loss,
+                               lambda: GroupSparse(groups=groups, max_groups=max_groups), options.data(X, y),
+                               options.meta(), lambda lam: group_lasso(X, y, groups, lam, **again), options)
     constraint = GroupSparse(groups=groups, strength=strength)  # validates groups and strength now
     constraint.validate(torch.empty(d), "w")
     ids = constraint.group_ids(torch.empty(d))
     members = _members(ids)
 
-    def twin(X, y):
+    def penalty(w):
         import cvxpy as cp
-        w = cp.Variable(d)
-        return w, cp.sum_squares(X @ w - y) / (2 * n) + strength * sum(cp.norm(w[g], 2) for g in members), []
+        return strength * sum(cp.norm(w[g], 2) for g in members)
 
     def restrict(index: Tensor) -> Problem:  # index: whole groups, sorted, so an int size still applies
         kept = groups if isinstance(groups, int) else _members(torch.unique(ids[index], return_inverse=True)[1])
-        return group_lasso(columns(X, index), y, kept, strength)
+        return group_lasso(columns(X, index), y, kept, strength, **again)
 
     label = f"/{groups}" if isinstance(groups, int) else f", {len(members)} groups"
-    return Problem(f"group_lasso {n}x{d}{label}", (d,), _least_squares,
-                   lambda: GroupSparse(groups=groups, strength=strength), {"X": X, "y": y}, twin,
-                   {"family": "group_lasso", "strength": strength, "groups": members}, dual=least_squares_dual,
-                   restrict=restrict)
+    problem = Problem(f"group_lasso {n}x{d}{label}{options.label()}", (d,), loss,
+                      lambda: GroupSparse(groups=groups, strength=strength), options.data(X, y),
+                      options.twin(d, penalty), options.meta(groups=members),
+                      dual=least_squares_dual if options.default else glm_dual(options.term), restrict=restrict,
+                      at_strength=lambda new: group_lasso(X, y, groups, new, **again))
+    problem.intercept = options.intercept(lambda: problem.data_on("cpu", torch.float64))
+    return problem
 
 
 def _members(ids: Tensor) -> list[list[int]]:
@@ -199,16 +345,76 @@ def _members(ids: Tensor) -> list[list[int]]:
     return [chunk.tolist() for chunk in torch.split(order, counts)]
 
 
-def _logistic(theta: Tensor, X: Tensor, y: Tensor) -> Tensor:
-    return F.binary_cross_entropy_with_logits(matvec(X, theta), y)
+def multitask_lasso(X, Y, strength: float, *, fit_intercept: bool = False, sample_weight=None) -> Problem:
+    """The multi-task Lasso ``1/(2n)‖XW − Y‖²_F + λ Σ_j ‖W_j‖₂`` over ``W`` of shape ``(d, T)``: a
+    feature is used by every task or by none (scikit-learn's ``MultiTaskLasso(alpha=λ)``, whose
+    ``coef_`` is ``Wᵀ``). Optionally an unpenalised intercept per task and sample weights.
+
+    DCS gates each row of ``W`` ([`GroupSparse`][symopt.GroupSparse] with ``dim=0``): row ``j`` is
+    zero iff ``‖X_jᵀR‖₂ / n ≤ λ`` at the optimum's residual ``R``.
+
+    Args:
+        X: ``(n, d)`` design matrix.
+        Y: ``(n, T)`` targets, one column per task.
+        strength: λ (> 0).
+        fit_intercept: one unpenalised intercept per task (``result.intercept``, a ``(T,)`` tensor).
+        sample_weight: ``(n,)`` non-negative weights.
+
+    Returns:
+        Problem: the variable is ``(d, T)``; with a cvxpy twin and a Fenchel dual.
+
+    Raises:
+        TypeError: complex or non-numeric data.
+        ValueError: shapes other than ``(n, d)`` and ``(n, T)``, NaN / Inf, a bad strength or weights.
+
+    Examples:
+        >>> import torch, symopt
+        >>> from symopt.problems import multitask_lasso
+        >>> g = torch.Generator().manual_seed(0)
+        >>> X = torch.randn(60, 8, generator=g, dtype=torch.float64)
+        >>> Y = X[:, :2] @ torch.randn(2, 3, generator=g, dtype=torch.float64)   # 2 features, 3 tasks
+        >>> result = symopt.solve(multitask_lasso(X, Y, strength=0.05))
+        >>> (result.x.norm(dim=1) > 0).tolist()
+        [True, True, False, False, False, False, False, False]
+    """
+    sparse = _as_sparse_design(X)
+    X, Y = (sparse if sparse is not None else _as_tensor("X", X)), _as_tensor("Y", Y)
+    if X.dim() != 2 or Y.dim() != 2 or X.shape[0] != Y.shape[0]:
+        raise ValueError(f"multitask_lasso: X must be (n, d) and Y (n, T), got X {tuple(X.shape)} and Y {tuple(Y.shape)}")
+    Y = Y.to(X.dtype)
+    n, d = X.shape
+    tasks = Y.shape[1]
+    _strength_or_budget("multitask_lasso", strength, None, "a budget")
+    options = _Options("multitask_lasso", SquaredError(), X, Y, strength, None, fit_intercept=fit_intercept,
+                       sample_weight=sample_weight, l1_ratio=1.0)
+    GroupSparse(0, strength)
+
+    def penalty(W):
+        import cvxpy as cp
+        return strength * cp.sum(cp.norm(W, 2, axis=1))
+
+    problem = Problem(f"multitask_lasso {n}x{d}x{tasks}{options.label()}", (d, tasks), options.term,
+                      lambda: GroupSparse(0, strength), options.data(X, Y), options.twin(d, penalty),
+                      options.meta(), dual=glm_dual(options.term),
+                      at_strength=lambda new: multitask_lasso(X, Y, new, fit_intercept=fit_intercept,
+                                                              sample_weight=sample_weight))
+    problem.intercept = options.intercept(lambda: problem.data_on("cpu", torch.float64))
+    return problem
 
 
-def logistic_l1(X, y, strength: float | None = None, *, max_nonzero: int | None = None) -> Problem:
-    """Sparse logistic regression: mean log-loss ``(1/n)Σ log(1 + e^{−s_i x_iᵀw})`` + ``λ‖w‖₁``.
+def logistic_l1(X, y, strength: float | None = None, *, max_nonzero: int | None = None, fit_intercept: bool = False,
+                sample_weight=None, l1_ratio: float = 1.0) -> Problem:
+    """Sparse logistic regression: mean log-loss ``(1/n)Σ log(1 + e^{−s_i x_iᵀw})`` + ``λ‖w‖₁``,
+    optionally with an unpenalised intercept, sample weights and elastic-net mixing.
 
-    Labels ``y_i ∈ {0, 1}`` (``s_i = 2y_i − 1``), no intercept. scikit-learn's
+    Labels ``y_i ∈ {0, 1}`` (``s_i = 2y_i − 1``). Without an intercept, scikit-learn's
     ``LogisticRegression(penalty="l1", C=1/(nλ), fit_intercept=False)`` solves the same problem.
-    ``w = 0`` is optimal iff ``λ ≥ ‖Xᵀ(y − ½)‖_∞ / n``.
+    With one, the intercept is unpenalised (profiled out by a 1-d Newton solve per evaluation,
+    `symopt.problems.glm`): liblinear penalises its intercept, so the scikit-learn twin is
+    ``solver="saga"`` (or skglm's ``SparseLogisticRegression(fit_intercept=True)``).
+    With ``sample_weight`` the data term is ``Σ ω_i ℓ_i``, ``ω`` the weights scaled to sum 1:
+    scikit-learn's ``C = 1/(λ Σ s)``.
+    ``w = 0`` is optimal iff ``λ ≥ ‖Xᵀ(y − ½)‖_∞ / n`` (with an intercept, ``y − ȳ``).
 
     Args:
         X: ``(n, d)`` design matrix (tensor or array; float64 recommended; a scipy.sparse
@@ -216,6 +422,9 @@ def logistic_l1(X, y, strength: float | None = None, *, max_nonzero: int | None 
         y: ``(n,)`` targets. Labels 0 or 1.
         strength: λ (> 0).
         max_nonzero: instead of ``strength``: the path point with this many non-zeros.
+        fit_intercept: add an unpenalised intercept (``result.intercept``); needs both labels.
+        sample_weight: ``(n,)`` non-negative weights.
+        l1_ratio: α of the elastic net, in (0, 1].
 
     Returns:
         Problem: with a cvxpy twin and a Fenchel dual.
@@ -223,7 +432,8 @@ def logistic_l1(X, y, strength: float | None = None, *, max_nonzero: int | None 
     Raises:
         TypeError: complex or non-numeric data (named).
         ValueError: mismatched shapes, empty data, NaN / Inf entries (counted), a bad strength, or
-            both / neither of strength and budget. Labels other than 0 / 1 are a ``ValueError``.
+            both / neither of strength and budget. Labels other than 0 / 1 are a ``ValueError``;
+            so is an intercept with one class.
 
     Examples:
         >>> import symopt
@@ -237,21 +447,28 @@ def logistic_l1(X, y, strength: float | None = None, *, max_nonzero: int | None 
         raise ValueError("logistic_l1: labels y must be 0 or 1")
     n, d = X.shape
     _strength_or_budget("logistic_l1", strength, max_nonzero, "max_nonzero")
+    options = _Options("logistic_l1", LogLoss(), X, y, strength, max_nonzero, fit_intercept=fit_intercept,
+                       sample_weight=sample_weight, l1_ratio=l1_ratio)
+    again = dict(fit_intercept=fit_intercept, sample_weight=sample_weight, l1_ratio=l1_ratio)
+    loss = options.loss(_logistic)
     if max_nonzero is not None:
-        return _budget_problem(f"logistic_l1 {n}x{d}", (d,), _logistic, lambda: Sparse(max_nonzero=max_nonzero),
-                               {"X": X, "y": y}, "logistic_l1",
-                               lambda lam: logistic_l1(X, y, lam))
+        return _budget_problem(f"logistic_l1 {n}x{d}{options.label()}", (d,), loss,
+                               lambda: Sparse(max_nonzero=max_nonzero), options.data(X, y), options.meta(),
+                               lambda lam: logistic_l1(X, y, lam, **again), options)
+    lam = options.l1_strength
+    Sparse(lam)
 
-    def twin(X, y):
+    def penalty(w):
         import cvxpy as cp
-        w = cp.Variable(d)
-        z = X @ w
-        return w, cp.sum(cp.logistic(z) - cp.multiply(y, z)) / n + strength * cp.norm1(w), []
+        return lam * cp.norm1(w)
 
-    Sparse(strength)
-    return Problem(f"logistic_l1 {n}x{d}", (d,), _logistic, lambda: Sparse(strength), {"X": X, "y": y}, twin,
-                   {"family": "logistic_l1", "strength": strength}, dual=logistic_dual,
-                   restrict=lambda index: logistic_l1(columns(X, index), y, strength))
+    problem = Problem(f"logistic_l1 {n}x{d}{options.label()}", (d,), loss, lambda: Sparse(lam), options.data(X, y),
+                      options.twin(d, penalty), options.meta(),
+                      dual=logistic_dual if options.default else glm_dual(options.term),
+                      restrict=lambda index: logistic_l1(columns(X, index), y, strength, **again),
+                      at_strength=lambda new: logistic_l1(X, y, new, **again))
+    problem.intercept = options.intercept(lambda: problem.data_on("cpu", torch.float64))
+    return problem
 
 
 def equality_ls(X, y, A=None, strength: float = 1.0, *, zeros=None) -> Problem:
@@ -481,9 +698,14 @@ def low_rank_regression(X, Y, strength: float | None = None, *, rank: int | None
                    dual=least_squares_dual)
 
 
-def _budget_problem(name, shape, loss, make: Callable[[], Constraint], data, family, at_strength) -> Problem:
+def _budget_problem(name, shape, loss, make: Callable[[], Constraint], data, meta, at_strength,
+                    options: _Options | None = None) -> Problem:
     """A problem whose constraint carries a budget: no fixed λ, so no convex twin until λ is known."""
     probe = make()
     probe.validate(torch.empty(shape), "theta")  # budget vs. shape, now
-    return Problem(f"{name}, budget {probe.budget}", shape, loss, make, data, None,
-                   {"family": family, "budget": probe.budget}, at_strength=at_strength)
+    meta = dict(meta if isinstance(meta, dict) else {"family": meta}, budget=probe.budget)
+    meta.pop("strength", None)
+    problem = Problem(f"{name}, budget {probe.budget}", shape, loss, make, data, None, meta, at_strength=at_strength)
+    if options is not None:
+        problem.intercept = options.intercept(lambda: problem.data_on("cpu", torch.float64))
+    return problem

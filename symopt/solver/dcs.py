@@ -77,7 +77,9 @@ def solve(problem: Problem, device=None, dtype=None, method: str = "auto", tol: 
             (coordinates of a Lasso / logistic-L1, groups of a group lasso);
             ``False``: always on the full problem; ``True``: required (a ``ValueError`` if the
             problem cannot be restricted).
-        start: initial θ (a warm start; default 0), of ``problem.shape``.
+        start: initial θ (a warm start; default 0), of ``problem.shape``. With working sets, the
+            first set holds the start's non-zero atoms and the worst violators at the start (a warm
+            start along a path is also a screening rule).
 
     A constraint may start with narrow factors (``Constraint.working_width``: penalised low rank of a
     large matrix) that widen whenever the rank fills them: the narrow problem is the full one while
@@ -126,7 +128,7 @@ def solve(problem: Problem, device=None, dtype=None, method: str = "auto", tol: 
             raise ValueError(f"solve: working_set=True needs a problem that can restrict itself at a fixed λ "
                              f"(Lasso, group lasso, logistic-L1 without a budget); '{problem.name}' cannot: "
                              "pass working_set=None or False")
-        if usable and start is None and (
+        if usable and (
                 working_set or atom_count(constraint, math.prod(problem.shape)) >= _WORKING_SETS_FROM):
             def restricted(sub: Problem, tol: float, start) -> Result:
                 return solve(sub, device=device, dtype=dtype, method=method, tol=tol, max_iter=max_iter,
@@ -134,7 +136,7 @@ def solve(problem: Problem, device=None, dtype=None, method: str = "auto", tol: 
                              working_set=False, start=start)
 
             return solve_on_working_sets(problem, restricted, device=device, tol=tol, max_iter=max_iter,
-                                         progress=progress, solver=_solver_name(method))
+                                         progress=progress, solver=_solver_name(method), start=start)
     data = problem.data_on(device, dtype)
     loss_fn = torch.compile(problem.loss) if compile else problem.loss
     loss = lambda theta: loss_fn(theta, **data)  # noqa: E731

@@ -48,7 +48,7 @@ def atom_count(constraint, numel: int) -> int:
 
 
 def solve_on_working_sets(problem: Problem, solve_restricted: Callable[..., Result], *, device, tol: float,
-                          max_iter: int, progress: bool, solver: str = "dcs") -> Result:
+                          max_iter: int, progress: bool, solver: str = "dcs", start: Tensor | None = None) -> Result:
     """Solve ``problem`` by DCS on growing working sets (see the module docstring).
 
     Args:
@@ -59,14 +59,19 @@ def solve_on_working_sets(problem: Problem, solve_restricted: Callable[..., Resu
         max_iter: most working-set rounds (each one inner solve).
         progress: one line per round to stderr.
         solver: the name the result reports.
+        start: a warm start θ (of ``problem.shape``): its non-zero atoms open the first working set.
     """
-    start = time.perf_counter()
+    began = time.perf_counter()
     constraint = problem.constraint().to(device=device, dtype=torch.float64)
     data = problem.data_on(device, torch.float64)
     shape, numel = tuple(problem.shape), math.prod(problem.shape)
     ids = constraint.atom_ids(numel, device)
-    theta = torch.zeros(numel, device=device, dtype=torch.float64)
-    grad = grad0 = _gradient(problem, data, theta, shape)
+    grad0 = _gradient(problem, data, torch.zeros(numel, device=device, dtype=torch.float64), shape)
+    if start is None:
+        theta, grad = torch.zeros(numel, device=device, dtype=torch.float64), grad0
+    else:
+        theta = start.detach().to(device=device, dtype=torch.float64).reshape(-1).clone()
+        grad = _gradient(problem, data, theta, shape)
     target = tol * max(float(grad0.norm()), 1e-12)
     history: list = []
     size, chosen, inner_iterations = FIRST_SIZE, None, 0
@@ -98,7 +103,7 @@ def solve_on_working_sets(problem: Problem, solve_restricted: Callable[..., Resu
         grad = _gradient(problem, data, theta, shape)
         kkt = constraint.kkt_residual(theta.reshape(shape), grad.reshape(shape), snap_tol(theta, tol))
         objective = problem.value(theta.reshape(shape), data, constraint)
-        history.append((time.perf_counter() - start, objective, kkt))
+        history.append((time.perf_counter() - began, objective, kkt))
         if progress:
             print(f"[symopt.solve {problem.name}] working set {round_}: {len(index)} coordinates, objective "
                   f"{objective:.10g}, KKT {kkt:.2e} (target {target:.2e})", file=sys.stderr, flush=True)
@@ -111,7 +116,7 @@ def solve_on_working_sets(problem: Problem, solve_restricted: Callable[..., Resu
             break
         size *= 2
     return Result.from_point(problem, theta.reshape(shape), solver=solver, status=status,
-                             seconds=elapsed_since(start, device), history=history, device=device, message=message,
+                             seconds=elapsed_since(began, device), history=history, device=device, message=message,
                              strength=constraint.strength)
 
 

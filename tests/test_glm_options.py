@@ -1,0 +1,198 @@
+"""What users bring to the regression families: an unpenalised intercept, sample weights, the
+elastic net, ``positive`` and several targets — each against the outside tool a user would
+otherwise pick (scikit-learn, skglm) and against the problem's own cvxpy twin, on shipped data."""
+
+import numpy as np
+import pytest
+import torch
+
+import symopt
+from symopt.problems import group_lasso, lasso, logistic_l1, multitask_lasso
+from symopt.problems.glm import logistic_intercept
+
+sklearn = pytest.importorskip("sklearn")
+from sklearn.datasets import load_breast_cancer, load_diabetes  # noqa: E402
+from sklearn.linear_model import ElasticNet, Lasso, MultiTaskLasso  # noqa: E402
+
+DIABETES = load_diabetes(return_X_y=True)
+CANCER = load_breast_cancer(return_X_y=True)
+WEIGHTS = np.random.default_rng(0).uniform(0.0, 2.0, len(DIABETES[1]))
+
+
+def _standardised_cancer():
+    X, y = CANCER
+    return (X - X.mean(0)) / X.std(0), y.astype(float)
+
+
+def _close(result, reference_objective, rel=1e-9):
+    assert result.status == "optimal", result.message
+    assert result.objective - reference_objective <= rel * max(1.0, abs(reference_objective))
+
+
+@pytest.mark.parametrize("options, reference", [
+    ({"fit_intercept": True}, lambda: Lasso(alpha=0.1)),
+    ({"fit_intercept": True, "sample_weight": WEIGHTS}, lambda: Lasso(alpha=0.1)),
+    ({"fit_intercept": True, "l1_ratio": 0.5}, lambda: ElasticNet(alpha=0.1, l1_ratio=0.5)),
+    ({"fit_intercept": True, "positive": True}, lambda: Lasso(alpha=0.1, positive=True)),
+    ({"sample_weight": WEIGHTS, "l1_ratio": 0.3, "positive": True},
+     lambda: ElasticNet(alpha=0.1, l1_ratio=0.3, positive=True, fit_intercept=False)),
+], ids=["intercept", "weights", "elastic_net", "positive", "weighted_positive_enet"])
+def test_lasso_options_match_scikit_learn_on_diabetes(options, reference):
+    X, y = DIABETES
+    problem = lasso(X, y, 0.1, **options)
+    result = symopt.solve(problem)  # raw diabetes columns (norm 1, coefficients ~500): the default tol
+    model = reference().set_params(tol=1e-12, max_iter=10**6)
+    model.fit(X, y, sample_weight=options.get("sample_weight"))
+    ours = problem.objective(torch.as_tensor(model.coef_))
+    _close(result, ours)
+    assert np.abs(result.x.numpy() - model.coef_).max() <= 1e-4 * np.abs(model.coef_).max()
+    if options.get("fit_intercept"):
+        assert result.intercept == pytest.approx(model.intercept_, abs=1e-6 * abs(model.intercept_))
+    else:
+        assert result.intercept is None
+    assert (result.x != 0).sum() == (np.abs(model.coef_) > 1e-8).sum()
+    gap = symopt.certify(result).duality_gap
+    assert -1e-12 * result.objective <= gap <= 1e-6 * result.objective
+
+
+def test_the_intercept_is_the_centred_problem():
+    """Profiling the intercept out is centring X and y by their (weighted) means, exactly."""
+    X, y = DIABETES
+    w = WEIGHTS / WEIGHTS.sum()
+    Xc, yc = X - w @ X, y - w @ y
+    profiled = lasso(X, y, 0.2, fit_intercept=True, sample_weight=WEIGHTS)
+    centred = lasso(Xc, yc, 0.2, sample_weight=WEIGHTS)
+    theta = torch.randn(10, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * 100
+    assert profiled.objective(theta) == pytest.approx(centred.objective(theta), rel=1e-12)
+    result = symopt.solve(profiled, tol=1e-8)
+    assert result.intercept == pytest.approx(float(w @ y - w @ X @ result.x.numpy()), rel=1e-12)
+
+
+def test_sparse_design_with_an_intercept_is_not_densified():
+    scipy_sparse = pytest.importorskip("scipy.sparse")
+    X, y = DIABETES
+    Xs = scipy_sparse.csr_matrix(np.where(np.abs(X) > 0.03, X, 0.0))
+    dense = symopt.solve(lasso(Xs.toarray(), y, 0.05, fit_intercept=True), tol=1e-8)
+    sparse_problem = lasso(Xs, y, 0.05, fit_intercept=True)
+    assert sparse_problem.data["X"].layout == torch.sparse_csr
+    sparse = symopt.solve(sparse_problem, tol=1e-8)
+    assert sparse.objective == pytest.approx(dense.objective, rel=1e-10)
+    assert sparse.intercept == pytest.approx(dense.intercept, rel=1e-8)
+
+
+@pytest.mark.parametrize("options", [{"fit_intercept": True},
+                                     {"fit_intercept": True, "sample_weight": "cancer"},
+                                     {"fit_intercept": True, "l1_ratio": 0.6}],
+                         ids=["intercept", "weights", "elastic_net"])
+def test_logistic_options_match_cvxpy_and_skglm_on_breast_cancer(options):
+    from symopt.baselines import solve_cvxpy, solve_sklearn
+
+    X, y = _standardised_cancer()
+    if options.get("sample_weight") == "cancer":
+        options = dict(options, sample_weight=np.random.default_rng(1).uniform(0.0, 2.0, len(y)))
+    problem = logistic_l1(X, y, 0.01, **options)
+    result = symopt.solve(problem, tol=1e-8)
+    reference = solve_cvxpy(problem)
+    _close(result, reference.objective, rel=1e-8)
+    sk = solve_sklearn(problem)  # saga: liblinear would penalise the intercept
+    assert result.objective <= sk.objective + 1e-9
+    # the intercept zeroes the mean residual: Σ ω (σ(z) − y) = 0
+    w = problem.data.get("weights", torch.full((len(y),), 1 / len(y), dtype=torch.float64))
+    z = torch.as_tensor(X) @ result.x + result.intercept
+    assert abs(float((w * (torch.sigmoid(z) - torch.as_tensor(y))).sum())) <= 1e-12
+    assert 0 <= symopt.certify(result).duality_gap <= 1e-7
+
+
+def test_skglm_logistic_with_intercept_agrees():
+    pytest.importorskip("skglm")
+    from symopt.baselines import solve_skglm
+
+    X, y = _standardised_cancer()
+    problem = logistic_l1(X, y, 0.02, fit_intercept=True)
+    _close(symopt.solve(problem, tol=1e-8), solve_skglm(problem).objective)
+
+
+def test_multitask_lasso_matches_scikit_learn():
+    X, y = DIABETES
+    Y = np.stack([y, X[:, 2] * 300 + np.random.default_rng(2).normal(size=len(y))], axis=1)
+    problem = multitask_lasso(X, Y, 2.0, fit_intercept=True)
+    result = symopt.solve(problem, tol=1e-8)
+    model = MultiTaskLasso(alpha=2.0, tol=1e-12, max_iter=10**6).fit(X, Y)
+    _close(result, problem.objective(torch.as_tensor(model.coef_.T)))
+    assert (result.x.norm(dim=1) > 0).tolist() == (np.linalg.norm(model.coef_, axis=0) > 0).tolist()
+    assert torch.allclose(result.intercept, torch.as_tensor(model.intercept_), rtol=1e-6)
+    assert -1e-12 * result.objective <= symopt.certify(result).duality_gap <= 1e-6 * result.objective
+
+
+def test_group_lasso_intercept_matches_skglm():
+    pytest.importorskip("skglm")
+    from symopt.baselines import solve_skglm
+
+    X, y = DIABETES
+    problem = group_lasso(X, y, [[0, 1], [2, 3, 4], [5, 6, 7, 8, 9]], 0.5, fit_intercept=True)
+    result = symopt.solve(problem)
+    _close(result, solve_skglm(problem).objective)
+    assert result.intercept == pytest.approx(float(y.mean() - X.mean(0) @ result.x.numpy()), rel=1e-10)
+
+
+@pytest.mark.parametrize("build", [
+    lambda X, y, w: lasso(X, y, 0.3, fit_intercept=True, sample_weight=w),
+    lambda X, y, w: lasso(X, y, 0.3, fit_intercept=True, l1_ratio=0.4, positive=True),
+    lambda X, y, w: logistic_l1(X, (y > np.median(y)).astype(float), 0.01, fit_intercept=True, sample_weight=w),
+    lambda X, y, w: logistic_l1(X, (y > np.median(y)).astype(float), 0.01, l1_ratio=0.5),
+    lambda X, y, w: multitask_lasso(X, np.stack([y, -y], 1), 0.3, fit_intercept=True, sample_weight=w),
+], ids=["lasso_weighted", "enet_positive", "logistic_weighted", "logistic_enet", "multitask"])
+def test_weak_duality_holds_everywhere_and_the_gap_closes(build):
+    """The dual point built from any θ is feasible: P(θ) − D(ν(θ)) ≥ 0 at random θ (a wrong
+    conjugate or a missing Σν = 0 breaks it), and the gap closes at DCS's answer."""
+    X, y = DIABETES
+    X = X * np.sqrt(len(y))  # unit-variance columns
+    problem = build(X, y, WEIGHTS)
+    constraint = problem.constraint().to(dtype=torch.float64)
+    data = problem.data_on("cpu", torch.float64)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        theta = torch.randn(problem.shape, generator=g, dtype=torch.float64) * 10
+        dual, _ = problem.dual(theta, data, constraint)
+        assert problem.value(theta, data, constraint) - dual >= -1e-9
+    result = symopt.solve(problem, tol=1e-10)
+    assert -1e-12 <= symopt.certify(result).duality_gap <= 1e-7 * max(1.0, abs(result.objective))
+
+
+def test_working_sets_carry_the_intercept_and_weights():
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(150, 1200, generator=g, dtype=torch.float64) + 5.0  # far from centred
+    y = X[:, :4] @ torch.tensor([2.0, -1.0, 1.5, 1.0], dtype=torch.float64) + 40.0
+    weights = torch.rand(150, generator=g, dtype=torch.float64)
+    problem = lasso(X, y, 0.05, fit_intercept=True, sample_weight=weights)
+    with_sets = symopt.solve(problem, working_set=True, tol=1e-8)
+    plain = symopt.solve(problem, working_set=False, tol=1e-8)
+    assert "working sets" in with_sets.message
+    assert with_sets.objective == pytest.approx(plain.objective, rel=1e-9)
+    assert with_sets.intercept == pytest.approx(plain.intercept, rel=1e-7)
+
+
+def test_logistic_intercept_is_the_root_even_far_out():
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(200, generator=g, dtype=torch.float64) * 30 - 50  # σ flat: Newton alone overshoots
+    y = (torch.rand(200, generator=g, dtype=torch.float64) < 0.3).to(torch.float64)
+    b = logistic_intercept(z, y)
+    assert abs(float(torch.sigmoid(z + b).mean() - y.mean())) <= 1e-13
+
+
+@pytest.mark.parametrize("call, error, words", [
+    (lambda X, y: lasso(X, y, 0.1, sample_weight=-np.ones(len(y))), ValueError, "negative"),
+    (lambda X, y: lasso(X, y, 0.1, sample_weight=np.ones(3)), ValueError, "one weight per sample"),
+    (lambda X, y: lasso(X, y, 0.1, sample_weight=np.full(len(y), np.nan)), ValueError, "NaN"),
+    (lambda X, y: lasso(X, y, 0.1, sample_weight=np.zeros(len(y))), ValueError, "sums to 0"),
+    (lambda X, y: lasso(X, y, 0.1, l1_ratio=0.0), ValueError, "l1_ratio"),
+    (lambda X, y: lasso(X, y, 0.1, l1_ratio=1.5), ValueError, "l1_ratio"),
+    (lambda X, y: lasso(X, y, max_nonzero=3, l1_ratio=0.5), ValueError, "l1_ratio=1"),
+    (lambda X, y: lasso(X, y, 0.1, fit_intercept="yes"), TypeError, "fit_intercept"),
+    (lambda X, y: logistic_l1(X, np.ones(len(y)), 0.1, fit_intercept=True), ValueError, "both labels"),
+    (lambda X, y: multitask_lasso(X, y, 0.1), ValueError, "(n, T)"),
+])
+def test_bad_options_are_named(call, error, words):
+    X, y = DIABETES
+    with pytest.raises(error, match=pytest.importorskip("re").escape(words)):
+        call(X, y)
