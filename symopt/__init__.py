@@ -24,6 +24,7 @@ from .hub import from_pretrained, save_pretrained
 from .problems import Problem
 from .result import Result
 from .solver import solve
+from .paths import Path, path
 from .comparison import compare
 
 __version__ = "0.1.0"
@@ -37,5 +38,5 @@ __all__ = [
     "SparseLinear", "guard", "Guard", "GuardEvent", "Diverged", "Problem", "Result", "solve", "compare", "certify",
     "NonNegative", "nonnegative", "bind", "Binding", "Strength", "Fixed", "Auto", "BudgetStrength", "Scheduled",
     "save_pretrained", "from_pretrained", "NMSparse", "n_m_sparse", "attention_heads", "noise_collapse",
-    "permutation_threshold",
+    "permutation_threshold", "path", "Path",
 ]

@@ -49,7 +49,8 @@ class Result:
         solver: name of the solver.
         message: human-readable detail.
         strength: the λ solved at (for a budget problem, the λ that [`symopt.solve`][symopt.solve] found).
-        problem: the problem solved (lets [`symopt.certify`][symopt.certify] re-measure the result).
+        problem: the problem solved (lets [`symopt.certify`][symopt.certify] re-measure the result;
+            not pickled: it holds closures).
 
     Examples:
         >>> import symopt
@@ -72,6 +73,14 @@ class Result:
     message: str = ""
     strength: float | None = None
     problem: object = field(default=None, repr=False, compare=False)
+
+    def __getstate__(self) -> dict:
+        # The problem holds closures (its loss, constraint factory, cvxpy twin): a pickled result
+        # keeps every number and leaves it behind (then result.intercept is None and certify asks
+        # for the problem).
+        state = dict(self.__dict__)
+        state["problem"] = None
+        return state
 
     @property
     def intercept(self):

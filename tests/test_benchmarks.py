@@ -1,6 +1,6 @@
 """The benchmark harness runs (a smoke test at the smallest size; benchmarks are not timed here)."""
 
-from benchmarks import cvxpy_limits, families, floor, geoopt_optimizers, overhead
+from benchmarks import cvxpy_limits, families, floor, geoopt_optimizers, overhead, users_data
 from symopt.problems import make_lasso
 from symopt.result import Result
 import torch
@@ -97,3 +97,9 @@ def test_plasticity_quick(capsys):
     results = plasticity.main(["--tasks", "2", "--seeds", "1", "--epochs", "1"])
     assert set(results) == {"no decay", "decay", "syre"}
     assert "acc last" in capsys.readouterr().out
+
+
+def test_users_data_quick(capsys):
+    users_data.main(["--quick"])
+    printed = capsys.readouterr().out
+    assert "sklearn lasso_path" in printed and "sklearn LassoCV" in printed and "| optimal |" in printed

@@ -86,6 +86,30 @@ class Problem:
                 f"{solver} on problem.at_strength(result.strength)"
             )
 
+    def strength_max(self) -> float:
+        """The smallest λ at which θ = 0 is optimal: ``‖∇loss(0)‖_*`` (the constraint's dual norm; an
+        elastic net divides by its ``l1_ratio``). Where a path starts (scikit-learn's ``alpha_max``).
+
+        Raises:
+            ValueError: a problem without a penalty to vary (linear kinds, hard rank).
+
+        Examples:
+            >>> import torch
+            >>> from symopt.problems import lasso
+            >>> X, y = torch.eye(2, dtype=torch.float64), torch.tensor([4.0, -6.0], dtype=torch.float64)
+            >>> lasso(X, y, 0.1).strength_max()                      # ‖Xᵀy‖_∞ / n
+            3.0
+        """
+        from ..optimality import loss_gradient  # optimality imports the constraints, not the problems
+
+        constraint = self.constraint()
+        if constraint.linear or not self.penalized:
+            raise ValueError(f"strength_max: '{self.name}' has no penalty strength to vary (a linear constraint "
+                             "or a hard rank)")
+        data = self.data_on("cpu", torch.float64)
+        grad = loss_gradient(lambda theta: self.loss(theta, **data), torch.zeros(self.shape, dtype=torch.float64))
+        return float(constraint.to(dtype=torch.float64).dual_norm(grad)) / self.meta.get("l1_ratio", 1.0)
+
     def data_on(self, device=None, dtype=None) -> dict[str, Tensor]:
         return {
             k: v.to(device=device, dtype=dtype if torch.is_floating_point(v) else None) for k, v in self.data.items()

@@ -15,7 +15,7 @@ import time
 import torch
 
 from ..constraints import Constraint
-from ..optimality import snap_tol
+from ..optimality import loss_gradient, snap_tol
 from ..problems import Problem
 from ..result import Result, elapsed_since
 from .descent import Descent
@@ -122,6 +122,10 @@ def solve(problem: Problem, device=None, dtype=None, method: str = "auto", tol: 
                             polish=polish, compile=compile, working_set=working_set, start=start)
     device, dtype, start = options.device, options.dtype, options.start
     constraint = problem.constraint()
+    if start is None:
+        zero = _zero_if_optimal(problem, constraint, device, method)
+        if zero is not None:
+            return zero
     if working_set is not False:
         usable = working_sets_apply(problem, constraint)
         if working_set and not usable:
@@ -176,6 +180,33 @@ def solve(problem: Problem, device=None, dtype=None, method: str = "auto", tol: 
         problem, point, solver=_solver_name(method), status=status, seconds=seconds, history=descent.history,
         device=device, message=message, strength=constraint.strength, evaluate_at=found,
     )
+
+
+def _zero_if_optimal(problem: Problem, constraint: Constraint, device, method: str) -> Result | None:
+    """θ = 0 when it is the exact optimum: a penalised problem at λ ≥ ‖∇loss(0)‖_* (λ_max). Checked in
+    float64 before any descent, because there the descent cannot be exact: its iterates start off 0
+    and reach it only geometrically, and at λ = λ_max exactly one atom's pull balances the penalty
+    (skglm's alpha_max tests: a spurious group of norm 1e-6 reported "optimal", or "stalled")."""
+    if constraint.linear or constraint.budget is not None or not problem.penalized or constraint.strength is None:
+        return None
+    data = problem.data_on(device, torch.float64)
+    try:
+        grad = loss_gradient(lambda theta: problem.loss(theta, **data),
+                             torch.zeros(problem.shape, device=device, dtype=torch.float64))
+    except (RuntimeError, TypeError, IndexError, ValueError):
+        return None  # the full solve reports a loss that fails at 0, with its message
+    if not bool(torch.isfinite(grad).all()):
+        return None
+    pull = float(constraint.to(device=device, dtype=torch.float64).dual_norm(grad))
+    if pull > constraint.strength:
+        return None
+    warm_up()
+    zero = torch.zeros(problem.shape, dtype=torch.float64)
+    result = Result.from_point(problem, zero, solver=_solver_name(method), status="optimal", seconds=0.0,
+                               history=[(0.0, problem.objective(zero), 0.0)], device=device,
+                               message=f"θ = 0 is optimal: λ = {constraint.strength:.6g} ≥ ‖∇loss(0)‖_* = {pull:.6g} "
+                                       "(λ_max), checked before any descent", strength=constraint.strength)
+    return result
 
 
 def _gradient_at_zero(problem: Problem, loss, device, dtype) -> tuple[torch.Tensor, str | None]:

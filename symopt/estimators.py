@@ -1,0 +1,416 @@
+"""scikit-learn estimators solved by DCS: ``Lasso``, ``ElasticNet``, ``SparseLogisticRegression``,
+``GroupLasso``, ``MultiTaskLasso`` and ``LassoCV``.
+
+They take scikit-learn's arguments and defaults (``alpha``, ``l1_ratio``, ``fit_intercept=True``,
+``positive``), set ``coef_`` / ``intercept_`` / ``n_iter_`` as scikit-learn's do, pass its
+``check_estimator`` and work inside ``Pipeline`` and ``GridSearchCV``. Each fit also keeps the
+solver's [`Result`][symopt.Result] as ``result_`` (status, KKT residual, history), so
+``symopt.certify(model.result_)`` certifies the fit with a duality gap.
+
+The objectives are scikit-learn's: ``1/(2n)‖y − Xw − b‖² + α(ρ‖w‖₁ + (1 − ρ)/2 ‖w‖²)`` for the
+regressions (sample weights rescaled as scikit-learn does), the mean log-loss ``+ α‖w‖₁`` for the
+classifier (scikit-learn's ``LogisticRegression(C = 1/(nα))``; its intercept is not penalised here,
+unlike liblinear's). Needs scikit-learn ≥ 1.6 (``pip install 'symopt[sklearn]'``).
+
+Examples:
+    >>> from sklearn.datasets import load_diabetes
+    >>> from symopt.estimators import Lasso
+    >>> X, y = load_diabetes(return_X_y=True)
+    >>> model = Lasso(alpha=0.5).fit(X, y)
+    >>> model.result_.status, int((model.coef_ != 0).sum()), round(model.score(X, y), 3)
+    ('optimal', 4, 0.455)
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+import torch
+
+try:
+    from sklearn.base import BaseEstimator, ClassifierMixin, MultiOutputMixin, RegressorMixin
+    from sklearn.model_selection import check_cv
+    from sklearn.utils.multiclass import check_classification_targets
+    from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
+except ImportError as err:  # pragma: no cover - the message is the point
+    raise ImportError("symopt.estimators needs scikit-learn >= 1.6: pip install 'symopt[sklearn]'") from err
+
+from .paths import path as _path
+from .problems import group_lasso, lasso, logistic_l1, multitask_lasso
+from .solver import solve
+
+__all__ = ["Lasso", "ElasticNet", "SparseLogisticRegression", "GroupLasso", "MultiTaskLasso", "LassoCV"]
+
+
+def _check_params(estimator) -> None:
+    """scikit-learn checks parameters at fit, not in ``__init__``: named ValueErrors, before any work."""
+    alpha = estimator.alpha
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not np.isfinite(alpha) or alpha <= 0:
+        raise ValueError(f"{type(estimator).__name__}: alpha={alpha!r} must be a positive finite number "
+                         "(alpha = 0 is least squares: use sklearn.linear_model.LinearRegression)")
+    tol = estimator.tol
+    if isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not tol > 0:
+        raise ValueError(f"{type(estimator).__name__}: tol={tol!r} must be a positive number")
+    if isinstance(estimator.max_iter, bool) or not isinstance(estimator.max_iter, numbers.Integral) \
+            or estimator.max_iter < 1:
+        raise ValueError(f"{type(estimator).__name__}: max_iter={estimator.max_iter!r} must be an int >= 1")
+
+
+def _solve(estimator, problem):
+    result = solve(problem, tol=estimator.tol, max_iter=estimator.max_iter)
+    if result.status not in ("optimal", "stalled"):
+        import warnings
+
+        from sklearn.exceptions import ConvergenceWarning
+
+        warnings.warn(f"{type(estimator).__name__}: DCS ended with status {result.status!r}: {result.message}",
+                      ConvergenceWarning, stacklevel=3)
+    estimator.result_ = result
+    estimator.n_iter_ = result.iterations
+    return result
+
+
+def _intercept(result, fit_intercept: bool):
+    if not fit_intercept:
+        return 0.0
+    value = result.intercept
+    return value.numpy() if isinstance(value, torch.Tensor) else float(value)
+
+
+class _LinearRegression(RegressorMixin, BaseEstimator):
+    """The shared fit of the L1 regressions (Lasso, ElasticNet)."""
+
+    def fit(self, X, y, sample_weight=None):
+        """Fit by DCS; ``sample_weight`` as scikit-learn's (rescaled, so only ratios matter).
+
+        Returns:
+            self.
+        """
+        _check_params(self)
+        if not isinstance(self.l1_ratio, numbers.Real) or not 0 < self.l1_ratio <= 1:
+            raise ValueError(f"{type(self).__name__}: l1_ratio={self.l1_ratio!r} must be in (0, 1]")
+        X, y = validate_data(self, X, y, accept_sparse="csr", dtype=np.float64, y_numeric=True)
+        if sample_weight is not None:
+            sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64)
+        problem = lasso(X, y, float(self.alpha), fit_intercept=bool(self.fit_intercept), sample_weight=sample_weight,
+                        l1_ratio=float(self.l1_ratio), positive=bool(self.positive))
+        result = _solve(self, problem)
+        self.coef_ = result.x.numpy().copy()
+        self.intercept_ = _intercept(result, self.fit_intercept)
+        return self
+
+    def predict(self, X):
+        check_is_fitted(self)
+        X = validate_data(self, X, accept_sparse="csr", dtype=np.float64, reset=False)
+        return X @ self.coef_ + self.intercept_
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = True
+        return tags
+
+
+class Lasso(_LinearRegression):
+    """``1/(2n)‖y − Xw − b‖² + α‖w‖₁`` by DCS (``w = u ⊙ v`` with weight decay α): scikit-learn's
+    ``Lasso`` with the same arguments and attributes.
+
+    Args:
+        alpha: α > 0.
+        fit_intercept: an unpenalised intercept (scikit-learn's default, True).
+        positive: ``w ≥ 0``.
+        tol: relative KKT tolerance of [`symopt.solve`][symopt.solve] (not scikit-learn's duality-gap
+            tolerance: DCS stops on the optimality conditions).
+        max_iter: outer iterations of the solve.
+
+    Attributes:
+        coef_, intercept_, n_iter_: as scikit-learn's.
+        result_: the [`Result`][symopt.Result] of the solve.
+
+    Examples:
+        >>> import numpy as np
+        >>> from symopt.estimators import Lasso
+        >>> X = np.array([[1.0, 1.0], [1.0, -1.0], [-1.0, 1.0], [-1.0, -1.0]])
+        >>> model = Lasso(alpha=0.5).fit(X, 10 + X @ [2.0, 0.3])
+        >>> np.round(model.coef_, 6).tolist(), round(model.intercept_, 6)
+        ([1.5, 0.0], 10.0)
+    """
+
+    l1_ratio = 1.0
+
+    def __init__(self, alpha: float = 1.0, *, fit_intercept: bool = True, positive: bool = False,
+                 tol: float = 1e-6, max_iter: int = 500):
+        self.alpha, self.fit_intercept, self.positive, self.tol, self.max_iter = \
+            alpha, fit_intercept, positive, tol, max_iter
+
+
+class ElasticNet(_LinearRegression):
+    """``1/(2n)‖y − Xw − b‖² + α(ρ‖w‖₁ + (1 − ρ)/2 ‖w‖²)``, ρ = ``l1_ratio``, by DCS:
+    scikit-learn's ``ElasticNet``.
+
+    Args:
+        alpha: α > 0.
+        l1_ratio: ρ in (0, 1].
+        fit_intercept: an unpenalised intercept.
+        positive: ``w ≥ 0``.
+        tol: relative KKT tolerance.
+        max_iter: outer iterations.
+
+    Examples:
+        >>> from sklearn.datasets import load_diabetes
+        >>> from symopt.estimators import ElasticNet
+        >>> X, y = load_diabetes(return_X_y=True)
+        >>> int((ElasticNet(alpha=0.01, l1_ratio=0.9).fit(X, y).coef_ != 0).sum())
+        10
+    """
+
+    def __init__(self, alpha: float = 1.0, *, l1_ratio: float = 0.5, fit_intercept: bool = True,
+                 positive: bool = False, tol: float = 1e-6, max_iter: int = 500):
+        self.alpha, self.l1_ratio, self.fit_intercept, self.positive, self.tol, self.max_iter = \
+            alpha, l1_ratio, fit_intercept, positive, tol, max_iter
+
+
+class SparseLogisticRegression(ClassifierMixin, BaseEstimator):
+    """Binary logistic regression with ``α‖w‖₁`` (elastic net with ``l1_ratio < 1``), mean log-loss,
+    unpenalised intercept: scikit-learn's ``LogisticRegression(l1_ratio=1, C=1/(nα))`` with a free
+    intercept (skglm's ``SparseLogisticRegression(alpha=α)``).
+
+    Args:
+        alpha: α > 0.
+        l1_ratio: ρ in (0, 1].
+        fit_intercept: an unpenalised intercept.
+        tol: relative KKT tolerance.
+        max_iter: outer iterations.
+
+    Attributes:
+        classes_: the two labels (the second is the positive class).
+        coef_: ``(1, d)``; intercept_: ``(1,)``; n_iter_, result_.
+
+    Examples:
+        >>> from sklearn.datasets import load_breast_cancer
+        >>> from sklearn.pipeline import make_pipeline
+        >>> from sklearn.preprocessing import StandardScaler
+        >>> from symopt.estimators import SparseLogisticRegression
+        >>> X, y = load_breast_cancer(return_X_y=True)
+        >>> model = make_pipeline(StandardScaler(), SparseLogisticRegression(alpha=0.02)).fit(X, y)
+        >>> int((model[-1].coef_ != 0).sum()), round(model.score(X, y), 3)
+        (7, 0.972)
+    """
+
+    def __init__(self, alpha: float = 1.0, *, l1_ratio: float = 1.0, fit_intercept: bool = True,
+                 tol: float = 1e-6, max_iter: int = 500):
+        self.alpha, self.l1_ratio, self.fit_intercept, self.tol, self.max_iter = \
+            alpha, l1_ratio, fit_intercept, tol, max_iter
+
+    def fit(self, X, y, sample_weight=None):
+        _check_params(self)
+        X, y = validate_data(self, X, y, accept_sparse="csr", dtype=np.float64)
+        check_classification_targets(y)
+        self.classes_ = np.unique(y)
+        if len(self.classes_) != 2:
+            raise ValueError(f"Only binary classification is supported by SparseLogisticRegression: y has "
+                             f"{len(self.classes_)} class(es) {self.classes_.tolist()[:5]}; wrap it in "
+                             "sklearn.multiclass.OneVsRestClassifier")
+        if sample_weight is not None:
+            sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64)
+        labels = (y == self.classes_[1]).astype(np.float64)
+        result = _solve(self, logistic_l1(X, labels, float(self.alpha), fit_intercept=bool(self.fit_intercept),
+                                          sample_weight=sample_weight, l1_ratio=float(self.l1_ratio)))
+        self.coef_ = result.x.numpy().reshape(1, -1).copy()
+        self.intercept_ = np.array([_intercept(result, self.fit_intercept)])
+        return self
+
+    def decision_function(self, X):
+        check_is_fitted(self)
+        X = validate_data(self, X, accept_sparse="csr", dtype=np.float64, reset=False)
+        return X @ self.coef_[0] + self.intercept_[0]
+
+    def predict_proba(self, X):
+        p = 1.0 / (1.0 + np.exp(-self.decision_function(X)))
+        return np.stack([1 - p, p], axis=1)
+
+    def predict(self, X):
+        scores = self.decision_function(X)  # checks that the model is fitted first
+        return self.classes_[(scores > 0).astype(int)]
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = True
+        tags.classifier_tags.multi_class = False
+        return tags
+
+
+class GroupLasso(RegressorMixin, BaseEstimator):
+    """``1/(2n)‖y − Xw − b‖² + α Σ_g ‖w_g‖₂`` by DCS (one gate per group): skglm's ``GroupLasso``.
+
+    Args:
+        groups: an int (consecutive groups of that size) or a list of index lists covering every column.
+        alpha: α > 0.
+        fit_intercept: an unpenalised intercept.
+        tol: relative KKT tolerance.
+        max_iter: outer iterations.
+
+    Examples:
+        >>> import numpy as np
+        >>> from symopt.estimators import GroupLasso
+        >>> rng = np.random.default_rng(0)
+        >>> X = rng.normal(size=(100, 12))
+        >>> y = X[:, :3] @ [1.0, -2.0, 1.5] + 0.1 * rng.normal(size=100)
+        >>> coef = GroupLasso(groups=3, alpha=0.1).fit(X, y).coef_
+        >>> (np.abs(coef).reshape(4, 3).sum(1) > 0).tolist()        # only the first group is used
+        [True, False, False, False]
+    """
+
+    def __init__(self, groups=1, alpha: float = 1.0, *, fit_intercept: bool = True, tol: float = 1e-6,
+                 max_iter: int = 500):
+        self.groups, self.alpha, self.fit_intercept, self.tol, self.max_iter = \
+            groups, alpha, fit_intercept, tol, max_iter
+
+    def fit(self, X, y, sample_weight=None):
+        _check_params(self)
+        X, y = validate_data(self, X, y, accept_sparse="csr", dtype=np.float64, y_numeric=True)
+        if sample_weight is not None:
+            sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64)
+        groups = self.groups
+        if isinstance(groups, numbers.Integral) and X.shape[1] % groups:
+            raise ValueError(f"GroupLasso: groups={groups} does not divide the {X.shape[1]} features; pass a list "
+                             "of index lists")
+        result = _solve(self, group_lasso(X, y, groups, float(self.alpha), fit_intercept=bool(self.fit_intercept),
+                                          sample_weight=sample_weight))
+        self.coef_ = result.x.numpy().copy()
+        self.intercept_ = _intercept(result, self.fit_intercept)
+        return self
+
+    predict = _LinearRegression.predict
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = True
+        return tags
+
+
+class MultiTaskLasso(MultiOutputMixin, RegressorMixin, BaseEstimator):
+    """``1/(2n)‖Y − XW − b‖²_F + α Σ_j ‖W_j‖₂`` (a feature is used by every task or none) by DCS:
+    scikit-learn's ``MultiTaskLasso``; ``coef_`` is ``(T, d)`` as there.
+
+    Args:
+        alpha: α > 0.
+        fit_intercept: one unpenalised intercept per task.
+        tol: relative KKT tolerance.
+        max_iter: outer iterations.
+
+    Examples:
+        >>> import numpy as np
+        >>> from symopt.estimators import MultiTaskLasso
+        >>> rng = np.random.default_rng(0)
+        >>> X = rng.normal(size=(80, 6))
+        >>> Y = X[:, :2] @ rng.normal(size=(2, 3))
+        >>> (np.abs(MultiTaskLasso(alpha=0.1).fit(X, Y).coef_).sum(0) > 0).tolist()
+        [True, True, False, False, False, False]
+    """
+
+    def __init__(self, alpha: float = 1.0, *, fit_intercept: bool = True, tol: float = 1e-6, max_iter: int = 500):
+        self.alpha, self.fit_intercept, self.tol, self.max_iter = alpha, fit_intercept, tol, max_iter
+
+    def fit(self, X, y):
+        _check_params(self)
+        X, y = validate_data(self, X, y, accept_sparse="csr", dtype=np.float64, y_numeric=True, multi_output=True)
+        if y.ndim != 2:
+            raise ValueError(f"MultiTaskLasso: y must be (n_samples, n_tasks), got shape {y.shape}; for one task "
+                             "use Lasso")
+        result = _solve(self, multitask_lasso(X, y, float(self.alpha), fit_intercept=bool(self.fit_intercept)))
+        self.coef_ = result.x.numpy().T.copy()
+        self.intercept_ = _intercept(result, self.fit_intercept) if self.fit_intercept else np.zeros(y.shape[1])
+        return self
+
+    def predict(self, X):
+        check_is_fitted(self)
+        X = validate_data(self, X, accept_sparse="csr", dtype=np.float64, reset=False)
+        return X @ self.coef_.T + self.intercept_
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = True
+        tags.target_tags.single_output = False
+        tags.target_tags.multi_output = True
+        return tags
+
+
+class LassoCV(RegressorMixin, BaseEstimator):
+    """The Lasso with α chosen by cross-validation along a warm-started path ([`symopt.path`][symopt.path]
+    per fold, mean squared error on the held-out fold), then refitted on all the data: scikit-learn's
+    ``LassoCV``.
+
+    Args:
+        alphas: an int: the size of the grid (from ``alpha_max`` of the whole data down to
+            ``eps · alpha_max``, log-spaced); or the grid itself (scikit-learn ≥ 1.7's meaning).
+        eps: ratio of the smallest α to the largest.
+        cv: folds (an int, a splitter, or an iterable of splits), as scikit-learn's ``check_cv``.
+        fit_intercept: an unpenalised intercept.
+        positive: ``w ≥ 0``.
+        tol: relative KKT tolerance of every solve.
+        max_iter: outer iterations of every solve.
+
+    Attributes:
+        alpha_: the chosen α; alphas_: the grid (decreasing); mse_path_: ``(n_alphas, n_folds)``;
+        coef_, intercept_, result_: the refit.
+
+    Examples:
+        >>> from sklearn.datasets import load_diabetes
+        >>> from symopt.estimators import LassoCV
+        >>> X, y = load_diabetes(return_X_y=True)
+        >>> model = LassoCV(alphas=20, cv=3).fit(X, y)
+        >>> model.mse_path_.shape, bool(0 < model.alpha_ < model.alphas_[0])
+        ((20, 3), True)
+    """
+
+    def __init__(self, *, alphas=100, eps: float = 1e-3, cv=5, fit_intercept: bool = True, positive: bool = False,
+                 tol: float = 1e-6, max_iter: int = 500):
+        self.alphas, self.eps, self.cv, self.fit_intercept, self.positive, self.tol, self.max_iter = \
+            alphas, eps, cv, fit_intercept, positive, tol, max_iter
+
+    def fit(self, X, y, sample_weight=None):
+        X, y = validate_data(self, X, y, accept_sparse="csr", dtype=np.float64, y_numeric=True)
+        if sample_weight is not None:
+            sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64)
+        options = dict(fit_intercept=bool(self.fit_intercept), positive=bool(self.positive))
+        whole = lasso(X, y, 1.0, sample_weight=sample_weight, **options)
+        if isinstance(self.alphas, numbers.Integral) and not isinstance(self.alphas, bool):
+            if self.alphas < 1 or not 0 < self.eps < 1:
+                raise ValueError(f"LassoCV: alphas={self.alphas!r} must be >= 1 and eps={self.eps!r} in (0, 1)")
+            top = whole.strength_max()
+            if not top > 0:
+                raise ValueError("LassoCV: Xᵀ(y − ȳ) = 0: every α gives w = 0")
+            grid = top * np.geomspace(1.0, self.eps, self.alphas)
+        else:
+            grid = np.sort(np.asarray(self.alphas, dtype=np.float64))[::-1]
+            if grid.ndim != 1 or not len(grid) or not (np.isfinite(grid) & (grid > 0)).all():
+                raise ValueError(f"LassoCV: alphas must be an int or positive finite numbers, got {self.alphas!r}")
+        splitter = check_cv(self.cv)
+        if X.shape[0] < 2 or X.shape[0] < splitter.get_n_splits(X, y):
+            raise ValueError(f"LassoCV: n_samples={X.shape[0]} is too few for {splitter.get_n_splits(X, y)}-fold "
+                             "cross-validation")
+        folds = list(splitter.split(X, y))
+        errors = np.empty((len(grid), len(folds)))
+        for k, (train, test) in enumerate(folds):
+            weights = None if sample_weight is None else sample_weight[train]
+            fold = _path(lasso(X[train], y[train], 1.0, sample_weight=weights, **options), grid, tol=self.tol,
+                         max_iter=self.max_iter)
+            for i, result in enumerate(fold):
+                residual = y[test] - (X[test] @ result.x.numpy() + _intercept(result, self.fit_intercept))
+                w = None if sample_weight is None else sample_weight[test]
+                errors[i, k] = np.average(residual ** 2, weights=w)
+        self.alphas_, self.mse_path_ = grid, errors
+        self.alpha_ = float(grid[int(np.argmin(errors.mean(axis=1)))])
+        result = solve(whole.at_strength(self.alpha_), tol=self.tol, max_iter=self.max_iter)
+        self.result_, self.n_iter_ = result, result.iterations
+        self.coef_ = result.x.numpy().copy()
+        self.intercept_ = _intercept(result, self.fit_intercept)
+        return self
+
+    predict = _LinearRegression.predict
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = True
+        return tags

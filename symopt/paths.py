@@ -1,0 +1,169 @@
+"""Regularisation paths: one problem solved at a decreasing sequence of strengths, each solve warm
+started from the previous answer (and, for the separable families, screened by it: the working set
+opens with the previous support and the worst violators), every point certified."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .problems import Problem
+from .result import Result
+
+_OK = ("optimal", "stalled")  # points a warm start may come from
+
+
+@dataclass
+class Path:
+    """The solutions of one problem along decreasing strengths λ₁ > λ₂ > … (what
+    [`symopt.path`][symopt.path] returns).
+
+    Attributes:
+        strengths: the λ values, decreasing (float64, shape ``(k,)``).
+        results: one [`Result`][symopt.Result] per λ, in the same order (status, objective, KKT
+            residual, the problem at that λ).
+        seconds: wall time of the whole path.
+
+    Examples:
+        >>> import symopt
+        >>> from symopt.problems import make_lasso
+        >>> path = symopt.path(make_lasso(n=60, d=30, nonzeros=4), n_strengths=5)
+        >>> path.nonzeros[0], path.nonzeros[-1] > 0, path.coefs.shape
+        (0, True, torch.Size([5, 30]))
+    """
+
+    strengths: Tensor
+    results: list[Result]
+    seconds: float
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def __iter__(self) -> Iterator[Result]:
+        return iter(self.results)
+
+    def __getitem__(self, index: int) -> Result:
+        return self.results[index]
+
+    @property
+    def coefs(self) -> Tensor:
+        """The solutions stacked: ``(k, *shape)``."""
+        return torch.stack([r.x for r in self.results])
+
+    @property
+    def intercepts(self) -> Tensor | None:
+        """The unpenalised intercepts (``(k,)`` or ``(k, T)``), or None for a problem without one."""
+        values = [r.intercept for r in self.results]
+        if any(v is None for v in values):
+            return None
+        return torch.stack([torch.as_tensor(v, dtype=torch.float64) for v in values])
+
+    @property
+    def statuses(self) -> list[str]:
+        return [r.status for r in self.results]
+
+    @property
+    def nonzeros(self) -> list[int]:
+        """Alive atoms per point (non-zero entries, groups, singular values), as the constraint counts them."""
+        counts = []
+        for r in self.results:
+            constraint = r.problem.constraint().to(dtype=torch.float64)
+            counts.append(int((constraint.atoms(r.x) > 0).sum()))
+        return counts
+
+    def certificates(self, tol: float = 1e-6) -> list:
+        """[`symopt.certify`][symopt.certify] of every point: KKT residual, ``optimal``, and the duality
+        gap of the families with a dual."""
+        from .certify import certify
+
+        return [certify(r, tol=tol) for r in self.results]
+
+
+def path(problem: Problem, strengths: Sequence[float] | Tensor | np.ndarray | None = None, *, n_strengths: int = 100,
+         eps: float = 1e-3, **solve_options) -> Path:
+    """Solve ``problem`` along a decreasing sequence of strengths, warm starting each solve from the
+    previous answer.
+
+    Every solve is [`symopt.solve`][symopt.solve] of ``problem.at_strength(λ)`` with ``start=`` the
+    previous point: near each other on the path, solutions share most of their support, so a warm
+    start begins on the right face, and the working sets of the separable families (Lasso,
+    logistic-L1, group lasso) open with that support plus the atoms whose gradient most exceeds
+    the new λ — a screening rule that needs no safe bound.
+
+    Args:
+        problem: a problem with ``at_strength`` (every penalised family: lasso, logistic_l1,
+            group_lasso, multitask_lasso, matrix_completion, ...; a budget problem's λ too). Its own
+            λ is ignored.
+        strengths: the λ values (positive, finite; solved and returned in decreasing order). Default:
+            ``n_strengths`` values evenly spaced in log from ``problem.strength_max()`` down to
+            ``eps`` times it (scikit-learn's ``lasso_path`` grid).
+        n_strengths: size of the default grid.
+        eps: ratio of the smallest to the largest λ of the default grid, in (0, 1).
+        **solve_options: passed to every [`symopt.solve`][symopt.solve] (``tol``, ``device``,
+            ``dtype``, ``max_iter``, ...), except ``start``, which the path sets.
+
+    Returns:
+        Path: the strengths, one [`Result`][symopt.Result] per strength (a failed point keeps its
+        status and the next one starts from the last good point), and the total time.
+
+    Raises:
+        TypeError: ``problem`` is not a [`Problem`][symopt.Problem].
+        ValueError: a problem without ``at_strength``; ``strengths`` empty, not 1-d, not positive
+            or not finite; a bad ``n_strengths`` or ``eps``; ``start`` among the options; a default
+            grid when ``∇loss(0) = 0`` (θ = 0 is optimal at every λ).
+
+    Examples:
+        >>> import torch, symopt
+        >>> from symopt.problems import lasso
+        >>> from sklearn.datasets import load_diabetes
+        >>> X, y = load_diabetes(return_X_y=True)
+        >>> path = symopt.path(lasso(X, y, 1.0, fit_intercept=True), n_strengths=20, eps=1e-2)
+        >>> path.nonzeros[:4], path.nonzeros[-1], set(path.statuses)
+        ([0, 2, 2, 2], 8, {'optimal'})
+    """
+    if not isinstance(problem, Problem):
+        raise TypeError(f"path: expected a symopt.Problem, got {type(problem).__name__}")
+    if problem.at_strength is None:
+        raise ValueError(f"path: '{problem.name}' cannot be re-solved at another λ (no at_strength); build it "
+                         "with a penalised family (symopt.problems.lasso, logistic_l1, group_lasso, ...)")
+    if "start" in solve_options:
+        raise ValueError("path: start= is set by the path (each point starts from the previous one); drop it")
+    grid = _grid(problem, strengths, n_strengths, eps)
+    began = time.perf_counter()
+    results, start = [], None
+    for lam in grid.tolist():
+        from .solver import solve  # the solver imports the problems, which this module's users import first
+
+        result = solve(problem.at_strength(lam), start=start, **solve_options)
+        results.append(result)
+        if result.status in _OK:
+            start = result.x
+    return Path(grid, results, time.perf_counter() - began)
+
+
+def _grid(problem: Problem, strengths, n_strengths: int, eps: float) -> Tensor:
+    if strengths is None:
+        if isinstance(n_strengths, bool) or not isinstance(n_strengths, int) or n_strengths < 1:
+            raise ValueError(f"path: n_strengths={n_strengths!r} must be an int >= 1")
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < 1:
+            raise ValueError(f"path: eps={eps!r} must be in (0, 1) (the smallest λ over the largest)")
+        top = problem.strength_max()
+        if not top > 0:
+            raise ValueError(f"path: ∇loss(0) = 0 for '{problem.name}': θ = 0 is optimal at every λ; pass strengths=")
+        return torch.from_numpy(top * np.geomspace(1.0, eps, n_strengths))
+    try:
+        grid = torch.as_tensor(np.asarray(strengths, dtype=np.float64))
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"path: strengths must be a 1-d sequence of positive numbers, got {strengths!r}") from err
+    if grid.dim() != 1 or grid.numel() == 0:
+        raise ValueError(f"path: strengths must be a non-empty 1-d sequence, got shape {tuple(grid.shape)}")
+    if not bool(torch.isfinite(grid).all()) or not bool((grid > 0).all()):
+        bad = [v for v in grid.tolist() if not (math.isfinite(v) and v > 0)]
+        raise ValueError(f"path: every strength must be positive and finite, got {bad[:3]}")
+    return torch.sort(grid, descending=True).values

@@ -1,0 +1,125 @@
+"""symopt.estimators behave as scikit-learn estimators (its own check suite, Pipeline, GridSearchCV)
+and fit what scikit-learn's fit, on shipped data."""
+
+import numpy as np
+import pytest
+
+sklearn = pytest.importorskip("sklearn", minversion="1.6")
+from sklearn.datasets import load_breast_cancer, load_diabetes  # noqa: E402
+from sklearn.model_selection import GridSearchCV, KFold  # noqa: E402
+from sklearn.pipeline import make_pipeline  # noqa: E402
+from sklearn.preprocessing import StandardScaler  # noqa: E402
+from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
+
+import symopt  # noqa: E402
+from symopt.estimators import (ElasticNet, GroupLasso, Lasso, LassoCV, MultiTaskLasso,  # noqa: E402
+                               SparseLogisticRegression)
+
+# tol=1e-10: scikit-learn's checks compare fits to 1e-7 (e.g. weights against repeated samples);
+# the default 1e-6 KKT tolerance agrees to ~3e-7 only.
+CHECKED = [Lasso(alpha=0.1, tol=1e-10), ElasticNet(alpha=0.1, tol=1e-10), SparseLogisticRegression(alpha=0.01, tol=1e-10),
+           GroupLasso(alpha=0.1, tol=1e-10), MultiTaskLasso(alpha=0.1, tol=1e-10)]
+
+
+@parametrize_with_checks(CHECKED)
+def test_scikit_learn_check_suite(estimator, check):
+    check(estimator)
+
+
+@pytest.mark.slow
+@parametrize_with_checks([LassoCV(alphas=3, cv=2, tol=1e-10)], expected_failed_checks=lambda est: {
+    # as scikit-learn's own LassoCV: weights and repeated rows give different folds, so different α
+    "check_sample_weight_equivalence_on_dense_data": "folds differ with repeated samples",
+    "check_sample_weight_equivalence_on_sparse_data": "folds differ with repeated samples",
+})
+def test_scikit_learn_check_suite_cv(estimator, check):
+    check(estimator)
+
+
+def test_lasso_and_elastic_net_fit_what_scikit_learn_fits():
+    from sklearn import linear_model
+
+    X, y = load_diabetes(return_X_y=True)
+    weights = np.random.default_rng(0).uniform(0, 2, len(y))
+    for ours, theirs in [(Lasso(alpha=0.2), linear_model.Lasso(alpha=0.2)),
+                         (ElasticNet(alpha=0.05, l1_ratio=0.7), linear_model.ElasticNet(alpha=0.05, l1_ratio=0.7)),
+                         (Lasso(alpha=0.2, positive=True), linear_model.Lasso(alpha=0.2, positive=True))]:
+        ours.fit(X, y, sample_weight=weights)
+        theirs.set_params(tol=1e-12, max_iter=10**6).fit(X, y, sample_weight=weights)
+        assert ours.result_.status == "optimal"
+        assert np.abs(ours.coef_ - theirs.coef_).max() <= 1e-4 * np.abs(theirs.coef_).max()
+        assert ours.intercept_ == pytest.approx(theirs.intercept_, rel=1e-8)
+        assert ours.score(X, y) == pytest.approx(theirs.score(X, y), abs=1e-9)
+
+
+@pytest.mark.slow  # skglm compiles its numba kernels on first use (~20 s)
+def test_sparse_logistic_regression_matches_skglm():
+    skglm = pytest.importorskip("skglm")
+    X, y = load_breast_cancer(return_X_y=True)
+    X = StandardScaler().fit_transform(X)
+    ours = SparseLogisticRegression(alpha=0.01, tol=1e-9).fit(X, y)
+    theirs = skglm.SparseLogisticRegression(alpha=0.01, fit_intercept=True, tol=1e-12, max_iter=10**4).fit(X, y)
+    assert np.abs(ours.coef_ - theirs.coef_).max() <= 1e-4
+    assert ours.intercept_[0] == pytest.approx(theirs.intercept_, abs=1e-4)
+    assert (ours.predict(X) == theirs.predict(X)).all()
+    assert np.allclose(ours.predict_proba(X).sum(1), 1.0)
+
+
+def test_sparse_logistic_regression_matches_cvxpy_with_a_free_intercept():
+    pytest.importorskip("cvxpy")
+    from symopt.baselines import solve_cvxpy
+    from symopt.problems import logistic_l1
+
+    X, y = load_breast_cancer(return_X_y=True)
+    X = StandardScaler().fit_transform(X)
+    ours = SparseLogisticRegression(alpha=0.01, tol=1e-9).fit(X, y)
+    reference = solve_cvxpy(logistic_l1(X, y.astype(float), 0.01, fit_intercept=True))
+    assert ours.result_.objective <= reference.objective + 1e-9
+    assert np.abs(ours.coef_[0] - reference.x.numpy()).max() <= 1e-4
+    assert ours.intercept_[0] == pytest.approx(reference.intercept, abs=1e-5)
+    assert np.allclose(ours.predict_proba(X).sum(1), 1.0)
+
+
+def test_lasso_cv_picks_scikit_learns_alpha_on_the_same_folds():
+    from sklearn import linear_model
+
+    X, y = load_diabetes(return_X_y=True)
+    folds = KFold(3, shuffle=True, random_state=0)
+    ours = LassoCV(alphas=15, cv=folds).fit(X, y)
+    theirs = linear_model.LassoCV(alphas=15, cv=folds, tol=1e-10, max_iter=10**6).fit(X, y)
+    assert np.allclose(ours.alphas_, theirs.alphas_, rtol=1e-10)
+    assert ours.alpha_ == pytest.approx(theirs.alpha_, rel=1e-10)
+    assert np.allclose(ours.mse_path_, theirs.mse_path_, rtol=1e-5)
+    assert np.abs(ours.coef_ - theirs.coef_).max() <= 1e-4 * np.abs(theirs.coef_).max()
+
+
+def test_grid_search_over_a_pipeline():
+    X, y = load_diabetes(return_X_y=True)
+    search = GridSearchCV(make_pipeline(StandardScaler(), Lasso()), {"lasso__alpha": [0.1, 1.0, 10.0]}, cv=3)
+    search.fit(X, y)
+    assert search.best_params_["lasso__alpha"] in (0.1, 1.0, 10.0)
+    assert symopt.certify(search.best_estimator_[-1].result_).optimal
+
+
+@pytest.mark.parametrize("make, X, y, words", [
+    (lambda: Lasso(alpha=-1.0), None, None, "alpha=-1.0"),
+    (lambda: Lasso(alpha=0.0), None, None, "LinearRegression"),
+    (lambda: Lasso(tol=0.0), None, None, "tol"),
+    (lambda: ElasticNet(l1_ratio=0.0), None, None, "l1_ratio"),
+    (lambda: Lasso(), "nan", None, "NaN"),
+    (lambda: SparseLogisticRegression(), None, "multiclass", "Only binary"),
+    (lambda: GroupLasso(groups=3), None, None, "does not divide"),
+])
+def test_bad_input_is_named_before_any_fit(make, X, y, words):
+    Xd, yd = load_diabetes(return_X_y=True)
+    if X == "nan":
+        Xd = Xd.copy()
+        Xd[0, 0] = np.nan
+    if y == "multiclass":
+        yd = np.digitize(yd, [100, 200])
+    elif isinstance(make(), SparseLogisticRegression):
+        yd = yd > 150
+    model = make()
+    with pytest.raises(ValueError, match=words):
+        model.fit(Xd, yd)
+    assert not hasattr(model, "coef_")
