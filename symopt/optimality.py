@@ -18,6 +18,12 @@ from .constraints.base import Face
 # took 7 outer rounds instead of 1 (Lasso 1000×5000: 0.20 s → 0.06 s).
 SMALL_FACE = 2000
 _FACE_ROUNDS = 3  # face solves at most per polish: atoms that cross 0 drop out between them
+# Faces with at most this many free coordinates are solved by Newton's method first (the Hessian by
+# autograd, vectorised): one step is exact on a quadratic face (least squares), a few on the
+# log-loss, where L-BFGS took ~20 evaluations (measured: a 50-point Lasso path 500×2000 spent half
+# its time in face polishes).
+NEWTON_FACE = 256
+_NEWTON_STEPS = 8
 
 
 def snap_tol(theta: Tensor, tol: float) -> float:
@@ -118,9 +124,69 @@ def polish_on_face(loss: Callable[[Tensor], Tensor], constraint: Constraint, poi
     return (polished, residual) if math.isfinite(residual) else None
 
 
+def _newton_on_face(objective, start: list[Tensor], tolerance: float) -> list[Tensor] | None:
+    """Damped Newton on the face's objective from ``start``: the coordinates where the gradient norm
+    falls below ``tolerance`` (or the last decreasing step), or None when the Hessian cannot be formed
+    (a loss that autograd cannot vectorise) or no step decreases the objective."""
+    sizes = [t.numel() for t in start]
+    shapes = [t.shape for t in start]
+
+    def flat_objective(z: Tensor) -> Tensor:
+        return objective(*[part.reshape(shape) for part, shape in zip(torch.split(z, sizes), shapes)])
+
+    z = torch.cat([t.detach().reshape(-1) for t in start])
+    value = float(flat_objective(z))
+    for _ in range(_NEWTON_STEPS):
+        point = z.detach().requires_grad_()
+        (grad,) = torch.autograd.grad(flat_objective(point), point)
+        if float(grad.norm()) <= tolerance:
+            break
+        try:
+            hessian = torch.autograd.functional.hessian(flat_objective, z, vectorize=True)
+        except (RuntimeError, NotImplementedError, TypeError):
+            return None
+        try:  # the pseudo-inverse: directions the face does not see (a linear kind's normals, a
+            # low-rank face's rotations) have a zero curvature and get no step, not a huge one
+            curvatures, vectors = torch.linalg.eigh(0.5 * (hessian + hessian.T))
+        except RuntimeError:
+            return None
+        seen = curvatures > 1e-10 * max(float(curvatures.abs().max()), 1e-300)
+        if not bool(seen.any()):
+            return None
+        step = vectors[:, seen] @ ((vectors[:, seen].T @ grad) / curvatures[seen])
+        if not bool(torch.isfinite(step).all()) or float(step @ grad) <= 0:  # not a descent direction
+            return None
+        scale, accepted = 1.0, False
+        for _ in range(30):  # backtracking: a full step on a quadratic, shorter far from the optimum
+            trial = z - scale * step
+            trial_value = float(flat_objective(trial))
+            if trial_value <= value - 1e-4 * scale * float(step @ grad) or trial_value < value:
+                z, value, accepted = trial.detach(), trial_value, True
+                break
+            scale *= 0.5
+        if not accepted:
+            break
+    return [part.reshape(shape) for part, shape in zip(torch.split(z, sizes), shapes)]
+
+
 def _solve_on_face(loss, lam: float, face: Face, free: int, target: float, max_iter: int):
-    """L-BFGS on the face: ``(θ at its end, the atoms that crossed 0 or None)``."""
-    coordinates = [t.detach().clone(memory_format=torch.contiguous_format).requires_grad_() for t in face.start]
+    """Newton (small faces), then L-BFGS on the face: ``(θ at its end, the atoms that crossed 0 or None)``."""
+    coordinates = [t.detach().clone(memory_format=torch.contiguous_format) for t in face.start]
+    tolerance = 0.1 * target
+    if 0 < free <= NEWTON_FACE:
+        newton = _newton_on_face(lambda *c: loss(face.embed(*c)) + lam * face.norm(*c), coordinates, tolerance)
+        if newton is not None:
+            coordinates = newton
+            with torch.no_grad():
+                theta = face.embed(*coordinates)
+            parts = [c.detach().clone().requires_grad_() for c in coordinates]
+            value = loss(face.embed(*parts)) + lam * face.norm(*parts)
+            grads = torch.autograd.grad(value, parts)
+            if math.sqrt(sum(float(g.square().sum()) for g in grads)) <= tolerance:
+                with torch.no_grad():
+                    dropped = None if face.crossed is None else face.crossed(*coordinates)
+                return theta, dropped
+    coordinates = [t.detach().clone(memory_format=torch.contiguous_format).requires_grad_() for t in coordinates]
     optimizer = torch.optim.LBFGS(coordinates, lr=1.0, max_iter=max_iter, history_size=max_iter,
                                   line_search_fn="strong_wolfe", tolerance_change=0.0,
                                   tolerance_grad=0.1 * target / math.sqrt(max(free, 1)))

@@ -162,7 +162,8 @@ def solve(problem: Problem, device=None, dtype=None, method: str = "auto", tol: 
     warm_up()  # a one-time import of torch's, outside the solve's time
     began = time.perf_counter()
     if constraint.budget is None:
-        status, message = descent.run(max_iter, began)
+        verdict = descent.accept_start(began) if start is not None else None
+        status, message = verdict or descent.run(max_iter, began)
     else:
         status, message = search_path(descent, constraint, loss, max_iter, max_rounds, began)
     seconds = elapsed_since(began, device)

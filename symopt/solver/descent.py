@@ -116,6 +116,31 @@ class Descent:
             return self._broken(rule, f"iteration {iteration}: torch raised {type(err).__name__}: {err}")
         return collapsed, theta, point, kkt, data, constraint
 
+    def accept_start(self, start: float) -> tuple[str, str] | None:
+        """Certify a warm start before any step: snap it, measure the KKT residual, and polish on
+        its face (a smooth problem in its few free coordinates). Along a path the previous solution
+        usually has the new solution's support, so the polish alone lands on the optimum, where a
+        descent on the factors would spend its inner iterations first. ``("optimal", ...)`` when
+        the certificate passes, else None (the descent runs, and the start is where it begins)."""
+        theta = self.holder.theta.detach()
+        if self._non_finite(theta):
+            return None
+        try:
+            point, kkt, data, constraint = self.certifier.certify(theta, self.constraint)
+        except RuntimeError:
+            return None  # the descent meets the same error and reports it with its status
+        self.certifier.start_run()
+        target = self.tol * self.scale
+        violation = self.constraint.infeasibility(point)
+        if not (kkt <= target and violation <= self.tol * max(1.0, float(point.norm()))) or self.filled(point):
+            return None
+        objective = self.problem.value(point, data, constraint)
+        if not math.isfinite(objective):
+            return None
+        self.point = point
+        self.history.append((time.perf_counter() - start, objective, kkt))
+        return "optimal", "KKT residual and violation below tolerance at the warm start's face (polished, no descent)"
+
     def run(self, budget: int, start: float) -> tuple[str, str]:
         """Up to ``budget`` outer iterations from the current factors (a fresh optimizer: λ may
         have changed since the last run). Returns ``(status, message)``."""
