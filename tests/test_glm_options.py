@@ -157,7 +157,8 @@ def test_weak_duality_holds_everywhere_and_the_gap_closes(build):
         dual, _ = problem.dual(theta, data, constraint)
         assert problem.value(theta, data, constraint) - dual >= -1e-9
     result = symopt.solve(problem, tol=1e-10)
-    assert -1e-12 <= symopt.certify(result).duality_gap <= 1e-7 * max(1.0, abs(result.objective))
+    scale = max(1.0, abs(result.objective))
+    assert -1e-12 * scale <= symopt.certify(result).duality_gap <= 1e-7 * scale  # rounding on either side
 
 
 def test_working_sets_carry_the_intercept_and_weights():
