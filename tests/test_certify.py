@@ -107,3 +107,22 @@ def test_certify_never_calls_a_violated_constraint_exact():
     (e,) = symopt.certify(model, loss).entries
     assert e.strength > e.multiplier and e.violation_before > 0.05
     assert e.exact is False
+
+
+def test_ok_means_optimal_within_tolerance_not_merely_feasible():
+    """An under-trained sparse model satisfies its (penalty) constraint trivially, so it is feasible;
+    with its loss the certificate measures the KKT residual and refuses ``ok`` (issue 22: ``ok`` was
+    True at a KKT residual of 0.32). At the Lasso optimum the same certificate is ``ok``."""
+    X, y = least_squares(n=50, d=10, k=3, seed=2)
+    model = Vector(10, init=torch.zeros(10, dtype=DT))
+    symopt.sparse(model, "theta", strength=0.05)
+    loss = lambda m: ls_loss(X, y)(m.theta)  # noqa: E731
+    early = symopt.certify(model, loss)
+    assert early.feasible and early.optimal is False and not early.ok
+    assert early.entries[0].relative_kkt > 0.1
+    assert symopt.certify(model).ok and symopt.certify(model).optimal is None  # nothing measured
+    reference = Lasso(alpha=0.05, fit_intercept=False, tol=1e-14, max_iter=10**6).fit(X.numpy(), y.numpy())
+    with torch.no_grad():
+        model.theta = torch.as_tensor(reference.coef_, dtype=DT)
+    at_optimum = symopt.certify(model, loss)
+    assert at_optimum.optimal and at_optimum.ok

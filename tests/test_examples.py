@@ -5,6 +5,8 @@ import pytest
 from helpers import load_example as load
 
 
+# slow: a full example run (20–60 s on the 2-core CI machine); `pytest -m slow` runs it
+@pytest.mark.slow
 def test_lasso_diabetes_matches_sklearn():
     pytest.importorskip("sklearn")
     # 10,000 SGD steps (the example runs 20,000): 8,000 already pass, 4,000 do not
@@ -12,6 +14,8 @@ def test_lasso_diabetes_matches_sklearn():
         assert nnz_dcs == nnz_ref and max_dw <= 1e-6 and gap <= 1e-10
 
 
+# slow: a full example run (20–60 s on the 2-core CI machine); `pytest -m slow` runs it
+@pytest.mark.slow
 def test_exact_threshold_is_sharp():
     for c, violation, error in load("exact_threshold").main():
         if c > 1:
@@ -24,6 +28,8 @@ def test_quickstart_recovers_the_support():
     assert load("quickstart").main() == [0, 1, 2]
 
 
+# slow: a full example run (20–60 s on the 2-core CI machine); `pytest -m slow` runs it
+@pytest.mark.slow
 def test_feature_selection_uses_exactly_the_budget():
     pytest.importorskip("sklearn")
     rows = load("feature_selection_digits").main(features=12, steps=600)
@@ -52,6 +58,8 @@ def test_tied_autoencoder_ties_exactly():
     assert mse < 2 * rows["untied"][0]
 
 
+# slow: a full example run (20–60 s on the 2-core CI machine); `pytest -m slow` runs it
+@pytest.mark.slow
 def test_tiny_transformer_ties_and_lowers_rank():
     rows = load("tiny_transformer_lm").main()
     val, ranks, gap, params = rows["symopt (tied, low-rank M)"]

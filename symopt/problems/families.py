@@ -1,6 +1,9 @@
 """Built-in problem families: each a torch loss, a symopt constraint and a cvxpy twin.
 
-Scaling follows scikit-learn: data terms are averaged over the n samples.
+Scaling follows scikit-learn: the regression and classification data terms are averaged over the
+n samples (a weighted mean with ``sample_weight``). Matrix completion is the exception: its data
+term ``½‖P_Ω(W − M)‖²`` is a sum over the observed entries, as in SoftImpute and the nuclear-norm
+literature, so its λ is on that scale.
 """
 
 from __future__ import annotations
