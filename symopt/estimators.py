@@ -78,7 +78,21 @@ def _intercept(result, fit_intercept: bool):
     return value.numpy() if isinstance(value, torch.Tensor) else float(value)
 
 
-class _LinearRegression(RegressorMixin, BaseEstimator):
+class _LinearPredictor:
+    """``X @ coef_ + intercept_`` on dense or CSR input: the regressors' shared prediction."""
+
+    def predict(self, X):
+        check_is_fitted(self)
+        X = validate_data(self, X, accept_sparse="csr", dtype=np.float64, reset=False)
+        return X @ self.coef_ + self.intercept_
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = True
+        return tags
+
+
+class _LinearRegression(_LinearPredictor, RegressorMixin, BaseEstimator):
     """The shared fit of the L1 regressions (Lasso, ElasticNet)."""
 
     def fit(self, X, y, sample_weight=None):
@@ -99,16 +113,6 @@ class _LinearRegression(RegressorMixin, BaseEstimator):
         self.coef_ = result.x.numpy().copy()
         self.intercept_ = _intercept(result, self.fit_intercept)
         return self
-
-    def predict(self, X):
-        check_is_fitted(self)
-        X = validate_data(self, X, accept_sparse="csr", dtype=np.float64, reset=False)
-        return X @ self.coef_ + self.intercept_
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.sparse = True
-        return tags
 
 
 class Lasso(_LinearRegression):
@@ -240,7 +244,7 @@ class SparseLogisticRegression(ClassifierMixin, BaseEstimator):
         return tags
 
 
-class GroupLasso(RegressorMixin, BaseEstimator):
+class GroupLasso(_LinearPredictor, RegressorMixin, BaseEstimator):
     """``1/(2n)‖y − Xw − b‖² + α Σ_g ‖w_g‖₂`` by DCS (one gate per group): skglm's ``GroupLasso``.
 
     Args:
@@ -280,13 +284,6 @@ class GroupLasso(RegressorMixin, BaseEstimator):
         self.coef_ = result.x.numpy().copy()
         self.intercept_ = _intercept(result, self.fit_intercept)
         return self
-
-    predict = _LinearRegression.predict
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.sparse = True
-        return tags
 
 
 class MultiTaskLasso(MultiOutputMixin, RegressorMixin, BaseEstimator):
@@ -336,7 +333,7 @@ class MultiTaskLasso(MultiOutputMixin, RegressorMixin, BaseEstimator):
         return tags
 
 
-class LassoCV(RegressorMixin, BaseEstimator):
+class LassoCV(_LinearPredictor, RegressorMixin, BaseEstimator):
     """The Lasso with α chosen by cross-validation along a warm-started path ([`symopt.path`][symopt.path]
     per fold, mean squared error on the held-out fold), then refitted on all the data: scikit-learn's
     ``LassoCV``.
@@ -407,10 +404,3 @@ class LassoCV(RegressorMixin, BaseEstimator):
         self.coef_ = result.x.numpy().copy()
         self.intercept_ = _intercept(result, self.fit_intercept)
         return self
-
-    predict = _LinearRegression.predict
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.sparse = True
-        return tags

@@ -167,6 +167,15 @@ class _Options:
                 "sample_weight": self.weights is not None, "l1_ratio": self.l1_ratio, "positive": self.positive,
                 **extra}
 
+    def problem(self, name: str, shape, loss, make, X: Tensor, y: Tensor, penalty, plain_dual, **extra) -> Problem:
+        """The family's penalised Problem: the twin and the dual for these options (the plain
+        family's own dual when nothing was added), and ``result.intercept``'s hook."""
+        meta = self.meta(**extra.pop("meta", {}))
+        problem = Problem(f"{name}{self.label()}", shape, loss, make, self.data(X, y), self.twin(shape[0], penalty),
+                          meta, dual=plain_dual if self.default else glm_dual(self.term), **extra)
+        problem.intercept = self.intercept(lambda: problem.data_on("cpu", torch.float64))
+        return problem
+
     def intercept(self, data_of):
         """``result.intercept``: ``b*`` at θ (None when the problem has no intercept)."""
         if not self.fit_intercept:
@@ -280,13 +289,9 @@ def lasso(X, y, strength: float | None = None, *, max_nonzero: int | None = None
         import cvxpy as cp
         return lam * (cp.sum(w) if positive else cp.norm1(w))
 
-    problem = Problem(f"lasso {n}x{d}{options.label()}", (d,), loss, lambda: penalty_kind(lam), options.data(X, y),
-                      options.twin(d, penalty), options.meta(),
-                      dual=least_squares_dual if options.default else glm_dual(options.term),
-                      restrict=lambda index: _again(lasso, columns(X, index), y, strength, **again),
-                      at_strength=lambda new: _again(lasso, X, y, new, **again))
-    problem.intercept = options.intercept(lambda: problem.data_on("cpu", torch.float64))
-    return problem
+    return options.problem(f"lasso {n}x{d}", (d,), loss, lambda: penalty_kind(lam), X, y, penalty, least_squares_dual,
+                           restrict=lambda index: _again(lasso, columns(X, index), y, strength, **again),
+                           at_strength=lambda new: _again(lasso, X, y, new, **again))
 
 
 def group_lasso(X, y, groups, strength: float | None = None, *, max_groups: int | None = None,
@@ -350,13 +355,10 @@ def group_lasso(X, y, groups, strength: float | None = None, *, max_groups: int 
         return _again(group_lasso, columns(X, index), y, kept, strength, **again)
 
     label = f"/{groups}" if isinstance(groups, int) else f", {len(members)} groups"
-    problem = Problem(f"group_lasso {n}x{d}{label}{options.label()}", (d,), loss,
-                      lambda: GroupSparse(groups=groups, strength=strength), options.data(X, y),
-                      options.twin(d, penalty), options.meta(groups=members),
-                      dual=least_squares_dual if options.default else glm_dual(options.term), restrict=restrict,
-                      at_strength=lambda new: _again(group_lasso, X, y, groups, new, **again))
-    problem.intercept = options.intercept(lambda: problem.data_on("cpu", torch.float64))
-    return problem
+    return options.problem(f"group_lasso {n}x{d}{label}", (d,), loss,
+                           lambda: GroupSparse(groups=groups, strength=strength), X, y, penalty, least_squares_dual,
+                           meta={"groups": members}, restrict=restrict,
+                           at_strength=lambda new: _again(group_lasso, X, y, groups, new, **again))
 
 
 def _members(ids: Tensor) -> list[list[int]]:
@@ -414,13 +416,11 @@ def multitask_lasso(X, Y, strength: float, *, fit_intercept: bool = False, sampl
         import cvxpy as cp
         return strength * cp.sum(cp.norm(W, 2, axis=1))
 
-    problem = Problem(f"multitask_lasso {n}x{d}x{tasks}{options.label()}", (d, tasks), options.term,
-                      lambda: GroupSparse(0, strength), options.data(X, Y), options.twin(d, penalty),
-                      options.meta(), dual=glm_dual(options.term),
-                      at_strength=lambda new: _again(multitask_lasso, X, Y, new, fit_intercept=fit_intercept,
-                                                              sample_weight=sample_weight))
-    problem.intercept = options.intercept(lambda: problem.data_on("cpu", torch.float64))
-    return problem
+    options.default = False  # no plain multi-task loss: always the data term and its dual
+    return options.problem(f"multitask_lasso {n}x{d}x{tasks}", (d, tasks), options.term,
+                           lambda: GroupSparse(0, strength), X, Y, penalty, None,
+                           at_strength=lambda new: _again(multitask_lasso, X, Y, new, fit_intercept=fit_intercept,
+                                                          sample_weight=sample_weight))
 
 
 def logistic_l1(X, y, strength: float | None = None, *, max_nonzero: int | None = None, fit_intercept: bool = False,
@@ -483,13 +483,9 @@ def logistic_l1(X, y, strength: float | None = None, *, max_nonzero: int | None 
         import cvxpy as cp
         return lam * cp.norm1(w)
 
-    problem = Problem(f"logistic_l1 {n}x{d}{options.label()}", (d,), loss, lambda: Sparse(lam), options.data(X, y),
-                      options.twin(d, penalty), options.meta(),
-                      dual=logistic_dual if options.default else glm_dual(options.term),
-                      restrict=lambda index: _again(logistic_l1, columns(X, index), y, strength, **again),
-                      at_strength=lambda new: _again(logistic_l1, X, y, new, **again))
-    problem.intercept = options.intercept(lambda: problem.data_on("cpu", torch.float64))
-    return problem
+    return options.problem(f"logistic_l1 {n}x{d}", (d,), loss, lambda: Sparse(lam), X, y, penalty, logistic_dual,
+                           restrict=lambda index: _again(logistic_l1, columns(X, index), y, strength, **again),
+                           at_strength=lambda new: _again(logistic_l1, X, y, new, **again))
 
 
 def equality_ls(X, y, A=None, strength: float = 1.0, *, zeros=None) -> Problem:
