@@ -356,9 +356,9 @@ class LassoCV(_LinearPredictor, RegressorMixin, BaseEstimator):
         >>> from sklearn.datasets import load_diabetes
         >>> from symopt.estimators import LassoCV
         >>> X, y = load_diabetes(return_X_y=True)
-        >>> model = LassoCV(alphas=20, cv=3).fit(X, y)
+        >>> model = LassoCV(alphas=6, cv=3).fit(X, y)
         >>> model.mse_path_.shape, bool(0 < model.alpha_ < model.alphas_[0])
-        ((20, 3), True)
+        ((6, 3), True)
     """
 
     def __init__(self, *, alphas=100, eps: float = 1e-3, cv=5, fit_intercept: bool = True, positive: bool = False,
@@ -370,6 +370,10 @@ class LassoCV(_LinearPredictor, RegressorMixin, BaseEstimator):
         X, y = validate_data(self, X, y, accept_sparse="csr", dtype=np.float64, y_numeric=True)
         if sample_weight is not None:
             sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64)
+        splitter = check_cv(self.cv)
+        if X.shape[0] < 2 or X.shape[0] < splitter.get_n_splits(X, y):
+            raise ValueError(f"LassoCV: n_samples={X.shape[0]} is too few for {splitter.get_n_splits(X, y)}-fold "
+                             "cross-validation")
         options = dict(fit_intercept=bool(self.fit_intercept), positive=bool(self.positive))
         whole = lasso(X, y, 1.0, sample_weight=sample_weight, **options)
         if isinstance(self.alphas, numbers.Integral) and not isinstance(self.alphas, bool):
@@ -383,10 +387,6 @@ class LassoCV(_LinearPredictor, RegressorMixin, BaseEstimator):
             grid = np.sort(np.asarray(self.alphas, dtype=np.float64))[::-1]
             if grid.ndim != 1 or not len(grid) or not (np.isfinite(grid) & (grid > 0)).all():
                 raise ValueError(f"LassoCV: alphas must be an int or positive finite numbers, got {self.alphas!r}")
-        splitter = check_cv(self.cv)
-        if X.shape[0] < 2 or X.shape[0] < splitter.get_n_splits(X, y):
-            raise ValueError(f"LassoCV: n_samples={X.shape[0]} is too few for {splitter.get_n_splits(X, y)}-fold "
-                             "cross-validation")
         folds = list(splitter.split(X, y))
         errors = np.empty((len(grid), len(folds)))
         for k, (train, test) in enumerate(folds):
