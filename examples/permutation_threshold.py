@@ -38,12 +38,14 @@ def gap(net) -> float:
     return float(torch.cat([w_in[0] - w_in[1], w_out[0] - w_out[1]]).norm())
 
 
-def measure(strength: float, lr: float = 0.1, settle: int = 20000, steps: int = 30):
+def measure(strength: float, lr: float = 0.1, settle: int = 20000, steps: int = 30, settle_lr: float | None = None):
+    """``(found, measured growth rate, predicted growth rate)``: settle by ``settle`` GD steps at
+    ``settle_lr`` (default ``lr``), nudge along the predicted direction, measure over ``steps`` at ``lr``."""
     g = torch.Generator().manual_seed(0)
     X = torch.randn(128, 3, generator=g, dtype=torch.float64)
     y = torch.sin(2 * X[:, :1]) + X[:, 1:2] * X[:, 2:3]
     net = identical_units()
-    opt = torch.optim.SGD(net.parameters(), lr=lr, weight_decay=strength)
+    opt = torch.optim.SGD(net.parameters(), lr=lr if settle_lr is None else settle_lr, weight_decay=strength)
 
     def step():
         opt.zero_grad()
@@ -52,6 +54,8 @@ def measure(strength: float, lr: float = 0.1, settle: int = 20000, steps: int = 
 
     for _ in range(settle):
         step()
+    for group in opt.param_groups:  # plain SGD keeps no state: only the step size changes
+        group["lr"] = lr
     found = symopt.permutation_threshold(net, "0", (0, 1), loss, X, y)
     with torch.no_grad():
         d = 1e-7 * found.direction

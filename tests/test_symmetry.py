@@ -2,8 +2,6 @@
 
 import copy
 
-import math
-
 import pytest
 import torch
 from torch import nn
@@ -157,39 +155,23 @@ def test_conserved_values_by_hand():
     assert charges.tolist() == [1 + 4 + 1 - 4, 1 - 9]
 
 
-class _Functional(nn.Module):
-    """Activations applied inside forward (no nn.Sequential to read them from)."""
-
-    def __init__(self, activation):
-        super().__init__()
-        self.a, self.b, self.c = nn.Linear(4, 8), nn.Linear(8, 8), nn.Linear(8, 2)
-        self.activation = activation
-
-    def forward(self, x):
-        return self.c(torch.relu(self.b(self.activation(self.a(x)))))
-
-
-def _gradient_flow_drift(net, steps=400, lr=1e-3):
-    torch.manual_seed(1)
-    X, Y = torch.randn(64, 4, dtype=torch.float64), torch.randn(64, 2, dtype=torch.float64)
+def _gradient_flow_drift(net):
+    """The drift of each charge over the example's 400 small SGD steps."""
     tracker = symopt.ConservationTracker(net)
     tracker.record(0)
-    opt = torch.optim.SGD(net.parameters(), lr=lr)
-    for step in range(steps):
-        opt.zero_grad()
-        ((net(X) - Y) ** 2).mean().backward()
-        opt.step()
-    tracker.record(steps)
+    load("charges_in_forward").train(net)
+    tracker.record(400)
     return tracker.drift()
 
 
 def test_conserved_reports_only_charges_the_traced_graph_justifies():
     torch.manual_seed(0)
-    tanh_net = _Functional(torch.tanh).double()
+    functional = load("charges_in_forward").Functional  # activations applied inside forward
+    tanh_net = functional(torch.tanh).double()
     with pytest.warns(UserWarning, match=r"a→b: tanh between them is not positively homogeneous per unit"):
         charges = symopt.conserved(tanh_net)
     assert "units a→b" not in charges and "units b→c" in charges
-    relu_net = _Functional(torch.relu).double()
+    relu_net = functional(torch.relu).double()
     drift = _gradient_flow_drift(relu_net)
     assert set(drift) == {"units a→b", "units b→c"}
     assert max(drift.values()) < 1e-3  # conserved by small-step gradient descent
@@ -233,58 +215,18 @@ def test_diagnose_sees_functional_collapse_on_the_inputs():
         symopt.diagnose(net, x, dead_fraction=2)
 
 
-def _identical_tanh_net():
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Linear(3, 2), nn.Tanh(), nn.Linear(2, 1)).double()
-    with torch.no_grad():
-        net[0].weight[1] = net[0].weight[0]
-        net[0].bias[1] = net[0].bias[0]
-        net[2].weight[0, 1] = net[2].weight[0, 0]
-    return net
-
-
 @pytest.mark.parametrize("strength", [0.03, 0.3])
 def test_permutation_threshold_predicts_whether_identical_units_split_and_how_fast(strength):
     """Two identical tanh units: settled by GD with coupled decay λ (they stay identical), then nudged
     along the predicted direction. The measured log-growth per step of their difference equals
     log|1 − lr(h/2 + λ)| to 3 digits, and its sign is that of λ* − λ."""
-    g = torch.Generator().manual_seed(0)
-    X = torch.randn(128, 3, generator=g, dtype=torch.float64)
-    y = torch.sin(2 * X[:, :1]) + X[:, 1:2] * X[:, 2:3]
-    loss = lambda out, target: 0.5 * ((out - target) ** 2).mean()  # noqa: E731
-    net, lr = _identical_tanh_net(), 0.1
-    settle = torch.optim.SGD(net.parameters(), lr=0.5, weight_decay=strength)
-    for _ in range(600):  # near the stationary point of the symmetric subspace
-        settle.zero_grad()
-        loss(net(X), y).backward()
-        settle.step()
-    opt = torch.optim.SGD(net.parameters(), lr=lr, weight_decay=strength)
-    found = symopt.permutation_threshold(net, "0", (0, 1), loss, X, y)
-    with torch.no_grad():  # nudge along the predicted direction (unit 0 +d, unit 1 −d)
-        d = 1e-7 * found.direction
-        net[0].weight[0] += d[:3]
-        net[0].weight[1] -= d[:3]
-        net[0].bias[0] += d[3]
-        net[0].bias[1] -= d[3]
-        net[2].weight[0, 0] += d[4]
-        net[2].weight[0, 1] -= d[4]
-
-    def gap():
-        w_in, w_out = torch.cat([net[0].weight, net[0].bias[:, None]], 1), net[2].weight.T
-        return float(torch.cat([w_in[0] - w_in[1], w_out[0] - w_out[1]]).norm())
-
-    start = gap()
-    for _ in range(30):
-        opt.zero_grad()
-        loss(net(X), y).backward()
-        opt.step()
-    measured = math.log(gap() / start) / 30
-    assert measured == pytest.approx(found.growth_rate(lr, strength), rel=2e-2)
+    found, measured, predicted = load("permutation_threshold").measure(strength, lr=0.1, settle=600, settle_lr=0.5)
+    assert measured == pytest.approx(predicted, rel=2e-2)
     assert (measured > 0) == (strength < found.threshold)
 
 
 def test_permutation_threshold_refuses_units_that_are_not_identical():
-    net = _identical_tanh_net()
+    net = load("permutation_threshold").identical_units()
     with torch.no_grad():
         net[0].weight[1, 0] += 0.5
     with pytest.raises(ValueError, match="are not identical"):
