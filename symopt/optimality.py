@@ -124,10 +124,11 @@ def polish_on_face(loss: Callable[[Tensor], Tensor], constraint: Constraint, poi
     return (polished, residual) if math.isfinite(residual) else None
 
 
-def _newton_on_face(objective, start: list[Tensor], tolerance: float) -> list[Tensor] | None:
-    """Damped Newton on the face's objective from ``start``: the coordinates where the gradient norm
-    falls below ``tolerance`` (or the last decreasing step), or None when the Hessian cannot be formed
-    (a loss that autograd cannot vectorise) or no step decreases the objective."""
+def _newton_on_face(objective, start: list[Tensor], tolerance: float) -> tuple[list[Tensor], bool] | None:
+    """Damped Newton on the face's objective from ``start``: ``(coordinates, converged)``, where
+    ``converged`` says the gradient norm fell below ``tolerance`` there (else they are the last
+    decreasing step's); None when the Hessian cannot be formed (a loss that autograd cannot
+    vectorise) or no step is a descent direction."""
     sizes = [t.numel() for t in start]
     shapes = [t.shape for t in start]
 
@@ -135,11 +136,12 @@ def _newton_on_face(objective, start: list[Tensor], tolerance: float) -> list[Te
         return objective(*[part.reshape(shape) for part, shape in zip(torch.split(z, sizes), shapes)])
 
     z = torch.cat([t.detach().reshape(-1) for t in start])
-    value = float(flat_objective(z))
+    value, converged = float(flat_objective(z)), False
     for _ in range(_NEWTON_STEPS):
         point = z.detach().requires_grad_()
         (grad,) = torch.autograd.grad(flat_objective(point), point)
         if float(grad.norm()) <= tolerance:
+            converged = True
             break
         try:
             hessian = torch.autograd.functional.hessian(flat_objective, z, vectorize=True)
@@ -166,7 +168,7 @@ def _newton_on_face(objective, start: list[Tensor], tolerance: float) -> list[Te
             scale *= 0.5
         if not accepted:
             break
-    return [part.reshape(shape) for part, shape in zip(torch.split(z, sizes), shapes)]
+    return [part.reshape(shape) for part, shape in zip(torch.split(z, sizes), shapes)], converged
 
 
 def _solve_on_face(loss, lam: float, face: Face, free: int, target: float, max_iter: int):
@@ -176,16 +178,10 @@ def _solve_on_face(loss, lam: float, face: Face, free: int, target: float, max_i
     if 0 < free <= NEWTON_FACE:
         newton = _newton_on_face(lambda *c: loss(face.embed(*c)) + lam * face.norm(*c), coordinates, tolerance)
         if newton is not None:
-            coordinates = newton
-            with torch.no_grad():
-                theta = face.embed(*coordinates)
-            parts = [c.detach().clone().requires_grad_() for c in coordinates]
-            value = loss(face.embed(*parts)) + lam * face.norm(*parts)
-            grads = torch.autograd.grad(value, parts)
-            if math.sqrt(sum(float(g.square().sum()) for g in grads)) <= tolerance:
+            coordinates, converged = newton
+            if converged:
                 with torch.no_grad():
-                    dropped = None if face.crossed is None else face.crossed(*coordinates)
-                return theta, dropped
+                    return face.embed(*coordinates), None if face.crossed is None else face.crossed(*coordinates)
     coordinates = [t.detach().clone(memory_format=torch.contiguous_format).requires_grad_() for t in coordinates]
     optimizer = torch.optim.LBFGS(coordinates, lr=1.0, max_iter=max_iter, history_size=max_iter,
                                   line_search_fn="strong_wolfe", tolerance_change=0.0,

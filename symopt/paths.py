@@ -15,6 +15,7 @@ from torch import Tensor
 
 from .problems import Problem
 from .result import Result
+from .solver import solve
 
 _OK = ("optimal", "stalled")  # points a warm start may come from
 
@@ -138,8 +139,6 @@ def path(problem: Problem, strengths: Sequence[float] | Tensor | np.ndarray | No
     began = time.perf_counter()
     results, start = [], None
     for lam in grid.tolist():
-        from .solver import solve  # the solver imports the problems, which this module's users import first
-
         result = solve(problem.at_strength(lam), start=start, **solve_options)
         results.append(result)
         if result.status in _OK:

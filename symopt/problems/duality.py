@@ -16,33 +16,12 @@ from torch import Tensor
 
 from ..constraints import Constraint
 from .design import rmatvec
+from .glm import DataTerm, LogLoss, SquaredError
 
 
 def _feasible(nu: Tensor, grad: Tensor, constraint: Constraint) -> Tensor:
     dual = float(constraint.dual_norm(grad))
     return nu * min(1.0, constraint.strength / dual) if dual > 0 else nu
-
-
-def least_squares_dual(theta: Tensor, data: dict[str, Tensor], constraint: Constraint) -> tuple[float, Tensor]:
-    """``F(z) = 1/(2n)‖z − y‖²`` (vector or matrix targets): ``F*(ν) = ⟨ν, y⟩ + (n/2)‖ν‖²``."""
-    X = data["X"]
-    y = data["y"] if "y" in data else data["Y"]
-    n = X.shape[0]
-    nu = (X @ theta.reshape(X.shape[1], -1).squeeze(-1) - y) / n
-    nu = _feasible(nu, rmatvec(X, nu), constraint)
-    return float(-(nu * y).sum() - 0.5 * n * nu.square().sum()), nu
-
-
-def logistic_dual(theta: Tensor, data: dict[str, Tensor], constraint: Constraint) -> tuple[float, Tensor]:
-    """Mean log-loss ``F(z) = (1/n)Σ log(1 + e^{z_i}) − y_i z_i``: with ``p = nν + y ∈ [0, 1]``,
-    ``F*(ν) = (1/n) Σ p log p + (1 − p) log(1 − p)``."""
-    X, y = data["X"], data["y"]
-    n = X.shape[0]
-    nu = (torch.sigmoid(X @ theta) - y) / n
-    nu = _feasible(nu, rmatvec(X, nu), constraint)
-    p = (n * nu + y).clamp(0.0, 1.0)
-    entropy = torch.special.xlogy(p, p) + torch.special.xlogy(1 - p, 1 - p)
-    return float(-entropy.sum() / n), nu
 
 
 def completion_dual(theta: Tensor, data: dict[str, Tensor], constraint: Constraint) -> tuple[float, Tensor]:
@@ -70,7 +49,8 @@ def glm_dual(term):
     """
 
     def dual(theta: Tensor, data: dict[str, Tensor], constraint: Constraint) -> tuple[float, Tensor]:
-        X, y, weights = data["X"], data["y"], data.get("weights")
+        X, weights = data["X"], data.get("weights")
+        y = data["y"] if "y" in data else data["Y"]  # low_rank_regression names its targets Y
         n = X.shape[0]
         theta = theta.reshape(X.shape[1], *y.shape[1:])
         with torch.no_grad():
@@ -91,3 +71,10 @@ def _regulariser_conjugate(s: Tensor, ridge: float, constraint: Constraint) -> T
     """``G*(s)`` for ``G(w) = (ridge/2)‖w‖² + λΦ(w)``: the sup is attained at ``prox_{λΦ/ridge}(s/ridge)``."""
     w = constraint.prox(s / ridge, 1.0 / ridge)
     return (s * w).sum() - 0.5 * ridge * w.square().sum() - constraint.objective_term(w)
+
+
+# The plain families' duals: unweighted, no intercept, no ridge (``F*(ν) = ⟨ν, y⟩ + (n/2)‖ν‖²`` for
+# least squares, vector or matrix targets; ``(1/n) Σ p log p + (1 − p) log(1 − p)``, ``p = nν + y``,
+# for the mean log-loss).
+least_squares_dual = glm_dual(DataTerm(SquaredError()))
+logistic_dual = glm_dual(DataTerm(LogLoss()))

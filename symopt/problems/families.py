@@ -20,7 +20,7 @@ import numpy as np
 from ..constraints import Constraint, FixedZeros, GroupSparse, LowRank, NonNegative, Sparse, Subspace, Tied
 from .base import Problem
 from .design import columns, matvec
-from .duality import completion_dual, glm_dual, least_squares_dual, logistic_dual
+from .duality import completion_dual, glm_dual, least_squares_dual
 from .glm import DataTerm, LogLoss, SquaredError, normalised_weights
 
 
@@ -130,7 +130,7 @@ class _Options:
                              "strength with l1_ratio < 1")
         self.family = family
         self.fit_intercept, self.positive, self.l1_ratio = fit_intercept, positive, float(l1_ratio)
-        self.weights = _weights(sample_weight, X.shape[0], X.dtype)
+        self.weights = normalised_weights(sample_weight, X.shape[0], X.dtype)
         if isinstance(fit, LogLoss) and fit_intercept:
             share = float(y.mean()) if self.weights is None else float((self.weights * y).sum())
             if not 0 < share < 1:
@@ -167,12 +167,12 @@ class _Options:
                 "sample_weight": self.weights is not None, "l1_ratio": self.l1_ratio, "positive": self.positive,
                 **extra}
 
-    def problem(self, name: str, shape, loss, make, X: Tensor, y: Tensor, penalty, plain_dual, **extra) -> Problem:
-        """The family's penalised Problem: the twin and the dual for these options (the plain
-        family's own dual when nothing was added), and ``result.intercept``'s hook."""
+    def problem(self, name: str, shape, loss, make, X: Tensor, y: Tensor, penalty, **extra) -> Problem:
+        """The family's penalised Problem: the twin and the dual for these options, and
+        ``result.intercept``'s hook."""
         meta = self.meta(**extra.pop("meta", {}))
         problem = Problem(f"{name}{self.label()}", shape, loss, make, self.data(X, y), self.twin(shape[0], penalty),
-                          meta, dual=plain_dual if self.default else glm_dual(self.term), **extra)
+                          meta, dual=glm_dual(self.term), **extra)
         problem.intercept = self.intercept(lambda: problem.data_on("cpu", torch.float64))
         return problem
 
@@ -210,10 +210,6 @@ class _Options:
             return w, objective, ([w >= 0] if positive else [])
 
         return twin
-
-
-def _weights(sample_weight, n: int, dtype) -> Tensor | None:
-    return normalised_weights(sample_weight, n, dtype)
 
 
 def lasso(X, y, strength: float | None = None, *, max_nonzero: int | None = None, fit_intercept: bool = False,
@@ -289,7 +285,7 @@ def lasso(X, y, strength: float | None = None, *, max_nonzero: int | None = None
         import cvxpy as cp
         return lam * (cp.sum(w) if positive else cp.norm1(w))
 
-    return options.problem(f"lasso {n}x{d}", (d,), loss, lambda: penalty_kind(lam), X, y, penalty, least_squares_dual,
+    return options.problem(f"lasso {n}x{d}", (d,), loss, lambda: penalty_kind(lam), X, y, penalty,
                            restrict=lambda index: _again(lasso, columns(X, index), y, strength, **again),
                            at_strength=lambda new: _again(lasso, X, y, new, **again))
 
@@ -356,7 +352,7 @@ def group_lasso(X, y, groups, strength: float | None = None, *, max_groups: int 
 
     label = f"/{groups}" if isinstance(groups, int) else f", {len(members)} groups"
     return options.problem(f"group_lasso {n}x{d}{label}", (d,), loss,
-                           lambda: GroupSparse(groups=groups, strength=strength), X, y, penalty, least_squares_dual,
+                           lambda: GroupSparse(groups=groups, strength=strength), X, y, penalty,
                            meta={"groups": members}, restrict=restrict,
                            at_strength=lambda new: _again(group_lasso, X, y, groups, new, **again))
 
@@ -416,9 +412,8 @@ def multitask_lasso(X, Y, strength: float, *, fit_intercept: bool = False, sampl
         import cvxpy as cp
         return strength * cp.sum(cp.norm(W, 2, axis=1))
 
-    options.default = False  # no plain multi-task loss: always the data term and its dual
     return options.problem(f"multitask_lasso {n}x{d}x{tasks}", (d, tasks), options.term,
-                           lambda: GroupSparse(0, strength), X, Y, penalty, None,
+                           lambda: GroupSparse(0, strength), X, Y, penalty,
                            at_strength=lambda new: _again(multitask_lasso, X, Y, new, fit_intercept=fit_intercept,
                                                           sample_weight=sample_weight))
 
@@ -483,7 +478,7 @@ def logistic_l1(X, y, strength: float | None = None, *, max_nonzero: int | None 
         import cvxpy as cp
         return lam * cp.norm1(w)
 
-    return options.problem(f"logistic_l1 {n}x{d}", (d,), loss, lambda: Sparse(lam), X, y, penalty, logistic_dual,
+    return options.problem(f"logistic_l1 {n}x{d}", (d,), loss, lambda: Sparse(lam), X, y, penalty,
                            restrict=lambda index: _again(logistic_l1, columns(X, index), y, strength, **again),
                            at_strength=lambda new: _again(logistic_l1, X, y, new, **again))
 

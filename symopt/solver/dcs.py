@@ -122,8 +122,9 @@ def solve(problem: Problem, device=None, dtype=None, method: str = "auto", tol: 
                             polish=polish, compile=compile, working_set=working_set, start=start)
     device, dtype, start = options.device, options.dtype, options.start
     constraint = problem.constraint()
+    grad64 = None  # ∇loss(0) in float64, when the λ_max check computed it (the working sets reuse it)
     if start is None:
-        zero = _zero_if_optimal(problem, constraint, device, method)
+        zero, grad64 = _zero_if_optimal(problem, constraint, device, method)
         if zero is not None:
             return zero
     if working_set is not False:
@@ -140,7 +141,8 @@ def solve(problem: Problem, device=None, dtype=None, method: str = "auto", tol: 
                              working_set=False, start=start)
 
             return solve_on_working_sets(problem, restricted, device=device, tol=tol, max_iter=max_iter,
-                                         progress=progress, solver=_solver_name(method), start=start)
+                                         progress=progress, solver=_solver_name(method), start=start,
+                                         grad0=grad64)
     data = problem.data_on(device, dtype)
     loss_fn = torch.compile(problem.loss) if compile else problem.loss
     loss = lambda theta: loss_fn(theta, **data)  # noqa: E731
@@ -183,31 +185,33 @@ def solve(problem: Problem, device=None, dtype=None, method: str = "auto", tol: 
     )
 
 
-def _zero_if_optimal(problem: Problem, constraint: Constraint, device, method: str) -> Result | None:
+def _zero_if_optimal(problem: Problem, constraint: Constraint, device,
+                     method: str) -> tuple[Result | None, torch.Tensor | None]:
     """θ = 0 when it is the exact optimum: a penalised problem at λ ≥ ‖∇loss(0)‖_* (λ_max). Checked in
     float64 before any descent, because there the descent cannot be exact: its iterates start off 0
     and reach it only geometrically, and at λ = λ_max exactly one atom's pull balances the penalty
-    (skglm's alpha_max tests: a spurious group of norm 1e-6 reported "optimal", or "stalled")."""
+    (skglm's alpha_max tests: a spurious group of norm 1e-6 reported "optimal", or "stalled").
+    Returns ``(result or None, ∇loss(0) in float64 or None)``."""
     if constraint.linear or constraint.budget is not None or not problem.penalized or constraint.strength is None:
-        return None
+        return None, None
     data = problem.data_on(device, torch.float64)
     try:
         grad = loss_gradient(lambda theta: problem.loss(theta, **data),
                              torch.zeros(problem.shape, device=device, dtype=torch.float64))
     except (RuntimeError, TypeError, IndexError, ValueError):
-        return None  # the full solve reports a loss that fails at 0, with its message
+        return None, None  # the full solve reports a loss that fails at 0, with its message
     if not bool(torch.isfinite(grad).all()):
-        return None
+        return None, None
     pull = float(constraint.to(device=device, dtype=torch.float64).dual_norm(grad))
     if pull > constraint.strength:
-        return None
+        return None, grad
     warm_up()
     zero = torch.zeros(problem.shape, dtype=torch.float64)
     result = Result.from_point(problem, zero, solver=_solver_name(method), status="optimal", seconds=0.0,
                                history=[(0.0, problem.objective(zero), 0.0)], device=device,
                                message=f"θ = 0 is optimal: λ = {constraint.strength:.6g} ≥ ‖∇loss(0)‖_* = {pull:.6g} "
                                        "(λ_max), checked before any descent", strength=constraint.strength)
-    return result
+    return result, grad
 
 
 def _gradient_at_zero(problem: Problem, loss, device, dtype) -> tuple[torch.Tensor, str | None]:

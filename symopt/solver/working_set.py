@@ -48,7 +48,8 @@ def atom_count(constraint, numel: int) -> int:
 
 
 def solve_on_working_sets(problem: Problem, solve_restricted: Callable[..., Result], *, device, tol: float,
-                          max_iter: int, progress: bool, solver: str = "dcs", start: Tensor | None = None) -> Result:
+                          max_iter: int, progress: bool, solver: str = "dcs", start: Tensor | None = None,
+                          grad0: Tensor | None = None) -> Result:
     """Solve ``problem`` by DCS on growing working sets (see the module docstring).
 
     Args:
@@ -60,13 +61,16 @@ def solve_on_working_sets(problem: Problem, solve_restricted: Callable[..., Resu
         progress: one line per round to stderr.
         solver: the name the result reports.
         start: a warm start θ (of ``problem.shape``): its non-zero atoms open the first working set.
+        grad0: ∇loss(0) in float64 on ``device`` when the caller has it already (else computed here).
     """
     began = time.perf_counter()
     constraint = problem.constraint().to(device=device, dtype=torch.float64)
     data = problem.data_on(device, torch.float64)
     shape, numel = tuple(problem.shape), math.prod(problem.shape)
     ids = constraint.atom_ids(numel, device)
-    grad0 = _gradient(problem, data, torch.zeros(numel, device=device, dtype=torch.float64), shape)
+    if grad0 is None:
+        grad0 = _gradient(problem, data, torch.zeros(numel, device=device, dtype=torch.float64), shape)
+    grad0 = grad0.reshape(-1)
     if start is None:
         theta, grad = torch.zeros(numel, device=device, dtype=torch.float64), grad0
     else:
