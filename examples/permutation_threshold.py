@@ -1,6 +1,6 @@
 """The decay threshold of the natural permutation symmetry, predicted and measured (issue 26).
 
-    python examples/permutation_threshold.py
+    python examples/permutation_threshold.py [--plot docs/figures/permutation_threshold.png]
 
 Two identical tanh units (3 → 2 → 1, a regression on 128 samples) are trained by full-batch gradient
 descent (lr 0.1, 20,000 steps) with coupled weight decay λ; they stay identical (the permutation's fixed
@@ -11,6 +11,7 @@ over the next 30 steps is compared with the prediction ``log|1 − lr(h/2 + λ)|
 
 from __future__ import annotations
 
+import argparse
 import math
 
 import torch
@@ -71,14 +72,40 @@ def measure(strength: float, lr: float = 0.1, settle: int = 20000, steps: int = 
     return found, math.log(gap(net) / start) / steps, found.growth_rate(lr, strength)
 
 
-def main() -> list:
+def main(argv=None) -> list:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--plot", default=None, help="also measure a finer grid of λ and plot it here")
+    args = parser.parse_args(argv)
+    strengths = (0.0, 0.03, 0.1, 0.3) if not args.plot else (0.0, 0.03, 0.06, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4)
     print(f"{'λ':>6}{'λ*':>9}{'units':>8}{'measured':>12}{'predicted':>12}")
     rows = []
-    for strength in (0.0, 0.03, 0.1, 0.3):
+    for strength in strengths:
         found, measured, predicted = measure(strength)
         rows.append((strength, found.threshold, measured, predicted))
         print(f"{strength:>6}{found.threshold:>9.4f}{'merge' if strength > found.threshold else 'split':>8}"
               f"{measured:>12.5f}{predicted:>12.5f}")
+    if args.plot:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        lam, star, measured, predicted = zip(*rows)
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), dpi=200)
+        axes[0].plot(lam, predicted, "-", color="0.5", label="predicted log|1 − lr(h/2 + λ)|")
+        axes[0].plot(lam, measured, "o", label="measured")
+        axes[0].axhline(0, color="k", lw=0.6)
+        axes[0].set_xlabel("decay λ")
+        axes[0].set_ylabel("log-growth of the units' difference per step")
+        axes[0].legend(fontsize=8)
+        axes[1].plot(lam, star, "o-", label="threshold λ* where the units settled")
+        axes[1].plot(lam, lam, "--", color="0.5", label="λ* = λ")
+        axes[1].set_xlabel("decay λ")
+        axes[1].set_ylabel("λ*")
+        axes[1].set_title("λ > λ*: the units merge", fontsize=9)
+        axes[1].legend(fontsize=8)
+        for ax in axes:
+            ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(args.plot)
     return rows
 
 

@@ -16,7 +16,7 @@ from .report import Report, report
 from .verbs import (attention_heads, fixed_zeros, group_sparse, low_rank, n_m_sparse, nonnegative, sparse,
                     subspace, tie)
 from .symmetry import (ConservationTracker, Diagnosis, LayerDiagnosis, conserved, diagnose, effective_rank,
-                       noise_collapse, permutation_threshold, syre)
+                       noise_collapse, permutation_threshold, syre, NoiseWatch, watch_noise)
 from .distributed import sync_strengths
 from .guard import Diverged, Guard, GuardEvent, guard
 from .export import ExportWarning, Footprint, SparseLinear, export, footprint
@@ -38,5 +38,5 @@ __all__ = [
     "SparseLinear", "guard", "Guard", "GuardEvent", "Diverged", "Problem", "Result", "solve", "compare", "certify",
     "NonNegative", "nonnegative", "bind", "Binding", "Strength", "Fixed", "Auto", "BudgetStrength", "Scheduled",
     "save_pretrained", "from_pretrained", "NMSparse", "n_m_sparse", "attention_heads", "noise_collapse",
-    "permutation_threshold", "path", "Path",
+    "permutation_threshold", "path", "Path", "watch_noise", "NoiseWatch",
 ]

@@ -68,6 +68,22 @@ def test_tiny_transformer_ties_and_lowers_rank():
 
 
 def test_charges_in_forward_keeps_only_the_justified_charge():
-    out = load("charges_in_forward").main()
+    out = load("charges_in_forward").main([])
     assert out["reported"] == ["units b→c"]
     assert max(out["drift"].values()) < 1e-5 and out["pseudo"] > 1e-2
+
+
+def test_tie_curvature_the_anchor_limits_the_learning_rate_to_about_one_kth():
+    """The predicted limit 2/λmax(Σ blocks) is sharp (0.9× converges, 1.1× diverges) and about 1/k of
+    one copy's: a tie's safe learning rate shrinks with the number of copies."""
+    for k, alone, tied, below, above in load("tie_curvature").main([], ks=(1, 4)):
+        assert below < 0.01 and above == float("inf")
+        assert alone / tied == pytest.approx(k, rel=0.15)
+
+
+def test_functional_collapse_is_seen_on_the_inputs_not_in_the_weights():
+    pytest.importorskip("sklearn")
+    rows = load("functional_collapse").main([], strengths=(1e-2,), steps=200)
+    weights = sum(r[3] + r[4] for r in rows)  # dead + identical, from the weights alone
+    inputs = sum(r[5] + r[6] + r[7] for r in rows)  # dead, near-dead, near-duplicate on the data
+    assert inputs > 3 * max(weights, 1)

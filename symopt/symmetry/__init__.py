@@ -4,8 +4,8 @@ identical units, low effective rank), `noise` (``noise_collapse``: atoms SGD's n
 
 from .charges import ConservationTracker, conserved
 from .collapse import Diagnosis, LayerDiagnosis, PermutationThreshold, diagnose, effective_rank, permutation_threshold
-from .noise import NoiseReport, collapse_exponents, noise_collapse
+from .noise import NoiseReport, NoiseWatch, collapse_exponents, noise_collapse, watch_noise
 from .removal import syre
 
 __all__ = ["ConservationTracker", "Diagnosis", "LayerDiagnosis", "NoiseReport", "collapse_exponents", "conserved",
-           "diagnose", "effective_rank", "noise_collapse", "PermutationThreshold", "permutation_threshold", "syre"]
+           "diagnose", "effective_rank", "noise_collapse", "NoiseWatch", "watch_noise", "PermutationThreshold", "permutation_threshold", "syre"]

@@ -183,3 +183,243 @@ def noise_collapse(model: nn.Module, name: str, loss_fn, inputs: Tensor, targets
                       f"exactly 0 ({len(report.collapsing)} collapsing in all); lower the learning rate or raise the "
                       "batch size", UserWarning, stacklevel=2)
     return report
+
+
+class _Running:
+    """Running statistics of one watched tensor's atoms while they sit near their fixed point."""
+
+    def __init__(self, numel: int, device, dtype=torch.float64) -> None:
+        # Moving averages of the samples and of their squares (for standard errors), per atom:
+        # log|1 − lr(λ + g_B)|, log|1 − lr(λ − g_B)| and g_B.
+        self.first = torch.zeros(3, numel, device=device, dtype=dtype)
+        self.second = torch.zeros(3, numel, device=device, dtype=dtype)
+        self.count = torch.zeros(numel, device=device, dtype=torch.long)  # consecutive steps near 0
+        self.pending: Tensor | None = None  # ∂ℓ/∂θ summed over this step's backward passes
+        self.value: Tensor | None = None    # θ at this step's forward
+
+
+class NoiseWatch:
+    """The hooks of [`watch_noise`][symopt.watch_noise]: running estimates of each atom's collapse
+    exponents from the batch gradients SGD actually takes, and a warning when signal is being lost.
+
+    An atom is *watched* while ``|θ_i| ≤ near_zero × max|θ|`` (there the batch gradient at θ is the
+    gradient at the collapsed state ``θ_i = 0`` the criterion needs); its estimates restart when it
+    leaves. Each optimizer step, before the update, folds that step's batch gradient ``g_B`` (summed
+    over the step's backward passes), its learning rate and λ into exponential moving averages
+    (factor ``beta``) of ``log|1 − lr(λ ± g_B)|`` and of ``g_B``: Monte Carlo estimates of the
+    Lyapunov exponents of [`collapse_exponents`][symopt.symmetry.noise.collapse_exponents], drawn
+    by training itself. After ``warmup`` steps near 0 an atom is judged: *collapsing* when both
+    exponents are negative, *at risk* when it also carries signal (``|E g_B| > λ``); `report` gives
+    these estimates. The warning is stricter: it fires (once per tensor) only for at-risk atoms whose
+    verdict holds by two standard errors of the averages, since one batch-1 step's sample is far
+    noisier than the exponents are large (a few 1e-3 per step).
+
+    Args:
+        model, optimizer, names, beta, warmup, every, near_zero: as for
+            [`watch_noise`][symopt.watch_noise], which checks them and builds this object.
+
+    Attributes:
+        steps: optimizer steps seen.
+        warned: names of the tensors a warning was issued for (once each).
+
+    Examples:
+        >>> import torch, symopt
+        >>> model = torch.nn.Linear(4, 1, bias=False)
+        >>> _ = symopt.sparse(model, "weight", strength=1e-3)
+        >>> opt = torch.optim.SGD(symopt.param_groups(model), lr=0.01)
+        >>> watch = symopt.watch_noise(model, opt, warmup=5)
+        >>> for _ in range(10):
+        ...     opt.zero_grad(); model(torch.randn(2, 4)).square().mean().backward(); opt.step()
+        >>> watch.remove()
+        >>> watch.steps, watch.report("weight").name
+        (10, 'weight')
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, names, *, beta: float,
+                 warmup: int, every: int, near_zero: float) -> None:
+        self.beta, self.warmup, self.every, self.near_zero = beta, warmup, every, near_zero
+        self.optimizer = optimizer
+        self.steps = 0
+        self.warned: set[str] = set()
+        self._watched: dict[str, tuple] = {}  # name → (constraint, its optimizer group, running stats)
+        handles = {h.name: h for h in list_constraints(model)}
+        for name in names:
+            handle = handles[name]
+            constraint = handle.constraint
+            factors = {id(p) for p in handle.members[0].module.parametrizations[handle.members[0].tensor].parameters()}
+            group = next(g for g in optimizer.param_groups if any(id(p) in factors for p in g["params"]))
+            theta = handle.members[0].value.detach()
+            self._watched[name] = (constraint, group, _Running(theta.numel(), theta.device))
+        self._hooks = [self._watched[name][0].register_forward_hook(self._forward_hook(name))
+                       for name in self._watched]
+        self._hooks.append(optimizer.register_step_pre_hook(self._before_step))
+
+    def _forward_hook(self, name: str):
+        running = self._watched[name][2]
+
+        def hook(_module, _inputs, output) -> None:
+            if not (isinstance(output, Tensor) and output.requires_grad and torch.is_grad_enabled()):
+                return
+            running.value = output.detach()
+
+            def take(grad: Tensor) -> None:
+                flat = grad.detach().reshape(-1).to(running.first.dtype)
+                running.pending = flat if running.pending is None else running.pending + flat
+
+            output.register_hook(take)
+
+        return hook
+
+    def _before_step(self, _optimizer, _args, _kwargs) -> None:
+        self.steps += 1
+        for name, (constraint, group, running) in self._watched.items():
+            grad, value = running.pending, running.value
+            running.pending = None
+            if grad is None or value is None or not bool(torch.isfinite(grad).all()):
+                continue  # no backward for this tensor this step, or a bad batch (Guard's business)
+            size = value.reshape(-1).abs().to(grad.dtype)
+            scale = float(size.max())
+            near = size <= self.near_zero * scale if scale > 0 else torch.ones_like(size, dtype=torch.bool)
+            lr, strength = float(group["lr"]), float(constraint.strength)
+            samples = torch.stack([torch.log((1 - lr * (strength + grad)).abs()),
+                                   torch.log((1 - lr * (strength - grad)).abs()), grad])
+            b = self.beta
+            running.first.copy_(torch.where(near, b * running.first + (1 - b) * samples, 0.0))
+            running.second.copy_(torch.where(near, b * running.second + (1 - b) * samples.square(), 0.0))
+            running.count.copy_(torch.where(near, running.count + 1, torch.zeros_like(running.count)))
+            if self.steps % self.every == 0 and name not in self.warned:
+                report = self.report(name)
+                sure = self._confident(name, report)
+                if sure:
+                    self.warned.add(name)
+                    warnings.warn(
+                        f"watch_noise: at lr={lr:g} SGD's batch noise is holding {len(sure)} atoms of '{name}' "
+                        f"that carry signal (|E g| > λ = {strength:g}) at 0 ({len(report.collapsing)} collapsing of "
+                        f"{len(report.atoms)} near 0, step {self.steps}); lower the learning rate or raise the batch "
+                        "size (symopt.noise_collapse gives the exponents per setting)", UserWarning, stacklevel=4)
+
+    def _confident(self, name: str, report: NoiseReport) -> tuple[int, ...]:
+        """The at-risk atoms whose verdict survives two standard errors: both exponents below 0 and
+        ``|E g|`` above λ by ``z = 2`` standard errors of their moving averages (a batch-1 run's
+        samples are noisy enough that the bare estimates flip sign by chance)."""
+        if not report.at_risk:
+            return ()
+        running = self._watched[name][2]
+        index = torch.tensor(report.at_risk, dtype=torch.long, device=running.count.device)
+        mean, spread = self._moments(running, index)
+        # An EMA of n samples with factor β weighs them like min(n, (1 + β)/(1 − β)) independent ones.
+        n = running.count[index].to(mean.dtype).clamp(max=(1 + self.beta) / (1 - self.beta))
+        error = 2 * spread / n.sqrt()
+        sure = ((mean[0] + error[0] < 0) & (mean[1] + error[1] < 0)
+                & (mean[2].abs() - error[2] > report.strength))
+        return tuple(index[sure].tolist())
+
+    def _moments(self, running: _Running, index: Tensor) -> tuple[Tensor, Tensor]:
+        """Bias-corrected means and standard deviations of the three averaged samples at ``index``."""
+        correction = 1 - self.beta ** running.count[index].to(running.first.dtype)
+        mean = running.first[:, index] / correction
+        spread = (running.second[:, index] / correction - mean.square()).clamp(min=0).sqrt()
+        return mean, spread
+
+    def report(self, name: str) -> NoiseReport:
+        """The atoms of ``name`` watched for at least ``warmup`` steps near 0, with their estimated
+        exponents (bias-corrected averages) and mean batch gradients, as a
+        [`NoiseReport`][symopt.symmetry.noise.NoiseReport].
+
+        Raises:
+            ValueError: ``name`` is not watched.
+        """
+        if name not in self._watched:
+            raise ValueError(f"NoiseWatch.report: '{name}' is not watched; watched: {sorted(self._watched)}")
+        constraint, _group, running = self._watched[name]
+        atoms = (running.count >= self.warmup).nonzero().reshape(-1)
+        mean, _ = self._moments(running, atoms)
+        return NoiseReport(name, tuple(atoms.tolist()), torch.maximum(mean[0], mean[1]), mean[2],
+                           float(constraint.strength))
+
+    def remove(self) -> None:
+        """Take the hooks off the model and the optimizer."""
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
+
+
+def watch_noise(model: nn.Module, optimizer: torch.optim.Optimizer, names=None, *, beta: float = 0.999,
+                warmup: int = 200, every: int = 50, near_zero: float = 1e-3) -> NoiseWatch:
+    """Watch a training run for the collapse [`noise_collapse`][symopt.noise_collapse] predicts, and
+    warn when SGD's noise is holding atoms that carry signal at exactly 0.
+
+    [`noise_collapse`][symopt.noise_collapse] needs the data and a loss for one sample and answers
+    for one setting; this needs neither: it hooks the Hadamard-factorised tensors and the optimizer
+    and estimates the same Lyapunov exponents ``E log|1 − lr(λ ± g_B)|`` from the batch gradients
+    the run takes, at the learning rate each step uses (schedules included). See
+    [`NoiseWatch`][symopt.NoiseWatch] for which atoms are judged and when. The criterion is plain
+    SGD's (the map ``(u, v) → (u, v) − lr(λ(u, v) + g_B(v, u))``); momentum and adaptive optimizers
+    change it, so they are refused.
+
+    Args:
+        model: the model, with ``symopt.sparse`` (Hadamard) constraints.
+        optimizer: a ``torch.optim.SGD`` without momentum holding their factors.
+        names: the constrained tensors to watch (default: every Hadamard-factorised one).
+        beta: factor of the moving averages (the window is about ``1 / (1 − beta)`` steps).
+        warmup: steps an atom must sit near 0 before it is judged (≥ 1).
+        every: judge (and maybe warn) every this many steps.
+        near_zero: an atom is near its fixed point when ``|θ_i| ≤ near_zero × max|θ|``.
+
+    Returns:
+        NoiseWatch: ``report(name)`` gives the current estimates; ``remove()`` takes the hooks off.
+
+    Warns:
+        UserWarning: once per tensor, when some watched atoms are collapsing and carry signal, both
+            by two standard errors.
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module`` or ``optimizer`` not a ``torch.optim.Optimizer``.
+        ValueError: an optimizer other than plain SGD (momentum, Nesterov, Adam…); a name without a
+            Hadamard constraint, or whose factors the optimizer does not hold; nothing to watch; bad
+            ``beta`` / ``warmup`` / ``every`` / ``near_zero``.
+
+    Examples:
+        >>> import torch, symopt
+        >>> model = torch.nn.Linear(4, 1, bias=False)
+        >>> _ = symopt.sparse(model, "weight", strength=1e-3)
+        >>> watch = symopt.watch_noise(model, torch.optim.SGD(symopt.param_groups(model), lr=0.01))
+        >>> watch.report("weight").atoms        # none judged before `warmup` steps
+        ()
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"watch_noise: model must be an nn.Module, got {type(model).__name__}")
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"watch_noise: optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    if type(optimizer) is not torch.optim.SGD or any(g.get("momentum", 0) or g.get("nesterov", False)
+                                                      for g in optimizer.param_groups):
+        raise ValueError(f"watch_noise: the collapse criterion is plain SGD's; got {type(optimizer).__name__}"
+                         + (" with momentum" if type(optimizer) is torch.optim.SGD else "")
+                         + ". Use torch.optim.SGD(..., momentum=0), or symopt.noise_collapse for a what-if")
+    if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not 0 < beta < 1:
+        raise ValueError(f"watch_noise: beta must be a number in (0, 1), got {beta!r}")
+    for label, number in (("warmup", warmup), ("every", every)):
+        if isinstance(number, bool) or not isinstance(number, numbers.Integral) or number < 1:
+            raise ValueError(f"watch_noise: {label} must be an int >= 1, got {number!r}")
+    if isinstance(near_zero, bool) or not isinstance(near_zero, numbers.Real) or not 0 <= near_zero < 1:
+        raise ValueError(f"watch_noise: near_zero must be a number in [0, 1), got {near_zero!r}")
+    handles = {h.name: h for h in list_constraints(model)}
+    hadamard = [n for n, h in handles.items() if h.constraint.hadamard_atoms]
+    if names is None:
+        names = hadamard
+        if not names:
+            raise ValueError("watch_noise: the model has no Hadamard-factorised tensor (symopt.sparse) to watch")
+    else:
+        names = [names] if isinstance(names, str) else list(names)
+        for name in names:
+            if name not in hadamard:
+                raise ValueError(f"watch_noise: '{name}' has no constraint whose atoms are Hadamard pairs "
+                                 f"θ_i = u_i v_i; watchable: {hadamard}")
+    held = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    for name in names:
+        member = handles[name].members[0]
+        if not any(id(p) in held for p in member.module.parametrizations[member.tensor].parameters()):
+            raise ValueError(f"watch_noise: the optimizer does not hold the factors of '{name}'; "
+                             "build it from symopt.param_groups(model)")
+    return NoiseWatch(model, optimizer, names, beta=float(beta), warmup=int(warmup), every=int(every),
+                      near_zero=float(near_zero))
