@@ -11,6 +11,10 @@ $py examples/syre_identical_units.py --plot docs/figures/syre_identical.png
 $py examples/syre_collapse.py --plot docs/figures/syre_collapse.png
 $py examples/noether_charges.py --plot docs/figures/noether.png
 $py examples/noise_collapse.py --plot docs/figures/noise_collapse.png
+$py examples/permutation_threshold.py --plot docs/figures/permutation_threshold.png
+$py examples/charges_in_forward.py --plot docs/figures/charges_in_forward.png
+$py examples/functional_collapse.py --plot docs/figures/functional_collapse.png
+$py examples/tie_curvature.py --plot docs/figures/tie_curvature.png
 $py -m benchmarks.plasticity --strength 1e-2 --plot docs/figures/plasticity.png
 out=$(mktemp -d)
 .venv/bin/symopt compare --quick --problems lasso,hard_rank --out "$out" > /dev/null || true  # exit 1 = a disagreement, shown in the table

@@ -4,7 +4,7 @@ Used by [`symopt.diagnose`][symopt.diagnose] and [`symopt.conserved`][symopt.con
 output row / channel; it is shared with the next layer in module order whose input size equals this
 layer's output size (its input column / channel). The module right after a layer in an
 ``nn.Sequential`` is recorded as the activation between them (``None`` when the layers are adjacent:
-then the pair also has the rotation symmetry ``W₂W₁ = (W₂G⁻¹)(GW₁)``).
+then the pair also has the rotation symmetry $W_2W_1 = (W_2G^{-1})(GW_1)$).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ LAYER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 @dataclass(frozen=True)
 class Pair:
-    """Consecutive layers ``first → second`` sharing ``first``'s output units."""
+    r"""Consecutive layers $\mathrm{first} → \mathrm{second}$ sharing ``first``'s output units."""
 
     first: str
     second: str

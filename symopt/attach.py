@@ -140,7 +140,7 @@ class Handle:
         return float(self.constraint.dual_norm(self._target(grads)))
 
     def penalty(self) -> Tensor:
-        """This constraint's decay ``(λ/2)·Σ‖factor‖²`` (differentiable)."""
+        r"""This constraint's decay $(λ/2)·\sum ‖\mathrm{factor}‖^2$ (differentiable)."""
         return sum(m.parametrization.penalty(*m.factors) for m in self.members)
 
 
@@ -232,11 +232,11 @@ def _check_fresh(constraint: Constraint) -> None:
 
 # -- registration ------------------------------------------------------------------------------
 def constrain(model: nn.Module, name: str | Sequence[str], constraint: Constraint) -> Handle:
-    """Constrain ``model.<name>`` with ``constraint`` (the object form of every verb).
+    r"""Constrain ``model.<name>`` with ``constraint`` (the object form of every verb).
 
-    The tensor ``θ`` is registered as ``torch.nn.utils.parametrize`` parametrization: the module
-    now stores the constraint's factors and recomputes ``θ = constraint(factors)`` on access. The
-    factors are initialised by ``constraint.right_inverse(θ)``, so ``θ`` keeps its value (up to
+    The tensor $θ$ is registered as ``torch.nn.utils.parametrize`` parametrization: the module
+    now stores the constraint's factors and recomputes $θ = \mathrm{constraint}(\mathrm{factors})$ on access. The
+    factors are initialised by ``constraint.right_inverse(θ)``, so $θ$ keeps its value (up to
     rounding; a low-rank bound below θ's rank truncates, with a warning).
 
     Args:

@@ -20,7 +20,7 @@ from .optimality import gradient_scale, loss_gradient
 
 @dataclass(frozen=True)
 class ConstraintCertificate:
-    """One constraint's record in a [`Certificate`][symopt.Certificate].
+    r"""One constraint's record in a [`Certificate`][symopt.Certificate].
 
     Attributes:
         name: the dotted name(s) of the constrained tensor(s).
@@ -30,21 +30,21 @@ class ConstraintCertificate:
             rank kinds: to the snap at ``tol``). [`certify`][symopt.certify] changes nothing, so there
             ``violation_after`` is the same number.
         violation_after: the distance after [`symopt.finalize`][symopt.finalize] snapped.
-        change: ``‖after − before‖`` of the tensor(s).
-        relative_change: ``change / ‖before‖``.
+        change: $‖\mathrm{after} - \mathrm{before}‖$ of the tensor(s).
+        relative_change: $\mathrm{change} / ‖\mathrm{before}‖$.
         structure: density / groups / rank / codimension, as text.
-        kkt_residual: with a loss: the distance of ``−∇ℓ`` to ``λ∂‖·‖`` (penalty kinds), or the
+        kkt_residual: with a loss: the distance of $-∇ℓ$ to $λ∂‖·‖$ (penalty kinds), or the
             gradient projected onto the set (linear kinds). 0 at an optimum.
-        multiplier: with a loss, linear kinds: ``‖Oᵀ∇ℓ‖_∞``, the size of the Lagrange multipliers.
-        exact: with a loss, linear kinds: ``λ > multiplier`` (the condition for the penalty to hold
+        multiplier: with a loss, linear kinds: $‖O^\top ∇ℓ‖_∞$, the size of the Lagrange multipliers.
+        exact: with a loss, linear kinds: $λ > \mathrm{multiplier}$ (the condition for the penalty to hold
             the constraint exactly) *and* the constraint holds (violation ≤ ``tol``); never True for a
             violated constraint, whatever λ.
-        relative_violation: ``violation / ‖tensor‖``.
+        relative_violation: $\mathrm{violation} / ‖\mathrm{tensor}‖$.
         budget: the atom budget (non-zeros, groups, rank) when one was set; the violation then
             includes the atoms beyond it.
         linear: the set is a linear subspace (the exact-penalty kinds).
-        kkt_scale: what ``kkt_residual`` is measured against: ``‖∇ℓ(0)‖`` for a solver result (the
-            scale [`symopt.solve`][symopt.solve]'s ``tol`` uses), ``‖∇ℓ(θ)‖`` for a model.
+        kkt_scale: what ``kkt_residual`` is measured against: $‖∇ℓ(0)‖$ for a solver result (the
+            scale [`symopt.solve`][symopt.solve]'s ``tol`` uses), $‖∇ℓ(θ)‖$ for a model.
 
     Examples:
         >>> import torch, symopt
@@ -81,7 +81,7 @@ class ConstraintCertificate:
 
 @dataclass(frozen=True)
 class Certificate:
-    """What [`certify`][symopt.certify] measured or [`symopt.finalize`][symopt.finalize] did: one record per constraint.
+    r"""What [`certify`][symopt.certify] measured or [`symopt.finalize`][symopt.finalize] did: one record per constraint.
 
     Iterate it, index it by name (``certificate["0.weight"]``) or ``print`` it as a table.
 
@@ -98,7 +98,7 @@ class Certificate:
             under-trained model certified with its loss is not ``ok`` however feasible it is; after
             [`symopt.finalize`][symopt.finalize] (no KKT measured) ``ok`` is ``feasible``.
         loss_change: loss after − loss before the snap, when a loss was given.
-        duality_gap: primal minus dual objective, an upper bound on ``objective − optimum``.
+        duality_gap: primal minus dual objective, an upper bound on $\mathrm{objective} - \mathrm{optimum}$.
 
     Examples:
         >>> import symopt
@@ -181,14 +181,14 @@ def _quiet_estimates(constraints):
 
 
 def certify(model, loss_fn: Callable | None = None, batch=None, tol: float = 1e-6) -> Certificate:
-    """Measure every constraint of ``model`` — or a solver's result — without changing anything.
+    r"""Measure every constraint of ``model`` — or a solver's result — without changing anything.
 
     Per constraint: the distance to the set, and with a loss the KKT residual (0 exactly at a
-    minimiser of ``ℓ + λ‖·‖``: ``−∇ℓ ∈ λ∂‖θ‖``) and, for the linear kinds, the multiplier
-    ``‖Oᵀ∇ℓ‖_∞`` with ``exact``: ``λ > multiplier`` (the exact-penalty condition) and the violation
+    minimiser of $ℓ + λ‖·‖$: $-∇ℓ ∈ λ∂‖θ‖$) and, for the linear kinds, the multiplier
+    $‖O^\top ∇ℓ‖_∞$ with ``exact``: $λ > \mathrm{multiplier}$ (the exact-penalty condition) and the violation
     within ``tol``. For a solver result
     of a penalised convex family it adds a Fenchel dual point and the duality gap, an upper bound on
-    ``objective − optimum`` that needs no reference solver. Parameters, ``.grad`` and the
+    $\mathrm{objective} - \mathrm{optimum}$ that needs no reference solver. Parameters, ``.grad`` and the
     ``strength="auto"`` estimates are left as they are.
 
     Args:
@@ -199,7 +199,7 @@ def certify(model, loss_fn: Callable | None = None, batch=None, tol: float = 1e-
             point built from the result — see `symopt.problems.duality`).
         loss_fn: optional ``loss_fn(model)`` or ``loss_fn(model, batch)`` returning the scalar loss
             *without* the symopt penalty; with it the KKT residual and the multipliers are computed
-            from ``∂loss/∂θ`` (no ``.grad`` is touched).
+            from $∂\mathrm{loss}/∂θ$ (no ``.grad`` is touched).
         batch: passed to ``loss_fn`` when given.
         tol: snap tolerance for the sparsity / rank kinds (entries, groups or σ ≤ tol count as 0).
 

@@ -164,10 +164,10 @@ def _compile_skglm() -> None:
 
 def compare(problems: Problem | Sequence[Problem], solvers: Sequence[str] = tuple(SOLVERS), device=None,
             dtype=torch.float64, progress: Callable[[str], None] | None = None) -> Comparison:
-    """Solve each problem with each solver; gaps are relative to the best feasible objective, and
+    r"""Solve each problem with each solver; gaps are relative to the best feasible objective, and
     solvers that do not apply get a "not applicable" row.
 
-    Per row: status, objective, relative gap ``(f − f_best)/max(1, |f_best|)`` to the best
+    Per row: status, objective, relative gap $(f - f_{\text{best}})/\max(1, |f_{\text{best}}|)$ to the best
     feasible objective of any solver on that problem, violation, the support / rank found and
     whether it equals the best solver's (``same``), iterations and seconds. ``rows.ok`` is True
     when every DCS row is within 1e-6 relative gap of the best and agrees on the structure.

@@ -1,6 +1,6 @@
-"""Layer 3 — the decay on the factors, as a loss term or as optimizer parameter groups.
+r"""Layer 3 — the decay on the factors, as a loss term or as optimizer parameter groups.
 
-Both paths implement the same objective ``ℓ + Σ_c (λ_c/2)‖factors_c‖²``: either add
+Both paths implement the same objective $ℓ + \sum_c (λ_c/2)‖\mathrm{factors}_c‖^2$: either add
 ``symopt.penalty(model)`` to the loss, or build the optimizer from ``symopt.param_groups(model)``
 (factors get ``weight_decay = λ``, one group per constraint). Decay must be *coupled* (added to the
 gradient): AdamW's decoupled decay does not induce the norm penalty (THEORY.md §4), so symopt warns
@@ -28,10 +28,10 @@ from .constraints.strength import StrengthGroup
 
 
 class DecoupledDecayWarning(UserWarning):
-    """A symopt factor sits in an optimizer group with decoupled (AdamW-style) weight decay.
+    r"""A symopt factor sits in an optimizer group with decoupled (AdamW-style) weight decay.
 
-    Decoupled decay multiplies the factors by ``1 − lr·λ`` outside the adaptive scaling; it is not
-    the gradient of ``(λ/2)‖factor‖²``, so the induced norm penalty (and the exactness of the
+    Decoupled decay multiplies the factors by $1 - \mathrm{lr}·λ$ outside the adaptive scaling; it is not
+    the gradient of $(λ/2)‖\mathrm{factor}‖^2$, so the induced norm penalty (and the exactness of the
     linear kinds) does not follow. Raised as a warning by [`check_optimizer`][symopt.check_optimizer].
 
     Examples:
@@ -47,10 +47,10 @@ class DecoupledDecayWarning(UserWarning):
 
 
 def penalty(model: nn.Module) -> Tensor:
-    """Coupled decay of all symopt factors in ``model``: ``Σ_c (λ_c/2)·Σ‖factor‖²``, one scalar.
+    r"""Coupled decay of all symopt factors in ``model``: $\sum_c (λ_c/2)·\sum ‖\mathrm{factor}‖^2$, one scalar.
 
-    For every factorisation the decay is ≥ the induced penalty (``λ‖w‖₁``, ``λΣ‖w_g‖₂``,
-    ``λ‖W‖_*``, ``λ‖Oᵀθ‖₁``), with equality at balanced factors, which every minimiser has; so
+    For every factorisation the decay is ≥ the induced penalty ($λ‖w‖_1$, $λ\sum ‖w_g‖_2$,
+    $λ‖W‖_*$, $λ‖O^\top θ‖_1$), with equality at balanced factors, which every minimiser has; so
     minimising ``loss + penalty(model)`` minimises ``loss + induced penalty``. Use it with an
     optimizer that has no weight decay on the factors (or any optimizer, AdamW included).
 
@@ -78,12 +78,12 @@ def penalty(model: nn.Module) -> Tensor:
 
 
 def param_groups(model: nn.Module, lr: float | None = None, weight_decay: float = 0.0, **options) -> list[dict]:
-    """Optimizer parameter groups: the factors of each constraint with ``weight_decay = λ`` (one
+    r"""Optimizer parameter groups: the factors of each constraint with ``weight_decay = λ`` (one
     group per constraint, kept in sync with ``strength="auto"``), every other parameter with the
     caller's ``weight_decay`` and options.
 
-    Coupled ``weight_decay=λ`` adds ``λ·factor`` to the gradient, the gradient of
-    ``(λ/2)‖factor‖²``: the same objective as adding [`penalty`][symopt.penalty] to the loss. Use it with SGD,
+    Coupled ``weight_decay=λ`` adds $λ·\mathrm{factor}$ to the gradient, the gradient of
+    $(λ/2)‖\mathrm{factor}‖^2$: the same objective as adding [`penalty`][symopt.penalty] to the loss. Use it with SGD,
     Adam, RMSprop, ... but not AdamW (decoupled; see [`DecoupledDecayWarning`][symopt.DecoupledDecayWarning]).
 
     Args:

@@ -2,7 +2,7 @@
 
 Fixed strengths need nothing: DDP averages the factors' gradients, and the decay (as ``penalty`` or
 as ``param_groups``) is the same on every rank. An *adaptive* λ (``strength="auto"``, budgets) is
-estimated from ``∂ℓ/∂θ`` in a backward hook, which sees the rank's *local* gradient before DDP's
+estimated from $∂ℓ/∂θ$ in a backward hook, which sees the rank's *local* gradient before DDP's
 all-reduce, so each rank would drift to its own λ and the replicas would diverge.
 [`sync_strengths`][symopt.sync_strengths] averages that state across ranks (one all-reduce of a few numbers).
 """

@@ -1,4 +1,4 @@
-"""scikit-learn estimators solved by DCS: ``Lasso``, ``ElasticNet``, ``SparseLogisticRegression``,
+r"""scikit-learn estimators solved by DCS: ``Lasso``, ``ElasticNet``, ``SparseLogisticRegression``,
 ``GroupLasso``, ``MultiTaskLasso`` and ``LassoCV``.
 
 They take scikit-learn's arguments and defaults (``alpha``, ``l1_ratio``, ``fit_intercept=True``,
@@ -7,8 +7,8 @@ They take scikit-learn's arguments and defaults (``alpha``, ``l1_ratio``, ``fit_
 solver's [`Result`][symopt.Result] as ``result_`` (status, KKT residual, history), so
 ``symopt.certify(model.result_)`` certifies the fit with a duality gap.
 
-The objectives are scikit-learn's: ``1/(2n)‖y − Xw − b‖² + α(ρ‖w‖₁ + (1 − ρ)/2 ‖w‖²)`` for the
-regressions (sample weights rescaled as scikit-learn does), the mean log-loss ``+ α‖w‖₁`` for the
+The objectives are scikit-learn's: $1/(2n)‖y - Xw - b‖^2 + α(ρ‖w‖_1 + (1 - ρ)/2 ‖w‖^2)$ for the
+regressions (sample weights rescaled as scikit-learn does), the mean log-loss $+ α‖w‖_1$ for the
 classifier (scikit-learn's ``LogisticRegression(C = 1/(nα))``; its intercept is not penalised here,
 unlike liblinear's). Needs scikit-learn ≥ 1.6 (``pip install 'symopt[sklearn]'``).
 
@@ -116,13 +116,13 @@ class _LinearRegression(_LinearPredictor, RegressorMixin, BaseEstimator):
 
 
 class Lasso(_LinearRegression):
-    """``1/(2n)‖y − Xw − b‖² + α‖w‖₁`` by DCS (``w = u ⊙ v`` with weight decay α): scikit-learn's
+    r"""$1/(2n)‖y - Xw - b‖^2 + α‖w‖_1$ by DCS ($w = u ⊙ v$ with weight decay α): scikit-learn's
     ``Lasso`` with the same arguments and attributes.
 
     Args:
         alpha: α > 0.
         fit_intercept: an unpenalised intercept (scikit-learn's default, True).
-        positive: ``w ≥ 0``.
+        positive: $w ≥ 0$.
         tol: relative KKT tolerance of [`symopt.solve`][symopt.solve] (not scikit-learn's duality-gap
             tolerance: DCS stops on the optimality conditions).
         max_iter: outer iterations of the solve.
@@ -149,14 +149,14 @@ class Lasso(_LinearRegression):
 
 
 class ElasticNet(_LinearRegression):
-    """``1/(2n)‖y − Xw − b‖² + α(ρ‖w‖₁ + (1 − ρ)/2 ‖w‖²)``, ρ = ``l1_ratio``, by DCS:
+    r"""$1/(2n)‖y - Xw - b‖^2 + α(ρ‖w‖_1 + (1 - ρ)/2 ‖w‖^2)$, ρ = ``l1_ratio``, by DCS:
     scikit-learn's ``ElasticNet``.
 
     Args:
         alpha: α > 0.
         l1_ratio: ρ in (0, 1].
         fit_intercept: an unpenalised intercept.
-        positive: ``w ≥ 0``.
+        positive: $w ≥ 0$.
         tol: relative KKT tolerance.
         max_iter: outer iterations.
 
@@ -175,7 +175,7 @@ class ElasticNet(_LinearRegression):
 
 
 class SparseLogisticRegression(ClassifierMixin, BaseEstimator):
-    """Binary logistic regression with ``α‖w‖₁`` (elastic net with ``l1_ratio < 1``), mean log-loss,
+    r"""Binary logistic regression with $α‖w‖_1$ (elastic net with ``l1_ratio < 1``), mean log-loss,
     unpenalised intercept: scikit-learn's ``LogisticRegression(l1_ratio=1, C=1/(nα))`` with a free
     intercept (skglm's ``SparseLogisticRegression(alpha=α)``).
 
@@ -245,7 +245,7 @@ class SparseLogisticRegression(ClassifierMixin, BaseEstimator):
 
 
 class GroupLasso(_LinearPredictor, RegressorMixin, BaseEstimator):
-    """``1/(2n)‖y − Xw − b‖² + α Σ_g ‖w_g‖₂`` by DCS (one gate per group): skglm's ``GroupLasso``.
+    r"""$1/(2n)‖y - Xw - b‖^2 + α \sum_g ‖w_g‖_2$ by DCS (one gate per group): skglm's ``GroupLasso``.
 
     Args:
         groups: an int (consecutive groups of that size) or a list of index lists covering every column.
@@ -287,7 +287,7 @@ class GroupLasso(_LinearPredictor, RegressorMixin, BaseEstimator):
 
 
 class MultiTaskLasso(MultiOutputMixin, RegressorMixin, BaseEstimator):
-    """``1/(2n)‖Y − XW − b‖²_F + α Σ_j ‖W_j‖₂`` (a feature is used by every task or none) by DCS:
+    r"""$1/(2n)‖Y - XW - b‖^2_F + α \sum_j ‖W_j‖_2$ (a feature is used by every task or none) by DCS:
     scikit-learn's ``MultiTaskLasso``; ``coef_`` is ``(T, d)`` as there.
 
     Args:
@@ -334,17 +334,17 @@ class MultiTaskLasso(MultiOutputMixin, RegressorMixin, BaseEstimator):
 
 
 class LassoCV(_LinearPredictor, RegressorMixin, BaseEstimator):
-    """The Lasso with α chosen by cross-validation along a warm-started path ([`symopt.path`][symopt.path]
+    r"""The Lasso with α chosen by cross-validation along a warm-started path ([`symopt.path`][symopt.path]
     per fold, mean squared error on the held-out fold), then refitted on all the data: scikit-learn's
     ``LassoCV``.
 
     Args:
         alphas: an int: the size of the grid (from ``alpha_max`` of the whole data down to
-            ``eps · alpha_max``, log-spaced); or the grid itself (scikit-learn ≥ 1.7's meaning).
+            $\mathrm{eps} · \mathrm{alpha}_{\max}$, log-spaced); or the grid itself (scikit-learn ≥ 1.7's meaning).
         eps: ratio of the smallest α to the largest.
         cv: folds (an int, a splitter, or an iterable of splits), as scikit-learn's ``check_cv``.
         fit_intercept: an unpenalised intercept.
-        positive: ``w ≥ 0``.
+        positive: $w ≥ 0$.
         tol: relative KKT tolerance of every solve.
         max_iter: outer iterations of every solve.
 

@@ -76,9 +76,9 @@ class ExportWarning(UserWarning):
 
 
 class SparseLinear(nn.Module):
-    """``y = x Wᵀ + b`` with ``W`` stored as a CSR tensor (inference; built by [`export`][symopt.export]).
+    r"""$y = x W^\top + b$ with ``W`` stored as a CSR tensor (inference; built by [`export`][symopt.export]).
 
-    Stores ``nnz`` values plus ``nnz + out + 1`` indices instead of ``out × in`` numbers. On a
+    Stores ``nnz`` values plus ``nnz + out + 1`` indices instead of $\mathrm{out} × \mathrm{in}$ numbers. On a
     2-core CPU the sparse product was the faster below about 15% density and slower at 20%
     (``benchmarks/RESULTS.md``), hence [`export`][symopt.export] times both layouts before choosing.
 
@@ -429,7 +429,7 @@ def _sparsify(root: nn.Module, module_name: str, tensor: str, sparse_format: str
 
 
 def _time_layouts(dense: nn.Linear, sparse: SparseLinear, batch: int = 64, repeats: int = 7) -> tuple[float, float]:
-    """Median seconds of a forward of each layout on a ``batch × in`` input, interleaved so that the
+    r"""Median seconds of a forward of each layout on a $\mathrm{batch} × \mathrm{in}$ input, interleaved so that the
     machine's load hits both alike (what ``sparse_format="auto"`` decides by)."""
     x = torch.randn(batch, dense.in_features, dtype=dense.weight.dtype, device=dense.weight.device)
     times = ([], [])
@@ -443,7 +443,7 @@ def _time_layouts(dense: nn.Linear, sparse: SparseLinear, batch: int = 64, repea
 
 
 class Transposed(nn.Module):
-    """A plain ``torch.nn.utils.parametrize`` view ``W = Aᵀ`` (no symopt inside): how a compressed export
+    r"""A plain ``torch.nn.utils.parametrize`` view $W = A^\top$ (no symopt inside): how a compressed export
     shares one matrix between a layer and another that holds its transpose (a tied decoder)."""
 
     def forward(self, matrix: Tensor) -> Tensor:
@@ -574,8 +574,8 @@ def _dead_heads(W_o: Tensor, v_weight: Tensor, heads: int) -> Tensor:
 
 def _folded_out_bias(W_o: Tensor, out_bias: Tensor | None, v_bias: Tensor | None, constant_heads: Tensor,
                      head_dim: int) -> Tensor:
-    """The output bias with the constant ``W_o,h · b_v,h`` of every head in ``constant_heads`` added: a
-    head whose value rows are zero attends over the constant rows ``b_v,h``, and softmax weights sum to 1."""
+    """The output bias with the constant $W_o,h · b_v,h$ of every head in ``constant_heads`` added: a
+    head whose value rows are zero attends over the constant rows $b_{v,h}$, and softmax weights sum to 1."""
     bias = out_bias.detach().clone() if out_bias is not None else W_o.new_zeros(W_o.shape[0])
     if v_bias is not None:
         for h in constant_heads.nonzero().reshape(-1).tolist():

@@ -21,7 +21,7 @@ def _loss(model: nn.Module, loss_fn: Callable, batch) -> float:
 
 def finalize(model: nn.Module, tol: float = 1e-6, force: bool = False, loss_fn: Callable | None = None,
              batch=None) -> Certificate:
-    """Snap each constrained tensor onto its constraint set and remove symopt's parametrizations.
+    r"""Snap each constrained tensor onto its constraint set and remove symopt's parametrizations.
 
     Linear constraints (Subspace, FixedZeros, Tied) are projected orthogonally. Sparsity / rank kinds
     zero the entries, groups or singular values whose magnitude is ``<= tol``; with a budget
@@ -32,7 +32,7 @@ def finalize(model: nn.Module, tol: float = 1e-6, force: bool = False, loss_fn: 
     noticeably — raise ``strength`` or train longer, or pass ``force=True``. It always refuses a tensor
     holding NaN or Inf. Afterwards each tensor is a plain ``nn.Parameter`` again.
 
-    The snap is the Euclidean projection onto the set: ``(I − OOᵀ)θ`` for a subspace, the mean of
+    The snap is the Euclidean projection onto the set: $(I - OO^\top)θ$ for a subspace, the mean of
     the copies for a tie, the truncated SVD for a rank, zeroing for the sparsity kinds.
 
     Args:

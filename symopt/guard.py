@@ -1,4 +1,4 @@
-"""Layer 3 — [`Guard`][symopt.Guard]: keep a training loop on finite ground.
+r"""Layer 3 — [`Guard`][symopt.Guard]: keep a training loop on finite ground.
 
 One bad step (a learning rate too high for the factored landscape, a budget λ that overshoots, a
 batch with an Inf) writes NaN or Inf into the factors, and from there into every later step, every
@@ -16,7 +16,7 @@ What counts as wrong:
   gradient can put Inf in Adam's ``exp_avg_sq``, after which the parameters stop moving) — *rolled back*;
 * divergence — the smoothed loss (an exponential moving average, β = 0.9, so batch noise does not
   trigger it) rose on each of the last ``patience`` steps and is above its best by more than
-  ``rise × |best|`` — *rolled back* to the state before the rise began.
+  $\mathrm{rise} × |\mathrm{best}|$ — *rolled back* to the state before the rise began.
 
 A skipped or rolled-back step leaves λ as it was: the adaptive strengths (``"auto"``, budgets,
 schedules) observe the gradient during ``backward()``, before the guard sees the step, so the guard
@@ -324,7 +324,7 @@ class _Smoothed:
         return self.best + rise * max(abs(self.best), 1e-12)
 
     def good(self, rise: float) -> bool:
-        """Worth saving: not on a rise, and within ``rise × |best|`` of the best smoothed loss."""
+        r"""Worth saving: not on a rise, and within $\mathrm{rise} × |\mathrm{best}|$ of the best smoothed loss."""
         if self.count == 0:
             return True
         return self.streak == 0 and self.last <= self._ceiling(rise)

@@ -27,14 +27,14 @@ _NEWTON_STEPS = 8
 
 
 def snap_tol(theta: Tensor, tol: float) -> float:
-    """Zeros arrive geometrically under DCS (and to rounding under SVT), never exactly: entries,
-    groups or singular values below ``max(√eps, tol)`` of the largest count as zero. Safe for
+    r"""Zeros arrive geometrically under DCS (and to rounding under SVT), never exactly: entries,
+    groups or singular values below $\max(√\mathrm{eps}, \mathrm{tol})$ of the largest count as zero. Safe for
     certification, because the KKT residual is evaluated at the snapped point."""
     return max(math.sqrt(torch.finfo(theta.dtype).eps), tol) * max(1e-12, float(theta.abs().max()))
 
 
 def loss_gradient(loss: Callable[[Tensor], Tensor], point: Tensor) -> Tensor:
-    """``∇loss(point)``, differentiating a detached view of ``point`` (the caller's tensor is untouched)."""
+    r"""$∇\mathrm{loss}(\mathrm{point})$, differentiating a detached view of ``point`` (the caller's tensor is untouched)."""
     probe = point.detach().requires_grad_()
     (grad,) = torch.autograd.grad(loss(probe), probe)
     return grad
@@ -42,10 +42,10 @@ def loss_gradient(loss: Callable[[Tensor], Tensor], point: Tensor) -> Tensor:
 
 def kkt_at_snap(loss: Callable[[Tensor], Tensor], constraint: Constraint, theta: Tensor,
                 tol: float, levels: int = 5, quick: bool = False) -> tuple[Tensor, float]:
-    """``(snapped θ, KKT residual there)`` for ``minimise loss(θ) + λ‖θ‖`` (or s.t. θ ∈ set).
+    r"""``(snapped θ, KKT residual there)`` for $\mathrm{minimise} \mathrm{loss}(θ) + λ‖θ‖$ (or s.t. θ ∈ set).
 
     DCS drives an entry that belongs at zero to zero geometrically, slowly when its gradient sits
-    just below λ. Snapping at ``snap_tol`` and at up to ``levels − 1`` tenfold larger thresholds, the
+    just below λ. Snapping at ``snap_tol`` and at up to $\mathrm{levels} - 1$ tenfold larger thresholds, the
     point with the smallest residual is returned: the residual certifies the point returned, however
     it was obtained. Linear kinds project exactly, so one level suffices. ``quick`` is passed to
     ``kkt_residual`` (an estimate that may fall short: confirm with ``quick=False``).
@@ -74,7 +74,7 @@ def kkt_at_snap(loss: Callable[[Tensor], Tensor], constraint: Constraint, theta:
 
 def polish_on_face(loss: Callable[[Tensor], Tensor], constraint: Constraint, point: Tensor, tol: float,
                    target: float, max_iter: int = 20, quick: bool = False) -> tuple[Tensor, float] | None:
-    """``(point', KKT residual there)`` after minimising ``loss + λ‖·‖`` on the face of ``point``.
+    r"""``(point', KKT residual there)`` after minimising $\mathrm{loss} + λ‖·‖$ on the face of ``point``.
 
     Near a solution DCS has found the structure (support, alive groups, rank) long before its
     values are accurate: the entries that belong at zero shrink geometrically, slowest where their

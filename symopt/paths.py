@@ -88,7 +88,7 @@ class Path:
 
 def path(problem: Problem, strengths: Sequence[float] | Tensor | np.ndarray | None = None, *, n_strengths: int = 100,
          eps: float = 1e-3, **solve_options) -> Path:
-    """Solve ``problem`` along a decreasing sequence of strengths, warm starting each solve from the
+    r"""Solve ``problem`` along a decreasing sequence of strengths, warm starting each solve from the
     previous answer.
 
     Every solve is [`symopt.solve`][symopt.solve] of ``problem.at_strength(λ)`` with ``start=`` the
@@ -117,7 +117,7 @@ def path(problem: Problem, strengths: Sequence[float] | Tensor | np.ndarray | No
         TypeError: ``problem`` is not a [`Problem`][symopt.Problem].
         ValueError: a problem without ``at_strength``; ``strengths`` empty, not 1-d, not positive
             or not finite; a bad ``n_strengths`` or ``eps``; ``start`` among the options; a default
-            grid when ``∇loss(0) = 0`` (θ = 0 is optimal at every λ).
+            grid when $∇\mathrm{loss}(0) = 0$ (θ = 0 is optimal at every λ).
 
     Examples:
         >>> import torch, symopt

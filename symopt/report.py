@@ -13,7 +13,7 @@ from .attach import list_constraints
 
 @dataclass(frozen=True)
 class ReportRow:
-    """One constraint's line in a [`Report`][symopt.Report].
+    r"""One constraint's line in a [`Report`][symopt.Report].
 
     Attributes:
         name: the dotted name(s) of the constrained tensor(s).
@@ -22,8 +22,8 @@ class ReportRow:
         violation: distance to the constraint set (sparsity / rank kinds: to the snap at ``tol``).
         structure: density / groups / rank / codimension, as text.
         balance: factor imbalance in [0, 1]; 0 at the balanced factorisation, where the decay
-            equals the induced penalty (e.g. ``|u_i| = |v_i|``, ``UᵀU = VᵀV``).
-        penalty: the current decay ``(λ/2)Σ‖factor‖²``.
+            equals the induced penalty (e.g. ``|u_i| = |v_i|``, $U^\top U = V^\top V$).
+        penalty: the current decay $(λ/2)\sum ‖\mathrm{factor}‖^2$.
         multiplier: the running Lagrange-multiplier estimate behind ``strength="auto"`` (None
             otherwise).
     """
@@ -57,14 +57,14 @@ class Report(list):
 
 @torch.no_grad()
 def report(model: nn.Module, tol: float = 1e-6) -> Report:
-    """Per constraint: name, kind, strength, violation, density / rank, factor balance, penalty.
+    r"""Per constraint: name, kind, strength, violation, density / rank, factor balance, penalty.
 
     Changes nothing and needs no loss: it reads the current tensors and factors. For optimality
     (the KKT residual, the multipliers) use [`symopt.certify`][symopt.certify].
 
     Args:
         model: the module holding the constraints.
-        tol: entries, groups or singular values ``≤ tol`` count as zero for the structure and
+        tol: entries, groups or singular values $≤ \mathrm{tol}$ count as zero for the structure and
             the violation of the sparsity / rank kinds.
 
     Returns:

@@ -34,13 +34,13 @@ class NotApplicable(ValueError):
 
 @dataclass
 class Result:
-    """Outcome of one solve.
+    r"""Outcome of one solve.
 
     Attributes:
         x: the solution (CPU tensor, float64 for comparisons).
         objective: full objective at ``x`` (loss + λ·induced norm; loss alone for linear kinds).
         violation: distance of ``x`` to the constraint set (0 for penalty kinds).
-        kkt_residual: distance of ``−∇loss(x)`` to ``λ∂‖x‖`` (projected gradient for linear kinds).
+        kkt_residual: distance of $-∇\mathrm{loss}(x)$ to $λ∂‖x‖$ (projected gradient for linear kinds).
         iterations: solver iterations (outer iterations for DCS).
         seconds: wall time of the solve.
         history: per iteration, ``(seconds since start, objective, kkt_residual)``.

@@ -73,7 +73,7 @@ BINARY_METHODS = {"add": torch.add, "sub": torch.sub, "mul": torch.mul}
 class Flow:
     """Where units sit in a tensor of the traced graph.
 
-    ``units[i]`` is the unit at position ``i`` along ``axis`` (1: the channels of ``N × C × …``; -1:
+    ``units[i]`` is the unit at position ``i`` along ``axis`` (1: the channels of $N × C × …$; -1:
     the features of a Linear's output); each unit covers ``block`` consecutive positions (1, or the
     spatial size after a Flatten; None until a consumer's input size fixes it). ``const[i]`` is what
     unit ``i`` emits, at every position, if it is dead.

@@ -19,10 +19,10 @@ from .constraints.pooled import Pooled
 from .constraints.unit_groups import UnitGroups
 
 def sparse(module: nn.Module, name: str | Sequence[str], strength: float | None = None, **kwargs) -> Handle:
-    """Elementwise sparsity: ``w = u ⊙ v``, so the decay ``(λ/2)(‖u‖² + ‖v‖²)`` is ``λ‖w‖₁``.
+    r"""Elementwise sparsity: $w = u ⊙ v$, so the decay $(λ/2)(‖u‖^2 + ‖v‖^2)$ is $λ‖w‖_1$.
 
-    The mirror ``(u_i, v_i) → (−u_i, −v_i)`` fixes ``w_i = 0``; a zero is stable while
-    ``|∂ℓ/∂w_i| ≤ λ`` (the Lasso's optimality condition). See [`Sparse`][symopt.Sparse].
+    The mirror $(u_i, v_i) → (-u_i, -v_i)$ fixes $w_i = 0$; a zero is stable while
+    $|∂ℓ/∂w_i| ≤ λ$ (the Lasso's optimality condition). See [`Sparse`][symopt.Sparse].
 
     Args:
         module: the module that owns the parameter (or an ancestor, with a dotted ``name``).
@@ -55,10 +55,10 @@ def sparse(module: nn.Module, name: str | Sequence[str], strength: float | None 
 
 
 def nonnegative(module: nn.Module, name: str | Sequence[str], strength: float | None = None, **kwargs) -> Handle:
-    """Non-negative sparsity: ``θ = ½ u ⊙ u``, so θ ≥ 0 by construction and the decay ``(λ/2)‖u‖²``
-    is ``λ Σθ_i`` (the non-negative Lasso penalty).
+    r"""Non-negative sparsity: $θ = \tfrac12 u ⊙ u$, so θ ≥ 0 by construction and the decay $(λ/2)‖u‖^2$
+    is $λ \sum θ_i$ (the non-negative Lasso penalty).
 
-    The mirror ``u_i → −u_i`` fixes ``θ_i = 0``; a zero is stable while ``−∂ℓ/∂θ_i ≤ λ``. Negative
+    The mirror $u_i → -u_i$ fixes $θ_i = 0$; a zero is stable while $-∂ℓ/∂θ_i ≤ λ$. Negative
     entries are projected to 0 at registration (with a warning). See [`NonNegative`][symopt.NonNegative].
 
     Args:
@@ -90,10 +90,10 @@ def nonnegative(module: nn.Module, name: str | Sequence[str], strength: float | 
 
 def group_sparse(module: nn.Module, name: str | Sequence[str], dim: int | None = None,
                  strength: float | None = None, **kwargs) -> Handle:
-    """Group sparsity: a scalar gate per group, ``w_g = s_g·ω_g``, so the decay is ``λΣ_g‖w_g‖₂``.
+    r"""Group sparsity: a scalar gate per group, $w_g = s_g·ω_g$, so the decay is $λ\sum_g‖w_g‖_2$.
 
-    The mirror ``(s_g, ω_g) → (−s_g, −ω_g)`` fixes the whole group at ``w_g = 0``; a group stays
-    zero while ``‖∇_{w_g} ℓ‖₂ ≤ λ``. See [`GroupSparse`][symopt.GroupSparse].
+    The mirror $(s_g, ω_g) → (-s_g, -ω_g)$ fixes the whole group at $w_g = 0$; a group stays
+    zero while $‖∇_{w_g} ℓ‖_2 ≤ λ$. See [`GroupSparse`][symopt.GroupSparse].
 
     Args:
         module: the module that owns the parameter (or an ancestor, with a dotted ``name``).
@@ -138,10 +138,10 @@ def group_sparse(module: nn.Module, name: str | Sequence[str], dim: int | None =
 
 def low_rank(module: nn.Module, name: str, strength: float | None = None, max_rank: int | None = None,
              **kwargs) -> Handle:
-    """Low rank: ``W = U Vᵀ``, so the decay ``(λ/2)(‖U‖²_F + ‖V‖²_F)`` is ``λ‖W‖_*``.
+    r"""Low rank: $W = U V^\top$, so the decay $(λ/2)(‖U‖^2_F + ‖V‖^2_F)$ is $λ‖W‖_*$.
 
-    ``‖W‖_* ≤ ‖U‖_F‖V‖_F ≤ (‖U‖²_F + ‖V‖²_F)/2`` with equality at the balanced SVD factors; the
-    mirrors ``U → UQ, V → VQ`` (``Q = I − 2nnᵀ``) each fix one removed singular direction. See
+    $‖W‖_* ≤ ‖U‖_F‖V‖_F ≤ (‖U‖^2_F + ‖V‖^2_F)/2$ with equality at the balanced SVD factors; the
+    mirrors $U → UQ, V → VQ$ ($Q = I - 2nn^\top$) each fix one removed singular direction. See
     [`LowRank`][symopt.LowRank].
 
     Args:
@@ -174,10 +174,10 @@ def low_rank(module: nn.Module, name: str, strength: float | None = None, max_ra
 
 def subspace(module: nn.Module, name: str, A, strength: float | str = "auto", *,
              dim: int | tuple[int, ...] | None = None, **kwargs) -> Handle:
-    """Linear constraint ``A·vec(θ) = 0`` by the exact penalty ``λ‖Oᵀθ‖₁``.
+    r"""Linear constraint $A·\operatorname{vec}(θ) = 0$ by the exact penalty $λ‖O^\top θ‖_1$.
 
-    ``θ = (I − OOᵀ)w + O(a ⊙ b)`` with ``O`` an orthonormal basis of rowspace(A); the mirrors
-    ``(a_i, b_i) → (−a_i, −b_i)`` fix ``Oᵀθ = 0``. Exact once ``λ > ‖Oᵀ∇ℓ(θ*)‖_∞``, the Lagrange
+    $θ = (I - OO^\top)w + O(a ⊙ b)$ with ``O`` an orthonormal basis of rowspace(A); the mirrors
+    $(a_i, b_i) → (-a_i, -b_i)$ fix $O^\top θ = 0$. Exact once $λ > ‖O^\top ∇ℓ(θ^*)‖_∞$, the Lagrange
     multipliers at the constrained optimum. See [`Subspace`][symopt.Subspace].
 
     Args:
@@ -185,7 +185,7 @@ def subspace(module: nn.Module, name: str, A, strength: float | str = "auto", *,
         name: the parameter's (dotted) name, e.g. ``"weight"`` or ``"encoder.0.weight"``.
         A: ``(k, numel)`` matrix (tensor or array) of ``k`` linear constraints on the flattened
             parameter; dependent rows are fine. With ``dim``: ``(k, slice size)``, applied to each slice.
-        strength: λ (> 0), or ``"auto"`` (default): ``margin ×`` a running multiplier estimate.
+        strength: λ (> 0), or ``"auto"`` (default): $\mathrm{margin} ×$ a running multiplier estimate.
         dim: an axis or tuple of axes: ``A`` constrains every slice over them (``dim=1``: each row of
             a Linear weight; ``dim=(1, 2, 3)``: each Conv filter), with a basis of the slice's size
             instead of a dense ``I ⊗ A``. ``None`` (default): ``A`` acts on the whole parameter.
@@ -214,16 +214,16 @@ def subspace(module: nn.Module, name: str, A, strength: float | str = "auto", *,
 
 
 def fixed_zeros(module: nn.Module, name: str, mask, strength: float | str = "auto", **kwargs) -> Handle:
-    """``θ[mask] = 0`` by the exact penalty ``λ‖θ[mask]‖₁`` (no dense basis).
+    r"""$θ[\mathrm{mask}] = 0$ by the exact penalty $λ‖θ[\mathrm{mask}]‖_1$ (no dense basis).
 
-    The masked entries are ``a ⊙ b``; the mirrors ``(a_i, b_i) → (−a_i, −b_i)`` fix them at zero.
-    Exact once ``λ > ‖∇ℓ(θ*)[mask]‖_∞``. See [`FixedZeros`][symopt.FixedZeros].
+    The masked entries are $a ⊙ b$; the mirrors $(a_i, b_i) → (-a_i, -b_i)$ fix them at zero.
+    Exact once $λ > ‖∇ℓ(θ^*)[\mathrm{mask}]‖_∞$. See [`FixedZeros`][symopt.FixedZeros].
 
     Args:
         module: the module that owns the parameter (or an ancestor, with a dotted ``name``).
         name: the parameter's (dotted) name, e.g. ``"weight"`` or ``"encoder.0.weight"``.
         mask: bool tensor of the parameter's shape; True marks an entry that must be 0.
-        strength: λ (> 0), or ``"auto"`` (default): ``margin ×`` a running multiplier estimate.
+        strength: λ (> 0), or ``"auto"`` (default): $\mathrm{margin} ×$ a running multiplier estimate.
         **kwargs: ``margin`` (of ``"auto"``, > 1), ``seed``.
 
     Returns:
@@ -247,9 +247,9 @@ def fixed_zeros(module: nn.Module, name: str, mask, strength: float | str = "aut
 
 def n_m_sparse(module: nn.Module, name: str, n: int = 2, m: int = 4, *, total_steps: int | None = None,
                **kwargs) -> Handle:
-    """N:M semi-structured sparsity: at most ``n`` non-zeros in every ``m`` consecutive entries of a row.
+    r"""N:M semi-structured sparsity: at most ``n`` non-zeros in every ``m`` consecutive entries of a row.
 
-    ``w = u ⊙ v`` as for [`sparse`][symopt.sparse] (decay = ``λ‖w‖₁``); a budget of ``n/m`` of the entries
+    $w = u ⊙ v$ as for [`sparse`][symopt.sparse] (decay = $λ‖w‖_1$); a budget of ``n/m`` of the entries
     moves λ, and at the end of the ramp the ``n`` largest of every group are kept and the others put on
     the mirror's fixed point. See [`NMSparse`][symopt.NMSparse].
 
@@ -265,7 +265,7 @@ def n_m_sparse(module: nn.Module, name: str, n: int = 2, m: int = 4, *, total_st
         Handle: the registered constraint (build the optimizer afterwards).
 
     Raises:
-        ValueError: a last axis that ``m`` does not divide, ``n >= m``, a bad option; nothing is changed.
+        ValueError: a last axis that ``m`` does not divide, $n ≥ m$, a bad option; nothing is changed.
 
     Examples:
         >>> import torch, symopt
@@ -284,10 +284,10 @@ HEAD_COUNT_NAMES = ("num_heads", "n_heads", "num_attention_heads", "n_head")
 
 def attention_heads(model: nn.Module, name: str = "", strength: float | None = None, *, seed: int = 0,
                     projections: Sequence[str] | None = None, heads: int | None = None) -> Handle:
-    """Group sparsity over attention heads: one gate per head, shared by its query, key and value
+    r"""Group sparsity over attention heads: one gate per head, shared by its query, key and value
     rows (weights and biases) and its columns of the output projection.
 
-    The decay is ``λ Σ_h ‖(W_q,h, W_k,h, W_v,h, b_h, W_o,h)‖₂``, so whole heads go to zero, and
+    The decay is $λ \sum_h ‖(W_q,h, W_k,h, W_v,h, b_h, W_o,h)‖_2$, so whole heads go to zero, and
     [`symopt.export`][symopt.export] (``mode="compressed"``) removes them. Works on an
     ``nn.MultiheadAttention`` and on a hand-written block with four ``nn.Linear`` projections (q, k, v,
     out) and an int attribute holding its head count (``num_heads``, ``n_heads``, ...), which export
@@ -381,18 +381,18 @@ def attention_heads(model: nn.Module, name: str = "", strength: float | None = N
 
 
 def tie(model: nn.Module, names: Sequence[str], strength: float | str = "auto", **kwargs) -> Handle:
-    """``θ_1 = … = θ_k`` for the dotted ``names`` in ``model``, by the exact penalty ``λΣ_{j≥2}‖θ_j − θ_1‖₁``.
+    r"""$θ_1 = … = θ_k$ for the dotted ``names`` in ``model``, by the exact penalty $λ\sum_{j≥2}‖θ_j - θ_1‖_1$.
 
-    The first name is the anchor, stored as is; every later copy is ``θ_j = θ_1 + u_j ⊙ v_j``, and the
-    mirrors ``(u_j, v_j) → −(u_j, v_j)`` fix ``θ_j = θ_1``. Exact once
-    ``λ > max_{j≥2} ‖∇_{θ_j}ℓ(θ*)‖_∞``. See [`Tied`][symopt.Tied].
+    The first name is the anchor, stored as is; every later copy is $θ_j = θ_1 + u_j ⊙ v_j$, and the
+    mirrors $(u_j, v_j) → -(u_j, v_j)$ fix $θ_j = θ_1$. Exact once
+    $λ > \max_{j≥2} ‖∇_{θ_j}ℓ(θ^*)‖_∞$. See [`Tied`][symopt.Tied].
 
     Args:
         model: the module that owns every tied parameter (or a common ancestor).
         names: two or more dotted parameter names, of one dtype and device, each of the anchor's
             shape or (2-d) of its transpose: ``["enc.weight", "dec.weight"]`` with shapes 16×64 and
             64×16 ties the decoder to the encoder's transpose.
-        strength: λ (> 0), or ``"auto"`` (default): ``margin ×`` a running multiplier estimate.
+        strength: λ (> 0), or ``"auto"`` (default): $\mathrm{margin} ×$ a running multiplier estimate.
         **kwargs: ``margin`` (of ``"auto"``, > 1), ``seed``, ``transpose`` (True: tie square
             matrices as transposes; False: refuse transposed shapes).
 

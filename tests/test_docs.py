@@ -2,6 +2,8 @@
 
 import pathlib
 import re
+from html.parser import HTMLParser
+from urllib.parse import unquote
 
 import pytest
 
@@ -18,20 +20,135 @@ def test_code_blocks_run(path):
         exec(compile(block, str(path), "exec"), namespace)
 
 
-def test_site_builds_with_no_warning(tmp_path):
-    """`mkdocs build --strict`: every page in the nav, every link and anchor resolves, every API
-    docstring parses (the same build `bash scripts/docs.sh` and CI run)."""
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """The site, built once by `mkdocs build --strict` (the same build `bash scripts/docs.sh` and CI run)."""
     pytest.importorskip("mkdocs")
     pytest.importorskip("mkdocstrings")
     import os
     import subprocess
     import sys
 
+    out = tmp_path_factory.mktemp("site")
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
-    done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path)],
+    done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
                           cwd=ROOT, capture_output=True, text=True, env=env)
+    return out, done
+
+
+def test_site_builds_with_no_warning(site):
+    """Strict build: every page in the nav, every link and anchor resolves, every API docstring parses."""
+    out, done = site
     assert done.returncode == 0, done.stderr[-3000:]
-    assert (tmp_path / "api" / "constraints" / "index.html").exists()
+    assert (out / "api" / "constraints" / "index.html").exists()
+
+
+class _Page(HTMLParser):
+    """What a render check needs from one built page: ids, links, images, formulas, and the text
+    that is neither code nor maths (with the emphasis runs inside it)."""
+
+    SKIP = {"code", "pre", "script", "style"}
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.ids, self.links, self.images, self.formulas = set(), [], [], []
+        self.text, self.emphasis = [], []
+        self._skip, self._maths, self._em = 0, 0, None
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if "id" in attrs:
+            self.ids.add(attrs["id"])
+        if tag == "a" and attrs.get("href"):
+            self.links.append(attrs["href"])
+        if tag == "img":
+            self.images.append(attrs.get("src", ""))
+        if tag in self.SKIP:
+            self._skip += 1
+        if "arithmatex" in (attrs.get("class") or "").split():
+            self._maths += 1
+            self.formulas.append("")
+        elif self._maths:
+            self._maths += 1
+        if tag == "em" and not self._skip and not self._maths:
+            self._em = ""
+
+    def handle_endtag(self, tag):
+        if tag in self.SKIP:
+            self._skip = max(0, self._skip - 1)
+        if self._maths:
+            self._maths -= 1
+        if tag == "em" and self._em is not None:
+            self.emphasis.append(self._em)
+            self._em = None
+
+    def handle_data(self, data):
+        if self._maths:
+            self.formulas[-1] += data
+        elif not self._skip:
+            self.text.append(data)
+            if self._em is not None:
+                self._em += data
+
+
+def _pages(out):
+    for page in sorted(out.rglob("*.html")):
+        if page.name == "404.html":
+            continue
+        parsed = _Page()
+        parsed.feed(page.read_text())
+        yield page, parsed
+
+
+def test_the_built_pages_render(site):
+    """A render check of the built HTML (no browser here): every image and internal link/anchor
+    resolves, every formula is valid TeX (parsed by latex2mathml when installed), no TeX or dollar
+    residue is left in the text, and no emphasis run swallows a formula or a paragraph (the
+    unescaped ``θ*`` / ``λ*`` failure)."""
+    out, done = site
+    assert done.returncode == 0, done.stderr[-3000:]
+    try:
+        from latex2mathml.converter import convert
+    except ImportError:  # optional: the structural checks still run
+        convert = None
+    pages = dict(_pages(out))
+    assert len(pages) > 20
+    problems = []
+    for page, parsed in pages.items():
+        where = page.relative_to(out)
+        for src in parsed.images:
+            if not src.startswith(("http://", "https://", "data:")):
+                target = (page.parent / unquote(src)).resolve()
+                if not target.is_file() or target.stat().st_size == 0:
+                    problems.append(f"{where}: image {src} missing")
+        for href in parsed.links:
+            if href.startswith(("http://", "https://", "mailto:")):
+                continue
+            path, _, anchor = href.partition("#")
+            target = (page.parent / unquote(path)).resolve() if path else page
+            if target.is_dir():
+                target = target / "index.html"
+            if not target.is_file():
+                problems.append(f"{where}: link {href} goes nowhere")
+            elif anchor and target in pages and anchor not in pages[target].ids:
+                problems.append(f"{where}: link {href}: no anchor #{anchor}")
+        for formula in parsed.formulas:
+            tex = formula.strip()
+            for opener, closer in (("\\(", "\\)"), ("\\[", "\\]")):
+                if tex.startswith(opener) and tex.endswith(closer):
+                    tex = tex[2:-2]
+            if convert is not None:
+                try:
+                    convert(tex)
+                except Exception as error:  # noqa: BLE001 - any parse failure is a broken formula
+                    problems.append(f"{where}: formula {tex!r} does not parse ({type(error).__name__})")
+        text = " ".join(parsed.text)
+        for residue in re.findall(r"\\(?:Vert|vert|mathrm|text|operatorname|sum|top|max|min)\b|\$[^$\s][^$]{0,40}\$", text):
+            problems.append(f"{where}: unrendered maths {residue!r}")
+        for run in parsed.emphasis:
+            if len(run) > 120 or re.search(r"[θλμ]", run) and len(run) > 40:
+                problems.append(f"{where}: an emphasis run swallowed text: {run[:80]!r}")
+    assert not problems, "\n".join(problems[:40])
 
 
 def test_every_figure_shown_is_made_by_the_figures_script():

@@ -12,9 +12,9 @@ from ..result import NotApplicable, Result
 
 
 def solve_cvxpy(problem: Problem, solver: str | None = None, **options) -> Result:
-    """Solve the cvxpy twin of ``problem``: the convex optimum, the reference DCS is checked against.
+    r"""Solve the cvxpy twin of ``problem``: the convex optimum, the reference DCS is checked against.
 
-    The twin states the same objective in cvxpy's modelling language (``‖·‖₁``, ``Σ‖·‖₂``,
+    The twin states the same objective in cvxpy's modelling language ($‖·‖_1$, $\sum ‖·‖_2$,
     ``normNuc``, linear equalities), so an interior-point solver returns the optimum to its
     tolerance (~1e-9 relative for Clarabel); the returned objective is re-evaluated in torch.
 

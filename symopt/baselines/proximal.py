@@ -18,12 +18,12 @@ from ..result import Result, elapsed_since
 
 def solve_proximal(problem: Problem, device=None, dtype=torch.float64, tol: float = 1e-6,
                    max_iter: int = 20_000) -> Result:
-    """Accelerated proximal / projected gradient (FISTA) on the original variable θ.
+    r"""Accelerated proximal / projected gradient (FISTA) on the original variable θ.
 
-    Penalty kinds take the proximal step of ``λ‖·‖`` (soft thresholding of entries, groups or
-    singular values); linear kinds project onto the set, ``θ − O Oᵀθ``. The step ``1/L`` is found
+    Penalty kinds take the proximal step of $λ‖·‖$ (soft thresholding of entries, groups or
+    singular values); linear kinds project onto the set, $θ - O O^\top θ$. The step $1/L$ is found
     by backtracking on the quadratic upper bound. It stops when the KKT residual
-    ``≤ tol × ‖∇loss(0)‖``, the same test as [`symopt.solve`][symopt.solve].
+    $≤ \mathrm{tol} × ‖∇\mathrm{loss}(0)‖$, the same test as [`symopt.solve`][symopt.solve].
 
     Args:
         problem: a [`Problem`][symopt.Problem] with a fixed λ.

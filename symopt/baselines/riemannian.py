@@ -1,7 +1,7 @@
-"""geoopt: rank bounds the Riemannian way, ``W = U diag(s) Vᵀ`` with ``U``, ``V`` on Stiefel
+r"""geoopt: rank bounds the Riemannian way, $W = U \operatorname{diag}(s) V^\top$ with ``U``, ``V`` on Stiefel
 manifolds, trained by RiemannianAdam. Applies to problems whose constraint has a rank bound on a matrix
 (``constraint.fixed_rank(shape)``: ``LowRank`` with ``max_rank``); a nuclear penalty, if the problem
-has one, is ``λ Σ|s_i|``."""
+has one, is $λ \sum |s_i|$."""
 
 from __future__ import annotations
 
@@ -17,11 +17,11 @@ from ..result import NotApplicable, Result, elapsed_since
 
 def solve_geoopt(problem: Problem, device=None, dtype=torch.float64, tol: float = 1e-6, max_iter: int = 10_000,
                  lr: float = 0.3, seed: int = 0) -> Result:
-    """Hard rank ``r`` by Riemannian optimisation: ``W = U diag(s) Vᵀ`` with ``U``, ``V`` on Stiefel manifolds.
+    r"""Hard rank ``r`` by Riemannian optimisation: $W = U \operatorname{diag}(s) V^\top$ with ``U``, ``V`` on Stiefel manifolds.
 
     RiemannianAdam (geoopt; learning rate decayed ×0.5 on plateaus) from a random orthonormal
-    start. For a penalised problem the penalty ``λΣ|s_i|`` is added. It stops when the KKT
-    residual on the rank-r manifold ``≤ tol × ‖∇loss(0)‖``.
+    start. For a penalised problem the penalty $λ\sum |s_i|$ is added. It stops when the KKT
+    residual on the rank-r manifold $≤ \mathrm{tol} × ‖∇\mathrm{loss}(0)‖$.
 
     Args:
         problem: a matrix [`Problem`][symopt.Problem] whose constraint is ``LowRank(max_rank=r)``.
@@ -86,8 +86,8 @@ def solve_geoopt(problem: Problem, device=None, dtype=torch.float64, tol: float 
 
 
 def stiefel_start(shape, r: int, seed: int, device, dtype) -> tuple:
-    """The start of the geoopt baseline: ``U``, ``V`` random orthonormal (Stiefel manifold
-    parameters) and ``s = 1e-3``, so ``W = U diag(s) Vᵀ`` starts near 0."""
+    r"""The start of the geoopt baseline: ``U``, ``V`` random orthonormal (Stiefel manifold
+    parameters) and ``s = 1e-3``, so $W = U \operatorname{diag}(s) V^\top$ starts near 0."""
     import geoopt
 
     m, n = shape

@@ -15,15 +15,15 @@ from ..result import NotApplicable, Result
 
 
 def solve_sklearn(problem: Problem, tol: float = 1e-10, max_iter: int = 10_000) -> Result:
-    """scikit-learn's coordinate descent: ``Lasso(alpha = λ)`` (``ElasticNet`` for ``l1_ratio < 1``,
+    r"""scikit-learn's coordinate descent: ``Lasso(alpha = λ)`` (``ElasticNet`` for ``l1_ratio < 1``,
     with the problem's ``fit_intercept``, ``positive`` and sample weights), ``MultiTaskLasso``, or
-    ``LogisticRegression`` with an L1 penalty and ``C = 1/(nλ)`` (liblinear; saga, with the weights
+    ``LogisticRegression`` with an L1 penalty and $C = 1/(nλ)$ (liblinear; saga, with the weights
     scaled to sum to ``n``, when the problem has an unpenalised intercept, weights or
     ``l1_ratio < 1``: liblinear penalises its intercept); for the group lasso, skglm's
     ``GroupLasso(groups, alpha = λ)`` (same ``1/(2n)`` scaling).
 
-    The scalings match the problems: sklearn's Lasso minimises ``1/(2n)‖Xw − y‖² + α‖w‖₁``, and
-    ``C·Σ log-loss + ‖w‖₁`` has the minimiser of ``mean log-loss + λ‖w‖₁`` when ``C = 1/(nλ)``.
+    The scalings match the problems: sklearn's Lasso minimises $1/(2n)‖Xw - y‖^2 + α‖w‖_1$, and
+    $C·\sum \log-\mathrm{loss} + ‖w‖_1$ has the minimiser of $\text{mean log-loss} + λ‖w‖_1$ when $C = 1/(nλ)$.
 
     Args:
         problem: a lasso, logistic-L1 or group-lasso [`Problem`][symopt.Problem] with a fixed λ.

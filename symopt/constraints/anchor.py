@@ -1,9 +1,9 @@
-"""syre's anchor: weight decay toward a fixed random point instead of zero (Ziyin, Xu, Chuang,
+r"""syre's anchor: weight decay toward a fixed random point instead of zero (Ziyin, Xu, Chuang,
 arXiv 2408.15495). The opposite of the other kinds: it *removes* symmetries.
 
-``φ = θ₀ + ψ / √D`` with a fixed anchor ``θ₀ ~ N(0, σ₀²)`` and a fixed positive diagonal ``D``
-(``D_ii ~ U(1 − ε, 1 + ε)``; ``D = I`` when ε = 0); the trainable factor ``ψ`` is decayed, so the
-decay ``(λ/2)‖ψ‖²`` equals ``(λ/2) Σ D_ii (φ_i − θ₀_i)²``.
+$φ = θ_0 + ψ / √D$ with a fixed anchor $θ_0 \sim N(0, σ_0^2)$ and a fixed positive diagonal ``D``
+($D_{ii} \sim U(1 - ε, 1 + ε)$; $D = I$ when ε = 0); the trainable factor $ψ$ is decayed, so the
+decay $(λ/2)‖ψ‖^2$ equals $(λ/2) \sum D_{ii} (φ_i - θ_{0,i})^2$.
 
 Why: a mirror plane of the loss (identical units, dead units, rotations between layers) is a fixed
 subspace of a symmetry; plain decay pulls toward zero, which lies on every such plane, so the planes
@@ -11,7 +11,7 @@ absorb training ("collapse"). A random anchor lies on none of them with probabil
 ``D`` breaks rotation-type symmetries that an isotropic pull would keep. Never use it on a tensor that
 carries a DCS constraint: it destroys exactly the symmetry DCS builds.
 
-Anchors and ``D`` are regenerated from ``(seed, stream)`` on the CPU, so only the seed and ``σ₀``
+Anchors and ``D`` are regenerated from ``(seed, stream)`` on the CPU, so only the seed and $σ_0$
 are stored (buffers, in ``state_dict``).
 """
 
@@ -29,10 +29,10 @@ class Anchor(Constraint):
     r"""Decay toward a fixed random anchor (register with [`symopt.syre`][symopt.syre]).
 
     Args:
-        strength: λ of the decay ``(λ/2) Σ D_ii (φ_i − θ₀_i)²`` (> 0).
-        sigma: std ``σ₀`` of the anchor; ``None`` means 0.01 × the tensor's std at registration
+        strength: λ of the decay $(λ/2) \sum D_{ii} (φ_i - θ_{0,i})^2$ (> 0).
+        sigma: std $σ_0$ of the anchor; ``None`` means 0.01 × the tensor's std at registration
             (0.01/√fan_in for a constant tensor).
-        anisotropy: ε of ``D_ii ~ U(1 − ε, 1 + ε)``, in [0, 1); 0 gives ``D = I``.
+        anisotropy: ε of $D_{ii} \sim U(1 - ε, 1 + ε)$, in [0, 1); 0 gives $D = I$.
         seed: the anchor's random seed.
         stream: a second key of the random stream (``syre`` derives it from the tensor's name, so
             each tensor gets its own anchor from one seed).

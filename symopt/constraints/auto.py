@@ -1,11 +1,11 @@
-"""The multiplier estimate behind ``strength="auto"`` (the exact-penalty kinds).
+r"""The multiplier estimate behind ``strength="auto"`` (the exact-penalty kinds).
 
-The penalty ``λ‖Oᵀθ‖₁`` is exact once ``λ`` exceeds the Lagrange multipliers ``μ = ‖Oᵀ∇ℓ(θ*)‖_∞``
+The penalty $λ‖O^\top θ‖_1$ is exact once $λ$ exceeds the Lagrange multipliers $μ = ‖O^\top ∇ℓ(θ^*)‖_∞$
 (the dual norm of the loss gradient on the constrained directions at the constrained optimum). The
-constraint watches ``∂ℓ/∂θ`` on every backward pass (a tensor hook: no extra call in the training
+constraint watches $∂ℓ/∂θ$ on every backward pass (a tensor hook: no extra call in the training
 loop), keeps a bias-corrected running mean of the dual norm — stochastic gradients are noisy — and
-its [`Auto`][symopt.constraints.strength.Auto] policy uses ``λ = margin × estimate``: never below the
-estimate, and converging to ``margin · μ`` as θ converges. When observations apply (now, or when an
+its [`Auto`][symopt.constraints.strength.Auto] policy uses $λ = \mathrm{margin} × \mathrm{estimate}$: never below the
+estimate, and converging to $\mathrm{margin} · μ$ as θ converges. When observations apply (now, or when an
 optimizer step ends) is the policy's business, not this module's.
 """
 
@@ -16,10 +16,10 @@ from torch import Tensor, nn
 
 
 class MultiplierEstimate(nn.Module):
-    """Running estimate of the Lagrange multipliers, one slot per tied copy (1 otherwise).
+    r"""Running estimate of the Lagrange multipliers, one slot per tied copy (1 otherwise).
 
     Buffers (saved in ``state_dict``): ``mean`` — exponential moving average of observed dual norms
-    per slot, ``count`` — observations so far (for the bias correction ``1 − β^count``).
+    per slot, ``count`` — observations so far (for the bias correction $1 - β^\mathrm{count}$).
     """
 
     def __init__(self, slots: int = 1, beta: float = 0.9) -> None:
@@ -44,7 +44,7 @@ class MultiplierEstimate(nn.Module):
 
 def watch_gradient(module: nn.Module, _inputs, output: Tensor) -> None:
     """Forward hook of constraints whose λ follows the gradients (auto strength, budgets,
-    schedules): hand ``∂ℓ/∂θ`` (with the value it was taken at) to the strength policy when backward
+    schedules): hand $∂ℓ/∂θ$ (with the value it was taken at) to the strength policy when backward
     computes it."""
     if module.watching and isinstance(output, Tensor) and output.requires_grad and torch.is_grad_enabled():
         value = output.detach()

@@ -1,9 +1,9 @@
-"""The contract every constraint kind fulfils, and the helpers they share.
+r"""The contract every constraint kind fulfils, and the helpers they share.
 
 A constraint kind is a `torch.nn.Module` usable as a ``torch.nn.utils.parametrize``
 parametrization: ``right_inverse(value)`` splits a tensor into *factors*, ``forward(*factors)``
 rebuilds the tensor from them. The factorisation is chosen so that the loss gains a mirror
-symmetry whose fixed subspace is the constraint set, and a weight decay ``(λ/2)‖factor‖²`` on the
+symmetry whose fixed subspace is the constraint set, and a weight decay $(λ/2)‖\mathrm{factor}‖^2$ on the
 ``decayed`` factors induces a norm penalty ``λ·induced_norm(value)`` (Ziyin, ICML 2024).
 
 Registration, discovery and state_dict hooks live in `symopt.attach`; this layer is maths only.
@@ -76,9 +76,9 @@ def zero_scale(magnitudes: Tensor) -> Tensor:
 
 
 def random_gate(magnitudes: Tensor, factorizer: Factorizer) -> Tensor:
-    """Gate ``g`` for non-negative magnitudes ``m``: random sign, ``|g| = sqrt(m)·jitter``.
+    r"""Gate ``g`` for non-negative magnitudes ``m``: random sign, $|g| = \mathrm{sqrt}(m)·\mathrm{jitter}$.
 
-    The other factor is ``value / g``. Where ``m = 0`` the gate takes the typical scale instead,
+    The other factor is ``value / g``. Where $m = 0$ the gate takes the typical scale instead,
     so the other factor is 0 but still receives gradient.
     """
     roots = magnitudes.sqrt()
@@ -87,10 +87,10 @@ def random_gate(magnitudes: Tensor, factorizer: Factorizer) -> Tensor:
 
 
 def split_product(value: Tensor, factorizer: Factorizer) -> tuple[Tensor, Tensor]:
-    """Hadamard split ``value = u ⊙ v`` with independent (not sign-balanced) factors.
+    r"""Hadamard split $\mathrm{value} = u ⊙ v$ with independent (not sign-balanced) factors.
 
-    Zero entries get ``u ≠ 0, v = 0``: the point is on the mirror plane but ``v`` has a non-zero
-    gradient ``g·u``, so the entry can leave zero if the loss asks for it.
+    Zero entries get $u ≠ 0, v = 0$: the point is on the mirror plane but ``v`` has a non-zero
+    gradient $g·u$, so the entry can leave zero if the loss asks for it.
     """
     gate = random_gate(value.abs(), factorizer)
     return gate, value / gate
@@ -98,11 +98,11 @@ def split_product(value: Tensor, factorizer: Factorizer) -> tuple[Tensor, Tensor
 
 @dataclass(frozen=True)
 class Face:
-    """The face of the induced norm on which a point lies, in smooth coordinates.
+    r"""The face of the induced norm on which a point lies, in smooth coordinates.
 
     On the set of tensors with the same structure as the point (the same support and signs, the
     same alive groups, the same rank), the induced norm is smooth near the point, so
-    ``loss(θ) + λ‖θ‖`` restricted to that set is a smooth problem in few variables: a quasi-Newton
+    $\mathrm{loss}(θ) + λ‖θ‖$ restricted to that set is a smooth problem in few variables: a quasi-Newton
     method solves it to rounding, where the factored descent converges only linearly (its zeros arrive
     geometrically). [`solve`][symopt.solve] uses it to finish; the KKT residual of the full problem
     then certifies the result.
@@ -164,10 +164,10 @@ KINDS: dict[str, type["Constraint"]] = {}
 
 
 class Constraint(nn.Module):
-    """Base class of the constraint kinds (a parametrization for ``torch.nn.utils.parametrize``).
+    r"""Base class of the constraint kinds (a parametrization for ``torch.nn.utils.parametrize``).
 
     A kind writes the constrained tensor θ as a function of factors whose loss has a mirror
-    symmetry ``R = I − 2nnᵀ`` with fixed subspace the constraint; the decay ``(λ/2)‖decayed
+    symmetry $R = I - 2nn^\top$ with fixed subspace the constraint; the decay ``(λ/2)‖decayed
     factors‖²`` then induces the kind's norm penalty. The contract has two halves, each kind
     implementing what it has (see [`PenaltyHalf`][symopt.constraints.base.PenaltyHalf] and
     [`FeasibleHalf`][symopt.constraints.base.FeasibleHalf]):
@@ -194,7 +194,7 @@ class Constraint(nn.Module):
         strength: λ (> 0); ``"auto"`` for the linear kinds; a ``Strength`` policy; None for the
             kind's default.
         seed: seed of the factor initialisation (random signs and imbalance: never balanced).
-        margin: ``"auto"`` keeps ``λ = margin ×`` the multiplier estimate (> 1).
+        margin: ``"auto"`` keeps $λ = \mathrm{margin} ×$ the multiplier estimate (> 1).
         budget: ``("count", k)`` or ``("density", f)``: the atom budget, for the kinds that take one.
         adapt_rate: fraction of the way log λ moves toward the budget's target per step.
         total_steps: the steps until training ends (backward passes; optimizer steps under
@@ -300,7 +300,7 @@ class Constraint(nn.Module):
 
     @property
     def auto(self) -> bool:
-        """Whether λ is ``margin ×`` a multiplier estimate (``strength="auto"``)."""
+        r"""Whether λ is $\mathrm{margin} ×$ a multiplier estimate (``strength="auto"``)."""
         return isinstance(self.policy, Auto)
 
     @property
@@ -314,7 +314,7 @@ class Constraint(nn.Module):
 
     @property
     def strength(self) -> float:
-        """λ: the given number; with ``strength="auto"`` ``margin ×`` the multiplier estimate; with a
+        r"""λ: the given number; with ``strength="auto"`` $\mathrm{margin} ×$ the multiplier estimate; with a
         budget the controller's λ (0 until the first backward pass if no starting strength was given)."""
         return self.policy.value()
 
@@ -328,7 +328,7 @@ class Constraint(nn.Module):
         return self.policy.multiplier()
 
     def observe(self, grad: Tensor, value: Tensor | None = None) -> None:
-        """Called with ``∂ℓ/∂θ`` on each backward pass by the gradient hook: hands it to the strength
+        """Called with $∂ℓ/∂θ$ on each backward pass by the gradient hook: hands it to the strength
         policy (a multiplier estimate, a budget controller, a schedule's step count)."""
         if value is not None:
             self.policy.observe(self, value, grad)
@@ -396,7 +396,7 @@ class Constraint(nn.Module):
         """Raise ``ValueError``/``TypeError`` if this constraint cannot act on ``tensor``."""
 
     def penalty(self, *factors: Tensor) -> Tensor:
-        """Decay on the factors, ``(λ/2)·Σ_decayed ‖factor‖²``; at balanced factors it equals
+        r"""Decay on the factors, $(λ/2)·\sum_{\text{decayed}} ‖\mathrm{factor}‖^2$; at balanced factors it equals
         ``λ·induced_norm(forward(*factors))``."""
         total = sum(factors[i].square().sum() for i in self.decayed)
         return 0.5 * self.strength * total
@@ -425,7 +425,7 @@ class Constraint(nn.Module):
         return self.project(value)
 
     def kkt_residual(self, value: Tensor, grad: Tensor, tol: float = 0.0, quick: bool = False) -> float:
-        """Distance of ``−grad`` (gradient of the smooth loss at ``value``) to ``λ·∂induced_norm``
+        r"""Distance of $-\mathrm{grad}$ (gradient of the smooth loss at ``value``) to ``λ·∂induced_norm``
         for the penalty kinds; for linear kinds, the norm of the gradient projected onto the
         constraint set (0 at the constrained optimum). 0 certifies optimality on convex losses.
         ``quick=True`` allows a cheaper estimate that may fall short of the exact residual (kinds
@@ -437,11 +437,11 @@ class Constraint(nn.Module):
         raise NotImplementedError
 
     def face(self, value: Tensor, tol: float = 0.0, grad: Tensor | None = None) -> Face | None:
-        """The [`Face`][symopt.constraints.base.Face] of the induced norm at ``value``, its atoms
+        r"""The [`Face`][symopt.constraints.base.Face] of the induced norm at ``value``, its atoms
         ``<= tol`` counted as zero; None where the kind has none to offer. A linear kind's face is its
         constraint set, where the penalty is 0: coordinates θ, embedded by the projection. With the
         loss gradient ``grad`` at ``value``, a kind may widen the face by the zero atoms whose
-        optimality condition fails (Sparse: ``|g_i| > λ``), which the descent had not yet let in."""
+        optimality condition fails (Sparse: $|g_i| > λ$), which the descent had not yet let in."""
         if not self.linear:
             return None
         return Face(start=(value,), embed=self.project, norm=lambda z: z.new_zeros(()))
@@ -574,17 +574,17 @@ def _rename_policy_keys(state_dict, prefix, *_args) -> None:
 
 
 def density_count(density: float, atoms: int) -> int:
-    """The number of atoms a density stands for: ``max(1, round(density · atoms))``. The one rounding
+    r"""The number of atoms a density stands for: $\max(1, \mathrm{round}(\mathrm{density} · \mathrm{atoms}))$. The one rounding
     rule of a ``density=`` budget and of export's density cut-off, so the two never disagree."""
     return max(1, round(density * atoms))
 
 
 @runtime_checkable
 class PenaltyHalf(Protocol):
-    """What a kind with an induced norm penalty provides: the decay ``(λ/2)‖decayed factors‖²``
+    r"""What a kind with an induced norm penalty provides: the decay $(λ/2)‖\text{decayed factors}‖^2$
     equals ``λ·induced_norm(θ)`` at balanced factors; ``dual_norm`` measures the gradient in the
     dual norm (the multiplier at a zero); ``prox`` is the norm's proximal map; ``kkt_residual`` the
-    distance of ``−∇ℓ`` to ``λ∂‖θ‖``."""
+    distance of $-∇ℓ$ to $λ∂‖θ‖$."""
 
     def induced_norm(self, value: Tensor) -> Tensor: ...
     def dual_norm(self, grad: Tensor) -> Tensor: ...
@@ -602,7 +602,7 @@ class FeasibleHalf(Protocol):
     def violation(self, value: Tensor, tol: float = 0.0) -> float: ...
 
 def hadamard_balance(u: Tensor, v: Tensor) -> float:
-    """``Σ|u_i² − v_i²| / Σ(u_i² + v_i²)`` in [0, 1]: 0 at the balanced factorisation that the
+    r"""$\sum |u_i^2 - v_i^2| / \sum (u_i^2 + v_i^2)$ in [0, 1]: 0 at the balanced factorisation that the
     decay converges to (where the penalty equals the induced norm)."""
     usq, vsq = u.detach().square(), v.detach().square()
     denom = float((usq + vsq).sum())

@@ -1,12 +1,12 @@
-"""Budgets for the sparsity and rank kinds: keep exactly ``k`` atoms alive by adapting λ.
+r"""Budgets for the sparsity and rank kinds: keep exactly ``k`` atoms alive by adapting λ.
 
-An *atom* is one term of the induced norm: an entry's magnitude (``ℓ₁``), a group's norm (group
+An *atom* is one term of the induced norm: an entry's magnitude ($ℓ_1$), a group's norm (group
 lasso), a singular value (nuclear norm). A budget ``k`` (``max_nonzero`` / ``density``,
 ``max_groups``, ``target_rank``) asks for the point of the regularisation path whose support has
 ``k`` atoms; symopt finds its λ during training, with no extra call in the loop.
 
 **Controller (why this one).** One proximal-gradient step from θ with step ``t`` keeps exactly the
-atoms whose *score* ``s = atoms(θ − t∇ℓ(θ)) / t`` exceeds λ. So the λ that keeps ``k`` atoms lies
+atoms whose *score* $s = \mathrm{atoms}(θ - t∇ℓ(θ)) / t$ exceeds λ. So the λ that keeps ``k`` atoms lies
 between the k-th and (k+1)-th largest scores; after each optimizer step log λ moves a fraction
 ``rate`` of the way to the log of their midpoint (the strength policy combines the observations of one
 step, so an L-BFGS closure sees one λ).
@@ -18,13 +18,13 @@ step, so an L-BFGS closure sees one λ).
   when fewer, both lie below and λ falls. λ is at rest only when the predicted support has exactly k
   atoms; at a converged point that is the true support, so on a convex loss λ ends inside the
   interval of the path where the solution has k atoms.
-* ``t = spread · mean(k largest atoms of θ) / λ`` puts both halves of the score on one scale.
+* $t = \mathrm{spread} · \operatorname{mean}(k\ \text{largest atoms of }θ) / λ$ puts both halves of the score on one scale.
 
 Before the first observation λ is the ``strength`` given, or, if none, ``START`` (a tenth) of the
 midpoint of the k-th and (k+1)-th largest gradient atoms at the first backward pass (about the λ at
 which k atoms would leave 0). Starting low is deliberate — continuation from the dense end of the
 path: λ then rises (by at most ``(1 + 1/spread)^rate`` per step), atoms leave the support in path
-order, and none is pushed to the factors' absorbing point ``u = v = 0`` by a λ that is too high
+order, and none is pushed to the factors' absorbing point $u = v = 0$ by a λ that is too high
 early on (an atom there cannot re-enter when λ comes back down).
 """
 
@@ -84,10 +84,10 @@ def check_total_steps(total_steps: object, ramp: object, owner: str) -> tuple[in
 
 
 def scheduled_count(step: int, atoms: int, k: int, start: int, end: int) -> int:
-    """The atoms kept at ``step`` on the way from all ``atoms`` to the budget ``k``: the cubic schedule
-    of gradual magnitude pruning (Zhu & Gupta, 2017), ``k + (atoms − k)(1 − τ)³`` with τ the fraction of
+    r"""The atoms kept at ``step`` on the way from all ``atoms`` to the budget ``k``: the cubic schedule
+    of gradual magnitude pruning (Zhu & Gupta, 2017), $k + (\mathrm{atoms} - k)(1 - τ)^3$ with τ the fraction of
     the ramp ``[start, end)`` done. It removes atoms fast while many are redundant and slowly near the
-    budget, where each one costs accuracy; at least ``k + 1`` before ``end``, ``k`` from then on."""
+    budget, where each one costs accuracy; at least $k + 1$ before ``end``, ``k`` from then on."""
     if step >= end:
         return k
     tau = max(0.0, (step - start) / max(end - start, 1))

@@ -1,12 +1,12 @@
-"""Fixed zeros ``θ[mask] = 0``: the ``Subspace`` constraint in the coordinate basis, elementwise.
+r"""Fixed zeros $θ[\mathrm{mask}] = 0$: the ``Subspace`` constraint in the coordinate basis, elementwise.
 
-``θ[~mask] = w`` and ``θ[mask] = a ⊙ b``. Symmetry ``(a_i, b_i) → (−a_i, −b_i)``; fixed
-subspace ``θ[mask] = 0``; penalty ``λ‖θ[mask]‖₁``, exact once ``λ ≥ ‖∇ℓ(θ*)[mask]‖_∞``.
+$θ[\sim \mathrm{mask}] = w$ and $θ[\mathrm{mask}] = a ⊙ b$. Symmetry $(a_i, b_i) → (-a_i, -b_i)$; fixed
+subspace $θ[\mathrm{mask}] = 0$; penalty $λ‖θ[\mathrm{mask}]‖_1$, exact once $λ ≥ ‖∇ℓ(θ^*)[\mathrm{mask}]‖_∞$.
 No dense basis is formed: memory and time are O(numel).
 
 Layout: ``w`` holds only the free entries, so no parameter (nor its gradient or optimiser
 state) is spent on a slot that the mask overwrites. The entries are placed by one gather,
-``θ = cat(w, a ⊙ b)[source]``, whose backward is a scatter: a bool mask would be 4× smaller
+$θ = \mathrm{cat}(w, a ⊙ b)[\mathrm{source}]$, whose backward is a scatter: a bool mask would be 4× smaller
 than the int32 ``source`` but masked kernels are 3–4× slower on CPU (measured at 512², see
 ``benchmarks/RESULTS.md``), and the step time matters more than 1 byte per entry.
 """
@@ -24,8 +24,8 @@ class FixedZeros(Constraint):
 
     Args:
         mask: bool tensor of the parameter's shape; True marks an entry that must be 0.
-        strength: λ (> 0), or ``"auto"`` (default): ``margin ×`` a running estimate of the
-            multipliers ``‖(∂ℓ/∂θ)[mask]‖_∞``.
+        strength: λ (> 0), or ``"auto"`` (default): $\mathrm{margin} ×$ a running estimate of the
+            multipliers $‖(∂ℓ/∂θ)[\mathrm{mask}]‖_∞$.
         margin: safety factor of ``"auto"`` (> 1).
         seed: seed of the factor initialisation.
 

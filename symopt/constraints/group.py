@@ -1,8 +1,8 @@
-"""Structured (group) sparsity: one scalar gate per group, ``w_g = s_g · ω_g``.
+r"""Structured (group) sparsity: one scalar gate per group, $w_g = s_g · ω_g$.
 
-Symmetry: ``(s_g, ω_g) → (−s_g, −ω_g)``; fixed subspace ``s_g = 0, ω_g = 0``, i.e. ``w_g = 0``.
-Penalty: ``min_{s ω = w_g} (λ/2)(s² + ‖ω‖²) = λ‖w_g‖₂``, so the decay solves the group lasso
-``ℓ(w) + λ Σ_g ‖w_g‖₂``; a zero group is exact when ``‖∂ℓ/∂w_g‖₂ ≤ λ``. Budget ``max_groups=g``: λ
+Symmetry: $(s_g, ω_g) → (-s_g, -ω_g)$; fixed subspace $s_g = 0, ω_g = 0$, i.e. $w_g = 0$.
+Penalty: $\min_{s ω = w_g} (λ/2)(s^2 + ‖ω‖^2) = λ‖w_g‖_2$, so the decay solves the group lasso
+$ℓ(w) + λ \sum_g ‖w_g‖_2$; a zero group is exact when $‖∂ℓ/∂w_g‖_2 ≤ λ$. Budget ``max_groups=g``: λ
 adapts to the point of the group-lasso path with g non-zero groups.
 
 Groups are either the slices along an axis (``dim``: rows, channels, input features) or arbitrary
@@ -21,9 +21,9 @@ from .budget import RATE, check_budget
 
 
 class GroupSparse(Constraint):
-    r"""Group sparsity with a scalar gate per group; decay ``(λ/2)(‖s‖² + ‖ω‖²)`` induces ``λ Σ_g ‖w_g‖₂``.
+    r"""Group sparsity with a scalar gate per group; decay $(λ/2)(‖s‖^2 + ‖ω‖^2)$ induces $λ \sum_g ‖w_g‖_2$.
 
-    Factors: the gates ``s`` (one per group) and ``ω`` of the shape of ``w``; ``w = s[g(i)] · ω_i``.
+    Factors: the gates ``s`` (one per group) and $ω$ of the shape of ``w``; $w = s[g(i)] · ω_i$.
 
     Args:
         dim: the axis that indexes the groups (``0`` = output rows / channels of a Linear / Conv,
@@ -135,7 +135,7 @@ class GroupSparse(Constraint):
         return self.group_index
 
     def group_norms(self, value: Tensor) -> Tensor:
-        """``‖w_g‖₂`` for every group, in group order."""
+        r"""$‖w_g‖_2$ for every group, in group order."""
         if self.dim is not None:
             return self._rows(value).norm(dim=1)  # its backward is 0, not NaN, at a zero group
         return self._group_squares(value).sqrt()
@@ -146,7 +146,7 @@ class GroupSparse(Constraint):
         return value.movedim(axis, 0).reshape(value.shape[axis], -1)
 
     def _group_squares(self, value: Tensor) -> Tensor:
-        """``‖w_g‖₂²`` for every group, in group order."""
+        r"""$‖w_g‖_2^2$ for every group, in group order."""
         if self.dim is not None:
             return self._rows(value).square().sum(dim=1)
         index = self.group_ids(value)

@@ -1,9 +1,9 @@
-"""Low rank: ``W = U Vᵀ`` with ``U ∈ R^{m×r}``, ``V ∈ R^{n×r}``.
+r"""Low rank: $W = U V^\top$ with $U ∈ R^{m×r}$, $V ∈ R^{n×r}$.
 
-Symmetry: ``(U, V) → (UQ, VQ)`` for orthogonal ``Q``; with the mirror ``Q = I − 2nnᵀ`` the fixed
+Symmetry: $(U, V) → (UQ, VQ)$ for orthogonal ``Q``; with the mirror $Q = I - 2nn^\top$ the fixed
 subspace is ``Un = Vn = 0``: one singular direction removed (rank drops by one).
-Penalty: ``min_{UVᵀ=W} (λ/2)(‖U‖²_F + ‖V‖²_F) = λ‖W‖_*`` (nuclear norm); a singular direction is
-removed exactly when the gradient's operator norm on the removed directions is ``≤ λ``.
+Penalty: $\min_{UV^\top =W} (λ/2)(‖U‖^2_F + ‖V‖^2_F) = λ‖W‖_*$ (nuclear norm); a singular direction is
+removed exactly when the gradient's operator norm on the removed directions is $≤ λ$.
 Budget ``target_rank=r``: λ adapts to the point of the nuclear-norm path with rank r (``max_rank``
 stays the factor width, a bound by construction).
 """
@@ -24,7 +24,7 @@ _LAYOUTS = ("flatten", "batch")
 
 
 class LowRank(Constraint):
-    r"""Low rank through ``W = U Vᵀ``; decay ``(λ/2)(‖U‖² + ‖V‖²)`` induces ``λ‖W‖_*``.
+    r"""Low rank through $W = U V^\top$; decay $(λ/2)(‖U‖^2 + ‖V‖^2)$ induces $λ‖W‖_*$.
 
     Matrix view of the tensor: 2-D as is; for more dims ``layout="flatten"`` (default, the conv
     convention) uses ``W.reshape(shape[0], -1)``, ``layout="batch"`` treats the last two dims as the
@@ -170,8 +170,8 @@ class LowRank(Constraint):
         return U.to(value.dtype).contiguous(), V.to(value.dtype).contiguous()
 
     def _leading_svd(self, mat: Tensor, rank: int) -> tuple[Tensor, Tensor, Tensor]:
-        """The ``rank`` leading singular triplets of a matrix view, for registration. A bound far below
-        the size (``4(r + 8) ≤ min(m, n)``) on a matrix of larger rank (a random init) takes a
+        r"""The ``rank`` leading singular triplets of a matrix view, for registration. A bound far below
+        the size ($4(r + 8) ≤ \min(m, n)$) on a matrix of larger rank (a random init) takes a
         randomized SVD (``torch.svd_lowrank``, r + 8 columns, 4 power iterations; seeded inside a forked
         RNG, so the user's random stream is untouched) instead of the full one: 4096×4096 at r = 16 in
         well under a second instead of minutes. A value of rank ≤ r + 8 comes out exact (its range is
@@ -200,7 +200,7 @@ class LowRank(Constraint):
         return self._svd(mat)[1] if mat.dim() == 2 and self.max_rank is not None else torch.linalg.svdvals(mat)
 
     def prox(self, value: Tensor, step: float) -> Tensor:
-        """Singular-value soft-thresholding at ``step·λ``."""
+        r"""Singular-value soft-thresholding at $\mathrm{step}·λ$."""
         def shrink(S: Tensor) -> Tensor:
             S = (S - step * self.strength).clamp_min(0)
             if self.max_rank is not None:
@@ -222,8 +222,8 @@ class LowRank(Constraint):
         return self._map_singular_values(value, lambda S: torch.where(S > tol, S, torch.zeros_like(S)))
 
     def face(self, value: Tensor, tol: float = 0.0, grad: Tensor | None = None) -> Face | None:
-        """Rank-r matrices near ``value = P Σ Qᵀ``, as ``A Bᵀ`` (``A = P√Σ``, ``B = Q√Σ``); with
-        ``A = Q_A R_A`` and ``B = Q_B R_B`` (QR), ``‖A Bᵀ‖_* = ‖R_A R_Bᵀ‖_*``: an r×r SVD, smooth
+        r"""Rank-r matrices near $\mathrm{value} = P \sum Q^\top$, as $A B^\top$ ($A = P√Σ$, $B = Q√Σ$); with
+        ``A = Q_A R_A`` and ``B = Q_B R_B`` (QR), $‖A B^\top‖_* = ‖R_A R_B^\top‖_*$: an r×r SVD, smooth
         while the rank stays r. None for a batch of matrices (each would have its own rank) or
         rank 0."""
         mat = self.matrix(value)
@@ -248,7 +248,7 @@ class LowRank(Constraint):
         return self.singular_values(value).reshape(-1)
 
     def land(self, factors: tuple[Tensor, ...], keep: Tensor) -> None:
-        """Balanced factors of the best rank-k part (``U = P√S``, ``V = Q√S`` on the k leading singular
+        """Balanced factors of the best rank-k part ($U = P√S$, $V = Q√S$ on the k leading singular
         triplets) and zero columns beyond: the rotation symmetry's fixed subspace for the dropped
         directions, which gradients do not leave."""
         U, V = factors
@@ -304,13 +304,13 @@ _NARROW_FROM, _START_WIDTH = 128, 16
 
 
 def thin_svd(mat: Tensor, width: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
-    """``torch.linalg.svd(mat, full_matrices=False)``, cheaper for a matrix of rank ≤ ``width``.
+    r"""``torch.linalg.svd(mat, full_matrices=False)``, cheaper for a matrix of rank ≤ ``width``.
 
-    A value of a ``LowRank(max_rank=r)`` is ``U Vᵀ`` with r columns: when r is well below
-    ``min(m, n)`` its SVD comes from its range: ``Q = qr(mat Ω)`` with a Gaussian ``Ω`` of r + 8
+    A value of a ``LowRank(max_rank=r)`` is $U V^\top$ with r columns: when r is well below
+    ``min(m, n)`` its SVD comes from its range: $Q = qr(\mathrm{mat} Ω)$ with a Gaussian $Ω$ of r + 8
     columns (the range exactly, with probability 1, when the rank is ≤ r + 8), then the SVD of the
-    small ``Qᵀ mat``: ``O(mn·r)`` instead of ``O(mn·min(m, n))`` (2000×2000: 0.07 s instead of
-    1.8 s, measured here). The range is checked (``‖mat − QQᵀmat‖`` at rounding level): a matrix of
+    small $Q^\top \mathrm{mat}$: $O(mn·r)$ instead of $O(mn·\min(m, n))$ (2000×2000: 0.07 s instead of
+    1.8 s, measured here). The range is checked ($‖\mathrm{mat} - QQ^\top \mathrm{mat}‖$ at rounding level): a matrix of
     larger rank, a gradient say, gets the full SVD. Only the r + 8 leading singular triplets are
     returned on the fast path; the others are 0.
     """
@@ -329,9 +329,9 @@ def thin_svd(mat: Tensor, width: int | None = None) -> tuple[Tensor, Tensor, Ten
 
 def _nuclear_kkt(W: Tensor, G: Tensor, lam: float, tol: float, cap: int | None = None,
                  svd: tuple[Tensor, Tensor, Tensor] | None = None, quick: bool = False) -> float:
-    """Distance of ``−G`` to ``λ∂‖W‖_*`` for one matrix.
+    r"""Distance of $-G$ to $λ∂‖W‖_*$ for one matrix.
 
-    ``∂‖W‖_* = {P Qᵀ + Z : PᵀZ = 0, ZQ = 0, ‖Z‖₂ ≤ 1}`` with ``W = P Σ Qᵀ`` (thin, σ > tol): the
+    $∂‖W‖_* = {P Q^\top + Z : P^\top Z = 0, ZQ = 0, ‖Z‖_2 ≤ 1}$ with $W = P \sum Q^\top$ (thin, σ > tol): the
     residual splits into a tangent part that must vanish and the excess over λ of the normal part's
     singular values. When the rank sits at the factor width ``cap`` the rank bound is active and the
     normal part is its multiplier: only the tangent part counts (stationarity on the rank-``cap``

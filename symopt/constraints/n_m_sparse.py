@@ -1,8 +1,8 @@
-"""N:M semi-structured sparsity: at most N non-zeros in every M consecutive entries of a row (2:4 is
+r"""N:M semi-structured sparsity: at most N non-zeros in every M consecutive entries of a row (2:4 is
 the pattern NVIDIA GPUs accelerate).
 
-Factors ``w = u ⊙ v`` as [`Sparse`][symopt.Sparse]: the mirror ``(u_i, v_i) → (−u_i, −v_i)`` fixes
-``w_i = 0``, and the decay ``(λ/2)(‖u‖² + ‖v‖²)`` induces ``λ‖w‖₁``. The set is not convex, so the
+Factors $w = u ⊙ v$ as [`Sparse`][symopt.Sparse]: the mirror $(u_i, v_i) → (-u_i, -v_i)$ fixes
+$w_i = 0$, and the decay $(λ/2)(‖u‖^2 + ‖v‖^2)$ induces $λ‖w‖_1$. The set is not convex, so the
 penalty alone cannot promise the pattern: its budget (N/M of the entries) moves λ along the Lasso path
 until that many entries are alive, and at the end of the ramp (``total_steps``) the landing keeps the
 N largest of every group and puts the others' factors on the mirror's fixed point, where no gradient
@@ -25,7 +25,7 @@ class NMSparse(Sparse):
     r"""At most ``n`` non-zeros in every group of ``m`` consecutive entries along the last axis.
 
     Args:
-        n: non-zeros kept in every group, ``0 < n < m`` (default 2).
+        n: non-zeros kept in every group, $0 < n < m$ (default 2).
         m: the group size: ``m`` consecutive entries along the last axis (default 4).
         strength: the starting λ of the budget (default: from the first gradient); a
             [`Fixed`][symopt.Fixed] λ turns the budget's adaptation off (then only

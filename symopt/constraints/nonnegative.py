@@ -1,17 +1,17 @@
-"""Non-negative sparsity: ``θ = ½ u ⊙ u``.
+r"""Non-negative sparsity: $θ = \tfrac12 u ⊙ u$.
 
-Symmetry: for each coordinate the mirror ``u_i → −u_i`` leaves θ, hence the loss, unchanged; its fixed
-subspace is ``u_i = 0``, i.e. ``θ_i = 0``. The factorisation reaches only ``θ ≥ 0``: the orthant is a
+Symmetry: for each coordinate the mirror $u_i → -u_i$ leaves θ, hence the loss, unchanged; its fixed
+subspace is $u_i = 0$, i.e. $θ_i = 0$. The factorisation reaches only $θ ≥ 0$: the orthant is a
 hard set built into the factors, not a penalty.
-Penalty: the decay ``(λ/2)‖u‖² = λ Σ_i θ_i = λ‖θ‖₁`` on the orthant, with equality at every
+Penalty: the decay $(λ/2)‖u‖^2 = λ \sum_i θ_i = λ‖θ‖_1$ on the orthant, with equality at every
 factorisation (there is no balance to reach), so decaying ``u`` solves the non-negative Lasso
-``min_{θ ≥ 0} ℓ(θ) + λ Σθ_i``. A zero is optimal iff ``−∂ℓ/∂θ_i ≤ λ``; at a zero the factor's Hessian
-is ``λ + ∂ℓ/∂θ_i``, so a zero that should be zero attracts ``u_i`` geometrically.
+$\min_{θ ≥ 0} ℓ(θ) + λ \sum θ_i$. A zero is optimal iff $-∂ℓ/∂θ_i ≤ λ$; at a zero the factor's Hessian
+is $λ + ∂ℓ/∂θ_i$, so a zero that should be zero attracts $u_i$ geometrically.
 
 Pitfall (THEORY.md §1): the fixed subspace is invariant under every gradient method, so a coordinate
-*exactly* at ``u_i = 0`` could never grow. Registration therefore stores a zero (or a negative entry,
-which it projects onto the orthant with a warning) as ``θ_i = 1e-12 ×`` the typical magnitude, from
-which a coordinate that the loss wants positive grows at the geometric rate ``−∂ℓ/∂θ_i − λ``.
+*exactly* at $u_i = 0$ could never grow. Registration therefore stores a zero (or a negative entry,
+which it projects onto the orthant with a warning) as $θ_i = 1\times 10^{-12} ×$ the typical magnitude, from
+which a coordinate that the loss wants positive grows at the geometric rate $-∂ℓ/∂θ_i - λ$.
 """
 
 from __future__ import annotations
@@ -29,13 +29,13 @@ _SEED_FRACTION = 1e-12
 
 
 class NonNegative(Constraint):
-    r"""Non-negative, sparse θ through ``θ = ½ u ⊙ u`` (register with [`symopt.nonnegative`][symopt.nonnegative]).
+    r"""Non-negative, sparse θ through $θ = \tfrac12 u ⊙ u$ (register with [`symopt.nonnegative`][symopt.nonnegative]).
 
-    With decay ``(λ/2)‖u‖²`` the training objective is ``ℓ(θ) + λ Σ θ_i`` over ``θ ≥ 0``: the
+    With decay $(λ/2)‖u‖^2$ the training objective is $ℓ(θ) + λ \sum θ_i$ over $θ ≥ 0$: the
     non-negative Lasso (scikit-learn's ``Lasso(positive=True)``), with θ ≥ 0 held by construction.
 
     Args:
-        strength: λ, the coefficient of the induced ``λ Σθ_i`` (> 0). Default 1e-3; with a budget,
+        strength: λ, the coefficient of the induced $λ \sum θ_i$ (> 0). Default 1e-3; with a budget,
             the starting λ (default: taken from the first gradient).
         max_nonzero: budget ``k``: λ adapts until exactly k entries are positive.
         density: the budget as a fraction of the entries.
@@ -94,7 +94,7 @@ class NonNegative(Constraint):
         return value.abs().sum()  # Σθ_i on the orthant
 
     def dual_norm(self, grad: Tensor) -> Tensor:
-        """``max_i (−g_i)⁺``: the smallest λ at which θ = 0 is optimal (only a negative gradient pushes
+        r"""$\max_i (-g_i)⁺$: the smallest λ at which θ = 0 is optimal (only a negative gradient pushes
         an entry up)."""
         return (-grad).clamp_min(0).amax()
 
@@ -123,7 +123,7 @@ class NonNegative(Constraint):
         return torch.where(value > tol, value, torch.zeros_like(value))
 
     def infeasibility(self, value: Tensor) -> float:
-        """Distance to the orthant ``θ ≥ 0`` (0 for any value the factors produce)."""
+        """Distance to the orthant $θ ≥ 0$ (0 for any value the factors produce)."""
         return float(value.clamp_max(0).norm())
 
     # -- budgets and structure --------------------------------------------------------------------

@@ -1,12 +1,12 @@
-"""One budget over several tensors: ``symopt.sparse(model, ["0.weight", "2.weight"], density=0.1)``.
+r"""One budget over several tensors: ``symopt.sparse(model, ["0.weight", "2.weight"], density=0.1)``.
 
-Each tensor keeps its own factorisation (its own mirror symmetries, e.g. ``w = u ⊙ v``), and all of them
-share one λ: the decay is ``λ Σ_t ‖θ_t‖`` with a single λ, so the atoms of every tensor compete on one
+Each tensor keeps its own factorisation (its own mirror symmetries, e.g. $w = u ⊙ v$), and all of them
+share one λ: the decay is $λ \sum_t ‖θ_t‖$ with a single λ, so the atoms of every tensor compete on one
 scale and the budget counts them together, as ``torch.nn.utils.prune.global_unstructured`` does with
 magnitudes. λ is found by the budget controller (`symopt.constraints.budget`) on the union of the
 tensors' atoms: after every tensor has reported its gradient in a backward pass, the scores of all
 atoms give one target. At a converged point of a convex loss, that is the point of the regularisation
-path of ``ℓ + λ Σ_t ‖θ_t‖`` whose support has exactly the budget.
+path of $ℓ + λ \sum_t ‖θ_t‖$ whose support has exactly the budget.
 
 For kinds whose atoms are entries (``Sparse``, ``NonNegative``): their atoms of a flattened tensor are
 the atoms of the tensor, so the union is a concatenation.

@@ -1,9 +1,9 @@
-"""Elementwise sparsity: ``w = u ⊙ v``.
+r"""Elementwise sparsity: $w = u ⊙ v$.
 
-Symmetry: for each coordinate, the mirror ``(u_i, v_i) → (−u_i, −v_i)`` leaves the loss unchanged;
-its fixed subspace is ``u_i = v_i = 0``, i.e. ``w_i = 0``.
-Penalty: ``min_{u⊙v=w} (λ/2)(‖u‖² + ‖v‖²) = λ‖w‖₁`` (AM–GM), so decaying the factors solves the
-Lasso-penalised problem; exactness threshold for a zero entry: ``|∂ℓ/∂w_i| ≤ λ``.
+Symmetry: for each coordinate, the mirror $(u_i, v_i) → (-u_i, -v_i)$ leaves the loss unchanged;
+its fixed subspace is $u_i = v_i = 0$, i.e. $w_i = 0$.
+Penalty: $\min_{u⊙v=w} (λ/2)(‖u‖^2 + ‖v‖^2) = λ‖w‖_1$ (AM–GM), so decaying the factors solves the
+Lasso-penalised problem; exactness threshold for a zero entry: $|∂ℓ/∂w_i| ≤ λ$.
 Budget ``max_nonzero=k``: λ adapts to the point of the Lasso path with k non-zeros
 (`symopt.constraints.budget`).
 """
@@ -18,16 +18,16 @@ from .budget import RATE, entry_budget
 
 
 class Sparse(Constraint):
-    r"""Elementwise sparsity through the Hadamard factorisation ``w = u ⊙ v``.
+    r"""Elementwise sparsity through the Hadamard factorisation $w = u ⊙ v$.
 
-    With decay ``(λ/2)(‖u‖² + ‖v‖²)`` the training objective equals ``ℓ(w) + λ‖w‖₁`` at its minima.
+    With decay $(λ/2)(‖u‖^2 + ‖v‖^2)$ the training objective equals $ℓ(w) + λ‖w‖_1$ at its minima.
 
     Args:
-        strength: λ, the coefficient of the induced ``ℓ₁`` penalty (> 0). Default 1e-3; with a
+        strength: λ, the coefficient of the induced $ℓ_1$ penalty (> 0). Default 1e-3; with a
             budget, the starting λ (default: taken from the first gradient).
         max_nonzero: budget ``k``: λ adapts during training until exactly k entries are non-zero
             (the Lasso-path point with support size k); [`symopt.finalize`][symopt.finalize] keeps the k largest.
-        density: the budget as a fraction of the entries (``k = round(density · numel)``).
+        density: the budget as a fraction of the entries ($k = \mathrm{round}(\mathrm{density} · \mathrm{numel})$).
         adapt_rate: fraction of the way log λ moves toward the budget's target per optimizer step.
         total_steps: the steps until training ends: the budget then arrives on a schedule and lands
             exactly (see [`Constraint`][symopt.Constraint] and docs/hard-constraints.md).

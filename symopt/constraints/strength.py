@@ -1,16 +1,16 @@
-"""Strength policies: who decides λ, the coefficient of a constraint's induced penalty ``λ‖θ‖``.
+r"""Strength policies: who decides λ, the coefficient of a constraint's induced penalty $λ‖θ‖$.
 
 A constraint owns one policy object (a tie's copies share their group's). The policy answers
-``value()`` (the λ to use now), may *observe* the loss gradient ``∂ℓ/∂θ`` on each backward pass, and
+``value()`` (the λ to use now), may *observe* the loss gradient $∂ℓ/∂θ$ on each backward pass, and
 keeps whatever state it needs as buffers (saved in ``state_dict``, averaged across DDP ranks through
 ``sync_state``). Nothing here is process-global:
 
 * ``Fixed(λ)`` — a number.
-* ``Auto(margin)`` — ``margin ×`` a running estimate of the Lagrange multipliers, for the exact-penalty
+* ``Auto(margin)`` — $\mathrm{margin} ×$ a running estimate of the Lagrange multipliers, for the exact-penalty
   (linear) kinds: above the multipliers the penalty holds the constraint exactly (THEORY.md §3).
 * ``BudgetStrength(rate, initial)`` — λ moved along the regularisation path until the constraint's
   budget of ``k`` atoms is the predicted support (`symopt.constraints.budget`).
-* ``Scheduled(schedule)`` — ``λ = schedule(step)``, a function of the training step (warm-up, ramp).
+* ``Scheduled(schedule)`` — $λ = \mathrm{schedule}(\mathrm{step})$, a function of the training step (warm-up, ramp).
 
 **Steps.** An optimizer step may evaluate the loss many times (L-BFGS's closure); λ must not move
 inside one step, or the line search compares objectives with different penalties. A policy therefore
@@ -123,7 +123,7 @@ class Strength(nn.Module):
 
     # -- observations -----------------------------------------------------------------------------
     def observe(self, constraint: Constraint, value: Tensor, grad: Tensor) -> None:
-        """Called by the gradient hook with ``∂ℓ/∂θ`` at ``value``: turn it into an observation,
+        """Called by the gradient hook with $∂ℓ/∂θ$ at ``value``: turn it into an observation,
         applied now, or when the step ends while the policy is held. Ignored while paused (gradients
         taken by `symopt.certify`) and when not finite (a bad batch must not poison λ)."""
         if not self.watching or self._paused:
@@ -236,7 +236,7 @@ class Fixed(Strength):
 
 
 class Auto(Strength):
-    """``λ = margin ×`` a running estimate of the Lagrange multipliers (exact-penalty kinds).
+    r"""$λ = \mathrm{margin} ×$ a running estimate of the Lagrange multipliers (exact-penalty kinds).
 
     The multiplier of a linear constraint is the dual norm of the loss gradient on the constrained
     directions at the constrained optimum; the estimate is a bias-corrected moving average of that
@@ -402,7 +402,7 @@ class BudgetStrength(Strength):
 
 
 class Scheduled(Strength):
-    """``λ = schedule(step)``: λ as a function of the training step (0, 1, 2, ...).
+    r"""$λ = \mathrm{schedule}(\mathrm{step})$: λ as a function of the training step (0, 1, 2, ...).
 
     A step is one backward pass, or one optimizer step under [`symopt.bind`][symopt.bind] (an
     L-BFGS step with many closure evaluations counts once). The step count is a buffer, so a resumed
@@ -410,7 +410,7 @@ class Scheduled(Strength):
     gradual ramp to the final strength, as gradual magnitude pruning ramps its sparsity.
 
     Args:
-        schedule: a function ``step -> λ`` returning a finite number > 0 for every step.
+        schedule: a function $\mathrm{step} -> λ$ returning a finite number > 0 for every step.
         owner: the name used in error messages.
 
     Examples:

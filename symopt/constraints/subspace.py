@@ -1,12 +1,12 @@
-"""General linear subspace ``A·vec(θ) = 0``: ``θ = (I − OOᵀ)w + O(a ⊙ b)``.
+r"""General linear subspace $A·\operatorname{vec}(θ) = 0$: $θ = (I - OO^\top)w + O(a ⊙ b)$.
 
 ``O`` is an orthonormal basis of rowspace(A) (rank-deficient rows are fine). Symmetry: per
-constrained direction, ``(a_i, b_i) → (−a_i, −b_i)``; fixed subspace ``a = b = 0``, i.e.
-``Oᵀθ = 0``. Penalty: ``λ‖Oᵀθ‖₁`` — an *exact* penalty: when ``λ ≥ ‖Oᵀ∇ℓ(θ*)‖_∞`` (the Lagrange
-multipliers at the constrained optimum θ*) the minimiser satisfies ``Oᵀθ = 0`` exactly.
+constrained direction, $(a_i, b_i) → (-a_i, -b_i)$; fixed subspace $a = b = 0$, i.e.
+$O^\top θ = 0$. Penalty: $λ‖O^\top θ‖_1$ — an *exact* penalty: when $λ ≥ ‖O^\top ∇ℓ(θ^*)‖_∞$ (the Lagrange
+multipliers at the constrained optimum $θ^*$) the minimiser satisfies $O^\top θ = 0$ exactly.
 
-With ``dim``, ``A`` acts on every slice ``θ_s`` spanned by those axes (each row of a Linear weight,
-each filter of a Conv), i.e. on ``vec(θ)`` through the block-diagonal ``I ⊗ A``, without forming it:
+With ``dim``, ``A`` acts on every slice $θ_s$ spanned by those axes (each row of a Linear weight,
+each filter of a Conv), i.e. on $\operatorname{vec}(θ)$ through the block-diagonal ``I ⊗ A``, without forming it:
 the basis is the slice's size, not the parameter's, and the same mirrors act per slice.
 """
 
@@ -29,24 +29,24 @@ def orthonormal_rowspace(A: Tensor) -> Tensor:
 
 
 class Subspace(Constraint):
-    r"""The linear constraint ``A·vec(θ) = 0`` as a mirror symmetry with an exact ℓ₁ penalty.
+    r"""The linear constraint $A·\operatorname{vec}(θ) = 0$ as a mirror symmetry with an exact ℓ₁ penalty.
 
-    ``θ = (I − OOᵀ)w + O(a ⊙ b)``; ``w`` moves freely inside the subspace, the decay
-    ``(λ/2)(‖a‖² + ‖b‖²)`` induces ``λ‖Oᵀθ‖₁``. Exact once ``λ`` exceeds ``‖Oᵀ∇ℓ(θ*)‖_∞``.
+    $θ = (I - OO^\top)w + O(a ⊙ b)$; ``w`` moves freely inside the subspace, the decay
+    $(λ/2)(‖a‖^2 + ‖b‖^2)$ induces $λ‖O^\top θ‖_1$. Exact once $λ$ exceeds $‖O^\top ∇ℓ(θ^*)‖_∞$.
 
     Args:
         A: ``(m, numel)`` matrix (tensor or array; a 1-D array is one row) acting on
             ``θ.reshape(-1)``; with ``dim``, ``(m, slice size)`` acting on each slice. Finite, not all
             zero; dependent rows are fine.
-        strength: λ (> 0), or ``"auto"`` (default): ``margin ×`` a running estimate of the
-            multipliers ``‖Oᵀ∂ℓ/∂θ‖_∞`` observed on each backward pass (see ``symopt.constraints.auto``).
+        strength: λ (> 0), or ``"auto"`` (default): $\mathrm{margin} ×$ a running estimate of the
+            multipliers $‖O^\top ∂ℓ/∂θ‖_∞$ observed on each backward pass (see ``symopt.constraints.auto``).
         margin: safety factor of ``"auto"`` (> 1).
         seed: seed of the factor initialisation.
         dim: ``None`` (default): ``A`` acts on the whole flattened parameter. An axis or a tuple of
-            axes: ``A`` acts on ``θ_s``, the slice over those axes (flattened in their order), for
-            every index ``s`` of the other axes: ``A·vec(θ_s) = 0`` for all ``s``. ``dim=1`` on a
+            axes: ``A`` acts on $θ_s$, the slice over those axes (flattened in their order), for
+            every index ``s`` of the other axes: $A·\operatorname{vec}(θ_s) = 0$ for all ``s``. ``dim=1`` on a
             Linear weight constrains each row, ``dim=(1, 2, 3)`` on a Conv2d weight each filter. The
-            penalty is ``λΣ_s‖Oᵀθ_s‖₁``; ``O`` is ``(slice size, k)`` and the factors ``a, b`` are
+            penalty is $λ\sum_s‖O^\top θ_s‖_1$; ``O`` is ``(slice size, k)`` and the factors ``a, b`` are
             ``(slices, k)``, so memory stays O(numel) (a dense ``I ⊗ A`` would be slices × larger).
 
     Attributes:
@@ -119,8 +119,8 @@ class Subspace(Constraint):
         return [d for d in range(ndim) if d not in axes], axes
 
     def slices(self, value: Tensor) -> Tensor:
-        """``value`` as a ``(slices, slice size)`` matrix, one row per constrained slice (a view when the
-        slice's axes are the trailing ones); one row, the whole of ``vec(θ)``, without ``dim``."""
+        r"""``value`` as a ``(slices, slice size)`` matrix, one row per constrained slice (a view when the
+        slice's axes are the trailing ones); one row, the whole of $\operatorname{vec}(θ)$, without ``dim``."""
         if self.dim is None:
             return value.reshape(1, -1)
         rest, axes = self._order(value.dim())
@@ -134,7 +134,7 @@ class Subspace(Constraint):
         return rows.reshape([like.shape[d] for d in order]).permute(*[order.index(d) for d in range(like.dim())])
 
     def coordinates(self, value: Tensor) -> Tensor:
-        """``Oᵀ vec(θ)`` (with ``dim``: ``(slices, k)``, ``Oᵀ vec(θ_s)`` per row): the components that the
+        r"""$O^\top \operatorname{vec}(θ)$ (with ``dim``: ``(slices, k)``, $O^\top \operatorname{vec}(θ_s)$ per row): the components that the
         constraint sets to zero."""
         z = self.slices(value) @ self.basis
         return z[0] if self.dim is None else z

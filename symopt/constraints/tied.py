@@ -1,12 +1,12 @@
-"""Tied tensors ``θ_1 = … = θ_k``: the first copy is the anchor, ``θ_j = θ_1 + u_j ⊙ v_j`` for j ≥ 2.
+r"""Tied tensors $θ_1 = … = θ_k$: the first copy is the anchor, $θ_j = θ_1 + u_j ⊙ v_j$ for j ≥ 2.
 
-Symmetry: for each later copy, ``(u_j, v_j) → (−u_j, −v_j)``; fixed subspace ``δ_j = u_j ⊙ v_j = 0``
-for all j ≥ 2, i.e. every copy equals the anchor. Penalty: ``λ Σ_{j≥2} ‖θ_j − θ_1‖₁`` (for k = 2 this
-is ``λ‖θ_1 − θ_2‖₁ = λ min_m Σ_j ‖θ_j − m‖₁``), exact once ``λ ≥ max_{j≥2} ‖∇_{θ_j} ℓ(θ*)‖_∞`` at the
-tied optimum θ*.
+Symmetry: for each later copy, $(u_j, v_j) → (-u_j, -v_j)$; fixed subspace $δ_j = u_j ⊙ v_j = 0$
+for all j ≥ 2, i.e. every copy equals the anchor. Penalty: $λ \sum_{j≥2} ‖θ_j - θ_1‖_1$ (for k = 2 this
+is $λ‖θ_1 - θ_2‖_1 = λ \min_m \sum_j ‖θ_j - m‖_1$), exact once $λ ≥ \max_{j≥2} ‖∇_{θ_j} ℓ(θ^*)‖_∞$ at the
+tied optimum $θ^*$.
 
-Why an anchor and not a free centre ``m`` with ``θ_j = m + u_j ⊙ v_j`` for every copy: the centre
-costs a whole extra tensor and one factor pair more. The anchored tie holds ``2k − 1`` tensors for k
+Why an anchor and not a free centre ``m`` with $θ_j = m + u_j ⊙ v_j$ for every copy: the centre
+costs a whole extra tensor and one factor pair more. The anchored tie holds $2k - 1$ tensors for k
 copies (1.5× the tied parameters for two, always below 2×) where the centred one held ``2k + 1``
 (2.5× for two), and saves a fused multiply-add per step.
 """
@@ -27,17 +27,17 @@ class Tied(Constraint):
     This object is the *group*. The first tensor named is the anchor: its parametrization
     (`TiedAnchor`) stores its value as is, undecayed, and that value
     is the centre every other copy is tied to. Each later tensor gets a `TiedMember` parametrization
-    ``θ_j = θ_1 + u_j ⊙ v_j`` whose factors are decayed. The methods below act on the members'
+    $θ_j = θ_1 + u_j ⊙ v_j$ whose factors are decayed. The methods below act on the members'
     values, anchor first, as a sequence or stacked along a new first axis (``project`` returns
     them stacked).
 
-    A 2-d copy may hold the anchor's transpose (``decoder.weight = encoder.weightᵀ``, an output head
-    tied to an embedding): ``θ_j = θ_1ᵀ + u_j ⊙ v_j``. Every method here works in the anchor's
+    A 2-d copy may hold the anchor's transpose ($\mathrm{decoder}.\mathrm{weight} = \mathrm{encoder}.\mathrm{weight}^\top$, an output head
+    tied to an embedding): $θ_j = θ_1^\top + u_j ⊙ v_j$. Every method here works in the anchor's
     orientation and hands values back in each copy's own.
 
     Args:
-        strength: λ (> 0), or ``"auto"`` (default): ``margin ×`` the largest running estimate of
-            ``‖∂ℓ/∂θ_j‖_∞`` over the later copies j ≥ 2, the multipliers of the anchored penalty
+        strength: λ (> 0), or ``"auto"`` (default): $\mathrm{margin} ×$ the largest running estimate of
+            $‖∂ℓ/∂θ_j‖_∞$ over the later copies j ≥ 2, the multipliers of the anchored penalty
             (the anchor's own gradient is not one: see `dual_norm`).
         margin: safety factor of ``"auto"`` (> 1).
         seed: seed of the factor initialisation.
@@ -79,7 +79,7 @@ class Tied(Constraint):
 
     @property
     def center(self) -> Tensor:
-        """The anchor's stored tensor ``θ_1``, which every other copy is tied to."""
+        """The anchor's stored tensor $θ_1$, which every other copy is tied to."""
         if not self.copies:
             raise RuntimeError("Tied: no tensor is registered yet; use symopt.tie(model, [names])")
         return self.copies[0].original0
@@ -144,7 +144,7 @@ class Tied(Constraint):
 
     def move_center(self, value: Tensor) -> None:
         """Make ``value`` the anchor's new value while every other copy keeps its own: each
-        ``δ_j = θ_j − θ_1`` shifts by the old minus the new anchor and is split into factors again."""
+        $δ_j = θ_j - θ_1$ shifts by the old minus the new anchor and is split into factors again."""
         if len(self.copies) < 2:
             return  # registration: no other copy yet
         with torch.no_grad():
@@ -170,14 +170,14 @@ class Tied(Constraint):
         return self.violation(values)
 
     def induced_norm(self, values: Sequence[Tensor]) -> Tensor:
-        """``Σ_{j≥2} ‖θ_j − θ_1‖₁`` (values anchor first)."""
+        r"""$\sum_{j≥2} ‖θ_j - θ_1‖_1$ (values anchor first)."""
         stacked = self._aligned(values)
         return (stacked[1:] - stacked[0]).abs().sum()
 
     def dual_norm(self, grads: Sequence[Tensor]) -> Tensor:
-        """``max_{j≥2} ‖g_j‖_∞`` (grads anchor first): the multipliers of the anchored penalty. At a
-        tied optimum the KKT conditions read ``g_j = −λ s_j`` with ``|s_j| ≤ 1`` for every later copy,
-        and ``g_1 = −Σ_{j≥2} g_j`` for the anchor, which the sum over the copies settles."""
+        r"""$\max_{j≥2} ‖g_j‖_∞$ (grads anchor first): the multipliers of the anchored penalty. At a
+        tied optimum the KKT conditions read $g_j = -λ s_j$ with $|s_j| ≤ 1$ for every later copy,
+        and $g_1 = -\sum_{j≥2} g_j$ for the anchor, which the sum over the copies settles."""
         return torch.stack([g.abs().amax() for g in list(grads)[1:]]).amax()
 
     def prox(self, values: Sequence[Tensor], step: float) -> Tensor:
@@ -185,7 +185,7 @@ class Tied(Constraint):
 
     def kkt_residual(self, values: Sequence[Tensor], grads: Sequence[Tensor], tol: float = 0.0,
                      quick: bool = False) -> float:
-        """Norm of the gradient projected onto the tie set: ``√k·‖mean_j g_j‖``."""
+        r"""Norm of the gradient projected onto the tie set: $√k·‖\operatorname{mean}_j g_j‖$."""
         return float(self._aligned(grads).mean(0).norm()) * len(grads) ** 0.5
 
     def structure(self, values: Sequence[Tensor], tol: float = 0.0) -> str:
@@ -197,7 +197,7 @@ class Tied(Constraint):
 
 
 class TiedMember(GroupMember):
-    """Parametrization of a later tied tensor: ``θ_j = θ_1 + u_j ⊙ v_j``; decays ``u_j, v_j``.
+    """Parametrization of a later tied tensor: $θ_j = θ_1 + u_j ⊙ v_j$; decays ``u_j, v_j``.
 
     Its λ, strength policy and random stream are the group's (`Tied`): one λ for the whole tie."""
 
@@ -206,7 +206,7 @@ class TiedMember(GroupMember):
     decayed: tuple[int, ...] = (0, 1)
 
     def dual_norm(self, grad: Tensor) -> Tensor:
-        """This copy's multiplier: ``‖g_j‖_∞`` (see `Tied.dual_norm`)."""
+        r"""This copy's multiplier: $‖g_j‖_∞$ (see `Tied.dual_norm`)."""
         return grad.abs().amax()
 
     def forward(self, u: Tensor, v: Tensor) -> Tensor:
@@ -224,7 +224,7 @@ class TiedMember(GroupMember):
 
 
 class TiedAnchor(TiedMember):
-    """Parametrization of the first tied tensor: stores ``θ_1`` itself (no factors, no decay); the
+    """Parametrization of the first tied tensor: stores $θ_1$ itself (no factors, no decay); the
     other copies read it as their centre. Assigning it a new value leaves the other copies as they
     are (`Tied.move_center`)."""
 

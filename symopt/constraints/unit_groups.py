@@ -1,9 +1,9 @@
 """Group sparsity across tensors: one gate per unit shared by every tensor that belongs to it.
 
 A channel of a conv is its weight slice ``W[c]``, its bias ``b[c]`` and the following BatchNorm's
-``γ[c], β[c]``. Each tensor ``t`` gets ``θ_t[c] = s_c · ω_t[c]`` with one gate ``s_c`` for all of them.
+$γ[c], β[c]$. Each tensor ``t`` gets $θ_t[c] = s_c · ω_t[c]$ with one gate $s_c$ for all of them.
 
-Symmetry: ``(s_c, ω_{1..T}[c]) → (−s_c, −ω_{1..T}[c])`` for each unit; fixed subspace ``s_c = 0,
+Symmetry: $(s_c, ω_{1..T}[c]) → (-s_c, -ω_{1..T}[c])$ for each unit; fixed subspace ``s_c = 0,
 ω_t[c] = 0`` for every t, i.e. the whole unit is zero. Penalty: ``min (λ/2)(s_c² + Σ_t ‖ω_t[c]‖²) =
 λ ‖(W[c], b[c], γ[c], β[c])‖₂``, the group lasso whose groups span the tensors; a zero unit is exact
 when the norm of its joint gradient is ≤ λ. A unit whose bias and norm entries are zero emits exactly 0,
@@ -27,8 +27,8 @@ class UnitGroups(Constraint, register=False):
     Register with [`symopt.group_sparse`][symopt.group_sparse] and a list of names, e.g.
     ``["conv.weight", "conv.bias", "bn.weight", "bn.bias"]``: every tensor must have the same number
     of units along ``dim``. The first tensor's parametrization stores the gates ``s`` (with its own
-    ``ω``); the others read them. Decay: ``(λ/2)(‖s‖² + Σ_t ‖ω_t‖²)``, which is
-    ``λ Σ_c ‖θ_{·}[c]‖₂`` at the balanced point.
+    $ω$); the others read them. Decay: $(λ/2)(‖s‖^2 + \sum_t ‖ω_t‖^2)$, which is
+    $λ \sum_c ‖θ_{·}[c]‖_2$ at the balanced point.
 
     Args:
         dim: the axis of every tensor that indexes the units (default 0: output channels / rows).
@@ -135,7 +135,7 @@ class UnitGroups(Constraint, register=False):
     def regate(self, index: int, value: Tensor) -> Tensor:
         """New gates for an assignment of ``value`` to tensor ``index``: a unit whose gate is 0 could
         not hold a non-zero value, so the gates are drawn again from the joint norms, and every other
-        tensor's ``ω`` is rescaled to keep its value. The first tensor's gates are written here unless
+        tensor's $ω$ is rescaled to keep its value. The first tensor's gates are written here unless
         it is the one assigned (then parametrize stores what its right_inverse returns)."""
         with torch.no_grad():
             values = [value if i == index else self._value(i) for i in range(len(self.copies))]
@@ -164,13 +164,13 @@ class UnitGroups(Constraint, register=False):
         return per_unit[self.maps[index]].view(shape)
 
     def _unit_squares(self, value: Tensor, index: int) -> Tensor:
-        """``Σ`` of squares of tensor ``index``'s entries per unit."""
+        r"""$\sum$ of squares of tensor ``index``'s entries per unit."""
         axis = self.axes[index]
         per_index = value.movedim(axis, 0).reshape(value.shape[axis], -1).square().sum(dim=1)
         return per_index.new_zeros(self.units).index_add(0, self.maps[index], per_index)
 
     def unit_norms(self, values: Sequence[Tensor]) -> Tensor:
-        """``‖θ_{·}[c]‖₂`` over all the tensors, for every unit c."""
+        r"""$‖θ_{·}[c]‖_2$ over all the tensors, for every unit c."""
         return torch.stack([self._unit_squares(v, i) for i, v in enumerate(values)]).sum(dim=0).sqrt()
 
     def atoms(self, values: Sequence[Tensor]) -> Tensor:
@@ -226,8 +226,8 @@ class UnitGroups(Constraint, register=False):
 
 class UnitGroupsMember(GroupMember):
     """The parametrization of one tensor of a [`UnitGroups`][symopt.constraints.unit_groups.UnitGroups]:
-    ``θ_t = s ⊙ ω_t`` (gates broadcast along the unit axis). The first tensor stores ``(s, ω_1)``, the
-    others ``(ω_t)`` and read ``s`` from it."""
+    $θ_t = s ⊙ ω_t$ (gates broadcast along the unit axis). The first tensor stores $(s, ω_1)$, the
+    others $(ω_t)$ and read ``s`` from it."""
 
     kind = "group_sparse"
 

@@ -33,15 +33,15 @@ class Problem:
         at_strength: for budget problems (``max_nonzero``, ``max_groups``, ``target_rank``), the
             penalised problem at a given λ — ``problem.at_strength(result.strength)`` is the convex
             problem that [`symopt.solve`][symopt.solve]'s answer solves, for cvxpy and the other baselines.
-        dual: for penalised convex families, ``dual(θ, data, constraint) -> (D(ν), ν)``: a
+        dual: for penalised convex families, $\mathrm{dual}(θ, \mathrm{data}, \mathrm{constraint}) -> (D(ν), ν)$: a
             dual-feasible point built from θ and its dual objective (`symopt.problems.duality`);
-            ``objective − D(ν)`` is the duality gap that [`symopt.certify`][symopt.certify] reports.
+            $\mathrm{objective} - D(ν)$ is the duality gap that [`symopt.certify`][symopt.certify] reports.
         restrict: for separable penalised families (Lasso, group lasso, logistic-L1),
-            ``restrict(index)`` is the same problem over ``θ[index]`` alone, the other coordinates
+            ``restrict(index)`` is the same problem over $θ[\mathrm{index}]$ alone, the other coordinates
             fixed at 0 (``index`` sorted; for groups, whole groups): a column subset of ``X``, so an
             evaluation costs the subset, not the full design. [`symopt.solve`][symopt.solve] uses it
             for working sets.
-        intercept: for families with ``fit_intercept=True``, ``intercept(θ)``: the unpenalised
+        intercept: for families with ``fit_intercept=True``, $\mathrm{intercept}(θ)$: the unpenalised
             intercept that goes with θ (profiled out of the loss, so not part of the variable);
             ``result.intercept`` calls it. None for problems without one.
 
@@ -87,7 +87,7 @@ class Problem:
             )
 
     def strength_max(self) -> float:
-        """The smallest λ at which θ = 0 is optimal: ``‖∇loss(0)‖_*`` (the constraint's dual norm; an
+        r"""The smallest λ at which θ = 0 is optimal: $‖∇\mathrm{loss}(0)‖_*$ (the constraint's dual norm; an
         elastic net divides by its ``l1_ratio``). Where a path starts (scikit-learn's ``alpha_max``).
 
         Raises:

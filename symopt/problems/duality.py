@@ -1,12 +1,12 @@
-"""Fenchel duals of the penalised families: a dual-feasible point from any primal θ, and its value.
+r"""Fenchel duals of the penalised families: a dual-feasible point from any primal θ, and its value.
 
-For ``minimise F(Aθ) + λ‖θ‖`` the dual is ``maximise −F*(ν) s.t. ‖Aᵀν‖_* ≤ λ`` (``‖·‖_*`` the dual
-norm: ℓ∞, largest group norm, spectral norm). From θ take ``ν = ∇F(Aθ)`` — the optimal dual point
-when θ is optimal — and scale it into the feasible set: ``Aᵀν = ∇ℓ(θ)``, so the scale is
-``min(1, λ / ‖∇ℓ(θ)‖_*)``. Weak duality makes ``P(θ) − D(ν) ≥ P(θ) − P* ≥ 0``: the gap certifies
+For $\mathrm{minimise} F(Aθ) + λ‖θ‖$ the dual is $\mathrm{maximise} -F*(ν) s.t. ‖A^\top ν‖_* ≤ λ$ ($‖·‖_*$ the dual
+norm: ℓ∞, largest group norm, spectral norm). From θ take $ν = ∇F(Aθ)$ — the optimal dual point
+when θ is optimal — and scale it into the feasible set: $A^\top ν = ∇ℓ(θ)$, so the scale is
+$\min(1, λ / ‖∇ℓ(θ)‖_*)$. Weak duality makes $P(θ) - D(ν) ≥ P(θ) - P* ≥ 0$: the gap certifies
 how far θ is from optimal in objective, without knowing the optimum.
 
-Each function returns ``D(ν)`` and ``ν`` given θ, the data, and the constraint (for λ and ‖·‖_*).
+Each function returns $D(ν)$ and $ν$ given θ, the data, and the constraint (for λ and ‖·‖_*).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def _feasible(nu: Tensor, grad: Tensor, constraint: Constraint) -> Tensor:
 
 
 def completion_dual(theta: Tensor, data: dict[str, Tensor], constraint: Constraint) -> tuple[float, Tensor]:
-    """``F(Θ) = ½‖P_Ω(Θ − M)‖²`` (A = identity): ``F*(N) = ⟨N, M⟩ + ½‖N‖²`` for N supported on Ω."""
+    r"""$F(Θ) = \tfrac12 ‖P_Ω(Θ - M)‖^2$ (A = identity): $F*(N) = \langle N, M\rangle + \tfrac12 ‖N‖^2$ for N supported on Ω."""
     M, mask = data["M"], data["mask"]
     nu = mask * (theta - M)
     nu = _feasible(nu, nu, constraint)
@@ -33,19 +33,19 @@ def completion_dual(theta: Tensor, data: dict[str, Tensor], constraint: Constrai
 
 
 def glm_dual(term):
-    """The Fenchel dual of a family with a [`DataTerm`][symopt.problems.glm.DataTerm]: sample
+    r"""The Fenchel dual of a family with a [`DataTerm`][symopt.problems.glm.DataTerm]: sample
     weights, a profiled intercept and an elastic-net ridge.
 
-    ``F(z) = Σ ω_i f(z_i, y_i)`` (``ω`` the normalised weights). Its conjugate, at ``ν`` with
-    ``ν_i = 0`` where ``ω_i = 0``: least squares ``⟨ν, y⟩ + ½ Σ ν_i²/ω_i``; log-loss
-    ``Σ ω_i H(p_i)``, ``p = y + ν/ω``, ``H(p) = p log p + (1 − p) log(1 − p)``. The profiled
-    intercept adds the constraint ``Σ ν_i = 0``, which ``ν = ∇F(Xw + b*)`` meets exactly
+    $F(z) = \sum ω_i f(z_i, y_i)$ ($ω$ the normalised weights). Its conjugate, at $ν$ with
+    $ν_i = 0$ where $ω_i = 0$: least squares $\langle ν, y\rangle + \tfrac12 \sum ν_i^2/ω_i$; log-loss
+    $\sum ω_i H(p_i)$, $p = y + ν/ω$, $H(p) = p \log p + (1 - p) \log(1 - p)$. The profiled
+    intercept adds the constraint $\sum ν_i = 0$, which $ν = ∇F(Xw + b*)$ meets exactly
     (``b*`` zeroes it) and every rescaling keeps.
 
-    Without a ridge, ``ν`` is scaled into ``‖Xᵀν‖_* ≤ λ`` as in the plain families. With a ridge
-    ``μ > 0`` the regulariser ``G = (μ/2)‖w‖² + λΦ(w)`` has a finite conjugate everywhere,
-    ``G*(s) = ⟨s, w⟩ − G(w)`` at ``w = prox_{λΦ/μ}(s/μ)`` (asked of the constraint: any penalty
-    kind), and ``D(ν) = −F*(ν) − G*(−Xᵀν)`` needs no scaling.
+    Without a ridge, $ν$ is scaled into $‖X^\top ν‖_* ≤ λ$ as in the plain families. With a ridge
+    $μ > 0$ the regulariser $G = (μ/2)‖w‖^2 + λΦ(w)$ has a finite conjugate everywhere,
+    $G*(s) = \langle s, w\rangle - G(w)$ at $w = \operatorname{prox}_{λΦ/μ}(s/μ)$ (asked of the constraint: any penalty
+    kind), and $D(ν) = -F*(ν) - G*(-X^\top ν)$ needs no scaling.
     """
 
     def dual(theta: Tensor, data: dict[str, Tensor], constraint: Constraint) -> tuple[float, Tensor]:
@@ -68,7 +68,7 @@ def glm_dual(term):
 
 
 def _regulariser_conjugate(s: Tensor, ridge: float, constraint: Constraint) -> Tensor:
-    """``G*(s)`` for ``G(w) = (ridge/2)‖w‖² + λΦ(w)``: the sup is attained at ``prox_{λΦ/ridge}(s/ridge)``."""
+    r"""``G*(s)`` for $G(w) = (\mathrm{ridge}/2)‖w‖^2 + λΦ(w)$: the sup is attained at $\operatorname{prox}_{λΦ/\mathrm{ridge}}(s/\mathrm{ridge})$."""
     w = constraint.prox(s / ridge, 1.0 / ridge)
     return (s * w).sum() - 0.5 * ridge * w.square().sum() - constraint.objective_term(w)
 

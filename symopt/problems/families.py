@@ -1,8 +1,8 @@
-"""Built-in problem families: each a torch loss, a symopt constraint and a cvxpy twin.
+r"""Built-in problem families: each a torch loss, a symopt constraint and a cvxpy twin.
 
 Scaling follows scikit-learn: the regression and classification data terms are averaged over the
 n samples (a weighted mean with ``sample_weight``). Matrix completion is the exception: its data
-term ``½‖P_Ω(W − M)‖²`` is a sum over the observed entries, as in SoftImpute and the nuclear-norm
+term $\tfrac12 ‖P_Ω(W - M)‖^2$ is a sum over the observed entries, as in SoftImpute and the nuclear-norm
 literature, so its λ is on that scale.
 """
 
@@ -112,7 +112,7 @@ def _logistic(theta: Tensor, X: Tensor, y: Tensor) -> Tensor:
 
 
 class _Options:
-    """What a user brings to a regression / classification family beyond ``(X, y, λ)``: an
+    """What a user brings to a regression / classification family beyond $(X, y, λ)$: an
     unpenalised intercept, sample weights, elastic-net mixing and a sign constraint, checked once
     (named errors) and turned into the data term, the data, the constraint's strength and the cvxpy
     twin's pieces (see `symopt.problems.glm`)."""
@@ -214,16 +214,16 @@ class _Options:
 
 def lasso(X, y, strength: float | None = None, *, max_nonzero: int | None = None, fit_intercept: bool = False,
           sample_weight=None, l1_ratio: float = 1.0, positive: bool = False) -> Problem:
-    """The Lasso ``1/(2n)‖Xw − y‖² + λ‖w‖₁`` (scikit-learn's ``Lasso(alpha=λ, fit_intercept=False)``),
+    r"""The Lasso $1/(2n)‖Xw - y‖^2 + λ‖w‖_1$ (scikit-learn's ``Lasso(alpha=λ, fit_intercept=False)``),
     with scikit-learn's options: an unpenalised intercept, sample weights, the elastic net and
     ``positive``.
 
-    DCS solves it as ``1/(2n)‖X(u ⊙ v) − y‖² + (λ/2)(‖u‖² + ‖v‖²)`` ([`Sparse`][symopt.Sparse];
-    with ``positive=True``, ``w = ½u⊙u`` and the penalty ``λΣw``: [`NonNegative`][symopt.NonNegative]).
-    ``w = 0`` is optimal iff ``λ ≥ ‖Xᵀy‖_∞ / n`` (with an intercept, of the centred ``y``).
+    DCS solves it as $1/(2n)‖X(u ⊙ v) - y‖^2 + (λ/2)(‖u‖^2 + ‖v‖^2)$ ([`Sparse`][symopt.Sparse];
+    with ``positive=True``, $w = \tfrac12 u⊙u$ and the penalty $λ\sum w$: [`NonNegative`][symopt.NonNegative]).
+    $w = 0$ is optimal iff $λ ≥ ‖X^\top y‖_∞ / n$ (with an intercept, of the centred ``y``).
 
-    With all options the problem is ``Σ_i ω_i ½(x_iᵀw + b − y_i)² + λ(α‖w‖₁ + (1 − α)/2 ‖w‖²)``,
-    ``ω = sample_weight / Σ sample_weight`` (``1/n`` without), ``α = l1_ratio``, ``b`` unpenalised and
+    With all options the problem is $\sum_i ω_i \tfrac12 (x_i^\top w + b - y_i)^2 + λ(α‖w‖_1 + (1 - α)/2 ‖w‖^2)$,
+    ``ω = sample_weight / Σ sample_weight`` (``1/n`` without), $α$ = ``l1_ratio``, ``b`` unpenalised and
     profiled out in closed form (`symopt.problems.glm`): scikit-learn's ``ElasticNet(alpha=λ,
     l1_ratio=α, fit_intercept=True, positive=...)`` fitted with ``sample_weight``.
 
@@ -238,7 +238,7 @@ def lasso(X, y, strength: float | None = None, *, max_nonzero: int | None = None
         fit_intercept: add an unpenalised intercept ``b``; ``result.intercept`` reports it.
         sample_weight: ``(n,)`` non-negative weights (scaled to sum 1; a weight of 0 drops a sample).
         l1_ratio: α of the elastic net, in (0, 1]; 1 is the Lasso.
-        positive: constrain ``w ≥ 0`` (the non-negative Lasso).
+        positive: constrain $w ≥ 0$ (the non-negative Lasso).
 
     Returns:
         Problem: with a cvxpy twin and a Fenchel dual (for the duality gap); ``problem.at_strength(λ)``
@@ -292,11 +292,11 @@ def lasso(X, y, strength: float | None = None, *, max_nonzero: int | None = None
 
 def group_lasso(X, y, groups, strength: float | None = None, *, max_groups: int | None = None,
                 fit_intercept: bool = False, sample_weight=None) -> Problem:
-    """The group lasso ``1/(2n)‖Xw − y‖² + λ Σ_g ‖w_g‖₂``, optionally with an unpenalised intercept
-    and sample weights (``Σ_i ω_i ½(x_iᵀw + b − y_i)²``, as in [`lasso`][symopt.problems.lasso]).
+    r"""The group lasso $1/(2n)‖Xw - y‖^2 + λ \sum_g ‖w_g‖_2$, optionally with an unpenalised intercept
+    and sample weights ($\sum_i ω_i \tfrac12 (x_i^\top w + b - y_i)^2$, as in [`lasso`][symopt.problems.lasso]).
 
-    DCS solves it with one scalar gate per group, ``w_g = s_g ω_g`` ([`GroupSparse`][symopt.GroupSparse]),
-    since ``min_{sω = w_g} (λ/2)(s² + ‖ω‖²) = λ‖w_g‖₂``. A group is zero iff ``‖X_gᵀr‖₂ / n ≤ λ``
+    DCS solves it with one scalar gate per group, $w_g = s_g ω_g$ ([`GroupSparse`][symopt.GroupSparse]),
+    since $\min_{sω = w_g} (λ/2)(s^2 + ‖ω‖^2) = λ‖w_g‖_2$. A group is zero iff $‖X_g^\top r‖_2 / n ≤ λ$
     at the optimum's residual ``r``.
 
     Args:
@@ -365,12 +365,12 @@ def _members(ids: Tensor) -> list[list[int]]:
 
 
 def multitask_lasso(X, Y, strength: float, *, fit_intercept: bool = False, sample_weight=None) -> Problem:
-    """The multi-task Lasso ``1/(2n)‖XW − Y‖²_F + λ Σ_j ‖W_j‖₂`` over ``W`` of shape ``(d, T)``: a
+    r"""The multi-task Lasso $1/(2n)‖XW - Y‖^2_F + λ \sum_j ‖W_j‖_2$ over ``W`` of shape ``(d, T)``: a
     feature is used by every task or by none (scikit-learn's ``MultiTaskLasso(alpha=λ)``, whose
-    ``coef_`` is ``Wᵀ``). Optionally an unpenalised intercept per task and sample weights.
+    ``coef_`` is $W^\top$). Optionally an unpenalised intercept per task and sample weights.
 
     DCS gates each row of ``W`` ([`GroupSparse`][symopt.GroupSparse] with ``dim=0``): row ``j`` is
-    zero iff ``‖X_jᵀR‖₂ / n ≤ λ`` at the optimum's residual ``R``.
+    zero iff $‖X_j^\top R‖_2 / n ≤ λ$ at the optimum's residual ``R``.
 
     Args:
         X: ``(n, d)`` design matrix.
@@ -420,17 +420,17 @@ def multitask_lasso(X, Y, strength: float, *, fit_intercept: bool = False, sampl
 
 def logistic_l1(X, y, strength: float | None = None, *, max_nonzero: int | None = None, fit_intercept: bool = False,
                 sample_weight=None, l1_ratio: float = 1.0) -> Problem:
-    """Sparse logistic regression: mean log-loss ``(1/n)Σ log(1 + e^{−s_i x_iᵀw})`` + ``λ‖w‖₁``,
+    r"""Sparse logistic regression: mean log-loss $(1/n)\sum \log(1 + e^{-s_i x_i^\top w})$ + $λ‖w‖_1$,
     optionally with an unpenalised intercept, sample weights and elastic-net mixing.
 
-    Labels ``y_i ∈ {0, 1}`` (``s_i = 2y_i − 1``). Without an intercept, scikit-learn's
+    Labels $y_i ∈ {0, 1}$ ($s_i = 2y_i - 1$). Without an intercept, scikit-learn's
     ``LogisticRegression(penalty="l1", C=1/(nλ), fit_intercept=False)`` solves the same problem.
     With one, the intercept is unpenalised (profiled out by a 1-d Newton solve per evaluation,
     `symopt.problems.glm`): liblinear penalises its intercept, so the scikit-learn twin is
     ``solver="saga"`` (or skglm's ``SparseLogisticRegression(fit_intercept=True)``).
-    With ``sample_weight`` the data term is ``Σ ω_i ℓ_i``, ``ω`` the weights scaled to sum 1:
-    scikit-learn's ``C = 1/(λ Σ s)``.
-    ``w = 0`` is optimal iff ``λ ≥ ‖Xᵀ(y − ½)‖_∞ / n`` (with an intercept, ``y − ȳ``).
+    With ``sample_weight`` the data term is $\sum ω_i ℓ_i$, $ω$ the weights scaled to sum 1:
+    scikit-learn's $C = 1/(λ \sum s)$.
+    $w = 0$ is optimal iff $λ ≥ ‖X^\top (y - \tfrac12 )‖_∞ / n$ (with an intercept, $y - ȳ$).
 
     Args:
         X: ``(n, d)`` design matrix (tensor or array; float64 recommended; a scipy.sparse
@@ -484,11 +484,11 @@ def logistic_l1(X, y, strength: float | None = None, *, max_nonzero: int | None 
 
 
 def equality_ls(X, y, A=None, strength: float = 1.0, *, zeros=None) -> Problem:
-    """Equality-constrained least squares: ``1/(2n)‖Xw − y‖²`` subject to ``A w = 0`` or ``w[zeros] = 0``.
+    r"""Equality-constrained least squares: $1/(2n)‖Xw - y‖^2$ subject to ``A w = 0`` or ``w[zeros] = 0``.
 
-    DCS uses the exact penalty ``λ‖Oᵀw‖₁`` ([`Subspace`][symopt.Subspace], ``O`` an orthonormal basis
-    of rowspace(A)) or ``λ‖w[zeros]‖₁`` ([`FixedZeros`][symopt.FixedZeros]); ``strength`` must exceed
-    the Lagrange multipliers ``‖Oᵀ∇ℓ(w*)‖_∞`` for the constraint to hold exactly. The objective
+    DCS uses the exact penalty $λ‖O^\top w‖_1$ ([`Subspace`][symopt.Subspace], ``O`` an orthonormal basis
+    of rowspace(A)) or $λ‖w[\mathrm{zeros}]‖_1$ ([`FixedZeros`][symopt.FixedZeros]); ``strength`` must exceed
+    the Lagrange multipliers $‖O^\top ∇ℓ(w^*)‖_∞$ for the constraint to hold exactly. The objective
     is the loss alone.
 
     Args:
@@ -542,10 +542,10 @@ def _tied_least_squares(theta: Tensor, X: Tensor, y: Tensor) -> Tensor:
 
 
 def tied_least_squares(X, y, strength: float = 1.0) -> Problem:
-    """k least-squares tasks ``Σ_j 1/(2n)‖X_j w_j − y_j‖²`` with tied weights ``w_1 = … = w_k``.
+    r"""k least-squares tasks $\sum_j 1/(2n)‖X_j w_j - y_j‖^2$ with tied weights ``w_1 = … = w_k``.
 
-    DCS writes ``w_j = w_1 + u_j ⊙ v_j`` for j ≥ 2 ([`Tied`][symopt.Tied]): the exact penalty
-    ``λΣ_{j≥2}‖w_j − w_1‖₁`` holds the tie once ``λ > max_{j≥2} ‖∇_{w_j}ℓ(w*)‖_∞``. The answer is the
+    DCS writes $w_j = w_1 + u_j ⊙ v_j$ for j ≥ 2 ([`Tied`][symopt.Tied]): the exact penalty
+    $λ\sum_{j≥2}‖w_j - w_1‖_1$ holds the tie once $λ > \max_{j≥2} ‖∇_{w_j}ℓ(w^*)‖_∞$. The answer is the
     least-squares fit of one ``w`` to all tasks pooled.
 
     Args:
@@ -558,7 +558,7 @@ def tied_least_squares(X, y, strength: float = 1.0) -> Problem:
 
     Raises:
         TypeError: complex or non-numeric data.
-        ValueError: shapes other than ``(k ≥ 2, n, d)`` and ``(k, n)``, NaN / Inf, a bad strength.
+        ValueError: shapes other than $(k ≥ 2, n, d)$ and ``(k, n)``, NaN / Inf, a bad strength.
 
     Examples:
         >>> import torch, symopt
@@ -590,10 +590,10 @@ def _completion(theta: Tensor, M: Tensor, mask: Tensor) -> Tensor:
 
 
 def matrix_completion(M, mask, strength: float | None = None, *, target_rank: int | None = None) -> Problem:
-    """Nuclear-norm matrix completion: ``½‖P_Ω(W − M)‖²_F + λ‖W‖_*``, Ω the True entries of ``mask``.
+    r"""Nuclear-norm matrix completion: $\tfrac12 ‖P_Ω(W - M)‖^2_F + λ‖W‖_*$, Ω the True entries of ``mask``.
 
-    DCS writes ``W = UVᵀ`` ([`LowRank`][symopt.LowRank]), since
-    ``min_{UVᵀ=W} (λ/2)(‖U‖²_F + ‖V‖²_F) = λ‖W‖_*``. A singular direction is zero iff the
+    DCS writes $W = UV^\top$ ([`LowRank`][symopt.LowRank]), since
+    $\min_{UV^\top =W} (λ/2)(‖U‖^2_F + ‖V‖^2_F) = λ‖W‖_*$. A singular direction is zero iff the
     gradient's spectral norm on it is ≤ λ.
 
     Args:
@@ -653,12 +653,12 @@ def _matrix_least_squares(theta: Tensor, X: Tensor, Y: Tensor) -> Tensor:
 
 
 def low_rank_regression(X, Y, strength: float | None = None, *, rank: int | None = None) -> Problem:
-    """Multi-output regression ``1/(2n)‖XW − Y‖²_F`` with ``W`` of shape ``(p, q)``, either
-    penalised, ``+ λ‖W‖_*`` (``strength``; convex, cvxpy twin), or with a hard bound
-    ``rank(W) ≤ r`` (``rank``; no convex twin: cvxpy reports not applicable, geoopt applies).
+    r"""Multi-output regression $1/(2n)‖XW - Y‖^2_F$ with ``W`` of shape ``(p, q)``, either
+    penalised, $+ λ‖W‖_*$ (``strength``; convex, cvxpy twin), or with a hard bound
+    $\operatorname{rank}(W) ≤ r$ (``rank``; no convex twin: cvxpy reports not applicable, geoopt applies).
 
     The hard-rank form uses ``LowRank(max_rank=r)`` with a vanishing strength (1e-9 of
-    ``‖XᵀY‖₂/n``) that keeps the factors balanced; its objective is the loss alone.
+    $‖X^\top Y‖_2/n$) that keeps the factors balanced; its objective is the loss alone.
 
     Args:
         X: ``(n, p)`` inputs.

@@ -44,7 +44,7 @@ def _planted_regression(n, d, nonzeros, noise, seed, x_density=None):
 
 
 def _sparse_design(n, d, density, g):
-    """An n×d CSR matrix with about ``density·n·d`` N(0, 1) entries at uniform random positions
+    r"""An n×d CSR matrix with about $\mathrm{density}·n·d$ N(0, 1) entries at uniform random positions
     (drawn as coordinates, so a 1e4×1e6 design never exists densely)."""
     count = max(1, round(density * n * d))
     rows = torch.randint(n, (count,), generator=g)
@@ -62,10 +62,10 @@ def _lambda_max_fraction(X, y, fraction):
 
 
 def make_lasso(n=200, d=500, nonzeros=10, noise=0.1, fraction=0.1, seed=0, x_density=None) -> Problem:
-    """A [`lasso`][symopt.problems.lasso] with a planted sparse truth: ``y = Xw° + noise·ε``.
+    r"""A [`lasso`][symopt.problems.lasso] with a planted sparse truth: $y = Xw° + \mathrm{noise}·ε$.
 
     ``X`` has i.i.d. N(0, 1) entries; ``w°`` has ``nonzeros`` entries of magnitude in [1, 2] and
-    random sign; λ is ``fraction × λ_max`` with ``λ_max = ‖Xᵀy‖_∞/n``, the smallest λ whose
+    random sign; λ is $\mathrm{fraction} × λ_{\max}$ with $λ_{\max} = ‖X^\top y‖_∞/n$, the smallest λ whose
     solution is 0.
 
     Args:
@@ -103,10 +103,10 @@ def make_lasso(n=200, d=500, nonzeros=10, noise=0.1, fraction=0.1, seed=0, x_den
 
 
 def make_group_lasso(n=200, d=400, group_size=4, active_groups=5, noise=0.1, fraction=0.1, seed=0) -> Problem:
-    """A [`group_lasso`][symopt.problems.group_lasso] over consecutive groups with a planted group-sparse truth.
+    r"""A [`group_lasso`][symopt.problems.group_lasso] over consecutive groups with a planted group-sparse truth.
 
     ``active_groups`` of the ``d / group_size`` groups carry N(0, 1) weights; λ is
-    ``fraction × λ_max`` with ``λ_max = max_g ‖X_gᵀy‖₂/n``.
+    $\mathrm{fraction} × λ_{\max}$ with $λ_{\max} = \max_g ‖X_g^\top y‖_2/n$.
 
     Args:
         n: samples.
@@ -149,10 +149,10 @@ def make_group_lasso(n=200, d=400, group_size=4, active_groups=5, noise=0.1, fra
 
 
 def make_logistic_l1(n=300, d=100, nonzeros=5, fraction=0.1, seed=0) -> Problem:
-    """A [`logistic_l1`][symopt.problems.logistic_l1] with labels drawn from a planted sparse logistic model.
+    r"""A [`logistic_l1`][symopt.problems.logistic_l1] with labels drawn from a planted sparse logistic model.
 
     ``y_i ~ Bernoulli(σ(x_iᵀw°))`` with ``nonzeros`` entries of ``w°`` equal to 2; λ is
-    ``fraction × λ_max``, ``λ_max = ‖Xᵀ(y − ½)‖_∞/n``.
+    $\mathrm{fraction} × λ_{\max}$, $λ_{\max} = ‖X^\top (y - \tfrac12 )‖_∞/n$.
 
     Args:
         n: samples.
@@ -187,10 +187,10 @@ def make_logistic_l1(n=300, d=100, nonzeros=5, fraction=0.1, seed=0) -> Problem:
 
 
 def make_equality_ls(n=200, d=100, constraints=10, noise=0.1, margin=1.5, seed=0) -> Problem:
-    """An [`equality_ls`][symopt.problems.equality_ls] with a random N(0, 1) constraint matrix ``A`` (``k × d``).
+    r"""An [`equality_ls`][symopt.problems.equality_ls] with a random N(0, 1) constraint matrix ``A`` ($k × d$).
 
     The constrained optimum ``w*`` (least squares on the null space of ``A``) and its multipliers
-    ``Oᵀ∇ℓ(w*)`` are computed in closed form; ``strength = margin × ‖Oᵀ∇ℓ(w*)‖_∞``, so the
+    $O^\top ∇ℓ(w^*)$ are computed in closed form; $\mathrm{strength} = \mathrm{margin} × ‖O^\top ∇ℓ(w^*)‖_∞$, so the
     exact-penalty threshold is known.
 
     Args:
@@ -202,10 +202,10 @@ def make_equality_ls(n=200, d=100, constraints=10, noise=0.1, margin=1.5, seed=0
         seed: seed of the generator (same seed, same problem).
 
     Returns:
-        Problem: ``meta["solution"]`` is ``w*``, ``meta["multiplier_bound"]`` the threshold λ*.
+        Problem: ``meta["solution"]`` is ``w*``, ``meta["multiplier_bound"]`` the threshold $λ^*$.
 
     Raises:
-        ValueError: a size that is not a positive int, ``constraints ≥ d``, or negative noise /
+        ValueError: a size that is not a positive int, $\mathrm{constraints} ≥ d$, or negative noise /
             margin.
 
     Examples:
@@ -232,11 +232,11 @@ def make_equality_ls(n=200, d=100, constraints=10, noise=0.1, margin=1.5, seed=0
 
 
 def make_fixed_zeros_ls(n=200, d=100, zeros=20, noise=0.1, margin=1.5, seed=0) -> Problem:
-    """Least squares with ``zeros`` random entries forced to 0 (non-zero in the truth): an
+    r"""Least squares with ``zeros`` random entries forced to 0 (non-zero in the truth): an
     [`equality_ls`][symopt.problems.equality_ls] with ``zeros=mask``.
 
     The constrained optimum (least squares on the free entries) and the multipliers
-    ``∇ℓ(w*)[mask]`` are computed in closed form; ``strength = margin × ‖∇ℓ(w*)[mask]‖_∞``.
+    $∇ℓ(w^*)[\mathrm{mask}]$ are computed in closed form; $\mathrm{strength} = \mathrm{margin} × ‖∇ℓ(w^*)[\mathrm{mask}]‖_∞$.
 
     Args:
         n: samples.
@@ -251,7 +251,7 @@ def make_fixed_zeros_ls(n=200, d=100, zeros=20, noise=0.1, margin=1.5, seed=0) -
             [`make_equality_ls`][symopt.problems.make_equality_ls].
 
     Raises:
-        ValueError: a size that is not a positive int, ``zeros ≥ d``, or negative noise / margin.
+        ValueError: a size that is not a positive int, $\mathrm{zeros} ≥ d$, or negative noise / margin.
 
     Examples:
         >>> from symopt.problems import make_fixed_zeros_ls
@@ -274,10 +274,10 @@ def make_fixed_zeros_ls(n=200, d=100, zeros=20, noise=0.1, margin=1.5, seed=0) -
 
 
 def make_tied_least_squares(tasks=3, n=100, d=30, noise=0.1, spread=0.3, margin=1.5, seed=0) -> Problem:
-    """``tasks`` regressions whose true weights differ by ``spread``, tied to one shared weight: a
+    r"""``tasks`` regressions whose true weights differ by ``spread``, tied to one shared weight: a
     [`tied_least_squares`][symopt.problems.tied_least_squares].
 
-    The tied optimum is the pooled least-squares fit; ``strength = margin × max_j ‖∇_{w_j}ℓ(w*)‖_∞``.
+    The tied optimum is the pooled least-squares fit; $\mathrm{strength} = \mathrm{margin} × \max_j ‖∇_{w_j}ℓ(w^*)‖_∞$.
 
     Args:
         tasks: number of tasks (≥ 2).
@@ -318,9 +318,9 @@ def make_tied_least_squares(tasks=3, n=100, d=30, noise=0.1, spread=0.3, margin=
 
 
 def make_matrix_completion(m=50, n=40, rank=3, observed=0.5, noise=0.01, strength=0.5, seed=0) -> Problem:
-    """A [`matrix_completion`][symopt.problems.matrix_completion] of a planted rank-``rank`` matrix.
+    r"""A [`matrix_completion`][symopt.problems.matrix_completion] of a planted rank-``rank`` matrix.
 
-    ``M = AB + noise·ε`` with Gaussian ``A`` (m × rank), ``B`` (rank × n); each entry is observed
+    $M = AB + \mathrm{noise}·ε$ with Gaussian ``A`` (m × rank), ``B`` (rank × n); each entry is observed
     with probability ``observed``.
 
     Args:
@@ -359,11 +359,11 @@ def make_matrix_completion(m=50, n=40, rank=3, observed=0.5, noise=0.01, strengt
 
 def make_low_rank_regression(n=200, p=30, q=20, rank=3, noise=0.1, fraction=0.2, hard_rank=None,
                              orthogonal=False, seed=0) -> Problem:
-    """A [`low_rank_regression`][symopt.problems.low_rank_regression] with planted rank-``rank`` coefficients.
+    r"""A [`low_rank_regression`][symopt.problems.low_rank_regression] with planted rank-``rank`` coefficients.
 
-    ``Y = XW° + noise·ε``. Without ``hard_rank``: the nuclear-norm problem at
-    ``λ = fraction × ‖XᵀY/n‖₂``. ``hard_rank=r`` gives the hard-rank variant; with
-    ``orthogonal=True`` the design has ``XᵀX = n·I``, so the truncated SVD of ``XᵀY/n`` is the exact
+    $Y = XW° + \mathrm{noise}·ε$. Without ``hard_rank``: the nuclear-norm problem at
+    $λ = \mathrm{fraction} × ‖X^\top Y/n‖_2$. ``hard_rank=r`` gives the hard-rank variant; with
+    ``orthogonal=True`` the design has $X^\top X = n·I$, so the truncated SVD of $X^\top Y/n$ is the exact
     hard-rank optimum (``meta["solution"]``, a check for any solver).
 
     Args:
@@ -374,7 +374,7 @@ def make_low_rank_regression(n=200, p=30, q=20, rank=3, noise=0.1, fraction=0.2,
         noise: standard deviation of the noise.
         fraction: λ / ‖XᵀY/n‖₂ for the penalised variant, in (0, 1].
         hard_rank: the bound ``r`` of the hard-rank variant (None: penalised).
-        orthogonal: make ``XᵀX = n·I`` (needs ``n ≥ p``).
+        orthogonal: make $X^\top X = n·I$ (needs $n ≥ p$).
         seed: seed of the generator (same seed, same problem).
 
     Returns:
@@ -382,7 +382,7 @@ def make_low_rank_regression(n=200, p=30, q=20, rank=3, noise=0.1, fraction=0.2,
 
     Raises:
         ValueError: a size that is not a positive int, ``rank > min(p, q)``, negative noise, a
-            fraction outside (0, 1], or ``orthogonal`` with ``n < p``.
+            fraction outside (0, 1], or ``orthogonal`` with $n < p$.
 
     Examples:
         >>> from symopt.problems import make_low_rank_regression

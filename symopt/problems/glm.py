@@ -1,22 +1,22 @@
-"""Data terms of the regression and classification families, with what users bring to them: an
+r"""Data terms of the regression and classification families, with what users bring to them: an
 unpenalised intercept, sample weights and an elastic-net ridge.
 
-**Sample weights.** With weights ``s_i ≥ 0`` the data term is the weighted mean
-``Σ_i ω_i ℓ_i`` with ``ω = s / Σ s`` (no weights: ``ω_i = 1/n``). This is scikit-learn's ``Lasso`` /
+**Sample weights.** With weights $s_i ≥ 0$ the data term is the weighted mean
+$\sum_i ω_i ℓ_i$ with $ω = s / \sum s$ (no weights: $ω_i = 1/n$). This is scikit-learn's ``Lasso`` /
 ``ElasticNet`` (which rescale ``sample_weight`` to sum to ``n``); its ``LogisticRegression`` minimises
-``C Σ s_i ℓ_i + ‖w‖₁``, the same problem at ``C = 1 / (λ Σ s)``.
+$C \sum s_i ℓ_i + ‖w‖_1$, the same problem at $C = 1 / (λ \sum s)$.
 
 **The intercept is profiled out**, not penalised and not a factor: the data term of ``w`` is
-``min_b Σ ω_i ℓ(x_iᵀw + b, y_i)``. For least squares the minimiser is the weighted mean residual,
-in closed form; for the log-loss it is the root of ``Σ ω_i (σ(z_i + b) − y_i) = 0``, found by a
+$\min_b \sum ω_i ℓ(x_i^\top w + b, y_i)$. For least squares the minimiser is the weighted mean residual,
+in closed form; for the log-loss it is the root of $\sum ω_i (σ(z_i + b) - y_i) = 0$, found by a
 safeguarded Newton iteration (monotone in ``b``, so bracketed and never lost). At the minimising
 ``b*`` the derivative in ``b`` vanishes, so the gradient in ``w`` is the plain one at ``b*``
 (envelope theorem): the profiled term is smooth, convex in ``w``, and DCS, the duals and the working
 sets see an ordinary loss of ``w``. The design is never centred, so a sparse ``X`` stays sparse.
 
-**Elastic net.** ``λ(α‖w‖₁ + (1 − α)/2 ‖w‖²)`` (scikit-learn's ``l1_ratio = α``): the ridge part is
-smooth and joins the data term (``ridge = λ(1 − α)``); the L1 part is the constraint's penalty at
-strength ``αλ``.
+**Elastic net.** $λ(α‖w‖_1 + (1 - α)/2 ‖w‖^2)$ (scikit-learn's ``l1_ratio`` = $α$): the ridge part is
+smooth and joins the data term ($\mathrm{ridge} = λ(1 - α)$); the L1 part is the constraint's penalty at
+strength $αλ$.
 """
 
 from __future__ import annotations
@@ -32,20 +32,20 @@ from .design import matvec
 
 
 class SquaredError:
-    """``f(z, y) = ½(z − y)²``: least squares. Its optimal intercept is the weighted mean residual."""
+    r"""$f(z, y) = \tfrac12 (z - y)^2$: least squares. Its optimal intercept is the weighted mean residual."""
 
     def value(self, z: Tensor, y: Tensor, weights: Tensor | None) -> Tensor:
         return 0.5 * _weighted_sum((z - y).square(), weights)
 
     def slope(self, z: Tensor, y: Tensor) -> Tensor:
-        """``∂f/∂z``."""
+        """$∂f/∂z$."""
         return z - y
 
     def intercept(self, z: Tensor, y: Tensor, weights: Tensor | None) -> Tensor:
         return _weighted_mean(y - z, weights)  # exact, and linear in z (so differentiable as is)
 
     def conjugate(self, nu: Tensor, y: Tensor, omega: Tensor) -> Tensor:
-        """``F*(ν) = ⟨ν, y⟩ + ½ Σ ν_i²/ω_i`` of ``F(z) = Σ ω_i f(z_i, y_i)`` (``ν_i = 0`` where ``ω_i = 0``)."""
+        r"""$F*(ν) = \langle ν, y\rangle + \tfrac12 \sum ν_i^2/ω_i$ of $F(z) = \sum ω_i f(z_i, y_i)$ ($ν_i = 0$ where $ω_i = 0$)."""
         on = omega > 0
         safe = torch.where(on, omega, torch.ones_like(omega))
         return (nu * y).sum() + 0.5 * torch.where(on, nu.square() / safe, torch.zeros_like(nu)).sum()
@@ -58,7 +58,7 @@ class SquaredError:
 
 
 class LogLoss:
-    """``f(z, y) = log(1 + e^z) − yz``, labels 0/1: logistic regression. Its optimal intercept is the
+    r"""$f(z, y) = \log(1 + e^z) - yz$, labels 0/1: logistic regression. Its optimal intercept is the
     root of a monotone equation (`logistic_intercept`)."""
 
     def value(self, z: Tensor, y: Tensor, weights: Tensor | None) -> Tensor:
@@ -81,7 +81,7 @@ class LogLoss:
         return root - (w * (p - y)).sum() / (w * p * (1 - p)).sum()
 
     def conjugate(self, nu: Tensor, y: Tensor, omega: Tensor) -> Tensor:
-        """``F*(ν) = Σ ω_i H(p_i)``, ``p = y + ν/ω``, ``H(p) = p log p + (1 − p) log(1 − p)``."""
+        r"""$F*(ν) = \sum ω_i H(p_i)$, $p = y + ν/ω$, $H(p) = p \log p + (1 - p) \log(1 - p)$."""
         on = omega > 0
         safe = torch.where(on, omega, torch.ones_like(omega))
         p = (y + torch.where(on, nu / safe, torch.zeros_like(nu))).clamp(0.0, 1.0)
@@ -94,7 +94,7 @@ class LogLoss:
 
 @dataclass(frozen=True)
 class DataTerm:
-    """A family's data term ``min_b Σ_i ω_i f(x_iᵀw + b, y_i) + (ridge/2)‖w‖²``: ``fit`` is ``f``
+    r"""A family's data term $\min_b \sum_i ω_i f(x_i^\top w + b, y_i) + (\mathrm{ridge}/2)‖w‖^2$: ``fit`` is ``f``
     (`SquaredError`, `LogLoss`), ``b`` is profiled out when ``fit_intercept``. ``weights`` (normalised
     to sum 1) travel in the problem's data, under ``"weights"``, so they follow the solver's device
     and dtype.
@@ -136,7 +136,7 @@ def _weights_like(weights: Tensor, value: Tensor) -> Tensor:
 
 
 def _weighted_sum(value: Tensor, weights: Tensor | None) -> Tensor:
-    """``Σ_i ω_i value_i`` over samples (axis 0), summed over targets; ω = 1/n without weights."""
+    r"""$\sum_i ω_i \mathrm{value}_i$ over samples (axis 0), summed over targets; ω = 1/n without weights."""
     if weights is None:
         return value.sum() / value.shape[0]
     return (_weights_like(weights, value) * value).sum()
@@ -151,9 +151,9 @@ def _weighted_mean(value: Tensor, weights: Tensor | None) -> Tensor:
 
 def logistic_intercept(z: Tensor, y: Tensor, weights: Tensor | None = None, tol: float = 1e-15,
                        max_steps: int = 100) -> Tensor:
-    """The root ``b`` of ``Σ ω_i σ(z_i + b) = ȳ`` (``ȳ = Σ ω_i y_i ∈ (0, 1)``): the log-loss's optimal
-    intercept for fixed logits ``z``. Newton from ``logit(ȳ) − mean(z)``, kept inside a bracket that
-    the monotone left side gives (``[logit(ȳ) − max z, logit(ȳ) − min z]``), bisecting whenever a
+    r"""The root ``b`` of $\sum ω_i σ(z_i + b) = ȳ$ ($ȳ = \sum ω_i y_i ∈ (0, 1)$): the log-loss's optimal
+    intercept for fixed logits ``z``. Newton from $\mathrm{logit}(ȳ) - \operatorname{mean}(z)$, kept inside a bracket that
+    the monotone left side gives ($[\mathrm{logit}(ȳ) - \max z, \mathrm{logit}(ȳ) - \min z]$), bisecting whenever a
     Newton step leaves it; returns a 0-d tensor of ``z``'s dtype.
 
     Examples:

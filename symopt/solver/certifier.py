@@ -13,7 +13,7 @@ from ..optimality import kkt_at_snap, polish_on_face
 
 
 class Certifier:
-    """Certifies the iterates of one descent.
+    r"""Certifies the iterates of one descent.
 
     A float32 descent (``exact`` given) is certified and polished in float64, from float64 copies of
     the loss and data: float32 cannot resolve a KKT residual of 1e-6 relative. The float64 copy of the
@@ -21,7 +21,7 @@ class Certifier:
     factor width).
 
     Args:
-        loss, data: the descent's loss ``θ -> loss`` and its data.
+        loss, data: the descent's loss $θ -> \mathrm{loss}$ and its data.
         tol: the snap tolerance.
         target: the KKT residual at which a point is optimal.
         inner: iterations of the face polish.

@@ -37,11 +37,11 @@ def solve(problem: Problem, device=None, dtype=None, method: str = "auto", tol: 
           max_iter: int = 500, progress: bool = False, inner: int = 20, history_size: int = 100,
           max_rounds: int = 40, polish: bool = True, compile: bool = False, working_set: bool | None = None,
           start=None) -> Result:
-    """Solve ``problem`` by DCS.
+    r"""Solve ``problem`` by DCS.
 
-    DCS minimises the smooth factored objective ``loss(c(factors)) + (λ/2)‖factors‖²`` (``c`` the
+    DCS minimises the smooth factored objective $\mathrm{loss}(c(\mathrm{factors})) + (λ/2)‖\mathrm{factors}‖^2$ (``c`` the
     constraint's parametrisation, the same one the training API registers), whose minimisers are
-    those of ``loss(θ) + λ‖θ‖`` (the induced norm); for the linear kinds, with ``λ`` above the
+    those of $\mathrm{loss}(θ) + λ‖θ‖$ (the induced norm); for the linear kinds, with $λ$ above the
     multipliers, those of ``loss`` on the constraint set. It stops on the KKT residual of the
     original problem, measured at θ = c(factors), not on the factored gradient.
 
@@ -55,8 +55,8 @@ def solve(problem: Problem, device=None, dtype=None, method: str = "auto", tol: 
         method: ``"lbfgs"`` (L-BFGS, strong-Wolfe line search), ``"momentum"`` (Nesterov with a
             backtracked Lipschitz step and restarts) or ``"auto"`` (= ``"lbfgs"``, the faster on
             every built-in family).
-        tol: stop when the KKT residual ≤ ``tol × ‖∇loss(0)‖`` (and, for linear kinds, the
-            violation ≤ ``tol × ‖θ‖``).
+        tol: stop when the KKT residual ≤ $\mathrm{tol} × ‖∇\mathrm{loss}(0)‖$ (and, for linear kinds, the
+            violation ≤ $\mathrm{tol} × ‖θ‖$).
         max_iter: maximum outer iterations (each runs up to ``inner`` L-BFGS iterations); for a
             budget problem, per λ tried.
         progress: print one line per outer iteration (objective, KKT residual) to stderr.

@@ -19,13 +19,13 @@ from .variable import Variable
 
 
 class Descent:
-    """DCS on ``holder``'s factors, stopped on the KKT residual of the original problem.
+    r"""DCS on ``holder``'s factors, stopped on the KKT residual of the original problem.
 
     Args:
         problem: the problem (its ``value`` is the objective recorded in the history).
         holder: the `Variable` holding θ's factors.
         constraint: the constraint registered on it (λ may change between runs: a budget search).
-        loss, data: ``θ -> loss`` in the descent's dtype, and its data.
+        loss, data: $θ -> \mathrm{loss}$ in the descent's dtype, and its data.
         options: the solve's options.
         grad0: ∇loss(0), whose norm scales the relative tolerance.
         exact: ``(loss, data)`` in float64 when the descent runs in float32 (certificates in float64).
@@ -94,7 +94,7 @@ class Descent:
         return True
 
     def refactor(self) -> None:
-        """Re-split the last certified point into factors. DCS zeros converge to ``u = v = 0``, a
+        """Re-split the last certified point into factors. DCS zeros converge to $u = v = 0$, a
         stationary point: after λ decreases such an atom could not re-enter; ``right_inverse`` gives
         every zero a live factor again."""
         if self.point is not None and not self.holder.copies:

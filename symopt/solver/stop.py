@@ -42,10 +42,10 @@ class Watchdog:
 
 
 class StopRule:
-    """The stopping decisions of one descent, at KKT target ``target`` (``tol × ‖∇loss(0)‖``).
+    r"""The stopping decisions of one descent, at KKT target ``target`` ($\mathrm{tol} × ‖∇\mathrm{loss}(0)‖$).
 
     Args:
-        tol: the relative tolerance (violation ≤ ``tol × max(1, ‖θ‖)`` for linear kinds).
+        tol: the relative tolerance (violation ≤ $\mathrm{tol} × \max(1, ‖θ‖)$ for linear kinds).
         target: the absolute KKT target.
     """
 

@@ -29,7 +29,7 @@ class Variable(nn.Module):
         self._handles = list_constraints(self)
 
     def decay(self) -> torch.Tensor:
-        """The factors' decay ``(λ/2)·Σ‖factor‖²``: [`symopt.penalty`][symopt.penalty] of this holder."""
+        r"""The factors' decay $(λ/2)·\sum ‖\mathrm{factor}‖^2$: [`symopt.penalty`][symopt.penalty] of this holder."""
         return sum(h.penalty() for h in self._handles)
 
     @property

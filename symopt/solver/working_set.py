@@ -1,4 +1,4 @@
-"""Layer 4 — working sets: DCS on a few columns of the design at a time, certified on all of them.
+r"""Layer 4 — working sets: DCS on a few columns of the design at a time, certified on all of them.
 
 A sparse problem (Lasso, group lasso, logistic-L1) has a solution with few non-zero atoms, but
 each DCS evaluation reads the whole design ``X``. A working set ``W`` of atoms (coordinates, or
@@ -9,9 +9,9 @@ celer / skglm, here with DCS as the inner solver):
 1. solve the restricted problem by DCS, warm started, to half the full problem's KKT target;
 2. embed its solution and measure the KKT residual of the *full* problem there (one full
    gradient): on ``W`` it is the restricted residual; outside ``W``, where θ = 0, it is
-   ``max(‖g_a‖ − λ, 0)`` per atom, positive only for atoms that want to enter;
+   $\max(‖g_a‖ - λ, 0)$ per atom, positive only for atoms that want to enter;
 3. stop when it is below the target; else take the alive atoms plus the atoms with the largest
-   ``‖g_a‖`` (the worst violators), doubling the size, and repeat.
+   $‖g_a‖$ (the worst violators), doubling the size, and repeat.
 
 The answer is certified exactly as a plain solve's: by the full problem's KKT residual.
 """

@@ -1,13 +1,13 @@
-"""Layer 3 — Noether charges of a model's architectural symmetries (Kunin et al. 2021; Głuch &
+r"""Layer 3 — Noether charges of a model's architectural symmetries (Kunin et al. 2021; Głuch &
 Urbanke, arXiv 2104.05508), and a tracker that records them over training.
 
-* Rescaling symmetry of a ReLU / linear unit j between layers l and l+1 (``w_in → α w_in``,
-  ``w_out → w_out / α``): the charge ``‖w_in,j‖² − ‖w_out,j‖²`` (bias included in ``w_in``).
-* Consecutive linear layers (``W_{l+1}W_l = W_{l+1}G⁻¹ · GW_l``): the matrix charge
-  ``W_lW_lᵀ − W_{l+1}ᵀW_{l+1}`` (again with the bias as an extra column of ``W_l``).
+* Rescaling symmetry of a ReLU / linear unit j between layers l and l+1 ($w_{\mathrm{in}} → α w_{\mathrm{in}}$,
+  $w_{\text{out}} → w_{\text{out}} / α$): the charge $‖w_{\text{in},j}‖^2 - ‖w_{\text{out},j}‖^2$ (bias included in ``w_in``).
+* Consecutive linear layers ($W_{l+1}W_l = W_{l+1}G^{-1} · GW_l$): the matrix charge
+  $W_lW_l^\top - W_{l+1}^\top W_{l+1}$ (again with the bias as an extra column of $W_l$).
 
 Under gradient flow (small-lr full-batch GD, no decay) they are constant; with weight decay λ
-(coupled, ``(λ/2)‖θ‖²``) they decay as ``e^{−2λt}``, ``t = lr × steps``.
+(coupled, $(λ/2)‖θ‖^2$) they decay as $e^{-2λt}$, $t = \mathrm{lr} × \mathrm{steps}$.
 
 A charge is reported only where its symmetry can be shown from the model's traced graph
 (``torch.fx``): the first layer's output reaches the second layer and nothing else, through ops that
@@ -117,13 +117,13 @@ def symmetric_pairs(model: nn.Module) -> tuple[list[tuple[str, str, str]], dict[
 
 
 def conserved(model: nn.Module) -> dict[str, Tensor]:
-    """The charges of ``model`` now, keyed ``"units first→second"`` (a vector, one per shared unit)
+    r"""The charges of ``model`` now, keyed ``"units first→second"`` (a vector, one per shared unit)
     and, for layers with nothing between them, ``"linear first→second"`` (a matrix).
 
     Noether: a continuous symmetry of the loss gives a quantity that gradient flow conserves. The
-    rescaling ``(w_in,j, w_out,j) → (α w_in,j, w_out,j / α)`` gives ``‖w_in,j‖² − ‖w_out,j‖²``;
-    the ``GL`` symmetry of two adjacent linear layers gives ``W_lW_lᵀ − W_{l+1}ᵀW_{l+1}``. With
-    coupled decay λ both shrink like ``e^{−2λt}``.
+    rescaling $(w_{\text{in},j}, w_{\text{out},j}) → (α w_{\text{in},j}, w_{\text{out},j} / α)$ gives $‖w_{\text{in},j}‖^2 - ‖w_{\text{out},j}‖^2$;
+    the ``GL`` symmetry of two adjacent linear layers gives $W_lW_l^\top - W_{l+1}^\top W_{l+1}$. With
+    coupled decay λ both shrink like $e^{-2λt}$.
 
     Args:
         model: the network; consecutive Linear / Conv layers are paired in module order.
@@ -160,11 +160,11 @@ def conserved(model: nn.Module) -> dict[str, Tensor]:
 
 
 class ConservationTracker:
-    """Records [`conserved`][symopt.conserved] charges during training: call `record` every few steps.
+    r"""Records [`conserved`][symopt.conserved] charges during training: call `record` every few steps.
 
-    ``drift()`` is ``max_t ‖C(t) − C(0)‖ / ‖C(0)‖`` per charge (≈ 0 under gradient flow without
-    decay), ``decay_rate()`` the fitted ``r`` of ``‖C(t)‖ ≈ ‖C(0)‖e^{−rt}`` (``2λ`` under coupled
-    decay λ, with ``t = lr × step``). A drift where none is expected means the symmetry is broken:
+    ``drift()`` is $\max_t ‖C(t) - C(0)‖ / ‖C(0)‖$ per charge (≈ 0 under gradient flow without
+    decay), ``decay_rate()`` the fitted ``r`` of $‖C(t)‖ ≈ ‖C(0)‖e^{-rt}$ ($2λ$ under coupled
+    decay λ, with $t = \mathrm{lr} × \mathrm{step}$). A drift where none is expected means the symmetry is broken:
     by decay, a large learning rate, or a layer that is not what it seems.
 
     Args:
@@ -196,7 +196,7 @@ class ConservationTracker:
         self.steps.append(float(len(self.steps) if step is None else step))
 
     def drift(self) -> dict[str, float]:
-        """Per charge: ``max_t ‖C(t) − C(0)‖ / ‖C(0)‖`` (0 when conserved)."""
+        r"""Per charge: $\max_t ‖C(t) - C(0)‖ / ‖C(0)‖$ (0 when conserved)."""
         if not self.history:
             return {}
         first = self.history[0]
@@ -204,8 +204,8 @@ class ConservationTracker:
                 for k in first}
 
     def decay_rate(self) -> dict[str, float]:
-        """Per charge: the fitted rate ``r`` of ``‖C(t)‖ ≈ ‖C(0)‖ e^{−r t}`` (least squares on the
-        log, over the recorded steps); ``2λ`` under decay λ with ``t = lr × step``."""
+        r"""Per charge: the fitted rate ``r`` of $‖C(t)‖ ≈ ‖C(0)‖ e^{-r t}$ (least squares on the
+        log, over the recorded steps); $2λ$ under decay λ with $t = \mathrm{lr} × \mathrm{step}$."""
         out = {}
         for key in (self.history[0] if self.history else {}):
             ts = torch.tensor(self.steps, dtype=torch.float64)

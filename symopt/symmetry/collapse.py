@@ -18,7 +18,7 @@ from .._layers import incoming, layers, outgoing, out_size, pairs
 
 
 def effective_rank(matrix: Tensor) -> float:
-    """Effective rank ``exp(H(p))`` with ``p = σ / Σσ`` the normalised singular values (Roy & Vetterli 2007).
+    r"""Effective rank ``exp(H(p))`` with $p = σ / \sum σ$ the normalised singular values (Roy & Vetterli 2007).
 
     A smooth count of the directions a matrix uses: ``k`` for ``k`` equal singular values, between
     1 and the rank otherwise. Collapse onto a low-rank mirror plane shows as a drop of it.
@@ -157,7 +157,7 @@ def _groups(rows: Tensor, eps: float, alive: Tensor) -> list[tuple[int, ...]]:
 @torch.no_grad()
 def diagnose(model: nn.Module, inputs: Tensor | None = None, tol: float = 1e-6, eps: float = 1e-4, *,
              dead_fraction: float = 0.01, duplicate_cosine: float = 0.99) -> Diagnosis:
-    """Per Linear / Conv layer: dead units, groups of identical units, effective rank of the weight
+    r"""Per Linear / Conv layer: dead units, groups of identical units, effective rank of the weight
     and (given ``inputs``) of the layer's output features, and the mirror planes the parameters sit on.
 
     Args:
@@ -175,7 +175,7 @@ def diagnose(model: nn.Module, inputs: Tensor | None = None, tol: float = 1e-6, 
     Mirror planes reported: ``sign/rescale (units …)`` — in- and out-weights both zero;
     ``permutation (units i=j)`` — identical incoming *and* outgoing weights, the fixed subspace of
     swapping them; ``rotation (first→second)`` — adjacent linear layers sharing a null direction
-    (``nᵀW_first = 0`` and ``W_second n = 0``).
+    ($n^\top W_{\text{first}} = 0$ and ``W_second n = 0``).
 
     Returns:
         Diagnosis: one [`LayerDiagnosis`][symopt.LayerDiagnosis] per layer; ``print`` shows a table.
@@ -287,10 +287,10 @@ class PermutationThreshold:
     [`permutation_threshold`][symopt.permutation_threshold]).
 
     Attributes:
-        threshold: λ* — with coupled decay λ > λ* the identical state attracts (the units stay one);
+        threshold: $λ^*$ — with coupled decay $λ > λ^*$ the identical state attracts (the units stay one);
             below it the units split.
         curvature: the smallest eigenvalue of the loss Hessian along the antisymmetric
-            perturbations ``(w_i, w_j) → (w_i + δ, w_j − δ)`` (``δ`` over in- and out-weights).
+            perturbations $(w_i, w_j) → (w_i + δ, w_j - δ)$ ($δ$ over in- and out-weights).
         direction: its eigenvector (in-weights, bias, out-weights of unit i; unit j gets the opposite).
 
     Examples:
@@ -305,20 +305,20 @@ class PermutationThreshold:
     direction: Tensor
 
     def growth_rate(self, lr: float, strength: float) -> float:
-        """Log-growth per gradient-descent step of the split between the units:
-        ``log|1 − lr (curvature/2 + λ)|`` (negative: the units merge back)."""
+        r"""Log-growth per gradient-descent step of the split between the units:
+        $\log|1 - \mathrm{lr} (\mathrm{curvature}/2 + λ)|$ (negative: the units merge back)."""
         return float(torch.log(torch.tensor(abs(1 - lr * (self.curvature / 2 + strength)))))
 
 
 def permutation_threshold(model: nn.Module, layer: str, units: tuple[int, int], loss_fn, inputs: Tensor,
                           targets: Tensor) -> PermutationThreshold:
-    """The weight decay λ* above which two identical units of a Linear layer stay identical.
+    r"""The weight decay $λ^*$ above which two identical units of a Linear layer stay identical.
 
     Two units with the same in- and out-weights sit on the fixed subspace of the permutation that swaps
     them. Gradient descent keeps them there; whether a small difference grows or dies is decided by the
-    loss Hessian along the antisymmetric perturbations ``(w_i + δ, w_j − δ)``: with coupled decay λ the
-    difference is multiplied each step by ``1 − lr (h/2 + λ)`` along the eigenvector of the smallest
-    eigenvalue ``h``, so the identical state attracts iff ``λ > λ* = max(0, −h/2)``.
+    loss Hessian along the antisymmetric perturbations $(w_i + δ, w_j - δ)$: with coupled decay λ the
+    difference is multiplied each step by $1 - \mathrm{lr} (h/2 + λ)$ along the eigenvector of the smallest
+    eigenvalue ``h``, so the identical state attracts iff $λ > λ^* = \max(0, -h/2)$.
 
     Args:
         model: a plain model (no symopt constraint on the two layers involved).

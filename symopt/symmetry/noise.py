@@ -1,16 +1,16 @@
-"""Layer 3 — [`noise_collapse`][symopt.noise_collapse]: which atoms SGD's gradient noise will pull onto a mirror plane.
+r"""Layer 3 — [`noise_collapse`][symopt.noise_collapse]: which atoms SGD's gradient noise will pull onto a mirror plane.
 
-An atom ``θ_i = u_i v_i`` sits on the fixed point ``u_i = v_i = 0`` of its mirror symmetry. Near it, one
-SGD step on a batch is linear in ``(u_i, v_i)``: with the batch gradient ``g = ∂ℓ_B/∂θ_i`` (at
-``θ_i = 0``) and coupled decay λ, the modes ``u ± v`` are multiplied by ``1 − lr(λ ± g)``. Whether the
-collapsed state attracts is decided by the Lyapunov exponents ``Λ± = E_B log|1 − lr(λ ± g_B)|``: if
+An atom $θ_i = u_i v_i$ sits on the fixed point $u_i = v_i = 0$ of its mirror symmetry. Near it, one
+SGD step on a batch is linear in ``(u_i, v_i)``: with the batch gradient $g = ∂ℓ_B/∂θ_i$ (at
+$θ_i = 0$) and coupled decay λ, the modes $u ± v$ are multiplied by $1 - \mathrm{lr}(λ ± g)$. Whether the
+collapsed state attracts is decided by the Lyapunov exponents $Λ± = E_B \log|1 - \mathrm{lr}(λ ± g_B)|$: if
 both are negative the atom is pulled to exactly 0 and held there, whatever its mean gradient says. By
-Jensen, noise lowers ``E log``: a small batch (large variance of ``g_B``) at a large learning rate
+Jensen, noise lowers ``E log``: a small batch (large variance of $g_B$) at a large learning rate
 collapses atoms that full-batch gradient descent keeps, including atoms that carry signal
-(``|E g| > λ``). This is the DCS paper's "a favored solution when either the weight decay or gradient
+($|E g| > λ$). This is the DCS paper's "a favored solution when either the weight decay or gradient
 noise is large", made a number per atom.
 
-The exponents are estimated from per-sample gradients at ``θ_i = 0`` (``torch.func``), drawing batches
+The exponents are estimated from per-sample gradients at $θ_i = 0$ (``torch.func``), drawing batches
 of the given size with replacement.
 """
 
@@ -29,10 +29,10 @@ from ..attach import list_constraints, remove
 
 def collapse_exponents(per_sample: Tensor, lr: float, batch_size: int, strength: float = 0.0,
                        draws: int = 4096, seed: int = 0) -> Tensor:
-    """The larger Lyapunov exponent of the collapsed state ``u_i = v_i = 0`` of each atom under SGD.
+    r"""The larger Lyapunov exponent of the collapsed state $u_i = v_i = 0$ of each atom under SGD.
 
     Args:
-        per_sample: ``(samples, atoms)`` per-sample gradients ``∂ℓ_s/∂θ_i`` at ``θ_i = 0``.
+        per_sample: ``(samples, atoms)`` per-sample gradients $∂ℓ_s/∂θ_i$ at $θ_i = 0$.
         lr: the learning rate.
         batch_size: SGD's batch size (batches are drawn with replacement).
         strength: the coupled decay λ on the factors.
@@ -40,7 +40,7 @@ def collapse_exponents(per_sample: Tensor, lr: float, batch_size: int, strength:
         seed: seed of the draws.
 
     Returns:
-        Tensor: ``(atoms,)`` ``max(Λ+, Λ−)``; negative where the noise pulls the atom to 0 and holds it.
+        Tensor: ``(atoms,)`` $\max(Λ+, Λ-)$; negative where the noise pulls the atom to 0 and holds it.
 
     Examples:
         >>> import torch, symopt
@@ -61,16 +61,16 @@ def collapse_exponents(per_sample: Tensor, lr: float, batch_size: int, strength:
 
 @dataclass(frozen=True)
 class NoiseReport:
-    """What SGD's noise will do to the atoms of one constrained tensor (see [`noise_collapse`][symopt.noise_collapse]).
+    r"""What SGD's noise will do to the atoms of one constrained tensor (see [`noise_collapse`][symopt.noise_collapse]).
 
     Attributes:
         name: the constrained tensor.
         atoms: flat indices of the atoms examined.
-        exponents: ``max(Λ+, Λ−)`` per atom (< 0: pulled to exactly 0 and held).
-        mean_gradient: the full-batch gradient at ``θ_i = 0`` per atom.
+        exponents: $\max(Λ+, Λ-)$ per atom (< 0: pulled to exactly 0 and held).
+        mean_gradient: the full-batch gradient at $θ_i = 0$ per atom.
         strength: λ.
         collapsing: atoms (flat indices) whose exponent is negative.
-        at_risk: collapsing atoms that carry signal: ``|mean gradient| > λ``, so full-batch gradient
+        at_risk: collapsing atoms that carry signal: $|\text{mean gradient}| > λ$, so full-batch gradient
             descent would keep them.
 
     Examples:
@@ -99,11 +99,11 @@ class NoiseReport:
 
 def noise_collapse(model: nn.Module, name: str, loss_fn, inputs: Tensor, targets: Tensor, *, lr: float,
                    batch_size: int, atoms=None, draws: int = 4096, seed: int = 0) -> NoiseReport:
-    """Which atoms of the Hadamard-factorised tensor ``name`` (``symopt.sparse``: ``θ = u ⊙ v``) SGD
+    r"""Which atoms of the Hadamard-factorised tensor ``name`` (``symopt.sparse``: $θ = u ⊙ v$) SGD
     with this learning rate and batch size will pull to exactly 0 — and a warning when some of them
     carry signal.
 
-    For each atom ``i`` the per-sample gradients ``∂ℓ_s/∂θ_i`` are taken at ``θ`` with ``θ_i = 0`` (the
+    For each atom ``i`` the per-sample gradients $∂ℓ_s/∂θ_i$ are taken at $θ$ with $θ_i = 0$ (the
     collapsed state), over the samples given, and turned into the Lyapunov exponents of
     [`collapse_exponents`][symopt.symmetry.noise.collapse_exponents]. The cost is one vmapped gradient
     per atom over the samples: pass ``atoms=`` for a large tensor.
@@ -124,7 +124,7 @@ def noise_collapse(model: nn.Module, name: str, loss_fn, inputs: Tensor, targets
         NoiseReport: exponents per atom, ``collapsing`` and ``at_risk``.
 
     Warns:
-        UserWarning: atoms that carry signal (``|E g| > λ``) are in the collapsing regime: lower the
+        UserWarning: atoms that carry signal ($|E g| > λ$) are in the collapsing regime: lower the
             learning rate or raise the batch size (the message gives the counts).
 
     Raises:
@@ -199,24 +199,30 @@ class _Running:
 
 
 class NoiseWatch:
-    """The hooks of [`watch_noise`][symopt.watch_noise]: running estimates of each atom's collapse
+    r"""The hooks of [`watch_noise`][symopt.watch_noise]: running estimates of each atom's collapse
     exponents from the batch gradients SGD actually takes, and a warning when signal is being lost.
 
     An atom is *watched* while ``|θ_i| ≤ near_zero × max|θ|`` (there the batch gradient at θ is the
-    gradient at the collapsed state ``θ_i = 0`` the criterion needs); its estimates restart when it
-    leaves. Each optimizer step, before the update, folds that step's batch gradient ``g_B`` (summed
+    gradient at the collapsed state $θ_i = 0$ the criterion needs); its estimates restart when it
+    leaves. Each optimizer step, before the update, folds that step's batch gradient $g_B$ (summed
     over the step's backward passes), its learning rate and λ into exponential moving averages
-    (factor ``beta``) of ``log|1 − lr(λ ± g_B)|`` and of ``g_B``: Monte Carlo estimates of the
+    (factor ``beta``) of $\log|1 - \mathrm{lr}(λ ± g_B)|$ and of $g_B$: Monte Carlo estimates of the
     Lyapunov exponents of [`collapse_exponents`][symopt.symmetry.noise.collapse_exponents], drawn
     by training itself. After ``warmup`` steps near 0 an atom is judged: *collapsing* when both
-    exponents are negative, *at risk* when it also carries signal (``|E g_B| > λ``); `report` gives
+    exponents are negative, *at risk* when it also carries signal ($|E g_B| > λ$); `report` gives
     these estimates. The warning is stricter: it fires (once per tensor) only for at-risk atoms whose
     verdict holds by two standard errors of the averages, since one batch-1 step's sample is far
     noisier than the exponents are large (a few 1e-3 per step).
 
     Args:
-        model, optimizer, names, beta, warmup, every, near_zero: as for
-            [`watch_noise`][symopt.watch_noise], which checks them and builds this object.
+        model: the model (build this object with [`watch_noise`][symopt.watch_noise], which checks
+            every argument).
+        optimizer: plain SGD holding the watched factors.
+        names: the watched tensors.
+        beta: factor of the moving averages.
+        warmup: steps near 0 before an atom is judged.
+        every: judge every this many steps.
+        near_zero: relative size below which an atom is near its fixed point.
 
     Attributes:
         steps: optimizer steps seen.
@@ -300,7 +306,7 @@ class NoiseWatch:
 
     def _confident(self, name: str, report: NoiseReport) -> tuple[int, ...]:
         """The at-risk atoms whose verdict survives two standard errors: both exponents below 0 and
-        ``|E g|`` above λ by ``z = 2`` standard errors of their moving averages (a batch-1 run's
+        ``|E g|`` above λ by $z = 2$ standard errors of their moving averages (a batch-1 run's
         samples are noisy enough that the bare estimates flip sign by chance)."""
         if not report.at_risk:
             return ()
@@ -346,22 +352,22 @@ class NoiseWatch:
 
 def watch_noise(model: nn.Module, optimizer: torch.optim.Optimizer, names=None, *, beta: float = 0.999,
                 warmup: int = 200, every: int = 50, near_zero: float = 1e-3) -> NoiseWatch:
-    """Watch a training run for the collapse [`noise_collapse`][symopt.noise_collapse] predicts, and
+    r"""Watch a training run for the collapse [`noise_collapse`][symopt.noise_collapse] predicts, and
     warn when SGD's noise is holding atoms that carry signal at exactly 0.
 
     [`noise_collapse`][symopt.noise_collapse] needs the data and a loss for one sample and answers
     for one setting; this needs neither: it hooks the Hadamard-factorised tensors and the optimizer
-    and estimates the same Lyapunov exponents ``E log|1 − lr(λ ± g_B)|`` from the batch gradients
+    and estimates the same Lyapunov exponents $E \log|1 - \mathrm{lr}(λ ± g_B)|$ from the batch gradients
     the run takes, at the learning rate each step uses (schedules included). See
     [`NoiseWatch`][symopt.NoiseWatch] for which atoms are judged and when. The criterion is plain
-    SGD's (the map ``(u, v) → (u, v) − lr(λ(u, v) + g_B(v, u))``); momentum and adaptive optimizers
+    SGD's (the map $(u, v) → (u, v) - \mathrm{lr}(λ(u, v) + g_B(v, u))$); momentum and adaptive optimizers
     change it, so they are refused.
 
     Args:
         model: the model, with ``symopt.sparse`` (Hadamard) constraints.
         optimizer: a ``torch.optim.SGD`` without momentum holding their factors.
         names: the constrained tensors to watch (default: every Hadamard-factorised one).
-        beta: factor of the moving averages (the window is about ``1 / (1 − beta)`` steps).
+        beta: factor of the moving averages (the window is about $1 / (1 - \mathrm{beta})$ steps).
         warmup: steps an atom must sit near 0 before it is judged (≥ 1).
         every: judge (and maybe warn) every this many steps.
         near_zero: an atom is near its fixed point when ``|θ_i| ≤ near_zero × max|θ|``.

@@ -32,10 +32,10 @@ def _plain_parameter_names(model: nn.Module) -> list[str]:
 
 def syre(model: nn.Module, strength: float, names: Sequence[str] | None = None, sigma: float | None = None,
          anisotropy: float = 0.0, seed: int = 0) -> list[Handle]:
-    """Decay ``names`` (default: every parameter) toward fixed random anchors instead of zero.
+    r"""Decay ``names`` (default: every parameter) toward fixed random anchors instead of zero.
 
-    Each tensor φ gets the penalty ``(λ/2) Σ D_ii (φ_i − θ₀_i)²`` with ``θ₀ ~ N(0, σ₀²)`` and
-    ``D_ii ~ U(1 − ε, 1 + ε)`` (``ε = anisotropy``), applied like the constraints' decay:
+    Each tensor φ gets the penalty $(λ/2) \sum D_{ii} (φ_i - θ_{0,i})^2$ with $θ_0 \sim N(0, σ_0^2)$ and
+    $D_{ii} \sim U(1 - ε, 1 + ε)$ ($ε = \mathrm{anisotropy}$), applied like the constraints' decay:
     ``symopt.penalty(model)`` or ``symopt.param_groups(model)``. No mirror plane of the loss
     survives (identical units, dead units, rotations between layers), so weight decay no longer pulls
     the model into a collapsed state.
@@ -44,7 +44,7 @@ def syre(model: nn.Module, strength: float, names: Sequence[str] | None = None, 
         model: the module whose parameters get anchors.
         strength: λ (> 0).
         names: dotted parameter names; ``None`` means every parameter of ``model``.
-        sigma: anchor std ``σ₀``; ``None``: 0.01 × each tensor's std at registration.
+        sigma: anchor std $σ_0$; ``None``: 0.01 × each tensor's std at registration.
         anisotropy: ε in [0, 1); > 0 also breaks rotation-type symmetries.
         seed: anchors are regenerated from ``seed`` and the parameter's name.
 
