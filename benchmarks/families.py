@@ -3,7 +3,7 @@
 
     python -m benchmarks.families [--device cuda] [--dtype float32] [--repeats 3] [--families lasso,hard_rank]
                                   [--quick] [--large | --large-only] [--solvers dcs,projected]
-                                  [--figures docs/figures/benchmarks]
+                                  [--figures docs/figures/benchmarks] [--replot]
 
 For each family and size, every applicable solver runs once as a warm-up, then ``--repeats`` times
 (a solver whose warm-up took over ``--slow`` seconds is not repeated: its warm-up is the measurement,
@@ -23,6 +23,7 @@ variables for each solver.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import pathlib
 import statistics
@@ -30,6 +31,7 @@ import time
 
 import torch
 
+from symopt._format import readable_log_axes
 from symopt.cli import machine_name
 from symopt.baselines import solve_skglm
 from symopt.comparison import SOLVERS as COMPARE_SOLVERS
@@ -178,12 +180,23 @@ def plot(family: str, rows: list[dict], folder: pathlib.Path, machine: str) -> p
             ax.plot(*zip(*points), marker="o", label=solver)
     ax.set(xscale="log", yscale="log", xlabel="variables", ylabel=f"seconds to rel. gap {TARGET:g}",
            title=f"{family} — {machine}")
+    readable_log_axes(ax)
+    ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
     path = folder / f"{family}.png"
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=200)  # 2× for page-width display
     plt.close(fig)
+    # What the figure shows, so that it can be redrawn (--replot) without rerunning the benchmark.
+    kept = [{k: r.get(k) for k in ("solver", "size", "to_target", "skipped")} for r in rows]
+    (folder / f"{family}.json").write_text(json.dumps({"machine": machine, "rows": kept}, indent=1))
     return path
+
+
+def replot(folder: pathlib.Path) -> list[pathlib.Path]:
+    """Redraw every figure in ``folder`` from the JSON its run saved next to it."""
+    return [plot(data.stem, saved["rows"], folder, saved["machine"])
+            for data in sorted(folder.glob("*.json")) for saved in [json.loads(data.read_text())]]
 
 
 def main(argv=None) -> list[dict]:
@@ -202,7 +215,14 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--large-only", action="store_true", help="only the large sizes (implies --large)")
     parser.add_argument("--dtype", choices=("float64", "float32"), default="float64",
                         help="DCS's precision (float32: the GPU's fast path; certificate and polish in float64)")
+    parser.add_argument("--replot", action="store_true",
+                        help="only redraw the figures in --figures from the JSON a run saved there")
     args = parser.parse_args(argv)
+    if args.replot:
+        if not args.figures:
+            parser.error("--replot needs --figures FOLDER")
+        replot(pathlib.Path(args.figures))
+        return []
     solvers = ["dcs"] + [s for s in args.solvers.split(",") if s != "dcs"]
     if any(s not in SOLVERS for s in solvers):
         parser.error(f"unknown solvers {[s for s in solvers if s not in SOLVERS]}; choose from {list(SOLVERS)}")

@@ -53,7 +53,7 @@ def plot(rows: list[tuple], path: str) -> None:
     ax.axvline(1.0, color="gray", linestyle="--", linewidth=1)
     ax.set(xlabel="λ / λ*", ylabel="violation ‖A w‖∞ after training", title="exact penalty: a sharp threshold at λ*")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=220)  # 2× for page-width display
     print(f"wrote {path}")
 
 

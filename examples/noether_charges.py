@@ -60,7 +60,7 @@ def main(steps: int = 4000, lr: float = 1e-3, decay: float = 0.1, plot: str | No
         ax.set(xlabel="t = lr × steps", ylabel="‖charge‖")
         ax.legend(fontsize=7)
         fig.tight_layout()
-        fig.savefig(plot, dpi=120)
+        fig.savefig(plot, dpi=240)  # 2× for page-width display
         print(f"wrote {plot}")
     return out
 

@@ -90,7 +90,7 @@ def main(strengths=(1e-2, 1e-1, 3e-1, 1.0), steps: int = 3000, plot: str | None 
         right.set(xlabel="λ", ylabel="dead units (of 32)", title="ReLU MLP")
         left.legend()
         fig.tight_layout()
-        fig.savefig(plot, dpi=120)
+        fig.savefig(plot, dpi=240)  # 2× for page-width display
         print(f"wrote {plot}")
     return out
 

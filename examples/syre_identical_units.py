@@ -69,7 +69,7 @@ def main(steps: int = 4000, plot: str | None = None) -> dict:
         ax.set(xlabel="step", ylabel="training loss", title="two tanh units, identical start")
         ax.legend()
         fig.tight_layout()
-        fig.savefig(plot, dpi=120)
+        fig.savefig(plot, dpi=240)  # 2× for page-width display
         print(f"wrote {plot}")
     return {name: (losses[-1], distance) for name, (losses, distance) in results.items()}
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ._format import table
+from ._format import readable_log_axes, table
 from .baselines import solve_cvxpy, solve_geoopt, solve_proximal, solve_skglm, solve_sklearn
 from .optimality import snap_tol
 from .problems import (Problem, make_equality_ls, make_fixed_zeros_ls, make_group_lasso, make_lasso,
@@ -123,10 +123,12 @@ class Comparison(list):
                 ys = [max((obj - best) / max(1.0, abs(best)), 1e-16) for _, obj, _ in points]
                 ax.plot(xs, ys, marker="o" if len(xs) <= 10 else None, markersize=4, label=res.solver)
             ax.set(xscale="log", yscale="log", xlabel="seconds", ylabel="relative objective gap", title=problem)
+            readable_log_axes(ax)
+            ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
             fig.tight_layout()
             path = folder / (problem.replace(" ", "_").replace("/", "-").replace(",", "") + ".png")
-            fig.savefig(path, dpi=100)
+            fig.savefig(path, dpi=200)  # 2× for page-width display
             plt.close(fig)
             paths.append(path)
         return paths
