@@ -14,7 +14,7 @@ want=$(cat pyproject.toml requirements/constraints-cpu.txt | sha256sum | cut -d'
 if [ "$(cat .venv/.symopt-installed 2>/dev/null)" != "$want" ]; then
   echo "installing symopt and its dependencies into .venv ..." >&2
   # (the machine's pip config lists index folders that may not exist; drop only those notices)
-  .venv/bin/python -m pip install -q -c requirements/constraints-cpu.txt -e ".[dev,baselines,plots,docs,hf,pruning]" 2>&1 \
+  .venv/bin/python -m pip install -q -c requirements/constraints-cpu.txt -e ".[dev,baselines,plots,docs,hf,pruning,peers]" 2>&1 \
     | { grep -v "is ignored: it is neither a file nor a directory" || true; }
   echo "$want" > .venv/.symopt-installed
 fi

@@ -126,3 +126,17 @@ def test_ok_means_optimal_within_tolerance_not_merely_feasible():
         model.theta = torch.as_tensor(reference.coef_, dtype=DT)
     at_optimum = symopt.certify(model, loss)
     assert at_optimum.optimal and at_optimum.ok
+
+
+def test_low_rank_structure_is_the_numerical_rank_not_float_rounding():
+    """A float32 rank-8 product with σ_max ≈ 100 has singular values ≈ 1e-5 beyond the 8th: rounding,
+    which the report and certificate must not count as rank (they showed 'rank 32/8')."""
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(32, 128)
+    handle = symopt.low_rank(lin, "weight", max_rank=8, strength=1e-4)
+    with torch.no_grad():
+        for factor in lin.parametrizations.weight.parameters():
+            factor.mul_(8)
+    assert float(torch.linalg.svdvals(lin.weight.detach())[8]) > 1e-6  # rounding above the default tol
+    assert handle.constraint.structure(lin.weight, 1e-6) == "rank 8/8"
+    assert "rank 8/8" in str(symopt.report(lin))

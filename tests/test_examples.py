@@ -1,6 +1,9 @@
 """The examples run and show what they claim."""
 
 import pytest
+import torch
+
+import symopt
 
 from helpers import load_example as load
 
@@ -87,3 +90,26 @@ def test_functional_collapse_is_seen_on_the_inputs_not_in_the_weights():
     weights = sum(r[3] + r[4] for r in rows)  # dead + identical, from the weights alone
     inputs = sum(r[5] + r[6] + r[7] for r in rows)  # dead, near-dead, near-duplicate on the data
     assert inputs > 3 * max(weights, 1)
+
+
+def test_learning_rate_scale_the_safe_rate_moves_with_the_target_and_is_sharp():
+    """The predicted GD limit of the factored Lasso scales as 1/std(y), 0.8× of it converges and
+    1.25× does not; AdamW's decoupled decay misses the Lasso."""
+    pytest.importorskip("sklearn")
+    example = load("learning_rate_scale")
+    limits = {}
+    for standardise in (False, True):
+        X, y, lam = example.data(standardise)
+        limits[standardise] = example.safe_lr(example.reference(X, y, lam), X, y, lam)
+    X, y, lam = example.data(False)
+    assert limits[True] / limits[False] == pytest.approx(float(y.std()), rel=1e-6)
+    sgd = lambda lr: lambda m, _l: torch.optim.SGD(symopt.param_groups(m), lr=lr)  # noqa: E731
+    assert example.train(X, y, lam, sgd(0.8 * limits[False]), steps=1500) < 1e-8
+    assert example.train(X, y, lam, sgd(1.25 * limits[False]), steps=1500) > 1e-2
+    def adamw(model, lam):
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=lam)
+        with pytest.warns(symopt.DecoupledDecayWarning):
+            assert symopt.check_optimizer(optimizer)  # the check that catches it
+        return optimizer
+
+    assert example.train(X, y, lam, adamw, steps=500) > 0.1

@@ -287,7 +287,11 @@ class LowRank(Constraint):
 
     def structure(self, value: Tensor, tol: float = 0.0) -> str:
         S = self.singular_values(value.detach())
-        rank = int((S > tol).sum(dim=-1).amax()) if S.numel() else 0
+        # The numerical rank: below σ_max·max(m, n)·eps the singular values are rounding, not rank
+        # (a float32 rank-8 product with σ_max ≈ 100 has "singular values" ≈ 1e-5 beyond the 8th).
+        shape = self.matrix(value.detach()).shape
+        rounding = S.amax() * max(shape[-2:]) * torch.finfo(S.dtype).eps if S.numel() else 0.0
+        rank = int((S > max(tol, float(rounding))).sum(dim=-1).amax()) if S.numel() else 0
         budget = "" if self.budget is None else f", target {self.budget}"
         return f"rank {rank}/{S.shape[-1] if self.max_rank is None else self.max_rank}{budget}"
 
