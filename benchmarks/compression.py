@@ -1,6 +1,6 @@
 """Unstructured sparsity during training: symopt's landing budgets vs gradual magnitude pruning.
 
-    python -m benchmarks.compression [--epochs 100] [--seeds 3] [--sparsity 0.9 0.95] [--quick]
+    python -m benchmarks.compression [--epochs 100] [--seeds 3] [--sparsity 0.9 0.95] [--quick] [--plot docs/figures/compression.png]
 
 scikit-learn's digits (1,797 8×8 images, 80/20 stratified split per seed, pixels / 16), an MLP
 64-256-256-10 with ReLU, Adam (lr 1e-3, batch 64) for the same number of epochs in every row; the
@@ -123,12 +123,13 @@ def _prune_to(layers, sizes, keep: float, epoch: int, epochs: int, global_: bool
             prune.l1_unstructured(layer, "weight", amount=alive - k)
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> list:
     parser = argparse.ArgumentParser()
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--sparsity", type=float, nargs="+", default=[0.9, 0.95])
     parser.add_argument("--quick", action="store_true", help="2 epochs, 1 seed, 90%%: a smoke test")
+    parser.add_argument("--plot", default=None, help="a PNG of test accuracy against sparsity per method")
     args = parser.parse_args(argv)
     if args.quick:
         args.epochs, args.seeds, args.sparsity = 2, 1, [0.9]
@@ -137,13 +138,42 @@ def main(argv=None) -> None:
     print(f"{'method':22s} {'sparsity':>8s} {'test accuracy':>17s} {'density':>8s} {'CPU s':>7s}")
     runs = [("dense", 0.0)] + [(m, s) for s in args.sparsity for m in
                                ("magnitude (layer)", "magnitude (global)", "symopt (layer)", "symopt (global)")]
+    table = []
     for method, sparsity in runs:
         results = [train(method, sparsity, seed, args.epochs) for seed in range(args.seeds)]
         acc = [r[0] for r in results]
         spread = statistics.stdev(acc) if len(acc) > 1 else 0.0
+        table.append((method, sparsity, statistics.mean(acc), spread))
         print(f"{method:22s} {sparsity:8.2f} {statistics.mean(acc):10.4f} ± {spread:.4f} "
               f"{statistics.mean(r[1] for r in results):8.4f} {statistics.median(r[2] for r in results):7.1f}",
               flush=True)
+    if args.plot:
+        plot(table, args.plot, f"digits MLP 64-256-256-10, {args.epochs} epochs, {args.seeds} seeds")
+    return table
+
+
+def plot(table, path: str, title: str) -> None:
+    """Test accuracy (mean ± std over seeds) against sparsity, one line per method; dense as a band."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.8), dpi=200)
+    dense = [(mean, spread) for method, _, mean, spread in table if method == "dense"]
+    if dense:
+        mean, spread = dense[0]
+        ax.axhspan(mean - spread, mean + spread, color="0.85", label="dense (mean ± std)")
+    for method in dict.fromkeys(m for m, *_ in table if m != "dense"):
+        rows = sorted((s, mean, spread) for m, s, mean, spread in table if m == method)
+        ax.errorbar([100 * r[0] for r in rows], [r[1] for r in rows], yerr=[r[2] for r in rows], marker="o",
+                    capsize=3, ls="-" if method.startswith("symopt") else "--", label=method)
+    ax.set_xlabel("sparsity of the three weight matrices (%)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ $py examples/permutation_threshold.py --plot docs/figures/permutation_threshold.
 $py examples/charges_in_forward.py --plot docs/figures/charges_in_forward.png
 $py examples/functional_collapse.py --plot docs/figures/functional_collapse.png
 $py examples/tie_curvature.py --plot docs/figures/tie_curvature.png
+$py examples/diabetes_path.py --plot docs/figures/diabetes_path.png
+$py examples/singular_values.py --plot docs/figures/singular_values.png
 $py -m benchmarks.plasticity --strength 1e-2 --plot docs/figures/plasticity.png
 out=$(mktemp -d)
 .venv/bin/symopt compare --quick --problems lasso,hard_rank --out "$out" > /dev/null || true  # exit 1 = a disagreement, shown in the table

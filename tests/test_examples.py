@@ -113,3 +113,16 @@ def test_learning_rate_scale_the_safe_rate_moves_with_the_target_and_is_sharp():
         return optimizer
 
     assert example.train(X, y, lam, adamw, steps=500) > 0.1
+
+
+def test_diabetes_path_matches_lasso_path():
+    pytest.importorskip("sklearn")
+    out = load("diabetes_path").main([], n_strengths=10)
+    assert out["difference"] < 1e-4 and out["supports_differ"] == 0  # coefficients up to ~700
+    assert all(c.optimal for c in out["path"].certificates())
+
+
+def test_singular_values_lambda_chooses_the_rank_exactly():
+    pytest.importorskip("sklearn")
+    (lam, status, rank, accuracy, trailing), = load("singular_values").main([], strengths=(0.3,))
+    assert status == "optimal" and rank == 6 and trailing < 1e-15
