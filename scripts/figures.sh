@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Regenerate every figure the docs show (PNG, checked in under docs/figures/). Each comes from a
-# script in this repository; none is drawn by hand. `--benchmarks` also reruns the time-to-accuracy
-# benchmark that draws docs/figures/benchmarks/*.png (tens of minutes; see benchmarks/RESULTS.md).
+# script in this repository; none is drawn by hand. `--benchmarks` also reruns the benchmarks that draw
+# docs/figures/benchmarks/*.png and docs/figures/compression.png (tens of minutes; see benchmarks/RESULTS.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -24,6 +24,11 @@ mkdir -p docs/figures/compare
 cp "$out"/*.png docs/figures/compare/
 rm -rf "$out"
 if [ "${1:-}" = "--benchmarks" ]; then
-  $py -m benchmarks.families --figures docs/figures/benchmarks
+  # the two commands of benchmarks/RESULTS.md ("Time to accuracy per family and size"), then the
+  # compression benchmark (tens of minutes in all); --replot redraws the family figures from their JSON
+  $py -m benchmarks.families --families lasso,group_lasso,lasso_sparse_x --large --slow 10 --figures docs/figures/benchmarks
+  $py -m benchmarks.families --families logistic_l1,equality_ls,matrix_completion,hard_rank --cvxpy-max 3000 --slow 10 \
+    --figures docs/figures/benchmarks
+  $py -m benchmarks.compression --epochs 100 --seeds 3 --plot docs/figures/compression.png
 fi
 ls -l docs/figures docs/figures/compare
