@@ -49,6 +49,11 @@ def _check_params(estimator) -> None:
     if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not np.isfinite(alpha) or alpha <= 0:
         raise ValueError(f"{type(estimator).__name__}: alpha={alpha!r} must be a positive finite number "
                          "(alpha = 0 is least squares: use sklearn.linear_model.LinearRegression)")
+    _check_solve_options(estimator)
+
+
+def _check_solve_options(estimator) -> None:
+    """``tol`` and ``max_iter``, which every estimator hands to [`symopt.solve`][symopt.solve]."""
     tol = estimator.tol
     if isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not tol > 0:
         raise ValueError(f"{type(estimator).__name__}: tol={tol!r} must be a positive number")
@@ -374,6 +379,7 @@ class LassoCV(_LinearPredictor, RegressorMixin, BaseEstimator):
         if X.shape[0] < 2 or X.shape[0] < splitter.get_n_splits(X, y):
             raise ValueError(f"LassoCV: n_samples={X.shape[0]} is too few for {splitter.get_n_splits(X, y)}-fold "
                              "cross-validation")
+        _check_solve_options(self)
         options = dict(fit_intercept=bool(self.fit_intercept), positive=bool(self.positive))
         whole = lasso(X, y, 1.0, sample_weight=sample_weight, **options)
         if isinstance(self.alphas, numbers.Integral) and not isinstance(self.alphas, bool):

@@ -116,6 +116,8 @@ def test_grid_search_over_a_pipeline():
     (lambda: Lasso(), "nan", None, "NaN"),
     (lambda: SparseLogisticRegression(), None, "multiclass", "Only binary"),
     (lambda: GroupLasso(groups=3), None, None, "does not divide"),
+    (lambda: LassoCV(tol=-1.0), None, None, "LassoCV: tol=-1.0 must be a positive number"),
+    (lambda: LassoCV(max_iter=0), None, None, "LassoCV: max_iter=0 must be an int >= 1"),
 ])
 def test_bad_input_is_named_before_any_fit(make, X, y, words):
     Xd, yd = load_diabetes(return_X_y=True)
