@@ -185,3 +185,43 @@ def test_adaptive_strengths_stay_equal_across_ranks_only_with_sync(tmp_path, syn
         assert bool((rank0["strengths"] > 0).all())
     else:
         assert float((rank0["strengths"] - rank1["strengths"]).abs().max()) > 1e-6  # why the sync exists
+
+
+LANDING_STEPS = 60
+
+
+def _landing_worker(rank: int, world: int, port: int, out: str) -> None:
+    """Landing budgets (``total_steps``) under DDP, λ kept equal by ``sync_strengths``."""
+    with _process_group(rank, world, port):
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3)).to(DT)
+        symopt.sparse(net, "0.weight", max_nonzero=12, total_steps=LANDING_STEPS)
+        symopt.low_rank(net, "2.weight", target_rank=2, total_steps=LANDING_STEPS)
+        ddp = nn.parallel.DistributedDataParallel(net)
+        x, y = _half_batch(rank, world)
+        opt = torch.optim.SGD(symopt.param_groups(net, lr=0.05), lr=0.05, momentum=0.9)
+        for _ in range(LANDING_STEPS):
+            opt.zero_grad()
+            (ddp(x) - y).square().mean().backward()
+            symopt.sync_strengths(net)
+            opt.step()
+        del ddp
+        state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        state["finalized"] = torch.tensor(bool(symopt.finalize(net).ok))
+        state["weights"] = torch.stack([net[0].weight.detach().reshape(-1)[:8], net[2].weight.detach()[0, :8]])
+        state["nonzeros"] = torch.tensor(int((net[0].weight != 0).sum()))
+        state["rank"] = torch.tensor(int((torch.linalg.svdvals(net[2].weight.detach()) > 1e-12).sum()))
+        torch.save(state, f"{out}.{rank}")
+
+
+def test_landing_budgets_land_identically_on_every_rank(tmp_path):
+    """Under DDP with ``sync_strengths``, both ranks land the same atoms at the same step: the budgets are
+    exact on each rank, the replicas identical, and ``finalize`` needs no force."""
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available in this build")
+    out = os.fspath(tmp_path / "landing")
+    _spawn(_landing_worker, out)
+    rank0, rank1 = torch.load(out + ".0"), torch.load(out + ".1")
+    for key in rank0:
+        assert torch.equal(rank0[key], rank1[key]), key
+    assert int(rank0["nonzeros"]) == 12 and int(rank0["rank"]) == 2 and bool(rank0["finalized"])

@@ -163,3 +163,34 @@ def test_a_pooled_budget_lands_over_all_its_tensors():
     assert counts[-1][0] != counts[-1][1]
     assert "landed" in repr(handle.constraint)
     assert symopt.finalize(model).ok
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_the_budget_lands_under_mixed_precision(kind):
+    """A float32 model trained under CPU autocast (bfloat16 matmuls) by Adam: the budget lands exactly
+    at the end of the ramp and finalize needs no force. The rank is counted numerically (σ above
+    float32 rounding of σ_max), since a float32 product of rank 2 has singular values ~1e-7·σ_max."""
+    torch.manual_seed(0)
+    X, Y = (t.float() for t in _data())
+    model = nn.Linear(12, 6, bias=False)
+    if kind == "nonnegative":
+        with torch.no_grad():
+            model.weight.abs_()
+    register, count, budget = KINDS[kind]
+    handle = register(model)
+    if kind == "low_rank":
+        def count(w):
+            sigma = torch.linalg.svdvals(w)
+            return int((sigma > 6 * torch.finfo(w.dtype).eps * sigma.max()).sum())
+    opt = torch.optim.Adam(symopt.param_groups(model, lr=1e-2), lr=1e-2)
+    counts = []
+    for _ in range(STEPS):
+        opt.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(X)
+        (0.5 * (out.float() - Y).square().mean()).backward()
+        opt.step()
+        counts.append(count(model.weight.detach()))
+    assert all(c == budget for c in counts[round(0.75 * STEPS):])
+    assert "landed" in repr(handle.constraint)
+    assert symopt.finalize(model).ok
