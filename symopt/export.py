@@ -4,7 +4,7 @@ compressed, and [`footprint`][symopt.footprint] to measure what that bought (sto
 The constraints guarantee *structure* (zeros, low rank, dead channels); only a different architecture
 turns structure into fewer multiply-adds. ``mode="compressed"`` rewrites, on a copy:
 
-* low rank ``W = A B`` (rank r) — Linear → ``Linear(n, r) ∘ Linear(r, m)``; ConvNd → ConvNd with r
+* low rank $W = AB$ (rank r) — Linear → ``Linear(n, r) ∘ Linear(r, m)``; ConvNd → ConvNd with r
   output channels (same kernel, stride, padding) ∘ 1×1 ConvNd; Embedding → ``Embedding(N, r)`` ∘
   ``Linear(r, d)``. Only when ``r (m + n) < m n`` (otherwise the factors cost more than W).
 * dead output units / channels (group sparsity with ``dim=0``) — removed through the model's

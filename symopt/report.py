@@ -22,7 +22,7 @@ class ReportRow:
         violation: distance to the constraint set (sparsity / rank kinds: to the snap at ``tol``).
         structure: density / groups / rank / codimension, as text.
         balance: factor imbalance in [0, 1]; 0 at the balanced factorisation, where the decay
-            equals the induced penalty (e.g. ``|u_i| = |v_i|``, $U^\top U = V^\top V$).
+            equals the induced penalty (e.g. $|u_i| = |v_i|$, $U^\top U = V^\top V$).
         penalty: the current decay $(λ/2)\sum ‖\mathrm{factor}‖^2$.
         multiplier: the running Lagrange-multiplier estimate behind ``strength="auto"`` (None
             otherwise).

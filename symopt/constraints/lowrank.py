@@ -1,7 +1,7 @@
 r"""Low rank: $W = U V^\top$ with $U ∈ R^{m×r}$, $V ∈ R^{n×r}$.
 
 Symmetry: $(U, V) → (UQ, VQ)$ for orthogonal ``Q``; with the mirror $Q = I - 2nn^\top$ the fixed
-subspace is ``Un = Vn = 0``: one singular direction removed (rank drops by one).
+subspace is $Un = Vn = 0$: one singular direction removed (rank drops by one).
 Penalty: $\min_{UV^\top =W} (λ/2)(‖U‖^2_F + ‖V‖^2_F) = λ‖W‖_*$ (nuclear norm); a singular direction is
 removed exactly when the gradient's operator norm on the removed directions is $≤ λ$.
 Budget ``target_rank=r``: λ adapts to the point of the nuclear-norm path with rank r (``max_rank``
@@ -223,7 +223,7 @@ class LowRank(Constraint):
 
     def face(self, value: Tensor, tol: float = 0.0, grad: Tensor | None = None) -> Face | None:
         r"""Rank-r matrices near $\mathrm{value} = P \sum Q^\top$, as $A B^\top$ ($A = P√Σ$, $B = Q√Σ$); with
-        ``A = Q_A R_A`` and ``B = Q_B R_B`` (QR), $‖A B^\top‖_* = ‖R_A R_B^\top‖_*$: an r×r SVD, smooth
+        $A = Q_A R_A$ and $B = Q_B R_B$ (QR), $‖A B^\top‖_* = ‖R_A R_B^\top‖_*$: an r×r SVD, smooth
         while the rank stays r. None for a batch of matrices (each would have its own rank) or
         rank 0."""
         mat = self.matrix(value)

@@ -484,7 +484,7 @@ def logistic_l1(X, y, strength: float | None = None, *, max_nonzero: int | None 
 
 
 def equality_ls(X, y, A=None, strength: float = 1.0, *, zeros=None) -> Problem:
-    r"""Equality-constrained least squares: $1/(2n)‖Xw - y‖^2$ subject to ``A w = 0`` or ``w[zeros] = 0``.
+    r"""Equality-constrained least squares: $1/(2n)‖Xw - y‖^2$ subject to $Aw = 0$ or ``w[zeros] = 0``.
 
     DCS uses the exact penalty $λ‖O^\top w‖_1$ ([`Subspace`][symopt.Subspace], ``O`` an orthonormal basis
     of rowspace(A)) or $λ‖w[\mathrm{zeros}]‖_1$ ([`FixedZeros`][symopt.FixedZeros]); ``strength`` must exceed
@@ -542,7 +542,7 @@ def _tied_least_squares(theta: Tensor, X: Tensor, y: Tensor) -> Tensor:
 
 
 def tied_least_squares(X, y, strength: float = 1.0) -> Problem:
-    r"""k least-squares tasks $\sum_j 1/(2n)‖X_j w_j - y_j‖^2$ with tied weights ``w_1 = … = w_k``.
+    r"""k least-squares tasks $\sum_j 1/(2n)‖X_j w_j - y_j‖^2$ with tied weights $w_1 = … = w_k$.
 
     DCS writes $w_j = w_1 + u_j ⊙ v_j$ for j ≥ 2 ([`Tied`][symopt.Tied]): the exact penalty
     $λ\sum_{j≥2}‖w_j - w_1‖_1$ holds the tie once $λ > \max_{j≥2} ‖∇_{w_j}ℓ(w^*)‖_∞$. The answer is the

@@ -118,7 +118,7 @@ class DataTerm:
         return value
 
     def predictor(self, theta: Tensor, X: Tensor, y: Tensor, weights: Tensor | None = None) -> Tensor:
-        """``Xw + b*(w)`` (``b* = 0`` without an intercept); differentiable in ``w``."""
+        """``Xw + b*(w)`` ($b^* = 0$ without an intercept); differentiable in ``w``."""
         z = matvec(X, theta)
         return z + self.fit.intercept(z, y, weights) if self.fit_intercept else z
 

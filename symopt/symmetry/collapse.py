@@ -175,7 +175,7 @@ def diagnose(model: nn.Module, inputs: Tensor | None = None, tol: float = 1e-6, 
     Mirror planes reported: ``sign/rescale (units …)`` — in- and out-weights both zero;
     ``permutation (units i=j)`` — identical incoming *and* outgoing weights, the fixed subspace of
     swapping them; ``rotation (first→second)`` — adjacent linear layers sharing a null direction
-    ($n^\top W_{\text{first}} = 0$ and ``W_second n = 0``).
+    ($n^\top W_{\text{first}} = 0$ and $W_{\text{second}} n = 0$).
 
     Returns:
         Diagnosis: one [`LayerDiagnosis`][symopt.LayerDiagnosis] per layer; ``print`` shows a table.

@@ -202,7 +202,7 @@ class NoiseWatch:
     r"""The hooks of [`watch_noise`][symopt.watch_noise]: running estimates of each atom's collapse
     exponents from the batch gradients SGD actually takes, and a warning when signal is being lost.
 
-    An atom is *watched* while ``|θ_i| ≤ near_zero × max|θ|`` (there the batch gradient at θ is the
+    An atom is *watched* while $|θ_i| ≤ c \max|θ|$, with $c$ = ``near_zero`` (there the batch gradient at θ is the
     gradient at the collapsed state $θ_i = 0$ the criterion needs); its estimates restart when it
     leaves. Each optimizer step, before the update, folds that step's batch gradient $g_B$ (summed
     over the step's backward passes), its learning rate and λ into exponential moving averages
@@ -370,7 +370,7 @@ def watch_noise(model: nn.Module, optimizer: torch.optim.Optimizer, names=None, 
         beta: factor of the moving averages (the window is about $1 / (1 - \mathrm{beta})$ steps).
         warmup: steps an atom must sit near 0 before it is judged (≥ 1).
         every: judge (and maybe warn) every this many steps.
-        near_zero: an atom is near its fixed point when ``|θ_i| ≤ near_zero × max|θ|``.
+        near_zero: an atom is near its fixed point when $|θ_i| ≤ c \max|θ|$, $c$ = ``near_zero``.
 
     Returns:
         NoiseWatch: ``report(name)`` gives the current estimates; ``remove()`` takes the hooks off.
