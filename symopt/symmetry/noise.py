@@ -54,9 +54,15 @@ def collapse_exponents(per_sample: Tensor, lr: float, batch_size: int, strength:
     generator = torch.Generator().manual_seed(seed)
     index = torch.randint(0, n, (draws, batch_size), generator=generator).to(per_sample.device)
     g = per_sample[index].mean(dim=1)  # (draws, atoms): the batch gradients
-    plus = torch.log((1 - lr * (strength + g)).abs()).mean(dim=0)
-    minus = torch.log((1 - lr * (strength - g)).abs()).mean(dim=0)
+    plus, minus = _step_logs(g, lr, strength).mean(dim=1)
     return torch.maximum(plus, minus)
+
+
+def _step_logs(g: Tensor, lr: float, strength: float) -> Tensor:
+    """``log|1 − lr(λ + g)|`` and ``log|1 − lr(λ − g)|`` stacked on a new first axis: the log-factors
+    by which one SGD step with batch gradient ``g`` multiplies the modes ``u ± v`` near ``u = v = 0``
+    (their means over batches are the Lyapunov exponents)."""
+    return torch.stack([torch.log((1 - lr * (strength + g)).abs()), torch.log((1 - lr * (strength - g)).abs())])
 
 
 @dataclass(frozen=True)
@@ -185,6 +191,13 @@ def noise_collapse(model: nn.Module, name: str, loss_fn, inputs: Tensor, targets
     return report
 
 
+def _group_of(optimizer: torch.optim.Optimizer, member) -> dict | None:
+    """The optimizer's parameter group that holds ``member``'s factors (None if none does): its
+    ``lr`` is the step size the collapse criterion needs."""
+    factors = {id(f) for f in member.factors}
+    return next((g for g in optimizer.param_groups if any(id(p) in factors for p in g["params"])), None)
+
+
 class _Running:
     """Running statistics of one watched tensor's atoms while they sit near their fixed point."""
 
@@ -250,12 +263,10 @@ class NoiseWatch:
         self._watched: dict[str, tuple] = {}  # name → (constraint, its optimizer group, running stats)
         handles = {h.name: h for h in list_constraints(model)}
         for name in names:
-            handle = handles[name]
-            constraint = handle.constraint
-            factors = {id(p) for p in handle.members[0].module.parametrizations[handle.members[0].tensor].parameters()}
-            group = next(g for g in optimizer.param_groups if any(id(p) in factors for p in g["params"]))
-            theta = handle.members[0].value.detach()
-            self._watched[name] = (constraint, group, _Running(theta.numel(), theta.device))
+            member = handles[name].members[0]
+            theta = member.value.detach()
+            self._watched[name] = (handles[name].constraint, _group_of(optimizer, member),
+                                   _Running(theta.numel(), theta.device))
         self._hooks = [self._watched[name][0].register_forward_hook(self._forward_hook(name))
                        for name in self._watched]
         self._hooks.append(optimizer.register_step_pre_hook(self._before_step))
@@ -287,8 +298,7 @@ class NoiseWatch:
             scale = float(size.max())
             near = size <= self.near_zero * scale if scale > 0 else torch.ones_like(size, dtype=torch.bool)
             lr, strength = float(group["lr"]), float(constraint.strength)
-            samples = torch.stack([torch.log((1 - lr * (strength + grad)).abs()),
-                                   torch.log((1 - lr * (strength - grad)).abs()), grad])
+            samples = torch.cat([_step_logs(grad, lr, strength), grad.unsqueeze(0)])
             b = self.beta
             running.first.copy_(torch.where(near, b * running.first + (1 - b) * samples, 0.0))
             running.second.copy_(torch.where(near, b * running.second + (1 - b) * samples.square(), 0.0))
@@ -421,10 +431,8 @@ def watch_noise(model: nn.Module, optimizer: torch.optim.Optimizer, names=None, 
             if name not in hadamard:
                 raise ValueError(f"watch_noise: '{name}' has no constraint whose atoms are Hadamard pairs "
                                  f"θ_i = u_i v_i; watchable: {hadamard}")
-    held = {id(p) for g in optimizer.param_groups for p in g["params"]}
     for name in names:
-        member = handles[name].members[0]
-        if not any(id(p) in held for p in member.module.parametrizations[member.tensor].parameters()):
+        if _group_of(optimizer, handles[name].members[0]) is None:
             raise ValueError(f"watch_noise: the optimizer does not hold the factors of '{name}'; "
                              "build it from symopt.param_groups(model)")
     return NoiseWatch(model, optimizer, names, beta=float(beta), warmup=int(warmup), every=int(every),
