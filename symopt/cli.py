@@ -29,7 +29,7 @@ def machine_name(device=None) -> str:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="symopt", description="Differentiable constraints by symmetry (DCS).")
     sub = parser.add_subparsers(dest="command", required=True)
-    cmp = sub.add_parser("compare", help="DCS vs cvxpy / scikit-learn / projected / geoopt on built-in problems",
+    cmp = sub.add_parser("compare", help="DCS vs cvxpy / scikit-learn / projected / geoopt / SoftImpute on built-in problems",
                          description="Solve the built-in problems with DCS and every applicable baseline; print "
                                      "one table, write it as Markdown and JSON, and plot gap vs time per problem. "
                                      "Exit codes: 0 DCS agrees with the best solver on every problem, 1 it "
@@ -40,9 +40,9 @@ def _parser() -> argparse.ArgumentParser:
     cmp.add_argument("--solvers", default=",".join(SOLVERS), help=f"comma list from {','.join(SOLVERS)}")
     cmp.add_argument("--size", choices=SIZES, default="default", help="problem sizes (default: default)")
     cmp.add_argument("--quick", action="store_true", help="same as --size quick")
-    cmp.add_argument("--device", default="cpu", help="device for DCS, projected and geoopt: cpu or cuda")
+    cmp.add_argument("--device", default="cpu", help="device for DCS, projected, geoopt and softimpute: cpu or cuda")
     cmp.add_argument("--dtype", choices=("float64", "float32"), default="float64",
-                     help="precision of DCS, projected and geoopt (objectives are compared in float64)")
+                     help="precision of DCS, projected, geoopt and softimpute (objectives are compared in float64)")
     cmp.add_argument("--out", default="symopt-compare", help="folder for results.md, results.json and PNG plots")
     cmp.add_argument("--seed", type=int, default=0)
     return parser

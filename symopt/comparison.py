@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from ._format import readable_log_axes, table
-from .baselines import solve_cvxpy, solve_geoopt, solve_proximal, solve_skglm, solve_sklearn
+from .baselines import solve_cvxpy, solve_geoopt, solve_proximal, solve_skglm, solve_sklearn, solve_softimpute
 from .optimality import snap_tol
 from .problems import (Problem, make_equality_ls, make_fixed_zeros_ls, make_group_lasso, make_lasso,
                        make_logistic_l1, make_low_rank_regression, make_matrix_completion, make_tied_least_squares)
@@ -43,6 +43,7 @@ SOLVERS: dict[str, Callable[..., Result]] = {
     "sklearn": lambda p, device, dtype: solve_sklearn(p),
     "projected": lambda p, device, dtype: solve_proximal(p, device=device, dtype=dtype),
     "geoopt": lambda p, device, dtype: solve_geoopt(p, device=device, dtype=dtype),
+    "softimpute": lambda p, device, dtype: solve_softimpute(p, device=device, dtype=dtype),
 }
 
 
@@ -177,8 +178,8 @@ def compare(problems: Problem | Sequence[Problem], solvers: Sequence[str] = tupl
     Args:
         problems: one [`Problem`][symopt.Problem] or a list of them.
         solvers: names from ``symopt.comparison.SOLVERS``: ``"dcs"``, ``"cvxpy"``, ``"sklearn"``,
-            ``"projected"``, ``"geoopt"`` (skglm is in the benchmarks, not here).
-        device: where the torch solvers run (DCS, projected, geoopt).
+            ``"projected"``, ``"geoopt"``, ``"softimpute"`` (skglm is in the benchmarks, not here).
+        device: where the torch solvers run (DCS, projected, geoopt, softimpute).
         dtype: their precision.
         progress: optional callback given one line per solve (e.g. ``print``).
 
