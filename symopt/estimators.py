@@ -250,11 +250,12 @@ class SparseLogisticRegression(ClassifierMixin, BaseEstimator):
 
 
 class GroupLasso(_LinearPredictor, RegressorMixin, BaseEstimator):
-    r"""$1/(2n)‖y - Xw - b‖^2 + α \sum_g ‖w_g‖_2$ by DCS (one gate per group): skglm's ``GroupLasso``.
+    r"""$1/(2n)‖y - Xw - b‖^2 + α \sum_g c_g ‖w_g‖_2$ by DCS (one gate per group): skglm's ``GroupLasso``.
 
     Args:
         groups: an int (consecutive groups of that size) or a list of index lists covering every column.
         alpha: α > 0.
+        weights: one weight $c_g > 0$ per group (default all 1), as skglm's ``weights``.
         fit_intercept: an unpenalised intercept.
         tol: relative KKT tolerance.
         max_iter: outer iterations.
@@ -270,10 +271,10 @@ class GroupLasso(_LinearPredictor, RegressorMixin, BaseEstimator):
         [True, False, False, False]
     """
 
-    def __init__(self, groups=1, alpha: float = 1.0, *, fit_intercept: bool = True, tol: float = 1e-6,
+    def __init__(self, groups=1, alpha: float = 1.0, *, weights=None, fit_intercept: bool = True, tol: float = 1e-6,
                  max_iter: int = 500):
-        self.groups, self.alpha, self.fit_intercept, self.tol, self.max_iter = \
-            groups, alpha, fit_intercept, tol, max_iter
+        self.groups, self.alpha, self.weights, self.fit_intercept, self.tol, self.max_iter = \
+            groups, alpha, weights, fit_intercept, tol, max_iter
 
     def fit(self, X, y, sample_weight=None):
         _check_params(self)
@@ -285,7 +286,7 @@ class GroupLasso(_LinearPredictor, RegressorMixin, BaseEstimator):
             raise ValueError(f"GroupLasso: groups={groups} does not divide the {X.shape[1]} features; pass a list "
                              "of index lists")
         result = _solve(self, group_lasso(X, y, groups, float(self.alpha), fit_intercept=bool(self.fit_intercept),
-                                          sample_weight=sample_weight))
+                                          sample_weight=sample_weight, group_weights=self.weights))
         self.coef_ = result.x.numpy().copy()
         self.intercept_ = _intercept(result, self.fit_intercept)
         return self

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 import warnings
 
+import numpy as np
 import torch
 
 from ..optimality import gradient_scale, kkt_at_snap
@@ -80,7 +81,7 @@ def solve_sklearn(problem: Problem, tol: float = 1e-10, max_iter: int = 10_000) 
 
 def solve_skglm(problem: Problem, tol: float = 1e-10, max_iter: int = 10_000) -> Result:
     """skglm's working-set coordinate descent: ``Lasso(alpha = λ)``, ``SparseLogisticRegression(alpha = λ)``
-    or ``GroupLasso(groups, alpha = λ)``, without intercept.
+    or ``GroupLasso(groups, alpha = λ, weights)``, with the problem's ``fit_intercept``.
 
     The fastest CPU baseline for these families (see the benchmarks); the scalings are the
     problems' own (``1/(2n)`` least squares, mean log-loss), so ``alpha`` is λ.
@@ -122,8 +123,9 @@ def solve_skglm(problem: Problem, tol: float = 1e-10, max_iter: int = 10_000) ->
     elif family == "logistic_l1":
         model = SparseLogisticRegression(alpha=lam, fit_intercept=intercept, tol=tol, max_iter=max_iter)
     elif family == "group_lasso":
+        weights = problem.meta.get("group_weights")  # None: all 1, skglm's default
         model = GroupLasso(groups=problem.meta["groups"], alpha=lam, fit_intercept=intercept, tol=tol,
-                           max_iter=max_iter)
+                           max_iter=max_iter, weights=None if weights is None else np.asarray(weights))
     else:
         raise NotApplicable(f"no skglm solver for {family}")
     return _fit(problem, model)

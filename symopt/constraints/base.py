@@ -368,6 +368,12 @@ class Constraint(nn.Module):
         """Sizes of the terms of the induced norm (|entries|, group norms, σ) as a 1-d tensor."""
         raise NotImplementedError
 
+    def dual_atoms(self, grad: Tensor) -> Tensor:
+        r"""Sizes of a gradient's atoms in the dual norm, each compared with λ: an atom at zero wants to
+        leave it when its dual atom exceeds λ (``dual_norm`` is their maximum). The same as ``atoms``
+        unless the atoms are weighted (a weighted group's is $‖g_g‖_2 / c_g$)."""
+        return self.atoms(grad)
+
     def truncate(self, value: Tensor, k: int) -> Tensor:  # pragma: no cover - budget kinds override
         """``value`` with all but its ``k`` largest atoms set to zero."""
         raise NotImplementedError

@@ -147,7 +147,8 @@ class BudgetController(nn.Module):
 def budget_target(atoms, value: Tensor, grad: Tensor, k: int, strength: float) -> float:
     """The midpoint λ for budget ``k`` at ``value`` with loss gradient ``grad`` (see module docstring).
 
-    ``atoms(tensor)`` returns the 1-d atom sizes of a tensor (|entries|, group norms, σ).
+    ``atoms(tensor)`` returns the 1-d atom sizes of a tensor as λ sees them (|entries|, group norms
+    over their weights, σ: the constraint's ``dual_atoms``).
     """
     value, grad = value.detach(), grad.detach()
     size = torch.topk(atoms(value).reshape(-1), k).values.mean()

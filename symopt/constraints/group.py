@@ -7,6 +7,12 @@ adapts to the point of the group-lasso path with g non-zero groups.
 
 Groups are either the slices along an axis (``dim``: rows, channels, input features) or arbitrary
 disjoint index sets of the flattened tensor (``groups``) that cover every entry once.
+
+Weights ``c_g > 0`` (the weighted group lasso, $λ \sum_g c_g ‖w_g‖_2$, e.g. $c_g = \sqrt{|g|}$ so
+that large groups are not favoured) scale the product instead of the decay: $w_g = s_g ω_g / c_g$.
+The decay stays one λ for every factor (one optimizer group, as the rest of symopt), and
+$\min_{sω/c = w_g} (λ/2)(s^2 + ‖ω‖^2) = λ c_g ‖w_g‖_2$. A zero group is exact when
+$‖∂ℓ/∂w_g‖_2 ≤ λ c_g$.
 """
 
 from __future__ import annotations
@@ -39,6 +45,8 @@ class GroupSparse(Constraint):
             exactly (see [`Constraint`][symopt.Constraint] and docs/hard-constraints.md).
         ramp: the schedule's ``(start, end)`` as fractions of ``total_steps``.
         seed: seed of the factor initialisation.
+        weights: one finite weight $c_g > 0$ per group (a sequence or 1-d tensor, in group order):
+            the penalty becomes $λ \sum_g c_g ‖w_g‖_2$. Default: all 1.
 
     Examples:
         >>> import torch, symopt
@@ -50,6 +58,9 @@ class GroupSparse(Constraint):
         >>> _ = symopt.constrain(v, "w", symopt.GroupSparse(groups=[[0, 3], [1, 2, 4]]))
         >>> v.parametrizations.w.original0.shape
         torch.Size([2])
+        >>> weighted = symopt.GroupSparse(groups=[[0, 3], [1, 2, 4]], strength=0.1, weights=[2 ** 0.5, 3 ** 0.5])
+        >>> round(float(weighted.induced_norm(torch.tensor([3.0, 0, 0, 4.0, 0]))), 4)   # √2 · 5
+        7.0711
     """
 
     kind = "group_sparse"
@@ -75,8 +86,9 @@ class GroupSparse(Constraint):
     def __init__(self, dim: int | None = None, strength: float | None = None, *,
                  groups: int | Sequence[Sequence[int]] | None = None, max_groups: int | None = None,
                  adapt_rate: float = RATE, seed: int = 0, total_steps: int | None = None,
-                 ramp: tuple[float, float] = (0.1, 0.75)) -> None:
+                 ramp: tuple[float, float] = (0.1, 0.75), weights: Sequence[float] | Tensor | None = None) -> None:
         k = check_budget(max_groups, "max_groups", "GroupSparse")
+        weights = _checked_weights(weights)
         super().__init__(strength, seed=seed, budget=None if k is None else ("count", k), adapt_rate=adapt_rate,
                          total_steps=total_steps, ramp=ramp)
         if groups is not None and dim is not None:
@@ -86,6 +98,8 @@ class GroupSparse(Constraint):
         self.dim = 0 if dim is None and groups is None else dim
         self.group_size: int | None = None
         self.register_buffer("group_index", None, persistent=False)
+        # c_g: part of the constraint's definition, like the groups (not state: not in a state_dict)
+        self.register_buffer("weights", weights, persistent=False)
         if groups is None:
             return
         if isinstance(groups, int) and not isinstance(groups, bool):
@@ -119,6 +133,9 @@ class GroupSparse(Constraint):
                 f"{self.group_index.numel() - 1} but the parameter has {tensor.numel()} entries; "
                 "groups must cover every entry of reshape(-1) exactly once"
             )
+        if self.weights is not None and self.weights.numel() != self._group_count(tensor):
+            raise ValueError(f"GroupSparse on '{name}': {self.weights.numel()} weights for "
+                             f"{self._group_count(tensor)} groups; pass one weight per group, in group order")
         self.resolve_budget(self._group_count(tensor), name, "groups")
 
     def _group_count(self, tensor: Tensor) -> int:
@@ -152,6 +169,14 @@ class GroupSparse(Constraint):
         index = self.group_ids(value)
         return value.new_zeros(int(index.max()) + 1).index_add(0, index, value.reshape(-1).square())
 
+    def weighted(self, per_group: Tensor) -> Tensor:
+        """``per_group`` times the weights $c_g$ (unchanged without weights)."""
+        return per_group if self.weights is None else per_group * self.weights.to(per_group)
+
+    def unweighted(self, per_group: Tensor) -> Tensor:
+        """``per_group`` divided by the weights $c_g$ (unchanged without weights)."""
+        return per_group if self.weights is None else per_group / self.weights.to(per_group)
+
     def spread(self, per_group: Tensor, value: Tensor) -> Tensor:
         """Per-group scalars laid out to multiply ``value`` entrywise (broadcast or gathered)."""
         if self.dim is not None:
@@ -162,23 +187,25 @@ class GroupSparse(Constraint):
 
     # -- the contract -------------------------------------------------------------------------
     def forward(self, gates: Tensor, omega: Tensor) -> Tensor:
-        return self.spread(gates, omega) * omega
+        return self.spread(self.unweighted(gates), omega) * omega
 
     def right_inverse(self, value: Tensor) -> tuple[Tensor, Tensor]:
-        gates = random_gate(self.group_norms(value), self.factorizer)
-        # ω_g = w_g / s_g; zero groups have ω_g = 0 with a live gate so ω_g gets gradient.
-        return gates, value / self.spread(gates, value)
+        # balanced: s_g² = ‖ω_g‖² = c_g‖w_g‖, the minimiser of the decay over s ω / c = w_g
+        gates = random_gate(self.atoms(value), self.factorizer)
+        # ω_g = c_g w_g / s_g; zero groups have ω_g = 0 with a live gate so ω_g gets gradient.
+        return gates, value / self.spread(self.unweighted(gates), value)
 
     def prox(self, value: Tensor, step: float) -> Tensor:
         norms = self.group_norms(value)
-        scale = (1 - step * self.strength / norms.clamp_min(torch.finfo(value.dtype).tiny)).clamp_min(0)
+        cut = step * self.weighted(torch.full_like(norms, self.strength))
+        scale = (1 - cut / norms.clamp_min(torch.finfo(value.dtype).tiny)).clamp_min(0)
         return value * self.spread(scale, value)
 
     def kkt_residual(self, value: Tensor, grad: Tensor, tol: float = 0.0, quick: bool = False) -> float:
-        lam = self.strength
         norms = self.group_norms(value)
+        lam = self.weighted(torch.full_like(norms, self.strength))  # λ c_g
         unit = value / self.spread(norms.clamp_min(torch.finfo(value.dtype).tiny), value)
-        active = self.group_norms(grad + lam * unit)
+        active = self.group_norms(grad + self.spread(lam, value) * unit)
         res = torch.where(norms > tol, active, (self.group_norms(grad) - lam).clamp_min(0))
         return float(res.norm())
 
@@ -187,7 +214,10 @@ class GroupSparse(Constraint):
         return value * self.spread(keep, value)
 
     def atoms(self, value: Tensor) -> Tensor:
-        return self.group_norms(value)
+        return self.weighted(self.group_norms(value))
+
+    def dual_atoms(self, grad: Tensor) -> Tensor:
+        return self.unweighted(self.group_norms(grad))
 
     def land(self, factors: tuple[Tensor, ...], keep: Tensor) -> None:
         gates, omega = factors
@@ -195,7 +225,7 @@ class GroupSparse(Constraint):
         omega.mul_(self.spread(keep.to(omega.dtype), omega))  # s_g = 0 and ω_g = 0: the mirror's fixed point
 
     def truncate(self, value: Tensor, k: int) -> Tensor:
-        keep = largest(self.group_norms(value), k).to(value.dtype)
+        keep = largest(self.atoms(value), k).to(value.dtype)
         return value * self.spread(keep, value)
 
     def face(self, value: Tensor, tol: float = 0.0, grad: Tensor | None = None) -> Face:
@@ -208,7 +238,7 @@ class GroupSparse(Constraint):
         start = value
         if grad is not None:
             grad_norms = self.group_norms(grad)
-            joining = entering(torch.where(alive, 0.0, grad_norms - self.strength), int(alive.sum()))
+            joining = entering(torch.where(alive, 0.0, self.dual_atoms(grad) - self.strength), int(alive.sum()))
             if bool(joining.any()):
                 step = 1e-3 * (float(norms[alive].mean()) if bool(alive.any()) else 1.0)
                 direction = -grad / self.spread(grad_norms.clamp_min(torch.finfo(grad.dtype).tiny), grad)
@@ -220,16 +250,18 @@ class GroupSparse(Constraint):
         def embed(z: Tensor) -> Tensor:
             return zeros.masked_scatter(free, z)
 
+        weights = self.weighted(torch.ones_like(norms))[alive]
         return Face(start=(start[free],), embed=embed,
-                    norm=lambda z: self._group_squares(embed(z))[alive].sqrt().sum())
+                    norm=lambda z: (self._group_squares(embed(z))[alive].sqrt() * weights).sum())
 
     def induced_norm(self, value: Tensor) -> Tensor:
-        return self.group_norms(value).sum()
+        return self.atoms(value).sum()
 
     def dual_norm(self, grad: Tensor) -> Tensor:
-        return self.group_norms(grad).amax()
+        return self.dual_atoms(grad).amax()
 
     def balance(self, gates: Tensor, omega: Tensor) -> float:
+        # the weights scale the product, not the factors: balanced is still s_g² = ‖ω_g‖²
         gsq = gates.detach().square()
         osq = self.group_norms(omega.detach()).square()
         denom = float((gsq + osq).sum())
@@ -240,12 +272,35 @@ class GroupSparse(Constraint):
         alive = int((norms > tol).sum())
         where = f"dim={self.dim}" if self.dim is not None else "index groups"
         budget = "" if self.budget is None else f", budget {self.budget}"
-        return f"groups {alive}/{norms.numel()} ({where}{budget})"
+        weighted = "" if self.weights is None else ", weighted"
+        return f"groups {alive}/{norms.numel()} ({where}{budget}{weighted})"
 
     def extra_repr(self) -> str:
         where = f"dim={self.dim}" if self.dim is not None else (
             f"group_size={self.group_size}" if self.group_size else f"groups={int(self.group_index.max()) + 1}")
-        return f"{where}, {super().extra_repr()}"
+        weighted = "" if self.weights is None else ", weighted"
+        return f"{where}{weighted}, {super().extra_repr()}"
+
+
+def _checked_weights(weights) -> Tensor | None:
+    """The group weights as a float64 1-d tensor, or a named error (before anything is built)."""
+    if weights is None:
+        return None
+    if isinstance(weights, (str, bytes)) or not isinstance(weights, (Sequence, Tensor)) and not hasattr(
+            weights, "__array__"):
+        raise TypeError(f"GroupSparse: weights must be a sequence or 1-d tensor of floats, got {type(weights).__name__}")
+    try:
+        tensor = torch.as_tensor(weights, dtype=torch.float64).detach().clone()
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise TypeError(f"GroupSparse: weights must be numbers, got {weights!r}") from err
+    if tensor.dim() != 1 or tensor.numel() == 0:
+        raise ValueError(f"GroupSparse: weights must be a non-empty 1-d list (one per group), got shape "
+                         f"{tuple(tensor.shape)}")
+    if not bool(torch.isfinite(tensor).all()) or not bool((tensor > 0).all()):
+        raise ValueError(f"GroupSparse: weights must be finite and > 0, got {tensor.tolist()[:8]}; a weight of 0 "
+                         "(an unpenalised group) cannot be written as a gated product: leave those coordinates "
+                         "out of the constraint (or, for an intercept, use fit_intercept=True)")
+    return tensor
 
 
 def _index_of(groups: Sequence[Sequence[int]]) -> Tensor:

@@ -386,7 +386,7 @@ class BudgetStrength(Strength):
     def _observation(self, constraint, value, grad):
         if constraint.budget is None:
             return None
-        return self.target(constraint.atoms, value, grad, constraint.budget, getattr(constraint, "atom_total", 0))
+        return self.target(constraint.dual_atoms, value, grad, constraint.budget, getattr(constraint, "atom_total", 0))
 
     def _commit(self, observations) -> None:
         if self.schedule is not None and observations:

@@ -291,13 +291,15 @@ def lasso(X, y, strength: float | None = None, *, max_nonzero: int | None = None
 
 
 def group_lasso(X, y, groups, strength: float | None = None, *, max_groups: int | None = None,
-                fit_intercept: bool = False, sample_weight=None) -> Problem:
-    r"""The group lasso $1/(2n)‖Xw - y‖^2 + λ \sum_g ‖w_g‖_2$, optionally with an unpenalised intercept
-    and sample weights ($\sum_i ω_i \tfrac12 (x_i^\top w + b - y_i)^2$, as in [`lasso`][symopt.problems.lasso]).
+                fit_intercept: bool = False, sample_weight=None, group_weights=None) -> Problem:
+    r"""The group lasso $1/(2n)‖Xw - y‖^2 + λ \sum_g c_g ‖w_g‖_2$, optionally with an unpenalised intercept,
+    sample weights ($\sum_i ω_i \tfrac12 (x_i^\top w + b - y_i)^2$, as in [`lasso`][symopt.problems.lasso])
+    and group weights $c_g$ (all 1 by default; $c_g = \sqrt{|g|}$ is the usual choice for groups of
+    unequal sizes).
 
     DCS solves it with one scalar gate per group, $w_g = s_g ω_g$ ([`GroupSparse`][symopt.GroupSparse]),
-    since $\min_{sω = w_g} (λ/2)(s^2 + ‖ω‖^2) = λ‖w_g‖_2$. A group is zero iff $‖X_g^\top r‖_2 / n ≤ λ$
-    at the optimum's residual ``r``.
+    since $\min_{sω = w_g} (λ/2)(s^2 + ‖ω‖^2) = λ‖w_g‖_2$ (with weights, $w_g = s_g ω_g / c_g$). A group is
+    zero iff $‖X_g^\top r‖_2 / n ≤ λ c_g$ at the optimum's residual ``r``.
 
     Args:
         X: ``(n, d)`` design matrix (tensor or array; float64 recommended; a scipy.sparse
@@ -309,6 +311,7 @@ def group_lasso(X, y, groups, strength: float | None = None, *, max_groups: int 
         max_groups: instead of ``strength``: the path point with this many non-zero groups.
         fit_intercept: add an unpenalised intercept (``result.intercept``).
         sample_weight: ``(n,)`` non-negative weights.
+        group_weights: one finite weight $c_g > 0$ per group, in group order (skglm's ``weights``).
 
     Returns:
         Problem: with a cvxpy twin and a Fenchel dual.
@@ -316,7 +319,8 @@ def group_lasso(X, y, groups, strength: float | None = None, *, max_groups: int 
     Raises:
         TypeError: complex or non-numeric data (named).
         ValueError: mismatched shapes, empty data, NaN / Inf entries (counted), a bad strength, or
-            both / neither of strength and budget. Groups that overlap, leave a gap or are empty are a ``ValueError`` too.
+            both / neither of strength and budget. Groups that overlap, leave a gap or are empty are a
+            ``ValueError`` too, and so are group weights that are not one finite positive number per group.
 
     Examples:
         >>> import symopt
@@ -331,29 +335,38 @@ def group_lasso(X, y, groups, strength: float | None = None, *, max_groups: int 
     _strength_or_budget("group_lasso", strength, max_groups, "max_groups")
     options = _Options("group_lasso", SquaredError(), X, y, strength, max_groups, fit_intercept=fit_intercept,
                        sample_weight=sample_weight, l1_ratio=1.0)
-    again = dict(fit_intercept=fit_intercept, sample_weight=sample_weight)
+    # checks the groups, their weights and the strength now, before anything is built
+    constraint = GroupSparse(groups=groups, strength=strength if max_groups is None else None,
+                             max_groups=max_groups, weights=group_weights)
+    constraint.validate(torch.empty(d), "w" if group_weights is None else "w (group_weights)")
+    weights = None if constraint.weights is None else constraint.weights.clone()
+    again = dict(fit_intercept=fit_intercept, sample_weight=sample_weight, group_weights=weights)
     loss = options.loss(_least_squares)
+    meta = {} if weights is None else {"group_weights": weights.tolist()}
     if max_groups is not None:
         return _budget_problem(f"group_lasso {n}x{d}{options.label()}", (d,), loss,
-                               lambda: GroupSparse(groups=groups, max_groups=max_groups), options.data(X, y),
-                               options.meta(), lambda lam: _again(group_lasso, X, y, groups, lam, **again), options)
-    constraint = GroupSparse(groups=groups, strength=strength)  # validates groups and strength now
-    constraint.validate(torch.empty(d), "w")
+                               lambda: GroupSparse(groups=groups, max_groups=max_groups, weights=weights),
+                               options.data(X, y), options.meta(**meta),
+                               lambda lam: _again(group_lasso, X, y, groups, lam, **again), options)
     ids = constraint.group_ids(torch.empty(d))
     members = _members(ids)
+    scale = [1.0] * len(members) if weights is None else weights.tolist()
 
     def penalty(w):
         import cvxpy as cp
-        return strength * sum(cp.norm(w[g], 2) for g in members)
+        return strength * sum(c * cp.norm(w[g], 2) for c, g in zip(scale, members))
 
     def restrict(index: Tensor) -> Problem:  # index: whole groups, sorted, so an int size still applies
-        kept = groups if isinstance(groups, int) else _members(torch.unique(ids[index], return_inverse=True)[1])
-        return _again(group_lasso, columns(X, index), y, kept, strength, **again)
+        kept_ids, relabelled = torch.unique(ids[index], return_inverse=True)
+        kept = groups if isinstance(groups, int) else _members(relabelled)
+        return _again(group_lasso, columns(X, index), y, kept, strength,
+                      **{**again, "group_weights": None if weights is None else weights[kept_ids]})
 
     label = f"/{groups}" if isinstance(groups, int) else f", {len(members)} groups"
+    label += "" if weights is None else ", weighted"
     return options.problem(f"group_lasso {n}x{d}{label}", (d,), loss,
-                           lambda: GroupSparse(groups=groups, strength=strength), X, y, penalty,
-                           meta={"groups": members}, restrict=restrict,
+                           lambda: GroupSparse(groups=groups, strength=strength, weights=weights), X, y, penalty,
+                           meta={"groups": members, **meta}, restrict=restrict,
                            at_strength=lambda new: _again(group_lasso, X, y, groups, new, **again))
 
 

@@ -19,7 +19,7 @@ def search_path(descent: Descent, constraint: Constraint, loss, max_iter: int, m
                 start: float) -> tuple[str, str]:
     """Find λ whose solution has exactly ``constraint.budget`` atoms (see [`solve`][symopt.solve])."""
     k = constraint.budget
-    lam = constraint.strength or split_point(constraint.atoms(descent.grad0), k)  # where k atoms would leave 0
+    lam = constraint.strength or split_point(constraint.dual_atoms(descent.grad0), k)  # where k atoms would leave 0
     too_many, too_few = 0.0, math.inf  # largest λ with > k atoms, smallest with < k
     for rounds in range(1, max_rounds + 1):
         constraint.strength = lam  # fixed within a round (also stops the training-loop controller)

@@ -82,7 +82,7 @@ def solve_on_working_sets(problem: Problem, solve_restricted: Callable[..., Resu
     status, message = "max_iter", f"KKT residual above {tol:g}·scale after {max_iter} working-set rounds"
     for round_ in range(1, max_iter + 1):
         alive = constraint.atoms(theta) > 0
-        scores = constraint.atoms(grad)
+        scores = constraint.dual_atoms(grad)  # an atom at 0 violates KKT when its dual atom exceeds λ
         size = max(size, 2 * int(alive.sum()))
         priority = torch.where(alive, torch.full_like(scores, math.inf), scores)
         atoms = torch.topk(priority, min(size, priority.numel())).indices
