@@ -1,7 +1,7 @@
 """Training-step overhead of each constraint kind vs the plain model (CPU or CUDA).
 
     python -m benchmarks.overhead [--model mlp|cnn] [--device cuda] [--width 512] [--batch 256] [--repeats 5]
-                                  [--decay param_groups|penalty]
+                                  [--decay param_groups|penalty] [--budgets]
 
 One model per kind, float32: an MLP (width × width hidden layers) or a CNN (three 3×3 convs with
 ``--channels`` channels on 32×32 inputs), its middle layer constrained (tied: first and middle
@@ -42,6 +42,12 @@ import symopt
 from symopt.cli import machine_name
 
 
+# Budgets with no total_steps: the controller computes its target on every backward pass (with a
+# schedule it would skip the warm-up's first 10% of steps), which is the cost to measure.
+BUDGETS = ["sparse(density=0.1)", "group_sparse(max_groups=half)", "low_rank(target_rank=16)",
+           "low_rank(max_rank=64, target_rank=16)"]
+
+
 def _model(arch: str, width: int, device, kind: str | None) -> nn.Module:
     torch.manual_seed(0)
     if arch == "mlp":
@@ -73,6 +79,16 @@ def _model(arch: str, width: int, device, kind: str | None) -> nn.Module:
         symopt.fixed_zeros(net, "2.weight", torch.rand(shape, device=device) < 0.5, strength=1.0)
     elif kind == "tied":
         symopt.tie(net, ["0.weight", "2.weight"], strength=1.0)
+    elif kind == "sparse(density=0.1)":
+        symopt.sparse(net, "2.weight", density=0.1)
+    elif kind == "group_sparse(max_groups=half)":
+        symopt.group_sparse(net, "2.weight", dim=0, max_groups=shape[0] // 2)
+    elif kind == "low_rank(target_rank=16)":
+        symopt.low_rank(net, "2.weight", target_rank=16)
+    elif kind == "low_rank(max_rank=64, target_rank=16)":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            symopt.low_rank(net, "2.weight", max_rank=min(64, min(shape[0], numel // shape[0])), target_rank=16)
     return net
 
 
@@ -180,6 +196,8 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--decay", choices=("param_groups", "penalty"), default="param_groups",
                         help="how the factors are decayed (see the module docstring)")
+    parser.add_argument("--budgets", action="store_true",
+                        help="also the budgeted kinds (λ adapted on every backward pass: BUDGETS)")
     args = parser.parse_args(argv)
     args.width = args.width or (512 if args.model == "mlp" else 64)
     args.batch = args.batch or (256 if args.model == "mlp" else 32)
@@ -193,6 +211,8 @@ def main(argv=None) -> None:
     y = torch.randint(0, 10, (args.batch,), device=device)
     kinds = [None, "sparse", "group_sparse", "low_rank", "low_rank(max_rank=64)", "subspace(16 rows)",
              "subspace(16 per row)", "fixed_zeros(50%)", "tied"]
+    if args.budgets:
+        kinds += BUDGETS
     nets = {kind: _model(args.model, args.width, device, kind) for kind in kinds}
     times: dict = {kind: [] for kind in kinds}
     for _ in range(args.repeats):  # interleaved rounds, so drift in machine load hits every kind alike

@@ -221,3 +221,60 @@ def test_budget_that_does_not_bind_is_refused_before_registration():
     with pytest.raises(ValueError, match="does not bind"):
         symopt.sparse(lin, "weight", max_nonzero=6)
     assert not symopt.list_constraints(lin) and all(torch.equal(before[k], v) for k, v in lin.state_dict().items())
+
+
+def test_target_rank_on_a_large_layer_needs_no_full_svd_and_lands_on_singular_value_thresholding():
+    """½‖θ − M‖² + λ‖θ‖_* has the closed form SVT_λ(M). A rank budget of 4 on a 160×128 θ asks only
+    the 5 leading singular values of θ − t∇ℓ each step (a randomized range finder), never a full
+    SVD of a 160×128 matrix, and still ends with λ between σ₅(M) and σ₄(M) and θ's spectrum SVT_λ's."""
+    g = torch.Generator().manual_seed(0)
+    spectrum = torch.tensor([9.0, 7.0, 5.0, 4.0, 1.0, 0.8, 0.6], dtype=torch.float64)
+    P = torch.linalg.qr(torch.randn(160, 7, generator=g, dtype=torch.float64)).Q
+    Q = torch.linalg.qr(torch.randn(128, 7, generator=g, dtype=torch.float64)).Q
+    M = (P * spectrum) @ Q.T + 1e-3 * torch.randn(160, 128, generator=g, dtype=torch.float64)
+    model = Vector(160, 128)
+    handle = symopt.low_rank(model, "theta", target_rank=4)
+    full_svds = []
+    real_svd, real_svdvals = torch.linalg.svd, torch.linalg.svdvals
+
+    def watch(real):
+        def call(A, *args, **kwargs):
+            if min(A.shape[-2:]) >= 128:
+                full_svds.append(tuple(A.shape))
+            return real(A, *args, **kwargs)
+        return call
+
+    _train_adam(model, lambda m: 0.5 * (m.theta - M).square().sum(), 5)  # registration and λ's first estimate
+    torch.linalg.svd, torch.linalg.svdvals = watch(real_svd), watch(real_svdvals)
+    try:
+        _train_adam(model, lambda m: 0.5 * (m.theta - M).square().sum(), 1500)
+    finally:
+        torch.linalg.svd, torch.linalg.svdvals = real_svd, real_svdvals
+    assert full_svds == []
+    lam = handle.strength
+    S = torch.linalg.svdvals(M)
+    assert float(S[4]) < lam < float(S[3])
+    # SVT_λ(M) keeps σ_i − λ of the first 4 and drops the rest. (Entrywise, Adam leaves lr-sized
+    # jitter, about 1e-3 per entry, so the singular values are the sharp check.)
+    trained = torch.linalg.svdvals(model.theta.detach())
+    assert torch.allclose(trained[:4], S[:4] - lam, rtol=1e-3) and float(trained[4]) <= 1e-3
+    symopt.finalize(model, tol=1e-3)  # no total_steps: the budget is approached, not landed (σ₅ ≈ 4e-5)
+    assert int(torch.linalg.matrix_rank(model.theta.detach())) == 4
+
+
+@pytest.mark.parametrize("n, k, ties", [(50, 7, False), (100_000, 10_000, False), (100_000, 1, False),
+                                        (100_000, 99_998, False), (100_000, 5_000, True), (70_001, 30_000, True)])
+def test_leading_selection_is_exactly_topks(n, k, ties):
+    """The bracketed selection a budget runs every step equals torch.topk, also with heavy ties (values
+    rounded to 40 levels: the bracket's edges sit on ties and it must fall back) and at both ends."""
+    from symopt.constraints.budget import leading
+
+    g = torch.Generator().manual_seed(n + k)
+    values = torch.randn(n, generator=g, dtype=torch.float64).abs()
+    if ties:
+        values = (values * 10).round() / 10
+    values[:: 997] = 0.0  # zeros, as pruned atoms are
+    total, kth, after = leading(values, k)
+    top = torch.topk(values, k + 1).values
+    assert (kth, after) == (float(top[k - 1]), float(top[k]))
+    assert total == pytest.approx(float(top[:k].sum()), rel=1e-12)

@@ -374,6 +374,13 @@ class Constraint(nn.Module):
         unless the atoms are weighted (a weighted group's is $‖g_g‖_2 / c_g$)."""
         return self.atoms(grad)
 
+    def top_dual_atoms(self, grad: Tensor, count: int) -> Tensor:
+        """A 1-d tensor holding at least the ``count`` largest ``dual_atoms`` of ``grad``, in any
+        order; by default all of them (the caller selects). A budget asks this of every backward
+        pass and needs only the k + 1 largest, so a kind whose atoms are costly to compute (singular
+        values) computes the leading ones alone."""
+        return self.dual_atoms(grad).reshape(-1)
+
     def truncate(self, value: Tensor, k: int) -> Tensor:  # pragma: no cover - budget kinds override
         """``value`` with all but its ``k`` largest atoms set to zero."""
         raise NotImplementedError

@@ -35,7 +35,7 @@ class PooledBudget(BudgetStrength):
         self._round: dict[int, tuple[Tensor, Tensor, Callable]] = {}
 
     def _observation(self, constraint, value, grad):
-        self._round[constraint.slot] = (value.detach().reshape(-1), grad.detach().reshape(-1), constraint.dual_atoms)
+        self._round[constraint.slot] = (value.detach().reshape(-1), grad.detach().reshape(-1), constraint.top_dual_atoms)
         if len(self._round) < self.members:
             return None
         parts = [self._round[i] for i in sorted(self._round)]

@@ -358,12 +358,12 @@ class BudgetStrength(Strength):
             return budget
         return scheduled_count(int(self.step), atom_total, budget, *self.ramp)
 
-    def target(self, atoms, value: Tensor, grad: Tensor, budget: int, atom_total: int):
+    def target(self, top_atoms, value: Tensor, grad: Tensor, budget: int, atom_total: int):
         """The observation of one backward pass: ``"warm-up"`` before the ramp (a step that counts, no
         decay yet), else the controller's target λ for the current count (None if not a usable λ)."""
         if self.schedule is not None and int(self.step) < self.ramp[0]:
             return "warm-up"
-        target = budget_target(atoms, value, grad, self.count(budget, atom_total), self.value())
+        target = budget_target(top_atoms, value, grad, self.count(budget, atom_total), self.value())
         return target if math.isfinite(target) and target > 0 else None
 
     def schedule_of_budget(self):
@@ -386,7 +386,7 @@ class BudgetStrength(Strength):
     def _observation(self, constraint, value, grad):
         if constraint.budget is None:
             return None
-        return self.target(constraint.dual_atoms, value, grad, constraint.budget, getattr(constraint, "atom_total", 0))
+        return self.target(constraint.top_dual_atoms, value, grad, constraint.budget, getattr(constraint, "atom_total", 0))
 
     def _commit(self, observations) -> None:
         if self.schedule is not None and observations:

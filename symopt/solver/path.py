@@ -54,7 +54,7 @@ def search_path(descent: Descent, constraint: Constraint, loss, max_iter: int, m
 def _proposal(constraint: Constraint, loss, point: torch.Tensor, k: int, lam: float, dtype) -> float:
     """The budget controller's λ at an exact solution: the midpoint of the k-th and (k+1)-th scores."""
     point = point.to(dtype)  # the certified point may be float64 over a float32 descent
-    return budget_target(constraint.atoms, point, loss_gradient(loss, point), k, lam)
+    return budget_target(constraint.top_dual_atoms, point, loss_gradient(loss, point), k, lam)
 
 
 def _centre(descent: Descent, constraint: Constraint, loss, k: int, lam: float, max_iter: int, start: float,
