@@ -1,5 +1,5 @@
 r"""scikit-learn estimators solved by DCS: ``Lasso``, ``ElasticNet``, ``SparseLogisticRegression``,
-``GroupLasso``, ``MultiTaskLasso`` and ``LassoCV``.
+``GroupLasso``, ``MultiTaskLasso``, ``LassoCV`` and ``NuclearNormImputer`` (matrix completion).
 
 They take scikit-learn's arguments and defaults (``alpha``, ``l1_ratio``, ``fit_intercept=True``,
 ``positive``), set ``coef_`` / ``intercept_`` / ``n_iter_`` as scikit-learn's do, pass its
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 try:
-    from sklearn.base import BaseEstimator, ClassifierMixin, MultiOutputMixin, RegressorMixin
+    from sklearn.base import BaseEstimator, ClassifierMixin, MultiOutputMixin, RegressorMixin, TransformerMixin
     from sklearn.model_selection import check_cv
     from sklearn.utils.multiclass import check_classification_targets
     from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
@@ -37,10 +37,11 @@ except ImportError as err:  # pragma: no cover - the message is the point
     raise ImportError("symopt.estimators needs scikit-learn >= 1.6: pip install 'symopt[sklearn]'") from err
 
 from .paths import path as _path
-from .problems import group_lasso, lasso, logistic_l1, multitask_lasso
+from .problems import group_lasso, lasso, logistic_l1, matrix_completion, multitask_lasso
 from .solver import solve
 
-__all__ = ["Lasso", "ElasticNet", "SparseLogisticRegression", "GroupLasso", "MultiTaskLasso", "LassoCV"]
+__all__ = ["Lasso", "ElasticNet", "SparseLogisticRegression", "GroupLasso", "MultiTaskLasso", "LassoCV",
+           "NuclearNormImputer"]
 
 
 def _check_params(estimator) -> None:
@@ -411,3 +412,106 @@ class LassoCV(_LinearPredictor, RegressorMixin, BaseEstimator):
         self.coef_ = result.x.numpy().copy()
         self.intercept_ = _intercept(result, self.fit_intercept)
         return self
+
+
+class NuclearNormImputer(TransformerMixin, BaseEstimator):
+    r"""Fill missing entries by nuclear-norm matrix completion, solved by DCS: an imputer in the manner of
+    scikit-learn's ``SimpleImputer`` / ``KNNImputer`` (``fancyimpute``'s ``SoftImpute`` solves the same problem).
+
+    ``fit(X)`` solves $\min_W \tfrac12 ‖P_Ω(W - X)‖^2_F + α‖W‖_*$ over the observed entries Ω of ``X``
+    ([`matrix_completion`][symopt.problems.matrix_completion]; the data term is a sum, so α scales with
+    the data: ``alpha_max_``, where $W = 0$ becomes optimal, is $‖P_Ω X‖_2$). DCS writes $W = UV^\top$
+    with balanced factors, and at its optimum each row $u_i$ solves the ridge problem
+    $\min_u \tfrac12 ‖x_{i,o} - V_o u‖^2 + \tfrac{α}{2}‖u‖^2$ over its observed columns $o$, with
+    $V = Q\sqrt{S}$ from $W = P S Q^\top$ (``components_``). ``transform`` solves that ridge problem for
+    each row it is given, so it reproduces the completion on the fitted rows and extends it to new
+    ones; observed entries are returned as given, missing ones filled.
+
+    Args:
+        alpha: α > 0, the nuclear-norm strength (in the data's units; see ``alpha_max_``).
+        missing_values: the placeholder of a missing entry (``np.nan`` by default).
+        tol: relative KKT tolerance of the solve.
+        max_iter: outer iterations of the solve.
+
+    Attributes:
+        components_: ``(rank, n_features)``, the rows of $\sqrt{S} Q^\top$.
+        rank_: the rank of the completion.
+        completed_: the completed training matrix $W$ (every entry, observed ones included).
+        alpha_max_: the smallest α at which the completion is 0.
+        result_: the solver's [`Result`][symopt.Result].
+
+    Examples:
+        >>> import numpy as np
+        >>> from symopt.estimators import NuclearNormImputer
+        >>> rng = np.random.default_rng(0)
+        >>> X = rng.normal(size=(60, 2)) @ rng.normal(size=(2, 8))        # rank 2
+        >>> X_missing = np.where(rng.random(X.shape) < 0.3, np.nan, X)
+        >>> filled = NuclearNormImputer(alpha=0.1).fit_transform(X_missing)
+        >>> missing = np.isnan(X_missing)
+        >>> round(float(np.sqrt(((filled - X)[missing] ** 2).mean())), 3)    # column means: 1.177
+        0.039
+    """
+
+    def __init__(self, alpha: float = 1.0, *, missing_values=np.nan, tol: float = 1e-6, max_iter: int = 500):
+        self.alpha, self.missing_values, self.tol, self.max_iter = alpha, missing_values, tol, max_iter
+
+    def _observed(self, X):
+        if isinstance(self.missing_values, float) and np.isnan(self.missing_values):
+            return ~np.isnan(X)
+        return (X != self.missing_values) & ~np.isnan(X)
+
+    def fit(self, X, y=None):
+        """Complete ``X`` (missing entries marked by ``missing_values``).
+
+        Returns:
+            self.
+
+        Raises:
+            ValueError: a bad ``alpha`` / ``tol`` / ``max_iter``, Inf in ``X``, or no observed entry.
+        """
+        _check_params(self)
+        X = validate_data(self, X, dtype=np.float64, ensure_all_finite="allow-nan", ensure_min_samples=1)
+        observed = self._observed(X)
+        if not observed.any():
+            raise ValueError("NuclearNormImputer: X has no observed entry; there is nothing to complete from")
+        values = np.where(observed, X, 0.0)
+        problem = matrix_completion(torch.as_tensor(values), torch.as_tensor(observed), float(self.alpha))
+        result = _solve(self, problem)
+        W = result.x.to(torch.float64)
+        P, S, Qh = torch.linalg.svd(W, full_matrices=False)
+        rank = int((S > max(S.max().item(), 1e-300) * max(W.shape) * np.finfo(np.float64).eps).sum())
+        self.rank_ = rank
+        self.components_ = (S[:rank, None].sqrt() * Qh[:rank]).numpy()
+        self.completed_ = W.numpy().copy()
+        self.alpha_max_ = float(torch.linalg.matrix_norm(torch.as_tensor(values), ord=2))
+        return self
+
+    def transform(self, X):
+        """``X`` with its missing entries filled by the ridge fit of each row in ``components_``.
+
+        Returns:
+            ndarray of ``X``'s shape, with no missing entry.
+        """
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype=np.float64, ensure_all_finite="allow-nan", reset=False)
+        observed = self._observed(X)
+        V = self.components_.T  # (n_features, rank)
+        out = np.where(observed, X, 0.0)
+        if self.rank_ == 0:
+            return out
+        alpha = float(self.alpha)
+        eye = alpha * np.eye(self.rank_)
+        # rows with the same observed columns share one factorisation: often all of them
+        patterns, inverse = np.unique(observed, axis=0, return_inverse=True)
+        for p, pattern in enumerate(patterns):
+            rows = np.flatnonzero(inverse.reshape(-1) == p)
+            Vo = V[pattern]
+            coef = np.linalg.solve(Vo.T @ Vo + eye, Vo.T @ out[np.ix_(rows, pattern)].T)  # (rank, rows)
+            filled = (V @ coef).T
+            out[rows] = np.where(observed[rows], out[rows], filled)
+        return out
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True
+        return tags
