@@ -122,3 +122,35 @@ def _gradient_at_zero(problem):
     zero = torch.zeros(problem.shape, dtype=torch.float64, requires_grad=True)
     (grad,) = torch.autograd.grad(problem.loss(zero, **problem.data), zero)
     return grad
+
+
+@pytest.mark.parametrize("fit_intercept", [False, True])
+def test_multitask_lasso_is_solved_on_working_sets_of_features(fit_intercept):
+    """The multi-task Lasso's rows are index groups of T consecutive entries, so a wide problem
+    (3000 features × 4 tasks) runs on working sets of whole rows and reaches scikit-learn's
+    MultiTaskLasso optimum and the full solve's."""
+    import re
+
+    import numpy as np
+    from sklearn.linear_model import MultiTaskLasso
+
+    from symopt.problems import multitask_lasso
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(150, 3000, generator=g, dtype=torch.float64)
+    Y = X[:, :10] @ torch.randn(10, 4, generator=g, dtype=torch.float64)
+    Y = Y + 0.1 * torch.randn(150, 4, generator=g, dtype=torch.float64)
+    problem = multitask_lasso(X, Y, 1.0, fit_intercept=fit_intercept)
+    problem = problem.at_strength(0.1 * problem.strength_max())
+    ours = symopt.solve(problem)
+    full = symopt.solve(problem, working_set=False)
+    assert ours.status == "optimal" and "working sets" in ours.message and "working sets" not in full.message
+    reference = MultiTaskLasso(alpha=problem.meta["strength"], fit_intercept=fit_intercept, tol=1e-12,
+                               max_iter=100_000).fit(np.asfortranarray(X.numpy()), Y.numpy())
+    theirs = problem.objective(torch.as_tensor(reference.coef_.T))
+    assert abs(ours.objective - theirs) <= 1e-8 * abs(theirs)
+    assert abs(ours.objective - full.objective) <= 1e-8 * abs(full.objective)
+    rows = set(torch.nonzero(ours.x.norm(dim=1)).reshape(-1).tolist())
+    assert rows == set(np.flatnonzero(np.linalg.norm(reference.coef_, axis=0)).tolist())
+    last, total = map(int, re.search(r"last (\d+) of (\d+) coordinates", ours.message).groups())
+    assert total == 12_000 and last % 4 == 0 and last <= 2_000  # whole rows, a small share of them

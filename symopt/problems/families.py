@@ -382,8 +382,10 @@ def multitask_lasso(X, Y, strength: float, *, fit_intercept: bool = False, sampl
     feature is used by every task or by none (scikit-learn's ``MultiTaskLasso(alpha=λ)``, whose
     ``coef_`` is $W^\top$). Optionally an unpenalised intercept per task and sample weights.
 
-    DCS gates each row of ``W`` ([`GroupSparse`][symopt.GroupSparse] with ``dim=0``): row ``j`` is
-    zero iff $‖X_j^\top R‖_2 / n ≤ λ$ at the optimum's residual ``R``.
+    DCS gates each row of ``W`` ([`GroupSparse`][symopt.GroupSparse] with index groups of ``T``
+    consecutive entries of ``W.reshape(-1)``, which are its rows): row ``j`` is zero iff
+    $‖X_j^\top R‖_2 / n ≤ λ$ at the optimum's residual ``R``. Index groups make the rows atoms of θ's
+    coordinates, so a wide problem is solved on working sets of features, as the Lasso is.
 
     Args:
         X: ``(n, d)`` design matrix.
@@ -419,16 +421,20 @@ def multitask_lasso(X, Y, strength: float, *, fit_intercept: bool = False, sampl
     _strength_or_budget("multitask_lasso", strength, None, "a budget")
     options = _Options("multitask_lasso", SquaredError(), X, Y, strength, None, fit_intercept=fit_intercept,
                        sample_weight=sample_weight, l1_ratio=1.0)
-    GroupSparse(0, strength)
+    GroupSparse(groups=tasks, strength=strength)  # checks the strength now
 
     def penalty(W):
         import cvxpy as cp
         return strength * cp.sum(cp.norm(W, 2, axis=1))
 
+    again = dict(fit_intercept=fit_intercept, sample_weight=sample_weight)
+
+    def restrict(index: Tensor) -> Problem:  # index: the flat coordinates of whole rows, sorted
+        return _again(multitask_lasso, columns(X, torch.unique(index // tasks)), Y, strength, **again)
+
     return options.problem(f"multitask_lasso {n}x{d}x{tasks}", (d, tasks), options.term,
-                           lambda: GroupSparse(0, strength), X, Y, penalty,
-                           at_strength=lambda new: _again(multitask_lasso, X, Y, new, fit_intercept=fit_intercept,
-                                                          sample_weight=sample_weight))
+                           lambda: GroupSparse(groups=tasks, strength=strength), X, Y, penalty, restrict=restrict,
+                           at_strength=lambda new: _again(multitask_lasso, X, Y, new, **again))
 
 
 def logistic_l1(X, y, strength: float | None = None, *, max_nonzero: int | None = None, fit_intercept: bool = False,

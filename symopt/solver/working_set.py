@@ -96,8 +96,8 @@ def solve_on_working_sets(problem: Problem, solve_restricted: Callable[..., Resu
         chosen = index
         # The restricted residual, on W, is the full one's W part: half the target leaves room for the rest.
         scale = max(float(grad0[index].norm()), 1e-12)
-        inner = solve_restricted(problem.restrict(index.cpu()), tol=0.5 * target / scale,
-                                 start=theta[index].to("cpu"))
+        sub = problem.restrict(index.cpu())
+        inner = solve_restricted(sub, tol=0.5 * target / scale, start=theta[index].to("cpu").reshape(sub.shape))
         inner_iterations += inner.iterations
         if inner.status in ("nan", "diverged", "max_iter"):
             status, message = inner.status, f"working-set round {round_} ({len(index)} coordinates): {inner.message}"
