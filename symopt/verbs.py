@@ -104,7 +104,8 @@ def group_sparse(module: nn.Module, name: str | Sequence[str], dim: int | None =
         dim: the axis whose slices are the groups (default 0: output rows / channels; 1: input
             features of a Linear).
         strength: λ (> 0), default 1e-3; with a budget, the starting λ.
-        **kwargs: ``groups=`` (index lists instead of ``dim``), ``max_groups=g`` (a budget),
+        **kwargs: ``groups=`` (index lists instead of ``dim``; one tensor only), ``max_groups=g``
+            (a budget; over several tensors it counts units across them), ``total_steps``, ``ramp``,
             ``adapt_rate``, ``seed``.
 
     Returns:
@@ -128,10 +129,10 @@ def group_sparse(module: nn.Module, name: str | Sequence[str], dim: int | None =
         torch.Size([8])
     """
     if not isinstance(name, str) and isinstance(name, Sequence):
-        extra = sorted(set(kwargs) - {"seed"})
+        extra = sorted(set(kwargs) - {"seed", "max_groups", "adapt_rate", "total_steps", "ramp"})
         if extra:
-            raise ValueError(f"group_sparse over several tensors takes dim, strength and seed; not {extra} "
-                             "(budgets and index groups act on one tensor)")
+            raise ValueError(f"group_sparse over several tensors takes dim, strength, seed, max_groups, adapt_rate, "
+                             f"total_steps and ramp; not {extra} (index groups act on one tensor)")
         return constrain(module, list(name), UnitGroups(0 if dim is None else dim, strength, **kwargs))
     return constrain(module, name, GroupSparse(dim, strength, **kwargs))
 

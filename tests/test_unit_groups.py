@@ -129,7 +129,7 @@ def test_state_dict_round_trip_into_a_fresh_registration():
     (["0.weight", "3.weight"], {}, ValueError, r"same number of units along dim=0 \('0.weight': 6, '3.weight': 3\)"),
     (["0.weight"], {}, ValueError, "needs at least two names"),
     (NAMES, dict(strength="auto"), ValueError, "give a number for strength"),
-    (NAMES, dict(max_groups=2), ValueError, r"takes dim, strength and seed; not \['max_groups'\]"),
+    (NAMES, dict(groups=2), ValueError, r"total_steps and ramp; not \['groups'\]"),
     (NAMES, dict(dim=2), ValueError, "dim=2 is out of range for '0.bias'"),
     (NAMES, dict(dim=1.0), TypeError, "dim must be an int"),
 ])
@@ -139,3 +139,118 @@ def test_bad_inputs_name_the_tensor_and_change_nothing(names, kwargs, error, mat
     with pytest.raises(error, match=match):
         symopt.group_sparse(net, names, **kwargs)
     assert symopt.list_constraints(net) == [] and all(torch.equal(v, state[k]) for k, v in net.state_dict().items())
+
+
+# -- a channel budget over the weight, bias and BatchNorm of a conv (issue 20) ---------------------------
+
+def _cnn():
+    return nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                         nn.Conv2d(16, 8, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
+
+
+CHANNEL = ["0.weight", "0.bias", "1.weight", "1.bias"]
+
+
+def _channels(net) -> int:
+    joint = (net[0].weight.detach().flatten(1).square().sum(1) + net[0].bias.detach().square()
+             + net[1].weight.detach().square() + net[1].bias.detach().square())
+    return int((joint > 0).sum())
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd_momentum_clipped"])
+def test_a_channel_budget_over_four_tensors_lands_and_export_removes_the_rest(optimizer):
+    """max_groups=6 of 16 channels, counted over conv weight, conv bias and BN γ, β with one gate per
+    channel: exactly 6 whole channels from the landing on (momentum and clipping do not move the dropped
+    ones), finalize with defaults, and compressed export leaves a 6-channel conv and BatchNorm with the
+    same outputs."""
+    torch.manual_seed(0)
+    net = _cnn()
+    steps = 240
+    handle = symopt.group_sparse(net, CHANNEL, max_groups=6, total_steps=steps)
+    X, y = torch.randn(96, 1, 8, 8), torch.randint(0, 3, (96,))
+    groups = symopt.param_groups(net, lr=1e-2)
+    opt = torch.optim.Adam(groups, lr=1e-2) if optimizer == "adam" else torch.optim.SGD(groups, lr=0.05, momentum=0.9)
+    counts = []
+    for _ in range(steps):
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(X), y).backward()
+        if optimizer != "adam":
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 0.5)
+        opt.step()
+        counts.append(_channels(net))
+    land = round(0.75 * steps)
+    assert counts[land - 2] > 6 and all(c == 6 for c in counts[land:])
+    assert "budget 6" in handle.constraint.structure(handle.values())
+    net.eval()
+    reference = net(X[:8]).detach()
+    small = symopt.export(net, mode="compressed", example_input=X[:4])
+    assert small[0].out_channels == 6 and small[1].num_features == 6 and small[3].in_channels == 6
+    assert torch.allclose(small(X[:8]), reference, atol=1e-5)
+
+
+def test_a_channel_budget_without_total_steps_adapts_and_finalizes():
+    torch.manual_seed(0)
+    net = _cnn()
+    handle = symopt.group_sparse(net, CHANNEL, max_groups=10)
+    X, y = torch.randn(96, 1, 8, 8), torch.randint(0, 3, (96,))
+    opt = torch.optim.Adam(symopt.param_groups(net, lr=1e-2), lr=1e-2)
+    for _ in range(300):
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(X), y).backward()
+        opt.step()
+    # Without total_steps the budget is approached, not landed: λ adapts (here past the budget: Adam keeps
+    # shrinking units once λ has peaked), and finalize keeps at most the 10 largest channels.
+    assert handle.constraint.strength > 0
+    symopt.finalize(net, tol=1e-2)
+    assert 1 <= _channels(net) <= 10
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(max_groups=16), "does not bind"),
+    (dict(max_groups=0), "max_groups must be an int >= 1"),
+    (dict(total_steps=100), "total_steps schedules a budget"),
+    (dict(max_groups=4, total_steps=0), "total_steps must be an int >= 1"),
+    (dict(groups=2), "not \\['groups'\\]"),
+])
+def test_bad_channel_budgets_change_nothing(kwargs, match):
+    net = _cnn()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    with pytest.raises(ValueError, match=match):
+        symopt.group_sparse(net, CHANNEL, **kwargs)
+    assert symopt.list_constraints(net) == []
+    assert all(torch.equal(net.state_dict()[k], v) for k, v in before.items())
+
+
+def test_a_resumed_channel_budget_lands_the_same_channels():
+    """model + optimizer state_dicts saved mid-ramp: the step count and the landed mask travel with the
+    model, and the resumed run ends bit-identical to the uninterrupted one."""
+    import io
+
+    X, y = torch.randn(64, 1, 8, 8, generator=torch.Generator().manual_seed(1)), torch.arange(64) % 3
+
+    def build():
+        torch.manual_seed(0)
+        net = _cnn()
+        symopt.group_sparse(net, CHANNEL, max_groups=5, total_steps=120)
+        opt = torch.optim.Adam(symopt.param_groups(net, lr=1e-2), lr=1e-2)
+        symopt.bind(opt)
+        return net, opt
+
+    def run(net, opt, steps):
+        for _ in range(steps):
+            opt.zero_grad()
+            nn.functional.cross_entropy(net(X), y).backward()
+            opt.step()
+
+    net, opt = build()
+    run(net, opt, 60)
+    buffer = io.BytesIO()
+    torch.save({"model": net.state_dict(), "opt": opt.state_dict()}, buffer)
+    run(net, opt, 60)
+    again, opt2 = build()
+    state = torch.load(io.BytesIO(buffer.getvalue()))
+    again.load_state_dict(state["model"])
+    opt2.load_state_dict(state["opt"])
+    run(again, opt2, 60)
+    assert _channels(net) == 5 and _channels(again) == 5
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), net.state_dict().values()))

@@ -9,6 +9,11 @@ Symmetry: $(s_c, ω_{1..T}[c]) → (-s_c, -ω_{1..T}[c])$ for each unit; fixed s
 when the norm of its joint gradient is ≤ λ. A unit whose bias and norm entries are zero emits exactly 0,
 so [`export`][symopt.export] removes it even behind a zero-padded consumer, where a dead weight with a
 live bias could not go.
+
+Budget ``max_groups=k``: one λ for the group, adapted on every backward pass from the joint unit norms
+of all the tensors (the controller of `symopt.constraints.budget`), so exactly k units stay alive; with
+``total_steps`` the budget lands: the other units' gates and every tensor's $ω$ for them go to the fixed
+subspace at once, and stay there.
 """
 
 from __future__ import annotations
@@ -18,7 +23,32 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .base import Constraint, GroupMember, random_gate
+from .base import Constraint, GroupMember, largest, random_gate
+from .budget import RATE, check_budget, check_total_steps
+from .pooled import PooledBudget
+
+
+class UnitBudget(PooledBudget):
+    """The budget controller of a [`UnitGroups`][symopt.constraints.unit_groups.UnitGroups]: once every
+    tensor of the group has reported its value and gradient in a backward pass, one target from the
+    joint unit norms (a unit's atom spans all the tensors)."""
+
+    def _observation(self, constraint, value, grad):
+        self._round[constraint.slot] = (value.detach(), grad.detach(), None)
+        if len(self._round) < self.members:
+            return None
+        parts = [self._round[i] for i in sorted(self._round)]
+        self._round = {}
+        group = constraint.group
+        shapes = [p[0].shape for p in parts]
+        sizes = [p[0].numel() for p in parts]
+
+        def unit_atoms(flat: Tensor, count: int) -> Tensor:  # the controller combines flat tensors
+            return group.unit_norms([piece.view(shape) for piece, shape in zip(flat.split(sizes), shapes)])
+
+        value = torch.cat([p[0].reshape(-1) for p in parts])
+        grad = torch.cat([p[1].reshape(-1) for p in parts])
+        return self.target(unit_atoms, value, grad, self.budget, self.atom_total)
 
 
 class UnitGroups(Constraint, register=False):
@@ -32,8 +62,13 @@ class UnitGroups(Constraint, register=False):
 
     Args:
         dim: the axis of every tensor that indexes the units (default 0: output channels / rows).
-        strength: λ (> 0), default 1e-3.
+        strength: λ (> 0), default 1e-3; with a budget, the starting λ (default: from the first gradients).
         seed: seed of the gates' signs.
+        max_groups: budget: λ adapts until exactly this many units are non-zero across the tensors.
+        adapt_rate: fraction of the way log λ moves toward the budget's target per step.
+        total_steps: the steps until training ends: the budget then arrives on a schedule and lands
+            exactly (as for [`GroupSparse`][symopt.GroupSparse]).
+        ramp: the schedule's ``(start, end)`` as fractions of ``total_steps``.
 
     Examples:
         >>> import torch, symopt
@@ -51,14 +86,24 @@ class UnitGroups(Constraint, register=False):
     multi_tensor = True
 
     def __init__(self, dim: int | Sequence[int] = 0, strength: float | None = None, *, seed: int = 0,
-                 unit_maps: Sequence[Tensor | None] | None = None, structure_name: str = "units") -> None:
+                 unit_maps: Sequence[Tensor | None] | None = None, structure_name: str = "units",
+                 max_groups: int | None = None, adapt_rate: float = RATE, total_steps: int | None = None,
+                 ramp: tuple[float, float] = (0.1, 0.75)) -> None:
         if isinstance(strength, str):
             raise ValueError("group_sparse over several tensors: give a number for strength (λ > 0); "
                              "'auto' is not available for groups that span tensors")
         dims = [dim] if isinstance(dim, int) else list(dim) if isinstance(dim, Sequence) else [dim]
         if any(isinstance(d, bool) or not isinstance(d, int) for d in dims):
             raise TypeError(f"group_sparse over several tensors: dim must be an int axis (or one per tensor), got {dim!r}")
-        super().__init__(1e-3 if strength is None else strength, seed=seed)
+        k = check_budget(max_groups, "max_groups", "group_sparse over several tensors")
+        schedule = check_total_steps(total_steps, ramp, "group_sparse over several tensors")
+        if schedule is not None and k is None:
+            raise ValueError("group_sparse over several tensors: total_steps schedules a budget; give max_groups=")
+        if k is None:
+            super().__init__(1e-3 if strength is None else strength, seed=seed)
+        else:
+            super().__init__(UnitBudget(strength, adapt_rate, owner="UnitGroups", schedule=schedule), seed=seed,
+                             budget=("count", k))
         self.dim = dims[0]
         self.dims = dims  # one per tensor, or one for all
         # per tensor: the unit of each index along its axis (None: index i is unit i). Attention heads
@@ -108,6 +153,9 @@ class UnitGroups(Constraint, register=False):
                 raise ValueError(f"group_sparse: '{name}' is {t.dtype} on {t.device}, '{names[0]}' is "
                                  f"{first.dtype} on {first.device}; one dtype and device for all the tensors")
         self.axes, self.units = axes, counts[0]
+        if self.budget_spec is not None:
+            self.resolve_budget(self.units, ", ".join(names), "units")
+            self.policy.budget, self.policy.atom_total = self.budget, self.atom_total
         for i, ids in enumerate(maps):  # buffers: model.to(device) moves them with the factors
             self.register_buffer(f"unit_map{i}", ids, persistent=False)
         self._count = len(maps)
@@ -116,9 +164,30 @@ class UnitGroups(Constraint, register=False):
     def prepare(self, count: int, device: torch.device) -> None:
         self.copies = []
         self._expected = count
+        if self.budget is not None:
+            self.policy.members = count
 
     def member(self, index: int) -> UnitGroupsMember:
-        return UnitGroupsMember(self, index)
+        member = UnitGroupsMember(self, index)
+        if self.policy.schedule_of_budget() is not None:
+            member.register_forward_pre_hook(_land_units_when_due)
+        return member
+
+    def land_all(self) -> None:
+        """Land the budget: the ``budget`` units of largest joint norm are kept; every other unit's
+        gate and its $ω$ in every tensor go to 0, the mirror's fixed subspace."""
+        with torch.no_grad():
+            keep = largest(self.unit_norms([self._value(i) for i in range(len(self.copies))]), self.budget)
+            self.landed_keep.copy_(keep)
+            self._hold(keep)
+        self.policy.mark_landed()
+
+    def _hold(self, keep: Tensor) -> None:
+        """Dropped units' gates and $ω$ at 0 (after the landing, momentum would move them off)."""
+        self.gates.masked_fill_(~keep, 0.0)
+        for i, copy in enumerate(self.copies):
+            omega = copy.original1 if i == 0 else copy.original0
+            omega.mul_(self.spread(keep.to(omega.dtype), omega, i))
 
     def bind(self, copy: nn.Module) -> None:
         self.copies.append(copy)
@@ -180,8 +249,14 @@ class UnitGroups(Constraint, register=False):
         keep = (self.unit_norms(values) > tol)
         return [v * self.spread(keep.to(v.dtype), v, i) for i, v in enumerate(values)]
 
+    def truncate(self, values: Sequence[Tensor], k: int) -> list[Tensor]:
+        keep = largest(self.unit_norms(values), k)
+        return [v * self.spread(keep.to(v.dtype), v, i) for i, v in enumerate(values)]
+
     def violation(self, values: Sequence[Tensor], tol: float = 0.0) -> float:
-        snapped = self.project(values, tol)
+        """Without a budget: the distance to the snap at ``tol``. With one: to the budget's set (all but
+        the ``budget`` largest units zero; tiny kept units are inside it)."""
+        snapped = self.project(values, tol) if self.budget is None else self.truncate(values, self.budget)
         return float(torch.stack([(v - s).norm() for v, s in zip(values, snapped)]).norm())
 
     def infeasibility(self, values: Sequence[Tensor]) -> float:
@@ -209,7 +284,8 @@ class UnitGroups(Constraint, register=False):
 
     def structure(self, values: Sequence[Tensor], tol: float = 0.0) -> str:
         norms = self.unit_norms([v.detach() for v in values])
-        return f"units {int((norms > tol).sum())}/{norms.numel()} (dim={self.dim}, {len(values)} tensors)"
+        budget = "" if self.budget is None else f", budget {self.budget}"
+        return f"units {int((norms > tol).sum())}/{norms.numel()} (dim={self.dim}, {len(values)} tensors{budget})"
 
     def structure_key(self, value, tol: float) -> object:
         return tuple((self.unit_norms(list(value)) > tol).tolist())
@@ -222,6 +298,23 @@ class UnitGroups(Constraint, register=False):
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, {super().extra_repr()}"
+
+
+def _land_units_when_due(member: "UnitGroupsMember", inputs: tuple[Tensor, ...]) -> None:
+    """Forward pre-hook of a budgeted unit group's tensor: the group lands all its tensors at once at
+    the end of the ramp; from then on the dropped units are held at 0 before every forward."""
+    group = member.group
+    policy = group.policy
+    if not policy.has_landed():
+        if not policy.landing_due():
+            return
+        group.land_all()
+        return
+    keep = group.landed_keep
+    with torch.no_grad():  # the shared gates and this tensor's ω, whichever tensor is read first
+        group.gates.masked_fill_(~keep, 0.0)
+        omega = inputs[1] if member.index == 0 else inputs[0]
+        omega.mul_(group.spread(keep.to(omega.dtype), omega, member.index))
 
 
 class UnitGroupsMember(GroupMember):
