@@ -37,7 +37,8 @@ class ConstraintCertificate:
             gradient projected onto the set (linear kinds). 0 at an optimum.
         multiplier: with a loss, linear kinds: $‖O^\top ∇ℓ‖_∞$, the size of the Lagrange multipliers.
         exact: with a loss, linear kinds: $λ > \mathrm{multiplier}$ (the condition for the penalty to hold
-            the constraint exactly) *and* the constraint holds (violation ≤ ``tol``); never True for a
+            the constraint exactly), or the constraint has landed (``total_steps``: its factors are held
+            on the fixed subspace), *and* the constraint holds (violation ≤ ``tol``); never True for a
             violated constraint, whatever λ.
         relative_violation: $\mathrm{violation} / ‖\mathrm{tensor}‖$.
         budget: the atom budget (non-zeros, groups, rank) when one was set; the violation then
@@ -255,7 +256,9 @@ def certify(model, loss_fn: Callable | None = None, batch=None, tol: float = 1e-
             scale = math.sqrt(sum(float(g.square().sum()) for g in grads[id(h)]))
             if h.constraint.linear:
                 multiplier = h.multiplier(grads[id(h)])
-                exact = h.strength > multiplier and violation <= tol
+                # a landed constraint is held by its fixed subspace, not by λ (which is then 0)
+                held = h.constraint.policy.has_landed() or h.strength > multiplier
+                exact = held and violation <= tol
         entries.append(ConstraintCertificate(
             name=h.name, kind=h.kind, strength=h.strength, violation_before=violation, violation_after=violation,
             change=0.0, relative_change=0.0, structure=h.structure(values, tol), kkt_residual=kkt,

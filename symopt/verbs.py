@@ -395,7 +395,8 @@ def tie(model: nn.Module, names: Sequence[str], strength: float | str = "auto", 
             64×16 ties the decoder to the encoder's transpose.
         strength: λ (> 0), or ``"auto"`` (default): $\mathrm{margin} ×$ a running multiplier estimate.
         **kwargs: ``margin`` (of ``"auto"``, > 1), ``seed``, ``transpose`` (True: tie square
-            matrices as transposes; False: refuse transposed shapes).
+            matrices as transposes; False: refuse transposed shapes), ``total_steps`` (the tie lands
+            exactly at ``ramp[1]·total_steps``, default 75%: see [`Tied`][symopt.Tied]) and ``ramp``.
 
     Returns:
         Handle: the registered constraint. ``module.<name>`` keeps its value; its parameter is

@@ -449,6 +449,84 @@ class Scheduled(Strength):
             self.publish()
 
 
+class Landing(Strength):
+    r"""An exact-penalty constraint (a tie) that *lands* on its set at a given step: before it, λ is
+    ``inner``'s (``"auto"`` or a number); at step ``land_at`` the constraint puts its factors on the
+    fixed subspace of its mirror symmetry (the set holds exactly, whatever the optimizer left), holds
+    them there from then on, and λ drops to 0 (the decay of factors held at 0 does nothing).
+
+    Why: an exact penalty holds the set only once training has converged with λ above the
+    multipliers. Adam's per-coordinate steps leave tied copies 1e-3 to 5e-2 apart after tens of epochs
+    (measured on digits), so a model that must end tied lands at a known step instead.
+
+    Args:
+        inner: the policy before the landing.
+        schedule: ``(total_steps, ramp start, ramp end)``; the landing step is ``round(end · total_steps)``.
+
+    Examples:
+        >>> from symopt.constraints.strength import Fixed, Landing
+        >>> policy = Landing(Fixed(0.5), (100, 0.1, 0.75))
+        >>> policy.land_at, policy.value(), policy.landing_due()
+        (75, 0.5, False)
+    """
+
+    watching = True
+
+    def __init__(self, inner: Strength, schedule: tuple[int, float, float]) -> None:
+        super().__init__()
+        self.inner = inner
+        total, _, last = schedule
+        self.schedule = schedule
+        self.land_at = max(1, int(round(last * total)))
+        self.register_buffer("step", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("landed", torch.zeros((), dtype=torch.float64))
+        self._first_slot: int | None = None
+
+    def value(self) -> float:
+        return 0.0 if bool(self.landed) else self.inner.value()
+
+    def multiplier(self) -> float | None:
+        return self.inner.multiplier()
+
+    def resize(self, slots: int, device=None) -> None:
+        self.inner.resize(slots, device)
+
+    def sync_state(self) -> list[Tensor]:
+        return self.inner.sync_state() + [self.step]
+
+    def has_landed(self) -> bool:
+        return bool(self.landed)
+
+    def landing_due(self) -> bool:
+        return not bool(self.landed) and int(self.step) >= self.land_at
+
+    def mark_landed(self) -> None:
+        self.landed.fill_(1.0)
+        self.publish()
+
+    def describe(self) -> str:
+        return f"{self.inner.describe()}, lands at step {self.land_at}" + (" (landed)" if bool(self.landed) else "")
+
+    def _observation(self, constraint, value, grad):
+        # One step per backward pass: a tie's later copies each report, so only one of them ticks: the
+        # one that reported first (the backward visits them in the same order every time).
+        slot = constraint.slot
+        if self._first_slot is None:
+            self._first_slot = slot
+        inner = self.inner._observation(constraint, value, grad) if self.inner.watching else None
+        return (inner, slot == self._first_slot)
+
+    def _commit(self, observations) -> None:
+        if bool(self.landed):
+            return
+        if any(tick for _, tick in observations):
+            self.step += 1
+        inner = [o for o, _ in observations if o is not None]
+        if inner:
+            self.inner._commit(inner)
+        self.publish()
+
+
 def strength_policy(strength, *, linear: bool, budget: bool, margin: float, rate: float, owner: str,
                     schedule: tuple[int, float, float] | None = None) -> Strength:
     """The policy a constraint's ``strength=`` argument asks for.

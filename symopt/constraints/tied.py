@@ -19,6 +19,8 @@ import torch
 from torch import Tensor, nn
 
 from .base import Constraint, Example, GroupMember, hadamard_balance, split_product
+from .budget import RATE, check_total_steps
+from .strength import Landing, strength_policy
 
 
 class Tied(Constraint):
@@ -44,6 +46,11 @@ class Tied(Constraint):
         transpose: None (default): a copy whose shape is the anchor's reversed (2-d, not square) is
             tied to the transpose; True: every later copy is (needed for square matrices); False:
             shapes must be equal.
+        total_steps: the optimizer steps until training ends: the tie then *lands* at
+            ``round(ramp[1] · total_steps)``: every later copy's factors go to 0, so the copies equal
+            the anchor exactly, and stay so (`symopt.constraints.strength.Landing`). Without it the tie
+            holds once training has converged with λ above the multipliers (Adam leaves copies apart).
+        ramp: ``(start, end)`` fractions of ``total_steps``; a tie lands at ``end`` (default 0.75).
 
     Examples:
         >>> import torch, symopt
@@ -65,7 +72,12 @@ class Tied(Constraint):
         return Example(lambda: cls(1.0), ((3, 4), (3, 4), (3, 4)))
 
     def __init__(self, strength: float | str = "auto", *, margin: float = 1.5, seed: int = 0,
-                 transpose: bool | None = None) -> None:
+                 transpose: bool | None = None, total_steps: int | None = None,
+                 ramp: tuple[float, float] = (0.1, 0.75)) -> None:
+        schedule = check_total_steps(total_steps, ramp, "Tied")
+        if schedule is not None:
+            strength = Landing(strength_policy(strength, linear=True, budget=False, margin=margin, rate=RATE,
+                                               owner="Tied"), schedule)
         super().__init__(strength, seed=seed, margin=margin)
         if transpose is not None and not isinstance(transpose, bool):
             raise TypeError(f"Tied: transpose must be None (decide from the shapes), True or False; got {transpose!r}")
@@ -136,7 +148,21 @@ class Tied(Constraint):
 
     def member(self, index: int) -> TiedMember:
         """The parametrization of copy ``index``: the anchor for 0."""
-        return TiedAnchor(self, 0) if index == 0 else TiedMember(self, index)
+        if index == 0:
+            return TiedAnchor(self, 0)
+        member = TiedMember(self, index)
+        if isinstance(self.policy, Landing):
+            member.register_forward_pre_hook(_land_tie_when_due)
+        return member
+
+    def land_all(self) -> None:
+        """Land the tie: every later copy's $u_j, v_j$ to 0 (the mirror's fixed subspace), so
+        $θ_j = θ_1$ exactly; λ drops to 0."""
+        with torch.no_grad():
+            for copy in self.copies[1:]:
+                copy.original0.zero_()
+                copy.original1.zero_()
+        self.policy.mark_landed()
 
     def bind(self, copy: nn.Module) -> None:
         """Record the ParametrizationList of the next copy (in the order of the names)."""
@@ -194,6 +220,19 @@ class Tied(Constraint):
 
     def compressed_structure(self) -> str | None:
         return "shared"
+
+
+def _land_tie_when_due(member: "TiedMember", inputs: tuple[Tensor, ...]) -> None:
+    """Forward pre-hook of a later copy of a tie with ``total_steps``: land the whole tie when due, then
+    hold this copy's factors at 0 (an optimizer's momentum would move them off for a while)."""
+    policy = member.group.policy
+    if not policy.has_landed():
+        if not policy.landing_due():
+            return
+        member.group.land_all()
+    with torch.no_grad():
+        for factor in inputs:
+            factor.zero_()
 
 
 class TiedMember(GroupMember):
