@@ -190,7 +190,8 @@ def subspace(module: nn.Module, name: str, A, strength: float | str = "auto", *,
         dim: an axis or tuple of axes: ``A`` constrains every slice over them (``dim=1``: each row of
             a Linear weight; ``dim=(1, 2, 3)``: each Conv filter), with a basis of the slice's size
             instead of a dense ``I ⊗ A``. ``None`` (default): ``A`` acts on the whole parameter.
-        **kwargs: ``margin`` (of ``"auto"``, > 1), ``seed``.
+        **kwargs: ``margin`` (of ``"auto"``, > 1), ``seed``, ``total_steps`` (the set lands exactly at
+            ``ramp[1]·total_steps``, default 75%) and ``ramp``.
 
     Returns:
         Handle: the registered constraint. ``module.<name>`` keeps its value; its parameter is
@@ -225,7 +226,8 @@ def fixed_zeros(module: nn.Module, name: str, mask, strength: float | str = "aut
         name: the parameter's (dotted) name, e.g. ``"weight"`` or ``"encoder.0.weight"``.
         mask: bool tensor of the parameter's shape; True marks an entry that must be 0.
         strength: λ (> 0), or ``"auto"`` (default): $\mathrm{margin} ×$ a running multiplier estimate.
-        **kwargs: ``margin`` (of ``"auto"``, > 1), ``seed``.
+        **kwargs: ``margin`` (of ``"auto"``, > 1), ``seed``, ``total_steps`` (the set lands exactly at
+            ``ramp[1]·total_steps``, default 75%) and ``ramp``.
 
     Returns:
         Handle: the registered constraint. ``module.<name>`` keeps its value; its parameter is

@@ -126,3 +126,30 @@ def test_bad_landing_schedules_change_nothing(kwargs, match):
         symopt.tie(net, ["0.weight", "2.weight"], **kwargs)
     assert symopt.list_constraints(net) == []
     assert all(torch.equal(net.state_dict()[k], v) for k, v in before.items())
+
+
+@pytest.mark.parametrize("kind", ["subspace", "fixed_zeros"])
+def test_single_tensor_sets_land_exactly_under_adam(kind):
+    """The same landing for the other exact-penalty kinds: their decayed factors are the mirror pairs, and
+    0 there is the set. Rows of a layer summing to 0 (subspace) or a fixed pattern of zeros."""
+    torch.manual_seed(0)
+    net = _net()
+    if kind == "subspace":
+        handle = symopt.subspace(net, "2.weight", torch.ones(1, 16), dim=1, total_steps=STEPS)
+        violation = lambda: float(net[2].weight.detach().sum(1).abs().max())  # noqa: E731
+    else:
+        mask = torch.rand(16, 16, generator=torch.Generator().manual_seed(1)) < 0.3
+        handle = symopt.fixed_zeros(net, "2.weight", mask, total_steps=STEPS)
+        violation = lambda: float(net[2].weight.detach()[mask].abs().max())  # noqa: E731
+    opt = torch.optim.Adam(symopt.param_groups(net, lr=1e-2), lr=1e-2)
+    X, y = _data()
+    seen = []
+    for _ in range(STEPS):
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(X), y).backward()
+        opt.step()
+        seen.append(violation())
+    land = round(0.75 * STEPS)
+    assert seen[land - 2] > 0.0
+    assert all(v <= 1e-6 for v in seen[land - 1:])  # float32 rounding of a projection (subspace), 0 (zeros)
+    assert handle.constraint.strength == 0.0 and symopt.finalize(net).ok

@@ -23,7 +23,7 @@ from torch.nn.modules.module import _addindent
 
 from .auto import watch_gradient
 from .budget import RATE, check_total_steps
-from .strength import Auto, BudgetStrength, Fixed, Strength, strength_policy
+from .strength import Auto, BudgetStrength, Fixed, Landing, Strength, strength_policy
 
 # Fallback scale for the non-zero factor of an all-zero tensor: with u = 1, v = 0 the factored
 # gradient on w = u·v has the same scale as on the unfactored tensor.
@@ -260,16 +260,19 @@ class Constraint(nn.Module):
         super().__init__()
         owner = type(self).__name__
         schedule = check_total_steps(total_steps, ramp, owner)
+        lands_set = schedule is not None and budget is None and self.linear
         if schedule is not None:
-            if budget is None:
+            if budget is None and not self.linear:
                 raise ValueError(f"{owner}: total_steps schedules a budget; give one (max_nonzero=, density=, "
                                  "max_groups=, target_rank=), or use strength=symopt.Scheduled(...) for λ")
             if isinstance(strength, Strength):
                 raise ValueError(f"{owner}: total_steps builds the budget's policy; do not pass a Strength too")
-            if type(self).land is Constraint.land:
+            if not lands_set and type(self).land is Constraint.land:
                 raise ValueError(f"{owner}: this kind cannot land a budget (no `land`); drop total_steps")
         self.policy = strength_policy(strength, linear=self.linear, budget=budget is not None, margin=margin,
-                                      rate=adapt_rate, owner=owner, schedule=schedule)
+                                      rate=adapt_rate, owner=owner, schedule=None if lands_set else schedule)
+        if lands_set:  # an exact-penalty set that lands at the end of the ramp (strength.Landing)
+            self.policy = Landing(self.policy, schedule)
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
             raise TypeError(f"{owner}: seed must be an int, got {type(seed).__name__}")
         self.factorizer = Factorizer(int(seed))
@@ -278,7 +281,9 @@ class Constraint(nn.Module):
         self.budget_spec = budget
         self.budget: int | None = int(budget[1]) if budget is not None and budget[0] == "count" else None
         self.register_forward_hook(watch_gradient)
-        if schedule is not None:
+        if lands_set and not self.multi_tensor:  # a multi-tensor group's members land it (Tied.member)
+            self.register_forward_pre_hook(_land_set_when_due)
+        elif schedule is not None and not lands_set:
             self.register_forward_pre_hook(_land_when_due)
         self._register_load_state_dict_pre_hook(_rename_policy_keys)
 
@@ -577,6 +582,20 @@ def _land_when_due(module: "Constraint", inputs: tuple[Tensor, ...]) -> None:
         module.land(inputs, keep)
         module.landed_keep.copy_(keep)
     policy.mark_landed()
+
+
+def _land_set_when_due(module: "Constraint", inputs: tuple[Tensor, ...]) -> None:
+    """Forward pre-hook of an exact-penalty kind with ``total_steps``: at the landing step its decayed
+    factors (the mirror pairs: their fixed subspace is where both are 0, which is the set) go to 0, and
+    they are held there before every later forward (momentum would move them off for a while)."""
+    policy = module.policy
+    if not policy.has_landed():
+        if not policy.landing_due():
+            return
+        policy.mark_landed()
+    with torch.no_grad():
+        for i in module.decayed:
+            inputs[i].zero_()
 
 
 def _rename_policy_keys(state_dict, prefix, *_args) -> None:

@@ -28,6 +28,10 @@ class FixedZeros(Constraint):
             multipliers $‖(∂ℓ/∂θ)[\mathrm{mask}]‖_∞$.
         margin: safety factor of ``"auto"`` (> 1).
         seed: seed of the factor initialisation.
+        total_steps: the optimizer steps until training ends: the set then *lands* at
+            ``round(ramp[1] · total_steps)`` (the decayed factors go to 0, their mirror's fixed
+            subspace, which is the set) and holds exactly from then on, whatever the optimizer.
+        ramp: ``(start, end)`` fractions of ``total_steps``; the landing is at ``end`` (default 0.75).
 
     Examples:
         >>> import torch, symopt
@@ -49,8 +53,9 @@ class FixedZeros(Constraint):
         mask[0, :2] = mask[3, 4] = True
         return Example(lambda: cls(mask, 1.0), ((4, 5),))
 
-    def __init__(self, mask, strength: float | str = "auto", *, margin: float = 1.5, seed: int = 0) -> None:
-        super().__init__(strength, seed=seed, margin=margin)
+    def __init__(self, mask, strength: float | str = "auto", *, margin: float = 1.5, seed: int = 0,
+                 total_steps: int | None = None, ramp: tuple[float, float] = (0.1, 0.75)) -> None:
+        super().__init__(strength, seed=seed, margin=margin, total_steps=total_steps, ramp=ramp)
         if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
             got = f"{type(mask).__name__}" + (f" of dtype {mask.dtype}" if isinstance(mask, Tensor) else "")
             raise TypeError(f"FixedZeros: mask must be a bool torch.Tensor, got {got}; use mask.bool()")

@@ -114,6 +114,10 @@ class Strength(nn.Module):
         """Whether a scheduled budget has landed (its dropped atoms are held at exactly 0)."""
         return False
 
+    def lands_set(self) -> bool:
+        """Whether an exact-penalty constraint lands on its set at a given step (`Landing`)."""
+        return False
+
     def resize(self, slots: int, device=None) -> None:
         """Prepare for ``slots`` tensors observed separately (a tie's copies); most policies keep one
         state for all."""
@@ -496,6 +500,9 @@ class Landing(Strength):
 
     def has_landed(self) -> bool:
         return bool(self.landed)
+
+    def lands_set(self) -> bool:
+        return True
 
     def landing_due(self) -> bool:
         return not bool(self.landed) and int(self.step) >= self.land_at

@@ -42,6 +42,10 @@ class Subspace(Constraint):
             multipliers $‖O^\top ∂ℓ/∂θ‖_∞$ observed on each backward pass (see ``symopt.constraints.auto``).
         margin: safety factor of ``"auto"`` (> 1).
         seed: seed of the factor initialisation.
+        total_steps: the optimizer steps until training ends: the set then *lands* at
+            ``round(ramp[1] · total_steps)`` (the decayed factors go to 0, their mirror's fixed
+            subspace, which is the set) and holds exactly from then on, whatever the optimizer.
+        ramp: ``(start, end)`` fractions of ``total_steps``; the landing is at ``end`` (default 0.75).
         dim: ``None`` (default): ``A`` acts on the whole flattened parameter. An axis or a tuple of
             axes: ``A`` acts on $θ_s$, the slice over those axes (flattened in their order), for
             every index ``s`` of the other axes: $A·\operatorname{vec}(θ_s) = 0$ for all ``s``. ``dim=1`` on a
@@ -79,8 +83,9 @@ class Subspace(Constraint):
         return Example(lambda: cls(A, 1.0, dim=1), ((4, 5),))
 
     def __init__(self, A, strength: float | str = "auto", *, margin: float = 1.5, seed: int = 0,
-                 dim: int | tuple[int, ...] | None = None) -> None:
-        super().__init__(strength, seed=seed, margin=margin)
+                 dim: int | tuple[int, ...] | None = None, total_steps: int | None = None,
+                 ramp: tuple[float, float] = (0.1, 0.75)) -> None:
+        super().__init__(strength, seed=seed, margin=margin, total_steps=total_steps, ramp=ramp)
         self.dim = _as_axes(dim)
         A = _as_matrix(A)
         self.num_columns = A.shape[1]

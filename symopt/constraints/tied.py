@@ -19,8 +19,6 @@ import torch
 from torch import Tensor, nn
 
 from .base import Constraint, Example, GroupMember, hadamard_balance, split_product
-from .budget import RATE, check_total_steps
-from .strength import Landing, strength_policy
 
 
 class Tied(Constraint):
@@ -74,11 +72,7 @@ class Tied(Constraint):
     def __init__(self, strength: float | str = "auto", *, margin: float = 1.5, seed: int = 0,
                  transpose: bool | None = None, total_steps: int | None = None,
                  ramp: tuple[float, float] = (0.1, 0.75)) -> None:
-        schedule = check_total_steps(total_steps, ramp, "Tied")
-        if schedule is not None:
-            strength = Landing(strength_policy(strength, linear=True, budget=False, margin=margin, rate=RATE,
-                                               owner="Tied"), schedule)
-        super().__init__(strength, seed=seed, margin=margin)
+        super().__init__(strength, seed=seed, margin=margin, total_steps=total_steps, ramp=ramp)
         if transpose is not None and not isinstance(transpose, bool):
             raise TypeError(f"Tied: transpose must be None (decide from the shapes), True or False; got {transpose!r}")
         self.transpose = transpose
@@ -151,7 +145,7 @@ class Tied(Constraint):
         if index == 0:
             return TiedAnchor(self, 0)
         member = TiedMember(self, index)
-        if isinstance(self.policy, Landing):
+        if self.policy.lands_set():
             member.register_forward_pre_hook(_land_tie_when_due)
         return member
 
