@@ -103,3 +103,12 @@ def test_users_data_quick(capsys):
     users_data.main(["--quick"])
     printed = capsys.readouterr().out
     assert "sklearn lasso_path" in printed and "sklearn LassoCV" in printed and "| optimal |" in printed
+
+
+def test_channels_quick(capsys):
+    pytest.importorskip("torch_pruning")
+    from benchmarks import channels
+    table = channels.main(["--quick"])
+    assert [row[0] for row in table] == ["dense", "torch-pruning", "symopt"]
+    assert table[1][4] == table[2][4] == (16, 32) and table[1][5] == table[2][5]  # same channels, same size
+    assert "test accuracy" in capsys.readouterr().out

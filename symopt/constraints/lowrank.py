@@ -331,10 +331,12 @@ def leading_singular_values(mat: Tensor, count: int, seed: int = 0, power: int =
     Examples:
         >>> import torch
         >>> from symopt.constraints.lowrank import leading_singular_values
-        >>> A = torch.randn(300, 200, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-        >>> A = A * torch.logspace(0, -3, 200, dtype=torch.float64)              # a decaying spectrum
-        >>> exact = torch.linalg.svdvals(A)[:5]
-        >>> bool(((leading_singular_values(A, 5) - exact).abs() <= 1e-3 * exact).all())
+        >>> g = torch.Generator().manual_seed(0)
+        >>> P = torch.linalg.qr(torch.randn(300, 200, generator=g, dtype=torch.float64)).Q
+        >>> Q = torch.linalg.qr(torch.randn(200, 200, generator=g, dtype=torch.float64)).Q
+        >>> A = (P * 0.8 ** torch.arange(200.0, dtype=torch.float64)) @ Q.T     # σ_i = 0.8^i
+        >>> estimate = leading_singular_values(A, 5)
+        >>> bool(((estimate - 0.8 ** torch.arange(5.0, dtype=torch.float64)).abs() <= 1e-6).all())
         True
     """
     generator = torch.Generator(device=mat.device).manual_seed(seed)
