@@ -1,9 +1,11 @@
 """The benchmark harness runs (a smoke test at the smallest size; benchmarks are not timed here)."""
 
+import pytest
+import torch
+
 from benchmarks import cvxpy_limits, families, floor, geoopt_optimizers, overhead, users_data
 from symopt.problems import make_lasso
 from symopt.result import Result
-import torch
 
 
 def test_time_to_accuracy_reads_the_history():
