@@ -104,3 +104,36 @@ def load_example(name):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def resumed_matches(build, run, before: int, after: int):
+    """Train ``build()``'s ``(model, optimizer)`` for ``before`` steps with ``run(model, opt, steps)``,
+    checkpoint both state_dicts, go on for ``after`` steps; then build afresh, load the checkpoint and
+    run the same ``after`` steps. Returns ``(uninterrupted model, resumed model)``, and asserts that
+    every state entry of the two is bit-identical (a schedule's step count and landing masks are
+    buffers, so a resume crosses a landing on the same step)."""
+    import io
+
+    model, opt = build()
+    run(model, opt, before)
+    buffer = io.BytesIO()
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, buffer)
+    run(model, opt, after)
+    again, opt2 = build()
+    state = torch.load(io.BytesIO(buffer.getvalue()))
+    again.load_state_dict(state["model"])
+    opt2.load_state_dict(state["opt"])
+    run(again, opt2, after)
+    for (key, a), b in zip(again.state_dict().items(), model.state_dict().values()):
+        assert torch.equal(a, b), f"resumed run differs at {key}"
+    return model, again
+
+
+def cross_entropy_steps(X, y):
+    """``run(model, optimizer, steps)``: full-batch cross-entropy steps on ``(X, y)`` (for `resumed_matches`)."""
+    def run(model, opt, steps):
+        for _ in range(steps):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(X), y).backward()
+            opt.step()
+    return run

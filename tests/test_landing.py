@@ -5,13 +5,12 @@ schedule), and ``symopt.finalize(model)`` succeeds with its default arguments.""
 
 from __future__ import annotations
 
-import io
-
 import pytest
 import torch
 from torch import nn
 
 import symopt
+from helpers import resumed_matches
 from symopt.constraints.budget import scheduled_count
 
 DT = torch.float64
@@ -117,16 +116,7 @@ def test_a_resumed_run_lands_and_holds_the_same_atoms():
             (0.5 * (model(X) - Y).square().mean()).backward()
             opt.step()
 
-    model, opt = build()
-    run(model, opt, 120)
-    buffer = io.BytesIO()
-    torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, buffer)
-    run(model, opt, 80)
-    again, opt2 = build()
-    state = torch.load(io.BytesIO(buffer.getvalue()))
-    again.load_state_dict(state["model"])
-    opt2.load_state_dict(state["opt"])
-    run(again, opt2, 80)
+    model, again = resumed_matches(build, run, 120, 80)
     assert torch.equal(again.weight, model.weight) and int((again.weight != 0).sum()) == 9
 
 

@@ -4,13 +4,12 @@ after tens of epochs), SGD with momentum and clipping, and a resumed run; finali
 
 from __future__ import annotations
 
-import io
-
 import pytest
 import torch
 from torch import nn
 
 import symopt
+from helpers import cross_entropy_steps, resumed_matches
 
 STEPS = 200
 
@@ -94,23 +93,7 @@ def test_a_resumed_tie_lands_at_the_same_step_bit_identical():
         symopt.bind(opt)
         return net, opt
 
-    def run(net, opt, steps):
-        for _ in range(steps):
-            opt.zero_grad()
-            nn.functional.cross_entropy(net(X), y).backward()
-            opt.step()
-
-    net, opt = build()
-    run(net, opt, 100)
-    buffer = io.BytesIO()
-    torch.save({"model": net.state_dict(), "opt": opt.state_dict()}, buffer)
-    run(net, opt, 100)
-    again, opt2 = build()
-    state = torch.load(io.BytesIO(buffer.getvalue()))
-    again.load_state_dict(state["model"])
-    opt2.load_state_dict(state["opt"])
-    run(again, opt2, 100)
-    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), net.state_dict().values()))
+    _, again = resumed_matches(build, cross_entropy_steps(X, y), 100, 100)
     assert torch.equal(again[0].weight, again[2].weight)
 
 

@@ -9,6 +9,7 @@ from torch import nn
 
 import symopt
 from symopt import ExportWarning
+from helpers import cross_entropy_steps, resumed_matches
 
 DT = torch.float64
 NAMES = ["0.weight", "0.bias", "1.weight", "1.bias"]
@@ -224,8 +225,6 @@ def test_bad_channel_budgets_change_nothing(kwargs, match):
 def test_a_resumed_channel_budget_lands_the_same_channels():
     """model + optimizer state_dicts saved mid-ramp: the step count and the landed mask travel with the
     model, and the resumed run ends bit-identical to the uninterrupted one."""
-    import io
-
     X, y = torch.randn(64, 1, 8, 8, generator=torch.Generator().manual_seed(1)), torch.arange(64) % 3
 
     def build():
@@ -236,21 +235,5 @@ def test_a_resumed_channel_budget_lands_the_same_channels():
         symopt.bind(opt)
         return net, opt
 
-    def run(net, opt, steps):
-        for _ in range(steps):
-            opt.zero_grad()
-            nn.functional.cross_entropy(net(X), y).backward()
-            opt.step()
-
-    net, opt = build()
-    run(net, opt, 60)
-    buffer = io.BytesIO()
-    torch.save({"model": net.state_dict(), "opt": opt.state_dict()}, buffer)
-    run(net, opt, 60)
-    again, opt2 = build()
-    state = torch.load(io.BytesIO(buffer.getvalue()))
-    again.load_state_dict(state["model"])
-    opt2.load_state_dict(state["opt"])
-    run(again, opt2, 60)
+    net, again = resumed_matches(build, cross_entropy_steps(X, y), 60, 60)
     assert _channels(net) == 5 and _channels(again) == 5
-    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), net.state_dict().values()))
