@@ -286,7 +286,9 @@ HEAD_COUNT_NAMES = ("num_heads", "n_heads", "num_attention_heads", "n_head")
 
 
 def attention_heads(model: nn.Module, name: str = "", strength: float | None = None, *, seed: int = 0,
-                    projections: Sequence[str] | None = None, heads: int | None = None) -> Handle:
+                    projections: Sequence[str] | None = None, heads: int | None = None,
+                    max_heads: int | None = None, total_steps: int | None = None,
+                    ramp: tuple[float, float] = (0.1, 0.75)) -> Handle:
     r"""Group sparsity over attention heads: one gate per head, shared by its query, key and value
     rows (weights and biases) and its columns of the output projection.
 
@@ -299,8 +301,13 @@ def attention_heads(model: nn.Module, name: str = "", strength: float | None = N
     Args:
         model: the attention module or a model that contains it.
         name: the dotted name of the attention module in ``model`` ("" for ``model`` itself).
-        strength: λ (> 0), default 1e-3.
+        strength: λ (> 0), default 1e-3; with a budget, the starting λ.
         seed: seed of the gates' signs.
+        max_heads: a budget: λ adapts until exactly this many heads are non-zero; with
+            ``total_steps`` they land on a schedule (as ``max_groups`` of
+            [`UnitGroups`][symopt.constraints.unit_groups.UnitGroups]) and export removes the others.
+        total_steps: the optimizer steps until training ends (the budget's schedule and landing).
+        ramp: the schedule's ``(start, end)`` as fractions of ``total_steps``.
         projections: for a hand-written block, the names of its q, k, v and output Linear layers
             (default: the first of ``q_proj/k_proj/v_proj/out_proj``, ``…/o_proj``, ``q/k/v/o``,
             ``query/key/value/out`` that it has).
@@ -347,7 +354,8 @@ def attention_heads(model: nn.Module, name: str = "", strength: float | None = N
         names.append(prefix + "out_proj.weight")
         dims.append(1)
         maps.append(per_head)
-        return constrain(model, names, UnitGroups(dims, strength, seed=seed, unit_maps=maps, structure_name="heads"))
+        return constrain(model, names, UnitGroups(dims, strength, seed=seed, unit_maps=maps, structure_name="heads",
+                                                  max_groups=max_heads, total_steps=total_steps, ramp=ramp))
     found = [tuple(projections)] if projections is not None else [
         p for p in PROJECTION_NAMES if all(isinstance(getattr(block, n, None), nn.Linear) for n in p)]
     if not found or len(found[0]) != 4 or not all(isinstance(getattr(block, n, None), nn.Linear) for n in found[0]):
@@ -377,7 +385,8 @@ def attention_heads(model: nn.Module, name: str = "", strength: float | None = N
     names.append(f"{prefix}{found[0][3]}.weight")
     dims.append(1)
     maps.append(per_head)
-    group = UnitGroups(dims, strength, seed=seed, unit_maps=maps, structure_name="heads")
+    group = UnitGroups(dims, strength, seed=seed, unit_maps=maps, structure_name="heads", max_groups=max_heads,
+                       total_steps=total_steps, ramp=ramp)
     # what export needs to rewrite the block (the constraint carries it: export asks, never guesses)
     group.attention_block = {"block": name, "projections": tuple(found[0]), "heads": count, "count_attribute": attr}
     return constrain(model, names, group)

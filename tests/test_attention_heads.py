@@ -153,3 +153,38 @@ def test_hand_written_block_without_a_head_count_attribute_is_refused_or_kept():
     _kill_heads(block, [1])
     with pytest.warns(ExportWarning, match="keeps its head count in no attribute"):
         symopt.export(block, mode="compressed")
+
+
+@pytest.mark.parametrize("where", ["torch", "hand-written"])
+def test_a_head_budget_lands_exactly_and_export_keeps_that_many_heads(where):
+    """max_heads=2 of 4 with total_steps: from the landing on exactly 2 heads are non-zero across their
+    q, k, v rows, biases and output columns, under Adam; export keeps 2 heads with the same outputs."""
+    torch.manual_seed(0)
+    steps = 200
+    if where == "torch":
+        model = nn.TransformerEncoderLayer(16, 4, dim_feedforward=32, dropout=0.0, batch_first=True).double()
+        handle = symopt.attention_heads(model, "self_attn", max_heads=2, total_steps=steps)
+        x = torch.randn(32, 6, 16, dtype=DT)
+        target = x + x.mean(1, keepdim=True).expand_as(x)
+        loss = lambda: ((model(x) - target) ** 2).mean()  # noqa: E731
+    else:
+        model = TinyLM().double()
+        handle = symopt.attention_heads(model, "attn", max_heads=2, total_steps=steps)
+        ids = torch.randint(0, 30, (16, 7), generator=torch.Generator().manual_seed(0))
+        loss = lambda: nn.functional.cross_entropy(model(ids[:, :-1]).reshape(-1, 30), ids[:, 1:].reshape(-1))  # noqa: E731
+    opt = torch.optim.Adam(symopt.param_groups(model, lr=1e-2), lr=1e-2)
+    alive = []
+    for _ in range(steps):
+        opt.zero_grad()
+        loss().backward()
+        opt.step()
+        norms = handle.constraint.unit_norms([v.detach() for v in handle.values()])
+        alive.append(int((norms > 0).sum()))
+    land = round(0.75 * steps)
+    assert alive[land - 2] == 4 and all(a == 2 for a in alive[land - 1:])
+    model.eval()
+    small = _quiet(model)
+    heads = small.self_attn.num_heads if where == "torch" else small.attn.num_heads
+    assert heads == 2
+    probe = x if where == "torch" else ids
+    assert torch.allclose(small(probe), model(probe), atol=1e-10)
