@@ -266,7 +266,8 @@ class Constraint(nn.Module):
                 raise ValueError(f"{owner}: total_steps schedules a budget; give one (max_nonzero=, density=, "
                                  "max_groups=, target_rank=), or use strength=symopt.Scheduled(...) for λ")
             if isinstance(strength, Strength):
-                raise ValueError(f"{owner}: total_steps builds the budget's policy; do not pass a Strength too")
+                raise ValueError(f"{owner}: total_steps builds the policy of the budget (or of the landing); "
+                                 "do not pass a Strength too")
             if not lands_set and type(self).land is Constraint.land:
                 raise ValueError(f"{owner}: this kind cannot land a budget (no `land`); drop total_steps")
         self.policy = strength_policy(strength, linear=self.linear, budget=budget is not None, margin=margin,

@@ -390,7 +390,8 @@ class BudgetStrength(Strength):
     def _observation(self, constraint, value, grad):
         if constraint.budget is None:
             return None
-        return self.target(constraint.top_dual_atoms, value, grad, constraint.budget, getattr(constraint, "atom_total", 0))
+        return self.target(constraint.top_dual_atoms, value, grad, constraint.budget,
+                           getattr(constraint, "atom_total", 0))
 
     def _commit(self, observations) -> None:
         if self.schedule is not None and observations:
@@ -454,8 +455,8 @@ class Scheduled(Strength):
 
 
 class Landing(Strength):
-    r"""An exact-penalty constraint (a tie) that *lands* on its set at a given step: before it, λ is
-    ``inner``'s (``"auto"`` or a number); at step ``land_at`` the constraint puts its factors on the
+    r"""An exact-penalty constraint (a tie, a subspace, fixed zeros) that *lands* on its set at a given
+    step: before it, λ is ``inner``'s (``"auto"`` or a number); at step ``land_at`` the constraint puts its factors on the
     fixed subspace of its mirror symmetry (the set holds exactly, whatever the optimizer left), holds
     them there from then on, and λ drops to 0 (the decay of factors held at 0 does nothing).
 
