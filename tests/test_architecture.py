@@ -99,3 +99,22 @@ def test_the_old_discovery_call_still_works_with_a_deprecation_warning():
     with pytest.warns(DeprecationWarning, match="list_constraints"):
         handles = symopt.constraints(lin)
     assert [h.name for h in handles] == [h.name for h in symopt.list_constraints(lin)] == ["weight"]
+
+
+def test_every_source_compiles_without_warnings():
+    """An invalid escape in a docstring (``\\mathrm`` in a non-raw string) is only a warning when Python
+    compiles the file, which the docs build printed and nothing failed on: compile every module here."""
+    import pathlib
+    import warnings
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    bad = []
+    for path in sorted([*root.joinpath("symopt").rglob("*.py"), *root.joinpath("benchmarks").rglob("*.py"),
+                        *root.joinpath("examples").rglob("*.py")]):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            try:
+                compile(path.read_text(encoding="utf-8"), str(path), "exec")
+            except (SyntaxError, SyntaxWarning, DeprecationWarning) as err:
+                bad.append(f"{path.relative_to(root)}: {err}")
+    assert not bad, bad

@@ -99,9 +99,9 @@ def solve_softimpute(problem: Problem, device=None, dtype=torch.float64, tol: fl
         return (Q @ U_small[:, :keep]) * (S[:keep] - lam), Vh[:keep].T, keep, S, Vh[:width].T
 
     x = torch.zeros(m, n, device=device, dtype=dtype)
-    z, t, nuclear = x, 1.0, 0.0
+    z, t = x, 1.0
     level = float(torch.linalg.matrix_norm(observed, ord=2)) / _CONTINUATION  # λ_max: W = 0 is optimal there
-    inner_tol, history, status, rank, kkt = tol, [], "max_iter", 0, None
+    inner_tol, history, status, kkt = tol, [], "max_iter", None
     start = time.perf_counter()
     it = 0
     while it < max_iter:

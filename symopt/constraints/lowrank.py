@@ -248,7 +248,7 @@ class LowRank(Constraint):
         return self.singular_values(value).reshape(-1)
 
     def top_dual_atoms(self, grad: Tensor, count: int) -> Tensor:
-        """The ``count`` leading singular values. A budget asks for k + 1 of them on every backward
+        r"""The ``count`` leading singular values. A budget asks for k + 1 of them on every backward
         pass, of $θ - t∇ℓ$, which has full rank: when ``count`` is well below the size
         ($4(\mathrm{count} + 8) ≤ \min(m, n)$) they come from a seeded randomized range finder
         (``count + 8`` columns, 2 power iterations) in $O(mn·\mathrm{count})$ instead of a full SVD's
