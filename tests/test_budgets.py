@@ -3,6 +3,7 @@
 ``finalize`` meets the budget exactly and reports the loss change, or refuses."""
 
 import copy
+import math
 
 import numpy as np
 import pytest
@@ -278,3 +279,37 @@ def test_leading_selection_is_exactly_topks(n, k, ties):
     top = torch.topk(values, k + 1).values
     assert (kth, after) == (float(top[k - 1]), float(top[k]))
     assert total == pytest.approx(float(top[:k].sum()), rel=1e-12)
+
+
+def test_a_landed_float32_rank_budget_finalizes_with_defaults():
+    """After the landing a float32 U Vᵀ has rank ≤ k exactly, but its SVD shows trailing singular values
+    of order σ_max·eps (the product's rounding). They are not rank: finalize must accept the model with
+    its default tol (it refused a 256×256 layer by 9e-6 before the violation counted above rounding)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
+    symopt.low_rank(model, "2.weight", target_rank=16, total_steps=120)
+    X, y = torch.randn(256, 64), torch.randint(0, 10, (256,))
+    opt = torch.optim.Adam(symopt.param_groups(model, lr=1e-3), lr=1e-3)
+    for _ in range(120):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(X), y).backward()
+        opt.step()
+    assert symopt.finalize(model).ok
+    assert int(torch.linalg.matrix_rank(model[2].weight.detach())) == 16  # at float32's own tolerance
+
+
+@pytest.mark.parametrize("make", [lambda m: symopt.low_rank(m, "weight", 1e-37, target_rank=4),
+                                  lambda m: symopt.sparse(m, "weight", 1e-37, max_nonzero=100)])
+def test_a_tiny_strength_does_not_overflow_the_budget_target(make):
+    """With λ ≈ 0 the controller's step t = spread·size/λ is ~1e30: forming θ − t∇ℓ overflowed float32 to
+    Inf (an SVD of Inf on a rank budget). The score is computed as atoms(θ/t − ∇ℓ) instead."""
+    torch.manual_seed(0)
+    layer = nn.Linear(64, 256)
+    handle = make(layer)
+    opt = torch.optim.Adam(symopt.param_groups(layer, lr=1e-3), lr=1e-3)
+    X = torch.randn(32, 64)
+    for _ in range(3):
+        opt.zero_grad()
+        (1e3 * layer(X)).square().sum().backward()
+        opt.step()
+    assert math.isfinite(handle.strength) and handle.strength > 1e-37

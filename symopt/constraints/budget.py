@@ -191,4 +191,6 @@ def budget_target(top_atoms, value: Tensor, grad: Tensor, k: int, strength: floa
     if strength <= 0 or size == 0.0:
         return split_point(top_atoms(-grad, k + 1), k)  # the prox score of a zero point: atoms(0 − t·∇ℓ) / t
     step = SPREAD * size / strength
-    return split_point(top_atoms(value - step * grad, k + 1), k) / step
+    # atoms are norms, so atoms(θ − t∇ℓ)/t = atoms(θ/t − ∇ℓ): the same score without forming t·∇ℓ, which
+    # overflowed float32 when λ was tiny (t ≈ 1e30: an SVD of Inf on a 256×64 rank budget)
+    return split_point(top_atoms(value / step - grad, k + 1), k)

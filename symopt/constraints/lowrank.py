@@ -297,13 +297,31 @@ class LowRank(Constraint):
         denom = float(U.square().sum() + V.square().sum())
         return float((U.mT @ U - V.mT @ V).norm()) / denom if denom > 0 else 0.0
 
+    def _rounding(self, S: Tensor, value: Tensor) -> float:
+        """σ_max·max(m, n)·eps of ``value``'s dtype: singular values below it are the rounding of the
+        product $UV^\top$ in that precision, not rank (a float32 rank-8 product with σ_max ≈ 100 has
+        "singular values" ≈ 1e-5 beyond the 8th)."""
+        if not S.numel():
+            return 0.0
+        shape = self.matrix(value.detach()).shape
+        eps = max(torch.finfo(S.dtype).eps, torch.finfo(value.dtype).eps)
+        return float(S.amax()) * max(shape[-2:]) * eps
+
+    def violation(self, value: Tensor, tol: float = 0.0) -> float:
+        """With a budget, the distance to rank ≤ k counted above the rounding of the value's precision:
+        a landed float32 rank-k product has trailing singular values of order σ_max·eps, which are not
+        rank and must not make ``finalize`` refuse it. Without a budget, as every kind."""
+        if self.budget is None:
+            return super().violation(value, tol)
+        S = self.singular_values(value.detach())
+        tail = S[..., self.budget:]
+        tail = torch.where(tail > self._rounding(S, value), tail, torch.zeros_like(tail))
+        return float(tail.square().sum().sqrt())
+
     def structure(self, value: Tensor, tol: float = 0.0) -> str:
         S = self.singular_values(value.detach())
-        # The numerical rank: below σ_max·max(m, n)·eps the singular values are rounding, not rank
-        # (a float32 rank-8 product with σ_max ≈ 100 has "singular values" ≈ 1e-5 beyond the 8th).
-        shape = self.matrix(value.detach()).shape
-        rounding = S.amax() * max(shape[-2:]) * torch.finfo(S.dtype).eps if S.numel() else 0.0
-        rank = int((S > max(tol, float(rounding))).sum(dim=-1).amax()) if S.numel() else 0
+        # the numerical rank: above the rounding of the product in the value's precision
+        rank = int((S > max(tol, self._rounding(S, value))).sum(dim=-1).amax()) if S.numel() else 0
         budget = "" if self.budget is None else f", target {self.budget}"
         return f"rank {rank}/{S.shape[-1] if self.max_rank is None else self.max_rank}{budget}"
 
