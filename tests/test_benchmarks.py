@@ -114,3 +114,11 @@ def test_channels_quick(capsys):
     assert [row[0] for row in table] == ["dense", "torch-pruning", "symopt"]
     assert table[1][4] == table[2][4] == (16, 32) and table[1][5] == table[2][5]  # same channels, same size
     assert "test accuracy" in capsys.readouterr().out
+
+
+def test_ranks_quick(capsys):
+    from benchmarks import ranks
+    table = ranks.main(["--quick"])
+    assert [row[0] for row in table] == ["dense", "truncated SVD", "symopt"]
+    assert table[1][4] == table[2][4] == (16, 16)  # both hidden layers at rank 16, exactly
+    assert "test accuracy" in capsys.readouterr().out
