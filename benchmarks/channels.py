@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
 import time
 import warnings
 
@@ -34,7 +33,7 @@ from torch import nn
 
 import symopt
 
-from .compression import batches, data
+from .compression import batches, data, over_seeds
 
 
 def cnn(seed: int) -> nn.Sequential:
@@ -117,13 +116,11 @@ def main(argv=None) -> list:
     runs = [("dense", 0.0)] + [(m, r) for r in args.remove for m in ("torch-pruning", "symopt")]
     table = []
     for method, remove in runs:
-        results = [train(method, remove, seed, args.epochs) for seed in range(args.seeds)]
-        acc = [r[0] for r in results]
-        spread = statistics.stdev(acc) if len(acc) > 1 else 0.0
+        mean, spread, seconds, results = over_seeds(train, method, remove, args.seeds, args.epochs)
         kept = "/".join(str(c) for c in results[0][1])
-        table.append((method, remove, statistics.mean(acc), spread, results[0][1], results[0][2]))
-        print(f"{method:14s} {remove:7.2f} {statistics.mean(acc):10.4f} ± {spread:.4f} {kept:>9s} "
-              f"{results[0][2]:7d} {statistics.median(r[3] for r in results):6.1f}", flush=True)
+        table.append((method, remove, mean, spread, results[0][1], results[0][2]))
+        print(f"{method:14s} {remove:7.2f} {mean:10.4f} ± {spread:.4f} {kept:>9s} {results[0][2]:7d} {seconds:6.1f}",
+              flush=True)
     return table
 
 

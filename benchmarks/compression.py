@@ -55,6 +55,15 @@ def batches(n: int, size: int, generator: torch.Generator):
     return [order[i:i + size] for i in range(0, n, size)]
 
 
+def over_seeds(train, method: str, setting, seeds: int, epochs: int):
+    """``train(method, setting, seed, epochs)`` for every seed, whose first result is the test
+    accuracy and last the CPU seconds: ``(mean accuracy, its std over seeds, median CPU s, results)``."""
+    results = [train(method, setting, seed, epochs) for seed in range(seeds)]
+    accuracies = [r[0] for r in results]
+    spread = statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0
+    return statistics.mean(accuracies), spread, statistics.median(r[-1] for r in results), results
+
+
 def accuracy(model, X, y) -> float:
     with torch.no_grad():
         return float((model(X).argmax(1) == y).float().mean())

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
 import time
 
 import torch
@@ -29,7 +28,7 @@ from torch import nn
 
 import symopt
 
-from .compression import accuracy, batches, data, mlp
+from .compression import accuracy, batches, data, mlp, over_seeds
 
 HIDDEN = ("0", "2")
 
@@ -97,13 +96,10 @@ def main(argv=None) -> list:
     runs = [("dense", 0)] + [(m, r) for r in args.ranks for m in ("truncated SVD", "symopt")]
     table = []
     for method, rank in runs:
-        results = [train(method, rank, seed, args.epochs) for seed in range(args.seeds)]
-        acc = [r[0] for r in results]
-        spread = statistics.stdev(acc) if len(acc) > 1 else 0.0
+        mean, spread, seconds, results = over_seeds(train, method, rank, args.seeds, args.epochs)
         ranks = "/".join(str(k) for k in results[0][1])
-        table.append((method, rank, statistics.mean(acc), spread, results[0][1]))
-        print(f"{method:14s} {rank:4d} {statistics.mean(acc):10.4f} ± {spread:.4f} {ranks:>8s} "
-              f"{statistics.median(r[2] for r in results):6.1f}", flush=True)
+        table.append((method, rank, mean, spread, results[0][1]))
+        print(f"{method:14s} {rank:4d} {mean:10.4f} ± {spread:.4f} {ranks:>8s} {seconds:6.1f}", flush=True)
     return table
 
 
