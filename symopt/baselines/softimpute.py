@@ -83,12 +83,12 @@ def solve_softimpute(problem: Problem, device=None, dtype=torch.float64, tol: fl
     generator = torch.Generator(device="cpu").manual_seed(seed)
     basis = torch.randn(n, min(full, 2 * _OVERSAMPLE), generator=generator, dtype=dtype).to(device)
 
-    def svt(Z: torch.Tensor, basis: torch.Tensor, lam: float):
-        """``(U·(S-λ)_+, V, rank, new basis)`` from the subspace spanned by ``Z @ basis``."""
+    def svt(Z: torch.Tensor, basis: torch.Tensor, threshold: float):
+        """``(U·(S - threshold)_+, V, rank, S, new basis)`` from the subspace spanned by ``Z @ basis``."""
         while True:
             Q, _ = torch.linalg.qr(Z @ basis)
             U_small, S, Vh = torch.linalg.svd(Q.T @ Z, full_matrices=False)
-            keep = int((S > lam).sum())
+            keep = int((S > threshold).sum())
             width = basis.shape[1]
             if keep < width or width == full:
                 break
@@ -96,7 +96,7 @@ def solve_softimpute(problem: Problem, device=None, dtype=torch.float64, tol: fl
             extra = torch.randn(n, width, generator=generator, dtype=dtype).to(device)
             basis = torch.cat([Vh.T, extra], dim=1)[:, :min(full, 2 * width)]
         width = min(full, max(keep + _OVERSAMPLE, 2))
-        return (Q @ U_small[:, :keep]) * (S[:keep] - lam), Vh[:keep].T, keep, S, Vh[:width].T
+        return (Q @ U_small[:, :keep]) * (S[:keep] - threshold), Vh[:keep].T, keep, S, Vh[:width].T
 
     x = torch.zeros(m, n, device=device, dtype=dtype)
     z, t = x, 1.0

@@ -282,8 +282,8 @@ class Constraint(nn.Module):
         self.budget_spec = budget
         self.budget: int | None = int(budget[1]) if budget is not None and budget[0] == "count" else None
         self.register_forward_hook(watch_gradient)
-        if lands_set and not self.multi_tensor:  # a multi-tensor group's members land it (Tied.member)
-            self.register_forward_pre_hook(_land_set_when_due)
+        if lands_set and not self.multi_tensor:  # a tie's later copies get this hook (Tied.member)
+            self.register_forward_pre_hook(land_set_when_due)
         elif schedule is not None and not lands_set:
             self.register_forward_pre_hook(_land_when_due)
         self._register_load_state_dict_pre_hook(_rename_policy_keys)
@@ -585,10 +585,11 @@ def _land_when_due(module: "Constraint", inputs: tuple[Tensor, ...]) -> None:
     policy.mark_landed()
 
 
-def _land_set_when_due(module: "Constraint", inputs: tuple[Tensor, ...]) -> None:
-    """Forward pre-hook of an exact-penalty kind with ``total_steps``: at the landing step its decayed
-    factors (the mirror pairs: their fixed subspace is where both are 0, which is the set) go to 0, and
-    they are held there before every later forward (momentum would move them off for a while)."""
+def land_set_when_due(module: "Constraint", inputs: tuple[Tensor, ...]) -> None:
+    """Forward pre-hook of an exact-penalty kind with ``total_steps`` (and of each later copy of a tie):
+    at the landing step its decayed factors (the mirror pairs: their fixed subspace is where both are
+    0, which is the set) go to 0, and they are held there before every later forward (momentum would
+    move them off for a while)."""
     policy = module.policy
     if not policy.has_landed():
         if not policy.landing_due():

@@ -238,7 +238,8 @@ class GroupSparse(Constraint):
         start = value
         if grad is not None:
             grad_norms = self.group_norms(grad)
-            joining = entering(torch.where(alive, 0.0, self.dual_atoms(grad) - self.strength), int(alive.sum()))
+            # the dual atoms ‖g_g‖ / c_g, from the norms already taken
+            joining = entering(torch.where(alive, 0.0, self.unweighted(grad_norms) - self.strength), int(alive.sum()))
             if bool(joining.any()):
                 step = 1e-3 * (float(norms[alive].mean()) if bool(alive.any()) else 1.0)
                 direction = -grad / self.spread(grad_norms.clamp_min(torch.finfo(grad.dtype).tiny), grad)

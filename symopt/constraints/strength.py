@@ -481,7 +481,6 @@ class Landing(Strength):
         super().__init__()
         self.inner = inner
         total, _, last = schedule
-        self.schedule = schedule
         self.land_at = max(1, int(round(last * total)))
         self.register_buffer("step", torch.zeros((), dtype=torch.float64))
         self.register_buffer("landed", torch.zeros((), dtype=torch.float64))

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .base import Constraint, Example, GroupMember, hadamard_balance, split_product
+from .base import Constraint, Example, GroupMember, hadamard_balance, land_set_when_due, split_product
 
 
 class Tied(Constraint):
@@ -145,18 +145,9 @@ class Tied(Constraint):
         if index == 0:
             return TiedAnchor(self, 0)
         member = TiedMember(self, index)
-        if self.policy.lands_set():
-            member.register_forward_pre_hook(_land_tie_when_due)
+        if self.policy.lands_set():  # each later copy zeroes its own u_j, v_j, as a single-tensor set does
+            member.register_forward_pre_hook(land_set_when_due)
         return member
-
-    def land_all(self) -> None:
-        """Land the tie: every later copy's $u_j, v_j$ to 0 (the mirror's fixed subspace), so
-        $θ_j = θ_1$ exactly; λ drops to 0."""
-        with torch.no_grad():
-            for copy in self.copies[1:]:
-                copy.original0.zero_()
-                copy.original1.zero_()
-        self.policy.mark_landed()
 
     def bind(self, copy: nn.Module) -> None:
         """Record the ParametrizationList of the next copy (in the order of the names)."""
@@ -214,19 +205,6 @@ class Tied(Constraint):
 
     def compressed_structure(self) -> str | None:
         return "shared"
-
-
-def _land_tie_when_due(member: "TiedMember", inputs: tuple[Tensor, ...]) -> None:
-    """Forward pre-hook of a later copy of a tie with ``total_steps``: land the whole tie when due, then
-    hold this copy's factors at 0 (an optimizer's momentum would move them off for a while)."""
-    policy = member.group.policy
-    if not policy.has_landed():
-        if not policy.landing_due():
-            return
-        member.group.land_all()
-    with torch.no_grad():
-        for factor in inputs:
-            factor.zero_()
 
 
 class TiedMember(GroupMember):

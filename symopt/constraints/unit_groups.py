@@ -179,13 +179,16 @@ class UnitGroups(Constraint, register=False):
         with torch.no_grad():
             keep = largest(self.unit_norms([self._value(i) for i in range(len(self.copies))]), self.budget)
             self.landed_keep.copy_(keep)
-            self._hold(keep)
+            self.hold(range(len(self.copies)))
         self.policy.mark_landed()
 
-    def _hold(self, keep: Tensor) -> None:
-        """Dropped units' gates and $ω$ at 0 (after the landing, momentum would move them off)."""
+    def hold(self, tensors) -> None:
+        """The dropped units' gates and their $ω$ in each of ``tensors`` (indices) at 0: the landing
+        does all of them, and each tensor's forward its own (momentum would move them off)."""
+        keep = self.landed_keep
         self.gates.masked_fill_(~keep, 0.0)
-        for i, copy in enumerate(self.copies):
+        for i in tensors:
+            copy = self.copies[i]
             omega = copy.original1 if i == 0 else copy.original0
             omega.mul_(self.spread(keep.to(omega.dtype), omega, i))
 
@@ -310,11 +313,8 @@ def _land_units_when_due(member: "UnitGroupsMember", inputs: tuple[Tensor, ...])
             return
         group.land_all()
         return
-    keep = group.landed_keep
     with torch.no_grad():  # the shared gates and this tensor's ω, whichever tensor is read first
-        group.gates.masked_fill_(~keep, 0.0)
-        omega = inputs[1] if member.index == 0 else inputs[0]
-        omega.mul_(group.spread(keep.to(omega.dtype), omega, member.index))
+        group.hold([member.index])
 
 
 class UnitGroupsMember(GroupMember):
