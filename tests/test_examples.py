@@ -126,3 +126,12 @@ def test_singular_values_lambda_chooses_the_rank_exactly():
     pytest.importorskip("sklearn")
     (lam, status, rank, accuracy, trailing), = load("singular_values").main([], strengths=(0.3,))
     assert status == "optimal" and rank == 6 and trailing < 1e-15
+
+
+def test_tie_under_adam_lands_only_with_total_steps(capsys):
+    """The example behind the docs' figure, shortened: without a landing the tied copies end apart
+    (finalize refuses), with total_steps they end equal."""
+    gaps = load("tie_under_adam").main(["--epochs", "2"])
+    assert gaps[False] > 1e-6 and gaps[True] == 0.0
+    printed = capsys.readouterr().out
+    assert "finalize refused" in printed and "finalize: ok" in printed
