@@ -50,13 +50,30 @@ def test_infinite_gradient_at_the_start_is_a_status():
 
 
 def test_nan_mid_run_returns_the_last_finite_point():
-    # log(1 − Σθ) has a pole the line search jumps over
-    r = symopt.solve(custom(lambda t: -torch.log(1 - t.sum()) - 5 * t.sum()))
+    # log(1 − Σθ) has a pole torch's strong-Wolfe line search jumps over
+    r = symopt.solve(custom(lambda t: -torch.log(1 - t.sum()) - 5 * t.sum()), method="lbfgs")
     assert r.status == "nan" and "iteration 1" in r.message and "last finite" in r.message
     assert bool(torch.isfinite(r.x).all())
 
 
-@pytest.mark.parametrize("method", ["lbfgs", "momentum"])
+def test_the_lean_loop_backs_off_a_pole_and_reports_nan_everywhere():
+    # The default loop counts a NaN trial as too long a step: it stays inside the domain and solves it.
+    r = symopt.solve(custom(lambda t: -torch.log(1 - t.sum()) - 5 * t.sum()))
+    assert r.status == "optimal" and abs(float(r.x.sum()) - (1 - 1 / 4.9)) < 1e-6
+    # A loss that turns NaN everywhere mid-run: nan, with the last finite certified point.
+    calls = {"n": 0}
+
+    def poisoned(t):
+        calls["n"] += 1
+        value = (t - 1).square().sum()
+        return value * torch.nan if calls["n"] > 40 else value
+
+    r = symopt.solve(custom(poisoned), max_iter=50)
+    assert r.status == "nan" and "last finite" in r.message and "NaN or Inf" in r.message
+    assert bool(torch.isfinite(r.x).all())
+
+
+@pytest.mark.parametrize("method", ["auto", "lbfgs", "momentum"])
 def test_unbounded_below_is_diverged(method):
     r = symopt.solve(custom(lambda t: -10 * t.sum()), method=method)
     assert r.status == "diverged" and "bounded below?" in r.message

@@ -222,8 +222,11 @@ def test_polish_removes_the_slow_tail_on_logistic_l1():
     """Without the polish the KKT residual creeps down for tens of outer iterations (entries whose
     gradient sits near λ shrink geometrically); with it the face solve certifies within a few."""
     problem = make_logistic_l1(n=500, d=200)
-    assert symopt.solve(problem).iterations <= 6
-    assert symopt.solve(problem, polish=False).iterations >= 40
+    assert symopt.solve(problem, method="lbfgs").iterations <= 6  # torch's L-BFGS on the parametrization
+    assert symopt.solve(problem, method="lbfgs", polish=False).iterations >= 40
+    # The lean loop's weak-Wolfe L-BFGS (symopt.solver.flat) has a much shorter tail (7 outer iterations
+    # where torch's took 85, measured); the polish still shortens it.
+    assert symopt.solve(problem).iterations <= min(6, symopt.solve(problem, polish=False).iterations)
 
 
 def test_polish_option_is_checked():

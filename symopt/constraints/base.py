@@ -420,6 +420,17 @@ class Constraint(nn.Module):
         total = sum(factors[i].square().sum() for i in self.decayed)
         return 0.5 * self.strength * total
 
+    def pullback(self, factors: tuple[Tensor, ...] | list[Tensor], grad: Tensor) -> tuple[Tensor, ...]:
+        r"""The factors' gradients of $\langle \mathrm{grad}, \mathrm{forward}(\mathrm{factors})\rangle$: the
+        vector-Jacobian product of ``forward``, i.e. $∂\mathrm{loss}/∂\mathrm{factors}$ given
+        $\mathrm{grad} = ∂\mathrm{loss}/∂θ$. The solver's lean descent (`symopt.solver.flat`) asks it;
+        this default differentiates ``forward`` by autograd, and a kind whose product has a short
+        closed form (``u ⊙ v``, ``U Vᵀ``) overrides it to skip the graph."""
+        with torch.enable_grad():
+            leaves = [f.detach().requires_grad_() for f in factors]
+            grads = torch.autograd.grad(self.forward(*leaves), leaves, grad, allow_unused=True)
+        return tuple(torch.zeros_like(f) if g is None else g for f, g in zip(factors, grads))
+
     def violation(self, value: Tensor, tol: float = 0.0) -> float:
         """With a budget: the Euclidean distance from ``value`` to the budget's set (all but the
         ``budget`` largest atoms zero; tiny kept atoms are inside the set, so they do not count).

@@ -142,6 +142,11 @@ class LowRank(Constraint):
     def forward(self, U: Tensor, V: Tensor) -> Tensor:
         return (U @ V.mT).reshape(self.shape)
 
+    def pullback(self, factors, grad: Tensor) -> tuple[Tensor, Tensor]:
+        U, V = factors
+        G = grad.reshape(U.shape[:-2] + (U.shape[-2], V.shape[-2]))  # θ's matrix view, as forward builds it
+        return G @ V, G.mT @ U
+
     def right_inverse(self, value: Tensor) -> tuple[Tensor, Tensor]:
         self.shape = tuple(value.shape)
         mat = self.matrix(value).to(working_dtype(value.dtype))

@@ -83,6 +83,10 @@ class Sparse(Constraint):
     def forward(self, u: Tensor, v: Tensor) -> Tensor:
         return u * v
 
+    def pullback(self, factors, grad: Tensor) -> tuple[Tensor, Tensor]:
+        u, v = factors
+        return grad * v, grad * u
+
     def right_inverse(self, value: Tensor) -> tuple[Tensor, Tensor]:
         return split_product(value, self.factorizer)
 

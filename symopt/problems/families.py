@@ -13,13 +13,12 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
-from torch.nn import functional as F
 
 import numpy as np
 
 from ..constraints import Constraint, FixedZeros, GroupSparse, LowRank, NonNegative, Sparse, Subspace, Tied
 from .base import Problem
-from .design import columns, matvec
+from .design import columns
 from .duality import completion_dual, glm_dual, least_squares_dual
 from .glm import DataTerm, LogLoss, SquaredError, normalised_weights
 
@@ -103,12 +102,10 @@ def _strength_or_budget(family: str, strength, budget: int | None, what: str) ->
         raise ValueError(f"{family}: pass exactly one of strength (λ) or {what} (a budget; λ is then found)")
 
 
-def _least_squares(theta: Tensor, X: Tensor, y: Tensor) -> Tensor:
-    return 0.5 * (matvec(X, theta.reshape(-1)) - y).square().mean()
-
-
-def _logistic(theta: Tensor, X: Tensor, y: Tensor) -> Tensor:
-    return F.binary_cross_entropy_with_logits(matvec(X, theta), y)
+# The plain data terms (no intercept, weights or ridge): $1/(2n)‖Xw - y‖^2$ and the mean log-loss.
+# Data terms, not bare functions, so that they answer ``value_and_grad`` (the lean descent's gradient).
+_least_squares = DataTerm(SquaredError())
+_logistic = DataTerm(LogLoss())
 
 
 class _Options:

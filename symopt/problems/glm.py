@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from .design import matvec
+from .design import matvec, rmatvec
 
 
 class SquaredError:
@@ -116,6 +116,32 @@ class DataTerm:
         if self.ridge:
             value = value + 0.5 * self.ridge * theta.square().sum()
         return value
+
+    def value_and_grad(self, theta: Tensor, X: Tensor, y: Tensor, weights: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        r"""``(value, ∇value)`` at ``theta`` without autograd: $∇ = X^\top (ω ⊙ f'(Xw + b^*)) + \mathrm{ridge}·w$.
+        The intercept's own derivative vanishes at $b^*$ (envelope theorem), so it adds nothing.
+        The solver's lean descent asks for it (`symopt.solver.flat`).
+
+        Examples:
+            >>> import torch
+            >>> X, y = torch.eye(2, dtype=torch.float64), torch.tensor([3.0, 5.0], dtype=torch.float64)
+            >>> value, grad = DataTerm(SquaredError())(torch.zeros(2, dtype=torch.float64), X, y), None
+            >>> v, g = DataTerm(SquaredError()).value_and_grad(torch.zeros(2, dtype=torch.float64), X, y)
+            >>> float(v) == float(value), g.tolist()       # ½·mean(9, 25); −Xᵀy/n
+            (True, [-1.5, -2.5])
+        """
+        with torch.no_grad():
+            z = matvec(X, theta)
+            if self.fit_intercept:
+                z = z + self.fit.intercept(z, y, weights)
+            value = self.fit.value(z, y, weights)
+            slope = self.fit.slope(z, y)
+            scaled = slope / slope.shape[0] if weights is None else _weights_like(weights.to(slope.dtype), slope) * slope
+            grad = rmatvec(X, scaled)
+            if self.ridge:
+                value = value + 0.5 * self.ridge * theta.square().sum()
+                grad = grad + self.ridge * theta
+        return value, grad
 
     def predictor(self, theta: Tensor, X: Tensor, y: Tensor, weights: Tensor | None = None) -> Tensor:
         """``Xw + b*(w)`` ($b^* = 0$ without an intercept); differentiable in ``w``."""

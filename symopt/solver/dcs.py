@@ -1,7 +1,8 @@
 """``symopt.solve``: DCS on a [`Problem`][symopt.Problem].
 
 Uses the same parametrizations as the training API (a `Variable` holder, ``symopt.constrain``, the
-decay), minimised by L-BFGS with a strong-Wolfe line search or by accelerated gradient with a
+decay), minimised by L-BFGS (a lean compact-form loop on one flat vector, `flat`, or torch's, with a
+strong-Wolfe line search) or by accelerated gradient with a
 backtracked Lipschitz step (no step size to tune), and stops on the KKT residual of the *original*
 problem, not on an iteration count. The pieces: `options` (checked once), `descent` (the loop),
 `certifier` (snap, KKT, face polish), `stop` (the stop rule), `path` (budgets), `working_set`.
@@ -52,9 +53,12 @@ def solve(problem: Problem, device=None, dtype=None, method: str = "auto", tol: 
             memory traffic; on a GPU the fast path) the certificate (KKT residual) and the face polish
             are computed in float64 from a float64 copy of the data: float32 alone cannot resolve
             a relative residual of 1e-6.
-        method: ``"lbfgs"`` (L-BFGS, strong-Wolfe line search), ``"momentum"`` (Nesterov with a
-            backtracked Lipschitz step and restarts) or ``"auto"`` (= ``"lbfgs"``, the faster on
-            every built-in family).
+        method: ``"auto"`` (default: the lean loop of `symopt.solver.flat` — the same factored
+            objective on one flat vector, compact L-BFGS with a weak-Wolfe line search, the loss's
+            own gradient where it has one — wherever it applies, i.e. for every constraint on one
+            tensor whose λ is fixed during the solve; torch's L-BFGS otherwise), ``"lbfgs"`` (torch's
+            L-BFGS with a strong-Wolfe line search, through the registered parametrization) or
+            ``"momentum"`` (Nesterov with a backtracked Lipschitz step and restarts).
         tol: stop when the KKT residual ≤ $\mathrm{tol} × ‖∇\mathrm{loss}(0)‖$ (and, for linear kinds, the
             violation ≤ $\mathrm{tol} × ‖θ‖$).
         max_iter: maximum outer iterations (each runs up to ``inner`` L-BFGS iterations); for a

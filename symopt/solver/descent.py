@@ -12,6 +12,7 @@ import torch
 from ..constraints import Constraint
 from ..optimality import snap_tol
 from .certifier import Certifier
+from .flat import flat_stepper
 from .options import Options
 from .steppers import STEPPERS, NonFinite
 from .stop import StopRule
@@ -54,8 +55,21 @@ class Descent:
         return objective
 
     def _stepper(self):
+        if self.options.method == "auto":  # the lean loop where it applies (symopt.solver.flat)
+            lean = flat_stepper(self.holder, self.loss, self._value_and_grad(), self.options.inner,
+                                self.options.history_size)
+            if lean is not None:
+                return lean
         make = STEPPERS["lbfgs" if self.options.method == "auto" else self.options.method]
         return make(list(self.holder.parameters()), self.closure, self.options.inner, self.options.history_size)
+
+    def _value_and_grad(self):
+        """θ ↦ (loss, ∇loss) without autograd when the problem's loss has it (not under ``compile``)."""
+        analytic = getattr(self.problem.loss, "value_and_grad", None)
+        if analytic is None or self.options.compile:
+            return None
+        data = self.data
+        return lambda theta: analytic(theta, **data)
 
     def _non_finite(self, theta: torch.Tensor) -> str | None:
         """Which of the iterate / its factors holds NaN or Inf, or None."""

@@ -74,6 +74,12 @@ class StopRule:
         if kkt <= self.target and violation <= self.tol * max(1.0, float(theta.norm())):
             return "optimal", "KKT residual and violation below tolerance"
         if torch.equal(theta, previous):
+            largest = float(theta.abs().max()) if theta.numel() else 0.0
+            if self.far(kkt) and not largest < 1e-8 * torch.finfo(theta.dtype).max:
+                # stuck at the end of the float range: the iterates ran off faster than the watchdog's
+                # doublings could see (a line search that extrapolates 2^25 in one iteration)
+                return "diverged", (f"the iterates ran off to max|θ| = {largest:.3g}, near the end of the float range, "
+                                    "while the objective fell (is the loss bounded below?)")
             if self.far(kkt):
                 return "stalled", (f"no progress although the KKT residual {kkt:.2g} is far above the target "
                                    f"{self.target:.2g}: the line search finds no decrease, so {WRONG_GRADIENT}")

@@ -1,0 +1,97 @@
+"""The two descent loops of ``symopt.solve``, paired on the same problems: the lean loop
+(``method="auto"``: `symopt.solver.flat`, compact L-BFGS on one flat vector, the loss's own
+gradient) against torch's L-BFGS through the registered parametrization (``method="lbfgs"``).
+
+    python -m benchmarks.loops [--repeats 3] [--quick]
+
+Whole calls, medians of ``--repeats`` after one warm-up, the two loops alternating within each
+repeat (so drifts of the machine hit both). Real data (scikit-learn's diabetes, breast_cancer raw
+and standardised, digits, its china.jpg sample) and generated families at the sizes of
+``benchmarks.families``. Each row also gives both objectives' relative difference: the loops solve
+the same problem to the same KKT tolerance, so it must stay at the tolerance's level.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+
+import symopt
+from symopt.cli import machine_name
+
+
+def _cases(quick: bool):
+    from sklearn.datasets import load_breast_cancer, load_diabetes, load_digits, load_sample_image
+
+    from symopt.problems import (group_lasso, lasso, logistic_l1, make_group_lasso, make_lasso, make_logistic_l1,
+                                 make_matrix_completion, matrix_completion)
+
+    Xd, yd = load_diabetes(return_X_y=True)
+    Xc, yc = load_breast_cancer(return_X_y=True)
+    yc = yc.astype(float)
+    Xs = (Xc - Xc.mean(0)) / Xc.std(0)
+
+    def at(problem, fraction):
+        return problem.at_strength(fraction * problem.strength_max())
+
+    cases = []
+    for name, X, y in (("diabetes", Xd, yd), ("cancer raw", Xc, yc), ("cancer std", Xs, yc)):
+        for fraction in (0.1,) if quick else (0.1, 0.01):
+            cases.append((f"Lasso+intercept, {name}, {fraction:g} λmax", at(lasso(X, y, 1.0, fit_intercept=True),
+                                                                              fraction)))
+    if quick:
+        return cases
+    for name, X in (("cancer raw", Xc), ("cancer std", Xs)):
+        for fraction in (0.1, 0.01):
+            cases.append((f"logistic-L1+intercept, {name}, {fraction:g} λmax",
+                          at(logistic_l1(X, yc, 1.0, fit_intercept=True), fraction)))
+    cases.append(("group lasso, cancer std, groups of 3, 0.05 λmax", at(group_lasso(Xs, yc, 3, 1.0), 0.05)))
+    cases += [("generated Lasso 200×1000", make_lasso(n=200, d=1000, nonzeros=10)),
+              ("generated Lasso 1000×5000 (working sets)", make_lasso(n=1000, d=5000, nonzeros=20)),
+              ("generated logistic-L1 500×200", make_logistic_l1(n=500, d=200)),
+              ("generated group lasso 500×1000, groups of 5", make_group_lasso(n=500, d=1000, group_size=5)),
+              ("generated completion 200×200 rank 5", make_matrix_completion(m=200, n=200, rank=5, observed=0.3)),
+              ("generated completion 1000×1000 rank 10",
+               make_matrix_completion(m=1000, n=1000, rank=10, observed=0.3))]
+    generator = torch.Generator().manual_seed(0)
+    digits = torch.as_tensor(load_digits().data, dtype=torch.float64)
+    image = torch.tensor(load_sample_image("china.jpg"), dtype=torch.float64).mean(-1)[::2, ::2] / 255
+    for name, M in (("digits 1797×64", digits), ("china.jpg gray 214×320", image)):
+        mask = torch.rand(M.shape, generator=generator, dtype=torch.float64) < 0.5
+        lam_max = float(torch.linalg.matrix_norm(torch.where(mask, M, 0.0), ord=2))
+        cases.append((f"completion, {name}, 50% observed, 0.1 λmax", matrix_completion(M, mask, 0.1 * lam_max)))
+    return cases
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.loops")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="smoke test: three small cases, one repeat")
+    args = parser.parse_args(argv)
+    repeats = 1 if args.quick else args.repeats
+    print(f"machine: {machine_name('cpu')}, torch threads {torch.get_num_threads()}; medians of {repeats} runs\n")
+    print("| problem | lean s (iters) | torch L-BFGS s (iters) | lean / torch | statuses | objective diff |")
+    print("|---|---|---|---|---|---|")
+    for name, problem in _cases(args.quick):
+        results, times = {}, {"auto": [], "lbfgs": []}
+        for method in times:  # warm-up
+            symopt.solve(problem, method=method)
+        for _ in range(repeats):
+            for method in times:
+                start = time.perf_counter()
+                results[method] = symopt.solve(problem, method=method)
+                times[method].append(time.perf_counter() - start)
+        lean, plain = results["auto"], results["lbfgs"]
+        t_lean, t_plain = statistics.median(times["auto"]), statistics.median(times["lbfgs"])
+        diff = (lean.objective - plain.objective) / max(abs(plain.objective), 1e-300)
+        print(f"| {name} | {t_lean:.4f} ({lean.iterations}) | {t_plain:.4f} ({plain.iterations}) | "
+              f"{t_lean / t_plain:.2f}× | {lean.status}, {plain.status} | {diff:+.1e} |", flush=True)
+
+
+if __name__ == "__main__":
+    np.set_printoptions(precision=4)
+    main()

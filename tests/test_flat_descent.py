@@ -1,0 +1,168 @@
+"""The lean descent (`symopt.solver.flat`): its pieces checked against the parametrized path they
+replace — the compact L-BFGS direction against the two-loop recursion, each kind's ``pullback``
+against autograd through ``forward``, the data terms' ``value_and_grad`` against autograd — and
+whole solves against the torch L-BFGS path and cvxpy."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import symopt
+from symopt.constraints import KINDS
+from symopt.problems import group_lasso, lasso, logistic_l1
+from symopt.problems.glm import DataTerm, LogLoss, SquaredError
+from symopt.solver.flat import FlatLBFGS, FlatObjective
+
+DT = torch.float64
+
+
+def _two_loop(S, Y, g):
+    """The textbook two-loop recursion (Nocedal & Wright, Algorithm 7.4), the reference."""
+    q, alphas = g.clone(), []
+    for s, y in zip(reversed(S), reversed(Y)):
+        a = (s @ q) / (y @ s)
+        alphas.append(a)
+        q = q - a * y
+    r = (S[-1] @ Y[-1]) / (Y[-1] @ Y[-1]) * q
+    for (s, y), a in zip(zip(S, Y), reversed(alphas)):
+        b = (y @ r) / (y @ s)
+        r = r + s * (a - b)
+    return -r
+
+
+@pytest.mark.parametrize("pairs", [1, 3, 7])
+def test_compact_direction_equals_the_two_loop_recursion(pairs):
+    gen = torch.Generator().manual_seed(pairs)
+    A = torch.randn(12, 12, generator=gen, dtype=DT)
+    H = A @ A.T + torch.eye(12, dtype=DT)  # a convex quadratic: every pair has positive curvature
+    lbfgs = FlatLBFGS(lambda x: (0.5 * x @ H @ x, H @ x), torch.randn(12, generator=gen, dtype=DT), history_size=5)
+    S, Y = [], []
+    for _ in range(pairs):
+        s = torch.randn(12, generator=gen, dtype=DT)
+        lbfgs.remember(s, H @ s)
+        S, Y = (S + [s])[-5:], (Y + [H @ s])[-5:]
+    assert lbfgs.S.shape[0] == min(pairs, 5)
+    torch.testing.assert_close(lbfgs.direction(), _two_loop(S, Y, lbfgs.g), rtol=1e-10, atol=1e-12)
+
+
+def test_a_pair_without_positive_curvature_is_not_kept():
+    lbfgs = FlatLBFGS(lambda x: (x.square().sum(), 2 * x), torch.ones(3, dtype=DT), history_size=4)
+    lbfgs.remember(torch.tensor([1.0, 0, 0], dtype=DT), torch.tensor([-1.0, 0, 0], dtype=DT))
+    assert lbfgs.S.shape[0] == 0
+    torch.testing.assert_close(lbfgs.direction(), -lbfgs.g)
+
+
+def test_flat_lbfgs_minimises_the_rosenbrock_function():
+    """A non-convex valley where a bad line search stalls: the weak-Wolfe search keeps every pair."""
+    def rosenbrock(x):
+        a, b = x[0], x[1]
+        value = (1 - a) ** 2 + 100 * (b - a * a) ** 2
+        return value, torch.stack([-2 * (1 - a) - 400 * a * (b - a * a), 200 * (b - a * a)])
+
+    lbfgs = FlatLBFGS(rosenbrock, torch.tensor([-1.2, 1.0], dtype=DT), history_size=10)
+    assert lbfgs.run(200) is None
+    torch.testing.assert_close(lbfgs.x, torch.ones(2, dtype=DT), rtol=0, atol=1e-8)
+
+
+def test_no_decreasing_step_leaves_x_unchanged():
+    """A gradient that does not describe the objective: no step decreases it, x stays (the descent
+    then reports ``stalled`` with the reason, tests/test_hardening.py)."""
+    start = torch.ones(3, dtype=DT)
+    lbfgs = FlatLBFGS(lambda x: (x.square().sum(), -2 * x), start, history_size=4)
+    lbfgs.run(5)
+    assert torch.equal(lbfgs.x, start)
+
+
+def test_nan_at_every_trial_step_raises():
+    from symopt.solver.steppers import NonFinite
+
+    def objective(x):
+        value = x.square().sum()
+        return (value, 2 * x) if torch.equal(x, torch.ones(3, dtype=DT)) else (value * torch.nan, 2 * x)
+
+    with pytest.raises(NonFinite, match="every trial step"):
+        FlatLBFGS(objective, torch.ones(3, dtype=DT), history_size=4).run(3)
+
+
+@pytest.mark.parametrize("kind", sorted(k for k, cls in KINDS.items() if not cls.multi_tensor))
+def test_pullback_is_the_vector_jacobian_product_of_forward(kind):
+    """Every single-tensor kind (its own closed form, or the autograd default) against autograd."""
+    cls = KINDS[kind]
+    example = cls.example()
+    constraint = example.make()
+    value = torch.randn(example.shapes[0], generator=torch.Generator().manual_seed(0), dtype=DT)
+    if example.draw is not None:
+        value = example.draw(value)
+    constraint = constraint.to(DT)
+    constraint.validate(value, "w")
+    split = constraint.right_inverse(value)
+    factors = [f.detach() for f in split] if isinstance(split, tuple) else [split.detach()]
+    grad = torch.randn_like(constraint.forward(*factors))
+    leaves = [f.clone().requires_grad_() for f in factors]
+    expected = torch.autograd.grad(constraint.forward(*leaves), leaves, grad, allow_unused=True)
+    got = constraint.pullback(factors, grad)
+    assert len(got) == len(factors)
+    for g, e, f in zip(got, expected, factors):
+        torch.testing.assert_close(g, torch.zeros_like(f) if e is None else e, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("fit", [SquaredError(), LogLoss()], ids=["squared", "log"])
+@pytest.mark.parametrize("intercept", [False, True])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("ridge", [0.0, 0.3])
+def test_value_and_grad_of_the_data_terms_matches_autograd(fit, intercept, weighted, ridge):
+    gen = torch.Generator().manual_seed(1)
+    X = torch.randn(40, 6, generator=gen, dtype=DT)
+    y = (torch.rand(40, generator=gen, dtype=DT) > 0.5).to(DT)
+    weights = torch.rand(40, generator=gen, dtype=DT) if weighted else None
+    weights = None if weights is None else weights / weights.sum()
+    term = DataTerm(fit, intercept, ridge)
+    theta = torch.randn(6, generator=gen, dtype=DT, requires_grad=True)
+    value = term(theta, X, y, weights)
+    (expected,) = torch.autograd.grad(value, theta)
+    got_value, got = term.value_and_grad(theta.detach(), X, y, weights)
+    torch.testing.assert_close(got_value, value.detach(), rtol=1e-13, atol=1e-14)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_flat_objective_is_the_parametrized_objective():
+    """The same value and factor gradients as the registered parametrization with its decay."""
+    gen = torch.Generator().manual_seed(2)
+    X, y = torch.randn(30, 8, generator=gen, dtype=DT), torch.randn(30, generator=gen, dtype=DT)
+    problem = lasso(X, y, 0.05, fit_intercept=True)
+    holder = torch.nn.Module()
+    holder.w = torch.nn.Parameter(torch.randn(8, generator=gen, dtype=DT))
+    handle = symopt.constrain(holder, "w", problem.constraint())
+    constraint = holder.parametrizations["w"][0]
+    factors = [holder.parametrizations["w"].original0, holder.parametrizations["w"].original1]
+    objective = problem.loss(holder.w, **problem.data) + handle.penalty()
+    grads = torch.autograd.grad(objective, factors)
+    flat = FlatObjective(constraint, [f.shape for f in factors], lambda t: problem.loss(t, **problem.data),
+                         lambda t: problem.loss.value_and_grad(t, **problem.data))
+    value, grad = flat(torch.cat([f.detach() for f in factors]))
+    torch.testing.assert_close(value, objective.detach(), rtol=1e-13, atol=1e-14)
+    torch.testing.assert_close(grad, torch.cat(grads), rtol=1e-11, atol=1e-13)
+
+
+def _cancer():
+    from sklearn.datasets import load_breast_cancer
+    X, y = load_breast_cancer(return_X_y=True)
+    return torch.as_tensor(X, dtype=DT), torch.as_tensor(y, dtype=DT)
+
+
+@pytest.mark.parametrize("family", ["lasso", "logistic_l1", "group_lasso"])
+def test_lean_and_torch_lbfgs_reach_the_same_optimum_on_raw_breast_cancer(family):
+    """Raw columns (scales 1e-3 to 1e3): both loops certified optimal, the same optimum as cvxpy."""
+    X, y = _cancer()
+    make = {"lasso": lambda lam: lasso(X, y, lam, fit_intercept=True),
+            "logistic_l1": lambda lam: logistic_l1(X, y, lam, fit_intercept=True),
+            "group_lasso": lambda lam: group_lasso(X, y, 3, lam)}[family]
+    problem = make(1.0)
+    problem = make(0.05 * problem.strength_max())
+    lean, plain = symopt.solve(problem), symopt.solve(problem, method="lbfgs")
+    assert lean.status == plain.status == "optimal"
+    assert abs(lean.objective - plain.objective) <= 1e-7 * abs(plain.objective)
+    from symopt.baselines import solve_cvxpy
+    reference = solve_cvxpy(problem).objective
+    assert lean.objective <= reference + 1e-6 * abs(reference)
