@@ -31,7 +31,7 @@ def _two_loop(S, Y, g):
     return -r
 
 
-@pytest.mark.parametrize("pairs", [1, 3, 7])
+@pytest.mark.parametrize("pairs", [1, 3, 5, 7, 12])
 def test_compact_direction_equals_the_two_loop_recursion(pairs):
     gen = torch.Generator().manual_seed(pairs)
     A = torch.randn(12, 12, generator=gen, dtype=DT)
@@ -42,14 +42,14 @@ def test_compact_direction_equals_the_two_loop_recursion(pairs):
         s = torch.randn(12, generator=gen, dtype=DT)
         lbfgs.remember(s, H @ s)
         S, Y = (S + [s])[-5:], (Y + [H @ s])[-5:]
-    assert lbfgs.S.shape[0] == min(pairs, 5)
+    assert lbfgs.count == min(pairs, 5)
     torch.testing.assert_close(lbfgs.direction(), _two_loop(S, Y, lbfgs.g), rtol=1e-10, atol=1e-12)
 
 
 def test_a_pair_without_positive_curvature_is_not_kept():
     lbfgs = FlatLBFGS(lambda x: (x.square().sum(), 2 * x), torch.ones(3, dtype=DT), history_size=4)
     lbfgs.remember(torch.tensor([1.0, 0, 0], dtype=DT), torch.tensor([-1.0, 0, 0], dtype=DT))
-    assert lbfgs.S.shape[0] == 0
+    assert lbfgs.count == 0
     torch.testing.assert_close(lbfgs.direction(), -lbfgs.g)
 
 
@@ -166,3 +166,29 @@ def test_lean_and_torch_lbfgs_reach_the_same_optimum_on_raw_breast_cancer(family
     from symopt.baselines import solve_cvxpy
     reference = solve_cvxpy(problem).objective
     assert lean.objective <= reference + 1e-6 * abs(reference)
+
+
+def test_logistic_intercept_stops_at_the_sums_resolution_on_saturated_logits(monkeypatch):
+    """Raw breast_cancer columns saturate the sigmoid: the root is found to the resolution of the
+    sum in a few Newton steps (it ran ~50 bisection steps a call before)."""
+    from symopt.problems import glm
+
+    X, y = _cancer()
+    problem = logistic_l1(X, y, 1.0, fit_intercept=True)
+    w = symopt.solve(problem.at_strength(0.1 * problem.strength_max())).x
+    z = 2 * X @ w  # logits from -46 to -2 (the old loop took 52 steps here, measured)
+    assert float(z.abs().max()) > 20  # saturated
+    calls = {"n": 0}
+    sigmoid = torch.sigmoid
+
+    def counting(t):
+        calls["n"] += 1
+        return sigmoid(t)
+
+    monkeypatch.setattr(glm.torch, "sigmoid", counting)
+    b = glm.logistic_intercept(z, y)
+    monkeypatch.undo()
+    assert calls["n"] <= 12
+    residual = float(torch.sigmoid(z + b).mean()) - float(y.mean())
+    assert abs(residual) <= 1e-14
+

@@ -107,35 +107,50 @@ class FlatLBFGS:
         self.reset()
 
     def reset(self) -> None:
-        n = self.x.numel()
-        self.S = self.x.new_zeros((0, n))
-        self.Y = self.x.new_zeros((0, n))
-        self.SY = self.x.new_zeros((0, 0))  # SY[i, j] = s_i · y_j
+        # The pairs live in ring buffers (slot = where a pair was written); SY and YY are small and kept
+        # in time order. Shifting the buffers themselves would copy history × n numbers every
+        # iteration (completion of digits: 2 × 96 MB per iteration, measured 1.8× slower than torch).
+        self.count, self.head = 0, 0
+        self.Sb = self.Yb = None
+        self.SY = self.x.new_zeros((0, 0))  # SY[i, j] = s_i · y_j, i, j oldest first
         self.YY = self.x.new_zeros((0, 0))
+
+    def _slots(self) -> Tensor:
+        """The slots of the stored pairs, oldest first."""
+        if self.count < self.memory:
+            return torch.arange(self.count, device=self.x.device)
+        return (torch.arange(self.memory, device=self.x.device) + self.head) % self.memory
 
     def direction(self) -> Tensor:
         g = self.g
-        if self.S.shape[0] == 0:
+        if self.count == 0:
             return -g
+        S, Y, slots = self.Sb[:self.count], self.Yb[:self.count], self._slots()
         gamma = self.SY[-1, -1] / self.YY[-1, -1]
         R = self.SY.triu()
-        a, b = self.S @ g, self.Y @ g
+        a, b = (S @ g)[slots], (Y @ g)[slots]
         r = torch.linalg.solve_triangular(R, a.unsqueeze(1), upper=True).squeeze(1)
         rhs = torch.diagonal(self.SY) * r + gamma * (self.YY @ r) - gamma * b
         p = torch.linalg.solve_triangular(R.mT, rhs.unsqueeze(1), upper=False).squeeze(1)
-        return -(gamma * g + self.S.mT @ p - gamma * (self.Y.mT @ r))
+        in_slots = torch.empty((2, self.count), dtype=g.dtype, device=g.device)
+        in_slots[:, slots] = torch.stack([p, r])  # back from time order to the buffers' slot order
+        return -(gamma * g + S.mT @ in_slots[0] - gamma * (Y.mT @ in_slots[1]))
 
     def remember(self, s: Tensor, y: Tensor) -> None:
         sy = float(s @ y)
         if not sy > 1e-10 * float(s.norm()) * float(y.norm()) or not math.isfinite(sy):
             return  # no positive curvature along s (possible only after a failed line search): skip
-        if self.S.shape[0] >= self.memory:
-            self.S, self.Y = self.S[1:], self.Y[1:]
+        if self.Sb is None:
+            self.Sb = s.new_empty((self.memory, s.numel()))
+            self.Yb = s.new_empty((self.memory, s.numel()))
+        if self.count == self.memory:  # the oldest pair leaves
             self.SY, self.YY = self.SY[1:, 1:], self.YY[1:, 1:]
-        self.S = torch.cat([self.S, s.unsqueeze(0)])
-        self.Y = torch.cat([self.Y, y.unsqueeze(0)])
-        column, row, yy = self.S @ y, self.Y @ s, self.Y @ y  # s_i·y_new, s_new·y_j, y_i·y_new
-        k = self.S.shape[0]
+        self.Sb[self.head], self.Yb[self.head] = s, y
+        self.head = (self.head + 1) % self.memory
+        self.count = min(self.count + 1, self.memory)
+        S, Y, slots = self.Sb[:self.count], self.Yb[:self.count], self._slots()
+        column, row, yy = (S @ y)[slots], (Y @ s)[slots], (Y @ y)[slots]  # s_i·y_new, s_new·y_j, y_i·y_new
+        k = self.count
         SY = self.SY.new_empty((k, k))
         SY[:-1, :-1], SY[:, -1], SY[-1, :] = self.SY, column, row
         YY = self.YY.new_empty((k, k))
@@ -154,14 +169,14 @@ class FlatLBFGS:
             found = None
             for fresh in (False, True):
                 if fresh:
-                    if self.S.shape[0] == 0:
+                    if self.count == 0:
                         break
                     self.reset()  # a stale memory: steepest descent before giving up
                 d = self.direction()
                 slope = float(d @ self.g)
                 if not slope < 0 or not math.isfinite(slope):
                     continue
-                first = self.S.shape[0] == 0
+                first = self.count == 0
                 t = min(1.0, 1.0 / max(float(self.g.abs().sum()), 1e-300)) if first else 1.0
                 found = self._line_search(d, slope, t)
                 if found is not None:
