@@ -175,19 +175,39 @@ def test_a_zero_group_that_should_enter_joins_the_face():
     assert residual < 1e-7 and torch.allclose(polished, reference, atol=1e-6)
 
 
-def test_polish_on_a_wrong_face_reports_an_honest_residual():
-    """A wrong sign makes the face objective wrong; the residual says so (the caller keeps the
-    better point), and it is the residual of the point returned."""
+def test_polish_on_a_wrong_face_reports_an_honest_residual_and_repairs_it():
+    """A wrong sign makes the face objective wrong: that atom crosses 0 on the face and leaves, then
+    rejoins with the right sign (its gradient at the smaller face's optimum exceeds λ: an
+    active-set round). The residual is always that of the point returned."""
     X, y = least_squares(n=80, d=20, k=4, noise=0.1)
     loss = lambda w: 0.5 * (X @ w - y).square().mean()  # noqa: E731
     c = symopt.Sparse(0.05)
     reference = symopt.solve(lasso(X, y, 0.05), tol=1e-10).x
     wrong = reference.clone()
     wrong[0] = -wrong[0]
+    assert kkt_at_snap(loss, c, wrong, 1e-10, levels=1)[1] > 1e-3
     polished, residual = polish_on_face(loss, c, wrong, 1e-10, target=1e-12)
-    assert residual > 1e-3
     _, recomputed = kkt_at_snap(loss, c, polished, 1e-10, levels=1)
-    assert residual == pytest.approx(recomputed, rel=1e-12)
+    assert residual == pytest.approx(recomputed, rel=1e-12, abs=1e-15)
+    assert residual <= 1e-12
+    torch.testing.assert_close(polished, reference, rtol=1e-8, atol=1e-10)
+
+
+def test_polish_admits_the_atoms_its_face_optimum_pulls_in():
+    """From the support with its two smallest atoms removed, the face optimum's gradient exceeds λ
+    at those two: they join, and the polish lands on the optimum (it stopped at the smaller face)."""
+    X, y = least_squares(n=80, d=20, k=6, noise=0.1)
+    loss = lambda w: 0.5 * (X @ w - y).square().mean()  # noqa: E731
+    c = symopt.Sparse(0.02)
+    reference = symopt.solve(lasso(X, y, 0.02), tol=1e-10).x
+    alive = reference.abs().gt(0).nonzero().squeeze(1)
+    assert alive.numel() >= 6
+    smallest = alive[reference[alive].abs().argsort()[:2]]
+    partial = reference.clone()
+    partial[smallest] = 0.0
+    polished, residual = polish_on_face(loss, c, partial, 1e-10, target=1e-12)
+    assert residual <= 1e-12
+    torch.testing.assert_close(polished, reference, rtol=1e-8, atol=1e-10)
 
 
 def test_polish_skips_a_face_that_is_large_and_not_small_relative_to_theta():
