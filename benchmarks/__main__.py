@@ -1,6 +1,6 @@
 """The benchmark runner: every benchmark in one command.
 
-    python -m benchmarks run [--device cuda] [--quick] [--large] [--only families,floor,overhead,export,cvxpy_limits,geoopt_optimizers,users_data]
+    python -m benchmarks run [--device cuda] [--quick] [--large] [--only families,floor,overhead,export,cvxpy_limits,geoopt_optimizers,users_data,loops]
                              [--figures docs/figures/benchmarks]
 
 ``--quick`` is the smoke test (seconds per benchmark, smallest sizes, one repeat): it checks the
@@ -13,9 +13,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import cvxpy_limits, export, families, floor, geoopt_optimizers, overhead, users_data
+from . import cvxpy_limits, export, families, floor, geoopt_optimizers, loops, overhead, users_data
 
-BENCHMARKS = ("families", "floor", "overhead", "export", "cvxpy_limits", "geoopt_optimizers", "users_data")
+BENCHMARKS = ("families", "floor", "overhead", "export", "cvxpy_limits", "geoopt_optimizers", "users_data", "loops")
 
 
 def main(argv=None) -> None:
@@ -47,6 +47,8 @@ def main(argv=None) -> None:
             cvxpy_limits.main(quick)
         elif name == "users_data":  # CPU: scikit-learn and skglm are CPU solvers
             users_data.main(quick)
+        elif name == "loops":  # CPU: the lean loop against torch's L-BFGS, paired
+            loops.main(quick)
         elif name == "geoopt_optimizers":  # CPU only: it checks the baseline's choice of optimizer
             geoopt_optimizers.main(quick)
         else:

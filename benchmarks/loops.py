@@ -67,13 +67,41 @@ def _cases(quick: bool):
     return cases
 
 
+def tiny_lambda() -> None:
+    """The issue's n ≪ d case: a generated 40×120 Lasso at 1e-2, 1e-4 and 1e-6 λ_max, where the
+    zeros arrive at a rate ∝ λ; one run per loop (torch's takes up to 500 outer iterations), against
+    cvxpy's objective."""
+    from symopt.baselines import solve_cvxpy
+    from symopt.problems import lasso, make_lasso
+
+    base = make_lasso(n=40, d=120, nonzeros=10, seed=0)
+    problem = lasso(base.data["X"], base.data["y"], 1.0)
+    symopt.solve(problem.at_strength(0.5 * problem.strength_max()))  # warm-up
+    print("\n| λ / λmax | loop | status | s | outer iterations | non-zeros | objective − cvxpy's | cvxpy s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for fraction in (1e-2, 1e-4, 1e-6):
+        at = problem.at_strength(fraction * problem.strength_max())
+        reference = solve_cvxpy(at)
+        for method in ("auto", "lbfgs"):
+            start = time.perf_counter()
+            result = symopt.solve(at, method=method, max_iter=500)
+            seconds = time.perf_counter() - start
+            print(f"| {fraction:g} | {'lean' if method == 'auto' else 'torch L-BFGS'} | {result.status} | {seconds:.2f} | "
+                  f"{result.iterations} | {int((result.x != 0).sum())} | {result.objective - reference.objective:+.1e} | "
+                  f"{reference.seconds:.2f} |", flush=True)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.loops")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="smoke test: three small cases, one repeat")
+    parser.add_argument("--tiny-lambda", action="store_true", help="only the 40×120 Lasso at tiny λ (one run each)")
     args = parser.parse_args(argv)
     repeats = 1 if args.quick else args.repeats
     print(f"machine: {machine_name('cpu')}, torch threads {torch.get_num_threads()}; medians of {repeats} runs\n")
+    if args.tiny_lambda:
+        tiny_lambda()
+        return
     print("| problem | lean s (iters) | torch L-BFGS s (iters) | lean / torch | statuses | objective diff |")
     print("|---|---|---|---|---|---|")
     for name, problem in _cases(args.quick):

@@ -1,6 +1,6 @@
 """DCS on data it did not generate, end to end, against the tool a user would otherwise call.
 
-    python -m benchmarks.users_data [--repeats 3] [--quick]
+    python -m benchmarks.users_data [--repeats 3] [--quick] [--large-only]
 
 Every row times a *whole call* as a user makes it (``symopt.solve`` / ``symopt.path`` /
 ``symopt.estimators.LassoCV`` against scikit-learn's ``Lasso`` / ``lasso_path`` / ``LassoCV`` and
@@ -126,7 +126,7 @@ def paths(repeats: int, quick: bool) -> list[tuple]:
     return rows
 
 
-def completion(repeats: int, quick: bool) -> list[tuple]:
+def completion(repeats: int, quick: bool, large: bool = False) -> list[tuple]:
     """Nuclear-norm completion against accelerated SoftImpute (warm-started randomized SVD), on two
     generated low-rank matrices and two real ones that are not low rank: scikit-learn's digits
     (1797 × 64 pixels) and its china.jpg sample image in grayscale, halved to 214 × 320. λ is a fraction
@@ -138,10 +138,13 @@ def completion(repeats: int, quick: bool) -> list[tuple]:
 
     generator = torch.Generator().manual_seed(0)
     cases = []
-    for m, n, rank in ((200, 200, 5),) if quick else ((200, 200, 5), (1000, 1000, 10)):
+    sizes = ((200, 200, 5),) if quick else ((200, 200, 5), (1000, 1000, 10))
+    if large:  # the issue's other size; alone (--large-only), it takes a few minutes
+        sizes = ((2000, 2000, 10),)
+    for m, n, rank in sizes:
         M = make_matrix_completion(m=m, n=n, rank=rank, observed=1.0, seed=0).data["M"]
         cases.append((f"generated {m}×{n} rank {rank}", M, 0.3))
-    if not quick:
+    if not (quick or large):
         cases.append(("digits 1797×64", torch.as_tensor(load_digits().data, dtype=torch.float64), 0.5))
         image = torch.tensor(load_sample_image("china.jpg"), dtype=torch.float64).mean(-1)[::2, ::2] / 255
         cases.append((f"china.jpg gray {image.shape[0]}×{image.shape[1]}", image, 0.5))
@@ -164,12 +167,15 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.users_data")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="smoke test: one repeat, a small path")
+    parser.add_argument("--large-only", action="store_true", help="only completion 2000×2000 against SoftImpute")
     args = parser.parse_args(argv)
     repeats = 1 if args.quick else args.repeats
     print(f"machine: {machine_name('cpu')}, torch threads {torch.get_num_threads()}; medians of {repeats} runs\n")
     print("| problem | DCS status | DCS s | peer | peer s | DCS / peer | peer gap |")
     print("|---|---|---|---|---|---|---|")
-    for row in single_solves(repeats, args.quick) + paths(repeats, args.quick) + completion(repeats, args.quick):
+    rows = (lambda: completion(repeats, False, large=True)) if args.large_only else (
+        lambda: single_solves(repeats, args.quick) + paths(repeats, args.quick) + completion(repeats, args.quick))
+    for row in rows():
         name, status, t_dcs, peer, t_peer, gap = row
         print(f"| {name} | {status} | {t_dcs:.4f} | {peer} | {t_peer:.4f} | {t_dcs / t_peer:.1f}× | {gap:+.1e} |",
               flush=True)

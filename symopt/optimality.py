@@ -34,7 +34,12 @@ def snap_tol(theta: Tensor, tol: float) -> float:
 
 
 def loss_gradient(loss: Callable[[Tensor], Tensor], point: Tensor) -> Tensor:
-    r"""$∇\mathrm{loss}(\mathrm{point})$, differentiating a detached view of ``point`` (the caller's tensor is untouched)."""
+    r"""$∇\mathrm{loss}(\mathrm{point})$: the loss's own ``value_and_grad`` where it has one (a
+    `symopt.problems.BoundLoss` of a GLM data term), else autograd on a detached view of ``point``
+    (the caller's tensor is untouched)."""
+    analytic = getattr(loss, "value_and_grad", None)
+    if analytic is not None:
+        return analytic(point.detach())[1]
     probe = point.detach().requires_grad_()
     (grad,) = torch.autograd.grad(loss(probe), probe)
     return grad
@@ -132,11 +137,13 @@ def polish_on_face(loss: Callable[[Tensor], Tensor], constraint: Constraint, poi
     return (polished, residual) if math.isfinite(residual) else None
 
 
-def _newton_on_face(objective, start: list[Tensor], tolerance: float) -> tuple[list[Tensor], bool] | None:
+def _newton_on_face(objective, start: list[Tensor], tolerance: float,
+                    second: Callable[[Tensor], Tensor | None] | None = None) -> tuple[list[Tensor], bool] | None:
     """Damped Newton on the face's objective from ``start``: ``(coordinates, converged)``, where
     ``converged`` says the gradient norm fell below ``tolerance`` there (else they are the last
     decreasing step's); None when the Hessian cannot be formed (a loss that autograd cannot
-    vectorise) or no step is a descent direction."""
+    vectorise) or no step is a descent direction. ``second(z)``, when given, is the Hessian at the
+    flat coordinates ``z`` from the loss's own curvature (None: differentiate twice)."""
     sizes = [t.numel() for t in start]
     shapes = [t.shape for t in start]
 
@@ -151,10 +158,12 @@ def _newton_on_face(objective, start: list[Tensor], tolerance: float) -> tuple[l
         if float(grad.norm()) <= tolerance:
             converged = True
             break
-        try:
-            hessian = torch.autograd.functional.hessian(flat_objective, z, vectorize=True)
-        except (RuntimeError, NotImplementedError, TypeError):
-            return None
+        hessian = None if second is None else second(z)
+        if hessian is None:
+            try:
+                hessian = torch.autograd.functional.hessian(flat_objective, z, vectorize=True)
+            except (RuntimeError, NotImplementedError, TypeError):
+                return None
         try:  # the pseudo-inverse: directions the face does not see (a linear kind's normals, a
             # low-rank face's rotations) have a zero curvature and get no step, not a huge one
             curvatures, vectors = torch.linalg.eigh(0.5 * (hessian + hessian.T))
@@ -179,12 +188,33 @@ def _newton_on_face(objective, start: list[Tensor], tolerance: float) -> tuple[l
     return [part.reshape(shape) for part, shape in zip(torch.split(z, sizes), shapes)], converged
 
 
+def _face_hessian(loss, lam: float, face: Face) -> Callable[[Tensor], Tensor | None] | None:
+    """``z ↦`` the face objective's Hessian from the loss's curvature on the face's entries
+    (``Face.mask``) plus λ times the face norm's (autograd on the norm alone, no data), or None when
+    the loss or the face cannot say (then Newton differentiates the whole objective twice)."""
+    curvature = getattr(loss, "curvature", None)
+    if curvature is None or face.mask is None or len(face.start) != 1:
+        return None
+
+    def second(z: Tensor) -> Tensor | None:
+        with torch.no_grad():
+            theta = face.embed(z)
+        on_data = curvature(theta, face.mask)
+        if on_data is None:
+            return None
+        on_norm = torch.autograd.functional.hessian(lambda c: face.norm(c), z.detach(), vectorize=True)
+        return on_data + lam * on_norm
+
+    return second
+
+
 def _solve_on_face(loss, lam: float, face: Face, free: int, target: float, max_iter: int):
     """Newton (small faces), then L-BFGS on the face: ``(θ at its end, the atoms that crossed 0 or None)``."""
     coordinates = [t.detach().clone(memory_format=torch.contiguous_format) for t in face.start]
     tolerance = 0.1 * target
     if 0 < free <= NEWTON_FACE:
-        newton = _newton_on_face(lambda *c: loss(face.embed(*c)) + lam * face.norm(*c), coordinates, tolerance)
+        newton = _newton_on_face(lambda *c: loss(face.embed(*c)) + lam * face.norm(*c), coordinates, tolerance,
+                                 _face_hessian(loss, lam, face))
         if newton is not None:
             coordinates, converged = newton
             if converged:

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from benchmarks import cvxpy_limits, families, floor, geoopt_optimizers, overhead, users_data
+from benchmarks import cvxpy_limits, families, floor, geoopt_optimizers, loops, overhead, users_data
 from symopt.problems import make_lasso
 from symopt.result import Result
 
@@ -105,6 +105,12 @@ def test_users_data_quick(capsys):
     users_data.main(["--quick"])
     printed = capsys.readouterr().out
     assert "sklearn lasso_path" in printed and "sklearn LassoCV" in printed and "| optimal |" in printed
+
+
+def test_loops_quick(capsys):
+    loops.main(["--quick"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| Lasso")]
+    assert len(rows) == 3 and all("| optimal, optimal |" in row for row in rows)
 
 
 def test_channels_quick(capsys):

@@ -192,3 +192,50 @@ def test_logistic_intercept_stops_at_the_sums_resolution_on_saturated_logits(mon
     residual = float(torch.sigmoid(z + b).mean()) - float(y.mean())
     assert abs(residual) <= 1e-14
 
+
+
+@pytest.mark.parametrize("fit", [SquaredError(), LogLoss()], ids=["squared", "log"])
+@pytest.mark.parametrize("intercept", [False, True])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("ridge", [0.0, 0.3])
+def test_curvature_of_the_data_terms_is_the_autograd_hessian_on_the_mask(fit, intercept, weighted, ridge):
+    gen = torch.Generator().manual_seed(4)
+    X = torch.randn(40, 7, generator=gen, dtype=DT)
+    y = (torch.rand(40, generator=gen, dtype=DT) > 0.5).to(DT)
+    weights = torch.rand(40, generator=gen, dtype=DT) if weighted else None
+    weights = None if weights is None else weights / weights.sum()
+    term = DataTerm(fit, intercept, ridge)
+    theta = torch.randn(7, generator=gen, dtype=DT) * 0.5
+    mask = torch.tensor([True, False, True, True, False, False, True])
+    full = torch.autograd.functional.hessian(lambda t: term(t, X, y, weights), theta)
+    expected = full[mask][:, mask]
+    torch.testing.assert_close(term.curvature(theta, mask, X, y, weights), expected, rtol=1e-9, atol=1e-12)
+
+
+def test_the_face_hessian_from_the_losss_curvature_equals_differentiating_twice():
+    """Sparse and GroupSparse faces (entries of θ) on logistic-L1 with an intercept: the Hessian the
+    polish builds from the data term's curvature is the autograd Hessian of the face objective."""
+    from symopt.optimality import _face_hessian
+
+    X, y = _cancer()
+    Xs = (X - X.mean(0)) / X.std(0)
+    for problem in (logistic_l1(Xs, y, 0.01, fit_intercept=True), group_lasso(Xs, y, 3, 0.01)):
+        data = problem.data_on("cpu", DT)
+        bound = problem.bind(data)
+        constraint = problem.constraint()
+        x = symopt.solve(problem).x
+        face = constraint.face(x, 0.0)
+        assert face.mask is not None
+        z = face.start[0].clone()
+        second = _face_hessian(bound, constraint.strength, face)
+        expected = torch.autograd.functional.hessian(
+            lambda c: bound(face.embed(c)) + constraint.strength * face.norm(c), z)
+        torch.testing.assert_close(second(z), expected, rtol=1e-8, atol=1e-10)
+
+
+def test_bound_loss_asks_the_loss_and_falls_back_to_none():
+    from symopt.problems import BoundLoss
+
+    plain = BoundLoss(lambda theta, X: (X @ theta).square().sum(), {"X": torch.eye(2, dtype=DT)})
+    assert plain.value_and_grad is None and plain.curvature is None
+    assert float(plain(torch.ones(2, dtype=DT))) == 2.0

@@ -115,12 +115,17 @@ class Face:
             zero, where ``norm`` stops being the induced norm (Sparse: an entry whose sign
             flipped). The polish sets them to 0 and solves again on the smaller face. None: the
             kind's face norm stays exact (a group or a singular value shrinks to 0, it cannot flip).
+        mask: where the face is a set of θ's entries: the boolean mask (θ's shape) whose entries
+            ``embed`` fills from its one coordinate tensor, in ``θ[mask]``'s order (the others 0).
+            The polish then asks the loss for its curvature on those entries instead of
+            differentiating twice. None for other faces (a low-rank face's factors).
     """
 
     start: tuple[Tensor, ...]
     embed: Callable[..., Tensor]
     norm: Callable[..., Tensor]
     crossed: Callable[..., Tensor] | None = None
+    mask: Tensor | None = None
 
 
 def largest(sizes: Tensor, k: int) -> Tensor:

@@ -253,7 +253,8 @@ class GroupSparse(Constraint):
 
         weights = self.weighted(torch.ones_like(norms))[alive]
         return Face(start=(start[free],), embed=embed,
-                    norm=lambda z: (self._group_squares(embed(z))[alive].sqrt() * weights).sum())
+                    norm=lambda z: (self._group_squares(embed(z))[alive].sqrt() * weights).sum(),
+                    mask=free)
 
     def induced_norm(self, value: Tensor) -> Tensor:
         return self.atoms(value).sum()

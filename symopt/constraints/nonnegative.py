@@ -115,7 +115,8 @@ class NonNegative(Constraint):
         zeros = torch.zeros_like(value)
         return Face(start=(value[support].clamp_min(0),), embed=lambda z: zeros.masked_scatter(support, z),
                     norm=lambda z: z.sum(),
-                    crossed=lambda z: torch.zeros_like(support).masked_scatter(support, z < 0))
+                    crossed=lambda z: torch.zeros_like(support).masked_scatter(support, z < 0),
+                    mask=support)
 
     # -- feasible half ----------------------------------------------------------------------------
     def project(self, value: Tensor, tol: float = 0.0) -> Tensor:

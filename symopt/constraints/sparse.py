@@ -118,7 +118,8 @@ class Sparse(Constraint):
         # it on the face, where the linear norm then rewards it for growing with the wrong sign.
         return Face(start=(value[support],), embed=lambda z: zeros.masked_scatter(support, z),
                     norm=lambda z: (signs * z).sum(),
-                    crossed=lambda z: torch.zeros_like(support).masked_scatter(support, signs * z < 0))
+                    crossed=lambda z: torch.zeros_like(support).masked_scatter(support, signs * z < 0),
+                    mask=support)
 
     def induced_norm(self, value: Tensor) -> Tensor:
         return value.abs().sum()

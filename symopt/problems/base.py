@@ -115,6 +115,10 @@ class Problem:
             k: v.to(device=device, dtype=dtype if torch.is_floating_point(v) else None) for k, v in self.data.items()
         }
 
+    def bind(self, data: dict[str, Tensor]) -> "BoundLoss":
+        """``θ ↦ loss(θ, **data)``, with the loss's analytic derivatives where it has them."""
+        return BoundLoss(self.loss, data)
+
     def numpy_data(self) -> dict[str, np.ndarray]:
         """The data as numpy arrays for cvxpy and scikit-learn; a sparse (CSR) design becomes a
         ``scipy.sparse.csr_matrix``."""
@@ -135,6 +139,41 @@ class Problem:
         theta = theta.detach().to(torch.float64)
         constraint = self.constraint().to(device=theta.device, dtype=torch.float64)
         return self.value(theta, self.data_on(theta.device, torch.float64), constraint)
+
+
+class BoundLoss:
+    r"""A problem's loss with its data bound: ``bound(θ)`` is ``loss(θ, **data)``.
+
+    It answers what the loss itself can, and None otherwise, so callers ask instead of checking
+    the loss's type: ``value_and_grad(θ)`` is ``(loss, ∇loss)`` without autograd, and
+    ``curvature(θ, mask)`` is $∇^2\mathrm{loss}(θ)$ restricted to θ's entries at the boolean ``mask`` (in
+    ``θ[mask]``'s order). A loss offers them as methods of the same names taking the data as keywords
+    (the GLM data terms, `symopt.problems.glm.DataTerm`, do).
+
+    Args:
+        loss: ``loss(θ, **data) -> scalar tensor`` (a `Problem`'s ``loss``).
+        data: the tensors it takes, already on the solver's device and dtype.
+
+    Examples:
+        >>> import torch
+        >>> from symopt.problems.glm import DataTerm, SquaredError
+        >>> X, y = torch.eye(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64)
+        >>> bound = BoundLoss(DataTerm(SquaredError()), {"X": X, "y": y})
+        >>> float(bound(torch.zeros(2, dtype=torch.float64))), bound.value_and_grad is not None
+        (0.5, True)
+        >>> bound.curvature(torch.zeros(2, dtype=torch.float64), torch.tensor([True, False])).tolist()  # XᵀX/n
+        [[0.5]]
+    """
+
+    def __init__(self, loss: Callable[..., Tensor], data: dict[str, Tensor]) -> None:
+        self.loss, self.data = loss, data
+        analytic = getattr(loss, "value_and_grad", None)
+        self.value_and_grad = None if analytic is None else (lambda theta: analytic(theta, **data))
+        second = getattr(loss, "curvature", None)
+        self.curvature = None if second is None else (lambda theta, mask: second(theta, mask, **data))
+
+    def __call__(self, theta: Tensor) -> Tensor:
+        return self.loss(theta, **self.data)
 
 
 def _to_numpy(value: Tensor):

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from .design import matvec, rmatvec
+from .design import columns, matvec, rmatvec
 
 
 class SquaredError:
@@ -40,6 +40,10 @@ class SquaredError:
     def slope(self, z: Tensor, y: Tensor) -> Tensor:
         """$∂f/∂z$."""
         return z - y
+
+    def second(self, z: Tensor) -> Tensor:
+        """$∂^2 f/∂z^2 = 1$."""
+        return torch.ones_like(z)
 
     def intercept(self, z: Tensor, y: Tensor, weights: Tensor | None) -> Tensor:
         return _weighted_mean(y - z, weights)  # exact, and linear in z (so differentiable as is)
@@ -68,6 +72,11 @@ class LogLoss:
 
     def slope(self, z: Tensor, y: Tensor) -> Tensor:
         return torch.sigmoid(z) - y
+
+    def second(self, z: Tensor) -> Tensor:
+        """$∂^2 f/∂z^2 = σ(z)(1 - σ(z))$."""
+        p = torch.sigmoid(z)
+        return p * (1 - p)
 
     def intercept(self, z: Tensor, y: Tensor, weights: Tensor | None) -> Tensor:
         # The root b*(z), found without autograd, then one Newton step taken *with* it: the step is 0
@@ -142,6 +151,41 @@ class DataTerm:
                 value = value + 0.5 * self.ridge * theta.square().sum()
                 grad = grad + self.ridge * theta
         return value, grad
+
+    def curvature(self, theta: Tensor, mask: Tensor, X: Tensor, y: Tensor,
+                  weights: Tensor | None = None) -> Tensor | None:
+        r"""$∇^2$ of the data term at ``theta`` on the entries ``mask`` (a boolean mask of θ's shape):
+        $Z^\top \mathrm{diag}(h) Z$ with $Z = X_{:, \mathrm{mask}}$ and $h = ω ⊙ f''(Xw + b^*)$, minus
+        $(Z^\top h)(Z^\top h)^\top / \sum h$ with a profiled intercept (the Schur complement of the
+        intercept's row), plus the ridge. None for a matrix θ (several targets): callers then
+        differentiate twice. The face polish asks for it (`symopt.optimality`).
+
+        Examples:
+            >>> import torch
+            >>> X = torch.tensor([[1.0, 0.0], [1.0, 2.0]], dtype=torch.float64)
+            >>> y = torch.zeros(2, dtype=torch.float64)
+            >>> term = DataTerm(SquaredError(), fit_intercept=True)
+            >>> term.curvature(torch.zeros(2, dtype=torch.float64), torch.tensor([True, True]), X, y).tolist()
+            [[0.0, 0.0], [0.0, 1.0]]
+        """
+        if theta.dim() != 1:
+            return None
+        with torch.no_grad():
+            z = matvec(X, theta)
+            if self.fit_intercept:
+                z = z + self.fit.intercept(z, y, weights)
+            omega = torch.full_like(z, 1.0 / z.shape[0]) if weights is None else weights.to(z.dtype)
+            h = omega * self.fit.second(z)
+            index = mask.reshape(-1).nonzero().squeeze(1)
+            Z = columns(X, index)
+            Z = Z.to_dense() if Z.layout != torch.strided else Z
+            hessian = Z.mT @ (h[:, None] * Z)
+            if self.fit_intercept:
+                pull = Z.mT @ h
+                hessian = hessian - torch.outer(pull, pull) / h.sum()
+            if self.ridge:
+                hessian = hessian + self.ridge * torch.eye(len(index), dtype=hessian.dtype, device=hessian.device)
+        return hessian
 
     def predictor(self, theta: Tensor, X: Tensor, y: Tensor, weights: Tensor | None = None) -> Tensor:
         """``Xw + b*(w)`` ($b^* = 0$ without an intercept); differentiable in ``w``."""

@@ -148,8 +148,11 @@ def solve(problem: Problem, device=None, dtype=None, method: str = "auto", tol: 
                                          progress=progress, solver=_solver_name(method), start=start,
                                          grad0=grad64)
     data = problem.data_on(device, dtype)
-    loss_fn = torch.compile(problem.loss) if compile else problem.loss
-    loss = lambda theta: loss_fn(theta, **data)  # noqa: E731
+    if compile:
+        loss_fn = torch.compile(problem.loss)
+        loss = lambda theta: loss_fn(theta, **data)  # noqa: E731
+    else:  # the loss's analytic gradient and curvature, where it has them, serve the loop and the polish
+        loss = problem.bind(data)
     grad0, trouble = _gradient_at_zero(problem, loss, device, dtype)
     if trouble:
         return _failed_at_start(problem, constraint, device, method, trouble)
@@ -159,7 +162,7 @@ def solve(problem: Problem, device=None, dtype=None, method: str = "auto", tol: 
     exact = None
     if dtype == torch.float32:  # float32 descent, float64 certificate (and polish): 1e-6 needs more digits
         data64 = problem.data_on(device, torch.float64)
-        exact = (lambda theta: problem.loss(theta, **data64), data64)
+        exact = (problem.bind(data64), data64)
     descent = Descent(problem, holder, working, loss, data, options, grad0, exact=exact, width=width,
                       full=full if width is not None else 0)
     if start is not None:

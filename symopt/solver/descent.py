@@ -64,12 +64,8 @@ class Descent:
         return make(list(self.holder.parameters()), self.closure, self.options.inner, self.options.history_size)
 
     def _value_and_grad(self):
-        """θ ↦ (loss, ∇loss) without autograd when the problem's loss has it (not under ``compile``)."""
-        analytic = getattr(self.problem.loss, "value_and_grad", None)
-        if analytic is None or self.options.compile:
-            return None
-        data = self.data
-        return lambda theta: analytic(theta, **data)
+        """θ ↦ (loss, ∇loss) without autograd when the bound loss has it (not under ``compile``)."""
+        return getattr(self.loss, "value_and_grad", None)
 
     def _non_finite(self, theta: torch.Tensor) -> str | None:
         """Which of the iterate / its factors holds NaN or Inf, or None."""
