@@ -239,3 +239,20 @@ def test_bound_loss_asks_the_loss_and_falls_back_to_none():
     plain = BoundLoss(lambda theta, X: (X @ theta).square().sum(), {"X": torch.eye(2, dtype=DT)})
     assert plain.value_and_grad is None and plain.curvature is None
     assert float(plain(torch.ones(2, dtype=DT))) == 2.0
+
+
+def test_the_lean_loop_applies_where_its_objective_is_the_registered_one():
+    """One tensor, a λ fixed during the solve, the standard decay: lean. A tie (several tensors) or a
+    λ that follows the gradients (``"auto"``) keep torch's L-BFGS through the registered module."""
+    from symopt.solver.flat import flat_stepper
+    from symopt.solver.variable import Variable
+
+    def stepper(constraint, shape=(4, 3)):
+        holder = Variable(shape, "cpu", DT, constraint)
+        return flat_stepper(holder, lambda t: t.square().sum(), None, 5, 10)
+
+    assert stepper(symopt.Sparse(0.1)) is not None
+    assert stepper(symopt.LowRank(0.1)) is not None
+    assert stepper(symopt.Subspace(torch.ones(1, 12, dtype=DT), strength=5.0)) is not None
+    assert stepper(symopt.Subspace(torch.ones(1, 12, dtype=DT), strength="auto")) is None
+    assert stepper(symopt.Tied(1.0), shape=(2, 4, 3)) is None

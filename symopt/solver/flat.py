@@ -16,8 +16,9 @@ matrix products over the stacked history instead of a Python loop over it, and a
 search (bracketing with safeguarded cubic interpolation), which keeps every curvature pair
 positive.
 
-It is the same maths as the parametrized path (the same ``forward``, ``penalty`` and loss), so it
-is selected by the problem's size and device, never by the constraint's kind.
+It is the same maths as the parametrized path (the same ``forward``, decay and loss), so the solver
+uses it wherever it applies — a constraint on one tensor, whose λ stays fixed during the solve and
+whose decay is the standard $(λ/2)‖\mathrm{decayed}‖^2$ — never by the constraint's kind.
 """
 
 from __future__ import annotations
@@ -242,12 +243,16 @@ def flat_stepper(holder, loss, value_and_grad, inner: int, history_size: int):
     """``step()`` for `Descent` (``inner`` iterations of `FlatLBFGS` on ``holder``'s factors, its
     memory kept between calls), or None where the lean path does not apply: a constraint across
     several tensors (a tie), a chain of parametrizations, or a constraint that watches its
-    gradients or lands on a schedule (its hooks run only through the registered module)."""
+    gradients or lands on a schedule (its hooks run only through the registered module), or one with
+    a decay of its own."""
     if holder.copies or "value" not in getattr(holder, "parametrizations", {}):
         return None
     chain = holder.parametrizations["value"]
     constraint = chain[0]
-    if len(chain) != 1 or constraint.watching or constraint._forward_pre_hooks or constraint._forward_hooks_with_kwargs:
+    # (every constraint has the gradient-watching forward hook; it acts only while ``watching``)
+    if len(chain) != 1 or constraint.watching or constraint._forward_pre_hooks:
+        return None
+    if type(constraint).penalty is not Constraint.penalty:  # a decay of its own: its gradient is not λ·factor
         return None
     params = _originals(chain)
     objective = FlatObjective(constraint, [p.shape for p in params], loss, value_and_grad)
