@@ -107,16 +107,24 @@ def test_pullback_is_the_vector_jacobian_product_of_forward(kind):
         torch.testing.assert_close(g, torch.zeros_like(f) if e is None else e, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("fit", [SquaredError(), LogLoss()], ids=["squared", "log"])
-@pytest.mark.parametrize("intercept", [False, True])
-@pytest.mark.parametrize("weighted", [False, True])
-@pytest.mark.parametrize("ridge", [0.0, 0.3])
-def test_value_and_grad_of_the_data_terms_matches_autograd(fit, intercept, weighted, ridge):
-    gen = torch.Generator().manual_seed(1)
-    X = torch.randn(40, 6, generator=gen, dtype=DT)
+# Every option of a data term: the fit, an intercept, sample weights, an elastic-net ridge.
+DATA_TERMS = [(fit, intercept, weighted, ridge) for fit in (SquaredError(), LogLoss())
+              for intercept in (False, True) for weighted in (False, True) for ridge in (0.0, 0.3)]
+DATA_TERM_IDS = [f"{type(f).__name__}-intercept={i}-weighted={w}-ridge={r}" for f, i, w, r in DATA_TERMS]
+
+
+def _design(seed: int, d: int, weighted: bool):
+    """``(X, y, weights, generator)``: 40 samples, 0/1 labels (valid for both fits), weights summing to 1."""
+    gen = torch.Generator().manual_seed(seed)
+    X = torch.randn(40, d, generator=gen, dtype=DT)
     y = (torch.rand(40, generator=gen, dtype=DT) > 0.5).to(DT)
     weights = torch.rand(40, generator=gen, dtype=DT) if weighted else None
-    weights = None if weights is None else weights / weights.sum()
+    return X, y, None if weights is None else weights / weights.sum(), gen
+
+
+@pytest.mark.parametrize("fit,intercept,weighted,ridge", DATA_TERMS, ids=DATA_TERM_IDS)
+def test_value_and_grad_of_the_data_terms_matches_autograd(fit, intercept, weighted, ridge):
+    X, y, weights, gen = _design(1, 6, weighted)
     term = DataTerm(fit, intercept, ridge)
     theta = torch.randn(6, generator=gen, dtype=DT, requires_grad=True)
     value = term(theta, X, y, weights)
@@ -194,16 +202,9 @@ def test_logistic_intercept_stops_at_the_sums_resolution_on_saturated_logits(mon
 
 
 
-@pytest.mark.parametrize("fit", [SquaredError(), LogLoss()], ids=["squared", "log"])
-@pytest.mark.parametrize("intercept", [False, True])
-@pytest.mark.parametrize("weighted", [False, True])
-@pytest.mark.parametrize("ridge", [0.0, 0.3])
+@pytest.mark.parametrize("fit,intercept,weighted,ridge", DATA_TERMS, ids=DATA_TERM_IDS)
 def test_curvature_of_the_data_terms_is_the_autograd_hessian_on_the_mask(fit, intercept, weighted, ridge):
-    gen = torch.Generator().manual_seed(4)
-    X = torch.randn(40, 7, generator=gen, dtype=DT)
-    y = (torch.rand(40, generator=gen, dtype=DT) > 0.5).to(DT)
-    weights = torch.rand(40, generator=gen, dtype=DT) if weighted else None
-    weights = None if weights is None else weights / weights.sum()
+    X, y, weights, gen = _design(4, 7, weighted)
     term = DataTerm(fit, intercept, ridge)
     theta = torch.randn(7, generator=gen, dtype=DT) * 0.5
     mask = torch.tensor([True, False, True, True, False, False, True])

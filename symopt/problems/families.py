@@ -144,7 +144,8 @@ class _Options:
         return None if self.strength is None else self.l1_ratio * self.strength
 
     def loss(self, plain):
-        """The plain loss when nothing was added (the tested, fastest path), else the data term."""
+        """The plain data term when nothing was added (one shared object per family), else this
+        options' data term (intercept, weights, ridge)."""
         return plain if self.default else self.term
 
     def data(self, X: Tensor, y: Tensor) -> dict[str, Tensor]:
