@@ -146,8 +146,7 @@ def test_flat_objective_is_the_parametrized_objective():
     factors = [holder.parametrizations["w"].original0, holder.parametrizations["w"].original1]
     objective = problem.loss(holder.w, **problem.data) + handle.penalty()
     grads = torch.autograd.grad(objective, factors)
-    flat = FlatObjective(constraint, [f.shape for f in factors], lambda t: problem.loss(t, **problem.data),
-                         lambda t: problem.loss.value_and_grad(t, **problem.data))
+    flat = FlatObjective(constraint, [f.shape for f in factors], problem.bind(problem.data))  # its value_and_grad
     value, grad = flat(torch.cat([f.detach() for f in factors]))
     torch.testing.assert_close(value, objective.detach(), rtol=1e-13, atol=1e-14)
     torch.testing.assert_close(grad, torch.cat(grads), rtol=1e-11, atol=1e-13)
@@ -250,7 +249,7 @@ def test_the_lean_loop_applies_where_its_objective_is_the_registered_one():
 
     def stepper(constraint, shape=(4, 3)):
         holder = Variable(shape, "cpu", DT, constraint)
-        return flat_stepper(holder, lambda t: t.square().sum(), None, 5, 10)
+        return flat_stepper(holder, lambda t: t.square().sum(), 5, 10)
 
     assert stepper(symopt.Sparse(0.1)) is not None
     assert stepper(symopt.LowRank(0.1)) is not None

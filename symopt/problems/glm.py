@@ -140,9 +140,7 @@ class DataTerm:
             (True, [-1.5, -2.5])
         """
         with torch.no_grad():
-            z = matvec(X, theta)
-            if self.fit_intercept:
-                z = z + self.fit.intercept(z, y, weights)
+            z = self.predictor(theta, X, y, weights)
             value = self.fit.value(z, y, weights)
             slope = self.fit.slope(z, y)
             scaled = slope / slope.shape[0] if weights is None else _weights_like(weights.to(slope.dtype), slope) * slope
@@ -171,9 +169,7 @@ class DataTerm:
         if theta.dim() != 1:
             return None
         with torch.no_grad():
-            z = matvec(X, theta)
-            if self.fit_intercept:
-                z = z + self.fit.intercept(z, y, weights)
+            z = self.predictor(theta, X, y, weights)
             omega = torch.full_like(z, 1.0 / z.shape[0]) if weights is None else weights.to(z.dtype)
             h = omega * self.fit.second(z)
             index = mask.reshape(-1).nonzero().squeeze(1)

@@ -56,16 +56,11 @@ class Descent:
 
     def _stepper(self):
         if self.options.method == "auto":  # the lean loop where it applies (symopt.solver.flat)
-            lean = flat_stepper(self.holder, self.loss, self._value_and_grad(), self.options.inner,
-                                self.options.history_size)
+            lean = flat_stepper(self.holder, self.loss, self.options.inner, self.options.history_size)
             if lean is not None:
                 return lean
         make = STEPPERS["lbfgs" if self.options.method == "auto" else self.options.method]
         return make(list(self.holder.parameters()), self.closure, self.options.inner, self.options.history_size)
-
-    def _value_and_grad(self):
-        """θ ↦ (loss, ∇loss) without autograd when the bound loss has it (not under ``compile``)."""
-        return getattr(self.loss, "value_and_grad", None)
 
     def _non_finite(self, theta: torch.Tensor) -> str | None:
         """Which of the iterate / its factors holds NaN or Inf, or None."""

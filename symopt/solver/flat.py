@@ -41,8 +41,9 @@ class FlatObjective:
     Args:
         constraint: the registered parametrization (its ``forward``, ``pullback``, ``decayed``, λ).
         shapes: the factors' shapes, in ``forward``'s argument order.
-        loss: $θ -> \mathrm{loss}$ (a closure over the data).
-        value_and_grad: $θ -> (\mathrm{loss}, ∇\mathrm{loss})$ without autograd, or None (autograd on ``loss``).
+        loss: $θ -> \mathrm{loss}$ (a closure over the data); its ``value_and_grad`` attribute, where it
+            has one (a `symopt.problems.BoundLoss` of a data term), gives $(\mathrm{loss}, ∇\mathrm{loss})$
+            without autograd.
 
     Examples:
         >>> import torch, symopt
@@ -55,8 +56,9 @@ class FlatObjective:
         (5.5, [0.5, 3.5, 0.5, 3.5])
     """
 
-    def __init__(self, constraint: Constraint, shapes, loss, value_and_grad=None) -> None:
-        self.constraint, self.loss, self.value_and_grad = constraint, loss, value_and_grad
+    def __init__(self, constraint: Constraint, shapes, loss) -> None:
+        self.constraint, self.loss = constraint, loss
+        self.value_and_grad = getattr(loss, "value_and_grad", None)
         self.shapes = [tuple(s) for s in shapes]
         self.sizes = [math.prod(s) for s in self.shapes]
         self.decayed = set(constraint.decayed)
@@ -239,7 +241,7 @@ def _interpolate(lo: float, f_lo: float, slope_lo: float, hi: float, f_hi: float
     return min(max(t, lo + 0.1 * width), hi - 0.1 * width)
 
 
-def flat_stepper(holder, loss, value_and_grad, inner: int, history_size: int):
+def flat_stepper(holder, loss, inner: int, history_size: int):
     """``step()`` for `Descent` (``inner`` iterations of `FlatLBFGS` on ``holder``'s factors, its
     memory kept between calls), or None where the lean path does not apply: a constraint across
     several tensors (a tie), a chain of parametrizations, or a constraint that watches its
@@ -255,7 +257,7 @@ def flat_stepper(holder, loss, value_and_grad, inner: int, history_size: int):
     if type(constraint).penalty is not Constraint.penalty:  # a decay of its own: its gradient is not λ·factor
         return None
     params = _originals(chain)
-    objective = FlatObjective(constraint, [p.shape for p in params], loss, value_and_grad)
+    objective = FlatObjective(constraint, [p.shape for p in params], loss)
     state: dict = {"lbfgs": None, "written": None}
 
     def step() -> None:
