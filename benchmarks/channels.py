@@ -23,7 +23,6 @@ the channels left in each conv; its parameters; the CPU seconds of training (pro
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
 import warnings
@@ -33,7 +32,7 @@ from torch import nn
 
 import symopt
 
-from .compression import batches, data, over_seeds
+from .compression import batches, data, over_seeds, training_arguments
 
 
 def cnn(seed: int) -> nn.Sequential:
@@ -102,14 +101,8 @@ def train(method: str, remove: float, seed: int, epochs: int, batch: int = 64):
 
 
 def main(argv=None) -> list:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.channels")
-    parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--remove", type=float, nargs="+", default=[0.5, 0.75])
-    parser.add_argument("--quick", action="store_true", help="2 epochs, 1 seed, 50%%: a smoke test")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.epochs, args.seeds, args.remove = 2, 1, [0.5]
+    args = training_arguments(argv, "python -m benchmarks.channels", epochs=30, budgets="--remove", kind=float,
+                              defaults=[0.5, 0.75], smoke="50%%")
     print(f"digits CNN (32, 64 channels, BatchNorm, max-pool), Adam lr 1e-3, batch 64, {args.epochs} epochs, "
           f"{args.seeds} seeds; torch {torch.__version__}, {torch.get_num_threads()} threads\n")
     print(f"{'method':14s} {'removed':>7s} {'test accuracy':>17s} {'channels':>9s} {'params':>7s} {'CPU s':>6s}")

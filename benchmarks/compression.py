@@ -55,6 +55,25 @@ def batches(n: int, size: int, generator: torch.Generator):
     return [order[i:i + size] for i in range(0, n, size)]
 
 
+def training_arguments(argv, prog: str, *, epochs: int, budgets: str, kind, defaults: list, smoke: str,
+                       extra=None) -> argparse.Namespace:
+    """The arguments every training benchmark takes (``--epochs``, ``--seeds``, its list of budgets
+    under the option ``budgets``, ``--quick``: 2 epochs, 1 seed and the first default budget, a smoke
+    test described by ``smoke``), plus what ``extra(parser)`` adds."""
+    parser = argparse.ArgumentParser(prog=prog)
+    parser.add_argument("--epochs", type=int, default=epochs)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument(budgets, type=kind, nargs="+", default=defaults)
+    parser.add_argument("--quick", action="store_true", help=f"2 epochs, 1 seed, {smoke}: a smoke test")
+    if extra is not None:
+        extra(parser)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.epochs, args.seeds = 2, 1
+        setattr(args, budgets.lstrip("-"), defaults[:1])
+    return args
+
+
 def over_seeds(train, method: str, setting, seeds: int, epochs: int):
     """``train(method, setting, seed, epochs)`` for every seed, whose first result is the test
     accuracy and last the CPU seconds: ``(mean accuracy, its std over seeds, median CPU s, results)``."""
@@ -133,15 +152,9 @@ def _prune_to(layers, sizes, keep: float, epoch: int, epochs: int, global_: bool
 
 
 def main(argv=None) -> list:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--epochs", type=int, default=100)
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--sparsity", type=float, nargs="+", default=[0.9, 0.95])
-    parser.add_argument("--quick", action="store_true", help="2 epochs, 1 seed, 90%%: a smoke test")
-    parser.add_argument("--plot", default=None, help="a PNG of test accuracy against sparsity per method")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.epochs, args.seeds, args.sparsity = 2, 1, [0.9]
+    args = training_arguments(argv, "python -m benchmarks.compression", epochs=100, budgets="--sparsity", kind=float,
+                              defaults=[0.9, 0.95], smoke="90%%", extra=lambda parser: parser.add_argument(
+                                  "--plot", default=None, help="a PNG of test accuracy against sparsity per method"))
     print(f"digits MLP 64-256-256-10, Adam lr 1e-3, batch 64, {args.epochs} epochs, {args.seeds} seeds; "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
     print(f"{'method':22s} {'sparsity':>8s} {'test accuracy':>17s} {'density':>8s} {'CPU s':>7s}")
@@ -149,13 +162,10 @@ def main(argv=None) -> list:
                                ("magnitude (layer)", "magnitude (global)", "symopt (layer)", "symopt (global)")]
     table = []
     for method, sparsity in runs:
-        results = [train(method, sparsity, seed, args.epochs) for seed in range(args.seeds)]
-        acc = [r[0] for r in results]
-        spread = statistics.stdev(acc) if len(acc) > 1 else 0.0
-        table.append((method, sparsity, statistics.mean(acc), spread))
-        print(f"{method:22s} {sparsity:8.2f} {statistics.mean(acc):10.4f} ± {spread:.4f} "
-              f"{statistics.mean(r[1] for r in results):8.4f} {statistics.median(r[2] for r in results):7.1f}",
-              flush=True)
+        mean, spread, seconds, results = over_seeds(train, method, sparsity, args.seeds, args.epochs)
+        table.append((method, sparsity, mean, spread))
+        print(f"{method:22s} {sparsity:8.2f} {mean:10.4f} ± {spread:.4f} "
+              f"{statistics.mean(r[1] for r in results):8.4f} {seconds:7.1f}", flush=True)
     if args.plot:
         plot(table, args.plot, f"digits MLP 64-256-256-10, {args.epochs} epochs, {args.seeds} seeds")
     return table

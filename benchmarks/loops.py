@@ -17,7 +17,6 @@ import argparse
 import statistics
 import time
 
-import numpy as np
 import torch
 
 import symopt
@@ -121,5 +120,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    np.set_printoptions(precision=4)
     main()

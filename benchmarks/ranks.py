@@ -19,7 +19,6 @@ training (process time).
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
 
@@ -28,7 +27,7 @@ from torch import nn
 
 import symopt
 
-from .compression import accuracy, batches, data, mlp, over_seeds
+from .compression import accuracy, batches, data, mlp, over_seeds, training_arguments
 
 HIDDEN = ("0", "2")
 
@@ -82,14 +81,8 @@ def train(method: str, rank: int, seed: int, epochs: int, batch: int = 64):
 
 
 def main(argv=None) -> list:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.ranks")
-    parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--ranks", type=int, nargs="+", default=[16, 4])
-    parser.add_argument("--quick", action="store_true", help="2 epochs, 1 seed, rank 16: a smoke test")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.epochs, args.seeds, args.ranks = 2, 1, [16]
+    args = training_arguments(argv, "python -m benchmarks.ranks", epochs=30, budgets="--ranks", kind=int,
+                              defaults=[16, 4], smoke="rank 16")
     print(f"digits MLP 64-256-256-10, hidden layers at rank r, Adam lr 1e-3, batch 64, {args.epochs} epochs, "
           f"{args.seeds} seeds; torch {torch.__version__}, {torch.get_num_threads()} threads\n")
     print(f"{'method':14s} {'rank':>4s} {'test accuracy':>17s} {'ranks':>8s} {'CPU s':>6s}")
