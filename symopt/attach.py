@@ -366,7 +366,9 @@ def mark_factors(module: nn.Module, leaf: str) -> None:
     check and the weight-decay sync of ``strength="auto"`` find it there."""
     plist = module.parametrizations[leaf]
     for i in plist[0].decayed:
-        setattr(getattr(plist, f"original{i}"), _FACTOR_FLAG, plist[0])
+        factor = getattr(plist, f"original{i}")
+        setattr(factor, _FACTOR_FLAG, plist[0])
+        factor._symopt_slot = i  # which factor it is: a trimmed budget's decay mask depends on it
 
 
 def is_factor(tensor: Tensor) -> bool:
@@ -376,6 +378,13 @@ def is_factor(tensor: Tensor) -> bool:
 def owner_of(tensor: Tensor) -> Constraint | None:
     """The constraint whose decayed factor ``tensor`` is (None for other tensors)."""
     return getattr(tensor, _FACTOR_FLAG, None)
+
+
+def decay_mask_of(tensor: Tensor) -> Tensor | None:
+    """Which entries of the decayed factor ``tensor`` its constraint decays now (``Constraint.decay_mask``):
+    None for all of them, or for a tensor that is no factor."""
+    owner = owner_of(tensor)
+    return None if owner is None else owner.decay_mask(tensor._symopt_slot, tensor)
 
 
 def remove(module: nn.Module, leaf: str) -> None:

@@ -8,7 +8,12 @@ when it sees it on factors.
 
 Nothing is registered in torch on import. A group from ``param_groups`` is followed by its
 constraint's strength policy, which writes every new λ (``"auto"``, budgets, schedules) into its
-``weight_decay``. [`bind`][symopt.bind] goes further for one optimizer the user passes, with hooks on
+``weight_decay``. A landing budget whose decay is *trimmed* during its ramp (it decays only the
+factors of the atoms it is dropping; `symopt.constraints.strength.BudgetStrength`) cannot say that with
+one ``weight_decay`` per group: its group gets 0, and an optimizer step pre-hook adds
+$λ·(\mathrm{mask} ⊙ \mathrm{factor})$ to those factors' gradients instead, after any gradient scaling
+and clipping, as coupled ``weight_decay`` would. ``param_groups`` registers that hook (one, global,
+acting only on symopt's groups) the first time it builds a group for such a budget. [`bind`][symopt.bind] goes further for one optimizer the user passes, with hooks on
 that optimizer alone (removable): it checks for decoupled decay before the first step, re-reads λ
 before every step (also after ``optimizer.load_state_dict`` replaced the groups), and holds λ fixed
 within a step (L-BFGS evaluates its closure many times).
@@ -22,8 +27,9 @@ import warnings
 
 import torch
 from torch import Tensor, nn
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from .attach import list_constraints, is_factor, owner_of
+from .attach import decay_mask_of, list_constraints, is_factor, owner_of
 from .constraints.strength import StrengthGroup
 
 
@@ -122,6 +128,8 @@ def param_groups(model: nn.Module, lr: float | None = None, weight_decay: float 
         factors = [f for f in handle.decayed_factors() if id(f) not in decayed_ids]
         decayed_ids.update(id(f) for f in factors)
         if factors:
+            if handle.constraint.policy.trims:
+                _decay_dropped_atoms_before_steps()
             group = StrengthGroup(params=factors, **common)
             handle.constraint.policy.follow(group)  # writes weight_decay = symopt_strength = λ, now and on change
             groups.append(group)
@@ -129,6 +137,40 @@ def param_groups(model: nn.Module, lr: float | None = None, weight_decay: float 
     if rest:
         groups.append({"params": rest, **common, "weight_decay": weight_decay})
     return groups
+
+
+def decay_dropped_atoms(param_groups: list[dict]) -> None:
+    r"""Add the trimmed decay $λ·(\mathrm{mask} ⊙ \mathrm{factor})$ to the gradient of every symopt factor
+    in ``param_groups`` whose budget trims its decay now (``Constraint.decay_mask``); such a group's
+    ``weight_decay`` is 0 meanwhile. What a step pre-hook calls (see the module docstring)."""
+    for group in param_groups:
+        if "symopt_strength" not in group:
+            continue
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            mask = decay_mask_of(p)
+            if mask is None:
+                continue
+            group["weight_decay"] = 0.0  # a group restored by load_state_dict may still hold λ
+            lam = owner_of(p).strength
+            if lam > 0:
+                p.grad.add_(torch.where(mask, p.detach(), 0.0), alpha=lam)
+
+
+_trimmed_decay_hook = None
+
+
+def _before_any_step(optimizer, _args, _kwargs) -> None:
+    if getattr(optimizer, "_symopt_binding", None) is None:  # a bound optimizer's own hook does it
+        decay_dropped_atoms(optimizer.param_groups)
+
+
+def _decay_dropped_atoms_before_steps() -> None:
+    """Register `_before_any_step` as a global optimizer step pre-hook, once per process."""
+    global _trimmed_decay_hook
+    if _trimmed_decay_hook is None:
+        _trimmed_decay_hook = register_optimizer_step_pre_hook(_before_any_step)
 
 
 def check_optimizer(optimizer: torch.optim.Optimizer) -> bool:
@@ -226,7 +268,8 @@ class Binding:
             if "symopt_strength" in group and group["params"]:
                 owner = owner_of(group["params"][0])
                 if owner is not None:
-                    group["weight_decay"] = group["symopt_strength"] = owner.strength
+                    group["weight_decay"], group["symopt_strength"] = owner.policy.group_decay(), owner.strength
+        decay_dropped_atoms(optimizer.param_groups)
         self._held = self._policies()
         for policy in self._held:
             policy.hold()

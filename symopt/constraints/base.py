@@ -279,6 +279,8 @@ class Constraint(nn.Module):
                                       rate=adapt_rate, owner=owner, schedule=None if lands_set else schedule)
         if lands_set:  # an exact-penalty set that lands at the end of the ramp (strength.Landing)
             self.policy = Landing(self.policy, schedule)
+        elif schedule is not None:
+            self.policy.trims = self.trims_decay
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
             raise TypeError(f"{owner}: seed must be an int, got {type(seed).__name__}")
         self.factorizer = Factorizer(int(seed))
@@ -421,9 +423,36 @@ class Constraint(nn.Module):
 
     def penalty(self, *factors: Tensor) -> Tensor:
         r"""Decay on the factors, $(λ/2)·\sum_{\text{decayed}} ‖\mathrm{factor}‖^2$; at balanced factors it equals
-        ``λ·induced_norm(forward(*factors))``."""
-        total = sum(factors[i].square().sum() for i in self.decayed)
+        ``λ·induced_norm(forward(*factors))``. During the ramp of a trimmed budget only the entries of
+        `decay_mask` count: the trimmed norm (`symopt.constraints.strength.BudgetStrength`)."""
+        total = 0.0
+        for i in self.decayed:
+            square = factors[i].square()
+            mask = self.decay_mask(i, factors[i])
+            total = total + (square.sum() if mask is None else torch.where(mask, square, 0.0).sum())
         return 0.5 * self.strength * total
+
+    #: whether a landing budget of this kind may decay only the factors of the atoms it is dropping,
+    #: during its ramp (it defines `dropped_entries`); the trimmed norm then spares the atoms it keeps
+    trims_decay: ClassVar[bool] = False
+
+    def dropped_entries(self, slot: int, factor: Tensor, kept: Tensor) -> Tensor:  # pragma: no cover - trimming kinds
+        """The entries of decayed factor number ``slot`` (the tensor ``factor``) that belong to atoms
+        outside ``kept`` (bool, over the budget's atoms in ``atoms`` order), as a bool mask of
+        ``factor``'s shape. Kinds with ``trims_decay`` define it."""
+        raise NotImplementedError
+
+    def decay_mask(self, slot: int, factor: Tensor) -> Tensor | None:
+        """Which entries of decayed factor ``slot`` the decay acts on now: None for all of them (always,
+        except while a budget trims its decay), else a bool mask of ``factor``'s shape (all False before
+        the first backward pass of the ramp has said which atoms are kept)."""
+        policy = self.policy
+        if not policy.trimming():
+            return None
+        kept = policy.kept_atoms()
+        if kept is None:
+            return torch.zeros_like(factor, dtype=torch.bool)
+        return self.dropped_entries(slot, factor, kept.to(factor.device))
 
     def pullback(self, factors: tuple[Tensor, ...] | list[Tensor], grad: Tensor) -> tuple[Tensor, ...]:
         r"""The factors' gradients of $\langle \mathrm{grad}, \mathrm{forward}(\mathrm{factors})\rangle$: the

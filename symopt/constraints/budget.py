@@ -178,16 +178,19 @@ class BudgetController(nn.Module):
         self.updates += 1
 
 
-def budget_target(top_atoms, value: Tensor, grad: Tensor, k: int, strength: float) -> float:
+def budget_target(top_atoms, value: Tensor, grad: Tensor, k: int, strength: float,
+                  size: float | None = None) -> float:
     """The midpoint λ for budget ``k`` at ``value`` with loss gradient ``grad`` (see module docstring).
 
     ``top_atoms(tensor, count)`` returns atom sizes of a tensor as λ sees them (|entries|, group norms
     over their weights, σ: the constraint's ``top_dual_atoms``), at least its ``count`` largest. Only
     the k + 1 largest are needed, so a rank budget computes the leading singular values of
     $θ - t∇ℓ$, not its full SVD; the selection among them is [`leading`][symopt.constraints.budget.leading]'s.
+    ``size``, the mean of the k largest atoms of ``value``, is computed here unless the caller has it.
     """
     value, grad = value.detach(), grad.detach()
-    size = leading(top_atoms(value, k + 1), k)[0] / k
+    if size is None:
+        size = leading(top_atoms(value, k + 1), k)[0] / k
     if strength <= 0 or size == 0.0:
         return split_point(top_atoms(-grad, k + 1), k)  # the prox score of a zero point: atoms(0 − t·∇ℓ) / t
     step = SPREAD * size / strength

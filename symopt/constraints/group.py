@@ -65,6 +65,7 @@ class GroupSparse(Constraint):
 
     kind = "group_sparse"
     decayed = (0, 1)
+    trims_decay = True
 
     @classmethod
     def example(cls) -> Example:
@@ -218,6 +219,10 @@ class GroupSparse(Constraint):
 
     def dual_atoms(self, grad: Tensor) -> Tensor:
         return self.unweighted(self.group_norms(grad))
+
+    def dropped_entries(self, slot: int, factor: Tensor, kept: Tensor) -> Tensor:
+        # slot 0: the gates (one per group); slot 1: ω, each entry in its group's place
+        return ~kept if slot == 0 else self.spread(~kept, factor).expand_as(factor)
 
     def land(self, factors: tuple[Tensor, ...], keep: Tensor) -> None:
         gates, omega = factors

@@ -48,6 +48,8 @@ class NMSparse(Sparse):
     """
 
     kind = "n_m_sparse"
+    # the kept set is a pattern (N of every M), not the count's largest entries that the trimmed decay spares
+    trims_decay = False
 
     @classmethod
     def example(cls) -> Example:

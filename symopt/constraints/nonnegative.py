@@ -131,6 +131,11 @@ class NonNegative(Constraint):
     def atoms(self, value: Tensor) -> Tensor:
         return value.clamp_min(0).reshape(-1)
 
+    trims_decay = True
+
+    def dropped_entries(self, slot: int, factor: Tensor, kept: Tensor) -> Tensor:
+        return ~kept.view_as(factor)
+
     def land(self, factors: tuple[Tensor, ...], keep: Tensor) -> None:
         (u,) = factors
         u.masked_fill_(~keep.view_as(u), 0.0)  # u_i = 0: the fixed point of u_i → −u_i

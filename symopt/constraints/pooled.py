@@ -87,6 +87,7 @@ class Pooled(Constraint, register=False):
         if schedule is not None and type(probe).land is Constraint.land:
             raise ValueError(f"{owner}: this kind cannot land a budget (no `land`); drop total_steps")
         super().__init__(PooledBudget(strength, adapt_rate, owner=owner, schedule=schedule), budget=budget)
+        self.policy.trims = probe.trims_decay
         if probe.budget_spec is not None:
             raise ValueError(f"{type(probe).__name__} (pooled): the pool holds the budget; its members take none")
         if probe.linear or not _entries_are_atoms(probe):
@@ -111,6 +112,7 @@ class Pooled(Constraint, register=False):
         self.resolve_budget(sum(t.numel() for t in tensors), ", ".join(names), "non-zeros")
         self.policy.budget, self.policy.atom_total = self.budget, self.atom_total
         self.sizes = [t.numel() for t in tensors]
+        self.offsets = [sum(self.sizes[:i]) for i in range(len(self.sizes))]
 
     def prepare(self, count: int, device: torch.device) -> None:
         self.copies = []
@@ -251,6 +253,10 @@ class PooledMember(GroupMember):
 
     def atoms(self, value: Tensor) -> Tensor:
         return self.inner.atoms(value)
+
+    def dropped_entries(self, slot: int, factor: Tensor, kept: Tensor) -> Tensor:
+        start = self.group.offsets[self.index]  # the pool's atoms: the tensors' entries, concatenated
+        return self.inner.dropped_entries(slot, factor, kept[start:start + factor.numel()])
 
     def forward(self, *factors: Tensor) -> Tensor:
         return self.inner.forward(*factors)

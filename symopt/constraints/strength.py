@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from .auto import MultiplierEstimate, check_margin
-from .budget import RATE, BudgetController, budget_target, check_rate, scheduled_count
+from .budget import RATE, BudgetController, budget_target, check_rate, leading, scheduled_count
 from .warn import warn_user
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -83,6 +83,8 @@ class Strength(nn.Module):
     """
 
     watching: ClassVar[bool] = False
+    #: whether the decay is trimmed to the atoms a landing budget drops during its ramp (`BudgetStrength`)
+    trims: bool = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -113,6 +115,21 @@ class Strength(nn.Module):
     def has_landed(self) -> bool:
         """Whether a scheduled budget has landed (its dropped atoms are held at exactly 0)."""
         return False
+
+    def trimming(self) -> bool:
+        """Whether the decay acts now on the atoms outside the budget's current count only (the ramp of a
+        landing budget; see `BudgetStrength`)."""
+        return False
+
+    def kept_atoms(self) -> Tensor | None:
+        """While `trimming`: the atoms the decay spares (bool, over all the budget's atoms), as the last
+        backward pass saw them; None before it has seen one."""
+        return None
+
+    def group_decay(self) -> float:
+        """The ``weight_decay`` of an optimizer group of this policy's factors: λ, or 0 while `trimming`
+        (`symopt.decay` then adds the decay of the dropped atoms' factors to their gradients itself)."""
+        return 0.0 if self.trimming() else self.value()
 
     def lands_set(self) -> bool:
         """Whether an exact-penalty constraint lands on its set at a given step (`Landing`)."""
@@ -183,11 +200,11 @@ class Strength(nn.Module):
 
     def publish(self) -> None:
         """Copy λ into the groups this policy follows (after any change of state)."""
-        lam, alive = self.value(), []
+        lam, decay, alive = self.value(), self.group_decay(), []
         for ref in self._followers:
             group = ref()
             if group is not None:
-                group["weight_decay"] = group["symopt_strength"] = lam
+                group["weight_decay"], group["symopt_strength"] = decay, lam
                 alive.append(ref)
         if self._followers and not alive and not self._orphaned_warned and not self.bound:
             # The optimizer that held these groups is gone, or optimizer.load_state_dict replaced its
@@ -304,7 +321,7 @@ class Auto(Strength):
 
 
 class BudgetStrength(Strength):
-    """λ adapted so that the constraint's budget of ``k`` atoms is the predicted support (see
+    r"""λ adapted so that the constraint's budget of ``k`` atoms is the predicted support (see
     `symopt.constraints.budget` for the controller and why it is this one).
 
     With ``total_steps`` the budget *arrives* during training and *lands*: no decay before the ramp
@@ -313,6 +330,17 @@ class BudgetStrength(Strength):
     ``k`` largest on the fixed subspace of their mirror symmetry (both factors exactly 0), where every
     gradient method leaves them: from then on the budget holds exactly, λ drops to 0 (the decay would
     only shrink the kept atoms now), and the ``k`` atoms train on (a fine-tuning phase, as after pruning).
+
+    **Trimmed decay during the ramp** (``trims``, set by kinds whose factors split by atom: `Sparse`,
+    `NonNegative`, `GroupSparse`, channels): the decay acts only on the factors of the atoms outside
+    the current count's largest, so the penalty is the *trimmed* norm $λ\sum_{i > k(t)} a_{(i)}$ (the
+    atoms beyond the k(t) largest; Bertsimas, Copenhaver & Mazumder 2017), whose zero set is exactly
+    "at most k(t) atoms". The atoms the budget keeps are not shrunk on the way, which the plain norm
+    does to all of them (the Lasso's bias): on the digits MLP at 90% sparsity the plain norm lost 5
+    points of accuracy during the ramp (0.955 → 0.79 at the landing, 0.919 after fine-tuning, 30
+    epochs), the trimmed one none (0.973 ± 0.002 over 3 seeds, against 0.972 for gradual magnitude
+    pruning; `benchmarks.compression`). λ is the same controller's: the dropped atoms are pushed to 0
+    by the λ at which the plain path would drop them.
 
     Args:
         initial: the starting λ; None to take it from the first gradient.
@@ -335,6 +363,8 @@ class BudgetStrength(Strength):
         start = None if initial is None else check_strength(initial, owner)
         self.controller = BudgetController(start, check_rate(rate, owner))
         self.schedule = schedule
+        self.trims = False  # set by the constraint when its kind can decay the dropped atoms alone
+        self._kept: Tensor | None = None  # the atoms the trimmed decay spares (from the last backward pass)
         if schedule is not None:
             total, first, last = schedule
             self.ramp = (int(first * total), max(int(first * total) + 1, int(round(last * total))))
@@ -364,17 +394,30 @@ class BudgetStrength(Strength):
 
     def target(self, top_atoms, value: Tensor, grad: Tensor, budget: int, atom_total: int):
         """The observation of one backward pass: ``"warm-up"`` before the ramp (a step that counts, no
-        decay yet), else the controller's target λ for the current count (None if not a usable λ)."""
+        decay yet), else ``(λ target, kept atoms)``: the controller's target for the current count (None
+        if not a usable λ) and, when the decay is trimmed, which atoms are among the count's largest
+        (``atoms >=`` the count-th largest, over ``top_atoms(value)``, all the atoms in order)."""
         if self.schedule is not None and int(self.step) < self.ramp[0]:
             return "warm-up"
-        target = budget_target(top_atoms, value, grad, self.count(budget, atom_total), self.value())
-        return target if math.isfinite(target) and target > 0 else None
+        count = self.count(budget, atom_total)
+        atoms = top_atoms(value.detach(), count + 1).reshape(-1)
+        total, kth, _ = leading(atoms, count)
+        target = budget_target(top_atoms, value, grad, count, self.value(), size=total / count)
+        kept = atoms >= kth if self.trims and self.schedule is not None else None
+        return (target if math.isfinite(target) and target > 0 else None, kept)
 
     def schedule_of_budget(self):
         return self.schedule
 
     def has_landed(self) -> bool:
         return self.schedule is not None and bool(self.landed)
+
+    def trimming(self) -> bool:
+        return (self.trims and self.schedule is not None and not bool(self.landed)
+                and int(self.step) >= self.ramp[0])
+
+    def kept_atoms(self) -> Tensor | None:
+        return self._kept if self.trimming() else None
 
     def landing_due(self) -> bool:
         """Whether the ramp has ended and the budget has not landed yet."""
@@ -396,13 +439,17 @@ class BudgetStrength(Strength):
     def _commit(self, observations) -> None:
         if self.schedule is not None and observations:
             self.step += 1
-        targets = [o for o in observations if not isinstance(o, str)]
-        if not targets:
+        points = [o for o in observations if not isinstance(o, str)]
+        if not points:
             return
-        # The last point of a step is where the optimizer stopped; before λ is known, the first point
-        # (where the step started) sets its scale.
-        known = math.isfinite(float(self.controller.log_strength))
-        self.controller.update(targets[-1] if known else targets[0])
+        if points[-1][1] is not None:
+            self._kept = points[-1][1]
+        targets = [t for t, _ in points if t is not None]
+        if targets:
+            # The last point of a step is where the optimizer stopped; before λ is known, the first point
+            # (where the step started) sets its scale.
+            known = math.isfinite(float(self.controller.log_strength))
+            self.controller.update(targets[-1] if known else targets[0])
         self.publish()
 
 

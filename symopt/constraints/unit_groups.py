@@ -104,6 +104,7 @@ class UnitGroups(Constraint, register=False):
         else:
             super().__init__(UnitBudget(strength, adapt_rate, owner="UnitGroups", schedule=schedule), seed=seed,
                              budget=("count", k))
+            self.policy.trims = True  # a unit's gate and its ω in every tensor: UnitGroupsMember.dropped_entries
         self.dim = dims[0]
         self.dims = dims  # one per tensor, or one for all
         # per tensor: the unit of each index along its axis (None: index i is unit i). Attention heads
@@ -330,6 +331,11 @@ class UnitGroupsMember(GroupMember):
 
     def atoms(self, value: Tensor) -> Tensor:
         return self.group._unit_squares(value, self.index).sqrt()
+
+    def dropped_entries(self, slot: int, factor: Tensor, kept: Tensor) -> Tensor:
+        if self.index == 0 and slot == 0:
+            return ~kept  # the shared gates, one per unit
+        return self.group.spread(~kept, factor, self.index).expand_as(factor)
 
     def unit_axis(self, ndim: int) -> int | None:
         return self.group.axes[self.index]
