@@ -43,9 +43,10 @@ from symopt.cli import machine_name
 
 
 # Budgets with no total_steps: the controller computes its target on every backward pass (with a
-# schedule it would skip the warm-up's first 10% of steps), which is the cost to measure.
-BUDGETS = ["sparse(density=0.1)", "group_sparse(max_groups=half)", "low_rank(target_rank=16)",
-           "low_rank(max_rank=64, target_rank=16)"]
+# schedule it would skip the warm-up's first 10% of steps), which is the cost to measure; and one with
+# total_steps whose ramp covers every measured step (the trimmed decay and its step hook too).
+BUDGETS = ["sparse(density=0.1)", "sparse(density=0.1, total_steps)", "group_sparse(max_groups=half)",
+           "low_rank(target_rank=16)", "low_rank(max_rank=64, target_rank=16)"]
 
 
 def _model(arch: str, width: int, device, kind: str | None) -> nn.Module:
@@ -81,6 +82,8 @@ def _model(arch: str, width: int, device, kind: str | None) -> nn.Module:
         symopt.tie(net, ["0.weight", "2.weight"], strength=1.0)
     elif kind == "sparse(density=0.1)":
         symopt.sparse(net, "2.weight", density=0.1)
+    elif kind == "sparse(density=0.1, total_steps)":  # inside the ramp for every measured step: the trimmed decay
+        symopt.sparse(net, "2.weight", density=0.1, total_steps=10 ** 6, ramp=(0.0, 0.99))
     elif kind == "group_sparse(max_groups=half)":
         symopt.group_sparse(net, "2.weight", dim=0, max_groups=shape[0] // 2)
     elif kind == "low_rank(target_rank=16)":

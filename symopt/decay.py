@@ -155,7 +155,7 @@ def decay_dropped_atoms(param_groups: list[dict]) -> None:
             group["weight_decay"] = 0.0  # a group restored by load_state_dict may still hold λ
             lam = owner_of(p).strength
             if lam > 0:
-                p.grad.add_(torch.where(mask, p.detach(), 0.0), alpha=lam)
+                p.grad.addcmul_(p.detach(), mask, value=lam)
 
 
 _trimmed_decay_hook = None

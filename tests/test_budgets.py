@@ -264,10 +264,12 @@ def test_target_rank_on_a_large_layer_needs_no_full_svd_and_lands_on_singular_va
 
 
 @pytest.mark.parametrize("n, k, ties", [(50, 7, False), (100_000, 10_000, False), (100_000, 1, False),
-                                        (100_000, 99_998, False), (100_000, 5_000, True), (70_001, 30_000, True)])
+                                        (100_000, 99_998, False), (100_000, 5_000, True), (70_001, 30_000, True),
+                                        (100_000, 60_000, True), (50, 40, False), (9, 8, True)])
 def test_leading_selection_is_exactly_topks(n, k, ties):
     """The bracketed selection a budget runs every step equals torch.topk, also with heavy ties (values
-    rounded to 40 levels: the bracket's edges sit on ties and it must fall back) and at both ends."""
+    rounded to 40 levels: the bracket's edges sit on ties and it must fall back), at both ends, and for
+    k > n/2 (selected through the n − k smallest)."""
     from symopt.constraints.budget import leading
 
     g = torch.Generator().manual_seed(n + k)

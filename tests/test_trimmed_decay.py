@@ -61,6 +61,7 @@ def test_the_decay_spares_the_counts_largest_atoms_during_the_ramp():
     """Mid-ramp: the penalty's gradient is λ·factor on the entries outside the count(t) largest |θ| and
     exactly 0 on those inside; its value is λ·(sum of the other |θ_i|) at balanced factors."""
     model, handle = _model(SPARSE)
+    handle.constraint.policy.every = 1  # a reading on every step, so the last backward pass's is the one checked
     opt = torch.optim.SGD(symopt.param_groups(model, lr=0.05), lr=0.05)
     _step_into_the_ramp(model, opt, 59)
     X, Y = _data()
@@ -73,7 +74,7 @@ def test_the_decay_spares_the_counts_largest_atoms_during_the_ramp():
     count = scheduled_count(int(policy.step) - 1, 72, 12, *policy.ramp)  # the count of the last backward
     kept = torch.zeros(72, dtype=torch.bool)
     kept[theta.abs().topk(count).indices] = True
-    assert torch.equal(policy.kept_atoms(), kept)
+    assert torch.equal(policy.dropped_atoms(), (~kept).to(DT))
     u.grad = v.grad = None
     symopt.penalty(model).backward()
     lam = handle.strength
@@ -105,7 +106,7 @@ def test_param_groups_apply_the_trimmed_decay_as_coupled_weight_decay(way):
             scale.unscale_(opt)
         for slot, factor in enumerate(handle.decayed_factors()):
             mask = handle.members[0].parametrization.decay_mask(slot, factor)
-            factor.grad += handle.strength * (factor.detach() if mask is None else torch.where(mask, factor.detach(), 0.0))
+            factor.grad += handle.strength * factor.detach() * (1.0 if mask is None else mask)
         if scale is None:
             opt.step()
         else:
@@ -201,19 +202,19 @@ def test_group_and_channel_budgets_trim_per_unit():
         opt.step()
     for handle in (units, rows):
         policy = handle.constraint.policy
-        assert policy.trimming() and 0 < int(policy.kept_atoms().sum()) < policy.kept_atoms().numel()
+        dropped = policy.dropped_atoms()
+        assert policy.trimming() and 0 < int(dropped.sum()) < dropped.numel()
         for factor in handle.decayed_factors():
             factor.grad = None
         handle.penalty().backward()
-        kept = policy.kept_atoms()
         for member in handle.members:
             for slot in member.parametrization.decayed:
                 factor = member.factors[slot]
-                dropped = member.parametrization.decay_mask(slot, factor)
-                assert dropped.shape == factor.shape
-                torch.testing.assert_close(factor.grad, torch.where(dropped, handle.strength * factor.detach(), 0.0))
-                if factor.dim() == 1 and factor.numel() == kept.numel():  # the gates: one per unit
-                    assert torch.equal(dropped, ~kept)
+                mask = member.parametrization.decay_mask(slot, factor)
+                assert mask.shape == factor.shape and set(mask.unique().tolist()) <= {0.0, 1.0}
+                torch.testing.assert_close(factor.grad, handle.strength * mask * factor.detach())
+                if factor.dim() == 1 and factor.numel() == dropped.numel():  # the gates: one per unit
+                    assert torch.equal(mask, dropped)
 
 
 def test_kinds_without_a_trimmed_decay_keep_the_plain_one():
@@ -243,18 +244,23 @@ def test_a_pooled_budget_trims_over_all_its_tensors():
     X, Y = _data()
     model = nn.Sequential(nn.Linear(12, 16), nn.Tanh(), nn.Linear(16, 6)).double()
     handle = symopt.sparse(model, ["0.weight", "2.weight"], max_nonzero=40, total_steps=STEPS)
+    handle.constraint.policy.every = 1  # a reading on every step: the last backward pass's is checked
     opt = torch.optim.Adam(symopt.param_groups(model, lr=1e-2), lr=1e-2)
-    _step_into_the_ramp(model, opt, 60)
+    _step_into_the_ramp(model, opt, 59)
+    X, Y = _data()
+    opt.zero_grad()
+    _loss(model, X, Y).backward()
     policy = handle.constraint.policy
     theta = torch.cat([v.detach().reshape(-1) for v in handle.values()])
     count = scheduled_count(int(policy.step) - 1, theta.numel(), 40, *policy.ramp)
-    assert int(policy.kept_atoms().sum()) == count
-    assert torch.equal(policy.kept_atoms(), theta.abs() >= theta.abs().topk(count).values[-1])
+    dropped = policy.dropped_atoms()
+    assert int((dropped == 0).sum()) == count
+    assert torch.equal(dropped, (theta.abs() < theta.abs().topk(count).values[-1]).to(DT))
     start = 0
     for member in handle.members:
         u = member.factors[0]
         mask = member.parametrization.decay_mask(0, u)
-        assert torch.equal(mask.reshape(-1), ~policy.kept_atoms()[start:start + u.numel()])
+        assert torch.equal(mask.reshape(-1), dropped[start:start + u.numel()])
         start += u.numel()
 
 

@@ -429,30 +429,31 @@ class Constraint(nn.Module):
         for i in self.decayed:
             square = factors[i].square()
             mask = self.decay_mask(i, factors[i])
-            total = total + (square.sum() if mask is None else torch.where(mask, square, 0.0).sum())
+            total = total + (square.sum() if mask is None else (square * mask).sum())
         return 0.5 * self.strength * total
 
     #: whether a landing budget of this kind may decay only the factors of the atoms it is dropping,
     #: during its ramp (it defines `dropped_entries`); the trimmed norm then spares the atoms it keeps
     trims_decay: ClassVar[bool] = False
 
-    def dropped_entries(self, slot: int, factor: Tensor, kept: Tensor) -> Tensor:  # pragma: no cover - trimming kinds
-        """The entries of decayed factor number ``slot`` (the tensor ``factor``) that belong to atoms
-        outside ``kept`` (bool, over the budget's atoms in ``atoms`` order), as a bool mask of
-        ``factor``'s shape. Kinds with ``trims_decay`` define it."""
+    def dropped_entries(self, slot: int, factor: Tensor, dropped: Tensor) -> Tensor:  # pragma: no cover - trimming kinds
+        """``dropped`` (1.0 for an atom the decay acts on, 0.0 for one it spares, over the budget's
+        atoms in ``atoms`` order) laid out over decayed factor number ``slot`` (the tensor ``factor``):
+        a tensor of ``factor``'s shape, a view where it can be (it is read on every step). Kinds with
+        ``trims_decay`` define it."""
         raise NotImplementedError
 
     def decay_mask(self, slot: int, factor: Tensor) -> Tensor | None:
         """Which entries of decayed factor ``slot`` the decay acts on now: None for all of them (always,
-        except while a budget trims its decay), else a bool mask of ``factor``'s shape (all False before
-        the first backward pass of the ramp has said which atoms are kept)."""
+        except while a budget trims its decay), else 1.0 / 0.0 in ``factor``'s shape and dtype (all 0
+        before the first reading of the ramp has said which atoms are dropped)."""
         policy = self.policy
         if not policy.trimming():
             return None
-        kept = policy.kept_atoms()
-        if kept is None:
-            return torch.zeros_like(factor, dtype=torch.bool)
-        return self.dropped_entries(slot, factor, kept.to(factor.device))
+        dropped = policy.dropped_atoms()
+        if dropped is None:
+            return torch.zeros_like(factor)
+        return self.dropped_entries(slot, factor, dropped.to(device=factor.device, dtype=factor.dtype))
 
     def pullback(self, factors: tuple[Tensor, ...] | list[Tensor], grad: Tensor) -> tuple[Tensor, ...]:
         r"""The factors' gradients of $\langle \mathrm{grad}, \mathrm{forward}(\mathrm{factors})\rangle$: the

@@ -20,6 +20,12 @@ step, so an L-BFGS closure sees one λ).
   interval of the path where the solution has k atoms.
 * $t = \mathrm{spread} · \operatorname{mean}(k\ \text{largest atoms of }θ) / λ$ puts both halves of the score on one scale.
 
+**One reading in ``READ_EVERY`` (4) steps.** Reading the atoms (the k-th largest of θ and of the scores)
+costs several passes over the tensor, as much as the step itself at 512×512 with k a tenth of it; λ
+moves only a fraction ``rate`` per step anyway. So the controller reads on one step in four (and on
+the first of the ramp), and each reading moves log λ by the compounded rate of the steps since the
+last, $1 - (1 - \mathrm{rate})^4$, the same time constant.
+
 Before the first observation λ is the ``strength`` given, or, if none, ``START`` (a tenth) of the
 midpoint of the k-th and (k+1)-th largest gradient atoms at the first backward pass (about the λ at
 which k atoms would leave 0). Starting low is deliberate — continuation from the dense end of the
@@ -39,6 +45,7 @@ from torch import Tensor, nn
 SPREAD = 2.0
 RATE = 0.1
 START = 0.1
+READ_EVERY = 4
 
 
 def check_budget(value: object, what: str, owner: str) -> int | None:
@@ -107,29 +114,50 @@ def leading(values: Tensor, k: int) -> tuple[float, float, float]:
     """``(sum of the k largest, k-th largest, (k+1)-th largest)`` of a 1-d tensor with more than k
     entries, exactly.
 
-    A budget needs these on every backward pass, of tensors with up to millions of entries and k a
+    A budget needs these at each of its readings, of tensors with up to millions of entries and k a
     tenth of them, where ``torch.topk(k + 1)`` costs more than the training step itself (3 ms of a 6 ms
     step at 512×512, k = 26k, measured). So the k-th value is first bracketed from a strided sample of
     ``_SAMPLE`` entries (its quantile ± 4 standard errors), the entries above the bracket are summed,
-    and only the few inside it are sorted: a few passes over the tensor. When the bracket misses (the
+    and only the few inside it are searched (a selection, not a sort): a few passes over the tensor. When the bracket misses (the
     sample is not representative, or ties sit on its edge) the full ``topk`` answers: never wrong,
     only slower.
     """
     flat = values.reshape(-1)
     n = flat.numel()
+    if 2 * k > n:
+        # Most entries are kept (early in a ramp, the count is near n): select the n − k smallest instead,
+        # the negated tensor's n − k largest, and take the sum of the k largest as the total minus theirs.
+        # A selection of k near n (a topk of nearly everything) cost 27 ms at n = 262k.
+        low_sum, low_last, low_next = leading(-flat, n - k)
+        return float(flat.sum(dtype=torch.float64)) + low_sum, -low_next, -low_last
     if n > 4 * _SAMPLE:
-        sample = torch.sort(flat[:: n // _SAMPLE], descending=True).values
+        # (kthvalue, count_nonzero and a dot product rather than sort, a bool sum and where().sum():
+        # each of those was 3-5× slower at n = 262k)
+        sample = flat[:: n // _SAMPLE]
         m = sample.numel()
         at, margin = k * m / n, 4.0 * math.sqrt(m * (k / n) * (1 - k / n)) + 4.0
-        hi, lo = sample[max(0, int(at - margin))], sample[min(m - 1, int(math.ceil(at + margin)))]
-        above = flat > hi
-        count = int(above.sum())
-        band = flat[(flat > lo) & ~above]
+        low_rank = min(m - 1, int(math.ceil(at + margin)))  # ranks in the sample, 0 = its largest
+        # the candidates: every entry that can be among the k + 1 largest if the bracket holds (the only
+        # full pass; what follows reads these, a few times k entries)
+        candidates = flat[flat > sample.kthvalue(m - low_rank).values]
+        if at - margin < 1:  # a small k: no upper edge (the sample's top would leave more than k above it)
+            count, above_sum, band = 0, 0.0, candidates
+        else:
+            above = candidates > sample.kthvalue(m - int(at - margin)).values
+            count = int(torch.count_nonzero(above))
+            above_sum = float(torch.dot(candidates, above.to(candidates.dtype))) if count else 0.0
+            band = candidates[~above]
         need = k - count
         if need >= 1 and band.numel() >= need + 1:
-            top = torch.topk(band, need + 1).values
-            total = torch.where(above, flat, 0.0).sum(dtype=torch.float64) + top[:need].sum(dtype=torch.float64)
-            return float(total), float(top[need - 1]), float(top[need])
+            kth = band.kthvalue(band.numel() - need + 1).values  # the need-th largest of the band
+            greater = band > kth
+            ties = need - int(torch.count_nonzero(greater))  # entries equal to kth among the k largest
+            total = above_sum + float(torch.dot(band, greater.to(band.dtype))) + ties * float(kth)
+            if int(torch.count_nonzero(band >= kth)) > need:
+                after = float(kth)  # kth is repeated past the k-th place
+            else:
+                after = float(band[band < kth].max())
+            return total, float(kth), after
     top = torch.topk(flat, k + 1).values
     return float(top[:k].sum(dtype=torch.float64)), float(top[k - 1]), float(top[k])
 
@@ -167,14 +195,16 @@ class BudgetController(nn.Module):
         """Current λ (0 before it is known)."""
         return math.exp(float(self.log_strength))
 
-    def update(self, target: float) -> None:
-        """Move log λ a fraction ``rate`` toward log ``target`` (the midpoint λ the point asks for)."""
+    def update(self, target: float, steps: int = 1) -> None:
+        """Move log λ toward log ``target`` (the midpoint λ the point asks for): the fraction ``rate``
+        of the way per step, compounded over the ``steps`` since the last reading."""
         log = float(self.log_strength)
         if not math.isfinite(log):
             self.log_strength.fill_(math.log(START * target))
         else:
-            move = max(-1.0, min(1.0, math.log(target) - log))  # at most a factor e per step
-            self.log_strength.fill_(log + self.rate * move)
+            move = max(-1.0, min(1.0, math.log(target) - log))  # at most a factor e per reading
+            fraction = self.rate if steps == 1 else 1.0 - (1.0 - self.rate) ** steps  # (1 − (1 − r) ≠ r in floats)
+            self.log_strength.fill_(log + fraction * move)
         self.updates += 1
 
 

@@ -220,9 +220,9 @@ class GroupSparse(Constraint):
     def dual_atoms(self, grad: Tensor) -> Tensor:
         return self.unweighted(self.group_norms(grad))
 
-    def dropped_entries(self, slot: int, factor: Tensor, kept: Tensor) -> Tensor:
+    def dropped_entries(self, slot: int, factor: Tensor, dropped: Tensor) -> Tensor:
         # slot 0: the gates (one per group); slot 1: ω, each entry in its group's place
-        return ~kept if slot == 0 else self.spread(~kept, factor).expand_as(factor)
+        return dropped if slot == 0 else self.spread(dropped, factor).expand_as(factor)
 
     def land(self, factors: tuple[Tensor, ...], keep: Tensor) -> None:
         gates, omega = factors

@@ -133,8 +133,8 @@ class NonNegative(Constraint):
 
     trims_decay = True
 
-    def dropped_entries(self, slot: int, factor: Tensor, kept: Tensor) -> Tensor:
-        return ~kept.view_as(factor)
+    def dropped_entries(self, slot: int, factor: Tensor, dropped: Tensor) -> Tensor:
+        return dropped.view_as(factor)
 
     def land(self, factors: tuple[Tensor, ...], keep: Tensor) -> None:
         (u,) = factors

@@ -40,6 +40,9 @@ class PooledBudget(BudgetStrength):
             return None
         parts = [self._round[i] for i in sorted(self._round)]
         self._round = {}
+        quiet = self.quiet()
+        if quiet is not None:  # before concatenating the tensors
+            return quiet
         value = torch.cat([p[0] for p in parts])
         grad = torch.cat([p[1] for p in parts])
         return self.target(parts[0][2], value, grad, self.budget, self.atom_total)
@@ -254,9 +257,9 @@ class PooledMember(GroupMember):
     def atoms(self, value: Tensor) -> Tensor:
         return self.inner.atoms(value)
 
-    def dropped_entries(self, slot: int, factor: Tensor, kept: Tensor) -> Tensor:
+    def dropped_entries(self, slot: int, factor: Tensor, dropped: Tensor) -> Tensor:
         start = self.group.offsets[self.index]  # the pool's atoms: the tensors' entries, concatenated
-        return self.inner.dropped_entries(slot, factor, kept[start:start + factor.numel()])
+        return self.inner.dropped_entries(slot, factor, dropped[start:start + factor.numel()])
 
     def forward(self, *factors: Tensor) -> Tensor:
         return self.inner.forward(*factors)

@@ -77,8 +77,8 @@ class Sparse(Constraint):
         u.masked_fill_(drop, 0.0)
         v.masked_fill_(drop, 0.0)  # u_i = v_i = 0: the mirror's fixed point, which no gradient leaves
 
-    def dropped_entries(self, slot: int, factor: Tensor, kept: Tensor) -> Tensor:
-        return ~kept.view_as(factor)  # u_i and v_i both belong to entry i
+    def dropped_entries(self, slot: int, factor: Tensor, dropped: Tensor) -> Tensor:
+        return dropped.view_as(factor)  # u_i and v_i both belong to entry i
 
     def truncate(self, value: Tensor, k: int) -> Tensor:
         keep = largest(value.abs(), k).view_as(value)

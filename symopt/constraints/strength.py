@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from .auto import MultiplierEstimate, check_margin
-from .budget import RATE, BudgetController, budget_target, check_rate, leading, scheduled_count
+from .budget import READ_EVERY, RATE, BudgetController, budget_target, check_rate, leading, scheduled_count
 from .warn import warn_user
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -121,9 +121,9 @@ class Strength(nn.Module):
         landing budget; see `BudgetStrength`)."""
         return False
 
-    def kept_atoms(self) -> Tensor | None:
-        """While `trimming`: the atoms the decay spares (bool, over all the budget's atoms), as the last
-        backward pass saw them; None before it has seen one."""
+    def dropped_atoms(self) -> Tensor | None:
+        """While `trimming`: the atoms the decay acts on (1.0; 0.0 for those it spares, over all the
+        budget's atoms in order, in the value's dtype), as the last reading saw them; None before one."""
         return None
 
     def group_decay(self) -> float:
@@ -336,11 +336,10 @@ class BudgetStrength(Strength):
     the current count's largest, so the penalty is the *trimmed* norm $λ\sum_{i > k(t)} a_{(i)}$ (the
     atoms beyond the k(t) largest; Bertsimas, Copenhaver & Mazumder 2017), whose zero set is exactly
     "at most k(t) atoms". The atoms the budget keeps are not shrunk on the way, which the plain norm
-    does to all of them (the Lasso's bias): on the digits MLP at 90% sparsity the plain norm lost 5
-    points of accuracy during the ramp (0.955 → 0.79 at the landing, 0.919 after fine-tuning, 30
-    epochs), the trimmed one none (0.973 ± 0.002 over 3 seeds, against 0.972 for gradual magnitude
-    pruning; `benchmarks.compression`). λ is the same controller's: the dropped atoms are pushed to 0
-    by the λ at which the plain path would drop them.
+    does to all of them (the Lasso's bias). On the digits MLP this is the difference between losing
+    1.5–2.6 accuracy points to gradual magnitude pruning and matching it (`benchmarks.compression`,
+    benchmarks/RESULTS.md). λ is the same controller's: the dropped atoms are pushed to 0 by the λ at
+    which the plain path would drop them.
 
     Args:
         initial: the starting λ; None to take it from the first gradient.
@@ -364,12 +363,20 @@ class BudgetStrength(Strength):
         self.controller = BudgetController(start, check_rate(rate, owner))
         self.schedule = schedule
         self.trims = False  # set by the constraint when its kind can decay the dropped atoms alone
-        self._kept: Tensor | None = None  # the atoms the trimmed decay spares (from the last backward pass)
+        self._dropped: Tensor | None = None  # the atoms the trimmed decay acts on (from the last reading)
+        self.every = READ_EVERY  # the controller reads the atoms on one step in `every`
+        # the steps so far (a buffer: a resumed run reads on the same steps and follows the same schedule)
+        self.register_buffer("step", torch.zeros((), dtype=torch.float64))
         if schedule is not None:
             total, first, last = schedule
             self.ramp = (int(first * total), max(int(first * total) + 1, int(round(last * total))))
-            self.register_buffer("step", torch.zeros((), dtype=torch.float64))
             self.register_buffer("landed", torch.zeros((), dtype=torch.float64))
+        self._register_load_state_dict_pre_hook(_count_steps_from_zero)
+        # the dropped atoms of the last reading go into the state_dict when there are some, so that a
+        # resumed run decays the same entries until its next reading (not a buffer: its size is known
+        # only once the constraint is registered, and only a trimmed ramp has one)
+        self._register_state_dict_hook(_save_dropped)
+        self._register_load_state_dict_pre_hook(_load_dropped, with_module=True)
 
     @property
     def watching(self) -> bool:  # type: ignore[override]
@@ -379,7 +386,7 @@ class BudgetStrength(Strength):
         return self.controller.value()
 
     def sync_state(self) -> list[Tensor]:
-        return [self.controller.log_strength] + ([self.step] if self.schedule is not None else [])
+        return [self.controller.log_strength, self.step]
 
     def describe(self) -> str:
         if self.schedule is not None and bool(self.landed):
@@ -394,17 +401,31 @@ class BudgetStrength(Strength):
 
     def target(self, top_atoms, value: Tensor, grad: Tensor, budget: int, atom_total: int):
         """The observation of one backward pass: ``"warm-up"`` before the ramp (a step that counts, no
-        decay yet), else ``(λ target, kept atoms)``: the controller's target for the current count (None
-        if not a usable λ) and, when the decay is trimmed, which atoms are among the count's largest
-        (``atoms >=`` the count-th largest, over ``top_atoms(value)``, all the atoms in order)."""
-        if self.schedule is not None and int(self.step) < self.ramp[0]:
-            return "warm-up"
+        decay yet), else ``(λ target, dropped atoms, steps since the last reading)``: the controller's target for the current count
+        (None if not a usable λ) and, when the decay is trimmed, which atoms are outside the count's
+        largest (``atoms <`` the count-th largest, over ``top_atoms(value)``, all the atoms in order),
+        as 1.0 / 0.0 in the value's dtype: the mask a step multiplies the decay by."""
+        quiet = self.quiet()
+        if quiet is not None:
+            return quiet
         count = self.count(budget, atom_total)
         atoms = top_atoms(value.detach(), count + 1).reshape(-1)
         total, kth, _ = leading(atoms, count)
         target = budget_target(top_atoms, value, grad, count, self.value(), size=total / count)
-        kept = atoms >= kth if self.trims and self.schedule is not None else None
-        return (target if math.isfinite(target) and target > 0 else None, kept)
+        dropped = (atoms < kth).to(value.dtype) if self.trims and self.schedule is not None else None
+        return (target if math.isfinite(target) and target > 0 else None, dropped, 1 if self._holds else self.every)
+
+    def quiet(self) -> str | None:
+        """Why this step reads no atoms: ``"warm-up"`` before the ramp, ``"between readings"`` on the
+        steps between two readings (one in ``every``, once λ is known); None on a reading step. Within
+        a step of an optimizer bound by `symopt.bind` (L-BFGS: many evaluations per step, each costlier
+        than a reading) every step reads."""
+        step = int(self.step)
+        if self.schedule is not None and step < self.ramp[0]:
+            return "warm-up"
+        if step % self.every and not self._holds and math.isfinite(float(self.controller.log_strength)):
+            return "between readings"
+        return None
 
     def schedule_of_budget(self):
         return self.schedule
@@ -416,8 +437,8 @@ class BudgetStrength(Strength):
         return (self.trims and self.schedule is not None and not bool(self.landed)
                 and int(self.step) >= self.ramp[0])
 
-    def kept_atoms(self) -> Tensor | None:
-        return self._kept if self.trimming() else None
+    def dropped_atoms(self) -> Tensor | None:
+        return self._dropped if self.trimming() else None
 
     def landing_due(self) -> bool:
         """Whether the ramp has ended and the budget has not landed yet."""
@@ -437,20 +458,36 @@ class BudgetStrength(Strength):
                            getattr(constraint, "atom_total", 0))
 
     def _commit(self, observations) -> None:
-        if self.schedule is not None and observations:
+        if observations:
             self.step += 1
         points = [o for o in observations if not isinstance(o, str)]
         if not points:
             return
         if points[-1][1] is not None:
-            self._kept = points[-1][1]
-        targets = [t for t, _ in points if t is not None]
+            self._dropped = points[-1][1]
+        targets = [t for t, _, _ in points if t is not None]
         if targets:
             # The last point of a step is where the optimizer stopped; before λ is known, the first point
-            # (where the step started) sets its scale.
+            # (where the step started) sets its scale. λ moves by the compounded rate of the steps since
+            # the last reading.
             known = math.isfinite(float(self.controller.log_strength))
-            self.controller.update(targets[-1] if known else targets[0])
+            self.controller.update(targets[-1] if known else targets[0], steps=points[-1][2])
         self.publish()
+
+
+def _save_dropped(module: BudgetStrength, state_dict, prefix, _metadata) -> None:
+    if module._dropped is not None:
+        state_dict[prefix + "dropped"] = module._dropped
+
+
+def _load_dropped(module: BudgetStrength, state_dict, prefix, *_args) -> None:
+    module._dropped = state_dict.pop(prefix + "dropped", None)
+
+
+def _count_steps_from_zero(state_dict, prefix, *_args) -> None:
+    """Checkpoints of a budget without ``total_steps`` written before it counted its steps load with
+    the count at 0 (it only sets which steps read the atoms)."""
+    state_dict.setdefault(prefix + "step", torch.zeros((), dtype=torch.float64))
 
 
 class Scheduled(Strength):

@@ -10,7 +10,7 @@ when the norm of its joint gradient is ≤ λ. A unit whose bias and norm entrie
 so [`export`][symopt.export] removes it even behind a zero-padded consumer, where a dead weight with a
 live bias could not go.
 
-Budget ``max_groups=k``: one λ for the group, adapted on every backward pass from the joint unit norms
+Budget ``max_groups=k``: one λ for the group, adapted at each reading of the joint unit norms
 of all the tensors (the controller of `symopt.constraints.budget`), so exactly k units stay alive; with
 ``total_steps`` the budget lands: the other units' gates and every tensor's $ω$ for them go to the fixed
 subspace at once, and stay there.
@@ -39,6 +39,9 @@ class UnitBudget(PooledBudget):
             return None
         parts = [self._round[i] for i in sorted(self._round)]
         self._round = {}
+        quiet = self.quiet()
+        if quiet is not None:
+            return quiet
         group = constraint.group
         shapes = [p[0].shape for p in parts]
         sizes = [p[0].numel() for p in parts]
@@ -332,10 +335,10 @@ class UnitGroupsMember(GroupMember):
     def atoms(self, value: Tensor) -> Tensor:
         return self.group._unit_squares(value, self.index).sqrt()
 
-    def dropped_entries(self, slot: int, factor: Tensor, kept: Tensor) -> Tensor:
+    def dropped_entries(self, slot: int, factor: Tensor, dropped: Tensor) -> Tensor:
         if self.index == 0 and slot == 0:
-            return ~kept  # the shared gates, one per unit
-        return self.group.spread(~kept, factor, self.index).expand_as(factor)
+            return dropped  # the shared gates, one per unit
+        return self.group.spread(dropped, factor, self.index).expand_as(factor)
 
     def unit_axis(self, ndim: int) -> int | None:
         return self.group.axes[self.index]
