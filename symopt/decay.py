@@ -242,6 +242,7 @@ class Binding:
 
     def __init__(self, optimizer: torch.optim.Optimizer) -> None:
         self.optimizer = optimizer
+        self.scaler = None
         self._checked_groups = -1
         self._held: list = []
         self._hooks = [optimizer.register_step_pre_hook(self._before_step),
@@ -292,12 +293,14 @@ class Binding:
         self._hooks = []
         for policy in self._synced:
             policy.bound -= 1
+            if self.scaler is not None and policy.scaler is self.scaler:
+                policy.scaler = None
         self._synced = []
         if getattr(self.optimizer, "_symopt_binding", None) is self:
             del self.optimizer._symopt_binding
 
 
-def bind(optimizer: torch.optim.Optimizer) -> Binding:
+def bind(optimizer: torch.optim.Optimizer, scaler=None) -> Binding:
     """Install symopt's step hooks on ``optimizer`` (that optimizer only): the decoupled-decay
     check before its first step, ``weight_decay`` = λ for every group of symopt factors before every
     step, and λ held fixed within a step.
@@ -307,16 +310,22 @@ def bind(optimizer: torch.optim.Optimizer) -> Binding:
     evaluates a closure several times per step (L-BFGS) with an adaptive λ (``"auto"``, budgets,
     schedules), when its groups are not from ``param_groups`` (AdamW over ``model.parameters()``:
     the check then warns), or after ``optimizer.load_state_dict`` (which replaces the groups).
+    With a ``torch.amp.GradScaler``, pass it: an adaptive λ reads $∂ℓ/∂θ$ during backward, where the
+    gradients are those of the *scaled* loss, and would be as many times too large as the scale (a
+    budget's λ with them, and the decay the optimizer then applies to unscaled gradients).
 
     Args:
         optimizer: a ``torch.optim.Optimizer`` holding symopt factors.
+        scaler: the ``torch.amp.GradScaler`` that scales this optimizer's losses: the adaptive λ of
+            its factors divide what they observe by its current scale.
 
     Returns:
         Binding: call ``.remove()`` to take the hooks off. Binding an optimizer twice returns the
             same binding.
 
     Raises:
-        TypeError: ``optimizer`` is not a ``torch.optim.Optimizer``.
+        TypeError: ``optimizer`` is not a ``torch.optim.Optimizer``, or ``scaler`` has no
+            ``get_scale`` / ``is_enabled`` (not a GradScaler).
 
     Examples:
         >>> import torch, symopt
@@ -335,9 +344,16 @@ def bind(optimizer: torch.optim.Optimizer) -> Binding:
     """
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"bind: expected a torch.optim.Optimizer, got {type(optimizer).__name__}")
-    existing = getattr(optimizer, "_symopt_binding", None)
-    if existing is not None:
-        return existing
-    binding = Binding(optimizer)
-    optimizer._symopt_binding = binding
+    if scaler is not None and not (callable(getattr(scaler, "get_scale", None))
+                                   and callable(getattr(scaler, "is_enabled", None))):
+        raise TypeError(f"bind: scaler must be a torch.amp.GradScaler (get_scale, is_enabled), got "
+                        f"{type(scaler).__name__}")
+    binding = getattr(optimizer, "_symopt_binding", None)
+    if binding is None:
+        binding = Binding(optimizer)
+        optimizer._symopt_binding = binding
+    if scaler is not None:
+        binding.scaler = scaler
+        for policy in binding._synced:
+            policy.scaler = scaler
     return binding

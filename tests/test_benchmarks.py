@@ -128,3 +128,16 @@ def test_ranks_quick(capsys):
     assert [row[0] for row in table] == ["dense", "truncated SVD", "symopt"]
     assert table[1][4] == table[2][4] == (16, 16)  # both hidden layers at rank 16, exactly
     assert "test accuracy" in capsys.readouterr().out
+
+
+def test_heads_quick(capsys):
+    """The head benchmark's smoke run: symopt's budget lands 4 of 8 heads per layer, the export removes
+    the others (its loss must equal the trained model's, or the benchmark raises), and magnitude head
+    pruning's parameter count follows its pruned heads."""
+    from benchmarks import heads
+    table = heads.main(["--quick"])
+    assert [row[0] for row in table] == ["dense", "magnitude", "symopt"]
+    assert table[2][4] == "4/4" and table[2][5] == table[0][5] - 2 * 4 * (4 * 8 * 64 + 3 * 8)
+    kept = sum(int(h) for h in table[1][4].split("/"))
+    assert table[1][5] == table[0][5] - (16 - kept) * (4 * 8 * 64 + 3 * 8)
+    assert "val nats/char" in capsys.readouterr().out

@@ -49,6 +49,18 @@ SPARSE = lambda m: symopt.sparse(m, "weight", max_nonzero=12, total_steps=STEPS)
 SPARSE_300 = lambda m: symopt.sparse(m, "weight", max_nonzero=12, total_steps=300)  # noqa: E731
 
 
+def _step(model, opt, scaler, X, Y):
+    """One optimizer step on the least-squares loss, through ``scaler`` (a GradScaler) when given."""
+    opt.zero_grad()
+    if scaler is None:
+        _loss(model, X, Y).backward()
+        opt.step()
+    else:
+        scaler.scale(_loss(model, X, Y)).backward()
+        scaler.step(opt)
+        scaler.update()
+
+
 def _step_into_the_ramp(model, opt, steps):
     X, Y = _data()
     for _ in range(steps):
@@ -119,14 +131,7 @@ def test_param_groups_apply_the_trimmed_decay_as_coupled_weight_decay(way):
         symopt.bind(opt)
     scaler = scaler()
     for _ in range(STEPS):
-        opt.zero_grad()
-        if scaler is None:
-            _loss(model, X, Y).backward()
-            opt.step()
-        else:
-            scaler.scale(_loss(model, X, Y)).backward()
-            scaler.step(opt)
-            scaler.update()
+        _step(model, opt, scaler, X, Y)
     assert int((model.weight != 0).sum()) == 12
     torch.testing.assert_close(model.weight, reference.weight, rtol=1e-9, atol=1e-12)
 
@@ -271,3 +276,40 @@ def test_after_the_landing_nothing_is_decayed():
     policy = handle.constraint.policy
     assert policy.has_landed() and not policy.trimming() and handle.strength == 0.0
     assert opt.param_groups[0]["weight_decay"] == 0.0 and float(symopt.penalty(model)) == 0.0
+
+
+def _budget_under(scaler_mode: str):
+    """λ over the ramp of a Sparse budget trained by Adam with ``symopt.bind``: without gradient scaling
+    ("none"), under a GradScaler of scale 2^10 handed to bind ("told"), or not handed to it ("untold")."""
+    X, Y = _data()
+    model, handle = _model(lambda m: symopt.sparse(m, "weight", max_nonzero=12, total_steps=STEPS))
+    opt = torch.optim.Adam(symopt.param_groups(model, lr=1e-2), lr=1e-2)
+    scaler = None if scaler_mode == "none" else torch.amp.GradScaler("cpu", init_scale=2.0 ** 10,
+                                                                      growth_interval=10 ** 6)
+    symopt.bind(opt, scaler=scaler if scaler_mode == "told" else None)
+    strengths = []
+    for _ in range(100):
+        _step(model, opt, scaler, X, Y)
+        strengths.append(handle.strength)
+    return strengths, model.weight.detach()
+
+
+def test_a_budget_under_a_grad_scaler_reads_the_unscaled_gradients():
+    """Told the scaler (``symopt.bind(opt, scaler=scaler)``), the budget's λ and the weights follow the
+    unscaled run to rounding; not told, λ reads the gradients of the scaled loss and is about the scale
+    (2^10) times too large."""
+    plain, w_plain = _budget_under("none")
+    told, w_told = _budget_under("told")
+    untold, _ = _budget_under("untold")
+    assert plain[-1] > 0
+    torch.testing.assert_close(torch.tensor(told), torch.tensor(plain), rtol=1e-9, atol=0.0)
+    torch.testing.assert_close(w_told, w_plain, rtol=1e-9, atol=1e-12)
+    assert untold[-1] > 100 * plain[-1]
+
+
+def test_bind_refuses_what_is_not_a_scaler():
+    model, _ = _model(SPARSE)
+    opt = torch.optim.Adam(symopt.param_groups(model, lr=1e-2), lr=1e-2)
+    with pytest.raises(TypeError, match="scaler must be a torch.amp.GradScaler"):
+        symopt.bind(opt, scaler=2.0 ** 10)
+    assert getattr(opt, "_symopt_binding", None) is None  # refused before anything was installed

@@ -85,6 +85,8 @@ class Strength(nn.Module):
     watching: ClassVar[bool] = False
     #: whether the decay is trimmed to the atoms a landing budget drops during its ramp (`BudgetStrength`)
     trims: bool = False
+    #: the ``torch.amp.GradScaler`` whose scale the observed gradients carry (set by ``symopt.bind``)
+    scaler = None
 
     def __init__(self) -> None:
         super().__init__()
@@ -149,6 +151,8 @@ class Strength(nn.Module):
         taken by `symopt.certify`) and when not finite (a bad batch must not poison λ)."""
         if not self.watching or self._paused:
             return
+        if self.scaler is not None and self.scaler.is_enabled():
+            grad = grad / self.scaler.get_scale()  # the gradient of the loss, not of the scaled loss
         observation = self._observation(constraint, value, grad)
         if observation is not None:
             self._accept(observation)
@@ -225,7 +229,7 @@ class Strength(nn.Module):
     # A copy (deepcopy, pickle) belongs to no optimizer: it follows no group and holds no step.
     def __getstate__(self):
         state = dict(self.__dict__)
-        state.update(_followers=[], _holds=0, _paused=0, _pending=[], _orphaned_warned=False, bound=0)
+        state.update(_followers=[], _holds=0, _paused=0, _pending=[], _orphaned_warned=False, bound=0, scaler=None)
         return state
 
     def __setstate__(self, state):

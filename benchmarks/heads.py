@@ -1,0 +1,192 @@
+"""Attention heads removed during training: symopt's landing head budgets vs gradual magnitude head pruning.
+
+    python -m benchmarks.heads [--epochs 20] [--seeds 3] [--keep 4 2] [--quick]
+
+A character-level language model on real text that ships with Python: the source of a few standard
+library modules (``argparse``, ``textwrap``, ``string``, ``json.decoder``, ``csv``, ``calendar``), 90% for
+training, the last 10% for validation. The model: a character embedding (d = 64) with learned
+positions, two pre-norm ``nn.TransformerEncoderLayer`` blocks (8 heads of 8 dimensions each, feed-forward
+128, causal mask, no dropout) and a linear read-out; Adam (lr 3e-3, batch 32 windows of 64 characters),
+the same epochs for every row. ``--keep`` heads of 8 stay in each layer. Rows:
+
+* ``dense``: no pruning (the ceiling).
+* ``magnitude``: gradual magnitude head pruning, the recipe of unstructured gradual pruning applied to
+  heads: a head's importance is the L2 norm of everything it owns (its query, key and value rows and
+  biases in ``in_proj``, its columns of ``out_proj``: the same group Torch-Pruning's magnitude importance
+  measures for a head), the cubic schedule (Zhu & Gupta) from 10% to 75% of training applied once per
+  epoch in each layer, the pruned heads held at 0 after every step, then fine-tuning.
+  Torch-Pruning's own head pruning needs separate q, k, v Linear layers, not an ``nn.MultiheadAttention``.
+* ``symopt``: ``symopt.attention_heads(model, "layers.i.self_attn", max_heads=k, total_steps=N)`` per
+  layer, coupled decay through ``symopt.param_groups``: the budget's cubic schedule from 10% to 75% of
+  the steps with the trimmed decay, the landing, fine-tuning.
+
+Each row: validation loss in nats per character (mean ± std over seeds; lower is better) of the final
+model (for symopt, after ``symopt.export(mode="compressed")``, which removes the landed heads' rows and
+columns and must give the trained model's loss), the heads left per layer, the parameters (for
+magnitude pruning, what removing its zeroed heads would leave), the CPU seconds of training (process
+time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import calendar
+import csv
+import json.decoder
+import string
+import textwrap
+import time
+import warnings
+
+import torch
+from torch import nn
+
+import symopt
+from symopt.constraints.budget import scheduled_count
+
+from .compression import over_seeds, training_arguments
+
+DIM, HEADS, LAYERS, CONTEXT, BATCH = 64, 8, 2, 64, 32
+SOURCES = (argparse, textwrap, string, json.decoder, csv, calendar)
+
+
+def corpus():
+    """(train ids, validation ids, vocabulary size): the characters of the standard library sources."""
+    text = "".join(open(module.__file__, encoding="utf-8").read() for module in SOURCES)
+    chars = sorted(set(text))
+    ids = torch.tensor([chars.index(c) for c in text], dtype=torch.long)
+    cut = int(0.9 * len(ids))
+    return ids[:cut], ids[cut:], len(chars)
+
+
+class CharLM(nn.Module):
+    def __init__(self, vocab: int, seed: int):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.embed = nn.Embedding(vocab, DIM)
+        self.position = nn.Parameter(0.02 * torch.randn(CONTEXT, DIM))
+        self.layers = nn.ModuleList(
+            nn.TransformerEncoderLayer(DIM, HEADS, dim_feedforward=2 * DIM, dropout=0.0, batch_first=True,
+                                       norm_first=True) for _ in range(LAYERS))
+        self.norm = nn.LayerNorm(DIM)
+        self.out = nn.Linear(DIM, vocab)
+        self.register_buffer("causal", nn.Transformer.generate_square_subsequent_mask(CONTEXT), persistent=False)
+
+    def forward(self, ids):
+        x = self.embed(ids) + self.position[: ids.shape[1]]
+        for layer in self.layers:
+            x = layer(x, src_mask=self.causal[: ids.shape[1], : ids.shape[1]], is_causal=True)
+        return self.out(self.norm(x))
+
+
+def windows(ids: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
+    return torch.stack([ids[s:s + CONTEXT + 1] for s in starts.tolist()])
+
+
+def validation_loss(model, val: torch.Tensor) -> float:
+    """Mean next-character cross-entropy over every non-overlapping window of the validation text."""
+    starts = torch.arange(0, len(val) - CONTEXT - 1, CONTEXT)
+    total, count = 0.0, 0
+    with torch.no_grad():  # train mode (no dropout here): the same function, without the eval fast path
+        for chunk in starts.split(256):
+            batch = windows(val, chunk)
+            logits = model(batch[:, :-1])
+            total += float(nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                                       batch[:, 1:].reshape(-1), reduction="sum"))
+            count += batch[:, 1:].numel()
+    return total / count
+
+
+def head_norms(attention: nn.MultiheadAttention) -> torch.Tensor:
+    """The L2 norm of everything head h owns: its q, k, v rows (and biases) and its out_proj columns."""
+    d = DIM // HEADS
+    w = attention.in_proj_weight.detach().view(3, HEADS, d, DIM).square().sum(dim=(0, 2, 3))
+    b = attention.in_proj_bias.detach().view(3, HEADS, d).square().sum(dim=(0, 2))
+    o = attention.out_proj.weight.detach().view(DIM, HEADS, d).square().sum(dim=(0, 2))
+    return (w + b + o).sqrt()
+
+
+def hold_pruned(attention: nn.MultiheadAttention, alive: torch.Tensor) -> None:
+    """Zero the pruned heads' rows and columns (after every optimizer step, so they stay removed)."""
+    d = DIM // HEADS
+    with torch.no_grad():
+        rows = alive.repeat_interleave(d).repeat(3).to(attention.in_proj_weight.dtype)
+        attention.in_proj_weight.mul_(rows[:, None])
+        attention.in_proj_bias.mul_(rows)
+        attention.out_proj.weight.mul_(alive.repeat_interleave(d).to(attention.out_proj.weight.dtype)[None, :])
+
+
+def train(method: str, keep: int, seed: int, epochs: int):
+    train_ids, val, vocab = corpus()
+    model = CharLM(vocab, seed)
+    per_epoch = len(train_ids) // (BATCH * CONTEXT)
+    steps = epochs * per_epoch
+    attentions = [layer.self_attn for layer in model.layers]
+    if method == "symopt":
+        for i in range(LAYERS):
+            symopt.attention_heads(model, f"layers.{i}.self_attn", max_heads=keep, total_steps=steps)
+        opt = torch.optim.Adam(symopt.param_groups(model, lr=3e-3), lr=3e-3)
+    else:
+        opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    alive = [torch.ones(HEADS, dtype=torch.bool) for _ in attentions]
+    first, last = int(0.1 * epochs), max(int(0.1 * epochs) + 1, round(0.75 * epochs))
+    gen = torch.Generator().manual_seed(seed)
+    start = time.process_time()
+    for epoch in range(epochs):
+        if method == "magnitude" and epoch >= first:
+            count = scheduled_count(epoch, HEADS, keep, first, last)
+            for i, attention in enumerate(attentions):
+                norms = head_norms(attention).masked_fill(~alive[i], -1.0)
+                alive[i] = torch.zeros(HEADS, dtype=torch.bool)
+                alive[i][norms.topk(count).indices] = True
+                hold_pruned(attention, alive[i])
+        starts = torch.randint(0, len(train_ids) - CONTEXT - 1, (per_epoch, BATCH), generator=gen)
+        for row in starts:
+            batch = windows(train_ids, row)
+            opt.zero_grad()
+            logits = model(batch[:, :-1])
+            nn.functional.cross_entropy(logits.reshape(-1, vocab), batch[:, 1:].reshape(-1)).backward()
+            opt.step()
+            if method == "magnitude":
+                for attention, mask in zip(attentions, alive):
+                    hold_pruned(attention, mask)
+    seconds = time.process_time() - start
+    if method == "symopt":
+        alive = [head_norms(a) > 0 for a in attentions]  # the landing made the dropped heads exactly 0
+        before = validation_loss(model, val)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the notes of what stays dense
+            model = symopt.export(model, mode="compressed")
+        params = sum(p.numel() for p in model.parameters())
+        if abs(validation_loss(model, val) - before) > 1e-4:
+            raise RuntimeError("the exported model is not the trained one")
+    else:
+        # a removed head takes its q, k, v rows (weights and biases) and its out_proj columns with it
+        d = DIM // HEADS
+        removed = sum(int((~a).sum()) for a in alive)
+        params = sum(p.numel() for p in model.parameters()) - removed * (4 * d * DIM + 3 * d)
+    loss = validation_loss(model, val)
+    heads = "/".join(str(int(a.sum())) for a in alive)
+    return loss, heads, params, seconds
+
+
+def main(argv=None) -> list:
+    args = training_arguments(argv, "python -m benchmarks.heads", epochs=20, budgets="--keep", kind=int,
+                              defaults=[4, 2], smoke="4 heads")
+    _, _, vocab = corpus()
+    print(f"character LM on the standard library's source ({vocab} characters), 2 pre-norm encoder layers, "
+          f"d={DIM}, {HEADS} heads, Adam lr 3e-3, batch {BATCH}×{CONTEXT}, {args.epochs} epochs, {args.seeds} seeds; "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
+    print(f"{'method':10s} {'heads':>5s} {'val nats/char':>17s} {'per layer':>9s} {'params':>7s} {'CPU s':>6s}")
+    runs = [("dense", HEADS)] + [(m, k) for k in args.keep for m in ("magnitude", "symopt")]
+    table = []
+    for method, keep in runs:
+        mean, spread, seconds, results = over_seeds(train, method, keep, args.seeds, args.epochs)
+        table.append((method, keep, mean, spread, results[0][1], results[0][2]))
+        print(f"{method:10s} {keep:5d} {mean:10.4f} ± {spread:.4f} {results[0][1]:>9s} {results[0][2]:7d} "
+              f"{seconds:6.1f}", flush=True)
+    return table
+
+
+if __name__ == "__main__":
+    main()
