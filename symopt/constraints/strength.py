@@ -345,6 +345,10 @@ class BudgetStrength(Strength):
     benchmarks/RESULTS.md). λ is the same controller's: the dropped atoms are pushed to 0 by the λ at
     which the plain path would drop them.
 
+    **Readings.** The controller reads the atoms on one step in ``every`` (an attribute,
+    ``budget.READ_EVERY`` = 4), and on every step of an optimizer bound by `symopt.bind`; λ and the
+    dropped set stay as the last reading left them in between.
+
     Args:
         initial: the starting λ; None to take it from the first gradient.
         rate: fraction of the way log λ moves toward its target per step, in (0, 1].
