@@ -23,8 +23,9 @@ step, so an L-BFGS closure sees one λ).
 **One reading in ``READ_EVERY`` (4) steps.** Reading the atoms (the k-th largest of θ and of the scores)
 costs several passes over the tensor, as much as the step itself at 512×512 with k a tenth of it; λ
 moves only a fraction ``rate`` per step anyway. So the controller reads on one step in four (and on
-the first of the ramp), and each reading moves log λ by the compounded rate of the steps since the
-last, $1 - (1 - \mathrm{rate})^4$, the same time constant.
+every step while λ is unknown, or when the gradients are taken inside a bound optimizer's step, as an
+L-BFGS closure is), and each reading moves log λ by the compounded rate of the steps since the last,
+$1 - (1 - \mathrm{rate})^4$, the same time constant.
 
 Before the first observation λ is the ``strength`` given, or, if none, ``START`` (a tenth) of the
 midpoint of the k-th and (k+1)-th largest gradient atoms at the first backward pass (about the λ at

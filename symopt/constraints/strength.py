@@ -346,8 +346,9 @@ class BudgetStrength(Strength):
     which the plain path would drop them.
 
     **Readings.** The controller reads the atoms on one step in ``every`` (an attribute,
-    ``budget.READ_EVERY`` = 4), and on every step of an optimizer bound by `symopt.bind`; λ and the
-    dropped set stay as the last reading left them in between.
+    ``budget.READ_EVERY`` = 4), and on every step whose gradients are taken inside the step of an
+    optimizer bound by `symopt.bind` (an L-BFGS closure; a plain ``backward(); step()`` loop takes them
+    before the step, bound or not); λ and the dropped set stay as the last reading left them in between.
 
     Args:
         initial: the starting λ; None to take it from the first gradient.
