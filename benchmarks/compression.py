@@ -75,8 +75,9 @@ def training_arguments(argv, prog: str, *, epochs: int, budgets: str, kind, defa
 
 
 def over_seeds(train, method: str, setting, seeds: int, epochs: int):
-    """``train(method, setting, seed, epochs)`` for every seed, whose first result is the test
-    accuracy and last the CPU seconds: ``(mean accuracy, its std over seeds, median CPU s, results)``."""
+    """``train(method, setting, seed, epochs)`` for every seed, whose first result is the quality
+    measure (test accuracy; the heads benchmark's validation loss) and last the CPU seconds: ``(its
+    mean, its std over seeds, median CPU s, results)``."""
     results = [train(method, setting, seed, epochs) for seed in range(seeds)]
     accuracies = [r[0] for r in results]
     spread = statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0

@@ -115,6 +115,8 @@ class Pooled(Constraint, register=False):
         self.resolve_budget(sum(t.numel() for t in tensors), ", ".join(names), "non-zeros")
         self.policy.budget, self.policy.atom_total = self.budget, self.atom_total
         self.sizes = [t.numel() for t in tensors]
+        # where each tensor's atoms (its entries) start in the pool's concatenation: the landing, the
+        # snap and the trimmed decay's mask all slice by it
         self.offsets = [sum(self.sizes[:i]) for i in range(len(self.sizes))]
 
     def prepare(self, count: int, device: torch.device) -> None:
@@ -134,12 +136,10 @@ class Pooled(Constraint, register=False):
             members = [copy[0] for copy in self.copies]
             atoms = [m.inner.atoms(m.inner.forward(*f)).reshape(-1) for m, f in zip(members, factors)]
             keep = largest(torch.cat(atoms), self.budget)
-            start = 0
-            for member, f, a in zip(members, factors, atoms):
+            for member, f, a, start in zip(members, factors, atoms, self.offsets):
                 mask = keep[start:start + a.numel()]
                 member.inner.land(f, mask)
                 member.landed_keep.copy_(mask)
-                start += a.numel()
         self.policy.mark_landed()
 
     def bind(self, copy: nn.Module) -> None:
@@ -160,12 +160,8 @@ class Pooled(Constraint, register=False):
         if self.budget is None:
             return snapped
         keep = largest(self.atoms(snapped), self.budget)
-        out, start = [], 0
-        for v in snapped:
-            mask = keep[start:start + v.numel()].view_as(v)
-            out.append(torch.where(mask, v, torch.zeros_like(v)))
-            start += v.numel()
-        return out
+        return [torch.where(keep[start:start + v.numel()].view_as(v), v, torch.zeros_like(v))
+                for v, start in zip(snapped, self.offsets)]
 
     def project(self, values: Sequence[Tensor], tol: float = 0.0) -> list[Tensor]:
         inner = self._inner()

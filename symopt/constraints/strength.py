@@ -409,19 +409,16 @@ class BudgetStrength(Strength):
         return scheduled_count(int(self.step), atom_total, budget, *self.ramp)
 
     def target(self, top_atoms, value: Tensor, grad: Tensor, budget: int, atom_total: int):
-        """The observation of one backward pass: ``"warm-up"`` before the ramp (a step that counts, no
-        decay yet), else ``(λ target, dropped atoms, steps since the last reading)``: the controller's target for the current count
-        (None if not a usable λ) and, when the decay is trimmed, which atoms are outside the count's
-        largest (``atoms <`` the count-th largest, over ``top_atoms(value)``, all the atoms in order),
-        as 1.0 / 0.0 in the value's dtype: the mask a step multiplies the decay by."""
-        quiet = self.quiet()
-        if quiet is not None:
-            return quiet
+        """The observation of a reading (a step `quiet` lets through): ``(λ target, dropped atoms, steps
+        since the last reading)``: the controller's target for the current count (None if not a usable
+        λ) and, when the decay is trimmed, which atoms are outside the count's largest (``atoms <`` the
+        count-th largest, over ``top_atoms(value)``, all the atoms in order), as 1.0 / 0.0 in the
+        value's dtype: the mask a step multiplies the decay by."""
         count = self.count(budget, atom_total)
         atoms = top_atoms(value.detach(), count + 1).reshape(-1)
         total, kth, _ = leading(atoms, count)
         target = budget_target(top_atoms, value, grad, count, self.value(), size=total / count)
-        dropped = (atoms < kth).to(value.dtype) if self.trims and self.schedule is not None else None
+        dropped = (atoms < kth).to(value.dtype) if self.trimming() else None
         return (target if math.isfinite(target) and target > 0 else None, dropped, 1 if self._holds else self.every)
 
     def quiet(self) -> str | None:
@@ -463,8 +460,8 @@ class BudgetStrength(Strength):
     def _observation(self, constraint, value, grad):
         if constraint.budget is None:
             return None
-        return self.target(constraint.top_dual_atoms, value, grad, constraint.budget,
-                           getattr(constraint, "atom_total", 0))
+        return self.quiet() or self.target(constraint.top_dual_atoms, value, grad, constraint.budget,
+                                           getattr(constraint, "atom_total", 0))
 
     def _commit(self, observations) -> None:
         if observations:
