@@ -11,6 +11,7 @@ Registration, discovery and state_dict hooks live in `symopt.attach`; this layer
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Callable
 import functools
@@ -119,6 +120,13 @@ class Face:
             ``embed`` fills from its one coordinate tensor, in ``θ[mask]``'s order (the others 0).
             The polish then asks the loss for its curvature on those entries instead of
             differentiating twice. None for other faces (a low-rank face's factors).
+        reach: ``(coordinates, direction) ->`` per coordinate, the step ``t ≥ 0`` at which
+            ``coordinates + t·direction`` reaches 0, where that atom leaves the face (``inf`` where it
+            moves away from 0), for a face whose ``norm`` is linear in its one coordinate tensor
+            (Sparse: $\sum_i s_i z_i$ with the signs fixed). With it the polish is an active-set Newton
+            method (feature-sign search): a step stops where the first atom reaches 0, that atom
+            leaves, and the objective never leaves the face on which it is the true one. None: no
+            such face.
     """
 
     start: tuple[Tensor, ...]
@@ -126,6 +134,16 @@ class Face:
     norm: Callable[..., Tensor]
     crossed: Callable[..., Tensor] | None = None
     mask: Tensor | None = None
+    reach: Callable[[Tensor, Tensor], Tensor] | None = None
+
+
+def reach_zero(signed: Tensor, direction: Tensor) -> Tensor:
+    """Per coordinate, the step ``t ≥ 0`` at which ``signed + t·direction`` reaches 0 from above
+    (``signed ≥ 0``: each coordinate times the sign its face fixes), ``inf`` where it does not move
+    toward 0. A `Face.reach` for the entry faces."""
+    toward = direction < 0
+    room = signed.clamp_min(0) / torch.where(toward, -direction, torch.ones_like(direction))
+    return torch.where(toward, room, torch.full_like(room, math.inf))
 
 
 def largest(sizes: Tensor, k: int) -> Tensor:

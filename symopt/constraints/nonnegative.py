@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Constraint, Example, Face, entering, largest, zero_scale
+from .base import Constraint, Example, Face, entering, largest, reach_zero, zero_scale
 from .warn import warn_user
 from .budget import RATE, entry_budget
 
@@ -116,7 +116,7 @@ class NonNegative(Constraint):
         return Face(start=(value[support].clamp_min(0),), embed=lambda z: zeros.masked_scatter(support, z),
                     norm=lambda z: z.sum(),
                     crossed=lambda z: torch.zeros_like(support).masked_scatter(support, z < 0),
-                    mask=support)
+                    mask=support, reach=reach_zero)
 
     # -- feasible half ----------------------------------------------------------------------------
     def project(self, value: Tensor, tol: float = 0.0) -> Tensor:
