@@ -199,6 +199,16 @@ def _active_set_newton(loss, constraint: Constraint, face: Face, snap: float, ta
         # the pseudo-inverse: a direction of zero curvature (collinear columns) gets no step
         seen = curvatures > 1e-12 * max(float(curvatures.abs().max()), 1e-300)
         step = vectors[:, seen] @ ((vectors[:, seen].mT @ grad) / curvatures[seen])
+        level = False  # whether −step is a direction along which the loss is flat
+        if not bool(seen.all()):
+            along = vectors[:, ~seen] @ (vectors[:, ~seen].mT @ grad)
+            if float(along.norm()) > tolerance:
+                # A face wider than the data can tell apart (n ≪ d at a tiny λ: more atoms than the
+                # rank of X): along its flat directions the face objective is linear, λ·sᵀz falling
+                # at rate ‖along‖², so Newton's step never zeroes this part of the gradient. The step
+                # goes along it to the first atom that reaches 0 (the simplex method's ratio test),
+                # and that atom leaves.
+                step, level = along, True
         slope = float(step @ grad)  # the objective falls at rate `slope` along −step
         if not (slope > 0 and math.isfinite(slope)):
             return theta
@@ -222,7 +232,9 @@ def _active_set_newton(loss, constraint: Constraint, face: Face, snap: float, ta
             pull = _norm_gradient(face, z)
             continue
         widened = False
-        t, accepted = min(1.0, limit), False
+        if level and not math.isfinite(limit):
+            return theta  # (a loss unbounded below along the face: nothing to polish)
+        t, accepted = (limit, False) if level else (min(1.0, limit), False)
         for _ in range(30):  # backtracking from the full step, or from where the first atom reaches 0
             trial = z - t * step
             trial_theta = face.embed(trial)
@@ -235,7 +247,7 @@ def _active_set_newton(loss, constraint: Constraint, face: Face, snap: float, ta
         if not accepted:
             return theta
         leaving = reach <= limit * (1 + 1e-12) if t == limit else None  # (ties leave together)
-        if limit < 1:
+        if limit < 1 and not level:
             # Many atoms may cross before the Newton point, and one leaving per step costs a Newton
             # step each (23 steps from a 5-iteration DCS point's 28 atoms to the 5 of logistic-L1 on
             # breast_cancer): the projected arc, longer steps with every crossed atom at 0 (an orthant
