@@ -125,5 +125,6 @@ def solve_on_working_sets(problem: Problem, solve_restricted: Callable[..., Resu
 
 
 def _gradient(problem: Problem, data: dict, theta: Tensor, shape) -> Tensor:
-    """∇loss of the full problem at the flat θ, flat."""
-    return loss_gradient(lambda point: problem.loss(point, **data), theta.reshape(shape)).reshape(-1)
+    """∇loss of the full problem at the flat θ, flat (the loss's own gradient where it has one: on a
+    500×2000 path, autograd here was a quarter of the time)."""
+    return loss_gradient(problem.bind(data), theta.reshape(shape)).reshape(-1)
