@@ -203,7 +203,9 @@ def _zero_if_optimal(problem: Problem, constraint: Constraint, device,
         return None, None
     data = problem.data_on(device, torch.float64)
     try:
-        grad = loss_gradient(problem.bind(data), torch.zeros(problem.shape, device=device, dtype=torch.float64))
+        # autograd, as ``Problem.strength_max`` computes λ_max: at λ = λ_max exactly both must agree to the bit
+        grad = loss_gradient(lambda theta: problem.loss(theta, **data),
+                             torch.zeros(problem.shape, device=device, dtype=torch.float64))
     except (RuntimeError, TypeError, IndexError, ValueError):
         return None, None  # the full solve reports a loss that fails at 0, with its message
     if not bool(torch.isfinite(grad).all()):
