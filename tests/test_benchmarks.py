@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from benchmarks import cvxpy_limits, families, floor, geoopt_optimizers, loops, overhead, users_data
+from benchmarks import cvxpy_limits, families, floor, geoopt_optimizers, loops, overhead, small_solves, users_data
 from symopt.problems import make_lasso
 from symopt.result import Result
 
@@ -141,3 +141,9 @@ def test_heads_quick(capsys):
     kept = sum(int(h) for h in table[1][4].split("/"))
     assert table[1][5] == table[0][5] - (16 - kept) * (4 * 8 * 64 + 3 * 8)
     assert "val nats/char" in capsys.readouterr().out
+
+
+def test_small_solves_all_optimal(capsys):
+    small_solves.main(["--repeats", "1"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| L")]
+    assert len(rows) == 12 and all("| optimal |" in row for row in rows)
