@@ -23,7 +23,6 @@ from .descent import Descent
 from .options import Options
 from .path import search_path
 from .steppers import warm_up
-from .variable import Variable
 from .working_set import applies as working_sets_apply
 from .working_set import atom_count, solve_on_working_sets
 
@@ -158,15 +157,12 @@ def solve(problem: Problem, device=None, dtype=None, method: str = "auto", tol: 
         return _failed_at_start(problem, constraint, device, method, trouble)
     width, full = constraint.working_width(tuple(problem.shape))
     working = constraint if width is None else constraint.with_width(width)
-    holder = Variable(problem.shape, device, dtype, working)
     exact = None
     if dtype == torch.float32:  # float32 descent, float64 certificate (and polish): 1e-6 needs more digits
         data64 = problem.data_on(device, torch.float64)
         exact = (problem.bind(data64), data64)
-    descent = Descent(problem, holder, working, loss, data, options, grad0, exact=exact, width=width,
-                      full=full if width is not None else 0)
-    if start is not None:
-        holder.load(start.to(device))
+    descent = Descent(problem, None, working, loss, data, options, grad0, exact=exact, width=width,
+                      full=full if width is not None else 0, start=start)
 
     warm_up()  # a one-time import of torch's, outside the solve's time
     began = time.perf_counter()
@@ -176,7 +172,7 @@ def solve(problem: Problem, device=None, dtype=None, method: str = "auto", tol: 
     else:
         status, message = search_path(descent, constraint, loss, max_iter, max_rounds, began)
     seconds = elapsed_since(began, device)
-    theta = descent.holder.theta.detach()
+    theta = descent.theta()
     if descent.point is not None:  # the snapped point whose KKT residual was measured last
         point = descent.point
     elif status in ("nan", "diverged"):  # failed before any certified point: the start
@@ -226,7 +222,11 @@ def _gradient_at_zero(problem: Problem, loss, device, dtype) -> tuple[torch.Tens
     """∇loss(0), the start's health check: a loss that cannot be evaluated is the caller's error
     (``ValueError``, naming the problem); one that is NaN or Inf there is a ``nan`` result."""
     zero = torch.zeros(problem.shape, device=device, dtype=dtype, requires_grad=True)
+    analytic = getattr(loss, "value_and_grad", None)
     try:
+        if analytic is not None:  # the data term's own gradient (autograd here was ~5% of a warm-started solve)
+            value, grad = analytic(zero.detach())
+            return _checked_at_zero(float(value), grad)
         value = loss(zero)
         if not isinstance(value, torch.Tensor) or value.numel() != 1:
             got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
@@ -239,7 +239,10 @@ def _gradient_at_zero(problem: Problem, loss, device, dtype) -> tuple[torch.Tens
                          f"({type(err).__name__}: {err}); check the loss against the data and the shape") from err
     if grad is None:
         raise ValueError(f"solve: the loss of '{problem.name}' does not depend on θ (no gradient flows to it)")
-    value = float(value.detach())
+    return _checked_at_zero(float(value.detach()), grad)
+
+
+def _checked_at_zero(value: float, grad: torch.Tensor) -> tuple[torch.Tensor, str | None]:
     if not math.isfinite(value):
         return grad, f"the loss is {value} at the start θ = 0; check the data and the loss"
     if not bool(torch.isfinite(grad).all()):

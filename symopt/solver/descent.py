@@ -24,7 +24,9 @@ class Descent:
 
     Args:
         problem: the problem (its ``value`` is the objective recorded in the history).
-        holder: the `Variable` holding θ's factors.
+        holder: the `Variable` holding θ's factors, or None: made on first use (at the descent's
+            dtype and ``grad0``'s device, ``start`` loaded), so a warm start that certifies as it is
+            never registers a parametrization (a third of a warm-started solve on diabetes).
         constraint: the constraint registered on it (λ may change between runs: a budget search).
         loss, data: $θ -> \mathrm{loss}$ in the descent's dtype, and its data.
         options: the solve's options.
@@ -32,11 +34,14 @@ class Descent:
         exact: ``(loss, data)`` in float64 when the descent runs in float32 (certificates in float64).
         width, full: the narrowed factor width and the full one (see ``Constraint.working_width``);
             None and 0 for full-width factors.
+        start: a warm start θ, or None (θ = 0).
     """
 
-    def __init__(self, problem, holder: Variable, constraint: Constraint, loss, data, options: Options,
-                 grad0: torch.Tensor, exact: tuple | None = None, width: int | None = None, full: int = 0) -> None:
-        self.problem, self.holder, self.constraint, self.loss, self.data = problem, holder, constraint, loss, data
+    def __init__(self, problem, holder: Variable | None, constraint: Constraint, loss, data, options: Options,
+                 grad0: torch.Tensor, exact: tuple | None = None, width: int | None = None, full: int = 0,
+                 start: torch.Tensor | None = None) -> None:
+        self.problem, self._holder, self.constraint, self.loss, self.data = problem, holder, constraint, loss, data
+        self.start = start
         self.options = options
         self.tol, self.progress = options.tol, options.progress
         self.grad0, self.dtype = grad0, grad0.dtype
@@ -46,6 +51,25 @@ class Descent:
                                    exact)
         self.history: list = []
         self.point: torch.Tensor | None = None
+
+    @property
+    def holder(self) -> Variable:
+        if self._holder is None:
+            self._holder = Variable(self.problem.shape, self.grad0.device, self.dtype, self.constraint)
+            if self.start is not None:
+                self._holder.load(self.start.to(self.grad0.device))
+        return self._holder
+
+    @holder.setter
+    def holder(self, value: Variable) -> None:
+        self._holder = value
+
+    def theta(self) -> torch.Tensor:
+        """The current θ (detached): the warm start itself while no holder has been made."""
+        if self._holder is None:
+            start = self.start if self.start is not None else torch.zeros_like(self.grad0)
+            return start.to(device=self.grad0.device, dtype=self.dtype)
+        return self.holder.theta.detach()
 
     def closure(self):
         self.holder.zero_grad()
@@ -127,8 +151,8 @@ class Descent:
         usually has the new solution's support, so the polish alone lands on the optimum, where a
         descent on the factors would spend its inner iterations first. ``("optimal", ...)`` when
         the certificate passes, else None (the descent runs, and the start is where it begins)."""
-        theta = self.holder.theta.detach()
-        if self._non_finite(theta):
+        theta = self.theta()
+        if not bool(torch.isfinite(theta).all()):
             return None
         try:
             point, kkt, data, constraint = self.certifier.certify(theta, self.constraint)
