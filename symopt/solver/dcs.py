@@ -69,10 +69,12 @@ def solve(problem: Problem, device=None, dtype=None, method: str = "auto", tol: 
         compile: run the loss through ``torch.compile`` (inductor); compiled at the health check at
             θ = 0, outside ``result.seconds``.
         polish: after each outer iteration whose KKT residual is above the target, minimise the
-            objective on the face of the snapped point (its support, alive groups or rank) by
-            L-BFGS in those few smooth coordinates, and keep the result if its KKT residual (of the
-            full problem) is smaller (the zeros of DCS arrive only geometrically). ``False`` gives
-            plain DCS.
+            objective on the face of the snapped point (its support, alive groups or rank) in
+            those few smooth coordinates — by an active-set Newton method where the face's norm is
+            linear and the loss gives its curvature (Lasso, logistic-L1: atoms leave where they
+            reach 0 and violators join), else by Newton or L-BFGS on the face — and keep the result
+            if its KKT residual (of the full problem) is smaller (the zeros of DCS arrive only
+            geometrically). ``False`` gives plain DCS.
         working_set: solve a problem that can restrict itself (``problem.restrict``: Lasso, group
             lasso, logistic-L1 at a fixed λ) on growing working sets of atoms — DCS on a column
             subset of ``X``, the KKT residual of the full problem checked after each
