@@ -80,7 +80,8 @@ def kkt_at_snap(loss: Callable[[Tensor], Tensor], constraint: Constraint, theta:
 
 
 def polish_on_face(loss: Callable[[Tensor], Tensor], constraint: Constraint, point: Tensor, tol: float,
-                   target: float, max_iter: int = 20, quick: bool = False) -> tuple[Tensor, float] | None:
+                   target: float, max_iter: int = 20, quick: bool = False,
+                   active_set_only: bool = False) -> tuple[Tensor, float] | None:
     r"""``(point', KKT residual there)`` after minimising $\mathrm{loss} + λ‖·‖$ on the face of ``point``.
 
     Near a solution DCS has found the structure (support, alive groups, rank) long before its
@@ -104,6 +105,8 @@ def polish_on_face(loss: Callable[[Tensor], Tensor], constraint: Constraint, poi
         target: the absolute KKT residual the caller stops at; the face solve stops at a tenth of it.
         max_iter: L-BFGS iterations at most (about as many loss evaluations).
         quick: measure the residual with ``kkt_residual(quick=True)`` (see there).
+        active_set_only: polish only where the active-set Newton method applies (None elsewhere):
+            the certifier's finish of a point already within tolerance.
     """
     grad = loss_gradient(loss, point)  # lets atoms the descent left at 0 enter the face
     face = constraint.face(point, snap_tol(point, tol), grad)
@@ -121,6 +124,8 @@ def polish_on_face(loss: Callable[[Tensor], Tensor], constraint: Constraint, poi
                     return polished, residual
         except RuntimeError:  # a linear-algebra error: the general face solve below tries
             pass
+    if active_set_only:
+        return None
     try:
         for _ in range(_FACE_ROUNDS):
             theta, dropped = _solve_on_face(loss, constraint.strength, face, free, target, max_iter)
@@ -265,6 +270,8 @@ def _active_set_newton(loss, constraint: Constraint, face: Face, snap: float, ta
                     trial_theta, trial_grad, trial_objective = jump_theta, jump_grad, jump_objective
                     break
                 jump_t *= 0.25
+        if leaving is None and objective - trial_objective <= 4 * torch.finfo(z.dtype).eps * abs(objective):
+            return trial_theta  # a full step that no longer lowers the objective: the face's optimum to rounding
         z, theta, loss_grad, objective = trial, trial_theta, trial_grad, trial_objective
         if leaving is not None:  # the atoms that reached 0 leave: the smaller face, from θ with them at exactly 0
             z = z.masked_fill(leaving, 0.0)
