@@ -172,9 +172,18 @@ def _active_set_newton(loss, constraint: Constraint, face: Face, snap: float, ta
     never increases the true objective. That coordinate leaves the face. When the face's gradient is
     below a tenth of ``target`` (its optimum), the zeros whose gradient exceeds λ join with the
     sign that lowers the objective (`Constraint.face` with the gradient), and the wider face is
-    solved; with none, θ is returned. None when the loss gives no curvature or no step is a
-    descent direction from the start. Whatever θ it returns is certified by the caller's KKT
-    residual of the full problem, so a stop after ``steps`` Newton steps is safe, only less useful.
+    solved; with none, θ is returned. None when the loss gives no curvature. Whatever θ it returns
+    (also when a step is no descent, or a joined atom is thrown straight out on its own) is
+    certified by the caller's KKT residual of the full problem, so a stop after ``steps`` Newton
+    steps is safe, only less useful.
+
+    Args:
+        loss: the bound loss, with ``value_and_grad`` and ``curvature``.
+        constraint: the kind and its λ; asked for each new face (`Constraint.face`).
+        face: the start's face, with ``reach`` and ``mask``.
+        snap: the snap threshold (`snap_tol`) faces are taken at.
+        target: the absolute KKT residual the caller stops at; a face counts as solved when its
+            gradient is below a tenth of it.
 
     Where the old polish took the face's optimum and then dropped every atom that had crossed 0 at
     once (19 of 30 on standardised breast_cancer at 0.01 λ_max, then 6 face solves that ended 2 atoms
@@ -200,20 +209,7 @@ def _active_set_newton(loss, constraint: Constraint, face: Face, snap: float, ta
         hessian = loss.curvature(theta, face.mask)
         if hessian is None:
             return None
-        curvatures, vectors = torch.linalg.eigh(0.5 * (hessian + hessian.mT))
-        # the pseudo-inverse: a direction of zero curvature (collinear columns) gets no step
-        seen = curvatures > 1e-12 * max(float(curvatures.abs().max()), 1e-300)
-        step = vectors[:, seen] @ ((vectors[:, seen].mT @ grad) / curvatures[seen])
-        level = False  # whether −step is a direction along which the loss is flat
-        if not bool(seen.all()):
-            along = vectors[:, ~seen] @ (vectors[:, ~seen].mT @ grad)
-            if float(along.norm()) > tolerance:
-                # A face wider than the data can tell apart (n ≪ d at a tiny λ: more atoms than the
-                # rank of X): along its flat directions the face objective is linear, λ·sᵀz falling
-                # at rate ‖along‖², so Newton's step never zeroes this part of the gradient. The step
-                # goes along it to the first atom that reaches 0 (the simplex method's ratio test),
-                # and that atom leaves.
-                step, level = along, True
+        step, level = _face_step(hessian, grad, tolerance)
         slope = float(step @ grad)  # the objective falls at rate `slope` along −step
         if not (slope > 0 and math.isfinite(slope)):
             return theta
@@ -253,23 +249,9 @@ def _active_set_newton(loss, constraint: Constraint, face: Face, snap: float, ta
             return theta
         leaving = reach <= limit * (1 + 1e-12) if t == limit else None  # (ties leave together)
         if limit < 1 and not level:
-            # Many atoms may cross before the Newton point, and one leaving per step costs a Newton
-            # step each (23 steps from a 5-iteration DCS point's 28 atoms to the 5 of logistic-L1 on
-            # breast_cancer): the projected arc, longer steps with every crossed atom at 0 (an orthant
-            # projection, Bertsekas 1982), also lies on the true objective; its longest point that is
-            # lower than the first crossing's is kept, and all its crossed atoms leave at once.
-            jump_t = 1.0
-            while jump_t > max(limit, 1e-2):  # (three tries at most: 1, 1/4, 1/16)
-                crossing = reach < jump_t
-                jump = (z - jump_t * step).masked_fill(crossing, 0.0)
-                jump_theta = face.embed(jump)
-                jump_value, jump_grad = loss.value_and_grad(jump_theta)
-                jump_objective = float(jump_value) + lam * float(face.norm(jump))
-                if jump_objective < trial_objective:
-                    trial, leaving = jump, crossing
-                    trial_theta, trial_grad, trial_objective = jump_theta, jump_grad, jump_objective
-                    break
-                jump_t *= 0.25
+            jump = _projected_arc(loss, lam, face, z, step, reach, limit, trial_objective)
+            if jump is not None:
+                trial, leaving, trial_theta, trial_grad, trial_objective = jump
         if leaving is None and objective - trial_objective <= 4 * torch.finfo(z.dtype).eps * abs(objective):
             return trial_theta  # a full step that no longer lowers the objective: the face's optimum to rounding
         z, theta, loss_grad, objective = trial, trial_theta, trial_grad, trial_objective
@@ -282,6 +264,47 @@ def _active_set_newton(loss, constraint: Constraint, face: Face, snap: float, ta
             z = face.start[0].detach().clone()
             pull = _norm_gradient(face, z)
     return theta
+
+
+def _face_step(hessian: Tensor, grad: Tensor, tolerance: float) -> tuple[Tensor, bool]:
+    """``(step, level)``: Newton's step $H^+ g$ on the face (the pseudo-inverse: a direction of zero
+    curvature, from collinear columns, gets no Newton step), or, where the gradient along the zero
+    curvature directions exceeds ``tolerance``, that part of the gradient with ``level`` True.
+
+    A face wider than the data can tell apart (n ≪ d at a tiny λ: more atoms than the rank of X) is
+    flat along those directions for the loss, and there the face objective is linear, λ·sᵀz falling
+    at rate ‖part‖², so Newton's step never zeroes that part of the gradient. The caller goes along
+    it to the first atom that reaches 0 (the simplex method's ratio test), and that atom leaves."""
+    curvatures, vectors = torch.linalg.eigh(0.5 * (hessian + hessian.mT))
+    seen = curvatures > 1e-12 * max(float(curvatures.abs().max()), 1e-300)
+    if not bool(seen.all()):
+        along = vectors[:, ~seen] @ (vectors[:, ~seen].mT @ grad)
+        if float(along.norm()) > tolerance:
+            return along, True
+    return vectors[:, seen] @ ((vectors[:, seen].mT @ grad) / curvatures[seen]), False
+
+
+def _projected_arc(loss, lam: float, face: Face, z: Tensor, step: Tensor, reach: Tensor, limit: float,
+                   beat: float):
+    """A longer step than the first crossing: ``(coordinates, leaving, θ, ∇loss, objective)`` at the
+    first of 1, 1/4, 1/16 of Newton's step (beyond ``limit``) whose objective, with every atom that
+    crossed 0 set to 0, is below ``beat``; None if none is.
+
+    Many atoms may cross before the Newton point, and one leaving per step costs a Newton step each
+    (23 steps from a 5-iteration DCS point's 28 atoms to the 5 of logistic-L1 on breast_cancer). The
+    projected arc (an orthant projection, Bertsekas 1982) also lies on the true objective, so its
+    point is as good a point as any, and all its crossed atoms leave at once."""
+    length = 1.0
+    while length > max(limit, 1e-2):
+        crossing = reach < length
+        jump = (z - length * step).masked_fill(crossing, 0.0)
+        theta = face.embed(jump)
+        value, grad = loss.value_and_grad(theta)
+        objective = float(value) + lam * float(face.norm(jump))
+        if objective < beat:
+            return jump, crossing, theta, grad, objective
+        length *= 0.25
+    return None
 
 
 def _norm_gradient(face: Face, z: Tensor) -> Tensor:

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 import symopt
 from symopt.constraints.base import reach_zero
-from symopt.optimality import kkt_at_snap, loss_gradient, polish_on_face, snap_tol
+from symopt.optimality import loss_gradient, polish_on_face, snap_tol
 from symopt.problems import lasso, logistic_l1
 
 pytest.importorskip("sklearn")
