@@ -109,7 +109,8 @@ def polish_on_face(loss: Callable[[Tensor], Tensor], constraint: Constraint, poi
             the certifier's finish of a point already within tolerance.
     """
     grad = loss_gradient(loss, point)  # lets atoms the descent left at 0 enter the face
-    face = constraint.face(point, snap_tol(point, tol), grad)
+    snap = snap_tol(point, tol)
+    face = constraint.face(point, snap, grad)
     if face is None:
         return None
     free = sum(t.numel() for t in face.start)
@@ -117,7 +118,7 @@ def polish_on_face(loss: Callable[[Tensor], Tensor], constraint: Constraint, poi
         return None
     if _active_set_applies(loss, face, free):
         try:
-            theta = _active_set_newton(loss, constraint, face, snap_tol(point, tol), target)
+            theta = _active_set_newton(loss, constraint, face, snap, target)
             if theta is not None and bool(torch.isfinite(theta).all()):
                 polished, residual = kkt_at_snap(loss, constraint, theta, tol, levels=1, quick=quick)
                 if math.isfinite(residual):
@@ -135,7 +136,7 @@ def polish_on_face(loss: Callable[[Tensor], Tensor], constraint: Constraint, poi
                 # Atoms that the face's optimum pulls in (their gradient there exceeds λ) join, and
                 # the larger face is solved: an active-set step, so the descent need not find the
                 # last atoms of the structure itself (they are the slow ones: the nearly active).
-                wider = constraint.face(theta, snap_tol(point, tol), loss_gradient(loss, theta))
+                wider = constraint.face(theta, snap, loss_gradient(loss, theta))
                 joined = sum(t.numel() for t in wider.start)
                 if joined <= free or joined > NEWTON_FACE:
                     break
@@ -143,7 +144,7 @@ def polish_on_face(loss: Callable[[Tensor], Tensor], constraint: Constraint, poi
                 continue
             # atoms that crossed 0 leave: polish again on the face of the point without them
             theta = theta.masked_fill(dropped, 0.0)
-            face = constraint.face(theta, snap_tol(point, tol))
+            face = constraint.face(theta, snap)
             free = sum(t.numel() for t in face.start)
             if free == 0:  # every atom left: θ = 0 is the point to certify
                 break
@@ -191,11 +192,8 @@ def _active_set_newton(loss, constraint: Constraint, face: Face, snap: float, ta
     """
     lam = constraint.strength
     tolerance = 0.1 * target
-    z = face.start[0].detach().clone()
-    theta = face.embed(z)
-    value, loss_grad = loss.value_and_grad(theta)
-    objective = float(value) + lam * float(face.norm(z))
-    pull = _norm_gradient(face, z)
+    z, pull = _coordinates(face)
+    theta, loss_grad, objective = _evaluate(loss, lam, face, z)
     widened = False  # whether the zeros of the face joined it at its smaller face's optimum
     for _ in range(steps):
         grad = loss_grad[face.mask] + lam * pull
@@ -203,8 +201,8 @@ def _active_set_newton(loss, constraint: Constraint, face: Face, snap: float, ta
             wider = constraint.face(theta, snap, loss_grad)
             if wider.mask is None or not bool((wider.mask & ~face.mask).any()) or int(wider.mask.sum()) > NEWTON_FACE:
                 return theta
-            face, z, widened = wider, wider.start[0].detach().clone(), True
-            pull = _norm_gradient(face, z)
+            face, widened = wider, True
+            z, pull = _coordinates(face)
             continue
         hessian = loss.curvature(theta, face.mask)
         if hessian is None:
@@ -229,8 +227,7 @@ def _active_set_newton(loss, constraint: Constraint, face: Face, snap: float, ta
                 face = constraint.face(theta, snap, loss_grad.masked_fill(others, 0.0))
             else:
                 return theta  # (not on a quadratic: nothing smaller to try, the descent goes on from here)
-            z = face.start[0].detach().clone()
-            pull = _norm_gradient(face, z)
+            z, pull = _coordinates(face)
             continue
         widened = False
         if level and not math.isfinite(limit):
@@ -238,9 +235,7 @@ def _active_set_newton(loss, constraint: Constraint, face: Face, snap: float, ta
         t, accepted = (limit, False) if level else (min(1.0, limit), False)
         for _ in range(30):  # backtracking from the full step, or from where the first atom reaches 0
             trial = z - t * step
-            trial_theta = face.embed(trial)
-            trial_value, trial_grad = loss.value_and_grad(trial_theta)
-            trial_objective = float(trial_value) + lam * float(face.norm(trial))
+            trial_theta, trial_grad, trial_objective = _evaluate(loss, lam, face, trial)
             if trial_objective <= objective - 1e-4 * t * slope or (t == limit and trial_objective <= objective):
                 accepted = True
                 break
@@ -256,14 +251,25 @@ def _active_set_newton(loss, constraint: Constraint, face: Face, snap: float, ta
             return trial_theta  # a full step that no longer lowers the objective: the face's optimum to rounding
         z, theta, loss_grad, objective = trial, trial_theta, trial_grad, trial_objective
         if leaving is not None:  # the atoms that reached 0 leave: the smaller face, from θ with them at exactly 0
-            z = z.masked_fill(leaving, 0.0)
-            theta = face.embed(z)
-            value, loss_grad = loss.value_and_grad(theta)
-            objective = float(value) + lam * float(face.norm(z))
+            if bool(z[leaving].any()):  # (the first crossing's atoms are 0 to rounding; the arc's exactly)
+                z = z.masked_fill(leaving, 0.0)
+                theta, loss_grad, objective = _evaluate(loss, lam, face, z)
             face = constraint.face(theta, snap)
-            z = face.start[0].detach().clone()
-            pull = _norm_gradient(face, z)
+            z, pull = _coordinates(face)
     return theta
+
+
+def _coordinates(face: Face) -> tuple[Tensor, Tensor]:
+    """A face's start coordinates (a copy) and its norm's gradient there (constant on a linear face)."""
+    z = face.start[0].detach().clone()
+    return z, _norm_gradient(face, z)
+
+
+def _evaluate(loss, lam: float, face: Face, z: Tensor) -> tuple[Tensor, Tensor, float]:
+    """``(θ, ∇loss(θ), loss(θ) + λ·norm(z))`` at the face coordinates ``z``."""
+    theta = face.embed(z)
+    value, grad = loss.value_and_grad(theta)
+    return theta, grad, float(value) + lam * float(face.norm(z))
 
 
 def _face_step(hessian: Tensor, grad: Tensor, tolerance: float) -> tuple[Tensor, bool]:
@@ -298,9 +304,7 @@ def _projected_arc(loss, lam: float, face: Face, z: Tensor, step: Tensor, reach:
     while length > max(limit, 1e-2):
         crossing = reach < length
         jump = (z - length * step).masked_fill(crossing, 0.0)
-        theta = face.embed(jump)
-        value, grad = loss.value_and_grad(theta)
-        objective = float(value) + lam * float(face.norm(jump))
+        theta, grad, objective = _evaluate(loss, lam, face, jump)
         if objective < beat:
             return jump, crossing, theta, grad, objective
         length *= 0.25

@@ -66,16 +66,17 @@ def solve_on_working_sets(problem: Problem, solve_restricted: Callable[..., Resu
     began = time.perf_counter()
     constraint = problem.constraint().to(device=device, dtype=torch.float64)
     data = problem.data_on(device, torch.float64)
+    loss = problem.bind(data)
     shape, numel = tuple(problem.shape), math.prod(problem.shape)
     ids = constraint.atom_ids(numel, device)
     if grad0 is None:
-        grad0 = _gradient(problem, data, torch.zeros(numel, device=device, dtype=torch.float64), shape)
+        grad0 = _gradient(loss, torch.zeros(numel, device=device, dtype=torch.float64), shape)
     grad0 = grad0.reshape(-1)
     if start is None:
         theta, grad = torch.zeros(numel, device=device, dtype=torch.float64), grad0
     else:
         theta = start.detach().to(device=device, dtype=torch.float64).reshape(-1).clone()
-        grad = _gradient(problem, data, theta, shape)
+        grad = _gradient(loss, theta, shape)
     target = tol * max(float(grad0.norm()), 1e-12)
     history: list = []
     size, chosen, inner_iterations = FIRST_SIZE, None, 0
@@ -104,7 +105,7 @@ def solve_on_working_sets(problem: Problem, solve_restricted: Callable[..., Resu
             break
         theta = torch.zeros_like(theta)
         theta[index] = inner.x.to(device=device, dtype=torch.float64).reshape(-1)
-        grad = _gradient(problem, data, theta, shape)
+        grad = _gradient(loss, theta, shape)
         kkt = constraint.kkt_residual(theta.reshape(shape), grad.reshape(shape), snap_tol(theta, tol))
         objective = problem.value(theta.reshape(shape), data, constraint)
         history.append((time.perf_counter() - began, objective, kkt))
@@ -124,7 +125,7 @@ def solve_on_working_sets(problem: Problem, solve_restricted: Callable[..., Resu
                              strength=constraint.strength)
 
 
-def _gradient(problem: Problem, data: dict, theta: Tensor, shape) -> Tensor:
-    """∇loss of the full problem at the flat θ, flat (the loss's own gradient where it has one: on a
-    500×2000 path, autograd here was a quarter of the time)."""
-    return loss_gradient(problem.bind(data), theta.reshape(shape)).reshape(-1)
+def _gradient(loss, theta: Tensor, shape) -> Tensor:
+    """∇loss of the full problem (bound to its data) at the flat θ, flat: the loss's own gradient
+    where it has one (on a 500×2000 path, autograd here was a quarter of the time)."""
+    return loss_gradient(loss, theta.reshape(shape)).reshape(-1)
