@@ -100,7 +100,10 @@ def group_sparse(module: nn.Module, name: str | Sequence[str], dim: int | None =
         name: the parameter's (dotted) name, e.g. ``"weight"`` or ``"encoder.0.weight"``; or a list
             of names whose units are one group each, with one gate per unit across them (a conv's
             ``weight`` and ``bias`` and its BatchNorm's ``weight`` and ``bias``: a dead channel is then
-            wholly zero; see [`UnitGroups`][symopt.constraints.unit_groups.UnitGroups]).
+            wholly zero; see [`UnitGroups`][symopt.constraints.unit_groups.UnitGroups]); or a list
+            of such lists, one per layer (``[["0.weight"], ["2.weight"]]`` works too): one λ and one
+            ``max_groups`` over the units of all the layers, a *global* channel budget whose loss
+            decides how many each layer keeps (Torch-Pruning's ``global_pruning``).
         dim: the axis whose slices are the groups (default 0: output rows / channels; 1: input
             features of a Linear).
         strength: λ (> 0), default 1e-3; with a budget, the starting λ.
@@ -127,14 +130,31 @@ def group_sparse(module: nn.Module, name: str | Sequence[str], dim: int | None =
         >>> whole = symopt.group_sparse(net, ["0.weight", "0.bias", "1.weight", "1.bias"], strength=1e-3)
         >>> whole.constraint.unit_norms(whole.values()).shape      # a channel across the four tensors
         torch.Size([8])
+        >>> deep = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 16, 3))
+        >>> both = symopt.group_sparse(deep, [["0.weight", "0.bias"], ["2.weight", "2.bias"]], max_groups=12)
+        >>> both.constraint.budget, both.constraint.set_units    # 12 channels of the two convs' 8 + 16
+        (12, [8, 16])
     """
     if not isinstance(name, str) and isinstance(name, Sequence):
         extra = sorted(set(kwargs) - {"seed", "max_groups", "adapt_rate", "total_steps", "ramp"})
         if extra:
             raise ValueError(f"group_sparse over several tensors takes dim, strength, seed, max_groups, adapt_rate, "
                              f"total_steps and ramp; not {extra} (index groups act on one tensor)")
-        return constrain(module, list(name), UnitGroups(0 if dim is None else dim, strength, **kwargs))
+        names, sets = _layer_sets(name)
+        return constrain(module, names, UnitGroups(0 if dim is None else dim, strength, sets=sets, **kwargs))
     return constrain(module, name, GroupSparse(dim, strength, **kwargs))
+
+
+def _layer_sets(name: Sequence) -> tuple[list[str], list[int] | None]:
+    """``[names]`` (one layer's tensors) or ``[[names], [names], ...]`` (several layers, one budget):
+    the flat list of names and, for the second form, the layer index of each."""
+    nested = [not isinstance(n, str) and isinstance(n, Sequence) for n in name]
+    if not any(nested):
+        return list(name), None
+    if not all(nested) or any(not layer or not all(isinstance(n, str) for n in layer) for layer in name):
+        raise ValueError(f"group_sparse: give a list of names (one layer's weight, bias and norm entries) or a "
+                         f"list of such lists, one per layer, for one budget over the layers; got {list(name)!r}")
+    return [n for layer in name for n in layer], [j for j, layer in enumerate(name) for _ in layer]
 
 
 def low_rank(module: nn.Module, name: str, strength: float | None = None, max_rank: int | None = None,

@@ -1,6 +1,7 @@
 """group_sparse over several tensors (UnitGroups): one gate per unit shared by a layer's weight slice, bias
 entry and norm entries — the group lasso whose groups span tensors, and a dead channel that is wholly 0."""
 
+import copy
 import warnings
 
 import pytest
@@ -237,3 +238,140 @@ def test_a_resumed_channel_budget_lands_the_same_channels():
 
     net, again = resumed_matches(build, cross_entropy_steps(X, y), 60, 60)
     assert _channels(net) == 5 and _channels(again) == 5
+
+
+# -- one channel budget over several layers: a global budget (issue 20) ---------------------------------
+
+TWO_LAYERS = [["0.weight", "0.bias", "1.weight", "1.bias"], ["3.weight", "3.bias", "4.weight", "4.bias"]]
+
+
+def _two_conv_cnn():
+    return nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                         nn.Conv2d(16, 12, 3, padding=1), nn.BatchNorm2d(12), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(12, 3))
+
+
+def _alive(conv: nn.Module, bn: nn.Module) -> int:
+    joint = (conv.weight.detach().flatten(1).square().sum(1) + conv.bias.detach().square()
+             + bn.weight.detach().square() + bn.bias.detach().square())
+    return int((joint > 0).sum())
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd_momentum_clipped"])
+def test_a_global_channel_budget_lands_over_both_convs_and_export_shrinks_each(optimizer):
+    """max_groups=12 of the 16 + 12 channels of two convs (each with its bias and BatchNorm): one λ, the
+    count over both layers, exactly 12 whole channels from the landing on, split between the layers as
+    the loss decides; finalize with defaults, and the compressed export removes each layer's dead
+    channels with the same outputs."""
+    torch.manual_seed(0)
+    net = _two_conv_cnn()
+    steps = 240
+    handle = symopt.group_sparse(net, TWO_LAYERS, max_groups=12, total_steps=steps)
+    assert handle.constraint.set_units == [16, 12] and handle.constraint.gates.shape == (28,)
+    X, y = torch.randn(96, 1, 8, 8), torch.randint(0, 3, (96,))
+    groups = symopt.param_groups(net, lr=1e-2)
+    opt = torch.optim.Adam(groups, lr=1e-2) if optimizer == "adam" else torch.optim.SGD(groups, lr=0.05, momentum=0.9)
+    totals = []
+    for _ in range(steps):
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(X), y).backward()
+        if optimizer != "adam":
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 0.5)
+        opt.step()
+        totals.append(_alive(net[0], net[1]) + _alive(net[3], net[4]))
+    land = round(0.75 * steps)
+    assert totals[land - 2] > 12 and all(t == 12 for t in totals[land:])
+    first, second = _alive(net[0], net[1]), _alive(net[3], net[4])
+    assert first >= 1 and second >= 1 and first + second == 12
+    assert f"per layer {first}/16, {second}/12" in handle.constraint.structure(handle.values())
+    symopt.finalize(copy.deepcopy(net))  # default arguments: the landed budget holds exactly
+    net.eval()
+    reference = net(X[:8]).detach()
+    small = symopt.export(net, mode="compressed", example_input=X[:4])
+    assert (small[0].out_channels, small[1].num_features, small[3].in_channels) == (first, first, first)
+    assert (small[3].out_channels, small[4].num_features, small[8].in_features) == (second, second, second)
+    assert torch.allclose(small(X[:8]), reference, atol=1e-5)
+
+
+def test_a_global_group_budget_lands_on_the_group_lasso_path_of_the_stacked_problem():
+    """Two linear blocks Y ≈ X₁W₁ᵀ + X₂W₂ᵀ whose input features (columns, dim=1) are the groups: a
+    global budget of 4 features is the multi-task group lasso of the concatenated design at the λ the
+    budget found — checked against cvxpy at that λ (same 4 features, coefficients to 1e-4), with the
+    features shared unevenly between the blocks (the loss decides, not a per-layer quota)."""
+    cp = pytest.importorskip("cvxpy")
+    g = torch.Generator().manual_seed(5)
+    X = torch.randn(150, 12, generator=g, dtype=DT)
+    W0 = torch.zeros(3, 12, dtype=DT)
+    W0[:, [0, 2, 3, 9]] = torch.randn(3, 4, generator=g, dtype=DT) + 1.0
+    Y = X @ W0.T + 0.1 * torch.randn(150, 3, generator=g, dtype=DT)
+    X1, X2 = X[:, :5], X[:, 5:]
+
+    class TwoBlocks(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w1 = nn.Parameter(torch.full((3, 5), 0.1, dtype=DT))
+            self.w2 = nn.Parameter(torch.full((3, 7), 0.1, dtype=DT))
+
+        def forward(self, a, b):
+            return a @ self.w1.T + b @ self.w2.T
+
+    model = TwoBlocks()
+    handle = symopt.group_sparse(model, [["w1"], ["w2"]], dim=1, max_groups=4)
+    opt = torch.optim.LBFGS(model.parameters(), lr=1, max_iter=20, line_search_fn="strong_wolfe",
+                            history_size=50, tolerance_change=0.0)
+    symopt.bind(opt)
+
+    def closure():
+        opt.zero_grad()
+        loss = 0.5 * (model(X1, X2) - Y).square().sum(1).mean() + symopt.penalty(model)
+        loss.backward()
+        return loss
+
+    for _ in range(150):  # λ still drifts down the path's 4-feature interval; by 150 the point has caught up
+        opt.step(closure)
+    lam = handle.strength
+    W = cp.Variable((3, 12))
+    objective = 0.5 * cp.sum_squares(X.numpy() @ W.T - Y.numpy()) / 150 + lam * cp.sum(cp.norm(W, 2, axis=0))
+    cp.Problem(cp.Minimize(objective)).solve()
+    reference = torch.tensor(W.value)
+    found = torch.cat([model.w1.detach(), model.w2.detach()], 1)
+    alive_ref, alive = reference.norm(dim=0) > 1e-6, found.norm(dim=0) > 1e-6
+    assert int(alive_ref.sum()) == 4 and torch.equal(alive, alive_ref)
+    assert int(alive[:5].sum()) != int(alive[5:].sum())
+    assert torch.allclose(found, reference, atol=1e-4)
+    assert symopt.finalize(model, tol=1e-6).ok
+
+
+def test_every_layer_of_a_global_budget_keeps_a_unit():
+    """A layer whose units are all smaller than every other layer's would lose them all to a plain
+    ranking (cutting the network); the landing and the snap keep its largest unit in place of the
+    smallest one kept elsewhere, still exactly max_groups in all."""
+    net = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 2)).double()
+    with torch.no_grad():
+        net[0].weight.mul_(1e-3)
+        net[0].bias.mul_(1e-3)
+    handle = symopt.group_sparse(net, [["0.weight", "0.bias"], ["2.weight", "2.bias"]], max_groups=3)
+    group = handle.constraint
+    norms = group.unit_norms(handle.values()).detach()
+    keep = group.keep_mask(norms)
+    assert int(keep.sum()) == 3 and int(keep[:6].sum()) == 1 and bool(keep[int(norms[:6].argmax())])
+    assert bool(keep[6 + int(norms[6:].argmax())])  # the second layer keeps its two largest
+    snapped = group.truncate(handle.values(), 3)
+    rows = [int((torch.cat([w, b[:, None]], 1).abs().sum(1) > 0).sum()) for w, b in (snapped[:2], snapped[2:])]
+    assert rows == [1, 2]
+
+
+@pytest.mark.parametrize("names, kwargs, error, match", [
+    ([["0.weight"], "3.weight"], dict(max_groups=4), ValueError, "or a list of such lists, one per layer"),
+    ([[], ["3.weight"]], dict(max_groups=4), ValueError, "or a list of such lists, one per layer"),
+    ([["0.weight", "3.weight"], ["4.weight"]], dict(max_groups=4), ValueError,
+     r"the tensors of layer 0 must have the same number of units along dim=0 \('0.weight': 16, '3.weight': 12\)"),
+    (TWO_LAYERS, dict(max_groups=1), ValueError, "below the 2 layers of the global budget"),
+    (TWO_LAYERS, dict(max_groups=28), ValueError, "does not bind"),
+])
+def test_bad_global_budgets_change_nothing(names, kwargs, error, match):
+    net = _two_conv_cnn()
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    with pytest.raises(error, match=match):
+        symopt.group_sparse(net, names, **kwargs)
+    assert symopt.list_constraints(net) == [] and all(torch.equal(v, state[k]) for k, v in net.state_dict().items())

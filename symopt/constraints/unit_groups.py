@@ -51,7 +51,12 @@ class UnitBudget(PooledBudget):
 
         value = torch.cat([p[0].reshape(-1) for p in parts])
         grad = torch.cat([p[1].reshape(-1) for p in parts])
-        return self.target(unit_atoms, value, grad, self.budget, self.atom_total)
+        target, dropped, steps = self.target(unit_atoms, value, grad, self.budget, self.atom_total)
+        if dropped is not None and len(group.set_units) > 1:
+            # a global budget's trimmed decay spares each layer's largest unit, as its landing will
+            kept = group.keep_mask(unit_atoms(value, 0), self.count(self.budget, self.atom_total))
+            dropped = (~kept).to(dropped.dtype)
+        return target, dropped, steps
 
 
 class UnitGroups(Constraint, register=False):
@@ -72,6 +77,10 @@ class UnitGroups(Constraint, register=False):
         total_steps: the steps until training ends: the budget then arrives on a schedule and lands
             exactly (as for [`GroupSparse`][symopt.GroupSparse]).
         ramp: the schedule's ``(start, end)`` as fractions of ``total_steps``.
+        sets: one *layer index* per tensor, for one budget over several layers (a global channel
+            budget, as Torch-Pruning's ``global_pruning``): tensors of the same set share its units,
+            each set brings its own, and the gates, λ and ``max_groups`` span all of them. The units
+            of set j are numbered after those of sets 0..j−1. Default: one set.
 
     Examples:
         >>> import torch, symopt
@@ -91,7 +100,7 @@ class UnitGroups(Constraint, register=False):
     def __init__(self, dim: int | Sequence[int] = 0, strength: float | None = None, *, seed: int = 0,
                  unit_maps: Sequence[Tensor | None] | None = None, structure_name: str = "units",
                  max_groups: int | None = None, adapt_rate: float = RATE, total_steps: int | None = None,
-                 ramp: tuple[float, float] = (0.1, 0.75)) -> None:
+                 ramp: tuple[float, float] = (0.1, 0.75), sets: Sequence[int] | None = None) -> None:
         if isinstance(strength, str):
             raise ValueError("group_sparse over several tensors: give a number for strength (λ > 0); "
                              "'auto' is not available for groups that span tensors")
@@ -113,6 +122,11 @@ class UnitGroups(Constraint, register=False):
         # per tensor: the unit of each index along its axis (None: index i is unit i). Attention heads
         # use it: the rows of q, k and v of head h are all unit h.
         self.unit_maps = list(unit_maps) if unit_maps is not None else None
+        if sets is not None and (isinstance(sets, (str, bytes)) or not isinstance(sets, Sequence)
+                                 or any(isinstance(j, bool) or not isinstance(j, int) for j in sets)):
+            raise TypeError(f"group_sparse: sets must be a list of int layer indices, one per tensor; got {sets!r}")
+        self.sets = list(sets) if sets is not None else None
+        self.set_units: list[int] = []  # the units of each set, in order (set j's come after set j-1's)
         self.structure_name = structure_name
         # for the heads of a hand-written attention block: its name, its q / k / v / out layer names,
         # its head count and the attribute holding it (set by symopt.attention_heads; export reads it)
@@ -132,6 +146,10 @@ class UnitGroups(Constraint, register=False):
                              f"got {self.dims}")
         if self.unit_maps is not None and len(self.unit_maps) != len(tensors):
             raise ValueError(f"group_sparse: unit_maps needs one entry per tensor ({len(tensors)}), got {len(self.unit_maps)}")
+        sets = self.sets if self.sets is not None else [0] * len(tensors)
+        if len(sets) != len(tensors) or sorted(set(sets)) != list(range(max(sets) + 1)):
+            raise ValueError(f"group_sparse: sets needs one layer index per tensor, numbered 0, 1, ... without "
+                             f"gaps; got {sets} for {len(tensors)} tensors")
         axes, maps, counts = [], [], []
         for i, (t, name) in enumerate(zip(tensors, names)):
             d = self.dims[i] if len(self.dims) > 1 else self.dims[0]
@@ -145,20 +163,33 @@ class UnitGroups(Constraint, register=False):
                 raise ValueError(f"group_sparse: the unit map of '{name}' must give a unit id >= 0 to each of "
                                  f"its {size} indices along dim={d}")
             axes.append(d % t.dim())
-            maps.append(ids.to(t.device))
+            maps.append(ids)
             counts.append(int(ids.max()) + 1 if ids.numel() else 0)
-        if len(set(counts)) != 1:
-            listing = ", ".join(f"'{n}': {c}" for n, c in zip(names, counts))
-            raise ValueError(f"group_sparse: the tensors must have the same number of units along dim={self.dim} "
-                             f"({listing}); list the weight, bias and norm entries of one layer")
+        set_units = []
+        for j in range(max(sets) + 1):
+            members = [i for i, s in enumerate(sets) if s == j]
+            if len({counts[i] for i in members}) != 1:
+                listing = ", ".join(f"'{names[i]}': {counts[i]}" for i in members)
+                where = "the tensors" if self.sets is None else f"the tensors of layer {j}"
+                raise ValueError(f"group_sparse: {where} must have the same number of units along dim={self.dim} "
+                                 f"({listing}); list the weight, bias and norm entries of one layer")
+            set_units.append(counts[members[0]])
+        # set j's units are numbered after those of the sets before it: one gate per unit of every layer
+        offsets = [sum(set_units[:j]) for j in range(len(set_units))]
+        maps = [(ids + offsets[s]).to(t.device) for ids, s, t in zip(maps, sets, tensors)]
+        self.set_units = set_units
         first = tensors[0]
         for t, name in zip(tensors[1:], names[1:]):
             if t.dtype != first.dtype or t.device != first.device:
                 raise ValueError(f"group_sparse: '{name}' is {t.dtype} on {t.device}, '{names[0]}' is "
                                  f"{first.dtype} on {first.device}; one dtype and device for all the tensors")
-        self.axes, self.units = axes, counts[0]
+        self.axes, self.units = axes, sum(set_units)
         if self.budget_spec is not None:
             self.resolve_budget(self.units, ", ".join(names), "units")
+            if self.budget < len(set_units):
+                raise ValueError(f"group_sparse: max_groups={self.budget} is below the {len(set_units)} layers of the "
+                                 f"global budget, and every layer keeps at least one unit; give max_groups >= "
+                                 f"{len(set_units)}")
             self.policy.budget, self.policy.atom_total = self.budget, self.atom_total
         for i, ids in enumerate(maps):  # buffers: model.to(device) moves them with the factors
             self.register_buffer(f"unit_map{i}", ids, persistent=False)
@@ -181,7 +212,7 @@ class UnitGroups(Constraint, register=False):
         """Land the budget: the ``budget`` units of largest joint norm are kept; every other unit's
         gate and its $ω$ in every tensor go to 0, the mirror's fixed subspace."""
         with torch.no_grad():
-            keep = largest(self.unit_norms([self._value(i) for i in range(len(self.copies))]), self.budget)
+            keep = self.keep_mask(self.unit_norms([self._value(i) for i in range(len(self.copies))]))
             self.landed_keep.copy_(keep)
             self.hold(range(len(self.copies)))
         self.policy.mark_landed()
@@ -256,8 +287,28 @@ class UnitGroups(Constraint, register=False):
         keep = (self.unit_norms(values) > tol)
         return [v * self.spread(keep.to(v.dtype), v, i) for i, v in enumerate(values)]
 
+    def keep_mask(self, atoms: Tensor, k: int | None = None) -> Tensor:
+        """The ``k`` (default: the budget) largest units, except that each layer of a global budget
+        keeps at least its largest one, in place of the smallest unit kept by a layer that keeps
+        several: a layer without a unit cuts the network (its output no longer depends on the input),
+        which a ranking across layers of different scales could otherwise ask for."""
+        k = self.budget if k is None else k
+        keep = largest(atoms, k)
+        if len(self.set_units) < 2:
+            return keep
+        starts = [sum(self.set_units[:j]) for j in range(len(self.set_units))]
+        for start, size in zip(starts, self.set_units):
+            if keep[start:start + size].any():
+                continue
+            counts = torch.stack([keep[a:a + n].sum() for a, n in zip(starts, self.set_units)])
+            giving = torch.cat([torch.full((n,), bool(c > 1)) for c, n in zip(counts, self.set_units)]).to(keep.device)
+            candidates = torch.where(keep & giving, atoms, torch.full_like(atoms, float("inf")))
+            keep[int(candidates.argmin())] = False
+            keep[start + int(atoms[start:start + size].argmax())] = True
+        return keep
+
     def truncate(self, values: Sequence[Tensor], k: int) -> list[Tensor]:
-        keep = largest(self.unit_norms(values), k)
+        keep = self.keep_mask(self.unit_norms(values), k)
         return [v * self.spread(keep.to(v.dtype), v, i) for i, v in enumerate(values)]
 
     def violation(self, values: Sequence[Tensor], tol: float = 0.0) -> float:
@@ -292,7 +343,12 @@ class UnitGroups(Constraint, register=False):
     def structure(self, values: Sequence[Tensor], tol: float = 0.0) -> str:
         norms = self.unit_norms([v.detach() for v in values])
         budget = "" if self.budget is None else f", budget {self.budget}"
-        return f"units {int((norms > tol).sum())}/{norms.numel()} (dim={self.dim}, {len(values)} tensors{budget})"
+        layers = ""
+        if len(self.set_units) > 1:  # a global budget: how the loss shared the units among the layers
+            alive = [int((part > tol).sum()) for part in norms.split(self.set_units)]
+            layers = "; per layer " + ", ".join(f"{a}/{n}" for a, n in zip(alive, self.set_units))
+        return (f"units {int((norms > tol).sum())}/{norms.numel()} (dim={self.dim}, {len(values)} tensors"
+                f"{budget}{layers})")
 
     def structure_key(self, value, tol: float) -> object:
         return tuple((self.unit_norms(list(value)) > tol).tolist())
