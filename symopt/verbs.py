@@ -14,7 +14,7 @@ from .attach import Handle, constrain
 import functools
 
 from .constraints import FixedZeros, GroupSparse, LowRank, NMSparse, NonNegative, Sparse, Subspace, Tied
-from .constraints.budget import RATE, entry_budget
+from .constraints.budget import RATE, check_budget, entry_budget
 from .constraints.pooled import Pooled
 from .constraints.unit_groups import UnitGroups
 
@@ -157,7 +157,7 @@ def _layer_sets(name: Sequence) -> tuple[list[str], list[int] | None]:
     return [n for layer in name for n in layer], [j for j, layer in enumerate(name) for _ in layer]
 
 
-def low_rank(module: nn.Module, name: str, strength: float | None = None, max_rank: int | None = None,
+def low_rank(module: nn.Module, name: str | Sequence[str], strength: float | None = None, max_rank: int | None = None,
              **kwargs) -> Handle:
     r"""Low rank: $W = U V^\top$, so the decay $(λ/2)(‖U‖^2_F + ‖V‖^2_F)$ is $λ‖W‖_*$.
 
@@ -167,7 +167,10 @@ def low_rank(module: nn.Module, name: str, strength: float | None = None, max_ra
 
     Args:
         module: the module that owns the parameter (or an ancestor, with a dotted ``name``).
-        name: the parameter's (dotted) name, e.g. ``"weight"`` or ``"encoder.0.weight"``.
+        name: the parameter's (dotted) name, e.g. ``"weight"`` or ``"encoder.0.weight"``; or a list
+            of names with ``target_rank=r``: one λ on the sum of their nuclear norms, r counting the
+            ranks of all the matrices together (a *global* rank budget: the loss decides each layer's
+            rank, at least 1; see [`Pooled`][symopt.constraints.pooled.Pooled]).
         strength: λ (> 0), default 1e-3; with a budget, the starting λ.
         max_rank: the factor width ``r``, a hard bound on the rank (default ``min(m, n)``). A value
             of larger rank is truncated to its best rank-``r`` approximation, with a warning.
@@ -190,7 +193,24 @@ def low_rank(module: nn.Module, name: str, strength: float | None = None, max_ra
         >>> U.shape, V.shape, torch.allclose(U @ V.T, lin.weight, atol=1e-6)
         (torch.Size([4, 4]), torch.Size([6, 4]), True)
     """
+    if not isinstance(name, str) and isinstance(name, Sequence):
+        return constrain(module, list(name), _pooled_ranks(strength, max_rank, **kwargs))
     return constrain(module, name, LowRank(strength, max_rank, **kwargs))
+
+
+def _pooled_ranks(strength, max_rank, *, target_rank=None, adapt_rate: float = RATE, seed: int = 0,
+                  total_steps: int | None = None, ramp: tuple[float, float] = (0.1, 0.75), **other) -> Pooled:
+    """One rank budget over the matrices of a list of names (``symopt.constraints.pooled``)."""
+    if other:
+        raise ValueError(f"low_rank over several tensors takes strength, max_rank, target_rank, adapt_rate, seed, "
+                         f"total_steps and ramp; not {sorted(other)} (layout='batch' sets one rank per matrix)")
+    if target_rank is None:
+        raise ValueError("low_rank: a list of names shares one rank budget — give target_rank= (the total rank); "
+                         "for one λ on several matrices call symopt.low_rank on each name")
+    check_budget(target_rank, "target_rank", "low_rank over several tensors")
+    LowRank(1.0, max_rank, seed=seed)  # max_rank and seed checked now (target_rank may exceed one matrix's)
+    return Pooled(functools.partial(LowRank, 1.0, max_rank, seed=seed), ("count", target_rank), strength=strength,
+                  adapt_rate=adapt_rate, total_steps=total_steps, ramp=ramp)
 
 
 def subspace(module: nn.Module, name: str, A, strength: float | str = "auto", *,

@@ -147,3 +147,127 @@ def test_a_global_budget_on_diabetes_matches_scikit_learn():
     assert set(np.flatnonzero(np.abs(w) > 1e-6)) == set(np.flatnonzero(coef)) and len(np.flatnonzero(coef)) == 5
     assert np.abs(w - coef).max() <= 1e-4
     assert symopt.finalize(model, tol=1e-6).ok
+
+
+# -- one rank budget over several matrices: symopt.low_rank(model, [names], target_rank=r) (issue 20) ----
+
+class TwoMatrices(nn.Module):
+    """Y ≈ X₁W₁ᵀ + X₂W₂ᵀ: two linear blocks, each with its own nuclear norm."""
+
+    def __init__(self, d1: int, d2: int, q: int):
+        super().__init__()
+        g = torch.Generator().manual_seed(1)
+        self.w1 = nn.Parameter(0.1 * torch.randn(q, d1, generator=g, dtype=DT))
+        self.w2 = nn.Parameter(0.1 * torch.randn(q, d2, generator=g, dtype=DT))
+
+    def forward(self, X1, X2):
+        return X1 @ self.w1.T + X2 @ self.w2.T
+
+
+def test_a_global_rank_budget_lands_on_the_path_of_the_summed_nuclear_norms():
+    """Block 1 carries a rank-3 signal, block 2 a rank-1 one; a global budget of 4 ranks is the problem
+    min ½‖Y − X₁W₁ᵀ − X₂W₂ᵀ‖²/n + λ(‖W₁‖_* + ‖W₂‖_*) at the λ the budget found: checked against cvxpy
+    there (ranks 3 + 1, coefficients to 1e-4). The budget is shared by the loss, not evenly."""
+    cp = pytest.importorskip("cvxpy")
+    g = torch.Generator().manual_seed(7)
+    n, d1, d2, q = 200, 8, 6, 5
+    X1, X2 = torch.randn(n, d1, generator=g, dtype=DT), torch.randn(n, d2, generator=g, dtype=DT)
+    W1 = torch.randn(q, 3, generator=g, dtype=DT) @ torch.randn(3, d1, generator=g, dtype=DT)
+    W2 = torch.randn(q, 1, generator=g, dtype=DT) @ torch.randn(1, d2, generator=g, dtype=DT)
+    Y = X1 @ W1.T + X2 @ W2.T + 0.3 * torch.randn(n, q, generator=g, dtype=DT)
+    model = TwoMatrices(d1, d2, q)
+    handle = symopt.low_rank(model, ["w1", "w2"], target_rank=4)
+    opt = torch.optim.LBFGS(model.parameters(), lr=1, max_iter=20, line_search_fn="strong_wolfe", history_size=50,
+                            tolerance_change=0.0)
+    symopt.bind(opt)
+
+    def closure():
+        opt.zero_grad()
+        loss = 0.5 * (model(X1, X2) - Y).square().sum(1).mean() + symopt.penalty(model)
+        loss.backward()
+        return loss
+
+    for _ in range(100):  # 80 are enough here
+        opt.step(closure)
+    lam = handle.strength
+    A, B = cp.Variable((q, d1)), cp.Variable((q, d2))
+    residual = X1.numpy() @ A.T + X2.numpy() @ B.T - Y.numpy()
+    cp.Problem(cp.Minimize(0.5 * cp.sum_squares(residual) / n + lam * (cp.normNuc(A) + cp.normNuc(B)))).solve()
+    ranks = [int((torch.linalg.svdvals(torch.tensor(M.value)) > 1e-5).sum()) for M in (A, B)]
+    assert ranks == [3, 1]
+    assert [int((torch.linalg.svdvals(w.detach()) > 1e-5).sum()) for w in (model.w1, model.w2)] == ranks
+    assert torch.allclose(model.w1.detach(), torch.tensor(A.value), atol=1e-4)
+    assert torch.allclose(model.w2.detach(), torch.tensor(B.value), atol=1e-4)
+    assert "per tensor 3, 1, budget 4" in handle.constraint.structure(handle.values(), 1e-6)
+    assert symopt.finalize(model, tol=1e-6).ok
+
+
+def _mlp_task():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(20, 32), nn.ReLU(), nn.Linear(32, 24), nn.ReLU(), nn.Linear(24, 3))
+    X = torch.randn(256, 20)
+    y = (X[:, :3].sum(1) > 0).long() + (X[:, 3] > 1).long()
+    return net, X, y
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd_momentum_clipped"])
+def test_a_global_rank_budget_lands_exactly_and_export_factorises_each_layer(optimizer):
+    """float32 MLP, target_rank=10 over the 32×20 and 24×32 hidden weights with total_steps: from the
+    landing on the two ranks sum to exactly 10 (each ≥ 1), finalize with defaults succeeds (the float32
+    product's rounding is not rank), and the compressed export splits each layer at its own rank with
+    the same outputs."""
+    net, X, y = _mlp_task()
+    steps = 200
+    symopt.low_rank(net, ["0.weight", "2.weight"], target_rank=10, total_steps=steps)
+    groups = symopt.param_groups(net, lr=1e-2)
+    opt = torch.optim.Adam(groups, lr=1e-2) if optimizer == "adam" else torch.optim.SGD(groups, lr=0.05, momentum=0.9)
+    ranks = []
+    for _ in range(steps):
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(X), y).backward()
+        if optimizer != "adam":
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 0.5)
+        opt.step()
+        ranks.append([int(torch.linalg.matrix_rank(net[i].weight.detach())) for i in (0, 2)])
+    land = round(0.75 * steps)
+    assert sum(ranks[land - 2]) > 10 and all(sum(r) == 10 and min(r) >= 1 for r in ranks[land:])
+    r0, r2 = ranks[-1]
+    symopt.finalize(copy.deepcopy(net))  # default arguments, no force
+    net.eval()
+    reference = net(X[:8]).detach()
+    small = symopt.export(net, mode="compressed", example_input=X[:4])
+    assert (small[0][0].out_features, small[2][0].out_features) == (r0, r2)
+    assert torch.allclose(small(X[:8]), reference, atol=1e-5)
+
+
+def test_each_matrix_of_a_global_rank_budget_keeps_rank_one():
+    """A matrix whose singular values are all below the other's keeps its largest one (rank 0 would cut
+    the network there) in place of the other's smallest kept one: still exactly the budget."""
+    model = TwoMatrices(8, 6, 5)
+    with torch.no_grad():
+        model.w2.mul_(1e-4)
+    handle = symopt.low_rank(model, ["w1", "w2"], target_rank=3)
+    snapped = handle.constraint.snap(handle.values())
+    assert [int(torch.linalg.matrix_rank(s)) for s in snapped] == [2, 1]
+    assert handle.constraint.violation(snapped) == 0.0
+
+
+@pytest.mark.parametrize("call,error,match", [
+    (lambda m: symopt.low_rank(m, ["0.weight", "2.weight"], strength=0.1), ValueError, "give target_rank="),
+    (lambda m: symopt.low_rank(m, ["0.weight", "2.weight"], target_rank=1), ValueError, "below the 2 tensors"),
+    (lambda m: symopt.low_rank(m, ["0.weight", "2.weight"], target_rank=12), ValueError, "does not bind"),
+    (lambda m: symopt.low_rank(m, ["0.weight", "2.weight"], max_rank=3, target_rank=6), ValueError,
+     "the factor widths allow only 6"),
+    (lambda m: symopt.low_rank(m, ["0.weight", "2.weight"], target_rank=4, layout="batch"), ValueError,
+     r"not \['layout'\]"),
+    (lambda m: symopt.low_rank(m, ["0.weight", "0.bias"], target_rank=4), ValueError, "needs a matrix"),
+    (lambda m: symopt.low_rank(m, ["0.weight", "2.weight"], target_rank=4, total_steps=0), ValueError,
+     "total_steps must be an int >= 1"),
+])
+def test_bad_rank_pools_change_nothing(call, error, match):
+    net = nn.Sequential(nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 6))
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    with pytest.raises(error, match=match):
+        call(net)
+    assert symopt.list_constraints(net) == []
+    assert all(torch.equal(net.state_dict()[k], v) for k, v in before.items())

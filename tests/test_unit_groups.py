@@ -1,7 +1,7 @@
 """group_sparse over several tensors (UnitGroups): one gate per unit shared by a layer's weight slice, bias
 entry and norm entries — the group lasso whose groups span tensors, and a dead channel that is wholly 0."""
 
-import copy
+import copy as copying
 import warnings
 
 import pytest
@@ -284,7 +284,7 @@ def test_a_global_channel_budget_lands_over_both_convs_and_export_shrinks_each(o
     first, second = _alive(net[0], net[1]), _alive(net[3], net[4])
     assert first >= 1 and second >= 1 and first + second == 12
     assert f"per layer {first}/16, {second}/12" in handle.constraint.structure(handle.values())
-    symopt.finalize(copy.deepcopy(net))  # default arguments: the landed budget holds exactly
+    symopt.finalize(copying.deepcopy(net))  # default arguments: the landed budget holds exactly
     net.eval()
     reference = net(X[:8]).detach()
     small = symopt.export(net, mode="compressed", example_input=X[:4])

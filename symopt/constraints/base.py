@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 import functools
 from dataclasses import dataclass
 from typing import ClassVar, Protocol, runtime_checkable
@@ -151,6 +151,28 @@ def largest(sizes: Tensor, k: int) -> Tensor:
     flat = sizes.reshape(-1)
     keep = torch.zeros_like(flat, dtype=torch.bool)
     keep[torch.topk(flat, min(k, flat.numel())).indices] = True
+    return keep
+
+
+def largest_in_parts(sizes: Tensor, k: int, parts: Sequence[int], floor: int = 1) -> Tensor:
+    """Bool mask of the ``k`` largest ``sizes`` (flat, the concatenation of ``parts`` of those lengths),
+    except that every part keeps at least ``floor`` (0 or 1) of its own: a part left without one takes
+    its largest in place of the smallest kept entry of a part that keeps several. A global budget over
+    a network's layers uses it: a layer with no channel or rank 0 cuts the network, which a ranking
+    across layers of different scales can otherwise ask for. ``k`` must be at least ``len(parts)``."""
+    keep = largest(sizes, k)
+    if floor == 0 or len(parts) < 2:
+        return keep
+    flat = sizes.reshape(-1)
+    starts = [sum(parts[:j]) for j in range(len(parts))]
+    for start, size in zip(starts, parts):
+        if size == 0 or keep[start:start + size].any():
+            continue
+        giving = torch.cat([torch.full((n,), bool(keep[a:a + n].sum() > 1), device=keep.device)
+                            for a, n in zip(starts, parts)])
+        candidates = torch.where(keep & giving, flat, torch.full_like(flat, float("inf")))
+        keep[int(candidates.argmin())] = False
+        keep[start + int(flat[start:start + size].argmax())] = True
     return keep
 
 
@@ -415,6 +437,17 @@ class Constraint(nn.Module):
     def truncate(self, value: Tensor, k: int) -> Tensor:  # pragma: no cover - budget kinds override
         """``value`` with all but its ``k`` largest atoms set to zero."""
         raise NotImplementedError
+
+    def alive(self, value: Tensor, tol: float = 0.0) -> int:
+        """How many atoms of ``value`` are above ``tol`` (and above the value's rounding, where a kind
+        knows it): the count a budget is measured against."""
+        return int((self.atoms(value.detach()) > tol).sum())
+
+    def budget_distance(self, value: Tensor, k: int) -> float:
+        """How far ``value`` is from having at most ``k`` atoms (what ``finalize`` compares with its
+        ``tol``). A kind whose value carries rounding that is not structure (a float32 product
+        $UV^\top$ has trailing singular values of order σ_max·eps) discounts it."""
+        return float((value - self.truncate(value, k)).norm())
 
     #: whether each atom is a Hadamard pair ``θ_i = u_i v_i`` (asked by ``symopt.noise_collapse``)
     hadamard_atoms: ClassVar[bool] = False

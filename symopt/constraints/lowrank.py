@@ -318,15 +318,24 @@ class LowRank(Constraint):
         rank and must not make ``finalize`` refuse it. Without a budget, as every kind."""
         if self.budget is None:
             return super().violation(value, tol)
+        return self.budget_distance(value, self.budget)
+
+    def budget_distance(self, value: Tensor, k: int) -> float:
+        """The distance to rank ≤ ``k``, counted above the rounding of the value's precision."""
         S = self.singular_values(value.detach())
-        tail = S[..., self.budget:]
+        tail = S[..., k:]
         tail = torch.where(tail > self._rounding(S, value), tail, torch.zeros_like(tail))
         return float(tail.square().sum().sqrt())
 
+    def alive(self, value: Tensor, tol: float = 0.0) -> int:
+        """The numerical rank: singular values above ``tol`` and the rounding of the product in the
+        value's precision (the largest over a batch)."""
+        S = self.singular_values(value.detach())
+        return int((S > max(tol, self._rounding(S, value))).sum(dim=-1).amax()) if S.numel() else 0
+
     def structure(self, value: Tensor, tol: float = 0.0) -> str:
         S = self.singular_values(value.detach())
-        # the numerical rank: above the rounding of the product in the value's precision
-        rank = int((S > max(tol, self._rounding(S, value))).sum(dim=-1).amax()) if S.numel() else 0
+        rank = self.alive(value, tol)
         budget = "" if self.budget is None else f", target {self.budget}"
         return f"rank {rank}/{S.shape[-1] if self.max_rank is None else self.max_rank}{budget}"
 

@@ -8,18 +8,23 @@ tensors' atoms: after every tensor has reported its gradient in a backward pass,
 atoms give one target. At a converged point of a convex loss, that is the point of the regularisation
 path of $ℓ + λ \sum_t ‖θ_t‖$ whose support has exactly the budget.
 
-For kinds whose atoms are entries (``Sparse``, ``NonNegative``): their atoms of a flattened tensor are
-the atoms of the tensor, so the union is a concatenation.
+The union of the atoms is the concatenation of each tensor's: its entries (``Sparse``, ``NonNegative``)
+or its singular values (``LowRank``: ``symopt.low_rank(model, [names], target_rank=r)``, one λ on
+$\sum_t ‖W_t‖_*$, so r counts the ranks of all the matrices together and the loss decides how they are
+shared, as a global truncation of the singular values would by their size). A rank budget keeps at least
+rank 1 in every matrix (rank 0 cuts a network at that layer); an entry budget, like
+``global_unstructured``, may empty a tensor.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from .base import Constraint, Factorizer, GroupMember, largest
+from .base import Constraint, Factorizer, GroupMember, largest, largest_in_parts
 from .budget import RATE, check_total_steps
 from .strength import BudgetStrength, Strength
 
@@ -35,7 +40,7 @@ class PooledBudget(BudgetStrength):
         self._round: dict[int, tuple[Tensor, Tensor, Callable]] = {}
 
     def _observation(self, constraint, value, grad):
-        self._round[constraint.slot] = (value.detach().reshape(-1), grad.detach().reshape(-1), constraint.top_dual_atoms)
+        self._round[constraint.slot] = (value.detach(), grad.detach(), constraint.top_dual_atoms)
         if len(self._round) < self.members:
             return None
         parts = [self._round[i] for i in sorted(self._round)]
@@ -43,9 +48,19 @@ class PooledBudget(BudgetStrength):
         quiet = self.quiet()
         if quiet is not None:  # before concatenating the tensors
             return quiet
-        value = torch.cat([p[0] for p in parts])
-        grad = torch.cat([p[1] for p in parts])
-        return self.target(parts[0][2], value, grad, self.budget, self.atom_total)
+        shapes = [p[0].shape for p in parts]
+        sizes = [p[0].numel() for p in parts]
+        tops = [p[2] for p in parts]
+
+        def pooled_atoms(flat: Tensor, count: int) -> Tensor:
+            # the controller works on the tensors' concatenation; each tensor's kind gives its own atoms
+            # (its count largest: the leading singular values of a matrix), and the pool's are all of them
+            return torch.cat([top(piece.view(shape), count).reshape(-1)
+                              for top, piece, shape in zip(tops, flat.split(sizes), shapes)])
+
+        value = torch.cat([p[0].reshape(-1) for p in parts])
+        grad = torch.cat([p[1].reshape(-1) for p in parts])
+        return self.target(pooled_atoms, value, grad, self.budget, self.atom_total)
 
 
 class _Borrowed(Strength):
@@ -63,11 +78,13 @@ class Pooled(Constraint, register=False):
     """A budget of ``k`` atoms shared by several tensors, each factorised by its own ``make()`` kind.
 
     Register with the verbs: ``symopt.sparse(model, [names], max_nonzero=k or density=f)`` (also
-    ``symopt.nonnegative``). The members' values are handled as a list, in the order of the names.
+    ``symopt.nonnegative``), ``symopt.low_rank(model, [names], target_rank=r)``. The members' values
+    are handled as a list, in the order of the names.
 
     Args:
         make: builds the per-tensor kind (called once per tensor), e.g. ``lambda: Sparse(1.0)``.
-        budget: ``("count", k)`` or ``("density", f)`` over all the tensors' entries.
+        budget: ``("count", k)`` or ``("density", f)`` over all the tensors' atoms (entries, singular
+            values).
         strength: the starting λ (default: from the first gradients).
         adapt_rate: fraction of the way log λ moves toward the budget's target per step.
 
@@ -77,6 +94,10 @@ class Pooled(Constraint, register=False):
         >>> handle = symopt.sparse(net, ["0.weight", "2.weight"], max_nonzero=10)
         >>> handle.kind, handle.constraint.budget, [m.qualname for m in handle.members]
         ('sparse', 10, ['0.weight', '2.weight'])
+        >>> deep = torch.nn.Sequential(torch.nn.Linear(8, 6), torch.nn.ReLU(), torch.nn.Linear(6, 4))
+        >>> ranks = symopt.low_rank(deep, ["0.weight", "2.weight"], target_rank=5)   # of 6 + 4
+        >>> ranks.kind, ranks.constraint.budget, ranks.constraint.atom_counts
+        ('low_rank', 5, [6, 4])
     """
 
     multi_tensor = True
@@ -93,9 +114,12 @@ class Pooled(Constraint, register=False):
         self.policy.trims = probe.trims_decay
         if probe.budget_spec is not None:
             raise ValueError(f"{type(probe).__name__} (pooled): the pool holds the budget; its members take none")
-        if probe.linear or not _entries_are_atoms(probe):
-            raise ValueError(f"{type(probe).__name__}: one budget over several tensors needs a kind whose atoms "
-                             "are entries (Sparse, NonNegative)")
+        if probe.linear or type(probe).truncate is Constraint.truncate:
+            raise ValueError(f"{type(probe).__name__}: one budget over several tensors needs a kind with atoms to "
+                             "count (Sparse, NonNegative, LowRank)")
+        # entries: a tensor's atoms are its entries, in place (the trimmed decay and the snap mask them);
+        # otherwise (singular values) each tensor is cut to its share of the count by its own kind
+        self.entries = _entries_are_atoms(probe)
         self.make = make
         self.kind = probe.kind  # reports and certificates show the members' kind
         self.copies: list[nn.Module] = []
@@ -110,14 +134,27 @@ class Pooled(Constraint, register=False):
             if t.dtype != first.dtype or t.device != first.device:
                 raise ValueError(f"a pooled budget needs one dtype and device: '{name}' is {t.dtype} on {t.device}, "
                                  f"'{names[0]}' is {first.dtype} on {first.device}; convert the model first")
-        for t, name in zip(tensors, names):
-            self.make().validate(t, name)
-        self.resolve_budget(sum(t.numel() for t in tensors), ", ".join(names), "non-zeros")
+        probes = [self.make() for _ in tensors]
+        for probe, t, name in zip(probes, tensors, names):
+            probe.validate(t, name)
+        counts = [t.numel() if self.entries else probes[0].atoms(t.detach()).numel() for t in tensors]
+        self.resolve_budget(sum(counts), ", ".join(names), "non-zeros" if self.entries else "atoms")
+        if not self.entries:
+            # what the tensors can hold (a factor width bounds a rank), and rank >= 1 in each
+            bounds = [min(c, probe.fixed_rank(tuple(t.shape)) or c) for probe, t, c in zip(probes, tensors, counts)]
+            if self.budget >= sum(bounds):
+                raise ValueError(f"{type(probes[0]).__name__} (pooled) on {', '.join(names)}: a budget of {self.budget} "
+                                 f"does not bind — the factor widths allow only {sum(bounds)}; give fewer")
+            if self.budget < len(tensors):
+                raise ValueError(f"{type(probes[0]).__name__} (pooled): a budget of {self.budget} is below the "
+                                 f"{len(tensors)} tensors, and each keeps at least one atom (rank 0 cuts the "
+                                 f"network); give at least {len(tensors)}")
         self.policy.budget, self.policy.atom_total = self.budget, self.atom_total
         self.sizes = [t.numel() for t in tensors]
-        # where each tensor's atoms (its entries) start in the pool's concatenation: the landing, the
-        # snap and the trimmed decay's mask all slice by it
-        self.offsets = [sum(self.sizes[:i]) for i in range(len(self.sizes))]
+        self.atom_counts = counts
+        # where each tensor's atoms start in the pool's concatenation: the landing, the snap and the
+        # trimmed decay's mask all slice by it
+        self.offsets = [sum(counts[:i]) for i in range(len(counts))]
 
     def prepare(self, count: int, device: torch.device) -> None:
         self.copies = []
@@ -126,7 +163,7 @@ class Pooled(Constraint, register=False):
     def member(self, index: int) -> PooledMember:
         inner = self.make()
         inner.factorizer = Factorizer(inner.factorizer.seed + 7919 * index)  # independent signs per tensor
-        return PooledMember(self, index, inner, self.sizes[index])
+        return PooledMember(self, index, inner, self.atom_counts[index])
 
     def land_all(self) -> None:
         """Land the pool: the ``budget`` largest atoms over all the tensors are kept, every other
@@ -135,7 +172,7 @@ class Pooled(Constraint, register=False):
             factors = [tuple(getattr(copy, f"original{i}") for i in range(copy.ntensors)) for copy in self.copies]
             members = [copy[0] for copy in self.copies]
             atoms = [m.inner.atoms(m.inner.forward(*f)).reshape(-1) for m, f in zip(members, factors)]
-            keep = largest(torch.cat(atoms), self.budget)
+            keep = self.keep_mask(torch.cat(atoms))
             for member, f, a, start in zip(members, factors, atoms, self.offsets):
                 mask = keep[start:start + a.numel()]
                 member.inner.land(f, mask)
@@ -153,12 +190,24 @@ class Pooled(Constraint, register=False):
         inner = self._inner()
         return torch.cat([inner.atoms(v).reshape(-1) for v in values])
 
+    def keep_mask(self, atoms: Tensor) -> Tensor:
+        """The ``budget`` largest atoms over all the tensors (flat, in the pool's order); a budget of
+        ranks keeps at least one in each matrix (see the module docstring)."""
+        return largest_in_parts(atoms, self.budget, self.atom_counts, floor=0 if self.entries else 1)
+
+    def _shares(self, values: Sequence[Tensor]) -> list[int]:
+        """How many atoms of the budget each tensor holds at ``values``."""
+        keep = self.keep_mask(self.atoms(values))
+        return [int(keep[start:start + n].sum()) for start, n in zip(self.offsets, self.atom_counts)]
+
     def snap(self, values: Sequence[Tensor], tol: float = 0.0) -> list[Tensor]:
         """Atoms ``<= tol`` zeroed, then the ``budget`` largest atoms over all the tensors kept."""
         inner = self._inner()
         snapped = [inner.project(v, tol) for v in values]
         if self.budget is None:
             return snapped
+        if not self.entries:
+            return [inner.truncate(v, k) for v, k in zip(snapped, self._shares(snapped))]
         keep = largest(self.atoms(snapped), self.budget)
         return [torch.where(keep[start:start + v.numel()].view_as(v), v, torch.zeros_like(v))
                 for v, start in zip(snapped, self.offsets)]
@@ -170,6 +219,9 @@ class Pooled(Constraint, register=False):
     def violation(self, values: Sequence[Tensor], tol: float = 0.0) -> float:
         """Distance to the pool's budget set (all but the ``budget`` largest atoms over the tensors zero;
         tiny kept atoms are inside it), or without a budget to the snap at ``tol``."""
+        if self.budget is not None and not self.entries:  # each matrix against its share, above its rounding
+            inner = self._inner()
+            return math.hypot(*[inner.budget_distance(v, k) for v, k in zip(values, self._shares(values))])
         target = self.snap(values, 0.0) if self.budget is not None else self.snap(values, tol)
         return float(torch.stack([(v - s).norm() for v, s in zip(values, target)]).norm())
 
@@ -196,6 +248,12 @@ class Pooled(Constraint, register=False):
         return float(torch.tensor(parts, dtype=torch.float64).norm())
 
     def structure(self, values: Sequence[Tensor], tol: float = 0.0) -> str:
+        if not self.entries:
+            inner = self._inner()
+            each = [inner.alive(v, tol) for v in values]
+            budget = "" if self.budget is None else f", budget {self.budget}"
+            return (f"{self.kind} atoms {sum(each)} over {len(values)} tensors (per tensor "
+                    f"{', '.join(map(str, each))}{budget})")
         alive = int((self.atoms(values) > tol).sum())
         total = sum(v.numel() for v in values)
         each = ", ".join(str(int((self._inner().atoms(v) > tol).sum())) for v in values)

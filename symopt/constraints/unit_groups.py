@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .base import Constraint, GroupMember, largest, random_gate
+from .base import Constraint, GroupMember, largest_in_parts, random_gate
 from .budget import RATE, check_budget, check_total_steps
 from .pooled import PooledBudget
 
@@ -292,20 +292,7 @@ class UnitGroups(Constraint, register=False):
         keeps at least its largest one, in place of the smallest unit kept by a layer that keeps
         several: a layer without a unit cuts the network (its output no longer depends on the input),
         which a ranking across layers of different scales could otherwise ask for."""
-        k = self.budget if k is None else k
-        keep = largest(atoms, k)
-        if len(self.set_units) < 2:
-            return keep
-        starts = [sum(self.set_units[:j]) for j in range(len(self.set_units))]
-        for start, size in zip(starts, self.set_units):
-            if keep[start:start + size].any():
-                continue
-            counts = torch.stack([keep[a:a + n].sum() for a, n in zip(starts, self.set_units)])
-            giving = torch.cat([torch.full((n,), bool(c > 1)) for c, n in zip(counts, self.set_units)]).to(keep.device)
-            candidates = torch.where(keep & giving, atoms, torch.full_like(atoms, float("inf")))
-            keep[int(candidates.argmin())] = False
-            keep[start + int(atoms[start:start + size].argmax())] = True
-        return keep
+        return largest_in_parts(atoms, self.budget if k is None else k, self.set_units or [atoms.numel()])
 
     def truncate(self, values: Sequence[Tensor], k: int) -> list[Tensor]:
         keep = self.keep_mask(self.unit_norms(values), k)
