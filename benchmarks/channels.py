@@ -1,6 +1,6 @@
 """Channels removed during training: symopt's landing channel budgets vs Torch-Pruning's magnitude pruner.
 
-    python -m benchmarks.channels [--epochs 30] [--seeds 3] [--remove 0.5 0.75] [--quick]
+    python -m benchmarks.channels [--epochs 30] [--seeds 3] [--remove 0.5 0.75] [--global] [--methods ...] [--quick]
 
 scikit-learn's digits (8×8 images, 80/20 stratified split per seed, pixels / 16), a CNN
 conv(1→32)+BN+ReLU, conv(32→64)+BN+ReLU, max-pool 2, Linear(64·4·4 → 10), Adam (lr 1e-3, batch 64) for
@@ -16,6 +16,11 @@ Rows:
   max_groups=k, total_steps=N)`` for each conv (one gate per channel across its four tensors), coupled
   decay through ``symopt.param_groups``: the budget's cubic schedule from 10% to 75%, the landing, then
   fine-tuning; ``symopt.export(mode="compressed")`` removes the landed channels.
+* with ``--global``, two more rows per fraction, one budget over both convs' 96 channels:
+  ``torch-pruning (global)`` (the same pruner with ``global_pruning=True``; its L2 importance is
+  normalised by each group's mean, its default, so layers of different scales compare) and
+  ``symopt (global)`` (``symopt.group_sparse(net, [[conv 0's four tensors], [conv 1's four]],
+  max_groups=k)``: one λ, one count; each layer keeps at least one channel).
 
 Each row: test accuracy of the final (exported / pruned) model in eval mode, mean ± std over seeds;
 the channels left in each conv; its parameters; the CPU seconds of training (process time).
@@ -61,21 +66,25 @@ def train(method: str, remove: float, seed: int, epochs: int, batch: int = 64):
     model = cnn(seed)
     steps = epochs * math.ceil(len(Xtr) / batch)
     pruner = None
+    layers = [[f"{conv}.weight", f"{conv}.bias", f"{bn}.weight", f"{bn}.bias"] for conv, bn in CONVS]
     if method == "symopt":
-        for conv, bn in CONVS:
+        for names, (conv, _) in zip(layers, CONVS):
             channels = model.get_submodule(conv).out_channels
-            symopt.group_sparse(model, [f"{conv}.weight", f"{conv}.bias", f"{bn}.weight", f"{bn}.bias"],
-                                max_groups=round((1 - remove) * channels), total_steps=steps)
+            symopt.group_sparse(model, names, max_groups=round((1 - remove) * channels), total_steps=steps)
+    if method == "symopt (global)":
+        channels = sum(model.get_submodule(conv).out_channels for conv, _ in CONVS)
+        symopt.group_sparse(model, layers, max_groups=round((1 - remove) * channels), total_steps=steps)
+    if method.startswith("symopt"):
         make_opt = lambda: torch.optim.Adam(symopt.param_groups(model, lr=1e-3), lr=1e-3)  # noqa: E731
     else:
         make_opt = lambda: torch.optim.Adam(model.parameters(), lr=1e-3)  # noqa: E731
     first, last = int(0.1 * epochs), max(int(0.1 * epochs) + 1, round(0.75 * epochs))
-    if method == "torch-pruning":
+    if method.startswith("torch-pruning"):
         import torch_pruning as tp
 
         pruner = tp.pruner.MagnitudePruner(model, Xtr[:2], importance=tp.importance.MagnitudeImportance(p=2),
                                            pruning_ratio=remove, iterative_steps=last - first,
-                                           ignored_layers=[model[-1]])
+                                           ignored_layers=[model[-1]], global_pruning=method.endswith("(global)"))
     opt = make_opt()
     gen = torch.Generator().manual_seed(seed)
     loss_fn = nn.CrossEntropyLoss()
@@ -90,7 +99,7 @@ def train(method: str, remove: float, seed: int, epochs: int, batch: int = 64):
             loss_fn(model(Xtr[index]), ytr[index]).backward()
             opt.step()
     seconds = time.process_time() - start
-    if method == "symopt":
+    if method.startswith("symopt"):
         model.eval()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the per-layer notes of what stays dense
@@ -101,18 +110,30 @@ def train(method: str, remove: float, seed: int, epochs: int, batch: int = 64):
 
 
 def main(argv=None) -> list:
+    def extra(parser):
+        parser.add_argument("--global", dest="global_budget", action="store_true",
+                            help="add one budget over both convs, for Torch-Pruning and symopt")
+        parser.add_argument("--methods", nargs="+", default=None,
+                            help="run only these rows (e.g. 'symopt (global)'); the dense row always runs")
+
     args = training_arguments(argv, "python -m benchmarks.channels", epochs=30, budgets="--remove", kind=float,
-                              defaults=[0.5, 0.75], smoke="50%%")
+                              defaults=[0.5, 0.75], smoke="50%%", extra=extra)
     print(f"digits CNN (32, 64 channels, BatchNorm, max-pool), Adam lr 1e-3, batch 64, {args.epochs} epochs, "
           f"{args.seeds} seeds; torch {torch.__version__}, {torch.get_num_threads()} threads\n")
-    print(f"{'method':14s} {'removed':>7s} {'test accuracy':>17s} {'channels':>9s} {'params':>7s} {'CPU s':>6s}")
-    runs = [("dense", 0.0)] + [(m, r) for r in args.remove for m in ("torch-pruning", "symopt")]
+    print(f"{'method':22s} {'removed':>7s} {'test accuracy':>17s} {'channels':>9s} {'params':>7s} {'CPU s':>6s}")
+    methods = ("torch-pruning", "symopt") + (("torch-pruning (global)", "symopt (global)") if args.global_budget else ())
+    if args.methods is not None:
+        unknown = sorted(set(args.methods) - set(methods))
+        if unknown:
+            raise SystemExit(f"--methods: unknown {unknown}; choose from {list(methods)}")
+        methods = tuple(m for m in methods if m in args.methods)
+    runs = [("dense", 0.0)] + [(m, r) for r in args.remove for m in methods]
     table = []
     for method, remove in runs:
         mean, spread, seconds, results = over_seeds(train, method, remove, args.seeds, args.epochs)
         kept = "/".join(str(c) for c in results[0][1])
         table.append((method, remove, mean, spread, results[0][1], results[0][2]))
-        print(f"{method:14s} {remove:7.2f} {mean:10.4f} ± {spread:.4f} {kept:>9s} {results[0][2]:7d} {seconds:6.1f}",
+        print(f"{method:22s} {remove:7.2f} {mean:10.4f} ± {spread:.4f} {kept:>9s} {results[0][2]:7d} {seconds:6.1f}",
               flush=True)
     return table
 

@@ -1,6 +1,6 @@
 """Low rank during training: symopt's landing rank budgets vs truncated SVD + fine-tuning.
 
-    python -m benchmarks.ranks [--epochs 30] [--seeds 3] [--ranks 16 4] [--quick]
+    python -m benchmarks.ranks [--epochs 30] [--seeds 3] [--ranks 16 4] [--global] [--quick]
 
 The digits MLP of ``benchmarks.compression`` (64-256-256-10, Adam lr 1e-3, batch 64), its two hidden
 weight matrices (256×64 and 256×256) held to rank ``r``, the same number of epochs in every row:
@@ -12,6 +12,10 @@ weight matrices (256×64 and 256×256) held to rank ``r``, the same number of ep
 * ``symopt``: ``symopt.low_rank(model, name, target_rank=r, total_steps=N)`` on each hidden layer,
   decay through ``symopt.param_groups``: no decay for 10% of the steps, the rank budget on the cubic
   schedule to 75%, the landing (the dropped directions' factor columns exactly 0), fine-tuning.
+* with ``--global``, the same total rank ``2r`` shared by the two layers as the loss or the spectrum
+  decides: ``truncated SVD (global)`` keeps the ``2r`` largest singular values of both layers
+  together (each layer at least one) at the switch; ``symopt (global)`` is
+  ``symopt.low_rank(model, ["0.weight", "2.weight"], target_rank=2r, total_steps=N)``.
 
 Each row: test accuracy (mean ± std over seeds), the hidden layers' final rank, and the CPU seconds of
 training (process time).
@@ -26,6 +30,7 @@ import torch
 from torch import nn
 
 import symopt
+from symopt.constraints.base import largest_in_parts
 
 from .compression import accuracy, batches, data, mlp, over_seeds, training_arguments
 
@@ -44,6 +49,13 @@ def _factorised(layer: nn.Linear, rank: int) -> nn.Sequential:
     return nn.Sequential(first, second)
 
 
+def _global_ranks(model, total: int) -> list[int]:
+    """Each hidden layer's share of the ``total`` largest singular values of all of them (at least 1)."""
+    spectra = [torch.linalg.svdvals(model.get_submodule(name).weight.detach()) for name in HIDDEN]
+    keep = largest_in_parts(torch.cat(spectra), total, [S.numel() for S in spectra])
+    return [int(part.sum()) for part in keep.split([S.numel() for S in spectra])]
+
+
 def _rank(model, name: str) -> int:
     layer = model.get_submodule(name)
     weight = layer[1].weight @ layer[0].weight if isinstance(layer, nn.Sequential) else layer.weight
@@ -58,6 +70,9 @@ def train(method: str, rank: int, seed: int, epochs: int, batch: int = 64):
     if method == "symopt":
         for name in HIDDEN:
             symopt.low_rank(model, f"{name}.weight", target_rank=rank, total_steps=steps)
+    if method == "symopt (global)":
+        symopt.low_rank(model, [f"{name}.weight" for name in HIDDEN], target_rank=len(HIDDEN) * rank, total_steps=steps)
+    if method.startswith("symopt"):
         opt = torch.optim.Adam(symopt.param_groups(model, lr=1e-3), lr=1e-3)
     else:
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -66,33 +81,39 @@ def train(method: str, rank: int, seed: int, epochs: int, batch: int = 64):
     loss_fn = nn.CrossEntropyLoss()
     start = time.process_time()
     for epoch in range(epochs):
-        if method == "truncated SVD" and epoch == switch:
-            for name in HIDDEN:
-                setattr(model, name, _factorised(model.get_submodule(name), rank))
+        if method.startswith("truncated SVD") and epoch == switch:
+            ranks = _global_ranks(model, len(HIDDEN) * rank) if method.endswith("(global)") else [rank] * len(HIDDEN)
+            for name, r in zip(HIDDEN, ranks):
+                setattr(model, name, _factorised(model.get_submodule(name), r))
             opt = torch.optim.Adam(model.parameters(), lr=1e-3)
         for index in batches(len(Xtr), batch, gen):
             opt.zero_grad()
             loss_fn(model(Xtr[index]), ytr[index]).backward()
             opt.step()
     seconds = time.process_time() - start
-    if method == "symopt":
+    if method.startswith("symopt"):
         symopt.finalize(model)  # default tol: the landing made the rank exact
     return accuracy(model, Xte, yte), tuple(_rank(model, name) for name in HIDDEN), seconds
 
 
 def main(argv=None) -> list:
+    def extra(parser):
+        parser.add_argument("--global", dest="global_budget", action="store_true",
+                            help="add a total rank 2r over both layers, for truncated SVD and symopt")
+
     args = training_arguments(argv, "python -m benchmarks.ranks", epochs=30, budgets="--ranks", kind=int,
-                              defaults=[16, 4], smoke="rank 16")
+                              defaults=[16, 4], smoke="rank 16", extra=extra)
     print(f"digits MLP 64-256-256-10, hidden layers at rank r, Adam lr 1e-3, batch 64, {args.epochs} epochs, "
           f"{args.seeds} seeds; torch {torch.__version__}, {torch.get_num_threads()} threads\n")
-    print(f"{'method':14s} {'rank':>4s} {'test accuracy':>17s} {'ranks':>8s} {'CPU s':>6s}")
-    runs = [("dense", 0)] + [(m, r) for r in args.ranks for m in ("truncated SVD", "symopt")]
+    print(f"{'method':22s} {'rank':>4s} {'test accuracy':>17s} {'ranks':>8s} {'CPU s':>6s}")
+    methods = ("truncated SVD", "symopt") + (("truncated SVD (global)", "symopt (global)") if args.global_budget else ())
+    runs = [("dense", 0)] + [(m, r) for r in args.ranks for m in methods]
     table = []
     for method, rank in runs:
         mean, spread, seconds, results = over_seeds(train, method, rank, args.seeds, args.epochs)
         ranks = "/".join(str(k) for k in results[0][1])
         table.append((method, rank, mean, spread, results[0][1]))
-        print(f"{method:14s} {rank:4d} {mean:10.4f} ± {spread:.4f} {ranks:>8s} {seconds:6.1f}", flush=True)
+        print(f"{method:22s} {rank:4d} {mean:10.4f} ± {spread:.4f} {ranks:>8s} {seconds:6.1f}", flush=True)
     return table
 
 

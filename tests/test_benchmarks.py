@@ -116,17 +116,19 @@ def test_loops_quick(capsys):
 def test_channels_quick(capsys):
     pytest.importorskip("torch_pruning")
     from benchmarks import channels
-    table = channels.main(["--quick"])
-    assert [row[0] for row in table] == ["dense", "torch-pruning", "symopt"]
+    table = channels.main(["--quick", "--global"])
+    assert [row[0] for row in table] == ["dense", "torch-pruning", "symopt", "torch-pruning (global)", "symopt (global)"]
     assert table[1][4] == table[2][4] == (16, 32) and table[1][5] == table[2][5]  # same channels, same size
+    assert sum(table[3][4]) == sum(table[4][4]) == 48 and min(table[4][4]) >= 1  # one budget over both convs
     assert "test accuracy" in capsys.readouterr().out
 
 
 def test_ranks_quick(capsys):
     from benchmarks import ranks
-    table = ranks.main(["--quick"])
-    assert [row[0] for row in table] == ["dense", "truncated SVD", "symopt"]
+    table = ranks.main(["--quick", "--global"])
+    assert [row[0] for row in table] == ["dense", "truncated SVD", "symopt", "truncated SVD (global)", "symopt (global)"]
     assert table[1][4] == table[2][4] == (16, 16)  # both hidden layers at rank 16, exactly
+    assert sum(table[3][4]) == sum(table[4][4]) == 32 and min(table[4][4]) >= 1  # a total rank of 32
     assert "test accuracy" in capsys.readouterr().out
 
 

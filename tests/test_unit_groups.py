@@ -375,3 +375,33 @@ def test_bad_global_budgets_change_nothing(names, kwargs, error, match):
     with pytest.raises(error, match=match):
         symopt.group_sparse(net, names, **kwargs)
     assert symopt.list_constraints(net) == [] and all(torch.equal(v, state[k]) for k, v in net.state_dict().items())
+
+
+def test_a_global_ramp_ranks_units_relative_to_their_layer():
+    """The trimmed ramp and the landing of a global budget rank each unit by its norm over its layer's
+    mean: scaling one layer's weights by any factor leaves the choice unchanged, and a layer whose
+    units are all smaller than the other's (here by 100×) is not drained to its last unit."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3))
+    with torch.no_grad():
+        net[0].weight.mul_(1e-2)
+        net[0].bias.mul_(1e-2)
+        net[4].weight.mul_(1e2)  # the network's function is what it was, up to ReLU's positive homogeneity
+    steps = 200
+    handle = symopt.group_sparse(net, [["0.weight", "0.bias"], ["2.weight", "2.bias"]], max_groups=16,
+                                 total_steps=steps)
+    group = handle.constraint
+    values = [v.detach() for v in handle.values()]
+    relative = group.unit_norms(values) / group.layer_scales(values)
+    rescaled = [values[0] * 37.0, values[1] * 37.0, values[2], values[3]]
+    assert torch.allclose(group.unit_norms(rescaled) / group.layer_scales(rescaled), relative)
+    X = torch.randn(128, 8)
+    y = (X[:, 0] > 0).long() + (X[:, 1] > 0).long()
+    opt = torch.optim.Adam(symopt.param_groups(net, lr=1e-2), lr=1e-2)
+    for _ in range(steps):
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(X), y).backward()
+        opt.step()
+    alive = [int((torch.cat([w, b[:, None]], 1).abs().sum(1) > 0).sum()) for w, b in
+             ((net[0].weight, net[0].bias), (net[2].weight, net[2].bias))]
+    assert sum(alive) == 16 and min(alive) >= 4, alive  # raw norms left [1, 15]

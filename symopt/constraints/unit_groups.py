@@ -46,16 +46,22 @@ class UnitBudget(PooledBudget):
         shapes = [p[0].shape for p in parts]
         sizes = [p[0].numel() for p in parts]
 
+        # A global budget's trimmed ramp compares the units of different layers relative to their layer:
+        # each unit's atom is divided by its layer's mean unit norm now (`UnitGroups.layer_scales`).
+        scales = group.layer_scales([p[0] for p in parts]) if self.trimming() else None
+
         def unit_atoms(flat: Tensor, count: int) -> Tensor:  # the controller combines flat tensors
-            return group.unit_norms([piece.view(shape) for piece, shape in zip(flat.split(sizes), shapes)])
+            norms = group.unit_norms([piece.view(shape) for piece, shape in zip(flat.split(sizes), shapes)])
+            return norms if scales is None else norms / scales
 
         value = torch.cat([p[0].reshape(-1) for p in parts])
         grad = torch.cat([p[1].reshape(-1) for p in parts])
         target, dropped, steps = self.target(unit_atoms, value, grad, self.budget, self.atom_total)
-        if dropped is not None and len(group.set_units) > 1:
-            # a global budget's trimmed decay spares each layer's largest unit, as its landing will
+        if dropped is not None and scales is not None:
+            # each layer keeps its largest unit, as the landing will; a dropped unit's decay is λ times
+            # its layer's scale (the weighted group lasso whose thresholds the relative atoms compare)
             kept = group.keep_mask(unit_atoms(value, 0), self.count(self.budget, self.atom_total))
-            dropped = (~kept).to(dropped.dtype)
+            dropped = (~kept).to(dropped.dtype) * scales.to(dropped.dtype)
         return target, dropped, steps
 
 
@@ -212,7 +218,10 @@ class UnitGroups(Constraint, register=False):
         """Land the budget: the ``budget`` units of largest joint norm are kept; every other unit's
         gate and its $ω$ in every tensor go to 0, the mirror's fixed subspace."""
         with torch.no_grad():
-            keep = self.keep_mask(self.unit_norms([self._value(i) for i in range(len(self.copies))]))
+            values = [self._value(i) for i in range(len(self.copies))]
+            norms = self.unit_norms(values)
+            scales = self.layer_scales(values)
+            keep = self.keep_mask(norms if scales is None else norms / scales)
             self.landed_keep.copy_(keep)
             self.hold(range(len(self.copies)))
         self.policy.mark_landed()
@@ -293,6 +302,21 @@ class UnitGroups(Constraint, register=False):
         several: a layer without a unit cuts the network (its output no longer depends on the input),
         which a ranking across layers of different scales could otherwise ask for."""
         return largest_in_parts(atoms, self.budget if k is None else k, self.set_units or [atoms.numel()])
+
+    def layer_scales(self, values: Sequence[Tensor]) -> Tensor | None:
+        r"""For a global budget (several layers), each unit's layer's mean unit norm, per unit; None
+        for one layer. The trimmed ramp and the landing rank units by their norm over it, so that
+        layers of different scales (a conv of 9 weights per channel next to one of 288; their
+        initialisations differ by the fan-in too) compete on their relative sizes, as Torch-Pruning's
+        global pruning does with its mean-normalised importance; ranked on raw norms, the small
+        layer lost all but one channel on the digits CNN (benchmarks/RESULTS.md). In penalty terms the
+        ramp decays the weighted group lasso $λ\sum_u c_u‖θ_u‖$, $c_u$ the scale of u's layer."""
+        if len(self.set_units) < 2:
+            return None
+        norms = self.unit_norms([v.detach() for v in values])
+        means = torch.stack([part.mean() for part in norms.split(self.set_units)])
+        means = means.clamp_min(torch.finfo(means.dtype).tiny)
+        return means.repeat_interleave(torch.tensor(self.set_units, device=means.device))
 
     def truncate(self, values: Sequence[Tensor], k: int) -> list[Tensor]:
         keep = self.keep_mask(self.unit_norms(values), k)
