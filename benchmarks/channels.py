@@ -37,7 +37,7 @@ from torch import nn
 
 import symopt
 
-from .compression import batches, data, over_seeds, training_arguments
+from .compression import chosen, batches, data, over_seeds, training_arguments
 
 
 def cnn(seed: int) -> nn.Sequential:
@@ -113,8 +113,6 @@ def main(argv=None) -> list:
     def extra(parser):
         parser.add_argument("--global", dest="global_budget", action="store_true",
                             help="add one budget over both convs, for Torch-Pruning and symopt")
-        parser.add_argument("--methods", nargs="+", default=None,
-                            help="run only these rows (e.g. 'symopt (global)'); the dense row always runs")
 
     args = training_arguments(argv, "python -m benchmarks.channels", epochs=30, budgets="--remove", kind=float,
                               defaults=[0.5, 0.75], smoke="50%%", extra=extra)
@@ -122,11 +120,7 @@ def main(argv=None) -> list:
           f"{args.seeds} seeds; torch {torch.__version__}, {torch.get_num_threads()} threads\n")
     print(f"{'method':22s} {'removed':>7s} {'test accuracy':>17s} {'channels':>9s} {'params':>7s} {'CPU s':>6s}")
     methods = ("torch-pruning", "symopt") + (("torch-pruning (global)", "symopt (global)") if args.global_budget else ())
-    if args.methods is not None:
-        unknown = sorted(set(args.methods) - set(methods))
-        if unknown:
-            raise SystemExit(f"--methods: unknown {unknown}; choose from {list(methods)}")
-        methods = tuple(m for m in methods if m in args.methods)
+    methods = chosen(args, methods)
     runs = [("dense", 0.0)] + [(m, r) for r in args.remove for m in methods]
     table = []
     for method, remove in runs:

@@ -65,6 +65,8 @@ def training_arguments(argv, prog: str, *, epochs: int, budgets: str, kind, defa
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument(budgets, type=kind, nargs="+", default=defaults)
     parser.add_argument("--quick", action="store_true", help=f"2 epochs, 1 seed, {smoke}: a smoke test")
+    parser.add_argument("--methods", nargs="+", default=None,
+                        help="run only these rows (e.g. 'symopt (global)'); the dense row always runs")
     if extra is not None:
         extra(parser)
     args = parser.parse_args(argv)
@@ -72,6 +74,16 @@ def training_arguments(argv, prog: str, *, epochs: int, budgets: str, kind, defa
         args.epochs, args.seeds = 2, 1
         setattr(args, budgets.lstrip("-"), defaults[:1])
     return args
+
+
+def chosen(args: argparse.Namespace, methods: tuple[str, ...]) -> tuple[str, ...]:
+    """The rows of ``methods`` that ``--methods`` asks for (all without it)."""
+    if args.methods is None:
+        return methods
+    unknown = sorted(set(args.methods) - set(methods))
+    if unknown:
+        raise SystemExit(f"--methods: unknown {unknown}; choose from {list(methods)}")
+    return tuple(m for m in methods if m in args.methods)
 
 
 def over_seeds(train, method: str, setting, seeds: int, epochs: int):
@@ -159,8 +171,8 @@ def main(argv=None) -> list:
     print(f"digits MLP 64-256-256-10, Adam lr 1e-3, batch 64, {args.epochs} epochs, {args.seeds} seeds; "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
     print(f"{'method':22s} {'sparsity':>8s} {'test accuracy':>17s} {'density':>8s} {'CPU s':>7s}")
-    runs = [("dense", 0.0)] + [(m, s) for s in args.sparsity for m in
-                               ("magnitude (layer)", "magnitude (global)", "symopt (layer)", "symopt (global)")]
+    methods = chosen(args, ("magnitude (layer)", "magnitude (global)", "symopt (layer)", "symopt (global)"))
+    runs = [("dense", 0.0)] + [(m, s) for s in args.sparsity for m in methods]
     table = []
     for method, sparsity in runs:
         mean, spread, seconds, results = over_seeds(train, method, sparsity, args.seeds, args.epochs)

@@ -44,7 +44,7 @@ from torch import nn
 import symopt
 from symopt.constraints.budget import scheduled_count
 
-from .compression import over_seeds, training_arguments
+from .compression import chosen, over_seeds, training_arguments
 
 DIM, HEADS, LAYERS, CONTEXT, BATCH = 64, 8, 2, 64, 32
 SOURCES = (argparse, textwrap, string, json.decoder, csv, calendar)
@@ -178,7 +178,7 @@ def main(argv=None) -> list:
           f"d={DIM}, {HEADS} heads, Adam lr 3e-3, batch {BATCH}×{CONTEXT}, {args.epochs} epochs, {args.seeds} seeds; "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
     print(f"{'method':10s} {'heads':>5s} {'val nats/char':>17s} {'per layer':>9s} {'params':>7s} {'CPU s':>6s}")
-    runs = [("dense", HEADS)] + [(m, k) for k in args.keep for m in ("magnitude", "symopt")]
+    runs = [("dense", HEADS)] + [(m, k) for k in args.keep for m in chosen(args, ("magnitude", "symopt"))]
     table = []
     for method, keep in runs:
         mean, spread, seconds, results = over_seeds(train, method, keep, args.seeds, args.epochs)

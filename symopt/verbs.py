@@ -102,8 +102,10 @@ def group_sparse(module: nn.Module, name: str | Sequence[str], dim: int | None =
             ``weight`` and ``bias`` and its BatchNorm's ``weight`` and ``bias``: a dead channel is then
             wholly zero; see [`UnitGroups`][symopt.constraints.unit_groups.UnitGroups]); or a list
             of such lists, one per layer (``[["0.weight"], ["2.weight"]]`` works too): one λ and one
-            ``max_groups`` over the units of all the layers, a *global* channel budget whose loss
-            decides how many each layer keeps (Torch-Pruning's ``global_pruning``).
+            ``max_groups`` over the units of all the layers, a *global* channel budget: training
+            decides how many each layer keeps (Torch-Pruning's ``global_pruning``); with
+            ``total_steps`` the units are ranked relative to their layer's mean, and every layer
+            keeps at least one.
         dim: the axis whose slices are the groups (default 0: output rows / channels; 1: input
             features of a Linear).
         strength: λ (> 0), default 1e-3; with a budget, the starting λ.

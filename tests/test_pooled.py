@@ -237,7 +237,7 @@ def test_a_global_rank_budget_lands_exactly_and_export_factorises_each_layer(opt
     reference = net(X[:8]).detach()
     small = symopt.export(net, mode="compressed", example_input=X[:4])
     assert (small[0][0].out_features, small[2][0].out_features) == (r0, r2)
-    assert torch.allclose(small(X[:8]), reference, atol=1e-5)
+    assert torch.allclose(small(X[:8]), reference, rtol=1e-4, atol=1e-5)  # float32 factors: relative rounding
 
 
 def test_each_matrix_of_a_global_rank_budget_keeps_rank_one():
@@ -271,3 +271,30 @@ def test_bad_rank_pools_change_nothing(call, error, match):
         call(net)
     assert symopt.list_constraints(net) == []
     assert all(torch.equal(net.state_dict()[k], v) for k, v in before.items())
+
+
+def test_a_global_rank_ramp_ranks_singular_values_relative_to_their_matrix():
+    """During the ramp and at the landing a pool of matrices compares singular values over each matrix's
+    Frobenius norm (energy fractions): the choice is unchanged when a layer is scaled (the ReLU
+    network's own rescaling symmetry), and a layer 100× smaller than the other (same function) is not
+    cut to rank 1."""
+    net, X, y = _mlp_task()
+    with torch.no_grad():
+        net[0].weight.mul_(1e-2)
+        net[0].bias.mul_(1e-2)
+        net[2].weight.mul_(1e2)
+    steps = 200
+    handle = symopt.low_rank(net, ["0.weight", "2.weight"], target_rank=10, total_steps=steps)
+    pool = handle.constraint
+    values = [v.detach() for v in handle.values()]
+    relative = [pool.atoms([v]) / c for v, c in zip(values, pool.scales(values))]
+    scaled = [values[0] * 37.0, values[1]]
+    again = [pool.atoms([v]) / c for v, c in zip(scaled, pool.scales(scaled))]
+    assert all(torch.allclose(a, b, rtol=1e-5) for a, b in zip(relative, again))
+    opt = torch.optim.Adam(symopt.param_groups(net, lr=1e-2), lr=1e-2)
+    for _ in range(steps):
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(X), y).backward()
+        opt.step()
+    ranks = [int(torch.linalg.matrix_rank(net[i].weight.detach())) for i in (0, 2)]
+    assert sum(ranks) == 10 and min(ranks) >= 3, ranks

@@ -51,16 +51,26 @@ class PooledBudget(BudgetStrength):
         shapes = [p[0].shape for p in parts]
         sizes = [p[0].numel() for p in parts]
         tops = [p[2] for p in parts]
+        group = constraint.group
+        # a pool of matrices compares singular values relative to their matrix's scale during the ramp
+        # (`Pooled.scales`); the decay of each matrix is then λ times its scale
+        scales = group.scales([p[0] for p in parts]) if group.relative and self.trimming() else None
 
         def pooled_atoms(flat: Tensor, count: int) -> Tensor:
             # the controller works on the tensors' concatenation; each tensor's kind gives its own atoms
             # (its count largest: the leading singular values of a matrix), and the pool's are all of them
-            return torch.cat([top(piece.view(shape), count).reshape(-1)
-                              for top, piece, shape in zip(tops, flat.split(sizes), shapes)])
+            atoms = [top(piece.view(shape), count).reshape(-1) for top, piece, shape in zip(tops, flat.split(sizes), shapes)]
+            if scales is not None:
+                atoms = [a / c for a, c in zip(atoms, scales)]
+            return torch.cat(atoms)
 
         value = torch.cat([p[0].reshape(-1) for p in parts])
         grad = torch.cat([p[1].reshape(-1) for p in parts])
-        return self.target(pooled_atoms, value, grad, self.budget, self.atom_total)
+        target, dropped, steps = self.target(pooled_atoms, value, grad, self.budget, self.atom_total)
+        if scales is not None:  # every atom decays (a rank budget trims nothing), by its matrix's weight
+            dropped = torch.cat([torch.full((n,), float(c), dtype=value.dtype, device=value.device)
+                                 for n, c in zip(group.atom_counts, scales)])
+        return target, dropped, steps
 
 
 class _Borrowed(Strength):
@@ -111,7 +121,9 @@ class Pooled(Constraint, register=False):
         if schedule is not None and type(probe).land is Constraint.land:
             raise ValueError(f"{owner}: this kind cannot land a budget (no `land`); drop total_steps")
         super().__init__(PooledBudget(strength, adapt_rate, owner=owner, schedule=schedule), budget=budget)
-        self.policy.trims = probe.trims_decay
+        # a pool of matrices weights each matrix's decay by its scale during the ramp (`scales`): through
+        # the same per-step mask as a trimmed decay
+        self.policy.trims = probe.trims_decay or not _entries_are_atoms(probe)
         if probe.budget_spec is not None:
             raise ValueError(f"{type(probe).__name__} (pooled): the pool holds the budget; its members take none")
         if probe.linear or type(probe).truncate is Constraint.truncate:
@@ -120,6 +132,7 @@ class Pooled(Constraint, register=False):
         # entries: a tensor's atoms are its entries, in place (the trimmed decay and the snap mask them);
         # otherwise (singular values) each tensor is cut to its share of the count by its own kind
         self.entries = _entries_are_atoms(probe)
+        self.relative = not self.entries
         self.make = make
         self.kind = probe.kind  # reports and certificates show the members' kind
         self.copies: list[nn.Module] = []
@@ -171,7 +184,10 @@ class Pooled(Constraint, register=False):
         with torch.no_grad():
             factors = [tuple(getattr(copy, f"original{i}") for i in range(copy.ntensors)) for copy in self.copies]
             members = [copy[0] for copy in self.copies]
-            atoms = [m.inner.atoms(m.inner.forward(*f)).reshape(-1) for m, f in zip(members, factors)]
+            values = [m.inner.forward(*f) for m, f in zip(members, factors)]
+            atoms = [m.inner.atoms(v).reshape(-1) for m, v in zip(members, values)]
+            if self.relative:
+                atoms = [a / c for a, c in zip(atoms, self.scales(values))]
             keep = self.keep_mask(torch.cat(atoms))
             for member, f, a, start in zip(members, factors, atoms, self.offsets):
                 mask = keep[start:start + a.numel()]
@@ -189,6 +205,17 @@ class Pooled(Constraint, register=False):
     def atoms(self, values: Sequence[Tensor]) -> Tensor:
         inner = self._inner()
         return torch.cat([inner.atoms(v).reshape(-1) for v in values])
+
+    def scales(self, values: Sequence[Tensor]) -> list[float]:
+        r"""Each tensor's scale, its Frobenius norm ($\sum σ_i^2 = ‖W‖_F^2$: no SVD). A pool of matrices
+        ranks singular values over it during the ramp and at the landing, i.e. by the fraction of its
+        matrix's energy each one carries. Layers differ in scale (fan-ins; and a ReLU network is
+        unchanged when one layer is scaled by α and the next by 1/α), so raw singular values say little
+        across layers. On the digits MLP at a total rank of 8 (benchmarks/RESULTS.md), raw values cut the
+        64-input first layer to rank 1 (0.41 accuracy), values over the RMS singular value too (a
+        flat spectrum of 64 against a heavy-tailed one of 256); energy fractions gave ranks 3 / 5 (0.85).
+        The ramp's decay is then the weighted sum $λ\sum_t c_t‖W_t‖_*$."""
+        return [max(float(v.detach().norm()), torch.finfo(v.dtype).tiny) for v in values]
 
     def keep_mask(self, atoms: Tensor) -> Tensor:
         """The ``budget`` largest atoms over all the tensors (flat, in the pool's order); a budget of
@@ -312,7 +339,9 @@ class PooledMember(GroupMember):
         return self.inner.atoms(value)
 
     def dropped_entries(self, slot: int, factor: Tensor, dropped: Tensor) -> Tensor:
-        start = self.group.offsets[self.index]  # the pool's atoms: the tensors' entries, concatenated
+        start = self.group.offsets[self.index]  # the pool's atoms: the tensors' atoms, concatenated
+        if not self.group.entries:  # a matrix's factors decay as one, by its weight (`Pooled.scales`)
+            return dropped[start].expand_as(factor)
         return self.inner.dropped_entries(slot, factor, dropped[start:start + factor.numel()])
 
     def forward(self, *factors: Tensor) -> Tensor:
