@@ -225,3 +225,45 @@ def test_landing_budgets_land_identically_on_every_rank(tmp_path):
     for key in rank0:
         assert torch.equal(rank0[key], rank1[key]), key
     assert int(rank0["nonzeros"]) == 12 and int(rank0["rank"]) == 2 and bool(rank0["finalized"])
+
+
+def _global_landing_worker(rank: int, world: int, port: int, out: str) -> None:
+    """Global budgets under DDP: one channel budget over two layers' rows (with their biases) and one
+    rank budget over two other matrices, λ kept equal by ``sync_strengths``."""
+    with _process_group(rank, world, port):
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 8), nn.Tanh(),
+                            nn.Linear(8, 3)).to(DT)
+        symopt.group_sparse(net, [["0.weight", "0.bias"], ["2.weight", "2.bias"]], max_groups=10,
+                            total_steps=LANDING_STEPS)
+        symopt.low_rank(net, ["4.weight", "6.weight"], target_rank=5, total_steps=LANDING_STEPS)
+        ddp = nn.parallel.DistributedDataParallel(net)
+        x, y = _half_batch(rank, world)
+        opt = torch.optim.SGD(symopt.param_groups(net, lr=0.05), lr=0.05, momentum=0.9)
+        for _ in range(LANDING_STEPS):
+            opt.zero_grad()
+            (ddp(x) - y).square().mean().backward()
+            symopt.sync_strengths(net)
+            opt.step()
+        del ddp
+        state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        state["finalized"] = torch.tensor(bool(symopt.finalize(net).ok))
+        rows = [int((torch.cat([net[i].weight, net[i].bias[:, None]], 1) != 0).any(1).sum()) for i in (0, 2)]
+        ranks = [int((torch.linalg.svdvals(net[i].weight.detach()) > 1e-12).sum()) for i in (4, 6)]
+        state["rows"], state["ranks"] = torch.tensor(rows), torch.tensor(ranks)
+        torch.save(state, f"{out}.{rank}")
+
+
+def test_global_budgets_land_identically_on_every_rank(tmp_path):
+    """Under DDP with ``sync_strengths``, a global channel budget and a global rank budget land the same
+    units and directions on both ranks: exactly 10 rows over the two layers and rank 5 over the two
+    matrices, replicas identical, ``finalize`` without force."""
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available in this build")
+    out = os.fspath(tmp_path / "global")
+    _spawn(_global_landing_worker, out)
+    rank0, rank1 = torch.load(out + ".0"), torch.load(out + ".1")
+    for key in rank0:
+        assert torch.equal(rank0[key], rank1[key]), key
+    assert int(rank0["rows"].sum()) == 10 and int(rank0["ranks"].sum()) == 5 and bool(rank0["finalized"])
+    assert int(rank0["rows"].min()) >= 1 and int(rank0["ranks"].min()) >= 1
