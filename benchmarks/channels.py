@@ -37,7 +37,7 @@ from torch import nn
 
 import symopt
 
-from .compression import chosen, batches, data, over_seeds, training_arguments
+from .compression import chosen, wants_dense, batches, data, over_seeds, training_arguments
 
 
 def cnn(seed: int) -> nn.Sequential:
@@ -121,7 +121,7 @@ def main(argv=None) -> list:
     print(f"{'method':22s} {'removed':>7s} {'test accuracy':>17s} {'channels':>9s} {'params':>7s} {'CPU s':>6s}")
     methods = ("torch-pruning", "symopt") + (("torch-pruning (global)", "symopt (global)") if args.global_budget else ())
     methods = chosen(args, methods)
-    runs = [("dense", 0.0)] + [(m, r) for r in args.remove for m in methods]
+    runs = [("dense", 0.0)] * wants_dense(args) + [(m, r) for r in args.remove for m in methods]
     table = []
     for method, remove in runs:
         mean, spread, seconds, results = over_seeds(train, method, remove, args.seeds, args.epochs)

@@ -66,7 +66,7 @@ def training_arguments(argv, prog: str, *, epochs: int, budgets: str, kind, defa
     parser.add_argument(budgets, type=kind, nargs="+", default=defaults)
     parser.add_argument("--quick", action="store_true", help=f"2 epochs, 1 seed, {smoke}: a smoke test")
     parser.add_argument("--methods", nargs="+", default=None,
-                        help="run only these rows (e.g. 'symopt (global)'); the dense row always runs")
+                        help="run only these rows (e.g. 'dense' 'symopt (global)')")
     if extra is not None:
         extra(parser)
     args = parser.parse_args(argv)
@@ -80,10 +80,15 @@ def chosen(args: argparse.Namespace, methods: tuple[str, ...]) -> tuple[str, ...
     """The rows of ``methods`` that ``--methods`` asks for (all without it)."""
     if args.methods is None:
         return methods
-    unknown = sorted(set(args.methods) - set(methods))
+    unknown = sorted(set(args.methods) - set(methods) - {"dense"})
     if unknown:
         raise SystemExit(f"--methods: unknown {unknown}; choose from {list(methods)}")
     return tuple(m for m in methods if m in args.methods)
+
+
+def wants_dense(args: argparse.Namespace) -> bool:
+    """Whether to run the dense row: always, unless ``--methods`` names rows without ``dense``."""
+    return args.methods is None or "dense" in args.methods
 
 
 def over_seeds(train, method: str, setting, seeds: int, epochs: int):
@@ -172,7 +177,7 @@ def main(argv=None) -> list:
           f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
     print(f"{'method':22s} {'sparsity':>8s} {'test accuracy':>17s} {'density':>8s} {'CPU s':>7s}")
     methods = chosen(args, ("magnitude (layer)", "magnitude (global)", "symopt (layer)", "symopt (global)"))
-    runs = [("dense", 0.0)] + [(m, s) for s in args.sparsity for m in methods]
+    runs = [("dense", 0.0)] * wants_dense(args) + [(m, s) for s in args.sparsity for m in methods]
     table = []
     for method, sparsity in runs:
         mean, spread, seconds, results = over_seeds(train, method, sparsity, args.seeds, args.epochs)

@@ -1,6 +1,6 @@
 """Attention heads removed during training: symopt's landing head budgets vs gradual magnitude head pruning.
 
-    python -m benchmarks.heads [--epochs 20] [--seeds 3] [--keep 4 2] [--quick]
+    python -m benchmarks.heads [--epochs 20] [--seeds 3] [--keep 4 2] [--global] [--methods ...] [--quick]
 
 A character-level language model on real text that ships with Python: the source of a few standard
 library modules (``argparse``, ``textwrap``, ``string``, ``json.decoder``, ``csv``, ``calendar``), 90% for
@@ -19,6 +19,11 @@ the same epochs for every row. ``--keep`` heads of 8 stay in each layer. Rows:
 * ``symopt``: ``symopt.attention_heads(model, "layers.i.self_attn", max_heads=k, total_steps=N)`` per
   layer, coupled decay through ``symopt.param_groups``: the budget's cubic schedule from 10% to 75% of
   the steps with the trimmed decay, the landing, fine-tuning.
+* with ``--global``, ``keep`` × 2 heads over both layers together: ``magnitude (global)`` ranks the
+  heads of both layers on one scale, each head's norm over its layer's mean (Torch-Pruning's default
+  normalisation of a global ranking), each layer keeping at least one; ``symopt (global)`` is
+  ``symopt.attention_heads(model, ["layers.0.self_attn", "layers.1.self_attn"], max_heads=2·keep,
+  total_steps=N)`` (the same relative ranking and floor).
 
 Each row: validation loss in nats per character (mean ± std over seeds; lower is better) of the final
 model (for symopt, after ``symopt.export(mode="compressed")``, which removes the landed heads' rows and
@@ -42,9 +47,10 @@ import torch
 from torch import nn
 
 import symopt
+from symopt.constraints.base import largest_in_parts
 from symopt.constraints.budget import scheduled_count
 
-from .compression import chosen, over_seeds, training_arguments
+from .compression import chosen, wants_dense, over_seeds, training_arguments
 
 DIM, HEADS, LAYERS, CONTEXT, BATCH = 64, 8, 2, 64, 32
 SOURCES = (argparse, textwrap, string, json.decoder, csv, calendar)
@@ -125,6 +131,10 @@ def train(method: str, keep: int, seed: int, epochs: int):
     if method == "symopt":
         for i in range(LAYERS):
             symopt.attention_heads(model, f"layers.{i}.self_attn", max_heads=keep, total_steps=steps)
+    if method == "symopt (global)":
+        symopt.attention_heads(model, [f"layers.{i}.self_attn" for i in range(LAYERS)], max_heads=keep * LAYERS,
+                               total_steps=steps)
+    if method.startswith("symopt"):
         opt = torch.optim.Adam(symopt.param_groups(model, lr=3e-3), lr=3e-3)
     else:
         opt = torch.optim.Adam(model.parameters(), lr=3e-3)
@@ -140,6 +150,13 @@ def train(method: str, keep: int, seed: int, epochs: int):
                 alive[i] = torch.zeros(HEADS, dtype=torch.bool)
                 alive[i][norms.topk(count).indices] = True
                 hold_pruned(attention, alive[i])
+        if method == "magnitude (global)" and epoch >= first:
+            count = scheduled_count(epoch, HEADS * LAYERS, keep * LAYERS, first, last)
+            norms = [head_norms(a) for a in attentions]
+            relative = torch.cat([(n / n[m].mean()).masked_fill(~m, -1.0) for n, m in zip(norms, alive)])
+            alive = list(largest_in_parts(relative, count, [HEADS] * LAYERS).split(HEADS))
+            for attention, mask in zip(attentions, alive):
+                hold_pruned(attention, mask)
         starts = torch.randint(0, len(train_ids) - CONTEXT - 1, (per_epoch, BATCH), generator=gen)
         for row in starts:
             batch = windows(train_ids, row)
@@ -147,11 +164,11 @@ def train(method: str, keep: int, seed: int, epochs: int):
             logits = model(batch[:, :-1])
             nn.functional.cross_entropy(logits.reshape(-1, vocab), batch[:, 1:].reshape(-1)).backward()
             opt.step()
-            if method == "magnitude":
+            if method.startswith("magnitude"):
                 for attention, mask in zip(attentions, alive):
                     hold_pruned(attention, mask)
     seconds = time.process_time() - start
-    if method == "symopt":
+    if method.startswith("symopt"):
         alive = [head_norms(a) > 0 for a in attentions]  # the landing made the dropped heads exactly 0
         before = validation_loss(model, val)
         with warnings.catch_warnings():
@@ -171,19 +188,24 @@ def train(method: str, keep: int, seed: int, epochs: int):
 
 
 def main(argv=None) -> list:
+    def extra(parser):
+        parser.add_argument("--global", dest="global_budget", action="store_true",
+                            help="add one budget over both layers' heads, for magnitude pruning and symopt")
+
     args = training_arguments(argv, "python -m benchmarks.heads", epochs=20, budgets="--keep", kind=int,
-                              defaults=[4, 2], smoke="4 heads")
+                              defaults=[4, 2], smoke="4 heads", extra=extra)
     _, _, vocab = corpus()
     print(f"character LM on the standard library's source ({vocab} characters), 2 pre-norm encoder layers, "
           f"d={DIM}, {HEADS} heads, Adam lr 3e-3, batch {BATCH}×{CONTEXT}, {args.epochs} epochs, {args.seeds} seeds; "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
-    print(f"{'method':10s} {'heads':>5s} {'val nats/char':>17s} {'per layer':>9s} {'params':>7s} {'CPU s':>6s}")
-    runs = [("dense", HEADS)] + [(m, k) for k in args.keep for m in chosen(args, ("magnitude", "symopt"))]
+    print(f"{'method':18s} {'heads':>5s} {'val nats/char':>17s} {'per layer':>9s} {'params':>7s} {'CPU s':>6s}")
+    methods = ("magnitude", "symopt") + (("magnitude (global)", "symopt (global)") if args.global_budget else ())
+    runs = [("dense", HEADS)] * wants_dense(args) + [(m, k) for k in args.keep for m in chosen(args, methods)]
     table = []
     for method, keep in runs:
         mean, spread, seconds, results = over_seeds(train, method, keep, args.seeds, args.epochs)
         table.append((method, keep, mean, spread, results[0][1], results[0][2]))
-        print(f"{method:10s} {keep:5d} {mean:10.4f} ± {spread:.4f} {results[0][1]:>9s} {results[0][2]:7d} "
+        print(f"{method:18s} {keep:5d} {mean:10.4f} ± {spread:.4f} {results[0][1]:>9s} {results[0][2]:7d} "
               f"{seconds:6.1f}", flush=True)
     return table
 

@@ -32,7 +32,7 @@ from torch import nn
 import symopt
 from symopt.constraints.base import largest_in_parts
 
-from .compression import chosen, accuracy, batches, data, mlp, over_seeds, training_arguments
+from .compression import chosen, wants_dense, accuracy, batches, data, mlp, over_seeds, training_arguments
 
 HIDDEN = ("0", "2")
 
@@ -112,7 +112,7 @@ def main(argv=None) -> list:
     print(f"{'method':22s} {'rank':>4s} {'test accuracy':>17s} {'ranks':>8s} {'CPU s':>6s}")
     methods = ("truncated SVD", "symopt") + (("truncated SVD (global)", "symopt (global)") if args.global_budget else ())
     methods = chosen(args, methods)
-    runs = [("dense", 0)] + [(m, r) for r in args.ranks for m in methods]
+    runs = [("dense", 0)] * wants_dense(args) + [(m, r) for r in args.ranks for m in methods]
     table = []
     for method, rank in runs:
         mean, spread, seconds, results = over_seeds(train, method, rank, args.seeds, args.epochs)

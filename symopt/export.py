@@ -532,37 +532,47 @@ def _prune_heads(holder: nn.Module, targets: list, options: dict) -> list[str]:
     old one on random inputs, weights included, before it goes in."""
     notes = []
     for members in _by_constraint(targets):
-        where, _, constraint = members[0]
-        if constraint.attention_block is not None:
-            notes += _prune_block_heads(holder, constraint, options)
-            continue
-        mha = _get(holder, where)
-        label = _label(where, "heads", constraint)
-        if not isinstance(mha, nn.MultiheadAttention):
-            notes.append(f"{label}: heads are removed from nn.MultiheadAttention only")
-            continue
-        if mha.bias_k is not None or mha.add_zero_attn:
-            notes.append(f"{label}: add_bias_kv / add_zero_attn attend to extra keys; heads kept")
-            continue
-        E, H = mha.embed_dim, mha.num_heads
-        d = E // H
-        v_w = mha.in_proj_weight[2 * E:] if mha._qkv_same_embed_dim else mha.v_proj_weight
-        v_b = mha.in_proj_bias[2 * E:] if mha.in_proj_bias is not None else None
-        W_o = mha.out_proj.weight
-        out_dead, dead = _dead_heads(W_o, v_w, H)
-        if bool(dead.all()):
-            dead[0] = False  # a layer keeps one head
-        if not bool(dead.any()):
-            continue
-        out_bias = _folded_out_bias(W_o, mha.out_proj.bias, v_b, dead & ~out_dead, d)
-        keep = (~dead).nonzero().reshape(-1).tolist()
-        new = HeadPrunedAttention(mha, keep, out_bias if (mha.out_proj.bias is not None or bool(out_bias.any())) else None)
-        problem = _compare_attention(mha, new)
-        if problem is not None:
-            notes.append(f"{label}: heads kept, {problem}")
-            continue
-        _set(holder, where, new.train(mha.training))
+        constraint = members[0][2]
+        blocks = constraint.attention_blocks or [None]
+        # the first tensor of each block (an nn.MultiheadAttention's in-projection), in block order: a
+        # global budget spans several blocks, its tensors registered block after block
+        layer_of = constraint.sets or [0] * len(members)
+        firsts = [next(where for (where, _, _), j in zip(members, layer_of) if j == index)
+                  for index in range(len(blocks))]
+        for info, where in zip(blocks, firsts):
+            if info is not None:
+                notes += _prune_block_heads(holder, info, options)
+            else:
+                notes += _prune_mha_heads(holder, where, constraint)
     return notes
+
+
+def _prune_mha_heads(holder: nn.Module, where: str, constraint) -> list[str]:
+    """The dead heads of the ``nn.MultiheadAttention`` at ``where`` (see `_prune_heads`)."""
+    mha = _get(holder, where)
+    label = _label(where, "heads", constraint)
+    if not isinstance(mha, nn.MultiheadAttention):
+        return [f"{label}: heads are removed from nn.MultiheadAttention only"]
+    if mha.bias_k is not None or mha.add_zero_attn:
+        return [f"{label}: add_bias_kv / add_zero_attn attend to extra keys; heads kept"]
+    E, H = mha.embed_dim, mha.num_heads
+    d = E // H
+    v_w = mha.in_proj_weight[2 * E:] if mha._qkv_same_embed_dim else mha.v_proj_weight
+    v_b = mha.in_proj_bias[2 * E:] if mha.in_proj_bias is not None else None
+    W_o = mha.out_proj.weight
+    out_dead, dead = _dead_heads(W_o, v_w, H)
+    if bool(dead.all()):
+        dead[0] = False  # a layer keeps one head
+    if not bool(dead.any()):
+        return []
+    out_bias = _folded_out_bias(W_o, mha.out_proj.bias, v_b, dead & ~out_dead, d)
+    keep = (~dead).nonzero().reshape(-1).tolist()
+    new = HeadPrunedAttention(mha, keep, out_bias if (mha.out_proj.bias is not None or bool(out_bias.any())) else None)
+    problem = _compare_attention(mha, new)
+    if problem is not None:
+        return [f"{label}: heads kept, {problem}"]
+    _set(holder, where, new.train(mha.training))
+    return []
 
 
 def _dead_heads(W_o: Tensor, v_weight: Tensor, heads: int) -> Tensor:
@@ -584,11 +594,11 @@ def _folded_out_bias(W_o: Tensor, out_bias: Tensor | None, v_bias: Tensor | None
     return bias
 
 
-def _prune_block_heads(holder: nn.Module, constraint, options: dict) -> list[str]:
-    """Heads of a hand-written attention block: its q / k / v layers lose the rows of dead heads, its
-    output layer the columns, and its head-count attribute goes down; the model's outputs are compared
-    before and after (``example_input`` or a probe) and the rewrite undone if they moved."""
-    info = constraint.attention_block
+def _prune_block_heads(holder: nn.Module, info: dict, options: dict) -> list[str]:
+    """Heads of a hand-written attention block (``info``: its name, projections, head count and the
+    attribute holding it): its q / k / v layers lose the rows of dead heads, its output layer the
+    columns, and its head-count attribute goes down; the model's outputs are compared before and after
+    (``example_input`` or a probe) and the rewrite undone if they moved."""
     block_name = info["block"]
     label = f"{block_name or 'the model'} (heads)"
     if info["count_attribute"] is None:

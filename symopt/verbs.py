@@ -327,7 +327,7 @@ PROJECTION_NAMES = (("q_proj", "k_proj", "v_proj", "out_proj"), ("q_proj", "k_pr
 HEAD_COUNT_NAMES = ("num_heads", "n_heads", "num_attention_heads", "n_head")
 
 
-def attention_heads(model: nn.Module, name: str = "", strength: float | None = None, *, seed: int = 0,
+def attention_heads(model: nn.Module, name: str | Sequence[str] = "", strength: float | None = None, *, seed: int = 0,
                     projections: Sequence[str] | None = None, heads: int | None = None,
                     max_heads: int | None = None, total_steps: int | None = None,
                     ramp: tuple[float, float] = (0.1, 0.75)) -> Handle:
@@ -342,7 +342,9 @@ def attention_heads(model: nn.Module, name: str = "", strength: float | None = N
 
     Args:
         model: the attention module or a model that contains it.
-        name: the dotted name of the attention module in ``model`` ("" for ``model`` itself).
+        name: the dotted name of the attention module in ``model`` ("" for ``model`` itself); or a
+            list of names, for one budget over the heads of all those blocks (``max_heads`` counts
+            them together; training decides each block's share, at least one head each).
         strength: λ (> 0), default 1e-3; with a budget, the starting λ.
         seed: seed of the gates' signs.
         max_heads: a budget: λ adapts until exactly this many heads are non-zero; with
@@ -372,6 +374,30 @@ def attention_heads(model: nn.Module, name: str = "", strength: float | None = N
         >>> handle.constraint.unit_norms(handle.values()).shape   # one norm per head
         torch.Size([4])
     """
+    if not isinstance(name, str) and isinstance(name, Sequence):
+        if not name or not all(isinstance(n, str) for n in name):
+            raise ValueError(f"attention_heads: give one block's name, or a list of block names for one budget "
+                             f"over them; got {name!r}")
+        if projections is not None and not all(isinstance(p, str) for p in projections):
+            raise ValueError("attention_heads: projections names the q, k, v and output layers of every block")
+        blocks = [_head_tensors(model, n, projections, heads) for n in name]
+    else:
+        blocks = [_head_tensors(model, name, projections, heads)]
+    names = [n for block in blocks for n in block[0]]
+    dims = [d for block in blocks for d in block[1]]
+    maps = [m for block in blocks for m in block[2]]
+    sets = [j for j, block in enumerate(blocks) for _ in block[0]] if len(blocks) > 1 else None
+    group = UnitGroups(dims, strength, seed=seed, unit_maps=maps, structure_name="heads", max_groups=max_heads,
+                       total_steps=total_steps, ramp=ramp, sets=sets)
+    # what export needs to rewrite a hand-written block (the constraint carries it: export asks, never
+    # guesses); None for an nn.MultiheadAttention, which export rewrites from its own attributes
+    group.attention_blocks = [block[3] for block in blocks]
+    return constrain(model, names, group)
+
+
+def _head_tensors(model: nn.Module, name: str, projections, heads):
+    """One attention block's tensors of a head group: ``(names, dims, unit maps, block info)``, the
+    info None for an ``nn.MultiheadAttention``."""
     import torch
 
     block = model.get_submodule(name) if name else model
@@ -396,8 +422,7 @@ def attention_heads(model: nn.Module, name: str = "", strength: float | None = N
         names.append(prefix + "out_proj.weight")
         dims.append(1)
         maps.append(per_head)
-        return constrain(model, names, UnitGroups(dims, strength, seed=seed, unit_maps=maps, structure_name="heads",
-                                                  max_groups=max_heads, total_steps=total_steps, ramp=ramp))
+        return names, dims, maps, None
     found = [tuple(projections)] if projections is not None else [
         p for p in PROJECTION_NAMES if all(isinstance(getattr(block, n, None), nn.Linear) for n in p)]
     if not found or len(found[0]) != 4 or not all(isinstance(getattr(block, n, None), nn.Linear) for n in found[0]):
@@ -427,11 +452,7 @@ def attention_heads(model: nn.Module, name: str = "", strength: float | None = N
     names.append(f"{prefix}{found[0][3]}.weight")
     dims.append(1)
     maps.append(per_head)
-    group = UnitGroups(dims, strength, seed=seed, unit_maps=maps, structure_name="heads", max_groups=max_heads,
-                       total_steps=total_steps, ramp=ramp)
-    # what export needs to rewrite the block (the constraint carries it: export asks, never guesses)
-    group.attention_block = {"block": name, "projections": tuple(found[0]), "heads": count, "count_attribute": attr}
-    return constrain(model, names, group)
+    return names, dims, maps, {"block": name, "projections": tuple(found[0]), "heads": count, "count_attribute": attr}
 
 
 def tie(model: nn.Module, names: Sequence[str], strength: float | str = "auto", **kwargs) -> Handle:

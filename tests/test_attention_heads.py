@@ -188,3 +188,69 @@ def test_a_head_budget_lands_exactly_and_export_keeps_that_many_heads(where):
     assert heads == 2
     probe = x if where == "torch" else ids
     assert torch.allclose(small(probe), model(probe), atol=1e-10)
+
+
+class TwoBlockLM(nn.Module):
+    """Two hand-written attention blocks in a row (residual), for a head budget over both."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(30, 16)
+        self.first, self.second = HandWritten(), HandWritten()
+        self.head = nn.Linear(16, 30)
+
+    def forward(self, ids):
+        x = self.embed(ids)
+        x = x + self.first(x)
+        return self.head(x + self.second(x))
+
+
+@pytest.mark.parametrize("where", ["torch", "hand-written"])
+def test_one_head_budget_over_two_blocks_lands_and_export_removes_each_blocks_heads(where):
+    """max_heads=3 over the 4 + 4 heads of two blocks (nn.MultiheadAttention in two Transformer layers,
+    or two hand-written blocks), total_steps: from the landing on exactly 3 heads are alive over both,
+    each block keeps at least one, and export removes every block's dead heads with the same outputs."""
+    torch.manual_seed(0)
+    steps = 160
+    if where == "torch":
+        layer = nn.TransformerEncoderLayer(16, 4, dim_feedforward=32, dropout=0.0, batch_first=True)
+        model = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False).double()
+        blocks = ["layers.0.self_attn", "layers.1.self_attn"]
+        x = torch.randn(32, 6, 16, dtype=DT)
+        target = x + x.mean(1, keepdim=True).expand_as(x)
+        loss = lambda: ((model(x) - target) ** 2).mean()  # noqa: E731
+        probe = x
+    else:
+        model = TwoBlockLM().double()
+        blocks = ["first", "second"]
+        ids = torch.randint(0, 30, (16, 7), generator=torch.Generator().manual_seed(0))
+        loss = lambda: nn.functional.cross_entropy(model(ids[:, :-1]).reshape(-1, 30), ids[:, 1:].reshape(-1))  # noqa: E731
+        probe = ids
+    handle = symopt.attention_heads(model, blocks, max_heads=3, total_steps=steps)
+    assert handle.constraint.set_units == [4, 4]
+    opt = torch.optim.Adam(symopt.param_groups(model, lr=1e-2), lr=1e-2)
+    alive = []
+    for _ in range(steps):
+        opt.zero_grad()
+        loss().backward()
+        opt.step()
+        norms = handle.constraint.unit_norms([v.detach() for v in handle.values()])
+        alive.append([int((part > 0).sum()) for part in norms.split(4)])
+    land = round(0.75 * steps)
+    assert sum(alive[land - 2]) == 8 and all(sum(a) == 3 and min(a) >= 1 for a in alive[land - 1:])
+    model.eval()
+    small = _quiet(model, example_input=probe[:2])
+    heads = [small.get_submodule(b).num_heads for b in blocks]
+    assert heads == alive[-1]
+    assert torch.allclose(small(probe), model(probe), atol=1e-10)
+
+
+def test_a_head_budget_over_blocks_refuses_bad_names_and_changes_nothing():
+    model = TwoBlockLM()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match="below the 2 layers of the global budget"):
+        symopt.attention_heads(model, ["first", "second"], max_heads=1)
+    with pytest.raises(ValueError, match="a list of block names"):
+        symopt.attention_heads(model, ["first", 2], max_heads=3)
+    assert symopt.list_constraints(model) == []
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())

@@ -438,6 +438,10 @@ class Constraint(nn.Module):
         """``value`` with all but its ``k`` largest atoms set to zero."""
         raise NotImplementedError
 
+    def atom_count(self, value: Tensor) -> int:
+        """How many atoms a tensor like ``value`` has (a budget's largest possible count)."""
+        return self.atoms(value.detach()).numel()
+
     def alive(self, value: Tensor, tol: float = 0.0) -> int:
         """How many atoms of ``value`` are above ``tol`` (and above the value's rounding, where a kind
         knows it): the count a budget is measured against."""

@@ -327,6 +327,12 @@ class LowRank(Constraint):
         tail = torch.where(tail > self._rounding(S, value), tail, torch.zeros_like(tail))
         return float(tail.square().sum().sqrt())
 
+    def atom_count(self, value: Tensor) -> int:
+        """min(m, n) of the matrix view (no SVD); for a batch, the singular values of all its matrices."""
+        m, n = self._matrix_shape(tuple(value.shape))
+        batch = math.prod(value.shape[:-2]) if value.dim() > 2 and self.layout == "batch" else 1
+        return batch * min(m, n)
+
     def alive(self, value: Tensor, tol: float = 0.0) -> int:
         """The numerical rank: singular values above ``tol`` and the rounding of the product in the
         value's precision (the largest over a batch)."""

@@ -10,10 +10,11 @@ path of $ℓ + λ \sum_t ‖θ_t‖$ whose support has exactly the budget.
 
 The union of the atoms is the concatenation of each tensor's: its entries (``Sparse``, ``NonNegative``)
 or its singular values (``LowRank``: ``symopt.low_rank(model, [names], target_rank=r)``, one λ on
-$\sum_t ‖W_t‖_*$, so r counts the ranks of all the matrices together and the loss decides how they are
-shared, as a global truncation of the singular values would by their size). A rank budget keeps at least
-rank 1 in every matrix (rank 0 cuts a network at that layer); an entry budget, like
-``global_unstructured``, may empty a tensor.
+$\sum_t ‖W_t‖_*$, so r counts the ranks of all the matrices together). During a landing budget's ramp
+and at its landing, a pool of matrices compares each singular value over its matrix's Frobenius norm
+(`Pooled.scales`: raw singular values of layers of different scales starve the smaller one), and keeps
+at least rank 1 in every matrix (rank 0 cuts a network at that layer); an entry budget, like
+``global_unstructured``, compares raw entries and may empty a tensor.
 """
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ class PooledBudget(BudgetStrength):
         def pooled_atoms(flat: Tensor, count: int) -> Tensor:
             # the controller works on the tensors' concatenation; each tensor's kind gives its own atoms
             # (its count largest: the leading singular values of a matrix), and the pool's are all of them
-            atoms = [top(piece.view(shape), count).reshape(-1) for top, piece, shape in zip(tops, flat.split(sizes), shapes)]
+            atoms = [top(piece.view(shape), count).reshape(-1)
+                     for top, piece, shape in zip(tops, flat.split(sizes), shapes)]
             if scales is not None:
                 atoms = [a / c for a, c in zip(atoms, scales)]
             return torch.cat(atoms)
@@ -121,9 +123,6 @@ class Pooled(Constraint, register=False):
         if schedule is not None and type(probe).land is Constraint.land:
             raise ValueError(f"{owner}: this kind cannot land a budget (no `land`); drop total_steps")
         super().__init__(PooledBudget(strength, adapt_rate, owner=owner, schedule=schedule), budget=budget)
-        # a pool of matrices weights each matrix's decay by its scale during the ramp (`scales`): through
-        # the same per-step mask as a trimmed decay
-        self.policy.trims = probe.trims_decay or not _entries_are_atoms(probe)
         if probe.budget_spec is not None:
             raise ValueError(f"{type(probe).__name__} (pooled): the pool holds the budget; its members take none")
         if probe.linear or type(probe).truncate is Constraint.truncate:
@@ -133,6 +132,9 @@ class Pooled(Constraint, register=False):
         # otherwise (singular values) each tensor is cut to its share of the count by its own kind
         self.entries = _entries_are_atoms(probe)
         self.relative = not self.entries
+        # a pool of matrices weights each matrix's decay by its scale during the ramp (`scales`): through
+        # the same per-step mask as a trimmed decay
+        self.policy.trims = probe.trims_decay or self.relative
         self.make = make
         self.kind = probe.kind  # reports and certificates show the members' kind
         self.copies: list[nn.Module] = []
@@ -150,7 +152,7 @@ class Pooled(Constraint, register=False):
         probes = [self.make() for _ in tensors]
         for probe, t, name in zip(probes, tensors, names):
             probe.validate(t, name)
-        counts = [t.numel() if self.entries else probes[0].atoms(t.detach()).numel() for t in tensors]
+        counts = [probe.atom_count(t) for probe, t in zip(probes, tensors)]
         self.resolve_budget(sum(counts), ", ".join(names), "non-zeros" if self.entries else "atoms")
         if not self.entries:
             # what the tensors can hold (a factor width bounds a rank), and rank >= 1 in each

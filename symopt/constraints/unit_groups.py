@@ -134,9 +134,10 @@ class UnitGroups(Constraint, register=False):
         self.sets = list(sets) if sets is not None else None
         self.set_units: list[int] = []  # the units of each set, in order (set j's come after set j-1's)
         self.structure_name = structure_name
-        # for the heads of a hand-written attention block: its name, its q / k / v / out layer names,
-        # its head count and the attribute holding it (set by symopt.attention_heads; export reads it)
-        self.attention_block: dict | None = None
+        # for heads (set by symopt.attention_heads; export reads it): per attention block, None for an
+        # nn.MultiheadAttention, or for a hand-written block its name, its q / k / v / out layer names,
+        # its head count and the attribute holding it
+        self.attention_blocks: list[dict | None] | None = None
         self.copies: list[nn.Module] = []  # the members' ParametrizationLists (plain list: no cycle)
         self._norms: Tensor | None = None  # the joint unit norms while the members register
         self._expected = 0
