@@ -137,3 +137,21 @@ def cross_entropy_steps(X, y):
             nn.functional.cross_entropy(model(X), y).backward()
             opt.step()
     return run
+
+
+def cross_entropy_training(net, X, y, steps, optimizer="adam", measure=None, lr=1e-2, sgd_lr=0.05):
+    """Full-batch cross-entropy training of ``net`` through ``symopt.param_groups``: Adam (``lr``), or
+    SGD with momentum 0.9 (``sgd_lr``) and gradients clipped to norm 0.5 (``"sgd_momentum_clipped"``).
+    Returns ``measure(net)`` after every step (an empty list without ``measure``)."""
+    groups = symopt.param_groups(net, lr=lr)
+    opt = torch.optim.Adam(groups, lr=lr) if optimizer == "adam" else torch.optim.SGD(groups, lr=sgd_lr, momentum=0.9)
+    seen = []
+    for _ in range(steps):
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(X), y).backward()
+        if optimizer != "adam":
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 0.5)
+        opt.step()
+        if measure is not None:
+            seen.append(measure(net))
+    return seen

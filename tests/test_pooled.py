@@ -14,6 +14,7 @@ from sklearn.linear_model import Lasso
 from torch import nn
 
 import symopt
+from helpers import cross_entropy_training
 
 DT = torch.float64
 
@@ -202,6 +203,10 @@ def test_a_global_rank_budget_lands_on_the_path_of_the_summed_nuclear_norms():
     assert symopt.finalize(model, tol=1e-6).ok
 
 
+def _hidden_ranks(net) -> list[int]:
+    return [int(torch.linalg.matrix_rank(net[i].weight.detach())) for i in (0, 2)]
+
+
 def _mlp_task():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(20, 32), nn.ReLU(), nn.Linear(32, 24), nn.ReLU(), nn.Linear(24, 3))
@@ -219,16 +224,7 @@ def test_a_global_rank_budget_lands_exactly_and_export_factorises_each_layer(opt
     net, X, y = _mlp_task()
     steps = 200
     symopt.low_rank(net, ["0.weight", "2.weight"], target_rank=10, total_steps=steps)
-    groups = symopt.param_groups(net, lr=1e-2)
-    opt = torch.optim.Adam(groups, lr=1e-2) if optimizer == "adam" else torch.optim.SGD(groups, lr=0.05, momentum=0.9)
-    ranks = []
-    for _ in range(steps):
-        opt.zero_grad()
-        nn.functional.cross_entropy(net(X), y).backward()
-        if optimizer != "adam":
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 0.5)
-        opt.step()
-        ranks.append([int(torch.linalg.matrix_rank(net[i].weight.detach())) for i in (0, 2)])
+    ranks = cross_entropy_training(net, X, y, steps, optimizer, _hidden_ranks)
     land = round(0.75 * steps)
     assert sum(ranks[land - 2]) > 10 and all(sum(r) == 10 and min(r) >= 1 for r in ranks[land:])
     r0, r2 = ranks[-1]
@@ -291,10 +287,6 @@ def test_a_global_rank_ramp_ranks_singular_values_relative_to_their_matrix():
     scaled = [values[0] * 37.0, values[1]]
     again = [pool.atoms([v]) / c for v, c in zip(scaled, pool.scales(scaled))]
     assert all(torch.allclose(a, b, rtol=1e-5) for a, b in zip(relative, again))
-    opt = torch.optim.Adam(symopt.param_groups(net, lr=1e-2), lr=1e-2)
-    for _ in range(steps):
-        opt.zero_grad()
-        nn.functional.cross_entropy(net(X), y).backward()
-        opt.step()
-    ranks = [int(torch.linalg.matrix_rank(net[i].weight.detach())) for i in (0, 2)]
+    cross_entropy_training(net, X, y, steps)
+    ranks = _hidden_ranks(net)
     assert sum(ranks) == 10 and min(ranks) >= 3, ranks

@@ -10,7 +10,7 @@ from torch import nn
 
 import symopt
 from symopt import ExportWarning
-from helpers import cross_entropy_steps, resumed_matches
+from helpers import cross_entropy_steps, cross_entropy_training, resumed_matches
 
 DT = torch.float64
 NAMES = ["0.weight", "0.bias", "1.weight", "1.bias"]
@@ -269,16 +269,7 @@ def test_a_global_channel_budget_lands_over_both_convs_and_export_shrinks_each(o
     handle = symopt.group_sparse(net, TWO_LAYERS, max_groups=12, total_steps=steps)
     assert handle.constraint.set_units == [16, 12] and handle.constraint.gates.shape == (28,)
     X, y = torch.randn(96, 1, 8, 8), torch.randint(0, 3, (96,))
-    groups = symopt.param_groups(net, lr=1e-2)
-    opt = torch.optim.Adam(groups, lr=1e-2) if optimizer == "adam" else torch.optim.SGD(groups, lr=0.05, momentum=0.9)
-    totals = []
-    for _ in range(steps):
-        opt.zero_grad()
-        nn.functional.cross_entropy(net(X), y).backward()
-        if optimizer != "adam":
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 0.5)
-        opt.step()
-        totals.append(_alive(net[0], net[1]) + _alive(net[3], net[4]))
+    totals = cross_entropy_training(net, X, y, steps, optimizer, lambda n: _alive(n[0], n[1]) + _alive(n[3], n[4]))
     land = round(0.75 * steps)
     assert totals[land - 2] > 12 and all(t == 12 for t in totals[land:])
     first, second = _alive(net[0], net[1]), _alive(net[3], net[4])
@@ -396,12 +387,7 @@ def test_a_global_ramp_ranks_units_relative_to_their_layer():
     rescaled = [values[0] * 37.0, values[1] * 37.0, values[2], values[3]]
     assert torch.allclose(group.unit_norms(rescaled) / group.layer_scales(rescaled), relative)
     X = torch.randn(128, 8)
-    y = (X[:, 0] > 0).long() + (X[:, 1] > 0).long()
-    opt = torch.optim.Adam(symopt.param_groups(net, lr=1e-2), lr=1e-2)
-    for _ in range(steps):
-        opt.zero_grad()
-        nn.functional.cross_entropy(net(X), y).backward()
-        opt.step()
+    cross_entropy_training(net, X, (X[:, 0] > 0).long() + (X[:, 1] > 0).long(), steps)
     alive = [int((torch.cat([w, b[:, None]], 1).abs().sum(1) > 0).sum()) for w, b in
              ((net[0].weight, net[0].bias), (net[2].weight, net[2].bias))]
     assert sum(alive) == 16 and min(alive) >= 4, alive  # raw norms left [1, 15]
