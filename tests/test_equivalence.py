@@ -16,7 +16,7 @@ def test_sparse_equals_sklearn_lasso(path):
     ref = Lasso(alpha=lam, fit_intercept=False, tol=1e-14, max_iter=10**6).fit(X.numpy(), y.numpy()).coef_
     model = Vector(15, init=torch.randn(15, dtype=DT))
     symopt.sparse(model, "theta", strength=lam)
-    train(model, lambda m: ls_loss(X, y)(m.theta), steps=8000, lr=0.4, path=path)
+    train(model, lambda m: ls_loss(X, y)(m.theta), steps=6000, lr=0.4, path=path)  # ~1e-8 from sklearn
     w = model.theta.detach().numpy()
     assert np.abs(w - ref).max() <= 1e-6
     np.testing.assert_array_equal(np.abs(w) > 1e-6, ref != 0)
@@ -30,7 +30,7 @@ def test_sparse_from_zero_init_finds_support():
     ref = Lasso(alpha=lam, fit_intercept=False, tol=1e-14, max_iter=10**6).fit(X.numpy(), y.numpy()).coef_
     model = Vector(15)
     symopt.sparse(model, "theta", strength=lam)
-    train(model, lambda m: ls_loss(X, y)(m.theta), steps=10000, lr=0.4)
+    train(model, lambda m: ls_loss(X, y)(m.theta), steps=6000, lr=0.4)  # 9e-9 from sklearn
     assert np.abs(model.theta.detach().numpy() - ref).max() <= 1e-6
 
 
@@ -59,7 +59,7 @@ def test_group_sparse_equals_proximal_group_lasso(path):
     ref = proximal_group_lasso(X, y, groups, lam)
     model = Vector(4, 3, init=torch.randn(4, 3, dtype=DT))  # row g = group g
     symopt.group_sparse(model, "theta", dim=0, strength=lam)
-    train(model, lambda m: ls_loss(X, y)(m.theta), steps=8000, lr=0.2, path=path)
+    train(model, lambda m: ls_loss(X, y)(m.theta), steps=4000, lr=0.2, path=path)  # at rounding by then
     w = model.theta.detach().reshape(-1)
     assert (w - ref).abs().max() <= 1e-6
     zero_groups = [g for g in groups if float(ref[g].norm()) == 0.0]
@@ -74,7 +74,7 @@ def test_group_sparse_with_unequal_index_groups():
     ref = proximal_group_lasso(X, y, groups, lam)
     model = Vector(12, init=torch.randn(12, dtype=DT))
     symopt.group_sparse(model, "theta", groups=groups, strength=lam)
-    train(model, lambda m: ls_loss(X, y)(m.theta), steps=8000, lr=0.2)
+    train(model, lambda m: ls_loss(X, y)(m.theta), steps=4000, lr=0.2)  # at rounding by then
     assert (model.theta.detach() - ref).abs().max() <= 1e-6
     assert 0 < sum(float(ref[g].norm()) == 0.0 for g in groups) < len(groups)
 
