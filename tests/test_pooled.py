@@ -14,7 +14,7 @@ from sklearn.linear_model import Lasso
 from torch import nn
 
 import symopt
-from helpers import cross_entropy_training
+from helpers import bound_lbfgs_fit, cross_entropy_training
 
 DT = torch.float64
 
@@ -178,18 +178,7 @@ def test_a_global_rank_budget_lands_on_the_path_of_the_summed_nuclear_norms():
     Y = X1 @ W1.T + X2 @ W2.T + 0.3 * torch.randn(n, q, generator=g, dtype=DT)
     model = TwoMatrices(d1, d2, q)
     handle = symopt.low_rank(model, ["w1", "w2"], target_rank=4)
-    opt = torch.optim.LBFGS(model.parameters(), lr=1, max_iter=20, line_search_fn="strong_wolfe", history_size=50,
-                            tolerance_change=0.0)
-    symopt.bind(opt)
-
-    def closure():
-        opt.zero_grad()
-        loss = 0.5 * (model(X1, X2) - Y).square().sum(1).mean() + symopt.penalty(model)
-        loss.backward()
-        return loss
-
-    for _ in range(100):  # 80 are enough here
-        opt.step(closure)
+    bound_lbfgs_fit(model, lambda m: 0.5 * (m(X1, X2) - Y).square().sum(1).mean(), 100)  # 80 are enough here
     lam = handle.strength
     A, B = cp.Variable((q, d1)), cp.Variable((q, d2))
     residual = X1.numpy() @ A.T + X2.numpy() @ B.T - Y.numpy()

@@ -10,7 +10,7 @@ from torch import nn
 
 import symopt
 from symopt import ExportWarning
-from helpers import cross_entropy_steps, cross_entropy_training, resumed_matches
+from helpers import bound_lbfgs_fit, cross_entropy_steps, cross_entropy_training, resumed_matches
 
 DT = torch.float64
 NAMES = ["0.weight", "0.bias", "1.weight", "1.bias"]
@@ -170,16 +170,7 @@ def test_a_channel_budget_over_four_tensors_lands_and_export_removes_the_rest(op
     steps = 240
     handle = symopt.group_sparse(net, CHANNEL, max_groups=6, total_steps=steps)
     X, y = torch.randn(96, 1, 8, 8), torch.randint(0, 3, (96,))
-    groups = symopt.param_groups(net, lr=1e-2)
-    opt = torch.optim.Adam(groups, lr=1e-2) if optimizer == "adam" else torch.optim.SGD(groups, lr=0.05, momentum=0.9)
-    counts = []
-    for _ in range(steps):
-        opt.zero_grad()
-        nn.functional.cross_entropy(net(X), y).backward()
-        if optimizer != "adam":
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 0.5)
-        opt.step()
-        counts.append(_channels(net))
+    counts = cross_entropy_training(net, X, y, steps, optimizer, _channels)
     land = round(0.75 * steps)
     assert counts[land - 2] > 6 and all(c == 6 for c in counts[land:])
     assert "budget 6" in handle.constraint.structure(handle.values())
@@ -308,18 +299,8 @@ def test_a_global_group_budget_lands_on_the_group_lasso_path_of_the_stacked_prob
 
     model = TwoBlocks()
     handle = symopt.group_sparse(model, [["w1"], ["w2"]], dim=1, max_groups=4)
-    opt = torch.optim.LBFGS(model.parameters(), lr=1, max_iter=20, line_search_fn="strong_wolfe",
-                            history_size=50, tolerance_change=0.0)
-    symopt.bind(opt)
-
-    def closure():
-        opt.zero_grad()
-        loss = 0.5 * (model(X1, X2) - Y).square().sum(1).mean() + symopt.penalty(model)
-        loss.backward()
-        return loss
-
-    for _ in range(150):  # λ still drifts down the path's 4-feature interval; by 150 the point has caught up
-        opt.step(closure)
+    # λ still drifts down the path's 4-feature interval; by 150 steps the point has caught up
+    bound_lbfgs_fit(model, lambda m: 0.5 * (m(X1, X2) - Y).square().sum(1).mean(), 150)
     lam = handle.strength
     W = cp.Variable((3, 12))
     objective = 0.5 * cp.sum_squares(X.numpy() @ W.T - Y.numpy()) / 150 + lam * cp.sum(cp.norm(W, 2, axis=0))
