@@ -157,12 +157,12 @@ def cross_entropy_training(net, X, y, steps, optimizer="adam", measure=None, lr=
     return seen
 
 
-def bound_lbfgs_fit(model, loss, steps):
-    """``steps`` strong-Wolfe L-BFGS steps (20 iterations each, history 50, no change tolerance) on
-    ``loss(model) + symopt.penalty(model)``, the optimizer bound by ``symopt.bind`` so that an adaptive
-    λ moves once a step: how the convex-equivalence tests of budgets train."""
+def bound_lbfgs_fit(model, loss, steps, tolerance_change=0.0):
+    """``steps`` strong-Wolfe L-BFGS steps (20 iterations each, history 50) on ``loss(model) +
+    symopt.penalty(model)``, the optimizer bound by ``symopt.bind`` so that an adaptive λ moves once a
+    step: how the convex-equivalence tests of budgets train."""
     opt = torch.optim.LBFGS(model.parameters(), lr=1, max_iter=20, line_search_fn="strong_wolfe", history_size=50,
-                            tolerance_change=0.0)
+                            tolerance_change=tolerance_change)
     symopt.bind(opt)
 
     def closure():

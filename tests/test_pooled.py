@@ -40,18 +40,7 @@ def _data(seed=0):
 
 
 def _fit(model, X1, X2, y, steps=150, tolerance_change=1e-9):
-    opt = torch.optim.LBFGS(model.parameters(), lr=1, max_iter=20, line_search_fn="strong_wolfe", history_size=50,
-                            tolerance_change=tolerance_change)
-    symopt.bind(opt)
-
-    def closure():
-        opt.zero_grad()
-        loss = 0.5 * (model(X1, X2) - y).square().mean() + symopt.penalty(model)
-        loss.backward()
-        return loss
-
-    for _ in range(steps):
-        opt.step(closure)
+    bound_lbfgs_fit(model, lambda m: 0.5 * (m(X1, X2) - y).square().mean(), steps, tolerance_change)
 
 
 def test_a_global_budget_lands_on_the_lasso_path_of_the_stacked_problem():

@@ -364,9 +364,9 @@ def test_a_global_ramp_ranks_units_relative_to_their_layer():
                                  total_steps=steps)
     group = handle.constraint
     values = [v.detach() for v in handle.values()]
-    relative = group.unit_norms(values) / group.layer_scales(values)
+    relative = group.unit_norms(values) / group.layer_scales(group.unit_norms(values))
     rescaled = [values[0] * 37.0, values[1] * 37.0, values[2], values[3]]
-    assert torch.allclose(group.unit_norms(rescaled) / group.layer_scales(rescaled), relative)
+    assert torch.allclose(group.unit_norms(rescaled) / group.layer_scales(group.unit_norms(rescaled)), relative)
     X = torch.randn(128, 8)
     cross_entropy_training(net, X, (X[:, 0] > 0).long() + (X[:, 1] > 0).long(), steps)
     alive = [int((torch.cat([w, b[:, None]], 1).abs().sum(1) > 0).sum()) for w, b in

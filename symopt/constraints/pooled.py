@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from .base import Constraint, Factorizer, GroupMember, largest, largest_in_parts
+from .base import Constraint, Factorizer, GroupMember, largest_in_parts
 from .budget import RATE, check_total_steps
 from .strength import BudgetStrength, Strength
 
@@ -237,7 +237,7 @@ class Pooled(Constraint, register=False):
             return snapped
         if not self.entries:
             return [inner.truncate(v, k) for v, k in zip(snapped, self._shares(snapped))]
-        keep = largest(self.atoms(snapped), self.budget)
+        keep = self.keep_mask(self.atoms(snapped))
         return [torch.where(keep[start:start + v.numel()].view_as(v), v, torch.zeros_like(v))
                 for v, start in zip(snapped, self.offsets)]
 
@@ -277,17 +277,15 @@ class Pooled(Constraint, register=False):
         return float(torch.tensor(parts, dtype=torch.float64).norm())
 
     def structure(self, values: Sequence[Tensor], tol: float = 0.0) -> str:
+        inner = self._inner()
+        each = [inner.alive(v, tol) for v in values]
+        budget = "" if self.budget is None else f", budget {self.budget}"
         if not self.entries:
-            inner = self._inner()
-            each = [inner.alive(v, tol) for v in values]
-            budget = "" if self.budget is None else f", budget {self.budget}"
             return (f"{self.kind} atoms {sum(each)} over {len(values)} tensors (per tensor "
                     f"{', '.join(map(str, each))}{budget})")
-        alive = int((self.atoms(values) > tol).sum())
         total = sum(v.numel() for v in values)
-        each = ", ".join(str(int((self._inner().atoms(v) > tol).sum())) for v in values)
-        budget = "" if self.budget is None else f", budget {self.budget}"
-        return f"density {alive / max(total, 1):.3g} ({alive}/{total}{budget}; per tensor {each})"
+        return (f"density {sum(each) / max(total, 1):.3g} ({sum(each)}/{total}{budget}; per tensor "
+                f"{', '.join(map(str, each))})")
 
     def structure_key(self, value, tol: float) -> object:
         return tuple((self.atoms(list(value)) > tol).tolist())

@@ -408,17 +408,20 @@ class BudgetStrength(Strength):
             return budget
         return scheduled_count(int(self.step), atom_total, budget, *self.ramp)
 
-    def target(self, top_atoms, value: Tensor, grad: Tensor, budget: int, atom_total: int):
+    def target(self, top_atoms, value: Tensor, grad: Tensor, budget: int, atom_total: int, keep=None):
         """The observation of a reading (a step `quiet` lets through): ``(λ target, dropped atoms, steps
         since the last reading)``: the controller's target for the current count (None if not a usable
         λ) and, when the decay is trimmed, which atoms are outside the count's largest (``atoms <`` the
-        count-th largest, over ``top_atoms(value)``, all the atoms in order), as 1.0 / 0.0 in the
-        value's dtype: the mask a step multiplies the decay by."""
+        count-th largest, over ``top_atoms(value)``, all the atoms in order; or outside
+        ``keep(atoms, count)``, a bool mask, where the kept set has a rule of its own: a global budget's
+        one unit per layer), as 1.0 / 0.0 in the value's dtype: the mask a step multiplies the decay by."""
         count = self.count(budget, atom_total)
         atoms = top_atoms(value.detach(), count + 1).reshape(-1)
         total, kth, _ = leading(atoms, count)
         target = budget_target(top_atoms, value, grad, count, self.value(), size=total / count)
-        dropped = (atoms < kth).to(value.dtype) if self.trimming() else None
+        dropped = None
+        if self.trimming():
+            dropped = (atoms < kth if keep is None else ~keep(atoms, count)).to(value.dtype)
         return (target if math.isfinite(target) and target > 0 else None, dropped, 1 if self._holds else self.every)
 
     def quiet(self) -> str | None:

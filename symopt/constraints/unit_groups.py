@@ -48,7 +48,7 @@ class UnitBudget(PooledBudget):
 
         # A global budget's trimmed ramp compares the units of different layers relative to their layer:
         # each unit's atom is divided by its layer's mean unit norm now (`UnitGroups.layer_scales`).
-        scales = group.layer_scales([p[0] for p in parts]) if self.trimming() else None
+        scales = group.layer_scales(group.unit_norms([p[0] for p in parts])) if self.trimming() else None
 
         def unit_atoms(flat: Tensor, count: int) -> Tensor:  # the controller combines flat tensors
             norms = group.unit_norms([piece.view(shape) for piece, shape in zip(flat.split(sizes), shapes)])
@@ -56,12 +56,13 @@ class UnitBudget(PooledBudget):
 
         value = torch.cat([p[0].reshape(-1) for p in parts])
         grad = torch.cat([p[1].reshape(-1) for p in parts])
-        target, dropped, steps = self.target(unit_atoms, value, grad, self.budget, self.atom_total)
+        # with several layers each keeps its largest unit, as the landing will (`keep_mask`)
+        target, dropped, steps = self.target(unit_atoms, value, grad, self.budget, self.atom_total,
+                                             keep=group.keep_mask if scales is not None else None)
         if dropped is not None and scales is not None:
-            # each layer keeps its largest unit, as the landing will; a dropped unit's decay is λ times
-            # its layer's scale (the weighted group lasso whose thresholds the relative atoms compare)
-            kept = group.keep_mask(unit_atoms(value, 0), self.count(self.budget, self.atom_total))
-            dropped = (~kept).to(dropped.dtype) * scales.to(dropped.dtype)
+            # a dropped unit's decay is λ times its layer's scale (the weighted group lasso whose
+            # thresholds the relative atoms compare)
+            dropped = dropped * scales.to(dropped.dtype)
         return target, dropped, steps
 
 
@@ -219,9 +220,8 @@ class UnitGroups(Constraint, register=False):
         """Land the budget: the ``budget`` units of largest joint norm are kept; every other unit's
         gate and its $ω$ in every tensor go to 0, the mirror's fixed subspace."""
         with torch.no_grad():
-            values = [self._value(i) for i in range(len(self.copies))]
-            norms = self.unit_norms(values)
-            scales = self.layer_scales(values)
+            norms = self.unit_norms([self._value(i) for i in range(len(self.copies))])
+            scales = self.layer_scales(norms)
             keep = self.keep_mask(norms if scales is None else norms / scales)
             self.landed_keep.copy_(keep)
             self.hold(range(len(self.copies)))
@@ -304,9 +304,9 @@ class UnitGroups(Constraint, register=False):
         which a ranking across layers of different scales could otherwise ask for."""
         return largest_in_parts(atoms, self.budget if k is None else k, self.set_units or [atoms.numel()])
 
-    def layer_scales(self, values: Sequence[Tensor]) -> Tensor | None:
-        r"""For a global budget (several layers), each unit's layer's mean unit norm, per unit; None
-        for one layer. The trimmed ramp and the landing rank units by their norm over it, so that
+    def layer_scales(self, norms: Tensor) -> Tensor | None:
+        r"""For a global budget (several layers), each unit's layer's mean unit norm (from the joint
+        unit ``norms``), per unit; None for one layer. The trimmed ramp and the landing rank units by their norm over it, so that
         layers of different scales (a conv of 9 weights per channel next to one of 288; their
         initialisations differ by the fan-in too) compete on their relative sizes, as Torch-Pruning's
         global pruning does with its mean-normalised importance; ranked on raw norms, the small
@@ -314,7 +314,7 @@ class UnitGroups(Constraint, register=False):
         ramp decays the weighted group lasso $λ\sum_u c_u‖θ_u‖$, $c_u$ the scale of u's layer."""
         if len(self.set_units) < 2:
             return None
-        norms = self.unit_norms([v.detach() for v in values])
+        norms = norms.detach()
         means = torch.stack([part.mean() for part in norms.split(self.set_units)])
         means = means.clamp_min(torch.finfo(means.dtype).tiny)
         return means.repeat_interleave(torch.tensor(self.set_units, device=means.device))
