@@ -283,10 +283,11 @@ def _face_step(hessian: Tensor, grad: Tensor, tolerance: float) -> tuple[Tensor,
     it to the first atom that reaches 0 (the simplex method's ratio test), and that atom leaves."""
     curvatures, vectors = torch.linalg.eigh(0.5 * (hessian + hessian.mT))
     seen = curvatures > 1e-12 * max(float(curvatures.abs().max()), 1e-300)
-    if not bool(seen.all()):
-        along = vectors[:, ~seen] @ (vectors[:, ~seen].mT @ grad)
-        if float(along.norm()) > tolerance:
-            return along, True
+    if bool(seen.all()):  # (the usual case: no boolean indexing, a tenth of a small polish)
+        return vectors @ ((vectors.mT @ grad) / curvatures), False
+    along = vectors[:, ~seen] @ (vectors[:, ~seen].mT @ grad)
+    if float(along.norm()) > tolerance:
+        return along, True
     return vectors[:, seen] @ ((vectors[:, seen].mT @ grad) / curvatures[seen]), False
 
 
@@ -315,6 +316,8 @@ def _norm_gradient(face: Face, z: Tensor) -> Tensor:
     """∇ of the face's norm in its coordinates (constant on a linear face)."""
     if z.numel() == 0:
         return z
+    if face.slope is not None:
+        return face.slope.to(z.dtype)
     probe = z.detach().requires_grad_()
     with torch.enable_grad():
         (grad,) = torch.autograd.grad(face.norm(probe), probe)

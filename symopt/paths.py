@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from .problems import Problem
+from .problems.base import Evaluations
 from .result import Result
 from .solver import solve
 
@@ -138,8 +139,11 @@ def path(problem: Problem, strengths: Sequence[float] | Tensor | np.ndarray | No
     grid = _grid(problem, strengths, n_strengths, eps)
     began = time.perf_counter()
     results, start = [], None
+    evaluations = Evaluations()  # the points share their data: each starts at the gradient the last ended at
     for lam in grid.tolist():
-        result = solve(problem.at_strength(lam), start=start, **solve_options)
+        point = problem.at_strength(lam)
+        point.evaluations = evaluations
+        result = solve(point, start=start, **solve_options)
         results.append(result)
         if result.status in _OK:
             start = result.x

@@ -94,7 +94,8 @@ class Result:
     def from_point(cls, problem, x: torch.Tensor, *, solver: str, status: str, seconds: float,
                    history: list | None = None, kkt_residual: float | None = None, iterations: int | None = None,
                    device="cpu", message: str = "", strength: float | None = None,
-                   evaluate_at: float | None = None) -> "Result":
+                   evaluate_at: float | None = None, objective: float | None = None,
+                   constraint=None) -> "Result":
         """The record of a solver that ended at ``x``, measured the same way whatever the solver: ``x``
         in float64 on the CPU, the problem's objective there (at λ = ``evaluate_at`` when given: the λ
         a budget search found), the constraint's ``infeasibility``, and the last KKT residual of
@@ -113,6 +114,10 @@ class Result:
             message: detail for a human.
             strength: the λ to report.
             evaluate_at: the λ at which to evaluate the objective (default: the problem's own).
+            objective: the objective at ``x``, when the caller measured it already in float64 on the
+                CPU (it is not measured again).
+            constraint: the problem's constraint in float64 on the CPU at the λ to report, when the
+                caller has one (else built from the problem).
 
         Returns:
             Result: the record.
@@ -126,13 +131,16 @@ class Result:
             (True, 0.0)
         """
         x = x.detach().to("cpu", torch.float64)
-        constraint = problem.constraint().to(dtype=torch.float64)
+        if constraint is None:
+            constraint = problem.constraint().to(dtype=torch.float64)
         if evaluate_at is not None:
             constraint.strength = evaluate_at
         history = list(history or [])
         if kkt_residual is None:
             kkt_residual = history[-1][2] if history else float("nan")
-        return cls(x=x, objective=problem.value(x, problem.data_on("cpu", torch.float64), constraint),
+        if objective is None:
+            objective = problem.value(x, problem.data_on("cpu", torch.float64), constraint)
+        return cls(x=x, objective=objective,
                    violation=constraint.infeasibility(x), kkt_residual=kkt_residual,
                    iterations=len(history) if iterations is None else iterations, seconds=seconds, history=history,
                    device=str(device), status=status, solver=solver, message=message, strength=strength,

@@ -127,6 +127,8 @@ class Face:
             method (feature-sign search): a step stops where the first atom reaches 0, that atom
             leaves, and the objective never leaves the face on which it is the true one. None: no
             such face.
+        slope: for a face with ``reach`` (a linear ``norm``), its gradient in the coordinates, the same
+            everywhere on the face (Sparse: the signs); the polish reads it instead of differentiating.
     """
 
     start: tuple[Tensor, ...]
@@ -135,6 +137,7 @@ class Face:
     crossed: Callable[..., Tensor] | None = None
     mask: Tensor | None = None
     reach: Callable[[Tensor, Tensor], Tensor] | None = None
+    slope: Tensor | None = None
 
 
 def reach_zero(signed: Tensor, direction: Tensor) -> Tensor:
@@ -181,8 +184,10 @@ def entering(excess: Tensor, alive: int) -> Tensor:
     condition fails, ≤ 0 where it holds or the atom is alive): the worst violators, at most a quarter
     of the ``alive`` count and at least one (more means the structure itself is not found yet)."""
     flat = excess.reshape(-1)
-    top = torch.topk(flat, min(max(1, alive // 4), flat.numel()))
     chosen = torch.zeros_like(flat, dtype=torch.bool)
+    if flat.numel() == 0 or float(flat.max()) <= 0:  # (the usual case at a certified point: none violates)
+        return chosen.view_as(excess)
+    top = torch.topk(flat, min(max(1, alive // 4), flat.numel()))
     chosen[top.indices[top.values > 0]] = True
     return chosen.view_as(excess)
 

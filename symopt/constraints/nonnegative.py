@@ -113,10 +113,11 @@ class NonNegative(Constraint):
         if grad is not None:
             support = support | entering(torch.where(support, 0.0, -grad - self.strength), int(support.sum()))
         zeros = torch.zeros_like(value)
-        return Face(start=(value[support].clamp_min(0),), embed=lambda z: zeros.masked_scatter(support, z),
+        start = value[support].clamp_min(0)
+        return Face(start=(start,), embed=lambda z: zeros.masked_scatter(support, z),
                     norm=lambda z: z.sum(),
                     crossed=lambda z: torch.zeros_like(support).masked_scatter(support, z < 0),
-                    mask=support, reach=reach_zero)
+                    mask=support, reach=reach_zero, slope=torch.ones_like(start))
 
     # -- feasible half ----------------------------------------------------------------------------
     def project(self, value: Tensor, tol: float = 0.0) -> Tensor:

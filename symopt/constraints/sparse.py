@@ -123,7 +123,7 @@ class Sparse(Constraint):
         return Face(start=(value[support],), embed=lambda z: zeros.masked_scatter(support, z),
                     norm=lambda z: (signs * z).sum(),
                     crossed=lambda z: torch.zeros_like(support).masked_scatter(support, signs * z < 0),
-                    mask=support, reach=lambda z, d: reach_zero(signs * z, signs * d))
+                    mask=support, reach=lambda z, d: reach_zero(signs * z, signs * d), slope=signs)
 
     def induced_norm(self, value: Tensor) -> Tensor:
         return value.abs().sum()

@@ -110,24 +110,38 @@ class Problem:
         grad = loss_gradient(lambda theta: self.loss(theta, **data), torch.zeros(self.shape, dtype=torch.float64))
         return float(constraint.to(dtype=torch.float64).dual_norm(grad)) / self.meta.get("l1_ratio", 1.0)
 
+    def __post_init__(self) -> None:
+        # The `Evaluations` that the bound losses of this problem's own data share across solves:
+        # None (each bound loss remembers its own) except where a caller that solves related problems
+        # in a row on the same data (`symopt.path`: one problem at many λ) hands them one.
+        self.evaluations: Evaluations | None = None
+
     def data_on(self, device=None, dtype=None) -> dict[str, Tensor]:
         return {
             k: v.to(device=device, dtype=dtype if torch.is_floating_point(v) else None) for k, v in self.data.items()
         }
 
     def bind(self, data: dict[str, Tensor]) -> "BoundLoss":
-        """``θ ↦ loss(θ, **data)``, with the loss's analytic derivatives where it has them."""
-        return BoundLoss(self.loss, data)
+        """``θ ↦ loss(θ, **data)``, with the loss's analytic derivatives where it has them. On the
+        problem's own data tensors (``data_on`` at their device and dtype returns them) the bound loss
+        remembers its last few analytic evaluations in ``self.evaluations`` where a caller set it
+        (`Evaluations`); otherwise each bound loss remembers its own."""
+        own = data.keys() == self.data.keys() and all(data[k] is self.data[k] for k in data)
+        return BoundLoss(self.loss, data, self.evaluations if own else None)
 
     def numpy_data(self) -> dict[str, np.ndarray]:
         """The data as numpy arrays for cvxpy and scikit-learn; a sparse (CSR) design becomes a
         ``scipy.sparse.csr_matrix``."""
         return {k: _to_numpy(v) for k, v in self.data.items()}
 
-    def value(self, theta: Tensor, data: dict[str, Tensor], constraint: Constraint) -> float:
-        """Full objective at θ with data and constraint already on θ's device and dtype."""
+    def value(self, theta: Tensor, data: dict[str, Tensor], constraint: Constraint,
+              loss: Callable[[Tensor], Tensor] | None = None) -> float:
+        """Full objective at θ with data and constraint already on θ's device and dtype; ``loss``, the
+        loss bound to ``data`` when the caller has it, answers from its remembered evaluations."""
+        recall = getattr(loss, "remembered", None)  # (a compiled loss is a plain function: nothing remembered)
+        remembered = None if recall is None else recall(theta)
         with torch.no_grad():
-            value = float(self.loss(theta, **data))
+            value = float(self.loss(theta, **data) if remembered is None else remembered[0])
             if self.penalized:  # λ·induced norm for penalty kinds; 0 for linear kinds (see objective_term)
                 value += float(constraint.objective_term(theta))
         return value
@@ -165,15 +179,64 @@ class BoundLoss:
         [[0.5]]
     """
 
-    def __init__(self, loss: Callable[..., Tensor], data: dict[str, Tensor]) -> None:
+    def __init__(self, loss: Callable[..., Tensor], data: dict[str, Tensor],
+                 evaluations: "Evaluations | None" = None) -> None:
         self.loss, self.data = loss, data
         analytic = getattr(loss, "value_and_grad", None)
-        self.value_and_grad = None if analytic is None else (lambda theta: analytic(theta, **data))
+        if analytic is None:
+            self.value_and_grad = None
+            self.remembered = lambda theta: None
+        else:
+            memo = Evaluations() if evaluations is None else evaluations
+
+            def value_and_grad(theta: Tensor) -> tuple[Tensor, Tensor]:
+                return memo.recall(theta, loss) or memo.keep(theta, loss, analytic(theta, **data))
+
+            self.value_and_grad = value_and_grad
+            self.remembered = lambda theta: memo.recall(theta, loss)
         second = getattr(loss, "curvature", None)
         self.curvature = None if second is None else (lambda theta, mask: second(theta, mask, **data))
 
     def __call__(self, theta: Tensor) -> Tensor:
         return self.loss(theta, **self.data)
+
+
+class Evaluations:
+    r"""The last few ``(value, ∇loss)`` of one loss on one set of data, by the value of θ.
+
+    Certifying a point asks for ∇loss there several times over (the snap, the face polish's start,
+    its finish, the working sets' full check), and a path's next point starts at the gradient its
+    previous one ended at (`symopt.path` shares one `Evaluations` among its points, through
+    `Problem.evaluations`): on a 50-point Lasso path (500×2000) those repeats were ~10 full
+    products with ``X`` a point where 2–3 are new. A hit needs θ equal to a remembered point (``torch.equal``:
+    same shape, dtype, device and values), so an answer is never stale; the data are never mutated
+    (`Problem`'s contract). Only θ up to ``LIMIT`` entries is remembered: beyond it the copy and the
+    comparison stop being negligible next to an evaluation. The tensors returned are the remembered
+    ones: callers must not write into them.
+    """
+
+    SIZE = 4  # points remembered besides θ = 0 (the start, the last trial points of a polish)
+    LIMIT = 1 << 16
+
+    def __init__(self) -> None:
+        self._entries: list[tuple[Tensor, object, tuple[Tensor, Tensor]]] = []
+        self._zero: list[tuple[Tensor, object, tuple[Tensor, Tensor]]] = []  # θ = 0 (the tolerance's scale), kept apart
+
+    def recall(self, theta: Tensor, loss) -> tuple[Tensor, Tensor] | None:
+        for point, owner, answer in self._zero + self._entries:
+            if (owner is loss or owner == loss) and point.shape == theta.shape and point.dtype == theta.dtype \
+                    and point.device == theta.device and torch.equal(point, theta):
+                return answer
+        return None
+
+    def keep(self, theta: Tensor, loss, answer: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        if theta.numel() <= self.LIMIT and not theta.requires_grad:
+            if not bool(theta.any()):  # every solve measures its tolerance against ∇loss(0): never evicted
+                self._zero = [(theta.detach().clone(), loss, answer)]
+            else:
+                self._entries.insert(0, (theta.detach().clone(), loss, answer))
+                del self._entries[self.SIZE:]
+        return answer
 
 
 def _to_numpy(value: Tensor):

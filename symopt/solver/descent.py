@@ -163,7 +163,7 @@ class Descent:
         violation = self.constraint.infeasibility(point)
         if not (kkt <= target and violation <= self.tol * max(1.0, float(point.norm()))) or self.filled(point):
             return None
-        objective = self.problem.value(point, data, constraint)
+        objective = self.problem.value(point, data, constraint, self.certifier.certifying(self.constraint)[0])
         if not math.isfinite(objective):
             return None
         self.point = point
@@ -183,7 +183,7 @@ class Descent:
             if len(outcome) == 2:
                 return outcome
             collapsed, theta, point, kkt, data, constraint = outcome
-            objective = self.problem.value(point, data, constraint)
+            objective = self.problem.value(point, data, constraint, self.certifier.certifying(self.constraint)[0])
             if not (math.isfinite(objective) and math.isfinite(kkt)):
                 return self._broken(rule, f"iteration {iteration}: the objective or its gradient is NaN or Inf")
             verdict = rule.collapsed(collapsed, kkt)

@@ -14,6 +14,10 @@ celer / skglm, here with DCS as the inner solver):
    $‖g_a‖$ (the worst violators), doubling the size, and repeat.
 
 The answer is certified exactly as a plain solve's: by the full problem's KKT residual.
+
+A warm start (`symopt.path`'s previous point) is first polished on the full problem's face (its
+support and worst violators: the active-set Newton step needs only those columns) and returned when
+that certifies it; the loop above runs only when it does not.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from torch import Tensor
 from ..optimality import loss_gradient, snap_tol
 from ..problems import Problem
 from ..result import Result, elapsed_since
+from .certifier import Certifier
 
 FIRST_SIZE = 100  # atoms in the first working set (at least twice the alive atoms later)
 
@@ -49,7 +54,7 @@ def atom_count(constraint, numel: int) -> int:
 
 def solve_on_working_sets(problem: Problem, solve_restricted: Callable[..., Result], *, device, tol: float,
                           max_iter: int, progress: bool, solver: str = "dcs", start: Tensor | None = None,
-                          grad0: Tensor | None = None) -> Result:
+                          grad0: Tensor | None = None, polish: bool = True, inner: int = 20) -> Result:
     """Solve ``problem`` by DCS on growing working sets (see the module docstring).
 
     Args:
@@ -62,6 +67,8 @@ def solve_on_working_sets(problem: Problem, solve_restricted: Callable[..., Resu
         solver: the name the result reports.
         start: a warm start θ (of ``problem.shape``): its non-zero atoms open the first working set.
         grad0: ∇loss(0) in float64 on ``device`` when the caller has it already (else computed here).
+        polish, inner: the solve's face polish switch and its iteration count (`Certifier`): with the
+            polish on, a warm start is first certified and polished on the full problem's face.
     """
     began = time.perf_counter()
     constraint = problem.constraint().to(device=device, dtype=torch.float64)
@@ -79,6 +86,23 @@ def solve_on_working_sets(problem: Problem, solve_restricted: Callable[..., Resu
         grad = _gradient(loss, theta, shape)
     target = tol * max(float(grad0.norm()), 1e-12)
     history: list = []
+    if start is not None and polish:
+        # A warm start (the previous point of a path) is usually on its answer's face, or one atom
+        # from it: the active-set polish on the full problem's face (its support and the atoms whose
+        # gradient exceeds λ; curvature on those columns only) certifies it without restricting,
+        # re-registering or solving a sub-problem (a 50-point path: 0.29 s → 0.2 s, 500×2000).
+        try:
+            point, kkt, _, _ = Certifier(loss, data, tol, target, inner, polish).certify(theta.reshape(shape),
+                                                                                     constraint)
+        except RuntimeError:  # a linear-algebra failure: the working sets start from the start as it is
+            point, kkt = None, math.inf
+        if kkt <= target:
+            return _result(problem, point, loss, data, constraint, began, device, solver, history, kkt, "optimal",
+                           "KKT residual below tolerance at the warm start's face (polished on the full "
+                           "problem, no working set)")
+        if point is not None and kkt < constraint.kkt_residual(theta.reshape(shape), grad.reshape(shape),
+                                                                snap_tol(theta, tol)):
+            theta, grad = point.reshape(-1), _gradient(loss, point, shape)  # (remembered: no new product)
     size, chosen, inner_iterations = FIRST_SIZE, None, 0
     status, message = "max_iter", f"KKT residual above {tol:g}·scale after {max_iter} working-set rounds"
     for round_ in range(1, max_iter + 1):
@@ -107,7 +131,7 @@ def solve_on_working_sets(problem: Problem, solve_restricted: Callable[..., Resu
         theta[index] = inner.x.to(device=device, dtype=torch.float64).reshape(-1)
         grad = _gradient(loss, theta, shape)
         kkt = constraint.kkt_residual(theta.reshape(shape), grad.reshape(shape), snap_tol(theta, tol))
-        objective = problem.value(theta.reshape(shape), data, constraint)
+        objective = problem.value(theta.reshape(shape), data, constraint, loss)
         history.append((time.perf_counter() - began, objective, kkt))
         if progress:
             print(f"[symopt.solve {problem.name}] working set {round_}: {len(index)} coordinates, objective "
@@ -120,9 +144,23 @@ def solve_on_working_sets(problem: Problem, solve_restricted: Callable[..., Resu
             status, message = inner.status, inner.message
             break
         size *= 2
-    return Result.from_point(problem, theta.reshape(shape), solver=solver, status=status,
-                             seconds=elapsed_since(began, device), history=history, device=device, message=message,
-                             strength=constraint.strength)
+    return _result(problem, theta.reshape(shape), loss, data, constraint, began, device, solver, history, None,
+                   status, message)
+
+
+def _result(problem: Problem, theta: Tensor, loss, data: dict, constraint, began: float, device, solver: str,
+            history: list, kkt: float | None, status: str, message: str) -> Result:
+    """The `Result` at ``theta`` (``kkt``, when given, is its residual, recorded in the history); its
+    objective from the loss's remembered evaluation when it is measured on the CPU already."""
+    seconds = elapsed_since(began, device)
+    objective = problem.value(theta, data, constraint, loss) if torch.device(device).type == "cpu" else None
+    if kkt is not None:
+        history.append((time.perf_counter() - began, objective if objective is not None else
+                        problem.value(theta, data, constraint, loss), kkt))
+    on_cpu = objective is not None
+    return Result.from_point(problem, theta, solver=solver, status=status, seconds=seconds, history=history,
+                             device=device, message=message, strength=constraint.strength, objective=objective,
+                             constraint=constraint if on_cpu else None)
 
 
 def _gradient(loss, theta: Tensor, shape) -> Tensor:
