@@ -46,6 +46,36 @@ def test_compact_direction_equals_the_two_loop_recursion(pairs):
     torch.testing.assert_close(lbfgs.direction(), _two_loop(S, Y, lbfgs.g), rtol=1e-10, atol=1e-12)
 
 
+def test_directions_with_carried_products_equal_the_two_loop_recursion():
+    """`FlatLBFGS` carries S g and Y g from one iteration to the next and forms Y s from its small
+    matrices instead of reading the history again: every direction of a run that wraps its memory
+    several times must still be the textbook one on the pairs it holds."""
+    gen = torch.Generator().manual_seed(7)
+    A = torch.randn(30, 12, generator=gen, dtype=DT)
+    b = torch.randn(30, generator=gen, dtype=DT)
+
+    def objective(x):  # a smooth, non-quadratic loss (softplus regression)
+        z = A @ x - b
+        return torch.nn.functional.softplus(z).sum() + 0.05 * x @ x, A.T @ torch.sigmoid(z) + 0.1 * x
+
+    checked = []
+
+    class Checked(FlatLBFGS):
+        def direction(self):
+            d = super().direction()
+            if self.count:
+                slots = self._slots()
+                reference = _two_loop(list(self.Sb[slots]), list(self.Yb[slots]), self.g)
+                torch.testing.assert_close(d, reference, rtol=1e-9, atol=1e-12)
+                checked.append(self._products is not None)
+            return d
+
+    lbfgs = Checked(objective, torch.zeros(12, dtype=DT), history_size=4)
+    lbfgs.run(12)
+    lbfgs.run(12)  # a second run reads the products afresh, then carries them again
+    assert len(checked) >= 20 and sum(checked) >= 15  # most directions used the carried products
+
+
 def test_a_pair_without_positive_curvature_is_not_kept():
     lbfgs = FlatLBFGS(lambda x: (x.square().sum(), 2 * x), torch.ones(3, dtype=DT), history_size=4)
     lbfgs.remember(torch.tensor([1.0, 0, 0], dtype=DT), torch.tensor([-1.0, 0, 0], dtype=DT))
