@@ -64,7 +64,9 @@ def solve(problem: Problem, device=None, dtype=None, method: str = "auto", tol: 
             budget problem, per λ tried.
         progress: print one line per outer iteration (objective, KKT residual) to stderr.
         inner: iterations per outer iteration (between KKT checks).
-        history_size: L-BFGS memory (a long memory matters on the factored problems).
+        history_size: L-BFGS memory (a long memory matters on the factored problems). The lean loop
+            keeps at most ``symopt.solver.flat.HISTORY_NUMBERS`` / (factor coordinates) pairs, and at
+            least 10: 100 pairs of a 10⁵-coordinate factorisation cost more to read than they save.
         max_rounds: budget problems only — most λ values tried.
         compile: run the loss through ``torch.compile`` (inductor); compiled at the health check at
             θ = 0, outside ``result.seconds``.

@@ -265,6 +265,25 @@ def _interpolate(lo: float, f_lo: float, slope_lo: float, hi: float, f_hi: float
     return min(max(t, lo + 0.1 * width), hi - 0.1 * width)
 
 
+# The pairs the lean loop keeps hold at most this many numbers per matrix (S, Y: 16 MB each in float64),
+# and at least 10 pairs. Each iteration reads them four times, which at 100 pairs of 119k factor
+# coordinates (digits completion, full-width factors) was most of the solve; 16 pairs took the same 7
+# outer iterations in half the time (benchmarks/RESULTS.md). Below 20,000 coordinates (every Lasso,
+# logistic and group lasso of the benchmarks) the solve's ``history_size`` (100) binds, as before.
+HISTORY_NUMBERS = 2_000_000
+
+
+def history_pairs(history_size: int, coordinates: int) -> int:
+    """The pairs the lean loop keeps: ``history_size``, but no more than fit in ``HISTORY_NUMBERS`` numbers
+    per matrix (and no fewer than 10 unless ``history_size`` asks for fewer).
+
+    Examples:
+        >>> history_pairs(100, 119_104), history_pairs(100, 60), history_pairs(5, 10**6)
+        (16, 100, 5)
+    """
+    return min(history_size, max(10, HISTORY_NUMBERS // max(coordinates, 1)))
+
+
 def flat_stepper(holder, loss, inner: int, history_size: int):
     """``step()`` for `Descent` (``inner`` iterations of `FlatLBFGS` on ``holder``'s factors, its
     memory kept between calls), or None where the lean path does not apply: a constraint across
@@ -288,7 +307,7 @@ def flat_stepper(holder, loss, inner: int, history_size: int):
         x = torch.cat([p.detach().reshape(-1) for p in params])
         lbfgs = state["lbfgs"]
         if lbfgs is None or not torch.equal(x, state["written"]):  # new factors (a refactor): new memory
-            lbfgs = state["lbfgs"] = FlatLBFGS(objective, x, history_size)
+            lbfgs = state["lbfgs"] = FlatLBFGS(objective, x, history_pairs(history_size, x.numel()))
         lbfgs.run(inner)
         with torch.no_grad():
             for p, part in zip(params, objective.factors(lbfgs.x)):
