@@ -79,6 +79,27 @@ def test_other_data_or_another_loss_never_share_an_answer():
     assert float(plain.value_and_grad(point)[0]) != float(centred.value_and_grad(point)[0])
 
 
+def test_a_loss_whose_equality_is_not_a_bool_is_never_confused():
+    from dataclasses import dataclass
+
+    @dataclass
+    class Shifted:  # a user's loss with its own derivatives and a tensor field: == is elementwise
+        shift: torch.Tensor
+
+        def __call__(self, theta, X):
+            return 0.5 * (X @ theta - self.shift).square().sum()
+
+        def value_and_grad(self, theta, X):
+            r = X @ theta - self.shift
+            return 0.5 * r.square().sum(), X.T @ r
+
+    memo, X = Evaluations(), torch.eye(2, dtype=torch.float64)
+    one = BoundLoss(Shifted(torch.ones(2, dtype=torch.float64)), {"X": X}, memo)
+    two = BoundLoss(Shifted(2 * torch.ones(2, dtype=torch.float64)), {"X": X}, memo)
+    theta = torch.zeros(2, dtype=torch.float64)
+    assert float(one.value_and_grad(theta)[0]) == 1.0 and float(two.value_and_grad(theta)[0]) == 4.0
+
+
 def test_a_path_evaluates_the_full_design_about_once_a_point():
     """Before the shared evaluations a point of a 50-point path (500×2000) cost ~10 full products."""
     generated = make_lasso(n=200, d=1200, nonzeros=10, seed=3)

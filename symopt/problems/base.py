@@ -224,7 +224,7 @@ class Evaluations:
 
     def recall(self, theta: Tensor, loss) -> tuple[Tensor, Tensor] | None:
         for point, owner, answer in self._zero + self._entries:
-            if (owner is loss or owner == loss) and point.shape == theta.shape and point.dtype == theta.dtype \
+            if _same_loss(owner, loss) and point.shape == theta.shape and point.dtype == theta.dtype \
                     and point.device == theta.device and torch.equal(point, theta):
                 return answer
         return None
@@ -237,6 +237,20 @@ class Evaluations:
                 self._entries.insert(0, (theta.detach().clone(), loss, answer))
                 del self._entries[self.SIZE:]
         return answer
+
+
+def _same_loss(a, b) -> bool:
+    """Whether two losses are the same function: the same object, or equal data terms built apart (a
+    path's points). An ``==`` that does not answer a plain bool (a loss holding tensors) is no match."""
+    if a is b:
+        return True
+    if type(a) is not type(b):
+        return False
+    try:
+        same = a == b
+    except (RuntimeError, TypeError, ValueError):
+        return False
+    return same is True
 
 
 def _to_numpy(value: Tensor):
