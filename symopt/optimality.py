@@ -26,6 +26,8 @@ NEWTON_FACE = 256
 _NEWTON_STEPS = 8
 # Newton steps at most in one active-set polish (each adds, drops or converges on a face)
 _ACTIVE_SET_STEPS = 100
+_PROX_STEPS = 50  # proximal-gradient steps at most per finish (proximal_finish)
+_PROX_CHECK = 5  # steps between its KKT checks (each a full SVD of the iterate and of the normal part)
 
 
 def snap_tol(theta: Tensor, tol: float) -> float:
@@ -152,6 +154,71 @@ def polish_on_face(loss: Callable[[Tensor], Tensor], constraint: Constraint, poi
     except RuntimeError:  # e.g. an SVD or a loss meeting NaN on the way
         return None
     return (polished, residual) if math.isfinite(residual) else None
+
+
+def proximal_finish(loss: Callable[[Tensor], Tensor], constraint: Constraint, point: Tensor, tol: float,
+                    target: float, steps: int = _PROX_STEPS) -> tuple[Tensor, float] | None:
+    r"""``(point', KKT residual there)`` after accelerated proximal-gradient steps from ``point``, for a
+    kind that `Constraint.finishes_by_prox` (nuclear norm): the step its face polish cannot take.
+
+    A low-rank face takes no new direction, and a new singular value put on a face with a small value
+    makes it ill-conditioned (the norm's curvature there is of order λ/σ), so a point one small
+    singular value short of the optimum waited for the factored descent to grow it, geometrically
+    (china.jpg completion at 0.02 λ_max: 40 outer iterations). The proximal step
+    $x^+ = \mathrm{prox}_{tλ}(y - t∇\mathrm{loss}(y))$ sets singular values on and off exactly. FISTA
+    (Beck & Teboulle 2009) with a backtracked step — $t$, from 1 (the Lipschitz constant of
+    completion's loss, and about that of standardised least squares), halves until
+    $\mathrm{loss}(x^+) ≤ \mathrm{loss}(y) + ⟨∇\mathrm{loss}(y), x^+ - y⟩ + ‖x^+ - y‖^2 / (2t)$ — and the
+    gradient restart of O'Donoghue & Candès (2015). Every ``_PROX_CHECK`` steps the iterate is
+    snapped and certified by the full KKT residual, like any other point; the first below ``target``
+    is returned, else the lowest seen; None when no check was made (a NaN, a linear-algebra error).
+    In a one-off script, from the descent's point after 13 outer iterations on china.jpg, 5 steps
+    reached the target (0.2 s) where the descent took 29 more outer iterations; from its second, 35.
+    """
+    x = point.detach().clone()
+    y, momentum, t, best = x.clone(), 1.0, 1.0, None
+    try:
+        for k in range(1, steps + 1):
+            value, grad = _value_and_gradient(loss, y)
+            for _ in range(40):  # backtracking
+                trial = constraint.prox(y - t * grad, t)
+                move = trial - y
+                bound = value + float((grad * move).sum()) + float(move.square().sum()) / (2 * t)
+                if float(loss(trial)) <= bound + 1e-12 * abs(bound):
+                    break
+                t *= 0.5
+            else:
+                return best
+            following = 0.5 * (1 + math.sqrt(1 + 4 * momentum * momentum))
+            if float(((y - trial) * (trial - x)).sum()) > 0:  # the momentum points uphill: restart
+                y, following = trial.clone(), 1.0
+            else:
+                y = trial + ((momentum - 1) / following) * (trial - x)
+            x, momentum = trial, following
+            if k % _PROX_CHECK == 0 or k == steps:
+                checked = kkt_at_snap(loss, constraint, x, tol, levels=1)
+                if not math.isfinite(checked[1]):
+                    return best
+                if best is None or checked[1] < best[1]:
+                    best = checked
+                if checked[1] <= target:
+                    return best
+    except RuntimeError:  # an SVD meeting NaN: what was certified stands
+        return best
+    return best
+
+
+def _value_and_gradient(loss, theta: Tensor) -> tuple[float, Tensor]:
+    """``(loss(θ), ∇loss(θ))``: the loss's own where it has them, else autograd."""
+    analytic = getattr(loss, "value_and_grad", None)
+    if analytic is not None:
+        value, grad = analytic(theta.detach())
+        return float(value), grad
+    probe = theta.detach().requires_grad_()
+    with torch.enable_grad():
+        value = loss(probe)
+        (grad,) = torch.autograd.grad(value, probe)
+    return float(value.detach()), grad
 
 
 def _active_set_applies(loss, face: Face, free: int) -> bool:

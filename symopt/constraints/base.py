@@ -571,6 +571,15 @@ class Constraint(nn.Module):
             return None
         return Face(start=(value,), embed=self.project, norm=lambda z: z.new_zeros(()))
 
+    def finishes_by_prox(self, value: Tensor) -> bool:
+        r"""Whether a point of this kind that the face polish leaves above the target is finished by
+        accelerated proximal-gradient steps (``prox``; `symopt.optimality.proximal_finish`). For
+        kinds whose face takes no joining atom: there a missing atom grows only as fast as the
+        factored descent grows it, and putting it on a face with a tiny value makes the face
+        ill-conditioned; the prox sets atoms on and off exactly. False (the default) for kinds whose
+        face admits atoms (Sparse, GroupSparse: the active-set polish) and for linear kinds."""
+        return False
+
     def induced_norm(self, value: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 

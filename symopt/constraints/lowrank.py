@@ -226,6 +226,16 @@ class LowRank(Constraint):
     def project(self, value: Tensor, tol: float = 0.0) -> Tensor:
         return self._map_singular_values(value, lambda S: torch.where(S > tol, S, torch.zeros_like(S)))
 
+    def finishes_by_prox(self, value: Tensor) -> bool:
+        """A nuclear-norm point is finished by singular-value thresholding steps (its face admits no new
+        direction: china.jpg completion at 0.02 λ_max waited 40 outer iterations for a 47th singular
+        value of 1e-3), where each full SVD is cheap: one matrix, no rank bound (the prox of
+        ``max_rank`` is a projection onto a non-convex set; and while the solver's factors are
+        narrowed, its finish would solve the width-bounded problem: measured, it did, and the
+        widening then threw that away), min(m, n) ≤ 512."""
+        mat = self.matrix(value)
+        return self.max_rank is None and mat.dim() == 2 and min(mat.shape) <= _PROX_FINISH_SIZE
+
     def face(self, value: Tensor, tol: float = 0.0, grad: Tensor | None = None) -> Face | None:
         r"""Rank-r matrices near $\mathrm{value} = P \sum Q^\top$, as $A B^\top$ ($A = P√Σ$, $B = Q√Σ$); with
         $A = Q_A R_A$ and $B = Q_B R_B$ (QR), $‖A B^\top‖_* = ‖R_A R_B^\top‖_*$: an r×r SVD, smooth
@@ -350,6 +360,7 @@ class LowRank(Constraint):
 
 
 _QUICK_TOP = 16  # singular values of the normal part estimated by kkt_residual(quick=True)
+_PROX_FINISH_SIZE = 512  # finishes_by_prox up to this min(m, n): a full SVD a step (~10 ms at 214×320)
 
 
 # Penalised low rank on a matrix with min(m, n) >= _NARROW_FROM starts with factors of width

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import torch
 
 from ..constraints import Constraint
-from ..optimality import kkt_at_snap, polish_on_face
+from ..optimality import kkt_at_snap, polish_on_face, proximal_finish
 
 
 class Certifier:
@@ -67,6 +67,10 @@ class Certifier:
             polished = polish_on_face(loss, certifying, point, self.tol, self.target, self.inner, quick)
             if polished is not None and polished[1] < kkt:
                 point, kkt = polished
+        if self.polish and kkt > self.target and certifying.finishes_by_prox(point):
+            finished = proximal_finish(loss, certifying, point, self.tol, self.target)
+            if finished is not None and finished[1] < kkt:
+                point, kkt = finished
         if self.polish and 1e-6 * self.target < kkt <= self.target:
             # Within tolerance, but the tolerance is relative to ‖∇loss(0)‖: on raw columns (scales
             # 1e-3 to 1e3) it passed an atom 25% off its optimal value (a column of scale 1e-2, so

@@ -76,7 +76,10 @@ def solve(problem: Problem, device=None, dtype=None, method: str = "auto", tol: 
             linear and the loss gives its curvature (Lasso, logistic-L1: atoms leave where they
             reach 0 and violators join), else by Newton or L-BFGS on the face — and keep the result
             if its KKT residual (of the full problem) is smaller (the zeros of DCS arrive only
-            geometrically). ``False`` gives plain DCS.
+            geometrically). A kind whose face admits no new atom and whose prox is cheap
+            (``Constraint.finishes_by_prox``: the nuclear norm of a matrix up to 512 on its short
+            side, factors at full width) is then finished by accelerated proximal-gradient
+            (singular-value thresholding) steps, certified the same way. ``False`` gives plain DCS.
         working_set: solve a problem that can restrict itself (``problem.restrict``: Lasso, group
             lasso, logistic-L1 at a fixed λ) on growing working sets of atoms — DCS on a column
             subset of ``X``, the KKT residual of the full problem checked after each
