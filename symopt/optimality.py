@@ -41,12 +41,20 @@ def loss_gradient(loss: Callable[[Tensor], Tensor], point: Tensor) -> Tensor:
     r"""$∇\mathrm{loss}(\mathrm{point})$: the loss's own ``value_and_grad`` where it has one (a
     `symopt.problems.BoundLoss` of a GLM data term), else autograd on a detached view of ``point``
     (the caller's tensor is untouched)."""
+    return value_and_gradient(loss, point)[1]
+
+
+def value_and_gradient(loss: Callable[[Tensor], Tensor], point: Tensor) -> tuple[Tensor, Tensor]:
+    r"""$(\mathrm{loss}(\mathrm{point}), ∇\mathrm{loss}(\mathrm{point}))$, the value detached: the loss's own
+    ``value_and_grad`` where it has one, else autograd on a detached view of ``point``."""
     analytic = getattr(loss, "value_and_grad", None)
     if analytic is not None:
-        return analytic(point.detach())[1]
+        return analytic(point.detach())
     probe = point.detach().requires_grad_()
-    (grad,) = torch.autograd.grad(loss(probe), probe)
-    return grad
+    with torch.enable_grad():
+        value = loss(probe)
+        (grad,) = torch.autograd.grad(value, probe)
+    return value.detach(), grad
 
 
 def kkt_at_snap(loss: Callable[[Tensor], Tensor], constraint: Constraint, theta: Tensor,
@@ -179,7 +187,8 @@ def proximal_finish(loss: Callable[[Tensor], Tensor], constraint: Constraint, po
     y, momentum, t, best = x.clone(), 1.0, 1.0, None
     try:
         for k in range(1, steps + 1):
-            value, grad = _value_and_gradient(loss, y)
+            value, grad = value_and_gradient(loss, y)
+            value = float(value)
             for _ in range(40):  # backtracking
                 trial = constraint.prox(y - t * grad, t)
                 move = trial - y
@@ -206,19 +215,6 @@ def proximal_finish(loss: Callable[[Tensor], Tensor], constraint: Constraint, po
     except RuntimeError:  # an SVD meeting NaN: what was certified stands
         return best
     return best
-
-
-def _value_and_gradient(loss, theta: Tensor) -> tuple[float, Tensor]:
-    """``(loss(θ), ∇loss(θ))``: the loss's own where it has them, else autograd."""
-    analytic = getattr(loss, "value_and_grad", None)
-    if analytic is not None:
-        value, grad = analytic(theta.detach())
-        return float(value), grad
-    probe = theta.detach().requires_grad_()
-    with torch.enable_grad():
-        value = loss(probe)
-        (grad,) = torch.autograd.grad(value, probe)
-    return float(value.detach()), grad
 
 
 def _active_set_applies(loss, face: Face, free: int) -> bool:

@@ -131,7 +131,6 @@ class Pooled(Constraint, register=False):
         # entries: a tensor's atoms are its entries, in place (the trimmed decay and the snap mask them);
         # otherwise (singular values) each tensor is cut to its share of the count by its own kind
         self.entries = _entries_are_atoms(probe)
-        self.relative = not self.entries
         # a pool of matrices weights each matrix's decay by its scale during the ramp (`scales`): through
         # the same per-step mask as a trimmed decay
         self.policy.trims = probe.trims_decay or self.relative
@@ -207,6 +206,12 @@ class Pooled(Constraint, register=False):
     def atoms(self, values: Sequence[Tensor]) -> Tensor:
         inner = self._inner()
         return torch.cat([inner.atoms(v).reshape(-1) for v in values])
+
+    @property
+    def relative(self) -> bool:
+        """Whether atoms are compared over their tensor's scale (`scales`): a pool of matrices, not of
+        entries."""
+        return not self.entries
 
     def scales(self, values: Sequence[Tensor]) -> list[float]:
         r"""Each tensor's scale, its Frobenius norm ($\sum σ_i^2 = ‖W‖_F^2$: no SVD). A pool of matrices

@@ -179,29 +179,26 @@ class DataTerm:
         """
         if theta.dim() != 1:
             return None
+        index = mask.reshape(-1).nonzero().squeeze(1)
         gram = self._gram(X, weights)
         if gram is not None:  # least squares on a small design: the face's block of the whole Gram
-            index = mask.reshape(-1).nonzero().squeeze(1)
             hessian = gram.index_select(0, index).index_select(1, index)
-            if self.ridge:
-                hessian = hessian + self.ridge * torch.eye(len(index), dtype=hessian.dtype, device=hessian.device)
-            return hessian
-        with torch.no_grad():
-            if getattr(self.fit, "constant_second", False):  # f'' at any z will do: at z = 0, no product
-                z = torch.zeros(X.shape[0], dtype=theta.dtype, device=theta.device)
-            else:
-                z = self.predictor(theta, X, y, weights)
-            omega = torch.full_like(z, 1.0 / z.shape[0]) if weights is None else weights.to(z.dtype)
-            h = omega * self.fit.second(z)
-            index = mask.reshape(-1).nonzero().squeeze(1)
-            Z = columns(X, index)
-            Z = Z.to_dense() if Z.layout != torch.strided else Z
-            hessian = Z.mT @ (h[:, None] * Z)
-            if self.fit_intercept:
-                pull = Z.mT @ h
-                hessian = hessian - torch.outer(pull, pull) / h.sum()
-            if self.ridge:
-                hessian = hessian + self.ridge * torch.eye(len(index), dtype=hessian.dtype, device=hessian.device)
+        else:
+            with torch.no_grad():
+                if getattr(self.fit, "constant_second", False):  # f'' at any z will do: at z = 0, no product
+                    z = torch.zeros(X.shape[0], dtype=theta.dtype, device=theta.device)
+                else:
+                    z = self.predictor(theta, X, y, weights)
+                omega = torch.full_like(z, 1.0 / z.shape[0]) if weights is None else weights.to(z.dtype)
+                h = omega * self.fit.second(z)
+                Z = columns(X, index)
+                Z = Z.to_dense() if Z.layout != torch.strided else Z
+                hessian = Z.mT @ (h[:, None] * Z)
+                if self.fit_intercept:
+                    pull = Z.mT @ h
+                    hessian = hessian - torch.outer(pull, pull) / h.sum()
+        if self.ridge:
+            hessian = hessian + self.ridge * torch.eye(len(index), dtype=hessian.dtype, device=hessian.device)
         return hessian
 
     def _gram(self, X: Tensor, weights: Tensor | None) -> Tensor | None:
