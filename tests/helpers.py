@@ -139,12 +139,15 @@ def cross_entropy_steps(X, y):
     return run
 
 
-def cross_entropy_training(net, X, y, steps, optimizer="adam", measure=None, lr=1e-2, sgd_lr=0.05):
+def cross_entropy_training(net, X, y, steps, optimizer="adam", measure=None, lr=1e-2, sgd_lr=0.05, bind=False):
     """Full-batch cross-entropy training of ``net`` through ``symopt.param_groups``: Adam (``lr``), or
-    SGD with momentum 0.9 (``sgd_lr``) and gradients clipped to norm 0.5 (``"sgd_momentum_clipped"``).
-    Returns ``measure(net)`` after every step (an empty list without ``measure``)."""
+    SGD with momentum 0.9 (``sgd_lr``) and gradients clipped to norm 0.5 (``"sgd_momentum_clipped"``),
+    the optimizer bound by ``symopt.bind`` when ``bind``. Returns ``measure(net)`` after every step
+    (an empty list without ``measure``)."""
     groups = symopt.param_groups(net, lr=lr)
     opt = torch.optim.Adam(groups, lr=lr) if optimizer == "adam" else torch.optim.SGD(groups, lr=sgd_lr, momentum=0.9)
+    if bind:
+        symopt.bind(opt)
     seen = []
     for _ in range(steps):
         opt.zero_grad()
@@ -157,13 +160,15 @@ def cross_entropy_training(net, X, y, steps, optimizer="adam", measure=None, lr=
     return seen
 
 
-def bound_lbfgs_fit(model, loss, steps, tolerance_change=0.0):
+def lbfgs_fit(model, loss, steps, tolerance_change=0.0, bind=True):
     """``steps`` strong-Wolfe L-BFGS steps (20 iterations each, history 50) on ``loss(model) +
-    symopt.penalty(model)``, the optimizer bound by ``symopt.bind`` so that an adaptive λ moves once a
-    step: how the convex-equivalence tests of budgets train."""
+    symopt.penalty(model)``; with ``bind`` the optimizer is bound by ``symopt.bind`` so that an adaptive
+    λ moves once a step (how the convex-equivalence tests of budgets train), without it λ moves at
+    every closure call."""
     opt = torch.optim.LBFGS(model.parameters(), lr=1, max_iter=20, line_search_fn="strong_wolfe", history_size=50,
                             tolerance_change=tolerance_change)
-    symopt.bind(opt)
+    if bind:
+        symopt.bind(opt)
 
     def closure():
         opt.zero_grad()

@@ -172,14 +172,7 @@ def test_a_head_budget_lands_exactly_and_export_keeps_that_many_heads(where):
         handle = symopt.attention_heads(model, "attn", max_heads=2, total_steps=steps)
         ids = torch.randint(0, 30, (16, 7), generator=torch.Generator().manual_seed(0))
         loss = lambda: nn.functional.cross_entropy(model(ids[:, :-1]).reshape(-1, 30), ids[:, 1:].reshape(-1))  # noqa: E731
-    opt = torch.optim.Adam(symopt.param_groups(model, lr=1e-2), lr=1e-2)
-    alive = []
-    for _ in range(steps):
-        opt.zero_grad()
-        loss().backward()
-        opt.step()
-        norms = handle.constraint.unit_norms([v.detach() for v in handle.values()])
-        alive.append(int((norms > 0).sum()))
+    alive = [int((norms > 0).sum()) for norms in _head_norms_while_training(model, loss, handle, steps)]
     land = round(0.75 * steps)
     assert alive[land - 2] == 4 and all(a == 2 for a in alive[land - 1:])
     model.eval()
@@ -188,6 +181,19 @@ def test_a_head_budget_lands_exactly_and_export_keeps_that_many_heads(where):
     assert heads == 2
     probe = x if where == "torch" else ids
     assert torch.allclose(small(probe), model(probe), atol=1e-10)
+
+
+def _head_norms_while_training(model, loss, handle, steps):
+    """Adam (lr 1e-2, ``symopt.param_groups``) on ``loss()`` for ``steps`` steps; the heads' joint norms
+    after each."""
+    opt = torch.optim.Adam(symopt.param_groups(model, lr=1e-2), lr=1e-2)
+    seen = []
+    for _ in range(steps):
+        opt.zero_grad()
+        loss().backward()
+        opt.step()
+        seen.append(handle.constraint.unit_norms([v.detach() for v in handle.values()]))
+    return seen
 
 
 class TwoBlockLM(nn.Module):
@@ -228,14 +234,8 @@ def test_one_head_budget_over_two_blocks_lands_and_export_removes_each_blocks_he
         probe = ids
     handle = symopt.attention_heads(model, blocks, max_heads=3, total_steps=steps)
     assert handle.constraint.set_units == [4, 4]
-    opt = torch.optim.Adam(symopt.param_groups(model, lr=1e-2), lr=1e-2)
-    alive = []
-    for _ in range(steps):
-        opt.zero_grad()
-        loss().backward()
-        opt.step()
-        norms = handle.constraint.unit_norms([v.detach() for v in handle.values()])
-        alive.append([int((part > 0).sum()) for part in norms.split(4)])
+    alive = [[int((part > 0).sum()) for part in norms.split(4)]
+             for norms in _head_norms_while_training(model, loss, handle, steps)]
     land = round(0.75 * steps)
     assert sum(alive[land - 2]) == 8 and all(sum(a) == 3 and min(a) >= 1 for a in alive[land - 1:])
     model.eval()

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import symopt
-from helpers import DT, Vector, least_squares, ls_loss, train
+from helpers import DT, Vector, lbfgs_fit, least_squares, ls_loss, train
 from symopt.problems import group_lasso, lasso, make_matrix_completion, matrix_completion
 
 sklearn = pytest.importorskip("sklearn.linear_model")
@@ -30,16 +30,8 @@ def _train_adam(model, loss_fn, steps):
 
 
 def _train_lbfgs(model, loss_fn, steps):
-    opt = torch.optim.LBFGS(model.parameters(), lr=1, max_iter=20, line_search_fn="strong_wolfe", history_size=50)
-
-    def closure():
-        opt.zero_grad()
-        total = loss_fn(model) + symopt.penalty(model)
-        total.backward()
-        return total
-
-    for _ in range(steps):
-        opt.step(closure)
+    # unbound on purpose: λ moves at every closure call; torch's default tolerance_change
+    lbfgs_fit(model, loss_fn, steps, tolerance_change=1e-9, bind=False)
 
 
 def _sklearn_support(X, y, lam):

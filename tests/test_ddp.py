@@ -190,6 +190,23 @@ def test_adaptive_strengths_stay_equal_across_ranks_only_with_sync(tmp_path, syn
 LANDING_STEPS = 60
 
 
+def _train_to_the_landing(net: nn.Module, rank: int, world: int) -> dict:
+    """``LANDING_STEPS`` SGD steps of ``net`` under DDP on this rank's half batch, λ kept equal by
+    ``sync_strengths``; then its state and whether ``finalize`` (default tolerance) succeeds."""
+    ddp = nn.parallel.DistributedDataParallel(net)
+    x, y = _half_batch(rank, world)
+    opt = torch.optim.SGD(symopt.param_groups(net, lr=0.05), lr=0.05, momentum=0.9)
+    for _ in range(LANDING_STEPS):
+        opt.zero_grad()
+        (ddp(x) - y).square().mean().backward()
+        symopt.sync_strengths(net)
+        opt.step()
+    del ddp
+    state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    state["finalized"] = torch.tensor(bool(symopt.finalize(net).ok))
+    return state
+
+
 def _landing_worker(rank: int, world: int, port: int, out: str) -> None:
     """Landing budgets (``total_steps``) under DDP, λ kept equal by ``sync_strengths``."""
     with _process_group(rank, world, port):
@@ -197,17 +214,7 @@ def _landing_worker(rank: int, world: int, port: int, out: str) -> None:
         net = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3)).to(DT)
         symopt.sparse(net, "0.weight", max_nonzero=12, total_steps=LANDING_STEPS)
         symopt.low_rank(net, "2.weight", target_rank=2, total_steps=LANDING_STEPS)
-        ddp = nn.parallel.DistributedDataParallel(net)
-        x, y = _half_batch(rank, world)
-        opt = torch.optim.SGD(symopt.param_groups(net, lr=0.05), lr=0.05, momentum=0.9)
-        for _ in range(LANDING_STEPS):
-            opt.zero_grad()
-            (ddp(x) - y).square().mean().backward()
-            symopt.sync_strengths(net)
-            opt.step()
-        del ddp
-        state = {k: v.detach().clone() for k, v in net.state_dict().items()}
-        state["finalized"] = torch.tensor(bool(symopt.finalize(net).ok))
+        state = _train_to_the_landing(net, rank, world)
         state["weights"] = torch.stack([net[0].weight.detach().reshape(-1)[:8], net[2].weight.detach()[0, :8]])
         state["nonzeros"] = torch.tensor(int((net[0].weight != 0).sum()))
         state["rank"] = torch.tensor(int((torch.linalg.svdvals(net[2].weight.detach()) > 1e-12).sum()))
@@ -237,17 +244,7 @@ def _global_landing_worker(rank: int, world: int, port: int, out: str) -> None:
         symopt.group_sparse(net, [["0.weight", "0.bias"], ["2.weight", "2.bias"]], max_groups=10,
                             total_steps=LANDING_STEPS)
         symopt.low_rank(net, ["4.weight", "6.weight"], target_rank=5, total_steps=LANDING_STEPS)
-        ddp = nn.parallel.DistributedDataParallel(net)
-        x, y = _half_batch(rank, world)
-        opt = torch.optim.SGD(symopt.param_groups(net, lr=0.05), lr=0.05, momentum=0.9)
-        for _ in range(LANDING_STEPS):
-            opt.zero_grad()
-            (ddp(x) - y).square().mean().backward()
-            symopt.sync_strengths(net)
-            opt.step()
-        del ddp
-        state = {k: v.detach().clone() for k, v in net.state_dict().items()}
-        state["finalized"] = torch.tensor(bool(symopt.finalize(net).ok))
+        state = _train_to_the_landing(net, rank, world)
         rows = [int((torch.cat([net[i].weight, net[i].bias[:, None]], 1) != 0).any(1).sum()) for i in (0, 2)]
         ranks = [int((torch.linalg.svdvals(net[i].weight.detach()) > 1e-12).sum()) for i in (4, 6)]
         state["rows"], state["ranks"] = torch.tensor(rows), torch.tensor(ranks)

@@ -14,7 +14,7 @@ from sklearn.linear_model import Lasso
 from torch import nn
 
 import symopt
-from helpers import bound_lbfgs_fit, cross_entropy_training
+from helpers import lbfgs_fit, cross_entropy_training
 
 DT = torch.float64
 
@@ -40,7 +40,7 @@ def _data(seed=0):
 
 
 def _fit(model, X1, X2, y, steps=150, tolerance_change=1e-9):
-    bound_lbfgs_fit(model, lambda m: 0.5 * (m(X1, X2) - y).square().mean(), steps, tolerance_change)
+    lbfgs_fit(model, lambda m: 0.5 * (m(X1, X2) - y).square().mean(), steps, tolerance_change)
 
 
 def test_a_global_budget_lands_on_the_lasso_path_of_the_stacked_problem():
@@ -167,7 +167,7 @@ def test_a_global_rank_budget_lands_on_the_path_of_the_summed_nuclear_norms():
     Y = X1 @ W1.T + X2 @ W2.T + 0.3 * torch.randn(n, q, generator=g, dtype=DT)
     model = TwoMatrices(d1, d2, q)
     handle = symopt.low_rank(model, ["w1", "w2"], target_rank=4)
-    bound_lbfgs_fit(model, lambda m: 0.5 * (m(X1, X2) - Y).square().sum(1).mean(), 100)  # 80 are enough here
+    lbfgs_fit(model, lambda m: 0.5 * (m(X1, X2) - Y).square().sum(1).mean(), 100)  # 80 are enough here
     lam = handle.strength
     A, B = cp.Variable((q, d1)), cp.Variable((q, d2))
     residual = X1.numpy() @ A.T + X2.numpy() @ B.T - Y.numpy()

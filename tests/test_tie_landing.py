@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import symopt
-from helpers import cross_entropy_steps, resumed_matches
+from helpers import cross_entropy_steps, cross_entropy_training, resumed_matches
 
 STEPS = 200
 
@@ -33,28 +33,18 @@ def _gaps(net, names):
 
 def _train(net, names, steps, optimizer="adam", bind=True, total_steps=STEPS):
     handle = symopt.tie(net, names, **({} if total_steps is None else dict(total_steps=total_steps)))
-    groups = symopt.param_groups(net, lr=1e-2)
-    opt = torch.optim.Adam(groups, lr=1e-2) if optimizer == "adam" else torch.optim.SGD(groups, lr=0.1, momentum=0.9)
-    if bind:
-        symopt.bind(opt)
     X, y = _data()
-    gaps = []
-    for _ in range(steps):
-        opt.zero_grad()
-        nn.functional.cross_entropy(net(X), y).backward()
-        if optimizer != "adam":
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 0.5)
-        opt.step()
-        gaps.append(_gaps(net, names))
-    return handle, opt, gaps
+    gaps = cross_entropy_training(net, X, y, steps, optimizer, measure=lambda n: _gaps(n, names), sgd_lr=0.1,
+                                  bind=bind)
+    return handle, gaps
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "sgd_momentum_clipped"])
 def test_the_tie_lands_exactly_and_holds(optimizer):
     names = ["0.weight", "2.weight"]
-    _, _, plain = _train(_net(), names, STEPS, optimizer, total_steps=None)
+    _, plain = _train(_net(), names, STEPS, optimizer, total_steps=None)
     net = _net()
-    handle, _, gaps = _train(net, names, STEPS, optimizer)
+    handle, gaps = _train(net, names, STEPS, optimizer)
     land = round(0.75 * STEPS)
     assert gaps[:land - 1] == plain[:land - 1]  # the same run as the plain "auto" tie until the landing
     assert plain[-1] > 1e-6 and gaps[land - 2] > 1e-6  # which leaves the copies apart
@@ -69,7 +59,7 @@ def test_three_copies_count_one_step_per_backward_without_bind():
     """Each later copy reports its gradient; the step count must still be one per backward pass, so
     the landing comes at round(0.75 · total_steps) also for k = 3 and without symopt.bind."""
     names = ["0.weight", "2.weight", "4.weight"]
-    handle, _, gaps = _train(_net(3), names, STEPS, bind=False)
+    handle, gaps = _train(_net(3), names, STEPS, bind=False)
     land = round(0.75 * STEPS)
     assert int(handle.constraint.policy.step) == land
     assert gaps[land - 2] > 0.0 and all(g == 0.0 for g in gaps[land - 1:])

@@ -10,7 +10,7 @@ from torch import nn
 
 import symopt
 from symopt import ExportWarning
-from helpers import bound_lbfgs_fit, cross_entropy_steps, cross_entropy_training, resumed_matches
+from helpers import lbfgs_fit, cross_entropy_steps, cross_entropy_training, resumed_matches
 
 DT = torch.float64
 NAMES = ["0.weight", "0.bias", "1.weight", "1.bias"]
@@ -300,7 +300,7 @@ def test_a_global_group_budget_lands_on_the_group_lasso_path_of_the_stacked_prob
     model = TwoBlocks()
     handle = symopt.group_sparse(model, [["w1"], ["w2"]], dim=1, max_groups=4)
     # λ still drifts down the path's 4-feature interval; by 150 steps the point has caught up
-    bound_lbfgs_fit(model, lambda m: 0.5 * (m(X1, X2) - Y).square().sum(1).mean(), 150)
+    lbfgs_fit(model, lambda m: 0.5 * (m(X1, X2) - Y).square().sum(1).mean(), 150)
     lam = handle.strength
     W = cp.Variable((3, 12))
     objective = 0.5 * cp.sum_squares(X.numpy() @ W.T - Y.numpy()) / 150 + lam * cp.sum(cp.norm(W, 2, axis=0))
