@@ -207,6 +207,19 @@ def _train_to_the_landing(net: nn.Module, rank: int, world: int) -> dict:
     return state
 
 
+def _identical_replicas(worker, out) -> dict:
+    """Run ``worker`` on two gloo ranks (skip where gloo is missing), check that both saved the same
+    state, and return rank 0's."""
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available in this build")
+    out = os.fspath(out)
+    _spawn(worker, out)
+    rank0, rank1 = torch.load(out + ".0"), torch.load(out + ".1")
+    for key in rank0:
+        assert torch.equal(rank0[key], rank1[key]), key
+    return rank0
+
+
 def _landing_worker(rank: int, world: int, port: int, out: str) -> None:
     """Landing budgets (``total_steps``) under DDP, λ kept equal by ``sync_strengths``."""
     with _process_group(rank, world, port):
@@ -224,13 +237,7 @@ def _landing_worker(rank: int, world: int, port: int, out: str) -> None:
 def test_landing_budgets_land_identically_on_every_rank(tmp_path):
     """Under DDP with ``sync_strengths``, both ranks land the same atoms at the same step: the budgets are
     exact on each rank, the replicas identical, and ``finalize`` needs no force."""
-    if not dist.is_available() or not dist.is_gloo_available():
-        pytest.skip("torch.distributed with gloo is not available in this build")
-    out = os.fspath(tmp_path / "landing")
-    _spawn(_landing_worker, out)
-    rank0, rank1 = torch.load(out + ".0"), torch.load(out + ".1")
-    for key in rank0:
-        assert torch.equal(rank0[key], rank1[key]), key
+    rank0 = _identical_replicas(_landing_worker, tmp_path / "landing")
     assert int(rank0["nonzeros"]) == 12 and int(rank0["rank"]) == 2 and bool(rank0["finalized"])
 
 
@@ -255,12 +262,6 @@ def test_global_budgets_land_identically_on_every_rank(tmp_path):
     """Under DDP with ``sync_strengths``, a global channel budget and a global rank budget land the same
     units and directions on both ranks: exactly 10 rows over the two layers and rank 5 over the two
     matrices, replicas identical, ``finalize`` without force."""
-    if not dist.is_available() or not dist.is_gloo_available():
-        pytest.skip("torch.distributed with gloo is not available in this build")
-    out = os.fspath(tmp_path / "global")
-    _spawn(_global_landing_worker, out)
-    rank0, rank1 = torch.load(out + ".0"), torch.load(out + ".1")
-    for key in rank0:
-        assert torch.equal(rank0[key], rank1[key]), key
+    rank0 = _identical_replicas(_global_landing_worker, tmp_path / "global")
     assert int(rank0["rows"].sum()) == 10 and int(rank0["ranks"].sum()) == 5 and bool(rank0["finalized"])
     assert int(rank0["rows"].min()) >= 1 and int(rank0["ranks"].min()) >= 1
