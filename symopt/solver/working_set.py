@@ -151,16 +151,15 @@ def solve_on_working_sets(problem: Problem, solve_restricted: Callable[..., Resu
 def _result(problem: Problem, theta: Tensor, loss, data: dict, constraint, began: float, device, solver: str,
             history: list, kkt: float | None, status: str, message: str) -> Result:
     """The `Result` at ``theta`` (``kkt``, when given, is its residual, recorded in the history); its
-    objective from the loss's remembered evaluation when it is measured on the CPU already."""
+    objective from the loss's remembered evaluation, passed on when measured on the CPU."""
     seconds = elapsed_since(began, device)
-    objective = problem.value(theta, data, constraint, loss) if torch.device(device).type == "cpu" else None
+    objective = problem.value(theta, data, constraint, loss)  # (remembered: no new product)
     if kkt is not None:
-        history.append((time.perf_counter() - began, objective if objective is not None else
-                        problem.value(theta, data, constraint, loss), kkt))
-    on_cpu = objective is not None
+        history.append((time.perf_counter() - began, objective, kkt))
+    on_cpu = torch.device(device).type == "cpu"  # where it is the number `Result.from_point` would measure
     return Result.from_point(problem, theta, solver=solver, status=status, seconds=seconds, history=history,
-                             device=device, message=message, strength=constraint.strength, objective=objective,
-                             constraint=constraint if on_cpu else None)
+                             device=device, message=message, strength=constraint.strength,
+                             objective=objective if on_cpu else None, constraint=constraint if on_cpu else None)
 
 
 def _gradient(loss, theta: Tensor, shape) -> Tensor:
