@@ -19,6 +19,7 @@ from .symmetry import (ConservationTracker, Diagnosis, LayerDiagnosis, conserved
                        noise_collapse, permutation_threshold, syre, NoiseWatch, watch_noise)
 from .distributed import sync_strengths
 from .guard import Diverged, Guard, GuardEvent, guard
+from .regrowth import Regrowth, regrow
 from .export import ExportWarning, Footprint, SparseLinear, export, footprint
 from .hub import from_pretrained, save_pretrained
 from .problems import Problem
@@ -38,5 +39,5 @@ __all__ = [
     "SparseLinear", "guard", "Guard", "GuardEvent", "Diverged", "Problem", "Result", "solve", "compare", "certify",
     "NonNegative", "nonnegative", "bind", "Binding", "Strength", "Fixed", "Auto", "BudgetStrength", "Scheduled",
     "save_pretrained", "from_pretrained", "NMSparse", "n_m_sparse", "attention_heads", "noise_collapse",
-    "permutation_threshold", "path", "Path", "watch_noise", "NoiseWatch",
+    "permutation_threshold", "path", "Path", "watch_noise", "NoiseWatch", "regrow", "Regrowth",
 ]

@@ -416,6 +416,19 @@ class Constraint(nn.Module):
         gradient method. Kinds with budgets define it (a budget with ``total_steps`` needs it)."""
         raise NotImplementedError
 
+    def seed_atoms(self, factors: tuple[Tensor, ...], which: Tensor, grad: Tensor, size: Tensor) -> None:
+        r"""Put the atoms in ``which`` (a bool mask over ``atoms``) at ``size`` (per atom, ≥ 0), in place,
+        along the direction in which the loss gradient ``grad`` (of θ's shape) falls fastest off
+        zero, with balanced factors (the factorisation that attains the induced norm).
+
+        At the mirror's fixed point the factors' gradient is 0 whatever $∂ℓ/∂θ$ says (for
+        $θ_i = u_i v_i$ it is $(g_i v_i, g_i u_i)$), and near it an atom that should grow does so
+        only at the rate $\mathrm{lr}(|g_i| - λ)$ per step, from wherever the decay left it. This
+        is the step the factors cannot take: one proximal step's direction from θ = 0, with the
+        size chosen by the caller ([`symopt.regrow`][symopt.regrow]). Kinds that can regrow an
+        atom define it."""
+        raise NotImplementedError
+
     def hold_landed(self, factors: tuple[Tensor, ...], keep: Tensor) -> None:
         """After the landing, before every forward: put the dropped atoms' factors back on the fixed
         subspace. Gradients never move them off it, but an optimizer's momentum (SGD's buffer, Adam's

@@ -229,6 +229,17 @@ class GroupSparse(Constraint):
         gates.masked_fill_(~keep, 0.0)
         omega.mul_(self.spread(keep.to(omega.dtype), omega))  # s_g = 0 and ω_g = 0: the mirror's fixed point
 
+    def seed_atoms(self, factors: tuple[Tensor, ...], which: Tensor, grad: Tensor, size: Tensor) -> None:
+        # w_g = −size_g·g_g/‖g_g‖ as s_g = √(c_g size_g), ω_g = −√(c_g size_g)·g_g/‖g_g‖: then
+        # s_g ω_g / c_g = w_g and s_g² = ‖ω_g‖², the split at which the decay is λ c_g ‖w_g‖
+        gates, omega = factors
+        root = self.weighted(size.to(gates.dtype)).sqrt()
+        norms = self.group_norms(grad).to(omega.dtype).clamp_min(torch.finfo(omega.dtype).tiny)
+        direction = -grad.to(omega.dtype) / self.spread(norms, omega)
+        gates.copy_(torch.where(which, root, gates))
+        chosen = self.spread(which, omega).expand_as(omega)
+        omega.copy_(torch.where(chosen, direction * self.spread(root, omega), omega))
+
     def truncate(self, value: Tensor, k: int) -> Tensor:
         keep = largest(self.atoms(value), k).to(value.dtype)
         return value * self.spread(keep, value)

@@ -80,6 +80,15 @@ class Sparse(Constraint):
     def dropped_entries(self, slot: int, factor: Tensor, dropped: Tensor) -> Tensor:
         return dropped.view_as(factor)  # u_i and v_i both belong to entry i
 
+    def seed_atoms(self, factors: tuple[Tensor, ...], which: Tensor, grad: Tensor, size: Tensor) -> None:
+        # θ_i = −sign(g_i)·size_i as u_i = −sign(g_i)·√size_i, v_i = √size_i: |u_i| = |v_i|, the
+        # split at which (λ/2)(u_i² + v_i²) = λ|θ_i|
+        u, v = factors
+        which = which.view_as(u)
+        root = size.to(u.dtype).view_as(u).sqrt()
+        u.copy_(torch.where(which, -grad.sign().to(u.dtype) * root, u))
+        v.copy_(torch.where(which, root, v))
+
     def truncate(self, value: Tensor, k: int) -> Tensor:
         keep = largest(value.abs(), k).view_as(value)
         return torch.where(keep, value, torch.zeros_like(value))

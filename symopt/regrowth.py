@@ -1,0 +1,323 @@
+r"""Layer 3 — [`regrow`][symopt.regrow]: exact zeros during training, and zeros that leave fast.
+
+A factored atom near its mirror's fixed point moves geometrically. For $θ_i = u_i v_i$ trained
+by SGD with the decay λ, the factors' Hessian at $u_i = v_i = 0$ is $[[λ, g_i], [g_i, λ]]$
+(THEORY §3): the atom shrinks by the factor $1 - \mathrm{lr}(λ - |g_i|)$ per step when the loss
+pulls less than λ, and grows by $1 + \mathrm{lr}(|g_i| - λ)$ when it pulls more. Two things follow:
+
+* a zero that should be zero is never exactly zero before the end of training (1e-17, then 1e-250,
+  never 0): `finalize`'s snap does it at the end;
+* a zero that should *leave* it does so from wherever the decay had left it. After λ is lowered (a
+  schedule, a fine-tuning at a smaller λ, a shift in the data) the atoms that should enter have
+  spent the previous phase shrinking: from 1e-250 at the rate $\mathrm{lr}(|g_i| - λ)$ per step
+  they need tens of thousands of steps (scikit-learn's diabetes, λ lowered from 10 to 0.5: the
+  objective still 4e-4 above the Lasso's after 20,000 steps of plain GD; `benchmarks/regrowth.py`).
+
+A `Regrowth` watches $∂ℓ/∂θ$ (a moving average $\bar g$ over optimizer steps: batch gradients are
+noisy) and, every ``every`` steps, asks the constraint about each atom near zero
+($\mathrm{atom}_i ≤ c \max_j \mathrm{atom}_j$, $c$ = ``near_zero``):
+
+* **snap** — the pull is below λ ($\mathrm{dual\_atom}_i(\bar g) < λ$: zero satisfies the atom's KKT
+  condition and is attracting): its factors are put on the fixed point ($u_i = v_i = 0$), where no
+  gradient moves them, and held there after every optimizer step (an optimizer's momentum would
+  move them back off it) until
+* **regrow** — the pull exceeds λ (zero violates KKT): the atom is seeded at
+  $\mathrm{size}_i = \max(s \max_j \mathrm{atom}_j,\ \mathrm{lr}(\mathrm{dual\_atom}_i(\bar g) - λ))$
+  ($s$ = ``seed_size``) along $-\bar g$, with balanced factors ([`Constraint.seed_atoms`][symopt.Constraint]):
+  the direction of a proximal gradient step from zero, which the factors' own gradient, zero at the
+  fixed point, cannot take. The first-order change of the penalised objective is
+  $-(\mathrm{dual\_atom}_i - λ)·\mathrm{size}_i < 0$.
+
+Seeded atoms start above the snap threshold ($s > c$), so an atom is not snapped again until the
+decay has brought it back below it. The zeros and the λ are the training's; nothing else changes:
+at a point where every atom's KKT condition holds, a `Regrowth` only makes the zeros exact.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import torch
+from torch import Tensor, nn
+
+from .attach import list_constraints
+from .constraints.base import Constraint
+
+
+class _Watched:
+    """One watched tensor: its handle's member and the running state of its atoms."""
+
+    def __init__(self, handle, group: dict) -> None:
+        self.constraint: Constraint = handle.constraint
+        self.member = handle.members[0]
+        self.group = group  # the optimizer group holding the factors: its lr sizes a seed from zero
+        value = self.member.value.detach()
+        self.mean = torch.zeros_like(value, dtype=torch.promote_types(value.dtype, torch.float32))
+        self.count = 0  # steps folded into `mean` (its bias correction)
+        atoms = self.constraint.atom_count(value)
+        self.held = torch.zeros(atoms, dtype=torch.bool, device=value.device)
+        self.pending: Tensor | None = None  # ∂ℓ/∂θ summed over this step's backward passes
+        self.snapped = 0
+        self.regrown = 0
+
+
+class Regrowth:
+    r"""The hooks of [`regrow`][symopt.regrow]: running means of $∂ℓ/∂θ$, the held zeros and the
+    counts of what was done (see the module docstring for the rule).
+
+    Args:
+        optimizer: the optimizer whose steps drive it (build this object with
+            [`regrow`][symopt.regrow], which checks every argument).
+        watched: the watched tensors by name.
+        every: decide every this many steps.
+        beta: factor of the moving average of $∂ℓ/∂θ$.
+        near_zero: relative size below which an atom is near zero.
+        seed_size: relative size at which an atom is seeded.
+        scaler: the GradScaler whose scale θ's gradients carry, or None.
+
+    Attributes:
+        steps: optimizer steps seen.
+        snapped: per tensor, how many atoms were put exactly on zero (an atom can count more than once).
+        regrown: per tensor, how many atoms were seeded off zero.
+
+    Examples:
+        >>> import torch, symopt
+        >>> lin = torch.nn.Linear(6, 1, bias=False)
+        >>> _ = symopt.sparse(lin, "weight", strength=0.1)
+        >>> opt = torch.optim.SGD(symopt.param_groups(lin, lr=0.2), lr=0.2)
+        >>> growth = symopt.regrow(lin, opt, every=5)
+        >>> _ = torch.manual_seed(0); x = torch.randn(64, 6); y = x[:, :2].sum(1, keepdim=True)
+        >>> for _ in range(500):
+        ...     opt.zero_grad(); (lin(x) - y).square().mean().backward(); opt.step()
+        >>> growth.remove()
+        >>> int((lin.weight[0, 2:] == 0).sum())   # the four unused inputs: exactly 0
+        4
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, watched: dict[str, _Watched], *, every: int, beta: float,
+                 near_zero: float, seed_size: float, scaler) -> None:
+        self.optimizer = optimizer
+        self.every, self.beta, self.near_zero, self.seed_size, self.scaler = every, beta, near_zero, seed_size, scaler
+        self.steps = 0
+        self._watched = watched
+        self._hooks = [w.constraint.register_forward_hook(self._forward_hook(w)) for w in watched.values()]
+        self._hooks.append(optimizer.register_step_pre_hook(self._before_step))
+        self._hooks.append(optimizer.register_step_post_hook(self._after_step))
+
+    @property
+    def snapped(self) -> dict[str, int]:
+        return {name: w.snapped for name, w in self._watched.items()}
+
+    @property
+    def regrown(self) -> dict[str, int]:
+        return {name: w.regrown for name, w in self._watched.items()}
+
+    def held(self, name: str) -> Tensor:
+        """Which atoms of ``name`` are held exactly at zero now (a bool copy, in ``atoms`` order)."""
+        return self._get(name).held.clone()
+
+    def _get(self, name: str) -> _Watched:
+        if name not in self._watched:
+            raise ValueError(f"Regrowth: '{name}' is not watched; watched: {sorted(self._watched)}")
+        return self._watched[name]
+
+    @staticmethod
+    def _forward_hook(watched: _Watched):
+        def hook(_module, _inputs, output) -> None:
+            if not (isinstance(output, Tensor) and output.requires_grad and torch.is_grad_enabled()):
+                return
+
+            def take(grad: Tensor) -> None:
+                grad = grad.detach().to(watched.mean.dtype)
+                watched.pending = grad if watched.pending is None else watched.pending + grad
+
+            output.register_hook(take)
+
+        return hook
+
+    def _before_step(self, _optimizer, _args, _kwargs) -> None:
+        self.steps += 1
+        # A GradScaler steps the optimizer only after unscaling its gradients, but θ's gradient was
+        # taken from the scaled loss: divide by the scale it still holds (it updates after the step).
+        scale = float(self.scaler.get_scale()) if self.scaler is not None and self.scaler.is_enabled() else 1.0
+        for watched in self._watched.values():
+            grad, watched.pending = watched.pending, None
+            if grad is None or not bool(torch.isfinite(grad).all()):
+                continue  # no backward for this tensor, or a bad batch (a skipped step's business)
+            watched.mean.mul_(self.beta).add_(grad, alpha=(1 - self.beta) / scale)
+            watched.count += 1
+            if self.steps % self.every == 0:
+                self._decide(watched)
+
+    @torch.no_grad()
+    def _decide(self, watched: _Watched) -> None:
+        constraint = watched.constraint
+        mean = watched.mean / (1 - self.beta ** watched.count)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # Replicas must take the same decision: θ's gradient is each rank's own (DDP averages
+            # the factors' gradients, not θ's), so average the means first.
+            torch.distributed.all_reduce(mean)
+            mean /= torch.distributed.get_world_size()
+        factors = tuple(f.detach() for f in watched.member.factors)
+        value = constraint.forward(*factors)
+        atoms = constraint.atoms(value).reshape(-1)
+        largest = atoms.max()
+        near = atoms <= self.near_zero * largest
+        pull = constraint.dual_atoms(mean.to(value.dtype)).reshape(-1)
+        lam = constraint.strength
+        snap = near & ~watched.held & (pull < lam)
+        grow = (watched.held | near) & (pull > lam)
+        watched.held = (watched.held | snap) & ~grow
+        watched.snapped += int(snap.sum())
+        watched.regrown += int(grow.sum())
+        if bool(grow.any()):
+            size = torch.maximum(self.seed_size * largest, float(watched.group["lr"]) * (pull - lam)).clamp_min(0)
+            constraint.seed_atoms(factors, grow, mean.to(value.dtype), size)
+        if bool(watched.held.any()):
+            constraint.land(factors, ~watched.held)
+
+    @torch.no_grad()
+    def _after_step(self, _optimizer, _args, _kwargs) -> None:
+        for watched in self._watched.values():
+            if bool(watched.held.any()):
+                watched.constraint.land(tuple(f.detach() for f in watched.member.factors), ~watched.held)
+
+    def state_dict(self) -> dict:
+        """The running means, counts and held zeros, for a checkpoint (with the model's and the
+        optimizer's): a resumed run takes the same decisions."""
+        return {"steps": self.steps,
+                "tensors": {name: {"mean": w.mean.clone(), "count": w.count, "held": w.held.clone(),
+                                   "snapped": w.snapped, "regrown": w.regrown}
+                            for name, w in self._watched.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what `state_dict` saved (the same tensors watched).
+
+        Raises:
+            ValueError: the state watches other tensors, or its shapes differ.
+        """
+        tensors = state.get("tensors", {}) if isinstance(state, dict) else {}
+        if set(tensors) != set(self._watched):
+            raise ValueError(f"Regrowth.load_state_dict: the state watches {sorted(tensors)}, this one "
+                             f"{sorted(self._watched)}; build the Regrowth with the same names")
+        for name, saved in tensors.items():
+            w = self._watched[name]
+            if saved["mean"].shape != w.mean.shape or saved["held"].shape != w.held.shape:
+                raise ValueError(f"Regrowth.load_state_dict: '{name}' has other shapes in the state")
+        self.steps = int(state["steps"])
+        for name, saved in tensors.items():
+            w = self._watched[name]
+            w.mean.copy_(saved["mean"])
+            w.held.copy_(saved["held"])
+            w.count, w.snapped, w.regrown = int(saved["count"]), int(saved["snapped"]), int(saved["regrown"])
+
+    def remove(self) -> None:
+        """Take the hooks off the model and the optimizer (held zeros stay zero until a step moves them)."""
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
+
+
+def _can_regrow(constraint: Constraint) -> bool:
+    return type(constraint).seed_atoms is not Constraint.seed_atoms and type(constraint).land is not Constraint.land
+
+
+def _holding_group(optimizer: torch.optim.Optimizer, member) -> dict | None:
+    factors = {id(f) for f in member.factors}
+    return next((g for g in optimizer.param_groups if any(id(p) in factors for p in g["params"])), None)
+
+
+def _check_number(label: str, number, low: float, high: float) -> float:
+    if isinstance(number, bool) or not isinstance(number, numbers.Real) or not low < number < high:
+        raise ValueError(f"regrow: {label} must be a number in ({low:g}, {high:g}), got {number!r}")
+    return float(number)
+
+
+def regrow(model: nn.Module, optimizer: torch.optim.Optimizer, names=None, *, every: int = 10, beta: float = 0.9,
+           near_zero: float = 1e-3, seed_size: float = 1e-2, scaler=None) -> Regrowth:
+    r"""Make a fixed-λ (or scheduled-λ) training run's zeros exact, and let zeros that should leave do
+    so at once: snap attracted atoms near zero onto the mirror's fixed point, and seed repelled ones
+    off it along $-∂ℓ/∂θ$ (the module docstring has the rule and why).
+
+    Works with any optimizer that steps once per batch (SGD with or without momentum, Adam, RMSprop)
+    and its learning-rate schedules, under gradient accumulation (θ's gradients summed until the
+    step), a ``GradScaler`` (pass it) and DDP (the decisions use the replicas' mean gradient).
+
+    Args:
+        model: the model with the constraints.
+        optimizer: the optimizer holding their factors (from [`param_groups`][symopt.param_groups]).
+        names: the constrained tensors (default: every one whose kind can regrow an atom and has no
+            budget: ``sparse``, ``group_sparse`` on one tensor).
+        every: decide every this many optimizer steps (≥ 1).
+        beta: factor of the moving average of $∂ℓ/∂θ$ over steps, in (0, 1).
+        near_zero: an atom may be snapped or seeded when its size is at most this fraction of the
+            tensor's largest atom, in (0, 1).
+        seed_size: a seeded atom starts at this fraction of the largest atom, in (near_zero, 1).
+        scaler: the ``torch.amp.GradScaler`` scaling the losses, if any (θ's gradients are the scaled
+            loss's; they are divided by its scale).
+
+    Returns:
+        Regrowth: ``held(name)``, ``snapped``, ``regrown``, ``state_dict()`` / ``load_state_dict()``;
+            ``remove()`` takes the hooks off.
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module``, ``optimizer`` not a ``torch.optim.Optimizer``,
+            ``scaler`` not a GradScaler.
+        ValueError: L-BFGS (its closure evaluates several times per step); a name without a
+            constraint, with a kind that cannot seed an atom, with a budget (a budget lands its own
+            zeros: ``total_steps``), or whose factors the optimizer does not hold; nothing to watch;
+            bad ``every`` / ``beta`` / ``near_zero`` / ``seed_size``. Nothing is installed then.
+
+    Examples:
+        >>> import torch, symopt
+        >>> lin = torch.nn.Linear(4, 2)
+        >>> _ = symopt.sparse(lin, "weight", strength=1e-2)
+        >>> growth = symopt.regrow(lin, torch.optim.Adam(symopt.param_groups(lin, lr=1e-2)))
+        >>> growth.remove()
+        >>> growth.held("weight").shape      # one flag per entry: which are held at exactly 0
+        torch.Size([8])
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"regrow: model must be an nn.Module, got {type(model).__name__}")
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"regrow: optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    if isinstance(optimizer, torch.optim.LBFGS):
+        raise ValueError("regrow: L-BFGS evaluates its closure several times per step, so θ's gradient per step "
+                         "is not one batch's; regrow watches optimizers that step once per batch (SGD, Adam, ...)")
+    if isinstance(every, bool) or not isinstance(every, numbers.Integral) or every < 1:
+        raise ValueError(f"regrow: every must be an int >= 1, got {every!r}")
+    beta = _check_number("beta", beta, 0.0, 1.0)
+    near_zero = _check_number("near_zero", near_zero, 0.0, 1.0)
+    seed_size = _check_number("seed_size", seed_size, near_zero, 1.0)
+    if scaler is not None and not (callable(getattr(scaler, "get_scale", None))
+                                   and callable(getattr(scaler, "is_enabled", None))):
+        raise TypeError(f"regrow: scaler must be a torch.amp.GradScaler (get_scale, is_enabled), got "
+                        f"{type(scaler).__name__}")
+    handles = {h.name: h for h in list_constraints(model)}
+    able = [n for n, h in handles.items() if _can_regrow(h.constraint) and len(h.members) == 1]
+    if names is None:
+        names = [n for n in able if handles[n].constraint.budget is None]
+        if not names:
+            raise ValueError("regrow: no constrained tensor to watch: it needs a kind that can seed an atom "
+                             f"(sparse, group_sparse on one tensor) without a budget; the model has {sorted(handles)}")
+    else:
+        names = [names] if isinstance(names, str) else list(names)
+        if not names:
+            raise ValueError("regrow: names is empty; give the constrained tensors to watch, or None for all")
+    watched = {}
+    for name in names:
+        if name not in handles:
+            raise ValueError(f"regrow: '{name}' is not constrained; constrained: {sorted(handles)}")
+        if name not in able:
+            raise ValueError(f"regrow: '{name}' is {handles[name].kind}, whose atoms cannot be seeded off zero; "
+                             f"regrowable: {able}")
+        if handles[name].constraint.budget is not None:
+            raise ValueError(f"regrow: '{name}' has a budget, which decides its zeros itself (give it "
+                             "total_steps to land them exactly); regrow is for a fixed or scheduled λ")
+        group = _holding_group(optimizer, handles[name].members[0])
+        if group is None:
+            raise ValueError(f"regrow: the optimizer does not hold the factors of '{name}'; build it from "
+                             "symopt.param_groups(model)")
+        watched[name] = _Watched(handles[name], group)
+    return Regrowth(optimizer, watched, every=int(every), beta=beta, near_zero=near_zero, seed_size=seed_size,
+                    scaler=scaler)
