@@ -265,3 +265,50 @@ def test_global_budgets_land_identically_on_every_rank(tmp_path):
     rank0 = _identical_replicas(_global_landing_worker, tmp_path / "global")
     assert int(rank0["rows"].sum()) == 10 and int(rank0["ranks"].sum()) == 5 and bool(rank0["finalized"])
     assert int(rank0["rows"].min()) >= 1 and int(rank0["ranks"].min()) >= 1
+
+
+REGROW_STEPS = 150
+
+
+def _regrowing(forward, net, x, y) -> dict:
+    """``REGROW_STEPS`` SGD steps of a sparse layer under ``symopt.regrow`` (every 5 steps), λ lowered
+    half way so that zeros are both snapped and regrown; the weights and the held zeros."""
+    opt = torch.optim.SGD(symopt.param_groups(net, lr=0.2), lr=0.2)
+    growth = symopt.regrow(net, opt, every=5)
+    handle = symopt.list_constraints(net)[0]
+    for step in range(REGROW_STEPS):
+        if step == REGROW_STEPS // 2:
+            handle.constraint.strength = 0.02
+            opt.param_groups[0]["weight_decay"] = 0.02
+        opt.zero_grad()
+        (forward(x) - y).square().mean().backward()
+        opt.step()
+    return {"weight": net.weight.detach().clone(), "held": growth.held("weight"),
+            "counts": torch.tensor([growth.snapped["weight"], growth.regrown["weight"]])}
+
+
+def _regrow_net() -> nn.Module:
+    torch.manual_seed(0)
+    net = nn.Linear(6, 3, bias=False).to(DT)
+    symopt.sparse(net, "weight", strength=0.3)
+    return net
+
+
+def _regrow_worker(rank: int, world: int, port: int, out: str) -> None:
+    with _process_group(rank, world, port):
+        net = _regrow_net()
+        ddp = nn.parallel.DistributedDataParallel(net)
+        state = _regrowing(ddp, net, *_half_batch(rank, world))
+        del ddp
+        torch.save(state, f"{out}.{rank}")
+
+
+def test_regrow_decides_alike_on_every_rank(tmp_path):
+    """symopt.regrow under DDP averages θ's gradient over the replicas before deciding: both ranks snap
+    and regrow the same atoms, and the run is the single-process full-batch run's."""
+    rank0 = _identical_replicas(_regrow_worker, tmp_path / "regrow")
+    net = _regrow_net()
+    single = _regrowing(net, net, *_data())
+    assert torch.equal(rank0["held"], single["held"]) and torch.equal(rank0["counts"], single["counts"])
+    assert int(single["counts"][0]) > 0
+    torch.testing.assert_close(rank0["weight"], single["weight"], rtol=0, atol=1e-9)
