@@ -1,7 +1,7 @@
 """Training-step overhead of each constraint kind vs the plain model (CPU or CUDA).
 
     python -m benchmarks.overhead [--model mlp|cnn] [--device cuda] [--width 512] [--batch 256] [--repeats 5]
-                                  [--decay param_groups|penalty] [--budgets]
+                                  [--decay param_groups|penalty] [--budgets] [--regrow]
 
 One model per kind, float32: an MLP (width × width hidden layers) or a CNN (three 3×3 convs with
 ``--channels`` channels on 32×32 inputs), its middle layer constrained (tied: first and middle
@@ -23,6 +23,10 @@ Two memory columns:
   (``torch.profiler``, ``profile_memory=True``), on CUDA from ``torch.cuda.max_memory_allocated``
   above what was allocated when the step started. Exact to the byte; measured on one step, after
   the timed ones.
+
+``--regrow`` adds ``sparse + regrow``: the fixed-λ sparse layer with ``symopt.regrow(net, optimizer)``
+on the step's optimizer (θ's gradient folded into a moving average every step, a decision every 10
+steps, the held zeros put back after every step).
 """
 
 from __future__ import annotations
@@ -60,8 +64,9 @@ def _model(arch: str, width: int, device, kind: str | None) -> nn.Module:
                             nn.Flatten(), nn.Linear(width, 10)).to(device)
     shape = net[2].weight.shape
     numel = net[2].weight.numel()
-    if kind == "sparse":
+    if kind in ("sparse", "sparse + regrow"):
         symopt.sparse(net, "2.weight", strength=1e-4)
+        net.regrows = kind == "sparse + regrow"  # _stepper installs symopt.regrow on its optimizer
     elif kind == "group_sparse":
         symopt.group_sparse(net, "2.weight", dim=0, strength=1e-4)
     elif kind == "low_rank":
@@ -107,9 +112,11 @@ def _storage_ratio(net: nn.Module, plain: nn.Module) -> float:
 
 
 def _stepper(net: nn.Module, x, y, decay: str):
-    """(one training step, its optimizer): SGD, gradients set to None before each step."""
+    """(one training step, its optimizer): SGD, gradients set to None before each step (under
+    ``symopt.regrow`` for the model that asks: take it off with ``opt.symopt_regrowth.remove()``)."""
     groups = symopt.param_groups(net, lr=1e-3) if decay == "param_groups" else net.parameters()
     opt = torch.optim.SGD(groups, lr=1e-3)
+    opt.symopt_regrowth = symopt.regrow(net, opt) if getattr(net, "regrows", False) else None
     loss_fn = nn.CrossEntropyLoss()
 
     def objective():
@@ -124,7 +131,7 @@ def _stepper(net: nn.Module, x, y, decay: str):
 
 
 def _step_time(net: nn.Module, x, y, steps: int, device, decay: str) -> float:
-    step, _ = _stepper(net, x, y, decay)
+    step, opt = _stepper(net, x, y, decay)
     for _ in range(3):
         step()
     if device.type == "cuda":
@@ -134,7 +141,10 @@ def _step_time(net: nn.Module, x, y, steps: int, device, decay: str) -> float:
         step()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return (time.perf_counter() - start) / steps
+    seconds = (time.perf_counter() - start) / steps
+    if opt.symopt_regrowth is not None:
+        opt.symopt_regrowth.remove()
+    return seconds
 
 
 def _held_bytes(net: nn.Module, opt: torch.optim.Optimizer) -> int:
@@ -186,7 +196,10 @@ def _peak_bytes(net: nn.Module, x, y, device, decay: str) -> int:
     for _ in range(2):  # optimizer state (if any) exists from the first step on
         step()
     opt.zero_grad(set_to_none=True)
-    return _held_bytes(net, opt) + _transient_peak(step, device)
+    peak = _held_bytes(net, opt) + _transient_peak(step, device)
+    if opt.symopt_regrowth is not None:
+        opt.symopt_regrowth.remove()
+    return peak
 
 
 def main(argv=None) -> None:
@@ -201,6 +214,7 @@ def main(argv=None) -> None:
                         help="how the factors are decayed (see the module docstring)")
     parser.add_argument("--budgets", action="store_true",
                         help="also the budgeted kinds (λ adapted on every backward pass: BUDGETS)")
+    parser.add_argument("--regrow", action="store_true", help="also a fixed-λ sparse layer under symopt.regrow")
     args = parser.parse_args(argv)
     args.width = args.width or (512 if args.model == "mlp" else 64)
     args.batch = args.batch or (256 if args.model == "mlp" else 32)
@@ -216,6 +230,8 @@ def main(argv=None) -> None:
              "subspace(16 per row)", "fixed_zeros(50%)", "tied"]
     if args.budgets:
         kinds += BUDGETS
+    if args.regrow:
+        kinds.append("sparse + regrow")
     nets = {kind: _model(args.model, args.width, device, kind) for kind in kinds}
     times: dict = {kind: [] for kind in kinds}
     for _ in range(args.repeats):  # interleaved rounds, so drift in machine load hits every kind alike

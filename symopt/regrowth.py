@@ -19,8 +19,8 @@ noisy) and, every ``every`` steps, asks the constraint about each atom near zero
 
 * **snap** — the pull is below λ ($\mathrm{dual\_atom}_i(\bar g) < λ$: zero satisfies the atom's KKT
   condition and is attracting): its factors are put on the fixed point ($u_i = v_i = 0$), where no
-  gradient moves them, and held there after every optimizer step (an optimizer's momentum would
-  move them back off it) until
+  gradient moves them, with their entries of this step's gradient and of the optimizer's state
+  (momentum would move them back off it), and held there until
 * **regrow** — the pull exceeds λ (zero violates KKT): the atom is seeded at
   $\mathrm{size}_i = \max(s \max_j \mathrm{atom}_j,\ \mathrm{lr}(\mathrm{dual\_atom}_i(\bar g) - λ))$
   ($s$ = ``seed_size``) along $-\bar g$, with balanced factors ([`Constraint.seed_atoms`][symopt.Constraint]):
@@ -56,7 +56,7 @@ class _Watched:
         self.count = 0  # steps folded into `mean` (its bias correction)
         atoms = self.constraint.atom_count(value)
         self.held = torch.zeros(atoms, dtype=torch.bool, device=value.device)
-        self.pending: Tensor | None = None  # ∂ℓ/∂θ summed over this step's backward passes
+        self.folded = False  # whether this step's backward passes have decayed `mean` yet
         self.snapped = 0
         self.regrown = 0
 
@@ -102,7 +102,6 @@ class Regrowth:
         self._watched = watched
         self._hooks = [w.constraint.register_forward_hook(self._forward_hook(w)) for w in watched.values()]
         self._hooks.append(optimizer.register_step_pre_hook(self._before_step))
-        self._hooks.append(optimizer.register_step_post_hook(self._after_step))
 
     @property
     def snapped(self) -> dict[str, int]:
@@ -121,30 +120,38 @@ class Regrowth:
             raise ValueError(f"Regrowth: '{name}' is not watched; watched: {sorted(self._watched)}")
         return self._watched[name]
 
-    @staticmethod
-    def _forward_hook(watched: _Watched):
+    def _forward_hook(self, watched: _Watched):
         def hook(_module, _inputs, output) -> None:
             if not (isinstance(output, Tensor) and output.requires_grad and torch.is_grad_enabled()):
                 return
-
-            def take(grad: Tensor) -> None:
-                grad = grad.detach().to(watched.mean.dtype)
-                watched.pending = grad if watched.pending is None else watched.pending + grad
-
-            output.register_hook(take)
+            output.register_hook(lambda grad: self._fold(watched, grad))
 
         return hook
 
+    @torch.no_grad()
+    def _fold(self, watched: _Watched, grad: Tensor) -> None:
+        """Fold θ's gradient into the moving average as backward computes it: the first backward pass
+        of a step decays the average, later ones (gradient accumulation) add to the same step's share.
+        One pass over θ, no copy kept."""
+        # A GradScaler's scale (it changes only in update(), after the step) multiplies θ's gradient;
+        # the optimizer sees the gradients unscaled, and so must λ's comparison.
+        scale = float(self.scaler.get_scale()) if self.scaler is not None and self.scaler.is_enabled() else 1.0
+        weight = 1 - self.beta
+        grad = grad.to(watched.mean.dtype)
+        if not watched.folded:
+            watched.folded = True
+            if scale == 1.0:
+                watched.mean.lerp_(grad, weight)
+                return
+            watched.mean.mul_(self.beta)
+        watched.mean.add_(grad, alpha=weight / scale)
+
     def _before_step(self, _optimizer, _args, _kwargs) -> None:
         self.steps += 1
-        # A GradScaler steps the optimizer only after unscaling its gradients, but θ's gradient was
-        # taken from the scaled loss: divide by the scale it still holds (it updates after the step).
-        scale = float(self.scaler.get_scale()) if self.scaler is not None and self.scaler.is_enabled() else 1.0
         for watched in self._watched.values():
-            grad, watched.pending = watched.pending, None
-            if grad is None or not bool(torch.isfinite(grad).all()):
-                continue  # no backward for this tensor, or a bad batch (a skipped step's business)
-            watched.mean.mul_(self.beta).add_(grad, alpha=(1 - self.beta) / scale)
+            if not watched.folded:
+                continue  # no backward for this tensor this step
+            watched.folded = False
             watched.count += 1
             if self.steps % self.every == 0:
                 self._decide(watched)
@@ -152,6 +159,12 @@ class Regrowth:
     @torch.no_grad()
     def _decide(self, watched: _Watched) -> None:
         constraint = watched.constraint
+        if not bool(torch.isfinite(watched.mean).all()):
+            # a bad batch (NaN / Inf gradients: a GradScaler's skipped step) reached the average:
+            # start it again rather than decide on it
+            watched.mean.zero_()
+            watched.count = 0
+            return
         mean = watched.mean / (1 - self.beta ** watched.count)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             # Replicas must take the same decision: θ's gradient is each rank's own (DDP averages
@@ -174,13 +187,27 @@ class Regrowth:
             size = torch.maximum(self.seed_size * largest, float(watched.group["lr"]) * (pull - lam)).clamp_min(0)
             constraint.seed_atoms(factors, grow, mean.to(value.dtype), size)
         if bool(watched.held.any()):
-            constraint.land(factors, ~watched.held)
+            self._hold(watched)
 
-    @torch.no_grad()
-    def _after_step(self, _optimizer, _args, _kwargs) -> None:
-        for watched in self._watched.values():
-            if bool(watched.held.any()):
-                watched.constraint.land(tuple(f.detach() for f in watched.member.factors), ~watched.held)
+    def _hold(self, watched: _Watched) -> None:
+        """Put the held atoms on the fixed point in the factors, in this step's gradients and in the
+        optimizer's state of the factors (every state tensor shaped like its factor: SGD's momentum,
+        Adam's two averages, RMSprop's, Adagrad's sums). With zero factors, gradient and state, the
+        updates of these optimizers are exactly 0 (the factors' gradient g·v and the decay λu vanish
+        there), so the atom stays exactly 0 after every step without a pass over it each step."""
+        keep = ~watched.held
+        params = watched.member.factors
+        layers = [tuple(p.detach() for p in params)]
+        if any(p.grad is not None for p in params):
+            layers.append(tuple(torch.zeros_like(p) if p.grad is None else p.grad for p in params))
+        states = [self.optimizer.state.get(p, {}) for p in params]
+        for key in sorted({key for state in states for key in state}):
+            tensors = [state.get(key) for state in states]
+            if any(isinstance(t, Tensor) and t.shape == p.shape for t, p in zip(tensors, params)):
+                layers.append(tuple(t if isinstance(t, Tensor) and t.shape == p.shape else torch.zeros_like(p)
+                                    for t, p in zip(tensors, params)))
+        for layer in layers:
+            watched.constraint.land(layer, keep)
 
     def state_dict(self) -> dict:
         """The running means, counts and held zeros, for a checkpoint (with the model's and the

@@ -150,3 +150,13 @@ def test_small_solves_all_optimal(capsys):
     small_solves.main(["--repeats", "1"])
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("| Lasso", "| logistic"))]
     assert len(rows) == 12 and all("| optimal |" in row for row in rows)
+
+
+def test_regrowth_quick(capsys):
+    from benchmarks import regrowth
+    rows = regrowth.main(["--quick"])
+    assert [(r["optimizer"], r["method"]) for r in rows] == [("GD", "plain"), ("GD", "regrow"), ("Adam", "plain"),
+                                                            ("Adam", "regrow")]
+    gd_plain, gd_regrow = rows[0], rows[1]
+    assert gd_regrow["gaps"][-1] < gd_plain["gaps"][-1]  # 300 steps after λ is lowered: regrown atoms are ahead
+    assert "steps<1e-8" in capsys.readouterr().out
