@@ -198,3 +198,37 @@ def test_bad_options_are_named(call, error, words):
     X, y = DIABETES
     with pytest.raises(error, match=pytest.importorskip("re").escape(words)):
         call(X, y)
+
+
+def test_logistic_intercept_from_a_nearby_start_is_the_same_root_in_fewer_steps(monkeypatch):
+    """The data term starts each root search at the last root found for its labels: the same root (to
+    the sum's resolution), in at most 3 evaluations after a small change of the logits, fewer than cold;
+    and a wild start still ends at the root (the bracket)."""
+    from symopt.problems import glm
+
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(300, generator=g, dtype=torch.float64)
+    y = (torch.rand(300, generator=g, dtype=torch.float64) < 0.4).to(torch.float64)
+    weights = torch.rand(300, generator=g, dtype=torch.float64)
+    weights = weights / weights.sum()
+    calls = {"n": 0}
+    sigmoid = torch.sigmoid
+
+    def counting(t):
+        calls["n"] += 1
+        return sigmoid(t)
+
+    for w in (None, weights):
+        before = logistic_intercept(z, y, w)
+        moved = z + 1e-3 * torch.randn(300, generator=g, dtype=torch.float64)
+        monkeypatch.setattr(glm.torch, "sigmoid", counting)
+        calls["n"] = 0
+        cold = logistic_intercept(moved, y, w)
+        cold_steps, calls["n"] = calls["n"], 0
+        warm = logistic_intercept(moved, y, w, start=float(before))
+        warm_steps = calls["n"]
+        wild = logistic_intercept(moved, y, w, start=1e6)
+        monkeypatch.undo()
+        assert warm_steps <= 3 and warm_steps < cold_steps
+        for b in (warm, wild):
+            assert abs(float(b) - float(cold)) <= 1e-13

@@ -95,7 +95,11 @@ class LogLoss:
         # db*/dz_i = −ω_i σ'_i / Σ ω σ'. The gradient would be right without it (∂ℓ/∂b = 0 at b*:
         # envelope theorem), but the curvature would not: a Newton polish on the face then saw the
         # Hessian without the intercept's coupling and took 7 steps where 1-2 do.
-        root = logistic_intercept(z.detach(), y, weights)
+        # Consecutive evaluations (a line search, a face's Newton steps) move the root little: start
+        # Newton at the last root found for these labels (kept on y, as the Gram block is on X), two
+        # steps where a cold start takes five.
+        root = logistic_intercept(z.detach(), y, weights, start=getattr(y, "_symopt_last_intercept", None))
+        y._symopt_last_intercept = float(root)
         w = torch.full_like(z, 1.0 / z.shape[0]) if weights is None else weights.to(z.dtype)
         p = torch.sigmoid(z + root)
         return root - (w * (p - y)).sum() / (w * p * (1 - p)).sum()
@@ -252,11 +256,12 @@ def _weighted_mean(value: Tensor, weights: Tensor | None) -> Tensor:
 
 
 def logistic_intercept(z: Tensor, y: Tensor, weights: Tensor | None = None, tol: float = 1e-15,
-                       max_steps: int = 100) -> Tensor:
+                       max_steps: int = 100, start: float | None = None) -> Tensor:
     r"""The root ``b`` of $\sum ω_i σ(z_i + b) = ȳ$ ($ȳ = \sum ω_i y_i ∈ (0, 1)$): the log-loss's optimal
-    intercept for fixed logits ``z``. Newton from $\mathrm{logit}(ȳ) - \operatorname{mean}(z)$, kept inside a bracket that
-    the monotone left side gives ($[\mathrm{logit}(ȳ) - \max z, \mathrm{logit}(ȳ) - \min z]$), bisecting whenever a
-    Newton step leaves it; returns a 0-d tensor of ``z``'s dtype.
+    intercept for fixed logits ``z``. Newton from ``start`` (default $\mathrm{logit}(ȳ) - \operatorname{mean}(z)$),
+    bisecting inside the bracket that the monotone left side gives ($[\mathrm{logit}(ȳ) - \max z,
+    \mathrm{logit}(ȳ) - \min z]$, narrowed by each step's sign) whenever a Newton step leaves it; returns a
+    0-d tensor of ``z``'s dtype.
 
     Examples:
         >>> import torch
@@ -265,29 +270,36 @@ def logistic_intercept(z: Tensor, y: Tensor, weights: Tensor | None = None, tol:
         >>> abs(float(torch.sigmoid(b)) - 0.75) < 1e-15, round(float(b), 6)
         (True, 1.098612)
     """
-    w = torch.full_like(z, 1.0 / z.shape[0]) if weights is None else weights.to(z.dtype)
-    ybar = float((w * y).sum())
+    w = None if weights is None else weights.to(z.dtype)
+    ybar = float(y.mean() if w is None else (w * y).sum())
     logit = math.log(ybar) - math.log1p(-ybar)
-    lo, hi = logit - float(z.max()), logit - float(z.min())
-    b = min(max(logit - float((w * z).sum()), lo), hi)
+    lo, hi = -math.inf, math.inf  # the bracket, computed from z only when a step leaves it (rarely)
+    if start is None or not math.isfinite(start):
+        start = logit - float(z.mean() if w is None else (w * z).sum())
+    b = start
     # |f| below this is the sum's own rounding: the root is as exact as f can say. Without this stop a
     # saturated sigmoid (raw columns, |z| ~ 1e3) has slopes so small that rounding-level f moves b by
     # more than ``tol``, and the loop ran ~50 bisections a call (a quarter of a logistic-L1 solve).
     resolution = 8 * torch.finfo(z.dtype).eps * max(ybar, 1e-300)
     for _ in range(max_steps):
         p = torch.sigmoid(z + b)
-        f = float((w * p).sum()) - ybar
+        # Σω p and Σω p², one transfer for both (this runs a few times per evaluation); the slope
+        # Σω p(1 − p) from their difference only steers Newton (bracketed), f is the accurate sum
+        first, second = torch.stack([p.sum(), p.dot(p)] if w is None else [p.dot(w), (p * p).dot(w)]).tolist()
+        if w is None:
+            first, second = first / z.shape[0], second / z.shape[0]
+        f, slope = first - ybar, first - second
         if abs(f) <= resolution:
             break
         if f > 0:
-            hi = b
+            hi = min(hi, b)
         else:
-            lo = b
-        slope = float((w * p * (1 - p)).sum())
-        step = f / slope if slope > 0 else math.inf
-        nxt = b - step
-        if not lo < nxt < hi:  # Newton left the bracket (flat sigmoid far out): bisect
-            nxt = 0.5 * (lo + hi)
+            lo = max(lo, b)
+        nxt = b - f / slope if slope > 0 else math.nan
+        if not lo < nxt < hi:  # Newton left the bracket (flat sigmoid far out): bisect the true one
+            lo, hi = max(lo, logit - float(z.max())), min(hi, logit - float(z.min()))
+            if not lo < nxt < hi:
+                nxt = 0.5 * (lo + hi)
         if abs(nxt - b) <= tol * (1.0 + abs(b)) or hi - lo <= tol * (1.0 + abs(b)):
             b = nxt
             break
