@@ -134,8 +134,10 @@ class Regrowth:
         of a step decays the average, later ones (gradient accumulation) add to the same step's share.
         One pass over θ, no copy kept."""
         # A GradScaler's scale (it changes only in update(), after the step) multiplies θ's gradient;
-        # the optimizer sees the gradients unscaled, and so must λ's comparison.
-        scale = float(self.scaler.get_scale()) if self.scaler is not None and self.scaler.is_enabled() else 1.0
+        # the optimizer sees the gradients unscaled, and so must λ's comparison. The scaler handed to
+        # regrow, else the one handed to symopt.bind for this optimizer.
+        scaler = self.scaler or getattr(getattr(self.optimizer, "_symopt_binding", None), "scaler", None)
+        scale = float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0
         weight = 1 - self.beta
         grad = grad.to(watched.mean.dtype)
         if not watched.folded:
@@ -281,7 +283,8 @@ def regrow(model: nn.Module, optimizer: torch.optim.Optimizer, names=None, *, ev
             tensor's largest atom, in (0, 1).
         seed_size: a seeded atom starts at this fraction of the largest atom, in (near_zero, 1).
         scaler: the ``torch.amp.GradScaler`` scaling the losses, if any (θ's gradients are the scaled
-            loss's; they are divided by its scale).
+            loss's; they are divided by its scale). Default: the one given to
+            [`bind`][symopt.bind] for this optimizer, if any.
 
     Returns:
         Regrowth: ``held(name)``, ``snapped``, ``regrown``, ``state_dict()`` / ``load_state_dict()``;
