@@ -22,8 +22,8 @@ noisy) and, every ``every`` steps, asks the constraint about each atom near zero
   gradient moves them, with their entries of this step's gradient and of the optimizer's state
   (momentum would move them back off it), and held there until
 * **regrow** — the pull exceeds λ (zero violates KKT): the atom is seeded at
-  $\mathrm{size}_i = \max(s \max_j \mathrm{atom}_j,\ \mathrm{lr}(\mathrm{dual\_atom}_i(\bar g) - λ))$
-  ($s$ = ``seed_size``) along $-\bar g$, with balanced factors ([`Constraint.seed_atoms`][symopt.Constraint]):
+  $s \max_j \mathrm{atom}_j$ ($s$ = ``seed_size``; when every atom is 0, at one proximal gradient
+  step's size $\mathrm{lr}(\mathrm{dual\_atom}_i(\bar g) - λ)$) along $-\bar g$, with balanced factors ([`Constraint.seed_atoms`][symopt.Constraint]):
   the direction of a proximal gradient step from zero, which the factors' own gradient, zero at the
   fixed point, cannot take. The first-order change of the penalised objective is
   $-(\mathrm{dual\_atom}_i - λ)·\mathrm{size}_i < 0$.
@@ -186,7 +186,10 @@ class Regrowth:
         watched.snapped += int(snap.sum())
         watched.regrown += int(grow.sum())
         if bool(grow.any()):
-            size = torch.maximum(self.seed_size * largest, float(watched.group["lr"]) * (pull - lam)).clamp_min(0)
+            if float(largest) > 0:
+                size = torch.full_like(pull, self.seed_size * float(largest))
+            else:  # every atom is 0 (λ was above λ_max): one proximal gradient step's size from zero
+                size = float(watched.group["lr"]) * (pull - lam).clamp_min(0)
             constraint.seed_atoms(factors, grow, mean.to(value.dtype), size)
         if bool(watched.held.any()):
             self._hold(watched)
@@ -262,7 +265,7 @@ def _check_number(label: str, number, low: float, high: float) -> float:
     return float(number)
 
 
-def regrow(model: nn.Module, optimizer: torch.optim.Optimizer, names=None, *, every: int = 10, beta: float = 0.9,
+def regrow(model: nn.Module, optimizer: torch.optim.Optimizer, names=None, *, every: int = 10, beta: float = 0.99,
            near_zero: float = 1e-3, seed_size: float = 1e-2, scaler=None) -> Regrowth:
     r"""Make a fixed-λ (or scheduled-λ) training run's zeros exact, and let zeros that should leave do
     so at once: snap attracted atoms near zero onto the mirror's fixed point, and seed repelled ones
@@ -278,7 +281,10 @@ def regrow(model: nn.Module, optimizer: torch.optim.Optimizer, names=None, *, ev
         names: the constrained tensors (default: every one whose kind can regrow an atom and has no
             budget: ``sparse``, ``group_sparse`` on one tensor).
         every: decide every this many optimizer steps (≥ 1).
-        beta: factor of the moving average of $∂ℓ/∂θ$ over steps, in (0, 1).
+        beta: factor of the moving average of $∂ℓ/∂θ$ over steps, in (0, 1). The default's window (about
+            100 steps) averages minibatch noise: on the digits MLP (Adam, batch 64, λ = 1e-3) 0.9
+            regrew 42,000 atoms in 30 epochs that the decay then took back, 0.99 3,000, with the same
+            accuracy and the plain run's sparsity; on full-batch runs the two decide alike.
         near_zero: an atom may be snapped or seeded when its size is at most this fraction of the
             tensor's largest atom, in (0, 1).
         seed_size: a seeded atom starts at this fraction of the largest atom, in (near_zero, 1).

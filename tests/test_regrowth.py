@@ -100,6 +100,19 @@ def test_lowering_lambda_regrows_the_multitask_lasso():
     assert growth.regrown["weight"] > 0
 
 
+def test_a_tensor_zeroed_by_a_lambda_above_lambda_max_comes_back():
+    """λ = 2 λ_max for 2000 GD steps puts every entry of the diabetes Lasso at exactly 0.0 (underflow),
+    from where no gradient moves the factors: lowered to 0.5, plain GD stays at 0 (the objective at
+    zero). regrow seeds the entries off it by one proximal step each (there is no largest atom to
+    scale by) and reaches scikit-learn's objective to 1e-8 in 2000 steps."""
+    X, Y = _diabetes()
+    lam_max = float((X.T @ Y).abs().max()) / len(X)
+    W, gap, growth = _lowered(X, Y, SPARSE, (2 * lam_max, 0.5), torch.optim.SGD, True)
+    W_plain, gap_plain, _ = _lowered(X, Y, SPARSE, (2 * lam_max, 0.5), torch.optim.SGD, False)
+    assert gap < 1e-8 and growth.regrown["weight"] >= int((_reference(X, Y, 0.5, False) != 0).sum())
+    assert bool((W_plain == 0).all()) and gap_plain > 0.5
+
+
 @pytest.mark.parametrize("optimizer", [lambda p, lr: torch.optim.SGD(p, lr=lr, momentum=0.9),
                                        lambda p, lr: torch.optim.Adam(p, lr=lr)], ids=["momentum", "adam"])
 @pytest.mark.parametrize("grouped", [False, True], ids=["entries", "groups"])
