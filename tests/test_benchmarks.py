@@ -160,3 +160,11 @@ def test_regrowth_quick(capsys):
     gd_plain, gd_regrow = rows[0], rows[1]
     assert gd_regrow["gaps"][-1] < gd_plain["gaps"][-1]  # 300 steps after λ is lowered: regrown atoms are ahead
     assert "steps<1e-8" in capsys.readouterr().out
+
+
+def test_regrowth_mlp_quick(capsys):
+    from benchmarks import regrowth
+    rows = regrowth.main(["--mlp", "--quick"])
+    assert [r["method"] for r in rows] == ["plain", "regrow β=0.9", "regrow β=0.99"]
+    assert rows[0]["exact"] == [0.0, 0.0] and rows[0]["regrown"] == 0
+    assert "exact 0 (layers)" in capsys.readouterr().out
