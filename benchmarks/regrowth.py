@@ -116,14 +116,12 @@ def run(X, Y, grouped: bool, optimizer: str, lr: float, lams: tuple[float, float
         handle = symopt.sparse(model, "weight", strength=lams[0], seed=seed)
     groups = symopt.param_groups(model, lr=lr)
     opt = torch.optim.SGD(groups, lr=lr) if optimizer == "GD" else torch.optim.Adam(groups, lr=lr)
-    growth = symopt.regrow(model, opt) if with_regrowth else None
+    if with_regrowth:
+        symopt.regrow(model, opt)  # its hooks on the model and the optimizer keep it alive
     gaps, reached, began = {}, None, time.perf_counter()
     for step in range(first + second):
         if step == first:
-            handle.constraint.strength = lams[1]
-            for group in opt.param_groups:
-                if "symopt_strength" in group:
-                    group["weight_decay"] = lams[1]
+            handle.constraint.strength = lams[1]  # the groups from param_groups follow: weight_decay = λ₂
         opt.zero_grad()
         (0.5 * ((model(X) - Y) ** 2).sum(1).mean()).backward()
         opt.step()
@@ -143,13 +141,9 @@ def run(X, Y, grouped: bool, optimizer: str, lr: float, lams: tuple[float, float
 
 def mlp(seeds: int, epochs: int) -> list[dict]:
     """The ``--mlp`` table (see the module docstring)."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+    from benchmarks.compression import batches, data
+    from benchmarks.compression import mlp as digits_mlp
 
-    X, y = load_digits(return_X_y=True)
-    Xtr, Xte, ytr, yte = train_test_split(X / 16.0, y, test_size=0.2, random_state=0)
-    Xtr, Xte = torch.tensor(Xtr, dtype=torch.float32), torch.tensor(Xte, dtype=torch.float32)
-    ytr, yte = torch.tensor(ytr), torch.tensor(yte)
     print(f"digits MLP 64-256-256-10, sparse(strength=1e-3) on both hidden weights, Adam lr 1e-3, batch 64, "
           f"{epochs} epochs, means over {seeds} seeds")
     print(f"{'method':18s} {'accuracy':>8s} {'exact 0 (layers)':>17s} {'< 1e-3 max':>13s} {'regrown':>8s}")
@@ -157,17 +151,15 @@ def mlp(seeds: int, epochs: int) -> list[dict]:
     for method, beta in (("plain", None), ("regrow β=0.9", 0.9), ("regrow β=0.99", 0.99)):
         runs = []
         for seed in range(seeds):
-            torch.manual_seed(seed)
-            net = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
+            Xtr, ytr, Xte, yte = data(seed)
+            net = digits_mlp(seed)  # benchmarks.compression's model and split
             for name in ("0.weight", "2.weight"):
                 symopt.sparse(net, name, strength=1e-3, seed=seed)
             opt = torch.optim.Adam(symopt.param_groups(net, lr=1e-3), lr=1e-3)
             growth = symopt.regrow(net, opt, beta=beta) if beta is not None else None
             order = torch.Generator().manual_seed(seed)
             for _ in range(epochs):
-                perm = torch.randperm(len(Xtr), generator=order)
-                for i in range(0, len(Xtr), 64):
-                    idx = perm[i:i + 64]
+                for idx in batches(len(Xtr), 64, order):
                     opt.zero_grad()
                     nn.functional.cross_entropy(net(Xtr[idx]), ytr[idx]).backward()
                     opt.step()

@@ -283,8 +283,8 @@ def regrow(model: nn.Module, optimizer: torch.optim.Optimizer, names=None, *, ev
         every: decide every this many optimizer steps (≥ 1).
         beta: factor of the moving average of $∂ℓ/∂θ$ over steps, in (0, 1). The default's window (about
             100 steps) averages minibatch noise: on the digits MLP (Adam, batch 64, λ = 1e-3,
-            ``python -m benchmarks.regrowth --mlp``) 0.9 regrew 47,000 atoms in 30 epochs that the
-            decay then took back, 0.99 3,600, with the plain run's accuracy and sparsity.
+            ``python -m benchmarks.regrowth --mlp``) 0.9 regrew 45,000 atoms in 30 epochs that the
+            decay then took back, 0.99 3,500, with the plain run's accuracy and sparsity.
         near_zero: an atom may be snapped or seeded when its size is at most this fraction of the
             tensor's largest atom, in (0, 1).
         seed_size: a seeded atom starts at this fraction of the largest atom, in (near_zero, 1).

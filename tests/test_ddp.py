@@ -279,7 +279,6 @@ def _regrowing(forward, net, x, y) -> dict:
     for step in range(REGROW_STEPS):
         if step == REGROW_STEPS // 2:
             handle.constraint.strength = 0.02
-            opt.param_groups[0]["weight_decay"] = 0.02
         opt.zero_grad()
         (forward(x) - y).square().mean().backward()
         opt.step()

@@ -54,10 +54,7 @@ def _lowered(X, Y, make, lams, optimizer, with_regrowth, lr=0.01, second=SECOND)
     growth = symopt.regrow(model, opt) if with_regrowth else None
     for step in range(FIRST + second):
         if step == FIRST:
-            handle.constraint.strength = lams[1]
-            for group in opt.param_groups:
-                if "symopt_strength" in group:
-                    group["weight_decay"] = lams[1]
+            handle.constraint.strength = lams[1]  # the groups from param_groups follow: weight_decay = λ₂
         opt.zero_grad()
         (0.5 * ((model(X) - Y) ** 2).sum(1).mean()).backward()
         opt.step()
@@ -188,7 +185,6 @@ def _scaled_run(mode: str):
     for step in range(600):
         if step == 300:
             handle.constraint.strength = 0.5
-            opt.param_groups[0]["weight_decay"] = 0.5
         opt.zero_grad()
         loss = 0.5 * ((model(X) - Y) ** 2).mean()
         if scaler is None:
