@@ -31,6 +31,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from .attach import decay_mask_of, list_constraints, is_factor, owner_of
 from .constraints.strength import StrengthGroup
+from .constraints.warn import warn_user
 
 
 class DecoupledDecayWarning(UserWarning):
@@ -128,8 +129,12 @@ def param_groups(model: nn.Module, lr: float | None = None, weight_decay: float 
         factors = [f for f in handle.decayed_factors() if id(f) not in decayed_ids]
         decayed_ids.update(id(f) for f in factors)
         if factors:
-            if handle.constraint.policy.trims:
+            policy = handle.constraint.policy
+            if policy.trims:
                 _decay_dropped_atoms_before_steps()
+            if policy.watching and policy.scale_watch is None:
+                policy.scale_watch = ScaleWatch(handle.constraint, handle.decayed_factors())
+                _decay_dropped_atoms_before_steps()  # the same global pre-hook runs the check
             group = StrengthGroup(params=factors, **common)
             handle.constraint.policy.follow(group)  # writes weight_decay = symopt_strength = λ, now and on change
             groups.append(group)
@@ -158,11 +163,86 @@ def decay_dropped_atoms(param_groups: list[dict]) -> None:
                 p.grad.addcmul_(p.detach(), mask, value=lam)
 
 
+#: steps of each adaptive strength checked for a gradient scaler that nobody named
+SCALE_CHECK_STEPS = 10
+#: factor gradients at the step this many times smaller than backward made them: a scaler's unscaling
+SCALE_RATIO = 256.0
+
+
+class ScaleWatch:
+    r"""Catches a ``GradScaler`` that an adaptive λ was not told about.
+
+    An adaptive λ (a budget, ``"auto"``, a schedule) reads $∂ℓ/∂θ$ during backward. Under a
+    ``torch.amp.GradScaler`` those are the gradients of the *scaled* loss, $S$ (2^16 by default)
+    times too large, until the scaler unscales the factors' gradients before the step; a budget's λ
+    then comes out $S$ times too large and its decay kills the layer. So for the first
+    ``SCALE_CHECK_STEPS`` steps each factor's $⟨∂/∂f, f⟩$ is recorded as backward computes it and
+    compared, before the step, with $⟨f.\mathrm{grad}, f⟩$: a ratio below ``1 / SCALE_RATIO`` is a scaler's
+    unscaling (gradient clipping alone rarely divides by 256), and it warns once, naming the fix.
+    Nothing is checked once the policy knows its scaler (`symopt.bind(optimizer, scaler=)`), under
+    ``torch.distributed`` (the step's gradients are the replicas' mean, not this rank's), or after
+    those steps (the hooks are removed: no cost afterwards).
+    """
+
+    def __init__(self, constraint, factors: list[Tensor]) -> None:
+        self.constraint, self.factors = constraint, list(factors)
+        self.seen: Tensor | None = None  # Σ ⟨∂/∂f, f⟩ over this step's backward passes
+        self.checked, self.done = 0, False
+        self._hooks = [f.register_hook(self._recorder(f)) for f in self.factors]
+
+    def _recorder(self, factor: Tensor):
+        def record(grad: Tensor) -> None:
+            if self.done or self.constraint.policy.scale_watch is not self:  # λ fixed since: nothing to check
+                return
+            dot = (grad.detach().reshape(-1) @ factor.detach().reshape(-1)).to(torch.float64)
+            self.seen = dot if self.seen is None else self.seen + dot
+        return record
+
+    def check(self) -> None:
+        """Before a step: compare what backward gave the factors with what the step will use."""
+        seen, self.seen = self.seen, None
+        if self.done or seen is None:
+            return
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if self.constraint.policy.scaler is not None or distributed:
+            return self.stop()
+        now = sum(float(f.grad.detach().reshape(-1).double() @ f.detach().reshape(-1).double())
+                  for f in self.factors if f.grad is not None)
+        seen = float(seen)
+        self.checked += 1
+        if seen != 0 and 0 < now / seen < 1 / SCALE_RATIO:
+            warn_user(f"the gradients an adaptive λ read during backward are {seen / now:.3g} times those "
+                      "the optimizer steps with: a torch.amp.GradScaler unscaled them after backward, so λ "
+                      "(a budget, 'auto', a schedule) is that many times too large. Hand the scaler to symopt: "
+                      "symopt.bind(optimizer, scaler=scaler)")
+            return self.stop()
+        if self.checked >= SCALE_CHECK_STEPS:
+            self.stop()
+
+    def stop(self) -> None:
+        self.done = True
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
+
+
+def check_gradient_scale(param_groups: list[dict]) -> None:
+    """Run the `ScaleWatch` of every symopt group's strength in ``param_groups`` (a step pre-hook's
+    first act, before any decay is added to the gradients)."""
+    for group in param_groups:
+        if "symopt_strength" in group and group["params"]:
+            owner = owner_of(group["params"][0])
+            watch = None if owner is None else owner.policy.scale_watch
+            if watch is not None:
+                watch.check()
+
+
 _trimmed_decay_hook = None
 
 
 def _before_any_step(optimizer, _args, _kwargs) -> None:
     if getattr(optimizer, "_symopt_binding", None) is None:  # a bound optimizer's own hook does it
+        check_gradient_scale(optimizer.param_groups)
         decay_dropped_atoms(optimizer.param_groups)
 
 
@@ -270,6 +350,7 @@ class Binding:
                 owner = owner_of(group["params"][0])
                 if owner is not None:
                     group["weight_decay"], group["symopt_strength"] = owner.policy.group_decay(), owner.strength
+        check_gradient_scale(optimizer.param_groups)
         decay_dropped_atoms(optimizer.param_groups)
         self._held = self._policies()
         for policy in self._held:

@@ -5,6 +5,8 @@ the same objective, exactly, also under gradient scaling and with ``symopt.bind`
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 from torch import nn
@@ -130,8 +132,11 @@ def test_param_groups_apply_the_trimmed_decay_as_coupled_weight_decay(way):
     if way == "bind":
         symopt.bind(opt)
     scaler = scaler()
-    for _ in range(STEPS):
-        _step(model, opt, scaler, X, Y)
+    # The scaler is not handed to symopt in either run (the budget reads the scaled gradients in both):
+    # symopt says so at the first step
+    with pytest.warns(UserWarning, match="GradScaler") if way == "scaled" else contextlib.nullcontext():
+        for _ in range(STEPS):
+            _step(model, opt, scaler, X, Y)
     assert int((model.weight != 0).sum()) == 12
     torch.testing.assert_close(model.weight, reference.weight, rtol=1e-9, atol=1e-12)
 
@@ -300,11 +305,55 @@ def test_a_budget_under_a_grad_scaler_reads_the_unscaled_gradients():
     (2^10) times too large."""
     plain, w_plain = _budget_under("none")
     told, w_told = _budget_under("told")
-    untold, _ = _budget_under("untold")
+    with pytest.warns(UserWarning, match="GradScaler"):  # caught at the first step (test below)
+        untold, _ = _budget_under("untold")
     assert plain[-1] > 0
     torch.testing.assert_close(torch.tensor(told), torch.tensor(plain), rtol=1e-9, atol=0.0)
     torch.testing.assert_close(w_told, w_plain, rtol=1e-9, atol=1e-12)
     assert untold[-1] > 100 * plain[-1]
+
+
+def _warnings_of(run) -> list[str]:
+    import warnings
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run()
+    return [str(w.message) for w in caught if "adaptive λ read during backward" in str(w.message)]
+
+
+@pytest.mark.parametrize("bound", [False, True], ids=["param_groups", "bind"])
+@pytest.mark.parametrize("register", [SPARSE, lambda m: symopt.low_rank(m, "weight", target_rank=2),
+                                      lambda m: symopt.subspace(m, "weight", torch.ones(1, 72, dtype=DT))],
+                         ids=["landing budget", "rank budget", "auto"])
+def test_a_grad_scaler_nobody_named_is_caught_at_the_first_step(register, bound):
+    """An adaptive λ under a GradScaler it was not told about reads gradients 2^10 times too large:
+    the first step warns once, naming the fix; told (bind(scaler=)), or without a scaler but with the
+    gradients clipped to a fifth, nothing is said; after SCALE_CHECK_STEPS steps the check's hooks
+    are gone."""
+    from symopt.decay import SCALE_CHECK_STEPS
+    X, Y = _data()
+
+    def run(mode: str):
+        model, handle = _model(register)
+        opt = torch.optim.Adam(symopt.param_groups(model, lr=1e-2), lr=1e-2)
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10, growth_interval=10 ** 6)
+        if bound or mode == "told":
+            symopt.bind(opt, scaler=scaler if mode == "told" else None)
+        for _ in range(SCALE_CHECK_STEPS + 2):
+            if mode == "clipped":
+                opt.zero_grad()
+                _loss(model, X, Y).backward()
+                total = torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"))
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 0.2 * float(total))
+                opt.step()
+            else:
+                _step(model, opt, scaler, X, Y)
+        factors = handle.decayed_factors()
+        assert all(not f._backward_hooks for f in factors)  # the check removed its hooks
+
+    assert len(_warnings_of(lambda: run("untold"))) == 1
+    assert _warnings_of(lambda: run("told")) == []
+    assert _warnings_of(lambda: run("clipped")) == []
 
 
 def test_bind_refuses_what_is_not_a_scaler():

@@ -87,6 +87,9 @@ class Strength(nn.Module):
     trims: bool = False
     #: the ``torch.amp.GradScaler`` whose scale the observed gradients carry (set by ``symopt.bind``)
     scaler = None
+    #: the check of ``symopt.param_groups`` for a gradient scaler nobody named (``decay.ScaleWatch``;
+    #: opaque here, and not copied with the policy)
+    scale_watch = None
 
     def __init__(self) -> None:
         super().__init__()
@@ -229,7 +232,8 @@ class Strength(nn.Module):
     # A copy (deepcopy, pickle) belongs to no optimizer: it follows no group and holds no step.
     def __getstate__(self):
         state = dict(self.__dict__)
-        state.update(_followers=[], _holds=0, _paused=0, _pending=[], _orphaned_warned=False, bound=0, scaler=None)
+        state.update(_followers=[], _holds=0, _paused=0, _pending=[], _orphaned_warned=False, bound=0, scaler=None,
+                     scale_watch=None)
         return state
 
     def __setstate__(self, state):
