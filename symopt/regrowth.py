@@ -167,6 +167,8 @@ class Regrowth:
             watched.mean.zero_()
             watched.count = 0
             return
+        if watched.count == 0:
+            return  # nothing folded since the last reset
         mean = watched.mean / (1 - self.beta ** watched.count)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             # Replicas must take the same decision: θ's gradient is each rank's own (DDP averages

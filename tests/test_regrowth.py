@@ -299,3 +299,26 @@ def test_a_compiled_model_regrows_as_the_eager_one():
     eager, compiled = run(False), run(True)
     assert torch.equal(eager[0], compiled[0]) and eager[1] == compiled[1] == 4
     assert int((eager[0][0, 2:] == 0).sum()) == 4
+
+
+def test_a_skipped_inf_batch_does_not_poison_the_mean():
+    """Under a GradScaler a batch with an Inf is skipped (no optimizer step), but backward already
+    handed its gradient to the running mean: the next decision finds it non-finite, starts the mean
+    again and decides nothing on it; the run then snaps the reference's zeros as without the bad batch."""
+    X, Y = _diabetes()
+    torch.manual_seed(0)
+    model = nn.Linear(10, 1, bias=False).double()
+    symopt.sparse(model, "weight", strength=10.0)
+    opt = torch.optim.SGD(symopt.param_groups(model, lr=0.01), lr=0.01)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 4, growth_interval=10 ** 6)
+    growth = symopt.regrow(model, opt, scaler=scaler)
+    for step in range(1500):
+        bad = X.clone()
+        if step == 15:
+            bad[0, 0] = float("inf")
+        opt.zero_grad()
+        scaler.scale(0.5 * ((model(bad) - Y) ** 2).mean()).backward()
+        scaler.step(opt)
+        scaler.update()
+    assert bool(torch.isfinite(model.weight).all())
+    assert torch.equal(growth.held("weight"), (_reference(X, Y, 10.0, False) == 0).view(-1))
