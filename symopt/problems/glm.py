@@ -96,8 +96,9 @@ class LogLoss:
         # envelope theorem), but the curvature would not: a Newton polish on the face then saw the
         # Hessian without the intercept's coupling and took 7 steps where 1-2 do.
         # Consecutive evaluations (a line search, a face's Newton steps) move the root little: start
-        # Newton at the last root found for these labels (kept on y, as the Gram block is on X), two
-        # steps where a cold start takes five.
+        # Newton at the last root found for these labels (kept on y, as the Gram block is on X): after a
+        # small move of the logits two or three evaluations, where a cold start takes five or more
+        # (tests/test_glm_options.py); a far start costs a few bisections inside the bracket.
         root = logistic_intercept(z.detach(), y, weights, start=getattr(y, "_symopt_last_intercept", None))
         y._symopt_last_intercept = float(root)
         w = torch.full_like(z, 1.0 / z.shape[0]) if weights is None else weights.to(z.dtype)
