@@ -346,6 +346,10 @@ def regrow(model: nn.Module, optimizer: torch.optim.Optimizer, names=None, *, ev
     for name in names:
         if name not in handles:
             raise ValueError(f"regrow: '{name}' is not constrained; constrained: {sorted(handles)}")
+        if len(handles[name].members) > 1:
+            raise ValueError(f"regrow: '{name}' is one {handles[name].kind} constraint over several tensors (a "
+                             "channel group, a tie, a pooled budget), which regrow does not cover; regrowable: "
+                             f"{able}")
         if name not in able:
             raise ValueError(f"regrow: '{name}' is {handles[name].kind}, whose atoms cannot be seeded off zero; "
                              f"regrowable: {able}")

@@ -264,16 +264,17 @@ def test_bad_arguments_are_refused_before_anything_is_installed(call, error, mat
     assert _no_hooks(model, opt)
 
 
-@pytest.mark.parametrize("make,match", [
-    (lambda m: symopt.sparse(m, "weight", density=0.5), "has a budget"),
-    (lambda m: symopt.low_rank(m, "weight", strength=0.1), "cannot be seeded off zero"),
+@pytest.mark.parametrize("make,name,match", [
+    (lambda m: symopt.sparse(m, "weight", density=0.5), "weight", "has a budget"),
+    (lambda m: symopt.low_rank(m, "weight", strength=0.1), "weight", "cannot be seeded off zero"),
+    (lambda m: symopt.group_sparse(m, ["weight", "bias"], strength=0.1), "weight, bias", "over several tensors"),
 ])
-def test_kinds_it_cannot_serve_are_refused_by_name(make, match):
+def test_kinds_it_cannot_serve_are_refused_by_name(make, name, match):
     model = nn.Linear(4, 3)
     make(model)
     opt = torch.optim.SGD(symopt.param_groups(model, lr=0.1), lr=0.1)
     with pytest.raises(ValueError, match=match):
-        symopt.regrow(model, opt, names="weight")
+        symopt.regrow(model, opt, names=name)
     with pytest.raises(ValueError, match="no constrained tensor to watch"):
         symopt.regrow(model, opt)
     assert _no_hooks(model, opt)
