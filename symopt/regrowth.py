@@ -45,20 +45,30 @@ from .constraints.base import Constraint
 
 
 class _Watched:
-    """One watched tensor: its handle's member and the running state of its atoms."""
+    """One watched constraint: its members (one tensor, or several sharing one set of atoms: a channel
+    group) and the running state of its atoms."""
 
     def __init__(self, handle, group: dict) -> None:
         self.constraint: Constraint = handle.constraint
-        self.member = handle.members[0]
+        self.members = handle.members
         self.group = group  # the optimizer group holding the factors: its lr sizes a seed from zero
-        value = self.member.value.detach()
-        self.mean = torch.zeros_like(value, dtype=torch.promote_types(value.dtype, torch.float32))
-        self.count = 0  # steps folded into `mean` (its bias correction)
-        atoms = self.constraint.atom_count(value)
-        self.held = torch.zeros(atoms, dtype=torch.bool, device=value.device)
-        self.folded = False  # whether this step's backward passes have decayed `mean` yet
+        values = [m.value.detach() for m in self.members]
+        self.means = [torch.zeros_like(v, dtype=torch.promote_types(v.dtype, torch.float32)) for v in values]
+        self.count = 0  # steps folded into `means` (their bias correction)
+        atoms = self.constraint.atoms(self.target(values)).numel()
+        self.held = torch.zeros(atoms, dtype=torch.bool, device=values[0].device)
+        self.folded = [False] * len(self.members)  # whether this step's backward has decayed each mean yet
         self.snapped = 0
         self.regrown = 0
+
+    def target(self, tensors: list[Tensor]):
+        """What the constraint's maths takes: the list for a constraint over several tensors, else the one."""
+        return tensors if self.constraint.multi_tensor else tensors[0]
+
+    @property
+    def factors(self) -> tuple[Tensor, ...]:
+        """Every member's factors in order (for a channel group: the gates and the first ω, then each ω)."""
+        return tuple(f for m in self.members for f in m.factors)
 
 
 class Regrowth:
@@ -100,7 +110,8 @@ class Regrowth:
         self.every, self.beta, self.near_zero, self.seed_size, self.scaler = every, beta, near_zero, seed_size, scaler
         self.steps = 0
         self._watched = watched
-        self._hooks = [w.constraint.register_forward_hook(self._forward_hook(w)) for w in watched.values()]
+        self._hooks = [m.parametrization.register_forward_hook(self._forward_hook(w, i))
+                       for w in watched.values() for i, m in enumerate(w.members)]
         self._hooks.append(optimizer.register_step_pre_hook(self._before_step))
 
     @property
@@ -120,40 +131,41 @@ class Regrowth:
             raise ValueError(f"Regrowth: '{name}' is not watched; watched: {sorted(self._watched)}")
         return self._watched[name]
 
-    def _forward_hook(self, watched: _Watched):
+    def _forward_hook(self, watched: _Watched, index: int):
         def hook(_module, _inputs, output) -> None:
             if not (isinstance(output, Tensor) and output.requires_grad and torch.is_grad_enabled()):
                 return
-            output.register_hook(lambda grad: self._fold(watched, grad))
+            output.register_hook(lambda grad: self._fold(watched, index, grad))
 
         return hook
 
     @torch.no_grad()
-    def _fold(self, watched: _Watched, grad: Tensor) -> None:
-        """Fold θ's gradient into the moving average as backward computes it: the first backward pass
-        of a step decays the average, later ones (gradient accumulation) add to the same step's share.
-        One pass over θ, no copy kept."""
+    def _fold(self, watched: _Watched, index: int, grad: Tensor) -> None:
+        """Fold member ``index``'s θ gradient into its moving average as backward computes it: the first
+        backward pass of a step decays the average, later ones (gradient accumulation) add to the same
+        step's share. One pass over θ, no copy kept."""
         # A GradScaler's scale (it changes only in update(), after the step) multiplies θ's gradient;
         # the optimizer sees the gradients unscaled, and so must λ's comparison. The scaler handed to
         # regrow, else the one handed to symopt.bind for this optimizer.
         scaler = self.scaler or getattr(getattr(self.optimizer, "_symopt_binding", None), "scaler", None)
         scale = float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0
         weight = 1 - self.beta
-        grad = grad.to(watched.mean.dtype)
-        if not watched.folded:
-            watched.folded = True
+        mean = watched.means[index]
+        grad = grad.to(mean.dtype)
+        if not watched.folded[index]:
+            watched.folded[index] = True
             if scale == 1.0:
-                watched.mean.lerp_(grad, weight)
+                mean.lerp_(grad, weight)
                 return
-            watched.mean.mul_(self.beta)
-        watched.mean.add_(grad, alpha=weight / scale)
+            mean.mul_(self.beta)
+        mean.add_(grad, alpha=weight / scale)
 
     def _before_step(self, _optimizer, _args, _kwargs) -> None:
         self.steps += 1
         for watched in self._watched.values():
-            if not watched.folded:
-                continue  # no backward for this tensor this step
-            watched.folded = False
+            if not any(watched.folded):
+                continue  # no backward for this constraint this step
+            watched.folded = [False] * len(watched.folded)
             watched.count += 1
             if self.steps % self.every == 0:
                 self._decide(watched)
@@ -161,26 +173,29 @@ class Regrowth:
     @torch.no_grad()
     def _decide(self, watched: _Watched) -> None:
         constraint = watched.constraint
-        if not bool(torch.isfinite(watched.mean).all()):
+        if not all(bool(torch.isfinite(mean).all()) for mean in watched.means):
             # a bad batch (NaN / Inf gradients: a GradScaler's skipped step) reached the average:
             # start it again rather than decide on it
-            watched.mean.zero_()
+            for mean in watched.means:
+                mean.zero_()
             watched.count = 0
             return
         if watched.count == 0:
             return  # nothing folded since the last reset
-        mean = watched.mean / (1 - self.beta ** watched.count)
+        means = [mean / (1 - self.beta ** watched.count) for mean in watched.means]
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             # Replicas must take the same decision: θ's gradient is each rank's own (DDP averages
             # the factors' gradients, not θ's), so average the means first.
-            torch.distributed.all_reduce(mean)
-            mean /= torch.distributed.get_world_size()
-        factors = tuple(f.detach() for f in watched.member.factors)
-        value = constraint.forward(*factors)
-        atoms = constraint.atoms(value).reshape(-1)
+            for mean in means:
+                torch.distributed.all_reduce(mean)
+                mean /= torch.distributed.get_world_size()
+        factors = tuple(f.detach() for f in watched.factors)
+        values = [m.parametrization.forward(*(f.detach() for f in m.factors)) for m in watched.members]
+        means = [mean.to(value.dtype) for mean, value in zip(means, values)]
+        atoms = constraint.atoms(watched.target(values)).reshape(-1)
         largest = atoms.max()
         near = atoms <= self.near_zero * largest
-        pull = constraint.dual_atoms(mean.to(value.dtype)).reshape(-1)
+        pull = constraint.dual_atoms(watched.target(means)).reshape(-1)
         lam = constraint.strength
         snap = near & ~watched.held & (pull < lam)
         grow = (watched.held | near) & (pull > lam)
@@ -192,7 +207,7 @@ class Regrowth:
                 size = torch.full_like(pull, self.seed_size * float(largest))
             else:  # every atom is 0 (λ was above λ_max): one proximal gradient step's size from zero
                 size = float(watched.group["lr"]) * (pull - lam).clamp_min(0)
-            constraint.seed_atoms(factors, grow, mean.to(value.dtype), size)
+            constraint.seed_atoms(factors, grow, watched.target(means), size)
         if bool(watched.held.any()):
             self._hold(watched)
 
@@ -203,7 +218,7 @@ class Regrowth:
         updates of these optimizers are exactly 0 (the factors' gradient g·v and the decay λu vanish
         there), so the atom stays exactly 0 after every step without a pass over it each step."""
         keep = ~watched.held
-        params = watched.member.factors
+        params = watched.factors
         layers = [tuple(p.detach() for p in params)]
         if any(p.grad is not None for p in params):
             layers.append(tuple(torch.zeros_like(p) if p.grad is None else p.grad for p in params))
@@ -220,8 +235,8 @@ class Regrowth:
         """The running means, counts and held zeros, for a checkpoint (with the model's and the
         optimizer's): a resumed run takes the same decisions."""
         return {"steps": self.steps,
-                "tensors": {name: {"mean": w.mean.clone(), "count": w.count, "held": w.held.clone(),
-                                   "snapped": w.snapped, "regrown": w.regrown}
+                "tensors": {name: {"means": [mean.clone() for mean in w.means], "count": w.count,
+                                   "held": w.held.clone(), "snapped": w.snapped, "regrown": w.regrown}
                             for name, w in self._watched.items()}}
 
     def load_state_dict(self, state: dict) -> None:
@@ -236,12 +251,14 @@ class Regrowth:
                              f"{sorted(self._watched)}; build the Regrowth with the same names")
         for name, saved in tensors.items():
             w = self._watched[name]
-            if saved["mean"].shape != w.mean.shape or saved["held"].shape != w.held.shape:
+            shapes = [m.shape for m in saved["means"]]
+            if shapes != [m.shape for m in w.means] or saved["held"].shape != w.held.shape:
                 raise ValueError(f"Regrowth.load_state_dict: '{name}' has other shapes in the state")
         self.steps = int(state["steps"])
         for name, saved in tensors.items():
             w = self._watched[name]
-            w.mean.copy_(saved["mean"])
+            for mean, value in zip(w.means, saved["means"]):
+                mean.copy_(value)
             w.held.copy_(saved["held"])
             w.count, w.snapped, w.regrown = int(saved["count"]), int(saved["snapped"]), int(saved["regrown"])
 
@@ -256,8 +273,8 @@ def _can_regrow(constraint: Constraint) -> bool:
     return type(constraint).seed_atoms is not Constraint.seed_atoms and type(constraint).land is not Constraint.land
 
 
-def _holding_group(optimizer: torch.optim.Optimizer, member) -> dict | None:
-    factors = {id(f) for f in member.factors}
+def _holding_group(optimizer: torch.optim.Optimizer, members) -> dict | None:
+    factors = {id(f) for m in members for f in m.factors}
     return next((g for g in optimizer.param_groups if any(id(p) in factors for p in g["params"])), None)
 
 
@@ -280,8 +297,9 @@ def regrow(model: nn.Module, optimizer: torch.optim.Optimizer, names=None, *, ev
     Args:
         model: the model with the constraints.
         optimizer: the optimizer holding their factors (from [`param_groups`][symopt.param_groups]).
-        names: the constrained tensors (default: every one whose kind can regrow an atom and has no
-            budget: ``sparse``, ``group_sparse`` on one tensor).
+        names: the constrained tensors, as ``list_constraints`` names them (default: every one whose kind
+            can regrow an atom and has no budget: ``sparse``, ``group_sparse`` on one tensor or over
+            several, a channel's weight, bias and BatchNorm entries).
         every: decide every this many optimizer steps (≥ 1).
         beta: factor of the moving average of $∂ℓ/∂θ$ over steps, in (0, 1). The default's window (about
             100 steps) averages minibatch noise: on the digits MLP (Adam, batch 64, λ = 1e-3,
@@ -332,12 +350,12 @@ def regrow(model: nn.Module, optimizer: torch.optim.Optimizer, names=None, *, ev
         raise TypeError(f"regrow: scaler must be a torch.amp.GradScaler (get_scale, is_enabled), got "
                         f"{type(scaler).__name__}")
     handles = {h.name: h for h in list_constraints(model)}
-    able = [n for n, h in handles.items() if _can_regrow(h.constraint) and len(h.members) == 1]
+    able = [n for n, h in handles.items() if _can_regrow(h.constraint)]
     if names is None:
         names = [n for n in able if handles[n].constraint.budget is None]
         if not names:
             raise ValueError("regrow: no constrained tensor to watch: it needs a kind that can seed an atom "
-                             f"(sparse, group_sparse on one tensor) without a budget; the model has {sorted(handles)}")
+                             f"(sparse, group_sparse) without a budget; the model has {sorted(handles)}")
     else:
         names = [names] if isinstance(names, str) else list(names)
         if not names:
@@ -346,17 +364,13 @@ def regrow(model: nn.Module, optimizer: torch.optim.Optimizer, names=None, *, ev
     for name in names:
         if name not in handles:
             raise ValueError(f"regrow: '{name}' is not constrained; constrained: {sorted(handles)}")
-        if len(handles[name].members) > 1:
-            raise ValueError(f"regrow: '{name}' is one {handles[name].kind} constraint over several tensors (a "
-                             "channel group, a tie, a pooled budget), which regrow does not cover; regrowable: "
-                             f"{able}")
         if name not in able:
             raise ValueError(f"regrow: '{name}' is {handles[name].kind}, whose atoms cannot be seeded off zero; "
                              f"regrowable: {able}")
         if handles[name].constraint.budget is not None:
             raise ValueError(f"regrow: '{name}' has a budget, which decides its zeros itself (give it "
                              "total_steps to land them exactly); regrow is for a fixed or scheduled λ")
-        group = _holding_group(optimizer, handles[name].members[0])
+        group = _holding_group(optimizer, handles[name].members)
         if group is None:
             raise ValueError(f"regrow: the optimizer does not hold the factors of '{name}'; build it from "
                              "symopt.param_groups(model)")

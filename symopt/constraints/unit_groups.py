@@ -227,6 +227,28 @@ class UnitGroups(Constraint, register=False):
             self.hold(range(len(self.copies)))
         self.policy.mark_landed()
 
+    def land(self, factors: tuple[Tensor, ...], keep: Tensor) -> None:
+        """Put every unit outside ``keep`` on the fixed subspace in ``factors``, the members' factors in
+        order — the gates and the first tensor's $ω$, then each other tensor's $ω$ — or tensors shaped
+        like them (their gradients, an optimizer's state): $s_c = 0$ and $ω_t[c] = 0$ for every t."""
+        gates, *omegas = factors
+        gates.masked_fill_(~keep, 0.0)
+        for i, omega in enumerate(omegas):
+            omega.mul_(self.spread(keep.to(omega.dtype), omega, i))
+
+    def seed_atoms(self, factors: tuple[Tensor, ...], which: Tensor, grad: Sequence[Tensor], size: Tensor) -> None:
+        # unit c at θ_t[c] = −size_c · g_t[c] / ‖g_·[c]‖ (the joint norm over the tensors), as
+        # s_c = √size_c and ω_t[c] = −√size_c · g_t[c] / ‖g_·[c]‖: then s_c² = Σ_t ‖ω_t[c]‖², the split at
+        # which the decay is λ‖θ_·[c]‖
+        gates, *omegas = factors
+        root = size.to(gates.dtype).sqrt()
+        norms = self.unit_norms(grad).to(gates.dtype).clamp_min(torch.finfo(gates.dtype).tiny)
+        gates.copy_(torch.where(which, root, gates))
+        for i, (omega, g) in enumerate(zip(omegas, grad)):
+            direction = -g.to(omega.dtype) / self.spread(norms, omega, i)
+            chosen = self.spread(which, omega, i).expand_as(omega)
+            omega.copy_(torch.where(chosen, direction * self.spread(root, omega, i), omega))
+
     def hold(self, tensors) -> None:
         """The dropped units' gates and their $ω$ in each of ``tensors`` (indices) at 0: the landing
         does all of them, and each tensor's forward its own (momentum would move them off)."""
