@@ -100,11 +100,13 @@ class Handle:
 
     # The maths of a tie acts on all members' values at once, that of the other kinds on one tensor:
     # the methods below take the list of values (and gradients) either way.
-    def _target(self, tensors: list[Tensor]):
+    def target(self, tensors: list[Tensor]):
+        """What the constraint's maths takes from one list per member: the list itself for a
+        constraint over several tensors (a tie, a channel group), else its one tensor."""
         return tensors if self.constraint.multi_tensor else tensors[0]
 
     def _call(self, method: str, values: list[Tensor], tol: float):
-        return getattr(self.constraint, method)(self._target(values), tol)
+        return getattr(self.constraint, method)(self.target(values), tol)
 
     def violation(self, values: list[Tensor], tol: float = 0.0) -> float:
         """Distance of ``values`` to the constraint set (to the snap at ``tol`` for penalty kinds);
@@ -131,13 +133,13 @@ class Handle:
         """KKT residual at ``values`` given the loss gradients ``grads`` (see ``Constraint.kkt_residual``)."""
         if not (_finite(values) and _finite(grads)):
             return float("nan")
-        return self.constraint.kkt_residual(self._target(values), self._target(grads), tol)
+        return self.constraint.kkt_residual(self.target(values), self.target(grads), tol)
 
     def multiplier(self, grads: list[Tensor]) -> float:
         """Dual norm of the loss gradients on the constrained directions (the multipliers' size)."""
         if not _finite(grads):
             return float("nan")
-        return float(self.constraint.dual_norm(self._target(grads)))
+        return float(self.constraint.dual_norm(self.target(grads)))
 
     def penalty(self) -> Tensor:
         r"""This constraint's decay $(λ/2)·\sum ‖\mathrm{factor}‖^2$ (differentiable)."""

@@ -131,10 +131,10 @@ def param_groups(model: nn.Module, lr: float | None = None, weight_decay: float 
         if factors:
             policy = handle.constraint.policy
             if policy.trims:
-                _decay_dropped_atoms_before_steps()
+                _install_step_hook()
             if policy.watching and policy.scale_watch is None:
                 policy.scale_watch = ScaleWatch(handle.constraint, handle.decayed_factors())
-                _decay_dropped_atoms_before_steps()  # the same global pre-hook runs the check
+                _install_step_hook()
             group = StrengthGroup(params=factors, **common)
             handle.constraint.policy.follow(group)  # writes weight_decay = symopt_strength = λ, now and on change
             groups.append(group)
@@ -237,7 +237,7 @@ def check_gradient_scale(param_groups: list[dict]) -> None:
                 watch.check()
 
 
-_trimmed_decay_hook = None
+_step_hook = None
 
 
 def _before_any_step(optimizer, _args, _kwargs) -> None:
@@ -246,11 +246,27 @@ def _before_any_step(optimizer, _args, _kwargs) -> None:
         decay_dropped_atoms(optimizer.param_groups)
 
 
-def _decay_dropped_atoms_before_steps() -> None:
-    """Register `_before_any_step` as a global optimizer step pre-hook, once per process."""
-    global _trimmed_decay_hook
-    if _trimmed_decay_hook is None:
-        _trimmed_decay_hook = register_optimizer_step_pre_hook(_before_any_step)
+def _install_step_hook() -> None:
+    """Register `_before_any_step` (the scaler check, then the trimmed decay) as a global optimizer
+    step pre-hook, once per process: the first time `param_groups` builds a group that needs either."""
+    global _step_hook
+    if _step_hook is None:
+        _step_hook = register_optimizer_step_pre_hook(_before_any_step)
+
+
+def group_holding(optimizer: torch.optim.Optimizer, factors) -> dict | None:
+    """The optimizer's parameter group that holds any of ``factors`` (None if none does): its ``lr``
+    is the step size that `symopt.watch_noise` and `symopt.regrow` read."""
+    ids = {id(f) for f in factors}
+    return next((g for g in optimizer.param_groups if any(id(p) in ids for p in g["params"])), None)
+
+
+def check_scaler(scaler, owner: str) -> None:
+    """Refuse (``TypeError``) a ``scaler`` that is not None and not a ``torch.amp.GradScaler``."""
+    if scaler is not None and not (callable(getattr(scaler, "get_scale", None))
+                                   and callable(getattr(scaler, "is_enabled", None))):
+        raise TypeError(f"{owner}: scaler must be a torch.amp.GradScaler (get_scale, is_enabled), got "
+                        f"{type(scaler).__name__}")
 
 
 def check_optimizer(optimizer: torch.optim.Optimizer) -> bool:
@@ -425,10 +441,7 @@ def bind(optimizer: torch.optim.Optimizer, scaler=None) -> Binding:
     """
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"bind: expected a torch.optim.Optimizer, got {type(optimizer).__name__}")
-    if scaler is not None and not (callable(getattr(scaler, "get_scale", None))
-                                   and callable(getattr(scaler, "is_enabled", None))):
-        raise TypeError(f"bind: scaler must be a torch.amp.GradScaler (get_scale, is_enabled), got "
-                        f"{type(scaler).__name__}")
+    check_scaler(scaler, "bind")
     binding = getattr(optimizer, "_symopt_binding", None)
     if binding is None:
         binding = Binding(optimizer)

@@ -232,9 +232,7 @@ class UnitGroups(Constraint, register=False):
         order — the gates and the first tensor's $ω$, then each other tensor's $ω$ — or tensors shaped
         like them (their gradients, an optimizer's state): $s_c = 0$ and $ω_t[c] = 0$ for every t."""
         gates, *omegas = factors
-        gates.masked_fill_(~keep, 0.0)
-        for i, omega in enumerate(omegas):
-            omega.mul_(self.spread(keep.to(omega.dtype), omega, i))
+        self._zero_units(keep, gates, dict(enumerate(omegas)))
 
     def seed_atoms(self, factors: tuple[Tensor, ...], which: Tensor, grad: Sequence[Tensor], size: Tensor) -> None:
         # unit c at θ_t[c] = −size_c · g_t[c] / ‖g_·[c]‖ (the joint norm over the tensors), as
@@ -252,12 +250,19 @@ class UnitGroups(Constraint, register=False):
     def hold(self, tensors) -> None:
         """The dropped units' gates and their $ω$ in each of ``tensors`` (indices) at 0: the landing
         does all of them, and each tensor's forward its own (momentum would move them off)."""
-        keep = self.landed_keep
-        self.gates.masked_fill_(~keep, 0.0)
-        for i in tensors:
-            copy = self.copies[i]
-            omega = copy.original1 if i == 0 else copy.original0
+        self._zero_units(self.landed_keep, self.gates, {i: self._omega(i) for i in tensors})
+
+    def _zero_units(self, keep: Tensor, gates: Tensor, omegas: dict[int, Tensor]) -> None:
+        """$s_c = 0$ in ``gates`` and $ω_t[c] = 0$ in each ``omegas[t]`` (tensor t's ω, or a tensor like it)
+        for every unit c outside ``keep``: the mirror's fixed point."""
+        gates.masked_fill_(~keep, 0.0)
+        for i, omega in omegas.items():
             omega.mul_(self.spread(keep.to(omega.dtype), omega, i))
+
+    def _omega(self, index: int) -> Tensor:
+        """Tensor ``index``'s $ω$ (the first tensor's parametrization stores the gates before it)."""
+        copy = self.copies[index]
+        return copy.original1 if index == 0 else copy.original0
 
     def bind(self, copy: nn.Module) -> None:
         self.copies.append(copy)
@@ -279,16 +284,15 @@ class UnitGroups(Constraint, register=False):
         with torch.no_grad():
             values = [value if i == index else self._value(i) for i in range(len(self.copies))]
             new = random_gate(self.unit_norms(values), self.factorizer)
-            for i, copy in enumerate(self.copies):
+            for i in range(len(self.copies)):
                 if i != index:
-                    (copy.original1 if i == 0 else copy.original0).copy_(values[i] / self.spread(new, values[i], i))
+                    self._omega(i).copy_(values[i] / self.spread(new, values[i], i))
             if index != 0:
                 self.gates.copy_(new)
         return new
 
     def _value(self, index: int) -> Tensor:
-        copy = self.copies[index]
-        omega = copy.original1 if index == 0 else copy.original0
+        omega = self._omega(index)
         return self.spread(self.gates, omega, index) * omega
 
     @property
@@ -458,8 +462,8 @@ class UnitGroupsMember(GroupMember):
         if self.index != 0:
             return 0.0  # the gates' balance is measured once, on the first tensor, over all of them
         gates = factors[0].detach()
-        osq = sum(self.group._unit_squares((c.original1 if i == 0 else c.original0).detach(), i)
-                  for i, c in enumerate(self.group.copies))
+        osq = sum(self.group._unit_squares(self.group._omega(i).detach(), i)
+                  for i in range(len(self.group.copies)))
         gsq = gates.square()
         denom = float((gsq + osq).sum())
         return float((gsq - osq).abs().sum()) / denom if denom > 0 else 0.0

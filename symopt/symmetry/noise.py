@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from ..attach import list_constraints, remove
+from ..decay import group_holding
 
 
 def collapse_exponents(per_sample: Tensor, lr: float, batch_size: int, strength: float = 0.0,
@@ -191,13 +192,6 @@ def noise_collapse(model: nn.Module, name: str, loss_fn, inputs: Tensor, targets
     return report
 
 
-def _group_of(optimizer: torch.optim.Optimizer, member) -> dict | None:
-    """The optimizer's parameter group that holds ``member``'s factors (None if none does): its
-    ``lr`` is the step size the collapse criterion needs."""
-    factors = {id(f) for f in member.factors}
-    return next((g for g in optimizer.param_groups if any(id(p) in factors for p in g["params"])), None)
-
-
 class _Running:
     """Running statistics of one watched tensor's atoms while they sit near their fixed point."""
 
@@ -265,7 +259,7 @@ class NoiseWatch:
         for name in names:
             member = handles[name].members[0]
             theta = member.value.detach()
-            self._watched[name] = (handles[name].constraint, _group_of(optimizer, member),
+            self._watched[name] = (handles[name].constraint, group_holding(optimizer, member.factors),
                                    _Running(theta.numel(), theta.device))
         self._hooks = [self._watched[name][0].register_forward_hook(self._forward_hook(name))
                        for name in self._watched]
@@ -432,7 +426,7 @@ def watch_noise(model: nn.Module, optimizer: torch.optim.Optimizer, names=None, 
                 raise ValueError(f"watch_noise: '{name}' has no constraint whose atoms are Hadamard pairs "
                                  f"θ_i = u_i v_i; watchable: {hadamard}")
     for name in names:
-        if _group_of(optimizer, handles[name].members[0]) is None:
+        if group_holding(optimizer, handles[name].members[0].factors) is None:
             raise ValueError(f"watch_noise: the optimizer does not hold the factors of '{name}'; "
                              "build it from symopt.param_groups(model)")
     return NoiseWatch(model, optimizer, names, beta=float(beta), warmup=int(warmup), every=int(every),
