@@ -356,6 +356,29 @@ def test_a_grad_scaler_nobody_named_is_caught_at_the_first_step(register, bound)
     assert _warnings_of(lambda: run("clipped")) == []
 
 
+def test_an_unnamed_scaler_at_its_default_scale_kills_a_budgeted_layer():
+    """Why the check above exists: at torch's default scale (2^16) a budget that reads the scaled
+    gradients lands at a λ about 2^16 times too large and its decay drives every entry to 0 (max |w|
+    below 1e-12 after 400 Adam steps, budget 12); told the scaler, the same run keeps its 12 entries."""
+    X, Y = _data()
+
+    def run(told: bool):
+        model, handle = _model(lambda m: symopt.sparse(m, "weight", max_nonzero=12))
+        opt = torch.optim.Adam(symopt.param_groups(model, lr=1e-2), lr=1e-2)
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16, growth_interval=10 ** 6)
+        if told:
+            symopt.bind(opt, scaler=scaler)
+        for _ in range(400):
+            _step(model, opt, scaler, X, Y)
+        return model.weight.detach(), handle.strength
+
+    with pytest.warns(UserWarning, match="GradScaler"):
+        dead, lam_untold = run(False)
+    alive, lam_told = run(True)
+    assert float(dead.abs().max()) < 1e-12 and lam_untold > 1e4 * lam_told
+    assert int((alive.abs() > 1e-3).sum()) == 12
+
+
 def test_bind_refuses_what_is_not_a_scaler():
     model, _ = _model(SPARSE)
     opt = torch.optim.Adam(symopt.param_groups(model, lr=1e-2), lr=1e-2)
