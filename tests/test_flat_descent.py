@@ -296,3 +296,47 @@ def test_the_lean_loop_keeps_fewer_pairs_of_a_large_factorisation():
     assert history_pairs(100, 119_104) == HISTORY_NUMBERS // 119_104 == 16
     assert history_pairs(100, 20_000) == 100  # every Lasso / logistic / group lasso of the benchmarks
     assert history_pairs(100, 10**8) == 10 and history_pairs(3, 10**8) == 3
+
+
+def _directions_per_outer_iteration(problem, **options):
+    """(L-BFGS iterations of each outer iteration, the result) of ``symopt.solve(problem)``."""
+    from symopt.solver import flat
+    counts = []
+    run = flat.FlatLBFGS.run
+
+    def counting(self, iterations):
+        counts.append(iterations)
+        return run(self, iterations)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(flat.FlatLBFGS, "run", counting)
+        return counts, symopt.solve(problem, **options)
+
+
+@pytest.mark.parametrize("family", ["lasso", "logistic_l1"])
+def test_a_small_problem_is_checked_after_a_short_first_descent(monkeypatch, family):
+    """θ with at most EARLY_ENTRIES entries and a loss with its own curvature: the first outer
+    iteration runs EARLY_ITERATIONS L-BFGS iterations, and the face polish certifies the optimum
+    from there (breast_cancer, 30 columns: the same objective as the full 20 iterations); with
+    polish=False (nothing to finish the short descent) or on wider θ, the first check waits ``inner``."""
+    from sklearn.datasets import load_breast_cancer
+
+    from symopt.problems import lasso, logistic_l1
+    from symopt.solver.descent import EARLY_ENTRIES, EARLY_ITERATIONS
+
+    X, y = load_breast_cancer(return_X_y=True)
+    X = (X - X.mean(0)) / X.std(0)
+    make = lasso if family == "lasso" else logistic_l1
+    problem = make(X, y.astype(float), 1.0, fit_intercept=True)
+    problem = problem.at_strength(0.05 * problem.strength_max())
+    assert problem.shape[0] <= EARLY_ENTRIES
+    counts, short = _directions_per_outer_iteration(problem)
+    assert counts[0] == EARLY_ITERATIONS and short.status == "optimal" and short.iterations == 1
+    counts, _ = _directions_per_outer_iteration(problem, polish=False)
+    assert counts[0] == 20
+    import symopt.solver.descent as descent
+    monkeypatch.setattr(descent, "EARLY_ENTRIES", problem.shape[0] - 1)  # θ now counts as wide
+    counts, full = _directions_per_outer_iteration(problem)
+    assert counts[0] == 20 and full.status == "optimal"
+    assert abs(short.objective - full.objective) <= 1e-12 * abs(full.objective)
+    assert torch.equal(short.x == 0, full.x == 0)

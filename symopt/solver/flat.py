@@ -285,7 +285,7 @@ def history_pairs(history_size: int, coordinates: int) -> int:
 
 
 def flat_stepper(holder, loss, inner: int, history_size: int):
-    """``step()`` for `Descent` (``inner`` iterations of `FlatLBFGS` on ``holder``'s factors, its
+    """``step(iterations=None)`` for `Descent` (``inner`` iterations, or ``iterations``, of `FlatLBFGS` on ``holder``'s factors, its
     memory kept between calls), or None where the lean path does not apply: a constraint across
     several tensors (a tie), a chain of parametrizations, or a constraint that watches its
     gradients or lands on a schedule (its hooks run only through the registered module), or one with
@@ -303,12 +303,12 @@ def flat_stepper(holder, loss, inner: int, history_size: int):
     objective = FlatObjective(constraint, [p.shape for p in params], loss)
     state: dict = {"lbfgs": None, "written": None}
 
-    def step() -> None:
+    def step(iterations: int | None = None) -> None:
         x = torch.cat([p.detach().reshape(-1) for p in params])
         lbfgs = state["lbfgs"]
         if lbfgs is None or not torch.equal(x, state["written"]):  # new factors (a refactor): new memory
             lbfgs = state["lbfgs"] = FlatLBFGS(objective, x, history_pairs(history_size, x.numel()))
-        lbfgs.run(inner)
+        lbfgs.run(inner if iterations is None else iterations)
         with torch.no_grad():
             for p, part in zip(params, objective.factors(lbfgs.x)):
                 p.copy_(part)

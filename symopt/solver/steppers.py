@@ -1,6 +1,6 @@
 """How the descent steps: L-BFGS with a strong-Wolfe line search, or Nesterov acceleration with a
-backtracked Lipschitz step. Each ``make(params, closure, inner, history_size)`` returns ``step()``,
-which runs ``inner`` iterations and returns a message when no step size decreases the objective (or
+backtracked Lipschitz step. Each ``make(params, closure, inner, history_size)`` returns ``step(iterations=None)``,
+which runs ``inner`` iterations (or ``iterations``) and returns a message when no step size decreases the objective (or
 None); a NaN / Inf objective or gradient raises `NonFinite`."""
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ def lbfgs_stepper(params, closure, inner: int, history_size: int) -> Callable[[]
     opt = torch.optim.LBFGS(params, lr=1.0, max_iter=inner, history_size=history_size,
                             line_search_fn="strong_wolfe", tolerance_grad=0.0, tolerance_change=0.0)
 
-    def step() -> None:
+    def step(iterations: int | None = None) -> None:
+        opt.param_groups[0]["max_iter"] = inner if iterations is None else iterations
         opt.step(closure)
 
     return step
@@ -44,10 +45,11 @@ def momentum_stepper(params, closure, inner: int, history_size: int) -> Callable
             for p, v in zip(params, values):
                 p.copy_(v)
 
-    def step() -> str | None:
-        """``inner`` iterations; returns a message if the step size collapsed (the caller judges it)."""
+    def step(iterations: int | None = None) -> str | None:
+        """``inner`` iterations (or ``iterations``); returns a message if the step size collapsed (the
+        caller judges it)."""
         collapsed = None
-        for _ in range(inner):
+        for _ in range(inner if iterations is None else iterations):
             f_y = float(closure().detach())  # at the current (extrapolated) point y, fills .grad
             y = [p.detach().clone() for p in params]
             grads = [p.grad.detach().clone() for p in params]
