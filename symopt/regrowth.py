@@ -293,7 +293,8 @@ def regrow(model: nn.Module, optimizer: torch.optim.Optimizer, names=None, *, ev
         optimizer: the optimizer holding their factors (from [`param_groups`][symopt.param_groups]).
         names: the constrained tensors, as ``list_constraints`` names them (default: every one whose kind
             can regrow an atom and has no budget: ``sparse``, ``group_sparse`` on one tensor or over
-            several, a channel's weight, bias and BatchNorm entries).
+            several, a channel's weight, bias and BatchNorm entries, ``nonnegative``, whose pull
+            off zero is $(-∂ℓ/∂θ_i)^+$).
         every: decide every this many optimizer steps (≥ 1).
         beta: factor of the moving average of $∂ℓ/∂θ$ over steps, in (0, 1). The default's window (about
             100 steps) averages minibatch noise: on the digits MLP (Adam, batch 64, λ = 1e-3,

@@ -113,3 +113,24 @@ def test_bad_inputs(kwargs, error, match):
     with pytest.raises(error, match=match):
         symopt.nonnegative(model, "theta", **kwargs)
     assert symopt.list_constraints(model) == [] and torch.equal(model.theta, torch.ones(10, dtype=DT))
+
+
+@pytest.mark.parametrize("k", [2, 4])
+@pytest.mark.parametrize("raw", [False, True], ids=["standardised", "raw+intercept"])
+def test_solve_finds_the_positive_lasso_with_k_nonzeros(k, raw):
+    """``lasso(positive=True, max_nonzero=k)``: the budget search starts where k entries' pull off zero,
+    (−∂ℓ/∂θ_i)⁺, would exceed λ (it read (∂ℓ/∂θ_i)⁺ before: on raw diabetes with an intercept that
+    start was λ = 0, a ValueError), and ends at a λ whose positive Lasso (scikit-learn's, at that λ)
+    has exactly k non-zeros."""
+    from symopt.problems import lasso
+
+    if raw:
+        X, y = (torch.tensor(a, dtype=DT) for a in load_diabetes(return_X_y=True))
+    else:
+        X, y = _diabetes()
+    result = symopt.solve(lasso(X.numpy(), y.numpy(), max_nonzero=k, positive=True, fit_intercept=raw))
+    assert result.status == "optimal" and int((result.x > 0).sum()) == k and bool((result.x >= 0).all())
+    reference = Lasso(alpha=result.strength, positive=True, fit_intercept=raw, tol=1e-14, max_iter=10**6)
+    coef = reference.fit(X.numpy(), y.numpy()).coef_
+    assert np.abs(result.x.numpy() - coef).max() <= 1e-6 * max(1.0, np.abs(coef).max())
+    assert set(np.flatnonzero(coef > 0)) == set(np.flatnonzero(result.x.numpy() > 0))

@@ -440,17 +440,20 @@ class Constraint(nn.Module):
         raise NotImplementedError
 
     def dual_atoms(self, grad: Tensor) -> Tensor:
-        r"""Sizes of a gradient's atoms in the dual norm, each compared with λ: an atom at zero wants to
-        leave it when its dual atom exceeds λ (``dual_norm`` is their maximum). The same as ``atoms``
-        unless the atoms are weighted (a weighted group's is $‖g_g‖_2 / c_g$)."""
-        return self.atoms(grad)
+        r"""The pull of a loss gradient on each atom at zero, compared with λ: an atom at zero wants to
+        leave it when its dual atom exceeds λ (``dual_norm`` is their maximum). The size of the atoms
+        of $-g$ (the direction of steepest descent), as λ sees them: ``atoms(-grad)`` unless the
+        atoms are weighted (a weighted group's is $‖g_g‖_2 / c_g$). For a symmetric norm the sign
+        does not matter; for the orthant's (`NonNegative`) it does: $(-g_i)^+$."""
+        return self.atoms(_negated(grad))
 
-    def top_dual_atoms(self, grad: Tensor, count: int) -> Tensor:
-        """A 1-d tensor holding at least the ``count`` largest ``dual_atoms`` of ``grad``, in any
+    def top_dual_atoms(self, point: Tensor, count: int) -> Tensor:
+        r"""A 1-d tensor holding at least the ``count`` largest atoms of a point-like tensor as λ sees
+        them (``dual_atoms(-point)``: a point θ, or the proximal score $θ/t - ∇ℓ$ of a budget), in any
         order; by default all of them (the caller selects). A budget asks this of every backward
         pass and needs only the k + 1 largest, so a kind whose atoms are costly to compute (singular
         values) computes the leading ones alone."""
-        return self.dual_atoms(grad).reshape(-1)
+        return self.dual_atoms(_negated(point)).reshape(-1)
 
     def truncate(self, value: Tensor, k: int) -> Tensor:  # pragma: no cover - budget kinds override
         """``value`` with all but its ``k`` largest atoms set to zero."""
@@ -777,3 +780,8 @@ def require_floating(tensor: Tensor, name: str, what: str = "parameter") -> None
             f"{what} '{name}' has dtype {tensor.dtype}; symopt constrains floating-point tensors: "
             f"convert it with .float() or .double() first"
         )
+
+
+def _negated(value):
+    """−value, for one tensor or for the list a constraint over several tensors takes (channel groups)."""
+    return [-v for v in value] if isinstance(value, (list, tuple)) else -value

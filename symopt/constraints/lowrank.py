@@ -262,16 +262,16 @@ class LowRank(Constraint):
     def atoms(self, value: Tensor) -> Tensor:
         return self.singular_values(value).reshape(-1)
 
-    def top_dual_atoms(self, grad: Tensor, count: int) -> Tensor:
+    def top_dual_atoms(self, point: Tensor, count: int) -> Tensor:
         r"""The ``count`` leading singular values. A budget asks for k + 1 of them on every backward
         pass, of $θ - t∇ℓ$, which has full rank: when ``count`` is well below the size
         ($4(\mathrm{count} + 8) ≤ \min(m, n)$) they come from a seeded randomized range finder
         (``count + 8`` columns, 2 power iterations) in $O(mn·\mathrm{count})$ instead of a full SVD's
         $O(mn\min(m, n))$. They are lower bounds accurate to a few digits on a decaying spectrum,
         which is what a controller that averages over steps needs."""
-        mat = self.matrix(grad).to(working_dtype(grad.dtype))
+        mat = self.matrix(point).to(working_dtype(point.dtype))
         if mat.dim() != 2 or 4 * (count + 8) > min(mat.shape):
-            return super().top_dual_atoms(grad, count)
+            return super().top_dual_atoms(point, count)
         return leading_singular_values(mat, count, seed=self.factorizer.seed)
 
     def land(self, factors: tuple[Tensor, ...], keep: Tensor) -> None:

@@ -141,6 +141,13 @@ class NonNegative(Constraint):
         (u,) = factors
         u.masked_fill_(~keep.view_as(u), 0.0)  # u_i = 0: the fixed point of u_i → −u_i
 
+    def seed_atoms(self, factors: tuple[Tensor, ...], which: Tensor, grad: Tensor, size: Tensor) -> None:
+        # θ_i = size_i as u_i = √(2 size_i): off the orthant's corner in the only direction the
+        # factorisation reaches, the one a pull (−g_i)⁺ > λ asks for (regrow seeds no other atom)
+        (u,) = factors
+        root = (2 * size.to(u.dtype).view_as(u)).sqrt()
+        u.copy_(torch.where(which.view_as(u), root, u))
+
     def truncate(self, value: Tensor, k: int) -> Tensor:
         keep = largest(value, k).view_as(value)
         return torch.where(keep, value, torch.zeros_like(value))
