@@ -16,7 +16,7 @@ pulls less than λ, and grows by $1 + \mathrm{lr}(|g_i| - λ)$ when it pulls mor
 
 A `Regrowth` watches $∂ℓ/∂θ$ (a moving average $\bar g$ over optimizer steps: batch gradients are
 noisy) and, every ``every`` steps, asks the constraint about each atom near zero
-($\mathrm{atom}_i ≤ c \max_j \mathrm{atom}_j$, $c$ = ``near_zero``):
+($\mathrm{atom}_i ≤ c \max_j \mathrm{atom}_j$, $c$ = ``near_zero``, the maximum over the decisions so far):
 
 * **snap** — the pull is below λ ($\mathrm{dual\_atom}_i(\bar g) < λ$: zero satisfies the atom's KKT
   condition and is attracting): its factors are put on the fixed point ($u_i = v_i = 0$), where no
@@ -63,6 +63,7 @@ class _Watched:
         self.folded = [False] * len(self.members)  # whether this step's backward has decayed each mean yet
         self.snapped = 0
         self.regrown = 0
+        self.peak = 0.0  # the largest atom seen at a decision: "near zero" is relative to it
 
     @property
     def factors(self) -> tuple[Tensor, ...]:
@@ -193,7 +194,11 @@ class Regrowth:
         means = [mean.to(value.dtype) for mean, value in zip(means, values)]
         atoms = constraint.atoms(watched.target(values)).reshape(-1)
         largest = atoms.max()
-        near = atoms <= self.near_zero * largest
+        # Near zero relative to the largest atom the tensor has had, not only to today's: when every
+        # atom decays together (λ above the tensor's λ_max, a dead layer or head), none is ever small
+        # next to the largest, and the zeros would arrive only by underflow.
+        watched.peak = max(watched.peak, float(largest))
+        near = atoms <= self.near_zero * watched.peak
         pull = constraint.dual_atoms(watched.target(means)).reshape(-1)
         lam = constraint.strength
         snap = near & ~watched.held & (pull < lam)
@@ -235,7 +240,8 @@ class Regrowth:
         optimizer's): a resumed run takes the same decisions."""
         return {"steps": self.steps,
                 "tensors": {name: {"means": [mean.clone() for mean in w.means], "count": w.count,
-                                   "held": w.held.clone(), "snapped": w.snapped, "regrown": w.regrown}
+                                   "held": w.held.clone(), "snapped": w.snapped, "regrown": w.regrown,
+                                   "peak": w.peak}
                             for name, w in self._watched.items()}}
 
     def load_state_dict(self, state: dict) -> None:
@@ -260,6 +266,7 @@ class Regrowth:
                 mean.copy_(value)
             w.held.copy_(saved["held"])
             w.count, w.snapped, w.regrown = int(saved["count"]), int(saved["snapped"]), int(saved["regrown"])
+            w.peak = float(saved.get("peak", 0.0))  # (a checkpoint from before the peak was kept: 0)
 
     def remove(self) -> None:
         """Take the hooks off the model and the optimizer (held zeros stay zero until a step moves them)."""
@@ -301,7 +308,8 @@ def regrow(model: nn.Module, optimizer: torch.optim.Optimizer, names=None, *, ev
             ``python -m benchmarks.regrowth --mlp``) 0.9 regrew 45,000 atoms in 30 epochs that the
             decay then took back, 0.99 3,500, with the plain run's accuracy and sparsity.
         near_zero: an atom may be snapped or seeded when its size is at most this fraction of the
-            tensor's largest atom, in (0, 1).
+            largest atom the tensor has had at a decision (so a tensor whose atoms all decay together
+            still gets exact zeros), in (0, 1).
         seed_size: a seeded atom starts at this fraction of the largest atom, in (near_zero, 1).
         scaler: the ``torch.amp.GradScaler`` scaling the losses, if any (θ's gradients are the scaled
             loss's; they are divided by its scale). Default: the one given to

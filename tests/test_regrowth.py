@@ -402,3 +402,26 @@ def test_a_nonnegative_atom_is_seeded_inside_the_orthant_whatever_the_gradient()
     torch.testing.assert_close(value[which], size[which])
     assert bool((value[~which] == 0).all())
     torch.testing.assert_close(constraint.penalty(u), 0.3 * constraint.induced_norm(holder.w.detach()))
+
+
+def test_a_tensor_whose_atoms_all_decay_together_gets_exact_zeros():
+    """λ = 1.05 λ_max on the diabetes Lasso: θ = 0 is the optimum and the entries decay together, so
+    none is ever small next to today's largest. regrow compares them with the largest atom the tensor
+    has had and snaps each, exactly, once it is below near_zero of it (its pull below λ); plain GD
+    leaves every entry non-zero after the same steps."""
+    X, Y = _diabetes()
+    lam = 1.05 * float((X.T @ Y).abs().max()) / len(X)
+    weights = []
+    for with_regrowth in (True, False):
+        torch.manual_seed(0)
+        model = nn.Linear(X.shape[1], 1, bias=False).double()
+        symopt.sparse(model, "weight", strength=lam)
+        opt = torch.optim.SGD(symopt.param_groups(model, lr=1e-3), lr=1e-3)
+        growth = symopt.regrow(model, opt) if with_regrowth else None
+        for _ in range(1500):
+            opt.zero_grad()
+            (0.5 * ((model(X) - Y) ** 2).sum(1).mean()).backward()
+            opt.step()
+        weights.append(model.weight.detach().clone())
+    assert bool((weights[0] == 0).all())
+    assert bool((weights[1] != 0).all())
