@@ -101,6 +101,8 @@ class LogLoss:
         # (tests/test_glm_options.py); a far start costs a few bisections inside the bracket.
         root = logistic_intercept(z.detach(), y, weights, start=getattr(y, "_symopt_last_intercept", None))
         y._symopt_last_intercept = float(root)
+        if not (z.requires_grad and torch.is_grad_enabled()):
+            return root  # (the step below is 0 at the root: it is there for autograd, a third of an evaluation)
         w = torch.full_like(z, 1.0 / z.shape[0]) if weights is None else weights.to(z.dtype)
         p = torch.sigmoid(z + root)
         return root - (w * (p - y)).sum() / (w * p * (1 - p)).sum()
