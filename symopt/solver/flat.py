@@ -62,6 +62,7 @@ class FlatObjective:
         self.shapes = [tuple(s) for s in shapes]
         self.sizes = [math.prod(s) for s in self.shapes]
         self.decayed = set(constraint.decayed)
+        self.all_decayed = self.decayed == set(range(len(self.shapes)))
 
     def factors(self, x: Tensor) -> list[Tensor]:
         return [part.view(shape) for part, shape in zip(torch.split(x, self.sizes), self.shapes)]
@@ -80,6 +81,9 @@ class FlatObjective:
                     (grad,) = torch.autograd.grad(value, probe)
                 value = value.detach()
             parts = list(self.constraint.pullback(factors, grad))
+            if self.all_decayed:  # (every factor decayed: the decay and its gradient on the flat x at once)
+                flat = torch.cat([p.reshape(-1) for p in parts]).add_(x, alpha=lam)
+                return value + 0.5 * lam * x.dot(x), flat
             decay = 0.0
             for i in self.decayed:
                 parts[i] = parts[i] + lam * factors[i]
@@ -136,20 +140,26 @@ class FlatLBFGS:
         self._last = None
         if self.count == 0:
             return -g
-        S, Y, slots = self.Sb[:self.count], self.Yb[:self.count], self._slots()
+        S, Y = self.Sb[:self.count], self.Yb[:self.count]
+        wrapped = self.count == self.memory  # (before the ring fills, slot order is time order)
+        slots = self._slots() if wrapped else None
         gamma = self.SY[-1, -1] / self.YY[-1, -1]
-        R = self.SY.triu()
+        R = self.SY.triu()  # (SY's lower triangle is 0 already; triu keeps the solves honest)
         if self._products is None:
-            a, b = (S @ g)[slots], (Y @ g)[slots]
+            a, b = S @ g, Y @ g
+            if wrapped:
+                a, b = a[slots], b[slots]
         else:
             a, b = self._products
         r = torch.linalg.solve_triangular(R, a.unsqueeze(1), upper=True).squeeze(1)
         rhs = torch.diagonal(self.SY) * r + gamma * (self.YY @ r) - gamma * b
         p = torch.linalg.solve_triangular(R.mT, rhs.unsqueeze(1), upper=False).squeeze(1)
-        in_slots = torch.empty((2, self.count), dtype=g.dtype, device=g.device)
-        in_slots[:, slots] = torch.stack([p, r])  # back from time order to the buffers' slot order
+        if wrapped:  # back from time order to the buffers' slot order
+            in_slots = torch.empty((2, self.count), dtype=g.dtype, device=g.device)
+            in_slots[:, slots] = torch.stack([p, r])
+            p, r = in_slots[0], in_slots[1]
         self._last = (a, b)
-        return -(gamma * g + S.mT @ in_slots[0] - gamma * (Y.mT @ in_slots[1]))
+        return -(gamma * g + S.mT @ p - gamma * (Y.mT @ r))
 
     def remember(self, s: Tensor, y: Tensor, g_new: Tensor | None = None) -> None:
         """Keep the pair ``(s, y)``. With ``g_new`` (the gradient after the step, right after a
@@ -170,8 +180,11 @@ class FlatLBFGS:
         self.Sb[self.head], self.Yb[self.head] = s, y
         self.head = (self.head + 1) % self.memory
         self.count = min(self.count + 1, self.memory)
-        S, Y, slots = self.Sb[:self.count], self.Yb[:self.count], self._slots()
-        column, yy = (S @ y)[slots], (Y @ y)[slots]  # s_i·y_new, y_i·y_new (the new pair's own last)
+        S, Y = self.Sb[:self.count], self.Yb[:self.count]
+        column, yy = S @ y, Y @ y  # s_i·y_new, y_i·y_new (the new pair's own last)
+        if self.count == self.memory:  # the ring is full: time order from slot order
+            slots = self._slots()
+            column, yy = column[slots], yy[slots]
         k = self.count
         SY = self.SY.new_zeros((k, k))  # (the new row, s_new·y_j for j < new, is below the diagonal: unused)
         SY[:-1, :-1], SY[:, -1] = self.SY, column
