@@ -175,6 +175,25 @@ def test_solve_finds_the_lasso_lambda_with_k_nonzeros(k):
     assert result.objective == pytest.approx(at.objective(result.x), rel=1e-12)
 
 
+def test_a_budget_beyond_the_paths_largest_support_is_reported_unreachable():
+    """A Lasso on 20 samples has at most 20 non-zeros at any λ (scikit-learn's lasso_path on a fine grid
+    down to 1e-6 λ_max never passes 20): asked for 30, solve stops at tol·λ_max, the smallest λ its
+    tolerance resolves, with budget_unreachable and that solution (20 atoms), where it used to halve λ
+    for 40 rounds and end on a meaningless count at λ ~ 1e-9 (max_iter)."""
+    from sklearn.linear_model import lasso_path
+
+    rng = np.random.default_rng(0)
+    A, b = rng.standard_normal((20, 50)), rng.standard_normal(20)
+    problem = lasso(A, b, max_nonzero=30)
+    result = symopt.solve(problem)
+    assert result.status == "budget_unreachable", result.message
+    assert "fewer than the budget 30" in result.message
+    assert int((result.x != 0).sum()) == 20
+    lam_max = float(np.abs(A.T @ b).max()) / len(b)
+    _, coefs, _ = lasso_path(A, b, alphas=lam_max * np.geomspace(1.0, 1e-6, 200), tol=1e-10, max_iter=100_000)
+    assert int((np.abs(coefs) > 1e-12).sum(0).max()) <= 20
+
+
 def test_solve_target_rank_matches_cvxpy_nuclear_norm():
     base = make_matrix_completion(m=30, n=25, rank=3, observed=0.5, noise=0.1)
     problem = matrix_completion(base.data["M"], base.data["mask"].bool(), target_rank=2)

@@ -134,3 +134,19 @@ def test_solve_finds_the_positive_lasso_with_k_nonzeros(k, raw):
     coef = reference.fit(X.numpy(), y.numpy()).coef_
     assert np.abs(result.x.numpy() - coef).max() <= 1e-6 * max(1.0, np.abs(coef).max())
     assert set(np.flatnonzero(coef > 0)) == set(np.flatnonzero(result.x.numpy() > 0))
+
+
+def test_a_positive_budget_the_data_cannot_reach_is_reported_unreachable():
+    """Raw diabetes with an intercept has 5 positive coefficients at most (scikit-learn's
+    Lasso(positive=True) at 1e-6 λ_max keeps 5): max_nonzero=6 ends as budget_unreachable with the
+    5-atom solution at tol·λ_max, not max_iter after 40 rounds."""
+    from symopt.problems import lasso
+
+    X, y = load_diabetes(return_X_y=True)
+    result = symopt.solve(lasso(X, y, max_nonzero=6, positive=True, fit_intercept=True))
+    assert result.status == "budget_unreachable", result.message
+    assert int((result.x > 0).sum()) == 5 and bool((result.x >= 0).all())
+    lam_max = float(np.clip(X.T @ (y - y.mean()), 0, None).max()) / len(y)
+    reference = Lasso(alpha=1e-6 * lam_max, positive=True, tol=1e-12, max_iter=10**6).fit(X, y)
+    assert int((reference.coef_ > 0).sum()) == 5
+

@@ -114,8 +114,10 @@ def solve(problem: Problem, device=None, dtype=None, method: str = "auto", tol: 
             is below what the precision allows); ``nan`` (the objective, its gradient, the iterate
             or the factors became NaN or Inf, or were so at θ = 0); ``diverged`` (the objective
             rose for 10 iterations in a row, fell without bound, or no step size decreased it);
-            ``budget_unreachable`` (budgets: the path jumps over the budget; ``x`` is the solution
-            with the nearest larger support, snapped to the budget). After ``nan`` or
+            ``budget_unreachable`` (budgets: the path jumps over the budget, and ``x`` is the solution
+            with the nearest larger support, snapped to the budget; or the path has not reached it
+            at λ = tol × λ_max, the smallest λ the tolerance resolves — a Lasso has at most n
+            non-zeros — and ``x`` is the solution there, with fewer atoms). After ``nan`` or
             ``diverged``, ``x`` is the last finite certified point (θ = 0 if there was none) and
             the message names the iteration.
 

@@ -21,6 +21,11 @@ def search_path(descent: Descent, constraint: Constraint, loss, max_iter: int, m
     k = constraint.budget
     lam = constraint.strength or split_point(constraint.dual_atoms(descent.grad0), k)  # where k atoms would leave 0
     too_many, too_few = 0.0, math.inf  # largest λ with > k atoms, smallest with < k
+    # Below tol·λ_max the KKT tolerance no longer tells an atom at 0 from one about to leave it: the
+    # search goes no lower. A budget the path has not reached by then is one the data do not allow
+    # (a Lasso has at most n non-zeros, a positive one only the entries pulled upward); before, the
+    # search halved λ for its 40 rounds and ended on a meaningless count at λ ~ 1e-10.
+    floor = descent.tol * float(constraint.dual_norm(descent.grad0))
     for rounds in range(1, max_rounds + 1):
         constraint.strength = lam  # fixed within a round (also stops the training-loop controller)
         descent.refactor()
@@ -47,6 +52,14 @@ def search_path(descent: Descent, constraint: Constraint, loss, max_iter: int, m
                 proposal = math.sqrt(too_many * too_few)
         else:  # not bracketed yet: at least a factor 2 per round (plateaus of the path are long)
             proposal = max(proposal, 2.0 * lam) if atoms > k else min(proposal, 0.5 * lam)
+            if atoms < k and proposal < floor:
+                if lam <= floor:
+                    return "budget_unreachable", (
+                        f"at λ = {lam:.6g} (tol × λ_max, the smallest λ the tolerance resolves) the solution "
+                        f"has {atoms} atoms, fewer than the budget {k}: the path does not reach it (a Lasso "
+                        "has at most n non-zeros; a non-negative one only entries its gradient pulls "
+                        "upward); x is that solution. Lower the budget, or tol to search further")
+                proposal = floor  # the last λ the search tries
         lam = proposal
     return "max_iter", f"no λ with exactly {k} atoms within {max_rounds} rounds (last λ = {lam:.6g})"
 
