@@ -60,13 +60,14 @@ def test_the_lean_loop_backs_off_a_pole_and_reports_nan_everywhere():
     # The default loop counts a NaN trial as too long a step: it stays inside the domain and solves it.
     r = symopt.solve(custom(lambda t: -torch.log(1 - t.sum()) - 5 * t.sum()))
     assert r.status == "optimal" and abs(float(r.x.sum()) - (1 - 1 / 4.9)) < 1e-6
-    # A loss that turns NaN everywhere mid-run: nan, with the last finite certified point.
+    # A loss that turns NaN everywhere mid-run (the clean run takes 25-55 evaluations, depending on
+    # where rounding stops its last line search): nan, with the last finite certified point.
     calls = {"n": 0}
 
     def poisoned(t):
         calls["n"] += 1
         value = (t - 1).square().sum()
-        return value * torch.nan if calls["n"] > 40 else value
+        return value * torch.nan if calls["n"] > 15 else value
 
     r = symopt.solve(custom(poisoned), max_iter=50)
     assert r.status == "nan" and "last finite" in r.message and "NaN or Inf" in r.message
