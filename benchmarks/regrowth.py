@@ -1,6 +1,6 @@
 """Zeros during a fixed-λ run: plain factor dynamics vs ``symopt.regrow``, against scikit-learn's optimum.
 
-    python -m benchmarks.regrowth [--seeds 3] [--first 3000] [--second 5000] [--quick]
+    python -m benchmarks.regrowth [--seeds 3] [--first 3000] [--second 5000] [--data NAME ...] [--quick]
     python -m benchmarks.regrowth --mlp [--seeds 3] [--epochs 30]
 
 Real data shipped with scikit-learn, columns standardised, targets centred (not scaled):
@@ -9,7 +9,10 @@ Real data shipped with scikit-learn, columns standardised, targets centred (not 
   ``sklearn.linear_model.Lasso(tol=1e-14)``;
 * ``breast_cancer``: the Lasso on the 0/1 label (569 × 30), likewise;
 * ``wine``: the multi-task Lasso on the one-hot class (178 × 13 → 3), ``symopt.group_sparse(dim=1)``
-  (one group per input feature); reference ``MultiTaskLasso(tol=1e-14)``.
+  (one group per input feature); reference ``MultiTaskLasso(tol=1e-14)``;
+* ``diabetes+``, ``breast_cancer+``: the non-negative Lasso, ``symopt.nonnegative`` (θ = ½u⊙u, whose
+  pull off zero is (−∂ℓ/∂θ)⁺); reference ``Lasso(positive=True, tol=1e-14)``; λ_max is the largest
+  pull at 0.
 
 Two phases, as a schedule or a fine-tuning does: ``--first`` full-batch steps at λ₁ = 0.5 λ_max, then
 ``--second`` at λ₂ = 0.05 λ_max (λ_max from the data: the fractions mean the same on every data set).
@@ -51,41 +54,59 @@ def _standardised(X):
     return torch.tensor(X / X.std(0))
 
 
+GROUPS, POSITIVE = "groups", "positive"  # the kinds besides "entries" (symopt.sparse)
+DATA = ("diabetes", "breast_cancer", "wine", "diabetes+", "breast_cancer+")
+
+
 def load(name: str):
-    """(X, Y, grouped) for a data set of the benchmark: Y has one column per task."""
+    """(X, Y, kind) for a data set of the benchmark: Y has one column per task; kind "entries"
+    (``sparse``), "groups" (``group_sparse`` over input features) or "positive" (``nonnegative``)."""
     from sklearn import datasets
     if name == "wine":
         X, label = datasets.load_wine(return_X_y=True)
         Y = torch.nn.functional.one_hot(torch.tensor(label)).double()
-        return _standardised(X), Y - Y.mean(0), True
-    X, y = (datasets.load_diabetes if name == "diabetes" else datasets.load_breast_cancer)(return_X_y=True)
+        return _standardised(X), Y - Y.mean(0), GROUPS
+    base = name.rstrip("+")
+    X, y = (datasets.load_diabetes if base == "diabetes" else datasets.load_breast_cancer)(return_X_y=True)
     y = torch.tensor(y, dtype=torch.float64)
-    return _standardised(X), (y - y.mean()).unsqueeze(1), False
+    return _standardised(X), (y - y.mean()).unsqueeze(1), POSITIVE if name.endswith("+") else "entries"
 
 
-def strength_max(X, Y, grouped: bool) -> float:
-    """The smallest λ at which 0 is optimal: the dual norm of the gradient at 0."""
-    G = X.T @ Y / len(X)  # features × tasks
-    return float(G.norm(dim=1).max() if grouped else G.abs().max())
+def strength_max(X, Y, kind: str) -> float:
+    """The smallest λ at which 0 is optimal: the dual norm of the gradient at 0 (for θ ≥ 0 the largest
+    pull upward, (−∂ℓ/∂θ)⁺ = (XᵀY/n)⁺)."""
+    G = X.T @ Y / len(X)  # features × tasks: −∂ℓ/∂θ at 0
+    if kind == GROUPS:
+        return float(G.norm(dim=1).max())
+    return float(G.clamp_min(0).max() if kind == POSITIVE else G.abs().max())
 
 
-def objective(W, X, Y, lam: float, grouped: bool) -> float:
+def objective(W, X, Y, lam: float, kind: str) -> float:
     fit = 0.5 * float(((X @ W.T - Y) ** 2).sum()) / len(X)
-    return fit + lam * float(W.norm(dim=0).sum() if grouped else W.abs().sum())
+    return fit + lam * float(W.norm(dim=0).sum() if kind == GROUPS else W.abs().sum())
 
 
-def reference(X, Y, lam: float, grouped: bool):
+def reference(X, Y, lam: float, kind: str):
     from sklearn.linear_model import Lasso, MultiTaskLasso
-    estimator = (MultiTaskLasso if grouped else Lasso)(alpha=lam, fit_intercept=False, tol=1e-14, max_iter=10 ** 6)
-    coef = estimator.fit(X.numpy(), Y.numpy() if grouped else Y[:, 0].numpy()).coef_
+    if kind == GROUPS:
+        estimator = MultiTaskLasso(alpha=lam, fit_intercept=False, tol=1e-14, max_iter=10 ** 6)
+        coef = estimator.fit(X.numpy(), Y.numpy()).coef_
+    else:
+        estimator = Lasso(alpha=lam, fit_intercept=False, tol=1e-14, max_iter=10 ** 6, positive=kind == POSITIVE)
+        coef = estimator.fit(X.numpy(), Y[:, 0].numpy()).coef_
     return torch.tensor(coef).reshape(Y.shape[1], X.shape[1])
 
 
-def stable_lr(W, X, Y, lam: float, grouped: bool) -> float:
+def stable_lr(W, X, Y, lam: float, kind: str) -> float:
     """``2 / λ_max`` of the factored loss's Hessian at the balanced factors of ``W`` (entries: u = ±√|w|,
-    v = √|w|; groups: the gate √‖w_g‖ and ω_g = w_g/√‖w_g‖)."""
+    v = √|w|; groups: the gate √‖w_g‖ and ω_g = w_g/√‖w_g‖; positive: u = √(2w))."""
     d, t = X.shape[1], Y.shape[1]
-    if grouped:
+    if kind == POSITIVE:
+        start = (2 * W.clamp_min(0)).sqrt().reshape(-1)
+
+        def factored(z):
+            return 0.5 * ((X @ (0.5 * z * z).reshape(t, d).T - Y) ** 2).sum() / len(X) + 0.5 * lam * z.square().sum()
+    elif kind == GROUPS:
         norms = W.norm(dim=0)
         gates = norms.sqrt()
         omega = W / gates.clamp_min(1e-300)
@@ -106,12 +127,17 @@ def stable_lr(W, X, Y, lam: float, grouped: bool) -> float:
     return 2 / float(torch.linalg.eigvalsh(hessian)[-1])
 
 
-def run(X, Y, grouped: bool, optimizer: str, lr: float, lams: tuple[float, float], best: float,
+def run(X, Y, kind: str, optimizer: str, lr: float, lams: tuple[float, float], best: float,
         target_zeros, with_regrowth: bool, seed: int, first: int, second: int) -> dict:
     torch.manual_seed(seed)
     model = nn.Linear(X.shape[1], Y.shape[1], bias=False).double()
+    grouped = kind == GROUPS
     if grouped:
         handle = symopt.group_sparse(model, "weight", dim=1, strength=lams[0], seed=seed)
+    elif kind == POSITIVE:
+        with torch.no_grad():
+            model.weight.abs_()  # (a start inside the orthant: registration would project it there anyway)
+        handle = symopt.nonnegative(model, "weight", strength=lams[0], seed=seed)
     else:
         handle = symopt.sparse(model, "weight", strength=lams[0], seed=seed)
     groups = symopt.param_groups(model, lr=lr)
@@ -127,7 +153,7 @@ def run(X, Y, grouped: bool, optimizer: str, lr: float, lams: tuple[float, float
         opt.step()
         after = step + 1 - first
         if after > 0 and (after in CHECKPOINTS or after == second or (reached is None and after % 50 == 0)):
-            gap = (objective(model.weight.detach(), X, Y, lams[1], grouped) - best) / abs(best)
+            gap = (objective(model.weight.detach(), X, Y, lams[1], kind) - best) / abs(best)
             if after in CHECKPOINTS or after == second:
                 gaps[after] = gap
             if reached is None and gap < TARGET:
@@ -184,16 +210,18 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--first", type=int, default=3000)
     parser.add_argument("--second", type=int, default=5000)
-    parser.add_argument("--quick", action="store_true", help="one seed, short phases, diabetes only (a smoke test)")
+    parser.add_argument("--quick", action="store_true",
+                        help="one seed, short phases, diabetes (Lasso and non-negative Lasso) only: a smoke test")
     parser.add_argument("--mlp", action="store_true", help="minibatch training of a digits MLP instead")
     parser.add_argument("--epochs", type=int, default=30, help="--mlp: epochs")
+    parser.add_argument("--data", nargs="+", default=list(DATA), choices=DATA, help="the data sets (default: all)")
     args = parser.parse_args(argv)
     if args.mlp:
         torch.set_num_threads(2)
         return mlp(1 if args.quick else args.seeds, 1 if args.quick else args.epochs)
-    names = ["diabetes", "breast_cancer", "wine"]
+    names = args.data
     if args.quick:
-        args.seeds, args.first, args.second, names = 1, 300, 600, ["diabetes"]
+        args.seeds, args.first, args.second, names = 1, 300, 600, ["diabetes", "diabetes+"]
     torch.set_num_threads(2)
     checkpoints = [c for c in CHECKPOINTS if c < args.second] + [args.second]
     header = (f"{'data':14s} {'optimizer':9s} {'method':8s} " + " ".join(f"{'gap@' + str(c):>9s}" for c in checkpoints)
@@ -203,16 +231,23 @@ def main(argv=None) -> list[dict]:
     print(header)
     rows = []
     for name in names:
-        X, Y, grouped = load(name)
-        lam_max = strength_max(X, Y, grouped)
+        X, Y, kind = load(name)
+        grouped = kind == GROUPS
+        lam_max = strength_max(X, Y, kind)
         lams = (LAM_FIRST * lam_max, LAM_SECOND * lam_max)
-        W = reference(X, Y, lams[1], grouped)
-        best = objective(W, X, Y, lams[1], grouped)
+        W = reference(X, Y, lams[1], kind)
+        best = objective(W, X, Y, lams[1], kind)
         target_zeros = (W.norm(dim=0) == 0) if grouped else (W == 0)
-        for optimizer, lr in (("GD", 0.5 * stable_lr(W, X, Y, lams[1], grouped)), ("Adam", 1e-2)):
+        limit = stable_lr(W, X, Y, lams[1], kind)
+        if kind == POSITIVE:
+            # ½u⊙u's curvature at an entry is λ + ∂ℓ/∂θ_i + u_i²·∂²ℓ/∂θ_i²: at a solution with one
+            # non-zero (breast_cancer+) it is tiny, and the descent from the start diverged at that
+            # limit. The signed Lasso's limit at the same λ (its wider support) bounds the trajectory.
+            limit = min(limit, stable_lr(reference(X, Y, lams[1], "entries"), X, Y, lams[1], "entries"))
+        for optimizer, lr in (("GD", 0.5 * limit), ("Adam", 1e-2)):
             plain_step = None
             for method in ("plain", "regrow"):
-                runs = [run(X, Y, grouped, optimizer, lr, lams, best, target_zeros, method == "regrow", seed,
+                runs = [run(X, Y, kind, optimizer, lr, lams, best, target_zeros, method == "regrow", seed,
                             args.first, args.second) for seed in range(args.seeds)]
                 gaps = [statistics.median(r["gaps"][c] for r in runs) for c in checkpoints]
                 reached = [r["reached"] for r in runs]

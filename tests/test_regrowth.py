@@ -423,6 +423,8 @@ def test_a_tensor_whose_atoms_all_decay_together_gets_exact_zeros():
             (0.5 * ((model(X) - Y) ** 2).sum(1).mean()).backward()
             opt.step()
         weights.append(model.weight.detach().clone())
+        if growth is not None:
+            assert growth.snapped["weight"] == X.shape[1] and growth.regrown["weight"] == 0
     assert bool((weights[0] == 0).all())
     assert bool((weights[1] != 0).all())
 

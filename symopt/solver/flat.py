@@ -144,7 +144,7 @@ class FlatLBFGS:
         wrapped = self.count == self.memory  # (before the ring fills, slot order is time order)
         slots = self._slots() if wrapped else None
         gamma = self.SY[-1, -1] / self.YY[-1, -1]
-        R = self.SY.triu()  # (SY's lower triangle is 0 already; triu keeps the solves honest)
+        R = self.SY.triu()
         if self._products is None:
             a, b = S @ g, Y @ g
             if wrapped:
@@ -298,8 +298,8 @@ def history_pairs(history_size: int, coordinates: int) -> int:
 
 
 def flat_stepper(holder, loss, inner: int, history_size: int):
-    """``step(iterations=None)`` for `Descent` (``inner`` iterations, or ``iterations``, of `FlatLBFGS` on ``holder``'s factors, its
-    memory kept between calls), or None where the lean path does not apply: a constraint across
+    """``step(iterations=None)`` for `Descent` (``inner`` iterations, or ``iterations``, of `FlatLBFGS`
+    on ``holder``'s factors, its memory kept between calls), or None where the lean path does not apply: a constraint across
     several tensors (a tie), a chain of parametrizations, or a constraint that watches its
     gradients or lands on a schedule (its hooks run only through the registered module), or one with
     a decay of its own."""
