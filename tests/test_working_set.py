@@ -154,3 +154,30 @@ def test_multitask_lasso_is_solved_on_working_sets_of_features(fit_intercept):
     assert rows == set(np.flatnonzero(np.linalg.norm(reference.coef_, axis=0)).tolist())
     last, total = map(int, re.search(r"last (\d+) of (\d+) coordinates", ours.message).groups())
     assert total == 12_000 and last % 4 == 0 and last <= 2_000  # whole rows, a small share of them
+
+
+@pytest.mark.parametrize("fit_intercept", [False, True])
+def test_the_nonnegative_lasso_is_solved_on_working_sets(fit_intercept):
+    """lasso(positive=True) with 2000 columns runs on working sets (an entry enters when its pull
+    upward, (−∂ℓ/∂θ_i)⁺, exceeds λ; one pulled downward never does) and reaches scikit-learn's
+    Lasso(positive=True) and the full solve's optimum, with the same support."""
+    from sklearn.linear_model import Lasso
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(200, 2000, generator=g, dtype=torch.float64)
+    w = torch.zeros(2000, dtype=torch.float64)
+    w[:10], w[10:20] = 1.0 + torch.rand(10, generator=g, dtype=torch.float64), -1.0  # half of them negative
+    y = X @ w + 0.1 * torch.randn(200, generator=g, dtype=torch.float64)
+    problem = lasso(X, y, 1.0, positive=True, fit_intercept=fit_intercept)
+    problem = problem.at_strength(0.05 * problem.strength_max())
+    ours, full = symopt.solve(problem), symopt.solve(problem, working_set=False)
+    assert ours.status == full.status == "optimal"
+    assert "working sets" in ours.message and "working sets" not in full.message
+    reference = Lasso(alpha=problem.meta["strength"], positive=True, fit_intercept=fit_intercept, tol=1e-12,
+                      max_iter=100_000).fit(np.asfortranarray(X.numpy()), y.numpy())
+    theirs = problem.objective(torch.as_tensor(reference.coef_))
+    assert abs(ours.objective - theirs) <= 1e-8 * abs(theirs)
+    assert abs(ours.objective - full.objective) <= 1e-9 * abs(full.objective)
+    assert _support(ours.x) == set(np.flatnonzero(reference.coef_).tolist()) == _support(full.x)
+    assert bool((ours.x >= 0).all())
+

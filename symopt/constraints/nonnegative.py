@@ -69,6 +69,10 @@ class NonNegative(Constraint):
         super().__init__(strength, seed=seed, budget=budget, adapt_rate=adapt_rate, total_steps=total_steps,
                          ramp=ramp)
 
+    def atom_ids(self, numel: int, device=None) -> Tensor | None:
+        # every coordinate is an atom: working sets choose entries, scored by their pull (−g_i)⁺
+        return torch.arange(numel, device=device)
+
     # -- factors ----------------------------------------------------------------------------------
     def validate(self, tensor: Tensor, name: str) -> None:
         self.resolve_budget(tensor.numel(), name, "non-zeros")
