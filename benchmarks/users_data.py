@@ -1,6 +1,6 @@
 """DCS on data it did not generate, end to end, against the tool a user would otherwise call.
 
-    python -m benchmarks.users_data [--repeats 3] [--quick] [--large-only]
+    python -m benchmarks.users_data [--repeats 3] [--quick] [--large-only] [--positive-only]
 
 Every row times a *whole call* as a user makes it (``symopt.solve`` / ``symopt.path`` /
 ``symopt.estimators.LassoCV`` against scikit-learn's ``Lasso`` / ``lasso_path`` / ``LassoCV`` and
@@ -9,7 +9,9 @@ peers run at their default tolerance, which on these problems already reaches a 
 gap ≤ 1e-6 (the column ``peer gap``: the peer's objective minus DCS's, over DCS's, where DCS is at its
 default KKT tolerance 1e-6); scikit-learn gets a Fortran-ordered ``X``, as its coordinate descent
 expects. Data: scikit-learn's shipped diabetes and breast_cancer (raw and standardised columns),
-and one generated 500×2000 design for the path (the issue's size). Completion runs against
+and one generated 500×2000 design for the path (the issue's size). The non-negative Lasso
+(``positive=True``) runs on raw diabetes and a generated 1000×5000 design (working sets) against
+scikit-learn's ``Lasso(positive=True)``. Completion runs against
 accelerated SoftImpute (``symopt.baselines.softimpute``) on generated matrices, digits and a sample
 image.
 """
@@ -94,6 +96,41 @@ def single_solves(repeats: int, quick: bool = False) -> list[tuple]:
     return rows
 
 
+def positive(repeats: int, quick: bool) -> list[tuple]:
+    """The non-negative Lasso (``lasso(positive=True)``) against scikit-learn's ``Lasso(positive=True)``:
+    raw diabetes with an intercept (10 columns), and a generated 1000×5000 design whose true
+    coefficients are half negative (working sets, on by default from 1000 columns)."""
+    from sklearn.linear_model import Lasso
+
+    Xd, yd = _data()["diabetes"]
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(1000, 5000, generator=g, dtype=torch.float64)
+    w = torch.zeros(5000, dtype=torch.float64)
+    w[:20], w[20:40] = 1.0 + torch.rand(20, generator=g, dtype=torch.float64), -1.0
+    y = X @ w + 0.1 * torch.randn(1000, generator=g, dtype=torch.float64)
+    cases = [("diabetes raw, intercept", Xd, yd, True, 0.1), ("diabetes raw, intercept", Xd, yd, True, 0.01)]
+    if not quick:
+        cases.append(("generated 1000×5000 (working sets)", X.numpy(), y.numpy(), False, 0.05))
+    rows = []
+    for name, design, target, intercept, fraction in cases[: 1 if quick else None]:
+        problem = lasso(design, target, 1.0, positive=True, fit_intercept=intercept)
+        lam = fraction * problem.strength_max()
+        problem = problem.at_strength(lam)
+        t_dcs, result = _median_time(lambda: symopt.solve(problem), repeats)
+        Xf = np.asfortranarray(design)
+
+        def peer():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return Lasso(alpha=lam, positive=True, fit_intercept=intercept).fit(Xf, target)
+
+        t_peer, model = _median_time(peer, repeats)
+        peer_objective = problem.objective(torch.as_tensor(model.coef_))
+        rows.append((f"positive Lasso, {name}, {fraction:g} λmax", result.status, t_dcs,
+                     "sklearn Lasso(positive=True)", t_peer, (peer_objective - result.objective) / abs(result.objective)))
+    return rows
+
+
 def paths(repeats: int, quick: bool) -> list[tuple]:
     from sklearn.linear_model import LassoCV as SkLassoCV
     from sklearn.linear_model import lasso_path
@@ -168,13 +205,19 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="smoke test: one repeat, a small path")
     parser.add_argument("--large-only", action="store_true", help="only completion 2000×2000 against SoftImpute")
+    parser.add_argument("--positive-only", action="store_true", help="only the non-negative Lasso rows")
     args = parser.parse_args(argv)
     repeats = 1 if args.quick else args.repeats
     print(f"machine: {machine_name('cpu')}, torch threads {torch.get_num_threads()}; medians of {repeats} runs\n")
     print("| problem | DCS status | DCS s | peer | peer s | DCS / peer | peer gap |")
     print("|---|---|---|---|---|---|---|")
-    rows = (lambda: completion(repeats, False, large=True)) if args.large_only else (
-        lambda: single_solves(repeats, args.quick) + paths(repeats, args.quick) + completion(repeats, args.quick))
+    if args.large_only:
+        rows = lambda: completion(repeats, False, large=True)  # noqa: E731
+    elif args.positive_only:
+        rows = lambda: positive(repeats, args.quick)  # noqa: E731
+    else:
+        rows = lambda: (single_solves(repeats, args.quick) + positive(repeats, args.quick)  # noqa: E731
+                        + paths(repeats, args.quick) + completion(repeats, args.quick))
     for row in rows():
         name, status, t_dcs, peer, t_peer, gap = row
         print(f"| {name} | {status} | {t_dcs:.4f} | {peer} | {t_peer:.4f} | {t_dcs / t_peer:.1f}× | {gap:+.1e} |",

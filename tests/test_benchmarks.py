@@ -105,6 +105,7 @@ def test_users_data_quick(capsys):
     users_data.main(["--quick"])
     printed = capsys.readouterr().out
     assert "sklearn lasso_path" in printed and "sklearn LassoCV" in printed and "| optimal |" in printed
+    assert "| positive Lasso, diabetes raw, intercept, 0.1 λmax | optimal |" in printed
 
 
 def test_loops_quick(capsys):
