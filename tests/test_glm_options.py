@@ -193,6 +193,11 @@ def test_logistic_intercept_is_the_root_even_far_out():
     (lambda X, y: lasso(X, y, 0.1, fit_intercept="yes"), TypeError, "fit_intercept"),
     (lambda X, y: logistic_l1(X, np.ones(len(y)), 0.1, fit_intercept=True), ValueError, "both labels"),
     (lambda X, y: multitask_lasso(X, y, 0.1), ValueError, "(n, T)"),
+    # a str or a bool strength: named by the family (before: "can't multiply sequence", or True taken as 1.0)
+    (lambda X, y: lasso(X, y, "auto"), TypeError, "lasso: strength must be a positive real number, got str"),
+    (lambda X, y: lasso(X, y, True), TypeError, "lasso: strength must be a positive real number, got bool"),
+    (lambda X, y: lasso(X, y, -0.1, l1_ratio=0.5), ValueError, "lasso: strength must be finite and > 0"),
+    (lambda X, y: logistic_l1(X, (y > 150).astype(float), "big"), TypeError, "logistic_l1: strength must be"),
 ])
 def test_bad_options_are_named(call, error, words):
     X, y = DIABETES

@@ -17,6 +17,7 @@ from torch import Tensor
 import numpy as np
 
 from ..constraints import Constraint, FixedZeros, GroupSparse, LowRank, NonNegative, Sparse, Subspace, Tied
+from ..constraints.strength import check_strength
 from .base import Problem
 from .design import columns
 from .duality import completion_dual, glm_dual, least_squares_dual
@@ -125,6 +126,8 @@ class _Options:
         if l1_ratio < 1 and budget is not None:
             raise ValueError(f"{family}: a budget searches λ of the pure L1 path; pass l1_ratio=1 with it, or a "
                              "strength with l1_ratio < 1")
+        if strength is not None:  # (a str or a bool reached the l1 share's product before: an obscure TypeError)
+            strength = check_strength(strength, family)
         self.family = family
         self.fit_intercept, self.positive, self.l1_ratio = fit_intercept, positive, float(l1_ratio)
         self.weights = normalised_weights(sample_weight, X.shape[0], X.dtype)
@@ -276,8 +279,7 @@ def lasso(X, y, strength: float | None = None, *, max_nonzero: int | None = None
         return _budget_problem(f"lasso {n}x{d}{options.label()}", (d,), loss, lambda: penalty_kind(max_nonzero=max_nonzero),
                                options.data(X, y), options.meta(), lambda lam: _again(lasso, X, y, lam, **again),
                                options)
-    lam = options.l1_strength
-    penalty_kind(lam)  # validate strength now, not at solve time
+    lam = options.l1_strength  # (checked by _Options: no constraint is built to check it)
 
     def penalty(w):
         import cvxpy as cp
@@ -488,8 +490,7 @@ def logistic_l1(X, y, strength: float | None = None, *, max_nonzero: int | None 
         return _budget_problem(f"logistic_l1 {n}x{d}{options.label()}", (d,), loss,
                                lambda: Sparse(max_nonzero=max_nonzero), options.data(X, y), options.meta(),
                                lambda lam: _again(logistic_l1, X, y, lam, **again), options)
-    lam = options.l1_strength
-    Sparse(lam)
+    lam = options.l1_strength  # (checked by _Options)
 
     def penalty(w):
         import cvxpy as cp
