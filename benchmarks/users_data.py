@@ -50,27 +50,35 @@ def _data():
     return {"diabetes": (Xd, yd), "cancer raw": (Xc, yc.astype(float)), "cancer std": (Xs, yc.astype(float))}
 
 
-def single_solves(repeats: int, quick: bool = False) -> list[tuple]:
+def _against_sklearn_lasso(label: str, X, y, fraction: float, repeats: int, *, fit_intercept: bool,
+                           positive: bool = False) -> tuple:
+    """One row: ``lasso(X, y)`` at ``fraction`` of its λ_max by DCS and by scikit-learn's ``Lasso`` with the
+    same options (a Fortran-ordered X), whole calls."""
     from sklearn.linear_model import Lasso
 
+    problem = lasso(X, y, 1.0, fit_intercept=fit_intercept, positive=positive)
+    lam = fraction * problem.strength_max()
+    problem = problem.at_strength(lam)
+    t_dcs, result = _median_time(lambda: symopt.solve(problem), repeats)
+    Xf = np.asfortranarray(X)
+
+    def peer():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return Lasso(alpha=lam, fit_intercept=fit_intercept, positive=positive).fit(Xf, y)
+
+    t_peer, model = _median_time(peer, repeats)
+    peer_objective = problem.objective(torch.as_tensor(model.coef_))
+    return (label, result.status, t_dcs, "sklearn Lasso(positive=True)" if positive else "sklearn Lasso", t_peer,
+            (peer_objective - result.objective) / abs(result.objective))
+
+
+def single_solves(repeats: int, quick: bool = False) -> list[tuple]:
     rows = []
     for name, (X, y) in list(_data().items())[: 1 if quick else None]:
         for fraction in (0.1,) if quick else (0.1, 0.01):
-            problem = lasso(X, y, 1.0, fit_intercept=True)
-            lam = fraction * problem.strength_max()
-            problem = problem.at_strength(lam)
-            t_dcs, result = _median_time(lambda: symopt.solve(problem), repeats)
-            Xf = np.asfortranarray(X)
-
-            def peer():
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    return Lasso(alpha=lam).fit(Xf, y)
-
-            t_peer, model = _median_time(peer, repeats)
-            peer_objective = problem.objective(torch.as_tensor(model.coef_))
-            rows.append((f"Lasso+intercept, {name}, {fraction:g} λmax", result.status, t_dcs, "sklearn Lasso", t_peer,
-                         (peer_objective - result.objective) / abs(result.objective)))
+            rows.append(_against_sklearn_lasso(f"Lasso+intercept, {name}, {fraction:g} λmax", X, y, fraction,
+                                               repeats, fit_intercept=True))
     try:
         import skglm
     except ImportError:  # pragma: no cover
@@ -100,8 +108,6 @@ def positive(repeats: int, quick: bool) -> list[tuple]:
     """The non-negative Lasso (``lasso(positive=True)``) against scikit-learn's ``Lasso(positive=True)``:
     raw diabetes with an intercept (10 columns), and a generated 1000×5000 design whose true
     coefficients are half negative (working sets, on by default from 1000 columns)."""
-    from sklearn.linear_model import Lasso
-
     Xd, yd = _data()["diabetes"]
     g = torch.Generator().manual_seed(0)
     X = torch.randn(1000, 5000, generator=g, dtype=torch.float64)
@@ -111,24 +117,9 @@ def positive(repeats: int, quick: bool) -> list[tuple]:
     cases = [("diabetes raw, intercept", Xd, yd, True, 0.1), ("diabetes raw, intercept", Xd, yd, True, 0.01)]
     if not quick:
         cases.append(("generated 1000×5000 (working sets)", X.numpy(), y.numpy(), False, 0.05))
-    rows = []
-    for name, design, target, intercept, fraction in cases[: 1 if quick else None]:
-        problem = lasso(design, target, 1.0, positive=True, fit_intercept=intercept)
-        lam = fraction * problem.strength_max()
-        problem = problem.at_strength(lam)
-        t_dcs, result = _median_time(lambda: symopt.solve(problem), repeats)
-        Xf = np.asfortranarray(design)
-
-        def peer():
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                return Lasso(alpha=lam, positive=True, fit_intercept=intercept).fit(Xf, target)
-
-        t_peer, model = _median_time(peer, repeats)
-        peer_objective = problem.objective(torch.as_tensor(model.coef_))
-        rows.append((f"positive Lasso, {name}, {fraction:g} λmax", result.status, t_dcs,
-                     "sklearn Lasso(positive=True)", t_peer, (peer_objective - result.objective) / abs(result.objective)))
-    return rows
+    return [_against_sklearn_lasso(f"positive Lasso, {name}, {fraction:g} λmax", design, target, fraction, repeats,
+                                   fit_intercept=intercept, positive=True)
+            for name, design, target, intercept, fraction in cases[: 1 if quick else None]]
 
 
 def paths(repeats: int, quick: bool) -> list[tuple]:
