@@ -355,7 +355,7 @@ def regrow(model: nn.Module, optimizer: torch.optim.Optimizer, names=None, *, ev
         names = [n for n in able if handles[n].constraint.budget is None]
         if not names:
             raise ValueError("regrow: no constrained tensor to watch: it needs a kind that can seed an atom "
-                             f"(sparse, group_sparse) without a budget; the model has {sorted(handles)}")
+                             f"(sparse, group_sparse, nonnegative) without a budget; the model has {sorted(handles)}")
     else:
         names = [names] if isinstance(names, str) else list(names)
         if not names:

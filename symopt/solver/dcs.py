@@ -199,7 +199,7 @@ def solve(problem: Problem, device=None, dtype=None, method: str = "auto", tol: 
     on_cpu64 = torch.device(device).type == "cpu" and point.dtype == torch.float64
     measured = (descent.history[-1][1] if point is descent.point and descent.history and constraint.budget is None
                 and on_cpu64 else None)
-    # (the problem's constraint, already built: a LassoCV fit builds 150 of them otherwise, 5% of its time)
+    # (the problem's constraint, already built, rather than a second one per solve)
     return Result.from_point(
         problem, point, solver=_solver_name(method), status=status, seconds=seconds, history=descent.history,
         device=device, message=message, strength=constraint.strength, evaluate_at=found, objective=measured,

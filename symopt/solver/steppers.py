@@ -1,7 +1,8 @@
 """How the descent steps: L-BFGS with a strong-Wolfe line search, or Nesterov acceleration with a
-backtracked Lipschitz step. Each ``make(params, closure, inner, history_size)`` returns ``step(iterations=None)``,
-which runs ``inner`` iterations (or ``iterations``) and returns a message when no step size decreases the objective (or
-None); a NaN / Inf objective or gradient raises `NonFinite`."""
+backtracked Lipschitz step. Each ``make(params, closure, inner, history_size)`` returns
+``step(iterations=None)``, which runs ``inner`` iterations (or ``iterations``) and returns a message
+when no step size decreases the objective (or None); a NaN / Inf objective or gradient raises
+`NonFinite`."""
 
 from __future__ import annotations
 
