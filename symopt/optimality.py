@@ -11,6 +11,7 @@ from torch import Tensor
 
 from .constraints import Constraint
 from .constraints.base import Face
+from .proximal_newton import proximal_newton
 
 # A face with at most this many coordinates is always polished: its L-BFGS solve costs about
 # max_iter loss evaluations whatever the point's structure. Working-set sub-problems (100 to a few
@@ -21,11 +22,10 @@ _FACE_ROUNDS = 6  # face solves at most per polish: atoms that cross 0 drop out,
 # Faces with at most this many free coordinates are solved by Newton's method first (the Hessian by
 # autograd, vectorised): one step is exact on a quadratic face (least squares), a few on the
 # log-loss, where L-BFGS took ~20 evaluations (measured: a 50-point Lasso path 500×2000 spent half
-# its time in face polishes).
+# its time in face polishes). The proximal Newton polish of an ℓ1 norm takes its quadratic models on
+# at most this many entries (`symopt.proximal_newton`).
 NEWTON_FACE = 256
 _NEWTON_STEPS = 8
-# Newton steps at most in one active-set polish (each adds, drops or converges on a face)
-_ACTIVE_SET_STEPS = 100
 _PROX_STEPS = 50  # proximal-gradient steps at most per finish (proximal_finish)
 _PROX_CHECK = 5  # steps between its KKT checks (each a full SVD of the iterate and of the normal part)
 
@@ -91,7 +91,7 @@ def kkt_at_snap(loss: Callable[[Tensor], Tensor], constraint: Constraint, theta:
 
 def polish_on_face(loss: Callable[[Tensor], Tensor], constraint: Constraint, point: Tensor, tol: float,
                    target: float, max_iter: int = 20, quick: bool = False,
-                   active_set_only: bool = False) -> tuple[Tensor, float] | None:
+                   proximal_newton_only: bool = False) -> tuple[Tensor, float] | None:
     r"""``(point', KKT residual there)`` after minimising $\mathrm{loss} + λ‖·‖$ on the face of ``point``.
 
     Near a solution DCS has found the structure (support, alive groups, rank) long before its
@@ -107,6 +107,12 @@ def polish_on_face(loss: Callable[[Tensor], Tensor], constraint: Constraint, poi
     the face solve would cost as much as the descent). A linear kind's face is its constraint set,
     known from the start.
 
+    An ℓ1 norm on entries (`Constraint.entry_signs`: the Lasso, logistic-L1, the elastic net, their
+    non-negative forms) with a loss that gives its own gradient and curvature (the GLM data terms)
+    is polished by proximal Newton instead (`symopt.proximal_newton`): its quadratic models take in
+    the zeros whose pull exceeds λ and drop the atoms that belong at 0 without a pass over the data
+    per change of the face; the face solve below runs where it does not apply.
+
     Args:
         loss: the smooth loss ℓ(θ).
         constraint: the kind and its λ.
@@ -115,9 +121,21 @@ def polish_on_face(loss: Callable[[Tensor], Tensor], constraint: Constraint, poi
         target: the absolute KKT residual the caller stops at; the face solve stops at a tenth of it.
         max_iter: L-BFGS iterations at most (about as many loss evaluations).
         quick: measure the residual with ``kkt_residual(quick=True)`` (see there).
-        active_set_only: polish only where the active-set Newton method applies (None elsewhere):
-            the certifier's finish of a point already within tolerance.
+        proximal_newton_only: polish only where proximal Newton applies (an ℓ1 norm on entries; None
+            elsewhere): the certifier's finish of a point already within tolerance.
     """
+    if constraint.entry_signs() is not None:
+        # An ℓ1 norm on entries: proximal Newton, its quadratic models solved by an active set
+        try:
+            theta = proximal_newton(loss, constraint, point, target)
+        except RuntimeError:  # a linear-algebra error: the general face solve below tries
+            theta = None
+        if theta is not None and bool(torch.isfinite(theta).all()):
+            polished, residual = kkt_at_snap(loss, constraint, theta, tol, levels=1, quick=quick)
+            if math.isfinite(residual):
+                return polished, residual
+    if proximal_newton_only:
+        return None
     grad = loss_gradient(loss, point)  # lets atoms the descent left at 0 enter the face
     snap = snap_tol(point, tol)
     face = constraint.face(point, snap, grad)
@@ -125,17 +143,6 @@ def polish_on_face(loss: Callable[[Tensor], Tensor], constraint: Constraint, poi
         return None
     free = sum(t.numel() for t in face.start)
     if free > max(point.numel() // 2, SMALL_FACE) and not constraint.linear:  # structure not found (rank 177 of 200)
-        return None
-    if _active_set_applies(loss, face, free):
-        try:
-            theta = _active_set_newton(loss, constraint, face, snap, target)
-            if theta is not None and bool(torch.isfinite(theta).all()):
-                polished, residual = kkt_at_snap(loss, constraint, theta, tol, levels=1, quick=quick)
-                if math.isfinite(residual):
-                    return polished, residual
-        except RuntimeError:  # a linear-algebra error: the general face solve below tries
-            pass
-    if active_set_only:
         return None
     try:
         for _ in range(_FACE_ROUNDS):
@@ -215,176 +222,6 @@ def proximal_finish(loss: Callable[[Tensor], Tensor], constraint: Constraint, po
     except RuntimeError:  # an SVD meeting NaN: what was certified stands
         return best
     return best
-
-
-def _active_set_applies(loss, face: Face, free: int) -> bool:
-    """Whether `_active_set_newton` can polish on ``face``: an entry face with a `Face.reach` (a linear
-    norm), no more than ``NEWTON_FACE`` coordinates, and a loss that gives its gradient and its
-    curvature itself (a GLM data term; the rest differentiate through autograd below)."""
-    return (face.reach is not None and face.mask is not None and len(face.start) == 1 and free <= NEWTON_FACE
-            and getattr(loss, "value_and_grad", None) is not None and getattr(loss, "curvature", None) is not None)
-
-
-def _active_set_newton(loss, constraint: Constraint, face: Face, snap: float, target: float,
-                       steps: int = _ACTIVE_SET_STEPS) -> Tensor | None:
-    r"""θ after an active-set Newton method on the entry faces of $\mathrm{loss}(θ) + λ‖θ‖$ (feature-sign
-    search, Lee, Battle, Raina & Ng 2006, with the loss's own curvature in place of a quadratic).
-
-    On a face the norm is linear, $λ\sum_i s_i z_i$, so Newton's step on $\mathrm{loss} + λ s^\top z$ uses the
-    loss's Hessian alone. Each step stops where the first coordinate reaches 0 (`Face.reach`):
-    along the segment the face objective *is* the true one, and it is convex, so a backtracked step
-    never increases the true objective. That coordinate leaves the face. When the face's gradient is
-    below a tenth of ``target`` (its optimum), the zeros whose gradient exceeds λ join with the
-    sign that lowers the objective (`Constraint.face` with the gradient), and the wider face is
-    solved; with none, θ is returned. None when the loss gives no curvature. Whatever θ it returns
-    (also when a step is no descent, or a joined atom is thrown straight out on its own) is
-    certified by the caller's KKT residual of the full problem, so a stop after ``steps`` Newton
-    steps is safe, only less useful.
-
-    Args:
-        loss: the bound loss, with ``value_and_grad`` and ``curvature``.
-        constraint: the kind and its λ; asked for each new face (`Constraint.face`).
-        face: the start's face, with ``reach`` and ``mask``.
-        snap: the snap threshold (`snap_tol`) faces are taken at.
-        target: the absolute KKT residual the caller stops at; a face counts as solved when its
-            gradient is below a tenth of it.
-
-    Where the old polish took the face's optimum and then dropped every atom that had crossed 0 at
-    once (19 of 30 on standardised breast_cancer at 0.01 λ_max, then 6 face solves that ended 2 atoms
-    short), this keeps the objective on the face where it is exact.
-    """
-    lam = constraint.strength
-    tolerance = 0.1 * target
-    z, pull = _coordinates(face)
-    theta, loss_grad, objective = _evaluate(loss, lam, face, z)
-    widened = False  # whether the zeros of the face joined it at its smaller face's optimum
-    for _ in range(steps):
-        grad = loss_grad[face.mask] + lam * pull
-        if z.numel() == 0 or float(grad.norm()) <= tolerance:  # the face's optimum: violators join
-            wider = constraint.face(theta, snap, loss_grad)
-            if wider.mask is None or not bool((wider.mask & ~face.mask).any()) or int(wider.mask.sum()) > NEWTON_FACE:
-                return theta
-            face, widened = wider, True
-            z, pull = _coordinates(face)
-            continue
-        hessian = loss.curvature(theta, face.mask)
-        if hessian is None:
-            return None
-        step, level = _face_step(hessian, grad, tolerance)
-        slope = float(step @ grad)  # the objective falls at rate `slope` along −step
-        if not (slope > 0 and math.isfinite(slope)):
-            return theta
-        reach = face.reach(z, -step)
-        limit = float(reach.min())
-        if limit <= 0:  # a joined atom (still at 0) would leave at once: Newton's step sends it the wrong way
-            joined = face.mask & (theta == 0)
-            if not widened:  # joined with the start, away from any face's optimum: solve without them first
-                face = constraint.face(theta, snap)
-            elif int(joined.sum()) > 1:
-                # Several violators joined a face's optimum together: one at a time is a descent
-                # there (it enters with the sign its gradient asks for), several together need not
-                # be and can cycle (14 atoms + 3, all 3 out again, on breast_cancer). The worst one
-                # joins alone: every other zero is shown a zero gradient, so the face admits no other.
-                others = theta == 0
-                others.view(-1)[int(loss_grad.abs().masked_fill(~joined, -1.0).argmax())] = False
-                face = constraint.face(theta, snap, loss_grad.masked_fill(others, 0.0))
-            else:
-                return theta  # (not on a quadratic: nothing smaller to try, the descent goes on from here)
-            z, pull = _coordinates(face)
-            continue
-        widened = False
-        if level and not math.isfinite(limit):
-            return theta  # (a loss unbounded below along the face: nothing to polish)
-        t, accepted = (limit, False) if level else (min(1.0, limit), False)
-        for _ in range(30):  # backtracking from the full step, or from where the first atom reaches 0
-            trial = z - t * step
-            trial_theta, trial_grad, trial_objective = _evaluate(loss, lam, face, trial)
-            if trial_objective <= objective - 1e-4 * t * slope or (t == limit and trial_objective <= objective):
-                accepted = True
-                break
-            t *= 0.5
-        if not accepted:
-            return theta
-        leaving = reach <= limit * (1 + 1e-12) if t == limit else None  # (ties leave together)
-        if limit < 1 and not level:
-            jump = _projected_arc(loss, lam, face, z, step, reach, limit, trial_objective)
-            if jump is not None:
-                trial, leaving, trial_theta, trial_grad, trial_objective = jump
-        if leaving is None and objective - trial_objective <= 4 * torch.finfo(z.dtype).eps * abs(objective):
-            return trial_theta  # a full step that no longer lowers the objective: the face's optimum to rounding
-        z, theta, loss_grad, objective = trial, trial_theta, trial_grad, trial_objective
-        if leaving is not None:  # the atoms that reached 0 leave: the smaller face, from θ with them at exactly 0
-            if bool(z[leaving].any()):  # (the first crossing's atoms are 0 to rounding; the arc's exactly)
-                z = z.masked_fill(leaving, 0.0)
-                theta, loss_grad, objective = _evaluate(loss, lam, face, z)
-            face = constraint.face(theta, snap)
-            z, pull = _coordinates(face)
-    return theta
-
-
-def _coordinates(face: Face) -> tuple[Tensor, Tensor]:
-    """A face's start coordinates (a copy) and its norm's gradient there (constant on a linear face)."""
-    z = face.start[0].detach().clone()
-    return z, _norm_gradient(face, z)
-
-
-def _evaluate(loss, lam: float, face: Face, z: Tensor) -> tuple[Tensor, Tensor, float]:
-    """``(θ, ∇loss(θ), loss(θ) + λ·norm(z))`` at the face coordinates ``z``."""
-    theta = face.embed(z)
-    value, grad = loss.value_and_grad(theta)
-    return theta, grad, float(value) + lam * float(face.norm(z))
-
-
-def _face_step(hessian: Tensor, grad: Tensor, tolerance: float) -> tuple[Tensor, bool]:
-    """``(step, level)``: Newton's step $H^+ g$ on the face (the pseudo-inverse: a direction of zero
-    curvature, from collinear columns, gets no Newton step), or, where the gradient along the zero
-    curvature directions exceeds ``tolerance``, that part of the gradient with ``level`` True.
-
-    A face wider than the data can tell apart (n ≪ d at a tiny λ: more atoms than the rank of X) is
-    flat along those directions for the loss, and there the face objective is linear, λ·sᵀz falling
-    at rate ‖part‖², so Newton's step never zeroes that part of the gradient. The caller goes along
-    it to the first atom that reaches 0 (the simplex method's ratio test), and that atom leaves."""
-    curvatures, vectors = torch.linalg.eigh(0.5 * (hessian + hessian.mT))
-    seen = curvatures > 1e-12 * max(float(curvatures.abs().max()), 1e-300)
-    if bool(seen.all()):  # (the usual case: no boolean indexing, a tenth of a small polish)
-        return vectors @ ((vectors.mT @ grad) / curvatures), False
-    along = vectors[:, ~seen] @ (vectors[:, ~seen].mT @ grad)
-    if float(along.norm()) > tolerance:
-        return along, True
-    return vectors[:, seen] @ ((vectors[:, seen].mT @ grad) / curvatures[seen]), False
-
-
-def _projected_arc(loss, lam: float, face: Face, z: Tensor, step: Tensor, reach: Tensor, limit: float,
-                   beat: float):
-    """A longer step than the first crossing: ``(coordinates, leaving, θ, ∇loss, objective)`` at the
-    first of 1, 1/4, 1/16 of Newton's step (beyond ``limit``) whose objective, with every atom that
-    crossed 0 set to 0, is below ``beat``; None if none is.
-
-    Many atoms may cross before the Newton point, and one leaving per step costs a Newton step each
-    (23 steps from a 5-iteration DCS point's 28 atoms to the 5 of logistic-L1 on breast_cancer). The
-    projected arc (an orthant projection, Bertsekas 1982) also lies on the true objective, so its
-    point is as good a point as any, and all its crossed atoms leave at once."""
-    length = 1.0
-    while length > max(limit, 1e-2):
-        crossing = reach < length
-        jump = (z - length * step).masked_fill(crossing, 0.0)
-        theta, grad, objective = _evaluate(loss, lam, face, jump)
-        if objective < beat:
-            return jump, crossing, theta, grad, objective
-        length *= 0.25
-    return None
-
-
-def _norm_gradient(face: Face, z: Tensor) -> Tensor:
-    """∇ of the face's norm in its coordinates (constant on a linear face)."""
-    if z.numel() == 0:
-        return z
-    if face.slope is not None:
-        return face.slope.to(z.dtype)
-    probe = z.detach().requires_grad_()
-    with torch.enable_grad():
-        (grad,) = torch.autograd.grad(face.norm(probe), probe)
-    return grad
 
 
 def _newton_on_face(objective, start: list[Tensor], tolerance: float,

@@ -1,23 +1,17 @@
-"""The face polish as an active-set Newton method (feature-sign search) on entry faces.
-
-Where the loss gives its own gradient and curvature (the GLM data terms) and the face's norm is
-linear (Sparse, NonNegative: `Face.reach`), the polish steps by Newton on the face, stops each step
-where the first atom reaches 0 (that atom leaves), and lets violators join at a face's optimum, one
-at a time when several together would be thrown straight out. Checked here on scikit-learn's
-breast_cancer and diabetes (data it did not generate): from θ = 0 and from poor dense starts the
-polish alone reaches scikit-learn's optimum; it never raises the objective; `reach` is where the
-coordinate hits 0; the whole solve certifies at its first check on the issue's rows.
+"""The face polish of an ℓ1 norm on entries (Sparse, NonNegative) where the loss gives its own
+gradient and curvature (the GLM data terms): proximal Newton, each quadratic model solved by an
+active set (`symopt.proximal_newton`; its own tests are in tests/test_proximal_newton.py). Checked
+here on scikit-learn's breast_cancer and diabetes (data it did not generate): from θ = 0 and from
+poor dense starts the polish alone reaches scikit-learn's optimum; it never raises the objective;
+the whole solve certifies at its first check on the issue's rows.
 """
 
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 import symopt
-from symopt.constraints.base import reach_zero
-from symopt.optimality import loss_gradient, polish_on_face, snap_tol
+from symopt.optimality import loss_gradient, polish_on_face
 from symopt.problems import lasso, logistic_l1
 
 pytest.importorskip("sklearn")
@@ -101,30 +95,6 @@ def test_nonnegative_faces_use_the_same_steps():
     from sklearn.linear_model import Lasso
     model = Lasso(alpha=problem.constraint().strength, positive=True, tol=1e-12, max_iter=100_000).fit(X, y)
     assert np.abs(point.numpy() - model.coef_).max() < 1e-6
-
-
-@settings(max_examples=50, deadline=None)
-@given(st.lists(st.tuples(st.floats(0, 10), st.floats(-10, 10)), min_size=1, max_size=8))
-def test_reach_is_where_each_coordinate_reaches_zero(pairs):
-    signed = torch.tensor([p[0] for p in pairs], dtype=torch.float64)
-    direction = torch.tensor([p[1] for p in pairs], dtype=torch.float64)
-    reach = reach_zero(signed, direction)
-    assert bool((reach >= 0).all())
-    toward = direction < 0
-    assert bool(torch.isinf(reach[~toward]).all())
-    finite = toward & torch.isfinite(reach)  # (a subnormal step toward 0 reaches it only at inf)
-    hit = signed[finite] + reach[finite] * direction[finite]
-    assert torch.allclose(hit, torch.zeros_like(hit), atol=1e-9)
-
-
-def test_sparse_face_reach_follows_the_signs():
-    c = symopt.Sparse(0.1)
-    value = torch.tensor([2.0, -1.0, 0.0, 3.0], dtype=torch.float64)
-    face = c.face(value, snap_tol(value, 1e-9))
-    (z,) = face.start
-    reach = face.reach(z, torch.tensor([-1.0, 1.0, -1.0], dtype=torch.float64))  # all toward 0
-    assert reach.tolist() == [2.0, 1.0, 3.0]
-    assert face.reach(z, torch.tensor([1.0, -1.0, 0.0], dtype=torch.float64)).isinf().all()
 
 
 def test_a_custom_loss_without_curvature_keeps_the_general_polish():

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 import symopt
-from symopt.constraints import NonNegative, Sparse
 from symopt.problems import lasso, logistic_l1, make_lasso
 from symopt.problems.base import BoundLoss, Evaluations
 from symopt.problems.glm import DataTerm, SquaredError
@@ -139,17 +138,6 @@ def test_the_gram_block_is_the_column_product_curvature(fit_intercept, ridge):
     weights = torch.rand(X.shape[0], dtype=torch.float64)
     weighted = term.curvature(theta, mask, X, y, weights / weights.sum())  # not the unweighted Gram
     assert not torch.allclose(weighted, from_gram)
-
-
-@pytest.mark.parametrize("kind", [Sparse, NonNegative])
-def test_a_linear_face_slope_is_its_norm_gradient(kind):
-    value = torch.tensor([0.5, 0.0, -0.25, 2.0, 0.0], dtype=torch.float64)
-    if kind is NonNegative:
-        value = value.abs()
-    face = kind(0.1).face(value, 0.0, torch.tensor([0.0, -3.0, 0.0, 0.0, 0.05], dtype=torch.float64))
-    probe = face.start[0].clone().requires_grad_()
-    (grad,) = torch.autograd.grad(face.norm(probe), probe)
-    assert torch.equal(face.slope, grad)
 
 
 def test_a_warm_start_on_its_face_is_certified_on_the_full_problem():

@@ -11,7 +11,6 @@ Registration, discovery and state_dict hooks live in `symopt.attach`; this layer
 
 from __future__ import annotations
 
-import math
 import numbers
 from collections.abc import Callable, Sequence
 import functools
@@ -120,15 +119,6 @@ class Face:
             ``embed`` fills from its one coordinate tensor, in ``θ[mask]``'s order (the others 0).
             The polish then asks the loss for its curvature on those entries instead of
             differentiating twice. None for other faces (a low-rank face's factors).
-        reach: ``(coordinates, direction) ->`` per coordinate, the step ``t ≥ 0`` at which
-            ``coordinates + t·direction`` reaches 0, where that atom leaves the face (``inf`` where it
-            moves away from 0), for a face whose ``norm`` is linear in its one coordinate tensor
-            (Sparse: $\sum_i s_i z_i$ with the signs fixed). With it the polish is an active-set Newton
-            method (feature-sign search): a step stops where the first atom reaches 0, that atom
-            leaves, and the objective never leaves the face on which it is the true one. None: no
-            such face.
-        slope: for a face with ``reach`` (a linear ``norm``), its gradient in the coordinates, the same
-            everywhere on the face (Sparse: the signs); the polish reads it instead of differentiating.
     """
 
     start: tuple[Tensor, ...]
@@ -136,17 +126,6 @@ class Face:
     norm: Callable[..., Tensor]
     crossed: Callable[..., Tensor] | None = None
     mask: Tensor | None = None
-    reach: Callable[[Tensor, Tensor], Tensor] | None = None
-    slope: Tensor | None = None
-
-
-def reach_zero(signed: Tensor, direction: Tensor) -> Tensor:
-    """Per coordinate, the step ``t ≥ 0`` at which ``signed + t·direction`` reaches 0 from above
-    (``signed ≥ 0``: each coordinate times the sign its face fixes), ``inf`` where it does not move
-    toward 0. A `Face.reach` for the entry faces."""
-    toward = direction < 0
-    room = signed.clamp_min(0) / torch.where(toward, -direction, torch.ones_like(direction))
-    return torch.where(toward, room, torch.full_like(room, math.inf))
 
 
 def largest(sizes: Tensor, k: int) -> Tensor:
@@ -587,13 +566,19 @@ class Constraint(nn.Module):
             return None
         return Face(start=(value,), embed=self.project, norm=lambda z: z.new_zeros(()))
 
+    def entry_signs(self) -> str | None:
+        r"""``"any"`` where the penalty is $λ\sum_i |θ_i|$ over θ's entries (the ℓ1 norm), ``"nonnegative"``
+        where it is that norm over $θ ≥ 0$, None for every other kind (the default). The face polish
+        solves these kinds' quadratic models directly (`symopt.proximal_newton`)."""
+        return None
+
     def finishes_by_prox(self, value: Tensor) -> bool:
         r"""Whether a point of this kind that the face polish leaves above the target is finished by
         accelerated proximal-gradient steps (``prox``; `symopt.optimality.proximal_finish`). For
         kinds whose face takes no joining atom: there a missing atom grows only as fast as the
         factored descent grows it, and putting it on a face with a tiny value makes the face
         ill-conditioned; the prox sets atoms on and off exactly. False (the default) for kinds whose
-        face admits atoms (Sparse, GroupSparse: the active-set polish) and for linear kinds."""
+        face admits atoms (Sparse, GroupSparse: their polishes let violators join) and for linear kinds."""
         return False
 
     def induced_norm(self, value: Tensor) -> Tensor:  # pragma: no cover - abstract

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Constraint, Example, Face, entering, largest, reach_zero, zero_scale
+from .base import Constraint, Example, Face, entering, largest, zero_scale
 from .warn import warn_user
 from .budget import RATE, entry_budget
 
@@ -68,6 +68,9 @@ class NonNegative(Constraint):
         budget = entry_budget(max_nonzero, density, "NonNegative")
         super().__init__(strength, seed=seed, budget=budget, adapt_rate=adapt_rate, total_steps=total_steps,
                          ramp=ramp)
+
+    def entry_signs(self) -> str | None:
+        return "nonnegative"
 
     def atom_ids(self, numel: int, device=None) -> Tensor | None:
         # every coordinate is an atom: working sets choose entries, scored by their pull (−g_i)⁺
@@ -121,7 +124,7 @@ class NonNegative(Constraint):
         return Face(start=(start,), embed=lambda z: zeros.masked_scatter(support, z),
                     norm=lambda z: z.sum(),
                     crossed=lambda z: torch.zeros_like(support).masked_scatter(support, z < 0),
-                    mask=support, reach=reach_zero, slope=torch.ones_like(start))
+                    mask=support)
 
     # -- feasible half ----------------------------------------------------------------------------
     def project(self, value: Tensor, tol: float = 0.0) -> Tensor:

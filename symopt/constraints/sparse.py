@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Constraint, Example, Face, entering, hadamard_balance, largest, reach_zero, split_product
+from .base import Constraint, Example, Face, entering, hadamard_balance, largest, split_product
 from .budget import RATE, entry_budget
 
 
@@ -51,6 +51,9 @@ class Sparse(Constraint):
     @classmethod
     def example(cls) -> Example:
         return Example(lambda: cls(0.3), ((4, 5),))
+
+    def entry_signs(self) -> str | None:
+        return "any"
 
     def atom_ids(self, numel: int, device=None) -> Tensor | None:
         return torch.arange(numel, device=device)  # every coordinate is an atom
@@ -132,7 +135,7 @@ class Sparse(Constraint):
         return Face(start=(value[support],), embed=lambda z: zeros.masked_scatter(support, z),
                     norm=lambda z: (signs * z).sum(),
                     crossed=lambda z: torch.zeros_like(support).masked_scatter(support, signs * z < 0),
-                    mask=support, reach=lambda z, d: reach_zero(signs * z, signs * d), slope=signs)
+                    mask=support)
 
     def induced_norm(self, value: Tensor) -> Tensor:
         return value.abs().sum()

@@ -16,7 +16,7 @@ celer / skglm, here with DCS as the inner solver):
 The answer is certified exactly as a plain solve's: by the full problem's KKT residual.
 
 A warm start (`symopt.path`'s previous point) is first polished on the full problem's face (its
-support and worst violators: the active-set Newton step needs only those columns) and returned when
+support and worst violators: proximal Newton's quadratic model needs only those columns) and returned when
 that certifies it; the loop above runs only when it does not.
 """
 
@@ -88,7 +88,7 @@ def solve_on_working_sets(problem: Problem, solve_restricted: Callable[..., Resu
     history: list = []
     if start is not None and polish:
         # A warm start (the previous point of a path) is usually on its answer's face, or one atom
-        # from it: the active-set polish on the full problem's face (its support and the atoms whose
+        # from it: the polish on the full problem's face (its support and the atoms whose
         # gradient exceeds λ; curvature on those columns only) certifies it without restricting,
         # re-registering or solving a sub-problem (a 50-point path: 0.29 s → 0.2 s, 500×2000).
         try:
