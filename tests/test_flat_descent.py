@@ -5,6 +5,7 @@ whole solves against the torch L-BFGS path and cvxpy."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -313,19 +314,23 @@ def _directions_per_outer_iteration(problem, **options):
         return counts, symopt.solve(problem, **options)
 
 
+@pytest.mark.parametrize("dataset", ["breast_cancer", "digits"])
 @pytest.mark.parametrize("family", ["lasso", "logistic_l1"])
-def test_a_small_problem_is_checked_after_a_short_first_descent(monkeypatch, family):
+def test_a_small_problem_is_checked_after_a_short_first_descent(monkeypatch, family, dataset):
     """θ with at most EARLY_ENTRIES entries and a loss with its own curvature: the first outer
     iteration runs EARLY_ITERATIONS L-BFGS iterations, and the face polish certifies the optimum
-    from there (breast_cancer, 30 columns: the same objective as the full 20 iterations); with
-    polish=False (nothing to finish the short descent) or on wider θ, the first check waits ``inner``."""
-    from sklearn.datasets import load_breast_cancer
+    from there (breast_cancer, 30 columns, and digits, 64 with a binary target for the logistic: the
+    same objective and support as the full 20 iterations); with polish=False (nothing to finish the
+    short descent) or on wider θ, the first check waits ``inner``."""
+    from sklearn import datasets
 
     from symopt.problems import lasso, logistic_l1
     from symopt.solver.descent import EARLY_ENTRIES, EARLY_ITERATIONS
 
-    X, y = load_breast_cancer(return_X_y=True)
-    X = (X - X.mean(0)) / X.std(0)
+    X, y = getattr(datasets, f"load_{dataset}")(return_X_y=True)
+    if dataset == "digits":
+        y = (y < 5) if family == "logistic_l1" else y
+    X = (X - X.mean(0)) / np.where(X.std(0) > 0, X.std(0), 1.0)  # (digits has constant pixels)
     make = lasso if family == "lasso" else logistic_l1
     problem = make(X, y.astype(float), 1.0, fit_intercept=True)
     problem = problem.at_strength(0.05 * problem.strength_max())

@@ -22,11 +22,14 @@ from .variable import Variable
 # A run's first outer iteration is EARLY_ITERATIONS long where θ has at most EARLY_ENTRIES entries and
 # the loss gives its curvature (`Descent._early_check`). Measured (benchmarks/RESULTS.md): on diabetes,
 # breast_cancer and wine (10–30 columns) the first check then certifies as before, in 0.4–0.9 of the
-# time, except logistic-L1 at 0.1 λ_max on standardised breast_cancer (1.35–1.5×: 28 of its 30 atoms
-# alive after 5 iterations); on 64 columns (digits, logistic) and 200 (generated) the polish from a
-# 5-iteration point took 4–56 Newton steps where it took 1–11 after 20, and cost more than it saved.
+# time. With the active-set polish on the true objective, 64 columns (digits) and 200 (generated)
+# cost more than they saved (4–56 Newton steps from a 5-iteration point); since proximal Newton
+# (`symopt.proximal_newton`) drops atoms on its quadratic models, 64 columns gain too (digits Lasso and
+# logistic-L1, raw and standardised, 0.15–1.0× in 3 paired runs but for one row of 1.0–1.9×) while
+# 200 columns with n = 100 still lose (a rough face of 200 atoms on a singular model: 0.1–0.25 s
+# where 20 iterations took 12–22 ms).
 EARLY_ITERATIONS = 5
-EARLY_ENTRIES = 32
+EARLY_ENTRIES = 64
 
 
 class Descent:
@@ -190,7 +193,7 @@ class Descent:
         structure; a few L-BFGS iterations give that, and the other ``inner`` ones before the first
         check were most of a small solve (diabetes Lasso: 20 iterations, then one Newton step
         certified). On wider θ the structure after a few iterations is too rough: the polish
-        then walks atoms out one Newton step at a time, which costs more than it saves."""
+        then drops atoms one active-set step at a time, which costs more than it saves."""
         if not self.options.polish or self.options.inner <= EARLY_ITERATIONS:
             return None
         if self.problem_size > EARLY_ENTRIES or getattr(self.loss, "curvature", None) is None:
