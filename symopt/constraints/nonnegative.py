@@ -83,6 +83,12 @@ class NonNegative(Constraint):
     def forward(self, u: Tensor) -> Tensor:
         return 0.5 * u * u
 
+    def pullback(self, factors, grad: Tensor) -> tuple[Tensor]:
+        # ∂⟨g, ½u²⟩/∂u = g ⊙ u: the closed form (autograd's graph was a third of an evaluation of the
+        # lean descent on raw diabetes)
+        (u,) = factors
+        return (grad * u,)
+
     def right_inverse(self, value: Tensor) -> tuple[Tensor]:
         negative = int((value < 0).sum())
         if negative:
