@@ -1,6 +1,6 @@
 """DCS on data it did not generate, end to end, against the tool a user would otherwise call.
 
-    python -m benchmarks.users_data [--repeats 3] [--quick] [--large-only] [--positive-only]
+    python -m benchmarks.users_data [--repeats 3] [--quick] [--large-only] [--positive-only] [--groups-only]
 
 Every row times a *whole call* as a user makes it (``symopt.solve`` / ``symopt.path`` /
 ``symopt.estimators.LassoCV`` against scikit-learn's ``Lasso`` / ``lasso_path`` / ``LassoCV`` and
@@ -11,7 +11,8 @@ default KKT tolerance 1e-6); scikit-learn gets a Fortran-ordered ``X``, as its c
 expects. Data: scikit-learn's shipped diabetes and breast_cancer (raw and standardised columns),
 and one generated 500×2000 design for the path (the issue's size). The non-negative Lasso
 (``positive=True``) runs on raw diabetes and a generated 1000×5000 design (working sets) against
-scikit-learn's ``Lasso(positive=True)``. Completion runs against
+scikit-learn's ``Lasso(positive=True)``. The group lasso runs on standardised digits (16 groups of
+4 pixels) and breast_cancer (10 groups of 3 features) against skglm's ``GroupLasso``. Completion runs against
 accelerated SoftImpute (``symopt.baselines.softimpute``) on generated matrices, digits and a sample
 image.
 """
@@ -122,6 +123,43 @@ def positive(repeats: int, quick: bool) -> list[tuple]:
             for name, design, target, intercept, fraction in cases[: 1 if quick else None]]
 
 
+def groups(repeats: int, quick: bool) -> list[tuple]:
+    """The group lasso on real columns against skglm's ``GroupLasso`` (its default tolerance):
+    standardised digits in 16 groups of 4 consecutive pixels, standardised breast_cancer in 10 groups
+    of 3 consecutive features, the target centred (neither fits an intercept)."""
+    try:
+        from skglm import GroupLasso
+    except ImportError:  # pragma: no cover
+        return []
+    from sklearn.datasets import load_digits
+
+    from symopt.problems import group_lasso
+
+    X, y = load_digits(return_X_y=True)
+    cases = [("digits std, 16 groups of 4", (X - X.mean(0)) / np.where(X.std(0) > 0, X.std(0), 1.0), y, 4)]
+    Xc, yc = _data()["cancer std"]
+    cases.append(("cancer std, 10 groups of 3", Xc, yc, 3))
+    rows = []
+    for name, design, target, size in cases[: 1 if quick else None]:
+        target = target.astype(float) - target.mean()
+        for fraction in (0.1,) if quick else (0.1, 0.01):
+            problem = group_lasso(design, target, size, 1.0)
+            lam = fraction * problem.strength_max()
+            problem = problem.at_strength(lam)
+            t_dcs, result = _median_time(lambda: symopt.solve(problem), repeats)
+
+            def peer():
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    return GroupLasso(groups=size, alpha=lam, fit_intercept=False).fit(design, target)
+
+            t_peer, model = _median_time(peer, repeats)
+            peer_objective = problem.objective(torch.as_tensor(model.coef_))
+            rows.append((f"group lasso, {name}, {fraction:g} λmax", result.status, t_dcs, "skglm GroupLasso", t_peer,
+                         (peer_objective - result.objective) / abs(result.objective)))
+    return rows
+
+
 def paths(repeats: int, quick: bool) -> list[tuple]:
     from sklearn.linear_model import LassoCV as SkLassoCV
     from sklearn.linear_model import lasso_path
@@ -197,6 +235,7 @@ def main(argv=None) -> None:
     parser.add_argument("--quick", action="store_true", help="smoke test: one repeat, a small path")
     parser.add_argument("--large-only", action="store_true", help="only completion 2000×2000 against SoftImpute")
     parser.add_argument("--positive-only", action="store_true", help="only the non-negative Lasso rows")
+    parser.add_argument("--groups-only", action="store_true", help="only the group lasso rows")
     args = parser.parse_args(argv)
     repeats = 1 if args.quick else args.repeats
     print(f"machine: {machine_name('cpu')}, torch threads {torch.get_num_threads()}; medians of {repeats} runs\n")
@@ -206,9 +245,11 @@ def main(argv=None) -> None:
         rows = lambda: completion(repeats, False, large=True)  # noqa: E731
     elif args.positive_only:
         rows = lambda: positive(repeats, args.quick)  # noqa: E731
+    elif args.groups_only:
+        rows = lambda: groups(repeats, args.quick)  # noqa: E731
     else:
         rows = lambda: (single_solves(repeats, args.quick) + positive(repeats, args.quick)  # noqa: E731
-                        + paths(repeats, args.quick) + completion(repeats, args.quick))
+                        + groups(repeats, args.quick) + paths(repeats, args.quick) + completion(repeats, args.quick))
     for row in rows():
         name, status, t_dcs, peer, t_peer, gap = row
         print(f"| {name} | {status} | {t_dcs:.4f} | {peer} | {t_peer:.4f} | {t_dcs / t_peer:.1f}× | {gap:+.1e} |",

@@ -108,10 +108,11 @@ def polish_on_face(loss: Callable[[Tensor], Tensor], constraint: Constraint, poi
     known from the start.
 
     An ℓ1 norm on entries (`Constraint.entry_signs`: the Lasso, logistic-L1, the elastic net, their
-    non-negative forms) with a loss that gives its own gradient and curvature (the GLM data terms)
-    is polished by proximal Newton instead (`symopt.proximal_newton`): its quadratic models take in
-    the zeros whose pull exceeds λ and drop the atoms that belong at 0 without a pass over the data
-    per change of the face; the face solve below runs where it does not apply.
+    non-negative forms) or a norm of coordinate groups (`Constraint.atom_ids`: the group lasso) with
+    a loss that gives its own gradient and curvature (the GLM data terms) is polished by proximal
+    Newton instead (`symopt.proximal_newton`): its quadratic models take in the atoms whose pull
+    exceeds λ and drop the ones that belong at 0 without a pass over the data per change of the
+    face; the face solve below runs where it does not apply.
 
     Args:
         loss: the smooth loss ℓ(θ).
@@ -121,11 +122,12 @@ def polish_on_face(loss: Callable[[Tensor], Tensor], constraint: Constraint, poi
         target: the absolute KKT residual the caller stops at; the face solve stops at a tenth of it.
         max_iter: L-BFGS iterations at most (about as many loss evaluations).
         quick: measure the residual with ``kkt_residual(quick=True)`` (see there).
-        proximal_newton_only: polish only where proximal Newton applies (an ℓ1 norm on entries; None
-            elsewhere): the certifier's finish of a point already within tolerance.
+        proximal_newton_only: polish only where proximal Newton applies (None elsewhere): the
+            certifier's finish of a point already within tolerance.
     """
-    if constraint.entry_signs() is not None:
-        # An ℓ1 norm on entries: proximal Newton, its quadratic models solved by an active set
+    if constraint.entry_signs() is not None or constraint.atom_ids(point.numel()) is not None:
+        # A norm whose atoms are entries or groups of them: proximal Newton, its quadratic models
+        # solved by an active set
         try:
             theta = proximal_newton(loss, constraint, point, target)
         except RuntimeError:  # a linear-algebra error: the general face solve below tries

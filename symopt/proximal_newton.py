@@ -1,14 +1,16 @@
-r"""Layer 3 — the face polish of an ℓ1 penalty on entries: proximal Newton, its quadratic models
-solved by an active-set method in NumPy.
+r"""Layer 3 — the face polish of a norm whose atoms are entries or groups of them: proximal Newton,
+its quadratic models solved by active sets.
 
-For $\min_θ ℓ(θ) + λ\sum_i |θ_i|$ (the Lasso, logistic-L1, the elastic net; with $θ ≥ 0$ the
-non-negative Lasso) near a point whose support DCS has roughly found, each outer iteration
+For $\min_θ ℓ(θ) + λ\,\mathrm{norm}(θ)$ with the ℓ1 norm (the Lasso, logistic-L1, the elastic net;
+with $θ ≥ 0$ the non-negative Lasso) or a group norm $\sum_g c_g ‖θ_g‖_2$ over groups of coordinates
+(the group lasso), near a point whose structure DCS has roughly found, each outer iteration
 
-1. takes the candidates $C$: the point's non-zeros and the zeros whose pull exceeds λ
-   (`Constraint.dual_atoms`), and the loss's value, gradient $g$ and curvature $H$ on $C$
+1. takes the candidates $C$: the point's non-zero atoms and the zero ones whose pull exceeds λ
+   (`Constraint.dual_atoms`), and the loss's value, gradient $g$ and curvature $H$ on $C$'s entries
    (`DataTerm.curvature`: with a profiled intercept, its Schur complement);
-2. solves the quadratic model $\min_x g^\top (x - x_0) + \tfrac12 (x - x_0)^\top H (x - x_0) + λ‖x‖_1$
-   over $C$ exactly (`solve_l1_quadratic`: feature-sign search, Lee, Battle, Raina & Ng 2006);
+2. solves the quadratic model $\min_x g^\top (x - x_0) + \tfrac12 (x - x_0)^\top H (x - x_0) + λ\,\mathrm{norm}(x)$
+   over $C$ (`solve_l1_quadratic`: feature-sign search, Lee, Battle, Raina & Ng 2006;
+   `solve_group_quadratic`: an active set on groups, Newton on their face);
 3. steps to its solution, backtracked on the true objective (proximal Newton: Lee, Sun & Saunders
    2014; glmnet's and skglm's outer loop), and stops when the KKT residual is below the target.
 
@@ -16,10 +18,11 @@ On least squares the model is the objective, and one outer iteration lands on th
 point of the split is where the work goes: a 5-iteration DCS point on standardised breast_cancer
 has 28 of its 30 atoms alive where the optimum has 5, and each atom that leaves is one step of the
 active set. Taken on the true objective, each step cost a curvature and one to four evaluations of
-the loss over the data (a logistic evaluation solves for its intercept); on the model it costs a
-few NumPy operations on a 30 × 30 matrix, and the data are read once per outer iteration.
-Whatever it returns, the caller certifies by the KKT residual of the full problem.
-"""
+the loss over the data (a logistic evaluation solves for its intercept); on the model it costs a few
+operations on a 30 × 30 matrix, and the data are read once per outer iteration. A group could not
+leave the old face polish at all (its norm is not linear on the face): the descent dropped it, an
+outer iteration at a time. Whatever it returns, the caller certifies by the KKT residual of the full
+problem."""
 
 from __future__ import annotations
 
@@ -128,33 +131,171 @@ def _face_step(block: Tensor, residual: Tensor, tol: float) -> tuple[Tensor, boo
     return -(kept @ ((kept.mT @ residual) / curvatures[seen])), False
 
 
-def _candidates(constraint: Constraint, theta: Tensor, grad: Tensor, lam: float, limit: int) -> Tensor | None:
-    """The entries a quadratic model is taken on: θ's non-zeros and the zeros whose pull exceeds λ,
-    at most ``alive // 2 + 8`` of those (the strongest pulls: the next outer iteration takes the
-    others); None when that is more than ``limit`` entries.
+def solve_group_quadratic(hessian: Tensor, grad: Tensor, start: Tensor, groups: Tensor, weights: Tensor,
+                          tol: float = 0.0, max_rounds: int | None = None) -> Tensor:
+    r"""$\arg\min_x g^\top (x - x_0) + \tfrac12 (x - x_0)^\top H (x - x_0) + \sum_j w_j ‖x_{G_j}‖_2$ (the
+    group lasso's model; ``groups[i]`` is coordinate i's group j, ``weights[j]`` its $w_j = λ c_j$) by
+    an active set on groups. On the face of the non-zero groups the objective is smooth, and damped
+    Newton solves it (the norm's Hessian in closed form, $w_j (I - u u^\top)/‖x_{G_j}‖$ with
+    $u = x_{G_j}/‖x_{G_j}‖$, backtracked on the model); at the face's optimum the non-zero group whose
+    zero is optimal with the others fixed ($‖∇_{G_j} - H_{G_j G_j} x_{G_j}‖ ≤ w_j$) leaves, one at a
+    time, the one deepest inside first; else the zero group that violates most ($‖∇_{G_j}‖ > w_j$)
+    joins at a proximal-gradient step from 0; none: the optimum (to ``tol``).
+
+    Examples:
+        >>> import torch
+        >>> H, g = torch.eye(3, dtype=torch.float64), torch.tensor([-3.0, -4.0, 0.5], dtype=torch.float64)
+        >>> groups, w = torch.tensor([0, 0, 1]), torch.tensor([1.0, 1.0], dtype=torch.float64)
+        >>> [round(v, 6) for v in solve_group_quadratic(H, g, torch.zeros(3, dtype=torch.float64), groups, w, 1e-12).tolist()]
+        [2.4, 3.2, 0.0]
+    """
+    x = start.clone()
+    count = weights.numel()
+    same = groups[:, None] == groups[None, :]
+    within = hessian * same  # H's diagonal blocks: H_{GG} x_G for every group in one product
+    limit = 20 * count + 60 if max_rounds is None else max_rounds
+    lipschitz = None
+    for _ in range(limit):
+        norms = torch.zeros(count, dtype=x.dtype).index_add_(0, groups, x * x).sqrt_()
+        alive = norms > 0
+        settled = True
+        if bool(alive.any()):
+            # a few Newton steps, then the leaving test: a group on its way to 0 makes the face
+            # ill-conditioned (its norm's curvature is w/‖x_G‖), and Newton alone would crawl there
+            x, settled = _group_face_newton(hessian, grad, start, x, alive[groups], groups, weights, same, tol,
+                                            steps=3)
+            norms = torch.zeros(count, dtype=x.dtype).index_add_(0, groups, x * x).sqrt_()
+            alive = norms > 0
+        gradient = torch.addmv(grad, hessian, x - start)
+        at_zero = gradient - within @ x  # each group's gradient with it set to 0, the others fixed
+        pull = torch.zeros(count, dtype=x.dtype).index_add_(0, groups, at_zero * at_zero).sqrt_()
+        inside = torch.where(alive, pull / weights, math.inf)
+        j = int(inside.argmin())
+        if float(inside[j]) <= 1.0:  # its zero is optimal: it leaves
+            x[groups == j] = 0.0
+            continue
+        if not settled:
+            # A proximal-gradient step on the model (step 1/L): it lowers the model where Newton's
+            # step did not, and puts a group that belongs at 0 there exactly
+            if lipschitz is None:
+                lipschitz = max(float(torch.linalg.eigvalsh(hessian)[-1]), 1e-300)
+            gradient = torch.addmv(grad, hessian, x - start)
+            ahead = x - gradient / lipschitz
+            sizes = torch.zeros(count, dtype=x.dtype).index_add_(0, groups, ahead * ahead).sqrt_()
+            shrink = (1 - (weights / lipschitz) / sizes.clamp_min(1e-300)).clamp_min(0)
+            x = ahead * shrink[groups]
+            continue
+        excess = torch.where(alive, -math.inf, pull - weights)
+        j = int(excess.argmax())
+        if not float(excess[j]) > tol:
+            return x
+        members = groups == j
+        block = hessian[members][:, members]
+        top = float(torch.linalg.eigvalsh(block)[-1]) if block.numel() else 1.0
+        # the proximal-gradient step from 0 on the block: a descent step off zero
+        x[members] = -(float(excess[j]) / max(top, 1e-300)) * at_zero[members] / float(pull[j])
+    return x
+
+
+def _group_face_newton(hessian: Tensor, grad: Tensor, start: Tensor, x: Tensor, free: Tensor, groups: Tensor,
+                       weights: Tensor, same: Tensor, tol: float, steps: int = 50) -> tuple[Tensor, bool]:
+    """Damped Newton on the face of the non-zero groups (``free``: their coordinates) of the group
+    lasso's model: ``(x with the face's coordinates moved, settled)``, settled when the face's gradient
+    is below ``tol`` or a step lowers the model only by its rounding (the others untouched)."""
+    face = free.nonzero().squeeze(1)
+    ids = groups[face]
+    block_same = same[face][:, face]
+    block = hessian[face][:, face]
+    count = weights.numel()
+
+    def value(z: Tensor) -> float:
+        full = x.clone()
+        full[face] = z
+        d = full - start
+        norms = torch.zeros(count, dtype=z.dtype).index_add_(0, ids, z * z).sqrt_()
+        return float(d @ (grad + 0.5 * (hessian @ d))) + float((weights * norms).sum())
+
+    z = x[face].clone()
+    current = value(z)
+    settled = False
+    for _ in range(steps):
+        full = x.clone()
+        full[face] = z
+        gradient = torch.addmv(grad, hessian, full - start)[face]
+        norms = torch.zeros(count, dtype=z.dtype).index_add_(0, ids, z * z).sqrt_()
+        if bool((norms[ids] <= 0).any()):
+            break  # a group reached 0 on the way: the caller's active set decides
+        unit = z / norms[ids]
+        scale = (weights / norms)[ids]
+        residual = gradient + weights[ids] * unit
+        if float(residual.norm()) <= tol:
+            settled = True
+            break
+        curvature = block + torch.diag(scale) - (scale[:, None] * unit[:, None] * unit[None, :]) * block_same
+        step, level = _face_step(curvature, residual, tol)
+        slope = float(step @ residual)
+        if not slope < 0:
+            break  # no descent direction from the face's curvature: the caller's proximal step goes on
+        t = 1.0
+        if level:
+            # Along a direction of zero curvature the model is linear until a group's norm reaches 0
+            # (a singular H: more columns than the data tell apart): doubled while it keeps falling,
+            # to that kink, where the leaving test takes the group off the face
+            ahead = value(z + step)
+            for _ in range(60):
+                further = value(z + 2 * t * step)
+                if not further < ahead:
+                    break
+                t, ahead = 2 * t, further
+        for _ in range(40):
+            trial = z + t * step
+            trial_value = value(trial)
+            if trial_value <= current + _ARMIJO * t * slope:
+                break
+            t *= 0.5
+        else:
+            break  # no Newton step lowers the model (a group passing 0 on the way): not settled
+        if current - trial_value <= 4 * torch.finfo(z.dtype).eps * max(abs(current), 1e-300):
+            z, current, settled = trial, trial_value, True
+            break
+        z, current = trial, trial_value
+    out = x.clone()
+    out[face] = z
+    return out, settled
+
+
+def _candidates(constraint: Constraint, theta: Tensor, grad: Tensor, lam: float, limit: int,
+                ids: Tensor | None = None) -> Tensor | None:
+    """The entries a quadratic model is taken on: θ's non-zero atoms and the zero atoms whose pull
+    exceeds λ, at most ``alive // 2 + 8`` of those (the strongest pulls: the next outer iteration takes
+    the others); None when their entries are more than ``limit``. ``ids`` maps θ's flat entries to
+    their atoms (`Constraint.atom_ids`; None: every entry is an atom).
 
     The cap keeps the model's active set from building a structure one atom a step, each step a
     Cholesky factorisation of the growing face: from a working set's zero start (100 candidates,
     all pulled) that was 86 steps, and from 86 non-zeros with 114 pulled (a sub-problem of a
     1000×5000 non-negative Lasso) 0.05 s. A DCS point after a few iterations, or a path's previous
     point, has few (0 or 1 on the small real problems of `benchmarks.small_solves`)."""
-    alive = theta != 0
-    excess = (constraint.dual_atoms(grad).view_as(theta) - lam).masked_fill(alive, 0.0)
+    alive = (constraint.atoms(theta) > 0).reshape(-1)
+    excess = (constraint.dual_atoms(grad).reshape(-1) - lam).masked_fill(alive, 0.0)
     pulled = excess > 0
     count = int(alive.sum())
     room = count // 2 + 8
     if int(pulled.sum()) > room:
         pulled = torch.zeros_like(pulled)
-        pulled.view(-1)[torch.topk(excess.reshape(-1), room).indices] = True
-    return alive | pulled if count + int(pulled.sum()) <= limit else None
+        pulled[torch.topk(excess, room).indices] = True
+    chosen = alive | pulled
+    entries = chosen if ids is None else chosen[ids]
+    return entries.view_as(theta) if int(entries.sum()) <= limit else None
 
 
 def proximal_newton(loss, constraint: Constraint, point: Tensor, target: float) -> Tensor | None:
     r"""θ after proximal Newton from ``point`` (see the module docstring), or None where it does not
-    apply: a kind that is not an ℓ1 norm on entries (`Constraint.entry_signs`), a loss without its
-    own ``value_and_grad`` and ``curvature`` (or one that gives no curvature: several targets), or
-    more than ``NEWTON_FACE`` candidates at the start. Stops when the KKT residual is below a tenth of ``target``, when a
-    model's step no longer lowers the objective, or after ``_OUTER`` iterations.
+    apply: a kind whose norm is neither ℓ1 on entries (`Constraint.entry_signs`) nor a norm of
+    coordinate groups (`Constraint.atom_ids`, its atoms $c_g‖θ_g‖_2$), a loss without its own
+    ``value_and_grad`` and ``curvature`` (or one that gives no curvature: several targets), or more
+    than ``NEWTON_FACE`` candidate entries at the start. Stops when the KKT residual is below a tenth
+    of ``target``, when a model's step no longer lowers the objective, or after ``_OUTER`` iterations.
 
     Args:
         loss: the bound loss (``value_and_grad``, ``curvature``).
@@ -163,7 +304,10 @@ def proximal_newton(loss, constraint: Constraint, point: Tensor, target: float) 
         target: the absolute KKT residual the caller certifies against.
     """
     signs = constraint.entry_signs()
-    if signs is None or getattr(loss, "value_and_grad", None) is None or getattr(loss, "curvature", None) is None:
+    if getattr(loss, "value_and_grad", None) is None or getattr(loss, "curvature", None) is None:
+        return None
+    ids = None if signs is not None else constraint.atom_ids(point.numel(), point.device)
+    if signs is None and ids is None:
         return None
     from .optimality import NEWTON_FACE  # (the size up to which a face's Hessian is formed)
 
@@ -176,7 +320,7 @@ def proximal_newton(loss, constraint: Constraint, point: Tensor, target: float) 
         # (the caller polishes a point above its target: the first check would only confirm it)
         if outer and constraint.kkt_residual(theta, grad) <= tolerance:
             break
-        candidates = _candidates(constraint, theta, grad, lam, NEWTON_FACE)
+        candidates = _candidates(constraint, theta, grad, lam, NEWTON_FACE, ids)
         if candidates is None:
             return None if outer == 0 else theta  # (what the iterations so far reached: the caller certifies it)
         if not bool(candidates.any()):
@@ -189,9 +333,18 @@ def proximal_newton(loss, constraint: Constraint, point: Tensor, target: float) 
         local = grad[candidates].to("cpu", torch.float64)
         # The model's own tolerance: far below the caller's, so that on least squares (where it is
         # exact) one outer iteration is the last.
-        x = solve_l1_quadratic(hessian.to("cpu", torch.float64), local, start, lam, nonnegative, 0.01 * tolerance)
+        if signs is not None:
+            x = solve_l1_quadratic(hessian.to("cpu", torch.float64), local, start, lam, nonnegative, 0.01 * tolerance)
+        else:
+            groups, weights = _local_groups(constraint, theta, candidates, ids, lam)
+            x = solve_group_quadratic(hessian.to("cpu", torch.float64), local, start, groups, weights,
+                                      0.01 * tolerance)
         move = x - start
-        decrease = float(local @ move) + lam * (float(x.abs().sum()) - float(start.abs().sum()))
+        if signs is not None:  # (the ℓ1 norm: its change on the candidates directly)
+            change = lam * (float(x.abs().sum()) - float(start.abs().sum()))
+        else:
+            change = _group_norm(x, groups, weights) - _group_norm(start, groups, weights)
+        decrease = float(local @ move) + change
         if not decrease < 0:
             break  # the model sees no descent: the point is its optimum to the model's resolution
         direction = move.to(theta.device, theta.dtype)
@@ -224,3 +377,23 @@ def proximal_newton(loss, constraint: Constraint, point: Tensor, target: float) 
             break
         theta, grad, objective = trial, trial_grad, trial_objective
     return theta
+
+
+def _local_groups(constraint: Constraint, theta: Tensor, candidates: Tensor, ids: Tensor,
+                  lam: float) -> tuple[Tensor, Tensor]:
+    """``(groups, weights)`` of the candidate entries for `solve_group_quadratic`: each entry's group
+    numbered from 0 in the candidates' order, and per group $λ c_g$, with $c_g$ read from the
+    constraint's atoms of a unit vector in that group (its atoms are $c_g ‖θ_g‖_2$)."""
+    chosen = ids[candidates.reshape(-1)]
+    unique, local = torch.unique(chosen, return_inverse=True)
+    probe = torch.zeros(theta.numel(), dtype=theta.dtype, device=theta.device)
+    first = torch.full((int(ids.max()) + 1,), -1, dtype=torch.long, device=ids.device)
+    first.scatter_reduce_(0, ids, torch.arange(ids.numel(), device=ids.device), reduce="amax", include_self=True)
+    probe[first[unique]] = 1.0
+    weights = constraint.atoms(probe.view_as(theta)).reshape(-1)[unique]
+    return local.cpu(), (lam * weights).to("cpu", torch.float64)
+
+
+def _group_norm(x: Tensor, groups: Tensor, weights: Tensor) -> float:
+    r"""$\sum_j w_j ‖x_{G_j}‖_2$."""
+    return float((weights * torch.zeros(weights.numel(), dtype=x.dtype).index_add_(0, groups, x * x).sqrt_()).sum())
