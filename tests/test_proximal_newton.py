@@ -240,3 +240,24 @@ def test_a_group_lasso_on_digits_certifies_at_its_first_check(fraction, weighted
     reference = cp.Problem(cp.Minimize(objective))
     reference.solve(solver=cp.CLARABEL)
     assert result.objective <= reference.value + 1e-8 * abs(reference.value)
+
+
+@pytest.mark.parametrize("fit_intercept", [False, True])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_the_multitask_curvature_is_autograds_hessian(fit_intercept, weighted):
+    # Several targets, least squares: the targets share their rows' block and do not interact. The
+    # multi-task Lasso's polish now takes its models from it (linnerud: 19-23 ms -> 12-13 ms a solve).
+    from symopt.problems import multitask_lasso
+
+    gen = torch.Generator().manual_seed(1)
+    X = torch.randn(30, 6, generator=gen, dtype=torch.float64)
+    Y = torch.randn(30, 3, generator=gen, dtype=torch.float64)
+    weights = torch.rand(30, generator=gen, dtype=torch.float64) + 0.1 if weighted else None
+    problem = multitask_lasso(X.numpy(), Y.numpy(), 0.1, fit_intercept=fit_intercept, sample_weight=weights)
+    loss = problem.bind(problem.data_on("cpu", torch.float64))
+    theta = torch.randn(6, 3, generator=gen, dtype=torch.float64)
+    mask = torch.rand(6, 3, generator=gen) < 0.6
+    hessian = loss.curvature(theta, mask)
+    full = torch.autograd.functional.hessian(lambda t: loss(t), theta).reshape(18, 18)
+    index = mask.reshape(-1).nonzero().squeeze(1)
+    assert torch.allclose(hessian, full[index][:, index], atol=1e-12)

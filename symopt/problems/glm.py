@@ -173,8 +173,11 @@ class DataTerm:
         r"""$∇^2$ of the data term at ``theta`` on the entries ``mask`` (a boolean mask of θ's shape):
         $Z^\top \mathrm{diag}(h) Z$ with $Z = X_{:, \mathrm{mask}}$ and $h = ω ⊙ f''(Xw + b^*)$, minus
         $(Z^\top h)(Z^\top h)^\top / \sum h$ with a profiled intercept (the Schur complement of the
-        intercept's row), plus the ridge. None for a matrix θ (several targets): callers then
-        differentiate twice. The face polish asks for it (`symopt.optimality`).
+        intercept's row), plus the ridge. For a matrix θ (several targets, one column each) with a
+        constant $f''$ (least squares: the multi-task Lasso) the targets do not interact and share
+        the block of their rows: entry $(i, t)$ against $(j, s)$ is that block's $(i, j)$ where $t = s$,
+        else 0. None for a matrix θ otherwise: callers then differentiate twice. The face polish asks
+        for it (`symopt.optimality`, `symopt.proximal_newton`).
 
         Examples:
             >>> import torch
@@ -184,6 +187,14 @@ class DataTerm:
             >>> term.curvature(torch.zeros(2, dtype=torch.float64), torch.tensor([True, True]), X, y).tolist()
             [[0.0, 0.0], [0.0, 1.0]]
         """
+        if theta.dim() == 2 and getattr(self.fit, "constant_second", False):
+            index = mask.reshape(-1).nonzero().squeeze(1)
+            rows, tasks = index // theta.shape[1], index % theta.shape[1]
+            used, position = torch.unique(rows, return_inverse=True)
+            on_rows = torch.zeros(theta.shape[0], dtype=torch.bool, device=theta.device)
+            on_rows[used] = True
+            block = self.curvature(theta.new_zeros(theta.shape[0]), on_rows, X, y[:, 0], weights)
+            return block[position][:, position] * (tasks[:, None] == tasks[None, :])
         if theta.dim() != 1:
             return None
         index = mask.reshape(-1).nonzero().squeeze(1)
