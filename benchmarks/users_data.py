@@ -12,7 +12,8 @@ expects. Data: scikit-learn's shipped diabetes and breast_cancer (raw and standa
 and one generated 500×2000 design for the path (the issue's size). The non-negative Lasso
 (``positive=True``) runs on raw diabetes and a generated 1000×5000 design (working sets) against
 scikit-learn's ``Lasso(positive=True)``. The group lasso runs on standardised digits (16 groups of
-4 pixels) and breast_cancer (10 groups of 3 features) against skglm's ``GroupLasso``. Completion runs against
+4 pixels) and breast_cancer (10 groups of 3 features) against skglm's ``GroupLasso``, the multi-task
+Lasso on linnerud and on digits' one-hot labels against scikit-learn's ``MultiTaskLasso``. Completion runs against
 accelerated SoftImpute (``symopt.baselines.softimpute``) on generated matrices, digits and a sample
 image.
 """
@@ -160,6 +161,43 @@ def groups(repeats: int, quick: bool) -> list[tuple]:
     return rows
 
 
+def multitask(repeats: int, quick: bool) -> list[tuple]:
+    """The multi-task Lasso against scikit-learn's ``MultiTaskLasso`` (its default tolerance, a
+    Fortran-ordered X): scikit-learn's linnerud (20 samples, 3 exercise features, 3 physiological
+    targets) and standardised digits against its one-hot labels (10 targets), targets centred, no
+    intercept."""
+    from sklearn.datasets import load_digits, load_linnerud
+    from sklearn.linear_model import MultiTaskLasso
+
+    from symopt.problems import multitask_lasso
+
+    X, labels = load_digits(return_X_y=True)
+    Xl, Yl = load_linnerud(return_X_y=True)
+    cases = [("linnerud, 3 targets", (Xl - Xl.mean(0)) / Xl.std(0), Yl),
+             ("digits std, 10 one-hot targets", (X - X.mean(0)) / np.where(X.std(0) > 0, X.std(0), 1.0),
+              np.eye(10)[labels])]
+    rows = []
+    for name, design, targets in cases[: 1 if quick else None]:
+        targets = targets - targets.mean(0)
+        for fraction in (0.1,) if quick else (0.1, 0.01):
+            problem = multitask_lasso(design, targets, 1.0)
+            lam = fraction * problem.strength_max()
+            problem = problem.at_strength(lam)
+            t_dcs, result = _median_time(lambda: symopt.solve(problem), repeats)
+            Xf = np.asfortranarray(design)
+
+            def peer():
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    return MultiTaskLasso(alpha=lam, fit_intercept=False).fit(Xf, targets)
+
+            t_peer, model = _median_time(peer, repeats)
+            peer_objective = problem.objective(torch.as_tensor(model.coef_.T.copy()))
+            rows.append((f"multi-task Lasso, {name}, {fraction:g} λmax", result.status, t_dcs,
+                         "sklearn MultiTaskLasso", t_peer, (peer_objective - result.objective) / abs(result.objective)))
+    return rows
+
+
 def paths(repeats: int, quick: bool) -> list[tuple]:
     from sklearn.linear_model import LassoCV as SkLassoCV
     from sklearn.linear_model import lasso_path
@@ -235,7 +273,7 @@ def main(argv=None) -> None:
     parser.add_argument("--quick", action="store_true", help="smoke test: one repeat, a small path")
     parser.add_argument("--large-only", action="store_true", help="only completion 2000×2000 against SoftImpute")
     parser.add_argument("--positive-only", action="store_true", help="only the non-negative Lasso rows")
-    parser.add_argument("--groups-only", action="store_true", help="only the group lasso rows")
+    parser.add_argument("--groups-only", action="store_true", help="only the group and multi-task Lasso rows")
     args = parser.parse_args(argv)
     repeats = 1 if args.quick else args.repeats
     print(f"machine: {machine_name('cpu')}, torch threads {torch.get_num_threads()}; medians of {repeats} runs\n")
@@ -246,10 +284,11 @@ def main(argv=None) -> None:
     elif args.positive_only:
         rows = lambda: positive(repeats, args.quick)  # noqa: E731
     elif args.groups_only:
-        rows = lambda: groups(repeats, args.quick)  # noqa: E731
+        rows = lambda: groups(repeats, args.quick) + multitask(repeats, args.quick)  # noqa: E731
     else:
         rows = lambda: (single_solves(repeats, args.quick) + positive(repeats, args.quick)  # noqa: E731
-                        + groups(repeats, args.quick) + paths(repeats, args.quick) + completion(repeats, args.quick))
+                        + groups(repeats, args.quick) + multitask(repeats, args.quick) + paths(repeats, args.quick)
+                        + completion(repeats, args.quick))
     for row in rows():
         name, status, t_dcs, peer, t_peer, gap = row
         print(f"| {name} | {status} | {t_dcs:.4f} | {peer} | {t_peer:.4f} | {t_dcs / t_peer:.1f}× | {gap:+.1e} |",
