@@ -52,6 +52,22 @@ def _data():
     return {"diabetes": (Xd, yd), "cancer raw": (Xc, yc.astype(float)), "cancer std": (Xs, yc.astype(float))}
 
 
+def _against(label: str, problem, peer_name: str, fit, repeats: int, coef=lambda model: model.coef_) -> tuple:
+    """One row: ``symopt.solve(problem)`` against ``fit()``, the peer's whole call (its warnings
+    silenced), each the median of ``repeats`` whole calls; the gap is the peer's objective (at
+    ``coef(model)``) minus DCS's, relative to DCS's."""
+    t_dcs, result = _median_time(lambda: symopt.solve(problem), repeats)
+
+    def peer():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return fit()
+
+    t_peer, model = _median_time(peer, repeats)
+    peer_objective = problem.objective(torch.as_tensor(coef(model)))
+    return (label, result.status, t_dcs, peer_name, t_peer, (peer_objective - result.objective) / abs(result.objective))
+
+
 def _against_sklearn_lasso(label: str, X, y, fraction: float, repeats: int, *, fit_intercept: bool,
                            positive: bool = False) -> tuple:
     """One row: ``lasso(X, y)`` at ``fraction`` of its λ_max by DCS and by scikit-learn's ``Lasso`` with the
@@ -60,19 +76,9 @@ def _against_sklearn_lasso(label: str, X, y, fraction: float, repeats: int, *, f
 
     problem = lasso(X, y, 1.0, fit_intercept=fit_intercept, positive=positive)
     lam = fraction * problem.strength_max()
-    problem = problem.at_strength(lam)
-    t_dcs, result = _median_time(lambda: symopt.solve(problem), repeats)
     Xf = np.asfortranarray(X)
-
-    def peer():
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return Lasso(alpha=lam, fit_intercept=fit_intercept, positive=positive).fit(Xf, y)
-
-    t_peer, model = _median_time(peer, repeats)
-    peer_objective = problem.objective(torch.as_tensor(model.coef_))
-    return (label, result.status, t_dcs, "sklearn Lasso(positive=True)" if positive else "sklearn Lasso", t_peer,
-            (peer_objective - result.objective) / abs(result.objective))
+    return _against(label, problem.at_strength(lam), "sklearn Lasso(positive=True)" if positive else "sklearn Lasso",
+                    lambda: Lasso(alpha=lam, fit_intercept=fit_intercept, positive=positive).fit(Xf, y), repeats)
 
 
 def single_solves(repeats: int, quick: bool = False) -> list[tuple]:
@@ -91,18 +97,10 @@ def single_solves(repeats: int, quick: bool = False) -> list[tuple]:
     for fraction in (0.1, 0.01):
         problem = logistic_l1(X, y, 1.0, fit_intercept=True)
         lam = fraction * problem.strength_max()
-        problem = problem.at_strength(lam)
-        t_dcs, result = _median_time(lambda: symopt.solve(problem), repeats)
-
-        def peer():
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                return skglm.SparseLogisticRegression(alpha=lam, fit_intercept=True).fit(X, y)
-
-        t_peer, model = _median_time(peer, repeats)
-        peer_objective = problem.objective(torch.as_tensor(model.coef_.reshape(-1)))
-        rows.append((f"logistic-L1+intercept, cancer std, {fraction:g} λmax", result.status, t_dcs,
-                     "skglm SparseLogReg", t_peer, (peer_objective - result.objective) / abs(result.objective)))
+        rows.append(_against(f"logistic-L1+intercept, cancer std, {fraction:g} λmax", problem.at_strength(lam),
+                             "skglm SparseLogReg",
+                             lambda: skglm.SparseLogisticRegression(alpha=lam, fit_intercept=True).fit(X, y), repeats,
+                             coef=lambda model: model.coef_.reshape(-1)))
     return rows
 
 
@@ -148,18 +146,10 @@ def groups(repeats: int, quick: bool) -> list[tuple]:
         for fraction in (0.1, 0.01):
             problem = group_lasso(design, target, size, 1.0)
             lam = fraction * problem.strength_max()
-            problem = problem.at_strength(lam)
-            t_dcs, result = _median_time(lambda: symopt.solve(problem), repeats)
-
-            def peer():
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    return GroupLasso(groups=size, alpha=lam, fit_intercept=False).fit(design, target)
-
-            t_peer, model = _median_time(peer, repeats)
-            peer_objective = problem.objective(torch.as_tensor(model.coef_))
-            rows.append((f"group lasso, {name}, {fraction:g} λmax", result.status, t_dcs, "skglm GroupLasso", t_peer,
-                         (peer_objective - result.objective) / abs(result.objective)))
+            rows.append(_against(f"group lasso, {name}, {fraction:g} λmax", problem.at_strength(lam),
+                                 "skglm GroupLasso",
+                                 lambda: GroupLasso(groups=size, alpha=lam, fit_intercept=False).fit(design, target),
+                                 repeats))
     return rows
 
 
@@ -184,19 +174,11 @@ def multitask(repeats: int, quick: bool) -> list[tuple]:
         for fraction in (0.1,) if quick else (0.1, 0.01):
             problem = multitask_lasso(design, targets, 1.0)
             lam = fraction * problem.strength_max()
-            problem = problem.at_strength(lam)
-            t_dcs, result = _median_time(lambda: symopt.solve(problem), repeats)
             Xf = np.asfortranarray(design)
-
-            def peer():
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    return MultiTaskLasso(alpha=lam, fit_intercept=False).fit(Xf, targets)
-
-            t_peer, model = _median_time(peer, repeats)
-            peer_objective = problem.objective(torch.as_tensor(model.coef_.T.copy()))
-            rows.append((f"multi-task Lasso, {name}, {fraction:g} λmax", result.status, t_dcs,
-                         "sklearn MultiTaskLasso", t_peer, (peer_objective - result.objective) / abs(result.objective)))
+            rows.append(_against(f"multi-task Lasso, {name}, {fraction:g} λmax", problem.at_strength(lam),
+                                 "sklearn MultiTaskLasso",
+                                 lambda: MultiTaskLasso(alpha=lam, fit_intercept=False).fit(Xf, targets), repeats,
+                                 coef=lambda model: model.coef_.T.copy()))
     return rows
 
 
