@@ -141,10 +141,13 @@ def solve_group_quadratic(hessian: Tensor, grad: Tensor, start: Tensor, groups: 
     group lasso's model; ``groups[i]`` is coordinate i's group j, ``weights[j]`` its $w_j = λ c_j$) by
     an active set on groups. On the face of the non-zero groups the objective is smooth, and damped
     Newton solves it (the norm's Hessian in closed form, $w_j (I - u u^\top)/‖x_{G_j}‖$ with
-    $u = x_{G_j}/‖x_{G_j}‖$, backtracked on the model); at the face's optimum the non-zero group whose
-    zero is optimal with the others fixed ($‖∇_{G_j} - H_{G_j G_j} x_{G_j}‖ ≤ w_j$) leaves, one at a
-    time, the one deepest inside first; else the zero group that violates most ($‖∇_{G_j}‖ > w_j$)
-    joins at a proximal-gradient step from 0; none: the optimum (to ``tol``).
+    $u = x_{G_j}/‖x_{G_j}‖$, backtracked on the model; along a direction of zero curvature, doubled
+    to the kink where a group reaches 0). Every few Newton steps the non-zero groups whose zeros are
+    optimal with the others fixed ($‖∇_{G_j} - H_{G_j G_j} x_{G_j}‖ ≤ w_j$) leave together; where
+    Newton's step is blocked (a group on its way to 0 makes the face ill-conditioned) a
+    proximal-gradient step on the model goes on; at the face's optimum the zero group that violates
+    most ($‖∇_{G_j}‖ > w_j$) joins at a proximal-gradient step from 0 on its block; none: the optimum
+    (to ``tol``). At most ``max_rounds`` rounds (default ``20·groups + 60``); the last point is returned.
 
     Examples:
         >>> import torch
@@ -183,7 +186,6 @@ def solve_group_quadratic(hessian: Tensor, grad: Tensor, start: Tensor, groups: 
             # step did not, and puts a group that belongs at 0 there exactly
             if lipschitz is None:
                 lipschitz = _largest_eigenvalue(hessian)
-            gradient = torch.addmv(grad, hessian, x - start)
             ahead = x - gradient / lipschitz
             sizes = torch.zeros(count, dtype=x.dtype).index_add_(0, groups, ahead * ahead).sqrt_()
             shrink = (1 - (weights / lipschitz) / sizes.clamp_min(1e-300)).clamp_min(0)
