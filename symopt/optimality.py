@@ -11,7 +11,7 @@ from torch import Tensor
 
 from .constraints import Constraint
 from .constraints.base import Face
-from .proximal_newton import proximal_newton
+from .proximal_newton import NEWTON_FACE, proximal_newton
 
 # A face with at most this many coordinates is always polished: its L-BFGS solve costs about
 # max_iter loss evaluations whatever the point's structure. Working-set sub-problems (100 to a few
@@ -19,12 +19,8 @@ from .proximal_newton import proximal_newton
 # took 7 outer rounds instead of 1 (Lasso 1000×5000: 0.20 s → 0.06 s).
 SMALL_FACE = 2000
 _FACE_ROUNDS = 6  # face solves at most per polish: atoms that cross 0 drop out, violators join, between them
-# Faces with at most this many free coordinates are solved by Newton's method first (the Hessian by
-# autograd, vectorised): one step is exact on a quadratic face (least squares), a few on the
-# log-loss, where L-BFGS took ~20 evaluations (measured: a 50-point Lasso path 500×2000 spent half
-# its time in face polishes). The proximal Newton polish of an ℓ1 norm takes its quadratic models on
-# at most this many entries (`symopt.proximal_newton`).
-NEWTON_FACE = 256
+# Faces with at most NEWTON_FACE free coordinates (`symopt.proximal_newton`, where the ℓ1 models use
+# the same bound) are solved by Newton's method first.
 _NEWTON_STEPS = 8
 _PROX_STEPS = 50  # proximal-gradient steps at most per finish (proximal_finish)
 _PROX_CHECK = 5  # steps between its KKT checks (each a full SVD of the iterate and of the normal part)
@@ -125,17 +121,16 @@ def polish_on_face(loss: Callable[[Tensor], Tensor], constraint: Constraint, poi
         proximal_newton_only: polish only where proximal Newton applies (None elsewhere): the
             certifier's finish of a point already within tolerance.
     """
-    if constraint.entry_signs() is not None or constraint.atom_ids(point.numel()) is not None:
-        # A norm whose atoms are entries or groups of them: proximal Newton, its quadratic models
-        # solved by an active set
-        try:
-            theta = proximal_newton(loss, constraint, point, target)
-        except RuntimeError:  # a linear-algebra error: the general face solve below tries
-            theta = None
-        if theta is not None and bool(torch.isfinite(theta).all()):
-            polished, residual = kkt_at_snap(loss, constraint, theta, tol, levels=1, quick=quick)
-            if math.isfinite(residual):
-                return polished, residual
+    # A norm whose atoms are entries or groups of them: proximal Newton, its quadratic models solved
+    # by an active set (None where it does not apply: it says where)
+    try:
+        theta = proximal_newton(loss, constraint, point, target)
+    except RuntimeError:  # a linear-algebra error: the general face solve below tries
+        theta = None
+    if theta is not None and bool(torch.isfinite(theta).all()):
+        polished, residual = kkt_at_snap(loss, constraint, theta, tol, levels=1, quick=quick)
+        if math.isfinite(residual):
+            return polished, residual
     if proximal_newton_only:
         return None
     grad = loss_gradient(loss, point)  # lets atoms the descent left at 0 enter the face

@@ -33,9 +33,14 @@ from torch import Tensor
 
 from .constraints import Constraint
 
-# A group model takes at most this many entries (an ℓ1 model `optimality.NEWTON_FACE`): a ten-target
-# Lasso on digits has 400-640 (its rows × targets), and below this limit its polish dropped the rows
-# that the face solve could not (7 outer iterations → 1, 0.45-0.55 s → 0.16 s).
+# An ℓ1 model takes at most NEWTON_FACE entries, and `optimality`'s face polish solves faces of at most
+# that many free coordinates by Newton's method first (the Hessian by autograd, vectorised): one step is
+# exact on a quadratic face (least squares), a few on the log-loss, where L-BFGS took ~20 evaluations
+# (measured: a 50-point Lasso path 500×2000 spent half its time in face polishes).
+NEWTON_FACE = 256
+# A group model takes at most GROUP_FACE entries: a ten-target Lasso on digits has 400-640 (its rows ×
+# targets), and below this limit its polish dropped the rows that the face solve could not (7 outer
+# iterations → 1, 0.45-0.55 s → 0.16 s).
 GROUP_FACE = 1024
 _OUTER = 30  # proximal Newton iterations at most (quadratic convergence: 1 on least squares, 3-8 on the log-loss)
 _BACKTRACKS = 30
@@ -163,7 +168,7 @@ def solve_group_quadratic(hessian: Tensor, grad: Tensor, start: Tensor, groups: 
     limit = 20 * count + 60 if max_rounds is None else max_rounds
     lipschitz = None
     for _ in range(limit):
-        norms = torch.zeros(count, dtype=x.dtype).index_add_(0, groups, x * x).sqrt_()
+        norms = _group_sizes(x, groups, count)
         alive = norms > 0
         settled = True
         if bool(alive.any()):
@@ -171,11 +176,11 @@ def solve_group_quadratic(hessian: Tensor, grad: Tensor, start: Tensor, groups: 
             # ill-conditioned (its norm's curvature is w/‖x_G‖), and Newton alone would crawl there
             x, settled = _group_face_newton(hessian, grad, start, x, alive[groups], groups, weights, same, tol,
                                             steps=3)
-            norms = torch.zeros(count, dtype=x.dtype).index_add_(0, groups, x * x).sqrt_()
+            norms = _group_sizes(x, groups, count)
             alive = norms > 0
         gradient = torch.addmv(grad, hessian, x - start)
         at_zero = gradient - within @ x  # each group's gradient with it set to 0, the others fixed
-        pull = torch.zeros(count, dtype=x.dtype).index_add_(0, groups, at_zero * at_zero).sqrt_()
+        pull = _group_sizes(at_zero, groups, count)
         inside = torch.where(alive, pull / weights, math.inf)
         leaving = inside <= 1.0
         if bool(leaving.any()):  # their zeros are optimal, each with the others fixed: they leave together
@@ -187,7 +192,7 @@ def solve_group_quadratic(hessian: Tensor, grad: Tensor, start: Tensor, groups: 
             if lipschitz is None:
                 lipschitz = _largest_eigenvalue(hessian)
             ahead = x - gradient / lipschitz
-            sizes = torch.zeros(count, dtype=x.dtype).index_add_(0, groups, ahead * ahead).sqrt_()
+            sizes = _group_sizes(ahead, groups, count)
             shrink = (1 - (weights / lipschitz) / sizes.clamp_min(1e-300)).clamp_min(0)
             x = ahead * shrink[groups]
             continue
@@ -201,6 +206,11 @@ def solve_group_quadratic(hessian: Tensor, grad: Tensor, start: Tensor, groups: 
         # the proximal-gradient step from 0 on the block: a descent step off zero
         x[members] = -(float(excess[j]) / max(top, 1e-300)) * at_zero[members] / float(pull[j])
     return x
+
+
+def _group_sizes(x: Tensor, groups: Tensor, count: int) -> Tensor:
+    r"""$‖x_{G_j}‖_2$ for each of the ``count`` groups (``groups[i]``: coordinate i's group)."""
+    return torch.zeros(count, dtype=x.dtype).index_add_(0, groups, x * x).sqrt_()
 
 
 def _largest_eigenvalue(hessian: Tensor, steps: int = 30) -> float:
@@ -236,7 +246,7 @@ def _group_face_newton(hessian: Tensor, grad: Tensor, start: Tensor, x: Tensor, 
         full = x.clone()
         full[face] = z
         d = full - start
-        norms = torch.zeros(count, dtype=z.dtype).index_add_(0, ids, z * z).sqrt_()
+        norms = _group_sizes(z, ids, count)
         return float(d @ (grad + 0.5 * (hessian @ d))) + float((weights * norms).sum())
 
     z = x[face].clone()
@@ -246,7 +256,7 @@ def _group_face_newton(hessian: Tensor, grad: Tensor, start: Tensor, x: Tensor, 
         full = x.clone()
         full[face] = z
         gradient = torch.addmv(grad, hessian, full - start)[face]
-        norms = torch.zeros(count, dtype=z.dtype).index_add_(0, ids, z * z).sqrt_()
+        norms = _group_sizes(z, ids, count)
         if bool((norms[ids] <= 0).any()):
             break  # a group reached 0 on the way: the caller's active set decides
         unit = z / norms[ids]
@@ -333,8 +343,6 @@ def proximal_newton(loss, constraint: Constraint, point: Tensor, target: float) 
     ids = None if signs is not None else constraint.atom_ids(point.numel(), point.device)
     if signs is None and ids is None:
         return None
-    from .optimality import NEWTON_FACE  # (the size up to which a face's Hessian is formed)
-
     lam, nonnegative = float(constraint.strength), signs == "nonnegative"
     theta = point.detach().clone()
     value, grad = loss.value_and_grad(theta)
@@ -379,20 +387,15 @@ def proximal_newton(loss, constraint: Constraint, point: Tensor, target: float) 
             # logistic-L1 at a KKT residual of 1e-7: 1e-17 against an objective of 0.22): Armijo's test
             # only sees rounding there, and backtracked to t = 2e-6 six times. The model's step is
             # taken if the objective does not rise beyond rounding, and the polish ends.
-            trial = theta.clone()
-            trial[candidates] = full
-            trial_value, trial_grad = loss.value_and_grad(trial)
-            trial_objective = float(trial_value) + lam * float(constraint.induced_norm(trial))
+            trial, _, trial_objective = _replaced(loss, constraint, theta, candidates, full)
             if trial_objective <= objective + rounding:
                 theta = trial
             break
         t, accepted = 1.0, False
         for _ in range(_BACKTRACKS):
-            trial = theta.clone()
             # (the full step writes the model's solution itself: its zeros exact, not 0 to rounding)
-            trial[candidates] = full if t == 1.0 else theta[candidates] + t * direction
-            trial_value, trial_grad = loss.value_and_grad(trial)
-            trial_objective = float(trial_value) + lam * float(constraint.induced_norm(trial))
+            trial, trial_grad, trial_objective = _replaced(loss, constraint, theta, candidates,
+                                                            full if t == 1.0 else theta[candidates] + t * direction)
             if trial_objective <= objective + _ARMIJO * t * decrease:
                 accepted = True
                 break
@@ -403,6 +406,14 @@ def proximal_newton(loss, constraint: Constraint, point: Tensor, target: float) 
     return theta
 
 
+def _replaced(loss, constraint: Constraint, theta: Tensor, candidates: Tensor, values: Tensor):
+    """``(θ', ∇loss(θ'), objective at θ')``, θ' being θ with ``values`` on the candidate entries."""
+    trial = theta.clone()
+    trial[candidates] = values
+    value, grad = loss.value_and_grad(trial)
+    return trial, grad, float(value) + float(constraint.strength) * float(constraint.induced_norm(trial))
+
+
 def _local_groups(constraint: Constraint, theta: Tensor, candidates: Tensor, ids: Tensor,
                   lam: float) -> tuple[Tensor, Tensor]:
     """``(groups, weights)`` of the candidate entries for `solve_group_quadratic`: each entry's group
@@ -411,13 +422,13 @@ def _local_groups(constraint: Constraint, theta: Tensor, candidates: Tensor, ids
     chosen = ids[candidates.reshape(-1)]
     unique, local = torch.unique(chosen, return_inverse=True)
     probe = torch.zeros(theta.numel(), dtype=theta.dtype, device=theta.device)
-    first = torch.full((int(ids.max()) + 1,), -1, dtype=torch.long, device=ids.device)
-    first.scatter_reduce_(0, ids, torch.arange(ids.numel(), device=ids.device), reduce="amax", include_self=True)
-    probe[first[unique]] = 1.0
+    member = torch.full((int(ids.max()) + 1,), -1, dtype=torch.long, device=ids.device)  # an entry of each group
+    member.scatter_reduce_(0, ids, torch.arange(ids.numel(), device=ids.device), reduce="amax", include_self=True)
+    probe[member[unique]] = 1.0
     weights = constraint.atoms(probe.view_as(theta)).reshape(-1)[unique]
     return local.cpu(), (lam * weights).to("cpu", torch.float64)
 
 
 def _group_norm(x: Tensor, groups: Tensor, weights: Tensor) -> float:
     r"""$\sum_j w_j ‖x_{G_j}‖_2$."""
-    return float((weights * torch.zeros(weights.numel(), dtype=x.dtype).index_add_(0, groups, x * x).sqrt_()).sum())
+    return float((weights * _group_sizes(x, groups, weights.numel())).sum())

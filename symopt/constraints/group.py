@@ -172,10 +172,7 @@ class GroupSparse(Constraint):
 
     def _group_squares(self, value: Tensor) -> Tensor:
         r"""$‖w_g‖_2^2$ for every group, in group order."""
-        if self.dim is not None:
-            return self._rows(value).square().sum(dim=1)
-        index = self.group_ids(value)
-        return value.new_zeros(int(index.max()) + 1).index_add(0, index, value.reshape(-1).square())
+        return self._group_sums(value.square())
 
     def weighted(self, per_group: Tensor) -> Tensor:
         """``per_group`` times the weights $c_g$ (unchanged without weights)."""
