@@ -75,7 +75,7 @@ class Certifier:
             # Within tolerance, but the tolerance is relative to ‖∇loss(0)‖: on raw columns (scales
             # 1e-3 to 1e3) it passed an atom 25% off its optimal value (a column of scale 1e-2, so
             # a gradient below the target), 1.6e-3 above the optimum's objective (positive Lasso on
-            # raw breast_cancer at 0.01 λ_max). Where proximal Newton applies (an ℓ1 norm on entries) it
+            # raw breast_cancer at 0.01 λ_max). Where proximal Newton applies (an ℓ1 or a group norm) it
             # is cheap and ends on the exact optimum, so the point is finished there.
             polished = polish_on_face(loss, certifying, point, self.tol, 1e-3 * min(kkt, self.target), self.inner,
                                       quick, proximal_newton_only=True)

@@ -75,10 +75,11 @@ def solve(problem: Problem, device=None, dtype=None, method: str = "auto", tol: 
             θ = 0, outside ``result.seconds``.
         polish: after each outer iteration whose KKT residual is above the target, minimise the
             objective on the face of the snapped point (its support, alive groups or rank) in
-            those few smooth coordinates — by proximal Newton where the norm is ℓ1 on entries and the
-            loss gives its curvature (Lasso, logistic-L1: each quadratic model solved by an active
-            set, atoms leaving where they reach 0 and violators joining), else by Newton or L-BFGS on
-            the face — and keep the result
+            those few smooth coordinates — by proximal Newton where the norm is ℓ1 on entries or a
+            norm of coordinate groups and the loss gives its curvature (Lasso, logistic-L1, group and
+            multi-task Lasso: each quadratic model solved by an active set, atoms leaving where their
+            zero is optimal and violators joining), else by Newton or L-BFGS on the face — and keep
+            the result
             if its KKT residual (of the full problem) is smaller (the zeros of DCS arrive only
             geometrically). A kind whose face admits no new atom and whose prox is cheap
             (``Constraint.finishes_by_prox``: the nuclear norm of a matrix up to 512 on its short

@@ -189,7 +189,7 @@ class Descent:
         """The iterations of a run's first outer iteration when it should be shorter than ``inner``
         (None: ``inner``). Where θ is small (at most ``EARLY_ENTRIES`` entries) and the loss gives
         its own curvature, the face polish (a Newton method on the face, proximal Newton for an
-        ℓ1 norm on entries) finds the last atoms and their exact values once the descent has the rough
+        ℓ1 or a group norm) finds the last atoms and their exact values once the descent has the rough
         structure; a few L-BFGS iterations give that, and the other ``inner`` ones before the first
         check were most of a small solve (diabetes Lasso: 20 iterations, then one Newton step
         certified). On wider θ the structure after a few iterations is too rough: the polish
