@@ -187,8 +187,16 @@ def solve_group_quadratic(hessian: Tensor, grad: Tensor, start: Tensor, groups: 
             x = x.masked_fill(leaving[groups], 0.0)
             continue
         if not settled:
-            # A proximal-gradient step on the model (step 1/L): it lowers the model where Newton's
-            # step did not, and puts a group that belongs at 0 there exactly
+            # Newton's step is blocked, most often by a group on its way to 0 (its norm's curvature
+            # w/‖x_G‖ grows without bound): the smallest group is set to 0 where that lowers the
+            # model (a property test found 3 groups taking 219 rounds of proximal steps to drop one);
+            # else a proximal-gradient step on the model (step 1/L) goes on
+            smallest = torch.where(alive, norms, math.inf).argmin()
+            dropped = x.masked_fill(groups == smallest, 0.0)
+            if _group_model(hessian, grad, start, dropped, groups, weights) < \
+                    _group_model(hessian, grad, start, x, groups, weights):
+                x = dropped
+                continue
             if lipschitz is None:
                 lipschitz = _largest_eigenvalue(hessian)
             ahead = x - gradient / lipschitz
@@ -206,6 +214,12 @@ def solve_group_quadratic(hessian: Tensor, grad: Tensor, start: Tensor, groups: 
         # the proximal-gradient step from 0 on the block: a descent step off zero
         x[members] = -(float(excess[j]) / max(top, 1e-300)) * at_zero[members] / float(pull[j])
     return x
+
+
+def _group_model(hessian: Tensor, grad: Tensor, start: Tensor, x: Tensor, groups: Tensor, weights: Tensor) -> float:
+    r"""The group model $g^\top d + \tfrac12 d^\top H d + \sum_j w_j ‖x_{G_j}‖_2$, $d = x - x_0$."""
+    d = x - start
+    return float(d @ (grad + 0.5 * (hessian @ d))) + _group_norm(x, groups, weights)
 
 
 def _group_sizes(x: Tensor, groups: Tensor, count: int) -> Tensor:
