@@ -41,8 +41,7 @@ def test_every_point_is_certified():
 
 
 def test_warm_started_points_are_the_cold_solutions():
-    """Warm starts change where each solve begins, never where it ends. (They do not make this
-    path faster yet: a solve's fixed cost dominates; benchmarks/RESULTS.md.)"""
+    """Warm starts change where each solve begins, never where it ends."""
     problem = make_lasso(n=200, d=1200, nonzeros=10, seed=3)  # d ≥ 1000: working sets, opened by the start
     grid = problem.strength_max() * np.geomspace(1, 0.05, 6)
     warm = symopt.path(problem, grid)
@@ -50,6 +49,36 @@ def test_warm_started_points_are_the_cold_solutions():
     assert [r.objective for r in warm] == pytest.approx([r.objective for r in cold], rel=1e-9)
     assert [r.status for r in warm] == ["optimal"] * 6
     assert "λ_max" in warm[0].message  # θ = 0 at λ_max, exactly, without a descent
+
+
+_LEAN = "proximal Newton from the previous point"
+
+
+@pytest.mark.parametrize("family", ["lasso raw", "lasso positive", "logistic", "group"])
+def test_lean_points_end_where_full_solves_end(family):
+    """A warm-started point finished by proximal Newton alone (`paths._LeanPoints`) is the point a
+    warm-started `solve` certifies: the same objective and support along the whole path, on raw
+    columns (scales 1e-3 to 1e3) too. ``polish=True`` is not a neutral option, so it takes `solve`."""
+    X, y = load_breast_cancer(return_X_y=True)
+    Xs = (X - X.mean(0)) / X.std(0)
+    problem = {"lasso raw": lambda: lasso(X, y.astype(float), 1.0, fit_intercept=True),
+               "lasso positive": lambda: lasso(X, y.astype(float), 1.0, positive=True),
+               "logistic": lambda: logistic_l1(Xs, y.astype(float), 1.0, fit_intercept=True),
+               "group": lambda: group_lasso(Xs, y.astype(float), [list(range(i, i + 3)) for i in range(0, 30, 3)],
+                                            1.0)}[family]()
+    lean = symopt.path(problem, n_strengths=12, eps=1e-3)
+    full = symopt.path(problem, n_strengths=12, eps=1e-3, polish=True)
+    assert set(lean.statuses) == set(full.statuses) == {"optimal"}
+    assert sum(_LEAN in r.message for r in lean) >= 8 and not any(_LEAN in r.message for r in full)
+    assert [r.objective for r in lean] == pytest.approx([r.objective for r in full], rel=1e-9, abs=1e-12)
+    assert lean.nonzeros == full.nonzeros
+    assert all(c.optimal for c in lean.certificates())
+
+
+def test_kinds_proximal_newton_does_not_serve_take_the_full_solve():
+    from symopt.problems import make_matrix_completion
+    path = symopt.path(make_matrix_completion(m=30, n=20, rank=2, seed=0), n_strengths=4, eps=0.1)
+    assert set(path.statuses) == {"optimal"} and not any(_LEAN in r.message for r in path)
 
 
 def test_group_and_budget_problems_walk_too():

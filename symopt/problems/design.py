@@ -4,7 +4,10 @@ torch multiplies a CSR matrix by a vector at the speed of its stored entries, bu
 CSR matrix is a CSC view whose product runs ~100× slower on CPU (measured: 14 ms against 0.13 ms
 for a 2000×20000 design with 4e5 entries). Autograd's backward of ``X @ θ`` is exactly that
 product, $X^\top r$. So for a CSR ``X`` the product goes through `matvec`, whose backward multiplies
-by a CSR copy of $X^\top$, built once per tensor and kept on it. A dense ``X`` is left to torch.
+by a CSR copy of $X^\top$, built once per tensor and kept on it.
+
+A dense ``X`` is left to torch, but for ``X @ θ`` with few non-zeros in θ (a Lasso's iterate, a
+path's point), which reads only the columns of θ's support.
 """
 
 from __future__ import annotations
@@ -52,6 +55,20 @@ class _CsrProduct(torch.autograd.Function):
         return None, _csr_transpose(ctx.X) @ grad
 
 
+# ``X @ θ`` through θ's support (dense X on the CPU, no gradient asked for) when the support is at
+# most this share of θ and, for a row-major X, at most SPARSE_PRODUCT_COLUMNS columns: gathering a
+# column of a row-major X touches a cache line per row. Measured on a 500×2000 design (loops of
+# 300 products): full product 190–210 µs; row-major selection 31 / 77 / 153 / 259 µs at 5 / 20 / 50 /
+# 100 non-zeros; column-major 21 / 30 / 34 / 74 µs (92 at 250). Inside a solve, where other work
+# evicts X from the cache between products, the full row-major product took 0.4 ms.
+SPARSE_PRODUCT_SHARE = 0.125
+SPARSE_PRODUCT_COLUMNS = 48
+
+
+def _is_column_major(X: Tensor) -> bool:
+    return X.stride(0) == 1 and (X.shape[1] <= 1 or X.stride(1) == X.shape[0])
+
+
 def matvec(X: Tensor, theta: Tensor) -> Tensor:
     """``X @ θ`` (θ a vector or a matrix), differentiable in θ; for a CSR ``X`` its backward avoids
     torch's slow transposed-CSR product.
@@ -66,6 +83,15 @@ def matvec(X: Tensor, theta: Tensor) -> Tensor:
     """
     if X.layout == torch.sparse_csr:
         return _CsrProduct.apply(X, theta)
+    if (theta.dim() == 1 and X.dim() == 2 and X.device.type == "cpu" and X.shape[1] >= 64
+            and not (theta.requires_grad and torch.is_grad_enabled())):
+        # (autograd would need Xᵀg on every entry, not only the support's: never with a gradient)
+        support = theta.nonzero().squeeze(1)
+        if support.numel() <= SPARSE_PRODUCT_SHARE * theta.numel():
+            if _is_column_major(X):  # (whole columns are contiguous rows of Xᵀ)
+                return theta.index_select(0, support) @ X.t().index_select(0, support)
+            if support.numel() <= SPARSE_PRODUCT_COLUMNS:
+                return X.index_select(1, support) @ theta.index_select(0, support)
     return X @ theta
 
 
@@ -94,7 +120,9 @@ def columns(X: Tensor, index: Tensor) -> Tensor:
         [[5.0, 0.0], [6.0, 1.0]]
     """
     if X.layout != torch.sparse_csr:
-        return X.index_select(1, index)
+        # (column-major: whole columns are contiguous rows of Xᵀ; index_select(1) of a column-major
+        # tensor gathers entry by entry, 3.4 ms against 0.03 ms for 50 columns of 500×2000, measured)
+        return X.t().index_select(0, index).t() if _is_column_major(X) else X.index_select(1, index)
     rows = _csr_transpose(X)  # (d, n): the columns of X are its rows
     crow, cols, values = rows.crow_indices(), rows.col_indices(), rows.values()
     first, lengths = crow[index], crow[index + 1] - crow[index]
