@@ -19,6 +19,7 @@ from .problems.base import Evaluations
 from .proximal_newton import proximal_newton
 from .result import Result
 from .solver import solve
+from .solver.dcs import zero_if_optimal
 
 _OK = ("optimal", "stalled")  # points a warm start may come from
 
@@ -147,7 +148,7 @@ def path(problem: Problem, strengths: Sequence[float] | Tensor | np.ndarray | No
         point = problem.at_strength(lam)
         point.evaluations = evaluations
         result = None
-        if start is not None and lean is not None:
+        if lean is not None:
             result = lean.solve(point, start)
         if result is None:
             result = solve(point, start=start, **solve_options)
@@ -170,7 +171,8 @@ class _LeanPoints:
     directly and its point is certified by the same rule, the KKT residual of the full problem at
     most ``tol`` × ‖∇loss(0)‖ (the loss does not depend on λ, so that scale is computed once);
     a point it does not certify (proximal Newton does not apply, or stops short) goes to
-    `symopt.solve` from the same start, as before.
+    `symopt.solve` from the same start, as before. The path's first point starts from θ = 0, after
+    the same exact check of λ ≥ λ_max that `solve` makes.
     """
 
     # The options under which a solve on the CPU in float64 with the polish on is what `solve` would
@@ -179,7 +181,7 @@ class _LeanPoints:
 
     def __init__(self, tol: float) -> None:
         self.tol = tol
-        self.scale: float | None = None
+        self.scale: float | None = None  # ‖∇loss(0)‖, the scale of the relative tolerance
 
     @classmethod
     def applies(cls, solve_options: dict) -> "_LeanPoints | None":
@@ -190,8 +192,9 @@ class _LeanPoints:
             return None  # (solve names the bad option)
         return cls(float(tol))
 
-    def solve(self, point: Problem, start: Tensor) -> Result | None:
-        """The certified point at ``point``'s λ from ``start``, or None (then `symopt.solve` runs)."""
+    def solve(self, point: Problem, start: Tensor | None) -> Result | None:
+        """The certified point at ``point``'s λ from ``start`` (None: θ = 0, the path's first point),
+        or None (then `symopt.solve` runs)."""
         began = time.perf_counter()
         constraint = point.constraint()
         if constraint.budget is not None or constraint.linear or not point.penalized or constraint.strength is None:
@@ -200,7 +203,15 @@ class _LeanPoints:
         loss = point.bind(point.data_on(torch.device("cpu"), torch.float64))
         if loss.value_and_grad is None or loss.curvature is None:
             return None
-        start = start.detach().to("cpu", torch.float64)
+        if start is None:
+            # θ = 0 where it is exactly optimal (λ ≥ λ_max), checked as `solve` checks it: its zeros
+            # are exact there, where a model's step could leave an atom of 1e-17 at λ = λ_max
+            zero, _ = zero_if_optimal(point, constraint, torch.device("cpu"), "auto")
+            if zero is not None:
+                return zero
+            start, origin = torch.zeros(point.shape, dtype=torch.float64), "θ = 0"
+        else:
+            start, origin = start.detach().to("cpu", torch.float64), "the previous point of the path"
         try:
             if self.scale is None:
                 _, grad0 = loss.value_and_grad(torch.zeros_like(start))
@@ -222,8 +233,8 @@ class _LeanPoints:
         seconds = time.perf_counter() - began
         return Result.from_point(point, theta, solver="dcs", status="optimal", seconds=seconds,
                                  history=[(seconds, objective, kkt)], device="cpu",
-                                 message="KKT residual below tolerance after proximal Newton from the previous "
-                                         "point of the path (no descent)",
+                                 message=f"KKT residual below tolerance after proximal Newton from {origin} "
+                                         "(no descent)",
                                  strength=constraint.strength, objective=objective, constraint=constraint)
 
 

@@ -51,7 +51,7 @@ def test_warm_started_points_are_the_cold_solutions():
     assert "λ_max" in warm[0].message  # θ = 0 at λ_max, exactly, without a descent
 
 
-_LEAN = "proximal Newton from the previous point"
+_LEAN = "after proximal Newton from"
 
 
 @pytest.mark.parametrize("family", ["lasso raw", "lasso positive", "logistic", "group"])

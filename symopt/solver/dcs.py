@@ -141,7 +141,7 @@ def solve(problem: Problem, device=None, dtype=None, method: str = "auto", tol: 
     constraint = problem.constraint()
     grad64 = None  # ∇loss(0) in float64, when the λ_max check computed it (the working sets reuse it)
     if start is None:
-        zero, grad64 = _zero_if_optimal(problem, constraint, device, method)
+        zero, grad64 = zero_if_optimal(problem, constraint, device, method)
         if zero is not None:
             return zero
     if working_set is not False:
@@ -209,7 +209,7 @@ def solve(problem: Problem, device=None, dtype=None, method: str = "auto", tol: 
     )
 
 
-def _zero_if_optimal(problem: Problem, constraint: Constraint, device,
+def zero_if_optimal(problem: Problem, constraint: Constraint, device,
                      method: str) -> tuple[Result | None, torch.Tensor | None]:
     """θ = 0 when it is the exact optimum: a penalised problem at λ ≥ ‖∇loss(0)‖_* (λ_max). Checked in
     float64 before any descent, because there the descent cannot be exact: its iterates start off 0
