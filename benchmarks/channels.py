@@ -16,6 +16,10 @@ Rows:
   max_groups=k, total_steps=N)`` for each conv (one gate per channel across its four tensors), coupled
   decay through ``symopt.param_groups``: the budget's cubic schedule from 10% to 75%, the landing, then
   fine-tuning; ``symopt.export(mode="compressed")`` removes the landed channels.
+* ``symopt (compact)``: the same budgets, but at the first epoch after the landing the model is
+  exported (``mode="compressed"``) and the rest of training fine-tunes that small model's plain
+  weights with a fresh Adam, as Torch-Pruning's recipe trains its pruned model: after the landing the
+  factors serve nothing (the structure is final, λ is 0), and the small model is cheaper to train.
 * with ``--global``, two more rows per fraction, one budget over both convs' 96 channels:
   ``torch-pruning (global)`` (the same pruner with ``global_pruning=True``; its L2 importance is
   normalised by each group's mean, its default, so layers of different scales compare) and
@@ -36,6 +40,7 @@ import torch
 from torch import nn
 
 import symopt
+from symopt.attach import list_constraints as symopt_constraints
 
 from .compression import chosen, wants_dense, batches, data, over_seeds, training_arguments
 
@@ -67,10 +72,12 @@ def train(method: str, remove: float, seed: int, epochs: int, batch: int = 64):
     steps = epochs * math.ceil(len(Xtr) / batch)
     pruner = None
     layers = [[f"{conv}.weight", f"{conv}.bias", f"{bn}.weight", f"{bn}.bias"] for conv, bn in CONVS]
-    if method == "symopt":
+    handles = []
+    if method in ("symopt", "symopt (compact)"):
         for names, (conv, _) in zip(layers, CONVS):
             channels = model.get_submodule(conv).out_channels
-            symopt.group_sparse(model, names, max_groups=round((1 - remove) * channels), total_steps=steps)
+            handles.append(symopt.group_sparse(model, names, max_groups=round((1 - remove) * channels),
+                                               total_steps=steps))
     if method == "symopt (global)":
         channels = sum(model.get_submodule(conv).out_channels for conv, _ in CONVS)
         symopt.group_sparse(model, layers, max_groups=round((1 - remove) * channels), total_steps=steps)
@@ -93,13 +100,22 @@ def train(method: str, remove: float, seed: int, epochs: int, batch: int = 64):
         if pruner is not None and first <= epoch < last:
             pruner.step()
             opt = make_opt()
+        if method == "symopt (compact)" and handles and all(h.constraint.policy.has_landed() for h in handles):
+            # landed: the compact model fine-tunes as Torch-Pruning's does, plain weights, a fresh Adam
+            model.eval()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                model = symopt.export(model, mode="compressed", example_input=Xte[:4])
+            handles = []
+            make_opt = lambda: torch.optim.Adam(model.parameters(), lr=1e-3)  # noqa: E731
+            opt = make_opt()
         model.train()
         for index in batches(len(Xtr), batch, gen):
             opt.zero_grad()
             loss_fn(model(Xtr[index]), ytr[index]).backward()
             opt.step()
     seconds = time.process_time() - start
-    if method.startswith("symopt"):
+    if method.startswith("symopt") and symopt_constraints(model):  # (compact: exported at the landing)
         model.eval()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the per-layer notes of what stays dense
@@ -119,7 +135,7 @@ def main(argv=None) -> list:
     print(f"digits CNN (32, 64 channels, BatchNorm, max-pool), Adam lr 1e-3, batch 64, {args.epochs} epochs, "
           f"{args.seeds} seeds; torch {torch.__version__}, {torch.get_num_threads()} threads\n")
     print(f"{'method':22s} {'removed':>7s} {'test accuracy':>17s} {'channels':>9s} {'params':>7s} {'CPU s':>6s}")
-    methods = ("torch-pruning", "symopt") + (("torch-pruning (global)", "symopt (global)") if args.global_budget else ())
+    methods = ("torch-pruning", "symopt", "symopt (compact)") + (("torch-pruning (global)", "symopt (global)") if args.global_budget else ())
     methods = chosen(args, methods)
     runs = [("dense", 0.0)] * wants_dense(args) + [(m, r) for r in args.remove for m in methods]
     table = []

@@ -118,9 +118,11 @@ def test_channels_quick(capsys):
     pytest.importorskip("torch_pruning")
     from benchmarks import channels
     table = channels.main(["--quick", "--global"])
-    assert [row[0] for row in table] == ["dense", "torch-pruning", "symopt", "torch-pruning (global)", "symopt (global)"]
-    assert table[1][4] == table[2][4] == (16, 32) and table[1][5] == table[2][5]  # same channels, same size
-    assert sum(table[3][4]) == sum(table[4][4]) == 48 and min(table[4][4]) >= 1  # one budget over both convs
+    assert [row[0] for row in table] == ["dense", "torch-pruning", "symopt", "symopt (compact)",
+                                         "torch-pruning (global)", "symopt (global)"]
+    assert table[1][4] == table[2][4] == table[3][4] == (16, 32)  # same channels, same size
+    assert table[1][5] == table[2][5] == table[3][5]
+    assert sum(table[4][4]) == sum(table[5][4]) == 48 and min(table[5][4]) >= 1  # one budget over both convs
     assert "test accuracy" in capsys.readouterr().out
 
 

@@ -181,6 +181,38 @@ def test_a_channel_budget_over_four_tensors_lands_and_export_removes_the_rest(op
     assert torch.allclose(small(X[:8]), reference, atol=1e-5)
 
 
+def test_a_model_exported_at_the_landing_fine_tunes_as_a_plain_small_model():
+    """The recipe of `benchmarks.channels`' "symopt (compact)" row: once the budget has landed, the
+    compressed export is the final structure, with the trained model's outputs, plain parameters
+    (no parametrization left) and BatchNorm that still trains; the last quarter fine-tunes it with a
+    fresh optimizer, and its channel count cannot change."""
+    torch.manual_seed(0)
+    net = _cnn()
+    steps = 80
+    handle = symopt.group_sparse(net, CHANNEL, max_groups=6, total_steps=steps)
+    X, y = torch.randn(96, 1, 8, 8), torch.randint(0, 3, (96,))
+    cross_entropy_training(net, X, y, round(0.75 * steps) + 1)
+    assert handle.constraint.policy.has_landed()
+    net.eval()
+    reference = net(X).detach()
+    small = symopt.export(net, mode="compressed", example_input=X[:4])
+    assert torch.allclose(small(X), reference, atol=1e-5)
+    assert not symopt.list_constraints(small) and small[0].out_channels == 6
+    assert all(type(p) is nn.Parameter for p in small.parameters())
+    exported_mean = small[1].running_mean.clone()
+    small.train()
+    opt = torch.optim.Adam(small.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(20):
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(small(X), y)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    assert losses[-1] < losses[0] and small[0].out_channels == 6 and small[1].num_features == 6
+    assert not torch.equal(small[1].running_mean, exported_mean)  # BatchNorm still trains
+
+
 def test_a_channel_budget_without_total_steps_adapts_and_finalizes():
     torch.manual_seed(0)
     net = _cnn()
