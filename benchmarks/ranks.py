@@ -12,6 +12,9 @@ weight matrices (256×64 and 256×256) held to rank ``r``, the same number of ep
 * ``symopt``: ``symopt.low_rank(model, name, target_rank=r, total_steps=N)`` on each hidden layer,
   decay through ``symopt.param_groups``: no decay for 10% of the steps, the rank budget on the cubic
   schedule to 75%, the landing (the dropped directions' factor columns exactly 0), fine-tuning.
+* ``symopt (compact)``: the same budgets; at the first epoch after the landing the model is exported
+  (``mode="compressed"``: each hidden layer becomes two Linear factors of rank r) and fine-tuned with
+  plain weights and a fresh Adam, as the truncated SVD recipe fine-tunes its factors.
 * with ``--global``, the same total rank ``2r`` shared by the two layers as the spectra decide:
   ``truncated SVD (global)`` keeps the ``2r`` largest singular values of both layers together, each
   over its layer's Frobenius norm (each layer at least one), at the switch; ``symopt (global)`` is
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 
 import torch
 from torch import nn
@@ -71,9 +75,10 @@ def train(method: str, rank: int, seed: int, epochs: int, batch: int = 64):
     Xtr, ytr, Xte, yte = data(seed)
     model = mlp(seed)
     steps = epochs * math.ceil(len(Xtr) / batch)
-    if method == "symopt":
+    handles = []
+    if method in ("symopt", "symopt (compact)"):
         for name in HIDDEN:
-            symopt.low_rank(model, f"{name}.weight", target_rank=rank, total_steps=steps)
+            handles.append(symopt.low_rank(model, f"{name}.weight", target_rank=rank, total_steps=steps))
     if method == "symopt (global)":
         symopt.low_rank(model, [f"{name}.weight" for name in HIDDEN], target_rank=len(HIDDEN) * rank, total_steps=steps)
     if method.startswith("symopt"):
@@ -90,12 +95,20 @@ def train(method: str, rank: int, seed: int, epochs: int, batch: int = 64):
             for name, r in zip(HIDDEN, ranks):
                 setattr(model, name, _factorised(model.get_submodule(name), r))
             opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        if method.endswith("(compact)") and handles and all(h.constraint.policy.has_landed() for h in handles):
+            # landed: the exported model (each layer two Linear factors of rank r) fine-tunes with plain
+            # weights and a fresh Adam, as the truncated SVD recipe's does
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                model = symopt.export(model, mode="compressed", example_input=Xte[:4])
+            handles = []
+            opt = torch.optim.Adam(model.parameters(), lr=1e-3)
         for index in batches(len(Xtr), batch, gen):
             opt.zero_grad()
             loss_fn(model(Xtr[index]), ytr[index]).backward()
             opt.step()
     seconds = time.process_time() - start
-    if method.startswith("symopt"):
+    if method.startswith("symopt") and symopt.list_constraints(model):
         symopt.finalize(model)  # default tol: the landing made the rank exact
     return accuracy(model, Xte, yte), tuple(_rank(model, name) for name in HIDDEN), seconds
 
@@ -110,7 +123,7 @@ def main(argv=None) -> list:
     print(f"digits MLP 64-256-256-10, hidden layers at rank r, Adam lr 1e-3, batch 64, {args.epochs} epochs, "
           f"{args.seeds} seeds; torch {torch.__version__}, {torch.get_num_threads()} threads\n")
     print(f"{'method':22s} {'rank':>4s} {'test accuracy':>17s} {'ranks':>8s} {'CPU s':>6s}")
-    methods = ("truncated SVD", "symopt") + (("truncated SVD (global)", "symopt (global)") if args.global_budget else ())
+    methods = ("truncated SVD", "symopt", "symopt (compact)") + (("truncated SVD (global)", "symopt (global)") if args.global_budget else ())
     methods = chosen(args, methods)
     runs = [("dense", 0)] * wants_dense(args) + [(m, r) for r in args.ranks for m in methods]
     table = []
