@@ -95,11 +95,17 @@ def path(problem: Problem, strengths: Sequence[float] | Tensor | np.ndarray | No
     r"""Solve ``problem`` along a decreasing sequence of strengths, warm starting each solve from the
     previous answer.
 
-    Every solve is [`symopt.solve`][symopt.solve] of ``problem.at_strength(λ)`` with ``start=`` the
-    previous point: near each other on the path, solutions share most of their support, so a warm
-    start begins on the right face, and the working sets of the separable families (Lasso,
-    logistic-L1, group lasso) open with that support plus the atoms whose gradient most exceeds
-    the new λ — a screening rule that needs no safe bound.
+    Each point is ``problem.at_strength(λ)`` started from the previous point: near each other on the
+    path, solutions share most of their support, so a warm start begins on the right face. Where the
+    norm is ℓ1 on entries or a norm of coordinate groups and the loss gives its curvature (Lasso,
+    logistic-L1, elastic net, group and multi-task Lasso), proximal Newton from that start
+    (`symopt.proximal_newton`: its models take the support plus the atoms whose gradient exceeds the
+    new λ) finishes the point alone, certified as `symopt.solve` certifies (KKT residual ≤ ``tol`` ×
+    ‖∇loss(0)‖); otherwise, or where that does not certify, or with options other than ``tol``,
+    ``max_iter``, ``inner``, ``history_size``, ``max_rounds`` and ``working_set`` (a device, float32,
+    ``polish=False``, ...), the point is [`symopt.solve`][symopt.solve] with ``start=`` the previous
+    point, whose working sets open with the same support and violators — a screening rule that needs
+    no safe bound.
 
     Args:
         problem: a problem with ``at_strength`` (every penalised family: lasso, logistic_l1,
