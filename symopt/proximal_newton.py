@@ -141,7 +141,8 @@ def _face_step(block: Tensor, residual: Tensor, tol: float) -> tuple[Tensor, boo
 
 
 def solve_group_quadratic(hessian: Tensor, grad: Tensor, start: Tensor, groups: Tensor, weights: Tensor,
-                          tol: float = 0.0, max_rounds: int | None = None) -> Tensor:
+                          tol: float = 0.0, max_rounds: int | None = None,
+                          row_block: tuple[Tensor, int] | None = None) -> Tensor:
     r"""$\arg\min_x g^\top (x - x_0) + \tfrac12 (x - x_0)^\top H (x - x_0) + \sum_j w_j ‖x_{G_j}‖_2$ (the
     group lasso's model; ``groups[i]`` is coordinate i's group j, ``weights[j]`` its $w_j = λ c_j$) by
     an active set on groups. On the face of the non-zero groups the objective is smooth, and damped
@@ -153,6 +154,13 @@ def solve_group_quadratic(hessian: Tensor, grad: Tensor, start: Tensor, groups: 
     proximal-gradient step on the model goes on; at the face's optimum the zero group that violates
     most ($‖∇_{G_j}‖ > w_j$) joins at a proximal-gradient step from 0 on its block; none: the optimum
     (to ``tol``). At most ``max_rounds`` rounds (default ``20·groups + 60``); the last point is returned.
+
+    ``row_block = (B, T)`` says that $H = B ⊗ I_T$: the coordinates are the rows of a matrix with T
+    columns, row by row, each row one group, and the targets do not interact (the multi-task
+    Lasso's least squares). A Newton step on r rows then solves $(B + S) D - S\,\mathrm{diag}(c)\,U = -R$
+    ($S$ the rows' $w_j/‖x_j‖$, $U$ their unit rows, $c_j = u_j^\top d_j$) by one r × r Cholesky
+    factorisation and one r × r solve for $c$, instead of factoring the rT × rT matrix (64 × 64 against
+    640 × 640 for ten targets on digits).
 
     Examples:
         >>> import torch
@@ -175,7 +183,7 @@ def solve_group_quadratic(hessian: Tensor, grad: Tensor, start: Tensor, groups: 
             # a few Newton steps, then the leaving test: a group on its way to 0 makes the face
             # ill-conditioned (its norm's curvature is w/‖x_G‖), and Newton alone would crawl there
             x, settled = _group_face_newton(hessian, grad, start, x, alive[groups], groups, weights, same, tol,
-                                            steps=3)
+                                            steps=3, row_block=row_block)
             norms = _group_sizes(x, groups, count)
             alive = norms > 0
         gradient = torch.addmv(grad, hessian, x - start)
@@ -246,15 +254,17 @@ def _largest_eigenvalue(hessian: Tensor, steps: int = 30) -> float:
 
 
 def _group_face_newton(hessian: Tensor, grad: Tensor, start: Tensor, x: Tensor, free: Tensor, groups: Tensor,
-                       weights: Tensor, same: Tensor, tol: float, steps: int = 50) -> tuple[Tensor, bool]:
+                       weights: Tensor, same: Tensor, tol: float, steps: int = 50,
+                       row_block: tuple[Tensor, int] | None = None) -> tuple[Tensor, bool]:
     """Damped Newton on the face of the non-zero groups (``free``: their coordinates) of the group
     lasso's model: ``(x with the face's coordinates moved, settled)``, settled when the face's gradient
-    is below ``tol`` or a step lowers the model only by its rounding (the others untouched)."""
+    is below ``tol`` or a step lowers the model only by its rounding (the others untouched). With
+    ``row_block`` (see `solve_group_quadratic`) the steps use $H = B ⊗ I_T$ (`_row_block_step`)."""
     face = free.nonzero().squeeze(1)
     ids = groups[face]
-    pairs = same[face][:, face].nonzero(as_tuple=True)  # (i, j) of the face in one group
-    block = hessian[face][:, face]
     count = weights.numel()
+    face_block = _face_row_block(face, row_block)
+    dense: tuple[Tensor, Tensor] | None = None  # (H on the face, its same-group pairs), built when needed
 
     def value(z: Tensor) -> float:
         full = x.clone()
@@ -282,10 +292,16 @@ def _group_face_newton(hessian: Tensor, grad: Tensor, start: Tensor, x: Tensor, 
         # H + the norm's Hessian w_j (I - u u^T) / ‖z_j‖ on each group's block: written into a copy of H
         # on the diagonal and the same-group pairs only (dense products with the pattern were most of a
         # step on the 640-coordinate face of a ten-target Lasso)
-        curvature = block.clone()
-        curvature.diagonal().add_(scale)
-        curvature.index_put_(pairs, -(scale[pairs[0]] * unit[pairs[0]] * unit[pairs[1]]), accumulate=True)
-        step, level = _face_step(curvature, residual, tol)
+        step = None if face_block is None else _row_block_step(face_block, scale, unit, residual)
+        level = False
+        if step is None:
+            if dense is None:
+                dense = (hessian[face][:, face], same[face][:, face].nonzero(as_tuple=True))
+            block, pairs = dense  # (pairs: (i, j) of the face in one group)
+            curvature = block.clone()
+            curvature.diagonal().add_(scale)
+            curvature.index_put_(pairs, -(scale[pairs[0]] * unit[pairs[0]] * unit[pairs[1]]), accumulate=True)
+            step, level = _face_step(curvature, residual, tol)
         slope = float(step @ residual)
         if not slope < 0:
             break  # no descent direction from the face's curvature: the caller's proximal step goes on
@@ -315,6 +331,51 @@ def _group_face_newton(hessian: Tensor, grad: Tensor, start: Tensor, x: Tensor, 
     out = x.clone()
     out[face] = z
     return out, settled
+
+
+def _face_row_block(face: Tensor, row_block: tuple[Tensor, int] | None) -> tuple[Tensor, int] | None:
+    """``(B on the face's rows, T)`` where the face is whole rows of T coordinates each (as a group
+    model's face of row groups is), else None."""
+    if row_block is None:
+        return None
+    block, tasks = row_block
+    if face.numel() == 0 or face.numel() % tasks:
+        return None
+    rows = face.view(-1, tasks)
+    first = rows[:, :1]
+    if not (bool((first % tasks == 0).all())
+            and torch.equal(rows - first, torch.arange(tasks).expand_as(rows))):
+        return None
+    index = first.squeeze(1) // tasks
+    return block.index_select(0, index).index_select(1, index), tasks
+
+
+def _row_block_step(face_block: tuple[Tensor, int], scale: Tensor, unit: Tensor, residual: Tensor) -> Tensor | None:
+    r"""Newton's step $-(B ⊗ I_T + \mathrm{blockdiag}_j\, s_j (I - u_j u_j^\top))^{-1} r$ on r whole rows, or
+    None where $B + S$ is not positive definite or the step does not solve the system to 1e-6 of
+    ``r`` (a singular face: the caller then factors the whole face, which handles it). With $M = B + S$: $D = M^{-1}(-R) + M^{-1} S\,\mathrm{diag}(c)\,U$, and
+    $c_j = u_j^\top d_j$ solves $(I - (M^{-1} S) ∘ (U U^\top))\,c = \mathrm{rowdot}(M^{-1}(-R), U)$."""
+    block, tasks = face_block
+    rows = block.shape[0]
+    s = scale.view(rows, tasks)[:, 0]  # (the norm's curvature is one number per row)
+    U, R = unit.view(rows, tasks), residual.view(rows, tasks)
+    factor, info = torch.linalg.cholesky_ex(block + torch.diag(s))
+    if int(info):
+        return None
+    free_part = torch.cholesky_solve(-R, factor)
+    coupling = torch.cholesky_solve(torch.diag(s), factor)  # M⁻¹ S
+    system = torch.eye(rows, dtype=block.dtype) - coupling * (U @ U.mT)
+    c, info = torch.linalg.solve_ex(system, (free_part * U).sum(1))
+    if int(info):
+        return None
+    D = free_part + coupling @ (c[:, None] * U)
+    # The system is solved only as well as it is conditioned (singular where B is and a row's unit
+    # direction is free of S: one target, or a flat row): the step is checked on the operator itself,
+    # cheap in this form, and the caller factors the whole face where it falls short.
+    applied = block @ D + s[:, None] * (D - (D * U).sum(1, keepdim=True) * U)
+    if not float((applied + R).norm()) <= 1e-6 * float(R.norm()):
+        return None
+    return D.reshape(-1)
 
 
 def _candidates(constraint: Constraint, theta: Tensor, grad: Tensor, lam: float, limit: int,
@@ -389,7 +450,7 @@ def proximal_newton(loss, constraint: Constraint, point: Tensor, target: float) 
         else:
             groups, weights = _local_groups(constraint, theta, candidates, ids, lam)
             x = solve_group_quadratic(hessian.to("cpu", torch.float64), local, start, groups, weights,
-                                      0.01 * tolerance)
+                                      0.01 * tolerance, row_block=_row_block(loss, theta, candidates, groups))
         move = x - start
         if signs is not None:  # (the ℓ1 norm: its change on the candidates directly)
             change = lam * (float(x.abs().sum()) - float(start.abs().sum()))
@@ -423,6 +484,20 @@ def proximal_newton(loss, constraint: Constraint, point: Tensor, target: float) 
             break
         theta, grad, objective = trial, trial_grad, trial_objective
     return theta
+
+
+def _row_block(loss, theta: Tensor, candidates: Tensor, groups: Tensor) -> tuple[Tensor, int] | None:
+    """``(B, T)`` with the loss's curvature on the candidates $B ⊗ I_T$ (`DataTerm.target_block`: several
+    least-squares targets), where the candidates are whole rows of θ and each row is one group; else None."""
+    answer = getattr(loss, "target_block", None)
+    if answer is None or theta.dim() != 2:
+        return None
+    tasks = theta.shape[1]
+    if groups.numel() % tasks or not torch.equal(groups.view(-1, tasks),
+                                                   groups.view(-1, tasks)[:, :1].expand(-1, tasks)):
+        return None
+    block = answer(theta, candidates)
+    return None if block is None else (block.to("cpu", torch.float64), tasks)
 
 
 def _replaced(loss, constraint: Constraint, theta: Tensor, candidates: Tensor, values: Tensor):

@@ -196,6 +196,8 @@ class BoundLoss:
             self.remembered = lambda theta: memo.recall(theta, loss)
         second = getattr(loss, "curvature", None)
         self.curvature = None if second is None else (lambda theta, mask: second(theta, mask, **data))
+        rows = getattr(loss, "target_block", None)  # (several least-squares targets: the curvature's B ⊗ I_T)
+        self.target_block = None if rows is None else (lambda theta, mask: rows(theta, mask, **data))
 
     def __call__(self, theta: Tensor) -> Tensor:
         return self.loss(theta, **self.data)

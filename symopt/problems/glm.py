@@ -219,6 +219,28 @@ class DataTerm:
             hessian = hessian + self.ridge * torch.eye(len(index), dtype=hessian.dtype, device=hessian.device)
         return hessian
 
+    def target_block(self, theta: Tensor, mask: Tensor, X: Tensor, y: Tensor,
+                     weights: Tensor | None = None) -> Tensor | None:
+        r"""For a matrix θ (one column per target) with a constant $f''$ and a ``mask`` of whole rows: the
+        rows' block $B$ with `curvature` $= B ⊗ I_T$ on the mask's entries (row by row): the targets
+        do not interact and share it. None otherwise. The group model's Newton steps factor $B$
+        instead of the whole face (`symopt.proximal_newton`).
+
+        Examples:
+            >>> import torch
+            >>> X = torch.tensor([[1.0, 0.0], [1.0, 2.0]], dtype=torch.float64)
+            >>> term, theta = DataTerm(SquaredError()), torch.zeros(2, 3, dtype=torch.float64)
+            >>> mask = torch.tensor([[True] * 3, [False] * 3])
+            >>> term.target_block(theta, mask, X, torch.zeros(2, 3, dtype=torch.float64)).tolist()   # XᵀX/n, row 0
+            [[1.0]]
+        """
+        if theta.dim() != 2 or not getattr(self.fit, "constant_second", False):
+            return None
+        on_rows = mask.any(1)
+        if not torch.equal(mask, on_rows[:, None].expand_as(mask)):
+            return None
+        return self.curvature(theta.new_zeros(theta.shape[0]), on_rows, X, y[:, 0], weights)
+
     def _gram(self, X: Tensor, weights: Tensor | None) -> Tensor | None:
         r"""The data term's Hessian on every coordinate, $X^\top X / n$ (centred with an intercept), where it
         is constant and cheap to hold: least squares without weights on a small dense design
