@@ -40,7 +40,6 @@ import torch
 from torch import nn
 
 import symopt
-from symopt.attach import list_constraints as symopt_constraints
 
 from .compression import chosen, wants_dense, batches, data, over_seeds, training_arguments
 
@@ -115,7 +114,7 @@ def train(method: str, remove: float, seed: int, epochs: int, batch: int = 64):
             loss_fn(model(Xtr[index]), ytr[index]).backward()
             opt.step()
     seconds = time.process_time() - start
-    if method.startswith("symopt") and symopt_constraints(model):  # (compact: exported at the landing)
+    if method.startswith("symopt") and symopt.list_constraints(model):  # (compact: exported at the landing)
         model.eval()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the per-layer notes of what stays dense

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .problems import Problem
 from .optimality import snap_tol
+from .problems import Problem
 from .problems.base import Evaluations
 from .proximal_newton import proximal_newton
 from .result import Result

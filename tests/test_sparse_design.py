@@ -84,3 +84,20 @@ def test_dense_designs_take_torchs_own_product():
     torch.testing.assert_close(matvec(X, theta), X @ theta)
     torch.testing.assert_close(rmatvec(X, X @ theta), X.t() @ (X @ theta))
     assert not hasattr(X, "_symopt_csr_transpose")
+
+
+@pytest.mark.parametrize("layout", ["row-major", "column-major"])
+@pytest.mark.parametrize("nonzeros", [0, 1, 20, 48, 49, 250, 251, 2000])
+def test_a_dense_product_through_the_support_is_the_full_one(layout, nonzeros):
+    """``X @ θ`` for a θ with few non-zeros reads only their columns (`design.SPARSE_PRODUCT_SHARE`,
+    `SPARSE_PRODUCT_COLUMNS`): the same numbers as the full product on both sides of each threshold and
+    in both layouts, and a θ that requires a gradient still gets autograd's full backward."""
+    gen = torch.Generator().manual_seed(nonzeros)
+    X = torch.randn(30, 2000, generator=gen, dtype=torch.float64)
+    X = X if layout == "row-major" else X.t().contiguous().t()
+    theta = torch.zeros(2000, dtype=torch.float64)
+    theta[torch.randperm(2000, generator=gen)[:nonzeros]] = torch.randn(nonzeros, generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(matvec(X, theta), X @ theta, rtol=1e-12, atol=1e-12)
+    probe = theta.clone().requires_grad_()
+    matvec(X, probe).sum().backward()
+    torch.testing.assert_close(probe.grad, X.sum(0), rtol=1e-12, atol=1e-12)  # every entry's, the zeros' too
