@@ -100,6 +100,28 @@ def test_lasso_cv_picks_scikit_learns_alpha_on_the_same_folds():
     assert np.abs(ours.coef_ - theirs.coef_).max() <= 1e-4 * np.abs(theirs.coef_).max()
 
 
+def test_lasso_cv_errors_with_weights_and_a_sparse_design_are_each_points_own():
+    """The validation errors, computed for a fold's whole path at once (intercepts b = ȳ − x̄ᵀw from
+    weighted means), are the errors of each point's own fit and `Result.intercept`, on CSR input."""
+    import scipy.sparse as sparse
+
+    import symopt
+    from symopt.problems import lasso
+
+    X, y = load_diabetes(return_X_y=True)
+    X[np.abs(X) < 0.02] = 0.0
+    weights = np.random.default_rng(0).uniform(0.2, 2.0, len(y))
+    folds = KFold(3, shuffle=True, random_state=1)
+    model = LassoCV(alphas=6, cv=folds).fit(sparse.csr_matrix(X), y, sample_weight=weights)
+    for k, (train, test) in enumerate(folds.split(X)):
+        path = symopt.path(lasso(sparse.csr_matrix(X[train]), y[train], 1.0, fit_intercept=True,
+                                 sample_weight=weights[train]), model.alphas_)
+        for i, result in enumerate(path):
+            residual = y[test] - (X[test] @ result.x.numpy() + result.intercept)
+            assert model.mse_path_[i, k] == pytest.approx(np.average(residual ** 2, weights=weights[test]),
+                                                          rel=1e-9)
+
+
 def test_grid_search_over_a_pipeline():
     X, y = load_diabetes(return_X_y=True)
     search = GridSearchCV(make_pipeline(StandardScaler(), Lasso()), {"lasso__alpha": [0.1, 1.0, 10.0]}, cv=3)
