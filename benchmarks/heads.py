@@ -19,6 +19,9 @@ the same epochs for every row. ``--keep`` heads of 8 stay in each layer. Rows:
 * ``symopt``: ``symopt.attention_heads(model, "layers.i.self_attn", max_heads=k, total_steps=N)`` per
   layer, coupled decay through ``symopt.param_groups``: the budget's cubic schedule from 10% to 75% of
   the steps with the trimmed decay, the landing, fine-tuning.
+* ``symopt (compact)``: the same budgets; at the first epoch after the landing the model is exported
+  (``mode="compressed"``: each attention keeps its k heads only) and fine-tuned with plain weights and a
+  fresh Adam.
 * with ``--global``, ``keep`` × 2 heads over both layers together: ``magnitude (global)`` ranks the
   heads of both layers on one scale, each head's norm over its layer's mean (Torch-Pruning's default
   normalisation of a global ranking), each layer keeping at least one; ``symopt (global)`` is
@@ -128,9 +131,10 @@ def train(method: str, keep: int, seed: int, epochs: int):
     per_epoch = len(train_ids) // (BATCH * CONTEXT)
     steps = epochs * per_epoch
     attentions = [layer.self_attn for layer in model.layers]
-    if method == "symopt":
+    handles = []
+    if method in ("symopt", "symopt (compact)"):
         for i in range(LAYERS):
-            symopt.attention_heads(model, f"layers.{i}.self_attn", max_heads=keep, total_steps=steps)
+            handles.append(symopt.attention_heads(model, f"layers.{i}.self_attn", max_heads=keep, total_steps=steps))
     if method == "symopt (global)":
         symopt.attention_heads(model, [f"layers.{i}.self_attn" for i in range(LAYERS)], max_heads=keep * LAYERS,
                                total_steps=steps)
@@ -157,6 +161,15 @@ def train(method: str, keep: int, seed: int, epochs: int):
             alive = list(largest_in_parts(relative, count, [HEADS] * LAYERS).split(HEADS))
             for attention, mask in zip(attentions, alive):
                 hold_pruned(attention, mask)
+        if method == "symopt (compact)" and handles and all(h.constraint.policy.has_landed() for h in handles):
+            # landed: the exported model (each attention with its kept heads only) fine-tunes with plain
+            # weights and a fresh Adam
+            alive = [head_norms(a) > 0 for a in attentions]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                model = symopt.export(model, mode="compressed")
+            handles = []
+            opt = torch.optim.Adam(model.parameters(), lr=3e-3)
         starts = torch.randint(0, len(train_ids) - CONTEXT - 1, (per_epoch, BATCH), generator=gen)
         for row in starts:
             batch = windows(train_ids, row)
@@ -168,7 +181,7 @@ def train(method: str, keep: int, seed: int, epochs: int):
                 for attention, mask in zip(attentions, alive):
                     hold_pruned(attention, mask)
     seconds = time.process_time() - start
-    if method.startswith("symopt"):
+    if method.startswith("symopt") and symopt.list_constraints(model):
         alive = [head_norms(a) > 0 for a in attentions]  # the landing made the dropped heads exactly 0
         before = validation_loss(model, val)
         with warnings.catch_warnings():
@@ -177,6 +190,8 @@ def train(method: str, keep: int, seed: int, epochs: int):
         params = sum(p.numel() for p in model.parameters())
         if abs(validation_loss(model, val) - before) > 1e-4:
             raise RuntimeError("the exported model is not the trained one")
+    elif method.startswith("symopt"):  # (compact: exported at the landing, `alive` read then)
+        params = sum(p.numel() for p in model.parameters())
     else:
         # a removed head takes its q, k, v rows (weights and biases) and its out_proj columns with it
         d = DIM // HEADS
@@ -199,7 +214,7 @@ def main(argv=None) -> list:
           f"d={DIM}, {HEADS} heads, Adam lr 3e-3, batch {BATCH}×{CONTEXT}, {args.epochs} epochs, {args.seeds} seeds; "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
     print(f"{'method':18s} {'heads':>5s} {'val nats/char':>17s} {'per layer':>9s} {'params':>7s} {'CPU s':>6s}")
-    methods = ("magnitude", "symopt") + (("magnitude (global)", "symopt (global)") if args.global_budget else ())
+    methods = ("magnitude", "symopt", "symopt (compact)") + (("magnitude (global)", "symopt (global)") if args.global_budget else ())
     runs = [("dense", HEADS)] * wants_dense(args) + [(m, k) for k in args.keep for m in chosen(args, methods)]
     table = []
     for method, keep in runs:
