@@ -15,7 +15,7 @@ from .problems import (Problem, make_equality_ls, make_fixed_zeros_ls, make_grou
                        make_logistic_l1, make_low_rank_regression, make_matrix_completion, make_tied_least_squares)
 from .result import NotApplicable, Result
 from .solver import solve
-from .solver.steppers import warm_up
+from ._clock import warm_up
 
 # name -> (generator, kwargs per size)
 BUILTIN: dict[str, tuple[Callable[..., Problem], dict[str, dict]]] = {

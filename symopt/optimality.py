@@ -9,6 +9,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from ._clock import warm_up
 from .constraints import Constraint
 from .constraints.base import Face
 from .proximal_newton import NEWTON_FACE, proximal_newton
@@ -305,6 +306,7 @@ def _solve_on_face(loss, lam: float, face: Face, free: int, target: float, max_i
                 with torch.no_grad():
                     return face.embed(*coordinates), None if face.crossed is None else face.crossed(*coordinates)
     coordinates = [t.detach().clone(memory_format=torch.contiguous_format).requires_grad_() for t in coordinates]
+    warm_up()  # (the process's first torch optimizer imports torch._dynamo: left out of the solver's clock)
     optimizer = torch.optim.LBFGS(coordinates, lr=1.0, max_iter=max_iter, history_size=max_iter,
                                   line_search_fn="strong_wolfe", tolerance_change=0.0,
                                   tolerance_grad=0.1 * target / math.sqrt(max(free, 1)))

@@ -5,7 +5,6 @@ opens with the previous support and the worst violators), every point certified.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -13,6 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ._clock import solver_clock
 from .optimality import snap_tol
 from .problems import Problem
 from .problems.base import Evaluations
@@ -146,7 +146,7 @@ def path(problem: Problem, strengths: Sequence[float] | Tensor | np.ndarray | No
     if "start" in solve_options:
         raise ValueError("path: start= is set by the path (each point starts from the previous one); drop it")
     grid = _grid(problem, strengths, n_strengths, eps)
-    began = time.perf_counter()
+    began = solver_clock()
     results, start = [], None
     evaluations = Evaluations()  # the points share their data: each starts at the gradient the last ended at
     lean = _LeanPoints.applies(solve_options)
@@ -161,7 +161,7 @@ def path(problem: Problem, strengths: Sequence[float] | Tensor | np.ndarray | No
         results.append(result)
         if result.status in _OK:
             start = result.x
-    return Path(grid, results, time.perf_counter() - began)
+    return Path(grid, results, solver_clock() - began)
 
 
 class _LeanPoints:
@@ -201,7 +201,7 @@ class _LeanPoints:
     def solve(self, point: Problem, start: Tensor | None) -> Result | None:
         """The certified point at ``point``'s λ from ``start`` (None: θ = 0, the path's first point),
         or None (then `symopt.solve` runs)."""
-        began = time.perf_counter()
+        began = solver_clock()
         constraint = point.constraint()
         if constraint.budget is not None or constraint.linear or not point.penalized or constraint.strength is None:
             return None
@@ -236,7 +236,7 @@ class _LeanPoints:
         objective = float(value) + float(constraint.objective_term(theta))
         if not (kkt <= target and math.isfinite(objective)):
             return None
-        seconds = time.perf_counter() - began
+        seconds = solver_clock() - began
         return Result.from_point(point, theta, solver="dcs", status="optimal", seconds=seconds,
                                  history=[(seconds, objective, kkt)], device="cpu",
                                  message=f"KKT residual below tolerance after proximal Newton from {origin} "

@@ -8,11 +8,12 @@ from dataclasses import dataclass, field
 import torch
 
 
-def elapsed_since(start: float, device: torch.device) -> float:
-    """Wall seconds since ``start`` (``time.perf_counter()``), after the device's queued work is done."""
+def elapsed_since(start: float, device: torch.device, clock=time.perf_counter) -> float:
+    """Wall seconds since ``start`` (a reading of ``clock``: ``time.perf_counter()``, or the solver's
+    `symopt._clock.solver_clock`), after the device's queued work is done."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return time.perf_counter() - start
+    return clock() - start
 
 
 class NotApplicable(ValueError):

@@ -7,7 +7,7 @@ import pathlib
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "symopt"
 
 LAYERS = {
-    "_format": 0, "_layers": 0,
+    "_format": 0, "_layers": 0, "_clock": 0,
     "constraints": 1,
     "attach": 2,
     "decay": 3, "report": 3, "certify": 3, "finalize": 3, "optimality": 3, "proximal_newton": 3, "verbs": 3, "result": 3, "symmetry": 3,

@@ -11,18 +11,17 @@ problem, not on an iteration count. The pieces: `options` (checked once), `desce
 from __future__ import annotations
 
 import math
-import time
 
 import torch
 
 from ..constraints import Constraint
 from ..optimality import loss_gradient, snap_tol
 from ..problems import Problem
+from .._clock import solver_clock
 from ..result import Result, elapsed_since
 from .descent import Descent
 from .options import Options
 from .path import search_path
-from .steppers import warm_up
 from .working_set import applies as working_sets_apply
 from .working_set import atom_count, solve_on_working_sets
 
@@ -178,14 +177,13 @@ def solve(problem: Problem, device=None, dtype=None, method: str = "auto", tol: 
     descent = Descent(problem, None, working, loss, data, options, grad0, exact=exact, width=width,
                       full=full if width is not None else 0, start=start)
 
-    warm_up()  # a one-time import of torch's, outside the solve's time
-    began = time.perf_counter()
+    began = solver_clock()  # (torch's one-time import, if a torch optimizer is built, is left out)
     if constraint.budget is None:
         verdict = descent.accept_start(began) if start is not None else None
         status, message = verdict or descent.run(max_iter, began)
     else:
         status, message = search_path(descent, constraint, loss, max_iter, max_rounds, began)
-    seconds = elapsed_since(began, device)
+    seconds = elapsed_since(began, device, solver_clock)
     theta = descent.theta()
     if descent.point is not None:  # the snapped point whose KKT residual was measured last
         point = descent.point
@@ -230,7 +228,6 @@ def zero_if_optimal(problem: Problem, constraint: Constraint, device,
     pull = float(constraint.to(device=device, dtype=torch.float64).dual_norm(grad))
     if pull > constraint.strength:
         return None, grad
-    warm_up()
     zero = torch.zeros(problem.shape, dtype=torch.float64)
     result = Result.from_point(problem, zero, solver=_solver_name(method), status="optimal", seconds=0.0,
                                history=[(0.0, problem.objective(zero), 0.0)], device=device,

@@ -11,20 +11,11 @@ from collections.abc import Callable
 
 import torch
 
-_WARM = False
-
-
-def warm_up() -> None:
-    """Build one throwaway torch optimizer, once per process. The first optimizer torch builds imports
-    ``torch._dynamo`` (1.3–4 s on a 2-core CPU); a solver calls this before its clock starts, so that a
-    first solve's ``seconds`` is the solve's own time."""
-    global _WARM
-    if not _WARM:
-        torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
-        _WARM = True
+from .._clock import warm_up
 
 
 def lbfgs_stepper(params, closure, inner: int, history_size: int) -> Callable[[], None]:
+    warm_up()  # (the process's first torch optimizer imports torch._dynamo: left out of the solve's clock)
     opt = torch.optim.LBFGS(params, lr=1.0, max_iter=inner, history_size=history_size,
                             line_search_fn="strong_wolfe", tolerance_grad=0.0, tolerance_change=0.0)
 

@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import math
 import sys
-import time
 from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
+from .._clock import solver_clock
 from ..optimality import loss_gradient, snap_tol
 from ..problems import Problem
 from ..result import Result, elapsed_since
@@ -70,7 +70,7 @@ def solve_on_working_sets(problem: Problem, solve_restricted: Callable[..., Resu
         polish, inner: the solve's face polish switch and its iteration count (`Certifier`): with the
             polish on, a warm start is first certified and polished on the full problem's face.
     """
-    began = time.perf_counter()
+    began = solver_clock()
     constraint = problem.constraint().to(device=device, dtype=torch.float64)
     data = problem.data_on(device, torch.float64)
     loss = problem.bind(data)
@@ -132,7 +132,7 @@ def solve_on_working_sets(problem: Problem, solve_restricted: Callable[..., Resu
         grad = _gradient(loss, theta, shape)
         kkt = constraint.kkt_residual(theta.reshape(shape), grad.reshape(shape), snap_tol(theta, tol))
         objective = problem.value(theta.reshape(shape), data, constraint, loss)
-        history.append((time.perf_counter() - began, objective, kkt))
+        history.append((solver_clock() - began, objective, kkt))
         if progress:
             print(f"[symopt.solve {problem.name}] working set {round_}: {len(index)} coordinates, objective "
                   f"{objective:.10g}, KKT {kkt:.2e} (target {target:.2e})", file=sys.stderr, flush=True)
@@ -152,10 +152,10 @@ def _result(problem: Problem, theta: Tensor, loss, data: dict, constraint, began
             history: list, kkt: float | None, status: str, message: str) -> Result:
     """The `Result` at ``theta`` (``kkt``, when given, is its residual, recorded in the history); its
     objective from the loss's remembered evaluation, passed on when measured on the CPU."""
-    seconds = elapsed_since(began, device)
+    seconds = elapsed_since(began, device, solver_clock)
     objective = problem.value(theta, data, constraint, loss)  # (remembered: no new product)
     if kkt is not None:
-        history.append((time.perf_counter() - began, objective, kkt))
+        history.append((solver_clock() - began, objective, kkt))
     on_cpu = torch.device(device).type == "cpu"  # where it is the number `Result.from_point` would measure
     return Result.from_point(problem, theta, solver=solver, status=status, seconds=seconds, history=history,
                              device=device, message=message, strength=constraint.strength,
