@@ -178,10 +178,15 @@ def _group_model_kkt(H, g, x0, x, groups, weights):
 @settings(max_examples=60, deadline=None)
 @given(sizes=st.lists(st.integers(1, 4), min_size=1, max_size=5), rows=st.integers(1, 14),
        seed=st.integers(0, 10_000), warm=st.booleans())
-# the cases this test found: a rank-1 model (the doubling along zero curvature), and a group shrinking
-# toward 0 that proximal steps took 219 rounds to drop (the smallest group's drop trial)
+# the cases this test found: a rank-1 model (the doubling along zero curvature), a group shrinking
+# toward 0 that proximal steps took 219 rounds to drop (the smallest group's drop trial), and a
+# rank-1 warm start whose face Newton stopped on a rounding-level decrease with a residual of 4e-3,
+# and rank-deficient models whose proximal steps needed 200-1000 rounds (the round limit's floor)
 @example(sizes=[2, 4, 1], rows=1, seed=3, warm=False)
 @example(sizes=[2, 2, 4], rows=5, seed=1, warm=False)
+@example(sizes=[1, 3, 2, 1, 2], rows=1, seed=1420, warm=True)
+@example(sizes=[1, 3, 2, 1, 2], rows=1, seed=1421, warm=True)
+@example(sizes=[1, 1, 1, 1], rows=3, seed=190, warm=False)
 def test_the_group_model_solution_meets_its_optimality_conditions(sizes, rows, seed, warm):
     from symopt.proximal_newton import solve_group_quadratic
 
