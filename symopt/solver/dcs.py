@@ -14,10 +14,10 @@ import math
 
 import torch
 
+from .._clock import solver_clock
 from ..constraints import Constraint
 from ..optimality import loss_gradient, snap_tol
 from ..problems import Problem
-from .._clock import solver_clock
 from ..result import Result, elapsed_since
 from .descent import Descent
 from .options import Options
