@@ -269,12 +269,10 @@ def _group_face_newton(hessian: Tensor, grad: Tensor, start: Tensor, x: Tensor, 
     face_block = _face_row_block(face, row_block)
     dense: tuple[Tensor, Tensor] | None = None  # (H on the face, its same-group pairs), built when needed
 
-    def value(z: Tensor) -> float:
+    def value(z: Tensor) -> float:  # the model with the face at z (the other groups are 0)
         full = x.clone()
         full[face] = z
-        d = full - start
-        norms = _group_sizes(z, ids, count)
-        return float(d @ (grad + 0.5 * (hessian @ d))) + float((weights * norms).sum())
+        return _group_model(hessian, grad, start, full, groups, weights)
 
     z = x[face].clone()
     current = value(z)
@@ -292,12 +290,12 @@ def _group_face_newton(hessian: Tensor, grad: Tensor, start: Tensor, x: Tensor, 
         if float(residual.norm()) <= tol:
             settled = True
             break
-        # H + the norm's Hessian w_j (I - u u^T) / ‖z_j‖ on each group's block: written into a copy of H
-        # on the diagonal and the same-group pairs only (dense products with the pattern were most of a
-        # step on the 640-coordinate face of a ten-target Lasso)
         step = None if face_block is None else _row_block_step(face_block, scale, unit, residual)
         level = False
         if step is None:
+            # H + the norm's Hessian w_j (I - u u^T) / ‖z_j‖ on each group's block: written into a copy
+            # of H on the diagonal and the same-group pairs only (dense products with the pattern were
+            # most of a step on the 640-coordinate face of a ten-target Lasso)
             if dense is None:
                 dense = (hessian[face][:, face], same[face][:, face].nonzero(as_tuple=True))
             block, pairs = dense  # (pairs: (i, j) of the face in one group)
@@ -445,7 +443,14 @@ def proximal_newton(loss, constraint: Constraint, point: Tensor, target: float) 
             return None if outer == 0 else theta  # (what the iterations so far reached: the caller certifies it)
         if not bool(candidates.any()):
             return theta  # θ = 0, and no zero is pulled off it: optimal
-        hessian = loss.curvature(theta, candidates)
+        row_block = None
+        if signs is None:
+            groups, weights = _local_groups(constraint, theta, candidates, ids, lam)
+            row_block = _row_block(loss, theta, candidates, groups)
+        # (with several least-squares targets the curvature is the rows' block once per target: formed
+        # from it, not computed again)
+        hessian = (loss.curvature(theta, candidates) if row_block is None
+                   else torch.kron(row_block[0], torch.eye(row_block[1], dtype=row_block[0].dtype)))
         if hessian is None:
             return None
         # (on the CPU in float64: k ≤ NEWTON_FACE numbers, and each step reads a few of them back)
@@ -456,9 +461,8 @@ def proximal_newton(loss, constraint: Constraint, point: Tensor, target: float) 
         if signs is not None:
             x = solve_l1_quadratic(hessian.to("cpu", torch.float64), local, start, lam, nonnegative, 0.01 * tolerance)
         else:
-            groups, weights = _local_groups(constraint, theta, candidates, ids, lam)
             x = solve_group_quadratic(hessian.to("cpu", torch.float64), local, start, groups, weights,
-                                      0.01 * tolerance, row_block=_row_block(loss, theta, candidates, groups))
+                                      0.01 * tolerance, row_block=row_block)
         move = x - start
         if signs is not None:  # (the ℓ1 norm: its change on the candidates directly)
             change = lam * (float(x.abs().sum()) - float(start.abs().sum()))

@@ -208,7 +208,7 @@ def solve(problem: Problem, device=None, dtype=None, method: str = "auto", tol: 
 
 
 def zero_if_optimal(problem: Problem, constraint: Constraint, device,
-                     method: str) -> tuple[Result | None, torch.Tensor | None]:
+                    method: str) -> tuple[Result | None, torch.Tensor | None]:
     """θ = 0 when it is the exact optimum: a penalised problem at λ ≥ ‖∇loss(0)‖_* (λ_max). Checked in
     float64 before any descent, because there the descent cannot be exact: its iterates start off 0
     and reach it only geometrically, and at λ = λ_max exactly one atom's pull balances the penalty
