@@ -20,8 +20,8 @@ from .proximal_newton import NEWTON_FACE, proximal_newton
 # took 7 outer rounds instead of 1 (Lasso 1000×5000: 0.20 s → 0.06 s).
 SMALL_FACE = 2000
 _FACE_ROUNDS = 6  # face solves at most per polish: atoms that cross 0 drop out, violators join, between them
-# Faces with at most NEWTON_FACE free coordinates (`symopt.proximal_newton`, where the ℓ1 models use
-# the same bound) are solved by Newton's method first.
+# Faces with at most NEWTON_FACE free coordinates (`symopt.proximal_newton`) are solved by Newton's
+# method first.
 _NEWTON_STEPS = 8
 _PROX_STEPS = 50  # proximal-gradient steps at most per finish (proximal_finish)
 _PROX_CHECK = 5  # steps between its KKT checks (each a full SVD of the iterate and of the normal part)

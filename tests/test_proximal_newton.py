@@ -48,6 +48,68 @@ def test_the_model_solution_meets_its_optimality_conditions(k, rows, seed, lam, 
     assert _model_kkt(H, g, x0, x, lam, nonnegative) <= 1e-9 * scale
 
 
+@settings(max_examples=40, deadline=None)
+@given(k=st.integers(10, 90), rows=st.integers(3, 150), seed=st.integers(0, 10**6), rho=st.floats(0.0, 0.99),
+       fraction=st.floats(0.001, 0.5), nonnegative=st.booleans(), warm=st.booleans(), duplicate=st.booleans())
+def test_wide_correlated_models_meet_their_optimality_conditions(k, rows, seed, rho, fraction, nonnegative, warm,
+                                                                 duplicate):
+    # Many coordinates join at once here, correlated columns move some of them the wrong way (the
+    # batch is halved), duplicated ones make the face singular (the grown factor is refused), and
+    # coordinates leave from the middle of the face (its factor is cut back): every path of the
+    # factor's updates, checked by the model's own optimality conditions
+    gen = torch.Generator().manual_seed(seed)
+    A = torch.randn(rows, k, generator=gen, dtype=torch.float64)
+    for j in range(1, k):  # AR(1) columns: neighbours correlated by rho
+        A[:, j] = rho * A[:, j - 1] + math.sqrt(1 - rho * rho) * A[:, j]
+    if duplicate:
+        A[:, k // 2] = A[:, 0]
+    H = A.mT @ A
+    g = A.mT @ torch.randn(rows, generator=gen, dtype=torch.float64) * 3
+    x0 = torch.zeros(k, dtype=torch.float64)
+    if warm:
+        x0 = torch.randn(k, generator=gen, dtype=torch.float64) * (torch.rand(k, generator=gen) < 0.3)
+        x0 = x0.abs() if nonnegative else x0
+    lam = fraction * float(g.abs().max()) + 1e-3
+    x = solve_l1_quadratic(H, g, x0, lam, nonnegative, tol=1e-12)
+    scale = 1.0 + float(H.abs().max()) * (1.0 + float(x.abs().max()) + float(x0.abs().max())) + float(g.abs().max())
+    assert _model_kkt(H, g, x0, x, lam, nonnegative) <= 1e-9 * scale
+
+
+def test_a_joined_pair_that_would_move_one_the_wrong_way_is_halved():
+    # Both zeros violate (|g| > λ = 1); with both on the face Newton's step moves the second below 0
+    # (their columns are 0.9 correlated), so only the worst joins: x = (1, 0), the second's pull
+    # there (|-1.5 + 0.9| = 0.6) below λ
+    H = torch.tensor([[1.0, 0.9], [0.9, 1.0]], dtype=torch.float64)
+    g = torch.tensor([-2.0, -1.5], dtype=torch.float64)
+    for nonnegative in (False, True):
+        x = solve_l1_quadratic(H, g, torch.zeros(2, dtype=torch.float64), 1.0, nonnegative, tol=1e-14)
+        assert torch.allclose(x, torch.tensor([1.0, 0.0], dtype=torch.float64), atol=1e-14)
+        assert float(x[1]) == 0.0
+
+
+def test_the_face_factor_grown_and_cut_back_is_the_fresh_one():
+    from symopt.proximal_newton import _grown, _trimmed
+
+    gen = torch.Generator().manual_seed(0)
+    A = torch.randn(60, 30, generator=gen, dtype=torch.float64)
+    H = A.mT @ A
+    face = torch.tensor([3, 17, 5, 0, 22, 9])
+    joining = torch.tensor([11, 2, 28])
+
+    def fresh(on):
+        return torch.linalg.cholesky(H[on][:, on])
+
+    grown = _grown(fresh(face), H, face, joining)
+    assert torch.allclose(grown, fresh(torch.cat([face, joining])), atol=1e-10)
+    whole = torch.cat([face, joining])
+    kept = torch.ones(whole.numel(), dtype=torch.bool)
+    kept[[2, 6]] = False  # one from the middle of the old face, one of the joined
+    assert torch.allclose(_trimmed(grown, H, whole, kept), fresh(whole[kept]), atol=1e-10)
+    # a column the face already spans: no factor (the next step decomposes the face afresh)
+    H_dup = torch.cat([A, A[:, :1]], dim=1).mT @ torch.cat([A, A[:, :1]], dim=1)
+    assert _grown(torch.linalg.cholesky(H_dup[face][:, face]), H_dup, face, torch.tensor([30])) is None
+
+
 @pytest.mark.parametrize("nonnegative", [False, True])
 def test_the_model_solution_is_cvxpys(nonnegative):
     cp = pytest.importorskip("cvxpy")
