@@ -414,20 +414,31 @@ def _group_face_newton(hessian: Tensor, grad: Tensor, start: Tensor, x: Tensor, 
         slope = float(step @ residual)
         if not slope < 0:
             break  # no descent direction from the face's curvature: the caller's proximal step goes on
+        # The model along z + t·step: its smooth part is the quadratic current_smooth + t a + t² b / 2 (a
+        # from the gradient at z, b = stepᵀ H step, one product with H), so a trial costs the groups'
+        # norms, not a product with H each (a tenth of a ten-target Lasso's solve went to those)
+        spread = torch.zeros_like(x)
+        spread[face] = step
+        a, b = float(step @ gradient), float(spread @ (hessian @ spread))
+        norm_now = _group_norm(z, ids, weights)
+
+        def line(t: float) -> float:
+            return current + t * a + 0.5 * t * t * b + _group_norm(z + t * step, ids, weights) - norm_now
+
         t = 1.0
         if level:
             # Along a direction of zero curvature the model is linear until a group's norm reaches 0
             # (a singular H: more columns than the data tell apart): doubled while it keeps falling,
             # to that kink, where the leaving test takes the group off the face
-            ahead = value(z + step)
+            ahead = line(1.0)
             for _ in range(60):
-                further = value(z + 2 * t * step)
+                further = line(2 * t)
                 if not further < ahead:
                     break
                 t, ahead = 2 * t, further
         for _ in range(40):
             trial = z + t * step
-            trial_value = value(trial)
+            trial_value = line(t)
             if trial_value <= current + _ARMIJO * t * slope:
                 break
             t *= 0.5
