@@ -99,6 +99,11 @@ def solve_l1_quadratic(hessian: Tensor, grad: Tensor, start: Tensor, lam: float,
     # None: formed afresh at the next step. A positive Lasso 1000×5000 whose models took in ~400
     # coordinates spent 0.45 s in factorisations and block copies, one coordinate a step.
     factor = None
+    # On a singular face (more columns than the data tell apart: a 100-row design with 338 non-zeros
+    # from the descent), an orthonormal basis of the face's null space, kept as the level steps take
+    # coordinates off the face one at a time (each an eigendecomposition of a 300 × 300 block before:
+    # 1.3 s on that design)
+    null = None
     fresh = 0  # how many coordinates at the face's end joined at its optimum and have not moved yet
     # The face's residual before the last full Newton step: after it the residual is rounding alone,
     # and a full step that does not halve it again is at the floor of what the face's conditioning
@@ -119,23 +124,32 @@ def solve_l1_quadratic(hessian: Tensor, grad: Tensor, start: Tensor, lam: float,
             joining = order[: int((violation > tol).sum())]
             if not joining.numel():
                 return x
-            # Every violating zero joins with the sign that lowers the objective (the most violating
-            # first): where the face's Newton step then moves one of them the wrong way off zero, the
-            # later half leave again before anything moves, down to the most violating alone, whose
-            # step is a descent (feature-sign search's one coordinate at a time, Lee et al. 2006).
+            # The violating zeros join with the signs that lower the objective, the most violating
+            # first, as many as keep the face's curvature clearly positive definite (more columns than
+            # the data tell apart would make each step an eigendecomposition: a 100×400 design at
+            # 1e-3 λ_max took 2 s so): where the face's Newton step then moves one of them the wrong
+            # way off zero, the later half leave again before anything moves, down to the most
+            # violating alone, whose step is a descent (feature-sign search's one coordinate at a
+            # time, Lee et al. 2006). A face already singular takes one coordinate at a time.
+            if factor is None and face.numel():
+                factor = _face_factor(hessian, face)
+            if factor is None and face.numel():
+                joining = joining[:1]
+            else:
+                grown, kept = _grown(factor, hessian, face, joining)
+                joining, factor = (joining[:kept], grown) if kept else (joining[:1], None)
             free[joining] = True
             signs[joining] = 1.0 if nonnegative else -torch.sign(gradient[joining])
-            factor = _grown(factor, hessian, face, joining) if face.numel() else None
-            face, fresh = torch.cat([face, joining]), joining.numel()
+            face, fresh, null = torch.cat([face, joining]), joining.numel(), None
             continue
-        step, level, factor = _factored_step(hessian, face, residual, tol, factor)
+        step, level, factor, null = _factored_step(hessian, face, residual, tol, factor, null)
         face_signs = signs.index_select(0, face)
         moving = face_signs * step
         if fresh > 1 and bool((moving[face.numel() - fresh:] < 0).any()):
             kept = face.numel() - fresh + fresh // 2
             leaving = face[kept:]
             free[leaving], signs[leaving] = False, 0.0
-            face, fresh = face[:kept], fresh // 2
+            face, fresh, null = face[:kept], fresh // 2, None
             factor = None if factor is None else factor[:kept, :kept].contiguous()
             continue
         fresh = 0
@@ -151,21 +165,44 @@ def solve_l1_quadratic(hessian: Tensor, grad: Tensor, start: Tensor, lam: float,
             leaving = face[reached]
             x[leaving], free[leaving], signs[leaving] = 0.0, False, 0.0
             factor = _trimmed(factor, hessian, face, ~reached)
+            null = _null_without(null, reached) if level else None
             face = face[~reached]
+        else:
+            null = None
     return x
 
 
-def _grown(factor: Tensor | None, hessian: Tensor, face: Tensor, joining: Tensor) -> Tensor | None:
-    r"""The Cholesky factor of $H$ on ``face`` + ``joining`` from ``factor`` (on ``face``): the new rows are
-    $W^\top = (L^{-1} H_{FJ})^\top$ and the factor of $H_{JJ} - W^\top W$; None where there is no
-    factor to grow or that block is not clearly positive definite (singular to rounding: the next
-    step factors or decomposes the face afresh)."""
-    if factor is None:
-        return None
+def _grown(factor: Tensor | None, hessian: Tensor, face: Tensor, joining: Tensor) -> tuple[Tensor | None, int]:
+    r"""``(factor', m)``: the Cholesky factor of $H$ on ``face`` + ``joining[:m]`` from ``factor`` (on
+    ``face``; None for an empty face), m the longest prefix of ``joining`` whose block keeps the
+    factor clearly positive definite (its pivots above 1e-10 of their diagonal entries). The new rows
+    are $W^\top = (L^{-1} H_{FJ})^\top$ and the factor of $H_{JJ} - W^\top W$, whose leading block is
+    the factor of any prefix. m = 0 (``factor`` unchanged): the first coordinate alone would make the
+    face singular."""
     rows = hessian.index_select(0, joining)
-    across = torch.linalg.solve_triangular(factor, rows.index_select(1, face).mT, upper=False)
-    corner = _block_factor(rows.index_select(1, joining) - across.mT @ across, rows.index_select(1, joining))
-    return None if corner is None else _assembled(factor, across.mT, corner)
+    own = rows.index_select(1, joining)
+    across = None
+    schur = own
+    if face.numel():
+        across = torch.linalg.solve_triangular(factor, rows.index_select(1, face).mT, upper=False)
+        schur = own - across.mT @ across
+    corner, info = torch.linalg.cholesky_ex(schur)
+    kept = int(info) - 1 if int(info) else joining.numel()  # (info: the first minor that is not positive)
+    clear = corner.diagonal()[:kept].square() > 1e-10 * own.diagonal()[:kept].clamp_min(1e-300)
+    if not bool(clear.all()):
+        kept = int((~clear).nonzero()[0])
+    if kept == 0:
+        return factor, 0
+    corner = corner[:kept, :kept]
+    if across is None:
+        return corner.contiguous(), kept
+    return _assembled(factor, across[:, :kept].mT, corner), kept
+
+
+def _face_factor(hessian: Tensor, face: Tensor) -> Tensor | None:
+    """The Cholesky factor of $H$ on ``face``, or None where it is not clearly positive definite."""
+    block = hessian.index_select(0, face).index_select(1, face)
+    return _block_factor(block, block)
 
 
 def _trimmed(factor: Tensor | None, hessian: Tensor, face: Tensor, kept: Tensor) -> Tensor | None:
@@ -205,47 +242,92 @@ def _assembled(lead: Tensor, across: Tensor, corner: Tensor) -> Tensor:
     return whole
 
 
-def _factored_step(hessian: Tensor, face: Tensor, residual: Tensor, tol: float,
-                   factor: Tensor | None) -> tuple[Tensor, bool, Tensor | None]:
-    """`_face_step` on H's block on ``face`` with its Cholesky factor kept: ``(step, level, factor)``,
-    two triangular solves where ``factor`` is given, the factor formed where it is not; where the block
-    is not positive definite, `_face_step`'s eigendecomposition, and None for the factor."""
-    try:
-        if factor is None:
-            factor = torch.linalg.cholesky(hessian.index_select(0, face).index_select(1, face))
-        half = torch.linalg.solve_triangular(factor, residual[:, None], upper=False)
-        step = -torch.linalg.solve_triangular(factor.mT, half, upper=True).squeeze(1)
-        slope = float(step @ residual)  # < 0 and finite: a descent step (NaN and Inf fail it)
-        if slope < 0 and math.isfinite(slope):
-            return step, False, factor
-    except RuntimeError:  # not positive definite: collinear columns, more of them than samples
-        pass
-    return *_face_step(hessian.index_select(0, face).index_select(1, face), residual, tol, factored=False), None
-
-
-def _face_step(block: Tensor, residual: Tensor, tol: float, factored: bool = True) -> tuple[Tensor, bool]:
-    """``(step, level)`` on a face: Newton's $-H^{-1} r$ by Cholesky where the block is positive definite
-    (a quarter of the time of the eigendecomposition on 40-120 coordinates, measured), else from the
-    eigendecomposition: the pseudo-inverse's step, or, where ``r`` has a part above ``tol`` along the
-    null space, minus that part with ``level`` True (the objective is linear along it).
-    ``factored=False``: Cholesky already failed on this block (straight to the eigendecomposition)."""
-    if factored:
+def _factored_step(hessian: Tensor, face: Tensor, residual: Tensor, tol: float, factor: Tensor | None,
+                   null: Tensor | None = None) -> tuple[Tensor, bool, Tensor | None, Tensor | None]:
+    """`_face_step` on H's block on ``face`` with its Cholesky factor or its null space kept:
+    ``(step, level, factor, null)``. With ``factor``, two triangular solves; without, the factor is
+    formed where the block is positive definite; where it is not, `_face_step`'s eigendecomposition,
+    whose null-space basis comes back for the next level step. With ``null`` (the block is known
+    singular), a level step along it directly where ``r`` has a part above ``tol`` there and the
+    basis is still null (its image under H at rounding level), else the eigendecomposition afresh."""
+    if null is not None:
+        along = null @ (null.mT @ residual)
+        size = float(along.norm())
+        if size > tol:
+            spread = torch.zeros(hessian.shape[0], dtype=hessian.dtype)
+            spread[face] = along
+            image = float((hessian @ spread).norm())
+            if image <= 1e-9 * size * max(float(hessian.diagonal().max()), 1e-300):
+                return -along, True, None, null
+    else:
         try:
-            step = -torch.cholesky_solve(residual[:, None], torch.linalg.cholesky(block)).squeeze(1)
+            if factor is None:
+                factor = torch.linalg.cholesky(hessian.index_select(0, face).index_select(1, face))
+            half = torch.linalg.solve_triangular(factor, residual[:, None], upper=False)
+            step = -torch.linalg.solve_triangular(factor.mT, half, upper=True).squeeze(1)
             slope = float(step @ residual)  # < 0 and finite: a descent step (NaN and Inf fail it)
             if slope < 0 and math.isfinite(slope):
-                return step, False
+                return step, False, factor, None
         except RuntimeError:  # not positive definite: collinear columns, more of them than samples
             pass
+    step, level, flat = _eigen_step(hessian.index_select(0, face).index_select(1, face), residual, tol)
+    return step, level, None, (flat if level else None)
+
+
+def _null_without(null: Tensor | None, leaving: Tensor) -> Tensor | None:
+    """The null space of the face without the coordinates ``leaving`` (a mask over the face) from
+    ``null``, the face's: the vectors of its span that are 0 there (for a positive semi-definite block,
+    exactly the smaller block's null space), as an orthonormal basis; None when nothing is left."""
+    if null is None:
+        return None
+    rows = null[leaving]  # each vector of the span must vanish on these
+    if rows.shape[0] == 1 and null.shape[1] > 1:
+        # one coordinate (the usual level step): a Householder reflection takes the row to the first
+        # axis, and the other reflected vectors vanish there (O(face·q) where the SVD route is O(face·q²))
+        row = rows[0]
+        size = float(row.norm())
+        if size <= 1e-10 * float(null.abs().max()):
+            return null[~leaving]
+        axis = torch.zeros_like(row)
+        axis[0] = size if float(row[0]) >= 0 else -size
+        mirror = row + axis
+        mirror = mirror / mirror.norm()
+        kept = null[~leaving]
+        return (kept - 2 * torch.outer(kept @ mirror, mirror))[:, 1:]
+    _, sizes, right = torch.linalg.svd(rows, full_matrices=True)
+    rank = int((sizes > 1e-10 * max(float(sizes.max()), 1e-300)).sum()) if sizes.numel() else 0
+    if rank >= null.shape[1]:
+        return None
+    return null[~leaving] @ right[rank:].mT
+
+
+def _face_step(block: Tensor, residual: Tensor, tol: float) -> tuple[Tensor, bool]:
+    """``(step, level)`` on a face: Newton's $-H^{-1} r$ by Cholesky where the block is positive definite
+    (a quarter of the time of the eigendecomposition on 40-120 coordinates, measured), else
+    `_eigen_step`'s."""
+    try:
+        step = -torch.cholesky_solve(residual[:, None], torch.linalg.cholesky(block)).squeeze(1)
+        slope = float(step @ residual)  # < 0 and finite: a descent step (NaN and Inf fail it)
+        if slope < 0 and math.isfinite(slope):
+            return step, False
+    except RuntimeError:  # not positive definite: collinear columns, more of them than samples
+        pass
+    return _eigen_step(block, residual, tol)[:2]
+
+
+def _eigen_step(block: Tensor, residual: Tensor, tol: float) -> tuple[Tensor, bool, Tensor]:
+    """``(step, level, null basis)`` from the eigendecomposition of a face's block: the pseudo-inverse's
+    step, or, where ``r`` has a part above ``tol`` along the null space, minus that part with ``level``
+    True (the objective is linear along it)."""
     curvatures, vectors = torch.linalg.eigh(block)
     floor = 1e-12 * max(float(curvatures.abs().max()), 1e-300)
     seen = curvatures > floor
     flat = vectors[:, ~seen]
     along = flat @ (flat.mT @ residual)
     if float(along.norm()) > tol:
-        return -along, True
+        return -along, True, flat
     kept = vectors[:, seen]
-    return -(kept @ ((kept.mT @ residual) / curvatures[seen])), False
+    return -(kept @ ((kept.mT @ residual) / curvatures[seen])), False, flat
 
 
 def solve_group_quadratic(hessian: Tensor, grad: Tensor, start: Tensor, groups: Tensor, weights: Tensor,

@@ -101,15 +101,58 @@ def test_the_face_factor_grown_and_cut_back_is_the_fresh_one():
     def fresh(on):
         return torch.linalg.cholesky(H[on][:, on])
 
-    grown = _grown(fresh(face), H, face, joining)
+    grown, kept = _grown(fresh(face), H, face, joining)
+    assert kept == 3
     assert torch.allclose(grown, fresh(torch.cat([face, joining])), atol=1e-10)
     whole = torch.cat([face, joining])
     kept = torch.ones(whole.numel(), dtype=torch.bool)
     kept[[2, 6]] = False  # one from the middle of the old face, one of the joined
     assert torch.allclose(_trimmed(grown, H, whole, kept), fresh(whole[kept]), atol=1e-10)
-    # a column the face already spans: no factor (the next step decomposes the face afresh)
-    H_dup = torch.cat([A, A[:, :1]], dim=1).mT @ torch.cat([A, A[:, :1]], dim=1)
-    assert _grown(torch.linalg.cholesky(H_dup[face][:, face]), H_dup, face, torch.tensor([30])) is None
+    # a column the face already spans (30 duplicates 0) joins no further: the prefix before it does
+    both = torch.cat([A, A[:, :1]], dim=1)
+    H_dup = both.mT @ both
+    start = torch.linalg.cholesky(H_dup[face][:, face])
+    grown, kept = _grown(start, H_dup, face, torch.tensor([11, 30, 2]))
+    assert kept == 1 and torch.allclose(grown, fresh_of(H_dup, torch.cat([face, torch.tensor([11])])), atol=1e-10)
+    assert _grown(start, H_dup, face, torch.tensor([30, 11])) == (start, 0)
+    # from an empty face: the joining block's own factor, up to the first dependent column
+    grown, kept = _grown(None, H_dup, torch.tensor([], dtype=torch.long), torch.tensor([0, 4, 30, 7]))
+    assert kept == 2 and torch.allclose(grown, fresh_of(H_dup, torch.tensor([0, 4])), atol=1e-10)
+
+
+@pytest.mark.parametrize("nonnegative", [False, True])
+def test_a_dense_start_on_a_singular_face_reaches_the_model_optimum(nonnegative):
+    # 60 non-zeros at the start on a 20-row design: the face's null space has 40 dimensions, and the
+    # level steps take coordinates off one at a time along the kept null basis
+    gen = torch.Generator().manual_seed(5)
+    A = torch.randn(20, 60, generator=gen, dtype=torch.float64)
+    H, g = A.mT @ A, A.mT @ torch.randn(20, generator=gen, dtype=torch.float64)
+    x0 = torch.randn(60, generator=gen, dtype=torch.float64)
+    x0 = x0.abs() if nonnegative else x0
+    x = solve_l1_quadratic(H, g, x0, 0.05, nonnegative, tol=1e-12)
+    assert _model_kkt(H, g, x0, x, 0.05, nonnegative) <= 1e-9 * (1.0 + float(H.abs().max()) * 10)
+    assert int((x != 0).sum()) <= 20  # a basic solution: no more non-zeros than the data's rank
+
+
+def test_the_null_basis_without_a_coordinate_is_the_smaller_faces():
+    from symopt.proximal_newton import _null_without
+
+    gen = torch.Generator().manual_seed(1)
+    A = torch.randn(5, 12, generator=gen, dtype=torch.float64)
+    H = A.mT @ A
+    null = torch.linalg.eigh(H).eigenvectors[:, :7]  # the 7 null directions of a rank-5 block
+    for leaving_rows in ([3], [3, 8]):
+        leaving = torch.zeros(12, dtype=torch.bool)
+        leaving[leaving_rows] = True
+        smaller = _null_without(null, leaving)
+        kept = ~leaving
+        assert smaller.shape == (12 - len(leaving_rows), 7 - len(leaving_rows))
+        assert torch.allclose(smaller.mT @ smaller, torch.eye(smaller.shape[1], dtype=torch.float64), atol=1e-12)
+        assert float((H[kept][:, kept] @ smaller).abs().max()) < 1e-10
+
+
+def fresh_of(H, on):
+    return torch.linalg.cholesky(H[on][:, on])
 
 
 @pytest.mark.parametrize("nonnegative", [False, True])
