@@ -267,8 +267,8 @@ class LowRank(Constraint):
         r"""The ``count`` leading singular values. A budget asks for k + 1 of them at each reading, of θ
         and of $θ/t - ∇ℓ$, which has full rank: when ``count`` is well below the size
         ($4(\mathrm{count} + 8) ≤ \min(m, n)$) they come from a range of ``count + 8`` directions tracked
-        across calls ([`tracked_singular_values`][symopt.constraints.lowrank.tracked_singular_values]:
-        one step of subspace iteration from the last call's basis, after a seeded randomized start)
+        across calls (`tracked_singular_values` in this module: one step of subspace iteration from
+        the last call's basis, after a seeded randomized start)
         in $O(mn·\mathrm{count})$ instead of a full SVD's $O(mn\min(m, n))$. They are lower bounds; on
         the matrices a rank budget read while training the digits MLP the midpoint of the k-th and
         (k+1)-th was within 3e-7 of the exact one (median), where a fresh range finder with two power
@@ -413,7 +413,7 @@ def tracked_singular_values(mat: Tensor, count: int, basis: Tensor | None = None
     calls — the weights of a layer under training — keeps its leading subspace, so one step per call
     tracks it for two matrix products, where a fresh range finder needs power iterations each time.
     Without a usable ``basis`` (None, another size, device or dtype) the range starts from
-    [`leading_singular_values`][symopt.constraints.lowrank.leading_singular_values]'s seeded one; a
+    `leading_singular_values`'s seeded one; a
     basis wider than needed gives its leading columns.
 
     Examples:
