@@ -167,6 +167,32 @@ def solve_l1_quadratic(hessian: Tensor, grad: Tensor, start: Tensor, lam: float,
             factor = _trimmed(factor, hessian, face, ~reached)
             null = _null_without(null, reached) if level else None
             face = face[~reached]
+            if null is not None:
+                # The level steps that follow, run without the loop around them: along the face's null
+                # space its residual does not change (H on the face annuls the step), so a step needs
+                # no product with H, only the ratio test and the basis without the coordinate that
+                # left (a singular face of 338 coordinates on 100 rows leaves 238 of them this way)
+                residual = residual[~reached]
+                for run in range(1, face.numel() + 1):
+                    along = null @ (null.mT @ residual)
+                    if float(along.norm()) <= tol:
+                        break
+                    if run % 8 == 0 and not _annulled(hessian, face, along):
+                        null = None  # rounding has drifted the basis: decomposed afresh by the loop
+                        break
+                    face_signs = signs.index_select(0, face)
+                    ratios = torch.where(face_signs * along > 0, (face_signs * x.index_select(0, face)) /
+                                         (face_signs * along), math.inf)
+                    reach = float(ratios.min())
+                    if not math.isfinite(reach):
+                        return x  # linear and unbounded below along the face
+                    x.index_add_(0, face, along, alpha=-reach)
+                    reached = ratios <= reach * (1 + 1e-12)
+                    leaving = face[reached]
+                    x[leaving], free[leaving], signs[leaving] = 0.0, False, 0.0
+                    null, residual, face = _null_without(null, reached), residual[~reached], face[~reached]
+                    if null is None:
+                        break
         else:
             null = None
     return x
@@ -252,13 +278,8 @@ def _factored_step(hessian: Tensor, face: Tensor, residual: Tensor, tol: float, 
     basis is still null (its image under H at rounding level), else the eigendecomposition afresh."""
     if null is not None:
         along = null @ (null.mT @ residual)
-        size = float(along.norm())
-        if size > tol:
-            spread = torch.zeros(hessian.shape[0], dtype=hessian.dtype)
-            spread[face] = along
-            image = float((hessian @ spread).norm())
-            if image <= 1e-9 * size * max(float(hessian.diagonal().max()), 1e-300):
-                return -along, True, None, null
+        if float(along.norm()) > tol and _annulled(hessian, face, along):
+            return -along, True, None, null
     else:
         try:
             if factor is None:
@@ -272,6 +293,15 @@ def _factored_step(hessian: Tensor, face: Tensor, residual: Tensor, tol: float, 
             pass
     step, level, flat = _eigen_step(hessian.index_select(0, face).index_select(1, face), residual, tol)
     return step, level, None, (flat if level else None)
+
+
+def _annulled(hessian: Tensor, face: Tensor, direction: Tensor) -> bool:
+    """Whether H on ``face`` maps ``direction`` to rounding level (1e-9 of its size times H's largest
+    diagonal entry): a kept null basis that rounding has not drifted off the null space."""
+    spread = torch.zeros(hessian.shape[0], dtype=hessian.dtype)
+    spread[face] = direction
+    image = float((hessian @ spread).norm())
+    return image <= 1e-9 * float(direction.norm()) * max(float(hessian.diagonal().max()), 1e-300)
 
 
 def _null_without(null: Tensor | None, leaving: Tensor) -> Tensor | None:
