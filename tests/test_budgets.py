@@ -274,6 +274,31 @@ def test_target_rank_on_a_large_layer_needs_no_full_svd_and_lands_on_singular_va
     assert int(torch.linalg.matrix_rank(model.theta.detach())) == 4
 
 
+def test_tracked_readings_follow_a_drifting_matrix_from_the_seeded_start():
+    """A rank budget's readings (`tracked_singular_values`): the first, without a basis, is the seeded
+    range finder's; then one subspace step a call from the last basis follows a matrix that drifts
+    as a layer's weights do, to the exact leading singular values; a basis of another size restarts."""
+    from symopt.constraints.lowrank import leading_singular_values, tracked_singular_values
+
+    g = torch.Generator().manual_seed(3)
+    P = torch.linalg.qr(torch.randn(200, 150, generator=g, dtype=torch.float64)).Q
+    Q = torch.linalg.qr(torch.randn(150, 150, generator=g, dtype=torch.float64)).Q
+    A = (P * 0.95 ** torch.arange(150.0, dtype=torch.float64)) @ Q.T
+    values, basis = tracked_singular_values(A, 6, seed=7)
+    assert torch.allclose(values, leading_singular_values(A, 6, seed=7), rtol=1e-12, atol=0)
+    assert basis.shape == (150, 14) and torch.allclose(basis.mT @ basis, torch.eye(14, dtype=torch.float64))
+    for _ in range(30):
+        A = A + 1e-5 * torch.randn(200, 150, generator=g, dtype=torch.float64)  # a step's worth of drift
+        values, basis = tracked_singular_values(A, 6, basis, seed=7)
+        exact = torch.linalg.svdvals(A)[:6]
+        assert bool((values <= exact * (1 + 1e-12)).all())  # Rayleigh-Ritz values: lower bounds
+        fresh = leading_singular_values(A, 6, seed=7)  # a new range finder each call, as before
+        assert float((exact - values).max()) <= float((exact - fresh).max()) + 1e-12
+    assert float(((exact - values) / exact).max()) < 1e-6  # (the fresh one: 4e-3 on this slow spectrum)
+    restarted = tracked_singular_values(A, 6, basis[:, :5], seed=7)[0]
+    assert torch.allclose(restarted, leading_singular_values(A, 6, seed=7), rtol=1e-12, atol=0)
+
+
 @pytest.mark.parametrize("n, k, ties", [(50, 7, False), (100_000, 10_000, False), (100_000, 1, False),
                                         (100_000, 99_998, False), (100_000, 5_000, True), (70_001, 30_000, True),
                                         (100_000, 60_000, True), (50, 40, False), (9, 8, True)])

@@ -394,12 +394,18 @@ def leading_singular_values(mat: Tensor, count: int, seed: int = 0, power: int =
         >>> bool(((estimate - 0.8 ** torch.arange(5.0, dtype=torch.float64)).abs() <= 1e-6).all())
         True
     """
+    return torch.linalg.svdvals(_seeded_range(mat, count + 8, seed, power).mT @ mat)[:count]
+
+
+def _seeded_range(mat: Tensor, width: int, seed: int, power: int) -> Tensor:
+    """An orthonormal basis of ``mat``'s range found from a Gaussian $Ω$ of ``width`` columns (a generator
+    seeded with ``seed``) and ``power`` re-orthonormalised power steps."""
     generator = torch.Generator(device=mat.device).manual_seed(seed)
-    omega = torch.randn(mat.shape[1], count + 8, generator=generator, device=mat.device, dtype=mat.dtype)
+    omega = torch.randn(mat.shape[1], width, generator=generator, device=mat.device, dtype=mat.dtype)
     Q = torch.linalg.qr(mat @ omega).Q
     for _ in range(power):
         Q = torch.linalg.qr(mat @ torch.linalg.qr(mat.mT @ Q).Q).Q
-    return torch.linalg.svdvals(Q.mT @ mat)[:count]
+    return Q
 
 
 def tracked_singular_values(mat: Tensor, count: int, basis: Tensor | None = None,
@@ -413,8 +419,7 @@ def tracked_singular_values(mat: Tensor, count: int, basis: Tensor | None = None
     calls — the weights of a layer under training — keeps its leading subspace, so one step per call
     tracks it for two matrix products, where a fresh range finder needs power iterations each time.
     Without a usable ``basis`` (None, another size, device or dtype) the range starts from
-    `leading_singular_values`'s seeded one; a
-    basis wider than needed gives its leading columns.
+    `leading_singular_values`'s seeded one; a basis wider than needed gives its leading columns.
 
     Examples:
         >>> import torch
@@ -432,14 +437,8 @@ def tracked_singular_values(mat: Tensor, count: int, basis: Tensor | None = None
     width = count + 8
     usable = (basis is not None and basis.dim() == 2 and basis.shape[0] == mat.shape[1]
               and basis.shape[1] >= width and basis.device == mat.device and basis.dtype == mat.dtype)
-    if usable:
-        Q = torch.linalg.qr(mat @ basis[:, :width]).Q
-    else:  # the seeded start of `leading_singular_values`, with its power iterations
-        generator = torch.Generator(device=mat.device).manual_seed(seed)
-        omega = torch.randn(mat.shape[1], width, generator=generator, device=mat.device, dtype=mat.dtype)
-        Q = torch.linalg.qr(mat @ omega).Q
-        for _ in range(2):
-            Q = torch.linalg.qr(mat @ torch.linalg.qr(mat.mT @ Q).Q).Q
+    # (without a basis: `leading_singular_values`'s seeded range, with its two power steps)
+    Q = torch.linalg.qr(mat @ basis[:, :width]).Q if usable else _seeded_range(mat, width, seed, 2)
     _, values, right = torch.linalg.svd(Q.mT @ mat, full_matrices=False)
     return values[:count], right.mT.contiguous()
 
