@@ -89,6 +89,11 @@ def test_a_joined_pair_that_would_move_one_the_wrong_way_is_halved():
         assert float(x[1]) == 0.0
 
 
+def _cholesky_on(H, on):
+    """A fresh Cholesky factor of H on the coordinates ``on``, in their order."""
+    return torch.linalg.cholesky(H[on][:, on])
+
+
 def test_the_face_factor_grown_and_cut_back_is_the_fresh_one():
     from symopt.proximal_newton import _grown, _trimmed
 
@@ -97,27 +102,24 @@ def test_the_face_factor_grown_and_cut_back_is_the_fresh_one():
     H = A.mT @ A
     face = torch.tensor([3, 17, 5, 0, 22, 9])
     joining = torch.tensor([11, 2, 28])
-
-    def fresh(on):
-        return torch.linalg.cholesky(H[on][:, on])
-
-    grown, kept = _grown(fresh(face), H, face, joining)
+    grown, kept = _grown(_cholesky_on(H, face), H, face, joining)
     assert kept == 3
-    assert torch.allclose(grown, fresh(torch.cat([face, joining])), atol=1e-10)
+    assert torch.allclose(grown, _cholesky_on(H, torch.cat([face, joining])), atol=1e-10)
     whole = torch.cat([face, joining])
     kept = torch.ones(whole.numel(), dtype=torch.bool)
     kept[[2, 6]] = False  # one from the middle of the old face, one of the joined
-    assert torch.allclose(_trimmed(grown, H, whole, kept), fresh(whole[kept]), atol=1e-10)
+    assert torch.allclose(_trimmed(grown, H, whole, kept), _cholesky_on(H, whole[kept]), atol=1e-10)
     # a column the face already spans (30 duplicates 0) joins no further: the prefix before it does
     both = torch.cat([A, A[:, :1]], dim=1)
     H_dup = both.mT @ both
-    start = torch.linalg.cholesky(H_dup[face][:, face])
+    start = _cholesky_on(H_dup, face)
     grown, kept = _grown(start, H_dup, face, torch.tensor([11, 30, 2]))
-    assert kept == 1 and torch.allclose(grown, fresh_of(H_dup, torch.cat([face, torch.tensor([11])])), atol=1e-10)
-    assert _grown(start, H_dup, face, torch.tensor([30, 11])) == (start, 0)
+    assert kept == 1 and torch.allclose(grown, _cholesky_on(H_dup, torch.cat([face, torch.tensor([11])])), atol=1e-10)
+    unchanged, kept = _grown(start, H_dup, face, torch.tensor([30, 11]))
+    assert kept == 0 and unchanged is start
     # from an empty face: the joining block's own factor, up to the first dependent column
     grown, kept = _grown(None, H_dup, torch.tensor([], dtype=torch.long), torch.tensor([0, 4, 30, 7]))
-    assert kept == 2 and torch.allclose(grown, fresh_of(H_dup, torch.tensor([0, 4])), atol=1e-10)
+    assert kept == 2 and torch.allclose(grown, _cholesky_on(H_dup, torch.tensor([0, 4])), atol=1e-10)
 
 
 @pytest.mark.parametrize("nonnegative", [False, True])
@@ -149,10 +151,6 @@ def test_the_null_basis_without_a_coordinate_is_the_smaller_faces():
         assert smaller.shape == (12 - len(leaving_rows), 7 - len(leaving_rows))
         assert torch.allclose(smaller.mT @ smaller, torch.eye(smaller.shape[1], dtype=torch.float64), atol=1e-12)
         assert float((H[kept][:, kept] @ smaller).abs().max()) < 1e-10
-
-
-def fresh_of(H, on):
-    return torch.linalg.cholesky(H[on][:, on])
 
 
 @pytest.mark.parametrize("nonnegative", [False, True])
