@@ -3,6 +3,7 @@ and fit what scikit-learn's fit, on shipped data."""
 
 import numpy as np
 import pytest
+import torch
 
 sklearn = pytest.importorskip("sklearn", minversion="1.6")
 from sklearn.datasets import load_breast_cancer, load_diabetes  # noqa: E402
@@ -120,6 +121,50 @@ def test_lasso_cv_errors_with_weights_and_a_sparse_design_are_each_points_own():
             residual = y[test] - (X[test] @ result.x.numpy() + result.intercept)
             assert model.mse_path_[i, k] == pytest.approx(np.average(residual ** 2, weights=weights[test]),
                                                           rel=1e-9)
+
+
+@pytest.mark.parametrize("fit_intercept, positive, weighted", [(True, False, True), (False, True, False),
+                                                                (True, True, False)])
+def test_lasso_cv_folds_solved_as_one_problem_are_each_folds_own_path(fit_intercept, positive, weighted):
+    """LassoCV solves a small dense design's folds as one block-diagonal Lasso (each fold centred and its
+    rows scaled, λ divided by the number of folds): every block must be its fold's own optimum, to the
+    objective, at every α."""
+    import symopt
+    from symopt.estimators import _stacked_fold_paths
+    from symopt.problems import lasso
+
+    X, y = load_diabetes(return_X_y=True)
+    weights = np.random.default_rng(2).uniform(0.0, 2.0, len(y)) if weighted else None
+    folds = list(KFold(4, shuffle=True, random_state=3).split(X))
+    top = lasso(X, y, 1.0, fit_intercept=fit_intercept, sample_weight=weights).strength_max()
+    grid = top * np.geomspace(1.0, 1e-3, 12)
+    together = _stacked_fold_paths(X, y, weights, folds, grid, fit_intercept=fit_intercept, positive=positive,
+                                   tol=1e-6, max_iter=500)
+    assert together is not None and together.shape == (12, 4, X.shape[1])
+    for k, (train, _) in enumerate(folds):
+        problem = lasso(X[train], y[train], 1.0, fit_intercept=fit_intercept, positive=positive,
+                        sample_weight=None if weights is None else weights[train])
+        alone = symopt.path(problem, grid)
+        for i, result in enumerate(alone):
+            point = problem.at_strength(float(grid[i]))
+            ours = point.objective(together[i, k])
+            assert ours == pytest.approx(result.objective, rel=1e-9, abs=1e-12)
+            assert torch.equal(together[i, k] != 0, result.x != 0)
+
+
+def test_lasso_cv_solves_folds_apart_where_one_problem_does_not_pay():
+    """A sparse design, or one whose block-diagonal stack would not keep its Gram, keeps a path per fold."""
+    import scipy.sparse as sparse
+
+    from symopt.estimators import _stacked_fold_paths
+
+    X, y = load_diabetes(return_X_y=True)
+    folds = list(KFold(3).split(X))
+    options = dict(fit_intercept=True, positive=False, tol=1e-6, max_iter=500)
+    assert _stacked_fold_paths(sparse.csr_matrix(X), y, None, folds, np.array([1.0]), **options) is None
+    wide = np.random.default_rng(0).standard_normal((60, 100))
+    assert _stacked_fold_paths(wide, wide[:, 0], None, list(KFold(3).split(wide)), np.array([1.0]),
+                               **options) is None
 
 
 def test_grid_search_over_a_pipeline():
