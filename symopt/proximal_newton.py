@@ -117,6 +117,7 @@ def solve_l1_quadratic(hessian: Tensor, grad: Tensor, start: Tensor, lam: float,
     # needs no product with H (a singular face of 338 coordinates on 100 rows leaves 238 of them so);
     # `level_run` counts them, and every eighth checks the kept basis against H.
     carried, level_run = None, 0
+    first_step = True  # (the first Newton step decides whether the start is worth keeping)
     limit = 10 * k + 50 if max_steps is None else max_steps
     for _ in range(limit):
         if carried is not None and float(carried.norm()) > tol:
@@ -166,6 +167,18 @@ def solve_l1_quadratic(hessian: Tensor, grad: Tensor, start: Tensor, lam: float,
             continue
         fresh = 0
         ratios = torch.where(moving < 0, (face_signs * x.index_select(0, face)) / -moving, math.inf)
+        if first_step:
+            first_step = False
+            if not level and face.numel() >= 8 and int((ratios < 1).sum()) > face.numel() // 2:
+                # The start's face is far from the optimum's: its Newton step crosses zero in most of its
+                # coordinates, and each would leave in a step of its own (a DCS point of logistic-L1 on
+                # breast_cancer: 28 alive where the model's optimum has 4, 25 steps, 9 ms). From x = 0
+                # the violators join together instead (1.4 ms there); the method descends from any start.
+                x.zero_()
+                signs.zero_()
+                free.zero_()
+                face, factor, null, fresh = face[:0], None, None, 0
+                continue
         reach = float(ratios.min())
         if level and not math.isfinite(reach):
             return x  # linear and unbounded below along the face: nothing finite to return

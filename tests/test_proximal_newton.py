@@ -136,6 +136,22 @@ def test_a_dense_start_on_a_singular_face_reaches_the_model_optimum(nonnegative)
     assert int((x != 0).sum()) <= 20  # a basic solution: no more non-zeros than the data's rank
 
 
+@pytest.mark.parametrize("nonnegative", [False, True])
+def test_a_start_far_from_the_optimums_face_restarts_from_zero(nonnegative):
+    # 40 non-zeros at the start, 3 at the optimum (a well-conditioned design): leaving one coordinate a
+    # step would take 37 steps; a restart from x = 0, where the violators join together, takes a few
+    gen = torch.Generator().manual_seed(7)
+    A = torch.randn(200, 40, generator=gen, dtype=torch.float64) / 200 ** 0.5
+    truth = torch.zeros(40, dtype=torch.float64)
+    truth[[3, 17, 29]] = torch.tensor([2.0, 1.5, 1.0], dtype=torch.float64)
+    H = A.mT @ A
+    x0 = torch.rand(40, generator=gen, dtype=torch.float64) + 0.5
+    g = H @ (x0 - truth)  # the model's gradient at x0 of ½‖A(x − truth)‖²
+    x = solve_l1_quadratic(H, g, x0, 0.05, nonnegative, tol=1e-12, max_steps=12)
+    assert _model_kkt(H, g, x0, x, 0.05, nonnegative) <= 1e-10
+    assert int((x != 0).sum()) == 3
+
+
 def test_the_null_basis_without_a_coordinate_is_the_smaller_faces():
     from symopt.proximal_newton import _null_without
 
