@@ -341,9 +341,11 @@ class MultiTaskLasso(MultiOutputMixin, RegressorMixin, BaseEstimator):
 
 
 class LassoCV(_LinearPredictor, RegressorMixin, BaseEstimator):
-    r"""The Lasso with α chosen by cross-validation along a warm-started path ([`symopt.path`][symopt.path]
-    per fold, mean squared error on the held-out fold), then refitted on all the data: scikit-learn's
-    ``LassoCV``.
+    r"""The Lasso with α chosen by cross-validation along a warm-started path ([`symopt.path`][symopt.path],
+    mean squared error on the held-out fold), then refitted on all the data: scikit-learn's ``LassoCV``.
+    On a small dense design the folds' paths are one path of one block-diagonal problem, each block a
+    fold's own Lasso (`_stacked_fold_paths`): the same answers, at one point's fixed cost per α instead
+    of one per α and fold; otherwise each fold has its own path.
 
     Args:
         alphas: an int: the size of the grid (from ``alpha_max`` of the whole data down to
