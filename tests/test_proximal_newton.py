@@ -123,13 +123,16 @@ def test_the_face_factor_grown_and_cut_back_is_the_fresh_one():
 
 
 @pytest.mark.parametrize("nonnegative", [False, True])
-def test_a_dense_start_on_a_singular_face_reaches_the_model_optimum(nonnegative):
-    # 60 non-zeros at the start on a 20-row design: the face's null space has 40 dimensions, and the
-    # level steps take coordinates off one at a time along the kept null basis
+@pytest.mark.parametrize("alive", [36, 60])
+def test_a_dense_start_on_a_singular_face_reaches_the_model_optimum(nonnegative, alive):
+    # 36 or 60 non-zeros at the start on a 20-row design: a null space of 16 dimensions, which the
+    # level steps leave one coordinate at a time along the kept null basis, or of 40 (more than half
+    # the face), where the active set restarts from zero
     gen = torch.Generator().manual_seed(5)
     A = torch.randn(20, 60, generator=gen, dtype=torch.float64)
     H, g = A.mT @ A, A.mT @ torch.randn(20, generator=gen, dtype=torch.float64)
     x0 = torch.randn(60, generator=gen, dtype=torch.float64)
+    x0[alive:] = 0.0
     x0 = x0.abs() if nonnegative else x0
     x = solve_l1_quadratic(H, g, x0, 0.05, nonnegative, tol=1e-12)
     assert _model_kkt(H, g, x0, x, 0.05, nonnegative) <= 1e-9 * (1.0 + float(H.abs().max()) * 10)
