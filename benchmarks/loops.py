@@ -2,7 +2,7 @@
 (``method="auto"``: `symopt.solver.flat`, compact L-BFGS on one flat vector, the loss's own
 gradient) against torch's L-BFGS through the registered parametrization (``method="lbfgs"``).
 
-    python -m benchmarks.loops [--repeats 3] [--quick]
+    python -m benchmarks.loops [--repeats 3] [--quick] [--tiny-lambda] [--wide]
 
 Whole calls, medians of ``--repeats`` after one warm-up, the two loops alternating within each
 repeat (so drifts of the machine hit both). Real data (scikit-learn's diabetes, breast_cancer raw
@@ -90,16 +90,73 @@ def tiny_lambda() -> None:
                   f"{reference.seconds:.2f} |", flush=True)
 
 
+def wide_small_lambda(repeats: int) -> None:
+    """Lasso designs with n ≪ d at a small λ, where DCS's first point has more non-zeros than rows
+    and the ℓ1 model of proximal Newton starts on a singular face: whole calls of ``symopt.solve``
+    (median of ``repeats`` after one warm-up) against scikit-learn's ``Lasso`` with a calibrated
+    tolerance: its default (1e-4) stops 1e-4 to 0.2 above the optimum here (its test scales with
+    ‖y‖², and at a small λ the objective is a small part of it), so the tolerance is divided by 10
+    until its objective is within 1e-6 (relative) of DCS's, as the peer's user would have to."""
+    import warnings
+
+    import numpy as np
+    from sklearn.linear_model import Lasso
+
+    from symopt.problems import lasso, make_lasso
+
+    print("\n| design | λ / λmax | DCS s | status | non-zeros | sklearn tol | sklearn s | DCS / sklearn | "
+          "sklearn objective − DCS's |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for n, d, fraction in ((100, 400, 1e-3), (300, 600, 1e-4), (200, 2000, 1e-3), (50, 500, 1e-3),
+                           (100, 1000, 1e-4), (40, 120, 1e-4)):
+        base = make_lasso(n=n, d=d, nonzeros=10, seed=0)
+        X, y = base.data["X"], base.data["y"]
+        problem = lasso(X, y, 1.0)
+        lam = fraction * problem.strength_max()
+        problem = problem.at_strength(lam)
+        Xf, target = np.asfortranarray(X.numpy()), y.numpy()
+        result = symopt.solve(problem)
+
+        def peer(tol):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # (a ConvergenceWarning at max_iter: the gap column shows it)
+                return Lasso(alpha=lam, fit_intercept=False, tol=tol, max_iter=1_000_000).fit(Xf, target)
+
+        tol = 1e-4
+        while True:
+            gap = (problem.objective(torch.as_tensor(peer(tol).coef_)) - result.objective) / abs(result.objective)
+            if gap <= 1e-6 or tol <= 1e-12:
+                break
+            tol /= 10
+        timed = {}
+        for label, call in (("dcs", lambda: symopt.solve(problem)), ("peer", lambda: peer(tol))):
+            seconds = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                timed[label] = call()
+                seconds.append(time.perf_counter() - start)
+            timed[label + " s"] = statistics.median(seconds)
+        result = timed["dcs"]
+        gap = problem.objective(torch.as_tensor(timed["peer"].coef_)) - result.objective
+        print(f"| {n}×{d} | {fraction:g} | {timed['dcs s']:.3f} | {result.status} | {int((result.x != 0).sum())} | "
+              f"{tol:g} | {timed['peer s']:.3f} | {timed['dcs s'] / timed['peer s']:.1f}× | "
+              f"{gap / abs(result.objective):+.1e} |", flush=True)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.loops")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="smoke test: three small cases, one repeat")
     parser.add_argument("--tiny-lambda", action="store_true", help="only the 40×120 Lasso at tiny λ (one run each)")
+    parser.add_argument("--wide", action="store_true", help="only Lasso designs with n ≪ d at a small λ, against sklearn")
     args = parser.parse_args(argv)
     repeats = 1 if args.quick else args.repeats
     print(f"machine: {machine_name('cpu')}, torch threads {torch.get_num_threads()}; medians of {repeats} runs\n")
     if args.tiny_lambda:
         tiny_lambda()
+        return
+    if args.wide:
+        wide_small_lambda(repeats)
         return
     print("| problem | lean s (iters) | torch L-BFGS s (iters) | lean / torch | statuses | objective diff |")
     print("|---|---|---|---|---|---|")
