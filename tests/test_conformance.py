@@ -214,6 +214,19 @@ def test_bad_inputs_change_nothing(name):
     assert handle.strength == lam
 
 
+@pytest.mark.parametrize("name", [n for n in KIND_NAMES if not KINDS[n].linear])
+def test_dual_norm_exceeds_is_the_dual_norms_comparison(name):
+    """`dual_norm_exceeds` answers exactly as ``dual_norm(g) > level``, just below and above the norm
+    (a kind's cheap lower bound may settle it, never wrongly)."""
+    model, handle, values = _register(name)
+    c = handle.constraint
+    for seed in (1, 2):
+        grad = _target(c, _draw(KINDS[name].example(), seed))
+        norm = float(c.dual_norm(grad))
+        for level in (0.5 * norm, (1 - 1e-9) * norm, norm, (1 + 1e-9) * norm, 2 * norm):
+            assert c.dual_norm_exceeds(grad, level) == (norm > level)
+
+
 @pytest.mark.parametrize("name", KIND_NAMES)
 def test_capabilities_answer(name):
     """Every capability the layers above ask is answered (by the kind or the base's default)."""

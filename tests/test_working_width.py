@@ -45,6 +45,17 @@ def test_a_narrow_low_rank_keeps_its_maths_on_a_full_rank_input():
     assert torch.allclose(narrow.project(G, 3.0), full.project(G, 3.0), atol=1e-10)
 
 
+@pytest.mark.parametrize("shape", [(200, 120), (90, 300), (70, 70)])
+def test_a_large_gradients_operator_norm_is_compared_exactly(shape):
+    # on a matrix above the power iterations' size: decided by the lower bound far below the norm,
+    # by the full SVD at it (both sides of a level within 1e-9 of ‖G‖₂)
+    G = torch.randn(*shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    c = symopt.LowRank(0.1)
+    top = float(torch.linalg.matrix_norm(G, ord=2))
+    for level in (0.1 * top, 0.9 * top, (1 - 1e-9) * top, top, (1 + 1e-9) * top, 3 * top):
+        assert c.dual_norm_exceeds(G, level) == (top > level)
+
+
 def test_quick_kkt_never_exceeds_the_exact_residual():
     W = _low_rank(300, 260, 4, seed=3)
     c = symopt.LowRank(1.0)

@@ -587,6 +587,18 @@ class Constraint(nn.Module):
     def dual_norm(self, grad: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def dual_norm_exceeds(self, grad: Tensor, level: float) -> bool:
+        r"""Whether $\mathrm{dual\_norm}(\mathrm{grad}) > \mathrm{level}$, exactly. A kind whose dual norm is costly
+        (a nuclear norm's is a full SVD) settles it from a cheap lower bound where that already
+        exceeds ``level``. `symopt.solve` asks it before any descent (is θ = 0 optimal at λ?).
+
+        Examples:
+            >>> import torch, symopt
+            >>> symopt.Sparse(0.5).dual_norm_exceeds(torch.tensor([0.2, -0.7]), 0.5)
+            True
+        """
+        return float(self.dual_norm(grad)) > level
+
     def balance(self, *factors: Tensor) -> float:  # pragma: no cover - abstract
         raise NotImplementedError
 

@@ -313,6 +313,27 @@ class LowRank(Constraint):
     def dual_norm(self, grad: Tensor) -> Tensor:
         return torch.linalg.svdvals(self.matrix(grad).to(working_dtype(grad.dtype))).amax()  # full rank
 
+    def dual_norm_exceeds(self, grad: Tensor, level: float) -> bool:
+        r"""Whether $‖\mathrm{grad}‖_2 > \mathrm{level}$: on one large matrix, first from ``_POWER_STEPS`` power
+        iterations from a seeded start, whose $‖G v‖ / ‖v‖$ never exceeds $‖G‖_2$ (a lower bound: where it
+        is above ``level`` that settles it); else, or where it is not, the full SVD. A completion
+        problem below λ_max asked a full SVD of its 1000 × 1000 gradient before any descent (0.24 s of a
+        2.3 s solve)."""
+        mat = self.matrix(grad).to(working_dtype(grad.dtype))
+        if mat.dim() == 2 and min(mat.shape) > 4 * _QUICK_TOP:
+            generator = torch.Generator(device=mat.device).manual_seed(self.factorizer.seed)
+            v = torch.randn(mat.shape[1], generator=generator, device=mat.device, dtype=mat.dtype)
+            for _ in range(_POWER_STEPS):
+                v = mat.mT @ (mat @ v)
+                size = v.norm()
+                if not float(size) > 0:
+                    break
+                v = v / size
+            else:
+                if float((mat @ v).norm()) > level:
+                    return True
+        return float(self.dual_norm(grad)) > level
+
     def balance(self, U: Tensor, V: Tensor) -> float:
         U, V = U.detach(), V.detach()
         denom = float(U.square().sum() + V.square().sum())
@@ -366,6 +387,7 @@ class LowRank(Constraint):
 
 
 _QUICK_TOP = 16  # singular values of the normal part estimated by kkt_residual(quick=True)
+_POWER_STEPS = 8  # power iterations of dual_norm_exceeds' lower bound
 _PROX_FINISH_SIZE = 512  # finishes_by_prox up to this min(m, n): a full SVD a step (~10 ms at 214×320)
 
 

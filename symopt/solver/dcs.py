@@ -225,9 +225,10 @@ def zero_if_optimal(problem: Problem, constraint: Constraint, device,
         return None, None  # the full solve reports a loss that fails at 0, with its message
     if not bool(torch.isfinite(grad).all()):
         return None, None
-    pull = float(constraint.to(device=device, dtype=torch.float64).dual_norm(grad))
-    if pull > constraint.strength:
+    exact = constraint.to(device=device, dtype=torch.float64)
+    if exact.dual_norm_exceeds(grad, constraint.strength):
         return None, grad
+    pull = float(exact.dual_norm(grad))
     zero = torch.zeros(problem.shape, dtype=torch.float64)
     result = Result.from_point(problem, zero, solver=_solver_name(method), status="optimal", seconds=0.0,
                                history=[(0.0, problem.objective(zero), 0.0)], device=device,
