@@ -165,6 +165,21 @@ def test_value_and_grad_of_the_data_terms_matches_autograd(fit, intercept, weigh
     torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
 
 
+def test_value_and_grad_of_the_completion_fit_matches_autograd():
+    from symopt.problems import matrix_completion
+
+    gen = torch.Generator().manual_seed(4)
+    M = torch.randn(7, 5, generator=gen, dtype=DT)
+    mask = torch.rand(7, 5, generator=gen) < 0.6
+    problem = matrix_completion(M, mask, 0.3)
+    theta = torch.randn(7, 5, generator=gen, dtype=DT, requires_grad=True)
+    value = problem.loss(theta, **problem.data)
+    (expected,) = torch.autograd.grad(value, theta)
+    got_value, got = problem.bind(problem.data).value_and_grad(theta.detach())
+    torch.testing.assert_close(got_value, value.detach(), rtol=1e-14, atol=1e-14)
+    torch.testing.assert_close(got, expected, rtol=1e-14, atol=1e-14)
+
+
 def test_flat_objective_is_the_parametrized_objective():
     """The same value and factor gradients as the registered parametrization with its decay."""
     gen = torch.Generator().manual_seed(2)
