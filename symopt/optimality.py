@@ -311,11 +311,22 @@ def _solve_on_face(loss, lam: float, face: Face, free: int, target: float, max_i
                                   line_search_fn="strong_wolfe", tolerance_change=0.0,
                                   tolerance_grad=0.1 * target / math.sqrt(max(free, 1)))
 
+    # A loss that gives its own gradient (`BoundLoss.value_and_grad`) is not differentiated through:
+    # its ∂ℓ/∂θ goes into the face's map θ = embed(coordinates) directly (the backward through a
+    # 1000 × 1000 completion's masked square was most of each evaluation's backward pass).
+    analytic = getattr(loss, "value_and_grad", None)
+
     def closure() -> Tensor:
         optimizer.zero_grad()
-        value = loss(face.embed(*coordinates)) + lam * face.norm(*coordinates)
-        value.backward()
-        return value
+        theta = face.embed(*coordinates)
+        penalty = lam * face.norm(*coordinates)
+        if analytic is None:
+            value = loss(theta) + penalty
+            value.backward()
+            return value
+        fit, grad = analytic(theta.detach())
+        torch.autograd.backward([theta, penalty], [grad.to(theta.dtype), torch.ones_like(penalty)])
+        return (fit + penalty).detach()
 
     optimizer.step(closure)
     with torch.no_grad():
