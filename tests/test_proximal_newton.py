@@ -336,6 +336,25 @@ def test_the_group_model_solution_meets_its_optimality_conditions(sizes, rows, s
     assert _group_model_kkt(H, g, x0, x, groups, weights) <= 1e-8 * scale
 
 
+@pytest.mark.parametrize("seed", [93, 121, 181])
+def test_a_group_model_positive_definite_only_by_rounding_stays_bounded(seed):
+    # 14 groups of 3 on 9 rows: the face's block passed Cholesky with a pivot at rounding level, its
+    # Newton step of 6e15 was taken, and the iterates grew to 1e154 (a stress test found it; the scale
+    # of the hypothesis test above grows with x, so it could not). Measured against the data alone.
+    from symopt.proximal_newton import solve_group_quadratic
+
+    gen = torch.Generator().manual_seed(seed)
+    Z = torch.randn(9, 42, generator=gen, dtype=torch.float64)
+    H = Z.mT @ Z / 9
+    g = Z.mT @ torch.randn(9, generator=gen, dtype=torch.float64) / 9
+    groups = torch.arange(14).repeat_interleave(3)
+    weights = torch.rand(14, generator=gen, dtype=torch.float64) * float(g.abs().max()) * 0.8 + 1e-3
+    x0 = torch.randn(42, generator=gen, dtype=torch.float64) * (torch.rand(42, generator=gen) < 0.7).double()
+    x = solve_group_quadratic(H, g, x0, groups, weights, tol=1e-12)
+    assert float(x.abs().max()) < 100.0
+    assert _group_model_kkt(H, g, x0, x, groups, weights) <= 1e-9 * (1.0 + float(g.abs().max()))
+
+
 def test_the_group_model_solution_is_cvxpys():
     cp = pytest.importorskip("cvxpy")
     from symopt.proximal_newton import solve_group_quadratic
