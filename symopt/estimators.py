@@ -465,8 +465,8 @@ def _stacked_fold_paths(X, y, sample_weight, folds, grid, *, fit_intercept: bool
     The folds' problems share the grid of α and nothing else, so their sum is separable: with fold
     $f$'s training rows centred by their weighted means (the least-squares intercept, profiled out) and
     scaled by $\sqrt{N ω_i / K}$ ($ω$ normalised within the fold, $N$ rows in all, $K$ folds), the
-    block-diagonal design $\mathrm{diag}(X_1, …, X_K)$ has the data term $	frac1K \sum_f ℓ_f(w_f)$, and at
-    $λ = α/K$ its Lasso is $	frac1K \sum_f [ℓ_f(w_f) + α‖w_f‖_1]$: each block is its fold's optimum.
+    block-diagonal design $\mathrm{diag}(X_1, …, X_K)$ has the data term $\tfrac1K \sum_f ℓ_f(w_f)$, and at
+    $λ = α/K$ its Lasso is $\tfrac1K \sum_f [ℓ_f(w_f) + α‖w_f‖_1]$: each block is its fold's optimum.
     One path then pays a point's fixed cost (its models, checks and records: ~1 ms of small tensor
     operations on diabetes, where a point's arithmetic is microseconds) once per α, not once per
     α and fold. It pays while the stacked design keeps its whole Gram (`symopt.problems.glm.GRAM_LIMIT`:

@@ -178,7 +178,7 @@ def solve_l1_quadratic(hessian: Tensor, grad: Tensor, start: Tensor, lam: float,
                 # steps, 9 ms), or the face is singular with a null space of at least half its size
                 # (a 100-row design with 338 non-zeros: at least 238 level steps). From x = 0 the
                 # violators join together instead, as many as keep the face positive definite (1.4 ms
-                # there; 100×400 at 1e-3 λ_max 0.17-0.24 s → 0.08-0.10 s); the method descends from any start.
+                # there; 100×400 at 1e-3 λ_max 0.16-0.23 s → 0.06-0.09 s); the method descends from any start.
                 x.zero_()
                 signs.zero_()
                 free.zero_()

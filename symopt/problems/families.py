@@ -9,8 +9,8 @@ literature, so its λ is on that scale.
 from __future__ import annotations
 
 import contextvars
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
