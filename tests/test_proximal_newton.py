@@ -332,6 +332,9 @@ def test_the_group_model_solution_meets_its_optimality_conditions(sizes, rows, s
     weights = 0.05 + 2 * torch.rand(len(sizes), generator=gen, dtype=torch.float64)
     x0 = torch.randn(k, generator=gen, dtype=torch.float64) if warm else torch.zeros(k, dtype=torch.float64)
     x = solve_group_quadratic(H, g, x0, groups, weights, tol=1e-12)
+    # (the scale grows with x, so a run-away x would pass the KKT test: bounded first, against the data;
+    # the model's optimum has Σ w_j ‖x_j‖ ≤ its value at 0 minus its infimum, far below 1e6 here)
+    assert float(x.abs().max()) < 1e6
     scale = 1.0 + float(H.abs().max()) * (1.0 + float(x.abs().max()) + float(x0.abs().max())) + float(g.abs().max())
     assert _group_model_kkt(H, g, x0, x, groups, weights) <= 1e-8 * scale
 
