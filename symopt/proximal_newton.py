@@ -291,16 +291,14 @@ def _factored_step(hessian: Tensor, face: Tensor, residual: Tensor, tol: float, 
         if float(along.norm()) > tol and (not checked or _annulled(hessian, face, along)):
             return -along, True, None, null
     else:
-        try:
-            if factor is None:
-                factor = torch.linalg.cholesky(hessian.index_select(0, face).index_select(1, face))
+        if factor is None:  # (clearly positive definite, as the joins' factors are; else the eigendecomposition)
+            factor = _face_factor(hessian, face)
+        if factor is not None:
             half = torch.linalg.solve_triangular(factor, residual[:, None], upper=False)
             step = -torch.linalg.solve_triangular(factor.mT, half, upper=True).squeeze(1)
             slope = float(step @ residual)  # < 0 and finite: a descent step (NaN and Inf fail it)
             if slope < 0 and math.isfinite(slope):
                 return step, False, factor, None
-        except RuntimeError:  # not positive definite: collinear columns, more of them than samples
-            pass
     step, level, flat = _eigen_step(hessian.index_select(0, face).index_select(1, face), residual, tol)
     return step, level, None, (flat if level else None)
 
