@@ -613,10 +613,10 @@ class CompletionFit:
 
     Examples:
         >>> import torch
-        >>> M, mask = torch.ones(2, 2, dtype=torch.float64), torch.eye(2, dtype=torch.float64)
+        >>> M, mask = 2 * torch.eye(2, dtype=torch.float64), torch.eye(2, dtype=torch.float64)  # the diagonal seen
         >>> value, grad = CompletionFit().value_and_grad(torch.zeros(2, 2, dtype=torch.float64), M, mask)
         >>> float(value), grad.tolist()
-        (1.0, [[-1.0, 0.0], [0.0, -1.0]])
+        (4.0, [[-2.0, 0.0], [0.0, -2.0]])
     """
 
     def __call__(self, theta: Tensor, M: Tensor, mask: Tensor) -> Tensor:
