@@ -398,6 +398,12 @@ class LassoCV(_LinearPredictor, RegressorMixin, BaseEstimator):
             if grid.ndim != 1 or not len(grid) or not (np.isfinite(grid) & (grid > 0)).all():
                 raise ValueError(f"LassoCV: alphas must be an int or positive finite numbers, got {self.alphas!r}")
         folds = list(splitter.split(X, y))
+        if sample_weight is not None:
+            for k, (train, test) in enumerate(folds):
+                for part, rows in (("training", train), ("held-out", test)):
+                    if not sample_weight[rows].sum() > 0:
+                        raise ValueError(f"LassoCV: the {part} rows of fold {k} all have sample_weight 0, so that "
+                                         "fold has no data; give them weight or use other folds (cv=)")
         coefs = _stacked_fold_paths(X, y, sample_weight, folds, grid, tol=self.tol, max_iter=self.max_iter, **options)
         errors = np.empty((len(grid), len(folds)))
         for k, (train, test) in enumerate(folds):

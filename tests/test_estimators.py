@@ -152,6 +152,18 @@ def test_lasso_cv_folds_solved_as_one_problem_are_each_folds_own_path(fit_interc
             assert torch.equal(together[i, k] != 0, result.x != 0)
 
 
+@pytest.mark.parametrize("zero_rows", [slice(0, 100), slice(100, None)])
+def test_lasso_cv_refuses_a_fold_without_weight_before_solving(zero_rows):
+    X, y = load_diabetes(return_X_y=True)
+    weights = np.ones(len(y))
+    weights[zero_rows] = 0.0
+    folds = [(np.arange(100), np.arange(100, 442)), (np.arange(100, 442), np.arange(100))]
+    model = LassoCV(alphas=5, cv=folds)
+    with pytest.raises(ValueError, match="LassoCV: the (training|held-out) rows of fold [01] all have sample_weight 0"):
+        model.fit(X, y, sample_weight=weights)
+    assert not hasattr(model, "coef_")
+
+
 def test_lasso_cv_solves_folds_apart_where_one_problem_does_not_pay():
     """A sparse design, or one whose block-diagonal stack would not keep its Gram, keeps a path per fold."""
     import scipy.sparse as sparse
