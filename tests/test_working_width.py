@@ -46,10 +46,15 @@ def test_a_narrow_low_rank_keeps_its_maths_on_a_full_rank_input():
 
 
 @pytest.mark.parametrize("shape", [(200, 120), (90, 300), (70, 70)])
-def test_a_large_gradients_operator_norm_is_compared_exactly(shape):
+@pytest.mark.parametrize("spike", [0.0, 50.0])
+def test_a_large_gradients_operator_norm_is_compared_exactly(shape, spike):
     # on a matrix above the power iterations' size: decided by the lower bound far below the norm,
-    # by the full SVD at it (both sides of a level within 1e-9 of ‖G‖₂)
-    G = torch.randn(*shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    # by the full SVD at it (both sides of a level within 1e-9 of ‖G‖₂); with a dominant singular
+    # value (spike) the bound meets the norm to rounding, and the level equal to it must still say no
+    gen = torch.Generator().manual_seed(3)
+    G = torch.randn(*shape, generator=gen, dtype=torch.float64)
+    G = G + spike * torch.outer(torch.randn(shape[0], generator=gen, dtype=torch.float64),
+                                torch.randn(shape[1], generator=gen, dtype=torch.float64))
     c = symopt.LowRank(0.1)
     top = float(torch.linalg.matrix_norm(G, ord=2))
     for level in (0.1 * top, 0.9 * top, (1 - 1e-9) * top, top, (1 + 1e-9) * top, 3 * top):
@@ -116,3 +121,4 @@ def test_with_width_keeps_a_subclass():
     narrow = Special(0.2, seed=3).with_width(4)
     assert type(narrow) is Special and narrow.max_rank == 4 and narrow.strength == 0.2
     assert narrow.factorizer.seed == 3
+
