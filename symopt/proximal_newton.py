@@ -281,26 +281,35 @@ def _factored_step(hessian: Tensor, face: Tensor, residual: Tensor, tol: float, 
                    checked: bool = True) -> tuple[Tensor, bool, Tensor | None, Tensor | None]:
     """`_face_step` on H's block on ``face`` with its Cholesky factor or its null space kept:
     ``(step, level, factor, null)``. With ``factor``, two triangular solves; without, the factor is
-    formed where the block is positive definite; where it is not, `_face_step`'s eigendecomposition,
+    formed where the block is clearly positive definite (`_block_factor`); where it is not, `_face_step`'s eigendecomposition,
     whose null-space basis comes back for the next level step. With ``null`` (the block is known
     singular), a level step along it directly where ``r`` has a part above ``tol`` there and the
     basis is still null (its image under H at rounding level; with ``checked`` False that is taken
     on trust, a product with H saved), else the eigendecomposition afresh."""
+    block = None
     if null is not None:
         along = null @ (null.mT @ residual)
         if float(along.norm()) > tol and (not checked or _annulled(hessian, face, along)):
             return -along, True, None, null
     else:
         if factor is None:  # (clearly positive definite, as the joins' factors are; else the eigendecomposition)
-            factor = _face_factor(hessian, face)
-        if factor is not None:
-            half = torch.linalg.solve_triangular(factor, residual[:, None], upper=False)
-            step = -torch.linalg.solve_triangular(factor.mT, half, upper=True).squeeze(1)
-            slope = float(step @ residual)  # < 0 and finite: a descent step (NaN and Inf fail it)
-            if slope < 0 and math.isfinite(slope):
-                return step, False, factor, None
-    step, level, flat = _eigen_step(hessian.index_select(0, face).index_select(1, face), residual, tol)
+            block = hessian.index_select(0, face).index_select(1, face)
+            factor = _block_factor(block, block)
+        step = None if factor is None else _newton_step(factor, residual)
+        if step is not None:
+            return step, False, factor, None
+    if block is None:
+        block = hessian.index_select(0, face).index_select(1, face)
+    step, level, flat = _eigen_step(block, residual, tol)
     return step, level, None, (flat if level else None)
+
+
+def _newton_step(factor: Tensor, residual: Tensor) -> Tensor | None:
+    """Newton's step $-H^{-1} r$ from H's Cholesky factor, or None where it is not a descent step (its
+    slope $r^\top \mathrm{step}$ not negative and finite: NaN and Inf fail it)."""
+    step = -torch.cholesky_solve(residual[:, None], factor).squeeze(1)
+    slope = float(step @ residual)
+    return step if slope < 0 and math.isfinite(slope) else None
 
 
 def _annulled(hessian: Tensor, face: Tensor, direction: Tensor) -> bool:
@@ -347,11 +356,9 @@ def _face_step(block: Tensor, residual: Tensor, tol: float) -> tuple[Tensor, boo
     along its near-null space, which the line search took, and the model's iterates then grew to 1e154
     (a stress test; the eigendecomposition sees that space as flat)."""
     factor = _block_factor(block, block)
-    if factor is not None:
-        step = -torch.cholesky_solve(residual[:, None], factor).squeeze(1)
-        slope = float(step @ residual)  # < 0 and finite: a descent step (NaN and Inf fail it)
-        if slope < 0 and math.isfinite(slope):
-            return step, False
+    step = None if factor is None else _newton_step(factor, residual)
+    if step is not None:
+        return step, False
     return _eigen_step(block, residual, tol)[:2]
 
 

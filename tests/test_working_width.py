@@ -121,4 +121,3 @@ def test_with_width_keeps_a_subclass():
     narrow = Special(0.2, seed=3).with_width(4)
     assert type(narrow) is Special and narrow.max_rank == 4 and narrow.strength == 0.2
     assert narrow.factorizer.seed == 3
-
