@@ -305,7 +305,7 @@ def _factored_step(hessian: Tensor, face: Tensor, residual: Tensor, tol: float, 
 
 
 def _newton_step(factor: Tensor, residual: Tensor) -> Tensor | None:
-    """Newton's step $-H^{-1} r$ from H's Cholesky factor, or None where it is not a descent step (its
+    r"""Newton's step $-H^{-1} r$ from H's Cholesky factor, or None where it is not a descent step (its
     slope $r^\top \mathrm{step}$ not negative and finite: NaN and Inf fail it)."""
     step = -torch.cholesky_solve(residual[:, None], factor).squeeze(1)
     slope = float(step @ residual)
