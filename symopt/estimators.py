@@ -38,6 +38,7 @@ except ImportError as err:  # pragma: no cover - the message is the point
 
 from .paths import path as _path
 from .problems import group_lasso, lasso, logistic_l1, matrix_completion, multitask_lasso
+from .problems.glm import normalised_weights
 from .solver import solve
 
 __all__ = ["Lasso", "ElasticNet", "SparseLogisticRegression", "GroupLasso", "MultiTaskLasso", "LassoCV",
@@ -409,8 +410,8 @@ class LassoCV(_LinearPredictor, RegressorMixin, BaseEstimator):
         for k, (train, test) in enumerate(folds):
             if coefs is None:
                 weights = None if sample_weight is None else sample_weight[train]
-                fold = _path(lasso(X[train], y[train], 1.0, sample_weight=weights, fit_intercept=self.fit_intercept,
-                                   positive=self.positive), grid, tol=self.tol, max_iter=self.max_iter)
+                fold = _path(lasso(X[train], y[train], 1.0, sample_weight=weights, **options), grid, tol=self.tol,
+                             max_iter=self.max_iter)
                 fold_coefs = fold.coefs  # (alphas, d)
             else:
                 fold_coefs = coefs[:, k]
@@ -426,11 +427,11 @@ class LassoCV(_LinearPredictor, RegressorMixin, BaseEstimator):
 
 
 def _shares(n: int, weights) -> torch.Tensor:
-    """The rows' weights normalised to sum 1 (1/n each without weights), as a float64 tensor."""
+    """The rows' weights normalised to sum 1 (1/n each without weights), as a float64 tensor: the data
+    terms' own normalisation (`normalised_weights`)."""
     if weights is None:
         return torch.full((n,), 1.0 / n, dtype=torch.float64)
-    weights = torch.as_tensor(weights, dtype=torch.float64)
-    return weights / weights.sum()
+    return normalised_weights(weights, n, torch.float64)
 
 
 # LassoCV's own arithmetic (centring, held-out errors) is in torch, not NumPy: a NumPy product wakes
