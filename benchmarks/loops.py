@@ -104,6 +104,8 @@ def wide_small_lambda(repeats: int) -> None:
 
     from symopt.problems import lasso, make_lasso
 
+    from .users_data import _median_time  # (a warm-up call, then the median of whole calls)
+
     print("\n| design | λ / λmax | DCS s | status | non-zeros | sklearn tol | sklearn s | DCS / sklearn | "
           "sklearn objective − DCS's |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -128,18 +130,11 @@ def wide_small_lambda(repeats: int) -> None:
             if gap <= 1e-6 or tol <= 1e-12:
                 break
             tol /= 10
-        timed = {}
-        for label, call in (("dcs", lambda: symopt.solve(problem)), ("peer", lambda: peer(tol))):
-            seconds = []
-            for _ in range(repeats):
-                start = time.perf_counter()
-                timed[label] = call()
-                seconds.append(time.perf_counter() - start)
-            timed[label + " s"] = statistics.median(seconds)
-        result = timed["dcs"]
-        gap = problem.objective(torch.as_tensor(timed["peer"].coef_)) - result.objective
-        print(f"| {n}×{d} | {fraction:g} | {timed['dcs s']:.3f} | {result.status} | {int((result.x != 0).sum())} | "
-              f"{tol:g} | {timed['peer s']:.3f} | {timed['dcs s'] / timed['peer s']:.1f}× | "
+        t_dcs, result = _median_time(lambda: symopt.solve(problem), repeats)
+        t_peer, model = _median_time(lambda: peer(tol), repeats)
+        gap = problem.objective(torch.as_tensor(model.coef_)) - result.objective
+        print(f"| {n}×{d} | {fraction:g} | {t_dcs:.3f} | {result.status} | {int((result.x != 0).sum())} | "
+              f"{tol:g} | {t_peer:.3f} | {t_dcs / t_peer:.1f}× | "
               f"{gap / abs(result.objective):+.1e} |", flush=True)
 
 
