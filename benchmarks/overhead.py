@@ -24,9 +24,10 @@ Two memory columns:
   above what was allocated when the step started. Exact to the byte; measured on one step, after
   the timed ones.
 
-``--regrow`` adds ``sparse + regrow``: the fixed-λ sparse layer with ``symopt.regrow(net, optimizer)``
-on the step's optimizer (θ's gradient folded into a moving average every step, a decision every 10
-steps, the held zeros put back after every step).
+``--regrow`` adds ``sparse + regrow``, ``low_rank + regrow`` and ``low_rank(max_rank=64) + regrow``:
+the fixed-λ layers with ``symopt.regrow(net, optimizer)`` on the step's optimizer (θ's gradient folded
+into a moving average every step, a decision every 10 steps: for low rank, the eigen-decomposition of
+UᵀU + VᵀV that finds the directions near zero).
 """
 
 from __future__ import annotations
@@ -64,9 +65,11 @@ def _model(arch: str, width: int, device, kind: str | None) -> nn.Module:
                             nn.Flatten(), nn.Linear(width, 10)).to(device)
     shape = net[2].weight.shape
     numel = net[2].weight.numel()
-    if kind in ("sparse", "sparse + regrow"):
+    if kind is not None and kind.endswith(" + regrow"):
+        kind = kind[:-len(" + regrow")]
+        net.regrows = True  # _stepper installs symopt.regrow on its optimizer
+    if kind == "sparse":
         symopt.sparse(net, "2.weight", strength=1e-4)
-        net.regrows = kind == "sparse + regrow"  # _stepper installs symopt.regrow on its optimizer
     elif kind == "group_sparse":
         symopt.group_sparse(net, "2.weight", dim=0, strength=1e-4)
     elif kind == "low_rank":
@@ -214,7 +217,7 @@ def main(argv=None) -> None:
                         help="how the factors are decayed (see the module docstring)")
     parser.add_argument("--budgets", action="store_true",
                         help="also the budgeted kinds (λ adapted on every backward pass: BUDGETS)")
-    parser.add_argument("--regrow", action="store_true", help="also a fixed-λ sparse layer under symopt.regrow")
+    parser.add_argument("--regrow", action="store_true", help="also fixed-λ sparse and low-rank layers under symopt.regrow")
     args = parser.parse_args(argv)
     args.width = args.width or (512 if args.model == "mlp" else 64)
     args.batch = args.batch or (256 if args.model == "mlp" else 32)
@@ -231,7 +234,7 @@ def main(argv=None) -> None:
     if args.budgets:
         kinds += BUDGETS
     if args.regrow:
-        kinds.append("sparse + regrow")
+        kinds += ["sparse + regrow", "low_rank + regrow", "low_rank(max_rank=64) + regrow"]
     nets = {kind: _model(args.model, args.width, device, kind) for kind in kinds}
     times: dict = {kind: [] for kind in kinds}
     for _ in range(args.repeats):  # interleaved rounds, so drift in machine load hits every kind alike

@@ -1,7 +1,7 @@
 """Zeros during a fixed-λ run: plain factor dynamics vs ``symopt.regrow``, against scikit-learn's optimum.
 
     python -m benchmarks.regrowth [--seeds 3] [--first 3000] [--second 5000] [--data NAME ...] [--quick]
-    python -m benchmarks.regrowth --mlp [--seeds 3] [--epochs 30]
+    python -m benchmarks.regrowth --mlp [--rank] [--seeds 3] [--epochs 30]
 
 Real data shipped with scikit-learn, columns standardised, targets centred (not scaled):
 
@@ -12,7 +12,11 @@ Real data shipped with scikit-learn, columns standardised, targets centred (not 
   (one group per input feature); reference ``MultiTaskLasso(tol=1e-14)``;
 * ``diabetes+``, ``breast_cancer+``: the non-negative Lasso, ``symopt.nonnegative`` (θ = ½u⊙u, whose
   pull off zero is (−∂ℓ/∂θ)⁺); reference ``Lasso(positive=True, tol=1e-14)``; λ_max is the largest
-  pull at 0.
+  pull at 0;
+* ``digits-rank``: reduced-rank regression of digits' one-hot class on its 64 pixels (1797 × 64 → 10),
+  ``symopt.low_rank`` (θ = UVᵀ: a direction is a column pair once the factors are rotated); reference
+  accelerated proximal gradient with singular-value thresholding (FISTA, 3000 iterations: no
+  scikit-learn estimator solves it); its "zeros" are zero column pairs, the missing rank.
 
 Two phases, as a schedule or a fine-tuning does: ``--first`` full-batch steps at λ₁ = 0.5 λ_max, then
 ``--second`` at λ₂ = 0.05 λ_max (λ_max from the data: the fractions mean the same on every data set).
@@ -29,8 +33,11 @@ wall time per step (median) against the plain run's.
 pixels / 16), MLP 64-256-256-10 with ``symopt.sparse(strength=1e-3)`` on both hidden weights, Adam lr
 1e-3, batch 64, ``--epochs`` epochs; plain, and ``regrow`` with the moving average's factor β = 0.9 and
 0.99 (the default). Each row (mean over seeds): test accuracy, the fraction of each layer's entries
-that is exactly 0 and that is below 1e-3 of its largest (what the plain run calls zero), and the
-atoms regrown (seeded off 0) over training.
+that is exactly 0 and that is below 1e-3 of its largest (what the plain run calls zero), the
+atoms regrown (seeded off 0) and snapped over training, and the training CPU time (median).
+``--rank``: ``symopt.low_rank(strength=1e-3)`` instead, plain and β = 0.99; the fractions are of each
+layer's singular directions (exact: zero column pairs of the factors; small: singular values below
+1e-3 of the largest).
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ import argparse
 import statistics
 import time
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -49,19 +57,25 @@ CHECKPOINTS = (500, 2000)
 TARGET = 1e-8
 
 
+GROUPS, POSITIVE, RANK = "groups", "positive", "rank"  # the kinds besides "entries" (symopt.sparse)
+DATA = ("diabetes", "breast_cancer", "wine", "diabetes+", "breast_cancer+", "digits-rank")
+
+
 def _standardised(X):
     X = X - X.mean(0)
-    return torch.tensor(X / X.std(0))
-
-
-GROUPS, POSITIVE = "groups", "positive"  # the kinds besides "entries" (symopt.sparse)
-DATA = ("diabetes", "breast_cancer", "wine", "diabetes+", "breast_cancer+")
+    spread = X.std(0)
+    return torch.tensor(X / np.where(spread > 0, spread, 1.0))  # (digits has constant border pixels)
 
 
 def load(name: str):
     """(X, Y, kind) for a data set of the benchmark: Y has one column per task; kind "entries"
-    (``sparse``), "groups" (``group_sparse`` over input features) or "positive" (``nonnegative``)."""
+    (``sparse``), "groups" (``group_sparse`` over input features), "positive" (``nonnegative``) or "rank"
+    (``low_rank``)."""
     from sklearn import datasets
+    if name == "digits-rank":
+        X, label = datasets.load_digits(return_X_y=True)
+        Y = torch.nn.functional.one_hot(torch.tensor(label)).double()
+        return _standardised(X), Y - Y.mean(0), RANK
     if name == "wine":
         X, label = datasets.load_wine(return_X_y=True)
         Y = torch.nn.functional.one_hot(torch.tensor(label)).double()
@@ -76,6 +90,8 @@ def strength_max(X, Y, kind: str) -> float:
     """The smallest λ at which 0 is optimal: the dual norm of the gradient at 0 (for θ ≥ 0 the largest
     pull upward, (−∂ℓ/∂θ)⁺ = (XᵀY/n)⁺)."""
     G = X.T @ Y / len(X)  # features × tasks: −∂ℓ/∂θ at 0
+    if kind == RANK:
+        return float(torch.linalg.matrix_norm(G, 2))
     if kind == GROUPS:
         return float(G.norm(dim=1).max())
     return float(G.clamp_min(0).max() if kind == POSITIVE else G.abs().max())
@@ -83,11 +99,31 @@ def strength_max(X, Y, kind: str) -> float:
 
 def objective(W, X, Y, lam: float, kind: str) -> float:
     fit = 0.5 * float(((X @ W.T - Y) ** 2).sum()) / len(X)
+    if kind == RANK:
+        return fit + lam * float(torch.linalg.svdvals(W).sum())
     return fit + lam * float(W.norm(dim=0).sum() if kind == GROUPS else W.abs().sum())
+
+
+def nuclear_reference(X, Y, lam: float, iterations: int = 3000):
+    """min (1/2n)‖Y − XWᵀ‖² + λ‖W‖_* by accelerated proximal gradient (FISTA, singular-value
+    thresholding at the step 1/L): the textbook solver, independent of symopt."""
+    n = len(X)
+    step = n / float(torch.linalg.matrix_norm(X, 2)) ** 2
+    W = torch.zeros(Y.shape[1], X.shape[1], dtype=torch.float64)
+    Z, t = W.clone(), 1.0
+    for _ in range(iterations):
+        P, S, Qh = torch.linalg.svd(Z - step * ((Z @ X.T - Y.T) @ X / n), full_matrices=False)
+        following = (P * (S - step * lam).clamp_min(0)) @ Qh
+        t_next = (1 + (1 + 4 * t * t) ** 0.5) / 2
+        Z = following + (t - 1) / t_next * (following - W)
+        W, t = following, t_next
+    return W
 
 
 def reference(X, Y, lam: float, kind: str):
     from sklearn.linear_model import Lasso, MultiTaskLasso
+    if kind == RANK:
+        return nuclear_reference(X, Y, lam)
     if kind == GROUPS:
         estimator = MultiTaskLasso(alpha=lam, fit_intercept=False, tol=1e-14, max_iter=10 ** 6)
         coef = estimator.fit(X.numpy(), Y.numpy()).coef_
@@ -101,7 +137,15 @@ def stable_lr(W, X, Y, lam: float, kind: str) -> float:
     """``2 / λ_max`` of the factored loss's Hessian at the balanced factors of ``W`` (entries: u = ±√|w|,
     v = √|w|; groups: the gate √‖w_g‖ and ω_g = w_g/√‖w_g‖; positive: u = √(2w))."""
     d, t = X.shape[1], Y.shape[1]
-    if kind == POSITIVE:
+    if kind == RANK:
+        P, S, Qh = torch.linalg.svd(W, full_matrices=False)
+        start = torch.cat([(P * S.sqrt()).reshape(-1), (Qh.T * S.sqrt()).reshape(-1)])
+        r = S.numel()
+
+        def factored(z):
+            U, V = z[:t * r].reshape(t, r), z[t * r:].reshape(d, r)
+            return 0.5 * ((X @ (U @ V.T).T - Y) ** 2).sum() / len(X) + 0.5 * lam * z.square().sum()
+    elif kind == POSITIVE:
         start = (2 * W.clamp_min(0)).sqrt().reshape(-1)
 
         def factored(z):
@@ -132,7 +176,9 @@ def run(X, Y, kind: str, optimizer: str, lr: float, lams: tuple[float, float], b
     torch.manual_seed(seed)
     model = nn.Linear(X.shape[1], Y.shape[1], bias=False).double()
     grouped = kind == GROUPS
-    if grouped:
+    if kind == RANK:
+        handle = symopt.low_rank(model, "weight", strength=lams[0], seed=seed)
+    elif grouped:
         handle = symopt.group_sparse(model, "weight", dim=1, strength=lams[0], seed=seed)
     elif kind == POSITIVE:
         with torch.no_grad():
@@ -159,49 +205,82 @@ def run(X, Y, kind: str, optimizer: str, lr: float, lams: tuple[float, float], b
             if reached is None and gap < TARGET:
                 reached = after
     seconds = (time.perf_counter() - began) / (first + second)
+    zeros = exact_zeros(model, kind)
+    wrong = abs(int(zeros.sum()) - int(target_zeros.sum())) if kind == RANK else int((zeros != target_zeros).sum())
+    return {"gaps": gaps, "reached": reached, "wrong": wrong, "step": seconds, "exact_zeros": int(zeros.sum())}
+
+
+def exact_zeros(model: nn.Linear, kind: str):
+    """The model's exact zeros: entries, input features (groups), or zero column pairs of (U, V) (rank)."""
     W = model.weight.detach()
-    zeros = (W.norm(dim=0) == 0) if grouped else (W == 0)
-    return {"gaps": gaps, "reached": reached, "wrong": int((zeros != target_zeros).sum()), "step": seconds,
-            "exact_zeros": int(zeros.sum())}
+    if kind == RANK:
+        U, V = (f.detach() for f in (model.parametrizations.weight.original0, model.parametrizations.weight.original1))
+        return (U.norm(dim=0) == 0) & (V.norm(dim=0) == 0)
+    return (W.norm(dim=0) == 0) if kind == GROUPS else (W == 0)
 
 
-def mlp(seeds: int, epochs: int) -> list[dict]:
-    """The ``--mlp`` table (see the module docstring)."""
+def reference_zeros(W, kind: str):
+    """The reference's zeros, as `exact_zeros` counts them (rank: one per missing singular value)."""
+    if kind == RANK:
+        S = torch.linalg.svdvals(W)
+        return S <= 1e-9 * float(S.max())
+    return (W.norm(dim=0) == 0) if kind == GROUPS else (W == 0)
+
+
+def mlp(seeds: int, epochs: int, rank: bool = False) -> list[dict]:
+    """The ``--mlp`` table (see the module docstring); ``rank``: ``low_rank`` instead of ``sparse``."""
     from benchmarks.compression import batches, data
     from benchmarks.compression import mlp as digits_mlp
 
-    print(f"digits MLP 64-256-256-10, sparse(strength=1e-3) on both hidden weights, Adam lr 1e-3, batch 64, "
-          f"{epochs} epochs, means over {seeds} seeds")
-    print(f"{'method':18s} {'accuracy':>8s} {'exact 0 (layers)':>17s} {'< 1e-3 max':>13s} {'regrown':>8s}")
+    kind, unit = ("low_rank", "directions") if rank else ("sparse", "entries")
+    print(f"digits MLP 64-256-256-10, {kind}(strength=1e-3) on both hidden weights, Adam lr 1e-3, batch 64, "
+          f"{epochs} epochs, means over {seeds} seeds; fractions of each layer's {unit}")
+    print(f"{'method':18s} {'accuracy':>8s} {'exact 0 (layers)':>17s} {'< 1e-3 max':>13s} {'regrown':>8s} "
+          f"{'snapped':>8s} {'CPU s':>6s}")
     rows = []
-    for method, beta in (("plain", None), ("regrow β=0.9", 0.9), ("regrow β=0.99", 0.99)):
+    methods = (("plain", None), ("regrow β=0.99", 0.99)) if rank else \
+        (("plain", None), ("regrow β=0.9", 0.9), ("regrow β=0.99", 0.99))
+    for method, beta in methods:
         runs = []
         for seed in range(seeds):
             Xtr, ytr, Xte, yte = data(seed)
             net = digits_mlp(seed)  # benchmarks.compression's model and split
             for name in ("0.weight", "2.weight"):
-                symopt.sparse(net, name, strength=1e-3, seed=seed)
+                (symopt.low_rank if rank else symopt.sparse)(net, name, strength=1e-3, seed=seed)
             opt = torch.optim.Adam(symopt.param_groups(net, lr=1e-3), lr=1e-3)
             growth = symopt.regrow(net, opt, beta=beta) if beta is not None else None
             order = torch.Generator().manual_seed(seed)
+            began = time.process_time()
             for _ in range(epochs):
                 for idx in batches(len(Xtr), 64, order):
                     opt.zero_grad()
                     nn.functional.cross_entropy(net(Xtr[idx]), ytr[idx]).backward()
                     opt.step()
+            cpu = time.process_time() - began
             with torch.no_grad():
-                weights = [net[i].weight for i in (0, 2)]
-                runs.append((float((net(Xte).argmax(1) == yte).float().mean()),
-                             [float((w == 0).float().mean()) for w in weights],
-                             [float((w.abs() < 1e-3 * w.abs().max()).float().mean()) for w in weights],
-                             sum(growth.regrown.values()) if growth else 0))
+                exact, small = [], []
+                for i in (0, 2):
+                    if rank:  # zero column pairs of (U, V); singular values below 1e-3 of the largest
+                        U, V = net[i].parametrizations.weight.original0, net[i].parametrizations.weight.original1
+                        S = torch.linalg.svdvals(net[i].weight)
+                        exact.append(float(((U.norm(dim=0) == 0) & (V.norm(dim=0) == 0)).float().mean()))
+                        small.append(float((S < 1e-3 * S[0]).float().mean()))
+                    else:
+                        w = net[i].weight
+                        exact.append(float((w == 0).float().mean()))
+                        small.append(float((w.abs() < 1e-3 * w.abs().max()).float().mean()))
+                runs.append((float((net(Xte).argmax(1) == yte).float().mean()), exact, small,
+                             sum(growth.regrown.values()) if growth else 0,
+                             sum(growth.snapped.values()) if growth else 0, cpu))
         row = {"method": method, "accuracy": statistics.mean(r[0] for r in runs),
                "exact": [statistics.mean(r[1][i] for r in runs) for i in (0, 1)],
                "small": [statistics.mean(r[2][i] for r in runs) for i in (0, 1)],
-               "regrown": statistics.mean(r[3] for r in runs)}
+               "regrown": statistics.mean(r[3] for r in runs), "snapped": statistics.mean(r[4] for r in runs),
+               "cpu": statistics.median(r[5] for r in runs)}
         rows.append(row)
         print(f"{method:18s} {row['accuracy']:8.4f} {row['exact'][0]:8.3f} {row['exact'][1]:8.3f} "
-              f"{row['small'][0]:6.3f} {row['small'][1]:6.3f} {row['regrown']:8.0f}", flush=True)
+              f"{row['small'][0]:6.3f} {row['small'][1]:6.3f} {row['regrown']:8.0f} {row['snapped']:8.0f} "
+              f"{row['cpu']:6.1f}", flush=True)
     return rows
 
 
@@ -214,11 +293,12 @@ def main(argv=None) -> list[dict]:
                         help="one seed, short phases, diabetes (Lasso and non-negative Lasso) only: a smoke test")
     parser.add_argument("--mlp", action="store_true", help="minibatch training of a digits MLP instead")
     parser.add_argument("--epochs", type=int, default=30, help="--mlp: epochs")
+    parser.add_argument("--rank", action="store_true", help="--mlp: low_rank instead of sparse")
     parser.add_argument("--data", nargs="+", default=list(DATA), choices=DATA, help="the data sets (default: all)")
     args = parser.parse_args(argv)
     if args.mlp:
         torch.set_num_threads(2)
-        return mlp(1 if args.quick else args.seeds, 1 if args.quick else args.epochs)
+        return mlp(1 if args.quick else args.seeds, 1 if args.quick else args.epochs, rank=args.rank)
     names = args.data
     if args.quick:
         args.seeds, args.first, args.second, names = 1, 300, 600, ["diabetes", "diabetes+"]
@@ -227,17 +307,16 @@ def main(argv=None) -> list[dict]:
     header = (f"{'data':14s} {'optimizer':9s} {'method':8s} " + " ".join(f"{'gap@' + str(c):>9s}" for c in checkpoints)
               + f" {'steps<1e-8':>10s} {'zeros':>7s} {'wrong':>5s} {'step ×':>6s}")
     print(f"two phases: {args.first} full-batch steps at {LAM_FIRST} λ_max, then {args.second} at {LAM_SECOND} "
-          f"λ_max; medians over {args.seeds} seeds; reference scikit-learn (tol 1e-14)")
+          f"λ_max; medians over {args.seeds} seeds; reference scikit-learn (tol 1e-14), FISTA for digits-rank")
     print(header)
     rows = []
     for name in names:
         X, Y, kind = load(name)
-        grouped = kind == GROUPS
         lam_max = strength_max(X, Y, kind)
         lams = (LAM_FIRST * lam_max, LAM_SECOND * lam_max)
         W = reference(X, Y, lams[1], kind)
         best = objective(W, X, Y, lams[1], kind)
-        target_zeros = (W.norm(dim=0) == 0) if grouped else (W == 0)
+        target_zeros = reference_zeros(W, kind)
         limit = stable_lr(W, X, Y, lams[1], kind)
         if kind == POSITIVE:
             # ½u⊙u's curvature at an entry is λ + ∂ℓ/∂θ_i + u_i²·∂²ℓ/∂θ_i²: at a solution with one

@@ -32,6 +32,12 @@ noisy) and, every ``every`` steps, asks the constraint about each atom near zero
 Seeded atoms start above the snap threshold ($s > c$), so an atom is not snapped again until the
 decay has brought it back below it. The zeros and the λ are the training's; nothing else changes:
 at a point where every atom's KKT condition holds, a `Regrowth` only makes the zeros exact.
+
+A kind whose atoms are not entries of the factors first moves the factors along its symmetry so that
+they are ([`Constraint.isolate_small_atoms`][symopt.Constraint]): a singular direction of $UV^\top$
+near zero becomes a column pair after a rotation of the live columns, applied to the gradients and
+the optimizer's state too. Its pulls are shared: the singular values of the gradient's part off the
+live directions ([`Constraint.atom_pulls`][symopt.Constraint]).
 """
 
 from __future__ import annotations
@@ -58,7 +64,8 @@ class _Watched:
         values = [m.value.detach() for m in self.members]
         self.means = [torch.zeros_like(v, dtype=torch.promote_types(v.dtype, torch.float32)) for v in values]
         self.count = 0  # steps folded into `means` (their bias correction)
-        atoms = self.constraint.atoms(self.target(values)).numel()
+        with torch.no_grad():
+            atoms = self.constraint.atom_sizes(tuple(f.detach() for f in self.factors), self.target(values)).numel()
         self.held = torch.zeros(atoms, dtype=torch.bool, device=values[0].device)
         self.folded = [False] * len(self.members)  # whether this step's backward has decayed each mean yet
         self.snapped = 0
@@ -192,48 +199,59 @@ class Regrowth:
         factors = tuple(f.detach() for f in watched.factors)
         values = [m.parametrization.forward(*(f.detach() for f in m.factors)) for m in watched.members]
         means = [mean.to(value.dtype) for mean, value in zip(means, values)]
-        atoms = constraint.atoms(watched.target(values)).reshape(-1)
-        largest = atoms.max()
+        sizes = constraint.atom_sizes(factors, watched.target(values), watched.held).reshape(-1)
+        largest = sizes.max()
         # Near zero relative to the largest atom the tensor has had, not only to today's: when every
         # atom decays together (λ above the tensor's λ_max, a dead layer or head), none is ever small
         # next to the largest, and the zeros would arrive only by underflow.
         watched.peak = max(watched.peak, float(largest))
-        near = atoms <= self.near_zero * watched.peak
-        pull = constraint.dual_atoms(watched.target(means)).reshape(-1)
+        # The atoms near zero, each given slots of its own first: a symmetry move of the factors (none for
+        # entries and groups), with the gradients and the optimizer's state moved alike.
+        near, move = constraint.isolate_small_atoms(factors, watched.held, sizes, self.near_zero * watched.peak)
+        if move is not None:
+            for layer, squared in self._layers(watched)[1:]:
+                move(layer, squared)
+        pull = constraint.atom_pulls(factors, watched.target(means), near | watched.held).reshape(-1)
         lam = constraint.strength
         snap = near & ~watched.held & (pull < lam)
         grow = (watched.held | near) & (pull > lam)
         watched.held = (watched.held | snap) & ~grow
         watched.snapped += int(snap.sum())
         watched.regrown += int(grow.sum())
+        if bool(watched.held.any()):
+            self._hold(watched)  # before seeding: a kind's seeds are orthogonal to what stays alive
         if bool(grow.any()):
             if float(largest) > 0:
                 size = torch.full_like(pull, self.seed_size * float(largest))
             else:  # every atom is 0 (λ was above λ_max): one proximal gradient step's size from zero
                 size = float(watched.group["lr"]) * (pull - lam).clamp_min(0)
             constraint.seed_atoms(factors, grow, watched.target(means), size)
-        if bool(watched.held.any()):
-            self._hold(watched)
 
-    def _hold(self, watched: _Watched) -> None:
-        """Put the held atoms on the fixed point in the factors, in this step's gradients and in the
-        optimizer's state of the factors (every state tensor shaped like its factor: SGD's momentum,
-        Adam's two averages, RMSprop's, Adagrad's sums). With zero factors, gradient and state, the
-        updates of these optimizers are exactly 0 (the factors' gradient g·v and the decay λu vanish
-        there), so the atom stays exactly 0 after every step without a pass over it each step."""
-        keep = ~watched.held
+    def _layers(self, watched: _Watched) -> list[tuple[tuple[Tensor, ...], bool]]:
+        """The factor-shaped tensors a snap or a symmetry move must treat alike, each with whether it is
+        a second-moment estimate: the factors, this step's gradients, and every optimizer state tensor
+        shaped like its factor (SGD's momentum, Adam's two averages, RMSprop's, Adagrad's sums)."""
         params = watched.factors
-        layers = [tuple(p.detach() for p in params)]
+        layers = [(tuple(p.detach() for p in params), False)]
         if any(p.grad is not None for p in params):
-            layers.append(tuple(torch.zeros_like(p) if p.grad is None else p.grad for p in params))
+            layers.append((tuple(torch.zeros_like(p) if p.grad is None else p.grad for p in params), False))
         states = [self.optimizer.state.get(p, {}) for p in params]
         for key in sorted({key for state in states for key in state}):
             tensors = [state.get(key) for state in states]
             if any(isinstance(t, Tensor) and t.shape == p.shape for t, p in zip(tensors, params)):
-                layers.append(tuple(t if isinstance(t, Tensor) and t.shape == p.shape else torch.zeros_like(p)
-                                    for t, p in zip(tensors, params)))
-        for layer in layers:
-            watched.constraint.land(layer, keep)
+                layer = tuple(t if isinstance(t, Tensor) and t.shape == p.shape else torch.zeros_like(p)
+                              for t, p in zip(tensors, params))
+                layers.append((layer, _second_moment(key, layer)))
+        return layers
+
+    def _hold(self, watched: _Watched) -> None:
+        """Put the held atoms on the fixed point in the factors, in this step's gradients and in the
+        optimizer's state of the factors. With zero factors, gradient and state, the updates of these
+        optimizers are exactly 0 (the factors' gradient g·v and the decay λu vanish there), so the atom
+        stays exactly 0 after every step without a pass over it each step."""
+        keep = ~watched.held
+        for layer, _ in self._layers(watched):
+            watched.constraint.hold_atoms(layer, keep)
 
     def state_dict(self) -> dict:
         """The running means, counts and held zeros, for a checkpoint (with the model's and the
@@ -275,8 +293,16 @@ class Regrowth:
         self._hooks = []
 
 
-def _can_regrow(constraint: Constraint) -> bool:
-    return type(constraint).seed_atoms is not Constraint.seed_atoms and type(constraint).land is not Constraint.land
+# Optimizer state of known meaning: running means of g (moved like g) and of g² or |g| (moved so
+# that they stay non-negative). Another optimizer's non-negative state is taken for the second kind.
+_FIRST_MOMENTS = frozenset({"momentum_buffer", "exp_avg", "grad_avg", "mu_product"})
+_SECOND_MOMENTS = frozenset({"exp_avg_sq", "max_exp_avg_sq", "square_avg", "sum", "acc_delta", "exp_inf"})
+
+
+def _second_moment(key: str, layer: tuple[Tensor, ...]) -> bool:
+    if key in _FIRST_MOMENTS or key in _SECOND_MOMENTS:
+        return key in _SECOND_MOMENTS
+    return all(bool((t >= 0).all()) for t in layer)
 
 
 def _check_number(label: str, number, low: float, high: float) -> float:
@@ -301,7 +327,9 @@ def regrow(model: nn.Module, optimizer: torch.optim.Optimizer, names=None, *, ev
         names: the constrained tensors, as ``list_constraints`` names them (default: every one whose kind
             can regrow an atom and has no budget: ``sparse``, ``group_sparse`` on one tensor or over
             several, a channel's weight, bias and BatchNorm entries, ``nonnegative``, whose pull
-            off zero is $(-∂ℓ/∂θ_i)^+$).
+            off zero is $(-∂ℓ/∂θ_i)^+$, and ``low_rank`` on one matrix, whose atoms are singular
+            directions: the factors' live columns are rotated so that the directions near zero are
+            column pairs, see [`LowRank.isolate_small_atoms`][symopt.LowRank]).
         every: decide every this many optimizer steps (≥ 1).
         beta: factor of the moving average of $∂ℓ/∂θ$ over steps, in (0, 1). The default's window (about
             100 steps) averages minibatch noise: on the digits MLP (Adam, batch 64, λ = 1e-3,
@@ -350,12 +378,12 @@ def regrow(model: nn.Module, optimizer: torch.optim.Optimizer, names=None, *, ev
     seed_size = _check_number("seed_size", seed_size, near_zero, 1.0)
     check_scaler(scaler, "regrow")
     handles = {h.name: h for h in list_constraints(model)}
-    able = [n for n, h in handles.items() if _can_regrow(h.constraint)]
+    able = [n for n, h in handles.items() if h.constraint.can_regrow]
     if names is None:
         names = [n for n in able if handles[n].constraint.budget is None]
         if not names:
             raise ValueError("regrow: no constrained tensor to watch: it needs a kind that can seed an atom "
-                             f"(sparse, group_sparse, nonnegative) without a budget; the model has {sorted(handles)}")
+                             f"(sparse, group_sparse, nonnegative, low_rank) without a budget; the model has {sorted(handles)}")
     else:
         names = [names] if isinstance(names, str) else list(names)
         if not names:

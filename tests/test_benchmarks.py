@@ -173,3 +173,15 @@ def test_regrowth_mlp_quick(capsys):
     assert [r["method"] for r in rows] == ["plain", "regrow β=0.9", "regrow β=0.99"]
     assert rows[0]["exact"] == [0.0, 0.0] and rows[0]["regrown"] == 0
     assert "exact 0 (layers)" in capsys.readouterr().out
+
+
+def test_regrowth_rank_quick(capsys):
+    from benchmarks import regrowth
+    rows = regrowth.main(["--mlp", "--rank", "--quick"])
+    assert [r["method"] for r in rows] == ["plain", "regrow β=0.99"]
+    assert rows[0]["exact"] == [0.0, 0.0] and rows[0]["snapped"] == 0
+    assert "low_rank(strength=1e-3)" in capsys.readouterr().out
+    rows = regrowth.main(["--data", "digits-rank", "--seeds", "1", "--first", "200", "--second", "300"])
+    assert [(r["optimizer"], r["method"]) for r in rows] == [
+        (optimizer, method) for optimizer in ("GD", "Adam") for method in ("plain", "regrow")]
+    assert rows[1]["wrong"] == 0 and rows[1]["zeros"] == rows[1]["reference_zeros"] == 1  # rank 9 of 10: one exact zero pair

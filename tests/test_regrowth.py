@@ -330,10 +330,11 @@ def test_bad_arguments_are_refused_before_anything_is_installed(call, error, mat
 
 @pytest.mark.parametrize("make,name,match", [
     (lambda m: symopt.sparse(m, "weight", density=0.5), "weight", "has a budget"),
-    (lambda m: symopt.low_rank(m, "weight", strength=0.1), "weight", "cannot be seeded off zero"),
+    (lambda m: symopt.low_rank(m, "weight", target_rank=1), "weight", "has a budget"),
+    (lambda m: symopt.low_rank(m, "weight", strength=0.1, layout="batch"), "weight", "cannot be seeded off zero"),
 ])
 def test_kinds_it_cannot_serve_are_refused_by_name(make, name, match):
-    model = nn.Linear(4, 3)
+    model = nn.Conv2d(3, 4, 2)  # a 4-d weight: a batch layout is a batch of 2×2 matrices
     make(model)
     opt = torch.optim.SGD(symopt.param_groups(model, lr=0.1), lr=0.1)
     with pytest.raises(ValueError, match=match):
@@ -468,3 +469,179 @@ def test_attention_heads_that_decay_together_are_snapped_exactly():
             assert sum(growth.snapped.values()) == 4 and sum(growth.regrown.values()) == 0
     assert bool((norms[0] == 0).all())
     assert bool((norms[1] > 0).all())
+
+
+# --- low rank: a singular direction is a column pair of (U, V) once rotated (issue 20, item 4) -----------
+
+def _digits_regression():
+    """Reduced-rank regression of digits' one-hot classes on its 64 standardised pixels: W is 10 × 64."""
+    from sklearn.datasets import load_digits
+    X, label = load_digits(return_X_y=True)
+    X = X - X.mean(0)
+    X = torch.tensor(X / np.where(X.std(0) > 0, X.std(0), 1.0))
+    Y = torch.nn.functional.one_hot(torch.tensor(label)).double()
+    return X, Y - Y.mean(0)
+
+
+def _nuclear_objective(W, X, Y, lam) -> float:
+    return 0.5 * float(((X @ W.T - Y) ** 2).sum()) / len(X) + lam * float(torch.linalg.svdvals(W).sum())
+
+
+def _nuclear_reference(X, Y, lam, iterations=2000):
+    """Accelerated proximal gradient (FISTA with singular-value thresholding), the textbook solver of
+    min (1/2n)‖Y − XWᵀ‖² + λ‖W‖_*; independent of symopt."""
+    n = len(X)
+    step = n / float(torch.linalg.matrix_norm(X, 2)) ** 2
+    W = torch.zeros(Y.shape[1], X.shape[1], dtype=torch.float64)
+    Z, t = W.clone(), 1.0
+    for _ in range(iterations):
+        P, S, Qh = torch.linalg.svd(Z - step * ((Z @ X.T - Y.T) @ X / n), full_matrices=False)
+        following = (P * (S - step * lam).clamp_min(0)) @ Qh
+        t_next = (1 + (1 + 4 * t * t) ** 0.5) / 2
+        Z = following + (t - 1) / t_next * (following - W)
+        W, t = following, t_next
+    return W
+
+
+def _low_rank_lowered(X, Y, lams, optimizer, with_regrowth, lr, second):
+    torch.manual_seed(0)
+    model = nn.Linear(X.shape[1], Y.shape[1], bias=False).double()
+    handle = symopt.low_rank(model, "weight", strength=lams[0])
+    opt = optimizer(symopt.param_groups(model, lr=lr), lr=lr)
+    growth = symopt.regrow(model, opt) if with_regrowth else None
+    for step in range(FIRST + second):
+        if step == FIRST:
+            handle.constraint.strength = lams[1]
+        opt.zero_grad()
+        (0.5 * ((model(X) - Y) ** 2).sum(1).mean()).backward()
+        opt.step()
+    return model, growth
+
+
+def test_lowering_lambda_regrows_the_nuclear_norm():
+    """Reduced-rank regression on digits, λ 0.7 λ_max (rank 3) → 0.05 (rank 9), GD: the directions
+    that should enter had decayed for 2000 steps. With regrow (it seeds them along the leading singular
+    pairs of the gradient's part orthogonal to the live directions) the objective is FISTA's to 1e-6
+    after 2000 steps, the rank is its rank, and the missing direction is an exact zero column pair;
+    without it the same steps end 10% above."""
+    X, Y = _digits_regression()
+    lam_max = float(torch.linalg.matrix_norm(X.T @ Y / len(X), 2))
+    lams = (0.7 * lam_max, 0.05)
+    reference = _nuclear_reference(X, Y, lams[1])
+    best = _nuclear_objective(reference, X, Y, lams[1])
+    model, growth = _low_rank_lowered(X, Y, lams, torch.optim.SGD, True, 0.05, 2000)
+    plain, _ = _low_rank_lowered(X, Y, lams, torch.optim.SGD, False, 0.05, 2000)
+    W = model.weight.detach()
+    assert (_nuclear_objective(W, X, Y, lams[1]) - best) / best < 1e-6
+    assert (_nuclear_objective(plain.weight.detach(), X, Y, lams[1]) - best) / best > 0.1
+    rank = int((torch.linalg.svdvals(reference) > 1e-9).sum())
+    U, V = model.parametrizations.weight.original0, model.parametrizations.weight.original1
+    zero_columns = (U.norm(dim=0) == 0) & (V.norm(dim=0) == 0)
+    assert rank == 9 and int(zero_columns.sum()) == 10 - rank
+    assert torch.equal(growth.held("weight"), zero_columns)
+    torch.testing.assert_close(torch.linalg.svdvals(W)[:rank], torch.linalg.svdvals(reference)[:rank], rtol=1e-3, atol=0)
+    assert growth.snapped["weight"] >= 7 and growth.regrown["weight"] >= 6  # rank 3 at λ₁ of 10 columns
+
+
+def test_held_directions_stay_exactly_zero_under_adam():
+    """Adam at a fixed λ = 0.2 on the digits regression: the directions regrow snaps are zero column
+    pairs after every later step (the rotation that made them columns moved Adam's averages too:
+    the first by W, the second by W∘W), and their number is FISTA's missing rank."""
+    X, Y = _digits_regression()
+    torch.manual_seed(0)
+    model = nn.Linear(64, 10, bias=False).double()
+    symopt.low_rank(model, "weight", strength=0.2)
+    opt = torch.optim.Adam(symopt.param_groups(model, lr=0.01), lr=0.01)
+    growth = symopt.regrow(model, opt)
+    U, V = model.parametrizations.weight.original0, model.parametrizations.weight.original1
+    for _ in range(1500):
+        opt.zero_grad()
+        (0.5 * ((model(X) - Y) ** 2).sum(1).mean()).backward()
+        opt.step()
+        held = growth.held("weight")
+        assert bool((U[:, held] == 0).all()) and bool((V[:, held] == 0).all())
+        assert all(bool((opt.state[p][key][:, held] == 0).all()) for p in (U, V) for key in ("exp_avg", "exp_avg_sq"))
+    rank = int((torch.linalg.svdvals(_nuclear_reference(X, Y, 0.2)) > 1e-9).sum())
+    assert int(growth.held("weight").sum()) == 10 - rank > 0
+
+
+def test_isolating_small_directions_is_a_symmetry_of_a_momentum_run():
+    """isolate_small_atoms rotates (U, V) so that the directions below a size fill columns of their own
+    and, through its move, the gradients and SGD's momentum: a run that continues from the rotated
+    state gives the same θ at every step as the one that was not rotated (float64, 1e-12): the
+    factors' gradients GV, GᵀU rotate as the factors do, and so does their running sum."""
+    X, Y = _digits_regression()
+
+    def build():
+        torch.manual_seed(0)
+        model = nn.Linear(64, 10, bias=False).double()
+        symopt.low_rank(model, "weight", strength=0.05)
+        return model, torch.optim.SGD(symopt.param_groups(model, lr=0.05), lr=0.05, momentum=0.9)
+
+    def step(model, opt):
+        opt.zero_grad()
+        (0.5 * ((model(X) - Y) ** 2).sum(1).mean()).backward()
+        opt.step()
+
+    runs = [build(), build()]
+    for model, opt in runs:
+        for _ in range(30):
+            step(model, opt)
+    model, opt = runs[1]
+    constraint = model.parametrizations.weight[0]
+    U, V = model.parametrizations.weight.original0, model.parametrizations.weight.original1
+    before = model.weight.detach().clone()
+    held = torch.zeros(10, dtype=torch.bool)
+    with torch.no_grad():
+        factors = (U.detach(), V.detach())
+        directions = torch.linalg.eigh(factors[0].mT @ factors[0] + factors[1].mT @ factors[1]).eigenvectors
+        sizes = ((factors[0] @ directions).norm(dim=0) * (factors[1] @ directions).norm(dim=0)).sort().values
+        small = float(sizes[3:5].mean())  # between the fourth and the fifth smallest directions
+        near, move = constraint.isolate_small_atoms(factors, held, constraint.atom_sizes(factors, before), small)
+        move((opt.state[U]["momentum_buffer"], opt.state[V]["momentum_buffer"]), False)
+    assert int(near.sum()) == 4 and move is not None
+    assert float((model.weight.detach() - before).abs().max()) < 1e-13  # θ unchanged
+    gram = U.detach().mT @ U.detach() + V.detach().mT @ V.detach()
+    assert float(gram[near][:, ~near].abs().max()) < 1e-12  # the small directions: columns of their own
+    A, B = U.detach()[:, near], V.detach()[:, near]
+    directions = torch.linalg.eigh(A.mT @ A + B.mT @ B).eigenvectors  # within the isolated columns
+    inside = ((A @ directions).norm(dim=0) * (B @ directions).norm(dim=0)).sort().values
+    torch.testing.assert_close(inside, sizes[:4])  # they hold the four smallest, no others
+    for _ in range(50):
+        for model_, opt_ in runs:
+            step(model_, opt_)
+        torch.testing.assert_close(runs[1][0].weight, runs[0][0].weight, rtol=0, atol=1e-12)
+
+
+def test_a_seeded_direction_is_the_proximal_step_off_the_live_directions():
+    """seed_atoms on zero columns puts u_j v_jᵀ = s_j a_j b_jᵀ, (a_j, b_j) the leading singular pairs
+    of −(I − PPᵀ) G (I − QQᵀ) (P, Q: the live columns' spaces), with ‖u_j‖ = ‖v_j‖: the new directions
+    are orthogonal to the live ones, descend (⟨G, u_j v_jᵀ⟩ = −s_j σ_j) and cost λ Σ s_j in the penalty."""
+    torch.manual_seed(0)
+    holder = nn.Module()
+    holder.w = nn.Parameter(torch.randn(12, 40, dtype=torch.float64))
+    constraint = symopt.LowRank(strength=0.3)
+    symopt.constrain(holder, "w", constraint)
+    U, V = (f.detach() for f in (holder.parametrizations.w.original0, holder.parametrizations.w.original1))
+    which = torch.zeros(12, dtype=torch.bool)
+    which[[3, 7, 10]] = True
+    constraint.hold_atoms((U, V), ~which)  # those three columns on the fixed point
+    live_before = holder.w.detach().clone()
+    grad = torch.randn(12, 40, dtype=torch.float64)
+    size = torch.zeros(12, dtype=torch.float64)
+    size[which] = torch.tensor([0.2, 0.5, 0.1], dtype=torch.float64)
+    constraint.seed_atoms((U, V), which, grad, size)
+    P = torch.linalg.qr(U[:, ~which]).Q
+    Q = torch.linalg.qr(V[:, ~which]).Q
+    M = grad - P @ (P.T @ grad)
+    M = M - (M @ Q) @ Q.T
+    sigma = torch.linalg.svdvals(M)[:3]
+    added = holder.w.detach() - live_before
+    seeded = [3, 7, 10]
+    torch.testing.assert_close(U[:, seeded].norm(dim=0), V[:, seeded].norm(dim=0))
+    assert float((P.T @ U[:, seeded]).abs().max()) < 1e-12 and float((Q.T @ V[:, seeded]).abs().max()) < 1e-12
+    torch.testing.assert_close(torch.linalg.svdvals(added)[:3], torch.tensor([0.5, 0.2, 0.1], dtype=torch.float64))
+    # the largest size on the leading pair: the change's inner product with G is −Σ s_j σ_j
+    torch.testing.assert_close((grad * added).sum(), -(torch.tensor([0.5, 0.2, 0.1], dtype=torch.float64) * sigma).sum())
+    penalty = 0.15 * sum(float(f[:, seeded].square().sum()) for f in (U, V))
+    assert abs(penalty - 0.3 * 0.8) < 1e-12

@@ -414,6 +414,43 @@ class Constraint(nn.Module):
         averages, built before the landing) would, for a while. Default: ``land`` again."""
         self.land(factors, keep)
 
+    @property
+    def can_regrow(self) -> bool:
+        """Whether [`symopt.regrow`][symopt.regrow] can serve this constraint: its kind seeds an atom off
+        zero (``seed_atoms``) and holds one on it (``hold_atoms``)."""
+        kind = type(self)
+        return kind.seed_atoms is not Constraint.seed_atoms and (
+            kind.hold_atoms is not Constraint.hold_atoms or kind.land is not Constraint.land)
+
+    def atom_sizes(self, factors: tuple[Tensor, ...], value: Tensor, held: Tensor | None = None) -> Tensor:
+        r"""The atoms' sizes as [`regrow`][symopt.regrow] sees them, one per slot of its ``held`` mask
+        (0 for a held slot). Default ``atoms(value)``: each atom has its own entries of the factors
+        (an entry of $u ⊙ v$, a group's gate), its slot. ``held``: the slots held at zero (None: none)."""
+        return self.atoms(value).reshape(-1)
+
+    def isolate_small_atoms(self, factors: tuple[Tensor, ...], held: Tensor, sizes: Tensor, small: float):
+        r"""``(near, move)``: the slots that hold the atoms of size ≤ ``small`` (``sizes`` from
+        `atom_sizes`), after moving the factors, in place, along the parametrisation's symmetry (θ and
+        the penalty unchanged) so that those atoms have slots of their own, which a snap can put on
+        the mirror's fixed point exactly. ``move`` is None when nothing moved (the default: the atoms
+        are slots already), else ``move(layer, squared)``, which moves a tuple of factor-shaped
+        tensors (gradients, an optimizer's state) the same way, in place: ``squared`` for a
+        second-moment estimate (Adam's ``exp_avg_sq``), moved so that it stays non-negative."""
+        return sizes <= small, None
+
+    def atom_pulls(self, factors: tuple[Tensor, ...], grad: Tensor, near: Tensor) -> Tensor:
+        r"""The pull of the loss gradient ``grad`` (θ's shape) on each slot of ``atom_sizes``, compared
+        with λ: a slot in ``near`` (near zero or held there) is snapped below λ and seeded above it.
+        Default ``dual_atoms(grad)``: each atom's pull is its own. A kind whose atoms share their pull
+        (singular directions: the slots near zero share the gradient's part orthogonal to the live
+        ones) ranks it over the ``near`` slots; other slots' values are not read."""
+        return self.dual_atoms(grad).reshape(-1)
+
+    def hold_atoms(self, layer: tuple[Tensor, ...], keep: Tensor) -> None:
+        """Put the slots outside ``keep`` on the mirror's fixed point in a tuple of factor-shaped tensors
+        (the factors, their gradients, an optimizer's state), in place. Default: ``land``."""
+        self.land(layer, keep)
+
     def atoms(self, value: Tensor) -> Tensor:  # pragma: no cover - budget kinds override
         """Sizes of the terms of the induced norm (|entries|, group norms, σ) as a 1-d tensor."""
         raise NotImplementedError
