@@ -15,7 +15,8 @@ pulls less than λ, and grows by $1 + \mathrm{lr}(|g_i| - λ)$ when it pulls mor
   scikit-learn's optimum after 5000 steps on diabetes, breast_cancer and wine).
 
 A `Regrowth` watches $∂ℓ/∂θ$ (a moving average $\bar g$ over optimizer steps: batch gradients are
-noisy) and, every ``every`` steps, asks the constraint about each atom near zero
+noisy) and, every ``every`` steps (10; 50 for low rank, whose decision costs factorisations of
+r × r matrices), asks the constraint about each atom near zero
 ($\mathrm{atom}_i ≤ c \max_j \mathrm{atom}_j$, $c$ = ``near_zero``, the maximum over the decisions so far):
 
 * **snap** — the pull is below λ ($\mathrm{dual\_atom}_i(\bar g) < λ$: zero satisfies the atom's KKT
@@ -86,7 +87,7 @@ class Regrowth:
         optimizer: the optimizer whose steps drive it (build this object with
             [`regrow`][symopt.regrow], which checks every argument).
         watched: the watched tensors by name.
-        every: decide every this many steps.
+        every: decide every this many steps (None: each kind's ``regrowth_every``).
         beta: factor of the moving average of $∂ℓ/∂θ$.
         near_zero: relative size below which an atom is near zero.
         seed_size: relative size at which an atom is seeded.
@@ -111,7 +112,7 @@ class Regrowth:
         4
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, watched: dict[str, _Watched], *, every: int, beta: float,
+    def __init__(self, optimizer: torch.optim.Optimizer, watched: dict[str, _Watched], *, every: int | None, beta: float,
                  near_zero: float, seed_size: float, scaler) -> None:
         self.optimizer = optimizer
         self.every, self.beta, self.near_zero, self.seed_size, self.scaler = every, beta, near_zero, seed_size, scaler
@@ -174,7 +175,7 @@ class Regrowth:
                 continue  # no backward for this constraint this step
             watched.folded = [False] * len(watched.folded)
             watched.count += 1
-            if self.steps % self.every == 0:
+            if self.steps % (self.every or watched.constraint.regrowth_every) == 0:
                 self._decide(watched)
 
     @torch.no_grad()
@@ -200,7 +201,7 @@ class Regrowth:
         values = [m.parametrization.forward(*(f.detach() for f in m.factors)) for m in watched.members]
         means = [mean.to(value.dtype) for mean, value in zip(means, values)]
         sizes = constraint.atom_sizes(factors, watched.target(values), watched.held).reshape(-1)
-        largest = sizes.max()
+        largest = constraint.largest_atom(factors, sizes)
         # Near zero relative to the largest atom the tensor has had, not only to today's: when every
         # atom decays together (λ above the tensor's λ_max, a dead layer or head), none is ever small
         # next to the largest, and the zeros would arrive only by underflow.
@@ -311,7 +312,7 @@ def _check_number(label: str, number, low: float, high: float) -> float:
     return float(number)
 
 
-def regrow(model: nn.Module, optimizer: torch.optim.Optimizer, names=None, *, every: int = 10, beta: float = 0.99,
+def regrow(model: nn.Module, optimizer: torch.optim.Optimizer, names=None, *, every: int | None = None, beta: float = 0.99,
            near_zero: float = 1e-3, seed_size: float = 1e-2, scaler=None) -> Regrowth:
     r"""Make a fixed-λ (or scheduled-λ) training run's zeros exact, and let zeros that should leave do
     so at once: snap attracted atoms near zero onto the mirror's fixed point, and seed repelled ones
@@ -330,7 +331,11 @@ def regrow(model: nn.Module, optimizer: torch.optim.Optimizer, names=None, *, ev
             off zero is $(-∂ℓ/∂θ_i)^+$, and ``low_rank`` on one matrix, whose atoms are singular
             directions: the factors' live columns are rotated so that the directions near zero are
             column pairs, see [`LowRank.isolate_small_atoms`][symopt.LowRank]).
-        every: decide every this many optimizer steps (≥ 1).
+        every: decide every this many optimizer steps (≥ 1). Default: each kind's ``regrowth_every``,
+            10 steps, and 50 for ``low_rank``, whose decision takes an eigen-decomposition and QR
+            factorisations of its r-column factors (on the digits MLP's two full-width factors, every
+            10 steps cost 1.6× the plain run's training time; the β = 0.99 window averages about 100
+            steps, so a direction snapped 40 steps later has lost nothing).
         beta: factor of the moving average of $∂ℓ/∂θ$ over steps, in (0, 1). The default's window (about
             100 steps) averages minibatch noise: on the digits MLP (Adam, batch 64, λ = 1e-3,
             ``python -m benchmarks.regrowth --mlp``) 0.9 regrew 45,000 atoms in 30 epochs that the
@@ -371,8 +376,8 @@ def regrow(model: nn.Module, optimizer: torch.optim.Optimizer, names=None, *, ev
     if isinstance(optimizer, torch.optim.LBFGS):
         raise ValueError("regrow: L-BFGS evaluates its closure several times per step, so θ's gradient per step "
                          "is not one batch's; regrow watches optimizers that step once per batch (SGD, Adam, ...)")
-    if isinstance(every, bool) or not isinstance(every, numbers.Integral) or every < 1:
-        raise ValueError(f"regrow: every must be an int >= 1, got {every!r}")
+    if every is not None and (isinstance(every, bool) or not isinstance(every, numbers.Integral) or every < 1):
+        raise ValueError(f"regrow: every must be an int >= 1 or None, got {every!r}")
     beta = _check_number("beta", beta, 0.0, 1.0)
     near_zero = _check_number("near_zero", near_zero, 0.0, 1.0)
     seed_size = _check_number("seed_size", seed_size, near_zero, 1.0)
@@ -403,5 +408,5 @@ def regrow(model: nn.Module, optimizer: torch.optim.Optimizer, names=None, *, ev
             raise ValueError(f"regrow: the optimizer does not hold the factors of '{name}'; build it from "
                              "symopt.param_groups(model)")
         watched[name] = _Watched(handles[name], group)
-    return Regrowth(optimizer, watched, every=int(every), beta=beta, near_zero=near_zero, seed_size=seed_size,
+    return Regrowth(optimizer, watched, every=None if every is None else int(every), beta=beta, near_zero=near_zero, seed_size=seed_size,
                     scaler=scaler)

@@ -414,6 +414,9 @@ class Constraint(nn.Module):
         averages, built before the landing) would, for a while. Default: ``land`` again."""
         self.land(factors, keep)
 
+    # How often symopt.regrow decides about this kind's atoms by default (optimizer steps).
+    regrowth_every: int = 10
+
     @property
     def can_regrow(self) -> bool:
         """Whether [`symopt.regrow`][symopt.regrow] can serve this constraint: its kind seeds an atom off
@@ -427,6 +430,11 @@ class Constraint(nn.Module):
         (0 for a held slot). Default ``atoms(value)``: each atom has its own entries of the factors
         (an entry of $u ⊙ v$, a group's gate), its slot. ``held``: the slots held at zero (None: none)."""
         return self.atoms(value).reshape(-1)
+
+    def largest_atom(self, factors: tuple[Tensor, ...], sizes: Tensor) -> float:
+        """The largest atom of the value the factors make (``sizes`` from `atom_sizes`): the scale of
+        [`regrow`][symopt.regrow]'s "near zero" and of its seeds. Default ``sizes.max()``."""
+        return float(sizes.max())
 
     def isolate_small_atoms(self, factors: tuple[Tensor, ...], held: Tensor, sizes: Tensor, small: float):
         r"""``(near, move)``: the slots that hold the atoms of size ≤ ``small`` (``sizes`` from

@@ -301,6 +301,8 @@ class LowRank(Constraint):
 
     # --- regrowth (`symopt.regrow`): a singular direction as one column pair of the factors ------------
 
+    regrowth_every = 50  # a decision factorises r × r matrices (regrow's docstring has the measurement)
+
     @property
     def can_regrow(self) -> bool:
         """One matrix only: a batch of matrices (``layout="batch"`` on a tensor of more than two dims)
@@ -316,6 +318,21 @@ class LowRank(Constraint):
         dtype = working_dtype(U.dtype)
         sizes = U.to(dtype).norm(dim=0) * V.to(dtype).norm(dim=0)
         return sizes if held is None else sizes.masked_fill(held, 0.0)
+
+    def largest_atom(self, factors: tuple[Tensor, ...], sizes: Tensor) -> float:
+        r"""$σ_{\max}(UV^\top)$ by power iteration on the factors ($x ← V U^\top U V^\top x$, 16 steps from
+        the ones vector, $O((m + n)r)$ each, no synchronisation: a lower bound, as accurate as the
+        regrowth's relative thresholds need). A column's $‖u_j‖‖v_j‖$ is not an atom while the columns are mixed: on the
+        digits MLP's randomly started 256 × 256 factors the largest was well below $σ_{\max}$, and
+        "near zero", relative to it, caught too little."""
+        U, V = factors
+        dtype = working_dtype(U.dtype)
+        U, V = U.to(dtype), V.to(dtype)
+        x = torch.ones(V.shape[0], dtype=dtype, device=V.device)
+        for _ in range(16):
+            x = V @ (U.mT @ (U @ (V.mT @ x)))
+            x = x / x.norm().clamp_min(torch.finfo(dtype).tiny)
+        return max(float((U @ (V.mT @ x)).norm()), float(sizes.max()))
 
     def isolate_small_atoms(self, factors: tuple[Tensor, ...], held: Tensor, sizes: Tensor, small: float):
         r"""The directions $w$ of the live (not held) columns with $‖Uw‖·‖Vw‖ ≤$ ``small``, isolated in
