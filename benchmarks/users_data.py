@@ -1,6 +1,7 @@
 """DCS on data it did not generate, end to end, against the tool a user would otherwise call.
 
     python -m benchmarks.users_data [--repeats 3] [--quick] [--large-only] [--positive-only] [--groups-only]
+                                    [--paths-only]
 
 Every row times a *whole call* as a user makes it (``symopt.solve`` / ``symopt.path`` /
 ``symopt.estimators.LassoCV`` against scikit-learn's ``Lasso`` / ``lasso_path`` / ``LassoCV`` and
@@ -10,7 +11,8 @@ gap ≤ 1e-6 (the column ``peer gap``: the peer's objective minus DCS's, over DC
 default KKT tolerance 1e-6); scikit-learn gets a Fortran-ordered ``X``, as its coordinate descent
 expects. Data: scikit-learn's shipped diabetes and breast_cancer (raw and standardised columns),
 and one generated 500×2000 design for the path (the issue's size); ``LassoCV`` (30 α, 5 folds) on
-diabetes, raw breast_cancer and raw digits (its label as the target). The non-negative Lasso
+diabetes, raw breast_cancer, raw digits (its label as the target) and two of scikit-learn's
+``make_regression`` designs (300×50 with correlated columns, 100×200). The non-negative Lasso
 (``positive=True``) runs on raw diabetes and a generated 1000×5000 design (working sets) against
 scikit-learn's ``Lasso(positive=True)``. The group lasso runs on standardised digits (16 groups of
 4 pixels) and breast_cancer (10 groups of 3 features) against skglm's ``GroupLasso``, the multi-task
@@ -205,11 +207,11 @@ def paths(repeats: int, quick: bool) -> list[tuple]:
     statuses = ",".join(sorted(set(path.statuses)))
     rows = [(f"Lasso path, {points} λ, generated {n}×{d}", statuses, t_dcs, "sklearn lasso_path", t_peer, min(gaps))]
     folds = KFold(n_folds, shuffle=True, random_state=0)
-    cases = ["diabetes"] if quick else ["diabetes", "cancer raw", "digits"]
+    cases = ["diabetes"] if quick else ["diabetes", "cancer raw", "digits", "make_regression 300×50",
+                                        "make_regression 100×200"]
     for name in cases:
-        # (diabetes and breast_cancer: folds solved as one block-diagonal path; digits' 64 columns ×
-        # 5 folds are beyond the stacked Gram's limit: one path per fold)
-        Xd, yd = _data()[name] if name != "digits" else _digits()
+        # (every case's folds are solved as one ℓ1 quadratic of their block-diagonal Gram: 5 folds × d ≤ 1024)
+        Xd, yd = _digits() if name == "digits" else _regression(name) if name.startswith("make") else _data()[name]
         t_dcs, ours = _median_time(lambda: LassoCV(alphas=alphas, cv=folds).fit(Xd, yd), repeats)
         t_peer, theirs = _median_time(lambda: SkLassoCV(alphas=alphas, cv=folds).fit(np.asfortranarray(Xd), yd),
                                       repeats)
@@ -217,6 +219,16 @@ def paths(repeats: int, quick: bool) -> list[tuple]:
         rows.append((f"LassoCV, {alphas} α × {n_folds} folds, {name}", same, t_dcs, "sklearn LassoCV", t_peer,
                      float("nan")))
     return rows
+
+
+def _regression(name: str):
+    """scikit-learn's ``make_regression``: 300×50 with correlated columns (effective rank 10), or 100×200
+    (n ≪ d) with 10 informative columns; noise 1, seeded."""
+    from sklearn.datasets import make_regression
+    if name.endswith("300×50"):
+        return make_regression(n_samples=300, n_features=50, n_informative=20, effective_rank=10, noise=1.0,
+                               random_state=0)
+    return make_regression(n_samples=100, n_features=200, n_informative=10, noise=1.0, random_state=0)
 
 
 def _digits():
@@ -271,6 +283,7 @@ def main(argv=None) -> None:
     parser.add_argument("--large-only", action="store_true", help="only completion 2000×2000 against SoftImpute")
     parser.add_argument("--positive-only", action="store_true", help="only the non-negative Lasso rows")
     parser.add_argument("--groups-only", action="store_true", help="only the group and multi-task Lasso rows")
+    parser.add_argument("--paths-only", action="store_true", help="only the path and LassoCV rows")
     args = parser.parse_args(argv)
     repeats = 1 if args.quick else args.repeats
     print(f"machine: {machine_name('cpu')}, torch threads {torch.get_num_threads()}; medians of {repeats} runs\n")
@@ -280,6 +293,8 @@ def main(argv=None) -> None:
         rows = lambda: completion(repeats, False, large=True)  # noqa: E731
     elif args.positive_only:
         rows = lambda: positive(repeats, args.quick)  # noqa: E731
+    elif args.paths_only:
+        rows = lambda: paths(repeats, args.quick)  # noqa: E731
     elif args.groups_only:
         rows = lambda: groups(repeats, args.quick) + multitask(repeats, args.quick)  # noqa: E731
     else:

@@ -39,6 +39,7 @@ except ImportError as err:  # pragma: no cover - the message is the point
 from .paths import path as _path
 from .problems import group_lasso, lasso, logistic_l1, matrix_completion, multitask_lasso
 from .problems.glm import normalised_weights
+from .proximal_newton import quadratic_gradient, solve_l1_quadratic
 from .solver import solve
 
 __all__ = ["Lasso", "ElasticNet", "SparseLogisticRegression", "GroupLasso", "MultiTaskLasso", "LassoCV",
@@ -344,9 +345,10 @@ class MultiTaskLasso(MultiOutputMixin, RegressorMixin, BaseEstimator):
 class LassoCV(_LinearPredictor, RegressorMixin, BaseEstimator):
     r"""The Lasso with α chosen by cross-validation along a warm-started path ([`symopt.path`][symopt.path],
     mean squared error on the held-out fold), then refitted on all the data: scikit-learn's ``LassoCV``.
-    On a small dense design the folds' paths are one path of one block-diagonal problem, each block a
-    fold's own Lasso (`_stacked_fold_paths`): the same answers, at one point's fixed cost per α instead
-    of one per α and fold; otherwise each fold has its own path.
+    On a dense design of up to 1024 coordinates over all folds, the folds' paths are one path of the
+    ℓ1-regularised quadratic of their block-diagonal Gram matrix, each block a fold's own Lasso
+    (`_stacked_fold_paths`): the same answers, each certified, without a pass over the rows per step;
+    otherwise (or for a fold not certified there) each fold has its own `symopt.path`.
 
     Args:
         alphas: an int: the size of the grid (from ``alpha_max`` of the whole data down to
@@ -405,16 +407,16 @@ class LassoCV(_LinearPredictor, RegressorMixin, BaseEstimator):
                     if not sample_weight[rows].sum() > 0:
                         raise ValueError(f"LassoCV: the {part} rows of fold {k} all have sample_weight 0, so that "
                                          "fold has no data; give them weight or use other folds (cv=)")
-        coefs = _stacked_fold_paths(X, y, sample_weight, folds, grid, tol=self.tol, max_iter=self.max_iter, **options)
+        stacked = _stacked_fold_paths(X, y, sample_weight, folds, grid, tol=self.tol, **options)
         errors = np.empty((len(grid), len(folds)))
         for k, (train, test) in enumerate(folds):
-            if coefs is None:
+            if stacked is not None and bool(stacked[1][k]):
+                fold_coefs = stacked[0][:, k]
+            else:
                 weights = None if sample_weight is None else sample_weight[train]
                 fold = _path(lasso(X[train], y[train], 1.0, sample_weight=weights, **options), grid, tol=self.tol,
                              max_iter=self.max_iter)
                 fold_coefs = fold.coefs  # (alphas, d)
-            else:
-                fold_coefs = coefs[:, k]
             errors[:, k] = _held_out_errors(X, y, sample_weight, train, test, fold_coefs, self.fit_intercept)
         self.alphas_, self.mse_path_ = grid, errors
         self.alpha_ = float(grid[int(np.argmin(errors.mean(axis=1)))])
@@ -464,43 +466,62 @@ def _held_out_errors(X, y, sample_weight, train, test, coefs, fit_intercept: boo
     return (weights @ squares / weights.sum()).numpy()
 
 
-def _stacked_fold_paths(X, y, sample_weight, folds, grid, *, fit_intercept: bool, positive: bool, tol: float,
-                        max_iter: int) -> torch.Tensor | None:
-    r"""Every fold's Lasso path at once, ``(alphas, folds, d)``, as one path of one problem, or None where
-    that does not pay (then each fold has its own path).
+# Folds solved together while their block-diagonal Gram matrix stays this small (K·d rows and columns).
+_STACKED_LIMIT = 1024
 
-    The folds' problems share the grid of α and nothing else, so their sum is separable: with fold
-    $f$'s training rows centred by their weighted means (the least-squares intercept, profiled out) and
-    scaled by $\sqrt{N ω_i / K}$ ($ω$ normalised within the fold, $N$ rows in all, $K$ folds), the
-    block-diagonal design $\mathrm{diag}(X_1, …, X_K)$ has the data term $\tfrac1K \sum_f ℓ_f(w_f)$, and at
-    $λ = α/K$ its Lasso is $\tfrac1K \sum_f [ℓ_f(w_f) + α‖w_f‖_1]$: each block is its fold's optimum.
-    One path then pays a point's fixed cost (its models, checks and records: ~1 ms of small tensor
-    operations on diabetes, where a point's arithmetic is microseconds) once per α, not once per
-    α and fold. It pays while the stacked design keeps its whole Gram (`symopt.problems.glm.GRAM_LIMIT`:
-    a point's curvature is then a block of it, not a product with the design's columns): beyond that
-    the zeros of the block-diagonal design would multiply each product's arithmetic by $K$, and each
-    fold's own path is cheaper. A sparse ``X`` keeps its own paths too (it cannot be centred without
-    densifying it)."""
-    from .problems.glm import GRAM_LIMIT
 
+def _stacked_fold_paths(X, y, sample_weight, folds, grid, *, fit_intercept: bool, positive: bool,
+                        tol: float) -> tuple[torch.Tensor, torch.Tensor] | None:
+    r"""Every fold's Lasso path at once in the space of their Gram matrices: ``(coefs, certified)``, with
+    ``coefs`` of shape ``(alphas, folds, d)`` and ``certified[k]`` whether every point of fold k met the
+    path's rule (else that fold takes `symopt.path`); None where it does not apply (a sparse ``X``,
+    which cannot be centred without densifying it, or more than ``_STACKED_LIMIT`` coordinates in all).
+
+    With fold $f$'s training rows centred by their weighted means (the intercept profiled out) and $s$
+    their normalised weights, its data term $\tfrac12 \sum_i s_i (y_i - x_i^\top w)^2$ is
+    $\tfrac12 w^\top H_f w - c_f^\top w + \mathrm{const}$, $H_f = X_f^\top \mathrm{diag}(s) X_f$,
+    $c_f = X_f^\top \mathrm{diag}(s) y_f$. The folds share the grid of α and nothing else, so with
+    $H = \mathrm{diag}(H_1, …, H_K)$ and $c = (c_1, …, c_K)$ the ℓ1-regularised quadratic
+    $\tfrac12 w^\top H w - c^\top w + α‖w‖_1$ is the sum of the folds' Lassos, and its optimum is each
+    block's own: `solve_l1_quadratic` solves it by its active set, warm-started from the previous α,
+    with gradients $Hw - c$ of $O((Kd)^2)$ and no pass over the rows. Each fold's point is certified
+    by the rule of a path's points: its block's KKT residual at most ``tol`` $· ‖c_f‖$ (‖∇loss(0)‖).
+
+    Why: `symopt.path` pays each point's machinery (its problem and constraint, proximal Newton's
+    models, the records) per α and fold: about 2 ms a point on digits' 64 columns, where scikit-learn's
+    coordinate descent takes 0.2 ms. One active set for all folds takes the joins of every fold in
+    the same steps (digits, 30 α × 5 folds: 56–84 ms against 96–129 ms fold by fold; diabetes 18 ms
+    against 43–61 ms)."""
     K, d = len(folds), X.shape[1]
-    N = sum(len(train) for train, _ in folds)
-    if not isinstance(X, np.ndarray) or K * d > GRAM_LIMIT[0] or N * K * d > GRAM_LIMIT[1]:
+    if not isinstance(X, np.ndarray) or K * d > _STACKED_LIMIT:
         return None
-    design, target = torch.zeros(N, K * d, dtype=torch.float64), torch.empty(N, dtype=torch.float64)
     values = torch.as_tensor(y, dtype=torch.float64)
-    row = 0
-    for k, (train, _) in enumerate(folds):
+    blocks, targets = [], []
+    for train, _ in folds:
         share = _shares(len(train), None if sample_weight is None else sample_weight[train])
         Xf, yf = _rows(X, train), values[train]
         if fit_intercept:
             Xf, yf = Xf - share @ Xf, yf - share @ yf
-        scale = (N * share / K).sqrt()
-        design[row:row + len(train), k * d:(k + 1) * d] = scale[:, None] * Xf
-        target[row:row + len(train)] = scale * yf
-        row += len(train)
-    stacked = _path(lasso(design, target, 1.0, positive=positive), grid / K, tol=tol, max_iter=max_iter)
-    return stacked.coefs.reshape(len(grid), K, d)
+        weighted = Xf * share[:, None]
+        blocks.append(weighted.mT @ Xf)
+        targets.append(weighted.mT @ yf)
+    H, c = torch.block_diag(*blocks), torch.cat(targets)
+    scales = c.view(K, d).norm(dim=1).clamp_min(1e-300)
+    model_tol = 1e-3 * tol * float(scales.min())  # (a thousandth of the target, as a path's points)
+    w = torch.zeros(K * d, dtype=torch.float64)
+    coefs = torch.empty(len(grid), K, d, dtype=torch.float64)
+    certified = torch.ones(K, dtype=torch.bool)
+    for index, alpha in enumerate(np.asarray(grid, dtype=np.float64).tolist()):
+        w = solve_l1_quadratic(H, quadratic_gradient(H, -c, w), w, alpha, positive, model_tol)
+        grad = quadratic_gradient(H, -c, w)
+        on = w != 0
+        if positive:  # off zero: ∇_i + α = 0; at zero: −∇_i ≤ α
+            residual = torch.where(on, grad + alpha, (-grad - alpha).clamp_min(0))
+        else:
+            residual = torch.where(on, grad + alpha * torch.sign(w), (grad.abs() - alpha).clamp_min(0))
+        certified &= residual.view(K, d).norm(dim=1) <= tol * scales
+        coefs[index] = w.view(K, d)
+    return coefs, certified
 
 
 class NuclearNormImputer(TransformerMixin, BaseEstimator):

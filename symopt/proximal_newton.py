@@ -52,6 +52,19 @@ _BACKTRACKS = 30
 _ARMIJO = 1e-4
 
 
+def quadratic_gradient(hessian: Tensor, grad: Tensor, move: Tensor) -> Tensor:
+    r"""$g + H·\mathrm{move}$ from the columns of $H$ where ``move`` is non-zero, when they are fewer than
+    half: the active set moves only the coordinates its faces have held, and on LassoCV's stacked folds
+    (a block-diagonal $H$ of 1000 coordinates, 60–100 of them ever on a face) the full product was half
+    of the solve's time."""
+    moved = move.nonzero().squeeze(1)
+    if 2 * moved.numel() >= move.numel():
+        return torch.addmv(grad, hessian, move)
+    # (H is symmetric: its rows, contiguous, stand for its columns; gathering columns was slower than
+    # the full product)
+    return torch.addmv(grad, hessian.index_select(0, moved).mT, move.index_select(0, moved))
+
+
 def solve_l1_quadratic(hessian: Tensor, grad: Tensor, start: Tensor, lam: float, nonnegative: bool = False,
                        tol: float = 0.0, max_steps: int | None = None) -> Tensor:
     r"""$\arg\min_x g^\top (x - x_0) + \tfrac12 (x - x_0)^\top H (x - x_0) + λ‖x‖_1$ (over $x ≥ 0$ with
@@ -123,7 +136,7 @@ def solve_l1_quadratic(hessian: Tensor, grad: Tensor, start: Tensor, lam: float,
         if carried is not None and float(carried.norm()) > tol:
             residual, size = carried, float(carried.norm())
         else:
-            gradient = torch.addmv(grad, hessian, x - start)
+            gradient = quadratic_gradient(hessian, grad, x - start)
             size = 0.0
             if face.numel():
                 residual = gradient.index_select(0, face).add_(signs.index_select(0, face), alpha=lam)

@@ -126,9 +126,9 @@ def test_lasso_cv_errors_with_weights_and_a_sparse_design_are_each_points_own():
 @pytest.mark.parametrize("fit_intercept, positive, weighted", [(True, False, True), (False, True, False),
                                                                 (True, True, False)])
 def test_lasso_cv_folds_solved_as_one_problem_are_each_folds_own_path(fit_intercept, positive, weighted):
-    """LassoCV solves a small dense design's folds as one block-diagonal Lasso (each fold centred and its
-    rows scaled, λ divided by the number of folds): every block must be its fold's own optimum, to the
-    objective, at every α."""
+    """LassoCV solves a dense design's folds as one ℓ1-regularised quadratic of their block-diagonal Gram
+    matrix (each fold centred, its rows weighted): every block must be its fold's own optimum, to the
+    objective and the support of its own `symopt.path`, at every α, and certified."""
     import symopt
     from symopt.estimators import _stacked_fold_paths
     from symopt.problems import lasso
@@ -138,9 +138,9 @@ def test_lasso_cv_folds_solved_as_one_problem_are_each_folds_own_path(fit_interc
     folds = list(KFold(4, shuffle=True, random_state=3).split(X))
     top = lasso(X, y, 1.0, fit_intercept=fit_intercept, sample_weight=weights).strength_max()
     grid = top * np.geomspace(1.0, 1e-3, 12)
-    together = _stacked_fold_paths(X, y, weights, folds, grid, fit_intercept=fit_intercept, positive=positive,
-                                   tol=1e-6, max_iter=500)
-    assert together is not None and together.shape == (12, 4, X.shape[1])
+    together, certified = _stacked_fold_paths(X, y, weights, folds, grid, fit_intercept=fit_intercept,
+                                              positive=positive, tol=1e-6)
+    assert together.shape == (12, 4, X.shape[1]) and bool(certified.all())
     for k, (train, _) in enumerate(folds):
         problem = lasso(X[train], y[train], 1.0, fit_intercept=fit_intercept, positive=positive,
                         sample_weight=None if weights is None else weights[train])
@@ -165,18 +165,24 @@ def test_lasso_cv_refuses_a_fold_without_weight_before_solving(zero_rows):
 
 
 def test_lasso_cv_solves_folds_apart_where_one_problem_does_not_pay():
-    """A sparse design, or one whose block-diagonal stack would not keep its Gram, keeps a path per fold."""
+    """A sparse design, or folds of more than 1024 coordinates in all, keep a path per fold; a fold whose
+    points the stacked path does not certify is reported so, and LassoCV gives it its own path."""
     import scipy.sparse as sparse
 
     from symopt.estimators import _stacked_fold_paths
 
     X, y = load_diabetes(return_X_y=True)
     folds = list(KFold(3).split(X))
-    options = dict(fit_intercept=True, positive=False, tol=1e-6, max_iter=500)
+    options = dict(fit_intercept=True, positive=False, tol=1e-6)
     assert _stacked_fold_paths(sparse.csr_matrix(X), y, None, folds, np.array([1.0]), **options) is None
-    wide = np.random.default_rng(0).standard_normal((60, 100))
+    wide = np.random.default_rng(0).standard_normal((60, 400))
     assert _stacked_fold_paths(wide, wide[:, 0], None, list(KFold(3).split(wide)), np.array([1.0]),
                                **options) is None
+    grid = np.array([100.0, 1.0, 0.01])
+    _, certified = _stacked_fold_paths(X, y, None, folds, grid, fit_intercept=True, positive=False, tol=1e-300)
+    assert not bool(certified.any())  # a tolerance no point meets: every fold goes to its own path
+    _, certified = _stacked_fold_paths(X, y, None, folds, grid, **options)
+    assert bool(certified.all())
 
 
 def test_grid_search_over_a_pipeline():
