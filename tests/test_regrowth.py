@@ -565,11 +565,12 @@ def test_held_directions_stay_exactly_zero_under_adam():
     assert int(growth.held("weight").sum()) == 10 - rank > 0
 
 
-def test_isolating_small_directions_is_a_symmetry_of_a_momentum_run():
-    """isolate_small_atoms rotates (U, V) so that the directions below a size fill columns of their own
-    and, through its move, the gradients and SGD's momentum: a run that continues from the rotated
-    state gives the same θ at every step as the one that was not rotated (float64, 1e-12): the
-    factors' gradients GV, GᵀU rotate as the factors do, and so does their running sum."""
+def test_isolating_a_zero_direction_is_a_symmetry_of_a_momentum_run():
+    """A θ of rank 9 on 10 columns, whose missing direction is spread over every column (U and V
+    times I − wwᵀ): isolate_small_atoms rotates (U, V) so that it is one zero column pair and, through
+    its move, SGD's momentum with them: a run that continues from the rotated state gives the same θ
+    at every step as the one that was not rotated (float64, 1e-12): the factors' gradients GV, GᵀU
+    rotate as the factors do, and so does their running sum."""
     X, Y = _digits_regression()
 
     def build():
@@ -583,8 +584,14 @@ def test_isolating_small_directions_is_a_symmetry_of_a_momentum_run():
         (0.5 * ((model(X) - Y) ** 2).sum(1).mean()).backward()
         opt.step()
 
+    w = torch.randn(10, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    off = torch.eye(10, dtype=torch.float64) - (w @ w.T) / float(w.T @ w)
     runs = [build(), build()]
     for model, opt in runs:
+        plist = model.parametrizations.weight
+        with torch.no_grad():
+            plist.original0.copy_(plist.original0 @ off)  # (gradients keep U w = V w = 0: w's mirror's fixed subspace)
+            plist.original1.copy_(plist.original1 @ off)
         for _ in range(30):
             step(model, opt)
     model, opt = runs[1]
@@ -594,23 +601,52 @@ def test_isolating_small_directions_is_a_symmetry_of_a_momentum_run():
     held = torch.zeros(10, dtype=torch.bool)
     with torch.no_grad():
         factors = (U.detach(), V.detach())
-        directions = torch.linalg.eigh(factors[0].mT @ factors[0] + factors[1].mT @ factors[1]).eigenvectors
-        sizes = ((factors[0] @ directions).norm(dim=0) * (factors[1] @ directions).norm(dim=0)).sort().values
-        small = float(sizes[3:5].mean())  # between the fourth and the fifth smallest directions
-        near, move = constraint.isolate_small_atoms(factors, held, constraint.atom_sizes(factors, before), small)
+        smallest = float(torch.linalg.svdvals(before)[-2])
+        near, move = constraint.isolate_small_atoms(factors, held, constraint.atom_sizes(factors, before),
+                                                    1e-6 * smallest)
         move((opt.state[U]["momentum_buffer"], opt.state[V]["momentum_buffer"]), False)
-    assert int(near.sum()) == 4 and move is not None
+    assert int(near.sum()) == 1 and move is not None
     assert float((model.weight.detach() - before).abs().max()) < 1e-13  # θ unchanged
-    gram = U.detach().mT @ U.detach() + V.detach().mT @ V.detach()
-    assert float(gram[near][:, ~near].abs().max()) < 1e-12  # the small directions: columns of their own
-    A, B = U.detach()[:, near], V.detach()[:, near]
-    directions = torch.linalg.eigh(A.mT @ A + B.mT @ B).eigenvectors  # within the isolated columns
-    inside = ((A @ directions).norm(dim=0) * (B @ directions).norm(dim=0)).sort().values
-    torch.testing.assert_close(inside, sizes[:4])  # they hold the four smallest, no others
+    assert float(U.detach()[:, near].abs().max()) < 1e-12 and float(V.detach()[:, near].abs().max()) < 1e-12
     for _ in range(50):
         for model_, opt_ in runs:
             step(model_, opt_)
         torch.testing.assert_close(runs[1][0].weight, runs[0][0].weight, rtol=0, atol=1e-12)
+
+
+def test_isolating_small_directions_removes_exactly_theta_s_small_singular_part():
+    """Unbalanced factors (each column's u and v scaled by c and 1/c, c spread over 1e-2 … 1e2): the
+    columns' products, and the eigen-directions of UᵀU + VᵀV, say nothing about θ's small singular
+    values. isolate_small_atoms still finds them: θ after the move is θ truncated to its singular
+    values above the threshold (1e-12), and as many columns of U are 0, whose zeroing in V then leaves θ
+    as it is; nothing moves when the threshold is below every singular value."""
+    generator = torch.Generator().manual_seed(3)
+    holder = nn.Module()
+    P = torch.linalg.qr(torch.randn(30, 8, dtype=torch.float64, generator=generator)).Q
+    Q = torch.linalg.qr(torch.randn(20, 8, dtype=torch.float64, generator=generator)).Q
+    sigma = torch.tensor([5.0, 3.0, 2.0, 1.0, 0.5, 1e-3, 5e-4, 1e-4], dtype=torch.float64)
+    holder.w = nn.Parameter((P * sigma) @ Q.T)
+    constraint = symopt.LowRank(strength=0.1, max_rank=8)
+    symopt.constrain(holder, "w", constraint)
+    plist = holder.parametrizations.w
+    scale = torch.logspace(-2, 2, 8, dtype=torch.float64)
+    mix = torch.linalg.qr(torch.randn(8, 8, dtype=torch.float64, generator=generator)).Q
+    with torch.no_grad():
+        plist.original0.copy_((plist.original0 * scale) @ mix)
+        plist.original1.copy_((plist.original1 / scale) @ mix)
+    before = holder.w.detach().clone()
+    factors = (plist.original0.detach(), plist.original1.detach())
+    held = torch.zeros(8, dtype=torch.bool)
+    with torch.no_grad():
+        near, move = constraint.isolate_small_atoms(factors, held, constraint.atom_sizes(factors, before), 1e-5)
+        assert not bool(near.any()) and move is None
+        near, move = constraint.isolate_small_atoms(factors, held, constraint.atom_sizes(factors, before), 2e-3)
+    assert int(near.sum()) == 3
+    truncated = (P[:, :5] * sigma[:5]) @ Q[:, :5].T
+    torch.testing.assert_close(holder.w.detach(), truncated, rtol=0, atol=1e-12)
+    assert float(factors[0][:, near].abs().max()) < 1e-12
+    constraint.hold_atoms(factors, ~near)
+    torch.testing.assert_close(holder.w.detach(), truncated, rtol=0, atol=1e-12)
 
 
 def test_a_seeded_direction_is_the_proximal_step_off_the_live_directions():

@@ -335,56 +335,70 @@ class LowRank(Constraint):
         return max(float((U @ (V.mT @ x)).norm()), float(sizes.max()))
 
     def isolate_small_atoms(self, factors: tuple[Tensor, ...], held: Tensor, sizes: Tensor, small: float):
-        r"""The directions $w$ of the live (not held) columns with $‖Uw‖·‖Vw‖ ≤$ ``small``, isolated in
-        columns of their own by an orthogonal $W$ on the live columns: $W_{:,J} = E_N R_N$ and
-        $W_{:,\bar J} = E_B R_B$, where $E_N$ are those directions among the eigenvectors of
-        $A^\top A + B^\top B$ ($A, B$ the live columns of $U, V$), $E_B$ the
-        others, $J$ the columns on which $E_N$ weighs most, and $R_N$, $R_B$ the orthogonal factors
-        that bring $W$ closest to the identity (orthogonal Procrustes). Zeroing columns $J$ is then
-        the mirror's fixed point for exactly those directions.
+        r"""θ's singular directions of size ≤ ``small`` on the live (not held) columns $A, B$ of $(U, V)$,
+        given columns of their own $J$, which a snap then zeroes (the mirror's fixed point).
 
-        First a test that settles most calls without the eigen-decomposition: when the block matrix
-        $[[A^\top A, sI], [sI, B^\top B]]$ ($s$ = ``small``) has a Cholesky factor, $sI$ lies strictly
-        below the geometric mean $A^\top A \# B^\top B$ (Ando's characterisation), and
-        $(w^\top A^\top A w)(w^\top B^\top B w) ≥ (w^\top (A^\top A \# B^\top B) w)^2$ for every $w$: every
-        direction has $‖Aw‖·‖Bw‖ > s$. (For columns already aligned the test is exact: it passes
-        when the smallest $‖u_j‖‖v_j‖$ exceeds $s$, however unbalanced each pair is.)
+        From the cores of $A = Q_A R_A$, $B = Q_B R_B$: $θ = Q_A (R_A R_B^\top) Q_B^\top$ and
+        $R_A R_B^\top = X Σ Y^\top$, so θ's small left singular directions are $Q_A X_s$ ($σ ≤ s$). Two moves:
 
-        Why the closest rotation and not the eigenvectors themselves: the move applies $W$ to
-        factor-shaped first moments (a momentum, Adam's ``exp_avg``: running sums of the factors'
-        gradients $GV$, $G^\top U$, which rotate exactly as the factors do) and $W ∘ W$ to second
-        moments (``exp_avg_sq``: the mean squares of the rotated gradients without their cross terms,
-        non-negative, exact for a permutation). Re-sorting every column by eigenvector at each
-        decision mixed the bulk of nearly equal directions each time; Adam then trained with
-        averaged second moments (digits MLP at λ = 1e-3, 5 seeds: 0.4 points of accuracy lost). Here
-        a factor already aligned by an earlier decision moves by nearly nothing."""
+        1. $A ← A - Q_A X_s X_s^\top R_A$: θ loses exactly its small singular part (what the snap
+           removes; the penalty falls), and $A$'s columns then have a null space $N$ of the same
+           dimension (the smallest right singular vectors of $(I - X_s X_s^\top) R_A$). Where the
+           factors are balanced ($A^\top A = B^\top B$, where the decay drives them) the small part lies in
+           the column pairs of $N$ already and this changes nothing; where they are not (a small σ with
+           its $u$ large and its $v$ tiny: registration's per-direction imbalance decays at $2·lr·λ$ a
+           step), no rotation alone could isolate it: on the digits MLP at λ = 1e-3 an
+           eigen-decomposition of $A^\top A + B^\top B$ caught a third of the singular values below
+           1e-3 of the largest.
+        2. A rotation $W$ of the live columns (the symmetry $(U, V) → (UW, VW)$): $W_{:,J} = N R_N$ and
+           $W_{:,\bar J} = N^\perp R_B$, $J$ the columns on which $N$ weighs most and $R_N$, $R_B$ the
+           orthogonal factors that bring $W$ closest to the identity (orthogonal Procrustes): $U$'s
+           columns $J$ are then 0, and the snap zeroes $V$'s (θ unchanged).
+
+        The move applies the rotation to factor-shaped first moments (a momentum, Adam's ``exp_avg``:
+        running sums of $GV$, $G^\top U$, which rotate exactly as the factors do; their part along
+        $Q_A X_s$ is the loss's pull on that direction through the live columns, and stays) and $W ∘ W$
+        to second moments (``exp_avg_sq``: the mean
+        squares of the rotated gradients without their cross terms, non-negative, exact for a
+        permutation). Why the rotation nearest the identity: re-sorting every column by eigenvector
+        at each decision mixed the bulk of nearly equal directions each time, and Adam then trained
+        with averaged second moments (digits MLP, 5 seeds: 0.4 points of accuracy lost); a factor
+        already aligned by an earlier decision moves by nearly nothing.
+
+        First a test that settles most calls with two Cholesky factorisations: θ's r-th singular value
+        is at least $σ_{\min}(A)σ_{\min}(B)$, so when $A^\top A - ρsI$ and $B^\top B - (s/ρ)I$ both have one
+        ($s$ = ``small``, $ρ = ‖A‖_F/‖B‖_F$) no singular value is ≤ $s$. (A test on the geometric mean
+        $A^\top A \# B^\top B$, tighter for unbalanced factors, is no bound here: its smallest eigenvalue is
+        at least θ's smallest singular value, not at most; measured on random factors.)"""
         U, V = factors
         near = torch.zeros_like(held)
         dtype = working_dtype(U.dtype)
         live = (~held).nonzero().squeeze(1)
-        A, B = U[:, live].to(dtype), V[:, live].to(dtype)
         if not live.numel():
             return near, None
-        gram_u, gram_v = A.mT @ A, B.mT @ B
-        shift = small * torch.eye(live.numel(), dtype=dtype, device=A.device)
-        if int(torch.linalg.cholesky_ex(torch.cat([torch.cat([gram_u, shift], 1), torch.cat([shift, gram_v], 1)])).info) == 0:
-            return near, None  # every direction is larger than `small` (the docstring's test)
-        # The eigenvectors of AᵀA + BᵀB: rotating the live columns by them is the symmetry (U, V) → (UQ, VQ),
-        # and once the factors are balanced (AᵀA = BᵀB, where the decay drives them) each is one of
-        # θ's singular directions, of size ‖Aw‖·‖Bw‖.
-        E = torch.linalg.eigh(gram_u + gram_v).eigenvectors
-        small_live = (((gram_u @ E) * E).sum(0) * ((gram_v @ E) * E).sum(0)).clamp_min(0).sqrt() <= small
-        count = int(small_live.sum())
+        A, B = U[:, live].to(dtype), V[:, live].to(dtype)
+        eye = torch.eye(live.numel(), dtype=dtype, device=A.device)
+        ratio = float(A.norm()) / max(float(B.norm()), torch.finfo(dtype).tiny)
+        if ratio > 0 and all(int(torch.linalg.cholesky_ex(F.mT @ F - level * eye).info) == 0
+                             for F, level in ((A, small * ratio), (B, small / ratio))):
+            return near, None  # every singular value of θ exceeds `small` (the docstring's test)
+        Q_A, R_A = torch.linalg.qr(A)
+        R_B = torch.linalg.qr(B).R
+        X, S, _ = torch.linalg.svd(R_A @ R_B.mT)
+        small_values = S <= small
+        count = int(small_values.sum())
         if count == 0:
             return near, None
-        E_near, E_big = E[:, small_live], E[:, ~small_live]
-        # the columns on which the small directions weigh most take them
-        chosen = torch.zeros(live.numel(), dtype=torch.bool, device=E.device)
-        chosen[torch.topk(E_near.square().sum(1), count).indices] = True
-        W = torch.zeros_like(E)
-        W[:, chosen] = E_near @ _closest_rotation(E_near[chosen])
+        X_s = X[:, small_values]
+        left = Q_A @ X_s  # θ's small left singular directions
+        _, _, Zh = torch.linalg.svd(R_A - X_s @ (X_s.mT @ R_A))
+        null, rest = Zh[-count:].mT, Zh[:-count].mT  # A's null space after the removal, and the rest
+        chosen = torch.zeros(live.numel(), dtype=torch.bool, device=A.device)
+        chosen[torch.topk(null.square().sum(1), count).indices] = True
+        W = torch.zeros_like(eye)
+        W[:, chosen] = null @ _closest_rotation(null[chosen])
         if bool((~chosen).any()):
-            W[:, ~chosen] = E_big @ _closest_rotation(E_big[~chosen])
+            W[:, ~chosen] = rest @ _closest_rotation(rest[~chosen])
         near[live[chosen]] = True
 
         def move(layer: tuple[Tensor, ...], squared: bool) -> None:
@@ -392,6 +406,7 @@ class LowRank(Constraint):
             for tensor in layer:
                 tensor[:, live] = (tensor[:, live].to(turn.dtype) @ turn).to(tensor.dtype)
 
+        U[:, live] = (A - left @ (left.mT @ A)).to(U.dtype)  # θ loses its small part (the snap's)
         move(factors, False)
         return near, move
 
