@@ -34,10 +34,10 @@ Seeded atoms start above the snap threshold ($s > c$), so an atom is not snapped
 decay has brought it back below it. The zeros and the λ are the training's; nothing else changes:
 at a point where every atom's KKT condition holds, a `Regrowth` only makes the zeros exact.
 
-A kind whose atoms are not entries of the factors first moves the factors along its symmetry so that
-they are ([`Constraint.isolate_small_atoms`][symopt.Constraint]): a singular direction of $UV^\top$
-near zero becomes a column pair after a rotation of the live columns, applied to the gradients and
-the optimizer's state too. Its pulls are shared: the singular values of the gradient's part off the
+A kind whose atoms are not entries of the factors first moves the factors so that they are
+([`Constraint.isolate_small_atoms`][symopt.Constraint]): a singular direction of $UV^\top$ near zero
+becomes a column pair once θ's small part is taken out of $U$ and the live columns are rotated (the
+rotation applied to the gradients and the optimizer's state too). Its pulls are shared: the singular values of the gradient's part off the
 live directions ([`Constraint.atom_pulls`][symopt.Constraint]).
 """
 
@@ -329,12 +329,12 @@ def regrow(model: nn.Module, optimizer: torch.optim.Optimizer, names=None, *, ev
             can regrow an atom and has no budget: ``sparse``, ``group_sparse`` on one tensor or over
             several, a channel's weight, bias and BatchNorm entries, ``nonnegative``, whose pull
             off zero is $(-∂ℓ/∂θ_i)^+$, and ``low_rank`` on one matrix, whose atoms are singular
-            directions: the factors' live columns are rotated so that the directions near zero are
-            column pairs, see [`LowRank.isolate_small_atoms`][symopt.LowRank]).
+            directions: θ's small singular part is taken out of $U$ and the live columns are rotated
+            so that those directions are column pairs, see [`LowRank.isolate_small_atoms`][symopt.LowRank]).
         every: decide every this many optimizer steps (≥ 1). Default: each kind's ``regrowth_every``,
-            10 steps, and 50 for ``low_rank``, whose decision takes an eigen-decomposition and QR
-            factorisations of its r-column factors (on the digits MLP's two full-width factors, every
-            10 steps cost 1.6× the plain run's training time; the β = 0.99 window averages about 100
+            10 steps, and 50 for ``low_rank``, whose decision takes QR factorisations and SVDs of its
+            r-column factors (on the digits MLP's two full-width factors, every 10 steps cost 2.2× the
+            plain run's training CPU; the β = 0.99 window averages about 100
             steps, so a direction snapped 40 steps later has lost nothing).
         beta: factor of the moving average of $∂ℓ/∂θ$ over steps, in (0, 1). The default's window (about
             100 steps) averages minibatch noise: on the digits MLP (Adam, batch 64, λ = 1e-3,
