@@ -681,3 +681,25 @@ def test_a_seeded_direction_is_the_proximal_step_off_the_live_directions():
     torch.testing.assert_close((grad * added).sum(), -(torch.tensor([0.5, 0.2, 0.1], dtype=torch.float64) * sigma).sum())
     penalty = 0.15 * sum(float(f[:, seeded].square().sum()) for f in (U, V))
     assert abs(penalty - 0.3 * 0.8) < 1e-12
+
+
+def test_a_conv_weight_at_low_rank_gets_exact_zero_directions():
+    """low_rank on a 4-d conv weight (its 16 × 27 matrix view): regrow's held columns are zero pairs of
+    the factors, θ's rank is the columns left, and finalize keeps it."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Flatten(), nn.Linear(16 * 36, 2))
+    x, y = torch.randn(64, 3, 8, 8), torch.randn(64, 2)
+    symopt.low_rank(net, "0.weight", strength=0.05)
+    opt = torch.optim.Adam(symopt.param_groups(net, lr=1e-2), lr=1e-2)
+    growth = symopt.regrow(net, opt, every=10)
+    for _ in range(600):
+        opt.zero_grad()
+        (net(x) - y).square().mean().backward()
+        opt.step()
+    held = growth.held("0.weight")
+    U, V = net[0].parametrizations.weight.original0, net[0].parametrizations.weight.original1
+    assert int(held.sum()) > 0 and bool((U[:, held] == 0).all()) and bool((V[:, held] == 0).all())
+    rank = int(torch.linalg.matrix_rank(net[0].weight.detach().reshape(16, -1)))
+    assert rank == 16 - int(held.sum())
+    symopt.finalize(net)
+    assert int(torch.linalg.matrix_rank(net[0].weight.detach().reshape(16, -1))) == rank
