@@ -37,8 +37,8 @@ at a point where every atom's KKT condition holds, a `Regrowth` only makes the z
 A kind whose atoms are not entries of the factors first moves the factors so that they are
 ([`Constraint.isolate_small_atoms`][symopt.Constraint]): a singular direction of $UV^\top$ near zero
 becomes a column pair once θ's small part is taken out of $U$ and the live columns are rotated (the
-rotation applied to the gradients and the optimizer's state too). Its pulls are shared: the singular values of the gradient's part off the
-live directions ([`Constraint.atom_pulls`][symopt.Constraint]).
+rotation applied to the gradients and the optimizer's state too). Its pulls are shared: the singular
+values of the gradient's part off the live directions ([`Constraint.atom_pulls`][symopt.Constraint]).
 """
 
 from __future__ import annotations
@@ -112,8 +112,8 @@ class Regrowth:
         4
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, watched: dict[str, _Watched], *, every: int | None, beta: float,
-                 near_zero: float, seed_size: float, scaler) -> None:
+    def __init__(self, optimizer: torch.optim.Optimizer, watched: dict[str, _Watched], *, every: int | None,
+                 beta: float, near_zero: float, seed_size: float, scaler) -> None:
         self.optimizer = optimizer
         self.every, self.beta, self.near_zero, self.seed_size, self.scaler = every, beta, near_zero, seed_size, scaler
         self.steps = 0
@@ -312,8 +312,8 @@ def _check_number(label: str, number, low: float, high: float) -> float:
     return float(number)
 
 
-def regrow(model: nn.Module, optimizer: torch.optim.Optimizer, names=None, *, every: int | None = None, beta: float = 0.99,
-           near_zero: float = 1e-3, seed_size: float = 1e-2, scaler=None) -> Regrowth:
+def regrow(model: nn.Module, optimizer: torch.optim.Optimizer, names=None, *, every: int | None = None,
+           beta: float = 0.99, near_zero: float = 1e-3, seed_size: float = 1e-2, scaler=None) -> Regrowth:
     r"""Make a fixed-λ (or scheduled-λ) training run's zeros exact, and let zeros that should leave do
     so at once: snap attracted atoms near zero onto the mirror's fixed point, and seed repelled ones
     off it along $-∂ℓ/∂θ$ (the module docstring has the rule and why).

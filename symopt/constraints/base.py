@@ -441,10 +441,11 @@ class Constraint(nn.Module):
         `atom_sizes`), after moving the factors, in place, so that those atoms have slots of their own,
         which a snap can put on the mirror's fixed point exactly: along the parametrisation's symmetry
         (θ and the penalty unchanged), and for a kind that cannot reach such slots by the symmetry
-        alone, also removing the small atoms' part of θ first (what the snap removes anyway). ``move`` is None when nothing moved (the default: the atoms
-        are slots already), else ``move(layer, squared)``, which moves a tuple of factor-shaped
-        tensors (gradients, an optimizer's state) the same way, in place: ``squared`` for a
-        second-moment estimate (Adam's ``exp_avg_sq``), moved so that it stays non-negative."""
+        alone, also removing the small atoms' part of θ first (what the snap removes anyway).
+        ``move`` is None when nothing moved (the default: the atoms are slots already), else
+        ``move(layer, squared)``, which moves a tuple of factor-shaped tensors (gradients, an
+        optimizer's state) the same way, in place: ``squared`` for a second-moment estimate (Adam's
+        ``exp_avg_sq``), moved so that it stays non-negative."""
         return sizes <= small, None
 
     def atom_pulls(self, factors: tuple[Tensor, ...], grad: Tensor, near: Tensor) -> Tensor:

@@ -322,9 +322,9 @@ class LowRank(Constraint):
     def largest_atom(self, factors: tuple[Tensor, ...], sizes: Tensor) -> float:
         r"""$σ_{\max}(UV^\top)$ by power iteration on the factors ($x ← V U^\top U V^\top x$, 16 steps from
         the ones vector, $O((m + n)r)$ each, no synchronisation: a lower bound, as accurate as the
-        regrowth's relative thresholds need). A column's $‖u_j‖‖v_j‖$ is not an atom while the columns are mixed: on the
-        digits MLP's randomly started 256 × 256 factors the largest was well below $σ_{\max}$, and
-        "near zero", relative to it, caught too little."""
+        regrowth's relative thresholds need). A column's $‖u_j‖‖v_j‖$ is not an atom while the
+        columns are mixed: on the digits MLP's randomly started 256 × 256 factors the largest was well
+        below $σ_{\max}$, and "near zero", relative to it, caught too little."""
         U, V = factors
         dtype = working_dtype(U.dtype)
         U, V = U.to(dtype), V.to(dtype)
@@ -344,10 +344,11 @@ class LowRank(Constraint):
         1. $A ← A - Q_A X_s X_s^\top R_A$: θ loses exactly its small singular part (what the snap
            removes; the penalty falls), and $A$'s columns then have a null space $N$ of the same
            dimension (the smallest right singular vectors of $(I - X_s X_s^\top) R_A$). Where the
-           factors are balanced ($A^\top A = B^\top B$, where the decay drives them) the small part lies in
-           the column pairs of $N$ already and this changes nothing; where they are not (a small σ with
-           its $u$ large and its $v$ tiny: registration's per-direction imbalance decays at $2·lr·λ$ a
-           step), no rotation alone could isolate it: on the digits MLP at λ = 1e-3 an
+           factors are balanced ($A^\top A = B^\top B$, where the decay drives them) the small part is
+           the product of whole directions $w$ of both factors, and zeroing their pairs after the
+           rotation removes the same thing; where they are not (a small σ with its $u$ large and its
+           $v$ tiny: registration's per-direction imbalance decays at $2·lr·λ$ a step), no rotation
+           alone could isolate it: on the digits MLP at λ = 1e-3 an
            eigen-decomposition of $A^\top A + B^\top B$ caught a third of the singular values below
            1e-3 of the largest.
         2. A rotation $W$ of the live columns (the symmetry $(U, V) → (UW, VW)$): $W_{:,J} = N R_N$ and
