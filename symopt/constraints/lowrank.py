@@ -640,8 +640,23 @@ def tracked_singular_values(mat: Tensor, count: int, basis: Tensor | None = None
               and basis.shape[1] >= width and basis.device == mat.device and basis.dtype == mat.dtype)
     # (without a basis: `leading_singular_values`'s seeded range, with its two power steps)
     Q = torch.linalg.qr(mat @ basis[:, :width]).Q if usable else _seeded_range(mat, width, seed, 2)
-    _, values, right = torch.linalg.svd(Q.mT @ mat, full_matrices=False)
-    return values[:count], right.mT.contiguous()
+    values, right = _wide_svd(Q.mT @ mat)
+    return values[:count], right
+
+
+def _wide_svd(B: Tensor) -> tuple[Tensor, Tensor]:
+    r"""The singular values of a wide ``B`` (p × n, p ≪ n), largest first, and an n × p basis of its row
+    space in the same order, from the eigen-decomposition of the p × p Gram $BB^\top = P S^2 P^\top$ in
+    float64: $R = B^\top P S^{-1}$. LAPACK's SVD of a 25 × 512 block took 0.5 ms and the Gram's 0.05 ms
+    (measured here), and a rank budget asks for two such blocks at each reading. Values below
+    $\sqrt{ε}·σ_{\max}$ of float64 lose digits to the squaring; a budget reads the k + 1 leading ones."""
+    wide = B.to(torch.float64)
+    squares, P = torch.linalg.eigh(wide @ wide.mT)
+    values = squares.flip(-1).clamp_min(0).sqrt()
+    P = P.flip(-1)
+    floor = torch.finfo(torch.float64).tiny + float(values[0]) * torch.finfo(torch.float64).eps if values.numel() else 1.0
+    right = (wide.mT @ P) / values.clamp_min(floor)
+    return values.to(B.dtype), right.to(B.dtype).contiguous()
 
 
 def _closest_rotation(block: Tensor) -> Tensor:
