@@ -286,27 +286,33 @@ def _regrowing(forward, net, x, y) -> dict:
             "counts": torch.tensor([growth.snapped["weight"], growth.regrown["weight"]])}
 
 
-def _regrow_net() -> nn.Module:
+def _regrow_net(low_rank: bool = False) -> nn.Module:
     torch.manual_seed(0)
     net = nn.Linear(6, 3, bias=False).to(DT)
-    symopt.sparse(net, "weight", strength=0.3)
+    (symopt.low_rank if low_rank else symopt.sparse)(net, "weight", strength=0.3)
     return net
 
 
-def _regrow_worker(rank: int, world: int, port: int, out: str) -> None:
+def _regrow_worker(rank: int, world: int, port: int, out: str, low_rank: bool = False) -> None:
     with _process_group(rank, world, port):
-        net = _regrow_net()
+        net = _regrow_net(low_rank)
         ddp = nn.parallel.DistributedDataParallel(net)
         state = _regrowing(ddp, net, *_half_batch(rank, world))
         del ddp
         torch.save(state, f"{out}.{rank}")
 
 
-def test_regrow_decides_alike_on_every_rank(tmp_path):
+def _low_rank_regrow_worker(rank: int, world: int, port: int, out: str) -> None:
+    _regrow_worker(rank, world, port, out, low_rank=True)
+
+
+@pytest.mark.parametrize("low_rank", [False, True], ids=["sparse", "low_rank"])
+def test_regrow_decides_alike_on_every_rank(tmp_path, low_rank):
     """symopt.regrow under DDP averages θ's gradient over the replicas before deciding: both ranks snap
-    and regrow the same atoms, and the run is the single-process full-batch run's."""
-    rank0 = _identical_replicas(_regrow_worker, tmp_path / "regrow")
-    net = _regrow_net()
+    and regrow the same atoms (entries; for low rank, singular directions isolated by the same QR, SVD
+    and rotation on every rank), and the run is the single-process full-batch run's."""
+    rank0 = _identical_replicas(_low_rank_regrow_worker if low_rank else _regrow_worker, tmp_path / "regrow")
+    net = _regrow_net(low_rank)
     single = _regrowing(net, net, *_data())
     assert torch.equal(rank0["held"], single["held"]) and torch.equal(rank0["counts"], single["counts"])
     assert int(single["counts"][0]) > 0
