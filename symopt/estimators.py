@@ -348,7 +348,8 @@ class LassoCV(_LinearPredictor, RegressorMixin, BaseEstimator):
     On a dense design of up to 1024 coordinates over all folds, the folds' paths are one path of the
     ℓ1-regularised quadratic of their block-diagonal Gram matrix, each block a fold's own Lasso
     (`_stacked_fold_paths`): the same answers, each certified, without a pass over the rows per step;
-    otherwise (or for a fold not certified there) each fold has its own `symopt.path`.
+    otherwise (or for a fold not certified there) each fold has its own `symopt.path`. The refit is
+    `symopt.solve` from the folds' mean solution at the chosen α.
 
     Args:
         alphas: an int: the size of the grid (from ``alpha_max`` of the whole data down to
