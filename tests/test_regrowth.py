@@ -366,6 +366,29 @@ def test_a_compiled_model_regrows_as_the_eager_one():
     assert int((eager[0][0, 2:] == 0).sum()) == 4
 
 
+def test_a_compiled_low_rank_model_regrows_as_the_eager_one():
+    """low_rank under torch.compile: the hook sees θ's gradient, and the decisions (QR, SVD, rotation) are
+    the eager run's: the same held directions, the same weights to rounding."""
+    def run(compiled):
+        torch.manual_seed(0)
+        model = nn.Linear(6, 4, bias=False).double()
+        symopt.low_rank(model, "weight", strength=0.05)
+        opt = torch.optim.SGD(symopt.param_groups(model, lr=0.2), lr=0.2)
+        growth = symopt.regrow(model, opt, every=5)
+        forward = torch.compile(model) if compiled else model
+        x = torch.randn(64, 6, dtype=torch.float64)
+        y = x @ torch.randn(6, 2, dtype=torch.float64) @ torch.randn(2, 4, dtype=torch.float64)  # rank 2
+        for _ in range(300):
+            opt.zero_grad()
+            (forward(x) - y).square().mean().backward()
+            opt.step()
+        return model.weight.detach(), growth.held("weight")
+
+    eager, compiled = run(False), run(True)
+    assert torch.equal(eager[1], compiled[1]) and int(eager[1].sum()) == 2  # rank 2 of 4: two zero pairs
+    torch.testing.assert_close(compiled[0], eager[0], rtol=0, atol=1e-10)
+
+
 def test_a_skipped_inf_batch_does_not_poison_the_mean():
     """Under a GradScaler a batch with an Inf is skipped (no optimizer step), but backward already
     handed its gradient to the running mean: the next decision finds it non-finite, starts the mean
