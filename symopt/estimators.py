@@ -38,6 +38,8 @@ except ImportError as err:  # pragma: no cover - the message is the point
 
 from .paths import path as _path
 from .problems import group_lasso, lasso, logistic_l1, matrix_completion, multitask_lasso
+from .constraints.nonnegative import orthant_kkt_residuals
+from .constraints.sparse import l1_kkt_residuals
 from .problems.glm import normalised_weights
 from .proximal_newton import quadratic_gradient, solve_l1_quadratic
 from .solver import solve
@@ -524,11 +526,7 @@ def _stacked_fold_paths(X, y, sample_weight, folds, grid, *, fit_intercept: bool
     for index, alpha in enumerate(np.asarray(grid, dtype=np.float64).tolist()):
         w = solve_l1_quadratic(H, quadratic_gradient(H, -c, w), w, alpha, positive, model_tol)
         grad = quadratic_gradient(H, -c, w)
-        on = w != 0
-        if positive:  # off zero: ∇_i + α = 0; at zero: −∇_i ≤ α
-            residual = torch.where(on, grad + alpha, (-grad - alpha).clamp_min(0))
-        else:
-            residual = torch.where(on, grad + alpha * torch.sign(w), (grad.abs() - alpha).clamp_min(0))
+        residual = (orthant_kkt_residuals if positive else l1_kkt_residuals)(w, grad, alpha)
         certified &= residual.view(K, d).norm(dim=1) <= tol * scales
         coefs[index] = w.view(K, d)
     return coefs, certified

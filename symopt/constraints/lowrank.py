@@ -654,7 +654,7 @@ def _wide_svd(B: Tensor) -> tuple[Tensor, Tensor]:
     squares, P = torch.linalg.eigh(wide @ wide.mT)
     values = squares.flip(-1).clamp_min(0).sqrt()
     P = P.flip(-1)
-    floor = torch.finfo(torch.float64).tiny + float(values[0]) * torch.finfo(torch.float64).eps if values.numel() else 1.0
+    floor = torch.finfo(torch.float64).tiny + float(values[0]) * torch.finfo(torch.float64).eps  # (p ≥ 1 rows)
     right = (wide.mT @ P) / values.clamp_min(floor)
     return values.to(B.dtype), right.to(B.dtype).contiguous()
 

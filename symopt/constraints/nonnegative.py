@@ -115,10 +115,7 @@ class NonNegative(Constraint):
         return (value - step * self.strength).clamp_min(0)
 
     def kkt_residual(self, value: Tensor, grad: Tensor, tol: float = 0.0, quick: bool = False) -> float:
-        lam = self.strength
-        on = value > tol
-        res = torch.where(on, (grad + lam).abs(), (-grad - lam).clamp_min(0))
-        return float(res.norm())
+        return float(orthant_kkt_residuals(value, grad, self.strength, tol).norm())
 
     def face(self, value: Tensor, tol: float = 0.0, grad: Tensor | None = None) -> Face:
         # On the support the norm is Σθ_i, linear; a zero whose −g_i exceeds λ joins it.
@@ -172,3 +169,11 @@ class NonNegative(Constraint):
 
     def compressed_structure(self) -> str | None:
         return "entries"
+
+
+def orthant_kkt_residuals(value: Tensor, grad: Tensor, lam: float, tol: float = 0.0) -> Tensor:
+    r"""Each entry's KKT residual for $λ\sum_i θ_i$ over $θ ≥ 0$: $|∇_i + λ|$ where $θ_i >$ ``tol``,
+    $(-∇_i - λ)^+$ at zero. Its norm is `NonNegative.kkt_residual`; LassoCV's stacked folds take it
+    per fold, without a constraint object per α."""
+    on = value > tol
+    return torch.where(on, (grad + lam).abs(), (-grad - lam).clamp_min(0))

@@ -110,10 +110,7 @@ class Sparse(Constraint):
         return value.sign() * (value.abs() - step * self.strength).clamp_min(0)
 
     def kkt_residual(self, value: Tensor, grad: Tensor, tol: float = 0.0, quick: bool = False) -> float:
-        lam = self.strength
-        on = value.abs() > tol
-        res = torch.where(on, (grad + lam * value.sign()).abs(), (grad.abs() - lam).clamp_min(0))
-        return float(res.norm())
+        return float(l1_kkt_residuals(value, grad, self.strength, tol).norm())
 
     def project(self, value: Tensor, tol: float = 0.0) -> Tensor:
         return torch.where(value.abs() > tol, value, torch.zeros_like(value))
@@ -150,3 +147,11 @@ class Sparse(Constraint):
         nonzero = int((value.abs() > tol).sum())
         budget = "" if self.budget is None else f", budget {self.budget}"
         return f"density {nonzero / max(value.numel(), 1):.3g} ({nonzero}/{value.numel()}{budget})"
+
+
+def l1_kkt_residuals(value: Tensor, grad: Tensor, lam: float, tol: float = 0.0) -> Tensor:
+    r"""Each entry's distance of $-∇_i$ from $λ\,∂|θ_i|$: $|∇_i + λ\,\mathrm{sign}(θ_i)|$ where
+    $|θ_i| >$ ``tol``, $(|∇_i| - λ)^+$ at zero. Its norm is `Sparse.kkt_residual`; LassoCV's stacked
+    folds take it per fold, without a constraint object per α."""
+    on = value.abs() > tol
+    return torch.where(on, (grad + lam * value.sign()).abs(), (grad.abs() - lam).clamp_min(0))
