@@ -65,8 +65,25 @@ def quadratic_gradient(hessian: Tensor, grad: Tensor, move: Tensor) -> Tensor:
     return torch.addmv(grad, hessian.index_select(0, moved).mT, move.index_select(0, moved))
 
 
+class FaceFactor:
+    r"""The Cholesky factor of $H$ on the face where `solve_l1_quadratic` ended, for the next call on the
+    same $H$ (a path over λ, whose next start is this answer): its ``face`` (coordinates in the
+    factor's order) and lower-triangular ``factor``, both None until a call leaves them. A call whose
+    start's non-zeros are not exactly that face forms its own, as without it.
+
+    Why: along LassoCV's grid (100 α, a 1000-coordinate stacked $H$) each call's first step formed the
+    factor of a face that the previous call had ended with: 150 factorisations of faces of 75–175
+    coordinates in one fit."""
+
+    __slots__ = ("face", "factor")
+
+    def __init__(self) -> None:
+        self.face: Tensor | None = None
+        self.factor: Tensor | None = None
+
+
 def solve_l1_quadratic(hessian: Tensor, grad: Tensor, start: Tensor, lam: float, nonnegative: bool = False,
-                       tol: float = 0.0, max_steps: int | None = None) -> Tensor:
+                       tol: float = 0.0, max_steps: int | None = None, *, face_factor: FaceFactor | None = None) -> Tensor:
     r"""$\arg\min_x g^\top (x - x_0) + \tfrac12 (x - x_0)^\top H (x - x_0) + λ‖x‖_1$ (over $x ≥ 0$ with
     ``nonnegative``), $H$ positive semi-definite, by an active-set method from $x_0$ (``start``).
 
@@ -97,6 +114,8 @@ def solve_l1_quadratic(hessian: Tensor, grad: Tensor, start: Tensor, lam: float,
         nonnegative: $x ≥ 0$.
         tol: stop when the face's gradient norm and every violation are at most this.
         max_steps: active-set steps at most (default ``10·k + 50``); the last point is returned.
+        face_factor: a `FaceFactor` this call starts from (where it matches the start's face) and leaves its
+            final face's factor in.
 
     Examples:
         >>> import torch
@@ -114,6 +133,9 @@ def solve_l1_quadratic(hessian: Tensor, grad: Tensor, start: Tensor, lam: float,
     # None: formed afresh at the next step. A positive Lasso 1000×5000 whose models took in ~400
     # coordinates spent 0.45 s in factorisations and block copies, one coordinate a step.
     factor = None
+    if face_factor is not None and face_factor.factor is not None and face_factor.face.numel() == face.numel() \
+            and bool(free[face_factor.face].all()):
+        face, factor = face_factor.face, face_factor.factor
     # On a singular face (more columns than the data tell apart: a 100-row design with 338 non-zeros
     # from the descent), an orthonormal basis of the face's null space, kept as the level steps take
     # coordinates off the face one at a time (each an eigendecomposition of a 300 × 300 block before:
@@ -145,10 +167,10 @@ def solve_l1_quadratic(hessian: Tensor, grad: Tensor, start: Tensor, lam: float,
         if not face.numel() or size <= tol or size > 0.5 * before_full:
             before_full = math.inf
             violation = ((-gradient) if nonnegative else gradient.abs()).sub_(lam).masked_fill_(free, -math.inf)
-            order = torch.argsort(violation, descending=True)
-            joining = order[: int((violation > tol).sum())]
-            if not joining.numel():
-                return x
+            violating = int((violation > tol).sum())
+            if not violating:
+                return _leaving(x, face_factor, face, factor)  # (the usual exit: no sort of every coordinate for it)
+            joining = torch.topk(violation, violating).indices  # (sorted, the most violating first)
             # The violating zeros join with the signs that lower the objective, the most violating
             # first, as many as keep the face's curvature clearly positive definite (more columns than
             # the data tell apart would make each step an eigendecomposition: a 100×400 design at
@@ -199,7 +221,7 @@ def solve_l1_quadratic(hessian: Tensor, grad: Tensor, start: Tensor, lam: float,
                 continue
         reach = float(ratios.min())
         if level and not math.isfinite(reach):
-            return x  # linear and unbounded below along the face: nothing finite to return
+            return _leaving(x, face_factor, None, None)  # linear and unbounded below along the face: nothing finite to return
         t = reach if level else min(1.0, reach)
         x.index_add_(0, face, step, alpha=t)
         before_full = size if t == 1.0 and not level and t < reach else math.inf
@@ -216,6 +238,13 @@ def solve_l1_quadratic(hessian: Tensor, grad: Tensor, start: Tensor, lam: float,
             null = None
         if null is None:
             level_run = 0
+    return _leaving(x, face_factor, face, factor)
+
+
+def _leaving(x: Tensor, face_factor: FaceFactor | None, face: Tensor | None, factor: Tensor | None) -> Tensor:
+    """``x``, with ``face`` and its ``factor`` left in ``face_factor`` (where given) for the next call."""
+    if face_factor is not None:
+        face_factor.face, face_factor.factor = face, factor
     return x
 
 

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 import symopt
 from symopt.optimality import kkt_at_snap, loss_gradient
 from symopt.problems import lasso, logistic_l1
-from symopt.proximal_newton import _candidates, proximal_newton, solve_l1_quadratic
+from symopt.proximal_newton import FaceFactor, _candidates, proximal_newton, quadratic_gradient, solve_l1_quadratic
 
 
 def _model_kkt(H, g, x0, x, lam, nonnegative):
@@ -75,6 +75,38 @@ def test_wide_correlated_models_meet_their_optimality_conditions(k, rows, seed, 
     x = solve_l1_quadratic(H, g, x0, lam, nonnegative, tol=1e-12)
     scale = 1.0 + float(H.abs().max()) * (1.0 + float(x.abs().max()) + float(x0.abs().max())) + float(g.abs().max())
     assert _model_kkt(H, g, x0, x, lam, nonnegative) <= 1e-9 * scale
+
+
+@settings(max_examples=30, deadline=None)
+@given(k=st.integers(5, 60), rows=st.integers(3, 80), seed=st.integers(0, 10**6), nonnegative=st.booleans())
+def test_a_path_that_keeps_its_face_factor_meets_every_points_conditions(k, rows, seed, nonnegative):
+    # A λ path on one H, each call warm-started from the last answer with the factor of the face it
+    # ended on (`FaceFactor`, as LassoCV's stacked folds): each point is the model's minimiser (its own
+    # conditions) and the same as a call that forms its factors afresh; the factor left behind is H's
+    # on that face (L Lᵀ = H_FF), and a start off that face is solved as if nothing were kept
+    gen = torch.Generator().manual_seed(seed)
+    A = torch.randn(rows, k, generator=gen, dtype=torch.float64)
+    H, c = A.mT @ A, A.mT @ torch.randn(rows, generator=gen, dtype=torch.float64)
+    top = float(c.abs().max())
+    kept, x = FaceFactor(), torch.zeros(k, dtype=torch.float64)
+    for lam in top * np.geomspace(0.9, 0.01, 12):
+        g = quadratic_gradient(H, -c, x)
+        fresh = solve_l1_quadratic(H, g, x, float(lam), nonnegative, tol=1e-12)
+        x_new = solve_l1_quadratic(H, g, x, float(lam), nonnegative, tol=1e-12, face_factor=kept)
+        scale = 1.0 + float(H.abs().max()) * (1.0 + float(x_new.abs().max())) + top
+        assert _model_kkt(H, -c, torch.zeros(k, dtype=torch.float64), x_new, float(lam), nonnegative) <= 1e-9 * scale
+        assert torch.allclose(x_new, fresh, rtol=0, atol=1e-7 * scale)
+        if kept.factor is not None:
+            block = H[kept.face][:, kept.face]
+            assert torch.allclose(kept.factor @ kept.factor.mT, block, rtol=0, atol=1e-9 * scale)
+        x = x_new
+    other = torch.zeros(k, dtype=torch.float64)
+    other[0] = 1.0  # (not the kept face unless that face is {0})
+    lam = 0.05 * top
+    g = quadratic_gradient(H, -c, other)
+    x = solve_l1_quadratic(H, g, other, lam, nonnegative, tol=1e-12, face_factor=kept)
+    scale = 1.0 + float(H.abs().max()) * (2.0 + float(x.abs().max())) + top
+    assert _model_kkt(H, -c, torch.zeros(k, dtype=torch.float64), x, lam, nonnegative) <= 1e-9 * scale
 
 
 def test_a_joined_pair_that_would_move_one_the_wrong_way_is_halved():
