@@ -3,9 +3,12 @@ prox point); kkt_residual vanishes at references and not elsewhere."""
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import symopt
 from helpers import DT, soft_threshold_svd
+from symopt.constraints.lowrank import soft_threshold_singular_values
 
 KINDS = {
     "sparse": lambda: symopt.Sparse(0.3),
@@ -29,6 +32,32 @@ def test_prox_point_satisfies_kkt_of_its_subproblem(kind):
 def test_low_rank_prox_is_svt():
     v = torch.randn(6, 5, dtype=DT)
     assert torch.allclose(symopt.LowRank(0.7).prox(v, 1.0), soft_threshold_svd(v, 0.7), atol=1e-12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=st.integers(1, 40), cols=st.integers(1, 40), seed=st.integers(0, 10**6), share=st.floats(0.0, 1.5),
+       spread=st.floats(0.0, 6.0), clustered=st.booleans(), single=st.booleans())
+def test_the_gram_soft_threshold_is_the_svd_one(rows, cols, seed, share, spread, clustered, single):
+    # The nuclear norm's prox without an SVD (the Gram's eigh): the same matrix as the SVD's
+    # thresholding to rounding of σ_max, tall or wide, singular values spread over up to 6 decades or
+    # in tight clusters (where singular vectors are ill-determined), τ below, among and above them;
+    # a float32 input comes back float32
+    gen = torch.Generator().manual_seed(seed)
+    k = min(rows, cols)
+    left = torch.linalg.qr(torch.randn(rows, k, generator=gen, dtype=DT)).Q
+    right = torch.linalg.qr(torch.randn(cols, k, generator=gen, dtype=DT)).Q
+    sigma = 10 ** (-spread * torch.rand(k, generator=gen, dtype=DT))
+    if clustered:
+        sigma = 1.0 + 1e-9 * torch.rand(k, generator=gen, dtype=DT)
+    mat = (left * sigma) @ right.mT
+    tau = share * float(sigma.max())
+    if single:
+        mat = mat.float()
+    shrunk = soft_threshold_singular_values(mat, tau)
+    assert shrunk.dtype == mat.dtype and shrunk.shape == mat.shape
+    reference = soft_threshold_svd(mat.double(), tau)
+    eps = torch.finfo(mat.dtype).eps
+    assert float((shrunk.double() - reference).abs().max()) <= 50 * eps * float(sigma.max()) * (1 + k)
 
 
 def test_linear_kkt_is_projected_gradient():

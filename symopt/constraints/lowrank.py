@@ -206,7 +206,13 @@ class LowRank(Constraint):
         return self._svd(mat)[1] if mat.dim() == 2 and self.max_rank is not None else torch.linalg.svdvals(mat)
 
     def prox(self, value: Tensor, step: float) -> Tensor:
-        r"""Singular-value soft-thresholding at $\mathrm{step}·λ$."""
+        r"""Singular-value soft-thresholding at $\mathrm{step}·λ$ (for one matrix without a rank bound, by
+        `soft_threshold_singular_values`: no SVD)."""
+        mat = self.matrix(value)
+        if mat.dim() == 2 and self.max_rank is None:
+            exact = mat.to(working_dtype(value.dtype))
+            return soft_threshold_singular_values(exact, step * self.strength).reshape(value.shape).to(value.dtype)
+
         def shrink(S: Tensor) -> Tensor:
             S = (S - step * self.strength).clamp_min(0)
             if self.max_rank is not None:
@@ -642,6 +648,36 @@ def tracked_singular_values(mat: Tensor, count: int, basis: Tensor | None = None
     Q = torch.linalg.qr(mat @ basis[:, :width]).Q if usable else _seeded_range(mat, width, seed, 2)
     values, right = _wide_svd(Q.mT @ mat)
     return values[:count], right
+
+
+def soft_threshold_singular_values(mat: Tensor, threshold: float) -> Tensor:
+    r"""$P\,(Σ - τ)_+ Q^\top$ for $\mathrm{mat} = P Σ Q^\top$ and τ = ``threshold``, without an SVD: with
+    the Gram matrix of the shorter side, $\mathrm{mat}^\top \mathrm{mat} = Q Σ^2 Q^\top$ (eigh, float64),
+    it is $\mathrm{mat}\,Q\,\mathrm{diag}\big((1 - τ/σ)_+\big) Q^\top$ (for a wide matrix, the same from
+    the left).
+
+    Why: the nuclear norm's proximal step, each step of the completion's proximal finish, took a
+    full SVD (3.5 ms for digits' 1797 × 64, against 0.9 ms for the Gram's eigh). The squaring
+    costs digits only where they do not matter: an eigenvalue's error is ε‖mat‖², so σ is off by
+    about $ε σ_{\max}^2 / σ$, 2.5e-13 relative at σ = σ_max/50; and within a cluster of nearly equal σ,
+    where the eigenvectors are ill-determined, the factor $(1 - τ/σ)_+$ is nearly constant, so the map
+    is not. The certificate that follows a proximal step reads a true SVD.
+
+    Examples:
+        >>> import torch
+        >>> A = torch.diag(torch.tensor([3.0, 1.0, 0.5], dtype=torch.float64)) @ torch.eye(3, 4, dtype=torch.float64)
+        >>> [round(s, 12) for s in torch.linalg.svdvals(soft_threshold_singular_values(A, 0.8)).tolist()]   # (3, 1, 0.5) − 0.8, ≥ 0
+        [2.2, 0.2, 0.0]
+    """
+    wide = mat.shape[-2] < mat.shape[-1]
+    A = (mat.mT if wide else mat).to(torch.float64)
+    squares, Q = torch.linalg.eigh(A.mT @ A)
+    sigma = squares.clamp_min(0).sqrt()
+    keep = sigma > threshold
+    Q = Q[:, keep]
+    factor = 1 - threshold / sigma[keep]
+    shrunk = (A @ Q) @ (factor[:, None] * Q.mT)
+    return (shrunk.mT if wide else shrunk).to(mat.dtype)
 
 
 def _wide_svd(B: Tensor) -> tuple[Tensor, Tensor]:
