@@ -234,23 +234,26 @@ def test_seeded_atoms_point_down_the_gradient_with_balanced_factors():
         torch.testing.assert_close(constraint.penalty(*factors), 0.3 * constraint.induced_norm(value))
 
 
-def _scaled_run(mode: str):
-    """600 steps of the diabetes Lasso, λ 10 → 0.5 half way, under a GradScaler of scale 2^10 handed to
-    regrow ("told"), to symopt.bind ("bound"), to neither ("untold"), or without one ("none")."""
-    X, Y = _diabetes()
+def _scaled_run(mode: str, low_rank: bool = False):
+    """600 steps of the diabetes Lasso, λ 10 → 0.5 half way (with ``low_rank``: digits' reduced-rank
+    regression, λ 0.7 λ_max → 0.05), under a GradScaler of scale 2^10 handed to regrow ("told"), to
+    symopt.bind ("bound"), to neither ("untold"), or without one ("none")."""
+    X, Y = _digits_regression() if low_rank else _diabetes()
+    lams = (0.7 * float(torch.linalg.matrix_norm(X.T @ Y / len(X), 2)), 0.05) if low_rank else (10.0, 0.5)
     torch.manual_seed(0)
-    model = nn.Linear(10, 1, bias=False).double()
-    handle = symopt.sparse(model, "weight", strength=10.0)
-    opt = torch.optim.SGD(symopt.param_groups(model, lr=0.01), lr=0.01)
+    model = nn.Linear(X.shape[1], Y.shape[1], bias=False).double()
+    handle = (symopt.low_rank if low_rank else symopt.sparse)(model, "weight", strength=lams[0])
+    lr = 0.05 if low_rank else 0.01
+    opt = torch.optim.SGD(symopt.param_groups(model, lr=lr), lr=lr)
     scaler = None if mode == "none" else torch.amp.GradScaler("cpu", init_scale=2.0 ** 10, growth_interval=10 ** 6)
     growth = symopt.regrow(model, opt, scaler=scaler if mode == "told" else None)
     if mode == "bound":
         symopt.bind(opt, scaler=scaler)
     for step in range(600):
         if step == 300:
-            handle.constraint.strength = 0.5
+            handle.constraint.strength = lams[1]
         opt.zero_grad()
-        loss = 0.5 * ((model(X) - Y) ** 2).mean()
+        loss = 0.5 * ((model(X) - Y) ** 2).sum(1).mean()
         if scaler is None:
             loss.backward()
             opt.step()
@@ -261,9 +264,12 @@ def _scaled_run(mode: str):
     return model.weight.detach(), growth.snapped["weight"], growth.regrown["weight"]
 
 
-def test_a_grad_scaler_handed_to_regrow_gives_the_unscaled_run():
-    plain, untold = _scaled_run("none"), _scaled_run("untold")
-    for told in (_scaled_run("told"), _scaled_run("bound")):
+@pytest.mark.parametrize("low_rank", [False, True], ids=["sparse", "low_rank"])
+def test_a_grad_scaler_handed_to_regrow_gives_the_unscaled_run(low_rank):
+    # (low rank: the pulls are singular values of the mean gradient, which the scale multiplies too)
+    plain, untold = _scaled_run("none", low_rank), _scaled_run("untold", low_rank)
+    assert plain[1] > 0 and plain[2] > 0  # (atoms were snapped and regrown: the decisions are tested)
+    for told in (_scaled_run("told", low_rank), _scaled_run("bound", low_rank)):
         assert plain[1:] == told[1:]
         torch.testing.assert_close(told[0], plain[0], rtol=1e-9, atol=1e-12)
     assert untold[1:] != plain[1:]  # the scaled gradient (1024×) pulls every zero off it
