@@ -120,6 +120,33 @@ def test_a_resumed_run_lands_and_holds_the_same_atoms():
     assert torch.equal(again.weight, model.weight) and int((again.weight != 0).sum()) == 9
 
 
+def test_a_resumed_rank_budget_reads_the_same_singular_values():
+    """A rank budget on a 96×128 layer reads its singular values from a range tracked across readings
+    (one subspace step from the last basis): the basis is in the state_dict, so that the resumed run
+    reads the same values, follows the same λ, and ends bit-identical (without it the factors
+    differed after the resume)."""
+    X = torch.randn(300, 128, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    Y = X @ torch.randn(128, 96, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+
+    def build():
+        torch.manual_seed(0)
+        model = nn.Linear(128, 96, bias=False).double()
+        symopt.low_rank(model, "weight", target_rank=4, total_steps=200)
+        opt = torch.optim.Adam(symopt.param_groups(model, lr=1e-2), lr=1e-2)
+        symopt.bind(opt)
+        return model, opt
+
+    def run(model, opt, steps):
+        for _ in range(steps):
+            opt.zero_grad()
+            (0.5 * (model(X) - Y).square().mean()).backward()
+            opt.step()
+
+    model, again = resumed_matches(build, run, 120, 80)
+    assert "parametrizations.weight.0.tracked_range" in model.state_dict()
+    assert int(torch.linalg.matrix_rank(again.weight.detach())) == 4
+
+
 @pytest.mark.parametrize("make,match", [
     (lambda: symopt.Sparse(max_nonzero=3, total_steps=0), "total_steps must be an int >= 1"),
     (lambda: symopt.Sparse(max_nonzero=3, total_steps=1.5), "total_steps must be an int >= 1"),

@@ -108,6 +108,10 @@ class LowRank(Constraint):
         self.layout = layout
         self.shape: tuple[int, ...] | None = None  # recorded by right_inverse
         self._tracked_range: Tensor | None = None  # the budget's readings' basis (`top_dual_atoms`)
+        # ... saved in the state_dict once there is one (not a buffer: its size is known only at the
+        # first reading), so that a resumed run reads the same singular values and ends bit-identical
+        self._register_state_dict_hook(_save_tracked_range)
+        self._register_load_state_dict_pre_hook(_load_tracked_range, with_module=True)
 
     def with_width(self, width: int | None) -> LowRank:
         """This constraint (same λ, layout and seed) with factors of ``width`` columns (None: full)."""
@@ -648,6 +652,17 @@ def tracked_singular_values(mat: Tensor, count: int, basis: Tensor | None = None
     Q = torch.linalg.qr(mat @ basis[:, :width]).Q if usable else _seeded_range(mat, width, seed, 2)
     values, right = _wide_svd(Q.mT @ mat)
     return values[:count], right
+
+
+def _save_tracked_range(module: LowRank, state_dict, prefix, _metadata) -> None:
+    if getattr(module, "_tracked_range", None) is not None:
+        state_dict[prefix + "tracked_range"] = module._tracked_range
+
+
+def _load_tracked_range(module: LowRank, state_dict, prefix, *_args) -> None:
+    # (a checkpoint without one, written before any reading or by an older version: the next reading
+    # starts from the seeded range, as a fresh run does)
+    module._tracked_range = state_dict.pop(prefix + "tracked_range", None)
 
 
 def soft_threshold_singular_values(mat: Tensor, threshold: float) -> Tensor:
