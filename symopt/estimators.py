@@ -532,12 +532,19 @@ def _stacked_fold_paths(X, y, sample_weight, folds, grid, *, fit_intercept: bool
 
 
 def _gram_terms(X: np.ndarray, values: torch.Tensor, sample_weight, rows, fit_intercept: bool):
-    r"""``(H, c)`` of the least-squares data term on ``rows`` of a dense ``X``: with the rows centred by
+    r"""``(H, c)`` of the least-squares data term on ``rows`` (None: all) of a dense ``X``: with the rows centred by
     their weighted means (the intercept profiled out) and $s$ their normalised weights,
     $H = X^\top \mathrm{diag}(s) X$ and $c = X^\top \mathrm{diag}(s) y$, so that the data term is
     $\tfrac12 w^\top H w - c^\top w + \mathrm{const}$."""
-    share = _shares(len(rows), None if sample_weight is None else sample_weight[rows])
-    Xr, yr = _rows(X, rows), values[rows]
+    if rows is None:  # (every row: no copy to gather them)
+        Xr, yr = torch.from_numpy(np.ascontiguousarray(X)), values
+    else:
+        Xr, yr = _rows(X, rows), values[rows]
+    if sample_weight is None:  # (equal shares: a mean and a division, no weighted copy of the rows)
+        if fit_intercept:
+            Xr, yr = Xr - Xr.mean(0), yr - yr.mean()
+        return (Xr.mT @ Xr) / len(yr), (Xr.mT @ yr) / len(yr)
+    share = _shares(len(yr), sample_weight if rows is None else sample_weight[rows])
     if fit_intercept:
         Xr, yr = Xr - share @ Xr, yr - share @ yr
     weighted = Xr * share[:, None]
@@ -553,7 +560,7 @@ def _gram_refit(X, y, sample_weight, alpha: float, start: torch.Tensor, *, fit_i
     if not isinstance(X, np.ndarray) or X.shape[1] > _STACKED_LIMIT:
         return start
     values = torch.as_tensor(y, dtype=torch.float64)
-    H, c = _gram_terms(X, values, sample_weight, np.arange(X.shape[0]), fit_intercept)
+    H, c = _gram_terms(X, values, sample_weight, None, fit_intercept)
     start = start.clamp_min(0.0) if positive else start
     return solve_l1_quadratic(H, quadratic_gradient(H, -c, start), start, alpha, positive,
                               1e-3 * tol * max(float(c.norm()), 1e-300))
