@@ -554,9 +554,10 @@ def _gram_terms(X: np.ndarray, values: torch.Tensor, sample_weight, rows, fit_in
 def _gram_refit(X, y, sample_weight, alpha: float, start: torch.Tensor, *, fit_intercept: bool, positive: bool,
                 tol: float) -> torch.Tensor:
     """The whole data's Lasso at ``alpha`` in the space of its Gram matrix (`_gram_terms`) from ``start``
-    (the folds' mean solution), by `solve_l1_quadratic`; ``start`` itself where ``X`` is sparse or wide
-    (more than ``_STACKED_LIMIT`` columns). The model's tolerance is a thousandth of the relative
-    ``tol`` (as a path's points); the caller's `solve` certifies the point."""
+    (the folds' mean solution on the coordinates most folds keep), by `solve_l1_quadratic`; ``start``
+    itself where ``X`` is sparse or wide (more than ``_STACKED_LIMIT`` columns). The model's tolerance
+    is a thousandth of the relative ``tol`` (as a path's points); the caller's `solve` certifies the
+    point."""
     if not isinstance(X, np.ndarray) or X.shape[1] > _STACKED_LIMIT:
         return start
     values = torch.as_tensor(y, dtype=torch.float64)
