@@ -98,40 +98,27 @@ def test_no_decay_before_the_ramp_and_the_cubic_count_on_it():
     assert scheduled_count(199, 72, 9, 100, 200) == 10 and scheduled_count(200, 72, 9, 100, 200) == 9
 
 
-def test_a_resumed_run_lands_and_holds_the_same_atoms():
-    """model + optimizer state_dicts saved mid-ramp: the resumed run follows the same schedule (the step
-    count and the landing mask are buffers) and ends bit-identical."""
-    def build():
-        torch.manual_seed(0)
-        model = nn.Linear(12, 6, bias=False).double()
-        symopt.sparse(model, "weight", max_nonzero=9, total_steps=200)
-        opt = torch.optim.Adam(symopt.param_groups(model, lr=1e-2), lr=1e-2)
-        symopt.bind(opt)
-        return model, opt
-
-    def run(model, opt, steps):
-        X, Y = _data()
-        for _ in range(steps):
-            opt.zero_grad()
-            (0.5 * (model(X) - Y).square().mean()).backward()
-            opt.step()
-
-    model, again = resumed_matches(build, run, 120, 80)
-    assert torch.equal(again.weight, model.weight) and int((again.weight != 0).sum()) == 9
-
-
-def test_a_resumed_rank_budget_reads_the_same_singular_values():
-    """A rank budget on a 96×128 layer reads its singular values from a range tracked across readings
-    (one subspace step from the last basis): the basis is in the state_dict, so that the resumed run
-    reads the same values, follows the same λ, and ends bit-identical (without it the factors
-    differed after the resume)."""
+def _rank_data():
     X = torch.randn(300, 128, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    Y = X @ torch.randn(128, 96, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    return X, X @ torch.randn(128, 96, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+
+
+@pytest.mark.parametrize("kind", ["sparse", "low_rank"])
+def test_a_resumed_run_lands_and_holds_the_same_atoms(kind):
+    """model + optimizer state_dicts saved mid-ramp: the resumed run follows the same schedule (the step
+    count and the landing mask are buffers) and ends bit-identical. A rank budget on a 96×128 layer
+    reads its singular values from a range tracked across readings (one subspace step from the last
+    basis): the basis is in the state_dict too (without it the factors differed after the resume)."""
+    X, Y = _rank_data() if kind == "low_rank" else _data()
 
     def build():
         torch.manual_seed(0)
-        model = nn.Linear(128, 96, bias=False).double()
-        symopt.low_rank(model, "weight", target_rank=4, total_steps=200)
+        if kind == "low_rank":
+            model = nn.Linear(128, 96, bias=False).double()
+            symopt.low_rank(model, "weight", target_rank=4, total_steps=200)
+        else:
+            model = nn.Linear(12, 6, bias=False).double()
+            symopt.sparse(model, "weight", max_nonzero=9, total_steps=200)
         opt = torch.optim.Adam(symopt.param_groups(model, lr=1e-2), lr=1e-2)
         symopt.bind(opt)
         return model, opt
@@ -143,8 +130,12 @@ def test_a_resumed_rank_budget_reads_the_same_singular_values():
             opt.step()
 
     model, again = resumed_matches(build, run, 120, 80)
-    assert "parametrizations.weight.0.tracked_range" in model.state_dict()
-    assert int(torch.linalg.matrix_rank(again.weight.detach())) == 4
+    assert torch.equal(again.weight, model.weight)
+    if kind == "low_rank":
+        assert "parametrizations.weight.0.tracked_range" in model.state_dict()
+        assert int(torch.linalg.matrix_rank(again.weight.detach())) == 4
+    else:
+        assert int((again.weight != 0).sum()) == 9
 
 
 @pytest.mark.parametrize("make,match", [
