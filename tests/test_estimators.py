@@ -152,6 +152,46 @@ def test_lasso_cv_folds_solved_as_one_problem_are_each_folds_own_path(fit_interc
             assert torch.equal(together[i, k] != 0, result.x != 0)
 
 
+@pytest.mark.parametrize("fit_intercept, positive, weighted", [(True, False, True), (False, True, False),
+                                                                (True, True, False), (True, False, False)])
+def test_the_refit_in_the_gram_space_is_the_whole_datas_optimum(fit_intercept, positive, weighted):
+    """LassoCV's refit moves a start (here another α's optimum, whose support differs) to the whole
+    data's optimum in its Gram space (`_gram_refit`): the objective and support of `symopt.solve`'s
+    optimum, with weights, `positive`, with and without an intercept; and `solve` from it only
+    certifies it."""
+    import symopt
+    from symopt.estimators import _gram_refit
+    from symopt.problems import lasso
+
+    X, y = load_diabetes(return_X_y=True)
+    weights = np.random.default_rng(2).uniform(0.0, 2.0, len(y)) if weighted else None
+    problem = lasso(X, y, 1.0, fit_intercept=fit_intercept, positive=positive, sample_weight=weights)
+    top = problem.strength_max()
+    start = symopt.solve(problem.at_strength(0.3 * top)).x
+    whole = problem.at_strength(0.02 * top)
+    moved = _gram_refit(X, y, weights, 0.02 * top, start, fit_intercept=fit_intercept, positive=positive, tol=1e-6)
+    reference = symopt.solve(whole, tol=1e-10)
+    assert whole.objective(moved) == pytest.approx(reference.objective, rel=1e-10)
+    assert torch.equal(moved != 0, reference.x != 0) and not torch.equal(start != 0, moved != 0)
+    certified = symopt.solve(whole, start=moved)
+    assert certified.status == "optimal" and "warm start" in certified.message
+
+
+def test_lasso_cv_on_a_wide_design_refits_scikit_learns_lasso_at_its_alpha():
+    """n ≪ d (scikit-learn's make_regression 100×200): the α of exact folds (scikit-learn's at a tight
+    tolerance) and the refit its Lasso at that α."""
+    from sklearn import linear_model
+    from sklearn.datasets import make_regression
+
+    X, y = make_regression(n_samples=100, n_features=200, n_informative=10, noise=1.0, random_state=0)
+    folds = KFold(5, shuffle=True, random_state=0)
+    ours = LassoCV(alphas=12, cv=folds).fit(X, y)
+    theirs = linear_model.LassoCV(alphas=12, cv=folds, tol=1e-10, max_iter=10**6).fit(X, y)
+    assert ours.alpha_ == pytest.approx(theirs.alpha_, rel=1e-10) and ours.result_.status == "optimal"
+    assert np.abs(ours.coef_ - theirs.coef_).max() <= 1e-6 * np.abs(theirs.coef_).max()
+    assert ours.intercept_ == pytest.approx(theirs.intercept_, rel=1e-6)
+
+
 @pytest.mark.parametrize("zero_rows", [slice(0, 100), slice(100, None)])
 def test_lasso_cv_refuses_a_fold_without_weight_before_solving(zero_rows):
     X, y = load_diabetes(return_X_y=True)
