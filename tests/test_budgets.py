@@ -299,6 +299,33 @@ def test_tracked_readings_follow_a_drifting_matrix_from_the_seeded_start():
     assert torch.allclose(restarted, leading_singular_values(A, 6, seed=7), rtol=1e-12, atol=0)
 
 
+def test_a_rank_budget_tracks_theta_and_its_proximal_score_apart():
+    """A rank budget reads two matrices each time, θ and its proximal score θ/t − ∇ℓ, whose leading
+    singular vectors differ: `LowRank.top_dual_atoms` keeps a tracked range for each reading. Read
+    alternately as a budget does, each is exact to 1e-4 (relative) once tracked; one range shared by
+    the two (both read as "point", as before) was off by 5e-3 and 2e-2."""
+    n, k = 200, 9
+    g = torch.Generator().manual_seed(0)
+    P = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64)).Q
+    Q = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64)).Q
+    theta = (P * 0.97 ** torch.arange(n, dtype=torch.float64)) @ Q.T
+    G = torch.randn(n, n, generator=g, dtype=torch.float64) * 0.05
+    errors = {}
+    for mode in ("own", "shared"):
+        constraint, worst = symopt.LowRank(target_rank=k - 1), [0.0, 0.0]
+        for step in range(30):
+            point = theta + 1e-4 * step * G  # a drifting layer, and a score whose top directions are G's
+            score = point / 0.5 - G
+            read = (constraint.top_dual_atoms(point, k, "point"),
+                    constraint.top_dual_atoms(score, k, "score" if mode == "own" else "point"))
+            if step >= 10:
+                for i, (values, matrix) in enumerate(zip(read, (point, score))):
+                    exact = torch.linalg.svdvals(matrix)[:k]
+                    worst[i] = max(worst[i], float(((values[:k] - exact).abs() / exact).max()))
+        errors[mode] = worst
+    assert max(errors["own"]) < 1e-4 and min(errors["shared"]) > 1e-3
+
+
 @pytest.mark.parametrize("dtype, rtol", [(torch.float32, 1e-5), (torch.float64, 1e-12)])
 def test_a_wide_block_s_singular_values_from_its_gram(dtype, rtol):
     """The readings' small SVD (`_wide_svd`: the p × p Gram's eigen-decomposition in float64, 10× cheaper

@@ -473,12 +473,14 @@ class Constraint(nn.Module):
         does not matter; for the orthant's (`NonNegative`) it does: $(-g_i)^+$."""
         return self.atoms(_negated(grad))
 
-    def top_dual_atoms(self, point: Tensor, count: int) -> Tensor:
+    def top_dual_atoms(self, point: Tensor, count: int, reading: str = "point") -> Tensor:
         r"""A 1-d tensor holding at least the ``count`` largest atoms of a point-like tensor as λ sees
         them (``dual_atoms(-point)``: a point θ, or the proximal score $θ/t - ∇ℓ$ of a budget), in any
         order; by default all of them (the caller selects). A budget asks this of every backward
         pass and needs only the k + 1 largest, so a kind whose atoms are costly to compute (singular
-        values) computes the leading ones alone."""
+        values) computes the leading ones alone. ``reading`` names which of a budget's two matrices
+        ``point`` is (``"point"``: θ; ``"score"``: the proximal score), so that a kind that tracks a
+        subspace from one reading to the next (`LowRank`) keeps one for each."""
         return self.dual_atoms(_negated(point)).reshape(-1)
 
     def truncate(self, value: Tensor, k: int) -> Tensor:  # pragma: no cover - budget kinds override

@@ -213,7 +213,7 @@ def budget_target(top_atoms, value: Tensor, grad: Tensor, k: int, strength: floa
                   size: float | None = None) -> float:
     """The midpoint λ for budget ``k`` at ``value`` with loss gradient ``grad`` (see module docstring).
 
-    ``top_atoms(tensor, count)`` returns atom sizes of a tensor as λ sees them (|entries|, group norms
+    ``top_atoms(tensor, count, reading)`` returns atom sizes of a tensor as λ sees them (|entries|, group norms
     over their weights, σ: the constraint's ``top_dual_atoms``), at least its ``count`` largest. Only
     the k + 1 largest are needed, so a rank budget computes the leading singular values of
     $θ - t∇ℓ$, not its full SVD; the selection among them is [`leading`][symopt.constraints.budget.leading]'s.
@@ -221,10 +221,10 @@ def budget_target(top_atoms, value: Tensor, grad: Tensor, k: int, strength: floa
     """
     value, grad = value.detach(), grad.detach()
     if size is None:
-        size = leading(top_atoms(value, k + 1), k)[0] / k
+        size = leading(top_atoms(value, k + 1, "point"), k)[0] / k
     if strength <= 0 or size == 0.0:
-        return split_point(top_atoms(-grad, k + 1), k)  # the prox score of a zero point: atoms(0 − t·∇ℓ) / t
+        return split_point(top_atoms(-grad, k + 1, "score"), k)  # the prox score of a zero point: atoms(0 − t·∇ℓ) / t
     step = SPREAD * size / strength
     # atoms are norms, so atoms(θ − t∇ℓ)/t = atoms(θ/t − ∇ℓ): the same score without forming t·∇ℓ, which
     # overflowed float32 when λ was tiny (t ≈ 1e30: an SVD of Inf on a 256×64 rank budget)
-    return split_point(top_atoms(value / step - grad, k + 1), k)
+    return split_point(top_atoms(value / step - grad, k + 1, "score"), k)

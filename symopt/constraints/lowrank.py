@@ -107,11 +107,15 @@ class LowRank(Constraint):
         self.max_rank = max_rank
         self.layout = layout
         self.shape: tuple[int, ...] | None = None  # recorded by right_inverse
-        self._tracked_range: Tensor | None = None  # the budget's readings' basis (`top_dual_atoms`)
-        # ... saved in the state_dict once there is one (not a buffer: its size is known only at the
-        # first reading), so that a resumed run reads the same singular values and ends bit-identical
-        self._register_state_dict_hook(_save_tracked_range)
-        self._register_load_state_dict_pre_hook(_load_tracked_range, with_module=True)
+        # the budget's readings' bases (`top_dual_atoms`), one per reading: θ's and its proximal score's
+        # leading singular vectors differ, and one basis shared by the two, each reading's subspace step
+        # starting from the other matrix's, read their values 5e-3 and 9e-2 off (relative, a 512×512
+        # test) where their own bases read 1e-6 and 4e-4. Saved in the state_dict once there are some
+        # (not buffers: their size is known only at the first reading), so that a resumed run reads
+        # the same singular values and ends bit-identical.
+        self._tracked_ranges: dict[str, Tensor] = {}
+        self._register_state_dict_hook(_save_tracked_ranges)
+        self._register_load_state_dict_pre_hook(_load_tracked_ranges, with_module=True)
 
     def with_width(self, width: int | None) -> LowRank:
         """This constraint (same λ, layout and seed) with factors of ``width`` columns (None: full)."""
@@ -273,7 +277,7 @@ class LowRank(Constraint):
     def atoms(self, value: Tensor) -> Tensor:
         return self.singular_values(value).reshape(-1)
 
-    def top_dual_atoms(self, point: Tensor, count: int) -> Tensor:
+    def top_dual_atoms(self, point: Tensor, count: int, reading: str = "point") -> Tensor:
         r"""The ``count`` leading singular values. A budget asks for k + 1 of them at each reading, of θ
         and of $θ/t - ∇ℓ$, which has full rank: when ``count`` is well below the size
         ($4(\mathrm{count} + 8) ≤ \min(m, n)$) they come from a range of ``count + 8`` directions tracked
@@ -282,12 +286,13 @@ class LowRank(Constraint):
         in $O(mn·\mathrm{count})$ instead of a full SVD's $O(mn\min(m, n))$. They are lower bounds; on
         the matrices a rank budget read while training the digits MLP the midpoint of the k-th and
         (k+1)-th was within 3e-7 of the exact one (median), where a fresh range finder with two power
-        iterations each call was 7% off, at twice the cost."""
+        iterations each call was 7% off, at twice the cost. Each ``reading`` (θ, or its proximal score)
+        tracks its own range."""
         mat = self.matrix(point).to(working_dtype(point.dtype))
         if mat.dim() != 2 or 4 * (count + 8) > min(mat.shape):
-            return super().top_dual_atoms(point, count)
-        values, self._tracked_range = tracked_singular_values(mat, count, getattr(self, "_tracked_range", None),
-                                                              seed=self.factorizer.seed)
+            return super().top_dual_atoms(point, count, reading)
+        ranges = self.__dict__.setdefault("_tracked_ranges", {})  # (a constraint pickled before they existed)
+        values, ranges[reading] = tracked_singular_values(mat, count, ranges.get(reading), seed=self.factorizer.seed)
         return values
 
     def land(self, factors: tuple[Tensor, ...], keep: Tensor) -> None:
@@ -654,15 +659,19 @@ def tracked_singular_values(mat: Tensor, count: int, basis: Tensor | None = None
     return values[:count], right
 
 
-def _save_tracked_range(module: LowRank, state_dict, prefix, _metadata) -> None:
-    if getattr(module, "_tracked_range", None) is not None:
-        state_dict[prefix + "tracked_range"] = module._tracked_range
+_TRACKED = "tracked_range_"  # state_dict key of a reading's tracked range: this + the reading's name
 
 
-def _load_tracked_range(module: LowRank, state_dict, prefix, *_args) -> None:
-    # (a checkpoint without one, written before any reading or by an older version: the next reading
-    # starts from the seeded range, as a fresh run does)
-    module._tracked_range = state_dict.pop(prefix + "tracked_range", None)
+def _save_tracked_ranges(module: LowRank, state_dict, prefix, _metadata) -> None:
+    for reading, basis in getattr(module, "_tracked_ranges", {}).items():
+        state_dict[prefix + _TRACKED + reading] = basis
+
+
+def _load_tracked_ranges(module: LowRank, state_dict, prefix, *_args) -> None:
+    # (a checkpoint without them, written before any reading or by an older version: the next readings
+    # start from the seeded range, as a fresh run's do)
+    module._tracked_ranges = {key[len(prefix + _TRACKED):]: state_dict.pop(key) for key in list(state_dict)
+                              if key.startswith(prefix + _TRACKED) and "." not in key[len(prefix + _TRACKED):]}
 
 
 def soft_threshold_singular_values(mat: Tensor, threshold: float) -> Tensor:

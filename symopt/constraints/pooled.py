@@ -57,10 +57,10 @@ class PooledBudget(BudgetStrength):
         # (`Pooled.scales`); the decay of each matrix is then λ times its scale
         scales = group.scales([p[0] for p in parts]) if group.relative and self.trimming() else None
 
-        def pooled_atoms(flat: Tensor, count: int) -> Tensor:
+        def pooled_atoms(flat: Tensor, count: int, reading: str) -> Tensor:
             # the controller works on the tensors' concatenation; each tensor's kind gives its own atoms
             # (its count largest: the leading singular values of a matrix), and the pool's are all of them
-            atoms = [top(piece.view(shape), count).reshape(-1)
+            atoms = [top(piece.view(shape), count, reading).reshape(-1)
                      for top, piece, shape in zip(tops, flat.split(sizes), shapes)]
             if scales is not None:
                 atoms = [a / c for a, c in zip(atoms, scales)]

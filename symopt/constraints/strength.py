@@ -420,7 +420,7 @@ class BudgetStrength(Strength):
         ``keep(atoms, count)``, a bool mask, where the kept set has a rule of its own: a global budget's
         one unit per layer), as 1.0 / 0.0 in the value's dtype: the mask a step multiplies the decay by."""
         count = self.count(budget, atom_total)
-        atoms = top_atoms(value.detach(), count + 1).reshape(-1)
+        atoms = top_atoms(value.detach(), count + 1, "point").reshape(-1)
         total, kth, _ = leading(atoms, count)
         target = budget_target(top_atoms, value, grad, count, self.value(), size=total / count)
         dropped = None

@@ -50,7 +50,7 @@ class UnitBudget(PooledBudget):
         # each unit's atom is divided by its layer's mean unit norm now (`UnitGroups.layer_scales`).
         scales = group.layer_scales(group.unit_norms([p[0] for p in parts])) if self.trimming() else None
 
-        def unit_atoms(flat: Tensor, count: int) -> Tensor:  # the controller combines flat tensors
+        def unit_atoms(flat: Tensor, count: int, reading: str) -> Tensor:  # the controller combines flat tensors
             norms = group.unit_norms([piece.view(shape) for piece, shape in zip(flat.split(sizes), shapes)])
             return norms if scales is None else norms / scales
 
