@@ -179,6 +179,7 @@ def solve_l1_quadratic(hessian: Tensor, grad: Tensor, start: Tensor, lam: float,
             # violating alone, whose step is a descent (feature-sign search's one coordinate at a
             # time, Lee et al. 2006). A face already singular takes one coordinate at a time.
             if factor is None and face.numel():
+                face = face[_largest_first(face, x)]
                 factor = _face_factor(hessian, face)
             if factor is None and face.numel():
                 joining = joining[:1]
@@ -189,6 +190,9 @@ def solve_l1_quadratic(hessian: Tensor, grad: Tensor, start: Tensor, lam: float,
             signs[joining] = 1.0 if nonnegative else -torch.sign(gradient[joining])
             face, fresh, null = torch.cat([face, joining]), joining.numel(), None
             continue
+        if factor is None and null is None and not fresh:  # (a factor formed afresh: the order is free)
+            order = _largest_first(face, x)
+            face, residual = face[order], residual[order]
         step, level, factor, null = _factored_step(hessian, face, residual, tol, factor, null,
                                                    checked=level_run % 8 == 0)
         face_signs = signs.index_select(0, face)
@@ -239,6 +243,13 @@ def solve_l1_quadratic(hessian: Tensor, grad: Tensor, start: Tensor, lam: float,
         if null is None:
             level_run = 0
     return _leaving(x, face_factor, face, factor)
+
+
+def _largest_first(face: Tensor, x: Tensor) -> Tensor:
+    """The positions that order ``face`` by $|x|$ at its coordinates, largest first (ties in their
+    order). A factor formed in this order is cut back near its end when a coordinate reaches 0 (the
+    small ones are the likely to), where `_trimmed` refactors only the rows after the first that leaves."""
+    return torch.argsort(x.index_select(0, face).abs(), descending=True, stable=True)
 
 
 def _leaving(x: Tensor, face_factor: FaceFactor | None, face: Tensor | None, factor: Tensor | None) -> Tensor:
