@@ -79,8 +79,8 @@ def kkt_at_snap(loss: Callable[[Tensor], Tensor], constraint: Constraint, theta:
             if count == alive:
                 continue
             alive = count
-        point = constraint.project(theta.detach(), cut * 10**level)
-        residual = constraint.kkt_residual(point, loss_gradient(loss, point), cut * 10**level, quick=quick)
+        point, residual = constraint.snapped_kkt(theta.detach(), cut * 10**level,
+                                                 lambda snapped: loss_gradient(loss, snapped), quick=quick)
         if best is None or residual < best[1]:
             best = (point, residual)
     return best

@@ -60,6 +60,30 @@ def test_the_gram_soft_threshold_is_the_svd_one(rows, cols, seed, share, spread,
     assert float((shrunk.double() - reference).abs().max()) <= 50 * eps * float(sigma.max()) * (1 + k)
 
 
+@pytest.mark.parametrize("max_rank, shape", [(None, (30, 12)), (None, (12, 30)), (6, (40, 40)), (None, (3, 8, 6))])
+def test_low_rank_snap_and_residual_from_one_svd_are_the_generic_ones(max_rank, shape):
+    # `LowRank.snapped_kkt` builds the snapped point and its residual from one SVD; the generic
+    # `Constraint.snapped_kkt` (project, then kkt_residual's own SVD of the point) is the reference,
+    # at a tolerance below, among (between the 3rd and 4th) and above the singular values; a batch of
+    # matrices falls back to it
+    gen = torch.Generator().manual_seed(5)
+    constraint = symopt.LowRank(0.4, max_rank=max_rank, layout="batch" if len(shape) == 3 else "flatten")
+    value = torch.randn(*shape, generator=gen, dtype=DT)
+    if max_rank is not None:  # (a value of the factor width, as the solver's are)
+        value = torch.randn(shape[0], max_rank, generator=gen, dtype=DT) @ torch.randn(max_rank, shape[1], generator=gen, dtype=DT)
+    G = torch.randn(*shape, generator=gen, dtype=DT)
+    gradient_at = lambda point: G + 0.3 * point  # noqa: E731 (a loss whose gradient depends on the point)
+    top = float(torch.linalg.matrix_norm(value, 2).max())
+    # (a positive tolerance, as the solver's snap: at 0 a rank-6 value's rounding-level singular values
+    # would count, and their singular vectors are arbitrary in either decomposition)
+    between = float(torch.linalg.svdvals(value).reshape(-1, min(shape[-2:]))[:, 2:4].mean())  # among the σ
+    for tol in (1e-10 * top, between, 1e3):
+        point, residual = constraint.snapped_kkt(value, tol, gradient_at)
+        ref_point, ref_residual = symopt.Constraint.snapped_kkt(constraint, value, tol, gradient_at)
+        torch.testing.assert_close(point, ref_point, rtol=0, atol=1e-12 * float(value.abs().max()))
+        assert residual == pytest.approx(ref_residual, rel=1e-9, abs=1e-12)
+
+
 def test_linear_kkt_is_projected_gradient():
     A = torch.tensor([[1.0, 1.0, 0.0]], dtype=DT)
     c = symopt.Subspace(A, 1.0)

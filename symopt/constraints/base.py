@@ -605,6 +605,14 @@ class Constraint(nn.Module):
     def project(self, value: Tensor, tol: float = 0.0) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def snapped_kkt(self, value: Tensor, tol: float, gradient_at: Callable[[Tensor], Tensor],
+                    quick: bool = False) -> tuple[Tensor, float]:
+        """``(point, residual)``: ``value`` snapped at ``tol`` (`project`) and the KKT residual there
+        (`kkt_residual`, the loss gradient from ``gradient_at(point)``). A kind whose snap and residual
+        share a decomposition (`LowRank`: one SVD for both) computes it once."""
+        point = self.project(value, tol)
+        return point, self.kkt_residual(point, gradient_at(point), tol, quick=quick)
+
     def face(self, value: Tensor, tol: float = 0.0, grad: Tensor | None = None) -> Face | None:
         r"""The [`Face`][symopt.constraints.base.Face] of the induced norm at ``value``, its atoms
         ``<= tol`` counted as zero; None where the kind has none to offer. A linear kind's face is its
