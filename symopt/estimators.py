@@ -350,8 +350,9 @@ class LassoCV(_LinearPredictor, RegressorMixin, BaseEstimator):
     On a dense design of up to 1024 coordinates over all folds, the folds' paths are one path of the
     ℓ1-regularised quadratic of their block-diagonal Gram matrix, each block a fold's own Lasso
     (`_stacked_fold_paths`): the same answers, each certified, without a pass over the rows per step;
-    otherwise (or for a fold not certified there) each fold has its own `symopt.path`. The refit is
-    `symopt.solve` from the folds' mean solution at the chosen α.
+    otherwise (or for a fold not certified there) each fold has its own `symopt.path`. The refit at the
+    chosen α starts from the folds' mean solution on the coordinates most folds keep, moved to the whole
+    data's optimum in its Gram space (dense ``X``), and `symopt.solve` certifies it.
 
     Args:
         alphas: an int: the size of the grid (from ``alpha_max`` of the whole data down to

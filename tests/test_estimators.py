@@ -88,17 +88,28 @@ def test_sparse_logistic_regression_matches_cvxpy_with_a_free_intercept():
     assert np.allclose(ours.predict_proba(X).sum(1), 1.0)
 
 
-def test_lasso_cv_picks_scikit_learns_alpha_on_the_same_folds():
+def _wide_regression():
+    from sklearn.datasets import make_regression
+    return make_regression(n_samples=100, n_features=200, n_informative=10, noise=1.0, random_state=0)
+
+
+@pytest.mark.parametrize("data, alphas, n_folds", [(lambda: load_diabetes(return_X_y=True), 15, 3),
+                                                   (_wide_regression, 12, 5)], ids=["diabetes", "wide 100x200"])
+def test_lasso_cv_picks_scikit_learns_alpha_on_the_same_folds(data, alphas, n_folds):
+    """The grid, the α, the held-out errors and the refit of scikit-learn's LassoCV at a tight tolerance,
+    on diabetes and on n ≪ d (scikit-learn's make_regression 100×200, where its default tolerance
+    picks another α: its path stalls on a plateau)."""
     from sklearn import linear_model
 
-    X, y = load_diabetes(return_X_y=True)
-    folds = KFold(3, shuffle=True, random_state=0)
-    ours = LassoCV(alphas=15, cv=folds).fit(X, y)
-    theirs = linear_model.LassoCV(alphas=15, cv=folds, tol=1e-10, max_iter=10**6).fit(X, y)
+    X, y = data()
+    folds = KFold(n_folds, shuffle=True, random_state=0)
+    ours = LassoCV(alphas=alphas, cv=folds).fit(X, y)
+    theirs = linear_model.LassoCV(alphas=alphas, cv=folds, tol=1e-10, max_iter=10**6).fit(X, y)
     assert np.allclose(ours.alphas_, theirs.alphas_, rtol=1e-10)
-    assert ours.alpha_ == pytest.approx(theirs.alpha_, rel=1e-10)
+    assert ours.alpha_ == pytest.approx(theirs.alpha_, rel=1e-10) and ours.result_.status == "optimal"
     assert np.allclose(ours.mse_path_, theirs.mse_path_, rtol=1e-5)
-    assert np.abs(ours.coef_ - theirs.coef_).max() <= 1e-4 * np.abs(theirs.coef_).max()
+    assert np.abs(ours.coef_ - theirs.coef_).max() <= 1e-6 * np.abs(theirs.coef_).max()
+    assert ours.intercept_ == pytest.approx(theirs.intercept_, rel=1e-6)
 
 
 def test_lasso_cv_errors_with_weights_and_a_sparse_design_are_each_points_own():
@@ -175,21 +186,6 @@ def test_the_refit_in_the_gram_space_is_the_whole_datas_optimum(fit_intercept, p
     assert torch.equal(moved != 0, reference.x != 0) and not torch.equal(start != 0, moved != 0)
     certified = symopt.solve(whole, start=moved)
     assert certified.status == "optimal" and "warm start" in certified.message
-
-
-def test_lasso_cv_on_a_wide_design_refits_scikit_learns_lasso_at_its_alpha():
-    """n ≪ d (scikit-learn's make_regression 100×200): the α of exact folds (scikit-learn's at a tight
-    tolerance) and the refit its Lasso at that α."""
-    from sklearn import linear_model
-    from sklearn.datasets import make_regression
-
-    X, y = make_regression(n_samples=100, n_features=200, n_informative=10, noise=1.0, random_state=0)
-    folds = KFold(5, shuffle=True, random_state=0)
-    ours = LassoCV(alphas=12, cv=folds).fit(X, y)
-    theirs = linear_model.LassoCV(alphas=12, cv=folds, tol=1e-10, max_iter=10**6).fit(X, y)
-    assert ours.alpha_ == pytest.approx(theirs.alpha_, rel=1e-10) and ours.result_.status == "optimal"
-    assert np.abs(ours.coef_ - theirs.coef_).max() <= 1e-6 * np.abs(theirs.coef_).max()
-    assert ours.intercept_ == pytest.approx(theirs.intercept_, rel=1e-6)
 
 
 @pytest.mark.parametrize("zero_rows", [slice(0, 100), slice(100, None)])

@@ -205,9 +205,14 @@ class LowRank(Constraint):
 
     def _map_singular_values(self, value: Tensor, change) -> Tensor:
         """``value`` rebuilt from its SVD with the singular values replaced by ``change(S)``."""
+        return self._mapped_with_svd(value, change)[0]
+
+    def _mapped_with_svd(self, value: Tensor, change) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
+        """``(value rebuilt with change(S), (P, change(S), Qh))``: the rebuilt value's own SVD comes along."""
         mat = self.matrix(value).to(working_dtype(value.dtype))
         P, S, Qh = self._svd(mat)
-        return ((P * change(S).unsqueeze(-2)) @ Qh).reshape(value.shape).to(value.dtype)
+        S = change(S)
+        return ((P * S.unsqueeze(-2)) @ Qh).reshape(value.shape).to(value.dtype), (P, S, Qh)
 
     def singular_values(self, value: Tensor) -> Tensor:
         mat = self.matrix(value).to(working_dtype(value.dtype))
@@ -239,21 +244,18 @@ class LowRank(Constraint):
         return sum(_nuclear_kkt(w, g, self.strength, tol, cap) ** 2 for w, g in pairs) ** 0.5
 
     def project(self, value: Tensor, tol: float = 0.0) -> Tensor:
-        return self._map_singular_values(value, lambda S: torch.where(S > tol, S, torch.zeros_like(S)))
+        return self._map_singular_values(value, _above(tol))
 
     def snapped_kkt(self, value: Tensor, tol: float, gradient_at, quick: bool = False) -> tuple[Tensor, float]:
         r"""The snap and its residual from one SVD: the snapped point $P\,Σ_{>tol}\,Q^\top$ has that
         decomposition already, which `kkt_residual` computed again (a certificate of digits' 1797 × 64
         completion took three decompositions of the same matrix)."""
-        mat = self.matrix(value)
-        if mat.dim() != 2:
+        if self.matrix(value).dim() != 2:
             return super().snapped_kkt(value, tol, gradient_at, quick)
-        P, S, Qh = self._svd(mat.to(working_dtype(value.dtype)))
-        kept = torch.where(S > tol, S, torch.zeros_like(S))
-        point = ((P * kept.unsqueeze(-2)) @ Qh).reshape(value.shape).to(value.dtype)
-        G = self.matrix(gradient_at(point)).to(P.dtype)
-        W = self.matrix(point).to(P.dtype)
-        return point, _nuclear_kkt(W, G, self.strength, tol, self.max_rank, (P, kept, Qh), quick)
+        point, svd = self._mapped_with_svd(value, _above(tol))
+        W = self.matrix(point).to(svd[0].dtype)
+        G = self.matrix(gradient_at(point)).to(W.dtype)
+        return point, _nuclear_kkt(W, G, self.strength, tol, self.max_rank, svd, quick)
 
     def finishes_by_prox(self, value: Tensor) -> bool:
         """A nuclear-norm point is finished by singular-value thresholding steps (its face admits no new
@@ -671,6 +673,11 @@ def tracked_singular_values(mat: Tensor, count: int, basis: Tensor | None = None
     Q = torch.linalg.qr(mat @ basis[:, :width]).Q if usable else _seeded_range(mat, width, seed, 2)
     values, right = _wide_svd(Q.mT @ mat)
     return values[:count], right
+
+
+def _above(tol: float):
+    """The snap of a spectrum: singular values above ``tol`` kept, the others 0."""
+    return lambda S: torch.where(S > tol, S, torch.zeros_like(S))
 
 
 _TRACKED = "tracked_range_"  # state_dict key of a reading's tracked range: this + the reading's name
