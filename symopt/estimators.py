@@ -522,10 +522,12 @@ def _stacked_fold_paths(X, y, sample_weight, folds, grid, *, fit_intercept: bool
     w = torch.zeros(K * d, dtype=torch.float64)
     coefs = torch.empty(len(grid), K, d, dtype=torch.float64)
     certified = torch.ones(K, dtype=torch.bool)
-    factor = FaceFactor()  # (each α starts on the face the previous one ended on: its factor is reused)
+    # (each α starts on the face the previous one ended on, with its factor, and from the gradient there)
+    factor = FaceFactor()
+    grad = -c
     for index, alpha in enumerate(np.asarray(grid, dtype=np.float64).tolist()):
-        w = solve_l1_quadratic(H, quadratic_gradient(H, -c, w), w, alpha, positive, model_tol, face_factor=factor)
-        grad = quadratic_gradient(H, -c, w)
+        w = solve_l1_quadratic(H, grad, w, alpha, positive, model_tol, face_factor=factor)
+        grad = factor.gradient if factor.gradient is not None else quadratic_gradient(H, -c, w)
         residual = (orthant_kkt_residuals if positive else l1_kkt_residuals)(w, grad, alpha)
         certified &= residual.view(K, d).norm(dim=1) <= tol * scales
         coefs[index] = w.view(K, d)

@@ -56,7 +56,8 @@ def quadratic_gradient(hessian: Tensor, grad: Tensor, move: Tensor) -> Tensor:
     r"""$g + H·\mathrm{move}$ from the columns of $H$ where ``move`` is non-zero, when they are fewer than
     half: the active set moves only the coordinates its faces have held, and on LassoCV's stacked folds
     (a block-diagonal $H$ of 1000 coordinates, 60–100 of them ever on a face) the full product was half
-    of the solve's time."""
+    of the solve's time. (Reading each moved column on its own fold's block only was tried: no faster,
+    a product costs its few torch calls more than its bytes.)"""
     moved = move.nonzero().squeeze(1)
     if 2 * moved.numel() >= move.numel():
         return torch.addmv(grad, hessian, move)
@@ -66,20 +67,25 @@ def quadratic_gradient(hessian: Tensor, grad: Tensor, move: Tensor) -> Tensor:
 
 
 class FaceFactor:
-    r"""The Cholesky factor of $H$ on the face where `solve_l1_quadratic` ended, for the next call on the
-    same $H$ (a path over λ, whose next start is this answer): its ``face`` (coordinates in the
-    factor's order) and lower-triangular ``factor``, both None until a call leaves them. A call whose
-    start's non-zeros are not exactly that face forms its own, as without it.
+    r"""What `solve_l1_quadratic` leaves for the next call on the same $H$ and linear term (a path over λ,
+    whose next start is this answer): the Cholesky factor of $H$ on the face where it ended, its
+    ``face`` (coordinates in the factor's order) and lower-triangular ``factor``, both None until a
+    call leaves them; and ``gradient``, the model's gradient $g + H(x - x_0)$ at the answer where the
+    call ended at its optimality check (None otherwise), which is the next call's ``grad`` when its
+    start is that answer. A call whose start's non-zeros are not exactly that face forms its own
+    factor, as without it.
 
     Why: along LassoCV's grid (100 α, a 1000-coordinate stacked $H$) each call's first step formed the
     factor of a face that the previous call had ended with: 150 factorisations of faces of 75–175
-    coordinates in one fit."""
+    coordinates in one fit; and the gradient at each answer was formed twice more (the point's
+    certificate, the next call's start), a fifth of the products with $H$."""
 
-    __slots__ = ("face", "factor")
+    __slots__ = ("face", "factor", "gradient")
 
     def __init__(self) -> None:
         self.face: Tensor | None = None
         self.factor: Tensor | None = None
+        self.gradient: Tensor | None = None
 
 
 def solve_l1_quadratic(hessian: Tensor, grad: Tensor, start: Tensor, lam: float, nonnegative: bool = False,
@@ -115,7 +121,7 @@ def solve_l1_quadratic(hessian: Tensor, grad: Tensor, start: Tensor, lam: float,
         tol: stop when the face's gradient norm and every violation are at most this.
         max_steps: active-set steps at most (default ``10·k + 50``); the last point is returned.
         face_factor: a `FaceFactor` this call starts from (where it matches the start's face) and leaves its
-            final face's factor in.
+            final face's factor and gradient in.
 
     Examples:
         >>> import torch
@@ -153,12 +159,17 @@ def solve_l1_quadratic(hessian: Tensor, grad: Tensor, start: Tensor, lam: float,
     # `level_run` counts them, and every eighth checks the kept basis against H.
     carried, level_run = None, 0
     first_step = True  # (the first Newton step decides whether the start is worth keeping)
+    # The model's gradient at x, None once x has moved: joins and the halving of a join's fresh
+    # coordinates change the face, not x, and the next check reads the same gradient (a third of the
+    # products with H in a LassoCV fit were of an x they had already been formed at).
+    gradient = grad.clone()
     limit = 10 * k + 50 if max_steps is None else max_steps
     for _ in range(limit):
         if carried is not None and float(carried.norm()) > tol:
             residual, size = carried, float(carried.norm())
         else:
-            gradient = quadratic_gradient(hessian, grad, x - start)
+            if gradient is None:
+                gradient = quadratic_gradient(hessian, grad, x - start)
             size = 0.0
             if face.numel():
                 residual = gradient.index_select(0, face).add_(signs.index_select(0, face), alpha=lam)
@@ -169,7 +180,7 @@ def solve_l1_quadratic(hessian: Tensor, grad: Tensor, start: Tensor, lam: float,
             violation = ((-gradient) if nonnegative else gradient.abs()).sub_(lam).masked_fill_(free, -math.inf)
             violating = int((violation > tol).sum())
             if not violating:
-                return _leaving(x, face_factor, face, factor)  # (the usual exit: no sort of every coordinate for it)
+                return _leaving(x, face_factor, face, factor, gradient)  # (the usual exit: no sort of every coordinate for it)
             joining = torch.topk(violation, violating).indices  # (sorted, the most violating first)
             # The violating zeros join with the signs that lower the objective, the most violating
             # first, as many as keep the face's curvature clearly positive definite (more columns than
@@ -219,6 +230,7 @@ def solve_l1_quadratic(hessian: Tensor, grad: Tensor, start: Tensor, lam: float,
                 # violators join together instead, as many as keep the face positive definite (1.4 ms
                 # there; 100×400 at 1e-3 λ_max 0.16-0.23 s → 0.06-0.09 s); the method descends from any start.
                 x.zero_()
+                gradient = None
                 signs.zero_()
                 free.zero_()
                 face, factor, null, fresh = face[:0], None, None, 0
@@ -228,6 +240,7 @@ def solve_l1_quadratic(hessian: Tensor, grad: Tensor, start: Tensor, lam: float,
             return _leaving(x, face_factor, None, None)  # linear and unbounded below along the face: nothing finite to return
         t = reach if level else min(1.0, reach)
         x.index_add_(0, face, step, alpha=t)
+        gradient = None
         before_full = size if t == 1.0 and not level and t < reach else math.inf
         if t == reach:  # the coordinates that reached 0 (ties together) leave the face
             reached = ratios <= reach * (1 + 1e-12)
@@ -252,10 +265,12 @@ def _largest_first(face: Tensor, x: Tensor) -> Tensor:
     return torch.argsort(x.index_select(0, face).abs(), descending=True, stable=True)
 
 
-def _leaving(x: Tensor, face_factor: FaceFactor | None, face: Tensor | None, factor: Tensor | None) -> Tensor:
-    """``x``, with ``face`` and its ``factor`` left in ``face_factor`` (where given) for the next call."""
+def _leaving(x: Tensor, face_factor: FaceFactor | None, face: Tensor | None, factor: Tensor | None,
+             gradient: Tensor | None = None) -> Tensor:
+    """``x``, with ``face``, its ``factor`` and the ``gradient`` at ``x`` (None where not computed there) left
+    in ``face_factor`` (where given) for the next call."""
     if face_factor is not None:
-        face_factor.face, face_factor.factor = face, factor
+        face_factor.face, face_factor.factor, face_factor.gradient = face, factor, gradient
     return x
 
 

@@ -83,7 +83,8 @@ def test_a_path_that_keeps_its_face_factor_meets_every_points_conditions(k, rows
     # A λ path on one H, each call warm-started from the last answer with the factor of the face it
     # ended on (`FaceFactor`, as LassoCV's stacked folds): each point is the model's minimiser (its own
     # conditions) and the same as a call that forms its factors afresh; the factor left behind is H's
-    # on that face (L Lᵀ = H_FF), and a start off that face is solved as if nothing were kept
+    # on that face (L Lᵀ = H_FF), the gradient left behind the model's at the answer, and a start off
+    # that face is solved as if nothing were kept
     gen = torch.Generator().manual_seed(seed)
     A = torch.randn(rows, k, generator=gen, dtype=torch.float64)
     H, c = A.mT @ A, A.mT @ torch.randn(rows, generator=gen, dtype=torch.float64)
@@ -99,6 +100,9 @@ def test_a_path_that_keeps_its_face_factor_meets_every_points_conditions(k, rows
         if kept.factor is not None:
             block = H[kept.face][:, kept.face]
             assert torch.allclose(kept.factor @ kept.factor.mT, block, rtol=0, atol=1e-9 * scale)
+        # the gradient left behind is the model's at the answer (the next call's grad)
+        assert kept.gradient is not None
+        assert torch.allclose(kept.gradient, quadratic_gradient(H, -c, x_new), rtol=0, atol=1e-9 * scale)
         x = x_new
     other = torch.zeros(k, dtype=torch.float64)
     other[0] = 1.0  # (not the kept face unless that face is {0})
