@@ -97,9 +97,10 @@ def solve_l1_quadratic(hessian: Tensor, grad: Tensor, start: Tensor, lam: float,
     quadratic plus $λ s^\top x$: Newton's step there (the pseudo-inverse of $H$ on the face) is taken up
     to the first coordinate that reaches 0, which leaves the face. At the face's optimum the zeros
     that violate ($|∇_i| - λ > $ ``tol``, or $-∇_i - λ$ with ``nonnegative``) join it with the signs
-    that lower the objective; where Newton's step would move one of them off zero the wrong way, the
-    less violating half leave again before anything moves, down to the worst alone, whose step moves
-    it the right way (feature-sign search's one coordinate at a time), so every step is a descent;
+    that lower the objective; where Newton's step would move some of them off zero the wrong way, those
+    leave again before anything moves (the worst alone stays if that is all of them: a single
+    violator's step moves it the right way, feature-sign search's one coordinate at a time), so every
+    step is a descent;
     no violation above ``tol``: the optimum. The face's Cholesky factor is grown by the rows that join
     and cut back where coordinates leave, not formed afresh each step. Where $H$
     is singular on the face (more columns than the data can tell apart) and the face's gradient has a
@@ -185,10 +186,14 @@ def solve_l1_quadratic(hessian: Tensor, grad: Tensor, start: Tensor, lam: float,
             # The violating zeros join with the signs that lower the objective, the most violating
             # first, as many as keep the face's curvature clearly positive definite (more columns than
             # the data tell apart would make each step an eigendecomposition: a 100×400 design at
-            # 1e-3 λ_max took 2 s so): where the face's Newton step then moves one of them the wrong
-            # way off zero, the later half leave again before anything moves, down to the most
-            # violating alone, whose step is a descent (feature-sign search's one coordinate at a
-            # time, Lee et al. 2006). A face already singular takes one coordinate at a time.
+            # 1e-3 λ_max took 2 s so): where the face's Newton step then moves some of them the wrong
+            # way off zero, those leave again before anything moves (any subset whose step moves
+            # every one the right way is a descent), down to the most violating alone, whose step is
+            # (feature-sign search's one coordinate at a time, Lee et al. 2006). Halving the joined
+            # set instead sent away coordinates whose steps were right: on LassoCV's stacked folds,
+            # independent blocks of H, one fold's wrong way cost every other fold's joins a round
+            # (a 100×200 fit: 48 join rounds and 25 halvings → 32 and 13). A face already singular
+            # takes one coordinate at a time.
             if factor is None and face.numel():
                 face = face[_largest_first(face, x)]
                 factor = _face_factor(hessian, face)
@@ -209,11 +214,14 @@ def solve_l1_quadratic(hessian: Tensor, grad: Tensor, start: Tensor, lam: float,
         face_signs = signs.index_select(0, face)
         moving = face_signs * step
         if fresh > 1 and bool((moving[face.numel() - fresh:] < 0).any()):
-            kept = face.numel() - fresh + fresh // 2
-            leaving = face[kept:]
+            kept = torch.ones(face.numel(), dtype=torch.bool)
+            kept[face.numel() - fresh:] = moving[face.numel() - fresh:] >= 0
+            if not bool(kept[face.numel() - fresh:].any()):
+                kept[face.numel() - fresh] = True  # (the most violating alone moves the right way)
+            leaving = face[~kept]
             free[leaving], signs[leaving] = False, 0.0
-            face, fresh, null = face[:kept], fresh // 2, None
-            factor = None if factor is None else factor[:kept, :kept].contiguous()
+            factor = None if factor is None else _trimmed(factor, hessian, face, kept)
+            face, fresh, null = face[kept], int(kept[face.numel() - fresh:].sum()), None
             continue
         fresh = 0
         ratios = torch.where(moving < 0, (face_signs * x.index_select(0, face)) / -moving, math.inf)

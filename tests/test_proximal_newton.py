@@ -113,7 +113,7 @@ def test_a_path_that_keeps_its_face_factor_meets_every_points_conditions(k, rows
     assert _model_kkt(H, -c, torch.zeros(k, dtype=torch.float64), x, lam, nonnegative) <= 1e-9 * scale
 
 
-def test_a_joined_pair_that_would_move_one_the_wrong_way_is_halved():
+def test_a_joined_pair_that_would_move_one_the_wrong_way_leaves_the_worst_alone():
     # Both zeros violate (|g| > λ = 1); with both on the face Newton's step moves the second below 0
     # (their columns are 0.9 correlated), so only the worst joins: x = (1, 0), the second's pull
     # there (|-1.5 + 0.9| = 0.6) below λ
@@ -123,6 +123,19 @@ def test_a_joined_pair_that_would_move_one_the_wrong_way_is_halved():
         x = solve_l1_quadratic(H, g, torch.zeros(2, dtype=torch.float64), 1.0, nonnegative, tol=1e-14)
         assert torch.allclose(x, torch.tensor([1.0, 0.0], dtype=torch.float64), atol=1e-14)
         assert float(x[1]) == 0.0
+
+
+def test_only_the_joined_coordinates_that_move_the_wrong_way_leave_again():
+    # Two independent blocks (LassoCV's folds, stacked): the correlated pair above and a third
+    # coordinate, all three violating at 0. Joined together, Newton's step moves the pair's second the
+    # wrong way; it alone leaves, and the third, whose step is right, stays: the optimum (1, 0, 0.8) in
+    # four steps (join, the step that finds the wrong way, the step, the check). Halving the joined
+    # set (the third is the second most violating) would have sent it away for a round of its own.
+    H = torch.block_diag(torch.tensor([[1.0, 0.9], [0.9, 1.0]]), torch.ones(1, 1)).to(torch.float64)
+    g = torch.tensor([-2.0, -1.5, -1.8], dtype=torch.float64)
+    for nonnegative in (False, True):
+        x = solve_l1_quadratic(H, g, torch.zeros(3, dtype=torch.float64), 1.0, nonnegative, tol=1e-14, max_steps=4)
+        assert torch.allclose(x, torch.tensor([1.0, 0.0, 0.8], dtype=torch.float64), atol=1e-14)
 
 
 def _cholesky_on(H, on):
