@@ -9,7 +9,7 @@ import torch
 
 import symopt
 from symopt.constraints import LowRank, Sparse
-from symopt.optimality import kkt_at_snap, loss_gradient, polish_on_face, proximal_finish, snap_tol
+from symopt.optimality import SMALL_FACE, kkt_at_snap, loss_gradient, polish_on_face, proximal_finish, snap_tol
 from symopt.problems import matrix_completion
 
 sklearn = pytest.importorskip("sklearn")
@@ -78,3 +78,31 @@ def test_a_point_already_optimal_is_returned_at_the_first_check():
     finished, residual = proximal_finish(loss, constraint, optimum.x, TOL, 1e-6)
     assert residual <= 1e-6
     assert problem.objective(finished) == pytest.approx(optimum.objective, rel=1e-12)
+
+
+@pytest.mark.parametrize("fraction", [0.1, 0.3])
+def test_a_kind_finished_by_prox_has_only_its_small_faces_polished(fraction):
+    # The optimum with its singular values 1% off, on its own face. At 0.1 λ_max its rank-15 face has
+    # 15 · (300 + 64) coordinates, above SMALL_FACE: the face polish's twenty L-BFGS iterations leave
+    # it worse than they found it (the residual 5.2 → 51; 400 iterations reach 0.11), the proximal
+    # finish reaches the target, and small_faces_only leaves it to the finish. At 0.3 λ_max the
+    # rank-1 face (364 coordinates) is polished either way.
+    problem = _digits_completion(rows=300, fraction=fraction)
+    optimum = symopt.solve(problem, tol=1e-9)
+    P, S, Qh = torch.linalg.svd(optimum.x, full_matrices=False)
+    rank = int((S > snap_tol(optimum.x, TOL)).sum())
+    off = (P[:, :rank] * (1.01 * S[:rank])) @ Qh[:rank]
+    data = problem.data_on("cpu", torch.float64)
+    loss, constraint = problem.bind(data), problem.constraint().to(dtype=torch.float64)
+    target = TOL * float(loss_gradient(loss, torch.zeros_like(off)).norm())
+    before = kkt_at_snap(loss, constraint, off, TOL)[1]
+    assert before > target
+    polished = polish_on_face(loss, constraint, off, TOL, target)
+    small_only = polish_on_face(loss, constraint, off, TOL, target, small_faces_only=True)
+    if rank * sum(off.shape) > SMALL_FACE:
+        assert rank == 15 and small_only is None
+        assert polished is not None and polished[1] > before  # what the flag spares
+        assert proximal_finish(loss, constraint, off, TOL, target)[1] <= target
+    else:
+        assert rank == 1 and small_only is not None and polished is not None
+        assert small_only[1] == pytest.approx(polished[1], rel=1e-9) and polished[1] < before

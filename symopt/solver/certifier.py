@@ -63,11 +63,14 @@ class Certifier:
             # A float32 descent stalls at its own resolution, behind what the float64 polish
             # reached: the polish goes on from its best point instead of starting over.
             point, kkt = self.best
+        finishes = certifying.finishes_by_prox(point)
         if self.polish and kkt > self.target:  # also before a widening: the wider factors start better
-            polished = polish_on_face(loss, certifying, point, self.tol, self.target, self.inner, quick)
+            # (a kind finished by proximal steps has its large faces left to them: see small_faces_only)
+            polished = polish_on_face(loss, certifying, point, self.tol, self.target, self.inner, quick,
+                                      small_faces_only=finishes)
             if polished is not None and polished[1] < kkt:
                 point, kkt = polished
-        if self.polish and kkt > self.target and certifying.finishes_by_prox(point):
+        if self.polish and kkt > self.target and finishes:
             finished = proximal_finish(loss, certifying, point, self.tol, self.target)
             if finished is not None and finished[1] < kkt:
                 point, kkt = finished
