@@ -283,3 +283,44 @@ def test_a_quick_estimate_that_fell_short_does_not_stay_the_best_point(monkeypat
     certifier = Certifier(lambda theta: theta.square().sum(), {}, 1e-6, 1e-3, 20, polish=False)
     point, kkt, _, _ = certifier.certify(torch.ones(4, 3, dtype=DT), LowRank(0.1))
     assert kkt == 1.0 and certifier.best[1] == 1.0
+
+
+@pytest.mark.parametrize("gains", [False, True])
+def test_a_best_point_the_polish_left_unchanged_is_not_polished_again(monkeypatch, gains):
+    """The descent's point is worse than the best one, which the certifier takes instead. When the
+    polish and the finish ran from that best point and found nothing better, running them from it
+    again would only repeat that (china.jpg completion: three such polishes, 65 ms each): they are
+    skipped. When they did improve it, the improved point is polished again (its polish goes on)."""
+    import symopt.solver.certifier as certifier_module
+    from symopt.constraints import LowRank
+    from symopt.solver.certifier import Certifier
+
+    calls = []
+
+    def fake_kkt_at_snap(loss, constraint, theta, tol, levels=5, quick=False):
+        return theta, float(theta.abs().sum())
+
+    def fake_polish(loss, constraint, point, *args, **kwargs):
+        calls.append(("polish", float(point.abs().sum())))
+        return (0.5 * point, 0.5 * float(point.abs().sum())) if gains else None
+
+    def fake_finish(loss, constraint, point, *args, **kwargs):
+        calls.append(("finish", float(point.abs().sum())))
+        return None
+
+    monkeypatch.setattr(certifier_module, "kkt_at_snap", fake_kkt_at_snap)
+    monkeypatch.setattr(certifier_module, "polish_on_face", fake_polish)
+    monkeypatch.setattr(certifier_module, "proximal_finish", fake_finish)
+    constraint = LowRank(0.1)
+    assert constraint.finishes_by_prox(torch.ones(4, 3, dtype=DT))
+    certifier = Certifier(lambda theta: theta.square().sum(), {}, 1e-6, 1e-3, 20, polish=True)
+    certifier.certify(2 * torch.ones(4, 3, dtype=DT), constraint)  # residual 24: polished, finished
+    best = 12.0 if gains else 24.0  # (the polish halves it and the finish finds nothing; or neither does)
+    assert calls == ([("polish", 24.0), ("finish", 12.0)] if gains else [("polish", 24.0), ("finish", 24.0)])
+    calls.clear()
+    point, kkt, _, _ = certifier.certify(3 * torch.ones(4, 3, dtype=DT), constraint)  # 36: the best point instead
+    assert kkt == (best / 2 if gains else best)
+    assert calls == ([("polish", 12.0), ("finish", 6.0)] if gains else [])
+    calls.clear()
+    certifier.certify(0.125 * torch.ones(4, 3, dtype=DT), constraint)  # 1.5: a better point is polished
+    assert calls == ([("polish", 1.5), ("finish", 0.75)] if gains else [("polish", 1.5), ("finish", 1.5)])

@@ -35,10 +35,15 @@ class Certifier:
         self.inner, self.polish, self.exact = inner, polish, exact
         self._exact_constraint: tuple | None = None  # (source constraint, its λ, float64 copy)
         self.best: tuple[torch.Tensor, float] | None = None  # the lowest-residual point at this λ
+        # Whether the polish and the finish have run from ``best`` itself and found nothing better:
+        # they are deterministic, so from it again they would only repeat that (china.jpg completion
+        # at 0.02 λ_max: three outer iterations whose points were worse than the best each polished
+        # it again, 65 ms each, to the same point).
+        self.best_settled = False
 
     def start_run(self) -> None:
         """A new run (λ may have changed): forget the best point."""
-        self.best = None
+        self.best, self.best_settled = None, False
 
     def dtype(self, descent_dtype: torch.dtype) -> torch.dtype:
         return descent_dtype if self.exact is None else torch.float64
@@ -59,18 +64,21 @@ class Certifier:
         loss, data, certifying = self.certifying(constraint)
         quick = certifying.quick_kkt  # estimates while iterating, the exact residual to stop
         point, kkt = kkt_at_snap(loss, certifying, theta.to(self.dtype(theta.dtype)), self.tol, quick=quick)
+        settled = False
         if self.best is not None and self.best[1] < kkt:
             # A float32 descent stalls at its own resolution, behind what the float64 polish
-            # reached: the polish goes on from its best point instead of starting over.
-            point, kkt = self.best
+            # reached: the polish goes on from its best point instead of starting over (unless it
+            # has already ended there).
+            (point, kkt), settled = self.best, self.best_settled
+        arrived = kkt
         finishes = certifying.finishes_by_prox(point)
-        if self.polish and kkt > self.target:  # also before a widening: the wider factors start better
+        if self.polish and kkt > self.target and not settled:  # also before a widening: the wider factors start better
             # (a kind finished by proximal steps has its large faces left to them: see small_faces_only)
             polished = polish_on_face(loss, certifying, point, self.tol, self.target, self.inner, quick,
                                       small_faces_only=finishes)
             if polished is not None and polished[1] < kkt:
                 point, kkt = polished
-        if self.polish and kkt > self.target and finishes:
+        if self.polish and kkt > self.target and finishes and not settled:
             finished = proximal_finish(loss, certifying, point, self.tol, self.target)
             if finished is not None and finished[1] < kkt:
                 point, kkt = finished
@@ -84,12 +92,12 @@ class Certifier:
                                       quick, proximal_newton_only=True)
             if polished is not None and polished[1] < kkt:
                 point, kkt = polished
-        self.best = (point, kkt)
+        self.best, self.best_settled = (point, kkt), self.polish and self.target < arrived == kkt
         if quick and kkt <= self.target:
             point, kkt = kkt_at_snap(loss, certifying, point, self.tol, levels=1)
             # The best point keeps its exact residual: an estimate that fell short (a low-rank face's
             # normal part beyond its leading singular values) would otherwise stay "best", unpolished,
             # while the descent's own points lost to it (china.jpg completion: 40 outer iterations at an
             # estimate of 2.4e-5 whose residual was 6.3e-4, five times the target).
-            self.best = (point, kkt)
+            self.best, self.best_settled = (point, kkt), False
         return point, kkt, data, certifying
