@@ -1,7 +1,7 @@
 """DCS on data it did not generate, end to end, against the tool a user would otherwise call.
 
     python -m benchmarks.users_data [--repeats 3] [--quick] [--large-only] [--positive-only] [--groups-only]
-                                    [--paths-only]
+                                    [--paths-only] [--reduced-rank-only]
 
 Every row times a *whole call* as a user makes it (``symopt.solve`` / ``symopt.path`` /
 ``symopt.estimators.LassoCV`` against scikit-learn's ``Lasso`` / ``lasso_path`` / ``LassoCV`` and
@@ -18,7 +18,8 @@ scikit-learn's ``Lasso(positive=True)``. The group lasso runs on standardised di
 4 pixels) and breast_cancer (10 groups of 3 features) against skglm's ``GroupLasso``, the multi-task
 Lasso on linnerud and on digits' one-hot labels against scikit-learn's ``MultiTaskLasso``. Completion runs against
 accelerated SoftImpute (``symopt.baselines.softimpute``) on generated matrices, digits and a sample
-image.
+image; nuclear-norm (reduced-rank) regression of digits' one-hot labels on its raw and standardised
+pixels against cvxpy.
 """
 
 from __future__ import annotations
@@ -231,6 +232,37 @@ def _regression(name: str):
     return make_regression(n_samples=100, n_features=200, n_informative=10, noise=1.0, random_state=0)
 
 
+def reduced_rank(repeats: int, quick: bool) -> list[tuple]:
+    """Nuclear-norm (reduced-rank) regression of digits' one-hot labels on its 64 pixels, raw and
+    standardised, against cvxpy (there is no scikit-learn estimator for it; cvxpy's default conic
+    solver, SCS, at its default tolerance). Raw pixels are ill-conditioned: some are always 0, so
+    XᵀX is singular, and the others range over 0-16."""
+    if quick:  # (the raw rows take DCS tens of seconds: not in a smoke test)
+        return []
+    import cvxpy as cp
+    from sklearn.datasets import load_digits
+
+    from symopt.problems import low_rank_regression
+
+    digits = load_digits()
+    X, Y = digits.data.astype(float), np.eye(10)[digits.target]
+    Xs = (X - X.mean(0)) / np.where(X.std(0) > 0, X.std(0), 1.0)
+    rows = []
+    for name, design in (("digits raw", X), ("digits standardised", Xs)):
+        for lam in (0.1, 0.01):
+            problem = low_rank_regression(torch.as_tensor(design), torch.as_tensor(Y), strength=lam)
+            W = cp.Variable((design.shape[1], Y.shape[1]))
+            peer = cp.Problem(cp.Minimize(0.5 / len(Y) * cp.sum_squares(design @ W - Y) + lam * cp.normNuc(W)))
+
+            def fit(peer=peer, W=W):
+                peer.solve()
+                return W.value
+
+            rows.append(_against(f"reduced-rank regression, {name}, λ = {lam:g}", problem, "cvxpy (SCS)", fit,
+                                 repeats, coef=lambda value: value))
+    return rows
+
+
 def _digits():
     """scikit-learn's digits as a regression (the label as the target), raw pixels."""
     from sklearn.datasets import load_digits
@@ -284,6 +316,8 @@ def main(argv=None) -> None:
     parser.add_argument("--positive-only", action="store_true", help="only the non-negative Lasso rows")
     parser.add_argument("--groups-only", action="store_true", help="only the group and multi-task Lasso rows")
     parser.add_argument("--paths-only", action="store_true", help="only the path and LassoCV rows")
+    parser.add_argument("--reduced-rank-only", action="store_true",
+                        help="only the nuclear-norm regression rows against cvxpy")
     args = parser.parse_args(argv)
     repeats = 1 if args.quick else args.repeats
     print(f"machine: {machine_name('cpu')}, torch threads {torch.get_num_threads()}; medians of {repeats} runs\n")
@@ -295,12 +329,14 @@ def main(argv=None) -> None:
         rows = lambda: positive(repeats, args.quick)  # noqa: E731
     elif args.paths_only:
         rows = lambda: paths(repeats, args.quick)  # noqa: E731
+    elif args.reduced_rank_only:
+        rows = lambda: reduced_rank(repeats, args.quick)  # noqa: E731
     elif args.groups_only:
         rows = lambda: groups(repeats, args.quick) + multitask(repeats, args.quick)  # noqa: E731
     else:
         rows = lambda: (single_solves(repeats, args.quick) + positive(repeats, args.quick)  # noqa: E731
                         + groups(repeats, args.quick) + multitask(repeats, args.quick) + paths(repeats, args.quick)
-                        + completion(repeats, args.quick))
+                        + completion(repeats, args.quick) + reduced_rank(repeats, args.quick))
     for row in rows():
         name, status, t_dcs, peer, t_peer, gap = row
         print(f"| {name} | {status} | {t_dcs:.4f} | {peer} | {t_peer:.4f} | {t_dcs / t_peer:.1f}× | {gap:+.1e} |",

@@ -160,7 +160,7 @@ def solve_l1_quadratic(hessian: Tensor, grad: Tensor, start: Tensor, lam: float,
     # `level_run` counts them, and every eighth checks the kept basis against H.
     carried, level_run = None, 0
     first_step = True  # (the first Newton step decides whether the start is worth keeping)
-    # The model's gradient at x, None once x has moved: joins and the halving of a join's fresh
+    # The model's gradient at x, None once x has moved: joins and the leaving again of a join's fresh
     # coordinates change the face, not x, and the next check reads the same gradient (a third of the
     # products with H in a LassoCV fit were of an x they had already been formed at).
     gradient = grad.clone()
