@@ -188,8 +188,8 @@ def solve_l1_quadratic(hessian: Tensor, grad: Tensor, start: Tensor, lam: float,
             # the data tell apart would make each step an eigendecomposition: a 100×400 design at
             # 1e-3 λ_max took 2 s so): where the face's Newton step then moves some of them the wrong
             # way off zero, those leave again before anything moves (any subset whose step moves
-            # every one the right way is a descent), down to the most violating alone, whose step is
-            # (feature-sign search's one coordinate at a time, Lee et al. 2006). Halving the joined
+            # every one the right way is a descent), down to the most violating alone, whose step
+            # always is one (feature-sign search's one coordinate at a time, Lee et al. 2006). Halving the joined
             # set instead sent away coordinates whose steps were right: on LassoCV's stacked folds,
             # independent blocks of H, one fold's wrong way cost every other fold's joins a round
             # (a 100×200 fit: 48 join rounds and 25 halvings → 32 and 13). A face already singular

@@ -92,7 +92,8 @@ class Certifier:
                                       quick, proximal_newton_only=True)
             if polished is not None and polished[1] < kkt:
                 point, kkt = polished
-        self.best, self.best_settled = (point, kkt), self.polish and self.target < arrived == kkt
+        tried = self.polish and arrived > self.target  # (the polish, and the finish where it applies, ran)
+        self.best, self.best_settled = (point, kkt), tried and kkt == arrived
         if quick and kkt <= self.target:
             point, kkt = kkt_at_snap(loss, certifying, point, self.tol, levels=1)
             # The best point keeps its exact residual: an estimate that fell short (a low-rank face's
