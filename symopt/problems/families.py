@@ -690,8 +690,34 @@ def matrix_completion(M, mask, strength: float | None = None, *, target_rank: in
                    dual=completion_dual, at_strength=lambda new: _again(matrix_completion, M, mask, new))
 
 
-def _matrix_least_squares(theta: Tensor, X: Tensor, Y: Tensor) -> Tensor:
-    return 0.5 * (X @ theta - Y).square().sum() / X.shape[0]
+class MatrixLeastSquares:
+    r"""$\tfrac{1}{2n}‖XW - Y‖^2_F$ (``X`` n × p, ``W`` p × q, ``Y`` n × q), with its gradient
+    $X^\top (XW - Y)/n$ and its curvature: entry $(i, t)$ of W against $(j, s)$ is $(X^\top X/n)_{ij}$
+    where $t = s$, else 0 (the targets do not interact). The face polish asks for the curvature
+    (`symopt.optimality`): a low-rank face's Hessian is then $J^\top H J$ plus the terms of the
+    face's map and norm, where differentiating the whole objective twice took 0.5-0.6 s for a
+    740-coordinate face on digits' 1797 rows.
+
+    Examples:
+        >>> import torch
+        >>> X, Y = torch.tensor([[1.0, 0.0], [1.0, 2.0]], dtype=torch.float64), torch.zeros(2, 2, dtype=torch.float64)
+        >>> MatrixLeastSquares().curvature(torch.zeros(2, 2, dtype=torch.float64), torch.ones(2, 2, dtype=torch.bool), X, Y).tolist()
+        [[1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 0.0, 1.0], [1.0, 0.0, 2.0, 0.0], [0.0, 1.0, 0.0, 2.0]]
+    """
+
+    def __call__(self, theta: Tensor, X: Tensor, Y: Tensor) -> Tensor:
+        return 0.5 * (X @ theta - Y).square().sum() / X.shape[0]
+
+    def curvature(self, theta: Tensor, mask: Tensor, X: Tensor, Y: Tensor) -> Tensor:
+        index = mask.reshape(-1).nonzero().squeeze(1)
+        rows, tasks = index // theta.shape[1], index % theta.shape[1]
+        used, position = torch.unique(rows, return_inverse=True)  # (each row's Gram once, not once per target)
+        columns = X.index_select(1, used)
+        gram = (columns.mT @ columns / X.shape[0]).index_select(0, position).index_select(1, position)
+        return gram.masked_fill_(tasks[:, None] != tasks[None, :], 0.0)
+
+
+_matrix_least_squares = MatrixLeastSquares()
 
 
 def low_rank_regression(X, Y, strength: float | None = None, *, rank: int | None = None) -> Problem:
