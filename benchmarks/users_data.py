@@ -237,7 +237,7 @@ def reduced_rank(repeats: int, quick: bool) -> list[tuple]:
     standardised, against cvxpy (there is no scikit-learn estimator for it; cvxpy's default conic
     solver, SCS, at its default tolerance). Raw pixels are ill-conditioned: some are always 0, so
     XᵀX is singular, and the others range over 0-16."""
-    if quick:  # (the raw rows take DCS tens of seconds: not in a smoke test)
+    if quick:  # (each row is about a second of cvxpy and of DCS: not in a smoke test)
         return []
     import cvxpy as cp
     from sklearn.datasets import load_digits
