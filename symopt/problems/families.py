@@ -691,8 +691,8 @@ def matrix_completion(M, mask, strength: float | None = None, *, target_rank: in
 
 
 class MatrixLeastSquares:
-    r"""$\tfrac{1}{2n}‖XW - Y‖^2_F$ (``X`` n × p, ``W`` p × q, ``Y`` n × q), with its gradient
-    $X^\top (XW - Y)/n$ and its curvature: entry $(i, t)$ of W against $(j, s)$ is $(X^\top X/n)_{ij}$
+    r"""$\tfrac{1}{2n}‖XW - Y‖^2_F$ (``X`` n × p, ``W`` p × q, ``Y`` n × q), the loss of
+    `low_rank_regression`, with its curvature: entry $(i, t)$ of W against $(j, s)$ is $(X^\top X/n)_{ij}$
     where $t = s$, else 0 (the targets do not interact). The face polish asks for the curvature
     (`symopt.optimality`): a low-rank face's Hessian is then $J^\top H J$ plus the terms of the
     face's map and norm, where differentiating the whole objective twice took 0.5-0.6 s for a
