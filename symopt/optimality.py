@@ -20,7 +20,7 @@ from .proximal_newton import NEWTON_FACE, proximal_newton
 # took 7 outer rounds instead of 1 (Lasso 1000×5000: 0.20 s → 0.06 s).
 SMALL_FACE = 2000
 _FACE_ROUNDS = 6  # face solves at most per polish: atoms that cross 0 drop out, violators join, between them
-# A polished point still above the target takes Newton's method on its face (`_newton_after`) up to
+# A polished point still above the target takes Newton's method on its face (`newton_polish`) up to
 # CURVATURE_FACE free coordinates when the loss gives its curvature (a dense eigendecomposition of that
 # size, ~0.1 s); a face mapped from other coordinates (low rank) only where θ has at most
 # MAPPED_ENTRIES entries (its dense curvature).
@@ -204,9 +204,8 @@ def newton_polish(loss: Callable[[Tensor], Tensor], constraint: Constraint, poin
     second = _face_hessian(loss, constraint.strength, face) if NEWTON_FACE < free <= CURVATURE_FACE else None
     if second is None:
         return None
-    lam = constraint.strength
-    newton = _newton_on_face(lambda *c: loss(face.embed(*c)) + lam * face.norm(*c),
-                             [t.detach() for t in face.start], 0.1 * target, second)
+    newton = _newton_on_face(_face_objective(loss, constraint.strength, face), [t.detach() for t in face.start],
+                             0.1 * target, second)
     if newton is None:
         return None
     with torch.no_grad():
@@ -276,11 +275,10 @@ def _newton_on_face(objective, start: list[Tensor], tolerance: float,
     decreasing step's); None when the Hessian cannot be formed (a loss that autograd cannot
     vectorise) or no step is a descent direction. ``second(z)``, when given, is the Hessian at the
     flat coordinates ``z`` from the loss's own curvature (None: differentiate twice)."""
-    sizes = [t.numel() for t in start]
     shapes = [t.shape for t in start]
 
     def flat_objective(z: Tensor) -> Tensor:
-        return objective(*[part.reshape(shape) for part, shape in zip(torch.split(z, sizes), shapes)])
+        return objective(*_unflattened(z, shapes))
 
     z = torch.cat([t.detach().reshape(-1) for t in start])
     value, converged = float(flat_objective(z)), False
@@ -317,7 +315,17 @@ def _newton_on_face(objective, start: list[Tensor], tolerance: float,
             scale *= 0.5
         if not accepted:
             break
-    return [part.reshape(shape) for part, shape in zip(torch.split(z, sizes), shapes)], converged
+    return _unflattened(z, shapes), converged
+
+
+def _unflattened(z: Tensor, shapes: list[torch.Size]) -> list[Tensor]:
+    """The coordinate tensors of ``shapes`` from their concatenated flat form ``z``."""
+    return [part.reshape(shape) for part, shape in zip(torch.split(z, [math.prod(s) for s in shapes]), shapes)]
+
+
+def _face_objective(loss, lam: float, face: Face) -> Callable[..., Tensor]:
+    """The face's objective, loss + λ·norm, of its coordinate tensors."""
+    return lambda *c: loss(face.embed(*c)) + lam * face.norm(*c)
 
 
 def _face_hessian(loss, lam: float, face: Face) -> Callable[[Tensor], Tensor | None] | None:
@@ -349,18 +357,15 @@ def _face_hessian(loss, lam: float, face: Face) -> Callable[[Tensor], Tensor | N
             return on_data + lam * on_norm
 
         return on_entries
-    sizes, shapes = [t.numel() for t in face.start], [t.shape for t in face.start]
-
-    def parts(z: Tensor) -> list[Tensor]:
-        return [part.reshape(shape) for part, shape in zip(torch.split(z, sizes), shapes)]
+    shapes = [t.shape for t in face.start]
 
     def flat_embed(z: Tensor) -> Tensor:
-        return face.embed(*parts(z)).reshape(-1)
+        return face.embed(*_unflattened(z, shapes)).reshape(-1)
 
     def mapped(z: Tensor) -> Tensor | None:
         z = z.detach()
         with torch.no_grad():
-            theta = face.embed(*parts(z))
+            theta = face.embed(*_unflattened(z, shapes))
         if theta.numel() > MAPPED_ENTRIES:
             return None
         on_data = curvature(theta, torch.ones_like(theta, dtype=torch.bool))
@@ -369,7 +374,7 @@ def _face_hessian(loss, lam: float, face: Face) -> Callable[[Tensor], Tensor | N
         grad = loss_gradient(loss, theta).reshape(-1).detach()
         jacobian = torch.func.jacfwd(flat_embed)(z)
         bend = torch.func.hessian(lambda v: (grad * flat_embed(v)).sum())(z)  # the map's own curvature along G
-        on_norm = torch.func.hessian(lambda v: face.norm(*parts(v)))(z)
+        on_norm = torch.func.hessian(lambda v: face.norm(*_unflattened(v, shapes)))(z)
         return jacobian.mT @ on_data @ jacobian + bend + lam * on_norm
 
     return mapped
@@ -379,13 +384,9 @@ def _solve_on_face(loss, lam: float, face: Face, free: int, target: float, max_i
     """Newton (small faces), then L-BFGS on the face: ``(θ at its end, the atoms that crossed 0 or None)``."""
     coordinates = [t.detach().clone(memory_format=torch.contiguous_format) for t in face.start]
     tolerance = 0.1 * target
-    second = _face_hessian(loss, lam, face)
-
-    def objective(*c: Tensor) -> Tensor:
-        return loss(face.embed(*c)) + lam * face.norm(*c)
-
     if 0 < free <= NEWTON_FACE:
-        newton = _newton_on_face(objective, coordinates, tolerance, second)
+        newton = _newton_on_face(_face_objective(loss, lam, face), coordinates, tolerance,
+                                 _face_hessian(loss, lam, face))
         if newton is not None:
             coordinates, converged = newton
             if converged:
