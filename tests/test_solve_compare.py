@@ -201,3 +201,18 @@ def test_a_first_solve_reports_its_own_time_not_torchs_imports():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     status, seconds = done.stdout.split()
     assert status == "optimal" and float(seconds) < 1.0
+
+
+def test_a_stall_near_the_target_says_it_is_not_certified():
+    # θ did not move with the residual within 1000× of the target: the stop names both causes it can
+    # be (the objective's resolution, the problem's conditioning: a reduced-rank regression on raw
+    # pixels stalled 3× above the target with its objective 6e-8 above cvxpy's) and that the point
+    # is not certified; far above the target it blames the gradient instead
+    from symopt.solver.stop import StopRule
+
+    theta = torch.ones(3, dtype=torch.float64)
+    status, message = StopRule(1e-6, 1e-5).finished(3e-5, 0.0, theta, theta.clone())
+    assert status == "stalled"
+    assert "conditioning" in message and "floating-point resolution" in message and "not certified" in message
+    status, message = StopRule(1e-6, 1e-5).finished(1.0, 0.0, theta, theta.clone())
+    assert status == "stalled" and "gradient may not describe" in message
