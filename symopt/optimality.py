@@ -339,7 +339,7 @@ def _face_hessian(loss, lam: float, face: Face) -> Callable[[Tensor], Tensor | N
     every entry, $G$ its gradient and $J$ the map's Jacobian; the last two terms by `torch.func` on the
     map and the norm alone (no data). Differentiating the whole objective twice costs a pass over the
     data per coordinate: 0.5-0.6 s a Hessian for a 740-coordinate face of a regression on digits'
-    1797 rows, where this takes about 0.05 s."""
+    1797 rows, where this takes about 0.065 s (the Jacobian 8 ms, the map's term 21 ms, the norm's 35 ms)."""
     curvature = getattr(loss, "curvature", None)
     if curvature is None:
         return None
