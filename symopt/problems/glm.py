@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from .design import columns, matvec, rmatvec
+from .design import column_products, columns, matvec, rmatvec
 
 # Designs whose whole Gram a least-squares curvature keeps: at most 256 columns and 10⁶ entries (the
 # Gram then costs at most a few ms once, and 0.5 MB; diabetes, breast_cancer, wine, digits qualify).
@@ -201,6 +201,15 @@ class DataTerm:
         gram = self._gram(X, weights)
         if gram is not None:  # least squares on a small design: the face's block of the whole Gram
             hessian = gram.index_select(0, index).index_select(1, index)
+        elif getattr(self.fit, "constant_second", False) and weights is None:
+            # (least squares: the face's columns' products, most of them kept from an earlier face)
+            with torch.no_grad():
+                products, sums = column_products(X, index)
+                n = X.shape[0]
+                second = self.fit.second(theta.new_zeros(1))
+                hessian = (second / n) * products
+                if self.fit_intercept:
+                    hessian = hessian - (second / n) * torch.outer(sums, sums) / n
         else:
             with torch.no_grad():
                 if getattr(self.fit, "constant_second", False):  # f'' at any z will do: at z = 0, no product
