@@ -148,6 +148,11 @@ def _selected(X: Tensor, index: Tensor) -> Tensor:
     return selected
 
 
+def taken_from_another(X: Tensor) -> bool:
+    """Whether ``X`` is columns of a larger design (made by `columns`: a working set's)."""
+    return getattr(X, _COLUMNS_OF, None) is not None
+
+
 def _root_columns(X: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
     """``(whole design, its columns)`` that ``X[:, index]`` is, following `columns`' record."""
     made = getattr(X, _COLUMNS_OF, None)

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from .design import column_products, columns, matvec, rmatvec
+from .design import column_products, columns, matvec, rmatvec, taken_from_another
 
 # Designs whose whole Gram a least-squares curvature keeps: at most 256 columns and 10⁶ entries (the
 # Gram then costs at most a few ms once, and 0.5 MB; diabetes, breast_cancer, wine, digits qualify).
@@ -257,7 +257,8 @@ class DataTerm:
         polish then takes its block instead of multiplying ``X``'s columns at each Newton step (a
         tenth of a LassoCV fit on diabetes went to those products)."""
         if (not getattr(self.fit, "constant_second", False) or weights is not None or X.layout != torch.strided
-                or X.dim() != 2 or X.shape[1] > GRAM_LIMIT[0] or X.numel() > GRAM_LIMIT[1]):
+                or X.dim() != 2 or X.shape[1] > GRAM_LIMIT[0] or X.numel() > GRAM_LIMIT[1]
+                or taken_from_another(X)):  # (a working set's: the whole design's kept products outlive it)
             return None
         key = f"_symopt_gram_{int(self.fit_intercept)}"
         gram = getattr(X, key, None)
