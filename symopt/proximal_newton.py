@@ -249,6 +249,24 @@ def solve_l1_quadratic(hessian: Tensor, grad: Tensor, start: Tensor, lam: float,
         if level and not math.isfinite(reach):
             return _leaving(x, face_factor, None, None)  # linear and unbounded below along the face: nothing finite to return
         t = reach if level else min(1.0, reach)
+        crossing = None if level or reach >= 1.0 or factor is None else ratios < 1.0
+        if crossing is not None and int(crossing.sum()) > 1:
+            # Several coordinates cross zero in the full Newton step: the ratio test stops at the
+            # first, and each of the others would then leave in a step (and a refactorisation) of
+            # its own. The full step with every crossing coordinate stopped at 0 (the projection on
+            # the face's orthant, as projected Newton methods take) is taken instead where it lowers
+            # the model more than the ratio test's step: every step still descends. On the face,
+            # with signs s, the change is rᵀd + ½dᵀHd (r the face's residual, ∇ + λs: the ℓ1 term
+            # is λsᵀd while no sign changes), and H on the face is the factor's LLᵀ.
+            projected = torch.where(crossing, -x.index_select(0, face), step)
+            change = float(residual @ projected) + 0.5 * float(torch.linalg.vector_norm(factor.mT @ projected)) ** 2
+            if change < (reach - 0.5 * reach * reach) * float(residual @ step):
+                x.index_add_(0, face, projected)
+                leaving = face[crossing]
+                x[leaving], free[leaving], signs[leaving] = 0.0, False, 0.0
+                factor = _trimmed(factor, hessian, face, ~crossing)
+                face, gradient, before_full, null, level_run = face[~crossing], None, math.inf, None, 0
+                continue
         x.index_add_(0, face, step, alpha=t)
         gradient = None
         before_full = size if t == 1.0 and not level and t < reach else math.inf
