@@ -1,7 +1,7 @@
 """DCS on data it did not generate, end to end, against the tool a user would otherwise call.
 
     python -m benchmarks.users_data [--repeats 3] [--quick] [--large-only] [--positive-only] [--groups-only]
-                                    [--paths-only] [--reduced-rank-only]
+                                    [--paths-only] [--reduced-rank-only] [--completion-only]
 
 Every row times a *whole call* as a user makes it (``symopt.solve`` / ``symopt.path`` /
 ``symopt.estimators.LassoCV`` against scikit-learn's ``Lasso`` / ``lasso_path`` / ``LassoCV`` and
@@ -324,6 +324,8 @@ def main(argv=None) -> None:
     parser.add_argument("--positive-only", action="store_true", help="only the non-negative Lasso rows")
     parser.add_argument("--groups-only", action="store_true", help="only the group and multi-task Lasso rows")
     parser.add_argument("--paths-only", action="store_true", help="only the path and LassoCV rows")
+    parser.add_argument("--completion-only", action="store_true",
+                        help="only the completion rows against SoftImpute (generated, digits, china.jpg)")
     parser.add_argument("--reduced-rank-only", action="store_true",
                         help="only the nuclear-norm regression rows against cvxpy")
     args = parser.parse_args(argv)
@@ -339,6 +341,8 @@ def main(argv=None) -> None:
         rows = lambda: paths(repeats, args.quick)  # noqa: E731
     elif args.reduced_rank_only:
         rows = lambda: reduced_rank(repeats, args.quick)  # noqa: E731
+    elif args.completion_only:
+        rows = lambda: completion(repeats, args.quick)  # noqa: E731
     elif args.groups_only:
         rows = lambda: groups(repeats, args.quick) + multitask(repeats, args.quick)  # noqa: E731
     else:

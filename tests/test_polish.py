@@ -327,6 +327,39 @@ def test_a_best_point_the_polish_left_unchanged_is_not_polished_again(monkeypatc
     assert calls == ([("polish", 1.5), ("finish", 0.75)] if gains else [("polish", 1.5), ("finish", 1.5)])
 
 
+@pytest.mark.parametrize("second_certifies", [False, True])
+def test_a_polish_that_gains_tenfold_polishes_again_and_keeps_only_a_certified_point(monkeypatch,
+                                                                                      second_certifies):
+    """A polish that cut the residual tenfold (and no proximal finish follows) is followed by a second
+    one from its point, which may certify the solve at once (china.jpg completion at 0.1 λ_max: one
+    outer iteration instead of two). The second's point is kept only if it is within the target: a
+    better point that is not would hold the best-point slot (china.jpg at 0.02 λ_max: 6 → 13 outer
+    iterations)."""
+    import symopt.solver.certifier as certifier_module
+    from symopt.solver.certifier import Certifier
+
+    calls = []
+
+    def fake_kkt_at_snap(loss, constraint, theta, tol, levels=5, quick=False):
+        return theta, float(theta.abs().sum())
+
+    def fake_polish(loss, constraint, point, *args, **kwargs):
+        if kwargs.get("proximal_newton_only"):  # (the finish of a point within tolerance: not this test's)
+            return None
+        calls.append(float(point.abs().sum()))
+        factor = 0.01 if len(calls) == 1 else (1e-6 if second_certifies else 0.5)
+        return factor * point, factor * float(point.abs().sum())
+
+    monkeypatch.setattr(certifier_module, "kkt_at_snap", fake_kkt_at_snap)
+    monkeypatch.setattr(certifier_module, "polish_on_face", fake_polish)
+    constraint = symopt.Sparse(0.1)
+    assert not constraint.finishes_by_prox(torch.ones(12, dtype=DT))
+    certifier = Certifier(lambda theta: theta.square().sum(), {}, 1e-6, 1e-3, 20, polish=True)
+    _, kkt, _, _ = certifier.certify(torch.ones(12, dtype=DT), constraint)  # residual 12 → 0.12 → ...
+    assert calls == [12.0, pytest.approx(0.12)]
+    assert kkt == (pytest.approx(1.2e-7) if second_certifies else pytest.approx(0.12))
+
+
 def test_a_low_rank_face_hessian_from_the_losses_curvature_is_autograds():
     # The mapped face's Hessian J^T H J + the map's and the norm's own terms (`_face_hessian`, from the
     # matrix least-squares loss's curvature) is the Hessian of the whole face objective, which
