@@ -16,8 +16,6 @@ import torch
 from torch import Tensor
 
 _TRANSPOSE = "_symopt_csr_transpose"  # the cached CSR copy of Xᵀ, an attribute of X itself
-_COLUMNS_OF = "_symopt_columns_of"  # (the whole design, its column index) of a design `columns` made
-_PRODUCTS = "_symopt_column_products"  # the kept `column_products` of a whole design
 
 
 def _row_pointers(counts: Tensor) -> Tensor:
@@ -121,15 +119,6 @@ def columns(X: Tensor, index: Tensor) -> Tensor:
         >>> columns(X.to_sparse_csr(), torch.tensor([2, 0])).to_dense().tolist()
         [[5.0, 0.0], [6.0, 1.0]]
     """
-    selected = _selected(X, index)
-    # (a working set's design remembers which columns of the whole design it holds: the products of
-    # those columns, kept on the whole design, serve every working set and model taken from it)
-    root, among = _root_columns(X, index)
-    setattr(selected, _COLUMNS_OF, (root, among))
-    return selected
-
-
-def _selected(X: Tensor, index: Tensor) -> Tensor:
     if X.layout != torch.sparse_csr:
         # (column-major: whole columns are contiguous rows of Xᵀ; index_select(1) of a column-major
         # tensor gathers entry by entry, 3.4 ms against 0.03 ms for 50 columns of 500×2000, measured)
@@ -148,105 +137,16 @@ def _selected(X: Tensor, index: Tensor) -> Tensor:
     return selected
 
 
-def taken_from_another(X: Tensor) -> bool:
-    """Whether ``X`` is columns of a larger design (made by `columns`: a working set's)."""
-    return getattr(X, _COLUMNS_OF, None) is not None
-
-
-def _root_columns(X: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
-    """``(whole design, its columns)`` that ``X[:, index]`` is, following `columns`' record."""
-    made = getattr(X, _COLUMNS_OF, None)
-    if made is None:
-        return X, index
-    root, among = made
-    return root, among[index.to(among.device)]
-
-
-# The most columns whose products `column_products` keeps for one design (a block of 2048² numbers:
-# 32 MB in float64); a request beyond it starts the kept set afresh from the request's columns.
-KEPT_PRODUCT_COLUMNS = 2048
-
-
-class _KeptProducts:
-    """The products $Z^\top Z$ and sums $Z^\top 1$ of the columns ``known`` of a whole design, and where
-    each of its columns sits among them (``position``, -1 where not kept)."""
-
-    def __init__(self, X: Tensor) -> None:
-        self.position = torch.full((X.shape[1],), -1, dtype=torch.long, device=X.device)
-        self.known = torch.zeros(0, dtype=torch.long, device=X.device)
-        self.products = torch.zeros(0, 0, dtype=X.dtype, device=X.device)
-        self.sums = torch.zeros(0, dtype=X.dtype, device=X.device)
-
-
-def column_products(X: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
-    r"""$(Z^\top Z, Z^\top 1)$ for $Z$ = ``X[:, index]`` (dense or CSR ``X``), from products kept on the whole
-    design: only the columns not asked for before are multiplied, by every kept column.
-
-    A least-squares curvature on a face is $Z^\top Z / n$ (minus the means' outer product with an
-    intercept). Proximal Newton forms it at each outer iteration and each working set at each
-    round, on faces that share most of their columns: on a non-negative Lasso 1000×5000 the four
-    rounds' six models formed 28 ms of products for faces of 32–421 columns, ~400 of them the same.
-    A design made by `columns` (a working set's) reads and grows the kept products of the design
-    it was taken from. The data of a problem is never mutated, so what is kept stays true.
-
-    Examples:
-        >>> import torch
-        >>> X = torch.tensor([[1.0, 2.0, 0.0], [3.0, 0.0, 1.0]], dtype=torch.float64)
-        >>> products, sums = column_products(X, torch.tensor([0, 2]))
-        >>> products.tolist(), sums.tolist()                       # Zᵀ Z and Zᵀ 1 of columns 0 and 2
-        ([[10.0, 3.0], [3.0, 1.0]], [4.0, 1.0])
-        >>> column_products(columns(X, torch.tensor([1, 2])), torch.tensor([1]))[0].tolist()  # column 2 of X, kept
-        [[1.0]]
-    """
-    root, wanted = _root_columns(X, index)
-    wanted = wanted.to(root.device)
-    kept = getattr(root, _PRODUCTS, None)
-    if kept is None:
-        kept = _KeptProducts(root)
-        setattr(root, _PRODUCTS, kept)
-    new = torch.unique(wanted[kept.position[wanted] < 0])
-    if new.numel():
-        if kept.known.numel() + new.numel() > KEPT_PRODUCT_COLUMNS:
-            kept.__init__(root)
-            new = torch.unique(wanted)
-        _grow(kept, root, new)
-    at = kept.position[wanted]
-    return kept.products.index_select(0, at).index_select(1, at), kept.sums.index_select(0, at)
-
-
-def _grow(kept: _KeptProducts, root: Tensor, new: Tensor) -> None:
-    """Adds the columns ``new`` (none of them kept) to ``kept``: their products with each other and
-    with the kept columns, and their sums."""
-    fresh = _dense(_selected(root, new))
-    own = fresh.mT @ fresh
-    size, added = kept.known.numel(), new.numel()
-    products = own.new_empty(size + added, size + added)
-    products[size:, size:] = own
-    if size:
-        across = fresh.mT @ _dense(_selected(root, kept.known))  # (added, size)
-        products[:size, :size] = kept.products
-        products[size:, :size] = across
-        products[:size, size:] = across.mT
-    kept.products = products
-    kept.sums = torch.cat([kept.sums, fresh.sum(0)])
-    kept.position[new] = torch.arange(size, size + added, device=new.device)
-    kept.known = torch.cat([kept.known, new])
-
-
-def _dense(Z: Tensor) -> Tensor:
-    return Z.to_dense() if Z.layout != torch.strided else Z
-
-
 def forget_kept(X: Tensor) -> None:
-    """Drops what symopt keeps on a design tensor (its CSR transpose, kept column products, a small
-    design's Gram, the record of the design it was taken from): a repeated solve on the same data
-    then pays what a first one does (the benchmarks' repeats time first solves).
+    """Drops what symopt keeps on a design tensor (its CSR transpose; a small dense design's Gram,
+    `symopt.problems.glm`): a repeated solve on the same data then pays what a first one does (the
+    benchmarks' repeats time first solves).
 
     Examples:
         >>> import torch
-        >>> X = torch.eye(3, dtype=torch.float64)
-        >>> _ = column_products(X, torch.tensor([0, 1]))
-        >>> forget_kept(X); hasattr(X, _PRODUCTS)
+        >>> X = torch.tensor([[0.0, 2.0], [1.0, 0.0]], dtype=torch.float64).to_sparse_csr()
+        >>> _ = rmatvec(X, torch.ones(2, dtype=torch.float64))   # builds and keeps Xᵀ
+        >>> forget_kept(X); hasattr(X, _TRANSPOSE)
         False
     """
     for name in [name for name in vars(X) if name.startswith("_symopt_")]:

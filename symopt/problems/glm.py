@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from .design import column_products, columns, matvec, rmatvec, taken_from_another
+from .design import columns, matvec, rmatvec
 
 # Designs whose whole Gram a least-squares curvature keeps: at most 256 columns and 10⁶ entries (the
 # Gram then costs at most a few ms once, and 0.5 MB; diabetes, breast_cancer, wine, digits qualify).
@@ -201,15 +201,6 @@ class DataTerm:
         gram = self._gram(X, weights)
         if gram is not None:  # least squares on a small design: the face's block of the whole Gram
             hessian = gram.index_select(0, index).index_select(1, index)
-        elif getattr(self.fit, "constant_second", False) and weights is None:
-            # (least squares: the face's columns' products, most of them kept from an earlier face)
-            with torch.no_grad():
-                products, sums = column_products(X, index)
-                n = X.shape[0]
-                second = self.fit.second(theta.new_zeros(1))
-                hessian = (second / n) * products
-                if self.fit_intercept:
-                    hessian = hessian - (second / n) * torch.outer(sums, sums) / n
         else:
             with torch.no_grad():
                 if getattr(self.fit, "constant_second", False):  # f'' at any z will do: at z = 0, no product
@@ -257,8 +248,7 @@ class DataTerm:
         polish then takes its block instead of multiplying ``X``'s columns at each Newton step (a
         tenth of a LassoCV fit on diabetes went to those products)."""
         if (not getattr(self.fit, "constant_second", False) or weights is not None or X.layout != torch.strided
-                or X.dim() != 2 or X.shape[1] > GRAM_LIMIT[0] or X.numel() > GRAM_LIMIT[1]
-                or taken_from_another(X)):  # (a working set's: the whole design's kept products outlive it)
+                or X.dim() != 2 or X.shape[1] > GRAM_LIMIT[0] or X.numel() > GRAM_LIMIT[1]):
             return None
         key = f"_symopt_gram_{int(self.fit_intercept)}"
         gram = getattr(X, key, None)
