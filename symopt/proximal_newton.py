@@ -95,7 +95,9 @@ def solve_l1_quadratic(hessian: Tensor, grad: Tensor, start: Tensor, lam: float,
 
     On the face of the current point (its non-zeros with their signs $s$) the objective is the
     quadratic plus $λ s^\top x$: Newton's step there (the pseudo-inverse of $H$ on the face) is taken up
-    to the first coordinate that reaches 0, which leaves the face. At the face's optimum the zeros
+    to the first coordinate that reaches 0, which leaves the face; where the full step crosses zero in
+    several coordinates and stopping every one of them at 0 (the projection on the face's orthant)
+    lowers the model more, that step is taken and they all leave. At the face's optimum the zeros
     that violate ($|∇_i| - λ > $ ``tol``, or $-∇_i - λ$ with ``nonnegative``) join it with the signs
     that lower the objective; where Newton's step would move some of them off zero the wrong way, those
     leave again before anything moves (the worst alone stays if that is all of them: a single
