@@ -19,15 +19,17 @@ from .stop import StopRule
 from .variable import Variable
 
 
-# A run's first outer iteration is EARLY_ITERATIONS long where θ has at most EARLY_ENTRIES entries and
-# the loss gives its curvature (`Descent._early_check`). Measured (benchmarks/RESULTS.md): on diabetes,
-# breast_cancer and wine (10–30 columns) the first check then certifies as before, in 0.4–0.9 of the
-# time. With the active-set polish on the true objective, 64 columns (digits) and 200 (generated)
-# cost more than they saved (4–56 Newton steps from a 5-iteration point); since proximal Newton
-# (`symopt.proximal_newton`) drops atoms on its quadratic models, 64 columns gain too (digits Lasso and
-# logistic-L1, raw and standardised, 0.15–1.0× in 3 paired runs but for one row of 1.0–1.9×) while
-# 200 columns with n = 100 still lose (a rough face of 200 atoms on a singular model: 0.1–0.25 s
-# where 20 iterations took 12–22 ms).
+# A run's first outer iteration is EARLY_ITERATIONS long where θ has at most EARLY_ENTRIES atoms
+# (entries, or a group norm's groups) and the loss gives its curvature (`Descent._early_check`).
+# Measured (benchmarks/RESULTS.md): on diabetes, breast_cancer and wine (10–30 columns) the first check
+# then certifies as before, in 0.4–0.9 of the time. With the active-set polish on the true objective,
+# 64 columns (digits) and 200 (generated) cost more than they saved (4–56 Newton steps from a
+# 5-iteration point); since proximal Newton (`symopt.proximal_newton`) drops atoms on its quadratic
+# models, 64 columns gain too (digits Lasso and logistic-L1, raw and standardised, 0.15–1.0× in 3
+# paired runs but for one row of 1.0–1.9×) while 200 columns with n = 100 still lose (a rough face of
+# 200 atoms on a singular model: 0.1–0.25 s where 20 iterations took 12–22 ms). The multi-task Lasso on
+# digits (64 rows of 10 targets: 64 atoms, 640 entries) gains too (traced: the descent 15 → 3 ms, the
+# group polish from the rougher point 21–23 → 26–28 ms).
 EARLY_ITERATIONS = 5
 EARLY_ENTRIES = 64
 
@@ -187,7 +189,7 @@ class Descent:
 
     def _early_check(self) -> int | None:
         """The iterations of a run's first outer iteration when it should be shorter than ``inner``
-        (None: ``inner``). Where θ is small (at most ``EARLY_ENTRIES`` entries) and the loss gives
+        (None: ``inner``). Where θ is small (at most ``EARLY_ENTRIES`` atoms) and the loss gives
         its own curvature, the face polish (a Newton method on the face, proximal Newton for an
         ℓ1 or a group norm) finds the last atoms and their exact values once the descent has the rough
         structure; a few L-BFGS iterations give that, and the other ``inner`` ones before the first
@@ -196,9 +198,13 @@ class Descent:
         then drops atoms one active-set step at a time, which costs more than it saves."""
         if not self.options.polish or self.options.inner <= EARLY_ITERATIONS:
             return None
-        if self.problem_size > EARLY_ENTRIES or getattr(self.loss, "curvature", None) is None:
+        if getattr(self.loss, "curvature", None) is None:
             return None
-        return EARLY_ITERATIONS
+        # (atoms, not entries: a group's entries join and leave its face together, so a multi-task
+        # Lasso of 64 rows × 10 targets has the structure of 64 columns)
+        ids = self.constraint.atom_ids(self.problem_size, "cpu")
+        atoms = self.problem_size if ids is None else int(ids.max()) + 1
+        return EARLY_ITERATIONS if atoms <= EARLY_ENTRIES else None
 
     def run(self, budget: int, start: float) -> tuple[str, str]:
         """Up to ``budget`` outer iterations from the current factors (a fresh optimizer: λ may
