@@ -63,10 +63,10 @@ def solve(problem: Problem, device=None, dtype=None, method: str = "auto", tol: 
             budget problem, per λ tried.
         progress: print one line per outer iteration (objective, KKT residual) to stderr.
         inner: iterations per outer iteration (between KKT checks). A small θ (at most
-            ``symopt.solver.descent.EARLY_ENTRIES`` = 64 atoms: entries, or a group norm's groups) whose
-            loss gives its own curvature
-            is first checked after ``EARLY_ITERATIONS`` = 5 (with ``polish``): from there the face
-            polish, a Newton method on the face, finishes what a longer first descent would.
+            ``symopt.solver.descent.EARLY_ENTRIES`` = 64 atoms: entries, or a group norm's groups)
+            whose loss gives its own curvature is first checked after ``EARLY_ITERATIONS`` = 5 (with
+            ``polish``): from there the face polish, a Newton method on the face, finishes what a
+            longer first descent would.
         history_size: L-BFGS memory (a long memory matters on the factored problems). The lean loop
             keeps at most ``symopt.solver.flat.HISTORY_NUMBERS`` / (factor coordinates) pairs, and at
             least 10: 100 pairs of a 10⁵-coordinate factorisation cost more to read than they save.
