@@ -232,7 +232,8 @@ def lasso(X, y, strength: float | None = None, *, max_nonzero: int | None = None
     Args:
         X: ``(n, d)`` design matrix (tensor or array; float64 recommended; a scipy.sparse
             matrix or torch sparse tensor is kept sparse, as torch CSR, with or without an intercept:
-            the design is never centred).
+            the design is never centred). A wide dense design (solved on working sets, which gather
+            its columns) is read fastest column-major (``np.asfortranarray(X)``); its layout is kept.
         y: ``(n,)`` targets.
         strength: λ (> 0).
         max_nonzero: instead of ``strength``: the Lasso-path point with this many non-zeros
