@@ -41,7 +41,7 @@ from symopt.problems.design import forget_kept
 def _median_time(call, repeats: int, data: dict | None = None):
     """The median of ``repeats`` timed calls after one warm-up (imports, torch's one-time set-up: also in
     --quick, a first call's imports are not the solver's time). ``data``: a problem's data, whose
-    tensors drop what symopt kept on them (column products, a Gram, a CSR transpose) before each
+    tensors drop what symopt kept on them (a small design's Gram, a CSR transpose) before each
     call, outside the timing: each timed solve pays what a user's first solve on that data pays."""
     call()
     times, value = [], None

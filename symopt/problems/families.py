@@ -710,12 +710,9 @@ class MatrixLeastSquares:
         return 0.5 * (X @ theta - Y).square().sum() / X.shape[0]
 
     def curvature(self, theta: Tensor, mask: Tensor, X: Tensor, Y: Tensor) -> Tensor:
-        index = mask.reshape(-1).nonzero().squeeze(1)
-        rows, tasks = index // theta.shape[1], index % theta.shape[1]
-        used, position = torch.unique(rows, return_inverse=True)  # (each row's Gram once, not once per target)
-        columns = X.index_select(1, used)
-        gram = (columns.mT @ columns / X.shape[0]).index_select(0, position).index_select(1, position)
-        return gram.masked_fill_(tasks[:, None] != tasks[None, :], 0.0)
+        # (the least-squares data term's, whose matrix θ is the multi-task Lasso's: one Gram block of the
+        # rows used, shared by the targets)
+        return _least_squares.curvature(theta, mask, X, Y)
 
 
 _matrix_least_squares = MatrixLeastSquares()

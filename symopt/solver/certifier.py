@@ -72,10 +72,13 @@ class Certifier:
             (point, kkt), settled, reused = self.best, self.best_settled, True
         arrived = kkt
         finishes = certifying.finishes_by_prox(point)
-        if self.polish and kkt > self.target and not settled:  # also before a widening: the wider factors start better
+        def face_polish(start: torch.Tensor) -> tuple[torch.Tensor, float] | None:
             # (a kind finished by proximal steps has its large faces left to them: see small_faces_only)
-            polished = polish_on_face(loss, certifying, point, self.tol, self.target, self.inner, quick,
-                                      small_faces_only=finishes)
+            return polish_on_face(loss, certifying, start, self.tol, self.target, self.inner, quick,
+                                  small_faces_only=finishes)
+
+        if self.polish and kkt > self.target and not settled:  # also before a widening: the wider factors start better
+            polished = face_polish(point)
             if polished is not None and polished[1] < kkt:
                 gained = polished[1] <= 0.1 * kkt
                 point, kkt = polished
@@ -90,8 +93,7 @@ class Certifier:
                     # if it certifies: a better point that does not would hold the best-point slot, and
                     # the descent's own points, losing to it, would not be polished (china.jpg at 0.02
                     # λ_max: 0.27 → 5.4e-2 on a face of the wrong rank; 6 → 13 outer iterations).
-                    again = polish_on_face(loss, certifying, point, self.tol, self.target, self.inner, quick,
-                                           small_faces_only=finishes)
+                    again = face_polish(point)
                     if again is not None and again[1] <= self.target:
                         point, kkt = again
         if self.polish and kkt > self.target and finishes and not settled:
