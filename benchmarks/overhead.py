@@ -1,6 +1,6 @@
 """Training-step overhead of each constraint kind vs the plain model (CPU or CUDA).
 
-    python -m benchmarks.overhead [--model mlp|cnn] [--device cuda] [--width 512] [--batch 256] [--repeats 5]
+    python -m benchmarks.overhead [--model mlp|cnn] [--device cuda] [--width 512] [--batch 256] [--repeats 9]
                                   [--decay param_groups|penalty] [--budgets] [--regrow]
 
 One model per kind, float32: an MLP (width × width hidden layers) or a CNN (three 3×3 convs with
@@ -9,8 +9,9 @@ layers); a step is forward + backward + SGD update. The decay on the factors com
 ``symopt.param_groups`` (``weight_decay = λ`` in SGD's fused update; the default, as in the README)
 or, with ``--decay penalty``, from ``symopt.penalty`` added to the loss (extra forward and backward
 passes over the factors; the same minimiser). Prints the
-median step time of ``--repeats`` interleaved timed runs (after warm-up), its ratio to the
-unconstrained model measured in the same process, and the memory of a step (below).
+median step time of ``--repeats`` interleaved timed rounds (after warm-up), its ratio to the
+unconstrained model (the median over the rounds of each round's ratio: paired, so the machine's drift
+between rounds cancels), and the memory of a step (below).
 
 Two memory columns:
 
@@ -212,7 +213,7 @@ def main(argv=None) -> None:
     parser.add_argument("--width", type=int, default=None, help="MLP width (512) / CNN channels (64)")
     parser.add_argument("--batch", type=int, default=None, help="batch size (MLP 256, CNN 32)")
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--decay", choices=("param_groups", "penalty"), default="param_groups",
                         help="how the factors are decayed (see the module docstring)")
     parser.add_argument("--budgets", action="store_true",
@@ -225,7 +226,7 @@ def main(argv=None) -> None:
     machine = machine_name(device)
     print(f"training-step overhead — torch {torch.__version__}, {machine}, float32, "
           f"{args.model.upper()} width {args.width}, batch {args.batch}, decay by {args.decay}, median of "
-          f"{args.repeats} interleaved rounds of {args.steps} steps\n")
+          f"{args.repeats} interleaved rounds of {args.steps} steps (ratio: median of the rounds' paired ratios)\n")
     x = (torch.randn(args.batch, args.width, device=device) if args.model == "mlp"
          else torch.randn(args.batch, args.width, 32, 32, device=device))
     y = torch.randint(0, 10, (args.batch,), device=device)
@@ -241,8 +242,11 @@ def main(argv=None) -> None:
         for kind in kinds:
             times[kind].append(_step_time(nets[kind], x, y, args.steps, device, args.decay))
     peaks = {kind: _peak_bytes(nets[kind], x, y, device, args.decay) / 2**20 for kind in kinds}
-    base = statistics.median(times[None])
-    rows = [(kind or "plain", statistics.median(t) * 1e3, statistics.median(t) / base,
+    # Each round's ratio to the plain step of the same round, then their median: this machine's speed
+    # drifts by up to 2× between phases of a run, and a ratio of two medians taken over different
+    # rounds carried that drift (±0.1 on these ratios between runs); a paired ratio cancels it.
+    rows = [(kind or "plain", statistics.median(t) * 1e3,
+             statistics.median(mine / plain for mine, plain in zip(t, times[None])),
              _storage_ratio(nets[kind], nets[None]) if kind else None, peaks[kind], peaks[kind] / peaks[None])
             for kind, t in times.items()]
     width = max(len(r[0]) for r in rows)

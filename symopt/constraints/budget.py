@@ -138,16 +138,19 @@ def leading(values: Tensor, k: int) -> tuple[float, float, float]:
         m = sample.numel()
         at, margin = k * m / n, 4.0 * math.sqrt(m * (k / n) * (1 - k / n)) + 4.0
         low_rank = min(m - 1, int(math.ceil(at + margin)))  # ranks in the sample, 0 = its largest
-        # the candidates: every entry that can be among the k + 1 largest if the bracket holds (the only
-        # full pass; what follows reads these, a few times k entries)
-        candidates = flat[flat > sample.kthvalue(m - low_rank).values]
+        lower_edge = sample.kthvalue(m - low_rank).values
         if at - margin < 1:  # a small k: no upper edge (the sample's top would leave more than k above it)
-            count, above_sum, band = 0, 0.0, candidates
+            count, above_sum, band = 0, 0.0, flat[flat > lower_edge]
         else:
-            above = candidates > sample.kthvalue(m - int(at - margin)).values
+            # Above the upper edge only the count and the sum are needed, and neither needs the entries
+            # gathered: sum_{x > e} x = sum relu(x − e) + count·e. Only the band between the edges (a few
+            # percent of the entries) is gathered; a boolean gather of every candidate above the lower
+            # edge was half of a reading (0.43 ms at n = 262k, k = 26k, measured).
+            upper_edge = sample.kthvalue(m - int(at - margin)).values
+            above = flat > upper_edge
             count = int(torch.count_nonzero(above))
-            above_sum = float(torch.dot(candidates, above.to(candidates.dtype))) if count else 0.0
-            band = candidates[~above]
+            above_sum = (float((flat - upper_edge).clamp_(min=0).sum()) + count * float(upper_edge)) if count else 0.0
+            band = flat[(flat > lower_edge) ^ above]  # the upper edge is not below the lower: above ⊂ flat > lower
         need = k - count
         if need >= 1 and band.numel() >= need + 1:
             kth = band.kthvalue(band.numel() - need + 1).values  # the need-th largest of the band
@@ -157,7 +160,7 @@ def leading(values: Tensor, k: int) -> tuple[float, float, float]:
             if int(torch.count_nonzero(band >= kth)) > need:
                 after = float(kth)  # kth is repeated past the k-th place
             else:
-                after = float(band[band < kth].max())
+                after = float(torch.where(band < kth, band, -math.inf).max())
             return total, float(kth), after
     top = torch.topk(flat, k + 1).values
     return float(top[:k].sum(dtype=torch.float64)), float(top[k - 1]), float(top[k])

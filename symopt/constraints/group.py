@@ -230,6 +230,9 @@ class GroupSparse(Constraint):
     def dual_atoms(self, grad: Tensor) -> Tensor:
         return self.unweighted(self.group_norms(grad))
 
+    def top_dual_atoms(self, point: Tensor, count: int, reading: str = "point") -> Tensor:
+        return self.dual_atoms(point)  # group norms are symmetric: no negated copy of the point
+
     def dropped_entries(self, slot: int, factor: Tensor, dropped: Tensor) -> Tensor:
         # slot 0: the gates (one per group); slot 1: ω, each entry in its group's place
         return dropped if slot == 0 else self.spread(dropped, factor).expand_as(factor)

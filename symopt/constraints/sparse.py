@@ -74,6 +74,14 @@ class Sparse(Constraint):
     def atoms(self, value: Tensor) -> Tensor:
         return value.abs().reshape(-1)
 
+    # |−g| = |g|: the ℓ1 norm is symmetric, so the dual atoms need no negated copy (the base class's
+    # two negations were two passes over the tensor at each of a budget's readings)
+    def dual_atoms(self, grad: Tensor) -> Tensor:
+        return self.atoms(grad)
+
+    def top_dual_atoms(self, point: Tensor, count: int, reading: str = "point") -> Tensor:
+        return self.atoms(point)
+
     def land(self, factors: tuple[Tensor, ...], keep: Tensor) -> None:
         u, v = factors
         drop = ~keep.view_as(u)
