@@ -528,6 +528,30 @@ def test_the_row_block_newton_step_is_the_dense_one(rows, tasks, seed):
         assert torch.allclose(step, torch.linalg.solve(dense, -r), rtol=1e-6, atol=1e-6 * float(step.abs().max()))
 
 
+@settings(max_examples=30, deadline=None)
+@given(rows=st.integers(1, 9), tasks=st.integers(1, 4), rank=st.integers(1, 9), seed=st.integers(0, 10**6))
+def test_the_group_model_with_a_row_block_is_the_dense_one(rows, tasks, rank, seed):
+    """`solve_group_quadratic` told H = B ⊗ I_T (``row_block``: its products, its diagonal blocks and its
+    largest eigenvalue from B alone) reaches the optimum it reaches on the dense H, on B of any rank (a
+    singular B can block Newton and send the solver through its proximal steps)."""
+    from symopt.proximal_newton import _group_model, solve_group_quadratic
+
+    gen = torch.Generator().manual_seed(seed)
+    A = torch.randn(rows, min(rank, rows), generator=gen, dtype=torch.float64)
+    B = A @ A.mT
+    H = torch.kron(B, torch.eye(tasks, dtype=torch.float64))
+    # (g in H's range, as a least-squares gradient is: else the model falls without bound along B's null space)
+    g = H @ torch.randn(rows * tasks, generator=gen, dtype=torch.float64)
+    start = torch.zeros(rows * tasks, dtype=torch.float64)
+    groups = torch.arange(rows).repeat_interleave(tasks)
+    weights = 0.3 * torch.rand(rows, generator=gen, dtype=torch.float64) * float(g.abs().max())
+    dense = solve_group_quadratic(H, g, start, groups, weights, 1e-11)
+    blocked = solve_group_quadratic(H, g, start, groups, weights, 1e-11, row_block=(B, tasks))
+    values = [_group_model(H, g, start, x, groups, weights) for x in (dense, blocked)]
+    assert values[1] == pytest.approx(values[0], rel=1e-9, abs=1e-9 * (1 + abs(values[0])))
+    assert _group_model(H, g, start, blocked, groups, weights, (B, tasks)) == pytest.approx(values[1], rel=1e-12, abs=1e-12)
+
+
 def test_ten_target_digits_models_use_the_row_block_and_reach_cvxpy():
     """The multi-task Lasso on standardised digits against its one-hot labels (the benchmark's case,
     at a third of its samples): the polish's group models take the row block, and the answer is
