@@ -31,8 +31,10 @@ the same epochs for every row. ``--keep`` heads of 8 stay in each layer. Rows:
 Each row: validation loss in nats per character (mean ± std over seeds; lower is better) of the final
 model (for symopt, after ``symopt.export(mode="compressed")``, which removes the landed heads' rows and
 columns and must give the trained model's loss), the heads left per layer, the parameters (for
-magnitude pruning, what removing its zeroed heads would leave), the CPU seconds of training (process
-time).
+magnitude pruning, what removing its zeroed heads would leave), the median forward time of a batch of
+256 validation windows as the method leaves the model (no grad, `compression.deployed`: symopt's export
+has only the kept heads; magnitude pruning's zeroed heads are still computed, as
+``torch.nn.utils.prune``-style masks leave them), the CPU seconds of training (process time).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ import argparse
 import calendar
 import csv
 import json.decoder
+import statistics
 import string
 import textwrap
 import time
@@ -53,7 +56,7 @@ import symopt
 from symopt.constraints.base import largest_in_parts
 from symopt.constraints.budget import scheduled_count
 
-from .compression import chosen, wants_dense, over_seeds, training_arguments
+from .compression import chosen, deployed, wants_dense, over_seeds, training_arguments
 
 DIM, HEADS, LAYERS, CONTEXT, BATCH = 64, 8, 2, 64, 32
 SOURCES = (argparse, textwrap, string, json.decoder, csv, calendar)
@@ -199,7 +202,9 @@ def train(method: str, keep: int, seed: int, epochs: int):
         params = sum(p.numel() for p in model.parameters()) - removed * (4 * d * DIM + 3 * d)
     loss = validation_loss(model, val)
     heads = "/".join(str(int(a.sum())) for a in alive)
-    return loss, heads, params, seconds
+    # (timed in train mode, as validation_loss runs: no dropout here, and no eval fast path to differ)
+    example = windows(val, torch.arange(0, len(val) - CONTEXT - 1, CONTEXT)[:256])[:, :-1]
+    return loss, heads, params, deployed(model, example, eval_mode=False)[1], seconds
 
 
 def main(argv=None) -> list:
@@ -213,15 +218,17 @@ def main(argv=None) -> list:
     print(f"character LM on the standard library's source ({vocab} characters), 2 pre-norm encoder layers, "
           f"d={DIM}, {HEADS} heads, Adam lr 3e-3, batch {BATCH}×{CONTEXT}, {args.epochs} epochs, {args.seeds} seeds; "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
-    print(f"{'method':18s} {'heads':>5s} {'val nats/char':>17s} {'per layer':>9s} {'params':>7s} {'CPU s':>6s}")
+    print(f"{'method':18s} {'heads':>5s} {'val nats/char':>17s} {'per layer':>9s} {'params':>7s} {'ms':>6s} "
+          f"{'CPU s':>6s}")
     methods = ("magnitude", "symopt", "symopt (compact)") + (("magnitude (global)", "symopt (global)") if args.global_budget else ())
     runs = [("dense", HEADS)] * wants_dense(args) + [(m, k) for k in args.keep for m in chosen(args, methods)]
     table = []
     for method, keep in runs:
         mean, spread, seconds, results = over_seeds(train, method, keep, args.seeds, args.epochs)
         table.append((method, keep, mean, spread, results[0][1], results[0][2]))
+        milliseconds = statistics.median(r[3] for r in results)
         print(f"{method:18s} {keep:5d} {mean:10.4f} ± {spread:.4f} {results[0][1]:>9s} {results[0][2]:7d} "
-              f"{seconds:6.1f}", flush=True)
+              f"{milliseconds:6.2f} {seconds:6.1f}", flush=True)
     return table
 
 

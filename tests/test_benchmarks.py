@@ -72,14 +72,21 @@ def test_families_runs_dcs_in_float32_with_a_float64_answer(capsys):
 
 
 def test_compression_quick(capsys):
-    """The compression benchmark runs every row; symopt's rows end at exactly the asked density."""
+    """The compression benchmark runs every row; symopt's rows end at exactly the asked density, and
+    their deployed model (the compressed export, CSR) stores exactly those non-zeros and the biases."""
     from benchmarks import compression
 
     compression.main(["--quick"])
     printed = capsys.readouterr().out
     rows = [line.split() for line in printed.splitlines() if line.startswith(("symopt", "magnitude", "dense"))]
     assert len(rows) == 5
-    assert all(float(row[-2]) == 0.1 for row in rows if row[0] == "symopt")
+    # (columns from the right: CPU s, forward ms, stored numbers, density)
+    weights, biases = (64 * 256, 256 * 256, 256 * 10), 256 + 256 + 10
+    assert int(rows[0][-3]) == sum(weights) + biases  # dense
+    for row in rows:
+        if row[0] == "symopt":
+            assert float(row[-4]) == 0.1 and int(row[-3]) == sum(round(0.1 * w) for w in weights) + biases
+        assert float(row[-2]) > 0
 
 
 def test_export_architectures_quick(capsys):
@@ -132,6 +139,7 @@ def test_ranks_quick(capsys):
     assert [row[0] for row in table] == ["dense", "truncated SVD", "symopt", "symopt (compact)",
                                          "truncated SVD (global)", "symopt (global)"]
     assert table[1][4] == table[2][4] == table[3][4] == (16, 16)  # both hidden layers at rank 16, exactly
+    assert table[1][5] == table[2][5] == table[3][5] < table[0][5]  # deployed: the same two factors a layer
     assert sum(table[4][4]) == sum(table[5][4]) == 32 and min(table[5][4]) >= 1  # a total rank of 32
     assert "test accuracy" in capsys.readouterr().out
 
