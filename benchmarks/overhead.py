@@ -48,9 +48,10 @@ import symopt
 from symopt.cli import machine_name
 
 
-# Budgets with no total_steps: the controller computes its target on every backward pass (with a
-# schedule it would skip the warm-up's first 10% of steps), which is the cost to measure; and one with
-# total_steps whose ramp covers every measured step (the trimmed decay and its step hook too).
+# Budgets with no total_steps: the controller reads the atoms on one step in four
+# (`symopt.constraints.budget.READ_EVERY`) for as long as training runs (with a schedule it would skip the
+# warm-up's first 10% of steps), which is the cost to measure; and one with total_steps whose ramp covers
+# every measured step (the trimmed decay and its step hook too).
 BUDGETS = ["sparse(density=0.1)", "sparse(density=0.1, total_steps)", "group_sparse(max_groups=half)",
            "low_rank(target_rank=16)", "low_rank(max_rank=64, target_rank=16)"]
 
@@ -217,7 +218,7 @@ def main(argv=None) -> None:
     parser.add_argument("--decay", choices=("param_groups", "penalty"), default="param_groups",
                         help="how the factors are decayed (see the module docstring)")
     parser.add_argument("--budgets", action="store_true",
-                        help="also the budgeted kinds (λ adapted on every backward pass: BUDGETS)")
+                        help="also the budgeted kinds (λ adapted from a reading on one step in four: BUDGETS)")
     parser.add_argument("--regrow", action="store_true", help="also fixed-λ sparse and low-rank layers under symopt.regrow")
     args = parser.parse_args(argv)
     args.width = args.width or (512 if args.model == "mlp" else 64)
