@@ -64,9 +64,10 @@ def test_the_gram_soft_threshold_is_the_svd_one(rows, cols, seed, share, spread,
 @given(rows=st.integers(1, 60), cols=st.integers(1, 60), seed=st.integers(0, 10**6), share=st.floats(0.0, 1.2),
        rank=st.integers(0, 5))
 def test_the_nuclear_residual_from_the_gram_is_the_svd_one(rows, cols, seed, share, rank):
-    # `_nuclear_kkt` reads the normal part's singular values from the smaller side's Gram where the
-    # matrix is far from square: the residual is the one from LAPACK's singular values, tall, wide and
-    # square, with λ below, among and above them (an excess that counts, or none)
+    # `_nuclear_kkt` reads the normal part's excess over λ from the smaller side's Gram (a Cholesky
+    # factorisation where every σ ≤ λ, its eigenvalues where the matrix is far from square): the
+    # residual is the one from LAPACK's singular values, tall, wide and square, with λ below, among and
+    # above them (an excess that counts, or none)
     from symopt.constraints import lowrank
 
     gen = torch.Generator().manual_seed(seed)
@@ -76,12 +77,12 @@ def test_the_nuclear_residual_from_the_gram_is_the_svd_one(rows, cols, seed, sha
     lam = share * float(torch.linalg.matrix_norm(G, 2))
     tol = 1e-9 * (1.0 + float(W.abs().max()))
     residual = lowrank._nuclear_kkt(W, G, lam, tol)
-    reference = lowrank._singular_values
+    reference = lowrank._excess_singular_values
     try:
-        lowrank._singular_values = torch.linalg.svdvals
+        lowrank._excess_singular_values = lambda mat, lam: (torch.linalg.svdvals(mat) - lam).clamp_min(0)
         exact = lowrank._nuclear_kkt(W, G, lam, tol)
     finally:
-        lowrank._singular_values = reference
+        lowrank._excess_singular_values = reference
     assert residual == pytest.approx(exact, rel=1e-10, abs=1e-10 * float(G.abs().max()))
 
 

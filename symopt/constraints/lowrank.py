@@ -795,20 +795,31 @@ def _nuclear_kkt(W: Tensor, G: Tensor, lam: float, tol: float, cap: int | None =
         _, top, _ = torch.svd_lowrank(normal, q=_QUICK_TOP, niter=4)
         excess = (top - lam).clamp_min(0)
     else:
-        excess = (_singular_values(normal) - lam).clamp_min(0)
+        excess = _excess_singular_values(normal, lam)
     return float(((R - normal).square().sum() + excess.square().sum()).sqrt())
 
 
-def _singular_values(mat: Tensor) -> Tensor:
-    r"""The singular values of one matrix, for a residual that needs only their excess over λ: from the
-    eigenvalues of the smaller side's Gram in float64 where one side is at least 1.25 times the other
-    (digits' 1797 × 64 normal part: 0.6 ms against LAPACK's SVD 4.4 ms; china.jpg's 214 × 320: 7.7
-    against 14.8 ms, measured), else LAPACK's (a square Gram saves little: 1000 × 1000, 0.45 against
-    0.50 s). The squaring costs digits only below $\sqrt{ε}\,σ_{\max}$, far under any λ it is compared
-    with."""
+def _excess_singular_values(mat: Tensor, lam: float) -> Tensor:
+    r"""$(σ_i - λ)_+$ over the singular values of one matrix (the normal part of a nuclear-norm residual,
+    which needs nothing else of them), in float64.
+
+    At an answer every σ is at most λ, and that is one Cholesky factorisation of $λ^2 I - G$, G the
+    smaller side's Gram: where it succeeds the excess is 0 (1000 × 1000: the Gram and its Cholesky
+    against LAPACK's singular values, 0.5 s). Where it fails, the singular values: from the Gram's
+    eigenvalues where one side is at least 1.25 times the other (digits' 1797 × 64: 0.6 ms against 4.4
+    ms for LAPACK's SVD; china.jpg's 214 × 320: 7.7 against 14.8 ms, measured), else LAPACK's (a
+    square Gram's eigenvalues saved little). The squaring costs digits only below
+    $\sqrt{ε}\,σ_{\max}$, far under the λ they are compared with."""
     rows, cols = mat.shape
-    if 4 * max(rows, cols) < 5 * min(rows, cols):
-        return torch.linalg.svdvals(mat)
     wide = mat.to(torch.float64)
     gram = wide.mT @ wide if rows >= cols else wide @ wide.mT
-    return torch.linalg.eigvalsh(gram).clamp_min(0).sqrt().flip(-1).to(mat.dtype)
+    if lam > 0:
+        margin = -gram
+        margin.diagonal().add_(lam * lam)
+        if int(torch.linalg.cholesky_ex(margin).info) == 0:
+            return gram.new_zeros(0)
+    if 4 * max(rows, cols) < 5 * min(rows, cols):
+        values = torch.linalg.svdvals(wide)
+    else:
+        values = torch.linalg.eigvalsh(gram).clamp_min(0).sqrt()
+    return (values - lam).clamp_min(0)
