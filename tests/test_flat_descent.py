@@ -333,14 +333,15 @@ def _directions_per_outer_iteration(problem, **options):
 @pytest.mark.parametrize("family", ["lasso", "logistic_l1"])
 def test_a_small_problem_is_checked_after_a_short_first_descent(monkeypatch, family, dataset):
     """θ with at most EARLY_ENTRIES entries and a loss with its own curvature: the first outer
-    iteration runs EARLY_ITERATIONS L-BFGS iterations, and the face polish certifies the optimum
-    from there (breast_cancer, 30 columns, and digits, 64 with a binary target for the logistic: the
-    same objective and support as the full 20 iterations); with polish=False (nothing to finish the
-    short descent) or on wider θ, the first check waits ``inner``."""
+    iteration runs EARLY_ITERATIONS L-BFGS iterations (none, QUADRATIC_EARLY_ITERATIONS, for least
+    squares under the ℓ1 norm, whose quadratic model is the objective), and the face polish certifies
+    the optimum from there (breast_cancer, 30 columns, and digits, 64 with a binary target for the
+    logistic: the same objective and support as the full 20 iterations); with polish=False (nothing to
+    finish the short descent) or on wider θ, the first check waits ``inner``."""
     from sklearn import datasets
 
     from symopt.problems import lasso, logistic_l1
-    from symopt.solver.descent import EARLY_ENTRIES, EARLY_ITERATIONS
+    from symopt.solver.descent import EARLY_ENTRIES, EARLY_ITERATIONS, QUADRATIC_EARLY_ITERATIONS
 
     X, y = getattr(datasets, f"load_{dataset}")(return_X_y=True)
     if dataset == "digits":
@@ -351,7 +352,8 @@ def test_a_small_problem_is_checked_after_a_short_first_descent(monkeypatch, fam
     problem = problem.at_strength(0.05 * problem.strength_max())
     assert problem.shape[0] <= EARLY_ENTRIES
     counts, short = _directions_per_outer_iteration(problem)
-    assert counts[0] == EARLY_ITERATIONS and short.status == "optimal" and short.iterations == 1
+    first = QUADRATIC_EARLY_ITERATIONS if family == "lasso" else EARLY_ITERATIONS
+    assert counts[0] == first and short.status == "optimal" and short.iterations == 1
     counts, _ = _directions_per_outer_iteration(problem, polish=False)
     assert counts[0] == 20
     import symopt.solver.descent as descent
@@ -379,6 +381,7 @@ def test_a_multitask_lasso_counts_its_rows_not_its_entries_for_the_short_first_d
     problem = problem.at_strength(0.1 * problem.strength_max())
     assert problem.shape == (64, 10) and problem.shape[0] <= EARLY_ENTRIES < 640
     counts, short = _directions_per_outer_iteration(problem)
+    # (least squares, but a group norm: its active set joins one row at a time, so the short descent)
     assert counts[0] == EARLY_ITERATIONS and short.status == "optimal" and short.iterations == 1
     import symopt.solver.descent as descent
     monkeypatch.setattr(descent, "EARLY_ENTRIES", 63)  # 64 rows now count as wide

@@ -162,7 +162,8 @@ class BoundLoss:
     the loss's type: ``value_and_grad(θ)`` is ``(loss, ∇loss)`` without autograd, and
     ``curvature(θ, mask)`` is $∇^2\mathrm{loss}(θ)$ restricted to θ's entries at the boolean ``mask`` (in
     ``θ[mask]``'s order). A loss offers them as methods of the same names taking the data as keywords
-    (the GLM data terms, `symopt.problems.glm.DataTerm`, do).
+    (the GLM data terms, `symopt.problems.glm.DataTerm`, do). ``quadratic`` is True where the loss
+    has a curvature and says it is a quadratic in θ (least squares): its quadratic model is exact.
 
     Args:
         loss: ``loss(θ, **data) -> scalar tensor`` (a `Problem`'s ``loss``).
@@ -198,6 +199,8 @@ class BoundLoss:
         self.curvature = None if second is None else (lambda theta, mask: second(theta, mask, **data))
         rows = getattr(loss, "target_block", None)  # (several least-squares targets: the curvature's B ⊗ I_T)
         self.target_block = None if rows is None else (lambda theta, mask: rows(theta, mask, **data))
+        # (a loss that is a quadratic in θ says so: its quadratic model, with this curvature, is itself)
+        self.quadratic = self.curvature is not None and bool(getattr(loss, "quadratic", False))
 
     def __call__(self, theta: Tensor) -> Tensor:
         return self.loss(theta, **self.data)

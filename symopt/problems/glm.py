@@ -138,6 +138,12 @@ class DataTerm:
     fit_intercept: bool = False
     ridge: float = 0.0
 
+    @property
+    def quadratic(self) -> bool:
+        """Whether the term is a quadratic in θ (least squares, with or without intercept, weights and
+        ridge): its curvature is the same everywhere, so a quadratic model of it is the term itself."""
+        return bool(getattr(self.fit, "constant_second", False))
+
     def __call__(self, theta: Tensor, X: Tensor, y: Tensor, weights: Tensor | None = None) -> Tensor:
         value = self.fit.value(self.predictor(theta, X, y, weights), y, weights)
         if self.ridge:
