@@ -66,7 +66,9 @@ def solve(problem: Problem, device=None, dtype=None, method: str = "auto", tol: 
             ``symopt.solver.descent.EARLY_ENTRIES`` = 64 atoms: entries, or a group norm's groups)
             whose loss gives its own curvature is first checked after ``EARLY_ITERATIONS`` = 5 (with
             ``polish``): from there the face polish, a Newton method on the face, finishes what a
-            longer first descent would.
+            longer first descent would. Where that loss is a quadratic (least squares) and the norm
+            ℓ1 on entries, the first check comes before any iteration
+            (``QUADRATIC_EARLY_ITERATIONS`` = 0): the polish's quadratic model is the objective.
         history_size: L-BFGS memory (a long memory matters on the factored problems). The lean loop
             keeps at most ``symopt.solver.flat.HISTORY_NUMBERS`` / (factor coordinates) pairs, and at
             least 10: 100 pairs of a 10⁵-coordinate factorisation cost more to read than they save.
