@@ -193,7 +193,7 @@ class DataTerm:
             >>> term.curvature(torch.zeros(2, dtype=torch.float64), torch.tensor([True, True]), X, y).tolist()
             [[0.0, 0.0], [0.0, 1.0]]
         """
-        if theta.dim() == 2 and getattr(self.fit, "constant_second", False):
+        if theta.dim() == 2 and self.quadratic:
             index = mask.reshape(-1).nonzero().squeeze(1)
             rows, tasks = index // theta.shape[1], index % theta.shape[1]
             used, position = torch.unique(rows, return_inverse=True)
@@ -209,7 +209,7 @@ class DataTerm:
             hessian = gram.index_select(0, index).index_select(1, index)
         else:
             with torch.no_grad():
-                if getattr(self.fit, "constant_second", False):  # f'' at any z will do: at z = 0, no product
+                if self.quadratic:  # f'' at any z will do: at z = 0, no product
                     z = torch.zeros(X.shape[0], dtype=theta.dtype, device=theta.device)
                 else:
                     z = self.predictor(theta, X, y, weights)
@@ -240,7 +240,7 @@ class DataTerm:
             >>> term.target_block(theta, mask, X, torch.zeros(2, 3, dtype=torch.float64)).tolist()   # XᵀX/n, row 0
             [[1.0]]
         """
-        if theta.dim() != 2 or not getattr(self.fit, "constant_second", False):
+        if theta.dim() != 2 or not self.quadratic:
             return None
         on_rows = mask.any(1)
         if not torch.equal(mask, on_rows[:, None].expand_as(mask)):
@@ -253,7 +253,7 @@ class DataTerm:
         (``GRAM_LIMIT``). Built once and kept on ``X`` itself (it lives as long as the data); a face
         polish then takes its block instead of multiplying ``X``'s columns at each Newton step (a
         tenth of a LassoCV fit on diabetes went to those products)."""
-        if (not getattr(self.fit, "constant_second", False) or weights is not None or X.layout != torch.strided
+        if (not self.quadratic or weights is not None or X.layout != torch.strided
                 or X.dim() != 2 or X.shape[1] > GRAM_LIMIT[0] or X.numel() > GRAM_LIMIT[1]):
             return None
         key = f"_symopt_gram_{int(self.fit_intercept)}"
