@@ -11,7 +11,7 @@ or, with ``--decay penalty``, from ``symopt.penalty`` added to the loss (extra f
 passes over the factors; the same minimiser). Prints the
 median step time of ``--repeats`` interleaved timed rounds (after warm-up), its ratio to the
 unconstrained model (the median over the rounds of each round's ratio: paired, so the machine's drift
-between rounds cancels), and the memory of a step (below).
+between rounds cancels; the noise within a round does not), and the memory of a step (below).
 
 Two memory columns:
 
@@ -245,7 +245,8 @@ def main(argv=None) -> None:
     peaks = {kind: _peak_bytes(nets[kind], x, y, device, args.decay) / 2**20 for kind in kinds}
     # Each round's ratio to the plain step of the same round, then their median: this machine's speed
     # drifts by up to 2× between phases of a run, and a ratio of two medians taken over different
-    # rounds carried that drift (±0.1 on these ratios between runs); a paired ratio cancels it.
+    # rounds carried that drift. Pairing removes the drift between rounds, not the noise within one:
+    # paired ratios of one row still moved by 0.1-0.3 between runs of the same code (RESULTS.md).
     rows = [(kind or "plain", statistics.median(t) * 1e3,
              statistics.median(mine / plain for mine, plain in zip(t, times[None])),
              _storage_ratio(nets[kind], nets[None]) if kind else None, peaks[kind], peaks[kind] / peaks[None])
