@@ -121,3 +121,26 @@ def test_with_width_keeps_a_subclass():
     narrow = Special(0.2, seed=3).with_width(4)
     assert type(narrow) is Special and narrow.max_rank == 4 and narrow.strength == 0.2
     assert narrow.factorizer.seed == 3
+
+
+def test_a_point_that_fills_the_width_is_widened_without_a_polish(narrow_from_40, monkeypatch):
+    """A filled width is never accepted, and its low-rank face keeps every direction it has: the
+    certifier hands it to the widening unpolished (the polish of a rank-16 face of a rank-10
+    completion took a fifth of the solve and raised the residual). Points below the width are still
+    polished, and the answer is the full-width optimum."""
+    certifier = sys.modules["symopt.solver.certifier"]
+    polished, real = [], certifier.polish_on_face
+
+    def spy(loss, constraint, point, tol, *args, **kwargs):
+        cut = symopt.optimality.snap_tol(point, tol)
+        polished.append((int((constraint.atoms(point) > cut).sum()), constraint.max_rank))
+        return real(loss, constraint, point, tol, *args, **kwargs)
+
+    monkeypatch.setattr(certifier, "polish_on_face", spy)
+    problem = make_matrix_completion(m=60, n=50, rank=10, observed=0.8, strength=0.2)
+    result = symopt.solve(problem)
+    assert result.status == "optimal"
+    assert polished, "the points below the width are polished"
+    assert all(width is None or rank < width for rank, width in polished), polished
+    reference = _reference(problem, monkeypatch)
+    assert result.objective == pytest.approx(reference.objective, rel=1e-7)

@@ -58,12 +58,27 @@ class Certifier:
             self._exact_constraint = cached = (constraint, constraint.strength, exact)
         return self.exact[0], self.exact[1], cached[2]
 
-    def certify(self, theta: torch.Tensor, constraint: Constraint) -> tuple[torch.Tensor, float, dict, Constraint]:
+    def certify(self, theta: torch.Tensor, constraint: Constraint,
+                widens: Callable[[torch.Tensor], bool] | None = None) -> tuple[torch.Tensor, float, dict, Constraint]:
         """``(point, kkt, data, constraint)``: the snapped point with the lowest residual found so far at
-        this λ, after the face polish; ``data`` and ``constraint`` are the certifying ones."""
+        this λ, after the face polish; ``data`` and ``constraint`` are the certifying ones.
+
+        ``widens(point)``: whether the descent will widen its narrowed factors at this snapped point (its
+        rank fills their width). Such a point is never accepted, and it is not polished: a low-rank face
+        keeps every direction it has, and a filled width is most often a descent whose last directions
+        have not yet shrunk (a 1000 × 1000 completion of rank 10 filled 16 columns: the polish of those
+        16 took a fifth of the solve and raised the residual, 62 → 80). Measured over 15 generated
+        completions (benchmarks/RESULTS.md), skipping it was faster on ten, up to 2.4 → 1.0 s, and slower
+        on two (an 800 × 800 of rank 20 seen at 15%, where the rank-16 polish was a good start)."""
         loss, data, certifying = self.certifying(constraint)
         quick = certifying.quick_kkt  # estimates while iterating, the exact residual to stop
         point, kkt = kkt_at_snap(loss, certifying, theta.to(self.dtype(theta.dtype)), self.tol, quick=quick)
+        if widens is not None and widens(point):
+            if self.best is not None and self.best[1] < kkt:
+                point, kkt = self.best
+            else:
+                self.best, self.best_settled = (point, kkt), False
+            return point, kkt, data, certifying
         settled = reused = False
         if self.best is not None and self.best[1] < kkt:
             # A float32 descent stalls at its own resolution, behind what the float64 polish

@@ -163,7 +163,7 @@ class Descent:
             broken = self._non_finite(theta)
             if broken:
                 return self._broken(rule, f"iteration {iteration}: {broken} NaN or Inf")
-            point, kkt, data, constraint = self.certifier.certify(theta, self.constraint)
+            point, kkt, data, constraint = self.certifier.certify(theta, self.constraint, widens=self.filled)
         except NonFinite as err:
             return self._broken(rule, f"iteration {iteration}: {err}")
         except RuntimeError as err:  # e.g. a linear-algebra routine meeting NaN inside the loss
