@@ -71,25 +71,8 @@ def kkt_at_snap(loss: Callable[[Tensor], Tensor], constraint: Constraint, theta:
     ``kkt_residual`` (an estimate that may fall short: confirm with ``quick=False``).
     """
     cut = snap_tol(theta, tol)
-    best = None
-    sizes = None
-    if not constraint.linear:
-        try:
-            sizes = constraint.atoms(theta.detach())
-        except NotImplementedError:  # a kind without atoms: every level is tried
-            sizes = None
-    alive = None
-    for level in range(1 if constraint.linear else levels):
-        if sizes is not None:  # a level that zeroes no further atom gives the same point: skip it
-            count = int((sizes > cut * 10**level).sum())
-            if count == alive:
-                continue
-            alive = count
-        point, residual = constraint.snapped_kkt(theta.detach(), cut * 10**level,
-                                                 lambda snapped: loss_gradient(loss, snapped), quick=quick)
-        if best is None or residual < best[1]:
-            best = (point, residual)
-    return best
+    cuts = [cut] if constraint.linear else [cut * 10**level for level in range(levels)]
+    return constraint.best_snapped_kkt(theta.detach(), cuts, lambda snapped: loss_gradient(loss, snapped), quick=quick)
 
 
 def polish_on_face(loss: Callable[[Tensor], Tensor], constraint: Constraint, point: Tensor, tol: float,

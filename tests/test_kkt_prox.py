@@ -110,6 +110,59 @@ def test_low_rank_snap_and_residual_from_one_svd_are_the_generic_ones(max_rank, 
         assert residual == pytest.approx(ref_residual, rel=1e-9, abs=1e-12)
 
 
+@settings(max_examples=40, deadline=None)
+@given(rows=st.integers(1, 40), cols=st.integers(1, 40), seed=st.integers(0, 10**6), share=st.floats(0.0, 1.2),
+       rank=st.integers(0, 5), capped=st.booleans())
+def test_the_nuclear_residual_is_the_distance_from_explicit_projectors(rows, cols, seed, share, rank, capped):
+    # `_nuclear_parts` reads the tangent part from P^T R and R Q alone (no m × n normal part formed for it);
+    # the reference builds R = G + λPQ^T, its tangent part with the projectors PP^T and QQ^T as
+    # matrices, and the normal part's excess from LAPACK's singular values
+    from symopt.constraints import lowrank
+
+    gen = torch.Generator().manual_seed(seed)
+    rank = min(rank, rows, cols)
+    W = torch.randn(rows, rank, generator=gen, dtype=DT) @ torch.randn(rank, cols, generator=gen, dtype=DT)
+    G = torch.randn(rows, cols, generator=gen, dtype=DT)
+    lam = share * float(torch.linalg.matrix_norm(G, 2))
+    tol = 1e-9 * (1.0 + float(W.abs().max()))
+    cap = rank if capped and rank > 0 else None
+    P, S, Qh = torch.linalg.svd(W, full_matrices=False)
+    keep = S > tol
+    left, right = P[:, keep] @ P[:, keep].mT, Qh[keep].mT @ Qh[keep]
+    R = G + lam * P[:, keep] @ Qh[keep]
+    normal = (torch.eye(rows, dtype=DT) - left) @ R @ (torch.eye(cols, dtype=DT) - right)
+    excess = (torch.linalg.svdvals(normal) - lam).clamp_min(0)
+    if cap is not None and int(keep.sum()) >= cap:
+        excess = excess[:0]
+    reference = float(((R - normal).square().sum() + excess.square().sum()).sqrt())
+    residual = lowrank._nuclear_kkt(W, G, lam, tol, cap)
+    assert residual == pytest.approx(reference, rel=1e-9, abs=1e-10 * (1 + float(G.abs().max())))
+
+
+@pytest.mark.parametrize("max_rank, shape", [(None, (30, 12)), (None, (12, 30)), (6, (40, 40)), (4, (120, 100)),
+                                             (None, (3, 8, 6))])
+def test_low_rank_best_snap_from_one_svd_is_the_generic_one(max_rank, shape):
+    # `LowRank.best_snapped_kkt` takes every snap from one SVD and the normal part's excess only where
+    # the tangent part leaves it a chance; the generic `Constraint.best_snapped_kkt` (snapped_kkt at each
+    # tolerance, every residual in full) is the reference: the same point and residual, on values with
+    # a tail of small singular values (what a descent leaves), a capped width and a batch
+    gen = torch.Generator().manual_seed(7)
+    constraint = symopt.LowRank(0.4, max_rank=max_rank, layout="batch" if len(shape) == 3 else "flatten")
+    m, n = shape[-2:]
+    k = max_rank or min(m, n)
+    P = torch.linalg.qr(torch.randn(*shape[:-2], m, k, generator=gen, dtype=DT)).Q
+    Q = torch.linalg.qr(torch.randn(*shape[:-2], n, k, generator=gen, dtype=DT)).Q
+    spectrum = torch.cat([torch.linspace(5.0, 1.0, min(3, k), dtype=DT), 10.0 ** -torch.arange(2.0, 2 + k - min(3, k))])
+    value = (P * spectrum) @ Q.mT
+    G = torch.randn(*shape, generator=gen, dtype=DT)
+    gradient_at = lambda point: G + 0.3 * point  # noqa: E731
+    tols = [1e-9 * 10**level for level in range(12)]
+    point, residual = constraint.best_snapped_kkt(value, tols, gradient_at)
+    ref_point, ref_residual = symopt.Constraint.best_snapped_kkt(constraint, value, tols, gradient_at)
+    torch.testing.assert_close(point, ref_point, rtol=0, atol=1e-12 * float(value.abs().max()))
+    assert residual == pytest.approx(ref_residual, rel=1e-9, abs=1e-12)
+
+
 def test_linear_kkt_is_projected_gradient():
     A = torch.tensor([[1.0, 1.0, 0.0]], dtype=DT)
     c = symopt.Subspace(A, 1.0)

@@ -613,6 +613,30 @@ class Constraint(nn.Module):
         point = self.project(value, tol)
         return point, self.kkt_residual(point, gradient_at(point), tol, quick=quick)
 
+    def best_snapped_kkt(self, value: Tensor, tols: list[float], gradient_at: Callable[[Tensor], Tensor],
+                         quick: bool = False) -> tuple[Tensor, float]:
+        """``(point, residual)``: among the snaps of ``value`` at the increasing tolerances ``tols``
+        (`snapped_kkt` at each), the one with the smallest KKT residual. A tolerance that zeroes no
+        atom beyond the one before it gives the same point and is skipped. A kind whose snaps are
+        truncations of one decomposition (`LowRank`) computes it once for all of them."""
+        sizes = None
+        if not self.linear:
+            try:
+                sizes = self.atoms(value)
+            except NotImplementedError:  # a kind without atoms: every tolerance is tried
+                sizes = None
+        best, alive = None, None
+        for tol in tols:
+            if sizes is not None:
+                count = int((sizes > tol).sum())
+                if count == alive:
+                    continue
+                alive = count
+            point, residual = self.snapped_kkt(value, tol, gradient_at, quick=quick)
+            if best is None or residual < best[1]:
+                best = (point, residual)
+        return best
+
     def face(self, value: Tensor, tol: float = 0.0, grad: Tensor | None = None) -> Face | None:
         r"""The [`Face`][symopt.constraints.base.Face] of the induced norm at ``value``, its atoms
         ``<= tol`` counted as zero; None where the kind has none to offer. A linear kind's face is its

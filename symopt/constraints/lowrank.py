@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -256,6 +257,39 @@ class LowRank(Constraint):
         W = self.matrix(point).to(svd[0].dtype)
         G = self.matrix(gradient_at(point)).to(W.dtype)
         return point, _nuclear_kkt(W, G, self.strength, tol, self.max_rank, svd, quick)
+
+    def best_snapped_kkt(self, value: Tensor, tols: list[float], gradient_at, quick: bool = False) -> tuple[Tensor, float]:
+        r"""The snaps at every tolerance from one SVD of ``value`` (each is a truncation of it), and the
+        residual's expensive half only where it can decide: the residual is $\sqrt{t^2 + e^2}$, $t$ the
+        tangent part (products with the kept directions) and $e$ the normal part's excess over λ (a
+        randomized SVD or a Gram factorisation of the whole m × n normal part), so the snaps are taken in
+        order of $t$ and stop once $t$ reaches the best residual. A 1000 × 1000 completion's check
+        with three distinct snaps (rank 27, 15 and 10) took four SVDs and three excesses: now one
+        and one (0.11 → 0.06 s, with the tangent part from two thin products, `_nuclear_parts`)."""
+        mat = self.matrix(value)
+        if mat.dim() != 2:
+            return super().best_snapped_kkt(value, tols, gradient_at, quick)
+        P, S, Qh = self._svd(mat.to(working_dtype(value.dtype)))
+        snaps, alive = [], None
+        for tol in tols:
+            kept = S > tol
+            count = int(kept.sum())
+            if count == alive:  # (the same point as the tolerance before)
+                continue
+            alive = count
+            snapped = torch.where(kept, S, torch.zeros_like(S))
+            point = ((P * snapped.unsqueeze(-2)) @ Qh).reshape(value.shape).to(value.dtype)
+            G = self.matrix(gradient_at(point)).to(P.dtype)
+            tangent, normal = _nuclear_parts(G, self.strength, (P, snapped, Qh), tol, self.max_rank)
+            snaps.append((tangent, normal, point))
+        best = None
+        for tangent, normal, point in sorted(snaps, key=lambda snap: snap[0]):
+            if best is not None and math.sqrt(tangent) >= best[1]:
+                break  # (this one and the rest cannot come out lower)
+            residual = math.sqrt(tangent + _normal_excess(normal, self.strength, quick))
+            if best is None or residual < best[1]:
+                best = (point, residual)
+        return best
 
     def finishes_by_prox(self, value: Tensor) -> bool:
         """A nuclear-norm point is finished by singular-value thresholding steps (its face admits no new
@@ -783,20 +817,48 @@ def _nuclear_kkt(W: Tensor, G: Tensor, lam: float, tol: float, cap: int | None =
     subspace iteration (``torch.svd_lowrank``, 16 of them): never above the exact ones, so the
     residual can only come out smaller than the exact one (2000×2000: 0.05 s instead of 0.6 s).
     """
-    P, S, Qh = torch.linalg.svd(W, full_matrices=False) if svd is None else svd
+    svd = torch.linalg.svd(W, full_matrices=False) if svd is None else svd
+    tangent, normal = _nuclear_parts(G, lam, svd, tol, cap)
+    return math.sqrt(tangent + _normal_excess(normal, lam, quick))
+
+
+def _nuclear_parts(G: Tensor, lam: float, svd: tuple[Tensor, Tensor, Tensor], tol: float,
+                   cap: int | None) -> tuple[float, Callable[[], Tensor] | None]:
+    r"""The two halves of `_nuclear_kkt`'s residual at $W = P Σ Q^\top$ (``svd``; σ ≤ ``tol`` counted as
+    0): the squared tangent part of $R = G + λPQ^\top$, and the normal part $(I - PP^\top) G (I - QQ^\top)$
+    on demand (None where the rank sits at ``cap``: the rank bound's multiplier, not a violation).
+
+    The tangent part $PP^\top R + (I - PP^\top) R QQ^\top$ has squared norm $‖P^\top R‖^2 + ‖RQ - P(P^\top R Q)‖^2$
+    (two orthogonal pieces, no cancellation): two products of G with the k kept directions, where
+    forming the m × n normal part to subtract it took three times as long."""
+    P, S, Qh = svd
     keep = S > tol
     P, Q = P[:, keep], Qh[keep].mT
-    R = G + lam * P @ Q.mT
-    normal = R - P @ (P.mT @ R)
-    normal = normal - (normal @ Q) @ Q.mT
+    left = P.mT @ G + lam * Q.mT  # P^T R
+    right = G @ Q + lam * P  # R Q
+    tangent = float(left.square().sum() + (right - P @ (left @ Q)).square().sum())
     if cap is not None and int(keep.sum()) >= cap:
-        excess = normal.new_zeros(0)  # the rank bound's multiplier: not a violation (and no SVD to pay)
-    elif quick and min(normal.shape) > 4 * _QUICK_TOP:
-        _, top, _ = torch.svd_lowrank(normal, q=_QUICK_TOP, niter=4)
+        return tangent, None  # (and no SVD to pay)
+
+    def normal() -> Tensor:
+        away = G - P @ (P.mT @ G)
+        return away - (away @ Q) @ Q.mT
+
+    return tangent, normal
+
+
+def _normal_excess(normal: Callable[[], Tensor] | None, lam: float, quick: bool) -> float:
+    """The squared excess over λ of the normal part's singular values (0 for None); ``quick`` on a large
+    matrix: from its leading ones (see `_nuclear_kkt`)."""
+    if normal is None:
+        return 0.0
+    matrix = normal()
+    if quick and min(matrix.shape) > 4 * _QUICK_TOP:
+        _, top, _ = torch.svd_lowrank(matrix, q=_QUICK_TOP, niter=4)
         excess = (top - lam).clamp_min(0)
     else:
-        excess = _excess_singular_values(normal, lam)
-    return float(((R - normal).square().sum() + excess.square().sum()).sqrt())
+        excess = _excess_singular_values(matrix, lam)
+    return float(excess.square().sum())
 
 
 def _excess_singular_values(mat: Tensor, lam: float) -> Tensor:
