@@ -67,9 +67,10 @@ class Certifier:
         rank fills their width). Such a point is never accepted, and it is not polished: a low-rank face
         keeps every direction it has, and a filled width is most often a descent whose last directions
         have not yet shrunk (a 1000 × 1000 completion of rank 10 filled 16 columns: the polish of those
-        16 took a fifth of the solve and raised the residual, 62 → 80). Measured over 15 generated
-        completions (benchmarks/RESULTS.md), skipping it was faster on ten, up to 2.4 → 1.0 s, and slower
-        on two (an 800 × 800 of rank 20 seen at 15%, where the rank-16 polish was a good start)."""
+        16 took a fifth of the solve and raised the residual, 62 → 80). Over 15 more generated
+        completions (`python -m benchmarks.users_data --completion-sweep`), skipping it was faster on
+        eleven, up to 2.4 → 1.0 s, and slower on two (an 800 × 800 of rank 20 seen at 15%, where the
+        rank-16 polish was a good start; benchmarks/RESULTS.md)."""
         loss, data, certifying = self.certifying(constraint)
         quick = certifying.quick_kkt  # estimates while iterating, the exact residual to stop
         point, kkt = kkt_at_snap(loss, certifying, theta.to(self.dtype(theta.dtype)), self.tol, quick=quick)
