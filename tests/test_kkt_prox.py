@@ -60,6 +60,15 @@ def test_the_gram_soft_threshold_is_the_svd_one(rows, cols, seed, share, spread,
     assert float((shrunk.double() - reference).abs().max()) <= 50 * eps * float(sigma.max()) * (1 + k)
 
 
+def _nuclear_case(rows: int, cols: int, seed: int, share: float, rank: int):
+    """(W of rank ≤ ``rank``, a gradient G, λ = ``share``·‖G‖₂, a snap tolerance) for the nuclear residual's tests."""
+    gen = torch.Generator().manual_seed(seed)
+    rank = min(rank, rows, cols)
+    W = torch.randn(rows, rank, generator=gen, dtype=DT) @ torch.randn(rank, cols, generator=gen, dtype=DT)
+    G = torch.randn(rows, cols, generator=gen, dtype=DT)
+    return W, G, share * float(torch.linalg.matrix_norm(G, 2)), 1e-9 * (1.0 + float(W.abs().max()))
+
+
 @settings(max_examples=40, deadline=None)
 @given(rows=st.integers(1, 60), cols=st.integers(1, 60), seed=st.integers(0, 10**6), share=st.floats(0.0, 1.2),
        rank=st.integers(0, 5))
@@ -70,12 +79,7 @@ def test_the_nuclear_residual_from_the_gram_is_the_svd_one(rows, cols, seed, sha
     # above them (an excess that counts, or none)
     from symopt.constraints import lowrank
 
-    gen = torch.Generator().manual_seed(seed)
-    rank = min(rank, rows, cols)
-    W = torch.randn(rows, rank, generator=gen, dtype=DT) @ torch.randn(rank, cols, generator=gen, dtype=DT)
-    G = torch.randn(rows, cols, generator=gen, dtype=DT)
-    lam = share * float(torch.linalg.matrix_norm(G, 2))
-    tol = 1e-9 * (1.0 + float(W.abs().max()))
+    W, G, lam, tol = _nuclear_case(rows, cols, seed, share, rank)
     residual = lowrank._nuclear_kkt(W, G, lam, tol)
     reference = lowrank._excess_singular_values
     try:
@@ -119,13 +123,8 @@ def test_the_nuclear_residual_is_the_distance_from_explicit_projectors(rows, col
     # matrices, and the normal part's excess from LAPACK's singular values
     from symopt.constraints import lowrank
 
-    gen = torch.Generator().manual_seed(seed)
-    rank = min(rank, rows, cols)
-    W = torch.randn(rows, rank, generator=gen, dtype=DT) @ torch.randn(rank, cols, generator=gen, dtype=DT)
-    G = torch.randn(rows, cols, generator=gen, dtype=DT)
-    lam = share * float(torch.linalg.matrix_norm(G, 2))
-    tol = 1e-9 * (1.0 + float(W.abs().max()))
-    cap = rank if capped and rank > 0 else None
+    W, G, lam, tol = _nuclear_case(rows, cols, seed, share, rank)
+    cap = min(rank, rows, cols) if capped and min(rank, rows, cols) > 0 else None
     P, S, Qh = torch.linalg.svd(W, full_matrices=False)
     keep = S > tol
     left, right = P[:, keep] @ P[:, keep].mT, Qh[keep].mT @ Qh[keep]
