@@ -7,6 +7,7 @@ unconstrained checkpoint loads into a constrained model (``weight`` → factors)
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -15,6 +16,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from .constraints import KINDS, Constraint
+from .constraints.auto import watch_gradient
 from .constraints.base import require_floating
 
 _FACTOR_FLAG = "_symopt_factor"
@@ -358,9 +360,45 @@ def _register(module: nn.Module, leaf: str, parametrization: Constraint, qualnam
     parametrization.registered_shape = tuple(value.shape)
     parametrization.register_buffer("assign_like", value.detach().new_empty(0), persistent=False)
     mark_factors(module, leaf)
+    if (leaf == "weight" and isinstance(module, nn.Linear) and type(module).forward is nn.Linear.forward
+            and type(parametrization).linear_map is not Constraint.linear_map):
+        module.forward = functools.partial(_linear_forward, module)
     if not getattr(module, _HOOK_FLAG, False):
         module.register_load_state_dict_pre_hook(_load_plain_checkpoint)
         setattr(module, _HOOK_FLAG, True)
+
+
+def _linear_forward(module: nn.Linear, input: Tensor) -> Tensor:
+    """``nn.Linear``'s forward for a weight whose constraint can give ``input @ weightᵀ`` from its factors
+    (`Constraint.linear_map`: narrow low-rank factors, $x V U^\top$), without forming the weight nor its
+    gradient; the weight is formed as usual (``F.linear``) where it cannot, where something watches
+    the constraint's forward (a landing, `symopt.regrow`) or where its strength policy reads θ's
+    gradient on the coming backward pass (`Strength.reads_next_gradient`: ``"auto"``, a budget's
+    reading step). A budget between its readings counts the step when the backward pass reaches the
+    output, as its gradient hook on θ would have."""
+    if parametrize.is_parametrized(module, "weight"):
+        chain = module.parametrizations["weight"]
+        constraint = chain[0]
+        if (len(chain) == 1 and isinstance(constraint, Constraint) and not constraint._forward_pre_hooks
+                and list(constraint._forward_hooks.values()) == [watch_gradient]
+                and not constraint.policy.reads_next_gradient()):
+            out = constraint.linear_map(input, _factors(chain))
+            if out is not None:
+                if constraint.watching and out.requires_grad and torch.is_grad_enabled():
+                    policy = constraint.policy
+                    out.register_hook(lambda _grad: policy.observe_unread())
+                return out if module.bias is None else out + module.bias
+    return nn.functional.linear(input, module.weight, module.bias)
+
+
+def _factors(chain) -> list[Tensor]:
+    """The factors ``torch.nn.utils.parametrize`` keeps (``original`` or ``original0, original1, ...``)."""
+    if hasattr(chain, "original"):
+        return [chain.original]
+    factors = []
+    while hasattr(chain, f"original{len(factors)}"):
+        factors.append(getattr(chain, f"original{len(factors)}"))
+    return factors
 
 
 def mark_factors(module: nn.Module, leaf: str) -> None:
@@ -398,6 +436,9 @@ def remove(module: nn.Module, leaf: str) -> None:
     """
     cls = type(module)
     module.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
+    forward = module.__dict__.get("forward")
+    if isinstance(forward, functools.partial) and forward.func is _linear_forward and leaf == "weight":
+        del module.forward  # (the class's forward again)
     # parametrize decides Parameter vs buffer from requires_grad of the value, so grad mode must be on.
     with torch.enable_grad():
         parametrize.remove_parametrizations(module, leaf, leave_parametrized=True)

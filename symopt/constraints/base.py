@@ -364,6 +364,12 @@ class Constraint(nn.Module):
         """The running multiplier estimate (``strength="auto"`` only)."""
         return self.policy.multiplier()
 
+    def linear_map(self, input: Tensor, factors: Sequence[Tensor]) -> Tensor | None:
+        r"""``input @ θᵀ`` (θ an ``nn.Linear`` weight, out × in) from the ``factors`` without forming θ, where
+        the kind has a cheaper product (`LowRank`'s narrow factors: $x V U^\top$); None (the default)
+        where it has not, and the layer forms θ as usual."""
+        return None
+
     def observe(self, grad: Tensor, value: Tensor | None = None) -> None:
         """Called with $∂ℓ/∂θ$ on each backward pass by the gradient hook: hands it to the strength
         policy (a multiplier estimate, a budget controller, a schedule's step count)."""

@@ -160,6 +160,16 @@ class Strength(nn.Module):
         if observation is not None:
             self._accept(observation)
 
+    def reads_next_gradient(self) -> bool:
+        """Whether the observation of the coming backward pass reads $∂ℓ/∂θ$: a layer that can compute
+        its output without forming θ (`Constraint.linear_map`) does so only where this is False. Every
+        watching policy reads it, unless it says otherwise (a budget between its readings)."""
+        return self.watching
+
+    def observe_unread(self) -> None:
+        """The observation of a backward pass on which `reads_next_gradient` was False and θ was not
+        formed: a budget counts the step (nothing else to do for a policy that does not watch)."""
+
     def _accept(self, observation) -> None:
         """Apply an observation now, or keep it for the end of the step while held."""
         if self._holds:
@@ -427,6 +437,15 @@ class BudgetStrength(Strength):
         if self.trimming():
             dropped = (atoms < kth if keep is None else ~keep(atoms, count)).to(value.dtype)
         return (target if math.isfinite(target) and target > 0 else None, dropped, 1 if self._holds else self.every)
+
+    def reads_next_gradient(self) -> bool:
+        return self.watching and (bool(self._paused) or self.quiet() is None)
+
+    def observe_unread(self) -> None:
+        if self.watching and not self._paused:
+            quiet = self.quiet()
+            if quiet is not None:  # (what `_observation` returns on such a step: the step is counted)
+                self._accept(quiet)
 
     def quiet(self) -> str | None:
         """Why this step reads no atoms: ``"warm-up"`` before the ramp, ``"between readings"`` on the
