@@ -382,7 +382,7 @@ def _linear_forward(module: nn.Linear, input: Tensor) -> Tensor:
         if (len(chain) == 1 and isinstance(constraint, Constraint) and not constraint._forward_pre_hooks
                 and list(constraint._forward_hooks.values()) == [watch_gradient]
                 and not constraint.policy.reads_next_gradient()):
-            out = constraint.linear_map(input, _factors(chain))
+            out = constraint.linear_map(input, factors_of(chain))
             if out is not None:
                 if constraint.watching and out.requires_grad and torch.is_grad_enabled():
                     policy = constraint.policy
@@ -391,7 +391,7 @@ def _linear_forward(module: nn.Linear, input: Tensor) -> Tensor:
     return nn.functional.linear(input, module.weight, module.bias)
 
 
-def _factors(chain) -> list[Tensor]:
+def factors_of(chain) -> list[Tensor]:
     """The factors ``torch.nn.utils.parametrize`` keeps (``original`` or ``original0, original1, ...``)."""
     if hasattr(chain, "original"):
         return [chain.original]

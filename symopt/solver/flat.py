@@ -28,6 +28,7 @@ import math
 import torch
 from torch import Tensor
 
+from ..attach import factors_of
 from ..constraints import Constraint
 from .steppers import NonFinite
 
@@ -312,7 +313,7 @@ def flat_stepper(holder, loss, inner: int, history_size: int):
         return None
     if type(constraint).penalty is not Constraint.penalty:  # a decay of its own: its gradient is not λ·factor
         return None
-    params = _originals(chain)
+    params = factors_of(chain)
     objective = FlatObjective(constraint, [p.shape for p in params], loss)
     state: dict = {"lbfgs": None, "written": None}
 
@@ -328,14 +329,3 @@ def flat_stepper(holder, loss, inner: int, history_size: int):
         state["written"] = lbfgs.x.clone()
 
     return step
-
-
-def _originals(chain) -> list[Tensor]:
-    """The factors ``torch.nn.utils.parametrize`` keeps (``original`` or ``original0, original1, ...``)."""
-    if hasattr(chain, "original"):
-        return [chain.original]
-    params, i = [], 0
-    while hasattr(chain, f"original{i}"):
-        params.append(getattr(chain, f"original{i}"))
-        i += 1
-    return params
