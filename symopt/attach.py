@@ -369,7 +369,7 @@ def _register(module: nn.Module, leaf: str, parametrization: Constraint, qualnam
 
 
 def _linear_forward(module: nn.Linear, input: Tensor) -> Tensor:
-    """``nn.Linear``'s forward for a weight whose constraint can give ``input @ weightᵀ`` from its factors
+    r"""``nn.Linear``'s forward for a weight whose constraint can give ``input @ weightᵀ`` from its factors
     (`Constraint.linear_map`: narrow low-rank factors, $x V U^\top$), without forming the weight nor its
     gradient; the weight is formed as usual (``F.linear``) where it cannot, where something watches
     the constraint's forward (a landing, `symopt.regrow`) or where its strength policy reads θ's
