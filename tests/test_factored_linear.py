@@ -107,6 +107,31 @@ def test_a_budget_forms_the_weight_on_its_reading_steps_only_and_counts_every_st
     assert course == pytest.approx(reference, rel=1e-9)
 
 
+def test_a_scheduled_strength_never_forms_the_weight_and_counts_every_step(formed):
+    """A schedule reads no gradient (λ is schedule(step)): every step is factored, and the step count,
+    so λ's course, is the one with W formed."""
+    x = torch.randn(8, 40, dtype=DT, generator=torch.Generator().manual_seed(4))
+
+    def train(net, steps=5):
+        opt = torch.optim.SGD(symopt.param_groups(net, lr=1e-2), lr=1e-2)
+        course = []
+        for _ in range(steps):
+            opt.zero_grad()
+            net(x).square().mean().backward()
+            opt.step()
+            course.append(net[0].parametrizations.weight[0].strength)
+        return course
+
+    schedule = lambda step: 1e-3 * (step + 1)  # noqa: E731
+    factored = _layer(max_rank=4, strength=symopt.Scheduled(schedule))
+    formed.clear()
+    course = train(factored)
+    assert not formed
+    always = _layer(max_rank=4, strength=symopt.Scheduled(schedule))
+    del always[0].forward
+    assert course == train(always) == [1e-3 * (k + 2) for k in range(5)]
+
+
 def test_deepcopy_state_dict_and_removal_keep_the_layer_working():
     net = _layer(strength=1e-3, max_rank=4)
     x = torch.randn(5, 40, dtype=DT)

@@ -564,6 +564,13 @@ class Scheduled(Strength):
     def _observation(self, constraint, value, grad):
         return True
 
+    def reads_next_gradient(self) -> bool:
+        return False  # (it counts the steps; λ is the schedule's, whatever the gradient)
+
+    def observe_unread(self) -> None:
+        if not self._paused:
+            self._accept(True)
+
     def _commit(self, observations) -> None:
         if observations:
             self.step += 1
