@@ -58,6 +58,19 @@ def train(model, loss_fn, steps, lr, path="penalty", optimizer=torch.optim.SGD, 
     return model
 
 
+def recorded_training(model, loss, steps, record, lr=1e-2, optimizer=torch.optim.SGD):
+    """``record()`` after each of ``steps`` steps of ``optimizer`` (decay through ``symopt.param_groups``)
+    on ``loss()``."""
+    opt = optimizer(symopt.param_groups(model, lr=lr), lr=lr)
+    seen = []
+    for _ in range(steps):
+        opt.zero_grad()
+        loss().backward()
+        opt.step()
+        seen.append(record())
+    return seen
+
+
 def null_space_solution(X, y, A):
     """Equality-constrained LS ``min 1/(2n)‖Xθ−y‖² s.t. Aθ = 0`` via a null-space basis (numpy)."""
     Xn, yn, An = X.numpy(), y.numpy(), A.numpy()

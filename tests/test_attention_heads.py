@@ -11,6 +11,7 @@ from torch import nn
 import symopt
 from symopt import ExportWarning
 from symopt._attention import HeadPrunedAttention
+from helpers import recorded_training
 
 DT = torch.float64
 
@@ -186,14 +187,8 @@ def test_a_head_budget_lands_exactly_and_export_keeps_that_many_heads(where):
 def _head_norms_while_training(model, loss, handle, steps):
     """Adam (lr 1e-2, ``symopt.param_groups``) on ``loss()`` for ``steps`` steps; the heads' joint norms
     after each."""
-    opt = torch.optim.Adam(symopt.param_groups(model, lr=1e-2), lr=1e-2)
-    seen = []
-    for _ in range(steps):
-        opt.zero_grad()
-        loss().backward()
-        opt.step()
-        seen.append(handle.constraint.unit_norms([v.detach() for v in handle.values()]))
-    return seen
+    return recorded_training(model, loss, steps, lambda: handle.constraint.unit_norms([v.detach() for v in handle.values()]),
+                             optimizer=torch.optim.Adam)
 
 
 class TwoBlockLM(nn.Module):

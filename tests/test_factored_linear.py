@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 import symopt
-from helpers import DT
+from helpers import DT, recorded_training
 
 LOWRANK = sys.modules["symopt.constraints.lowrank"]
 
@@ -24,6 +24,11 @@ def _layer(seed=0, **kwargs):
         warnings.simplefilter("ignore", UserWarning)
         symopt.low_rank(net, "0.weight", **kwargs)
     return net
+
+
+def _strength_course(net, loss, steps: int) -> list[float]:
+    """λ of the layer after each of ``steps`` SGD steps on ``loss()``."""
+    return recorded_training(net, loss, steps, lambda: net[0].parametrizations.weight[0].strength)
 
 
 @pytest.fixture
@@ -84,14 +89,8 @@ def test_a_budget_forms_the_weight_on_its_reading_steps_only_and_counts_every_st
     x = torch.randn(32, 40, dtype=DT, generator=torch.Generator().manual_seed(2))
     y = torch.randn(32, 30, dtype=DT, generator=torch.Generator().manual_seed(3))
 
-    def train(net, steps=13):
-        opt = torch.optim.SGD(symopt.param_groups(net, lr=1e-2), lr=1e-2)
-        course = []
-        for _ in range(steps):
-            opt.zero_grad()
-            (net(x) - y).square().mean().backward()
-            opt.step()
-            course.append(net[0].parametrizations.weight[0].strength)
+    def train(net):
+        course = _strength_course(net, lambda: (net(x) - y).square().mean(), steps=13)
         return course, int(net[0].parametrizations.weight[0].policy.step)
 
     factored = _layer(max_rank=8, target_rank=2)
@@ -112,15 +111,8 @@ def test_a_scheduled_strength_never_forms_the_weight_and_counts_every_step(forme
     so λ's course, is the one with W formed."""
     x = torch.randn(8, 40, dtype=DT, generator=torch.Generator().manual_seed(4))
 
-    def train(net, steps=5):
-        opt = torch.optim.SGD(symopt.param_groups(net, lr=1e-2), lr=1e-2)
-        course = []
-        for _ in range(steps):
-            opt.zero_grad()
-            net(x).square().mean().backward()
-            opt.step()
-            course.append(net[0].parametrizations.weight[0].strength)
-        return course
+    def train(net):
+        return _strength_course(net, lambda: net(x).square().mean(), steps=5)
 
     schedule = lambda step: 1e-3 * (step + 1)  # noqa: E731
     factored = _layer(max_rank=4, strength=symopt.Scheduled(schedule))
