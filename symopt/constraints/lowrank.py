@@ -227,7 +227,7 @@ class LowRank(Constraint):
         mat = self.matrix(value).to(working_dtype(value.dtype))
         P, S, Qh = self._svd(mat)
         S = change(S)
-        return ((P * S.unsqueeze(-2)) @ Qh).reshape(value.shape).to(value.dtype), (P, S, Qh)
+        return _rebuilt((P, S, Qh), value), (P, S, Qh)
 
     def singular_values(self, value: Tensor) -> Tensor:
         mat = self.matrix(value).to(working_dtype(value.dtype))
@@ -267,10 +267,7 @@ class LowRank(Constraint):
         completion took three decompositions of the same matrix)."""
         if self.matrix(value).dim() != 2:
             return super().snapped_kkt(value, tol, gradient_at, quick)
-        point, svd = self._mapped_with_svd(value, _above(tol))
-        W = self.matrix(point).to(svd[0].dtype)
-        G = self.matrix(gradient_at(point)).to(W.dtype)
-        return point, _nuclear_kkt(W, G, self.strength, tol, self.max_rank, svd, quick)
+        return self.best_snapped_kkt(value, [tol], gradient_at, quick)
 
     def best_snapped_kkt(self, value: Tensor, tols: list[float], gradient_at, quick: bool = False) -> tuple[Tensor, float]:
         r"""The snaps at every tolerance from one SVD of ``value`` (each is a truncation of it), and the
@@ -286,13 +283,12 @@ class LowRank(Constraint):
         P, S, Qh = self._svd(mat.to(working_dtype(value.dtype)))
         snaps, alive = [], None
         for tol in tols:
-            kept = S > tol
-            count = int(kept.sum())
+            count = int((S > tol).sum())
             if count == alive:  # (the same point as the tolerance before)
                 continue
             alive = count
-            snapped = torch.where(kept, S, torch.zeros_like(S))
-            point = ((P * snapped.unsqueeze(-2)) @ Qh).reshape(value.shape).to(value.dtype)
+            snapped = _above(tol)(S)
+            point = _rebuilt((P, snapped, Qh), value)
             G = self.matrix(gradient_at(point)).to(P.dtype)
             tangent, normal = _nuclear_parts(G, self.strength, (P, snapped, Qh), tol, self.max_rank)
             snaps.append((tangent, normal, point))
@@ -721,6 +717,12 @@ def tracked_singular_values(mat: Tensor, count: int, basis: Tensor | None = None
     Q = torch.linalg.qr(mat @ basis[:, :width]).Q if usable else _seeded_range(mat, width, seed, 2)
     values, right = _wide_svd(Q.mT @ mat)
     return values[:count], right
+
+
+def _rebuilt(svd: tuple[Tensor, Tensor, Tensor], like: Tensor) -> Tensor:
+    r"""$P\,\mathrm{diag}(S)\,Q^\top$ from ``svd = (P, S, Qh)``, in the shape and dtype of ``like``."""
+    P, S, Qh = svd
+    return ((P * S.unsqueeze(-2)) @ Qh).reshape(like.shape).to(like.dtype)
 
 
 def _above(tol: float):
