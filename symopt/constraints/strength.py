@@ -168,7 +168,16 @@ class Strength(nn.Module):
 
     def observe_unread(self) -> None:
         """The observation of a backward pass on which `reads_next_gradient` was False and θ was not
-        formed: a budget counts the step (nothing else to do for a policy that does not watch)."""
+        formed (`_unread_observation`): a budget or a schedule counts the step. Ignored where `observe`
+        ignores one (not watching, paused)."""
+        if not self.watching or self._paused:
+            return
+        observation = self._unread_observation()
+        if observation is not None:
+            self._accept(observation)
+
+    def _unread_observation(self):
+        return None
 
     def _accept(self, observation) -> None:
         """Apply an observation now, or keep it for the end of the step while held."""
@@ -441,11 +450,8 @@ class BudgetStrength(Strength):
     def reads_next_gradient(self) -> bool:
         return self.watching and (bool(self._paused) or self.quiet() is None)
 
-    def observe_unread(self) -> None:
-        if self.watching and not self._paused:
-            quiet = self.quiet()
-            if quiet is not None:  # (what `_observation` returns on such a step: the step is counted)
-                self._accept(quiet)
+    def _unread_observation(self):
+        return self.quiet()  # (what `_observation` returns on such a step: the step is counted)
 
     def quiet(self) -> str | None:
         """Why this step reads no atoms: ``"warm-up"`` before the ramp, ``"between readings"`` on the
@@ -567,9 +573,8 @@ class Scheduled(Strength):
     def reads_next_gradient(self) -> bool:
         return False  # (it counts the steps; λ is the schedule's, whatever the gradient)
 
-    def observe_unread(self) -> None:
-        if not self._paused:
-            self._accept(True)
+    def _unread_observation(self):
+        return True
 
     def _commit(self, observations) -> None:
         if observations:
