@@ -40,8 +40,7 @@ class Member:
 
     @property
     def factors(self) -> tuple[Tensor, ...]:
-        plist = self.module.parametrizations[self.tensor]
-        return tuple(getattr(plist, f"original{i}") for i in range(plist.ntensors))
+        return tuple(factors_of(self.module.parametrizations[self.tensor]))
 
     @property
     def value(self) -> Tensor:
@@ -393,12 +392,9 @@ def _linear_forward(module: nn.Linear, input: Tensor) -> Tensor:
 
 def factors_of(chain) -> list[Tensor]:
     """The factors ``torch.nn.utils.parametrize`` keeps (``original`` or ``original0, original1, ...``)."""
-    if hasattr(chain, "original"):
+    if chain.is_tensor:
         return [chain.original]
-    factors = []
-    while hasattr(chain, f"original{len(factors)}"):
-        factors.append(getattr(chain, f"original{len(factors)}"))
-    return factors
+    return [getattr(chain, f"original{i}") for i in range(chain.ntensors)]
 
 
 def mark_factors(module: nn.Module, leaf: str) -> None:
