@@ -288,10 +288,8 @@ def completion(repeats: int, quick: bool, large: bool = False) -> list[tuple]:
     of λ_max = ‖P_Ω M‖₂ (where W = 0 becomes optimal), so the rank it picks is the data's."""
     from sklearn.datasets import load_digits, load_sample_image
 
-    from symopt.baselines.softimpute import solve_softimpute
-    from symopt.problems import make_matrix_completion, matrix_completion
+    from symopt.problems import make_matrix_completion
 
-    generator = torch.Generator().manual_seed(0)
     cases = []
     sizes = ((200, 200, 5),) if quick else ((200, 200, 5), (1000, 1000, 10))
     if large:  # the issue's other size; alone (--large-only), it takes a few minutes
@@ -303,11 +301,21 @@ def completion(repeats: int, quick: bool, large: bool = False) -> list[tuple]:
         cases.append(("digits 1797×64", torch.as_tensor(load_digits().data, dtype=torch.float64), 0.5))
         image = torch.tensor(load_sample_image("china.jpg"), dtype=torch.float64).mean(-1)[::2, ::2] / 255
         cases.append((f"china.jpg gray {image.shape[0]}×{image.shape[1]}", image, 0.5))
+    return _completion_rows(cases, (0.1,) if quick else (0.1, 0.02), repeats)
+
+
+def _completion_rows(cases, fractions, repeats: int) -> list[tuple]:
+    """DCS against accelerated SoftImpute on each ``(name, M, observed fraction)`` of ``cases`` (its mask
+    drawn from one generator seeded 0, case after case) at each fraction of λ_max = ‖P_Ω M‖₂."""
+    from symopt.baselines.softimpute import solve_softimpute
+    from symopt.problems import matrix_completion
+
+    generator = torch.Generator().manual_seed(0)
     rows = []
     for name, M, observed in cases:
         mask = torch.rand(M.shape, generator=generator, dtype=torch.float64) < observed
         lam_max = float(torch.linalg.matrix_norm(torch.where(mask, M, 0.0), ord=2))
-        for fraction in (0.1,) if quick else (0.1, 0.02):
+        for fraction in fractions:
             problem = matrix_completion(M, mask, fraction * lam_max)
             t_dcs, result = _median_time(lambda: symopt.solve(problem), repeats, problem.data)
             t_peer, theirs = _median_time(lambda: solve_softimpute(problem), repeats)
@@ -326,25 +334,12 @@ def completion_sweep(repeats: int) -> list[tuple]:
     """Completion of the five generated matrices of ``SWEEP`` at 0.1, 0.05 and 0.02 λ_max against
     accelerated SoftImpute: a solver change that helps the suite's four matrices must not be tuned
     to them (the polish of a point that fills the narrowed width was measured here first)."""
-    from symopt.baselines.softimpute import solve_softimpute
-    from symopt.problems import make_matrix_completion, matrix_completion
+    from symopt.problems import make_matrix_completion
 
-    generator = torch.Generator().manual_seed(0)
-    rows = []
-    for seed, (m, n, rank, observed) in enumerate(SWEEP, start=1):
-        M = make_matrix_completion(m=m, n=n, rank=rank, observed=1.0, seed=seed).data["M"]
-        mask = torch.rand(M.shape, generator=generator, dtype=torch.float64) < observed
-        lam_max = float(torch.linalg.matrix_norm(torch.where(mask, M, 0.0), ord=2))
-        for fraction in (0.1, 0.05, 0.02):
-            problem = matrix_completion(M, mask, fraction * lam_max)
-            t_dcs, result = _median_time(lambda: symopt.solve(problem), repeats, problem.data)
-            t_peer, theirs = _median_time(lambda: solve_softimpute(problem), repeats)
-            found = int(torch.linalg.matrix_rank(result.x, rtol=1e-6))
-            rows.append((f"completion, generated {m}×{n} rank {rank}, {observed:.0%} observed, {fraction:g} λmax "
-                         f"(rank {found})", result.status, t_dcs, f"SoftImpute ({theirs.status})", t_peer,
-                         (theirs.objective - result.objective) / abs(result.objective)))
-    return rows
-
+    cases = [(f"generated {m}×{n} rank {rank}",
+              make_matrix_completion(m=m, n=n, rank=rank, observed=1.0, seed=seed).data["M"], observed)
+             for seed, (m, n, rank, observed) in enumerate(SWEEP, start=1)]
+    return _completion_rows(cases, (0.1, 0.05, 0.02), repeats)
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.users_data")
