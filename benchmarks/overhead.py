@@ -52,8 +52,11 @@ from symopt.cli import machine_name
 # (`symopt.constraints.budget.READ_EVERY`) for as long as training runs (with a schedule it would skip the
 # warm-up's first 10% of steps), which is the cost to measure; and one with total_steps whose ramp covers
 # every measured step (the trimmed decay and its step hook too).
+# The rank budgets at max_rank=64 also with total_steps (the landing's pre-hook) and as one budget over the
+# first two layers (a pool; the only row with two constrained layers).
 BUDGETS = ["sparse(density=0.1)", "sparse(density=0.1, total_steps)", "group_sparse(max_groups=half)",
-           "low_rank(target_rank=16)", "low_rank(max_rank=64, target_rank=16)"]
+           "low_rank(target_rank=16)", "low_rank(max_rank=64, target_rank=16)",
+           "low_rank(max_rank=64, target_rank=16, total_steps)", "low_rank([0, 2], max_rank=64, target_rank=32)"]
 
 
 def _model(arch: str, width: int, device, kind: str | None) -> nn.Module:
@@ -102,6 +105,16 @@ def _model(arch: str, width: int, device, kind: str | None) -> nn.Module:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             symopt.low_rank(net, "2.weight", max_rank=min(64, min(shape[0], numel // shape[0])), target_rank=16)
+    elif kind == "low_rank(max_rank=64, target_rank=16, total_steps)":  # inside the ramp for every measured step
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            symopt.low_rank(net, "2.weight", max_rank=min(64, min(shape[0], numel // shape[0])), target_rank=16,
+                            total_steps=10 ** 6, ramp=(0.0, 0.99))
+    elif kind == "low_rank([0, 2], max_rank=64, target_rank=32)":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            symopt.low_rank(net, ["0.weight", "2.weight"], max_rank=min(64, min(shape[0], numel // shape[0])),
+                            target_rank=32)
     return net
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules import module as torch_module
 from torch.nn.utils import parametrize
 
 from .constraints import KINDS, Constraint
@@ -371,23 +372,38 @@ def _linear_forward(module: nn.Linear, input: Tensor) -> Tensor:
     r"""``nn.Linear``'s forward for a weight whose constraint can give ``input @ weightᵀ`` from its factors
     (`Constraint.linear_map`: narrow low-rank factors, $x V U^\top$), without forming the weight nor its
     gradient; the weight is formed as usual (``F.linear``) where it cannot, where something watches
-    the constraint's forward (a landing, `symopt.regrow`) or where its strength policy reads θ's
-    gradient on the coming backward pass (`Strength.reads_next_gradient`: ``"auto"``, a budget's
-    reading step). A budget between its readings counts the step when the backward pass reaches the
-    output, as its gradient hook on θ would have."""
+    the constraint's forward other than symopt's own hooks (any forward hook, a pre-hook not marked
+    `acts_on_factors`: `symopt.regrow`, a user's hook) or where its strength policy reads θ's gradient
+    on the coming backward pass (`Strength.reads_next_gradient`: ``"auto"``, a budget's reading step).
+    A landing's pre-hook runs on the factors first, as it would before θ is formed; a budget between
+    its readings counts the step when the backward pass reaches the output, as its gradient hook on θ
+    would have (a pool's, once all its tensors have)."""
     if parametrize.is_parametrized(module, "weight"):
         chain = module.parametrizations["weight"]
         constraint = chain[0]
-        if (len(chain) == 1 and isinstance(constraint, Constraint) and not constraint._forward_pre_hooks
-                and list(constraint._forward_hooks.values()) == [watch_gradient]
+        if (len(chain) == 1 and isinstance(constraint, Constraint) and _hooks_run_without_theta(constraint)
                 and not constraint.policy.reads_next_gradient()):
-            out = constraint.linear_map(input, factors_of(chain))
-            if out is not None:
+            factors = factors_of(chain)
+            mapping = constraint.linear_map(factors)
+            if mapping is not None:
+                for hook in constraint._forward_pre_hooks.values():
+                    hook(constraint, tuple(factors))  # (in place on the factors: acts_on_factors)
+                out = mapping(input)
                 if constraint.watching and out.requires_grad and torch.is_grad_enabled():
                     policy = constraint.policy
-                    out.register_hook(lambda _grad: policy.observe_unread())
+                    out.register_hook(lambda _grad: policy.observe_unread(constraint))
                 return out if module.bias is None else out + module.bias
     return nn.functional.linear(input, module.weight, module.bias)
+
+
+def _hooks_run_without_theta(constraint: Constraint) -> bool:
+    """Whether every hook on ``constraint``'s forward can do without θ formed: its only forward hook is
+    the gradient watch (`watch_gradient`, whose step `observe_unread` counts), its pre-hooks change the
+    factors in place (`acts_on_factors`: a landing), and no module-wide hook of torch's is installed."""
+    return (list(constraint._forward_hooks.values()) == [watch_gradient]
+            and not constraint._forward_pre_hooks_with_kwargs
+            and all(getattr(hook, "acts_on_factors", False) for hook in constraint._forward_pre_hooks.values())
+            and not torch_module._global_forward_hooks and not torch_module._global_forward_pre_hooks)
 
 
 def factors_of(chain) -> list[Tensor]:

@@ -4,6 +4,7 @@
 
 import copy
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -396,3 +397,34 @@ def test_a_tiny_strength_does_not_overflow_the_budget_target(make):
         (1e3 * layer(X)).square().sum().backward()
         opt.step()
     assert math.isfinite(handle.strength) and handle.strength > 1e-37
+
+
+def test_a_landing_rank_budget_on_narrow_factors_counts_what_they_hold():
+    """With ``max_rank=r`` a rank budget counts r atoms, not min(m, n): the landing's schedule starts
+    from r, its kept set has r entries whichever SVD read the value (the randomized one returns r + 8
+    values, a full one min(m, n)), and it lands and finalizes with defaults. A 128 × 128 layer at
+    r = 8 failed at its first forward after the ramp before (a keep mask of 16 for 128 atoms)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(128, 128))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # (the random init truncated to rank 8)
+        handle = symopt.low_rank(net, "0.weight", max_rank=8, target_rank=2, total_steps=20)
+    assert handle.constraint.atom_total == 8
+    x, y = torch.randn(64, 128), torch.randn(64, 128)
+    opt = torch.optim.Adam(symopt.param_groups(net, lr=1e-2), lr=1e-2)
+    for _ in range(20):
+        opt.zero_grad()
+        (net(x) - y).square().mean().backward()
+        opt.step()
+    assert handle.constraint.policy.has_landed()
+    symopt.finalize(net)
+    assert int(torch.linalg.matrix_rank(net[0].weight)) == 2
+
+
+def test_a_rank_budget_at_the_factor_width_is_refused_by_name():
+    """A budget the factors already meet never binds: refused, naming max_rank, the layer unchanged."""
+    layer = nn.Linear(20, 10)
+    before = layer.weight.detach().clone()
+    with pytest.raises(ValueError, match="max_rank=4"):
+        symopt.low_rank(layer, "weight", max_rank=4, target_rank=4)
+    assert not symopt.attach.parametrize.is_parametrized(layer) and torch.equal(layer.weight, before)

@@ -140,3 +140,101 @@ def test_deepcopy_state_dict_and_removal_keep_the_layer_working():
     symopt.attach.remove(net[0], "weight")
     assert "forward" not in vars(net[0])
     torch.testing.assert_close(net(x), expected)
+
+
+def _two_layers(seed=0, **kwargs):
+    """40 → 30 → 20, both weights in one pooled rank budget (narrow factors: r(m + n) ≤ mn)."""
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Linear(40, 30), nn.ReLU(), nn.Linear(30, 20)).double()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        symopt.low_rank(net, ["0.weight", "2.weight"], **kwargs)
+    return net
+
+
+def _weights(net):
+    """The layers' weights and biases (U Vᵀ: the factors themselves are defined up to the signs a landing's
+    SVD picks)."""
+    with torch.no_grad():
+        return [t.clone() for layer in net if isinstance(layer, nn.Linear) for t in (layer.weight, layer.bias)]
+
+
+def _formed_always(net):
+    """nn.Linear's own forward on every constrained layer: W formed on every step (the reference)."""
+    for layer in net:
+        if isinstance(layer, nn.Linear) and "forward" in vars(layer):
+            del layer.forward
+    return net
+
+
+def test_a_landing_rank_budget_lands_on_the_same_step_and_course_with_the_weight_unformed(formed):
+    """A budget with total_steps has a forward pre-hook (the landing). It acts on the factors in place
+    (`acts_on_factors`), so the layer still skips W between readings; the landing comes at the same
+    step with the same factors as with W formed every step, and after it (λ = 0, nothing watched) W is
+    never formed. Fails if the landing's hook is not run on the factored path (no landing: the run
+    cannot finalize) or if a step is not counted (a later landing, another course)."""
+    x = torch.randn(32, 40, dtype=DT, generator=torch.Generator().manual_seed(2))
+    y = torch.randn(32, 30, dtype=DT, generator=torch.Generator().manual_seed(3))
+
+    def train(net, steps):
+        course = _strength_course(net, lambda: (net(x) - y).square().mean(), steps)
+        return course, net[0].parametrizations.weight[0].policy.has_landed()
+
+    factored = _layer(max_rank=8, target_rank=2, total_steps=10, ramp=(0.0, 0.5))
+    formed.clear()
+    course, landed = train(factored, steps=10)
+    reads = len(formed)
+    params = _weights(factored)  # (reading the weight forms it: after the count)
+    formed.clear()
+    train(factored, steps=4)  # after the landing
+    assert not formed, "W formed after the landing"
+    reference = _formed_always(_layer(max_rank=8, target_rank=2, total_steps=10, ramp=(0.0, 0.5)))
+    formed.clear()
+    ref_course, ref_landed = train(reference, steps=10)
+    assert landed and ref_landed
+    assert 0 < reads < len(formed)
+    assert course == pytest.approx(ref_course, rel=1e-9)
+    for got, want in zip(params, _weights(reference)):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+    symopt.finalize(factored)  # default arguments: the landed rank holds exactly
+    assert torch.linalg.matrix_rank(factored[0].weight) <= 2
+
+
+@pytest.mark.parametrize("total_steps", [None, 10])
+def test_a_pooled_rank_budget_skips_w_between_readings_and_counts_each_step_once(formed, total_steps):
+    """One rank budget over two narrow layers: each layer's output stands for its θ on the steps the
+    pool reads nothing, the pool counts one step per backward pass (not one per layer), and λ, the
+    landing and the factors follow the course with W formed every step."""
+    x = torch.randn(32, 40, dtype=DT, generator=torch.Generator().manual_seed(4))
+    y = torch.randn(32, 20, dtype=DT, generator=torch.Generator().manual_seed(5))
+    kwargs = dict(max_rank=6, target_rank=5) if total_steps is None else \
+        dict(max_rank=6, target_rank=5, total_steps=total_steps, ramp=(0.0, 0.6))
+
+    def train(net):
+        pool = net[0].parametrizations.weight[0].group
+        course = recorded_training(net, lambda: (net(x) - y).square().mean(), 12, lambda: pool.strength)
+        return course, int(pool.policy.step)
+
+    formed.clear()
+    factored = _two_layers(**kwargs)
+    course, steps = train(factored)
+    reads = len(formed)
+    params = _weights(factored)  # (reading the weights forms them: after the count)
+    formed.clear()
+    reference = _formed_always(_two_layers(**kwargs))
+    ref_course, ref_steps = train(reference)
+    ref_params = _weights(reference)
+    assert 0 < reads < len(formed)
+    assert steps == ref_steps == (12 if total_steps is None else 6)  # (a landed budget stops counting)
+    assert course == pytest.approx(ref_course, rel=1e-9)
+    for got, want in zip(params, ref_params):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+
+
+def test_a_foreign_pre_hook_forms_the_weight(formed):
+    """A pre-hook symopt does not know may expect the forward that follows: W is formed for it."""
+    net = _layer(strength=1e-3, max_rank=4)
+    seen = []
+    net[0].parametrizations.weight[0].register_forward_pre_hook(lambda *args: seen.append(1))
+    net(torch.randn(4, 40, dtype=DT))
+    assert formed and seen == [1]

@@ -364,10 +364,12 @@ class Constraint(nn.Module):
         """The running multiplier estimate (``strength="auto"`` only)."""
         return self.policy.multiplier()
 
-    def linear_map(self, input: Tensor, factors: Sequence[Tensor]) -> Tensor | None:
-        r"""``input @ θᵀ`` (θ an ``nn.Linear`` weight, out × in) from the ``factors`` without forming θ, where
-        the kind has a cheaper product (`LowRank`'s narrow factors: $x V U^\top$); None (the default)
-        where it has not, and the layer forms θ as usual."""
+    def linear_map(self, factors: Sequence[Tensor]) -> Callable[[Tensor], Tensor] | None:
+        r"""A function ``input ↦ input @ θᵀ`` (θ an ``nn.Linear`` weight, out × in) that reads the ``factors``
+        and never forms θ, where the kind has a cheaper product (`LowRank`'s narrow factors: $x V U^\top$);
+        None (the default) where it has not, and the layer forms θ as usual. The function reads the
+        factors when called, so a landing that changes them in place (a forward pre-hook marked
+        `acts_on_factors`) may run in between."""
         return None
 
     def observe(self, grad: Tensor, value: Tensor | None = None) -> None:
@@ -783,6 +785,17 @@ class GroupMember(Constraint, register=False):
         self.group.strength = value
 
 
+def acts_on_factors(hook: Callable) -> Callable:
+    """Mark a constraint's forward pre-hook that changes the factors in place, returns nothing and may
+    run twice in one forward with the same effect (a landing, then holding the landed atoms at 0):
+    `attach`'s ``nn.Linear`` forward that never forms θ (`Constraint.linear_map`) runs such hooks on
+    the factors itself. A constraint with any other pre-hook forms θ, so that the hook sees the
+    forward it expects."""
+    hook.acts_on_factors = True
+    return hook
+
+
+@acts_on_factors
 def _land_when_due(module: "Constraint", inputs: tuple[Tensor, ...]) -> None:
     """Forward pre-hook of a budget with ``total_steps``: at the end of its ramp, keep the ``budget``
     largest atoms and land the others (``Constraint.land``) before this forward uses the factors."""
@@ -800,6 +813,7 @@ def _land_when_due(module: "Constraint", inputs: tuple[Tensor, ...]) -> None:
     policy.mark_landed()
 
 
+@acts_on_factors
 def land_set_when_due(module: "Constraint", inputs: tuple[Tensor, ...]) -> None:
     """Forward pre-hook of an exact-penalty kind with ``total_steps`` (and of each later copy of a tie):
     at the landing step its decayed factors (the mirror pairs: their fixed subspace is where both are

@@ -141,7 +141,14 @@ class LowRank(Constraint):
                 f"LowRank on '{name}': max_rank={self.max_rank} exceeds min(m, n) = {min(m, n)} of "
                 f"its {m}×{n} matrix view; choose max_rank <= {min(m, n)} or None"
             )
-        self.resolve_budget(min(m, n), name, "singular values (rank)")
+        # A rank budget counts what the factors can hold: with max_rank, r singular values, not min(m, n).
+        # A landing budget's schedule starts from this count (a 512 × 512 layer at max_rank=64 started its
+        # ramp at a count of 511, more atoms than the factors have, and its first reading failed).
+        if self.max_rank is None or (tensor.dim() > 2 and self.layout == "batch"):
+            self.resolve_budget(min(m, n), name, "singular values (rank)")
+        else:
+            self.resolve_budget(self.max_rank, name, f"singular values (rank; the factors' width max_rank={self.max_rank} "
+                                "bounds it)")
 
     def matrix(self, value: Tensor) -> Tensor:
         """The matrix (or batch of matrices) view of ``value``."""
@@ -152,19 +159,19 @@ class LowRank(Constraint):
     def forward(self, U: Tensor, V: Tensor) -> Tensor:
         return (U @ V.mT).reshape(self.shape)
 
-    def linear_map(self, input: Tensor, factors) -> Tensor | None:
-        r"""$x θ^\top = (x V) U^\top$ for an ``nn.Linear`` weight θ = U Vᵀ (out × in) whose factors are narrow
-        enough that the two thin products cost less than the dense one, $r(m + n) ≤ mn$ a row of
-        ``input``; None otherwise (full width: the layer forms θ). The layer then never forms θ nor
-        its m × n gradient: a 512 × 512 layer at r = 64, batch 256, forward and backward 2.9 ms with θ
-        formed against 0.84 ms factored (a plain layer: 2.0 ms)."""
+    def linear_map(self, factors):
+        r"""``input ↦ (input V) Uᵀ`` $= x θ^\top$ for an ``nn.Linear`` weight θ = U Vᵀ (out × in) whose factors
+        are narrow enough that the two thin products cost less than the dense one, $r(m + n) ≤ mn$ a
+        row of input; None otherwise (full width: the layer forms θ). The layer then never forms θ
+        nor its m × n gradient: a 512 × 512 layer at r = 64, batch 256, forward and backward 2.9 ms
+        with θ formed against 0.84 ms factored (a plain layer: 2.0 ms)."""
         U, V = factors
         if U.dim() != 2 or self.shape is None or len(self.shape) != 2:
             return None
         m, n = self.shape
         if U.shape[-1] * (m + n) > m * n:
             return None
-        return (input @ V) @ U.mT
+        return lambda input: (input @ V) @ U.mT
 
     def pullback(self, factors, grad: Tensor) -> tuple[Tensor, Tensor]:
         U, V = factors
@@ -335,7 +342,14 @@ class LowRank(Constraint):
                     embed=lambda A, B: ((A / sigma) @ B.mT).reshape(shape), norm=norm)
 
     def atoms(self, value: Tensor) -> Tensor:
-        return self.singular_values(value).reshape(-1)
+        """The singular values; with ``max_rank`` r on one matrix the r leading ones (a value of r-column
+        factors has no others), so that there are always `atom_count` of them whichever SVD ran
+        (`thin_svd` returns r + 8, a full SVD min(m, n)): a landing's kept set and a pool's offsets
+        are indexed by that count."""
+        values = self.singular_values(value)
+        if self.max_rank is not None and self.matrix(value).dim() == 2:
+            values = values[: self.max_rank]
+        return values.reshape(-1)
 
     def top_dual_atoms(self, point: Tensor, count: int, reading: str = "point") -> Tensor:
         r"""The ``count`` leading singular values. A budget asks for k + 1 of them at each reading, of θ
@@ -622,9 +636,12 @@ class LowRank(Constraint):
         return float(tail.square().sum().sqrt())
 
     def atom_count(self, value: Tensor) -> int:
-        """min(m, n) of the matrix view (no SVD); for a batch, the singular values of all its matrices."""
+        """min(m, n) of the matrix view, or ``max_rank`` (no SVD); for a batch, the singular values of all its
+        matrices."""
         m, n = self._matrix_shape(tuple(value.shape))
         batch = math.prod(value.shape[:-2]) if value.dim() > 2 and self.layout == "batch" else 1
+        if batch == 1 and self.max_rank is not None:
+            return min(m, n, self.max_rank)  # (what r-column factors hold: `atoms`)
         return batch * min(m, n)
 
     def alive(self, value: Tensor, tol: float = 0.0) -> int:

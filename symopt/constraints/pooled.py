@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from .base import Constraint, Factorizer, GroupMember, largest_in_parts
+from .base import Constraint, Factorizer, GroupMember, acts_on_factors, largest_in_parts
 from .budget import RATE, check_total_steps
 from .strength import BudgetStrength, Strength
 
@@ -40,15 +40,32 @@ class PooledBudget(BudgetStrength):
         self.members, self.budget, self.atom_total = 0, 0, 0
         self._round: dict[int, tuple[Tensor, Tensor, Callable]] = {}
 
-    def _observation(self, constraint, value, grad):
-        self._round[constraint.slot] = (value.detach(), grad.detach(), constraint.top_dual_atoms)
+    def _completed(self, constraint, part) -> list | None:
+        """Record a member's part of this backward pass (``(value, grad, top_dual_atoms)``, or None where its
+        layer computed its output without forming θ: `Constraint.linear_map`); every member's parts once the
+        last has reported, else None. One step is then one observation, however many members."""
+        self._round[constraint.slot] = part
         if len(self._round) < self.members:
             return None
         parts = [self._round[i] for i in sorted(self._round)]
         self._round = {}
+        return parts
+
+    def _unread_observation(self, constraint):
+        parts = self._completed(constraint, None)
+        if parts is None:
+            return None
+        return self.quiet() or "unread"  # (θ unread on a reading step: the step is counted, λ not moved)
+
+    def _observation(self, constraint, value, grad):
+        parts = self._completed(constraint, (value.detach(), grad.detach(), constraint.top_dual_atoms))
+        if parts is None:
+            return None
         quiet = self.quiet()
         if quiet is not None:  # before concatenating the tensors
             return quiet
+        if any(p is None for p in parts):
+            return "unread"
         shapes = [p[0].shape for p in parts]
         sizes = [p[0].numel() for p in parts]
         tops = [p[2] for p in parts]
@@ -151,14 +168,14 @@ class Pooled(Constraint, register=False):
         probes = [self.make() for _ in tensors]
         for probe, t, name in zip(probes, tensors, names):
             probe.validate(t, name)
+        # (a kind's atom count is what its factors can hold: a factor width bounds a rank)
         counts = [probe.atom_count(t) for probe, t in zip(probes, tensors)]
+        if not self.entries and self.budget_spec[0] == "count" and self.budget_spec[1] >= sum(counts):
+            raise ValueError(f"{type(probes[0]).__name__} (pooled) on {', '.join(names)}: a budget of "
+                             f"{int(self.budget_spec[1])} does not bind — the factor widths allow only {sum(counts)}; "
+                             "give fewer")
         self.resolve_budget(sum(counts), ", ".join(names), "non-zeros" if self.entries else "atoms")
-        if not self.entries:
-            # what the tensors can hold (a factor width bounds a rank), and rank >= 1 in each
-            bounds = [min(c, probe.fixed_rank(tuple(t.shape)) or c) for probe, t, c in zip(probes, tensors, counts)]
-            if self.budget >= sum(bounds):
-                raise ValueError(f"{type(probes[0]).__name__} (pooled) on {', '.join(names)}: a budget of {self.budget} "
-                                 f"does not bind — the factor widths allow only {sum(bounds)}; give fewer")
+        if not self.entries:  # rank >= 1 in each
             if self.budget < len(tensors):
                 raise ValueError(f"{type(probes[0]).__name__} (pooled): a budget of {self.budget} is below the "
                                  f"{len(tensors)} tensors, and each keeps at least one atom (rank 0 cuts the "
@@ -299,6 +316,7 @@ class Pooled(Constraint, register=False):
         return self._inner().compressed_structure()
 
 
+@acts_on_factors
 def _land_pool_when_due(member: "PooledMember", inputs: tuple[Tensor, ...]) -> None:
     """Forward pre-hook of a pool's tensor: the pool lands all its tensors at once at the end of the
     ramp; from then on each tensor holds its dropped atoms at 0 before every forward."""
@@ -354,6 +372,9 @@ class PooledMember(GroupMember):
 
     def right_inverse(self, value: Tensor):
         return self.inner.right_inverse(value)
+
+    def linear_map(self, factors):
+        return self.inner.linear_map(factors)
 
     def balance(self, *factors: Tensor) -> float:
         return self.inner.balance(*factors)

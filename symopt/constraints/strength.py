@@ -166,17 +166,17 @@ class Strength(nn.Module):
         watching policy reads it, unless it says otherwise (a budget between its readings)."""
         return self.watching
 
-    def observe_unread(self) -> None:
-        """The observation of a backward pass on which `reads_next_gradient` was False and θ was not
-        formed (`_unread_observation`): a budget or a schedule counts the step. Ignored where `observe`
-        ignores one (not watching, paused)."""
+    def observe_unread(self, constraint: Constraint) -> None:
+        """The observation of a backward pass on which `reads_next_gradient` was False and ``constraint``'s θ
+        was not formed (`_unread_observation`): a budget or a schedule counts the step. Ignored where
+        `observe` ignores one (not watching, paused)."""
         if not self.watching or self._paused:
             return
-        observation = self._unread_observation()
+        observation = self._unread_observation(constraint)
         if observation is not None:
             self._accept(observation)
 
-    def _unread_observation(self):
+    def _unread_observation(self, constraint: Constraint):
         return None
 
     def _accept(self, observation) -> None:
@@ -450,7 +450,7 @@ class BudgetStrength(Strength):
     def reads_next_gradient(self) -> bool:
         return self.watching and (bool(self._paused) or self.quiet() is None)
 
-    def _unread_observation(self):
+    def _unread_observation(self, constraint):
         return self.quiet()  # (what `_observation` returns on such a step: the step is counted)
 
     def quiet(self) -> str | None:
@@ -573,7 +573,7 @@ class Scheduled(Strength):
     def reads_next_gradient(self) -> bool:
         return False  # (it counts the steps; λ is the schedule's, whatever the gradient)
 
-    def _unread_observation(self):
+    def _unread_observation(self, constraint):
         return True
 
     def _commit(self, observations) -> None:

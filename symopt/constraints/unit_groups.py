@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .base import Constraint, GroupMember, largest_in_parts, random_gate
+from .base import Constraint, GroupMember, acts_on_factors, largest_in_parts, random_gate
 from .budget import RATE, check_budget, check_total_steps
 from .pooled import PooledBudget
 
@@ -401,6 +401,7 @@ class UnitGroups(Constraint, register=False):
         return f"dim={self.dim}, {super().extra_repr()}"
 
 
+@acts_on_factors
 def _land_units_when_due(member: "UnitGroupsMember", inputs: tuple[Tensor, ...]) -> None:
     """Forward pre-hook of a budgeted unit group's tensor: the group lands all its tensors at once at
     the end of the ramp; from then on the dropped units are held at 0 before every forward."""
