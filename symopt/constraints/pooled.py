@@ -361,6 +361,12 @@ class PooledMember(GroupMember):
     def atoms(self, value: Tensor) -> Tensor:
         return self.inner.atoms(value)
 
+    def top_dual_atoms(self, point: Tensor, count: int, reading: str = "point") -> Tensor:
+        # the pool's readings ask each tensor's own kind: a matrix's leading singular values from its
+        # tracked range, not every one from a full SVD (a pool of two 512 × 512 layers at r = 64: four full
+        # SVDs a reading, 3.9× the plain step, before)
+        return self.inner.top_dual_atoms(point, count, reading)
+
     def dropped_entries(self, slot: int, factor: Tensor, dropped: Tensor) -> Tensor:
         start = self.group.offsets[self.index]  # the pool's atoms: the tensors' atoms, concatenated
         if not self.group.entries:  # a matrix's factors decay as one, by its weight (`Pooled.scales`)
