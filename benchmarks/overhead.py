@@ -83,6 +83,10 @@ def _model(arch: str, width: int, device, kind: str | None) -> nn.Module:
         with warnings.catch_warnings():  # the random init has full rank: registration truncates it, as intended
             warnings.simplefilter("ignore")
             symopt.low_rank(net, "2.weight", strength=1e-4, max_rank=min(64, min(shape[0], numel // shape[0])))
+    elif kind == "low_rank(max_rank=16)":  # narrow enough on both models for the layer to skip its weight
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            symopt.low_rank(net, "2.weight", strength=1e-4, max_rank=16)
     elif kind == "subspace(16 rows)":
         A = torch.randn(16, numel, device=device)
         symopt.subspace(net, "2.weight", A, strength=1.0)
@@ -244,8 +248,8 @@ def main(argv=None) -> None:
     x = (torch.randn(args.batch, args.width, device=device) if args.model == "mlp"
          else torch.randn(args.batch, args.width, 32, 32, device=device))
     y = torch.randint(0, 10, (args.batch,), device=device)
-    kinds = [None, "sparse", "group_sparse", "low_rank", "low_rank(max_rank=64)", "subspace(16 rows)",
-             "subspace(16 per row)", "fixed_zeros(50%)", "tied"]
+    kinds = [None, "sparse", "group_sparse", "low_rank", "low_rank(max_rank=64)", "low_rank(max_rank=16)",
+             "subspace(16 rows)", "subspace(16 per row)", "fixed_zeros(50%)", "tied"]
     if args.budgets:
         kinds += BUDGETS
     if args.regrow:

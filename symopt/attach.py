@@ -360,40 +360,75 @@ def _register(module: nn.Module, leaf: str, parametrization: Constraint, qualnam
     parametrization.registered_shape = tuple(value.shape)
     parametrization.register_buffer("assign_like", value.detach().new_empty(0), persistent=False)
     mark_factors(module, leaf)
-    if (leaf == "weight" and isinstance(module, nn.Linear) and type(module).forward is nn.Linear.forward
-            and type(parametrization).linear_map is not Constraint.linear_map):
-        module.forward = functools.partial(_linear_forward, module)
+    if (leaf == "weight" and _takes_thin_factors(module)
+            and type(parametrization).thin_factors is not Constraint.thin_factors):
+        module.forward = functools.partial(_factored_forward, module)
     if not getattr(module, _HOOK_FLAG, False):
         module.register_load_state_dict_pre_hook(_load_plain_checkpoint)
         setattr(module, _HOOK_FLAG, True)
 
 
-def _linear_forward(module: nn.Linear, input: Tensor) -> Tensor:
-    r"""``nn.Linear``'s forward for a weight whose constraint can give ``input @ weightᵀ`` from its factors
-    (`Constraint.linear_map`: narrow low-rank factors, $x V U^\top$), without forming the weight nor its
-    gradient; the weight is formed as usual (``F.linear``) where it cannot, where something watches
-    the constraint's forward other than symopt's own hooks (any forward hook, a pre-hook not marked
-    `acts_on_factors`: `symopt.regrow`, a user's hook) or where its strength policy reads θ's gradient
-    on the coming backward pass (`Strength.reads_next_gradient`: ``"auto"``, a budget's reading step).
-    A landing's pre-hook runs on the factors first, as it would before θ is formed; a budget between
-    its readings counts the step when the backward pass reaches the output, as its gradient hook on θ
-    would have (a pool's, once all its tensors have)."""
+def _linear_through(module: nn.Linear, input: Tensor, left: Tensor, right: Tensor, shape) -> Tensor:
+    out = (input @ right) @ left.mT
+    return out if module.bias is None else out + module.bias
+
+
+def _conv_through(module: nn.modules.conv._ConvNd, input: Tensor, left: Tensor, right: Tensor, shape) -> Tensor:
+    # weight (c_out, c_in, *k) = (L Rᵀ).reshape: a convolution with the r kernels Rᵀ.reshape(r, c_in, *k)
+    # (the layer's own stride, padding, padding mode and dilation: its _conv_forward), then a 1 × 1 one
+    # mixing the r channels with L, which adds the bias
+    kernels = right.mT.reshape((right.shape[1],) + tuple(shape[1:]))
+    hidden = module._conv_forward(input, kernels, None)
+    mix = left.reshape(left.shape + (1,) * (hidden.dim() - 2))
+    return _POINTWISE[hidden.dim() - 2](hidden, mix, module.bias)
+
+
+_THROUGH_FACTORS = {nn.Linear.forward: _linear_through, nn.Conv1d.forward: _conv_through,
+                    nn.Conv2d.forward: _conv_through, nn.Conv3d.forward: _conv_through}
+_POINTWISE = {1: nn.functional.conv1d, 2: nn.functional.conv2d, 3: nn.functional.conv3d}
+
+
+def _takes_thin_factors(module: nn.Module) -> bool:
+    """Whether the layer's forward is torch's own ``nn.Linear`` / ``nn.ConvNd`` one (a subclass that
+    changes how the weight is applied, e.g. a ``_conv_forward`` that standardises it, keeps its own), with
+    groups = 1 (groups split the input channels, which the two-stage product does not)."""
+    cls = type(module)
+    if cls.forward not in _THROUGH_FACTORS:
+        return False
+    return cls.forward is nn.Linear.forward or (module.groups == 1 and cls._conv_forward in _CONV_FORWARDS)
+
+
+_CONV_FORWARDS = (nn.Conv1d._conv_forward, nn.Conv2d._conv_forward, nn.Conv3d._conv_forward)
+
+
+def _factored_forward(module: nn.Module, input: Tensor) -> Tensor:
+    r"""The forward of an ``nn.Linear`` or ``nn.Conv1d/2d/3d`` (groups = 1) whose weight's constraint has
+    thin factors (`Constraint.thin_factors`: narrow low-rank factors, θ = L Rᵀ): the output through the
+    two factors, without forming the weight nor its gradient ($x R L^\top$; a convolution with r
+    output channels then a 1 × 1 one). The weight is formed as usual (the class's forward) where the
+    factors are not thin, where something watches the constraint's forward other than symopt's own
+    hooks (any forward hook, a pre-hook not marked `acts_on_factors`: `symopt.regrow`, a user's hook)
+    or where its strength policy reads θ's gradient on the coming backward pass
+    (`Strength.reads_next_gradient`: ``"auto"``, a budget's reading step). A landing's pre-hook runs on
+    the factors first, as it would before θ is formed; a budget between its readings counts the step
+    when the backward pass reaches the output, as its gradient hook on θ would have (a pool's, once all
+    its tensors have)."""
     if parametrize.is_parametrized(module, "weight"):
         chain = module.parametrizations["weight"]
         constraint = chain[0]
         if (len(chain) == 1 and isinstance(constraint, Constraint) and _hooks_run_without_theta(constraint)
                 and not constraint.policy.reads_next_gradient()):
             factors = factors_of(chain)
-            mapping = constraint.linear_map(factors)
-            if mapping is not None:
+            thin = constraint.thin_factors(factors)
+            if thin is not None:
                 for hook in constraint._forward_pre_hooks.values():
                     hook(constraint, tuple(factors))  # (in place on the factors: acts_on_factors)
-                out = mapping(input)
+                out = _THROUGH_FACTORS[type(module).forward](module, input, *thin, constraint.registered_shape)
                 if constraint.watching and out.requires_grad and torch.is_grad_enabled():
                     policy = constraint.policy
                     out.register_hook(lambda _grad: policy.observe_unread(constraint))
-                return out if module.bias is None else out + module.bias
-    return nn.functional.linear(input, module.weight, module.bias)
+                return out
+    return type(module).forward(module, input)
 
 
 def _hooks_run_without_theta(constraint: Constraint) -> bool:
@@ -449,7 +484,7 @@ def remove(module: nn.Module, leaf: str) -> None:
     cls = type(module)
     module.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
     forward = module.__dict__.get("forward")
-    if isinstance(forward, functools.partial) and forward.func is _linear_forward and leaf == "weight":
+    if isinstance(forward, functools.partial) and forward.func is _factored_forward and leaf == "weight":
         del module.forward  # (the class's forward again)
     # parametrize decides Parameter vs buffer from requires_grad of the value, so grad mode must be on.
     with torch.enable_grad():

@@ -1,5 +1,5 @@
 """A Linear layer whose weight is narrow low rank computes x V Uᵀ without forming W = U Vᵀ
-(`Constraint.linear_map`, installed by registration): the same output and factor gradients as the
+(`Constraint.thin_factors`, installed by registration): the same output and factor gradients as the
 formed weight, the weight formed wherever something needs it (a budget's reading step, a watched
 forward), and the model's copies, checkpoints and removal unchanged."""
 
@@ -263,3 +263,74 @@ def test_a_pooled_rank_budget_reads_leading_singular_values_without_a_full_svd(m
     recorded_training(net, lambda: (net(x) - x).square().mean(), 9, lambda: pool.strength)
     assert int(pool.policy.step) == 9 and pool.strength > 0
     assert full_svds == []
+
+
+CONVS = [
+    (nn.Conv1d, dict(in_channels=12, out_channels=16, kernel_size=5, stride=2, padding=3, dilation=2), (3, 12, 40)),
+    (nn.Conv2d, dict(in_channels=12, out_channels=16, kernel_size=3, padding="same", padding_mode="reflect",
+                     bias=False), (2, 12, 9, 11)),
+    (nn.Conv2d, dict(in_channels=12, out_channels=20, kernel_size=(3, 2), stride=(2, 1), padding=1,
+                     padding_mode="circular"), (2, 12, 10, 8)),
+    (nn.Conv3d, dict(in_channels=6, out_channels=8, kernel_size=3, padding=1), (2, 6, 5, 6, 7)),
+]
+
+
+@pytest.mark.parametrize("cls, kwargs, shape", CONVS)
+def test_a_narrow_low_rank_convolution_gives_the_formed_kernels_output_and_gradients_without_forming_it(
+        formed, cls, kwargs, shape):
+    """A convolution whose kernel is narrow low rank (the (c_out, c_in·k) view at r(m + n) ≤ mn) runs as a
+    convolution with r output channels, kernel Vᵀ, under the layer's own stride, padding, padding mode and
+    dilation, then a 1 × 1 one with U and the bias: the output and every gradient of the formed kernel's."""
+    torch.manual_seed(0)
+    conv = cls(**kwargs).double()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        symopt.low_rank(conv, "weight", strength=1e-3, max_rank=3)
+    x = torch.randn(*shape, dtype=DT, generator=torch.Generator().manual_seed(1))
+    params = [conv.parametrizations.weight.original0, conv.parametrizations.weight.original1]
+    params += [] if conv.bias is None else [conv.bias]
+    want = type(conv).forward(conv, x)  # (the class's forward: the kernel formed)
+    want_grads = torch.autograd.grad(want.square().sum(), params)
+    formed.clear()
+    got = conv(x)
+    grads = torch.autograd.grad(got.square().sum(), params)
+    assert not formed, "the kernel was formed"
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    for g, w in zip(grads, want_grads):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-11)
+
+
+def test_grouped_or_full_width_convolutions_form_the_kernel(formed):
+    """Groups split the kernel's input channels, which the two-stage product does not: such a layer keeps
+    its own forward; a kernel at full width (two thin products would cost more) forms it."""
+    torch.manual_seed(0)
+    grouped = nn.Conv2d(8, 8, 3, groups=2).double()
+    wide = nn.Conv2d(4, 6, 1).double()  # (a 6 × 4 view: rank 3 costs 30 > 24)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        symopt.low_rank(grouped, "weight", strength=1e-3, max_rank=2)
+        symopt.low_rank(wide, "weight", strength=1e-3, max_rank=3)
+    assert "forward" not in vars(grouped)
+    formed.clear()
+    grouped(torch.randn(1, 8, 5, 5, dtype=DT))
+    wide(torch.randn(1, 4, 5, 5, dtype=DT))
+    assert len(formed) == 2
+
+
+def test_a_convolution_that_applies_its_weight_its_own_way_keeps_its_forward(formed):
+    """A subclass whose ``_conv_forward`` transforms the kernel (weight standardisation; here scaled to unit
+    norm, which the r kernels' own norm would not give) must see the kernel itself, not the factors' r
+    kernels: it keeps its own forward."""
+
+    class Scaled(nn.Conv2d):
+        def _conv_forward(self, input, weight, bias):
+            return super()._conv_forward(input, weight / weight.norm(), bias)
+
+    torch.manual_seed(0)
+    conv = Scaled(12, 16, 3).double()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        symopt.low_rank(conv, "weight", strength=1e-3, max_rank=3)
+    x = torch.randn(1, 12, 6, 6, dtype=DT)
+    assert "forward" not in vars(conv)
+    torch.testing.assert_close(conv(x), nn.functional.conv2d(x, conv.weight / conv.weight.norm(), conv.bias))

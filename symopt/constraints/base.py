@@ -364,12 +364,14 @@ class Constraint(nn.Module):
         """The running multiplier estimate (``strength="auto"`` only)."""
         return self.policy.multiplier()
 
-    def linear_map(self, factors: Sequence[Tensor]) -> Callable[[Tensor], Tensor] | None:
-        r"""A function ``input ↦ input @ θᵀ`` (θ an ``nn.Linear`` weight, out × in) that reads the ``factors``
-        and never forms θ, where the kind has a cheaper product (`LowRank`'s narrow factors: $x V U^\top$);
-        None (the default) where it has not, and the layer forms θ as usual. The function reads the
-        factors when called, so a landing that changes them in place (a forward pre-hook marked
-        `acts_on_factors`) may run in between."""
+    def thin_factors(self, factors: Sequence[Tensor]) -> tuple[Tensor, Tensor] | None:
+        r"""``(L, R)`` with θ's matrix view (θ.reshape(θ.shape[0], -1)) equal to $L R^\top$, taken from the
+        ``factors`` as they are, where their inner width r is small enough that two thin products cost
+        less than the dense one (`LowRank`'s narrow factors); None (the default) where not. A layer then
+        computes its output through the two factors and never forms θ (`attach`: an ``nn.Linear`` as
+        $x R L^\top$, a convolution as a convolution with r output channels, kernel $R^\top$, then a 1 × 1
+        one with L). The tensors are the factors themselves, so a landing that changes them in place (a
+        forward pre-hook marked `acts_on_factors`) may run in between."""
         return None
 
     def observe(self, grad: Tensor, value: Tensor | None = None) -> None:
@@ -788,8 +790,8 @@ class GroupMember(Constraint, register=False):
 def acts_on_factors(hook: Callable) -> Callable:
     """Mark a constraint's forward pre-hook that changes the factors in place, returns nothing and may
     run twice in one forward with the same effect (a landing, then holding the landed atoms at 0):
-    `attach`'s ``nn.Linear`` forward that never forms θ (`Constraint.linear_map`) runs such hooks on
-    the factors itself. A constraint with any other pre-hook forms θ, so that the hook sees the
+    `attach`'s layer forward that never forms θ (`Constraint.thin_factors`) runs such hooks on the
+    factors itself. A constraint with any other pre-hook forms θ, so that the hook sees the
     forward it expects."""
     hook.acts_on_factors = True
     return hook

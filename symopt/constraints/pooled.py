@@ -42,7 +42,7 @@ class PooledBudget(BudgetStrength):
 
     def _completed(self, constraint, part) -> list | None:
         """Record a member's part of this backward pass (``(value, grad, top_dual_atoms)``, or None where its
-        layer computed its output without forming θ: `Constraint.linear_map`); every member's parts once the
+        layer computed its output without forming θ: `Constraint.thin_factors`); every member's parts once the
         last has reported, else None. One step is then one observation, however many members."""
         self._round[constraint.slot] = part
         if len(self._round) < self.members:
@@ -379,8 +379,8 @@ class PooledMember(GroupMember):
     def right_inverse(self, value: Tensor):
         return self.inner.right_inverse(value)
 
-    def linear_map(self, factors):
-        return self.inner.linear_map(factors)
+    def thin_factors(self, factors):
+        return self.inner.thin_factors(factors)
 
     def balance(self, *factors: Tensor) -> float:
         return self.inner.balance(*factors)

@@ -162,7 +162,7 @@ class Strength(nn.Module):
 
     def reads_next_gradient(self) -> bool:
         """Whether the observation of the coming backward pass reads $∂ℓ/∂θ$: a layer that can compute
-        its output without forming θ (`Constraint.linear_map`) does so only where this is False. Every
+        its output without forming θ (`Constraint.thin_factors`) does so only where this is False. Every
         watching policy reads it, unless it says otherwise (a budget between its readings)."""
         return self.watching
 
