@@ -12,7 +12,11 @@ weight matrices (256×64 and 256×256) held to rank ``r``, the same number of ep
 * ``symopt``: ``symopt.low_rank(model, name, target_rank=r, total_steps=N)`` on each hidden layer,
   decay through ``symopt.param_groups``: no decay for 10% of the steps, the rank budget on the cubic
   schedule to 75%, the landing (the dropped directions' factor columns exactly 0), fine-tuning.
-* ``symopt (compact)``: the same budgets; at the first epoch after the landing the model is exported
+* ``symopt (max_rank 4r)``: the same budgets on factors of width 4r (``max_rank=4 * r``, at most the
+  layer's smaller side; the random initialisation truncated to that rank at registration), as the
+  low-rank page advises for training (a width well above the rank): where that is narrow, the layer
+  computes $x V U^\top$ and never forms its weight between the budget's readings.
+* ``symopt (compact)``: the same budgets as ``symopt``; at the first epoch after the landing the model is exported
   (``mode="compressed"``: each hidden layer becomes two Linear factors of rank r) and fine-tuned with
   plain weights and a fresh Adam, as the truncated SVD recipe fine-tunes its factors.
 * with ``--global``, the same total rank ``2r`` shared by the two layers as the spectra decide:
@@ -82,6 +86,12 @@ def train(method: str, rank: int, seed: int, epochs: int, batch: int = 64):
     if method in ("symopt", "symopt (compact)"):
         for name in HIDDEN:
             handles.append(symopt.low_rank(model, f"{name}.weight", target_rank=rank, total_steps=steps))
+    if method == "symopt (max_rank 4r)":  # narrow factors: the layers never form their weight between readings
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # (the random init truncated to the width at registration, as intended)
+            for name in HIDDEN:
+                width = min(4 * rank, *model.get_submodule(name).weight.shape)
+                symopt.low_rank(model, f"{name}.weight", max_rank=width, target_rank=rank, total_steps=steps)
     if method == "symopt (global)":
         symopt.low_rank(model, [f"{name}.weight" for name in HIDDEN], target_rank=len(HIDDEN) * rank, total_steps=steps)
     if method.startswith("symopt"):
@@ -130,7 +140,8 @@ def main(argv=None) -> list:
     print(f"digits MLP 64-256-256-10, hidden layers at rank r, Adam lr 1e-3, batch 64, {args.epochs} epochs, "
           f"{args.seeds} seeds; torch {torch.__version__}, {torch.get_num_threads()} threads\n")
     print(f"{'method':22s} {'rank':>4s} {'test accuracy':>17s} {'ranks':>8s} {'params':>7s} {'ms':>6s} {'CPU s':>6s}")
-    methods = ("truncated SVD", "symopt", "symopt (compact)") + (("truncated SVD (global)", "symopt (global)") if args.global_budget else ())
+    methods = ("truncated SVD", "symopt", "symopt (compact)", "symopt (max_rank 4r)")
+    methods += ("truncated SVD (global)", "symopt (global)") if args.global_budget else ()
     methods = chosen(args, methods)
     runs = [("dense", 0)] * wants_dense(args) + [(m, r) for r in args.ranks for m in methods]
     table = []
