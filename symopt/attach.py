@@ -383,30 +383,45 @@ def _conv_through(module: nn.modules.conv._ConvNd, input: Tensor, left: Tensor, 
     return _POINTWISE[hidden.dim() - 2](hidden, mix, module.bias)
 
 
+def _embedding_through(module: nn.Embedding, input: Tensor, left: Tensor, right: Tensor, shape) -> Tensor | None:
+    # the rows of W = L Rᵀ the indices pick are L's rows times Rᵀ: a gather of r numbers a token, no
+    # vocabulary × dim matrix nor its dense gradient. None (the weight formed) where the layer does more
+    # than pick rows: max_norm renormalises W's rows in place, a padding row's gradient is held at 0 (its
+    # factors' would not be), sparse or frequency-scaled gradients are W's.
+    if module.max_norm is not None or module.padding_idx is not None or module.sparse or module.scale_grad_by_freq:
+        return None
+    return nn.functional.embedding(input, left) @ right.mT
+
+
 _THROUGH_FACTORS = {nn.Linear.forward: _linear_through, nn.Conv1d.forward: _conv_through,
-                    nn.Conv2d.forward: _conv_through, nn.Conv3d.forward: _conv_through}
+                    nn.Conv2d.forward: _conv_through, nn.Conv3d.forward: _conv_through,
+                    nn.Embedding.forward: _embedding_through}
 _POINTWISE = {1: nn.functional.conv1d, 2: nn.functional.conv2d, 3: nn.functional.conv3d}
 
 
 def _takes_thin_factors(module: nn.Module) -> bool:
-    """Whether the layer's forward is torch's own ``nn.Linear`` / ``nn.ConvNd`` one (a subclass that
-    changes how the weight is applied, e.g. a ``_conv_forward`` that standardises it, keeps its own), with
-    groups = 1 (groups split the input channels, which the two-stage product does not)."""
+    """Whether the layer's forward is torch's own ``nn.Linear`` / ``nn.ConvNd`` / ``nn.Embedding`` one (a
+    subclass that changes how the weight is applied, e.g. a ``_conv_forward`` that standardises it, keeps
+    its own); a convolution with groups = 1 (groups split the input channels, which the two-stage
+    product does not)."""
     cls = type(module)
     if cls.forward not in _THROUGH_FACTORS:
         return False
-    return cls.forward is nn.Linear.forward or (module.groups == 1 and cls._conv_forward in _CONV_FORWARDS)
+    if isinstance(module, nn.modules.conv._ConvNd):
+        return module.groups == 1 and cls._conv_forward in _CONV_FORWARDS
+    return True
 
 
 _CONV_FORWARDS = (nn.Conv1d._conv_forward, nn.Conv2d._conv_forward, nn.Conv3d._conv_forward)
 
 
 def _factored_forward(module: nn.Module, input: Tensor) -> Tensor:
-    r"""The forward of an ``nn.Linear`` or ``nn.Conv1d/2d/3d`` (groups = 1) whose weight's constraint has
-    thin factors (`Constraint.thin_factors`: narrow low-rank factors, θ = L Rᵀ): the output through the
-    two factors, without forming the weight nor its gradient ($x R L^\top$; a convolution with r
-    output channels then a 1 × 1 one). The weight is formed as usual (the class's forward) where the
-    factors are not thin, where something watches the constraint's forward other than symopt's own
+    r"""The forward of an ``nn.Linear``, ``nn.Conv1d/2d/3d`` (groups = 1) or ``nn.Embedding`` whose weight's
+    constraint has thin factors (`Constraint.thin_factors`: narrow low-rank factors, θ = L Rᵀ): the output
+    through the two factors, without forming the weight nor its gradient ($x R L^\top$; a convolution
+    with r output channels then a 1 × 1 one; L's rows the indices pick, times $R^\top$). The weight is
+    formed as usual (the class's forward) where the factors are not thin, where the layer's options
+    need it (an embedding's ``max_norm``, ``padding_idx``, sparse gradients), where something watches the constraint's forward other than symopt's own
     hooks (any forward hook, a pre-hook not marked `acts_on_factors`: `symopt.regrow`, a user's hook)
     or where its strength policy reads θ's gradient on the coming backward pass
     (`Strength.reads_next_gradient`: ``"auto"``, a budget's reading step). A landing's pre-hook runs on
@@ -424,6 +439,8 @@ def _factored_forward(module: nn.Module, input: Tensor) -> Tensor:
                 for hook in constraint._forward_pre_hooks.values():
                     hook(constraint, tuple(factors))  # (in place on the factors: acts_on_factors)
                 out = _THROUGH_FACTORS[type(module).forward](module, input, *thin, constraint.registered_shape)
+                if out is None:  # (the layer's options need W: formed below; the hooks above may run twice)
+                    return type(module).forward(module, input)
                 if constraint.watching and out.requires_grad and torch.is_grad_enabled():
                     policy = constraint.policy
                     out.register_hook(lambda _grad: policy.observe_unread(constraint))

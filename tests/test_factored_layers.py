@@ -1,7 +1,8 @@
-"""A Linear layer whose weight is narrow low rank computes x V Uᵀ without forming W = U Vᵀ
-(`Constraint.thin_factors`, installed by registration): the same output and factor gradients as the
-formed weight, the weight formed wherever something needs it (a budget's reading step, a watched
-forward), and the model's copies, checkpoints and removal unchanged."""
+"""A layer whose weight is narrow low rank computes its output through the factors without forming W = U Vᵀ
+(`Constraint.thin_factors`, installed by registration: a Linear as x V Uᵀ, a convolution as r kernels then
+a 1 × 1 one, an embedding as U's rows times Vᵀ): the same output and factor gradients as the formed
+weight, the weight formed wherever something needs it (a budget's reading step, a watched forward, a
+layer option), and the model's copies, checkpoints and removal unchanged."""
 
 import copy
 import sys
@@ -334,3 +335,44 @@ def test_a_convolution_that_applies_its_weight_its_own_way_keeps_its_forward(for
     x = torch.randn(1, 12, 6, 6, dtype=DT)
     assert "forward" not in vars(conv)
     torch.testing.assert_close(conv(x), nn.functional.conv2d(x, conv.weight / conv.weight.norm(), conv.bias))
+
+
+def _embedding(**options):
+    torch.manual_seed(0)
+    emb = nn.Embedding(50, 12, **options).double()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        symopt.low_rank(emb, "weight", strength=1e-3, max_rank=3)
+    return emb
+
+
+def test_a_narrow_low_rank_embedding_picks_factor_rows_without_forming_the_table(formed):
+    """An embedding table U Vᵀ gives the rows the indices pick as U's rows times Vᵀ: the output and the
+    factors' gradients of the formed table (repeated indices accumulate into U's rows as into W's)."""
+    emb = _embedding()
+    idx = torch.tensor([[0, 3, 3, 49], [7, 0, 12, 3]])
+    params = [emb.parametrizations.weight.original0, emb.parametrizations.weight.original1]
+    want = type(emb).forward(emb, idx)
+    want_grads = torch.autograd.grad(want.square().sum(), params)
+    formed.clear()
+    got = emb(idx)
+    grads = torch.autograd.grad(got.square().sum(), params)
+    assert not formed, "the table was formed"
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    for g, w in zip(grads, want_grads):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("options", [dict(padding_idx=0), dict(max_norm=1.0), dict(scale_grad_by_freq=True)])
+def test_an_embedding_whose_options_need_the_table_forms_it(formed, options):
+    """A padding row's gradient is held at 0 (its factors' would not be), max_norm renormalises rows of the
+    table in place, frequency scaling is the table's: the layer forms W and gives what nn.Embedding gives."""
+    emb = _embedding(**options)
+    idx = torch.tensor([0, 3, 3, 7])
+    plain = nn.Embedding(50, 12, **options).double()
+    with torch.no_grad():
+        plain.weight.copy_(emb.weight)
+    formed.clear()
+    out = emb(idx)
+    assert formed
+    torch.testing.assert_close(out, plain(idx), rtol=1e-12, atol=1e-12)
