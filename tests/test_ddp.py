@@ -220,13 +220,19 @@ def _identical_replicas(worker, out) -> dict:
     return rank0
 
 
-def _landing_worker(rank: int, world: int, port: int, out: str) -> None:
-    """Landing budgets (``total_steps``) under DDP, λ kept equal by ``sync_strengths``."""
+def _landing_worker(rank: int, world: int, port: int, out: str, narrow: bool = False) -> None:
+    """Landing budgets (``total_steps``) under DDP, λ kept equal by ``sync_strengths``. ``narrow``: the rank
+    budget on factors of width 2 (3 × 8: narrow, so the layer computes x V Uᵀ between readings)."""
     with _process_group(rank, world, port):
         torch.manual_seed(0)
         net = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3)).to(DT)
         symopt.sparse(net, "0.weight", max_nonzero=12, total_steps=LANDING_STEPS)
-        symopt.low_rank(net, "2.weight", target_rank=2, total_steps=LANDING_STEPS)
+        if narrow:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # (the random init truncated to rank 2)
+                symopt.low_rank(net, "2.weight", max_rank=2, target_rank=1, total_steps=LANDING_STEPS)
+        else:
+            symopt.low_rank(net, "2.weight", target_rank=2, total_steps=LANDING_STEPS)
         state = _train_to_the_landing(net, rank, world)
         state["weights"] = torch.stack([net[0].weight.detach().reshape(-1)[:8], net[2].weight.detach()[0, :8]])
         state["nonzeros"] = torch.tensor(int((net[0].weight != 0).sum()))
@@ -234,11 +240,18 @@ def _landing_worker(rank: int, world: int, port: int, out: str) -> None:
         torch.save(state, f"{out}.{rank}")
 
 
-def test_landing_budgets_land_identically_on_every_rank(tmp_path):
+def _narrow_landing_worker(rank: int, world: int, port: int, out: str) -> None:
+    _landing_worker(rank, world, port, out, narrow=True)
+
+
+@pytest.mark.parametrize("narrow", [False, True], ids=["full_width", "narrow"])
+def test_landing_budgets_land_identically_on_every_rank(tmp_path, narrow):
     """Under DDP with ``sync_strengths``, both ranks land the same atoms at the same step: the budgets are
-    exact on each rank, the replicas identical, and ``finalize`` needs no force."""
-    rank0 = _identical_replicas(_landing_worker, tmp_path / "landing")
-    assert int(rank0["nonzeros"]) == 12 and int(rank0["rank"]) == 2 and bool(rank0["finalized"])
+    exact on each rank, the replicas identical, and ``finalize`` needs no force (also where the
+    low-rank layer never forms its weight between the budget's readings)."""
+    rank0 = _identical_replicas(_narrow_landing_worker if narrow else _landing_worker, tmp_path / "landing")
+    assert int(rank0["nonzeros"]) == 12 and int(rank0["rank"]) == (1 if narrow else 2)
+    assert bool(rank0["finalized"])
 
 
 def _global_landing_worker(rank: int, world: int, port: int, out: str) -> None:
