@@ -381,8 +381,9 @@ class Constraint(nn.Module):
             self.policy.observe(self, value, grad)
 
     # -- budgets --------------------------------------------------------------------------------
-    def resolve_budget(self, atoms: int, name: str, unit: str) -> None:
-        """Fix the budget's atom count for a tensor with ``atoms`` atoms (called by ``validate``)."""
+    def resolve_budget(self, atoms: int, name: str, unit: str, holder: str = "the tensor has") -> None:
+        """Fix the budget's atom count for a tensor with ``atoms`` atoms (called by ``validate``); ``holder``
+        says what bounds them in the error (``"the tensor has"``, or e.g. the factors' width)."""
         if self.budget_spec is None:
             return
         how, amount = self.budget_spec
@@ -390,7 +391,7 @@ class Constraint(nn.Module):
         k = density_count(amount, atoms) if how == "density" else int(amount)
         if k >= atoms:
             raise ValueError(
-                f"{owner} on '{name}': a budget of {k} {unit} does not bind — the tensor has only {atoms}; "
+                f"{owner} on '{name}': a budget of {k} {unit} does not bind — {holder} only {atoms}; "
                 f"give fewer than {atoms}, or no budget"
             )
         self.budget = k

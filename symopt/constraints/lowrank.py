@@ -147,8 +147,8 @@ class LowRank(Constraint):
         if self.max_rank is None or (tensor.dim() > 2 and self.layout == "batch"):
             self.resolve_budget(min(m, n), name, "singular values (rank)")
         else:
-            self.resolve_budget(self.max_rank, name, f"singular values (rank; the factors' width max_rank={self.max_rank} "
-                                "bounds it)")
+            self.resolve_budget(self.max_rank, name, "singular values (rank)",
+                                holder=f"factors of width max_rank={self.max_rank} hold")
 
     def matrix(self, value: Tensor) -> Tensor:
         """The matrix (or batch of matrices) view of ``value``."""
