@@ -214,3 +214,55 @@ def test_the_budget_lands_under_mixed_precision(kind):
     assert all(c == budget for c in counts[round(0.75 * STEPS):])
     assert "landed" in repr(handle.constraint)
     assert symopt.finalize(model).ok
+
+
+def _sparse_20(layer):
+    return symopt.sparse(layer, "weight", max_nonzero=20, total_steps=40, ramp=(0.0, 0.5))
+
+
+def _narrow_rank_2(layer):
+    import warnings
+
+    with warnings.catch_warnings():  # (width 4 on 8 × 8: narrow, the layer skips W between readings)
+        warnings.simplefilter("ignore", UserWarning)
+        return symopt.low_rank(layer, "weight", max_rank=4, target_rank=2, total_steps=40, ramp=(0.0, 0.5))
+
+
+@pytest.mark.parametrize("register, atoms, budget", [
+    (_sparse_20, lambda w: int((w != 0).sum()), 20),
+    (_narrow_rank_2, lambda w: int((torch.linalg.svdvals(w) > 1e-12).sum()), 2)], ids=["sparse", "narrow_low_rank"])
+def test_a_layer_applied_twice_a_step_counts_one_step_and_reads_the_whole_gradient(register, atoms, budget):
+    """A layer applied twice in a forward pass (a recurrent cell; a block shared across depth) forms θ
+    twice, and each use's gradient hook sees its own part of ∂ℓ/∂θ. The backward pass is one step with
+    the parts' sum: λ's course, the landing step and the weights equal those of the same model that
+    forms θ once and uses it twice (one hook, the whole gradient); after the landing, holding the dropped
+    atoms at 0 does not write again to factors the pass has used. Before, each use counted a step (a
+    budget of total_steps=N landed at half its ramp), and the second use's hold broke the backward pass."""
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randn(64, 8, generator=g, dtype=DT), torch.randn(64, 8, generator=g, dtype=DT)
+
+    def make():
+        torch.manual_seed(0)
+        layer = nn.Linear(8, 8).double()
+        return layer, register(layer)
+
+    twice, handle_twice = make()
+    once, handle_once = make()
+
+    def applied_twice():
+        return (twice(torch.tanh(twice(x))) - y).square().mean()
+
+    def formed_once():
+        w = once.weight  # θ formed once, used twice: one hook, the whole gradient
+        hidden = torch.tanh(nn.functional.linear(x, w, once.bias))
+        return (nn.functional.linear(hidden, w, once.bias) - y).square().mean()
+
+    from helpers import recorded_training
+
+    record = lambda handle: lambda: (handle.strength, handle.constraint.policy.has_landed())  # noqa: E731
+    course = recorded_training(twice, applied_twice, 30, record(handle_twice), lr=0.05)
+    reference = recorded_training(once, formed_once, 30, record(handle_once), lr=0.05)
+    assert [landed for _, landed in course].index(True) == [landed for _, landed in reference].index(True) == 20
+    assert [lam for lam, _ in course] == pytest.approx([lam for lam, _ in reference], rel=1e-10)
+    torch.testing.assert_close(twice.weight, once.weight, rtol=1e-10, atol=1e-12)
+    assert atoms(twice.weight.detach()) == budget

@@ -798,14 +798,29 @@ def acts_on_factors(hook: Callable) -> Callable:
     return hook
 
 
+def moved_since_held(module: nn.Module, factors: Sequence[Tensor]) -> bool:
+    """Whether anything wrote to ``factors`` since `held` marked them (their version counters moved: an
+    optimizer step, a load). A landing holds its dropped atoms at 0 once after each such write, not on
+    every forward: a layer applied twice in one forward pass (a recurrent cell, a block shared across
+    depth) would otherwise write to factors the pass has already used, and autograd refuses that."""
+    return tuple(t._version for t in factors) != module.__dict__.get("_held_versions")
+
+
+def held(module: nn.Module, factors: Sequence[Tensor]) -> None:
+    """Mark ``factors`` as just held by ``module``'s landing (see `moved_since_held`)."""
+    module.__dict__["_held_versions"] = tuple(t._version for t in factors)
+
+
 @acts_on_factors
 def _land_when_due(module: "Constraint", inputs: tuple[Tensor, ...]) -> None:
     """Forward pre-hook of a budget with ``total_steps``: at the end of its ramp, keep the ``budget``
     largest atoms and land the others (``Constraint.land``) before this forward uses the factors."""
     policy = module.policy
     if policy.has_landed():
-        with torch.no_grad():
-            module.hold_landed(inputs, module.landed_keep)
+        if moved_since_held(module, inputs):
+            with torch.no_grad():
+                module.hold_landed(inputs, module.landed_keep)
+            held(module, inputs)
         return
     if not policy.landing_due():
         return
@@ -813,6 +828,7 @@ def _land_when_due(module: "Constraint", inputs: tuple[Tensor, ...]) -> None:
         keep = module.keep_mask(module.atoms(module.forward(*inputs)))
         module.land(inputs, keep)
         module.landed_keep.copy_(keep)
+    held(module, inputs)
     policy.mark_landed()
 
 
@@ -827,9 +843,12 @@ def land_set_when_due(module: "Constraint", inputs: tuple[Tensor, ...]) -> None:
         if not policy.landing_due():
             return
         policy.mark_landed()
+    elif not moved_since_held(module, inputs):
+        return
     with torch.no_grad():
         for i in module.decayed:
             inputs[i].zero_()
+    held(module, inputs)
 
 
 def _rename_policy_keys(state_dict, prefix, *_args) -> None:

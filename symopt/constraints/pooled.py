@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from .base import Constraint, Factorizer, GroupMember, acts_on_factors, largest_in_parts
+from .base import Constraint, Factorizer, GroupMember, acts_on_factors, held, largest_in_parts, moved_since_held
 from .budget import RATE, check_total_steps
 from .strength import BudgetStrength, Strength
 
@@ -325,8 +325,11 @@ def _land_pool_when_due(member: "PooledMember", inputs: tuple[Tensor, ...]) -> N
         if not policy.landing_due():
             return
         member.group.land_all()
+    elif not moved_since_held(member, inputs):
+        return  # (held since the last write: a layer applied twice in one pass is not written again)
     with torch.no_grad():
         member.inner.hold_landed(inputs, member.landed_keep)
+    held(member, inputs)
 
 
 def _entries_are_atoms(kind: Constraint) -> bool:

@@ -96,6 +96,9 @@ class Strength(nn.Module):
         self._holds = 0
         self._paused = 0
         self._pending: list = []
+        # what the backward pass under way has reported, by constraint (`_gather`), and that pass's id
+        self._backward: dict[int, list] = {}
+        self._backward_task: int | None = None
         self._followers: list[weakref.ref] = []
         self._orphaned_warned = False
         self.bound = 0  # how many symopt.bind bindings copy λ into their optimizer's groups every step
@@ -156,6 +159,8 @@ class Strength(nn.Module):
             return
         if self.scaler is not None and self.scaler.is_enabled():
             grad = grad / self.scaler.get_scale()  # the gradient of the loss, not of the scaled loss
+        if self._gather(constraint, (value, grad)):
+            return
         observation = self._observation(constraint, value, grad)
         if observation is not None:
             self._accept(observation)
@@ -172,12 +177,55 @@ class Strength(nn.Module):
         `observe` ignores one (not watching, paused)."""
         if not self.watching or self._paused:
             return
+        if self._gather(constraint, None):
+            return
         observation = self._unread_observation(constraint)
         if observation is not None:
             self._accept(observation)
 
     def _unread_observation(self, constraint: Constraint):
         return None
+
+    def _gather(self, constraint: Constraint, reading: tuple[Tensor, Tensor] | None) -> bool:
+        r"""Keep what ``constraint`` reports during a backward pass (``(value, ∂ℓ/∂θ)``, or None: θ not
+        formed) for the end of that pass, where everything it reported becomes one step (`_end_of_backward`).
+        A θ formed more than once in a forward pass — a layer applied twice (a recurrent cell, a block
+        shared across depth), or its ``.weight`` read by other code — reports once per use, each with
+        its use's part of $∂ℓ/∂θ$: the parts add up to the gradient, and the pass counts one step, so
+        that ``total_steps`` counts optimizer steps (a layer applied twice per step landed at half the
+        ramp before). False outside a backward pass (a direct call: observed at once)."""
+        task = torch._C._current_graph_task_id()
+        if task < 0:
+            return False
+        if self._backward_task != task:
+            self._end_of_backward()  # (a pass that raised before its end: what it reported is one step)
+            try:
+                torch.autograd.Variable._execution_engine.queue_callback(self._end_of_backward)
+            except RuntimeError:  # pragma: no cover - inside a graph task, a callback can always be queued
+                return False
+            self._backward_task = task
+        entry = self._backward.get(id(constraint))
+        if entry is None:
+            self._backward[id(constraint)] = [constraint, reading]
+        elif reading is not None:
+            entry[1] = reading if entry[1] is None else (entry[1][0], entry[1][1] + reading[1])
+        return True
+
+    def _end_of_backward(self) -> None:
+        """The observations of the backward pass that ended, one per constraint, applied as one step."""
+        entries, self._backward, self._backward_task = list(self._backward.values()), {}, None
+        observations = []
+        for constraint, reading in entries:
+            observation = (self._unread_observation(constraint) if reading is None
+                           else self._observation(constraint, *reading))
+            if observation is not None:
+                observations.append(observation)
+        if not observations:
+            return
+        if self._holds:
+            self._pending.extend(observations)
+        else:
+            self._commit(observations)
 
     def _accept(self, observation) -> None:
         """Apply an observation now, or keep it for the end of the step while held."""
@@ -206,7 +254,7 @@ class Strength(nn.Module):
 
     def abandon(self) -> None:
         """Forget an unfinished step (it raised): drop its holds and observations."""
-        self._holds, self._pending = 0, []
+        self._holds, self._pending, self._backward, self._backward_task = 0, [], {}, None
 
     @contextmanager
     def paused(self):
@@ -252,13 +300,13 @@ class Strength(nn.Module):
     def __getstate__(self):
         state = dict(self.__dict__)
         state.update(_followers=[], _holds=0, _paused=0, _pending=[], _orphaned_warned=False, bound=0, scaler=None,
-                     scale_watch=None)
+                     scale_watch=None, _backward={}, _backward_task=None)
         return state
 
     def __setstate__(self, state):
         super().__setstate__(state)
         for name, default in (("_followers", []), ("_holds", 0), ("_paused", 0), ("_pending", []),
-                              ("_orphaned_warned", False), ("bound", 0)):
+                              ("_orphaned_warned", False), ("bound", 0), ("_backward", {}), ("_backward_task", None)):
             self.__dict__.setdefault(name, default)
 
 
