@@ -197,6 +197,8 @@ class Strength(nn.Module):
         task = torch._C._current_graph_task_id()
         if task < 0:
             return False
+        if reading is not None and not self.reads_next_gradient():
+            reading = None  # (a step that reads no gradient, a budget's between readings: none is kept to the end)
         if self._backward_task != task:
             self._end_of_backward()  # (a pass that raised before its end: what it reported is one step)
             try:
