@@ -266,6 +266,22 @@ def test_a_pooled_rank_budget_reads_leading_singular_values_without_a_full_svd(m
     assert full_svds == []
 
 
+def _matches_the_formed_weight(layer, x, formed, atol=1e-12):
+    """``layer(x)`` through the factors (the weight never formed) and the factors' and bias's gradients of
+    its squared sum equal those of the class's own forward, which forms the weight."""
+    params = [layer.parametrizations.weight.original0, layer.parametrizations.weight.original1]
+    params += [] if getattr(layer, "bias", None) is None else [layer.bias]
+    want = type(layer).forward(layer, x)
+    want_grads = torch.autograd.grad(want.square().sum(), params)
+    formed.clear()
+    got = layer(x)
+    grads = torch.autograd.grad(got.square().sum(), params)
+    assert not formed, "the weight was formed"
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    for g, w in zip(grads, want_grads):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=atol)
+
+
 CONVS = [
     (nn.Conv1d, dict(in_channels=12, out_channels=16, kernel_size=5, stride=2, padding=3, dilation=2), (3, 12, 40)),
     (nn.Conv2d, dict(in_channels=12, out_channels=16, kernel_size=3, padding="same", padding_mode="reflect",
@@ -288,17 +304,7 @@ def test_a_narrow_low_rank_convolution_gives_the_formed_kernels_output_and_gradi
         warnings.simplefilter("ignore", UserWarning)
         symopt.low_rank(conv, "weight", strength=1e-3, max_rank=3)
     x = torch.randn(*shape, dtype=DT, generator=torch.Generator().manual_seed(1))
-    params = [conv.parametrizations.weight.original0, conv.parametrizations.weight.original1]
-    params += [] if conv.bias is None else [conv.bias]
-    want = type(conv).forward(conv, x)  # (the class's forward: the kernel formed)
-    want_grads = torch.autograd.grad(want.square().sum(), params)
-    formed.clear()
-    got = conv(x)
-    grads = torch.autograd.grad(got.square().sum(), params)
-    assert not formed, "the kernel was formed"
-    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
-    for g, w in zip(grads, want_grads):
-        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-11)
+    _matches_the_formed_weight(conv, x, formed, atol=1e-11)
 
 
 def test_grouped_or_full_width_convolutions_form_the_kernel(formed):
@@ -350,17 +356,7 @@ def test_a_narrow_low_rank_embedding_picks_factor_rows_without_forming_the_table
     """An embedding table U Vᵀ gives the rows the indices pick as U's rows times Vᵀ: the output and the
     factors' gradients of the formed table (repeated indices accumulate into U's rows as into W's)."""
     emb = _embedding()
-    idx = torch.tensor([[0, 3, 3, 49], [7, 0, 12, 3]])
-    params = [emb.parametrizations.weight.original0, emb.parametrizations.weight.original1]
-    want = type(emb).forward(emb, idx)
-    want_grads = torch.autograd.grad(want.square().sum(), params)
-    formed.clear()
-    got = emb(idx)
-    grads = torch.autograd.grad(got.square().sum(), params)
-    assert not formed, "the table was formed"
-    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
-    for g, w in zip(grads, want_grads):
-        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
+    _matches_the_formed_weight(emb, torch.tensor([[0, 3, 3, 49], [7, 0, 12, 3]]), formed)
 
 
 @pytest.mark.parametrize("options", [dict(padding_idx=0), dict(max_norm=1.0), dict(scale_grad_by_freq=True)])
