@@ -404,3 +404,38 @@ def test_a_global_ramp_ranks_units_relative_to_their_layer():
     alive = [int((torch.cat([w, b[:, None]], 1).abs().sum(1) > 0).sum()) for w, b in
              ((net[0].weight, net[0].bias), (net[2].weight, net[2].bias))]
     assert sum(alive) == 16 and min(alive) >= 4, alive  # raw norms left [1, 15]
+
+
+class _SharedBlock(nn.Module):
+    """A conv + BN block applied twice in every forward pass (shared across depth)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.block = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.head(self.block(self.block(self.stem(x))).mean((2, 3)))
+
+
+def test_a_channel_budget_on_a_block_applied_twice_lands_once_a_step():
+    """The block's four tensors are formed twice a pass. The budget counts one step per backward pass (it
+    lands at 75% of total_steps, not half way), and after the landing the dropped channels are held once
+    after each optimizer step, not between the two uses (the second use's write made autograd refuse the
+    backward before). It ends with exactly 4 channels and finalizes with defaults."""
+    torch.manual_seed(0)
+    net = _SharedBlock()
+    handle = symopt.group_sparse(net, [["block.0.weight", "block.0.bias", "block.1.weight", "block.1.bias"]],
+                                 max_groups=4, total_steps=20)
+    opt = torch.optim.Adam(symopt.param_groups(net, lr=1e-2), lr=1e-2)
+    x = torch.randn(4, 3, 6, 6, generator=torch.Generator().manual_seed(1))
+    landed = []
+    for _ in range(24):
+        opt.zero_grad()
+        net(x).square().mean().backward()
+        opt.step()
+        landed.append(handle.constraint.policy.has_landed())
+    assert landed.index(True) == 15  # the forward after step 15 of 20 lands
+    symopt.finalize(net)
+    assert int((net.block[0].weight.detach().flatten(1).abs().sum(1) != 0).sum()) == 4

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .base import Constraint, GroupMember, acts_on_factors, largest_in_parts, random_gate
+from .base import Constraint, GroupMember, acts_on_factors, held, largest_in_parts, moved_since_held, random_gate
 from .budget import RATE, check_budget, check_total_steps
 from .pooled import PooledBudget
 
@@ -259,6 +259,10 @@ class UnitGroups(Constraint, register=False):
         for i, omega in omegas.items():
             omega.mul_(self.spread(keep.to(omega.dtype), omega, i))
 
+    def factors(self) -> tuple[Tensor, ...]:
+        """The shared gates, then each tensor's $ω$: every factor of the group."""
+        return (self.gates, *(self._omega(i) for i in range(len(self.copies))))
+
     def _omega(self, index: int) -> Tensor:
         """Tensor ``index``'s $ω$ (the first tensor's parametrization stores the gates before it)."""
         copy = self.copies[index]
@@ -411,9 +415,16 @@ def _land_units_when_due(member: "UnitGroupsMember", inputs: tuple[Tensor, ...])
         if not policy.landing_due():
             return
         group.land_all()
+        held(group, group.factors())
         return
-    with torch.no_grad():  # the shared gates and this tensor's ω, whichever tensor is read first
-        group.hold([member.index])
+    # every tensor's dropped units at once, once after each write to the factors (an optimizer step):
+    # the shared gates are every tensor's, and a block applied twice in one pass must not see its factors
+    # written between the two uses (autograd refused that backward)
+    factors = group.factors()
+    if moved_since_held(group, factors):
+        with torch.no_grad():
+            group.hold(range(len(group.copies)))
+        held(group, factors)
 
 
 class UnitGroupsMember(GroupMember):
