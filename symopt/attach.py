@@ -360,8 +360,9 @@ def _register(module: nn.Module, leaf: str, parametrization: Constraint, qualnam
     parametrization.registered_shape = tuple(value.shape)
     parametrization.register_buffer("assign_like", value.detach().new_empty(0), persistent=False)
     mark_factors(module, leaf)
-    if (leaf == "weight" and _takes_thin_factors(module)
+    if (leaf == "weight" and _takes_thin_factors(module) and "forward" not in vars(module)
             and type(parametrization).thin_factors is not Constraint.thin_factors):
+        # (a forward set on the instance, by another library or by hand, is the user's: kept, W formed)
         module.forward = functools.partial(_factored_forward, module)
     if not getattr(module, _HOOK_FLAG, False):
         module.register_load_state_dict_pre_hook(_load_plain_checkpoint)

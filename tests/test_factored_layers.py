@@ -372,3 +372,22 @@ def test_an_embedding_whose_options_need_the_table_forms_it(formed, options):
     out = emb(idx)
     assert formed
     torch.testing.assert_close(out, plain(idx), rtol=1e-12, atol=1e-12)
+
+
+def test_a_forward_set_on_the_instance_is_kept(formed):
+    """A layer whose forward was replaced on the instance (by another library, or by hand) keeps it: the
+    factored forward is installed only over the class's own."""
+    torch.manual_seed(0)
+    layer = nn.Linear(40, 30).double()
+    calls = []
+
+    def own_forward(x):
+        calls.append(1)
+        return nn.functional.linear(x, layer.weight, layer.bias)
+
+    layer.forward = own_forward
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        symopt.low_rank(layer, "weight", strength=1e-3, max_rank=4)
+    layer(torch.randn(3, 40, dtype=DT))
+    assert calls == [1] and formed
