@@ -422,9 +422,9 @@ def _factored_forward(module: nn.Module, input: Tensor) -> Tensor:
     through the two factors, without forming the weight nor its gradient ($x R L^\top$; a convolution
     with r output channels then a 1 × 1 one; L's rows the indices pick, times $R^\top$). The weight is
     formed as usual (the class's forward) where the factors are not thin, where the layer's options
-    need it (an embedding's ``max_norm``, ``padding_idx``, sparse gradients), where something watches the constraint's forward other than symopt's own
-    hooks (any forward hook, a pre-hook not marked `acts_on_factors`: `symopt.regrow`, a user's hook)
-    or where its strength policy reads θ's gradient on the coming backward pass
+    need it (an embedding's ``max_norm``, ``padding_idx``, sparse gradients), where something watches
+    the constraint's forward other than symopt's own hooks (any forward hook, a pre-hook not marked
+    `acts_on_factors`: `symopt.regrow`, a user's hook) or where its strength policy reads θ's gradient on the coming backward pass
     (`Strength.reads_next_gradient`: ``"auto"``, a budget's reading step). A landing's pre-hook runs on
     the factors first, as it would before θ is formed; a budget between its readings counts the step
     when the backward pass reaches the output, as its gradient hook on θ would have (a pool's, once all

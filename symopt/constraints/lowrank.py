@@ -141,14 +141,13 @@ class LowRank(Constraint):
                 f"LowRank on '{name}': max_rank={self.max_rank} exceeds min(m, n) = {min(m, n)} of "
                 f"its {m}×{n} matrix view; choose max_rank <= {min(m, n)} or None"
             )
-        # A rank budget counts what the factors can hold: with max_rank, r singular values, not min(m, n).
-        # A landing budget's schedule starts from this count (a 512 × 512 layer at max_rank=64 started its
-        # ramp at a count of 511, more atoms than the factors have, and its first reading failed).
-        if self.max_rank is None or (tensor.dim() > 2 and self.layout == "batch"):
-            self.resolve_budget(min(m, n), name, "singular values (rank)")
-        else:
-            self.resolve_budget(self.max_rank, name, "singular values (rank)",
-                                holder=f"factors of width max_rank={self.max_rank} hold")
+        # A rank budget counts what the factors can hold (`atom_count`: with max_rank, r singular values, not
+        # min(m, n); a budget has layout="flatten"). A landing budget's schedule starts from this count (a
+        # 512 × 512 layer at max_rank=64 started its ramp at 511, more atoms than the factors have, and its
+        # first reading failed).
+        self.resolve_budget(self.atom_count(tensor), name, "singular values (rank)",
+                            holder="the tensor has" if self.max_rank is None
+                            else f"factors of width max_rank={self.max_rank} hold")
 
     def matrix(self, value: Tensor) -> Tensor:
         """The matrix (or batch of matrices) view of ``value``."""

@@ -170,11 +170,8 @@ class Pooled(Constraint, register=False):
             probe.validate(t, name)
         # (a kind's atom count is what its factors can hold: a factor width bounds a rank)
         counts = [probe.atom_count(t) for probe, t in zip(probes, tensors)]
-        if not self.entries and self.budget_spec[0] == "count" and self.budget_spec[1] >= sum(counts):
-            raise ValueError(f"{type(probes[0]).__name__} (pooled) on {', '.join(names)}: a budget of "
-                             f"{int(self.budget_spec[1])} does not bind — the factor widths allow only {sum(counts)}; "
-                             "give fewer")
-        self.resolve_budget(sum(counts), ", ".join(names), "non-zeros" if self.entries else "atoms")
+        self.resolve_budget(sum(counts), ", ".join(names), "non-zeros" if self.entries else "atoms",
+                            holder="the tensors have" if self.entries else "the factor widths allow")
         if not self.entries:  # rank >= 1 in each
             if self.budget < len(tensors):
                 raise ValueError(f"{type(probes[0]).__name__} (pooled): a budget of {self.budget} is below the "
