@@ -331,17 +331,17 @@ def _directions_per_outer_iteration(problem, **options):
 
 @pytest.mark.parametrize("dataset", ["breast_cancer", "digits"])
 @pytest.mark.parametrize("family", ["lasso", "logistic_l1"])
-def test_a_small_problem_is_checked_after_a_short_first_descent(monkeypatch, family, dataset):
-    """θ with at most EARLY_ENTRIES entries and a loss with its own curvature: the first outer
-    iteration runs EARLY_ITERATIONS L-BFGS iterations (none, QUADRATIC_EARLY_ITERATIONS, for least
-    squares under the ℓ1 norm, whose quadratic model is the objective), and the face polish certifies
-    the optimum from there (breast_cancer, 30 columns, and digits, 64 with a binary target for the
-    logistic: the same objective and support as the full 20 iterations); with polish=False (nothing to
-    finish the short descent) or on wider θ, the first check waits ``inner``."""
+def test_an_l1_problem_with_enough_rows_is_checked_before_any_descent(monkeypatch, family, dataset):
+    """An ℓ1 problem whose curvature can be positive definite on every column (rows ≥ columns:
+    `BoundLoss.determined`) is first checked before any L-BFGS iteration (QUADRATIC_EARLY_ITERATIONS),
+    and the polish from θ = 0 certifies the optimum in that check (breast_cancer, 30 columns, and
+    digits, 64, binary for the logistic): the same objective and support as the full 20 iterations,
+    which it takes when nothing says so (``determined`` False, θ wide) and with polish=False."""
     from sklearn import datasets
 
     from symopt.problems import lasso, logistic_l1
-    from symopt.solver.descent import EARLY_ENTRIES, EARLY_ITERATIONS, QUADRATIC_EARLY_ITERATIONS
+    from symopt.problems.base import BoundLoss
+    from symopt.solver.descent import QUADRATIC_EARLY_ITERATIONS
 
     X, y = getattr(datasets, f"load_{dataset}")(return_X_y=True)
     if dataset == "digits":
@@ -350,18 +350,77 @@ def test_a_small_problem_is_checked_after_a_short_first_descent(monkeypatch, fam
     make = lasso if family == "lasso" else logistic_l1
     problem = make(X, y.astype(float), 1.0, fit_intercept=True)
     problem = problem.at_strength(0.05 * problem.strength_max())
-    assert problem.shape[0] <= EARLY_ENTRIES
     counts, short = _directions_per_outer_iteration(problem)
-    first = QUADRATIC_EARLY_ITERATIONS if family == "lasso" else EARLY_ITERATIONS
-    assert counts[0] == first and short.status == "optimal" and short.iterations == 1
+    assert counts[0] == QUADRATIC_EARLY_ITERATIONS == 0 and short.status == "optimal" and short.iterations == 1
     counts, _ = _directions_per_outer_iteration(problem, polish=False)
     assert counts[0] == 20
     import symopt.solver.descent as descent
     monkeypatch.setattr(descent, "EARLY_ENTRIES", problem.shape[0] - 1)  # θ now counts as wide
+    monkeypatch.setattr(BoundLoss, "determined", lambda self: False)
     counts, full = _directions_per_outer_iteration(problem)
     assert counts[0] == 20 and full.status == "optimal"
     assert abs(short.objective - full.objective) <= 1e-12 * abs(full.objective)
     assert torch.equal(short.x == 0, full.x == 0)
+
+
+def test_with_more_columns_than_rows_only_a_small_quadratic_skips_the_descent():
+    """Where columns outnumber rows the polish's model at θ = 0 is singular on large faces: a
+    logistic-L1 of at most EARLY_ENTRIES columns gets the short first descent (EARLY_ITERATIONS), a
+    wider one the full ``inner``; the Lasso of at most EARLY_ENTRIES columns (its model is the
+    objective) none. A ridge (the elastic net) makes the curvature positive definite whatever the
+    shape: none. Every one certified optimal in its first check or after."""
+    from sklearn.datasets import load_digits
+
+    from symopt.problems import lasso, logistic_l1
+    from symopt.solver.descent import EARLY_ITERATIONS, QUADRATIC_EARLY_ITERATIONS
+
+    X, y = load_digits(return_X_y=True)
+    X = (X - X.mean(0)) / np.where(X.std(0) > 0, X.std(0), 1.0)
+    rows, labels = X[:50], (y[:50] < 5).astype(float)  # 50 rows, 64 columns (constant ones too)
+    cases = [(logistic_l1(rows, labels, 1.0, fit_intercept=True), EARLY_ITERATIONS),
+             (logistic_l1(np.hstack([rows, rows[:, :8] ** 2]), labels, 1.0, fit_intercept=True), 20),  # 72 columns
+             (lasso(rows, y[:50].astype(float), 1.0, fit_intercept=True), QUADRATIC_EARLY_ITERATIONS),
+             (logistic_l1(rows, labels, 1.0, fit_intercept=True, l1_ratio=0.5), QUADRATIC_EARLY_ITERATIONS)]
+    for problem, first in cases:
+        problem = problem.at_strength(0.1 * problem.strength_max())
+        counts, result = _directions_per_outer_iteration(problem)
+        assert counts[0] == first, (problem.name, counts)
+        assert result.status == "optimal", problem.name
+
+
+def test_a_wide_logistic_problem_skips_the_descent_only_where_few_columns_are_pulled_at_zero():
+    """Logistic-L1 on more than EARLY_ENTRIES columns with enough rows: the first check comes before
+    any descent where ∇loss(0) pulls at most PULLED_AT_ZERO of the columns off zero (a sparse
+    answer: the polish grows its face from θ = 0 in few rounds), after the full ``inner`` where it
+    pulls more (an answer holding most columns, which the descent finds in fewer curvatures)."""
+    from sklearn.datasets import make_classification
+
+    from symopt.problems import logistic_l1
+    from symopt.solver.descent import EARLY_ENTRIES, PULLED_AT_ZERO
+
+    X, y = make_classification(n_samples=400, n_features=100, n_informative=10, random_state=0)
+    problem = logistic_l1(X, y.astype(float), 1.0, fit_intercept=True)
+    assert problem.shape[0] > EARLY_ENTRIES
+    pull = np.abs((X - X.mean(0)).T @ (y - y.mean())) / len(y)  # ∇loss(0) with the intercept profiled out
+    for fraction, first in ((0.3, 0), (1e-3, 20)):
+        strength = fraction * problem.strength_max()
+        assert ((pull > strength).mean() <= PULLED_AT_ZERO) == (first == 0)
+        counts, result = _directions_per_outer_iteration(problem.at_strength(strength))
+        assert counts[0] == first and result.status == "optimal"
+
+
+def test_determined_counts_rows_with_weight_and_the_intercept():
+    """`DataTerm.determined`: rows with a positive weight, one fewer with an intercept, against the
+    columns; a ridge is always determined."""
+    from symopt.problems.glm import DataTerm, LogLoss, SquaredError
+
+    X, y = torch.randn(5, 4, dtype=torch.float64), torch.zeros(5, dtype=torch.float64)
+    assert DataTerm(SquaredError()).determined(X, y) and DataTerm(LogLoss(), fit_intercept=True).determined(X, y)
+    assert not DataTerm(SquaredError(), fit_intercept=True).determined(X[:4], y[:4])
+    assert DataTerm(SquaredError()).determined(X[:4], y[:4])
+    weights = torch.tensor([0.5, 0.5, 0.0, 0.0, 0.0], dtype=torch.float64)
+    assert not DataTerm(SquaredError()).determined(X, y, weights)
+    assert DataTerm(SquaredError(), ridge=0.1).determined(X, y, weights)
 
 
 def test_a_multitask_lasso_counts_its_rows_not_its_entries_for_the_short_first_descent(monkeypatch):

@@ -205,6 +205,13 @@ class BoundLoss:
     def __call__(self, theta: Tensor) -> Tensor:
         return self.loss(theta, **self.data)
 
+    def determined(self) -> bool:
+        """Whether the loss says its curvature can be positive definite on every coordinate at once
+        (`symopt.problems.glm.DataTerm.determined`: enough rows for the columns, or a ridge); False
+        where it does not say."""
+        answer = getattr(self.loss, "determined", None)
+        return bool(answer(**self.data)) if answer is not None else False
+
 
 class Evaluations:
     r"""The last few ``(value, ∇loss)`` of one loss on one set of data, by the value of θ.

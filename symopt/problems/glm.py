@@ -144,6 +144,25 @@ class DataTerm:
         ridge): its curvature is the same everywhere, so a quadratic model of it is the term itself."""
         return bool(getattr(self.fit, "constant_second", False))
 
+    def determined(self, X: Tensor, y: Tensor, weights: Tensor | None = None) -> bool:
+        r"""Whether the term's curvature can be positive definite on every coordinate at once: with a
+        ridge always; otherwise where the rows that count (a positive weight; one fewer with an
+        intercept, whose profiling centres them) are at least the columns. Where it cannot, a
+        quadratic model taken at a rough point (θ = 0) is singular on large faces, and its active set
+        walks level steps one coordinate at a time. The solver asks before its first check
+        (`symopt.solver.descent`).
+
+        Examples:
+            >>> import torch
+            >>> X, y = torch.ones(3, 2, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)
+            >>> DataTerm(SquaredError()).determined(X, y), DataTerm(SquaredError(), fit_intercept=True).determined(X.mT, y[:2])
+            (True, False)
+        """
+        if self.ridge > 0:
+            return True
+        rows = X.shape[0] if weights is None else int((weights > 0).sum())
+        return rows - int(self.fit_intercept) >= X.shape[1]
+
     def __call__(self, theta: Tensor, X: Tensor, y: Tensor, weights: Tensor | None = None) -> Tensor:
         value = self.fit.value(self.predictor(theta, X, y, weights), y, weights)
         if self.ridge:

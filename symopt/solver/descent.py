@@ -32,14 +32,25 @@ from .variable import Variable
 # group polish from the rougher point 21–23 → 26–28 ms).
 EARLY_ITERATIONS = 5
 EARLY_ENTRIES = 64
-# ... and none at all where the loss is a quadratic (least squares) and the norm ℓ1 on entries: the
-# polish's quadratic model is then the objective, and `solve_l1_quadratic` takes every violator in at
-# once, so the first check's polish from the start solves it. Measured (`/tmp` script, min of 8 solves
-# on fresh data, three alternations): Lasso with intercept on diabetes 5.9 → 3.7 ms (0.1 λ_max) and
-# 5.5 → 3.1 (0.01), on raw breast_cancer 7.4 → 2.4 and 6.2 → 2.9, the same objectives. Not for logistic
-# losses (a model to redo: 9.6 → 8.3 ms and 13.8 → 14.6) nor group norms (one group joins at a time:
-# multi-task digits 18 → 30 ms).
+# ... and none at all where the norm is ℓ1 on entries and the polish's first model cannot be singular
+# by shape (`BoundLoss.determined`: at least as many rows as columns, or a ridge), or where the loss
+# is a quadratic (least squares) on at most EARLY_ENTRIES atoms: the polish (proximal Newton) then
+# starts from θ = 0, whose violators its ℓ1 active set takes in together (least squares is solved by
+# its first model). Measured (benchmarks/RESULTS.md, fifteenth session; paired in one process,
+# medians of 7 solves, 64 problems): logistic-L1 with intercept on wine, digits and breast_cancer (raw
+# and standardised) 0.40–1.17× the time, make_classification designs 200×50 to 20000×100 0.21–1.07×
+# (500×300 at 0.03 λ_max 81 → 17 ms), the Lasso 300×100 to 1000×500 0.27–0.48×; the same objectives.
+# The losses (1.05–1.17×) are at 0.01–0.03 λ_max on 30–64 columns. Where columns outnumber rows the
+# model at θ = 0 is singular on large faces: logistic-L1 40×120 at ≤ 0.01 λ_max took 1.4–2× longer
+# from there (the descent's rough structure is the better start), and so did least squares of 120 or
+# 200 columns on 40 or 100 rows at a tiny λ (twelfth session). Also slower from θ = 0: logistic-L1
+# whose answer holds most columns (a sparse 3000×500 design with 369 and 469 of 500 alive: 101 → 136
+# and 163 → 358 ms), where the face grows by at most its size + 32 atoms an outer iteration and each
+# costs a curvature of 3000 rows. So a loss that is not a quadratic, on more than EARLY_ENTRIES atoms,
+# starts there only where ∇loss(0) pulls at most PULLED_AT_ZERO of them off zero (403 and 490 of 500
+# on that design; 325 of 500 on a 2000×500 whose answer holds 267: 150 → 66 ms from θ = 0).
 QUADRATIC_EARLY_ITERATIONS = 0
+PULLED_AT_ZERO = 0.75
 
 
 class Descent:
@@ -203,7 +214,9 @@ class Descent:
         structure; a few L-BFGS iterations give that, and the other ``inner`` ones before the first
         check were most of a small solve (diabetes Lasso: 20 iterations, then one Newton step
         certified). On wider θ the structure after a few iterations is too rough: the polish
-        then drops atoms one active-set step at a time, which costs more than it saves."""
+        then drops atoms one active-set step at a time, which costs more than it saves. Under an ℓ1
+        norm of entries none (0) where the polish's model from θ = 0 cannot be singular by shape
+        (see ``QUADRATIC_EARLY_ITERATIONS`` and ``PULLED_AT_ZERO``)."""
         if not self.options.polish or self.options.inner <= EARLY_ITERATIONS:
             return None
         if getattr(self.loss, "curvature", None) is None:
@@ -212,14 +225,23 @@ class Descent:
         # Lasso of 64 rows × 10 targets has the structure of 64 columns)
         ids = self.constraint.atom_ids(self.problem_size, "cpu")
         atoms = self.problem_size if ids is None else int(ids.max()) + 1
+        if self.constraint.entry_signs() is not None:
+            # An ℓ1 norm of entries: the polish's active set takes the violators of θ = 0 in together, so
+            # the first check comes before any descent where its first model cannot be singular by shape,
+            # and on a small quadratic loss (its model is the objective: the first polish solves it).
+            # See QUADRATIC_EARLY_ITERATIONS.
+            determined = getattr(self.loss, "determined", None)
+            quadratic = getattr(self.loss, "quadratic", False)
+            if (quadratic and atoms <= EARLY_ENTRIES) or (determined is not None and determined() and (
+                    quadratic or atoms <= EARLY_ENTRIES or self._pulled_at_zero() <= PULLED_AT_ZERO * atoms)):
+                return QUADRATIC_EARLY_ITERATIONS
         if atoms > EARLY_ENTRIES:
             return None
-        if getattr(self.loss, "quadratic", False) and self.constraint.entry_signs() is not None:
-            # A quadratic loss under an ℓ1 norm of entries: the polish's model is the objective itself,
-            # and its active set takes the violators in together, so from the start it solves the
-            # problem, and the first check comes before any descent (see QUADRATIC_EARLY_ITERATIONS).
-            return QUADRATIC_EARLY_ITERATIONS
         return EARLY_ITERATIONS
+
+    def _pulled_at_zero(self) -> int:
+        """How many atoms ∇loss(0) pulls off zero (their dual atoms above λ)."""
+        return int((self.constraint.dual_atoms(self.grad0) > float(self.constraint.strength)).sum())
 
     def run(self, budget: int, start: float) -> tuple[str, str]:
         """Up to ``budget`` outer iterations from the current factors (a fresh optimizer: λ may
