@@ -2,7 +2,7 @@
 
     python -m benchmarks.users_data [--repeats 3] [--quick] [--large-only] [--positive-only] [--groups-only]
                                     [--paths-only] [--reduced-rank-only] [--completion-only]
-                                    [--completion-sweep]
+                                    [--completion-sweep] [--logistic-sweep]
 
 Every row times a *whole call* as a user makes it (``symopt.solve`` / ``symopt.path`` /
 ``symopt.estimators.LassoCV`` against scikit-learn's ``Lasso`` / ``lasso_path`` / ``LassoCV`` and
@@ -20,7 +20,8 @@ scikit-learn's ``Lasso(positive=True)``. The group lasso runs on standardised di
 Lasso on linnerud and on digits' one-hot labels against scikit-learn's ``MultiTaskLasso``. Completion runs against
 accelerated SoftImpute (``symopt.baselines.softimpute``) on generated matrices, digits and a sample
 image, and (``--completion-sweep``, not in the default run: a few minutes) on fifteen more generated
-ones of other shapes, ranks and observed fractions; nuclear-norm (reduced-rank) regression of digits' one-hot labels on its raw and standardised
+ones of other shapes, ranks and observed fractions; logistic-L1 (``--logistic-sweep``, not in the default
+run) on wine, digits, raw breast_cancer and six generated designs against skglm; nuclear-norm (reduced-rank) regression of digits' one-hot labels on its raw and standardised
 pixels against cvxpy.
 """
 
@@ -115,6 +116,48 @@ def single_solves(repeats: int, quick: bool = False) -> list[tuple]:
                              "skglm SparseLogReg",
                              lambda: skglm.SparseLogisticRegression(alpha=lam, fit_intercept=True).fit(X, y), repeats,
                              coef=lambda model: model.coef_.reshape(-1)))
+    return rows
+
+
+def logistic_sweep(repeats: int) -> list[tuple]:
+    """Logistic-L1 with an intercept against skglm's ``SparseLogisticRegression`` (its default
+    tolerance) on data the rest of the suite does not use, at 0.3, 0.1, 0.03 and 0.01 λ_max: wine
+    (class 0 against the rest on raw columns, class 1 on standardised ones), digits (odd labels on raw
+    pixels, labels above 4 on standardised ones), raw breast_cancer, and scikit-learn's
+    ``make_classification`` designs from 200×50 to 20000×100 (tall, wide-ish, few and many informative
+    columns). A solver change that helps the suite's one logistic row must hold here too. Needs
+    skglm (an optional benchmark dependency)."""
+    try:
+        import skglm
+    except ImportError:  # pragma: no cover
+        raise SystemExit("--logistic-sweep compares against skglm: pip install skglm") from None
+    from sklearn.datasets import load_breast_cancer, load_digits, load_wine, make_classification
+
+    def standardised(X):
+        spread = X.std(0)
+        return (X - X.mean(0)) / np.where(spread > 0, spread, 1.0)
+
+    Xw, yw = load_wine(return_X_y=True)
+    Xd, yd = load_digits(return_X_y=True)
+    Xc, yc = load_breast_cancer(return_X_y=True)
+    cases = [("wine raw, class 0", Xw, yw == 0), ("wine std, class 1", standardised(Xw), yw == 1),
+             ("digits raw, odd", Xd, yd % 2 == 1), ("digits std, above 4", standardised(Xd), yd > 4),
+             ("cancer raw", Xc, yc == 1)]
+    for seed, (n, d, informative) in enumerate([(200, 50, 5), (1000, 100, 10), (500, 300, 20), (2000, 40, 8),
+                                                (2000, 500, 20), (20000, 100, 20)]):
+        X, y = make_classification(n_samples=n, n_features=d, n_informative=informative, n_redundant=informative,
+                                   random_state=seed, flip_y=0.05)
+        cases.append((f"make_classification {n}×{d}", X, y == 1))
+    rows = []
+    for name, X, y in cases:
+        y = y.astype(float)
+        for fraction in (0.3, 0.1, 0.03, 0.01):
+            problem = logistic_l1(X, y, 1.0, fit_intercept=True)
+            lam = fraction * problem.strength_max()
+            rows.append(_against(f"logistic-L1+intercept, {name}, {fraction:g} λmax", problem.at_strength(lam),
+                                 "skglm SparseLogReg",
+                                 lambda: skglm.SparseLogisticRegression(alpha=lam, fit_intercept=True).fit(X, y),
+                                 repeats, coef=lambda model: model.coef_.reshape(-1)))
     return rows
 
 
@@ -353,6 +396,8 @@ def main(argv=None) -> None:
                         help="only the completion rows against SoftImpute (generated, digits, china.jpg)")
     parser.add_argument("--completion-sweep", action="store_true",
                         help="only completion of fifteen more generated matrices against SoftImpute")
+    parser.add_argument("--logistic-sweep", action="store_true",
+                        help="only logistic-L1 on eleven more data sets against skglm (wine, digits, generated)")
     parser.add_argument("--reduced-rank-only", action="store_true",
                         help="only the nuclear-norm regression rows against cvxpy")
     args = parser.parse_args(argv)
@@ -370,6 +415,8 @@ def main(argv=None) -> None:
         rows = lambda: reduced_rank(repeats, args.quick)  # noqa: E731
     elif args.completion_sweep:
         rows = lambda: completion_sweep(repeats)  # noqa: E731
+    elif args.logistic_sweep:
+        rows = lambda: logistic_sweep(repeats)  # noqa: E731
     elif args.completion_only:
         rows = lambda: completion(repeats, args.quick)  # noqa: E731
     elif args.groups_only:

@@ -316,16 +316,16 @@ def test_the_lean_loop_keeps_fewer_pairs_of_a_large_factorisation():
 
 def _directions_per_outer_iteration(problem, **options):
     """(L-BFGS iterations of each outer iteration, the result) of ``symopt.solve(problem)``."""
-    from symopt.solver import flat
+    from symopt.solver.descent import Descent
     counts = []
-    run = flat.FlatLBFGS.run
+    iterate = Descent._iterate
 
-    def counting(self, iterations):
-        counts.append(iterations)
-        return run(self, iterations)
+    def counting(self, step, rule, iteration, iterations=None):
+        counts.append(self.options.inner if iterations is None else iterations)
+        return iterate(self, step, rule, iteration, iterations)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(flat.FlatLBFGS, "run", counting)
+        patch.setattr(Descent, "_iterate", counting)
         return counts, symopt.solve(problem, **options)
 
 
@@ -361,6 +361,45 @@ def test_an_l1_problem_with_enough_rows_is_checked_before_any_descent(monkeypatc
     assert counts[0] == 20 and full.status == "optimal"
     assert abs(short.objective - full.objective) <= 1e-12 * abs(full.objective)
     assert torch.equal(short.x == 0, full.x == 0)
+
+
+def test_a_check_before_any_descent_makes_no_factors_unless_the_descent_runs(monkeypatch):
+    """A first check before any descent takes θ = 0 as it is: where it certifies, no factors (no
+    `Variable`, no registered parametrization) are made; where it does not (a certifier made to
+    refuse it), the descent makes them from the same θ and reaches the same optimum."""
+    from sklearn.datasets import load_breast_cancer
+
+    from symopt.problems import logistic_l1
+    from symopt.solver import descent
+
+    X, y = load_breast_cancer(return_X_y=True)
+    problem = logistic_l1((X - X.mean(0)) / X.std(0), y.astype(float), 1.0, fit_intercept=True)
+    problem = problem.at_strength(0.1 * problem.strength_max())
+    made = []
+    make = descent.Variable.__init__
+
+    def counting(self, *args, **kwargs):
+        made.append(1)
+        make(self, *args, **kwargs)
+
+    monkeypatch.setattr(descent.Variable, "__init__", counting)
+    quick = symopt.solve(problem)
+    assert quick.status == "optimal" and quick.iterations == 1 and not made
+    from symopt.solver.certifier import Certifier
+
+    certify, checks = Certifier.certify, []
+
+    def first_fails(self, theta, constraint, widens=None):  # the first check does not certify: the descent runs
+        checks.append(theta.clone())
+        point, kkt, data, certifying = certify(self, theta, constraint, widens)
+        return (point, 1e3 * self.target if len(checks) == 1 else kkt, data, certifying)
+
+    monkeypatch.setattr(Certifier, "certify", first_fails)
+    counts, slow = _directions_per_outer_iteration(problem)
+    assert not bool(checks[0].any())  # (the first check saw θ = 0)
+    assert counts[:2] == [0, 20] and len(made) == 1 and slow.status == "optimal" and slow.iterations > 1
+    assert abs(slow.objective - quick.objective) <= 1e-9 * abs(quick.objective)
+    assert torch.equal(slow.x == 0, quick.x == 0)
 
 
 def test_with_more_columns_than_rows_only_a_small_quadratic_skips_the_descent():

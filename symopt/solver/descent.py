@@ -125,7 +125,7 @@ class Descent:
         """Which of the iterate / its factors holds NaN or Inf, or None."""
         if not bool(torch.isfinite(theta).all()):
             return "the iterate holds"
-        if not all(bool(torch.isfinite(p).all()) for p in self.holder.parameters()):
+        if self._holder is not None and not all(bool(torch.isfinite(p).all()) for p in self._holder.parameters()):
             return "the factors hold"
         return None
 
@@ -165,12 +165,16 @@ class Descent:
             self.holder.load(self.point)
 
     def _iterate(self, step, rule: StopRule, iteration: int, iterations: int | None = None):
-        """One outer iteration: step (``iterations``, default the solve's ``inner``), then certify.
+        """One outer iteration: step (``iterations``, default the solve's ``inner``), then certify;
+        ``step`` None: no descent yet (a first check before any, the factors not made), θ as it is.
         ``(collapsed, theta, point, kkt, data, constraint)``, or a ``(status, message)`` verdict when
         NaN / Inf or a torch error stops it."""
         try:
-            collapsed = step(iterations)
-            theta = self.holder.theta.detach()
+            if step is None:  # the first check, before any descent and any factors: θ as it is
+                collapsed, theta = None, self.theta()
+            else:
+                collapsed = step(iterations)
+                theta = self.holder.theta.detach()
             broken = self._non_finite(theta)
             if broken:
                 return self._broken(rule, f"iteration {iteration}: {broken} NaN or Inf")
@@ -246,15 +250,20 @@ class Descent:
     def run(self, budget: int, start: float) -> tuple[str, str]:
         """Up to ``budget`` outer iterations from the current factors (a fresh optimizer: λ may
         have changed since the last run). Returns ``(status, message)``."""
-        step = self._stepper()
-        previous = self.holder.theta.detach().clone()
+        # (a check before any descent takes θ as it is: the factors, their parametrization and the
+        # stepper are made only when the descent runs; on a small logistic-L1 solve that the first
+        # check certifies, making them was a tenth of the call)
+        step = None
+        previous = self.theta().clone()
         rule = StopRule(self.tol, self.tol * self.scale)
         self.certifier.start_run()
         early = self._early_check()
         for _ in range(budget):
             iteration = len(self.history) + 1
+            if step is None and not (early == 0 and self._holder is None):
+                step = self._stepper()
             outcome = self._iterate(step, rule, iteration, early)
-            early = None
+            stepped, early = early != 0, None
             if len(outcome) == 2:
                 return outcome
             collapsed, theta, point, kkt, data, constraint = outcome
@@ -277,7 +286,8 @@ class Descent:
                 step = self._stepper()
                 previous = self.holder.theta.detach().clone()
                 continue
-            verdict = rule.finished(kkt, violation, theta, previous)
+            # (a check before any descent has not moved θ: that is no stall, the descent starts now)
+            verdict = rule.finished(kkt, violation, theta, previous if stepped else None)
             if verdict:
                 return verdict
             previous = theta.clone()

@@ -69,11 +69,12 @@ class StopRule:
         return self.watchdog.verdict(objective, norm)
 
     def finished(self, kkt: float, violation: float, theta: torch.Tensor,
-                 previous: torch.Tensor) -> tuple[str, str] | None:
-        """``optimal`` when the certificate passes; ``stalled`` when the iterate did not move."""
+                 previous: torch.Tensor | None) -> tuple[str, str] | None:
+        """``optimal`` when the certificate passes; ``stalled`` when the iterate did not move from
+        ``previous`` (None: no step was asked for, as at a check before any descent)."""
         if kkt <= self.target and violation <= self.tol * max(1.0, float(theta.norm())):
             return "optimal", "KKT residual and violation below tolerance"
-        if torch.equal(theta, previous):
+        if previous is not None and torch.equal(theta, previous):
             largest = float(theta.abs().max()) if theta.numel() else 0.0
             if self.far(kkt) and not largest < 1e-8 * torch.finfo(theta.dtype).max:
                 # stuck at the end of the float range: the iterates ran off faster than the watchdog's
