@@ -66,9 +66,12 @@ def solve(problem: Problem, device=None, dtype=None, method: str = "auto", tol: 
             ``symopt.solver.descent.EARLY_ENTRIES`` = 64 atoms: entries, or a group norm's groups)
             whose loss gives its own curvature is first checked after ``EARLY_ITERATIONS`` = 5 (with
             ``polish``): from there the face polish, a Newton method on the face, finishes what a
-            longer first descent would. Where that loss is a quadratic (least squares) and the norm
-            ℓ1 on entries, the first check comes before any iteration
-            (``QUADRATIC_EARLY_ITERATIONS`` = 0): the polish's quadratic model is the objective.
+            longer first descent would. Under an ℓ1 norm of entries the first check comes before
+            any iteration (``QUADRATIC_EARLY_ITERATIONS`` = 0), and proximal Newton starts from θ:
+            where the loss is a quadratic of at most 64 atoms (least squares: its model is the
+            objective), and where the data have at least as many rows as columns, or a ridge (the
+            loss's ``determined``), unless a loss that is not a quadratic has more than 64 columns
+            of which ∇loss(0) pulls over ``PULLED_AT_ZERO`` = 3/4 off zero.
         history_size: L-BFGS memory (a long memory matters on the factored problems). The lean loop
             keeps at most ``symopt.solver.flat.HISTORY_NUMBERS`` / (factor coordinates) pairs, and at
             least 10: 100 pairs of a 10⁵-coordinate factorisation cost more to read than they save.
