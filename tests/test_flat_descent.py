@@ -448,6 +448,38 @@ def test_a_wide_logistic_problem_skips_the_descent_only_where_few_columns_are_pu
         assert counts[0] == first and result.status == "optimal"
 
 
+def test_a_group_norm_on_a_few_groups_is_checked_before_any_descent(monkeypatch):
+    """Least squares under a norm of groups with at most FEW_GROUPS groups and enough rows (diabetes in
+    5 groups of 2, linnerud's multi-task Lasso on 3 rows): the first check comes before any descent and
+    the group polish from θ = 0 certifies the optimum there, the objective and support of the full 20
+    iterations; breast_cancer in 10 groups keeps the short first descent."""
+    from sklearn.datasets import load_breast_cancer, load_diabetes, load_linnerud
+
+    from symopt.problems import group_lasso, multitask_lasso
+    from symopt.problems.base import BoundLoss
+    from symopt.solver.descent import EARLY_ITERATIONS, FEW_GROUPS
+
+    Xd, yd = load_diabetes(return_X_y=True)
+    Xl, Yl = load_linnerud(return_X_y=True)
+    Xc, yc = load_breast_cancer(return_X_y=True)
+    Xc = (Xc - Xc.mean(0)) / Xc.std(0)
+    few = [group_lasso(Xd, yd - yd.mean(), 2, 1.0), multitask_lasso(Xl, Yl - Yl.mean(0), 1.0)]
+    assert FEW_GROUPS < 10
+    for problem in few:
+        problem = problem.at_strength(0.1 * problem.strength_max())
+        counts, quick = _directions_per_outer_iteration(problem)
+        assert counts[0] == 0 and quick.status == "optimal" and quick.iterations == 1, problem.name
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(BoundLoss, "determined", lambda self: False)
+            counts, slow = _directions_per_outer_iteration(problem)
+        assert counts[0] == EARLY_ITERATIONS and slow.status == "optimal"
+        assert abs(quick.objective - slow.objective) <= 1e-9 * abs(slow.objective)
+        assert torch.equal(quick.x == 0, slow.x == 0)
+    ten = group_lasso(Xc, yc - yc.mean(), 3, 1.0)
+    counts, result = _directions_per_outer_iteration(ten.at_strength(0.1 * ten.strength_max()))
+    assert counts[0] == EARLY_ITERATIONS and result.status == "optimal"
+
+
 def test_determined_counts_rows_with_weight_and_the_intercept():
     """`DataTerm.determined`: rows with a positive weight, one fewer with an intercept, against the
     columns; a ridge is always determined."""
