@@ -237,3 +237,44 @@ def test_logistic_intercept_from_a_nearby_start_is_the_same_root_in_fewer_steps(
         assert warm_steps <= 3 and warm_steps < cold_steps
         for b in (warm, wild):
             assert abs(float(b) - float(cold)) <= 1e-13
+
+
+def test_a_kept_predictor_is_only_reused_for_the_same_point_data_and_term(monkeypatch):
+    """`DataTerm` keeps the last predictor on X: the curvature at the point whose value and gradient
+    were just evaluated reuses it (one intercept root, not two), and nothing else does — other
+    labels, other weights, another term (no intercept) or another θ on the same X give what a fresh
+    computation gives."""
+    from symopt.problems.glm import DataTerm, LogLoss
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(60, 5, generator=g, dtype=torch.float64)
+    y1 = (torch.rand(60, generator=g) < 0.5).to(torch.float64)
+    y2 = 1.0 - y1
+    weights = torch.rand(60, generator=g, dtype=torch.float64)
+    weights = weights / weights.sum()
+    theta = torch.randn(5, generator=g, dtype=torch.float64)
+    mask = torch.tensor([True, False, True, True, False])
+    with_b, without_b = DataTerm(LogLoss(), fit_intercept=True), DataTerm(LogLoss())
+
+    def fresh(term, point, labels, w=None):
+        return term.curvature(point, mask, X.clone(), labels, w)  # (a fresh X keeps nothing)
+
+    calls = []
+    predictor = DataTerm.predictor
+
+    def counting(self, *args, **kwargs):
+        calls.append(1)
+        return predictor(self, *args, **kwargs)
+
+    monkeypatch.setattr(DataTerm, "predictor", counting)
+    with_b.value_and_grad(theta, X, y1)
+    assert torch.equal(with_b.curvature(theta.clone(), mask, X, y1), fresh(with_b, theta, y1))
+    assert len(calls) == 2  # the value's and the fresh X's: the curvature at the same point reused the first
+    cases = [(with_b, theta, y2, None), (with_b, theta, y1, weights), (without_b, theta, y1, None),
+             (with_b, theta + 0.1, y1, None)]
+    for term, point, labels, w in cases:
+        with_b.value_and_grad(theta, X, y1)
+        assert torch.equal(term.curvature(point, mask, X, labels, w), fresh(term, point, labels, w))
+        value, grad = term.value_and_grad(point, X, labels, w)
+        reference = term.value_and_grad(point, X.clone(), labels, w)
+        assert torch.equal(value, reference[0]) and torch.equal(grad, reference[1])

@@ -183,7 +183,7 @@ class DataTerm:
             (True, [-1.5, -2.5])
         """
         with torch.no_grad():
-            z = self.predictor(theta, X, y, weights)
+            z = self._kept_predictor(theta, X, y, weights)
             value = self.fit.value(z, y, weights)
             slope = self.fit.slope(z, y)
             scaled = slope / slope.shape[0] if weights is None else _weights_like(weights.to(slope.dtype), slope) * slope
@@ -231,7 +231,7 @@ class DataTerm:
                 if self.quadratic:  # f'' at any z will do: at z = 0, no product
                     z = torch.zeros(X.shape[0], dtype=theta.dtype, device=theta.device)
                 else:
-                    z = self.predictor(theta, X, y, weights)
+                    z = self._kept_predictor(theta, X, y, weights)
                 omega = torch.full_like(z, 1.0 / z.shape[0]) if weights is None else weights.to(z.dtype)
                 h = omega * self.fit.second(z)
                 Z = columns(X, index)
@@ -283,6 +283,22 @@ class DataTerm:
                 gram = centred.mT @ centred / X.shape[0]
             setattr(X, key, gram)
         return gram
+
+    def _kept_predictor(self, theta: Tensor, X: Tensor, y: Tensor, weights: Tensor | None) -> Tensor:
+        """`predictor` without autograd, the last one kept on ``X`` (with the θ, labels, weights and
+        term it was for): the face polish asks for the curvature at the point whose value and gradient
+        it has just evaluated (the step it accepted), and with a logistic intercept each predictor
+        solves for the intercept's root (a fifth of a small logistic-L1 solve went to predictors).
+        The data are never mutated (`Problem`'s contract), so an equal θ gives the same answer."""
+        kept = getattr(X, "_symopt_last_predictor", None)
+        if (kept is not None and kept[1] is y and kept[2] is weights and kept[3] == self
+                and kept[0].shape == theta.shape and kept[0].dtype == theta.dtype
+                and kept[0].device == theta.device and torch.equal(kept[0], theta)):
+            return kept[4]
+        with torch.no_grad():
+            z = self.predictor(theta, X, y, weights)
+        X._symopt_last_predictor = (theta.detach().clone(), y, weights, self, z)
+        return z
 
     def predictor(self, theta: Tensor, X: Tensor, y: Tensor, weights: Tensor | None = None) -> Tensor:
         """``Xw + b*(w)`` ($b^* = 0$ without an intercept); differentiable in ``w``."""
