@@ -38,9 +38,9 @@ EARLY_ENTRIES = 64
 # starts from θ = 0, whose violators its ℓ1 active set takes in together (least squares is solved by
 # its first model). Measured (benchmarks/RESULTS.md, fifteenth session; paired in one process,
 # medians of 7 solves, 64 problems): logistic-L1 with intercept on wine, digits and breast_cancer (raw
-# and standardised) 0.40–1.17× the time, make_classification designs 200×50 to 20000×100 0.21–1.07×
-# (500×300 at 0.03 λ_max 81 → 17 ms), the Lasso 300×100 to 1000×500 0.27–0.48×; the same objectives.
-# The losses (1.05–1.17×) are at 0.01–0.03 λ_max on 30–64 columns. Where columns outnumber rows the
+# and standardised) 0.38–1.28× the time, make_classification designs 200×50 to 20000×100 0.18–1.00×
+# (500×300 at 0.03 λ_max 129 → 23 ms), the Lasso 300×100 to 1000×500 0.17–0.51×; the same objectives.
+# The losses (1.05–1.28×) are at 0.01–0.03 λ_max on 30–64 columns. Where columns outnumber rows the
 # model at θ = 0 is singular on large faces: logistic-L1 40×120 at ≤ 0.01 λ_max took 1.4–2× longer
 # from there (the descent's rough structure is the better start), and so did least squares of 120 or
 # 200 columns on 40 or 100 rows at a tiny λ (twelfth session). Also slower from θ = 0: logistic-L1
