@@ -544,6 +544,21 @@ def test_group_sparse_pullback_is_autograds_for_every_grouping(options):
         assert torch.allclose(got, want, atol=1e-12)
 
 
+def _same_optimum_from_zero_as_after_the_short_descent(problem):
+    """The first check comes before any descent, and certifies the optimum that the short first
+    descent (the previous rule, forced) certifies: both optimal, the objectives equal to 1e-8."""
+    from symopt.solver import descent
+
+    counts, quick = _directions_per_outer_iteration(problem)
+    assert counts[0] == 0
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(descent.Descent, "_early_check", lambda self: descent.EARLY_ITERATIONS)
+        counts, reference = _directions_per_outer_iteration(problem)
+    assert counts[0] == descent.EARLY_ITERATIONS
+    assert quick.status == reference.status == "optimal", (quick.message, reference.message)
+    assert abs(quick.objective - reference.objective) <= 1e-8 * max(1.0, abs(reference.objective))
+
+
 @given(rows_per_column=st.floats(1.0, 4.0), columns=st.integers(2, 40), logistic=st.booleans(),
        intercept=st.booleans(), weighted=st.booleans(), l1_ratio=st.sampled_from([1.0, 0.5]),
        fraction=st.floats(1e-3, 0.9), seed=st.integers(0, 2**16))
@@ -555,8 +570,6 @@ def test_the_polish_from_zero_reaches_the_optimum_of_the_short_descent(rows_per_
     without an intercept, sample weights, the elastic net, λ from 1e-3 to 0.9 λ_max), the first check
     before any descent — the polish from θ = 0 — certifies the same optimum as the short first
     descent does (the previous rule, forced): both optimal, the objectives equal to 1e-8."""
-    from symopt.solver import descent
-
     g = torch.Generator().manual_seed(seed)
     n = max(columns + 2, int(rows_per_column * columns))
     X = torch.randn(n, columns, generator=g, dtype=torch.float64) * torch.rand(columns, generator=g, dtype=torch.float64).add(0.1)
@@ -571,15 +584,7 @@ def test_the_polish_from_zero_reaches_the_optimum_of_the_short_descent(rows_per_
     weights = torch.rand(n, generator=g, dtype=torch.float64).add(0.1) if weighted else None
     make = logistic_l1 if logistic else lasso
     problem = make(X, y, 1.0, fit_intercept=intercept, sample_weight=weights, l1_ratio=l1_ratio)
-    problem = problem.at_strength(fraction * problem.strength_max())
-    counts, quick = _directions_per_outer_iteration(problem)
-    assert counts[0] == 0
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(descent.Descent, "_early_check", lambda self: descent.EARLY_ITERATIONS)
-        counts, reference = _directions_per_outer_iteration(problem)
-    assert counts[0] == descent.EARLY_ITERATIONS
-    assert quick.status == reference.status == "optimal", (quick.message, reference.message)
-    assert abs(quick.objective - reference.objective) <= 1e-8 * max(1.0, abs(reference.objective))
+    _same_optimum_from_zero_as_after_the_short_descent(problem.at_strength(fraction * problem.strength_max()))
 
 
 @given(groups=st.integers(1, 8), size=st.integers(1, 4), extra_rows=st.integers(1, 60), intercept=st.booleans(),
@@ -592,7 +597,6 @@ def test_the_group_polish_from_zero_reaches_the_optimum_of_the_short_descent(gro
     group lasso with or without an intercept, the multi-task Lasso), the group polish from θ = 0
     certifies the same optimum as after the short first descent (the previous rule, forced)."""
     from symopt.problems import multitask_lasso
-    from symopt.solver import descent
 
     g = torch.Generator().manual_seed(seed)
     columns = groups * size if not multitask else groups
@@ -602,11 +606,4 @@ def test_the_group_polish_from_zero_reaches_the_optimum_of_the_short_descent(gro
     Y = X @ w + 0.5 * torch.randn(n, w.shape[1], generator=g, dtype=torch.float64)
     problem = (multitask_lasso(X, Y, 1.0, fit_intercept=intercept) if multitask
                else group_lasso(X, Y[:, 0], size, 1.0, fit_intercept=intercept))
-    problem = problem.at_strength(fraction * problem.strength_max())
-    counts, quick = _directions_per_outer_iteration(problem)
-    assert counts[0] == 0
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(descent.Descent, "_early_check", lambda self: descent.EARLY_ITERATIONS)
-        counts, reference = _directions_per_outer_iteration(problem)
-    assert quick.status == reference.status == "optimal", (quick.message, reference.message)
-    assert abs(quick.objective - reference.objective) <= 1e-8 * max(1.0, abs(reference.objective))
+    _same_optimum_from_zero_as_after_the_short_descent(problem.at_strength(fraction * problem.strength_max()))
