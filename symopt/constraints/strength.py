@@ -222,19 +222,15 @@ class Strength(nn.Module):
                            else self._observation(constraint, *reading))
             if observation is not None:
                 observations.append(observation)
-        if not observations:
-            return
+        if observations:
+            self._accept(*observations)
+
+    def _accept(self, *observations) -> None:
+        """Apply the observations of one step now, or keep them for the end of the step while held."""
         if self._holds:
             self._pending.extend(observations)
         else:
-            self._commit(observations)
-
-    def _accept(self, observation) -> None:
-        """Apply an observation now, or keep it for the end of the step while held."""
-        if self._holds:
-            self._pending.append(observation)
-        else:
-            self._commit([observation])
+            self._commit(list(observations))
 
     def _observation(self, constraint: Constraint, value: Tensor, grad: Tensor):
         return None
