@@ -239,22 +239,21 @@ class Descent:
         # Lasso of 64 rows × 10 targets has the structure of 64 columns)
         ids = self.constraint.atom_ids(self.problem_size, "cpu")
         atoms = self.problem_size if ids is None else int(ids.max()) + 1
+        quadratic = getattr(self.loss, "quadratic", False)
+        asks = getattr(self.loss, "determined", None)
+        determined = asks is not None and asks()
         if self.constraint.entry_signs() is not None:
             # An ℓ1 norm of entries: the polish's active set takes the violators of θ = 0 in together, so
             # the first check comes before any descent where its first model cannot be singular by shape,
             # and on a small quadratic loss (its model is the objective: the first polish solves it).
             # See QUADRATIC_EARLY_ITERATIONS.
-            determined = getattr(self.loss, "determined", None)
-            quadratic = getattr(self.loss, "quadratic", False)
-            if (quadratic and atoms <= EARLY_ENTRIES) or (determined is not None and determined() and (
+            if (quadratic and atoms <= EARLY_ENTRIES) or (determined and (
                     quadratic or atoms <= EARLY_ENTRIES or self._pulled_at_zero() <= PULLED_AT_ZERO * atoms)):
                 return QUADRATIC_EARLY_ITERATIONS
-        elif ids is not None and atoms <= FEW_GROUPS and getattr(self.loss, "quadratic", False):
+        elif ids is not None and atoms <= FEW_GROUPS and quadratic and determined:
             # A norm of groups with a quadratic loss on a few groups: the group model's active set
             # joins one group a round, so from θ = 0 it takes at most that many rounds (see FEW_GROUPS)
-            determined = getattr(self.loss, "determined", None)
-            if determined is not None and determined():
-                return QUADRATIC_EARLY_ITERATIONS
+            return QUADRATIC_EARLY_ITERATIONS
         if atoms > EARLY_ENTRIES:
             return None
         return EARLY_ITERATIONS
