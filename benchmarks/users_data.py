@@ -28,6 +28,7 @@ pixels against cvxpy.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import statistics
 import time
 import warnings
@@ -102,21 +103,24 @@ def single_solves(repeats: int, quick: bool = False) -> list[tuple]:
         for fraction in (0.1,) if quick else (0.1, 0.01):
             rows.append(_against_sklearn_lasso(f"Lasso+intercept, {name}, {fraction:g} λmax", X, y, fraction,
                                                repeats, fit_intercept=True))
-    try:
-        import skglm
-    except ImportError:  # pragma: no cover
+    if importlib.util.find_spec("skglm") is None:  # pragma: no cover
         return rows
     if quick:  # skglm compiles its numba kernels on first use (~20 s): not in a smoke test
         return rows
     X, y = _data()["cancer std"]
-    for fraction in (0.1, 0.01):
-        problem = logistic_l1(X, y, 1.0, fit_intercept=True)
-        lam = fraction * problem.strength_max()
-        rows.append(_against(f"logistic-L1+intercept, cancer std, {fraction:g} λmax", problem.at_strength(lam),
-                             "skglm SparseLogReg",
-                             lambda: skglm.SparseLogisticRegression(alpha=lam, fit_intercept=True).fit(X, y), repeats,
-                             coef=lambda model: model.coef_.reshape(-1)))
-    return rows
+    return rows + [_against_skglm_logistic("cancer std", X, y, fraction, repeats) for fraction in (0.1, 0.01)]
+
+
+def _against_skglm_logistic(name: str, X, y, fraction: float, repeats: int) -> tuple:
+    """One row: logistic-L1 with an intercept at ``fraction`` of its λ_max by DCS and by skglm's
+    ``SparseLogisticRegression`` (its default tolerance), whole calls."""
+    import skglm
+
+    problem = logistic_l1(X, y, 1.0, fit_intercept=True)
+    lam = fraction * problem.strength_max()
+    return _against(f"logistic-L1+intercept, {name}, {fraction:g} λmax", problem.at_strength(lam), "skglm SparseLogReg",
+                    lambda: skglm.SparseLogisticRegression(alpha=lam, fit_intercept=True).fit(X, y), repeats,
+                    coef=lambda model: model.coef_.reshape(-1))
 
 
 def logistic_sweep(repeats: int) -> list[tuple]:
@@ -127,10 +131,8 @@ def logistic_sweep(repeats: int) -> list[tuple]:
     ``make_classification`` designs from 200×50 to 20000×100 (tall, wide-ish, few and many informative
     columns). A solver change that helps the suite's one logistic row must hold here too. Needs
     skglm (an optional benchmark dependency)."""
-    try:
-        import skglm
-    except ImportError:  # pragma: no cover
-        raise SystemExit("--logistic-sweep compares against skglm: pip install skglm") from None
+    if importlib.util.find_spec("skglm") is None:  # pragma: no cover
+        raise SystemExit("--logistic-sweep compares against skglm: pip install skglm")
     from sklearn.datasets import load_breast_cancer, load_digits, load_wine, make_classification
 
     def standardised(X):
@@ -148,17 +150,8 @@ def logistic_sweep(repeats: int) -> list[tuple]:
         X, y = make_classification(n_samples=n, n_features=d, n_informative=informative, n_redundant=informative,
                                    random_state=seed, flip_y=0.05)
         cases.append((f"make_classification {n}×{d}", X, y == 1))
-    rows = []
-    for name, X, y in cases:
-        y = y.astype(float)
-        for fraction in (0.3, 0.1, 0.03, 0.01):
-            problem = logistic_l1(X, y, 1.0, fit_intercept=True)
-            lam = fraction * problem.strength_max()
-            rows.append(_against(f"logistic-L1+intercept, {name}, {fraction:g} λmax", problem.at_strength(lam),
-                                 "skglm SparseLogReg",
-                                 lambda: skglm.SparseLogisticRegression(alpha=lam, fit_intercept=True).fit(X, y),
-                                 repeats, coef=lambda model: model.coef_.reshape(-1)))
-    return rows
+    return [_against_skglm_logistic(name, X, y.astype(float), fraction, repeats)
+            for name, X, y in cases for fraction in (0.3, 0.1, 0.03, 0.01)]
 
 
 def positive(repeats: int, quick: bool) -> list[tuple]:
