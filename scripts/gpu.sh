@@ -6,7 +6,9 @@
 #   bash scripts/gpu.sh families    # Lasso / group lasso up to d = 1e5 (and sparse X 1e6): DCS on CUDA vs CPU baselines
 #   bash scripts/gpu.sh families32  # the same sizes with DCS in float32 (certificate in float64) vs skglm
 #   bash scripts/gpu.sh others      # logistic-L1, equality LS, completion (to 2000x2000), hard rank on CUDA
-#   bash scripts/gpu.sh overhead    # training-step time and peak memory, MLP and CNN, on CUDA
+#   bash scripts/gpu.sh overhead    # training-step time and peak memory, MLP and CNN, budgets too, on CUDA
+#   bash scripts/gpu.sh session     # one lease's worth (~7 min): tests, overhead, then lasso/group lasso to
+#                                   # d = 1e5 against the CPU baselines, each stage under its own time limit
 #
 # It uses the machine's own python and torch (no virtual environment: the device image has CUDA
 # torch, numpy, scipy, scikit-learn). cvxpy, geoopt and skglm come from wheels copied into .whl/
@@ -15,13 +17,23 @@
 # DEVICE=cpu runs the same stages on a CPU, and QUICK=1 at the smallest sizes (to check the script itself).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-stage="${1:?usage: bash scripts/gpu.sh tests|floor|families|families32|others|overhead}"
+stage="${1:?usage: bash scripts/gpu.sh tests|floor|families|families32|others|overhead|session}"
 device="${DEVICE:-cuda}"
 out="${OUT:-gpu-results}"
 mkdir -p "$out"
 python="${PYTHON:-python3}"
 quick=(); overhead_quick=()
 if [ -n "${QUICK:-}" ]; then quick=(--quick); overhead_quick=(--repeats 1 --steps 3); fi
+
+if [ "$stage" = session ]; then
+    # A lent device gives a session 15 minutes, its start included: the stages that matter most first,
+    # each stopped at its limit (what it printed stays in $out/STAGE.txt), so one call brings back all.
+    for limited in "tests 150" "overhead 120" "families_baselines 120"; do
+        set -- $limited
+        timeout "$2" bash "$0" "$1" || echo "stage $1 ended with status $? (124: stopped at its ${2} s limit)"
+    done
+    exit 0
+fi
 
 if compgen -G ".whl/*.whl" > /dev/null; then
     "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
@@ -56,9 +68,12 @@ case "$stage" in
         if [ -z "${QUICK:-}" ]; then
             run "$python" -m benchmarks.families --device "$device" --families matrix_completion --large-only --solvers dcs --slow 100
         fi ;;
+    families_baselines)  # the families stage without cvxpy (minutes at these sizes), medians of 3
+        run "$python" -m benchmarks.families --device "$device" --families lasso,group_lasso --large \
+            --solvers dcs,sklearn,skglm,projected --slow 10 "${quick[@]}" ;;
     overhead)
-        run "$python" -m benchmarks.overhead --device "$device" "${overhead_quick[@]}"
-        run "$python" -m benchmarks.overhead --device "$device" --model cnn "${overhead_quick[@]}" ;;
+        run "$python" -m benchmarks.overhead --device "$device" --budgets --repeats "${REPEATS:-5}" "${overhead_quick[@]}"
+        run "$python" -m benchmarks.overhead --device "$device" --model cnn --budgets --repeats "${REPEATS:-5}" "${overhead_quick[@]}" ;;
     *)
-        echo "unknown stage '$stage': choose tests, floor, families, families32, others or overhead" >&2; exit 2 ;;
+        echo "unknown stage '$stage': choose tests, floor, families, families32, families_baselines, others, overhead or session" >&2; exit 2 ;;
 esac

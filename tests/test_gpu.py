@@ -16,8 +16,9 @@ KINDS = {
     "sparse": lambda: symopt.Sparse(1e-2),
     "group": lambda: symopt.GroupSparse(1, 1e-2),
     "low_rank": lambda: symopt.LowRank(1e-2),
-    "subspace": lambda: symopt.Subspace(torch.randn(3, 24), 1.0),
-    "subspace_rows": lambda: symopt.Subspace(torch.randn(2, 6), 1.0, dim=1),
+    # (seeded: the test builds each kind twice, on CUDA and on CPU, and compares the two)
+    "subspace": lambda: symopt.Subspace(torch.randn(3, 24, generator=torch.Generator().manual_seed(1)), 1.0),
+    "subspace_rows": lambda: symopt.Subspace(torch.randn(2, 6, generator=torch.Generator().manual_seed(1)), 1.0, dim=1),
     "fixed_zeros": lambda: symopt.FixedZeros(torch.eye(4, 6, dtype=torch.bool), 1.0),
 }
 
@@ -83,3 +84,119 @@ def test_compare_cli_on_cuda(tmp_path):
     from symopt.cli import main
 
     assert main(["compare", "--quick", "--device", "cuda", "--solvers", "dcs,projected", "--out", str(tmp_path)]) == 0
+
+
+# --- Budgets on CUDA (issue 20): landing under autocast, a CNN with pooling that exports smaller, a rank
+# budget that never runs a full SVD. The same tests run on CPU elsewhere (test_landing, test_budgets);
+# here the device's kernels, autocast's CUDA dtypes and its GradScaler are the point.
+
+@pytest.mark.parametrize("amp_dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("kind", ["sparse", "nonnegative", "group_sparse", "low_rank", "low_rank_narrow"])
+def test_a_budget_lands_on_cuda_under_autocast(kind, amp_dtype):
+    """A float32 layer on CUDA trained by Adam under autocast (float16 with a GradScaler handed to
+    symopt.bind, or bfloat16): the budget holds exactly from the landing to the end, and finalize needs
+    no force."""
+    from test_landing import KINDS as LANDING, STEPS, _data
+
+    torch.manual_seed(0)
+    X, Y = (t.float().to(CUDA) for t in _data())
+    model = nn.Linear(12, 6, bias=False).to(CUDA)
+    if kind == "nonnegative":
+        with torch.no_grad():
+            model.weight.abs_()
+    register, count, budget = LANDING[kind]
+    handle = register(model)
+    if kind.startswith("low_rank"):
+        def count(w):
+            sigma = torch.linalg.svdvals(w.float())
+            return int((sigma > 6 * torch.finfo(torch.float32).eps * sigma.max()).sum())
+    opt = torch.optim.Adam(symopt.param_groups(model, lr=1e-2), lr=1e-2)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    if amp_dtype == torch.float16:
+        symopt.bind(opt, scaler=scaler)
+    counts = []
+    for _ in range(STEPS):
+        opt.zero_grad()
+        with torch.autocast("cuda", dtype=amp_dtype):
+            out = model(X)
+        scaler.scale(0.5 * (out.float() - Y).square().mean()).backward()
+        scaler.step(opt)
+        scaler.update()
+        counts.append(count(model.weight.detach()))
+    assert all(c == budget for c in counts[round(0.75 * STEPS):]), counts[round(0.75 * STEPS):][:10]
+    assert "landed" in repr(handle.constraint)
+    assert symopt.finalize(model).ok
+    assert model.weight.device.type == "cuda" and model.weight.dtype == torch.float32
+
+
+def test_a_channel_budget_on_a_cnn_with_pooling_lands_and_exports_smaller_on_cuda():
+    """Conv → ReLU → MaxPool → Conv → global pool → Linear on CUDA, a budget of 6 of conv1's 16 output
+    channels landing at 3/4 of 120 Adam steps under bfloat16 autocast: exactly 6 channels from the
+    landing on, and the compressed export keeps 6 channels through the pooling layer and computes what
+    the dense export computes."""
+    torch.manual_seed(0)
+    # (conv1 without a bias: a dead channel then emits exactly 0, which the zero-padded conv2 can drop)
+    net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.ReLU(), nn.MaxPool2d(2),
+                        nn.Conv2d(16, 8, 3, padding=1),
+                        nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)).to(CUDA)
+    handle = symopt.group_sparse(net, "0.weight", dim=0, max_groups=6, total_steps=120)
+    x = torch.randn(64, 3, 16, 16, device=CUDA)
+    y = torch.randint(0, 4, (64,), device=CUDA)
+    opt = torch.optim.Adam(symopt.param_groups(net, lr=3e-3), lr=3e-3)
+    alive = []
+    for _ in range(120):
+        opt.zero_grad()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = nn.functional.cross_entropy(net(x).float(), y)
+        loss.backward()
+        opt.step()
+        alive.append(int((net[0].weight.detach().flatten(1).abs().sum(1) != 0).sum()))
+    assert all(a == 6 for a in alive[90:]) and "landed" in repr(handle.constraint)
+    net.eval()
+    dense, small = symopt.export(net), symopt.export(net, mode="compressed")
+    assert small[0].out_channels == 6 and small[3].in_channels == 6
+    assert next(small.parameters()).device.type == "cuda"
+    with torch.no_grad():
+        assert torch.allclose(small(x), dense(x), atol=1e-5, rtol=1e-5)
+
+
+def test_a_rank_budget_on_a_large_cuda_layer_runs_no_full_svd_and_lands():
+    """target_rank=16 on a 512×512 CUDA layer with total_steps=200: once the schedule's count is below a
+    quarter of the width (by step 72) the budget's readings are tracked range finds on the device, so
+    from step 100 on the only full SVDs are the landing's (step 150: the spectrum, then the balanced
+    factors); the rank is 16 from the landing on, and finalize needs no force."""
+    torch.manual_seed(0)
+    X = torch.randn(1024, 512, device=CUDA)
+    Y = X @ (torch.randn(512, 32, device=CUDA) @ torch.randn(32, 512, device=CUDA)) / 512 ** 0.5
+    model = nn.Linear(512, 512, bias=False).to(CUDA)
+    handle = symopt.low_rank(model, "weight", target_rank=16, total_steps=200)
+    opt = torch.optim.Adam(symopt.param_groups(model, lr=1e-3), lr=1e-3)
+    full_svds, steps = [], [0]
+    real_svd, real_svdvals = torch.linalg.svd, torch.linalg.svdvals
+
+    def watch(real):
+        def call(A, *args, **kwargs):
+            if min(A.shape[-2:]) >= 512:
+                full_svds.append(steps[0])
+            return real(A, *args, **kwargs)
+        return call
+
+    def step():
+        opt.zero_grad()
+        (0.5 * (model(X) - Y).square().mean()).backward()
+        opt.step()
+        steps[0] += 1
+
+    for _ in range(100):
+        step()
+    torch.linalg.svd, torch.linalg.svdvals = watch(real_svd), watch(real_svdvals)
+    try:
+        for _ in range(100):
+            step()
+    finally:
+        torch.linalg.svd, torch.linalg.svdvals = real_svd, real_svdvals
+    assert full_svds == [150, 150]  # the landing's two, in the forward pass after 150 steps
+    assert "landed" in repr(handle.constraint)
+    sigma = torch.linalg.svdvals(model.weight.detach())
+    assert int((sigma > 6 * torch.finfo(torch.float32).eps * sigma.max()).sum()) == 16
+    assert symopt.finalize(model).ok

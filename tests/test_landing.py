@@ -216,6 +216,63 @@ def test_the_budget_lands_under_mixed_precision(kind):
     assert symopt.finalize(model).ok
 
 
+def _scaled_fp16_run(kind, scaler):
+    """The mixed-precision test's model and data, trained under CPU float16 autocast; with ``scaler`` the
+    loss is scaled by 2¹⁶ (torch.amp.GradScaler) and the scaler is handed to symopt.bind. Returns the
+    handle, the atoms counted each step and λ each step."""
+    torch.manual_seed(0)
+    X, Y = (t.float() for t in _data())
+    model = nn.Linear(12, 6, bias=False)
+    if kind == "nonnegative":
+        with torch.no_grad():
+            model.weight.abs_()
+    register, count, _ = KINDS[kind]
+    handle = register(model)
+    if kind.startswith("low_rank"):
+        def count(w):
+            sigma = torch.linalg.svdvals(w)
+            return int((sigma > 6 * torch.finfo(w.dtype).eps * sigma.max()).sum())
+    opt = torch.optim.Adam(symopt.param_groups(model, lr=1e-2), lr=1e-2)
+    if scaler is not None:
+        symopt.bind(opt, scaler=scaler)
+    counts, strengths = [], []
+    for _ in range(STEPS):
+        opt.zero_grad()
+        with torch.autocast("cpu", dtype=torch.float16):
+            out = model(X)
+        loss = 0.5 * (out.float() - Y).square().mean()
+        if scaler is None:
+            loss.backward()
+            opt.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        counts.append(count(model.weight.detach()))
+        strengths.append(handle.strength)
+    return model, handle, counts, strengths
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_a_budget_under_float16_and_a_grad_scaler_lands_with_the_unscaled_lambda(kind):
+    """float16 autocast with a GradScaler (the loss ×2¹⁶ before backward, the gradients unscaled after it)
+    handed to symopt.bind: λ follows the unscaled run's (the budget reads the gradient during backward,
+    where it is still scaled; unbound, λ came out ~10⁴× too large), the budget lands exactly, and
+    finalize needs no force."""
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16, growth_interval=10 ** 6)
+    model, handle, counts, strengths = _scaled_fp16_run(kind, scaler)
+    _, _, _, unscaled = _scaled_fp16_run(kind, None)
+    budget = KINDS[kind][2]
+    assert scaler.get_scale() == 2.0 ** 16  # no step skipped: the same trajectory as the unscaled run's
+    before_landing = slice(round(0.3 * STEPS), round(0.75 * STEPS) - 1)
+    ratios = torch.tensor(strengths[before_landing]) / torch.tensor(unscaled[before_landing])
+    # float16 rounding alone moves λ by up to ~2× from the float32-gradient run's; unbound, ~10⁴×
+    assert float(ratios.min()) > 0.25 and float(ratios.max()) < 4.0 and 0.5 < float(ratios.median()) < 2.0
+    assert all(c == budget for c in counts[round(0.75 * STEPS):])
+    assert "landed" in repr(handle.constraint)
+    assert symopt.finalize(model).ok
+
+
 def _sparse_20(layer):
     return symopt.sparse(layer, "weight", max_nonzero=20, total_steps=40, ramp=(0.0, 0.5))
 
