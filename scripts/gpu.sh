@@ -16,6 +16,7 @@
 # output to $OUT/<stage>.txt (or ./gpu-results/ without $OUT), with nvidia-smi's line at the top.
 # DEVICE=cpu runs the same stages on a CPU, and QUICK=1 at the smallest sizes (to check the script itself).
 set -euo pipefail
+export PYTHONUNBUFFERED=1  # a stage stopped at its limit keeps what it printed
 cd "$(dirname "$0")/.."
 stage="${1:?usage: bash scripts/gpu.sh tests|floor|families|families32|others|overhead|session}"
 device="${DEVICE:-cuda}"
