@@ -79,4 +79,5 @@ def sync_strengths(model: nn.Module, group=None) -> None:
             t.copy_(averaged[offset:offset + n].reshape(t.shape).to(t.dtype))
             offset += n
     for handle in list_constraints(model):
+        handle.constraint.policy.reload_state()  # (a policy's host copies of the state are stale now)
         handle.constraint.policy.publish()  # the averaged λ into the optimizer groups that follow it

@@ -428,3 +428,99 @@ def test_a_rank_budget_at_the_factor_width_is_refused_by_name():
     with pytest.raises(ValueError, match="max_rank=4"):
         symopt.low_rank(layer, "weight", max_rank=4, target_rank=4)
     assert not symopt.attach.parametrize.is_parametrized(layer) and torch.equal(layer.weight, before)
+
+
+class _HostReads:
+    """Counts the reads of a tensor's value to the host (``item``, ``float``, ``int``, ``bool``,
+    ``tolist``, ``numpy``): each is a synchronisation on a GPU."""
+
+    NAMES = ("item", "__float__", "__int__", "__bool__", "tolist", "numpy", "__index__")
+
+    def __enter__(self):
+        self.count, self._real = 0, {name: getattr(torch.Tensor, name) for name in self.NAMES}
+
+        def counted(real):
+            def read(tensor, *args, **kwargs):
+                self.count += 1
+                return real(tensor, *args, **kwargs)
+            return read
+
+        for name, real in self._real.items():
+            setattr(torch.Tensor, name, counted(real))
+        return self
+
+    def __exit__(self, *exc):
+        for name, real in self._real.items():
+            setattr(torch.Tensor, name, real)
+
+
+@pytest.mark.parametrize("register", [
+    lambda net: symopt.sparse(net, "0.weight", density=0.25),
+    lambda net: symopt.sparse(net, "0.weight", density=0.25, total_steps=400, ramp=(0.0, 0.9)),
+    lambda net: symopt.group_sparse(net, "0.weight", dim=0, max_groups=8, total_steps=400, ramp=(0.0, 0.9)),
+    lambda net: symopt.low_rank(net, "0.weight", target_rank=4, total_steps=400, ramp=(0.0, 0.9)),
+], ids=["density", "density_ramp", "groups_ramp", "rank_ramp"])
+def test_a_budget_reads_nothing_to_the_host_between_its_readings(register):
+    """A budget reads its atoms on one step in four; the three steps between, and the forward passes,
+    read no tensor value to the host — on a GPU, a synchronisation that stalls the launch-bound steps
+    of a small model (the step count, the landed flag and log λ are host copies of their buffers, re-read
+    at each reading, after a load and after sync_strengths). Under a bound float16 GradScaler too (its
+    scale divides the gradient on the device)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+    handle = register(net)
+    x, y = torch.randn(64, 16), torch.randn(64, 4)
+    opt = torch.optim.Adam(symopt.param_groups(net, lr=1e-2), lr=1e-2)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8, growth_interval=10 ** 6)
+    symopt.bind(opt, scaler=scaler)
+
+    def step():
+        opt.zero_grad()
+        scaler.scale((net(x) - y).square().mean()).backward()
+        scaler.step(opt)  # (the scaler's own check for infinite gradients reads one value: counted apart)
+        scaler.update()
+
+    for _ in range(20):  # λ known, past the ScaleWatch's first steps
+        step()
+    policy = handle.constraint.policy
+    reads = []
+    for _ in range(16):
+        reading = policy.quiet() is None
+        with _HostReads() as during:
+            opt.zero_grad()
+            loss = scaler.scale((net(x) - y).square().mean())
+            loss.backward()
+        scaler.step(opt)
+        scaler.update()
+        reads.append((reading, during.count))
+    assert sum(r for r, _ in reads) == 4
+    assert all(count == 0 for reading, count in reads if not reading), reads
+    assert all(0 < count <= 12 for reading, count in reads if reading), reads
+
+
+def test_a_loaded_budget_state_is_what_lambda_and_the_schedule_read_next():
+    """The host copies follow a load_state_dict (and a move or cast): λ and the step count a policy
+    reports right after loading are the loaded ones, not the copies of the run it replaced."""
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 16), torch.randn(64, 4)
+
+    def run(steps):
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Linear(16, 4))
+        handle = symopt.sparse(net, "0.weight", max_nonzero=20, total_steps=200)
+        opt = torch.optim.Adam(symopt.param_groups(net, lr=1e-2), lr=1e-2)
+        for _ in range(steps):
+            opt.zero_grad()
+            (net(x) - y).square().mean().backward()
+            opt.step()
+        return net, handle
+
+    late, late_handle = run(120)
+    early, early_handle = run(30)
+    assert early_handle.strength != late_handle.strength
+    early.load_state_dict(late.state_dict())
+    policy = early_handle.constraint.policy
+    assert early_handle.strength == late_handle.strength and policy.quiet() is None  # step 120: a reading
+    assert policy.count(20, 64) == late_handle.constraint.policy.count(20, 64)
+    early.double()
+    assert early_handle.strength == pytest.approx(late_handle.strength, rel=1e-15)

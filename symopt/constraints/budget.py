@@ -148,22 +148,31 @@ def leading(values: Tensor, k: int) -> tuple[float, float, float]:
             # edge was half of a reading (0.43 ms at n = 262k, k = 26k, measured).
             upper_edge = sample.kthvalue(m - int(at - margin)).values
             above = flat > upper_edge
-            count = int(torch.count_nonzero(above))
-            above_sum = (float((flat - upper_edge).clamp_(min=0).sum()) + count * float(upper_edge)) if count else 0.0
+            # (the scalars a step needs go to the host together: on a GPU each read is a synchronisation)
+            count, relu_sum, edge = _to_host(torch.count_nonzero(above), (flat - upper_edge).clamp_(min=0).sum(),
+                                             upper_edge)
+            count = int(count)
+            above_sum = relu_sum + count * edge if count else 0.0
             band = flat[(flat > lower_edge) ^ above]  # the upper edge is not below the lower: above ⊂ flat > lower
         need = k - count
         if need >= 1 and band.numel() >= need + 1:
             kth = band.kthvalue(band.numel() - need + 1).values  # the need-th largest of the band
             greater = band > kth
-            ties = need - int(torch.count_nonzero(greater))  # entries equal to kth among the k largest
-            total = above_sum + float(torch.dot(band, greater.to(band.dtype))) + ties * float(kth)
-            if int(torch.count_nonzero(band >= kth)) > need:
-                after = float(kth)  # kth is repeated past the k-th place
-            else:
-                after = float(torch.where(band < kth, band, -math.inf).max())
-            return total, float(kth), after
+            strictly_above, band_sum, kth_value, at_least, below_max = _to_host(
+                torch.count_nonzero(greater), torch.dot(band, greater.to(band.dtype)), kth,
+                torch.count_nonzero(band >= kth), torch.where(band < kth, band, -math.inf).max())
+            ties = need - int(strictly_above)  # entries equal to kth among the k largest
+            total = above_sum + band_sum + ties * kth_value
+            after = kth_value if int(at_least) > need else below_max  # (kth repeated past the k-th place)
+            return total, kth_value, after
     top = torch.topk(flat, k + 1).values
-    return float(top[:k].sum(dtype=torch.float64)), float(top[k - 1]), float(top[k])
+    total, kth_value, after = _to_host(top[:k].sum(dtype=torch.float64), top[k - 1], top[k])
+    return total, kth_value, after
+
+
+def _to_host(*scalars: Tensor) -> list[float]:
+    """0-d tensors as Python floats, in one transfer (float64: every float32 value is kept exactly)."""
+    return torch.stack([t.to(torch.float64) for t in scalars]).tolist()
 
 
 def split_point(scores: Tensor, k: int) -> float:
@@ -194,22 +203,57 @@ class BudgetController(nn.Module):
         start = math.log(initial) if initial is not None else -math.inf
         self.register_buffer("log_strength", torch.tensor(start, dtype=torch.float64))
         self.register_buffer("updates", torch.zeros((), dtype=torch.float64))
+        # A host copy of log λ: on a GPU each read of the buffer is a host synchronisation (the CPU waits
+        # for every queued kernel), and λ is asked on every step (the optimizer groups' weight decay). It
+        # is written with the buffer and re-read from it (`reload`) wherever the buffer may have been
+        # written from outside: a load, a move or cast (`_apply`), an all-reduce, a reading.
+        self._host_log: float | None = start
+
+    def log_value(self) -> float:
+        """log λ (−inf before it is known), from the host copy."""
+        log = self.__dict__.get("_host_log")  # (None: stale, or a controller pickled before the copy)
+        if log is None:
+            log = self._host_log = float(self.log_strength)
+        return log
+
+    def reload(self) -> None:
+        """Forget the host copy of log λ: the next read takes it from the buffer."""
+        self._host_log = None
 
     def value(self) -> float:
         """Current λ (0 before it is known)."""
-        return math.exp(float(self.log_strength))
+        return math.exp(self.log_value())
+
+    def _set(self, log: float) -> None:
+        self.log_strength.fill_(log)
+        # the copy holds what the buffer holds: rounded to its dtype (a float32 model casts it)
+        self._host_log = log if self.log_strength.dtype == torch.float64 else float(
+            torch.tensor(log, dtype=self.log_strength.dtype))
 
     def update(self, target: float, steps: int = 1) -> None:
         """Move log λ toward log ``target`` (the midpoint λ the point asks for): the fraction ``rate``
         of the way per step, compounded over the ``steps`` since the last reading."""
-        log = float(self.log_strength)
+        log = self.log_value()
         if not math.isfinite(log):
-            self.log_strength.fill_(math.log(START * target))
+            self._set(math.log(START * target))
         else:
             move = max(-1.0, min(1.0, math.log(target) - log))  # at most a factor e per reading
             fraction = self.rate if steps == 1 else 1.0 - (1.0 - self.rate) ** steps  # (1 − (1 − r) ≠ r in floats)
-            self.log_strength.fill_(log + fraction * move)
+            self._set(log + fraction * move)
         self.updates += 1
+
+    def forget(self) -> None:
+        """λ back to unknown (log λ = −inf): a landed budget decays nothing."""
+        self._set(-math.inf)
+
+    def _apply(self, fn, *args, **kwargs):  # .to(), .double(), ...: the buffer may have been cast
+        out = super()._apply(fn, *args, **kwargs)
+        self.reload()
+        return out
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self.reload()
 
 
 def budget_target(top_atoms, value: Tensor, grad: Tensor, k: int, strength: float,

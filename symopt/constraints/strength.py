@@ -116,6 +116,10 @@ class Strength(nn.Module):
         """The state tensors that replicas must agree on (averaged by `symopt.sync_strengths`)."""
         return []
 
+    def reload_state(self) -> None:
+        """The state tensors were written from outside (`symopt.sync_strengths`): forget any host copy
+        of them. Policies that keep none have nothing to do."""
+
     def schedule_of_budget(self):
         """A budget's ``(total_steps, ramp start, ramp end)``, None for anything else."""
         return None
@@ -158,7 +162,7 @@ class Strength(nn.Module):
         if not self.watching or self._paused:
             return
         if self.scaler is not None and self.scaler.is_enabled():
-            grad = grad / self.scaler.get_scale()  # the gradient of the loss, not of the scaled loss
+            grad = grad / _scale_of(self.scaler)  # the gradient of the loss, not of the scaled loss
         if self._gather(constraint, (value, grad)):
             return
         observation = self._observation(constraint, value, grad)
@@ -308,6 +312,13 @@ class Strength(nn.Module):
             self.__dict__.setdefault(name, default)
 
 
+def _scale_of(scaler) -> Tensor | float:
+    """A GradScaler's scale, as its tensor where it has one: ``get_scale()`` reads it to the host, a
+    synchronisation on a GPU at every backward pass of a model with an adaptive λ."""
+    scale = getattr(scaler, "_get_scale_async", lambda: None)()
+    return scale if isinstance(scale, Tensor) else scaler.get_scale()
+
+
 class Fixed(Strength):
     """λ is a number given by the user (what ``strength=0.1`` builds).
 
@@ -450,6 +461,8 @@ class BudgetStrength(Strength):
             self.ramp = (int(first * total), max(int(first * total) + 1, int(round(last * total))))
             self.register_buffer("landed", torch.zeros((), dtype=torch.float64))
         self._register_load_state_dict_pre_hook(_count_steps_from_zero)
+        # Host copies of the step count and the landed flag (see `_counters`).
+        self._host: tuple[int, bool] | None = (0, False)
         # the dropped atoms of the last reading go into the state_dict when there are some, so that a
         # resumed run decays the same entries until its next reading (not a buffer: its size is known
         # only once the constraint is registered, and only a trimmed ramp has one)
@@ -458,16 +471,45 @@ class BudgetStrength(Strength):
 
     @property
     def watching(self) -> bool:  # type: ignore[override]
-        return self.schedule is None or not bool(self.landed)
+        return not self._counters()[1]
 
     def value(self) -> float:
         return self.controller.value()
+
+    def _counters(self) -> tuple[int, bool]:
+        """``(steps so far, landed)`` from host copies of the buffers. On a GPU each read of a 0-d buffer
+        is a host synchronisation, and a budget asked these about six times a step (the steps between
+        readings do nothing else with the device), which cost more than the step's own kernels on a
+        launch-bound model. The copies are written with the buffers, and re-read from them, in one
+        transfer, at each reading and wherever the buffers may have been written from outside
+        (`reload_state`: a load, a move or cast, `symopt.sync_strengths`)."""
+        counters = self.__dict__.get("_host")  # (None: stale, or a policy pickled before the copies)
+        if counters is None:
+            landed = self.landed if self.schedule is not None else self.step.new_zeros(())
+            log = self.controller.log_strength
+            step, landed, log_value = torch.stack([self.step, landed.to(self.step.dtype), log.to(self.step.dtype)]).tolist()
+            counters = self._host = (int(step), bool(landed))
+            self.controller._host_log = log_value if log.dtype == self.step.dtype else float(log)
+        return counters
+
+    def reload_state(self) -> None:
+        self._host = None
+        self.controller.reload()
+
+    def _apply(self, fn, *args, **kwargs):  # .to(), .double(), ...: the buffers may have been cast
+        out = super()._apply(fn, *args, **kwargs)
+        self.reload_state()
+        return out
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self.reload_state()
 
     def sync_state(self) -> list[Tensor]:
         return [self.controller.log_strength, self.step]
 
     def describe(self) -> str:
-        if self.schedule is not None and bool(self.landed):
+        if self._counters()[1]:
             return f"strength={self.value():g} (landed)"
         return f"strength={self.value():g} (adapting)"
 
@@ -475,7 +517,7 @@ class BudgetStrength(Strength):
         """The atoms a budget of ``budget`` (of ``atom_total``) keeps now: itself, or its schedule's count."""
         if self.schedule is None:
             return budget
-        return scheduled_count(int(self.step), atom_total, budget, *self.ramp)
+        return scheduled_count(self._counters()[0], atom_total, budget, *self.ramp)
 
     def target(self, top_atoms, value: Tensor, grad: Tensor, budget: int, atom_total: int, keep=None):
         """The observation of a reading (a step `quiet` lets through): ``(λ target, dropped atoms, steps
@@ -484,6 +526,8 @@ class BudgetStrength(Strength):
         count-th largest, over ``top_atoms(value)``, all the atoms in order; or outside
         ``keep(atoms, count)``, a bool mask, where the kept set has a rule of its own: a global budget's
         one unit per layer), as 1.0 / 0.0 in the value's dtype: the mask a step multiplies the decay by."""
+        self.reload_state()  # (a reading synchronises anyway: the buffers as they are now, DDP's broadcast too)
+        self._counters()  # (the three copies in one transfer)
         count = self.count(budget, atom_total)
         atoms = top_atoms(value.detach(), count + 1, "point").reshape(-1)
         total, kth, _ = leading(atoms, count)
@@ -504,10 +548,10 @@ class BudgetStrength(Strength):
         steps between two readings (one in ``every``, once λ is known); None on a reading step. Within
         a step of an optimizer bound by `symopt.bind` (L-BFGS: many evaluations per step, each costlier
         than a reading) every step reads."""
-        step = int(self.step)
+        step = self._counters()[0]
         if self.schedule is not None and step < self.ramp[0]:
             return "warm-up"
-        if step % self.every and not self._holds and math.isfinite(float(self.controller.log_strength)):
+        if step % self.every and not self._holds and math.isfinite(self.controller.log_value()):
             return "between readings"
         return None
 
@@ -515,24 +559,30 @@ class BudgetStrength(Strength):
         return self.schedule
 
     def has_landed(self) -> bool:
-        return self.schedule is not None and bool(self.landed)
+        return self._counters()[1]
 
     def trimming(self) -> bool:
-        return (self.trims and self.schedule is not None and not bool(self.landed)
-                and int(self.step) >= self.ramp[0])
+        if not self.trims or self.schedule is None:
+            return False
+        step, landed = self._counters()
+        return not landed and step >= self.ramp[0]
 
     def dropped_atoms(self) -> Tensor | None:
         return self._dropped if self.trimming() else None
 
     def landing_due(self) -> bool:
         """Whether the ramp has ended and the budget has not landed yet."""
-        return self.schedule is not None and not bool(self.landed) and int(self.step) >= self.ramp[1]
+        if self.schedule is None:
+            return False
+        step, landed = self._counters()
+        return not landed and step >= self.ramp[1]
 
     def mark_landed(self) -> None:
         """The budget landed: the structure is now held by the fixed subspace, so the decay would only
         shrink the kept atoms (the Lasso's bias): λ drops to 0 for the fine-tuning."""
         self.landed.fill_(1.0)
-        self.controller.log_strength.fill_(-math.inf)
+        self._host = (self._counters()[0], True)
+        self.controller.forget()
         self.publish()
 
     def _observation(self, constraint, value, grad):
@@ -543,7 +593,9 @@ class BudgetStrength(Strength):
 
     def _commit(self, observations) -> None:
         if observations:
+            step, landed = self._counters()
             self.step += 1
+            self._host = (step + 1, landed)
         points = [o for o in observations if not isinstance(o, str)]
         if not points:
             return
@@ -554,7 +606,7 @@ class BudgetStrength(Strength):
             # The last point of a step is where the optimizer stopped; before λ is known, the first point
             # (where the step started) sets its scale. λ moves by the compounded rate of the steps since
             # the last reading.
-            known = math.isfinite(float(self.controller.log_strength))
+            known = math.isfinite(self.controller.log_value())
             self.controller.update(targets[-1] if known else targets[0], steps=points[-1][2])
         self.publish()
 
