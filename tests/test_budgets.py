@@ -464,8 +464,8 @@ def test_a_budget_reads_nothing_to_the_host_between_its_readings(register):
     """A budget reads its atoms on one step in four; the three steps between, and the forward passes,
     read no tensor value to the host — on a GPU, a synchronisation that stalls the launch-bound steps
     of a small model (the step count, the landed flag and log λ are host copies of their buffers, re-read
-    at each reading, after a load and after sync_strengths). Under a bound float16 GradScaler too (its
-    scale divides the gradient on the device)."""
+    after a load, a move and sync_strengths, and at each reading under torch.distributed). Under a bound
+    float16 GradScaler too (its scale divides the gradient on the device)."""
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
     handle = register(net)

@@ -478,11 +478,12 @@ class BudgetStrength(Strength):
 
     def _counters(self) -> tuple[int, bool]:
         """``(steps so far, landed)`` from host copies of the buffers. On a GPU each read of a 0-d buffer
-        is a host synchronisation, and a budget asked these about six times a step (the steps between
-        readings do nothing else with the device), which cost more than the step's own kernels on a
-        launch-bound model. The copies are written with the buffers, and re-read from them, in one
-        transfer, at each reading and wherever the buffers may have been written from outside
-        (`reload_state`: a load, a move or cast, `symopt.sync_strengths`)."""
+        is a host synchronisation (the CPU waits for every queued kernel before it launches more), and a
+        budget asked these about six times a step, also on the steps between readings, which otherwise
+        need nothing from the device. The copies are written with the buffers, and re-read from them, in one
+        transfer, wherever the buffers may have been written from outside (`reload_state`: a load, a
+        move or cast, `symopt.sync_strengths`) and, under ``torch.distributed``, at each reading (DDP's
+        broadcast of rank 0's buffers leaves no trace on them)."""
         counters = self.__dict__.get("_host")  # (None: stale, or a policy pickled before the copies)
         if counters is None:
             landed = self.landed if self.schedule is not None else self.step.new_zeros(())
@@ -526,8 +527,11 @@ class BudgetStrength(Strength):
         count-th largest, over ``top_atoms(value)``, all the atoms in order; or outside
         ``keep(atoms, count)``, a bool mask, where the kept set has a rule of its own: a global budget's
         one unit per layer), as 1.0 / 0.0 in the value's dtype: the mask a step multiplies the decay by."""
-        self.reload_state()  # (a reading synchronises anyway: the buffers as they are now, DDP's broadcast too)
-        self._counters()  # (the three copies in one transfer)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # DDP broadcasts rank 0's buffers at each forward (broadcast_buffers=True) without a trace on
+            # them: the copies follow at each reading (a reading transfers to the host anyway)
+            self.reload_state()
+            self._counters()  # (the three copies in one transfer)
         count = self.count(budget, atom_total)
         atoms = top_atoms(value.detach(), count + 1, "point").reshape(-1)
         total, kth, _ = leading(atoms, count)
