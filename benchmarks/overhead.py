@@ -1,7 +1,7 @@
 """Training-step overhead of each constraint kind vs the plain model (CPU or CUDA).
 
     python -m benchmarks.overhead [--model mlp|cnn] [--device cuda] [--width 512] [--batch 256] [--repeats 9]
-                                  [--decay param_groups|penalty] [--budgets] [--regrow]
+                                  [--decay param_groups|penalty] [--budgets] [--regrow] [--profile ROW]
 
 One model per kind, float32: an MLP (width × width hidden layers) or a CNN (three 3×3 convs with
 ``--channels`` channels on 32×32 inputs), its middle layer constrained (tied: first and middle
@@ -237,11 +237,21 @@ def main(argv=None) -> None:
     parser.add_argument("--budgets", action="store_true",
                         help="also the budgeted kinds (λ adapted from a reading on one step in four: BUDGETS)")
     parser.add_argument("--regrow", action="store_true", help="also fixed-λ sparse and low-rank layers under symopt.regrow")
+    parser.add_argument("--profile", metavar="ROW", default=None,
+                        help="instead of the table: where one row's steps spend their time (torch.profiler's "
+                             "operators by self time, CUDA kernels too on a GPU), against the plain model; "
+                             "e.g. --profile 'sparse(density=0.1)'")
     args = parser.parse_args(argv)
     args.width = args.width or (512 if args.model == "mlp" else 64)
     args.batch = args.batch or (256 if args.model == "mlp" else 32)
     device = torch.device(args.device)
     machine = machine_name(device)
+    if args.profile is not None:
+        rows = {None, "sparse", "group_sparse", "low_rank", "low_rank(max_rank=64)", "low_rank(max_rank=16)",
+                "subspace(16 rows)", "subspace(16 per row)", "fixed_zeros(50%)", "tied", *BUDGETS}
+        if args.profile not in rows:
+            raise SystemExit(f"--profile: unknown row {args.profile!r}; choose from {sorted(r for r in rows if r)}")
+        return _profile(args, device)
     print(f"training-step overhead — torch {torch.__version__}, {machine}, float32, "
           f"{args.model.upper()} width {args.width}, batch {args.batch}, decay by {args.decay}, median of "
           f"{args.repeats} interleaved rounds of {args.steps} steps (ratio: median of the rounds' paired ratios)\n")
@@ -273,6 +283,36 @@ def main(argv=None) -> None:
     for name, ms, ratio, storage, peak, peak_ratio in rows:
         print(f"{name:<{width}}  {ms:7.3f}  {ratio:5.2f}  " + ("      -" if storage is None else f"{storage:6.2f}×")
               + f"  {peak:8.2f}  {peak_ratio:5.2f}")
+
+
+def _profile(args: argparse.Namespace, device: torch.device, steps: int = 40, top: int = 25) -> None:
+    """Print where ``steps`` training steps of row ``args.profile`` and of the plain model spend their time:
+    torch.profiler's operators (and CUDA kernels on a GPU) by self time, the ``top`` of each. A budget
+    reads its atoms one step in four, so 40 steps hold 10 readings."""
+    from torch.profiler import ProfilerActivity, profile
+
+    x = (torch.randn(args.batch, args.width, device=device) if args.model == "mlp"
+         else torch.randn(args.batch, args.width, 32, 32, device=device))
+    y = torch.randint(0, 10, (args.batch,), device=device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    for kind in (None, args.profile):
+        net = _model(args.model, args.width, device, kind)
+        step, opt = _stepper(net, x, y, args.decay)
+        for _ in range(8):  # past λ's first estimate and the warm-up readings
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        with _quiet_stderr(), profile(activities=activities) as prof:
+            for _ in range(steps):
+                step()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+        print(f"\n== {kind or 'plain'}: {steps} steps, {args.model.upper()} width {args.width}, batch {args.batch}, "
+              f"on {machine_name(device)}, sorted by {sort}")
+        print(prof.key_averages().table(sort_by=sort, row_limit=top))
+        if opt.symopt_regrowth is not None:
+            opt.symopt_regrowth.remove()
 
 
 if __name__ == "__main__":

@@ -7,8 +7,9 @@
 #   bash scripts/gpu.sh families32  # the same sizes with DCS in float32 (certificate in float64) vs skglm
 #   bash scripts/gpu.sh others      # logistic-L1, equality LS, completion (to 2000x2000), hard rank on CUDA
 #   bash scripts/gpu.sh overhead    # training-step time and peak memory, MLP and CNN, budgets too, on CUDA
-#   bash scripts/gpu.sh session     # one lease's worth (~7 min): tests, overhead, then lasso/group lasso to
-#                                   # d = 1e5 against the CPU baselines, each stage under its own time limit
+#   bash scripts/gpu.sh profile     # where a budget's steps spend their time on CUDA (kernels, operators)
+#   bash scripts/gpu.sh session     # one lease's worth (~8 min): tests, overhead, profile, then lasso/group
+#                                   # lasso to d = 1e5 against the CPU baselines, each under its own time limit
 #
 # It uses the machine's own python and torch (no virtual environment: the device image has CUDA
 # torch, numpy, scipy, scikit-learn). cvxpy, geoopt and skglm come from wheels copied into .whl/
@@ -18,7 +19,7 @@
 set -euo pipefail
 export PYTHONUNBUFFERED=1  # a stage stopped at its limit keeps what it printed
 cd "$(dirname "$0")/.."
-stage="${1:?usage: bash scripts/gpu.sh tests|floor|families|families32|others|overhead|session}"
+stage="${1:?usage: bash scripts/gpu.sh tests|floor|families|families32|families_baselines|others|overhead|profile|session}"
 device="${DEVICE:-cuda}"
 out="${OUT:-gpu-results}"
 mkdir -p "$out"
@@ -29,7 +30,7 @@ if [ -n "${QUICK:-}" ]; then quick=(--quick); overhead_quick=(--repeats 1 --step
 if [ "$stage" = session ]; then
     # A lent device gives a session 15 minutes, its start included: the stages that matter most first,
     # each stopped at its limit (what it printed stays in $out/STAGE.txt), so one call brings back all.
-    for limited in "tests 150" "overhead 120" "families_baselines 120"; do
+    for limited in "tests 150" "overhead 120" "profile 60" "families_baselines 120"; do
         set -- $limited
         timeout "$2" bash "$0" "$1" || echo "stage $1 ended with status $? (124: stopped at its ${2} s limit)"
     done
@@ -72,9 +73,12 @@ case "$stage" in
     families_baselines)  # the families stage without cvxpy (minutes at these sizes), medians of 3
         run "$python" -m benchmarks.families --device "$device" --families lasso,group_lasso --large \
             --solvers dcs,sklearn,skglm,projected --slow 10 "${quick[@]}" ;;
+    profile)  # the budgets' cost on a GPU was their readings' kernels (RESULTS.md, "On a GPU"): which ones
+        run "$python" -m benchmarks.overhead --device "$device" --profile "sparse(density=0.1)"
+        run "$python" -m benchmarks.overhead --device "$device" --profile "low_rank(target_rank=16)" ;;
     overhead)
         run "$python" -m benchmarks.overhead --device "$device" --budgets --repeats "${REPEATS:-5}" "${overhead_quick[@]}"
         run "$python" -m benchmarks.overhead --device "$device" --model cnn --budgets --repeats "${REPEATS:-5}" "${overhead_quick[@]}" ;;
     *)
-        echo "unknown stage '$stage': choose tests, floor, families, families32, families_baselines, others, overhead or session" >&2; exit 2 ;;
+        echo "unknown stage '$stage': choose tests, floor, families, families32, families_baselines, others, overhead, profile or session" >&2; exit 2 ;;
 esac

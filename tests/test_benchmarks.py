@@ -57,6 +57,15 @@ def test_overhead_prints_time_storage_and_peak_memory(capsys):
     assert tied[3] == "1.50×" and float(tied[4]) > 0  # the anchored tie: first copy as is + (u, v)
 
 
+def test_overhead_profiles_one_row_against_the_plain_model(capsys):
+    overhead.main(["--width", "64", "--batch", "4", "--profile", "sparse(density=0.1)"])
+    out = capsys.readouterr().out
+    assert "== plain: 40 steps" in out and "== sparse(density=0.1): 40 steps" in out
+    assert "aten::topk" in out.split("== sparse(density=0.1)")[1]  # the budget's readings show up
+    with pytest.raises(SystemExit, match="unknown row 'sparse\\(density=0.2\\)'"):
+        overhead.main(["--profile", "sparse(density=0.2)"])
+
+
 def test_geoopt_optimizers_quick():
     rows = geoopt_optimizers.main(["--quick"])
     solvers = [r["solver"] for r in rows]
