@@ -206,7 +206,8 @@ class BudgetController(nn.Module):
         # A host copy of log λ: on a GPU each read of the buffer is a host synchronisation (the CPU waits
         # for every queued kernel), and λ is asked on every step (the optimizer groups' weight decay). It
         # is written with the buffer and re-read from it (`reload`) wherever the buffer may have been
-        # written from outside: a load, a move or cast (`_apply`), an all-reduce, a reading.
+        # written from outside: a load, a move or cast (`_apply`), sync_strengths' all-reduce, and under
+        # torch.distributed at each reading (`BudgetStrength.target`: DDP's buffer broadcast).
         self._host_log: float | None = start
 
     def log_value(self) -> float:

@@ -480,15 +480,16 @@ class BudgetStrength(Strength):
         """``(steps so far, landed)`` from host copies of the buffers. On a GPU each read of a 0-d buffer
         is a host synchronisation (the CPU waits for every queued kernel before it launches more), and a
         budget asked these about six times a step, also on the steps between readings, which otherwise
-        need nothing from the device. The copies are written with the buffers, and re-read from them, in one
-        transfer, wherever the buffers may have been written from outside (`reload_state`: a load, a
+        need nothing from the device. The copies are written with the buffers, and re-read from them, in
+        one transfer, wherever the buffers may have been written from outside (`reload_state`: a load, a
         move or cast, `symopt.sync_strengths`) and, under ``torch.distributed``, at each reading (DDP's
         broadcast of rank 0's buffers leaves no trace on them)."""
         counters = self.__dict__.get("_host")  # (None: stale, or a policy pickled before the copies)
         if counters is None:
             landed = self.landed if self.schedule is not None else self.step.new_zeros(())
             log = self.controller.log_strength
-            step, landed, log_value = torch.stack([self.step, landed.to(self.step.dtype), log.to(self.step.dtype)]).tolist()
+            dtype = self.step.dtype
+            step, landed, log_value = torch.stack([self.step, landed.to(dtype), log.to(dtype)]).tolist()
             counters = self._host = (int(step), bool(landed))
             self.controller._host_log = log_value if log.dtype == self.step.dtype else float(log)
         return counters
