@@ -96,33 +96,11 @@ def test_a_budget_lands_on_cuda_under_autocast(kind, amp_dtype):
     """A float32 layer on CUDA trained by Adam under autocast (float16 with a GradScaler handed to
     symopt.bind, or bfloat16): the budget holds exactly from the landing to the end, and finalize needs
     no force."""
-    from test_landing import KINDS as LANDING, STEPS, _data
+    from test_landing import KINDS as LANDING, STEPS, mixed_precision_run
 
-    torch.manual_seed(0)
-    X, Y = (t.float().to(CUDA) for t in _data())
-    model = nn.Linear(12, 6, bias=False).to(CUDA)
-    if kind == "nonnegative":
-        with torch.no_grad():
-            model.weight.abs_()
-    register, count, budget = LANDING[kind]
-    handle = register(model)
-    if kind.startswith("low_rank"):
-        def count(w):
-            sigma = torch.linalg.svdvals(w.float())
-            return int((sigma > 6 * torch.finfo(torch.float32).eps * sigma.max()).sum())
-    opt = torch.optim.Adam(symopt.param_groups(model, lr=1e-2), lr=1e-2)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-    if amp_dtype == torch.float16:
-        symopt.bind(opt, scaler=scaler)
-    counts = []
-    for _ in range(STEPS):
-        opt.zero_grad()
-        with torch.autocast("cuda", dtype=amp_dtype):
-            out = model(X)
-        scaler.scale(0.5 * (out.float() - Y).square().mean()).backward()
-        scaler.step(opt)
-        scaler.update()
-        counts.append(count(model.weight.detach()))
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    model, handle, counts, _ = mixed_precision_run(kind, amp_dtype, scaler, device="cuda")
+    budget = LANDING[kind][2]
     assert all(c == budget for c in counts[round(0.75 * STEPS):]), counts[round(0.75 * STEPS):][:10]
     assert "landed" in repr(handle.constraint)
     assert symopt.finalize(model).ok

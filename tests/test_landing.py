@@ -185,44 +185,15 @@ def test_a_pooled_budget_lands_over_all_its_tensors():
     assert symopt.finalize(model).ok
 
 
-@pytest.mark.parametrize("kind", sorted(KINDS))
-def test_the_budget_lands_under_mixed_precision(kind):
-    """A float32 model trained under CPU autocast (bfloat16 matmuls) by Adam: the budget lands exactly
-    at the end of the ramp and finalize needs no force. The rank is counted numerically (σ above
-    float32 rounding of σ_max), since a float32 product of rank 2 has singular values ~1e-7·σ_max."""
+def mixed_precision_run(kind: str, amp_dtype: torch.dtype, scaler=None, device: str = "cpu"):
+    """The budget ``kind`` on a float32 layer trained by Adam under ``device``'s autocast to ``amp_dtype``;
+    with ``scaler`` (a torch.amp.GradScaler) the loss is scaled before backward and the scaler is handed
+    to symopt.bind. Returns ``(model, handle, atoms counted each step, λ each step)``. The rank is
+    counted numerically (σ above float32 rounding of σ_max), since a float32 product of rank 2 has
+    singular values ~1e-7·σ_max. (Also the CUDA tests' run, tests/test_gpu.py.)"""
     torch.manual_seed(0)
-    X, Y = (t.float() for t in _data())
-    model = nn.Linear(12, 6, bias=False)
-    if kind == "nonnegative":
-        with torch.no_grad():
-            model.weight.abs_()
-    register, count, budget = KINDS[kind]
-    handle = register(model)
-    if kind.startswith("low_rank"):
-        def count(w):
-            sigma = torch.linalg.svdvals(w)
-            return int((sigma > 6 * torch.finfo(w.dtype).eps * sigma.max()).sum())
-    opt = torch.optim.Adam(symopt.param_groups(model, lr=1e-2), lr=1e-2)
-    counts = []
-    for _ in range(STEPS):
-        opt.zero_grad()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            out = model(X)
-        (0.5 * (out.float() - Y).square().mean()).backward()
-        opt.step()
-        counts.append(count(model.weight.detach()))
-    assert all(c == budget for c in counts[round(0.75 * STEPS):])
-    assert "landed" in repr(handle.constraint)
-    assert symopt.finalize(model).ok
-
-
-def _scaled_fp16_run(kind, scaler):
-    """The mixed-precision test's model and data, trained under CPU float16 autocast; with ``scaler`` the
-    loss is scaled by 2¹⁶ (torch.amp.GradScaler) and the scaler is handed to symopt.bind. Returns the
-    handle, the atoms counted each step and λ each step."""
-    torch.manual_seed(0)
-    X, Y = (t.float() for t in _data())
-    model = nn.Linear(12, 6, bias=False)
+    X, Y = (t.float().to(device) for t in _data())
+    model = nn.Linear(12, 6, bias=False).to(device)
     if kind == "nonnegative":
         with torch.no_grad():
             model.weight.abs_()
@@ -230,15 +201,15 @@ def _scaled_fp16_run(kind, scaler):
     handle = register(model)
     if kind.startswith("low_rank"):
         def count(w):
-            sigma = torch.linalg.svdvals(w)
-            return int((sigma > 6 * torch.finfo(w.dtype).eps * sigma.max()).sum())
+            sigma = torch.linalg.svdvals(w.float())
+            return int((sigma > 6 * torch.finfo(torch.float32).eps * sigma.max()).sum())
     opt = torch.optim.Adam(symopt.param_groups(model, lr=1e-2), lr=1e-2)
     if scaler is not None:
         symopt.bind(opt, scaler=scaler)
     counts, strengths = [], []
     for _ in range(STEPS):
         opt.zero_grad()
-        with torch.autocast("cpu", dtype=torch.float16):
+        with torch.autocast(device, dtype=amp_dtype):
             out = model(X)
         loss = 0.5 * (out.float() - Y).square().mean()
         if scaler is None:
@@ -254,14 +225,24 @@ def _scaled_fp16_run(kind, scaler):
 
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
+def test_the_budget_lands_under_mixed_precision(kind):
+    """A float32 model trained under CPU autocast (bfloat16 matmuls) by Adam: the budget lands exactly
+    at the end of the ramp and finalize needs no force."""
+    model, handle, counts, _ = mixed_precision_run(kind, torch.bfloat16)
+    assert all(c == KINDS[kind][2] for c in counts[round(0.75 * STEPS):])
+    assert "landed" in repr(handle.constraint)
+    assert symopt.finalize(model).ok
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
 def test_a_budget_under_float16_and_a_grad_scaler_lands_with_the_unscaled_lambda(kind):
     """float16 autocast with a GradScaler (the loss ×2¹⁶ before backward, the gradients unscaled after it)
     handed to symopt.bind: λ follows the unscaled run's (the budget reads the gradient during backward,
     where it is still scaled; unbound, λ came out ~10⁴× too large), the budget lands exactly, and
     finalize needs no force."""
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16, growth_interval=10 ** 6)
-    model, handle, counts, strengths = _scaled_fp16_run(kind, scaler)
-    _, _, _, unscaled = _scaled_fp16_run(kind, None)
+    model, handle, counts, strengths = mixed_precision_run(kind, torch.float16, scaler)
+    _, _, _, unscaled = mixed_precision_run(kind, torch.float16)
     budget = KINDS[kind][2]
     assert scaler.get_scale() == 2.0 ** 16  # no step skipped: the same trajectory as the unscaled run's
     before_landing = slice(round(0.3 * STEPS), round(0.75 * STEPS) - 1)

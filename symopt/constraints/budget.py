@@ -191,7 +191,25 @@ def split_point(scores: Tensor, k: int) -> float:
     return 0.5 * float(positive.min()) if positive.numel() else 0.0
 
 
-class BudgetController(nn.Module):
+class HostCopies(nn.Module):
+    """A module that keeps host copies of some of its 0-d buffers (a GPU would synchronise at each read
+    of the buffers themselves): `reload_state` forgets them, and it runs after a move or cast (``.to``,
+    ``.double``) and after a load, which write the buffers without the module's own setters."""
+
+    def reload_state(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _apply(self, fn, *args, **kwargs):
+        out = super()._apply(fn, *args, **kwargs)
+        self.reload_state()
+        return out
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self.reload_state()
+
+
+class BudgetController(HostCopies):
     """λ for a budget: log λ is a buffer (saved in ``state_dict``); see the module docstring.
 
     Buffers: ``log_strength`` (−inf until λ is known), ``updates`` (how many steps moved it).
@@ -206,8 +224,8 @@ class BudgetController(nn.Module):
         # A host copy of log λ: on a GPU each read of the buffer is a host synchronisation (the CPU waits
         # for every queued kernel), and λ is asked on every step (the optimizer groups' weight decay). It
         # is written with the buffer and re-read from it (`reload`) wherever the buffer may have been
-        # written from outside: a load, a move or cast (`_apply`), sync_strengths' all-reduce, and under
-        # torch.distributed at each reading (`BudgetStrength.target`: DDP's buffer broadcast).
+        # written from outside: a load, a move or cast (`HostCopies`), sync_strengths' all-reduce, and
+        # under torch.distributed at each reading (`BudgetStrength.target`: DDP's buffer broadcast).
         self._host_log: float | None = start
 
     def log_value(self) -> float:
@@ -217,7 +235,7 @@ class BudgetController(nn.Module):
             log = self._host_log = float(self.log_strength)
         return log
 
-    def reload(self) -> None:
+    def reload_state(self) -> None:
         """Forget the host copy of log λ: the next read takes it from the buffer."""
         self._host_log = None
 
@@ -246,15 +264,6 @@ class BudgetController(nn.Module):
     def forget(self) -> None:
         """λ back to unknown (log λ = −inf): a landed budget decays nothing."""
         self._set(-math.inf)
-
-    def _apply(self, fn, *args, **kwargs):  # .to(), .double(), ...: the buffer may have been cast
-        out = super()._apply(fn, *args, **kwargs)
-        self.reload()
-        return out
-
-    def _load_from_state_dict(self, *args, **kwargs):
-        super()._load_from_state_dict(*args, **kwargs)
-        self.reload()
 
 
 def budget_target(top_atoms, value: Tensor, grad: Tensor, k: int, strength: float,

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from .auto import MultiplierEstimate, check_margin
-from .budget import READ_EVERY, RATE, BudgetController, budget_target, check_rate, leading, scheduled_count
+from .budget import READ_EVERY, RATE, BudgetController, HostCopies, budget_target, check_rate, leading, scheduled_count
 from .warn import warn_user
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -404,7 +404,7 @@ class Auto(Strength):
             self.publish()
 
 
-class BudgetStrength(Strength):
+class BudgetStrength(HostCopies, Strength):
     r"""λ adapted so that the constraint's budget of ``k`` atoms is the predicted support (see
     `symopt.constraints.budget` for the controller and why it is this one).
 
@@ -496,16 +496,7 @@ class BudgetStrength(Strength):
 
     def reload_state(self) -> None:
         self._host = None
-        self.controller.reload()
-
-    def _apply(self, fn, *args, **kwargs):  # .to(), .double(), ...: the buffers may have been cast
-        out = super()._apply(fn, *args, **kwargs)
-        self.reload_state()
-        return out
-
-    def _load_from_state_dict(self, *args, **kwargs):
-        super()._load_from_state_dict(*args, **kwargs)
-        self.reload_state()
+        self.controller.reload_state()
 
     def sync_state(self) -> list[Tensor]:
         return [self.controller.log_strength, self.step]
