@@ -162,7 +162,7 @@ class Strength(nn.Module):
         if not self.watching or self._paused:
             return
         if self.scaler is not None and self.scaler.is_enabled():
-            grad = grad / _scale_of(self.scaler)  # the gradient of the loss, not of the scaled loss
+            grad = grad / _scale_of(self.scaler, grad)  # the gradient of the loss, not of the scaled loss
         if self._gather(constraint, (value, grad)):
             return
         observation = self._observation(constraint, value, grad)
@@ -312,11 +312,13 @@ class Strength(nn.Module):
             self.__dict__.setdefault(name, default)
 
 
-def _scale_of(scaler) -> Tensor | float:
-    """A GradScaler's scale, as its tensor where it has one: ``get_scale()`` reads it to the host, a
-    synchronisation on a GPU at every backward pass of a model with an adaptive λ."""
+def _scale_of(scaler, grad: Tensor) -> Tensor | float:
+    """A GradScaler's scale, as its tensor where it has one on ``grad``'s device: ``get_scale()`` reads it
+    to the host, a synchronisation on a GPU at every backward pass of a model with an adaptive λ."""
     scale = getattr(scaler, "_get_scale_async", lambda: None)()
-    return scale if isinstance(scale, Tensor) else scaler.get_scale()
+    if isinstance(scale, Tensor) and scale.device == grad.device:
+        return scale
+    return scaler.get_scale()
 
 
 class Fixed(Strength):
