@@ -11,6 +11,7 @@ from torch import Tensor
 
 from ..constraints import Constraint
 from ..result import NotApplicable
+from .points import same_point
 
 
 @dataclass
@@ -236,8 +237,7 @@ class Evaluations:
 
     def recall(self, theta: Tensor, loss) -> tuple[Tensor, Tensor] | None:
         for point, owner, answer in self._zero + self._entries:
-            if _same_loss(owner, loss) and point.shape == theta.shape and point.dtype == theta.dtype \
-                    and point.device == theta.device and torch.equal(point, theta):
+            if _same_loss(owner, loss) and same_point(point, theta):
                 return answer
         return None
 

@@ -29,6 +29,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from .design import columns, matvec, rmatvec
+from .points import same_point
 
 # Designs whose whole Gram a least-squares curvature keeps: at most 256 columns and 10⁶ entries (the
 # Gram then costs at most a few ms once, and 0.5 MB; diabetes, breast_cancer, wine, digits qualify).
@@ -291,9 +292,7 @@ class DataTerm:
         solves for the intercept's root (a fifth of a small logistic-L1 solve went to predictors).
         The data are never mutated (`Problem`'s contract), so an equal θ gives the same answer."""
         kept = getattr(X, "_symopt_last_predictor", None)
-        if (kept is not None and kept[1] is y and kept[2] is weights and kept[3] == self
-                and kept[0].shape == theta.shape and kept[0].dtype == theta.dtype
-                and kept[0].device == theta.device and torch.equal(kept[0], theta)):
+        if kept is not None and kept[1] is y and kept[2] is weights and kept[3] == self and same_point(kept[0], theta):
             return kept[4]
         with torch.no_grad():
             z = self.predictor(theta, X, y, weights)
