@@ -304,3 +304,30 @@ def test_a_layer_applied_twice_a_step_counts_one_step_and_reads_the_whole_gradie
     assert [lam for lam, _ in course] == pytest.approx([lam for lam, _ in reference], rel=1e-10)
     torch.testing.assert_close(twice.weight, once.weight, rtol=1e-10, atol=1e-12)
     assert atoms(twice.weight.detach()) == budget
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_model_cast_to_half_precision_lands_on_time_and_keeps_its_step_count_exact(dtype):
+    """``model.bfloat16()`` / ``model.half()`` after registering: the policies' state (step counts, log
+    λ) stays float64, so the budget lands at the end of its ramp and a schedule reads the true step.
+    Before, the cast took the step count along, and a bfloat16 count stops at 256 (256 + 1 rounds to
+    256): a budget with total_steps=400 never landed (72 of 72 entries alive after 400 steps)."""
+    torch.manual_seed(0)
+    X, Y = _data()
+    model = nn.Sequential(nn.Linear(12, 6, bias=False), nn.Linear(6, 6, bias=False))
+    budget = symopt.sparse(model, "0.weight", max_nonzero=9, total_steps=STEPS)
+    ramp = symopt.Scheduled(lambda step: 1e-3 * (1 + step))
+    symopt.sparse(model, "1.weight", strength=ramp)
+    model.to(dtype)
+    policy = budget.constraint.policy
+    assert {policy.step.dtype, policy.controller.log_strength.dtype, ramp.step.dtype} == {torch.float64}
+    opt = torch.optim.Adam(symopt.param_groups(model, lr=1e-2), lr=1e-2)
+    counts = []
+    for _ in range(STEPS):
+        opt.zero_grad()
+        (0.5 * (model(X.to(dtype)).float() - Y).square().mean()).backward()
+        opt.step()
+        counts.append(int((model[0].weight != 0).sum()))
+    assert all(c == 9 for c in counts[round(0.75 * STEPS):]) and "landed" in repr(budget.constraint)
+    assert int(ramp.step) == STEPS and ramp.value() == pytest.approx(1e-3 * (1 + STEPS))
+    assert int(policy.step) == round(0.75 * STEPS)  # (a landed budget stops counting)

@@ -14,8 +14,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .state import Float64State
 
-class MultiplierEstimate(nn.Module):
+
+class MultiplierEstimate(Float64State):
     r"""Running estimate of the Lagrange multipliers, one slot per tied copy (1 otherwise).
 
     Buffers (saved in ``state_dict``): ``mean`` — exponential moving average of observed dual norms

@@ -41,7 +41,9 @@ import math
 import numbers
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
+
+from .state import HostCopies
 
 SPREAD = 2.0
 RATE = 0.1
@@ -189,24 +191,6 @@ def split_point(scores: Tensor, k: int) -> float:
         return mid
     positive = flat[flat > 0]
     return 0.5 * float(positive.min()) if positive.numel() else 0.0
-
-
-class HostCopies(nn.Module):
-    """A module that keeps host copies of some of its 0-d buffers (a GPU would synchronise at each read
-    of the buffers themselves): `reload_state` forgets them, and it runs after a move or cast (``.to``,
-    ``.double``) and after a load, which write the buffers without the module's own setters."""
-
-    def reload_state(self) -> None:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def _apply(self, fn, *args, **kwargs):
-        out = super()._apply(fn, *args, **kwargs)
-        self.reload_state()
-        return out
-
-    def _load_from_state_dict(self, *args, **kwargs):
-        super()._load_from_state_dict(*args, **kwargs)
-        self.reload_state()
 
 
 class BudgetController(HostCopies):

@@ -33,10 +33,11 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from .auto import MultiplierEstimate, check_margin
-from .budget import READ_EVERY, RATE, BudgetController, HostCopies, budget_target, check_rate, leading, scheduled_count
+from .budget import READ_EVERY, RATE, BudgetController, budget_target, check_rate, leading, scheduled_count
+from .state import Float64State, HostCopies
 from .warn import warn_user
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -66,8 +67,9 @@ class StrengthGroup(dict):
     goes away, so does the policy's link to its group."""
 
 
-class Strength(nn.Module):
-    """Base class of the strength policies (see the module docstring).
+class Strength(Float64State):
+    """Base class of the strength policies (see the module docstring). Their buffers stay float64
+    through a cast of the model (`symopt.constraints.state`).
 
     Subclasses define ``value()`` and, when λ follows the gradients, ``watching = True``,
     ``_observation`` (what one backward pass contributes) and ``_commit`` (apply one step's
