@@ -524,3 +524,28 @@ def test_a_loaded_budget_state_is_what_lambda_and_the_schedule_read_next():
     assert policy.count(20, 64) == late_handle.constraint.policy.count(20, 64)
     early.double()
     assert early_handle.strength == pytest.approx(late_handle.strength, rel=1e-15)
+
+
+@pytest.mark.parametrize("register", [
+    lambda net: symopt.sparse(net, "0.weight", strength=symopt.Scheduled(lambda step: 1e-3 * (1 + step) ** -0.5)),
+    lambda net: symopt.tie(net, ["0.bias", "2.bias"], strength=0.5, total_steps=100),
+], ids=["scheduled", "landing_tie"])
+def test_a_schedule_and_a_landing_read_nothing_to_the_host_in_a_step(register):
+    """A scheduled λ and a landing exact-penalty constraint count their steps in host copies too: no
+    training step reads a tensor value to the host (on a GPU, none synchronises)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 8))
+    handle = register(net)
+    x, y = torch.randn(64, 16), torch.randn(64, 8)
+    opt = torch.optim.SGD(symopt.param_groups(net, lr=1e-2), lr=1e-2)
+    for _ in range(12):  # (past the ScaleWatch's first steps, which compare gradients on the host)
+        opt.zero_grad()
+        (net(x) - y).square().mean().backward()
+        opt.step()
+    with _HostReads() as during:
+        for _ in range(8):
+            opt.zero_grad()
+            (net(x) - y).square().mean().backward()
+            opt.step()
+    assert during.count == 0
+    assert int(handle.constraint.policy.step) == 20

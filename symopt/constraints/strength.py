@@ -626,7 +626,7 @@ def _count_steps_from_zero(state_dict, prefix, *_args) -> None:
     state_dict.setdefault(prefix + "step", torch.zeros((), dtype=torch.float64))
 
 
-class Scheduled(Strength):
+class Scheduled(HostCopies, Strength):
     r"""$λ = \mathrm{schedule}(\mathrm{step})$: λ as a function of the training step (0, 1, 2, ...).
 
     A step is one backward pass, or one optimizer step under [`symopt.bind`][symopt.bind] (an
@@ -655,15 +655,27 @@ class Scheduled(Strength):
         self.owner = owner
         check_strength(schedule(0), f"{owner}: schedule(0)")
         self.register_buffer("step", torch.zeros((), dtype=torch.float64))
+        self._host_step: int | None = 0  # (a host copy of the count, as a budget keeps: `HostCopies`)
+
+    def steps(self) -> int:
+        """The steps so far, from the host copy (re-read from the buffer after a load, a cast or a sync)."""
+        step = self.__dict__.get("_host_step")
+        if step is None:
+            step = self._host_step = int(self.step)
+        return step
+
+    def reload_state(self) -> None:
+        self._host_step = None
 
     def value(self) -> float:
-        return check_strength(self.schedule(int(self.step)), f"{self.owner}: schedule({int(self.step)})")
+        step = self.steps()
+        return check_strength(self.schedule(step), f"{self.owner}: schedule({step})")
 
     def sync_state(self) -> list[Tensor]:
         return [self.step]
 
     def describe(self) -> str:
-        return f"strength={self.value():g} (scheduled, step {int(self.step)})"
+        return f"strength={self.value():g} (scheduled, step {self.steps()})"
 
     def _observation(self, constraint, value, grad):
         return True
@@ -676,11 +688,13 @@ class Scheduled(Strength):
 
     def _commit(self, observations) -> None:
         if observations:
+            step = self.steps()
             self.step += 1
+            self._host_step = step + 1
             self.publish()
 
 
-class Landing(Strength):
+class Landing(HostCopies, Strength):
     r"""An exact-penalty constraint (a tie, a subspace, fixed zeros) that *lands* on its set at a given
     step: before it, λ is ``inner``'s (``"auto"`` or a number); at step ``land_at`` the constraint puts its factors on the
     fixed subspace of its mirror symmetry (the set holds exactly, whatever the optimizer left), holds
@@ -711,9 +725,21 @@ class Landing(Strength):
         self.register_buffer("step", torch.zeros((), dtype=torch.float64))
         self.register_buffer("landed", torch.zeros((), dtype=torch.float64))
         self._first_slot: int | None = None
+        self._host: tuple[int, bool] | None = (0, False)  # (host copies of step and landed: `HostCopies`)
+
+    def _counters(self) -> tuple[int, bool]:
+        counters = self.__dict__.get("_host")
+        if counters is None:
+            step, landed = torch.stack([self.step, self.landed]).tolist()
+            counters = self._host = (int(step), bool(landed))
+        return counters
+
+    def reload_state(self) -> None:
+        self._host = None
+        self.inner.reload_state()
 
     def value(self) -> float:
-        return 0.0 if bool(self.landed) else self.inner.value()
+        return 0.0 if self._counters()[1] else self.inner.value()
 
     def multiplier(self) -> float | None:
         return self.inner.multiplier()
@@ -725,20 +751,22 @@ class Landing(Strength):
         return self.inner.sync_state() + [self.step]
 
     def has_landed(self) -> bool:
-        return bool(self.landed)
+        return self._counters()[1]
 
     def lands_set(self) -> bool:
         return True
 
     def landing_due(self) -> bool:
-        return not bool(self.landed) and int(self.step) >= self.land_at
+        step, landed = self._counters()
+        return not landed and step >= self.land_at
 
     def mark_landed(self) -> None:
         self.landed.fill_(1.0)
+        self._host = (self._counters()[0], True)
         self.publish()
 
     def describe(self) -> str:
-        return f"{self.inner.describe()}, lands at step {self.land_at}" + (" (landed)" if bool(self.landed) else "")
+        return f"{self.inner.describe()}, lands at step {self.land_at}" + (" (landed)" if self._counters()[1] else "")
 
     def _observation(self, constraint, value, grad):
         # One step per backward pass: a tie's later copies each report, so only one of them ticks: the
@@ -750,10 +778,12 @@ class Landing(Strength):
         return (inner, slot == self._first_slot)
 
     def _commit(self, observations) -> None:
-        if bool(self.landed):
+        step, landed = self._counters()
+        if landed:
             return
         if any(tick for _, tick in observations):
             self.step += 1
+            self._host = (step + 1, False)
         inner = [o for o, _ in observations if o is not None]
         if inner:
             self.inner._commit(inner)
