@@ -191,3 +191,15 @@ def lbfgs_fit(model, loss, steps, tolerance_change=0.0, bind=True):
 
     for _ in range(steps):
         opt.step(closure)
+
+
+def optimizer_step(opt, loss, scaler=None) -> None:
+    """``loss.backward(); opt.step()``, or under a torch.amp.GradScaler its scaled backward, step and
+    update (the loop a mixed-precision user writes)."""
+    if scaler is None:
+        loss.backward()
+        opt.step()
+    else:
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()

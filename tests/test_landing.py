@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import symopt
-from helpers import resumed_matches
+from helpers import optimizer_step, resumed_matches
 from symopt.constraints.budget import scheduled_count
 
 DT = torch.float64
@@ -212,13 +212,7 @@ def mixed_precision_run(kind: str, amp_dtype: torch.dtype, scaler=None, device: 
         with torch.autocast(device, dtype=amp_dtype):
             out = model(X)
         loss = 0.5 * (out.float() - Y).square().mean()
-        if scaler is None:
-            loss.backward()
-            opt.step()
-        else:
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
+        optimizer_step(opt, loss, scaler)
         counts.append(count(model.weight.detach()))
         strengths.append(handle.strength)
     return model, handle, counts, strengths

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 import symopt
+from helpers import optimizer_step
 
 sklearn = pytest.importorskip("sklearn")
 from sklearn.datasets import load_diabetes, load_wine  # noqa: E402
@@ -254,13 +255,7 @@ def _scaled_run(mode: str, low_rank: bool = False):
             handle.constraint.strength = lams[1]
         opt.zero_grad()
         loss = 0.5 * ((model(X) - Y) ** 2).sum(1).mean()
-        if scaler is None:
-            loss.backward()
-            opt.step()
-        else:
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
+        optimizer_step(opt, loss, scaler)
     return model.weight.detach(), growth.snapped["weight"], growth.regrown["weight"]
 
 
