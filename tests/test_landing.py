@@ -305,7 +305,8 @@ def test_a_model_cast_to_half_precision_lands_on_time_and_keeps_its_step_count_e
     """``model.bfloat16()`` / ``model.half()`` after registering: the policies' state (step counts, log
     λ) stays float64, so the budget lands at the end of its ramp and a schedule reads the true step.
     Before, the cast took the step count along, and a bfloat16 count stops at 256 (256 + 1 rounds to
-    256): a budget with total_steps=400 never landed (72 of 72 entries alive after 400 steps)."""
+    256): a budget never landed (measured with total_steps=1000: 72 of 72 entries alive after 1000
+    steps)."""
     torch.manual_seed(0)
     X, Y = _data()
     model = nn.Sequential(nn.Linear(12, 6, bias=False), nn.Linear(6, 6, bias=False))
