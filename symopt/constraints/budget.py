@@ -205,49 +205,32 @@ class BudgetController(HostCopies):
         start = math.log(initial) if initial is not None else -math.inf
         self.register_buffer("log_strength", torch.tensor(start, dtype=torch.float64))
         self.register_buffer("updates", torch.zeros((), dtype=torch.float64))
-        # A host copy of log λ: on a GPU each read of the buffer is a host synchronisation (the CPU waits
-        # for every queued kernel), and λ is asked on every step (the optimizer groups' weight decay). It
-        # is written with the buffer and re-read from it (`reload`) wherever the buffer may have been
-        # written from outside: a load, a move or cast (`HostCopies`), sync_strengths' all-reduce, and
-        # under torch.distributed at each reading (`BudgetStrength.target`: DDP's buffer broadcast).
-        self._host_log: float | None = start
+        # (log λ is read through a host copy, `HostCopies`: λ is asked on every step, as the optimizer
+        # groups' weight decay)
 
     def log_value(self) -> float:
         """log λ (−inf before it is known), from the host copy."""
-        log = self.__dict__.get("_host_log")  # (None: stale, or a controller pickled before the copy)
-        if log is None:
-            log = self._host_log = float(self.log_strength)
-        return log
-
-    def reload_state(self) -> None:
-        """Forget the host copy of log λ: the next read takes it from the buffer."""
-        self._host_log = None
+        return self.host("log_strength")
 
     def value(self) -> float:
         """Current λ (0 before it is known)."""
         return math.exp(self.log_value())
-
-    def _set(self, log: float) -> None:
-        self.log_strength.fill_(log)
-        # the copy holds what the buffer holds: rounded to its dtype (a float32 model casts it)
-        self._host_log = log if self.log_strength.dtype == torch.float64 else float(
-            torch.tensor(log, dtype=self.log_strength.dtype))
 
     def update(self, target: float, steps: int = 1) -> None:
         """Move log λ toward log ``target`` (the midpoint λ the point asks for): the fraction ``rate``
         of the way per step, compounded over the ``steps`` since the last reading."""
         log = self.log_value()
         if not math.isfinite(log):
-            self._set(math.log(START * target))
+            self.write("log_strength", math.log(START * target))
         else:
             move = max(-1.0, min(1.0, math.log(target) - log))  # at most a factor e per reading
             fraction = self.rate if steps == 1 else 1.0 - (1.0 - self.rate) ** steps  # (1 − (1 − r) ≠ r in floats)
-            self._set(log + fraction * move)
+            self.write("log_strength", log + fraction * move)
         self.updates += 1
 
     def forget(self) -> None:
         """λ back to unknown (log λ = −inf): a landed budget decays nothing."""
-        self._set(-math.inf)
+        self.write("log_strength", -math.inf)
 
 
 def budget_target(top_atoms, value: Tensor, grad: Tensor, k: int, strength: float,

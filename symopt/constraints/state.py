@@ -37,12 +37,44 @@ class Float64State(nn.Module):
 
 
 class HostCopies(Float64State):
-    """A `Float64State` that keeps host copies of some of its 0-d buffers (a GPU synchronises at each read
-    of the buffers themselves): `reload_state` forgets them, and it runs after a move or cast (``.to``,
-    ``.double``) and after a load, which write the buffers without the module's own setters."""
+    """A `Float64State` whose policy reads its 0-d buffers through host copies: on a GPU each read of a
+    buffer itself is a synchronisation (the CPU waits for every queued kernel before it launches more),
+    and a policy asks its step count or λ on every training step, which otherwise needs nothing from
+    the device. `host` reads the copies (the missing ones from the buffers, in one transfer); `write`
+    sets a buffer and its copy together (exactly: the buffers are float64); `reload_state` forgets the
+    copies, here and in the children that keep any, after anything that writes the buffers without
+    `write`: a move or cast, a load (both call it), `symopt.sync_strengths`' all-reduce, DDP's
+    broadcast of rank 0's buffers (which leaves no trace on them: a budget reloads at each reading
+    under ``torch.distributed``).
 
-    def reload_state(self) -> None:  # pragma: no cover - abstract
-        raise NotImplementedError
+    Examples:
+        >>> import torch
+        >>> state = HostCopies()
+        >>> state.register_buffer("step", torch.zeros((), dtype=torch.float64))
+        >>> state.write("step", state.host("step") + 1)
+        >>> state.host("step"), float(state.step)
+        (1.0, 1.0)
+    """
+
+    def host(self, *names: str):
+        """The named buffers' values (a float, or a list for several names), from the host copies."""
+        copies = self.__dict__.setdefault("_host_copies", {})  # (a module pickled before the copies: none)
+        missing = [name for name in names if name not in copies]
+        if missing:
+            values = torch.stack([self._buffers[name].to(torch.float64) for name in missing]).tolist()
+            copies.update(zip(missing, values))
+        return copies[names[0]] if len(names) == 1 else [copies[name] for name in names]
+
+    def write(self, name: str, value: float) -> None:
+        """Set buffer ``name`` to ``value``, and its host copy with it."""
+        self._buffers[name].fill_(value)
+        self.__dict__.setdefault("_host_copies", {})[name] = float(value)
+
+    def reload_state(self) -> None:
+        """Forget the host copies (here and in the children): the next reads take the buffers."""
+        self.__dict__["_host_copies"] = {}
+        for child in self.children():
+            getattr(child, "reload_state", lambda: None)()
 
     def _apply(self, fn, recurse=True):
         out = super()._apply(fn, recurse)

@@ -465,8 +465,6 @@ class BudgetStrength(HostCopies, Strength):
             self.ramp = (int(first * total), max(int(first * total) + 1, int(round(last * total))))
             self.register_buffer("landed", torch.zeros((), dtype=torch.float64))
         self._register_load_state_dict_pre_hook(_count_steps_from_zero)
-        # Host copies of the step count and the landed flag (see `_counters`).
-        self._host: tuple[int, bool] | None = (0, False)
         # the dropped atoms of the last reading go into the state_dict when there are some, so that a
         # resumed run decays the same entries until its next reading (not a buffer: its size is known
         # only once the constraint is registered, and only a trimmed ramp has one)
@@ -481,26 +479,11 @@ class BudgetStrength(HostCopies, Strength):
         return self.controller.value()
 
     def _counters(self) -> tuple[int, bool]:
-        """``(steps so far, landed)`` from host copies of the buffers. On a GPU each read of a 0-d buffer
-        is a host synchronisation (the CPU waits for every queued kernel before it launches more), and a
-        budget asked these about six times a step, also on the steps between readings, which otherwise
-        need nothing from the device. The copies are written with the buffers, and re-read from them, in
-        one transfer, wherever the buffers may have been written from outside (`reload_state`: a load, a
-        move or cast, `symopt.sync_strengths`) and, under ``torch.distributed``, at each reading (DDP's
-        broadcast of rank 0's buffers leaves no trace on them)."""
-        counters = self.__dict__.get("_host")  # (None: stale, or a policy pickled before the copies)
-        if counters is None:
-            landed = self.landed if self.schedule is not None else self.step.new_zeros(())
-            log = self.controller.log_strength
-            dtype = self.step.dtype
-            step, landed, log_value = torch.stack([self.step, landed.to(dtype), log.to(dtype)]).tolist()
-            counters = self._host = (int(step), bool(landed))
-            self.controller._host_log = log_value if log.dtype == self.step.dtype else float(log)
-        return counters
-
-    def reload_state(self) -> None:
-        self._host = None
-        self.controller.reload_state()
+        """``(steps so far, landed)``, from the host copies of the buffers (`HostCopies`)."""
+        if self.schedule is None:
+            return int(self.host("step")), False
+        step, landed = self.host("step", "landed")
+        return int(step), bool(landed)
 
     def sync_state(self) -> list[Tensor]:
         return [self.controller.log_strength, self.step]
@@ -527,7 +510,6 @@ class BudgetStrength(HostCopies, Strength):
             # DDP broadcasts rank 0's buffers at each forward (broadcast_buffers=True) without a trace on
             # them: the copies follow at each reading (a reading transfers to the host anyway)
             self.reload_state()
-            self._counters()  # (the three copies in one transfer)
         count = self.count(budget, atom_total)
         atoms = top_atoms(value.detach(), count + 1, "point").reshape(-1)
         total, kth, _ = leading(atoms, count)
@@ -580,8 +562,7 @@ class BudgetStrength(HostCopies, Strength):
     def mark_landed(self) -> None:
         """The budget landed: the structure is now held by the fixed subspace, so the decay would only
         shrink the kept atoms (the Lasso's bias): λ drops to 0 for the fine-tuning."""
-        self.landed.fill_(1.0)
-        self._host = (self._counters()[0], True)
+        self.write("landed", 1.0)
         self.controller.forget()
         self.publish()
 
@@ -593,9 +574,7 @@ class BudgetStrength(HostCopies, Strength):
 
     def _commit(self, observations) -> None:
         if observations:
-            step, landed = self._counters()
-            self.step += 1
-            self._host = (step + 1, landed)
+            self.write("step", self.host("step") + 1)
         points = [o for o in observations if not isinstance(o, str)]
         if not points:
             return
@@ -655,17 +634,10 @@ class Scheduled(HostCopies, Strength):
         self.owner = owner
         check_strength(schedule(0), f"{owner}: schedule(0)")
         self.register_buffer("step", torch.zeros((), dtype=torch.float64))
-        self._host_step: int | None = 0  # (a host copy of the count, as a budget keeps: `HostCopies`)
 
     def steps(self) -> int:
-        """The steps so far, from the host copy (re-read from the buffer after a load, a cast or a sync)."""
-        step = self.__dict__.get("_host_step")
-        if step is None:
-            step = self._host_step = int(self.step)
-        return step
-
-    def reload_state(self) -> None:
-        self._host_step = None
+        """The steps so far, from the host copy (`HostCopies`)."""
+        return int(self.host("step"))
 
     def value(self) -> float:
         step = self.steps()
@@ -688,9 +660,7 @@ class Scheduled(HostCopies, Strength):
 
     def _commit(self, observations) -> None:
         if observations:
-            step = self.steps()
-            self.step += 1
-            self._host_step = step + 1
+            self.write("step", self.host("step") + 1)
             self.publish()
 
 
@@ -725,18 +695,11 @@ class Landing(HostCopies, Strength):
         self.register_buffer("step", torch.zeros((), dtype=torch.float64))
         self.register_buffer("landed", torch.zeros((), dtype=torch.float64))
         self._first_slot: int | None = None
-        self._host: tuple[int, bool] | None = (0, False)  # (host copies of step and landed: `HostCopies`)
 
     def _counters(self) -> tuple[int, bool]:
-        counters = self.__dict__.get("_host")
-        if counters is None:
-            step, landed = torch.stack([self.step, self.landed]).tolist()
-            counters = self._host = (int(step), bool(landed))
-        return counters
-
-    def reload_state(self) -> None:
-        self._host = None
-        self.inner.reload_state()
+        """``(steps so far, landed)``, from the host copies of the buffers (`HostCopies`)."""
+        step, landed = self.host("step", "landed")
+        return int(step), bool(landed)
 
     def value(self) -> float:
         return 0.0 if self._counters()[1] else self.inner.value()
@@ -761,8 +724,7 @@ class Landing(HostCopies, Strength):
         return not landed and step >= self.land_at
 
     def mark_landed(self) -> None:
-        self.landed.fill_(1.0)
-        self._host = (self._counters()[0], True)
+        self.write("landed", 1.0)
         self.publish()
 
     def describe(self) -> str:
@@ -778,12 +740,10 @@ class Landing(HostCopies, Strength):
         return (inner, slot == self._first_slot)
 
     def _commit(self, observations) -> None:
-        step, landed = self._counters()
-        if landed:
+        if self._counters()[1]:
             return
         if any(tick for _, tick in observations):
-            self.step += 1
-            self._host = (step + 1, False)
+            self.write("step", self.host("step") + 1)
         inner = [o for o, _ in observations if o is not None]
         if inner:
             self.inner._commit(inner)
