@@ -54,6 +54,9 @@ from symopt.cli import machine_name
 # every measured step (the trimmed decay and its step hook too).
 # The rank budgets at max_rank=64 also with total_steps (the landing's pre-hook) and as one budget over the
 # first two layers (a pool; the only row with two constrained layers).
+# The rows of every run (None: the plain model), then BUDGETS with --budgets
+KINDS = [None, "sparse", "group_sparse", "low_rank", "low_rank(max_rank=64)", "low_rank(max_rank=16)",
+         "subspace(16 rows)", "subspace(16 per row)", "fixed_zeros(50%)", "tied"]
 BUDGETS = ["sparse(density=0.1)", "sparse(density=0.1, total_steps)", "group_sparse(max_groups=half)",
            "low_rank(target_rank=16)", "low_rank(max_rank=64, target_rank=16)",
            "low_rank(max_rank=64, target_rank=16, total_steps)", "low_rank([0, 2], max_rank=64, target_rank=32)"]
@@ -247,10 +250,9 @@ def main(argv=None) -> None:
     device = torch.device(args.device)
     machine = machine_name(device)
     if args.profile is not None:
-        rows = {None, "sparse", "group_sparse", "low_rank", "low_rank(max_rank=64)", "low_rank(max_rank=16)",
-                "subspace(16 rows)", "subspace(16 per row)", "fixed_zeros(50%)", "tied", *BUDGETS}
+        rows = KINDS[1:] + BUDGETS
         if args.profile not in rows:
-            raise SystemExit(f"--profile: unknown row {args.profile!r}; choose from {sorted(r for r in rows if r)}")
+            raise SystemExit(f"--profile: unknown row {args.profile!r}; choose from {sorted(rows)}")
         return _profile(args, device)
     print(f"training-step overhead — torch {torch.__version__}, {machine}, float32, "
           f"{args.model.upper()} width {args.width}, batch {args.batch}, decay by {args.decay}, median of "
@@ -258,8 +260,7 @@ def main(argv=None) -> None:
     x = (torch.randn(args.batch, args.width, device=device) if args.model == "mlp"
          else torch.randn(args.batch, args.width, 32, 32, device=device))
     y = torch.randint(0, 10, (args.batch,), device=device)
-    kinds = [None, "sparse", "group_sparse", "low_rank", "low_rank(max_rank=64)", "low_rank(max_rank=16)",
-             "subspace(16 rows)", "subspace(16 per row)", "fixed_zeros(50%)", "tied"]
+    kinds = list(KINDS)
     if args.budgets:
         kinds += BUDGETS
     if args.regrow:
