@@ -418,7 +418,8 @@ _CONV_FORWARDS = (nn.Conv1d._conv_forward, nn.Conv2d._conv_forward, nn.Conv3d._c
 
 def _factored_forward(module: nn.Module, input: Tensor) -> Tensor:
     r"""The forward of an ``nn.Linear``, ``nn.Conv1d/2d/3d`` (groups = 1) or ``nn.Embedding`` whose weight's
-    constraint has thin factors (`Constraint.thin_factors`: narrow low-rank factors, θ = L Rᵀ): the output
+    constraint has thin factors for this input (`Constraint.thin_factors`: low-rank factors, θ = L Rᵀ, whose
+    two products cost less than θ formed for the input's rows, `_product_rows`): the output
     through the two factors, without forming the weight nor its gradient ($x R L^\top$; a convolution
     with r output channels then a 1 × 1 one; L's rows the indices pick, times $R^\top$). The weight is
     formed as usual (the class's forward) where the factors are not thin, where the layer's options
@@ -435,7 +436,7 @@ def _factored_forward(module: nn.Module, input: Tensor) -> Tensor:
         if (len(chain) == 1 and isinstance(constraint, Constraint) and _hooks_run_without_theta(constraint)
                 and not constraint.policy.reads_next_gradient()):
             factors = factors_of(chain)
-            thin = constraint.thin_factors(factors)
+            thin = constraint.thin_factors(factors, _product_rows(module, input))
             if thin is not None:
                 for hook in constraint._forward_pre_hooks.values():
                     hook(constraint, tuple(factors))  # (in place on the factors: acts_on_factors)
@@ -447,6 +448,28 @@ def _factored_forward(module: nn.Module, input: Tensor) -> Tensor:
                     out.register_hook(lambda _grad: policy.observe_unread(constraint))
                 return out
     return type(module).forward(module, input)
+
+
+def _product_rows(module: nn.Module, input: Tensor) -> int:
+    """How many rows of input the layer applies its weight's matrix view to (`Constraint.thin_factors`'
+    cost model): a Linear's input rows, a convolution's output positions over the batch, an
+    embedding's indices."""
+    if isinstance(module, nn.Linear):
+        return input.numel() // max(module.in_features, 1)
+    if isinstance(module, nn.modules.conv._ConvNd):
+        spatial = len(module.kernel_size)
+        batch = input.shape[0] if input.dim() == spatial + 2 else 1
+        positions = batch
+        for axis in range(spatial):
+            size = input.shape[input.dim() - spatial + axis]
+            if module.padding == "same":
+                positions *= size
+                continue
+            pad = 0 if module.padding == "valid" else module.padding[axis]
+            span = module.dilation[axis] * (module.kernel_size[axis] - 1) + 1
+            positions *= max((size + 2 * pad - span) // module.stride[axis] + 1, 0)
+        return positions
+    return input.numel()  # (an embedding: one row of the table per index)
 
 
 def _hooks_run_without_theta(constraint: Constraint) -> bool:

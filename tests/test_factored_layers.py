@@ -70,10 +70,24 @@ def test_narrow_factors_give_the_formed_weights_output_and_gradients_without_for
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
 
-def test_full_width_factors_form_the_weight(formed):
-    net = _layer(strength=1e-3)  # (40 × 30 at full width: the thin products would cost more)
-    net(torch.randn(4, 40, dtype=DT))
-    assert formed
+def test_full_width_factors_form_the_weight_only_where_the_batch_makes_that_cheaper(formed):
+    """At full width (40 × 30, r = 30) the two thin products cost rows·r(m + n) = 2100·rows multiply-adds
+    against rmn + rows·mn = 36000 + 1200·rows with W formed: thin up to 40 rows, formed from 41 (a
+    batch's rows, here split over a leading axis too); either way the output and gradients are the
+    formed weight's."""
+    net = _layer(strength=1e-3)
+    for shape, forms in (((40, 40), False), ((2, 20, 40), False), ((41, 40), True), ((3, 14, 40), True)):
+        x = torch.randn(*shape, dtype=DT, generator=torch.Generator().manual_seed(1))
+        reference, reference_grads = _dense_reference(net, x)
+        formed.clear()  # (registration formed W once: parametrize checks the value)
+        out = net(x)
+        layer = net[0]
+        grads = torch.autograd.grad(out.square().sum(), [layer.parametrizations.weight.original0,
+                                                         layer.parametrizations.weight.original1, layer.bias])
+        assert bool(formed) == forms, shape
+        torch.testing.assert_close(out, reference, rtol=1e-12, atol=1e-12)
+        for got, want in zip(grads, reference_grads):
+            torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-11)
 
 
 def test_a_watched_forward_forms_the_weight(formed):
@@ -391,3 +405,26 @@ def test_a_forward_set_on_the_instance_is_kept(formed):
         symopt.low_rank(layer, "weight", strength=1e-3, max_rank=4)
     layer(torch.randn(3, 40, dtype=DT))
     assert calls == [1] and formed
+
+
+@pytest.mark.parametrize("layer, shape", [
+    (nn.Conv2d(3, 5, 3), (2, 3, 9, 7)),
+    (nn.Conv2d(3, 5, (3, 2), stride=(2, 3), padding=(1, 2), dilation=(2, 1)), (4, 3, 11, 10)),
+    (nn.Conv2d(3, 5, 3, padding="same", dilation=2), (1, 3, 6, 6)),
+    (nn.Conv2d(3, 5, 5, padding="valid", padding_mode="reflect"), (2, 3, 8, 9)),
+    (nn.Conv2d(3, 5, 3, padding=1, padding_mode="circular", stride=2), (3, 7, 7)),  # unbatched
+    (nn.Conv1d(2, 4, 4, stride=3, padding=2), (5, 2, 17)),
+    (nn.Conv3d(2, 3, 2, stride=(1, 2, 2)), (2, 2, 4, 5, 6)),
+    (nn.Linear(6, 4), (3, 5, 6)),
+    (nn.Embedding(10, 4), (3, 7)),
+])
+def test_the_cost_models_rows_are_the_layers_output_rows(layer, shape):
+    """`thin_factors`' cost model counts the rows the weight is applied to: a convolution's output
+    positions over the batch (stride, padding of every kind, dilation, an unbatched input), a Linear's
+    input rows, an embedding's indices; each equal to the layer's own output rows."""
+    attach = sys.modules["symopt.attach"]
+    x = (torch.randint(0, 10, shape) if isinstance(layer, nn.Embedding) else torch.randn(*shape))
+    out = layer(x)
+    width = layer.embedding_dim if isinstance(layer, nn.Embedding) else (
+        layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels)
+    assert attach._product_rows(layer, x) == out.numel() // width

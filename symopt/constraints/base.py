@@ -364,10 +364,11 @@ class Constraint(nn.Module):
         """The running multiplier estimate (``strength="auto"`` only)."""
         return self.policy.multiplier()
 
-    def thin_factors(self, factors: Sequence[Tensor]) -> tuple[Tensor, Tensor] | None:
+    def thin_factors(self, factors: Sequence[Tensor], rows: int | None = None) -> tuple[Tensor, Tensor] | None:
         r"""``(L, R)`` with θ's matrix view (θ.reshape(θ.shape[0], -1)) equal to $L R^\top$, taken from the
         ``factors`` as they are, where their inner width r is small enough that two thin products cost
-        less than the dense one (`LowRank`'s narrow factors); None (the default) where not. A layer then
+        less than forming θ and applying it (`LowRank`'s factors), for ``rows`` rows of input (a batch's
+        rows, or positions of a convolution's output; None: however many); None (the default) where not. A layer then
         computes its output through the two factors and never forms θ (`attach`: an ``nn.Linear`` as
         $x R L^\top$, a convolution as a convolution with r output channels, kernel $R^\top$, then a 1 × 1
         one with L). The tensors are the factors themselves, so a landing that changes them in place (a

@@ -379,8 +379,8 @@ class PooledMember(GroupMember):
     def right_inverse(self, value: Tensor):
         return self.inner.right_inverse(value)
 
-    def thin_factors(self, factors):
-        return self.inner.thin_factors(factors)
+    def thin_factors(self, factors, rows=None):
+        return self.inner.thin_factors(factors, rows)
 
     def balance(self, *factors: Tensor) -> float:
         return self.inner.balance(*factors)
