@@ -15,7 +15,7 @@ from torch import Tensor
 from ._clock import solver_clock
 from .optimality import snap_tol
 from .problems import Problem
-from .problems.base import Evaluations
+from .problems.base import Evaluations, moves_data_once
 from .proximal_newton import proximal_newton
 from .result import Result
 from .solver import solve
@@ -90,6 +90,7 @@ class Path:
         return [certify(r, tol=tol) for r in self.results]
 
 
+@moves_data_once
 def path(problem: Problem, strengths: Sequence[float] | Tensor | np.ndarray | None = None, *, n_strengths: int = 100,
          eps: float = 1e-3, **solve_options) -> Path:
     r"""Solve ``problem`` along a decreasing sequence of strengths, warm starting each solve from the

@@ -181,3 +181,33 @@ def test_the_nonnegative_lasso_is_solved_on_working_sets(fit_intercept):
     assert _support(ours.x) == set(np.flatnonzero(reference.coef_).tolist()) == _support(full.x)
     assert bool((ours.x >= 0).all())
 
+
+
+@pytest.mark.parametrize("working", [True, False], ids=["working-sets", "plain"])
+def test_a_solve_copies_the_design_to_its_device_and_dtype_once(monkeypatch, working):
+    """The λ_max check before any descent moves the data to the solver's device in float64; the working
+    sets and a float64 descent reuse that copy rather than making another (on a GPU each is the whole
+    design over PCIe: 400 MB for 5000 × 10000; here float32 data solved in float64, a copy on the CPU)."""
+    base = make_lasso(n=120, d=1100, nonzeros=6)
+    problem = lasso(base.data["X"].float(), base.data["y"].float(), base.constraint().strength)
+    copies = []
+    real = type(problem).data_on
+
+    def counting(self, device=None, dtype=None):
+        moved = real(self, device, dtype)
+        if self is problem and moved["X"] is not problem.data["X"]:
+            copies.append(moved["X"])
+        return moved
+
+    monkeypatch.setattr(type(problem), "data_on", counting)
+    result = symopt.solve(problem, working_set=working)
+    assert result.status == "optimal" and ("working sets" in result.message) == working
+    assert len(copies) >= 2 and all(copy is copies[0] for copy in copies)  # asked for more than once, made once
+    grid = problem.strength_max() * torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64)
+    points = []
+    monkeypatch.setattr(type(problem), "data_on", lambda self, device=None, dtype=None: (
+        points.append(real(self, device, dtype)["X"]), real(self, device, dtype))[1])
+    path = symopt.path(problem, grid, working_set=working)
+    assert set(path.statuses) == {"optimal"}
+    made = [x for x in points if x.dtype == torch.float64 and x.shape == problem.data["X"].shape]
+    assert len(made) >= 2 and all(x is made[0] for x in made)  # every point's solve on one float64 copy

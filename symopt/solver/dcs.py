@@ -18,6 +18,7 @@ from .._clock import solver_clock
 from ..constraints import Constraint
 from ..optimality import loss_gradient, snap_tol
 from ..problems import Problem
+from ..problems.base import moves_data_once
 from ..result import Result, elapsed_since
 from .descent import Descent
 from .options import Options
@@ -32,6 +33,7 @@ from .working_set import atom_count, solve_on_working_sets
 _WORKING_SETS_FROM = 1000
 
 
+@moves_data_once
 def solve(problem: Problem, device=None, dtype=None, method: str = "auto", tol: float = 1e-6,
           max_iter: int = 500, progress: bool = False, inner: int = 20, history_size: int = 100,
           max_rounds: int = 40, polish: bool = True, compile: bool = False, working_set: bool | None = None,
