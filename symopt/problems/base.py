@@ -317,7 +317,7 @@ def moves_data_once(function: Callable) -> Callable:
     Why: one `symopt.solve` asked for the data on its device in float64 two or three times (the
     λ_max check, the working sets, the descent), and each point of `symopt.path` once more: on a
     GPU each is the whole design over PCIe (400 MB at 5000 × 10000), on float32 data a conversion
-    (a 5000 × 10000 Lasso on float32 data: 0.36–0.40 → 0.26–0.27 s a solve on this CPU)."""
+    (a 5000 × 10000 Lasso on float32 data: 0.36–0.43 → 0.25–0.29 s a solve on this CPU)."""
 
     @functools.wraps(function)
     def once(*args, **kwargs):
