@@ -183,12 +183,14 @@ def _formed_always(net):
     return net
 
 
-def test_a_landing_rank_budget_lands_on_the_same_step_and_course_with_the_weight_unformed(formed):
+@pytest.mark.parametrize("width", [8, None], ids=["narrow", "full-width"])
+def test_a_landing_rank_budget_lands_on_the_same_step_and_course_with_the_weight_unformed(formed, width):
     """A budget with total_steps has a forward pre-hook (the landing). It acts on the factors in place
     (`acts_on_factors`), so the layer still skips W between readings; the landing comes at the same
     step with the same factors as with W formed every step, and after it (λ = 0, nothing watched) W is
     never formed. Fails if the landing's hook is not run on the factored path (no landing: the run
-    cannot finalize) or if a step is not counted (a later landing, another course)."""
+    cannot finalize) or if a step is not counted (a later landing, another course). At full width (r =
+    30) the 32-row batch makes the thin products the cheaper too."""
     x = torch.randn(32, 40, dtype=DT, generator=torch.Generator().manual_seed(2))
     y = torch.randn(32, 30, dtype=DT, generator=torch.Generator().manual_seed(3))
 
@@ -196,7 +198,7 @@ def test_a_landing_rank_budget_lands_on_the_same_step_and_course_with_the_weight
         course = _strength_course(net, lambda: (net(x) - y).square().mean(), steps)
         return course, net[0].parametrizations.weight[0].policy.has_landed()
 
-    factored = _layer(max_rank=8, target_rank=2, total_steps=10, ramp=(0.0, 0.5))
+    factored = _layer(max_rank=width, target_rank=2, total_steps=10, ramp=(0.0, 0.5))
     formed.clear()
     course, landed = train(factored, steps=10)
     reads = len(formed)
@@ -204,7 +206,7 @@ def test_a_landing_rank_budget_lands_on_the_same_step_and_course_with_the_weight
     formed.clear()
     train(factored, steps=4)  # after the landing
     assert not formed, "W formed after the landing"
-    reference = _formed_always(_layer(max_rank=8, target_rank=2, total_steps=10, ramp=(0.0, 0.5)))
+    reference = _formed_always(_layer(max_rank=width, target_rank=2, total_steps=10, ramp=(0.0, 0.5)))
     formed.clear()
     ref_course, ref_landed = train(reference, steps=10)
     assert landed and ref_landed
