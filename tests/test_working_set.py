@@ -3,7 +3,6 @@ certified by the full KKT residual; restrictions are the problem on a subset; wa
 
 import numpy as np
 import pytest
-import scipy.sparse as sp
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
