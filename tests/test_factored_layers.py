@@ -10,6 +10,8 @@ import warnings
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import symopt
@@ -433,3 +435,43 @@ def test_the_cost_models_rows_are_the_layers_output_rows(layer, shape):
     width = layer.embedding_dim if isinstance(layer, nn.Embedding) else (
         layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels)
     assert attach._product_rows(layer, x) == out.numel() // width
+
+
+@settings(max_examples=25, deadline=None)
+@given(out_features=st.integers(2, 24), in_features=st.integers(2, 24), width=st.integers(1, 24),
+       rows=st.integers(0, 70), conv=st.booleans())
+def test_any_layer_goes_through_its_factors_exactly_where_that_costs_less(out_features, in_features, width, rows, conv):
+    """For any shape, factor width and number of input rows, the layer forms W exactly where the cost
+    model says the thin products cost more (rows·r(m + n) > rmn + rows·mn on the m × n matrix view), and
+    its output and gradients are the formed weight's either way. A convolution (1 × 1 here) counts its
+    output positions as rows."""
+    recorder = []
+    real = LOWRANK.LowRank.forward
+
+    def counting(self, *factors):
+        recorder.append(1)
+        return real(self, *factors)
+
+    torch.manual_seed(0)
+    layer = (nn.Conv2d(in_features, out_features, 1) if conv else nn.Linear(in_features, out_features)).double()
+    r = min(width, out_features, in_features)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        symopt.low_rank(layer, "weight", strength=1e-3, max_rank=r)
+    x = torch.randn(*((1, in_features, 1, rows) if conv else (rows, in_features)), dtype=DT,
+                    generator=torch.Generator().manual_seed(1))
+    m, n = out_features, in_features
+    thin = rows * r * (m + n) <= r * m * n + rows * m * n
+    params = [layer.parametrizations.weight.original0, layer.parametrizations.weight.original1, layer.bias]
+    want = type(layer).forward(layer, x)
+    want_grads = torch.autograd.grad(want.square().sum(), params)
+    LOWRANK.LowRank.forward = counting
+    try:
+        got = layer(x)
+    finally:
+        LOWRANK.LowRank.forward = real
+    grads = torch.autograd.grad(got.square().sum(), params)
+    assert bool(recorder) == (not thin)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    for g, w in zip(grads, want_grads):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-11)
