@@ -257,9 +257,7 @@ def main(argv=None) -> None:
     print(f"training-step overhead — torch {torch.__version__}, {machine}, float32, "
           f"{args.model.upper()} width {args.width}, batch {args.batch}, decay by {args.decay}, median of "
           f"{args.repeats} interleaved rounds of {args.steps} steps (ratio: median of the rounds' paired ratios)\n")
-    x = (torch.randn(args.batch, args.width, device=device) if args.model == "mlp"
-         else torch.randn(args.batch, args.width, 32, 32, device=device))
-    y = torch.randint(0, 10, (args.batch,), device=device)
+    x, y = _batch(args, device)
     kinds = list(KINDS)
     if args.budgets:
         kinds += BUDGETS
@@ -286,15 +284,21 @@ def main(argv=None) -> None:
               + f"  {peak:8.2f}  {peak_ratio:5.2f}")
 
 
+def _batch(args: argparse.Namespace, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch every row trains on: inputs (MLP: batch × width; CNN: batch × channels × 32 × 32) and
+    labels of 10 classes."""
+    x = (torch.randn(args.batch, args.width, device=device) if args.model == "mlp"
+         else torch.randn(args.batch, args.width, 32, 32, device=device))
+    return x, torch.randint(0, 10, (args.batch,), device=device)
+
+
 def _profile(args: argparse.Namespace, device: torch.device, steps: int = 40, top: int = 25) -> None:
     """Print where ``steps`` training steps of row ``args.profile`` and of the plain model spend their time:
     torch.profiler's operators (and CUDA kernels on a GPU) by self time, the ``top`` of each. A budget
     reads its atoms one step in four, so 40 steps hold 10 readings."""
     from torch.profiler import ProfilerActivity, profile
 
-    x = (torch.randn(args.batch, args.width, device=device) if args.model == "mlp"
-         else torch.randn(args.batch, args.width, 32, 32, device=device))
-    y = torch.randint(0, 10, (args.batch,), device=device)
+    x, y = _batch(args, device)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     for kind in (None, args.profile):
