@@ -11,11 +11,12 @@ weight matrices (256×64 and 256×256) held to rank ``r``, the same number of ep
   fine-tuned for the rest, with a fresh Adam: the usual recipe.
 * ``symopt``: ``symopt.low_rank(model, name, target_rank=r, total_steps=N)`` on each hidden layer,
   decay through ``symopt.param_groups``: no decay for 10% of the steps, the rank budget on the cubic
-  schedule to 75%, the landing (the dropped directions' factor columns exactly 0), fine-tuning.
-* ``symopt (max_rank 4r)``: the same budgets on factors of width 4r (``max_rank=4 * r``, at most the
-  layer's smaller side; the random initialisation truncated to that rank at registration), as the
-  low-rank page advises for training (a width well above the rank): where that is narrow, the layer
+  schedule to 75%, the landing (the dropped directions' factor columns exactly 0), fine-tuning. The
+  default factor width (``max_rank="auto"``): 4r where that is narrow (the 256 × 256 layer; both
+  layers at rank 4), the random initialisation truncated to it at registration; there the layer
   computes $x V U^\top$ and never forms its weight between the budget's readings.
+* ``symopt (full width)``: the same budgets on full-width factors (``max_rank=None``), which start
+  from the exact initialisation (the default before 2026-12-04).
 * ``symopt (compact)``: the same budgets as ``symopt``; at the first epoch after the landing the model is exported
   (``mode="compressed"``: each hidden layer becomes two Linear factors of rank r) and fine-tuned with
   plain weights and a fresh Adam, as the truncated SVD recipe fine-tunes its factors.
@@ -23,6 +24,13 @@ weight matrices (256×64 and 256×256) held to rank ``r``, the same number of ep
   ``truncated SVD (global)`` keeps the ``2r`` largest singular values of both layers together, each
   over its layer's Frobenius norm (each layer at least one), at the switch; ``symopt (global)`` is
   ``symopt.low_rank(model, ["0.weight", "2.weight"], target_rank=2r, total_steps=N)``.
+
+With ``--from-trained E``, every row compresses a trained model instead of training from scratch: the
+dense MLP first trains for E epochs (the same in every row, not counted in its CPU), then the truncated
+SVD recipe factorises it at once and fine-tunes for the epochs, and symopt's budgets register on the
+trained weights (full width: the trained model exactly; the default width 4r: its best rank-4r
+part) on the ramp for a trained model (``ramp=(0.0, 0.25)``: no warm-up, since the features exist,
+and three quarters of the epochs to fine-tune at the final rank, as the SVD recipe has them all).
 
 Each row: test accuracy (mean ± std over seeds), the hidden layers' final rank, the deployed model's
 stored numbers and median forward time on the test set (`compression.deployed`; symopt's rows are
@@ -32,6 +40,7 @@ factors as the SVD recipe's are), and the CPU seconds of training (process time)
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 import time
@@ -78,27 +87,44 @@ def _rank(model, name: str) -> int:
     return int((S > S.max() * max(weight.shape) * torch.finfo(torch.float32).eps).sum())
 
 
-def train(method: str, rank: int, seed: int, epochs: int, batch: int = 64):
+def _dense_training(model: nn.Module, Xtr, ytr, epochs: int, seed: int, batch: int = 64) -> None:
+    """``--from-trained``: the plain model trained with the recipe's Adam for ``epochs`` (its own seeded
+    batches)."""
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    gen = torch.Generator().manual_seed(10_000 + seed)
+    for _ in range(epochs):
+        for index in batches(len(Xtr), batch, gen):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(Xtr[index]), ytr[index]).backward()
+            opt.step()
+
+
+def train(method: str, rank: int, seed: int, epochs: int, batch: int = 64, trained: int = 0):
     Xtr, ytr, Xte, yte = data(seed)
     model = mlp(seed)
+    if trained:
+        _dense_training(model, Xtr, ytr, trained, seed, batch)
     steps = epochs * math.ceil(len(Xtr) / batch)
+    # a trained model needs no warm-up and gets most of the epochs to fine-tune (RESULTS.md: the
+    # default ramp (0.1, 0.75) lost 0.3–1.3 points to the SVD recipe there; from scratch it is the better one)
+    ramp = {"ramp": (0.0, 0.25)} if trained else {}
     handles = []
     if method in ("symopt", "symopt (compact)"):
-        for name in HIDDEN:
-            handles.append(symopt.low_rank(model, f"{name}.weight", target_rank=rank, total_steps=steps))
-    if method == "symopt (max_rank 4r)":  # narrow factors: the layers never form their weight between readings
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # (the random init truncated to the width at registration, as intended)
+            warnings.simplefilter("ignore")  # (the random init truncated to the default width at registration)
             for name in HIDDEN:
-                width = min(4 * rank, *model.get_submodule(name).weight.shape)
-                symopt.low_rank(model, f"{name}.weight", max_rank=width, target_rank=rank, total_steps=steps)
+                handles.append(symopt.low_rank(model, f"{name}.weight", target_rank=rank, total_steps=steps, **ramp))
+    if method == "symopt (full width)":
+        for name in HIDDEN:
+            symopt.low_rank(model, f"{name}.weight", max_rank=None, target_rank=rank, total_steps=steps, **ramp)
     if method == "symopt (global)":
-        symopt.low_rank(model, [f"{name}.weight" for name in HIDDEN], target_rank=len(HIDDEN) * rank, total_steps=steps)
+        symopt.low_rank(model, [f"{name}.weight" for name in HIDDEN], target_rank=len(HIDDEN) * rank, total_steps=steps,
+                        **ramp)
     if method.startswith("symopt"):
         opt = torch.optim.Adam(symopt.param_groups(model, lr=1e-3), lr=1e-3)
     else:
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    switch = min(round(0.75 * epochs), epochs - 1)
+    switch = 0 if trained else min(round(0.75 * epochs), epochs - 1)  # (a trained model factorises at once)
     gen = torch.Generator().manual_seed(seed)
     loss_fn = nn.CrossEntropyLoss()
     start = time.process_time()
@@ -134,19 +160,23 @@ def main(argv=None) -> list:
     def extra(parser):
         parser.add_argument("--global", dest="global_budget", action="store_true",
                             help="add a total rank 2r over both layers, for truncated SVD and symopt")
+        parser.add_argument("--from-trained", dest="trained", type=int, default=0, metavar="E",
+                            help="compress a model first trained dense for E epochs (every row)")
 
     args = training_arguments(argv, "python -m benchmarks.ranks", epochs=30, budgets="--ranks", kind=int,
                               defaults=[16, 4], smoke="rank 16", extra=extra)
-    print(f"digits MLP 64-256-256-10, hidden layers at rank r, Adam lr 1e-3, batch 64, {args.epochs} epochs, "
+    start = f"from a model trained dense for {args.trained} epochs, " if args.trained else ""
+    print(f"digits MLP 64-256-256-10, hidden layers at rank r, Adam lr 1e-3, batch 64, {start}{args.epochs} epochs, "
           f"{args.seeds} seeds; torch {torch.__version__}, {torch.get_num_threads()} threads\n")
     print(f"{'method':22s} {'rank':>4s} {'test accuracy':>17s} {'ranks':>8s} {'params':>7s} {'ms':>6s} {'CPU s':>6s}")
-    methods = ("truncated SVD", "symopt", "symopt (compact)", "symopt (max_rank 4r)")
+    methods = ("truncated SVD", "symopt", "symopt (compact)", "symopt (full width)")
     methods += ("truncated SVD (global)", "symopt (global)") if args.global_budget else ()
     methods = chosen(args, methods)
     runs = [("dense", 0)] * wants_dense(args) + [(m, r) for r in args.ranks for m in methods]
     table = []
     for method, rank in runs:
-        mean, spread, seconds, results = over_seeds(train, method, rank, args.seeds, args.epochs)
+        mean, spread, seconds, results = over_seeds(functools.partial(train, trained=args.trained), method, rank,
+                                                    args.seeds, args.epochs)
         ranks = "/".join(str(k) for k in results[0][1])
         table.append((method, rank, mean, spread, results[0][1], results[0][2]))
         milliseconds = statistics.median(r[3] for r in results)

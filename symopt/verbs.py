@@ -159,7 +159,7 @@ def _layer_sets(name: Sequence) -> tuple[list[str], list[int] | None]:
     return [n for layer in name for n in layer], [j for j, layer in enumerate(name) for _ in layer]
 
 
-def low_rank(module: nn.Module, name: str | Sequence[str], strength: float | None = None, max_rank: int | None = None,
+def low_rank(module: nn.Module, name: str | Sequence[str], strength: float | None = None, max_rank: int | str | None = "auto",
              **kwargs) -> Handle:
     r"""Low rank: $W = U V^\top$, so the decay $(λ/2)(‖U‖^2_F + ‖V‖^2_F)$ is $λ‖W‖_*$.
 
@@ -174,8 +174,10 @@ def low_rank(module: nn.Module, name: str | Sequence[str], strength: float | Non
             ranks of all the matrices together (a *global* rank budget: the loss decides each layer's
             rank, at least 1; see [`Pooled`][symopt.constraints.pooled.Pooled]).
         strength: λ (> 0), default 1e-3; with a budget, the starting λ.
-        max_rank: the factor width ``r``, a hard bound on the rank (default ``min(m, n)``). A value
-            of larger rank is truncated to its best rank-``r`` approximation, with a warning.
+        max_rank: the factor width ``r``, a hard bound on the rank (``None``: ``min(m, n)``). A value
+            of larger rank is truncated to its best rank-``r`` approximation, with a warning. The
+            default, ``"auto"``, is ``None``, except for a single matrix's ``target_rank=k``: width 4k
+            where that is narrow (see [`LowRank`][symopt.LowRank]: as accurate, and cheaper to train).
         **kwargs: ``target_rank=r`` (a budget), ``layout="batch"`` (one factorisation per leading
             index), ``adapt_rate``, ``seed``.
 

@@ -160,12 +160,24 @@ def test_ranks_quick(capsys):
     from benchmarks import ranks
     table = ranks.main(["--quick", "--global"])
     assert [row[0] for row in table] == ["dense", "truncated SVD", "symopt", "symopt (compact)",
-                                         "symopt (max_rank 4r)", "truncated SVD (global)", "symopt (global)"]
+                                         "symopt (full width)", "truncated SVD (global)", "symopt (global)"]
     # both hidden layers at rank 16, exactly; deployed: the same two factors a layer
     assert table[1][4] == table[2][4] == table[3][4] == table[4][4] == (16, 16)
     assert table[1][5] == table[2][5] == table[3][5] == table[4][5] < table[0][5]
     assert sum(table[5][4]) == sum(table[6][4]) == 32 and min(table[6][4]) >= 1  # a total rank of 32
     assert "test accuracy" in capsys.readouterr().out
+
+
+def test_ranks_from_a_trained_model_quick(capsys):
+    """``--from-trained``: the rows compress a model first trained dense; they land at rank 16, and the
+    dense row starts from the same trained model (more accurate than 2 epochs from scratch)."""
+    from benchmarks import ranks
+    table = ranks.main(["--quick", "--from-trained", "3", "--methods", "dense", "truncated SVD", "symopt"])
+    assert [row[0] for row in table] == ["dense", "truncated SVD", "symopt"]
+    assert table[1][4] == table[2][4] == (16, 16)
+    scratch = ranks.main(["--quick", "--methods", "dense"])
+    assert table[0][2] > scratch[0][2]
+    assert "from a model trained dense for 3 epochs" in capsys.readouterr().out
 
 
 def test_heads_quick(capsys):

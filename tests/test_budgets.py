@@ -236,17 +236,22 @@ def test_budget_that_does_not_bind_is_refused_before_registration():
     assert not symopt.list_constraints(lin) and all(torch.equal(before[k], v) for k, v in lin.state_dict().items())
 
 
-def test_target_rank_on_a_large_layer_needs_no_full_svd_and_lands_on_singular_value_thresholding():
+@pytest.mark.parametrize("max_rank", [None, "auto"], ids=["full_width", "default_width"])
+def test_target_rank_on_a_large_layer_needs_no_full_svd_and_lands_on_singular_value_thresholding(max_rank):
     """½‖θ − M‖² + λ‖θ‖_* has the closed form SVT_λ(M). A rank budget of 4 on a 160×128 θ asks only
     the 5 leading singular values of θ − t∇ℓ each step (a randomized range finder), never a full
-    SVD of a 160×128 matrix, and still ends with λ between σ₅(M) and σ₄(M) and θ's spectrum SVT_λ's."""
+    SVD of a 160×128 matrix, and still ends with λ between σ₅(M) and σ₄(M) and θ's spectrum SVT_λ's:
+    on full-width factors and on the default's (width 16: the answer's rank is below it)."""
     g = torch.Generator().manual_seed(0)
     spectrum = torch.tensor([9.0, 7.0, 5.0, 4.0, 1.0, 0.8, 0.6], dtype=torch.float64)
     P = torch.linalg.qr(torch.randn(160, 7, generator=g, dtype=torch.float64)).Q
     Q = torch.linalg.qr(torch.randn(128, 7, generator=g, dtype=torch.float64)).Q
     M = (P * spectrum) @ Q.T + 1e-3 * torch.randn(160, 128, generator=g, dtype=torch.float64)
     model = Vector(160, 128)
-    handle = symopt.low_rank(model, "theta", target_rank=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # (the default width truncates the random start to rank 16)
+        handle = symopt.low_rank(model, "theta", target_rank=4, max_rank=max_rank)
+    assert handle.members[0].factors[0].shape[-1] == (128 if max_rank is None else 16)
     full_svds = []
     real_svd, real_svdvals = torch.linalg.svd, torch.linalg.svdvals
 
@@ -368,10 +373,18 @@ def test_leading_selection_is_exactly_topks(n, k, ties):
 def test_a_landed_float32_rank_budget_finalizes_with_defaults():
     """After the landing a float32 U Vᵀ has rank ≤ k exactly, but its SVD shows trailing singular values
     of order σ_max·eps (the product's rounding). They are not rank: finalize must accept the model with
-    its default tol (it refused a 256×256 layer by 9e-6 before the violation counted above rounding)."""
+    its default tol (it refused a 256×256 layer by 9e-6 before the violation counted above rounding):
+    full-width factors, as then, and the default's (width 64)."""
+    for max_rank in (None, "auto"):
+        _a_landed_float32_rank_budget_finalizes_with_defaults(max_rank)
+
+
+def _a_landed_float32_rank_budget_finalizes_with_defaults(max_rank):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
-    symopt.low_rank(model, "2.weight", target_rank=16, total_steps=120)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # (the default width truncates the random init)
+        symopt.low_rank(model, "2.weight", target_rank=16, total_steps=120, max_rank=max_rank)
     X, y = torch.randn(256, 64), torch.randint(0, 10, (256,))
     opt = torch.optim.Adam(symopt.param_groups(model, lr=1e-3), lr=1e-3)
     for _ in range(120):
@@ -419,6 +432,63 @@ def test_a_landing_rank_budget_on_narrow_factors_counts_what_they_hold():
     assert handle.constraint.policy.has_landed()
     symopt.finalize(net)
     assert int(torch.linalg.matrix_rank(net[0].weight)) == 2
+
+
+def test_a_rank_budget_trains_factors_of_width_4k_where_they_are_narrow():
+    """``max_rank="auto"`` (the default): a rank budget k on a matrix where factors of width 4k are thin
+    gets them (registration keeps the value's best rank-4k part and says how to keep it whole); on a
+    matrix where they are not, full width, the value kept exactly, no warning; ``max_rank=None`` is
+    full width everywhere."""
+    torch.manual_seed(0)
+    wide = nn.Linear(512, 256)  # matrix 256 × 512: 64 · 768 ≤ 256 · 512
+    with pytest.warns(UserWarning, match="max_rank=None"):
+        handle = symopt.low_rank(wide, "weight", target_rank=16)
+    U, V = handle.members[0].factors
+    assert tuple(U.shape) == (256, 64) and tuple(V.shape) == (512, 64)
+    assert handle.constraint.max_rank == 64 and handle.constraint.atom_total == 64
+    assert int(torch.linalg.matrix_rank(wide.weight.detach())) == 64
+    for layer, width in ((nn.Linear(64, 256), 64), (nn.Linear(512, 256), 256)):  # not narrow / asked full
+        before = layer.weight.detach().clone()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no truncation, no warning
+            handle = symopt.low_rank(layer, "weight", target_rank=16,
+                                     **({} if layer.in_features == 64 else {"max_rank": None}))
+        assert handle.members[0].factors[0].shape[-1] == width and handle.constraint.max_rank is None
+        torch.testing.assert_close(layer.weight.detach(), before, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("m, n, k", [(m, n, k) for m in (8, 64, 256, 512, 1000) for n in (8, 64, 300, 512)
+                                     for k in (1, 2, 4, 16, 64)])
+def test_the_default_width_is_narrow_only_where_the_layer_then_skips_its_weight(m, n, k):
+    """Where ``max_rank="auto"`` narrows a rank budget's factors, they are thin for any batch
+    (`LowRank.thin_factors` with rows unknown): the layer never forms W between the budget's readings.
+    Elsewhere the factors are full width and hold the whole value."""
+    width = symopt.LowRank.default_width((m, n), k)
+    if width is None:
+        assert 4 * k >= min(m, n) or 4 * k * (m + n) > m * n
+        return
+    assert width == 4 * k < min(m, n)
+    constraint = symopt.LowRank(max_rank=width, target_rank=k)
+    constraint.shape = (m, n)
+    assert constraint.thin_factors((torch.zeros(m, width), torch.zeros(n, width))) is not None
+
+
+def test_max_rank_accepts_auto_none_or_a_width_and_pools_and_solves_keep_full_width():
+    layer = nn.Linear(512, 256)
+    before = layer.weight.detach().clone()
+    with pytest.raises(ValueError, match="max_rank must be an int, None .* or 'auto'"):
+        symopt.low_rank(layer, "weight", target_rank=16, max_rank="wide")
+    assert not symopt.attach.parametrize.is_parametrized(layer) and torch.equal(layer.weight, before)
+    assert symopt.LowRank(1e-3).max_rank is None  # no budget: full width, as always
+    # one budget over several matrices: each member's factors full width (the default's evidence is per layer)
+    net = nn.Sequential(nn.Linear(512, 256), nn.ReLU(), nn.Linear(256, 256))
+    pool = symopt.low_rank(net, ["0.weight", "2.weight"], target_rank=8)
+    assert [member.factors[0].shape[-1] for member in pool.members] == [256, 256]
+    # symopt.solve's rank budget searches the convex path: full width, its factors sized by the solver
+    problem = matrix_completion(torch.zeros(200, 300), torch.ones(200, 300, dtype=torch.bool), target_rank=4)
+    constraint = problem.constraint()
+    constraint.validate(torch.zeros(200, 300), "W")
+    assert constraint.max_rank is None
 
 
 def test_a_rank_budget_at_the_factor_width_is_refused_by_name():

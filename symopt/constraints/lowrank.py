@@ -5,7 +5,7 @@ subspace is $Un = Vn = 0$: one singular direction removed (rank drops by one).
 Penalty: $\min_{UV^\top =W} (λ/2)(‖U‖^2_F + ‖V‖^2_F) = λ‖W‖_*$ (nuclear norm); a singular direction is
 removed exactly when the gradient's operator norm on the removed directions is $≤ λ$.
 Budget ``target_rank=r``: λ adapts to the point of the nuclear-norm path with rank r (``max_rank``
-stays the factor width, a bound by construction).
+stays the factor width, a bound by construction; by default 4r where that is narrow).
 """
 
 from __future__ import annotations
@@ -36,14 +36,20 @@ class LowRank(Constraint):
             first gradient).
         max_rank: width ``r`` of the factors — a hard bound on the rank by construction; ``None``
             means ``min(m, n)`` (the penalty alone decides the rank). If the current value has a
-            larger rank, registration keeps its best rank-``r`` approximation and warns.
+            larger rank, registration keeps its best rank-``r`` approximation and warns. The default,
+            ``"auto"``, is ``None`` except with ``target_rank=k``: then ``4k`` wherever factors of that
+            width are thin ($4k(m + n) ≤ mn$, `default_width`), else ``None``. A rank budget trains as
+            well on factors of width 4k as at full width (benchmarks/RESULTS.md: from scratch and from
+            a trained model) and a layer then never forms its weight between the budget's readings;
+            pass ``max_rank=None`` for full-width factors that start from the exact value.
         layout: ``"flatten"`` or ``"batch"`` (see above).
         target_rank: budget ``r`` (≤ ``max_rank``): λ adapts during training until the rank is r;
             [`symopt.finalize`][symopt.finalize] keeps the r largest singular values. ``"flatten"`` layout only.
         adapt_rate: fraction of the way log λ moves toward the budget's target per optimizer step.
         total_steps: the steps until training ends: the budget then arrives on a schedule and lands
             exactly (see [`Constraint`][symopt.Constraint] and docs/hard-constraints.md).
-        ramp: the schedule's ``(start, end)`` as fractions of ``total_steps``.
+        ramp: the schedule's ``(start, end)`` as fractions of ``total_steps``: the default (0.1, 0.75)
+            trains from scratch; (0.0, 0.25) compresses a trained model (docs/hard-constraints.md).
         seed: seed of the factor initialisation.
 
     Examples:
@@ -85,7 +91,7 @@ class LowRank(Constraint):
     quick_kkt = True
 
     def __init__(
-        self, strength: float | None = None, max_rank: int | None = None, *, layout: str = "flatten",
+        self, strength: float | None = None, max_rank: int | str | None = "auto", *, layout: str = "flatten",
         target_rank: int | None = None, adapt_rate: float = RATE, seed: int = 0, total_steps: int | None = None,
         ramp: tuple[float, float] = (0.1, 0.75),
     ) -> None:
@@ -98,6 +104,12 @@ class LowRank(Constraint):
                              f"raise max_rank or lower target_rank")
         super().__init__(strength, seed=seed, budget=None if r is None else ("count", r), adapt_rate=adapt_rate,
                          total_steps=total_steps, ramp=ramp)
+        # "auto": the width a rank budget trains best and cheapest with, chosen from the shape in `validate`
+        self.auto_width = max_rank == "auto" if isinstance(max_rank, str) else False
+        if isinstance(max_rank, str) and not self.auto_width:
+            raise ValueError(f"LowRank: max_rank must be an int, None (full width) or 'auto', got {max_rank!r}")
+        if self.auto_width:
+            self.auto_width, max_rank = r is not None, None
         if max_rank is not None:
             if isinstance(max_rank, bool) or not isinstance(max_rank, int):
                 raise TypeError(f"LowRank: max_rank must be an int or None, got {type(max_rank).__name__}")
@@ -121,8 +133,27 @@ class LowRank(Constraint):
     def with_width(self, width: int | None) -> LowRank:
         """This constraint (same λ, layout and seed) with factors of ``width`` columns (None: full)."""
         narrow = copy.deepcopy(self)  # a copy of this object, so that a subclass stays itself
-        narrow.max_rank, narrow.shape, narrow.attached_to = width, None, None
+        narrow.max_rank, narrow.shape, narrow.attached_to, narrow.auto_width = width, None, None, False
         return narrow
+
+    @staticmethod
+    def default_width(shape: tuple[int, int], target_rank: int) -> int | None:
+        r"""The factor width ``max_rank="auto"`` gives a rank budget of ``target_rank`` k on an m × n
+        matrix view: 4k where factors of that width are thin, $4k(m + n) ≤ mn$ (their two products cost
+        less than the plain weight's for any batch: `thin_factors`), else None (full width, which costs
+        no more to train there). Why 4k: on the digits MLP, trained from scratch and compressed from a
+        trained model, width 4k was as accurate as full width at ranks 16 and 4 and width 2k was not
+        (benchmarks/RESULTS.md, "Rank budgets on factors of width 4r"); the ramp needs room above the
+        budget to choose its directions.
+
+        Examples:
+            >>> from symopt import LowRank
+            >>> LowRank.default_width((512, 512), 16), LowRank.default_width((256, 64), 16)
+            (64, None)
+        """
+        m, n = shape
+        width = 4 * target_rank
+        return width if width < min(m, n) and width * (m + n) <= m * n else None
 
     def _matrix_shape(self, shape: tuple[int, ...]) -> tuple[int, int]:
         if len(shape) == 2 or self.layout == "batch":
@@ -136,6 +167,8 @@ class LowRank(Constraint):
                 f"{tuple(tensor.shape)}; use Sparse or GroupSparse for vectors"
             )
         m, n = self._matrix_shape(tuple(tensor.shape))
+        if self.auto_width:  # (again for each tensor: the width follows the shape)
+            self.max_rank = self.default_width((m, n), self.budget_spec[1])
         if self.max_rank is not None and self.max_rank > min(m, n):
             raise ValueError(
                 f"LowRank on '{name}': max_rank={self.max_rank} exceeds min(m, n) = {min(m, n)} of "
@@ -196,9 +229,11 @@ class LowRank(Constraint):
         dropped = (mat.square().sum() - kept.square().sum()).clamp_min(0).sqrt()
         if rank < min(m, n) and float(dropped) > 1e-6 * float(S.amax()):
             rel = float(dropped / mat.square().sum().sqrt())
+            chosen = (f"; max_rank='auto' trains a rank budget on factors of width 4 × target_rank = {rank}: pass "
+                      f"max_rank=None for full-width factors that keep the value exactly" if self.auto_width else "")
             warn_user(
                 f"LowRank(max_rank={rank}): the value has rank > {rank}; keeping its best rank-{rank} "
-                f"approximation (relative change {rel:.3g})"
+                f"approximation (relative change {rel:.3g}){chosen}"
             )
         roots = kept.sqrt()
         # Zero singular values: U keeps a live column (scale of the others), V's column is 0, so

@@ -679,7 +679,7 @@ def matrix_completion(M, mask, strength: float | None = None, *, target_rank: in
     m, n = M.shape
     _strength_or_budget("matrix_completion", strength, target_rank, "target_rank")
     if target_rank is not None:
-        return _budget_problem(f"completion {m}x{n}", (m, n), _completion, lambda: LowRank(target_rank=target_rank),
+        return _budget_problem(f"completion {m}x{n}", (m, n), _completion, lambda: LowRank(max_rank=None, target_rank=target_rank),
                                {"M": M, "mask": maskf},
                                "matrix_completion", lambda lam: _again(matrix_completion, M, mask, lam))
 
