@@ -15,6 +15,11 @@ three weight matrices are sparsified, the biases are not. Rows:
   total_steps=N)``, coupled decay through ``symopt.param_groups``: no decay for the first 10% of the
   steps, the budget on the same cubic schedule to 75%, then the landing (exact zeros) and fine-tuning.
 
+With ``--from-trained E`` every row sparsifies a trained model: the dense MLP first trains for E epochs
+(the same in every row, not in its CPU), then both methods run on the schedule for a trained model,
+from 0% to 25% of the epochs (no warm-up: the features exist; three quarters to fine-tune under
+the final mask), symopt with ``ramp=(0.0, 0.25)``.
+
 Each row: test accuracy (mean ± std over seeds), the weights' measured density, the deployed model's
 stored numbers and forward time, and the CPU seconds of training (process time, both threads). Ratios
 and accuracies are within one run.
@@ -30,6 +35,7 @@ the deployed model's.
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import statistics
 import time
@@ -84,6 +90,16 @@ def training_arguments(argv, prog: str, *, epochs: int, budgets: str, kind, defa
     return args
 
 
+def add_from_trained(parser: argparse.ArgumentParser) -> None:
+    """``--from-trained E``: every row compresses a model first trained dense for E epochs."""
+    parser.add_argument("--from-trained", dest="trained", type=int, default=0, metavar="E",
+                        help="compress a model first trained dense for E epochs (every row)")
+
+
+def from_trained_words(args: argparse.Namespace) -> str:
+    return f"from a model trained dense for {args.trained} epochs, " if args.trained else ""
+
+
 def chosen(args: argparse.Namespace, methods: tuple[str, ...]) -> tuple[str, ...]:
     """The rows of ``methods`` that ``--methods`` asks for (all without it)."""
     if args.methods is None:
@@ -131,20 +147,40 @@ def deployed(model: nn.Module, example: torch.Tensor, eval_mode: bool = True) ->
     return fp.stored, fp.forward_seconds * 1e3
 
 
-def train(method: str, sparsity: float, seed: int, epochs: int, batch: int = 64):
+def dense_training(model: nn.Module, Xtr, ytr, epochs: int, seed: int, batch: int = 64) -> None:
+    """``--from-trained``: the plain model trained with the recipe's Adam for ``epochs`` (its own seeded
+    batches)."""
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    gen = torch.Generator().manual_seed(10_000 + seed)
+    for _ in range(epochs):
+        for index in batches(len(Xtr), batch, gen):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(Xtr[index]), ytr[index]).backward()
+            opt.step()
+
+
+# The schedule's (start, end) as fractions of training: from scratch (a warm-up for the features, then
+# the ramp), and for a trained model (no warm-up, most of the epochs to fine-tune)
+FROM_SCRATCH, FROM_TRAINED = (0.1, 0.75), (0.0, 0.25)
+
+
+def train(method: str, sparsity: float, seed: int, epochs: int, batch: int = 64, trained: int = 0):
     """``(test accuracy, density, stored numbers, forward ms, CPU s)`` of one run, on the deployed model."""
     Xtr, ytr, Xte, yte = data(seed)
     model = mlp(seed)
+    if trained:
+        dense_training(model, Xtr, ytr, trained, seed, batch)
+    ramp = FROM_TRAINED if trained else FROM_SCRATCH
     steps_per_epoch = math.ceil(len(Xtr) / batch)
     total = epochs * steps_per_epoch
     keep = 1.0 - sparsity
     if method.startswith("symopt"):
         names = list(WEIGHTS) if "global" in method else None
         if names:
-            symopt.sparse(model, names, density=keep, total_steps=total)
+            symopt.sparse(model, names, density=keep, total_steps=total, ramp=ramp)
         else:
             for name in WEIGHTS:
-                symopt.sparse(model, name, density=keep, total_steps=total)
+                symopt.sparse(model, name, density=keep, total_steps=total, ramp=ramp)
         opt = torch.optim.Adam(symopt.param_groups(model, lr=1e-3), lr=1e-3)
     else:
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -155,7 +191,7 @@ def train(method: str, sparsity: float, seed: int, epochs: int, batch: int = 64)
     start = time.process_time()
     for epoch in range(epochs):
         if method.startswith("magnitude"):
-            _prune_to(layers, sizes, keep, epoch, epochs, "global" in method)
+            _prune_to(layers, sizes, keep, epoch, epochs, "global" in method, ramp)
         for index in batches(len(Xtr), batch, gen):
             opt.zero_grad()
             loss_fn(model(Xtr[index]), ytr[index]).backward()
@@ -171,9 +207,12 @@ def train(method: str, sparsity: float, seed: int, epochs: int, batch: int = 64)
     return accuracy(model, Xte, yte), density(model), stored, milliseconds, seconds
 
 
-def _prune_to(layers, sizes, keep: float, epoch: int, epochs: int, global_: bool) -> None:
-    """Once per epoch, the masks that keep the cubic schedule's count (per layer, or over all)."""
-    start, end = int(0.1 * epochs), max(int(0.1 * epochs) + 1, round(0.75 * epochs))
+def _prune_to(layers, sizes, keep: float, epoch: int, epochs: int, global_: bool,
+              ramp: tuple[float, float] = FROM_SCRATCH) -> None:
+    """Once per epoch, the masks that keep the cubic schedule's count (per layer, or over all) on the
+    ``ramp`` (fractions of the epochs)."""
+    start = int(ramp[0] * epochs)
+    end = max(start + 1, round(ramp[1] * epochs))
     if epoch < start or keep >= 1.0:
         return
     if global_:
@@ -193,18 +232,22 @@ def _prune_to(layers, sizes, keep: float, epoch: int, epochs: int, global_: bool
 
 
 def main(argv=None) -> list:
+    def extra(parser):
+        parser.add_argument("--plot", default=None, help="a PNG of test accuracy against sparsity per method")
+        add_from_trained(parser)
+
     args = training_arguments(argv, "python -m benchmarks.compression", epochs=100, budgets="--sparsity", kind=float,
-                              defaults=[0.9, 0.95], smoke="90%%", extra=lambda parser: parser.add_argument(
-                                  "--plot", default=None, help="a PNG of test accuracy against sparsity per method"))
-    print(f"digits MLP 64-256-256-10, Adam lr 1e-3, batch 64, {args.epochs} epochs, {args.seeds} seeds; "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
+                              defaults=[0.9, 0.95], smoke="90%%", extra=extra)
+    print(f"digits MLP 64-256-256-10, Adam lr 1e-3, batch 64, {from_trained_words(args)}{args.epochs} epochs, "
+          f"{args.seeds} seeds; torch {torch.__version__}, {torch.get_num_threads()} threads\n")
     print(f"{'method':22s} {'sparsity':>8s} {'test accuracy':>17s} {'density':>8s} {'params':>7s} {'ms':>6s} "
           f"{'CPU s':>7s}")
     methods = chosen(args, ("magnitude (layer)", "magnitude (global)", "symopt (layer)", "symopt (global)"))
     runs = [("dense", 0.0)] * wants_dense(args) + [(m, s) for s in args.sparsity for m in methods]
     table = []
     for method, sparsity in runs:
-        mean, spread, seconds, results = over_seeds(train, method, sparsity, args.seeds, args.epochs)
+        mean, spread, seconds, results = over_seeds(functools.partial(train, trained=args.trained), method, sparsity,
+                                                    args.seeds, args.epochs)
         table.append((method, sparsity, mean, spread))
         print(f"{method:22s} {sparsity:8.2f} {mean:10.4f} ± {spread:.4f} "
               f"{statistics.mean(r[1] for r in results):8.4f} {results[0][2]:7d} "

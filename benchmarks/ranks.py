@@ -52,7 +52,8 @@ from torch import nn
 import symopt
 from symopt.constraints.base import largest_in_parts
 
-from .compression import chosen, wants_dense, accuracy, batches, data, deployed, mlp, over_seeds, training_arguments
+from .compression import (FROM_TRAINED, accuracy, add_from_trained, batches, chosen, data, dense_training, deployed,
+                          from_trained_words, mlp, over_seeds, training_arguments, wants_dense)
 
 HIDDEN = ("0", "2")
 
@@ -87,27 +88,15 @@ def _rank(model, name: str) -> int:
     return int((S > S.max() * max(weight.shape) * torch.finfo(torch.float32).eps).sum())
 
 
-def _dense_training(model: nn.Module, Xtr, ytr, epochs: int, seed: int, batch: int = 64) -> None:
-    """``--from-trained``: the plain model trained with the recipe's Adam for ``epochs`` (its own seeded
-    batches)."""
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    gen = torch.Generator().manual_seed(10_000 + seed)
-    for _ in range(epochs):
-        for index in batches(len(Xtr), batch, gen):
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(Xtr[index]), ytr[index]).backward()
-            opt.step()
-
-
 def train(method: str, rank: int, seed: int, epochs: int, batch: int = 64, trained: int = 0):
     Xtr, ytr, Xte, yte = data(seed)
     model = mlp(seed)
     if trained:
-        _dense_training(model, Xtr, ytr, trained, seed, batch)
+        dense_training(model, Xtr, ytr, trained, seed, batch)
     steps = epochs * math.ceil(len(Xtr) / batch)
     # a trained model needs no warm-up and gets most of the epochs to fine-tune (RESULTS.md: the
     # default ramp (0.1, 0.75) lost 0.3–1.3 points to the SVD recipe there; from scratch it is the better one)
-    ramp = {"ramp": (0.0, 0.25)} if trained else {}
+    ramp = {"ramp": FROM_TRAINED} if trained else {}
     handles = []
     if method in ("symopt", "symopt (compact)"):
         with warnings.catch_warnings():
@@ -160,13 +149,12 @@ def main(argv=None) -> list:
     def extra(parser):
         parser.add_argument("--global", dest="global_budget", action="store_true",
                             help="add a total rank 2r over both layers, for truncated SVD and symopt")
-        parser.add_argument("--from-trained", dest="trained", type=int, default=0, metavar="E",
-                            help="compress a model first trained dense for E epochs (every row)")
+        add_from_trained(parser)
 
     args = training_arguments(argv, "python -m benchmarks.ranks", epochs=30, budgets="--ranks", kind=int,
                               defaults=[16, 4], smoke="rank 16", extra=extra)
-    start = f"from a model trained dense for {args.trained} epochs, " if args.trained else ""
-    print(f"digits MLP 64-256-256-10, hidden layers at rank r, Adam lr 1e-3, batch 64, {start}{args.epochs} epochs, "
+    print(f"digits MLP 64-256-256-10, hidden layers at rank r, Adam lr 1e-3, batch 64, {from_trained_words(args)}"
+          f"{args.epochs} epochs, "
           f"{args.seeds} seeds; torch {torch.__version__}, {torch.get_num_threads()} threads\n")
     print(f"{'method':22s} {'rank':>4s} {'test accuracy':>17s} {'ranks':>8s} {'params':>7s} {'ms':>6s} {'CPU s':>6s}")
     methods = ("truncated SVD", "symopt", "symopt (compact)", "symopt (full width)")

@@ -112,6 +112,19 @@ def test_compression_quick(capsys):
         assert float(row[-2]) > 0
 
 
+def test_compression_from_a_trained_model_quick(capsys):
+    """``--from-trained``: both methods sparsify the trained model on the trained model's schedule and
+    end at exactly the asked density."""
+    from benchmarks import compression
+
+    table = compression.main(["--quick", "--from-trained", "2", "--methods", "magnitude (layer)", "symopt (layer)"])
+    assert [row[0] for row in table] == ["magnitude (layer)", "symopt (layer)"]
+    printed = capsys.readouterr().out
+    assert "from a model trained dense for 2 epochs" in printed
+    rows = [line.split() for line in printed.splitlines() if line.startswith(("symopt", "magnitude"))]
+    assert [float(row[-4]) for row in rows] == [0.1, 0.1]
+
+
 def test_export_architectures_quick(capsys):
     """Issue 21's CNN and the residual block shrink to Torch-Pruning's shapes (when it is installed)."""
     import argparse
