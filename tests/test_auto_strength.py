@@ -145,3 +145,43 @@ def test_estimate_survives_state_dict_and_deepcopy():
 def test_auto_bad_inputs(make, match):
     with pytest.raises((ValueError, TypeError), match=match):
         make()
+
+
+@pytest.mark.parametrize("register", [
+    lambda net: symopt.tie(net, ["0.weight", "2.weight"]),
+    lambda net: symopt.subspace(net, "0.weight", torch.randn(3, 256, generator=torch.Generator().manual_seed(2))),
+    lambda net: symopt.fixed_zeros(net, "0.weight", torch.rand(16, 16, generator=torch.Generator().manual_seed(3)) < 0.5),
+    lambda net: symopt.tie(net, ["0.weight", "2.weight"], total_steps=10 ** 6),
+], ids=["tie", "subspace", "fixed_zeros", "landing_tie"])
+def test_auto_reads_its_estimate_to_the_host_on_one_step_in_four(register):
+    """``"auto"`` folds each step's dual norm into its estimate on θ's device and reads the estimate
+    (one transfer) on one step in READ_EVERY: on a GPU each read is a synchronisation, and it read five
+    values a step before. λ then equals margin × the estimate's buffers (the host copy is exact at a
+    reading) and stays there until the next reading; a resumed run reads on the same steps
+    (tests/test_tie_landing.py, tests/test_training_loop.py)."""
+    from test_budgets import _HostReads
+    from symopt.constraints.budget import READ_EVERY
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 16))
+    handle = register(net)
+    x, y = torch.randn(32, 16), torch.randn(32, 16)
+    # (SGD: torch's Adam reads its own step counts to the host on the CPU, which would be counted too)
+    opt = torch.optim.SGD(symopt.param_groups(net, lr=1e-2), lr=1e-2, momentum=0.9)
+
+    def step():
+        opt.zero_grad()
+        (net(x) - y).square().mean().backward()
+        opt.step()
+
+    for _ in range(3 * READ_EVERY):
+        step()
+    lam = handle.strength
+    assert lam > 0 and lam == pytest.approx(1.5 * handle.constraint.multiplier(), rel=1e-15)  # exact at a reading
+    with _HostReads() as reads:
+        for _ in range(READ_EVERY - 1):
+            step()
+            assert handle.strength == lam  # between readings λ stays
+        step()
+    assert reads.count == 1  # (before: 5 per step, 20 here)
+    assert handle.strength != lam and handle.strength == pytest.approx(1.5 * handle.constraint.multiplier(), rel=1e-15)

@@ -22,6 +22,22 @@ class MultiplierEstimate(Float64State):
 
     Buffers (saved in ``state_dict``): ``mean`` — exponential moving average of observed dual norms
     per slot, ``count`` — observations so far (for the bias correction $1 - β^\mathrm{count}$).
+
+    Observations fold in on the buffers' device (`fold`: a dual norm stays a 0-d tensor, and a
+    non-finite one is skipped there), and `value` reads a host copy of the estimate, taken from the
+    buffers at the first read after `refresh`: on a GPU every read of a buffer is a synchronisation,
+    and the policy asks λ on every step (five reads a step before, 0.25 now: `Auto`).
+
+    Examples:
+        >>> import torch
+        >>> estimate = MultiplierEstimate()
+        >>> estimate.fold(torch.tensor(2.0, dtype=torch.float64)); estimate.value()   # the host copy, until refresh
+        0.0
+        >>> estimate.refresh(); estimate.value()
+        2.0
+        >>> estimate.fold(torch.tensor(4.0, dtype=torch.float64)); estimate.refresh()
+        >>> round(estimate.value(), 6)    # (0.9 · 0.1 · 2 + 0.1 · 4) / (1 − 0.9²)
+        3.052632
     """
 
     def __init__(self, slots: int = 1, beta: float = 0.9) -> None:
@@ -30,18 +46,44 @@ class MultiplierEstimate(Float64State):
         self.register_buffer("mean", torch.zeros(slots, dtype=torch.float64))
         self.register_buffer("count", torch.zeros(slots, dtype=torch.float64))
 
+    def fold(self, value: Tensor, slot: int = 0) -> None:
+        """Fold one observed dual norm (a 0-d tensor, any device and dtype) into slot ``slot``'s moving
+        average, on the buffers' device; not a finite number: ignored (a bad batch must not poison λ)."""
+        if self.__dict__.get("_host_value") is None:
+            self.value()  # (the copy is of the state before this fold: a resumed run reads what the saved one did)
+        value = value.detach().to(device=self.mean.device, dtype=torch.float64)
+        finite = torch.isfinite(value)
+        blended = self.beta * self.mean[slot] + (1 - self.beta) * torch.where(finite, value, 0.0)
+        self.mean[slot] = torch.where(finite, blended, self.mean[slot])
+        self.count[slot] += finite.to(torch.float64)
+
     def update(self, value: float, slot: int = 0) -> None:
-        """Fold one observed dual norm into slot ``slot``'s moving average."""
-        self.mean[slot] = self.beta * self.mean[slot] + (1 - self.beta) * value
-        self.count[slot] += 1
+        """Fold one observed dual norm (a number) into slot ``slot``'s moving average."""
+        self.fold(torch.tensor(float(value), dtype=torch.float64), slot)
+
+    def refresh(self) -> None:
+        """Forget the host copy: the next `value`, or the next `fold` before it folds, reads the buffers
+        (one transfer)."""
+        self.__dict__["_host_value"] = None
 
     def value(self) -> float:
-        """The bias-corrected estimate (max over slots); 0 before the first observation."""
-        seen = self.count > 0
-        if not bool(seen.any()):
-            return 0.0
-        corrected = self.mean[seen] / (1 - self.beta ** self.count[seen])
-        return float(corrected.max())
+        """The bias-corrected estimate (max over slots); 0 before the first observation. From the host
+        copy, taken at the first read after `refresh` (or after a move, cast or load)."""
+        cached = self.__dict__.get("_host_value")
+        if cached is None:
+            means, counts = torch.stack([self.mean, self.count]).tolist()
+            corrected = [m / (1 - self.beta ** c) for m, c in zip(means, counts) if c > 0]
+            cached = self.__dict__["_host_value"] = max(corrected) if corrected else 0.0
+        return cached
+
+    def _apply(self, fn, recurse=True):
+        out = super()._apply(fn, recurse)
+        self.refresh()
+        return out
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self.refresh()
 
 
 def watch_gradient(module: nn.Module, _inputs, output: Tensor) -> None:

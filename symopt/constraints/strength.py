@@ -344,13 +344,16 @@ class Fixed(Strength):
         return self.strength
 
 
-class Auto(Strength):
+class Auto(HostCopies, Strength):
     r"""$λ = \mathrm{margin} ×$ a running estimate of the Lagrange multipliers (exact-penalty kinds).
 
     The multiplier of a linear constraint is the dual norm of the loss gradient on the constrained
     directions at the constrained optimum; the estimate is a bias-corrected moving average of that
     dual norm over the backward passes (stochastic gradients are noisy), one slot per tied copy.
-    λ is 0 until the first observation.
+    λ is 0 until the first observation. Each step's dual norm folds in on θ's device; λ is read from
+    the estimate (one transfer) on one step in ``READ_EVERY`` (4), the steps counted in a buffer so
+    that a resumed run reads on the same steps: a moving average over about ten steps moves little in
+    four, and on a GPU every read is a synchronisation (five a step before).
 
     Args:
         margin: λ = margin × the estimate (> 1).
@@ -371,6 +374,10 @@ class Auto(Strength):
         super().__init__()
         self.margin = check_margin(margin, owner)
         self.estimate = MultiplierEstimate(slots)
+        # the steps folded into the estimate: λ is read from it on one step in READ_EVERY (a buffer, so
+        # that a resumed run reads it on the same steps and ends bit-identical)
+        self.register_buffer("step", torch.zeros((), dtype=torch.float64))
+        self._register_load_state_dict_pre_hook(_count_steps_from_zero)
 
     def resize(self, slots: int, device=None) -> None:
         """One running estimate per tied copy (fresh)."""
@@ -380,10 +387,16 @@ class Auto(Strength):
         return self.margin * self.estimate.value()
 
     def multiplier(self) -> float | None:
+        """The running estimate, read from its buffers now (a report's, not a step's, question)."""
+        self.estimate.refresh()
         return self.estimate.value()
 
     def sync_state(self) -> list[Tensor]:
         return [self.estimate.mean, self.estimate.count]
+
+    def reload_state(self) -> None:
+        super().reload_state()
+        self.estimate.refresh()
 
     def describe(self) -> str:
         return "strength=auto"
@@ -391,20 +404,28 @@ class Auto(Strength):
     def record(self, multiplier: float, slot: int = 0) -> None:
         """Observe one multiplier value directly (what the gradient hook does with a dual norm)."""
         if math.isfinite(multiplier) and not self._paused:
-            self._accept((multiplier, slot))
+            self._accept((torch.tensor(float(multiplier), dtype=torch.float64), slot))
 
     def _observation(self, constraint, value, grad):
-        multiplier = float(constraint.dual_norm(grad.detach()))
-        return (multiplier, constraint.slot) if math.isfinite(multiplier) else None
+        # (a 0-d tensor on θ's device: reading it here would synchronise a GPU on every backward pass)
+        return torch.as_tensor(constraint.dual_norm(grad.detach())), constraint.slot
 
     def _commit(self, observations) -> None:
-        # Within one step, the largest dual norm per slot: the conservative reading.
-        largest: dict[int, float] = {}
+        # Within one step, the largest dual norm per slot: the conservative reading (a non-finite one
+        # makes the step's reading non-finite, which the estimate skips).
+        largest: dict[int, list[Tensor]] = {}
         for multiplier, slot in observations:
-            largest[slot] = max(multiplier, largest.get(slot, 0.0))
-        for slot, multiplier in largest.items():
-            self.estimate.update(multiplier, slot)
-        if largest:
+            largest.setdefault(slot, []).append(multiplier.reshape(()))
+        for slot, multipliers in largest.items():
+            self.estimate.fold(torch.stack(multipliers).amax() if len(multipliers) > 1 else multipliers[0], slot)
+        if not largest:
+            return
+        # λ follows the estimate on one step in READ_EVERY, as a budget reads its atoms (a moving average
+        # over about ten steps moves little in four), and on every step until it has seen a finite one
+        steps = self.host("step") + 1
+        self.write("step", steps)
+        if steps % READ_EVERY == 0 or self.estimate.value() == 0.0:
+            self.estimate.refresh()
             self.publish()
 
 
@@ -600,8 +621,8 @@ def _load_dropped(module: BudgetStrength, state_dict, prefix, *_args) -> None:
 
 
 def _count_steps_from_zero(state_dict, prefix, *_args) -> None:
-    """Checkpoints of a budget without ``total_steps`` written before it counted its steps load with
-    the count at 0 (it only sets which steps read the atoms)."""
+    """Checkpoints of a budget without ``total_steps``, or of an ``"auto"`` strength, written before it
+    counted its steps load with the count at 0 (it only sets which steps read the atoms, or λ)."""
     state_dict.setdefault(prefix + "step", torch.zeros((), dtype=torch.float64))
 
 
