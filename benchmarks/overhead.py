@@ -56,7 +56,7 @@ from symopt.cli import machine_name
 # first two layers (a pool; the only row with two constrained layers).
 # The rows of every run (None: the plain model), then BUDGETS with --budgets
 KINDS = [None, "sparse", "group_sparse", "low_rank", "low_rank(max_rank=64)", "low_rank(max_rank=16)",
-         "subspace(16 rows)", "subspace(16 per row)", "fixed_zeros(50%)", "tied"]
+         "subspace(16 rows)", "subspace(16 per row)", "fixed_zeros(50%)", "tied", "tied(auto)"]
 # A rank budget's default width (`max_rank="auto"`) is 4 × target_rank where that is narrow: 64 on the MLP's
 # 512 × 512 layer, full width on the CNN's 64 × 576 view; max_rank=None asks for full width everywhere.
 BUDGETS = ["sparse(density=0.1)", "sparse(density=0.1, total_steps)", "group_sparse(max_groups=half)",
@@ -102,6 +102,8 @@ def _model(arch: str, width: int, device, kind: str | None) -> nn.Module:
         symopt.fixed_zeros(net, "2.weight", torch.rand(shape, device=device) < 0.5, strength=1.0)
     elif kind == "tied":
         symopt.tie(net, ["0.weight", "2.weight"], strength=1.0)
+    elif kind == "tied(auto)":  # λ from the running multiplier estimate, read to the host on one step in four
+        symopt.tie(net, ["0.weight", "2.weight"])
     elif kind == "sparse(density=0.1)":
         symopt.sparse(net, "2.weight", density=0.1)
     elif kind == "sparse(density=0.1, total_steps)":  # inside the ramp for every measured step: the trimmed decay
