@@ -23,7 +23,9 @@ weight matrices (256×64 and 256×256) held to rank ``r``, the same number of ep
 * with ``--global``, the same total rank ``2r`` shared by the two layers as the spectra decide:
   ``truncated SVD (global)`` keeps the ``2r`` largest singular values of both layers together, each
   over its layer's Frobenius norm (each layer at least one), at the switch; ``symopt (global)`` is
-  ``symopt.low_rank(model, ["0.weight", "2.weight"], target_rank=2r, total_steps=N)``.
+  ``symopt.low_rank(model, ["0.weight", "2.weight"], target_rank=2r, total_steps=N)``, each matrix's
+  factors of the default width for the whole count (4 × 2r where that is narrow), and ``symopt
+  (global, full width)`` the same with ``max_rank=None``.
 
 With ``--from-trained E``, every row compresses a trained model instead of training from scratch: the
 dense MLP first trains for E epochs (the same in every row, not counted in its CPU), then the truncated
@@ -107,8 +109,13 @@ def train(method: str, rank: int, seed: int, epochs: int, batch: int = 64, train
         for name in HIDDEN:
             symopt.low_rank(model, f"{name}.weight", max_rank=None, target_rank=rank, total_steps=steps, **ramp)
     if method == "symopt (global)":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # (the random init truncated to the default width at registration)
+            symopt.low_rank(model, [f"{name}.weight" for name in HIDDEN], target_rank=len(HIDDEN) * rank,
+                            total_steps=steps, **ramp)
+    if method == "symopt (global, full width)":
         symopt.low_rank(model, [f"{name}.weight" for name in HIDDEN], target_rank=len(HIDDEN) * rank, total_steps=steps,
-                        **ramp)
+                        max_rank=None, **ramp)
     if method.startswith("symopt"):
         opt = torch.optim.Adam(symopt.param_groups(model, lr=1e-3), lr=1e-3)
     else:
@@ -158,7 +165,7 @@ def main(argv=None) -> list:
           f"{args.seeds} seeds; torch {torch.__version__}, {torch.get_num_threads()} threads\n")
     print(f"{'method':22s} {'rank':>4s} {'test accuracy':>17s} {'ranks':>8s} {'params':>7s} {'ms':>6s} {'CPU s':>6s}")
     methods = ("truncated SVD", "symopt", "symopt (compact)", "symopt (full width)")
-    methods += ("truncated SVD (global)", "symopt (global)") if args.global_budget else ()
+    methods += ("truncated SVD (global)", "symopt (global)", "symopt (global, full width)") if args.global_budget else ()
     methods = chosen(args, methods)
     runs = [("dense", 0)] * wants_dense(args) + [(m, r) for r in args.ranks for m in methods]
     table = []

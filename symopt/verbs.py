@@ -176,8 +176,9 @@ def low_rank(module: nn.Module, name: str | Sequence[str], strength: float | Non
         strength: λ (> 0), default 1e-3; with a budget, the starting λ.
         max_rank: the factor width ``r``, a hard bound on the rank (``None``: ``min(m, n)``). A value
             of larger rank is truncated to its best rank-``r`` approximation, with a warning. The
-            default, ``"auto"``, is ``None``, except for a single matrix's ``target_rank=k``: width 4k
-            where that is narrow (see [`LowRank`][symopt.LowRank]: as accurate, and cheaper to train).
+            default, ``"auto"``, is ``None``, except with ``target_rank=k``: width 4k where that is
+            narrow (see [`LowRank`][symopt.LowRank]: as accurate, and cheaper to train), for each matrix
+            of a list of names too (k the total).
         **kwargs: ``target_rank=r`` (a budget), ``layout="batch"`` (one factorisation per leading
             index), ``adapt_rate``, ``seed``.
 

@@ -173,11 +173,12 @@ def test_ranks_quick(capsys):
     from benchmarks import ranks
     table = ranks.main(["--quick", "--global"])
     assert [row[0] for row in table] == ["dense", "truncated SVD", "symopt", "symopt (compact)",
-                                         "symopt (full width)", "truncated SVD (global)", "symopt (global)"]
+                                         "symopt (full width)", "truncated SVD (global)", "symopt (global)",
+                                         "symopt (global, full width)"]
     # both hidden layers at rank 16, exactly; deployed: the same two factors a layer
     assert table[1][4] == table[2][4] == table[3][4] == table[4][4] == (16, 16)
     assert table[1][5] == table[2][5] == table[3][5] == table[4][5] < table[0][5]
-    assert sum(table[5][4]) == sum(table[6][4]) == 32 and min(table[6][4]) >= 1  # a total rank of 32
+    assert sum(table[5][4]) == sum(table[6][4]) == sum(table[7][4]) == 32 and min(table[6][4]) >= 1  # a total of 32
     assert "test accuracy" in capsys.readouterr().out
 
 

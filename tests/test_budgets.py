@@ -473,22 +473,47 @@ def test_the_default_width_is_narrow_only_where_the_layer_then_skips_its_weight(
     assert constraint.thin_factors((torch.zeros(m, width), torch.zeros(n, width))) is not None
 
 
-def test_max_rank_accepts_auto_none_or_a_width_and_pools_and_solves_keep_full_width():
+def test_max_rank_accepts_auto_none_or_a_width_and_solves_keep_full_width():
     layer = nn.Linear(512, 256)
     before = layer.weight.detach().clone()
     with pytest.raises(ValueError, match="max_rank must be an int, None .* or 'auto'"):
         symopt.low_rank(layer, "weight", target_rank=16, max_rank="wide")
     assert not symopt.attach.parametrize.is_parametrized(layer) and torch.equal(layer.weight, before)
     assert symopt.LowRank(1e-3).max_rank is None  # no budget: full width, as always
-    # one budget over several matrices: each member's factors full width (the default's evidence is per layer)
-    net = nn.Sequential(nn.Linear(512, 256), nn.ReLU(), nn.Linear(256, 256))
-    pool = symopt.low_rank(net, ["0.weight", "2.weight"], target_rank=8)
-    assert [member.factors[0].shape[-1] for member in pool.members] == [256, 256]
     # symopt.solve's rank budget searches the convex path: full width, its factors sized by the solver
     problem = matrix_completion(torch.zeros(200, 300), torch.ones(200, 300, dtype=torch.bool), target_rank=4)
     constraint = problem.constraint()
     constraint.validate(torch.zeros(200, 300), "W")
     assert constraint.max_rank is None
+
+
+def test_a_pooled_rank_budget_gives_each_matrix_the_default_width_for_the_whole_count():
+    """One rank budget k over several matrices: each member's factors are 4k wide where that is narrow
+    (a member may take the whole count), full width elsewhere and with ``max_rank=None``; the pool counts
+    what the factors hold, lands and finalizes with defaults; a pooled density budget has no width."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 64))
+    with pytest.warns(UserWarning, match="max_rank='auto'"):
+        pool = symopt.low_rank(net, ["0.weight", "2.weight", "4.weight"], target_rank=6, total_steps=60)
+    assert [m.factors[0].shape[-1] for m in pool.members] == [24, 24, 24]
+    assert pool.constraint.atom_counts == [24, 24, 24]
+    x, y = torch.randn(128, 64), torch.randn(128, 64)
+    opt = torch.optim.Adam(symopt.param_groups(net, lr=1e-2), lr=1e-2)
+    for _ in range(60):
+        opt.zero_grad()
+        (net(x) - y).square().mean().backward()
+        opt.step()
+    assert pool.constraint.policy.has_landed()
+    symopt.finalize(net)
+    assert sum(int(torch.linalg.matrix_rank(net[i].weight)) for i in (0, 2, 4)) == 6
+    wide = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256))
+    full = symopt.low_rank(wide, ["0.weight", "2.weight"], target_rank=32)  # 128 · 320 > 256 · 64: full
+    assert [m.factors[0].shape[-1] for m in full.members] == [64, 128]
+    asked = symopt.low_rank(nn.Sequential(nn.Linear(256, 256), nn.Linear(256, 256)), ["0.weight", "1.weight"],
+                            target_rank=8, max_rank=None)
+    assert [m.factors[0].shape[-1] for m in asked.members] == [256, 256]
+    dense = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256))
+    assert symopt.sparse(dense, ["0.weight", "2.weight"], density=0.1).constraint.atom_counts == [64 * 256, 256 * 256]
 
 
 def test_a_rank_budget_at_the_factor_width_is_refused_by_name():

@@ -719,6 +719,11 @@ class Constraint(nn.Module):
     def with_width(self, width: int | None) -> "Constraint":  # pragma: no cover - kinds with a width
         raise NotImplementedError(f"{type(self).__name__} has no factor width")
 
+    def pooled_width(self, shape: tuple[int, ...], count: int) -> int | None:
+        """The factor width this kind's member of a pool of ``count`` atoms gets on a tensor of ``shape``
+        by default (a member may hold up to all of them); None: as constructed."""
+        return None
+
     def fixed_rank(self, shape: tuple[int, ...]) -> int | None:
         """The rank bound ``r`` of a matrix-shaped θ, where the kind has one (a fixed-rank manifold a
         Riemannian baseline can optimise on); None otherwise."""

@@ -38,7 +38,8 @@ class LowRank(Constraint):
             means ``min(m, n)`` (the penalty alone decides the rank). If the current value has a
             larger rank, registration keeps its best rank-``r`` approximation and warns. The default,
             ``"auto"``, is ``None`` except with ``target_rank=k``: then ``4k`` wherever factors of that
-            width are thin ($4k(m + n) ≤ mn$, `default_width`), else ``None``. A rank budget trains as
+            width are thin ($4k(m + n) ≤ mn$, `default_width`; each matrix of a pooled budget of k
+            too: `pooled_width`), else ``None``. A rank budget trains as
             well on factors of width 4k as at full width (benchmarks/RESULTS.md: from scratch and from
             a trained model) and a layer then never forms its weight between the budget's readings;
             pass ``max_rank=None`` for full-width factors that start from the exact value.
@@ -105,9 +106,12 @@ class LowRank(Constraint):
         super().__init__(strength, seed=seed, budget=None if r is None else ("count", r), adapt_rate=adapt_rate,
                          total_steps=total_steps, ramp=ramp)
         # "auto": the width a rank budget trains best and cheapest with, chosen from the shape in `validate`
+        # (or by a pool, `pooled_width`); `width_chosen` says so in registration's warning
         self.auto_width = max_rank == "auto" if isinstance(max_rank, str) else False
         if isinstance(max_rank, str) and not self.auto_width:
             raise ValueError(f"LowRank: max_rank must be an int, None (full width) or 'auto', got {max_rank!r}")
+        self.width_chosen = False
+        self.pools_narrow = self.auto_width  # (a member of a pool, which holds the budget)
         if self.auto_width:
             self.auto_width, max_rank = r is not None, None
         if max_rank is not None:
@@ -135,6 +139,13 @@ class LowRank(Constraint):
         narrow = copy.deepcopy(self)  # a copy of this object, so that a subclass stays itself
         narrow.max_rank, narrow.shape, narrow.attached_to, narrow.auto_width = width, None, None, False
         return narrow
+
+    def pooled_width(self, shape: tuple[int, ...], count: int) -> int | None:
+        """A member of a pooled rank budget of ``count`` (``max_rank="auto"``): `default_width` for the
+        whole count, which one matrix may take (4 × count where that is narrow)."""
+        if not getattr(self, "pools_narrow", False) or len(shape) < 2:
+            return None
+        return self.default_width(self._matrix_shape(tuple(shape)), count)
 
     @staticmethod
     def default_width(shape: tuple[int, int], target_rank: int) -> int | None:
@@ -169,6 +180,7 @@ class LowRank(Constraint):
         m, n = self._matrix_shape(tuple(tensor.shape))
         if self.auto_width:  # (again for each tensor: the width follows the shape)
             self.max_rank = self.default_width((m, n), self.budget_spec[1])
+            self.width_chosen = self.max_rank is not None
         if self.max_rank is not None and self.max_rank > min(m, n):
             raise ValueError(
                 f"LowRank on '{name}': max_rank={self.max_rank} exceeds min(m, n) = {min(m, n)} of "
@@ -230,7 +242,8 @@ class LowRank(Constraint):
         if rank < min(m, n) and float(dropped) > 1e-6 * float(S.amax()):
             rel = float(dropped / mat.square().sum().sqrt())
             chosen = (f"; max_rank='auto' trains a rank budget on factors of width 4 × target_rank = {rank}: pass "
-                      f"max_rank=None for full-width factors that keep the value exactly" if self.auto_width else "")
+                      f"max_rank=None for full-width factors that keep the value exactly"
+                      if getattr(self, "width_chosen", False) else "")
             warn_user(
                 f"LowRank(max_rank={rank}): the value has rank > {rank}; keeping its best rank-{rank} "
                 f"approximation (relative change {rel:.3g}){chosen}"

@@ -166,6 +166,11 @@ class Pooled(Constraint, register=False):
                 raise ValueError(f"a pooled budget needs one dtype and device: '{name}' is {t.dtype} on {t.device}, "
                                  f"'{names[0]}' is {first.dtype} on {first.device}; convert the model first")
         probes = [self.make() for _ in tensors]
+        # a kind's default width for its share of the pool (`pooled_width`: a rank budget's 4 × the count)
+        how, amount = self.budget_spec
+        widths = [probe.pooled_width(tuple(t.shape), int(amount)) if how == "count" else None
+                  for probe, t in zip(probes, tensors)]
+        probes = [probe if w is None else _chosen_width(probe, w) for probe, w in zip(probes, widths)]
         for probe, t, name in zip(probes, tensors, names):
             probe.validate(t, name)
         # (a kind's atom count is what its factors can hold: a factor width bounds a rank)
@@ -180,6 +185,7 @@ class Pooled(Constraint, register=False):
         self.policy.budget, self.policy.atom_total = self.budget, self.atom_total
         self.sizes = [t.numel() for t in tensors]
         self.atom_counts = counts
+        self.widths = widths
         # where each tensor's atoms start in the pool's concatenation: the landing, the snap and the
         # trimmed decay's mask all slice by it
         self.offsets = [sum(counts[:i]) for i in range(len(counts))]
@@ -190,6 +196,9 @@ class Pooled(Constraint, register=False):
 
     def member(self, index: int) -> PooledMember:
         inner = self.make()
+        width = getattr(self, "widths", [None] * (index + 1))[index]
+        if width is not None:
+            inner = _chosen_width(inner, width)
         inner.factorizer = Factorizer(inner.factorizer.seed + 7919 * index)  # independent signs per tensor
         return PooledMember(self, index, inner, self.atom_counts[index])
 
@@ -387,3 +396,11 @@ class PooledMember(GroupMember):
 
     def extra_repr(self) -> str:
         return f"tensor {self.index} of a pooled budget of {self.group.budget}"
+
+
+def _chosen_width(constraint: Constraint, width: int) -> Constraint:
+    """``constraint`` with factors of the default ``width`` a pool chose for it (registration's warning
+    says it was chosen)."""
+    narrow = constraint.with_width(width)
+    narrow.width_chosen = True
+    return narrow
