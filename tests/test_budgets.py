@@ -498,11 +498,7 @@ def test_a_pooled_rank_budget_gives_each_matrix_the_default_width_for_the_whole_
     assert [m.factors[0].shape[-1] for m in pool.members] == [24, 24, 24]
     assert pool.constraint.atom_counts == [24, 24, 24]
     x, y = torch.randn(128, 64), torch.randn(128, 64)
-    opt = torch.optim.Adam(symopt.param_groups(net, lr=1e-2), lr=1e-2)
-    for _ in range(60):
-        opt.zero_grad()
-        (net(x) - y).square().mean().backward()
-        opt.step()
+    _train_adam(net, lambda model: (model(x) - y).square().mean(), 60)
     assert pool.constraint.policy.has_landed()
     symopt.finalize(net)
     assert sum(int(torch.linalg.matrix_rank(net[i].weight)) for i in (0, 2, 4)) == 6

@@ -14,10 +14,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .state import Float64State
+from .state import HostCopies
 
 
-class MultiplierEstimate(Float64State):
+class MultiplierEstimate(HostCopies):
     r"""Running estimate of the Lagrange multipliers, one slot per tied copy (1 otherwise).
 
     Buffers (saved in ``state_dict``): ``mean`` — exponential moving average of observed dual norms
@@ -76,13 +76,9 @@ class MultiplierEstimate(Float64State):
             cached = self.__dict__["_host_value"] = max(corrected) if corrected else 0.0
         return cached
 
-    def _apply(self, fn, recurse=True):
-        out = super()._apply(fn, recurse)
-        self.refresh()
-        return out
-
-    def _load_from_state_dict(self, *args, **kwargs):
-        super()._load_from_state_dict(*args, **kwargs)
+    def reload_state(self) -> None:
+        """After a move, cast or load (`HostCopies` calls it) or `symopt.sync_strengths`: re-read."""
+        super().reload_state()
         self.refresh()
 
 

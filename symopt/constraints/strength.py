@@ -394,10 +394,6 @@ class Auto(HostCopies, Strength):
     def sync_state(self) -> list[Tensor]:
         return [self.estimate.mean, self.estimate.count]
 
-    def reload_state(self) -> None:
-        super().reload_state()
-        self.estimate.refresh()
-
     def describe(self) -> str:
         return "strength=auto"
 
