@@ -576,8 +576,13 @@ def list_constraints(model: nn.Module) -> list[Handle]:
 
 
 # -- plain checkpoints -------------------------------------------------------------------------
-def _load_plain_checkpoint(module, state_dict, prefix, *_args) -> None:
+def _load_plain_checkpoint(module, state_dict, prefix, _metadata=None, _strict=True, _missing=None,
+                           _unexpected=None, error_msgs=None) -> None:
     """Load ``prefix + 'weight'`` of an unconstrained checkpoint by assigning it (``right_inverse``).
+
+    A checkpoint whose factors have other shapes than this model's (registered with other options)
+    fails as torch fails it; the constraint's `Constraint.factor_shapes_hint` adds which option to
+    change to ``error_msgs`` (torch raises them together at the end of ``load_state_dict``).
 
     Loading a plain value is the same as assigning it, ``module.weight = value``. For a tie,
     assigning one copy keeps the others' values (the anchor re-splits their differences, in place),
@@ -591,6 +596,13 @@ def _load_plain_checkpoint(module, state_dict, prefix, *_args) -> None:
         parametrization = plist[0]
         plain_key = prefix + leaf
         base = f"{prefix}parametrizations.{leaf}."
+        if isinstance(parametrization, Constraint) and error_msgs is not None:
+            saved = [state_dict.get(f"{base}original{i}") for i in range(plist.ntensors)]
+            current = [getattr(plist, f"original{i}") for i in range(plist.ntensors)]
+            if all(isinstance(t, Tensor) for t in saved) and [t.shape for t in saved] != [t.shape for t in current]:
+                hint = parametrization.factor_shapes_hint([t.shape for t in saved], [t.shape for t in current])
+                if hint is not None:
+                    error_msgs.append(f"symopt: the factors of '{prefix}{leaf}' do not fit the checkpoint's: {hint}")
         if not isinstance(parametrization, Constraint) or plain_key not in state_dict:
             continue
         if base + "original0" in state_dict:

@@ -512,6 +512,32 @@ def test_a_pooled_rank_budget_gives_each_matrix_the_default_width_for_the_whole_
     assert symopt.sparse(dense, ["0.weight", "2.weight"], density=0.1).constraint.atom_counts == [64 * 256, 256 * 256]
 
 
+def test_a_checkpoint_of_another_factor_width_names_the_max_rank_that_loads_it():
+    """A rank budget's checkpoint saved with full-width factors (the default before 'auto') does not
+    fit the default width's factors: load_state_dict fails as torch fails it, and says which max_rank
+    loads it; registered so, the same checkpoint loads and the weights are the saved ones."""
+    torch.manual_seed(0)
+    saved = nn.Sequential(nn.Linear(256, 256))
+    symopt.low_rank(saved, "0.weight", target_rank=8, max_rank=None)
+    checkpoint = saved.state_dict()
+    narrow = nn.Sequential(nn.Linear(256, 256))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        symopt.low_rank(narrow, "0.weight", target_rank=8)
+    with pytest.raises(RuntimeError, match=r"register it with max_rank=None \(full width\) as when it was saved"):
+        narrow.load_state_dict(checkpoint)
+    again = nn.Sequential(nn.Linear(256, 256))
+    symopt.low_rank(again, "0.weight", target_rank=8, max_rank=None)
+    again.load_state_dict(checkpoint)
+    assert torch.equal(again[0].weight, saved[0].weight)
+    width_16 = nn.Sequential(nn.Linear(256, 256))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        symopt.low_rank(width_16, "0.weight", target_rank=8, max_rank=16)
+        with pytest.raises(RuntimeError, match="columns wide, this model's 16: register it with max_rank=32 "):
+            width_16.load_state_dict(narrow.state_dict())
+
+
 def test_a_rank_budget_at_the_factor_width_is_refused_by_name():
     """A budget the factors already meet never binds: refused, naming max_rank, the layer unchanged."""
     layer = nn.Linear(20, 10)

@@ -719,6 +719,12 @@ class Constraint(nn.Module):
     def with_width(self, width: int | None) -> "Constraint":  # pragma: no cover - kinds with a width
         raise NotImplementedError(f"{type(self).__name__} has no factor width")
 
+    def factor_shapes_hint(self, saved: list[torch.Size], current: list[torch.Size]) -> str | None:
+        """Which registration option makes this constraint's factors (shapes ``current``) fit a
+        checkpoint's (``saved``), for the error of a ``load_state_dict`` that does not fit; None where
+        the kind cannot say (torch's size-mismatch error stands alone)."""
+        return None
+
     def pooled_width(self, shape: tuple[int, ...], count: int) -> int | None:
         """The factor width this kind's member of a pool of ``count`` atoms gets on a tensor of ``shape``
         by default (a member may hold up to all of them); None: as constructed."""

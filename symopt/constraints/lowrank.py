@@ -140,6 +140,18 @@ class LowRank(Constraint):
         narrow.max_rank, narrow.shape, narrow.attached_to, narrow.auto_width = width, None, None, False
         return narrow
 
+    def factor_shapes_hint(self, saved, current) -> str | None:
+        """A checkpoint whose factors have another width r (the same rows): register with that
+        ``max_rank``. A rank budget's default width changed to 4 × target_rank (``max_rank="auto"``,
+        2026-12-04), so checkpoints of full-width budgets saved before need ``max_rank=None``."""
+        if len(saved) != 2 or len(current) != 2 or any(a[:-1] != b[:-1] for a, b in zip(saved, current)):
+            return None
+        width, full = int(saved[0][-1]), min(int(current[0][-2]), int(current[1][-2]))
+        asked = "None (full width)" if width >= full else str(width)
+        return (f"the checkpoint's are {width} columns wide, this model's {int(current[0][-1])}: register it with "
+                f"max_rank={asked} as when it was saved (a rank budget's factors are 4 × target_rank wide "
+                f"by default since 2026-12-04, max_rank='auto')")
+
     def pooled_width(self, shape: tuple[int, ...], count: int) -> int | None:
         """A member of a pooled rank budget of ``count`` (``max_rank="auto"``): `default_width` for the
         whole count, which one matrix may take (4 × count where that is narrow)."""
