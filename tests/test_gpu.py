@@ -178,3 +178,31 @@ def test_a_rank_budget_on_a_large_cuda_layer_runs_no_full_svd_and_lands():
     sigma = torch.linalg.svdvals(model.weight.detach())
     assert int((sigma > 6 * torch.finfo(torch.float32).eps * sigma.max()).sum()) == 16
     assert symopt.finalize(model).ok
+
+
+def test_auto_strength_steps_between_its_readings_do_not_synchronise():
+    """On CUDA an ``"auto"`` strength folds each step's dual norm into its estimate on the device and
+    reads λ to the host on one step in four: the three steps between two readings (forward, backward,
+    SGD step) make no host synchronisation at all (torch's sync debug mode raises on one)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 16)).to(CUDA)
+    handle = symopt.tie(net, ["0.weight", "2.weight"])
+    opt = torch.optim.SGD(symopt.param_groups(net, lr=1e-2), lr=1e-2, momentum=0.9)
+    x, y = torch.randn(32, 16, device=CUDA), torch.randn(32, 16, device=CUDA)
+
+    def step():
+        opt.zero_grad()
+        (net(x) - y).square().mean().backward()
+        opt.step()
+
+    for _ in range(8):  # λ known; step 8 read it (8 is a multiple of READ_EVERY = 4)
+        step()
+    torch.cuda.synchronize()
+    lam = handle.strength
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):
+            step()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert handle.strength == lam > 0
