@@ -54,7 +54,7 @@ from torch import nn
 import symopt
 from symopt.constraints.base import largest_in_parts
 
-from .compression import (FROM_TRAINED, accuracy, add_from_trained, batches, chosen, data, dense_training, deployed,
+from .compression import (FROM_SCRATCH, FROM_TRAINED, accuracy, add_from_trained, batches, chosen, data, dense_training, deployed,
                           from_trained_words, mlp, over_seeds, training_arguments, wants_dense)
 
 HIDDEN = ("0", "2")
@@ -98,24 +98,24 @@ def train(method: str, rank: int, seed: int, epochs: int, batch: int = 64, train
     steps = epochs * math.ceil(len(Xtr) / batch)
     # a trained model needs no warm-up and gets most of the epochs to fine-tune (RESULTS.md: the
     # default ramp (0.1, 0.75) lost 0.3–1.3 points to the SVD recipe there; from scratch it is the better one)
-    ramp = {"ramp": FROM_TRAINED} if trained else {}
+    ramp = FROM_TRAINED if trained else FROM_SCRATCH
     handles = []
     if method in ("symopt", "symopt (compact)"):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # (the random init truncated to the default width at registration)
             for name in HIDDEN:
-                handles.append(symopt.low_rank(model, f"{name}.weight", target_rank=rank, total_steps=steps, **ramp))
+                handles.append(symopt.low_rank(model, f"{name}.weight", target_rank=rank, total_steps=steps, ramp=ramp))
     if method == "symopt (full width)":
         for name in HIDDEN:
-            symopt.low_rank(model, f"{name}.weight", max_rank=None, target_rank=rank, total_steps=steps, **ramp)
+            symopt.low_rank(model, f"{name}.weight", max_rank=None, target_rank=rank, total_steps=steps, ramp=ramp)
     if method == "symopt (global)":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # (the random init truncated to the default width at registration)
             symopt.low_rank(model, [f"{name}.weight" for name in HIDDEN], target_rank=len(HIDDEN) * rank,
-                            total_steps=steps, **ramp)
+                            total_steps=steps, ramp=ramp)
     if method == "symopt (global, full width)":
         symopt.low_rank(model, [f"{name}.weight" for name in HIDDEN], target_rank=len(HIDDEN) * rank, total_steps=steps,
-                        max_rank=None, **ramp)
+                        max_rank=None, ramp=ramp)
     if method.startswith("symopt"):
         opt = torch.optim.Adam(symopt.param_groups(model, lr=1e-3), lr=1e-3)
     else:

@@ -598,9 +598,10 @@ def _load_plain_checkpoint(module, state_dict, prefix, _metadata=None, _strict=T
         base = f"{prefix}parametrizations.{leaf}."
         if isinstance(parametrization, Constraint) and error_msgs is not None:
             saved = [state_dict.get(f"{base}original{i}") for i in range(plist.ntensors)]
-            current = [getattr(plist, f"original{i}") for i in range(plist.ntensors)]
-            if all(isinstance(t, Tensor) for t in saved) and [t.shape for t in saved] != [t.shape for t in current]:
-                hint = parametrization.factor_shapes_hint([t.shape for t in saved], [t.shape for t in current])
+            saved = [t.shape for t in saved] if all(isinstance(t, Tensor) for t in saved) else None
+            current = [getattr(plist, f"original{i}").shape for i in range(plist.ntensors)]
+            if saved is not None and saved != current:
+                hint = parametrization.factor_shapes_hint(saved, current)
                 if hint is not None:
                     error_msgs.append(f"symopt: the factors of '{prefix}{leaf}' do not fit the checkpoint's: {hint}")
         if not isinstance(parametrization, Constraint) or plain_key not in state_dict:

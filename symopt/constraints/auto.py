@@ -57,10 +57,6 @@ class MultiplierEstimate(HostCopies):
         self.mean[slot] = torch.where(finite, blended, self.mean[slot])
         self.count[slot] += finite.to(torch.float64)
 
-    def update(self, value: float, slot: int = 0) -> None:
-        """Fold one observed dual norm (a number) into slot ``slot``'s moving average."""
-        self.fold(torch.tensor(float(value), dtype=torch.float64), slot)
-
     def refresh(self) -> None:
         """Forget the host copy: the next `value`, or the next `fold` before it folds, reads the buffers
         (one transfer)."""

@@ -105,15 +105,15 @@ class LowRank(Constraint):
                              f"raise max_rank or lower target_rank")
         super().__init__(strength, seed=seed, budget=None if r is None else ("count", r), adapt_rate=adapt_rate,
                          total_steps=total_steps, ramp=ramp)
-        # "auto": the width a rank budget trains best and cheapest with, chosen from the shape in `validate`
-        # (or by a pool, `pooled_width`); `width_chosen` says so in registration's warning
-        self.auto_width = max_rank == "auto" if isinstance(max_rank, str) else False
-        if isinstance(max_rank, str) and not self.auto_width:
+        if isinstance(max_rank, str) and max_rank != "auto":
             raise ValueError(f"LowRank: max_rank must be an int, None (full width) or 'auto', got {max_rank!r}")
+        # "auto": the width a rank budget trains best and cheapest with, chosen from the shape in `validate`
+        # (a budget of its own) or by a pool (`pooled_width`, the pool holding the budget); full width until
+        # then. `width_chosen` says so in registration's warning.
+        self.width_by_default = max_rank == "auto"
         self.width_chosen = False
-        self.pools_narrow = self.auto_width  # (a member of a pool, which holds the budget)
-        if self.auto_width:
-            self.auto_width, max_rank = r is not None, None
+        if self.width_by_default:
+            max_rank = None
         if max_rank is not None:
             if isinstance(max_rank, bool) or not isinstance(max_rank, int):
                 raise TypeError(f"LowRank: max_rank must be an int or None, got {type(max_rank).__name__}")
@@ -137,7 +137,7 @@ class LowRank(Constraint):
     def with_width(self, width: int | None) -> LowRank:
         """This constraint (same λ, layout and seed) with factors of ``width`` columns (None: full)."""
         narrow = copy.deepcopy(self)  # a copy of this object, so that a subclass stays itself
-        narrow.max_rank, narrow.shape, narrow.attached_to, narrow.auto_width = width, None, None, False
+        narrow.max_rank, narrow.shape, narrow.attached_to, narrow.width_by_default = width, None, None, False
         return narrow
 
     def factor_shapes_hint(self, saved, current) -> str | None:
@@ -155,7 +155,7 @@ class LowRank(Constraint):
     def pooled_width(self, shape: tuple[int, ...], count: int) -> int | None:
         """A member of a pooled rank budget of ``count`` (``max_rank="auto"``): `default_width` for the
         whole count, which one matrix may take (4 × count where that is narrow)."""
-        if not getattr(self, "pools_narrow", False) or len(shape) < 2:
+        if not getattr(self, "width_by_default", False) or len(shape) < 2:
             return None
         return self.default_width(self._matrix_shape(tuple(shape)), count)
 
@@ -190,7 +190,7 @@ class LowRank(Constraint):
                 f"{tuple(tensor.shape)}; use Sparse or GroupSparse for vectors"
             )
         m, n = self._matrix_shape(tuple(tensor.shape))
-        if self.auto_width:  # (again for each tensor: the width follows the shape)
+        if getattr(self, "width_by_default", False) and self.budget_spec is not None:  # (per tensor: follows the shape)
             self.max_rank = self.default_width((m, n), self.budget_spec[1])
             self.width_chosen = self.max_rank is not None
         if self.max_rank is not None and self.max_rank > min(m, n):
