@@ -59,7 +59,8 @@ KINDS = [None, "sparse", "group_sparse", "low_rank", "low_rank(max_rank=64)", "l
          "subspace(16 rows)", "subspace(16 per row)", "fixed_zeros(50%)", "tied", "tied(auto)"]
 # A rank budget's default width (`max_rank="auto"`) is 4 × target_rank where that is narrow: 64 on the MLP's
 # 512 × 512 layer, full width on the CNN's 64 × 576 view; max_rank=None asks for full width everywhere.
-BUDGETS = ["sparse(density=0.1)", "sparse(density=0.1, total_steps)", "group_sparse(max_groups=half)",
+BUDGETS = ["sparse(density=0.1)", "sparse(density=0.1, total_steps)", "sparse(density=0.1, total_steps, mid-ramp)",
+           "group_sparse(max_groups=half)",
            "low_rank(target_rank=16)", "low_rank(target_rank=16, total_steps)",
            "low_rank(target_rank=16, max_rank=None)", "low_rank([0, 2], max_rank=64, target_rank=32)"]
 
@@ -108,6 +109,11 @@ def _model(arch: str, width: int, device, kind: str | None) -> nn.Module:
         symopt.sparse(net, "2.weight", density=0.1)
     elif kind == "sparse(density=0.1, total_steps)":  # inside the ramp for every measured step: the trimmed decay
         symopt.sparse(net, "2.weight", density=0.1, total_steps=10 ** 6, ramp=(0.0, 0.99))
+    elif kind == "sparse(density=0.1, total_steps, mid-ramp)":
+        # half-way through the ramp for every measured step: each reading also lands the entries ranked
+        # beyond twice the count (`BudgetStrength.lands_early`), and the landed ones are held at 0
+        handle = symopt.sparse(net, "2.weight", density=0.1, total_steps=10 ** 6, ramp=(0.0, 0.99))
+        handle.constraint.policy.write("step", 0.5 * 0.99 * 10 ** 6)
     elif kind == "group_sparse(max_groups=half)":
         symopt.group_sparse(net, "2.weight", dim=0, max_groups=shape[0] // 2)
     elif kind == "low_rank(target_rank=16)":

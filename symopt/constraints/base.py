@@ -304,7 +304,8 @@ class Constraint(nn.Module):
         if lands_set:  # an exact-penalty set that lands at the end of the ramp (strength.Landing)
             self.policy = Landing(self.policy, schedule)
         elif schedule is not None:
-            self.policy.trims = self.trims_decay
+            # kinds whose atoms own their factors' entries trim the decay and land atoms on the way
+            self.policy.trims = self.policy.lands_early = self.trims_decay
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
             raise TypeError(f"{owner}: seed must be an int, got {type(seed).__name__}")
         self.factorizer = Factorizer(int(seed))
@@ -826,22 +827,29 @@ def held(module: nn.Module, factors: Sequence[Tensor]) -> None:
 @acts_on_factors
 def _land_when_due(module: "Constraint", inputs: tuple[Tensor, ...]) -> None:
     """Forward pre-hook of a budget with ``total_steps``: at the end of its ramp, keep the ``budget``
-    largest atoms and land the others (``Constraint.land``) before this forward uses the factors."""
+    largest atoms and land the others (``Constraint.land``) before this forward uses the factors; on
+    the ramp's way, land those a reading left out (`BudgetStrength.early_landing`). Landed atoms are
+    held at 0 from then on."""
     policy = module.policy
-    if policy.has_landed():
-        if moved_since_held(module, inputs):
-            with torch.no_grad():
-                module.hold_landed(inputs, module.landed_keep)
-            held(module, inputs)
-        return
-    if not policy.landing_due():
-        return
-    with torch.no_grad():
-        keep = module.keep_mask(module.atoms(module.forward(*inputs)))
-        module.land(inputs, keep)
-        module.landed_keep.copy_(keep)
-    held(module, inputs)
-    policy.mark_landed()
+    due = policy.landing_due()
+    if not due and not (policy.has_landed() or policy.landed_early(module.budget, module.atom_total)):
+        return  # (nothing has landed, and no reading lands anything yet)
+    if not due and not moved_since_held(module, inputs):
+        return  # (nothing wrote to the factors since this hook did: a layer applied twice in one pass)
+    early = None if due else policy.early_landing()
+    if due or early is not None:
+        with torch.no_grad():
+            keep = module.keep_mask(module.atoms(module.forward(*inputs))) if due else early.view(-1)
+            keep = keep & module.landed_keep
+            module.land(inputs, keep)
+            module.landed_keep.copy_(keep)
+        held(module, inputs)
+        if due:
+            policy.mark_landed()
+    else:
+        with torch.no_grad():
+            module.hold_landed(inputs, module.landed_keep)
+        held(module, inputs)
 
 
 @acts_on_factors

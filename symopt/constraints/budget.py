@@ -49,6 +49,9 @@ SPREAD = 2.0
 RATE = 0.1
 START = 0.1
 READ_EVERY = 4
+# On a ramp that lands on the way (`BudgetStrength.lands_early`), a reading lands the atoms ranked beyond
+# this multiple of the scheduled count
+LAND_BEYOND = 1.5
 
 
 def check_budget(value: object, what: str, owner: str) -> int | None:

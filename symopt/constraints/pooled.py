@@ -85,11 +85,11 @@ class PooledBudget(BudgetStrength):
 
         value = torch.cat([p[0].reshape(-1) for p in parts])
         grad = torch.cat([p[1].reshape(-1) for p in parts])
-        target, dropped, steps = self.target(pooled_atoms, value, grad, self.budget, self.atom_total)
+        target, dropped, steps, early = self.target(pooled_atoms, value, grad, self.budget, self.atom_total)
         if scales is not None:  # every atom decays (a rank budget trims nothing), by its matrix's weight
             dropped = torch.cat([torch.full((n,), float(c), dtype=value.dtype, device=value.device)
                                  for n, c in zip(group.atom_counts, scales)])
-        return target, dropped, steps
+        return target, dropped, steps, early
 
 
 class _Borrowed(Strength):
@@ -151,6 +151,7 @@ class Pooled(Constraint, register=False):
         # a pool of matrices weights each matrix's decay by its scale during the ramp (`scales`): through
         # the same per-step mask as a trimmed decay
         self.policy.trims = probe.trims_decay or self.relative
+        self.policy.lands_early = probe.trims_decay  # (entries land on the way; singular directions do not)
         self.make = make
         self.kind = probe.kind  # reports and certificates show the members' kind
         self.copies: list[nn.Module] = []
@@ -202,9 +203,11 @@ class Pooled(Constraint, register=False):
         inner.factorizer = Factorizer(inner.factorizer.seed + 7919 * index)  # independent signs per tensor
         return PooledMember(self, index, inner, self.atom_counts[index])
 
-    def land_all(self) -> None:
+    def land_all(self, keep: Tensor | None = None) -> None:
         """Land the pool: the ``budget`` largest atoms over all the tensors are kept, every other
-        atom's factors go to its mirror's fixed subspace (each tensor's ``inner.land``)."""
+        atom's factors go to its mirror's fixed subspace (each tensor's ``inner.land``). With ``keep``
+        (on the ramp's way, `BudgetStrength.early_landing`: a bool mask over the pool's atoms): the
+        atoms outside it land, and the budget has not landed yet."""
         with torch.no_grad():
             factors = [tuple(getattr(copy, f"original{i}") for i in range(copy.ntensors)) for copy in self.copies]
             members = [copy[0] for copy in self.copies]
@@ -212,12 +215,15 @@ class Pooled(Constraint, register=False):
             atoms = [m.inner.atoms(v).reshape(-1) for m, v in zip(members, values)]
             if self.relative:
                 atoms = [a / c for a, c in zip(atoms, self.scales(values))]
-            keep = self.keep_mask(torch.cat(atoms))
+            early = keep is not None
+            keep = keep if early else self.keep_mask(torch.cat(atoms))
             for member, f, a, start in zip(members, factors, atoms, self.offsets):
-                mask = keep[start:start + a.numel()]
+                mask = keep[start:start + a.numel()] & member.landed_keep
                 member.inner.land(f, mask)
                 member.landed_keep.copy_(mask)
-        self.policy.mark_landed()
+                held(member, f)
+        if not early:
+            self.policy.mark_landed()
 
     def bind(self, copy: nn.Module) -> None:
         self.copies.append(copy)
@@ -325,17 +331,23 @@ class Pooled(Constraint, register=False):
 @acts_on_factors
 def _land_pool_when_due(member: "PooledMember", inputs: tuple[Tensor, ...]) -> None:
     """Forward pre-hook of a pool's tensor: the pool lands all its tensors at once at the end of the
-    ramp; from then on each tensor holds its dropped atoms at 0 before every forward."""
-    policy = member.policy
-    if not policy.has_landed():
-        if not policy.landing_due():
-            return
-        member.group.land_all()
-    elif not moved_since_held(member, inputs):
+    ramp, and on the way the atoms a reading left out (`BudgetStrength.early_landing`); each tensor
+    holds its landed atoms at 0 before every forward."""
+    policy, group = member.policy, member.group
+    if policy.landing_due():
+        group.land_all()  # (every member, and marks them held)
+        return
+    if not (policy.has_landed() or policy.landed_early(group.budget, group.atom_total)):
+        return  # (nothing has landed, and no reading lands anything yet)
+    if not moved_since_held(member, inputs):
         return  # (held since the last write: a layer applied twice in one pass is not written again)
-    with torch.no_grad():
-        member.inner.hold_landed(inputs, member.landed_keep)
-    held(member, inputs)
+    early = policy.early_landing()
+    if early is not None:
+        group.land_all(early)
+    else:
+        with torch.no_grad():
+            member.inner.hold_landed(inputs, member.landed_keep)
+        held(member, inputs)
 
 
 def _entries_are_atoms(kind: Constraint) -> bool:

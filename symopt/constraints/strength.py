@@ -36,7 +36,8 @@ import torch
 from torch import Tensor
 
 from .auto import MultiplierEstimate, check_margin
-from .budget import READ_EVERY, RATE, BudgetController, budget_target, check_rate, leading, scheduled_count
+from .budget import (LAND_BEYOND, READ_EVERY, RATE, BudgetController, budget_target, check_rate, leading,
+                     scheduled_count)
 from .state import Float64State, HostCopies
 from .warn import warn_user
 
@@ -446,6 +447,20 @@ class BudgetStrength(HostCopies, Strength):
     benchmarks/RESULTS.md). λ is the same controller's: the dropped atoms are pushed to 0 by the λ at
     which the plain path would drop them.
 
+    **Landing on the way** (``lands_early``, set by the kinds whose atoms own their factors' entries:
+    `Sparse`, `NonNegative`, `GroupSparse`, channels and heads, alone or pooled). The decay moves a
+    factor only as fast as the optimizer moves it (Adam: about ``lr`` a step, whatever λ), so on a short
+    ramp, or on a trained model whose factors are far from 0, the dropped atoms are still where they
+    were when the ramp ends, and the landing is one cut of everything beyond ``k`` (a trained digits MLP
+    at 95% sparsity: accuracy 0.97 → 0.24 at that step). So each reading of the ramp also lands, at
+    the next forward, the atoms ranked beyond ``LAND_BEYOND`` (1.5) × the scheduled count by size: the
+    cut follows the cubic schedule, as gradual magnitude pruning's does, a step behind the decay, and
+    the atoms between the count and twice it are left to the trimmed decay and the gradient. What it
+    costs: an atom still forming from a small start (a feature that grows late) is cut if it ranks that
+    low, which the decay alone would let grow; a later ramp start gives features time. Rank budgets do
+    not land on the way (landing a singular direction rotates the factors by an SVD). Measured in
+    `benchmarks.compression` (benchmarks/RESULTS.md).
+
     **Readings.** The controller reads the atoms on one step in ``every`` (an attribute,
     ``budget.READ_EVERY`` = 4), and on every step whose gradients are taken inside the step of an
     optimizer bound by `symopt.bind` (an L-BFGS closure; a plain ``backward(); step()`` loop takes them
@@ -473,6 +488,8 @@ class BudgetStrength(HostCopies, Strength):
         self.controller = BudgetController(start, check_rate(rate, owner))
         self.schedule = schedule
         self.trims = False  # set by the constraint when its kind can decay the dropped atoms alone
+        self.lands_early = False  # set by the constraint when its kind lands an atom by zeroing its entries
+        self._early_keep: Tensor | None = None  # the atoms the next forward keeps (a reading's; see lands_early)
         self._dropped: Tensor | None = None  # the atoms the trimmed decay acts on (from the last reading)
         self.every = READ_EVERY  # the controller reads the atoms on one step in `every`
         # the steps so far (a buffer: a resumed run reads on the same steps and follows the same schedule)
@@ -518,11 +535,13 @@ class BudgetStrength(HostCopies, Strength):
 
     def target(self, top_atoms, value: Tensor, grad: Tensor, budget: int, atom_total: int, keep=None):
         """The observation of a reading (a step `quiet` lets through): ``(λ target, dropped atoms, steps
-        since the last reading)``: the controller's target for the current count (None if not a usable
-        λ) and, when the decay is trimmed, which atoms are outside the count's largest (``atoms <`` the
-        count-th largest, over ``top_atoms(value)``, all the atoms in order; or outside
+        since the last reading, atoms kept on the way)``: the controller's target for the current count
+        (None if not a usable λ); when the decay is trimmed, which atoms are outside the count's largest
+        (``atoms <`` the count-th largest, over ``top_atoms(value)``, all the atoms in order; or outside
         ``keep(atoms, count)``, a bool mask, where the kept set has a rule of its own: a global budget's
-        one unit per layer), as 1.0 / 0.0 in the value's dtype: the mask a step multiplies the decay by."""
+        one unit per layer), as 1.0 / 0.0 in the value's dtype: the mask a step multiplies the decay by;
+        and on a ramp that lands on the way (``lands_early``), the atoms the next forward keeps off the
+        fixed subspace, by the same rule for ``LAND_BEYOND`` × the count (bool; None otherwise)."""
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             # DDP broadcasts rank 0's buffers at each forward (broadcast_buffers=True) without a trace on
             # them: the copies follow at each reading (a reading transfers to the host anyway)
@@ -531,10 +550,17 @@ class BudgetStrength(HostCopies, Strength):
         atoms = top_atoms(value.detach(), count + 1, "point").reshape(-1)
         total, kth, _ = leading(atoms, count)
         target = budget_target(top_atoms, value, grad, count, self.value(), size=total / count)
-        dropped = None
+        dropped = early = None
         if self.trimming():
             dropped = (atoms < kth if keep is None else ~keep(atoms, count)).to(value.dtype)
-        return (target if math.isfinite(target) and target > 0 else None, dropped, 1 if self._holds else self.every)
+        landing = self._landing_count(count, atom_total)
+        if landing is not None:
+            # (ties with the landing-th largest stay; atoms that are not finite, a diverged run, land nothing)
+            edge = leading(atoms, landing)[1] if keep is None else 0.0
+            if math.isfinite(edge):
+                early = atoms >= edge if keep is None else keep(atoms, landing)
+        return (target if math.isfinite(target) and target > 0 else None, dropped, 1 if self._holds else self.every,
+                early)
 
     def reads_next_gradient(self) -> bool:
         return self.watching and (bool(self._paused) or self.quiet() is None)
@@ -569,6 +595,30 @@ class BudgetStrength(HostCopies, Strength):
     def dropped_atoms(self) -> Tensor | None:
         return self._dropped if self.trimming() else None
 
+    def _landing_count(self, count: int, atom_total: int) -> int | None:
+        """At a reading of a ramp that lands on the way: how many atoms stay off their fixed subspace,
+        ``LAND_BEYOND`` × the scheduled ``count``; None when that is all of them, or off the ramp."""
+        if not self.lands_early or not self.trimming():
+            return None
+        keep = math.ceil(LAND_BEYOND * count)
+        return keep if keep < atom_total else None
+
+    def early_landing(self) -> Tensor | None:
+        """The atoms the last reading keeps off the fixed subspace on the ramp's way (bool over the
+        atoms; see ``lands_early``), once: the landing hook that takes it lands every other atom (and
+        none that landed before stays off); None when there is nothing to land."""
+        keep, self._early_keep = self._early_keep, None
+        return keep if keep is not None and not self._counters()[1] else None
+
+    def landed_early(self, budget: int, atom_total: int) -> bool:
+        """Whether atoms may have landed on the way (`early_landing`) and must be held at 0 before each
+        forward (an optimizer's momentum moves them off for a while); False once the budget has landed
+        (its own hold takes over). From the step count alone: the scheduled count only falls, so no
+        atom has landed while twice the count is every atom."""
+        if not self.lands_early or self.schedule is None:
+            return False
+        return not self._counters()[1] and math.ceil(LAND_BEYOND * self.count(budget, atom_total)) < atom_total
+
     def landing_due(self) -> bool:
         """Whether the ramp has ended and the budget has not landed yet."""
         if self.schedule is None:
@@ -597,7 +647,9 @@ class BudgetStrength(HostCopies, Strength):
             return
         if points[-1][1] is not None:
             self._dropped = points[-1][1]
-        targets = [t for t, _, _ in points if t is not None]
+        if points[-1][3] is not None:
+            self._early_keep = points[-1][3]
+        targets = [t for t, *_ in points if t is not None]
         if targets:
             # The last point of a step is where the optimizer stopped; before λ is known, the first point
             # (where the step started) sets its scale. λ moves by the compounded rate of the steps since
@@ -610,10 +662,13 @@ class BudgetStrength(HostCopies, Strength):
 def _save_dropped(module: BudgetStrength, state_dict, prefix, _metadata) -> None:
     if module._dropped is not None:
         state_dict[prefix + "dropped"] = module._dropped
+    if module._early_keep is not None:  # (a reading's landing not applied yet: the resumed run applies it)
+        state_dict[prefix + "early_keep"] = module._early_keep
 
 
 def _load_dropped(module: BudgetStrength, state_dict, prefix, *_args) -> None:
     module._dropped = state_dict.pop(prefix + "dropped", None)
+    module._early_keep = state_dict.pop(prefix + "early_keep", None)
 
 
 def _count_steps_from_zero(state_dict, prefix, *_args) -> None:

@@ -57,13 +57,13 @@ class UnitBudget(PooledBudget):
         value = torch.cat([p[0].reshape(-1) for p in parts])
         grad = torch.cat([p[1].reshape(-1) for p in parts])
         # with several layers each keeps its largest unit, as the landing will (`keep_mask`)
-        target, dropped, steps = self.target(unit_atoms, value, grad, self.budget, self.atom_total,
-                                             keep=group.keep_mask if scales is not None else None)
+        target, dropped, steps, early = self.target(unit_atoms, value, grad, self.budget, self.atom_total,
+                                                    keep=group.keep_mask if scales is not None else None)
         if dropped is not None and scales is not None:
             # a dropped unit's decay is λ times its layer's scale (the weighted group lasso whose
             # thresholds the relative atoms compare)
             dropped = dropped * scales.to(dropped.dtype)
-        return target, dropped, steps
+        return target, dropped, steps, early
 
 
 class UnitGroups(Constraint, register=False):
@@ -123,7 +123,9 @@ class UnitGroups(Constraint, register=False):
         else:
             super().__init__(UnitBudget(strength, adapt_rate, owner="UnitGroups", schedule=schedule), seed=seed,
                              budget=("count", k))
-            self.policy.trims = True  # a unit's gate and its ω in every tensor: UnitGroupsMember.dropped_entries
+            # a unit's gate and its ω in every tensor (UnitGroupsMember.dropped_entries): the decay trims,
+            # and units land on the way by zeroing them
+            self.policy.trims = self.policy.lands_early = True
         self.dim = dims[0]
         self.dims = dims  # one per tensor, or one for all
         # per tensor: the unit of each index along its axis (None: index i is unit i). Attention heads
@@ -216,16 +218,21 @@ class UnitGroups(Constraint, register=False):
             member.register_forward_pre_hook(_land_units_when_due)
         return member
 
-    def land_all(self) -> None:
+    def land_all(self, keep: Tensor | None = None) -> None:
         """Land the budget: the ``budget`` units of largest joint norm are kept; every other unit's
-        gate and its $ω$ in every tensor go to 0, the mirror's fixed subspace."""
+        gate and its $ω$ in every tensor go to 0, the mirror's fixed subspace. With ``keep`` (on the
+        ramp's way, `BudgetStrength.early_landing`: a bool mask over the units): the units outside it
+        land, and the budget has not landed yet."""
+        early = keep is not None
         with torch.no_grad():
-            norms = self.unit_norms([self._value(i) for i in range(len(self.copies))])
-            scales = self.layer_scales(norms)
-            keep = self.keep_mask(norms if scales is None else norms / scales)
-            self.landed_keep.copy_(keep)
+            if not early:
+                norms = self.unit_norms([self._value(i) for i in range(len(self.copies))])
+                scales = self.layer_scales(norms)
+                keep = self.keep_mask(norms if scales is None else norms / scales)
+            self.landed_keep.copy_(keep & self.landed_keep)
             self.hold(range(len(self.copies)))
-        self.policy.mark_landed()
+        if not early:
+            self.policy.mark_landed()
 
     def land(self, factors: tuple[Tensor, ...], keep: Tensor) -> None:
         """Put every unit outside ``keep`` on the fixed subspace in ``factors``, the members' factors in
@@ -408,23 +415,29 @@ class UnitGroups(Constraint, register=False):
 @acts_on_factors
 def _land_units_when_due(member: "UnitGroupsMember", inputs: tuple[Tensor, ...]) -> None:
     """Forward pre-hook of a budgeted unit group's tensor: the group lands all its tensors at once at
-    the end of the ramp; from then on the dropped units are held at 0 before every forward."""
+    the end of the ramp, and on the way the units a reading left out (`BudgetStrength.early_landing`);
+    landed units are held at 0 before every forward."""
     group = member.group
     policy = group.policy
-    if not policy.has_landed():
-        if not policy.landing_due():
-            return
+    if policy.landing_due():
         group.land_all()
         held(group, group.factors())
         return
     # every tensor's dropped units at once, once after each write to the factors (an optimizer step):
     # the shared gates are every tensor's, and a block applied twice in one pass must not see its factors
     # written between the two uses (autograd refused that backward)
+    if not (policy.has_landed() or policy.landed_early(group.budget, group.atom_total)):
+        return  # (nothing has landed, and no reading lands anything yet)
     factors = group.factors()
-    if moved_since_held(group, factors):
+    if not moved_since_held(group, factors):
+        return
+    early = policy.early_landing()
+    if early is not None:
+        group.land_all(early)
+    else:
         with torch.no_grad():
             group.hold(range(len(group.copies)))
-        held(group, factors)
+    held(group, factors)
 
 
 class UnitGroupsMember(GroupMember):

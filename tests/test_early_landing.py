@@ -1,0 +1,209 @@
+"""Landing on the way: a budget with ``total_steps`` whose atoms own their factors' entries (entries,
+groups, channels; alone or pooled) lands, at each reading of its ramp, the atoms ranked beyond
+``LAND_BEYOND`` × the scheduled count (`BudgetStrength.lands_early`). The decay moves a factor only as fast
+as the optimizer does, so on a trained layer (large factors, a short ramp, Adam at a small lr) nothing
+would leave before the ramp's end, and the landing would be one cut of every atom beyond the budget."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import symopt
+from symopt.constraints.budget import LAND_BEYOND, scheduled_count
+
+DT = torch.float64
+STEPS = 200
+RAMP = (0.0, 0.5)
+
+
+def _data(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(256, 12, generator=g, dtype=DT)
+    W = torch.randn(12, 6, generator=g, dtype=DT)  # dense: every entry carries signal
+    return X, X @ W + 0.05 * torch.randn(256, 6, generator=g, dtype=DT)
+
+
+def _trained_layer():
+    """A 12 → 6 layer at its least-squares fit: large weights whose loss gradient is ~0."""
+    X, Y = _data()
+    model = nn.Linear(12, 6, bias=False).double()
+    with torch.no_grad():
+        model.weight.copy_(torch.linalg.lstsq(X, Y).solution.T)
+    return model, X, Y
+
+
+def _loss(model, X, Y):
+    return 0.5 * (model(X) - Y).square().mean()
+
+
+# kind → (register on the trained 6 × 12 layer, atoms alive in a weight, atoms in all, budget)
+KINDS = {
+    "sparse": (lambda m: symopt.sparse(m, "weight", max_nonzero=9, total_steps=STEPS, ramp=RAMP),
+               lambda w: int((w != 0).sum()), 72, 9),
+    "nonnegative": (lambda m: symopt.nonnegative(m, "weight", max_nonzero=9, total_steps=STEPS, ramp=RAMP),
+                    lambda w: int((w != 0).sum()), 72, 9),
+    "group_sparse": (lambda m: symopt.group_sparse(m, "weight", dim=1, max_groups=2, total_steps=STEPS, ramp=RAMP),
+                     lambda w: int((w.abs().sum(0) != 0).sum()), 12, 2),
+}
+
+
+def _train(kind, steps=STEPS):
+    model, X, Y = _trained_layer()
+    if kind == "nonnegative":
+        with torch.no_grad():
+            model.weight.abs_()
+    register, alive, atoms, budget = KINDS[kind]
+    handle = register(model)
+    opt = torch.optim.Adam(symopt.param_groups(model, lr=1e-3), lr=1e-3)
+    counts = []
+    for _ in range(steps):
+        opt.zero_grad()
+        _loss(model, X, Y).backward()
+        opt.step()
+        counts.append(alive(model.weight.detach()))  # (reading θ runs the hooks: landed atoms held at 0)
+    return model, handle, counts, atoms, budget
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_a_trained_layer_loses_its_atoms_along_the_schedule_not_in_one_cut(kind):
+    """At Adam's lr 1e-3 the factors of a least-squares fit (entries ~1) cannot reach 0 in a 100-step
+    ramp by decay; the atoms still leave along the cubic schedule: after each reading at most
+    LAND_BEYOND × its count are alive, the count only falls, and the landing cuts from there to the
+    budget, which then holds exactly; finalize needs no force."""
+    model, handle, counts, atoms, budget = _train(kind)
+    policy = handle.constraint.policy
+    start, end = policy.ramp
+    assert policy.lands_early
+    readings = range(start, end, policy.every)
+    for step in range(start + 1, end):
+        last = max(r for r in readings if r < step)  # its landing is applied at the next forward
+        assert counts[step] <= math.ceil(LAND_BEYOND * scheduled_count(last, atoms, budget, start, end))
+    assert all(a >= b for a, b in zip(counts, counts[1:]))  # nothing that landed comes back
+    assert counts[end - 2] <= math.ceil(LAND_BEYOND * (budget + 1)) < atoms  # not one cut at the ramp's end
+    assert all(c == budget for c in counts[end:])
+    assert symopt.finalize(model).ok
+
+
+def test_landed_atoms_sit_on_the_fixed_subspace_between_readings():
+    """Both factors of a landed entry are exactly 0 before each forward (Adam's moments would move them
+    off for a while), and so is the entry."""
+    model, X, Y = _trained_layer()
+    handle = symopt.sparse(model, "weight", max_nonzero=9, total_steps=STEPS, ramp=RAMP)
+    opt = torch.optim.Adam(symopt.param_groups(model, lr=1e-3), lr=1e-3)
+    u, v = handle.decayed_factors()
+    for step in range(60):
+        opt.zero_grad()
+        _loss(model, X, Y).backward()
+        opt.step()
+        weight = model.weight.detach()  # the forward pre-hooks run: landing, then holding
+        landed = ~handle.constraint.landed_keep.view_as(u)
+        if step >= 40:
+            assert bool(landed.any())
+            assert bool((u.detach()[landed] == 0).all()) and bool((v.detach()[landed] == 0).all())
+            assert bool((weight[landed] == 0).all())
+
+
+def test_rank_budgets_do_not_land_on_the_way():
+    """Landing a singular direction rotates the factors (an SVD); a rank budget keeps full rank until
+    the end of its ramp and lands there."""
+    model, X, Y = _trained_layer()
+    handle = symopt.low_rank(model, "weight", target_rank=2, total_steps=STEPS, ramp=RAMP, max_rank=None)
+    assert not handle.constraint.policy.lands_early
+    opt = torch.optim.Adam(symopt.param_groups(model, lr=1e-3), lr=1e-3)
+    ranks = []
+    for _ in range(STEPS):
+        opt.zero_grad()
+        _loss(model, X, Y).backward()
+        opt.step()
+        ranks.append(int(torch.linalg.matrix_rank(model.weight.detach())))
+    end = handle.constraint.policy.ramp[1]
+    assert ranks[end - 2] == 6 and all(r == 2 for r in ranks[end:])
+
+
+def test_a_pooled_budget_lands_on_the_way_over_all_its_tensors():
+    """One budget over two trained layers: the pool's readings land its smallest entries over both
+    (the count taken over all), and the landing leaves exactly the budget."""
+    torch.manual_seed(0)
+    X = torch.randn(256, 12, dtype=DT)
+    net = nn.Sequential(nn.Linear(12, 16), nn.Tanh(), nn.Linear(16, 4)).double()
+    teacher = nn.Sequential(nn.Linear(12, 16), nn.Tanh(), nn.Linear(16, 4)).double()
+    Y = teacher(X).detach()
+    handle = symopt.sparse(net, ["0.weight", "2.weight"], max_nonzero=40, total_steps=STEPS, ramp=RAMP)
+    opt = torch.optim.Adam(symopt.param_groups(net, lr=1e-3), lr=1e-3)
+    alive = []
+    for _ in range(STEPS):
+        opt.zero_grad()
+        _loss(net, X, Y).backward()
+        opt.step()
+        alive.append(int((net[0].weight != 0).sum() + (net[2].weight != 0).sum()))
+    policy = handle.constraint.policy
+    assert policy.lands_early
+    start, end = policy.ramp
+    assert alive[end - 2] <= math.ceil(LAND_BEYOND * 41) < 256
+    assert all(a >= b for a, b in zip(alive, alive[1:]))
+    assert all(a == 40 for a in alive[end:])
+    assert symopt.finalize(net).ok
+
+
+def test_a_global_channel_budget_keeps_a_channel_in_every_layer_on_the_way():
+    """A channel budget over two convolutions lands channels on the way by the same rule as its
+    landing (relative to each layer's scale, at least one per layer): no layer is ever emptied."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Conv2d(8, 16, 3), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 3)).double()
+    X = torch.randn(32, 1, 8, 8, dtype=DT)
+    y = torch.randint(0, 3, (32,))
+    handle = symopt.group_sparse(net, [["0.weight", "0.bias"], ["2.weight", "2.bias"]], max_groups=4,
+                                 total_steps=STEPS, ramp=RAMP)
+    opt = torch.optim.Adam(symopt.param_groups(net, lr=1e-3), lr=1e-3)
+    per_layer = []
+    for _ in range(STEPS):
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(X), y).backward()
+        opt.step()
+        per_layer.append((int((net[0].weight.detach().flatten(1).abs().sum(1) != 0).sum()),
+                          int((net[2].weight.detach().flatten(1).abs().sum(1) != 0).sum())))
+    policy = handle.constraint.policy
+    start, end = policy.ramp
+    assert policy.lands_early and sum(per_layer[end - 2]) < 24
+    assert all(a >= 1 and b >= 1 for a, b in per_layer)
+    assert sum(per_layer[-1]) == 4
+
+
+def test_a_checkpoint_between_a_reading_and_its_landing_resumes_bit_identically():
+    """The reading decides which atoms land at the next forward; a state_dict saved in between carries
+    that decision (``early_keep``), so the resumed run lands the same atoms on the same step."""
+    def build():
+        model, X, Y = _trained_layer()
+        symopt.sparse(model, "weight", max_nonzero=9, total_steps=STEPS, ramp=RAMP)
+        opt = torch.optim.Adam(symopt.param_groups(model, lr=1e-3), lr=1e-3)
+        symopt.bind(opt)  # (weight_decay keeps following λ after load_state_dict)
+        return model, opt, X, Y
+
+    def run(model, opt, X, Y, steps):
+        for _ in range(steps):
+            opt.zero_grad()
+            _loss(model, X, Y).backward()
+            opt.step()
+
+    model, opt, X, Y = build()
+    run(model, opt, X, Y, 40)  # steps 0..39: the reading of step 40 comes with the next backward
+    opt.zero_grad()
+    _loss(model, X, Y).backward()  # step 40 reads: its landing waits for the next forward
+    opt.step()
+    buffer = io.BytesIO()
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, buffer)
+    assert "parametrizations.weight.0.policy.early_keep" in model.state_dict()
+    run(model, opt, X, Y, 30)
+    again, opt2, _, _ = build()
+    state = torch.load(io.BytesIO(buffer.getvalue()))
+    again.load_state_dict(state["model"])
+    opt2.load_state_dict(state["opt"])
+    run(again, opt2, X, Y, 30)
+    assert torch.equal(again.weight, model.weight)
+    assert torch.equal(again.parametrizations.weight[0].landed_keep, model.parametrizations.weight[0].landed_keep)
