@@ -427,6 +427,19 @@ class Constraint(nn.Module):
         averages, built before the landing) would, for a while. Default: ``land`` again."""
         self.land(factors, keep)
 
+    def held_mask(self, keep: Tensor, like: Tensor) -> Tensor:
+        """``keep`` (bool) as 1.0 / 0.0 in ``like``'s shape and dtype, for `hold_landed` to multiply a
+        factor by, kept while ``keep`` is unchanged (the same tensor, the same version counter). A
+        landing mask is held before every forward, and ``factor.mul_(mask)`` costs a twentieth of
+        ``factor.masked_fill_(~keep, 0)`` (a 512 × 512 float32 factor: 17 against 330 µs on this CPU;
+        forming the float mask is most of the rest)."""
+        cached = self.__dict__.get("_held_mask")
+        if (cached is None or cached[0] is not keep or cached[1] != keep._version
+                or cached[2].dtype != like.dtype or cached[2].device != like.device):
+            cached = (keep, keep._version, keep.view_as(like).to(like.dtype))
+            self.__dict__["_held_mask"] = cached
+        return cached[2]
+
     # How often symopt.regrow decides about this kind's atoms by default (optimizer steps).
     regrowth_every: int = 10
 

@@ -175,6 +175,23 @@ def leading(values: Tensor, k: int) -> tuple[float, float, float]:
     return total, kth_value, after
 
 
+def sampled_kth(values: Tensor, k: int) -> float:
+    """About the k-th largest of a 1-d tensor with more than k entries: exact where the tensor has at
+    most ``4 · _SAMPLE`` entries (`leading`), else the same rank's quantile of `leading`'s strided
+    sample, so that about k entries are at or above it (a standard error of √(k(n − k)/4096)
+    entries: 2% of k for a third of 262k entries, 7% for a twentieth). One selection among 4096
+    entries where an exact k-th value reads the tensor several times (0.7 ms at n = 262k on this
+    CPU), for a landing on the way, whose count is a rule of thumb anyway."""
+    flat = values.reshape(-1)
+    n = flat.numel()
+    if n <= 4 * _SAMPLE:
+        return leading(flat, k)[1]
+    sample = flat[:: n // _SAMPLE]
+    m = sample.numel()
+    rank = max(1, min(m, round(k * m / n)))  # (1: the sample's largest)
+    return float(sample.kthvalue(m - rank + 1).values)
+
+
 def _to_host(*scalars: Tensor) -> list[float]:
     """0-d tensors as Python floats, in one transfer (float64: every float32 value is kept exactly)."""
     return torch.stack([t.to(torch.float64) for t in scalars]).tolist()

@@ -149,7 +149,11 @@ class NonNegative(Constraint):
 
     def land(self, factors: tuple[Tensor, ...], keep: Tensor) -> None:
         (u,) = factors
-        u.masked_fill_(~keep.view_as(u), 0.0)  # u_i = 0: the fixed point of u_i → −u_i
+        u.mul_(keep.view_as(u).to(u.dtype))  # u_i = 0: the fixed point of u_i → −u_i
+
+    def hold_landed(self, factors: tuple[Tensor, ...], keep: Tensor) -> None:
+        (u,) = factors
+        u.mul_(self.held_mask(keep, u))  # (`held_mask`: a product, not masked_fill_)
 
     def seed_atoms(self, factors: tuple[Tensor, ...], which: Tensor, grad: Tensor, size: Tensor) -> None:
         # θ_i = size_i as u_i = √(2 size_i): off the orthant's corner in the only direction the

@@ -84,9 +84,18 @@ class Sparse(Constraint):
 
     def land(self, factors: tuple[Tensor, ...], keep: Tensor) -> None:
         u, v = factors
-        drop = ~keep.view_as(u)
-        u.masked_fill_(drop, 0.0)
-        v.masked_fill_(drop, 0.0)  # u_i = v_i = 0: the mirror's fixed point, which no gradient leaves
+        self._zero_outside(u, v, keep.view_as(u).to(u.dtype))
+
+    def hold_landed(self, factors: tuple[Tensor, ...], keep: Tensor) -> None:
+        u, v = factors
+        self._zero_outside(u, v, self.held_mask(keep, u))
+
+    @staticmethod
+    def _zero_outside(u: Tensor, v: Tensor, mask: Tensor) -> None:
+        # u_i = v_i = 0 where mask_i = 0: the mirror's fixed point, which no gradient leaves (a product
+        # with the 1.0 / 0.0 mask: masked_fill_ was 20× slower, `held_mask`)
+        u.mul_(mask)
+        v.mul_(mask)
 
     def dropped_entries(self, slot: int, factor: Tensor, dropped: Tensor) -> Tensor:
         return dropped.view_as(factor)  # u_i and v_i both belong to entry i

@@ -37,7 +37,7 @@ from torch import Tensor
 
 from .auto import MultiplierEstimate, check_margin
 from .budget import (LAND_BEYOND, READ_EVERY, RATE, BudgetController, budget_target, check_rate, leading,
-                     scheduled_count)
+                     sampled_kth, scheduled_count)
 from .state import Float64State, HostCopies
 from .warn import warn_user
 
@@ -556,7 +556,7 @@ class BudgetStrength(HostCopies, Strength):
         landing = self._landing_count(count, atom_total)
         if landing is not None:
             # (ties with the landing-th largest stay; atoms that are not finite, a diverged run, land nothing)
-            edge = leading(atoms, landing)[1] if keep is None else 0.0
+            edge = sampled_kth(atoms, landing) if keep is None else 0.0
             if math.isfinite(edge):
                 early = atoms >= edge if keep is None else keep(atoms, landing)
         return (target if math.isfinite(target) and target > 0 else None, dropped, 1 if self._holds else self.every,
