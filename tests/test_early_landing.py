@@ -207,3 +207,20 @@ def test_a_checkpoint_between_a_reading_and_its_landing_resumes_bit_identically(
     run(again, opt2, X, Y, 30)
     assert torch.equal(again.weight, model.weight)
     assert torch.equal(again.parametrizations.weight[0].landed_keep, model.parametrizations.weight[0].landed_keep)
+
+
+@pytest.mark.parametrize("n, k", [(16_384, 5_000), (65_536, 3_000), (262_144, 13_000), (262_144, 87_000)])
+def test_the_landing_edge_is_exact_on_small_tensors_and_within_a_few_standard_errors_on_large(n, k):
+    """`sampled_kth`: the k-th largest exactly up to 4 × 4096 entries; above, a sample's quantile,
+    which leaves k ± 4 standard errors (√(k(n − k)/4096)) at or above it, half of them exact zeros
+    (landed atoms) included."""
+    from symopt.constraints.budget import leading, sampled_kth
+
+    g = torch.Generator().manual_seed(n + k)
+    values = torch.rand(n, generator=g, dtype=DT)
+    values[torch.randperm(n, generator=g)[: n // 2]] = 0.0
+    above = int((values >= sampled_kth(values, k)).sum())
+    if n <= 4 * 4096:
+        assert above == k and sampled_kth(values, k) == leading(values, k)[1]
+    else:
+        assert abs(above - k) <= 4 * math.sqrt(k * (n - k) / 4096)

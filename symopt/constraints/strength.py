@@ -453,12 +453,14 @@ class BudgetStrength(HostCopies, Strength):
     ramp, or on a trained model whose factors are far from 0, the dropped atoms are still where they
     were when the ramp ends, and the landing is one cut of everything beyond ``k`` (a trained digits MLP
     at 95% sparsity: accuracy 0.97 → 0.24 at that step). So each reading of the ramp also lands, at
-    the next forward, the atoms ranked beyond ``LAND_BEYOND`` (1.5) × the scheduled count by size: the
-    cut follows the cubic schedule, as gradual magnitude pruning's does, a step behind the decay, and
-    the atoms between the count and twice it are left to the trimmed decay and the gradient. What it
-    costs: an atom still forming from a small start (a feature that grows late) is cut if it ranks that
-    low, which the decay alone would let grow; a later ramp start gives features time. Rank budgets do
-    not land on the way (landing a singular direction rotates the factors by an SVD). Measured in
+    the next forward, the atoms ranked beyond ``LAND_BEYOND`` (1.5) × the scheduled count by size
+    (about that many on a tensor of more than 16k atoms, whose edge is read from a sample,
+    `budget.sampled_kth`): the cut follows the cubic schedule, as gradual magnitude pruning's does, a
+    step behind the decay, and the atoms between the count and 1.5 times it are left to the trimmed
+    decay and the gradient. What it costs: an atom still forming from a small start (a feature that
+    grows late) is cut if it ranks that low, which the decay alone would let grow; a later ramp start
+    gives features time, and ``lands_early = False`` on the policy turns it off. Rank budgets do not
+    land on the way (landing a singular direction rotates the factors by an SVD). Measured in
     `benchmarks.compression` (benchmarks/RESULTS.md).
 
     **Readings.** The controller reads the atoms on one step in ``every`` (an attribute,
@@ -614,7 +616,7 @@ class BudgetStrength(HostCopies, Strength):
         """Whether atoms may have landed on the way (`early_landing`) and must be held at 0 before each
         forward (an optimizer's momentum moves them off for a while); False once the budget has landed
         (its own hold takes over). From the step count alone: the scheduled count only falls, so no
-        atom has landed while twice the count is every atom."""
+        atom has landed while LAND_BEYOND × the count is every atom."""
         if not self.lands_early or self.schedule is None:
             return False
         return not self._counters()[1] and math.ceil(LAND_BEYOND * self.count(budget, atom_total)) < atom_total
