@@ -52,20 +52,27 @@ KINDS = {
 }
 
 
-def _train(kind, steps=STEPS):
+def _trace(model, loss, measure, steps=STEPS):
+    """``measure()`` after each of ``steps`` Adam steps (lr 1e-3, through ``param_groups``) on ``loss()``
+    (reading θ runs the hooks: landed atoms are held at 0)."""
+    opt = torch.optim.Adam(symopt.param_groups(model, lr=1e-3), lr=1e-3)
+    trace = []
+    for _ in range(steps):
+        opt.zero_grad()
+        loss().backward()
+        opt.step()
+        trace.append(measure())
+    return trace
+
+
+def _train(kind):
     model, X, Y = _trained_layer()
     if kind == "nonnegative":
         with torch.no_grad():
             model.weight.abs_()
     register, alive, atoms, budget = KINDS[kind]
     handle = register(model)
-    opt = torch.optim.Adam(symopt.param_groups(model, lr=1e-3), lr=1e-3)
-    counts = []
-    for _ in range(steps):
-        opt.zero_grad()
-        _loss(model, X, Y).backward()
-        opt.step()
-        counts.append(alive(model.weight.detach()))  # (reading θ runs the hooks: landed atoms held at 0)
+    counts = _trace(model, lambda: _loss(model, X, Y), lambda: alive(model.weight.detach()))
     return model, handle, counts, atoms, budget
 
 
@@ -114,13 +121,7 @@ def test_rank_budgets_do_not_land_on_the_way():
     model, X, Y = _trained_layer()
     handle = symopt.low_rank(model, "weight", target_rank=2, total_steps=STEPS, ramp=RAMP, max_rank=None)
     assert not handle.constraint.policy.lands_early
-    opt = torch.optim.Adam(symopt.param_groups(model, lr=1e-3), lr=1e-3)
-    ranks = []
-    for _ in range(STEPS):
-        opt.zero_grad()
-        _loss(model, X, Y).backward()
-        opt.step()
-        ranks.append(int(torch.linalg.matrix_rank(model.weight.detach())))
+    ranks = _trace(model, lambda: _loss(model, X, Y), lambda: int(torch.linalg.matrix_rank(model.weight.detach())))
     end = handle.constraint.policy.ramp[1]
     assert ranks[end - 2] == 6 and all(r == 2 for r in ranks[end:])
 
@@ -134,13 +135,7 @@ def test_a_pooled_budget_lands_on_the_way_over_all_its_tensors():
     teacher = nn.Sequential(nn.Linear(12, 16), nn.Tanh(), nn.Linear(16, 4)).double()
     Y = teacher(X).detach()
     handle = symopt.sparse(net, ["0.weight", "2.weight"], max_nonzero=40, total_steps=STEPS, ramp=RAMP)
-    opt = torch.optim.Adam(symopt.param_groups(net, lr=1e-3), lr=1e-3)
-    alive = []
-    for _ in range(STEPS):
-        opt.zero_grad()
-        _loss(net, X, Y).backward()
-        opt.step()
-        alive.append(int((net[0].weight != 0).sum() + (net[2].weight != 0).sum()))
+    alive = _trace(net, lambda: _loss(net, X, Y), lambda: int((net[0].weight != 0).sum() + (net[2].weight != 0).sum()))
     policy = handle.constraint.policy
     assert policy.lands_early
     start, end = policy.ramp
@@ -160,14 +155,11 @@ def test_a_global_channel_budget_keeps_a_channel_in_every_layer_on_the_way():
     y = torch.randint(0, 3, (32,))
     handle = symopt.group_sparse(net, [["0.weight", "0.bias"], ["2.weight", "2.bias"]], max_groups=4,
                                  total_steps=STEPS, ramp=RAMP)
-    opt = torch.optim.Adam(symopt.param_groups(net, lr=1e-3), lr=1e-3)
-    per_layer = []
-    for _ in range(STEPS):
-        opt.zero_grad()
-        nn.functional.cross_entropy(net(X), y).backward()
-        opt.step()
-        per_layer.append((int((net[0].weight.detach().flatten(1).abs().sum(1) != 0).sum()),
-                          int((net[2].weight.detach().flatten(1).abs().sum(1) != 0).sum())))
+
+    def channels(layer):
+        return int((layer.weight.detach().flatten(1).abs().sum(1) != 0).sum())
+
+    per_layer = _trace(net, lambda: nn.functional.cross_entropy(net(X), y), lambda: (channels(net[0]), channels(net[2])))
     policy = handle.constraint.policy
     start, end = policy.ramp
     assert policy.lands_early and sum(per_layer[end - 2]) < 24
