@@ -216,3 +216,34 @@ def test_the_landing_edge_is_exact_on_small_tensors_and_within_a_few_standard_er
         assert above == k and sampled_kth(values, k) == leading(values, k)[1]
     else:
         assert abs(above - k) <= 4 * math.sqrt(k * (n - k) / 4096)
+
+
+@pytest.mark.parametrize("register", [
+    lambda net: symopt.sparse(net, "0.weight", max_nonzero=40, total_steps=40, ramp=RAMP),
+    lambda net: symopt.low_rank(net, "0.weight", target_rank=2, total_steps=40, ramp=RAMP, max_rank=None),
+    lambda net: symopt.sparse(net, ["0.weight", "2.weight"], max_nonzero=60, total_steps=40, ramp=RAMP),
+], ids=["sparse", "low_rank", "pooled"])
+def test_a_landed_budget_holds_its_atoms_without_reading_anything_to_the_host(register):
+    """After the landing every step holds the dropped atoms at 0 before the forward; on a GPU each read
+    of a tensor's value is a synchronisation, and a rank budget's hold read its kept count on every
+    step. The held masks and counts are formed once per landing mask."""
+    from test_budgets import _HostReads
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 16)).double()
+    register(net)
+    x, y = torch.randn(32, 16, dtype=DT), torch.randn(32, 16, dtype=DT)
+    # (SGD: torch's Adam reads its own step counts to the host on the CPU, which would be counted too)
+    opt = torch.optim.SGD(symopt.param_groups(net, lr=1e-2), lr=1e-2, momentum=0.9)
+
+    def step():
+        opt.zero_grad()
+        (net(x) - y).square().mean().backward()
+        opt.step()
+
+    for _ in range(25):  # past the landing (step 20) and the first holds after it
+        step()
+    with _HostReads() as reads:
+        for _ in range(8):
+            step()
+    assert reads.count == 0
