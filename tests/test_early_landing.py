@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 import symopt
+from helpers import recorded_training
 from symopt.constraints.budget import LAND_BEYOND, scheduled_count
 
 DT = torch.float64
@@ -52,17 +53,10 @@ KINDS = {
 }
 
 
-def _trace(model, loss, measure, steps=STEPS):
-    """``measure()`` after each of ``steps`` Adam steps (lr 1e-3, through ``param_groups``) on ``loss()``
-    (reading θ runs the hooks: landed atoms are held at 0)."""
-    opt = torch.optim.Adam(symopt.param_groups(model, lr=1e-3), lr=1e-3)
-    trace = []
-    for _ in range(steps):
-        opt.zero_grad()
-        loss().backward()
-        opt.step()
-        trace.append(measure())
-    return trace
+def _trace(model, loss, measure):
+    """``measure()`` after each of STEPS Adam steps at lr 1e-3 on ``loss()`` (reading θ runs the hooks:
+    landed atoms are held at 0)."""
+    return recorded_training(model, loss, STEPS, measure, lr=1e-3, optimizer=torch.optim.Adam)
 
 
 def _train(kind):

@@ -429,16 +429,23 @@ class Constraint(nn.Module):
 
     def held_mask(self, keep: Tensor, like: Tensor) -> Tensor:
         """``keep`` (bool) as 1.0 / 0.0 in ``like``'s shape and dtype, for `hold_landed` to multiply a
-        factor by, kept while ``keep`` is unchanged (the same tensor, the same version counter). A
-        landing mask is held before every forward, and ``factor.mul_(mask)`` costs a twentieth of
+        factor by (`from_landing_mask`). ``factor.mul_(mask)`` costs a twentieth of
         ``factor.masked_fill_(~keep, 0)`` (a 512 × 512 float32 factor: 17 against 330 µs on this CPU;
         forming the float mask is most of the rest)."""
-        cached = self.__dict__.get("_held_mask")
-        if (cached is None or cached[0] is not keep or cached[1] != keep._version
-                or cached[2].dtype != like.dtype or cached[2].device != like.device):
-            cached = (keep, keep._version, keep.view_as(like).to(like.dtype))
-            self.__dict__["_held_mask"] = cached
-        return cached[2]
+        return self.from_landing_mask(keep, "mask", (like.dtype, like.device),
+                                      lambda: keep.view_as(like).to(like.dtype))
+
+    def from_landing_mask(self, keep: Tensor, name: str, like: tuple, make: Callable[[], object]):
+        """``make()``, something `hold_landed` derives from the landing mask ``keep`` (``name`` says what),
+        formed once and kept while ``keep`` is unchanged (the same tensor, the same version counter)
+        and ``like`` (what else it depends on: a dtype, a device) is equal: a landing mask is held
+        before every forward, and deriving it anew each time cost that forward (a float mask; on a
+        GPU, a count read to the host is a synchronisation)."""
+        cache = self.__dict__.setdefault("_from_landing_mask", {})
+        cached = cache.get(name)
+        if cached is None or cached[0] is not keep or cached[1] != keep._version or cached[2] != like:
+            cached = cache[name] = (keep, keep._version, like, make())
+        return cached[3]
 
     # How often symopt.regrow decides about this kind's atoms by default (optimizer steps).
     regrowth_every: int = 10
@@ -844,25 +851,20 @@ def _land_when_due(module: "Constraint", inputs: tuple[Tensor, ...]) -> None:
     the ramp's way, land those a reading left out (`BudgetStrength.early_landing`). Landed atoms are
     held at 0 from then on."""
     policy = module.policy
-    due = policy.landing_due()
-    if not due and not (policy.has_landed() or policy.landed_early(module.budget, module.atom_total)):
-        return  # (nothing has landed, and no reading lands anything yet)
-    if not due and not moved_since_held(module, inputs):
-        return  # (nothing wrote to the factors since this hook did: a layer applied twice in one pass)
-    early = None if due else policy.early_landing()
-    if due or early is not None:
-        with torch.no_grad():
-            keep = module.keep_mask(module.atoms(module.forward(*inputs))) if due else early.view(-1)
+    what, early = policy.next_landing(module.budget, module.atom_total, lambda: moved_since_held(module, inputs))
+    if what is None:
+        return
+    with torch.no_grad():
+        if what == "hold":
+            module.hold_landed(inputs, module.landed_keep)
+        else:
+            keep = module.keep_mask(module.atoms(module.forward(*inputs))) if what == "land" else early.view(-1)
             keep = keep & module.landed_keep
             module.land(inputs, keep)
             module.landed_keep.copy_(keep)
-        held(module, inputs)
-        if due:
-            policy.mark_landed()
-    else:
-        with torch.no_grad():
-            module.hold_landed(inputs, module.landed_keep)
-        held(module, inputs)
+    held(module, inputs)
+    if what == "land":
+        policy.mark_landed()
 
 
 @acts_on_factors

@@ -451,13 +451,7 @@ class LowRank(Constraint):
 
     def hold_landed(self, factors: tuple[Tensor, ...], keep: Tensor) -> None:
         U, V = factors  # the landing put the kept directions in the first k columns
-        # k read once per landing mask (the same tensor, the same version): int(keep.sum()) on every
-        # step was a host synchronisation per step on a GPU
-        cached = self.__dict__.get("_held_count")
-        if cached is None or cached[0] is not keep or cached[1] != keep._version:
-            cached = (keep, keep._version, int(keep.sum()))
-            self.__dict__["_held_count"] = cached
-        k = cached[2]
+        k = self.from_landing_mask(keep, "count", (), lambda: int(keep.sum()))  # (read to the host once per landing)
         U[:, k:] = 0.0
         V[:, k:] = 0.0
 

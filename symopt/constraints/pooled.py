@@ -208,17 +208,18 @@ class Pooled(Constraint, register=False):
         atom's factors go to its mirror's fixed subspace (each tensor's ``inner.land``). With ``keep``
         (on the ramp's way, `BudgetStrength.early_landing`: a bool mask over the pool's atoms): the
         atoms outside it land, and the budget has not landed yet."""
+        early = keep is not None
         with torch.no_grad():
             factors = [tuple(getattr(copy, f"original{i}") for i in range(copy.ntensors)) for copy in self.copies]
             members = [copy[0] for copy in self.copies]
-            values = [m.inner.forward(*f) for m, f in zip(members, factors)]
-            atoms = [m.inner.atoms(v).reshape(-1) for m, v in zip(members, values)]
-            if self.relative:
-                atoms = [a / c for a, c in zip(atoms, self.scales(values))]
-            early = keep is not None
-            keep = keep if early else self.keep_mask(torch.cat(atoms))
-            for member, f, a, start in zip(members, factors, atoms, self.offsets):
-                mask = keep[start:start + a.numel()] & member.landed_keep
+            if not early:  # (on the way the reading has ranked the atoms already)
+                values = [m.inner.forward(*f) for m, f in zip(members, factors)]
+                atoms = [m.inner.atoms(v).reshape(-1) for m, v in zip(members, values)]
+                if self.relative:
+                    atoms = [a / c for a, c in zip(atoms, self.scales(values))]
+                keep = self.keep_mask(torch.cat(atoms))
+            for member, f, start, count in zip(members, factors, self.offsets, self.atom_counts):
+                mask = keep[start:start + count] & member.landed_keep
                 member.inner.land(f, mask)
                 member.landed_keep.copy_(mask)
                 held(member, f)
@@ -333,21 +334,14 @@ def _land_pool_when_due(member: "PooledMember", inputs: tuple[Tensor, ...]) -> N
     """Forward pre-hook of a pool's tensor: the pool lands all its tensors at once at the end of the
     ramp, and on the way the atoms a reading left out (`BudgetStrength.early_landing`); each tensor
     holds its landed atoms at 0 before every forward."""
-    policy, group = member.policy, member.group
-    if policy.landing_due():
-        group.land_all()  # (every member, and marks them held)
-        return
-    if not (policy.has_landed() or policy.landed_early(group.budget, group.atom_total)):
-        return  # (nothing has landed, and no reading lands anything yet)
-    if not moved_since_held(member, inputs):
-        return  # (held since the last write: a layer applied twice in one pass is not written again)
-    early = policy.early_landing()
-    if early is not None:
-        group.land_all(early)
-    else:
+    group = member.group
+    what, early = member.policy.next_landing(group.budget, group.atom_total, lambda: moved_since_held(member, inputs))
+    if what == "hold":
         with torch.no_grad():
             member.inner.hold_landed(inputs, member.landed_keep)
         held(member, inputs)
+    elif what is not None:
+        group.land_all(early)  # (every member, and marks them held; early None: the budget lands)
 
 
 def _entries_are_atoms(kind: Constraint) -> bool:

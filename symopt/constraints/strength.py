@@ -556,11 +556,12 @@ class BudgetStrength(HostCopies, Strength):
         if self.trimming():
             dropped = (atoms < kth if keep is None else ~keep(atoms, count)).to(value.dtype)
         landing = self._landing_count(count, atom_total)
-        if landing is not None:
+        if landing is not None and keep is not None:
+            early = keep(atoms, landing)
+        elif landing is not None:
             # (ties with the landing-th largest stay; atoms that are not finite, a diverged run, land nothing)
-            edge = sampled_kth(atoms, landing) if keep is None else 0.0
-            if math.isfinite(edge):
-                early = atoms >= edge if keep is None else keep(atoms, landing)
+            edge = sampled_kth(atoms, landing)
+            early = atoms >= edge if math.isfinite(edge) else None
         return (target if math.isfinite(target) and target > 0 else None, dropped, 1 if self._holds else self.every,
                 early)
 
@@ -617,9 +618,22 @@ class BudgetStrength(HostCopies, Strength):
         forward (an optimizer's momentum moves them off for a while); False once the budget has landed
         (its own hold takes over). From the step count alone: the scheduled count only falls, so no
         atom has landed while LAND_BEYOND × the count is every atom."""
-        if not self.lands_early or self.schedule is None:
-            return False
-        return not self._counters()[1] and math.ceil(LAND_BEYOND * self.count(budget, atom_total)) < atom_total
+        return self._landing_count(self.count(budget, atom_total), atom_total) is not None
+
+    def next_landing(self, budget: int, atom_total: int, moved: Callable[[], bool]) -> tuple[str | None, Tensor | None]:
+        """What a budget's landing hook does before this forward, one decision for every kind:
+        ``("land", None)`` at the end of the ramp (keep the ``budget`` largest atoms, land the rest);
+        ``("early", keep)`` where a reading left atoms to land on the way (`early_landing`); ``("hold",
+        None)`` where landed atoms must go back to 0 because something wrote to the factors since they
+        were held (``moved()``: a layer applied twice in one pass is not written again); ``(None,
+        None)`` otherwise. ``moved`` is asked only once something has landed (a unit group's factors
+        do not exist yet at registration's first forward)."""
+        if self.landing_due():
+            return "land", None
+        if not (self.has_landed() or self.landed_early(budget, atom_total)) or not moved():
+            return None, None
+        early = self.early_landing()
+        return ("early", early) if early is not None else ("hold", None)
 
     def landing_due(self) -> bool:
         """Whether the ramp has ended and the budget has not landed yet."""

@@ -418,26 +418,19 @@ def _land_units_when_due(member: "UnitGroupsMember", inputs: tuple[Tensor, ...])
     the end of the ramp, and on the way the units a reading left out (`BudgetStrength.early_landing`);
     landed units are held at 0 before every forward."""
     group = member.group
-    policy = group.policy
-    if policy.landing_due():
-        group.land_all()
-        held(group, group.factors())
-        return
     # every tensor's dropped units at once, once after each write to the factors (an optimizer step):
     # the shared gates are every tensor's, and a block applied twice in one pass must not see its factors
     # written between the two uses (autograd refused that backward)
-    if not (policy.has_landed() or policy.landed_early(group.budget, group.atom_total)):
-        return  # (nothing has landed, and no reading lands anything yet)
-    factors = group.factors()
-    if not moved_since_held(group, factors):
+    what, early = group.policy.next_landing(group.budget, group.atom_total,
+                                            lambda: moved_since_held(group, group.factors()))
+    if what is None:
         return
-    early = policy.early_landing()
-    if early is not None:
-        group.land_all(early)
-    else:
+    if what == "hold":
         with torch.no_grad():
             group.hold(range(len(group.copies)))
-    held(group, factors)
+    else:
+        group.land_all(early)  # (early None: the budget lands)
+    held(group, group.factors())
 
 
 class UnitGroupsMember(GroupMember):
