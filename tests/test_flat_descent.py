@@ -452,36 +452,42 @@ def test_a_wide_logistic_problem_skips_the_descent_only_where_few_columns_are_pu
         assert counts[0] == first and result.status == "optimal"
 
 
-def test_a_group_norm_on_a_few_groups_is_checked_before_any_descent(monkeypatch):
-    """Least squares under a norm of groups with at most FEW_GROUPS groups and enough rows (diabetes in
-    5 groups of 2, linnerud's multi-task Lasso on 3 rows): the first check comes before any descent and
-    the group polish from θ = 0 certifies the optimum there, the objective and support of the full 20
-    iterations; breast_cancer in 10 groups keeps the short first descent."""
-    from sklearn.datasets import load_breast_cancer, load_diabetes, load_linnerud
+def test_a_group_norm_whose_pulled_groups_fit_one_model_is_checked_before_any_descent(monkeypatch):
+    """Least squares under a norm of groups with enough rows, where the groups ∇loss(0) pulls off zero fit
+    in one group model (`GROUPS_FROM_ZERO` entries): diabetes in 5 groups of 2, linnerud's multi-task
+    Lasso on 3 rows, breast_cancer in 10 groups of 3 and digits in 16 of 4. The first check comes
+    before any descent, and the group polish from θ = 0 certifies the optimum there, the objective and
+    support of the run with the short first descent (the loss made to say it is not determined);
+    where the pulled entries are more than the limit, the short first descent stays."""
+    from sklearn.datasets import load_breast_cancer, load_diabetes, load_digits, load_linnerud
 
+    import symopt.solver.descent as descent
     from symopt.problems import group_lasso, multitask_lasso
     from symopt.problems.base import BoundLoss
-    from symopt.solver.descent import EARLY_ITERATIONS, FEW_GROUPS
+
+    def standardised(X):
+        return (X - X.mean(0)) / np.where(X.std(0) > 0, X.std(0), 1.0)
 
     Xd, yd = load_diabetes(return_X_y=True)
     Xl, Yl = load_linnerud(return_X_y=True)
     Xc, yc = load_breast_cancer(return_X_y=True)
-    Xc = (Xc - Xc.mean(0)) / Xc.std(0)
-    few = [group_lasso(Xd, yd - yd.mean(), 2, 1.0), multitask_lasso(Xl, Yl - Yl.mean(0), 1.0)]
-    assert FEW_GROUPS < 10
-    for problem in few:
+    Xg, yg = load_digits(return_X_y=True)
+    problems = [group_lasso(Xd, yd - yd.mean(), 2, 1.0), multitask_lasso(Xl, Yl - Yl.mean(0), 1.0),
+                group_lasso(standardised(Xc), yc - yc.mean(), 3, 1.0), group_lasso(standardised(Xg), yg - yg.mean(), 4, 1.0)]
+    for problem in problems:
         problem = problem.at_strength(0.1 * problem.strength_max())
         counts, quick = _directions_per_outer_iteration(problem)
         assert counts[0] == 0 and quick.status == "optimal" and quick.iterations == 1, problem.name
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(BoundLoss, "determined", lambda self: False)
             counts, slow = _directions_per_outer_iteration(problem)
-        assert counts[0] == EARLY_ITERATIONS and slow.status == "optimal"
+        assert counts[0] == descent.EARLY_ITERATIONS and slow.status == "optimal"
         assert abs(quick.objective - slow.objective) <= 1e-9 * abs(slow.objective)
         assert torch.equal(quick.x == 0, slow.x == 0)
-    ten = group_lasso(Xc, yc - yc.mean(), 3, 1.0)
-    counts, result = _directions_per_outer_iteration(ten.at_strength(0.1 * ten.strength_max()))
-    assert counts[0] == EARLY_ITERATIONS and result.status == "optimal"
+    monkeypatch.setattr(descent, "GROUPS_FROM_ZERO", 8)  # breast_cancer at 0.1 λ_max pulls more than 8 entries
+    cancer = problems[2]
+    counts, result = _directions_per_outer_iteration(cancer.at_strength(0.1 * cancer.strength_max()))
+    assert counts[0] == descent.EARLY_ITERATIONS and result.status == "optimal"
 
 
 def test_determined_counts_rows_with_weight_and_the_intercept():
@@ -500,9 +506,9 @@ def test_determined_counts_rows_with_weight_and_the_intercept():
 
 def test_a_multitask_lasso_counts_its_rows_not_its_entries_for_the_short_first_descent(monkeypatch):
     """The multi-task Lasso on standardised digits (64 rows × 10 one-hot targets, 640 entries): a row's
-    entries join and leave the face together, so θ counts as 64 atoms and gets the short first
-    descent, and the group polish certifies the optimum from there (objective and support those of
-    the full 20 iterations)."""
+    entries join and leave the face together, so θ counts as 64 atoms: where its pulled rows fit one
+    group model it is checked from θ = 0, else it gets the short first descent, and the group polish
+    certifies the optimum from either (objective and support those of the full 20 iterations)."""
     from sklearn.datasets import load_digits
 
     from symopt.problems import multitask_lasso
@@ -514,14 +520,17 @@ def test_a_multitask_lasso_counts_its_rows_not_its_entries_for_the_short_first_d
     problem = multitask_lasso(X, Y - Y.mean(0), 1.0)
     problem = problem.at_strength(0.1 * problem.strength_max())
     assert problem.shape == (64, 10) and problem.shape[0] <= EARLY_ENTRIES < 640
-    counts, short = _directions_per_outer_iteration(problem)
-    # (least squares, but a group norm: its active set joins one row at a time, so the short descent)
-    assert counts[0] == EARLY_ITERATIONS and short.status == "optimal" and short.iterations == 1
     import symopt.solver.descent as descent
+    counts, zero = _directions_per_outer_iteration(problem)
+    assert counts[0] == 0 and zero.status == "optimal"  # (its pulled rows fit one group model: from θ = 0)
+    monkeypatch.setattr(descent, "GROUPS_FROM_ZERO", 0)  # (the rule for a loss whose rows do not fit)
+    counts, short = _directions_per_outer_iteration(problem)
+    assert counts[0] == EARLY_ITERATIONS and short.status == "optimal" and short.iterations == 1
     monkeypatch.setattr(descent, "EARLY_ENTRIES", 63)  # 64 rows now count as wide
     counts, full = _directions_per_outer_iteration(problem)
     assert counts[0] == 20 and full.status == "optimal"
     assert abs(short.objective - full.objective) <= 1e-10 * abs(full.objective)
+    assert abs(zero.objective - full.objective) <= 1e-10 * abs(full.objective)
     assert torch.equal(short.x == 0, full.x == 0)
 
 

@@ -427,6 +427,71 @@ def test_a_group_model_positive_definite_only_by_rounding_stays_bounded(seed):
     assert _group_model_kkt(H, g, x0, x, groups, weights) <= 1e-9 * (1.0 + float(g.abs().max()))
 
 
+@settings(max_examples=60, deadline=None)
+@given(groups_count=st.integers(4, 16), size=st.integers(1, 4), rows=st.integers(2, 60),
+       seed=st.integers(0, 10_000), warm=st.booleans())
+def test_the_group_model_with_many_pulled_groups_meets_its_optimality_conditions(groups_count, size, rows, seed, warm):
+    """Enough zero groups pulled off zero that they join together (`JOINS_TOGETHER`: the proximal-gradient
+    steps before the active set), from 0 or from a start with half its groups alive, on models that
+    are singular where rows are fewer than coordinates."""
+    from symopt.proximal_newton import JOINS_TOGETHER, solve_group_quadratic
+
+    assert groups_count >= JOINS_TOGETHER
+    gen = torch.Generator().manual_seed(seed)
+    groups = torch.arange(groups_count).repeat_interleave(size)
+    k = groups.numel()
+    A = torch.randn(rows, k, generator=gen, dtype=torch.float64)
+    H = A.mT @ A / rows
+    g = A.mT @ torch.randn(rows, generator=gen, dtype=torch.float64) / rows
+    pull = torch.zeros(groups_count, dtype=torch.float64).index_add_(0, groups, g * g).sqrt()
+    weights = pull * (0.1 + 0.8 * torch.rand(groups_count, generator=gen, dtype=torch.float64))  # every group pulled at 0
+    x0 = torch.zeros(k, dtype=torch.float64)
+    if warm:
+        x0 = torch.randn(k, generator=gen, dtype=torch.float64) * (groups % 2 == 0).double()
+    x = solve_group_quadratic(H, g, x0, groups, weights, tol=1e-12)
+    assert float(x.abs().max()) < 1e6
+    scale = 1.0 + float(H.abs().max()) * (1.0 + float(x.abs().max()) + float(x0.abs().max())) + float(g.abs().max())
+    assert _group_model_kkt(H, g, x0, x, groups, weights) <= 1e-8 * scale
+
+
+def test_pulled_groups_join_the_group_model_together(monkeypatch):
+    """From 0 with 30 groups pulled, the model's active set starts on the face its proximal-gradient steps
+    found: fewer rounds than the optimum has non-zero groups (joined one a round they would need that
+    many), the cvxpy optimum, and without the steps (JOINS_TOGETHER above the pulled count) the same
+    point in more rounds."""
+    cp = pytest.importorskip("cvxpy")
+    import symopt.proximal_newton as pn
+
+    gen = torch.Generator().manual_seed(11)
+    groups = torch.arange(30).repeat_interleave(3)
+    A = torch.randn(400, 90, generator=gen, dtype=torch.float64)
+    truth = torch.randn(90, generator=gen, dtype=torch.float64) * (groups < 12).double()
+    H = A.mT @ A / 400
+    g = -(A.mT @ (A @ truth + 0.5 * torch.randn(400, generator=gen, dtype=torch.float64))) / 400
+    weights = torch.full((30,), 0.05, dtype=torch.float64)
+    x0 = torch.zeros(90, dtype=torch.float64)
+    rounds = []
+    face_newton = pn._group_face_newton
+    monkeypatch.setattr(pn, "_group_face_newton", lambda *a, **k: rounds.append(1) or face_newton(*a, **k))
+
+    def solved():
+        rounds.clear()
+        return pn.solve_group_quadratic(H, g, x0, groups, weights, tol=1e-13), len(rounds)
+
+    x, together = solved()
+    alive = int((pn._group_sizes(x, groups, 30) > 0).sum())
+    assert 8 <= alive < 30 and together < alive
+    z = cp.Variable(90)
+    penalty = sum(0.05 * cp.norm(z[3 * j:3 * j + 3]) for j in range(30))
+    cp.Problem(cp.Minimize(g.numpy() @ z + 0.5 * cp.quad_form(z, cp.psd_wrap(H.numpy())) + penalty)).solve(
+        solver=cp.CLARABEL, tol_gap_abs=1e-12, tol_gap_rel=1e-12)
+    assert np.abs(x.numpy() - z.value).max() < 1e-6
+    monkeypatch.setattr(pn, "JOINS_TOGETHER", 31)
+    y, one_by_one = solved()
+    assert one_by_one > together  # (3 against 7 rounds when written)
+    assert torch.equal(x == 0, y == 0) and float((x - y).abs().max()) < 1e-9
+
+
 def test_the_group_model_solution_is_cvxpys():
     cp = pytest.importorskip("cvxpy")
     from symopt.proximal_newton import solve_group_quadratic

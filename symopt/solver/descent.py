@@ -11,6 +11,7 @@ import torch
 from .._clock import solver_clock
 from ..constraints import Constraint
 from ..optimality import snap_tol
+from ..proximal_newton import GROUP_FACE
 from .certifier import Certifier
 from .flat import flat_stepper
 from .options import Options
@@ -52,14 +53,17 @@ EARLY_ENTRIES = 64
 QUADRATIC_EARLY_ITERATIONS = 0
 PULLED_AT_ZERO = 0.75
 # A norm of groups (the group lasso, the multi-task Lasso) under least squares with enough rows is
-# checked before any descent too where it has at most FEW_GROUPS groups: its model's active set joins
-# one group a round, so from θ = 0 a few groups take a few rounds, where five L-BFGS iterations on the
-# factors cost more. Measured (benchmarks/RESULTS.md, fifteenth session; paired, 0.3 to 0.01 λ_max):
-# linnerud's multi-task Lasso (3 rows) 0.23–0.51×, diabetes in 5 groups 0.50–0.66×, wine in 4 groups
-# 0.57–0.82×; breast_cancer in 10 groups mixed (0.43–0.73× at 0.3 and 0.1 λ_max, 1.08–1.30× at 0.03
-# and 0.01), hence 8; with 16 groups and more (digits in 16 groups of 4, a 500×200 design in 40 groups,
-# digits' multi-task Lasso on 64 rows) 0.9–1.9× in a first trial, slower on most rows.
-FEW_GROUPS = 8
+# checked before any descent too where the groups ∇loss(0) pulls off zero fit in one group model
+# (`proximal_newton.GROUP_FACE` entries): the model's proximal-gradient steps take them in together
+# (`proximal_newton.JOINS_TOGETHER`), where five L-BFGS iterations on the factors cost more and leave
+# a point whose groups leave the model's face one at a time. This was "at most 8 groups" while the
+# model joined one group a round (fifteenth session: linnerud's multi-task Lasso 0.23–0.51×, diabetes
+# in 5 groups 0.50–0.66×; 10 groups and more mixed or slower). Measured with the joins together
+# (benchmarks/RESULTS.md, twentieth session; paired, 0.3 to 0.01 λ_max): breast_cancer in 10 groups
+# 0.43–0.74×, digits in 16 groups 0.60–0.94×, make_regression 200×60 and 500×200 in 20 and 40
+# groups 0.36–0.70×, digits' multi-task Lasso 0.47–0.63×; a generated 2000×2000 in 400 groups, whose
+# pulled groups do not fit, keeps the descent (unchanged).
+GROUPS_FROM_ZERO = GROUP_FACE
 
 
 class Descent:
@@ -230,7 +234,8 @@ class Descent:
         then drops atoms one active-set step at a time, which costs more than it saves. Under an ℓ1
         norm of entries none (0) where the polish's model from θ = 0 cannot be singular by shape
         (see ``QUADRATIC_EARLY_ITERATIONS`` and ``PULLED_AT_ZERO``), and under a norm of groups with
-        least squares where they are at most ``FEW_GROUPS``."""
+        least squares where the entries of the groups ∇loss(0) pulls off zero are at most
+        ``GROUPS_FROM_ZERO``."""
         if not self.options.polish or self.options.inner <= EARLY_ITERATIONS:
             return None
         if getattr(self.loss, "curvature", None) is None:
@@ -250,13 +255,18 @@ class Descent:
             if (quadratic and atoms <= EARLY_ENTRIES) or (determined and (
                     quadratic or atoms <= EARLY_ENTRIES or self._pulled_at_zero() <= PULLED_AT_ZERO * atoms)):
                 return QUADRATIC_EARLY_ITERATIONS
-        elif ids is not None and atoms <= FEW_GROUPS and quadratic and determined:
-            # A norm of groups with a quadratic loss on a few groups: the group model's active set
-            # joins one group a round, so from θ = 0 it takes at most that many rounds (see FEW_GROUPS)
+        elif ids is not None and quadratic and determined and self._pulled_entries_at_zero(ids) <= GROUPS_FROM_ZERO:
+            # A norm of groups with a quadratic loss: from θ = 0 its group model takes every pulled
+            # group in together, where they fit in one model (see GROUPS_FROM_ZERO)
             return QUADRATIC_EARLY_ITERATIONS
         if atoms > EARLY_ENTRIES:
             return None
         return EARLY_ITERATIONS
+
+    def _pulled_entries_at_zero(self, ids: torch.Tensor) -> int:
+        """How many entries the atoms ∇loss(0) pulls off zero hold (``ids``: each entry's atom)."""
+        pulled = self.constraint.dual_atoms(self.grad0).reshape(-1) > float(self.constraint.strength)
+        return int(pulled[ids.to(pulled.device)].sum())
 
     def _pulled_at_zero(self) -> int:
         """How many atoms ∇loss(0) pulls off zero (their dual atoms above λ)."""
