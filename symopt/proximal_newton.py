@@ -55,9 +55,9 @@ GROUP_FACE = 1024
 # non-zero groups holds for PREFIX_CHECK steps: they join and leave every group together, and the
 # active set then starts on (nearly) the right face. Measured on the group lasso on real columns
 # (breast_cancer, digits, diabetes, wine) and make_regression designs, 0.3 to 0.01 λ_max, with the
-# check from θ = 0 below (benchmarks/RESULTS.md, twentieth session): 0.36–1.05× the time, the same
-# optima; with fewer pulled groups (linnerud's multi-task Lasso: 2 of 3) the steps cost more than
-# the rounds they save (2.2 → 4.4 ms), hence the threshold.
+# check from θ = 0 in `symopt.solver.descent` (benchmarks/RESULTS.md, twentieth session): 0.33–1.11×
+# the time, the same optima; with fewer pulled groups (linnerud's multi-task Lasso: 2 of 3) the
+# steps cost more than the rounds they save (2.2 → 4.4 ms in a trial without the threshold).
 JOINS_TOGETHER = 4
 PREFIX_STEPS = 60
 PREFIX_CHECK = 4

@@ -60,9 +60,9 @@ PULLED_AT_ZERO = 0.75
 # model joined one group a round (fifteenth session: linnerud's multi-task Lasso 0.23–0.51×, diabetes
 # in 5 groups 0.50–0.66×; 10 groups and more mixed or slower). Measured with the joins together
 # (benchmarks/RESULTS.md, twentieth session; paired, 0.3 to 0.01 λ_max): breast_cancer in 10 groups
-# 0.43–0.74×, digits in 16 groups 0.60–0.94×, make_regression 200×60 and 500×200 in 20 and 40
-# groups 0.36–0.70×, digits' multi-task Lasso 0.47–0.63×; a generated 2000×2000 in 400 groups, whose
-# pulled groups do not fit, keeps the descent (unchanged).
+# 0.41–0.78×, digits in 16 groups 0.59–0.92×, make_regression 200×60 and 500×200 in 20 and 40
+# groups 0.33–0.76×, digits' multi-task Lasso 0.44–0.60×, linnerud's 0.97–1.13×; a generated
+# 2000×2000 in 400 groups, whose pulled groups do not fit, keeps the descent (1.00×).
 GROUPS_FROM_ZERO = GROUP_FACE
 
 
