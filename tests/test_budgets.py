@@ -305,6 +305,28 @@ def test_tracked_readings_follow_a_drifting_matrix_from_the_seeded_start():
     assert torch.allclose(restarted, leading_singular_values(A, 6, seed=7), rtol=1e-12, atol=0)
 
 
+def test_a_wide_rank_budgets_reading_computes_values_only(monkeypatch):
+    """Early in a ramp a rank budget on factors of width 4k asks for more singular values than the
+    tracked range serves (here 65 of a 256 × 256 θ): `LowRank.singular_values` then takes them from
+    `torch.linalg.svdvals`, not from a full SVD with its vectors (twice the time), for θ and for its
+    proximal score alike; the values are the exact ones."""
+    from symopt.constraints import LowRank
+
+    g = torch.Generator().manual_seed(0)
+    constraint = LowRank(max_rank=64)
+    theta = torch.randn(256, 64, generator=g) @ torch.randn(64, 256, generator=g)
+    score = torch.randn(256, 256, generator=g)
+    exact = [torch.linalg.svdvals(m)[:64] for m in (theta, score)]  # (the atoms of a width-64 kind: 64 at most)
+
+    def refused(*args, **kwargs):
+        raise AssertionError("a full SVD for singular values alone")
+
+    monkeypatch.setattr(torch.linalg, "svd", refused)
+    for matrix, reading, values in zip((theta, score), ("point", "score"), exact):
+        top = constraint.top_dual_atoms(matrix, 65, reading)
+        assert torch.allclose(top.sort(descending=True).values[:64], values, rtol=1e-5, atol=1e-4)
+
+
 def test_a_rank_budget_tracks_theta_and_its_proximal_score_apart():
     """A rank budget reads two matrices each time, θ and its proximal score θ/t − ∇ℓ, whose leading
     singular vectors differ: `LowRank.top_dual_atoms` keeps a tracked range for each reading. Read
