@@ -32,7 +32,9 @@ def sparse(module: nn.Module, name: str | Sequence[str], strength: float | None 
             [`Pooled`][symopt.constraints.pooled.Pooled]).
         strength: λ (> 0), default 1e-3; with a budget, the starting λ.
         **kwargs: ``max_nonzero=k`` or ``density=f`` (a budget: λ adapts until ``k`` entries are
-            non-zero), ``adapt_rate``, ``seed``.
+            non-zero), ``total_steps`` and ``ramp`` (the budget lands on a schedule), ``land_on_the_way``
+            (False: no entry lands before the end of the ramp; see [`Constraint`][symopt.Constraint]),
+            ``adapt_rate``, ``seed``.
 
     Returns:
         Handle: the registered constraint. ``module.<name>`` keeps its value; its parameter is
@@ -66,7 +68,8 @@ def nonnegative(module: nn.Module, name: str | Sequence[str], strength: float | 
         name: the parameter's (dotted) name; a list of names shares one budget (as for
             [`sparse`][symopt.sparse]).
         strength: λ (> 0), default 1e-3; with a budget, the starting λ.
-        **kwargs: ``max_nonzero=k`` or ``density=f`` (a budget), ``adapt_rate``, ``seed``.
+        **kwargs: ``max_nonzero=k`` or ``density=f`` (a budget), ``total_steps``, ``ramp``,
+            ``land_on_the_way``, ``adapt_rate``, ``seed``.
 
     Returns:
         Handle: the registered constraint; build the optimizer afterwards.
@@ -111,7 +114,7 @@ def group_sparse(module: nn.Module, name: str | Sequence[str], dim: int | None =
         strength: λ (> 0), default 1e-3; with a budget, the starting λ.
         **kwargs: ``groups=`` (index lists instead of ``dim``; one tensor only), ``max_groups=g``
             (a budget; over several tensors it counts units across them), ``total_steps``, ``ramp``,
-            ``adapt_rate``, ``seed``.
+            ``land_on_the_way`` (False: no group lands before the end of the ramp), ``adapt_rate``, ``seed``.
 
     Returns:
         Handle: the registered constraint. ``module.<name>`` keeps its value; its parameter is
@@ -138,10 +141,10 @@ def group_sparse(module: nn.Module, name: str | Sequence[str], dim: int | None =
         (12, [8, 16])
     """
     if not isinstance(name, str) and isinstance(name, Sequence):
-        extra = sorted(set(kwargs) - {"seed", "max_groups", "adapt_rate", "total_steps", "ramp"})
+        extra = sorted(set(kwargs) - {"seed", "max_groups", "adapt_rate", "total_steps", "ramp", "land_on_the_way"})
         if extra:
             raise ValueError(f"group_sparse over several tensors takes dim, strength, seed, max_groups, adapt_rate, "
-                             f"total_steps and ramp; not {extra} (index groups act on one tensor)")
+                             f"total_steps, ramp and land_on_the_way; not {extra} (index groups act on one tensor)")
         names, sets = _layer_sets(name)
         return constrain(module, names, UnitGroups(0 if dim is None else dim, strength, sets=sets, **kwargs))
     return constrain(module, name, GroupSparse(dim, strength, **kwargs))
@@ -180,7 +183,9 @@ def low_rank(module: nn.Module, name: str | Sequence[str], strength: float | Non
             narrow (see [`LowRank`][symopt.LowRank]: as accurate, and cheaper to train), for each matrix
             of a list of names too (k the total).
         **kwargs: ``target_rank=r`` (a budget), ``layout="batch"`` (one factorisation per leading
-            index), ``adapt_rate``, ``seed``.
+            index), ``total_steps`` and ``ramp`` (the budget lands on a
+            schedule: at its end, never on the way, so ``land_on_the_way`` may only be False), ``adapt_rate``,
+            ``seed``.
 
     Returns:
         Handle: the registered constraint. ``module.<name>`` keeps its value; its parameter is
@@ -204,18 +209,20 @@ def low_rank(module: nn.Module, name: str | Sequence[str], strength: float | Non
 
 
 def _pooled_ranks(strength, max_rank, *, target_rank=None, adapt_rate: float = RATE, seed: int = 0,
-                  total_steps: int | None = None, ramp: tuple[float, float] = (0.1, 0.75), **other) -> Pooled:
+                  total_steps: int | None = None, ramp: tuple[float, float] = (0.1, 0.75),
+                  land_on_the_way: bool | None = None, **other) -> Pooled:
     """One rank budget over the matrices of a list of names (``symopt.constraints.pooled``)."""
     if other:
         raise ValueError(f"low_rank over several tensors takes strength, max_rank, target_rank, adapt_rate, seed, "
-                         f"total_steps and ramp; not {sorted(other)} (layout='batch' sets one rank per matrix)")
+                         f"total_steps, ramp and land_on_the_way; not {sorted(other)} (layout='batch' sets one rank "
+                         "per matrix)")
     if target_rank is None:
         raise ValueError("low_rank: a list of names shares one rank budget — give target_rank= (the total rank); "
                          "for one λ on several matrices call symopt.low_rank on each name")
     check_budget(target_rank, "target_rank", "low_rank over several tensors")
     LowRank(1.0, max_rank, seed=seed)  # max_rank and seed checked now (target_rank may exceed one matrix's)
     return Pooled(functools.partial(LowRank, 1.0, max_rank, seed=seed), ("count", target_rank), strength=strength,
-                  adapt_rate=adapt_rate, total_steps=total_steps, ramp=ramp)
+                  adapt_rate=adapt_rate, total_steps=total_steps, ramp=ramp, land_on_the_way=land_on_the_way)
 
 
 def subspace(module: nn.Module, name: str, A, strength: float | str = "auto", *,
@@ -333,7 +340,7 @@ HEAD_COUNT_NAMES = ("num_heads", "n_heads", "num_attention_heads", "n_head")
 def attention_heads(model: nn.Module, name: str | Sequence[str] = "", strength: float | None = None, *, seed: int = 0,
                     projections: Sequence[str] | None = None, heads: int | None = None,
                     max_heads: int | None = None, total_steps: int | None = None,
-                    ramp: tuple[float, float] = (0.1, 0.75)) -> Handle:
+                    ramp: tuple[float, float] = (0.1, 0.75), land_on_the_way: bool | None = None) -> Handle:
     r"""Group sparsity over attention heads: one gate per head, shared by its query, key and value
     rows (weights and biases) and its columns of the output projection.
 
@@ -355,6 +362,8 @@ def attention_heads(model: nn.Module, name: str | Sequence[str] = "", strength: 
             [`UnitGroups`][symopt.constraints.unit_groups.UnitGroups]) and export removes the others.
         total_steps: the optimizer steps until training ends (the budget's schedule and landing).
         ramp: the schedule's ``(start, end)`` as fractions of ``total_steps``.
+        land_on_the_way: False keeps every head until the end of the ramp (default: heads ranked beyond
+            1.5 × the scheduled count land at each reading; see [`Constraint`][symopt.Constraint]).
         projections: for a hand-written block, the names of its q, k, v and output Linear layers
             (default: the first of ``q_proj/k_proj/v_proj/out_proj``, ``…/o_proj``, ``q/k/v/o``,
             ``query/key/value/out`` that it has).
@@ -391,7 +400,7 @@ def attention_heads(model: nn.Module, name: str | Sequence[str] = "", strength: 
     maps = [m for block in blocks for m in block[2]]
     sets = [j for j, block in enumerate(blocks) for _ in block[0]] if len(blocks) > 1 else None
     group = UnitGroups(dims, strength, seed=seed, unit_maps=maps, structure_name="heads", max_groups=max_heads,
-                       total_steps=total_steps, ramp=ramp, sets=sets)
+                       total_steps=total_steps, ramp=ramp, sets=sets, land_on_the_way=land_on_the_way)
     # what export needs to rewrite a hand-written block (the constraint carries it: export asks, never
     # guesses); None for an nn.MultiheadAttention, which export rewrites from its own attributes
     group.attention_blocks = [block[3] for block in blocks]
@@ -504,7 +513,8 @@ def _entries(kind, verb: str, module: nn.Module, name, strength, kwargs: dict) -
 
 
 def _pooled(kind, verb: str, strength, *, max_nonzero=None, density=None, adapt_rate: float = RATE,
-            seed: int = 0, total_steps: int | None = None, ramp: tuple[float, float] = (0.1, 0.75)) -> Pooled:
+            seed: int = 0, total_steps: int | None = None, ramp: tuple[float, float] = (0.1, 0.75),
+            land_on_the_way: bool | None = None) -> Pooled:
     """One budget over the tensors of a list of names (``symopt.constraints.pooled``)."""
     budget = entry_budget(max_nonzero, density, kind.__name__)
     if budget is None:
@@ -512,4 +522,4 @@ def _pooled(kind, verb: str, strength, *, max_nonzero=None, density=None, adapt_
                          f"on several tensors call symopt.{verb} on each name")
     kind(1.0, seed=seed)  # the seed checked now
     return Pooled(functools.partial(kind, 1.0, seed=seed), budget, strength=strength, adapt_rate=adapt_rate,
-                  total_steps=total_steps, ramp=ramp)
+                  total_steps=total_steps, ramp=ramp, land_on_the_way=land_on_the_way)

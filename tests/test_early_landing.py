@@ -120,6 +120,73 @@ def test_rank_budgets_do_not_land_on_the_way():
     assert ranks[end - 2] == 6 and all(r == 2 for r in ranks[end:])
 
 
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_land_on_the_way_false_keeps_every_atom_until_the_ramps_end(kind):
+    """``land_on_the_way=False`` at registration: the same trained layer keeps every atom alive through the
+    ramp (the decay alone cannot move its factors to 0 there), and the landing at its end still meets
+    the budget exactly."""
+    model, X, Y = _trained_layer()
+    if kind == "nonnegative":
+        with torch.no_grad():
+            model.weight.abs_()
+    verb = {"sparse": symopt.sparse, "nonnegative": symopt.nonnegative}.get(kind)
+    if verb is None:
+        handle = symopt.group_sparse(model, "weight", dim=1, max_groups=2, total_steps=STEPS, ramp=RAMP,
+                                     land_on_the_way=False)
+    else:
+        handle = verb(model, "weight", max_nonzero=9, total_steps=STEPS, ramp=RAMP, land_on_the_way=False)
+    _, alive, atoms, budget = KINDS[kind]
+    assert not handle.constraint.policy.lands_early
+    counts = _trace(model, lambda: _loss(model, X, Y), lambda: alive(model.weight.detach()))
+    end = handle.constraint.policy.ramp[1]
+    assert counts[end - 2] == atoms and all(c == budget for c in counts[end:])
+    assert symopt.finalize(model).ok
+
+
+def test_land_on_the_way_reaches_pools_unit_groups_and_heads():
+    """The keyword goes through a pooled budget, a channel budget over several tensors and a head budget;
+    each policy says so, and the default stays on."""
+    def two_layers():
+        return nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4))
+
+    for choice in (False, None):
+        extra = {} if choice is None else {"land_on_the_way": choice}
+        pooled = symopt.sparse(two_layers(), ["0.weight", "2.weight"], density=0.2, total_steps=50, **extra)
+        units = symopt.group_sparse(two_layers(), [["0.weight", "0.bias"], ["2.weight"]], dim=0, max_groups=6,
+                                    total_steps=50, **extra)
+        heads = symopt.attention_heads(nn.MultiheadAttention(16, 4), max_heads=2, total_steps=50, **extra)
+        for handle in (pooled, units, heads):
+            assert handle.constraint.policy.lands_early is (choice is None)
+
+
+@pytest.mark.parametrize("register, error, match", [
+    (lambda m: symopt.sparse(m, "weight", max_nonzero=9, total_steps=STEPS, land_on_the_way="no"), TypeError,
+     "land_on_the_way must be True, False or None"),
+    (lambda m: symopt.sparse(m, "weight", max_nonzero=9, land_on_the_way=False), ValueError, "give total_steps="),
+    (lambda m: symopt.sparse(m, "weight", strength=1e-3, land_on_the_way=False), ValueError, "give total_steps="),
+    (lambda m: symopt.low_rank(m, "weight", target_rank=2, total_steps=STEPS, land_on_the_way=True), ValueError,
+     "at the end of the ramp only"),
+    (lambda m: symopt.low_rank(m, ["weight"], target_rank=2, total_steps=STEPS, land_on_the_way=True), ValueError,
+     "at the end of the ramp only"),
+    (lambda m: symopt.group_sparse(m, ["weight", "bias"], max_groups=2, land_on_the_way=False), ValueError,
+     "give total_steps="),
+])
+def test_a_bad_land_on_the_way_is_refused_before_anything_changes(register, error, match):
+    model = nn.Linear(12, 6).double()
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    with pytest.raises(error, match=match):
+        register(model)
+    assert not symopt.list_constraints(model)
+    assert all(torch.equal(p, before[name]) for name, p in model.named_parameters())
+
+
+def test_rank_budgets_accept_land_on_the_way_false():
+    """False is what a rank budget does anyway: accepted, and it changes nothing."""
+    model, _, _ = _trained_layer()
+    handle = symopt.low_rank(model, "weight", target_rank=2, total_steps=STEPS, land_on_the_way=False, max_rank=None)
+    assert not handle.constraint.policy.lands_early
+
+
 def test_a_pooled_budget_lands_on_the_way_over_all_its_tensors():
     """One budget over two trained layers: the pool's readings land its smallest entries over both
     (the count taken over all), and the landing leaves exactly the budget."""

@@ -55,9 +55,7 @@ def SPARSE_300(model):
     the way (`BudgetStrength.lands_early`) is off: on `_dense_data` one planted entry is still 0.03–0.08
     at the first readings that land (steps 85–92), among the smallest, and landing on the way cuts it
     there (as gradual magnitude pruning would); these tests measure what the trimmed decay does alone."""
-    handle = symopt.sparse(model, "weight", max_nonzero=12, total_steps=300)
-    handle.constraint.policy.lands_early = False
-    return handle
+    return symopt.sparse(model, "weight", max_nonzero=12, total_steps=300, land_on_the_way=False)
 
 
 def _step(model, opt, scaler, X, Y):

@@ -131,7 +131,7 @@ def test_state_dict_round_trip_into_a_fresh_registration():
     (["0.weight", "3.weight"], {}, ValueError, r"same number of units along dim=0 \('0.weight': 6, '3.weight': 3\)"),
     (["0.weight"], {}, ValueError, "needs at least two names"),
     (NAMES, dict(strength="auto"), ValueError, "give a number for strength"),
-    (NAMES, dict(groups=2), ValueError, r"total_steps and ramp; not \['groups'\]"),
+    (NAMES, dict(groups=2), ValueError, r"total_steps, ramp and land_on_the_way; not \['groups'\]"),
     (NAMES, dict(dim=2), ValueError, "dim=2 is out of range for '0.bias'"),
     (NAMES, dict(dim=1.0), TypeError, "dim must be an int"),
 ])

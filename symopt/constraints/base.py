@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.nn.modules.module import _addindent
 
 from .auto import watch_gradient
-from .budget import RATE, check_total_steps
+from .budget import RATE, check_land_on_the_way, check_total_steps
 from .strength import Auto, BudgetStrength, Fixed, Landing, Strength, strength_policy
 
 # Fallback scale for the non-zero factor of an all-zero tensor: with u = 1, v = 0 the factored
@@ -232,6 +232,11 @@ class Constraint(nn.Module):
             ``ramp[1]·total_steps``, where the dropped atoms are put on their mirror's fixed subspace
             and held there (exactly 0 whatever the optimizer); see ``BudgetStrength``.
         ramp: ``(start, end)`` of that schedule as fractions of ``total_steps`` (default (0.1, 0.75)).
+        land_on_the_way: whether the ramp also lands, at each reading, the atoms ranked beyond 1.5 × the
+            scheduled count (`BudgetStrength.lands_early`). None: the kind's default, True where its
+            atoms own their factors' entries (sparsity, groups, channels, heads), False for rank
+            budgets. False keeps every atom until the end of the ramp: an atom still forming from a
+            small start is then not cut on the way.
 
     Examples:
         >>> import torch, symopt
@@ -285,10 +290,12 @@ class Constraint(nn.Module):
 
     def __init__(self, strength: float | str | Strength | None, *, seed: int = 0, margin: float = 1.5,
                  budget: tuple[str, float] | None = None, adapt_rate: float = RATE, total_steps: int | None = None,
-                 ramp: tuple[float, float] = (0.1, 0.75)) -> None:
+                 ramp: tuple[float, float] = (0.1, 0.75), land_on_the_way: bool | None = None) -> None:
         super().__init__()
         owner = type(self).__name__
         schedule = check_total_steps(total_steps, ramp, owner)
+        on_the_way = check_land_on_the_way(land_on_the_way, schedule if budget is not None else None,
+                                           self.trims_decay, owner)
         lands_set = schedule is not None and budget is None and self.linear
         if schedule is not None:
             if budget is None and not self.linear:
@@ -305,7 +312,8 @@ class Constraint(nn.Module):
             self.policy = Landing(self.policy, schedule)
         elif schedule is not None:
             # kinds whose atoms own their factors' entries trim the decay and land atoms on the way
-            self.policy.trims = self.policy.lands_early = self.trims_decay
+            self.policy.trims = self.trims_decay
+            self.policy.lands_early = on_the_way
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
             raise TypeError(f"{owner}: seed must be an int, got {type(seed).__name__}")
         self.factorizer = Factorizer(int(seed))

@@ -96,6 +96,24 @@ def check_total_steps(total_steps: object, ramp: object, owner: str) -> tuple[in
     return int(total_steps), float(ramp[0]), float(ramp[1])
 
 
+def check_land_on_the_way(value: object, schedule: tuple[int, float, float] | None, can: bool, owner: str) -> bool:
+    """Whether a budget's ramp lands atoms on the way (`BudgetStrength.lands_early`): ``value`` checked, or,
+    for None, ``can`` (the kind's default: its atoms own their factors' entries). ``schedule`` is the
+    budget's (None: no budget with ``total_steps``, where the keyword has nothing to say)."""
+    if value is None:
+        return can
+    if not isinstance(value, bool):
+        raise TypeError(f"{owner}: land_on_the_way must be True, False or None (the kind's default), "
+                        f"got {type(value).__name__}")
+    if schedule is None:
+        raise ValueError(f"{owner}: land_on_the_way says how a budget's ramp lands; give total_steps= and a budget "
+                         "(max_nonzero=, density=, max_groups=), or drop it")
+    if value and not can:
+        raise ValueError(f"{owner}: this kind lands its budget at the end of the ramp only (a rank budget's atoms, "
+                         "singular directions, mix every entry of its factors); drop land_on_the_way")
+    return value
+
+
 def scheduled_count(step: int, atoms: int, k: int, start: int, end: int) -> int:
     r"""The atoms kept at ``step`` on the way from all ``atoms`` to the budget ``k``: the cubic schedule
     of gradual magnitude pruning (Zhu & Gupta, 2017), $k + (\mathrm{atoms} - k)(1 - τ)^3$ with τ the fraction of

@@ -87,11 +87,12 @@ class GroupSparse(Constraint):
     def __init__(self, dim: int | None = None, strength: float | None = None, *,
                  groups: int | Sequence[Sequence[int]] | None = None, max_groups: int | None = None,
                  adapt_rate: float = RATE, seed: int = 0, total_steps: int | None = None,
-                 ramp: tuple[float, float] = (0.1, 0.75), weights: Sequence[float] | Tensor | None = None) -> None:
+                 ramp: tuple[float, float] = (0.1, 0.75), weights: Sequence[float] | Tensor | None = None,
+                 land_on_the_way: bool | None = None) -> None:
         k = check_budget(max_groups, "max_groups", "GroupSparse")
         weights = _checked_weights(weights)
         super().__init__(strength, seed=seed, budget=None if k is None else ("count", k), adapt_rate=adapt_rate,
-                         total_steps=total_steps, ramp=ramp)
+                         total_steps=total_steps, ramp=ramp, land_on_the_way=land_on_the_way)
         if groups is not None and dim is not None:
             raise ValueError("GroupSparse: pass either dim (slices along an axis) or groups (index sets), not both")
         if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int)):

@@ -94,7 +94,7 @@ class LowRank(Constraint):
     def __init__(
         self, strength: float | None = None, max_rank: int | str | None = "auto", *, layout: str = "flatten",
         target_rank: int | None = None, adapt_rate: float = RATE, seed: int = 0, total_steps: int | None = None,
-        ramp: tuple[float, float] = (0.1, 0.75),
+        ramp: tuple[float, float] = (0.1, 0.75), land_on_the_way: bool | None = None,
     ) -> None:
         r = check_budget(target_rank, "target_rank", "LowRank")
         if r is not None and layout == "batch":
@@ -104,7 +104,7 @@ class LowRank(Constraint):
             raise ValueError(f"LowRank: target_rank={r} exceeds max_rank={max_rank} (the factor width); "
                              f"raise max_rank or lower target_rank")
         super().__init__(strength, seed=seed, budget=None if r is None else ("count", r), adapt_rate=adapt_rate,
-                         total_steps=total_steps, ramp=ramp)
+                         total_steps=total_steps, ramp=ramp, land_on_the_way=land_on_the_way)
         if isinstance(max_rank, str) and max_rank != "auto":
             raise ValueError(f"LowRank: max_rank must be an int, None (full width) or 'auto', got {max_rank!r}")
         # "auto": the width a rank budget trains best and cheapest with, chosen from the shape in `validate`

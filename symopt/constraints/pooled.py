@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import Constraint, Factorizer, GroupMember, acts_on_factors, held, largest_in_parts, moved_since_held
-from .budget import RATE, check_total_steps
+from .budget import RATE, check_land_on_the_way, check_total_steps
 from .strength import BudgetStrength, Strength
 
 
@@ -133,10 +133,11 @@ class Pooled(Constraint, register=False):
 
     def __init__(self, make: Callable[[], Constraint], budget: tuple[str, float], *, strength: float | None = None,
                  adapt_rate: float = RATE, total_steps: int | None = None,
-                 ramp: tuple[float, float] = (0.1, 0.75)) -> None:
+                 ramp: tuple[float, float] = (0.1, 0.75), land_on_the_way: bool | None = None) -> None:
         probe = make()
         owner = f"{type(probe).__name__} (pooled)"
         schedule = check_total_steps(total_steps, ramp, owner)
+        on_the_way = check_land_on_the_way(land_on_the_way, schedule, probe.trims_decay, owner)
         if schedule is not None and type(probe).land is Constraint.land:
             raise ValueError(f"{owner}: this kind cannot land a budget (no `land`); drop total_steps")
         super().__init__(PooledBudget(strength, adapt_rate, owner=owner, schedule=schedule), budget=budget)
@@ -151,7 +152,7 @@ class Pooled(Constraint, register=False):
         # a pool of matrices weights each matrix's decay by its scale during the ramp (`scales`): through
         # the same per-step mask as a trimmed decay
         self.policy.trims = probe.trims_decay or self.relative
-        self.policy.lands_early = probe.trims_decay  # (entries land on the way; singular directions do not)
+        self.policy.lands_early = on_the_way  # (entries land on the way by default; singular directions do not)
         self.make = make
         self.kind = probe.kind  # reports and certificates show the members' kind
         self.copies: list[nn.Module] = []

@@ -63,10 +63,11 @@ class Sparse(Constraint):
 
     def __init__(self, strength: float | None = None, *, max_nonzero: int | None = None,
                  density: float | None = None, adapt_rate: float = RATE, seed: int = 0,
-                 total_steps: int | None = None, ramp: tuple[float, float] = (0.1, 0.75)) -> None:
+                 total_steps: int | None = None, ramp: tuple[float, float] = (0.1, 0.75),
+                 land_on_the_way: bool | None = None) -> None:
         budget = entry_budget(max_nonzero, density, "Sparse")
         super().__init__(strength, seed=seed, budget=budget, adapt_rate=adapt_rate, total_steps=total_steps,
-                         ramp=ramp)
+                         ramp=ramp, land_on_the_way=land_on_the_way)
 
     def validate(self, tensor: Tensor, name: str) -> None:
         self.resolve_budget(tensor.numel(), name, "non-zeros")

@@ -459,7 +459,8 @@ class BudgetStrength(HostCopies, Strength):
     step behind the decay, and the atoms between the count and 1.5 times it are left to the trimmed
     decay and the gradient. What it costs: an atom still forming from a small start (a feature that
     grows late) is cut if it ranks that low, which the decay alone would let grow; a later ramp start
-    gives features time, and ``lands_early = False`` on the policy turns it off. Rank budgets do not
+    gives features time, and ``land_on_the_way=False`` at registration (``lands_early = False`` on the
+    policy) turns it off. Rank budgets do not
     land on the way (landing a singular direction rotates the factors by an SVD). Measured in
     `benchmarks.compression` (benchmarks/RESULTS.md).
 

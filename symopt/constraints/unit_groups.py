@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import Constraint, GroupMember, acts_on_factors, held, largest_in_parts, moved_since_held, random_gate
-from .budget import RATE, check_budget, check_total_steps
+from .budget import RATE, check_budget, check_land_on_the_way, check_total_steps
 from .pooled import PooledBudget
 
 
@@ -107,7 +107,8 @@ class UnitGroups(Constraint, register=False):
     def __init__(self, dim: int | Sequence[int] = 0, strength: float | None = None, *, seed: int = 0,
                  unit_maps: Sequence[Tensor | None] | None = None, structure_name: str = "units",
                  max_groups: int | None = None, adapt_rate: float = RATE, total_steps: int | None = None,
-                 ramp: tuple[float, float] = (0.1, 0.75), sets: Sequence[int] | None = None) -> None:
+                 ramp: tuple[float, float] = (0.1, 0.75), sets: Sequence[int] | None = None,
+                 land_on_the_way: bool | None = None) -> None:
         if isinstance(strength, str):
             raise ValueError("group_sparse over several tensors: give a number for strength (λ > 0); "
                              "'auto' is not available for groups that span tensors")
@@ -118,14 +119,15 @@ class UnitGroups(Constraint, register=False):
         schedule = check_total_steps(total_steps, ramp, "group_sparse over several tensors")
         if schedule is not None and k is None:
             raise ValueError("group_sparse over several tensors: total_steps schedules a budget; give max_groups=")
+        on_the_way = check_land_on_the_way(land_on_the_way, schedule, True, "group_sparse over several tensors")
         if k is None:
             super().__init__(1e-3 if strength is None else strength, seed=seed)
         else:
             super().__init__(UnitBudget(strength, adapt_rate, owner="UnitGroups", schedule=schedule), seed=seed,
                              budget=("count", k))
             # a unit's gate and its ω in every tensor (UnitGroupsMember.dropped_entries): the decay trims,
-            # and units land on the way by zeroing them
-            self.policy.trims = self.policy.lands_early = True
+            # and units land on the way by zeroing them (unless asked not to)
+            self.policy.trims, self.policy.lands_early = True, on_the_way
         self.dim = dims[0]
         self.dims = dims  # one per tensor, or one for all
         # per tensor: the unit of each index along its axis (None: index i is unit i). Attention heads
