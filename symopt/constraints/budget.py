@@ -107,7 +107,7 @@ def check_land_on_the_way(value: object, schedule: tuple[int, float, float] | No
                         f"got {type(value).__name__}")
     if schedule is None:
         raise ValueError(f"{owner}: land_on_the_way says how a budget's ramp lands; give total_steps= and a budget "
-                         "(max_nonzero=, density=, max_groups=), or drop it")
+                         "(max_nonzero=, density=, max_groups=, max_heads=), or drop it")
     if value and not can:
         raise ValueError(f"{owner}: this kind lands its budget at the end of the ramp only (a rank budget's atoms, "
                          "singular directions, mix every entry of its factors); drop land_on_the_way")
