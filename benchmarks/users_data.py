@@ -2,7 +2,7 @@
 
     python -m benchmarks.users_data [--repeats 3] [--quick] [--large-only] [--positive-only] [--groups-only]
                                     [--paths-only] [--reduced-rank-only] [--completion-only]
-                                    [--completion-sweep] [--logistic-sweep]
+                                    [--completion-sweep] [--logistic-sweep] [--group-sweep]
 
 Every row times a *whole call* as a user makes it (``symopt.solve`` / ``symopt.path`` /
 ``symopt.estimators.LassoCV`` against scikit-learn's ``Lasso`` / ``lasso_path`` / ``LassoCV`` and
@@ -21,8 +21,9 @@ Lasso on linnerud and on digits' one-hot labels against scikit-learn's ``MultiTa
 accelerated SoftImpute (``symopt.baselines.softimpute``) on generated matrices, digits and a sample
 image, and (``--completion-sweep``, not in the default run: a few minutes) on fifteen more generated
 ones of other shapes, ranks and observed fractions; logistic-L1 (``--logistic-sweep``, not in the default
-run) on wine, digits, raw breast_cancer and six generated designs against skglm; nuclear-norm (reduced-rank) regression of digits' one-hot labels on its raw and standardised
-pixels against cvxpy.
+run) on wine, digits, raw breast_cancer and six generated designs against skglm; the group lasso
+(``--group-sweep``, not in the default run) on seven data sets against skglm; nuclear-norm
+(reduced-rank) regression of digits' one-hot labels on its raw and standardised pixels against cvxpy.
 """
 
 from __future__ import annotations
@@ -152,6 +153,48 @@ def logistic_sweep(repeats: int) -> list[tuple]:
         cases.append((f"make_classification {n}×{d}", X, y == 1))
     return [_against_skglm_logistic(name, X, y.astype(float), fraction, repeats)
             for name, X, y in cases for fraction in (0.3, 0.1, 0.03, 0.01)]
+
+
+def group_sweep(repeats: int) -> list[tuple]:
+    """The group lasso (no intercept, the target centred) against skglm's ``GroupLasso`` (its default
+    tolerance) at 0.3, 0.1, 0.03 and 0.01 λ_max, on groups of consecutive columns: standardised
+    breast_cancer (10 of 3), standardised digits (16 of 4), raw diabetes (5 of 2), standardised wine's
+    first 12 columns (4 of 3), and scikit-learn's ``make_regression`` designs 200×60 (20 of 3), 500×200
+    (40 of 5) and 100×300 (100 of 3: more columns than rows). The sweep that measured the group
+    polish's joins together (benchmarks/RESULTS.md, twentieth session); a solver change to a group
+    norm must hold here. Needs skglm (an optional benchmark dependency)."""
+    if importlib.util.find_spec("skglm") is None:  # pragma: no cover
+        raise SystemExit("--group-sweep compares against skglm: pip install skglm")
+    from sklearn.datasets import load_breast_cancer, load_diabetes, load_digits, load_wine, make_regression
+    from skglm import GroupLasso
+
+    from symopt.problems import group_lasso
+
+    def standardised(X):
+        spread = X.std(0)
+        return (X - X.mean(0)) / np.where(spread > 0, spread, 1.0)
+
+    Xc, yc = load_breast_cancer(return_X_y=True)
+    Xd, yd = load_digits(return_X_y=True)
+    Xb, yb = load_diabetes(return_X_y=True)
+    Xw, yw = load_wine(return_X_y=True)
+    cases = [("breast_cancer std, 10 groups of 3", standardised(Xc), yc, 3),
+             ("digits std, 16 groups of 4", standardised(Xd), yd, 4),
+             ("diabetes raw, 5 groups of 2", Xb, yb, 2),
+             ("wine std (12 columns), 4 groups of 3", standardised(Xw)[:, :12], yw, 3)]
+    for seed, (n, d, size, informative) in enumerate([(200, 60, 3, 15), (500, 200, 5, 30), (100, 300, 3, 10)]):
+        X, y = make_regression(n, d, n_informative=informative, noise=5.0 if n > d else 1.0, random_state=seed)
+        cases.append((f"make_regression {n}×{d}, {d // size} groups of {size}", X, y, size))
+    rows = []
+    for name, X, y, size in cases:
+        target = y.astype(float) - y.mean()
+        problem = group_lasso(X, target, size, 1.0)
+        for fraction in (0.3, 0.1, 0.03, 0.01):
+            lam = fraction * problem.strength_max()
+            rows.append(_against(f"group lasso, {name}, {fraction:g} λmax", problem.at_strength(lam), "skglm GroupLasso",
+                                 lambda: GroupLasso(groups=size, alpha=lam, fit_intercept=False).fit(X, target),
+                                 repeats))
+    return rows
 
 
 def positive(repeats: int, quick: bool) -> list[tuple]:
@@ -391,6 +434,9 @@ def main(argv=None) -> None:
                         help="only completion of fifteen more generated matrices against SoftImpute")
     parser.add_argument("--logistic-sweep", action="store_true",
                         help="only logistic-L1 on eleven more data sets against skglm (wine, digits, generated)")
+    parser.add_argument("--group-sweep", action="store_true",
+                        help="only the group lasso on seven data sets against skglm (breast_cancer, digits, diabetes, "
+                             "wine, generated)")
     parser.add_argument("--reduced-rank-only", action="store_true",
                         help="only the nuclear-norm regression rows against cvxpy")
     args = parser.parse_args(argv)
@@ -410,6 +456,8 @@ def main(argv=None) -> None:
         rows = lambda: completion_sweep(repeats)  # noqa: E731
     elif args.logistic_sweep:
         rows = lambda: logistic_sweep(repeats)  # noqa: E731
+    elif args.group_sweep:
+        rows = lambda: group_sweep(repeats)  # noqa: E731
     elif args.completion_only:
         rows = lambda: completion(repeats, args.quick)  # noqa: E731
     elif args.groups_only:
