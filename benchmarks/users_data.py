@@ -22,7 +22,7 @@ accelerated SoftImpute (``symopt.baselines.softimpute``) on generated matrices, 
 image, and (``--completion-sweep``, not in the default run: a few minutes) on fifteen more generated
 ones of other shapes, ranks and observed fractions; logistic-L1 (``--logistic-sweep``, not in the default
 run) on wine, digits, raw breast_cancer and six generated designs against skglm; the group lasso
-(``--group-sweep``, not in the default run) on seven data sets against skglm; nuclear-norm
+(``--group-sweep``, not in the default run) on eight data sets against skglm; nuclear-norm
 (reduced-rank) regression of digits' one-hot labels on its raw and standardised pixels against cvxpy.
 """
 
@@ -160,7 +160,7 @@ def group_sweep(repeats: int) -> list[tuple]:
     tolerance) at 0.3, 0.1, 0.03 and 0.01 λ_max, on groups of consecutive columns: standardised
     breast_cancer (10 of 3), standardised digits (16 of 4), raw diabetes (5 of 2), standardised wine's
     first 12 columns (4 of 3), and scikit-learn's ``make_regression`` designs 200×60 (20 of 3), 500×200
-    (40 of 5) and 100×300 (100 of 3: more columns than rows). The sweep that measured the group
+    (40 of 5), 100×300 (100 of 3) and 100×1000 (200 of 5: more columns than rows). The sweep that measured the group
     polish's joins together (benchmarks/RESULTS.md, twentieth session); a solver change to a group
     norm must hold here. Needs skglm (an optional benchmark dependency)."""
     if importlib.util.find_spec("skglm") is None:  # pragma: no cover
@@ -182,7 +182,8 @@ def group_sweep(repeats: int) -> list[tuple]:
              ("digits std, 16 groups of 4", standardised(Xd), yd, 4),
              ("diabetes raw, 5 groups of 2", Xb, yb, 2),
              ("wine std (12 columns), 4 groups of 3", standardised(Xw)[:, :12], yw, 3)]
-    for seed, (n, d, size, informative) in enumerate([(200, 60, 3, 15), (500, 200, 5, 30), (100, 300, 3, 10)]):
+    for seed, (n, d, size, informative) in enumerate([(200, 60, 3, 15), (500, 200, 5, 30), (100, 300, 3, 10),
+                                                      (100, 1000, 5, 20)]):
         X, y = make_regression(n, d, n_informative=informative, noise=5.0 if n > d else 1.0, random_state=seed)
         cases.append((f"make_regression {n}×{d}, {d // size} groups of {size}", X, y, size))
     rows = []
@@ -435,7 +436,7 @@ def main(argv=None) -> None:
     parser.add_argument("--logistic-sweep", action="store_true",
                         help="only logistic-L1 on eleven more data sets against skglm (wine, digits, generated)")
     parser.add_argument("--group-sweep", action="store_true",
-                        help="only the group lasso on seven data sets against skglm (breast_cancer, digits, diabetes, "
+                        help="only the group lasso on eight data sets against skglm (breast_cancer, digits, diabetes, "
                              "wine, generated)")
     parser.add_argument("--reduced-rank-only", action="store_true",
                         help="only the nuclear-norm regression rows against cvxpy")
