@@ -183,9 +183,8 @@ def low_rank(module: nn.Module, name: str | Sequence[str], strength: float | Non
             narrow (see [`LowRank`][symopt.LowRank]: as accurate, and cheaper to train), for each matrix
             of a list of names too (k the total).
         **kwargs: ``target_rank=r`` (a budget), ``layout="batch"`` (one factorisation per leading
-            index), ``total_steps`` and ``ramp`` (the budget lands on a
-            schedule: at its end, never on the way, so ``land_on_the_way`` may only be False), ``adapt_rate``,
-            ``seed``.
+            index), ``total_steps`` and ``ramp`` (the budget lands on a schedule: at its end, never on
+            the way, so ``land_on_the_way`` may only be False), ``adapt_rate``, ``seed``.
 
     Returns:
         Handle: the registered constraint. ``module.<name>`` keeps its value; its parameter is
