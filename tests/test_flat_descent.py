@@ -480,6 +480,7 @@ def test_a_group_norm_whose_pulled_groups_fit_one_model_is_checked_before_any_de
         assert counts[0] == 0 and quick.status == "optimal" and quick.iterations == 1, problem.name
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(BoundLoss, "determined", lambda self: False)
+            patch.setattr(descent, "PULLED_AT_ZERO", 0.0)  # (nor the wide designs' rule)
             counts, slow = _directions_per_outer_iteration(problem)
         assert counts[0] == descent.EARLY_ITERATIONS and slow.status == "optimal"
         assert abs(quick.objective - slow.objective) <= 1e-9 * abs(slow.objective)
@@ -488,6 +489,34 @@ def test_a_group_norm_whose_pulled_groups_fit_one_model_is_checked_before_any_de
     cancer = problems[2]
     counts, result = _directions_per_outer_iteration(cancer.at_strength(0.1 * cancer.strength_max()))
     assert counts[0] == descent.EARLY_ITERATIONS and result.status == "optimal"
+
+
+def test_a_wide_group_problem_is_checked_from_zero_only_where_few_groups_are_pulled():
+    """Least squares under a group norm with more columns than rows (100 × 300 in 100 groups): where
+    ∇loss(0) pulls at most PULLED_AT_ZERO of the groups off zero (0.5 λ_max) the first check comes before
+    any descent, at the optimum of the run with the descent; where it pulls nearly all (0.1 λ_max: the
+    model at θ = 0 would be singular on a face of most columns) the descent runs first."""
+    from sklearn.datasets import make_regression
+
+    import symopt.solver.descent as descent
+    from symopt.problems import group_lasso
+
+    X, y = make_regression(100, 300, n_informative=10, noise=1.0, random_state=10, effective_rank=50)
+    problem = group_lasso(X, y - y.mean(), 3, 1.0)
+    pull = np.sqrt(((X.T @ (y - y.mean())).reshape(-1, 3) ** 2).sum(1))
+    for fraction, first in ((0.5, 0), (0.1, 20)):
+        pulled = float((pull > fraction * pull.max()).mean())
+        assert (pulled <= descent.PULLED_AT_ZERO) == (first == 0)
+        at = problem.at_strength(fraction * problem.strength_max())
+        counts, result = _directions_per_outer_iteration(at)
+        assert counts[0] == first and result.status == "optimal"
+        if first == 0:
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr(descent, "PULLED_AT_ZERO", 0.0)  # (the rule off: the descent first)
+                counts, slow = _directions_per_outer_iteration(at)
+            assert counts[0] == 20 and slow.status == "optimal"
+            assert abs(result.objective - slow.objective) <= 1e-9 * abs(slow.objective)
+            assert torch.equal(result.x == 0, slow.x == 0)
 
 
 def test_determined_counts_rows_with_weight_and_the_intercept():

@@ -62,7 +62,12 @@ PULLED_AT_ZERO = 0.75
 # (benchmarks/RESULTS.md, twentieth session; paired, 0.3 to 0.01 λ_max): breast_cancer in 10 groups
 # 0.41–0.78×, digits in 16 groups 0.59–0.92×, make_regression 200×60 and 500×200 in 20 and 40
 # groups 0.33–0.76×, digits' multi-task Lasso 0.44–0.60×, linnerud's 0.97–1.13×; a generated
-# 2000×2000 in 400 groups, whose pulled groups do not fit, keeps the descent (1.00×).
+# 2000×2000 in 400 groups, whose pulled groups do not fit, keeps the descent (1.00×). With fewer rows
+# than columns the model at θ = 0 is singular on large faces (a 100×1000 design in 200 groups, all
+# pulled at 0.01 λ_max: 4.1 s from there against 0.2 s after the descent), so there only where at most
+# PULLED_AT_ZERO of the groups are pulled, the rule logistic-L1 has (eleven wide designs from 20×90
+# to 200×2000 at 0.5, 0.3 and 0.1 λ_max: 0.22–0.69× the time wherever it applied, 0.96–1.10×
+# elsewhere; benchmarks/RESULTS.md, twentieth session).
 GROUPS_FROM_ZERO = GROUP_FACE
 
 
@@ -235,7 +240,8 @@ class Descent:
         norm of entries none (0) where the polish's model from θ = 0 cannot be singular by shape
         (see ``QUADRATIC_EARLY_ITERATIONS`` and ``PULLED_AT_ZERO``), and under a norm of groups with
         least squares where the entries of the groups ∇loss(0) pulls off zero are at most
-        ``GROUPS_FROM_ZERO``."""
+        ``GROUPS_FROM_ZERO`` (with fewer rows than columns, and it pulls at most ``PULLED_AT_ZERO`` of
+        the groups)."""
         if not self.options.polish or self.options.inner <= EARLY_ITERATIONS:
             return None
         if getattr(self.loss, "curvature", None) is None:
@@ -255,22 +261,25 @@ class Descent:
             if (quadratic and atoms <= EARLY_ENTRIES) or (determined and (
                     quadratic or atoms <= EARLY_ENTRIES or self._pulled_at_zero() <= PULLED_AT_ZERO * atoms)):
                 return QUADRATIC_EARLY_ITERATIONS
-        elif ids is not None and quadratic and determined and self._pulled_entries_at_zero(ids) <= GROUPS_FROM_ZERO:
+        elif ids is not None and quadratic:
             # A norm of groups with a quadratic loss: from θ = 0 its group model takes every pulled
-            # group in together, where they fit in one model (see GROUPS_FROM_ZERO)
-            return QUADRATIC_EARLY_ITERATIONS
+            # group in together, where they fit in one model, and with fewer rows than columns where at
+            # most PULLED_AT_ZERO of the groups are pulled (see GROUPS_FROM_ZERO)
+            pulled = self._pulled_mask_at_zero()
+            if (determined or int(pulled.sum()) <= PULLED_AT_ZERO * atoms) and \
+                    int(pulled[ids.to(pulled.device)].sum()) <= GROUPS_FROM_ZERO:
+                return QUADRATIC_EARLY_ITERATIONS
         if atoms > EARLY_ENTRIES:
             return None
         return EARLY_ITERATIONS
 
-    def _pulled_entries_at_zero(self, ids: torch.Tensor) -> int:
-        """How many entries the atoms ∇loss(0) pulls off zero hold (``ids``: each entry's atom)."""
-        pulled = self.constraint.dual_atoms(self.grad0).reshape(-1) > float(self.constraint.strength)
-        return int(pulled[ids.to(pulled.device)].sum())
+    def _pulled_mask_at_zero(self) -> torch.Tensor:
+        """Which atoms ∇loss(0) pulls off zero (their dual atoms above λ), flat."""
+        return (self.constraint.dual_atoms(self.grad0) > float(self.constraint.strength)).reshape(-1)
 
     def _pulled_at_zero(self) -> int:
-        """How many atoms ∇loss(0) pulls off zero (their dual atoms above λ)."""
-        return int((self.constraint.dual_atoms(self.grad0) > float(self.constraint.strength)).sum())
+        """How many atoms ∇loss(0) pulls off zero."""
+        return int(self._pulled_mask_at_zero().sum())
 
     def run(self, budget: int, start: float) -> tuple[str, str]:
         """Up to ``budget`` outer iterations from the current factors (a fresh optimizer: λ may
