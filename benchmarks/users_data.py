@@ -124,6 +124,12 @@ def _against_skglm_logistic(name: str, X, y, fraction: float, repeats: int) -> t
                     coef=lambda model: model.coef_.reshape(-1))
 
 
+def _standardised(X):
+    """Columns centred and scaled to unit variance (a constant column only centred)."""
+    spread = X.std(0)
+    return (X - X.mean(0)) / np.where(spread > 0, spread, 1.0)
+
+
 def logistic_sweep(repeats: int) -> list[tuple]:
     """Logistic-L1 with an intercept against skglm's ``SparseLogisticRegression`` (its default
     tolerance) on data the rest of the suite does not use, at 0.3, 0.1, 0.03 and 0.01 λ_max: wine
@@ -136,15 +142,11 @@ def logistic_sweep(repeats: int) -> list[tuple]:
         raise SystemExit("--logistic-sweep compares against skglm: pip install skglm")
     from sklearn.datasets import load_breast_cancer, load_digits, load_wine, make_classification
 
-    def standardised(X):
-        spread = X.std(0)
-        return (X - X.mean(0)) / np.where(spread > 0, spread, 1.0)
-
     Xw, yw = load_wine(return_X_y=True)
     Xd, yd = load_digits(return_X_y=True)
     Xc, yc = load_breast_cancer(return_X_y=True)
-    cases = [("wine raw, class 0", Xw, yw == 0), ("wine std, class 1", standardised(Xw), yw == 1),
-             ("digits raw, odd", Xd, yd % 2 == 1), ("digits std, above 4", standardised(Xd), yd > 4),
+    cases = [("wine raw, class 0", Xw, yw == 0), ("wine std, class 1", _standardised(Xw), yw == 1),
+             ("digits raw, odd", Xd, yd % 2 == 1), ("digits std, above 4", _standardised(Xd), yd > 4),
              ("cancer raw", Xc, yc == 1)]
     for seed, (n, d, informative) in enumerate([(200, 50, 5), (1000, 100, 10), (500, 300, 20), (2000, 40, 8),
                                                 (2000, 500, 20), (20000, 100, 20)]):
@@ -160,8 +162,8 @@ def group_sweep(repeats: int) -> list[tuple]:
     tolerance) at 0.3, 0.1, 0.03 and 0.01 λ_max, on groups of consecutive columns: standardised
     breast_cancer (10 of 3), standardised digits (16 of 4), raw diabetes (5 of 2), standardised wine's
     first 12 columns (4 of 3), and scikit-learn's ``make_regression`` designs 200×60 (20 of 3), 500×200
-    (40 of 5), 100×300 (100 of 3) and 100×1000 (200 of 5: more columns than rows). The sweep that measured the group
-    polish's joins together (benchmarks/RESULTS.md, twentieth session); a solver change to a group
+    (40 of 5), 100×300 (100 of 3) and 100×1000 (200 of 5: more columns than rows). The sweep that
+    measured the group polish's joins together (benchmarks/RESULTS.md, twentieth session); a solver change to a group
     norm must hold here. Needs skglm (an optional benchmark dependency)."""
     if importlib.util.find_spec("skglm") is None:  # pragma: no cover
         raise SystemExit("--group-sweep compares against skglm: pip install skglm")
@@ -170,18 +172,14 @@ def group_sweep(repeats: int) -> list[tuple]:
 
     from symopt.problems import group_lasso
 
-    def standardised(X):
-        spread = X.std(0)
-        return (X - X.mean(0)) / np.where(spread > 0, spread, 1.0)
-
     Xc, yc = load_breast_cancer(return_X_y=True)
     Xd, yd = load_digits(return_X_y=True)
     Xb, yb = load_diabetes(return_X_y=True)
     Xw, yw = load_wine(return_X_y=True)
-    cases = [("breast_cancer std, 10 groups of 3", standardised(Xc), yc, 3),
-             ("digits std, 16 groups of 4", standardised(Xd), yd, 4),
+    cases = [("breast_cancer std, 10 groups of 3", _standardised(Xc), yc, 3),
+             ("digits std, 16 groups of 4", _standardised(Xd), yd, 4),
              ("diabetes raw, 5 groups of 2", Xb, yb, 2),
-             ("wine std (12 columns), 4 groups of 3", standardised(Xw)[:, :12], yw, 3)]
+             ("wine std (12 columns), 4 groups of 3", _standardised(Xw)[:, :12], yw, 3)]
     for seed, (n, d, size, informative) in enumerate([(200, 60, 3, 15), (500, 200, 5, 30), (100, 300, 3, 10),
                                                       (100, 1000, 5, 20)]):
         X, y = make_regression(n, d, n_informative=informative, noise=5.0 if n > d else 1.0, random_state=seed)
