@@ -625,6 +625,32 @@ def test_the_polish_from_zero_reaches_the_optimum_of_the_short_descent(rows_per_
     _same_optimum_from_zero_as_after_the_short_descent(problem.at_strength(fraction * problem.strength_max()))
 
 
+@given(groups=st.integers(4, 60), size=st.integers(1, 4), rows_per_column=st.floats(0.2, 0.95),
+       fraction=st.floats(0.05, 0.9), seed=st.integers(0, 2**16))
+@settings(max_examples=int(os.environ.get("SYMOPT_PROPERTY_EXAMPLES", 25)), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+def test_a_wide_group_polish_from_zero_reaches_the_optimum_of_the_short_descent(groups, size, rows_per_column,
+                                                                               fraction, seed):
+    """On random group lassos with fewer rows than columns where ∇loss(0) pulls at most PULLED_AT_ZERO of the
+    groups off zero (the rule that starts them at θ = 0), the group polish from there certifies the
+    optimum that the short first descent certifies."""
+    from hypothesis import assume
+
+    from symopt.solver.descent import PULLED_AT_ZERO
+
+    g = torch.Generator().manual_seed(seed)
+    columns = groups * size
+    n = max(2, int(rows_per_column * columns))
+    assume(n < columns)
+    X = torch.randn(n, columns, generator=g, dtype=torch.float64)
+    w = torch.randn(columns, generator=g, dtype=torch.float64) * (torch.rand(columns, generator=g) < 0.2).double()
+    y = X @ w + 0.3 * torch.randn(n, generator=g, dtype=torch.float64)
+    pull = (X.mT @ y).view(groups, size).norm(dim=1)
+    assume(float((pull > fraction * pull.max()).double().mean()) <= PULLED_AT_ZERO)
+    problem = group_lasso(X, y, size, 1.0)
+    _same_optimum_from_zero_as_after_the_short_descent(problem.at_strength(fraction * problem.strength_max()))
+
+
 @given(groups=st.integers(1, 24), size=st.integers(1, 4), extra_rows=st.integers(1, 60), intercept=st.booleans(),
        multitask=st.booleans(), fraction=st.floats(1e-3, 0.9), seed=st.integers(0, 2**16))
 @settings(max_examples=int(os.environ.get("SYMOPT_PROPERTY_EXAMPLES", 25)), deadline=None,
