@@ -521,7 +521,6 @@ def solve_group_quadratic(hessian: Tensor, grad: Tensor, start: Tensor, groups: 
         >>> [round(v, 6) for v in solve_group_quadratic(H, g, torch.zeros(3, dtype=torch.float64), groups, w, 1e-12).tolist()]
         [2.4, 3.2, 0.0]
     """
-    x = start.clone()
     count = weights.numel()
     same = groups[:, None] == groups[None, :]
     if row_block is None:
@@ -532,7 +531,7 @@ def solve_group_quadratic(hessian: Tensor, grad: Tensor, start: Tensor, groups: 
     # steps that follow a blocked Newton step needing 200-1000 rounds; a round of a few groups is cheap)
     limit = max(1000, 20 * count + 60) if max_rounds is None else max_rounds
     # (lipschitz: H's largest eigenvalue where the joins computed it; else None until a proximal step needs it)
-    x, lipschitz = _groups_join_together(hessian, grad, start, x, groups, weights, row_block)
+    x, lipschitz = _groups_join_together(hessian, grad, start, groups, weights, row_block)
     for _ in range(limit):
         norms = _group_sizes(x, groups, count)
         alive = norms > 0
@@ -587,23 +586,23 @@ def solve_group_quadratic(hessian: Tensor, grad: Tensor, start: Tensor, groups: 
     return x
 
 
-def _groups_join_together(hessian: Tensor, grad: Tensor, start: Tensor, x: Tensor, groups: Tensor, weights: Tensor,
+def _groups_join_together(hessian: Tensor, grad: Tensor, start: Tensor, groups: Tensor, weights: Tensor,
                           row_block: tuple[Tensor, int] | None) -> tuple[Tensor, float | None]:
-    r"""``(x', L)``: the group model's point after accelerated proximal-gradient steps from ``x`` (FISTA,
+    r"""``(x, L)``: the group model's point after accelerated proximal-gradient steps from its ``start`` (FISTA,
     Beck & Teboulle 2009: $x_{k+1} = \mathrm{prox}_{ψ/L}(y_k - ∇q(y_k)/L)$, each group shrunk by
     $\max(0, 1 - w_j / (L ‖·‖))$, and $y$ extrapolated with FISTA's momentum), where at least
-    ``JOINS_TOGETHER`` zero groups are pulled off zero at ``x`` ($‖∇_{G_j} q(x)‖ > w_j$); else ``x`` itself and
-    L None (not computed). The steps stop once the set of non-zero groups is the same over
-    ``PREFIX_CHECK`` steps (after at least two such spans), or after ``PREFIX_STEPS``; their last point
-    is kept only where the model is lower there than at ``x`` (FISTA is not monotone). L is H's
-    largest eigenvalue (`_largest_eigenvalue`), returned for the active set's own proximal steps."""
+    ``JOINS_TOGETHER`` zero groups are pulled off zero at the start ($‖g_{G_j}‖ > w_j$: the model's
+    gradient there is ``grad``); else a copy of the start and L None (not computed). The steps stop once
+    the set of non-zero groups is the same over ``PREFIX_CHECK`` steps (after at least two such spans),
+    or after ``PREFIX_STEPS``; their last point is kept only where the model is lower there than at the
+    start (FISTA is not monotone). L is H's largest eigenvalue (`_largest_eigenvalue`), returned for
+    the active set's own proximal steps. The point returned is a new tensor (the caller writes into it)."""
     count = weights.numel()
-    alive = _group_sizes(x, groups, count) > 0
-    pull = _group_sizes(grad + _product(hessian, x - start, row_block), groups, count)
-    if int(((~alive) & (pull > weights)).sum()) < JOINS_TOGETHER:
-        return x, None
+    alive = _group_sizes(start, groups, count) > 0
+    if int(((~alive) & (_group_sizes(grad, groups, count) > weights)).sum()) < JOINS_TOGETHER:
+        return start.clone(), None
     lipschitz = _largest_eigenvalue(hessian if row_block is None else row_block[0])
-    ahead, point, momentum = x.clone(), x, 1.0
+    ahead, point, momentum = start.clone(), start, 1.0
     for step in range(PREFIX_STEPS):
         moved = ahead - (grad + _product(hessian, ahead - start, row_block)) / lipschitz
         shrink = (1 - (weights / lipschitz) / _group_sizes(moved, groups, count).clamp_min(1e-300)).clamp_min_(0)
@@ -617,9 +616,9 @@ def _groups_join_together(hessian: Tensor, grad: Tensor, start: Tensor, x: Tenso
                 break
             alive = now
     if _group_model(hessian, grad, start, point, groups, weights, row_block) < \
-            _group_model(hessian, grad, start, x, groups, weights, row_block):
-        return point, lipschitz
-    return x, lipschitz
+            _group_model(hessian, grad, start, start, groups, weights, row_block):
+        return point, lipschitz  # (a product of the last step: not the start)
+    return start.clone(), lipschitz
 
 
 def _group_model(hessian: Tensor, grad: Tensor, start: Tensor, x: Tensor, groups: Tensor, weights: Tensor,

@@ -309,7 +309,7 @@ class LowRank(Constraint):
         for the full SVD of a 256 × 256 float64 matrix, measured; a rank budget's early readings on
         factors of width 4k ask for k + 1 values, too many for the range path)."""
         mat = self.matrix(value).to(working_dtype(value.dtype))
-        if mat.dim() == 2 and self.max_rank is not None and thin_svd_applies(mat, self.max_rank):
+        if thin_svd_applies(mat, self.max_rank):  # (one matrix, and a width narrow enough)
             return self._svd(mat)[1]
         return torch.linalg.svdvals(mat)
 
