@@ -4,11 +4,14 @@
 
 import copy
 import math
+import os
 import warnings
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import symopt
@@ -390,6 +393,34 @@ def test_leading_selection_is_exactly_topks(n, k, ties):
     top = torch.topk(values, k + 1).values
     assert (kth, after) == (float(top[k - 1]), float(top[k]))
     assert total == pytest.approx(float(top[:k].sum()), rel=1e-12)
+
+
+@settings(max_examples=int(os.environ.get("SYMOPT_PROPERTY_EXAMPLES", 40)), deadline=None)
+@given(n=st.sampled_from([2, 7, 300, 16_384, 16_385, 40_000, 65_536]), fraction=st.floats(0.0, 1.0),
+       shape=st.sampled_from(["normal", "ties", "zeros", "constant", "heavy tail"]),
+       dtype=st.sampled_from([torch.float32, torch.float64]), seed=st.integers(0, 2 ** 16))
+def test_leading_selection_matches_topk_on_random_draws(n, fraction, shape, dtype, seed):
+    """The same exactness on random draws: every size about the sample's threshold (4 · 4096), every
+    k from 1 to n − 1, ties on 40 levels, a tensor mostly zero (pruned atoms), all entries equal (the
+    bracket has no inside), heavy tails (|x|⁸), in both float dtypes."""
+    from symopt.constraints.budget import leading
+
+    k = min(n - 1, max(1, round(fraction * n)))
+    g = torch.Generator().manual_seed(seed)
+    values = torch.randn(n, generator=g, dtype=dtype).abs()
+    if shape == "ties":
+        values = (values * 10).round() / 10
+    elif shape == "zeros":
+        values[: int(0.9 * n)] = 0.0
+    elif shape == "constant":
+        values = torch.full((n,), 0.5, dtype=dtype)
+    elif shape == "heavy tail":
+        values = values ** 8
+    total, kth, after = leading(values, k)
+    top = torch.topk(values.double(), k + 1).values
+    assert (kth, after) == (float(top[k - 1]), float(top[k]))
+    # (float32 sums round at their own precision: the total only sets a reading's scale)
+    assert total == pytest.approx(float(top[:k].sum()), rel=1e-12 if dtype == torch.float64 else 1e-5)
 
 
 def test_a_landed_float32_rank_budget_finalizes_with_defaults():

@@ -143,8 +143,11 @@ def leading(values: Tensor, k: int) -> tuple[float, float, float]:
     step at 512×512, k = 26k, measured). So the k-th value is first bracketed from a strided sample of
     ``_SAMPLE`` entries (its quantile ± 4 standard errors), the entries above the bracket are summed,
     and only the few inside it are searched (a selection, not a sort): a few passes over the tensor. When the bracket misses (the
-    sample is not representative, or ties sit on its edge) the full ``topk`` answers: never wrong,
+    sample is not representative, or ties sit on its edge) the full selection answers: never wrong,
     only slower.
+
+    Each operator counts: on a small layer a reading is dispatch-bound (about 10 µs an operator inside
+    a training step, whatever its size), so the selection is written in as few of them as it can be.
     """
     flat = values.reshape(-1)
     n = flat.numel()
@@ -154,22 +157,23 @@ def leading(values: Tensor, k: int) -> tuple[float, float, float]:
         # A selection of k near n (a topk of nearly everything) cost 27 ms at n = 262k.
         low_sum, low_last, low_next = leading(-flat, n - k)
         return float(flat.sum(dtype=torch.float64)) + low_sum, -low_next, -low_last
+    count, above_sum, band = 0, 0.0, flat
     if n > 4 * _SAMPLE:
-        # (kthvalue, count_nonzero and a dot product rather than sort, a bool sum and where().sum():
-        # each of those was 3-5× slower at n = 262k)
         sample = flat[:: n // _SAMPLE]
         m = sample.numel()
         at, margin = k * m / n, 4.0 * math.sqrt(m * (k / n) * (1 - k / n)) + 4.0
         low_rank = min(m - 1, int(math.ceil(at + margin)))  # ranks in the sample, 0 = its largest
-        lower_edge = sample.kthvalue(m - low_rank).values
+        # both edges from one selection of the sample's largest (two kthvalue calls cost twice as much)
+        edges = torch.topk(sample, low_rank + 1).values
+        lower_edge = edges[low_rank]
         if at - margin < 1:  # a small k: no upper edge (the sample's top would leave more than k above it)
-            count, above_sum, band = 0, 0.0, flat[flat > lower_edge]
+            band = flat[flat > lower_edge]
         else:
             # Above the upper edge only the count and the sum are needed, and neither needs the entries
             # gathered: sum_{x > e} x = sum relu(x − e) + count·e. Only the band between the edges (a few
             # percent of the entries) is gathered; a boolean gather of every candidate above the lower
             # edge was half of a reading (0.43 ms at n = 262k, k = 26k, measured).
-            upper_edge = sample.kthvalue(m - int(at - margin)).values
+            upper_edge = edges[int(at - margin)]
             above = flat > upper_edge
             # (the scalars a step needs go to the host together: on a GPU each read is a synchronisation)
             count, relu_sum, edge = _to_host(torch.count_nonzero(above), (flat - upper_edge).clamp_(min=0).sum(),
@@ -177,20 +181,19 @@ def leading(values: Tensor, k: int) -> tuple[float, float, float]:
             count = int(count)
             above_sum = relu_sum + count * edge if count else 0.0
             band = flat[(flat > lower_edge) ^ above]  # the upper edge is not below the lower: above ⊂ flat > lower
-        need = k - count
-        if need >= 1 and band.numel() >= need + 1:
-            kth = band.kthvalue(band.numel() - need + 1).values  # the need-th largest of the band
-            greater = band > kth
-            strictly_above, band_sum, kth_value, at_least, below_max = _to_host(
-                torch.count_nonzero(greater), torch.dot(band, greater.to(band.dtype)), kth,
-                torch.count_nonzero(band >= kth), torch.where(band < kth, band, -math.inf).max())
-            ties = need - int(strictly_above)  # entries equal to kth among the k largest
-            total = above_sum + band_sum + ties * kth_value
-            after = kth_value if int(at_least) > need else below_max  # (kth repeated past the k-th place)
-            return total, kth_value, after
-    top = torch.topk(flat, k + 1).values
-    total, kth_value, after = _to_host(top[:k].sum(dtype=torch.float64), top[k - 1], top[k])
-    return total, kth_value, after
+        if not 1 <= k - count < band.numel():  # the bracket missed: select from everything
+            count, above_sum, band = 0, 0.0, flat
+    band_sum, kth_value, after = _largest_and_next(band, k - count)
+    return above_sum + band_sum, kth_value, after
+
+
+def _largest_and_next(values: Tensor, need: int) -> list[float]:
+    """``(sum of the need largest, need-th largest, (need+1)-th largest)`` of a 1-d tensor with more than
+    ``need`` ≥ 1 entries: the need + 1 largest unsorted (sorting them cost 5× more at thousands), whose
+    two smallest are the last two wanted, in one transfer."""
+    top = torch.topk(values, need + 1, sorted=False).values
+    after, kth = torch.topk(top, 2, largest=False).values  # (ascending: the (need+1)-th, then the need-th)
+    return _to_host(top.sum(dtype=torch.float64) - after, kth, after)
 
 
 def sampled_kth(values: Tensor, k: int) -> float:
@@ -211,7 +214,10 @@ def sampled_kth(values: Tensor, k: int) -> float:
 
 
 def _to_host(*scalars: Tensor) -> list[float]:
-    """0-d tensors as Python floats, in one transfer (float64: every float32 value is kept exactly)."""
+    """0-d tensors as Python floats, in one transfer (float64: every float32 value is kept exactly). On a
+    CPU there is no transfer to save, and one read each takes fewer operators than a stack."""
+    if scalars[0].device.type == "cpu":
+        return [float(t) for t in scalars]
     return torch.stack([t.to(torch.float64) for t in scalars]).tolist()
 
 
