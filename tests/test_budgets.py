@@ -423,6 +423,23 @@ def test_leading_selection_matches_topk_on_random_draws(n, fraction, shape, dtyp
     assert total == pytest.approx(float(top[:k].sum()), rel=1e-12 if dtype == torch.float64 else 1e-5)
 
 
+def test_the_step_scale_of_a_reading_is_exact_on_small_tensors_and_close_on_large():
+    """`mean_of_largest` (the scale of a reading's step off the ramp): the mean of the k largest exactly
+    up to 4 × 4096 entries; above, its sample's within a few percent; exact again where the sample sees
+    only zeros (a tensor whose few non-zeros all fall between the sampled entries)."""
+    from symopt.constraints.budget import mean_of_largest
+
+    g = torch.Generator().manual_seed(0)
+    for n, k in ((16_384, 1_600), (65_536, 6_554), (262_144, 2_000)):
+        values = torch.randn(n, generator=g, dtype=torch.float64).abs()
+        exact = float(values.topk(k).values.mean())
+        estimate = mean_of_largest(values, k)
+        assert estimate == pytest.approx(exact, rel=1e-12 if n <= 4 * 4096 else 0.05)
+    sparse = torch.zeros(65_536, dtype=torch.float64)
+    sparse[3:40:4] = torch.arange(1.0, 11.0, dtype=torch.float64)  # ten non-zeros, none on the stride-16 sample
+    assert mean_of_largest(sparse, 6_554) == pytest.approx(55.0 / 6_554, rel=1e-12)
+
+
 def test_a_landed_float32_rank_budget_finalizes_with_defaults():
     """After the landing a float32 U Vᵀ has rank ≤ k exactly, but its SVD shows trailing singular values
     of order σ_max·eps (the product's rounding). They are not rank: finalize must accept the model with

@@ -59,6 +59,10 @@ class HostCopies(Float64State):
     def host(self, *names: str):
         """The named buffers' values (a float, or a list for several names), from the host copies."""
         copies = self.__dict__.setdefault("_host_copies", {})  # (a module pickled before the copies: none)
+        try:  # (asked several times a step by each policy: the copies are there but after a move or load)
+            return copies[names[0]] if len(names) == 1 else [copies[name] for name in names]
+        except KeyError:
+            pass
         missing = [name for name in names if name not in copies]
         if missing:
             values = torch.stack([self._buffers[name].to(torch.float64) for name in missing]).tolist()

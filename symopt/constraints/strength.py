@@ -37,7 +37,7 @@ from torch import Tensor
 
 from .auto import MultiplierEstimate, check_margin
 from .budget import (LAND_BEYOND, READ_EVERY, RATE, BudgetController, budget_target, check_rate, leading,
-                     sampled_kth, scheduled_count)
+                     mean_of_largest, sampled_kth, scheduled_count)
 from .state import Float64State, HostCopies
 from .warn import warn_user
 
@@ -207,12 +207,13 @@ class Strength(Float64State):
         if reading is not None and not self.reads_next_gradient():
             reading = None  # (a step that reads no gradient, a budget's between readings: none is kept to the end)
         if self._backward_task != task:
-            self._end_of_backward()  # (a pass that raised before its end: what it reported is one step)
+            if self._backward:
+                self._end_of_backward()  # (a pass that raised before its end: what it reported is one step)
             try:
                 torch.autograd.Variable._execution_engine.queue_callback(self._end_of_backward)
             except RuntimeError:  # pragma: no cover - inside a graph task, a callback can always be queued
                 return False
-            self._backward_task = task
+            self.__dict__["_backward_task"] = task  # (see `_end_of_backward`)
         entry = self._backward.get(id(constraint))
         if entry is None:
             self._backward[id(constraint)] = [constraint, reading]
@@ -222,7 +223,10 @@ class Strength(Float64State):
 
     def _end_of_backward(self) -> None:
         """The observations of the backward pass that ended, one per constraint, applied as one step."""
-        entries, self._backward, self._backward_task = list(self._backward.values()), {}, None
+        entries = list(self._backward.values())
+        # (plain attributes written past nn.Module.__setattr__'s parameter, buffer and module checks: this
+        # runs on every backward pass of every constrained layer, a few µs each on a dispatch-bound step)
+        self.__dict__.update(_backward={}, _backward_task=None)
         observations = []
         for constraint, reading in entries:
             observation = (self._unread_observation(constraint) if reading is None
@@ -551,11 +555,15 @@ class BudgetStrength(HostCopies, Strength):
             self.reload_state()
         count = self.count(budget, atom_total)
         atoms = top_atoms(value.detach(), count + 1, "point").reshape(-1)
-        total, kth, _ = leading(atoms, count)
-        target = budget_target(top_atoms, value, grad, count, self.value(), size=total / count)
         dropped = early = None
         if self.trimming():
+            # (the trimmed decay spares exactly the count's largest atoms: the k-th largest, exactly)
+            total, kth, _ = leading(atoms, count)
+            size = total / count
             dropped = (atoms < kth if keep is None else ~keep(atoms, count)).to(value.dtype)
+        else:
+            size = mean_of_largest(atoms, count)  # (the step's scale alone: `mean_of_largest`)
+        target = budget_target(top_atoms, value, grad, count, self.value(), size=size)
         landing = self._landing_count(count, atom_total)
         if landing is not None and keep is not None:
             early = keep(atoms, landing)
@@ -629,6 +637,10 @@ class BudgetStrength(HostCopies, Strength):
         were held (``moved()``: a layer applied twice in one pass is not written again); ``(None,
         None)`` otherwise. ``moved`` is asked only once something has landed (a unit group's factors
         do not exist yet at registration's first forward)."""
+        if self.schedule is not None:
+            step, landed = self._counters()
+            if not landed and step < self.ramp[0]:
+                return None, None  # (the warm-up: nothing is due, nothing has landed; asked before every forward)
         if self.landing_due():
             return "land", None
         if not (self.has_landed() or self.landed_early(budget, atom_total)) or not moved():
