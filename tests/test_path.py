@@ -51,6 +51,24 @@ def test_warm_started_points_are_the_cold_solutions():
     assert "λ_max" in warm[0].message  # θ = 0 at λ_max, exactly, without a descent
 
 
+@pytest.mark.parametrize("family", ["lasso", "group", "logistic"])
+def test_theta_zero_is_decided_at_lambda_max_to_the_bit(family):
+    """At λ_max and a rounding above it, θ = 0 is optimal and no descent runs; a millionth
+    below, one atom is alive. The data term's own gradient settles λ clearly below λ_max; near it
+    autograd decides, as ``strength_max`` computes λ_max (the two differ by rounding)."""
+    X, y = load_breast_cancer(return_X_y=True)
+    X = (X - X.mean(0)) / X.std(0)
+    problem = {"lasso": lambda: lasso(X, y.astype(float), 1.0),
+               "group": lambda: group_lasso(X, y.astype(float), 3, 1.0),
+               "logistic": lambda: logistic_l1(X, y.astype(float), 1.0, fit_intercept=True)}[family]()
+    top = problem.strength_max()
+    for factor in (1.0, 1 + 1e-15):
+        result = symopt.solve(problem.at_strength(top * factor))
+        assert result.status == "optimal" and not bool(result.x.any()) and "λ_max" in result.message
+    below = symopt.solve(problem.at_strength(top * (1 - 1e-6)))
+    assert below.status == "optimal" and bool(below.x.any()) and "λ_max" not in below.message
+
+
 _LEAN = "after proximal Newton from"
 
 
