@@ -18,7 +18,10 @@ step, so an L-BFGS closure sees one λ).
   when fewer, both lie below and λ falls. λ is at rest only when the predicted support has exactly k
   atoms; at a converged point that is the true support, so on a convex loss λ ends inside the
   interval of the path where the solution has k atoms.
-* $t = \mathrm{spread} · \operatorname{mean}(k\ \text{largest atoms of }θ) / λ$ puts both halves of the score on one scale.
+* $t = \mathrm{spread} · \operatorname{mean}(k\ \text{largest atoms of }θ) / λ$ puts both halves of the score on one scale. Only
+  the scale matters, so off a ramp, above 16k atoms, the mean comes from a strided sample
+  (`mean_of_largest`); on a ramp the trimmed decay needs the k-th atom exactly, and the same
+  selection gives the exact mean.
 
 **One reading in ``READ_EVERY`` (4) steps.** Reading the atoms (the k-th largest of θ and of the scores)
 costs several passes over the tensor, as much as the step itself at 512×512 with k a tenth of it; λ
