@@ -137,6 +137,14 @@ def check_rate(value: object, owner: str) -> float:
 _SAMPLE = 4096  # entries read to bracket the k-th largest (see leading)
 
 
+def _strided_sample(flat: Tensor) -> Tensor | None:
+    """About ``_SAMPLE`` entries of a 1-d tensor at one stride, where it has more than ``4 · _SAMPLE``
+    (their quantiles bracket, or stand for, the whole tensor's: `leading`, `sampled_kth`,
+    `mean_of_largest`); None for a smaller tensor, whose own selections are exact and cheap."""
+    n = flat.numel()
+    return flat[:: n // _SAMPLE] if n > 4 * _SAMPLE else None
+
+
 def leading(values: Tensor, k: int) -> tuple[float, float, float]:
     """``(sum of the k largest, k-th largest, (k+1)-th largest)`` of a 1-d tensor with more than k
     entries, exactly.
@@ -161,8 +169,8 @@ def leading(values: Tensor, k: int) -> tuple[float, float, float]:
         low_sum, low_last, low_next = leading(-flat, n - k)
         return float(flat.sum(dtype=torch.float64)) + low_sum, -low_next, -low_last
     count, above_sum, band = 0, 0.0, flat
-    if n > 4 * _SAMPLE:
-        sample = flat[:: n // _SAMPLE]
+    sample = _strided_sample(flat)
+    if sample is not None:
         m = sample.numel()
         at, margin = k * m / n, 4.0 * math.sqrt(m * (k / n) * (1 - k / n)) + 4.0
         low_rank = min(m - 1, int(math.ceil(at + margin)))  # ranks in the sample, 0 = its largest
@@ -208,9 +216,9 @@ def sampled_kth(values: Tensor, k: int) -> float:
     CPU), for a landing on the way, whose count is a rule of thumb anyway."""
     flat = values.reshape(-1)
     n = flat.numel()
-    if n <= 4 * _SAMPLE:
+    sample = _strided_sample(flat)
+    if sample is None:
         return float(flat.kthvalue(n - k + 1).values)  # (one selection: the sum `leading` adds is not needed)
-    sample = flat[:: n // _SAMPLE]
     m = sample.numel()
     rank = max(1, min(m, round(k * m / n)))  # (1: the sample's largest)
     return float(sample.kthvalue(m - rank + 1).values)
@@ -225,10 +233,9 @@ def mean_of_largest(values: Tensor, k: int) -> float:
     proximal step of that t, and at a stationary point the same k atoms for every t, so an estimate of
     the scale moves λ's path a little and the budget not at all."""
     flat = values.reshape(-1)
-    n = flat.numel()
-    if n > 4 * _SAMPLE:
-        sample = flat[:: n // _SAMPLE]
-        share = max(1, min(sample.numel(), round(k * sample.numel() / n)))
+    sample = _strided_sample(flat)
+    if sample is not None:
+        share = max(1, min(sample.numel(), round(k * sample.numel() / flat.numel())))
         mean = float(torch.topk(sample, share, sorted=False).values.mean(dtype=torch.float64))
         if mean > 0:
             return mean
