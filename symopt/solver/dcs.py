@@ -254,7 +254,7 @@ def zero_if_optimal(problem: Problem, constraint: Constraint, device,
     if exact.dual_norm_exceeds(grad, constraint.strength):
         return None, grad
     pull = float(exact.dual_norm(grad))
-    zero = torch.zeros(problem.shape, dtype=torch.float64)
+    zero = zero.cpu()  # (the result's point lives on the CPU, whatever device the check ran on)
     result = Result.from_point(problem, zero, solver=_solver_name(method), status="optimal", seconds=0.0,
                                history=[(0.0, problem.objective(zero), 0.0)], device=device,
                                message=f"θ = 0 is optimal: λ = {constraint.strength:.6g} ≥ ‖∇loss(0)‖_* = {pull:.6g} "
