@@ -51,15 +51,25 @@ GROUP_FACE = 1024
 # the leaving test, ~0.5 ms on 30-60 coordinates), and Newton crawls where a group on the face heads
 # to 0 (its norm's curvature w/‖x_G‖ grows without bound). Where at least JOINS_TOGETHER zero groups
 # are pulled off zero at the start, accelerated proximal-gradient steps on the model (FISTA: each a
-# product with H and a group shrinkage, ~35 µs) go first, at most PREFIX_STEPS of them, until the set of
-# non-zero groups holds for PREFIX_CHECK steps: they join and leave every group together, and the
-# active set then starts on (nearly) the right face. Measured on the group lasso on real columns
+# product with H and a group shrinkage, ~35 µs) go first: they join and leave every group together, and
+# the active set then starts on (nearly) the right face. Measured on the group lasso on real columns
 # (breast_cancer, digits, diabetes, wine) and make_regression designs, 0.3 to 0.01 λ_max, with the
 # check from θ = 0 in `symopt.solver.descent` (benchmarks/RESULTS.md, twentieth session): 0.33–1.11×
 # the time, the same optima; with fewer pulled groups (linnerud's multi-task Lasso: 2 of 3) the
 # steps cost more than the rounds they save (2.2 → 4.4 ms in a trial without the threshold).
+# The steps stop once the set of non-zero groups has held for as many of them as one Newton step on
+# that face costs (`_prefix_window`, at least PREFIX_CHECK), or after PREFIX_STEPS. The fixed span of
+# PREFIX_CHECK steps stopped them on a pause of a set still shrinking: from a descent's dense point on a
+# design with more columns than rows (make_regression 100×300 in groups of 3 at 0.01 λ_max: 83 groups
+# alive, 47 at the optimum) they stopped at 52, and the active set took the last five off one a
+# round at 1.6 ms each, where 60–100 more steps of 35 µs had all but one of them. Measured against the
+# fixed span (benchmarks/RESULTS.md, twenty-second session; the group lasso at 0.3–0.01 λ_max on the
+# group sweep's data sets, 9 more wide designs and the multi-task Lasso, then on 11 and 10 designs not
+# seen while choosing): 0.91, 0.88 and 0.95× the time in the geometric means, 0.34–0.6× at small λ
+# where the optimum's face is large, at most 1.24× slower on a row (200×1200 at 0.1 λ_max); the same
+# optima. The longest run was 261 steps.
 JOINS_TOGETHER = 4
-PREFIX_STEPS = 60
+PREFIX_STEPS = 400
 PREFIX_CHECK = 4
 _OUTER = 30  # proximal Newton iterations at most (quadratic convergence: 1 on least squares, 3-8 on the log-loss)
 _BACKTRACKS = 30
@@ -593,8 +603,9 @@ def _groups_join_together(hessian: Tensor, grad: Tensor, start: Tensor, groups: 
     $\max(0, 1 - w_j / (L ‖·‖))$, and $y$ extrapolated with FISTA's momentum), where at least
     ``JOINS_TOGETHER`` zero groups are pulled off zero at the start ($‖g_{G_j}‖ > w_j$: the model's
     gradient there is ``grad``); else a copy of the start and L None (not computed). The steps stop once
-    the set of non-zero groups is the same over ``PREFIX_CHECK`` steps (after at least two such spans),
-    or after ``PREFIX_STEPS``; their last point is kept only where the model is lower there than at the
+    the set of non-zero groups has been the same for `_prefix_window` steps (what one Newton step on its
+    face costs in these steps, at least ``PREFIX_CHECK``; not before step 2 · ``PREFIX_CHECK``), or after
+    ``PREFIX_STEPS``; their last point is kept only where the model is lower there than at the
     start (FISTA is not monotone). L is H's largest eigenvalue (`_largest_eigenvalue`), returned for
     the active set's own proximal steps. The point returned is a new tensor (the caller writes into it)."""
     count = weights.numel()
@@ -603,6 +614,7 @@ def _groups_join_together(hessian: Tensor, grad: Tensor, start: Tensor, groups: 
         return start.clone(), None
     lipschitz = _largest_eigenvalue(hessian if row_block is None else row_block[0])
     ahead, point, momentum = start.clone(), start, 1.0
+    held = 0  # steps the set of non-zero groups has been the same
     for step in range(PREFIX_STEPS):
         moved = ahead - (grad + _product(hessian, ahead - start, row_block)) / lipschitz
         shrink = (1 - (weights / lipschitz) / _group_sizes(moved, groups, count).clamp_min(1e-300)).clamp_min_(0)
@@ -610,15 +622,33 @@ def _groups_join_together(hessian: Tensor, grad: Tensor, start: Tensor, groups: 
         after = (1 + math.sqrt(1 + 4 * momentum * momentum)) / 2
         ahead = following + ((momentum - 1) / after) * (following - point)
         point, momentum = following, after
-        if step % PREFIX_CHECK == PREFIX_CHECK - 1:
-            now = shrink > 0
-            if step >= 2 * PREFIX_CHECK - 1 and torch.equal(now, alive):
-                break
-            alive = now
+        now = shrink > 0
+        if not torch.equal(now, alive):
+            alive, held = now, 0
+            continue
+        held += 1
+        if step >= 2 * PREFIX_CHECK - 1 and held >= PREFIX_CHECK and \
+                held >= _prefix_window(now, groups, hessian.shape[0], row_block):
+            break
     if _group_model(hessian, grad, start, point, groups, weights, row_block) < \
             _group_model(hessian, grad, start, start, groups, weights, row_block):
         return point, lipschitz  # (a product of the last step: not the start)
     return start.clone(), lipschitz
+
+
+def _prefix_window(alive: Tensor, groups: Tensor, size: int, row_block: tuple[Tensor, int] | None) -> int:
+    r"""How long the set ``alive`` of non-zero groups must hold before the proximal-gradient steps stop:
+    the steps that cost one Newton step on its face, a Cholesky factorisation of $k^3/3$ flops ($k$ its
+    coordinates; with ``row_block`` its rows, a Newton step of `_row_block_step`) against a product
+    with H of $2m^2$ ($m$ = ``size`` coordinates; $2 r^2 T$ with the row block's r rows and T
+    targets), and at least ``PREFIX_CHECK``. Large faces on a model of few rows are where a stop too
+    early costs most: each group the active set then takes off is a round of two such steps."""
+    if row_block is None:
+        face, cost = int(alive[groups].sum()), 2.0 * size * size
+    else:
+        rows, tasks = row_block[0].shape[0], row_block[1]
+        face, cost = int(alive.sum()), 2.0 * rows * rows * tasks
+    return max(PREFIX_CHECK, int(face ** 3 / 3 / cost))
 
 
 def _group_model(hessian: Tensor, grad: Tensor, start: Tensor, x: Tensor, groups: Tensor, weights: Tensor,
