@@ -5,6 +5,7 @@ whole solves against the torch L-BFGS path and cvxpy."""
 
 from __future__ import annotations
 
+import math
 import os
 
 import numpy as np
@@ -480,7 +481,8 @@ def test_a_group_norm_whose_pulled_groups_fit_one_model_is_checked_before_any_de
         assert counts[0] == 0 and quick.status == "optimal" and quick.iterations == 1, problem.name
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(BoundLoss, "determined", lambda self: False)
-            patch.setattr(descent, "PULLED_AT_ZERO", 0.0)  # (nor the wide designs' rule)
+            patch.setattr(descent, "PULLED_AT_ZERO", 0.0)  # (nor the wide designs' rules)
+            patch.setattr(descent, "PULLED_PER_ROW", 0)
             counts, slow = _directions_per_outer_iteration(problem)
         assert counts[0] == descent.EARLY_ITERATIONS and slow.status == "optimal"
         assert abs(quick.objective - slow.objective) <= 1e-9 * abs(slow.objective)
@@ -491,8 +493,9 @@ def test_a_group_norm_whose_pulled_groups_fit_one_model_is_checked_before_any_de
     assert counts[0] == descent.EARLY_ITERATIONS and result.status == "optimal"
 
 
-def test_a_wide_group_problem_is_checked_from_zero_only_where_few_groups_are_pulled():
-    """Least squares under a group norm with more columns than rows (100 × 300 in 100 groups): where
+def test_a_wide_group_problem_is_checked_from_zero_only_where_few_groups_are_pulled(monkeypatch):
+    """Least squares under a group norm with more columns than rows (100 × 300 in 100 groups), the
+    rule on the pulled groups' coordinates per row off (PULLED_PER_ROW = 0: its own test follows): where
     ∇loss(0) pulls at most PULLED_AT_ZERO of the groups off zero (0.5 λ_max) the first check comes before
     any descent, at the optimum of the run with the descent; where it pulls nearly all (0.1 λ_max: the
     model at θ = 0 would be singular on a face of most columns) the descent runs first."""
@@ -501,6 +504,7 @@ def test_a_wide_group_problem_is_checked_from_zero_only_where_few_groups_are_pul
     import symopt.solver.descent as descent
     from symopt.problems import group_lasso
 
+    monkeypatch.setattr(descent, "PULLED_PER_ROW", 0)
     X, y = make_regression(100, 300, n_informative=10, noise=1.0, random_state=10, effective_rank=50)
     problem = group_lasso(X, y - y.mean(), 3, 1.0)
     pull = np.sqrt(((X.T @ (y - y.mean())).reshape(-1, 3) ** 2).sum(1))
@@ -518,6 +522,60 @@ def test_a_wide_group_problem_is_checked_from_zero_only_where_few_groups_are_pul
             assert abs(result.objective - slow.objective) <= 1e-9 * abs(slow.objective)
             assert torch.equal(result.x == 0, slow.x == 0)
 
+
+
+@pytest.mark.parametrize("rows, columns, size, fraction, from_zero", [
+    (100, 300, 3, 0.1, True),     # 300 pulled coordinates: 3 a row
+    (100, 300, 3, 0.03, True),
+    (50, 200, 4, 0.1, True),      # 200: 4 a row
+    (100, 1000, 5, 0.1, False),   # 1000: 10 a row
+    (250, 800, 4, 0.03, False),   # 800: 3.2 a row, but above WIDE_FROM_ZERO
+])
+def test_a_wide_group_problem_with_few_pulled_coordinates_a_row_is_checked_from_zero(rows, columns, size, fraction,
+                                                                                    from_zero):
+    """Least squares under a group norm with more columns than rows, where ∇loss(0) pulls nearly every
+    group off zero: the first check comes before any descent where the pulled groups hold at most
+    PULLED_PER_ROW coordinates per row (and at most WIDE_FROM_ZERO in all), and certifies the optimum of
+    the run with the descent first (the same objective and support); with more per row, or more in
+    all, the descent runs first."""
+    from sklearn.datasets import make_regression
+
+    import symopt.solver.descent as descent
+    from symopt.problems import group_lasso
+
+    X, y = make_regression(rows, columns, n_informative=10, noise=1.0, random_state=columns)
+    problem = group_lasso(X, y - y.mean(), size, 1.0)
+    problem = problem.at_strength(fraction * problem.strength_max())
+    pull = np.sqrt(((X.T @ (y - y.mean())).reshape(-1, size) ** 2).sum(1))
+    pulled = int((pull > fraction * pull.max()).sum())
+    assert pulled > descent.PULLED_AT_ZERO * (columns // size)  # (the rule on the pulled groups' share does not apply)
+    entries = pulled * size
+    assert (entries <= min(descent.PULLED_PER_ROW * rows, descent.WIDE_FROM_ZERO)) == from_zero
+    counts, result = _directions_per_outer_iteration(problem)
+    assert counts[0] == (0 if from_zero else 20) and result.status == "optimal"
+    if from_zero:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(descent, "PULLED_PER_ROW", 0)  # (the rule off: the descent first)
+            counts, slow = _directions_per_outer_iteration(problem)
+        # (the descent first: the short one on at most EARLY_ENTRIES groups)
+        assert counts[0] == (descent.EARLY_ITERATIONS if columns // size <= descent.EARLY_ENTRIES else 20)
+        assert slow.status == "optimal" and abs(result.objective - slow.objective) <= 1e-9 * abs(slow.objective)
+        assert torch.equal(result.x == 0, slow.x == 0)
+
+
+def test_resolved_coordinates_count_rows_with_weight_the_intercept_and_the_targets():
+    """`DataTerm.resolved_coordinates`: the rows with a positive weight, one fewer with an intercept, times
+    θ's columns (targets); ``inf`` with a ridge. `determined` is the same count against the columns."""
+    from symopt.problems.glm import DataTerm, SquaredError
+
+    X = torch.randn(5, 8, dtype=torch.float64)
+    y, Y = torch.zeros(5, dtype=torch.float64), torch.zeros(5, 3, dtype=torch.float64)
+    weights = torch.tensor([0.5, 0.5, 0.0, 0.0, 1.0], dtype=torch.float64)
+    assert DataTerm(SquaredError()).resolved_coordinates(X, y) == 5.0
+    assert DataTerm(SquaredError(), fit_intercept=True).resolved_coordinates(X, y) == 4.0
+    assert DataTerm(SquaredError()).resolved_coordinates(X, y, weights) == 3.0
+    assert DataTerm(SquaredError(), fit_intercept=True).resolved_coordinates(X, Y, weights) == 6.0
+    assert DataTerm(SquaredError(), ridge=0.1).resolved_coordinates(X, y) == math.inf
 
 def test_determined_counts_rows_with_weight_and_the_intercept():
     """`DataTerm.determined`: rows with a positive weight, one fewer with an intercept, against the

@@ -230,6 +230,12 @@ class BoundLoss:
         answer = getattr(self.loss, "determined", None)
         return bool(answer(**self.data)) if answer is not None else False
 
+    def resolved_coordinates(self) -> float | None:
+        """The rank the loss says its curvature can have at most, in θ's coordinates
+        (`symopt.problems.glm.DataTerm.resolved_coordinates`), or None where it does not say."""
+        answer = getattr(self.loss, "resolved_coordinates", None)
+        return float(answer(**self.data)) if answer is not None else None
+
 
 class Evaluations:
     r"""The last few ``(value, ∇loss)`` of one loss on one set of data, by the value of θ.

@@ -164,6 +164,23 @@ class DataTerm:
         rows = X.shape[0] if weights is None else int((weights > 0).sum())
         return rows - int(self.fit_intercept) >= X.shape[1]
 
+    def resolved_coordinates(self, X: Tensor, y: Tensor, weights: Tensor | None = None) -> float:
+        r"""The rank the term's curvature can have at most, in θ's coordinates: the rows that count (as
+        in `determined`) times the targets (θ's columns: the curvature is $B ⊗ I_T$ for least
+        squares), and ``inf`` with a ridge. A quadratic model on more coordinates than this is singular;
+        the solver weighs a first model from θ = 0 by it (`symopt.solver.descent`).
+
+        Examples:
+            >>> import torch
+            >>> X = torch.ones(3, 5, dtype=torch.float64)
+            >>> DataTerm(SquaredError()).resolved_coordinates(X, torch.zeros(3, 2, dtype=torch.float64))
+            6.0
+        """
+        if self.ridge > 0:
+            return math.inf
+        rows = X.shape[0] if weights is None else int((weights > 0).sum())
+        return float((rows - int(self.fit_intercept)) * (y.shape[1] if y.dim() == 2 else 1))
+
     def __call__(self, theta: Tensor, X: Tensor, y: Tensor, weights: Tensor | None = None) -> Tensor:
         value = self.fit.value(self.predictor(theta, X, y, weights), y, weights)
         if self.ridge:

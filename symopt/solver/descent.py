@@ -69,6 +69,20 @@ PULLED_AT_ZERO = 0.75
 # to 200×2000 at 0.5, 0.3 and 0.1 λ_max: 0.22–0.69× the time wherever it applied, 0.96–1.10×
 # elsewhere; benchmarks/RESULTS.md, twentieth session).
 GROUPS_FROM_ZERO = GROUP_FACE
+# ... and, with fewer rows than columns, also where the pulled groups hold at most PULLED_PER_ROW
+# coordinates per row the curvature resolves (`DataTerm.resolved_coordinates`) and at most
+# WIDE_FROM_ZERO in all: since the group model's joins run until its face holds
+# (`proximal_newton._prefix_window`), its first model from θ = 0 finds the optimum's face on such
+# designs sooner than the descent's 20 iterations on the factors, where the model stays small (its
+# Gram and each proximal step grow with the square of the pulled coordinates). Measured
+# (benchmarks/RESULTS.md, twenty-second session; make_regression designs from 12×30 to 200×2000 and
+# slices of digits and breast_cancer, 0.3 to 0.01 λ_max; both changes against the session's base):
+# 0.66, 0.79 and 0.76× the time in the geometric means of three sets of 11-14 designs, rows 0.16–1.4×.
+# Above 4 a row mixed (a 100×1000 design in 200 groups of 5, 10 a row: 2.4–4× slower from θ = 0 at
+# 0.3–0.03 λ_max); the total cap came from the third set (250×800 in groups of 4, 800 coordinates:
+# 1.7–2× slower from θ = 0), and 150×450 in groups of 3 (450) stays 1.2–1.4× slower at 0.3–0.01.
+PULLED_PER_ROW = 4
+WIDE_FROM_ZERO = 512
 
 
 class Descent:
@@ -240,8 +254,8 @@ class Descent:
         norm of entries none (0) where the polish's model from θ = 0 cannot be singular by shape
         (see ``QUADRATIC_EARLY_ITERATIONS`` and ``PULLED_AT_ZERO``), and under a norm of groups with
         least squares where the entries of the groups ∇loss(0) pulls off zero are at most
-        ``GROUPS_FROM_ZERO`` (with fewer rows than columns, and it pulls at most ``PULLED_AT_ZERO`` of
-        the groups)."""
+        ``GROUPS_FROM_ZERO`` (with fewer rows than columns, where it pulls at most ``PULLED_AT_ZERO`` of
+        the groups or at most ``PULLED_PER_ROW`` coordinates per row the curvature resolves)."""
         if not self.options.polish or self.options.inner <= EARLY_ITERATIONS:
             return None
         if getattr(self.loss, "curvature", None) is None:
@@ -264,14 +278,24 @@ class Descent:
         elif ids is not None and quadratic:
             # A norm of groups with a quadratic loss: from θ = 0 its group model takes every pulled
             # group in together, where they fit in one model, and with fewer rows than columns where at
-            # most PULLED_AT_ZERO of the groups are pulled (see GROUPS_FROM_ZERO)
+            # most PULLED_AT_ZERO of the groups are pulled or at most PULLED_PER_ROW coordinates per
+            # resolved row (see GROUPS_FROM_ZERO and PULLED_PER_ROW)
             pulled = self._pulled_mask_at_zero()
-            if (determined or int(pulled.sum()) <= PULLED_AT_ZERO * atoms) and \
-                    int(pulled[ids.to(pulled.device)].sum()) <= GROUPS_FROM_ZERO:
+            entries = int(pulled[ids.to(pulled.device)].sum())
+            wide_but_small = entries <= min(PULLED_PER_ROW * self._resolved_coordinates(), WIDE_FROM_ZERO)
+            if entries <= GROUPS_FROM_ZERO and (determined or int(pulled.sum()) <= PULLED_AT_ZERO * atoms
+                                                or wide_but_small):
                 return QUADRATIC_EARLY_ITERATIONS
         if atoms > EARLY_ENTRIES:
             return None
         return EARLY_ITERATIONS
+
+    def _resolved_coordinates(self) -> float:
+        """The rank the loss's curvature can have at most (`BoundLoss.resolved_coordinates`; 0 where the
+        loss does not say)."""
+        asks = getattr(self.loss, "resolved_coordinates", None)
+        answer = asks() if asks is not None else None
+        return 0.0 if answer is None else answer
 
     def _pulled_mask_at_zero(self) -> torch.Tensor:
         """Which atoms ∇loss(0) pulls off zero (their dual atoms above λ), flat."""
