@@ -2,7 +2,7 @@
 
     python -m benchmarks.users_data [--repeats 3] [--quick] [--large-only] [--positive-only] [--groups-only]
                                     [--paths-only] [--reduced-rank-only] [--completion-only]
-                                    [--completion-sweep] [--logistic-sweep] [--group-sweep]
+                                    [--completion-sweep] [--logistic-sweep] [--group-sweep] [--wide-group-sweep]
 
 Every row times a *whole call* as a user makes it (``symopt.solve`` / ``symopt.path`` /
 ``symopt.estimators.LassoCV`` against scikit-learn's ``Lasso`` / ``lasso_path`` / ``LassoCV`` and
@@ -22,7 +22,9 @@ accelerated SoftImpute (``symopt.baselines.softimpute``) on generated matrices, 
 image, and (``--completion-sweep``, not in the default run: a few minutes) on fifteen more generated
 ones of other shapes, ranks and observed fractions; logistic-L1 (``--logistic-sweep``, not in the default
 run) on wine, digits, raw breast_cancer and six generated designs against skglm; the group lasso
-(``--group-sweep``, not in the default run) on eight data sets against skglm; nuclear-norm
+(``--group-sweep``, not in the default run) on eight data sets against skglm, and
+(``--wide-group-sweep``, not in the default run: a few minutes) on 28 data sets with more columns than
+rows against skglm; nuclear-norm
 (reduced-rank) regression of digits' one-hot labels on its raw and standardised pixels against cvxpy.
 """
 
@@ -48,6 +50,11 @@ def _median_time(call, repeats: int, data: dict | None = None):
     --quick, a first call's imports are not the solver's time). ``data``: a problem's data, whose
     tensors drop what symopt kept on them (a small design's Gram, a CSR transpose) before each
     call, outside the timing: each timed solve pays what a user's first solve on that data pays."""
+    # (a pause first: the threads of the library that ran last, OpenBLAS's after numpy's or skglm's
+    # products, OpenMP's after torch's, spin for a while after their work, and here they shared the two
+    # cores with this call's: the first DCS row after make_regression had built 25 designs took 29 ms,
+    # 4 ms after a pause of 2 s)
+    time.sleep(0.2)
     call()
     times, value = [], None
     for _ in range(repeats):
@@ -195,6 +202,55 @@ def group_sweep(repeats: int) -> list[tuple]:
                                  repeats))
     return rows
 
+
+
+# The wide designs of the twenty-second session (benchmarks/RESULTS.md): (rows, columns, group size, informative
+# columns, effective rank or None, noise, make_regression's seed). The first six (with digits' first 40 rows) chose the group model's joins
+# and the check from θ = 0 on them, the next eleven checked the joins, the last eight checked both.
+WIDE_DESIGNS = [(100, 300, 3, 10, None, 1.0, 2), (100, 1000, 5, 20, None, 1.0, 3), (50, 200, 4, 8, None, 1.0, 5),
+                (200, 2000, 5, 20, None, 1.0, 6), (40, 120, 2, 6, None, 1.0, 7), (150, 400, 4, 12, None, 1.0, 8),
+                (80, 240, 2, 8, None, 1.0, 100), (120, 480, 3, 12, None, 1.0, 101), (30, 150, 3, 5, None, 1.0, 102),
+                (100, 500, 5, 15, None, 1.0, 103), (200, 1200, 6, 30, None, 1.0, 104), (60, 400, 4, 10, None, 1.0, 105),
+                (50, 350, 5, 10, None, 1.0, 106), (80, 560, 4, 12, None, 1.0, 107), (100, 400, 4, 10, 20, 1.0, 108),
+                (60, 300, 3, 10, 15, 1.0, 109), (100, 800, 4, 20, 30, 1.0, 110),
+                (70, 210, 3, 6, None, 1.0, 500), (90, 360, 4, 12, None, 5.0, 501), (40, 160, 2, 8, None, 1.0, 502),
+                (120, 600, 5, 20, None, 1.0, 503), (150, 450, 3, 15, 40, 1.0, 504), (50, 250, 5, 10, None, 10.0, 505),
+                (250, 800, 4, 25, None, 1.0, 506), (60, 180, 6, 12, 20, 1.0, 507)]
+
+
+def wide_group_sweep(repeats: int) -> list[tuple]:
+    """The group lasso with more columns than rows against skglm's ``GroupLasso`` (its default tolerance) at
+    0.3, 0.1, 0.03 and 0.01 λ_max: scikit-learn's ``make_regression`` designs of `WIDE_DESIGNS` (40×120 to
+    200×2000, groups of 2 to 6 consecutive columns, five of low effective rank) and four slices of shipped data
+    (standardised digits' first 40 rows in groups of 4, rows 200–229 in groups of 2; standardised
+    breast_cancer's rows 100–111 in groups of 3). Where a group model from θ = 0 and the descent first trade
+    places (``symopt.solver.descent.PULLED_PER_ROW``). Needs skglm."""
+    if importlib.util.find_spec("skglm") is None:  # pragma: no cover
+        raise SystemExit("--wide-group-sweep compares against skglm: pip install skglm")
+    from sklearn.datasets import load_breast_cancer, load_digits, make_regression
+    from skglm import GroupLasso
+
+    from symopt.problems import group_lasso
+
+    Xd, yd = load_digits(return_X_y=True)
+    Xc, yc = load_breast_cancer(return_X_y=True)
+    cases = [("digits std, rows 0–39, 16 groups of 4", _standardised(Xd)[:40], yd[:40], 4),
+             ("digits std, rows 200–229, 32 groups of 2", _standardised(Xd)[200:230], yd[200:230], 2),
+             ("breast_cancer std, rows 100–111, 10 groups of 3", _standardised(Xc)[100:112], yc[100:112], 3)]
+    for n, d, size, informative, rank, noise, seed in WIDE_DESIGNS:
+        X, y = make_regression(n, d, n_informative=informative, noise=noise, random_state=seed, effective_rank=rank)
+        low = f", effective rank {rank}" if rank else ""
+        cases.append((f"make_regression {n}×{d}{low}, {d // size} groups of {size}", X, y, size))
+    rows = []
+    for name, X, y, size in cases:
+        target = y.astype(float) - y.mean()
+        problem = group_lasso(X, target, size, 1.0)
+        for fraction in (0.3, 0.1, 0.03, 0.01):
+            lam = fraction * problem.strength_max()
+            rows.append(_against(f"group lasso, {name}, {fraction:g} λmax", problem.at_strength(lam), "skglm GroupLasso",
+                                 lambda: GroupLasso(groups=size, alpha=lam, fit_intercept=False).fit(X, target),
+                                 repeats))
+    return rows
 
 def positive(repeats: int, quick: bool) -> list[tuple]:
     """The non-negative Lasso (``lasso(positive=True)``) against scikit-learn's ``Lasso(positive=True)``:
@@ -436,6 +492,8 @@ def main(argv=None) -> None:
     parser.add_argument("--group-sweep", action="store_true",
                         help="only the group lasso on eight data sets against skglm (breast_cancer, digits, diabetes, "
                              "wine, generated)")
+    parser.add_argument("--wide-group-sweep", action="store_true",
+                        help="only the group lasso on 28 data sets with more columns than rows against skglm")
     parser.add_argument("--reduced-rank-only", action="store_true",
                         help="only the nuclear-norm regression rows against cvxpy")
     args = parser.parse_args(argv)
@@ -457,6 +515,8 @@ def main(argv=None) -> None:
         rows = lambda: logistic_sweep(repeats)  # noqa: E731
     elif args.group_sweep:
         rows = lambda: group_sweep(repeats)  # noqa: E731
+    elif args.wide_group_sweep:
+        rows = lambda: wide_group_sweep(repeats)  # noqa: E731
     elif args.completion_only:
         rows = lambda: completion(repeats, args.quick)  # noqa: E731
     elif args.groups_only:
