@@ -68,7 +68,18 @@ GROUP_FACE = 1024
 # seen while choosing): 0.91, 0.88 and 0.95× the time in the geometric means, 0.34–0.6× at small λ
 # where the optimum's face is large, at most 1.24× slower on a row (200×1200 at 0.1 λ_max); the same
 # optima. The longest run was 261 steps.
+# The steps go first from a dense start too (at least half the groups alive, on more than
+# LEAVES_TOGETHER coordinates), where the active set would take groups off one a round: a descent's
+# point on a design with more columns than rows holds most groups (make_regression 30×150 in groups of 3
+# at 0.01 λ_max: 50 alive, 16 at the optimum; 81 Newton rounds, 145 ms → 15 rounds, 17 ms). On smaller
+# faces a round is cheap and the steps cost more than they save (breast_cancer, digits and diabetes
+# from θ = 0, whose second model starts on the optimum's face: 1.3–1.5× slower with them). Measured
+# (benchmarks/RESULTS.md, twenty-second session; the three design sets of the wide group sweep, whole
+# processes alternated): 0.98, 0.90 and 1.01× the time in the geometric means, 0.16–0.42× on the five
+# rows where the crawl was (30×150 at 0.01 λ_max 149 → 23 ms, 80×560 at 0.01 224 → 61 ms, 50×250 at
+# 0.1–0.01, 200×2000 at 0.03 282 → 109 ms), 1.1–1.16× in process on five rows where it was not.
 JOINS_TOGETHER = 4
+LEAVES_TOGETHER = 96
 PREFIX_STEPS = 400
 PREFIX_CHECK = 4
 _OUTER = 30  # proximal Newton iterations at most (quadratic convergence: 1 on least squares, 3-8 on the log-loss)
@@ -602,7 +613,9 @@ def _groups_join_together(hessian: Tensor, grad: Tensor, start: Tensor, groups: 
     Beck & Teboulle 2009: $x_{k+1} = \mathrm{prox}_{ψ/L}(y_k - ∇q(y_k)/L)$, each group shrunk by
     $\max(0, 1 - w_j / (L ‖·‖))$, and $y$ extrapolated with FISTA's momentum), where at least
     ``JOINS_TOGETHER`` zero groups are pulled off zero at the start ($‖g_{G_j}‖ > w_j$: the model's
-    gradient there is ``grad``); else a copy of the start and L None (not computed). The steps stop once
+    gradient there is ``grad``), or where the start is dense (at least half the groups and
+    ``JOINS_TOGETHER`` alive, on more than ``LEAVES_TOGETHER`` coordinates: those that must go then leave
+    together); else a copy of the start and L None (not computed). The steps stop once
     the set of non-zero groups has been the same for `_prefix_window` steps (what one Newton step on its
     face costs in these steps, at least ``PREFIX_CHECK``; not before step 2 · ``PREFIX_CHECK``), or after
     ``PREFIX_STEPS``; their last point is kept only where the model is lower there than at the
@@ -610,7 +623,9 @@ def _groups_join_together(hessian: Tensor, grad: Tensor, start: Tensor, groups: 
     the active set's own proximal steps. The point returned is a new tensor (the caller writes into it)."""
     count = weights.numel()
     alive = _group_sizes(start, groups, count) > 0
-    if int(((~alive) & (_group_sizes(grad, groups, count) > weights)).sum()) < JOINS_TOGETHER:
+    pulled = int(((~alive) & (_group_sizes(grad, groups, count) > weights)).sum())
+    dense = int(alive.sum()) >= max(JOINS_TOGETHER, count // 2) and int(alive[groups].sum()) > LEAVES_TOGETHER
+    if pulled < JOINS_TOGETHER and not dense:
         return start.clone(), None
     lipschitz = _largest_eigenvalue(hessian if row_block is None else row_block[0])
     ahead, point, momentum = start.clone(), start, 1.0
