@@ -64,7 +64,7 @@ GROUP_FACE = 1024
 # alive, 47 at the optimum) they stopped at 52, and the active set took the last five off one a
 # round at 1.6 ms each, where 60–100 more steps of 35 µs had all but one of them. Measured against the
 # fixed span (benchmarks/RESULTS.md, twenty-second session; the group lasso at 0.3–0.01 λ_max on the
-# group sweep's data sets, 9 more wide designs and the multi-task Lasso, then on 11 and 10 designs not
+# group sweep's data sets, 5 more wide ones and the multi-task Lasso, then on 11 and 10 data sets not
 # seen while choosing): 0.91, 0.88 and 0.95× the time in the geometric means, 0.34–0.6× at small λ
 # where the optimum's face is large, at most 1.24× slower on a row (200×1200 at 0.1 λ_max); the same
 # optima. The longest run was 261 steps.

@@ -75,9 +75,10 @@ GROUPS_FROM_ZERO = GROUP_FACE
 # (`proximal_newton._prefix_window`), its first model from θ = 0 finds the optimum's face on such
 # designs sooner than the descent's 20 iterations on the factors, where the model stays small (its
 # Gram and each proximal step grow with the square of the pulled coordinates). Measured
-# (benchmarks/RESULTS.md, twenty-second session; make_regression designs from 12×30 to 200×2000 and
-# slices of digits and breast_cancer, 0.3 to 0.01 λ_max; both changes against the session's base):
-# 0.66, 0.79 and 0.76× the time in the geometric means of three sets of 11-14 designs, rows 0.16–1.4×.
+# (benchmarks/RESULTS.md, twenty-second session; make_regression designs from 30×150 to 200×2000 and
+# 12- to 40-row slices of digits and breast_cancer, 0.3 to 0.01 λ_max; with the joins' change, against
+# the session's base): 0.66, 0.79 and 0.76× the time in the geometric means of three sets of 10–13
+# data sets, rows 0.16–1.4×.
 # Above 4 a row mixed (a 100×1000 design in 200 groups of 5, 10 a row: 2.4–4× slower from θ = 0 at
 # 0.3–0.03 λ_max); the total cap came from the third set (250×800 in groups of 4, 800 coordinates:
 # 1.7–2× slower from θ = 0), and 150×450 in groups of 3 (450) stays 1.2–1.4× slower at 0.3–0.01.
@@ -255,7 +256,8 @@ class Descent:
         (see ``QUADRATIC_EARLY_ITERATIONS`` and ``PULLED_AT_ZERO``), and under a norm of groups with
         least squares where the entries of the groups ∇loss(0) pulls off zero are at most
         ``GROUPS_FROM_ZERO`` (with fewer rows than columns, where it pulls at most ``PULLED_AT_ZERO`` of
-        the groups or at most ``PULLED_PER_ROW`` coordinates per row the curvature resolves)."""
+        the groups, or at most ``PULLED_PER_ROW`` coordinates per row the curvature resolves and
+        ``WIDE_FROM_ZERO`` in all)."""
         if not self.options.polish or self.options.inner <= EARLY_ITERATIONS:
             return None
         if getattr(self.loss, "curvature", None) is None:
