@@ -175,9 +175,6 @@ def group_sweep(repeats: int) -> list[tuple]:
     if importlib.util.find_spec("skglm") is None:  # pragma: no cover
         raise SystemExit("--group-sweep compares against skglm: pip install skglm")
     from sklearn.datasets import load_breast_cancer, load_diabetes, load_digits, load_wine, make_regression
-    from skglm import GroupLasso
-
-    from symopt.problems import group_lasso
 
     Xc, yc = load_breast_cancer(return_X_y=True)
     Xd, yd = load_digits(return_X_y=True)
@@ -191,16 +188,7 @@ def group_sweep(repeats: int) -> list[tuple]:
                                                       (100, 1000, 5, 20)]):
         X, y = make_regression(n, d, n_informative=informative, noise=5.0 if n > d else 1.0, random_state=seed)
         cases.append((f"make_regression {n}×{d}, {d // size} groups of {size}", X, y, size))
-    rows = []
-    for name, X, y, size in cases:
-        target = y.astype(float) - y.mean()
-        problem = group_lasso(X, target, size, 1.0)
-        for fraction in (0.3, 0.1, 0.03, 0.01):
-            lam = fraction * problem.strength_max()
-            rows.append(_against(f"group lasso, {name}, {fraction:g} λmax", problem.at_strength(lam), "skglm GroupLasso",
-                                 lambda: GroupLasso(groups=size, alpha=lam, fit_intercept=False).fit(X, target),
-                                 repeats))
-    return rows
+    return _group_rows(cases, repeats)
 
 
 
@@ -228,9 +216,6 @@ def wide_group_sweep(repeats: int) -> list[tuple]:
     if importlib.util.find_spec("skglm") is None:  # pragma: no cover
         raise SystemExit("--wide-group-sweep compares against skglm: pip install skglm")
     from sklearn.datasets import load_breast_cancer, load_digits, make_regression
-    from skglm import GroupLasso
-
-    from symopt.problems import group_lasso
 
     Xd, yd = load_digits(return_X_y=True)
     Xc, yc = load_breast_cancer(return_X_y=True)
@@ -241,6 +226,15 @@ def wide_group_sweep(repeats: int) -> list[tuple]:
         X, y = make_regression(n, d, n_informative=informative, noise=noise, random_state=seed, effective_rank=rank)
         low = f", effective rank {rank}" if rank else ""
         cases.append((f"make_regression {n}×{d}{low}, {d // size} groups of {size}", X, y, size))
+    return _group_rows(cases, repeats)
+
+def _group_rows(cases, repeats: int) -> list[tuple]:
+    """The group lasso (no intercept, the target centred) of each ``(name, X, y, group size)`` at 0.3, 0.1,
+    0.03 and 0.01 λ_max against skglm's ``GroupLasso`` at its default tolerance."""
+    from skglm import GroupLasso
+
+    from symopt.problems import group_lasso
+
     rows = []
     for name, X, y, size in cases:
         target = y.astype(float) - y.mean()
@@ -251,6 +245,7 @@ def wide_group_sweep(repeats: int) -> list[tuple]:
                                  lambda: GroupLasso(groups=size, alpha=lam, fit_intercept=False).fit(X, target),
                                  repeats))
     return rows
+
 
 def positive(repeats: int, quick: bool) -> list[tuple]:
     """The non-negative Lasso (``lasso(positive=True)``) against scikit-learn's ``Lasso(positive=True)``:

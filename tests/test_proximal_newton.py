@@ -454,6 +454,21 @@ def test_the_group_model_with_many_pulled_groups_meets_its_optimality_conditions
     assert _group_model_kkt(H, g, x0, x, groups, weights) <= 1e-8 * scale
 
 
+def _rounds_counted(monkeypatch, H, grad, start, groups, weights, tol: float = 1e-10):
+    """A call that solves the group model from ``start`` and returns ``(x, Newton rounds it took)``."""
+    import symopt.proximal_newton as pn
+
+    rounds = []
+    face_newton = pn._group_face_newton
+    monkeypatch.setattr(pn, "_group_face_newton", lambda *a, **k: rounds.append(1) or face_newton(*a, **k))
+
+    def solved():
+        rounds.clear()
+        return pn.solve_group_quadratic(H, grad, start, groups, weights, tol=tol), len(rounds)
+
+    return solved
+
+
 def test_pulled_groups_join_the_group_model_together(monkeypatch):
     """From 0 with 30 groups pulled, the model's active set starts on the face its proximal-gradient steps
     found: fewer rounds than the optimum has non-zero groups (joined one a round they would need that
@@ -470,14 +485,7 @@ def test_pulled_groups_join_the_group_model_together(monkeypatch):
     g = -(A.mT @ (A @ truth + 0.5 * torch.randn(400, generator=gen, dtype=torch.float64))) / 400
     weights = torch.full((30,), 0.05, dtype=torch.float64)
     x0 = torch.zeros(90, dtype=torch.float64)
-    rounds = []
-    face_newton = pn._group_face_newton
-    monkeypatch.setattr(pn, "_group_face_newton", lambda *a, **k: rounds.append(1) or face_newton(*a, **k))
-
-    def solved():
-        rounds.clear()
-        return pn.solve_group_quadratic(H, g, x0, groups, weights, tol=1e-13), len(rounds)
-
+    solved = _rounds_counted(monkeypatch, H, g, x0, groups, weights, tol=1e-13)
     x, together = solved()
     alive = int((pn._group_sizes(x, groups, 30) > 0).sum())
     assert 8 <= alive < 30 and together < alive
@@ -492,6 +500,21 @@ def test_pulled_groups_join_the_group_model_together(monkeypatch):
     assert torch.equal(x == 0, y == 0) and float((x - y).abs().max()) < 1e-9
 
 
+def _wide_group_model(rows: int, columns: int, size: int, informative: int, seed: int, ridge: float):
+    """``(H, ∇ at 0, groups, weights, ridge point)`` of the group lasso's model on scikit-learn's
+    make_regression (centred target) in groups of ``size`` consecutive columns at 0.01 λ_max, and the
+    ridge solution $(H + \mathrm{ridge}·I)^{-1}(-∇)$, every group alive: a rough start."""
+    make_regression = pytest.importorskip("sklearn.datasets").make_regression
+    X, y = make_regression(rows, columns, n_informative=informative, noise=1.0, random_state=seed)
+    X, y = torch.as_tensor(X), torch.as_tensor(y - y.mean())
+    H, g0 = X.mT @ X / rows, -(X.mT @ y) / rows
+    count = columns // size
+    weights = torch.full((count,), 0.01 * float(g0.reshape(count, size).norm(dim=1).max()), dtype=torch.float64)
+    ridge_point = torch.linalg.solve(H + ridge * torch.eye(columns, dtype=torch.float64), -g0)
+    return H, g0, torch.arange(columns) // size, weights, ridge_point
+
+
+
 @pytest.mark.parametrize("seed, rows, columns, size", [(0, 100, 300, 3), (1, 60, 240, 4), (2, 80, 400, 5)])
 def test_the_joins_go_on_while_a_wide_models_face_still_shrinks(monkeypatch, seed, rows, columns, size):
     """A group model on more columns than rows (scikit-learn's make_regression, 0.01 λ_max), from a rough
@@ -500,28 +523,16 @@ def test_the_joins_go_on_while_a_wide_models_face_still_shrinks(monkeypatch, see
     Newton step on it costs, and the active set then takes the few groups left one a round, where the
     fixed span of PREFIX_CHECK steps stopped on a pause of a face still shrinking (4, 17 and 9 rounds
     against 19, 32 and 32 when written). The same optimum either way, the model's KKT conditions met."""
-    make_regression = pytest.importorskip("sklearn.datasets").make_regression
     import symopt.proximal_newton as pn
 
-    X, y = make_regression(rows, columns, n_informative=10, noise=1.0, random_state=seed)
-    X, y = torch.as_tensor(X), torch.as_tensor(y - y.mean())
-    H, g0 = X.mT @ X / rows, -(X.mT @ y) / rows
-    groups, count = torch.arange(columns) // size, columns // size
-    weights = torch.full((count,), 0.01 * float(g0.reshape(count, size).norm(dim=1).max()), dtype=torch.float64)
-    start = torch.linalg.solve(H + 0.1 * torch.eye(columns, dtype=torch.float64), -g0)
+    H, g0, groups, weights, start = _wide_group_model(rows, columns, size, 10, seed, ridge=0.1)
+    count = columns // size
     norms = start.reshape(count, size).norm(dim=1)
     start = start * (norms >= norms.quantile(0.3)).repeat_interleave(size)
     grad = g0 + H @ start
     assert int(((norms < norms.quantile(0.3)) & (grad.reshape(count, size).norm(dim=1) > weights)).sum()) \
         >= pn.JOINS_TOGETHER  # (the steps go first)
-    rounds = []
-    face_newton = pn._group_face_newton
-    monkeypatch.setattr(pn, "_group_face_newton", lambda *a, **k: rounds.append(1) or face_newton(*a, **k))
-
-    def solved():
-        rounds.clear()
-        return pn.solve_group_quadratic(H, grad, start, groups, weights, tol=1e-10), len(rounds)
-
+    solved = _rounds_counted(monkeypatch, H, grad, start, groups, weights)
     x, held = solved()
     monkeypatch.setattr(pn, "_prefix_window", lambda *a: pn.PREFIX_CHECK, raising=False)
     y_, fixed = solved()
@@ -538,25 +549,12 @@ def test_groups_leave_a_dense_start_together(monkeypatch):
     steps go first all the same, and the groups that must go leave together (32 Newton rounds when
     written) where the active set took them off one a round (107 rounds; from the descent's own point
     15 against 81). The same optimum, the model's KKT conditions met."""
-    make_regression = pytest.importorskip("sklearn.datasets").make_regression
     import symopt.proximal_newton as pn
 
-    X, y = make_regression(30, 150, n_informative=5, noise=1.0, random_state=102)
-    X, y = torch.as_tensor(X), torch.as_tensor(y - y.mean())
-    H, g0 = X.mT @ X / 30, -(X.mT @ y) / 30
-    groups = torch.arange(150) // 3
-    weights = torch.full((50,), 0.01 * float(g0.reshape(50, 3).norm(dim=1).max()), dtype=torch.float64)
-    start = torch.linalg.solve(H + torch.eye(150, dtype=torch.float64), -g0)
+    H, g0, groups, weights, start = _wide_group_model(30, 150, 3, 5, 102, ridge=1.0)
     grad = g0 + H @ start
     assert bool((start.reshape(50, 3).norm(dim=1) > 0).all())
-    rounds = []
-    face_newton = pn._group_face_newton
-    monkeypatch.setattr(pn, "_group_face_newton", lambda *a, **k: rounds.append(1) or face_newton(*a, **k))
-
-    def solved():
-        rounds.clear()
-        return pn.solve_group_quadratic(H, grad, start, groups, weights, tol=1e-10), len(rounds)
-
+    solved = _rounds_counted(monkeypatch, H, grad, start, groups, weights)
     x, together = solved()
     monkeypatch.setattr(pn, "LEAVES_TOGETHER", 10 ** 9, raising=False)  # (no steps from a dense start)
     y_, one_by_one = solved()
