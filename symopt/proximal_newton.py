@@ -624,12 +624,12 @@ def _groups_join_together(hessian: Tensor, grad: Tensor, start: Tensor, groups: 
     count = weights.numel()
     alive = _group_sizes(start, groups, count) > 0
     pulled = int(((~alive) & (_group_sizes(grad, groups, count) > weights)).sum())
-    dense = int(alive.sum()) >= max(JOINS_TOGETHER, count // 2) and int(alive[groups].sum()) > LEAVES_TOGETHER
-    if pulled < JOINS_TOGETHER and not dense:
+    if pulled < JOINS_TOGETHER and not (  # (a dense start: asked only where too few zero groups are pulled)
+            int(alive.sum()) >= max(JOINS_TOGETHER, count // 2) and int(alive[groups].sum()) > LEAVES_TOGETHER):
         return start.clone(), None
     lipschitz = _largest_eigenvalue(hessian if row_block is None else row_block[0])
     ahead, point, momentum = start.clone(), start, 1.0
-    held = 0  # steps the set of non-zero groups has been the same
+    held, window = 0, None  # steps the set of non-zero groups has been the same; what it must hold for
     for step in range(PREFIX_STEPS):
         moved = ahead - (grad + _product(hessian, ahead - start, row_block)) / lipschitz
         shrink = (1 - (weights / lipschitz) / _group_sizes(moved, groups, count).clamp_min(1e-300)).clamp_min_(0)
@@ -639,12 +639,14 @@ def _groups_join_together(hessian: Tensor, grad: Tensor, start: Tensor, groups: 
         point, momentum = following, after
         now = shrink > 0
         if not torch.equal(now, alive):
-            alive, held = now, 0
+            alive, held, window = now, 0, None
             continue
         held += 1
-        if step >= 2 * PREFIX_CHECK - 1 and held >= PREFIX_CHECK and \
-                held >= _prefix_window(now, groups, hessian.shape[0], row_block):
-            break
+        if step >= 2 * PREFIX_CHECK - 1 and held >= PREFIX_CHECK:
+            if window is None:  # (once per set: it does not change while the set holds)
+                window = _prefix_window(now, groups, hessian.shape[0], row_block)
+            if held >= window:
+                break
     if _group_model(hessian, grad, start, point, groups, weights, row_block) < \
             _group_model(hessian, grad, start, start, groups, weights, row_block):
         return point, lipschitz  # (a product of the last step: not the start)

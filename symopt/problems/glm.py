@@ -159,10 +159,12 @@ class DataTerm:
             >>> DataTerm(SquaredError()).determined(X, y), DataTerm(SquaredError(), fit_intercept=True).determined(X.mT, y[:2])
             (True, False)
         """
-        if self.ridge > 0:
-            return True
+        return self.ridge > 0 or self._rows_that_count(X, weights) >= X.shape[1]
+
+    def _rows_that_count(self, X: Tensor, weights: Tensor | None) -> int:
+        """The rows with a positive weight, one fewer with an intercept (its profiling centres them)."""
         rows = X.shape[0] if weights is None else int((weights > 0).sum())
-        return rows - int(self.fit_intercept) >= X.shape[1]
+        return rows - int(self.fit_intercept)
 
     def resolved_coordinates(self, X: Tensor, y: Tensor, weights: Tensor | None = None) -> float:
         r"""The rank the term's curvature can have at most, in θ's coordinates: the rows that count (as
@@ -178,8 +180,7 @@ class DataTerm:
         """
         if self.ridge > 0:
             return math.inf
-        rows = X.shape[0] if weights is None else int((weights > 0).sum())
-        return float((rows - int(self.fit_intercept)) * (y.shape[1] if y.dim() == 2 else 1))
+        return float(self._rows_that_count(X, weights) * (y.shape[1] if y.dim() == 2 else 1))
 
     def __call__(self, theta: Tensor, X: Tensor, y: Tensor, weights: Tensor | None = None) -> Tensor:
         value = self.fit.value(self.predictor(theta, X, y, weights), y, weights)

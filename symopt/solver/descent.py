@@ -284,9 +284,9 @@ class Descent:
             # resolved row (see GROUPS_FROM_ZERO and PULLED_PER_ROW)
             pulled = self._pulled_mask_at_zero()
             entries = int(pulled[ids.to(pulled.device)].sum())
-            wide_but_small = entries <= min(PULLED_PER_ROW * self._resolved_coordinates(), WIDE_FROM_ZERO)
-            if entries <= GROUPS_FROM_ZERO and (determined or int(pulled.sum()) <= PULLED_AT_ZERO * atoms
-                                                or wide_but_small):
+            if entries <= GROUPS_FROM_ZERO and (
+                    determined or int(pulled.sum()) <= PULLED_AT_ZERO * atoms
+                    or entries <= min(PULLED_PER_ROW * self._resolved_coordinates(), WIDE_FROM_ZERO)):
                 return QUADRATIC_EARLY_ITERATIONS
         if atoms > EARLY_ENTRIES:
             return None
