@@ -78,10 +78,28 @@ GROUP_FACE = 1024
 # processes alternated): 0.98, 0.90 and 1.01× the time in the geometric means, 0.16–0.42× on the five
 # rows where the crawl was (30×150 at 0.01 λ_max 149 → 23 ms, 80×560 at 0.01 224 → 61 ms, 50×250 at
 # 0.1–0.01, 200×2000 at 0.03 282 → 109 ms), 1.1–1.16× in process on five rows where it was not.
+# A set that has held for that window is taken as the face only where the model fell over the window by
+# at most SETTLED_SHARE of its fall since the start (checked again each window while it holds; a product
+# with H a check): from θ = 0 on a model of more columns than rows nearly every group joins at the first
+# steps and the set holds for a while before the groups leave one by one (standardised digits' rows
+# 200-229 in 32 groups of 2 at 0.01 λ_max: all 32 held for 20 steps while the model fell from -2.8 to -3.5
+# of -3.64; the optimum has 20; 51 Newton rounds → 11, 55 → 15 ms). A start whose own set holds (a
+# descent's point, a polish's second model) is on its face already: the hold alone ends its steps.
+# Counted on the wide group sweep's 112 rows (with EXACT_GROUP_MODEL): 740 → 605 Newton rounds for 12004 →
+# 12313 products with H, the same optima; timed with it in benchmarks/RESULTS.md (twenty-third session).
 JOINS_TOGETHER = 4
 LEAVES_TOGETHER = 96
 PREFIX_STEPS = 400
 PREFIX_CHECK = 4
+SETTLED_SHARE = 0.01
+# A group model of a least-squares loss is the loss itself: it is solved to EXACT_GROUP_MODEL × the outer
+# tolerance (a millionth of the caller's target), not a hundredth of it, because the certifier polishes
+# again any point whose residual is above a millionth of its target (`symopt.solver.certifier`): a model
+# that stopped at its hundredth came back for a second model, a Hessian and its joins, where one or two
+# more Newton steps on the same face finish it (Newton converges quadratically there). Counted on the
+# wide group sweep's 112 rows: 179 → 128 models, 782 → 605 Newton rounds; on the group sweep and the
+# multi-task Lasso (36 rows) 50 → 36 models; the same optima (benchmarks/RESULTS.md, twenty-third session).
+EXACT_GROUP_MODEL = 1e-5
 _OUTER = 30  # proximal Newton iterations at most (quadratic convergence: 1 on least squares, 3-8 on the log-loss)
 _BACKTRACKS = 30
 _ARMIJO = 1e-4
@@ -617,9 +635,10 @@ def _groups_join_together(hessian: Tensor, grad: Tensor, start: Tensor, groups: 
     ``JOINS_TOGETHER`` alive, on more than ``LEAVES_TOGETHER`` coordinates: those that must go then leave
     together); else a copy of the start and L None (not computed). The steps stop once
     the set of non-zero groups has been the same for `_prefix_window` steps (what one Newton step on its
-    face costs in these steps, at least ``PREFIX_CHECK``; not before step 2 · ``PREFIX_CHECK``), or after
-    ``PREFIX_STEPS``; their last point is kept only where the model is lower there than at the
-    start (FISTA is not monotone). L is H's largest eigenvalue (`_largest_eigenvalue`), returned for
+    face costs in these steps, at least ``PREFIX_CHECK``; not before step 2 · ``PREFIX_CHECK``) and the
+    model fell over them by at most ``SETTLED_SHARE`` of its fall since the start (checked again every
+    window while the set holds), or after ``PREFIX_STEPS``; their last point is kept only where the
+    model is lower there than at the start (FISTA is not monotone). L is H's largest eigenvalue (`_largest_eigenvalue`), returned for
     the active set's own proximal steps. The point returned is a new tensor (the caller writes into it)."""
     count = weights.numel()
     alive = _group_sizes(start, groups, count) > 0
@@ -629,7 +648,12 @@ def _groups_join_together(hessian: Tensor, grad: Tensor, start: Tensor, groups: 
         return start.clone(), None
     lipschitz = _largest_eigenvalue(hessian if row_block is None else row_block[0])
     ahead, point, momentum = start.clone(), start, 1.0
-    held, window = 0, None  # steps the set of non-zero groups has been the same; what it must hold for
+    # steps the set of non-zero groups has been the same; what it must hold for; held at the next check
+    held, window, due = 0, None, 0
+    first = _group_norm(start, groups, weights)  # (the model at the start: d = 0)
+    # where the set appeared, then the model's value at its last check; None while the start's own set
+    # holds (a start on its face: a descent's point, a polish's second model), which the hold alone ends
+    anchor: Tensor | float | None = None
     for step in range(PREFIX_STEPS):
         moved = ahead - (grad + _product(hessian, ahead - start, row_block)) / lipschitz
         shrink = (1 - (weights / lipschitz) / _group_sizes(moved, groups, count).clamp_min(1e-300)).clamp_min_(0)
@@ -639,16 +663,24 @@ def _groups_join_together(hessian: Tensor, grad: Tensor, start: Tensor, groups: 
         point, momentum = following, after
         now = shrink > 0
         if not torch.equal(now, alive):
-            alive, held, window = now, 0, None
+            alive, held, window, anchor = now, 0, None, following
             continue
         held += 1
         if step >= 2 * PREFIX_CHECK - 1 and held >= PREFIX_CHECK:
             if window is None:  # (once per set: it does not change while the set holds)
-                window = _prefix_window(now, groups, hessian.shape[0], row_block)
-            if held >= window:
-                break
-    if _group_model(hessian, grad, start, point, groups, weights, row_block) < \
-            _group_model(hessian, grad, start, start, groups, weights, row_block):
+                window = due = _prefix_window(now, groups, hessian.shape[0], row_block)
+            if held >= due:
+                # (a set that held is final only where the model has all but stopped falling on it:
+                # see SETTLED_SHARE)
+                level = _group_model(hessian, grad, start, point, groups, weights, row_block)
+                if isinstance(anchor, Tensor):
+                    anchor = _group_model(hessian, grad, start, anchor, groups, weights, row_block)
+                if anchor is None or anchor - level <= SETTLED_SHARE * (first - level):
+                    break
+                anchor, due = level, held + window
+    else:
+        level = _group_model(hessian, grad, start, point, groups, weights, row_block)
+    if level < first:
         return point, lipschitz  # (a product of the last step: not the start)
     return start.clone(), lipschitz
 
@@ -908,6 +940,7 @@ def proximal_newton(loss, constraint: Constraint, point: Tensor, target: float) 
     if signs is None and ids is None:
         return None
     lam, nonnegative = float(constraint.strength), signs == "nonnegative"
+    loss_is_quadratic = bool(getattr(loss, "quadratic", False))
     theta = point.detach().clone()
     value, grad = loss.value_and_grad(theta)
     objective = float(value) + lam * float(constraint.induced_norm(theta))
@@ -940,7 +973,8 @@ def proximal_newton(loss, constraint: Constraint, point: Tensor, target: float) 
             x = solve_l1_quadratic(hessian.to("cpu", torch.float64), local, start, lam, nonnegative, 0.01 * tolerance)
         else:
             x = solve_group_quadratic(hessian.to("cpu", torch.float64), local, start, groups, weights,
-                                      0.01 * tolerance, row_block=row_block)
+                                      (EXACT_GROUP_MODEL if loss_is_quadratic else 0.01) * tolerance,
+                                      row_block=row_block)
         move = x - start
         if signs is not None:  # (the ℓ1 norm: its change on the candidates directly)
             change = lam * (float(x.abs().sum()) - float(start.abs().sum()))
