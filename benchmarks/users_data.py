@@ -228,6 +228,38 @@ def wide_group_sweep(repeats: int) -> list[tuple]:
         cases.append((f"make_regression {n}×{d}{low}, {d // size} groups of {size}", X, y, size))
     return _group_rows(cases, repeats)
 
+# The wide Lasso designs of the twenty-third session (rows, columns, make_regression's seed): the first four
+# chose the check from θ = 0 with few pulled entries a row (`symopt.solver.descent.PULLED_PER_ROW`), the
+# other five checked it; 250×1000 and up go to working sets, which the rule does not reach.
+WIDE_LASSO_DESIGNS = [(100, 300, 0), (50, 200, 2), (500, 500, 3), (200, 1000, 4),
+                      (80, 240, 10), (150, 600, 11), (300, 300, 12), (40, 400, 13), (120, 200, 14)]
+
+
+def wide_lasso_sweep(repeats: int) -> list[tuple]:
+    """The Lasso with fewer rows than columns (or as many, with an intercept) against scikit-learn's
+    ``Lasso`` (its default tolerance, a Fortran-ordered X) at 0.3, 0.1, 0.03 and 0.01 λ_max, with and
+    without an intercept: scikit-learn's ``make_regression`` designs of `WIDE_LASSO_DESIGNS` (10
+    informative columns, noise 1) and three slices of shipped data (standardised digits' rows 0–39 and
+    100–163, standardised breast_cancer's rows 0–19)."""
+    from sklearn.datasets import load_breast_cancer, load_digits, make_regression
+
+    Xd, yd = load_digits(return_X_y=True)
+    Xc, yc = load_breast_cancer(return_X_y=True)
+    cases = [(f"make_regression {n}×{d}", *make_regression(n, d, n_informative=10, noise=1.0, random_state=seed))
+             for n, d, seed in WIDE_LASSO_DESIGNS]
+    cases += [("digits std, rows 0–39", _standardised(Xd)[:40], yd[:40].astype(float)),
+              ("digits std, rows 100–163", _standardised(Xd)[100:164], yd[100:164].astype(float)),
+              ("breast_cancer std, rows 0–19", _standardised(Xc)[:20], yc[:20].astype(float))]
+    rows = []
+    for name, X, y in cases:
+        for intercept in (False, True):
+            target = y if intercept else y - y.mean()
+            for fraction in (0.3, 0.1, 0.03, 0.01):
+                rows.append(_against_sklearn_lasso(f"Lasso{'+intercept' if intercept else ''}, {name}, {fraction:g} λmax",
+                                                   X, target, fraction, repeats, fit_intercept=intercept))
+    return rows
+
+
 def _group_rows(cases, repeats: int) -> list[tuple]:
     """The group lasso (no intercept, the target centred) of each ``(name, X, y, group size)`` at 0.3, 0.1,
     0.03 and 0.01 λ_max against skglm's ``GroupLasso`` at its default tolerance."""
@@ -489,6 +521,8 @@ def main(argv=None) -> None:
                              "wine, generated)")
     parser.add_argument("--wide-group-sweep", action="store_true",
                         help="only the group lasso on 28 data sets with more columns than rows against skglm")
+    parser.add_argument("--wide-lasso-sweep", action="store_true",
+                        help="only the Lasso on 12 data sets with more columns than rows against scikit-learn")
     parser.add_argument("--reduced-rank-only", action="store_true",
                         help="only the nuclear-norm regression rows against cvxpy")
     args = parser.parse_args(argv)
@@ -512,6 +546,8 @@ def main(argv=None) -> None:
         rows = lambda: group_sweep(repeats)  # noqa: E731
     elif args.wide_group_sweep:
         rows = lambda: wide_group_sweep(repeats)  # noqa: E731
+    elif args.wide_lasso_sweep:
+        rows = lambda: wide_lasso_sweep(repeats)  # noqa: E731
     elif args.completion_only:
         rows = lambda: completion(repeats, args.quick)  # noqa: E731
     elif args.groups_only:
