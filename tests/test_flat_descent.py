@@ -569,15 +569,16 @@ def test_a_wide_group_problem_with_few_pulled_coordinates_a_row_is_checked_from_
     (80, 240, True, 0.1, True),     # 121: 1.5 a row
     (150, 600, False, 0.03, True),  # 487: 3.2 a row
     (300, 300, True, 0.1, True),    # square with an intercept: 299 rows count, not determined
+    (200, 800, False, 0.01, True),  # more than the group norms' WIDE_FROM_ZERO, at most 4 a row
     (40, 400, False, 0.1, False),   # 281: 7 a row
 ])
 def test_a_wide_lasso_with_few_pulled_coordinates_a_row_is_checked_from_zero(rows, columns, intercept, fraction,
                                                                              from_zero):
     """The Lasso with fewer rows (that count: one fewer with an intercept) than columns: the first check
-    comes before any descent where ∇loss(0) pulls at most PULLED_PER_ROW coordinates per row (and at most
-    WIDE_FROM_ZERO in all), as for a group norm, and certifies the optimum of the run with the descent
-    first (the same objective and support); with more a row the descent runs first. (A 500×500 design
-    with an intercept took 14-20 ms with the descent first, 2-4 ms from θ = 0; benchmarks/RESULTS.md.)"""
+    comes before any descent where ∇loss(0) pulls at most PULLED_PER_ROW coordinates per row, as for a
+    group norm (without its cap in all), and certifies the optimum of the run with the descent first (the
+    same objective and support); with more a row the descent runs first. (A 500×500 design with an
+    intercept took 14-20 ms with the descent first, 2-4 ms from θ = 0; benchmarks/RESULTS.md.)"""
     from sklearn.datasets import make_regression
 
     import symopt.solver.descent as descent
@@ -588,7 +589,7 @@ def test_a_wide_lasso_with_few_pulled_coordinates_a_row_is_checked_from_zero(row
     problem = problem.at_strength(fraction * problem.strength_max())
     pull = np.abs(X.T @ (y - y.mean()))
     pulled = int((pull > fraction * pull.max()).sum())
-    assert (pulled <= min(descent.PULLED_PER_ROW * (rows - intercept), descent.WIDE_FROM_ZERO)) == from_zero
+    assert (pulled <= descent.PULLED_PER_ROW * (rows - intercept)) == from_zero
     counts, result = _directions_per_outer_iteration(problem)
     assert counts[0] == (0 if from_zero else 20) and result.status == "optimal"
     if from_zero:

@@ -88,8 +88,10 @@ GROUPS_FROM_ZERO = GROUP_FACE
 # intercept, 499 rows that count, 15 → 2–4 ms). Measured on 9 make_regression designs from 50×200 to
 # 500×500, with and without an intercept, 0.3 to 0.01 λ_max (benchmarks/RESULTS.md): 0.48 and 0.57× the
 # time in the geometric means of the choosing and the held-out set, every row where the rule applied
-# faster (0.11–0.77×). From 1000 columns working sets solve the Lasso, whose restricted problems have
-# enough rows: the rule does not reach them.
+# faster (0.11–0.77×). The group norms' cap of WIDE_FROM_ZERO entries does not apply: on six more designs
+# 150×600 to 230×700 the rows with 512–754 entries pulled (at most 4 a row) were 0.09–0.5× the time
+# without it (200×800 at 0.01 λ_max 71 → 6 ms). From 1000 columns working sets solve the Lasso, whose
+# restricted problems have enough rows: the rule does not reach them.
 PULLED_PER_ROW = 4
 WIDE_FROM_ZERO = 512
 
@@ -262,8 +264,7 @@ class Descent:
         then drops atoms one active-set step at a time, which costs more than it saves. Under an ℓ1
         norm of entries none (0) where the polish's model from θ = 0 cannot be singular by shape
         (see ``QUADRATIC_EARLY_ITERATIONS`` and ``PULLED_AT_ZERO``) or, with least squares, where
-        ∇loss(0) pulls at most ``PULLED_PER_ROW`` entries per resolved row (``WIDE_FROM_ZERO`` in all),
-        and under a norm of groups with
+        ∇loss(0) pulls at most ``PULLED_PER_ROW`` entries per resolved row, and under a norm of groups with
         least squares where the entries of the groups ∇loss(0) pulls off zero are at most
         ``GROUPS_FROM_ZERO`` (with fewer rows than columns, where it pulls at most ``PULLED_AT_ZERO`` of
         the groups, or at most ``PULLED_PER_ROW`` coordinates per row the curvature resolves and
@@ -287,10 +288,9 @@ class Descent:
             if (quadratic and atoms <= EARLY_ENTRIES) or (determined and (
                     quadratic or atoms <= EARLY_ENTRIES or self._pulled_at_zero() <= PULLED_AT_ZERO * atoms)):
                 return QUADRATIC_EARLY_ITERATIONS
-            # (least squares with fewer rows than columns: where few coordinates a resolved row are
-            # pulled, see PULLED_PER_ROW)
-            if quadratic and not determined and self._pulled_at_zero() <= min(
-                    PULLED_PER_ROW * self._resolved_coordinates(), WIDE_FROM_ZERO):
+            # (least squares with fewer rows than columns: where few entries a resolved row are pulled,
+            # see PULLED_PER_ROW; no cap in all, the ℓ1 model's own limit L1_FACE bounds them)
+            if quadratic and not determined and self._pulled_at_zero() <= PULLED_PER_ROW * self._resolved_coordinates():
                 return QUADRATIC_EARLY_ITERATIONS
         elif ids is not None and quadratic:
             # A norm of groups with a quadratic loss: from θ = 0 its group model takes every pulled
