@@ -330,6 +330,40 @@ def test_a_wide_rank_budgets_reading_computes_values_only(monkeypatch):
         assert torch.allclose(top.sort(descending=True).values[:64], values, rtol=1e-5, atol=1e-4)
 
 
+def test_a_wide_rank_budgets_reading_of_theta_comes_from_its_own_range(monkeypatch):
+    """θ = UVᵀ of a LowRank(max_rank=r) has rank ≤ r: where a reading asks for more values than the tracked
+    range serves (65 of a 256 × 256 θ at r = 64), θ's own reading takes them from a seeded range of r + 8
+    directions, which holds θ's range exactly (`values_of_low_rank`), without any SVD of the 256 × 256
+    matrix (3.6 against 0.8 ms here); the values are the exact ones, the 65th is 0 to rounding (the Gram's
+    $\sqrt{ε}·σ_1$ of float64, or float32's own). The proximal score has full rank and keeps
+    `torch.linalg.svdvals`."""
+    from symopt.constraints import LowRank
+
+    g = torch.Generator().manual_seed(1)
+    constraint = LowRank(max_rank=64)
+    for dtype in (torch.float32, torch.float64):
+        theta = (torch.randn(256, 64, generator=g, dtype=torch.float64)
+                 @ torch.randn(64, 256, generator=g, dtype=torch.float64)).to(dtype)
+        exact = torch.linalg.svdvals(theta.double())[:65]
+        calls = []
+        real = torch.linalg.svdvals
+        monkeypatch.setattr(torch.linalg, "svdvals", lambda m: calls.append(tuple(m.shape)) or real(m))
+        top = constraint.top_dual_atoms(theta, 65, "point")
+        monkeypatch.setattr(torch.linalg, "svdvals", real)
+        assert calls == [] and top.shape == (65,) and top.dtype == dtype
+        scale = float(exact[0]) * (1e-5 if dtype == torch.float32 else 1e-11)
+        assert float((top[:64].double() - exact[:64]).abs().max()) <= scale
+        floor = max(2 * math.sqrt(torch.finfo(torch.float64).eps), 4 * torch.finfo(dtype).eps)  # (θ's own rounding)
+        assert float(top[64]) <= floor * float(exact[0])
+    # (a narrower matrix, where r + 8 is more than half its side: the full values as before)
+    narrow = torch.randn(256, 64, generator=g) @ torch.randn(64, 120, generator=g)
+    calls = []
+    real = torch.linalg.svdvals
+    monkeypatch.setattr(torch.linalg, "svdvals", lambda m: calls.append(tuple(m.shape)) or real(m))
+    constraint.top_dual_atoms(narrow, 65, "point")
+    assert calls == [(256, 120)]
+
+
 def test_a_rank_budget_tracks_theta_and_its_proximal_score_apart():
     """A rank budget reads two matrices each time, θ and its proximal score θ/t − ∇ℓ, whose leading
     singular vectors differ: `LowRank.top_dual_atoms` keeps a tracked range for each reading. Read
