@@ -791,3 +791,55 @@ def test_a_least_squares_group_model_is_solved_once(monkeypatch, case):
     assert once == 1 < len(models)
     assert exact.status == loose.status == "optimal"
     assert abs(exact.objective - loose.objective) <= 1e-12 * abs(loose.objective)
+
+
+def test_a_group_model_on_columns_of_raw_scales_is_solved_in_scaled_coordinates(monkeypatch):
+    """Raw breast_cancer (column scales from 1e-3 to 1e3) in 10 groups of 3 at 1e-3 λ_max: the group model
+    is solved after the change of variables that gives each group's diagonal block a unit mean
+    (`solve_group_quadratic_scaled`, where the groups' scales spread by more than SCALE_SPREAD), where
+    its proximal-gradient steps at 1/L of the largest column crawled (191 Newton rounds against 5 when
+    written; 263 → 8.5 ms a solve). The same optimum, certified."""
+    import symopt.proximal_newton as pn
+    from symopt.problems import group_lasso
+
+    X, y = pytest.importorskip("sklearn.datasets").load_breast_cancer(return_X_y=True)
+    problem = group_lasso(X, y - y.mean(), 3, 1.0)
+    problem = problem.at_strength(1e-3 * problem.strength_max())
+    rounds = []
+    face_newton = pn._group_face_newton
+    monkeypatch.setattr(pn, "_group_face_newton", lambda *a, **k: rounds.append(1) or face_newton(*a, **k))
+    scaled = symopt.solve(problem)
+    few = len(rounds)
+    monkeypatch.setattr(pn, "SCALE_SPREAD", math.inf)  # (never scaled)
+    rounds.clear()
+    unscaled = symopt.solve(problem)
+    assert few * 5 < len(rounds)
+    assert scaled.status == unscaled.status == "optimal"
+    assert abs(scaled.objective - unscaled.objective) <= 1e-12 * abs(unscaled.objective)
+    assert torch.equal(scaled.x == 0, unscaled.x == 0)
+
+
+@pytest.mark.parametrize("tasks", [1, 3])
+def test_the_scaled_group_model_has_the_unscaled_optimum(tasks):
+    """`solve_group_quadratic_scaled` is a change of variables: on a model whose groups' scales spread over
+    six decades (and with a row block, H = B ⊗ I_T) its answer is the unscaled model's optimum, its
+    KKT conditions met in x's own coordinates to the tolerance asked."""
+    from symopt.proximal_newton import _group_model, solve_group_quadratic_scaled
+
+    gen = torch.Generator().manual_seed(3)
+    rows, count = 12, 8
+    A = torch.randn(rows, count, generator=gen, dtype=torch.float64) * torch.logspace(-3, 3, count, dtype=torch.float64)
+    B = A.mT @ A / rows
+    groups = torch.arange(count * tasks) // tasks if tasks > 1 else torch.arange(count) // 2
+    H = torch.kron(B, torch.eye(tasks, dtype=torch.float64)) if tasks > 1 else B
+    g = -(A.mT @ torch.randn(rows, tasks, generator=gen, dtype=torch.float64)).reshape(-1) / rows
+    weights = torch.full((int(groups.max()) + 1,), 1e-3, dtype=torch.float64)
+    start = torch.zeros_like(g)
+    x = solve_group_quadratic_scaled(H, g, start, groups, weights, 1e-12, row_block=(B, tasks) if tasks > 1 else None)
+    scale = 1.0 + float(H.abs().max()) * (1.0 + float(x.abs().max())) + float(g.abs().max())
+    assert _group_model_kkt(H, g, start, x, groups, weights) <= 1e-10 * scale
+    # (no other point does better: random moves off the answer raise the model)
+    best = _group_model(H, g, start, x, groups, weights)
+    for _ in range(20):
+        trial = x + 1e-4 * torch.randn(x.shape, generator=gen, dtype=torch.float64) * x.abs().clamp_min(1e-6)
+        assert _group_model(H, g, start, trial, groups, weights) >= best - 1e-15 * (1 + abs(best))
