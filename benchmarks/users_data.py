@@ -228,6 +228,27 @@ def wide_group_sweep(repeats: int) -> list[tuple]:
         cases.append((f"make_regression {n}×{d}{low}, {d // size} groups of {size}", X, y, size))
     return _group_rows(cases, repeats)
 
+def raw_group_sweep(repeats: int) -> list[tuple]:
+    """The group lasso on columns of raw scales (no standardisation: breast_cancer's span 1e-3 to 1e3)
+    against skglm's ``GroupLasso`` at 0.3, 0.1, 0.03 and 0.01 λ_max (`_group_rows`) and at 1e-3 λ_max:
+    breast_cancer in 10 groups of 3, digits in 16 of 4, wine's first 12 columns in 4 of 3, and 20- to
+    40-row slices of each (the rows where the group model is solved in scaled coordinates,
+    ``symopt.proximal_newton.SCALE_SPREAD``). Needs skglm."""
+    if importlib.util.find_spec("skglm") is None:  # pragma: no cover
+        raise SystemExit("--raw-group-sweep compares against skglm: pip install skglm")
+    from sklearn.datasets import load_breast_cancer, load_digits, load_wine
+
+    Xc, yc = load_breast_cancer(return_X_y=True)
+    Xd, yd = load_digits(return_X_y=True)
+    Xw, yw = load_wine(return_X_y=True)
+    cases = [("breast_cancer raw, 10 groups of 3", Xc, yc, 3), ("digits raw, 16 groups of 4", Xd, yd, 4),
+             ("wine raw (12 columns), 4 groups of 3", Xw[:, :12], yw, 3),
+             ("breast_cancer raw, rows 0–19, 10 groups of 3", Xc[:20], yc[:20], 3),
+             ("digits raw, rows 0–39, 16 groups of 4", Xd[:40], yd[:40], 4),
+             ("wine raw (12 columns), rows 50–69, 4 groups of 3", Xw[50:70, :12], yw[50:70], 3)]
+    return _group_rows(cases, repeats, fractions=(0.3, 0.1, 0.03, 0.01, 1e-3))
+
+
 # The wide Lasso designs of the twenty-third session (rows, columns, make_regression's seed): the first four
 # chose the check from θ = 0 with few pulled entries a row (`symopt.solver.descent.PULLED_PER_ROW`), the
 # other five checked it; 250×1000 and up go to working sets, which the rule does not reach.
@@ -260,9 +281,9 @@ def wide_lasso_sweep(repeats: int) -> list[tuple]:
     return rows
 
 
-def _group_rows(cases, repeats: int) -> list[tuple]:
-    """The group lasso (no intercept, the target centred) of each ``(name, X, y, group size)`` at 0.3, 0.1,
-    0.03 and 0.01 λ_max against skglm's ``GroupLasso`` at its default tolerance."""
+def _group_rows(cases, repeats: int, fractions=(0.3, 0.1, 0.03, 0.01)) -> list[tuple]:
+    """The group lasso (no intercept, the target centred) of each ``(name, X, y, group size)`` at
+    ``fractions`` of λ_max against skglm's ``GroupLasso`` at its default tolerance."""
     from skglm import GroupLasso
 
     from symopt.problems import group_lasso
@@ -271,7 +292,7 @@ def _group_rows(cases, repeats: int) -> list[tuple]:
     for name, X, y, size in cases:
         target = y.astype(float) - y.mean()
         problem = group_lasso(X, target, size, 1.0)
-        for fraction in (0.3, 0.1, 0.03, 0.01):
+        for fraction in fractions:
             lam = fraction * problem.strength_max()
             rows.append(_against(f"group lasso, {name}, {fraction:g} λmax", problem.at_strength(lam), "skglm GroupLasso",
                                  lambda: GroupLasso(groups=size, alpha=lam, fit_intercept=False).fit(X, target),
@@ -521,6 +542,8 @@ def main(argv=None) -> None:
                              "wine, generated)")
     parser.add_argument("--wide-group-sweep", action="store_true",
                         help="only the group lasso on 28 data sets with more columns than rows against skglm")
+    parser.add_argument("--raw-group-sweep", action="store_true",
+                        help="only the group lasso on raw columns (breast_cancer, digits, wine) against skglm")
     parser.add_argument("--wide-lasso-sweep", action="store_true",
                         help="only the Lasso on 12 data sets with more columns than rows against scikit-learn")
     parser.add_argument("--reduced-rank-only", action="store_true",
@@ -546,6 +569,8 @@ def main(argv=None) -> None:
         rows = lambda: group_sweep(repeats)  # noqa: E731
     elif args.wide_group_sweep:
         rows = lambda: wide_group_sweep(repeats)  # noqa: E731
+    elif args.raw_group_sweep:
+        rows = lambda: raw_group_sweep(repeats)  # noqa: E731
     elif args.wide_lasso_sweep:
         rows = lambda: wide_lasso_sweep(repeats)  # noqa: E731
     elif args.completion_only:
