@@ -634,6 +634,22 @@ def solve_group_quadratic(hessian: Tensor, grad: Tensor, start: Tensor, groups: 
     return x
 
 
+def _group_model_solution(hessian: Tensor, grad: Tensor, start: Tensor, groups: Tensor, weights: Tensor, tol: float,
+                          row_block: tuple[Tensor, int] | None) -> Tensor:
+    r"""The group model's solution: where every group is one coordinate with a positive weight the model is
+    the weighted ℓ1 one, $\sum_j w_j |x_j|$, solved as `solve_l1_quadratic` after $x_j = u_j / w_j$ (λ = 1,
+    $H' = W^{-1} H W^{-1}$; its violations asked to ``tol`` / max w, so that x's are within ``tol``):
+    that active set steps along a singular face's null space to the exact kink and keeps its Cholesky
+    factor, where the group model's crawled (a correlated 46 × 97 design in groups of 1 at 1e-4 λ_max:
+    4.5 s → 0.06 s, measured); else `solve_group_quadratic_scaled`."""
+    if row_block is None and groups.numel() == weights.numel() and bool((weights > 0).all()):
+        per = (1.0 / weights)[groups]
+        u = solve_l1_quadratic(hessian * per[:, None] * per[None, :], grad * per, start / per, 1.0, False,
+                               tol / float(weights.max()))
+        return u * per
+    return solve_group_quadratic_scaled(hessian, grad, start, groups, weights, tol, row_block=row_block)
+
+
 def solve_group_quadratic_scaled(hessian: Tensor, grad: Tensor, start: Tensor, groups: Tensor, weights: Tensor,
                                  tol: float = 0.0, row_block: tuple[Tensor, int] | None = None) -> Tensor:
     r"""`solve_group_quadratic` after the change of variables $x_{G_j} = u_{G_j} / s_j$ that gives every group's
@@ -1019,9 +1035,8 @@ def proximal_newton(loss, constraint: Constraint, point: Tensor, target: float) 
         if signs is not None:
             x = solve_l1_quadratic(hessian.to("cpu", torch.float64), local, start, lam, nonnegative, 0.01 * tolerance)
         else:
-            x = solve_group_quadratic_scaled(hessian.to("cpu", torch.float64), local, start, groups, weights,
-                                             (EXACT_GROUP_MODEL if loss_is_quadratic else 0.01) * tolerance,
-                                             row_block=row_block)
+            x = _group_model_solution(hessian.to("cpu", torch.float64), local, start, groups, weights,
+                                      (EXACT_GROUP_MODEL if loss_is_quadratic else 0.01) * tolerance, row_block)
         move = x - start
         if signs is not None:  # (the ℓ1 norm: its change on the candidates directly)
             change = lam * (float(x.abs().sum()) - float(start.abs().sum()))
