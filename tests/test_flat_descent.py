@@ -552,14 +552,24 @@ def test_a_wide_group_problem_with_few_pulled_coordinates_a_row_is_checked_from_
     assert pulled > descent.PULLED_AT_ZERO * (columns // size)  # (the rule on the pulled groups' share does not apply)
     entries = pulled * size
     assert (entries <= min(descent.PULLED_PER_ROW * rows, descent.WIDE_FROM_ZERO)) == from_zero
+    # (the descent first: the short one on at most EARLY_ENTRIES groups)
+    _checked_from_zero_where_few_are_pulled(
+        problem, from_zero, descent.EARLY_ITERATIONS if columns // size <= descent.EARLY_ENTRIES else 20)
+
+
+def _checked_from_zero_where_few_are_pulled(problem, from_zero: bool, descent_first: int) -> None:
+    """The first check of ``problem`` comes before any descent exactly where ``from_zero``, and there
+    certifies the optimum of the run with the rule on pulled coordinates a row off (``PULLED_PER_ROW`` = 0),
+    whose first outer iteration takes ``descent_first`` iterations: the same objective and support."""
+    import symopt.solver.descent as descent
+
     counts, result = _directions_per_outer_iteration(problem)
     assert counts[0] == (0 if from_zero else 20) and result.status == "optimal"
     if from_zero:
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(descent, "PULLED_PER_ROW", 0)  # (the rule off: the descent first)
             counts, slow = _directions_per_outer_iteration(problem)
-        # (the descent first: the short one on at most EARLY_ENTRIES groups)
-        assert counts[0] == (descent.EARLY_ITERATIONS if columns // size <= descent.EARLY_ENTRIES else 20)
+        assert counts[0] == descent_first
         assert slow.status == "optimal" and abs(result.objective - slow.objective) <= 1e-9 * abs(slow.objective)
         assert torch.equal(result.x == 0, slow.x == 0)
 
@@ -590,15 +600,7 @@ def test_a_wide_lasso_with_few_pulled_coordinates_a_row_is_checked_from_zero(row
     pull = np.abs(X.T @ (y - y.mean()))
     pulled = int((pull > fraction * pull.max()).sum())
     assert (pulled <= descent.PULLED_PER_ROW * (rows - intercept)) == from_zero
-    counts, result = _directions_per_outer_iteration(problem)
-    assert counts[0] == (0 if from_zero else 20) and result.status == "optimal"
-    if from_zero:
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(descent, "PULLED_PER_ROW", 0)  # (the rule off: the descent first)
-            counts, slow = _directions_per_outer_iteration(problem)
-        assert counts[0] == 20
-        assert slow.status == "optimal" and abs(result.objective - slow.objective) <= 1e-9 * abs(slow.objective)
-        assert torch.equal(result.x == 0, slow.x == 0)
+    _checked_from_zero_where_few_are_pulled(problem, from_zero, 20)
 
 
 def test_resolved_coordinates_count_rows_with_weight_the_intercept_and_the_targets():
