@@ -243,3 +243,13 @@ def test_regrowth_rank_quick(capsys):
     assert [(r["optimizer"], r["method"]) for r in rows] == [
         (optimizer, method) for optimizer in ("GD", "Adam") for method in ("plain", "regrow")]
     assert rows[1]["wrong"] == 0 and rows[1]["zeros"] == rows[1]["reference_zeros"] == 1  # rank 9 of 10: one exact zero pair
+
+
+def test_stress_draws_its_designs_and_reports_every_solve(capsys):
+    from benchmarks import stress
+
+    rows = stress.main(["--draws", "4", "--slowest", "2"])
+    out = capsys.readouterr().out
+    assert len(rows) == 4 * len(stress.FRACTIONS) and "slowest solves:" in out
+    kinds = [kind for _, kind, *_ in stress.draws(4)]
+    assert kinds == list(stress.KINDS)

@@ -882,29 +882,8 @@ def test_a_group_model_of_one_coordinate_groups_is_the_weighted_l1_model(monkeyp
     assert abs(result.objective - reference) <= 1e-10 * abs(reference)
 
 
-def _stress_draw(trial: int):
-    """``(X, y, group size)``: the ``trial``-th design of the twenty-third session's stress script (random
-    group lasso problems, torch's generator seeded 0; every fourth of kind 1 has duplicated columns)."""
-    gen = torch.Generator().manual_seed(0)
-    for draw in range(trial + 1):
-        n = int(torch.randint(8, 80, (1,), generator=gen))
-        d = int(torch.randint(6, 120, (1,), generator=gen))
-        size = int(torch.randint(1, 5, (1,), generator=gen))
-        d = max(size, d - d % size)
-        X = torch.randn(n, d, generator=gen, dtype=torch.float64)
-        kind = draw % 4
-        if kind == 1:
-            X[:, 1::2] = X[:, 0::2][:, : X[:, 1::2].shape[1]]
-        if kind == 2:
-            X = X @ torch.randn(d, d, generator=gen, dtype=torch.float64) * 0.1 + 1e-3 * X
-        if kind == 3:
-            X = X * torch.logspace(-3, 3, d, dtype=torch.float64)
-        y = X[:, : min(3, d)].sum(1) + 0.1 * torch.randn(n, generator=gen, dtype=torch.float64)
-    return X, y, size
-
-
 def test_a_group_model_asked_beyond_its_rounding_stops_where_its_steps_stall(monkeypatch):
-    """A 22 × 9 design with duplicated columns in 3 groups of 3 at 0.01 λ_max (a stress script's draw): the
+    """A 22 × 9 design with duplicated columns in 3 groups of 3 at 0.01 λ_max (`benchmarks.stress`' draw 25): the
     certifier's finish asks the group model for a residual of 1e-18, below what it can reach (3e-16), and
     on its singular face Newton is blocked; its proximal-gradient steps no longer lower the model, and
     after STALLED_ROUNDS such rounds it returns, where it ran the round limit (1006 rounds, 1 s, when
@@ -912,9 +891,11 @@ def test_a_group_model_asked_beyond_its_rounding_stops_where_its_steps_stall(mon
     import symopt.proximal_newton as pn
     from symopt.problems import group_lasso
 
-    X, y, size = _stress_draw(25)
-    assert X.shape == (22, 9) and size == 3
-    problem = group_lasso(X, y - y.mean(), size, 1.0)
+    from benchmarks.stress import draws
+
+    _, kind, X, y, size = list(draws(26))[25]
+    assert X.shape == (22, 9) and size == 3 and kind == "duplicated columns"
+    problem = group_lasso(X, y, size, 1.0)
     problem = problem.at_strength(0.01 * problem.strength_max())
     rounds = []
     face_newton = pn._group_face_newton
