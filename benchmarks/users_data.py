@@ -193,8 +193,9 @@ def group_sweep(repeats: int) -> list[tuple]:
 
 
 # The wide designs of the twenty-second session (benchmarks/RESULTS.md): (rows, columns, group size, informative
-# columns, effective rank or None, noise, make_regression's seed). The first six (with digits' first 40 rows) chose the group model's joins
-# and the check from θ = 0 on them, the next eleven checked the joins, the last eight checked both.
+# columns, effective rank or None, noise, make_regression's seed). The first six (with digits' first 40 rows)
+# chose the group model's joins and the check from θ = 0 on them, the next eleven checked the joins, the last
+# eight checked both.
 WIDE_DESIGNS = [(100, 300, 3, 10, None, 1.0, 2), (100, 1000, 5, 20, None, 1.0, 3), (50, 200, 4, 8, None, 1.0, 5),
                 (200, 2000, 5, 20, None, 1.0, 6), (40, 120, 2, 6, None, 1.0, 7), (150, 400, 4, 12, None, 1.0, 8),
                 (80, 240, 2, 8, None, 1.0, 100), (120, 480, 3, 12, None, 1.0, 101), (30, 150, 3, 5, None, 1.0, 102),
@@ -276,8 +277,8 @@ def wide_lasso_sweep(repeats: int) -> list[tuple]:
         for intercept in (False, True):
             target = y if intercept else y - y.mean()
             for fraction in (0.3, 0.1, 0.03, 0.01):
-                rows.append(_against_sklearn_lasso(f"Lasso{'+intercept' if intercept else ''}, {name}, {fraction:g} λmax",
-                                                   X, target, fraction, repeats, fit_intercept=intercept))
+                label = f"Lasso{'+intercept' if intercept else ''}, {name}, {fraction:g} λmax"
+                rows.append(_against_sklearn_lasso(label, X, target, fraction, repeats, fit_intercept=intercept))
     return rows
 
 
@@ -523,6 +524,22 @@ def completion_sweep(repeats: int) -> list[tuple]:
              for seed, (m, n, rank, observed) in enumerate(SWEEP, start=1)]
     return _completion_rows(cases, (0.1, 0.05, 0.02), repeats)
 
+# The sweeps, each a flag that runs it alone (the first given, in this order): (the call on ``repeats``, its help).
+SWEEPS = {
+    "--completion-sweep": (completion_sweep, "only completion of fifteen more generated matrices against SoftImpute"),
+    "--logistic-sweep": (logistic_sweep,
+                         "only logistic-L1 on eleven more data sets against skglm (wine, digits, generated)"),
+    "--group-sweep": (group_sweep, "only the group lasso on eight data sets against skglm (breast_cancer, digits, "
+                                   "diabetes, wine, generated)"),
+    "--wide-group-sweep": (wide_group_sweep,
+                           "only the group lasso on 28 data sets with more columns than rows against skglm"),
+    "--raw-group-sweep": (raw_group_sweep,
+                          "only the group lasso on raw columns (breast_cancer, digits, wine) against skglm"),
+    "--wide-lasso-sweep": (wide_lasso_sweep,
+                           "only the Lasso on 12 data sets with more columns than rows against scikit-learn"),
+}
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.users_data")
     parser.add_argument("--repeats", type=int, default=3)
@@ -533,23 +550,13 @@ def main(argv=None) -> None:
     parser.add_argument("--paths-only", action="store_true", help="only the path and LassoCV rows")
     parser.add_argument("--completion-only", action="store_true",
                         help="only the completion rows against SoftImpute (generated, digits, china.jpg)")
-    parser.add_argument("--completion-sweep", action="store_true",
-                        help="only completion of fifteen more generated matrices against SoftImpute")
-    parser.add_argument("--logistic-sweep", action="store_true",
-                        help="only logistic-L1 on eleven more data sets against skglm (wine, digits, generated)")
-    parser.add_argument("--group-sweep", action="store_true",
-                        help="only the group lasso on eight data sets against skglm (breast_cancer, digits, diabetes, "
-                             "wine, generated)")
-    parser.add_argument("--wide-group-sweep", action="store_true",
-                        help="only the group lasso on 28 data sets with more columns than rows against skglm")
-    parser.add_argument("--raw-group-sweep", action="store_true",
-                        help="only the group lasso on raw columns (breast_cancer, digits, wine) against skglm")
-    parser.add_argument("--wide-lasso-sweep", action="store_true",
-                        help="only the Lasso on 12 data sets with more columns than rows against scikit-learn")
+    for flag, (_, help_text) in SWEEPS.items():
+        parser.add_argument(flag, action="store_true", help=help_text)
     parser.add_argument("--reduced-rank-only", action="store_true",
                         help="only the nuclear-norm regression rows against cvxpy")
     args = parser.parse_args(argv)
     repeats = 1 if args.quick else args.repeats
+    sweeps = [run for flag, (run, _) in SWEEPS.items() if vars(args)[flag[2:].replace("-", "_")]]
     print(f"machine: {machine_name('cpu')}, torch threads {torch.get_num_threads()}; medians of {repeats} runs\n")
     print("| problem | DCS status | DCS s | peer | peer s | DCS / peer | peer gap |")
     print("|---|---|---|---|---|---|---|")
@@ -561,18 +568,8 @@ def main(argv=None) -> None:
         rows = lambda: paths(repeats, args.quick)  # noqa: E731
     elif args.reduced_rank_only:
         rows = lambda: reduced_rank(repeats, args.quick)  # noqa: E731
-    elif args.completion_sweep:
-        rows = lambda: completion_sweep(repeats)  # noqa: E731
-    elif args.logistic_sweep:
-        rows = lambda: logistic_sweep(repeats)  # noqa: E731
-    elif args.group_sweep:
-        rows = lambda: group_sweep(repeats)  # noqa: E731
-    elif args.wide_group_sweep:
-        rows = lambda: wide_group_sweep(repeats)  # noqa: E731
-    elif args.raw_group_sweep:
-        rows = lambda: raw_group_sweep(repeats)  # noqa: E731
-    elif args.wide_lasso_sweep:
-        rows = lambda: wide_lasso_sweep(repeats)  # noqa: E731
+    elif sweeps:
+        rows = lambda: sweeps[0](repeats)  # noqa: E731
     elif args.completion_only:
         rows = lambda: completion(repeats, args.quick)  # noqa: E731
     elif args.groups_only:

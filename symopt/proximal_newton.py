@@ -659,10 +659,15 @@ def _group_model_solution(hessian: Tensor, grad: Tensor, start: Tensor, groups: 
     4.3 s → 0.05 s, measured); else `solve_group_quadratic_scaled`."""
     if row_block is None and groups.numel() == weights.numel() and bool((weights > 0).all()):
         per = (1.0 / weights)[groups]
-        u = solve_l1_quadratic(hessian * per[:, None] * per[None, :], grad * per, start / per, 1.0, False,
-                               tol / float(weights.max()))
+        u = solve_l1_quadratic(*_in_coordinates(per, hessian, grad, start), 1.0, False, tol / float(weights.max()))
         return u * per
     return solve_group_quadratic_scaled(hessian, grad, start, groups, weights, tol, row_block=row_block)
+
+
+def _in_coordinates(per: Tensor, hessian: Tensor, grad: Tensor, start: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    r"""``(H', g', u_0)``: a quadratic model $g^\top (x - x_0) + \tfrac12 (x - x_0)^\top H (x - x_0)$ in the
+    coordinates $u = x / \mathrm{per}$ (x = per ⊙ u): $H' = PHP$, $g' = P g$, $u_0 = x_0 / \mathrm{per}$."""
+    return hessian * per[:, None] * per[None, :], grad * per, start / per
 
 
 def solve_group_quadratic_scaled(hessian: Tensor, grad: Tensor, start: Tensor, groups: Tensor, weights: Tensor,
@@ -698,7 +703,7 @@ def solve_group_quadratic_scaled(hessian: Tensor, grad: Tensor, start: Tensor, g
         return solve_group_quadratic(hessian, grad, start, groups, weights, tol, row_block=row_block)
     per = (1.0 / scales)[groups]
     scaled_block = None if row_block is None else (row_block[0] / scales[:, None] / scales[None, :], row_block[1])
-    u = solve_group_quadratic(hessian * per[:, None] * per[None, :], grad * per, start / per, groups, weights / scales,
+    u = solve_group_quadratic(*_in_coordinates(per, hessian, grad, start), groups, weights / scales,
                               tol * float(per.min()), row_block=scaled_block)
     return u * per
 

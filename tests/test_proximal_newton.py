@@ -454,13 +454,22 @@ def test_the_group_model_with_many_pulled_groups_meets_its_optimality_conditions
     assert _group_model_kkt(H, g, x0, x, groups, weights) <= 1e-8 * scale
 
 
+def _calls_counted(monkeypatch, name: str) -> list:
+    """A list that gets an entry at each call of ``symopt.proximal_newton``'s function ``name`` (which still
+    runs): clear it before the calls to count."""
+    import symopt.proximal_newton as pn
+
+    calls = []
+    function = getattr(pn, name)
+    monkeypatch.setattr(pn, name, lambda *a, **k: calls.append(1) or function(*a, **k))
+    return calls
+
+
 def _rounds_counted(monkeypatch, H, grad, start, groups, weights, tol: float = 1e-10):
     """A call that solves the group model from ``start`` and returns ``(x, Newton rounds it took)``."""
     import symopt.proximal_newton as pn
 
-    rounds = []
-    face_newton = pn._group_face_newton
-    monkeypatch.setattr(pn, "_group_face_newton", lambda *a, **k: rounds.append(1) or face_newton(*a, **k))
+    rounds = _calls_counted(monkeypatch, "_group_face_newton")
 
     def solved():
         rounds.clear()
@@ -780,9 +789,7 @@ def test_a_least_squares_group_model_is_solved_once(monkeypatch, case):
         X = (X - X.mean(0)) / np.where(X.std(0) > 0, X.std(0), 1.0)
         problem = group_lasso(X, y - y.mean(), 3 if name == "cancer" else 4, 1.0)
     problem = problem.at_strength(float(fraction) * problem.strength_max())
-    models = []
-    solve_model = pn.solve_group_quadratic
-    monkeypatch.setattr(pn, "solve_group_quadratic", lambda *a, **k: models.append(1) or solve_model(*a, **k))
+    models = _calls_counted(monkeypatch, "solve_group_quadratic")
     exact = symopt.solve(problem)
     once = len(models)
     monkeypatch.setattr(pn, "EXACT_GROUP_MODEL", 0.01)
@@ -805,9 +812,7 @@ def test_a_group_model_on_columns_of_raw_scales_is_solved_in_scaled_coordinates(
     X, y = pytest.importorskip("sklearn.datasets").load_breast_cancer(return_X_y=True)
     problem = group_lasso(X, y - y.mean(), 3, 1.0)
     problem = problem.at_strength(1e-3 * problem.strength_max())
-    rounds = []
-    face_newton = pn._group_face_newton
-    monkeypatch.setattr(pn, "_group_face_newton", lambda *a, **k: rounds.append(1) or face_newton(*a, **k))
+    rounds = _calls_counted(monkeypatch, "_group_face_newton")
     scaled = symopt.solve(problem)
     few = len(rounds)
     monkeypatch.setattr(pn, "SCALE_SPREAD", math.inf)  # (never scaled)
@@ -851,7 +856,6 @@ def test_a_group_model_of_one_coordinate_groups_is_the_weighted_l1_model(monkeyp
     active set after $x_j = u_j / w_j$ (`_group_model_solution`), never by the group model's rounds
     (which crawled on a singular face: a correlated 46 × 97 design at 1e-4 λ_max took 4.3 s, 0.05 s
     now). The optimum is the Lasso's (equal weights) or cvxpy's (unequal), certified optimal."""
-    import symopt.proximal_newton as pn
     from symopt.problems import group_lasso
 
     gen = torch.Generator().manual_seed(142)
@@ -862,9 +866,7 @@ def test_a_group_model_of_one_coordinate_groups_is_the_weighted_l1_model(monkeyp
     group_weights = None if weights == "equal" else torch.linspace(0.5, 2.0, 97, dtype=torch.float64)
     problem = group_lasso(X, y, 1, 1.0, group_weights=group_weights)
     problem = problem.at_strength(1e-3 * problem.strength_max())
-    rounds = []
-    face_newton = pn._group_face_newton
-    monkeypatch.setattr(pn, "_group_face_newton", lambda *a, **k: rounds.append(1) or face_newton(*a, **k))
+    rounds = _calls_counted(monkeypatch, "_group_face_newton")
     result = symopt.solve(problem)
     assert result.status == "optimal" and rounds == []
     if weights == "equal":
@@ -897,9 +899,7 @@ def test_a_group_model_asked_beyond_its_rounding_stops_where_its_steps_stall(mon
     assert X.shape == (22, 9) and size == 3 and kind == "duplicated columns"
     problem = group_lasso(X, y, size, 1.0)
     problem = problem.at_strength(0.01 * problem.strength_max())
-    rounds = []
-    face_newton = pn._group_face_newton
-    monkeypatch.setattr(pn, "_group_face_newton", lambda *a, **k: rounds.append(1) or face_newton(*a, **k))
+    rounds = _calls_counted(monkeypatch, "_group_face_newton")
     result = symopt.solve(problem)
     assert result.status == "optimal" and len(rounds) < 50
     monkeypatch.setattr(pn, "EXACT_GROUP_MODEL", 0.01)  # (the finish's model then asks 1e-15: no stall)
