@@ -251,8 +251,9 @@ def raw_group_sweep(repeats: int) -> list[tuple]:
 
 
 # The wide Lasso designs of the twenty-third session (rows, columns, make_regression's seed): the first four
-# chose the check from θ = 0 with few pulled entries a row (`symopt.solver.descent.PULLED_PER_ROW`), the
-# other five checked it; 250×1000 and up go to working sets, which the rule does not reach.
+# chose the check from θ = 0 with few pulled entries a row (the group norms' `symopt.solver.descent.
+# PULLED_PER_ROW`), the other five checked it; since the twenty-fourth the Lasso is checked from θ = 0 however
+# many are pulled (`L1_FROM_ZERO`); 250×1000 and up go to working sets, which the rule does not reach.
 WIDE_LASSO_DESIGNS = [(100, 300, 0), (50, 200, 2), (500, 500, 3), (200, 1000, 4),
                       (80, 240, 10), (150, 600, 11), (300, 300, 12), (40, 400, 13), (120, 200, 14)]
 

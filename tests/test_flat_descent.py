@@ -362,7 +362,7 @@ def test_an_l1_problem_with_enough_rows_is_checked_before_any_descent(monkeypatc
     import symopt.solver.descent as descent
     monkeypatch.setattr(descent, "EARLY_ENTRIES", problem.shape[0] - 1)  # θ now counts as wide
     monkeypatch.setattr(BoundLoss, "determined", lambda self: False)
-    monkeypatch.setattr(descent, "PULLED_PER_ROW", 0)  # (nor the wide designs' rule on pulled entries a row)
+    monkeypatch.setattr(descent, "L1_FROM_ZERO", False)  # (nor the wide Lasso's rule)
     counts, full = _directions_per_outer_iteration(problem)
     assert counts[0] == 20 and full.status == "optimal"
     assert abs(short.objective - full.objective) <= 1e-12 * abs(full.objective)
@@ -574,21 +574,20 @@ def _checked_from_zero_where_few_are_pulled(problem, from_zero: bool, descent_fi
         assert torch.equal(result.x == 0, slow.x == 0)
 
 
-@pytest.mark.parametrize("rows, columns, intercept, fraction, from_zero", [
-    (100, 300, False, 0.3, True),   # 50 pulled: 0.5 a row
-    (80, 240, True, 0.1, True),     # 121: 1.5 a row
-    (150, 600, False, 0.03, True),  # 487: 3.2 a row
-    (300, 300, True, 0.1, True),    # square with an intercept: 299 rows count, not determined
-    (200, 800, False, 0.01, True),  # more than the group norms' WIDE_FROM_ZERO, at most 4 a row
-    (40, 400, False, 0.1, False),   # 281: 7 a row
+@pytest.mark.parametrize("rows, columns, intercept, fraction", [
+    (100, 300, False, 0.3),   # 50 pulled: 0.5 a row
+    (80, 240, True, 0.1),     # 121: 1.5 a row
+    (300, 300, True, 0.1),    # square with an intercept: 299 rows count, not determined
+    (200, 800, False, 0.01),  # more than the group norms' WIDE_FROM_ZERO
+    (40, 400, False, 0.1),    # 281: 7 a row
+    (30, 300, True, 0.01),    # nearly every column: 10 a row
 ])
-def test_a_wide_lasso_with_few_pulled_coordinates_a_row_is_checked_from_zero(rows, columns, intercept, fraction,
-                                                                             from_zero):
+def test_a_wide_lasso_is_checked_from_zero(rows, columns, intercept, fraction):
     """The Lasso with fewer rows (that count: one fewer with an intercept) than columns: the first check
-    comes before any descent where ∇loss(0) pulls at most PULLED_PER_ROW coordinates per row, as for a
-    group norm (without its cap in all), and certifies the optimum of the run with the descent first (the
-    same objective and support); with more a row the descent runs first. (A 500×500 design with an
-    intercept took 14-20 ms with the descent first, 2-4 ms from θ = 0; benchmarks/RESULTS.md.)"""
+    comes before any descent however many entries ∇loss(0) pulls a row (``L1_FROM_ZERO``), and certifies
+    the optimum of the run with the descent first (the same objective and support). (A 500×500 design with
+    an intercept took 14-20 ms with the descent first, 2-4 ms from θ = 0; 40×400 at 0.1 λ_max, 7 pulled a
+    row, 14 → 7 ms; benchmarks/RESULTS.md.)"""
     from sklearn.datasets import make_regression
 
     import symopt.solver.descent as descent
@@ -597,10 +596,14 @@ def test_a_wide_lasso_with_few_pulled_coordinates_a_row_is_checked_from_zero(row
     X, y = make_regression(rows, columns, n_informative=10, noise=1.0, random_state=columns)
     problem = lasso(X, y if intercept else y - y.mean(), 1.0, fit_intercept=intercept)
     problem = problem.at_strength(fraction * problem.strength_max())
-    pull = np.abs(X.T @ (y - y.mean()))
-    pulled = int((pull > fraction * pull.max()).sum())
-    assert (pulled <= descent.PULLED_PER_ROW * (rows - intercept)) == from_zero
-    _checked_from_zero_where_few_are_pulled(problem, from_zero, 20)
+    counts, result = _directions_per_outer_iteration(problem)
+    assert counts[0] == 0 and result.status == "optimal"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(descent, "L1_FROM_ZERO", False)  # (the rule off: the descent first)
+        counts, slow = _directions_per_outer_iteration(problem)
+    assert counts[0] == 20
+    assert slow.status == "optimal" and abs(result.objective - slow.objective) <= 1e-9 * abs(slow.objective)
+    assert torch.equal(result.x == 0, slow.x == 0)
 
 
 def test_resolved_coordinates_count_rows_with_weight_the_intercept_and_the_targets():

@@ -82,18 +82,18 @@ GROUPS_FROM_ZERO = GROUP_FACE
 # Above 4 a row mixed (a 100×1000 design in 200 groups of 5, 10 a row: 2.4–4× slower from θ = 0 at
 # 0.3–0.03 λ_max); the total cap came from the third set (250×800 in groups of 4, 800 coordinates:
 # 1.7–2× slower from θ = 0), and 150×450 in groups of 3 (450) stays 1.2–1.4× slower at 0.3–0.01.
-# The Lasso (least squares under ℓ1) with fewer rows that count than columns takes the same rule (twenty-
-# third session): its active set from θ = 0 takes the pulled entries in together too, and the descent's 20
-# iterations were most of a wide solve (make_regression 100×300 at 0.3 λ_max 11 → 2 ms; 500×500 with an
-# intercept, 499 rows that count, 15 → 2–4 ms). Measured on 9 make_regression designs from 50×200 to
-# 500×500, with and without an intercept, 0.3 to 0.01 λ_max (benchmarks/RESULTS.md): 0.48 and 0.57× the
-# time in the geometric means of the choosing and the held-out set, every row where the rule applied
-# faster (0.11–0.77×). The group norms' cap of WIDE_FROM_ZERO entries does not apply: on six more designs
-# 150×600 to 230×700 the rows with 512–754 entries pulled (at most 4 a row) were 0.09–0.5× the time
-# without it (200×800 at 0.01 λ_max 71 → 6 ms). From 1000 columns working sets solve the Lasso, whose
-# restricted problems have enough rows: the rule does not reach them.
 PULLED_PER_ROW = 4
 WIDE_FROM_ZERO = 512
+# The Lasso (least squares under ℓ1) with fewer rows that count than columns is checked from θ = 0 before
+# any descent, however many entries ∇loss(0) pulls: its active set takes the pulled entries in together
+# (the strongest `_candidates` allows a model, the others in the next), and the descent's 20 iterations
+# were most of a wide solve. First (twenty-third session) with the group norms' PULLED_PER_ROW (make_
+# regression 100×300 at 0.3 λ_max 11 → 2 ms; 500×500 with an intercept 15 → 2–4 ms; without their cap of
+# WIDE_FROM_ZERO in all: 200×800 at 0.01 λ_max 71 → 6 ms); then without the rule on entries a row
+# (twenty-fourth session, benchmarks/RESULTS.md: 40×400 at 0.1 λ_max, 7 pulled a row, 14 → 7 ms; the
+# held-out designs 0.75× in the geometric mean, 30×300 at 0.03–0.01 λ_max 1.3–1.45× slower). From 1000
+# columns working sets solve the Lasso, whose restricted problems the rule does not reach.
+L1_FROM_ZERO = True
 
 
 class Descent:
@@ -285,12 +285,10 @@ class Descent:
             # the first check comes before any descent where its first model cannot be singular by shape,
             # and on a small quadratic loss (its model is the objective: the first polish solves it).
             # See QUADRATIC_EARLY_ITERATIONS.
-            if (quadratic and atoms <= EARLY_ENTRIES) or (determined and (
+            # (least squares with fewer rows than columns too, however many entries are pulled: see
+            # L1_FROM_ZERO)
+            if (quadratic and (L1_FROM_ZERO or atoms <= EARLY_ENTRIES)) or (determined and (
                     quadratic or atoms <= EARLY_ENTRIES or self._pulled_at_zero() <= PULLED_AT_ZERO * atoms)):
-                return QUADRATIC_EARLY_ITERATIONS
-            # (least squares with fewer rows than columns: where few entries a resolved row are pulled,
-            # see PULLED_PER_ROW; no cap in all, the ℓ1 model's own limit L1_FACE bounds them)
-            if quadratic and not determined and self._pulled_at_zero() <= PULLED_PER_ROW * self._resolved_coordinates():
                 return QUADRATIC_EARLY_ITERATIONS
         elif ids is not None and quadratic:
             # A norm of groups with a quadratic loss: from θ = 0 its group model takes every pulled
