@@ -41,7 +41,7 @@ from .problems import group_lasso, lasso, logistic_l1, matrix_completion, multit
 from .constraints.nonnegative import orthant_kkt_residuals
 from .constraints.sparse import l1_kkt_residuals
 from .problems.glm import normalised_weights
-from .proximal_newton import FaceFactor, quadratic_gradient, solve_l1_quadratic
+from .l1_model import FaceFactor, quadratic_gradient, solve_l1_quadratic
 from .solver import solve
 
 __all__ = ["Lasso", "ElasticNet", "SparseLogisticRegression", "GroupLasso", "MultiTaskLasso", "LassoCV",

@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 import symopt
 from symopt.optimality import kkt_at_snap, loss_gradient
 from symopt.problems import lasso, logistic_l1
-from symopt.proximal_newton import FaceFactor, _candidates, proximal_newton, quadratic_gradient, solve_l1_quadratic
+from symopt.l1_model import FaceFactor, quadratic_gradient, solve_l1_quadratic
+from symopt.proximal_newton import _candidates, proximal_newton
 
 
 def _model_kkt(H, g, x0, x, lam, nonnegative):
@@ -97,9 +98,9 @@ def test_a_path_that_keeps_its_face_factor_meets_every_points_conditions(k, rows
         scale = 1.0 + float(H.abs().max()) * (1.0 + float(x_new.abs().max())) + top
         assert _model_kkt(H, -c, torch.zeros(k, dtype=torch.float64), x_new, float(lam), nonnegative) <= 1e-9 * scale
         assert torch.allclose(x_new, fresh, rtol=0, atol=1e-7 * scale)
-        if kept.factor is not None:
-            block = H[kept.face][:, kept.face]
-            assert torch.allclose(kept.factor @ kept.factor.mT, block, rtol=0, atol=1e-9 * scale)
+        if kept.factor is not None:  # (arrays: the active set runs on NumPy)
+            block = H.numpy()[np.ix_(kept.face, kept.face)]
+            assert np.allclose(kept.factor @ kept.factor.T, block, rtol=0, atol=1e-9 * scale)
         # the gradient left behind is the model's at the answer (the next call's grad)
         assert kept.gradient is not None
         assert torch.allclose(kept.gradient, quadratic_gradient(H, -c, x_new), rtol=0, atol=1e-9 * scale)
@@ -159,36 +160,36 @@ def test_coordinates_that_cross_zero_together_leave_together(nonnegative):
 
 
 def _cholesky_on(H, on):
-    """A fresh Cholesky factor of H on the coordinates ``on``, in their order."""
-    return torch.linalg.cholesky(H[on][:, on])
+    """A fresh Cholesky factor of H (an array) on the coordinates ``on``, in their order."""
+    return np.linalg.cholesky(H[np.ix_(on, on)])
 
 
 def test_the_face_factor_grown_and_cut_back_is_the_fresh_one():
-    from symopt.proximal_newton import _grown, _trimmed
+    from symopt.l1_model import _grown, _trimmed
 
     gen = torch.Generator().manual_seed(0)
-    A = torch.randn(60, 30, generator=gen, dtype=torch.float64)
-    H = A.mT @ A
-    face = torch.tensor([3, 17, 5, 0, 22, 9])
-    joining = torch.tensor([11, 2, 28])
+    A = torch.randn(60, 30, generator=gen, dtype=torch.float64).numpy()
+    H = A.T @ A
+    face = np.array([3, 17, 5, 0, 22, 9])
+    joining = np.array([11, 2, 28])
     grown, kept = _grown(_cholesky_on(H, face), H, face, joining)
     assert kept == 3
-    assert torch.allclose(grown, _cholesky_on(H, torch.cat([face, joining])), atol=1e-10)
-    whole = torch.cat([face, joining])
-    kept = torch.ones(whole.numel(), dtype=torch.bool)
+    assert np.allclose(grown, _cholesky_on(H, np.concatenate([face, joining])), atol=1e-10)
+    whole = np.concatenate([face, joining])
+    kept = np.ones(whole.size, dtype=bool)
     kept[[2, 6]] = False  # one from the middle of the old face, one of the joined
-    assert torch.allclose(_trimmed(grown, H, whole, kept), _cholesky_on(H, whole[kept]), atol=1e-10)
+    assert np.allclose(_trimmed(grown, H, whole, kept), _cholesky_on(H, whole[kept]), atol=1e-10)
     # a column the face already spans (30 duplicates 0) joins no further: the prefix before it does
-    both = torch.cat([A, A[:, :1]], dim=1)
-    H_dup = both.mT @ both
+    both = np.concatenate([A, A[:, :1]], axis=1)
+    H_dup = both.T @ both
     start = _cholesky_on(H_dup, face)
-    grown, kept = _grown(start, H_dup, face, torch.tensor([11, 30, 2]))
-    assert kept == 1 and torch.allclose(grown, _cholesky_on(H_dup, torch.cat([face, torch.tensor([11])])), atol=1e-10)
-    unchanged, kept = _grown(start, H_dup, face, torch.tensor([30, 11]))
+    grown, kept = _grown(start, H_dup, face, np.array([11, 30, 2]))
+    assert kept == 1 and np.allclose(grown, _cholesky_on(H_dup, np.concatenate([face, [11]])), atol=1e-10)
+    unchanged, kept = _grown(start, H_dup, face, np.array([30, 11]))
     assert kept == 0 and unchanged is start
     # from an empty face: the joining block's own factor, up to the first dependent column
-    grown, kept = _grown(None, H_dup, torch.tensor([], dtype=torch.long), torch.tensor([0, 4, 30, 7]))
-    assert kept == 2 and torch.allclose(grown, _cholesky_on(H_dup, torch.tensor([0, 4])), atol=1e-10)
+    grown, kept = _grown(None, H_dup, np.array([], dtype=np.int64), np.array([0, 4, 30, 7]))
+    assert kept == 2 and np.allclose(grown, _cholesky_on(H_dup, np.array([0, 4])), atol=1e-10)
 
 
 @pytest.mark.parametrize("nonnegative", [False, True])
@@ -225,20 +226,20 @@ def test_a_start_far_from_the_optimums_face_restarts_from_zero(nonnegative):
 
 
 def test_the_null_basis_without_a_coordinate_is_the_smaller_faces():
-    from symopt.proximal_newton import _null_without
+    from symopt.l1_model import _null_without
 
     gen = torch.Generator().manual_seed(1)
-    A = torch.randn(5, 12, generator=gen, dtype=torch.float64)
-    H = A.mT @ A
-    null = torch.linalg.eigh(H).eigenvectors[:, :7]  # the 7 null directions of a rank-5 block
+    A = torch.randn(5, 12, generator=gen, dtype=torch.float64).numpy()
+    H = A.T @ A
+    null = np.linalg.eigh(H)[1][:, :7]  # the 7 null directions of a rank-5 block
     for leaving_rows in ([3], [3, 8]):
-        leaving = torch.zeros(12, dtype=torch.bool)
+        leaving = np.zeros(12, dtype=bool)
         leaving[leaving_rows] = True
         smaller = _null_without(null, leaving)
         kept = ~leaving
         assert smaller.shape == (12 - len(leaving_rows), 7 - len(leaving_rows))
-        assert torch.allclose(smaller.mT @ smaller, torch.eye(smaller.shape[1], dtype=torch.float64), atol=1e-12)
-        assert float((H[kept][:, kept] @ smaller).abs().max()) < 1e-10
+        assert np.allclose(smaller.T @ smaller, np.eye(smaller.shape[1]), atol=1e-12)
+        assert float(np.abs(H[np.ix_(kept, kept)] @ smaller).max()) < 1e-10
 
 
 @pytest.mark.parametrize("nonnegative", [False, True])
