@@ -225,6 +225,33 @@ def test_a_start_far_from_the_optimums_face_restarts_from_zero(nonnegative):
     assert int((x != 0).sum()) == 3
 
 
+def test_the_l1_models_blas_runs_on_one_thread_and_is_restored(monkeypatch):
+    """The ℓ1 model's products run with NumPy's and SciPy's BLAS held to one thread (their OpenBLAS threads
+    and torch's OpenMP threads contended: a 1000 × 1000 product took 12 ms instead of 0.1 ms after a torch
+    product), and the threads the process had are back after the call."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    import symopt.l1_model as l1
+
+    def blas_threads():
+        return [info["num_threads"] for info in threadpoolctl.threadpool_info() if info["user_api"] == "blas"]
+
+    before, seen = blas_threads(), []
+    original = l1._model_gradient
+
+    def watching(*args):
+        seen.append(blas_threads())
+        return original(*args)
+
+    monkeypatch.setattr(l1, "_model_gradient", watching)
+    gen = torch.Generator().manual_seed(3)
+    A = torch.randn(30, 12, generator=gen, dtype=torch.float64)
+    H, g = A.mT @ A, -A.mT @ torch.randn(30, generator=gen, dtype=torch.float64)
+    x = solve_l1_quadratic(H, g, torch.zeros(12, dtype=torch.float64), 0.1 * float(g.abs().max()), tol=1e-12)
+    assert _model_kkt(H, g, torch.zeros(12, dtype=torch.float64), x, 0.1 * float(g.abs().max()), False) <= 1e-9
+    assert seen and all(counts and all(n == 1 for n in counts) for counts in seen)
+    assert blas_threads() == before
+
+
 def test_the_null_basis_without_a_coordinate_is_the_smaller_faces():
     from symopt.l1_model import _null_without
 
