@@ -28,11 +28,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from .constraints import Constraint
-from .l1_model import solve_l1_quadratic
+from .l1_model import _as_array, _one_blas_thread, solve_l1_quadratic
 
 # `optimality`'s face polish solves faces of at most NEWTON_FACE free coordinates by Newton's method
 # first (the Hessian by autograd, vectorised): one step is exact on a quadratic face (least squares),
@@ -355,42 +356,65 @@ def _groups_join_together(hessian: Tensor, grad: Tensor, start: Tensor, groups: 
             int(alive.sum()) >= max(JOINS_TOGETHER, count // 2) and int(alive[groups].sum()) > LEAVES_TOGETHER):
         return start.clone(), None
     lipschitz = _largest_eigenvalue(hessian if row_block is None else row_block[0])
-    ahead, point, momentum = start.clone(), start, 1.0
+    with _one_blas_thread():  # (NumPy: these steps are a few small operators each; see symopt.l1_model)
+        point, level, first = _fista_steps(
+            _as_array(hessian if row_block is None else row_block[0]), None if row_block is None else row_block[1],
+            _as_array(grad), _as_array(start), groups.numpy(), _as_array(weights), lipschitz, alive.numpy())
+    if level < first:
+        return torch.from_numpy(point).to(start.dtype), lipschitz  # (a product of the last step: not the start)
+    return start.clone(), lipschitz
+
+
+def _fista_steps(hessian: np.ndarray, tasks: int | None, grad: np.ndarray, start: np.ndarray, groups: np.ndarray,
+                 weights: np.ndarray, lipschitz: float, alive: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """`_groups_join_together`'s steps on arrays: ``(their last point, the model there, the model at the
+    start)``; ``tasks``: H is the row block B of $B ⊗ I_T$ (T = ``tasks``), else None."""
+    count = weights.size
+
+    def sizes(x):
+        return np.sqrt(np.bincount(groups, weights=x * x, minlength=count))
+
+    def product(v):
+        return hessian @ v if tasks is None else (hessian @ v.reshape(-1, tasks)).reshape(-1)
+
+    def model(x):
+        d = x - start
+        return float(d @ (grad + 0.5 * product(d))) + float(weights @ sizes(x))
+
+    ahead, point, momentum = start.copy(), start, 1.0
+    shrunk = weights / lipschitz
     # steps the set of non-zero groups has been the same; what it must hold for; held at the next check
     held, window, due = 0, None, 0
-    first = _group_norm(start, groups, weights)  # (the model at the start: d = 0)
+    first = float(weights @ sizes(start))  # (the model at the start: d = 0)
     # where the set appeared, then the model's value at its last check; None while the start's own set
     # holds (a start on its face: a descent's point, a polish's second model), which the hold alone ends
-    anchor: Tensor | float | None = None
+    anchor: np.ndarray | float | None = None
     for step in range(PREFIX_STEPS):
-        moved = ahead - (grad + _product(hessian, ahead - start, row_block)) / lipschitz
-        shrink = (1 - (weights / lipschitz) / _group_sizes(moved, groups, count).clamp_min(1e-300)).clamp_min_(0)
+        moved = ahead - (grad + product(ahead - start)) / lipschitz
+        shrink = np.maximum(1 - shrunk / np.maximum(sizes(moved), 1e-300), 0.0)
         following = moved * shrink[groups]
         after = (1 + math.sqrt(1 + 4 * momentum * momentum)) / 2
         ahead = following + ((momentum - 1) / after) * (following - point)
         point, momentum = following, after
         now = shrink > 0
-        if not torch.equal(now, alive):
+        if not np.array_equal(now, alive):
             alive, held, window, anchor = now, 0, None, following
             continue
         held += 1
         if step >= 2 * PREFIX_CHECK - 1 and held >= PREFIX_CHECK:
             if window is None:  # (once per set: it does not change while the set holds)
-                window = due = _prefix_window(now, groups, hessian.shape[0], row_block)
+                window = due = _prefix_window(now, groups, hessian.shape[0] * (tasks or 1),
+                                              None if tasks is None else (hessian, tasks))
             if held >= due:
                 # (a set that held is final only where the model has all but stopped falling on it:
                 # see SETTLED_SHARE)
-                level = _group_model(hessian, grad, start, point, groups, weights, row_block)
-                if isinstance(anchor, Tensor):
-                    anchor = _group_model(hessian, grad, start, anchor, groups, weights, row_block)
+                level = model(point)
+                if isinstance(anchor, np.ndarray):
+                    anchor = model(anchor)
                 if anchor is None or anchor - level <= SETTLED_SHARE * (first - level):
-                    break
+                    return point, level, first
                 anchor, due = level, held + window
-    else:
-        level = _group_model(hessian, grad, start, point, groups, weights, row_block)
-    if level < first:
-        return point, lipschitz  # (a product of the last step: not the start)
-    return start.clone(), lipschitz
+    return point, model(point), first
 
 
 def _prefix_window(alive: Tensor, groups: Tensor, size: int, row_block: tuple[Tensor, int] | None) -> int:
