@@ -30,10 +30,12 @@ import math
 
 import numpy as np
 import torch
+from scipy.linalg import lapack
 from torch import Tensor
 
 from .constraints import Constraint
-from .l1_model import _as_array, _one_blas_thread, solve_l1_quadratic
+from .l1_model import (_as_array, _block_factor, _cholesky, _eigen_step, _newton_step, _one_blas_thread,
+                       solve_l1_quadratic)
 
 # `optimality`'s face polish solves faces of at most NEWTON_FACE free coordinates by Newton's method
 # first (the Hessian by autograd, vectorised): one step is exact on a quadratic face (least squares),
@@ -120,52 +122,6 @@ STALLED_ROUNDS = 3
 _OUTER = 30  # proximal Newton iterations at most (quadratic convergence: 1 on least squares, 3-8 on the log-loss)
 _BACKTRACKS = 30
 _ARMIJO = 1e-4
-
-
-def _block_factor(schur: Tensor, block: Tensor) -> Tensor | None:
-    """The Cholesky factor of a Schur complement, or None where a pivot is not above 1e-10 of the
-    block's own diagonal (the grown matrix is singular to rounding)."""
-    corner, info = torch.linalg.cholesky_ex(schur)
-    if int(info) or not bool((corner.diagonal().square() > 1e-10 * block.diagonal().clamp_min(1e-300)).all()):
-        return None
-    return corner
-
-
-def _newton_step(factor: Tensor, residual: Tensor) -> Tensor | None:
-    r"""Newton's step $-H^{-1} r$ from H's Cholesky factor, or None where it is not a descent step (its
-    slope $r^\top \mathrm{step}$ not negative and finite: NaN and Inf fail it)."""
-    step = -torch.cholesky_solve(residual[:, None], factor).squeeze(1)
-    slope = float(step @ residual)
-    return step if slope < 0 and math.isfinite(slope) else None
-
-
-def _face_step(block: Tensor, residual: Tensor, tol: float) -> tuple[Tensor, bool]:
-    """``(step, level)`` on a face: Newton's $-H^{-1} r$ by Cholesky where the block is clearly positive
-    definite (its pivots above 1e-10 of their diagonal entries, `_block_factor`: a quarter of the time
-    of the eigendecomposition on 40-120 coordinates, measured), else `_eigen_step`'s. A block positive
-    definite only by rounding (a group model of 42 coordinates on 9 rows) gave a Newton step of 6e15
-    along its near-null space, which the line search took, and the model's iterates then grew to 1e154
-    (a stress test; the eigendecomposition sees that space as flat)."""
-    factor = _block_factor(block, block)
-    step = None if factor is None else _newton_step(factor, residual)
-    if step is not None:
-        return step, False
-    return _eigen_step(block, residual, tol)[:2]
-
-
-def _eigen_step(block: Tensor, residual: Tensor, tol: float) -> tuple[Tensor, bool, Tensor]:
-    """``(step, level, null basis)`` from the eigendecomposition of a face's block: the pseudo-inverse's
-    step, or, where ``r`` has a part above ``tol`` along the null space, minus that part with ``level``
-    True (the objective is linear along it)."""
-    curvatures, vectors = torch.linalg.eigh(block)
-    floor = 1e-12 * max(float(curvatures.abs().max()), 1e-300)
-    seen = curvatures > floor
-    flat = vectors[:, ~seen]
-    along = flat @ (flat.mT @ residual)
-    if float(along.norm()) > tol:
-        return -along, True, flat
-    kept = vectors[:, seen]
-    return -(kept @ ((kept.mT @ residual) / curvatures[seen])), False, flat
 
 
 def solve_group_quadratic(hessian: Tensor, grad: Tensor, start: Tensor, groups: Tensor, weights: Tensor,
@@ -486,32 +442,57 @@ def _group_face_newton(hessian: Tensor, grad: Tensor, start: Tensor, x: Tensor, 
     """Damped Newton on the face of the non-zero groups (``free``: their coordinates) of the group
     lasso's model: ``(x with the face's coordinates moved, settled)``, settled when the face's gradient
     is below ``tol`` or a step lowers the model only by its rounding (the others untouched). With
-    ``row_block`` (see `solve_group_quadratic`) the steps use $H = B ⊗ I_T$ (`_row_block_step`)."""
-    face = free.nonzero().squeeze(1)
+    ``row_block`` (see `solve_group_quadratic`) the steps use $H = B ⊗ I_T$ (`_row_block_step`). The
+    steps run on NumPy arrays (a few small operators each, as in `symopt.l1_model`)."""
+    with _one_blas_thread():
+        out, settled = _face_newton_steps(
+            _as_array(hessian), _as_array(grad), _as_array(start), _as_array(x), free.numpy(), groups.numpy(),
+            _as_array(weights), same.numpy(), tol, steps,
+            None if row_block is None else (_as_array(row_block[0]), row_block[1]))
+    return torch.from_numpy(out).to(x.dtype), settled
+
+
+def _face_newton_steps(hessian: np.ndarray, grad: np.ndarray, start: np.ndarray, x: np.ndarray, free: np.ndarray,
+                       groups: np.ndarray, weights: np.ndarray, same: np.ndarray, tol: float, steps: int,
+                       row_block: tuple[np.ndarray, int] | None) -> tuple[np.ndarray, bool]:
+    """`_group_face_newton` on arrays."""
+    face = np.flatnonzero(free)
     ids = groups[face]
-    count = weights.numel()
+    count = weights.size
     face_block = _face_row_block(face, row_block)
-    dense: tuple[Tensor, Tensor] | None = None  # (H on the face, its same-group pairs), built when needed
+    dense: tuple[np.ndarray, tuple] | None = None  # (H on the face, its same-group pairs), built when needed
 
-    def value(z: Tensor) -> float:  # the model with the face at z (the other groups are 0)
-        full = x.clone()
+    def product(v):
+        if row_block is None:
+            return hessian @ v
+        block, tasks = row_block
+        return (block @ v.reshape(-1, tasks)).reshape(-1)
+
+    def sizes(z):  # the face's groups' norms
+        return np.sqrt(np.bincount(ids, weights=z * z, minlength=count))
+
+    def full_at(z):
+        full = x.copy()
         full[face] = z
-        return _group_model(hessian, grad, start, full, groups, weights, row_block)
+        return full
 
-    z = x[face].clone()
+    def value(z) -> float:  # the model with the face at z (the other groups are 0)
+        d = full_at(z) - start
+        return float(d @ (grad + 0.5 * product(d))) + float(weights @ sizes(z))
+
+    z = x[face].copy()
     current = value(z)
     settled = False
     for _ in range(steps):
-        full = x.clone()
-        full[face] = z
-        gradient = (grad + _product(hessian, full - start, row_block))[face]
-        norms = _group_sizes(z, ids, count)
-        if bool((norms[ids] <= 0).any()):
+        gradient = (grad + product(full_at(z) - start))[face]
+        norms = sizes(z)
+        if (norms[ids] <= 0).any():
             break  # a group reached 0 on the way: the caller's active set decides
         unit = z / norms[ids]
-        scale = (weights / norms)[ids]
+        with np.errstate(divide="ignore"):
+            scale = (weights / norms)[ids]
         residual = gradient + weights[ids] * unit
-        if float(residual.norm()) <= tol:
+        if float(np.linalg.norm(residual)) <= tol:
             settled = True
             break
         step = None if face_block is None else _row_block_step(face_block, scale, unit, residual)
@@ -521,11 +502,11 @@ def _group_face_newton(hessian: Tensor, grad: Tensor, start: Tensor, x: Tensor, 
             # of H on the diagonal and the same-group pairs only (dense products with the pattern were
             # most of a step on the 640-coordinate face of a ten-target Lasso)
             if dense is None:
-                dense = (hessian[face][:, face], same[face][:, face].nonzero(as_tuple=True))
+                dense = (hessian[np.ix_(face, face)], np.nonzero(same[np.ix_(face, face)]))
             block, pairs = dense  # (pairs: (i, j) of the face in one group)
-            curvature = block.clone()
-            curvature.diagonal().add_(scale)
-            curvature.index_put_(pairs, -(scale[pairs[0]] * unit[pairs[0]] * unit[pairs[1]]), accumulate=True)
+            curvature = block.copy()
+            curvature[np.diag_indices_from(curvature)] += scale
+            np.add.at(curvature, pairs, -(scale[pairs[0]] * unit[pairs[0]] * unit[pairs[1]]))
             step, level = _face_step(curvature, residual, tol)
         slope = float(step @ residual)
         if not slope < 0:
@@ -533,13 +514,13 @@ def _group_face_newton(hessian: Tensor, grad: Tensor, start: Tensor, x: Tensor, 
         # The model along z + t·step: its smooth part is the quadratic current_smooth + t a + t² b / 2 (a
         # from the gradient at z, b = stepᵀ H step, one product with H), so a trial costs the groups'
         # norms, not a product with H each (a tenth of a ten-target Lasso's solve went to those)
-        spread = torch.zeros_like(x)
+        spread = np.zeros_like(x)
         spread[face] = step
-        a, b = float(step @ gradient), float(spread @ _product(hessian, spread, row_block))
-        norm_now = _group_norm(z, ids, weights)
+        a, b = float(step @ gradient), float(spread @ product(spread))
+        norm_now = float(weights @ sizes(z))
 
         def line(t: float) -> float:
-            return current + t * a + 0.5 * t * t * b + _group_norm(z + t * step, ids, weights) - norm_now
+            return current + t * a + 0.5 * t * t * b + float(weights @ sizes(z + t * step)) - norm_now
 
         t = 1.0
         if level:
@@ -552,69 +533,91 @@ def _group_face_newton(hessian: Tensor, grad: Tensor, start: Tensor, x: Tensor, 
                 if not further < ahead:
                     break
                 t, ahead = 2 * t, further
+        rounding = 4 * np.finfo(z.dtype).eps * max(abs(current), 1e-300)
         for _ in range(40):
             trial = z + t * step
             trial_value = line(t)
-            if trial_value <= current + _ARMIJO * t * slope:
+            # (or the full Newton step within the model's rounding: near the face's optimum it lowers the
+            # model by about r²/curvature, below rounding from a residual of ~1e-10 on, while it still
+            # squares the residual; Armijo's test there reads rounding alone, and its backtracking left
+            # breast_cancer in groups of 3 at 0.3 λ_max at a residual of 1e-10 against a tolerance of
+            # 1e-12, for a second model the certifier asked)
+            if trial_value <= current + _ARMIJO * t * slope or (
+                    t == 1.0 and not level and trial_value <= current + rounding):
                 break
             t *= 0.5
         else:
             break  # no Newton step lowers the model (a group passing 0 on the way): not settled
-        if current - trial_value <= 4 * torch.finfo(z.dtype).eps * max(abs(current), 1e-300):
+        if current - trial_value <= rounding:
+            z, current = trial, trial_value
+            if t == 1.0 and not level:
+                continue  # (the next step's check reads the residual the full step left)
             # The model no longer falls beyond its rounding. Settled only where the face's gradient is
             # small too: on a rank-one model a damped step along a nearly flat direction also fell by
             # rounding alone with a face residual of 4e-3 (a property test's draw), and the caller's
             # proximal step is what moves on from there.
-            settled = float(residual.norm()) <= max(tol, 1e-9 * (1.0 + float(grad.abs().max())))
-            z, current = trial, trial_value
+            settled = float(np.linalg.norm(residual)) <= max(tol, 1e-9 * (1.0 + float(np.abs(grad).max())))
             break
         z, current = trial, trial_value
-    out = x.clone()
-    out[face] = z
-    return out, settled
+    return full_at(z), settled
 
 
-def _face_row_block(face: Tensor, row_block: tuple[Tensor, int] | None) -> tuple[Tensor, int] | None:
+def _face_step(block: np.ndarray, residual: np.ndarray, tol: float) -> tuple[np.ndarray, bool]:
+    """``(step, level)`` on a face: Newton's $-H^{-1} r$ by Cholesky where the block is clearly positive
+    definite (its pivots above 1e-10 of their diagonal entries, `_block_factor`: a quarter of the time
+    of the eigendecomposition on 40-120 coordinates, measured), else `_eigen_step`'s. A block positive
+    definite only by rounding (a group model of 42 coordinates on 9 rows) gave a Newton step of 6e15
+    along its near-null space, which the line search took, and the model's iterates then grew to 1e154
+    (a stress test; the eigendecomposition sees that space as flat)."""
+    factor = _block_factor(block, block)
+    step = None if factor is None else _newton_step(factor, residual)
+    if step is not None:
+        return step, False
+    return _eigen_step(block, residual, tol)[:2]
+
+
+def _face_row_block(face: np.ndarray, row_block: tuple[np.ndarray, int] | None) -> tuple[np.ndarray, int] | None:
     """``(B on the face's rows, T)`` where the face is whole rows of T coordinates each (as a group
     model's face of row groups is), else None."""
     if row_block is None:
         return None
     block, tasks = row_block
-    if face.numel() == 0 or face.numel() % tasks:
+    if face.size == 0 or face.size % tasks:
         return None
-    rows = face.view(-1, tasks)
+    rows = face.reshape(-1, tasks)
     first = rows[:, :1]
-    if not (bool((first % tasks == 0).all())
-            and torch.equal(rows - first, torch.arange(tasks).expand_as(rows))):
+    if not ((first % tasks == 0).all() and np.array_equal(rows - first, np.broadcast_to(np.arange(tasks), rows.shape))):
         return None
-    index = first.squeeze(1) // tasks
-    return block.index_select(0, index).index_select(1, index), tasks
+    index = first[:, 0] // tasks
+    return block[np.ix_(index, index)], tasks
 
 
-def _row_block_step(face_block: tuple[Tensor, int], scale: Tensor, unit: Tensor, residual: Tensor) -> Tensor | None:
+def _row_block_step(face_block: tuple[np.ndarray, int], scale: np.ndarray, unit: np.ndarray,
+                    residual: np.ndarray) -> np.ndarray | None:
     r"""Newton's step $-(B ⊗ I_T + \mathrm{blockdiag}_j\, s_j (I - u_j u_j^\top))^{-1} r$ on r whole rows, or
     None where $B + S$ is not positive definite or the step does not solve the system to 1e-6 of
     ``r`` (a singular face: the caller then factors the whole face, which handles it). With $M = B + S$: $D = M^{-1}(-R) + M^{-1} S\,\mathrm{diag}(c)\,U$, and
     $c_j = u_j^\top d_j$ solves $(I - (M^{-1} S) ∘ (U U^\top))\,c = \mathrm{rowdot}(M^{-1}(-R), U)$."""
     block, tasks = face_block
     rows = block.shape[0]
-    s = scale.view(rows, tasks)[:, 0]  # (the norm's curvature is one number per row)
-    U, R = unit.view(rows, tasks), residual.view(rows, tasks)
-    factor, info = torch.linalg.cholesky_ex(block + torch.diag(s))
-    if int(info):
+    s = scale.reshape(rows, tasks)[:, 0]  # (the norm's curvature is one number per row)
+    U, R = unit.reshape(rows, tasks), residual.reshape(rows, tasks)
+    factor, info = _cholesky(block + np.diag(s))
+    if info:
         return None
-    free_part = torch.cholesky_solve(-R, factor)
-    coupling = torch.cholesky_solve(torch.diag(s), factor)  # M⁻¹ S
-    system = torch.eye(rows, dtype=block.dtype) - coupling * (U @ U.mT)
-    c, info = torch.linalg.solve_ex(system, (free_part * U).sum(1))
-    if int(info):
+    free_part = lapack.dpotrs(factor.T, -R, lower=0)[0]
+    coupling = lapack.dpotrs(factor.T, np.diag(s), lower=0)[0]  # M⁻¹ S
+    system = np.eye(rows) - coupling * (U @ U.T)
+    try:
+        c = np.linalg.solve(system, (free_part * U).sum(1))
+    except np.linalg.LinAlgError:
         return None
     D = free_part + coupling @ (c[:, None] * U)
     # The system is solved only as well as it is conditioned (singular where B is and a row's unit
     # direction is free of S: one target, or a flat row): the step is checked on the operator itself,
     # cheap in this form, and the caller factors the whole face where it falls short.
-    applied = block @ D + s[:, None] * (D - (D * U).sum(1, keepdim=True) * U)
-    if not float((applied + R).norm()) <= 1e-6 * float(R.norm()):
+    applied = block @ D + s[:, None] * (D - (D * U).sum(1, keepdims=True) * U)
+    if not float(np.linalg.norm(applied + R)) <= 1e-6 * float(np.linalg.norm(R)):
         return None
     return D.reshape(-1)
 

@@ -724,7 +724,8 @@ def test_the_row_block_newton_step_is_the_dense_one(rows, tasks, seed):
     scale, unit = s.repeat_interleave(tasks), U.reshape(-1)
     dense = torch.kron(B, torch.eye(tasks, dtype=torch.float64)) + torch.block_diag(
         *[s[j] * (torch.eye(tasks, dtype=torch.float64) - torch.outer(U[j], U[j])) for j in range(rows)])
-    step = _row_block_step((B, tasks), scale, unit, r)
+    step = _row_block_step((B.numpy(), tasks), scale.numpy(), unit.numpy(), r.numpy())  # (arrays: the face's steps run on NumPy)
+    step = None if step is None else torch.from_numpy(step)
     eigenvalues = torch.linalg.eigvalsh(dense)
     if step is None:  # (only for a singular or nearly singular face, which the dense step handles)
         assert float(eigenvalues[0]) <= 1e-6 * float(eigenvalues[-1])
