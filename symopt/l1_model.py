@@ -9,7 +9,7 @@ few hundred numbers. In torch each operation costs 2–10 µs of dispatch whatev
 rows at 0.01 λ_max spent 85–90% of its 20 ms in 66 such steps, 86 torch operators a step (counted). NumPy
 and LAPACK (through SciPy) do the same arithmetic at a fraction of that cost per call.
 
-Why the BLAS is held to one thread here (`_one_blas_thread`): NumPy's OpenBLAS threads and torch's OpenMP
+Why the BLAS is held to one thread here (`one_blas_thread`): NumPy's OpenBLAS threads and torch's OpenMP
 threads, both busy in one process on two cores, made a product with a 1000 × 1000 H take 12 ms instead of
 0.1 ms right after a torch product (measured; the active set used torch for that reason before). Held to
 one thread for the call, the products of this module do not contend with torch's threads. Without
@@ -34,7 +34,7 @@ except ImportError:  # pragma: no cover
 _BLAS: list = []  # the one ThreadpoolController, made at first use (it lists the loaded BLAS libraries)
 
 
-def _one_blas_thread():
+def one_blas_thread():
     """A context in which NumPy's and SciPy's BLAS run on one thread (see the module docstring)."""
     if ThreadpoolController is None:  # pragma: no cover
         return contextlib.nullcontext()
@@ -43,7 +43,7 @@ def _one_blas_thread():
     return _BLAS[0].limit(limits=1, user_api="blas")
 
 
-def _as_array(tensor: Tensor) -> np.ndarray:
+def as_array(tensor: Tensor) -> np.ndarray:
     """``tensor`` as a float64 NumPy array on the CPU (no copy where it already is one)."""
     return tensor.detach().to("cpu", torch.float64).contiguous().numpy()
 
@@ -51,8 +51,8 @@ def _as_array(tensor: Tensor) -> np.ndarray:
 def quadratic_gradient(hessian: Tensor, grad: Tensor, move: Tensor) -> Tensor:
     r"""$g + H·\mathrm{move}$ (see `_model_gradient`), for torch tensors: the model's gradient at
     $x_0 + \mathrm{move}$."""
-    with _one_blas_thread():
-        answer = _model_gradient(_as_array(hessian), _as_array(grad), _as_array(move))
+    with one_blas_thread():
+        answer = _model_gradient(as_array(hessian), as_array(grad), as_array(move))
     return torch.from_numpy(answer).to(grad.device, grad.dtype)
 
 
@@ -132,8 +132,8 @@ def solve_l1_quadratic(hessian: Tensor, grad: Tensor, start: Tensor, lam: float,
         >>> solve_l1_quadratic(H, g, torch.zeros(2, dtype=torch.float64), 1.0).tolist()   # ½‖x‖² - 3x₀ + 0.5x₁ + ‖x‖₁
         [2.0, 0.0]
     """
-    with _one_blas_thread():
-        x, gradient = _active_set(_as_array(hessian), _as_array(grad), _as_array(start), float(lam),
+    with one_blas_thread():
+        x, gradient = _active_set(as_array(hessian), as_array(grad), as_array(start), float(lam),
                                   bool(nonnegative), float(tol), max_steps, face_factor)
     if face_factor is not None:
         face_factor.gradient = None if gradient is None else torch.from_numpy(gradient).to(grad.device, grad.dtype)
@@ -317,7 +317,7 @@ def _leaving(x: np.ndarray, face_factor: FaceFactor | None, face: np.ndarray | N
     return x
 
 
-def _cholesky(block: np.ndarray) -> tuple[np.ndarray, int]:
+def cholesky_lower(block: np.ndarray) -> tuple[np.ndarray, int]:
     """``(L, info)``: LAPACK's Cholesky factor of a symmetric ``block`` (lower, C-ordered) and its info (0,
     or the order of the first leading minor that is not positive; L is valid before it). LAPACK is given
     the transpose, which is the block itself in Fortran order: no copy to reorder it."""
@@ -347,7 +347,7 @@ def _grown(factor: np.ndarray | None, hessian: np.ndarray, face: np.ndarray,
     if face.size:
         across = _lower_solve(factor, rows[:, face].T)
         schur = own - across.T @ across
-    corner, info = _cholesky(schur)
+    corner, info = cholesky_lower(schur)
     kept = info - 1 if info else joining.size  # (info: the first minor that is not positive)
     clear = np.square(np.diag(corner)[:kept]) > 1e-10 * np.maximum(np.diag(own)[:kept], 1e-300)
     if not clear.all():
@@ -363,7 +363,7 @@ def _grown(factor: np.ndarray | None, hessian: np.ndarray, face: np.ndarray,
 def _face_factor(hessian: np.ndarray, face: np.ndarray) -> np.ndarray | None:
     """The Cholesky factor of $H$ on ``face``, or None where it is not clearly positive definite."""
     block = hessian[np.ix_(face, face)]
-    return _block_factor(block, block)
+    return block_factor(block, block)
 
 
 def _trimmed(factor: np.ndarray | None, hessian: np.ndarray, face: np.ndarray,
@@ -381,14 +381,14 @@ def _trimmed(factor: np.ndarray | None, hessian: np.ndarray, face: np.ndarray,
     across = factor[rest, :first]
     tail = face[rest]
     block = hessian[np.ix_(tail, tail)]
-    corner = _block_factor(block - across @ across.T, block)
+    corner = block_factor(block - across @ across.T, block)
     return None if corner is None else _assembled(lead, across, corner)
 
 
-def _block_factor(schur: np.ndarray, block: np.ndarray) -> np.ndarray | None:
+def block_factor(schur: np.ndarray, block: np.ndarray) -> np.ndarray | None:
     """The Cholesky factor of a Schur complement, or None where a pivot is not above 1e-10 of the
     block's own diagonal (the grown matrix is singular to rounding)."""
-    corner, info = _cholesky(schur)
+    corner, info = cholesky_lower(schur)
     if info or not (np.square(np.diag(corner)) > 1e-10 * np.maximum(np.diag(block), 1e-300)).all():
         return None
     return corner
@@ -409,7 +409,7 @@ def _factored_step(hessian: np.ndarray, face: np.ndarray, residual: np.ndarray, 
                    checked: bool = True) -> tuple[np.ndarray, bool, np.ndarray | None, np.ndarray | None]:
     """The face's step with its Cholesky factor or its null space kept: ``(step, level, factor, null)``.
     With ``factor``, two triangular solves; without, the factor is formed where the block is clearly
-    positive definite (`_block_factor`); where it is not, `_eigen_step`'s eigendecomposition, whose
+    positive definite (`block_factor`); where it is not, `eigen_step`'s eigendecomposition, whose
     null-space basis comes back for the next level step. With ``null`` (the block is known singular), a
     level step along it directly where ``r`` has a part above ``tol`` there and the basis is still null
     (its image under H at rounding level; with ``checked`` False that is taken on trust, a product with
@@ -422,17 +422,17 @@ def _factored_step(hessian: np.ndarray, face: np.ndarray, residual: np.ndarray, 
     else:
         if factor is None:  # (clearly positive definite, as the joins' factors are; else the eigendecomposition)
             block = hessian[np.ix_(face, face)]
-            factor = _block_factor(block, block)
-        step = None if factor is None else _newton_step(factor, residual)
+            factor = block_factor(block, block)
+        step = None if factor is None else newton_step(factor, residual)
         if step is not None:
             return step, False, factor, None
     if block is None:
         block = hessian[np.ix_(face, face)]
-    step, level, flat = _eigen_step(block, residual, tol)
+    step, level, flat = eigen_step(block, residual, tol)
     return step, level, None, (flat if level else None)
 
 
-def _newton_step(factor: np.ndarray, residual: np.ndarray) -> np.ndarray | None:
+def newton_step(factor: np.ndarray, residual: np.ndarray) -> np.ndarray | None:
     r"""Newton's step $-H^{-1} r$ from H's Cholesky factor, or None where it is not a descent step (its
     slope $r^\top \mathrm{step}$ not negative and finite: NaN and Inf fail it)."""
     solution, _ = lapack.dpotrs(factor.T, residual, lower=0)
@@ -476,7 +476,7 @@ def _null_without(null: np.ndarray | None, leaving: np.ndarray) -> np.ndarray | 
     return null[~leaving] @ right[rank:].T
 
 
-def _eigen_step(block: np.ndarray, residual: np.ndarray, tol: float) -> tuple[np.ndarray, bool, np.ndarray]:
+def eigen_step(block: np.ndarray, residual: np.ndarray, tol: float) -> tuple[np.ndarray, bool, np.ndarray]:
     """``(step, level, null basis)`` from the eigendecomposition of a face's block: the pseudo-inverse's
     step, or, where ``r`` has a part above ``tol`` along the null space, minus that part with ``level``
     True (the objective is linear along it)."""

@@ -34,7 +34,7 @@ from scipy.linalg import lapack
 from torch import Tensor
 
 from .constraints import Constraint
-from .l1_model import (_as_array, _block_factor, _cholesky, _eigen_step, _newton_step, _one_blas_thread,
+from .l1_model import (as_array, block_factor, cholesky_lower, eigen_step, newton_step, one_blas_thread,
                        solve_l1_quadratic)
 
 # `optimality`'s face polish solves faces of at most NEWTON_FACE free coordinates by Newton's method
@@ -312,10 +312,10 @@ def _groups_join_together(hessian: Tensor, grad: Tensor, start: Tensor, groups: 
             int(alive.sum()) >= max(JOINS_TOGETHER, count // 2) and int(alive[groups].sum()) > LEAVES_TOGETHER):
         return start.clone(), None
     lipschitz = _largest_eigenvalue(hessian if row_block is None else row_block[0])
-    with _one_blas_thread():  # (NumPy: these steps are a few small operators each; see symopt.l1_model)
+    with one_blas_thread():  # (NumPy: these steps are a few small operators each; see symopt.l1_model)
         point, level, first = _fista_steps(
-            _as_array(hessian if row_block is None else row_block[0]), None if row_block is None else row_block[1],
-            _as_array(grad), _as_array(start), groups.numpy(), _as_array(weights), lipschitz, alive.numpy())
+            as_array(hessian if row_block is None else row_block[0]), None if row_block is None else row_block[1],
+            as_array(grad), as_array(start), groups.numpy(), as_array(weights), lipschitz, alive.numpy())
     if level < first:
         return torch.from_numpy(point).to(start.dtype), lipschitz  # (a product of the last step: not the start)
     return start.clone(), lipschitz
@@ -444,11 +444,11 @@ def _group_face_newton(hessian: Tensor, grad: Tensor, start: Tensor, x: Tensor, 
     is below ``tol`` or a step lowers the model only by its rounding (the others untouched). With
     ``row_block`` (see `solve_group_quadratic`) the steps use $H = B ⊗ I_T$ (`_row_block_step`). The
     steps run on NumPy arrays (a few small operators each, as in `symopt.l1_model`)."""
-    with _one_blas_thread():
+    with one_blas_thread():
         out, settled = _face_newton_steps(
-            _as_array(hessian), _as_array(grad), _as_array(start), _as_array(x), free.numpy(), groups.numpy(),
-            _as_array(weights), same.numpy(), tol, steps,
-            None if row_block is None else (_as_array(row_block[0]), row_block[1]))
+            as_array(hessian), as_array(grad), as_array(start), as_array(x), free.numpy(), groups.numpy(),
+            as_array(weights), same.numpy(), tol, steps,
+            None if row_block is None else (as_array(row_block[0]), row_block[1]))
     return torch.from_numpy(out).to(x.dtype), settled
 
 
@@ -564,16 +564,16 @@ def _face_newton_steps(hessian: np.ndarray, grad: np.ndarray, start: np.ndarray,
 
 def _face_step(block: np.ndarray, residual: np.ndarray, tol: float) -> tuple[np.ndarray, bool]:
     """``(step, level)`` on a face: Newton's $-H^{-1} r$ by Cholesky where the block is clearly positive
-    definite (its pivots above 1e-10 of their diagonal entries, `_block_factor`: a quarter of the time
-    of the eigendecomposition on 40-120 coordinates, measured), else `_eigen_step`'s. A block positive
+    definite (its pivots above 1e-10 of their diagonal entries, `block_factor`: a quarter of the time
+    of the eigendecomposition on 40-120 coordinates, measured), else `eigen_step`'s. A block positive
     definite only by rounding (a group model of 42 coordinates on 9 rows) gave a Newton step of 6e15
     along its near-null space, which the line search took, and the model's iterates then grew to 1e154
     (a stress test; the eigendecomposition sees that space as flat)."""
-    factor = _block_factor(block, block)
-    step = None if factor is None else _newton_step(factor, residual)
+    factor = block_factor(block, block)
+    step = None if factor is None else newton_step(factor, residual)
     if step is not None:
         return step, False
-    return _eigen_step(block, residual, tol)[:2]
+    return eigen_step(block, residual, tol)[:2]
 
 
 def _face_row_block(face: np.ndarray, row_block: tuple[np.ndarray, int] | None) -> tuple[np.ndarray, int] | None:
@@ -602,7 +602,7 @@ def _row_block_step(face_block: tuple[np.ndarray, int], scale: np.ndarray, unit:
     rows = block.shape[0]
     s = scale.reshape(rows, tasks)[:, 0]  # (the norm's curvature is one number per row)
     U, R = unit.reshape(rows, tasks), residual.reshape(rows, tasks)
-    factor, info = _cholesky(block + np.diag(s))
+    factor, info = cholesky_lower(block + np.diag(s))
     if info:
         return None
     free_part = lapack.dpotrs(factor.T, -R, lower=0)[0]
