@@ -119,6 +119,15 @@ SCALE_SPREAD = 10.0
 # and it ran the round limit (a 22 × 9 design with duplicated columns: 1006 rounds, 1 s → 11 ms). Counted
 # on the sweeps: the same models and rounds, one product more a blocked round.
 STALLED_ROUNDS = 3
+# A least-squares model on ℓ1 takes every column where they all fit in its cap (`_candidates`: at most 32
+# more than the non-zeros), not only those ∇loss pulls at its point: the model is then the problem itself
+# and one model lands on the optimum, where the pulled columns alone left out a column that the first
+# model's answer pulled (raw diabetes with an intercept at 0.1 λ_max: 9 of 10 columns pulled at θ = 0, a
+# second model for the tenth). Measured on 96 small solves (diabetes, breast_cancer raw and standardised,
+# wine, two generated designs of 20 and 30 columns; with and without an intercept and positivity; 0.3 to
+# 1e-3 λ_max): 0.975× the time in the geometric mean, rows 0.70–1.09×, the same optima
+# (benchmarks/RESULTS.md, twenty-fourth session).
+_ALL_CANDIDATES = True
 _OUTER = 30  # proximal Newton iterations at most (quadratic convergence: 1 on least squares, 3-8 on the log-loss)
 _BACKTRACKS = 30
 _ARMIJO = 1e-4
@@ -623,10 +632,11 @@ def _row_block_step(face_block: tuple[np.ndarray, int], scale: np.ndarray, unit:
 
 
 def _candidates(constraint: Constraint, theta: Tensor, grad: Tensor, lam: float, limit: int,
-                ids: Tensor | None = None) -> Tensor | None:
+                ids: Tensor | None = None, every: bool = False) -> Tensor | None:
     """The entries a quadratic model is taken on: θ's non-zero atoms and the zero atoms whose pull
     exceeds λ, at most ``alive + 32`` of those for entries (ℓ1) and ``alive // 2 + 8`` for groups (the
-    strongest pulls: the next outer iteration takes the others), every pulled group at θ = 0; None
+    strongest pulls: the next outer iteration takes the others), every pulled group at θ = 0; with
+    ``every`` (a least-squares loss, see ``_ALL_CANDIDATES``) every entry where all fit in that cap; None
     when their entries are more than ``limit``. ``ids`` maps θ's flat entries to their atoms
     (`Constraint.atom_ids`; None: every entry is an atom).
 
@@ -649,6 +659,8 @@ def _candidates(constraint: Constraint, theta: Tensor, grad: Tensor, lam: float,
     if int(pulled.sum()) > room:
         pulled = torch.zeros_like(pulled)
         pulled[torch.topk(excess, room).indices] = True
+    if every and ids is None and pulled.numel() <= room:
+        pulled = torch.ones_like(pulled)
     chosen = alive | pulled
     entries = chosen if ids is None else chosen[ids]
     return entries.view_as(theta) if int(entries.sum()) <= limit else None
@@ -684,7 +696,8 @@ def proximal_newton(loss, constraint: Constraint, point: Tensor, target: float) 
         # (the caller polishes a point above its target: the first check would only confirm it)
         if outer and constraint.kkt_residual(theta, grad) <= tolerance:
             break
-        candidates = _candidates(constraint, theta, grad, lam, L1_FACE if ids is None else GROUP_FACE, ids)
+        candidates = _candidates(constraint, theta, grad, lam, L1_FACE if ids is None else GROUP_FACE, ids,
+                                 every=loss_is_quadratic and _ALL_CANDIDATES)
         if candidates is None:
             return None if outer == 0 else theta  # (what the iterations so far reached: the caller certifies it)
         if not bool(candidates.any()):

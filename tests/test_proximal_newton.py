@@ -493,6 +493,29 @@ def _calls_counted(monkeypatch, name: str) -> list:
     return calls
 
 
+@pytest.mark.parametrize("name, intercept, fraction", [("diabetes", True, 0.1), ("wine", False, 0.03)])
+def test_a_narrow_least_squares_model_takes_every_column_and_is_solved_once(monkeypatch, name, intercept, fraction):
+    """Least squares under ℓ1 on at most 32 columns more than its non-zeros: the model takes every column, not
+    only those ∇loss pulls at its point, and is the problem itself: one model lands on the optimum (raw
+    diabetes with an intercept at 0.1 λ_max: nine columns pulled at θ = 0, the tenth after the first
+    model, which took a second). The same optimum as with the pulled columns alone."""
+    import symopt.proximal_newton as pn
+    from symopt.problems import lasso
+
+    X, y = getattr(pytest.importorskip("sklearn.datasets"), f"load_{name}")(return_X_y=True)
+    y = y.astype(float) if intercept else y - y.mean()
+    problem = lasso(X, y, 1.0, fit_intercept=intercept)
+    problem = problem.at_strength(fraction * problem.strength_max())
+    models = _calls_counted(monkeypatch, "solve_l1_quadratic")
+    every = symopt.solve(problem)
+    assert len(models) == 1 and every.status == "optimal"
+    monkeypatch.setattr(pn, "_ALL_CANDIDATES", False)
+    models.clear()
+    pulled = symopt.solve(problem)
+    assert len(models) == 2 and pulled.status == "optimal"
+    assert abs(every.objective - pulled.objective) <= 1e-12 * abs(pulled.objective)
+
+
 def _rounds_counted(monkeypatch, H, grad, start, groups, weights, tol: float = 1e-10):
     """A call that solves the group model from ``start`` and returns ``(x, Newton rounds it took)``."""
     import symopt.proximal_newton as pn
