@@ -498,7 +498,7 @@ def _face_newton_steps(hessian: np.ndarray, grad: np.ndarray, start: np.ndarray,
         if (norms[ids] <= 0).any():
             break  # a group reached 0 on the way: the caller's active set decides
         unit = z / norms[ids]
-        with np.errstate(divide="ignore"):
+        with np.errstate(divide="ignore", invalid="ignore"):  # (the groups off the face have norm 0: unread)
             scale = (weights / norms)[ids]
         residual = gradient + weights[ids] * unit
         if float(np.linalg.norm(residual)) <= tol:
