@@ -19,6 +19,7 @@ one thread for the call, the products of this module do not contend with torch's
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 
 import numpy as np
@@ -31,16 +32,17 @@ try:  # (a dependency; a user without it keeps the BLAS's own threads)
 except ImportError:  # pragma: no cover
     ThreadpoolController = None
 
-_BLAS: list = []  # the one ThreadpoolController, made at first use (it lists the loaded BLAS libraries)
+@functools.cache
+def _controller():
+    """The one ThreadpoolController, made at first use (it lists the loaded BLAS libraries)."""
+    return ThreadpoolController()
 
 
 def one_blas_thread():
     """A context in which NumPy's and SciPy's BLAS run on one thread (see the module docstring)."""
     if ThreadpoolController is None:  # pragma: no cover
         return contextlib.nullcontext()
-    if not _BLAS:
-        _BLAS.append(ThreadpoolController())
-    return _BLAS[0].limit(limits=1, user_api="blas")
+    return _controller().limit(limits=1, user_api="blas")
 
 
 def as_array(tensor: Tensor) -> np.ndarray:

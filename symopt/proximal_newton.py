@@ -336,27 +336,20 @@ def _fista_steps(hessian: np.ndarray, tasks: int | None, grad: np.ndarray, start
     start)``; ``tasks``: H is the row block B of $B ⊗ I_T$ (T = ``tasks``), else None."""
     count = weights.size
 
-    def sizes(x):
-        return np.sqrt(np.bincount(groups, weights=x * x, minlength=count))
-
-    def product(v):
-        return hessian @ v if tasks is None else (hessian @ v.reshape(-1, tasks)).reshape(-1)
-
     def model(x):
-        d = x - start
-        return float(d @ (grad + 0.5 * product(d))) + float(weights @ sizes(x))
+        return _array_group_model(hessian, tasks, grad, start, x, groups, weights)
 
     ahead, point, momentum = start.copy(), start, 1.0
     shrunk = weights / lipschitz
     # steps the set of non-zero groups has been the same; what it must hold for; held at the next check
     held, window, due = 0, None, 0
-    first = float(weights @ sizes(start))  # (the model at the start: d = 0)
+    first = float(weights @ _array_group_sizes(start, groups, count))  # (the model at the start: d = 0)
     # where the set appeared, then the model's value at its last check; None while the start's own set
     # holds (a start on its face: a descent's point, a polish's second model), which the hold alone ends
     anchor: np.ndarray | float | None = None
     for step in range(PREFIX_STEPS):
-        moved = ahead - (grad + product(ahead - start)) / lipschitz
-        shrink = np.maximum(1 - shrunk / np.maximum(sizes(moved), 1e-300), 0.0)
+        moved = ahead - (grad + _array_product(hessian, ahead - start, tasks)) / lipschitz
+        shrink = np.maximum(1 - shrunk / np.maximum(_array_group_sizes(moved, groups, count), 1e-300), 0.0)
         following = moved * shrink[groups]
         after = (1 + math.sqrt(1 + 4 * momentum * momentum)) / 2
         ahead = following + ((momentum - 1) / after) * (following - point)
@@ -380,6 +373,24 @@ def _fista_steps(hessian: np.ndarray, tasks: int | None, grad: np.ndarray, start
                     return point, level, first
                 anchor, due = level, held + window
     return point, model(point), first
+
+
+def _array_product(matrix: np.ndarray, v: np.ndarray, tasks: int | None) -> np.ndarray:
+    """`_product` on arrays: $H v$, or with ``tasks`` ($H = B ⊗ I_T$, ``matrix`` = B) $B V$ on v's rows."""
+    return matrix @ v if tasks is None else (matrix @ v.reshape(-1, tasks)).reshape(-1)
+
+
+def _array_group_sizes(x: np.ndarray, groups: np.ndarray, count: int) -> np.ndarray:
+    r"""`_group_sizes` on arrays: $‖x_{G_j}‖_2$ for each of the ``count`` groups."""
+    return np.sqrt(np.bincount(groups, weights=x * x, minlength=count))
+
+
+def _array_group_model(matrix: np.ndarray, tasks: int | None, grad: np.ndarray, start: np.ndarray, x: np.ndarray,
+                       groups: np.ndarray, weights: np.ndarray) -> float:
+    """`_group_model` on arrays (``matrix``, ``tasks`` as in `_array_product`)."""
+    d = x - start
+    return float(d @ (grad + 0.5 * _array_product(matrix, d, tasks))) + \
+        float(weights @ _array_group_sizes(x, groups, weights.size))
 
 
 def _prefix_window(alive: Tensor, groups: Tensor, size: int, row_block: tuple[Tensor, int] | None) -> int:
@@ -470,15 +481,13 @@ def _face_newton_steps(hessian: np.ndarray, grad: np.ndarray, start: np.ndarray,
     count = weights.size
     face_block = _face_row_block(face, row_block)
     dense: tuple[np.ndarray, tuple] | None = None  # (H on the face, its same-group pairs), built when needed
+    matrix, tasks = (hessian, None) if row_block is None else row_block  # (the products' H or B)
 
     def product(v):
-        if row_block is None:
-            return hessian @ v
-        block, tasks = row_block
-        return (block @ v.reshape(-1, tasks)).reshape(-1)
+        return _array_product(matrix, v, tasks)
 
     def sizes(z):  # the face's groups' norms
-        return np.sqrt(np.bincount(ids, weights=z * z, minlength=count))
+        return _array_group_sizes(z, ids, count)
 
     def full_at(z):
         full = x.copy()
@@ -486,8 +495,7 @@ def _face_newton_steps(hessian: np.ndarray, grad: np.ndarray, start: np.ndarray,
         return full
 
     def value(z) -> float:  # the model with the face at z (the other groups are 0)
-        d = full_at(z) - start
-        return float(d @ (grad + 0.5 * product(d))) + float(weights @ sizes(z))
+        return _array_group_model(matrix, tasks, grad, start, full_at(z), groups, weights)
 
     z = x[face].copy()
     current = value(z)
