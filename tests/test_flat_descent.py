@@ -553,21 +553,21 @@ def test_a_wide_group_problem_with_few_pulled_coordinates_a_row_is_checked_from_
     entries = pulled * size
     assert (entries <= min(descent.PULLED_PER_ROW * rows, descent.WIDE_FROM_ZERO)) == from_zero
     # (the descent first: the short one on at most EARLY_ENTRIES groups)
-    _checked_from_zero_where_few_are_pulled(
-        problem, from_zero, descent.EARLY_ITERATIONS if columns // size <= descent.EARLY_ENTRIES else 20)
+    _checked_from_zero(problem, from_zero, descent.EARLY_ITERATIONS if columns // size <= descent.EARLY_ENTRIES
+                       else 20, rule=("PULLED_PER_ROW", 0))
 
 
-def _checked_from_zero_where_few_are_pulled(problem, from_zero: bool, descent_first: int) -> None:
+def _checked_from_zero(problem, from_zero: bool, descent_first: int, rule: tuple[str, object]) -> None:
     """The first check of ``problem`` comes before any descent exactly where ``from_zero``, and there
-    certifies the optimum of the run with the rule on pulled coordinates a row off (``PULLED_PER_ROW`` = 0),
-    whose first outer iteration takes ``descent_first`` iterations: the same objective and support."""
+    certifies the optimum of the run with ``rule`` (a name in `symopt.solver.descent` and the value that turns
+    it off) off, whose first outer iteration takes ``descent_first`` iterations: the same objective and support."""
     import symopt.solver.descent as descent
 
     counts, result = _directions_per_outer_iteration(problem)
     assert counts[0] == (0 if from_zero else 20) and result.status == "optimal"
     if from_zero:
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(descent, "PULLED_PER_ROW", 0)  # (the rule off: the descent first)
+            patch.setattr(descent, *rule)  # (the rule off: the descent first)
             counts, slow = _directions_per_outer_iteration(problem)
         assert counts[0] == descent_first
         assert slow.status == "optimal" and abs(result.objective - slow.objective) <= 1e-9 * abs(slow.objective)
@@ -590,20 +590,12 @@ def test_a_wide_lasso_is_checked_from_zero(rows, columns, intercept, fraction):
     row, 14 → 7 ms; benchmarks/RESULTS.md.)"""
     from sklearn.datasets import make_regression
 
-    import symopt.solver.descent as descent
     from symopt.problems import lasso
 
     X, y = make_regression(rows, columns, n_informative=10, noise=1.0, random_state=columns)
     problem = lasso(X, y if intercept else y - y.mean(), 1.0, fit_intercept=intercept)
     problem = problem.at_strength(fraction * problem.strength_max())
-    counts, result = _directions_per_outer_iteration(problem)
-    assert counts[0] == 0 and result.status == "optimal"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(descent, "L1_FROM_ZERO", False)  # (the rule off: the descent first)
-        counts, slow = _directions_per_outer_iteration(problem)
-    assert counts[0] == 20
-    assert slow.status == "optimal" and abs(result.objective - slow.objective) <= 1e-9 * abs(slow.objective)
-    assert torch.equal(result.x == 0, slow.x == 0)
+    _checked_from_zero(problem, True, 20, rule=("L1_FROM_ZERO", False))
 
 
 def test_resolved_coordinates_count_rows_with_weight_the_intercept_and_the_targets():

@@ -265,8 +265,8 @@ class Descent:
         certified). On wider θ the structure after a few iterations is too rough: the polish
         then drops atoms one active-set step at a time, which costs more than it saves. Under an ℓ1
         norm of entries none (0) where the polish's model from θ = 0 cannot be singular by shape
-        (see ``QUADRATIC_EARLY_ITERATIONS`` and ``PULLED_AT_ZERO``) or, with least squares, where
-        ∇loss(0) pulls at most ``PULLED_PER_ROW`` entries per resolved row, and under a norm of groups with
+        (see ``QUADRATIC_EARLY_ITERATIONS`` and ``PULLED_AT_ZERO``) and with least squares whatever its
+        shape (``L1_FROM_ZERO``), and under a norm of groups with
         least squares where the entries of the groups ∇loss(0) pulls off zero are at most
         ``GROUPS_FROM_ZERO`` (with fewer rows than columns, where it pulls at most ``PULLED_AT_ZERO`` of
         the groups, or at most ``PULLED_PER_ROW`` coordinates per row the curvature resolves and
