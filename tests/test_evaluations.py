@@ -141,10 +141,10 @@ def test_the_gram_block_is_the_column_product_curvature(fit_intercept, ridge):
 
 
 def test_a_warm_start_on_its_face_is_certified_on_the_full_problem():
-    generated = make_lasso(n=150, d=1100, nonzeros=8, seed=5)  # working sets (d ≥ 1000)
+    generated = make_lasso(n=150, d=1100, nonzeros=8, seed=5)
     lam = 0.2 * generated.strength_max()
-    first = symopt.solve(generated.at_strength(lam))
-    nearby = symopt.solve(generated.at_strength(0.95 * lam), start=first.x)
+    first = symopt.solve(generated.at_strength(lam), working_set=True)
+    nearby = symopt.solve(generated.at_strength(0.95 * lam), start=first.x, working_set=True)
     assert nearby.status == "optimal" and "no working set" in nearby.message
     assert nearby.objective == pytest.approx(symopt.solve(generated.at_strength(0.95 * lam)).objective, rel=1e-10)
 
@@ -156,3 +156,30 @@ def test_logistic_paths_share_their_evaluations_too():
     path = symopt.path(logistic_l1(X, labels, 1.0, fit_intercept=True), n_strengths=10, eps=1e-2)
     cold = [symopt.solve(r.problem) for r in path]
     assert [r.objective for r in path] == pytest.approx([r.objective for r in cold], rel=1e-9)
+
+
+def _zero_evaluations(monkeypatch):
+    """A list that grows by one for every analytic evaluation of a data term at θ = 0."""
+    at_zero = []
+    original = DataTerm.value_and_grad
+
+    def counted(self, theta, *args, **kwargs):
+        if not bool(theta.any()):
+            at_zero.append(theta.numel())
+        return original(self, theta, *args, **kwargs)
+
+    monkeypatch.setattr(DataTerm, "value_and_grad", counted)
+    return at_zero
+
+
+@pytest.mark.parametrize("d", [1500, Evaluations.LIMIT + 500])
+def test_a_solve_evaluates_the_start_once(monkeypatch, d):
+    """The λ_max check's ∇loss(0) is the descent's start and its tolerance's scale: one product with X
+    and one with Xᵀ a call, not one per binding of the data (each a pass over a 5000 × 10000 design
+    on a large solve), θ = 0 remembered at any size; a second call evaluates afresh."""
+    generated = make_lasso(n=30, d=d, nonzeros=3, seed=1)
+    at_zero = _zero_evaluations(monkeypatch)
+    first = symopt.solve(generated, working_set=False)
+    assert first.status == "optimal" and at_zero == [d]
+    symopt.solve(generated, working_set=False)
+    assert at_zero == [d, d]

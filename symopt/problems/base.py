@@ -142,10 +142,14 @@ class Problem:
         """``θ ↦ loss(θ, **data)``, with the loss's analytic derivatives where it has them. On the
         problem's own data tensors (``data_on`` at their device and dtype returns them) the bound loss
         remembers its last few analytic evaluations in ``self.evaluations`` where a caller set it
-        (`Evaluations`); otherwise each bound loss remembers its own."""
+        (`Evaluations`), else, within a call of `moves_data_once` on this problem's data, in one memo
+        for the call (the λ_max check's ∇loss(0) is the descent's start: on a 5000 × 10000 Lasso
+        one product with ``X`` and one with ``Xᵀ`` fewer); otherwise each bound loss remembers its own."""
         own = data.keys() == self.data.keys() and all(data[k] is self.data[k] or _is_moved_copy(data[k], self.data[k])
                                                       for k in data)
-        return BoundLoss(self.loss, data, self.evaluations if own else None)
+        if not own:
+            return BoundLoss(self.loss, data)
+        return BoundLoss(self.loss, data, self.evaluations if self.evaluations is not None else _call_evaluations(self, data))
 
     def numpy_data(self) -> dict[str, np.ndarray]:
         """The data as numpy arrays for cvxpy and scikit-learn; a sparse (CSR) design becomes a
@@ -246,9 +250,9 @@ class Evaluations:
     `Problem.evaluations`): on a 50-point Lasso path (500×2000) those repeats were ~10 full
     products with ``X`` a point where 2–3 are new. A hit needs θ equal to a remembered point (``torch.equal``:
     same shape, dtype, device and values), so an answer is never stale; the data are never mutated
-    (`Problem`'s contract). Only θ up to ``LIMIT`` entries is remembered: beyond it the copy and the
-    comparison stop being negligible next to an evaluation. The tensors returned are the remembered
-    ones: callers must not write into them.
+    (`Problem`'s contract). Only θ up to ``LIMIT`` entries is remembered (θ = 0 at any size): beyond
+    it the copy and the comparison stop being negligible next to an evaluation. The tensors returned
+    are the remembered ones: callers must not write into them.
     """
 
     SIZE = 4  # points remembered besides θ = 0 (the start, the last trial points of a polish)
@@ -265,12 +269,15 @@ class Evaluations:
         return None
 
     def keep(self, theta: Tensor, loss, answer: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
-        if theta.numel() <= self.LIMIT and not theta.requires_grad:
-            if not bool(theta.any()):  # every solve measures its tolerance against ∇loss(0): never evicted
-                self._zero = [(theta.detach().clone(), loss, answer)]
-            else:
-                self._entries.insert(0, (theta.detach().clone(), loss, answer))
-                del self._entries[self.SIZE:]
+        if theta.requires_grad:
+            return answer
+        if not bool(theta.any()):
+            # every solve measures its tolerance against ∇loss(0): never evicted, and kept at any size (a
+            # comparison with 0 costs a pass over θ, the evaluation one over the data)
+            self._zero = [(theta.detach().clone(), loss, answer)]
+        elif theta.numel() <= self.LIMIT:
+            self._entries.insert(0, (theta.detach().clone(), loss, answer))
+            del self._entries[self.SIZE:]
         return answer
 
 
@@ -303,15 +310,28 @@ class _Moved:
     they are kept copies of, so a working set's column subsets, used once each, are not held to the
     end of a path) and their copies by (id, device, dtype)."""
 
-    __slots__ = ("sources", "copies")
+    __slots__ = ("sources", "copies", "evaluations")
 
     def __init__(self, problem: object) -> None:
         data = problem.data if isinstance(problem, Problem) else {}
         self.sources = {id(value): value for value in data.values()}
         self.copies: dict[tuple, Tensor] = {}
+        # one memo per set of bound tensors (the sources themselves, or one device's and dtype's copies)
+        self.evaluations: dict[tuple, Evaluations] = {}
 
 
 _MOVED: contextvars.ContextVar[_Moved | None] = contextvars.ContextVar("symopt_moved_data", default=None)
+
+
+def _call_evaluations(problem: Problem, data: dict[str, Tensor]) -> "Evaluations | None":
+    """The current `moves_data_once` call's memo for ``data`` (``problem``'s own tensors or their copies)
+    where ``problem``'s data are that call's (its ``at_strength`` problems share them); None otherwise,
+    e.g. a working set's restricted problem, whose θ = 0 of one size would otherwise answer for
+    another subset of columns."""
+    moved = _MOVED.get()
+    if moved is None or any(moved.sources.get(id(value)) is not value for value in problem.data.values()):
+        return None
+    return moved.evaluations.setdefault(tuple(id(data[key]) for key in sorted(data)), Evaluations())
 
 
 def moves_data_once(function: Callable) -> Callable:
