@@ -88,16 +88,26 @@ def test_warm_start():
     assert warm.objective == pytest.approx(cold.objective, rel=1e-10)
 
 
-@pytest.mark.parametrize("make, atoms", [
-    (lambda: make_lasso(n=50, d=1000, nonzeros=3), 1000),
-    (lambda: make_lasso(n=50, d=999, nonzeros=3), 999),
-    (lambda: make_group_lasso(n=50, d=1000, group_size=5), 200),    # 1000 entries, but 200 groups
-    (lambda: make_group_lasso(n=50, d=2000, group_size=2), 1000),
-], ids=["lasso-1000", "lasso-999", "groups-200", "groups-1000"])
-def test_the_default_counts_atoms_not_entries(make, atoms):
+def _nonnegative(generated):
+    return lasso(generated.data["X"], generated.data["y"], 0.1 * generated.strength_max(), positive=True)
+
+
+@pytest.mark.parametrize("make, atoms, on", [
+    (lambda: make_logistic_l1(n=50, d=1000), 1000, True),
+    (lambda: make_logistic_l1(n=50, d=999), 999, False),
+    (lambda: make_group_lasso(n=50, d=1000, group_size=5), 200, False),    # 1000 entries, but 200 groups
+    (lambda: make_group_lasso(n=50, d=2000, group_size=2), 1000, True),
+    # least squares under ℓ1 from 5000 columns: below, its check from θ = 0 is faster
+    (lambda: make_lasso(n=50, d=5000, nonzeros=3), 5000, True),
+    (lambda: make_lasso(n=50, d=4999, nonzeros=3), 4999, False),
+    (lambda: make_lasso(n=50, d=1000, nonzeros=3), 1000, False),
+    (lambda: _nonnegative(make_lasso(n=50, d=5000, nonzeros=3)), 5000, True),
+], ids=["logistic-1000", "logistic-999", "groups-200", "groups-1000", "lasso-5000", "lasso-4999", "lasso-1000",
+        "positive-5000"])
+def test_the_default_counts_atoms_not_entries(make, atoms, on):
     problem = make()
     assert working_set.atom_count(problem.constraint(), problem.shape[0]) == atoms
-    assert ("working sets" in symopt.solve(problem).message) == (atoms >= 1000)
+    assert ("working sets" in symopt.solve(problem).message) == on
 
 
 def test_bad_options_are_named_and_change_nothing():
@@ -157,9 +167,10 @@ def test_multitask_lasso_is_solved_on_working_sets_of_features(fit_intercept):
 
 @pytest.mark.parametrize("fit_intercept", [False, True])
 def test_the_nonnegative_lasso_is_solved_on_working_sets(fit_intercept):
-    """lasso(positive=True) with 2000 columns runs on working sets (an entry enters when its pull
-    upward, (−∂ℓ/∂θ_i)⁺, exceeds λ; one pulled downward never does) and reaches scikit-learn's
-    Lasso(positive=True) and the full solve's optimum, with the same support."""
+    """lasso(positive=True) with 2000 columns on working sets (asked for: by default they start at 5000
+    columns for least squares; an entry enters when its pull upward, (−∂ℓ/∂θ_i)⁺, exceeds λ; one
+    pulled downward never does) reaches scikit-learn's Lasso(positive=True) and the full solve's
+    optimum, with the same support."""
     from sklearn.linear_model import Lasso
 
     g = torch.Generator().manual_seed(0)
@@ -169,7 +180,7 @@ def test_the_nonnegative_lasso_is_solved_on_working_sets(fit_intercept):
     y = X @ w + 0.1 * torch.randn(200, generator=g, dtype=torch.float64)
     problem = lasso(X, y, 1.0, positive=True, fit_intercept=fit_intercept)
     problem = problem.at_strength(0.05 * problem.strength_max())
-    ours, full = symopt.solve(problem), symopt.solve(problem, working_set=False)
+    ours, full = symopt.solve(problem, working_set=True), symopt.solve(problem)
     assert ours.status == full.status == "optimal"
     assert "working sets" in ours.message and "working sets" not in full.message
     reference = Lasso(alpha=problem.meta["strength"], positive=True, fit_intercept=fit_intercept, tol=1e-12,

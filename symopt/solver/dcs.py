@@ -31,6 +31,17 @@ from .working_set import atom_count, solve_on_working_sets
 # second round is often the whole of it (group lasso 500×1000 in groups of 5, 200 atoms: 0.11 s with
 # working sets, 0.037 s without; benchmarks/RESULTS.md).
 _WORKING_SETS_FROM = 1000
+# ... and for least squares under an ℓ1 norm of entries (the Lasso, non-negative or not) from this many:
+# below it the check from θ = 0 (`solver.descent.L1_FROM_ZERO`) takes the pulled columns into one ℓ1
+# model on NumPy (`symopt.l1_model`), where each working-set round is a whole restricted solve with
+# its own certificate and polish. Measured (benchmarks/RESULTS.md, twenty-fifth session; one process,
+# medians of 3-5, working sets on / off): make_regression designs from 200×1000 to 2000×5000 at 0.1 to
+# 0.01 λ_max 0.46–0.75×; make_lasso 200×1000 to 1500×4000 and the non-negative Lasso 500×3000 to
+# 2000×2000 0.46–0.96× (one row 1.16×); tall designs 1.0–1.27× (2000×1000, 3000×2000: the first model's
+# 32 candidates against the first working set's 100); from 5000 columns the working sets keep their
+# lead or tie (make_lasso 2000×5000 1.07–1.26×, 5000×10000 1.06–1.17×, the non-negative 1000×5000
+# 1.0–1.9× slower without them).
+_L1_LEAST_SQUARES_WORKING_SETS_FROM = 5000
 
 
 @moves_data_once
@@ -96,7 +107,8 @@ def solve(problem: Problem, device=None, dtype=None, method: str = "auto", tol: 
             lasso, logistic-L1 at a fixed λ) on growing working sets of atoms — DCS on a column
             subset of ``X``, the KKT residual of the full problem checked after each
             (`symopt.working_set`). ``None`` (default): on when θ has at least 1000 atoms
-            (coordinates of a Lasso / logistic-L1, groups of a group lasso);
+            (coordinates of a logistic-L1, groups of a group lasso), 5000 for least squares under
+            ℓ1 (the Lasso's coordinates: below that its check from θ = 0 is faster);
             ``False``: always on the full problem; ``True``: required (a ``ValueError`` if the
             problem cannot be restricted).
         start: initial θ (a warm start; default 0), of ``problem.shape``. With working sets, the
@@ -157,8 +169,8 @@ def solve(problem: Problem, device=None, dtype=None, method: str = "auto", tol: 
             raise ValueError(f"solve: working_set=True needs a problem that can restrict itself at a fixed λ "
                              f"(Lasso, group lasso, logistic-L1 without a budget); '{problem.name}' cannot: "
                              "pass working_set=None or False")
-        if usable and (
-                working_set or atom_count(constraint, math.prod(problem.shape)) >= _WORKING_SETS_FROM):
+        if usable and (working_set or atom_count(constraint, math.prod(problem.shape)) >= _working_sets_from(
+                problem, constraint)):
             def restricted(sub: Problem, tol: float, start) -> Result:
                 return solve(sub, device=device, dtype=dtype, method=method, tol=tol, max_iter=max_iter,
                              inner=inner, history_size=history_size, polish=polish, compile=compile,
@@ -213,6 +225,17 @@ def solve(problem: Problem, device=None, dtype=None, method: str = "auto", tol: 
         device=device, message=message, strength=constraint.strength, evaluate_at=found, objective=measured,
         constraint=constraint.to(dtype=torch.float64) if on_cpu64 else None,
     )
+
+
+def _working_sets_from(problem: Problem, constraint: Constraint) -> int:
+    """How many atoms θ needs for ``working_set=None`` to turn working sets on: `_WORKING_SETS_FROM`,
+    or `_L1_LEAST_SQUARES_WORKING_SETS_FROM` for a loss that is a quadratic with its own curvature
+    (least squares) under an ℓ1 norm of entries (`Constraint.entry_signs`)."""
+    loss = problem.loss
+    least_squares = getattr(loss, "curvature", None) is not None and bool(getattr(loss, "quadratic", False))
+    if least_squares and constraint.entry_signs() is not None:
+        return _L1_LEAST_SQUARES_WORKING_SETS_FROM
+    return _WORKING_SETS_FROM
 
 
 # How far above λ (relative) the analytic gradient's pull must be for zero_if_optimal to trust it; the

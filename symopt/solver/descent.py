@@ -93,8 +93,8 @@ WIDE_FROM_ZERO = 512
 # (twenty-fourth session, benchmarks/RESULTS.md: 40×400 at 0.1 λ_max, 7 pulled a row, 14 → 7 ms; the
 # held-out designs 0.75× in the geometric mean, 30×300 at 0.03–0.01 λ_max 1.3–1.45× slower; with the ℓ1
 # model's steps on NumPy, `symopt.l1_model`, from θ = 0 against the descent first on every wide design:
-# 0.35× and 0.40× on the two sets). From 1000 columns working sets solve the Lasso, whose restricted
-# problems the rule does not reach.
+# 0.35× and 0.40× on the two sets). From 5000 columns working sets solve the Lasso, whose restricted
+# problems the rule does not reach (`solver.dcs._L1_LEAST_SQUARES_WORKING_SETS_FROM`).
 L1_FROM_ZERO = True
 
 
