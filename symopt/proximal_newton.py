@@ -165,12 +165,27 @@ def solve_group_quadratic(hessian: Tensor, grad: Tensor, start: Tensor, groups: 
         >>> [round(v, 6) for v in solve_group_quadratic(H, g, torch.zeros(3, dtype=torch.float64), groups, w, 1e-12).tolist()]
         [2.4, 3.2, 0.0]
     """
-    count = weights.numel()
+    limit = None if max_rounds is None else max_rounds
+    with one_blas_thread():  # (NumPy: a round is a few small operators; see symopt.l1_model)
+        x = _group_rounds(as_array(hessian), as_array(grad), as_array(start), groups.numpy(), as_array(weights), tol,
+                          limit, None if row_block is None else (as_array(row_block[0]), row_block[1]))
+    return torch.from_numpy(x).to(start.dtype)
+
+
+def _group_rounds(hessian: np.ndarray, grad: np.ndarray, start: np.ndarray, groups: np.ndarray, weights: np.ndarray,
+                  tol: float, max_rounds: int | None, row_block: tuple[np.ndarray, int] | None) -> np.ndarray:
+    """`solve_group_quadratic` on arrays (``row_block``'s B an array)."""
+    count = weights.size
     same = groups[:, None] == groups[None, :]
+    matrix, tasks = (hessian, None) if row_block is None else row_block  # (the products' H or B)
     if row_block is None:
         within = hessian * same  # H's diagonal blocks: H_{GG} x_G for every group in one product
     else:  # (with H = B ⊗ I_T each row's block is B_jj I_T)
-        within = torch.diagonal(row_block[0]).repeat_interleave(row_block[1])
+        within = np.repeat(np.diagonal(matrix), tasks)
+
+    def model(z: np.ndarray) -> float:
+        return _array_group_model(matrix, tasks, grad, start, z, groups, weights)
+
     # (at least 1000: on rank-deficient models with a few groups, property tests found the proximal
     # steps that follow a blocked Newton step needing 200-1000 rounds; a round of a few groups is cheap)
     limit = max(1000, 20 * count + 60) if max_rounds is None else max_rounds
@@ -178,63 +193,62 @@ def solve_group_quadratic(hessian: Tensor, grad: Tensor, start: Tensor, groups: 
     x, lipschitz = _groups_join_together(hessian, grad, start, groups, weights, row_block)
     stalled = 0  # blocked rounds in a row whose proximal step left the model where it was
     for _ in range(limit):
-        norms = _group_sizes(x, groups, count)
+        norms = _array_group_sizes(x, groups, count)
         alive = norms > 0
         settled = True
-        if bool(alive.any()):
+        if alive.any():
             # two Newton steps, then the leaving test: a group on its way to 0 makes the face
             # ill-conditioned (its norm's curvature is w/‖x_G‖), and Newton alone would crawl there.
             # Two, not three: on the suite's group and multi-task rows (breast_cancer, digits) the
             # third step was mostly such a crawl (Newton steps 13/13/23/18 → 10/12/12/12 at the same
             # optima); one a round took more rounds and a second outer iteration on three of six.
-            x, settled = _group_face_newton(hessian, grad, start, x, alive[groups], groups, weights, same, tol,
-                                            steps=2, row_block=row_block)
-            norms = _group_sizes(x, groups, count)
+            x, settled = _face_newton_steps(hessian, grad, start, x, alive[groups], groups, weights, same, tol, 2,
+                                            row_block)
+            norms = _array_group_sizes(x, groups, count)
             alive = norms > 0
-        gradient = grad + _product(hessian, x - start, row_block)
+        gradient = grad + _array_product(matrix, x - start, tasks)
         # each group's gradient with it set to 0, the others fixed
-        at_zero = gradient - (within @ x if row_block is None else within * x)
-        pull = _group_sizes(at_zero, groups, count)
-        inside = torch.where(alive, pull / weights, math.inf)
-        leaving = inside <= 1.0
-        if bool(leaving.any()):  # their zeros are optimal, each with the others fixed: they leave together
-            x = x.masked_fill(leaving[groups], 0.0)
+        at_zero = gradient - (within @ x if tasks is None else within * x)
+        pull = _array_group_sizes(at_zero, groups, count)
+        with np.errstate(divide="ignore", invalid="ignore"):  # (a zero weight: never leaves by this test)
+            leaving = alive & (pull / weights <= 1.0)
+        if leaving.any():  # their zeros are optimal, each with the others fixed: they leave together
+            x = np.where(leaving[groups], 0.0, x)
             continue
         if not settled:
             # Newton's step is blocked, most often by a group on its way to 0 (its norm's curvature
             # w/‖x_G‖ grows without bound): the smallest group is set to 0 where that lowers the
             # model (a property test found 3 groups taking 219 rounds of proximal steps to drop one);
             # else a proximal-gradient step on the model (step 1/L) goes on
-            smallest = torch.where(alive, norms, math.inf).argmin()
-            dropped = x.masked_fill(groups == smallest, 0.0)
-            level = _group_model(hessian, grad, start, x, groups, weights, row_block)
-            if _group_model(hessian, grad, start, dropped, groups, weights, row_block) < level:
+            smallest = int(np.where(alive, norms, math.inf).argmin())
+            dropped = np.where(groups == smallest, 0.0, x)
+            level = model(x)
+            if model(dropped) < level:
                 x = dropped
                 continue
             if lipschitz is None:
-                # (B ⊗ I_T has B's eigenvalues)
-                lipschitz = _largest_eigenvalue(hessian if row_block is None else row_block[0])
+                lipschitz = _largest_eigenvalue(matrix)  # (B ⊗ I_T has B's eigenvalues)
             ahead = x - gradient / lipschitz
-            sizes = _group_sizes(ahead, groups, count)
-            shrink = (1 - (weights / lipschitz) / sizes.clamp_min(1e-300)).clamp_min(0)
+            sizes = _array_group_sizes(ahead, groups, count)
+            shrink = np.maximum(1 - (weights / lipschitz) / np.maximum(sizes, 1e-300), 0.0)
             x = ahead * shrink[groups]
             # Proximal-gradient steps (descent steps) that no longer lower the model, blocked Newton
             # between them, STALLED_ROUNDS in a row: x is the model's fixed point to rounding, the optimum
             # as far as the model resolves it. A ``tol`` below that (a finish polish asks 1e-18 of a
             # model whose residual stays at 3e-16) ran the round limit: 1000 rounds, 1 s.
-            lowered = _group_model(hessian, grad, start, x, groups, weights, row_block) < level
-            stalled = 0 if lowered else stalled + 1
+            stalled = 0 if model(x) < level else stalled + 1
             if stalled >= STALLED_ROUNDS:
                 return x
             continue
-        excess = torch.where(alive, -math.inf, pull - weights)
+        excess = np.where(alive, -math.inf, pull - weights)
         j = int(excess.argmax())
         if not float(excess[j]) > tol:
             return x
         members = groups == j
-        block = hessian[members][:, members]
-        top = float(torch.linalg.eigvalsh(block)[-1]) if block.numel() else 1.0
+        block = hessian[np.ix_(members, members)]
+        top = float(np.linalg.eigvalsh(block)[-1]) if block.size else 1.0
         # the proximal-gradient step from 0 on the block: a descent step off zero
+        x = x.copy()
         x[members] = -(float(excess[j]) / max(top, 1e-300)) * at_zero[members] / float(pull[j])
     return x
 
@@ -298,8 +312,8 @@ def solve_group_quadratic_scaled(hessian: Tensor, grad: Tensor, start: Tensor, g
     return u * per
 
 
-def _groups_join_together(hessian: Tensor, grad: Tensor, start: Tensor, groups: Tensor, weights: Tensor,
-                          row_block: tuple[Tensor, int] | None) -> tuple[Tensor, float | None]:
+def _groups_join_together(hessian: np.ndarray, grad: np.ndarray, start: np.ndarray, groups: np.ndarray,
+                          weights: np.ndarray, row_block: tuple[np.ndarray, int] | None) -> tuple[np.ndarray, float | None]:
     r"""``(x, L)``: the group model's point after accelerated proximal-gradient steps from its ``start`` (FISTA,
     Beck & Teboulle 2009: $x_{k+1} = \mathrm{prox}_{ψ/L}(y_k - ∇q(y_k)/L)$, each group shrunk by
     $\max(0, 1 - w_j / (L ‖·‖))$, and $y$ extrapolated with FISTA's momentum), where at least
@@ -313,21 +327,19 @@ def _groups_join_together(hessian: Tensor, grad: Tensor, start: Tensor, groups: 
     window while the set holds), or after ``PREFIX_STEPS``; their last point is kept only where the
     model is lower there than at the start (FISTA is not monotone). L is H's largest eigenvalue
     (`_largest_eigenvalue`), returned for the active set's own proximal steps. The point returned is a
-    new tensor (the caller writes into it)."""
-    count = weights.numel()
-    alive = _group_sizes(start, groups, count) > 0
-    pulled = int(((~alive) & (_group_sizes(grad, groups, count) > weights)).sum())
+    new array."""
+    count = weights.size
+    alive = _array_group_sizes(start, groups, count) > 0
+    pulled = int(((~alive) & (_array_group_sizes(grad, groups, count) > weights)).sum())
     if pulled < JOINS_TOGETHER and not (  # (a dense start: asked only where too few zero groups are pulled)
             int(alive.sum()) >= max(JOINS_TOGETHER, count // 2) and int(alive[groups].sum()) > LEAVES_TOGETHER):
-        return start.clone(), None
-    lipschitz = _largest_eigenvalue(hessian if row_block is None else row_block[0])
-    with one_blas_thread():  # (NumPy: these steps are a few small operators each; see symopt.l1_model)
-        point, level, first = _fista_steps(
-            as_array(hessian if row_block is None else row_block[0]), None if row_block is None else row_block[1],
-            as_array(grad), as_array(start), groups.numpy(), as_array(weights), lipschitz, alive.numpy())
+        return start.copy(), None
+    matrix, tasks = (hessian, None) if row_block is None else row_block
+    lipschitz = _largest_eigenvalue(matrix)
+    point, level, first = _fista_steps(matrix, tasks, grad, start, groups, weights, lipschitz, alive)
     if level < first:
-        return torch.from_numpy(point).to(start.dtype), lipschitz  # (a product of the last step: not the start)
-    return start.clone(), lipschitz
+        return point, lipschitz  # (a product of the last step: not the start)
+    return start.copy(), lipschitz
 
 
 def _fista_steps(hessian: np.ndarray, tasks: int | None, grad: np.ndarray, start: np.ndarray, groups: np.ndarray,
@@ -376,24 +388,27 @@ def _fista_steps(hessian: np.ndarray, tasks: int | None, grad: np.ndarray, start
 
 
 def _array_product(matrix: np.ndarray, v: np.ndarray, tasks: int | None) -> np.ndarray:
-    """`_product` on arrays: $H v$, or with ``tasks`` ($H = B ⊗ I_T$, ``matrix`` = B) $B V$ on v's rows."""
+    r"""$H v$ (``matrix`` = H); with ``tasks`` ($H = B ⊗ I_T$, ``matrix`` = B, see `solve_group_quadratic`)
+    $B V$ on v's rows: for ten targets on digits a 64 × 64 product instead of a 640 × 640 one (the
+    model's products with H were a fifth of a multi-task Lasso's polish, measured)."""
     return matrix @ v if tasks is None else (matrix @ v.reshape(-1, tasks)).reshape(-1)
 
 
 def _array_group_sizes(x: np.ndarray, groups: np.ndarray, count: int) -> np.ndarray:
-    r"""`_group_sizes` on arrays: $‖x_{G_j}‖_2$ for each of the ``count`` groups."""
+    r"""$‖x_{G_j}‖_2$ for each of the ``count`` groups (``groups[i]``: coordinate i's group)."""
     return np.sqrt(np.bincount(groups, weights=x * x, minlength=count))
 
 
 def _array_group_model(matrix: np.ndarray, tasks: int | None, grad: np.ndarray, start: np.ndarray, x: np.ndarray,
                        groups: np.ndarray, weights: np.ndarray) -> float:
-    """`_group_model` on arrays (``matrix``, ``tasks`` as in `_array_product`)."""
+    r"""The group model $g^\top d + \tfrac12 d^\top H d + \sum_j w_j ‖x_{G_j}‖_2$, $d = x - x_0$ (``matrix``,
+    ``tasks`` as in `_array_product`)."""
     d = x - start
     return float(d @ (grad + 0.5 * _array_product(matrix, d, tasks))) + \
         float(weights @ _array_group_sizes(x, groups, weights.size))
 
 
-def _prefix_window(alive: Tensor, groups: Tensor, size: int, row_block: tuple[Tensor, int] | None) -> int:
+def _prefix_window(alive: np.ndarray, groups: np.ndarray, size: int, row_block: tuple[np.ndarray, int] | None) -> int:
     r"""How long the set ``alive`` of non-zero groups must hold before the proximal-gradient steps stop:
     the steps that cost one Newton step on its face, a Cholesky factorisation of $k^3/3$ flops ($k$ its
     coordinates; with ``row_block`` its rows, a Newton step of `_row_block_step`) against a product
@@ -410,19 +425,10 @@ def _prefix_window(alive: Tensor, groups: Tensor, size: int, row_block: tuple[Te
 
 def _group_model(hessian: Tensor, grad: Tensor, start: Tensor, x: Tensor, groups: Tensor, weights: Tensor,
                  row_block: tuple[Tensor, int] | None = None) -> float:
-    r"""The group model $g^\top d + \tfrac12 d^\top H d + \sum_j w_j ‖x_{G_j}‖_2$, $d = x - x_0$."""
-    d = x - start
-    return float(d @ (grad + 0.5 * _product(hessian, d, row_block))) + _group_norm(x, groups, weights)
-
-
-def _product(hessian: Tensor, v: Tensor, row_block: tuple[Tensor, int] | None) -> Tensor:
-    r"""$H v$; with ``row_block = (B, T)`` ($H = B ⊗ I_T$, see `solve_group_quadratic`) as $B V$ on v's
-    rows: for ten targets on digits a 64 × 64 product instead of a 640 × 640 one (the model's products
-    with H were a fifth of a multi-task Lasso's polish, measured)."""
-    if row_block is None:
-        return hessian @ v
-    block, tasks = row_block
-    return (block @ v.view(-1, tasks)).reshape(-1)
+    r"""`_array_group_model` for tensors (``row_block = (B, T)`` for $H = B ⊗ I_T$)."""
+    matrix, tasks = (hessian, None) if row_block is None else row_block
+    return _array_group_model(as_array(matrix), tasks, as_array(grad), as_array(start), as_array(x), groups.numpy(),
+                              as_array(weights))
 
 
 def _group_sizes(x: Tensor, groups: Tensor, count: int) -> Tensor:
@@ -433,49 +439,36 @@ def _group_sizes(x: Tensor, groups: Tensor, count: int) -> Tensor:
 _EXACT_EIGENVALUE = 96  # up to this size `_largest_eigenvalue` asks LAPACK
 
 
-def _largest_eigenvalue(hessian: Tensor, steps: int = 30) -> float:
+def _largest_eigenvalue(matrix: np.ndarray, steps: int = 30) -> float:
     """An upper estimate of a PSD matrix's largest eigenvalue: up to ``_EXACT_EIGENVALUE`` coordinates
     the exact one; beyond, 30 power iterations from a fixed start, times 1.1 (the proximal step 1/L
     must not be too long), at most its Gershgorin bound. A full eigendecomposition of the 640 × 640
     model of a ten-target Lasso was a tenth of the solve."""
-    if hessian.shape[0] <= _EXACT_EIGENVALUE:
+    if matrix.shape[0] <= _EXACT_EIGENVALUE:
         # exact and cheaper here: 0.16 ms for eigvalsh at 64 coordinates against 0.46 ms for the 30
-        # products and their host reads (eigvalsh 0.57 ms against 0.29 ms at 128, measured)
-        return max(float(torch.linalg.eigvalsh(hessian)[-1]), 1e-300)
-    bound = float(hessian.abs().sum(1).max())
+        # products and their host reads (eigvalsh 0.57 ms against 0.29 ms at 128, measured with torch)
+        return max(float(np.linalg.eigvalsh(matrix)[-1]), 1e-300)
+    bound = float(np.abs(matrix).sum(1).max())
     if not bound > 0:
         return 1e-300
-    v = torch.ones(hessian.shape[0], dtype=hessian.dtype) / math.sqrt(hessian.shape[0])
+    v = np.full(matrix.shape[0], 1.0 / math.sqrt(matrix.shape[0]))
     estimate = 0.0
     for _ in range(steps):
-        w = hessian @ v
-        size = float(w.norm())
+        w = matrix @ v
+        size = float(np.linalg.norm(w))
         if not size > 0:
             break
         estimate, v = size, w / size
     return min(1.1 * estimate, bound) if estimate > 0 else bound
 
 
-def _group_face_newton(hessian: Tensor, grad: Tensor, start: Tensor, x: Tensor, free: Tensor, groups: Tensor,
-                       weights: Tensor, same: Tensor, tol: float, steps: int = 50,
-                       row_block: tuple[Tensor, int] | None = None) -> tuple[Tensor, bool]:
-    """Damped Newton on the face of the non-zero groups (``free``: their coordinates) of the group
-    lasso's model: ``(x with the face's coordinates moved, settled)``, settled when the face's gradient
-    is below ``tol`` or a step lowers the model only by its rounding (the others untouched). With
-    ``row_block`` (see `solve_group_quadratic`) the steps use $H = B ⊗ I_T$ (`_row_block_step`). The
-    steps run on NumPy arrays (a few small operators each, as in `symopt.l1_model`)."""
-    with one_blas_thread():
-        out, settled = _face_newton_steps(
-            as_array(hessian), as_array(grad), as_array(start), as_array(x), free.numpy(), groups.numpy(),
-            as_array(weights), same.numpy(), tol, steps,
-            None if row_block is None else (as_array(row_block[0]), row_block[1]))
-    return torch.from_numpy(out).to(x.dtype), settled
-
-
 def _face_newton_steps(hessian: np.ndarray, grad: np.ndarray, start: np.ndarray, x: np.ndarray, free: np.ndarray,
                        groups: np.ndarray, weights: np.ndarray, same: np.ndarray, tol: float, steps: int,
                        row_block: tuple[np.ndarray, int] | None) -> tuple[np.ndarray, bool]:
-    """`_group_face_newton` on arrays."""
+    """Damped Newton on the face of the non-zero groups (``free``: their coordinates) of the group
+    lasso's model: ``(x with the face's coordinates moved, settled)``, settled when the face's gradient
+    is below ``tol`` or a step lowers the model only by its rounding (the others untouched). With
+    ``row_block`` (see `solve_group_quadratic`) the steps use $H = B ⊗ I_T$ (`_row_block_step`)."""
     face = np.flatnonzero(free)
     ids = groups[face]
     count = weights.size

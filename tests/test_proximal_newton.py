@@ -520,7 +520,7 @@ def _rounds_counted(monkeypatch, H, grad, start, groups, weights, tol: float = 1
     """A call that solves the group model from ``start`` and returns ``(x, Newton rounds it took)``."""
     import symopt.proximal_newton as pn
 
-    rounds = _calls_counted(monkeypatch, "_group_face_newton")
+    rounds = _calls_counted(monkeypatch, "_face_newton_steps")
 
     def solved():
         rounds.clear()
@@ -864,7 +864,7 @@ def test_a_group_model_on_columns_of_raw_scales_is_solved_in_scaled_coordinates(
     X, y = pytest.importorskip("sklearn.datasets").load_breast_cancer(return_X_y=True)
     problem = group_lasso(X, y - y.mean(), 3, 1.0)
     problem = problem.at_strength(1e-3 * problem.strength_max())
-    rounds = _calls_counted(monkeypatch, "_group_face_newton")
+    rounds = _calls_counted(monkeypatch, "_face_newton_steps")
     scaled = symopt.solve(problem)
     few = len(rounds)
     monkeypatch.setattr(pn, "SCALE_SPREAD", math.inf)  # (never scaled)
@@ -918,7 +918,7 @@ def test_a_group_model_of_one_coordinate_groups_is_the_weighted_l1_model(monkeyp
     group_weights = None if weights == "equal" else torch.linspace(0.5, 2.0, 97, dtype=torch.float64)
     problem = group_lasso(X, y, 1, 1.0, group_weights=group_weights)
     problem = problem.at_strength(1e-3 * problem.strength_max())
-    rounds = _calls_counted(monkeypatch, "_group_face_newton")
+    rounds = _calls_counted(monkeypatch, "_face_newton_steps")
     result = symopt.solve(problem)
     assert result.status == "optimal" and rounds == []
     if weights == "equal":
@@ -951,7 +951,7 @@ def test_a_group_model_asked_beyond_its_rounding_stops_where_its_steps_stall(mon
     assert X.shape == (22, 9) and size == 3 and kind == "duplicated columns"
     problem = group_lasso(X, y, size, 1.0)
     problem = problem.at_strength(0.01 * problem.strength_max())
-    rounds = _calls_counted(monkeypatch, "_group_face_newton")
+    rounds = _calls_counted(monkeypatch, "_face_newton_steps")
     result = symopt.solve(problem)
     assert result.status == "optimal" and len(rounds) < 50
     monkeypatch.setattr(pn, "EXACT_GROUP_MODEL", 0.01)  # (the finish's model then asks 1e-15: no stall)
