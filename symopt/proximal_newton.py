@@ -165,10 +165,9 @@ def solve_group_quadratic(hessian: Tensor, grad: Tensor, start: Tensor, groups: 
         >>> [round(v, 6) for v in solve_group_quadratic(H, g, torch.zeros(3, dtype=torch.float64), groups, w, 1e-12).tolist()]
         [2.4, 3.2, 0.0]
     """
-    limit = None if max_rounds is None else max_rounds
     with one_blas_thread():  # (NumPy: a round is a few small operators; see symopt.l1_model)
         x = _group_rounds(as_array(hessian), as_array(grad), as_array(start), groups.numpy(), as_array(weights), tol,
-                          limit, None if row_block is None else (as_array(row_block[0]), row_block[1]))
+                          max_rounds, None if row_block is None else (as_array(row_block[0]), row_block[1]))
     return torch.from_numpy(x).to(start.dtype)
 
 
@@ -247,8 +246,8 @@ def _group_rounds(hessian: np.ndarray, grad: np.ndarray, start: np.ndarray, grou
         members = groups == j
         block = hessian[np.ix_(members, members)]
         top = float(np.linalg.eigvalsh(block)[-1]) if block.size else 1.0
-        # the proximal-gradient step from 0 on the block: a descent step off zero
-        x = x.copy()
+        # the proximal-gradient step from 0 on the block: a descent step off zero (x is this call's own
+        # array: every step above returns a new one)
         x[members] = -(float(excess[j]) / max(top, 1e-300)) * at_zero[members] / float(pull[j])
     return x
 
@@ -313,7 +312,8 @@ def solve_group_quadratic_scaled(hessian: Tensor, grad: Tensor, start: Tensor, g
 
 
 def _groups_join_together(hessian: np.ndarray, grad: np.ndarray, start: np.ndarray, groups: np.ndarray,
-                          weights: np.ndarray, row_block: tuple[np.ndarray, int] | None) -> tuple[np.ndarray, float | None]:
+                          weights: np.ndarray,
+                          row_block: tuple[np.ndarray, int] | None) -> tuple[np.ndarray, float | None]:
     r"""``(x, L)``: the group model's point after accelerated proximal-gradient steps from its ``start`` (FISTA,
     Beck & Teboulle 2009: $x_{k+1} = \mathrm{prox}_{ψ/L}(y_k - ∇q(y_k)/L)$, each group shrunk by
     $\max(0, 1 - w_j / (L ‖·‖))$, and $y$ extrapolated with FISTA's momentum), where at least

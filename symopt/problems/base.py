@@ -149,7 +149,8 @@ class Problem:
                                                       for k in data)
         if not own:
             return BoundLoss(self.loss, data)
-        return BoundLoss(self.loss, data, self.evaluations if self.evaluations is not None else _call_evaluations(self, data))
+        memo = self.evaluations if self.evaluations is not None else _call_evaluations(self, data)
+        return BoundLoss(self.loss, data, memo)
 
     def numpy_data(self) -> dict[str, np.ndarray]:
         """The data as numpy arrays for cvxpy and scikit-learn; a sparse (CSR) design becomes a
