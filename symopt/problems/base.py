@@ -178,6 +178,12 @@ class Problem:
         return self.value(theta, self.data_on(theta.device, torch.float64), constraint)
 
 
+def is_quadratic(loss) -> bool:
+    """Whether ``loss`` (a `Problem`'s ``loss``) has its own ``curvature`` and says it is a quadratic in θ
+    (least squares): its quadratic model, with that curvature, is itself."""
+    return getattr(loss, "curvature", None) is not None and bool(getattr(loss, "quadratic", False))
+
+
 class BoundLoss:
     r"""A problem's loss with its data bound: ``bound(θ)`` is ``loss(θ, **data)``.
 
@@ -222,8 +228,7 @@ class BoundLoss:
         self.curvature = None if second is None else (lambda theta, mask: second(theta, mask, **data))
         rows = getattr(loss, "target_block", None)  # (several least-squares targets: the curvature's B ⊗ I_T)
         self.target_block = None if rows is None else (lambda theta, mask: rows(theta, mask, **data))
-        # (a loss that is a quadratic in θ says so: its quadratic model, with this curvature, is itself)
-        self.quadratic = self.curvature is not None and bool(getattr(loss, "quadratic", False))
+        self.quadratic = is_quadratic(loss)
 
     def __call__(self, theta: Tensor) -> Tensor:
         return self.loss(theta, **self.data)

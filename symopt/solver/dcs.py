@@ -18,7 +18,7 @@ from .._clock import solver_clock
 from ..constraints import Constraint
 from ..optimality import loss_gradient, snap_tol
 from ..problems import Problem
-from ..problems.base import moves_data_once
+from ..problems.base import is_quadratic, moves_data_once
 from ..result import Result, elapsed_since
 from .descent import Descent
 from .options import Options
@@ -231,9 +231,7 @@ def _working_sets_from(problem: Problem, constraint: Constraint) -> int:
     """How many atoms θ needs for ``working_set=None`` to turn working sets on: `_WORKING_SETS_FROM`,
     or `_L1_LEAST_SQUARES_WORKING_SETS_FROM` for a loss that is a quadratic with its own curvature
     (least squares) under an ℓ1 norm of entries (`Constraint.entry_signs`)."""
-    loss = problem.loss
-    least_squares = getattr(loss, "curvature", None) is not None and bool(getattr(loss, "quadratic", False))
-    if least_squares and constraint.entry_signs() is not None:
+    if is_quadratic(problem.loss) and constraint.entry_signs() is not None:
         return _L1_LEAST_SQUARES_WORKING_SETS_FROM
     return _WORKING_SETS_FROM
 
