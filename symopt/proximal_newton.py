@@ -119,6 +119,24 @@ SCALE_SPREAD = 10.0
 # and it ran the round limit (a 22 × 9 design with duplicated columns: 1006 rounds, 1 s → 11 ms). Counted
 # on the sweeps: the same models and rounds, one product more a blocked round.
 STALLED_ROUNDS = 3
+# ... and after FISTA_AFTER_BLOCKED such rounds in a row (blocked Newton steps, no group leaving, the smallest
+# group's drop refused, each followed by one proximal-gradient step of 1/L) the next goes on as the joins'
+# accelerated steps from the current point, until its set of groups holds (`_fista_steps`): where Newton
+# crawls on a face whose optimum puts a group at 0 but no group's zero is optimal with the others fixed,
+# single steps of 1/L took 170 rounds (a model of 164 coordinates on 60 rows, make_regression 60×400 in
+# groups of 4 at 0.01 λ_max, 131 ms in that model → 4 rounds, 5 ms). From the first blocked round on, the
+# steps cost more than they saved (standardised digits at 0.01 λ_max, make_regression 100×300 at 0.3:
+# 1.4-2×); from the third, the wide group sweeps read 0.9× (benchmarks/RESULTS.md, twenty-sixth session).
+FISTA_AFTER_BLOCKED = 2
+# A group model from θ = 0 whose loss's curvature resolves fewer coordinates than θ has (fewer rows than
+# columns: `DataTerm.resolved_coordinates`) takes the strongest pulled groups that fit in PULLED_PER_ROW
+# coordinates per resolved one and WIDE_FROM_ZERO in all (at least the strongest group), where every pulled
+# group would make a model singular on most of its face; the next outer iterations take the others
+# (`_candidates`). With it the descent's check from θ = 0 (`symopt.solver.descent`) reaches designs whose
+# pulled groups do not fit: make_regression 60×300 of effective rank 15 in groups of 3 at 0.1 λ_max, 294
+# coordinates pulled on 60 rows, 17 → 4.4 ms (benchmarks/RESULTS.md, twenty-sixth session).
+PULLED_PER_ROW = 4
+WIDE_FROM_ZERO = 512
 # A least-squares model on ℓ1 takes every column where they all fit in its cap (`_candidates`: at most 32
 # more than the non-zeros), not only those ∇loss pulls at its point: the model is then the problem itself
 # and one model lands on the optimum, where the pulled columns alone left out a column that the first
@@ -191,6 +209,7 @@ def _group_rounds(hessian: np.ndarray, grad: np.ndarray, start: np.ndarray, grou
     # (lipschitz: H's largest eigenvalue where the joins computed it; else None until a proximal step needs it)
     x, lipschitz = _groups_join_together(hessian, grad, start, groups, weights, row_block)
     stalled = 0  # blocked rounds in a row whose proximal step left the model where it was
+    blocked = 0  # blocked rounds in a row that took a proximal-gradient step (see FISTA_AFTER_BLOCKED)
     for _ in range(limit):
         norms = _array_group_sizes(x, groups, count)
         alive = norms > 0
@@ -213,6 +232,7 @@ def _group_rounds(hessian: np.ndarray, grad: np.ndarray, start: np.ndarray, grou
             leaving = alive & (pull / weights <= 1.0)
         if leaving.any():  # their zeros are optimal, each with the others fixed: they leave together
             x = np.where(leaving[groups], 0.0, x)
+            blocked = 0
             continue
         if not settled:
             # Newton's step is blocked, most often by a group on its way to 0 (its norm's curvature
@@ -227,10 +247,18 @@ def _group_rounds(hessian: np.ndarray, grad: np.ndarray, start: np.ndarray, grou
                 continue
             if lipschitz is None:
                 lipschitz = _largest_eigenvalue(matrix)  # (B ⊗ I_T has B's eigenvalues)
-            ahead = x - gradient / lipschitz
-            sizes = _array_group_sizes(ahead, groups, count)
-            shrink = np.maximum(1 - (weights / lipschitz) / np.maximum(sizes, 1e-300), 0.0)
-            x = ahead * shrink[groups]
+            blocked += 1
+            accelerated = None
+            if blocked > FISTA_AFTER_BLOCKED:  # (a crawl: accelerated steps until the set holds)
+                accelerated, after, _ = _fista_steps(matrix, tasks, grad, start, groups, weights, lipschitz, alive,
+                                                     begin=x)
+            if accelerated is not None and after < level:
+                x = accelerated
+            else:  # (FISTA is not monotone: where its steps did not lower the model, one step of 1/L)
+                ahead = x - gradient / lipschitz
+                sizes = _array_group_sizes(ahead, groups, count)
+                shrink = np.maximum(1 - (weights / lipschitz) / np.maximum(sizes, 1e-300), 0.0)
+                x = ahead * shrink[groups]
             # Proximal-gradient steps (descent steps) that no longer lower the model, blocked Newton
             # between them, STALLED_ROUNDS in a row: x is the model's fixed point to rounding, the optimum
             # as far as the model resolves it. A ``tol`` below that (a finish polish asks 1e-18 of a
@@ -239,6 +267,7 @@ def _group_rounds(hessian: np.ndarray, grad: np.ndarray, start: np.ndarray, grou
             if stalled >= STALLED_ROUNDS:
                 return x
             continue
+        blocked = 0
         excess = np.where(alive, -math.inf, pull - weights)
         j = int(excess.argmax())
         if not float(excess[j]) > tol:
@@ -343,19 +372,23 @@ def _groups_join_together(hessian: np.ndarray, grad: np.ndarray, start: np.ndarr
 
 
 def _fista_steps(hessian: np.ndarray, tasks: int | None, grad: np.ndarray, start: np.ndarray, groups: np.ndarray,
-                 weights: np.ndarray, lipschitz: float, alive: np.ndarray) -> tuple[np.ndarray, float, float]:
-    """`_groups_join_together`'s steps on arrays: ``(their last point, the model there, the model at the
-    start)``; ``tasks``: H is the row block B of $B ⊗ I_T$ (T = ``tasks``), else None."""
+                 weights: np.ndarray, lipschitz: float, alive: np.ndarray,
+                 begin: np.ndarray | None = None) -> tuple[np.ndarray, float, float]:
+    """`_groups_join_together`'s steps on arrays: ``(their last point, the model there, the model where they
+    began)``, from ``begin`` (default: the model's centre ``start``; ``alive``: its non-zero groups);
+    ``tasks``: H is the row block B of $B ⊗ I_T$ (T = ``tasks``), else None."""
     count = weights.size
 
     def model(x):
         return _array_group_model(hessian, tasks, grad, start, x, groups, weights)
 
-    ahead, point, momentum = start.copy(), start, 1.0
+    origin = start if begin is None else begin
+    ahead, point, momentum = origin.copy(), origin, 1.0
     shrunk = weights / lipschitz
     # steps the set of non-zero groups has been the same; what it must hold for; held at the next check
     held, window, due = 0, None, 0
-    first = float(weights @ _array_group_sizes(start, groups, count))  # (the model at the start: d = 0)
+    # (the model where the steps begin: at the centre d = 0, only the norms)
+    first = float(weights @ _array_group_sizes(start, groups, count)) if begin is None else model(begin)
     # where the set appeared, then the model's value at its last check; None while the start's own set
     # holds (a start on its face: a descent's point, a polish's second model), which the hold alone ends
     anchor: np.ndarray | float | None = None
@@ -633,10 +666,11 @@ def _row_block_step(face_block: tuple[np.ndarray, int], scale: np.ndarray, unit:
 
 
 def _candidates(constraint: Constraint, theta: Tensor, grad: Tensor, lam: float, limit: int,
-                ids: Tensor | None = None, every: bool = False) -> Tensor | None:
+                ids: Tensor | None = None, every: bool = False, first_room: int | None = None) -> Tensor | None:
     """The entries a quadratic model is taken on: θ's non-zero atoms and the zero atoms whose pull
     exceeds λ, at most ``alive + 32`` of those for entries (ℓ1) and ``alive // 2 + 8`` for groups (the
-    strongest pulls: the next outer iteration takes the others), every pulled group at θ = 0; with
+    strongest pulls: the next outer iteration takes the others), every pulled group at θ = 0 (with
+    ``first_room``, the strongest whose entries fit in it, at least one: see ``PULLED_PER_ROW``); with
     ``every`` (a least-squares loss, see ``_ALL_CANDIDATES``) every entry where all fit in that cap; None
     when their entries are more than ``limit``. ``ids`` maps θ's flat entries to their atoms
     (`Constraint.atom_ids`; None: every entry is an atom).
@@ -657,6 +691,14 @@ def _candidates(constraint: Constraint, theta: Tensor, grad: Tensor, lam: float,
     count = int(alive.sum())
     # (from θ = 0 every pulled group: they join together, see JOINS_TOGETHER)
     room = count + 32 if ids is None else (count // 2 + 8 if count else pulled.numel())
+    if ids is not None and not count and first_room is not None:
+        sizes = torch.bincount(ids.reshape(-1), minlength=pulled.numel())
+        if int(sizes[pulled].sum()) > first_room:
+            order = torch.argsort(excess, descending=True)  # (the pulled groups first: excess > 0)
+            fits = (torch.cumsum(sizes[order], 0) <= first_room) & pulled[order]
+            fits[0] = bool(pulled[order[0]])
+            pulled = torch.zeros_like(pulled)
+            pulled[order[fits]] = True
     if int(pulled.sum()) > room:
         pulled = torch.zeros_like(pulled)
         pulled[torch.topk(excess, room).indices] = True
@@ -693,12 +735,13 @@ def proximal_newton(loss, constraint: Constraint, point: Tensor, target: float) 
     value, grad = loss.value_and_grad(theta)
     objective = float(value) + lam * float(constraint.induced_norm(theta))
     tolerance = 0.1 * target
+    first_room = _first_group_room(loss, theta.numel()) if ids is not None and loss_is_quadratic else None
     for outer in range(_OUTER):
         # (the caller polishes a point above its target: the first check would only confirm it)
         if outer and constraint.kkt_residual(theta, grad) <= tolerance:
             break
         candidates = _candidates(constraint, theta, grad, lam, L1_FACE if ids is None else GROUP_FACE, ids,
-                                 every=loss_is_quadratic and _ALL_CANDIDATES)
+                                 every=loss_is_quadratic and _ALL_CANDIDATES, first_room=first_room)
         if candidates is None:
             return None if outer == 0 else theta  # (what the iterations so far reached: the caller certifies it)
         if not bool(candidates.any()):
@@ -756,6 +799,17 @@ def proximal_newton(loss, constraint: Constraint, point: Tensor, target: float) 
             break
         theta, grad, objective = trial, trial_grad, trial_objective
     return theta
+
+
+def _first_group_room(loss, coordinates: int) -> int | None:
+    """The entries a group model from θ = 0 may take (see ``PULLED_PER_ROW``): ``PULLED_PER_ROW`` per
+    coordinate the loss's curvature resolves and ``WIDE_FROM_ZERO`` in all, where it resolves fewer than
+    θ's ``coordinates``; None (every pulled group) where it resolves them all or does not say."""
+    asks = getattr(loss, "resolved_coordinates", None)
+    resolved = asks() if asks is not None else None
+    if resolved is None or not resolved < coordinates:
+        return None
+    return int(min(PULLED_PER_ROW * resolved, WIDE_FROM_ZERO))
 
 
 def _row_block(loss, theta: Tensor, candidates: Tensor, groups: Tensor) -> tuple[Tensor, int] | None:

@@ -484,6 +484,7 @@ def test_a_group_norm_whose_pulled_groups_fit_one_model_is_checked_before_any_de
             patch.setattr(BoundLoss, "determined", lambda self: False)
             patch.setattr(descent, "PULLED_AT_ZERO", 0.0)  # (nor the wide designs' rules)
             patch.setattr(descent, "PULLED_PER_ROW", 0)
+            patch.setattr(descent, "CAPPED_PULLED_SHARE", 0.0)
             counts, slow = _directions_per_outer_iteration(problem)
         assert counts[0] == descent.EARLY_ITERATIONS and slow.status == "optimal"
         assert abs(quick.objective - slow.objective) <= 1e-9 * abs(slow.objective)
@@ -496,7 +497,7 @@ def test_a_group_norm_whose_pulled_groups_fit_one_model_is_checked_before_any_de
 
 def test_a_wide_group_problem_is_checked_from_zero_only_where_few_groups_are_pulled(monkeypatch):
     """Least squares under a group norm with more columns than rows (100 × 300 in 100 groups), the
-    rule on the pulled groups' coordinates per row off (PULLED_PER_ROW = 0: its own test follows): where
+    rules on the pulled groups' coordinates per row and on a capped first model off (their own tests follow): where
     ∇loss(0) pulls at most PULLED_AT_ZERO of the groups off zero (0.5 λ_max) the first check comes before
     any descent, at the optimum of the run with the descent; where it pulls nearly all (0.1 λ_max: the
     model at θ = 0 would be singular on a face of most columns) the descent runs first."""
@@ -506,6 +507,7 @@ def test_a_wide_group_problem_is_checked_from_zero_only_where_few_groups_are_pul
     from symopt.problems import group_lasso
 
     monkeypatch.setattr(descent, "PULLED_PER_ROW", 0)
+    monkeypatch.setattr(descent, "CAPPED_PULLED_SHARE", 0.0)  # (and the capped first model's rule: below)
     X, y = make_regression(100, 300, n_informative=10, noise=1.0, random_state=10, effective_rank=50)
     problem = group_lasso(X, y - y.mean(), 3, 1.0)
     pull = np.sqrt(((X.T @ (y - y.mean())).reshape(-1, 3) ** 2).sum(1))
@@ -529,7 +531,6 @@ def test_a_wide_group_problem_is_checked_from_zero_only_where_few_groups_are_pul
     (100, 300, 3, 0.1, True),     # 300 pulled coordinates: 3 a row
     (100, 300, 3, 0.03, True),
     (50, 200, 4, 0.1, True),      # 200: 4 a row
-    (100, 1000, 5, 0.1, False),   # 1000: 10 a row
     (250, 800, 4, 0.03, False),   # 800: 3.2 a row, but above WIDE_FROM_ZERO
 ])
 def test_a_wide_group_problem_with_few_pulled_coordinates_a_row_is_checked_from_zero(rows, columns, size, fraction,
@@ -537,8 +538,8 @@ def test_a_wide_group_problem_with_few_pulled_coordinates_a_row_is_checked_from_
     """Least squares under a group norm with more columns than rows, where ∇loss(0) pulls nearly every
     group off zero: the first check comes before any descent where the pulled groups hold at most
     PULLED_PER_ROW coordinates per row (and at most WIDE_FROM_ZERO in all), and certifies the optimum of
-    the run with the descent first (the same objective and support); with more per row, or more in
-    all, the descent runs first."""
+    the run with the descent first (the same objective and support); with more in all, on a design of
+    more rows than a capped first model reaches (below), the descent runs first."""
     from sklearn.datasets import make_regression
 
     import symopt.solver.descent as descent
@@ -549,25 +550,72 @@ def test_a_wide_group_problem_with_few_pulled_coordinates_a_row_is_checked_from_
     problem = problem.at_strength(fraction * problem.strength_max())
     pull = np.sqrt(((X.T @ (y - y.mean())).reshape(-1, size) ** 2).sum(1))
     pulled = int((pull > fraction * pull.max()).sum())
-    assert pulled > descent.PULLED_AT_ZERO * (columns // size)  # (the rule on the pulled groups' share does not apply)
+    # (the rules on the pulled groups' share do not apply)
+    assert pulled > max(descent.PULLED_AT_ZERO, descent.CAPPED_PULLED_SHARE) * (columns // size)
     entries = pulled * size
     assert (entries <= min(descent.PULLED_PER_ROW * rows, descent.WIDE_FROM_ZERO)) == from_zero
     # (the descent first: the short one on at most EARLY_ENTRIES groups)
     _checked_from_zero(problem, from_zero, descent.EARLY_ITERATIONS if columns // size <= descent.EARLY_ENTRIES
-                       else 20, rule=("PULLED_PER_ROW", 0))
+                       else 20, rules=[("PULLED_PER_ROW", 0), ("CAPPED_PULLED_SHARE", 0.0)])
 
 
-def _checked_from_zero(problem, from_zero: bool, descent_first: int, rule: tuple[str, object]) -> None:
+@pytest.mark.parametrize("rows, columns, size, rank, fraction, capped_share, from_zero", [
+    (60, 300, 3, 15, 0.1, False, True),    # nearly every group pulled: the cap 240, 4 a row
+    (100, 1000, 5, None, 0.1, False, True),  # 10 a row pulled; the cap 400
+    (200, 1200, 3, 66, 0.3, True, True),   # under 90% of the groups: the cap is WIDE_FROM_ZERO
+    (200, 1200, 3, 66, 0.03, False, False),  # nearly all: the cap is WIDE_FROM_ZERO, the descent first
+])
+def test_a_wide_group_problem_is_checked_from_zero_with_a_capped_first_model(rows, columns, size, rank, fraction,
+                                                                          capped_share, from_zero):
+    """Least squares under a group norm with fewer rows than columns, where the pulled groups hold more
+    coordinates than PULLED_PER_ROW a row: the first check still comes before any descent where that cap
+    is below WIDE_FROM_ZERO (few rows) or at most CAPPED_PULLED_SHARE of the groups are pulled, its first
+    group model taking only the strongest pulled groups that fit the cap (`proximal_newton._first_group_room`),
+    and certifies the optimum of the run with the descent first (the same objective and support; the
+    descent's 20 iterations were most of such a solve: 60×300 of effective rank 15 at 0.1 λ_max 17 →
+    4.4 ms, benchmarks/RESULTS.md). The first model is no larger than the cap."""
+    from sklearn.datasets import make_regression
+
+    import symopt.proximal_newton as pn
+    import symopt.solver.descent as descent
+    from symopt.problems import group_lasso
+
+    X, y = make_regression(rows, columns, n_informative=10 if rank is None else rank // 2, noise=1.0,
+                           random_state=columns + rows, effective_rank=rank)
+    problem = group_lasso(X, y - y.mean(), size, 1.0)
+    problem = problem.at_strength(fraction * problem.strength_max())
+    pull = np.sqrt(((X.T @ (y - y.mean())).reshape(-1, size) ** 2).sum(1))
+    pulled = pull > fraction * pull.max()
+    cap = min(descent.PULLED_PER_ROW * rows, descent.WIDE_FROM_ZERO)
+    assert int(pulled.sum()) * size > cap  # (the cap binds)
+    assert (float(pulled.mean()) <= descent.CAPPED_PULLED_SHARE) == capped_share
+    sizes = []
+    original = pn.solve_group_quadratic
+
+    def counted(hessian, *args, **kwargs):
+        sizes.append(hessian.shape[0])
+        return original(hessian, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(pn, "solve_group_quadratic", counted)
+        _checked_from_zero(problem, from_zero, 20, rules=[("PULLED_PER_ROW", 0), ("CAPPED_PULLED_SHARE", 0.0),
+                                                          ("PULLED_AT_ZERO", 0.0)])
+    if from_zero:
+        assert size <= sizes[0] <= cap
+
+
+def _checked_from_zero(problem, from_zero: bool, descent_first: int, rules: list[tuple[str, object]]) -> None:
     """The first check of ``problem`` comes before any descent exactly where ``from_zero``, and there
-    certifies the optimum of the run with ``rule`` (a name in `symopt.solver.descent` and the value that turns
-    it off) off, whose first outer iteration takes ``descent_first`` iterations: the same objective and support."""
+    certifies the optimum of the run with ``rules`` (names in `symopt.solver.descent` and the values that turn
+    them off) off, whose first outer iteration takes ``descent_first`` iterations: the same objective and support."""
     import symopt.solver.descent as descent
 
     counts, result = _directions_per_outer_iteration(problem)
     assert counts[0] == (0 if from_zero else 20) and result.status == "optimal"
     if from_zero:
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(descent, *rule)  # (the rule off: the descent first)
+            for rule in rules:  # (the rules off: the descent first)
+                patch.setattr(descent, *rule)
             counts, slow = _directions_per_outer_iteration(problem)
         assert counts[0] == descent_first
         assert slow.status == "optimal" and abs(result.objective - slow.objective) <= 1e-9 * abs(slow.objective)
@@ -595,7 +643,7 @@ def test_a_wide_lasso_is_checked_from_zero(rows, columns, intercept, fraction):
     X, y = make_regression(rows, columns, n_informative=10, noise=1.0, random_state=columns)
     problem = lasso(X, y if intercept else y - y.mean(), 1.0, fit_intercept=intercept)
     problem = problem.at_strength(fraction * problem.strength_max())
-    _checked_from_zero(problem, True, 20, rule=("L1_FROM_ZERO", False))
+    _checked_from_zero(problem, True, 20, rules=[("L1_FROM_ZERO", False)])
 
 
 def test_resolved_coordinates_count_rows_with_weight_the_intercept_and_the_targets():

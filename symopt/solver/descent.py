@@ -11,7 +11,7 @@ import torch
 from .._clock import solver_clock
 from ..constraints import Constraint
 from ..optimality import snap_tol
-from ..proximal_newton import GROUP_FACE
+from ..proximal_newton import GROUP_FACE, PULLED_PER_ROW, WIDE_FROM_ZERO
 from .certifier import Certifier
 from .flat import flat_stepper
 from .options import Options
@@ -82,8 +82,18 @@ GROUPS_FROM_ZERO = GROUP_FACE
 # Above 4 a row mixed (a 100×1000 design in 200 groups of 5, 10 a row: 2.4–4× slower from θ = 0 at
 # 0.3–0.03 λ_max); the total cap came from the third set (250×800 in groups of 4, 800 coordinates:
 # 1.7–2× slower from θ = 0), and 150×450 in groups of 3 (450) stays 1.2–1.4× slower at 0.3–0.01.
-PULLED_PER_ROW = 4
-WIDE_FROM_ZERO = 512
+# (PULLED_PER_ROW and WIDE_FROM_ZERO live in `symopt.proximal_newton`: they cap its first group model too.)
+# Since the group model from θ = 0 takes only the strongest pulled groups that fit that cap, where more are
+# pulled (`proximal_newton._first_group_room`), the check from θ = 0 also comes first wherever the cap is
+# PULLED_PER_ROW coordinates a row (at most WIDE_FROM_ZERO / PULLED_PER_ROW rows that count), or at most
+# CAPPED_PULLED_SHARE of the groups are pulled: the descent's 20 iterations on the factors were 10–15 ms
+# of 14–17 ms solves (make_regression 60×300 of effective rank 15 at 0.1 λ_max 17 → 4.4 ms; 50×350 at 0.3
+# 15 → 3.6 ms). Measured (benchmarks/RESULTS.md, twenty-sixth session, with the group model's accelerated
+# steps after repeated blocked rounds): the wide group sweep's designs 0.88× the time in the geometric
+# mean; 20 designs not seen while choosing 0.85× and 0.90× in two runs (rows 0.25–1.4×); wider
+# designs with more rows, where the cap is WIDE_FROM_ZERO and nearly every group is pulled (200×1200 of
+# effective rank 66 at 0.1–0.01 λ_max: 1.6–2.7× slower from θ = 0), keep the descent first.
+CAPPED_PULLED_SHARE = 0.9
 # The Lasso (least squares under ℓ1) with fewer rows that count than columns is checked from θ = 0 before
 # any descent, however many entries ∇loss(0) pulls: its active set takes the pulled entries in together
 # (the strongest `_candidates` allows a model, the others in the next), and the descent's 20 iterations
@@ -270,7 +280,8 @@ class Descent:
         least squares where the entries of the groups ∇loss(0) pulls off zero are at most
         ``GROUPS_FROM_ZERO`` (with fewer rows than columns, where it pulls at most ``PULLED_AT_ZERO`` of
         the groups, or at most ``PULLED_PER_ROW`` coordinates per row the curvature resolves and
-        ``WIDE_FROM_ZERO`` in all)."""
+        ``WIDE_FROM_ZERO`` in all; and, the first group model then capped to the strongest pulled groups,
+        where those rows are few or at most ``CAPPED_PULLED_SHARE`` of the groups are pulled)."""
         if not self.options.polish or self.options.inner <= EARLY_ITERATIONS:
             return None
         if getattr(self.loss, "curvature", None) is None:
@@ -299,9 +310,14 @@ class Descent:
             # resolved row (see GROUPS_FROM_ZERO and PULLED_PER_ROW)
             pulled = self._pulled_mask_at_zero()
             entries = int(pulled[ids.to(pulled.device)].sum())
-            if entries <= GROUPS_FROM_ZERO and (
-                    determined or int(pulled.sum()) <= PULLED_AT_ZERO * atoms
-                    or entries <= min(PULLED_PER_ROW * self._resolved_coordinates(), WIDE_FROM_ZERO)):
+            share = int(pulled.sum()) / atoms
+            per_row = PULLED_PER_ROW * self._resolved_coordinates()
+            if determined:
+                if entries <= GROUPS_FROM_ZERO:
+                    return QUADRATIC_EARLY_ITERATIONS
+            elif ((entries <= GROUPS_FROM_ZERO and share <= PULLED_AT_ZERO) or entries <= min(per_row, WIDE_FROM_ZERO)
+                  # (the first group model capped to the strongest pulled groups: see CAPPED_PULLED_SHARE)
+                  or 0 < per_row <= WIDE_FROM_ZERO or share <= CAPPED_PULLED_SHARE):
                 return QUADRATIC_EARLY_ITERATIONS
         if atoms > EARLY_ENTRIES:
             return None
