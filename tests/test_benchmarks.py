@@ -1,5 +1,6 @@
 """The benchmark harness runs (a smoke test at the smallest size; benchmarks are not timed here)."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -149,6 +150,19 @@ def test_users_data_quick(capsys):
     printed = capsys.readouterr().out
     assert "sklearn lasso_path" in printed and "sklearn LassoCV" in printed and "| optimal |" in printed
     assert "| positive Lasso, diabetes raw, intercept, 0.1 λmax | optimal |" in printed
+
+
+def test_the_drawn_group_sweep_draws_wide_designs_from_its_seed(monkeypatch):
+    pytest.importorskip("skglm")
+    monkeypatch.setattr(users_data, "_group_rows", lambda cases, repeats: cases)
+    cases = users_data.drawn_group_sweep(1, 4242)
+    assert len(cases) == 20
+    for name, X, y, size in cases:
+        assert X.shape[0] == len(y) < X.shape[1] and X.shape[1] % size == 0, name
+        assert np.isfinite(X).all() and np.isfinite(y).all()
+    again, other = users_data.drawn_group_sweep(1, 4242), users_data.drawn_group_sweep(1, 7)
+    assert [c[0] for c in again] == [c[0] for c in cases] and all(np.array_equal(a[1], c[1]) for a, c in zip(again, cases))
+    assert [c[0] for c in other] != [c[0] for c in cases]
 
 
 def test_loops_quick(capsys):
