@@ -90,7 +90,8 @@ GROUPS_FROM_ZERO = GROUP_FACE
 # of 14–17 ms solves (make_regression 60×300 of effective rank 15 at 0.1 λ_max 17 → 4.4 ms; 50×350 at 0.3
 # 15 → 3.6 ms). Measured (benchmarks/RESULTS.md, twenty-sixth session, with the group model's accelerated
 # steps after repeated blocked rounds): the wide group sweep's designs 0.88× the time in the geometric
-# mean; 20 designs not seen while choosing 0.85× and 0.90× in two runs (rows 0.25–1.4×); wider
+# mean; 20 designs not seen while choosing 0.85× and 0.90× in two runs (rows 0.25–1.4×), and 20 drawn
+# afterwards (`python -m benchmarks.users_data --drawn-group-sweep 31337`) 0.85× and 0.84×; wider
 # designs with more rows, where the cap is WIDE_FROM_ZERO and nearly every group is pulled (200×1200 of
 # effective rank 66 at 0.1–0.01 λ_max: 1.6–2.7× slower from θ = 0), keep the descent first.
 CAPPED_PULLED_SHARE = 0.9
