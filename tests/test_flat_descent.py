@@ -482,8 +482,7 @@ def test_a_group_norm_whose_pulled_groups_fit_one_model_is_checked_before_any_de
         assert counts[0] == 0 and quick.status == "optimal" and quick.iterations == 1, problem.name
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(BoundLoss, "determined", lambda self: False)
-            patch.setattr(descent, "PULLED_AT_ZERO", 0.0)  # (nor the wide designs' rules)
-            patch.setattr(descent, "PULLED_PER_ROW", 0)
+            patch.setattr(descent, "PULLED_PER_ROW", 0)  # (nor the wide designs' rules)
             patch.setattr(descent, "CAPPED_PULLED_SHARE", 0.0)
             counts, slow = _directions_per_outer_iteration(problem)
         assert counts[0] == descent.EARLY_ITERATIONS and slow.status == "optimal"
@@ -497,29 +496,28 @@ def test_a_group_norm_whose_pulled_groups_fit_one_model_is_checked_before_any_de
 
 def test_a_wide_group_problem_is_checked_from_zero_only_where_few_groups_are_pulled(monkeypatch):
     """Least squares under a group norm with more columns than rows (100 × 300 in 100 groups), the
-    rules on the pulled groups' coordinates per row and on a capped first model off (their own tests follow): where
-    ∇loss(0) pulls at most PULLED_AT_ZERO of the groups off zero (0.5 λ_max) the first check comes before
-    any descent, at the optimum of the run with the descent; where it pulls nearly all (0.1 λ_max: the
-    model at θ = 0 would be singular on a face of most columns) the descent runs first."""
+    rule on the pulled groups' coordinates per row off (its own tests follow): where ∇loss(0) pulls at
+    most CAPPED_PULLED_SHARE of the groups off zero (0.5 λ_max) the first check comes before any descent,
+    at the optimum of the run with the descent; where it pulls nearly all (0.1 λ_max: the model at θ = 0
+    would be singular on a face of most columns) the descent runs first."""
     from sklearn.datasets import make_regression
 
     import symopt.solver.descent as descent
     from symopt.problems import group_lasso
 
     monkeypatch.setattr(descent, "PULLED_PER_ROW", 0)
-    monkeypatch.setattr(descent, "CAPPED_PULLED_SHARE", 0.0)  # (and the capped first model's rule: below)
     X, y = make_regression(100, 300, n_informative=10, noise=1.0, random_state=10, effective_rank=50)
     problem = group_lasso(X, y - y.mean(), 3, 1.0)
     pull = np.sqrt(((X.T @ (y - y.mean())).reshape(-1, 3) ** 2).sum(1))
     for fraction, first in ((0.5, 0), (0.1, 20)):
         pulled = float((pull > fraction * pull.max()).mean())
-        assert (pulled <= descent.PULLED_AT_ZERO) == (first == 0)
+        assert (pulled <= descent.CAPPED_PULLED_SHARE) == (first == 0)
         at = problem.at_strength(fraction * problem.strength_max())
         counts, result = _directions_per_outer_iteration(at)
         assert counts[0] == first and result.status == "optimal"
         if first == 0:
             with pytest.MonkeyPatch.context() as patch:
-                patch.setattr(descent, "PULLED_AT_ZERO", 0.0)  # (the rule off: the descent first)
+                patch.setattr(descent, "CAPPED_PULLED_SHARE", 0.0)  # (the rule off: the descent first)
                 counts, slow = _directions_per_outer_iteration(at)
             assert counts[0] == 20 and slow.status == "optimal"
             assert abs(result.objective - slow.objective) <= 1e-9 * abs(slow.objective)
@@ -551,7 +549,7 @@ def test_a_wide_group_problem_with_few_pulled_coordinates_a_row_is_checked_from_
     pull = np.sqrt(((X.T @ (y - y.mean())).reshape(-1, size) ** 2).sum(1))
     pulled = int((pull > fraction * pull.max()).sum())
     # (the rules on the pulled groups' share do not apply)
-    assert pulled > max(descent.PULLED_AT_ZERO, descent.CAPPED_PULLED_SHARE) * (columns // size)
+    assert pulled > descent.CAPPED_PULLED_SHARE * (columns // size)
     entries = pulled * size
     assert (entries <= min(descent.PULLED_PER_ROW * rows, descent.WIDE_FROM_ZERO)) == from_zero
     # (the descent first: the short one on at most EARLY_ENTRIES groups)
@@ -598,8 +596,7 @@ def test_a_wide_group_problem_is_checked_from_zero_with_a_capped_first_model(row
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(pn, "solve_group_quadratic", counted)
-        _checked_from_zero(problem, from_zero, 20, rules=[("PULLED_PER_ROW", 0), ("CAPPED_PULLED_SHARE", 0.0),
-                                                          ("PULLED_AT_ZERO", 0.0)])
+        _checked_from_zero(problem, from_zero, 20, rules=[("PULLED_PER_ROW", 0), ("CAPPED_PULLED_SHARE", 0.0)])
     if from_zero:
         assert size <= sizes[0] <= cap
 
@@ -772,12 +769,12 @@ def test_the_polish_from_zero_reaches_the_optimum_of_the_short_descent(rows_per_
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 def test_a_wide_group_polish_from_zero_reaches_the_optimum_of_the_short_descent(groups, size, rows_per_column,
                                                                                fraction, seed):
-    """On random group lassos with fewer rows than columns where ∇loss(0) pulls at most PULLED_AT_ZERO of the
-    groups off zero (the rule that starts them at θ = 0), the group polish from there certifies the
-    optimum that the short first descent certifies."""
+    """On random group lassos with fewer rows than columns where ∇loss(0) pulls at most CAPPED_PULLED_SHARE
+    of the groups off zero (the rule that starts them at θ = 0, the first model capped), the group polish
+    from there certifies the optimum that the short first descent certifies."""
     from hypothesis import assume
 
-    from symopt.solver.descent import PULLED_AT_ZERO
+    from symopt.solver.descent import CAPPED_PULLED_SHARE
 
     g = torch.Generator().manual_seed(seed)
     columns = groups * size
@@ -787,7 +784,7 @@ def test_a_wide_group_polish_from_zero_reaches_the_optimum_of_the_short_descent(
     w = torch.randn(columns, generator=g, dtype=torch.float64) * (torch.rand(columns, generator=g) < 0.2).double()
     y = X @ w + 0.3 * torch.randn(n, generator=g, dtype=torch.float64)
     pull = (X.mT @ y).view(groups, size).norm(dim=1)
-    assume(float((pull > fraction * pull.max()).double().mean()) <= PULLED_AT_ZERO)
+    assume(float((pull > fraction * pull.max()).double().mean()) <= CAPPED_PULLED_SHARE)
     problem = group_lasso(X, y, size, 1.0)
     _same_optimum_from_zero_as_after_the_short_descent(problem.at_strength(fraction * problem.strength_max()))
 

@@ -65,9 +65,10 @@ PULLED_AT_ZERO = 0.75
 # 2000×2000 in 400 groups, whose pulled groups do not fit, keeps the descent (1.00×). With fewer rows
 # than columns the model at θ = 0 is singular on large faces (a 100×1000 design in 200 groups, all
 # pulled at 0.01 λ_max: 4.1 s from there against 0.2 s after the descent), so there only where at most
-# PULLED_AT_ZERO of the groups are pulled, the rule logistic-L1 has (eleven wide designs from 20×90
+# PULLED_AT_ZERO of the groups were pulled, the rule logistic-L1 has (eleven wide designs from 20×90
 # to 200×2000 at 0.5, 0.3 and 0.1 λ_max: 0.22–0.69× the time wherever it applied, 0.96–1.10×
-# elsewhere; benchmarks/RESULTS.md, twentieth session).
+# elsewhere; benchmarks/RESULTS.md, twentieth session); since the first group model there is capped
+# (twenty-sixth session), at most CAPPED_PULLED_SHARE of them, which that share is within.
 GROUPS_FROM_ZERO = GROUP_FACE
 # ... and, with fewer rows than columns, also where the pulled groups hold at most PULLED_PER_ROW
 # coordinates per row the curvature resolves (`DataTerm.resolved_coordinates`) and at most
@@ -279,10 +280,10 @@ class Descent:
         (see ``QUADRATIC_EARLY_ITERATIONS`` and ``PULLED_AT_ZERO``) and with least squares whatever its
         shape (``L1_FROM_ZERO``), and under a norm of groups with
         least squares where the entries of the groups ∇loss(0) pulls off zero are at most
-        ``GROUPS_FROM_ZERO`` (with fewer rows than columns, where it pulls at most ``PULLED_AT_ZERO`` of
-        the groups, or at most ``PULLED_PER_ROW`` coordinates per row the curvature resolves and
-        ``WIDE_FROM_ZERO`` in all; and, the first group model then capped to the strongest pulled groups,
-        where those rows are few or at most ``CAPPED_PULLED_SHARE`` of the groups are pulled)."""
+        ``GROUPS_FROM_ZERO`` (with fewer rows than columns, the first group model capped to the
+        strongest pulled groups, where it pulls at most ``PULLED_PER_ROW`` coordinates per row the
+        curvature resolves and ``WIDE_FROM_ZERO`` in all, where those rows are few, or where it pulls
+        at most ``CAPPED_PULLED_SHARE`` of the groups)."""
         if not self.options.polish or self.options.inner <= EARLY_ITERATIONS:
             return None
         if getattr(self.loss, "curvature", None) is None:
@@ -306,9 +307,10 @@ class Descent:
                 return QUADRATIC_EARLY_ITERATIONS
         elif ids is not None and quadratic:
             # A norm of groups with a quadratic loss: from θ = 0 its group model takes every pulled
-            # group in together, where they fit in one model, and with fewer rows than columns where at
-            # most PULLED_AT_ZERO of the groups are pulled or at most PULLED_PER_ROW coordinates per
-            # resolved row (see GROUPS_FROM_ZERO and PULLED_PER_ROW)
+            # group in together, where they fit in one model, and with fewer rows than columns (its first
+            # model capped) where at most PULLED_PER_ROW coordinates per resolved row are pulled, where
+            # those rows are few, or where at most CAPPED_PULLED_SHARE of the groups are pulled (see
+            # GROUPS_FROM_ZERO, PULLED_PER_ROW and CAPPED_PULLED_SHARE)
             pulled = self._pulled_mask_at_zero()
             entries = int(pulled[ids.to(pulled.device)].sum())
             share = int(pulled.sum()) / atoms
@@ -316,9 +318,7 @@ class Descent:
             if determined:
                 if entries <= GROUPS_FROM_ZERO:
                     return QUADRATIC_EARLY_ITERATIONS
-            elif ((entries <= GROUPS_FROM_ZERO and share <= PULLED_AT_ZERO) or entries <= min(per_row, WIDE_FROM_ZERO)
-                  # (the first group model capped to the strongest pulled groups: see CAPPED_PULLED_SHARE)
-                  or 0 < per_row <= WIDE_FROM_ZERO or share <= CAPPED_PULLED_SHARE):
+            elif entries <= min(per_row, WIDE_FROM_ZERO) or 0 < per_row <= WIDE_FROM_ZERO or share <= CAPPED_PULLED_SHARE:
                 return QUADRATIC_EARLY_ITERATIONS
         if atoms > EARLY_ENTRIES:
             return None
