@@ -3,6 +3,7 @@
     python -m benchmarks.users_data [--repeats 3] [--quick] [--large-only] [--positive-only] [--groups-only]
                                     [--paths-only] [--reduced-rank-only] [--completion-only]
                                     [--completion-sweep] [--logistic-sweep] [--group-sweep] [--wide-group-sweep]
+                                    [--drawn-group-sweep [SEED]] [--drawn-options-sweep [SEED]]
 
 Every row times a *whole call* as a user makes it (``symopt.solve`` / ``symopt.path`` /
 ``symopt.estimators.LassoCV`` against scikit-learn's ``Lasso`` / ``lasso_path`` / ``LassoCV`` and
@@ -24,13 +25,16 @@ ones of other shapes, ranks and observed fractions; logistic-L1 (``--logistic-sw
 run) on wine, digits, raw breast_cancer and six generated designs against skglm; the group lasso
 (``--group-sweep``, not in the default run) on eight data sets against skglm, and
 (``--wide-group-sweep``, not in the default run: a few minutes) on 28 data sets with more columns than
-rows against skglm; nuclear-norm
+rows against skglm; with ``--drawn-group-sweep SEED`` and ``--drawn-options-sweep SEED`` (not in the
+default run) on problems drawn from a seed: wide group designs, and the Lasso, elastic net and
+logistic-L1 with drawn options (intercept, sample weights, ``l1_ratio``, ``positive``); nuclear-norm
 (reduced-rank) regression of digits' one-hot labels on its raw and standardised pixels against cvxpy.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import importlib.util
 import statistics
 import time
@@ -263,6 +267,90 @@ def drawn_group_sweep(repeats: int, seed: int) -> list[tuple]:
         cases.append((f"{name}, rows {first}–{first + rows - 1}, {X.shape[1] // size} groups of {size}",
                        X[first:first + rows, : X.shape[1] - X.shape[1] % size], y[first:first + rows], size))
     return _group_rows(cases, repeats)
+
+
+def _drawn_design(rng: np.random.Generator, shipped: dict) -> tuple[str, np.ndarray, np.ndarray]:
+    """One design drawn for `drawn_options_sweep`: ``(name, X, y)``, a shipped data set (raw or
+    standardised, all its rows or a random subset of them), an AR(1) design of correlated columns, or
+    columns whose scales spread over six decades."""
+    kind = str(rng.choice(["diabetes", "breast_cancer", "wine", "digits", "correlated", "scaled"]))
+    if kind in shipped:
+        X, y = shipped[kind]
+        if rng.random() < 0.5:
+            rows = np.sort(rng.choice(len(y), int(rng.integers(40, len(y))), replace=False))
+            X, y = X[rows], y[rows]
+        standardised = rng.random() < 0.5
+        if standardised:
+            X = _standardised(X)
+        return f"{kind} {'std' if standardised else 'raw'} {X.shape[0]}×{X.shape[1]}", X, y.astype(float)
+    n, d = int(rng.integers(50, 400)), int(rng.integers(20, 500))
+    if kind == "correlated":
+        rho = float(rng.uniform(0.5, 0.99))
+        noise = rng.standard_normal((n, d))
+        X = np.empty((n, d))
+        X[:, 0] = noise[:, 0]
+        for j in range(1, d):
+            X[:, j] = rho * X[:, j - 1] + math.sqrt(1 - rho * rho) * noise[:, j]
+        name = f"AR(1) ρ={rho:.2f} {n}×{d}"
+    else:
+        X = rng.standard_normal((n, d)) * 10.0 ** rng.uniform(-3, 3, size=d) + 10.0 ** rng.uniform(-2, 2, size=d)
+        name = f"scales 1e-3..1e3 {n}×{d}"
+    truth = np.zeros(d)
+    support = rng.choice(d, min(d, 10), replace=False)
+    truth[support] = rng.standard_normal(support.size) / X[:, support].std(0)
+    return name, X, X @ truth + rng.uniform(0.05, 1.0) * rng.standard_normal(n)
+
+
+def drawn_options_sweep(repeats: int, seed: int) -> list[tuple]:
+    """The Lasso, the elastic net and logistic-L1 with the options users pass, on problems drawn from ``seed``
+    (a fresh seed gives a fresh set): 30 regressions against scikit-learn's ``ElasticNet`` (``Lasso`` at
+    ``l1_ratio=1``; its default tolerance, a Fortran-ordered X) with an intercept or not, sample weights or
+    not, ``positive`` or not and ``l1_ratio`` 1, 0.9 or 0.5, and 15 classifications against skglm's
+    ``SparseLogisticRegression`` (which takes no sample weights) with an intercept or not and those
+    ``l1_ratio``; λ drawn log-uniformly from 1e-3 to 0.5 λ_max; designs from `_drawn_design`. Needs
+    skglm."""
+    if importlib.util.find_spec("skglm") is None:  # pragma: no cover
+        raise SystemExit("--drawn-options-sweep compares against skglm: pip install skglm")
+    import skglm
+    from sklearn.datasets import load_breast_cancer, load_diabetes, load_digits, load_wine
+    from sklearn.linear_model import ElasticNet
+
+    shipped = {name: loader(return_X_y=True) for name, loader in
+               (("diabetes", load_diabetes), ("breast_cancer", load_breast_cancer), ("wine", load_wine),
+                ("digits", load_digits))}
+    rng = np.random.default_rng(seed)
+    rows = []
+    for index in range(45):
+        name, X, y = _drawn_design(rng, shipped)
+        intercept, ratio = bool(rng.random() < 0.7), float(rng.choice([1.0, 1.0, 0.9, 0.5]))
+        fraction = float(10.0 ** rng.uniform(-3, math.log10(0.5)))
+        options = f"{'intercept' if intercept else 'no intercept'}, l1_ratio {ratio:g}"
+        if index < 30:
+            weights = rng.uniform(0.1, 3.0, size=len(y)) if rng.random() < 0.4 else None
+            positive = bool(rng.random() < 0.25)
+            Xf = np.asfortranarray(X)
+            problem = lasso(Xf, y, 1.0, fit_intercept=intercept, sample_weight=weights, l1_ratio=ratio,
+                            positive=positive)
+            if not problem.strength_max() > 0:  # (positive=True with no column pulled up: θ = 0 for every λ)
+                continue
+            lam = fraction * problem.strength_max()
+            label = (f"{'elastic net' if ratio < 1 else 'Lasso'}, {name}, {options}"
+                     f"{', weights' if weights is not None else ''}{', positive' if positive else ''}, {fraction:.2g} λmax")
+            rows.append(_against(label, problem.at_strength(lam), "sklearn ElasticNet",
+                                 lambda: ElasticNet(alpha=lam, l1_ratio=ratio, fit_intercept=intercept,
+                                                    positive=positive).fit(Xf, y, sample_weight=weights), repeats))
+        else:
+            labels = (y > np.median(y)).astype(float)
+            if labels.min() == labels.max():
+                continue
+            problem = logistic_l1(X, labels, 1.0, fit_intercept=intercept, l1_ratio=ratio)
+            lam = fraction * problem.strength_max()
+            rows.append(_against(f"logistic, {name} (y above its median), {options}, {fraction:.2g} λmax",
+                                 problem.at_strength(lam), "skglm SparseLogReg",
+                                 lambda: skglm.SparseLogisticRegression(alpha=lam, l1_ratio=ratio,
+                                                                        fit_intercept=intercept).fit(X, labels),
+                                 repeats, coef=lambda model: model.coef_.reshape(-1)))
+    return rows
 
 
 def raw_group_sweep(repeats: int) -> list[tuple]:
@@ -593,6 +681,9 @@ def main(argv=None) -> None:
                         help="only the nuclear-norm regression rows against cvxpy")
     parser.add_argument("--drawn-group-sweep", type=int, nargs="?", const=4242, metavar="SEED",
                         help="only the group lasso on 20 wide designs drawn from SEED (default 4242) against skglm")
+    parser.add_argument("--drawn-options-sweep", type=int, nargs="?", const=2027, metavar="SEED",
+                        help="only the Lasso, elastic net and logistic-L1 with drawn options (intercept, sample weights, "
+                             "l1_ratio, positive) on 45 problems drawn from SEED (default 2027) against scikit-learn and skglm")
     args = parser.parse_args(argv)
     repeats = 1 if args.quick else args.repeats
     sweeps = [run for flag, (run, _) in SWEEPS.items() if vars(args)[flag[2:].replace("-", "_")]]
@@ -609,6 +700,8 @@ def main(argv=None) -> None:
         rows = lambda: reduced_rank(repeats, args.quick)  # noqa: E731
     elif args.drawn_group_sweep is not None:
         rows = lambda: drawn_group_sweep(repeats, args.drawn_group_sweep)  # noqa: E731
+    elif args.drawn_options_sweep is not None:
+        rows = lambda: drawn_options_sweep(repeats, args.drawn_options_sweep)  # noqa: E731
     elif sweeps:
         rows = lambda: sweeps[0](repeats)  # noqa: E731
     elif args.completion_only:

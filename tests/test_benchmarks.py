@@ -165,6 +165,27 @@ def test_the_drawn_group_sweep_draws_wide_designs_from_its_seed(monkeypatch):
     assert [c[0] for c in other] != [c[0] for c in cases]
 
 
+def test_the_drawn_options_sweep_draws_problems_with_users_options_from_its_seed(monkeypatch):
+    """`users_data.drawn_options_sweep`: regressions (intercept or not, sample weights, l1_ratio, positive) and
+    logistic-L1 problems drawn from the seed, the same for the same seed, another set for another."""
+    pytest.importorskip("skglm")
+    monkeypatch.setattr(users_data, "_against", lambda label, problem, *rest, **options: (label, problem))
+
+    def drawn(seed):
+        return users_data.drawn_options_sweep(1, seed)
+
+    rows = drawn(2027)
+    labels = [label for label, _ in rows]
+    assert 40 <= len(rows) <= 45 and len(set(labels)) == len(labels)
+    assert any("weights" in label for label in labels) and any("positive" in label for label in labels)
+    assert any("elastic net" in label for label in labels) and any(label.startswith("logistic") for label in labels)
+    assert any("no intercept" in label for label in labels) and any(", intercept" in label for label in labels)
+    for label, problem in rows:
+        assert all(bool(torch.isfinite(t).all()) for t in problem.data.values() if t is not None), label
+        assert problem.strength_max() > 0, label
+    assert [label for label, _ in drawn(2027)] == labels and [label for label, _ in drawn(7)] != labels
+
+
 def test_loops_quick(capsys):
     loops.main(["--quick"])
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| Lasso")]
