@@ -146,6 +146,9 @@ WIDE_FROM_ZERO = 512
 # 1e-3 λ_max): 0.975× the time in the geometric mean, rows 0.70–1.09×, the same optima
 # (benchmarks/RESULTS.md, twenty-fourth session).
 _ALL_CANDIDATES = True
+# An ℓ1 model takes at most L1_ROOM zero entries beyond θ's non-zeros (the strongest pulls; `_candidates`):
+# from θ = 0 at most L1_ROOM in all, which `symopt.solver.descent` weighs against the rows (WIDE_L1_ROWS).
+L1_ROOM = 32
 _OUTER = 30  # proximal Newton iterations at most (quadratic convergence: 1 on least squares, 3-8 on the log-loss)
 _BACKTRACKS = 30
 _ARMIJO = 1e-4
@@ -668,7 +671,7 @@ def _row_block_step(face_block: tuple[np.ndarray, int], scale: np.ndarray, unit:
 def _candidates(constraint: Constraint, theta: Tensor, grad: Tensor, lam: float, limit: int,
                 ids: Tensor | None = None, every: bool = False, first_room: int | None = None) -> Tensor | None:
     """The entries a quadratic model is taken on: θ's non-zero atoms and the zero atoms whose pull
-    exceeds λ, at most ``alive + 32`` of those for entries (ℓ1) and ``alive // 2 + 8`` for groups (the
+    exceeds λ, at most ``alive + L1_ROOM`` of those for entries (ℓ1) and ``alive // 2 + 8`` for groups (the
     strongest pulls: the next outer iteration takes the others), every pulled group at θ = 0 (with
     ``first_room``, the strongest whose entries fit in it, at least one: see ``PULLED_PER_ROW``); with
     ``every`` (a least-squares loss, see ``_ALL_CANDIDATES``) every entry where all fit in that cap; None
@@ -690,7 +693,7 @@ def _candidates(constraint: Constraint, theta: Tensor, grad: Tensor, lam: float,
     pulled = excess > 0
     count = int(alive.sum())
     # (from θ = 0 every pulled group: they join together, see JOINS_TOGETHER)
-    room = count + 32 if ids is None else (count // 2 + 8 if count else pulled.numel())
+    room = count + L1_ROOM if ids is None else (count // 2 + 8 if count else pulled.numel())
     if ids is not None and not count and first_room is not None:
         sizes = torch.bincount(ids.reshape(-1), minlength=pulled.numel())
         if int(sizes[pulled].sum()) > first_room:

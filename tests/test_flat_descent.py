@@ -363,6 +363,7 @@ def test_an_l1_problem_with_enough_rows_is_checked_before_any_descent(monkeypatc
     monkeypatch.setattr(descent, "EARLY_ENTRIES", problem.shape[0] - 1)  # θ now counts as wide
     monkeypatch.setattr(BoundLoss, "determined", lambda self: False)
     monkeypatch.setattr(descent, "L1_FROM_ZERO", False)  # (nor the wide Lasso's rule)
+    monkeypatch.setattr(descent, "WIDE_L1_ROWS", 0.0)  # (nor the rule on few pulled entries a row)
     counts, full = _directions_per_outer_iteration(problem)
     assert counts[0] == 20 and full.status == "optimal"
     assert abs(short.objective - full.objective) <= 1e-12 * abs(full.objective)
@@ -602,13 +603,14 @@ def test_a_wide_group_problem_is_checked_from_zero_with_a_capped_first_model(row
 
 
 def _checked_from_zero(problem, from_zero: bool, descent_first: int, rules: list[tuple[str, object]]) -> None:
-    """The first check of ``problem`` comes before any descent exactly where ``from_zero``, and there
-    certifies the optimum of the run with ``rules`` (names in `symopt.solver.descent` and the values that turn
-    them off) off, whose first outer iteration takes ``descent_first`` iterations: the same objective and support."""
+    """The first check of ``problem`` comes before any descent exactly where ``from_zero`` (else after
+    ``descent_first`` iterations), and there certifies the optimum of the run with ``rules`` (names in
+    `symopt.solver.descent` and the values that turn them off) off, whose first outer iteration takes
+    ``descent_first`` iterations: the same objective and support."""
     import symopt.solver.descent as descent
 
     counts, result = _directions_per_outer_iteration(problem)
-    assert counts[0] == (0 if from_zero else 20) and result.status == "optimal"
+    assert counts[0] == (0 if from_zero else descent_first) and result.status == "optimal"
     if from_zero:
         with pytest.MonkeyPatch.context() as patch:
             for rule in rules:  # (the rules off: the descent first)
@@ -640,7 +642,46 @@ def test_a_wide_lasso_is_checked_from_zero(rows, columns, intercept, fraction):
     X, y = make_regression(rows, columns, n_informative=10, noise=1.0, random_state=columns)
     problem = lasso(X, y if intercept else y - y.mean(), 1.0, fit_intercept=intercept)
     problem = problem.at_strength(fraction * problem.strength_max())
-    _checked_from_zero(problem, True, 20, rules=[("L1_FROM_ZERO", False)])
+    _checked_from_zero(problem, True, 20, rules=[("L1_FROM_ZERO", False), ("WIDE_L1_ROWS", 0.0)])
+
+
+@pytest.mark.parametrize("rows, columns, intercept, fraction, from_zero", [
+    (117, 903, True, 0.4, True),    # 4 pulled on 116 rows that count
+    (80, 400, True, 0.05, True),    # 258 pulled: the first model takes L1_ROOM (32) on 79 rows
+    (30, 60, True, 0.5, True),      # 6 pulled; at most EARLY_ENTRIES columns: 5 iterations otherwise
+    (30, 60, True, 0.3, False),     # 19 pulled on 29 rows
+    (60, 480, True, 0.3, False),    # 122 pulled: 32 on 59 rows is more than half of them
+    (40, 120, False, 0.01, False),  # 106 pulled: 32 on 40 rows
+])
+def test_a_wide_logistic_l1_is_checked_from_zero_where_its_first_model_is_small_against_its_rows(
+        rows, columns, intercept, fraction, from_zero):
+    """Logistic-L1 with fewer rows than columns: the first check comes before any descent where the entries
+    of the first model from θ = 0 (those ∇loss(0) pulls, at most ``L1_ROOM``) are at most ``WIDE_L1_ROWS``
+    of the rows that count, and certifies the optimum of the run with the descent first (the same objective
+    and support); not where they are more. (Measured: 0.04-0.8× the time where the rule applies on drawn
+    wide problems; benchmarks/RESULTS.md, twenty-seventh session.)"""
+    from sklearn.datasets import make_classification
+
+    import symopt.solver.descent as descent
+
+    X, y = make_classification(rows, columns, n_informative=5, n_redundant=2, random_state=rows, flip_y=0.05)
+    problem = logistic_l1(X, y.astype(float), 1.0, fit_intercept=intercept)
+    problem = problem.at_strength(fraction * problem.strength_max())
+    _checked_from_zero(problem, from_zero, descent.EARLY_ITERATIONS if columns <= descent.EARLY_ENTRIES else 20,
+                       rules=[("WIDE_L1_ROWS", 0.0)])
+
+
+def test_a_wide_logistic_l1_of_raw_scales_is_solved_from_zero():
+    """Columns whose scales spread over six decades, 60 rows, 400 columns, 10 pulled at 0.5 λ_max: from θ = 0
+    (its first model holds the 10 pulled entries) the optimum the descent-first run certifies. With the
+    descent first such a problem ran its polish into a model singular on 69 atoms (62 × 478 at 0.46 λ_max:
+    a full step 3e7 long, 30 halvings refused; 48 ms → 3.7 ms from θ = 0)."""
+    generator = np.random.default_rng(0)
+    X = generator.standard_normal((60, 400)) * 10.0 ** generator.uniform(-3, 3, size=400)
+    y = (X[:, :5] / X[:, :5].std(0) @ generator.standard_normal(5) + 0.5 * generator.standard_normal(60) > 0)
+    problem = logistic_l1(X, y.astype(float), 1.0, fit_intercept=True)
+    problem = problem.at_strength(0.5 * problem.strength_max())
+    _checked_from_zero(problem, True, 20, rules=[("WIDE_L1_ROWS", 0.0)])
 
 
 def test_resolved_coordinates_count_rows_with_weight_the_intercept_and_the_targets():
