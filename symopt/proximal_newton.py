@@ -149,6 +149,15 @@ _ALL_CANDIDATES = True
 # An ℓ1 model takes at most L1_ROOM zero entries beyond θ's non-zeros (the strongest pulls; `_candidates`):
 # from θ = 0 at most L1_ROOM in all, which `symopt.solver.descent` weighs against the rows (WIDE_L1_ROWS).
 L1_ROOM = 32
+# ... and a least-squares group model takes every group where its zero groups fit in the room the pulled
+# ones have (`_candidates`: half the non-zero groups and 8), for the same reason: a descent's point on a
+# design of fewer rows than columns left one group out of the first model, whose answer then pulled three
+# more (make_regression 200×600 of effective rank 66 in groups of 5 at 0.01 λ_max: three models of 400-600
+# coordinates, 82 → 52 ms as one; 200×1200 in groups of 6 at 0.01: 170 → 114 ms). Measured in one process,
+# alternated, on the wide group sweep's 112 rows and 240 drawn from three seeds (benchmarks/RESULTS.md,
+# twenty-seventh session): it changes the candidates on 7 rows, 0.63-1.03× there, and none on the group
+# sweep, the raw-column sweep and the multi-task Lasso.
+_ALL_GROUPS = True
 _OUTER = 30  # proximal Newton iterations at most (quadratic convergence: 1 on least squares, 3-8 on the log-loss)
 _BACKTRACKS = 30
 _ARMIJO = 1e-4
@@ -674,7 +683,8 @@ def _candidates(constraint: Constraint, theta: Tensor, grad: Tensor, lam: float,
     exceeds λ, at most ``alive + L1_ROOM`` of those for entries (ℓ1) and ``alive // 2 + 8`` for groups (the
     strongest pulls: the next outer iteration takes the others), every pulled group at θ = 0 (with
     ``first_room``, the strongest whose entries fit in it, at least one: see ``PULLED_PER_ROW``); with
-    ``every`` (a least-squares loss, see ``_ALL_CANDIDATES``) every entry where all fit in that cap; None
+    ``every`` (a least-squares loss, see ``_ALL_CANDIDATES`` and ``_ALL_GROUPS``) every entry where all fit
+    in that cap (every group where the zero ones fit in it and θ is not 0); None
     when their entries are more than ``limit``. ``ids`` maps θ's flat entries to their atoms
     (`Constraint.atom_ids`; None: every entry is an atom).
 
@@ -707,6 +717,8 @@ def _candidates(constraint: Constraint, theta: Tensor, grad: Tensor, lam: float,
         pulled[torch.topk(excess, room).indices] = True
     if every and ids is None and pulled.numel() <= room:
         pulled = torch.ones_like(pulled)
+    if every and ids is not None and count and _ALL_GROUPS and pulled.numel() - count <= room:
+        pulled = ~alive  # (every group: see _ALL_GROUPS)
     chosen = alive | pulled
     entries = chosen if ids is None else chosen[ids]
     return entries.view_as(theta) if int(entries.sum()) <= limit else None
