@@ -149,8 +149,8 @@ _ALL_CANDIDATES = True
 # An ℓ1 model takes at most L1_ROOM zero entries beyond θ's non-zeros (the strongest pulls; `_candidates`):
 # from θ = 0 at most L1_ROOM in all, which `symopt.solver.descent` weighs against the rows (WIDE_L1_ROWS).
 L1_ROOM = 32
-# ... and a least-squares group model takes every group where its zero groups fit in the room the pulled
-# ones have (`_candidates`: half the non-zero groups and 8), for the same reason: a descent's point on a
+# A least-squares group model takes every group where its zero groups fit in the room the pulled ones have
+# (`_candidates`: half the non-zero groups and 8), for the reason of _ALL_CANDIDATES: a descent's point on a
 # design of fewer rows than columns left one group out of the first model, whose answer then pulled three
 # more (make_regression 200×600 of effective rank 66 in groups of 5 at 0.01 λ_max: three models of 400-600
 # coordinates, 82 → 52 ms as one; 200×1200 in groups of 6 at 0.01: 170 → 114 ms). Measured in one process,

@@ -290,9 +290,9 @@ class Descent:
         then drops atoms one active-set step at a time, which costs more than it saves. Under an ℓ1
         norm of entries none (0) where the polish's model from θ = 0 cannot be singular by shape
         (see ``QUADRATIC_EARLY_ITERATIONS`` and ``PULLED_AT_ZERO``; with fewer rows than columns
-        ``WIDE_L1_ROWS``) and with least squares whatever its shape (``L1_FROM_ZERO``), and under a norm of groups with
-        least squares where the entries of the groups ∇loss(0) pulls off zero are at most
-        ``GROUPS_FROM_ZERO`` (with fewer rows than columns, the first group model capped to the
+        ``WIDE_L1_ROWS``) and with least squares whatever its shape (``L1_FROM_ZERO``), and under a
+        norm of groups with least squares where the entries of the groups ∇loss(0) pulls off zero are
+        at most ``GROUPS_FROM_ZERO`` (with fewer rows than columns, the first group model capped to the
         strongest pulled groups, where it pulls at most ``PULLED_PER_ROW`` coordinates per row the
         curvature resolves and ``WIDE_FROM_ZERO`` in all, where those rows are few, or where it pulls
         at most ``CAPPED_PULLED_SHARE`` of the groups)."""
@@ -319,8 +319,10 @@ class Descent:
                 return QUADRATIC_EARLY_ITERATIONS
             # (any other loss with fewer rows than columns: where its first model's entries are few against
             # the rows, see WIDE_L1_ROWS)
-            if not determined and 0 < min(self._pulled_at_zero(), L1_ROOM) <= WIDE_L1_ROWS * self._resolved_coordinates():
-                return QUADRATIC_EARLY_ITERATIONS
+            if not determined:
+                first_model = min(self._pulled_at_zero(), L1_ROOM)
+                if 0 < first_model <= WIDE_L1_ROWS * self._resolved_coordinates():
+                    return QUADRATIC_EARLY_ITERATIONS
         elif ids is not None and quadratic:
             # A norm of groups with a quadratic loss: from θ = 0 its group model takes every pulled
             # group in together, where they fit in one model, and with fewer rows than columns (its first
