@@ -12,13 +12,22 @@ from torch import Tensor
 from ._clock import warm_up
 from .constraints import Constraint
 from .constraints.base import Face
-from .proximal_newton import NEWTON_FACE, proximal_newton
+from .proximal_newton import NEWTON_FACE, declines_only_for_size, proximal_newton
 
 # A face with at most this many coordinates is always polished: its L-BFGS solve costs about
 # max_iter loss evaluations whatever the point's structure. Working-set sub-problems (100 to a few
 # thousand coordinates) often have over half of them alive, and without the polish their descent
 # took 7 outer rounds instead of 1 (Lasso 1000×5000: 0.20 s → 0.06 s).
 SMALL_FACE = 2000
+# ... except a group lasso's face where proximal Newton declined its model as too large (more than
+# `proximal_newton.GROUP_FACE` entries: a descent's point on a wide design that still holds many small
+# groups): there the face solve took ~20 ms and did not certify, and the descent's next outer iteration
+# went on regardless (make_regression 150×1200 of effective rank 50 in groups of 5 at 0.01 λ_max, 211 groups
+# alive: 82 → 64 ms without it). Measured in one process, alternated, on the wide group sweep's 112 rows and
+# 240 drawn from three seeds (benchmarks/RESULTS.md, twenty-seventh session): it applies on eight rows
+# (150×1200 to 200×2000 at 0.03–0.01 λ_max), 0.67–0.83× on seven, the eighth within 10%; on none of the
+# group, raw-column and multi-task sweeps; the geometric means 0.99–1.00.
+SKIP_TOO_LARGE_GROUP_MODELS = True
 _FACE_ROUNDS = 6  # face solves at most per polish: atoms that cross 0 drop out, violators join, between them
 # A polished point still above the target takes Newton's method on its face (`newton_polish`) up to
 # CURVATURE_FACE free coordinates when the loss gives its curvature (a dense eigendecomposition of that
@@ -98,7 +107,8 @@ def polish_on_face(loss: Callable[[Tensor], Tensor], constraint: Constraint, poi
     a loss that gives its own gradient and curvature (the GLM data terms) is polished by proximal
     Newton instead (`symopt.proximal_newton`): its quadratic models take in the atoms whose pull
     exceeds λ and drop the ones that belong at 0 without a pass over the data per change of the
-    face; the face solve below runs where it does not apply.
+    face; the face solve below runs where it does not apply (not where it declined a group lasso's point
+    as too large for one model: None then, see ``SKIP_TOO_LARGE_GROUP_MODELS``).
 
     Args:
         loss: the smooth loss ℓ(θ).
@@ -121,8 +131,10 @@ def polish_on_face(loss: Callable[[Tensor], Tensor], constraint: Constraint, poi
     """
     # A norm whose atoms are entries or groups of them: proximal Newton, its quadratic models solved
     # by an active set (None where it does not apply: it says where)
+    declined = False
     try:
         theta = proximal_newton(loss, constraint, point, target)
+        declined = theta is None
     except RuntimeError:  # a linear-algebra error: the general face solve below tries
         theta = None
     if theta is not None and bool(torch.isfinite(theta).all()):
@@ -130,6 +142,12 @@ def polish_on_face(loss: Callable[[Tensor], Tensor], constraint: Constraint, poi
         if math.isfinite(residual):
             return polished, residual
     if proximal_newton_only:
+        return None
+    if declined and SKIP_TOO_LARGE_GROUP_MODELS and declines_only_for_size(loss, constraint, point):
+        # Proximal Newton declined a group lasso's point whose model would exceed GROUP_FACE: the descent
+        # has not found the structure, and twenty L-BFGS iterations on that face (~1000 coordinates) did not
+        # certify it; the next outer iteration's descent goes on from the point instead (see
+        # SKIP_TOO_LARGE_GROUP_MODELS).
         return None
     grad = loss_gradient(loss, point)  # lets atoms the descent left at 0 enter the face
     snap = snap_tol(point, tol)

@@ -816,6 +816,16 @@ def proximal_newton(loss, constraint: Constraint, point: Tensor, target: float) 
     return theta
 
 
+def declines_only_for_size(loss, constraint: Constraint, point: Tensor) -> bool:
+    """Whether `proximal_newton` returns None with this loss and kind only where its first model's candidates
+    exceed ``GROUP_FACE``: a norm of coordinate groups with a least-squares loss that gives its gradient and
+    curvature (the group and multi-task Lasso). Its caller then knows the descent has not found the structure
+    yet (see `symopt.optimality.polish_on_face`)."""
+    return (constraint.entry_signs() is None and constraint.atom_ids(point.numel(), point.device) is not None
+            and bool(getattr(loss, "quadratic", False)) and getattr(loss, "value_and_grad", None) is not None
+            and getattr(loss, "curvature", None) is not None)
+
+
 def _first_group_room(loss, coordinates: int) -> int | None:
     """The entries a group model from θ = 0 may take (see ``PULLED_PER_ROW``): ``PULLED_PER_ROW`` per
     coordinate the loss's curvature resolves and ``WIDE_FROM_ZERO`` in all, where it resolves fewer than

@@ -573,6 +573,44 @@ def test_a_least_squares_group_model_takes_every_group_where_its_zeros_fit_its_r
     assert abs(every.objective - pulled.objective) <= 1e-12 * abs(pulled.objective)
 
 
+def test_a_group_point_too_large_for_one_model_goes_back_to_the_descent_without_a_face_solve(monkeypatch):
+    """A descent's point on a wide design that still holds more than GROUP_FACE entries of alive groups (make_
+    regression 150×1200 of effective rank 50 in groups of 5 at 0.01 λ_max: 211 groups alive): proximal Newton
+    declines its model, and the polish returns without the L-BFGS face solve (~20 ms that did not certify),
+    the next descent going on (82 → 64 ms). The same optimum as with the face solve."""
+    import symopt.optimality as optimality
+    from sklearn.datasets import make_regression
+
+    from symopt.problems import group_lasso
+
+    X, y = make_regression(150, 1200, n_informative=15, noise=1.0, random_state=792, effective_rank=50)
+    problem = group_lasso(X, y - y.mean(), 5, 1.0)
+    problem = problem.at_strength(0.01 * problem.strength_max())
+    face_solves = []
+    solve_on_face = optimality._solve_on_face
+    monkeypatch.setattr(optimality, "_solve_on_face", lambda *a, **k: face_solves.append(1) or solve_on_face(*a, **k))
+    skipped = symopt.solve(problem)
+    assert not face_solves and skipped.status == "optimal"
+    monkeypatch.setattr(optimality, "SKIP_TOO_LARGE_GROUP_MODELS", False)
+    solved = symopt.solve(problem)
+    assert face_solves and solved.status == "optimal"
+    assert abs(skipped.objective - solved.objective) <= 1e-12 * abs(solved.objective)
+    assert torch.equal(skipped.x == 0, solved.x == 0)
+
+
+def test_only_a_least_squares_group_norm_declines_only_for_size():
+    """`declines_only_for_size`: a group norm with least squares (its curvature given) yes; ℓ1 and logistic no."""
+    from symopt.problems import group_lasso, lasso, logistic_l1
+    from symopt.proximal_newton import declines_only_for_size
+
+    generator = np.random.default_rng(0)
+    X, y = generator.standard_normal((20, 6)), generator.standard_normal(20)
+    for problem, expected in ((group_lasso(X, y, 2, 0.1), True), (lasso(X, y, 0.1), False),
+                              (logistic_l1(X, (y > 0).astype(float), 0.1), False)):
+        loss, constraint, _ = _bound(problem)
+        assert declines_only_for_size(loss, constraint, torch.zeros(6, dtype=torch.float64)) is expected
+
+
 def _rounds_counted(monkeypatch, H, grad, start, groups, weights, tol: float = 1e-10):
     """A call that solves the group model from ``start`` and returns ``(x, Newton rounds it took)``."""
     import symopt.proximal_newton as pn
