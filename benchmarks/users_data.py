@@ -34,8 +34,8 @@ logistic-L1 with drawn options (intercept, sample weights, ``l1_ratio``, ``posit
 from __future__ import annotations
 
 import argparse
-import math
 import importlib.util
+import math
 import statistics
 import time
 import warnings
@@ -232,6 +232,7 @@ def wide_group_sweep(repeats: int) -> list[tuple]:
         low = f", effective rank {rank}" if rank else ""
         cases.append((f"make_regression {n}×{d}{low}, {d // size} groups of {size}", X, y, size))
     return _group_rows(cases, repeats)
+
 
 def drawn_group_sweep(repeats: int, seed: int) -> list[tuple]:
     """The group lasso with more columns than rows on designs drawn from ``seed`` (designs no rule was chosen

@@ -738,12 +738,10 @@ def proximal_newton(loss, constraint: Constraint, point: Tensor, target: float) 
         point: the start (a snapped point: its zeros exact).
         target: the absolute KKT residual the caller certifies against.
     """
-    signs = constraint.entry_signs()
-    if getattr(loss, "value_and_grad", None) is None or getattr(loss, "curvature", None) is None:
+    norm = _norm_it_takes(loss, constraint, point)
+    if norm is None:
         return None
-    ids = None if signs is not None else constraint.atom_ids(point.numel(), point.device)
-    if signs is None and ids is None:
-        return None
+    signs, ids = norm
     lam, nonnegative = float(constraint.strength), signs == "nonnegative"
     loss_is_quadratic = bool(getattr(loss, "quadratic", False))
     theta = point.detach().clone()
@@ -816,14 +814,24 @@ def proximal_newton(loss, constraint: Constraint, point: Tensor, target: float) 
     return theta
 
 
+def _norm_it_takes(loss, constraint: Constraint, point: Tensor) -> tuple[str | None, Tensor | None] | None:
+    """``(entry signs, atom ids)`` of the norm `proximal_newton` takes at ``point`` — signs for ℓ1 on entries
+    (`Constraint.entry_signs`), else the coordinate groups' ids (`Constraint.atom_ids`) — or None where it
+    does not apply: another norm, or a loss without its own ``value_and_grad`` and ``curvature``."""
+    if getattr(loss, "value_and_grad", None) is None or getattr(loss, "curvature", None) is None:
+        return None
+    signs = constraint.entry_signs()
+    ids = None if signs is not None else constraint.atom_ids(point.numel(), point.device)
+    return None if signs is None and ids is None else (signs, ids)
+
+
 def declines_only_for_size(loss, constraint: Constraint, point: Tensor) -> bool:
     """Whether `proximal_newton` returns None with this loss and kind only where its first model's candidates
-    exceed ``GROUP_FACE``: a norm of coordinate groups with a least-squares loss that gives its gradient and
-    curvature (the group and multi-task Lasso). Its caller then knows the descent has not found the structure
-    yet (see `symopt.optimality.polish_on_face`)."""
-    return (constraint.entry_signs() is None and constraint.atom_ids(point.numel(), point.device) is not None
-            and bool(getattr(loss, "quadratic", False)) and getattr(loss, "value_and_grad", None) is not None
-            and getattr(loss, "curvature", None) is not None)
+    exceed ``GROUP_FACE``: a norm of coordinate groups it takes (`_norm_it_takes`) with a least-squares loss
+    (the group and multi-task Lasso). Its caller then knows the descent has not found the structure yet (see
+    `symopt.optimality.polish_on_face`)."""
+    norm = _norm_it_takes(loss, constraint, point)
+    return norm is not None and norm[0] is None and bool(getattr(loss, "quadratic", False))
 
 
 def _first_group_room(loss, coordinates: int) -> int | None:
