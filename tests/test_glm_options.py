@@ -278,3 +278,22 @@ def test_a_kept_predictor_is_only_reused_for_the_same_point_data_and_term(monkey
         value, grad = term.value_and_grad(point, X, labels, w)
         reference = term.value_and_grad(point, X.clone(), labels, w)
         assert torch.equal(value, reference[0]) and torch.equal(grad, reference[1])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_an_optimal_entry_below_the_snap_on_a_large_column_is_kept(seed):
+    # Columns of scales 1 and 1e6: at 1e-6 λ_max the optimum holds entries ~1e-7 of its largest, on the
+    # large columns, that the fit needs. Snapped relative to θ's largest entry they were zeroed, and
+    # proximal Newton's exact point was measured 3e4-1e5 from optimal: "stalled" after 0.2-0.5 s, some
+    # entries 0.2 off (and a drawn users' Lasso on columns of scales 1e-3..1e3 at 0.001 λ_max the same).
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((120, 4)) * np.array([1.0, 1e6, 1.0, 1e6])
+    y = X[:, 0] + X[:, 2] + rng.standard_normal(120)
+    problem = lasso(X, y, 1.0, fit_intercept=True)
+    lam = 1e-6 * problem.strength_max()
+    result = symopt.solve(problem.at_strength(lam))
+    reference = Lasso(alpha=lam, tol=1e-14, max_iter=100000).fit(X, y)
+    kept = np.abs(reference.coef_)
+    assert kept.min() < 1e-6 * kept.max() and kept.min() > 0  # the case: entries the relative snap would zero
+    assert result.status == "optimal", result.message
+    np.testing.assert_allclose(result.x.numpy(), reference.coef_, rtol=1e-6)
