@@ -4,6 +4,7 @@
                                     [--paths-only] [--reduced-rank-only] [--completion-only]
                                     [--completion-sweep] [--logistic-sweep] [--group-sweep] [--wide-group-sweep]
                                     [--drawn-group-sweep [SEED]] [--drawn-options-sweep [SEED]]
+                                    [--drawn-raw-scales-sweep [SEED]]
 
 Every row times a *whole call* as a user makes it (``symopt.solve`` / ``symopt.path`` /
 ``symopt.estimators.LassoCV`` against scikit-learn's ``Lasso`` / ``lasso_path`` / ``LassoCV`` and
@@ -27,7 +28,8 @@ run) on wine, digits, raw breast_cancer and six generated designs against skglm;
 (``--wide-group-sweep``, not in the default run: a few minutes) on 28 data sets with more columns than
 rows against skglm; with ``--drawn-group-sweep SEED`` and ``--drawn-options-sweep SEED`` (not in the
 default run) on problems drawn from a seed: wide group designs, and the Lasso, elastic net and
-logistic-L1 with drawn options (intercept, sample weights, ``l1_ratio``, ``positive``); nuclear-norm
+logistic-L1 with drawn options (intercept, sample weights, ``l1_ratio``, ``positive``), and with
+``--drawn-raw-scales-sweep SEED`` regressions on columns of scales 1e-3..1e3 at 1e-7..1e-4 λ_max; nuclear-norm
 (reduced-rank) regression of digits' one-hot labels on its raw and standardised pixels against cvxpy.
 """
 
@@ -351,6 +353,38 @@ def drawn_options_sweep(repeats: int, seed: int) -> list[tuple]:
                                  lambda: skglm.SparseLogisticRegression(alpha=lam, l1_ratio=ratio,
                                                                         fit_intercept=intercept).fit(X, labels),
                                  repeats, coef=lambda model: model.coef_.reshape(-1)))
+    return rows
+
+
+def drawn_raw_scales_sweep(repeats: int, seed: int) -> list[tuple]:
+    """The Lasso and the elastic net on columns of scales 1e-3 to 1e3 at tiny strengths (1e-7 to 1e-4 λ_max,
+    drawn log-uniformly) with drawn options (intercept, sample weights, ``positive``, ``l1_ratio`` 1 or 0.7),
+    30 problems drawn from ``seed`` against scikit-learn's ``ElasticNet`` at its default tolerance (a
+    Fortran-ordered X). At such λ the optimum holds entries of large columns ~1e-7 of its largest entry."""
+    from sklearn.linear_model import ElasticNet
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(30):
+        n, d = int(rng.integers(40, 300)), int(rng.integers(10, 300))
+        X = np.asfortranarray(rng.standard_normal((n, d)) * 10.0 ** rng.uniform(-3, 3, size=d))
+        truth = np.zeros(d)
+        support = rng.choice(d, min(d, 5), replace=False)
+        truth[support] = rng.standard_normal(support.size) / X[:, support].std(0)
+        y = X @ truth + rng.uniform(0.01, 1.0) * rng.standard_normal(n)
+        intercept, ratio, positive = bool(rng.random() < 0.5), float(rng.choice([1.0, 0.7])), bool(rng.random() < 0.2)
+        weights = rng.uniform(0.1, 3.0, n) if rng.random() < 0.3 else None
+        fraction = float(10.0 ** rng.uniform(-7, -4))
+        problem = lasso(X, y, 1.0, fit_intercept=intercept, sample_weight=weights, l1_ratio=ratio, positive=positive)
+        if not problem.strength_max() > 0:
+            continue
+        lam = fraction * problem.strength_max()
+        label = (f"{'elastic net' if ratio < 1 else 'Lasso'}, scales 1e-3..1e3 {n}×{d}, "
+                 f"{'intercept' if intercept else 'no intercept'}, l1_ratio {ratio:g}"
+                 f"{', weights' if weights is not None else ''}{', positive' if positive else ''}, {fraction:.2g} λmax")
+        rows.append(_against(label, problem.at_strength(lam), "sklearn ElasticNet",
+                             lambda: ElasticNet(alpha=lam, l1_ratio=ratio, fit_intercept=intercept,
+                                                positive=positive).fit(X, y, sample_weight=weights), repeats))
     return rows
 
 
@@ -685,6 +719,9 @@ def main(argv=None) -> None:
     parser.add_argument("--drawn-options-sweep", type=int, nargs="?", const=2027, metavar="SEED",
                         help="only the Lasso, elastic net and logistic-L1 with drawn options (intercept, sample weights, "
                              "l1_ratio, positive) on 45 problems drawn from SEED (default 2027) against scikit-learn and skglm")
+    parser.add_argument("--drawn-raw-scales-sweep", type=int, nargs="?", const=1000, metavar="SEED",
+                        help="only the Lasso and elastic net on columns of scales 1e-3..1e3 at 1e-7..1e-4 λmax, 30 "
+                             "problems drawn from SEED (default 1000) against scikit-learn")
     args = parser.parse_args(argv)
     repeats = 1 if args.quick else args.repeats
     sweeps = [run for flag, (run, _) in SWEEPS.items() if vars(args)[flag[2:].replace("-", "_")]]
@@ -703,6 +740,8 @@ def main(argv=None) -> None:
         rows = lambda: drawn_group_sweep(repeats, args.drawn_group_sweep)  # noqa: E731
     elif args.drawn_options_sweep is not None:
         rows = lambda: drawn_options_sweep(repeats, args.drawn_options_sweep)  # noqa: E731
+    elif args.drawn_raw_scales_sweep is not None:
+        rows = lambda: drawn_raw_scales_sweep(repeats, args.drawn_raw_scales_sweep)  # noqa: E731
     elif sweeps:
         rows = lambda: sweeps[0](repeats)  # noqa: E731
     elif args.completion_only:

@@ -186,6 +186,23 @@ def test_the_drawn_options_sweep_draws_problems_with_users_options_from_its_seed
     assert [label for label, _ in drawn(2027)] == labels and [label for label, _ in drawn(7)] != labels
 
 
+def test_the_drawn_raw_scales_sweep_draws_tiny_strengths_on_raw_columns_from_its_seed(monkeypatch):
+    """`users_data.drawn_raw_scales_sweep`: regressions on columns of scales 1e-3..1e3 at 1e-7..1e-4 λ_max with
+    drawn options, the same for the same seed, another set for another."""
+    monkeypatch.setattr(users_data, "_against", lambda label, problem, *rest, **options: (label, problem))
+    rows = users_data.drawn_raw_scales_sweep(1, 1000)
+    labels = [label for label, _ in rows]
+    assert 25 <= len(rows) <= 30 and len(set(labels)) == len(labels)
+    assert any("elastic net" in label for label in labels) and any("weights" in label for label in labels)
+    for label, problem in rows:
+        norms = problem.data["X"].norm(dim=0)
+        assert float(norms.max() / norms.min()) > 1e3, label
+        fraction = problem.constraint().strength / problem.strength_max()
+        assert 1e-7 * 0.999 <= fraction <= 1e-4 * 1.001, label
+    assert [label for label, _ in users_data.drawn_raw_scales_sweep(1, 1000)] == labels
+    assert [label for label, _ in users_data.drawn_raw_scales_sweep(1, 7)] != labels
+
+
 def test_loops_quick(capsys):
     loops.main(["--quick"])
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| Lasso")]
