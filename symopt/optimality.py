@@ -92,7 +92,8 @@ def kkt_at_snap(loss: Callable[[Tensor], Tensor], constraint: Constraint, theta:
 
 def polish_on_face(loss: Callable[[Tensor], Tensor], constraint: Constraint, point: Tensor, tol: float,
                    target: float, max_iter: int = 20, quick: bool = False,
-                   proximal_newton_only: bool = False, small_faces_only: bool = False) -> tuple[Tensor, float] | None:
+                   proximal_newton_only: bool = False, small_faces_only: bool = False,
+                   probe: bool = False) -> tuple[Tensor, float] | None:
     r"""``(point', KKT residual there)`` after minimising $\mathrm{loss} + λ‖·‖$ on the face of ``point``.
 
     Near a solution DCS has found the structure (support, alive groups, rank) long before its
@@ -134,12 +135,14 @@ def polish_on_face(loss: Callable[[Tensor], Tensor], constraint: Constraint, poi
             residual 5.2 → 51), where the proximal finish that follows reached the target alone; a
             small face (a rank-9 regression on digits' 64 pixels, 666 coordinates) is still polished
             first, which saved that finish three outer rounds.
+        probe: proximal Newton's ``probe`` (θ = 0 probed for a dense answer; None where it declines: the
+            descent runs, no face solve).
     """
     # A norm whose atoms are entries or groups of them: proximal Newton, its quadratic models solved
     # by an active set (None where it does not apply: it says where)
     declined = False
     try:
-        theta = proximal_newton(loss, constraint, point, target)
+        theta = proximal_newton(loss, constraint, point, target, probe=probe)
         declined = theta is None
     except RuntimeError:  # a linear-algebra error: the general face solve below tries
         theta = None
@@ -149,7 +152,7 @@ def polish_on_face(loss: Callable[[Tensor], Tensor], constraint: Constraint, poi
         polished, residual = kkt_at_snap(loss, constraint, theta, tol, levels=1, quick=quick, as_is=True)
         if math.isfinite(residual):
             return polished, residual
-    if proximal_newton_only:
+    if proximal_newton_only or (probe and declined):
         return None
     if declined and SKIP_TOO_LARGE_GROUP_MODELS and declines_only_for_size(loss, constraint, point):
         # Proximal Newton declined a group lasso's point whose model would exceed GROUP_FACE: the descent

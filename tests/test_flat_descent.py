@@ -434,25 +434,42 @@ def test_with_more_columns_than_rows_only_a_small_quadratic_skips_the_descent():
         assert result.status == "optimal", problem.name
 
 
-def test_a_wide_logistic_problem_skips_the_descent_only_where_few_columns_are_pulled_at_zero():
-    """Logistic-L1 on more than EARLY_ENTRIES columns with enough rows: the first check comes before
-    any descent where ∇loss(0) pulls at most PULLED_AT_ZERO of the columns off zero (a sparse
-    answer: the polish grows its face from θ = 0 in few rounds), after the full ``inner`` where it
-    pulls more (an answer holding most columns, which the descent finds in fewer curvatures)."""
+def test_a_wide_logistic_problem_skips_the_descent_where_few_columns_are_pulled_or_the_probe_finds_them_shared():
+    """Logistic-L1 on more than EARLY_ENTRIES columns with enough rows: the first check comes before any
+    descent. Where ∇loss(0) pulls at most PULLED_AT_ZERO of the columns off zero the polish goes on from θ = 0;
+    where it pulls more, θ = 0 is probed (DENSE_PROBE): where the polish's first, full model keeps nearly all
+    its entries (an answer holding most columns: make_classification at 1e-3 λ_max, 97 of 100 alive) the
+    polish declines and the full ``inner`` descent runs; where it drops some (pulls shared by correlated
+    columns: a design of 3 factors whose label reads 3 columns, 4-9 alive) the check certifies from θ = 0."""
     from sklearn.datasets import make_classification
 
     from symopt.problems import logistic_l1
+    from symopt.solver import descent
     from symopt.solver.descent import EARLY_ENTRIES, PULLED_AT_ZERO
 
     X, y = make_classification(n_samples=400, n_features=100, n_informative=10, random_state=0)
     problem = logistic_l1(X, y.astype(float), 1.0, fit_intercept=True)
     assert problem.shape[0] > EARLY_ENTRIES
     pull = np.abs((X - X.mean(0)).T @ (y - y.mean())) / len(y)  # ∇loss(0) with the intercept profiled out
-    for fraction, first in ((0.3, 0), (1e-3, 20)):
+    for fraction, first in ((0.3, [0]), (1e-3, [0, 20])):
         strength = fraction * problem.strength_max()
-        assert ((pull > strength).mean() <= PULLED_AT_ZERO) == (first == 0)
+        assert ((pull > strength).mean() <= PULLED_AT_ZERO) == (fraction == 0.3)
         counts, result = _directions_per_outer_iteration(problem.at_strength(strength))
-        assert counts[0] == first and result.status == "optimal"
+        assert counts[:2] == first and result.status == "optimal"
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((500, 3)) @ rng.standard_normal((3, 200)) + 0.5 * rng.standard_normal((500, 200))
+    labels = (X[:, :3].sum(1) > np.median(X[:, :3].sum(1))).astype(float)
+    problem = logistic_l1(X, labels, 1.0, fit_intercept=True)
+    strength = 0.03 * problem.strength_max()
+    pull = np.abs((X - X.mean(0)).T @ (labels - labels.mean())) / len(labels)
+    assert (pull > strength).mean() > PULLED_AT_ZERO  # (the probe's case: most columns pulled)
+    problem = problem.at_strength(strength)
+    counts, result = _directions_per_outer_iteration(problem)
+    assert counts == [0] and result.status == "optimal"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(descent, "DENSE_PROBE", False)
+        unprobed_counts, unprobed = _directions_per_outer_iteration(problem)
+    assert unprobed_counts[0] == 20 and abs(unprobed.objective - result.objective) <= 1e-12 * abs(result.objective)
 
 
 def test_a_group_norm_whose_pulled_groups_fit_one_model_is_checked_before_any_descent(monkeypatch):

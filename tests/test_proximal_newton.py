@@ -417,6 +417,36 @@ def test_only_l1_norms_on_entries_ask_for_it():
     assert math.isfinite(symopt.solve(problem).objective)
 
 
+def test_the_probe_declines_only_a_full_first_model_from_zero_that_keeps_its_entries():
+    """``probe``: from θ = 0, None after a first model that was full (L1_ROOM of more pulled entries) and kept
+    at least DENSE_KEPT of them; the same point as without it from θ = 0 where the model dropped entries,
+    and from any other start."""
+    from symopt.proximal_newton import DENSE_KEPT, L1_ROOM
+
+    rng = np.random.default_rng(3)
+    dense = rng.standard_normal((1500, 60))  # independent columns, all of them in the answer
+    labels = (dense.sum(1) + rng.standard_normal(1500) > 0).astype(float)
+    shared = rng.standard_normal((1500, 2)) @ rng.standard_normal((2, 60)) + 0.3 * rng.standard_normal((1500, 60))
+    shared_labels = (shared[:, 0] > 0).astype(float)  # (pulls shared by columns of two factors)
+    for X, y, declines in ((dense, labels, True), (shared, shared_labels, False)):
+        problem = logistic_l1(X, y, 1.0, fit_intercept=True)
+        problem = problem.at_strength(0.01 * problem.strength_max())
+        loss = problem.bind(problem.data_on("cpu", torch.float64))
+        constraint = problem.constraint()
+        zero = torch.zeros(60, dtype=torch.float64)
+        _, grad = loss.value_and_grad(zero)
+        assert int((grad.abs() > constraint.strength).sum()) > L1_ROOM  # a full first model
+        probed = proximal_newton(loss, constraint, zero, 1e-9, probe=True)
+        plain = proximal_newton(loss, constraint, zero, 1e-9)
+        assert (probed is None) == declines
+        if not declines:
+            assert torch.equal(probed, plain)
+        alive = int((plain != 0).sum())
+        assert (alive >= DENSE_KEPT * L1_ROOM) == declines
+        again = proximal_newton(loss, constraint, plain, 1e-9, probe=True)  # (not from θ = 0: no probe)
+        assert again is not None and torch.equal(again, proximal_newton(loss, constraint, plain, 1e-9))
+
+
 def _group_model_kkt(H, g, x0, x, groups, weights):
     """The largest violation of the group model's optimality conditions at x."""
     grad = g + H @ (x - x0)

@@ -40,6 +40,10 @@ class Certifier:
         # at 0.02 λ_max: three outer iterations whose points were worse than the best each polished
         # it again, 65 ms each, to the same point).
         self.best_settled = False
+        # Set by the descent for its first check from θ = 0 where it probes for a dense answer
+        # (`symopt.solver.descent.DENSE_PROBE`): the polish's proximal Newton declines after its first model
+        # where that model kept every entry of a full model, and the descent runs.
+        self.probe = False
 
     def start_run(self) -> None:
         """A new run (λ may have changed): forget the best point."""
@@ -91,7 +95,7 @@ class Certifier:
         def face_polish(start: torch.Tensor) -> tuple[torch.Tensor, float] | None:
             # (a kind finished by proximal steps has its large faces left to them: see small_faces_only)
             return polish_on_face(loss, certifying, start, self.tol, self.target, self.inner, quick,
-                                  small_faces_only=finishes)
+                                  small_faces_only=finishes, probe=self.probe)
 
         if self.polish and kkt > self.target and not settled:  # also before a widening: the wider factors start better
             polished = face_polish(point)

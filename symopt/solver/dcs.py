@@ -83,8 +83,9 @@ def solve(problem: Problem, device=None, dtype=None, method: str = "auto", tol: 
             any iteration (``QUADRATIC_EARLY_ITERATIONS`` = 0), and proximal Newton starts from θ:
             where the loss is a quadratic of at most 64 atoms (least squares: its model is the
             objective), and where the data have at least as many rows as columns, or a ridge (the
-            loss's ``determined``), unless a loss that is not a quadratic has more than 64 columns
-            of which ∇loss(0) pulls over ``PULLED_AT_ZERO`` = 3/4 off zero.
+            loss's ``determined``); where a loss that is not a quadratic has more than 64 columns
+            of which ∇loss(0) pulls over ``PULLED_AT_ZERO`` = 3/4 off zero, its first model from θ = 0
+            is a probe (``DENSE_PROBE``): where it kept nearly all of its entries, the descent runs.
         history_size: L-BFGS memory (a long memory matters on the factored problems). The lean loop
             keeps at most ``symopt.solver.flat.HISTORY_NUMBERS`` / (factor coordinates) pairs, and at
             least 10: 100 pairs of a 10⁵-coordinate factorisation cost more to read than they save.

@@ -52,6 +52,13 @@ EARLY_ENTRIES = 64
 # on that design; 325 of 500 on a 2000×500 whose answer holds 267: 150 → 66 ms from θ = 0).
 QUADRATIC_EARLY_ITERATIONS = 0
 PULLED_AT_ZERO = 0.75
+# ... and where it pulls more, the check before any descent probes θ = 0 (the certifier's `probe`): the polish's
+# first model (the L1_ROOM strongest pulls) is solved, and where it kept every entry of that full model the
+# polish declines and the descent runs as before; where it dropped some (pulls shared by correlated columns,
+# whose answer is sparse) it goes on from θ = 0. Measured in one process, alternated, on 34 drawn logistic-L1
+# problems of 76-3000 rows with most columns pulled (AR(1), factor and sparse designs; benchmarks/RESULTS.md,
+# twenty-eighth session): see `proximal_newton`'s note on the probe.
+DENSE_PROBE = True
 # A norm of groups (the group lasso, the multi-task Lasso) under least squares with enough rows is
 # checked before any descent too where the groups ∇loss(0) pulls off zero fit in one group model
 # (`proximal_newton.GROUP_FACE` entries): the model's proximal-gradient steps take them in together
@@ -289,7 +296,8 @@ class Descent:
         certified). On wider θ the structure after a few iterations is too rough: the polish
         then drops atoms one active-set step at a time, which costs more than it saves. Under an ℓ1
         norm of entries none (0) where the polish's model from θ = 0 cannot be singular by shape
-        (see ``QUADRATIC_EARLY_ITERATIONS`` and ``PULLED_AT_ZERO``; with fewer rows than columns
+        (see ``QUADRATIC_EARLY_ITERATIONS`` and ``PULLED_AT_ZERO``; where more are pulled, a probe of θ = 0
+        that hands over to the descent where its first model keeps its entries, ``DENSE_PROBE``; with fewer rows than columns
         ``WIDE_L1_ROWS``) and with least squares whatever its shape (``L1_FROM_ZERO``), and under a
         norm of groups with least squares where the entries of the groups ∇loss(0) pulls off zero are
         at most ``GROUPS_FROM_ZERO`` (with fewer rows than columns, the first group model capped to the
@@ -316,6 +324,10 @@ class Descent:
             # L1_FROM_ZERO)
             if (quadratic and (L1_FROM_ZERO or atoms <= EARLY_ENTRIES)) or (determined and (
                     quadratic or atoms <= EARLY_ENTRIES or self._pulled_at_zero() <= PULLED_AT_ZERO * atoms)):
+                return QUADRATIC_EARLY_ITERATIONS
+            # (most columns pulled: θ = 0 probed for a dense answer, see DENSE_PROBE)
+            if determined and DENSE_PROBE:
+                self.certifier.probe = True
                 return QUADRATIC_EARLY_ITERATIONS
             # (any other loss with fewer rows than columns: where its first model's entries are few against
             # the rows, see WIDE_L1_ROWS)
@@ -373,7 +385,7 @@ class Descent:
             if step is None and not (early == 0 and self._holder is None):
                 step = self._stepper()
             outcome = self._iterate(step, rule, iteration, early)
-            stepped, early = early != 0, None
+            stepped, early, self.certifier.probe = early != 0, None, False
             if len(outcome) == 2:
                 return outcome
             collapsed, theta, point, kkt, data, constraint = outcome
