@@ -333,3 +333,33 @@ def test_regressions_on_raw_scales_at_tiny_strengths_match_scikit_learn(seed):
     coef = torch.tensor(reference.coef_)
     objective = float(at.loss(coef, **at.data)) + float(at.constraint().objective_term(coef))
     _close(result, objective, rel=1e-12)
+
+
+def _raw_budget_problem(seed):
+    """A Lasso budget on columns of scales 1e-2 to 1e2: ``(X, y, max_nonzero, fit_intercept)``."""
+    rng = np.random.default_rng(seed)
+    n, d = int(rng.integers(30, 250)), int(rng.integers(5, 150))
+    X = rng.standard_normal((n, d)) * 10.0 ** rng.uniform(-2, 2, size=d)
+    support = rng.choice(d, min(d, 5), replace=False)
+    truth = np.zeros(d)
+    truth[support] = rng.standard_normal(support.size) / X[:, support].std(0)
+    y = X @ truth + 0.1 * rng.standard_normal(n)
+    return X, y, int(rng.integers(1, min(d, n) // 2 + 2)), bool(rng.random() < 0.5)
+
+
+# (seeds 1 and 3: "max_iter" after 40 rounds before the search bisected a bracket the controller's target only
+# crawled through; 37 and 39: 30 non-zeros for a budget of 29 before atoms were counted as the certified point's
+# non-zeros, not those above the snap; 12 of seeds 0-39 failed on the session's base code)
+@pytest.mark.parametrize("seed", [1, 3, 37, 39])
+def test_a_lasso_budget_on_raw_scales_lands_exactly_on_scikit_learns_optimum(seed):
+    X, y, budget, intercept = _raw_budget_problem(seed)
+    result = symopt.solve(lasso(X, y, max_nonzero=budget, fit_intercept=intercept))
+    assert result.status == "optimal", result.message
+    assert int((result.x != 0).sum()) == budget
+    at = lasso(X, y, result.strength, fit_intercept=intercept)
+    reference = Lasso(alpha=result.strength, fit_intercept=intercept, tol=1e-15, max_iter=100000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reference.fit(X, y)
+    coef = torch.tensor(reference.coef_)
+    _close(result, float(at.loss(coef, **at.data)) + float(at.constraint().objective_term(coef)), rel=1e-10)

@@ -26,6 +26,11 @@ def search_path(descent: Descent, constraint: Constraint, loss, max_iter: int, m
     # (a Lasso has at most n non-zeros, a positive one only the entries pulled upward); before, the
     # search halved λ for its 40 rounds and ended on a meaningless count at λ ~ 1e-10.
     floor = descent.tol * float(constraint.dual_norm(descent.grad0))
+    # The bracket's width (in log λ) when the last proposal was made inside it: the controller's target is
+    # kept only while it at least halves the bracket every round; else the round bisects (a Lasso on columns
+    # of scales 1e-2..1e2 whose path goes from 6 to 8 atoms within 3% of λ: the target, computed at each
+    # 8-atom solution, moved λ up 1% a round, and the search ended at max_iter after 40 rounds).
+    bracket_then = None
     for rounds in range(1, max_rounds + 1):
         constraint.strength = lam  # fixed within a round (also stops the training-loop controller)
         descent.refactor()
@@ -33,7 +38,7 @@ def search_path(descent: Descent, constraint: Constraint, loss, max_iter: int, m
         if status not in ("optimal", "stalled"):
             return status, f"at λ = {lam:.6g} (round {rounds}): {message}"
         point = descent.point
-        atoms = alive(constraint, point, descent.tol)
+        atoms = alive(constraint, point)
         if descent.progress:
             print(f"[symopt.solve {descent.problem.name}] λ = {lam:.8g}: {atoms} atoms (budget {k})",
                   file=sys.stderr, flush=True)
@@ -48,8 +53,11 @@ def search_path(descent: Descent, constraint: Constraint, loss, max_iter: int, m
                                           f"(the solution has {atoms} there); snapped to the budget")
         proposal = _proposal(constraint, loss, descent.point, k, lam, descent.dtype)
         if too_many > 0 and too_few < math.inf:
-            if not too_many < proposal < too_few:  # safeguard: bisection in log λ
+            bracket = math.log(too_few / too_many)
+            crawling = bracket_then is not None and bracket > 0.5 * bracket_then
+            if crawling or not too_many < proposal < too_few:  # safeguard: bisection in log λ
                 proposal = math.sqrt(too_many * too_few)
+            bracket_then = bracket
         else:  # not bracketed yet: at least a factor 2 per round (plateaus of the path are long)
             proposal = max(proposal, 2.0 * lam) if atoms > k else min(proposal, 0.5 * lam)
             if atoms < k and proposal < floor:
@@ -83,7 +91,7 @@ def _centre(descent: Descent, constraint: Constraint, loss, k: int, lam: float, 
     constraint.strength = target
     descent.refactor()
     new_status, new_message = descent.run(max_iter, start)
-    if new_status in ("optimal", "stalled") and alive(constraint, descent.point, descent.tol) == k:
+    if new_status in ("optimal", "stalled") and alive(constraint, descent.point) == k:
         return new_status, f"λ = {target:.8g} gives exactly {k} atoms (round {rounds + 1}, centred); {new_message}"
     with torch.no_grad():  # back to the λ that worked
         for p, value in zip(descent.holder.parameters(), saved[0]):
