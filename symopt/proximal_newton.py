@@ -151,7 +151,7 @@ _ALL_CANDIDATES = True
 L1_ROOM = 32
 # Logistic-L1 with enough rows (its first model cannot be singular by shape) where ∇loss(0) pulls most columns off
 # zero is probed from θ = 0 (`symopt.solver.descent.DENSE_PROBE`): the polish's first model, on the L1_ROOM
-# strongest pulls, is solved, and where it kept every one of them the answer likely holds most of the pulled
+# strongest pulls, is solved, and where it kept (nearly) every one of them the answer likely holds most of the pulled
 # columns (columns of little correlation: a sparse 2776 × 394 design, 382 alive at the optimum), which the
 # descent's 20 iterations reach in fewer curvatures than models that grow from 32 (11 outer iterations
 # against 5: 1.2-1.7× slower from θ = 0); where it dropped some of them the pulls were shared by correlated
@@ -749,7 +749,7 @@ def proximal_newton(loss, constraint: Constraint, point: Tensor, target: float,
         point: the start (a snapped point: its zeros exact).
         target: the absolute KKT residual the caller certifies against.
         probe: from θ = 0 under an ℓ1 norm, None after the first model where that model was full (more
-            entries pulled than its ``L1_ROOM``) and kept every one of them: a sign that the answer holds
+            entries pulled than its ``L1_ROOM``) and kept at least ``DENSE_KEPT`` of them: a sign that the answer holds
             most of what ∇loss(0) pulls, which the descent reaches in fewer curvatures (see
             ``DENSE_PROBE``).
     """

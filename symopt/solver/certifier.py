@@ -42,7 +42,7 @@ class Certifier:
         self.best_settled = False
         # Set by the descent for its first check from θ = 0 where it probes for a dense answer
         # (`symopt.solver.descent.DENSE_PROBE`): the polish's proximal Newton declines after its first model
-        # where that model kept every entry of a full model, and the descent runs.
+        # where that full model kept (nearly) all its entries, and the descent runs.
         self.probe = False
 
     def start_run(self) -> None:

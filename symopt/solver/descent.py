@@ -52,7 +52,7 @@ EARLY_ENTRIES = 64
 QUADRATIC_EARLY_ITERATIONS = 0
 PULLED_AT_ZERO = 0.75
 # ... and where it pulls more, the check before any descent probes θ = 0 (the certifier's `probe`): the polish's
-# first model (the L1_ROOM strongest pulls) is solved, and where it kept every entry of that full model the
+# first model (the L1_ROOM strongest pulls) is solved, and where it kept nearly every entry of that full model the
 # polish declines and the descent runs as before; where it dropped some (pulls shared by correlated columns,
 # whose answer is sparse) it goes on from θ = 0. Measured in one process, alternated, on 34 drawn logistic-L1
 # problems of 76-3000 rows with most columns pulled (AR(1), factor and sparse designs; benchmarks/RESULTS.md,
