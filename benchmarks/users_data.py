@@ -4,7 +4,7 @@
                                     [--paths-only] [--reduced-rank-only] [--completion-only]
                                     [--completion-sweep] [--logistic-sweep] [--group-sweep] [--wide-group-sweep]
                                     [--drawn-group-sweep [SEED]] [--drawn-options-sweep [SEED]]
-                                    [--drawn-raw-scales-sweep [SEED]]
+                                    [--drawn-raw-scales-sweep [SEED]] [--sparse-only]
 
 Every row times a *whole call* as a user makes it (``symopt.solve`` / ``symopt.path`` /
 ``symopt.estimators.LassoCV`` against scikit-learn's ``Lasso`` / ``lasso_path`` / ``LassoCV`` and
@@ -29,7 +29,8 @@ run) on wine, digits, raw breast_cancer and six generated designs against skglm;
 rows against skglm; with ``--drawn-group-sweep SEED`` and ``--drawn-options-sweep SEED`` (not in the
 default run) on problems drawn from a seed: wide group designs, and the Lasso, elastic net and
 logistic-L1 with drawn options (intercept, sample weights, ``l1_ratio``, ``positive``), and with
-``--drawn-raw-scales-sweep SEED`` regressions on columns of scales 1e-3..1e3 at 1e-7..1e-4 λ_max; nuclear-norm
+``--drawn-raw-scales-sweep SEED`` regressions on columns of scales 1e-3..1e3 at 1e-7..1e-4 λ_max; with
+``--sparse-only`` the Lasso on a sparse CSR 10000×100000 design (density 1e-3) against scikit-learn; nuclear-norm
 (reduced-rank) regression of digits' one-hot labels on its raw and standardised pixels against cvxpy.
 """
 
@@ -479,6 +480,31 @@ def positive(repeats: int, quick: bool) -> list[tuple]:
             for name, design, target, intercept, fraction in cases[: 1 if quick else None]]
 
 
+def sparse_design(repeats: int) -> list[tuple]:
+    """The issue's sparse row: a Lasso on a scipy CSR design of 10000 × 100000 at density 1e-3 (100 true
+    non-zeros, noise 0.1), at 0.5, 0.1 and 0.01 λ_max, against scikit-learn's ``Lasso`` given the same CSR
+    matrix (its sparse coordinate descent). symopt keeps it sparse (torch CSR) and solves on working sets."""
+    import scipy.sparse
+    from sklearn.linear_model import Lasso
+
+    rng = np.random.default_rng(0)
+    # (positions drawn with replacement, the rare repeats summed: scipy.sparse.random draws 10^6 of 10^9
+    # positions without replacement, a minute here)
+    rows, cols = rng.integers(0, 10000, 1_000_000), rng.integers(0, 100000, 1_000_000)
+    X = scipy.sparse.coo_matrix((rng.standard_normal(1_000_000), (rows, cols)), shape=(10000, 100000)).tocsr()
+    truth = np.zeros(100000)
+    truth[rng.choice(100000, 100, replace=False)] = rng.standard_normal(100)
+    y = X @ truth + 0.1 * rng.standard_normal(10000)
+    problem = lasso(X, y, 1.0)
+    rows = []
+    for fraction in (0.5, 0.1, 0.01):
+        lam = fraction * problem.strength_max()
+        rows.append(_against(f"Lasso, sparse CSR 10000×100000 (density 1e-3), {fraction:g} λmax",
+                             problem.at_strength(lam), "sklearn Lasso (sparse X)",
+                             lambda: Lasso(alpha=lam, fit_intercept=False).fit(X, y), repeats))
+    return rows
+
+
 def groups(repeats: int, quick: bool) -> list[tuple]:
     """The group lasso on real columns against skglm's ``GroupLasso`` (its default tolerance):
     standardised digits in 16 groups of 4 consecutive pixels, standardised breast_cancer in 10 groups
@@ -714,6 +740,8 @@ def main(argv=None) -> None:
         parser.add_argument(flag, action="store_true", help=help_text)
     parser.add_argument("--reduced-rank-only", action="store_true",
                         help="only the nuclear-norm regression rows against cvxpy")
+    parser.add_argument("--sparse-only", action="store_true",
+                        help="only the Lasso on a sparse CSR 10000×100000 design against scikit-learn")
     parser.add_argument("--drawn-group-sweep", type=int, nargs="?", const=4242, metavar="SEED",
                         help="only the group lasso on 20 wide designs drawn from SEED (default 4242) against skglm")
     parser.add_argument("--drawn-options-sweep", type=int, nargs="?", const=2027, metavar="SEED",
@@ -736,6 +764,8 @@ def main(argv=None) -> None:
         rows = lambda: paths(repeats, args.quick)  # noqa: E731
     elif args.reduced_rank_only:
         rows = lambda: reduced_rank(repeats, args.quick)  # noqa: E731
+    elif args.sparse_only:
+        rows = lambda: sparse_design(repeats)  # noqa: E731
     elif args.drawn_group_sweep is not None:
         rows = lambda: drawn_group_sweep(repeats, args.drawn_group_sweep)  # noqa: E731
     elif args.drawn_options_sweep is not None:

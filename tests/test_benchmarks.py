@@ -203,6 +203,18 @@ def test_the_drawn_raw_scales_sweep_draws_tiny_strengths_on_raw_columns_from_its
     assert [label for label, _ in users_data.drawn_raw_scales_sweep(1, 7)] != labels
 
 
+def test_the_sparse_design_rows_keep_the_design_sparse_at_three_strengths(monkeypatch):
+    """`users_data.sparse_design`: the issue's 10000 × 100000 CSR design at density 1e-3, kept sparse (torch
+    CSR) for symopt, at 0.5, 0.1 and 0.01 λ_max."""
+    monkeypatch.setattr(users_data, "_against", lambda label, problem, *rest, **options: (label, problem))
+    rows = users_data.sparse_design(1)
+    assert [label.rsplit(", ", 1)[1] for label, _ in rows] == ["0.5 λmax", "0.1 λmax", "0.01 λmax"]
+    for label, problem in rows:
+        X = problem.data["X"]
+        assert X.layout == torch.sparse_csr and tuple(X.shape) == (10000, 100000), label
+        assert 0.9e6 <= X.values().numel() <= 1.1e6, label
+
+
 def test_loops_quick(capsys):
     loops.main(["--quick"])
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| Lasso")]
