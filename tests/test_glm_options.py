@@ -363,3 +363,48 @@ def test_a_lasso_budget_on_raw_scales_lands_exactly_on_scikit_learns_optimum(see
         reference.fit(X, y)
     coef = torch.tensor(reference.coef_)
     _close(result, float(at.loss(coef, **at.data)) + float(at.constraint().objective_term(coef)), rel=1e-10)
+
+
+def _ten_decade_lasso():
+    """A drawn Lasso whose column norms spread over ten decades (1.6e-4 to 2.2e6): the 43rd of a sequence of
+    drawn raw-scale problems (seed 1), with an intercept, at 5.4e-5 λ_max."""
+    rng = np.random.default_rng(1)
+    for _ in range(43):
+        n, d = int(rng.integers(30, 300)), int(rng.integers(3, 200))
+        spread = float(rng.uniform(2, 7))
+        X = rng.standard_normal((n, d)) * 10.0 ** rng.uniform(-spread, spread, size=d)
+        if rng.random() < 0.3:
+            X = X + 10.0 ** rng.uniform(-spread, spread, size=d)
+        support = rng.choice(d, min(d, 5), replace=False)
+        truth = np.zeros(d)
+        truth[support] = rng.standard_normal(support.size) / X[:, support].std(0)
+        y = X @ truth + rng.uniform(0.01, 1) * rng.standard_normal(n)
+        intercept = bool(rng.random() < 0.6)
+        rng.choice([1.0, 0.7]), rng.random()  # (the other options the sequence drew: l1_ratio, positive, weights)
+        if rng.random() < 0.3:
+            rng.uniform(0.1, 3, n)
+        fraction = 10.0 ** rng.uniform(-7, -1)
+    return X, y, intercept, fraction
+
+
+def test_a_run_whose_points_never_beat_the_best_certified_one_stops_stalled_soon():
+    # (the descent's points stayed worse than proximal Newton's for 138 outer iterations, 1.5-4 s, before θ
+    # stopped moving: the objective's rounding lets no step lower the residual; BEST_UNBEATEN ends it)
+    from symopt.solver.descent import BEST_UNBEATEN
+
+    X, y, intercept, fraction = _ten_decade_lasso()
+    norms = np.linalg.norm(X - X.mean(0), axis=0)
+    assert norms.max() / norms.min() > 1e9 and intercept
+    problem = lasso(X, y, 1.0, fit_intercept=True)
+    lam = fraction * problem.strength_max()
+    result = symopt.solve(problem.at_strength(lam))
+    assert result.status == "stalled" and "near-optimal" in result.message
+    assert BEST_UNBEATEN <= result.iterations <= 30  # (138 outer iterations without the rule)
+    reference = Lasso(alpha=lam, tol=1e-15, max_iter=200000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reference.fit(X, y)
+    at = lasso(X, y, lam, fit_intercept=True)
+    coef = torch.tensor(reference.coef_)
+    objective = float(at.loss(coef, **at.data)) + float(at.constraint().objective_term(coef))
+    assert result.objective <= objective * (1 + 1e-9)  # (near-optimal: at or below scikit-learn's at tol 1e-15)
