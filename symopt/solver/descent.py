@@ -379,7 +379,6 @@ class Descent:
         rule = StopRule(self.tol, self.tol * self.scale)
         self.certifier.start_run()
         early = self._early_check()
-        unbeaten = 0  # outer iterations in a row whose certified point was the best one kept as it was
         for _ in range(budget):
             iteration = len(self.history) + 1
             if step is None and not (early == 0 and self._holder is None):
@@ -395,7 +394,6 @@ class Descent:
             verdict = rule.collapsed(collapsed, kkt)
             if verdict:
                 return verdict[0], f"iteration {iteration}: {verdict[1]}{self._kept()}"
-            unbeaten = unbeaten + 1 if point is self.point else 0  # (the certifier's best point, kept as it was)
             self.point = point
             violation = self.constraint.infeasibility(theta)
             self.history.append((solver_clock() - start, objective, kkt))
@@ -413,22 +411,9 @@ class Descent:
             verdict = rule.finished(kkt, violation, theta, previous if stepped else None)
             if verdict:
                 return verdict
-            if unbeaten >= BEST_UNBEATEN and not rule.far(kkt):
-                return "stalled", (f"no progress: the descent's points have not beaten the best certified point "
-                                   f"in {unbeaten} outer iterations, with the KKT residual {kkt:.2g} above the "
-                                   f"target {rule.target:.2g} (within 1000×): the objective's floating-point "
-                                   "resolution or the problem's conditioning; the point is near-optimal, not "
-                                   "certified")
             previous = theta.clone()
         return "max_iter", f"KKT residual above {self.tol:g}·scale after {len(self.history)} iterations"
 
-
-#: outer iterations in a row without a point better than the certifier's best (kept as it was, not polished
-#: again) after which a run within 1000× of its target stops "stalled": on columns whose norms spread over ten
-#: decades (1.6e-4 to 2.2e6, a Lasso at 5e-5 λ_max) the descent's points stayed worse than proximal Newton's for
-#: 138 outer iterations (1.5-4 s) before θ stopped moving, at a residual (0.13 against 0.061) the objective's
-#: rounding does not let a step improve.
-BEST_UNBEATEN = 20
 
 #: atoms of a certified point at most this many machine epsilons of its largest are rounding (`alive`)
 ROUNDING_ATOMS = 1e3
