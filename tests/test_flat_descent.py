@@ -325,9 +325,9 @@ def _directions_per_outer_iteration(problem, **options):
     counts = []
     iterate = Descent._iterate
 
-    def counting(self, step, rule, iteration, iterations=None):
+    def counting(self, step, rule, iteration, iterations=None, **options):
         counts.append(self.options.inner if iterations is None else iterations)
-        return iterate(self, step, rule, iteration, iterations)
+        return iterate(self, step, rule, iteration, iterations, **options)
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(Descent, "_iterate", counting)
@@ -396,9 +396,10 @@ def test_a_check_before_any_descent_makes_no_factors_unless_the_descent_runs(mon
 
     certify, checks = Certifier.certify, []
 
-    def first_fails(self, theta, constraint, widens=None):  # the first check does not certify: the descent runs
+    def first_fails(self, theta, constraint, widens=None, **options):  # the first check does not certify:
+        # the descent runs
         checks.append(theta.clone())
-        point, kkt, data, certifying = certify(self, theta, constraint, widens)
+        point, kkt, data, certifying = certify(self, theta, constraint, widens, **options)
         return (point, 1e3 * self.target if len(checks) == 1 else kkt, data, certifying)
 
     monkeypatch.setattr(Certifier, "certify", first_fails)
@@ -786,7 +787,7 @@ def _same_optimum_from_zero_as_after_the_short_descent(problem):
     counts, quick = _directions_per_outer_iteration(problem)
     assert counts[0] == 0
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(descent.Descent, "_early_check", lambda self: descent.EARLY_ITERATIONS)
+        patch.setattr(descent.Descent, "_early_check", lambda self: (descent.EARLY_ITERATIONS, False))
         counts, reference = _directions_per_outer_iteration(problem)
     assert counts[0] == descent.EARLY_ITERATIONS
     assert quick.status == reference.status == "optimal", (quick.message, reference.message)

@@ -40,10 +40,6 @@ class Certifier:
         # at 0.02 λ_max: three outer iterations whose points were worse than the best each polished
         # it again, 65 ms each, to the same point).
         self.best_settled = False
-        # Set by the descent for its first check from θ = 0 where it probes for a dense answer
-        # (`symopt.solver.descent.DENSE_PROBE`): the polish's proximal Newton declines after its first model
-        # where that full model kept (nearly) all its entries, and the descent runs.
-        self.probe = False
 
     def start_run(self) -> None:
         """A new run (λ may have changed): forget the best point."""
@@ -63,7 +59,8 @@ class Certifier:
         return self.exact[0], self.exact[1], cached[2]
 
     def certify(self, theta: torch.Tensor, constraint: Constraint,
-                widens: Callable[[torch.Tensor], bool] | None = None) -> tuple[torch.Tensor, float, dict, Constraint]:
+                widens: Callable[[torch.Tensor], bool] | None = None,
+                probe: bool = False) -> tuple[torch.Tensor, float, dict, Constraint]:
         """``(point, kkt, data, constraint)``: the snapped point with the lowest residual found so far at
         this λ, after the face polish; ``data`` and ``constraint`` are the certifying ones.
 
@@ -74,7 +71,11 @@ class Certifier:
         16 took a fifth of the solve and raised the residual, 62 → 80). Over 15 more generated
         completions (`python -m benchmarks.users_data --completion-sweep`), skipping it was faster on
         eleven, up to 2.4 → 1.0 s, and slower on two (an 800 × 800 of rank 20 seen at 15%, where the
-        rank-16 polish was a good start; benchmarks/RESULTS.md)."""
+        rank-16 polish was a good start; benchmarks/RESULTS.md).
+
+        ``probe``: the descent's first check from θ = 0 where it probes for a dense answer
+        (`symopt.solver.descent.DENSE_PROBE`): the polish's proximal Newton declines after its first model
+        where that full model kept (nearly) all its entries, and the descent runs."""
         loss, data, certifying = self.certifying(constraint)
         quick = certifying.quick_kkt  # estimates while iterating, the exact residual to stop
         point, kkt = kkt_at_snap(loss, certifying, theta.to(self.dtype(theta.dtype)), self.tol, quick=quick)
@@ -95,7 +96,7 @@ class Certifier:
         def face_polish(start: torch.Tensor) -> tuple[torch.Tensor, float] | None:
             # (a kind finished by proximal steps has its large faces left to them: see small_faces_only)
             return polish_on_face(loss, certifying, start, self.tol, self.target, self.inner, quick,
-                                  small_faces_only=finishes, probe=self.probe)
+                                  small_faces_only=finishes, probe=probe)
 
         if self.polish and kkt > self.target and not settled:  # also before a widening: the wider factors start better
             polished = face_polish(point)

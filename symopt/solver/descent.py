@@ -51,7 +51,7 @@ EARLY_ENTRIES = 64
 # on that design; 325 of 500 on a 2000×500 whose answer holds 267: 150 → 66 ms from θ = 0).
 QUADRATIC_EARLY_ITERATIONS = 0
 PULLED_AT_ZERO = 0.75
-# ... and where it pulls more, the check before any descent probes θ = 0 (the certifier's `probe`): the polish's
+# ... and where it pulls more, the check before any descent probes θ = 0 (`Certifier.certify`'s `probe`): the polish's
 # first model (the L1_ROOM strongest pulls) is solved, and where it kept nearly every entry of that full model the
 # polish declines and the descent runs as before; where it dropped some (pulls shared by correlated columns,
 # whose answer is sparse) it goes on from θ = 0. Measured in one process, alternated, on 34 drawn logistic-L1
@@ -239,8 +239,9 @@ class Descent:
         if self.point is not None and not self.holder.copies:
             self.holder.load(self.point)
 
-    def _iterate(self, step, rule: StopRule, iteration: int, iterations: int | None = None):
-        """One outer iteration: step (``iterations``, default the solve's ``inner``), then certify;
+    def _iterate(self, step, rule: StopRule, iteration: int, iterations: int | None = None, probe: bool = False):
+        """One outer iteration: step (``iterations``, default the solve's ``inner``), then certify (``probe``:
+        the certifier's, see ``DENSE_PROBE``);
         ``step`` None: no descent yet (a first check before any, the factors not made), θ as it is.
         ``(collapsed, theta, point, kkt, data, constraint)``, or a ``(status, message)`` verdict when
         NaN / Inf or a torch error stops it."""
@@ -253,7 +254,8 @@ class Descent:
             broken = self._non_finite(theta)
             if broken:
                 return self._broken(rule, f"iteration {iteration}: {broken} NaN or Inf")
-            point, kkt, data, constraint = self.certifier.certify(theta, self.constraint, widens=self.filled)
+            point, kkt, data, constraint = self.certifier.certify(theta, self.constraint, widens=self.filled,
+                                                                  probe=probe)
         except NonFinite as err:
             return self._broken(rule, f"iteration {iteration}: {err}")
         except RuntimeError as err:  # e.g. a linear-algebra routine meeting NaN inside the loss
@@ -285,9 +287,10 @@ class Descent:
         self.history.append((solver_clock() - start, objective, kkt))
         return "optimal", "KKT residual and violation below tolerance at the warm start's face (polished, no descent)"
 
-    def _early_check(self) -> int | None:
-        """The iterations of a run's first outer iteration when it should be shorter than ``inner``
-        (None: ``inner``). Where θ is small (at most ``EARLY_ENTRIES`` atoms) and the loss gives
+    def _early_check(self) -> tuple[int | None, bool]:
+        """``(iterations, probe)``: the iterations of a run's first outer iteration when it should be shorter
+        than ``inner`` (None: ``inner``), and whether its check probes θ = 0 for a dense answer (``DENSE_PROBE``:
+        the certifier's ``probe``). Where θ is small (at most ``EARLY_ENTRIES`` atoms) and the loss gives
         its own curvature, the face polish (a Newton method on the face, proximal Newton for an
         ℓ1 or a group norm) finds the last atoms and their exact values once the descent has the rough
         structure; a few L-BFGS iterations give that, and the other ``inner`` ones before the first
@@ -296,17 +299,17 @@ class Descent:
         then drops atoms one active-set step at a time, which costs more than it saves. Under an ℓ1
         norm of entries none (0) where the polish's model from θ = 0 cannot be singular by shape
         (see ``QUADRATIC_EARLY_ITERATIONS`` and ``PULLED_AT_ZERO``; where more are pulled, a probe of θ = 0
-        that hands over to the descent where its first model keeps its entries, ``DENSE_PROBE``; with fewer rows than columns
-        ``WIDE_L1_ROWS``) and with least squares whatever its shape (``L1_FROM_ZERO``), and under a
+        that hands over to the descent where its first model keeps its entries, ``DENSE_PROBE``; with fewer
+        rows than columns ``WIDE_L1_ROWS``) and with least squares whatever its shape (``L1_FROM_ZERO``), and under a
         norm of groups with least squares where the entries of the groups ∇loss(0) pulls off zero are
         at most ``GROUPS_FROM_ZERO`` (with fewer rows than columns, the first group model capped to the
         strongest pulled groups, where it pulls at most ``PULLED_PER_ROW`` coordinates per row the
         curvature resolves and ``WIDE_FROM_ZERO`` in all, where those rows are few, or where it pulls
         at most ``CAPPED_PULLED_SHARE`` of the groups)."""
         if not self.options.polish or self.options.inner <= EARLY_ITERATIONS:
-            return None
+            return None, False
         if getattr(self.loss, "curvature", None) is None:
-            return None
+            return None, False
         # (atoms, not entries: a group's entries join and leave its face together, so a multi-task
         # Lasso of 64 rows × 10 targets has the structure of 64 columns)
         ids = self.constraint.atom_ids(self.problem_size, "cpu")
@@ -323,17 +326,16 @@ class Descent:
             # L1_FROM_ZERO)
             if (quadratic and (L1_FROM_ZERO or atoms <= EARLY_ENTRIES)) or (determined and (
                     quadratic or atoms <= EARLY_ENTRIES or self._pulled_at_zero() <= PULLED_AT_ZERO * atoms)):
-                return QUADRATIC_EARLY_ITERATIONS
+                return QUADRATIC_EARLY_ITERATIONS, False
             # (most columns pulled: θ = 0 probed for a dense answer, see DENSE_PROBE)
             if determined and DENSE_PROBE:
-                self.certifier.probe = True
-                return QUADRATIC_EARLY_ITERATIONS
+                return QUADRATIC_EARLY_ITERATIONS, True
             # (any other loss with fewer rows than columns: where its first model's entries are few against
             # the rows, see WIDE_L1_ROWS)
             if not determined:
                 first_model = min(self._pulled_at_zero(), L1_ROOM)
                 if 0 < first_model <= WIDE_L1_ROWS * self._resolved_coordinates():
-                    return QUADRATIC_EARLY_ITERATIONS
+                    return QUADRATIC_EARLY_ITERATIONS, False
         elif ids is not None and quadratic:
             # A norm of groups with a quadratic loss: from θ = 0 its group model takes every pulled
             # group in together, where they fit in one model, and with fewer rows than columns (its first
@@ -346,12 +348,12 @@ class Descent:
             per_row = PULLED_PER_ROW * self._resolved_coordinates()
             if determined:
                 if entries <= GROUPS_FROM_ZERO:
-                    return QUADRATIC_EARLY_ITERATIONS
+                    return QUADRATIC_EARLY_ITERATIONS, False
             elif entries <= min(per_row, WIDE_FROM_ZERO) or 0 < per_row <= WIDE_FROM_ZERO or share <= CAPPED_PULLED_SHARE:
-                return QUADRATIC_EARLY_ITERATIONS
+                return QUADRATIC_EARLY_ITERATIONS, False
         if atoms > EARLY_ENTRIES:
-            return None
-        return EARLY_ITERATIONS
+            return None, False
+        return EARLY_ITERATIONS, False
 
     def _resolved_coordinates(self) -> float:
         """The rank the loss's curvature can have at most (`BoundLoss.resolved_coordinates`; 0 where the
@@ -378,13 +380,13 @@ class Descent:
         previous = self.theta().clone()
         rule = StopRule(self.tol, self.tol * self.scale)
         self.certifier.start_run()
-        early = self._early_check()
+        early, probe = self._early_check()
         for _ in range(budget):
             iteration = len(self.history) + 1
             if step is None and not (early == 0 and self._holder is None):
                 step = self._stepper()
-            outcome = self._iterate(step, rule, iteration, early)
-            stepped, early, self.certifier.probe = early != 0, None, False
+            outcome = self._iterate(step, rule, iteration, early, probe=probe)
+            stepped, early, probe = early != 0, None, False
             if len(outcome) == 2:
                 return outcome
             collapsed, theta, point, kkt, data, constraint = outcome
