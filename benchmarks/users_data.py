@@ -299,10 +299,37 @@ def _drawn_design(rng: np.random.Generator, shipped: dict) -> tuple[str, np.ndar
     else:
         X = rng.standard_normal((n, d)) * 10.0 ** rng.uniform(-3, 3, size=d) + 10.0 ** rng.uniform(-2, 2, size=d)
         name = f"scales 1e-3..1e3 {n}×{d}"
-    truth = np.zeros(d)
-    support = rng.choice(d, min(d, 10), replace=False)
+    return name, X, _planted_target(rng, X, 10, 0.05)
+
+
+def _planted_target(rng: np.random.Generator, X: np.ndarray, nonzeros: int, least_noise: float) -> np.ndarray:
+    """``X @ truth + noise``: ``truth`` with ``nonzeros`` entries (at most X's columns) at drawn columns, each
+    of about one unit of the target per column standard deviation; the noise Gaussian with a standard
+    deviation drawn from ``least_noise`` to 1."""
+    truth = np.zeros(X.shape[1])
+    support = rng.choice(X.shape[1], min(X.shape[1], nonzeros), replace=False)
     truth[support] = rng.standard_normal(support.size) / X[:, support].std(0)
-    return name, X, X @ truth + rng.uniform(0.05, 1.0) * rng.standard_normal(n)
+    return X @ truth + rng.uniform(least_noise, 1.0) * rng.standard_normal(X.shape[0])
+
+
+def _against_elastic_net(name: str, X, y, fraction: float, repeats: int, *, intercept: bool, ratio: float,
+                         weights, positive: bool) -> tuple | None:
+    """One row: ``lasso(X, y)`` with these options (the elastic net below ``l1_ratio`` 1) at ``fraction`` of its
+    λ_max by DCS and by scikit-learn's ``ElasticNet`` (its default tolerance), both given the same Fortran-ordered
+    X; None where ``positive=True`` leaves no column pulled up (θ = 0 for every λ)."""
+    from sklearn.linear_model import ElasticNet
+
+    Xf = np.asfortranarray(X)
+    problem = lasso(Xf, y, 1.0, fit_intercept=intercept, sample_weight=weights, l1_ratio=ratio, positive=positive)
+    if not problem.strength_max() > 0:
+        return None
+    lam = fraction * problem.strength_max()
+    label = (f"{'elastic net' if ratio < 1 else 'Lasso'}, {name}, {'intercept' if intercept else 'no intercept'}, "
+             f"l1_ratio {ratio:g}{', weights' if weights is not None else ''}{', positive' if positive else ''}, "
+             f"{fraction:.2g} λmax")
+    return _against(label, problem.at_strength(lam), "sklearn ElasticNet",
+                    lambda: ElasticNet(alpha=lam, l1_ratio=ratio, fit_intercept=intercept,
+                                       positive=positive).fit(Xf, y, sample_weight=weights), repeats)
 
 
 def drawn_options_sweep(repeats: int, seed: int) -> list[tuple]:
@@ -317,7 +344,6 @@ def drawn_options_sweep(repeats: int, seed: int) -> list[tuple]:
         raise SystemExit("--drawn-options-sweep compares against skglm: pip install skglm")
     import skglm
     from sklearn.datasets import load_breast_cancer, load_diabetes, load_digits, load_wine
-    from sklearn.linear_model import ElasticNet
 
     shipped = {name: loader(return_X_y=True) for name, loader in
                (("diabetes", load_diabetes), ("breast_cancer", load_breast_cancer), ("wine", load_wine),
@@ -328,27 +354,20 @@ def drawn_options_sweep(repeats: int, seed: int) -> list[tuple]:
         name, X, y = _drawn_design(rng, shipped)
         intercept, ratio = bool(rng.random() < 0.7), float(rng.choice([1.0, 1.0, 0.9, 0.5]))
         fraction = float(10.0 ** rng.uniform(-3, math.log10(0.5)))
-        options = f"{'intercept' if intercept else 'no intercept'}, l1_ratio {ratio:g}"
         if index < 30:
             weights = rng.uniform(0.1, 3.0, size=len(y)) if rng.random() < 0.4 else None
             positive = bool(rng.random() < 0.25)
-            Xf = np.asfortranarray(X)
-            problem = lasso(Xf, y, 1.0, fit_intercept=intercept, sample_weight=weights, l1_ratio=ratio,
-                            positive=positive)
-            if not problem.strength_max() > 0:  # (positive=True with no column pulled up: θ = 0 for every λ)
-                continue
-            lam = fraction * problem.strength_max()
-            label = (f"{'elastic net' if ratio < 1 else 'Lasso'}, {name}, {options}"
-                     f"{', weights' if weights is not None else ''}{', positive' if positive else ''}, {fraction:.2g} λmax")
-            rows.append(_against(label, problem.at_strength(lam), "sklearn ElasticNet",
-                                 lambda: ElasticNet(alpha=lam, l1_ratio=ratio, fit_intercept=intercept,
-                                                    positive=positive).fit(Xf, y, sample_weight=weights), repeats))
+            row = _against_elastic_net(name, X, y, fraction, repeats, intercept=intercept, ratio=ratio,
+                                       weights=weights, positive=positive)
+            if row is not None:
+                rows.append(row)
         else:
             labels = (y > np.median(y)).astype(float)
             if labels.min() == labels.max():
                 continue
             problem = logistic_l1(X, labels, 1.0, fit_intercept=intercept, l1_ratio=ratio)
             lam = fraction * problem.strength_max()
+            options = f"{'intercept' if intercept else 'no intercept'}, l1_ratio {ratio:g}"
             rows.append(_against(f"logistic, {name} (y above its median), {options}, {fraction:.2g} λmax",
                                  problem.at_strength(lam), "skglm SparseLogReg",
                                  lambda: skglm.SparseLogisticRegression(alpha=lam, l1_ratio=ratio,
@@ -362,30 +381,19 @@ def drawn_raw_scales_sweep(repeats: int, seed: int) -> list[tuple]:
     drawn log-uniformly) with drawn options (intercept, sample weights, ``positive``, ``l1_ratio`` 1 or 0.7),
     30 problems drawn from ``seed`` against scikit-learn's ``ElasticNet`` at its default tolerance (a
     Fortran-ordered X). At such λ the optimum holds entries of large columns ~1e-7 of its largest entry."""
-    from sklearn.linear_model import ElasticNet
-
     rng = np.random.default_rng(seed)
     rows = []
     for _ in range(30):
         n, d = int(rng.integers(40, 300)), int(rng.integers(10, 300))
         X = np.asfortranarray(rng.standard_normal((n, d)) * 10.0 ** rng.uniform(-3, 3, size=d))
-        truth = np.zeros(d)
-        support = rng.choice(d, min(d, 5), replace=False)
-        truth[support] = rng.standard_normal(support.size) / X[:, support].std(0)
-        y = X @ truth + rng.uniform(0.01, 1.0) * rng.standard_normal(n)
+        y = _planted_target(rng, X, 5, 0.01)
         intercept, ratio, positive = bool(rng.random() < 0.5), float(rng.choice([1.0, 0.7])), bool(rng.random() < 0.2)
         weights = rng.uniform(0.1, 3.0, n) if rng.random() < 0.3 else None
         fraction = float(10.0 ** rng.uniform(-7, -4))
-        problem = lasso(X, y, 1.0, fit_intercept=intercept, sample_weight=weights, l1_ratio=ratio, positive=positive)
-        if not problem.strength_max() > 0:
-            continue
-        lam = fraction * problem.strength_max()
-        label = (f"{'elastic net' if ratio < 1 else 'Lasso'}, scales 1e-3..1e3 {n}×{d}, "
-                 f"{'intercept' if intercept else 'no intercept'}, l1_ratio {ratio:g}"
-                 f"{', weights' if weights is not None else ''}{', positive' if positive else ''}, {fraction:.2g} λmax")
-        rows.append(_against(label, problem.at_strength(lam), "sklearn ElasticNet",
-                             lambda: ElasticNet(alpha=lam, l1_ratio=ratio, fit_intercept=intercept,
-                                                positive=positive).fit(X, y, sample_weight=weights), repeats))
+        row = _against_elastic_net(f"scales 1e-3..1e3 {n}×{d}", X, y, fraction, repeats, intercept=intercept,
+                                   ratio=ratio, weights=weights, positive=positive)
+        if row is not None:
+            rows.append(row)
     return rows
 
 

@@ -301,15 +301,21 @@ def test_an_optimal_entry_below_the_snap_on_a_large_column_is_kept(seed):
     np.testing.assert_allclose(result.x.numpy(), reference.coef_, rtol=1e-6)
 
 
+def _five_planted(rng, X):
+    """``X @ truth`` plus Gaussian noise of 0.1: ``truth`` with five entries at drawn columns, each of about one
+    unit of the target per column standard deviation."""
+    support = rng.choice(X.shape[1], 5, replace=False)
+    truth = np.zeros(X.shape[1])
+    truth[support] = rng.standard_normal(5) / X[:, support].std(0)
+    return X @ truth + 0.1 * rng.standard_normal(X.shape[0])
+
+
 def _raw_scale_problem(seed):
     """A regression on columns of scales 1e-3 to 1e3 with drawn options, at 1e-7..1e-4 λ_max."""
     rng = np.random.default_rng(seed)
     n, d = int(rng.integers(40, 200)), int(rng.integers(10, 120))
     X = rng.standard_normal((n, d)) * 10.0 ** rng.uniform(-3, 3, size=d)
-    truth = np.zeros(d)
-    support = rng.choice(d, 5, replace=False)
-    truth[support] = rng.standard_normal(5) / X[:, support].std(0)
-    y = X @ truth + 0.1 * rng.standard_normal(n)
+    y = _five_planted(rng, X)
     options = dict(fit_intercept=bool(rng.random() < 0.5), l1_ratio=float(rng.choice([1.0, 0.7])),
                    positive=bool(rng.random() < 0.2),
                    sample_weight=rng.uniform(0.1, 3, n) if rng.random() < 0.3 else None)
@@ -339,12 +345,8 @@ def _raw_budget_problem(seed):
     """A Lasso budget on columns of scales 1e-2 to 1e2: ``(X, y, max_nonzero, fit_intercept)``."""
     rng = np.random.default_rng(seed)
     n, d = int(rng.integers(30, 250)), int(rng.integers(5, 150))
-    X = rng.standard_normal((n, d)) * 10.0 ** rng.uniform(-2, 2, size=d)
-    support = rng.choice(d, min(d, 5), replace=False)
-    truth = np.zeros(d)
-    truth[support] = rng.standard_normal(support.size) / X[:, support].std(0)
-    y = X @ truth + 0.1 * rng.standard_normal(n)
-    return X, y, int(rng.integers(1, min(d, n) // 2 + 2)), bool(rng.random() < 0.5)
+    X = rng.standard_normal((n, d)) * 10.0 ** rng.uniform(-2, 2, size=d)  # (d ≥ 5)
+    return X, _five_planted(rng, X), int(rng.integers(1, min(d, n) // 2 + 2)), bool(rng.random() < 0.5)
 
 
 # (seeds 1 and 3: "max_iter" after 40 rounds before the search bisected a bracket the controller's target only

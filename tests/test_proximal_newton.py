@@ -430,9 +430,7 @@ def test_the_probe_declines_only_a_full_first_model_from_zero_that_keeps_its_ent
     shared_labels = (shared[:, 0] > 0).astype(float)  # (pulls shared by columns of two factors)
     for X, y, declines in ((dense, labels, True), (shared, shared_labels, False)):
         problem = logistic_l1(X, y, 1.0, fit_intercept=True)
-        problem = problem.at_strength(0.01 * problem.strength_max())
-        loss = problem.bind(problem.data_on("cpu", torch.float64))
-        constraint = problem.constraint()
+        loss, constraint, _ = _bound(problem.at_strength(0.01 * problem.strength_max()))
         zero = torch.zeros(60, dtype=torch.float64)
         _, grad = loss.value_and_grad(zero)
         assert int((grad.abs() > constraint.strength).sum()) > L1_ROOM  # a full first model
