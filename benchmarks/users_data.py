@@ -451,6 +451,71 @@ def wide_lasso_sweep(repeats: int) -> list[tuple]:
     return rows
 
 
+def large_answer_sweep(repeats: int) -> list[tuple]:
+    """Lasso and logistic-L1 whose answers hold more columns than the dense ℓ1 model takes
+    (``symopt.proximal_newton.L1_FACE``, 1024), where the polish solves its models by the curvature's products
+    (``symopt.l1_products``): shipped digits' degree-2 features (1797 × 2144, standardised; its label as the
+    target, or "digit ≥ 5" for the classification), a tall Gaussian design (3000 × 2500), correlated columns
+    (AR(1), ρ = 0.6, 2500 × 2000) and sparse CSR designs (3000 × 10000 at density 1.3e-3; 6000 × 4000 at 5e-3,
+    labels of a dense planted model), against scikit-learn's ``Lasso`` (a Fortran-ordered or the same CSR X)
+    and skglm's ``SparseLogisticRegression``, each at its default tolerance. Needs skglm for the
+    classifications."""
+    import scipy.sparse
+    from sklearn.datasets import load_digits
+    from sklearn.preprocessing import PolynomialFeatures
+    from sklearn.linear_model import Lasso
+
+    Xd, yd = load_digits(return_X_y=True)
+    poly = _standardised(PolynomialFeatures(2, include_bias=False).fit_transform(Xd))
+    poly = np.asfortranarray(poly[:, poly.std(0) > 0])
+    rng = np.random.default_rng(29)
+    tall = rng.standard_normal((3000, 2500))
+    correlated = rng.standard_normal((2500, 2000))
+    for j in range(1, 2000):
+        correlated[:, j] = 0.6 * correlated[:, j - 1] + 0.8 * correlated[:, j]
+    rows_, cols_ = rng.integers(0, 3000, 40_000), rng.integers(0, 10_000, 40_000)
+    sparse = scipy.sparse.coo_matrix((rng.standard_normal(40_000), (rows_, cols_)), shape=(3000, 10_000)).tocsr()
+    rows = []
+    for name, X, y, fraction in (
+            ("digits degree-2 std 1797×2144", poly, yd.astype(float), 0.003),
+            ("digits degree-2 std 1797×2144", poly, yd.astype(float), 0.001),
+            ("Gaussian 3000×2500", tall, _planted_target(rng, tall, 50, 1.0), 0.005),
+            ("AR(1) ρ=0.6 2500×2000", correlated, _planted_target(rng, correlated, 50, 1.0), 0.003),
+            ("sparse CSR 3000×10000", sparse, sparse @ _sparse_truth(rng, 10_000, 40) + 0.1 * rng.standard_normal(3000),
+             0.003)):
+        target = y - y.mean()
+        if scipy.sparse.issparse(X):
+            problem = lasso(X, target, 1.0)
+            lam = fraction * problem.strength_max()
+            rows.append(_against(f"Lasso, {name}, {fraction:g} λmax", problem.at_strength(lam), "sklearn Lasso (sparse X)",
+                                 lambda: Lasso(alpha=lam, fit_intercept=False).fit(X, target), repeats))
+        else:
+            rows.append(_against_sklearn_lasso(f"Lasso, {name}, {fraction:g} λmax", X, target, fraction, repeats,
+                                               fit_intercept=False))
+    if importlib.util.find_spec("skglm") is None:  # pragma: no cover
+        return rows
+    import skglm
+
+    n, d, stored = 6000, 4000, 120_000
+    design = scipy.sparse.coo_matrix((rng.standard_normal(stored), (rng.integers(0, n, stored), rng.integers(0, d, stored))),
+                                     shape=(n, d)).tocsr()
+    labels = (design @ rng.standard_normal(d) + 0.5 * rng.standard_normal(n) > 0).astype(float)
+    for name, X, y, fraction in (("sparse CSR 6000×4000", design, labels, 0.01),
+                                 ("digits degree-2 std 1797×2144, digit ≥ 5", poly, (yd >= 5).astype(float), 0.003)):
+        problem = logistic_l1(X, y, 1.0)
+        lam = fraction * problem.strength_max()
+        rows.append(_against(f"logistic-L1, {name}, {fraction:g} λmax", problem.at_strength(lam), "skglm SparseLogReg",
+                             lambda: skglm.SparseLogisticRegression(alpha=lam, fit_intercept=False).fit(X, y), repeats,
+                             coef=lambda model: model.coef_.reshape(-1)))
+    return rows
+
+
+def _sparse_truth(rng: np.random.Generator, columns: int, nonzeros: int) -> np.ndarray:
+    truth = np.zeros(columns)
+    truth[rng.choice(columns, nonzeros, replace=False)] = rng.standard_normal(nonzeros)
+    return truth
+
+
 def _group_rows(cases, repeats: int, fractions=(0.3, 0.1, 0.03, 0.01)) -> list[tuple]:
     """The group lasso (no intercept, the target centred) of each ``(name, X, y, group size)`` at
     ``fractions`` of λ_max against skglm's ``GroupLasso`` at its default tolerance."""
@@ -731,6 +796,9 @@ SWEEPS = {
                           "only the group lasso on raw columns (breast_cancer, digits, wine) against skglm"),
     "--wide-lasso-sweep": (wide_lasso_sweep,
                            "only the Lasso on 12 data sets with more columns than rows against scikit-learn"),
+    "--large-answer-sweep": (large_answer_sweep,
+                             "only the Lasso and logistic-L1 whose answers hold more than 1024 columns against "
+                             "scikit-learn and skglm (digits' degree-2 features, generated dense and sparse designs)"),
 }
 
 

@@ -36,12 +36,20 @@ from torch import Tensor
 from .constraints import Constraint
 from .l1_model import (as_array, block_factor, cholesky_lower, eigen_step, newton_step, one_blas_thread,
                        solve_l1_quadratic)
+from .l1_products import solve_l1_quadratic_by_products
 
 # `optimality`'s face polish solves faces of at most NEWTON_FACE free coordinates by Newton's method
 # first (the Hessian by autograd, vectorised): one step is exact on a quadratic face (least squares),
 # a few on the log-loss, where L-BFGS took ~20 evaluations (measured: a 50-point Lasso path 500×2000
 # spent half its time in face polishes).
 NEWTON_FACE = 256
+# An ℓ1 model of more than L1_FACE entries is solved by the products of its curvature where the loss offers
+# them (`DataTerm.curvature_product`, `symopt.l1_products`): orthant-wise Newton–CG, whose products cost the
+# design's stored entries on the model's columns. Before, such a model was declined and the descent went on:
+# the issue's sparse CSR 10000 × 100000 design at 0.01 λ_max (~4700 columns alive) took 4.4–6 s, 44× scikit-learn's
+# sparse coordinate descent; with it (and the sparse curvature of `symopt.problems.design.weighted_gram`) 0.22–0.34 s
+# (benchmarks/RESULTS.md, twenty-ninth session).
+_L1_BY_PRODUCTS = True
 # An ℓ1 model takes at most L1_FACE entries: its Hessian comes from the data term and its active set
 # keeps a Cholesky factor that grows and shrinks with the face, so a model of ~400 entries (a
 # non-negative Lasso 1000×5000 at 0.05 λ_max) costs a few milliseconds where, above the former limit
@@ -764,24 +772,32 @@ def proximal_newton(loss, constraint: Constraint, point: Tensor, target: float,
     objective = float(value) + lam * float(constraint.induced_norm(theta))
     tolerance = 0.1 * target
     first_room = _first_group_room(loss, theta.numel()) if ids is not None and loss_is_quadratic else None
+    # (an ℓ1 model beyond L1_FACE entries goes by the curvature's products where the loss offers them)
+    face_limit = GROUP_FACE if ids is not None else (
+        theta.numel() if _L1_BY_PRODUCTS and getattr(loss, "curvature_product", None) is not None else L1_FACE)
     for outer in range(_OUTER):
         # (the caller polishes a point above its target: the first check would only confirm it)
         if outer and constraint.kkt_residual(theta, grad) <= tolerance:
             break
-        candidates = _candidates(constraint, theta, grad, lam, L1_FACE if ids is None else GROUP_FACE, ids,
+        candidates = _candidates(constraint, theta, grad, lam, face_limit, ids,
                                  every=loss_is_quadratic and _ALL_CANDIDATES, first_room=first_room)
         if candidates is None:
             return None if outer == 0 else theta  # (what the iterations so far reached: the caller certifies it)
         if not bool(candidates.any()):
             return theta  # θ = 0, and no zero is pulled off it: optimal
+        by_products = signs is not None and int(candidates.sum()) > L1_FACE
         row_block = None
         if signs is None:
             groups, weights = _local_groups(constraint, theta, candidates, ids, lam)
             row_block = _row_block(loss, theta, candidates, groups)
         # (with several least-squares targets the curvature is the rows' block once per target: formed
         # from it, not computed again)
-        hessian = (loss.curvature(theta, candidates) if row_block is None
-                   else torch.kron(row_block[0], torch.eye(row_block[1], dtype=row_block[0].dtype)))
+        if by_products:
+            operator = loss.curvature_product(theta, candidates)
+            hessian = None if operator is None else operator[1]
+        else:
+            hessian = (loss.curvature(theta, candidates) if row_block is None
+                       else torch.kron(row_block[0], torch.eye(row_block[1], dtype=row_block[0].dtype)))
         if hessian is None:
             return None
         # (on the CPU in float64: k ≤ L1_FACE numbers, and each step reads a few of them back)
@@ -789,7 +805,10 @@ def proximal_newton(loss, constraint: Constraint, point: Tensor, target: float,
         local = grad[candidates].to("cpu", torch.float64)
         # The model's own tolerance: far below the caller's, so that on least squares (where it is
         # exact) one outer iteration is the last.
-        if signs is not None:
+        if by_products:  # (on θ's device: its products are the design's)
+            x = solve_l1_quadratic_by_products(operator[0], operator[1], grad[candidates], theta[candidates], lam,
+                                               nonnegative, 0.01 * tolerance).to("cpu", torch.float64)
+        elif signs is not None:
             x = solve_l1_quadratic(hessian.to("cpu", torch.float64), local, start, lam, nonnegative, 0.01 * tolerance)
         else:
             x = _group_model_solution(hessian.to("cpu", torch.float64), local, start, groups, weights,

@@ -215,6 +215,24 @@ def test_the_sparse_design_rows_keep_the_design_sparse_at_three_strengths(monkey
         assert 0.9e6 <= X.values().numel() <= 1.1e6, label
 
 
+def test_the_large_answer_sweep_has_real_generated_and_sparse_rows(monkeypatch):
+    """`users_data.large_answer_sweep`: digits' degree-2 features, a tall Gaussian, an AR(1) and two sparse
+    designs (kept CSR), Lasso and logistic-L1, each wider than the dense ℓ1 model's 1024 entries."""
+    pytest.importorskip("skglm")
+    monkeypatch.setattr(users_data, "_against", lambda label, problem, *rest, **options: (label, problem))
+    monkeypatch.setattr(users_data, "_against_sklearn_lasso",
+                        lambda label, X, y, fraction, repeats, **options: (label, users_data.lasso(X, y, 1.0)))
+    rows = users_data.large_answer_sweep(1)
+    labels = [label for label, _ in rows]
+    assert len(rows) == 7 and len(set(labels)) == 7
+    assert sum("digits degree-2" in label for label in labels) == 3
+    assert sum(label.startswith("logistic-L1") for label in labels) == 2
+    for label, problem in rows:
+        X = problem.data["X"]
+        assert X.shape[1] > 1024, label
+        assert (X.layout == torch.sparse_csr) == ("sparse CSR" in label), label
+
+
 def test_loops_quick(capsys):
     loops.main(["--quick"])
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| Lasso")]

