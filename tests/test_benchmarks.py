@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 import torch
 
+import symopt
+
 from benchmarks import (cvxpy_limits, families, floor, geoopt_optimizers, loops, overhead, small_solves, solve_profile,
                         users_data)
 from symopt.problems import make_lasso
@@ -213,6 +215,30 @@ def test_the_sparse_design_rows_keep_the_design_sparse_at_three_strengths(monkey
         X = problem.data["X"]
         assert X.layout == torch.sparse_csr and tuple(X.shape) == (10000, 100000), label
         assert 0.9e6 <= X.values().numel() <= 1.1e6, label
+
+
+def test_a_peer_that_stops_short_is_also_timed_at_the_tolerance_that_reaches_the_optimum():
+    """`users_data._against` with ``calibrate``: a peer whose default tolerance stops above ``REACHED`` (scikit-learn's
+    Lasso asked for a loose 1e-1 on raw diabetes at 0.001 λ_max) gets its time at the largest tenth of that
+    tolerance whose answer is within ``REACHED`` of DCS's; a peer within it gets no seventh entry."""
+    from sklearn.datasets import load_diabetes
+    from sklearn.linear_model import Lasso
+
+    X, y = load_diabetes(return_X_y=True)
+    X, y = np.asfortranarray(X), y - y.mean()
+    problem = users_data.lasso(X, y, 1.0)
+    lam = 1e-3 * problem.strength_max()
+    problem = problem.at_strength(lam)
+    fit = lambda tol: Lasso(alpha=lam, fit_intercept=False, tol=tol, max_iter=100_000).fit(X, y)  # noqa: E731
+    row = users_data._against("loose", problem, "sklearn Lasso", lambda: fit(1e-1), 1, calibrate=fit)
+    assert row[5] > users_data.REACHED and len(row) == 7
+    seconds, tol = row[6]
+    assert seconds > 0 and tol < 1e-1
+    optimum = symopt.solve(problem).objective
+    gap = lambda tolerance: (problem.objective(torch.as_tensor(fit(tolerance).coef_)) - optimum) / abs(optimum)  # noqa: E731
+    assert gap(tol) <= users_data.REACHED < gap(10 * tol)  # (the largest tenth that reaches it)
+    tight = users_data._against("tight", problem, "sklearn Lasso", lambda: fit(1e-10), 1, calibrate=fit)
+    assert len(tight) == 6
 
 
 def test_the_large_answer_sweep_has_real_generated_and_sparse_rows(monkeypatch):
