@@ -206,3 +206,20 @@ def test_auto_strength_steps_between_its_readings_do_not_synchronise():
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert handle.strength == lam > 0
+
+
+def test_a_sparse_lasso_whose_models_go_by_products_matches_the_cpus_on_cuda():
+    """A CSR design (kept CSR on the GPU) whose answer holds ~1500 columns: its ℓ1 models go by the curvature's
+    products (`symopt.l1_products`) on the device, to the CPU solve's objective."""
+    import scipy.sparse
+
+    generator = np.random.default_rng(2)
+    rows, columns = generator.integers(0, 3000, 40_000), generator.integers(0, 10000, 40_000)
+    X = scipy.sparse.coo_matrix((generator.standard_normal(40_000), (rows, columns)), shape=(3000, 10000)).tocsr()
+    truth = np.zeros(10000)
+    truth[generator.choice(10000, 40, replace=False)] = generator.standard_normal(40)
+    problem = symopt.problems.lasso(X, X @ truth + 0.1 * generator.standard_normal(3000), 1.0)
+    problem = problem.at_strength(0.01 * problem.strength_max())
+    cpu, gpu = symopt.solve(problem), symopt.solve(problem, device="cuda")
+    assert cpu.status == gpu.status == "optimal" and int((gpu.x != 0).sum()) > 1024
+    assert abs(gpu.objective - cpu.objective) <= 1e-9 * abs(cpu.objective)
