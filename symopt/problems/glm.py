@@ -248,12 +248,7 @@ class DataTerm:
             hessian = gram.index_select(0, index).index_select(1, index)
         else:
             with torch.no_grad():
-                if self.quadratic:  # f'' at any z will do: at z = 0, no product
-                    z = torch.zeros(X.shape[0], dtype=theta.dtype, device=theta.device)
-                else:
-                    z = self._kept_predictor(theta, X, y, weights)
-                omega = torch.full_like(z, 1.0 / z.shape[0]) if weights is None else weights.to(z.dtype)
-                h = omega * self.fit.second(z)
+                h = self._sample_curvatures(theta, X, y, weights)
                 Z = columns(X, index)
                 hessian = weighted_gram(Z, h)
                 if self.fit_intercept:
@@ -283,10 +278,7 @@ class DataTerm:
             return None
         index = mask.reshape(-1).nonzero().squeeze(1)
         with torch.no_grad():
-            z = (torch.zeros(X.shape[0], dtype=theta.dtype, device=theta.device) if self.quadratic
-                 else self._kept_predictor(theta, X, y, weights))
-            omega = torch.full_like(z, 1.0 / z.shape[0]) if weights is None else weights.to(z.dtype)
-            h = omega * self.fit.second(z)
+            h = self._sample_curvatures(theta, X, y, weights)
             Z = columns(X, index)
             diagonal = squared_rmatvec(Z, h)
             pull = rmatvec(Z, h) if self.fit_intercept else None
@@ -304,6 +296,16 @@ class DataTerm:
                 return answer + self.ridge * v if self.ridge else answer
 
         return product, diagonal
+
+    def _sample_curvatures(self, theta: Tensor, X: Tensor, y: Tensor, weights: Tensor | None) -> Tensor:
+        r"""$h = ω ⊙ f''(Xw + b^*)$, the samples' weights in the curvature $Z^\top \mathrm{diag}(h) Z$ (without
+        autograd)."""
+        if self.quadratic:  # f'' at any z will do: at z = 0, no product
+            z = torch.zeros(X.shape[0], dtype=theta.dtype, device=theta.device)
+        else:
+            z = self._kept_predictor(theta, X, y, weights)
+        omega = torch.full_like(z, 1.0 / z.shape[0]) if weights is None else weights.to(z.dtype)
+        return omega * self.fit.second(z)
 
     def target_block(self, theta: Tensor, mask: Tensor, X: Tensor, y: Tensor,
                      weights: Tensor | None = None) -> Tensor | None:
