@@ -22,6 +22,18 @@ class Vector(nn.Module):
         self.theta = nn.Parameter(torch.zeros(*shape, dtype=DT) if init is None else init.clone())
 
 
+def bound_problem(problem, relative: float):
+    """``(bound loss, constraint, target)`` of a problem on the CPU in float64, the target a KKT residual of
+    ``relative`` times ‖∇loss(0)‖ (what proximal Newton's callers certify against)."""
+    from symopt.optimality import loss_gradient
+
+    data = problem.data_on("cpu", torch.float64)
+    loss = problem.bind(data)
+    constraint = problem.constraint().to(dtype=torch.float64)
+    target = relative * float(loss_gradient(loss, torch.zeros(problem.shape, dtype=torch.float64)).norm())
+    return loss, constraint, target
+
+
 def least_squares(n=60, d=15, k=4, noise=0.3, seed=0):
     """Planted sparse regression; returns X (n×d), y (n,)."""
     g = torch.Generator().manual_seed(seed)

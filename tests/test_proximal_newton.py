@@ -17,6 +17,7 @@ from symopt.optimality import kkt_at_snap, loss_gradient
 from symopt.problems import lasso, logistic_l1
 from symopt.l1_model import FaceFactor, quadratic_gradient, solve_l1_quadratic
 from symopt.proximal_newton import _candidates, proximal_newton
+from helpers import bound_problem
 
 
 def _model_kkt(H, g, x0, x, lam, nonnegative):
@@ -313,11 +314,7 @@ class _Counting:
 
 
 def _bound(problem):
-    data = problem.data_on("cpu", torch.float64)
-    loss = problem.bind(data)
-    constraint = problem.constraint().to(dtype=torch.float64)
-    target = 1e-6 * float(loss_gradient(loss, torch.zeros(problem.shape, dtype=torch.float64)).norm())
-    return loss, constraint, target
+    return bound_problem(problem, 1e-6)
 
 
 def test_logistic_l1_from_a_rough_dense_point_reads_the_data_once_per_outer_iteration():
