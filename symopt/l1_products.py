@@ -15,8 +15,9 @@ the residual falls (superlinear convergence, Dembo, Eisenstat & Steihaug 1982). 
 the orthant (coordinates that would cross zero stop at 0 and leave: many at once) and backtracked on $q$
 itself (Armijo; one product a trial), as in orthant-wise quasi-Newton (OWL-QN, Andrew & Gao 2007) with
 Newton's direction. On the orthant of the optimum one step is exact up to the conjugate gradients'
-accuracy. Where the backtracking finds no decrease along the Newton direction, a proximal-gradient step
-scaled by the diagonal, which always descends, goes instead.
+accuracy. Where the backtracking finds no decrease along the Newton direction, the direction without its
+components against the pseudo-gradient's descent is tried (OWL-QN's alignment: its projected path descends for
+every step length), and then a proximal-gradient step scaled by the diagonal, which always descends.
 
 All arithmetic is in torch on the products' device: a product is two sparse (or dense) products with the
 design, and the rest are vector operations on the model's coordinates."""
