@@ -492,8 +492,9 @@ def large_answer_sweep(repeats: int) -> list[tuple]:
     (``symopt.l1_products``): shipped digits' degree-2 features (1797 × 2144, standardised; its label as the
     target, or "digit ≥ 5" for the classification), a tall Gaussian design (3000 × 2500), correlated columns
     (AR(1), ρ = 0.6, 2500 × 2000) and sparse CSR designs (3000 × 10000 at density 1.3e-3; 6000 × 4000 at 5e-3,
-    labels of a dense planted model), against scikit-learn's ``Lasso`` (a Fortran-ordered or the same CSR X)
-    and skglm's ``SparseLogisticRegression``, each at its default tolerance. Needs skglm for the
+    labels of a dense planted model) and a Gaussian 5000 × 2000 classification with an intercept, against
+    scikit-learn's ``Lasso`` (a Fortran-ordered or the same CSR X) and skglm's ``SparseLogisticRegression``, each
+    at its default tolerance and, where that stops short, at a calibrated one. Needs skglm for the
     classifications."""
     import scipy.sparse
     from sklearn.datasets import load_digits
@@ -537,15 +538,20 @@ def large_answer_sweep(repeats: int) -> list[tuple]:
     design = scipy.sparse.coo_matrix((rng.standard_normal(stored), (rng.integers(0, n, stored), rng.integers(0, d, stored))),
                                      shape=(n, d)).tocsr()
     labels = (design @ rng.standard_normal(d) + 0.5 * rng.standard_normal(n) > 0).astype(float)
-    for name, X, y, fraction in (("sparse CSR 6000×4000", design, labels, 0.01),
-                                 ("digits degree-2 std 1797×2144, digit ≥ 5", poly, (yd >= 5).astype(float), 0.003)):
-        problem = logistic_l1(X, y, 1.0)
+    gaussian = rng.standard_normal((5000, 2000))
+    planted = (gaussian @ (rng.standard_normal(2000) * (rng.random(2000) < 0.5)) / 20
+               + rng.standard_normal(5000) > 0).astype(float)
+    for name, X, y, fraction, intercept in (
+            ("sparse CSR 6000×4000", design, labels, 0.01, False),
+            ("digits degree-2 std 1797×2144, digit ≥ 5", poly, (yd >= 5).astype(float), 0.003, False),
+            ("Gaussian 5000×2000, intercept", np.asfortranarray(gaussian), planted, 0.003, True)):
+        problem = logistic_l1(X, y, 1.0, fit_intercept=intercept)
         lam = fraction * problem.strength_max()
         rows.append(_against(f"logistic-L1, {name}, {fraction:g} λmax", problem.at_strength(lam), "skglm SparseLogReg",
-                             lambda: skglm.SparseLogisticRegression(alpha=lam, fit_intercept=False).fit(X, y), repeats,
-                             coef=lambda model: model.coef_.reshape(-1),
-                             calibrate=lambda tol: skglm.SparseLogisticRegression(alpha=lam, fit_intercept=False, tol=tol,
-                                                                                  max_iter=1000).fit(X, y)))
+                             lambda: skglm.SparseLogisticRegression(alpha=lam, fit_intercept=intercept).fit(X, y),
+                             repeats, coef=lambda model: model.coef_.reshape(-1),
+                             calibrate=lambda tol: skglm.SparseLogisticRegression(
+                                 alpha=lam, fit_intercept=intercept, tol=tol, max_iter=1000).fit(X, y)))
     return rows
 
 

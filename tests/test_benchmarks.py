@@ -250,9 +250,9 @@ def test_the_large_answer_sweep_has_real_generated_and_sparse_rows(monkeypatch):
                         lambda label, X, y, fraction, repeats, **options: (label, users_data.lasso(X, y, 1.0)))
     rows = users_data.large_answer_sweep(1)
     labels = [label for label, _ in rows]
-    assert len(rows) == 7 and len(set(labels)) == 7
+    assert len(rows) == 8 and len(set(labels)) == 8
     assert sum("digits degree-2" in label for label in labels) == 3
-    assert sum(label.startswith("logistic-L1") for label in labels) == 2
+    assert sum(label.startswith("logistic-L1") for label in labels) == 3
     for label, problem in rows:
         X = problem.data["X"]
         assert X.shape[1] > 1024, label
