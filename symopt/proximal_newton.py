@@ -58,6 +58,13 @@ _L1_BY_PRODUCTS = True
 # intercept at 0.003 λ_max 22 → 7.3 s (skglm 11–12 s there); a tenth of the residual read 0.30 / 0.47 / 8.4 s
 # (benchmarks/RESULTS.md, twenty-ninth session). Least-squares models are the objective and stay exact.
 INEXACT_PRODUCTS_MODEL = 0.3
+# A products model asked for at least SINGLE_PRODUCTS_FROM of its gradient's largest entry takes its products with a
+# dense design in float32 (`DataTerm.curvature_product`'s ``single``): they read the design's columns twice and are
+# bound by memory, and float32 halves it, its rounding (~1e-7) far below what such a model asks. Nearer the target
+# the products stay float64; the step is taken on the true objective and certified in float64 either way. Measured:
+# a dense 5000 × 2000 logistic-L1 with an intercept at 0.003 λ_max 8.4 → 5.9–6.5 s (every products model in
+# float32: 5.2–5.5 s), the same objective and residual (benchmarks/RESULTS.md, twenty-ninth session).
+SINGLE_PRODUCTS_FROM = 1e-4
 # An ℓ1 model takes at most L1_FACE entries: its Hessian comes from the data term and its active set
 # keeps a Cholesky factor that grows and shrinks with the face, so a model of ~400 entries (a
 # non-negative Lasso 1000×5000 at 0.05 λ_max) costs a few milliseconds where, above the former limit
@@ -801,7 +808,11 @@ def proximal_newton(loss, constraint: Constraint, point: Tensor, target: float,
         # (with several least-squares targets the curvature is the rows' block once per target: formed
         # from it, not computed again)
         if by_products:
-            operator = loss.curvature_product(theta, candidates)
+            model_tol = 0.01 * tolerance
+            if not loss_is_quadratic:  # (see INEXACT_PRODUCTS_MODEL)
+                model_tol = max(model_tol, INEXACT_PRODUCTS_MODEL * constraint.kkt_residual(theta, grad))
+            single = model_tol >= SINGLE_PRODUCTS_FROM * float(grad[candidates].abs().max())
+            operator = loss.curvature_product(theta, candidates, single=single)
             hessian = None if operator is None else operator[1]
         else:
             hessian = (loss.curvature(theta, candidates) if row_block is None
@@ -814,9 +825,6 @@ def proximal_newton(loss, constraint: Constraint, point: Tensor, target: float,
         # The model's own tolerance: far below the caller's, so that on least squares (where it is
         # exact) one outer iteration is the last.
         if by_products:  # (on θ's device: its products are the design's)
-            model_tol = 0.01 * tolerance
-            if not loss_is_quadratic:  # (see INEXACT_PRODUCTS_MODEL)
-                model_tol = max(model_tol, INEXACT_PRODUCTS_MODEL * constraint.kkt_residual(theta, grad))
             x = solve_l1_quadratic_by_products(operator[0], operator[1], grad[candidates], theta[candidates], lam,
                                                nonnegative, model_tol).to("cpu", torch.float64)
         elif signs is not None:

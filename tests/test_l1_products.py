@@ -210,3 +210,41 @@ def test_a_log_loss_products_model_is_solved_to_a_share_of_its_points_residual(m
             assert first_tol == pytest.approx(0.01 * 0.1 * target)
         else:
             assert first_tol == pytest.approx(pn.INEXACT_PRODUCTS_MODEL * at_start) and first_tol > 1e3 * target
+
+
+def test_single_precision_products_are_the_float64_ones_to_float32_rounding():
+    dense, sparse = _designs()
+    generator = torch.Generator().manual_seed(3)
+    y = (torch.rand(30, generator=generator, dtype=torch.float64) > 0.5).to(torch.float64)
+    term = DataTerm(LogLoss(), fit_intercept=True)
+    theta, mask = 0.3 * torch.randn(12, generator=generator, dtype=torch.float64), torch.ones(12, dtype=torch.bool)
+    v = torch.randn(12, generator=generator, dtype=torch.float64)
+    exact, diagonal = term.curvature_product(theta, mask, dense, y)
+    single, single_diagonal = term.curvature_product(theta, mask, dense, y, single=True)
+    assert single(v).dtype == torch.float64 and torch.equal(diagonal, single_diagonal)
+    torch.testing.assert_close(single(v), exact(v), rtol=1e-5, atol=1e-7)
+    assert not torch.equal(single(v), exact(v))  # (float32 products: not the float64 ones bit for bit)
+    sparse_exact, _ = term.curvature_product(theta, mask, sparse, y)
+    sparse_single, _ = term.curvature_product(theta, mask, sparse, y, single=True)
+    assert torch.equal(sparse_single(v), sparse_exact(v))  # (a sparse design's products stay float64)
+
+
+def test_loose_log_loss_models_take_single_precision_products_and_the_answer_stays_optimal(monkeypatch):
+    # SINGLE_PRODUCTS_FROM: a log-loss products model asked for a loose tolerance (a share of its point's residual)
+    # multiplies in float32; the last models, near the target, in float64; the point is certified in float64
+    sklearn = pytest.importorskip("sklearn.datasets")
+    X, y = sklearn.load_breast_cancer(return_X_y=True)
+    X = (X - X.mean(0)) / X.std(0)
+    problem = logistic_l1(X, y.astype(float), 1.0, fit_intercept=True)
+    problem = problem.at_strength(0.01 * problem.strength_max())
+    loss, constraint, target = bound_problem(problem, 1e-7)
+    reference = pn.proximal_newton(loss, constraint, torch.zeros(30, dtype=torch.float64), target)
+    flags = []
+    products = loss.curvature_product
+    monkeypatch.setattr(loss, "curvature_product", lambda theta, mask, **options: flags.append(options["single"])
+                        or products(theta, mask, **options))
+    monkeypatch.setattr(pn, "L1_FACE", 8)
+    point = pn.proximal_newton(loss, constraint, torch.zeros(30, dtype=torch.float64), target)
+    _, residual = kkt_at_snap(loss, constraint, point, 1e-9, levels=1)
+    assert residual <= target and flags[0] and not flags[-1]
+    assert abs(problem.objective(point) - problem.objective(reference)) <= 1e-10 * abs(problem.objective(reference))

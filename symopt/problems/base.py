@@ -228,7 +228,8 @@ class BoundLoss:
         second = getattr(loss, "curvature", None)
         self.curvature = None if second is None else (lambda theta, mask: second(theta, mask, **data))
         products = getattr(loss, "curvature_product", None)  # (the curvature by its products: large models)
-        self.curvature_product = None if products is None else (lambda theta, mask: products(theta, mask, **data))
+        self.curvature_product = None if products is None else (
+            lambda theta, mask, **options: products(theta, mask, **data, **options))
         rows = getattr(loss, "target_block", None)  # (several least-squares targets: the curvature's B ⊗ I_T)
         self.target_block = None if rows is None else (lambda theta, mask: rows(theta, mask, **data))
         self.quadratic = is_quadratic(loss)

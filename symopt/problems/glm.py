@@ -258,13 +258,15 @@ class DataTerm:
             hessian = hessian + self.ridge * torch.eye(len(index), dtype=hessian.dtype, device=hessian.device)
         return hessian
 
-    def curvature_product(self, theta: Tensor, mask: Tensor, X: Tensor, y: Tensor,
-                          weights: Tensor | None = None) -> tuple[Callable[[Tensor], Tensor], Tensor] | None:
+    def curvature_product(self, theta: Tensor, mask: Tensor, X: Tensor, y: Tensor, weights: Tensor | None = None,
+                          single: bool = False) -> tuple[Callable[[Tensor], Tensor], Tensor] | None:
         r"""``(v ↦ Hv, diag H)`` for $H$ = `curvature` at ``theta`` on the entries ``mask`` of a vector θ, without
         forming $H$: $Hv = Z^\top (h ⊙ Zv)$ (minus $(Z^\top h)(h^\top Zv)/\sum h$ with a profiled intercept,
         plus the ridge), two products with the design's columns $Z = X_{:,\mathrm{mask}}$ (sparse ones stay
         sparse). A model of thousands of coordinates asks for it where the dense $H$ would not fit
-        (`symopt.l1_products`). None for a matrix θ.
+        (`symopt.l1_products`). With ``single``, the products with a dense float64 design run on a float32 copy of its
+        columns (half the memory read: the products are bound by it) and return float64; the diagonal stays exact.
+        None for a matrix θ.
 
         Examples:
             >>> import torch
@@ -287,12 +289,15 @@ class DataTerm:
             if self.ridge:
                 diagonal = diagonal + self.ridge
 
+        single = single and Z.layout == torch.strided and Z.dtype == torch.float64
+        Zs, hs = (Z.to(torch.float32), h.to(torch.float32)) if single else (Z, h)
+
         def product(v: Tensor) -> Tensor:
             with torch.no_grad():
-                Zv = matvec(Z, v)
-                answer = rmatvec(Z, h * Zv)
+                Zv = matvec(Zs, v.to(Zs.dtype))
+                answer = rmatvec(Zs, hs * Zv).to(v.dtype)
                 if pull is not None:
-                    answer = answer - pull * (float(h @ Zv) / float(h.sum()))
+                    answer = answer - pull * (float(hs @ Zv) / float(h.sum()))
                 return answer + self.ridge * v if self.ridge else answer
 
         return product, diagonal
