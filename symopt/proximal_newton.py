@@ -14,7 +14,9 @@ with $θ ≥ 0$ the non-negative Lasso) or a group norm $\sum_g c_g ‖θ_g‖_2
 3. steps to its solution, backtracked on the true objective (proximal Newton: Lee, Sun & Saunders
    2014; glmnet's and skglm's outer loop), and stops when the KKT residual is below the target.
 
-On least squares the model is the objective, and one outer iteration lands on the optimum. The
+On least squares the model is the objective, and one outer iteration lands on the optimum (a model
+solved by products, beyond a thousand entries, is solved inexactly and takes a few: see
+``INEXACT_PRODUCTS_MODEL``). The
 point of the split is where the work goes: a 5-iteration DCS point on standardised breast_cancer
 has 28 of its 30 atoms alive where the optimum has 5, and each atom that leaves is one step of the
 active set. Taken on the true objective, each step cost a curvature and one to four evaluations of
@@ -50,13 +52,17 @@ NEWTON_FACE = 256
 # sparse coordinate descent; with it (and the sparse curvature of `symopt.problems.design.weighted_gram`) 0.22–0.34 s
 # (benchmarks/RESULTS.md, twenty-ninth session).
 _L1_BY_PRODUCTS = True
-# A products model of a loss that is not quadratic (the log-loss) is solved to INEXACT_PRODUCTS_MODEL times the
-# KKT residual of the point it is taken at (inexact proximal Newton's forcing term; Lee, Sun & Saunders 2014),
-# not to a hundredth of the caller's target: the model changes at the next outer iteration, and its exact
-# solve was most of the time (~96 products a model). Measured, one process, alternated: a sparse 6000 × 4000
-# logistic-L1 at 0.01 λ_max 0.42 → 0.29 s, 8000 × 6000 at 0.005 0.92 → 0.39 s, a dense 5000 × 2000 with an
-# intercept at 0.003 λ_max 22 → 7.3 s (skglm 11–12 s there); a tenth of the residual read 0.30 / 0.47 / 8.4 s
-# (benchmarks/RESULTS.md, twenty-ninth session). Least-squares models are the objective and stay exact.
+# A products model is solved to INEXACT_PRODUCTS_MODEL times the KKT residual of the point it is taken at
+# (inexact proximal Newton's forcing term; Lee, Sun & Saunders 2014), not to a hundredth of the caller's target
+# alone: a log-loss model changes at the next outer iteration, and a least-squares model on the candidates is
+# followed by one on the zeros it pulls; their exact solves were most of the time (~96 products a model). The
+# outer iterations go on until the full problem's residual is below the target, so the answer is certified as
+# before (on least squares no longer in one outer iteration). Measured, one process, alternated: logistic-L1
+# sparse 6000 × 4000 at 0.01 λ_max 0.42 → 0.29 s, 8000 × 6000 at 0.005 0.92 → 0.39 s, dense 5000 × 2000 with an
+# intercept at 0.003 λ_max 22 → 7.3 s (skglm 11–12 s there; a tenth of the residual read 0.30 / 0.47 / 8.4 s);
+# then on least squares (the Lasso's products models had stayed exact): Gaussian 3000 × 2500 0.45 → 0.29–0.32 s,
+# AR(1) 2500 × 2000 0.51 → 0.24–0.27 s, sparse 3000 × 10000 0.28 → 0.20 s, the issue's 10000 × 100000 0.23 →
+# 0.22 s, the same objectives (benchmarks/RESULTS.md, twenty-ninth session).
 INEXACT_PRODUCTS_MODEL = 0.3
 # A products model asked for at least SINGLE_PRODUCTS_FROM of its gradient's largest entry takes its products with a
 # dense design in float32 (`DataTerm.curvature_product`'s ``single``): they read the design's columns twice and are
@@ -809,8 +815,7 @@ def proximal_newton(loss, constraint: Constraint, point: Tensor, target: float,
         # from it, not computed again)
         if by_products:
             model_tol = 0.01 * tolerance
-            if not loss_is_quadratic:  # (see INEXACT_PRODUCTS_MODEL)
-                model_tol = max(model_tol, INEXACT_PRODUCTS_MODEL * constraint.kkt_residual(theta, grad))
+            model_tol = max(model_tol, INEXACT_PRODUCTS_MODEL * constraint.kkt_residual(theta, grad))
             single = model_tol >= SINGLE_PRODUCTS_FROM * float(grad[candidates].abs().max())
             operator = loss.curvature_product(theta, candidates, single=single)
             hessian = None if operator is None else operator[1]
