@@ -814,8 +814,7 @@ def proximal_newton(loss, constraint: Constraint, point: Tensor, target: float,
         # (with several least-squares targets the curvature is the rows' block once per target: formed
         # from it, not computed again)
         if by_products:
-            model_tol = 0.01 * tolerance
-            model_tol = max(model_tol, INEXACT_PRODUCTS_MODEL * constraint.kkt_residual(theta, grad))
+            model_tol = max(0.01 * tolerance, INEXACT_PRODUCTS_MODEL * constraint.kkt_residual(theta, grad))
             single = model_tol >= SINGLE_PRODUCTS_FROM * float(grad[candidates].abs().max())
             operator = loss.curvature_product(theta, candidates, single=single)
             hessian = None if operator is None else operator[1]
