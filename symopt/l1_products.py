@@ -88,6 +88,7 @@ def solve_l1_quadratic_by_products(product: Callable[[Tensor], Tensor], diagonal
     x, gradient = start.clone(), grad.clone()  # (gradient: the smooth part's, g + H(x - x₀), kept as x moves)
     scale = torch.where(diagonal > 0, diagonal, torch.ones_like(diagonal))  # (an empty column: the identity)
     first, after_newton = None, math.inf
+    orthant = _orthant(x, gradient, lam, nonnegative)  # (this round's: the one the round before ended on)
     for _ in range(max_rounds):
         residual = model_kkt(x, gradient, lam, nonnegative)
         # A full Newton step on an unchanged orthant that did not halve the residual (its conjugate gradients
@@ -97,10 +98,10 @@ def solve_l1_quadratic_by_products(product: Callable[[Tensor], Tensor], diagonal
             break
         first = residual if first is None else first
         accuracy = max(0.5 * tol, min(FORCING, residual / first) * residual)
-        orthant = _orthant(x, gradient, lam, nonnegative)
-        direction, solved = _newton_direction(product, scale, x, gradient, orthant, lam, accuracy)
-        # (the orthant's pseudo-gradient: the slope the projected search measures its steps by)
-        pseudo = torch.where(orthant != 0, gradient + lam * orthant, torch.zeros_like(gradient))
+        # (the orthant's pseudo-gradient: Newton's right-hand side, and the slope the projected search measures
+        # its steps by)
+        pseudo = _pseudo_gradient(gradient, orthant, lam)
+        direction, solved = _newton_direction(product, scale, x, gradient, orthant, pseudo, lam, accuracy)
         step = _projected_search(product, x, gradient, direction, orthant, pseudo, lam)
         if step is None:
             # The projection can turn a descent direction into one that is not (a coordinate that crosses stops at
@@ -115,26 +116,33 @@ def solve_l1_quadratic_by_products(product: Callable[[Tensor], Tensor], diagonal
             break  # (no step lowers the model: its optimum to rounding)
         full = solved and torch.equal(step[0], x + direction)
         x, gradient = step
-        after_newton = residual if full and torch.equal(_orthant(x, gradient, lam, nonnegative), orthant) else math.inf
+        ended_on = _orthant(x, gradient, lam, nonnegative)
+        after_newton = residual if full and torch.equal(ended_on, orthant) else math.inf
+        orthant = ended_on
     return x
 
 
-def _newton_direction(product, scale: Tensor, x: Tensor, gradient: Tensor, orthant: Tensor, lam: float,
-                      accuracy: float) -> tuple[Tensor, bool]:
-    """``(d, solved)``: Newton's step on the ``orthant``'s free coordinates by `_conjugate_gradients` (``solved``
-    where they reached ``accuracy``). Zeros that join it and whose step moves them against their sign leave it
+def _pseudo_gradient(gradient: Tensor, orthant: Tensor, lam: float) -> Tensor:
+    """$∇ + λσ$ on the orthant's free coordinates (σ ≠ 0), 0 on the zeros that stay."""
+    return torch.where(orthant != 0, gradient + lam * orthant, torch.zeros_like(gradient))
+
+
+def _newton_direction(product, scale: Tensor, x: Tensor, gradient: Tensor, orthant: Tensor, pseudo: Tensor,
+                      lam: float, accuracy: float) -> tuple[Tensor, bool]:
+    """``(d, solved)``: Newton's step on the ``orthant``'s free coordinates (its pseudo-gradient ``pseudo``) by
+    `_conjugate_gradients` (``solved`` where they reached ``accuracy``). Zeros that join it and whose step moves them against their sign leave it
     again and the step is solved without them, as `symopt.l1_model`'s active set does: projected back to 0 while
     the others kept the step that counted on them, such a zero violated by the same amount round after round (a
     residual stuck at 9e-11 on a 200 × 80 design)."""
     guess = None
     for _ in range(2):
         free = orthant != 0
-        pseudo = torch.where(free, gradient + lam * orthant, torch.zeros_like(gradient))
         direction, solved = _conjugate_gradients(product, scale, x, orthant, -pseudo, accuracy, guess)
         wrong = (x == 0) & free & (orthant * direction <= 0)
         if not bool(wrong.any()) or bool(wrong.sum() == free.sum()):
             break
         orthant = orthant.masked_fill(wrong, 0.0)
+        pseudo = _pseudo_gradient(gradient, orthant, lam)
         guess = direction.masked_fill(wrong, 0.0)  # (the step without them is near the one with them)
     return direction, solved
 

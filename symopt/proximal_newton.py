@@ -798,7 +798,8 @@ def proximal_newton(loss, constraint: Constraint, point: Tensor, target: float,
         theta.numel() if _L1_BY_PRODUCTS and getattr(loss, "curvature_product", None) is not None else L1_FACE)
     for outer in range(_OUTER):
         # (the caller polishes a point above its target: the first check would only confirm it)
-        if outer and constraint.kkt_residual(theta, grad) <= tolerance:
+        residual = constraint.kkt_residual(theta, grad) if outer else None
+        if outer and residual <= tolerance:
             break
         candidates = _candidates(constraint, theta, grad, lam, face_limit, ids,
                                  every=loss_is_quadratic and _ALL_CANDIDATES, first_room=first_room)
@@ -814,7 +815,9 @@ def proximal_newton(loss, constraint: Constraint, point: Tensor, target: float,
         # (with several least-squares targets the curvature is the rows' block once per target: formed
         # from it, not computed again)
         if by_products:
-            model_tol = max(0.01 * tolerance, INEXACT_PRODUCTS_MODEL * constraint.kkt_residual(theta, grad))
+            if residual is None:  # (the first outer iteration's, not measured above)
+                residual = constraint.kkt_residual(theta, grad)
+            model_tol = max(0.01 * tolerance, INEXACT_PRODUCTS_MODEL * residual)
             single = model_tol >= SINGLE_PRODUCTS_FROM * float(grad[candidates].abs().max())
             operator = loss.curvature_product(theta, candidates, single=single)
             hessian = None if operator is None else operator[1]
