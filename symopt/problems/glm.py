@@ -284,8 +284,9 @@ class DataTerm:
             Z = columns(X, index)
             diagonal = squared_rmatvec(Z, h)
             pull = rmatvec(Z, h) if self.fit_intercept else None
+            total = float(h.sum())  # (once: each product with an intercept divides by it)
             if pull is not None:
-                diagonal = diagonal - pull.square() / h.sum()
+                diagonal = diagonal - pull.square() / total
             if self.ridge:
                 diagonal = diagonal + self.ridge
 
@@ -297,7 +298,7 @@ class DataTerm:
                 Zv = matvec(Zs, v.to(Zs.dtype))
                 answer = rmatvec(Zs, hs * Zv).to(v.dtype)
                 if pull is not None:
-                    answer = answer - pull * (float(hs @ Zv) / float(h.sum()))
+                    answer = answer - pull * (float(hs @ Zv) / total)
                 return answer + self.ridge * v if self.ridge else answer
 
         return product, diagonal
