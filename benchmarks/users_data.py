@@ -129,13 +129,17 @@ def _against_sklearn_lasso(label: str, X, y, fraction: float, repeats: int, *, f
                            positive: bool = False) -> tuple:
     """One row: ``lasso(X, y)`` at ``fraction`` of its λ_max by DCS and by scikit-learn's ``Lasso`` with the
     same options, both given the same Fortran-ordered X (the layout scikit-learn's coordinate descent
-    reads, and the one symopt's working sets gather columns of fastest), whole calls."""
+    reads, and the one symopt's working sets gather columns of fastest) or the same scipy sparse X (its sparse
+    coordinate descent; symopt keeps it sparse, torch CSR), whole calls."""
+    import scipy.sparse
     from sklearn.linear_model import Lasso
 
-    Xf = np.asfortranarray(X)
+    sparse = scipy.sparse.issparse(X)
+    Xf = X if sparse else np.asfortranarray(X)
     problem = lasso(Xf, y, 1.0, fit_intercept=fit_intercept, positive=positive)
     lam = fraction * problem.strength_max()
-    return _against(label, problem.at_strength(lam), "sklearn Lasso(positive=True)" if positive else "sklearn Lasso",
+    peer = ("sklearn Lasso(positive=True)" if positive else "sklearn Lasso") + (" (sparse X)" if sparse else "")
+    return _against(label, problem.at_strength(lam), peer,
                     lambda: Lasso(alpha=lam, fit_intercept=fit_intercept, positive=positive).fit(Xf, y), repeats,
                     calibrate=lambda tol: Lasso(alpha=lam, fit_intercept=fit_intercept, positive=positive, tol=tol,
                                                 max_iter=100_000).fit(Xf, y))
@@ -500,7 +504,6 @@ def large_answer_sweep(repeats: int) -> list[tuple]:
     import scipy.sparse
     from sklearn.datasets import load_digits
     from sklearn.preprocessing import PolynomialFeatures
-    from sklearn.linear_model import Lasso
 
     Xd, yd = load_digits(return_X_y=True)
     poly = _standardised(PolynomialFeatures(2, include_bias=False).fit_transform(Xd))
@@ -520,17 +523,8 @@ def large_answer_sweep(repeats: int) -> list[tuple]:
             ("AR(1) ρ=0.6 2500×2000", correlated, _planted_target(rng, correlated, 50, 1.0), 0.003),
             ("sparse CSR 3000×10000", sparse, sparse @ _sparse_truth(rng, 10_000, 40) + 0.1 * rng.standard_normal(3000),
              0.003)):
-        target = y - y.mean()
-        if scipy.sparse.issparse(X):
-            problem = lasso(X, target, 1.0)
-            lam = fraction * problem.strength_max()
-            rows.append(_against(f"Lasso, {name}, {fraction:g} λmax", problem.at_strength(lam), "sklearn Lasso (sparse X)",
-                                 lambda: Lasso(alpha=lam, fit_intercept=False).fit(X, target), repeats,
-                                 calibrate=lambda tol: Lasso(alpha=lam, fit_intercept=False, tol=tol,
-                                                             max_iter=100_000).fit(X, target)))
-        else:
-            rows.append(_against_sklearn_lasso(f"Lasso, {name}, {fraction:g} λmax", X, target, fraction, repeats,
-                                               fit_intercept=False))
+        rows.append(_against_sklearn_lasso(f"Lasso, {name}, {fraction:g} λmax", X, y - y.mean(), fraction, repeats,
+                                           fit_intercept=False))
     if importlib.util.find_spec("skglm") is None:  # pragma: no cover
         return rows
     import skglm
@@ -605,26 +599,15 @@ def sparse_design(repeats: int) -> list[tuple]:
     non-zeros, noise 0.1), at 0.5, 0.1 and 0.01 λ_max, against scikit-learn's ``Lasso`` given the same CSR
     matrix (its sparse coordinate descent). symopt keeps it sparse (torch CSR) and solves on working sets."""
     import scipy.sparse
-    from sklearn.linear_model import Lasso
 
     rng = np.random.default_rng(0)
     # (positions drawn with replacement, the rare repeats summed: scipy.sparse.random draws 10^6 of 10^9
     # positions without replacement, a minute here)
     rows, cols = rng.integers(0, 10000, 1_000_000), rng.integers(0, 100000, 1_000_000)
     X = scipy.sparse.coo_matrix((rng.standard_normal(1_000_000), (rows, cols)), shape=(10000, 100000)).tocsr()
-    truth = np.zeros(100000)
-    truth[rng.choice(100000, 100, replace=False)] = rng.standard_normal(100)
-    y = X @ truth + 0.1 * rng.standard_normal(10000)
-    problem = lasso(X, y, 1.0)
-    rows = []
-    for fraction in (0.5, 0.1, 0.01):
-        lam = fraction * problem.strength_max()
-        rows.append(_against(f"Lasso, sparse CSR 10000×100000 (density 1e-3), {fraction:g} λmax",
-                             problem.at_strength(lam), "sklearn Lasso (sparse X)",
-                             lambda: Lasso(alpha=lam, fit_intercept=False).fit(X, y), repeats,
-                             calibrate=lambda tol: Lasso(alpha=lam, fit_intercept=False, tol=tol,
-                                                         max_iter=100_000).fit(X, y)))
-    return rows
+    y = X @ _sparse_truth(rng, 100000, 100) + 0.1 * rng.standard_normal(10000)
+    return [_against_sklearn_lasso(f"Lasso, sparse CSR 10000×100000 (density 1e-3), {fraction:g} λmax", X, y,
+                                   fraction, repeats, fit_intercept=False) for fraction in (0.5, 0.1, 0.01)]
 
 
 def groups(repeats: int, quick: bool) -> list[tuple]:
