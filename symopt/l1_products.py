@@ -30,6 +30,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from .constraints.nonnegative import orthant_kkt_residuals
+from .constraints.sparse import l1_kkt_residuals
+
 _ARMIJO = 1e-4
 _BACKTRACKS = 30
 # Conjugate gradients solve a round's Newton system to a residual of at most FORCING (relative to the round's
@@ -55,9 +58,8 @@ def model_kkt(x: Tensor, gradient: Tensor, lam: float, nonnegative: bool) -> flo
         >>> model_kkt(x, g, 1.0, False)                                   # (0, 0, 3 - 1)
         2.0
     """
-    at_zero = (-gradient if nonnegative else gradient.abs()) - lam
-    residual = torch.where(x != 0, gradient + lam * torch.sign(x), at_zero.clamp_min(0.0))
-    return float(residual.norm())
+    residuals = orthant_kkt_residuals if nonnegative else l1_kkt_residuals  # (the kinds' own, entry by entry)
+    return float(residuals(x, gradient, lam).norm())
 
 
 def solve_l1_quadratic_by_products(product: Callable[[Tensor], Tensor], diagonal: Tensor, grad: Tensor,
