@@ -64,7 +64,7 @@ def model_kkt(x: Tensor, gradient: Tensor, lam: float, nonnegative: bool) -> flo
 
 def solve_l1_quadratic_by_products(product: Callable[[Tensor], Tensor], diagonal: Tensor, grad: Tensor,
                                    start: Tensor, lam: float, nonnegative: bool = False, tol: float = 0.0,
-                                   max_rounds: int = 100) -> Tensor:
+                                   max_rounds: int = 100, max_products: int | None = None) -> Tensor | None:
     r"""$\arg\min_x g^\top (x - x_0) + \tfrac12 (x - x_0)^\top H (x - x_0) + λ‖x‖_1$ (over $x ≥ 0$ with
     ``nonnegative``), $H$ positive semi-definite and known only by its products and diagonal, by
     orthant-wise Newton–CG from $x_0$ (see the module docstring).
@@ -78,6 +78,9 @@ def solve_l1_quadratic_by_products(product: Callable[[Tensor], Tensor], diagonal
         nonnegative: $x ≥ 0$.
         tol: stop when the model's KKT residual (`model_kkt`) is at most this.
         max_rounds: orthants at most; the last point is returned.
+        max_products: products at most; None (no answer) where the model needs more. A caller that could form
+            $H$ densely gives up on the products where they cost more than forming it would (an ill-conditioned
+            $H$, whose conjugate gradients crawl).
 
     Examples:
         >>> import torch
@@ -87,6 +90,35 @@ def solve_l1_quadratic_by_products(product: Callable[[Tensor], Tensor], diagonal
         >>> [round(v, 9) for v in x.tolist()]      # x₁ = 0 would leave ∇₁q = 1 + x₀ = 3 > λ: both move
         [2.666666667, -1.333333333]
     """
+    if max_products is not None:
+        product = _budgeted(product, max_products)
+    try:
+        return _solve(product, diagonal, grad, start, lam, nonnegative, tol, max_rounds)
+    except _OverBudget:
+        return None
+
+
+class _OverBudget(Exception):
+    """A model asked more products than its ``max_products``."""
+
+
+def _budgeted(product: Callable[[Tensor], Tensor], budget: int) -> Callable[[Tensor], Tensor]:
+    """``product`` that raises `_OverBudget` at its call number ``budget`` + 1."""
+    calls = 0
+
+    def counted(v: Tensor) -> Tensor:
+        nonlocal calls
+        calls += 1
+        if calls > budget:
+            raise _OverBudget
+        return product(v)
+
+    return counted
+
+
+def _solve(product, diagonal: Tensor, grad: Tensor, start: Tensor, lam: float, nonnegative: bool, tol: float,
+           max_rounds: int) -> Tensor:
+    """`solve_l1_quadratic_by_products` without its budget."""
     x, gradient = start.clone(), grad.clone()  # (gradient: the smooth part's, g + H(x - x₀), kept as x moves)
     scale = torch.where(diagonal > 0, diagonal, torch.ones_like(diagonal))  # (an empty column: the identity)
     first, after_newton = None, math.inf

@@ -76,6 +76,13 @@ SINGLE_PRODUCTS_FROM = 1e-4
 # non-negative Lasso 1000×5000 at 0.05 λ_max) costs a few milliseconds where, above the former limit
 # of 256, the face solves by L-BFGS and the descent took 0.4 s.
 L1_FACE = 1024
+# A model of more than PRODUCTS_FROM entries (and at most L1_FACE) goes by products first where the loss offers
+# them, on a budget of its entries over GRAM_PER_PRODUCT products: forming its dense curvature costs what ~k/20
+# products do (a Gram of 3000 × 932 columns 48 ms, a product 1.1 ms; 3000 × 450 12 against 0.29 ms, measured),
+# and on well-conditioned columns a model takes 5-30. Over budget (correlated columns: digits' degree-2 features,
+# whose models took thousands of products each), the model is formed densely, and so are the rest of the call's.
+PRODUCTS_FROM = 256
+GRAM_PER_PRODUCT = 16
 # A group model takes at most GROUP_FACE entries: a ten-target Lasso on digits has 400-640 (its rows ×
 # targets), and below this limit its polish dropped the rows that the face solve could not (7 outer
 # iterations → 1, 0.45-0.55 s → 0.16 s).
@@ -794,8 +801,10 @@ def proximal_newton(loss, constraint: Constraint, point: Tensor, target: float,
     tolerance = 0.1 * target
     first_room = _first_group_room(loss, theta.numel()) if ids is not None and loss_is_quadratic else None
     # (an ℓ1 model beyond L1_FACE entries goes by the curvature's products where the loss offers them)
-    face_limit = GROUP_FACE if ids is not None else (
-        theta.numel() if _L1_BY_PRODUCTS and getattr(loss, "curvature_product", None) is not None else L1_FACE)
+    by_products_offered = _L1_BY_PRODUCTS and ids is None and getattr(loss, "curvature_product", None) is not None
+    face_limit = GROUP_FACE if ids is not None else theta.numel() if by_products_offered else L1_FACE
+    kept = None  # a least-squares products model's (candidates, single, operator)
+    products_lost = False  # a model within L1_FACE ran over its products' budget
     for outer in range(_OUTER):
         # (the caller polishes a point above its target: the first check would only confirm it)
         residual = constraint.kkt_residual(theta, grad) if outer else None
@@ -807,38 +816,57 @@ def proximal_newton(loss, constraint: Constraint, point: Tensor, target: float,
             return None if outer == 0 else theta  # (what the iterations so far reached: the caller certifies it)
         if not bool(candidates.any()):
             return theta  # θ = 0, and no zero is pulled off it: optimal
-        by_products = signs is not None and int(candidates.sum()) > L1_FACE
+        size = int(candidates.sum())
+        # (a model within L1_FACE goes by products too from PRODUCTS_FROM entries, on a budget: see there)
+        by_products = signs is not None and (size > L1_FACE or (
+            by_products_offered and size > PRODUCTS_FROM and not products_lost))
         row_block = None
         if signs is None:
             groups, weights = _local_groups(constraint, theta, candidates, ids, lam)
             row_block = _row_block(loss, theta, candidates, groups)
-        # (with several least-squares targets the curvature is the rows' block once per target: formed
-        # from it, not computed again)
-        if by_products:
-            if residual is None:  # (the first outer iteration's, not measured above)
-                residual = constraint.kkt_residual(theta, grad)
-            model_tol = max(0.01 * tolerance, INEXACT_PRODUCTS_MODEL * residual)
-            single = model_tol >= SINGLE_PRODUCTS_FROM * float(grad[candidates].abs().max())
-            operator = loss.curvature_product(theta, candidates, single=single)
-            hessian = None if operator is None else operator[1]
-        else:
-            hessian = (loss.curvature(theta, candidates) if row_block is None
-                       else torch.kron(row_block[0], torch.eye(row_block[1], dtype=row_block[0].dtype)))
-        if hessian is None:
-            return None
         # (on the CPU in float64: k ≤ L1_FACE numbers, and each step reads a few of them back)
         start = theta[candidates].to("cpu", torch.float64)
         local = grad[candidates].to("cpu", torch.float64)
-        # The model's own tolerance: far below the caller's, so that on least squares (where it is
-        # exact) one outer iteration is the last.
+        x = None
         if by_products:  # (on θ's device: its products are the design's)
-            x = solve_l1_quadratic_by_products(operator[0], operator[1], grad[candidates], theta[candidates], lam,
-                                               nonnegative, model_tol).to("cpu", torch.float64)
-        elif signs is not None:
-            x = solve_l1_quadratic(hessian.to("cpu", torch.float64), local, start, lam, nonnegative, 0.01 * tolerance)
-        else:
-            x = _group_model_solution(hessian.to("cpu", torch.float64), local, start, groups, weights,
-                                      (EXACT_GROUP_MODEL if loss_is_quadratic else 0.01) * tolerance, row_block)
+            if residual is None:  # (the first outer iteration's, not measured above)
+                residual = constraint.kkt_residual(theta, grad)
+            # A least-squares model on the candidates of the last one (none joined: the set has settled) is the
+            # problem itself on them: solved exactly, it is the last model (measured: a Gaussian 3000 × 2500 Lasso
+            # took six more models of the same 1137 entries, each to 0.3 of the last residual)
+            settled = loss_is_quadratic and kept is not None and torch.equal(candidates, kept[0])
+            model_tol = 0.01 * tolerance if settled else max(0.01 * tolerance, INEXACT_PRODUCTS_MODEL * residual)
+            single = model_tol >= SINGLE_PRODUCTS_FROM * float(grad[candidates].abs().max())
+            # (and its products are the last model's where the curvature is constant: the same columns)
+            operator = (kept[2] if settled and kept[1] == single
+                        else loss.curvature_product(theta, candidates, single=single))
+            if operator is None and size > L1_FACE:
+                return None
+            if loss_is_quadratic:
+                kept = (candidates, single, operator)
+            budget = None if size > L1_FACE else max(1, int(size / GRAM_PER_PRODUCT))
+            if operator is not None:
+                x = solve_l1_quadratic_by_products(operator[0], operator[1], grad[candidates], theta[candidates], lam,
+                                                   nonnegative, model_tol, max_products=budget)
+            if x is None:  # (over budget: this problem's curvature is ill-conditioned, formed from now on)
+                products_lost = True
+            else:
+                x = x.to("cpu", torch.float64)
+        if x is None:
+            # (with several least-squares targets the curvature is the rows' block once per target: formed
+            # from it, not computed again)
+            hessian = (loss.curvature(theta, candidates) if row_block is None
+                       else torch.kron(row_block[0], torch.eye(row_block[1], dtype=row_block[0].dtype)))
+            if hessian is None:
+                return None
+            # The model's own tolerance: far below the caller's, so that on least squares (where it is
+            # exact) one outer iteration is the last.
+            if signs is not None:
+                x = solve_l1_quadratic(hessian.to("cpu", torch.float64), local, start, lam, nonnegative,
+                                       0.01 * tolerance)
+            else:
+                x = _group_model_solution(hessian.to("cpu", torch.float64), local, start, groups, weights,
+                                          (EXACT_GROUP_MODEL if loss_is_quadratic else 0.01) * tolerance, row_block)
         if probe and outer == 0 and signs is not None and not bool(start.any()) and _kept_a_full_model(
                 constraint, grad, lam, candidates, x):
             return None  # (see DENSE_PROBE)

@@ -18,7 +18,7 @@ from symopt.l1_model import solve_l1_quadratic
 from symopt.l1_products import model_kkt, solve_l1_quadratic_by_products
 from symopt.optimality import kkt_at_snap
 from symopt.problems import lasso, logistic_l1
-from symopt.problems.design import squared_rmatvec, weighted_gram
+from symopt.problems.design import column_squares, forget_kept, squared_rmatvec, weighted_gram
 from symopt.problems.glm import DataTerm, LogLoss, SquaredError
 from helpers import bound_problem
 
@@ -244,3 +244,87 @@ def test_loose_log_loss_models_take_single_precision_products_and_the_answer_sta
     _, residual = kkt_at_snap(loss, constraint, point, 1e-9, levels=1)
     assert residual <= target and flags[0] and not flags[-1]
     assert abs(problem.objective(point) - problem.objective(reference)) <= 1e-10 * abs(problem.objective(reference))
+
+
+def test_a_model_over_its_products_budget_gives_up_and_a_large_one_does_not():
+    # max_products: a caller that can form H densely gives up on products that cost more than forming it
+    generator = torch.Generator().manual_seed(4)
+    A = torch.randn(40, 30, generator=generator, dtype=torch.float64)
+    A = A @ torch.linalg.qr(torch.randn(30, 30, generator=generator, dtype=torch.float64))[0]
+    A = A * torch.logspace(0, -3, 30, dtype=torch.float64)  # (correlated, ill-conditioned columns: CG needs many)
+    H = A.mT @ A
+    g = torch.randn(30, generator=generator, dtype=torch.float64)
+    x0 = torch.zeros(30, dtype=torch.float64)
+    calls = []
+    product = lambda v: calls.append(1) or H @ v  # noqa: E731
+    assert solve_l1_quadratic_by_products(product, torch.diagonal(H), g, x0, 0.01, tol=1e-10, max_products=3) is None
+    assert len(calls) == 3  # (the fourth product was not computed)
+    unbounded = solve_l1_quadratic_by_products(lambda v: H @ v, torch.diagonal(H), g, x0, 0.01, tol=1e-10)
+    generous = solve_l1_quadratic_by_products(lambda v: H @ v, torch.diagonal(H), g, x0, 0.01, tol=1e-10,
+                                              max_products=100_000)
+    assert torch.equal(generous, unbounded)
+    assert model_kkt(unbounded, g + H @ unbounded, 0.01, False) <= 1e-10
+
+
+@pytest.mark.parametrize("gram_per_product, by_products", [(1e-4, True), (1e6, False)])
+def test_a_model_within_the_dense_limit_goes_by_products_on_a_budget_and_is_formed_where_it_runs_over(
+        monkeypatch, gram_per_product, by_products):
+    # PRODUCTS_FROM < k ≤ L1_FACE: products first, at most k / GRAM_PER_PRODUCT of them; over that (here: a
+    # budget of one product) the model is formed densely, and so are the call's later models. Either way the
+    # same optimum as the dense models', certified
+    sklearn = pytest.importorskip("sklearn.datasets")
+    X, y = sklearn.load_breast_cancer(return_X_y=True)
+    X = (X - X.mean(0)) / X.std(0)
+    for make in (lasso, logistic_l1):
+        problem = make(X, y.astype(float), 1.0, fit_intercept=True)
+        problem = problem.at_strength(0.01 * problem.strength_max())
+        loss, constraint, target = bound_problem(problem, 1e-7)
+        zero = torch.zeros(30, dtype=torch.float64)
+        dense = pn.proximal_newton(loss, constraint, zero, target)
+        answers, formed = [], []
+        solver, curvature = pn.solve_l1_quadratic_by_products, loss.curvature
+        monkeypatch.setattr(pn, "solve_l1_quadratic_by_products",
+                            lambda *a, **k: (lambda x: answers.append(x is not None) or x)(solver(*a, **k)))
+        monkeypatch.setattr(loss, "curvature", lambda *a, **k: formed.append(1) or curvature(*a, **k))
+        monkeypatch.setattr(pn, "PRODUCTS_FROM", 4)
+        monkeypatch.setattr(pn, "GRAM_PER_PRODUCT", gram_per_product)
+        point = pn.proximal_newton(loss, constraint, zero, target)
+        _, residual = kkt_at_snap(loss, constraint, point, 1e-9, levels=1)
+        assert residual <= target
+        assert abs(problem.objective(point) - problem.objective(dense)) <= 1e-10 * abs(problem.objective(dense))
+        if by_products:
+            assert answers and all(answers) and not formed
+        else:  # (one try over budget, then every model formed)
+            assert answers == [False] and formed
+        monkeypatch.undo()
+
+
+def test_a_least_squares_model_on_settled_candidates_is_solved_exactly_on_the_last_models_products(monkeypatch):
+    # A least-squares products model whose candidates are the last model's (none joined) is the problem on them:
+    # solved to a hundredth of the tolerance at once, with the last model's products (the curvature is constant)
+    sklearn = pytest.importorskip("sklearn.datasets")
+    X, y = sklearn.load_breast_cancer(return_X_y=True)
+    X = (X - X.mean(0)) / X.std(0)
+    problem = lasso(X, y.astype(float), 1.0, fit_intercept=True)
+    problem = problem.at_strength(0.003 * problem.strength_max())
+    loss, constraint, target = bound_problem(problem, 1e-7)
+    asked, built = [], []
+    solver, products = pn.solve_l1_quadratic_by_products, loss.curvature_product
+    monkeypatch.setattr(pn, "solve_l1_quadratic_by_products", lambda *a, **k: asked.append(a[6]) or solver(*a, **k))
+    monkeypatch.setattr(loss, "curvature_product", lambda *a, **k: built.append(1) or products(*a, **k))
+    monkeypatch.setattr(pn, "L1_FACE", 8)
+    monkeypatch.setattr(pn, "SINGLE_PRODUCTS_FROM", float("inf"))  # (float64 products throughout: the same operator)
+    point = pn.proximal_newton(loss, constraint, torch.zeros(30, dtype=torch.float64), target)
+    _, residual = kkt_at_snap(loss, constraint, point, 1e-9, levels=1)
+    assert residual <= target
+    assert asked[-1] == pytest.approx(0.01 * 0.1 * target) and asked[0] > 1e3 * asked[-1]
+    assert len(built) < len(asked)  # (the settled model reused its products)
+
+
+def test_the_kept_column_squares_are_the_columns_squared_norms_dense_or_sparse():
+    dense, sparse = _designs()
+    for X in (dense, sparse, dense.t().contiguous().t()):
+        torch.testing.assert_close(column_squares(X), dense.square().sum(0), rtol=1e-13, atol=0.0)
+        assert column_squares(X) is column_squares(X)  # (kept on X)
+        forget_kept(X)
+        assert not hasattr(X, "_symopt_column_squares")

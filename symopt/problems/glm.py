@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from .design import columns, matvec, rmatvec, squared_rmatvec, weighted_gram
+from .design import column_squares, columns, matvec, rmatvec, squared_rmatvec, weighted_gram
 from .points import same_point
 
 # Designs whose whole Gram a least-squares curvature keeps: at most 256 columns and 10⁶ entries (the
@@ -282,7 +282,9 @@ class DataTerm:
         with torch.no_grad():
             h = self._sample_curvatures(theta, X, y, weights)
             Z = columns(X, index)
-            diagonal = squared_rmatvec(Z, h)
+            # (a constant h, least squares without weights: the design's kept squared column norms scaled)
+            diagonal = (float(h[0]) * column_squares(X).index_select(0, index) if self.quadratic and weights is None
+                        else squared_rmatvec(Z, h))
             pull = rmatvec(Z, h) if self.fit_intercept else None
             total = float(h.sum())  # (once: each product with an intercept divides by it)
             if pull is not None:
