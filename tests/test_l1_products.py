@@ -328,3 +328,20 @@ def test_the_kept_column_squares_are_the_columns_squared_norms_dense_or_sparse()
         assert column_squares(X) is column_squares(X)  # (kept on X)
         forget_kept(X)
         assert not hasattr(X, "_symopt_column_squares")
+
+
+@pytest.mark.parametrize("share", [0.0, 1.0])
+def test_a_csr_column_selection_is_the_dense_one_by_either_route(monkeypatch, share):
+    # MASKED_SELECTION_SHARE: a large sorted selection keeps X's entries in its columns (a pass over X), a small
+    # or unsorted one transposes its rows of Xᵀ; both are X[:, index], with that selection's transpose kept
+    from symopt.problems import design
+
+    monkeypatch.setattr(design, "MASKED_SELECTION_SHARE", share)
+    dense, sparse = _designs()
+    for index in (torch.tensor([0, 3, 4, 7, 11]), torch.tensor([7, 2, 5]), torch.arange(12), torch.tensor([5])):
+        selected = design.columns(sparse, index)
+        assert torch.equal(selected.to_dense(), dense[:, index])
+        v = torch.randn(len(index), dtype=torch.float64)
+        torch.testing.assert_close(design.matvec(selected, v), dense[:, index] @ v, rtol=1e-14, atol=1e-14)
+        r = torch.randn(30, dtype=torch.float64)
+        torch.testing.assert_close(design.rmatvec(selected, r), dense[:, index].mT @ r, rtol=1e-14, atol=1e-14)

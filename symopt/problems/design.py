@@ -17,6 +17,7 @@ from torch import Tensor
 
 _TRANSPOSE = "_symopt_csr_transpose"  # the cached CSR copy of Xᵀ, an attribute of X itself
 _COLUMN_SQUARES = "_symopt_column_squares"  # the columns' squared norms (`column_squares`), kept the same way
+_ENTRY_ROWS = "_symopt_entry_rows"  # a CSR X's row of each stored entry (`columns`), kept the same way
 
 
 def _row_pointers(counts: Tensor) -> Tensor:
@@ -173,6 +174,13 @@ def weighted_gram(Z: Tensor, h: Tensor) -> Tensor:
     return (_csr_transpose(Z) @ scaled).to_dense()
 
 
+# A CSR column selection holding at least this share of X's entries keeps X's entries in those columns (a pass over
+# X) rather than transposing the selection's rows of Xᵀ: 2700 of 4000 columns of a 6000 × 4000 design of 1.2e5
+# entries 3.3 → 1.4 ms, 2273 of 10000 (40 000 entries, 23% of them selected) 0.64 → 0.34 ms; for 4700 of 100000
+# columns (5% of 1e6 entries) the pass took 11 ms against 1.9 (measured).
+MASKED_SELECTION_SHARE = 0.15
+
+
 def columns(X: Tensor, index: Tensor) -> Tensor:
     """``X[:, index]``, dense or CSR (torch has no column selection for CSR: the rows of the cached
     CSR transpose are gathered instead, and kept as the new matrix's own transpose).
@@ -196,9 +204,29 @@ def columns(X: Tensor, index: Tensor) -> Tensor:
     take = torch.arange(int(new_crow[-1]), device=crow.device) + offset
     picked = torch.sparse_csr_tensor(new_crow, cols[take], values[take], size=(len(index), X.shape[0]),
                                      check_invariants=False)  # built from a valid CSR: valid
-    selected = picked.t().to_sparse_csr()
+    if take.numel() >= MASKED_SELECTION_SHARE * values.numel() and bool((index[1:] > index[:-1]).all()):
+        selected = _masked_columns(X, index)
+    else:
+        selected = picked.t().to_sparse_csr()
     setattr(selected, _TRANSPOSE, picked)
     return selected
+
+
+def _masked_columns(X: Tensor, index: Tensor) -> Tensor:
+    """``X[:, index]`` of a CSR ``X`` (``index`` sorted, no repeats) by keeping its entries in the index's
+    columns, row by row: a pass over X's entries."""
+    rows = getattr(X, _ENTRY_ROWS, None)
+    if rows is None:  # (each entry's row, kept on X as its transpose is)
+        crow = X.crow_indices()
+        rows = torch.repeat_interleave(torch.arange(X.shape[0], device=crow.device), crow.diff())
+        setattr(X, _ENTRY_ROWS, rows)
+    renamed = torch.full((X.shape[1],), -1, dtype=torch.int64, device=index.device)
+    renamed[index] = torch.arange(len(index), device=index.device)
+    new_columns = renamed[X.col_indices()]
+    kept = new_columns >= 0
+    counts = torch.bincount(rows[kept], minlength=X.shape[0])
+    return torch.sparse_csr_tensor(_row_pointers(counts), new_columns[kept], X.values()[kept],
+                                   size=(X.shape[0], len(index)), check_invariants=False)  # (rows stay sorted)
 
 
 def forget_kept(X: Tensor) -> None:
