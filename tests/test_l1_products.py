@@ -345,3 +345,4 @@ def test_a_csr_column_selection_is_the_dense_one_by_either_route(monkeypatch, sh
         torch.testing.assert_close(design.matvec(selected, v), dense[:, index] @ v, rtol=1e-14, atol=1e-14)
         r = torch.randn(30, dtype=torch.float64)
         torch.testing.assert_close(design.rmatvec(selected, r), dense[:, index].mT @ r, rtol=1e-14, atol=1e-14)
+        assert design.columns(sparse, index.clone()) is selected  # (the last selection, kept for the same columns)

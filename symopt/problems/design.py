@@ -18,6 +18,7 @@ from torch import Tensor
 _TRANSPOSE = "_symopt_csr_transpose"  # the cached CSR copy of Xᵀ, an attribute of X itself
 _COLUMN_SQUARES = "_symopt_column_squares"  # the columns' squared norms (`column_squares`), kept the same way
 _ENTRY_ROWS = "_symopt_entry_rows"  # a CSR X's row of each stored entry (`columns`), kept the same way
+_LAST_SELECTION = "_symopt_last_selection"  # a CSR X's last (index, X[:, index]) (`columns`), kept the same way
 
 
 def _row_pointers(counts: Tensor) -> Tensor:
@@ -195,6 +196,12 @@ def columns(X: Tensor, index: Tensor) -> Tensor:
         # (column-major: whole columns are contiguous rows of Xᵀ; index_select(1) of a column-major
         # tensor gathers entry by entry, 3.4 ms against 0.03 ms for 50 columns of 500×2000, measured)
         return X.t().index_select(0, index).t() if _is_column_major(X) else X.index_select(1, index)
+    # The last selection is kept on X and given again for the same columns: the log-loss's Newton models take the
+    # same candidates at several outer iterations (its curvature's weights change, not its columns): 78 selections
+    # of a sparse logistic-L1's solve, 56 ms of 0.18 s (measured). A CSR selection costs its entries only.
+    last = getattr(X, _LAST_SELECTION, None)
+    if last is not None and last[0].shape == index.shape and torch.equal(last[0], index):
+        return last[1]
     rows = _csr_transpose(X)  # (d, n): the columns of X are its rows
     crow, cols, values = rows.crow_indices(), rows.col_indices(), rows.values()
     first, lengths = crow[index], crow[index + 1] - crow[index]
@@ -209,6 +216,7 @@ def columns(X: Tensor, index: Tensor) -> Tensor:
     else:
         selected = picked.t().to_sparse_csr()
     setattr(selected, _TRANSPOSE, picked)
+    setattr(X, _LAST_SELECTION, (index.clone(), selected))
     return selected
 
 
