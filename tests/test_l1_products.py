@@ -346,3 +346,25 @@ def test_a_csr_column_selection_is_the_dense_one_by_either_route(monkeypatch, sh
         r = torch.randn(30, dtype=torch.float64)
         torch.testing.assert_close(design.rmatvec(selected, r), dense[:, index].mT @ r, rtol=1e-14, atol=1e-14)
         assert design.columns(sparse, index.clone()) is selected  # (the last selection, kept for the same columns)
+
+
+def test_a_solve_with_joining_zeros_is_capped_and_the_model_still_reaches_its_optimum(monkeypatch):
+    # JOINING_CG_STEPS: where zeros join the orthant (here 60 coordinates on 20 rows, a singular face), the first
+    # conjugate-gradient solve only tells which joins would move the wrong way: it stops after a few steps
+    import symopt.l1_products as lp
+
+    generator = torch.Generator().manual_seed(5)
+    A = torch.randn(20, 60, generator=generator, dtype=torch.float64)
+    # (g in A's row space, as a least-squares gradient is: the model is bounded below on the singular face)
+    H, g = A.mT @ A / 20, A.mT @ torch.randn(20, generator=generator, dtype=torch.float64) / 20
+    calls = []
+    solver = lp._conjugate_gradients
+    monkeypatch.setattr(lp, "_conjugate_gradients", lambda *a: calls.append((bool((a[2] == 0).any()), a[-1]))
+                        or solver(*a))
+    x = solve_l1_quadratic_by_products(lambda v: H @ v, torch.diagonal(H), g, torch.zeros(60, dtype=torch.float64),
+                                       0.05, tol=1e-10)
+    assert calls[0] == (True, lp.JOINING_CG_STEPS)
+    assert model_kkt(x, g + H @ x, 0.05, False) <= 1e-10
+    reference = solve_l1_quadratic(H, g, torch.zeros(60, dtype=torch.float64), 0.05, False, 1e-12)
+    zero = torch.zeros(60, dtype=torch.float64)
+    assert _model_objective(H, g, zero, x, 0.05) <= _model_objective(H, g, zero, reference, 0.05) + 1e-12
