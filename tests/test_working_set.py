@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 import symopt
 from symopt.solver import working_set
 from symopt.baselines import solve_cvxpy
-from symopt.problems import group_lasso, lasso, make_group_lasso, make_lasso, make_logistic_l1, make_matrix_completion
+from symopt.problems import (group_lasso, lasso, logistic_l1, make_group_lasso, make_lasso, make_logistic_l1,
+                             make_matrix_completion)
 from symopt.problems.design import columns
 
 
@@ -108,6 +109,38 @@ def test_the_default_counts_atoms_not_entries(make, atoms, on):
     problem = make()
     assert working_set.atom_count(problem.constraint(), problem.shape[0]) == atoms
     assert ("working sets" in symopt.solve(problem).message) == on
+
+
+def _sparse_logistic(n: int, d: int, density: float):
+    scipy_sparse = pytest.importorskip("scipy.sparse")
+    generator = np.random.default_rng(3)
+    X = scipy_sparse.random(n, d, density=density, format="csr", random_state=generator,
+                            data_rvs=generator.standard_normal)
+    truth = np.zeros(d)
+    truth[:5] = 3.0
+    y = (X @ truth + 0.3 * generator.standard_normal(n) > 0).astype(float)
+    problem = logistic_l1(X, y, 1.0)
+    return problem.at_strength(0.05 * problem.strength_max())
+
+
+@pytest.mark.parametrize("make", [lambda: make_lasso(n=200, d=6000, nonzeros=5, x_density=0.01),
+                                  lambda: _sparse_logistic(n=300, d=1500, density=0.02)],
+                         ids=["lasso", "logistic"])
+def test_an_l1_problem_on_a_sparse_design_takes_working_sets_only_from_many_stored_entries(monkeypatch, make):
+    # A CSR design's products cost its stored entries: below _SPARSE_L1_(LEAST_SQUARES_)WORKING_SETS_FROM_ENTRIES
+    # the default solves without working sets (however many columns), from there with them; the same optimum
+    from symopt.solver import dcs
+
+    problem = make()
+    assert problem.data["X"].layout == torch.sparse_csr
+    below = symopt.solve(problem)
+    assert below.status == "optimal" and "working sets" not in below.message
+    for name in ("_SPARSE_L1_LEAST_SQUARES_WORKING_SETS_FROM_ENTRIES", "_SPARSE_L1_WORKING_SETS_FROM_ENTRIES"):
+        monkeypatch.setattr(dcs, name, 1000)
+    above = symopt.solve(problem)
+    assert above.status == "optimal" and "working sets" in above.message
+    assert below.objective == pytest.approx(above.objective, rel=1e-9)
+    assert _support(below.x) == _support(above.x)
 
 
 def test_bad_options_are_named_and_change_nothing():

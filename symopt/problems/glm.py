@@ -167,6 +167,19 @@ class DataTerm:
         rows = X.shape[0] if weights is None else int((weights > 0).sum())
         return rows - int(self.fit_intercept)
 
+    def sparse_entries(self, X: Tensor, y: Tensor, weights: Tensor | None = None) -> int | None:
+        """The entries a sparse (CSR) design stores, None for a dense one: what one product with it costs. The
+        solver weighs working sets by it (`symopt.solver.dcs`).
+
+        Examples:
+            >>> import torch
+            >>> X = torch.tensor([[0.0, 2.0], [1.0, 0.0]], dtype=torch.float64)
+            >>> term, y = DataTerm(SquaredError()), torch.zeros(2, dtype=torch.float64)
+            >>> term.sparse_entries(X.to_sparse_csr(), y), term.sparse_entries(X, y)
+            (2, None)
+        """
+        return int(X.values().numel()) if X.layout == torch.sparse_csr else None
+
     def resolved_coordinates(self, X: Tensor, y: Tensor, weights: Tensor | None = None) -> float:
         r"""The rank the term's curvature can have at most, in θ's coordinates: the rows that count (as
         in `determined`) times the targets (θ's columns: the curvature is $B ⊗ I_T$ for least

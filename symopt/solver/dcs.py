@@ -42,6 +42,14 @@ _WORKING_SETS_FROM = 1000
 # lead or tie (make_lasso 2000×5000 1.07–1.26×, 5000×10000 1.06–1.17×, the non-negative 1000×5000
 # 1.0–1.9× slower without them).
 _L1_LEAST_SQUARES_WORKING_SETS_FROM = 5000
+# ... but under an ℓ1 norm of entries with a sparse (CSR) design, only from this many stored entries (least
+# squares, then the others): a product costs the stored entries, not the columns, so a full evaluation is cheap
+# and each working-set round's own restricted solve, certificate and polish were most of the time. Measured on
+# 16 CSR designs (benchmarks/RESULTS.md, thirtieth session; 500-20000 rows, 4000-100000 columns, 4e4-1e6 entries;
+# 0.1 and 0.01 λ_max; without / with working sets): the Lasso 0.41-0.92× up to 1e6 entries (1.06-1.07× on two
+# rows); logistic-L1 0.31-1.0× up to 4e5 entries (one row 1.66×), 1.10-1.57× from 5e5.
+_SPARSE_L1_LEAST_SQUARES_WORKING_SETS_FROM_ENTRIES = 2_000_000
+_SPARSE_L1_WORKING_SETS_FROM_ENTRIES = 500_000
 
 
 @moves_data_once
@@ -228,11 +236,20 @@ def solve(problem: Problem, device=None, dtype=None, method: str = "auto", tol: 
     )
 
 
-def _working_sets_from(problem: Problem, constraint: Constraint) -> int:
+def _working_sets_from(problem: Problem, constraint: Constraint) -> float:
     """How many atoms θ needs for ``working_set=None`` to turn working sets on: `_WORKING_SETS_FROM`,
     or `_L1_LEAST_SQUARES_WORKING_SETS_FROM` for a loss that is a quadratic with its own curvature
-    (least squares) under an ℓ1 norm of entries (`Constraint.entry_signs`)."""
-    if is_quadratic(problem.loss) and constraint.entry_signs() is not None:
+    (least squares) under an ℓ1 norm of entries (`Constraint.entry_signs`); under that norm with a sparse design
+    of fewer stored entries than ``_SPARSE_L1_(LEAST_SQUARES_)WORKING_SETS_FROM_ENTRIES`` (the loss's
+    ``sparse_entries``), none (inf)."""
+    l1 = constraint.entry_signs() is not None
+    quadratic = is_quadratic(problem.loss)
+    asks = getattr(problem.loss, "sparse_entries", None)
+    entries = asks(**problem.data) if l1 and asks is not None else None
+    if entries is not None and entries < (_SPARSE_L1_LEAST_SQUARES_WORKING_SETS_FROM_ENTRIES if quadratic
+                                          else _SPARSE_L1_WORKING_SETS_FROM_ENTRIES):
+        return math.inf
+    if quadratic and l1:
         return _L1_LEAST_SQUARES_WORKING_SETS_FROM
     return _WORKING_SETS_FROM
 
