@@ -550,6 +550,50 @@ def large_answer_sweep(repeats: int) -> list[tuple]:
     return rows
 
 
+# The sparse sweep's CSR designs (rows, columns, density): square-ish, wide, tall, from 4e4 to 1e6 stored entries.
+SPARSE_DESIGNS = [(1000, 5000, 1e-2), (3000, 10000, 1.3e-3), (2000, 20000, 1e-2), (10000, 100000, 1e-3),
+                  (5000, 50000, 2e-3), (20000, 5000, 1e-3), (500, 20000, 5e-3), (6000, 4000, 5e-3)]
+
+
+def sparse_sweep(repeats: int) -> list[tuple]:
+    """The Lasso and logistic-L1 on the generated CSR designs of `SPARSE_DESIGNS` (entries at uniformly drawn
+    places, Gaussian values; 50 planted coefficients: the Lasso's target with noise 0.1, centred; the labels
+    their sign with noise 0.5) at 0.1 and 0.01 λ_max, against scikit-learn's ``Lasso`` and skglm's
+    ``SparseLogisticRegression`` given the same scipy CSR matrix, each at its default and, where that stops
+    short, a calibrated tolerance. The designs where working sets were weighed for sparse designs
+    (``symopt.solver.dcs._SPARSE_L1_WORKING_SETS_FROM_ENTRIES``). Needs skglm for the classifications."""
+    import scipy.sparse
+
+    rng = np.random.default_rng(30)
+    has_skglm = importlib.util.find_spec("skglm") is not None
+    rows = []
+    for n, d, density in SPARSE_DESIGNS:
+        stored = int(n * d * density)
+        X = scipy.sparse.coo_matrix((rng.standard_normal(stored), (rng.integers(0, n, stored), rng.integers(0, d, stored))),
+                                    shape=(n, d)).tocsr()
+        signal = X @ _sparse_truth(rng, d, 50)
+        y = signal + 0.1 * rng.standard_normal(n)
+        labels = (signal + 0.5 * rng.standard_normal(n) > 0).astype(float)
+        name = f"sparse CSR {n}×{d} ({stored:.0e} entries)"
+        for fraction in (0.1, 0.01):
+            rows.append(_against_sklearn_lasso(f"Lasso, {name}, {fraction:g} λmax", X, y - y.mean(), fraction, repeats,
+                                               fit_intercept=False))
+        if not has_skglm:  # pragma: no cover
+            continue
+        import skglm
+
+        problem = logistic_l1(X, labels, 1.0)
+        for fraction in (0.1, 0.01):
+            lam = fraction * problem.strength_max()
+            rows.append(_against(f"logistic-L1, {name}, {fraction:g} λmax", problem.at_strength(lam),
+                                 "skglm SparseLogReg (sparse X)",
+                                 lambda: skglm.SparseLogisticRegression(alpha=lam, fit_intercept=False).fit(X, labels),
+                                 repeats, coef=lambda model: model.coef_.reshape(-1),
+                                 calibrate=lambda tol: skglm.SparseLogisticRegression(
+                                     alpha=lam, fit_intercept=False, tol=tol, max_iter=1000).fit(X, labels)))
+    return rows
+
+
 def _sparse_truth(rng: np.random.Generator, columns: int, nonzeros: int) -> np.ndarray:
     truth = np.zeros(columns)
     truth[rng.choice(columns, nonzeros, replace=False)] = rng.standard_normal(nonzeros)
@@ -831,6 +875,8 @@ SWEEPS = {
                           "only the group lasso on raw columns (breast_cancer, digits, wine) against skglm"),
     "--wide-lasso-sweep": (wide_lasso_sweep,
                            "only the Lasso on 12 data sets with more columns than rows against scikit-learn"),
+    "--sparse-sweep": (sparse_sweep, "only the Lasso and logistic-L1 on eight generated CSR designs (4e4 to 1e6 "
+                                     "entries) against scikit-learn and skglm"),
     "--large-answer-sweep": (large_answer_sweep,
                              "only the Lasso and logistic-L1 whose answers hold more than 1024 columns against "
                              "scikit-learn and skglm (digits' degree-2 features, generated dense and sparse designs)"),

@@ -259,6 +259,25 @@ def test_the_large_answer_sweep_has_real_generated_and_sparse_rows(monkeypatch):
         assert (X.layout == torch.sparse_csr) == ("sparse CSR" in label), label
 
 
+def test_the_sparse_sweep_spans_its_designs_entries_on_both_sides_of_the_working_set_thresholds(monkeypatch):
+    """`users_data.sparse_sweep`: each design of `SPARSE_DESIGNS`, kept CSR with the stored entries its label
+    says, Lasso and logistic-L1 at two λ; the designs reach the logistic-L1's working-set threshold."""
+    pytest.importorskip("skglm")
+    from symopt.solver import dcs
+
+    monkeypatch.setattr(users_data, "_against", lambda label, problem, *rest, **options: (label, problem))
+    monkeypatch.setattr(users_data, "_against_sklearn_lasso",
+                        lambda label, X, y, fraction, repeats, **options: (label, users_data.lasso(X, y, 1.0)))
+    rows = users_data.sparse_sweep(1)
+    assert len(rows) == 4 * len(users_data.SPARSE_DESIGNS) and len({label for label, _ in rows}) == len(rows)
+    entries = set()
+    for label, problem in rows:
+        X = problem.data["X"]
+        assert X.layout == torch.sparse_csr and f"{X.shape[0]}×{X.shape[1]}" in label
+        entries.add(X.values().numel())
+    assert min(entries) < dcs._SPARSE_L1_WORKING_SETS_FROM_ENTRIES <= max(entries)
+
+
 def test_loops_quick(capsys):
     loops.main(["--quick"])
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| Lasso")]
