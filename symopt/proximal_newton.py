@@ -82,6 +82,14 @@ L1_FACE = 1024
 # and on well-conditioned columns a model takes 5-30. Over budget (correlated columns: digits' degree-2 features,
 # whose models took thousands of products each), the model is formed densely, and so are the rest of the call's.
 PRODUCTS_FROM = 256
+# A products model of a loss that is not quadratic (the log-loss) adds DAMPING · (its residual / the first model's)
+# times H's diagonal to its curvature (Levenberg–Marquardt's damping, shrinking as the residual falls: the last
+# models are Newton's): at small λ a logistic-L1's curvature on thousands of candidates is nearly singular (its
+# well-classified samples weigh ~0), its conjugate gradients crawled (~260 products a model on a sparse 3000 × 10000
+# design), and its Newton steps overshot where the damped ones land. Measured on 18 logistic-L1 problems (the
+# sparse sweep's 16, the large-answer sweep's sparse and digits rows; benchmarks/RESULTS.md, thirtieth session):
+# 0.39-1.0× the time undamped on 17 (0.38 → 0.15 s, 1.70 → 0.87 s), 1.2× on one (29 → 35 ms); 0.1 and 1 tried.
+DAMPING = 0.3
 GRAM_PER_PRODUCT = 16
 # A group model takes at most GROUP_FACE entries: a ten-target Lasso on digits has 400-640 (its rows ×
 # targets), and below this limit its polish dropped the rows that the face solve could not (7 outer
@@ -805,6 +813,7 @@ def proximal_newton(loss, constraint: Constraint, point: Tensor, target: float,
     face_limit = GROUP_FACE if ids is not None else theta.numel() if by_products_offered else L1_FACE
     kept = None  # a least-squares products model's (candidates, single, operator)
     products_lost = False  # a model within L1_FACE ran over its products' budget
+    first_residual = None
     for outer in range(_OUTER):
         # (the caller polishes a point above its target: the first check would only confirm it)
         residual = constraint.kkt_residual(theta, grad) if outer else None
@@ -846,7 +855,11 @@ def proximal_newton(loss, constraint: Constraint, point: Tensor, target: float,
                 kept = (candidates, single, operator)
             budget = None if size > L1_FACE else max(1, int(size / GRAM_PER_PRODUCT))
             if operator is not None:
-                x = solve_l1_quadratic_by_products(operator[0], operator[1], grad[candidates], theta[candidates], lam,
+                product, diagonal = operator
+                if not loss_is_quadratic and DAMPING:
+                    first_residual = residual if first_residual is None else first_residual
+                    product, diagonal = _damped(product, diagonal, DAMPING * min(1.0, residual / first_residual))
+                x = solve_l1_quadratic_by_products(product, diagonal, grad[candidates], theta[candidates], lam,
                                                    nonnegative, model_tol, max_products=budget)
             if x is None:  # (over budget: this problem's curvature is ill-conditioned, formed from now on)
                 products_lost = True
@@ -903,6 +916,11 @@ def proximal_newton(loss, constraint: Constraint, point: Tensor, target: float,
             break
         theta, grad, objective = trial, trial_grad, trial_objective
     return theta
+
+
+def _damped(product, diagonal: Tensor, mu: float):
+    """``(v ↦ Hv + μ D v, (1 + μ) D)`` for the products ``v ↦ Hv`` and diagonal D of H (see ``DAMPING``)."""
+    return (lambda v: product(v) + mu * diagonal * v), (1 + mu) * diagonal
 
 
 def _kept_a_full_model(constraint: Constraint, grad: Tensor, lam: float, candidates: Tensor, x: Tensor) -> bool:

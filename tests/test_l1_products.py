@@ -368,3 +368,36 @@ def test_a_solve_with_joining_zeros_is_capped_and_the_model_still_reaches_its_op
     reference = solve_l1_quadratic(H, g, torch.zeros(60, dtype=torch.float64), 0.05, False, 1e-12)
     zero = torch.zeros(60, dtype=torch.float64)
     assert _model_objective(H, g, zero, x, 0.05) <= _model_objective(H, g, zero, reference, 0.05) + 1e-12
+
+
+def test_log_loss_products_models_are_damped_by_their_share_of_the_first_residual_and_least_squares_ones_not(
+        monkeypatch):
+    # DAMPING: a log-loss products model's curvature is H + μ diag(H), μ = DAMPING at the first model and shrinking
+    # with the residual (the last models are Newton's); a least-squares model is the problem itself, undamped
+    sklearn = pytest.importorskip("sklearn.datasets")
+    X, y = sklearn.load_breast_cancer(return_X_y=True)
+    X = (X - X.mean(0)) / X.std(0)
+    for make in (logistic_l1, lasso):
+        problem = make(X, y.astype(float), 1.0)
+        problem = problem.at_strength(0.01 * problem.strength_max())
+        loss, constraint, target = bound_problem(problem, 1e-7)
+        seen, masks = [], []
+        solver, products = pn.solve_l1_quadratic_by_products, loss.curvature_product
+        monkeypatch.setattr(pn, "solve_l1_quadratic_by_products",
+                            lambda product, diagonal, *a, **k: seen.append((product, diagonal)) or solver(
+                                product, diagonal, *a, **k))
+        monkeypatch.setattr(loss, "curvature_product", lambda theta, mask, **k: masks.append(mask.clone()) or products(
+            theta, mask, **k))
+        monkeypatch.setattr(pn, "L1_FACE", 8)
+        monkeypatch.setattr(pn, "SINGLE_PRODUCTS_FROM", float("inf"))
+        zero = torch.zeros(30, dtype=torch.float64)
+        point = pn.proximal_newton(loss, constraint, zero, target)
+        _, residual = kkt_at_snap(loss, constraint, point, 1e-9, levels=1)
+        assert residual <= target and len(seen) >= 2
+        H = loss.curvature(zero, masks[0])  # (the first model's, at θ = 0)
+        product, diagonal = seen[0]
+        v = torch.randn(int(masks[0].sum()), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        mu = pn.DAMPING if make is logistic_l1 else 0.0
+        torch.testing.assert_close(product(v), H @ v + mu * torch.diagonal(H) * v, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(diagonal, (1 + mu) * torch.diagonal(H), rtol=1e-10, atol=1e-12)
+        monkeypatch.undo()
