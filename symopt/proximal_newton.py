@@ -77,20 +77,20 @@ SINGLE_PRODUCTS_FROM = 1e-4
 # of 256, the face solves by L-BFGS and the descent took 0.4 s.
 L1_FACE = 1024
 # A model of more than PRODUCTS_FROM entries (and at most L1_FACE) goes by products first where the loss offers
-# them, on a budget of its entries over GRAM_PER_PRODUCT products: forming its dense curvature costs what ~k/20
+# them, on a budget of k / GRAM_PER_PRODUCT products for its k entries: forming its dense curvature costs what ~k/20
 # products do (a Gram of 3000 × 932 columns 48 ms, a product 1.1 ms; 3000 × 450 12 against 0.29 ms, measured),
 # and on well-conditioned columns a model takes 5-30. Over budget (correlated columns: digits' degree-2 features,
 # whose models took thousands of products each), the model is formed densely, and so are the rest of the call's.
 PRODUCTS_FROM = 256
+GRAM_PER_PRODUCT = 16
 # A products model of a loss that is not quadratic (the log-loss) adds DAMPING · (its residual / the first model's)
 # times H's diagonal to its curvature (Levenberg–Marquardt's damping, shrinking as the residual falls: the last
 # models are Newton's): at small λ a logistic-L1's curvature on thousands of candidates is nearly singular (its
-# well-classified samples weigh ~0), its conjugate gradients crawled (~260 products a model on a sparse 3000 × 10000
-# design), and its Newton steps overshot where the damped ones land. Measured on 18 logistic-L1 problems (the
+# well-classified samples weigh ~0) and its conjugate gradients crawled (~260 products a model on a sparse
+# 3000 × 10000 design); the damped system is better conditioned. Measured on 18 logistic-L1 problems (the
 # sparse sweep's 16, the large-answer sweep's sparse and digits rows; benchmarks/RESULTS.md, thirtieth session):
 # 0.39-1.0× the time undamped on 17 (0.38 → 0.15 s, 1.70 → 0.87 s), 1.2× on one (29 → 35 ms); 0.1 and 1 tried.
 DAMPING = 0.3
-GRAM_PER_PRODUCT = 16
 # A group model takes at most GROUP_FACE entries: a ten-target Lasso on digits has 400-640 (its rows ×
 # targets), and below this limit its polish dropped the rows that the face solve could not (7 outer
 # iterations → 1, 0.45-0.55 s → 0.16 s).
