@@ -104,6 +104,16 @@ def _designs():
     return torch.as_tensor(dense), torch.as_tensor(dense).to_sparse_csr()
 
 
+def _cancer(make, fraction: float, **options):
+    """``(problem, loss, constraint, target)``: ``make`` on standardised breast_cancer (30 columns) at ``fraction``
+    of its λ_max, bound with a target of 1e-7 relative."""
+    sklearn = pytest.importorskip("sklearn.datasets")
+    X, y = sklearn.load_breast_cancer(return_X_y=True)
+    problem = make((X - X.mean(0)) / X.std(0), y.astype(float), 1.0, **options)
+    problem = problem.at_strength(fraction * problem.strength_max())
+    return (problem, *bound_problem(problem, 1e-7))
+
+
 @pytest.mark.parametrize("fit", ["squared", "log"])
 @pytest.mark.parametrize("intercept", [False, True])
 @pytest.mark.parametrize("weighted", [False, True])
@@ -138,13 +148,7 @@ def test_the_sparse_gram_and_squared_products_are_the_dense_ones():
 def test_proximal_newton_beyond_its_dense_limit_reaches_the_dense_models_optimum(monkeypatch, family, options):
     # With the dense limit at 8 entries, breast_cancer's models (up to 30) go by products: the same optimum
     # as the dense active set's, certified by the full problem's KKT residual
-    sklearn = pytest.importorskip("sklearn.datasets")
-    X, y = sklearn.load_breast_cancer(return_X_y=True)
-    X = (X - X.mean(0)) / X.std(0)
-    make = lasso if family == "lasso" else logistic_l1
-    problem = make(X, y.astype(float), 1.0, **options)
-    problem = problem.at_strength(0.01 * problem.strength_max())
-    loss, constraint, target = bound_problem(problem, 1e-7)
+    problem, loss, constraint, target = _cancer(lasso if family == "lasso" else logistic_l1, 0.01, **options)
     zero = torch.zeros(30, dtype=torch.float64)
     dense = pn.proximal_newton(loss, constraint, zero, target)
     models = []
@@ -188,14 +192,9 @@ def test_a_products_model_is_solved_to_a_share_of_its_points_residual(monkeypatc
     # Inexact proximal Newton (INEXACT_PRODUCTS_MODEL): a model by products is solved to a share of the residual of
     # the point it is taken at, not to a hundredth of the target (a log-loss model changes at the next outer
     # iteration; a least-squares one is followed by a model on the zeros it pulls); the answer is still certified
-    sklearn = pytest.importorskip("sklearn.datasets")
-    X, y = sklearn.load_breast_cancer(return_X_y=True)
-    X = (X - X.mean(0)) / X.std(0)
     solver = pn.solve_l1_quadratic_by_products
     for make in (logistic_l1, lasso):
-        problem = make(X, y.astype(float), 1.0, fit_intercept=True)
-        problem = problem.at_strength(0.01 * problem.strength_max())
-        loss, constraint, target = bound_problem(problem, 1e-7)
+        problem, loss, constraint, target = _cancer(make, 0.01, fit_intercept=True)
         asked = []
         monkeypatch.setattr(pn, "solve_l1_quadratic_by_products",
                             lambda *a, **k: asked.append(a[6]) or solver(*a, **k))
@@ -228,12 +227,7 @@ def test_single_precision_products_are_the_float64_ones_to_float32_rounding():
 def test_loose_log_loss_models_take_single_precision_products_and_the_answer_stays_optimal(monkeypatch):
     # SINGLE_PRODUCTS_FROM: a log-loss products model asked for a loose tolerance (a share of its point's residual)
     # multiplies in float32; the last models, near the target, in float64; the point is certified in float64
-    sklearn = pytest.importorskip("sklearn.datasets")
-    X, y = sklearn.load_breast_cancer(return_X_y=True)
-    X = (X - X.mean(0)) / X.std(0)
-    problem = logistic_l1(X, y.astype(float), 1.0, fit_intercept=True)
-    problem = problem.at_strength(0.01 * problem.strength_max())
-    loss, constraint, target = bound_problem(problem, 1e-7)
+    problem, loss, constraint, target = _cancer(logistic_l1, 0.01, fit_intercept=True)
     reference = pn.proximal_newton(loss, constraint, torch.zeros(30, dtype=torch.float64), target)
     flags = []
     products = loss.curvature_product
@@ -272,13 +266,8 @@ def test_a_model_within_the_dense_limit_goes_by_products_on_a_budget_and_is_form
     # PRODUCTS_FROM < k ≤ L1_FACE: products first, at most k / GRAM_PER_PRODUCT of them; over that (here: a
     # budget of one product) the model is formed densely, and so are the call's later models. Either way the
     # same optimum as the dense models', certified
-    sklearn = pytest.importorskip("sklearn.datasets")
-    X, y = sklearn.load_breast_cancer(return_X_y=True)
-    X = (X - X.mean(0)) / X.std(0)
     for make in (lasso, logistic_l1):
-        problem = make(X, y.astype(float), 1.0, fit_intercept=True)
-        problem = problem.at_strength(0.01 * problem.strength_max())
-        loss, constraint, target = bound_problem(problem, 1e-7)
+        problem, loss, constraint, target = _cancer(make, 0.01, fit_intercept=True)
         zero = torch.zeros(30, dtype=torch.float64)
         dense = pn.proximal_newton(loss, constraint, zero, target)
         answers, formed = [], []
@@ -302,12 +291,7 @@ def test_a_model_within_the_dense_limit_goes_by_products_on_a_budget_and_is_form
 def test_a_least_squares_model_on_settled_candidates_is_solved_exactly_on_the_last_models_products(monkeypatch):
     # A least-squares products model whose candidates are the last model's (none joined) is the problem on them:
     # solved to a hundredth of the tolerance at once, with the last model's products (the curvature is constant)
-    sklearn = pytest.importorskip("sklearn.datasets")
-    X, y = sklearn.load_breast_cancer(return_X_y=True)
-    X = (X - X.mean(0)) / X.std(0)
-    problem = lasso(X, y.astype(float), 1.0, fit_intercept=True)
-    problem = problem.at_strength(0.003 * problem.strength_max())
-    loss, constraint, target = bound_problem(problem, 1e-7)
+    problem, loss, constraint, target = _cancer(lasso, 0.003, fit_intercept=True)
     asked, built = [], []
     solver, products = pn.solve_l1_quadratic_by_products, loss.curvature_product
     monkeypatch.setattr(pn, "solve_l1_quadratic_by_products", lambda *a, **k: asked.append(a[6]) or solver(*a, **k))
@@ -374,13 +358,8 @@ def test_log_loss_products_models_are_damped_by_their_share_of_the_first_residua
         monkeypatch):
     # DAMPING: a log-loss products model's curvature is H + μ diag(H), μ = DAMPING at the first model and shrinking
     # with the residual (the last models are Newton's); a least-squares model is the problem itself, undamped
-    sklearn = pytest.importorskip("sklearn.datasets")
-    X, y = sklearn.load_breast_cancer(return_X_y=True)
-    X = (X - X.mean(0)) / X.std(0)
     for make in (logistic_l1, lasso):
-        problem = make(X, y.astype(float), 1.0)
-        problem = problem.at_strength(0.01 * problem.strength_max())
-        loss, constraint, target = bound_problem(problem, 1e-7)
+        problem, loss, constraint, target = _cancer(make, 0.01)
         seen, masks = [], []
         solver, products = pn.solve_l1_quadratic_by_products, loss.curvature_product
         monkeypatch.setattr(pn, "solve_l1_quadratic_by_products",
