@@ -28,6 +28,12 @@ def _row_pointers(counts: Tensor) -> Tensor:
     return pointers
 
 
+def _entry_rows(X: Tensor) -> Tensor:
+    """The row of each stored entry of a CSR ``X``, in its entry order."""
+    crow = X.crow_indices()
+    return torch.repeat_interleave(torch.arange(X.shape[0], device=crow.device), crow.diff())
+
+
 def _csr_transpose(X: Tensor) -> Tensor:
     # Kept on the tensor, so it lives exactly as long as X; `Problem.data_on` makes a new tensor
     # for a new dtype or device, which gets its own copy. The data of a problem is never mutated.
@@ -35,9 +41,9 @@ def _csr_transpose(X: Tensor) -> Tensor:
     if cached is None:
         # A stable sort of the column indices is the transpose's entry order (rows stay sorted within
         # each column): faster than X.t().to_sparse_csr() (1.0 vs 1.6 s at 2e7 entries, measured).
-        crow, cols = X.crow_indices(), X.col_indices()
+        cols = X.col_indices()
         order = torch.sort(cols, stable=True).indices
-        rows = torch.repeat_interleave(torch.arange(X.shape[0], device=cols.device), crow.diff())
+        rows = _entry_rows(X)
         new_crow = _row_pointers(torch.bincount(cols, minlength=X.shape[1]))
         cached = torch.sparse_csr_tensor(new_crow, rows[order], X.values()[order], size=(X.shape[1], X.shape[0]),
                                          check_invariants=False)  # built from a valid CSR: valid
@@ -168,9 +174,7 @@ def weighted_gram(Z: Tensor, h: Tensor) -> Tensor:
     """
     if Z.layout != torch.sparse_csr:
         return Z.mT @ (h[:, None] * Z)
-    crow = Z.crow_indices()
-    rows = torch.repeat_interleave(torch.arange(Z.shape[0], device=crow.device), crow.diff())
-    scaled = torch.sparse_csr_tensor(crow, Z.col_indices(), Z.values() * h[rows], size=Z.shape,
+    scaled = torch.sparse_csr_tensor(Z.crow_indices(), Z.col_indices(), Z.values() * h[_entry_rows(Z)], size=Z.shape,
                                      check_invariants=False)  # (Z's own valid pattern)
     return (_csr_transpose(Z) @ scaled).to_dense()
 
@@ -224,9 +228,8 @@ def _masked_columns(X: Tensor, index: Tensor) -> Tensor:
     """``X[:, index]`` of a CSR ``X`` (``index`` sorted, no repeats) by keeping its entries in the index's
     columns, row by row: a pass over X's entries."""
     rows = getattr(X, _ENTRY_ROWS, None)
-    if rows is None:  # (each entry's row, kept on X as its transpose is)
-        crow = X.crow_indices()
-        rows = torch.repeat_interleave(torch.arange(X.shape[0], device=crow.device), crow.diff())
+    if rows is None:  # (kept on X as its transpose is)
+        rows = _entry_rows(X)
         setattr(X, _ENTRY_ROWS, rows)
     renamed = torch.full((X.shape[1],), -1, dtype=torch.int64, device=index.device)
     renamed[index] = torch.arange(len(index), device=index.device)
