@@ -833,11 +833,12 @@ def proximal_newton(loss, constraint: Constraint, point: Tensor, target: float,
         if signs is None:
             groups, weights = _local_groups(constraint, theta, candidates, ids, lam)
             row_block = _row_block(loss, theta, candidates, groups)
+        on_candidates, pulls = theta[candidates], grad[candidates]  # (on θ's device: a products model's)
         # (on the CPU in float64: k ≤ L1_FACE numbers, and each step reads a few of them back)
-        start = theta[candidates].to("cpu", torch.float64)
-        local = grad[candidates].to("cpu", torch.float64)
+        start = on_candidates.to("cpu", torch.float64)
+        local = pulls.to("cpu", torch.float64)
         x = None
-        if by_products:  # (on θ's device: its products are the design's)
+        if by_products:
             if residual is None:  # (the first outer iteration's, not measured above)
                 residual = constraint.kkt_residual(theta, grad)
             # A least-squares model on the candidates of the last one (none joined: the set has settled) is the
@@ -845,7 +846,7 @@ def proximal_newton(loss, constraint: Constraint, point: Tensor, target: float,
             # took six more models of the same 1137 entries, each to 0.3 of the last residual)
             settled = loss_is_quadratic and kept is not None and torch.equal(candidates, kept[0])
             model_tol = 0.01 * tolerance if settled else max(0.01 * tolerance, INEXACT_PRODUCTS_MODEL * residual)
-            single = model_tol >= SINGLE_PRODUCTS_FROM * float(grad[candidates].abs().max())
+            single = model_tol >= SINGLE_PRODUCTS_FROM * float(pulls.abs().max())
             # (and its products are the last model's where the curvature is constant: the same columns)
             operator = (kept[2] if settled and kept[1] == single
                         else loss.curvature_product(theta, candidates, single=single))
@@ -859,8 +860,8 @@ def proximal_newton(loss, constraint: Constraint, point: Tensor, target: float,
                 if not loss_is_quadratic and DAMPING:
                     first_residual = residual if first_residual is None else first_residual
                     product, diagonal = _damped(product, diagonal, DAMPING * min(1.0, residual / first_residual))
-                x = solve_l1_quadratic_by_products(product, diagonal, grad[candidates], theta[candidates], lam,
-                                                   nonnegative, model_tol, max_products=budget)
+                x = solve_l1_quadratic_by_products(product, diagonal, pulls, on_candidates, lam, nonnegative, model_tol,
+                                                   max_products=budget)
             if x is None:  # (over budget: this problem's curvature is ill-conditioned, formed from now on)
                 products_lost = True
             else:
