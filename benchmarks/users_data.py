@@ -156,21 +156,25 @@ def single_solves(repeats: int, quick: bool = False) -> list[tuple]:
     if quick:  # skglm compiles its numba kernels on first use (~20 s): not in a smoke test
         return rows
     X, y = _data()["cancer std"]
-    return rows + [_against_skglm_logistic("cancer std", X, y, fraction, repeats) for fraction in (0.1, 0.01)]
+    return rows + [_against_skglm_logistic(f"logistic-L1+intercept, cancer std, {fraction:g} λmax", X, y, fraction,
+                                           repeats) for fraction in (0.1, 0.01)]
 
 
-def _against_skglm_logistic(name: str, X, y, fraction: float, repeats: int) -> tuple:
-    """One row: logistic-L1 with an intercept at ``fraction`` of its λ_max by DCS and by skglm's
-    ``SparseLogisticRegression`` (its default tolerance), whole calls."""
+def _against_skglm_logistic(label: str, X, y, fraction: float, repeats: int, fit_intercept: bool = True) -> tuple:
+    """One row: logistic-L1 (with an intercept or not) at ``fraction`` of its λ_max by DCS and by skglm's
+    ``SparseLogisticRegression`` given the same X (dense, or scipy sparse as it is), at its default tolerance
+    and, where that stops short, a calibrated one; whole calls."""
+    import scipy.sparse
     import skglm
 
-    problem = logistic_l1(X, y, 1.0, fit_intercept=True)
+    problem = logistic_l1(X, y, 1.0, fit_intercept=fit_intercept)
     lam = fraction * problem.strength_max()
-    return _against(f"logistic-L1+intercept, {name}, {fraction:g} λmax", problem.at_strength(lam), "skglm SparseLogReg",
-                    lambda: skglm.SparseLogisticRegression(alpha=lam, fit_intercept=True).fit(X, y), repeats,
+    peer = "skglm SparseLogReg" + (" (sparse X)" if scipy.sparse.issparse(X) else "")
+    return _against(label, problem.at_strength(lam), peer,
+                    lambda: skglm.SparseLogisticRegression(alpha=lam, fit_intercept=fit_intercept).fit(X, y), repeats,
                     coef=lambda model: model.coef_.reshape(-1),
-                    calibrate=lambda tol: skglm.SparseLogisticRegression(alpha=lam, fit_intercept=True, tol=tol,
-                                                                         max_iter=1000).fit(X, y))
+                    calibrate=lambda tol: skglm.SparseLogisticRegression(alpha=lam, fit_intercept=fit_intercept,
+                                                                         tol=tol, max_iter=1000).fit(X, y))
 
 
 def _standardised(X):
@@ -202,7 +206,8 @@ def logistic_sweep(repeats: int) -> list[tuple]:
         X, y = make_classification(n_samples=n, n_features=d, n_informative=informative, n_redundant=informative,
                                    random_state=seed, flip_y=0.05)
         cases.append((f"make_classification {n}×{d}", X, y == 1))
-    return [_against_skglm_logistic(name, X, y.astype(float), fraction, repeats)
+    return [_against_skglm_logistic(f"logistic-L1+intercept, {name}, {fraction:g} λmax", X, y.astype(float), fraction,
+                                    repeats)
             for name, X, y in cases for fraction in (0.3, 0.1, 0.03, 0.01)]
 
 
@@ -527,8 +532,6 @@ def large_answer_sweep(repeats: int) -> list[tuple]:
                                            fit_intercept=False))
     if importlib.util.find_spec("skglm") is None:  # pragma: no cover
         return rows
-    import skglm
-
     n, d, stored = 6000, 4000, 120_000
     design = scipy.sparse.coo_matrix((rng.standard_normal(stored), (rng.integers(0, n, stored), rng.integers(0, d, stored))),
                                      shape=(n, d)).tocsr()
@@ -540,13 +543,8 @@ def large_answer_sweep(repeats: int) -> list[tuple]:
             ("sparse CSR 6000×4000", design, labels, 0.01, False),
             ("digits degree-2 std 1797×2144, digit ≥ 5", poly, (yd >= 5).astype(float), 0.003, False),
             ("Gaussian 5000×2000, intercept", np.asfortranarray(gaussian), planted, 0.003, True)):
-        problem = logistic_l1(X, y, 1.0, fit_intercept=intercept)
-        lam = fraction * problem.strength_max()
-        rows.append(_against(f"logistic-L1, {name}, {fraction:g} λmax", problem.at_strength(lam), "skglm SparseLogReg",
-                             lambda: skglm.SparseLogisticRegression(alpha=lam, fit_intercept=intercept).fit(X, y),
-                             repeats, coef=lambda model: model.coef_.reshape(-1),
-                             calibrate=lambda tol: skglm.SparseLogisticRegression(
-                                 alpha=lam, fit_intercept=intercept, tol=tol, max_iter=1000).fit(X, y)))
+        rows.append(_against_skglm_logistic(f"logistic-L1, {name}, {fraction:g} λmax", X, y, fraction, repeats,
+                                            fit_intercept=intercept))
     return rows
 
 
@@ -578,19 +576,9 @@ def sparse_sweep(repeats: int) -> list[tuple]:
         for fraction in (0.1, 0.01):
             rows.append(_against_sklearn_lasso(f"Lasso, {name}, {fraction:g} λmax", X, y - y.mean(), fraction, repeats,
                                                fit_intercept=False))
-        if not has_skglm:  # pragma: no cover
-            continue
-        import skglm
-
-        problem = logistic_l1(X, labels, 1.0)
-        for fraction in (0.1, 0.01):
-            lam = fraction * problem.strength_max()
-            rows.append(_against(f"logistic-L1, {name}, {fraction:g} λmax", problem.at_strength(lam),
-                                 "skglm SparseLogReg (sparse X)",
-                                 lambda: skglm.SparseLogisticRegression(alpha=lam, fit_intercept=False).fit(X, labels),
-                                 repeats, coef=lambda model: model.coef_.reshape(-1),
-                                 calibrate=lambda tol: skglm.SparseLogisticRegression(
-                                     alpha=lam, fit_intercept=False, tol=tol, max_iter=1000).fit(X, labels)))
+        if has_skglm:
+            rows += [_against_skglm_logistic(f"logistic-L1, {name}, {fraction:g} λmax", X, labels, fraction, repeats,
+                                             fit_intercept=False) for fraction in (0.1, 0.01)]
     return rows
 
 
