@@ -4,7 +4,8 @@
                                     [--paths-only] [--reduced-rank-only] [--completion-only]
                                     [--completion-sweep] [--logistic-sweep] [--group-sweep] [--wide-group-sweep]
                                     [--drawn-group-sweep [SEED]] [--drawn-options-sweep [SEED]]
-                                    [--drawn-raw-scales-sweep [SEED]] [--sparse-only] [--large-answer-sweep]
+                                    [--drawn-raw-scales-sweep [SEED]] [--sparse-only] [--sparse-sweep]
+                                    [--large-answer-sweep]
 
 Every row times a *whole call* as a user makes it (``symopt.solve`` / ``symopt.path`` /
 ``symopt.estimators.LassoCV`` against scikit-learn's ``Lasso`` / ``lasso_path`` / ``LassoCV`` and
@@ -32,8 +33,9 @@ rows against skglm; with ``--drawn-group-sweep SEED`` and ``--drawn-options-swee
 default run) on problems drawn from a seed: wide group designs, and the Lasso, elastic net and
 logistic-L1 with drawn options (intercept, sample weights, ``l1_ratio``, ``positive``), and with
 ``--drawn-raw-scales-sweep SEED`` regressions on columns of scales 1e-3..1e3 at 1e-7..1e-4 λ_max; with
-``--sparse-only`` the Lasso on a sparse CSR 10000×100000 design (density 1e-3) against scikit-learn, and with
-``--large-answer-sweep`` Lassos and logistic-L1 whose answers hold more than 1024 columns; nuclear-norm
+``--sparse-only`` the Lasso on a sparse CSR 10000×100000 design (density 1e-3) against scikit-learn, with
+``--sparse-sweep`` the Lasso and logistic-L1 on eight more generated CSR designs (4e4 to 1e6 stored entries), and
+with ``--large-answer-sweep`` Lassos and logistic-L1 whose answers hold more than 1024 columns; nuclear-norm
 (reduced-rank) regression of digits' one-hot labels on its raw and standardised pixels against cvxpy.
 """
 
