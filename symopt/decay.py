@@ -151,6 +151,7 @@ def decay_dropped_atoms(param_groups: list[dict]) -> None:
     for group in param_groups:
         if "symopt_strength" not in group:
             continue
+        strengths = {}  # (λ asked once per owner, not once per factor)
         for p in group["params"]:
             if p.grad is None:
                 continue
@@ -158,7 +159,10 @@ def decay_dropped_atoms(param_groups: list[dict]) -> None:
             if mask is None:
                 continue
             group["weight_decay"] = 0.0  # a group restored by load_state_dict may still hold λ
-            lam = owner_of(p).strength
+            owner = owner_of(p)
+            lam = strengths.get(id(owner))
+            if lam is None:
+                lam = strengths[id(owner)] = owner.strength
             if lam > 0:
                 p.grad.addcmul_(p.detach(), mask, value=lam)
 

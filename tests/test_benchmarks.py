@@ -380,3 +380,26 @@ def test_stress_draws_its_designs_and_reports_every_solve(capsys):
     assert len(rows) == 4 * len(stress.FRACTIONS) and "slowest solves:" in out
     kinds = [kind for _, kind, *_ in stress.draws(4)]
     assert kinds == list(stress.KINDS)
+
+
+@pytest.mark.parametrize("model", ["mlp", "cnn"])
+def test_training_step_quick(model, capsys):
+    """Issue 20's step benchmark runs every row, and its hand-written factorisation (the floor it measures
+    symopt against) computes the plain model's function at the start: the same model, reparametrised."""
+    from benchmarks import training_step
+    from benchmarks.channels import cnn
+    from benchmarks.compression import mlp
+
+    result = training_step.main(["--quick", "--model", model])
+    assert list(result) == ["dense", "factored in plain PyTorch", "symopt, fixed λ", "symopt budget, on the ramp",
+                            "symopt budget, landed"]
+    assert all(seconds > 0 and ratio > 0 for seconds, ratio in result.values())
+    assert "× dense" in capsys.readouterr().out
+    plain, (factored, groups) = (mlp(0) if model == "mlp" else cnn(0)), training_step._factored_by_hand(model)
+    x = torch.randn(5, 64) if model == "mlp" else torch.randn(5, 1, 8, 8)
+    plain.eval(), factored.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(factored(x), plain(x))
+    decayed = {id(p) for p in groups[0]["params"]}
+    assert groups[0]["weight_decay"] > 0 and decayed.isdisjoint(id(p) for p in groups[1]["params"])
+    assert {id(p) for p in factored.parameters()} == decayed | {id(p) for p in groups[1]["params"]}

@@ -234,6 +234,42 @@ def test_group_and_channel_budgets_trim_per_unit():
                     assert torch.equal(mask, dropped)
 
 
+def test_the_decay_masks_are_laid_out_once_a_reading_and_follow_each_reading():
+    """The step hook asks every factor's decay mask on every step: it is laid out once per reading (the same
+    tensor until the next one) and, after a reading that drops other atoms, laid out again from that reading
+    (a unit group's gather, a sparse view), equal to the layout of the new dropped atoms."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 36, 4))
+    units = symopt.group_sparse(net, ["0.weight", "0.bias", "1.weight", "1.bias"], max_groups=3, total_steps=100)
+    entries = symopt.sparse(net, "4.weight", max_nonzero=100, total_steps=100)
+    opt = torch.optim.Adam(symopt.param_groups(net, lr=1e-2), lr=1e-2)
+    X, y = torch.randn(32, 1, 8, 8), torch.randint(0, 4, (32,))
+
+    def step():
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(X), y).backward()
+        opt.step()
+
+    def masks(handle):
+        return [(m.parametrization, slot, m.factors[slot], m.parametrization.decay_mask(slot, m.factors[slot]))
+                for m in handle.members for slot in m.parametrization.decayed]
+
+    for _ in range(30):
+        step()
+    for handle in (units, entries):
+        policy = handle.constraint.policy
+        before, dropped = masks(handle), policy.dropped_atoms()
+        assert all(a[3] is b[3] for a, b in zip(before, masks(handle)))  # (no reading between: kept)
+        changed = False
+        for _ in range(3 * policy.every):  # (readings: the dropped atoms change as the count falls)
+            step()
+            changed = changed or not torch.equal(policy.dropped_atoms(), dropped)
+        assert changed and policy.trimming()
+        for parametrization, slot, factor, mask in masks(handle):
+            laid_out = parametrization.dropped_entries(slot, factor, policy.dropped_atoms().to(factor.dtype))
+            assert torch.equal(mask, laid_out.expand_as(factor))
+
+
 def test_kinds_without_a_trimmed_decay_keep_the_plain_one():
     """A rank budget and an N:M pattern decay every factor during the ramp (weight_decay = λ in their
     group, no mask): their kept sets are not the count's largest atoms of a mask."""

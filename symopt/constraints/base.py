@@ -598,7 +598,17 @@ class Constraint(nn.Module):
         dropped = policy.dropped_atoms()
         if dropped is None:
             return torch.zeros_like(factor)
-        return self.dropped_entries(slot, factor, dropped.to(device=factor.device, dtype=factor.dtype))
+        # (asked on every step, changed only by a reading: laid out once per reading and factor; a unit
+        # group's layout is a gather, and on a dispatch-bound step each operator costs ~10 µs)
+        cache = self.__dict__.get("_decay_masks")
+        if cache is None or cache[0] is not dropped or cache[1] != dropped._version:
+            cache = self.__dict__["_decay_masks"] = (dropped, dropped._version, {})
+        like = (slot, factor.shape, factor.dtype, factor.device)
+        mask = cache[2].get(like)
+        if mask is None:
+            mask = cache[2][like] = self.dropped_entries(slot, factor, dropped.to(device=factor.device,
+                                                                                  dtype=factor.dtype))
+        return mask
 
     def pullback(self, factors: tuple[Tensor, ...] | list[Tensor], grad: Tensor) -> tuple[Tensor, ...]:
         r"""The factors' gradients of $\langle \mathrm{grad}, \mathrm{forward}(\mathrm{factors})\rangle$: the

@@ -637,16 +637,31 @@ class BudgetStrength(HostCopies, Strength):
         were held (``moved()``: a layer applied twice in one pass is not written again); ``(None,
         None)`` otherwise. ``moved`` is asked only once something has landed (a unit group's factors
         do not exist yet at registration's first forward)."""
-        if self.schedule is not None:
-            step, landed = self._counters()
-            if not landed and step < self.ramp[0]:
-                return None, None  # (the warm-up: nothing is due, nothing has landed; asked before every forward)
-        if self.landing_due():
-            return "land", None
-        if not (self.has_landed() or self.landed_early(budget, atom_total)) or not moved():
+        # (asked before every forward of every tensor the budget holds, and a function of the step count
+        # until something lands: decided once per step and budget, not in a dozen calls each time)
+        key = (*self._counters(), budget, atom_total, self.lands_early, self.trims)
+        memo = self.__dict__.get("_landing_memo")
+        if memo is None or memo[0] != key:
+            memo = self.__dict__["_landing_memo"] = (key, self._landing_plan(budget, atom_total))
+        plan = memo[1]
+        if plan != "may hold":
+            return plan, None
+        if not moved():
             return None, None
         early = self.early_landing()
         return ("early", early) if early is not None else ("hold", None)
+
+    def _landing_plan(self, budget: int, atom_total: int) -> str | None:
+        """`next_landing`'s decision before it looks at the factors: None (the warm-up, or nothing landed and
+        nothing to land), ``"land"`` (the ramp has ended), or ``"may hold"`` (atoms have landed: held where
+        something wrote to the factors, landed where a reading left some out)."""
+        if self.schedule is not None:
+            step, landed = self._counters()
+            if not landed and step < self.ramp[0]:
+                return None  # (the warm-up: nothing is due, nothing has landed)
+        if self.landing_due():
+            return "land"
+        return "may hold" if self.has_landed() or self.landed_early(budget, atom_total) else None
 
     def landing_due(self) -> bool:
         """Whether the ramp has ended and the budget has not landed yet."""

@@ -18,7 +18,7 @@ subspace at once, and stay there.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -264,9 +264,25 @@ class UnitGroups(Constraint, register=False):
     def _zero_units(self, keep: Tensor, gates: Tensor, omegas: dict[int, Tensor]) -> None:
         """$s_c = 0$ in ``gates`` and $ω_t[c] = 0$ in each ``omegas[t]`` (tensor t's ω, or a tensor like it)
         for every unit c outside ``keep``: the mirror's fixed point."""
-        gates.masked_fill_(~keep, 0.0)
+        gates.masked_fill_(self._keep_mask(keep, "dropped", None, lambda: ~keep), 0.0)
         for i, omega in omegas.items():
-            omega.mul_(self.spread(keep.to(omega.dtype), omega, i))
+            omega.mul_(self._keep_mask(keep, i, (omega.dtype, omega.device),
+                                       lambda: self.spread(keep.to(omega.dtype), omega, i)))
+
+    def _keep_mask(self, keep: Tensor, name, like, make: Callable[[], Tensor]) -> Tensor:
+        """``make()``, a mask `_zero_units` derives from ``keep`` (``name``: which; ``like``: what else it depends
+        on), kept while ``keep`` is the landed units' buffer and unchanged: those are held before every
+        forward of every tensor of the group, and laying them out anew cost that forward a gather and a cast
+        per tensor (as `Constraint.from_landing_mask` does for the other kinds)."""
+        if keep is not self.landed_keep:
+            return make()
+        cache = self.__dict__.get("_keep_masks")
+        if cache is None or cache[0] is not keep or cache[1] != keep._version:
+            cache = self.__dict__["_keep_masks"] = (keep, keep._version, {})
+        key = (name, like)
+        if key not in cache[2]:
+            cache[2][key] = make()
+        return cache[2][key]
 
     def factors(self) -> tuple[Tensor, ...]:
         """The shared gates, then each tensor's $ω$: every factor of the group."""
@@ -423,8 +439,14 @@ def _land_units_when_due(member: "UnitGroupsMember", inputs: tuple[Tensor, ...])
     # every tensor's dropped units at once, once after each write to the factors (an optimizer step):
     # the shared gates are every tensor's, and a block applied twice in one pass must not see its factors
     # written between the two uses (autograd refused that backward)
-    what, early = group.policy.next_landing(group.budget, group.atom_total,
-                                            lambda: moved_since_held(group, group.factors()))
+    factors = None
+
+    def moved() -> bool:
+        nonlocal factors
+        factors = group.factors()
+        return moved_since_held(group, factors)
+
+    what, early = group.policy.next_landing(group.budget, group.atom_total, moved)
     if what is None:
         return
     if what == "hold":
@@ -432,7 +454,7 @@ def _land_units_when_due(member: "UnitGroupsMember", inputs: tuple[Tensor, ...])
             group.hold(range(len(group.copies)))
     else:
         group.land_all(early)  # (early None: the budget lands)
-    held(group, group.factors())
+    held(group, factors if factors is not None else group.factors())
 
 
 class UnitGroupsMember(GroupMember):
