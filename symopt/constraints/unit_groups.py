@@ -274,7 +274,7 @@ class UnitGroups(Constraint, register=False):
         on), kept while ``keep`` is the landed units' buffer and unchanged: those are held before every
         forward of every tensor of the group, and laying them out anew cost that forward a gather and a cast
         per tensor (as `Constraint.from_landing_mask` does for the other kinds)."""
-        if keep is not self.landed_keep:
+        if keep is not getattr(self, "landed_keep", None):  # (a group without a budget has none)
             return make()
         cache = self.__dict__.get("_keep_masks")
         if cache is None or cache[0] is not keep or cache[1] != keep._version:
