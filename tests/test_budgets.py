@@ -675,6 +675,39 @@ class _HostReads:
             setattr(torch.Tensor, name, real)
 
 
+def test_a_long_ramp_reads_on_one_step_in_eight_and_still_lands_exactly():
+    """A ramp of at least ``budget.LONG_RAMP`` steps reads its atoms on one step in
+    ``LONG_RAMP_READ_EVERY`` (8), a shorter one and a budget without ``total_steps`` on one in ``READ_EVERY``
+    (4); the long ramp's readings are the steps it says, and its budget lands exactly, with the default
+    ``finalize``."""
+    from symopt.constraints.budget import LONG_RAMP, LONG_RAMP_READ_EVERY, READ_EVERY
+
+    long_total = math.ceil(LONG_RAMP / 0.65) + 1  # (the default ramp: 10% .. 75% of the steps)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
+    handle = symopt.sparse(net, "0.weight", max_nonzero=20, total_steps=long_total)
+    policy = handle.constraint.policy
+    assert policy.ramp[1] - policy.ramp[0] >= LONG_RAMP and policy.every == LONG_RAMP_READ_EVERY
+    for total in (None, long_total // 2):
+        other = symopt.sparse(nn.Linear(8, 16), "weight", max_nonzero=20, total_steps=total)
+        assert other.constraint.policy.every == READ_EVERY
+    x = torch.randn(256, 8, generator=torch.Generator().manual_seed(1))
+    y = x[:, :2].sin()
+    opt = torch.optim.Adam(symopt.param_groups(net, lr=1e-2), lr=1e-2)
+    readings = []
+    for step in range(long_total):
+        reads = policy.quiet() is None and policy.ramp[0] <= step < policy.ramp[1]
+        readings += [step] if reads else []
+        opt.zero_grad()
+        (net(x) - y).square().mean().backward()
+        opt.step()
+    # (the ramp's first step reads too: λ is not known before it)
+    assert readings[0] == policy.ramp[0] and all(step % LONG_RAMP_READ_EVERY == 0 for step in readings[1:])
+    assert len(readings) >= (policy.ramp[1] - policy.ramp[0]) // LONG_RAMP_READ_EVERY
+    assert policy.has_landed() and int((net[0].weight != 0).sum()) == 20
+    assert symopt.finalize(net).ok
+
+
 @pytest.mark.parametrize("register", [
     lambda net: symopt.sparse(net, "0.weight", density=0.25),
     lambda net: symopt.sparse(net, "0.weight", density=0.25, total_steps=400, ramp=(0.0, 0.9)),

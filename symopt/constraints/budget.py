@@ -28,7 +28,10 @@ costs several passes over the tensor, as much as the step itself at 512×512 wit
 moves only a fraction ``rate`` per step anyway. So the controller reads on one step in four (and on
 every step while λ is unknown, or when the gradients are taken inside a bound optimizer's step, as an
 L-BFGS closure is), and each reading moves log λ by the compounded rate of the steps since the last,
-$1 - (1 - \mathrm{rate})^4$, the same time constant.
+$1 - (1 - \mathrm{rate})^4$, the same time constant. A ramp of at least ``LONG_RAMP`` steps reads on one
+step in ``LONG_RAMP_READ_EVERY`` (8): at least 128 readings either way, and on the digits MLP (a ramp of
+1495 steps) a reading step was a third of the budget's cost over fixed λ, for the same accuracy at
+either cadence (benchmarks/RESULTS.md).
 
 Before the first observation λ is the ``strength`` given, or, if none, ``START`` (a tenth) of the
 midpoint of the k-th and (k+1)-th largest gradient atoms at the first backward pass (about the λ at
@@ -52,6 +55,9 @@ SPREAD = 2.0
 RATE = 0.1
 START = 0.1
 READ_EVERY = 4
+# ... and on a ramp of at least LONG_RAMP steps, one in LONG_RAMP_READ_EVERY (still 128 readings or more)
+LONG_RAMP_READ_EVERY = 8
+LONG_RAMP = 128 * LONG_RAMP_READ_EVERY
 # On a ramp that lands on the way (`BudgetStrength.lands_early`), a reading lands the atoms ranked beyond
 # this multiple of the scheduled count
 LAND_BEYOND = 1.5

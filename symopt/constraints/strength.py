@@ -36,8 +36,8 @@ import torch
 from torch import Tensor
 
 from .auto import MultiplierEstimate, check_margin
-from .budget import (LAND_BEYOND, READ_EVERY, RATE, BudgetController, budget_target, check_rate, leading,
-                     mean_of_largest, sampled_kth, scheduled_count)
+from .budget import (LAND_BEYOND, LONG_RAMP, LONG_RAMP_READ_EVERY, READ_EVERY, RATE, BudgetController, budget_target,
+                     check_rate, leading, mean_of_largest, sampled_kth, scheduled_count)
 from .state import Float64State, HostCopies
 from .warn import warn_user
 
@@ -469,7 +469,8 @@ class BudgetStrength(HostCopies, Strength):
     `benchmarks.compression` (benchmarks/RESULTS.md).
 
     **Readings.** The controller reads the atoms on one step in ``every`` (an attribute,
-    ``budget.READ_EVERY`` = 4), and on every step whose gradients are taken inside the step of an
+    ``budget.READ_EVERY`` = 4; on a ramp of at least ``budget.LONG_RAMP`` steps
+    ``budget.LONG_RAMP_READ_EVERY`` = 8), and on every step whose gradients are taken inside the step of an
     optimizer bound by `symopt.bind` (an L-BFGS closure; a plain ``backward(); step()`` loop takes them
     before the step, bound or not); λ and the dropped set stay as the last reading left them in between.
 
@@ -504,6 +505,8 @@ class BudgetStrength(HostCopies, Strength):
         if schedule is not None:
             total, first, last = schedule
             self.ramp = (int(first * total), max(int(first * total) + 1, int(round(last * total))))
+            if self.ramp[1] - self.ramp[0] >= LONG_RAMP:
+                self.every = LONG_RAMP_READ_EVERY
             self.register_buffer("landed", torch.zeros((), dtype=torch.float64))
         self._register_load_state_dict_pre_hook(_count_steps_from_zero)
         # the dropped atoms of the last reading go into the state_dict when there are some, so that a
