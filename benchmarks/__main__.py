@@ -1,6 +1,7 @@
 """The benchmark runner: every benchmark in one command.
 
-    python -m benchmarks run [--device cuda] [--quick] [--large] [--only families,floor,overhead,export,cvxpy_limits,geoopt_optimizers,users_data,loops]
+    python -m benchmarks run [--device cuda] [--quick] [--large]
+                             [--only families,floor,overhead,training_step,export,cvxpy_limits,geoopt_optimizers,users_data,loops]
                              [--figures docs/figures/benchmarks]
 
 ``--quick`` is the smoke test (seconds per benchmark, smallest sizes, one repeat): it checks the
@@ -13,9 +14,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import cvxpy_limits, export, families, floor, geoopt_optimizers, loops, overhead, users_data
+from . import cvxpy_limits, export, families, floor, geoopt_optimizers, loops, overhead, training_step, users_data
 
-BENCHMARKS = ("families", "floor", "overhead", "export", "cvxpy_limits", "geoopt_optimizers", "users_data", "loops")
+BENCHMARKS = ("families", "floor", "overhead", "training_step", "export", "cvxpy_limits", "geoopt_optimizers",
+              "users_data", "loops")
 
 
 def main(argv=None) -> None:
@@ -43,6 +45,9 @@ def main(argv=None) -> None:
         elif name == "overhead":
             for model in ("mlp", "cnn"):
                 overhead.main(device + ["--model", model] + (["--repeats", "1", "--steps", "3"] if args.quick else []))
+        elif name == "training_step":  # CPU: issue 20's two small models against the hand-written factorisation
+            for model in ("mlp", "cnn"):
+                training_step.main(["--model", model] + quick)
         elif name == "cvxpy_limits":
             cvxpy_limits.main(quick)
         elif name == "users_data":  # CPU: scikit-learn and skglm are CPU solvers
