@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 import symopt
 from helpers import optimizer_step, resumed_matches
@@ -157,10 +158,57 @@ def test_a_resumed_run_lands_and_holds_the_same_atoms(kind):
     (lambda: symopt.Sparse(max_nonzero=3, total_steps=100, ramp=(0.6, 0.5)), "0 <= start < end <= 1"),
     (lambda: symopt.Sparse(0.1, total_steps=100), "total_steps schedules a budget"),
     (lambda: symopt.Sparse(symopt.Fixed(0.1), max_nonzero=3, total_steps=100), "do not pass a Strength"),
+    (lambda: symopt.Sparse(max_nonzero=3, ramp=(0.0, 0.25)), "give total_steps= .* or drop ramp"),
 ])
 def test_bad_schedules_are_refused(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+@pytest.mark.parametrize("register", [
+    lambda m: symopt.sparse(m, "0.weight", density=0.1, ramp=(0.0, 0.25)),
+    lambda m: symopt.sparse(m, ["0.weight", "2.weight"], density=0.1, ramp=(0.0, 0.25)),
+    lambda m: symopt.group_sparse(m, ["0.weight", "0.bias"], max_groups=4, ramp=(0.0, 0.25)),
+    lambda m: symopt.low_rank(m, "0.weight", target_rank=2, ramp=(0.0, 0.25)),
+    lambda m: symopt.tie(m, ["0.weight", "2.weight"], ramp=(0.0, 0.5)),
+], ids=["sparse", "pooled", "unit_groups", "low_rank", "tie"])
+def test_a_ramp_without_total_steps_is_refused_before_anything_changes(register):
+    """A ramp places a schedule within total_steps: given without it, it would be ignored (no schedule, no
+    landing), so it is refused, naming both, and the model is left as it was."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match="ramp=.* give total_steps="):
+        register(model)
+    assert not any(parametrize.is_parametrized(m) for m in model.modules())
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_every_default_ramp_is_the_one_the_check_knows():
+    """The verbs and kinds spell the default ramp in their signatures; `check_total_steps` refuses any other
+    ramp without total_steps, so every default must be `budget.DEFAULT_RAMP`."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import symopt.constraints
+    from symopt import verbs
+    from symopt.constraints.budget import DEFAULT_RAMP
+
+    modules = [verbs] + [importlib.import_module(f"symopt.constraints.{info.name}")
+                         for info in pkgutil.iter_modules(symopt.constraints.__path__)]
+    defaults = {}
+    for module in modules:
+        for name, obj in vars(module).items():
+            if (inspect.isfunction(obj) or inspect.isclass(obj)) and obj.__module__ == module.__name__:
+                try:
+                    parameter = inspect.signature(obj).parameters.get("ramp")
+                except (TypeError, ValueError):
+                    continue
+                if parameter is not None and parameter.default is not inspect.Parameter.empty:
+                    defaults[f"{module.__name__}.{name}"] = parameter.default
+    assert len(defaults) >= 12 and "symopt.verbs.attention_heads" in defaults and "symopt.constraints.base.Constraint" in defaults
+    assert {where: d for where, d in defaults.items() if d != DEFAULT_RAMP} == {}
 
 
 def test_a_pooled_budget_lands_over_all_its_tensors():

@@ -89,9 +89,18 @@ def entry_budget(max_nonzero: object, density: object, owner: str) -> tuple[str,
     return ("count", k) if k is not None else ("density", fraction) if fraction is not None else None
 
 
+# The schedule's (start, end) as fractions of total_steps when none is given: a warm-up for the features, then
+# the ramp, landing with a quarter of training left to fine-tune (the verbs' and kinds' default `ramp`)
+DEFAULT_RAMP = (0.1, 0.75)
+
+
 def check_total_steps(total_steps: object, ramp: object, owner: str) -> tuple[int, float, float] | None:
-    """``(total_steps, ramp start, ramp end)`` as checked values, or None without ``total_steps``."""
+    """``(total_steps, ramp start, ramp end)`` as checked values, or None without ``total_steps`` (where a ramp
+    other than the default is refused: it places a schedule that only ``total_steps`` makes)."""
     if total_steps is None:
+        if ramp != DEFAULT_RAMP and ramp != list(DEFAULT_RAMP):
+            raise ValueError(f"{owner}: ramp={ramp!r} places a schedule within total_steps, and none is given; give "
+                             "total_steps= (the optimizer steps until training ends) too, or drop ramp")
         return None
     if isinstance(total_steps, bool) or not isinstance(total_steps, numbers.Integral) or total_steps < 1:
         raise ValueError(f"{owner}: total_steps must be an int >= 1 (the steps until training ends), "
