@@ -376,7 +376,8 @@ def attention_heads(model: nn.Module, name: str | Sequence[str] = "", strength: 
         TypeError: ``name`` is neither an ``nn.MultiheadAttention`` nor a block with four Linear
             projections.
         ValueError: a head count that does not divide the projections, a tensor already
-            constrained, a bad strength; nothing is changed.
+            constrained, a bad strength, a ``max_heads`` not below the heads there are, ``total_steps``
+            (or a ``ramp``) without its budget; nothing is changed.
 
     Examples:
         >>> import torch, symopt
@@ -385,6 +386,11 @@ def attention_heads(model: nn.Module, name: str | Sequence[str] = "", strength: 
         >>> handle.constraint.unit_norms(handle.values()).shape   # one norm per head
         torch.Size([4])
     """
+    # (the budget's checks in the caller's words: the head group below would name its own max_groups)
+    check_budget(max_heads, "max_heads", "attention_heads")
+    if max_heads is None and total_steps is not None:
+        raise ValueError("attention_heads: total_steps schedules a head budget; give max_heads= too, or drop "
+                         "total_steps")
     if not isinstance(name, str) and isinstance(name, Sequence):
         if not name or not all(isinstance(n, str) for n in name):
             raise ValueError(f"attention_heads: give one block's name, or a list of block names for one budget "
@@ -397,6 +403,12 @@ def attention_heads(model: nn.Module, name: str | Sequence[str] = "", strength: 
     names = [n for block in blocks for n in block[0]]
     dims = [d for block in blocks for d in block[1]]
     maps = [m for block in blocks for m in block[2]]
+    total_heads = sum(int(block[2][0].max()) + 1 for block in blocks)  # (a block's first tensor: every head)
+    if max_heads is not None and max_heads >= total_heads:
+        where = ("the block" if name == "" else repr(name) if isinstance(name, str)
+                 else "blocks " + ", ".join(repr(n) for n in name))
+        raise ValueError(f"attention_heads: max_heads={max_heads} keeps every head ({total_heads} in {where}), so "
+                         f"the budget does not bind; give fewer than {total_heads}, or no budget")
     sets = [j for j, block in enumerate(blocks) for _ in block[0]] if len(blocks) > 1 else None
     group = UnitGroups(dims, strength, seed=seed, unit_maps=maps, structure_name="heads", max_groups=max_heads,
                        total_steps=total_steps, ramp=ramp, sets=sets, land_on_the_way=land_on_the_way)

@@ -103,6 +103,25 @@ def test_bad_inputs():
         assert isinstance(symopt.export(attn, mode="compressed"), nn.MultiheadAttention)
 
 
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(max_heads=0), "attention_heads: max_heads must be an int >= 1, got 0"),
+    (dict(max_heads=2.5), "attention_heads: max_heads must be an int >= 1"),
+    (dict(max_heads=4), r"max_heads=4 keeps every head \(4 in the block\).*give fewer than 4"),
+    (dict(max_heads=9, total_steps=100), "max_heads=9 keeps every head"),
+    (dict(total_steps=100), "total_steps schedules a head budget; give max_heads= too"),
+    (dict(max_heads=2, ramp=(0.0, 0.25)), "give total_steps="),
+])
+def test_a_bad_head_budget_names_max_heads_and_changes_nothing(kwargs, match):
+    """The head budget's errors speak of max_heads, the argument the caller gave (the unit group beneath
+    calls it max_groups), and come before anything is registered."""
+    attn = nn.MultiheadAttention(16, 4)
+    before = {k: v.clone() for k, v in attn.state_dict().items()}
+    with pytest.raises(ValueError, match=match):
+        symopt.attention_heads(attn, **kwargs)
+    assert symopt.list_constraints(attn) == []
+    assert all(torch.equal(attn.state_dict()[k], v) for k, v in before.items())
+
+
 class HandWritten(nn.Module):
     """The attention block people write: four Linear layers and a reshape by self.num_heads."""
 
