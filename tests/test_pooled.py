@@ -100,6 +100,7 @@ def test_nonnegative_pools_too():
     (lambda m: symopt.sparse(m, ["0.weight", "2.weight"], max_nonzero=3, density=0.1), ValueError, "not both"),
     (lambda m: symopt.sparse(m, ["0.weight", "nope"], max_nonzero=3), ValueError, "no parameter"),
     (lambda m: symopt.sparse(m, ["0.weight", "0.weight"], max_nonzero=3), ValueError, "twice"),
+    (lambda m: symopt.sparse(m, ["0.weight", "2.weight"], max_nonzero=1), ValueError, "below the 2 tensors"),
 ])
 def test_bad_pools_change_nothing(call, error, match):
     net = nn.Sequential(nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 6))
@@ -212,6 +213,34 @@ def test_a_global_rank_budget_lands_exactly_and_export_factorises_each_layer(opt
     small = symopt.export(net, mode="compressed", example_input=X[:4])
     assert (small[0][0].out_features, small[2][0].out_features) == (r0, r2)
     assert torch.allclose(small(X[:8]), reference, rtol=1e-4, atol=1e-5)  # float32 factors: relative rounding
+
+
+@pytest.mark.parametrize("land_on_the_way", [True, False])
+def test_a_global_entry_budget_never_empties_a_layer(land_on_the_way):
+    """Issue 20's "never kill a layer" for a global density budget ranked on raw entries (as
+    ``global_unstructured`` ranks them): a ReLU network whose first layer is scaled by 1e-3 and second by
+    1e3 (the same function) had its first and last layers emptied at density 0.01 (0 of 1024 and 0 of 256
+    non-zeros: a constant network). Each layer now keeps its largest entry on the ramp's way and at the
+    landing, the count is still exactly the budget, and finalize needs no force."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 4))
+    with torch.no_grad():
+        net[0].weight.mul_(1e-3), net[0].bias.mul_(1e-3), net[2].weight.mul_(1e3)
+    handle = symopt.sparse(net, ["0.weight", "2.weight", "4.weight"], density=0.01, total_steps=300,
+                           land_on_the_way=land_on_the_way)
+    opt = torch.optim.Adam(symopt.param_groups(net, lr=1e-3), lr=1e-3)
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(128, 16, generator=g), torch.randint(0, 4, (128,), generator=g)
+    alive = []
+    for _ in range(300):
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+        alive.append([int((net[i].weight != 0).sum()) for i in (0, 2, 4)])
+    assert handle.constraint.policy.has_landed()
+    assert all(min(counts) >= 1 for counts in alive), [c for c in alive if min(c) == 0][:3]
+    assert sum(alive[-1]) == handle.constraint.budget == round(0.01 * (1024 + 4096 + 256))
+    assert symopt.finalize(net).ok
 
 
 def test_each_matrix_of_a_global_rank_budget_keeps_rank_one():

@@ -12,9 +12,12 @@ The union of the atoms is the concatenation of each tensor's: its entries (``Spa
 or its singular values (``LowRank``: ``symopt.low_rank(model, [names], target_rank=r)``, one λ on
 $\sum_t ‖W_t‖_*$, so r counts the ranks of all the matrices together). During a landing budget's ramp
 and at its landing, a pool of matrices compares each singular value over its matrix's Frobenius norm
-(`Pooled.scales`: raw singular values of layers of different scales starve the smaller one), and keeps
-at least rank 1 in every matrix (rank 0 cuts a network at that layer); an entry budget, like
-``global_unstructured``, compares raw entries and may empty a tensor.
+(`Pooled.scales`: raw singular values of layers of different scales starve the smaller one). Every tensor keeps
+at least one atom, on the ramp's way and at the landing: rank 1 in every matrix, a non-zero in every tensor of
+entries (an empty layer, or rank 0, cuts a network there). An entry budget otherwise compares raw entries, as
+``global_unstructured`` does, which empties a layer whose entries are all smaller than the others' (a ReLU
+network's layers rescaled by 1e-3 and 1e3, the same function: two of three layers emptied at density 0.01,
+before this floor).
 """
 
 from __future__ import annotations
@@ -89,6 +92,10 @@ class PooledBudget(BudgetStrength):
         if scales is not None:  # every atom decays (a rank budget trims nothing), by its matrix's weight
             dropped = torch.cat([torch.full((n,), float(c), dtype=value.dtype, device=value.device)
                                  for n, c in zip(group.atom_counts, scales)])
+        elif dropped is not None or early is not None:
+            # no tensor is left without an atom on the way either: its largest stays off the fixed subspace and
+            # undecayed (an emptied layer cuts the network, and a landed atom does not come back at the landing)
+            dropped, early = group.keep_one_in_each(lambda: pooled_atoms(value.detach(), 1, "point"), dropped, early)
         return target, dropped, steps, early
 
 
@@ -179,11 +186,10 @@ class Pooled(Constraint, register=False):
         counts = [probe.atom_count(t) for probe, t in zip(probes, tensors)]
         self.resolve_budget(sum(counts), ", ".join(names), "non-zeros" if self.entries else "atoms",
                             holder="the tensors have" if self.entries else "the factor widths allow")
-        if not self.entries:  # rank >= 1 in each
-            if self.budget < len(tensors):
-                raise ValueError(f"{type(probes[0]).__name__} (pooled): a budget of {self.budget} is below the "
-                                 f"{len(tensors)} tensors, and each keeps at least one atom (rank 0 cuts the "
-                                 f"network); give at least {len(tensors)}")
+        if self.budget < len(tensors):  # (rank >= 1, and a non-zero, in each)
+            raise ValueError(f"{type(probes[0]).__name__} (pooled): a budget of {self.budget} is below the "
+                             f"{len(tensors)} tensors, and each keeps at least one atom (an empty layer or rank 0 "
+                             f"cuts the network); give at least {len(tensors)}")
         self.policy.budget, self.policy.atom_total = self.budget, self.atom_total
         self.sizes = [t.numel() for t in tensors]
         self.atom_counts = counts
@@ -256,9 +262,32 @@ class Pooled(Constraint, register=False):
         return [max(float(v.detach().norm()), torch.finfo(v.dtype).tiny) for v in values]
 
     def keep_mask(self, atoms: Tensor) -> Tensor:
-        """The ``budget`` largest atoms over all the tensors (flat, in the pool's order); a budget of
-        ranks keeps at least one in each matrix (see the module docstring)."""
-        return largest_in_parts(atoms, self.budget, self.atom_counts, floor=0 if self.entries else 1)
+        """The ``budget`` largest atoms over all the tensors (flat, in the pool's order), each tensor keeping
+        at least one (see the module docstring)."""
+        return largest_in_parts(atoms, self.budget, self.atom_counts)
+
+    def keep_one_in_each(self, atoms: Callable[[], Tensor], dropped: Tensor | None,
+                         early: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
+        """A reading's ``dropped`` (1.0 where the trimmed decay acts) and ``early`` (True where an atom stays
+        off its fixed subspace) over the pool's atoms, with each tensor that the reading left without a
+        kept atom keeping its largest (``atoms()``, asked only then): as `keep_mask` does at the landing.
+        Ranked on raw sizes (as ``global_unstructured`` ranks), a tensor whose entries are all smaller than
+        the others' is otherwise emptied on the way, and nothing brings a landed atom back."""
+        spans = list(zip(self.offsets, self.atom_counts))
+        empty_dropped = [] if dropped is None else [bool((dropped[a:a + n] != 0).all()) for a, n in spans]
+        empty_early = [] if early is None else [not bool(early[a:a + n].any()) for a, n in spans]
+        if not any(empty_dropped) and not any(empty_early):
+            return dropped, early
+        sizes = atoms()
+        dropped = None if dropped is None else dropped.clone()
+        early = None if early is None else early.clone()
+        for j, (a, n) in enumerate(spans):
+            largest_here = a + int(sizes[a:a + n].argmax())
+            if empty_dropped and empty_dropped[j]:
+                dropped[largest_here] = 0
+            if empty_early and empty_early[j]:
+                early[largest_here] = True
+        return dropped, early
 
     def _shares(self, values: Sequence[Tensor]) -> list[int]:
         """How many atoms of the budget each tensor holds at ``values``."""
