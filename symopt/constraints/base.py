@@ -443,12 +443,12 @@ class Constraint(nn.Module):
         return self.from_landing_mask(keep, "mask", (like.dtype, like.device),
                                       lambda: keep.view_as(like).to(like.dtype))
 
-    def from_landing_mask(self, keep: Tensor, name: str, like: tuple, make: Callable[[], object]):
-        """``make()``, something `hold_landed` derives from the landing mask ``keep`` (``name`` says what),
-        formed once and kept while ``keep`` is unchanged (the same tensor, the same version counter)
-        and ``like`` (what else it depends on: a dtype, a device) is equal: a landing mask is held
-        before every forward, and deriving it anew each time cost that forward (a float mask; on a
-        GPU, a count read to the host is a synchronisation)."""
+    def from_landing_mask(self, keep: Tensor, name: object, like: object, make: Callable[[], object]):
+        """``make()``, something derived from the landing mask ``keep`` (``name`` says what; or from another
+        mask asked on every step: a reading's dropped atoms, `decay_mask`), formed once and kept while
+        ``keep`` is unchanged (the same tensor, the same version counter) and ``like`` (what else it depends
+        on: a dtype, a device) is equal: a landing mask is held before every forward, and deriving it anew
+        each time cost that forward (a float mask; on a GPU, a count read to the host is a synchronisation)."""
         cache = self.__dict__.setdefault("_from_landing_mask", {})
         cached = cache.get(name)
         if cached is None or cached[0] is not keep or cached[1] != keep._version or cached[2] != like:
@@ -600,15 +600,9 @@ class Constraint(nn.Module):
             return torch.zeros_like(factor)
         # (asked on every step, changed only by a reading: laid out once per reading and factor; a unit
         # group's layout is a gather, and on a dispatch-bound step each operator costs ~10 µs)
-        cache = self.__dict__.get("_decay_masks")
-        if cache is None or cache[0] is not dropped or cache[1] != dropped._version:
-            cache = self.__dict__["_decay_masks"] = (dropped, dropped._version, {})
-        like = (slot, factor.shape, factor.dtype, factor.device)
-        mask = cache[2].get(like)
-        if mask is None:
-            mask = cache[2][like] = self.dropped_entries(slot, factor, dropped.to(device=factor.device,
-                                                                                  dtype=factor.dtype))
-        return mask
+        return self.from_landing_mask(dropped, ("decay", slot), (factor.shape, factor.dtype, factor.device),
+                                      lambda: self.dropped_entries(slot, factor, dropped.to(device=factor.device,
+                                                                                              dtype=factor.dtype)))
 
     def pullback(self, factors: tuple[Tensor, ...] | list[Tensor], grad: Tensor) -> tuple[Tensor, ...]:
         r"""The factors' gradients of $\langle \mathrm{grad}, \mathrm{forward}(\mathrm{factors})\rangle$: the

@@ -264,25 +264,17 @@ class UnitGroups(Constraint, register=False):
     def _zero_units(self, keep: Tensor, gates: Tensor, omegas: dict[int, Tensor]) -> None:
         """$s_c = 0$ in ``gates`` and $ω_t[c] = 0$ in each ``omegas[t]`` (tensor t's ω, or a tensor like it)
         for every unit c outside ``keep``: the mirror's fixed point."""
-        gates.masked_fill_(self._keep_mask(keep, "dropped", None, lambda: ~keep), 0.0)
-        for i, omega in omegas.items():
-            omega.mul_(self._keep_mask(keep, i, (omega.dtype, omega.device),
-                                       lambda: self.spread(keep.to(omega.dtype), omega, i)))
+        # (the landed units are held before every forward of every tensor of the group: their masks are kept while
+        # that buffer is unchanged, `from_landing_mask`; any other mask, a regrowth's, is laid out once)
+        held = keep is getattr(self, "landed_keep", None)  # (a group without a budget has none)
 
-    def _keep_mask(self, keep: Tensor, name, like, make: Callable[[], Tensor]) -> Tensor:
-        """``make()``, a mask `_zero_units` derives from ``keep`` (``name``: which; ``like``: what else it depends
-        on), kept while ``keep`` is the landed units' buffer and unchanged: those are held before every
-        forward of every tensor of the group, and laying them out anew cost that forward a gather and a cast
-        per tensor (as `Constraint.from_landing_mask` does for the other kinds)."""
-        if keep is not getattr(self, "landed_keep", None):  # (a group without a budget has none)
-            return make()
-        cache = self.__dict__.get("_keep_masks")
-        if cache is None or cache[0] is not keep or cache[1] != keep._version:
-            cache = self.__dict__["_keep_masks"] = (keep, keep._version, {})
-        key = (name, like)
-        if key not in cache[2]:
-            cache[2][key] = make()
-        return cache[2][key]
+        def mask(name, like, make: Callable[[], Tensor]) -> Tensor:
+            return self.from_landing_mask(keep, name, like, make) if held else make()
+
+        gates.masked_fill_(mask("dropped units", None, lambda: ~keep), 0.0)
+        for i, omega in omegas.items():
+            omega.mul_(mask(("units", i), (omega.dtype, omega.device),
+                            lambda: self.spread(keep.to(omega.dtype), omega, i)))
 
     def factors(self) -> tuple[Tensor, ...]:
         """The shared gates, then each tensor's $ω$: every factor of the group."""
