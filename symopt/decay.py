@@ -130,7 +130,7 @@ def param_groups(model: nn.Module, lr: float | None = None, weight_decay: float 
         decayed_ids.update(id(f) for f in factors)
         if factors:
             policy = handle.constraint.policy
-            if policy.trims:
+            if policy.trims or policy.schedule_of_budget() is not None or policy.lands_set():
                 _install_step_hook()
             if policy.watching and policy.scale_watch is None:
                 policy.scale_watch = ScaleWatch(handle.constraint, handle.decayed_factors())
@@ -242,6 +242,90 @@ def check_gradient_scale(param_groups: list[dict]) -> None:
                 watch.check()
 
 
+def factor_state_layers(optimizer: torch.optim.Optimizer, factors) -> list[tuple[str, tuple[Tensor, ...]]]:
+    """Every state tensor ``optimizer`` keeps shaped like its factor (SGD's momentum, Adam's two averages
+    and AMSGrad's maximum, RMSprop's, Adagrad's sums), by key, as a tuple in ``factors``' order with a zero
+    scratch tensor where a factor has none: the tensors a kind's ``hold_atoms`` or a symmetry move treats
+    as it treats the factors. A step count is never one of them, whatever its shape."""
+    states = [optimizer.state.get(f, {}) for f in factors]
+    layers = []
+    for key in sorted({key for state in states for key in state if key != "step"}):
+        tensors = [state.get(key) for state in states]
+        if any(isinstance(t, Tensor) and t.shape == f.shape for t, f in zip(tensors, factors)):
+            layers.append((key, tuple(t if isinstance(t, Tensor) and t.shape == f.shape else torch.zeros_like(f)
+                                      for t, f in zip(tensors, factors))))
+    return layers
+
+
+def hold_landed_state(optimizer: torch.optim.Optimizer) -> None:
+    """Put the atoms a landing dropped since the last step on the fixed point in the factors' gradients and
+    in ``optimizer``'s state of them (what the landings ask with ``hold_state_at_next_step``; a step
+    pre-hook's last act): first moments 0, second moments a large normal value (`landed_second_moment`).
+    The optimizer's update of those entries is then exactly 0, step after step. Without it a landed
+    atom's momentum decays into subnormal floats and stays there, and the optimizer's step on those
+    entries costs several times a normal one on a CPU. The factors themselves are held by the landing's
+    forward pre-hook."""
+    if not optimizer.state:
+        return
+    for group in optimizer.param_groups:
+        if "symopt_strength" not in group:
+            continue
+        for p in group["params"]:
+            owner = owner_of(p)
+            record = None if owner is None else owner.__dict__.get("_state_due")
+            if record is None:
+                continue
+            owners, holder, factors, keep = record
+            for o in owners:
+                if o.__dict__.get("_state_due") is record:
+                    del o.__dict__["_state_due"]
+            layers = factor_state_layers(optimizer, factors)
+            if any(f.grad is not None for f in factors):
+                layers.append(("grad", tuple(torch.zeros_like(f) if f.grad is None else f.grad for f in factors)))
+            with torch.no_grad():
+                kept = None  # per factor: 1.0 where an atom is kept, 0.0 where it landed
+                for key, layer in layers:
+                    if key in SECOND_MOMENTS:
+                        if kept is None:
+                            kept = tuple(torch.ones_like(f) for f in factors)
+                            _hold(holder, kept, keep)
+                        for t, k in zip(layer, kept):
+                            t.mul_(k).add_(1 - k, alpha=landed_second_moment(t.dtype))
+                    else:
+                        _hold(holder, layer, keep)
+
+
+def _hold(holder, layer: tuple[Tensor, ...], keep: Tensor | None) -> None:
+    """The landed atoms of ``layer`` (factor-shaped tensors) at 0: ``holder.hold_atoms``, or all of it
+    where a set landed (``keep`` None)."""
+    if keep is None:
+        for t in layer:
+            t.zero_()
+    else:
+        holder.hold_atoms(layer, keep)
+
+
+# Optimizer state of known meaning: running means of g (moved like g) and of g² or |g| (moved so
+# that they stay non-negative; `symopt.regrow` takes another optimizer's non-negative state for the second kind).
+FIRST_MOMENTS = frozenset({"momentum_buffer", "exp_avg", "grad_avg", "mu_product"})
+SECOND_MOMENTS = frozenset({"exp_avg_sq", "max_exp_avg_sq", "square_avg", "sum", "acc_delta", "exp_inf"})
+
+
+def landed_second_moment(dtype: torch.dtype) -> float:
+    r"""What `hold_landed_state` writes into a second-moment estimate (Adam's ``exp_avg_sq``, RMSprop's,
+    Adagrad's sums) at a landed atom: $\sqrt{\max}$ of the dtype (1.8e19 in float32).
+
+    The atom's first moment and gradient are 0, so every one of these optimizers' updates there is 0
+    whatever this value is (Adam's $m̂/(\sqrt{v̂} + ε)$, Adagrad's $g/\sqrt{Σ g^2}$). Not 0: torch's
+    ``sqrt`` costs 13 times a normal element on a 0 and 35 times on a subnormal (torch 2.13 on an Intel
+    Xeon with AVX-512, any ``ATEN_CPU_CAPABILITY``; NumPy's root of 0 is not slow there), and Adam takes
+    the root of every entry each step: the digits MLP's step after its landing was 1.9 times the dense
+    step with zeros there against 1.6 with a normal value.
+    Large: Adam's $β_2 = 0.999$ takes about 1.3e5 steps (RMSprop's 0.99: 1.3e4) to decay it to a
+    subnormal, where a landing-time value of ~1e-24 would get there in 3e4."""
+    return float(torch.finfo(dtype).max) ** 0.5
+
+
 _step_hook = None
 
 
@@ -249,11 +333,13 @@ def _before_any_step(optimizer, _args, _kwargs) -> None:
     if getattr(optimizer, "_symopt_binding", None) is None:  # a bound optimizer's own hook does it
         check_gradient_scale(optimizer.param_groups)
         decay_dropped_atoms(optimizer.param_groups)
+        hold_landed_state(optimizer)
 
 
 def _install_step_hook() -> None:
-    """Register `_before_any_step` (the scaler check, then the trimmed decay) as a global optimizer
-    step pre-hook, once per process: the first time `param_groups` builds a group that needs either."""
+    """Register `_before_any_step` (the scaler check, the trimmed decay, the landed atoms' state) as a
+    global optimizer step pre-hook, once per process: the first time `param_groups` builds a group that
+    needs any of them."""
     global _step_hook
     if _step_hook is None:
         _step_hook = register_optimizer_step_pre_hook(_before_any_step)
@@ -373,6 +459,7 @@ class Binding:
                     group["weight_decay"], group["symopt_strength"] = owner.policy.group_decay(), owner.strength
         check_gradient_scale(optimizer.param_groups)
         decay_dropped_atoms(optimizer.param_groups)
+        hold_landed_state(optimizer)
         self._held = self._policies()
         for policy in self._held:
             policy.hold()

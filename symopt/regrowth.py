@@ -50,7 +50,7 @@ from torch import Tensor, nn
 
 from .attach import list_constraints
 from .constraints.base import Constraint
-from .decay import check_scaler, group_holding
+from .decay import FIRST_MOMENTS, SECOND_MOMENTS, check_scaler, factor_state_layers, group_holding
 
 
 class _Watched:
@@ -236,13 +236,8 @@ class Regrowth:
         layers = [(tuple(p.detach() for p in params), False)]
         if any(p.grad is not None for p in params):
             layers.append((tuple(torch.zeros_like(p) if p.grad is None else p.grad for p in params), False))
-        states = [self.optimizer.state.get(p, {}) for p in params]
-        for key in sorted({key for state in states for key in state}):
-            tensors = [state.get(key) for state in states]
-            if any(isinstance(t, Tensor) and t.shape == p.shape for t, p in zip(tensors, params)):
-                layer = tuple(t if isinstance(t, Tensor) and t.shape == p.shape else torch.zeros_like(p)
-                              for t, p in zip(tensors, params))
-                layers.append((layer, _second_moment(key, layer)))
+        for key, layer in factor_state_layers(self.optimizer, params):
+            layers.append((layer, _second_moment(key, layer)))
         return layers
 
     def _hold(self, watched: _Watched) -> None:
@@ -294,15 +289,10 @@ class Regrowth:
         self._hooks = []
 
 
-# Optimizer state of known meaning: running means of g (moved like g) and of g² or |g| (moved so
-# that they stay non-negative). Another optimizer's non-negative state is taken for the second kind.
-_FIRST_MOMENTS = frozenset({"momentum_buffer", "exp_avg", "grad_avg", "mu_product"})
-_SECOND_MOMENTS = frozenset({"exp_avg_sq", "max_exp_avg_sq", "square_avg", "sum", "acc_delta", "exp_inf"})
-
-
 def _second_moment(key: str, layer: tuple[Tensor, ...]) -> bool:
-    if key in _FIRST_MOMENTS or key in _SECOND_MOMENTS:
-        return key in _SECOND_MOMENTS
+    # (another optimizer's non-negative state is taken for a second moment)
+    if key in FIRST_MOMENTS or key in SECOND_MOMENTS:
+        return key in SECOND_MOMENTS
     return all(bool((t >= 0).all()) for t in layer)
 
 

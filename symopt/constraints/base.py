@@ -856,6 +856,25 @@ def held(module: nn.Module, factors: Sequence[Tensor]) -> None:
     module.__dict__["_held_versions"] = tuple(t._version for t in factors)
 
 
+def hold_state_at_next_step(owners: Sequence[nn.Module], holder: "Constraint | None", factors: Sequence[Tensor],
+                            keep: Tensor | None) -> None:
+    """Ask the next optimizer step to put the atoms a landing has just dropped on the fixed point in the
+    optimizer's state of ``factors`` too (`symopt.decay.hold_landed_state`, a step pre-hook, reads it from
+    the factors' ``owners``): ``holder.hold_atoms(layer, keep)`` on each state tensor shaped like the
+    factors, or, with ``keep`` None (a set that lands: its decayed factors go to 0 whole), zero.
+
+    Why: a landed atom's factors and gradient are exactly 0, and a momentum built before the landing
+    then decays geometrically. In float arithmetic it never reaches 0: Adam's ``lerp`` stops at a few
+    units of the smallest subnormal (0.9 · 4 rounds back to 4), and on a CPU every operation on a
+    subnormal is slow. The digits MLP's step after its landing was 2.6 times the dense step against 1.6
+    with the state cleared (benchmarks/RESULTS.md). With zero factors, gradient and state, these
+    optimizers' updates are exactly 0, so the state stays 0 and the atom stays put (as `symopt.regrow`'s
+    held zeros do)."""
+    record = (tuple(owners), holder, tuple(factors), keep)
+    for owner in owners:
+        owner.__dict__["_state_due"] = record
+
+
 @acts_on_factors
 def _land_when_due(module: "Constraint", inputs: tuple[Tensor, ...]) -> None:
     """Forward pre-hook of a budget with ``total_steps``: at the end of its ramp, keep the ``budget``
@@ -874,6 +893,7 @@ def _land_when_due(module: "Constraint", inputs: tuple[Tensor, ...]) -> None:
             keep = keep & module.landed_keep
             module.land(inputs, keep)
             module.landed_keep.copy_(keep)
+            hold_state_at_next_step((module,), module, inputs, module.landed_keep)
     held(module, inputs)
     if what == "land":
         policy.mark_landed()
@@ -890,6 +910,7 @@ def land_set_when_due(module: "Constraint", inputs: tuple[Tensor, ...]) -> None:
         if not policy.landing_due():
             return
         policy.mark_landed()
+        hold_state_at_next_step((module,), None, [inputs[i] for i in module.decayed], None)
     elif not moved_since_held(module, inputs):
         return
     with torch.no_grad():

@@ -28,7 +28,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from .base import Constraint, Factorizer, GroupMember, acts_on_factors, held, largest_in_parts, moved_since_held
+from .base import (Constraint, Factorizer, GroupMember, acts_on_factors, held, hold_state_at_next_step, largest_in_parts,
+                   moved_since_held)
 from .budget import RATE, check_land_on_the_way, check_total_steps
 from .strength import BudgetStrength, Strength
 
@@ -230,6 +231,7 @@ class Pooled(Constraint, register=False):
                 member.inner.land(f, mask)
                 member.landed_keep.copy_(mask)
                 held(member, f)
+                hold_state_at_next_step((member,), member.inner, f, member.landed_keep)
         if not early:
             self.policy.mark_landed()
 

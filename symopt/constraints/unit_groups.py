@@ -23,7 +23,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from .base import Constraint, GroupMember, acts_on_factors, held, largest_in_parts, moved_since_held, random_gate
+from .base import (Constraint, GroupMember, acts_on_factors, held, hold_state_at_next_step, largest_in_parts,
+                   moved_since_held, random_gate)
 from .budget import RATE, check_budget, check_land_on_the_way, check_total_steps
 from .pooled import PooledBudget
 
@@ -233,6 +234,7 @@ class UnitGroups(Constraint, register=False):
                 keep = self.keep_mask(norms if scales is None else norms / scales)
             self.landed_keep.copy_(keep & self.landed_keep)
             self.hold(range(len(self.copies)))
+            hold_state_at_next_step([copy[0] for copy in self.copies], self, self.factors(), self.landed_keep)
         if not early:
             self.policy.mark_landed()
 
