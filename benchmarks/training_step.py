@@ -19,6 +19,16 @@ the CPU. Rows:
   benchmark's training (100 / 30 epochs), timed between 10% and 75% of them (the cubic ramp: the
   readings on one step in ``budget.READ_EVERY``, the trimmed decay, the landings on the way).
 * ``symopt budget, landed``: the same, timed after the landing (the fine-tuning quarter).
+* ``magnitude pruning, after its ramp`` (MLP): what a user of ``torch.nn.utils.prune`` pays for the same
+  90% in the same quarter: `benchmarks.compression`'s gradual magnitude pruning (its masks, its cubic
+  schedule once an epoch) over the same steps, Adam over ``model.parameters()``. Its masked entries' gradients
+  are 0 from their pruning on, as a landed atom's are.
+
+``--whole`` instead trains each of dense / fixed λ / budget (/ magnitude pruning) through all of
+``total_steps`` from scratch, ``--rounds`` times in turn, and prints each phase's median step time (before
+the ramp, on it, after it) and the whole run's seconds and ratio to the dense run: a window of the ramp
+does not see what builds up over it (a landed atom's momentum reaching subnormal floats, hundreds of steps
+after its landing).
 
 Each variant trains its own model; after ``--warm`` steps (the ramp rows: into the ramp; the landed
 row: past the landing) ``--rounds`` rounds of ``--steps`` steps are timed, the variants interleaved.
@@ -41,7 +51,7 @@ import symopt
 from symopt.cli import machine_name
 
 from .channels import CONVS, cnn
-from .compression import WEIGHTS, data, mlp
+from .compression import WEIGHTS, _prune_to, data, mlp
 
 EPOCHS = {"mlp": 100, "cnn": 30}  # the training the budgets' total_steps describe (compression, channels)
 BATCH = 64
@@ -120,30 +130,73 @@ def ramp_start(total_steps: int) -> int:
 
 
 def variants(model: str, total_steps: int) -> dict:
-    """``{row: (model, optimizer, warm-up steps)}``."""
+    """``{row: (model, optimizer, warm-up steps, what to do before warm-up step i or None)}``."""
     landed = int(0.75 * total_steps) + 5
     rows = {}
     plain = mlp(0) if model == "mlp" else cnn(0)
-    rows["dense"] = (plain, torch.optim.Adam(plain.parameters(), lr=1e-3), 0)
+    rows["dense"] = (plain, torch.optim.Adam(plain.parameters(), lr=1e-3), 0, None)
     net, groups = _factored_by_hand(model)
-    rows["factored in plain PyTorch"] = (net, torch.optim.Adam(groups, lr=1e-3), 0)
+    rows["factored in plain PyTorch"] = (net, torch.optim.Adam(groups, lr=1e-3), 0, None)
     net = _symopt(model, False, total_steps)
-    rows["symopt, fixed λ"] = (net, torch.optim.Adam(symopt.param_groups(net, lr=1e-3), lr=1e-3), 0)
+    rows["symopt, fixed λ"] = (net, torch.optim.Adam(symopt.param_groups(net, lr=1e-3), lr=1e-3), 0, None)
     for row, warm in (("symopt budget, on the ramp", ramp_start(total_steps)), ("symopt budget, landed", landed)):
         net = _symopt(model, True, total_steps)
-        rows[row] = (net, torch.optim.Adam(symopt.param_groups(net, lr=1e-3), lr=1e-3), warm)
+        rows[row] = (net, torch.optim.Adam(symopt.param_groups(net, lr=1e-3), lr=1e-3), warm, None)
+    if model == "mlp":
+        net = mlp(0)
+        layers = [net.get_submodule(n.rsplit(".", 1)[0]) for n in WEIGHTS]
+        sizes = [layer.weight.numel() for layer in layers]
+        epochs, per_epoch = EPOCHS[model], max(1, total_steps // EPOCHS[model])
+
+        def prune_each_epoch(i: int) -> None:
+            if i % per_epoch == 0:
+                _prune_to(layers, sizes, 0.1, i // per_epoch, epochs, False)
+
+        rows["magnitude pruning, after its ramp"] = (net, torch.optim.Adam(net.parameters(), lr=1e-3), landed,
+                                                     prune_each_epoch)
     return rows
+
+
+PHASES = (("before the ramp", 0.0, 0.1), ("on the ramp", 0.1, 0.75), ("after it", 0.75, 1.0))
+
+
+def whole_runs(model: str, total_steps: int, rounds: int, step) -> dict:
+    """``{row: (median seconds of a whole run, median ratio to the dense run, {phase: median step ms})}``."""
+    bounds = [(name, round(a * total_steps), round(b * total_steps)) for name, a, b in PHASES]
+    chosen = ("dense", "symopt, fixed λ", "symopt budget, landed", "magnitude pruning, after its ramp")
+    runs: dict = {}
+    for _ in range(rounds):
+        rows = {row: value for row, value in variants(model, total_steps).items() if row in chosen}
+        for row, (net, optimizer, _, before) in rows.items():
+            phases = {}
+            for name, start, end in bounds:
+                began = time.perf_counter()
+                for i in range(start, end):
+                    if before is not None:
+                        before(i)
+                    step(net, optimizer, i)
+                phases[name] = (time.perf_counter() - began) / max(1, end - start)
+            runs.setdefault(row, []).append(phases)
+    result = {}
+    whole = {row: [sum(p[name] * (end - start) for name, start, end in bounds) for p in r] for row, r in runs.items()}
+    for row, r in runs.items():
+        ratio = statistics.median(a / d for a, d in zip(whole[row], whole["dense"]))
+        result[row.replace(", landed", "").replace(", after its ramp", "")] = (statistics.median(whole[row]), ratio,
+                                               {name: 1e3 * statistics.median(p[name] for p in r) for name, *_ in bounds})
+    return result
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.training_step")
     parser.add_argument("--model", choices=("mlp", "cnn"), default="mlp")
-    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--rounds", type=int, default=None, help="rounds of timed steps (9), or whole runs (3)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps a round (MLP 60, CNN 25)")
     parser.add_argument("--quick", action="store_true", help="two rounds of three steps: a smoke test")
+    parser.add_argument("--whole", action="store_true",
+                        help="whole runs of total_steps, by phase (--rounds runs each; --quick: 40 steps)")
     args = parser.parse_args(argv)
     steps = 3 if args.quick else args.steps or (60 if args.model == "mlp" else 25)
-    rounds = 2 if args.quick else args.rounds
+    rounds = 2 if args.quick else args.rounds or (3 if args.whole else 9)
     Xtr, ytr, _, _ = data(0)
     if args.model == "cnn":
         Xtr = Xtr.view(-1, 1, 8, 8)
@@ -159,13 +212,25 @@ def main(argv=None) -> dict:
         F.cross_entropy(net(Xtr[batches[i % 50]]), ytr[batches[i % 50]]).backward()
         optimizer.step()
 
+    if args.whole:
+        total = 40 if args.quick else total_steps
+        runs = 1 if args.quick else rounds
+        result = whole_runs(args.model, total, runs, step)
+        print(f"digits {args.model.upper()}, Adam, batch {BATCH}, whole runs of {total} steps (the budget's "
+              f"total_steps), {runs} each in turn; {machine_name()}")
+        print(f"{'row':34s} {'run s':>7s} {'× dense':>8s}  " + "  ".join(f"{name + ' ms':>18s}" for name, *_ in PHASES))
+        for row, (seconds, ratio, phases) in result.items():
+            print(f"{row:34s} {seconds:7.2f} {ratio:8.2f}  " + "  ".join(f"{ms:18.3f}" for ms in phases.values()))
+        return result
     rows = variants(args.model, total_steps)
-    for net, optimizer, warm in rows.values():
+    for net, optimizer, warm, before in rows.values():
         for i in range(warm if not args.quick else min(warm, 20)):
+            if before is not None:
+                before(i)
             step(net, optimizer, i)
     times = {row: [] for row in rows}
     for _ in range(rounds):
-        for row, (net, optimizer, _) in rows.items():
+        for row, (net, optimizer, *_) in rows.items():
             start = time.perf_counter()
             for i in range(steps):
                 step(net, optimizer, i)

@@ -258,9 +258,9 @@ def factor_state_layers(optimizer: torch.optim.Optimizer, factors) -> list[tuple
 
 
 def hold_landed_state(optimizer: torch.optim.Optimizer) -> None:
-    """Put the atoms a landing dropped since the last step on the fixed point in the factors' gradients and
-    in ``optimizer``'s state of them (what the landings ask with ``hold_state_at_next_step``; a step
-    pre-hook's last act): first moments 0, second moments a large normal value (`landed_second_moment`).
+    """Put the atoms a landing dropped since the last step on the fixed point in ``optimizer``'s state of
+    their factors (what the landings ask with ``hold_state_at_next_step``; a step pre-hook's last act):
+    first moments 0, second moments a large normal value (`landed_second_moment`).
     The optimizer's update of those entries is then exactly 0, step after step. Without it a landed
     atom's momentum decays into subnormal floats and stays there, and the optimizer's step on those
     entries costs several times a normal one on a CPU. The factors themselves are held by the landing's
@@ -279,9 +279,9 @@ def hold_landed_state(optimizer: torch.optim.Optimizer) -> None:
             for o in owners:
                 if o.__dict__.get("_state_due") is record:
                     del o.__dict__["_state_due"]
+            # (not the gradients: the landing zeroed the factors before this step's forward, so at the mirror's
+            # fixed point their gradients are 0 already, the decay's λ·factor too)
             layers = factor_state_layers(optimizer, factors)
-            if any(f.grad is not None for f in factors):
-                layers.append(("grad", tuple(torch.zeros_like(f) if f.grad is None else f.grad for f in factors)))
             with torch.no_grad():
                 kept = None  # per factor: 1.0 where an atom is kept, 0.0 where it landed
                 for key, layer in layers:
@@ -296,13 +296,13 @@ def hold_landed_state(optimizer: torch.optim.Optimizer) -> None:
 
 
 def _hold(holder, layer: tuple[Tensor, ...], keep: Tensor | None) -> None:
-    """The landed atoms of ``layer`` (factor-shaped tensors) at 0: ``holder.hold_atoms``, or all of it
-    where a set landed (``keep`` None)."""
+    """The landed atoms of ``layer`` (factor-shaped tensors) at 0: ``holder.hold_landed`` (the landing's own
+    hold, whose masks the next forward's hold reuses), or all of it where a set landed (``keep`` None)."""
     if keep is None:
         for t in layer:
             t.zero_()
     else:
-        holder.hold_atoms(layer, keep)
+        holder.hold_landed(layer, keep)
 
 
 # Optimizer state of known meaning: running means of g (moved like g) and of g² or |g| (moved so

@@ -432,7 +432,9 @@ class Constraint(nn.Module):
     def hold_landed(self, factors: tuple[Tensor, ...], keep: Tensor) -> None:
         """After the landing, before every forward: put the dropped atoms' factors back on the fixed
         subspace. Gradients never move them off it, but an optimizer's momentum (SGD's buffer, Adam's
-        averages, built before the landing) would, for a while. Default: ``land`` again."""
+        averages, built before the landing) would, for a while. Also asked of tensors shaped like the
+        factors (the optimizer's state, once after each landing: `hold_state_at_next_step`), so it only
+        zeroes. Default: ``land`` again (a kind whose ``land`` does more, as low rank's rotation, overrides it)."""
         self.land(factors, keep)
 
     def held_mask(self, keep: Tensor, like: Tensor) -> Tensor:
@@ -860,7 +862,7 @@ def hold_state_at_next_step(owners: Sequence[nn.Module], holder: "Constraint | N
                             keep: Tensor | None) -> None:
     """Ask the next optimizer step to put the atoms a landing has just dropped on the fixed point in the
     optimizer's state of ``factors`` too (`symopt.decay.hold_landed_state`, a step pre-hook, reads it from
-    the factors' ``owners``): ``holder.hold_atoms(layer, keep)`` on each state tensor shaped like the
+    the factors' ``owners``): ``holder.hold_landed(layer, keep)`` on each state tensor shaped like the
     factors, or, with ``keep`` None (a set that lands: its decayed factors go to 0 whole), zero.
 
     Why: a landed atom's factors and gradient are exactly 0, and a momentum built before the landing
