@@ -66,8 +66,9 @@ def _train(kind, optimizer, steps, bind=False, hold_state=True, monkeypatch=None
     opt = OPTIMIZERS[optimizer](symopt.param_groups(model, lr=1e-2))
     if bind:
         symopt.bind(opt)
-    if not hold_state:
+    if not hold_state:  # (and the flush of atoms below resolution, which would catch the landed atoms' momenta)
         monkeypatch.setattr(symopt.decay, "hold_landed_state", lambda optimizer: None)
+        monkeypatch.setattr(symopt.decay, "flush_unresolved", lambda optimizer: None)
     for _ in range(steps):
         opt.zero_grad()
         (model(X) - Y).square().mean().backward()

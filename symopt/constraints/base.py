@@ -499,6 +499,12 @@ class Constraint(nn.Module):
         ones) ranks it over the ``near`` slots; other slots' values are not read."""
         return self.dual_atoms(grad).reshape(-1)
 
+    def unresolved_atoms(self, factors: tuple[Tensor, ...]) -> Tensor | None:
+        """Which atoms to keep, as a bool mask for `hold_atoms`: False where the atom's value is below the
+        factors' dtype's smallest normal number (subnormal or 0), which `symopt.decay.flush_unresolved`
+        puts on the mirror's fixed point. None (the default): the kind does not say, nothing is flushed."""
+        return None
+
     def hold_atoms(self, layer: tuple[Tensor, ...], keep: Tensor) -> None:
         """Put the slots outside ``keep`` on the mirror's fixed point in a tuple of factor-shaped tensors
         (the factors, their gradients, an optimizer's state), in place. Default: ``land``."""

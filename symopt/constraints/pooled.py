@@ -405,6 +405,12 @@ class PooledMember(GroupMember):
     def decayed(self) -> tuple[int, ...]:  # type: ignore[override]
         return self.inner.decayed
 
+    def unresolved_atoms(self, factors: tuple[Tensor, ...]) -> Tensor | None:
+        return self.inner.unresolved_atoms(factors)
+
+    def hold_atoms(self, layer: tuple[Tensor, ...], keep: Tensor) -> None:
+        self.inner.hold_atoms(layer, keep)
+
     def atoms(self, value: Tensor) -> Tensor:
         return self.inner.atoms(value)
 

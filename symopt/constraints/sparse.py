@@ -83,6 +83,10 @@ class Sparse(Constraint):
     def top_dual_atoms(self, point: Tensor, count: int, reading: str = "point") -> Tensor:
         return self.atoms(point)
 
+    def unresolved_atoms(self, factors: tuple[Tensor, ...]) -> Tensor:
+        u, v = factors
+        return ~((u * v).abs() < torch.finfo(u.dtype).tiny)  # (a NaN is kept: the guard's to see, not ours to hide)
+
     def land(self, factors: tuple[Tensor, ...], keep: Tensor) -> None:
         u, v = factors
         self._zero_outside(u, v, keep.view_as(u).to(u.dtype))

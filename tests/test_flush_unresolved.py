@@ -1,0 +1,152 @@
+"""Atoms below the dtype's resolution go to the mirror's fixed point (`symopt.decay.flush_unresolved`).
+
+An atom the decay drives to zero shrinks geometrically and passes through the subnormal floats, where a
+CPU's arithmetic (the weight's matrix products included) costs tens of times a normal one: the digits
+MLP's fixed-λ step grew from 2.0 to 6.4 ms over its training (benchmarks/RESULTS.md). Once in
+``FLUSH_EVERY`` optimizer steps, an atom whose value is below the smallest normal number is put at
+u = v = 0, with its first moments: θ moves by less than the dtype resolves.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import symopt
+from symopt.decay import FLUSH_EVERY, factor_state_layers
+from symopt.decay import flush_unresolved as FLUSH  # (the function itself: some tests switch the hook's off)
+
+TINY = torch.finfo(torch.float32).tiny
+
+
+def _data():
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(64, 12, generator=g)
+    return X, X[:, :2].sum(1, keepdim=True)
+
+
+def _train(register, optimizer, steps, flush=True, monkeypatch=None):
+    torch.manual_seed(0)
+    model = nn.Linear(12, 1, bias=False)
+    handle = register(model)
+    opt = optimizer(symopt.param_groups(model))
+    if not flush:
+        monkeypatch.setattr(symopt.decay, "flush_unresolved", lambda optimizer: None)
+    X, y = _data()
+    for _ in range(steps):
+        opt.zero_grad()
+        (model(X) - y).square().mean().backward()
+        opt.step()
+    return model, handle, opt
+
+
+SPARSE = (lambda m: symopt.sparse(m, "weight", strength=0.5))
+# (SGD at lr 1 on the decay 0.5: an unused input's u and v halve each step, its θ falls 4× a step and is
+# subnormal after ~60 steps)
+SGD = (lambda groups: torch.optim.SGD(groups, lr=1.0))
+STEPS_TO_SUBNORMAL = 64
+
+
+def _subnormal(t):
+    return (t != 0) & (t.abs() < TINY)
+
+
+def _flush_now(opt):
+    """Run the flush as the step pre-hook does on its ``FLUSH_EVERY``-th step."""
+    opt.__dict__["_symopt_flush_steps"] = FLUSH_EVERY - 1
+    FLUSH(opt)
+
+
+def _factors(model):
+    chain = model.parametrizations.weight
+    return chain.original0, chain.original1
+
+
+def test_the_decay_takes_atoms_through_the_subnormals_without_the_flush(monkeypatch):
+    model, _, _ = _train(SPARSE, SGD, STEPS_TO_SUBNORMAL, flush=False, monkeypatch=monkeypatch)
+    assert bool(_subnormal(model.weight.detach()).any())
+
+
+@pytest.mark.parametrize("optimizer", [SGD, lambda g: torch.optim.Adam(g, lr=0.05),
+                                       lambda g: torch.optim.SGD(g, lr=0.5, momentum=0.5)],
+                         ids=["sgd", "adam", "sgd_momentum"])
+def test_atoms_below_resolution_go_to_the_fixed_point_with_gradients_and_first_moments(optimizer, monkeypatch):
+    model, _, opt = _train(SPARSE, optimizer, 20, flush=False, monkeypatch=monkeypatch)
+    u, v = _factors(model)
+    X, y = _data()
+    opt.zero_grad()
+    with torch.no_grad():  # inputs 5..8: u = v = 1e-20, θ = 1e-40 (subnormal); 9: 1e-25, θ underflows to 0
+        u[0, 5:9], v[0, 5:9], u[0, 9], v[0, 9] = 1e-20, -1e-20, 1e-25, 1e-25
+    (model(X) - y).square().mean().backward()
+    before = model.weight.detach().clone()
+    assert bool(_subnormal(before[0, 5:9]).all()) and bool((u.grad[0, 5:9] != 0).all())
+    _flush_now(opt)
+    after = model.weight.detach()
+    flushed = before.abs() < TINY
+    assert bool(flushed[0, 5:10].all())
+    assert not bool(_subnormal(after).any())
+    assert bool((u[flushed] == 0).all()) and bool((v[flushed] == 0).all())
+    assert bool((u.grad[flushed] == 0).all()) and bool((v.grad[flushed] == 0).all())
+    assert float((after - before).abs().max()) < TINY  # θ moved by less than the dtype resolves
+    assert torch.equal(after[~flushed], before[~flushed])
+    for key, layer in factor_state_layers(opt, [u, v]):
+        for t in layer:
+            if key in ("exp_avg", "momentum_buffer"):
+                assert bool((t[flushed] == 0).all()), key
+            if key == "exp_avg_sq":  # (left to the optimizer: normal for ~1e5 more steps)
+                assert bool((t[flushed] > 0).all())
+    opt.step()
+    for _ in range(5):  # the fixed point: no gradient or decay moves them off it
+        assert bool((u[flushed] == 0).all()) and bool((v[flushed] == 0).all())
+        opt.zero_grad()
+        (model(X) - y).square().mean().backward()
+        opt.step()
+
+
+def test_training_flushes_once_in_flush_every_steps():
+    model, _, _ = _train(SPARSE, SGD, 6 * FLUSH_EVERY)
+    u, v = _factors(model)
+    assert int(((u == 0) & (v == 0)).sum()) >= 5  # the unused inputs reached the fixed point
+    assert bool((model.weight.detach()[0, :2].abs() > 0.05).all())  # the used inputs kept
+
+
+def test_a_nan_is_kept_for_the_guard_to_see():
+    model = nn.Linear(3, 1, bias=False)
+    handle = symopt.sparse(model, "weight", strength=0.1)
+    u = torch.tensor([[float("nan"), 1e-30, 1.0]])
+    v = torch.tensor([[1.0, 1e-30, 1.0]])
+    assert handle.constraint.unresolved_atoms((u, v)).tolist() == [[True, False, True]]
+
+
+@pytest.mark.parametrize("register", [
+    lambda m: symopt.group_sparse(m, "weight", dim=1, strength=0.5),
+    lambda m: symopt.low_rank(m, "weight", strength=0.5),
+], ids=["group_sparse", "low_rank"])
+def test_kinds_that_do_not_say_are_left_alone(register, monkeypatch):
+    slow = (lambda groups: torch.optim.SGD(groups, lr=0.1))
+    flushed, _, _ = _train(register, slow, 2 * FLUSH_EVERY)
+    plain, _, _ = _train(register, slow, 2 * FLUSH_EVERY, flush=False, monkeypatch=monkeypatch)
+    for a, b in zip(flushed.state_dict().values(), plain.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_a_pool_flushes_each_of_its_tensors():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 4, bias=False), nn.Linear(4, 1, bias=False))
+    symopt.sparse(model, ["0.weight", "1.weight"], max_nonzero=6)
+    opt = torch.optim.SGD(symopt.param_groups(model), lr=0.5)
+    X, y = _data()
+    opt.zero_grad()
+    (model(X) - y).square().mean().backward()
+    opt.step()
+    with torch.no_grad():
+        for layer in model:
+            chain = layer.parametrizations.weight
+            chain.original0[..., 0] = 1e-25  # an entry of each tensor below resolution: 1e-50 in float32
+            chain.original1[..., 0] = 1e-25
+    _flush_now(opt)
+    for layer in model:
+        chain = layer.parametrizations.weight
+        assert bool((chain.original0[..., 0] == 0).all()) and bool((chain.original1[..., 0] == 0).all())
+        assert bool((chain.original0[..., 1:] != 0).all())
