@@ -344,6 +344,8 @@ def flush_unresolved(optimizer: torch.optim.Optimizer) -> None:
     resolves, where the decay was taking it. Nothing else is touched: other parameters, the second
     moments (normal for ~1e5 more steps) and the process's floating-point mode are the user's.
     Kinds that do not say (`unresolved_atoms` None) are left alone."""
+    if not any("symopt_strength" in group for group in optimizer.param_groups):
+        return  # (the hook is global: another optimizer of the process is none of symopt's business)
     steps = optimizer.__dict__.get("_symopt_flush_steps", 0) + 1
     optimizer.__dict__["_symopt_flush_steps"] = steps
     if steps % FLUSH_EVERY:
@@ -387,7 +389,7 @@ def _before_any_step(optimizer, _args, _kwargs) -> None:
 
 def _install_step_hook() -> None:
     """Register `_before_any_step` (the scaler check, the trimmed decay, the landed atoms' state, the
-    subnormal flush) as a global optimizer step pre-hook, once per process: the first time `param_groups`
+    flush of atoms below resolution) as a global optimizer step pre-hook, once per process: the first time `param_groups`
     builds a group of symopt factors."""
     global _step_hook
     if _step_hook is None:

@@ -6,7 +6,8 @@ by SGD with the decay λ, the factors' Hessian at $u_i = v_i = 0$ is $[[λ, g_i]
 pulls less than λ, and grows by $1 + \mathrm{lr}(|g_i| - λ)$ when it pulls more. Two things follow:
 
 * a zero that should be zero is never exactly zero before the end of training (1e-17, then 1e-250,
-  never 0): `finalize`'s snap does it at the end;
+  never 0): `finalize`'s snap does it at the end (an entry atom below the dtype's smallest normal,
+  1.2e-38 in float32, goes to 0 on the way: `symopt.decay.flush_unresolved`);
 * a zero that should *leave* it does so from wherever the decay had left it. After λ is lowered (a
   schedule, a fine-tuning at a smaller λ, a shift in the data) the atoms that should enter have
   spent the previous phase shrinking: from 1e-250 at the rate $\mathrm{lr}(|g_i| - λ)$ per step

@@ -150,3 +150,17 @@ def test_a_pool_flushes_each_of_its_tensors():
         chain = layer.parametrizations.weight
         assert bool((chain.original0[..., 0] == 0).all()) and bool((chain.original1[..., 0] == 0).all())
         assert bool((chain.original0[..., 1:] != 0).all())
+
+
+def test_an_optimizer_without_symopt_groups_is_not_touched():
+    model = nn.Linear(3, 1)
+    other = nn.Linear(3, 1)
+    symopt.sparse(other, "weight", strength=0.1)
+    symopt.param_groups(other)  # (installs the process's step hook)
+    assert symopt.decay._step_hook is not None
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(2 * FLUSH_EVERY):
+        opt.zero_grad()
+        model(torch.ones(2, 3)).sum().backward()
+        opt.step()
+    assert "_symopt_flush_steps" not in opt.__dict__
