@@ -119,10 +119,39 @@ def test_a_nan_is_kept_for_the_guard_to_see():
     assert handle.constraint.unresolved_atoms((u, v)).tolist() == [[True, False, True]]
 
 
+@pytest.mark.parametrize("kind", ["nonnegative", "group_sparse"])
+def test_other_kinds_that_say_flush_their_atoms_below_resolution(kind):
+    torch.manual_seed(0)
+    model = nn.Linear(6, 2, bias=False)
+    if kind == "nonnegative":
+        with torch.no_grad():
+            model.weight.abs_()
+        symopt.nonnegative(model, "weight", strength=0.1)
+    else:
+        symopt.group_sparse(model, "weight", dim=1, strength=0.1)  # one group per input column
+    opt = torch.optim.Adam(symopt.param_groups(model), lr=0.01)
+    model(torch.ones(3, 6)).sum().backward()
+    opt.step()
+    chain = model.parametrizations.weight
+    with torch.no_grad():
+        if kind == "nonnegative":
+            chain.original0[:, 0] = 1e-20  # θ = ½u² = 5e-41: subnormal
+        else:
+            chain.original0[0] = 1e-20  # column 0's gate: its entries ~1e-20 · ω, a group norm below 1.2e-38
+            chain.original1[:, 0] = 1e-20
+    assert bool(_subnormal(model.weight.detach()[:, 0]).any() | (model.weight.detach()[:, 0] == 0).all())
+    before = model.weight.detach().clone()
+    _flush_now(opt)
+    after = model.weight.detach()
+    assert bool((after[:, 0] == 0).all()) and torch.equal(after[:, 1:], before[:, 1:])
+    assert float((after - before).abs().max()) < TINY
+    state = dict(factor_state_layers(opt, [chain.original0] + ([chain.original1] if kind != "nonnegative" else [])))
+    assert bool((state["exp_avg"][0][..., 0] == 0).all())
+
+
 @pytest.mark.parametrize("register", [
-    lambda m: symopt.group_sparse(m, "weight", dim=1, strength=0.5),
     lambda m: symopt.low_rank(m, "weight", strength=0.5),
-], ids=["group_sparse", "low_rank"])
+], ids=["low_rank"])
 def test_kinds_that_do_not_say_are_left_alone(register, monkeypatch):
     slow = (lambda groups: torch.optim.SGD(groups, lr=0.1))
     flushed, _, _ = _train(register, slow, 2 * FLUSH_EVERY)

@@ -238,6 +238,10 @@ class GroupSparse(Constraint):
         # slot 0: the gates (one per group); slot 1: ω, each entry in its group's place
         return dropped if slot == 0 else self.spread(dropped, factor).expand_as(factor)
 
+    def unresolved_atoms(self, factors: tuple[Tensor, ...]) -> Tensor:
+        # a group whose norm is below the smallest normal (its entries' squares underflow: 0); a NaN is kept
+        return ~(self.group_norms(self.forward(*factors)) < torch.finfo(factors[1].dtype).tiny)
+
     def land(self, factors: tuple[Tensor, ...], keep: Tensor) -> None:
         gates, omega = factors
         gates.masked_fill_(~keep, 0.0)

@@ -148,6 +148,10 @@ class NonNegative(Constraint):
     def dropped_entries(self, slot: int, factor: Tensor, dropped: Tensor) -> Tensor:
         return dropped.view_as(factor)
 
+    def unresolved_atoms(self, factors: tuple[Tensor, ...]) -> Tensor:
+        (u,) = factors
+        return ~(self.forward(u) < torch.finfo(u.dtype).tiny)  # (½u² below the smallest normal; a NaN is kept)
+
     def land(self, factors: tuple[Tensor, ...], keep: Tensor) -> None:
         (u,) = factors
         u.mul_(keep.view_as(u).to(u.dtype))  # u_i = 0: the fixed point of u_i → −u_i
