@@ -875,9 +875,9 @@ def hold_state_at_next_step(owners: Sequence[nn.Module], holder: "Constraint | N
     then decays geometrically. In float arithmetic it never reaches 0: Adam's ``lerp`` stops at a few
     units of the smallest subnormal (0.9 · 4 rounds back to 4), and on a CPU every operation on a
     subnormal is slow. The digits MLP's step after its landing was 2.6 times the dense step against 1.6
-    with the state cleared (benchmarks/RESULTS.md). With zero factors, gradient and state, these
-    optimizers' updates are exactly 0, so the state stays 0 and the atom stays put (as `symopt.regrow`'s
-    held zeros do)."""
+    with the state held (benchmarks/RESULTS.md). With zero factors, gradient and first moments (and any
+    second moment), these optimizers' updates are exactly 0, so the first moments stay 0 and the atom
+    stays put (as `symopt.regrow`'s held zeros do)."""
     record = (tuple(owners), holder, tuple(factors), keep)
     for owner in owners:
         owner.__dict__["_state_due"] = record
