@@ -255,6 +255,15 @@ def factor_state_layers(optimizer: torch.optim.Optimizer, factors) -> list[tuple
     return layers
 
 
+def gradient_layer(factors) -> tuple[Tensor, ...] | None:
+    """The factors' gradients as one factor-shaped layer (a zero scratch tensor where a factor has none), or
+    None where none has one: what `hold_atoms` zeroes with the factors when atoms are put on the fixed point
+    between backward and the step."""
+    if all(f.grad is None for f in factors):
+        return None
+    return tuple(torch.zeros_like(f) if f.grad is None else f.grad for f in factors)
+
+
 def hold_landed_state(optimizer: torch.optim.Optimizer) -> None:
     """Put the atoms a landing dropped since the last step on the fixed point in ``optimizer``'s state of
     their factors (what the landings ask with ``hold_state_at_next_step``; a step pre-hook's last act):
@@ -338,7 +347,7 @@ def flush_unresolved(optimizer: torch.optim.Optimizer) -> None:
     the subnormal floats, where each operation on a CPU costs tens of times a normal one, the weight's
     matrix products included. The digits MLP under Adam at a fixed λ = 1e-4 had 1476 subnormal entries in
     one 256 × 256 weight after 2000 steps, its products ran at 480 µs against ~20, and its step grew from
-    2.0 to 6.4 ms (the dense step: 1.5): 3.1 times the dense run over 100 epochs, 1.6 with this flush,
+    2.1 to 6.6 ms (the dense step: 1.4–1.6): 3.1 times the dense run over 100 epochs, 1.6 with this flush,
     1.5 with the CPU's flush-to-zero mode (``torch.set_flush_denormal(True)``, which also covers
     activations and gradients; `benchmarks/RESULTS.md`). The flush changes θ by less than the dtype
     resolves, where the decay was taking it. Nothing else is touched: other parameters, the second
@@ -369,8 +378,9 @@ def flush_unresolved(optimizer: torch.optim.Optimizer) -> None:
                 owner.hold_atoms(factors, keep)
                 # (this step's gradients too: backward read them before the flush, at the old factors, and the
                 # step would write them back into the zeros it just made)
-                if any(f.grad is not None for f in factors):
-                    owner.hold_atoms(tuple(torch.zeros_like(f) if f.grad is None else f.grad for f in factors), keep)
+                grads = gradient_layer(factors)
+                if grads is not None:
+                    owner.hold_atoms(grads, keep)
                 for key, layer in factor_state_layers(optimizer, factors):
                     if key not in SECOND_MOMENTS:
                         owner.hold_atoms(layer, keep)
@@ -389,8 +399,8 @@ def _before_any_step(optimizer, _args, _kwargs) -> None:
 
 def _install_step_hook() -> None:
     """Register `_before_any_step` (the scaler check, the trimmed decay, the landed atoms' state, the
-    flush of atoms below resolution) as a global optimizer step pre-hook, once per process: the first time `param_groups`
-    builds a group of symopt factors."""
+    flush of atoms below resolution) as a global optimizer step pre-hook, once per process: the first
+    time `param_groups` builds a group of symopt factors."""
     global _step_hook
     if _step_hook is None:
         _step_hook = register_optimizer_step_pre_hook(_before_any_step)

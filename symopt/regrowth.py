@@ -51,7 +51,7 @@ from torch import Tensor, nn
 
 from .attach import list_constraints
 from .constraints.base import Constraint
-from .decay import FIRST_MOMENTS, SECOND_MOMENTS, check_scaler, factor_state_layers, group_holding
+from .decay import FIRST_MOMENTS, SECOND_MOMENTS, check_scaler, factor_state_layers, gradient_layer, group_holding
 
 
 class _Watched:
@@ -235,8 +235,9 @@ class Regrowth:
         shaped like its factor (SGD's momentum, Adam's two averages, RMSprop's, Adagrad's sums)."""
         params = watched.factors
         layers = [(tuple(p.detach() for p in params), False)]
-        if any(p.grad is not None for p in params):
-            layers.append((tuple(torch.zeros_like(p) if p.grad is None else p.grad for p in params), False))
+        grads = gradient_layer(params)
+        if grads is not None:
+            layers.append((grads, False))
         for key, layer in factor_state_layers(self.optimizer, params):
             layers.append((layer, _second_moment(key, layer)))
         return layers

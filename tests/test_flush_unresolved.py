@@ -2,7 +2,7 @@
 
 An atom the decay drives to zero shrinks geometrically and passes through the subnormal floats, where a
 CPU's arithmetic (the weight's matrix products included) costs tens of times a normal one: the digits
-MLP's fixed-λ step grew from 2.0 to 6.4 ms over its training (benchmarks/RESULTS.md). Once in
+MLP's fixed-λ step grew from 2.1 to 6.6 ms over its training (benchmarks/RESULTS.md). Once in
 ``FLUSH_EVERY`` optimizer steps, an atom whose value is below the smallest normal number is put at
 u = v = 0, with its first moments: θ moves by less than the dtype resolves.
 """
