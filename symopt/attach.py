@@ -508,13 +508,6 @@ def owner_of(tensor: Tensor) -> Constraint | None:
     return getattr(tensor, _FACTOR_FLAG, None)
 
 
-def decay_mask_of(tensor: Tensor) -> Tensor | None:
-    """Which entries of the decayed factor ``tensor`` its constraint decays now (``Constraint.decay_mask``):
-    None for all of them, or for a tensor that is no factor."""
-    owner = owner_of(tensor)
-    return None if owner is None else owner.decay_mask(tensor._symopt_slot, tensor)
-
-
 def remove(module: nn.Module, leaf: str) -> None:
     """Remove the parametrization of ``module.<leaf>``, leaving its current value as a plain parameter.
 

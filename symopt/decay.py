@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from .attach import decay_mask_of, list_constraints, is_factor, owner_of
+from .attach import list_constraints, is_factor, owner_of
 from .constraints.strength import StrengthGroup
 from .constraints.warn import warn_user
 
@@ -146,23 +146,31 @@ def decay_dropped_atoms(param_groups: list[dict]) -> None:
     r"""Add the trimmed decay $λ·(\mathrm{mask} ⊙ \mathrm{factor})$ to the gradient of every symopt factor
     in ``param_groups`` whose budget trims its decay now (``Constraint.decay_mask``); such a group's
     ``weight_decay`` is 0 meanwhile. What a step pre-hook calls (see the module docstring)."""
+    # (the policy's state asked once per owner and step, not once per factor: every call costs µs, on a step that
+    # is all dispatch; a unit group's tensors are owners that share one policy)
+    policies: dict[int, object] = {}  # id(owner) → its policy
+    trims: dict[int, tuple] = {}  # id(policy) → (λ, its dropped atoms) while it trims, else None
     for group in param_groups:
         if "symopt_strength" not in group:
             continue
-        strengths = {}  # (λ asked once per owner, not once per factor)
         for p in group["params"]:
             if p.grad is None:
                 continue
-            mask = decay_mask_of(p)
-            if mask is None:
+            owner = owner_of(p)
+            if owner is None:
+                continue
+            policy = policies.get(id(owner))
+            if policy is None:
+                policy = policies[id(owner)] = owner.policy
+            if id(policy) not in trims:  # (λ is the policy's value: `Constraint.strength`)
+                trims[id(policy)] = (policy.value(), policy.dropped_atoms()) if policy.trimming() else None
+            trim = trims[id(policy)]
+            if trim is None:
                 continue
             group["weight_decay"] = 0.0  # a group restored by load_state_dict may still hold λ
-            owner = owner_of(p)
-            lam = strengths.get(id(owner))
-            if lam is None:
-                lam = strengths[id(owner)] = owner.strength
+            lam, dropped = trim
             if lam > 0:
-                p.grad.addcmul_(p.detach(), mask, value=lam)
+                p.grad.addcmul_(p.detach(), owner.trimmed_decay_mask(p._symopt_slot, p, dropped), value=lam)
 
 
 #: steps of each adaptive strength checked for a gradient scaler that nobody named

@@ -601,9 +601,12 @@ class Constraint(nn.Module):
         except while a budget trims its decay), else 1.0 / 0.0 in ``factor``'s shape and dtype (all 0
         before the first reading of the ramp has said which atoms are dropped)."""
         policy = self.policy
-        if not policy.trimming():
-            return None
-        dropped = policy.dropped_atoms()
+        return self.trimmed_decay_mask(slot, factor, policy.dropped_atoms()) if policy.trimming() else None
+
+    def trimmed_decay_mask(self, slot: int, factor: Tensor, dropped: Tensor | None) -> Tensor:
+        """`decay_mask` while the budget trims its decay, given its policy's ``dropped_atoms()`` (None
+        before the first reading of the ramp: all 0). The optimizer's step pre-hook asks the policy once
+        per step and lays each factor's mask out here (`symopt.decay.decay_dropped_atoms`)."""
         if dropped is None:
             return torch.zeros_like(factor)
         # (asked on every step, changed only by a reading: laid out once per reading and factor; a unit
