@@ -18,7 +18,7 @@ from torch.nn.utils import parametrize
 
 from .constraints import KINDS, Constraint
 from .constraints.auto import watch_gradient
-from .constraints.base import require_floating
+from .constraints.base import chain_original, require_floating
 
 _FACTOR_FLAG = "_symopt_factor"
 _HOOK_FLAG = "_symopt_load_hook"
@@ -486,7 +486,7 @@ def factors_of(chain) -> list[Tensor]:
     """The factors ``torch.nn.utils.parametrize`` keeps (``original`` or ``original0, original1, ...``)."""
     if chain.is_tensor:
         return [chain.original]
-    return [getattr(chain, f"original{i}") for i in range(chain.ntensors)]
+    return [chain_original(chain, i) for i in range(chain.ntensors)]
 
 
 def mark_factors(module: nn.Module, leaf: str) -> None:

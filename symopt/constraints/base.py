@@ -862,6 +862,16 @@ def moved_since_held(module: nn.Module, factors: Sequence[Tensor]) -> bool:
     return tuple(t._version for t in factors) != module.__dict__.get("_held_versions")
 
 
+def chain_original(chain: nn.Module, slot: int) -> Tensor:
+    """Factor ``slot`` of a ``torch.nn.utils.parametrize`` ParametrizationList of several tensors (its
+    ``original<slot>``), read from its parameter dict: hooks that run before every forward ask for factors
+    (a unit group's landing hook, all of the group's), and through ``nn.Module.__getattr__`` a CNN group's
+    five cost 12 µs against 3 (measured). A factor parametrize stored as a buffer is read by name."""
+    name = f"original{slot}"
+    factor = chain._parameters.get(name)
+    return factor if factor is not None else getattr(chain, name)
+
+
 def held(module: nn.Module, factors: Sequence[Tensor]) -> None:
     """Mark ``factors`` as just held by ``module``'s landing (see `moved_since_held`)."""
     module.__dict__["_held_versions"] = tuple(t._version for t in factors)

@@ -23,8 +23,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from .base import (Constraint, GroupMember, acts_on_factors, held, hold_state_at_next_step, largest_in_parts,
-                   moved_since_held, random_gate)
+from .base import (Constraint, GroupMember, acts_on_factors, chain_original, held, hold_state_at_next_step,
+                   largest_in_parts, moved_since_held, random_gate)
 from .budget import RATE, check_budget, check_land_on_the_way, check_total_steps
 from .pooled import PooledBudget
 
@@ -284,7 +284,7 @@ class UnitGroups(Constraint, register=False):
 
     def _omega(self, index: int) -> Tensor:
         """Tensor ``index``'s $ω$ (the first tensor's parametrization stores the gates before it)."""
-        return _original(self.copies[index], 1 if index == 0 else 0)
+        return chain_original(self.copies[index], 1 if index == 0 else 0)
 
     def bind(self, copy: nn.Module) -> None:
         self.copies.append(copy)
@@ -296,7 +296,7 @@ class UnitGroups(Constraint, register=False):
         """The shared gates ``s`` (stored by the first tensor's parametrization)."""
         if not self.copies:
             raise RuntimeError("UnitGroups: no tensor is registered yet; use symopt.group_sparse(model, [names])")
-        return _original(self.copies[0], 0)
+        return chain_original(self.copies[0], 0)
 
     def regate(self, index: int, value: Tensor) -> Tensor:
         """New gates for an assignment of ``value`` to tensor ``index``: a unit whose gate is 0 could
@@ -421,16 +421,6 @@ class UnitGroups(Constraint, register=False):
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, {super().extra_repr()}"
-
-
-def _original(copy: nn.Module, slot: int) -> Tensor:
-    """Factor ``slot`` of a member's ParametrizationList (its ``original<slot>``), read from its parameters
-    directly: the landing hook of every tensor asks for all the group's factors before every forward, and
-    through ``nn.Module.__getattr__`` a CNN group's five cost 12 µs against 3 (measured; a buffer, where
-    parametrize stored one, is read by name)."""
-    name = f"original{slot}"
-    factor = copy._parameters.get(name)
-    return factor if factor is not None else getattr(copy, name)
 
 
 @acts_on_factors
