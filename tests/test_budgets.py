@@ -2,6 +2,7 @@
 λ found is a point of the convex path with that support size (checked with sklearn and cvxpy);
 ``finalize`` meets the budget exactly and reports the loss change, or refuses."""
 
+import contextlib
 import copy
 import math
 import os
@@ -409,13 +410,28 @@ def test_a_wide_block_s_singular_values_from_its_gram(dtype, rtol):
     assert torch.allclose((B.to(dtype) @ right).norm(dim=0).double(), exact, rtol=10 * rtol, atol=0)
 
 
+def _selection(which: str):
+    """Both of `leading`'s selections: NumPy's partition (a CPU tensor of float32/float64) and the sampled
+    bracket in torch (a GPU's or a half precision's tensor), the latter forced here on the CPU."""
+    from unittest import mock
+
+    from symopt.constraints import budget
+    return mock.patch.object(budget, "_cpu_array", lambda flat: None) if which == "bracket" else contextlib.nullcontext()
+
+
+@pytest.fixture(params=["numpy", "bracket"])
+def selection(request):
+    with _selection(request.param):
+        yield request.param
+
+
 @pytest.mark.parametrize("n, k, ties", [(50, 7, False), (100_000, 10_000, False), (100_000, 1, False),
                                         (100_000, 99_998, False), (100_000, 5_000, True), (70_001, 30_000, True),
                                         (100_000, 60_000, True), (50, 40, False), (9, 8, True)])
-def test_leading_selection_is_exactly_topks(n, k, ties):
-    """The bracketed selection a budget runs every step equals torch.topk, also with heavy ties (values
+def test_leading_selection_is_exactly_topks(n, k, ties, selection):
+    """The selection a budget runs at each reading equals torch.topk, also with heavy ties (values
     rounded to 40 levels: the bracket's edges sit on ties and it must fall back), at both ends, and for
-    k > n/2 (selected through the n − k smallest)."""
+    k > n/2 (the bracket selects through the n − k smallest), by either selection."""
     from symopt.constraints.budget import leading
 
     g = torch.Generator().manual_seed(n + k)
@@ -432,11 +448,12 @@ def test_leading_selection_is_exactly_topks(n, k, ties):
 @settings(max_examples=int(os.environ.get("SYMOPT_PROPERTY_EXAMPLES", 40)), deadline=None)
 @given(n=st.sampled_from([2, 7, 300, 16_384, 16_385, 40_000, 65_536]), fraction=st.floats(0.0, 1.0),
        shape=st.sampled_from(["normal", "ties", "zeros", "constant", "heavy tail"]),
-       dtype=st.sampled_from([torch.float32, torch.float64]), seed=st.integers(0, 2 ** 16))
-def test_leading_selection_matches_topk_on_random_draws(n, fraction, shape, dtype, seed):
+       dtype=st.sampled_from([torch.float32, torch.float64]), seed=st.integers(0, 2 ** 16),
+       selection=st.sampled_from(["numpy", "bracket"]))
+def test_leading_selection_matches_topk_on_random_draws(n, fraction, shape, dtype, seed, selection):
     """The same exactness on random draws: every size about the sample's threshold (4 · 4096), every
     k from 1 to n − 1, ties on 40 levels, a tensor mostly zero (pruned atoms), all entries equal (the
-    bracket has no inside), heavy tails (|x|⁸), in both float dtypes."""
+    bracket has no inside), heavy tails (|x|⁸), in both float dtypes, by either selection."""
     from symopt.constraints.budget import leading
 
     k = min(n - 1, max(1, round(fraction * n)))
@@ -450,11 +467,36 @@ def test_leading_selection_matches_topk_on_random_draws(n, fraction, shape, dtyp
         values = torch.full((n,), 0.5, dtype=dtype)
     elif shape == "heavy tail":
         values = values ** 8
-    total, kth, after = leading(values, k)
+    with _selection(selection):
+        total, kth, after = leading(values, k)
     top = torch.topk(values.double(), k + 1).values
     assert (kth, after) == (float(top[k - 1]), float(top[k]))
     # (float32 sums round at their own precision: the total only sets a reading's scale)
     assert total == pytest.approx(float(top[:k].sum()), rel=1e-12 if dtype == torch.float64 else 1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+def test_a_readings_masks_are_torchs_comparisons_in_every_dtype(dtype):
+    """`below` (the trimmed decay's mask, 1.0 / 0.0 in the value's dtype) and `at_or_above` (a landing on the
+    way's kept atoms, bool) answer as torch's ``<`` and ``>=`` do, ties, zeros, infinities and NaN (False)
+    included, through NumPy for float32/float64 and through torch for the half precisions; and `leading`
+    selects exactly in the half precisions too (the bracket's path)."""
+    from symopt.constraints.budget import at_or_above, below, leading
+
+    g = torch.Generator().manual_seed(3)
+    values = ((torch.randn(40_000, generator=g).abs() * 10).round() / 10).to(dtype)
+    values[:100] = 0.0
+    values[100], values[101], values[102] = float("inf"), float("nan"), -0.0
+    for edge in (0.0, float(values[5]), 0.7, float("inf")):
+        mask = below(values, edge, dtype)
+        assert mask.dtype == dtype and torch.equal(mask, (values < edge).to(dtype))
+        kept = at_or_above(values, edge)
+        assert kept.dtype == torch.bool and torch.equal(kept, values >= edge)
+    finite = values[103:]
+    total, kth, after = leading(finite, 4_000)
+    top = torch.topk(finite.double(), 4_001).values
+    assert (kth, after) == (float(top[3_999]), float(top[4_000]))
+    assert total == pytest.approx(float(top[:4_000].sum()), rel=1e-2)
 
 
 def test_the_step_scale_of_a_reading_is_exact_on_small_tensors_and_close_on_large():

@@ -37,7 +37,8 @@ from torch import Tensor
 
 from .auto import MultiplierEstimate, check_margin
 from .budget import (LAND_BEYOND, LONG_RAMP, LONG_RAMP_READ_EVERY, READ_EVERY, RATE, BudgetController, budget_target,
-                     check_rate, leading, mean_of_largest, sampled_kth, scheduled_count)
+                     at_or_above, below, check_rate, leading, mean_of_largest, sampled_kth,
+                     scheduled_count)
 from .state import Float64State, HostCopies
 from .warn import warn_user
 
@@ -578,7 +579,7 @@ class BudgetStrength(HostCopies, Strength):
             # (the trimmed decay spares exactly the count's largest atoms: the k-th largest, exactly)
             total, kth, _ = leading(atoms, count)
             size = total / count
-            dropped = (atoms < kth if keep is None else ~keep(atoms, count)).to(value.dtype)
+            dropped = below(atoms, kth, value.dtype) if keep is None else (~keep(atoms, count)).to(value.dtype)
         else:
             size = mean_of_largest(atoms, count)  # (the step's scale alone: `mean_of_largest`)
         target = budget_target(top_atoms, value, grad, count, self.value(), size=size)
@@ -588,7 +589,7 @@ class BudgetStrength(HostCopies, Strength):
         elif landing is not None:
             # (ties with the landing-th largest stay; atoms that are not finite, a diverged run, land nothing)
             edge = sampled_kth(atoms, landing)
-            early = atoms >= edge if math.isfinite(edge) else None
+            early = at_or_above(atoms, edge) if math.isfinite(edge) else None
         return (target if math.isfinite(target) and target > 0 else None, dropped, 1 if self._holds else self.every,
                 early)
 
