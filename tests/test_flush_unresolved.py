@@ -193,3 +193,58 @@ def test_an_optimizer_without_symopt_groups_is_not_touched():
         model(torch.ones(2, 3)).sum().backward()
         opt.step()
     assert "_symopt_flush_steps" not in opt.__dict__
+
+
+def _zero_gradient_run(flush_moments: bool, monkeypatch) -> tuple[nn.Module, torch.optim.Optimizer]:
+    """Adam with no decay on a weight whose last input the data never use: that entry's factors keep their
+    values and get gradient exactly 0, so a first moment placed there decays by 0.9 a step, from 1e-30 into
+    the subnormals after ~180 steps (as a unit that a sparse layer before it no longer feeds)."""
+    if not flush_moments:
+        monkeypatch.setattr(symopt.decay, "flush_subnormal_moments", lambda state: None)
+    torch.manual_seed(0)
+    model = nn.Linear(12, 1, bias=False)
+    symopt.sparse(model, "weight", strength=1e-4)
+    opt = torch.optim.Adam(symopt.param_groups(model), lr=0.05)
+    for group in opt.param_groups:
+        group["weight_decay"] = 0.0  # (no decay: the unused entry's gradient is exactly 0)
+    X, y = _data()
+    X[:, -1] = 0.0
+    for step in range(14 * FLUSH_EVERY):
+        opt.zero_grad()
+        (model(X) - y).square().mean().backward()
+        opt.step()
+        if step == 0:
+            for u in _factors(model):
+                opt.state[u]["exp_avg"][0, -1] = 1e-30
+    monkeypatch.undo()
+    return model, opt
+
+
+def test_first_moments_below_resolution_go_to_zero_and_move_no_weight(monkeypatch):
+    flushed_model, flushed = _zero_gradient_run(True, monkeypatch)
+    plain_model, plain = _zero_gradient_run(False, monkeypatch)
+    moments = [opt.state[u]["exp_avg"] for opt, model in ((flushed, flushed_model), (plain, plain_model))
+               for u in _factors(model)]
+    assert all(bool(_subnormal(m).any()) for m in moments[2:])  # without the flush: subnormal moments
+    assert not any(bool(_subnormal(m).any()) for m in moments[:2])
+    assert all(float(m[0, -1]) == 0.0 for m in moments[:2])
+    assert bool((_factors(flushed_model)[0][0, -1] != 0).all())  # a live atom, not put on the fixed point
+    for a, b in zip(flushed_model.state_dict().values(), plain_model.state_dict().values()):
+        assert torch.equal(a, b)  # the weights, to the bit
+
+
+def test_the_moments_flush_leaves_normal_entries_and_other_state_alone():
+    from symopt.decay import flush_subnormal_moments
+
+    moment = torch.tensor([1e-39, -1e-40, TINY, 2 * TINY, -0.5, 0.0, float("nan")])
+    square = torch.tensor([1e-39, 1.0])
+    state = {"exp_avg": moment, "exp_avg_sq": square.clone(), "step": torch.tensor(3.0),
+             "momentum_buffer": torch.tensor([-1e-41], dtype=torch.float64)}
+    flush_subnormal_moments(state)
+    assert state["exp_avg"] is moment  # (in place: the optimizer keeps its own tensors)
+    assert moment[:3].tolist() == [0.0, 0.0, 0.0] and moment[3:6].tolist() == [2 * TINY, -0.5, 0.0]
+    assert bool(moment[6].isnan())
+    assert torch.equal(state["exp_avg_sq"], square) and float(state["step"]) == 3.0
+    assert float(state["momentum_buffer"]) == -1e-41  # (normal in float64)
+    flush_subnormal_moments(None)
+    flush_subnormal_moments({})
