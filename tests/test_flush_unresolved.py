@@ -248,3 +248,15 @@ def test_the_moments_flush_leaves_normal_entries_and_other_state_alone():
     assert float(state["momentum_buffer"]) == -1e-41  # (normal in float64)
     flush_subnormal_moments(None)
     flush_subnormal_moments({})
+
+
+def test_a_flush_that_finds_nothing_writes_nothing_on_the_cpu():
+    """Most flushes find no atom below resolution; on the CPU (where asking costs no synchronisation) such a
+    flush leaves the factors unwritten (their version counters unchanged), where the holds it skips cost
+    0.4–0.7 ms on the digits MLP."""
+    model, _, opt = _train(SPARSE, SGD, 3)
+    u, v = _factors(model)
+    assert not bool((model.weight.detach().abs() < TINY).any())
+    versions = (u._version, v._version)
+    _flush_now(opt)
+    assert (u._version, v._version) == versions

@@ -568,6 +568,11 @@ class BudgetStrength(HostCopies, Strength):
         one unit per layer), as 1.0 / 0.0 in the value's dtype: the mask a step multiplies the decay by;
         and on a ramp that lands on the way (``lands_early``), the atoms the next forward keeps off the
         fixed subspace, by the same rule for ``LAND_BEYOND`` × the count (bool; None otherwise)."""
+        # (named in torch's profiler: most of a reading runs in NumPy on the CPU, which it does not see)
+        with torch.profiler.record_function("symopt.budget_reading"):
+            return self._reading(top_atoms, value, grad, budget, atom_total, keep)
+
+    def _reading(self, top_atoms, value: Tensor, grad: Tensor, budget: int, atom_total: int, keep):
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             # DDP broadcasts rank 0's buffers at each forward (broadcast_buffers=True) without a trace on
             # them: the copies follow at each reading (a reading transfers to the host anyway)
