@@ -49,7 +49,9 @@ class UnitBudget(PooledBudget):
 
         # A global budget's trimmed ramp compares the units of different layers relative to their layer:
         # each unit's atom is divided by its layer's mean unit norm now (`UnitGroups.layer_scales`).
-        scales = group.layer_scales(group.unit_norms([p[0] for p in parts])) if self.trimming() else None
+        # (a group of one layer has no scales: its unit norms, a few dozen small operators, are not formed for them)
+        several = len(group.set_units or ()) >= 2
+        scales = group.layer_scales(group.unit_norms([p[0] for p in parts])) if several and self.trimming() else None
 
         def unit_atoms(flat: Tensor, count: int, reading: str) -> Tensor:  # the controller combines flat tensors
             norms = group.unit_norms([piece.view(shape) for piece, shape in zip(flat.split(sizes), shapes)])
