@@ -193,7 +193,7 @@ def leading(values: Tensor, k: int) -> tuple[float, float, float]:
     selection (introselect) of the k-th largest, whose right part is the k largest and whose left part's
     maximum is the (k+1)-th, exactly, with no bracket to miss; 2–8× faster than the bracket at every size
     from 2.5k to 1M entries on a 2-core Xeon (benchmarks/RESULTS.md). torch has no linear-time selection
-    on the CPU (``kthvalue`` and ``topk`` cost as much as the bracket), and on a GPU the bracket stays.
+    on the CPU (``kthvalue`` and ``topk`` cost more than the bracket), and on a GPU the bracket stays.
     """
     flat = values.reshape(-1)
     n = flat.numel()
