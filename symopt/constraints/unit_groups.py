@@ -50,8 +50,8 @@ class UnitBudget(PooledBudget):
         # A global budget's trimmed ramp compares the units of different layers relative to their layer:
         # each unit's atom is divided by its layer's mean unit norm now (`UnitGroups.layer_scales`).
         # (a group of one layer has no scales: its unit norms, a few dozen small operators, are not formed for them)
-        several = len(group.set_units or ()) >= 2
-        scales = group.layer_scales(group.unit_norms([p[0] for p in parts])) if several and self.trimming() else None
+        spans = group.spans_layers and self.trimming()
+        scales = group.layer_scales(group.unit_norms([p[0] for p in parts])) if spans else None
 
         def unit_atoms(flat: Tensor, count: int, reading: str) -> Tensor:  # the controller combines flat tensors
             norms = group.unit_norms([piece.view(shape) for piece, shape in zip(flat.split(sizes), shapes)])
@@ -354,6 +354,12 @@ class UnitGroups(Constraint, register=False):
         which a ranking across layers of different scales could otherwise ask for."""
         return largest_in_parts(atoms, self.budget if k is None else k, self.set_units or [atoms.numel()])
 
+    @property
+    def spans_layers(self) -> bool:
+        """Whether the group's units come from several layers (a global budget), whose units are ranked
+        relative to their layer (`layer_scales`)."""
+        return len(self.set_units) > 1
+
     def layer_scales(self, norms: Tensor) -> Tensor | None:
         r"""For a global budget (several layers), each unit's layer's mean unit norm (from the joint
         unit ``norms``), per unit; None for one layer. The trimmed ramp and the landing rank units by their norm over it, so that
@@ -362,7 +368,7 @@ class UnitGroups(Constraint, register=False):
         global pruning does with its mean-normalised importance; ranked on raw norms, the small
         layer lost all but one channel on the digits CNN (benchmarks/RESULTS.md). In penalty terms the
         ramp decays the weighted group lasso $λ\sum_u c_u‖θ_u‖$, $c_u$ the scale of u's layer."""
-        if len(self.set_units) < 2:
+        if not self.spans_layers:
             return None
         norms = norms.detach()
         means = torch.stack([part.mean() for part in norms.split(self.set_units)])
@@ -406,7 +412,7 @@ class UnitGroups(Constraint, register=False):
         norms = self.unit_norms([v.detach() for v in values])
         budget = "" if self.budget is None else f", budget {self.budget}"
         layers = ""
-        if len(self.set_units) > 1:  # a global budget: how the loss shared the units among the layers
+        if self.spans_layers:  # a global budget: how the loss shared the units among the layers
             alive = [int((part > tol).sum()) for part in norms.split(self.set_units)]
             layers = "; per layer " + ", ".join(f"{a}/{n}" for a, n in zip(alive, self.set_units))
         return (f"units {int((norms > tol).sum())}/{norms.numel()} (dim={self.dim}, {len(values)} tensors"
