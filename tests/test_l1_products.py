@@ -314,17 +314,22 @@ def test_the_kept_column_squares_are_the_columns_squared_norms_dense_or_sparse()
         assert not hasattr(X, "_symopt_column_squares")
 
 
-@pytest.mark.parametrize("share", [0.0, 1.0])
-def test_a_csr_column_selection_is_the_dense_one_by_either_route(monkeypatch, share):
-    # MASKED_SELECTION_SHARE: a large sorted selection keeps X's entries in its columns (a pass over X), a small
-    # or unsorted one transposes its rows of Xᵀ; both are X[:, index], with that selection's transpose kept
+@pytest.mark.parametrize("route", ["scipy", "torch, masked", "torch, transposed"])
+def test_a_csr_column_selection_is_the_dense_one_by_every_route(monkeypatch, route):
+    # On the CPU SciPy gathers the selection's rows of Xᵀ and transposes them (CSR_STRUCTURE_BY_SCIPY); torch's
+    # route (a GPU's): with MASKED_SELECTION_SHARE, a large sorted selection keeps X's entries in its columns (a
+    # pass over X), a small or unsorted one transposes its rows of Xᵀ. Each is X[:, index] with its transpose kept.
     from symopt.problems import design
 
-    monkeypatch.setattr(design, "MASKED_SELECTION_SHARE", share)
+    monkeypatch.setattr(design, "CSR_STRUCTURE_BY_SCIPY", route == "scipy")
+    monkeypatch.setattr(design, "MASKED_SELECTION_SHARE", 0.0 if route == "torch, masked" else 1.0)
     dense, sparse = _designs()
-    for index in (torch.tensor([0, 3, 4, 7, 11]), torch.tensor([7, 2, 5]), torch.arange(12), torch.tensor([5])):
+    for index in (torch.tensor([0, 3, 4, 7, 11]), torch.tensor([7, 2, 5]), torch.arange(12), torch.tensor([5]),
+                  torch.tensor([4, 4, 1]), torch.tensor([], dtype=torch.int64)):
         selected = design.columns(sparse, index)
+        assert selected.layout == torch.sparse_csr and selected.crow_indices().dtype == torch.int64
         assert torch.equal(selected.to_dense(), dense[:, index])
+        assert torch.equal(design._csr_transpose(selected).to_dense(), dense[:, index].mT)
         v = torch.randn(len(index), dtype=torch.float64)
         torch.testing.assert_close(design.matvec(selected, v), dense[:, index] @ v, rtol=1e-14, atol=1e-14)
         r = torch.randn(30, dtype=torch.float64)

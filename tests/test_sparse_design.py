@@ -79,6 +79,24 @@ def test_csr_product_gradient_is_the_dense_one(dtype, columns):
     assert rmatvec(csr, weights) is not None and csr._symopt_csr_transpose is not None  # built once, kept
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_a_csr_transpose_is_the_same_tensor_by_scipy_or_by_torch(monkeypatch, dtype):
+    """The cached CSR transpose, built by SciPy on the CPU (`design.CSR_STRUCTURE_BY_SCIPY`) or by torch's sort (a
+    GPU's route): the same pointers, column indices and values, entry by entry, in int64 and the design's dtype."""
+    from symopt.problems import design
+
+    A, _ = _design(n=40, d=70, density=0.1, seed=3)
+    built = {}
+    for by_scipy in (True, False):
+        monkeypatch.setattr(design, "CSR_STRUCTURE_BY_SCIPY", by_scipy)
+        csr = torch.tensor(A.toarray(), dtype=dtype).to_sparse_csr()
+        built[by_scipy] = design._csr_transpose(csr)
+    for part in ("crow_indices", "col_indices", "values"):
+        assert torch.equal(getattr(built[True], part)(), getattr(built[False], part)())
+    assert built[True].crow_indices().dtype == torch.int64 and built[True].dtype == dtype
+    assert torch.equal(built[True].to_dense(), torch.tensor(A.toarray(), dtype=dtype).t())
+
+
 def test_dense_designs_take_torchs_own_product():
     X, theta = torch.randn(5, 4, dtype=torch.float64), torch.randn(4, dtype=torch.float64)
     torch.testing.assert_close(matvec(X, theta), X @ theta)
