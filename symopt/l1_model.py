@@ -91,6 +91,10 @@ class FaceFactor:
         self.gradient: Tensor | None = None
 
 
+# The projected Newton step's lengths tried (`_projected_newton`) before the ratio test's step: 1, ½, ¼, ….
+PROJECTED_TRIALS = 8
+
+
 def solve_l1_quadratic(hessian: Tensor, grad: Tensor, start: Tensor, lam: float, nonnegative: bool = False,
                        tol: float = 0.0, max_steps: int | None = None, *, face_factor: FaceFactor | None = None) -> Tensor:
     r"""$\arg\min_x g^\top (x - x_0) + \tfrac12 (x - x_0)^\top H (x - x_0) + λ‖x‖_1$ (over $x ≥ 0$ with
@@ -271,14 +275,15 @@ def _active_set(hessian: np.ndarray, grad: np.ndarray, start: np.ndarray, lam: f
         if crossing is not None and int(crossing.sum()) > 1:
             # Several coordinates cross zero in the full Newton step: the ratio test stops at the
             # first, and each of the others would then leave in a step (and a refactorisation) of
-            # its own. The full step with every crossing coordinate stopped at 0 (the projection on
-            # the face's orthant, as projected Newton methods take) is taken instead where it lowers
-            # the model more than the ratio test's step: every step still descends. On the face,
-            # with signs s, the change is rᵀd + ½dᵀHd (r the face's residual, ∇ + λs: the ℓ1 term
-            # is λsᵀd while no sign changes), and H on the face is the factor's LLᵀ.
-            projected = np.where(crossing, -x[face], step)
-            change = float(residual @ projected) + 0.5 * float(np.linalg.norm(factor.T @ projected)) ** 2
-            if change < (reach - 0.5 * reach * reach) * float(residual @ step):
+            # its own. The step with every crossing coordinate stopped at 0 (the projection on the
+            # face's orthant, as projected Newton methods take), full or shortened, is taken instead
+            # where it lowers the model more than the ratio test's step: every step still descends.
+            # Only the full one was tried before: from a log-loss point of 597 non-zeros on 500 rows
+            # it crossed in ~270 coordinates, lost, and the face shed one coordinate a step (142
+            # steps, 0.26 s); the longest of τ = 1, ½, ¼, … that wins took 21 (0.08 s).
+            crossing = _projected_newton(factor, x[face], step, ratios, residual, reach, PROJECTED_TRIALS)
+            if crossing is not None:
+                crossing, projected = crossing
                 x[face] += projected
                 leaving = face[crossing]
                 x[leaving], free[leaving], signs[leaving] = 0.0, False, 0.0
@@ -302,6 +307,27 @@ def _active_set(hessian: np.ndarray, grad: np.ndarray, start: np.ndarray, lam: f
         if null is None:
             level_run = 0
     return _leaving(x, face_factor, face, factor), None
+
+
+def _projected_newton(factor: np.ndarray, x: np.ndarray, step: np.ndarray, ratios: np.ndarray, residual: np.ndarray,
+                      reach: float, trials: int) -> tuple[np.ndarray, np.ndarray] | None:
+    r"""``(crossing, move)``: the projected Newton step on a face, $τ·$``step`` with every coordinate that crosses
+    zero by τ stopped at 0, for the longest τ of 1, ½, ¼, … (``trials`` of them, while more than one crosses)
+    whose model change beats the ratio test's step to ``reach``; None where none does. On the face, with signs s,
+    the change of a move d is rᵀd + ½dᵀHd (r the face's ``residual``, ∇ + λs: the ℓ1 term is λsᵀd while no sign
+    changes), H on the face the factor's LLᵀ; the ratio test's is (ρ - ρ²/2)·rᵀstep for Newton's step."""
+    beaten = (reach - 0.5 * reach * reach) * float(residual @ step)
+    tau = 1.0
+    for _ in range(trials):
+        crossing = ratios <= tau  # (one that reaches 0 exactly at τ leaves too: 0, not a rounding residue)
+        if tau <= reach or int(crossing.sum()) < 2:
+            return None
+        move = np.where(crossing, -x, tau * step)
+        change = float(residual @ move) + 0.5 * float(np.linalg.norm(factor.T @ move)) ** 2
+        if change < beaten:
+            return crossing, move
+        tau *= 0.5
+    return None
 
 
 def _largest_first(face: np.ndarray, x: np.ndarray) -> np.ndarray:
