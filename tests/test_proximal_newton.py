@@ -51,7 +51,7 @@ def test_the_model_solution_meets_its_optimality_conditions(k, rows, seed, lam, 
 
 
 @pytest.mark.parametrize("seed", range(5))
-def test_a_face_far_from_the_models_leaves_in_shorter_projected_steps(monkeypatch, seed):
+def test_a_face_far_from_the_models_optimum_leaves_in_shorter_projected_steps(monkeypatch, seed):
     # From a dense start at a larger λ, the full Newton step crosses zero in many coordinates; where stopping them
     # all at 0 does not beat the ratio test's step, a shorter projected step (PROJECTED_TRIALS) may: the same
     # optimum as proximal gradient's (ISTA run to rounding), in no more active-set steps than the ratio test's

@@ -95,6 +95,10 @@ def test_a_csr_transpose_is_the_same_tensor_by_scipy_or_by_torch(monkeypatch, dt
         assert torch.equal(getattr(built[True], part)(), getattr(built[False], part)())
     assert built[True].crow_indices().dtype == torch.int64 and built[True].dtype == dtype
     assert torch.equal(built[True].to_dense(), torch.tensor(A.toarray(), dtype=dtype).t())
+    # (a design whose transpose torch built, the switch turned on later: SciPy's selection reads that transpose)
+    monkeypatch.setattr(design, "CSR_STRUCTURE_BY_SCIPY", True)
+    index = torch.tensor([3, 0, 69, 3])
+    assert torch.equal(design.columns(csr, index).to_dense(), torch.tensor(A.toarray(), dtype=dtype)[:, index])
 
 
 def test_dense_designs_take_torchs_own_product():
