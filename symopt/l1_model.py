@@ -271,8 +271,7 @@ def _active_set(hessian: np.ndarray, grad: np.ndarray, start: np.ndarray, lam: f
         if level and not math.isfinite(reach):
             return _leaving(x, face_factor, None, None), None  # linear and unbounded below along the face: nothing finite to return
         t = reach if level else min(1.0, reach)
-        crossing = None if level or reach >= 1.0 or factor is None else ratios < 1.0
-        if crossing is not None and int(crossing.sum()) > 1:
+        if not level and reach < 1.0 and factor is not None and int((ratios < 1.0).sum()) > 1:
             # Several coordinates cross zero in the full Newton step: the ratio test stops at the
             # first, and each of the others would then leave in a step (and a refactorisation) of
             # its own. The step with every crossing coordinate stopped at 0 (the projection on the
@@ -281,10 +280,10 @@ def _active_set(hessian: np.ndarray, grad: np.ndarray, start: np.ndarray, lam: f
             # Only the full one was tried before: from a log-loss point of 597 non-zeros on 500 rows
             # it crossed in ~270 coordinates, lost, and the face shed one coordinate a step (142
             # steps, 0.26 s); the longest of τ = 1, ½, ¼, … that wins took 21 (0.08 s).
-            crossing = _projected_newton(factor, x[face], step, ratios, residual, reach, PROJECTED_TRIALS)
-            if crossing is not None:
-                crossing, projected = crossing
-                x[face] += projected
+            projected = _projected_newton(factor, x[face], step, ratios, residual, reach, PROJECTED_TRIALS)
+            if projected is not None:
+                crossing, move = projected
+                x[face] += move
                 leaving = face[crossing]
                 x[leaving], free[leaving], signs[leaving] = 0.0, False, 0.0
                 factor = _trimmed(factor, hessian, face, ~crossing)
