@@ -83,6 +83,15 @@ L1_FACE = 1024
 # whose models took thousands of products each), the model is formed densely, and so are the rest of the call's.
 PRODUCTS_FROM = 256
 GRAM_PER_PRODUCT = 16
+# ... and a settled least-squares model (the last one, solved to a hundredth of the target: see ``settled`` in
+# `proximal_newton`) on SETTLED_BUDGET times that: it asks ~1000 times less than its start's residual where the
+# others ask 0.3 times, and the dense model it would fall back on costs the Gram and a factorisation from scratch
+# with the products' work thrown away. Found on a sparse Lasso 1000 × 5000 at 0.01 λ_max: its settled model of 601
+# entries ran out at 37 products of the 40 it needed, and the dense model then took 20 ms (a product: 0.09 ms).
+# Measured in one process, alternated (benchmarks/RESULTS.md, thirty-sixth session): that row 0.87×, the sparse
+# sweep's other Lasso rows and the large-answer sweep's dense ones unchanged (their settled models fit the budget,
+# or their first products model was over it and the rest are dense).
+SETTLED_BUDGET = 4
 # A products model of a loss that is not quadratic (the log-loss) adds DAMPING · (its residual / the first model's)
 # times H's diagonal to its curvature (Levenberg–Marquardt's damping, shrinking as the residual falls: the last
 # models are Newton's): at small λ a logistic-L1's curvature on thousands of candidates is nearly singular (its
@@ -854,7 +863,7 @@ def proximal_newton(loss, constraint: Constraint, point: Tensor, target: float,
                 return None
             if loss_is_quadratic:
                 kept = (candidates, single, operator)
-            budget = None if size > L1_FACE else max(1, int(size / GRAM_PER_PRODUCT))
+            budget = None if size > L1_FACE else max(1, int(size / GRAM_PER_PRODUCT)) * (SETTLED_BUDGET if settled else 1)
             if operator is not None:
                 product, diagonal = operator
                 if not loss_is_quadratic and DAMPING:

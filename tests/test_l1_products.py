@@ -305,6 +305,28 @@ def test_a_least_squares_model_on_settled_candidates_is_solved_exactly_on_the_la
     assert len(built) < len(asked)  # (the settled model reused its products)
 
 
+def test_a_settled_least_squares_model_has_a_larger_products_budget_than_the_others(monkeypatch):
+    # SETTLED_BUDGET: the settled model asks ~1000 times less than its start's residual, the others 0.3 times; its
+    # budget is SETTLED_BUDGET times theirs (k / GRAM_PER_PRODUCT for its k entries) before it is formed densely
+    problem, loss, constraint, target = _cancer(lasso, 0.003, fit_intercept=True)
+    asked = []
+    solver = pn.solve_l1_quadratic_by_products
+    monkeypatch.setattr(pn, "solve_l1_quadratic_by_products",
+                        lambda *a, **k: asked.append((a[6], len(a[2]), k["max_products"])) or solver(*a, **k))
+    monkeypatch.setattr(pn, "PRODUCTS_FROM", 4)
+    monkeypatch.setattr(pn, "GRAM_PER_PRODUCT", 2)
+    monkeypatch.setattr(pn, "SINGLE_PRODUCTS_FROM", float("inf"))
+    point = pn.proximal_newton(loss, constraint, torch.zeros(30, dtype=torch.float64), target)
+    _, residual = kkt_at_snap(loss, constraint, point, 1e-9, levels=1)
+    assert residual <= target
+    settled = [(size, budget) for tol, size, budget in asked if tol == pytest.approx(0.01 * 0.1 * target)]
+    others = [(size, budget) for tol, size, budget in asked if tol != pytest.approx(0.01 * 0.1 * target)]
+    assert settled and others
+    assert all(budget == pn.SETTLED_BUDGET * (size // 2) for size, budget in settled)
+    assert all(budget == size // 2 for size, budget in others)
+    assert pn.SETTLED_BUDGET > 1
+
+
 def test_the_kept_column_squares_are_the_columns_squared_norms_dense_or_sparse():
     dense, sparse = _designs()
     for X in (dense, sparse, dense.t().contiguous().t()):
