@@ -19,6 +19,9 @@ the CPU. Rows:
   benchmark's training (100 / 30 epochs), timed between 10% and 75% of them (the cubic ramp: the
   readings on one step in ``budget.READ_EVERY``, the trimmed decay, the landings on the way).
 * ``symopt budget, landed``: the same, timed after the landing (the fine-tuning quarter).
+* ``symopt low rank, fixed λ`` (MLP): ``symopt.low_rank(model, name, strength=1e-3)`` on the two hidden
+  weights (full-width factors: ``max_rank`` is None without a budget), whose factors' rows for units without
+  gradient (a hidden unit that stopped firing, an input pixel that is always 0) shrink entry by entry.
 * ``magnitude pruning, after its ramp`` (MLP): what a user of ``torch.nn.utils.prune`` pays for the same
   90% in the same quarter: `benchmarks.compression`'s gradual magnitude pruning (its masks, its cubic
   schedule once an epoch) over the same steps, Adam over ``model.parameters()``. Its masked entries' gradients
@@ -53,6 +56,7 @@ from symopt.cli import machine_name
 from .channels import CONVS, cnn
 from .compression import WEIGHTS, _prune_to, data, mlp
 
+LOW_RANK_WEIGHTS = ("0.weight", "2.weight")  # (`benchmarks.ranks`' hidden layers)
 EPOCHS = {"mlp": 100, "cnn": 30}  # the training the budgets' total_steps describe (compression, channels)
 BATCH = 64
 
@@ -144,6 +148,10 @@ def variants(model: str, total_steps: int) -> dict:
         rows[row] = (net, torch.optim.Adam(symopt.param_groups(net, lr=1e-3), lr=1e-3), warm, None)
     if model == "mlp":
         net = mlp(0)
+        for name in LOW_RANK_WEIGHTS:
+            symopt.low_rank(net, name, strength=1e-3)
+        rows["symopt low rank, fixed λ"] = (net, torch.optim.Adam(symopt.param_groups(net, lr=1e-3), lr=1e-3), 0, None)
+        net = mlp(0)
         layers = [net.get_submodule(n.rsplit(".", 1)[0]) for n in WEIGHTS]
         sizes = [layer.weight.numel() for layer in layers]
         epochs, per_epoch = EPOCHS[model], max(1, total_steps // EPOCHS[model])
@@ -163,7 +171,8 @@ PHASES = (("before the ramp", 0.0, 0.1), ("on the ramp", 0.1, 0.75), ("after it"
 def whole_runs(model: str, total_steps: int, rounds: int, step) -> dict:
     """``{row: (median seconds of a whole run, median ratio to the dense run, {phase: median step ms})}``."""
     bounds = [(name, round(a * total_steps), round(b * total_steps)) for name, a, b in PHASES]
-    chosen = ("dense", "symopt, fixed λ", "symopt budget, landed", "magnitude pruning, after its ramp")
+    chosen = ("dense", "symopt, fixed λ", "symopt budget, landed", "symopt low rank, fixed λ",
+              "magnitude pruning, after its ramp")
     runs: dict = {}
     for _ in range(rounds):
         rows = {row: value for row, value in variants(model, total_steps).items() if row in chosen}

@@ -392,12 +392,13 @@ def test_training_step_quick(model, capsys):
 
     result = training_step.main(["--quick", "--model", model])
     assert list(result) == ["dense", "factored in plain PyTorch", "symopt, fixed λ", "symopt budget, on the ramp",
-                            "symopt budget, landed"] + (["magnitude pruning, after its ramp"] if model == "mlp" else [])
+                            "symopt budget, landed"] + (["symopt low rank, fixed λ", "magnitude pruning, after its ramp"]
+                                                        if model == "mlp" else [])
     assert all(seconds > 0 and ratio > 0 for seconds, ratio in result.values())
     assert "× dense" in capsys.readouterr().out
     whole = training_step.main(["--quick", "--whole", "--model", model])
-    assert list(whole) == ["dense", "symopt, fixed λ", "symopt budget"] + (["magnitude pruning"]
-                                                                          if model == "mlp" else [])
+    assert list(whole) == ["dense", "symopt, fixed λ", "symopt budget"] + (
+        ["symopt low rank, fixed λ", "magnitude pruning"] if model == "mlp" else [])
     assert all(seconds > 0 and list(phases) == [p[0] for p in training_step.PHASES]
                for seconds, _, phases in whole.values())
     plain, (factored, groups) = (mlp(0) if model == "mlp" else cnn(0)), training_step._factored_by_hand(model)

@@ -505,6 +505,15 @@ class Constraint(nn.Module):
         puts on the mirror's fixed point. None (the default): the kind does not say, nothing is flushed."""
         return None
 
+    def unresolved_entries(self, factors: tuple[Tensor, ...]) -> tuple[Tensor, ...] | None:
+        """Which entries of each factor to keep, one bool mask shaped like each factor: False where every term of
+        θ the entry enters is below the factors' dtype's smallest normal number, which
+        `symopt.decay.flush_unresolved` sets to 0 (with its gradient and first moments). For kinds whose
+        factors' entries shrink one by one where the loss no longer pulls them (a low-rank factor's row for an
+        input or output unit that carries no gradient), not atom by atom. None (the default): the kind does
+        not say, or its atoms (`unresolved_atoms`) cover it."""
+        return None
+
     def hold_atoms(self, layer: tuple[Tensor, ...], keep: Tensor) -> None:
         """Put the slots outside ``keep`` on the mirror's fixed point in a tuple of factor-shaped tensors
         (the factors, their gradients, an optimizer's state), in place. Default: ``land``."""

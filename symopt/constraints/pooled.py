@@ -408,6 +408,9 @@ class PooledMember(GroupMember):
     def unresolved_atoms(self, factors: tuple[Tensor, ...]) -> Tensor | None:
         return self.inner.unresolved_atoms(factors)
 
+    def unresolved_entries(self, factors: tuple[Tensor, ...]) -> tuple[Tensor, ...] | None:
+        return self.inner.unresolved_entries(factors)
+
     def hold_atoms(self, layer: tuple[Tensor, ...], keep: Tensor) -> None:
         self.inner.hold_atoms(layer, keep)
 
