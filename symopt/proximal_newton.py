@@ -863,7 +863,8 @@ def proximal_newton(loss, constraint: Constraint, point: Tensor, target: float,
                 return None
             if loss_is_quadratic:
                 kept = (candidates, single, operator)
-            budget = None if size > L1_FACE else max(1, int(size / GRAM_PER_PRODUCT)) * (SETTLED_BUDGET if settled else 1)
+            budget = (None if size > L1_FACE
+                      else max(1, int(size / GRAM_PER_PRODUCT)) * (SETTLED_BUDGET if settled else 1))
             if operator is not None:
                 product, diagonal = operator
                 if not loss_is_quadratic and DAMPING:

@@ -664,10 +664,10 @@ class LowRank(Constraint):
         the digits MLP under Adam at λ = 1e-3 on full-width factors had 2.4e4 subnormal factor entries after
         2000 steps and its step grew from 2 to 20 ms (benchmarks/RESULTS.md; with a threshold of a r-th of that
         number, 4600 stayed, between the two, and the step read 6 ms). A NaN is kept."""
-        U, V = factors
+        U, V = (factor.detach().abs() for factor in factors)
         tiny = torch.finfo(U.dtype).tiny
-        largest_u, largest_v = U.detach().abs().amax(dim=-2, keepdim=True), V.detach().abs().amax(dim=-2, keepdim=True)
-        return ~(U.detach().abs() * largest_v < tiny), ~(V.detach().abs() * largest_u < tiny)
+        largest_u, largest_v = U.amax(dim=-2, keepdim=True), V.amax(dim=-2, keepdim=True)
+        return ~(U * largest_v < tiny), ~(V * largest_u < tiny)
 
     def hold_atoms(self, layer: tuple[Tensor, ...], keep: Tensor) -> None:
         """Zero the columns outside ``keep`` (in $U$, $V$, or any tensor shaped like them)."""

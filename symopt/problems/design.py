@@ -47,22 +47,30 @@ def _csr_transpose(X: Tensor) -> Tensor:
     # Kept on the tensor, so it lives exactly as long as X; `Problem.data_on` makes a new tensor
     # for a new dtype or device, which gets its own copy. The data of a problem is never mutated.
     cached = getattr(X, _TRANSPOSE, None)
-    if cached is None and _by_scipy(X):
-        host = _as_scipy(X).T.tocsr()  # (csr_tocsc: rows stay sorted within each column)
-        cached = _from_scipy(host)
-        setattr(X, _SCIPY_TRANSPOSE, host)
-        setattr(X, _TRANSPOSE, cached)
     if cached is None:
-        # A stable sort of the column indices is the transpose's entry order (rows stay sorted within
-        # each column): faster than X.t().to_sparse_csr() (1.0 vs 1.6 s at 2e7 entries, measured).
-        cols = X.col_indices()
-        order = torch.sort(cols, stable=True).indices
-        rows = _entry_rows(X)
-        new_crow = _row_pointers(torch.bincount(cols, minlength=X.shape[1]))
-        cached = torch.sparse_csr_tensor(new_crow, rows[order], X.values()[order], size=(X.shape[1], X.shape[0]),
-                                         check_invariants=False)  # built from a valid CSR: valid
+        cached = _transpose_by_scipy(X) if _by_scipy(X) else _transpose_by_torch(X)
         setattr(X, _TRANSPOSE, cached)
     return cached
+
+
+def _transpose_by_scipy(X: Tensor) -> Tensor:
+    """Xᵀ of a CPU CSR ``X`` by SciPy's ``csr_tocsc`` (rows stay sorted within each column); SciPy's own copy is
+    kept on X for `columns`."""
+    host = _as_scipy(X).T.tocsr()
+    setattr(X, _SCIPY_TRANSPOSE, host)
+    return _from_scipy(host)
+
+
+def _transpose_by_torch(X: Tensor) -> Tensor:
+    """Xᵀ of a CSR ``X`` from torch's operators (any device)."""
+    # A stable sort of the column indices is the transpose's entry order (rows stay sorted within
+    # each column): faster than X.t().to_sparse_csr() (1.0 vs 1.6 s at 2e7 entries, measured).
+    cols = X.col_indices()
+    order = torch.sort(cols, stable=True).indices
+    rows = _entry_rows(X)
+    new_crow = _row_pointers(torch.bincount(cols, minlength=X.shape[1]))
+    return torch.sparse_csr_tensor(new_crow, rows[order], X.values()[order], size=(X.shape[1], X.shape[0]),
+                                   check_invariants=False)  # built from a valid CSR: valid
 
 
 def _by_scipy(X: Tensor) -> bool:
@@ -241,16 +249,26 @@ def columns(X: Tensor, index: Tensor) -> Tensor:
     if last is not None and last[0].shape == index.shape and torch.equal(last[0], index):
         return last[1]
     rows = _csr_transpose(X)  # (d, n): the columns of X are its rows
-    if _by_scipy(X):
-        host = getattr(X, _SCIPY_TRANSPOSE, None)
-        if host is None:  # (the transpose was built by torch: with the switch off at the time)
-            host = _as_scipy(rows)
-            setattr(X, _SCIPY_TRANSPOSE, host)
-        gathered = host[index.numpy()]  # (len(index), n): the selection's transpose
-        picked, selected = _from_scipy(gathered), _from_scipy(gathered.T.tocsr())
-        setattr(selected, _TRANSPOSE, picked)
-        setattr(X, _LAST_SELECTION, (index.clone(), selected))
-        return selected
+    picked, selected = _selection_by_scipy(X, rows, index) if _by_scipy(X) else _selection_by_torch(X, rows, index)
+    setattr(selected, _TRANSPOSE, picked)
+    setattr(X, _LAST_SELECTION, (index.clone(), selected))
+    return selected
+
+
+def _selection_by_scipy(X: Tensor, rows: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
+    """``(X[:, index]ᵀ, X[:, index])`` of a CPU CSR ``X`` (``rows``: its transpose) by SciPy's row gathering and
+    ``csr_tocsc``."""
+    host = getattr(X, _SCIPY_TRANSPOSE, None)
+    if host is None:  # (the transpose was built by torch: with the switch off at the time)
+        host = _as_scipy(rows)
+        setattr(X, _SCIPY_TRANSPOSE, host)
+    gathered = host[index.numpy()]  # (len(index), n): the selection's transpose
+    return _from_scipy(gathered), _from_scipy(gathered.T.tocsr())
+
+
+def _selection_by_torch(X: Tensor, rows: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
+    """``(X[:, index]ᵀ, X[:, index])`` of a CSR ``X`` (``rows``: its transpose) from torch's operators (any
+    device): the selection's rows of Xᵀ gathered, and transposed, or X's entries in those columns kept."""
     crow, cols, values = rows.crow_indices(), rows.col_indices(), rows.values()
     first, lengths = crow[index], crow[index + 1] - crow[index]
     new_crow = _row_pointers(lengths)
@@ -260,12 +278,8 @@ def columns(X: Tensor, index: Tensor) -> Tensor:
     picked = torch.sparse_csr_tensor(new_crow, cols[take], values[take], size=(len(index), X.shape[0]),
                                      check_invariants=False)  # built from a valid CSR: valid
     if take.numel() >= MASKED_SELECTION_SHARE * values.numel() and bool((index[1:] > index[:-1]).all()):
-        selected = _masked_columns(X, index)
-    else:
-        selected = picked.t().to_sparse_csr()
-    setattr(selected, _TRANSPOSE, picked)
-    setattr(X, _LAST_SELECTION, (index.clone(), selected))
-    return selected
+        return picked, _masked_columns(X, index)
+    return picked, picked.t().to_sparse_csr()
 
 
 def _masked_columns(X: Tensor, index: Tensor) -> Tensor:
