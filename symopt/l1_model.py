@@ -436,11 +436,12 @@ def _factored_step(hessian: np.ndarray, face: np.ndarray, residual: np.ndarray, 
                    checked: bool = True) -> tuple[np.ndarray, bool, np.ndarray | None, np.ndarray | None]:
     """The face's step with its Cholesky factor or its null space kept: ``(step, level, factor, null)``.
     With ``factor``, two triangular solves; without, the factor is formed where the block is clearly
-    positive definite (`block_factor`); where it is not, `eigen_step`'s eigendecomposition, whose
-    null-space basis comes back for the next level step. With ``null`` (the block is known singular), a
-    level step along it directly where ``r`` has a part above ``tol`` there and the basis is still null
-    (its image under H at rounding level; with ``checked`` False that is taken on trust, a product with
-    H saved), else the eigendecomposition afresh."""
+    positive definite (`block_factor`); where it is not, a level step along the null space of its pivoted
+    factorisation (`pivoted_null_basis`) where ``r`` has a part above ``tol`` there, else `eigen_step`'s
+    eigendecomposition; the null-space basis comes back for the next level step. With ``null`` (the block is
+    known singular), a level step along it directly where ``r`` has a part above ``tol`` there and the basis
+    is still null (its image under H at rounding level; with ``checked`` False that is taken on trust, a
+    product with H saved), else the basis afresh."""
     block = None
     if null is not None:
         along = null @ (null.T @ residual)
@@ -455,6 +456,11 @@ def _factored_step(hessian: np.ndarray, face: np.ndarray, residual: np.ndarray, 
             return step, False, factor, None
     if block is None:
         block = hessian[np.ix_(face, face)]
+    flat = pivoted_null_basis(block)
+    if flat is not None:
+        along = flat @ (flat.T @ residual)
+        if float(np.linalg.norm(along)) > tol:
+            return -along, True, None, flat
     step, level, flat = eigen_step(block, residual, tol)
     return step, level, None, (flat if level else None)
 
@@ -471,8 +477,46 @@ def newton_step(factor: np.ndarray, residual: np.ndarray) -> np.ndarray | None:
 def _annulled(hessian: np.ndarray, face: np.ndarray, direction: np.ndarray) -> bool:
     """Whether H on ``face`` maps ``direction`` to rounding level (1e-9 of its size times H's largest
     diagonal entry): a kept null basis that rounding has not drifted off the null space."""
-    image = float(np.linalg.norm(hessian[:, face] @ direction))
+    if 4 * face.size >= hessian.shape[0]:
+        # (H times the direction spread over every coordinate: ``hessian[:, face]`` copied H's columns first,
+        # 2.6 ms a check for a face of 571 of 828 coordinates, against 0.3 for the product)
+        spread = np.zeros(hessian.shape[0])
+        spread[face] = direction
+        image = float(np.linalg.norm(hessian @ spread))
+    else:
+        image = float(np.linalg.norm(hessian[:, face] @ direction))
     return image <= 1e-9 * float(np.linalg.norm(direction)) * max(float(np.diag(hessian).max()), 1e-300)
+
+
+def pivoted_null_basis(block: np.ndarray) -> np.ndarray | None:
+    r"""An orthonormal basis of a positive semi-definite ``block``'s null space from its pivoted Cholesky
+    factorisation, or None where that finds none or its basis is not annulled by the block to rounding
+    (`eigen_step`'s eigendecomposition decides there).
+
+    With the pivots $P$, $P^\top B P = U^\top U$ and $U = [U_{11}\; U_{12}]$ of rank r (the pivots stop below
+    1e-12 of B's largest diagonal entry, `eigen_step`'s floor on its curvatures), the columns of
+    $P [-U_{11}^{-1} U_{12};\ I]$ span the null space (exactly where the trailing Schur complement is 0);
+    a QR factorisation makes them orthonormal. Why not the eigendecomposition: a symmetric one with its vectors
+    costs several times a Cholesky factorisation's k³/3 operations; a 571-coordinate face on 500 rows
+    (logistic-L1 on a 500 × 20000 CSR design at 0.01 λ_max) took 50 ms in ``eigh``, 4 in ``dpstrf`` and 9–15
+    for the whole basis, its check by one product with the block included."""
+    diagonal = np.diag(block)
+    largest = float(diagonal.max()) if diagonal.size else 0.0
+    if not largest > 0.0 or not math.isfinite(largest):
+        return None
+    upper, pivots, rank, info = lapack.dpstrf(block, tol=1e-12 * largest, lower=0)
+    if info < 0 or rank >= block.shape[0] or rank == 0:
+        return None
+    order = pivots - 1
+    lead = np.triu(upper[:rank, :rank])
+    spanning = np.empty((block.shape[0], block.shape[0] - rank))
+    spanning[order[:rank]] = -lapack.dtrtrs(lead, upper[:rank, rank:], lower=0)[0]
+    spanning[order[rank:]] = np.eye(block.shape[0] - rank)
+    basis = np.linalg.qr(spanning)[0]
+    image = float(np.linalg.norm(block @ basis))
+    if not image <= 1e-9 * math.sqrt(basis.shape[1]) * largest:
+        return None
+    return basis
 
 
 def _null_without(null: np.ndarray | None, leaving: np.ndarray) -> np.ndarray | None:
