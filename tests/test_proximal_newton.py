@@ -352,6 +352,18 @@ def test_a_singular_face_takes_its_level_steps_without_an_eigendecomposition(mon
     assert int((x != 0).sum()) <= 20
 
 
+@pytest.mark.parametrize("size, face_size", [(40, 30), (40, 9), (300, 75), (300, 74), (5, 0)])
+def test_a_principal_block_is_the_gathered_one(size, face_size):
+    from symopt.l1_model import principal_block
+
+    rng = np.random.default_rng(size + face_size)
+    A = rng.standard_normal((size + 3, size))
+    H = A.T @ A
+    face = rng.permutation(size)[:face_size]  # (in no particular order, as a face grown by joins)
+    block = principal_block(H, face)
+    assert block.flags.c_contiguous and np.array_equal(block, H[np.ix_(face, face)])
+
+
 def test_the_null_check_reads_the_same_image_by_either_product():
     from symopt.l1_model import _annulled
 
