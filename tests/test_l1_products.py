@@ -305,6 +305,36 @@ def test_a_least_squares_model_on_settled_candidates_is_solved_exactly_on_the_la
     assert len(built) < len(asked)  # (the settled model reused its products)
 
 
+def test_a_least_squares_model_on_no_new_candidates_is_settled_with_its_own_products(monkeypatch):
+    # Candidates that are all among the last model's (some left, none joined) are settled as an equal set is:
+    # the model is solved to a hundredth of the tolerance at once (a sparse 6000 x 4000 Lasso took two more
+    # inexact models of 569 and 567 entries after one of 574 otherwise); its products are its own columns'
+    problem, loss, constraint, target = _cancer(lasso, 0.003, fit_intercept=True)
+    chosen, asked, built = [], [], []
+    real, solver, products = pn._candidates, pn.solve_l1_quadratic_by_products, loss.curvature_product
+
+    def candidates(*args, **kwargs):
+        entries = real(*args, **kwargs)
+        if len(chosen) == 1:  # (the second model: the first one's entries but its last)
+            entries = chosen[0].clone()
+            entries[int(torch.nonzero(entries)[-1])] = False
+        chosen.append(entries)
+        return entries
+
+    monkeypatch.setattr(pn, "_candidates", candidates)
+    monkeypatch.setattr(pn, "solve_l1_quadratic_by_products", lambda *a, **k: asked.append(a[6]) or solver(*a, **k))
+    monkeypatch.setattr(loss, "curvature_product", lambda *a, **k: built.append(int(a[1].sum())) or products(*a, **k))
+    monkeypatch.setattr(pn, "L1_FACE", 8)
+    monkeypatch.setattr(pn, "SINGLE_PRODUCTS_FROM", float("inf"))
+    point = pn.proximal_newton(loss, constraint, torch.zeros(30, dtype=torch.float64), target)
+    _, residual = kkt_at_snap(loss, constraint, point, 1e-9, levels=1)
+    assert residual <= target
+    first, second = int(chosen[0].sum()), int(chosen[1].sum())
+    assert first > 8 and second == first - 1
+    assert asked[0] != pytest.approx(0.01 * 0.1 * target) and asked[1] == pytest.approx(0.01 * 0.1 * target)
+    assert built[:2] == [first, second]
+
+
 def test_a_settled_least_squares_model_has_a_larger_products_budget_than_the_others(monkeypatch):
     # SETTLED_BUDGET: the settled model asks ~1000 times less than its start's residual, the others 0.3 times; its
     # budget is SETTLED_BUDGET times theirs (k / GRAM_PER_PRODUCT for its k entries) before it is formed densely
