@@ -458,7 +458,7 @@ def _factored_step(hessian: np.ndarray, face: np.ndarray, residual: np.ndarray, 
         if float(np.linalg.norm(along)) > tol and (not checked or _annulled(hessian, face, along)):
             return -along, True, None, null
     else:
-        if factor is None:  # (clearly positive definite, as the joins' factors are; else the eigendecomposition)
+        if factor is None:  # (clearly positive definite, as the joins' factors are; else the null space below)
             block = principal_block(hessian, face)
             factor = block_factor(block, block)
         step = None if factor is None else newton_step(factor, residual)
