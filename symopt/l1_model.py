@@ -59,14 +59,19 @@ def quadratic_gradient(hessian: Tensor, grad: Tensor, move: Tensor) -> Tensor:
 
 
 def _model_gradient(hessian: np.ndarray, grad: np.ndarray, move: np.ndarray) -> np.ndarray:
-    r"""$g + H·\mathrm{move}$ from the rows of $H$ where ``move`` is non-zero, when they are fewer than
-    half: the active set moves only the coordinates its faces have held, and on LassoCV's stacked folds
-    (a block-diagonal $H$ of 1000 coordinates, 60–100 of them ever on a face) the full product was half
-    of the solve's time. ($H$ is symmetric: its rows, contiguous, stand for its columns.)"""
+    r"""$g + H·\mathrm{move}$ (see `_product`)."""
+    return grad + _product(hessian, move)
+
+
+def _product(hessian: np.ndarray, move: np.ndarray) -> np.ndarray:
+    r"""$H·\mathrm{move}$ from the rows of $H$ where ``move`` is non-zero, when they are fewer than half: the
+    active set moves only the coordinates its faces have held, and on LassoCV's stacked folds (a
+    block-diagonal $H$ of 1000 coordinates, 60–100 of them ever on a face) the full product was half of the
+    solve's time. ($H$ is symmetric: its rows, contiguous, stand for its columns.)"""
     moved = np.flatnonzero(move)
     if 2 * moved.size >= move.size:
-        return grad + hessian @ move
-    return grad + move[moved] @ hessian[moved]
+        return hessian @ move
+    return move[moved] @ hessian[moved]
 
 
 class FaceFactor:
@@ -487,14 +492,11 @@ def newton_step(factor: np.ndarray, residual: np.ndarray) -> np.ndarray | None:
 def _annulled(hessian: np.ndarray, face: np.ndarray, direction: np.ndarray) -> bool:
     """Whether H on ``face`` maps ``direction`` to rounding level (1e-9 of its size times H's largest
     diagonal entry): a kept null basis that rounding has not drifted off the null space."""
-    if 4 * face.size >= hessian.shape[0]:
-        # (H times the direction spread over every coordinate: ``hessian[:, face]`` copied H's columns first,
-        # 2.6 ms a check for a face of 571 of 828 coordinates, against 0.3 for the product)
-        spread = np.zeros(hessian.shape[0])
-        spread[face] = direction
-        image = float(np.linalg.norm(hessian @ spread))
-    else:
-        image = float(np.linalg.norm(hessian[:, face] @ direction))
+    # (H times the direction spread over every coordinate: ``hessian[:, face] @ direction`` copied H's columns
+    # first, 2.6 ms a check for a face of 571 of 828 coordinates, against 0.3 for the whole product)
+    spread = np.zeros(hessian.shape[0])
+    spread[face] = direction
+    image = float(np.linalg.norm(_product(hessian, spread)))
     return image <= 1e-9 * float(np.linalg.norm(direction)) * max(float(np.diag(hessian).max()), 1e-300)
 
 
@@ -518,9 +520,9 @@ def pivoted_null_basis(block: np.ndarray) -> np.ndarray | None:
     if info < 0 or rank >= block.shape[0] or rank == 0:
         return None
     order = pivots - 1
-    lead = np.triu(upper[:rank, :rank])
     spanning = np.empty((block.shape[0], block.shape[0] - rank))
-    spanning[order[:rank]] = -lapack.dtrtrs(lead, upper[:rank, rank:], lower=0)[0]
+    # (the triangular solve reads U₁₁'s upper triangle only: what dpstrf left below it is never read)
+    spanning[order[:rank]] = -lapack.dtrtrs(upper[:rank, :rank], upper[:rank, rank:], lower=0)[0]
     spanning[order[rank:]] = np.eye(block.shape[0] - rank)
     basis = np.linalg.qr(spanning)[0]
     image = float(np.linalg.norm(block @ basis))

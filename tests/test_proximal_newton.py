@@ -370,7 +370,7 @@ def test_the_null_check_reads_the_same_image_by_either_product():
     gen = torch.Generator().manual_seed(4)
     A = torch.randn(10, 40, generator=gen, dtype=torch.float64).numpy()
     H = A.T @ A
-    for face in (np.arange(3, 33), np.array([5, 9])):  # a wide face (the product with H) and a narrow one (H's columns)
+    for face in (np.arange(3, 33), np.array([5, 9])):  # a wide face (the whole product) and a narrow one (H's rows)
         null = np.linalg.svd(A[:, face])[2][10:].T if face.size > 10 else None
         direction = null[:, 0] if null is not None else np.array([1.0, -1.0])
         assert _annulled(H, face, direction) == (null is not None)
