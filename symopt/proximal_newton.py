@@ -99,6 +99,10 @@ SETTLED_BUDGET = 4
 # 3000 × 10000 design); the damped system is better conditioned. Measured on 18 logistic-L1 problems (the
 # sparse sweep's 16, the large-answer sweep's sparse and digits rows; benchmarks/RESULTS.md, thirtieth session):
 # 0.39-1.0× the time undamped on 17 (0.38 → 0.15 s, 1.70 → 0.87 s), 1.2× on one (29 → 35 ms); 0.1 and 1 tried.
+# Where the residual is below λ, its share of λ bounds μ as well (`_damping`): a call that starts near its optimum
+# (the certifier's finish) has a tiny first residual, μ stayed ~DAMPING for all its models, and the residual fell by
+# ~0.7 a model (7-12 models where Newton's take 2-3); the sparse sweep's 16 logistic rows 0.80-1.05× the time, 0.92×
+# summed, paired.
 DAMPING = 0.3
 # A group model takes at most GROUP_FACE entries: a ten-target Lasso on digits has 400-640 (its rows ×
 # targets), and below this limit its polish dropped the rows that the face solve could not (7 outer
@@ -873,7 +877,7 @@ def proximal_newton(loss, constraint: Constraint, point: Tensor, target: float,
                 product, diagonal = operator
                 if not loss_is_quadratic and DAMPING:
                     first_residual = residual if first_residual is None else first_residual
-                    product, diagonal = _damped(product, diagonal, DAMPING * min(1.0, residual / first_residual))
+                    product, diagonal = _damped(product, diagonal, _damping(residual, first_residual, lam))
                 x = solve_l1_quadratic_by_products(product, diagonal, pulls, on_candidates, lam, nonnegative, model_tol,
                                                    max_products=budget)
             if x is None:  # (over budget: this problem's curvature is ill-conditioned, formed from now on)
@@ -931,6 +935,12 @@ def proximal_newton(loss, constraint: Constraint, point: Tensor, target: float,
             break
         theta, grad, objective = trial, trial_grad, trial_objective
     return theta
+
+
+def _damping(residual: float, first_residual: float, lam: float) -> float:
+    """μ of a products model of the log-loss (see ``DAMPING``): ``DAMPING`` times the residual's share of this call's
+    first products model's, and of λ where the residual is already below λ."""
+    return DAMPING * min(1.0, residual / first_residual, residual / lam)
 
 
 def _damped(product, diagonal: Tensor, mu: float):
