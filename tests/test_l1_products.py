@@ -13,6 +13,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import symopt
+import symopt.l1_products as lp
 import symopt.proximal_newton as pn
 from symopt.l1_model import solve_l1_quadratic
 from symopt.l1_products import model_kkt, solve_l1_quadratic_by_products
@@ -30,11 +31,18 @@ def _model_objective(H, g, x0, x, lam):
 
 @settings(max_examples=60, deadline=None)
 @given(k=st.integers(1, 60), rows=st.integers(1, 80), seed=st.integers(0, 10**6), lam=st.floats(0.01, 2.0),
-       rho=st.floats(0.0, 0.95), nonnegative=st.booleans(), warm=st.booleans())
+       rho=st.floats(0.0, 0.95), nonnegative=st.booleans(), warm=st.booleans(), on_host=st.booleans())
 # (found by this test: a warm start of 55 coordinates on 10 rows, whose flat directions passed as curved)
-@example(k=55, rows=10, seed=0, lam=0.03125, rho=0.0, nonnegative=False, warm=True)
+@example(k=55, rows=10, seed=0, lam=0.03125, rho=0.0, nonnegative=False, warm=True, on_host=True)
+@example(k=55, rows=10, seed=0, lam=0.03125, rho=0.0, nonnegative=False, warm=True, on_host=False)
 def test_the_model_solution_meets_its_optimality_conditions_and_is_the_active_sets(k, rows, seed, lam, rho,
-                                                                                    nonnegative, warm):
+                                                                                    nonnegative, warm, on_host):
+    with pytest.MonkeyPatch.context() as patch:  # (on_host False: the torch route other devices take)
+        patch.setattr(lp, "HOST_ARRAYS", on_host)
+        _model_solution_check(k, rows, seed, lam, rho, nonnegative, warm)
+
+
+def _model_solution_check(k, rows, seed, lam, rho, nonnegative, warm):
     # H = AᵀA/rows is singular whenever rows < k; correlated columns (an AR(1) mix) make CG's systems
     # ill-conditioned; g in H's range keeps the model bounded below along its null space
     gen = torch.Generator().manual_seed(seed)
@@ -97,6 +105,29 @@ def test_a_direction_of_no_curvature_still_descends():
     assert x.tolist() == [0.0, 2.0]
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("nonnegative", [False, True])
+def test_the_models_arithmetic_on_numpy_arrays_is_the_torch_routes(monkeypatch, dtype, nonnegative):
+    # On the CPU the model's vectors are NumPy arrays (HOST_ARRAYS) and each product is handed torch views of them;
+    # other devices keep them in torch. The same method either way: answers equal to rounding, in the inputs' dtype,
+    # and None from both where the products budget runs out
+    generator = np.random.default_rng(3)
+    A = torch.as_tensor(generator.standard_normal((60, 90)), dtype=dtype)
+    H, g = A.mT @ A / 60, A.mT @ torch.as_tensor(generator.standard_normal(60), dtype=dtype) / 60
+    answers = {}
+    for on_host in (True, False):
+        monkeypatch.setattr(lp, "HOST_ARRAYS", on_host)
+        handed = []
+        x = solve_l1_quadratic_by_products(lambda v: handed.append(type(v)) or H @ v, torch.diagonal(H).clone(), g,
+                                           torch.zeros(90, dtype=dtype), 0.02, nonnegative, tol=1e-6)
+        assert isinstance(x, torch.Tensor) and x.dtype == dtype and set(handed) == {torch.Tensor}
+        assert model_kkt(x, g + H @ x, 0.02, nonnegative) <= 1e-6
+        assert solve_l1_quadratic_by_products(lambda v: H @ v, torch.diagonal(H).clone(), g, torch.zeros(90, dtype=dtype),
+                                              0.02, nonnegative, tol=1e-6, max_products=3) is None
+        answers[on_host] = x
+    torch.testing.assert_close(answers[True], answers[False], rtol=0, atol=1e-4 if dtype == torch.float32 else 1e-8)
+
+
 def _designs():
     generator = np.random.default_rng(7)
     dense = generator.standard_normal((30, 12))
@@ -136,10 +167,19 @@ def test_the_curvature_products_are_the_curvatures(fit, intercept, weighted, rid
                                   dense, torch.zeros(30, 2, dtype=torch.float64)) is None
 
 
-def test_the_sparse_gram_and_squared_products_are_the_dense_ones():
+@pytest.mark.parametrize("by_scipy", [True, False])
+def test_the_sparse_gram_and_squared_products_are_the_dense_ones(monkeypatch, by_scipy):
+    # (by_scipy: the CPU's sparse product by SciPy, CSR_STRUCTURE_BY_SCIPY; off, torch's, a GPU's route)
+    from symopt.problems import design
+
+    monkeypatch.setattr(design, "CSR_STRUCTURE_BY_SCIPY", by_scipy)
     dense, sparse = _designs()
     h = torch.rand(30, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    torch.testing.assert_close(weighted_gram(sparse, h), dense.mT @ (h[:, None] * dense), rtol=1e-12, atol=1e-15)
+    gram = weighted_gram(sparse, h)
+    assert gram.dtype == torch.float64 and gram.layout == torch.strided
+    torch.testing.assert_close(gram, dense.mT @ (h[:, None] * dense), rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(weighted_gram(sparse.to(torch.float32), h.float()),
+                               (dense.mT @ (h[:, None] * dense)).float(), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(squared_rmatvec(sparse, h), dense.square().mT @ h, rtol=1e-12, atol=1e-15)
 
 
