@@ -101,7 +101,8 @@ PROJECTED_TRIALS = 8
 
 
 def solve_l1_quadratic(hessian: Tensor, grad: Tensor, start: Tensor, lam: float, nonnegative: bool = False,
-                       tol: float = 0.0, max_steps: int | None = None, *, face_factor: FaceFactor | None = None) -> Tensor:
+                       tol: float = 0.0, max_steps: int | None = None, *, face_factor: FaceFactor | None = None,
+                       initial: Tensor | None = None) -> Tensor:
     r"""$\arg\min_x g^\top (x - x_0) + \tfrac12 (x - x_0)^\top H (x - x_0) + λ‖x‖_1$ (over $x ≥ 0$ with
     ``nonnegative``), $H$ positive semi-definite, by an active-set method from $x_0$ (``start``).
 
@@ -136,6 +137,9 @@ def solve_l1_quadratic(hessian: Tensor, grad: Tensor, start: Tensor, lam: float,
         max_steps: active-set steps at most (default ``10·k + 50``); the last point is returned.
         face_factor: a `FaceFactor` this call starts from (where it matches the start's face) and leaves its
             final face's factor and gradient in.
+        initial: the first iterate where it is not ``start`` (feasible as ``start`` is; the model, its expansion
+            point $x_0$ included, is unchanged): a guess nearer the optimum's face, e.g. the last proximal
+            Newton model's solution after a damped step.
 
     Examples:
         >>> import torch
@@ -145,17 +149,19 @@ def solve_l1_quadratic(hessian: Tensor, grad: Tensor, start: Tensor, lam: float,
     """
     with one_blas_thread():
         x, gradient = _active_set(as_array(hessian), as_array(grad), as_array(start), float(lam),
-                                  bool(nonnegative), float(tol), max_steps, face_factor)
+                                  bool(nonnegative), float(tol), max_steps, face_factor,
+                                  None if initial is None else as_array(initial))
     if face_factor is not None:
         face_factor.gradient = None if gradient is None else torch.from_numpy(gradient).to(grad.device, grad.dtype)
     return torch.from_numpy(x).to(start.device, start.dtype)
 
 
 def _active_set(hessian: np.ndarray, grad: np.ndarray, start: np.ndarray, lam: float, nonnegative: bool,
-                tol: float, max_steps: int | None, face_factor: FaceFactor | None) -> tuple[np.ndarray, np.ndarray | None]:
+                tol: float, max_steps: int | None, face_factor: FaceFactor | None,
+                initial: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """`solve_l1_quadratic` on arrays: ``(x, the model's gradient at x or None)``, the final face and
     factor left in ``face_factor``."""
-    x = start.copy()
+    x = start.copy() if initial is None else initial.copy()
     k = x.shape[0]
     signs = np.sign(x)
     free = x != 0
@@ -188,7 +194,7 @@ def _active_set(hessian: np.ndarray, grad: np.ndarray, start: np.ndarray, lam: f
     # The model's gradient at x, None once x has moved: joins and the leaving again of a join's fresh
     # coordinates change the face, not x, and the next check reads the same gradient (a third of the
     # products with H in a LassoCV fit were of an x they had already been formed at).
-    gradient = grad.copy()
+    gradient = grad.copy() if initial is None else None
     limit = 10 * k + 50 if max_steps is None else max_steps
     for _ in range(limit):
         carried_size = None if carried is None else float(np.linalg.norm(carried))

@@ -81,7 +81,8 @@ def model_kkt(x: Tensor, gradient: Tensor, lam: float, nonnegative: bool) -> flo
 
 def solve_l1_quadratic_by_products(product: Callable[[Tensor], Tensor], diagonal: Tensor, grad: Tensor,
                                    start: Tensor, lam: float, nonnegative: bool = False, tol: float = 0.0,
-                                   max_rounds: int = 100, max_products: int | None = None) -> Tensor | None:
+                                   max_rounds: int = 100, max_products: int | None = None, *,
+                                   initial: Tensor | None = None) -> Tensor | None:
     r"""$\arg\min_x g^\top (x - x_0) + \tfrac12 (x - x_0)^\top H (x - x_0) + λ‖x‖_1$ (over $x ≥ 0$ with
     ``nonnegative``), $H$ positive semi-definite and known only by its products and diagonal, by
     orthant-wise Newton–CG from $x_0$ (see the module docstring).
@@ -98,6 +99,8 @@ def solve_l1_quadratic_by_products(product: Callable[[Tensor], Tensor], diagonal
         max_products: products at most; None (no answer) where the model needs more. A caller that could form
             $H$ densely gives up on the products where they cost more than forming it would (an ill-conditioned
             $H$, whose conjugate gradients crawl).
+        initial: the first iterate where it is not ``start`` (as in `symopt.l1_model.solve_l1_quadratic`; one
+            product more, for the model's gradient there).
 
     Examples:
         >>> import torch
@@ -114,12 +117,13 @@ def solve_l1_quadratic_by_products(product: Callable[[Tensor], Tensor], diagonal
         dtype = start.dtype
         product = _through_torch(product, dtype)
         diagonal, grad, start = (_host(t, dtype) for t in (diagonal, grad, start))
+        initial = None if initial is None else _host(initial, dtype)
     try:
         # (NumPy's dot products on one BLAS thread: OpenBLAS's threads, left spinning after each call, took
         # the two cores from torch's own threads for the rest of the solve: a logistic-L1 on a CSR 10000 ×
         # 100000 design at 0.01 λ_max took 4.0 s against 1.6 s, the models themselves no slower)
         with one_blas_thread() if on_host else contextlib.nullcontext():
-            x = _solve(product, diagonal, grad, start, lam, nonnegative, tol, max_rounds)
+            x = _solve(product, diagonal, grad, start, lam, nonnegative, tol, max_rounds, initial)
     except _OverBudget:
         return None
     return torch.from_numpy(x) if on_host else x
@@ -158,9 +162,12 @@ def _budgeted(product: Callable[[Tensor], Tensor], budget: int) -> Callable[[Ten
 
 
 def _solve(product, diagonal: Tensor, grad: Tensor, start: Tensor, lam: float, nonnegative: bool, tol: float,
-           max_rounds: int) -> Tensor:
+           max_rounds: int, initial: Tensor | None = None) -> Tensor:
     """`solve_l1_quadratic_by_products` without its budget."""
     x, gradient = _copy(start), _copy(grad)  # (gradient: the smooth part's, g + H(x - x₀), kept as x moves)
+    if initial is not None:
+        x = _copy(initial)
+        gradient = gradient + product(x - start)
     scale = _where(diagonal > 0, diagonal, 1.0)  # (an empty column: the identity)
     first, after_newton, after_step = None, math.inf, math.inf
     orthant = _orthant(x, gradient, lam, nonnegative)  # (this round's: the one the round before ended on)

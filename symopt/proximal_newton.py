@@ -827,6 +827,11 @@ def proximal_newton(loss, constraint: Constraint, point: Tensor, target: float,
     kept = None  # a least-squares products model's (candidates, single, operator)
     products_lost = False  # a model within L1_FACE ran over its products' budget
     first_residual = None
+    # After a damped step (t < 1) the last model's solution on its candidates, the next model's first iterate:
+    # θ then holds the union of the old and the new non-zeros, and a model started there walks most of
+    # them back off one step at a time, where the last solution is most often its new optimum's face (see
+    # `_first_iterate`). None after a full step, where θ is that solution.
+    last_model = None
     for outer in range(_OUTER):
         # (the caller polishes a point above its target: the first check would only confirm it)
         residual = constraint.kkt_residual(theta, grad) if outer else None
@@ -879,7 +884,8 @@ def proximal_newton(loss, constraint: Constraint, point: Tensor, target: float,
                     first_residual = residual if first_residual is None else first_residual
                     product, diagonal = _damped(product, diagonal, _damping(residual, first_residual, lam))
                 x = solve_l1_quadratic_by_products(product, diagonal, pulls, on_candidates, lam, nonnegative, model_tol,
-                                                   max_products=budget)
+                                                   max_products=budget,
+                                                   initial=_first_iterate(last_model, theta, candidates, on_candidates))
             if x is None:  # (over budget: this problem's curvature is ill-conditioned, formed from now on)
                 products_lost = True
             else:
@@ -895,7 +901,7 @@ def proximal_newton(loss, constraint: Constraint, point: Tensor, target: float,
             # exact) one outer iteration is the last.
             if signs is not None:
                 x = solve_l1_quadratic(hessian.to("cpu", torch.float64), local, start, lam, nonnegative,
-                                       0.01 * tolerance)
+                                       0.01 * tolerance, initial=_first_iterate(last_model, theta, candidates, start))
             else:
                 x = _group_model_solution(hessian.to("cpu", torch.float64), local, start, groups, weights,
                                           (EXACT_GROUP_MODEL if loss_is_quadratic else 0.01) * tolerance, row_block)
@@ -933,8 +939,28 @@ def proximal_newton(loss, constraint: Constraint, point: Tensor, target: float,
             t *= 0.5
         if not accepted:
             break
+        last_model = (candidates, x) if t < 1.0 and signs is not None else None
         theta, grad, objective = trial, trial_grad, trial_objective
     return theta
+
+
+def _first_iterate(last_model: tuple[Tensor, Tensor] | None, theta: Tensor, candidates: Tensor,
+                   like: Tensor) -> Tensor | None:
+    r"""The ℓ1 model's first iterate on ``candidates`` (as ``like``: its device and dtype): the last model's
+    solution ``last_model = (its candidates, x)`` there (0 on the candidates it did not hold), or None (θ itself)
+    without one.
+
+    Why: a model is the same problem from any first iterate (its expansion point stays θ), and after a
+    damped step $θ + t(x - θ)$ the point's non-zeros are the union of θ's and x's. From there a dense model
+    on more non-zeros than the data has rows walks its singular face's null space off one coordinate a step:
+    logistic-L1 on a 500 × 20000 CSR design at 0.01 λ_max took 111 such steps from a point of 611 non-zeros
+    (~60 ms) where the last solution's 438-coordinate face is positive definite (none); a products model
+    started there spent ~50 ms against ~20 (3000 × 10000 at 0.01 λ_max)."""
+    if last_model is None:
+        return None
+    spread = torch.zeros(theta.shape, dtype=like.dtype, device=like.device)
+    spread[last_model[0].to(like.device)] = last_model[1].to(like.device, like.dtype)
+    return spread[candidates.to(like.device)]
 
 
 def _damping(residual: float, first_residual: float, lam: float) -> float:

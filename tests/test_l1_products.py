@@ -63,6 +63,27 @@ def _model_solution_check(k, rows, seed, lam, rho, nonnegative, warm):
     assert _model_objective(H, g, x0, x, lam) <= _model_objective(H, g, x0, reference, lam) + 1e-9 * scale
 
 
+@pytest.mark.parametrize("on_host", [True, False])
+@pytest.mark.parametrize("nonnegative", [False, True])
+@pytest.mark.parametrize("seed", range(4))
+def test_a_products_model_from_another_first_iterate_is_the_same_model(monkeypatch, on_host, nonnegative, seed):
+    # `initial` moves the first iterate, not the model (its expansion point x0 stays): the answer meets the
+    # model's conditions about x0 and reaches the active set's optimal value; 30 columns on 20 rows (singular)
+    monkeypatch.setattr(lp, "HOST_ARRAYS", on_host)
+    gen = torch.Generator().manual_seed(seed)
+    A = torch.randn(20, 30, generator=gen, dtype=torch.float64)
+    H, g = A.mT @ A / 20, A.mT @ torch.randn(20, generator=gen, dtype=torch.float64) / 20
+    x0 = torch.randn(30, generator=gen, dtype=torch.float64)
+    initial = torch.randn(30, generator=gen, dtype=torch.float64) * (torch.rand(30, generator=gen) < 0.5)
+    if nonnegative:
+        x0, initial = x0.abs(), initial.abs()
+    x = solve_l1_quadratic_by_products(lambda v: H @ v, torch.diagonal(H).clone(), g, x0, 0.05, nonnegative,
+                                       tol=1e-11, max_rounds=400, initial=initial)
+    assert model_kkt(x, g + H @ (x - x0), 0.05, nonnegative) <= 1e-9
+    reference = solve_l1_quadratic(H, g, x0, 0.05, nonnegative, tol=1e-12)
+    assert _model_objective(H, g, x0, x, 0.05) <= _model_objective(H, g, x0, reference, 0.05) + 1e-10
+
+
 def test_the_model_solution_is_cvxpys():
     cp = pytest.importorskip("cvxpy")
     generator = np.random.default_rng(4)

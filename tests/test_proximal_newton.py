@@ -50,6 +50,69 @@ def test_the_model_solution_meets_its_optimality_conditions(k, rows, seed, lam, 
     assert _model_kkt(H, g, x0, x, lam, nonnegative) <= 1e-9 * scale
 
 
+@settings(max_examples=60, deadline=None)
+@given(k=st.integers(1, 40), rows=st.integers(1, 30), seed=st.integers(0, 10_000), lam=st.floats(0.01, 2.0),
+       nonnegative=st.booleans(), alive=st.floats(0.0, 1.0))
+def test_a_model_from_another_first_iterate_is_the_same_model(k, rows, seed, lam, nonnegative, alive):
+    # `initial` moves the first iterate, not the model: its answer meets the conditions of the model about
+    # x0 (the gradient at the first iterate, g + H(initial - x0), formed inside) and has its optimal value
+    gen = torch.Generator().manual_seed(seed)
+    A = torch.randn(rows, k, generator=gen, dtype=torch.float64)
+    H = A.mT @ A
+    g = A.mT @ torch.randn(rows, generator=gen, dtype=torch.float64) * 3
+    x0 = torch.randn(k, generator=gen, dtype=torch.float64)
+    initial = torch.randn(k, generator=gen, dtype=torch.float64) * (torch.rand(k, generator=gen) < alive)
+    if nonnegative:
+        x0, initial = x0.abs(), initial.abs()
+    x = solve_l1_quadratic(H, g, x0, lam, nonnegative, tol=1e-12, initial=initial)
+    scale = 1.0 + float(H.abs().max()) * (1.0 + float(x.abs().max()) + float(x0.abs().max())) + float(g.abs().max())
+    assert _model_kkt(H, g, x0, x, lam, nonnegative) <= 1e-9 * scale
+    reference = solve_l1_quadratic(H, g, x0, lam, nonnegative, tol=1e-12)
+
+    def value(point):
+        move = point - x0
+        return float(g @ move + 0.5 * move @ H @ move + lam * point.abs().sum())
+
+    assert value(x) <= value(reference) + 1e-9 * scale
+
+
+def test_after_a_damped_step_the_next_model_starts_from_the_last_solution(monkeypatch):
+    """Logistic-L1 on 40 rows and 120 columns from a dense start: the first models' steps are damped, and each
+    model after one starts from the last model's solution (not from θ, which holds the union of both
+    supports); the polish ends at the optimum the undamped starts reach."""
+    import symopt.proximal_newton as pn
+
+    gen = torch.Generator().manual_seed(3)
+    X = torch.randn(40, 120, generator=gen, dtype=torch.float64)
+    y = (X[:, :5].sum(1) + 0.5 * torch.randn(40, generator=gen, dtype=torch.float64) > 0).double()
+    problem = logistic_l1(X, y, 1.0, fit_intercept=False)
+    problem = problem.at_strength(0.05 * problem.strength_max())
+    loss, constraint, target = bound_problem(problem, 1e-9)
+    start = 0.3 * torch.randn(120, generator=gen, dtype=torch.float64)
+    calls, solver = [], pn.solve_l1_quadratic
+
+    def recording(hessian, grad, begin, lam, nonnegative, tol, **options):
+        x = solver(hessian, grad, begin, lam, nonnegative, tol, **options)
+        calls.append((begin, options.get("initial"), x))
+        return x
+
+    monkeypatch.setattr(pn, "solve_l1_quadratic", recording)
+    point = proximal_newton(loss, constraint, start, target)
+    _, residual = kkt_at_snap(loss, constraint, point, 1e-9, levels=1)
+    assert residual <= target
+    warm = [(begin, initial, x) for begin, initial, x in calls if initial is not None]
+    assert warm, "no model started from the last solution"
+    for (_, _, last), (begin, initial, _) in zip(calls, calls[1:]):
+        if initial is not None:  # (the candidates are θ's non-zeros and the pulled zeros: the last support is in)
+            assert int((initial != 0).sum()) == int((last != 0).sum())
+            assert int((begin != 0).sum()) >= int((initial != 0).sum())
+    monkeypatch.setattr(pn, "_first_iterate", lambda *a: None)
+    reference = proximal_newton(loss, constraint, start, target)
+    objective = lambda theta: float(loss.value_and_grad(theta)[0]) + float(constraint.strength) * float(
+        constraint.induced_norm(theta))
+    assert abs(objective(point) - objective(reference)) <= 1e-10 * abs(objective(reference))
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_a_face_far_from_the_models_optimum_leaves_in_shorter_projected_steps(monkeypatch, seed):
     # From a dense start at a larger λ, the full Newton step crosses zero in many coordinates; where stopping them
