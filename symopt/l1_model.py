@@ -98,6 +98,7 @@ class FaceFactor:
 
 # The projected Newton step's lengths tried (`_projected_newton`) before the ratio test's step: 1, ½, ¼, ….
 PROJECTED_TRIALS = 8
+QR_TRIM = False
 
 
 def solve_l1_quadratic(hessian: Tensor, grad: Tensor, start: Tensor, lam: float, nonnegative: bool = False,
@@ -418,7 +419,17 @@ def _trimmed(factor: np.ndarray | None, hessian: np.ndarray, face: np.ndarray,
              kept: np.ndarray) -> np.ndarray | None:
     r"""The Cholesky factor of $H$ on ``face[kept]`` from ``factor`` (on ``face``): its leading block up to
     the first coordinate that leaves stands, the kept rows after it keep their first columns, and
-    their trailing block is the factor of their Schur complement; None as in `_grown`."""
+    their trailing block is the factor of their Schur complement; None as in `_grown`.
+
+    That trailing block, for the kept rows K and the leaving columns D after the first that leaves (L's
+    rows and columns there), is the factor of $L_{KK}L_{KK}^\top + L_{KD}L_{KD}^\top$: `_downdated` takes it
+    from the QR factorisation of $[L_{KK}^\top;\ L_{KD}^\top]$ where at least 100 rows are kept and c = |D| is
+    small beside them and the rows before the first that leaves (measured, one BLAS thread: 0.6 against 1.1 ms
+    for 290 kept rows after 150, 1.7 against 4.8 for 524 after 266; no faster below ~100 rows); else it is
+    formed afresh from H's block less the kept rows' first columns' products. On logistic-L1 over a
+    500 × 20000 CSR design at 0.01 λ_max, projected Newton steps took 2–20 coordinates off 430-coordinate
+    faces from their 9th–250th row: the trims' time 39 → 30 ms of a ~250 ms solve.
+    """
     if factor is None or kept.all():
         return factor
     first = int(np.argmin(kept))
@@ -426,11 +437,32 @@ def _trimmed(factor: np.ndarray | None, hessian: np.ndarray, face: np.ndarray,
     rest = first + np.flatnonzero(kept[first:])
     if not rest.size:
         return np.ascontiguousarray(lead)
-    across = factor[rest, :first]
-    tail = face[rest]
-    block = principal_block(hessian, tail)
-    corner = block_factor(block - across @ across.T, block)
+    rows = np.take(factor, rest, axis=0)  # (one gather of the kept rows, then their columns: see principal_block)
+    across = rows[:, :first]
+    gone = first + np.flatnonzero(~kept[first:])
+    if rest.size >= 100 and 6 * gone.size <= 3 * first + rest.size:
+        corner = _downdated(np.take(rows, rest, axis=1), np.take(rows, gone, axis=1), np.diag(hessian)[face[rest]])
+    else:
+        block = principal_block(hessian, face[rest])
+        corner = block_factor(block - across @ across.T, block)
     return None if corner is None else _assembled(lead, across, corner)
+
+
+def _downdated(kept: np.ndarray, leaving: np.ndarray, diagonal: np.ndarray) -> np.ndarray | None:
+    r"""The lower Cholesky factor of $K K^\top + W W^\top$ for a lower-triangular ``kept`` K and the columns
+    ``leaving`` W: $R^\top$ from the QR factorisation of $[K^\top;\ W^\top]$ (rows of R signed so that its diagonal
+    is positive). None where a pivot is not above 1e-10 of the ``diagonal`` of the block it factors (as
+    `block_factor`)."""
+    # (blocks of 32: one reflection at a time, nb = 1, took 3.7 times as long on a 356-row factor)
+    upper, _, _, info = lapack.dtpqrt(0, min(32, kept.shape[0]), kept.T, leaving.T)
+    if info:
+        return None
+    pivots = np.diag(upper)
+    if not (np.square(pivots) > 1e-10 * np.maximum(diagonal, 1e-300)).all():
+        return None
+    corner = np.tril(upper.T)
+    corner *= np.where(pivots < 0, -1.0, 1.0)[None, :]
+    return corner
 
 
 def block_factor(schur: np.ndarray, block: np.ndarray) -> np.ndarray | None:

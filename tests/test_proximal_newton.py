@@ -236,6 +236,30 @@ def test_only_the_joined_coordinates_that_move_the_wrong_way_leave_again():
         assert torch.allclose(x, torch.tensor([1.0, 0.0, 0.8], dtype=torch.float64), atol=1e-14)
 
 
+@pytest.mark.parametrize("first, leaving, by_qr", [(150, 2, True), (9, 17, True), (140, 40, True), (400, 3, False),
+                                                   (10, 120, False), (0, 1, True)])
+def test_a_factor_cut_back_by_its_qr_downdate_or_afresh_is_the_fresh_one(monkeypatch, first, leaving, by_qr):
+    # many coordinates leave a 450-coordinate face (a projected Newton step): the kept rows' trailing block
+    # is downdated by a QR factorisation where few leave beside many kept rows, else formed afresh; either
+    # way it is the Cholesky factor of the smaller face
+    import symopt.l1_model as l1
+
+    gen = np.random.default_rng(first + leaving)
+    A = gen.standard_normal((600, 450))
+    H = A.T @ A
+    face = gen.permutation(450)
+    factor = _cholesky_on(H, face)
+    kept = np.ones(450, dtype=bool)
+    kept[first] = False
+    kept[first + 1 + gen.choice(449 - first, leaving - 1, replace=False)] = False
+    routes, downdated = [], l1._downdated
+    monkeypatch.setattr(l1, "_downdated", lambda *a: routes.append("qr") or downdated(*a))
+    trimmed = l1._trimmed(factor, H, face, kept)
+    assert routes == (["qr"] if by_qr else [])
+    assert np.allclose(trimmed, _cholesky_on(H, face[kept]), rtol=0, atol=1e-9 * float(np.abs(factor).max()))
+    assert np.all(np.diag(trimmed) > 0) and np.allclose(trimmed, np.tril(trimmed))
+
+
 @pytest.mark.parametrize("nonnegative", [False, True])
 def test_coordinates_that_cross_zero_together_leave_together(nonnegative):
     # A diagonal H from a dense start on the whole face: the full Newton step crosses zero in 20
