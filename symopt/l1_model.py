@@ -98,7 +98,6 @@ class FaceFactor:
 
 # The projected Newton step's lengths tried (`_projected_newton`) before the ratio test's step: 1, ½, ¼, ….
 PROJECTED_TRIALS = 8
-QR_TRIM = False
 
 
 def solve_l1_quadratic(hessian: Tensor, grad: Tensor, start: Tensor, lam: float, nonnegative: bool = False,
