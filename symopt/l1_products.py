@@ -164,10 +164,12 @@ def _budgeted(product: Callable[[Tensor], Tensor], budget: int) -> Callable[[Ten
 def _solve(product, diagonal: Tensor, grad: Tensor, start: Tensor, lam: float, nonnegative: bool, tol: float,
            max_rounds: int, initial: Tensor | None = None) -> Tensor:
     """`solve_l1_quadratic_by_products` without its budget."""
-    x, gradient = _copy(start), _copy(grad)  # (gradient: the smooth part's, g + H(x - x₀), kept as x moves)
-    if initial is not None:
+    # (gradient: the smooth part's, g + H(x - x₀), kept as x moves)
+    if initial is None:
+        x, gradient = _copy(start), _copy(grad)
+    else:
         x = _copy(initial)
-        gradient = gradient + product(x - start)
+        gradient = grad + product(x - start)
     scale = _where(diagonal > 0, diagonal, 1.0)  # (an empty column: the identity)
     first, after_newton, after_step = None, math.inf, math.inf
     orthant = _orthant(x, gradient, lam, nonnegative)  # (this round's: the one the round before ended on)

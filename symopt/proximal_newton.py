@@ -885,7 +885,7 @@ def proximal_newton(loss, constraint: Constraint, point: Tensor, target: float,
                     product, diagonal = _damped(product, diagonal, _damping(residual, first_residual, lam))
                 x = solve_l1_quadratic_by_products(product, diagonal, pulls, on_candidates, lam, nonnegative, model_tol,
                                                    max_products=budget,
-                                                   initial=_first_iterate(last_model, theta, candidates, on_candidates))
+                                                   initial=_first_iterate(last_model, candidates, on_candidates))
             if x is None:  # (over budget: this problem's curvature is ill-conditioned, formed from now on)
                 products_lost = True
             else:
@@ -901,7 +901,7 @@ def proximal_newton(loss, constraint: Constraint, point: Tensor, target: float,
             # exact) one outer iteration is the last.
             if signs is not None:
                 x = solve_l1_quadratic(hessian.to("cpu", torch.float64), local, start, lam, nonnegative,
-                                       0.01 * tolerance, initial=_first_iterate(last_model, theta, candidates, start))
+                                       0.01 * tolerance, initial=_first_iterate(last_model, candidates, start))
             else:
                 x = _group_model_solution(hessian.to("cpu", torch.float64), local, start, groups, weights,
                                           (EXACT_GROUP_MODEL if loss_is_quadratic else 0.01) * tolerance, row_block)
@@ -944,11 +944,10 @@ def proximal_newton(loss, constraint: Constraint, point: Tensor, target: float,
     return theta
 
 
-def _first_iterate(last_model: tuple[Tensor, Tensor] | None, theta: Tensor, candidates: Tensor,
-                   like: Tensor) -> Tensor | None:
-    r"""The ℓ1 model's first iterate on ``candidates`` (as ``like``: its device and dtype): the last model's
-    solution ``last_model = (its candidates, x)`` there (0 on the candidates it did not hold), or None (θ itself)
-    without one.
+def _first_iterate(last_model: tuple[Tensor, Tensor] | None, candidates: Tensor, like: Tensor) -> Tensor | None:
+    r"""The ℓ1 model's first iterate on ``candidates`` (a mask shaped like θ), as ``like`` (its device and dtype):
+    the last model's solution ``last_model = (its candidates, x)`` there (0 on the candidates it did not hold), or
+    None (θ itself) without one.
 
     Why: a model is the same problem from any first iterate (its expansion point stays θ), and after a
     damped step $θ + t(x - θ)$ the point's non-zeros are the union of θ's and x's. From there a dense model
@@ -958,7 +957,7 @@ def _first_iterate(last_model: tuple[Tensor, Tensor] | None, theta: Tensor, cand
     started there spent ~50 ms against ~20 (3000 × 10000 at 0.01 λ_max)."""
     if last_model is None:
         return None
-    spread = torch.zeros(theta.shape, dtype=like.dtype, device=like.device)
+    spread = torch.zeros(candidates.shape, dtype=like.dtype, device=like.device)
     spread[last_model[0].to(like.device)] = last_model[1].to(like.device, like.dtype)
     return spread[candidates.to(like.device)]
 

@@ -20,7 +20,8 @@ _TRANSPOSE = "_symopt_csr_transpose"  # the cached CSR copy of Xᵀ, an attribut
 _COLUMN_SQUARES = "_symopt_column_squares"  # the columns' squared norms (`column_squares`), kept the same way
 _ENTRY_ROWS = "_symopt_entry_rows"  # a CSR X's row of each stored entry (`columns`), kept the same way
 _LAST_SELECTION = "_symopt_last_selection"  # a CSR X's last (index, X[:, index]) (`columns`), kept the same way
-_SCIPY_TRANSPOSE = "_symopt_scipy_transpose"  # Xᵀ as a SciPy CSR matrix (`columns` on the CPU), kept the same way
+# Xᵀ as a SciPy CSR matrix (`columns` and `weighted_gram` on the CPU), kept the same way
+_SCIPY_TRANSPOSE = "_symopt_scipy_transpose"
 
 # A CSR design's transpose and column selections on the CPU are built by SciPy's compiled CSR routines
 # (csr_tocsc, row gathering), the results handed to torch as its own CSR tensors: torch builds them from its
@@ -236,7 +237,7 @@ def _weighted_gram_by_scipy(Z: Tensor, h: Tensor) -> Tensor:
     weights = h.detach().numpy()
     scaled = scipy.sparse.csr_matrix((host.data * np.repeat(weights, np.diff(host.indptr)), host.indices,
                                       host.indptr), shape=host.shape)
-    return torch.from_numpy((_as_scipy(_csr_transpose(Z)) @ scaled).toarray())
+    return torch.from_numpy((_scipy_transpose(Z, _csr_transpose(Z)) @ scaled).toarray())
 
 
 # A CSR column selection holding at least this share of X's entries keeps X's entries in those columns (a pass over
@@ -275,13 +276,22 @@ def columns(X: Tensor, index: Tensor) -> Tensor:
 
 def _selection_by_scipy(X: Tensor, rows: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
     """``(X[:, index]ᵀ, X[:, index])`` of a CPU CSR ``X`` (``rows``: its transpose) by SciPy's row gathering and
-    ``csr_tocsc``."""
+    ``csr_tocsc``; the gathered SciPy matrix is kept on the selection as its own SciPy transpose (for
+    `weighted_gram`)."""
+    gathered = _scipy_transpose(X, rows)[index.numpy()]  # (len(index), n): the selection's transpose
+    selected = _from_scipy(gathered.T.tocsr())
+    setattr(selected, _SCIPY_TRANSPOSE, gathered)
+    return _from_scipy(gathered), selected
+
+
+def _scipy_transpose(X: Tensor, rows: Tensor):
+    """Xᵀ of a CPU CSR ``X`` as a SciPy CSR matrix (``rows``: Xᵀ as a torch tensor): the one kept on X, or ``rows``
+    converted and kept there (a transpose built by torch, with `CSR_STRUCTURE_BY_SCIPY` off at the time)."""
     host = getattr(X, _SCIPY_TRANSPOSE, None)
-    if host is None:  # (the transpose was built by torch: with the switch off at the time)
+    if host is None:
         host = _as_scipy(rows)
         setattr(X, _SCIPY_TRANSPOSE, host)
-    gathered = host[index.numpy()]  # (len(index), n): the selection's transpose
-    return _from_scipy(gathered), _from_scipy(gathered.T.tocsr())
+    return host
 
 
 def _selection_by_torch(X: Tensor, rows: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
