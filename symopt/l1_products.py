@@ -110,14 +110,14 @@ def solve_l1_quadratic_by_products(product: Callable[[Tensor], Tensor], diagonal
         >>> [round(v, 9) for v in x.tolist()]      # x₁ = 0 would leave ∇₁q = 1 + x₀ = 3 > λ: both move
         [2.666666667, -1.333333333]
     """
-    if max_products is not None:
-        product = _budgeted(product, max_products)
     on_host = HOST_ARRAYS and all(t.device.type == "cpu" for t in (diagonal, grad, start))
     if on_host:
         dtype = start.dtype
-        product = _through_torch(product, dtype)
+        product = _on_arrays(product, dtype)
         diagonal, grad, start = (_host(t, dtype) for t in (diagonal, grad, start))
         initial = None if initial is None else _host(initial, dtype)
+    if max_products is not None:
+        product = _budgeted(product, max_products)
     try:
         # (NumPy's dot products on one BLAS thread: OpenBLAS's threads, left spinning after each call, took
         # the two cores from torch's own threads for the rest of the solve: a logistic-L1 on a CSR 10000 ×
@@ -132,6 +132,16 @@ def solve_l1_quadratic_by_products(product: Callable[[Tensor], Tensor], diagonal
 def _host(tensor: Tensor, dtype: torch.dtype) -> np.ndarray:
     """A CPU ``tensor`` as a NumPy array of ``dtype`` (a view where it already is one, contiguous)."""
     return tensor.detach().to(dtype).contiguous().numpy()
+
+
+def _on_arrays(product: Callable[[Tensor], Tensor], dtype: torch.dtype) -> Callable[[np.ndarray], np.ndarray]:
+    """``product`` on NumPy arrays of ``dtype``: its own ``product.on_arrays`` where it offers one (a CSR design's
+    products by SciPy, `symopt.problems.glm.DataTerm.curvature_product`), else through torch by views."""
+    offered = getattr(product, "on_arrays", None)
+    if offered is None:
+        return _through_torch(product, dtype)
+    like = torch.empty(0, dtype=dtype).numpy().dtype
+    return lambda v: offered(v).astype(like, copy=False)
 
 
 def _through_torch(product: Callable[[Tensor], Tensor], dtype: torch.dtype) -> Callable[[np.ndarray], np.ndarray]:

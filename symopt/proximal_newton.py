@@ -969,8 +969,16 @@ def _damping(residual: float, first_residual: float, lam: float) -> float:
 
 
 def _damped(product, diagonal: Tensor, mu: float):
-    """``(v ↦ Hv + μ D v, (1 + μ) D)`` for the products ``v ↦ Hv`` and diagonal D of H (see ``DAMPING``)."""
-    return (lambda v: product(v) + mu * diagonal * v), (1 + mu) * diagonal
+    """``(v ↦ Hv + μ D v, (1 + μ) D)`` for the products ``v ↦ Hv`` and diagonal D of H (see ``DAMPING``); on NumPy
+    arrays too where the products offer that (``product.on_arrays``)."""
+    def damped(v: Tensor) -> Tensor:
+        return product(v) + mu * diagonal * v
+
+    offered = getattr(product, "on_arrays", None)
+    if offered is not None and diagonal.device.type == "cpu":
+        host_diagonal = mu * diagonal.numpy()
+        damped.on_arrays = lambda v: offered(v) + host_diagonal * v
+    return damped, (1 + mu) * diagonal
 
 
 def _kept_a_full_model(constraint: Constraint, grad: Tensor, lam: float, candidates: Tensor, x: Tensor) -> bool:

@@ -184,8 +184,88 @@ def test_the_curvature_products_are_the_curvatures(fit, intercept, weighted, rid
         product, diagonal = term.curvature_product(theta, mask, X, y, weights)
         torch.testing.assert_close(product(v), H @ v, rtol=1e-12, atol=1e-14)
         torch.testing.assert_close(diagonal, torch.diagonal(H), rtol=1e-12, atol=1e-14)
+        # (a CPU CSR design's few entries: SciPy's products, on NumPy arrays too; a dense one's stay torch's)
+        assert hasattr(product, "on_arrays") == (X.layout == torch.sparse_csr)
+        if X.layout == torch.sparse_csr:
+            torch.testing.assert_close(torch.from_numpy(product.on_arrays(v.numpy())), H @ v, rtol=1e-12, atol=1e-14)
     assert term.curvature_product(torch.zeros(12, 2, dtype=torch.float64), torch.ones(12, 2, dtype=torch.bool),
                                   dense, torch.zeros(30, 2, dtype=torch.float64)) is None
+
+
+@pytest.mark.parametrize("route", ["scipy", "torch, over the entries", "torch, no scipy structure"])
+@pytest.mark.parametrize("fit", ["squared", "log"])
+def test_a_csr_designs_curvature_products_by_each_route_are_the_curvature(monkeypatch, route, fit):
+    # HOST_PRODUCT_ENTRIES: a CPU CSR design's columns of few stored entries multiply by SciPy on NumPy arrays;
+    # beyond it, or without SciPy's structure (a GPU's route), by torch's CSR products. Each is H's product.
+    from symopt.problems import design
+
+    monkeypatch.setattr(design, "HOST_PRODUCT_ENTRIES", 0 if route == "torch, over the entries" else 10**6)
+    monkeypatch.setattr(design, "CSR_STRUCTURE_BY_SCIPY", route != "torch, no scipy structure")
+    dense, sparse = _designs()
+    generator = torch.Generator().manual_seed(3)
+    y = (torch.rand(30, generator=generator, dtype=torch.float64) > 0.5).to(torch.float64)
+    weights = torch.rand(30, generator=generator, dtype=torch.float64) / 15
+    for options in ({}, {"fit_intercept": True}, {"ridge": 0.2}):
+        term = DataTerm(SquaredError() if fit == "squared" else LogLoss(), **options)
+        for w in (None, weights):
+            theta = 0.3 * torch.randn(12, generator=generator, dtype=torch.float64)
+            mask = torch.rand(12, generator=generator) > 0.3
+            v = torch.randn(int(mask.sum()), generator=generator, dtype=torch.float64)
+            H = term.curvature(theta, mask, dense, y, w)
+            forget_kept(sparse)
+            product, diagonal = term.curvature_product(theta, mask, sparse, y, w)
+            assert hasattr(product, "on_arrays") == (route == "scipy")
+            torch.testing.assert_close(product(v), H @ v, rtol=1e-12, atol=1e-14)
+            torch.testing.assert_close(diagonal, torch.diagonal(H), rtol=1e-12, atol=1e-14)
+            if route == "scipy":
+                answer = product.on_arrays(v.numpy())
+                assert isinstance(answer, np.ndarray)
+                torch.testing.assert_close(torch.from_numpy(answer), H @ v, rtol=1e-12, atol=1e-14)
+                damped, damped_diagonal = pn._damped(product, diagonal, 0.3)
+                expected = H @ v + 0.3 * torch.diagonal(H) * v
+                torch.testing.assert_close(damped(v), expected, rtol=1e-12, atol=1e-14)
+                torch.testing.assert_close(torch.from_numpy(damped.on_arrays(v.numpy())), expected, rtol=1e-12,
+                                           atol=1e-14)
+                torch.testing.assert_close(damped_diagonal, 1.3 * torch.diagonal(H), rtol=1e-12, atol=1e-14)
+
+
+def test_host_columns_are_the_columns_within_their_entry_limit_only(monkeypatch):
+    from symopt.problems import design
+
+    dense, sparse = _designs()
+    index = torch.tensor([0, 3, 4, 7, 11])
+    entries = int((dense[:, index] != 0).sum())
+    Zt, Z = design.host_columns(sparse, index)
+    assert np.array_equal(Z.toarray(), dense[:, index].numpy()) and np.array_equal(Zt.toarray(), dense[:, index].mT.numpy())
+    assert design.host_columns(sparse, index.clone())[0] is Zt  # (the last one, kept for the same columns)
+    monkeypatch.setattr(design, "HOST_PRODUCT_ENTRIES", entries)
+    forget_kept(sparse)
+    assert design.host_columns(sparse, index) is not None
+    monkeypatch.setattr(design, "HOST_PRODUCT_ENTRIES", entries - 1)
+    forget_kept(sparse)
+    assert design.host_columns(sparse, index) is None
+    assert design.host_columns(dense, index) is None  # (a dense design: torch's products)
+
+
+def test_a_products_model_takes_the_products_numpy_route_where_it_is_offered():
+    # solve_l1_quadratic_by_products on the CPU calls product.on_arrays, never the torch product, and counts its
+    # calls against max_products as it counts the torch product's
+    generator = torch.Generator().manual_seed(2)
+    A = torch.randn(40, 15, generator=generator, dtype=torch.float64)
+    H, g = A.mT @ A / 40, torch.randn(15, generator=generator, dtype=torch.float64)
+    x0, host_calls = torch.zeros(15, dtype=torch.float64), []
+
+    def product(v):
+        raise AssertionError("the torch product was called where its NumPy route was offered")
+
+    product.on_arrays = lambda v: host_calls.append(1) or H.numpy() @ v
+    x = solve_l1_quadratic_by_products(product, torch.diagonal(H), g, x0, 0.05, tol=1e-12)
+    reference = solve_l1_quadratic_by_products(lambda v: H @ v, torch.diagonal(H), g, x0, 0.05, tol=1e-12)
+    torch.testing.assert_close(x, reference, rtol=1e-12, atol=1e-14)
+    assert host_calls and model_kkt(x, g + H @ x, 0.05, False) <= 1e-12
+    host_calls.clear()
+    assert solve_l1_quadratic_by_products(product, torch.diagonal(H), g, x0, 0.05, tol=1e-12, max_products=2) is None
+    assert len(host_calls) == 2
 
 
 @pytest.mark.parametrize("by_scipy", [True, False])

@@ -25,11 +25,12 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from .design import column_squares, columns, matvec, rmatvec, squared_rmatvec, weighted_gram
+from .design import column_squares, columns, host_columns, matvec, rmatvec, squared_rmatvec, weighted_gram
 from .points import same_point
 
 # Designs whose whole Gram a least-squares curvature keeps: at most 256 columns and 10⁶ entries (the
@@ -294,6 +295,9 @@ class DataTerm:
         index = mask.reshape(-1).nonzero().squeeze(1)
         with torch.no_grad():
             h = self._sample_curvatures(theta, X, y, weights)
+            host = host_columns(X, index) if h.device.type == "cpu" else None
+            if host is not None:  # (a CPU CSR design's few stored entries: SciPy's products on NumPy arrays)
+                return self._products_on_host(host, h, X, index, weights)
             Z = columns(X, index)
             # (a constant h, least squares without weights: the design's kept squared column norms scaled)
             diagonal = (float(h[0]) * column_squares(X).index_select(0, index) if self.quadratic and weights is None
@@ -316,6 +320,43 @@ class DataTerm:
                     answer = answer - pull * (float(hs @ Zv) / total)
                 return answer + self.ridge * v if self.ridge else answer
 
+        return product, diagonal
+
+    def _products_on_host(self, host, h: Tensor, X: Tensor, index: Tensor,
+                          weights: Tensor | None) -> tuple[Callable[[Tensor], Tensor], Tensor]:
+        """`curvature_product` on the SciPy columns ``host = (Zᵀ, Z)`` of `symopt.problems.design.host_columns`: the
+        product also as ``product.on_arrays``, the same map on NumPy arrays (`symopt.l1_products` calls it without
+        a torch tensor on the way)."""
+        import scipy.sparse
+
+        rows, Z = host
+        h_host = h.numpy()
+        if self.quadratic and weights is None:  # (as in curvature_product: the design's kept column squares)
+            diagonal = float(h[0]) * column_squares(X).index_select(0, index)
+        else:  # (Zᵀ's entries squared, its structure shared: (Z ⊙ Z)ᵀ h)
+            diagonal = torch.from_numpy(scipy.sparse.csr_matrix((rows.data ** 2, rows.indices, rows.indptr),
+                                                                shape=rows.shape) @ h_host)
+        pull = rows @ h_host if self.fit_intercept else None
+        total = float(h_host.sum())
+        if pull is not None:
+            diagonal = diagonal - torch.from_numpy(pull ** 2 / total)
+        if self.ridge:
+            diagonal = diagonal + self.ridge
+        ridge = self.ridge
+
+        def on_arrays(v: np.ndarray) -> np.ndarray:
+            Zv = Z @ v
+            answer = rows @ (h_host * Zv)
+            if pull is not None:
+                answer -= pull * (float(h_host @ Zv) / total)
+            if ridge:
+                answer += ridge * v
+            return answer
+
+        def product(v: Tensor) -> Tensor:
+            return torch.from_numpy(on_arrays(v.detach().numpy())).to(v.dtype)
+
+        product.on_arrays = on_arrays
         return product, diagonal
 
     def _sample_curvatures(self, theta: Tensor, X: Tensor, y: Tensor, weights: Tensor | None) -> Tensor:
