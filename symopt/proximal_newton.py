@@ -83,6 +83,13 @@ L1_FACE = 1024
 # whose models took thousands of products each), the model is formed densely, and so are the rest of the call's.
 PRODUCTS_FROM = 256
 GRAM_PER_PRODUCT = 16
+# ... and k / GRAM_PER_HOST_PRODUCT where the products run by SciPy on NumPy arrays (a CPU CSR design's columns of few
+# stored entries: `symopt.problems.design.host_columns`): there a product costs 10-60 µs and a dense model of 450-850
+# entries 3-35 ms, its Gram and factorisation (~100-600 products). Found on logistic-L1, CSR 1000 × 5000 at 0.01
+# λ_max: a model of 851 entries ran out at 53 products of the 54 it needed, and the dense models after it took 70 ms
+# of a 175 ms solve. Measured in one process, alternated, the sparse sweep's 32 rows: that row 1.62× faster, 500 ×
+# 20000 at 0.1 λ_max 1.35×, the others within 0.94-1.06× (their paths traced identical, or no model in this range).
+GRAM_PER_HOST_PRODUCT = 4
 # ... and a settled least-squares model (the last one, solved to a hundredth of the target: see ``settled`` in
 # `proximal_newton`) on SETTLED_BUDGET times that: it asks ~1000 times less than its start's residual where the
 # others ask 0.3 times, and the dense model it would fall back on costs the Gram and a factorisation from scratch
@@ -876,8 +883,10 @@ def proximal_newton(loss, constraint: Constraint, point: Tensor, target: float,
                 return None
             if loss_is_quadratic:
                 kept = (candidates, single, operator)
+            per_product = (GRAM_PER_HOST_PRODUCT if operator is not None and hasattr(operator[0], "on_arrays")
+                           else GRAM_PER_PRODUCT)
             budget = (None if size > L1_FACE
-                      else max(1, int(size / GRAM_PER_PRODUCT)) * (SETTLED_BUDGET if settled else 1))
+                      else max(1, int(size / per_product)) * (SETTLED_BUDGET if settled else 1))
             if operator is not None:
                 product, diagonal = operator
                 if not loss_is_quadratic and DAMPING:

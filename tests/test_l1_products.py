@@ -498,6 +498,38 @@ def test_a_settled_least_squares_model_has_a_larger_products_budget_than_the_oth
     assert pn.SETTLED_BUDGET > 1
 
 
+@pytest.mark.parametrize("layout", ["dense", "csr"])
+def test_a_models_products_budget_is_larger_where_its_products_run_on_the_host(monkeypatch, layout):
+    # GRAM_PER_HOST_PRODUCT: a CPU CSR design's products by SciPy (`host_columns`) cost a few µs where a dense model
+    # costs its Gram and factorisation: such a model gets k / GRAM_PER_HOST_PRODUCT products, a dense design's
+    # k / GRAM_PER_PRODUCT; the same optimum either way
+    import scipy.sparse
+
+    sklearn = pytest.importorskip("sklearn.datasets")
+    X, y = sklearn.load_breast_cancer(return_X_y=True)
+    X = (X - X.mean(0)) / X.std(0)
+    X[np.abs(X) < 0.5] = 0.0  # (a sparse design's zeros)
+    problem = logistic_l1(scipy.sparse.csr_matrix(X) if layout == "csr" else X, y.astype(float), 1.0,
+                          fit_intercept=False)
+    problem = problem.at_strength(0.01 * problem.strength_max())
+    loss, constraint, target = bound_problem(problem, 1e-7)
+    reference = pn.proximal_newton(loss, constraint, torch.zeros(30, dtype=torch.float64), target)
+    asked = []
+    solver = pn.solve_l1_quadratic_by_products
+    monkeypatch.setattr(pn, "solve_l1_quadratic_by_products",
+                        lambda *a, **k: asked.append((len(a[2]), k["max_products"], hasattr(a[0], "on_arrays")))
+                        or solver(*a, **k))
+    monkeypatch.setattr(pn, "PRODUCTS_FROM", 4)
+    monkeypatch.setattr(pn, "GRAM_PER_PRODUCT", 2)
+    monkeypatch.setattr(pn, "GRAM_PER_HOST_PRODUCT", 0.5)
+    point = pn.proximal_newton(loss, constraint, torch.zeros(30, dtype=torch.float64), target)
+    _, residual = kkt_at_snap(loss, constraint, point, 1e-9, levels=1)
+    assert residual <= target and asked
+    assert abs(problem.objective(point) - problem.objective(reference)) <= 1e-10 * abs(problem.objective(reference))
+    assert all(host == (layout == "csr") for *_, host in asked)
+    assert all(budget == (2 * size if layout == "csr" else size // 2) for size, budget, _ in asked)
+
+
 def test_the_kept_column_squares_are_the_columns_squared_norms_dense_or_sparse():
     dense, sparse = _designs()
     for X in (dense, sparse, dense.t().contiguous().t()):
