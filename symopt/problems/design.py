@@ -277,7 +277,7 @@ def columns(X: Tensor, index: Tensor) -> Tensor:
 
 # A CPU CSR design's columns of at most HOST_PRODUCT_ENTRIES stored entries are multiplied by SciPy on NumPy
 # arrays (`host_columns`): a curvature product, Zᵀ(h ⊙ Zv), costs torch ~15 µs a call for its three operators
-# before any arithmetic, and a products model asks 10-150 of them. One product, torch against SciPy on a 2-core
+# before any arithmetic, and a products model asks 10-400 of them. One product, torch against SciPy on a 2-core
 # Xeon (µs): 1132 entries 28 / 12, 6644 entries 39 / 19, 20694 entries (20000 × 1042) 166 / 64; from ~45 000
 # entries torch's two threads win (46786: 134 / 136, 60117: 77 / 123).
 HOST_PRODUCT_ENTRIES = 20_000
