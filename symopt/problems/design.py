@@ -265,14 +265,28 @@ def columns(X: Tensor, index: Tensor) -> Tensor:
     # The last selection is kept on X and given again for the same columns: the log-loss's Newton models take the
     # same candidates at several outer iterations (its curvature's weights change, not its columns): 78 selections
     # of a sparse logistic-L1's solve, 56 ms of 0.18 s (measured). A CSR selection costs its entries only.
-    last = getattr(X, _LAST_SELECTION, None)
-    if last is not None and last[0].shape == index.shape and torch.equal(last[0], index):
-        return last[1]
+    last = _kept_for(X, _LAST_SELECTION, index)
+    if last is not None:
+        return last
     rows = _csr_transpose(X)  # (d, n): the columns of X are its rows
     picked, selected = _selection_by_scipy(X, rows, index) if _by_scipy(X) else _selection_by_torch(X, rows, index)
     setattr(selected, _TRANSPOSE, picked)
-    setattr(X, _LAST_SELECTION, (index.clone(), selected))
-    return selected
+    return _keep_for(X, _LAST_SELECTION, index, selected)
+
+
+def _kept_for(X: Tensor, key: str, index: Tensor):
+    """What is kept on ``X`` under ``key`` for the columns ``index`` (`_keep_for`), or None: kept for other columns,
+    or nothing kept."""
+    last = getattr(X, key, None)
+    if last is not None and last[0].shape == index.shape and torch.equal(last[0], index):
+        return last[1]
+    return None
+
+
+def _keep_for(X: Tensor, key: str, index: Tensor, value):
+    """Keep ``value`` on ``X`` under ``key`` for the columns ``index`` (the last one only) and return it."""
+    setattr(X, key, (index.clone(), value))
+    return value
 
 
 # A CPU CSR design's columns of at most HOST_PRODUCT_ENTRIES stored entries are multiplied by SciPy on NumPy
@@ -299,18 +313,16 @@ def host_columns(X: Tensor, index: Tensor):
     """
     if X.layout != torch.sparse_csr or not _by_scipy(X) or index.device.type != "cpu":
         return None
-    last = getattr(X, _HOST_SELECTION, None)
-    if last is not None and last[0].shape == index.shape and torch.equal(last[0], index):
-        return last[1]
+    last = _kept_for(X, _HOST_SELECTION, index)
+    if last is not None:
+        return last
     transpose = _scipy_transpose(X, _csr_transpose(X))
     picked = index.numpy()
     pointers = transpose.indptr
     if int((pointers[picked + 1] - pointers[picked]).sum()) > HOST_PRODUCT_ENTRIES:
         return None
     rows = transpose[picked]
-    selection = (rows, rows.T)
-    setattr(X, _HOST_SELECTION, (index.clone(), selection))
-    return selection
+    return _keep_for(X, _HOST_SELECTION, index, (rows, rows.T))
 
 
 def _selection_by_scipy(X: Tensor, rows: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:

@@ -299,15 +299,9 @@ class DataTerm:
             if host is not None:  # (a CPU CSR design's few stored entries: SciPy's products on NumPy arrays)
                 return self._products_on_host(host, h, X, index, weights)
             Z = columns(X, index)
-            # (a constant h, least squares without weights: the design's kept squared column norms scaled)
-            diagonal = (float(h[0]) * column_squares(X).index_select(0, index) if self.quadratic and weights is None
-                        else squared_rmatvec(Z, h))
             pull = rmatvec(Z, h) if self.fit_intercept else None
             total = float(h.sum())  # (once: each product with an intercept divides by it)
-            if pull is not None:
-                diagonal = diagonal - pull.square() / total
-            if self.ridge:
-                diagonal = diagonal + self.ridge
+            diagonal = self._product_diagonal(h, X, index, weights, lambda: squared_rmatvec(Z, h), pull, total)
 
         single = single and Z.layout == torch.strided and Z.dtype == torch.float64
         Zs, hs = (Z.to(torch.float32), h.to(torch.float32)) if single else (Z, h)
@@ -322,6 +316,19 @@ class DataTerm:
 
         return product, diagonal
 
+    def _product_diagonal(self, h: Tensor, X: Tensor, index: Tensor, weights: Tensor | None,
+                          squared: Callable[[], Tensor], pull, total: float) -> Tensor:
+        r"""`curvature_product`'s diagonal, either route: $(Z ⊙ Z)^\top h$ (``squared()``; for a constant h, least
+        squares without weights, the design's kept squared column norms scaled), less $\mathrm{pull}^2 / \sum h$
+        with a profiled intercept (``pull`` $= Z^\top h$, a tensor or a NumPy array, or None), plus the ridge."""
+        diagonal = (float(h[0]) * column_squares(X).index_select(0, index) if self.quadratic and weights is None
+                    else squared())
+        if pull is not None:
+            diagonal = diagonal - torch.as_tensor(pull).square() / total
+        if self.ridge:
+            diagonal = diagonal + self.ridge
+        return diagonal
+
     def _products_on_host(self, host, h: Tensor, X: Tensor, index: Tensor,
                           weights: Tensor | None) -> tuple[Callable[[Tensor], Tensor], Tensor]:
         """`curvature_product` on the SciPy columns ``host = (Zᵀ, Z)`` of `symopt.problems.design.host_columns`: the
@@ -331,17 +338,11 @@ class DataTerm:
 
         rows, Z = host
         h_host = h.numpy()
-        if self.quadratic and weights is None:  # (as in curvature_product: the design's kept column squares)
-            diagonal = float(h[0]) * column_squares(X).index_select(0, index)
-        else:  # (Zᵀ's entries squared, its structure shared: (Z ⊙ Z)ᵀ h)
-            diagonal = torch.from_numpy(scipy.sparse.csr_matrix((rows.data ** 2, rows.indices, rows.indptr),
-                                                                shape=rows.shape) @ h_host)
         pull = rows @ h_host if self.fit_intercept else None
         total = float(h_host.sum())
-        if pull is not None:
-            diagonal = diagonal - torch.from_numpy(pull ** 2 / total)
-        if self.ridge:
-            diagonal = diagonal + self.ridge
+        # (Zᵀ's entries squared, its structure shared: (Z ⊙ Z)ᵀ h)
+        diagonal = self._product_diagonal(h, X, index, weights, lambda: torch.from_numpy(scipy.sparse.csr_matrix(
+            (rows.data ** 2, rows.indices, rows.indptr), shape=rows.shape) @ h_host), pull, total)
         ridge = self.ridge
 
         def on_arrays(v: np.ndarray) -> np.ndarray:
