@@ -55,6 +55,29 @@ def test_penalty_at_balance_is_lambda_times_the_joint_unit_norms():
     assert handle.constraint.copies[0][0].balance(net[0].parametrizations.weight.original0) < 1e-12
 
 
+def test_plain_unit_maps_lay_out_and_sum_as_the_gather_does():
+    # a channel group's units are each tensor's own indices (a view, no gather); a group along another
+    # axis, or one whose map is not the identity (attention heads), keeps the gather: both must give the
+    # same per-unit norms and layouts as the explicit map
+    net = _conv_bn()
+    group = symopt.group_sparse(net, NAMES, strength=0.3).constraint
+    assert group._plain_maps == (True, True, True, True) and group.units_lead_rows()
+    values = [v.detach() for v in symopt.group_sparse(_conv_bn(), NAMES, strength=0.3).values()]
+    per_unit = torch.arange(1.0, 7.0, dtype=DT)
+    for i, v in enumerate(values):
+        ids = getattr(group, f"unit_map{i}")
+        assert torch.equal(group.spread(per_unit, v, i), per_unit[ids].view([-1] + [1] * (v.dim() - 1)))
+        squares = v.reshape(6, -1).square().sum(dim=1)
+        assert torch.equal(group._unit_squares(v, i), squares.new_zeros(6).index_add(0, ids, squares))
+    torch.manual_seed(0)
+    heads = nn.MultiheadAttention(8, 2).double()
+    head_group = symopt.attention_heads(heads, max_heads=1).constraint
+    assert not all(head_group._plain_maps) and not head_group.units_lead_rows()
+    wide = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2)).double()
+    across = symopt.group_sparse(wide, ["0.weight", "1.weight"], dim=[0, 1], strength=0.1).constraint
+    assert across._plain_maps == (True, True) and not across.units_lead_rows()  # (units on the second axis)
+
+
 def test_assignment_after_registration_keeps_the_other_tensors():
     net = _conv_bn()
     symopt.group_sparse(net, NAMES, strength=1e-2)

@@ -53,9 +53,19 @@ class UnitBudget(PooledBudget):
         spans = group.spans_layers and self.trimming()
         scales = group.layer_scales(group.unit_norms([p[0] for p in parts])) if spans else None
 
-        def unit_atoms(flat: Tensor, count: int, reading: str) -> Tensor:  # the controller combines flat tensors
-            norms = group.unit_norms([piece.view(shape) for piece, shape in zip(flat.split(sizes), shapes)])
-            return norms if scales is None else norms / scales
+        if group.units_lead_rows():
+            # Every tensor's units on its first axis, unit i at index i: each tensor's piece of the flat
+            # layout is a (units × entries) matrix as it lies, whose row sums of squares are its part of the
+            # unit norms (half the operators of `unit_norms` on the pieces, at each of the reading's two
+            # unit norms; the same sums, in the same order)
+            def unit_atoms(flat: Tensor, count: int, reading: str) -> Tensor:
+                squares = flat.square().split(sizes)
+                norms = torch.stack([piece.view(group.units, -1).sum(dim=1) for piece in squares]).sum(dim=0).sqrt()
+                return norms if scales is None else norms / scales
+        else:
+            def unit_atoms(flat: Tensor, count: int, reading: str) -> Tensor:  # the controller combines flat tensors
+                norms = group.unit_norms([piece.view(shape) for piece, shape in zip(flat.split(sizes), shapes)])
+                return norms if scales is None else norms / scales
 
         value = torch.cat([p[0].reshape(-1) for p in parts])
         grad = torch.cat([p[1].reshape(-1) for p in parts])
@@ -150,6 +160,9 @@ class UnitGroups(Constraint, register=False):
         self._norms: Tensor | None = None  # the joint unit norms while the members register
         self._expected = 0
         self._count = 0
+        # per tensor: whether its unit map is the identity (index i is unit i, every unit: a layer's channels
+        # in a group of one layer), so that laying per-unit scalars along it is a view, not a gather
+        self._plain_maps: tuple[bool, ...] = ()
 
     # -- registration (the multi-tensor protocol of attach) ------------------------------------------
     def validate_members(self, tensors: Sequence[Tensor], names: Sequence[str]) -> None:
@@ -209,6 +222,8 @@ class UnitGroups(Constraint, register=False):
         for i, ids in enumerate(maps):  # buffers: model.to(device) moves them with the factors
             self.register_buffer(f"unit_map{i}", ids, persistent=False)
         self._count = len(maps)
+        self._plain_maps = tuple(ids.numel() == self.units and bool((ids.cpu() == torch.arange(self.units)).all())
+                                 for ids in maps)
         self._norms = self.unit_norms([t.detach() for t in tensors])
 
     def prepare(self, count: int, device: torch.device) -> None:
@@ -319,22 +334,29 @@ class UnitGroups(Constraint, register=False):
         omega = self._omega(index)
         return self.spread(self.gates, omega, index) * omega
 
-    @property
-    def maps(self) -> list[Tensor]:
-        return [getattr(self, f"unit_map{i}") for i in range(self._count)]
-
     # -- the maths on the list of values ---------------------------------------------------------------
     def spread(self, per_unit: Tensor, value: Tensor, index: int = 0) -> Tensor:
         """Per-unit scalars laid out to multiply tensor ``index`` (``value``) entrywise."""
         shape = [1] * value.dim()
         shape[self.axes[index]] = -1
-        return per_unit[self.maps[index]].view(shape)
+        # (a view where the map is the identity: a gather is a few µs a call, and every forward, hold and
+        # trimmed decay of every tensor lays scalars out so)
+        if self._plain_maps[index]:
+            return per_unit.view(shape)
+        return per_unit[getattr(self, f"unit_map{index}")].view(shape)
+
+    def units_lead_rows(self) -> bool:
+        """Whether every tensor's units lie along its first axis with the identity map (index i is unit i):
+        then each tensor reshaped to ``(units, -1)`` has one unit per row."""
+        return all(self._plain_maps) and not any(self.axes)
 
     def _unit_squares(self, value: Tensor, index: int) -> Tensor:
         r"""$\sum$ of squares of tensor ``index``'s entries per unit."""
         axis = self.axes[index]
         per_index = value.movedim(axis, 0).reshape(value.shape[axis], -1).square().sum(dim=1)
-        return per_index.new_zeros(self.units).index_add(0, self.maps[index], per_index)
+        if self._plain_maps[index]:
+            return per_index
+        return per_index.new_zeros(self.units).index_add(0, getattr(self, f"unit_map{index}"), per_index)
 
     def unit_norms(self, values: Sequence[Tensor]) -> Tensor:
         r"""$‖θ_{·}[c]‖_2$ over all the tensors, for every unit c."""
