@@ -200,6 +200,7 @@ def test_a_csr_designs_curvature_products_by_each_route_are_the_curvature(monkey
     from symopt.problems import design
 
     monkeypatch.setattr(design, "HOST_PRODUCT_ENTRIES", 0 if route == "torch, over the entries" else 10**6)
+    monkeypatch.setattr(design, "HOST_ENTRIES_PER_ROW", 0)
     monkeypatch.setattr(design, "CSR_STRUCTURE_BY_SCIPY", route != "torch, no scipy structure")
     dense, sparse = _designs()
     generator = torch.Generator().manual_seed(3)
@@ -238,10 +239,18 @@ def test_host_columns_are_the_columns_within_their_entry_limit_only(monkeypatch)
     Zt, Z = design.host_columns(sparse, index)
     assert np.array_equal(Z.toarray(), dense[:, index].numpy()) and np.array_equal(Zt.toarray(), dense[:, index].mT.numpy())
     assert design.host_columns(sparse, index.clone())[0] is Zt  # (the last one, kept for the same columns)
+    monkeypatch.setattr(design, "HOST_ENTRIES_PER_ROW", 0)
     monkeypatch.setattr(design, "HOST_PRODUCT_ENTRIES", entries)
     forget_kept(sparse)
     assert design.host_columns(sparse, index) is not None
     monkeypatch.setattr(design, "HOST_PRODUCT_ENTRIES", entries - 1)
+    forget_kept(sparse)
+    assert design.host_columns(sparse, index) is None
+    # ... or, on a tall design, as many entries as HOST_ENTRIES_PER_ROW per row of X (30 rows here)
+    monkeypatch.setattr(design, "HOST_ENTRIES_PER_ROW", entries / 30)
+    forget_kept(sparse)
+    assert design.host_columns(sparse, index) is not None
+    monkeypatch.setattr(design, "HOST_ENTRIES_PER_ROW", (entries - 1) / 30)
     forget_kept(sparse)
     assert design.host_columns(sparse, index) is None
     assert design.host_columns(dense, index) is None  # (a dense design: torch's products)

@@ -295,11 +295,19 @@ def _keep_for(X: Tensor, key: str, index: Tensor, value):
 # Xeon (µs): 1132 entries 28 / 12, 6644 entries 39 / 19, 20694 entries (20000 × 1042) 166 / 64; from ~45 000
 # entries torch's two threads win (46786: 134 / 136, 60117: 77 / 123).
 HOST_PRODUCT_ENTRIES = 20_000
+# ... or at most HOST_ENTRIES_PER_ROW per row of X, where that is more: torch's products cost ~7 µs per 1000 rows
+# however few entries (the length-n vectors' operators and its row-parallel kernel), SciPy's ~1 µs, so on a tall
+# design SciPy wins well beyond 20 000 entries. One product Zᵀ(h ⊙ Zv), torch / SciPy on the 2-core Xeon, random
+# columns of 5, 20 and 80 entries (µs): 20000 rows, 40 000 entries 141-204 / 104-203; 80 000 entries 239-344 /
+# 194-438 (mixed: beyond the rule); 100000 rows, 160 000 entries 742-756 / 433-480; 1000 and 5000 rows, 40 000
+# entries 59-94 / 66-193 (torch's: the rule leaves them at 20 000).
+HOST_ENTRIES_PER_ROW = 2
 
 
 def host_columns(X: Tensor, index: Tensor):
     """``(Zᵀ, Z)`` for the columns ``Z = X[:, index]`` of a CPU CSR ``X`` whose structure goes by SciPy
-    (`CSR_STRUCTURE_BY_SCIPY`) and that hold at most `HOST_PRODUCT_ENTRIES` stored entries, as SciPy matrices:
+    (`CSR_STRUCTURE_BY_SCIPY`) and that hold at most `HOST_PRODUCT_ENTRIES` stored entries (or `HOST_ENTRIES_PER_ROW`
+    per row of X, where that is more), as SciPy matrices:
     Zᵀ a ``(len(index), n)`` CSR matrix (the rows of Xᵀ, gathered) and Z its CSC view (no copy); None otherwise
     (`columns` then). Their products take and give NumPy arrays. The last one is kept on X and given again for
     the same columns (a log-loss's models take the same candidates at several outer iterations).
@@ -319,7 +327,7 @@ def host_columns(X: Tensor, index: Tensor):
     transpose = _scipy_transpose(X, _csr_transpose(X))
     picked = index.numpy()
     pointers = transpose.indptr
-    if int((pointers[picked + 1] - pointers[picked]).sum()) > HOST_PRODUCT_ENTRIES:
+    if int((pointers[picked + 1] - pointers[picked]).sum()) > max(HOST_PRODUCT_ENTRIES, HOST_ENTRIES_PER_ROW * X.shape[0]):
         return None
     rows = transpose[picked]
     return _keep_for(X, _HOST_SELECTION, index, (rows, rows.T))
