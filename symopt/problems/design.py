@@ -295,9 +295,10 @@ def _keep_for(X: Tensor, key: str, index: Tensor, value):
 # Xeon (µs): 1132 entries 28 / 12, 6644 entries 39 / 19, 20694 entries (20000 × 1042) 166 / 64; from ~45 000
 # entries torch's two threads win (46786: 134 / 136, 60117: 77 / 123).
 HOST_PRODUCT_ENTRIES = 20_000
-# ... or at most HOST_ENTRIES_PER_ROW per row of X, where that is more: torch's products cost ~7 µs per 1000 rows
-# however few entries (the length-n vectors' operators and its row-parallel kernel), SciPy's ~1 µs, so on a tall
-# design SciPy wins well beyond 20 000 entries. One product Zᵀ(h ⊙ Zv), torch / SciPy on the 2-core Xeon, random
+# ... or at most HOST_ENTRIES_PER_ROW per row of X, where that is more: torch's products grow with the rows however
+# few entries (the length-n vectors' operators and its row-parallel kernel; at 10 000 entries 45-51 µs from 1000
+# rows, 125-141 from 20000, 168-255 from 100000), SciPy's less (24, 40-43, 79-88), so on a tall design SciPy wins
+# well beyond 20 000 entries. One product Zᵀ(h ⊙ Zv), torch / SciPy on the 2-core Xeon, random
 # columns of 5, 20 and 80 entries (µs): 20000 rows, 40 000 entries 141-204 / 104-203; 80 000 entries 239-344 /
 # 194-438 (mixed: beyond the rule); 100000 rows, 160 000 entries 742-756 / 433-480; 1000 and 5000 rows, 40 000
 # entries 59-94 / 66-193 (torch's: the rule leaves them at 20 000).
