@@ -53,19 +53,19 @@ class UnitBudget(PooledBudget):
         spans = group.spans_layers and self.trimming()
         scales = group.layer_scales(group.unit_norms([p[0] for p in parts])) if spans else None
 
-        if group.units_lead_rows():
-            # Every tensor's units on its first axis, unit i at index i: each tensor's piece of the flat
-            # layout is a (units × entries) matrix as it lies, whose row sums of squares are its part of the
-            # unit norms (half the operators of `unit_norms` on the pieces, at each of the reading's two
-            # unit norms; the same sums, in the same order)
-            def unit_atoms(flat: Tensor, count: int, reading: str) -> Tensor:
+        # Where every tensor's units lie on its first axis, unit i at index i, each tensor's piece of the flat
+        # layout is a (units × entries) matrix as it lies, whose row sums of squares are its part of the unit
+        # norms (half the operators of `unit_norms` on the pieces, at each of the reading's two unit norms; the
+        # same sums, in the same order)
+        lead_rows = group.units_lead_rows()
+
+        def unit_atoms(flat: Tensor, count: int, reading: str) -> Tensor:  # the controller combines flat tensors
+            if lead_rows:
                 squares = flat.square().split(sizes)
                 norms = torch.stack([piece.view(group.units, -1).sum(dim=1) for piece in squares]).sum(dim=0).sqrt()
-                return norms if scales is None else norms / scales
-        else:
-            def unit_atoms(flat: Tensor, count: int, reading: str) -> Tensor:  # the controller combines flat tensors
+            else:
                 norms = group.unit_norms([piece.view(shape) for piece, shape in zip(flat.split(sizes), shapes)])
-                return norms if scales is None else norms / scales
+            return norms if scales is None else norms / scales
 
         value = torch.cat([p[0].reshape(-1) for p in parts])
         grad = torch.cat([p[1].reshape(-1) for p in parts])
