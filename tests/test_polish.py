@@ -59,6 +59,29 @@ def test_face_rebuilds_the_point_and_its_norm_nearby(kind, seed, step):
     assert float(face.norm(*moved)) == pytest.approx(float(c.induced_norm(face.embed(*moved))), rel=1e-9)
 
 
+@FAST
+@given(seed=st.integers(0, 10_000), step=st.floats(1e-3, 0.3))
+def test_a_low_rank_faces_variational_norm_bounds_the_nuclear_norm_and_meets_it_when_balanced(seed, step):
+    # ½Σ(‖A_i‖² + ‖B_i‖²)/σ_i, which the face's L-BFGS minimises: equal to ‖θ‖_* at the start, above it off
+    # balance, and equal again once the same θ is refactored with aᵀa = bᵀb (so its minimum is the norm's)
+    c, value = _structured("low_rank", seed)
+    face = c.face(value, snap_tol(value, 1e-9))
+    bound = face.variational_norm
+    assert float(bound(*face.start)) == pytest.approx(float(c.induced_norm(value)), rel=1e-10)
+    g = torch.Generator().manual_seed(seed + 1)
+    moved = [t + step * t.abs().amax() * torch.randn(t.shape, generator=g, dtype=DT) for t in face.start]
+    theta = face.embed(*moved)
+    exact = float(c.induced_norm(theta))
+    assert float(bound(*moved)) >= exact * (1 - 1e-12)
+    assert float(face.norm(*moved)) == pytest.approx(exact, rel=1e-9)  # (the exact norm, Newton's)
+    sigma = face.start[0].norm(dim=0)  # (‖A_i‖ = σ_i at the start)
+    U, S, Vh = torch.linalg.svd(theta, full_matrices=False)
+    r = sigma.numel()
+    balanced = (U[:, :r] * (S[:r] * sigma).sqrt(), Vh[:r].mT * (S[:r] * sigma).sqrt())
+    assert torch.allclose(face.embed(*balanced), theta, atol=1e-10)
+    assert float(bound(*balanced)) == pytest.approx(exact, rel=1e-9)
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_face_norm_gradient_is_finite_and_is_the_subgradient(kind):
     c, value = _structured(kind, 4)

@@ -83,10 +83,10 @@ def test_a_point_already_optimal_is_returned_at_the_first_check():
 @pytest.mark.parametrize("fraction", [0.1, 0.3])
 def test_a_kind_finished_by_prox_has_only_its_small_faces_polished(fraction):
     # The optimum with its singular values 1% off, on its own face. At 0.1 λ_max its rank-15 face has
-    # 15 · (300 + 64) coordinates, above SMALL_FACE: the face polish's twenty L-BFGS iterations leave
-    # it worse than they found it (the residual 5.2 → 51; 400 iterations reach 0.11), the proximal
-    # finish reaches the target, and small_faces_only leaves it to the finish. At 0.3 λ_max the
-    # rank-1 face (364 coordinates) is polished either way.
+    # 15 · (300 + 64) coordinates, above SMALL_FACE: the face polish's twenty L-BFGS iterations do not
+    # resolve it (the residual 5.2 → 5.0 with the face's variational norm; 5.2 → 51 with its exact norm
+    # before), the proximal finish reaches the target, and small_faces_only leaves it to the finish. At
+    # 0.3 λ_max the rank-1 face (364 coordinates) is polished either way.
     problem = _digits_completion(rows=300, fraction=fraction)
     optimum = symopt.solve(problem, tol=1e-9)
     P, S, Qh = torch.linalg.svd(optimum.x, full_matrices=False)
@@ -101,7 +101,7 @@ def test_a_kind_finished_by_prox_has_only_its_small_faces_polished(fraction):
     small_only = polish_on_face(loss, constraint, off, TOL, target, small_faces_only=True)
     if rank * sum(off.shape) > SMALL_FACE:
         assert rank == 15 and small_only is None
-        assert polished is not None and polished[1] > before  # what the flag spares
+        assert polished is not None and polished[1] > 100 * target  # what the flag spares
         assert proximal_finish(loss, constraint, off, TOL, target)[1] <= target
     else:
         assert rank == 1 and small_only is not None and polished is not None

@@ -119,6 +119,12 @@ class Face:
             ``embed`` fills from its one coordinate tensor, in ``θ[mask]``'s order (the others 0).
             The polish then asks the loss for its curvature on those entries instead of
             differentiating twice. None for other faces (a low-rank face's factors).
+        variational_norm: coordinates → a smooth upper bound of ``norm`` that equals it at ``start``
+            and whose minimum over the coordinates embedding the same θ is ``norm`` (a variational
+            form: a low-rank face's ½Σ(‖a_i‖² + ‖b_i‖²), `LowRank.face`), cheaper to evaluate and
+            differentiate. The face's first-order solve (L-BFGS, many evaluations) minimises it in
+            place of ``norm``: the face problem's minimum is the same. Newton on the face keeps
+            ``norm``. None: ``norm`` serves both.
     """
 
     start: tuple[Tensor, ...]
@@ -126,6 +132,7 @@ class Face:
     norm: Callable[..., Tensor]
     crossed: Callable[..., Tensor] | None = None
     mask: Tensor | None = None
+    variational_norm: Callable[..., Tensor] | None = None
 
 
 def largest(sizes: Tensor, k: int) -> Tensor:

@@ -392,10 +392,20 @@ class LowRank(Constraint):
         return self.max_rank is None and mat.dim() == 2 and min(mat.shape) <= _PROX_FINISH_SIZE
 
     def face(self, value: Tensor, tol: float = 0.0, grad: Tensor | None = None) -> Face | None:
-        r"""Rank-r matrices near $\mathrm{value} = P \sum Q^\top$, as $A B^\top$ ($A = P√Σ$, $B = Q√Σ$); with
-        $A = Q_A R_A$ and $B = Q_B R_B$ (QR), $‖A B^\top‖_* = ‖R_A R_B^\top‖_*$: an r×r SVD, smooth
-        while the rank stays r. None for a batch of matrices (each would have its own rank) or
-        rank 0."""
+        r"""Rank-r matrices near $\mathrm{value} = P Σ Q^\top$, as $θ = A Σ^{-1} B^\top$ from $A = PΣ$, $B = QΣ$;
+        with $A = Q_A R_A$ and $B = Q_B R_B$ (QR), $‖θ‖_* = ‖R_A Σ^{-1} R_B^\top‖_*$: an r×r SVD, smooth while
+        the rank stays r. Its variational form (``Face.variational_norm``): for $a = A Σ^{-1/2}$,
+        $b = B Σ^{-1/2}$ (so $θ = a b^\top$), $‖θ‖_* = \min_{a b^\top = θ} \tfrac12 (‖a‖^2 + ‖b‖^2)$, i.e.
+        $\tfrac12 \sum_i (‖A_{:i}‖^2 + ‖B_{:i}‖^2) / σ_i$ minimised over the factors of θ: never below
+        $‖θ‖_*$, equal to it at the start (balanced, $‖A_{:i}‖ = ‖B_{:i}‖ = σ_i$) and wherever
+        $a^\top a = b^\top b$ (the symmetry DCS itself builds, on the face). None for a batch of matrices
+        (each would have its own rank) or rank 0.
+
+        Why both: the exact norm's two QR factorisations and SVD cost a third of each L-BFGS evaluation of
+        the face solve with its backward (china.jpg completion at 0.1 λ_max, rank 3: 1.16 → 0.81 ms an
+        evaluation under cProfile), where the quadratic form is a few elementwise operators; Newton on the
+        face keeps the exact norm (with the quadratic form it took three Newton polishes where one
+        certified a reduced-rank regression on raw digits at λ = 0.01, 2.7× the time)."""
         mat = self.matrix(value)
         if mat.dim() != 2:
             return None
@@ -409,10 +419,14 @@ class LowRank(Constraint):
         def norm(A: Tensor, B: Tensor) -> Tensor:
             return torch.linalg.svdvals((torch.linalg.qr(A).R / sigma) @ torch.linalg.qr(B).R.mT).sum()
 
+        def variational_norm(A: Tensor, B: Tensor) -> Tensor:
+            return 0.5 * ((A.square().sum(0) + B.square().sum(0)) / sigma).sum()
+
         # Coordinates A = PΣ, B = QΣ with θ = A Σ⁻¹ Bᵀ: in A = P√Σ, B = Q√Σ the curvature of column i
         # is σ_i, so the face solve's conditioning was σ_max / σ_min; here every column's is 1.
         return Face(start=(P[:, :rank] * sigma, Qh[:rank].mT * sigma),
-                    embed=lambda A, B: ((A / sigma) @ B.mT).reshape(shape), norm=norm)
+                    embed=lambda A, B: ((A / sigma) @ B.mT).reshape(shape), norm=norm,
+                    variational_norm=variational_norm)
 
     def atoms(self, value: Tensor) -> Tensor:
         """The singular values; with ``max_rank`` r on one matrix the r leading ones (a value of r-column
