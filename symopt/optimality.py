@@ -132,10 +132,10 @@ def polish_on_face(loss: Callable[[Tensor], Tensor], constraint: Constraint, poi
             Twenty L-BFGS iterations do not resolve a large low-rank face, even at the optimum's
             rank (digits' 1797 × 64 completion at 0.1 λ_max: rank 27, 50k coordinates, 65-100 ms
             for a residual of 267; 300 rows of it with the optimum's 15 singular values 1% off: the
-            residual 5.2 → 51 with the face's exact norm, 5.2 → 5.0 with its variational form), where the
-            proximal finish that follows reached the target alone; a
-            small face (a rank-9 regression on digits' 64 pixels, 666 coordinates) is still polished
-            first, which saved that finish three outer rounds.
+            residual 5.2 → 51 with the face's exact norm, 5.2 → 5.0 with its variational form), where
+            the proximal finish that follows reached the target alone; a small face (a rank-9
+            regression on digits' 64 pixels, 666 coordinates) is still polished first, which saved
+            that finish three outer rounds.
         probe: proximal Newton's ``probe`` (θ = 0 probed for a dense answer; None where it declines: the
             descent runs, no face solve).
     """
