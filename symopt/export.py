@@ -584,60 +584,74 @@ def _dead_heads(W_o: Tensor, v_weight: Tensor, heads: int) -> Tensor:
 
 def _folded_out_bias(W_o: Tensor, out_bias: Tensor | None, v_bias: Tensor | None, constant_heads: Tensor,
                      head_dim: int) -> Tensor:
-    """The output bias with the constant $W_o,h · b_v,h$ of every head in ``constant_heads`` added: a
-    head whose value rows are zero attends over the constant rows $b_{v,h}$, and softmax weights sum to 1."""
+    """The output bias with the constant $W_o,h · b_v,h$ of every unit in ``constant_heads`` added: a
+    head whose value rows are zero attends over the constant rows $b_{v,h}$, and softmax weights sum to 1.
+    A unit is one k/v head (``head_dim`` value rows) and the query heads that read it: each writes that
+    constant through its own ``head_dim`` columns of $W_o$ (one head each without grouped-query attention)."""
     bias = out_bias.detach().clone() if out_bias is not None else W_o.new_zeros(W_o.shape[0])
     if v_bias is not None:
+        out_width = W_o.shape[1] // constant_heads.numel()  # (a unit's columns of W_o)
         for h in constant_heads.nonzero().reshape(-1).tolist():
-            cols = slice(h * head_dim, (h + 1) * head_dim)
-            bias += W_o[:, cols] @ v_bias[cols]
+            columns = W_o[:, h * out_width:(h + 1) * out_width].reshape(W_o.shape[0], -1, head_dim).sum(1)
+            bias += columns @ v_bias[h * head_dim:(h + 1) * head_dim]
     return bias
 
 
 def _prune_block_heads(holder: nn.Module, info: dict, options: dict) -> list[str]:
-    """Heads of a hand-written attention block (``info``: its name, projections, head count and the
-    attribute holding it): its q / k / v layers lose the rows of dead heads, its output layer the
-    columns, and its head-count attribute goes down; the model's outputs are compared before and after
-    (``example_input`` or a probe) and the rewrite undone if they moved."""
+    """Heads of a hand-written attention block (``info``: its name, projections, head count, its units (k/v heads
+    with their query heads under grouped-query attention, else heads) and the attributes holding the counts): its
+    q / k / v layers lose the rows of dead units, its output layer the columns, and its count attributes go down
+    (a block that reshapes by its ``head_dim`` has none to lower); the model's outputs are compared before and
+    after (``example_input`` or a probe) and the rewrite undone if they moved."""
     block_name = info["block"]
     label = f"{block_name or 'the model'} (heads)"
-    if info["count_attribute"] is None:
+    count_attribute, kv_attribute = info["count_attribute"], info.get("kv_count_attribute")
+    if count_attribute is None and info.get("width_attribute") is None:
         return [f"{label}: heads kept: the block keeps its head count in no attribute symopt can lower "
-                "(num_heads, n_heads, num_attention_heads, n_head)"]
+                "(num_heads, n_heads, num_attention_heads, n_head) and reshapes by no head_dim"]
     block = _get(holder, _qual("root", block_name))
     q, k, v, o = (getattr(block, n) for n in info["projections"])
-    H = info["heads"]
-    d = q.out_features // H
-    out_dead, dead = _dead_heads(o.weight, v.weight, H)
+    units = info.get("units", info["heads"])
+    per_unit = info["heads"] // units  # (query heads a unit holds: 1 without grouped-query attention)
+    q_width, kv_width = q.out_features // units, k.out_features // units  # (a unit's rows in q / o, in k / v)
+    out_dead, dead = _dead_heads(o.weight, v.weight, units)
     if bool(dead.all()):
         dead[0] = False
     if not bool(dead.any()):
         return []
     keep = (~dead).nonzero().reshape(-1)
-    rows = (keep[:, None] * d + torch.arange(d, device=keep.device)).reshape(-1)
-    out_bias = _folded_out_bias(o.weight, o.bias, v.bias, dead & ~out_dead, d)
+
+    def rows_of(width: int) -> Tensor:
+        return (keep[:, None] * width + torch.arange(width, device=keep.device)).reshape(-1)
+
+    q_rows, kv_rows = rows_of(q_width), rows_of(kv_width)
+    out_bias = _folded_out_bias(o.weight, o.bias, v.bias, dead & ~out_dead, kv_width)
     before = copy.deepcopy(holder.root)
     kw = dict(device=q.weight.device, dtype=q.weight.dtype)
-    for layer_name, layer in zip(info["projections"][:3], (q, k, v)):
+    for layer_name, layer, rows in zip(info["projections"][:3], (q, k, v), (q_rows, kv_rows, kv_rows)):
         new = nn.Linear(layer.in_features, rows.numel(), bias=layer.bias is not None, **kw)
         new.weight.copy_(layer.weight[rows])
         if layer.bias is not None:
             new.bias.copy_(layer.bias[rows])
         setattr(block, layer_name, new.train(layer.training))
     has_bias = o.bias is not None or bool(out_bias.any())
-    new_o = nn.Linear(rows.numel(), o.out_features, bias=has_bias, **kw)
-    new_o.weight.copy_(o.weight[:, rows])
+    new_o = nn.Linear(q_rows.numel(), o.out_features, bias=has_bias, **kw)
+    new_o.weight.copy_(o.weight[:, q_rows])
     if has_bias:
         new_o.bias.copy_(out_bias)
     setattr(block, info["projections"][3], new_o.train(o.training))
-    setattr(block, info["count_attribute"], int(keep.numel()))
+    if count_attribute is not None:
+        setattr(block, count_attribute, int(keep.numel()) * per_unit)
+    if kv_attribute is not None:
+        setattr(block, kv_attribute, int(keep.numel()))
     checked, problem = surgery.verify(before, holder.root, options["example_input"])
     if problem is not None:
         holder.root = before
-        return [f"{label}: heads kept, {problem} (does the block read its head count from "
-                f"'{info['count_attribute']}'?)"]
+        read = f"'{count_attribute}'" if count_attribute is not None else "its head_dim"
+        return [f"{label}: heads kept, {problem} (does the block read its head count from {read}?)"]
     if not checked:
-        return [f"{label}: {int(dead.sum())} heads removed but the outputs were not compared (pass example_input=)"]
+        return [f"{label}: {int(dead.sum()) * per_unit} heads removed but the outputs were not compared "
+                "(pass example_input=)"]
     return []
 
 

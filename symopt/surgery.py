@@ -29,6 +29,7 @@ from __future__ import annotations
 import copy
 import operator
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -531,10 +532,41 @@ def probe_inputs(model: nn.Module) -> list[tuple]:
     return []
 
 
+def _tensor_leaves(output, where: str = "") -> list[tuple[str, Tensor]]:
+    """The tensors in a model's output with where each sits (``""`` for a tensor returned alone): a tensor,
+    or those inside a mapping (a Hugging Face ``ModelOutput``: its fields in order), a tuple or a list. Other
+    objects are not compared: a key/value cache holds one tensor per k/v head, which removing heads changes
+    by design, and the outputs computed from it are compared."""
+    if isinstance(output, Tensor):
+        return [(where, output)]
+    if isinstance(output, Mapping):
+        return [leaf for key, value in output.items() for leaf in _tensor_leaves(value, f"{where}[{key!r}]")]
+    if isinstance(output, (tuple, list)):
+        return [leaf for i, value in enumerate(output) for leaf in _tensor_leaves(value, f"{where}[{i}]")]
+    return []
+
+
 def verify(before: nn.Module, after: nn.Module, example_input=None) -> tuple[bool, str | None]:
     """``(checked, problem)``: whether ``after`` was run against ``before`` (eval mode) on
     ``example_input`` or on the first probe input ``before`` accepts, and what went wrong (None when the
-    outputs agree to √eps of their scale). Neither model is changed."""
+    outputs agree to √eps of their scale: a tensor, or each tensor of a mapping, tuple or list the model returns,
+    `_tensor_leaves`). Neither model is changed.
+
+    Examples:
+        >>> import torch
+        >>> class Two(torch.nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.a, self.b = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+        ...     def forward(self, x):
+        ...         return {"logits": self.a(x), "extra": (self.b(x), "not a tensor")}
+        >>> before = Two()
+        >>> after = copy.deepcopy(before)
+        >>> with torch.no_grad():
+        ...     _ = after.b.bias.add_(1.0)
+        >>> verify(before, before, torch.ones(1, 3)), verify(before, after, torch.ones(1, 3))[1][:36]
+        ((True, None), "its outputs['extra'][0] moved by 1 a")
+    """
     candidates = [example_input if isinstance(example_input, tuple) else (example_input,)] \
         if example_input is not None else probe_inputs(before)
     reference, model = copy.deepcopy(before).eval(), copy.deepcopy(after).eval()
@@ -548,12 +580,16 @@ def verify(before: nn.Module, after: nn.Module, example_input=None) -> tuple[boo
                 got = model(*args)
             except Exception as error:  # noqa: BLE001
                 return True, f"the rewritten model failed on an input the original accepts ({type(error).__name__}: {error})"
-        if not isinstance(expected, Tensor) or not isinstance(got, Tensor) or expected.shape != got.shape:
+        wanted, gotten = _tensor_leaves(expected), _tensor_leaves(got)
+        if not wanted or len(wanted) != len(gotten) or any(
+                (a.shape, a.dtype) != (b.shape, b.dtype) for (_, a), (_, b) in zip(wanted, gotten)) or \
+                [where for where, _ in wanted] != [where for where, _ in gotten]:
             return True, "the rewritten model's output differs in type or shape"
-        scale = 1.0 + float(expected.abs().max()) if expected.numel() else 1.0
-        gap = float((expected - got).abs().max()) if expected.numel() else 0.0
-        if not gap <= torch.finfo(expected.dtype).eps ** 0.5 * scale if expected.is_floating_point() else gap == 0:
-            return True, f"its outputs moved by {gap:.3g} after removing units"
+        for (where, want), (_, have) in zip(wanted, gotten):
+            scale = 1.0 + float(want.abs().max()) if want.numel() else 1.0
+            gap = float((want - have).abs().max()) if want.numel() else 0.0
+            if not gap <= torch.finfo(want.dtype).eps ** 0.5 * scale if want.is_floating_point() else gap == 0:
+                return True, f"its outputs{where} moved by {gap:.3g} after removing units"
         return True, None
     if example_input is not None:
         return True, "the original model does not accept example_input"

@@ -334,6 +334,8 @@ def n_m_sparse(module: nn.Module, name: str, n: int = 2, m: int = 4, *, total_st
 PROJECTION_NAMES = (("q_proj", "k_proj", "v_proj", "out_proj"), ("q_proj", "k_proj", "v_proj", "o_proj"),
                     ("q", "k", "v", "o"), ("query", "key", "value", "out"))
 HEAD_COUNT_NAMES = ("num_heads", "n_heads", "num_attention_heads", "n_head")
+# where a block with grouped-query attention keeps its k/v head count (export lowers it with the other)
+KV_HEAD_COUNT_NAMES = ("num_key_value_heads", "num_kv_heads", "n_kv_heads", "n_kv_head")
 
 
 def attention_heads(model: nn.Module, name: str | Sequence[str] = "", strength: float | None = None, *, seed: int = 0,
@@ -346,8 +348,14 @@ def attention_heads(model: nn.Module, name: str | Sequence[str] = "", strength: 
     The decay is $λ \sum_h ‖(W_q,h, W_k,h, W_v,h, b_h, W_o,h)‖_2$, so whole heads go to zero, and
     [`symopt.export`][symopt.export] (``mode="compressed"``) removes them. Works on an
     ``nn.MultiheadAttention`` and on a hand-written block with four ``nn.Linear`` projections (q, k, v,
-    out) and an int attribute holding its head count (``num_heads``, ``n_heads``, ...), which export
-    lowers after removing heads. See [`UnitGroups`][symopt.constraints.unit_groups.UnitGroups].
+    out) and either an int attribute holding its head count (``num_heads``, ``n_heads``, ...), which export
+    lowers after removing heads, or an int ``head_dim`` it reshapes by (Hugging Face's Llama, Mistral,
+    Qwen2 blocks: the count follows from the width, and export has nothing to lower). With grouped-query
+    attention (k and v narrower than q: each k/v head read by a group of query heads) a unit is one k/v
+    head with its query heads, so that every query head keeps its keys and every k/v head the same number
+    of query heads: ``max_heads`` then counts those units (k/v heads), and export also lowers a
+    ``num_key_value_heads`` / ``num_kv_heads`` / ``n_kv_heads`` attribute.
+    See [`UnitGroups`][symopt.constraints.unit_groups.UnitGroups].
 
     Args:
         model: the attention module or a model that contains it.
@@ -367,7 +375,7 @@ def attention_heads(model: nn.Module, name: str | Sequence[str] = "", strength: 
             (default: the first of ``q_proj/k_proj/v_proj/out_proj``, ``…/o_proj``, ``q/k/v/o``,
             ``query/key/value/out`` that it has).
         heads: for a hand-written block, its head count (default: its ``num_heads`` / ``n_heads`` /
-            ``num_attention_heads`` / ``n_head`` attribute).
+            ``num_attention_heads`` / ``n_head`` attribute, else q's width over its ``head_dim``).
 
     Returns:
         Handle: the registered constraint (build the optimizer afterwards).
@@ -375,7 +383,8 @@ def attention_heads(model: nn.Module, name: str | Sequence[str] = "", strength: 
     Raises:
         TypeError: ``name`` is neither an ``nn.MultiheadAttention`` nor a block with four Linear
             projections.
-        ValueError: a head count that does not divide the projections, a tensor already
+        ValueError: a head count that does not divide the projections (or k / v widths that are not a whole
+            number of heads dividing q's), a ``heads`` that disagrees with the block's ``head_dim``, a tensor already
             constrained, a bad strength, a ``max_heads`` not below the heads there are, ``total_steps``
             (or a ``ramp``) without its budget; nothing is changed.
 
@@ -453,29 +462,49 @@ def _head_tensors(model: nn.Module, name: str, projections, heads):
                         "nn.MultiheadAttention nor a block with four nn.Linear projections; pass projections=("
                         "'q', 'k', 'v', 'out') with its layer names")
     q, k, v, o = (getattr(block, n) for n in found[0])
+    inner = q.out_features
     attr = next((a for a in HEAD_COUNT_NAMES if isinstance(getattr(block, a, None), int)), None)
-    count = heads if heads is not None else getattr(block, attr) if attr is not None else None
+    # (Hugging Face's attention modules keep no head count: they reshape by their int head_dim and let the
+    # count follow from the width, so that count is the q width over head_dim, and export lowers nothing)
+    head_dim = getattr(block, "head_dim", None)
+    from_head_dim = (isinstance(head_dim, int) and not isinstance(head_dim, bool) and head_dim > 0
+                     and inner % head_dim == 0)
+    count = (heads if heads is not None else getattr(block, attr) if attr is not None
+             else inner // head_dim if from_head_dim else None)
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise ValueError(f"attention_heads: give heads= (the head count of '{name}'), or keep it in one of its "
-                         f"attributes {HEAD_COUNT_NAMES}")
-    inner = q.out_features
-    if inner % count or k.out_features != inner or v.out_features != inner or o.in_features != inner:
-        raise ValueError(f"attention_heads: {count} heads need q, k, v outputs and the output layer's inputs of one "
-                         f"width divisible by {count}; got {q.out_features}, {k.out_features}, {v.out_features}, "
-                         f"{o.in_features}")
-    per_head = torch.arange(inner) // (inner // count)
-    for layer, layer_name in zip((q, k, v), found[0][:3]):
+                         f"attributes {HEAD_COUNT_NAMES} (or its head width in head_dim)")
+    if attr is None and from_head_dim and count != inner // head_dim:
+        raise ValueError(f"attention_heads: heads={count} disagrees with '{name}'s head_dim={head_dim} ({inner // head_dim} "
+                         f"heads of q's {inner} outputs); give heads={inner // head_dim} or leave heads= out")
+    kv_width = k.out_features
+    if inner % count or v.out_features != kv_width or o.in_features != inner or kv_width > inner or \
+            inner % kv_width or kv_width % (inner // count):
+        raise ValueError(f"attention_heads: {count} heads need q outputs and the output layer's inputs of one width "
+                         f"divisible by {count}, and k, v outputs of that width or (grouped-query attention) of a "
+                         f"whole number of those heads dividing it; got {q.out_features}, {k.out_features}, "
+                         f"{v.out_features}, {o.in_features}")
+    # Grouped-query attention (k, v narrower than q: several query heads read one k/v head): a unit is a k/v
+    # head with the query heads that share it, so that a removed unit leaves no query head without its keys
+    # and every k/v head keeps the same number of query heads (the block's repeat of k, v stays valid)
+    kv_heads = kv_width // (inner // count)
+    q_map = torch.arange(inner) // (inner // kv_heads)
+    kv_map = torch.arange(kv_width) // (kv_width // kv_heads)
+    for layer, layer_name, unit_map in zip((q, k, v), found[0][:3], (q_map, kv_map, kv_map)):
         names.append(f"{prefix}{layer_name}.weight")
         dims.append(0)
-        maps.append(per_head)
+        maps.append(unit_map)
         if layer.bias is not None:
             names.append(f"{prefix}{layer_name}.bias")
             dims.append(0)
-            maps.append(per_head)
+            maps.append(unit_map)
     names.append(f"{prefix}{found[0][3]}.weight")
     dims.append(1)
-    maps.append(per_head)
-    return names, dims, maps, {"block": name, "projections": tuple(found[0]), "heads": count, "count_attribute": attr}
+    maps.append(q_map)
+    kv_attr = next((a for a in KV_HEAD_COUNT_NAMES if isinstance(getattr(block, a, None), int)), None)
+    return names, dims, maps, {"block": name, "projections": tuple(found[0]), "heads": count, "count_attribute": attr,
+                               "units": kv_heads, "kv_count_attribute": kv_attr if kv_heads < count else None,
+                               "width_attribute": "head_dim" if attr is None and from_head_dim else None}
 
 
 def tie(model: nn.Module, names: Sequence[str], strength: float | str = "auto", **kwargs) -> Handle:

@@ -168,13 +168,139 @@ def test_hand_written_block_loses_its_dead_heads_and_its_head_count_goes_down():
 
 def test_hand_written_block_without_a_head_count_attribute_is_refused_or_kept():
     block = HandWritten().double()
-    del block.num_heads
+    del block.num_heads, block.head_dim
     with pytest.raises(ValueError, match="give heads="):
         symopt.attention_heads(block)
     symopt.attention_heads(block, heads=4)
     _kill_heads(block, [1])
     with pytest.warns(ExportWarning, match="keeps its head count in no attribute"):
         symopt.export(block, mode="compressed")
+
+
+class ReshapedByHeadDim(HandWritten):
+    """A block that keeps no head count, only its head width (as Hugging Face's Llama does): the count
+    follows from the width at each forward."""
+
+    def __init__(self, dim=16, heads=4):
+        super().__init__(dim, heads)
+        del self.num_heads
+
+    def forward(self, x):
+        N, L, _ = x.shape
+        split = lambda t: t.view(N, L, -1, self.head_dim).transpose(1, 2)  # noqa: E731
+        q, k, v = split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x))
+        weights = torch.softmax(q @ k.transpose(-2, -1) / self.head_dim ** 0.5, dim=-1)
+        return self.out_proj((weights @ v).transpose(1, 2).reshape(N, L, -1))
+
+
+class GroupedQuery(nn.Module):
+    """Grouped-query attention: 4 query heads, 2 k/v heads, each read by 2 query heads (k and v repeated)."""
+
+    def __init__(self, dim=16, heads=4, kv_heads=2):
+        super().__init__()
+        self.num_heads, self.num_kv_heads, self.head_dim = heads, kv_heads, dim // heads
+        self.q_proj, self.out_proj = nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.k_proj, self.v_proj = nn.Linear(dim, kv_heads * self.head_dim), nn.Linear(dim, kv_heads * self.head_dim)
+
+    def forward(self, x):
+        N, L, _ = x.shape
+        q = self.q_proj(x).view(N, L, self.num_heads, self.head_dim).transpose(1, 2)
+        repeat = self.num_heads // self.num_kv_heads
+        k, v = (t.view(N, L, self.num_kv_heads, self.head_dim).transpose(1, 2).repeat_interleave(repeat, dim=1)
+                for t in (self.k_proj(x), self.v_proj(x)))
+        weights = torch.softmax(q @ k.transpose(-2, -1) / self.head_dim ** 0.5, dim=-1)
+        return self.out_proj((weights @ v).transpose(1, 2).reshape(N, L, -1))
+
+
+class LMWith(nn.Module):
+    def __init__(self, block):
+        super().__init__()
+        self.embed, self.attn, self.head = nn.Embedding(30, 16), block, nn.Linear(16, 30)
+
+    def forward(self, ids):
+        x = self.embed(ids)
+        return self.head(x + self.attn(x))
+
+
+def test_a_block_that_reshapes_by_its_head_dim_needs_no_head_count():
+    """The count is q's width over head_dim; export removes dead heads with nothing to lower, and the
+    rewrite is checked on the model's outputs."""
+    torch.manual_seed(0)
+    model = LMWith(ReshapedByHeadDim()).double().eval()
+    handle = symopt.attention_heads(model, "attn", strength=1e-3)
+    assert handle.constraint.unit_norms(handle.values()).shape == (4,)
+    _kill_heads(model, [0, 3])
+    small = _quiet(model)
+    assert small.attn.q_proj.out_features == 8 and small.attn.k_proj.out_features == 8
+    ids = torch.randint(0, 30, (3, 7))
+    assert torch.allclose(small(ids), model(ids), atol=1e-12, rtol=0)
+
+
+def test_grouped_query_attention_units_are_kv_heads_with_their_query_heads():
+    """4 query heads on 2 k/v heads: 2 units, each a k/v head's rows and its 2 query heads' q rows and output
+    columns; export removes a dead unit's q rows (2 heads), k / v rows (1 head) and output columns, lowers both
+    counts, and folds a unit whose value rows alone are dead into the output bias."""
+    torch.manual_seed(0)
+    model = LMWith(GroupedQuery()).double().eval()
+    handle = symopt.attention_heads(model, "attn", strength=1e-3)
+    maps = dict(zip([m.qualname for m in handle.members], handle.constraint.unit_maps))
+    assert maps["attn.q_proj.weight"].tolist() == [0] * 8 + [1] * 8
+    assert maps["attn.k_proj.weight"].tolist() == [0] * 4 + [1] * 4 == maps["attn.v_proj.bias"].tolist()
+    assert maps["attn.out_proj.weight"].tolist() == [0] * 8 + [1] * 8
+    _kill_heads(model, [1])
+    small = _quiet(model)
+    assert (small.attn.num_heads, small.attn.num_kv_heads) == (2, 1)
+    assert (small.attn.q_proj.out_features, small.attn.k_proj.out_features, small.attn.out_proj.in_features) == (8, 4, 8)
+    ids = torch.randint(0, 30, (3, 7))
+    assert torch.allclose(small(ids), model(ids), atol=1e-12, rtol=0)
+    # unit 0's value rows dead, its value bias alive: each of its query heads writes W_o,h b_v, folded
+    block = GroupedQuery().double().eval()
+    lm = LMWith(block).double().eval()
+    handle = symopt.attention_heads(lm, "attn", strength=1e-3)
+    position = [m.qualname for m in handle.members].index("attn.v_proj.weight")
+    with torch.no_grad():
+        handle.constraint.copies[position].original0[:4] = 0.0
+    small = _quiet(lm)
+    assert (small.attn.num_heads, small.attn.num_kv_heads, small.attn.v_proj.out_features) == (2, 1, 4)
+    assert torch.allclose(small(ids), lm(ids), atol=1e-12, rtol=0)
+
+
+def test_a_head_budget_on_grouped_query_attention_lands_and_exports():
+    """max_heads counts units (k/v heads): 1 of 2 lands exactly under Adam, and export keeps that unit's
+    2 query heads and 1 k/v head with the same outputs."""
+    torch.manual_seed(0)
+    steps = 120
+    model = LMWith(GroupedQuery()).double()
+    handle = symopt.attention_heads(model, "attn", max_heads=1, total_steps=steps)
+    ids = torch.randint(0, 30, (16, 7), generator=torch.Generator().manual_seed(0))
+    loss = lambda: nn.functional.cross_entropy(model(ids[:, :-1]).reshape(-1, 30), ids[:, 1:].reshape(-1))  # noqa: E731
+    alive = [int((norms > 0).sum()) for norms in _head_norms_while_training(model, loss, handle, steps)]
+    land = round(0.75 * steps)
+    assert alive[0] == 2 and all(a == 1 for a in alive[land - 1:])
+    model.eval()
+    small = _quiet(model)
+    assert (small.attn.num_heads, small.attn.num_kv_heads, small.attn.k_proj.out_features) == (2, 1, 4)
+    assert torch.allclose(small(ids), model(ids), atol=1e-10)
+
+
+def _kv_of_three_heads():
+    """k / v of 3 heads of width 4 beside q's 4 heads: 12 does not divide 16."""
+    block = GroupedQuery()
+    block.k_proj, block.v_proj = nn.Linear(16, 12), nn.Linear(16, 12)
+    return block
+
+
+@pytest.mark.parametrize("build, kwargs, match", [
+    (_kv_of_three_heads, {}, "whole number of those heads"),
+    (ReshapedByHeadDim, {"heads": 2}, "disagrees with .*head_dim=4"),
+])
+def test_attention_heads_refuses_widths_and_counts_that_do_not_fit_and_changes_nothing(build, kwargs, match):
+    model = build()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=match):
+        symopt.attention_heads(model, **kwargs)
+    assert symopt.list_constraints(model) == []
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
 
 
 @pytest.mark.parametrize("where", ["torch", "hand-written"])

@@ -2,6 +2,8 @@
 refuses the plain save_pretrained that would lose its weights, symopt.save_pretrained / from_pretrained
 keep values and factors bit-exactly, and exports reload with the model class's own from_pretrained."""
 
+import warnings
+
 import pytest
 import torch
 
@@ -109,3 +111,38 @@ def test_safetensors_plain_checkpoint_loads_into_a_constrained_model(tmp_path):
 def test_save_pretrained_needs_a_hugging_face_model(tmp_path):
     with pytest.raises(TypeError, match="has no save_pretrained"):
         symopt.save_pretrained(torch.nn.Linear(2, 2), tmp_path)
+
+
+def test_a_head_budget_on_a_grouped_query_llama_lands_and_export_removes_its_heads():
+    """Hugging Face's Llama blocks keep no head count (they reshape by head_dim) and use grouped-query
+    attention (4 query heads on 2 k/v heads here): a head budget over both layers counts k/v heads, lands
+    exactly under Adam, and export removes each layer's dead k/v heads with their query heads, checked on the
+    model's own output (a ModelOutput beside its key/value cache) with the same logits."""
+    config = transformers.LlamaConfig(vocab_size=40, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=16,
+                                      attention_bias=True)
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config).double()
+    blocks = ["model.layers.0.self_attn", "model.layers.1.self_attn"]
+    steps = 60
+    handle = symopt.attention_heads(model, blocks, max_heads=2, total_steps=steps)
+    assert handle.constraint.set_units == [2, 2]
+    ids = torch.randint(0, 40, (8, 9), generator=torch.Generator().manual_seed(0))
+    opt = torch.optim.Adam(symopt.param_groups(model, lr=1e-2), lr=1e-2)
+    for _ in range(steps):
+        opt.zero_grad()
+        model(ids, labels=ids).loss.backward()
+        opt.step()
+    norms = handle.constraint.unit_norms([v.detach() for v in handle.values()])
+    assert int((norms > 0).sum()) == 2
+    model.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", symopt.ExportWarning)
+        small = symopt.export(model, mode="compressed", example_input=ids[:2])
+    kept = [int((part > 0).sum()) for part in norms.split(2)]
+    for layer, units in zip(small.model.layers, kept):
+        attn = layer.self_attn
+        assert (attn.q_proj.out_features, attn.k_proj.out_features, attn.o_proj.in_features) == (16 * units, 8 * units,
+                                                                                                 16 * units)
+    with torch.no_grad():
+        assert torch.allclose(small(ids).logits, model(ids).logits, atol=1e-10)
