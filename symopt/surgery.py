@@ -581,9 +581,11 @@ def verify(before: nn.Module, after: nn.Module, example_input=None) -> tuple[boo
             except Exception as error:  # noqa: BLE001
                 return True, f"the rewritten model failed on an input the original accepts ({type(error).__name__}: {error})"
         wanted, gotten = _tensor_leaves(expected), _tensor_leaves(got)
-        if not wanted or len(wanted) != len(gotten) or any(
-                (a.shape, a.dtype) != (b.shape, b.dtype) for (_, a), (_, b) in zip(wanted, gotten)) or \
-                [where for where, _ in wanted] != [where for where, _ in gotten]:
+
+        def layout(leaves):  # (where each tensor sits, its shape and dtype)
+            return [(where, t.shape, t.dtype) for where, t in leaves]
+
+        if not wanted or layout(wanted) != layout(gotten):
             return True, "the rewritten model's output differs in type or shape"
         for (where, want), (_, have) in zip(wanted, gotten):
             scale = 1.0 + float(want.abs().max()) if want.numel() else 1.0
