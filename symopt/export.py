@@ -31,6 +31,11 @@ Anything else stays dense and is listed in one [`ExportWarning`][symopt.ExportWa
 sparsity along other axes, units that reach an op the analysis does not know (LayerNorm, slicing,
 attention, a model output, a read of their shape), grouped convolutions, sparse convs, a model fx
 cannot trace.
+
+A Hugging Face model's ``config`` is rewritten where one config describes the compressed layers (every
+head-pruned block kept the same head counts; checked by building the model from it on the meta device,
+[`symopt.layout`][symopt.layout.config_describing]); otherwise its ``save_pretrained`` refuses, and
+[`symopt.save_pretrained`][symopt.save_pretrained] records the layers the config does not describe.
 """
 
 from __future__ import annotations
@@ -50,7 +55,7 @@ from torch.nn.utils import parametrize
 from ._attention import HeadPrunedAttention
 from ._layers import LAYER_TYPES
 from .attach import list_constraints
-from . import surgery
+from . import layout, surgery
 from .constraints.base import density_count
 from .finalize import finalize
 
@@ -196,13 +201,14 @@ def export(model: nn.Module, mode: str = "dense", *, tol: float = 1e-6, force: b
     holder.root = exported
     kept_dense = []
     options = {"tol": tol, "sparse_format": sparse_format, "csr_max_density": csr_max_density,
-               "example_input": example_input}
+               "example_input": example_input, "head_counts": []}
     with torch.no_grad():
         for structure, rewrite in REWRITES.items():  # in registration order: units first
             targets = [(_qual("root", module_name), tensor, constraint) for module_name, tensor, constraint in plan
                        if constraint.compressed_structure() == structure]
             if targets:
                 kept_dense += rewrite(holder, targets, options)
+    _describe_in_config(holder.root, options["head_counts"])
     if kept_dense:
         notes = "; ".join(note.removeprefix("root.") for note in kept_dense)
         warnings.warn(f"export(mode='compressed') kept these dense: {notes}", ExportWarning, stacklevel=2)
@@ -617,6 +623,10 @@ def _prune_block_heads(holder: nn.Module, info: dict, options: dict) -> list[str
     out_dead, dead = _dead_heads(o.weight, v.weight, units)
     if bool(dead.all()):
         dead[0] = False
+    head_dim = q_width // per_unit
+    kept_units = int((~dead).sum())
+    # what a Hugging Face config would have to say for this block (see layout.config_describing)
+    options["head_counts"].append({"heads": kept_units * per_unit, "kv_heads": kept_units, "head_dim": head_dim})
     if not bool(dead.any()):
         return []
     keep = (~dead).nonzero().reshape(-1)
@@ -653,6 +663,21 @@ def _prune_block_heads(holder: nn.Module, info: dict, options: dict) -> list[str
         return [f"{label}: {int(dead.sum()) * per_unit} heads removed but the outputs were not compared "
                 "(pass example_input=)"]
     return []
+
+
+def _describe_in_config(root: nn.Module, head_counts: list[dict]) -> None:
+    """Where every head-pruned block kept the same counts and a Hugging Face-style ``config`` with those counts
+    builds exactly the exported model, that config replaces the model's, so its own ``save_pretrained`` /
+    ``from_pretrained`` round-trip it. Otherwise the config stays, and the model's ``save_pretrained`` refuses
+    while its layers differ from the config's ([`symopt.save_pretrained`][symopt.save_pretrained] records
+    them)."""
+    if getattr(root, "config", None) is None:
+        return
+    if head_counts and all(counts == head_counts[0] for counts in head_counts):
+        config = layout.config_describing(root, head_counts[0])
+        if config is not None:
+            root.config = config
+    layout.guard_save_pretrained(root)
 
 
 def _compare_attention(old: nn.MultiheadAttention, new: nn.Module) -> str | None:

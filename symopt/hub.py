@@ -9,7 +9,13 @@ in a load report. symopt therefore keeps both views in one directory:
   weight's current value — any ``from_pretrained`` (symopt's or not) loads the values exactly;
 * ``symopt_state.safetensors``: the constrained model's own ``state_dict`` (factors, λ and the
   policies' buffers), which [`from_pretrained`][symopt.from_pretrained] loads after re-registering the
-  constraints, so training resumes bit-exactly.
+  constraints, so training resumes bit-exactly;
+* ``symopt_layout.json``, only for a compressed export whose layers its config does not describe (a
+  global head budget left different head counts per layer, an FFN lost neurons, a layer was factorised):
+  those layers' types and sizes ([`symopt.layout`][symopt.layout.record]), from which
+  [`from_pretrained`][symopt.from_pretrained] builds the same model before loading its weights. (Where
+  one config does describe it, [`export`][symopt.export] already rewrote the config, and the model's own
+  ``from_pretrained`` loads it.)
 
 ``transformers`` is optional; these functions only call methods of the model and its class.
 """
@@ -17,15 +23,18 @@ in a load report. symopt therefore keeps both views in one directory:
 from __future__ import annotations
 
 import copy
+import json
 import os
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
+from . import layout
 from .attach import list_constraints, remove
 
 STATE_FILE = "symopt_state.safetensors"
+LAYOUT_FILE = "symopt_layout.json"
 
 
 def save_pretrained(model: nn.Module, directory: str | os.PathLike, **kwargs) -> None:
@@ -45,6 +54,8 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, **kwargs) ->
 
     Raises:
         TypeError: ``model`` has no ``save_pretrained``.
+        ValueError: a layer whose shape the config does not describe is of a type symopt does not record
+            (named); nothing is written.
 
     Examples:
         [`from_pretrained`][symopt.from_pretrained] shows the round trip (with a stand-in model class;
@@ -62,14 +73,21 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, **kwargs) ->
                         "is expected); for a plain module use torch.save(model.state_dict(), path)")
     from safetensors.torch import save_file
 
-    state = {key: value.detach().to("cpu").clone().contiguous() for key, value in model.state_dict().items()}
-    plain = copy.deepcopy(model)
+    plain = copy.deepcopy(model) if list_constraints(model) else model  # (an export needs no copy)
     for handle in list_constraints(plain):
         for member in handle.members:
             remove(member.module, member.tensor)  # the current value, as a plain parameter
+    record = layout.record(plain)  # (raises before anything is written)
+    state = {key: value.detach().to("cpu").clone().contiguous() for key, value in model.state_dict().items()}
     os.makedirs(directory, exist_ok=True)
     type(plain).save_pretrained(plain, directory, **kwargs)
     save_file(state, os.path.join(directory, STATE_FILE), metadata={"format": "pt", "writer": "symopt"})
+    layout_path = os.path.join(directory, LAYOUT_FILE)
+    if record is not None:
+        with open(layout_path, "w") as file:
+            json.dump(record, file, indent=1)
+    elif os.path.exists(layout_path):  # an earlier save's, into the same directory
+        os.remove(layout_path)
 
 
 def from_pretrained(cls, directory: str | os.PathLike, constrain: Callable[[nn.Module], object] | None = None,
@@ -83,7 +101,8 @@ def from_pretrained(cls, directory: str | os.PathLike, constrain: Callable[[nn.M
         constrain: a function that registers the same constraints on the loaded model, as they were
             registered before saving (``lambda m: symopt.low_rank(m, "…", max_rank=4)``). Without it
             the model comes back plain, holding the constrained values.
-        **kwargs: passed to ``cls.from_pretrained``.
+        **kwargs: passed to ``cls.from_pretrained``. A directory with a recorded layout (a compressed
+            export) is built from its config instead, which takes only ``dtype`` (or ``torch_dtype``).
 
     Returns:
         The model; with ``constrain``, its factors and λ are the saved ones (bit-exact resume).
@@ -91,7 +110,8 @@ def from_pretrained(cls, directory: str | os.PathLike, constrain: Callable[[nn.M
     Raises:
         ValueError: ``constrain`` registered constraints that do not match the saved ones (missing
             or unexpected keys, named in the message); the saved directory has no symopt state but
-            ``constrain`` was given.
+            ``constrain`` was given; a recorded layout with other keyword arguments than ``dtype``, or
+            whose weights do not fit the layers it records.
 
     Examples:
         A stand-in for a ``transformers`` model (any class with ``save_pretrained`` / ``from_pretrained``
@@ -122,7 +142,12 @@ def from_pretrained(cls, directory: str | os.PathLike, constrain: Callable[[nn.M
         >>> torch.equal(plain.lin.weight, model.lin.weight)
         True
     """
-    model = cls.from_pretrained(directory, **kwargs)
+    layout_path = os.path.join(directory, LAYOUT_FILE)
+    if os.path.exists(layout_path):
+        with open(layout_path) as file:
+            model = _from_layout(cls, directory, json.load(file), **kwargs)
+    else:
+        model = cls.from_pretrained(directory, **kwargs)
     if constrain is None:
         return model
     path = os.path.join(directory, STATE_FILE)
@@ -143,3 +168,54 @@ def from_pretrained(cls, directory: str | os.PathLike, constrain: Callable[[nn.M
     with torch.no_grad():
         model.load_state_dict({k: v.to(device) for k, v in state.items()})
     return model
+
+
+def _from_layout(cls, directory: str | os.PathLike, record: dict, **kwargs) -> nn.Module:
+    """The model a compressed export saved: built from its config, given the recorded layers, its weights
+    loaded (tied weights tied again), in eval mode as ``from_pretrained`` returns it."""
+    unsupported = sorted(set(kwargs) - {"dtype", "torch_dtype"})
+    if unsupported:
+        raise ValueError(f"from_pretrained: {directory} holds a compressed layout ({LAYOUT_FILE}), built from its "
+                         f"config without cls.from_pretrained, which takes only dtype=; got {unsupported}")
+    config_class = getattr(cls, "config_class", None)
+    if config_class is None:  # an Auto class
+        from transformers import AutoConfig as config_class
+    config = config_class.from_pretrained(directory)
+    model = cls.from_config(config) if hasattr(cls, "from_config") else cls(config)
+    layout.rebuild(model, record)
+    weights = _saved_weights(directory)
+    floating = [t.dtype for t in weights.values() if t.is_floating_point()]
+    if floating:
+        model.to(floating[0])  # (non-persistent buffers too, as a model saved in that dtype had them)
+    missing, unexpected = model.load_state_dict(weights, strict=False, assign=True)
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()  # a tied copy is saved once and was replaced above
+    state = model.state_dict()
+    loaded = {state[key].data_ptr() for key in weights if key in state}
+    untied = [key for key in missing if state[key].data_ptr() not in loaded]
+    if unexpected or untied:
+        raise ValueError(f"from_pretrained: the weights in {directory} do not fit the layout it records: "
+                         f"missing {untied[:5]}, unexpected {unexpected[:5]}; save the model again with "
+                         "symopt.save_pretrained")
+    dtype = kwargs.get("dtype", kwargs.get("torch_dtype"))
+    if dtype is not None:
+        model.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
+    return model.eval()
+
+
+def _saved_weights(directory: str | os.PathLike) -> dict:
+    """The tensors ``save_pretrained`` wrote: one safetensors file, shards listed in its index, or a
+    ``pytorch_model.bin``."""
+    from safetensors.torch import load_file
+
+    single, index = os.path.join(directory, "model.safetensors"), os.path.join(directory, "model.safetensors.index.json")
+    if os.path.exists(single):
+        return load_file(single)
+    if os.path.exists(index):
+        with open(index) as file:
+            shards = sorted(set(json.load(file)["weight_map"].values()))
+        return {key: value for shard in shards for key, value in load_file(os.path.join(directory, shard)).items()}
+    binary = os.path.join(directory, "pytorch_model.bin")
+    if os.path.exists(binary):
+        return torch.load(binary, map_location="cpu", weights_only=True)
+    raise ValueError(f"from_pretrained: {directory} has no model.safetensors (or index, or pytorch_model.bin)")

@@ -11,7 +11,7 @@ LAYERS = {
     "constraints": 1,
     "attach": 2,
     "decay": 3, "report": 3, "certify": 3, "finalize": 3, "optimality": 3, "proximal_newton": 3, "l1_model": 3, "l1_products": 3, "verbs": 3, "result": 3, "symmetry": 3,
-    "export": 3, "surgery": 3, "hub": 3, "_attention": 0, "distributed": 3, "guard": 3, "regrowth": 3,
+    "export": 3, "surgery": 3, "hub": 3, "layout": 3, "_attention": 0, "distributed": 3, "guard": 3, "regrowth": 3,
     "problems": 4, "solver": 4, "baselines": 4,
     "comparison": 5, "cli": 5, "__main__": 5, "paths": 5, "estimators": 5,
     "__init__": 6,

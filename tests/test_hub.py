@@ -113,36 +113,124 @@ def test_save_pretrained_needs_a_hugging_face_model(tmp_path):
         symopt.save_pretrained(torch.nn.Linear(2, 2), tmp_path)
 
 
-def test_a_head_budget_on_a_grouped_query_llama_lands_and_export_removes_its_heads():
-    """Hugging Face's Llama blocks keep no head count (they reshape by head_dim) and use grouped-query
-    attention (4 query heads on 2 k/v heads here): a head budget over both layers counts k/v heads, lands
-    exactly under Adam, and export removes each layer's dead k/v heads with their query heads, checked on the
-    model's own output (a ModelOutput beside its key/value cache) with the same logits."""
+LLAMA_IDS = torch.randint(0, 40, (8, 9), generator=torch.Generator().manual_seed(0))
+
+
+def _llama_trained_to_a_head_budget(max_heads: int, steps: int = 60, tie: bool = False):
+    """A 2-layer LlamaForCausalLM (4 query heads on 2 k/v heads a layer) whose head budget over both layers
+    landed under Adam; returns the model (eval mode) and the handle."""
     config = transformers.LlamaConfig(vocab_size=40, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
                                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=16,
-                                      attention_bias=True)
+                                      attention_bias=True, tie_word_embeddings=tie)
     torch.manual_seed(0)
     model = transformers.LlamaForCausalLM(config).double()
     blocks = ["model.layers.0.self_attn", "model.layers.1.self_attn"]
-    steps = 60
-    handle = symopt.attention_heads(model, blocks, max_heads=2, total_steps=steps)
-    assert handle.constraint.set_units == [2, 2]
-    ids = torch.randint(0, 40, (8, 9), generator=torch.Generator().manual_seed(0))
+    handle = symopt.attention_heads(model, blocks, max_heads=max_heads, total_steps=steps)
     opt = torch.optim.Adam(symopt.param_groups(model, lr=1e-2), lr=1e-2)
     for _ in range(steps):
         opt.zero_grad()
-        model(ids, labels=ids).loss.backward()
+        model(LLAMA_IDS, labels=LLAMA_IDS).loss.backward()
         opt.step()
-    norms = handle.constraint.unit_norms([v.detach() for v in handle.values()])
-    assert int((norms > 0).sum()) == 2
-    model.eval()
+    return model.eval(), handle
+
+
+def _compressed(model):
     with warnings.catch_warnings():
         warnings.simplefilter("error", symopt.ExportWarning)
-        small = symopt.export(model, mode="compressed", example_input=ids[:2])
+        return symopt.export(model, mode="compressed", example_input=LLAMA_IDS[:2])
+
+
+def test_a_head_budget_on_a_grouped_query_llama_lands_and_export_removes_its_heads(tmp_path):
+    """Hugging Face's Llama blocks keep no head count (they reshape by head_dim) and use grouped-query
+    attention (4 query heads on 2 k/v heads here): a head budget over both layers counts k/v heads, lands
+    exactly under Adam, and export removes each layer's dead k/v heads with their query heads, checked on the
+    model's own output (a ModelOutput beside its key/value cache) with the same logits. Every layer kept one
+    k/v head, so export also lowers the config's counts (head_dim pinned), and the class's own
+    save_pretrained / from_pretrained round-trip the smaller model."""
+    model, handle = _llama_trained_to_a_head_budget(max_heads=2)
+    assert handle.constraint.set_units == [2, 2]
+    norms = handle.constraint.unit_norms([v.detach() for v in handle.values()])
+    assert int((norms > 0).sum()) == 2
+    small = _compressed(model)
     kept = [int((part > 0).sum()) for part in norms.split(2)]
+    assert kept == [1, 1]
     for layer, units in zip(small.model.layers, kept):
         attn = layer.self_attn
         assert (attn.q_proj.out_features, attn.k_proj.out_features, attn.o_proj.in_features) == (16 * units, 8 * units,
                                                                                                  16 * units)
     with torch.no_grad():
-        assert torch.allclose(small(ids).logits, model(ids).logits, atol=1e-10)
+        assert torch.allclose(small(LLAMA_IDS).logits, model(LLAMA_IDS).logits, atol=1e-10)
+    assert (small.config.num_attention_heads, small.config.num_key_value_heads, small.config.head_dim) == (2, 1, 8)
+    assert (model.config.num_attention_heads, model.config.num_key_value_heads) == (4, 2)  # the original's stays
+    small.save_pretrained(tmp_path)
+    again = transformers.LlamaForCausalLM.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        assert torch.equal(again(LLAMA_IDS).logits, small(LLAMA_IDS).logits)
+
+
+def test_a_global_head_budget_that_leaves_layers_unequal_round_trips_through_symopt(tmp_path):
+    """A budget of 3 k/v heads over two layers of 2 leaves 1 and 2: no one config says that. The model's own
+    save_pretrained refuses (from_pretrained would refuse the weights, or re-initialise them with
+    ignore_mismatched_sizes=True); symopt.save_pretrained records the narrowed layers and
+    symopt.from_pretrained rebuilds them (concrete or Auto class), tied embeddings tied again, with the same
+    logits; a constraint registered on the export after the fact resumes from its factors."""
+    model, handle = _llama_trained_to_a_head_budget(max_heads=3, tie=True)
+    small = _compressed(model)
+    widths = sorted(layer.self_attn.k_proj.out_features for layer in small.model.layers)
+    assert widths == [8, 16] and small.config.num_key_value_heads == 2
+    with pytest.raises(ValueError, match="layers its config does not describe.*symopt.save_pretrained"):
+        small.save_pretrained(tmp_path / "plain")
+    assert not (tmp_path / "plain").exists()
+    symopt.save_pretrained(small, tmp_path / "kept")
+    assert (tmp_path / "kept" / "symopt_layout.json").exists()
+    with torch.no_grad():
+        want = small(LLAMA_IDS).logits
+        for cls in (transformers.LlamaForCausalLM, transformers.AutoModelForCausalLM):
+            back = symopt.from_pretrained(cls, tmp_path / "kept")
+            assert not back.training and back.dtype == torch.float64
+            assert back.lm_head.weight is back.model.embed_tokens.weight
+            assert sorted(layer.self_attn.k_proj.out_features for layer in back.model.layers) == [8, 16]
+            assert torch.equal(back(LLAMA_IDS).logits, want)
+        assert symopt.from_pretrained(transformers.LlamaForCausalLM, tmp_path / "kept", dtype=torch.float32).dtype \
+            == torch.float32
+    with pytest.raises(ValueError, match="compressed layout.*only dtype=.*device_map"):
+        symopt.from_pretrained(transformers.LlamaForCausalLM, tmp_path / "kept", device_map="cpu")
+
+    def constrain(m):
+        symopt.sparse(m, "model.layers.0.mlp.up_proj.weight", strength=1e-3)
+
+    constrain(small)
+    symopt.save_pretrained(small, tmp_path / "constrained")
+    back = symopt.from_pretrained(transformers.LlamaForCausalLM, tmp_path / "constrained", constrain=constrain)
+    assert torch.equal(back.state_dict()["model.layers.0.mlp.up_proj.parametrizations.weight.original0"],
+                       small.state_dict()["model.layers.0.mlp.up_proj.parametrizations.weight.original0"])
+
+
+def test_a_factorised_bert_layer_round_trips_and_a_stale_layout_is_removed(tmp_path):
+    """Export factorises a rank-2 intermediate layer into two Linears (a Sequential the config does not
+    build): symopt.save_pretrained records it and from_pretrained rebuilds it; saving a plain model into
+    the same directory later removes the stale layout file."""
+    model = _bert()
+    with pytest.warns(UserWarning, match="best rank-2 approximation"):
+        symopt.low_rank(model, LOW_RANK, strength=1e-3, max_rank=2)
+    small = symopt.export(model, mode="compressed")
+    assert isinstance(small.bert.encoder.layer[0].intermediate.dense, torch.nn.Sequential)
+    symopt.save_pretrained(small, tmp_path)
+    back = symopt.from_pretrained(transformers.BertForSequenceClassification, tmp_path)
+    assert [m.weight.shape for m in back.bert.encoder.layer[0].intermediate.dense] == [(2, 16), (32, 2)]
+    with torch.no_grad():
+        assert torch.equal(back(IDS).logits, small.eval()(IDS).logits)
+    symopt.save_pretrained(_bert(), tmp_path)
+    assert not (tmp_path / "symopt_layout.json").exists()
+    transformers.BertForSequenceClassification.from_pretrained(tmp_path)
+
+
+def test_a_layer_symopt_cannot_record_is_refused_before_anything_is_written(tmp_path):
+    model = _bert()
+    symopt.sparse(model, "classifier.weight", strength=1e-3)
+    with torch.no_grad():
+        model.classifier.parametrizations.weight.original0[:, ::2] = 0
+    small = symopt.export(model, mode="compressed", sparse_format="csr", force=True)
+    with pytest.raises(ValueError, match="'classifier' is a SparseLinear.*torch.save"):
+        symopt.save_pretrained(small, tmp_path / "never")
+    assert not (tmp_path / "never").exists()

@@ -1,0 +1,248 @@
+"""Layer 3 — the layout of a compressed Hugging Face model, against the one its config builds.
+
+After [`export`][symopt.export] (``mode="compressed"``) a model's layers no longer have the shapes its
+``config`` describes (fewer heads, narrower or factorised layers), and ``cls.from_pretrained`` refuses its
+weights (a size mismatch). Two remedies, in this order:
+
+* [`config_describing`][symopt.layout.config_describing]: the config with a few fields changed (the head
+  counts export lowered), kept only where it then builds *exactly* this model — the same parameter and
+  buffer names and shapes, the same module types, the same scalar attributes (``head_dim``,
+  ``num_key_value_groups``, ...). The model's own ``save_pretrained`` / ``from_pretrained`` then round-trip
+  it with no symopt at load time. This holds when every layer kept the same number of heads.
+* [`record`][symopt.layout.record] / [`rebuild`][symopt.layout.rebuild]: where no config can say it (a
+  global budget leaves 3 heads in one layer and 1 in the next), the modules that differ from what the
+  config builds, as JSON — each rewritten module's type and constructor arguments, and changed scalar
+  attributes — so that [`symopt.from_pretrained`][symopt.from_pretrained] builds the same layers before it
+  loads the weights.
+
+Only the modules symopt's rewrites produce are recorded (``RECORDABLE``); a model holding another
+rewritten module is refused by name before anything is written.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from .verbs import HEAD_COUNT_NAMES, KV_HEAD_COUNT_NAMES
+
+SCALARS = (bool, int, float, str, type(None))
+# Bookkeeping a Hugging Face model keeps about where it was loaded from, not about its layers.
+IGNORED_ATTRIBUTES = {"training", "name_or_path"}
+
+
+def _conv_arguments(conv: nn.Module) -> dict:
+    return dict(in_channels=conv.in_channels, out_channels=conv.out_channels, kernel_size=list(conv.kernel_size),
+                stride=list(conv.stride), padding=conv.padding if isinstance(conv.padding, str) else list(conv.padding),
+                dilation=list(conv.dilation), groups=conv.groups, bias=conv.bias is not None,
+                padding_mode=conv.padding_mode)
+
+
+def _norm_arguments(norm: nn.Module) -> dict:
+    return dict(num_features=norm.num_features, eps=norm.eps, momentum=norm.momentum, affine=norm.affine,
+                track_running_stats=norm.track_running_stats)
+
+
+# How each module type a rewrite produces is described (its constructor's arguments, JSON-ready) and rebuilt
+# from that description; nn.Sequential's children are described in turn (a factorised layer is two).
+RECORDABLE: dict[str, tuple[type, Callable[[nn.Module], dict]]] = {
+    "Linear": (nn.Linear, lambda m: dict(in_features=m.in_features, out_features=m.out_features,
+                                         bias=m.bias is not None)),
+    "Conv1d": (nn.Conv1d, _conv_arguments),
+    "Conv2d": (nn.Conv2d, _conv_arguments),
+    "Conv3d": (nn.Conv3d, _conv_arguments),
+    "Embedding": (nn.Embedding, lambda m: dict(num_embeddings=m.num_embeddings, embedding_dim=m.embedding_dim,
+                                               padding_idx=m.padding_idx)),
+    "BatchNorm1d": (nn.BatchNorm1d, _norm_arguments),
+    "BatchNorm2d": (nn.BatchNorm2d, _norm_arguments),
+    "BatchNorm3d": (nn.BatchNorm3d, _norm_arguments),
+    "PReLU": (nn.PReLU, lambda m: dict(num_parameters=m.num_parameters)),
+    "Identity": (nn.Identity, lambda m: {}),
+}
+
+
+def built_from_config(model: nn.Module, config=None) -> nn.Module | None:
+    """``type(model)(config)`` on the meta device (no memory, no initialisation cost), with ``model.config``
+    by default; None where the class cannot be built that way."""
+    config = model.config if config is None else config
+    try:
+        with torch.device("meta"):
+            return type(model)(copy.deepcopy(config))
+    except Exception:  # noqa: BLE001 - any class that cannot be built from its config has no layout to compare
+        return None
+
+
+def _scalar_attributes(module: nn.Module) -> dict:
+    return {key: value for key, value in vars(module).items()
+            if not key.startswith("_") and key not in IGNORED_ATTRIBUTES and isinstance(value, SCALARS)}
+
+
+def _own_shapes(module: nn.Module) -> dict:
+    own = list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False))
+    return {name: tuple(tensor.shape) for name, tensor in own}
+
+
+def differences(model: nn.Module, reference: nn.Module) -> tuple[list[str], dict[str, dict]]:
+    """Where ``model`` differs from ``reference`` (the model its config builds): the outermost modules of
+    another type or other own parameter / buffer shapes (or present in one only), and, for the others,
+    the scalar attributes whose values differ (``{module name: {attribute: model's value}}``)."""
+    theirs = dict(reference.named_modules())
+    ours = dict(model.named_modules())
+    replaced, attributes = [], {}
+
+    def inside(name: str) -> bool:
+        return any(name.startswith(f"{r}.") for r in replaced if r) or "" in replaced
+
+    for name, module in ours.items():
+        if inside(name):
+            continue
+        other = theirs.get(name)
+        if other is None or type(other) is not type(module) or _own_shapes(other) != _own_shapes(module):
+            replaced.append(name)
+            continue
+        changed = {k: v for k, v in _scalar_attributes(module).items() if _scalar_attributes(other).get(k, v) != v}
+        if changed:
+            attributes[name] = changed
+    for name in theirs:  # a module the config builds that the model no longer has, under an unchanged parent
+        if name not in ours and not inside(name):
+            replaced.append(name.rpartition(".")[0])
+    return sorted(set(replaced)), attributes
+
+
+def config_describing(model: nn.Module, updates: dict):
+    """A copy of ``model.config`` with ``updates`` (field → value) applied, where it builds exactly ``model``;
+    else None. Head counts go to the config's own names for them (``num_attention_heads`` / ``n_head``,
+    ``num_key_value_heads`` / ...), ``head_dim`` only where the config has that field."""
+    config = getattr(model, "config", None)
+    if config is None or not updates:
+        return None
+    candidate = copy.deepcopy(config)
+    for field, value in updates.items():
+        names = {"heads": HEAD_COUNT_NAMES, "kv_heads": KV_HEAD_COUNT_NAMES}.get(field, (field,))
+        name = next((n for n in names if isinstance(getattr(candidate, n, None), int)), None)
+        if name is None:
+            if field == "heads":
+                return None  # the config holds no head count: it cannot describe fewer heads
+            continue
+        setattr(candidate, name, value)
+    reference = built_from_config(model, candidate)
+    if reference is None or differences(model, reference) != ([], {}):
+        return None
+    return candidate
+
+
+def _describe(module: nn.Module, where: str) -> dict:
+    type_name = type(module).__name__
+    if type(module) is nn.Sequential:
+        return {"type": "Sequential", "children": [_describe(child, f"{where}.{i}") for i, child in enumerate(module)]}
+    if type_name not in RECORDABLE or type(module) is not RECORDABLE[type_name][0]:
+        raise ValueError(f"save_pretrained: '{where}' is a {type_name} whose shape differs from what the model's config "
+                         f"builds, and symopt records only {sorted(RECORDABLE) + ['Sequential']}; save this model "
+                         "with torch.save(model, path) instead")
+    return {"type": type_name, "arguments": RECORDABLE[type_name][1](module)}
+
+
+def _build(description: dict) -> nn.Module:
+    if description["type"] == "Sequential":
+        return nn.Sequential(*(_build(child) for child in description["children"]))
+    cls = RECORDABLE[description["type"]][0]
+    arguments = {k: tuple(v) if isinstance(v, list) else v for k, v in description["arguments"].items()}
+    return cls(**arguments)
+
+
+def record(model: nn.Module) -> dict | None:
+    """The JSON-ready layout of ``model`` against the model its config builds (``{"modules": {name:
+    description}, "attributes": {name: {attribute: value}}}``); None when they already agree (or the class
+    cannot be built from its config, where there is nothing to compare).
+
+    Raises:
+        ValueError: a differing module of a type symopt does not record (named, with the alternative).
+
+    Examples:
+        A stand-in for a Hugging Face class (built from its ``config``), narrowed as an export narrows it:
+
+        >>> import torch
+        >>> from symopt import layout
+        >>> class Net(torch.nn.Module):
+        ...     def __init__(self, config):
+        ...         super().__init__()
+        ...         self.config = config
+        ...         self.hidden = torch.nn.Linear(4, config["width"])
+        ...         self.out = torch.nn.Linear(config["width"], 2)
+        >>> small = Net({"width": 8})
+        >>> small.hidden, small.out = torch.nn.Linear(4, 3), torch.nn.Linear(3, 2)
+        >>> saved = layout.record(small)
+        >>> sorted(saved["modules"]), saved["modules"]["out"]["arguments"]
+        (['hidden', 'out'], {'in_features': 3, 'out_features': 2, 'bias': True})
+        >>> again = Net({"width": 8})                    # what the config builds
+        >>> layout.rebuild(again, saved)
+        >>> again.load_state_dict(small.state_dict())
+        <All keys matched successfully>
+        >>> layout.record(Net({"width": 8})) is None      # nothing to record
+        True
+    """
+    if getattr(model, "config", None) is None:
+        return None
+    reference = built_from_config(model)
+    if reference is None:
+        return None
+    replaced, attributes = differences(model, reference)
+    if not replaced and not attributes:
+        return None
+    if "" in replaced:
+        raise ValueError("save_pretrained: the model itself differs from what its config builds; save it with "
+                         "torch.save(model, path)")
+    modules = {name: _describe(model.get_submodule(name), name) for name in replaced}
+    return {"modules": modules, "attributes": attributes}
+
+
+def rebuild(model: nn.Module, layout: dict) -> None:
+    """Give ``model`` (built from its config) the layers and attributes ``layout`` records, in place; the new
+    layers are on the device and in the dtype of the ones they replace, their values unset (load them next)."""
+    for name, description in layout["modules"].items():
+        parent_name, _, leaf = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        old = getattr(parent, leaf, None)
+        new = _build(description)
+        sample = next(iter(old.parameters()), None) if isinstance(old, nn.Module) else None
+        if sample is not None:
+            new = new.to(device=sample.device, dtype=sample.dtype)
+        setattr(parent, leaf, new.train(model.training))
+    for name, values in layout["attributes"].items():
+        module = model.get_submodule(name)
+        for key, value in values.items():
+            setattr(module, key, value)
+
+
+class SavePretrainedGuard:
+    """Stands in for a compressed export's ``save_pretrained`` (set on the instance by
+    [`export`][symopt.export]). The model's own ``save_pretrained`` would write layers whose shapes its config
+    does not describe; ``from_pretrained`` then refuses them, and with ``ignore_mismatched_sizes=True``
+    re-initialises them at random. While [`record`][symopt.layout.record] finds such layers this raises and
+    names [`symopt.save_pretrained`][symopt.save_pretrained]; otherwise it is the model's own method (or the
+    guard it replaced). A deepcopy carries it to the copy's model."""
+
+    def __init__(self, model: nn.Module, inner: Callable | None) -> None:
+        self.model, self.inner = model, inner
+
+    def __call__(self, *args, **kwargs):
+        if record(self.model) is not None:
+            raise ValueError(
+                f"{type(self.model).__name__}.save_pretrained: this compressed export has layers its config does not "
+                "describe (different head counts or widths per layer, factorised layers), which from_pretrained "
+                "would refuse or re-initialise. Use symopt.save_pretrained(model, directory) and "
+                "symopt.from_pretrained(cls, directory), which record and rebuild those layers.")
+        if self.inner is not None:
+            return self.inner(*args, **kwargs)
+        return type(self.model).save_pretrained(self.model, *args, **kwargs)
+
+
+def guard_save_pretrained(model: nn.Module) -> None:
+    """Install [`SavePretrainedGuard`][symopt.layout.SavePretrainedGuard] on a Hugging Face-style model (one
+    with ``save_pretrained`` and a ``config``)."""
+    if hasattr(type(model), "save_pretrained") and getattr(model, "config", None) is not None \
+            and not isinstance(model.__dict__.get("save_pretrained"), SavePretrainedGuard):
+        model.__dict__["save_pretrained"] = SavePretrainedGuard(model, model.__dict__.get("save_pretrained"))
