@@ -158,8 +158,9 @@ def export(model: nn.Module, mode: str = "dense", *, tol: float = 1e-6, force: b
             ``density=`` budget uses, so a budget that landed at that density gets CSR.
         example_input: a tensor or a tuple of positional inputs on which ``mode="compressed"`` checks
             that removing units left the outputs unchanged (eval mode). Default: an input built from the
-            first layer (a Linear's width; a conv's channels at sizes 8, 16, 28, 32, 64, 224); when
-            none fits, the ``ExportWarning`` says the check did not run.
+            first layer (a Linear's width; a conv's channels at sizes 8, 16, 28, 32, 64, 224; token ids
+            for a model whose ``get_input_embeddings()`` is an Embedding); when none fits, the
+            ``ExportWarning`` says the check did not run.
 
     Returns:
         The exported module (in the same train / eval mode as ``model``).

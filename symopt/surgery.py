@@ -504,7 +504,12 @@ PROBE_SIDES = {1: (64, 128, 256, 28, 32), 2: (8, 16, 28, 32, 64, 224), 3: (8, 16
 
 def probe_inputs(model: nn.Module) -> list[tuple]:
     """Candidate inputs for a model with one input, built from the layer that reads it first: a
-    Linear's width, an Embedding's vocabulary, a conv's channels at a few common spatial sizes."""
+    Linear's width, an Embedding's vocabulary, a conv's channels at a few common spatial sizes. A
+    Hugging Face-style model (``get_input_embeddings()`` is an ``nn.Embedding``) reads token ids: two
+    sequences of 7 (fewer where its config allows fewer positions); its forward is not traced."""
+    ids = _token_id_probe(model)
+    if ids is not None:
+        return [ids]
     try:
         graph = torch.fx.symbolic_trace(model).graph
     except Exception:  # noqa: BLE001 - an untraceable model has no probe; the caller says so
@@ -530,6 +535,20 @@ def probe_inputs(model: nn.Module) -> list[tuple]:
         dims = layer.weight.dim() - 2
         return [(torch.randn(2, layer.in_channels, *([side] * dims), generator=g, **kw),) for side in PROBE_SIDES[dims]]
     return []
+
+
+def _token_id_probe(model: nn.Module) -> tuple | None:
+    embeddings = getattr(model, "get_input_embeddings", None)
+    try:
+        layer = embeddings() if callable(embeddings) else None
+    except Exception:  # noqa: BLE001 - a model that has no input embeddings to give
+        layer = None
+    if not isinstance(layer, nn.Embedding):
+        return None
+    positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    length = min(7, positions) if isinstance(positions, int) and positions > 0 else 7
+    g = torch.Generator(device=layer.weight.device).manual_seed(0)
+    return (torch.randint(0, layer.num_embeddings, (2, length), generator=g, device=layer.weight.device),)
 
 
 def _tensor_leaves(output, where: str = "") -> list[tuple[str, Tensor]]:

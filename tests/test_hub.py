@@ -2,6 +2,7 @@
 refuses the plain save_pretrained that would lose its weights, symopt.save_pretrained / from_pretrained
 keep values and factors bit-exactly, and exports reload with the model class's own from_pretrained."""
 
+import copy
 import warnings
 
 import pytest
@@ -134,10 +135,10 @@ def _llama_trained_to_a_head_budget(max_heads: int, steps: int = 60, tie: bool =
     return model.eval(), handle
 
 
-def _compressed(model):
+def _compressed(model, **kwargs):
     with warnings.catch_warnings():
-        warnings.simplefilter("error", symopt.ExportWarning)
-        return symopt.export(model, mode="compressed", example_input=LLAMA_IDS[:2])
+        warnings.simplefilter("error", symopt.ExportWarning)  # (also: "the outputs were not compared")
+        return symopt.export(model, mode="compressed", **kwargs)
 
 
 def test_a_head_budget_on_a_grouped_query_llama_lands_and_export_removes_its_heads(tmp_path):
@@ -151,7 +152,7 @@ def test_a_head_budget_on_a_grouped_query_llama_lands_and_export_removes_its_hea
     assert handle.constraint.set_units == [2, 2]
     norms = handle.constraint.unit_norms([v.detach() for v in handle.values()])
     assert int((norms > 0).sum()) == 2
-    small = _compressed(model)
+    small = _compressed(model, example_input=LLAMA_IDS[:2])
     kept = [int((part > 0).sum()) for part in norms.split(2)]
     assert kept == [1, 1]
     for layer, units in zip(small.model.layers, kept):
@@ -175,7 +176,7 @@ def test_a_global_head_budget_that_leaves_layers_unequal_round_trips_through_sym
     symopt.from_pretrained rebuilds them (concrete or Auto class), tied embeddings tied again, with the same
     logits; a constraint registered on the export after the fact resumes from its factors."""
     model, handle = _llama_trained_to_a_head_budget(max_heads=3, tie=True)
-    small = _compressed(model)
+    small = _compressed(model)  # checked on token ids symopt's probe builds from the input embeddings
     widths = sorted(layer.self_attn.k_proj.out_features for layer in small.model.layers)
     assert widths == [8, 16] and small.config.num_key_value_heads == 2
     with pytest.raises(ValueError, match="layers its config does not describe.*symopt.save_pretrained"):
@@ -234,3 +235,18 @@ def test_a_layer_symopt_cannot_record_is_refused_before_anything_is_written(tmp_
     with pytest.raises(ValueError, match="'classifier' is a SparseLinear.*torch.save"):
         symopt.save_pretrained(small, tmp_path / "never")
     assert not (tmp_path / "never").exists()
+
+
+def test_the_export_check_probes_a_hugging_face_model_with_token_ids():
+    """Without example_input, export's check runs the model on token ids (its forward is not traced) and
+    catches a rewrite that moved the logits."""
+    from symopt import surgery
+    model = _bert()
+    ((ids,),) = surgery.probe_inputs(model)
+    assert ids.dtype == torch.long and ids.shape == (2, 7) and int(ids.max()) < 60
+    broken = copy.deepcopy(model)
+    with torch.no_grad():
+        broken.classifier.bias.add_(1.0)
+    assert surgery.verify(model, model) == (True, None)
+    checked, problem = surgery.verify(model, broken)
+    assert checked and "outputs['logits'] moved by 1" in problem
