@@ -30,7 +30,8 @@ turns structure into fewer multiply-adds. ``mode="compressed"`` rewrites, on a c
 Anything else stays dense and is listed in one [`ExportWarning`][symopt.ExportWarning], with the reason: group
 sparsity along other axes, units that reach an op the analysis does not know (LayerNorm, slicing,
 attention, a model output, a read of their shape), grouped convolutions, sparse convs, a model fx
-cannot trace.
+cannot trace with no module around the layer that it can (where the model does not trace, the nearest
+enclosing block that does is rewritten on its own; units leaving it stay).
 
 A Hugging Face model's ``config`` is rewritten where one config describes the compressed layers (every
 head-pruned block kept the same head counts; checked by building the model from it on the meta device,
@@ -343,19 +344,21 @@ def _shrink_units(holder: nn.Module, targets: list, options: dict) -> list[str]:
     if not producers:
         return notes
     before = copy.deepcopy(holder.root)
-    try:
-        plan = surgery.plan_removal(holder.root, set(producers))
-    except Exception as error:  # noqa: BLE001 - fx raises many types on a forward it cannot trace
-        reason = f"torch.fx cannot trace {type(holder.root).__name__} ({type(error).__name__}: {error}), " \
-                 "so the consumers of its units are unknown"
-        return notes + [f"{label}: {reason}" for label in producers.values()]
-    for name, reasons in plan.kept.items():
-        counts = {r: reasons.count(r) for r in reasons}
-        why = "; ".join(f"{n} because {r}" for r, n in counts.items())
-        notes.append(f"{producers[name]}: {len(reasons)} dead unit(s) kept: {why}")
-    if not plan.removed:
+    scopes, untraced = _traceable_scopes(holder.root, set(producers))
+    for name, reason in untraced.items():
+        notes.append(f"{producers[name]}: {reason}")
+    removed = False
+    for scope, plan in scopes:
+        for name, reasons in plan.kept.items():
+            counts = {r: reasons.count(r) for r in reasons}
+            why = "; ".join(f"{n} because {r}" for r, n in counts.items())
+            notes.append(f"{producers[_qual(scope, name)]}: {len(reasons)} dead unit(s) kept: {why}")
+        if plan.removed:
+            surgery.apply(holder.root.get_submodule(scope), plan)
+            removed = True
+    if not removed:
         return notes
-    surgery.apply(holder.root, plan)
+    producers = {name: label for name, label in producers.items() if name not in untraced}
     checked, problem = surgery.verify(before, holder.root, options["example_input"])
     if problem is not None:
         holder.root = before  # never hand back a model whose outputs moved
@@ -364,6 +367,53 @@ def _shrink_units(holder: nn.Module, targets: list, options: dict) -> list[str]:
         notes.append("dead units were removed but the outputs were not compared (no input of a size the "
                      "model accepts could be built: pass example_input=)")
     return notes
+
+
+def _traceable_scopes(root: nn.Module, producers: set[str]) -> tuple[list[tuple[str, surgery.Plan]], dict[str, str]]:
+    """The removal plans for ``producers`` (module names under ``root``): one over the whole model where
+    ``torch.fx`` traces it; else, for each producer, over its nearest enclosing module that traces (a Hugging
+    Face model's forward does not trace, its MLP blocks do), producers under one scope planned together. Units
+    that leave a scope count as reaching an output, so they stay. Returns ``[(scope, plan)]`` (scope ``""``
+    is the root) and ``{producer: why it has no plan}``."""
+    try:
+        return [("", surgery.plan_removal(root, producers))], {}
+    except Exception as error:  # noqa: BLE001 - fx raises many types on a forward it cannot trace
+        root_error = f"{type(error).__name__}: {error}"
+    traceable: dict[str, bool] = {}
+
+    def traces(scope: str) -> bool:
+        if scope not in traceable:
+            try:
+                torch.fx.symbolic_trace(root.get_submodule(scope))
+                traceable[scope] = True
+            except Exception:  # noqa: BLE001
+                traceable[scope] = False
+        return traceable[scope]
+
+    chosen: dict[str, str] = {}  # producer → its scope
+    untraced: dict[str, str] = {}
+    for name in sorted(producers):
+        scope = name.rpartition(".")[0]
+        while scope and not traces(scope):
+            scope = scope.rpartition(".")[0]
+        if scope:
+            chosen[name] = scope
+        else:
+            untraced[name] = (f"torch.fx cannot trace {type(root).__name__} ({root_error}) nor a module around this "
+                              "layer, so the consumers of its units are unknown")
+    # a scope inside another chosen one is planned with it (one plan per part of the graph)
+    outer = {scope for scope in chosen.values()
+             if not any(scope.startswith(f"{other}.") for other in chosen.values())}
+    plans = []
+    for scope in sorted(outer):
+        members = {name for name, s in chosen.items() if s == scope or s.startswith(f"{scope}.")}
+        try:
+            plan = surgery.plan_removal(root.get_submodule(scope), {n.removeprefix(f"{scope}.") for n in members})
+        except Exception as error:  # noqa: BLE001
+            untraced.update({n: f"torch.fx cannot trace {scope} ({type(error).__name__}: {error})" for n in members})
+            continue
+        plans.append((scope, plan))
+    return plans, untraced
 
 
 def _rank(matrix: Tensor, tol: float) -> tuple[int, Tensor, Tensor, Tensor]:

@@ -250,3 +250,34 @@ def test_the_export_check_probes_a_hugging_face_model_with_token_ids():
     assert surgery.verify(model, model) == (True, None)
     checked, problem = surgery.verify(model, broken)
     assert checked and "outputs['logits'] moved by 1" in problem
+
+
+def test_a_global_ffn_neuron_budget_on_llama_lands_exports_narrower_mlps_and_reloads(tmp_path):
+    """One budget of 40 neurons over two gated MLPs of 48 (a neuron: a gate row and an up row together):
+    it lands under Adam; the model's forward does not trace, each MLP block does, so export narrows
+    gate / up / down per block, checked on token ids; the layers its config does not describe round-trip
+    through symopt.save_pretrained / from_pretrained."""
+    config = transformers.LlamaConfig(vocab_size=40, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=16)
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config).double()
+    steps = 60
+    neurons = [[f"model.layers.{i}.mlp.gate_proj.weight", f"model.layers.{i}.mlp.up_proj.weight"] for i in range(2)]
+    handle = symopt.group_sparse(model, neurons, max_groups=40, total_steps=steps)
+    opt = torch.optim.Adam(symopt.param_groups(model, lr=1e-2), lr=1e-2)
+    for _ in range(steps):
+        opt.zero_grad()
+        model(LLAMA_IDS, labels=LLAMA_IDS).loss.backward()
+        opt.step()
+    model.eval()
+    norms = handle.constraint.unit_norms([v.detach() for v in handle.values()])
+    kept = [int((part > 0).sum()) for part in norms.split(48)]
+    assert sum(kept) == 40
+    small = _compressed(model)
+    assert [(layer.mlp.gate_proj.out_features, layer.mlp.up_proj.out_features, layer.mlp.down_proj.in_features)
+            for layer in small.model.layers] == [(k, k, k) for k in kept]
+    with torch.no_grad():
+        assert torch.allclose(small(LLAMA_IDS).logits, model(LLAMA_IDS).logits, atol=1e-10)
+        symopt.save_pretrained(small, tmp_path)
+        back = symopt.from_pretrained(transformers.LlamaForCausalLM, tmp_path)
+        assert torch.equal(back(LLAMA_IDS).logits, small(LLAMA_IDS).logits)

@@ -207,6 +207,36 @@ def test_a_model_fx_cannot_trace_stays_dense_and_the_warning_names_the_trace_err
     assert small.a.out_features == 6
 
 
+class UntraceableAroundAnMLP(nn.Module):
+    """A model fx cannot trace (data-dependent control flow) around a block it can."""
+
+    def __init__(self):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
+        self.head = nn.Linear(3, 2)
+
+    def forward(self, x):
+        if x.sum() > 0:
+            x = -x
+        return self.head(self.mlp(x))
+
+
+def test_where_the_model_does_not_trace_the_block_around_the_units_is_rewritten():
+    """The dead hidden units of the MLP go (the block traces); the MLP's own outputs leave the block, so a
+    dead one stays, and the warning says why."""
+    net = UntraceableAroundAnMLP().double()
+    symopt.group_sparse(net, "mlp.0.weight", dim=0, strength=1e-3)
+    symopt.group_sparse(net, "mlp.2.weight", dim=0, strength=1e-3)
+    _kill(net.mlp[0], [1, 4])
+    _kill(net.mlp[2], [0])
+    with pytest.warns(ExportWarning, match=r"mlp.2.weight \(group_sparse\): 1 dead unit\(s\) kept: 1 because .*output"):
+        small = symopt.export(net, mode="compressed")
+    assert (small.mlp[0].out_features, small.mlp[2].in_features, small.mlp[2].out_features) == (4, 4, 3)
+    for sign in (1.0, -1.0):  # both branches of the forward
+        x = sign * torch.rand(5, 4, dtype=DT)
+        assert torch.allclose(small(x), net(x), atol=1e-12, rtol=0)
+
+
 def test_units_that_reach_the_output_or_a_shape_read_are_kept():
     class ShapeReader(nn.Module):
         def __init__(self):
