@@ -34,7 +34,8 @@ cannot trace with no module around the layer that it can (where the model does n
 enclosing block that does is rewritten on its own; units leaving it stay).
 
 A Hugging Face model's ``config`` is rewritten where one config describes the compressed layers (every
-head-pruned block kept the same head counts; checked by building the model from it on the meta device,
+head-pruned block kept the same head counts, every narrowed FFN the same width; checked by building the
+model from it on the meta device,
 [`symopt.layout`][symopt.layout.config_describing]); otherwise its ``save_pretrained`` refuses, and
 [`symopt.save_pretrained`][symopt.save_pretrained] records the layers the config does not describe.
 """
@@ -203,14 +204,14 @@ def export(model: nn.Module, mode: str = "dense", *, tol: float = 1e-6, force: b
     holder.root = exported
     kept_dense = []
     options = {"tol": tol, "sparse_format": sparse_format, "csr_max_density": csr_max_density,
-               "example_input": example_input, "head_counts": []}
+               "example_input": example_input, "head_counts": [], "unit_widths": []}
     with torch.no_grad():
         for structure, rewrite in REWRITES.items():  # in registration order: units first
             targets = [(_qual("root", module_name), tensor, constraint) for module_name, tensor, constraint in plan
                        if constraint.compressed_structure() == structure]
             if targets:
                 kept_dense += rewrite(holder, targets, options)
-    _describe_in_config(holder.root, options["head_counts"])
+    _describe_in_config(holder.root, options["head_counts"], options["unit_widths"])
     if kept_dense:
         notes = "; ".join(note.removeprefix("root.") for note in kept_dense)
         warnings.warn(f"export(mode='compressed') kept these dense: {notes}", ExportWarning, stacklevel=2)
@@ -344,6 +345,7 @@ def _shrink_units(holder: nn.Module, targets: list, options: dict) -> list[str]:
     if not producers:
         return notes
     before = copy.deepcopy(holder.root)
+    widths_before = {name: _get(holder, _qual("root", name)).weight.shape[0] for name in producers}
     scopes, untraced = _traceable_scopes(holder.root, set(producers))
     for name, reason in untraced.items():
         notes.append(f"{producers[name]}: {reason}")
@@ -366,7 +368,26 @@ def _shrink_units(holder: nn.Module, targets: list, options: dict) -> list[str]:
     if not checked:
         notes.append("dead units were removed but the outputs were not compared (no input of a size the "
                      "model accepts could be built: pass example_input=)")
+    widths = {name: _get(holder, _qual("root", name)).weight.shape[0] for name in producers}
+    _lower_width_attributes(holder.root, widths_before, widths)
+    options["unit_widths"] += list(widths.values())  # (what a Hugging Face config would have to say)
     return notes
+
+
+def _lower_width_attributes(root: nn.Module, before: dict[str, int], after: dict[str, int]) -> None:
+    """A block that records its hidden width (a Hugging Face MLP's ``intermediate_size``) says the new one
+    when every narrowed layer in it has the same new width, as a head export lowers ``num_heads``."""
+    by_block: dict[str, set] = {}
+    for name, width in after.items():
+        by_block.setdefault(name.rpartition(".")[0], set()).add((before[name], width))
+    for block_name, changes in by_block.items():
+        if len(changes) != 1:
+            continue
+        (old, new), = changes
+        block = _get(root, block_name)
+        for attribute in layout.FFN_WIDTH_NAMES:
+            if old != new and getattr(block, attribute, None) == old:
+                setattr(block, attribute, new)
 
 
 def _traceable_scopes(root: nn.Module, producers: set[str]) -> tuple[list[tuple[str, surgery.Plan]], dict[str, str]]:
@@ -716,18 +737,22 @@ def _prune_block_heads(holder: nn.Module, info: dict, options: dict) -> list[str
     return []
 
 
-def _describe_in_config(root: nn.Module, head_counts: list[dict]) -> None:
-    """Where every head-pruned block kept the same counts and a Hugging Face-style ``config`` with those counts
-    builds exactly the exported model, that config replaces the model's, so its own ``save_pretrained`` /
-    ``from_pretrained`` round-trip it. Otherwise the config stays, and the model's ``save_pretrained`` refuses
-    while its layers differ from the config's ([`symopt.save_pretrained`][symopt.save_pretrained] records
-    them)."""
+def _describe_in_config(root: nn.Module, head_counts: list[dict], unit_widths: list[int]) -> None:
+    """Where every head-pruned block kept the same counts, every narrowed layer the same width, and a Hugging
+    Face-style ``config`` saying so (head counts; an FFN width such as ``intermediate_size``) builds exactly
+    the exported model, that config replaces the model's, so its own ``save_pretrained`` / ``from_pretrained``
+    round-trip it. Otherwise the config stays, and the model's ``save_pretrained`` refuses while its layers
+    differ from the config's ([`symopt.save_pretrained`][symopt.save_pretrained] records them)."""
     if getattr(root, "config", None) is None:
         return
+    updates = {}
     if head_counts and all(counts == head_counts[0] for counts in head_counts):
-        config = layout.config_describing(root, head_counts[0])
-        if config is not None:
-            root.config = config
+        updates.update(head_counts[0])
+    if unit_widths and len(set(unit_widths)) == 1:
+        updates["ffn_width"] = unit_widths[0]
+    config = layout.config_describing(root, updates)
+    if config is not None:
+        root.config = config
     layout.guard_save_pretrained(root)
 
 

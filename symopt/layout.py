@@ -30,6 +30,8 @@ from torch import nn
 from .verbs import HEAD_COUNT_NAMES, KV_HEAD_COUNT_NAMES
 
 SCALARS = (bool, int, float, str, type(None))
+# The names configs give a feed-forward block's hidden width (Llama / BERT, OPT, GPT-2, T5).
+FFN_WIDTH_NAMES = ("intermediate_size", "ffn_dim", "n_inner", "d_ff")
 # Bookkeeping a Hugging Face model keeps about where it was loaded from, not about its layers.
 IGNORED_ATTRIBUTES = {"training", "name_or_path"}
 
@@ -114,18 +116,20 @@ def differences(model: nn.Module, reference: nn.Module) -> tuple[list[str], dict
 
 def config_describing(model: nn.Module, updates: dict):
     """A copy of ``model.config`` with ``updates`` (field → value) applied, where it builds exactly ``model``;
-    else None. Head counts go to the config's own names for them (``num_attention_heads`` / ``n_head``,
-    ``num_key_value_heads`` / ...), ``head_dim`` only where the config has that field."""
+    else None. ``"heads"`` / ``"kv_heads"`` / ``"ffn_width"`` go to the config's own names for them
+    (``num_attention_heads`` / ``n_head``, ``num_key_value_heads`` / ..., ``intermediate_size`` / ``ffn_dim``
+    / ...), other fields (``head_dim``) only where the config has them."""
     config = getattr(model, "config", None)
     if config is None or not updates:
         return None
     candidate = copy.deepcopy(config)
     for field, value in updates.items():
-        names = {"heads": HEAD_COUNT_NAMES, "kv_heads": KV_HEAD_COUNT_NAMES}.get(field, (field,))
+        names = {"heads": HEAD_COUNT_NAMES, "kv_heads": KV_HEAD_COUNT_NAMES, "ffn_width": FFN_WIDTH_NAMES}.get(
+            field, (field,))
         name = next((n for n in names if isinstance(getattr(candidate, n, None), int)), None)
         if name is None:
-            if field == "heads":
-                return None  # the config holds no head count: it cannot describe fewer heads
+            if field in ("heads", "ffn_width"):
+                return None  # the config holds no such count: it cannot describe the new one
             continue
         setattr(candidate, name, value)
     reference = built_from_config(model, candidate)

@@ -274,10 +274,36 @@ def test_a_global_ffn_neuron_budget_on_llama_lands_exports_narrower_mlps_and_rel
     kept = [int((part > 0).sum()) for part in norms.split(48)]
     assert sum(kept) == 40
     small = _compressed(model)
-    assert [(layer.mlp.gate_proj.out_features, layer.mlp.up_proj.out_features, layer.mlp.down_proj.in_features)
-            for layer in small.model.layers] == [(k, k, k) for k in kept]
+    assert [(layer.mlp.gate_proj.out_features, layer.mlp.up_proj.out_features, layer.mlp.down_proj.in_features,
+             layer.mlp.intermediate_size) for layer in small.model.layers] == [(k, k, k, k) for k in kept]
+    assert small.config.intermediate_size == 48  # (no one width to say)
     with torch.no_grad():
         assert torch.allclose(small(LLAMA_IDS).logits, model(LLAMA_IDS).logits, atol=1e-10)
         symopt.save_pretrained(small, tmp_path)
         back = symopt.from_pretrained(transformers.LlamaForCausalLM, tmp_path)
         assert torch.equal(back(LLAMA_IDS).logits, small(LLAMA_IDS).logits)
+
+
+def test_per_layer_ffn_budgets_that_land_alike_rewrite_the_config_for_the_class_own_round_trip(tmp_path):
+    """20 neurons of 48 in each layer: one config (intermediate_size=20) builds the export exactly, so export
+    rewrites it and LlamaForCausalLM.from_pretrained loads the smaller model with the same logits."""
+    config = transformers.LlamaConfig(vocab_size=40, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=16)
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config).double()
+    steps = 40
+    for i in range(2):
+        symopt.group_sparse(model, [f"model.layers.{i}.mlp.gate_proj.weight", f"model.layers.{i}.mlp.up_proj.weight"],
+                            max_groups=20, total_steps=steps)
+    opt = torch.optim.Adam(symopt.param_groups(model, lr=1e-2), lr=1e-2)
+    for _ in range(steps):
+        opt.zero_grad()
+        model(LLAMA_IDS, labels=LLAMA_IDS).loss.backward()
+        opt.step()
+    small = _compressed(model.eval())
+    assert small.config.intermediate_size == 20 and model.config.intermediate_size == 48
+    small.save_pretrained(tmp_path)
+    again = transformers.LlamaForCausalLM.from_pretrained(tmp_path)
+    assert [layer.mlp.down_proj.in_features for layer in again.model.layers] == [20, 20]
+    with torch.no_grad():
+        assert torch.equal(again(LLAMA_IDS).logits, small(LLAMA_IDS).logits)
