@@ -365,6 +365,12 @@ def _shrink_units(holder: nn.Module, targets: list, options: dict) -> list[str]:
     if problem is not None:
         holder.root = before  # never hand back a model whose outputs moved
         return notes + [f"{label}: units kept, {problem}" for label in producers.values()]
+    if not checked and any(scope for scope, _ in scopes):
+        # a block's own forward stood in for the model's graph: without a comparison nothing shows that
+        # the model calls the block that way, so the rewrite is not handed back unchecked
+        holder.root = before
+        return notes + [f"{label}: units kept: the model does not trace and its outputs could not be compared "
+                        "(pass example_input=)" for label in producers.values()]
     if not checked:
         notes.append("dead units were removed but the outputs were not compared (no input of a size the "
                      "model accepts could be built: pass example_input=)")

@@ -504,7 +504,8 @@ PROBE_SIDES = {1: (64, 128, 256, 28, 32), 2: (8, 16, 28, 32, 64, 224), 3: (8, 16
 
 def probe_inputs(model: nn.Module) -> list[tuple]:
     """Candidate inputs for a model with one input, built from the layer that reads it first: a
-    Linear's width, an Embedding's vocabulary, a conv's channels at a few common spatial sizes. A
+    Linear's width, an Embedding's vocabulary, a conv's channels at a few common spatial sizes (for a
+    model fx cannot trace, the first such layer registered: a guess the caller's run accepts or not). A
     Hugging Face-style model (``get_input_embeddings()`` is an ``nn.Embedding``) reads token ids: two
     sequences of 7 (fewer where its config allows fewer positions); its forward is not traced."""
     ids = _token_id_probe(model)
@@ -512,16 +513,17 @@ def probe_inputs(model: nn.Module) -> list[tuple]:
         return [ids]
     try:
         graph = torch.fx.symbolic_trace(model).graph
-    except Exception:  # noqa: BLE001 - an untraceable model has no probe; the caller says so
+    except Exception:  # noqa: BLE001 - untraceable: guess the first layer registered (verify tries it)
+        layer = next((m for m in model.modules() if isinstance(m, (nn.Linear, nn.Embedding) + CONVS)), None)
+    else:
+        placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+        if len(placeholders) != 1:
+            return []
+        modules = dict(model.named_modules())
+        first = next((n for n in graph.nodes if n.op == "call_module" and placeholders[0] in n.args[:1]), None)
+        layer = modules[first.target] if first is not None else None
+    if layer is None:
         return []
-    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
-    if len(placeholders) != 1:
-        return []
-    modules = dict(model.named_modules())
-    first = next((n for n in graph.nodes if n.op == "call_module" and placeholders[0] in n.args[:1]), None)
-    if first is None:
-        return []
-    layer = modules[first.target]
     params = list(layer.parameters())
     if not params:
         return []

@@ -237,6 +237,23 @@ def test_where_the_model_does_not_trace_the_block_around_the_units_is_rewritten(
         assert torch.allclose(small(x), net(x), atol=1e-12, rtol=0)
 
 
+def test_a_block_rewritten_without_the_model_graph_is_undone_when_no_input_can_check_it():
+    """The same model taking a dict: no probe fits, and the block's forward alone does not show how the
+    model calls it, so the units stay (and the warning asks for example_input); with it they go."""
+    class DictInput(UntraceableAroundAnMLP):
+        def forward(self, batch):
+            return super().forward(batch["x"])
+
+    net = DictInput().double()
+    symopt.group_sparse(net, "mlp.0.weight", dim=0, strength=1e-3)
+    _kill(net.mlp[0], [1, 4])
+    with pytest.warns(ExportWarning, match=r"mlp.0.weight \(group_sparse\): units kept: .*pass example_input="):
+        small = symopt.export(net, mode="compressed")
+    assert small.mlp[0].out_features == 6
+    checked = symopt.export(net, mode="compressed", example_input=({"x": torch.rand(3, 4, dtype=DT)},))
+    assert checked.mlp[0].out_features == 4
+
+
 def test_units_that_reach_the_output_or_a_shape_read_are_kept():
     class ShapeReader(nn.Module):
         def __init__(self):
