@@ -177,6 +177,11 @@ def _from_layout(cls, directory: str | os.PathLike, record: dict, **kwargs) -> n
     if unsupported:
         raise ValueError(f"from_pretrained: {directory} holds a compressed layout ({LAYOUT_FILE}), built from its "
                          f"config without cls.from_pretrained, which takes only dtype=; got {unsupported}")
+    asked = kwargs.get("dtype", kwargs.get("torch_dtype"))
+    dtype = getattr(torch, asked, None) if isinstance(asked, str) and asked != "auto" else asked
+    if asked is not None and asked != "auto" and not isinstance(dtype, torch.dtype):
+        raise ValueError(f"from_pretrained: dtype must be a torch dtype, its name or 'auto', got "
+                         f"{asked!r}")
     config_class = getattr(cls, "config_class", None)
     if config_class is None:  # an Auto class
         from transformers import AutoConfig as config_class
@@ -197,9 +202,8 @@ def _from_layout(cls, directory: str | os.PathLike, record: dict, **kwargs) -> n
         raise ValueError(f"from_pretrained: the weights in {directory} do not fit the layout it records: "
                          f"missing {untied[:5]}, unexpected {unexpected[:5]}; save the model again with "
                          "symopt.save_pretrained")
-    dtype = kwargs.get("dtype", kwargs.get("torch_dtype"))
-    if dtype is not None:
-        model.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
+    if isinstance(dtype, torch.dtype):
+        model.to(dtype)
     return model.eval()
 
 

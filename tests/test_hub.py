@@ -196,6 +196,9 @@ def test_a_global_head_budget_that_leaves_layers_unequal_round_trips_through_sym
             == torch.float32
     with pytest.raises(ValueError, match="compressed layout.*only dtype=.*device_map"):
         symopt.from_pretrained(transformers.LlamaForCausalLM, tmp_path / "kept", device_map="cpu")
+    with pytest.raises(ValueError, match="dtype must be a torch dtype.*'float61'"):
+        symopt.from_pretrained(transformers.LlamaForCausalLM, tmp_path / "kept", dtype="float61")
+    assert symopt.from_pretrained(transformers.LlamaForCausalLM, tmp_path / "kept", dtype="auto").dtype == torch.float64
 
     def constrain(m):
         symopt.sparse(m, "model.layers.0.mlp.up_proj.weight", strength=1e-3)
