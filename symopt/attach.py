@@ -8,7 +8,7 @@ unconstrained checkpoint loads into a constrained model (``weight`` → factors)
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -267,7 +267,7 @@ def constrain(model: nn.Module, name: str | Sequence[str], constraint: Constrain
         'weight'
     """
     _check_fresh(constraint)
-    _guard_save_pretrained(model)
+    guard_save_pretrained(model)
     if constraint.multi_tensor:
         if isinstance(name, str):
             raise TypeError(f"{type(constraint).__name__} acts on several tensors: pass the list of parameter "
@@ -285,17 +285,20 @@ def constrain(model: nn.Module, name: str | Sequence[str], constraint: Constrain
 
 
 class _SavePretrainedGuard:
-    """Stands in for a Hugging Face model's ``save_pretrained`` while the model has symopt constraints.
+    """Stands in for a Hugging Face model's ``save_pretrained`` while saving it would lose something.
 
     ``model.save_pretrained`` would write the factors under keys ``from_pretrained`` does not know, and
     ``from_pretrained`` would then re-initialise every constrained weight without an error (a warning
     in a load report). While constraints are registered this raises instead and names the two ways
-    that keep the values; once none are left it is the model's own ``save_pretrained`` again. It is
-    set on the instance only (never on the class), and a deepcopy carries it to the copy's model.
+    that keep the values; once none are left it is the model's own ``save_pretrained`` again. Layers
+    above add their own refusals (`guard_save_pretrained`: a compressed export whose layers its config
+    does not describe). It is set on the instance only (never on the class), and a deepcopy carries it
+    to the copy's model.
     """
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
+        self.refusals: list[Callable[[nn.Module], str | None]] = []
 
     def __call__(self, *args, **kwargs):
         if list_constraints(self.model):
@@ -305,15 +308,26 @@ class _SavePretrainedGuard:
                 "symopt.save_pretrained(model, directory) (values + factors, reloadable with "
                 "symopt.from_pretrained), or symopt.export(model).save_pretrained(directory) (plain weights)."
             )
+        for refusal in getattr(self, "refusals", ()):  # (a guard pickled by an older symopt has none)
+            problem = refusal(self.model)
+            if problem is not None:
+                raise ValueError(f"{type(self.model).__name__}.save_pretrained: {problem}")
         return type(self.model).save_pretrained(self.model, *args, **kwargs)
 
 
-def _guard_save_pretrained(model: nn.Module) -> None:
+def guard_save_pretrained(model: nn.Module, refusal: Callable[[nn.Module], str | None] | None = None) -> None:
     """Install `_SavePretrainedGuard` on a Hugging Face-style model (one with ``save_pretrained`` and a
-    ``config``) the first time it is constrained."""
-    if (hasattr(type(model), "save_pretrained") and hasattr(model, "config")
-            and not isinstance(model.__dict__.get("save_pretrained"), _SavePretrainedGuard)):
-        model.__dict__["save_pretrained"] = _SavePretrainedGuard(model)
+    ``config``), once; ``refusal`` (the model → why saving it plainly would lose something, or None) is
+    checked at each save beside the constraints."""
+    if not (hasattr(type(model), "save_pretrained") and getattr(model, "config", None) is not None):
+        return
+    guard = model.__dict__.get("save_pretrained")
+    if not isinstance(guard, _SavePretrainedGuard):
+        guard = model.__dict__["save_pretrained"] = _SavePretrainedGuard(model)
+    if not hasattr(guard, "refusals"):
+        guard.refusals = []
+    if refusal is not None and refusal not in guard.refusals:
+        guard.refusals.append(refusal)
 
 
 def _constrain_several(model: nn.Module, names: list[str], group: Constraint) -> Handle:

@@ -56,7 +56,7 @@ from torch.nn.utils import parametrize
 
 from ._attention import HeadPrunedAttention
 from ._layers import LAYER_TYPES
-from .attach import list_constraints
+from .attach import guard_save_pretrained, list_constraints
 from . import layout, surgery
 from .constraints.base import density_count
 from .finalize import finalize
@@ -345,7 +345,11 @@ def _shrink_units(holder: nn.Module, targets: list, options: dict) -> list[str]:
     if not producers:
         return notes
     before = copy.deepcopy(holder.root)
-    widths_before = {name: _get(holder, _qual("root", name)).weight.shape[0] for name in producers}
+
+    def out_widths() -> dict[str, int]:
+        return {name: _get(holder, _qual("root", name)).weight.shape[0] for name in producers}
+
+    widths_before = out_widths()
     scopes, untraced = _traceable_scopes(holder.root, set(producers))
     for name, reason in untraced.items():
         notes.append(f"{producers[name]}: {reason}")
@@ -374,7 +378,7 @@ def _shrink_units(holder: nn.Module, targets: list, options: dict) -> list[str]:
     if not checked:
         notes.append("dead units were removed but the outputs were not compared (no input of a size the "
                      "model accepts could be built: pass example_input=)")
-    widths = {name: _get(holder, _qual("root", name)).weight.shape[0] for name in producers}
+    widths = out_widths()
     _lower_width_attributes(holder.root, widths_before, widths)
     options["unit_widths"] += list(widths.values())  # (what a Hugging Face config would have to say)
     return notes
@@ -390,9 +394,11 @@ def _lower_width_attributes(root: nn.Module, before: dict[str, int], after: dict
         if len(changes) != 1:
             continue
         (old, new), = changes
+        if old == new:
+            continue
         block = _get(root, block_name)
         for attribute in layout.FFN_WIDTH_NAMES:
-            if old != new and getattr(block, attribute, None) == old:
+            if getattr(block, attribute, None) == old:
                 setattr(block, attribute, new)
 
 
@@ -759,7 +765,7 @@ def _describe_in_config(root: nn.Module, head_counts: list[dict], unit_widths: l
     config = layout.config_describing(root, updates)
     if config is not None:
         root.config = config
-    layout.guard_save_pretrained(root)
+    guard_save_pretrained(root, layout.unrecorded_layers)
 
 
 def _compare_attention(old: nn.MultiheadAttention, new: nn.Module) -> str | None:

@@ -27,7 +27,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .verbs import HEAD_COUNT_NAMES, KV_HEAD_COUNT_NAMES
+from .verbs import HEAD_COUNT_NAMES, KV_HEAD_COUNT_NAMES, int_attribute
 
 SCALARS = (bool, int, float, str, type(None))
 # The names configs give a feed-forward block's hidden width (Llama / BERT, OPT, GPT-2, T5).
@@ -105,7 +105,8 @@ def differences(model: nn.Module, reference: nn.Module) -> tuple[list[str], dict
         if other is None or type(other) is not type(module) or _own_shapes(other) != _own_shapes(module):
             replaced.append(name)
             continue
-        changed = {k: v for k, v in _scalar_attributes(module).items() if _scalar_attributes(other).get(k, v) != v}
+        reference_values = _scalar_attributes(other)
+        changed = {k: v for k, v in _scalar_attributes(module).items() if reference_values.get(k, v) != v}
         if changed:
             attributes[name] = changed
     for name in theirs:  # a module the config builds that the model no longer has, under an unchanged parent
@@ -126,7 +127,7 @@ def config_describing(model: nn.Module, updates: dict):
     for field, value in updates.items():
         names = {"heads": HEAD_COUNT_NAMES, "kv_heads": KV_HEAD_COUNT_NAMES, "ffn_width": FFN_WIDTH_NAMES}.get(
             field, (field,))
-        name = next((n for n in names if isinstance(getattr(candidate, n, None), int)), None)
+        name = int_attribute(candidate, names)
         if name is None:
             if field in ("heads", "ffn_width"):
                 return None  # the config holds no such count: it cannot describe the new one
@@ -221,32 +222,14 @@ def rebuild(model: nn.Module, layout: dict) -> None:
             setattr(module, key, value)
 
 
-class SavePretrainedGuard:
-    """Stands in for a compressed export's ``save_pretrained`` (set on the instance by
-    [`export`][symopt.export]). The model's own ``save_pretrained`` would write layers whose shapes its config
-    does not describe; ``from_pretrained`` then refuses them, and with ``ignore_mismatched_sizes=True``
-    re-initialises them at random. While [`record`][symopt.layout.record] finds such layers this raises and
-    names [`symopt.save_pretrained`][symopt.save_pretrained]; otherwise it is the model's own method (or the
-    guard it replaced). A deepcopy carries it to the copy's model."""
-
-    def __init__(self, model: nn.Module, inner: Callable | None) -> None:
-        self.model, self.inner = model, inner
-
-    def __call__(self, *args, **kwargs):
-        if record(self.model) is not None:
-            raise ValueError(
-                f"{type(self.model).__name__}.save_pretrained: this compressed export has layers its config does not "
-                "describe (different head counts or widths per layer, factorised layers), which from_pretrained "
-                "would refuse or re-initialise. Use symopt.save_pretrained(model, directory) and "
-                "symopt.from_pretrained(cls, directory), which record and rebuild those layers.")
-        if self.inner is not None:
-            return self.inner(*args, **kwargs)
-        return type(self.model).save_pretrained(self.model, *args, **kwargs)
-
-
-def guard_save_pretrained(model: nn.Module) -> None:
-    """Install [`SavePretrainedGuard`][symopt.layout.SavePretrainedGuard] on a Hugging Face-style model (one
-    with ``save_pretrained`` and a ``config``)."""
-    if hasattr(type(model), "save_pretrained") and getattr(model, "config", None) is not None \
-            and not isinstance(model.__dict__.get("save_pretrained"), SavePretrainedGuard):
-        model.__dict__["save_pretrained"] = SavePretrainedGuard(model, model.__dict__.get("save_pretrained"))
+def unrecorded_layers(model: nn.Module) -> str | None:
+    """Why the model's own ``save_pretrained`` would lose a compressed export (None where it would not): it
+    writes layers whose shapes the config does not describe; ``from_pretrained`` then refuses them, and with
+    ``ignore_mismatched_sizes=True`` re-initialises them at random. [`export`][symopt.export] makes the
+    model's ``save_pretrained`` refuse with this (``attach.guard_save_pretrained``)."""
+    if record(model) is None:
+        return None
+    return ("this compressed export has layers its config does not describe (different head counts or widths per "
+            "layer, factorised layers), which from_pretrained would refuse or re-initialise. Use "
+            "symopt.save_pretrained(model, directory) and symopt.from_pretrained(cls, directory), which record and "
+            "rebuild those layers.")

@@ -338,6 +338,11 @@ HEAD_COUNT_NAMES = ("num_heads", "n_heads", "num_attention_heads", "n_head")
 KV_HEAD_COUNT_NAMES = ("num_key_value_heads", "num_kv_heads", "n_kv_heads", "n_kv_head")
 
 
+def int_attribute(holder, names: Sequence[str]) -> str | None:
+    """The first of ``names`` that ``holder`` (a block, a config) holds as an int; None if none."""
+    return next((name for name in names if isinstance(getattr(holder, name, None), int)), None)
+
+
 def attention_heads(model: nn.Module, name: str | Sequence[str] = "", strength: float | None = None, *, seed: int = 0,
                     projections: Sequence[str] | None = None, heads: int | None = None,
                     max_heads: int | None = None, total_steps: int | None = None,
@@ -463,7 +468,7 @@ def _head_tensors(model: nn.Module, name: str, projections, heads):
                         "'q', 'k', 'v', 'out') with its layer names")
     q, k, v, o = (getattr(block, n) for n in found[0])
     inner = q.out_features
-    attr = next((a for a in HEAD_COUNT_NAMES if isinstance(getattr(block, a, None), int)), None)
+    attr = int_attribute(block, HEAD_COUNT_NAMES)
     # (Hugging Face's attention modules keep no head count: they reshape by their int head_dim and let the
     # count follow from the width, so that count is the q width over head_dim, and export lowers nothing)
     head_dim = getattr(block, "head_dim", None)
@@ -501,7 +506,7 @@ def _head_tensors(model: nn.Module, name: str, projections, heads):
     names.append(f"{prefix}{found[0][3]}.weight")
     dims.append(1)
     maps.append(q_map)
-    kv_attr = next((a for a in KV_HEAD_COUNT_NAMES if isinstance(getattr(block, a, None), int)), None)
+    kv_attr = int_attribute(block, KV_HEAD_COUNT_NAMES)
     return names, dims, maps, {"block": name, "projections": tuple(found[0]), "heads": count, "count_attribute": attr,
                                "units": kv_heads, "kv_count_attribute": kv_attr if kv_heads < count else None,
                                "width_attribute": "head_dim" if attr is None and from_head_dim else None}
