@@ -354,13 +354,13 @@ def _shrink_units(holder: nn.Module, targets: list, options: dict) -> list[str]:
     for name, reason in untraced.items():
         notes.append(f"{producers[name]}: {reason}")
     removed = False
-    for scope, plan in scopes:
+    for scope, view, plan in scopes:
         for name, reasons in plan.kept.items():
             counts = {r: reasons.count(r) for r in reasons}
             why = "; ".join(f"{n} because {r}" for r, n in counts.items())
             notes.append(f"{producers[_qual(scope, name)]}: {len(reasons)} dead unit(s) kept: {why}")
         if plan.removed:
-            surgery.apply(holder.root.get_submodule(scope), plan)
+            surgery.apply(view, plan)  # (a registered part's stand-in shares its block's layers)
             removed = True
     if not removed:
         return notes
@@ -369,7 +369,7 @@ def _shrink_units(holder: nn.Module, targets: list, options: dict) -> list[str]:
     if problem is not None:
         holder.root = before  # never hand back a model whose outputs moved
         return notes + [f"{label}: units kept, {problem}" for label in producers.values()]
-    if not checked and any(scope for scope, _ in scopes):
+    if not checked and any(scope or view is not holder.root for scope, view, _ in scopes):
         # a block's own forward stood in for the model's graph: without a comparison nothing shows that
         # the model calls the block that way, so the rewrite is not handed back unchecked
         holder.root = before
@@ -402,50 +402,62 @@ def _lower_width_attributes(root: nn.Module, before: dict[str, int], after: dict
                 setattr(block, attribute, new)
 
 
-def _traceable_scopes(root: nn.Module, producers: set[str]) -> tuple[list[tuple[str, surgery.Plan]], dict[str, str]]:
+def _traceable_scopes(root: nn.Module, producers: set[str]) -> tuple[list[tuple[str, nn.Module, surgery.Plan]], dict[str, str]]:
     """The removal plans for ``producers`` (module names under ``root``): one over the whole model where
-    ``torch.fx`` traces it; else, for each producer, over its nearest enclosing module that traces (a Hugging
-    Face model's forward does not trace, its MLP blocks do), producers under one scope planned together. Units
-    that leave a scope count as reaching an output, so they stay. Returns ``[(scope, plan)]`` (scope ``""``
-    is the root) and ``{producer: why it has no plan}``."""
+    ``torch.fx`` traces it; for each producer it does not trace, or whose calls the trace does not show (it
+    runs inside a module fx records as one call, as it does torch.nn's own layers), over its nearest enclosing
+    module that traces (a Hugging Face model's forward does not trace, its MLP blocks do) or whose registered
+    part does
+    (`surgery.register_traceable_part`: an ``nn.TransformerEncoderLayer``'s feed-forward), producers under
+    one scope planned together. Units that leave a scope count as reaching an output, so they stay. Returns
+    ``[(scope, the module the plan applies to, plan)]`` (scope ``""`` is the root) and ``{producer: why it
+    has no plan}``."""
+    plans, pending, root_error = [], set(producers), None
     try:
-        return [("", surgery.plan_removal(root, producers))], {}
+        view = surgery.traceable(root)
+        plan = surgery.plan_removal(view, producers)
+        plans, pending = [("", view, plan)], plan.unseen
     except Exception as error:  # noqa: BLE001 - fx raises many types on a forward it cannot trace
         root_error = f"{type(error).__name__}: {error}"
-    traceable: dict[str, bool] = {}
+    if not pending:
+        return plans, {}
+    views: dict[str, nn.Module | None] = {}
 
-    def traces(scope: str) -> bool:
-        if scope not in traceable:
+    def view_of(scope: str) -> nn.Module | None:
+        if scope not in views:
             try:
-                torch.fx.symbolic_trace(root.get_submodule(scope))
-                traceable[scope] = True
+                views[scope] = surgery.traceable(root.get_submodule(scope))
             except Exception:  # noqa: BLE001
-                traceable[scope] = False
-        return traceable[scope]
+                views[scope] = None
+        return views[scope]
 
     chosen: dict[str, str] = {}  # producer → its scope
     untraced: dict[str, str] = {}
-    for name in sorted(producers):
+    for name in sorted(pending):
         scope = name.rpartition(".")[0]
-        while scope and not traces(scope):
+        while scope and view_of(scope) is None:
             scope = scope.rpartition(".")[0]
         if scope:
             chosen[name] = scope
-        else:
+        elif root_error is not None:
             untraced[name] = (f"torch.fx cannot trace {type(root).__name__} ({root_error}) nor a module around this "
                               "layer, so the consumers of its units are unknown")
+        else:
+            untraced[name] = (f"it runs inside a module that torch.fx records as one call in {type(root).__name__}'s "
+                              "graph, and no module around it traces, so the consumers of its units are unknown")
     # a scope inside another chosen one is planned with it (one plan per part of the graph)
     outer = {scope for scope in chosen.values()
              if not any(scope.startswith(f"{other}.") for other in chosen.values())}
-    plans = []
     for scope in sorted(outer):
         members = {name for name, s in chosen.items() if s == scope or s.startswith(f"{scope}.")}
         try:
-            plan = surgery.plan_removal(root.get_submodule(scope), {n.removeprefix(f"{scope}.") for n in members})
+            plan = surgery.plan_removal(views[scope], {n.removeprefix(f"{scope}.") for n in members})
         except Exception as error:  # noqa: BLE001
             untraced.update({n: f"torch.fx cannot trace {scope} ({type(error).__name__}: {error})" for n in members})
             continue
-        plans.append((scope, plan))
+        untraced.update({_qual(scope, n): f"it runs inside a module that torch.fx records as one call in {scope}"
+                         for n in plan.unseen})
+        plans.append((scope, views[scope], plan))
     return plans, untraced
 
 

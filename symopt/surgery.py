@@ -106,6 +106,9 @@ class Plan:
     edits: list[Edit] = field(default_factory=list)
     removed: set[int] = field(default_factory=set)
     kept: dict[str, list[str]] = field(default_factory=dict)  # producer → reasons its dead units stayed
+    # producers the graph never calls: they run inside a module fx records as one call (torch.nn's own
+    # modules are leaves of its trace), so nothing here says where their units go
+    unseen: set[str] = field(default_factory=set)
 
 
 class _Units:
@@ -138,6 +141,78 @@ class _Units:
 
     def block(self, u: int, reason: str) -> None:
         self.blocked.setdefault(self.find(u), reason)
+
+
+# Blocks whose forward fx cannot trace (data-dependent checks, fast paths) but whose layers' units flow
+# through one method that does trace: that method stands in for the block (see `traceable`).
+TRACEABLE_PARTS: dict[type, str] = {}
+
+
+def register_traceable_part(block_type: type, method: str) -> None:
+    """Declare that inside a ``block_type`` module, the units of the layers that ``method`` calls flow only
+    through ``method(x)`` (one tensor in, one out), which ``torch.fx`` traces where the block's ``forward``
+    does not. Export then removes those layers' dead units by tracing the method alone; units that leave it
+    stay, and the model's outputs are compared before and after (no comparison, no rewrite).
+
+    Registered here: ``nn.TransformerEncoderLayer`` and ``nn.TransformerDecoderLayer`` (``_ff_block``:
+    ``linear2(dropout(activation(linear1(x))))``), whose forward branches on its inputs for its fast path.
+
+    Raises:
+        TypeError: ``block_type`` is not an ``nn.Module`` class, or it has no such method.
+
+    Examples:
+        >>> import torch
+        >>> from symopt import surgery
+        >>> class Gated(torch.nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.up, self.down = torch.nn.Linear(4, 8), torch.nn.Linear(8, 4)
+        ...     def forward(self, x):
+        ...         return x if float(x.abs().sum()) == 0 else x + self.mlp(x)  # data-dependent
+        ...     def mlp(self, x):
+        ...         return self.down(torch.relu(self.up(x)))
+        >>> surgery.register_traceable_part(Gated, "mlp")
+        >>> type(surgery.traceable(Gated())).__name__
+        'TracedPart'
+    """
+    if not (isinstance(block_type, type) and issubclass(block_type, nn.Module)):
+        raise TypeError(f"register_traceable_part: block_type must be an nn.Module class, got {block_type!r}")
+    if not callable(getattr(block_type, method, None)):
+        raise TypeError(f"register_traceable_part: {block_type.__name__} has no method {method!r}")
+    TRACEABLE_PARTS[block_type] = method
+
+
+class TracedPart(nn.Module):
+    """A stand-in for a block that traces through one of its methods: it shares the block's submodules,
+    parameters and attributes (so a rewrite of its layers is a rewrite of the block's), and its
+    ``forward`` is that method."""
+
+    def __init__(self, block: nn.Module, method: str):
+        super().__init__()
+        vars(self).update(vars(block))  # the same _modules / _parameters dicts, not copies
+        self._part = getattr(type(block), method)
+
+    def forward(self, x):
+        return self._part(self, x)
+
+
+def traceable(module: nn.Module) -> nn.Module:
+    """``module`` where ``torch.fx`` traces it; else the stand-in of its registered part
+    (`register_traceable_part`); else whatever the trace of ``module`` raised."""
+    try:
+        torch.fx.symbolic_trace(module)
+        return module
+    except Exception:  # noqa: BLE001 - fx raises many types on a forward it cannot trace
+        method = next((m for t, m in TRACEABLE_PARTS.items() if type(module) is t), None)
+        if method is None:
+            raise
+    part = TracedPart(module, method)
+    torch.fx.symbolic_trace(part)
+    return part
+
+
+register_traceable_part(nn.TransformerEncoderLayer, "_ff_block")
+register_traceable_part(nn.TransformerDecoderLayer, "_ff_block")
 
 
 def plan_removal(root: nn.Module, producers: set[str]) -> Plan:
@@ -191,7 +266,9 @@ def plan_removal(root: nn.Module, producers: set[str]) -> Plan:
             flows[node] = _through_call(node, flows, shapes, units, unknown)
         else:  # pragma: no cover - fx has no other ops
             unknown(node)
-    return _decide(units, edits)
+    plan = _decide(units, edits)
+    plan.unseen = set(producers) - set(calls)
+    return plan
 
 
 def _describe(node) -> str:

@@ -376,3 +376,142 @@ def test_grouped_convolutions_are_kept_with_their_reason_and_stay_exact():
     assert "2.weight (group_sparse): grouped convolutions are not rewritten" in message
     x = torch.randn(3, 2, 6, 6, dtype=DT)
     assert small[0].out_channels == 8 and torch.allclose(small(x), net(x), atol=1e-12, rtol=0)
+
+
+class TokenEncoder(nn.Module):
+    """Token ids → logits through torch's own encoder layers, whose forward fx cannot trace (it branches on
+    its inputs for the fast path); only their feed-forward (``_ff_block``) traces."""
+
+    def __init__(self, norm_first: bool, activation: str):
+        super().__init__()
+        self.embed = nn.Embedding(11, 16)
+        self.layers = nn.ModuleList(nn.TransformerEncoderLayer(16, 4, 24, dropout=0.1, batch_first=True,
+                                                               norm_first=norm_first, activation=activation)
+                                    for _ in range(2))
+        self.out = nn.Linear(16, 11)
+
+    def forward(self, ids):
+        x = self.embed(ids)
+        for layer in self.layers:
+            x = layer(x)
+        return self.out(x)
+
+
+@pytest.mark.parametrize("norm_first, activation", [(True, "relu"), (False, "gelu")])
+def test_a_torch_transformer_layer_loses_its_dead_feed_forward_neurons(norm_first, activation):
+    """A neuron budget on nn.TransformerEncoderLayer's linear1 (rows and bias, one group): the model does not
+    trace, nor does the layer, but its registered feed-forward part does, so export narrows linear1 and
+    linear2 and checks the model's outputs on token ids its probe builds (no example_input): the same
+    outputs in eval mode. A neuron whose weight row is dead but whose bias is not emits act(b): folded into
+    linear2's bias."""
+    torch.manual_seed(0)
+    net = TokenEncoder(norm_first, activation).double()
+    symopt.group_sparse(net, [["layers.0.linear1.weight", "layers.0.linear1.bias"]], strength=1e-3)
+    symopt.group_sparse(net, "layers.1.linear1.weight", dim=0, strength=1e-3)
+    with torch.no_grad():
+        for rows in ([0, 3, 5, 7], [1, 2]):
+            net.layers[0].linear1.parametrizations.weight.original0[rows] = 0
+            net.layers[0].linear1.parametrizations.bias.original0[rows] = 0
+    _kill(net.layers[1].linear1, [4, 9, 10], bias=0.3)  # a dead row, a live bias: a constant act(0.3)
+    ids = torch.randint(0, 11, (3, 7))
+    net.eval()
+    small = _quiet_export(net)
+    assert [(layer.linear1.out_features, layer.linear2.in_features) for layer in small.layers] == [(18, 18), (21, 21)]
+    with torch.no_grad():
+        assert torch.allclose(small(ids), net(ids), atol=1e-12, rtol=0)
+    assert not symopt.list_constraints(small)
+
+
+def test_a_torch_decoder_layer_loses_its_dead_feed_forward_neurons_when_an_input_checks_it():
+    """A model around nn.TransformerDecoderLayer traces, but fx records the layer as one call (torch.nn's own
+    modules are leaves of its trace), so its feed-forward part is planned on its own. The model takes
+    (tgt, memory): no probe fits, so that rewrite is undone without example_input, and kept with it."""
+    class Decoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = nn.TransformerDecoderLayer(8, 2, 12, dropout=0.0, batch_first=True)
+
+        def forward(self, tgt, memory):
+            return self.layer(tgt, memory)
+
+    torch.manual_seed(0)
+    model = Decoder().double().eval()
+    symopt.group_sparse(model, ["layer.linear1.weight", "layer.linear1.bias"], strength=1e-3)
+    with torch.no_grad():
+        model.layer.linear1.parametrizations.weight.original0[[2, 6]] = 0
+        model.layer.linear1.parametrizations.bias.original0[[2, 6]] = 0
+    with pytest.warns(ExportWarning, match=r"linear1.weight \(group_sparse\): units kept: .*pass example_input="):
+        kept = symopt.export(model, mode="compressed")
+    assert kept.layer.linear1.out_features == 12
+    tgt, memory = torch.randn(2, 5, 8, dtype=DT), torch.randn(2, 3, 8, dtype=DT)
+    small = _quiet_export(model, example_input=(tgt, memory))
+    assert (small.layer.linear1.out_features, small.layer.linear2.in_features) == (10, 10)
+    with torch.no_grad():
+        assert torch.allclose(small(tgt, memory), model(tgt, memory), atol=1e-12, rtol=0)
+
+
+def test_a_layer_that_runs_inside_an_opaque_module_is_named_in_the_warning():
+    """Before, a producer the traced graph never called (inside a module fx records as one call, with no
+    traceable part) was left dense without a word; now the warning says why."""
+    class Opaque(nn.Module):  # a module of torch.nn's namespace is a leaf of fx's trace
+        __module__ = "torch.nn.modules.opaque"
+
+        def __init__(self):
+            super().__init__()
+            self.inner = nn.Linear(4, 6)
+
+        def forward(self, x):
+            if float(x.sum()) > 1e9:
+                return x
+            return self.inner(x)
+
+    net = nn.Sequential(Opaque(), nn.ReLU(), nn.Linear(6, 2)).double()
+    symopt.group_sparse(net, "0.inner.weight", dim=0, strength=1e-3)
+    _kill(net[0].inner, [1])
+    with pytest.warns(ExportWarning, match=r"0.inner.weight \(group_sparse\): it runs inside a module that "
+                                           r"torch.fx records as one call"):
+        small = symopt.export(net, mode="compressed", example_input=(torch.randn(3, 4, dtype=DT),))
+    assert small[0].inner.out_features == 6
+
+
+def test_a_registered_part_that_hides_a_use_of_its_units_is_caught_by_the_output_check():
+    """A block registers a part, but its forward also reads the hidden layer's output elsewhere: the dead
+    units' rewrite moves the model's outputs, so it is undone and the warning says so."""
+    class Leaky(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.up, self.down = nn.Linear(4, 6), nn.Linear(6, 4)
+
+        def forward(self, x):
+            if float(x.sum()) > 1e9:  # data-dependent: fx cannot trace this forward
+                return x
+            return self.part(x) + self.up(x)[:, :4]  # up's units 0-3 also go straight to the output
+
+        def part(self, x):
+            return self.down(torch.relu(self.up(x)))
+
+    from symopt import surgery
+
+    surgery.register_traceable_part(Leaky, "part")
+    try:
+        torch.manual_seed(0)
+        block = Leaky().double()
+        symopt.group_sparse(block, ["up.weight", "up.bias"], strength=1e-3)
+        with torch.no_grad():
+            block.up.parametrizations.weight.original0[[1, 5]] = 0
+            block.up.parametrizations.bias.original0[[1, 5]] = 0
+        with pytest.warns(ExportWarning, match=r"up.weight \(group_sparse\): units kept, .*output"):
+            kept = symopt.export(block, mode="compressed", example_input=(torch.randn(3, 4, dtype=DT),))
+        assert kept.up.out_features == 6
+    finally:
+        surgery.TRACEABLE_PARTS.pop(Leaky)
+
+
+def test_register_traceable_part_refuses_what_is_not_a_module_method():
+    from symopt import surgery
+
+    with pytest.raises(TypeError, match="must be an nn.Module class"):
+        surgery.register_traceable_part(nn.Linear(2, 2), "forward")
+    with pytest.raises(TypeError, match="TransformerEncoderLayer has no method '_mlp'"):
+        surgery.register_traceable_part(nn.TransformerEncoderLayer, "_mlp")
+    assert surgery.TRACEABLE_PARTS[nn.TransformerEncoderLayer] == "_ff_block"
