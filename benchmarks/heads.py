@@ -1,13 +1,22 @@
-"""Attention heads removed during training: symopt's landing head budgets vs gradual magnitude head pruning.
+"""Attention heads or feed-forward neurons removed during training: symopt's landing budgets vs gradual
+magnitude pruning of the same units.
 
-    python -m benchmarks.heads [--epochs 20] [--seeds 3] [--keep 4 2] [--global] [--methods ...] [--quick]
+    python -m benchmarks.heads [--units heads|neurons] [--epochs 20] [--seeds 3] [--keep 4 2] [--global]
+                               [--methods ...] [--quick]
 
 A character-level language model on real text that ships with Python: the source of a few standard
 library modules (``argparse``, ``textwrap``, ``string``, ``json.decoder``, ``csv``, ``calendar``), 90% for
 training, the last 10% for validation. The model: a character embedding (d = 64) with learned
 positions, two pre-norm ``nn.TransformerEncoderLayer`` blocks (8 heads of 8 dimensions each, feed-forward
 128, causal mask, no dropout) and a linear read-out; Adam (lr 3e-3, batch 32 windows of 64 characters),
-the same epochs for every row. ``--keep`` heads of 8 stay in each layer. Rows:
+the same epochs for every row. ``--keep`` heads of 8 stay in each layer (default 4 and 2); with ``--units
+neurons``, ``--keep`` feed-forward neurons of 128 (default 32 and 16): a neuron is a row of ``linear1``
+with its bias and the column of ``linear2`` it feeds. The rows below for heads; for neurons the same with
+a neuron's norm (its ``linear1`` row and bias and its ``linear2`` column: Torch-Pruning's group for a
+hidden unit) and ``symopt.group_sparse(model, ["layers.i.linear1.weight", "layers.i.linear1.bias"],
+max_groups=k, total_steps=N)`` per layer (a neuron whose ``linear1`` row and bias are 0 emits ``relu(0) = 0``,
+so its ``linear2`` column reads nothing; export removes both), or over both layers as one list per layer
+with ``--global``. Rows:
 
 * ``dense``: no pruning (the ceiling).
 * ``magnitude``: gradual magnitude head pruning, the recipe of unstructured gradual pruning applied to
@@ -42,6 +51,7 @@ from __future__ import annotations
 import argparse
 import calendar
 import csv
+import functools
 import json.decoder
 import statistics
 import string
@@ -59,6 +69,8 @@ from symopt.constraints.budget import scheduled_count
 from .compression import chosen, deployed, wants_dense, over_seeds, training_arguments
 
 DIM, HEADS, LAYERS, CONTEXT, BATCH = 64, 8, 2, 64, 32
+FFN = 2 * DIM  # feed-forward neurons per layer
+UNITS = {"heads": HEADS, "neurons": FFN}  # units per layer, by kind
 SOURCES = (argparse, textwrap, string, json.decoder, csv, calendar)
 
 
@@ -78,7 +90,7 @@ class CharLM(nn.Module):
         self.embed = nn.Embedding(vocab, DIM)
         self.position = nn.Parameter(0.02 * torch.randn(CONTEXT, DIM))
         self.layers = nn.ModuleList(
-            nn.TransformerEncoderLayer(DIM, HEADS, dim_feedforward=2 * DIM, dropout=0.0, batch_first=True,
+            nn.TransformerEncoderLayer(DIM, HEADS, dim_feedforward=FFN, dropout=0.0, batch_first=True,
                                        norm_first=True) for _ in range(LAYERS))
         self.norm = nn.LayerNorm(DIM)
         self.out = nn.Linear(DIM, vocab)
@@ -118,56 +130,94 @@ def head_norms(attention: nn.MultiheadAttention) -> torch.Tensor:
     return (w + b + o).sqrt()
 
 
-def hold_pruned(attention: nn.MultiheadAttention, alive: torch.Tensor) -> None:
-    """Zero the pruned heads' rows and columns (after every optimizer step, so they stay removed)."""
-    d = DIM // HEADS
+def neuron_norms(layer: nn.TransformerEncoderLayer) -> torch.Tensor:
+    """The L2 norm of everything neuron j owns: its linear1 row and bias, its linear2 column."""
+    return (layer.linear1.weight.detach().square().sum(1) + layer.linear1.bias.detach().square()
+            + layer.linear2.weight.detach().square().sum(0)).sqrt()
+
+
+def unit_norms(layer: nn.TransformerEncoderLayer, units: str) -> torch.Tensor:
+    return head_norms(layer.self_attn) if units == "heads" else neuron_norms(layer)
+
+
+def live_units(layer: nn.TransformerEncoderLayer, units: str) -> torch.Tensor:
+    """The units a landed symopt budget left: a neuron lives while its linear1 row or bias does (the budget
+    groups those; its linear2 column is not penalised and reads nothing once the neuron emits 0)."""
+    if units == "heads":
+        return head_norms(layer.self_attn) > 0
+    return (layer.linear1.weight.detach().abs().amax(1) + layer.linear1.bias.detach().abs()) > 0
+
+
+def hold_pruned(layer: nn.TransformerEncoderLayer, alive: torch.Tensor, units: str) -> None:
+    """Zero the pruned units' rows and columns (after every optimizer step, so they stay removed)."""
     with torch.no_grad():
+        if units == "neurons":
+            keep = alive.to(layer.linear1.weight.dtype)
+            layer.linear1.weight.mul_(keep[:, None])
+            layer.linear1.bias.mul_(keep)
+            layer.linear2.weight.mul_(keep[None, :])
+            return
+        attention, d = layer.self_attn, DIM // HEADS
         rows = alive.repeat_interleave(d).repeat(3).to(attention.in_proj_weight.dtype)
         attention.in_proj_weight.mul_(rows[:, None])
         attention.in_proj_bias.mul_(rows)
         attention.out_proj.weight.mul_(alive.repeat_interleave(d).to(attention.out_proj.weight.dtype)[None, :])
 
 
-def train(method: str, keep: int, seed: int, epochs: int):
+def budget(model: nn.Module, units: str, layers: list[int], keep: int, steps: int):
+    """symopt's landing budget of ``keep`` units over ``layers`` (one layer, or all for a global budget)."""
+    if units == "heads":
+        names = [f"layers.{i}.self_attn" for i in layers]
+        return symopt.attention_heads(model, names if len(layers) > 1 else names[0], max_heads=keep,
+                                      total_steps=steps)
+    tensors = [[f"layers.{i}.linear1.weight", f"layers.{i}.linear1.bias"] for i in layers]
+    return symopt.group_sparse(model, tensors if len(layers) > 1 else tensors[0], max_groups=keep, total_steps=steps)
+
+
+def removed_parameters(units: str, removed: int) -> int:
+    """What removing ``removed`` zeroed units would take out of the model."""
+    if units == "heads":  # q, k, v rows (weights and biases) and out_proj columns
+        return removed * (4 * (DIM // HEADS) * DIM + 3 * (DIM // HEADS))
+    return removed * (2 * DIM + 1)  # a linear1 row and bias, a linear2 column
+
+
+def train(method: str, keep: int, seed: int, epochs: int, units: str = "heads"):
     train_ids, val, vocab = corpus()
     model = CharLM(vocab, seed)
     per_epoch = len(train_ids) // (BATCH * CONTEXT)
     steps = epochs * per_epoch
-    attentions = [layer.self_attn for layer in model.layers]
+    total = UNITS[units]
     handles = []
     if method in ("symopt", "symopt (compact)"):
-        for i in range(LAYERS):
-            handles.append(symopt.attention_heads(model, f"layers.{i}.self_attn", max_heads=keep, total_steps=steps))
+        handles = [budget(model, units, [i], keep, steps) for i in range(LAYERS)]
     if method == "symopt (global)":
-        symopt.attention_heads(model, [f"layers.{i}.self_attn" for i in range(LAYERS)], max_heads=keep * LAYERS,
-                               total_steps=steps)
+        budget(model, units, list(range(LAYERS)), keep * LAYERS, steps)
     if method.startswith("symopt"):
         opt = torch.optim.Adam(symopt.param_groups(model, lr=3e-3), lr=3e-3)
     else:
         opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    alive = [torch.ones(HEADS, dtype=torch.bool) for _ in attentions]
+    alive = [torch.ones(total, dtype=torch.bool) for _ in model.layers]
     first, last = int(0.1 * epochs), max(int(0.1 * epochs) + 1, round(0.75 * epochs))
     gen = torch.Generator().manual_seed(seed)
     start = time.process_time()
     for epoch in range(epochs):
         if method == "magnitude" and epoch >= first:
-            count = scheduled_count(epoch, HEADS, keep, first, last)
-            for i, attention in enumerate(attentions):
-                norms = head_norms(attention).masked_fill(~alive[i], -1.0)
-                alive[i] = torch.zeros(HEADS, dtype=torch.bool)
+            count = scheduled_count(epoch, total, keep, first, last)
+            for i, layer in enumerate(model.layers):
+                norms = unit_norms(layer, units).masked_fill(~alive[i], -1.0)
+                alive[i] = torch.zeros(total, dtype=torch.bool)
                 alive[i][norms.topk(count).indices] = True
-                hold_pruned(attention, alive[i])
+                hold_pruned(layer, alive[i], units)
         if method == "magnitude (global)" and epoch >= first:
-            count = scheduled_count(epoch, HEADS * LAYERS, keep * LAYERS, first, last)
-            norms = [head_norms(a) for a in attentions]
+            count = scheduled_count(epoch, total * LAYERS, keep * LAYERS, first, last)
+            norms = [unit_norms(layer, units) for layer in model.layers]
             relative = torch.cat([(n / n[m].mean()).masked_fill(~m, -1.0) for n, m in zip(norms, alive)])
-            alive = list(largest_in_parts(relative, count, [HEADS] * LAYERS).split(HEADS))
-            for attention, mask in zip(attentions, alive):
-                hold_pruned(attention, mask)
+            alive = list(largest_in_parts(relative, count, [total] * LAYERS).split(total))
+            for layer, mask in zip(model.layers, alive):
+                hold_pruned(layer, mask, units)
         if method == "symopt (compact)" and handles and all(h.constraint.policy.has_landed() for h in handles):
-            # landed: the exported model (each attention with its kept heads only) fine-tunes with plain
-            # weights and a fresh Adam
-            alive = [head_norms(a) > 0 for a in attentions]
+            # landed: the exported model (only the kept units) fine-tunes with plain weights and a fresh Adam
+            alive = [live_units(layer, units) for layer in model.layers]
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 model = symopt.export(model, mode="compressed")
@@ -181,11 +231,11 @@ def train(method: str, keep: int, seed: int, epochs: int):
             nn.functional.cross_entropy(logits.reshape(-1, vocab), batch[:, 1:].reshape(-1)).backward()
             opt.step()
             if method.startswith("magnitude"):
-                for attention, mask in zip(attentions, alive):
-                    hold_pruned(attention, mask)
+                for layer, mask in zip(model.layers, alive):
+                    hold_pruned(layer, mask, units)
     seconds = time.process_time() - start
     if method.startswith("symopt") and symopt.list_constraints(model):
-        alive = [head_norms(a) > 0 for a in attentions]  # the landing made the dropped heads exactly 0
+        alive = [live_units(layer, units) for layer in model.layers]  # the landing made the others exactly 0
         before = validation_loss(model, val)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the notes of what stays dense
@@ -196,38 +246,51 @@ def train(method: str, keep: int, seed: int, epochs: int):
     elif method.startswith("symopt"):  # (compact: exported at the landing, `alive` read then)
         params = sum(p.numel() for p in model.parameters())
     else:
-        # a removed head takes its q, k, v rows (weights and biases) and its out_proj columns with it
-        d = DIM // HEADS
-        removed = sum(int((~a).sum()) for a in alive)
-        params = sum(p.numel() for p in model.parameters()) - removed * (4 * d * DIM + 3 * d)
+        params = sum(p.numel() for p in model.parameters()) - removed_parameters(units, sum(int((~a).sum())
+                                                                                            for a in alive))
+    kept = "/".join(str(int(a.sum())) for a in alive)
+    if method.startswith("symopt") and units == "neurons":
+        widths = [layer.linear1.out_features for layer in model.layers]
+        if widths != [int(a.sum()) for a in alive]:
+            raise RuntimeError(f"export left feed-forward widths {widths}, not the {kept} neurons the landing kept")
     loss = validation_loss(model, val)
-    heads = "/".join(str(int(a.sum())) for a in alive)
     # (timed in train mode, as validation_loss runs: no dropout here, and no eval fast path to differ)
     example = windows(val, torch.arange(0, len(val) - CONTEXT - 1, CONTEXT)[:256])[:, :-1]
-    return loss, heads, params, deployed(model, example, eval_mode=False)[1], seconds
+    return loss, kept, params, deployed(model, example, eval_mode=False)[1], seconds
 
 
 def main(argv=None) -> list:
     def extra(parser):
+        parser.add_argument("--units", choices=sorted(UNITS), default="heads",
+                            help="what the budgets remove: attention heads (8 a layer) or feed-forward neurons (128)")
         parser.add_argument("--global", dest="global_budget", action="store_true",
-                            help="add one budget over both layers' heads, for magnitude pruning and symopt")
+                            help="add one budget over both layers' units, for magnitude pruning and symopt")
 
+    peek = argparse.ArgumentParser(add_help=False)
+    peek.add_argument("--units", default="heads")
+    units = peek.parse_known_args(argv)[0].units
     args = training_arguments(argv, "python -m benchmarks.heads", epochs=20, budgets="--keep", kind=int,
-                              defaults=[4, 2], smoke="4 heads", extra=extra)
+                              defaults=[32, 16] if units == "neurons" else [4, 2],
+                              smoke=f"{'32 neurons' if units == 'neurons' else '4 heads'}", extra=extra)
+    total = UNITS[args.units]
+    if any(not 1 <= k < total for k in args.keep):
+        raise SystemExit(f"--keep: each between 1 and {total - 1} {args.units} per layer")
     _, _, vocab = corpus()
     print(f"character LM on the standard library's source ({vocab} characters), 2 pre-norm encoder layers, "
-          f"d={DIM}, {HEADS} heads, Adam lr 3e-3, batch {BATCH}×{CONTEXT}, {args.epochs} epochs, {args.seeds} seeds; "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
-    print(f"{'method':18s} {'heads':>5s} {'val nats/char':>17s} {'per layer':>9s} {'params':>7s} {'ms':>6s} "
+          f"d={DIM}, {HEADS} heads, feed-forward {FFN}, Adam lr 3e-3, batch {BATCH}×{CONTEXT}, {args.epochs} epochs, "
+          f"{args.seeds} seeds; units removed: {args.units}; torch {torch.__version__}, {torch.get_num_threads()} "
+          "threads\n")
+    print(f"{'method':18s} {args.units:>7s} {'val nats/char':>17s} {'per layer':>9s} {'params':>7s} {'ms':>6s} "
           f"{'CPU s':>6s}")
     methods = ("magnitude", "symopt", "symopt (compact)") + (("magnitude (global)", "symopt (global)") if args.global_budget else ())
-    runs = [("dense", HEADS)] * wants_dense(args) + [(m, k) for k in args.keep for m in chosen(args, methods)]
+    runs = [("dense", total)] * wants_dense(args) + [(m, k) for k in args.keep for m in chosen(args, methods)]
     table = []
     for method, keep in runs:
-        mean, spread, seconds, results = over_seeds(train, method, keep, args.seeds, args.epochs)
+        mean, spread, seconds, results = over_seeds(functools.partial(train, units=args.units), method, keep,
+                                                    args.seeds, args.epochs)
         table.append((method, keep, mean, spread, results[0][1], results[0][2]))
         milliseconds = statistics.median(r[3] for r in results)
-        print(f"{method:18s} {keep:5d} {mean:10.4f} ± {spread:.4f} {results[0][1]:>9s} {results[0][2]:7d} "
+        print(f"{method:18s} {keep:7d} {mean:10.4f} ± {spread:.4f} {results[0][1]:>9s} {results[0][2]:7d} "
               f"{milliseconds:6.2f} {seconds:6.1f}", flush=True)
     return table
 

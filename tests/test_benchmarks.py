@@ -335,6 +335,18 @@ def test_heads_quick(capsys):
     assert "val nats/char" in capsys.readouterr().out
 
 
+def test_heads_quick_with_feed_forward_neurons(capsys):
+    """The same benchmark removing feed-forward neurons: symopt's budget lands 32 of 128 per layer inside
+    torch's nn.TransformerEncoderLayer and the export narrows linear1 / linear2 to them (else it raises)."""
+    from benchmarks import heads
+    table = heads.main(["--quick", "--units", "neurons", "--methods", "magnitude", "symopt"])
+    dense = sum(p.numel() for p in heads.CharLM(heads.corpus()[2], 0).parameters())
+    assert table[1][4] == "32/32" and table[1][5] == dense - 2 * 96 * (2 * 64 + 1)
+    kept = sum(int(n) for n in table[0][4].split("/"))
+    assert table[0][5] == dense - (256 - kept) * (2 * 64 + 1)
+    assert "neurons" in capsys.readouterr().out
+
+
 def test_small_solves_all_optimal(capsys):
     small_solves.main(["--repeats", "1"])
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("| Lasso", "| logistic"))]
