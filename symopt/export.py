@@ -712,7 +712,8 @@ def _prune_block_heads(holder: nn.Module, info: dict, options: dict) -> list[str
         return [f"{label}: heads kept: the block keeps its head count in no attribute symopt can lower "
                 "(num_heads, n_heads, num_attention_heads, n_head) and reshapes by no head_dim"]
     block = _get(holder, _qual("root", block_name))
-    q, k, v, o = (getattr(block, n) for n in info["projections"])
+    counts = _get(block, info.get("count_holder", ""))  # (BERT: the child holding q, k, v keeps the counts)
+    q, k, v, o = (_get(block, n) for n in info["projections"])
     units = info.get("units", info["heads"])
     per_unit = info["heads"] // units  # (query heads a unit holds: 1 without grouped-query attention)
     q_width, kv_width = q.out_features // units, k.out_features // units  # (a unit's rows in q / o, in k / v)
@@ -739,17 +740,19 @@ def _prune_block_heads(holder: nn.Module, info: dict, options: dict) -> list[str
         new.weight.copy_(layer.weight[rows])
         if layer.bias is not None:
             new.bias.copy_(layer.bias[rows])
-        setattr(block, layer_name, new.train(layer.training))
+        _set(block, layer_name, new.train(layer.training))
     has_bias = o.bias is not None or bool(out_bias.any())
     new_o = nn.Linear(q_rows.numel(), o.out_features, bias=has_bias, **kw)
     new_o.weight.copy_(o.weight[:, q_rows])
     if has_bias:
         new_o.bias.copy_(out_bias)
-    setattr(block, info["projections"][3], new_o.train(o.training))
+    _set(block, info["projections"][3], new_o.train(o.training))
     if count_attribute is not None:
-        setattr(block, count_attribute, int(keep.numel()) * per_unit)
+        setattr(counts, count_attribute, int(keep.numel()) * per_unit)
     if kv_attribute is not None:
-        setattr(block, kv_attribute, int(keep.numel()))
+        setattr(counts, kv_attribute, int(keep.numel()))
+    if info.get("inner_width_attribute") is not None:
+        setattr(counts, info["inner_width_attribute"], int(q_rows.numel()))
     checked, problem = surgery.verify(before, holder.root, options["example_input"])
     if problem is not None:
         holder.root = before

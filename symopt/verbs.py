@@ -332,7 +332,13 @@ def n_m_sparse(module: nn.Module, name: str, n: int = 2, m: int = 4, *, total_st
 
 
 PROJECTION_NAMES = (("q_proj", "k_proj", "v_proj", "out_proj"), ("q_proj", "k_proj", "v_proj", "o_proj"),
-                    ("q", "k", "v", "o"), ("query", "key", "value", "out"))
+                    ("q", "k", "v", "o"), ("query", "key", "value", "out"), ("q_lin", "k_lin", "v_lin", "out_lin"),
+                    # the BERT family's attention keeps q, k, v in one child and the output in another
+                    # (BERT, RoBERTa, ELECTRA: self / output.dense; ViT before transformers 5: attention / output.dense)
+                    ("self.query", "self.key", "self.value", "output.dense"),
+                    ("attention.query", "attention.key", "attention.value", "output.dense"))
+# the width of all heads together, where a block keeps it (BERT's self-attention reshapes by it)
+INNER_WIDTH_NAMES = ("all_head_size",)
 HEAD_COUNT_NAMES = ("num_heads", "n_heads", "num_attention_heads", "n_head")
 # where a block with grouped-query attention keeps its k/v head count (export lowers it with the other)
 KV_HEAD_COUNT_NAMES = ("num_key_value_heads", "num_kv_heads", "n_kv_heads", "n_kv_head")
@@ -359,7 +365,11 @@ def attention_heads(model: nn.Module, name: str | Sequence[str] = "", strength: 
     attention (k and v narrower than q: each k/v head read by a group of query heads) a unit is one k/v
     head with its query heads, so that every query head keeps its keys and every k/v head the same number
     of query heads: ``max_heads`` then counts those units (k/v heads), and export also lowers a
-    ``num_key_value_heads`` / ``num_kv_heads`` / ``n_kv_heads`` attribute.
+    ``num_key_value_heads`` / ``num_kv_heads`` / ``n_kv_heads`` attribute. The projections may sit in
+    children of the block: the BERT family's attention (BERT, RoBERTa, ELECTRA) keeps q, k, v in
+    ``self`` with the head count and ``all_head_size``, which export lowers too, and the output in
+    ``output.dense``; naming ``"bert.encoder.layer.0.attention"`` finds them, as it finds DistilBERT's
+    ``q_lin`` … ``out_lin``.
     See [`UnitGroups`][symopt.constraints.unit_groups.UnitGroups].
 
     Args:
@@ -376,11 +386,13 @@ def attention_heads(model: nn.Module, name: str | Sequence[str] = "", strength: 
         ramp: the schedule's ``(start, end)`` as fractions of ``total_steps``.
         land_on_the_way: False keeps every head until the end of the ramp (default: heads ranked beyond
             1.5 × the scheduled count land at each reading; see [`Constraint`][symopt.Constraint]).
-        projections: for a hand-written block, the names of its q, k, v and output Linear layers
-            (default: the first of ``q_proj/k_proj/v_proj/out_proj``, ``…/o_proj``, ``q/k/v/o``,
-            ``query/key/value/out`` that it has).
+        projections: for a hand-written block, the names of its q, k, v and output Linear layers,
+            dotted where they sit in children (default: the first of ``q_proj/k_proj/v_proj/out_proj``,
+            ``…/o_proj``, ``q/k/v/o``, ``query/key/value/out``, ``q_lin/…/out_lin``,
+            ``self.query/self.key/self.value/output.dense`` that it has).
         heads: for a hand-written block, its head count (default: its ``num_heads`` / ``n_heads`` /
-            ``num_attention_heads`` / ``n_head`` attribute, else q's width over its ``head_dim``).
+            ``num_attention_heads`` / ``n_head`` attribute, else q's width over its ``head_dim``; read
+            from the block, else from the child holding q).
 
     Returns:
         Handle: the registered constraint (build the optimizer afterwards).
@@ -460,21 +472,35 @@ def _head_tensors(model: nn.Module, name: str, projections, heads):
         dims.append(1)
         maps.append(per_head)
         return names, dims, maps, None
+    def linear(path: str):
+        try:
+            layer = block.get_submodule(path) if isinstance(path, str) and path else None
+        except AttributeError:
+            return None
+        return layer if isinstance(layer, nn.Linear) else None
+
     found = [tuple(projections)] if projections is not None else [
-        p for p in PROJECTION_NAMES if all(isinstance(getattr(block, n, None), nn.Linear) for n in p)]
-    if not found or len(found[0]) != 4 or not all(isinstance(getattr(block, n, None), nn.Linear) for n in found[0]):
+        p for p in PROJECTION_NAMES if all(linear(n) is not None for n in p)]
+    if not found or len(found[0]) != 4 or not all(linear(n) is not None for n in found[0]):
         raise TypeError(f"attention_heads: '{name or type(model).__name__}' is a {type(block).__name__}, neither an "
                         "nn.MultiheadAttention nor a block with four nn.Linear projections; pass projections=("
-                        "'q', 'k', 'v', 'out') with its layer names")
-    q, k, v, o = (getattr(block, n) for n in found[0])
+                        "'q', 'k', 'v', 'out') with its layer names (dotted inside the block: BERT's attention takes "
+                        "('self.query', 'self.key', 'self.value', 'output.dense'))")
+    q, k, v, o = (linear(n) for n in found[0])
     inner = q.out_features
-    attr = int_attribute(block, HEAD_COUNT_NAMES)
+    # the counts live on the block, or (BERT) on the child that holds q, k and v
+    q_parent = found[0][0].rpartition(".")[0]
+    count_holder = next((path for path in dict.fromkeys(("", q_parent))
+                         if int_attribute(block.get_submodule(path), HEAD_COUNT_NAMES + ("head_dim",)) is not None),
+                        "")
+    holder = block.get_submodule(count_holder)
+    attr = int_attribute(holder, HEAD_COUNT_NAMES)
     # (Hugging Face's attention modules keep no head count: they reshape by their int head_dim and let the
     # count follow from the width, so that count is the q width over head_dim, and export lowers nothing)
-    head_dim = getattr(block, "head_dim", None)
+    head_dim = getattr(holder, "head_dim", None)
     from_head_dim = (isinstance(head_dim, int) and not isinstance(head_dim, bool) and head_dim > 0
                      and inner % head_dim == 0)
-    count = (heads if heads is not None else getattr(block, attr) if attr is not None
+    count = (heads if heads is not None else getattr(holder, attr) if attr is not None
              else inner // head_dim if from_head_dim else None)
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise ValueError(f"attention_heads: give heads= (the head count of '{name}'), or keep it in one of its "
@@ -506,10 +532,14 @@ def _head_tensors(model: nn.Module, name: str, projections, heads):
     names.append(f"{prefix}{found[0][3]}.weight")
     dims.append(1)
     maps.append(q_map)
-    kv_attr = int_attribute(block, KV_HEAD_COUNT_NAMES)
+    kv_attr = int_attribute(holder, KV_HEAD_COUNT_NAMES)
+    inner_attr = int_attribute(holder, INNER_WIDTH_NAMES)
     return names, dims, maps, {"block": name, "projections": tuple(found[0]), "heads": count, "count_attribute": attr,
                                "units": kv_heads, "kv_count_attribute": kv_attr if kv_heads < count else None,
-                               "width_attribute": "head_dim" if attr is None and from_head_dim else None}
+                               "width_attribute": "head_dim" if attr is None and from_head_dim else None,
+                               "count_holder": count_holder,
+                               "inner_width_attribute": inner_attr if getattr(holder, inner_attr or "", None) == inner
+                               else None}
 
 
 def tie(model: nn.Module, names: Sequence[str], strength: float | str = "auto", **kwargs) -> Handle:

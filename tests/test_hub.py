@@ -310,3 +310,86 @@ def test_per_layer_ffn_budgets_that_land_alike_rewrite_the_config_for_the_class_
     assert [layer.mlp.down_proj.in_features for layer in again.model.layers] == [20, 20]
     with torch.no_grad():
         assert torch.equal(again(LLAMA_IDS).logits, small(LLAMA_IDS).logits)
+
+
+def test_a_head_budget_on_bert_lands_exports_and_round_trips_through_symopt(tmp_path):
+    """BERT keeps q, k, v in `attention.self` and the output projection in `attention.output.dense`, and its
+    head count (and all_head_size) on `self`: attention_heads finds that layout from the block's name. A
+    global budget of 3 heads of 8 lands under Adam; export removes the others from both children, lowers
+    num_attention_heads and all_head_size where the block keeps them, and the logits do not move. BERT's
+    config has no head_dim to pin (its head width is hidden_size / heads), so no config describes the export:
+    the plain save refuses and symopt's round trip rebuilds it."""
+    config = transformers.BertConfig(vocab_size=60, hidden_size=16, num_hidden_layers=2, num_attention_heads=4,
+                                     intermediate_size=32, num_labels=3, max_position_embeddings=32)
+    torch.manual_seed(0)
+    model = transformers.BertForSequenceClassification(config).double()
+    blocks = ["bert.encoder.layer.0.attention", "bert.encoder.layer.1.attention"]
+    handle = symopt.attention_heads(model, blocks, max_heads=3, total_steps=40)
+    assert handle.constraint.attention_blocks[0]["projections"] == ("self.query", "self.key", "self.value",
+                                                                    "output.dense")
+    opt = torch.optim.Adam(symopt.param_groups(model, lr=1e-2), lr=1e-2)
+    labels = torch.tensor([0, 2])
+    for _ in range(45):
+        opt.zero_grad()
+        model(IDS, labels=labels).loss.backward()
+        opt.step()
+    model.eval()
+    norms = handle.constraint.unit_norms([v.detach() for v in handle.values()])
+    kept = [int((part > 0).sum()) for part in norms.split(4)]
+    assert sum(kept) == 3 and min(kept) >= 1
+    small = _compressed(model)  # checked on token ids symopt's probe builds
+    for layer, heads in zip(small.bert.encoder.layer, kept):
+        attention = layer.attention
+        assert (attention.self.query.out_features, attention.self.value.out_features,
+                attention.output.dense.in_features) == (4 * heads, 4 * heads, 4 * heads)
+        assert (attention.self.num_attention_heads, attention.self.all_head_size) == (heads, 4 * heads)
+    with torch.no_grad():
+        want = small(IDS).logits
+        assert torch.allclose(want, model(IDS).logits, atol=1e-10, rtol=0)
+    with pytest.raises(ValueError, match="layers its config does not describe.*symopt.save_pretrained"):
+        small.save_pretrained(tmp_path / "plain")
+    symopt.save_pretrained(small, tmp_path / "kept")
+    back = symopt.from_pretrained(transformers.BertForSequenceClassification, tmp_path / "kept")
+    assert [(layer.attention.self.num_attention_heads, layer.attention.self.all_head_size)
+            for layer in back.bert.encoder.layer] == [(heads, 4 * heads) for heads in kept]
+    with torch.no_grad():
+        assert torch.equal(back(IDS).logits, want)
+
+
+def _distilbert():
+    return transformers.DistilBertForSequenceClassification(transformers.DistilBertConfig(
+        vocab_size=60, dim=16, n_layers=1, n_heads=4, hidden_dim=32, max_position_embeddings=32))
+
+
+def _roberta():
+    return transformers.RobertaForSequenceClassification(transformers.RobertaConfig(
+        vocab_size=60, hidden_size=16, num_hidden_layers=1, num_attention_heads=4, intermediate_size=32,
+        max_position_embeddings=40))
+
+
+def _vit():
+    return transformers.ViTForImageClassification(transformers.ViTConfig(
+        hidden_size=16, num_hidden_layers=1, num_attention_heads=4, intermediate_size=32, image_size=8,
+        patch_size=4, num_channels=3))
+
+
+@pytest.mark.parametrize("build, block, example", [
+    (_distilbert, "distilbert.transformer.layer.0.attention", IDS),  # q_lin, k_lin, v_lin, out_lin; n_heads
+    (_roberta, "roberta.encoder.layer.0.attention", IDS % 57 + 3),  # BERT's layout (ids above the padding id)
+    (_vit, "vit.layers.0.attention", torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))),
+])
+def test_attention_heads_finds_the_projections_of_other_hugging_face_encoders(build, block, example):
+    """Each encoder's attention is found by its block's name alone; two dead heads of four leave every
+    projection at export, checked by export's own probe (no example_input), with the same logits."""
+    torch.manual_seed(0)
+    model = build().double().eval()
+    symopt.attention_heads(model, block, strength=1e-3)
+    gates = next(p for n, p in model.named_parameters() if n.startswith(block) and n.endswith("original0"))
+    with torch.no_grad():
+        gates[[1, 2]] = 0
+        want = model(example).logits
+    small = _compressed(model)
+    widths = [m.out_features for m in small.get_submodule(block).modules() if isinstance(m, torch.nn.Linear)]
+    assert widths == [8, 8, 8, 16]  # q, k, v lost two heads of 4 rows; the output keeps the model width
+    with torch.no_grad():
+        assert torch.allclose(small(example).logits, want, atol=1e-10, rtol=0)
