@@ -404,39 +404,46 @@ def _lower_width_attributes(root: nn.Module, before: dict[str, int], after: dict
 
 def _traceable_scopes(root: nn.Module, producers: set[str]) -> tuple[list[tuple[str, nn.Module, surgery.Plan]], dict[str, str]]:
     """The removal plans for ``producers`` (module names under ``root``): one over the whole model where
-    ``torch.fx`` traces it; for each producer it does not trace, or whose calls the trace does not show (it
-    runs inside a module fx records as one call, as it does torch.nn's own layers), over its nearest enclosing
-    module that traces (a Hugging Face model's forward does not trace, its MLP blocks do) or whose registered
-    part does
-    (`surgery.register_traceable_part`: an ``nn.TransformerEncoderLayer``'s feed-forward), producers under
-    one scope planned together. Units that leave a scope count as reaching an output, so they stay. Returns
-    ``[(scope, the module the plan applies to, plan)]`` (scope ``""`` is the root) and ``{producer: why it
-    has no plan}``."""
+    ``torch.fx`` traces it. A producer it does not trace, or whose calls its graph does not show (it runs
+    inside a module fx records as one call, as it does torch.nn's own layers), is planned over its
+    outermost enclosing module whose graph calls it: a module that traces (a Hugging Face model's forward
+    does not, its MLP blocks do) or whose registered part does (`surgery.register_traceable_part`: an
+    ``nn.TransformerEncoderLayer``'s or a BERT layer's feed-forward). Producers with one scope are planned
+    together; units that leave a scope count as reaching an output, so they stay. Returns ``[(scope, the
+    module the plan applies to, plan)]`` (scope ``""`` is the root) and ``{producer: why it has no plan}``."""
     plans, pending, root_error = [], set(producers), None
     try:
-        view = surgery.traceable(root)
-        plan = surgery.plan_removal(view, producers)
+        view, graph = surgery.traceable(root)
+        plan = surgery.plan_removal(view, producers, graph)
         plans, pending = [("", view, plan)], plan.unseen
     except Exception as error:  # noqa: BLE001 - fx raises many types on a forward it cannot trace
         root_error = f"{type(error).__name__}: {error}"
     if not pending:
         return plans, {}
-    views: dict[str, nn.Module | None] = {}
+    traced: dict[str, tuple[nn.Module, torch.fx.Graph, set[str]] | None] = {}
 
-    def view_of(scope: str) -> nn.Module | None:
-        if scope not in views:
+    def traced_scope(scope: str):
+        """(view, graph, the modules its graph calls) of the module at ``scope``; None where it does not trace."""
+        if scope not in traced:
             try:
-                views[scope] = surgery.traceable(root.get_submodule(scope))
+                view, graph = surgery.traceable(root.get_submodule(scope))
+                traced[scope] = view, graph, {n.target for n in graph.nodes if n.op == "call_module"}
             except Exception:  # noqa: BLE001
-                views[scope] = None
-        return views[scope]
+                traced[scope] = None
+        return traced[scope]
+
+    def calls(scope: str, name: str) -> bool:
+        found = traced_scope(scope)
+        return found is not None and name.removeprefix(f"{scope}.") in found[2]
 
     chosen: dict[str, str] = {}  # producer → its scope
     untraced: dict[str, str] = {}
     for name in sorted(pending):
-        scope = name.rpartition(".")[0]
-        while scope and view_of(scope) is None:
-            scope = scope.rpartition(".")[0]
+        # the outermost enclosing scope whose graph calls the layer: a scope that only holds it (a Hugging Face
+        # BERT layer's `intermediate`) would send its units out as outputs, where the next one up (the layer's
+        # registered feed-forward part) shows their consumer
+        ancestors = [name.rsplit(".", depth)[0] for depth in range(1, name.count(".") + 1)]
+        scope = next((s for s in reversed(ancestors) if calls(s, name)), "")
         if scope:
             chosen[name] = scope
         elif root_error is not None:
@@ -445,19 +452,16 @@ def _traceable_scopes(root: nn.Module, producers: set[str]) -> tuple[list[tuple[
         else:
             untraced[name] = (f"it runs inside a module that torch.fx records as one call in {type(root).__name__}'s "
                               "graph, and no module around it traces, so the consumers of its units are unknown")
-    # a scope inside another chosen one is planned with it (one plan per part of the graph)
-    outer = {scope for scope in chosen.values()
-             if not any(scope.startswith(f"{other}.") for other in chosen.values())}
-    for scope in sorted(outer):
-        members = {name for name, s in chosen.items() if s == scope or s.startswith(f"{scope}.")}
+    for scope in sorted(set(chosen.values())):
+        view, graph, _ = traced[scope]
+        members = {name.removeprefix(f"{scope}.") for name, s in chosen.items() if s == scope}
         try:
-            plan = surgery.plan_removal(views[scope], {n.removeprefix(f"{scope}.") for n in members})
+            plan = surgery.plan_removal(view, members, graph)
         except Exception as error:  # noqa: BLE001
-            untraced.update({n: f"torch.fx cannot trace {scope} ({type(error).__name__}: {error})" for n in members})
+            untraced.update({_qual(scope, n): f"torch.fx cannot trace {scope} ({type(error).__name__}: {error})"
+                             for n in members})
             continue
-        untraced.update({_qual(scope, n): f"it runs inside a module that torch.fx records as one call in {scope}"
-                         for n in plan.unseen})
-        plans.append((scope, views[scope], plan))
+        plans.append((scope, view, plan))
     return plans, untraced
 
 

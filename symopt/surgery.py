@@ -146,6 +146,10 @@ class _Units:
 # Blocks whose forward fx cannot trace (data-dependent checks, fast paths) but whose layers' units flow
 # through one method that does trace: that method stands in for the block (see `traceable`).
 TRACEABLE_PARTS: dict[type, str] = {}
+# By convention rather than by class: Hugging Face's BERT-derived layers (BERT, RoBERTa, ELECTRA and some
+# forty more model families in transformers 5) run their feed-forward through `feed_forward_chunk(x)`,
+# while their forward (attention masks, caches, chunking) does not trace. {module prefix: method}
+CONVENTIONAL_PARTS: dict[str, str] = {"transformers.": "feed_forward_chunk"}
 
 
 def register_traceable_part(block_type: type, method: str) -> None:
@@ -155,7 +159,9 @@ def register_traceable_part(block_type: type, method: str) -> None:
     stay, and the model's outputs are compared before and after (no comparison, no rewrite).
 
     Registered here: ``nn.TransformerEncoderLayer`` and ``nn.TransformerDecoderLayer`` (``_ff_block``:
-    ``linear2(dropout(activation(linear1(x))))``), whose forward branches on its inputs for its fast path.
+    ``linear2(dropout(activation(linear1(x))))``), whose forward branches on its inputs for its fast path;
+    and, by convention, every Hugging Face layer with a ``feed_forward_chunk(x)`` method (BERT's
+    ``output(intermediate(x), x)`` and the model families derived from it).
 
     Raises:
         TypeError: ``block_type`` is not an ``nn.Module`` class, or it has no such method.
@@ -172,8 +178,9 @@ def register_traceable_part(block_type: type, method: str) -> None:
         ...     def mlp(self, x):
         ...         return self.down(torch.relu(self.up(x)))
         >>> surgery.register_traceable_part(Gated, "mlp")
-        >>> type(surgery.traceable(Gated())).__name__
-        'TracedPart'
+        >>> view, graph = surgery.traceable(Gated())
+        >>> type(view).__name__, [node.target for node in graph.nodes if node.op == "call_module"]
+        ('TracedPart', ['up', 'down'])
     """
     if not (isinstance(block_type, type) and issubclass(block_type, nn.Module)):
         raise TypeError(f"register_traceable_part: block_type must be an nn.Module class, got {block_type!r}")
@@ -196,31 +203,38 @@ class TracedPart(nn.Module):
         return self._part(self, x)
 
 
-def traceable(module: nn.Module) -> nn.Module:
-    """``module`` where ``torch.fx`` traces it; else the stand-in of its registered part
-    (`register_traceable_part`); else whatever the trace of ``module`` raised."""
+def traceable(module: nn.Module) -> tuple[nn.Module, torch.fx.Graph]:
+    """``(view, graph)``: ``module`` and its traced graph where ``torch.fx`` traces it; else the stand-in of
+    its registered part (`register_traceable_part`) and that part's graph; else whatever the trace of
+    ``module`` raised. Rewrites planned on the view's graph apply to the view (`apply`)."""
     try:
-        torch.fx.symbolic_trace(module)
-        return module
+        return module, torch.fx.symbolic_trace(module).graph
     except Exception:  # noqa: BLE001 - fx raises many types on a forward it cannot trace
-        method = next((m for t, m in TRACEABLE_PARTS.items() if type(module) is t), None)
+        method = _registered_part(type(module))
         if method is None:
             raise
     part = TracedPart(module, method)
-    torch.fx.symbolic_trace(part)
-    return part
+    return part, torch.fx.symbolic_trace(part).graph
+
+
+def _registered_part(block_type: type) -> str | None:
+    if block_type in TRACEABLE_PARTS:
+        return TRACEABLE_PARTS[block_type]
+    return next((method for prefix, method in CONVENTIONAL_PARTS.items()
+                 if block_type.__module__.startswith(prefix) and callable(getattr(block_type, method, None))), None)
 
 
 register_traceable_part(nn.TransformerEncoderLayer, "_ff_block")
 register_traceable_part(nn.TransformerDecoderLayer, "_ff_block")
 
 
-def plan_removal(root: nn.Module, producers: set[str]) -> Plan:
-    """Trace ``root`` and decide which dead output units of the layers named in ``producers`` can go.
+def plan_removal(root: nn.Module, producers: set[str], graph: torch.fx.Graph | None = None) -> Plan:
+    """Trace ``root`` (unless its ``graph`` is given) and decide which dead output units of the layers named
+    in ``producers`` can go.
 
     Raises whatever ``torch.fx.symbolic_trace`` raises on a model it cannot trace.
     """
-    graph = torch.fx.symbolic_trace(root).graph
+    graph = torch.fx.symbolic_trace(root).graph if graph is None else graph
     modules = dict(root.named_modules())
     calls = defaultdict(int)
     for node in graph.nodes:

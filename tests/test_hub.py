@@ -393,3 +393,43 @@ def test_attention_heads_finds_the_projections_of_other_hugging_face_encoders(bu
     assert widths == [8, 8, 8, 16]  # q, k, v lost two heads of 4 rows; the output keeps the model width
     with torch.no_grad():
         assert torch.allclose(small(example).logits, want, atol=1e-10, rtol=0)
+
+
+def test_a_global_ffn_neuron_budget_on_bert_lands_and_exports_narrower_feed_forwards(tmp_path):
+    """BERT's feed-forward is split over two sibling blocks (`intermediate.dense` then `output.dense`, with
+    the residual and LayerNorm), and neither the model nor its layer traces; the layer's
+    `feed_forward_chunk` does (Hugging Face's convention for BERT-derived layers), so export plans the
+    neurons there: a budget of 20 of 64 neurons over both layers lands under Adam, both Linears narrow, the
+    logits do not move, and where the layers kept the same width the config's intermediate_size says it
+    (the class's own save / load round trip)."""
+    config = transformers.BertConfig(vocab_size=60, hidden_size=16, num_hidden_layers=2, num_attention_heads=4,
+                                     intermediate_size=32, num_labels=3, max_position_embeddings=32)
+    torch.manual_seed(0)
+    model = transformers.BertForSequenceClassification(config).double()
+    layers = [[f"bert.encoder.layer.{i}.intermediate.dense.weight", f"bert.encoder.layer.{i}.intermediate.dense.bias"]
+              for i in range(2)]
+    handle = symopt.group_sparse(model, layers, max_groups=20, total_steps=40)
+    opt = torch.optim.Adam(symopt.param_groups(model, lr=1e-2), lr=1e-2)
+    for _ in range(45):
+        opt.zero_grad()
+        model(IDS, labels=torch.tensor([0, 2])).loss.backward()
+        opt.step()
+    model.eval()
+    norms = handle.constraint.unit_norms([v.detach() for v in handle.values()])
+    kept = [int((part > 0).sum()) for part in norms.split(32)]
+    assert sum(kept) == 20
+    small = _compressed(model)
+    assert [(layer.intermediate.dense.out_features, layer.output.dense.in_features)
+            for layer in small.bert.encoder.layer] == [(k, k) for k in kept]
+    with torch.no_grad():
+        want = small(IDS).logits
+        assert torch.allclose(want, model(IDS).logits, atol=1e-10, rtol=0)
+    if kept[0] == kept[1]:
+        assert small.config.intermediate_size == kept[0]
+        small.save_pretrained(tmp_path)
+        back = transformers.BertForSequenceClassification.from_pretrained(tmp_path).eval()
+    else:
+        symopt.save_pretrained(small, tmp_path)
+        back = symopt.from_pretrained(transformers.BertForSequenceClassification, tmp_path)
+    with torch.no_grad():
+        assert torch.equal(back(IDS).logits, want)
