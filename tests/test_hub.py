@@ -117,6 +117,22 @@ def test_save_pretrained_needs_a_hugging_face_model(tmp_path):
 LLAMA_IDS = torch.randint(0, 40, (8, 9), generator=torch.Generator().manual_seed(0))
 
 
+def _adam(model, steps: int, ids, labels) -> None:
+    """``steps`` Adam steps (lr 1e-2, symopt's decay groups) on one batch, then eval mode."""
+    opt = torch.optim.Adam(symopt.param_groups(model, lr=1e-2), lr=1e-2)
+    for _ in range(steps):
+        opt.zero_grad()
+        model(ids, labels=labels).loss.backward()
+        opt.step()
+    model.eval()
+
+
+def _kept(handle, per_layer: int) -> list[int]:
+    """The units each layer of a (landed) group budget kept."""
+    norms = handle.constraint.unit_norms([v.detach() for v in handle.values()])
+    return [int((part > 0).sum()) for part in norms.split(per_layer)]
+
+
 def _llama_trained_to_a_head_budget(max_heads: int, steps: int = 60, tie: bool = False):
     """A 2-layer LlamaForCausalLM (4 query heads on 2 k/v heads a layer) whose head budget over both layers
     landed under Adam; returns the model (eval mode) and the handle."""
@@ -127,12 +143,8 @@ def _llama_trained_to_a_head_budget(max_heads: int, steps: int = 60, tie: bool =
     model = transformers.LlamaForCausalLM(config).double()
     blocks = ["model.layers.0.self_attn", "model.layers.1.self_attn"]
     handle = symopt.attention_heads(model, blocks, max_heads=max_heads, total_steps=steps)
-    opt = torch.optim.Adam(symopt.param_groups(model, lr=1e-2), lr=1e-2)
-    for _ in range(steps):
-        opt.zero_grad()
-        model(LLAMA_IDS, labels=LLAMA_IDS).loss.backward()
-        opt.step()
-    return model.eval(), handle
+    _adam(model, steps, LLAMA_IDS, LLAMA_IDS)
+    return model, handle
 
 
 def _compressed(model, **kwargs):
@@ -150,11 +162,9 @@ def test_a_head_budget_on_a_grouped_query_llama_lands_and_export_removes_its_hea
     save_pretrained / from_pretrained round-trip the smaller model."""
     model, handle = _llama_trained_to_a_head_budget(max_heads=2)
     assert handle.constraint.set_units == [2, 2]
-    norms = handle.constraint.unit_norms([v.detach() for v in handle.values()])
-    assert int((norms > 0).sum()) == 2
-    small = _compressed(model, example_input=LLAMA_IDS[:2])
-    kept = [int((part > 0).sum()) for part in norms.split(2)]
+    kept = _kept(handle, 2)
     assert kept == [1, 1]
+    small = _compressed(model, example_input=LLAMA_IDS[:2])
     for layer, units in zip(small.model.layers, kept):
         attn = layer.self_attn
         assert (attn.q_proj.out_features, attn.k_proj.out_features, attn.o_proj.in_features) == (16 * units, 8 * units,
@@ -267,14 +277,8 @@ def test_a_global_ffn_neuron_budget_on_llama_lands_exports_narrower_mlps_and_rel
     steps = 60
     neurons = [[f"model.layers.{i}.mlp.gate_proj.weight", f"model.layers.{i}.mlp.up_proj.weight"] for i in range(2)]
     handle = symopt.group_sparse(model, neurons, max_groups=40, total_steps=steps)
-    opt = torch.optim.Adam(symopt.param_groups(model, lr=1e-2), lr=1e-2)
-    for _ in range(steps):
-        opt.zero_grad()
-        model(LLAMA_IDS, labels=LLAMA_IDS).loss.backward()
-        opt.step()
-    model.eval()
-    norms = handle.constraint.unit_norms([v.detach() for v in handle.values()])
-    kept = [int((part > 0).sum()) for part in norms.split(48)]
+    _adam(model, steps, LLAMA_IDS, LLAMA_IDS)
+    kept = _kept(handle, 48)
     assert sum(kept) == 40
     small = _compressed(model)
     assert [(layer.mlp.gate_proj.out_features, layer.mlp.up_proj.out_features, layer.mlp.down_proj.in_features,
@@ -298,12 +302,8 @@ def test_per_layer_ffn_budgets_that_land_alike_rewrite_the_config_for_the_class_
     for i in range(2):
         symopt.group_sparse(model, [f"model.layers.{i}.mlp.gate_proj.weight", f"model.layers.{i}.mlp.up_proj.weight"],
                             max_groups=20, total_steps=steps)
-    opt = torch.optim.Adam(symopt.param_groups(model, lr=1e-2), lr=1e-2)
-    for _ in range(steps):
-        opt.zero_grad()
-        model(LLAMA_IDS, labels=LLAMA_IDS).loss.backward()
-        opt.step()
-    small = _compressed(model.eval())
+    _adam(model, steps, LLAMA_IDS, LLAMA_IDS)
+    small = _compressed(model)
     assert small.config.intermediate_size == 20 and model.config.intermediate_size == 48
     small.save_pretrained(tmp_path)
     again = transformers.LlamaForCausalLM.from_pretrained(tmp_path)
@@ -327,15 +327,8 @@ def test_a_head_budget_on_bert_lands_exports_and_round_trips_through_symopt(tmp_
     handle = symopt.attention_heads(model, blocks, max_heads=3, total_steps=40)
     assert handle.constraint.attention_blocks[0]["projections"] == ("self.query", "self.key", "self.value",
                                                                     "output.dense")
-    opt = torch.optim.Adam(symopt.param_groups(model, lr=1e-2), lr=1e-2)
-    labels = torch.tensor([0, 2])
-    for _ in range(45):
-        opt.zero_grad()
-        model(IDS, labels=labels).loss.backward()
-        opt.step()
-    model.eval()
-    norms = handle.constraint.unit_norms([v.detach() for v in handle.values()])
-    kept = [int((part > 0).sum()) for part in norms.split(4)]
+    _adam(model, 45, IDS, torch.tensor([0, 2]))
+    kept = _kept(handle, 4)
     assert sum(kept) == 3 and min(kept) >= 1
     small = _compressed(model)  # checked on token ids symopt's probe builds
     for layer, heads in zip(small.bert.encoder.layer, kept):
@@ -409,14 +402,8 @@ def test_a_global_ffn_neuron_budget_on_bert_lands_and_exports_narrower_feed_forw
     layers = [[f"bert.encoder.layer.{i}.intermediate.dense.weight", f"bert.encoder.layer.{i}.intermediate.dense.bias"]
               for i in range(2)]
     handle = symopt.group_sparse(model, layers, max_groups=20, total_steps=40)
-    opt = torch.optim.Adam(symopt.param_groups(model, lr=1e-2), lr=1e-2)
-    for _ in range(45):
-        opt.zero_grad()
-        model(IDS, labels=torch.tensor([0, 2])).loss.backward()
-        opt.step()
-    model.eval()
-    norms = handle.constraint.unit_norms([v.detach() for v in handle.values()])
-    kept = [int((part > 0).sum()) for part in norms.split(32)]
+    _adam(model, 45, IDS, torch.tensor([0, 2]))
+    kept = _kept(handle, 32)
     assert sum(kept) == 20
     small = _compressed(model)
     assert [(layer.intermediate.dense.out_features, layer.output.dense.in_features)
