@@ -534,12 +534,12 @@ def _head_tensors(model: nn.Module, name: str, projections, heads):
     maps.append(q_map)
     kv_attr = int_attribute(holder, KV_HEAD_COUNT_NAMES)
     inner_attr = int_attribute(holder, INNER_WIDTH_NAMES)
+    if inner_attr is not None and getattr(holder, inner_attr) != inner:
+        inner_attr = None  # (an attribute of that name that is not q's width is not the one export lowers)
     return names, dims, maps, {"block": name, "projections": tuple(found[0]), "heads": count, "count_attribute": attr,
                                "units": kv_heads, "kv_count_attribute": kv_attr if kv_heads < count else None,
                                "width_attribute": "head_dim" if attr is None and from_head_dim else None,
-                               "count_holder": count_holder,
-                               "inner_width_attribute": inner_attr if getattr(holder, inner_attr or "", None) == inner
-                               else None}
+                               "count_holder": count_holder, "inner_width_attribute": inner_attr}
 
 
 def tie(model: nn.Module, names: Sequence[str], strength: float | str = "auto", **kwargs) -> Handle:

@@ -25,6 +25,13 @@ def _kill(module, rows, bias=0.0):
             module.bias[rows] = bias
 
 
+def _kill_units(layer, rows):
+    """Dead output units of a unit group over a layer's weight and bias: the shared gates and the bias's ω."""
+    with torch.no_grad():
+        layer.parametrizations.weight.original0[rows] = 0
+        layer.parametrizations.bias.original0[rows] = 0
+
+
 def _quiet_export(net, **kwargs):
     with warnings.catch_warnings():
         warnings.simplefilter("error", ExportWarning)
@@ -408,10 +415,7 @@ def test_a_torch_transformer_layer_loses_its_dead_feed_forward_neurons(norm_firs
     net = TokenEncoder(norm_first, activation).double()
     symopt.group_sparse(net, [["layers.0.linear1.weight", "layers.0.linear1.bias"]], strength=1e-3)
     symopt.group_sparse(net, "layers.1.linear1.weight", dim=0, strength=1e-3)
-    with torch.no_grad():
-        for rows in ([0, 3, 5, 7], [1, 2]):
-            net.layers[0].linear1.parametrizations.weight.original0[rows] = 0
-            net.layers[0].linear1.parametrizations.bias.original0[rows] = 0
+    _kill_units(net.layers[0].linear1, [0, 1, 2, 3, 5, 7])
     _kill(net.layers[1].linear1, [4, 9, 10], bias=0.3)  # a dead row, a live bias: a constant act(0.3)
     ids = torch.randint(0, 11, (3, 7))
     net.eval()
@@ -437,9 +441,7 @@ def test_a_torch_decoder_layer_loses_its_dead_feed_forward_neurons_when_an_input
     torch.manual_seed(0)
     model = Decoder().double().eval()
     symopt.group_sparse(model, ["layer.linear1.weight", "layer.linear1.bias"], strength=1e-3)
-    with torch.no_grad():
-        model.layer.linear1.parametrizations.weight.original0[[2, 6]] = 0
-        model.layer.linear1.parametrizations.bias.original0[[2, 6]] = 0
+    _kill_units(model.layer.linear1, [2, 6])
     with pytest.warns(ExportWarning, match=r"linear1.weight \(group_sparse\): units kept: .*pass example_input="):
         kept = symopt.export(model, mode="compressed")
     assert kept.layer.linear1.out_features == 12
@@ -497,9 +499,7 @@ def test_a_registered_part_that_hides_a_use_of_its_units_is_caught_by_the_output
         torch.manual_seed(0)
         block = Leaky().double()
         symopt.group_sparse(block, ["up.weight", "up.bias"], strength=1e-3)
-        with torch.no_grad():
-            block.up.parametrizations.weight.original0[[1, 5]] = 0
-            block.up.parametrizations.bias.original0[[1, 5]] = 0
+        _kill_units(block.up, [1, 5])
         with pytest.warns(ExportWarning, match=r"up.weight \(group_sparse\): units kept, .*output"):
             kept = symopt.export(block, mode="compressed", example_input=(torch.randn(3, 4, dtype=DT),))
         assert kept.up.out_features == 6
