@@ -9,6 +9,7 @@ then the pair also has the rotation symmetry $W_2W_1 = (W_2G^{-1})(GW_1)$).
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -29,6 +30,51 @@ class Pair:
 
 def layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(name or type(m).__name__, m) for name, m in model.named_modules() if isinstance(m, LAYER_TYPES)]
+
+
+def weight_axes(layer: nn.Module) -> tuple[int, int] | None:
+    """``(output axis, input axis)`` of a dense projection's 2-d weight: ``(0, 1)`` for ``nn.Linear``
+    ($x W^\top + b$); ``(1, 0)`` for a layer that stores its weight as ``(inputs, outputs)`` and says so in
+    ``nx`` / ``nf`` ($x W + b$: the ``Conv1D`` of Hugging Face's GPT-2 family); None for anything else.
+
+    Examples:
+        >>> import torch
+        >>> weight_axes(torch.nn.Linear(3, 5)), weight_axes(torch.nn.Conv1d(3, 5, 1))
+        ((0, 1), None)
+    """
+    if isinstance(layer, nn.Linear):
+        return 0, 1
+    weight = getattr(layer, "weight", None)
+    if isinstance(weight, Tensor) and weight.ndim == 2 and getattr(layer, "nf", None) == weight.shape[1] \
+            and getattr(layer, "nx", None) == weight.shape[0]:
+        return 1, 0
+    return None
+
+
+def narrowed(layer: nn.Module, outputs: Tensor | None = None, inputs: Tensor | None = None) -> nn.Module:
+    """A copy of a dense projection ([`weight_axes`][symopt._layers.weight_axes] not None) that keeps only
+    the ``outputs`` (indices of its outputs, bias included) and ``inputs`` given (None: all); its width
+    attributes (``out_features`` / ``in_features``, or ``nf`` / ``nx``) follow."""
+    out_axis, in_axis = weight_axes(layer)
+    weight = layer.weight.detach()
+    if outputs is not None:
+        weight = weight.index_select(out_axis, outputs)
+    if inputs is not None:
+        weight = weight.index_select(in_axis, inputs)
+    bias = layer.bias.detach() if layer.bias is not None else None
+    if bias is not None and outputs is not None:
+        bias = bias[outputs]
+    if isinstance(layer, nn.Linear):
+        new = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device=weight.device,
+                        dtype=weight.dtype)
+    else:  # (its own class, attributes and hooks: a copy with the weight and widths replaced)
+        new = copy.deepcopy(layer)
+        new.nx, new.nf = weight.shape
+    with torch.no_grad():
+        new.weight = nn.Parameter(weight.clone(), requires_grad=layer.weight.requires_grad)
+        if bias is not None:
+            new.bias = nn.Parameter(bias.clone(), requires_grad=layer.bias.requires_grad)
+    return new.train(layer.training)
 
 
 def in_size(module: nn.Module) -> int:

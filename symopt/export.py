@@ -55,7 +55,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from ._attention import HeadPrunedAttention
-from ._layers import LAYER_TYPES
+from ._layers import LAYER_TYPES, narrowed, weight_axes
 from .attach import guard_save_pretrained, list_constraints
 from . import layout, surgery
 from .constraints.base import density_count
@@ -706,9 +706,10 @@ def _folded_out_bias(W_o: Tensor, out_bias: Tensor | None, v_bias: Tensor | None
 def _prune_block_heads(holder: nn.Module, info: dict, options: dict) -> list[str]:
     """Heads of a hand-written attention block (``info``: its name, projections, head count, its units (k/v heads
     with their query heads under grouped-query attention, else heads) and the attributes holding the counts): its
-    q / k / v layers lose the rows of dead units, its output layer the columns, and its count attributes go down
-    (a block that reshapes by its ``head_dim`` has none to lower); the model's outputs are compared before and
-    after (``example_input`` or a probe) and the rewrite undone if they moved."""
+    q / k / v layers (or its fused q|k|v layer) lose the outputs of dead units, its output layer the inputs, and
+    its count attributes go down (a block that reshapes by its ``head_dim`` has none to lower); the model's
+    outputs are compared before and after (``example_input`` or a probe) and the rewrite undone if they moved.
+    Each projection is an ``nn.Linear`` or a layer storing its weight transposed (GPT-2's ``Conv1D``)."""
     block_name = info["block"]
     label = f"{block_name or 'the model'} (heads)"
     count_attribute, kv_attribute = info["count_attribute"], info.get("kv_count_attribute")
@@ -717,11 +718,21 @@ def _prune_block_heads(holder: nn.Module, info: dict, options: dict) -> list[str
                 "(num_heads, n_heads, num_attention_heads, n_head) and reshapes by no head_dim"]
     block = _get(holder, _qual("root", block_name))
     counts = _get(block, info.get("count_holder", ""))  # (BERT: the child holding q, k, v keeps the counts)
-    q, k, v, o = (_get(block, n) for n in info["projections"])
+    layers = [_get(block, n) for n in info["projections"]]
+    o = layers[-1]
+    W_o = _outputs_first(o)
+    inner = W_o.shape[1]
     units = info.get("units", info["heads"])
     per_unit = info["heads"] // units  # (query heads a unit holds: 1 without grouped-query attention)
-    q_width, kv_width = q.out_features // units, k.out_features // units  # (a unit's rows in q / o, in k / v)
-    out_dead, dead = _dead_heads(o.weight, v.weight, units)
+    if info.get("fused"):  # (q, k, v: the thirds of one layer's outputs)
+        v_weight = _outputs_first(layers[0])[2 * inner:]
+        v_bias = layers[0].bias[2 * inner:] if layers[0].bias is not None else None
+        kv_width = inner // units
+    else:
+        v_weight, v_bias = _outputs_first(layers[2]), layers[2].bias
+        kv_width = v_weight.shape[0] // units
+    q_width = inner // units  # (a unit's outputs of q and inputs of o; kv_width: its outputs of k and v)
+    out_dead, dead = _dead_heads(W_o, v_weight, units)
     if bool(dead.all()):
         dead[0] = False
     head_dim = q_width // per_unit
@@ -736,21 +747,27 @@ def _prune_block_heads(holder: nn.Module, info: dict, options: dict) -> list[str
         return (keep[:, None] * width + torch.arange(width, device=keep.device)).reshape(-1)
 
     q_rows, kv_rows = rows_of(q_width), rows_of(kv_width)
-    out_bias = _folded_out_bias(o.weight, o.bias, v.bias, dead & ~out_dead, kv_width)
-    before = copy.deepcopy(holder.root)
-    kw = dict(device=q.weight.device, dtype=q.weight.dtype)
-    for layer_name, layer, rows in zip(info["projections"][:3], (q, k, v), (q_rows, kv_rows, kv_rows)):
-        new = nn.Linear(layer.in_features, rows.numel(), bias=layer.bias is not None, **kw)
-        new.weight.copy_(layer.weight[rows])
-        if layer.bias is not None:
-            new.bias.copy_(layer.bias[rows])
-        _set(block, layer_name, new.train(layer.training))
+    out_bias = _folded_out_bias(W_o, o.bias, v_bias, dead & ~out_dead, kv_width)
     has_bias = o.bias is not None or bool(out_bias.any())
-    new_o = nn.Linear(q_rows.numel(), o.out_features, bias=has_bias, **kw)
-    new_o.weight.copy_(o.weight[:, q_rows])
+    if has_bias and o.bias is None and not isinstance(o, nn.Linear):
+        return [f"{label}: heads kept: dead value rows write a constant that '{info['projections'][-1]}' has no bias "
+                "to hold"]
+    before = copy.deepcopy(holder.root)
+    if info.get("fused"):
+        rewritten = [torch.cat([q_rows, q_rows + inner, q_rows + 2 * inner])]
+    else:
+        rewritten = [q_rows, kv_rows, kv_rows]
+    for layer_name, layer, rows in zip(info["projections"][:-1], layers[:-1], rewritten):
+        _set(block, layer_name, narrowed(layer, outputs=rows))
+    if isinstance(o, nn.Linear):
+        kw = dict(device=o.weight.device, dtype=o.weight.dtype)
+        new_o = nn.Linear(q_rows.numel(), o.out_features, bias=has_bias, **kw).train(o.training)
+        new_o.weight.copy_(o.weight[:, q_rows])
+    else:
+        new_o = narrowed(o, inputs=q_rows)
     if has_bias:
         new_o.bias.copy_(out_bias)
-    _set(block, info["projections"][3], new_o.train(o.training))
+    _set(block, info["projections"][-1], new_o)
     if count_attribute is not None:
         setattr(counts, count_attribute, int(keep.numel()) * per_unit)
     if kv_attribute is not None:
@@ -766,6 +783,11 @@ def _prune_block_heads(holder: nn.Module, info: dict, options: dict) -> list[str
         return [f"{label}: {int(dead.sum()) * per_unit} heads removed but the outputs were not compared "
                 "(pass example_input=)"]
     return []
+
+
+def _outputs_first(layer: nn.Module) -> Tensor:
+    """A dense projection's weight as ``(outputs, inputs)`` (a view; see ``_layers.weight_axes``)."""
+    return layer.weight if weight_axes(layer)[0] == 0 else layer.weight.t()
 
 
 def _describe_in_config(root: nn.Module, head_counts: list[dict], unit_widths: list[int]) -> None:

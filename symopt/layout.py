@@ -15,13 +15,15 @@ weights (a size mismatch). Two remedies, in this order:
   attributes — so that [`symopt.from_pretrained`][symopt.from_pretrained] builds the same layers before it
   loads the weights.
 
-Only the modules symopt's rewrites produce are recorded (``RECORDABLE``); a model holding another
-rewritten module is refused by name before anything is written.
+Only the modules symopt's rewrites produce are recorded (``RECORDABLE``, and ``OPTIONAL_RECORDABLE`` for
+optional libraries' layers such as GPT-2's ``Conv1D``); a model holding another rewritten module is refused
+by name before anything is written.
 """
 
 from __future__ import annotations
 
 import copy
+import importlib
 from collections.abc import Callable
 
 import torch
@@ -64,6 +66,26 @@ RECORDABLE: dict[str, tuple[type, Callable[[nn.Module], dict]]] = {
     "PReLU": (nn.PReLU, lambda m: dict(num_parameters=m.num_parameters)),
     "Identity": (nn.Identity, lambda m: {}),
 }
+
+
+# Layer types of optional libraries, recorded by their constructors' arguments as RECORDABLE's are; each is
+# imported the first time a layout meets a module of its name (symopt imports without those libraries).
+OPTIONAL_RECORDABLE: dict[str, tuple[str, Callable[[nn.Module], dict]]] = {
+    # Hugging Face's transposed linear layer (GPT-2's family): x W + b, W of shape (nx, nf)
+    "Conv1D": ("transformers.pytorch_utils", lambda m: dict(nf=m.nf, nx=m.nx)),
+}
+
+
+def _recordable(type_name: str) -> tuple[type, Callable[[nn.Module], dict]] | None:
+    """RECORDABLE's entry for ``type_name``, an optional library's imported (and kept) on first use."""
+    if type_name not in RECORDABLE and type_name in OPTIONAL_RECORDABLE:
+        module_name, describe = OPTIONAL_RECORDABLE[type_name]
+        try:
+            cls = getattr(importlib.import_module(module_name), type_name)
+        except (ImportError, AttributeError):
+            return None
+        RECORDABLE[type_name] = (cls, describe)
+    return RECORDABLE.get(type_name)
 
 
 def built_from_config(model: nn.Module, config=None) -> nn.Module | None:
@@ -143,17 +165,23 @@ def _describe(module: nn.Module, where: str) -> dict:
     type_name = type(module).__name__
     if type(module) is nn.Sequential:
         return {"type": "Sequential", "children": [_describe(child, f"{where}.{i}") for i, child in enumerate(module)]}
-    if type_name not in RECORDABLE or type(module) is not RECORDABLE[type_name][0]:
+    entry = _recordable(type_name)
+    if entry is None or type(module) is not entry[0]:
+        known = sorted(set(RECORDABLE) | set(OPTIONAL_RECORDABLE)) + ["Sequential"]
         raise ValueError(f"save_pretrained: '{where}' is a {type_name} whose shape differs from what the model's config "
-                         f"builds, and symopt records only {sorted(RECORDABLE) + ['Sequential']}; save this model "
-                         "with torch.save(model, path) instead")
-    return {"type": type_name, "arguments": RECORDABLE[type_name][1](module)}
+                         f"builds, and symopt records only {known}; save this model with torch.save(model, path) "
+                         "instead")
+    return {"type": type_name, "arguments": entry[1](module)}
 
 
 def _build(description: dict) -> nn.Module:
     if description["type"] == "Sequential":
         return nn.Sequential(*(_build(child) for child in description["children"]))
-    cls = RECORDABLE[description["type"]][0]
+    entry = _recordable(description["type"])
+    if entry is None:
+        raise ValueError(f"from_pretrained: the saved layout holds a {description['type']} layer, which this "
+                         "environment cannot build (is its library installed?)")
+    cls = entry[0]
     arguments = {k: tuple(v) if isinstance(v, list) else v for k, v in description["arguments"].items()}
     return cls(**arguments)
 

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from ._layers import weight_axes
 from .attach import Handle, constrain
 import functools
 
@@ -337,8 +338,11 @@ PROJECTION_NAMES = (("q_proj", "k_proj", "v_proj", "out_proj"), ("q_proj", "k_pr
                     # (BERT, RoBERTa, ELECTRA: self / output.dense; ViT before transformers 5: attention / output.dense)
                     ("self.query", "self.key", "self.value", "output.dense"),
                     ("attention.query", "attention.key", "attention.value", "output.dense"))
-# the width of all heads together, where a block keeps it (BERT's self-attention reshapes by it)
-INNER_WIDTH_NAMES = ("all_head_size",)
+# one projection whose outputs are q, k and v in thirds, then the output projection (GPT-2's family)
+FUSED_PROJECTION_NAMES = (("c_attn", "c_proj"),)
+# the width of all heads together, where a block keeps it (BERT's self-attention reshapes by it, GPT-2's
+# splits its fused projection's outputs by it)
+INNER_WIDTH_NAMES = ("all_head_size", "split_size")
 HEAD_COUNT_NAMES = ("num_heads", "n_heads", "num_attention_heads", "n_head")
 # where a block with grouped-query attention keeps its k/v head count (export lowers it with the other)
 KV_HEAD_COUNT_NAMES = ("num_key_value_heads", "num_kv_heads", "n_kv_heads", "n_kv_head")
@@ -369,7 +373,10 @@ def attention_heads(model: nn.Module, name: str | Sequence[str] = "", strength: 
     children of the block: the BERT family's attention (BERT, RoBERTa, ELECTRA) keeps q, k, v in
     ``self`` with the head count and ``all_head_size``, which export lowers too, and the output in
     ``output.dense``; naming ``"bert.encoder.layer.0.attention"`` finds them, as it finds DistilBERT's
-    ``q_lin`` … ``out_lin``.
+    ``q_lin`` … ``out_lin``. GPT-2's family keeps q, k and v as the thirds of one projection's outputs
+    (``c_attn``, a transposed ``Conv1D``) before ``c_proj``: a unit is then a head's three slices of those
+    outputs and its inputs of ``c_proj``, and export narrows both layers and lowers ``num_heads`` and
+    ``split_size``.
     See [`UnitGroups`][symopt.constraints.unit_groups.UnitGroups].
 
     Args:
@@ -389,7 +396,9 @@ def attention_heads(model: nn.Module, name: str | Sequence[str] = "", strength: 
         projections: for a hand-written block, the names of its q, k, v and output Linear layers,
             dotted where they sit in children (default: the first of ``q_proj/k_proj/v_proj/out_proj``,
             ``…/o_proj``, ``q/k/v/o``, ``query/key/value/out``, ``q_lin/…/out_lin``,
-            ``self.query/self.key/self.value/output.dense`` that it has).
+            ``self.query/self.key/self.value/output.dense`` that it has, else ``c_attn/c_proj``); or two
+            names, a fused q|k|v projection (its outputs q, k, v in thirds, as GPT-2's) and the output
+            projection, each an ``nn.Linear`` or a transposed ``Conv1D``.
         heads: for a hand-written block, its head count (default: its ``num_heads`` / ``n_heads`` /
             ``num_attention_heads`` / ``n_head`` attribute, else q's width over its ``head_dim``; read
             from the block, else from the child holding q).
@@ -399,9 +408,9 @@ def attention_heads(model: nn.Module, name: str | Sequence[str] = "", strength: 
 
     Raises:
         TypeError: ``name`` is neither an ``nn.MultiheadAttention`` nor a block with four Linear
-            projections.
+            projections or a fused q|k|v projection and an output projection.
         ValueError: a head count that does not divide the projections (or k / v widths that are not a whole
-            number of heads dividing q's), a ``heads`` that disagrees with the block's ``head_dim``, a tensor already
+            number of heads dividing q's; a fused projection not 3 × the output projection's inputs), a ``heads`` that disagrees with the block's ``head_dim``, a tensor already
             constrained, a bad strength, a ``max_heads`` not below the heads there are, ``total_steps``
             (or a ``ramp``) without its budget; nothing is changed.
 
@@ -472,24 +481,113 @@ def _head_tensors(model: nn.Module, name: str, projections, heads):
         dims.append(1)
         maps.append(per_head)
         return names, dims, maps, None
-    def linear(path: str):
+
+    def projection(path: str, linear_only: bool = True):
         try:
             layer = block.get_submodule(path) if isinstance(path, str) and path else None
         except AttributeError:
             return None
-        return layer if isinstance(layer, nn.Linear) else None
+        if layer is None or (linear_only and not isinstance(layer, nn.Linear)):
+            return None
+        return layer if weight_axes(layer) is not None else None
 
-    found = [tuple(projections)] if projections is not None else [
-        p for p in PROJECTION_NAMES if all(linear(n) is not None for n in p)]
-    if not found or len(found[0]) != 4 or not all(linear(n) is not None for n in found[0]):
+    def found_in(table, linear_only: bool):
+        given = [tuple(projections)] if projections is not None else [
+            p for p in table if all(projection(n, linear_only) is not None for n in p)]
+        return given[0] if given and all(projection(n, linear_only) is not None for n in given[0]) else None
+
+    if projections is not None and len(projections) == 2:
+        return _fused_head_tensors(block, name, prefix, tuple(projections), heads)
+    if projections is None and found_in(PROJECTION_NAMES, True) is None:
+        fused = found_in(FUSED_PROJECTION_NAMES, False)
+        if fused is not None:
+            return _fused_head_tensors(block, name, prefix, fused, heads)
+    found = found_in(PROJECTION_NAMES, True)
+    if found is None or len(found) != 4:
         raise TypeError(f"attention_heads: '{name or type(model).__name__}' is a {type(block).__name__}, neither an "
-                        "nn.MultiheadAttention nor a block with four nn.Linear projections; pass projections=("
-                        "'q', 'k', 'v', 'out') with its layer names (dotted inside the block: BERT's attention takes "
-                        "('self.query', 'self.key', 'self.value', 'output.dense'))")
-    q, k, v, o = (linear(n) for n in found[0])
+                        "nn.MultiheadAttention nor a block with four nn.Linear projections (or one fused q|k|v "
+                        "projection and an output: GPT-2's c_attn, c_proj); pass projections=('q', 'k', 'v', 'out') "
+                        "with its layer names (dotted inside the block: BERT's attention takes ('self.query', "
+                        "'self.key', 'self.value', 'output.dense')), or projections=('qkv', 'out') for a fused one")
+    q, k, v, o = (projection(n) for n in found)
     inner = q.out_features
-    # the counts live on the block, or (BERT) on the child that holds q, k and v
-    q_parent = found[0][0].rpartition(".")[0]
+    count, holder, count_holder, attr, from_head_dim = _head_count(block, name, found[0].rpartition(".")[0], inner,
+                                                                   heads)
+    kv_width = k.out_features
+    if inner % count or v.out_features != kv_width or o.in_features != inner or kv_width > inner or \
+            inner % kv_width or kv_width % (inner // count):
+        raise ValueError(f"attention_heads: {count} heads need q outputs and the output layer's inputs of one width "
+                         f"divisible by {count}, and k, v outputs of that width or (grouped-query attention) of a "
+                         f"whole number of those heads dividing it; got {q.out_features}, {k.out_features}, "
+                         f"{v.out_features}, {o.in_features}")
+    # Grouped-query attention (k, v narrower than q: several query heads read one k/v head): a unit is a k/v
+    # head with the query heads that share it, so that a removed unit leaves no query head without its keys
+    # and every k/v head keeps the same number of query heads (the block's repeat of k, v stays valid)
+    kv_heads = kv_width // (inner // count)
+    q_map = torch.arange(inner) // (inner // kv_heads)
+    kv_map = torch.arange(kv_width) // (kv_width // kv_heads)
+    for layer, layer_name, unit_map in zip((q, k, v), found[:3], (q_map, kv_map, kv_map)):
+        names.append(f"{prefix}{layer_name}.weight")
+        dims.append(0)
+        maps.append(unit_map)
+        if layer.bias is not None:
+            names.append(f"{prefix}{layer_name}.bias")
+            dims.append(0)
+            maps.append(unit_map)
+    names.append(f"{prefix}{found[3]}.weight")
+    dims.append(1)
+    maps.append(q_map)
+    kv_attr = int_attribute(holder, KV_HEAD_COUNT_NAMES)
+    return names, dims, maps, {"block": name, "projections": tuple(found), "heads": count, "count_attribute": attr,
+                               "units": kv_heads, "kv_count_attribute": kv_attr if kv_heads < count else None,
+                               "width_attribute": "head_dim" if attr is None and from_head_dim else None,
+                               "count_holder": count_holder,
+                               "inner_width_attribute": _inner_width_attribute(holder, inner)}
+
+
+def _fused_head_tensors(block: nn.Module, name: str, prefix: str, found, heads):
+    """The head group's tensors of a block whose q, k and v are the thirds of one projection's outputs
+    (GPT-2's ``c_attn``, an ``nn.Linear`` or a transposed ``Conv1D``) before an output projection."""
+    import torch
+
+    try:
+        layers = [block.get_submodule(n) for n in found]
+    except (AttributeError, TypeError):
+        layers = []
+    if len(layers) != 2 or any(weight_axes(layer) is None for layer in layers):
+        raise TypeError(f"attention_heads: projections={found!r} of '{name}' must name a fused q|k|v projection and "
+                        "an output projection, each an nn.Linear or a Conv1D (GPT-2's c_attn, c_proj)")
+    qkv, out = layers
+    qkv_axis, out_axis = weight_axes(qkv)[0], weight_axes(out)[1]
+    inner = out.weight.shape[out_axis]
+    if qkv.weight.shape[qkv_axis] != 3 * inner:
+        raise ValueError(f"attention_heads: the fused projection '{found[0]}' of '{name}' has "
+                         f"{qkv.weight.shape[qkv_axis]} outputs, not 3 × the {inner} inputs of '{found[1]}' (q, k and "
+                         "v as its thirds); a cross-attention block (k, v only) or a fused layer packed another way "
+                         "has no head budget here")
+    count, holder, _, attr, from_head_dim = _head_count(block, name, "", inner, heads)
+    if inner % count:
+        raise ValueError(f"attention_heads: {count} heads do not divide the {inner} inputs of '{found[1]}' in '{name}'")
+    per_head = torch.arange(inner) // (inner // count)
+    packed = per_head.repeat(3)  # the q, k and v outputs of head h are all unit h
+    names, dims, maps = [f"{prefix}{found[0]}.weight"], [qkv_axis], [packed]
+    if qkv.bias is not None:
+        names.append(f"{prefix}{found[0]}.bias")
+        dims.append(0)
+        maps.append(packed)
+    names.append(f"{prefix}{found[1]}.weight")
+    dims.append(out_axis)
+    maps.append(per_head)
+    return names, dims, maps, {"block": name, "projections": tuple(found), "fused": True, "heads": count,
+                               "count_attribute": attr, "units": count, "kv_count_attribute": None,
+                               "width_attribute": "head_dim" if attr is None and from_head_dim else None,
+                               "count_holder": "", "inner_width_attribute": _inner_width_attribute(holder, inner)}
+
+
+def _head_count(block: nn.Module, name: str, q_parent: str, inner: int, heads):
+    """A block's head count: ``(count, the module holding it, that module's path in the block, the attribute
+    holding it or None, whether it follows from an int head_dim)``. The counts live on the block, or (BERT)
+    on the child that holds q, k and v."""
     count_holder = next((path for path in dict.fromkeys(("", q_parent))
                          if int_attribute(block.get_submodule(path), HEAD_COUNT_NAMES + ("head_dim",)) is not None),
                         "")
@@ -508,38 +606,14 @@ def _head_tensors(model: nn.Module, name: str, projections, heads):
     if attr is None and from_head_dim and count != inner // head_dim:
         raise ValueError(f"attention_heads: heads={count} disagrees with '{name}'s head_dim={head_dim} ({inner // head_dim} "
                          f"heads of q's {inner} outputs); give heads={inner // head_dim} or leave heads= out")
-    kv_width = k.out_features
-    if inner % count or v.out_features != kv_width or o.in_features != inner or kv_width > inner or \
-            inner % kv_width or kv_width % (inner // count):
-        raise ValueError(f"attention_heads: {count} heads need q outputs and the output layer's inputs of one width "
-                         f"divisible by {count}, and k, v outputs of that width or (grouped-query attention) of a "
-                         f"whole number of those heads dividing it; got {q.out_features}, {k.out_features}, "
-                         f"{v.out_features}, {o.in_features}")
-    # Grouped-query attention (k, v narrower than q: several query heads read one k/v head): a unit is a k/v
-    # head with the query heads that share it, so that a removed unit leaves no query head without its keys
-    # and every k/v head keeps the same number of query heads (the block's repeat of k, v stays valid)
-    kv_heads = kv_width // (inner // count)
-    q_map = torch.arange(inner) // (inner // kv_heads)
-    kv_map = torch.arange(kv_width) // (kv_width // kv_heads)
-    for layer, layer_name, unit_map in zip((q, k, v), found[0][:3], (q_map, kv_map, kv_map)):
-        names.append(f"{prefix}{layer_name}.weight")
-        dims.append(0)
-        maps.append(unit_map)
-        if layer.bias is not None:
-            names.append(f"{prefix}{layer_name}.bias")
-            dims.append(0)
-            maps.append(unit_map)
-    names.append(f"{prefix}{found[0][3]}.weight")
-    dims.append(1)
-    maps.append(q_map)
-    kv_attr = int_attribute(holder, KV_HEAD_COUNT_NAMES)
-    inner_attr = int_attribute(holder, INNER_WIDTH_NAMES)
-    if inner_attr is not None and getattr(holder, inner_attr) != inner:
-        inner_attr = None  # (an attribute of that name that is not q's width is not the one export lowers)
-    return names, dims, maps, {"block": name, "projections": tuple(found[0]), "heads": count, "count_attribute": attr,
-                               "units": kv_heads, "kv_count_attribute": kv_attr if kv_heads < count else None,
-                               "width_attribute": "head_dim" if attr is None and from_head_dim else None,
-                               "count_holder": count_holder, "inner_width_attribute": inner_attr}
+    return count, holder, count_holder, attr, from_head_dim
+
+
+def _inner_width_attribute(holder: nn.Module, inner: int) -> str | None:
+    """The attribute holding all heads' width that export lowers (an attribute of such a name that is not
+    q's width is not that one)."""
+    attribute = int_attribute(holder, INNER_WIDTH_NAMES)
+    return attribute if attribute is not None and getattr(holder, attribute) == inner else None
 
 
 def tie(model: nn.Module, names: Sequence[str], strength: float | str = "auto", **kwargs) -> Handle:

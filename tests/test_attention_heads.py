@@ -303,6 +303,85 @@ def test_attention_heads_refuses_widths_and_counts_that_do_not_fit_and_changes_n
     assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
 
 
+class Transposed(nn.Module):
+    """A dense layer that stores its weight as (inputs, outputs) and its widths in nx / nf, as Hugging Face's
+    GPT-2 Conv1D does (written here so that these tests need no transformers)."""
+
+    def __init__(self, nf, nx):
+        super().__init__()
+        self.nf, self.nx = nf, nx
+        self.weight = nn.Parameter(torch.randn(nx, nf) / nx ** 0.5)
+        self.bias = nn.Parameter(torch.randn(nf) / 10)
+
+    def forward(self, x):
+        return torch.addmm(self.bias, x.reshape(-1, x.shape[-1]), self.weight).view(*x.shape[:-1], self.nf)
+
+
+class Fused(nn.Module):
+    """GPT-2's attention layout: q, k and v as the thirds of one projection's outputs (``c_attn``), split by
+    ``split_size``, reshaped by ``num_heads``; ``c_proj`` the output. ``layer`` builds each projection."""
+
+    def __init__(self, layer, dim=16, heads=4):
+        super().__init__()
+        self.num_heads, self.head_dim, self.split_size = heads, dim // heads, dim
+        self.c_attn, self.c_proj = layer(dim, 3 * dim), layer(dim, dim)
+
+    def forward(self, x):
+        N, L, _ = x.shape
+        q, k, v = (t.view(N, L, self.num_heads, self.head_dim).transpose(1, 2)
+                   for t in self.c_attn(x).split(self.split_size, dim=2))
+        weights = torch.softmax(q @ k.transpose(-2, -1) / self.head_dim ** 0.5, dim=-1)
+        return self.c_proj((weights @ v).transpose(1, 2).reshape(N, L, -1))
+
+
+LAYERS = {"Linear": nn.Linear, "transposed": lambda fan_in, fan_out: Transposed(fan_out, fan_in)}
+
+
+@pytest.mark.parametrize("layer", sorted(LAYERS))
+def test_a_fused_qkv_block_loses_its_dead_heads_from_both_projections(layer):
+    """A head's unit is its three slices of the fused outputs (q, k, v at offsets 0, dim, 2·dim: the weight's
+    rows for a Linear, its columns for a transposed layer) and its inputs of the output projection; export
+    removes dead heads from both layers (a transposed one keeps its class, with nf / nx lowered) and lowers
+    num_heads and split_size; a head whose value outputs alone are dead writes a constant, folded."""
+    torch.manual_seed(0)
+    model = LMWith(Fused(LAYERS[layer])).double().eval()
+    handle = symopt.attention_heads(model, "attn", strength=1e-3)
+    assert [m.qualname for m in handle.members] == ["attn.c_attn.weight", "attn.c_attn.bias", "attn.c_proj.weight"]
+    axis = 0 if layer == "Linear" else 1
+    _kill_heads(model, [1, 2])
+    with torch.no_grad():  # head 3's value outputs only: 32 + 12 .. 32 + 16
+        handle.constraint.copies[0].original1.narrow(axis, 44, 4).zero_()  # (original0: the gates)
+    weight = model.attn.c_attn.weight
+    for head, dead in ((0, False), (1, True), (2, True)):
+        for third in range(3):
+            block = weight.narrow(axis, 16 * third + 4 * head, 4)
+            assert (float(block.abs().max()) == 0) == dead
+    ids = torch.randint(0, 30, (3, 7))
+    small = _quiet(model)
+    attn = small.attn
+    kind = nn.Linear if layer == "Linear" else Transposed
+    assert type(attn.c_attn) is kind and type(attn.c_proj) is kind and (attn.num_heads, attn.split_size) == (1, 4)
+    assert tuple(attn.c_attn.weight.shape) == ((12, 16) if layer == "Linear" else (16, 12))
+    assert tuple(attn.c_proj.weight.shape) == ((16, 4) if layer == "Linear" else (4, 16))
+    if layer != "Linear":
+        assert (attn.c_attn.nf, attn.c_attn.nx, attn.c_proj.nf, attn.c_proj.nx) == (12, 16, 16, 4)
+    assert torch.allclose(small(ids), model(ids), atol=1e-12, rtol=0)
+
+
+def test_a_fused_block_with_other_widths_or_layers_is_refused_and_nothing_changes():
+    block = Fused(nn.Linear)
+    block.c_attn = nn.Linear(16, 32)  # k and v only (cross-attention): no q third
+    before = {k: v.clone() for k, v in block.state_dict().items()}
+    with pytest.raises(ValueError, match="32 outputs, not 3 × the 16 inputs of 'c_proj'"):
+        symopt.attention_heads(block)
+    with pytest.raises(TypeError, match=r"projections=\('c_attn', 'nowhere'\).*fused q\|k\|v projection"):
+        symopt.attention_heads(block, projections=("c_attn", "nowhere"))
+    with pytest.raises(ValueError, match="5 heads do not divide the 16 inputs"):
+        symopt.attention_heads(Fused(nn.Linear), heads=5)
+    assert symopt.list_constraints(block) == []
+    assert all(torch.equal(block.state_dict()[k], v) for k, v in before.items())
+
+
 @pytest.mark.parametrize("where", ["torch", "hand-written"])
 def test_a_head_budget_lands_exactly_and_export_keeps_that_many_heads(where):
     """max_heads=2 of 4 with total_steps: from the landing on exactly 2 heads are non-zero across their

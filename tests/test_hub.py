@@ -420,3 +420,44 @@ def test_a_global_ffn_neuron_budget_on_bert_lands_and_exports_narrower_feed_forw
         back = symopt.from_pretrained(transformers.BertForSequenceClassification, tmp_path)
     with torch.no_grad():
         assert torch.equal(back(IDS).logits, want)
+
+
+def test_a_head_budget_on_gpt2_fused_attention_lands_exports_and_round_trips_through_symopt(tmp_path):
+    """GPT-2 keeps q, k and v as the thirds of one transposed Conv1D (`c_attn`, weight (in, 3·width)) and
+    reads its head count and split width from `num_heads` / `split_size`: attention_heads finds that layout
+    from the block's name. A global budget of 3 heads of 8 lands under Adam; export narrows both Conv1D
+    layers (their own class, nf / nx lowered) and both counts, with the same logits. GPT-2's config derives
+    the head width from n_embd / n_head, so no config describes fewer heads: the plain save refuses, and
+    symopt's layout records the Conv1D layers and rebuilds them."""
+    import json
+
+    config = transformers.GPT2Config(vocab_size=40, n_positions=16, n_embd=32, n_layer=2, n_head=4, bos_token_id=0,
+                                     eos_token_id=0)
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(config).double()
+    blocks = ["transformer.h.0.attn", "transformer.h.1.attn"]
+    handle = symopt.attention_heads(model, blocks, max_heads=3, total_steps=40)
+    assert handle.constraint.attention_blocks[0]["projections"] == ("c_attn", "c_proj")
+    _adam(model, 45, LLAMA_IDS, LLAMA_IDS)
+    kept = _kept(handle, 4)
+    assert sum(kept) == 3 and min(kept) >= 1
+    small = _compressed(model)  # checked on token ids symopt's probe builds
+    for layer, heads in zip(small.transformer.h, kept):
+        attn = layer.attn
+        assert type(attn.c_attn) is transformers.pytorch_utils.Conv1D
+        assert (attn.c_attn.nf, attn.c_attn.weight.shape[1], attn.c_proj.nx, attn.c_proj.weight.shape[0]) == \
+            (24 * heads, 24 * heads, 8 * heads, 8 * heads)
+        assert (attn.num_heads, attn.split_size) == (heads, 8 * heads)
+    with torch.no_grad():
+        want = small(LLAMA_IDS).logits
+        assert torch.allclose(want, model(LLAMA_IDS).logits, atol=1e-10, rtol=0)
+    with pytest.raises(ValueError, match="layers its config does not describe.*symopt.save_pretrained"):
+        small.save_pretrained(tmp_path / "plain")
+    symopt.save_pretrained(small, tmp_path / "kept")
+    saved = json.loads((tmp_path / "kept" / "symopt_layout.json").read_text())
+    assert saved["modules"]["transformer.h.0.attn.c_attn"] == {"type": "Conv1D",
+                                                                "arguments": {"nf": 24 * kept[0], "nx": 32}}
+    back = symopt.from_pretrained(transformers.GPT2LMHeadModel, tmp_path / "kept")
+    assert [layer.attn.num_heads for layer in back.transformer.h] == kept
+    with torch.no_grad():
+        assert torch.equal(back(LLAMA_IDS).logits, want)
