@@ -44,7 +44,9 @@ def weight_axes(layer: nn.Module) -> tuple[int, int] | None:
     """
     if isinstance(layer, nn.Linear):
         return 0, 1
-    weight = getattr(layer, "weight", None)
+    # (read from _parameters where it is a plain parameter: torch.fx's tracer answers a module's getattr of a
+    # parameter with a proxy, and asks this while tracing)
+    weight = layer._parameters.get("weight") if "weight" in layer._parameters else getattr(layer, "weight", None)
     if isinstance(weight, Tensor) and weight.ndim == 2 and getattr(layer, "nf", None) == weight.shape[1] \
             and getattr(layer, "nx", None) == weight.shape[0]:
         return 1, 0

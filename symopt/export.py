@@ -329,16 +329,16 @@ def _shrink_units(holder: nn.Module, targets: list, options: dict) -> list[str]:
     # A group spanning a layer's weight and its bias / norm entries (UnitGroups) removes those entries
     # along with the weight's units: they need no rewrite of their own.
     with_weight = {id(c) for where, tensor, c in targets
-                   if tensor == "weight" and isinstance(_get(holder, where), LAYER_TYPES)}
+                   if tensor == "weight" and _output_axis(_get(holder, where)) is not None}
     for where, tensor, constraint in targets:
         layer, label = _get(holder, where), _label(where, tensor, constraint)
-        if id(constraint) in with_weight and not (tensor == "weight" and isinstance(layer, LAYER_TYPES)):
+        if id(constraint) in with_weight and not (tensor == "weight" and _output_axis(layer) is not None):
             continue
-        if tensor != "weight" or not isinstance(layer, LAYER_TYPES):
+        if tensor != "weight" or _output_axis(layer) is None:
             notes.append(f"{label}: only Linear / Conv weights are shrunk")
-        elif constraint.unit_axis(layer.weight.dim()) != 0:
-            notes.append(f"{label}: only output units (dim=0) are removed")
-        elif not isinstance(layer, nn.Linear) and layer.groups != 1:
+        elif constraint.unit_axis(layer.weight.dim()) != _output_axis(layer):
+            notes.append(f"{label}: only output units (dim={_output_axis(layer)}) are removed")
+        elif isinstance(layer, LAYER_TYPES) and not isinstance(layer, nn.Linear) and layer.groups != 1:
             notes.append(f"{label}: grouped convolutions are not rewritten")
         else:
             producers[where.removeprefix("root").removeprefix(".")] = label
@@ -347,7 +347,8 @@ def _shrink_units(holder: nn.Module, targets: list, options: dict) -> list[str]:
     before = copy.deepcopy(holder.root)
 
     def out_widths() -> dict[str, int]:
-        return {name: _get(holder, _qual("root", name)).weight.shape[0] for name in producers}
+        layers = {name: _get(holder, _qual("root", name)) for name in producers}
+        return {name: layer.weight.shape[_output_axis(layer)] for name, layer in layers.items()}
 
     widths_before = out_widths()
     scopes, untraced = _traceable_scopes(holder.root, set(producers))
@@ -382,6 +383,15 @@ def _shrink_units(holder: nn.Module, targets: list, options: dict) -> list[str]:
     _lower_width_attributes(holder.root, widths_before, widths)
     options["unit_widths"] += list(widths.values())  # (what a Hugging Face config would have to say)
     return notes
+
+
+def _output_axis(layer: nn.Module) -> int | None:
+    """The weight axis of a layer's output units: 0 for a Linear / Conv, 1 for a transposed ``Conv1D``;
+    None for a layer whose units export does not remove."""
+    if isinstance(layer, LAYER_TYPES):
+        return 0
+    axes = weight_axes(layer)
+    return axes[0] if axes is not None else None
 
 
 def _lower_width_attributes(root: nn.Module, before: dict[str, int], after: dict[str, int]) -> None:

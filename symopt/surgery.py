@@ -36,6 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._layers import narrowed, weight_axes
+
 CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
@@ -51,9 +53,12 @@ ELEMENTWISE_FUNCTIONS = {
     torch.relu, F.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.celu, F.gelu, F.silu, F.mish,
     torch.tanh, F.tanh, torch.sigmoid, F.sigmoid, F.hardtanh, F.hardswish, F.hardsigmoid, F.softplus,
     F.softsign, torch.abs, torch.neg, torch.exp, operator.neg,
+    # (with constant other arguments only: the tanh form of GELU, x ** 3, that GPT-2's activation computes)
+    torch.pow, operator.pow, torch.square, torch.erf, torch.sqrt,
 }
 DROPOUT_FUNCTIONS = {F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout}
-ELEMENTWISE_METHODS = {"relu", "sigmoid", "tanh", "abs", "neg", "exp", "contiguous", "clone", "detach"}
+ELEMENTWISE_METHODS = {"relu", "sigmoid", "tanh", "abs", "neg", "exp", "pow", "square", "erf", "sqrt", "contiguous",
+                       "clone", "detach"}
 # Spatial ops that keep the channels apart and map a constant channel to the same constant.
 POOL_MODULES = (
     nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
@@ -203,18 +208,33 @@ class TracedPart(nn.Module):
         return self._part(self, x)
 
 
+class _Tracer(torch.fx.Tracer):
+    """fx's tracer, with every dense projection kept as one call (as fx keeps torch.nn's own layers): a
+    layer storing its weight transposed (GPT-2's ``Conv1D``, see ``_layers.weight_axes``) would otherwise
+    be traced into its ``addmm``, where no unit can be followed."""
+
+    def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
+        return weight_axes(module) is not None or super().is_leaf_module(module, qualified_name)
+
+
+def trace(module: nn.Module) -> torch.fx.Graph:
+    """``module``'s fx graph, every dense projection (``nn.Linear``, a ``Conv1D``) one call; raises what fx
+    raises on a forward it cannot trace."""
+    return _Tracer().trace(module)
+
+
 def traceable(module: nn.Module) -> tuple[nn.Module, torch.fx.Graph]:
     """``(view, graph)``: ``module`` and its traced graph where ``torch.fx`` traces it; else the stand-in of
     its registered part (`register_traceable_part`) and that part's graph; else whatever the trace of
     ``module`` raised. Rewrites planned on the view's graph apply to the view (`apply`)."""
     try:
-        return module, torch.fx.symbolic_trace(module).graph
+        return module, trace(module)
     except Exception:  # noqa: BLE001 - fx raises many types on a forward it cannot trace
         method = _registered_part(type(module))
         if method is None:
             raise
     part = TracedPart(module, method)
-    return part, torch.fx.symbolic_trace(part).graph
+    return part, trace(part)
 
 
 def _registered_part(block_type: type) -> str | None:
@@ -232,9 +252,9 @@ def plan_removal(root: nn.Module, producers: set[str], graph: torch.fx.Graph | N
     """Trace ``root`` (unless its ``graph`` is given) and decide which dead output units of the layers named
     in ``producers`` can go.
 
-    Raises whatever ``torch.fx.symbolic_trace`` raises on a model it cannot trace.
+    Raises whatever ``torch.fx`` raises on a model it cannot trace.
     """
-    graph = torch.fx.symbolic_trace(root).graph if graph is None else graph
+    graph = trace(root) if graph is None else graph
     modules = dict(root.named_modules())
     calls = defaultdict(int)
     for node in graph.nodes:
@@ -269,7 +289,8 @@ def plan_removal(root: nn.Module, producers: set[str], graph: torch.fx.Graph | N
             flow = flows.get(node.args[0]) if node.args and isinstance(node.args[0], torch.fx.Node) else None
             if calls[node.target] > 1 or len(node.args) != 1 or node.kwargs:
                 unknown(node)
-            elif type(module) is nn.Linear or isinstance(module, CONVS) and module.groups == 1:
+            elif type(module) is nn.Linear or isinstance(module, CONVS) and module.groups == 1 or \
+                    _transposed(module):
                 _consume(node.target, module, flow, units, edits)
                 flows[node] = _produce(node.target, module, node.target in producers, units, edits)
             elif isinstance(module, CONVS + (nn.Linear,)):
@@ -293,10 +314,11 @@ def _describe(node) -> str:
 def _consume(name: str, module: nn.Module, flow: Flow | None, units: _Units, edits: list) -> None:
     if flow is None:
         return
-    if isinstance(module, nn.Linear):
+    if isinstance(module, nn.Linear) or _transposed(module):
+        in_features = module.weight.shape[weight_axes(module)[1]]
         count = len(flow.units)
-        block = flow.block if flow.block is not None else module.in_features // max(count, 1)
-        if flow.axis != -1 or count * block != module.in_features:
+        block = flow.block if flow.block is not None else in_features // max(count, 1)
+        if flow.axis != -1 or count * block != in_features:
             return _block_flow(units, flow, f"Linear {name} does not take its units as blocks of features")
     else:
         block = 1
@@ -311,15 +333,21 @@ def _consume(name: str, module: nn.Module, flow: Flow | None, units: _Units, edi
         edits.append(Edit("in", name, i, u, block, c))
 
 
+def _transposed(module: nn.Module) -> bool:
+    """A dense projection storing its weight as (inputs, outputs): GPT-2's ``Conv1D``."""
+    return weight_axes(module) == (1, 0)
+
+
 def _produce(name: str, module: nn.Module, constrained: bool, units: _Units, edits: list) -> Flow:
     W = module.weight.detach()
+    W = W.t() if _transposed(module) else W
     rows = W.reshape(W.shape[0], -1)
     dead = (rows == 0).all(dim=1).tolist() if constrained else [False] * rows.shape[0]
     ids = [units.new(name, d) for d in dead]
     for i, u in enumerate(ids):
         edits.append(Edit("out", name, i, u))
     bias = module.bias.detach() if module.bias is not None else torch.zeros(rows.shape[0], dtype=W.dtype)
-    return Flow(ids, bias.clone().cpu(), -1 if isinstance(module, nn.Linear) else 1)
+    return Flow(ids, bias.clone().cpu(), -1 if isinstance(module, nn.Linear) or _transposed(module) else 1)
 
 
 def _block_flow(units: _Units, flow: Flow | None, reason: str) -> None:
@@ -557,6 +585,8 @@ def _rebuilt(module: nn.Module, roles: dict) -> nn.Module:
             for key in ("running_mean", "running_var"):
                 setattr(new, key, getattr(module, key)[keep].clone())
         return new
+    if _transposed(module):  # (its own class kept: the outputs and inputs it keeps, the folded constants)
+        return _rebuilt_transposed(module, roles)
     W = module.weight
     linear = isinstance(module, nn.Linear)
     out_units = W.shape[0]
@@ -589,6 +619,24 @@ def _rebuilt(module: nn.Module, roles: dict) -> nn.Module:
 
 
 
+def _rebuilt_transposed(module: nn.Module, roles: dict) -> nn.Module:
+    """``_rebuilt`` for a layer computing $x W + b$ (``W``: inputs × outputs)."""
+    W = module.weight
+    keep_out = _keep(W.shape[1], [e.position for e in roles["out"]], W.device)
+    removed_rows, fold = [], torch.zeros(W.shape[1], dtype=W.dtype, device=W.device)
+    for e in roles["in"]:
+        rows = list(range(e.position * e.block, (e.position + 1) * e.block))
+        removed_rows += rows
+        if e.const != 0:
+            fold += W[rows].sum(dim=0) * e.const
+    new = narrowed(module, outputs=keep_out, inputs=_keep(W.shape[0], removed_rows, W.device))
+    if bool(fold.any()):
+        if new.bias is None:
+            new.bias = nn.Parameter(torch.zeros_like(fold[keep_out]))
+        new.bias.add_(fold[keep_out])
+    return new
+
+
 # -- checking the result -----------------------------------------------------------------------
 PROBE_SIDES = {1: (64, 128, 256, 28, 32), 2: (8, 16, 28, 32, 64, 224), 3: (8, 16, 32)}
 
@@ -603,7 +651,7 @@ def probe_inputs(model: nn.Module) -> list[tuple]:
     if ids is not None:
         return [ids]
     try:
-        graph = torch.fx.symbolic_trace(model).graph
+        graph = trace(model)
     except Exception:  # noqa: BLE001 - untraceable: guess the first layer registered (verify tries it)
         layer = next((m for m in model.modules() if isinstance(m, (nn.Linear, nn.Embedding) + CONVS)), None)
     else:

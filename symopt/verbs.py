@@ -110,8 +110,9 @@ def group_sparse(module: nn.Module, name: str | Sequence[str], dim: int | None =
             decides how many each layer keeps (Torch-Pruning's ``global_pruning``); with
             ``total_steps`` the units are ranked relative to their layer's mean, and every layer
             keeps at least one.
-        dim: the axis whose slices are the groups (default 0: output rows / channels; 1: input
-            features of a Linear).
+        dim: the axis whose slices are the groups (default: output units — axis 0, a Linear's rows or
+            a conv's channels, and axis 1 for the weight of a transposed ``Conv1D``, GPT-2's, beside its
+            bias's axis 0; 1: input features of a Linear).
         strength: λ (> 0), default 1e-3; with a budget, the starting λ.
         **kwargs: ``groups=`` (index lists instead of ``dim``; one tensor only), ``max_groups=g``
             (a budget; over several tensors it counts units across them), ``total_steps``, ``ramp``,
@@ -147,8 +148,24 @@ def group_sparse(module: nn.Module, name: str | Sequence[str], dim: int | None =
             raise ValueError(f"group_sparse over several tensors takes dim, strength, seed, max_groups, adapt_rate, "
                              f"total_steps, ramp and land_on_the_way; not {extra} (index groups act on one tensor)")
         names, sets = _layer_sets(name)
-        return constrain(module, names, UnitGroups(0 if dim is None else dim, strength, sets=sets, **kwargs))
+        if dim is None:  # (each tensor's output units: a transposed Conv1D's weight has them on axis 1)
+            axes = [_output_axis(module, n) for n in names]
+            dim = axes if any(axes) else 0
+        return constrain(module, names, UnitGroups(dim, strength, sets=sets, **kwargs))
+    if dim is None and kwargs.get("groups") is None and isinstance(name, str) and _output_axis(module, name) == 1:
+        dim = 1
     return constrain(module, name, GroupSparse(dim, strength, **kwargs))
+
+
+def _output_axis(module: nn.Module, name: str) -> int:
+    """The axis of a tensor's output units: 1 for the weight of a layer that stores it as (inputs, outputs)
+    (GPT-2's ``Conv1D``), else 0 (a Linear's or Conv's weight, a bias, a norm's entries)."""
+    owner_name, _, leaf = name.rpartition(".")
+    try:
+        owner = module.get_submodule(owner_name)
+    except AttributeError:
+        return 0  # (constrain names the missing parameter)
+    return 1 if leaf == "weight" and weight_axes(owner) == (1, 0) else 0
 
 
 def _layer_sets(name: Sequence) -> tuple[list[str], list[int] | None]:

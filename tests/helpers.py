@@ -22,6 +22,20 @@ class Vector(nn.Module):
         self.theta = nn.Parameter(torch.zeros(*shape, dtype=DT) if init is None else init.clone())
 
 
+class Transposed(nn.Module):
+    """A dense layer that stores its weight as (inputs, outputs) and its widths in nx / nf, as Hugging Face's
+    GPT-2 Conv1D does (written here so that these tests need no transformers)."""
+
+    def __init__(self, nf, nx):
+        super().__init__()
+        self.nf, self.nx = nf, nx
+        self.weight = nn.Parameter(torch.randn(nx, nf) / nx ** 0.5)
+        self.bias = nn.Parameter(torch.randn(nf) / 10)
+
+    def forward(self, x):
+        return torch.addmm(self.bias, x.reshape(-1, x.shape[-1]), self.weight).view(*x.shape[:-1], self.nf)
+
+
 def bound_problem(problem, relative: float):
     """``(bound loss, constraint, target)`` of a problem on the CPU in float64, the target a KKT residual of
     ``relative`` times ‖∇loss(0)‖ (what proximal Newton's callers certify against)."""

@@ -13,7 +13,7 @@ import symopt
 from symopt import ExportWarning
 from symopt._attention import HeadPrunedAttention
 from symopt.constraints.budget import LAND_BEYOND
-from helpers import recorded_training
+from helpers import Transposed, recorded_training
 
 DT = torch.float64
 
@@ -301,20 +301,6 @@ def test_attention_heads_refuses_widths_and_counts_that_do_not_fit_and_changes_n
         symopt.attention_heads(model, **kwargs)
     assert symopt.list_constraints(model) == []
     assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
-
-
-class Transposed(nn.Module):
-    """A dense layer that stores its weight as (inputs, outputs) and its widths in nx / nf, as Hugging Face's
-    GPT-2 Conv1D does (written here so that these tests need no transformers)."""
-
-    def __init__(self, nf, nx):
-        super().__init__()
-        self.nf, self.nx = nf, nx
-        self.weight = nn.Parameter(torch.randn(nx, nf) / nx ** 0.5)
-        self.bias = nn.Parameter(torch.randn(nf) / 10)
-
-    def forward(self, x):
-        return torch.addmm(self.bias, x.reshape(-1, x.shape[-1]), self.weight).view(*x.shape[:-1], self.nf)
 
 
 class Fused(nn.Module):

@@ -461,3 +461,37 @@ def test_a_head_budget_on_gpt2_fused_attention_lands_exports_and_round_trips_thr
     assert [layer.attn.num_heads for layer in back.transformer.h] == kept
     with torch.no_grad():
         assert torch.equal(back(LLAMA_IDS).logits, want)
+
+
+def test_a_global_ffn_neuron_budget_on_gpt2_lands_and_exports_narrower_conv1d_layers(tmp_path):
+    """GPT-2's feed-forward is two transposed Conv1D layers (a neuron is a column of `c_fc`'s weight, its
+    bias entry and a row of `c_proj`'s) around the tanh form of GELU. group_sparse's default axis there is
+    the weight's columns; a budget of 40 of 128 neurons over both layers lands under Adam, export narrows
+    both layers of each MLP (traced in the block, fx keeping each Conv1D one call) with the same logits, and
+    where the layers kept the same width the config's n_inner says it (the class's own round trip), else
+    symopt's layout records the Conv1D layers."""
+    config = transformers.GPT2Config(vocab_size=40, n_positions=16, n_embd=32, n_layer=2, n_head=4, n_inner=64,
+                                     bos_token_id=0, eos_token_id=0)
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(config).double()
+    layers = [[f"transformer.h.{i}.mlp.c_fc.weight", f"transformer.h.{i}.mlp.c_fc.bias"] for i in range(2)]
+    handle = symopt.group_sparse(model, layers, max_groups=40, total_steps=40)
+    assert handle.constraint.dims == [1, 0, 1, 0]
+    _adam(model, 45, LLAMA_IDS, LLAMA_IDS)
+    kept = _kept(handle, 64)
+    assert sum(kept) == 40
+    small = _compressed(model)
+    assert [(block.mlp.c_fc.nf, block.mlp.c_proj.nx, tuple(block.mlp.c_proj.weight.shape)) for block in small.transformer.h] \
+        == [(k, k, (k, 32)) for k in kept]
+    with torch.no_grad():
+        want = small(LLAMA_IDS).logits
+        assert torch.allclose(want, model(LLAMA_IDS).logits, atol=1e-10, rtol=0)
+    if kept[0] == kept[1]:
+        assert small.config.n_inner == kept[0]
+        small.save_pretrained(tmp_path)
+        back = transformers.GPT2LMHeadModel.from_pretrained(tmp_path).eval()
+    else:
+        symopt.save_pretrained(small, tmp_path)
+        back = symopt.from_pretrained(transformers.GPT2LMHeadModel, tmp_path)
+    with torch.no_grad():
+        assert torch.equal(back(LLAMA_IDS).logits, want)

@@ -11,6 +11,7 @@ from torch import nn
 
 import symopt
 from symopt import ExportWarning
+from helpers import Transposed
 
 DT = torch.float64
 
@@ -515,3 +516,39 @@ def test_register_traceable_part_refuses_what_is_not_a_module_method():
     with pytest.raises(TypeError, match="TransformerEncoderLayer has no method '_mlp'"):
         surgery.register_traceable_part(nn.TransformerEncoderLayer, "_mlp")
     assert surgery.TRACEABLE_PARTS[nn.TransformerEncoderLayer] == "_ff_block"
+
+
+class GPTStyleMLP(nn.Module):
+    """GPT-2's feed-forward: two transposed layers (weights stored inputs × outputs, as its Conv1D) around
+    the tanh form of GELU written out (x ** 3, scalar products and sums), inside a residual."""
+
+    def __init__(self, width=8, inner=24):
+        super().__init__()
+        self.c_fc, self.c_proj = Transposed(inner, width), Transposed(width, inner)
+
+    def forward(self, x):
+        h = self.c_fc(x)
+        h = 0.5 * h * (1.0 + torch.tanh(0.7978845608028654 * (h + 0.044715 * torch.pow(h, 3.0))))
+        return x + self.c_proj(h)
+
+
+def test_transposed_layers_lose_dead_units_through_gpt2s_activation_with_constants_folded():
+    """Units of a transposed layer are its weight's columns (group_sparse's default axis there): dead ones
+    leave both layers, each keeping its class with nf / nx lowered, and what a dead unit with a live bias
+    emits (gelu_tanh(b)) is folded into the next layer's bias; the outputs do not move."""
+    torch.manual_seed(0)
+    net = nn.Sequential(GPTStyleMLP(), GPTStyleMLP()).double()
+    handles = [symopt.group_sparse(net, f"{i}.c_fc.weight", strength=1e-3) for i in range(2)]
+    assert [h.constraint.dim for h in handles] == [1, 1]
+    assert handles[0].constraint.group_norms(net[0].c_fc.weight).shape == (24,)
+    with torch.no_grad():
+        for block, dead in zip(net, ([0, 3, 4, 9], [1, 2, 20, 21, 22])):
+            block.c_fc.parametrizations.weight.original1[:, dead] = 0
+            block.c_fc.bias[dead] = torch.linspace(-0.7, 0.9, len(dead), dtype=torch.float64)
+    net.eval()
+    x = torch.randn(3, 5, 8, dtype=torch.float64)
+    small = _quiet_export(net, example_input=x)
+    assert [(type(b.c_fc), b.c_fc.nf, b.c_fc.weight.shape[1], b.c_proj.nx, b.c_proj.weight.shape[0]) for b in small] \
+        == [(Transposed, 20, 20, 20, 20), (Transposed, 19, 19, 19, 19)]
+    with torch.no_grad():
+        assert torch.allclose(small(x), net(x), atol=1e-12, rtol=0)
