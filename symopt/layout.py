@@ -179,7 +179,7 @@ def _build(description: dict) -> nn.Module:
         return nn.Sequential(*(_build(child) for child in description["children"]))
     entry = _recordable(description["type"])
     if entry is None:
-        raise ValueError(f"from_pretrained: the saved layout holds a {description['type']} layer, which this "
+        raise ValueError(f"from_pretrained: the saved layout holds a layer of type {description['type']}, which this "
                          "environment cannot build (is its library installed?)")
     cls = entry[0]
     arguments = {k: tuple(v) if isinstance(v, list) else v for k, v in description["arguments"].items()}

@@ -495,3 +495,14 @@ def test_a_global_ffn_neuron_budget_on_gpt2_lands_and_exports_narrower_conv1d_la
         back = symopt.from_pretrained(transformers.GPT2LMHeadModel, tmp_path)
     with torch.no_grad():
         assert torch.equal(back(LLAMA_IDS).logits, want)
+
+
+def test_a_saved_layout_naming_a_layer_this_environment_cannot_build_is_refused_by_name():
+    from symopt import layout
+    model = _bert()
+    saved = {"modules": {"classifier": {"type": "Imaginary", "arguments": {}}}, "attributes": {}}
+    with pytest.raises(ValueError, match="holds a layer of type Imaginary, which this environment cannot build"):
+        layout.rebuild(model, saved)
+    conv1d = {"modules": {"classifier": {"type": "Conv1D", "arguments": {"nf": 3, "nx": 16}}}, "attributes": {}}
+    layout.rebuild(model, conv1d)  # (an optional library's layer, imported on first use)
+    assert type(model.classifier) is transformers.pytorch_utils.Conv1D and model.classifier.weight.shape == (16, 3)
