@@ -25,6 +25,11 @@ with ``--global``. Rows:
   measures for a head), the cubic schedule (Zhu & Gupta) from 10% to 75% of training applied once per
   epoch in each layer, the pruned heads held at 0 after every step, then fine-tuning.
   Torch-Pruning's own head pruning needs separate q, k, v Linear layers, not an ``nn.MultiheadAttention``.
+* ``torch-pruning`` (``--units neurons`` only; an optional benchmark dependency): Torch-Pruning's
+  ``MagnitudePruner`` on the ``linear1`` layers (its dependency graph takes ``linear2``'s columns along), L2
+  group importance, its own linear schedule over the same epochs (one ``step()`` an epoch), a fresh Adam
+  after each step as in ``benchmarks.channels``; with ``--global``, ``torch-pruning (global)``
+  (``global_pruning=True``).
 * ``symopt``: ``symopt.attention_heads(model, "layers.i.self_attn", max_heads=k, total_steps=N)`` per
   layer, coupled decay through ``symopt.param_groups``: the budget's cubic schedule from 10% to 75% of
   the steps with the trimmed decay, the landing, fine-tuning.
@@ -164,6 +169,26 @@ def hold_pruned(layer: nn.TransformerEncoderLayer, alive: torch.Tensor, units: s
         attention.out_proj.weight.mul_(alive.repeat_interleave(d).to(attention.out_proj.weight.dtype)[None, :])
 
 
+def torch_pruner(model: CharLM, train_ids: torch.Tensor, keep: int, steps: int, method: str):
+    """Torch-Pruning's ``MagnitudePruner`` of the feed-forward neurons (its dependency graph finds the group:
+    ``linear1``'s row and bias, ``linear2``'s column), L2 group importance, its linear schedule over ``steps``
+    calls to ``step()`` (one an epoch, from 10% to 75% of training as the other rows) to ``keep`` of 128 a
+    layer, every other layer ignored; ``(global)``: ``global_pruning=True`` over both layers (its importance
+    normalised by each group's mean, as ``magnitude (global)``)."""
+    import torch_pruning as tp
+
+    feed_forward = [layer.linear1 for layer in model.layers]
+    ignored = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Embedding, nn.LayerNorm,
+                                                              nn.MultiheadAttention)) and m not in feed_forward]
+    example = windows(train_ids, torch.arange(2))[:, :-1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return tp.pruner.MagnitudePruner(model, example, importance=tp.importance.GroupMagnitudeImportance(p=2),
+                                         pruning_ratio=1 - keep / FFN, iterative_steps=steps, ignored_layers=ignored,
+                                         global_pruning=method.endswith("(global)"),
+                                         unwrapped_parameters=[(model.position, 1)])  # (features: never pruned here)
+
+
 def budget(model: nn.Module, units: str, layers: list[int], keep: int, steps: int):
     """symopt's landing budget of ``keep`` units over ``layers`` (one layer, or all for a global budget)."""
     if units == "heads":
@@ -198,9 +223,13 @@ def train(method: str, keep: int, seed: int, epochs: int, units: str = "heads"):
         opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     alive = [torch.ones(total, dtype=torch.bool) for _ in model.layers]
     first, last = int(0.1 * epochs), max(int(0.1 * epochs) + 1, round(0.75 * epochs))
+    pruner = torch_pruner(model, train_ids, keep, last - first, method) if method.startswith("torch-pruning") else None
     gen = torch.Generator().manual_seed(seed)
     start = time.process_time()
     for epoch in range(epochs):
+        if pruner is not None and first <= epoch < last:
+            pruner.step()  # (the layers shrink in place; a fresh Adam for the new shapes, as benchmarks.channels)
+            opt = torch.optim.Adam(model.parameters(), lr=3e-3)
         if method == "magnitude" and epoch >= first:
             count = scheduled_count(epoch, total, keep, first, last)
             for i, layer in enumerate(model.layers):
@@ -245,6 +274,9 @@ def train(method: str, keep: int, seed: int, epochs: int, units: str = "heads"):
             raise RuntimeError("the exported model is not the trained one")
     elif method.startswith("symopt"):  # (compact: exported at the landing, `alive` read then)
         params = sum(p.numel() for p in model.parameters())
+    elif pruner is not None:  # (Torch-Pruning removed the neurons: the model is as small as it says)
+        params = sum(p.numel() for p in model.parameters())
+        alive = [torch.ones(layer.linear1.out_features, dtype=torch.bool) for layer in model.layers]
     else:
         params = sum(p.numel() for p in model.parameters()) - removed_parameters(units, sum(int((~a).sum())
                                                                                             for a in alive))
@@ -282,7 +314,11 @@ def main(argv=None) -> list:
           "threads\n")
     print(f"{'method':18s} {args.units:>7s} {'val nats/char':>17s} {'per layer':>9s} {'params':>7s} {'ms':>6s} "
           f"{'CPU s':>6s}")
-    methods = ("magnitude", "symopt", "symopt (compact)") + (("magnitude (global)", "symopt (global)") if args.global_budget else ())
+    # (Torch-Pruning's head pruning needs separate q, k, v Linears, not an nn.MultiheadAttention: neurons only)
+    pruning = ("torch-pruning",) if args.units == "neurons" else ()
+    methods = ("magnitude",) + pruning + ("symopt", "symopt (compact)") + (
+        ("magnitude (global)",) + tuple(f"{m} (global)" for m in pruning) + ("symopt (global)",)
+        if args.global_budget else ())
     runs = [("dense", total)] * wants_dense(args) + [(m, k) for k in args.keep for m in chosen(args, methods)]
     table = []
     for method, keep in runs:

@@ -347,6 +347,17 @@ def test_heads_quick_with_feed_forward_neurons(capsys):
     assert "neurons" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # (a third quick training run of the heads benchmark: ~1–3 min on 2 cores)
+def test_heads_quick_torch_pruning_removes_the_same_neuron_groups():
+    """Torch-Pruning's pruner (optional) narrows both layers' linear1 / linear2 to 32 neurons on its own
+    schedule: the parameter count is the model it leaves."""
+    pytest.importorskip("torch_pruning")
+    from benchmarks import heads
+    table = heads.main(["--quick", "--units", "neurons", "--methods", "torch-pruning"])
+    dense = sum(p.numel() for p in heads.CharLM(heads.corpus()[2], 0).parameters())
+    assert table[0][4] == "32/32" and table[0][5] == dense - 2 * 96 * (2 * 64 + 1)
+
+
 def test_small_solves_all_optimal(capsys):
     small_solves.main(["--repeats", "1"])
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("| Lasso", "| logistic"))]
