@@ -734,9 +734,14 @@ def _prune_block_heads(holder: nn.Module, info: dict, options: dict) -> list[str
     inner = W_o.shape[1]
     units = info.get("units", info["heads"])
     per_unit = info["heads"] // units  # (query heads a unit holds: 1 without grouped-query attention)
-    if info.get("fused"):  # (q, k, v: the thirds of one layer's outputs)
-        v_weight = _outputs_first(layers[0])[2 * inner:]
-        v_bias = layers[0].bias[2 * inner:] if layers[0].bias is not None else None
+    packing = info.get("fused")  # (q, k, v as one layer's outputs: "thirds", or "per head" side by side)
+    if packing:
+        W_qkv, b_qkv = _outputs_first(layers[0]), layers[0].bias
+        if packing == "thirds":
+            v_weight, v_bias = W_qkv[2 * inner:], b_qkv[2 * inner:] if b_qkv is not None else None
+        else:
+            v_weight = W_qkv.reshape(units, 3, inner // units, -1)[:, 2].reshape(inner, -1)
+            v_bias = b_qkv.reshape(units, 3, -1)[:, 2].reshape(inner) if b_qkv is not None else None
         kv_width = inner // units
     else:
         v_weight, v_bias = _outputs_first(layers[2]), layers[2].bias
@@ -763,8 +768,10 @@ def _prune_block_heads(holder: nn.Module, info: dict, options: dict) -> list[str
         return [f"{label}: heads kept: dead value rows write a constant that '{info['projections'][-1]}' has no bias "
                 "to hold"]
     before = copy.deepcopy(holder.root)
-    if info.get("fused"):
+    if packing == "thirds":
         rewritten = [torch.cat([q_rows, q_rows + inner, q_rows + 2 * inner])]
+    elif packing:
+        rewritten = [rows_of(3 * q_width)]
     else:
         rewritten = [q_rows, kv_rows, kv_rows]
     for layer_name, layer, rows in zip(info["projections"][:-1], layers[:-1], rewritten):

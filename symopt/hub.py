@@ -23,6 +23,7 @@ in a load report. symopt therefore keeps both views in one directory:
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import os
 from collections.abc import Callable
@@ -80,6 +81,11 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, **kwargs) ->
     record = layout.record(plain)  # (raises before anything is written)
     state = {key: value.detach().to("cpu").clone().contiguous() for key, value in model.state_dict().items()}
     os.makedirs(directory, exist_ok=True)
+    if record is not None and "save_original_format" in inspect.signature(type(plain).save_pretrained).parameters:
+        # (transformers 5 renames some weights to their hub names on save and back on load, e.g. GPT-NeoX's
+        # lm_head as embed_out; a recorded layout is loaded by symopt.from_pretrained alone, under the model's
+        # own names)
+        kwargs.setdefault("save_original_format", False)
     type(plain).save_pretrained(plain, directory, **kwargs)
     save_file(state, os.path.join(directory, STATE_FILE), metadata={"format": "pt", "writer": "symopt"})
     layout_path = os.path.join(directory, LAYOUT_FILE)

@@ -355,12 +355,17 @@ PROJECTION_NAMES = (("q_proj", "k_proj", "v_proj", "out_proj"), ("q_proj", "k_pr
                     # (BERT, RoBERTa, ELECTRA: self / output.dense; ViT before transformers 5: attention / output.dense)
                     ("self.query", "self.key", "self.value", "output.dense"),
                     ("attention.query", "attention.key", "attention.value", "output.dense"))
-# one projection whose outputs are q, k and v in thirds, then the output projection (GPT-2's family)
-FUSED_PROJECTION_NAMES = (("c_attn", "c_proj"),)
+# one projection whose outputs hold q, k and v, then the output projection, and how the fused outputs are
+# packed: "thirds" (all heads' q, then k, then v: GPT-2's family) or "per head" (head h's q, k, v side by side:
+# GPT-NeoX / Pythia). A fused pair given by the caller is read as "thirds" unless this table names it.
+FUSED_PROJECTION_NAMES = {("c_attn", "c_proj"): "thirds", ("query_key_value", "dense"): "per head"}
 # the width of all heads together, where a block keeps it (BERT's self-attention reshapes by it, GPT-2's
 # splits its fused projection's outputs by it)
 INNER_WIDTH_NAMES = ("all_head_size", "split_size")
 HEAD_COUNT_NAMES = ("num_heads", "n_heads", "num_attention_heads", "n_head")
+# where a block that keeps no head count keeps its head width, and reshapes by it (Llama: head_dim; GPT-NeoX:
+# head_size)
+HEAD_WIDTH_NAMES = ("head_dim", "head_size")
 # where a block with grouped-query attention keeps its k/v head count (export lowers it with the other)
 KV_HEAD_COUNT_NAMES = ("num_key_value_heads", "num_kv_heads", "n_kv_heads", "n_kv_head")
 
@@ -393,7 +398,8 @@ def attention_heads(model: nn.Module, name: str | Sequence[str] = "", strength: 
     ``q_lin`` … ``out_lin``. GPT-2's family keeps q, k and v as the thirds of one projection's outputs
     (``c_attn``, a transposed ``Conv1D``) before ``c_proj``: a unit is then a head's three slices of those
     outputs and its inputs of ``c_proj``, and export narrows both layers and lowers ``num_heads`` and
-    ``split_size``.
+    ``split_size``; GPT-NeoX (Pythia) packs head h's q, k and v side by side in ``query_key_value`` before
+    ``dense`` and reshapes by its ``head_size``.
     See [`UnitGroups`][symopt.constraints.unit_groups.UnitGroups].
 
     Args:
@@ -413,9 +419,10 @@ def attention_heads(model: nn.Module, name: str | Sequence[str] = "", strength: 
         projections: for a hand-written block, the names of its q, k, v and output Linear layers,
             dotted where they sit in children (default: the first of ``q_proj/k_proj/v_proj/out_proj``,
             ``…/o_proj``, ``q/k/v/o``, ``query/key/value/out``, ``q_lin/…/out_lin``,
-            ``self.query/self.key/self.value/output.dense`` that it has, else ``c_attn/c_proj``); or two
-            names, a fused q|k|v projection (its outputs q, k, v in thirds, as GPT-2's) and the output
-            projection, each an ``nn.Linear`` or a transposed ``Conv1D``.
+            ``self.query/self.key/self.value/output.dense`` that it has, else ``c_attn/c_proj`` or
+            ``query_key_value/dense``); or two names, a fused q|k|v projection and the output projection,
+            each an ``nn.Linear`` or a transposed ``Conv1D``: its outputs are read as q, k, v in thirds (as
+            GPT-2's), except for ``("query_key_value", "dense")``, read per head (as GPT-NeoX's).
         heads: for a hand-written block, its head count (default: its ``num_heads`` / ``n_heads`` /
             ``num_attention_heads`` / ``n_head`` attribute, else q's width over its ``head_dim``; read
             from the block, else from the child holding q).
@@ -528,8 +535,7 @@ def _head_tensors(model: nn.Module, name: str, projections, heads):
                         "'self.key', 'self.value', 'output.dense')), or projections=('qkv', 'out') for a fused one")
     q, k, v, o = (projection(n) for n in found)
     inner = q.out_features
-    count, holder, count_holder, attr, from_head_dim = _head_count(block, name, found[0].rpartition(".")[0], inner,
-                                                                   heads)
+    count, holder, count_holder, attr, width_attr = _head_count(block, name, found[0].rpartition(".")[0], inner, heads)
     kv_width = k.out_features
     if inner % count or v.out_features != kv_width or o.in_features != inner or kv_width > inner or \
             inner % kv_width or kv_width % (inner // count):
@@ -557,7 +563,7 @@ def _head_tensors(model: nn.Module, name: str, projections, heads):
     kv_attr = int_attribute(holder, KV_HEAD_COUNT_NAMES)
     return names, dims, maps, {"block": name, "projections": tuple(found), "heads": count, "count_attribute": attr,
                                "units": kv_heads, "kv_count_attribute": kv_attr if kv_heads < count else None,
-                               "width_attribute": "head_dim" if attr is None and from_head_dim else None,
+                               "width_attribute": width_attr,
                                "count_holder": count_holder,
                                "inner_width_attribute": _inner_width_attribute(holder, inner)}
 
@@ -580,13 +586,15 @@ def _fused_head_tensors(block: nn.Module, name: str, prefix: str, found, heads):
     if qkv.weight.shape[qkv_axis] != 3 * inner:
         raise ValueError(f"attention_heads: the fused projection '{found[0]}' of '{name}' has "
                          f"{qkv.weight.shape[qkv_axis]} outputs, not 3 × the {inner} inputs of '{found[1]}' (q, k and "
-                         "v as its thirds); a cross-attention block (k, v only) or a fused layer packed another way "
-                         "has no head budget here")
-    count, holder, _, attr, from_head_dim = _head_count(block, name, "", inner, heads)
+                         "v of one width each); a cross-attention block (k, v only) or a fused layer of grouped-query "
+                         "attention has no head budget here")
+    count, holder, _, attr, width_attr = _head_count(block, name, "", inner, heads)
     if inner % count:
         raise ValueError(f"attention_heads: {count} heads do not divide the {inner} inputs of '{found[1]}' in '{name}'")
     per_head = torch.arange(inner) // (inner // count)
-    packed = per_head.repeat(3)  # the q, k and v outputs of head h are all unit h
+    packing = FUSED_PROJECTION_NAMES.get(tuple(found), "thirds")
+    # the q, k and v outputs of head h are all unit h
+    packed = per_head.repeat(3) if packing == "thirds" else torch.arange(3 * inner) // (3 * inner // count)
     names, dims, maps = [f"{prefix}{found[0]}.weight"], [qkv_axis], [packed]
     if qkv.bias is not None:
         names.append(f"{prefix}{found[0]}.bias")
@@ -595,24 +603,25 @@ def _fused_head_tensors(block: nn.Module, name: str, prefix: str, found, heads):
     names.append(f"{prefix}{found[1]}.weight")
     dims.append(out_axis)
     maps.append(per_head)
-    return names, dims, maps, {"block": name, "projections": tuple(found), "fused": True, "heads": count,
+    return names, dims, maps, {"block": name, "projections": tuple(found), "fused": packing, "heads": count,
                                "count_attribute": attr, "units": count, "kv_count_attribute": None,
-                               "width_attribute": "head_dim" if attr is None and from_head_dim else None,
+                               "width_attribute": width_attr,
                                "count_holder": "", "inner_width_attribute": _inner_width_attribute(holder, inner)}
 
 
 def _head_count(block: nn.Module, name: str, q_parent: str, inner: int, heads):
     """A block's head count: ``(count, the module holding it, that module's path in the block, the attribute
-    holding it or None, whether it follows from an int head_dim)``. The counts live on the block, or (BERT)
+    holding it or None, the width attribute it follows from where no count attribute holds it, or None)``. The counts live on the block, or (BERT)
     on the child that holds q, k and v."""
     count_holder = next((path for path in dict.fromkeys(("", q_parent))
-                         if int_attribute(block.get_submodule(path), HEAD_COUNT_NAMES + ("head_dim",)) is not None),
+                         if int_attribute(block.get_submodule(path), HEAD_COUNT_NAMES + HEAD_WIDTH_NAMES) is not None),
                         "")
     holder = block.get_submodule(count_holder)
     attr = int_attribute(holder, HEAD_COUNT_NAMES)
     # (Hugging Face's attention modules keep no head count: they reshape by their int head_dim and let the
     # count follow from the width, so that count is the q width over head_dim, and export lowers nothing)
-    head_dim = getattr(holder, "head_dim", None)
+    width_attr = int_attribute(holder, HEAD_WIDTH_NAMES)
+    head_dim = getattr(holder, width_attr) if width_attr is not None else None
     from_head_dim = (isinstance(head_dim, int) and not isinstance(head_dim, bool) and head_dim > 0
                      and inner % head_dim == 0)
     count = (heads if heads is not None else getattr(holder, attr) if attr is not None
@@ -621,9 +630,10 @@ def _head_count(block: nn.Module, name: str, q_parent: str, inner: int, heads):
         raise ValueError(f"attention_heads: give heads= (the head count of '{name}'), or keep it in one of its "
                          f"attributes {HEAD_COUNT_NAMES} (or its head width in head_dim)")
     if attr is None and from_head_dim and count != inner // head_dim:
-        raise ValueError(f"attention_heads: heads={count} disagrees with '{name}'s head_dim={head_dim} ({inner // head_dim} "
-                         f"heads of q's {inner} outputs); give heads={inner // head_dim} or leave heads= out")
-    return count, holder, count_holder, attr, from_head_dim
+        raise ValueError(f"attention_heads: heads={count} disagrees with '{name}'s {width_attr}={head_dim} "
+                         f"({inner // head_dim} heads of q's {inner} outputs); give heads={inner // head_dim} or leave "
+                         "heads= out")
+    return count, holder, count_holder, attr, width_attr if attr is None and from_head_dim else None
 
 
 def _inner_width_attribute(holder: nn.Module, inner: int) -> str | None:

@@ -320,37 +320,59 @@ class Fused(nn.Module):
         return self.c_proj((weights @ v).transpose(1, 2).reshape(N, L, -1))
 
 
+class FusedPerHead(nn.Module):
+    """GPT-NeoX's attention layout: head h's q, k and v side by side in one projection's outputs
+    (``query_key_value``), reshaped by its ``head_size`` (no head count kept); ``dense`` the output."""
+
+    def __init__(self, layer, dim=16, heads=4):
+        super().__init__()
+        self.head_size = dim // heads
+        self.query_key_value, self.dense = layer(dim, 3 * dim), layer(dim, dim)
+
+    def forward(self, x):
+        N, L, _ = x.shape
+        q, k, v = self.query_key_value(x).view(N, L, -1, 3 * self.head_size).transpose(1, 2).chunk(3, dim=-1)
+        weights = torch.softmax(q @ k.transpose(-2, -1) / self.head_size ** 0.5, dim=-1)
+        return self.dense((weights @ v).transpose(1, 2).reshape(N, L, -1))
+
+
 LAYERS = {"Linear": nn.Linear, "transposed": lambda fan_in, fan_out: Transposed(fan_out, fan_in)}
+# (block, its fused and output layers' names, where head h's q / k / v outputs start, its count attributes)
+PACKINGS = {"thirds": (Fused, ("c_attn", "c_proj"), lambda h, third: 16 * third + 4 * h, ("num_heads", "split_size")),
+            "per head": (FusedPerHead, ("query_key_value", "dense"), lambda h, third: 12 * h + 4 * third, ())}
 
 
+@pytest.mark.parametrize("packing", sorted(PACKINGS))
 @pytest.mark.parametrize("layer", sorted(LAYERS))
-def test_a_fused_qkv_block_loses_its_dead_heads_from_both_projections(layer):
-    """A head's unit is its three slices of the fused outputs (q, k, v at offsets 0, dim, 2·dim: the weight's
-    rows for a Linear, its columns for a transposed layer) and its inputs of the output projection; export
-    removes dead heads from both layers (a transposed one keeps its class, with nf / nx lowered) and lowers
-    num_heads and split_size; a head whose value outputs alone are dead writes a constant, folded."""
+def test_a_fused_qkv_block_loses_its_dead_heads_from_both_projections(layer, packing):
+    """A head's unit is its three slices of the fused outputs (q, k, v at offsets 0, dim, 2·dim as GPT-2 packs
+    them, or side by side at 3·h·head_dim as GPT-NeoX does; the weight's rows for a Linear, its columns for a
+    transposed layer) and its inputs of the output projection; export removes dead heads from both layers (a
+    transposed one keeps its class, with nf / nx lowered) and lowers num_heads and split_size where the block
+    keeps them; a head whose value outputs alone are dead writes a constant, folded."""
+    build, (fused, out), start, counts = PACKINGS[packing]
     torch.manual_seed(0)
-    model = LMWith(Fused(LAYERS[layer])).double().eval()
+    model = LMWith(build(LAYERS[layer])).double().eval()
     handle = symopt.attention_heads(model, "attn", strength=1e-3)
-    assert [m.qualname for m in handle.members] == ["attn.c_attn.weight", "attn.c_attn.bias", "attn.c_proj.weight"]
+    assert [m.qualname for m in handle.members] == [f"attn.{fused}.weight", f"attn.{fused}.bias", f"attn.{out}.weight"]
     axis = 0 if layer == "Linear" else 1
     _kill_heads(model, [1, 2])
-    with torch.no_grad():  # head 3's value outputs only: 32 + 12 .. 32 + 16
-        handle.constraint.copies[0].original1.narrow(axis, 44, 4).zero_()  # (original0: the gates)
-    weight = model.attn.c_attn.weight
-    for head, dead in ((0, False), (1, True), (2, True)):
+    with torch.no_grad():  # head 3's value outputs only
+        handle.constraint.copies[0].original1.narrow(axis, start(3, 2), 4).zero_()  # (original0: the gates)
+    weight = getattr(model.attn, fused).weight
+    for head, dead in ((0, False), (1, True), (2, True), (3, False)):
         for third in range(3):
-            block = weight.narrow(axis, 16 * third + 4 * head, 4)
-            assert (float(block.abs().max()) == 0) == dead
+            block = weight.narrow(axis, start(head, third), 4)
+            assert (float(block.abs().max()) == 0) == (dead or head == 3 and third == 2)
     ids = torch.randint(0, 30, (3, 7))
     small = _quiet(model)
-    attn = small.attn
+    qkv, o = getattr(small.attn, fused), getattr(small.attn, out)
     kind = nn.Linear if layer == "Linear" else Transposed
-    assert type(attn.c_attn) is kind and type(attn.c_proj) is kind and (attn.num_heads, attn.split_size) == (1, 4)
-    assert tuple(attn.c_attn.weight.shape) == ((12, 16) if layer == "Linear" else (16, 12))
-    assert tuple(attn.c_proj.weight.shape) == ((16, 4) if layer == "Linear" else (4, 16))
+    assert type(qkv) is kind and type(o) is kind and [getattr(small.attn, c) for c in counts] == [1, 4][:len(counts)]
+    assert tuple(qkv.weight.shape) == ((12, 16) if layer == "Linear" else (16, 12))
+    assert tuple(o.weight.shape) == ((16, 4) if layer == "Linear" else (4, 16))
     if layer != "Linear":
-        assert (attn.c_attn.nf, attn.c_attn.nx, attn.c_proj.nf, attn.c_proj.nx) == (12, 16, 16, 4)
+        assert (qkv.nf, qkv.nx, o.nf, o.nx) == (12, 16, 16, 4)
     assert torch.allclose(small(ids), model(ids), atol=1e-12, rtol=0)
 
 

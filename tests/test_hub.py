@@ -506,3 +506,30 @@ def test_a_saved_layout_naming_a_layer_this_environment_cannot_build_is_refused_
     conv1d = {"modules": {"classifier": {"type": "Conv1D", "arguments": {"nf": 3, "nx": 16}}}, "attributes": {}}
     layout.rebuild(model, conv1d)  # (an optional library's layer, imported on first use)
     assert type(model.classifier) is transformers.pytorch_utils.Conv1D and model.classifier.weight.shape == (16, 3)
+
+
+def test_a_head_budget_on_gpt_neox_per_head_packed_attention_lands_and_round_trips(tmp_path):
+    """GPT-NeoX (Pythia) packs head h's q, k and v side by side in `query_key_value` and reshapes by its
+    `head_size` (no head count kept): attention_heads reads that packing from the layer names, a global budget
+    of 3 heads of 8 lands under Adam, export narrows `query_key_value` / `dense` with the same logits (nothing
+    to lower), and symopt's layout round-trips it (the config derives head_size from the head count)."""
+    config = transformers.GPTNeoXConfig(vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                        intermediate_size=64, max_position_embeddings=16, attention_bias=True)
+    torch.manual_seed(0)
+    model = transformers.GPTNeoXForCausalLM(config).double()
+    blocks = ["gpt_neox.layers.0.attention", "gpt_neox.layers.1.attention"]
+    handle = symopt.attention_heads(model, blocks, max_heads=3, total_steps=40)
+    assert handle.constraint.attention_blocks[0]["fused"] == "per head"
+    _adam(model, 45, LLAMA_IDS, LLAMA_IDS)
+    kept = _kept(handle, 4)
+    assert sum(kept) == 3 and min(kept) >= 1
+    small = _compressed(model)
+    assert [(layer.attention.query_key_value.out_features, layer.attention.dense.in_features)
+            for layer in small.gpt_neox.layers] == [(24 * k, 8 * k) for k in kept]
+    with torch.no_grad():
+        want = small(LLAMA_IDS).logits
+        assert torch.allclose(want, model(LLAMA_IDS).logits, atol=1e-10, rtol=0)
+    symopt.save_pretrained(small, tmp_path)
+    back = symopt.from_pretrained(transformers.GPTNeoXForCausalLM, tmp_path)
+    with torch.no_grad():
+        assert torch.equal(back(LLAMA_IDS).logits, want)
