@@ -533,3 +533,22 @@ def test_a_head_budget_on_gpt_neox_per_head_packed_attention_lands_and_round_tri
     back = symopt.from_pretrained(transformers.GPTNeoXForCausalLM, tmp_path)
     with torch.no_grad():
         assert torch.equal(back(LLAMA_IDS).logits, want)
+
+
+def test_bloom_heads_train_but_export_keeps_them_and_says_why():
+    """BLOOM packs q, k, v per head as GPT-NeoX does (its heads are found and gated), but its model builds the
+    ALiBi slopes from the config's head count: the narrowed block fails export's output check, so the heads
+    stay, the warning names the failure, and the logits are the model's."""
+    config = transformers.BloomConfig(vocab_size=40, hidden_size=32, n_layer=1, n_head=4)
+    torch.manual_seed(0)
+    model = transformers.BloomForCausalLM(config).double().eval()
+    handle = symopt.attention_heads(model, "transformer.h.0.self_attention", strength=1e-3)
+    assert handle.constraint.attention_blocks[0]["fused"] == "per head"
+    with torch.no_grad():
+        handle.constraint.gates[[1, 2]] = 0
+        want = model(LLAMA_IDS).logits
+    with pytest.warns(symopt.ExportWarning, match=r"self_attention \(heads\): heads kept, the rewritten model failed"):
+        small = symopt.export(model, mode="compressed")
+    assert small.transformer.h[0].self_attention.query_key_value.out_features == 96
+    with torch.no_grad():
+        assert torch.allclose(small(LLAMA_IDS).logits, want, atol=1e-12, rtol=0)
