@@ -357,8 +357,10 @@ PROJECTION_NAMES = (("q_proj", "k_proj", "v_proj", "out_proj"), ("q_proj", "k_pr
                     ("attention.query", "attention.key", "attention.value", "output.dense"))
 # one projection whose outputs hold q, k and v, then the output projection, and how the fused outputs are
 # packed: "thirds" (all heads' q, then k, then v: GPT-2's family) or "per head" (head h's q, k, v side by side:
-# GPT-NeoX / Pythia). A fused pair given by the caller is read as "thirds" unless this table names it.
+# GPT-NeoX / Pythia). A fused pair given by the caller is read as this table names it, else as its packing=
+# says, else as "thirds".
 FUSED_PROJECTION_NAMES = {("c_attn", "c_proj"): "thirds", ("query_key_value", "dense"): "per head"}
+FUSED_PACKINGS = ("thirds", "per head")
 # the width of all heads together, where a block keeps it (BERT's self-attention reshapes by it, GPT-2's
 # splits its fused projection's outputs by it)
 INNER_WIDTH_NAMES = ("all_head_size", "split_size")
@@ -377,7 +379,7 @@ def int_attribute(holder, names: Sequence[str]) -> str | None:
 
 def attention_heads(model: nn.Module, name: str | Sequence[str] = "", strength: float | None = None, *, seed: int = 0,
                     projections: Sequence[str] | None = None, heads: int | None = None,
-                    max_heads: int | None = None, total_steps: int | None = None,
+                    packing: str | None = None, max_heads: int | None = None, total_steps: int | None = None,
                     ramp: tuple[float, float] = (0.1, 0.75), land_on_the_way: bool | None = None) -> Handle:
     r"""Group sparsity over attention heads: one gate per head, shared by its query, key and value
     rows (weights and biases) and its columns of the output projection.
@@ -422,10 +424,16 @@ def attention_heads(model: nn.Module, name: str | Sequence[str] = "", strength: 
             ``self.query/self.key/self.value/output.dense`` that it has, else ``c_attn/c_proj`` or
             ``query_key_value/dense``); or two names, a fused q|k|v projection and the output projection,
             each an ``nn.Linear`` or a transposed ``Conv1D``: its outputs are read as q, k, v in thirds (as
-            GPT-2's), except for ``("query_key_value", "dense")``, read per head (as GPT-NeoX's).
+            GPT-2's), except for ``("query_key_value", "dense")``, read per head (as GPT-NeoX's), or as
+            ``packing`` says.
         heads: for a hand-written block, its head count (default: its ``num_heads`` / ``n_heads`` /
             ``num_attention_heads`` / ``n_head`` attribute, else q's width over its ``head_dim``; read
             from the block, else from the child holding q).
+        packing: how a fused q|k|v projection's outputs hold the heads, for a block whose layer names do not
+            say it: ``"thirds"`` (all heads' q, then all k, then all v, each ``inner`` wide: GPT-2's
+            ``c_attn``) or ``"per head"`` (head h's q, k and v side by side, ``3 · head_dim`` outputs a head:
+            GPT-NeoX's and BLOOM's ``query_key_value``). Default: read from the names as above, else
+            ``"thirds"``. Only for a fused projection: a block with separate q, k, v layers refuses it.
 
     Returns:
         Handle: the registered constraint (build the optimizer afterwards).
@@ -433,7 +441,8 @@ def attention_heads(model: nn.Module, name: str | Sequence[str] = "", strength: 
     Raises:
         TypeError: ``name`` is neither an ``nn.MultiheadAttention`` nor a block with four Linear
             projections or a fused q|k|v projection and an output projection.
-        ValueError: a head count that does not divide the projections (or k / v widths that are not a whole
+        ValueError: a ``packing`` other than ``"thirds"`` / ``"per head"``, or given for a block without a fused
+            projection; a head count that does not divide the projections (or k / v widths that are not a whole
             number of heads dividing q's; a fused projection not 3 × the output projection's inputs), a ``heads`` that disagrees with the block's ``head_dim``, a tensor already
             constrained, a bad strength, a ``max_heads`` not below the heads there are, ``total_steps``
             (or a ``ramp``) without its budget; nothing is changed.
@@ -447,6 +456,10 @@ def attention_heads(model: nn.Module, name: str | Sequence[str] = "", strength: 
     """
     # (the budget's checks in the caller's words: the head group below would name its own max_groups)
     check_budget(max_heads, "max_heads", "attention_heads")
+    if packing is not None and packing not in FUSED_PACKINGS:
+        raise ValueError(f"attention_heads: packing={packing!r} is not a fused projection's packing; give 'thirds' "
+                         "(all heads' q, then k, then v: GPT-2's c_attn) or 'per head' (head h's q, k, v side by "
+                         "side: GPT-NeoX's query_key_value)")
     if max_heads is None and total_steps is not None:
         raise ValueError("attention_heads: total_steps schedules a head budget; give max_heads= too, or drop "
                          "total_steps")
@@ -456,9 +469,9 @@ def attention_heads(model: nn.Module, name: str | Sequence[str] = "", strength: 
                              f"over them; got {name!r}")
         if projections is not None and not all(isinstance(p, str) for p in projections):
             raise ValueError("attention_heads: projections names the q, k, v and output layers of every block")
-        blocks = [_head_tensors(model, n, projections, heads) for n in name]
+        blocks = [_head_tensors(model, n, projections, heads, packing) for n in name]
     else:
-        blocks = [_head_tensors(model, name, projections, heads)]
+        blocks = [_head_tensors(model, name, projections, heads, packing)]
     names = [n for block in blocks for n in block[0]]
     dims = [d for block in blocks for d in block[1]]
     maps = [m for block in blocks for m in block[2]]
@@ -477,7 +490,7 @@ def attention_heads(model: nn.Module, name: str | Sequence[str] = "", strength: 
     return constrain(model, names, group)
 
 
-def _head_tensors(model: nn.Module, name: str, projections, heads):
+def _head_tensors(model: nn.Module, name: str, projections, heads, packing=None):
     """One attention block's tensors of a head group: ``(names, dims, unit maps, block info)``, the
     info None for an ``nn.MultiheadAttention``."""
     import torch
@@ -486,6 +499,10 @@ def _head_tensors(model: nn.Module, name: str, projections, heads):
     prefix = f"{name}." if name else ""
     names, dims, maps = [], [], []
     if isinstance(block, nn.MultiheadAttention):
+        if packing is not None:
+            raise ValueError(f"attention_heads: packing={packing!r} describes a fused q|k|v layer of a hand-written "
+                             f"block; '{name or type(model).__name__}' is an nn.MultiheadAttention, whose packing "
+                             "is known: drop packing")
         E, H = block.embed_dim, block.num_heads
         d = E // H
         packed = (torch.arange(3 * E) % E) // d  # the q, k and v rows of head h are all unit h
@@ -521,11 +538,11 @@ def _head_tensors(model: nn.Module, name: str, projections, heads):
         return given[0] if given and all(projection(n, linear_only) is not None for n in given[0]) else None
 
     if projections is not None and len(projections) == 2:
-        return _fused_head_tensors(block, name, prefix, tuple(projections), heads)
+        return _fused_head_tensors(block, name, prefix, tuple(projections), heads, packing)
     if projections is None and found_in(PROJECTION_NAMES, True) is None:
         fused = found_in(FUSED_PROJECTION_NAMES, False)
         if fused is not None:
-            return _fused_head_tensors(block, name, prefix, fused, heads)
+            return _fused_head_tensors(block, name, prefix, fused, heads, packing)
     found = found_in(PROJECTION_NAMES, True)
     if found is None or len(found) != 4:
         raise TypeError(f"attention_heads: '{name or type(model).__name__}' is a {type(block).__name__}, neither an "
@@ -533,6 +550,9 @@ def _head_tensors(model: nn.Module, name: str, projections, heads):
                         "projection and an output: GPT-2's c_attn, c_proj); pass projections=('q', 'k', 'v', 'out') "
                         "with its layer names (dotted inside the block: BERT's attention takes ('self.query', "
                         "'self.key', 'self.value', 'output.dense')), or projections=('qkv', 'out') for a fused one")
+    if packing is not None:
+        raise ValueError(f"attention_heads: packing={packing!r} describes a fused q|k|v layer; '{name or type(model).__name__}' "
+                         f"has separate ones ({', '.join(found)}): drop packing")
     q, k, v, o = (projection(n) for n in found)
     inner = q.out_features
     count, holder, count_holder, attr, width_attr = _head_count(block, name, found[0].rpartition(".")[0], inner, heads)
@@ -568,9 +588,10 @@ def _head_tensors(model: nn.Module, name: str, projections, heads):
                                "inner_width_attribute": _inner_width_attribute(holder, inner)}
 
 
-def _fused_head_tensors(block: nn.Module, name: str, prefix: str, found, heads):
-    """The head group's tensors of a block whose q, k and v are the thirds of one projection's outputs
-    (GPT-2's ``c_attn``, an ``nn.Linear`` or a transposed ``Conv1D``) before an output projection."""
+def _fused_head_tensors(block: nn.Module, name: str, prefix: str, found, heads, packing=None):
+    """The head group's tensors of a block whose q, k and v are one projection's outputs (GPT-2's ``c_attn``, an
+    ``nn.Linear`` or a transposed ``Conv1D``) before an output projection, packed as ``packing`` says (default:
+    as `FUSED_PROJECTION_NAMES` names the pair, else in thirds)."""
     import torch
 
     try:
@@ -592,7 +613,8 @@ def _fused_head_tensors(block: nn.Module, name: str, prefix: str, found, heads):
     if inner % count:
         raise ValueError(f"attention_heads: {count} heads do not divide the {inner} inputs of '{found[1]}' in '{name}'")
     per_head = torch.arange(inner) // (inner // count)
-    packing = FUSED_PROJECTION_NAMES.get(tuple(found), "thirds")
+    if packing is None:
+        packing = FUSED_PROJECTION_NAMES.get(tuple(found), "thirds")
     # the q, k and v outputs of head h are all unit h
     packed = per_head.repeat(3) if packing == "thirds" else torch.arange(3 * inner) // (3 * inner // count)
     names, dims, maps = [f"{prefix}{found[0]}.weight"], [qkv_axis], [packed]

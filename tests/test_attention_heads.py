@@ -336,24 +336,44 @@ class FusedPerHead(nn.Module):
         return self.dense((weights @ v).transpose(1, 2).reshape(N, L, -1))
 
 
+class OwnPerHead(nn.Module):
+    """A user's own per-head packed block (BLOOM's layout), under names no table knows: ``packing=`` says it."""
+
+    def __init__(self, layer, dim=16, heads=4):
+        super().__init__()
+        self.n_head = heads
+        self.qkv, self.mix = layer(dim, 3 * dim), layer(dim, dim)
+
+    def forward(self, x):
+        N, L, _ = x.shape
+        q, k, v = self.qkv(x).view(N, L, self.n_head, -1).transpose(1, 2).chunk(3, dim=-1)
+        weights = torch.softmax(q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5, dim=-1)
+        return self.mix((weights @ v).transpose(1, 2).reshape(N, L, -1))
+
+
 LAYERS = {"Linear": nn.Linear, "transposed": lambda fan_in, fan_out: Transposed(fan_out, fan_in)}
-# (block, its fused and output layers' names, where head h's q / k / v outputs start, its count attributes)
-PACKINGS = {"thirds": (Fused, ("c_attn", "c_proj"), lambda h, third: 16 * third + 4 * h, ("num_heads", "split_size")),
-            "per head": (FusedPerHead, ("query_key_value", "dense"), lambda h, third: 12 * h + 4 * third, ())}
+# (block, its fused and output layers' names, where head h's q / k / v outputs start, its count attributes,
+# what the caller passes)
+PACKINGS = {"thirds": (Fused, ("c_attn", "c_proj"), lambda h, third: 16 * third + 4 * h, ("num_heads", "split_size"),
+                       {}),
+            "per head": (FusedPerHead, ("query_key_value", "dense"), lambda h, third: 12 * h + 4 * third, (), {}),
+            "per head, told": (OwnPerHead, ("qkv", "mix"), lambda h, third: 12 * h + 4 * third, ("n_head",),
+                               dict(projections=("qkv", "mix"), packing="per head"))}
 
 
 @pytest.mark.parametrize("packing", sorted(PACKINGS))
 @pytest.mark.parametrize("layer", sorted(LAYERS))
 def test_a_fused_qkv_block_loses_its_dead_heads_from_both_projections(layer, packing):
     """A head's unit is its three slices of the fused outputs (q, k, v at offsets 0, dim, 2·dim as GPT-2 packs
-    them, or side by side at 3·h·head_dim as GPT-NeoX does; the weight's rows for a Linear, its columns for a
-    transposed layer) and its inputs of the output projection; export removes dead heads from both layers (a
-    transposed one keeps its class, with nf / nx lowered) and lowers num_heads and split_size where the block
-    keeps them; a head whose value outputs alone are dead writes a constant, folded."""
-    build, (fused, out), start, counts = PACKINGS[packing]
+    them, or side by side at 3·h·head_dim as GPT-NeoX does, or as the caller's packing= says; the weight's rows
+    for a Linear, its columns for a transposed layer) and its inputs of the output projection; export removes
+    dead heads from both layers (a transposed one keeps its class, with nf / nx lowered) and lowers num_heads
+    and split_size where the block keeps them; a head whose value outputs alone are dead writes a constant,
+    folded."""
+    build, (fused, out), start, counts, told = PACKINGS[packing]
     torch.manual_seed(0)
     model = LMWith(build(LAYERS[layer])).double().eval()
-    handle = symopt.attention_heads(model, "attn", strength=1e-3)
+    handle = symopt.attention_heads(model, "attn", strength=1e-3, **told)
     assert [m.qualname for m in handle.members] == [f"attn.{fused}.weight", f"attn.{fused}.bias", f"attn.{out}.weight"]
     axis = 0 if layer == "Linear" else 1
     _kill_heads(model, [1, 2])
@@ -374,6 +394,38 @@ def test_a_fused_qkv_block_loses_its_dead_heads_from_both_projections(layer, pac
     if layer != "Linear":
         assert (qkv.nf, qkv.nx, o.nf, o.nx) == (12, 16, 16, 4)
     assert torch.allclose(small(ids), model(ids), atol=1e-12, rtol=0)
+
+
+def test_a_per_head_block_under_other_names_is_read_in_thirds_unless_packing_says():
+    """Names outside the table give no packing: without packing= the fused outputs are read in thirds (GPT-2's),
+    which for a per-head layout puts head 0's unit on head 0's q, head 1's q and the first of head 2's q
+    outputs; packing="per head" reads head 0 as outputs 0..11, as the block computes it."""
+    guessed = symopt.attention_heads(LMWith(OwnPerHead(nn.Linear)), "attn", projections=("qkv", "mix"))
+    assert guessed.constraint.attention_blocks[0]["fused"] == "thirds"
+    assert guessed.constraint.unit_maps[0][:16].tolist() == [h for h in range(4) for _ in range(4)]
+    told = symopt.attention_heads(LMWith(OwnPerHead(nn.Linear)), "attn", projections=("qkv", "mix"),
+                                  packing="per head")
+    assert told.constraint.attention_blocks[0]["fused"] == "per head"
+    heads_of_outputs = told.constraint.unit_maps[0]
+    assert heads_of_outputs.tolist() == [h for h in range(4) for _ in range(12)]
+
+
+@pytest.mark.parametrize("block,kwargs,match", [
+    (lambda: OwnPerHead(nn.Linear), dict(projections=("qkv", "mix"), packing="interleaved"),
+     r"packing='interleaved' is not a fused projection's packing; give 'thirds'.*or 'per head'"),
+    (lambda: nn.MultiheadAttention(16, 4), dict(packing="thirds"),
+     r"packing='thirds' describes a fused q\|k\|v layer.*is an nn.MultiheadAttention.*drop packing"),
+    (lambda: HandWritten(), dict(packing="per head"),
+     r"packing='per head' describes a fused q\|k\|v layer; 'HandWritten' has separate ones \(q_proj, k_proj, "
+     r"v_proj, out_proj\): drop packing"),
+])
+def test_a_bad_packing_is_refused_by_name_and_nothing_changes(block, kwargs, match):
+    model = block()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=match):
+        symopt.attention_heads(model, **kwargs)
+    assert symopt.list_constraints(model) == []
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
 
 
 def test_a_fused_block_with_other_widths_or_layers_is_refused_and_nothing_changes():
