@@ -43,7 +43,7 @@ from torch import nn
 
 import symopt
 
-from .compression import chosen, wants_dense, batches, data, deployed, over_seeds, training_arguments
+from .compression import chosen, wants_dense, batches, data, deployed, over_seeds, seed_range, seed_words, training_arguments
 
 
 def cnn(seed: int) -> nn.Sequential:
@@ -134,7 +134,7 @@ def main(argv=None) -> list:
     args = training_arguments(argv, "python -m benchmarks.channels", epochs=30, budgets="--remove", kind=float,
                               defaults=[0.5, 0.75], smoke="50%%", extra=extra)
     print(f"digits CNN (32, 64 channels, BatchNorm, max-pool), Adam lr 1e-3, batch 64, {args.epochs} epochs, "
-          f"{args.seeds} seeds; torch {torch.__version__}, {torch.get_num_threads()} threads\n")
+          f"{seed_words(args)}; torch {torch.__version__}, {torch.get_num_threads()} threads\n")
     print(f"{'method':22s} {'removed':>7s} {'test accuracy':>17s} {'channels':>9s} {'params':>7s} {'ms':>6s} "
           f"{'CPU s':>6s}")
     methods = ("torch-pruning", "symopt", "symopt (compact)") + (("torch-pruning (global)", "symopt (global)") if args.global_budget else ())
@@ -142,7 +142,7 @@ def main(argv=None) -> list:
     runs = [("dense", 0.0)] * wants_dense(args) + [(m, r) for r in args.remove for m in methods]
     table = []
     for method, remove in runs:
-        mean, spread, seconds, results = over_seeds(train, method, remove, args.seeds, args.epochs)
+        mean, spread, seconds, results = over_seeds(train, method, remove, seed_range(args), args.epochs)
         kept = "/".join(str(c) for c in results[0][1])
         table.append((method, remove, mean, spread, results[0][1], results[0][2]))
         milliseconds = statistics.median(r[3] for r in results)

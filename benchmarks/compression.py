@@ -77,6 +77,8 @@ def training_arguments(argv, prog: str, *, epochs: int, budgets: str, kind, defa
     parser = argparse.ArgumentParser(prog=prog)
     parser.add_argument("--epochs", type=int, default=epochs)
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", dest="first_seed", type=int, default=0,
+                        help="seeds first-seed .. first-seed + seeds - 1 (more seeds for a row run before)")
     parser.add_argument(budgets, type=kind, nargs="+", default=defaults)
     parser.add_argument("--quick", action="store_true", help=f"2 epochs, 1 seed, {smoke}: a smoke test")
     parser.add_argument("--methods", nargs="+", default=None,
@@ -115,11 +117,21 @@ def wants_dense(args: argparse.Namespace) -> bool:
     return args.methods is None or "dense" in args.methods
 
 
-def over_seeds(train, method: str, setting, seeds: int, epochs: int):
-    """``train(method, setting, seed, epochs)`` for every seed, whose first result is the quality
-    measure (test accuracy; the heads benchmark's validation loss) and last the CPU seconds: ``(its
+def seed_range(args: argparse.Namespace) -> range:
+    """The seeds ``--seeds`` and ``--first-seed`` ask for."""
+    return range(args.first_seed, args.first_seed + args.seeds)
+
+
+def seed_words(args: argparse.Namespace) -> str:
+    """``3 seeds``, or ``3 seeds (3-5)`` from a ``--first-seed``: the table's header says which it ran."""
+    return f"{args.seeds} seeds" + (f" ({args.first_seed}-{args.first_seed + args.seeds - 1})" if args.first_seed else "")
+
+
+def over_seeds(train, method: str, setting, seeds: int | range, epochs: int):
+    """``train(method, setting, seed, epochs)`` for every seed (``range(seeds)`` for an int), whose first result
+    is the quality measure (test accuracy; the heads benchmark's validation loss) and last the CPU seconds: ``(its
     mean, its std over seeds, median CPU s, results)``."""
-    results = [train(method, setting, seed, epochs) for seed in range(seeds)]
+    results = [train(method, setting, seed, epochs) for seed in (range(seeds) if isinstance(seeds, int) else seeds)]
     accuracies = [r[0] for r in results]
     spread = statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0
     return statistics.mean(accuracies), spread, statistics.median(r[-1] for r in results), results
@@ -239,7 +251,7 @@ def main(argv=None) -> list:
     args = training_arguments(argv, "python -m benchmarks.compression", epochs=100, budgets="--sparsity", kind=float,
                               defaults=[0.9, 0.95], smoke="90%%", extra=extra)
     print(f"digits MLP 64-256-256-10, Adam lr 1e-3, batch 64, {from_trained_words(args)}{args.epochs} epochs, "
-          f"{args.seeds} seeds; torch {torch.__version__}, {torch.get_num_threads()} threads\n")
+          f"{seed_words(args)}; torch {torch.__version__}, {torch.get_num_threads()} threads\n")
     print(f"{'method':22s} {'sparsity':>8s} {'test accuracy':>17s} {'density':>8s} {'params':>7s} {'ms':>6s} "
           f"{'CPU s':>7s}")
     methods = chosen(args, ("magnitude (layer)", "magnitude (global)", "symopt (layer)", "symopt (global)"))
@@ -247,7 +259,7 @@ def main(argv=None) -> list:
     table = []
     for method, sparsity in runs:
         mean, spread, seconds, results = over_seeds(functools.partial(train, trained=args.trained), method, sparsity,
-                                                    args.seeds, args.epochs)
+                                                    seed_range(args), args.epochs)
         table.append((method, sparsity, mean, spread))
         print(f"{method:22s} {sparsity:8.2f} {mean:10.4f} ± {spread:.4f} "
               f"{statistics.mean(r[1] for r in results):8.4f} {results[0][2]:7d} "

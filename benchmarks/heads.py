@@ -71,7 +71,7 @@ import symopt
 from symopt.constraints.base import largest_in_parts
 from symopt.constraints.budget import scheduled_count
 
-from .compression import chosen, deployed, wants_dense, over_seeds, training_arguments
+from .compression import chosen, deployed, wants_dense, over_seeds, seed_range, seed_words, training_arguments
 
 DIM, HEADS, LAYERS, CONTEXT, BATCH = 64, 8, 2, 64, 32
 FFN = 2 * DIM  # feed-forward neurons per layer
@@ -310,7 +310,7 @@ def main(argv=None) -> list:
     _, _, vocab = corpus()
     print(f"character LM on the standard library's source ({vocab} characters), 2 pre-norm encoder layers, "
           f"d={DIM}, {HEADS} heads, feed-forward {FFN}, Adam lr 3e-3, batch {BATCH}×{CONTEXT}, {args.epochs} epochs, "
-          f"{args.seeds} seeds; units removed: {args.units}; torch {torch.__version__}, {torch.get_num_threads()} "
+          f"{seed_words(args)}; units removed: {args.units}; torch {torch.__version__}, {torch.get_num_threads()} "
           "threads\n")
     print(f"{'method':18s} {args.units:>7s} {'val nats/char':>17s} {'per layer':>9s} {'params':>7s} {'ms':>6s} "
           f"{'CPU s':>6s}")
@@ -323,7 +323,7 @@ def main(argv=None) -> list:
     table = []
     for method, keep in runs:
         mean, spread, seconds, results = over_seeds(functools.partial(train, units=args.units), method, keep,
-                                                    args.seeds, args.epochs)
+                                                    seed_range(args), args.epochs)
         table.append((method, keep, mean, spread, results[0][1], results[0][2]))
         milliseconds = statistics.median(r[3] for r in results)
         print(f"{method:18s} {keep:7d} {mean:10.4f} ± {spread:.4f} {results[0][1]:>9s} {results[0][2]:7d} "

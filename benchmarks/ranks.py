@@ -55,7 +55,7 @@ import symopt
 from symopt.constraints.base import largest_in_parts
 
 from .compression import (FROM_SCRATCH, FROM_TRAINED, accuracy, add_from_trained, batches, chosen, data, dense_training, deployed,
-                          from_trained_words, mlp, over_seeds, training_arguments, wants_dense)
+                          from_trained_words, mlp, over_seeds, seed_range, seed_words, training_arguments, wants_dense)
 
 HIDDEN = ("0", "2")
 
@@ -162,7 +162,7 @@ def main(argv=None) -> list:
                               defaults=[16, 4], smoke="rank 16", extra=extra)
     print(f"digits MLP 64-256-256-10, hidden layers at rank r, Adam lr 1e-3, batch 64, {from_trained_words(args)}"
           f"{args.epochs} epochs, "
-          f"{args.seeds} seeds; torch {torch.__version__}, {torch.get_num_threads()} threads\n")
+          f"{seed_words(args)}; torch {torch.__version__}, {torch.get_num_threads()} threads\n")
     print(f"{'method':22s} {'rank':>4s} {'test accuracy':>17s} {'ranks':>8s} {'params':>7s} {'ms':>6s} {'CPU s':>6s}")
     methods = ("truncated SVD", "symopt", "symopt (compact)", "symopt (full width)")
     methods += ("truncated SVD (global)", "symopt (global)", "symopt (global, full width)") if args.global_budget else ()
@@ -171,7 +171,7 @@ def main(argv=None) -> list:
     table = []
     for method, rank in runs:
         mean, spread, seconds, results = over_seeds(functools.partial(train, trained=args.trained), method, rank,
-                                                    args.seeds, args.epochs)
+                                                    seed_range(args), args.epochs)
         ranks = "/".join(str(k) for k in results[0][1])
         table.append((method, rank, mean, spread, results[0][1], results[0][2]))
         milliseconds = statistics.median(r[3] for r in results)
