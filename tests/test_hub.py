@@ -388,6 +388,24 @@ def test_attention_heads_finds_the_projections_of_other_hugging_face_encoders(bu
         assert torch.allclose(small(example).logits, want, atol=1e-10, rtol=0)
 
 
+def _same_logits_and_reloaded(model, small, ids, kept, config_width: str, tmp_path) -> None:
+    """The exported ``small`` computes ``model``'s logits; where both layers kept one width, the config's
+    ``config_width`` says it and the class's own save / load round-trips, else symopt's layout records the
+    narrower layers; either way the reloaded model's logits are the same bits."""
+    with torch.no_grad():
+        want = small(ids).logits
+        assert torch.allclose(want, model(ids).logits, atol=1e-10, rtol=0)
+    if kept[0] == kept[1]:
+        assert getattr(small.config, config_width) == kept[0]
+        small.save_pretrained(tmp_path)
+        back = type(model).from_pretrained(tmp_path).eval()
+    else:
+        symopt.save_pretrained(small, tmp_path)
+        back = symopt.from_pretrained(type(model), tmp_path)
+    with torch.no_grad():
+        assert torch.equal(back(ids).logits, want)
+
+
 def test_a_global_ffn_neuron_budget_on_bert_lands_and_exports_narrower_feed_forwards(tmp_path):
     """BERT's feed-forward is split over two sibling blocks (`intermediate.dense` then `output.dense`, with
     the residual and LayerNorm), and neither the model nor its layer traces; the layer's
@@ -408,18 +426,7 @@ def test_a_global_ffn_neuron_budget_on_bert_lands_and_exports_narrower_feed_forw
     small = _compressed(model)
     assert [(layer.intermediate.dense.out_features, layer.output.dense.in_features)
             for layer in small.bert.encoder.layer] == [(k, k) for k in kept]
-    with torch.no_grad():
-        want = small(IDS).logits
-        assert torch.allclose(want, model(IDS).logits, atol=1e-10, rtol=0)
-    if kept[0] == kept[1]:
-        assert small.config.intermediate_size == kept[0]
-        small.save_pretrained(tmp_path)
-        back = transformers.BertForSequenceClassification.from_pretrained(tmp_path).eval()
-    else:
-        symopt.save_pretrained(small, tmp_path)
-        back = symopt.from_pretrained(transformers.BertForSequenceClassification, tmp_path)
-    with torch.no_grad():
-        assert torch.equal(back(IDS).logits, want)
+    _same_logits_and_reloaded(model, small, IDS, kept, "intermediate_size", tmp_path)
 
 
 def test_a_head_budget_on_gpt2_fused_attention_lands_exports_and_round_trips_through_symopt(tmp_path):
@@ -483,18 +490,7 @@ def test_a_global_ffn_neuron_budget_on_gpt2_lands_and_exports_narrower_conv1d_la
     small = _compressed(model)
     assert [(block.mlp.c_fc.nf, block.mlp.c_proj.nx, tuple(block.mlp.c_proj.weight.shape)) for block in small.transformer.h] \
         == [(k, k, (k, 32)) for k in kept]
-    with torch.no_grad():
-        want = small(LLAMA_IDS).logits
-        assert torch.allclose(want, model(LLAMA_IDS).logits, atol=1e-10, rtol=0)
-    if kept[0] == kept[1]:
-        assert small.config.n_inner == kept[0]
-        small.save_pretrained(tmp_path)
-        back = transformers.GPT2LMHeadModel.from_pretrained(tmp_path).eval()
-    else:
-        symopt.save_pretrained(small, tmp_path)
-        back = symopt.from_pretrained(transformers.GPT2LMHeadModel, tmp_path)
-    with torch.no_grad():
-        assert torch.equal(back(LLAMA_IDS).logits, want)
+    _same_logits_and_reloaded(model, small, LLAMA_IDS, kept, "n_inner", tmp_path)
 
 
 def test_a_saved_layout_naming_a_layer_this_environment_cannot_build_is_refused_by_name():
