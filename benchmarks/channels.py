@@ -101,7 +101,7 @@ def train(method: str, remove: float, seed: int, epochs: int, batch: int = 64):
         if pruner is not None and first <= epoch < last:
             pruner.step()
             opt = make_opt()
-        if method == "symopt (compact)" and handles and all(h.constraint.policy.has_landed() for h in handles):
+        if method == "symopt (compact)" and handles and symopt.landed(model):
             # landed: the compact model fine-tunes as Torch-Pruning's does, plain weights, a fresh Adam
             model.eval()
             with warnings.catch_warnings():

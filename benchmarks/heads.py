@@ -244,7 +244,7 @@ def train(method: str, keep: int, seed: int, epochs: int, units: str = "heads"):
             alive = list(largest_in_parts(relative, count, [total] * LAYERS).split(total))
             for layer, mask in zip(model.layers, alive):
                 hold_pruned(layer, mask, units)
-        if method == "symopt (compact)" and handles and all(h.constraint.policy.has_landed() for h in handles):
+        if method == "symopt (compact)" and handles and symopt.landed(model):
             # landed: the exported model (only the kept units) fine-tunes with plain weights and a fresh Adam
             alive = [live_units(layer, units) for layer in model.layers]
             with warnings.catch_warnings():

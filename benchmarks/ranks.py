@@ -130,7 +130,7 @@ def train(method: str, rank: int, seed: int, epochs: int, batch: int = 64, train
             for name, r in zip(HIDDEN, ranks):
                 setattr(model, name, _factorised(model.get_submodule(name), r))
             opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-        if method.endswith("(compact)") and handles and all(h.constraint.policy.has_landed() for h in handles):
+        if method.endswith("(compact)") and handles and symopt.landed(model):
             # landed: the exported model (each layer two Linear factors of rank r) fine-tunes with plain
             # weights and a fresh Adam, as the truncated SVD recipe's does
             with warnings.catch_warnings():

@@ -11,7 +11,7 @@ from . import constraints  # noqa: F401 - symopt.constraints is the sub-package 
 from .constraints import (Auto, BudgetStrength, Constraint, Fixed, FixedZeros, GroupSparse, LowRank, NMSparse,
                           NonNegative, Scheduled, Sparse, Strength, Subspace, Tied)
 from .decay import Binding, DecoupledDecayWarning, bind, check_optimizer, param_groups, penalty
-from .finalize import finalize
+from .finalize import finalize, landed
 from .report import Report, report
 from .verbs import (attention_heads, fixed_zeros, group_sparse, low_rank, n_m_sparse, nonnegative, sparse,
                     subspace, tie)
@@ -33,7 +33,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Certificate", "Constraint", "ConstraintCertificate", "DecoupledDecayWarning", "FixedZeros",
     "GroupSparse", "Handle", "LowRank", "Report", "Sparse", "Subspace", "Tied", "check_optimizer",
-    "constrain", "list_constraints", "finalize", "fixed_zeros", "group_sparse", "low_rank", "param_groups",
+    "constrain", "list_constraints", "finalize", "landed", "fixed_zeros", "group_sparse", "low_rank", "param_groups",
     "penalty", "report", "sparse", "subspace", "syre", "tie", "diagnose", "Diagnosis", "LayerDiagnosis",
     "effective_rank", "conserved", "ConservationTracker", "export", "footprint", "sync_strengths", "Footprint", "ExportWarning",
     "SparseLinear", "guard", "Guard", "GuardEvent", "Diverged", "Problem", "Result", "solve", "compare", "certify",

@@ -19,6 +19,51 @@ def _loss(model: nn.Module, loss_fn: Callable, batch) -> float:
         return float(loss_fn(model) if batch is None else loss_fn(model, batch))
 
 
+def landed(model: nn.Module) -> bool:
+    r"""Whether every constraint of ``model`` that lands at a known step has landed.
+
+    A budget with ``total_steps`` (``max_nonzero`` / ``density``, ``max_groups``, ``max_heads``,
+    ``target_rank``) lands at the end of its ramp, and a tie, subspace or fixed zeros with ``total_steps`` at
+    its landing step: from then on the dropped atoms (or the set's complement) are held at exactly 0, so the
+    structure is final. That is the moment to export and fine-tune the smaller model with plain weights
+    (``symopt.export(model, mode="compressed")`` and a fresh optimizer), as Torch-Pruning fine-tunes its pruned
+    model; constraints without a schedule (a fixed or ``"auto"`` λ) do not land and are not asked.
+
+    Args:
+        model: the module holding the constraints.
+
+    Returns:
+        bool: True once all of them have landed (a global budget counts once, for all its tensors).
+
+    Raises:
+        ValueError: no constraint of ``model`` lands at a known step (none at all, or none with
+            ``total_steps``): the answer would stay False for ever.
+        TypeError: ``model`` is not an ``nn.Module``.
+
+    Examples:
+        >>> import torch, symopt
+        >>> lin = torch.nn.Linear(8, 4)
+        >>> _ = symopt.sparse(lin, "weight", max_nonzero=8, total_steps=4, ramp=(0.0, 0.5))
+        >>> optimizer = torch.optim.SGD(symopt.param_groups(lin, lr=0.1), lr=0.1)
+        >>> before = symopt.landed(lin)
+        >>> for _ in range(4):
+        ...     optimizer.zero_grad()
+        ...     lin(torch.ones(2, 8)).square().sum().backward()
+        ...     optimizer.step()
+        >>> before, symopt.landed(lin), int(lin.weight.count_nonzero())
+        (False, True, 8)
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"symopt.landed: model must be an nn.Module, got {type(model).__name__}")
+    policies = {id(h.constraint.policy): h.constraint.policy for h in list_constraints(model)}
+    landing = [policy for policy in policies.values() if policy.lands()]
+    if not landing:
+        raise ValueError("symopt.landed: no constraint of the model lands at a known step, so it would never "
+                         "say True; give a budget total_steps= (e.g. symopt.sparse(model, name, density=0.1, "
+                         "total_steps=N)), or a tie / subspace total_steps=")
+    return all(policy.has_landed() for policy in landing)
+
+
 def finalize(model: nn.Module, tol: float = 1e-6, force: bool = False, loss_fn: Callable | None = None,
              batch=None) -> Certificate:
     r"""Snap each constrained tensor onto its constraint set and remove symopt's parametrizations.

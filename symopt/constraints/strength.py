@@ -151,6 +151,11 @@ class Strength(Float64State):
         """Whether an exact-penalty constraint lands on its set at a given step (`Landing`)."""
         return False
 
+    def lands(self) -> bool:
+        """Whether this policy lands at a known step: a scheduled budget, or an exact-penalty set with
+        ``total_steps`` (`Landing`). `has_landed` says when it has."""
+        return self.schedule_of_budget() is not None or self.lands_set()
+
     def resize(self, slots: int, device=None) -> None:
         """Prepare for ``slots`` tensors observed separately (a tie's copies); most policies keep one
         state for all."""
