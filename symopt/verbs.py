@@ -357,8 +357,8 @@ PROJECTION_NAMES = (("q_proj", "k_proj", "v_proj", "out_proj"), ("q_proj", "k_pr
                     ("attention.query", "attention.key", "attention.value", "output.dense"))
 # one projection whose outputs hold q, k and v, then the output projection, and how the fused outputs are
 # packed: "thirds" (all heads' q, then k, then v: GPT-2's family) or "per head" (head h's q, k, v side by side:
-# GPT-NeoX / Pythia). A fused pair given by the caller is read as this table names it, else as its packing=
-# says, else as "thirds".
+# GPT-NeoX / Pythia). A fused pair is read as the caller's packing= says, else as this table names it, else as
+# "thirds".
 FUSED_PROJECTION_NAMES = {("c_attn", "c_proj"): "thirds", ("query_key_value", "dense"): "per head"}
 FUSED_PACKINGS = ("thirds", "per head")
 # the width of all heads together, where a block keeps it (BERT's self-attention reshapes by it, GPT-2's
@@ -551,8 +551,9 @@ def _head_tensors(model: nn.Module, name: str, projections, heads, packing=None)
                         "with its layer names (dotted inside the block: BERT's attention takes ('self.query', "
                         "'self.key', 'self.value', 'output.dense')), or projections=('qkv', 'out') for a fused one")
     if packing is not None:
-        raise ValueError(f"attention_heads: packing={packing!r} describes a fused q|k|v layer; '{name or type(model).__name__}' "
-                         f"has separate ones ({', '.join(found)}): drop packing")
+        where = name or type(model).__name__
+        raise ValueError(f"attention_heads: packing={packing!r} describes a fused q|k|v layer; '{where}' has separate "
+                         f"ones ({', '.join(found)}): drop packing")
     q, k, v, o = (projection(n) for n in found)
     inner = q.out_features
     count, holder, count_holder, attr, width_attr = _head_count(block, name, found[0].rpartition(".")[0], inner, heads)
