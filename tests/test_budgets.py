@@ -447,12 +447,14 @@ def test_leading_selection_is_exactly_topks(n, k, ties, selection):
 
 @settings(max_examples=int(os.environ.get("SYMOPT_PROPERTY_EXAMPLES", 40)), deadline=None)
 @given(n=st.sampled_from([2, 7, 300, 16_384, 16_385, 40_000, 65_536]), fraction=st.floats(0.0, 1.0),
-       shape=st.sampled_from(["normal", "ties", "zeros", "constant", "heavy tail"]),
+       shape=st.sampled_from(["normal", "ties", "zeros", "few positive", "signed", "constant", "heavy tail"]),
        dtype=st.sampled_from([torch.float32, torch.float64]), seed=st.integers(0, 2 ** 16),
        selection=st.sampled_from(["numpy", "bracket"]))
 def test_leading_selection_matches_topk_on_random_draws(n, fraction, shape, dtype, seed, selection):
     """The same exactness on random draws: every size about the sample's threshold (4 · 4096), every
-    k from 1 to n − 1, ties on 40 levels, a tensor mostly zero (pruned atoms), all entries equal (the
+    k from 1 to n − 1, ties on 40 levels, a tensor mostly zero (pruned atoms: NumPy selects among the
+    positive entries alone), one with a handful of positive entries and -0.0 among its zeros (fewer than k
+    positive: zeros complete the answer), signed values with zeros (no shortcut), all entries equal (the
     bracket has no inside), heavy tails (|x|⁸), in both float dtypes, by either selection."""
     from symopt.constraints.budget import leading
 
@@ -463,6 +465,12 @@ def test_leading_selection_matches_topk_on_random_draws(n, fraction, shape, dtyp
         values = (values * 10).round() / 10
     elif shape == "zeros":
         values[: int(0.9 * n)] = 0.0
+    elif shape == "few positive":
+        values[3:] = 0.0
+        values[3::2] = -0.0
+    elif shape == "signed":
+        values = torch.randn(n, generator=g, dtype=dtype)
+        values[::3] = 0.0
     elif shape == "constant":
         values = torch.full((n,), 0.5, dtype=dtype)
     elif shape == "heavy tail":
