@@ -189,8 +189,9 @@ def leading(values: Tensor, k: int) -> tuple[float, float, float]:
     Each operator counts: on a small layer a reading is dispatch-bound (about 10 µs an operator inside
     a training step, whatever its size), so the selection is written in as few of them as it can be.
 
-    On the CPU, float32 and float64 go to NumPy's ``partition`` instead (`_cpu_array`): one linear-time
-    selection (introselect) of the k-th largest, whose right part is the k largest and whose left part's
+    On the CPU, float32 and float64 go to NumPy's ``partition`` instead (`_cpu_array`; among the positive
+    entries alone where some are 0, `_leading_in_numpy`): one linear-time selection (introselect) of the
+    k-th largest, whose right part is the k largest and whose left part's
     maximum is the (k+1)-th, exactly, with no bracket to miss; 2–8× faster than the bracket at every size
     from 2.5k to 1M entries on a 2-core Xeon (benchmarks/RESULTS.md). torch has no linear-time selection
     on the CPU (``kthvalue`` and ``topk`` cost more than the bracket), and on a GPU the bracket stays.
