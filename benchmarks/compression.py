@@ -127,11 +127,11 @@ def seed_words(args: argparse.Namespace) -> str:
     return f"{args.seeds} seeds" + (f" ({args.first_seed}-{args.first_seed + args.seeds - 1})" if args.first_seed else "")
 
 
-def over_seeds(train, method: str, setting, seeds: int | range, epochs: int):
-    """``train(method, setting, seed, epochs)`` for every seed (``range(seeds)`` for an int), whose first result
-    is the quality measure (test accuracy; the heads benchmark's validation loss) and last the CPU seconds: ``(its
-    mean, its std over seeds, median CPU s, results)``."""
-    results = [train(method, setting, seed, epochs) for seed in (range(seeds) if isinstance(seeds, int) else seeds)]
+def over_seeds(train, method: str, setting, seeds: range, epochs: int):
+    """``train(method, setting, seed, epochs)`` for every seed (`seed_range`), whose first result is the quality
+    measure (test accuracy; the heads benchmark's validation loss) and last the CPU seconds: ``(its mean, its
+    std over seeds, median CPU s, results)``."""
+    results = [train(method, setting, seed, epochs) for seed in seeds]
     accuracies = [r[0] for r in results]
     spread = statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0
     return statistics.mean(accuracies), spread, statistics.median(r[-1] for r in results), results

@@ -53,6 +53,21 @@ def weight_axes(layer: nn.Module) -> tuple[int, int] | None:
     return None
 
 
+def output_axis(layer: nn.Module) -> int | None:
+    """The weight axis of a layer's output units: 0 for a Linear / Conv, 1 for a layer storing its weight
+    transposed (GPT-2's ``Conv1D``, see `weight_axes`); None for a layer whose units export does not remove."""
+    if isinstance(layer, LAYER_TYPES):
+        return 0
+    axes = weight_axes(layer)
+    return axes[0] if axes is not None else None
+
+
+def outputs_first(layer: nn.Module) -> Tensor:
+    """A layer's weight with its output units first: a transposed dense layer's as a view ``(outputs,
+    inputs)``, any other's as it is."""
+    return layer.weight.t() if weight_axes(layer) == (1, 0) else layer.weight
+
+
 def narrowed(layer: nn.Module, outputs: Tensor | None = None, inputs: Tensor | None = None) -> nn.Module:
     """A copy of a dense projection ([`weight_axes`][symopt._layers.weight_axes] not None) that keeps only
     the ``outputs`` (indices of its outputs, bias included) and ``inputs`` given (None: all); its width

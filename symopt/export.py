@@ -55,7 +55,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from ._attention import HeadPrunedAttention
-from ._layers import LAYER_TYPES, narrowed, weight_axes
+from ._layers import LAYER_TYPES, narrowed, output_axis, outputs_first
 from .attach import guard_save_pretrained, list_constraints
 from . import layout, surgery
 from .constraints.base import density_count
@@ -329,15 +329,15 @@ def _shrink_units(holder: nn.Module, targets: list, options: dict) -> list[str]:
     # A group spanning a layer's weight and its bias / norm entries (UnitGroups) removes those entries
     # along with the weight's units: they need no rewrite of their own.
     with_weight = {id(c) for where, tensor, c in targets
-                   if tensor == "weight" and _output_axis(_get(holder, where)) is not None}
+                   if tensor == "weight" and output_axis(_get(holder, where)) is not None}
     for where, tensor, constraint in targets:
         layer, label = _get(holder, where), _label(where, tensor, constraint)
-        if id(constraint) in with_weight and not (tensor == "weight" and _output_axis(layer) is not None):
+        if id(constraint) in with_weight and not (tensor == "weight" and output_axis(layer) is not None):
             continue
-        if tensor != "weight" or _output_axis(layer) is None:
+        if tensor != "weight" or output_axis(layer) is None:
             notes.append(f"{label}: only Linear / Conv weights are shrunk")
-        elif constraint.unit_axis(layer.weight.dim()) != _output_axis(layer):
-            notes.append(f"{label}: only output units (dim={_output_axis(layer)}) are removed")
+        elif constraint.unit_axis(layer.weight.dim()) != output_axis(layer):
+            notes.append(f"{label}: only output units (dim={output_axis(layer)}) are removed")
         elif isinstance(layer, LAYER_TYPES) and not isinstance(layer, nn.Linear) and layer.groups != 1:
             notes.append(f"{label}: grouped convolutions are not rewritten")
         else:
@@ -348,7 +348,7 @@ def _shrink_units(holder: nn.Module, targets: list, options: dict) -> list[str]:
 
     def out_widths() -> dict[str, int]:
         layers = {name: _get(holder, _qual("root", name)) for name in producers}
-        return {name: layer.weight.shape[_output_axis(layer)] for name, layer in layers.items()}
+        return {name: layer.weight.shape[output_axis(layer)] for name, layer in layers.items()}
 
     widths_before = out_widths()
     scopes, untraced = _traceable_scopes(holder.root, set(producers))
@@ -383,15 +383,6 @@ def _shrink_units(holder: nn.Module, targets: list, options: dict) -> list[str]:
     _lower_width_attributes(holder.root, widths_before, widths)
     options["unit_widths"] += list(widths.values())  # (what a Hugging Face config would have to say)
     return notes
-
-
-def _output_axis(layer: nn.Module) -> int | None:
-    """The weight axis of a layer's output units: 0 for a Linear / Conv, 1 for a transposed ``Conv1D``;
-    None for a layer whose units export does not remove."""
-    if isinstance(layer, LAYER_TYPES):
-        return 0
-    axes = weight_axes(layer)
-    return axes[0] if axes is not None else None
 
 
 def _lower_width_attributes(root: nn.Module, before: dict[str, int], after: dict[str, int]) -> None:
@@ -730,13 +721,13 @@ def _prune_block_heads(holder: nn.Module, info: dict, options: dict) -> list[str
     counts = _get(block, info.get("count_holder", ""))  # (BERT: the child holding q, k, v keeps the counts)
     layers = [_get(block, n) for n in info["projections"]]
     o = layers[-1]
-    W_o = _outputs_first(o)
+    W_o = outputs_first(o)
     inner = W_o.shape[1]
     units = info.get("units", info["heads"])
     per_unit = info["heads"] // units  # (query heads a unit holds: 1 without grouped-query attention)
     packing = info.get("fused")  # (q, k, v as one layer's outputs: "thirds", or "per head" side by side)
     if packing:
-        W_qkv, b_qkv = _outputs_first(layers[0]), layers[0].bias
+        W_qkv, b_qkv = outputs_first(layers[0]), layers[0].bias
         if packing == "thirds":
             v_weight, v_bias = W_qkv[2 * inner:], b_qkv[2 * inner:] if b_qkv is not None else None
         else:
@@ -744,7 +735,7 @@ def _prune_block_heads(holder: nn.Module, info: dict, options: dict) -> list[str
             v_bias = b_qkv.reshape(units, 3, -1)[:, 2].reshape(inner) if b_qkv is not None else None
         kv_width = inner // units
     else:
-        v_weight, v_bias = _outputs_first(layers[2]), layers[2].bias
+        v_weight, v_bias = outputs_first(layers[2]), layers[2].bias
         kv_width = v_weight.shape[0] // units
     q_width = inner // units  # (a unit's outputs of q and inputs of o; kv_width: its outputs of k and v)
     out_dead, dead = _dead_heads(W_o, v_weight, units)
@@ -776,13 +767,10 @@ def _prune_block_heads(holder: nn.Module, info: dict, options: dict) -> list[str
         rewritten = [q_rows, kv_rows, kv_rows]
     for layer_name, layer, rows in zip(info["projections"][:-1], layers[:-1], rewritten):
         _set(block, layer_name, narrowed(layer, outputs=rows))
-    if isinstance(o, nn.Linear):
-        kw = dict(device=o.weight.device, dtype=o.weight.dtype)
-        new_o = nn.Linear(q_rows.numel(), o.out_features, bias=has_bias, **kw).train(o.training)
-        new_o.weight.copy_(o.weight[:, q_rows])
-    else:
-        new_o = narrowed(o, inputs=q_rows)
-    if has_bias:
+    new_o = narrowed(o, inputs=q_rows)
+    if has_bias and new_o.bias is None:  # (an nn.Linear: dead value rows' constant needs the bias it had not)
+        new_o.bias = nn.Parameter(out_bias.detach().clone())
+    elif has_bias:
         new_o.bias.copy_(out_bias)
     _set(block, info["projections"][-1], new_o)
     if count_attribute is not None:
@@ -800,11 +788,6 @@ def _prune_block_heads(holder: nn.Module, info: dict, options: dict) -> list[str
         return [f"{label}: {int(dead.sum()) * per_unit} heads removed but the outputs were not compared "
                 "(pass example_input=)"]
     return []
-
-
-def _outputs_first(layer: nn.Module) -> Tensor:
-    """A dense projection's weight as ``(outputs, inputs)`` (a view; see ``_layers.weight_axes``)."""
-    return layer.weight if weight_axes(layer)[0] == 0 else layer.weight.t()
 
 
 def _describe_in_config(root: nn.Module, head_counts: list[dict], unit_widths: list[int]) -> None:

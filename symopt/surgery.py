@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._layers import narrowed, weight_axes
+from ._layers import narrowed, outputs_first, weight_axes
 
 CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -314,7 +314,7 @@ def _describe(node) -> str:
 def _consume(name: str, module: nn.Module, flow: Flow | None, units: _Units, edits: list) -> None:
     if flow is None:
         return
-    if isinstance(module, nn.Linear) or _transposed(module):
+    if weight_axes(module) is not None:  # (an nn.Linear, or a Conv1D storing its weight transposed)
         in_features = module.weight.shape[weight_axes(module)[1]]
         count = len(flow.units)
         block = flow.block if flow.block is not None else in_features // max(count, 1)
@@ -339,15 +339,14 @@ def _transposed(module: nn.Module) -> bool:
 
 
 def _produce(name: str, module: nn.Module, constrained: bool, units: _Units, edits: list) -> Flow:
-    W = module.weight.detach()
-    W = W.t() if _transposed(module) else W
+    W = outputs_first(module).detach()
     rows = W.reshape(W.shape[0], -1)
     dead = (rows == 0).all(dim=1).tolist() if constrained else [False] * rows.shape[0]
     ids = [units.new(name, d) for d in dead]
     for i, u in enumerate(ids):
         edits.append(Edit("out", name, i, u))
     bias = module.bias.detach() if module.bias is not None else torch.zeros(rows.shape[0], dtype=W.dtype)
-    return Flow(ids, bias.clone().cpu(), -1 if isinstance(module, nn.Linear) or _transposed(module) else 1)
+    return Flow(ids, bias.clone().cpu(), -1 if weight_axes(module) is not None else 1)
 
 
 def _block_flow(units: _Units, flow: Flow | None, reason: str) -> None:
@@ -585,10 +584,8 @@ def _rebuilt(module: nn.Module, roles: dict) -> nn.Module:
             for key in ("running_mean", "running_var"):
                 setattr(new, key, getattr(module, key)[keep].clone())
         return new
-    if _transposed(module):  # (its own class kept: the outputs and inputs it keeps, the folded constants)
-        return _rebuilt_transposed(module, roles)
-    W = module.weight
-    linear = isinstance(module, nn.Linear)
+    W = outputs_first(module)  # (a transposed Conv1D's weight as (outputs, inputs): a view)
+    linear = weight_axes(module) is not None
     out_units = W.shape[0]
     in_width = W.shape[1]
     keep_out = _keep(out_units, [e.position for e in roles["out"]], W.device)
@@ -600,11 +597,18 @@ def _rebuilt(module: nn.Module, roles: dict) -> nn.Module:
             contribution = W[:, cols].sum(dim=1) if linear else W[:, e.position].reshape(out_units, -1).sum(dim=1)
             fold += contribution * e.const
     keep_in = _keep(in_width, removed_cols, W.device)
-    weight = W[keep_out][:, keep_in]
     bias = None
     if module.bias is not None or bool(fold.any()):
         bias = (module.bias if module.bias is not None else torch.zeros_like(fold)) + fold
         bias = bias[keep_out]
+    if _transposed(module):  # (its own class kept, with the outputs and inputs it keeps)
+        new = narrowed(module, outputs=keep_out, inputs=keep_in)
+        if bias is not None and new.bias is None:
+            new.bias = nn.Parameter(bias.detach().clone())
+        elif bias is not None:
+            new.bias.copy_(bias)
+        return new
+    weight = W[keep_out][:, keep_in]
     kw = dict(device=W.device, dtype=W.dtype)
     if linear:
         new = nn.Linear(keep_in.numel(), keep_out.numel(), bias=bias is not None, **kw)
@@ -617,24 +621,6 @@ def _rebuilt(module: nn.Module, roles: dict) -> nn.Module:
         new.bias.copy_(bias)
     return new.train(module.training)
 
-
-
-def _rebuilt_transposed(module: nn.Module, roles: dict) -> nn.Module:
-    """``_rebuilt`` for a layer computing $x W + b$ (``W``: inputs × outputs)."""
-    W = module.weight
-    keep_out = _keep(W.shape[1], [e.position for e in roles["out"]], W.device)
-    removed_rows, fold = [], torch.zeros(W.shape[1], dtype=W.dtype, device=W.device)
-    for e in roles["in"]:
-        rows = list(range(e.position * e.block, (e.position + 1) * e.block))
-        removed_rows += rows
-        if e.const != 0:
-            fold += W[rows].sum(dim=0) * e.const
-    new = narrowed(module, outputs=keep_out, inputs=_keep(W.shape[0], removed_rows, W.device))
-    if bool(fold.any()):
-        if new.bias is None:
-            new.bias = nn.Parameter(torch.zeros_like(fold[keep_out]))
-        new.bias.add_(fold[keep_out])
-    return new
 
 
 # -- checking the result -----------------------------------------------------------------------

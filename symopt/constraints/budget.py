@@ -253,9 +253,7 @@ def _leading_in_numpy(array: np.ndarray, k: int) -> tuple[float, float, float]:
     if count < n:
         chosen = array[positive]
         if count > k:
-            part = np.partition(chosen, count - k)
-            return (float(part[count - k:].sum(dtype=np.float64)), float(part[count - k]),
-                    float(part[: count - k].max()))
+            return _leading_by_partition(chosen, k)
         if not (array[~positive] == 0).all():  # (negatives or NaN among the rest: no shortcut)
             return _leading_by_partition(array, k)
         # the k largest are the `count` positive entries and k − count zeros; the next is a zero too
