@@ -24,12 +24,18 @@ with ``--global``. Rows:
   biases in ``in_proj``, its columns of ``out_proj``: the same group Torch-Pruning's magnitude importance
   measures for a head), the cubic schedule (Zhu & Gupta) from 10% to 75% of training applied once per
   epoch in each layer, the pruned heads held at 0 after every step, then fine-tuning.
-  Torch-Pruning's own head pruning needs separate q, k, v Linear layers, not an ``nn.MultiheadAttention``.
-* ``torch-pruning`` (``--units neurons`` only; an optional benchmark dependency): Torch-Pruning's
-  ``MagnitudePruner`` on the ``linear1`` layers (its dependency graph takes ``linear2``'s columns along), L2
-  group importance, its own linear schedule over the same epochs (one ``step()`` an epoch), a fresh Adam
-  after each step as in ``benchmarks.channels``; with ``--global``, ``torch-pruning (global)``
-  (``global_pruning=True``).
+* ``torch-pruning`` (an optional benchmark dependency): Torch-Pruning's ``MagnitudePruner``, L2 group
+  importance, a linear schedule from 10% to 75% of training (one pruning an epoch), a fresh Adam after
+  each pruning as in ``benchmarks.channels``; with ``--global``, ``torch-pruning (global)``
+  (``global_pruning=True``: one ranking over both layers, each group's importance over its mean). For
+  neurons, one pruner on the ``linear1`` layers (its dependency graph takes ``linear2``'s columns along)
+  and its own ``iterative_steps``. For heads, Torch-Pruning prunes heads of separate q, k, v ``Linear``
+  layers (``num_heads``, ``prune_num_heads=True``, ``prune_head_dims=False``), not of an
+  ``nn.MultiheadAttention``: each layer's attention is rebuilt as `SeparateHeadsAttention`, the same
+  function with the same initial weights (checked to 1e-6 at the start), and each epoch of the schedule
+  runs a one-shot pruner to that epoch's head count. Its own ``iterative_steps`` cannot land on 2 of 8
+  per layer: it removes ``ceil(ratio × heads left)`` a step, so its linear schedule of 0.25, 0.5, 0.75 of 8
+  heads stops at 3 (measured on torch-pruning 1.6.0).
 * ``symopt``: ``symopt.attention_heads(model, "layers.i.self_attn", max_heads=k, total_steps=N)`` per
   layer, coupled decay through ``symopt.param_groups``: the budget's cubic schedule from 10% to 75% of
   the steps with the trimmed decay, the landing, fine-tuning.
@@ -58,6 +64,7 @@ import calendar
 import csv
 import functools
 import json.decoder
+import math
 import statistics
 import string
 import textwrap
@@ -189,6 +196,92 @@ def torch_pruner(model: CharLM, train_ids: torch.Tensor, keep: int, steps: int, 
                                          unwrapped_parameters=[(model.position, 1)])  # (features: never pruned here)
 
 
+class SeparateHeadsAttention(nn.Module):
+    """An ``nn.MultiheadAttention``'s function (batch first, no dropout, an additive mask) with its q, k, v
+    projections as three ``nn.Linear`` layers and ``out`` its output projection: the form Torch-Pruning's
+    head pruning reads (``num_heads`` per q, k, v layer). The head count follows ``q``'s width, so the layer
+    keeps working as Torch-Pruning narrows it."""
+
+    batch_first = False  # (read only by TransformerEncoderLayer's fast-path check: False keeps its slow path)
+
+    def __init__(self, attention: nn.MultiheadAttention):
+        super().__init__()
+        self.head_dim = attention.head_dim
+        self.q, self.k, self.v = (nn.Linear(attention.embed_dim, attention.embed_dim) for _ in range(3))
+        with torch.no_grad():
+            for layer, weight, bias in zip((self.q, self.k, self.v), attention.in_proj_weight.chunk(3),
+                                           attention.in_proj_bias.chunk(3)):
+                layer.weight.copy_(weight)
+                layer.bias.copy_(bias)
+        self.out = nn.Linear(attention.embed_dim, attention.embed_dim)
+        self.out.load_state_dict(attention.out_proj.state_dict())
+
+    def forward(self, query, key, value, attn_mask=None, key_padding_mask=None, need_weights=False,
+                is_causal=False):
+        if key_padding_mask is not None or need_weights:
+            raise NotImplementedError("SeparateHeadsAttention: no key padding mask, no attention weights")
+        batch, length, _ = query.shape
+        heads = self.q.out_features // self.head_dim
+
+        def split(t):
+            return t.view(batch, length, heads, self.head_dim).transpose(1, 2)
+
+        q, k, v = split(self.q(query)), split(self.k(key)), split(self.v(value))
+        # (written out, not scaled_dot_product_attention: Torch-Pruning's graph follows matmuls and views)
+        scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)
+        if attn_mask is not None:
+            scores = scores + attn_mask
+        mixed = (scores.softmax(-1) @ v).transpose(1, 2).reshape(batch, length, heads * self.head_dim)
+        return self.out(mixed), None
+
+
+def separate_heads(model: CharLM, val: torch.Tensor) -> CharLM:
+    """``model`` with every attention rebuilt as `SeparateHeadsAttention`, its function checked unchanged."""
+    before = validation_loss(model, val)
+    for layer in model.layers:
+        layer.self_attn = SeparateHeadsAttention(layer.self_attn)
+    if abs(validation_loss(model, val) - before) > 1e-6:
+        raise RuntimeError("SeparateHeadsAttention does not compute the model's attention")
+    return model
+
+
+def heads_left(layer: nn.TransformerEncoderLayer) -> int:
+    attention = layer.self_attn
+    if isinstance(attention, SeparateHeadsAttention):
+        return attention.q.out_features // attention.head_dim
+    return attention.num_heads
+
+
+def prune_heads_to(model: CharLM, train_ids: torch.Tensor, count: int, global_pruning: bool) -> None:
+    """One Torch-Pruning ``MagnitudePruner`` step that leaves ``count`` heads in each layer (or, with
+    ``global_pruning``, ``count`` over both layers, ranked by its importance over each group's mean).
+    The ratio asked of it is relative to the heads left, (removed − ½) / left: it removes ``ceil(ratio ×
+    left)`` heads of a layer, and ``left − int(left × (1 − ratio))`` over a global ranking, both
+    ``removed`` exactly."""
+    import torch_pruning as tp
+
+    left = [heads_left(layer) for layer in model.layers]
+    removed = sum(left) - count if global_pruning else left[0] - count
+    if removed <= 0:
+        return
+    ratio = (removed - 0.5) / (sum(left) if global_pruning else left[0])
+    projections = {getattr(layer.self_attn, name): heads for layer, heads in zip(model.layers, left)
+                   for name in ("q", "k", "v")}
+    ignored = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Embedding, nn.LayerNorm))
+               and m not in projections]  # (the output projections follow the heads' groups)
+    example = windows(train_ids, torch.arange(2))[:, :-1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pruner = tp.pruner.MagnitudePruner(
+            model, example, importance=tp.importance.GroupMagnitudeImportance(p=2), global_pruning=global_pruning,
+            pruning_ratio=ratio, num_heads=projections, prune_num_heads=True, prune_head_dims=False,
+            head_pruning_ratio=ratio, ignored_layers=ignored, unwrapped_parameters=[(model.position, 1)])
+        pruner.step()
+    after = [heads_left(layer) for layer in model.layers]
+    if (sum(after) if global_pruning else max(after)) != count or min(after) < 1:
+        raise RuntimeError(f"Torch-Pruning left heads {after}, not {count} {'in all' if global_pruning else 'a layer'}")
+
+
 def budget(model: nn.Module, units: str, layers: list[int], keep: int, steps: int):
     """symopt's landing budget of ``keep`` units over ``layers`` (one layer, or all for a global budget)."""
     if units == "heads":
@@ -223,12 +316,23 @@ def train(method: str, keep: int, seed: int, epochs: int, units: str = "heads"):
         opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     alive = [torch.ones(total, dtype=torch.bool) for _ in model.layers]
     first, last = int(0.1 * epochs), max(int(0.1 * epochs) + 1, round(0.75 * epochs))
-    pruner = torch_pruner(model, train_ids, keep, last - first, method) if method.startswith("torch-pruning") else None
+    by_torch_pruning = method.startswith("torch-pruning")
+    pruner = torch_pruner(model, train_ids, keep, last - first, method) if by_torch_pruning and units == "neurons" else None
+    if by_torch_pruning and units == "heads":
+        model = separate_heads(model, val)
+        opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     gen = torch.Generator().manual_seed(seed)
     start = time.process_time()
     for epoch in range(epochs):
-        if pruner is not None and first <= epoch < last:
-            pruner.step()  # (the layers shrink in place; a fresh Adam for the new shapes, as benchmarks.channels)
+        if by_torch_pruning and first <= epoch < last:
+            # (the layers shrink in place; a fresh Adam for the new shapes, as benchmarks.channels)
+            if pruner is not None:
+                pruner.step()
+            else:  # heads: Torch-Pruning's own linear schedule's count at this step (see the module docstring)
+                layers = LAYERS if method.endswith("(global)") else 1
+                share = (epoch + 1 - first) / (last - first)
+                count = max(keep * layers, math.floor(total * layers * (1 - share * (1 - keep / total)) + 1e-9))
+                prune_heads_to(model, train_ids, count, method.endswith("(global)"))
             opt = torch.optim.Adam(model.parameters(), lr=3e-3)
         if method == "magnitude" and epoch >= first:
             count = scheduled_count(epoch, total, keep, first, last)
@@ -274,9 +378,10 @@ def train(method: str, keep: int, seed: int, epochs: int, units: str = "heads"):
             raise RuntimeError("the exported model is not the trained one")
     elif method.startswith("symopt"):  # (compact: exported at the landing, `alive` read then)
         params = sum(p.numel() for p in model.parameters())
-    elif pruner is not None:  # (Torch-Pruning removed the neurons: the model is as small as it says)
+    elif by_torch_pruning:  # (Torch-Pruning removed the units: the model is as small as it says)
         params = sum(p.numel() for p in model.parameters())
-        alive = [torch.ones(layer.linear1.out_features, dtype=torch.bool) for layer in model.layers]
+        alive = [torch.ones(layer.linear1.out_features if units == "neurons" else heads_left(layer), dtype=torch.bool)
+                 for layer in model.layers]
     else:
         params = sum(p.numel() for p in model.parameters()) - removed_parameters(units, sum(int((~a).sum())
                                                                                             for a in alive))
@@ -314,8 +419,7 @@ def main(argv=None) -> list:
           "threads\n")
     print(f"{'method':18s} {args.units:>7s} {'val nats/char':>17s} {'per layer':>9s} {'params':>7s} {'ms':>6s} "
           f"{'CPU s':>6s}")
-    # (Torch-Pruning's head pruning needs separate q, k, v Linears, not an nn.MultiheadAttention: neurons only)
-    pruning = ("torch-pruning",) if args.units == "neurons" else ()
+    pruning = ("torch-pruning",)
     methods = ("magnitude",) + pruning + ("symopt", "symopt (compact)") + (
         ("magnitude (global)",) + tuple(f"{m} (global)" for m in pruning) + ("symopt (global)",)
         if args.global_budget else ())

@@ -358,6 +358,53 @@ def test_heads_quick_torch_pruning_removes_the_same_neuron_groups():
     assert table[0][4] == "32/32" and table[0][5] == dense - 2 * 96 * (2 * 64 + 1)
 
 
+def test_separate_heads_attention_computes_the_multihead_attention():
+    """The form Torch-Pruning's head pruning reads (q, k, v as three Linear layers) is the same function as
+    the nn.MultiheadAttention it is built from, on the benchmark's causal model."""
+    from benchmarks import heads
+    train_ids, val, vocab = heads.corpus()
+    model = heads.CharLM(vocab, 0)
+    batch = heads.windows(val, torch.arange(0, 640, 64))[:, :-1]
+    with torch.no_grad():
+        before = model(batch)
+        heads.separate_heads(model, val[:2000])
+        after = model(batch)
+    assert all(isinstance(layer.self_attn, heads.SeparateHeadsAttention) for layer in model.layers)
+    torch.testing.assert_close(after, before, rtol=0, atol=1e-5)
+
+
+def test_torch_pruning_removes_whole_heads_to_the_count():
+    """`prune_heads_to` leaves exactly the asked heads (a layer's, or over both layers), and each head left
+    is one of the original heads whole: its q, k, v rows and biases and its output columns, all from the
+    same head (Torch-Pruning's dependency graph through the views and matmuls)."""
+    pytest.importorskip("torch_pruning")
+    from benchmarks import heads
+    train_ids, val, vocab = heads.corpus()
+    model = heads.separate_heads(heads.CharLM(vocab, 1), val[:2000])
+    d = heads.DIM // heads.HEADS
+    original = [{name: getattr(layer.self_attn, name).weight.detach().clone() for name in ("q", "k", "v", "out")}
+                for layer in model.layers]
+    heads.prune_heads_to(model, train_ids, 5, global_pruning=False)
+    assert [heads.heads_left(layer) for layer in model.layers] == [5, 5]
+    heads.prune_heads_to(model, train_ids, 2, global_pruning=False)
+    assert [heads.heads_left(layer) for layer in model.layers] == [2, 2]
+    for layer, weights in zip(model.layers, original):
+        attention = layer.self_attn
+        kept = [next(h for h in range(heads.HEADS) if torch.equal(attention.q.weight[i * d:(i + 1) * d],
+                                                                     weights["q"][h * d:(h + 1) * d]))
+                for i in range(2)]
+        for i, h in enumerate(kept):
+            for name in ("k", "v"):
+                assert torch.equal(getattr(attention, name).weight[i * d:(i + 1) * d], weights[name][h * d:(h + 1) * d])
+            assert torch.equal(attention.out.weight[:, i * d:(i + 1) * d], weights["out"][:, h * d:(h + 1) * d])
+    dense = sum(p.numel() for p in heads.CharLM(vocab, 1).parameters())
+    assert sum(p.numel() for p in model.parameters()) == dense - 2 * 6 * (4 * d * heads.DIM + 3 * d)
+    assert model(heads.windows(val, torch.arange(2))[:, :-1]).shape == (2, heads.CONTEXT, vocab)
+    heads.prune_heads_to(model, train_ids, 3, global_pruning=True)
+    left = [heads.heads_left(layer) for layer in model.layers]
+    assert sum(left) == 3 and min(left) >= 1
+
+
 def test_small_solves_all_optimal(capsys):
     small_solves.main(["--repeats", "1"])
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("| Lasso", "| logistic"))]
