@@ -538,3 +538,30 @@ def test_a_head_budget_over_blocks_refuses_bad_names_and_changes_nothing():
         symopt.attention_heads(model, ["first", 2], max_heads=3)
     assert symopt.list_constraints(model) == []
     assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+
+
+def test_the_exported_attention_forms_no_mask_per_head():
+    """The exported attention's additive mask is no larger than the masks given (a 2-d mask once, padding
+    once per sample), and a causal call without a mask forms none: the full (N, heads, L, S) mask it formed
+    on every call was most of its time (benchmarks/RESULTS.md). Outputs stay nn.MultiheadAttention's."""
+    torch.manual_seed(2)
+    attn = nn.MultiheadAttention(16, 4, batch_first=True).double().eval()
+    symopt.attention_heads(attn, strength=1e-3)
+    _kill_heads(attn, [0, 2])
+    small = _quiet(attn)
+    N, L = 3, 7
+    causal = torch.ones(L, L, dtype=torch.bool).triu(1)
+    padding = torch.zeros(N, L, dtype=torch.bool)
+    padding[1, -3:] = True
+    mask = small._mask(causal, None, False, N, L, L, DT, "cpu")
+    assert mask.shape == (1, 1, L, L) and torch.equal(mask.isinf(), causal.reshape(1, 1, L, L))
+    assert small._mask(None, padding, False, N, L, L, DT, "cpu").shape == (N, 1, 1, L)
+    assert small._mask(causal, padding, False, N, L, L, DT, "cpu").shape == (N, 1, L, L)
+    assert small._mask(None, None, False, N, L, L, DT, "cpu") is None
+    x = torch.randn(N, L, 16, dtype=DT)
+    want = attn(x, x, x, attn_mask=causal, need_weights=False)[0]
+    for kwargs in (dict(attn_mask=causal), dict(is_causal=True), dict(attn_mask=causal, is_causal=True)):
+        assert torch.allclose(small(x, x, x, need_weights=False, **kwargs)[0], want, atol=1e-12, rtol=0), kwargs
+    both = attn(x, x, x, attn_mask=causal, key_padding_mask=padding)
+    got = small(x, x, x, attn_mask=causal, key_padding_mask=padding)
+    assert torch.allclose(got[0], both[0], atol=1e-12, rtol=0) and torch.allclose(got[1], both[1], atol=1e-12, rtol=0)
