@@ -13,6 +13,7 @@ is gone.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -163,3 +164,70 @@ class HeadPrunedAttention(nn.Module):
     def extra_repr(self) -> str:
         return (f"embed_dim={self.embed_dim}, heads {self.num_heads} of {self.heads_before} "
                 f"(kept {self.kept_heads.tolist()}), head_dim={self.head_dim}, batch_first={self.batch_first}")
+
+
+# --- ALiBi: per-head attention biases the model builds for every block ---------------------------------------
+# BLOOM's model builds one ALiBi tensor per forward, (batch · heads, 1, keys): a slope per head from the config's
+# head count, and passes it to every attention block (`alibi=`). A block whose heads export removed must read the
+# rows of its kept heads only. The kept heads are kept on the block as a string attribute (a scalar, so that
+# `symopt.layout` records it and `symopt.from_pretrained` sets it again), read by a forward pre-hook.
+ALIBI_HEADS = "symopt_alibi_heads"
+
+
+def takes_alibi(block: nn.Module) -> bool:
+    """Whether ``block``'s forward takes an ``alibi`` argument (BLOOM's attention)."""
+    import inspect
+
+    try:
+        return "alibi" in inspect.signature(block.forward).parameters
+    except (TypeError, ValueError):  # pragma: no cover - a forward without a signature
+        return False
+
+
+def _alibi_heads(block: nn.Module) -> tuple[list[int], int]:
+    """``(kept heads, heads before)`` from the block's `ALIBI_HEADS` attribute (``"0,3/4"``)."""
+    kept, before = getattr(block, ALIBI_HEADS).split("/")
+    return [int(h) for h in kept.split(",")], int(before)
+
+
+def keep_alibi_rows(block: nn.Module, kept: Sequence[int], heads: int) -> None:
+    """From now on ``block`` reads only the ALiBi rows of its heads ``kept`` (of ``heads``, its head count before
+    this export). A block narrowed before keeps counting in the model's original heads.
+
+    Examples:
+        >>> import torch
+        >>> class Block(torch.nn.Module):
+        ...     def forward(self, x, alibi=None):
+        ...         return alibi
+        >>> block = Block()
+        >>> keep_alibi_rows(block, [0, 2], 4)
+        >>> block(None, alibi=torch.arange(8.0).reshape(8, 1, 1)).reshape(-1).tolist()  # 2 samples × 4 heads
+        [0.0, 2.0, 4.0, 6.0]
+    """
+    kept = [int(h) for h in kept]
+    if getattr(block, ALIBI_HEADS, None) is not None:
+        before, heads = _alibi_heads(block)
+        kept = [before[h] for h in kept]
+    setattr(block, ALIBI_HEADS, f"{','.join(map(str, kept))}/{heads}")
+    install_alibi_rows(block)
+
+
+def install_alibi_rows(block: nn.Module) -> None:
+    """The forward pre-hook that hands ``block`` its kept heads' ALiBi rows (once per block)."""
+    if not any(hook is _alibi_rows for hook in block._forward_pre_hooks.values()):
+        block.register_forward_pre_hook(_alibi_rows, with_kwargs=True)
+
+
+def _alibi_rows(block: nn.Module, args: tuple, kwargs: dict):
+    import inspect
+
+    kept, heads = _alibi_heads(block)
+    names = list(inspect.signature(block.forward).parameters)
+    at = names.index("alibi")
+    alibi = kwargs.get("alibi") if "alibi" in kwargs or at >= len(args) else args[at]
+    if alibi is None:
+        return None
+    rows = alibi.reshape(-1, heads, *alibi.shape[1:])[:, kept].reshape(-1, *alibi.shape[1:])
+    if "alibi" in kwargs or at >= len(args):
+        return args, {**kwargs, "alibi": rows}
+    return (*args[:at], rows, *args[at + 1:]), kwargs

@@ -54,7 +54,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from ._attention import HeadPrunedAttention
+from ._attention import HeadPrunedAttention, keep_alibi_rows, takes_alibi
 from ._layers import LAYER_TYPES, narrowed, output_axis, outputs_first
 from .attach import guard_save_pretrained, list_constraints
 from . import layout, surgery
@@ -779,6 +779,8 @@ def _prune_block_heads(holder: nn.Module, info: dict, options: dict) -> list[str
         setattr(counts, kv_attribute, int(keep.numel()))
     if info.get("inner_width_attribute") is not None:
         setattr(counts, info["inner_width_attribute"], int(q_rows.numel()))
+    if takes_alibi(block):  # (BLOOM: the model's ALiBi tensor holds a row per original head)
+        keep_alibi_rows(block, (keep[:, None] * per_unit + torch.arange(per_unit)).reshape(-1).tolist(), info["heads"])
     checked, problem = surgery.verify(before, holder.root, options["example_input"])
     if problem is not None:
         holder.root = before

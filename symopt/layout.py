@@ -29,6 +29,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from ._attention import ALIBI_HEADS, install_alibi_rows
 from .verbs import HEAD_COUNT_NAMES, KV_HEAD_COUNT_NAMES, int_attribute
 
 SCALARS = (bool, int, float, str, type(None))
@@ -36,6 +37,9 @@ SCALARS = (bool, int, float, str, type(None))
 FFN_WIDTH_NAMES = ("intermediate_size", "ffn_dim", "n_inner", "d_ff")
 # Bookkeeping a Hugging Face model keeps about where it was loaded from, not about its layers.
 IGNORED_ATTRIBUTES = {"training", "name_or_path"}
+# The prefix of the attributes export sets on a model's own modules (`symopt._attention.ALIBI_HEADS`): recorded even
+# where the model the config builds has no such attribute, and acted on when rebuilt (`rebuild`).
+SYMOPT_ATTRIBUTE = "symopt_"
 
 
 def _conv_arguments(conv: nn.Module) -> dict:
@@ -128,7 +132,9 @@ def differences(model: nn.Module, reference: nn.Module) -> tuple[list[str], dict
             replaced.append(name)
             continue
         reference_values = _scalar_attributes(other)
-        changed = {k: v for k, v in _scalar_attributes(module).items() if reference_values.get(k, v) != v}
+        # (an attribute the config's model lacks counts only where symopt set it: `SYMOPT_ATTRIBUTE`)
+        changed = {k: v for k, v in _scalar_attributes(module).items()
+                   if reference_values.get(k, v) != v or (k.startswith(SYMOPT_ATTRIBUTE) and k not in reference_values)}
         if changed:
             attributes[name] = changed
     for name in theirs:  # a module the config builds that the model no longer has, under an unchanged parent
@@ -248,6 +254,8 @@ def rebuild(model: nn.Module, layout: dict) -> None:
         module = model.get_submodule(name)
         for key, value in values.items():
             setattr(module, key, value)
+            if key == ALIBI_HEADS:
+                install_alibi_rows(module)
 
 
 def unrecorded_layers(model: nn.Module) -> str | None:

@@ -531,20 +531,39 @@ def test_a_head_budget_on_gpt_neox_per_head_packed_attention_lands_and_round_tri
         assert torch.equal(back(LLAMA_IDS).logits, want)
 
 
-def test_bloom_heads_train_but_export_keeps_them_and_says_why():
-    """BLOOM packs q, k, v per head as GPT-NeoX does (its heads are found and gated), but its model builds the
-    ALiBi slopes from the config's head count: the narrowed block fails export's output check, so the heads
-    stay, the warning names the failure, and the logits are the model's."""
-    config = transformers.BloomConfig(vocab_size=40, hidden_size=32, n_layer=1, n_head=4)
+def test_bloom_heads_leave_with_their_alibi_rows_and_round_trip(tmp_path):
+    """BLOOM packs q, k, v per head as GPT-NeoX does, and its model builds one ALiBi tensor (a slope per head
+    of the config's count) for every block: export narrows each block and hands it its kept heads' rows, so
+    the logits are the model's; the config keeps the original count (the slopes depend on it) and symopt's
+    layout records the kept heads, so the reloaded model computes the same bits. A second export of the
+    exported model keeps counting in the original heads."""
+    config = transformers.BloomConfig(vocab_size=40, hidden_size=32, n_layer=2, n_head=4)
     torch.manual_seed(0)
     model = transformers.BloomForCausalLM(config).double().eval()
-    handle = symopt.attention_heads(model, "transformer.h.0.self_attention", strength=1e-3)
-    assert handle.constraint.attention_blocks[0]["fused"] == "per head"
+    handles = [symopt.attention_heads(model, f"transformer.h.{i}.self_attention", strength=1e-3) for i in range(2)]
+    assert handles[0].constraint.attention_blocks[0]["fused"] == "per head"
     with torch.no_grad():
-        handle.constraint.gates[[1, 2]] = 0
+        handles[0].constraint.gates[[1, 2]] = 0
+        handles[1].constraint.gates[[0]] = 0
         want = model(LLAMA_IDS).logits
-    with pytest.warns(symopt.ExportWarning, match=r"self_attention \(heads\): heads kept, the rewritten model failed"):
-        small = symopt.export(model, mode="compressed")
-    assert small.transformer.h[0].self_attention.query_key_value.out_features == 96
+    small = _compressed(model)
+    assert [block.self_attention.query_key_value.out_features for block in small.transformer.h] == [48, 72]
+    assert [block.self_attention.num_heads for block in small.transformer.h] == [2, 3]
+    assert small.config.n_head == 4
     with torch.no_grad():
-        assert torch.allclose(small(LLAMA_IDS).logits, want, atol=1e-12, rtol=0)
+        got = small(LLAMA_IDS).logits
+        assert torch.allclose(got, want, atol=1e-10, rtol=0)
+    with pytest.raises(Exception, match="symopt.save_pretrained"):
+        small.save_pretrained(tmp_path / "own")
+    symopt.save_pretrained(small, tmp_path)
+    back = symopt.from_pretrained(transformers.BloomForCausalLM, tmp_path).double().eval()
+    with torch.no_grad():
+        assert torch.equal(back(LLAMA_IDS).logits, got)
+    handle = symopt.attention_heads(small, "transformer.h.1.self_attention", strength=1e-3)
+    with torch.no_grad():
+        handle.constraint.gates[[0]] = 0  # (its first kept head: the original head 1)
+        want = small(LLAMA_IDS).logits
+    smaller = _compressed(small)
+    assert smaller.transformer.h[1].self_attention.num_heads == 2
+    with torch.no_grad():
+        assert torch.allclose(smaller(LLAMA_IDS).logits, want, atol=1e-10, rtol=0)
