@@ -275,6 +275,9 @@ def test_the_landing_edge_is_exact_on_small_tensors_and_within_a_few_standard_er
     above = int((values >= sampled_kth(values, k)).sum())
     if n <= 4 * 4096:
         assert above == k and sampled_kth(values, k) == leading(values, k)[1]
+        more = n // 2 + 700  # (more than the positive entries: the answer is a zero, as leading's)
+        assert sampled_kth(values, more) == leading(values, more)[1] == 0.0
+        assert sampled_kth(values.float(), k) == leading(values.float(), k)[1]
     else:
         assert abs(above - k) <= 4 * math.sqrt(k * (n - k) / 4096)
 

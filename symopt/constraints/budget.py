@@ -237,7 +237,7 @@ def leading(values: Tensor, k: int) -> tuple[float, float, float]:
     return above_sum + band_sum, kth_value, after
 
 
-def _leading_in_numpy(array: np.ndarray, k: int) -> tuple[float, float, float]:
+def _leading_in_numpy(array: np.ndarray, k: int, kth_only: bool = False) -> tuple[float, float, float]:
     """`leading` of a 1-d NumPy array: ``np.partition`` of its positive entries where some are not.
 
     A budget's atoms and scores are magnitudes, and on a ramp that lands on the way many of them are
@@ -246,26 +246,30 @@ def _leading_in_numpy(array: np.ndarray, k: int) -> tuple[float, float, float]:
     project's 2-core Xeon; benchmarks/RESULTS.md). So where some entries are not positive, the positive
     ones are selected alone (one comparison and one gather, ~40 µs at 65k), and where fewer than k + 1 are
     positive the rest, all 0, complete the answer; an array holding negative numbers or NaN takes the
-    plain selection over everything, whatever it costs."""
+    plain selection over everything, whatever it costs. With ``kth_only``, the k-th largest alone (the sum and
+    the next value are not computed: NaN)."""
     n = array.shape[0]
     positive = array > 0
     count = int(np.count_nonzero(positive))
     if count < n:
         chosen = array[positive]
         if count > k:
-            return _leading_by_partition(chosen, k)
+            return _leading_by_partition(chosen, k, kth_only)
         if not (array[~positive] == 0).all():  # (negatives or NaN among the rest: no shortcut)
-            return _leading_by_partition(array, k)
+            return _leading_by_partition(array, k, kth_only)
         # the k largest are the `count` positive entries and k − count zeros; the next is a zero too
-        largest = float(chosen.sum(dtype=np.float64)) if count else 0.0
         kth = float(chosen.min()) if count == k else 0.0
-        return largest, kth, 0.0
-    return _leading_by_partition(array, k)
+        if kth_only:
+            return math.nan, kth, math.nan
+        return (float(chosen.sum(dtype=np.float64)) if count else 0.0), kth, 0.0
+    return _leading_by_partition(array, k, kth_only)
 
 
-def _leading_by_partition(array: np.ndarray, k: int) -> tuple[float, float, float]:
+def _leading_by_partition(array: np.ndarray, k: int, kth_only: bool = False) -> tuple[float, float, float]:
     n = array.shape[0]
     part = np.partition(array, n - k)  # (the k largest to the right of position n − k, in any order)
+    if kth_only:
+        return math.nan, float(part[n - k]), math.nan
     return float(part[n - k:].sum(dtype=np.float64)), float(part[n - k]), float(part[: n - k].max())
 
 
@@ -307,9 +311,9 @@ def sampled_kth(values: Tensor, k: int) -> float:
     n = flat.numel()
     sample = _strided_sample(flat)
     if sample is None:
-        # (one selection: the sum `leading` adds is not needed)
+        # (one selection, without the sum and the next value `leading` adds)
         array = _cpu_array(flat)
-        return _leading_in_numpy(array, k)[1] if array is not None else float(flat.kthvalue(n - k + 1).values)
+        return _leading_in_numpy(array, k, kth_only=True)[1] if array is not None else float(flat.kthvalue(n - k + 1).values)
     m = sample.numel()
     rank = max(1, min(m, round(k * m / n)))  # (1: the sample's largest)
     return float(sample.kthvalue(m - rank + 1).values)
