@@ -46,7 +46,8 @@ with ``--global``. Rows:
   heads of both layers on one scale, each head's norm over its layer's mean (Torch-Pruning's default
   normalisation of a global ranking), each layer keeping at least one; ``symopt (global)`` is
   ``symopt.attention_heads(model, ["layers.0.self_attn", "layers.1.self_attn"], max_heads=2·keep,
-  total_steps=N)`` (the same relative ranking and floor).
+  total_steps=N)`` (the same relative ranking and floor); ``symopt (global, compact)`` that budget with the
+  compact row's export at the landing and fine-tuning.
 
 Each row: validation loss in nats per character (mean ± std over seeds; lower is better) of the final
 model (for symopt, after ``symopt.export(mode="compressed")``, which removes the landed heads' rows and
@@ -308,8 +309,8 @@ def train(method: str, keep: int, seed: int, epochs: int, units: str = "heads"):
     handles = []
     if method in ("symopt", "symopt (compact)"):
         handles = [budget(model, units, [i], keep, steps) for i in range(LAYERS)]
-    if method == "symopt (global)":
-        budget(model, units, list(range(LAYERS)), keep * LAYERS, steps)
+    if method in ("symopt (global)", "symopt (global, compact)"):
+        handles = [budget(model, units, list(range(LAYERS)), keep * LAYERS, steps)]
     if method.startswith("symopt"):
         opt = torch.optim.Adam(symopt.param_groups(model, lr=3e-3), lr=3e-3)
     else:
@@ -348,7 +349,7 @@ def train(method: str, keep: int, seed: int, epochs: int, units: str = "heads"):
             alive = list(largest_in_parts(relative, count, [total] * LAYERS).split(total))
             for layer, mask in zip(model.layers, alive):
                 hold_pruned(layer, mask, units)
-        if method == "symopt (compact)" and handles and symopt.landed(model):
+        if method.endswith("compact)") and handles and symopt.landed(model):
             # landed: the exported model (only the kept units) fine-tunes with plain weights and a fresh Adam
             alive = [live_units(layer, units) for layer in model.layers]
             with warnings.catch_warnings():
@@ -417,11 +418,11 @@ def main(argv=None) -> list:
           f"d={DIM}, {HEADS} heads, feed-forward {FFN}, Adam lr 3e-3, batch {BATCH}×{CONTEXT}, {args.epochs} epochs, "
           f"{seed_words(args)}; units removed: {args.units}; torch {torch.__version__}, {torch.get_num_threads()} "
           "threads\n")
-    print(f"{'method':18s} {args.units:>7s} {'val nats/char':>17s} {'per layer':>9s} {'params':>7s} {'ms':>6s} "
+    print(f"{'method':24s} {args.units:>7s} {'val nats/char':>17s} {'per layer':>9s} {'params':>7s} {'ms':>6s} "
           f"{'CPU s':>6s}")
     pruning = ("torch-pruning",)
     methods = ("magnitude",) + pruning + ("symopt", "symopt (compact)") + (
-        ("magnitude (global)",) + tuple(f"{m} (global)" for m in pruning) + ("symopt (global)",)
+        ("magnitude (global)",) + tuple(f"{m} (global)" for m in pruning) + ("symopt (global)", "symopt (global, compact)")
         if args.global_budget else ())
     runs = [("dense", total)] * wants_dense(args) + [(m, k) for k in args.keep for m in chosen(args, methods)]
     table = []
@@ -430,7 +431,7 @@ def main(argv=None) -> list:
                                                     seed_range(args), args.epochs)
         table.append((method, keep, mean, spread, results[0][1], results[0][2]))
         milliseconds = statistics.median(r[3] for r in results)
-        print(f"{method:18s} {keep:7d} {mean:10.4f} ± {spread:.4f} {results[0][1]:>9s} {results[0][2]:7d} "
+        print(f"{method:24s} {keep:7d} {mean:10.4f} ± {spread:.4f} {results[0][1]:>9s} {results[0][2]:7d} "
               f"{milliseconds:6.2f} {seconds:6.1f}", flush=True)
     return table
 
