@@ -231,3 +231,35 @@ def _alibi_rows(block: nn.Module, args: tuple, kwargs: dict):
     if "alibi" in kwargs or at >= len(args):
         return args, {**kwargs, "alibi": rows}
     return (*args[:at], rows, *args[at + 1:]), kwargs
+
+
+# --- Head counts read from the model's shared config ---------------------------------------------------------
+# Phi-3's attention splits its fused qkv_proj outputs at `self.config.num_attention_heads × head_dim`, the config
+# every block shares: a block whose heads export removed gets a config of its own with its counts, and keeps them
+# in a string attribute (`"num_attention_heads=2,num_key_value_heads=1"`, a scalar `symopt.layout` records), from
+# which `symopt.from_pretrained` gives the rebuilt block its own config again.
+CONFIG_HEADS = "symopt_config_heads"
+
+
+def set_own_config_counts(block: nn.Module, counts: dict[str, int] | str) -> None:
+    """Give ``block`` a copy of its ``config`` with ``counts`` (``{field: value}``, or the `CONFIG_HEADS` string)
+    set, and record them in its `CONFIG_HEADS` attribute.
+
+    Examples:
+        >>> import types, torch
+        >>> shared = types.SimpleNamespace(num_attention_heads=4)
+        >>> block = torch.nn.Module()
+        >>> block.config = shared
+        >>> set_own_config_counts(block, {"num_attention_heads": 2})
+        >>> block.config.num_attention_heads, shared.num_attention_heads, block.symopt_config_heads
+        (2, 4, 'num_attention_heads=2')
+    """
+    import copy
+
+    if isinstance(counts, str):
+        counts = {field: int(value) for field, value in (item.split("=") for item in counts.split(","))}
+    own = copy.deepcopy(block.config)
+    for field, value in counts.items():
+        setattr(own, field, value)
+    block.config = own
+    setattr(block, CONFIG_HEADS, ",".join(f"{field}={value}" for field, value in counts.items()))

@@ -54,12 +54,13 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from ._attention import HeadPrunedAttention, keep_alibi_rows, takes_alibi
+from ._attention import HeadPrunedAttention, keep_alibi_rows, set_own_config_counts, takes_alibi
 from ._layers import LAYER_TYPES, narrowed, output_axis, outputs_first
 from .attach import guard_save_pretrained, list_constraints
 from . import layout, surgery
 from .constraints.base import density_count
 from .finalize import finalize
+from .verbs import HEAD_COUNT_NAMES, KV_HEAD_COUNT_NAMES, int_attribute
 
 MODES = ("dense", "compressed")
 SPARSE_FORMATS = ("auto", "csr", "dense")
@@ -367,6 +368,8 @@ def _shrink_units(holder: nn.Module, targets: list, options: dict) -> list[str]:
         return notes
     producers = {name: label for name, label in producers.items() if name not in untraced}
     checked, problem = surgery.verify(before, holder.root, options["example_input"])
+    if problem is not None and _own_config_counts(block, int(keep.numel()) * per_unit, int(keep.numel())):
+        checked, problem = surgery.verify(before, holder.root, options["example_input"])  # (Phi-3: see there)
     if problem is not None:
         holder.root = before  # never hand back a model whose outputs moved
         return notes + [f"{label}: units kept, {problem}" for label in producers.values()]
@@ -728,12 +731,13 @@ def _prune_block_heads(holder: nn.Module, info: dict, options: dict) -> list[str
     packing = info.get("fused")  # (q, k, v as one layer's outputs: "thirds", or "per head" side by side)
     if packing:
         W_qkv, b_qkv = outputs_first(layers[0]), layers[0].bias
+        kv_total = (W_qkv.shape[0] - inner) // 2  # (k's and v's outputs: narrower than q under grouped-query attention)
         if packing == "thirds":
-            v_weight, v_bias = W_qkv[2 * inner:], b_qkv[2 * inner:] if b_qkv is not None else None
+            v_weight, v_bias = W_qkv[inner + kv_total:], b_qkv[inner + kv_total:] if b_qkv is not None else None
         else:
             v_weight = W_qkv.reshape(units, 3, inner // units, -1)[:, 2].reshape(inner, -1)
             v_bias = b_qkv.reshape(units, 3, -1)[:, 2].reshape(inner) if b_qkv is not None else None
-        kv_width = inner // units
+        kv_width = kv_total // units
     else:
         v_weight, v_bias = outputs_first(layers[2]), layers[2].bias
         kv_width = v_weight.shape[0] // units
@@ -760,7 +764,7 @@ def _prune_block_heads(holder: nn.Module, info: dict, options: dict) -> list[str
                 "to hold"]
     before = copy.deepcopy(holder.root)
     if packing == "thirds":
-        rewritten = [torch.cat([q_rows, q_rows + inner, q_rows + 2 * inner])]
+        rewritten = [torch.cat([q_rows, kv_rows + inner, kv_rows + inner + kv_total])]
     elif packing:
         rewritten = [rows_of(3 * q_width)]
     else:
@@ -782,6 +786,8 @@ def _prune_block_heads(holder: nn.Module, info: dict, options: dict) -> list[str
     if takes_alibi(block):  # (BLOOM: the model's ALiBi tensor holds a row per original head)
         keep_alibi_rows(block, (keep[:, None] * per_unit + torch.arange(per_unit)).reshape(-1).tolist(), info["heads"])
     checked, problem = surgery.verify(before, holder.root, options["example_input"])
+    if problem is not None and _own_config_counts(block, int(keep.numel()) * per_unit, int(keep.numel())):
+        checked, problem = surgery.verify(before, holder.root, options["example_input"])  # (Phi-3: see there)
     if problem is not None:
         holder.root = before
         read = f"'{count_attribute}'" if count_attribute is not None else "its head_dim"
@@ -790,6 +796,23 @@ def _prune_block_heads(holder: nn.Module, info: dict, options: dict) -> list[str
         return [f"{label}: {int(dead.sum()) * per_unit} heads removed but the outputs were not compared "
                 "(pass example_input=)"]
     return []
+
+
+def _own_config_counts(block: nn.Module, heads: int, kv_heads: int) -> bool:
+    """Give ``block`` a copy of the ``config`` it holds with its own head counts (``heads``, and ``kv_heads`` where
+    the config has a k/v count), and record them in its ``symopt_config_heads`` attribute (`symopt._attention.set_own_config_counts`); False where it holds no config
+    with a head count. For a block whose forward reads its counts from the model's shared config (Phi-3 splits its
+    ``qkv_proj`` outputs at ``config.num_attention_heads × head_dim``), where each block may keep its own count."""
+    config = getattr(block, "config", None)
+    head_name = int_attribute(config, HEAD_COUNT_NAMES) if config is not None else None
+    if head_name is None:
+        return False
+    counts = {head_name: heads}
+    kv_name = int_attribute(config, KV_HEAD_COUNT_NAMES)
+    if kv_name is not None:
+        counts[kv_name] = kv_heads
+    set_own_config_counts(block, counts)
+    return True
 
 
 def _describe_in_config(root: nn.Module, head_counts: list[dict], unit_widths: list[int]) -> None:

@@ -359,7 +359,10 @@ PROJECTION_NAMES = (("q_proj", "k_proj", "v_proj", "out_proj"), ("q_proj", "k_pr
 # packed: "thirds" (all heads' q, then k, then v: GPT-2's family) or "per head" (head h's q, k, v side by side:
 # GPT-NeoX / Pythia). A fused pair is read as the caller's packing= says, else as this table names it, else as
 # "thirds".
-FUSED_PROJECTION_NAMES = {("c_attn", "c_proj"): "thirds", ("query_key_value", "dense"): "per head"}
+FUSED_PROJECTION_NAMES = {("c_attn", "c_proj"): "thirds", ("query_key_value", "dense"): "per head",
+                          ("qkv_proj", "o_proj"): "thirds"}
+# fused pairs whose k and v may be narrower than q (grouped-query attention: Phi-3's q, then k, then v)
+FUSED_GROUPED_QUERY_NAMES = {("qkv_proj", "o_proj")}
 FUSED_PACKINGS = ("thirds", "per head")
 # the width of all heads together, where a block keeps it (BERT's self-attention reshapes by it, GPT-2's
 # splits its fused projection's outputs by it)
@@ -591,8 +594,9 @@ def _head_tensors(model: nn.Module, name: str, projections, heads, packing=None)
 
 def _fused_head_tensors(block: nn.Module, name: str, prefix: str, found, heads, packing=None):
     """The head group's tensors of a block whose q, k and v are one projection's outputs (GPT-2's ``c_attn``, an
-    ``nn.Linear`` or a transposed ``Conv1D``) before an output projection, packed as ``packing`` says (default:
-    as `FUSED_PROJECTION_NAMES` names the pair, else in thirds)."""
+    ``nn.Linear`` or a transposed ``Conv1D``; Phi-3's ``qkv_proj``, whose k and v are narrower under grouped-query
+    attention) before an output projection, packed as ``packing`` says (default: as `FUSED_PROJECTION_NAMES` names
+    the pair, else in thirds)."""
     import torch
 
     try:
@@ -605,19 +609,34 @@ def _fused_head_tensors(block: nn.Module, name: str, prefix: str, found, heads, 
     qkv, out = layers
     qkv_axis, out_axis = weight_axes(qkv)[0], weight_axes(out)[1]
     inner = out.weight.shape[out_axis]
-    if qkv.weight.shape[qkv_axis] != 3 * inner:
-        raise ValueError(f"attention_heads: the fused projection '{found[0]}' of '{name}' has "
-                         f"{qkv.weight.shape[qkv_axis]} outputs, not 3 × the {inner} inputs of '{found[1]}' (q, k and "
-                         "v of one width each); a cross-attention block (k, v only) or a fused layer of grouped-query "
-                         "attention has no head budget here")
+    if packing is None:
+        packing = FUSED_PROJECTION_NAMES.get(tuple(found), "thirds")
+    outputs = qkv.weight.shape[qkv_axis]
+    # q is `inner` wide; k and v are as wide each, or, in a pair named for grouped-query attention (Phi-3's
+    # qkv_proj / o_proj, in thirds), narrower by a whole number of heads. (Elsewhere 2 × inner outputs are a
+    # cross-attention's k and v: GPT-2's c_attn with add_cross_attention.)
+    grouped = tuple(found) in FUSED_GROUPED_QUERY_NAMES and packing == "thirds"
+    kv_total = (outputs - inner) // 2 if grouped else inner
+    if outputs != inner + 2 * kv_total or not 0 < kv_total <= inner or inner % kv_total:
+        raise ValueError(f"attention_heads: the fused projection '{found[0]}' of '{name}' has {outputs} outputs, not "
+                         f"3 × the {inner} inputs of '{found[1]}' (q, k and v of one width each"
+                         + (", or k and v of a width dividing it" if grouped else "")
+                         + "); a cross-attention block (k, v only) has no head budget here, nor a fused layer of "
+                         f"grouped-query attention under names other than {sorted(FUSED_GROUPED_QUERY_NAMES)}")
     count, holder, _, attr, width_attr = _head_count(block, name, "", inner, heads)
     if inner % count:
         raise ValueError(f"attention_heads: {count} heads do not divide the {inner} inputs of '{found[1]}' in '{name}'")
-    per_head = torch.arange(inner) // (inner // count)
-    if packing is None:
-        packing = FUSED_PROJECTION_NAMES.get(tuple(found), "thirds")
-    # the q, k and v outputs of head h are all unit h
-    packed = per_head.repeat(3) if packing == "thirds" else torch.arange(3 * inner) // (3 * inner // count)
+    head_dim = inner // count
+    if kv_total % head_dim:
+        raise ValueError(f"attention_heads: the k and v outputs of '{found[0]}' in '{name}' ({kv_total} each) are not "
+                         f"a whole number of its {count} heads of {head_dim}")
+    # A unit is a k/v head with the query heads that share it (one head each without grouped-query attention)
+    units = kv_total // head_dim
+    per_unit = torch.arange(inner) // (inner // units)
+    kv_per_unit = torch.arange(kv_total) // head_dim
+    # the q, k and v outputs of unit u are all unit u
+    packed = (torch.cat([per_unit, kv_per_unit, kv_per_unit]) if packing == "thirds"
+              else torch.arange(3 * inner) // (3 * inner // count))
     names, dims, maps = [f"{prefix}{found[0]}.weight"], [qkv_axis], [packed]
     if qkv.bias is not None:
         names.append(f"{prefix}{found[0]}.bias")
@@ -625,9 +644,11 @@ def _fused_head_tensors(block: nn.Module, name: str, prefix: str, found, heads, 
         maps.append(packed)
     names.append(f"{prefix}{found[1]}.weight")
     dims.append(out_axis)
-    maps.append(per_head)
+    maps.append(per_unit)
+    kv_attr = int_attribute(holder, KV_HEAD_COUNT_NAMES)
     return names, dims, maps, {"block": name, "projections": tuple(found), "fused": packing, "heads": count,
-                               "count_attribute": attr, "units": count, "kv_count_attribute": None,
+                               "count_attribute": attr, "units": units,
+                               "kv_count_attribute": kv_attr if units < count else None,
                                "width_attribute": width_attr,
                                "count_holder": "", "inner_width_attribute": _inner_width_attribute(holder, inner)}
 

@@ -531,6 +531,57 @@ def test_a_head_budget_on_gpt_neox_per_head_packed_attention_lands_and_round_tri
         assert torch.equal(back(LLAMA_IDS).logits, want)
 
 
+def test_phi3_fused_grouped_query_heads_land_export_and_round_trip(tmp_path):
+    """Phi-3 packs q, then k, then v in one `qkv_proj`, k and v narrower (grouped-query attention: 4 query heads on
+    2 k/v heads here), and splits its outputs at `config.num_attention_heads × head_dim`, the config every block
+    shares. A global head budget of 3 k/v heads (with their query heads) lands under Adam; export narrows
+    `qkv_proj` / `o_proj` per block, lowers `num_key_value_heads`, and gives a narrowed block a config of its own
+    with its counts, so the logits are the model's; symopt's layout records those counts and the reloaded model
+    computes the same bits. The model's own config is left as it was."""
+    config = transformers.Phi3Config(vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                     num_key_value_heads=2, intermediate_size=64, max_position_embeddings=16,
+                                     pad_token_id=0, eos_token_id=1, bos_token_id=2)
+    torch.manual_seed(0)
+    model = transformers.Phi3ForCausalLM(config).double()
+    blocks = ["model.layers.0.self_attn", "model.layers.1.self_attn"]
+    handle = symopt.attention_heads(model, blocks, max_heads=3, total_steps=40)
+    info = handle.constraint.attention_blocks[0]
+    assert (info["fused"], info["heads"], info["units"], info["kv_count_attribute"]) == ("thirds", 4, 2,
+                                                                                       "num_key_value_heads")
+    _adam(model, 45, LLAMA_IDS, LLAMA_IDS)
+    kept = _kept(handle, 2)
+    assert sum(kept) == 3 and min(kept) >= 1
+    with torch.no_grad():
+        want = model(LLAMA_IDS).logits
+    small = _compressed(model)
+    layers = [layer.self_attn for layer in small.model.layers]
+    assert [(a.qkv_proj.out_features, a.o_proj.in_features, a.num_key_value_heads) for a in layers] == [
+        (32 * k, 16 * k, k) for k in kept]
+    assert [a.config.num_attention_heads for a in layers] == [2 * k for k in kept]
+    assert small.config.num_attention_heads == 4 and config.num_attention_heads == 4
+    with torch.no_grad():
+        got = small(LLAMA_IDS).logits
+        assert torch.allclose(got, want, atol=1e-10, rtol=0)
+    symopt.save_pretrained(small, tmp_path)
+    back = symopt.from_pretrained(transformers.Phi3ForCausalLM, tmp_path)
+    with torch.no_grad():
+        assert torch.equal(back(LLAMA_IDS).logits, got)
+
+
+def test_a_fused_grouped_query_layer_under_other_names_is_refused():
+    """Only a pair named for grouped-query attention (Phi-3's qkv_proj / o_proj) may have narrower k and v: under
+    GPT-2's names 2 × the inner width is a cross-attention's k and v."""
+    config = transformers.Phi3Config(vocab_size=40, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                                     num_key_value_heads=2, intermediate_size=64, max_position_embeddings=16,
+                                     pad_token_id=0, eos_token_id=1, bos_token_id=2)
+    model = transformers.Phi3ForCausalLM(config)
+    attention = model.model.layers[0].self_attn
+    attention.c_attn, attention.c_proj = attention.qkv_proj, attention.o_proj
+    with pytest.raises(ValueError, match=r"64 outputs, not 3 × the 32 inputs of 'c_proj'.*names other than"):
+        symopt.attention_heads(model, "model.layers.0.self_attn", projections=("c_attn", "c_proj"))
+    assert symopt.list_constraints(model) == []
+
+
 def test_bloom_heads_leave_with_their_alibi_rows_and_round_trip(tmp_path):
     """BLOOM packs q, k, v per head as GPT-NeoX does, and its model builds one ALiBi tensor (a slope per head
     of the config's count) for every block: export narrows each block and hands it its kept heads' rows, so
