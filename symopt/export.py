@@ -368,8 +368,6 @@ def _shrink_units(holder: nn.Module, targets: list, options: dict) -> list[str]:
         return notes
     producers = {name: label for name, label in producers.items() if name not in untraced}
     checked, problem = surgery.verify(before, holder.root, options["example_input"])
-    if problem is not None and _own_config_counts(block, int(keep.numel()) * per_unit, int(keep.numel())):
-        checked, problem = surgery.verify(before, holder.root, options["example_input"])  # (Phi-3: see there)
     if problem is not None:
         holder.root = before  # never hand back a model whose outputs moved
         return notes + [f"{label}: units kept, {problem}" for label in producers.values()]
@@ -800,8 +798,8 @@ def _prune_block_heads(holder: nn.Module, info: dict, options: dict) -> list[str
 
 def _own_config_counts(block: nn.Module, heads: int, kv_heads: int) -> bool:
     """Give ``block`` a copy of the ``config`` it holds with its own head counts (``heads``, and ``kv_heads`` where
-    the config has a k/v count), and record them in its ``symopt_config_heads`` attribute (`symopt._attention.set_own_config_counts`); False where it holds no config
-    with a head count. For a block whose forward reads its counts from the model's shared config (Phi-3 splits its
+    the config has a k/v count), and record them in its ``symopt_config_heads`` attribute
+    (`symopt._attention.set_own_config_counts`); False where it holds no config with a head count. For a block whose forward reads its counts from the model's shared config (Phi-3 splits its
     ``qkv_proj`` outputs at ``config.num_attention_heads × head_dim``), where each block may keep its own count."""
     config = getattr(block, "config", None)
     head_name = int_attribute(config, HEAD_COUNT_NAMES) if config is not None else None
