@@ -484,6 +484,10 @@ def attention_heads(model: nn.Module, name: str | Sequence[str] = "", strength: 
                  else "blocks " + ", ".join(repr(n) for n in name))
         raise ValueError(f"attention_heads: max_heads={max_heads} keeps every head ({total_heads} in {where}), so "
                          f"the budget does not bind; give fewer than {total_heads}, or no budget")
+    if max_heads is not None and len(blocks) > 1 and max_heads < len(blocks):
+        # (checked here in the caller's words: the head group below would name its own max_groups)
+        raise ValueError(f"attention_heads: max_heads={max_heads} is below the {len(blocks)} blocks of the global "
+                         f"budget, and every block keeps at least one head; give max_heads >= {len(blocks)}")
     sets = [j for j, block in enumerate(blocks) for _ in block[0]] if len(blocks) > 1 else None
     group = UnitGroups(dims, strength, seed=seed, unit_maps=maps, structure_name="heads", max_groups=max_heads,
                        total_steps=total_steps, ramp=ramp, sets=sets, land_on_the_way=land_on_the_way)
