@@ -54,7 +54,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from ._attention import HeadPrunedAttention, keep_alibi_rows, set_own_config_counts, takes_alibi
+from ._attention import CONFIG_HEADS, HeadPrunedAttention, keep_alibi_rows, set_own_config_counts, takes_alibi
 from ._layers import LAYER_TYPES, narrowed, output_axis, outputs_first
 from .attach import guard_save_pretrained, list_constraints
 from . import layout, surgery
@@ -826,9 +826,19 @@ def _describe_in_config(root: nn.Module, head_counts: list[dict], unit_widths: l
         updates.update(head_counts[0])
     if unit_widths and len(set(unit_widths)) == 1:
         updates["ffn_width"] = unit_widths[0]
-    config = layout.config_describing(root, updates)
+    # Blocks given a config of their own (`_own_config_counts`) hold, where every block kept the same counts,
+    # what the shared config would say: they are tried against it without their own, and share it if it holds
+    own = [m for m in root.modules() if getattr(m, CONFIG_HEADS, None) is not None and hasattr(m, "config")]
+    kept_aside = [(m, m.config, m.__dict__.pop(CONFIG_HEADS)) for m in own]
+    config = layout.config_describing(root, updates) if updates else None
     if config is not None:
         root.config = config
+        for module, _, _ in kept_aside:
+            module.config = config
+    else:
+        for module, own_config, counts in kept_aside:
+            setattr(module, CONFIG_HEADS, counts)
+            module.config = own_config
     guard_save_pretrained(root, layout.unrecorded_layers)
 
 

@@ -147,7 +147,8 @@ def config_describing(model: nn.Module, updates: dict):
     """A copy of ``model.config`` with ``updates`` (field → value) applied, where it builds exactly ``model``;
     else None. ``"heads"`` / ``"kv_heads"`` / ``"ffn_width"`` go to the config's own names for them
     (``num_attention_heads`` / ``n_head``, ``num_key_value_heads`` / ..., ``intermediate_size`` / ``ffn_dim``
-    / ...), other fields (``head_dim``) only where the config has them."""
+    / ...), ``head_dim`` also where the config has none (a class may read an optional one), other fields only
+    where the config has them."""
     config = getattr(model, "config", None)
     if config is None or not updates:
         return None
@@ -159,6 +160,10 @@ def config_describing(model: nn.Module, updates: dict):
         if name is None:
             if field in ("heads", "ffn_width"):
                 return None  # the config holds no such count: it cannot describe the new one
+            if field == "head_dim":
+                # (a class that reads an optional head_dim from its config, else hidden / heads: Phi-3. Where the
+                # class does not read it, the model built below differs and the candidate is dropped)
+                setattr(candidate, field, value)
             continue
         setattr(candidate, name, value)
     reference = built_from_config(model, candidate)

@@ -568,6 +568,33 @@ def test_phi3_fused_grouped_query_heads_land_export_and_round_trip(tmp_path):
         assert torch.equal(back(LLAMA_IDS).logits, got)
 
 
+def test_phi3_blocks_that_keep_the_same_heads_share_a_config_that_says_so(tmp_path):
+    """Where every Phi-3 block kept the same k/v heads, the model's config with those counts (and head_dim, which
+    Phi-3 reads where its config has one) builds exactly the export: it replaces the model's, every block shares it
+    again, and the class's own save_pretrained / from_pretrained round-trip the same logits."""
+    config = transformers.Phi3Config(vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                     num_key_value_heads=2, intermediate_size=64, max_position_embeddings=16,
+                                     pad_token_id=0, eos_token_id=1, bos_token_id=2)
+    torch.manual_seed(0)
+    model = transformers.Phi3ForCausalLM(config).double().eval()
+    handles = [symopt.attention_heads(model, f"model.layers.{i}.self_attn", strength=1e-3) for i in range(2)]
+    with torch.no_grad():
+        for handle, dead in zip(handles, (0, 1)):
+            handle.constraint.gates[[dead]] = 0
+        want = model(LLAMA_IDS).logits
+    small = _compressed(model)
+    assert (small.config.num_attention_heads, small.config.num_key_value_heads, small.config.head_dim) == (2, 1, 8)
+    assert all(layer.self_attn.config is small.config and not hasattr(layer.self_attn, "symopt_config_heads")
+               for layer in small.model.layers)
+    with torch.no_grad():
+        got = small(LLAMA_IDS).logits
+        assert torch.allclose(got, want, atol=1e-10, rtol=0)
+    small.save_pretrained(tmp_path)
+    back = transformers.Phi3ForCausalLM.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        assert torch.equal(back(LLAMA_IDS).logits, got)
+
+
 def test_a_fused_grouped_query_layer_under_other_names_is_refused():
     """Only a pair named for grouped-query attention (Phi-3's qkv_proj / o_proj) may have narrower k and v: under
     GPT-2's names 2 × the inner width is a cross-attention's k and v."""
