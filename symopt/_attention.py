@@ -218,12 +218,16 @@ def install_alibi_rows(block: nn.Module) -> None:
         block.register_forward_pre_hook(_alibi_rows, with_kwargs=True)
 
 
+_ALIBI_POSITION: dict[type, int] = {}  # (a block class's position of `alibi` among its forward's arguments)
+
+
 def _alibi_rows(block: nn.Module, args: tuple, kwargs: dict):
     import inspect
 
     kept, heads = _alibi_heads(block)
-    names = list(inspect.signature(block.forward).parameters)
-    at = names.index("alibi")
+    at = _ALIBI_POSITION.get(type(block))
+    if at is None:  # (once per class: a signature costs tens of µs, and this runs before every forward)
+        at = _ALIBI_POSITION[type(block)] = list(inspect.signature(block.forward).parameters).index("alibi")
     alibi = kwargs.get("alibi") if "alibi" in kwargs or at >= len(args) else args[at]
     if alibi is None:
         return None
