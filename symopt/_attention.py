@@ -174,14 +174,27 @@ class HeadPrunedAttention(nn.Module):
 ALIBI_HEADS = "symopt_alibi_heads"
 
 
-def takes_alibi(block: nn.Module) -> bool:
-    """Whether ``block``'s forward takes an ``alibi`` argument (BLOOM's attention)."""
+_ALIBI_POSITION: dict[type, int | None] = {}  # (a block class's position of `alibi` among its forward's arguments)
+
+
+def _alibi_position(block: nn.Module) -> int | None:
+    """The position of ``alibi`` among ``block``'s forward's arguments, None where it takes none; read from the
+    signature once per class (a signature costs tens of µs, and `_alibi_rows` runs before every forward)."""
     import inspect
 
-    try:
-        return "alibi" in inspect.signature(block.forward).parameters
-    except (TypeError, ValueError):  # pragma: no cover - a forward without a signature
-        return False
+    cls = type(block)
+    if cls not in _ALIBI_POSITION:
+        try:
+            names = list(inspect.signature(block.forward).parameters)
+        except (TypeError, ValueError):  # pragma: no cover - a forward without a signature
+            names = []
+        _ALIBI_POSITION[cls] = names.index("alibi") if "alibi" in names else None
+    return _ALIBI_POSITION[cls]
+
+
+def takes_alibi(block: nn.Module) -> bool:
+    """Whether ``block``'s forward takes an ``alibi`` argument (BLOOM's attention)."""
+    return _alibi_position(block) is not None
 
 
 def _alibi_heads(block: nn.Module) -> tuple[list[int], int]:
@@ -218,16 +231,9 @@ def install_alibi_rows(block: nn.Module) -> None:
         block.register_forward_pre_hook(_alibi_rows, with_kwargs=True)
 
 
-_ALIBI_POSITION: dict[type, int] = {}  # (a block class's position of `alibi` among its forward's arguments)
-
-
 def _alibi_rows(block: nn.Module, args: tuple, kwargs: dict):
-    import inspect
-
     kept, heads = _alibi_heads(block)
-    at = _ALIBI_POSITION.get(type(block))
-    if at is None:  # (once per class: a signature costs tens of µs, and this runs before every forward)
-        at = _ALIBI_POSITION[type(block)] = list(inspect.signature(block.forward).parameters).index("alibi")
+    at = _alibi_position(block)
     alibi = kwargs.get("alibi") if "alibi" in kwargs or at >= len(args) else args[at]
     if alibi is None:
         return None

@@ -799,8 +799,9 @@ def _prune_block_heads(holder: nn.Module, info: dict, options: dict) -> list[str
 def _own_config_counts(block: nn.Module, heads: int, kv_heads: int) -> bool:
     """Give ``block`` a copy of the ``config`` it holds with its own head counts (``heads``, and ``kv_heads`` where
     the config has a k/v count), and record them in its ``symopt_config_heads`` attribute
-    (`symopt._attention.set_own_config_counts`); False where it holds no config with a head count. For a block whose forward reads its counts from the model's shared config (Phi-3 splits its
-    ``qkv_proj`` outputs at ``config.num_attention_heads × head_dim``), where each block may keep its own count."""
+    (`symopt._attention.set_own_config_counts`); False where it holds no config with a head count. For a block
+    whose forward reads its counts from the model's shared config (Phi-3 splits its ``qkv_proj`` outputs at
+    ``config.num_attention_heads × head_dim``), where each block may keep its own count."""
     config = getattr(block, "config", None)
     head_name = int_attribute(config, HEAD_COUNT_NAMES) if config is not None else None
     if head_name is None:

@@ -571,12 +571,7 @@ def _head_tensors(model: nn.Module, name: str, projections, heads, packing=None)
                          f"divisible by {count}, and k, v outputs of that width or (grouped-query attention) of a "
                          f"whole number of those heads dividing it; got {q.out_features}, {k.out_features}, "
                          f"{v.out_features}, {o.in_features}")
-    # Grouped-query attention (k, v narrower than q: several query heads read one k/v head): a unit is a k/v
-    # head with the query heads that share it, so that a removed unit leaves no query head without its keys
-    # and every k/v head keeps the same number of query heads (the block's repeat of k, v stays valid)
-    kv_heads = kv_width // (inner // count)
-    q_map = torch.arange(inner) // (inner // kv_heads)
-    kv_map = torch.arange(kv_width) // (kv_width // kv_heads)
+    kv_heads, q_map, kv_map = _unit_maps(inner, kv_width, count)
     for layer, layer_name, unit_map in zip((q, k, v), found[:3], (q_map, kv_map, kv_map)):
         names.append(f"{prefix}{layer_name}.weight")
         dims.append(0)
@@ -594,6 +589,20 @@ def _head_tensors(model: nn.Module, name: str, projections, heads, packing=None)
                                "width_attribute": width_attr,
                                "count_holder": count_holder,
                                "inner_width_attribute": _inner_width_attribute(holder, inner)}
+
+
+def _unit_maps(inner: int, kv_width: int, heads: int):
+    """``(units, q map, k/v map)`` of a block whose q outputs (and output-layer inputs) are ``inner`` wide, in
+    ``heads`` heads, and whose k and v outputs are ``kv_width`` wide each: which unit each output belongs to.
+
+    Under grouped-query attention (k, v narrower than q: several query heads read one k/v head) a unit is a k/v
+    head with the query heads that share it, so that a removed unit leaves no query head without its keys and
+    every k/v head keeps the same number of query heads (the block's repeat of k, v stays valid); without it,
+    a unit is a head."""
+    import torch
+
+    units = kv_width // (inner // heads)
+    return units, torch.arange(inner) // (inner // units), torch.arange(kv_width) // (kv_width // units)
 
 
 def _fused_head_tensors(block: nn.Module, name: str, prefix: str, found, heads, packing=None):
@@ -634,10 +643,7 @@ def _fused_head_tensors(block: nn.Module, name: str, prefix: str, found, heads, 
     if kv_total % head_dim:
         raise ValueError(f"attention_heads: the k and v outputs of '{found[0]}' in '{name}' ({kv_total} each) are not "
                          f"a whole number of its {count} heads of {head_dim}")
-    # A unit is a k/v head with the query heads that share it (one head each without grouped-query attention)
-    units = kv_total // head_dim
-    per_unit = torch.arange(inner) // (inner // units)
-    kv_per_unit = torch.arange(kv_total) // head_dim
+    units, per_unit, kv_per_unit = _unit_maps(inner, kv_total, count)
     # the q, k and v outputs of unit u are all unit u
     packed = (torch.cat([per_unit, kv_per_unit, kv_per_unit]) if packing == "thirds"
               else torch.arange(3 * inner) // (3 * inner // count))
