@@ -730,12 +730,14 @@ def _prune_block_heads(holder: nn.Module, info: dict, options: dict) -> list[str
     if packing:
         W_qkv, b_qkv = outputs_first(layers[0]), layers[0].bias
         kv_total = (W_qkv.shape[0] - inner) // 2  # (k's and v's outputs: narrower than q under grouped-query attention)
-        if packing == "thirds":
-            v_weight, v_bias = W_qkv[inner + kv_total:], b_qkv[inner + kv_total:] if b_qkv is not None else None
-        else:
-            v_weight = W_qkv.reshape(units, 3, inner // units, -1)[:, 2].reshape(inner, -1)
-            v_bias = b_qkv.reshape(units, 3, -1)[:, 2].reshape(inner) if b_qkv is not None else None
         kv_width = kv_total // units
+        if packing == "thirds":
+            v_rows = torch.arange(inner + kv_total, W_qkv.shape[0])
+        else:  # (each unit's outputs side by side: its query heads', then its k's, then its v's, the last kv_width)
+            unit_rows = W_qkv.shape[0] // units
+            v_rows = (torch.arange(units)[:, None] * unit_rows + unit_rows - kv_width + torch.arange(kv_width)).reshape(-1)
+        v_rows = v_rows.to(W_qkv.device)
+        v_weight, v_bias = W_qkv[v_rows], b_qkv[v_rows] if b_qkv is not None else None
     else:
         v_weight, v_bias = outputs_first(layers[2]), layers[2].bias
         kv_width = v_weight.shape[0] // units
@@ -764,7 +766,7 @@ def _prune_block_heads(holder: nn.Module, info: dict, options: dict) -> list[str
     if packing == "thirds":
         rewritten = [torch.cat([q_rows, kv_rows + inner, kv_rows + inner + kv_total])]
     elif packing:
-        rewritten = [rows_of(3 * q_width)]
+        rewritten = [rows_of(q_width + 2 * kv_width)]
     else:
         rewritten = [q_rows, kv_rows, kv_rows]
     for layer_name, layer, rows in zip(info["projections"][:-1], layers[:-1], rewritten):

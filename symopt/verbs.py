@@ -382,8 +382,9 @@ def int_attribute(holder, names: Sequence[str]) -> str | None:
 
 def attention_heads(model: nn.Module, name: str | Sequence[str] = "", strength: float | None = None, *, seed: int = 0,
                     projections: Sequence[str] | None = None, heads: int | None = None,
-                    packing: str | None = None, max_heads: int | None = None, total_steps: int | None = None,
-                    ramp: tuple[float, float] = (0.1, 0.75), land_on_the_way: bool | None = None) -> Handle:
+                    packing: str | None = None, kv_heads: int | None = None, max_heads: int | None = None,
+                    total_steps: int | None = None, ramp: tuple[float, float] = (0.1, 0.75),
+                    land_on_the_way: bool | None = None) -> Handle:
     r"""Group sparsity over attention heads: one gate per head, shared by its query, key and value
     rows (weights and biases) and its columns of the output projection.
 
@@ -436,7 +437,14 @@ def attention_heads(model: nn.Module, name: str | Sequence[str] = "", strength: 
             say it: ``"thirds"`` (all heads' q, then all k, then all v, each ``inner`` wide: GPT-2's
             ``c_attn``) or ``"per head"`` (head h's q, k and v side by side, ``3 · head_dim`` outputs a head:
             GPT-NeoX's and BLOOM's ``query_key_value``). Default: read from the names as above, else
-            ``"thirds"``. Only for a fused projection: a block with separate q, k, v layers refuses it.
+            ``"thirds"``. Only for a fused projection: a block with separate q, k, v layers refuses it. Under
+            grouped-query attention ``"per head"`` reads each k/v head's query heads, then its k, then its v
+            (InternLM2's ``wqkv``).
+        kv_heads: the k/v head count under grouped-query attention (each k/v head read by ``heads / kv_heads``
+            query heads), for a fused q|k|v projection whose k and v are narrower than q under names symopt does
+            not know (default: the block's ``num_key_value_heads`` / ``num_kv_heads`` / ``n_kv_heads``, else
+            what Phi-3's ``qkv_proj`` leaves for k and v, else as many as the query heads). With separate q, k, v
+            layers it is read from k's width, and a ``kv_heads`` given must agree with it.
 
     Returns:
         Handle: the registered constraint (build the optimizer afterwards).
@@ -446,7 +454,9 @@ def attention_heads(model: nn.Module, name: str | Sequence[str] = "", strength: 
             projections or a fused q|k|v projection and an output projection.
         ValueError: a ``packing`` other than ``"thirds"`` / ``"per head"``, or given for a block without a fused
             projection; a head count that does not divide the projections (or k / v widths that are not a whole
-            number of heads dividing q's; a fused projection not 3 × the output projection's inputs), a ``heads`` that disagrees with the block's ``head_dim``, a tensor already
+            number of heads dividing q's; a fused projection not 3 × the output projection's inputs, nor q's width
+            and twice ``kv_heads`` heads), a ``heads`` that disagrees with the block's ``head_dim``, a ``kv_heads``
+            that is not a positive int dividing the heads or disagrees with k's width, a tensor already
             constrained, a bad strength, a ``max_heads`` not below the heads there are, ``total_steps``
             (or a ``ramp``) without its budget; nothing is changed.
 
@@ -463,6 +473,9 @@ def attention_heads(model: nn.Module, name: str | Sequence[str] = "", strength: 
         raise ValueError(f"attention_heads: packing={packing!r} is not a fused projection's packing; give 'thirds' "
                          "(all heads' q, then k, then v: GPT-2's c_attn) or 'per head' (head h's q, k, v side by "
                          "side: GPT-NeoX's query_key_value)")
+    if kv_heads is not None and (isinstance(kv_heads, bool) or not isinstance(kv_heads, int) or kv_heads < 1):
+        raise ValueError(f"attention_heads: kv_heads={kv_heads!r} must be a positive int, the k/v head count of "
+                         "grouped-query attention")
     if max_heads is None and total_steps is not None:
         raise ValueError("attention_heads: total_steps schedules a head budget; give max_heads= too, or drop "
                          "total_steps")
@@ -472,9 +485,9 @@ def attention_heads(model: nn.Module, name: str | Sequence[str] = "", strength: 
                              f"over them; got {name!r}")
         if projections is not None and not all(isinstance(p, str) for p in projections):
             raise ValueError("attention_heads: projections names the q, k, v and output layers of every block")
-        blocks = [_head_tensors(model, n, projections, heads, packing) for n in name]
+        blocks = [_head_tensors(model, n, projections, heads, packing, kv_heads) for n in name]
     else:
-        blocks = [_head_tensors(model, name, projections, heads, packing)]
+        blocks = [_head_tensors(model, name, projections, heads, packing, kv_heads)]
     names = [n for block in blocks for n in block[0]]
     dims = [d for block in blocks for d in block[1]]
     maps = [m for block in blocks for m in block[2]]
@@ -497,7 +510,7 @@ def attention_heads(model: nn.Module, name: str | Sequence[str] = "", strength: 
     return constrain(model, names, group)
 
 
-def _head_tensors(model: nn.Module, name: str, projections, heads, packing=None):
+def _head_tensors(model: nn.Module, name: str, projections, heads, packing=None, kv_heads=None):
     """One attention block's tensors of a head group: ``(names, dims, unit maps, block info)``, the
     info None for an ``nn.MultiheadAttention``."""
     import torch
@@ -512,6 +525,9 @@ def _head_tensors(model: nn.Module, name: str, projections, heads, packing=None)
                              "is known: drop packing")
         E, H = block.embed_dim, block.num_heads
         d = E // H
+        if kv_heads is not None and kv_heads != H:
+            raise ValueError(f"attention_heads: kv_heads={kv_heads}, but '{name or type(model).__name__}' is an "
+                             f"nn.MultiheadAttention, whose k and v have all {H} heads: drop kv_heads")
         packed = (torch.arange(3 * E) % E) // d  # the q, k and v rows of head h are all unit h
         per_head = torch.arange(E) // d
         if block._qkv_same_embed_dim:
@@ -545,11 +561,11 @@ def _head_tensors(model: nn.Module, name: str, projections, heads, packing=None)
         return given[0] if given and all(projection(n, linear_only) is not None for n in given[0]) else None
 
     if projections is not None and len(projections) == 2:
-        return _fused_head_tensors(block, name, prefix, tuple(projections), heads, packing)
+        return _fused_head_tensors(block, name, prefix, tuple(projections), heads, packing, kv_heads)
     if projections is None and found_in(PROJECTION_NAMES, True) is None:
         fused = found_in(FUSED_PROJECTION_NAMES, False)
         if fused is not None:
-            return _fused_head_tensors(block, name, prefix, fused, heads, packing)
+            return _fused_head_tensors(block, name, prefix, fused, heads, packing, kv_heads)
     found = found_in(PROJECTION_NAMES, True)
     if found is None or len(found) != 4:
         raise TypeError(f"attention_heads: '{name or type(model).__name__}' is a {type(block).__name__}, neither an "
@@ -571,6 +587,10 @@ def _head_tensors(model: nn.Module, name: str, projections, heads, packing=None)
                          f"divisible by {count}, and k, v outputs of that width or (grouped-query attention) of a "
                          f"whole number of those heads dividing it; got {q.out_features}, {k.out_features}, "
                          f"{v.out_features}, {o.in_features}")
+    if kv_heads is not None and kv_heads * (inner // count) != kv_width:
+        raise ValueError(f"attention_heads: kv_heads={kv_heads}, but '{found[1]}' of '{name}' has {kv_width} outputs: "
+                         f"{kv_width // (inner // count)} k/v heads of {inner // count}; drop kv_heads (separate "
+                         "layers say it) or give that count")
     kv_heads, q_map, kv_map = _unit_maps(inner, kv_width, count)
     for layer, layer_name, unit_map in zip((q, k, v), found[:3], (q_map, kv_map, kv_map)):
         names.append(f"{prefix}{layer_name}.weight")
@@ -605,11 +625,13 @@ def _unit_maps(inner: int, kv_width: int, heads: int):
     return units, torch.arange(inner) // (inner // units), torch.arange(kv_width) // (kv_width // units)
 
 
-def _fused_head_tensors(block: nn.Module, name: str, prefix: str, found, heads, packing=None):
+def _fused_head_tensors(block: nn.Module, name: str, prefix: str, found, heads, packing=None, kv_heads=None):
     """The head group's tensors of a block whose q, k and v are one projection's outputs (GPT-2's ``c_attn``, an
     ``nn.Linear`` or a transposed ``Conv1D``; Phi-3's ``qkv_proj``, whose k and v are narrower under grouped-query
     attention) before an output projection, packed as ``packing`` says (default: as `FUSED_PROJECTION_NAMES` names
-    the pair, else in thirds)."""
+    the pair, else in thirds). Under grouped-query attention (``kv_heads`` k/v heads, or a pair named for it, or a
+    block keeping its k/v head count) "per head" packs each k/v head's query heads, then its k, then its v
+    (InternLM2's ``wqkv``; one query head a group is GPT-NeoX's q, k, v side by side)."""
     import torch
 
     try:
@@ -625,28 +647,15 @@ def _fused_head_tensors(block: nn.Module, name: str, prefix: str, found, heads, 
     if packing is None:
         packing = FUSED_PROJECTION_NAMES.get(tuple(found), "thirds")
     outputs = qkv.weight.shape[qkv_axis]
-    # q is `inner` wide; k and v are as wide each, or, in a pair named for grouped-query attention (Phi-3's
-    # qkv_proj / o_proj, in thirds), narrower by a whole number of heads. (Elsewhere 2 × inner outputs are a
-    # cross-attention's k and v: GPT-2's c_attn with add_cross_attention.)
-    grouped = tuple(found) in FUSED_GROUPED_QUERY_NAMES and packing == "thirds"
-    kv_total = (outputs - inner) // 2 if grouped else inner
-    if outputs != inner + 2 * kv_total or not 0 < kv_total <= inner or inner % kv_total:
-        raise ValueError(f"attention_heads: the fused projection '{found[0]}' of '{name}' has {outputs} outputs, not "
-                         f"3 × the {inner} inputs of '{found[1]}' (q, k and v of one width each"
-                         + (", or k and v of a width dividing it" if grouped else "")
-                         + "); a cross-attention block (k, v only) has no head budget here, nor a fused layer of "
-                         f"grouped-query attention under names other than {sorted(FUSED_GROUPED_QUERY_NAMES)}")
     count, holder, _, attr, width_attr = _head_count(block, name, "", inner, heads)
     if inner % count:
         raise ValueError(f"attention_heads: {count} heads do not divide the {inner} inputs of '{found[1]}' in '{name}'")
-    head_dim = inner // count
-    if kv_total % head_dim:
-        raise ValueError(f"attention_heads: the k and v outputs of '{found[0]}' in '{name}' ({kv_total} each) are not "
-                         f"a whole number of its {count} heads of {head_dim}")
+    kv_total = _fused_kv_width(holder, name, found, outputs, inner, count, kv_heads)
     units, per_unit, kv_per_unit = _unit_maps(inner, kv_total, count)
-    # the q, k and v outputs of unit u are all unit u
+    # the q, k and v outputs of unit u are all unit u (per head: each unit's outputs side by side, its query heads'
+    # then its k's and v's)
     packed = (torch.cat([per_unit, kv_per_unit, kv_per_unit]) if packing == "thirds"
-              else torch.arange(3 * inner) // (3 * inner // count))
+              else torch.arange(outputs) // (outputs // units))
     names, dims, maps = [f"{prefix}{found[0]}.weight"], [qkv_axis], [packed]
     if qkv.bias is not None:
         names.append(f"{prefix}{found[0]}.bias")
@@ -661,6 +670,37 @@ def _fused_head_tensors(block: nn.Module, name: str, prefix: str, found, heads, 
                                "kv_count_attribute": kv_attr if units < count else None,
                                "width_attribute": width_attr,
                                "count_holder": "", "inner_width_attribute": _inner_width_attribute(holder, inner)}
+
+
+def _fused_kv_width(holder: nn.Module, name: str, found, outputs: int, inner: int, count: int, kv_heads) -> int:
+    """The width of k's (and v's) outputs in a fused q|k|v projection of ``outputs`` outputs whose q is ``inner``
+    wide in ``count`` heads: ``kv_heads`` heads where the caller gives it, else the block's own k/v head count
+    (`KV_HEAD_COUNT_NAMES`), else (a pair named for grouped-query attention, `FUSED_GROUPED_QUERY_NAMES`) what the
+    outputs leave, else q's width. Why not always what the outputs leave: 2 × the inner width is also a
+    cross-attention's k and v alone (GPT-2's ``c_attn`` with ``add_cross_attention``), which has no head budget
+    here; the width is read from the outputs only where the names or a count say the block is grouped."""
+    head_dim = inner // count
+    own = int_attribute(holder, KV_HEAD_COUNT_NAMES)
+    told = kv_heads if kv_heads is not None else getattr(holder, own) if own is not None else None
+    if told is not None:
+        where = f"kv_heads={told}" if kv_heads is not None else f"its {own}={told}"
+        if count % told:
+            raise ValueError(f"attention_heads: {where} does not divide the {count} query heads of '{name}' (each k/v "
+                             "head is read by the same number of query heads); give kv_heads= dividing them")
+        if outputs != inner + 2 * told * head_dim:
+            raise ValueError(f"attention_heads: '{found[0]}' of '{name}' has {outputs} outputs, but {where} of "
+                             f"{head_dim} gives q, k, v {inner} + 2 × {told * head_dim} = "
+                             f"{inner + 2 * told * head_dim}; give the kv_heads= the layer was built with")
+        return told * head_dim
+    grouped = tuple(found) in FUSED_GROUPED_QUERY_NAMES
+    kv_total = (outputs - inner) // 2 if grouped else inner
+    if outputs != inner + 2 * kv_total or not 0 < kv_total <= inner or inner % kv_total or kv_total % head_dim:
+        raise ValueError(f"attention_heads: the fused projection '{found[0]}' of '{name}' has {outputs} outputs, not "
+                         f"3 × the {inner} inputs of '{found[1]}' (q, k and v of one width each"
+                         + (", or k and v a whole number of its heads dividing it" if grouped else "")
+                         + "); for grouped-query attention (narrower k and v) give kv_heads=, the k/v head count; a "
+                         "cross-attention block (k, v only) has no head budget here")
+    return kv_total
 
 
 def _head_count(block: nn.Module, name: str, q_parent: str, inner: int, heads):

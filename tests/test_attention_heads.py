@@ -361,6 +361,137 @@ PACKINGS = {"thirds": (Fused, ("c_attn", "c_proj"), lambda h, third: 16 * third 
                                dict(projections=("qkv", "mix"), packing="per head"))}
 
 
+
+class OwnFusedGrouped(nn.Module):
+    """A user's own fused grouped-query block in thirds (4 query heads' q, then 2 k/v heads' k, then their v) under
+    names no table knows and no k/v count symopt reads: its k/v heads follow from ``wqkv``'s width and ``n_heads``."""
+
+    def __init__(self, dim=16, heads=4, kv_heads=2):
+        super().__init__()
+        self.n_heads, self.head_dim = heads, dim // heads
+        self.wqkv, self.wo = nn.Linear(dim, (heads + 2 * kv_heads) * self.head_dim), nn.Linear(dim, dim)
+
+    def forward(self, x):
+        N, L, _ = x.shape
+        inner = self.n_heads * self.head_dim
+        kv = (self.wqkv.out_features - inner) // 2
+        q, k, v = self.wqkv(x).split([inner, kv, kv], dim=2)
+        q = q.view(N, L, self.n_heads, self.head_dim).transpose(1, 2)
+        k, v = (t.view(N, L, kv // self.head_dim, self.head_dim).transpose(1, 2)
+                .repeat_interleave(inner // kv, dim=1) for t in (k, v))
+        weights = torch.softmax(q @ k.transpose(-2, -1) / self.head_dim ** 0.5, dim=-1)
+        return self.wo((weights @ v).transpose(1, 2).reshape(N, L, -1))
+
+
+class PerGroupFused(nn.Module):
+    """InternLM2's fused grouped-query layout: for each of 2 k/v heads, its 2 query heads' q, then its k, then its v,
+    side by side in ``wqkv``; the counts in ``num_heads`` and ``num_key_value_heads``."""
+
+    def __init__(self, dim=16, heads=4, kv_heads=2):
+        super().__init__()
+        self.num_heads, self.num_key_value_heads, self.head_dim = heads, kv_heads, dim // heads
+        self.wqkv, self.wo = nn.Linear(dim, (heads + 2 * kv_heads) * self.head_dim), nn.Linear(dim, dim)
+
+    def forward(self, x):
+        N, L, _ = x.shape
+        groups = self.num_heads // self.num_key_value_heads
+        packed = self.wqkv(x).view(N, L, self.num_key_value_heads, groups + 2, self.head_dim)
+        q = packed[..., :groups, :].reshape(N, L, self.num_heads, self.head_dim).transpose(1, 2)
+        k, v = (packed[..., j, :].transpose(1, 2).repeat_interleave(groups, dim=1) for j in (-2, -1))
+        weights = torch.softmax(q @ k.transpose(-2, -1) / self.head_dim ** 0.5, dim=-1)
+        return self.wo((weights @ v).transpose(1, 2).reshape(N, L, -1))
+
+
+# (block, what the caller passes, the unit of each wqkv output, the value outputs of unit 0, the counts after export)
+USERS_GROUPED = {
+    "thirds, kv_heads told": (OwnFusedGrouped, dict(projections=("wqkv", "wo"), kv_heads=2),
+                              [0] * 8 + [1] * 8 + [0] * 4 + [1] * 4 + [0] * 4 + [1] * 4, slice(24, 28), ("n_heads",)),
+    "per group, count kept": (PerGroupFused, dict(projections=("wqkv", "wo"), packing="per head"),
+                              [0] * 16 + [1] * 16, slice(12, 16), ("num_heads", "num_key_value_heads")),
+}
+
+
+@pytest.mark.parametrize("layout", sorted(USERS_GROUPED))
+def test_a_users_fused_grouped_query_block_loses_whole_units(layout):
+    """A fused grouped-query layer under the user's names: a unit is a k/v head's k and v outputs and its query
+    heads' q outputs (in thirds, or side by side per k/v head as InternLM2 packs them) and their output columns;
+    export removes a dead unit from both layers, lowers the counts, and folds a unit whose value outputs alone are
+    dead into the output bias, with the model's outputs unchanged."""
+    build, told, units, values, counts = USERS_GROUPED[layout]
+    torch.manual_seed(0)
+    model = LMWith(build()).double().eval()
+    handle = symopt.attention_heads(model, "attn", strength=1e-3, **told)
+    maps = dict(zip([m.qualname for m in handle.members], handle.constraint.unit_maps))
+    assert maps["attn.wqkv.weight"].tolist() == units == maps["attn.wqkv.bias"].tolist()
+    assert maps["attn.wo.weight"].tolist() == [0] * 8 + [1] * 8
+    _kill_heads(model, [1])
+    ids = torch.randint(0, 30, (3, 7))
+    small = _quiet(model)
+    assert [getattr(small.attn, c) for c in counts] == [2, 1][:len(counts)]
+    assert (small.attn.wqkv.out_features, small.attn.wo.in_features) == (16, 8)
+    assert torch.allclose(small(ids), model(ids), atol=1e-12, rtol=0)
+    lm = LMWith(build()).double().eval()
+    handle = symopt.attention_heads(lm, "attn", strength=1e-3, **told)
+    with torch.no_grad():  # unit 0's value outputs only (original1 of wqkv.weight's copy: its rows; original0 the gates)
+        handle.constraint.copies[0].original1[values] = 0.0
+    small = _quiet(lm)
+    assert (small.attn.wqkv.out_features, small.attn.wo.in_features) == (16, 8)
+    assert torch.allclose(small(ids), lm(ids), atol=1e-12, rtol=0)
+
+
+def test_a_head_budget_on_a_per_group_fused_block_lands_and_exports():
+    """max_heads=1 of 2 units on InternLM2's layout lands exactly under Adam; export keeps that unit's 2 query heads
+    and its k/v head, with the same outputs."""
+    torch.manual_seed(0)
+    steps = 120
+    model = LMWith(PerGroupFused()).double()
+    handle = symopt.attention_heads(model, "attn", projections=("wqkv", "wo"), packing="per head", max_heads=1,
+                                    total_steps=steps)
+    ids = torch.randint(0, 30, (16, 7), generator=torch.Generator().manual_seed(0))
+    loss = lambda: nn.functional.cross_entropy(model(ids[:, :-1]).reshape(-1, 30), ids[:, 1:].reshape(-1))  # noqa: E731
+    alive = [int((norms > 0).sum()) for norms in _head_norms_while_training(model, loss, handle, steps)]
+    assert alive[0] == 2 and all(a == 1 for a in alive[round(0.75 * steps) - 1:])
+    model.eval()
+    small = _quiet(model)
+    assert (small.attn.num_heads, small.attn.num_key_value_heads, small.attn.wqkv.out_features) == (2, 1, 16)
+    assert torch.allclose(small(ids), model(ids), atol=1e-10)
+
+
+@pytest.mark.parametrize("build, kwargs, error, match", [
+    (OwnFusedGrouped, dict(projections=("wqkv", "wo")), ValueError,
+     r"32 outputs, not 3 × the 16 inputs of 'wo'.*give kv_heads="),
+    (OwnFusedGrouped, dict(projections=("wqkv", "wo"), kv_heads=1), ValueError,
+     r"'wqkv' of '' has 32 outputs, but kv_heads=1 of 4 gives q, k, v 16 \+ 2 × 4 = 24"),
+    (OwnFusedGrouped, dict(projections=("wqkv", "wo"), kv_heads=3), ValueError,
+     "kv_heads=3 does not divide the 4 query heads"),
+    (OwnFusedGrouped, dict(projections=("wqkv", "wo"), kv_heads=0), ValueError, "kv_heads=0 must be a positive int"),
+    (OwnFusedGrouped, dict(projections=("wqkv", "wo"), kv_heads=True), ValueError,
+     "kv_heads=True must be a positive int"),
+    (OwnFusedGrouped, dict(projections=("wqkv", "wo"), kv_heads=2.0), ValueError,
+     "kv_heads=2.0 must be a positive int"),
+    (GroupedQuery, dict(kv_heads=1), ValueError, r"kv_heads=1, but 'k_proj' of '' has 8 outputs: 2 k/v heads"),
+    (lambda: nn.MultiheadAttention(16, 4), dict(kv_heads=2), ValueError,
+     "nn.MultiheadAttention, whose k and v have all 4 heads: drop kv_heads"),
+])
+def test_a_bad_kv_heads_is_refused_by_name_and_nothing_changes(build, kwargs, error, match):
+    model = build()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(error, match=match):
+        symopt.attention_heads(model, **kwargs)
+    assert symopt.list_constraints(model) == []
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+
+
+def test_kv_heads_that_agree_with_the_layers_change_nothing():
+    """kv_heads= equal to what the block says (separate layers' k width, an nn.MultiheadAttention's heads, a fused
+    block's own k/v count) gives the units the block gives without it."""
+    for build, kwargs, kv in ((GroupedQuery, {}, 2), (lambda: nn.MultiheadAttention(16, 4), {}, 4),
+                              (PerGroupFused, dict(projections=("wqkv", "wo"), packing="per head"), 2)):
+        plain = symopt.attention_heads(build(), **kwargs).constraint.unit_maps
+        told = symopt.attention_heads(build(), kv_heads=kv, **kwargs).constraint.unit_maps
+        assert all(torch.equal(a, b) for a, b in zip(plain, told))
+
+
 @pytest.mark.parametrize("packing", sorted(PACKINGS))
 @pytest.mark.parametrize("layer", sorted(LAYERS))
 def test_a_fused_qkv_block_loses_its_dead_heads_from_both_projections(layer, packing):

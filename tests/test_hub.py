@@ -595,18 +595,34 @@ def test_phi3_blocks_that_keep_the_same_heads_share_a_config_that_says_so(tmp_pa
         assert torch.equal(back(LLAMA_IDS).logits, got)
 
 
-def test_a_fused_grouped_query_layer_under_other_names_is_refused():
-    """Only a pair named for grouped-query attention (Phi-3's qkv_proj / o_proj) may have narrower k and v: under
-    GPT-2's names 2 × the inner width is a cross-attention's k and v."""
+def test_a_fused_grouped_query_layer_under_other_names_is_read_from_its_kv_count_or_kv_heads():
+    """Under names not known for grouped-query attention (GPT-2's here), narrower k and v are read from the block's
+    own k/v head count (Phi-3's num_key_value_heads) or from kv_heads=, to the same units as under Phi-3's names;
+    with neither, 2 × the inner width could be a cross-attention's k and v: refused, naming kv_heads."""
     config = transformers.Phi3Config(vocab_size=40, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
                                      num_key_value_heads=2, intermediate_size=64, max_position_embeddings=16,
                                      pad_token_id=0, eos_token_id=1, bos_token_id=2)
-    model = transformers.Phi3ForCausalLM(config)
-    attention = model.model.layers[0].self_attn
-    attention.c_attn, attention.c_proj = attention.qkv_proj, attention.o_proj
-    with pytest.raises(ValueError, match=r"64 outputs, not 3 × the 32 inputs of 'c_proj'.*names other than"):
+
+    def phi3(renamed: bool):
+        model = transformers.Phi3ForCausalLM(config)
+        attention = model.model.layers[0].self_attn
+        if renamed:
+            attention.c_attn, attention.c_proj = attention.qkv_proj, attention.o_proj
+        return model, attention
+
+    own_names = phi3(False)[0]
+    want = symopt.attention_heads(own_names, "model.layers.0.self_attn").constraint.unit_maps
+    model, attention = phi3(True)
+    counted = symopt.attention_heads(model, "model.layers.0.self_attn", projections=("c_attn", "c_proj"))
+    assert all(torch.equal(a, b) for a, b in zip(counted.constraint.unit_maps, want))
+    assert counted.constraint.attention_blocks[0]["kv_count_attribute"] == "num_key_value_heads"
+    model, attention = phi3(True)
+    del attention.num_key_value_heads
+    with pytest.raises(ValueError, match=r"64 outputs, not 3 × the 32 inputs of 'c_proj'.*give kv_heads="):
         symopt.attention_heads(model, "model.layers.0.self_attn", projections=("c_attn", "c_proj"))
     assert symopt.list_constraints(model) == []
+    told = symopt.attention_heads(model, "model.layers.0.self_attn", projections=("c_attn", "c_proj"), kv_heads=2)
+    assert all(torch.equal(a, b) for a, b in zip(told.constraint.unit_maps, want))
 
 
 def test_bloom_heads_leave_with_their_alibi_rows_and_round_trip(tmp_path):
