@@ -60,7 +60,7 @@ from .attach import guard_save_pretrained, list_constraints
 from . import layout, surgery
 from .constraints.base import density_count
 from .finalize import finalize
-from .verbs import HEAD_COUNT_NAMES, KV_HEAD_COUNT_NAMES, int_attribute
+from .verbs import HEAD_COUNT_NAMES, KV_HEAD_COUNT_NAMES, MAYBE_INNER_WIDTH_NAMES, int_attribute
 
 MODES = ("dense", "compressed")
 SPARSE_FORMATS = ("auto", "csr", "dense")
@@ -788,6 +788,12 @@ def _prune_block_heads(holder: nn.Module, info: dict, options: dict) -> list[str
     checked, problem = surgery.verify(before, holder.root, options["example_input"])
     if problem is not None and _own_config_counts(block, int(keep.numel()) * per_unit, int(keep.numel())):
         checked, problem = surgery.verify(before, holder.root, options["example_input"])  # (Phi-3: see there)
+    maybe_width = [n for n in MAYBE_INNER_WIDTH_NAMES if n != info.get("inner_width_attribute")
+                   and int_attribute(counts, (n,)) is not None and getattr(counts, n) == inner]
+    if problem is not None and maybe_width:  # (see MAYBE_INNER_WIDTH_NAMES: DistilBERT before transformers 5)
+        for attribute in maybe_width:
+            setattr(counts, attribute, int(q_rows.numel()))
+        checked, problem = surgery.verify(before, holder.root, options["example_input"])
     if problem is not None:
         holder.root = before
         read = f"'{count_attribute}'" if count_attribute is not None else "its head_dim"

@@ -367,6 +367,10 @@ FUSED_PACKINGS = ("thirds", "per head")
 # the width of all heads together, where a block keeps it (BERT's self-attention reshapes by it, GPT-2's
 # splits its fused projection's outputs by it)
 INNER_WIDTH_NAMES = ("all_head_size", "split_size")
+# a width a block may reshape by although the name often means the model's width: DistilBERT's `dim` before
+# transformers 5 (its forward's head width is dim // n_heads, and its own prune_heads lowers dim with n_heads).
+# Export lowers one of these, where it equals q's width, only after a rewrite that failed without it.
+MAYBE_INNER_WIDTH_NAMES = ("dim",)
 HEAD_COUNT_NAMES = ("num_heads", "n_heads", "num_attention_heads", "n_head")
 # where a block that keeps no head count keeps its head width, and reshapes by it (Llama: head_dim; GPT-NeoX:
 # head_size)

@@ -492,6 +492,47 @@ def test_kv_heads_that_agree_with_the_layers_change_nothing():
         assert all(torch.equal(a, b) for a, b in zip(plain, told))
 
 
+
+class HeadWidthFromDim(nn.Module):
+    """DistilBERT's attention before transformers 5: q_lin … out_lin, a head ``dim // n_heads`` wide."""
+
+    def __init__(self, dim=16, heads=4):
+        super().__init__()
+        self.n_heads, self.dim = heads, dim
+        self.q_lin, self.k_lin, self.v_lin, self.out_lin = (nn.Linear(dim, dim) for _ in range(4))
+
+    def forward(self, x):
+        N, L, _ = x.shape
+        q, k, v = (layer(x).view(N, L, self.n_heads, self.dim // self.n_heads).transpose(1, 2)
+                   for layer in (self.q_lin, self.k_lin, self.v_lin))
+        weights = torch.softmax(q @ k.transpose(-2, -1) / (self.dim // self.n_heads) ** 0.5, dim=-1)
+        return self.out_lin((weights @ v).transpose(1, 2).reshape(N, L, -1))
+
+
+class ModelWidthDim(HeadWidthFromDim):
+    """The same projections, a head width from the weights, and ``dim`` the model's width (its output's)."""
+
+    def forward(self, x):
+        N, L, _ = x.shape
+        q, k, v = (layer(x).view(N, L, self.n_heads, -1).transpose(1, 2) for layer in (self.q_lin, self.k_lin, self.v_lin))
+        weights = torch.softmax(q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5, dim=-1)
+        return self.out_lin((weights @ v).transpose(1, 2).reshape(N, L, -1)).view(N, L, self.dim)
+
+
+@pytest.mark.parametrize("build, dim_after", [(HeadWidthFromDim, 8), (ModelWidthDim, 16)])
+def test_a_dim_attribute_is_lowered_only_where_the_rewrite_needs_it(build, dim_after):
+    """A block reshaping by ``dim // n_heads`` (DistilBERT before transformers 5) exports with ``dim`` lowered to
+    the kept heads' width; where ``dim`` is the model's width the first rewrite already holds and it stays."""
+    torch.manual_seed(0)
+    model = LMWith(build()).double().eval()
+    symopt.attention_heads(model, "attn", strength=1e-3)
+    _kill_heads(model, [1, 2])
+    ids = torch.randint(0, 30, (3, 7))
+    small = _quiet(model)
+    assert (small.attn.n_heads, small.attn.dim, small.attn.q_lin.out_features) == (2, dim_after, 8)
+    assert torch.allclose(small(ids), model(ids), atol=1e-12, rtol=0)
+
+
 @pytest.mark.parametrize("packing", sorted(PACKINGS))
 @pytest.mark.parametrize("layer", sorted(LAYERS))
 def test_a_fused_qkv_block_loses_its_dead_heads_from_both_projections(layer, packing):
