@@ -219,12 +219,20 @@ def train(method: str, sparsity: float, seed: int, epochs: int, batch: int = 64,
     return accuracy(model, Xte, yte), density(model), stored, milliseconds, seconds
 
 
+def pruning_epochs(epochs: int, ramp: tuple[float, float] = FROM_SCRATCH) -> tuple[int, int]:
+    """``(start, end)``: the epochs of a baseline that prunes once an epoch on the cubic schedule over ``ramp``
+    (fractions of the epochs; `scheduled_count` keeps the budget from epoch ``end`` on). ``end`` stays inside the
+    run where it has two epochs or more: with ``round(ramp[1] · epochs)`` as the end, a 2-epoch run (the smoke
+    tests') ended before its schedule did, and kept 44 of 32 neurons."""
+    start = int(ramp[0] * epochs)
+    return start, max(start + 1, min(round(ramp[1] * epochs), epochs - 1))
+
+
 def _prune_to(layers, sizes, keep: float, epoch: int, epochs: int, global_: bool,
               ramp: tuple[float, float] = FROM_SCRATCH) -> None:
     """Once per epoch, the masks that keep the cubic schedule's count (per layer, or over all) on the
-    ``ramp`` (fractions of the epochs)."""
-    start = int(ramp[0] * epochs)
-    end = max(start + 1, round(ramp[1] * epochs))
+    ``ramp`` (fractions of the epochs; `pruning_epochs`)."""
+    start, end = pruning_epochs(epochs, ramp)
     if epoch < start or keep >= 1.0:
         return
     if global_:

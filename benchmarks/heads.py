@@ -79,7 +79,8 @@ import symopt
 from symopt.constraints.base import largest_in_parts
 from symopt.constraints.budget import scheduled_count
 
-from .compression import chosen, deployed, wants_dense, over_seeds, seed_range, seed_words, training_arguments
+from .compression import (chosen, deployed, over_seeds, pruning_epochs, seed_range, seed_words, training_arguments,
+                          wants_dense)
 
 DIM, HEADS, LAYERS, CONTEXT, BATCH = 64, 8, 2, 64, 32
 FFN = 2 * DIM  # feed-forward neurons per layer
@@ -336,14 +337,14 @@ def train(method: str, keep: int, seed: int, epochs: int, units: str = "heads"):
                 prune_heads_to(model, train_ids, count, method.endswith("(global)"))
             opt = torch.optim.Adam(model.parameters(), lr=3e-3)
         if method == "magnitude" and epoch >= first:
-            count = scheduled_count(epoch, total, keep, first, last)
+            count = scheduled_count(epoch, total, keep, *pruning_epochs(epochs))
             for i, layer in enumerate(model.layers):
                 norms = unit_norms(layer, units).masked_fill(~alive[i], -1.0)
                 alive[i] = torch.zeros(total, dtype=torch.bool)
                 alive[i][norms.topk(count).indices] = True
                 hold_pruned(layer, alive[i], units)
         if method == "magnitude (global)" and epoch >= first:
-            count = scheduled_count(epoch, total * LAYERS, keep * LAYERS, first, last)
+            count = scheduled_count(epoch, total * LAYERS, keep * LAYERS, *pruning_epochs(epochs))
             norms = [unit_norms(layer, units) for layer in model.layers]
             relative = torch.cat([(n / n[m].mean()).masked_fill(~m, -1.0) for n, m in zip(norms, alive)])
             alive = list(largest_in_parts(relative, count, [total] * LAYERS).split(total))
