@@ -160,16 +160,27 @@ def config_describing(model: nn.Module, updates: dict):
         if name is None:
             if field in ("heads", "ffn_width"):
                 return None  # the config holds no such count: it cannot describe the new one
-            if field == "head_dim":
+            if field == "head_dim" and not _settable(candidate, field, value):
                 # (a class that reads an optional head_dim from its config, else hidden / heads: Phi-3. Where the
                 # class does not read it, the model built below differs and the candidate is dropped)
-                setattr(candidate, field, value)
+                return None
             continue
-        setattr(candidate, name, value)
+        if not _settable(candidate, name, value):
+            return None
     reference = built_from_config(model, candidate)
     if reference is None or differences(model, reference) != ([], {}):
         return None
     return candidate
+
+
+def _settable(config, name: str, value) -> bool:
+    """Set ``config.name = value``; False where the config cannot hold it: a read-only property (Falcon's
+    ``head_dim`` is ``hidden_size // num_attention_heads``) that does not already say ``value``."""
+    try:
+        setattr(config, name, value)
+    except (AttributeError, TypeError):
+        return getattr(config, name, None) == value
+    return True
 
 
 def _describe(module: nn.Module, where: str) -> dict:

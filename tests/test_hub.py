@@ -583,6 +583,65 @@ def test_phi3_fused_grouped_query_heads_land_export_and_round_trip(tmp_path):
         assert torch.equal(back(LLAMA_IDS).logits, got)
 
 
+def test_falcon_grouped_query_heads_packed_per_k_v_head_land_export_and_round_trip(tmp_path):
+    """Falcon's new decoder architecture packs, for each k/v head, its query heads' q, then its k, then its v in one
+    `query_key_value` (the "per head" packing under grouped-query attention, its k/v count read from the block's
+    `num_kv_heads`). A global budget of 3 of the 4 units lands under Adam; export narrows both layers per block and
+    lowers `num_heads` and `num_kv_heads`, with the model's logits. Falcon's config derives `head_dim` (a read-only
+    property) from the hidden size, so no config describes the narrower blocks: symopt's layout records them and
+    the reload computes the same bits."""
+    config = transformers.FalconConfig(vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                       num_kv_heads=2, new_decoder_architecture=True, alibi=False,
+                                       max_position_embeddings=16)
+    torch.manual_seed(0)
+    model = transformers.FalconForCausalLM(config).double()
+    blocks = ["transformer.h.0.self_attention", "transformer.h.1.self_attention"]
+    handle = symopt.attention_heads(model, blocks, max_heads=3, total_steps=40)
+    info = handle.constraint.attention_blocks[0]
+    assert (info["fused"], info["heads"], info["units"], info["kv_count_attribute"]) == ("per head", 4, 2,
+                                                                                       "num_kv_heads")
+    assert handle.constraint.unit_maps[0].tolist() == [0] * 32 + [1] * 32  # (2 query heads, k, v: 4 × 8 rows a unit)
+    _adam(model, 45, LLAMA_IDS, LLAMA_IDS)
+    kept = _kept(handle, 2)
+    assert sum(kept) == 3 and min(kept) >= 1
+    with torch.no_grad():
+        want = model(LLAMA_IDS).logits
+    small = _compressed(model)
+    layers = [layer.self_attention for layer in small.transformer.h]
+    assert [(a.query_key_value.out_features, a.dense.in_features, a.num_heads, a.num_kv_heads) for a in layers] == [
+        (32 * k, 16 * k, 2 * k, k) for k in kept]
+    assert small.config.num_attention_heads == 4
+    with torch.no_grad():
+        got = small(LLAMA_IDS).logits
+        assert torch.allclose(got, want, atol=1e-10, rtol=0)
+    symopt.save_pretrained(small, tmp_path)
+    back = symopt.from_pretrained(transformers.FalconForCausalLM, tmp_path)
+    with torch.no_grad():
+        assert torch.equal(back(LLAMA_IDS).logits, got)
+
+
+def test_a_config_whose_head_dim_is_read_only_is_left_as_it_was():
+    """Where every block kept the same heads, export asks whether the model's config could say so; Falcon's
+    `head_dim` is a read-only property (hidden size over heads) that cannot say the kept width: the config stays,
+    and the export still computes the model's logits (the attempt raised AttributeError before)."""
+    config = transformers.FalconConfig(vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                       num_kv_heads=2, new_decoder_architecture=True, alibi=False,
+                                       max_position_embeddings=16)
+    torch.manual_seed(0)
+    model = transformers.FalconForCausalLM(config).double().eval()
+    for i in range(2):
+        handle = symopt.attention_heads(model, f"transformer.h.{i}.self_attention", strength=1e-3)
+        with torch.no_grad():
+            handle.constraint.gates[[1]] = 0
+    with torch.no_grad():
+        want = model(LLAMA_IDS).logits
+    small = _compressed(model)
+    assert [layer.self_attention.num_heads for layer in small.transformer.h] == [2, 2]
+    assert (small.config.num_attention_heads, small.config.num_kv_heads) == (4, 2)
+    with torch.no_grad():
+        assert torch.allclose(small(LLAMA_IDS).logits, want, atol=1e-10, rtol=0)
+
+
 def test_phi3_blocks_that_keep_the_same_heads_share_a_config_that_says_so(tmp_path):
     """Where every Phi-3 block kept the same k/v heads, the model's config with those counts (and head_dim, which
     Phi-3 reads where its config has one) builds exactly the export: it replaces the model's, every block shares it
