@@ -351,6 +351,8 @@ def n_m_sparse(module: nn.Module, name: str, n: int = 2, m: int = 4, *, total_st
 
 PROJECTION_NAMES = (("q_proj", "k_proj", "v_proj", "out_proj"), ("q_proj", "k_proj", "v_proj", "o_proj"),
                     ("q", "k", "v", "o"), ("query", "key", "value", "out"), ("q_lin", "k_lin", "v_lin", "out_lin"),
+                    ("q_proj", "k_proj", "v_proj", "dense"),  # (Phi-1 / Phi-2)
+                    ("query", "key", "value", "dense"),  # (ALBERT)
                     # the BERT family's attention keeps q, k, v in one child and the output in another
                     # (BERT, RoBERTa, ELECTRA: self / output.dense; ViT before transformers 5: attention / output.dense)
                     ("self.query", "self.key", "self.value", "output.dense"),
@@ -361,16 +363,21 @@ PROJECTION_NAMES = (("q_proj", "k_proj", "v_proj", "out_proj"), ("q_proj", "k_pr
 # "thirds".
 FUSED_PROJECTION_NAMES = {("c_attn", "c_proj"): "thirds", ("query_key_value", "dense"): "per head",
                           ("qkv_proj", "o_proj"): "thirds"}
+# block classes whose fused pair has another table entry's names but packs otherwise: GPTBigCode (StarCoder's family)
+# names its layers as GPT-2 does (c_attn, c_proj) and, with every head's own k and v, reads head h's q, k, v side by
+# side (as a class this is only a default: packing= overrides it)
+FUSED_PACKING_BY_CLASS = {"GPTBigCodeAttention": "per head"}
 # fused pairs whose k and v may be narrower than q (grouped-query attention: Phi-3's q, then k, then v)
 FUSED_GROUPED_QUERY_NAMES = {("qkv_proj", "o_proj")}
 FUSED_PACKINGS = ("thirds", "per head")
 # the width of all heads together, where a block keeps it (BERT's self-attention reshapes by it, GPT-2's
 # splits its fused projection's outputs by it)
 INNER_WIDTH_NAMES = ("all_head_size", "split_size")
-# a width a block may reshape by although the name often means the model's width: DistilBERT's `dim` before
-# transformers 5 (its forward's head width is dim // n_heads, and its own prune_heads lowers dim with n_heads).
-# Export lowers one of these, where it equals q's width, only after a rewrite that failed without it.
-MAYBE_INNER_WIDTH_NAMES = ("dim",)
+# widths a block may reshape by although the names often mean the model's width: DistilBERT's `dim` before
+# transformers 5 (its forward's head width is dim // n_heads, and its own prune_heads lowers dim with n_heads),
+# StableLM's `hidden_size` before 5 (its attention's output is reshaped to it). Export lowers those equal to q's
+# width only after a rewrite that failed without them, and checks that rewrite too.
+MAYBE_INNER_WIDTH_NAMES = ("dim", "hidden_size", "embed_dim")
 HEAD_COUNT_NAMES = ("num_heads", "n_heads", "num_attention_heads", "n_head")
 # where a block that keeps no head count keeps its head width, and reshapes by it (Llama: head_dim; GPT-NeoX:
 # head_size)
@@ -428,7 +435,8 @@ def attention_heads(model: nn.Module, name: str | Sequence[str] = "", strength: 
             1.5 × the scheduled count land at each reading; see [`Constraint`][symopt.Constraint]).
         projections: for a hand-written block, the names of its q, k, v and output Linear layers,
             dotted where they sit in children (default: the first of ``q_proj/k_proj/v_proj/out_proj``,
-            ``…/o_proj``, ``q/k/v/o``, ``query/key/value/out``, ``q_lin/…/out_lin``,
+            ``…/o_proj``, ``…/dense`` (Phi-1, Phi-2), ``q/k/v/o``, ``query/key/value/out``, ``…/dense`` (ALBERT),
+            ``q_lin/…/out_lin``,
             ``self.query/self.key/self.value/output.dense`` that it has, else ``c_attn/c_proj`` or
             ``query_key_value/dense``); or two names, a fused q|k|v projection and the output projection,
             each an ``nn.Linear`` or a transposed ``Conv1D``: its outputs are read as q, k, v in thirds (as
@@ -649,7 +657,7 @@ def _fused_head_tensors(block: nn.Module, name: str, prefix: str, found, heads, 
     qkv_axis, out_axis = weight_axes(qkv)[0], weight_axes(out)[1]
     inner = out.weight.shape[out_axis]
     if packing is None:
-        packing = FUSED_PROJECTION_NAMES.get(tuple(found), "thirds")
+        packing = FUSED_PACKING_BY_CLASS.get(type(block).__name__) or FUSED_PROJECTION_NAMES.get(tuple(found), "thirds")
     outputs = qkv.weight.shape[qkv_axis]
     count, holder, _, attr, width_attr = _head_count(block, name, "", inner, heads)
     if inner % count:
