@@ -243,6 +243,113 @@ def _alibi_rows(block: nn.Module, args: tuple, kwargs: dict):
     return (*args[:at], rows, *args[at + 1:]), kwargs
 
 
+# --- Position biases handed from block to block: T5 ----------------------------------------------------------
+# T5's attention adds a position bias of one row per head, (batch or 1, heads, queries, keys), to its scores. The
+# first block of a stack computes it (from its `relative_attention_bias` Embedding, a column per head; a
+# cross-attention without one makes zeros) and returns it; the stack hands it to every later block, which uses it
+# as given and returns it again. A block whose heads export removed must use its kept heads' rows and still hand
+# the later blocks every row: a forward pre-hook gives it its rows of a bias it is given (the full one kept
+# aside), a forward hook on its Embedding hands it its columns of one it computes (the Embedding keeps every
+# column), and a forward hook puts the full bias back in its output (second of its outputs, in transformers 4
+# and 5; transformers 4 adds the attention mask to a bias a block computes before handing it on, and so does the
+# hook). The kept heads live in a string attribute on the block and on its Embedding, as for ALiBi.
+POSITION_BIAS_HEADS = "symopt_position_bias_heads"
+_POSITION_BIAS_OUTPUT = 1  # (T5Attention returns (attn_output, position_bias, ...))
+
+
+def takes_position_bias(block: nn.Module) -> bool:
+    """Whether ``block``'s forward takes a per-head ``position_bias`` argument (T5's attention)."""
+    import inspect
+
+    try:
+        return "position_bias" in inspect.signature(block.forward).parameters
+    except (TypeError, ValueError):  # pragma: no cover - a forward without a signature
+        return False
+
+
+def _kept_heads(module: nn.Module, attribute: str) -> tuple[list[int], int]:
+    kept, before = getattr(module, attribute).split("/")
+    return [int(h) for h in kept.split(",")], int(before)
+
+
+def keep_position_bias_rows(block: nn.Module, kept: Sequence[int], heads: int) -> None:
+    """From now on ``block`` uses only the position-bias rows of its heads ``kept`` (of ``heads``, its count before
+    this export) and still hands later blocks the whole bias. A block narrowed before keeps counting in the
+    model's original heads."""
+    kept = [int(h) for h in kept]
+    if getattr(block, POSITION_BIAS_HEADS, None) is not None:
+        before, heads = _kept_heads(block, POSITION_BIAS_HEADS)
+        kept = [before[h] for h in kept]
+    value = f"{','.join(map(str, kept))}/{heads}"
+    setattr(block, POSITION_BIAS_HEADS, value)
+    install_position_bias_rows(block)
+    embedding = getattr(block, "relative_attention_bias", None)
+    if isinstance(embedding, nn.Embedding):
+        setattr(embedding, POSITION_BIAS_HEADS, value)
+        install_position_bias_rows(embedding)
+
+
+def install_position_bias_rows(module: nn.Module) -> None:
+    """The hooks that narrow ``module``'s position bias (a block) or its bias columns (its Embedding), once."""
+    if isinstance(module, nn.Embedding):
+        if not any(hook is _kept_bias_columns for hook in module._forward_hooks.values()):
+            module.register_forward_hook(_kept_bias_columns)
+        return
+    if not any(hook is _kept_bias_rows for hook in module._forward_pre_hooks.values()):
+        module.register_forward_pre_hook(_kept_bias_rows, with_kwargs=True)
+        module.register_forward_hook(_whole_bias_out, with_kwargs=True)
+
+
+def _kept_bias_columns(embedding: nn.Module, args: tuple, output: Tensor) -> Tensor:
+    kept, _ = _kept_heads(embedding, POSITION_BIAS_HEADS)
+    narrowed = output[..., kept]
+    embedding.__dict__["_symopt_whole_bias"] = (narrowed, output)  # (for the block's `_whole_bias_out`)
+    return narrowed
+
+
+def _kept_bias_rows(block: nn.Module, args: tuple, kwargs: dict):
+    bias = kwargs.get("position_bias")
+    if bias is None:
+        return None
+    kept, _ = _kept_heads(block, POSITION_BIAS_HEADS)
+    rows = bias[:, kept]
+    block.__dict__["_symopt_whole_bias"] = (rows, bias)
+    return args, {**kwargs, "position_bias": rows}
+
+
+def _whole_bias_out(block: nn.Module, args: tuple, kwargs: dict, output):
+    kept, heads = _kept_heads(block, POSITION_BIAS_HEADS)
+    given = block.__dict__.pop("_symopt_whole_bias", None)
+    embedding = getattr(block, "relative_attention_bias", None)
+    computed = embedding.__dict__.pop("_symopt_whole_bias", None) if isinstance(embedding, nn.Module) else None
+    if not isinstance(output, tuple) or len(output) <= _POSITION_BIAS_OUTPUT:
+        return None
+    out = output[_POSITION_BIAS_OUTPUT]
+    if not isinstance(out, Tensor) or out.dim() != 4 or out.shape[1] != len(kept):
+        return None
+    if given is not None and out is given[0]:  # (the rows it was handed: the whole bias goes on)
+        whole = given[1]
+    elif computed is not None:  # (its Embedding's columns, as compute_bias lays them out)
+        whole = computed[1].permute([2, 0, 1]).unsqueeze(0)
+        if out._base is not computed[0]:
+            # transformers 4 adds the attention mask to a bias it computed, and hands the sum on: so does this
+            mask = kwargs.get("mask")
+            narrowed = computed[0].permute([2, 0, 1]).unsqueeze(0)
+            if mask is None or not torch.equal(out, narrowed + mask[:, :, :, : out.shape[-1]]):
+                return None
+            whole = whole + mask[:, :, :, : whole.shape[-1]]
+    elif given is None and computed is None:  # (zeros it made: a cross-attention's; in transformers 4 plus the mask)
+        made, mask = out.new_zeros(1, len(kept), *out.shape[2:]), kwargs.get("mask")
+        whole = out.new_zeros(1, heads, *out.shape[2:])
+        if not torch.equal(out, made):
+            if mask is None or not torch.equal(out, made + mask[:, :, :, : out.shape[-1]]):
+                return None
+            whole = whole + mask[:, :, :, : out.shape[-1]]
+    else:
+        return None  # (a bias this hook does not recognise: export's check of the outputs decides)
+    return (*output[:_POSITION_BIAS_OUTPUT], whole, *output[_POSITION_BIAS_OUTPUT + 1:])
+
+
 # --- Head counts read from the model's shared config ---------------------------------------------------------
 # Phi-3's attention splits its fused qkv_proj outputs at `self.config.num_attention_heads × head_dim`, the config
 # every block shares: a block whose heads export removed gets a config of its own with its counts, and keeps them

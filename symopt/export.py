@@ -54,7 +54,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from ._attention import CONFIG_HEADS, HeadPrunedAttention, keep_alibi_rows, set_own_config_counts, takes_alibi
+from ._attention import (CONFIG_HEADS, HeadPrunedAttention, keep_alibi_rows, keep_position_bias_rows,
+                         set_own_config_counts, takes_alibi, takes_position_bias)
 from ._layers import LAYER_TYPES, narrowed, output_axis, outputs_first
 from .attach import guard_save_pretrained, list_constraints
 from . import layout, surgery
@@ -783,8 +784,11 @@ def _prune_block_heads(holder: nn.Module, info: dict, options: dict) -> list[str
         setattr(counts, kv_attribute, int(keep.numel()))
     if info.get("inner_width_attribute") is not None:
         setattr(counts, info["inner_width_attribute"], int(q_rows.numel()))
+    kept_heads = (keep[:, None] * per_unit + torch.arange(per_unit, device=keep.device)).reshape(-1).tolist()
     if takes_alibi(block):  # (BLOOM: the model's ALiBi tensor holds a row per original head)
-        keep_alibi_rows(block, (keep[:, None] * per_unit + torch.arange(per_unit)).reshape(-1).tolist(), info["heads"])
+        keep_alibi_rows(block, kept_heads, info["heads"])
+    if takes_position_bias(block):  # (T5: a position bias of a row per head, handed from block to block)
+        keep_position_bias_rows(block, kept_heads, info["heads"])
     checked, problem = surgery.verify(before, holder.root, options["example_input"])
     if problem is not None and _own_config_counts(block, int(keep.numel()) * per_unit, int(keep.numel())):
         checked, problem = surgery.verify(before, holder.root, options["example_input"])  # (Phi-3: see there)

@@ -29,7 +29,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ._attention import ALIBI_HEADS, CONFIG_HEADS, install_alibi_rows, set_own_config_counts
+from ._attention import ALIBI_HEADS, CONFIG_HEADS, POSITION_BIAS_HEADS, install_alibi_rows, install_position_bias_rows, set_own_config_counts
 from .verbs import HEAD_COUNT_NAMES, KV_HEAD_COUNT_NAMES, int_attribute
 
 SCALARS = (bool, int, float, str, type(None))
@@ -272,6 +272,8 @@ def rebuild(model: nn.Module, layout: dict) -> None:
             setattr(module, key, value)
             if key == ALIBI_HEADS:
                 install_alibi_rows(module)
+            elif key == POSITION_BIAS_HEADS:
+                install_position_bias_rows(module)
             elif key == CONFIG_HEADS:
                 set_own_config_counts(module, value)
 

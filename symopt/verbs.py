@@ -372,7 +372,7 @@ FUSED_GROUPED_QUERY_NAMES = {("qkv_proj", "o_proj")}
 FUSED_PACKINGS = ("thirds", "per head")
 # the width of all heads together, where a block keeps it (BERT's self-attention reshapes by it, GPT-2's
 # splits its fused projection's outputs by it)
-INNER_WIDTH_NAMES = ("all_head_size", "split_size")
+INNER_WIDTH_NAMES = ("all_head_size", "split_size", "inner_dim")
 # widths a block may reshape by although the names often mean the model's width: DistilBERT's `dim` before
 # transformers 5 (its forward's head width is dim // n_heads, and its own prune_heads lowers dim with n_heads),
 # StableLM's `hidden_size` before 5 (its attention's output is reshaped to it). Export lowers those equal to q's
