@@ -252,7 +252,9 @@ def _alibi_rows(block: nn.Module, args: tuple, kwargs: dict):
 # aside), a forward hook on its Embedding hands it its columns of one it computes (the Embedding keeps every
 # column), and a forward hook puts the full bias back in its output (second of its outputs, in transformers 4
 # and 5; transformers 4 adds the attention mask to a bias a block computes before handing it on, and so does the
-# hook). The kept heads live in a string attribute on the block and on its Embedding, as for ALiBi.
+# hook). MPT's model builds one ALiBi bias, (heads, 1, keys), and hands it to every block, which returns none:
+# the pre-hook alone serves it. The kept heads live in a string attribute on the block and on its Embedding, as
+# for ALiBi.
 POSITION_BIAS_HEADS = "symopt_position_bias_heads"
 _POSITION_BIAS_OUTPUT = 1  # (T5Attention returns (attn_output, position_bias, ...))
 
@@ -312,7 +314,7 @@ def _kept_bias_rows(block: nn.Module, args: tuple, kwargs: dict):
     if bias is None:
         return None
     kept, _ = _kept_heads(block, POSITION_BIAS_HEADS)
-    rows = bias[:, kept]
+    rows = bias[:, kept] if bias.dim() == 4 else bias[kept]  # (T5: (batch or 1, heads, q, k); MPT: (heads, 1, k))
     block.__dict__["_symopt_whole_bias"] = (rows, bias)
     return args, {**kwargs, "position_bias": rows}
 

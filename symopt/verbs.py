@@ -362,7 +362,7 @@ PROJECTION_NAMES = (("q_proj", "k_proj", "v_proj", "out_proj"), ("q_proj", "k_pr
 # GPT-NeoX / Pythia). A fused pair is read as the caller's packing= says, else as this table names it, else as
 # "thirds".
 FUSED_PROJECTION_NAMES = {("c_attn", "c_proj"): "thirds", ("query_key_value", "dense"): "per head",
-                          ("qkv_proj", "o_proj"): "thirds"}
+                          ("qkv_proj", "o_proj"): "thirds", ("Wqkv", "out_proj"): "thirds"}
 # block classes whose fused pair has another table entry's names but packs otherwise: GPTBigCode (StarCoder's family)
 # names its layers as GPT-2 does (c_attn, c_proj) and, with every head's own k and v, reads head h's q, k, v side by
 # side (as a class this is only a default: packing= overrides it)

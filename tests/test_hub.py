@@ -456,6 +456,9 @@ ARCHITECTURES = {
         vocab_size=40, d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=4,
         decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=16)),
              "model.encoder.layers.0.self_attn", {"decoder_input_ids": LLAMA_IDS[:, :5]}),
+    # (MPT: `Wqkv` in thirds; its model hands every block one ALiBi bias of a row per head, (heads, 1, keys))
+    "MPT": (lambda: T.MptForCausalLM(T.MptConfig(vocab_size=40, d_model=32, n_layers=2, n_heads=4, max_seq_len=16)),
+            "transformer.blocks.1.attn", {}),
     "CLIP text": (lambda: T.CLIPTextModel(T.CLIPTextConfig(vocab_size=40, hidden_size=32, num_hidden_layers=1,
                                                             num_attention_heads=4, intermediate_size=64,
                                                             max_position_embeddings=16)),
@@ -473,9 +476,9 @@ def test_attention_heads_export_across_hugging_face_architectures(architecture):
     the output layer's inputs (export's own probe checks the rewrite, which would warn and keep the heads), and the
     model's outputs do not move."""
     build, block, kwargs = ARCHITECTURES[architecture]
-    if architecture == "CLIP text" and int(transformers.__version__.split(".")[0]) < 5:
-        pytest.skip("transformers 4's CLIP fills its causal mask with float32's minimum, which a float64 model's "
-                    "forward cannot convert")
+    if architecture in ("CLIP text", "MPT") and int(transformers.__version__.split(".")[0]) < 5:
+        pytest.skip(f"transformers 4's {architecture} fills its causal mask with float32's minimum, which a float64 "
+                    "model's forward cannot convert")
     torch.manual_seed(0)
     model = build().double().eval()
     block = next(name for name, _ in model.named_modules() if name.endswith(block))
@@ -533,17 +536,14 @@ def test_t5_heads_land_export_with_their_position_bias_rows_and_round_trip(tmp_p
 @pytest.mark.parametrize("build, block, kind", [
     (lambda: T.CodeGenForCausalLM(T.CodeGenConfig(vocab_size=40, n_embd=32, n_layer=1, n_head=4, rotary_dim=4,
                                                   n_positions=16, n_ctx=16)), "transformer.h.0.attn", "CodeGenAttention"),
-    (lambda: T.MptForCausalLM(T.MptConfig(vocab_size=40, d_model=32, n_layers=1, n_heads=4, max_seq_len=16)),
-     "transformer.blocks.0.attn", "MptAttention"),
     (lambda: T.DebertaV2Model(T.DebertaV2Config(vocab_size=40, hidden_size=32, num_hidden_layers=1,
                                                 num_attention_heads=4, intermediate_size=64,
                                                 max_position_embeddings=16)), "encoder.layer.0.attention",
      "DebertaV2Attention"),
 ])
 def test_attention_layouts_symopt_does_not_read_are_refused_by_name(build, block, kind):
-    """CodeGen's `qkv_proj` (interleaved by model-parallel shards), MPT's `Wqkv` (with ALiBi) and DeBERTa-v2's
-    attention (relative-position projections per head) are not layouts symopt reads: refused, naming the block,
-    before anything changes."""
+    """CodeGen's `qkv_proj` (interleaved by model-parallel shards) and DeBERTa-v2's attention (relative-position
+    projections per head) are not layouts symopt reads: refused, naming the block, before anything changes."""
     model = build()
     with pytest.raises(TypeError, match=f"'{block}' is a {kind}"):
         symopt.attention_heads(model, block)
