@@ -522,6 +522,35 @@ def attention_heads(model: nn.Module, name: str | Sequence[str] = "", strength: 
     return constrain(model, names, group)
 
 
+def attention_blocks(model: nn.Module) -> list[str]:
+    """The dotted names of the attention blocks in ``model`` whose heads [`attention_heads`][symopt.attention_heads]
+    reads with its defaults (an ``nn.MultiheadAttention``, or a block whose projections it finds by their names), in
+    module order; a block inside one already found is not listed. A block it refuses (its layer names unknown,
+    widths that do not make whole heads) is left out: call ``attention_heads`` on it to read why. Give the list to
+    ``attention_heads`` for one head budget over the whole model.
+
+    Examples:
+        >>> import torch, symopt
+        >>> layer = torch.nn.TransformerEncoderLayer(16, 4, 32, batch_first=True)
+        >>> model = torch.nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        >>> symopt.attention_blocks(model)
+        ['layers.0.self_attn', 'layers.1.self_attn']
+        >>> handle = symopt.attention_heads(model, symopt.attention_blocks(model), max_heads=3, total_steps=100)
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"attention_blocks: model must be an nn.Module, got {type(model).__name__}")
+    found: list[str] = []
+    for name, _ in model.named_modules():
+        if any(name == block or name.startswith(f"{block}.") for block in found if block) or "" in found:
+            continue
+        try:
+            _head_tensors(model, name, None, None)
+        except (TypeError, ValueError, AttributeError):
+            continue
+        found.append(name)
+    return found
+
+
 def _head_tensors(model: nn.Module, name: str, projections, heads, packing=None, kv_heads=None):
     """One attention block's tensors of a head group: ``(names, dims, unit maps, block info)``, the
     info None for an ``nn.MultiheadAttention``."""

@@ -738,3 +738,18 @@ def test_the_exported_attention_forms_no_mask_per_head():
     got = small(x, x, x, attn_mask=causal, key_padding_mask=padding)
     assert torch.allclose(got[0], both[0], atol=1e-12, rtol=0) and torch.allclose(got[1], both[1], atol=1e-12, rtol=0)
 
+
+
+def test_attention_blocks_lists_the_blocks_attention_heads_reads():
+    """The blocks found in module order, each once (not again inside one found, not the layer holding it), a block
+    with unknown layer names left out; the list gives one head budget over all of them."""
+    layer = nn.TransformerEncoderLayer(16, 4, 32, batch_first=True)
+    encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+    assert symopt.attention_blocks(encoder) == ["layers.0.self_attn", "layers.1.self_attn"]
+    model = nn.Sequential(LMWith(HandWritten()), LMWith(GroupedQuery()), LMWith(OwnFusedGrouped()))
+    assert symopt.attention_blocks(model) == ["0.attn", "1.attn"]  # (the third needs projections= and kv_heads=)
+    assert symopt.attention_blocks(HandWritten()) == [""]
+    handle = symopt.attention_heads(encoder, symopt.attention_blocks(encoder), max_heads=3, total_steps=10)
+    assert handle.constraint.unit_norms(handle.values()).numel() == 8
+    with pytest.raises(TypeError, match="attention_blocks: model must be an nn.Module"):
+        symopt.attention_blocks("layers.0.self_attn")

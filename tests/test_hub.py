@@ -508,6 +508,7 @@ def test_t5_heads_land_export_with_their_position_bias_rows_and_round_trip(tmp_p
     blocks = [f"{stack}.block.{i}.layer.{j}.{kind}" for stack, j, kind in (
         ("encoder", 0, "SelfAttention"), ("decoder", 0, "SelfAttention"), ("decoder", 1, "EncDecAttention"))
         for i in range(2)]
+    assert symopt.attention_blocks(model) == [blocks[i] for i in (0, 1, 2, 4, 3, 5)]  # (module order)
     handle = symopt.attention_heads(model, blocks, max_heads=14, total_steps=40)
     _adam(model, 45, LLAMA_IDS, LLAMA_IDS[:, :6].contiguous())
     kept = _kept(handle, 4)
