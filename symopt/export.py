@@ -772,6 +772,8 @@ def _prune_block_heads(holder: nn.Module, info: dict, options: dict) -> list[str
         rewritten = [q_rows, kv_rows, kv_rows]
     for layer_name, layer, rows in zip(info["projections"][:-1], layers[:-1], rewritten):
         _set(block, layer_name, narrowed(layer, outputs=rows))
+    for path in info.get("per_head_outputs", ()):  # (DeBERTa-v2's relative-position projections: rows as q's)
+        _set(block, path, narrowed(_get(block, path), outputs=q_rows))
     new_o = narrowed(o, inputs=q_rows)
     if has_bias and new_o.bias is None:  # (an nn.Linear: dead value rows' constant needs the bias it had not)
         new_o.bias = nn.Parameter(out_bias.detach().clone())

@@ -356,7 +356,12 @@ PROJECTION_NAMES = (("q_proj", "k_proj", "v_proj", "out_proj"), ("q_proj", "k_pr
                     # the BERT family's attention keeps q, k, v in one child and the output in another
                     # (BERT, RoBERTa, ELECTRA: self / output.dense; ViT before transformers 5: attention / output.dense)
                     ("self.query", "self.key", "self.value", "output.dense"),
+                    ("self.query_proj", "self.key_proj", "self.value_proj", "output.dense"),  # (DeBERTa-v2, -v3)
                     ("attention.query", "attention.key", "attention.value", "output.dense"))
+# layers beside q, k and v, in the module holding q, whose outputs hold a block of rows per head: DeBERTa-v2's
+# projections of its relative-position embeddings (where its config does not share q's and k's for them). A unit
+# takes its rows too, and export narrows them with q.
+PER_HEAD_OUTPUT_NAMES = ("pos_key_proj", "pos_query_proj")
 # one projection whose outputs hold q, k and v, then the output projection, and how the fused outputs are
 # packed: "thirds" (all heads' q, then k, then v: GPT-2's family) or "per head" (head h's q, k, v side by side:
 # GPT-NeoX / Pythia). A fused pair is read as the caller's packing= says, else as this table names it, else as
@@ -437,7 +442,8 @@ def attention_heads(model: nn.Module, name: str | Sequence[str] = "", strength: 
             dotted where they sit in children (default: the first of ``q_proj/k_proj/v_proj/out_proj``,
             ``…/o_proj``, ``…/dense`` (Phi-1, Phi-2), ``q/k/v/o``, ``query/key/value/out``, ``…/dense`` (ALBERT),
             ``q_lin/…/out_lin``,
-            ``self.query/self.key/self.value/output.dense`` that it has, else ``c_attn/c_proj`` or
+            ``self.query/self.key/self.value/output.dense``, ``self.query_proj/…/output.dense`` (DeBERTa-v2, with
+            its ``pos_key_proj`` / ``pos_query_proj`` where present) that it has, else ``c_attn/c_proj`` or
             ``query_key_value/dense``); or two names, a fused q|k|v projection and the output projection,
             each an ``nn.Linear`` or a transposed ``Conv1D``: its outputs are read as q, k, v in thirds (as
             GPT-2's), except for ``("query_key_value", "dense")``, read per head (as GPT-NeoX's), or as
@@ -641,11 +647,26 @@ def _head_tensors(model: nn.Module, name: str, projections, heads, packing=None,
             names.append(f"{prefix}{layer_name}.bias")
             dims.append(0)
             maps.append(unit_map)
+    q_parent = found[0].rpartition(".")[0]
+    per_head = [path for path in (f"{q_parent}.{n}" if q_parent else n for n in PER_HEAD_OUTPUT_NAMES)
+                if (layer := projection(path)) is not None and layer.out_features == inner]
+    if per_head and kv_heads < count:
+        raise ValueError(f"attention_heads: '{name}' has per-head layers {per_head} beside grouped-query attention's "
+                         "narrower k and v, a layout symopt does not read")
+    for path in per_head:  # (DeBERTa-v2's relative-position projections: a row block per head, as q)
+        names.append(f"{prefix}{path}.weight")
+        dims.append(0)
+        maps.append(q_map)
+        if projection(path).bias is not None:
+            names.append(f"{prefix}{path}.bias")
+            dims.append(0)
+            maps.append(q_map)
     names.append(f"{prefix}{found[3]}.weight")
     dims.append(1)
     maps.append(q_map)
     kv_attr = int_attribute(holder, KV_HEAD_COUNT_NAMES)
     return names, dims, maps, {"block": name, "projections": tuple(found), "heads": count, "count_attribute": attr,
+                               "per_head_outputs": per_head,
                                "units": kv_heads, "kv_count_attribute": kv_attr if kv_heads < count else None,
                                "width_attribute": width_attr,
                                "count_holder": count_holder,

@@ -534,17 +534,13 @@ def test_t5_heads_land_export_with_their_position_bias_rows_and_round_trip(tmp_p
         assert torch.allclose(back(input_ids=LLAMA_IDS, decoder_input_ids=decoder_ids).logits, got[0], atol=1e-12, rtol=0)
 
 
-@pytest.mark.parametrize("build, block, kind", [
+@pytest.mark.parametrize("build, block, kind", [  # (one layout now; a list, for the next found)
     (lambda: T.CodeGenForCausalLM(T.CodeGenConfig(vocab_size=40, n_embd=32, n_layer=1, n_head=4, rotary_dim=4,
                                                   n_positions=16, n_ctx=16)), "transformer.h.0.attn", "CodeGenAttention"),
-    (lambda: T.DebertaV2Model(T.DebertaV2Config(vocab_size=40, hidden_size=32, num_hidden_layers=1,
-                                                num_attention_heads=4, intermediate_size=64,
-                                                max_position_embeddings=16)), "encoder.layer.0.attention",
-     "DebertaV2Attention"),
 ])
 def test_attention_layouts_symopt_does_not_read_are_refused_by_name(build, block, kind):
-    """CodeGen's `qkv_proj` (interleaved by model-parallel shards) and DeBERTa-v2's attention (relative-position
-    projections per head) are not layouts symopt reads: refused, naming the block, before anything changes."""
+    """CodeGen's `qkv_proj` (interleaved by model-parallel shards) is not a layout symopt reads: refused, naming the
+    block, before anything changes."""
     model = build()
     with pytest.raises(TypeError, match=f"'{block}' is a {kind}"):
         symopt.attention_heads(model, block)
@@ -787,6 +783,42 @@ def test_gpt_bigcode_heads_are_read_per_head_under_gpt2_names():
     assert (attention.c_attn.out_features, attention.c_proj.in_features, attention.num_heads) == (48, 16, 2)
     with torch.no_grad():
         assert torch.allclose(small(LLAMA_IDS).logits, want, atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_deberta_v2_heads_take_their_relative_position_projections_along(shared, tmp_path):
+    """DeBERTa-v2 keeps q, k, v as `self.query_proj` … and the output in `output.dense`; its disentangled attention
+    projects the relative-position embeddings per head, with q's and k's own layers (`share_att_key`, as
+    DeBERTa-v3) or with `pos_query_proj` / `pos_key_proj` of its own, whose rows a unit then takes too. Export
+    narrows every one of them with the logits, and symopt's round trip reloads them."""
+    config = T.DebertaV2Config(vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                               intermediate_size=64, max_position_embeddings=40, relative_attention=True,
+                               pos_att_type=["p2c", "c2p"], share_att_key=shared, position_buckets=8,
+                               max_relative_positions=16, num_labels=3)
+    torch.manual_seed(0)
+    model = T.DebertaV2ForSequenceClassification(config).double().eval()
+    blocks = symopt.attention_blocks(model)
+    assert blocks == ["deberta.encoder.layer.0.attention", "deberta.encoder.layer.1.attention"]
+    handle = symopt.attention_heads(model, blocks, strength=1e-3)
+    members = [m.qualname.rsplit(".", 2)[-2] for m in handle.members]
+    assert ("pos_key_proj" in members and "pos_query_proj" in members) is not shared
+    with torch.no_grad():
+        handle.constraint.gates[[1, 4, 7]] = 0  # (block 0: head 1; block 1: heads 0 and 3)
+        want = model(IDS % 57 + 3).logits
+    small = _compressed(model)
+    for layer, heads in zip(small.deberta.encoder.layer, (3, 2)):
+        attention = layer.attention.self
+        narrowed = [attention.query_proj, attention.key_proj, attention.value_proj] + (
+            [] if shared else [attention.pos_key_proj, attention.pos_query_proj])
+        assert [p.out_features for p in narrowed] == [8 * heads] * len(narrowed)
+        assert attention.num_attention_heads == heads
+    with torch.no_grad():
+        got = small(IDS % 57 + 3).logits
+        assert torch.allclose(got, want, atol=1e-12, rtol=0)
+    symopt.save_pretrained(small, tmp_path)
+    back = symopt.from_pretrained(T.DebertaV2ForSequenceClassification, tmp_path).eval()
+    with torch.no_grad():
+        assert torch.allclose(back(IDS % 57 + 3).logits, got, atol=1e-12, rtol=0)
 
 
 def test_a_config_whose_head_dim_is_read_only_is_left_as_it_was():
