@@ -742,14 +742,18 @@ def _prune_block_heads(holder: nn.Module, info: dict, options: dict) -> list[str
     else:
         v_weight, v_bias = outputs_first(layers[2]), layers[2].bias
         kv_width = v_weight.shape[0] // units
+    shared_kv = bool(info.get("shared_kv"))  # (multi-query attention: a unit is a query head, k and v stay whole)
     q_width = inner // units  # (a unit's outputs of q and inputs of o; kv_width: its outputs of k and v)
     out_dead, dead = _dead_heads(W_o, v_weight, units)
+    if shared_kv:  # (the one value head is every head's: only a head writing nothing leaves)
+        dead = out_dead.clone()
     if bool(dead.all()):
         dead[0] = False
     head_dim = q_width // per_unit
     kept_units = int((~dead).sum())
     # what a Hugging Face config would have to say for this block (see layout.config_describing)
-    options["head_counts"].append({"heads": kept_units * per_unit, "kv_heads": kept_units, "head_dim": head_dim})
+    kept_kv = 1 if shared_kv else kept_units
+    options["head_counts"].append({"heads": kept_units * per_unit, "kv_heads": kept_kv, "head_dim": head_dim})
     if not bool(dead.any()):
         return []
     keep = (~dead).nonzero().reshape(-1)
@@ -769,7 +773,7 @@ def _prune_block_heads(holder: nn.Module, info: dict, options: dict) -> list[str
     elif packing:
         rewritten = [rows_of(q_width + 2 * kv_width)]
     else:
-        rewritten = [q_rows, kv_rows, kv_rows]
+        rewritten = [q_rows] if shared_kv else [q_rows, kv_rows, kv_rows]
     for layer_name, layer, rows in zip(info["projections"][:-1], layers[:-1], rewritten):
         _set(block, layer_name, narrowed(layer, outputs=rows))
     for path in info.get("per_head_outputs", ()):  # (DeBERTa-v2's relative-position projections: rows as q's)
@@ -783,7 +787,9 @@ def _prune_block_heads(holder: nn.Module, info: dict, options: dict) -> list[str
     if count_attribute is not None:
         setattr(counts, count_attribute, int(keep.numel()) * per_unit)
     if kv_attribute is not None:
-        setattr(counts, kv_attribute, int(keep.numel()))
+        setattr(counts, kv_attribute, kept_kv)
+    if info.get("groups_attribute") is not None:  # (multi-query: every kept query head reads the one k/v head)
+        setattr(counts, info["groups_attribute"], int(keep.numel()))
     if info.get("inner_width_attribute") is not None:
         setattr(counts, info["inner_width_attribute"], int(q_rows.numel()))
     kept_heads = (keep[:, None] * per_unit + torch.arange(per_unit, device=keep.device)).reshape(-1).tolist()
@@ -792,7 +798,7 @@ def _prune_block_heads(holder: nn.Module, info: dict, options: dict) -> list[str
     if takes_position_bias(block):  # (T5: a position bias of a row per head, handed from block to block)
         keep_position_bias_rows(block, kept_heads, info["heads"])
     checked, problem = surgery.verify(before, holder.root, options["example_input"])
-    if problem is not None and _own_config_counts(block, int(keep.numel()) * per_unit, int(keep.numel())):
+    if problem is not None and _own_config_counts(block, int(keep.numel()) * per_unit, kept_kv):
         checked, problem = surgery.verify(before, holder.root, options["example_input"])  # (Phi-3: see there)
     maybe_width = [n for n in MAYBE_INNER_WIDTH_NAMES if n != info.get("inner_width_attribute")
                    and int_attribute(counts, (n,)) is not None and getattr(counts, n) == inner]

@@ -387,6 +387,9 @@ HEAD_COUNT_NAMES = ("num_heads", "n_heads", "num_attention_heads", "n_head")
 # where a block that keeps no head count keeps its head width, and reshapes by it (Llama: head_dim; GPT-NeoX:
 # head_size)
 HEAD_WIDTH_NAMES = ("head_dim", "head_size")
+# where a block keeps how many query heads read each k/v head (Hugging Face's Llama family: it repeats k and v that
+# many times; export lowers it where query heads leave a multi-query block)
+KV_GROUP_NAMES = ("num_key_value_groups",)
 # where a block with grouped-query attention keeps its k/v head count (export lowers it with the other)
 KV_HEAD_COUNT_NAMES = ("num_key_value_heads", "num_kv_heads", "n_kv_heads", "n_kv_head")
 
@@ -413,7 +416,9 @@ def attention_heads(model: nn.Module, name: str | Sequence[str] = "", strength: 
     attention (k and v narrower than q: each k/v head read by a group of query heads) a unit is one k/v
     head with its query heads, so that every query head keeps its keys and every k/v head the same number
     of query heads: ``max_heads`` then counts those units (k/v heads), and export also lowers a
-    ``num_key_value_heads`` / ``num_kv_heads`` / ``n_kv_heads`` attribute. The projections may sit in
+    ``num_key_value_heads`` / ``num_kv_heads`` / ``n_kv_heads`` attribute. Under multi-query attention (one k/v
+    head, separate layers: Gemma-2B) that unit would be the whole block, so a unit is a query head, k and v stay
+    whole, and export lowers ``num_key_value_groups`` with the head count. The projections may sit in
     children of the block: the BERT family's attention (BERT, RoBERTa, ELECTRA) keeps q, k, v in
     ``self`` with the head count and ``all_head_size``, which export lowers too, and the output in
     ``output.dense``; naming ``"bert.encoder.layer.0.attention"`` finds them, as it finds DistilBERT's
@@ -639,7 +644,12 @@ def _head_tensors(model: nn.Module, name: str, projections, heads, packing=None,
                          f"{kv_width // (inner // count)} k/v heads of {inner // count}; drop kv_heads (separate "
                          "layers say it) or give that count")
     kv_heads, q_map, kv_map = _unit_maps(inner, kv_width, count)
-    for layer, layer_name, unit_map in zip((q, k, v), found[:3], (q_map, kv_map, kv_map)):
+    # Multi-query attention (one k/v head read by every query head: Gemma-2B): a unit would be the whole block, so a
+    # unit is a query head instead, its q rows and output columns; k and v, which every head reads, stay whole.
+    shared_kv = count > 1 and kv_width == inner // count
+    if shared_kv:
+        kv_heads, q_map = count, torch.arange(inner) // (inner // count)
+    for layer, layer_name, unit_map in zip((q, k, v)[:1 if shared_kv else 3], found[:3], (q_map, kv_map, kv_map)):
         names.append(f"{prefix}{layer_name}.weight")
         dims.append(0)
         maps.append(unit_map)
@@ -666,7 +676,8 @@ def _head_tensors(model: nn.Module, name: str, projections, heads, packing=None,
     maps.append(q_map)
     kv_attr = int_attribute(holder, KV_HEAD_COUNT_NAMES)
     return names, dims, maps, {"block": name, "projections": tuple(found), "heads": count, "count_attribute": attr,
-                               "per_head_outputs": per_head,
+                               "per_head_outputs": per_head, "shared_kv": shared_kv,
+                               "groups_attribute": int_attribute(holder, KV_GROUP_NAMES) if shared_kv else None,
                                "units": kv_heads, "kv_count_attribute": kv_attr if kv_heads < count else None,
                                "width_attribute": width_attr,
                                "count_holder": count_holder,

@@ -283,6 +283,24 @@ def test_a_head_budget_on_grouped_query_attention_lands_and_exports():
     assert torch.allclose(small(ids), model(ids), atol=1e-10)
 
 
+def test_multi_query_attention_units_are_query_heads_with_k_and_v_whole():
+    """One k/v head read by every query head: a unit per k/v head would be the whole block, so a unit is a query
+    head (its q rows and output columns) and k, v are no unit's; export removes dead query heads from q and the
+    output layer, keeps k and v whole and the k/v count at 1, and lowers the head count."""
+    torch.manual_seed(0)
+    model = LMWith(GroupedQuery(kv_heads=1)).double().eval()
+    handle = symopt.attention_heads(model, "attn", strength=1e-3, kv_heads=1)
+    assert [m.qualname for m in handle.members] == ["attn.q_proj.weight", "attn.q_proj.bias", "attn.out_proj.weight"]
+    assert handle.constraint.unit_maps[0].tolist() == [h for h in range(4) for _ in range(4)]
+    _kill_heads(model, [0, 2])
+    ids = torch.randint(0, 30, (3, 7))
+    small = _quiet(model)
+    assert (small.attn.num_heads, small.attn.num_kv_heads) == (2, 1)
+    assert (small.attn.q_proj.out_features, small.attn.k_proj.out_features, small.attn.v_proj.out_features,
+            small.attn.out_proj.in_features) == (8, 4, 4, 8)
+    assert torch.allclose(small(ids), model(ids), atol=1e-12, rtol=0)
+
+
 def _kv_of_three_heads():
     """k / v of 3 heads of width 4 beside q's 4 heads: 12 does not divide 16."""
     block = GroupedQuery()

@@ -821,6 +821,52 @@ def test_deberta_v2_heads_take_their_relative_position_projections_along(shared,
         assert torch.allclose(back(IDS % 57 + 3).logits, got, atol=1e-12, rtol=0)
 
 
+def test_multi_query_gemma_loses_query_heads_and_round_trips(tmp_path):
+    """Gemma-2B's attention reads one k/v head from every query head: a unit is a query head, so a head budget can
+    bind (a unit per k/v head would be the whole block). A global budget of 5 of the 8 query heads lands under
+    Adam; export narrows q_proj and o_proj, keeps k_proj and v_proj, lowers num_key_value_groups (the repeat of the
+    one k/v head), with the logits; symopt's round trip reloads it. Per-layer budgets that keep 2 heads each let the
+    model's config say it (num_attention_heads 2, num_key_value_heads 1), and the class's own save round-trips."""
+    config = T.GemmaConfig(vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                           num_key_value_heads=1, head_dim=8, intermediate_size=64, max_position_embeddings=16)
+    torch.manual_seed(0)
+    model = T.GemmaForCausalLM(config).double()
+    blocks = symopt.attention_blocks(model)
+    handle = symopt.attention_heads(model, blocks, max_heads=5, total_steps=40)
+    _adam(model, 45, LLAMA_IDS, LLAMA_IDS)
+    kept = _kept(handle, 4)
+    assert sum(kept) == 5 and min(kept) >= 1
+    with torch.no_grad():
+        want = model(LLAMA_IDS).logits
+    small = _compressed(model)
+    layers = [layer.self_attn for layer in small.model.layers]
+    assert [(a.q_proj.out_features, a.k_proj.out_features, a.o_proj.in_features, a.num_key_value_groups)
+            for a in layers] == [(8 * k, 8, 8 * k, k) for k in kept]
+    with torch.no_grad():
+        got = small(LLAMA_IDS).logits
+        assert torch.allclose(got, want, atol=1e-10, rtol=0)
+    symopt.save_pretrained(small, tmp_path / "global")
+    back = symopt.from_pretrained(T.GemmaForCausalLM, tmp_path / "global")
+    with torch.no_grad():
+        assert torch.allclose(back(LLAMA_IDS).logits, got, atol=1e-12, rtol=0)
+    torch.manual_seed(0)
+    model = T.GemmaForCausalLM(config).double().eval()
+    for block in blocks:
+        gates = symopt.attention_heads(model, block, strength=1e-3).constraint.gates
+        with torch.no_grad():
+            gates[[0, 3]] = 0
+    with torch.no_grad():
+        want = model(LLAMA_IDS).logits
+    small = _compressed(model)
+    assert (small.config.num_attention_heads, small.config.num_key_value_heads) == (2, 1)
+    small.save_pretrained(tmp_path / "plain")
+    again = _class_load(T.GemmaForCausalLM, tmp_path / "plain")
+    assert [layer.self_attn.q_proj.out_features for layer in again.model.layers] == [16, 16]
+    with torch.no_grad():
+        # (1e-6, not the bit: an untouched float64 Gemma reloaded by its own class differs by 8e-8 too, measured)
+        assert torch.allclose(again(LLAMA_IDS).logits, want, atol=1e-6, rtol=0)
+
+
 def test_a_config_whose_head_dim_is_read_only_is_left_as_it_was():
     """Where every block kept the same heads, export asks whether the model's config could say so; Falcon's
     `head_dim` is a read-only property (hidden size over heads) that cannot say the kept width: the config stays,
