@@ -425,6 +425,14 @@ def test_attention_heads_finds_the_projections_of_other_hugging_face_encoders(bu
 # Hugging Face causal LMs and encoders whose attention symopt reads by its layer names (built small, one layer):
 # (build, the block, the call's keyword arguments). Their heads' export is checked below.
 T = transformers
+
+
+def _grouped_query(model_class, config_class, **extra):
+    """A one-layer Llama-family model: 4 query heads on 2 k/v heads of width 8."""
+    return model_class(config_class(vocab_size=40, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                                    num_key_value_heads=2, intermediate_size=64, max_position_embeddings=16, **extra))
+
+
 ARCHITECTURES = {
     "GPT-J": (lambda: T.GPTJForCausalLM(T.GPTJConfig(vocab_size=40, n_embd=32, n_layer=1, n_head=4, rotary_dim=4,
                                                      n_positions=16)), "transformer.h.0.attn", {}),
@@ -432,26 +440,11 @@ ARCHITECTURES = {
                                                  num_attention_heads=4, ffn_dim=64, max_position_embeddings=16,
                                                  word_embed_proj_dim=32, pad_token_id=1)),
             "model.decoder.layers.0.self_attn", {}),
-    "Mistral": (lambda: T.MistralForCausalLM(T.MistralConfig(vocab_size=40, hidden_size=32, num_hidden_layers=1,
-                                                             num_attention_heads=4, num_key_value_heads=2,
-                                                             intermediate_size=64, max_position_embeddings=16)),
-                "model.layers.0.self_attn", {}),
-    "Qwen2": (lambda: T.Qwen2ForCausalLM(T.Qwen2Config(vocab_size=40, hidden_size=32, num_hidden_layers=1,
-                                                       num_attention_heads=4, num_key_value_heads=2,
-                                                       intermediate_size=64, max_position_embeddings=16)),
-              "model.layers.0.self_attn", {}),
-    "Gemma": (lambda: T.GemmaForCausalLM(T.GemmaConfig(vocab_size=40, hidden_size=32, num_hidden_layers=1,
-                                                       num_attention_heads=4, num_key_value_heads=2, head_dim=8,
-                                                       intermediate_size=64, max_position_embeddings=16)),
-              "model.layers.0.self_attn", {}),
-    "StableLM": (lambda: T.StableLmForCausalLM(T.StableLmConfig(vocab_size=40, hidden_size=32, num_hidden_layers=1,
-                                                                num_attention_heads=4, num_key_value_heads=2,
-                                                                intermediate_size=64, max_position_embeddings=16)),
-                 "model.layers.0.self_attn", {}),
-    "OLMo": (lambda: T.OlmoForCausalLM(T.OlmoConfig(vocab_size=40, hidden_size=32, num_hidden_layers=1,
-                                                    num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
-                                                    max_position_embeddings=16, pad_token_id=0)),
-             "model.layers.0.self_attn", {}),
+    "Mistral": (lambda: _grouped_query(T.MistralForCausalLM, T.MistralConfig), "model.layers.0.self_attn", {}),
+    "Qwen2": (lambda: _grouped_query(T.Qwen2ForCausalLM, T.Qwen2Config), "model.layers.0.self_attn", {}),
+    "Gemma": (lambda: _grouped_query(T.GemmaForCausalLM, T.GemmaConfig, head_dim=8), "model.layers.0.self_attn", {}),
+    "StableLM": (lambda: _grouped_query(T.StableLmForCausalLM, T.StableLmConfig), "model.layers.0.self_attn", {}),
+    "OLMo": (lambda: _grouped_query(T.OlmoForCausalLM, T.OlmoConfig, pad_token_id=0), "model.layers.0.self_attn", {}),
     "BART": (lambda: T.BartForConditionalGeneration(T.BartConfig(
         vocab_size=40, d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=4,
         decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=16)),
