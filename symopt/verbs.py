@@ -540,6 +540,15 @@ def attention_blocks(model: nn.Module) -> list[str]:
     widths that do not make whole heads) is left out: call ``attention_heads`` on it to read why. Give the list to
     ``attention_heads`` for one head budget over the whole model.
 
+    Args:
+        model: the model to search (its own name is ``""``, listed where the model itself is an attention block).
+
+    Returns:
+        list[str]: the blocks' dotted names, in the order ``model.named_modules()`` visits them.
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module``.
+
     Examples:
         >>> import torch, symopt
         >>> layer = torch.nn.TransformerEncoderLayer(16, 4, 32, batch_first=True)
@@ -547,6 +556,8 @@ def attention_blocks(model: nn.Module) -> list[str]:
         >>> symopt.attention_blocks(model)
         ['layers.0.self_attn', 'layers.1.self_attn']
         >>> handle = symopt.attention_heads(model, symopt.attention_blocks(model), max_heads=3, total_steps=100)
+        >>> handle.constraint.units                 # 4 heads in each of the two blocks, one budget of 3
+        8
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"attention_blocks: model must be an nn.Module, got {type(model).__name__}")
