@@ -744,9 +744,11 @@ def _prune_block_heads(holder: nn.Module, info: dict, options: dict) -> list[str
         kv_width = v_weight.shape[0] // units
     shared_kv = bool(info.get("shared_kv"))  # (multi-query attention: a unit is a query head, k and v stay whole)
     q_width = inner // units  # (a unit's outputs of q and inputs of o; kv_width: its outputs of k and v)
-    out_dead, dead = _dead_heads(W_o, v_weight, units)
     if shared_kv:  # (the one value head is every head's: only a head writing nothing leaves)
+        out_dead = W_o.reshape(W_o.shape[0], units, -1).abs().amax(dim=(0, 2)) == 0
         dead = out_dead.clone()
+    else:
+        out_dead, dead = _dead_heads(W_o, v_weight, units)
     if bool(dead.all()):
         dead[0] = False
     head_dim = q_width // per_unit
