@@ -474,9 +474,10 @@ def attention_heads(model: nn.Module, name: str | Sequence[str] = "", strength: 
 
     Raises:
         TypeError: ``name`` is neither an ``nn.MultiheadAttention`` nor a block with four Linear
-            projections or a fused q|k|v projection and an output projection.
-        ValueError: a ``packing`` other than ``"thirds"`` / ``"per head"``, or given for a block without a fused
-            projection; a head count that does not divide the projections (or k / v widths that are not a whole
+            projections or a fused q|k|v projection and an output projection (the message lists the blocks
+            [`attention_blocks`][symopt.attention_blocks] finds), or not a string or a list of them.
+        ValueError: a ``name`` the model has no module of (the message lists the blocks there are); a
+            ``packing`` other than ``"thirds"`` / ``"per head"``, or given for a block without a fused projection; a head count that does not divide the projections (or k / v widths that are not a whole
             number of heads dividing q's; a fused projection not 3 × the output projection's inputs, nor q's width
             and twice ``kv_heads`` heads), a ``heads`` that disagrees with the block's ``head_dim``, a ``kv_heads``
             that is not a positive int dividing the heads or disagrees with k's width, a tensor already
@@ -508,9 +509,21 @@ def attention_heads(model: nn.Module, name: str | Sequence[str] = "", strength: 
                              f"over them; got {name!r}")
         if projections is not None and not all(isinstance(p, str) for p in projections):
             raise ValueError("attention_heads: projections names the q, k, v and output layers of every block")
-        blocks = [_head_tensors(model, n, projections, heads, packing, kv_heads) for n in name]
-    else:
-        blocks = [_head_tensors(model, name, projections, heads, packing, kv_heads)]
+    elif not isinstance(name, str):
+        raise TypeError(f"attention_heads: name must be a block's dotted name or a list of them, got "
+                        f"{type(name).__name__}")
+    wanted = [name] if isinstance(name, str) else list(name)
+    missing = [n for n in wanted if isinstance(n, str) and not _has_submodule(model, n)]
+    if missing:
+        raise ValueError(f"attention_heads: {type(model).__name__} has no module {missing[0]!r}; "
+                         f"{_blocks_found(model)}")
+    try:
+        blocks = [_head_tensors(model, n, projections, heads, packing, kv_heads) for n in wanted]
+    except TypeError as error:
+        if projections is not None:
+            raise
+        found = _blocks_found(model)
+        raise TypeError(f"{error}. {found[0].upper()}{found[1:]}") from None
     names = [n for block in blocks for n in block[0]]
     dims = [d for block in blocks for d in block[1]]
     maps = [m for block in blocks for m in block[2]]
@@ -571,6 +584,24 @@ def attention_blocks(model: nn.Module) -> list[str]:
             continue
         found.append(name)
     return found
+
+
+def _has_submodule(model: nn.Module, name: str) -> bool:
+    try:
+        model.get_submodule(name)
+    except AttributeError:
+        return False
+    return True
+
+
+def _blocks_found(model: nn.Module) -> str:
+    """The fix a wrong block name needs: the blocks `attention_blocks` finds in ``model`` (at most ten named)."""
+    found = attention_blocks(model)
+    if not found:
+        return ("symopt.attention_blocks(model) finds no attention block it reads by its layer names here: give "
+                "the block's name with projections=")
+    listed = ", ".join(repr(n) for n in found[:10]) + (f" and {len(found) - 10} more" if len(found) > 10 else "")
+    return f"the attention blocks symopt reads here (symopt.attention_blocks(model)): {listed}"
 
 
 def _head_tensors(model: nn.Module, name: str, projections, heads, packing=None, kv_heads=None):

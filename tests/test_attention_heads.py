@@ -771,3 +771,24 @@ def test_attention_blocks_lists_the_blocks_attention_heads_reads():
     assert handle.constraint.unit_norms(handle.values()).numel() == 8
     with pytest.raises(TypeError, match="attention_blocks: model must be an nn.Module"):
         symopt.attention_blocks("layers.0.self_attn")
+
+
+@pytest.mark.parametrize("name, error, match", [
+    ("layers.0.self_atn", ValueError, r"TransformerEncoder has no module 'layers.0.self_atn'; the attention blocks "
+                                      r"symopt reads here \(symopt.attention_blocks\(model\)\): 'layers.0.self_attn', "
+                                      r"'layers.1.self_attn'"),
+    (["layers.0.self_attn", "layers.2.self_attn"], ValueError, "has no module 'layers.2.self_attn'"),
+    ("layers.0", TypeError, r"'layers.0' is a TransformerEncoderLayer, neither .*\. The attention blocks symopt reads "
+                            r"here \(symopt.attention_blocks\(model\)\): 'layers.0.self_attn'"),
+    (3, TypeError, "name must be a block's dotted name or a list of them, got int"),
+])
+def test_a_wrong_block_name_is_refused_with_the_blocks_there_are(name, error, match):
+    """A typo in a block's name, or a module that is not an attention block, is refused with the blocks that
+    `attention_blocks` finds (the fix), before anything changes."""
+    layer = nn.TransformerEncoderLayer(16, 4, 32, batch_first=True)
+    model = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(error, match=match):
+        symopt.attention_heads(model, name, max_heads=2)
+    assert symopt.list_constraints(model) == []
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
