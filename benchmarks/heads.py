@@ -318,6 +318,7 @@ def train(method: str, keep: int, seed: int, epochs: int, units: str = "heads"):
         opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     alive = [torch.ones(total, dtype=torch.bool) for _ in model.layers]
     first, last = int(0.1 * epochs), max(int(0.1 * epochs) + 1, round(0.75 * epochs))
+    cubic = pruning_epochs(epochs)  # (magnitude pruning's schedule: it ends inside the run)
     by_torch_pruning = method.startswith("torch-pruning")
     pruner = torch_pruner(model, train_ids, keep, last - first, method) if by_torch_pruning and units == "neurons" else None
     if by_torch_pruning and units == "heads":
@@ -337,14 +338,14 @@ def train(method: str, keep: int, seed: int, epochs: int, units: str = "heads"):
                 prune_heads_to(model, train_ids, count, method.endswith("(global)"))
             opt = torch.optim.Adam(model.parameters(), lr=3e-3)
         if method == "magnitude" and epoch >= first:
-            count = scheduled_count(epoch, total, keep, *pruning_epochs(epochs))
+            count = scheduled_count(epoch, total, keep, *cubic)
             for i, layer in enumerate(model.layers):
                 norms = unit_norms(layer, units).masked_fill(~alive[i], -1.0)
                 alive[i] = torch.zeros(total, dtype=torch.bool)
                 alive[i][norms.topk(count).indices] = True
                 hold_pruned(layer, alive[i], units)
         if method == "magnitude (global)" and epoch >= first:
-            count = scheduled_count(epoch, total * LAYERS, keep * LAYERS, *pruning_epochs(epochs))
+            count = scheduled_count(epoch, total * LAYERS, keep * LAYERS, *cubic)
             norms = [unit_norms(layer, units) for layer in model.layers]
             relative = torch.cat([(n / n[m].mean()).masked_fill(~m, -1.0) for n, m in zip(norms, alive)])
             alive = list(largest_in_parts(relative, count, [total] * LAYERS).split(total))
