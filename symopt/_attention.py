@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._layers import forward_arguments
+
 
 class HeadPrunedAttention(nn.Module):
     """Multi-head attention over the kept heads of an ``nn.MultiheadAttention`` (same call signature).
@@ -174,22 +176,10 @@ class HeadPrunedAttention(nn.Module):
 ALIBI_HEADS = "symopt_alibi_heads"
 
 
-_ALIBI_POSITION: dict[type, int | None] = {}  # (a block class's position of `alibi` among its forward's arguments)
-
-
 def _alibi_position(block: nn.Module) -> int | None:
-    """The position of ``alibi`` among ``block``'s forward's arguments, None where it takes none; read from the
-    signature once per class (a signature costs tens of µs, and `_alibi_rows` runs before every forward)."""
-    import inspect
-
-    cls = type(block)
-    if cls not in _ALIBI_POSITION:
-        try:
-            names = list(inspect.signature(block.forward).parameters)
-        except (TypeError, ValueError):  # pragma: no cover - a forward without a signature
-            names = []
-        _ALIBI_POSITION[cls] = names.index("alibi") if "alibi" in names else None
-    return _ALIBI_POSITION[cls]
+    """The position of ``alibi`` among ``block``'s forward's arguments, None where it takes none."""
+    names = forward_arguments(block)
+    return names.index("alibi") if "alibi" in names else None
 
 
 def takes_alibi(block: nn.Module) -> bool:
@@ -197,10 +187,21 @@ def takes_alibi(block: nn.Module) -> bool:
     return _alibi_position(block) is not None
 
 
-def _alibi_heads(block: nn.Module) -> tuple[list[int], int]:
-    """``(kept heads, heads before)`` from the block's `ALIBI_HEADS` attribute (``"0,3/4"``)."""
-    kept, before = getattr(block, ALIBI_HEADS).split("/")
+def _kept_heads(module: nn.Module, attribute: str) -> tuple[list[int], int]:
+    """``(kept heads, heads before)`` from the module's ``attribute`` (`ALIBI_HEADS`, `POSITION_BIAS_HEADS`:
+    ``"0,3/4"``)."""
+    kept, before = getattr(module, attribute).split("/")
     return [int(h) for h in kept.split(",")], int(before)
+
+
+def _kept_heads_value(module: nn.Module, attribute: str, kept: Sequence[int], heads: int) -> str:
+    """The ``attribute`` string for ``module`` keeping its heads ``kept`` of ``heads``; where an export narrowed it
+    before, ``kept`` counts its heads now and the string keeps counting in the model's original heads."""
+    kept = [int(h) for h in kept]
+    if getattr(module, attribute, None) is not None:
+        before, heads = _kept_heads(module, attribute)
+        kept = [before[h] for h in kept]
+    return f"{','.join(map(str, kept))}/{heads}"
 
 
 def keep_alibi_rows(block: nn.Module, kept: Sequence[int], heads: int) -> None:
@@ -217,11 +218,7 @@ def keep_alibi_rows(block: nn.Module, kept: Sequence[int], heads: int) -> None:
         >>> block(None, alibi=torch.arange(8.0).reshape(8, 1, 1)).reshape(-1).tolist()  # 2 samples × 4 heads
         [0.0, 2.0, 4.0, 6.0]
     """
-    kept = [int(h) for h in kept]
-    if getattr(block, ALIBI_HEADS, None) is not None:
-        before, heads = _alibi_heads(block)
-        kept = [before[h] for h in kept]
-    setattr(block, ALIBI_HEADS, f"{','.join(map(str, kept))}/{heads}")
+    setattr(block, ALIBI_HEADS, _kept_heads_value(block, ALIBI_HEADS, kept, heads))
     install_alibi_rows(block)
 
 
@@ -232,7 +229,7 @@ def install_alibi_rows(block: nn.Module) -> None:
 
 
 def _alibi_rows(block: nn.Module, args: tuple, kwargs: dict):
-    kept, heads = _alibi_heads(block)
+    kept, heads = _kept_heads(block, ALIBI_HEADS)
     at = _alibi_position(block)
     alibi = kwargs.get("alibi") if "alibi" in kwargs or at >= len(args) else args[at]
     if alibi is None:
@@ -261,28 +258,14 @@ _POSITION_BIAS_OUTPUT = 1  # (T5Attention returns (attn_output, position_bias, .
 
 def takes_position_bias(block: nn.Module) -> bool:
     """Whether ``block``'s forward takes a per-head ``position_bias`` argument (T5's attention)."""
-    import inspect
-
-    try:
-        return "position_bias" in inspect.signature(block.forward).parameters
-    except (TypeError, ValueError):  # pragma: no cover - a forward without a signature
-        return False
-
-
-def _kept_heads(module: nn.Module, attribute: str) -> tuple[list[int], int]:
-    kept, before = getattr(module, attribute).split("/")
-    return [int(h) for h in kept.split(",")], int(before)
+    return "position_bias" in forward_arguments(block)
 
 
 def keep_position_bias_rows(block: nn.Module, kept: Sequence[int], heads: int) -> None:
     """From now on ``block`` uses only the position-bias rows of its heads ``kept`` (of ``heads``, its count before
     this export) and still hands later blocks the whole bias. A block narrowed before keeps counting in the
     model's original heads."""
-    kept = [int(h) for h in kept]
-    if getattr(block, POSITION_BIAS_HEADS, None) is not None:
-        before, heads = _kept_heads(block, POSITION_BIAS_HEADS)
-        kept = [before[h] for h in kept]
-    value = f"{','.join(map(str, kept))}/{heads}"
+    value = _kept_heads_value(block, POSITION_BIAS_HEADS, kept, heads)
     setattr(block, POSITION_BIAS_HEADS, value)
     install_position_bias_rows(block)
     embedding = getattr(block, "relative_attention_bias", None)
@@ -329,27 +312,28 @@ def _whole_bias_out(block: nn.Module, args: tuple, kwargs: dict, output):
     out = output[_POSITION_BIAS_OUTPUT]
     if not isinstance(out, Tensor) or out.dim() != 4 or out.shape[1] != len(kept):
         return None
-    if given is not None and out is given[0]:  # (the rows it was handed: the whole bias goes on)
-        whole = given[1]
+    if given is not None:  # (the rows it was handed: the whole bias goes on)
+        whole = given[1] if out is given[0] else None
     elif computed is not None:  # (its Embedding's columns, as compute_bias lays them out)
-        whole = computed[1].permute([2, 0, 1]).unsqueeze(0)
-        if out._base is not computed[0]:
-            # transformers 4 adds the attention mask to a bias it computed, and hands the sum on: so does this
-            mask = kwargs.get("mask")
-            narrowed = computed[0].permute([2, 0, 1]).unsqueeze(0)
-            if mask is None or not torch.equal(out, narrowed + mask[:, :, :, : out.shape[-1]]):
-                return None
-            whole = whole + mask[:, :, :, : whole.shape[-1]]
-    elif given is None and computed is None:  # (zeros it made: a cross-attention's; in transformers 4 plus the mask)
-        made, mask = out.new_zeros(1, len(kept), *out.shape[2:]), kwargs.get("mask")
-        whole = out.new_zeros(1, heads, *out.shape[2:])
-        if not torch.equal(out, made):
-            if mask is None or not torch.equal(out, made + mask[:, :, :, : out.shape[-1]]):
-                return None
-            whole = whole + mask[:, :, :, : out.shape[-1]]
-    else:
+        whole = _as_handed_on(out, computed[0].permute([2, 0, 1]).unsqueeze(0),
+                              computed[1].permute([2, 0, 1]).unsqueeze(0), kwargs.get("mask"))
+    else:  # (zeros it made: a cross-attention's)
+        whole = _as_handed_on(out, out.new_zeros(1, len(kept), *out.shape[2:]),
+                              out.new_zeros(1, heads, *out.shape[2:]), kwargs.get("mask"))
+    if whole is None:
         return None  # (a bias this hook does not recognise: export's check of the outputs decides)
     return (*output[:_POSITION_BIAS_OUTPUT], whole, *output[_POSITION_BIAS_OUTPUT + 1:])
+
+
+def _as_handed_on(out: Tensor, narrowed: Tensor, whole: Tensor, mask: Tensor | None) -> Tensor | None:
+    """``whole``, the bias of every head, as a block hands on the bias ``narrowed`` of its kept heads that it made
+    itself, where ``out`` is what it handed on: ``narrowed`` itself, or (transformers 4, which adds the attention
+    mask to a bias a block makes) ``narrowed`` plus ``mask``; None where ``out`` is neither."""
+    if torch.equal(out, narrowed):
+        return whole
+    if mask is None or not torch.equal(out, narrowed + mask[:, :, :, : out.shape[-1]]):
+        return None
+    return whole + mask[:, :, :, : whole.shape[-1]]
 
 
 # --- Head counts read from the model's shared config ---------------------------------------------------------
@@ -382,3 +366,10 @@ def set_own_config_counts(block: nn.Module, counts: dict[str, int] | str) -> Non
         setattr(own, field, value)
     block.config = own
     setattr(block, CONFIG_HEADS, ",".join(f"{field}={value}" for field, value in counts.items()))
+
+
+# What `symopt.layout.rebuild` does after setting one of these attributes on a module of a rebuilt model: the hooks
+# and the own config they stand for come back with them.
+ON_REBUILD = {ALIBI_HEADS: lambda module, value: install_alibi_rows(module),
+              POSITION_BIAS_HEADS: lambda module, value: install_position_bias_rows(module),
+              CONFIG_HEADS: set_own_config_counts}

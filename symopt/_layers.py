@@ -17,6 +17,26 @@ from torch import Tensor, nn
 
 LAYER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
+_FORWARD_ARGUMENTS: dict[type, tuple[str, ...]] = {}  # (a module class's forward's argument names)
+
+
+def forward_arguments(module: nn.Module) -> tuple[str, ...]:
+    """The names of ``module``'s forward's arguments, in order (none where it has no signature to read); read once
+    per class (a signature costs tens of µs, and a forward pre-hook may ask before every forward), except for an
+    instance whose own ``forward`` replaces its class's."""
+    import inspect
+
+    cls = type(module)
+    if "forward" not in module.__dict__ and cls in _FORWARD_ARGUMENTS:
+        return _FORWARD_ARGUMENTS[cls]
+    try:
+        names = tuple(inspect.signature(module.forward).parameters)
+    except (TypeError, ValueError):  # pragma: no cover - a forward without a signature
+        names = ()
+    if "forward" not in module.__dict__:
+        _FORWARD_ARGUMENTS[cls] = names
+    return names
+
 
 @dataclass(frozen=True)
 class Pair:

@@ -684,9 +684,12 @@ def _prune_mha_heads(holder: nn.Module, where: str, constraint) -> list[str]:
     return []
 
 
-def _dead_heads(W_o: Tensor, v_weight: Tensor, heads: int) -> Tensor:
-    """Heads that write nothing (zero output columns) or only a constant (zero value rows)."""
+def _dead_heads(W_o: Tensor, v_weight: Tensor | None, heads: int) -> tuple[Tensor, Tensor]:
+    """``(heads that write nothing (zero output columns), those or heads that write only a constant (zero value
+    rows))``; with ``v_weight`` None (value rows that no head owns alone: multi-query attention's) the first twice."""
     out_dead = W_o.reshape(W_o.shape[0], heads, -1).abs().amax(dim=(0, 2)) == 0
+    if v_weight is None:
+        return out_dead, out_dead.clone()
     value_dead = v_weight.reshape(heads, -1).abs().amax(dim=1) == 0
     return out_dead, out_dead | value_dead
 
@@ -744,11 +747,8 @@ def _prune_block_heads(holder: nn.Module, info: dict, options: dict) -> list[str
         kv_width = v_weight.shape[0] // units
     shared_kv = bool(info.get("shared_kv"))  # (multi-query attention: a unit is a query head, k and v stay whole)
     q_width = inner // units  # (a unit's outputs of q and inputs of o; kv_width: its outputs of k and v)
-    if shared_kv:  # (the one value head is every head's: only a head writing nothing leaves)
-        out_dead = W_o.reshape(W_o.shape[0], units, -1).abs().amax(dim=(0, 2)) == 0
-        dead = out_dead.clone()
-    else:
-        out_dead, dead = _dead_heads(W_o, v_weight, units)
+    # (multi-query: the one value head is every head's, so only a head writing nothing leaves)
+    out_dead, dead = _dead_heads(W_o, None if shared_kv else v_weight, units)
     if bool(dead.all()):
         dead[0] = False
     head_dim = q_width // per_unit

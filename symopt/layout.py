@@ -29,7 +29,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ._attention import ALIBI_HEADS, CONFIG_HEADS, POSITION_BIAS_HEADS, install_alibi_rows, install_position_bias_rows, set_own_config_counts
+from ._attention import ON_REBUILD
 from .verbs import HEAD_COUNT_NAMES, KV_HEAD_COUNT_NAMES, int_attribute
 
 SCALARS = (bool, int, float, str, type(None))
@@ -38,7 +38,8 @@ FFN_WIDTH_NAMES = ("intermediate_size", "ffn_dim", "n_inner", "d_ff")
 # Bookkeeping a Hugging Face model keeps about where it was loaded from, not about its layers.
 IGNORED_ATTRIBUTES = {"training", "name_or_path"}
 # The prefix of the attributes export sets on a model's own modules (`symopt._attention.ALIBI_HEADS`): recorded even
-# where the model the config builds has no such attribute, and acted on when rebuilt (`rebuild`).
+# where the model the config builds has no such attribute, and acted on when rebuilt (`rebuild`, by
+# `symopt._attention.ON_REBUILD`).
 SYMOPT_ATTRIBUTE = "symopt_"
 
 
@@ -270,12 +271,8 @@ def rebuild(model: nn.Module, layout: dict) -> None:
         module = model.get_submodule(name)
         for key, value in values.items():
             setattr(module, key, value)
-            if key == ALIBI_HEADS:
-                install_alibi_rows(module)
-            elif key == POSITION_BIAS_HEADS:
-                install_position_bias_rows(module)
-            elif key == CONFIG_HEADS:
-                set_own_config_counts(module, value)
+            if key in ON_REBUILD:  # (the hooks or own config an export's attribute stands for)
+                ON_REBUILD[key](module, value)
 
 
 def unrecorded_layers(model: nn.Module) -> str | None:

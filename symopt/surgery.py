@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._layers import narrowed, outputs_first, weight_axes
+from ._layers import forward_arguments, narrowed, outputs_first, weight_axes
 
 CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -677,20 +677,11 @@ def _token_id_probe(model: nn.Module) -> tuple | None:
     length = min(7, positions) if isinstance(positions, int) and positions > 0 else 7
     g = torch.Generator(device=layer.weight.device).manual_seed(0)
     ids = torch.randint(0, layer.num_embeddings, (2, length), generator=g, device=layer.weight.device)
-    if getattr(config, "is_encoder_decoder", False) is True and _leading_arguments(model, 3) == [
-            "input_ids", "attention_mask", "decoder_input_ids"]:
+    if getattr(config, "is_encoder_decoder", False) is True and forward_arguments(model)[:3] == (
+            "input_ids", "attention_mask", "decoder_input_ids"):
         # (an encoder-decoder such as T5 needs the decoder's ids too; BART's would shift input_ids itself)
         return ids, None, ids[:, : max(1, length - 2)]
     return (ids,)
-
-
-def _leading_arguments(model: nn.Module, count: int) -> list[str]:
-    import inspect
-
-    try:
-        return list(inspect.signature(model.forward).parameters)[:count]
-    except (TypeError, ValueError):  # pragma: no cover - a forward without a signature
-        return []
 
 
 def _tensor_leaves(output, where: str = "") -> list[tuple[str, Tensor]]:

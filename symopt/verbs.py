@@ -575,8 +575,8 @@ def attention_blocks(model: nn.Module) -> list[str]:
     if not isinstance(model, nn.Module):
         raise TypeError(f"attention_blocks: model must be an nn.Module, got {type(model).__name__}")
     found: list[str] = []
-    for name, _ in model.named_modules():
-        if any(name == block or name.startswith(f"{block}.") for block in found if block) or "" in found:
+    for name, _ in model.named_modules():  # (depth first: a found block's modules come right after it)
+        if found and (found[-1] == "" or name.startswith(f"{found[-1]}.")):
             continue
         try:
             _head_tensors(model, name, None, None)
@@ -685,20 +685,20 @@ def _head_tensors(model: nn.Module, name: str, projections, heads, packing=None,
         raise ValueError(f"attention_heads: kv_heads={kv_heads}, but '{found[1]}' of '{name}' has {kv_width} outputs: "
                          f"{kv_width // (inner // count)} k/v heads of {inner // count}; drop kv_heads (separate "
                          "layers say it) or give that count")
-    kv_heads, q_map, kv_map = _unit_maps(inner, kv_width, count)
-    # Multi-query attention (one k/v head read by every query head: Gemma-2B): a unit would be the whole block, so a
-    # unit is a query head instead, its q rows and output columns; k and v, which every head reads, stay whole.
+    # Multi-query attention (one k/v head read by every query head: Gemma-2B): a unit per k/v head would be the whole
+    # block, so a unit is a query head instead, its q rows and output columns; k and v, which every head reads, stay
+    # whole (no unit's).
     shared_kv = count > 1 and kv_width == inner // count
-    if shared_kv:
-        kv_heads, q_map = count, torch.arange(inner) // (inner // count)
-    for layer, layer_name, unit_map in zip((q, k, v)[:1 if shared_kv else 3], found[:3], (q_map, kv_map, kv_map)):
-        names.append(f"{prefix}{layer_name}.weight")
-        dims.append(0)
-        maps.append(unit_map)
-        if layer.bias is not None:
-            names.append(f"{prefix}{layer_name}.bias")
+    kv_heads, q_map, kv_map = _unit_maps(inner, inner if shared_kv else kv_width, count)
+
+    def add_outputs(path: str, layer: nn.Linear, unit_map) -> None:  # (a layer's output rows, its bias's too)
+        for tensor in ("weight", "bias") if layer.bias is not None else ("weight",):
+            names.append(f"{prefix}{path}.{tensor}")
             dims.append(0)
             maps.append(unit_map)
+
+    for layer, layer_name, unit_map in zip((q, k, v)[:1 if shared_kv else 3], found[:3], (q_map, kv_map, kv_map)):
+        add_outputs(layer_name, layer, unit_map)
     q_parent = found[0].rpartition(".")[0]
     per_head = [path for path in (f"{q_parent}.{n}" if q_parent else n for n in PER_HEAD_OUTPUT_NAMES)
                 if (layer := projection(path)) is not None and layer.out_features == inner]
@@ -706,13 +706,7 @@ def _head_tensors(model: nn.Module, name: str, projections, heads, packing=None,
         raise ValueError(f"attention_heads: '{name}' has per-head layers {per_head} beside grouped-query attention's "
                          "narrower k and v, a layout symopt does not read")
     for path in per_head:  # (DeBERTa-v2's relative-position projections: a row block per head, as q)
-        names.append(f"{prefix}{path}.weight")
-        dims.append(0)
-        maps.append(q_map)
-        if projection(path).bias is not None:
-            names.append(f"{prefix}{path}.bias")
-            dims.append(0)
-            maps.append(q_map)
+        add_outputs(path, projection(path), q_map)
     names.append(f"{prefix}{found[3]}.weight")
     dims.append(1)
     maps.append(q_map)
