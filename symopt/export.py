@@ -731,10 +731,11 @@ def _prune_block_heads(holder: nn.Module, info: dict, options: dict) -> list[str
     units = info.get("units", info["heads"])
     per_unit = info["heads"] // units  # (query heads a unit holds: 1 without grouped-query attention)
     packing = info.get("fused")  # (q, k, v as one layer's outputs: "thirds", or "per head" side by side)
+    shared_kv = bool(info.get("shared_kv"))  # (multi-query attention: a unit is a query head, k and v stay whole)
     if packing:
         W_qkv, b_qkv = outputs_first(layers[0]), layers[0].bias
         kv_total = (W_qkv.shape[0] - inner) // 2  # (k's and v's outputs: narrower than q under grouped-query attention)
-        kv_width = kv_total // units
+        kv_width = kv_total if shared_kv else kv_total // units
         if packing == "thirds":
             v_rows = torch.arange(inner + kv_total, W_qkv.shape[0])
         else:  # (each unit's outputs side by side: its query heads', then its k's, then its v's, the last kv_width)
@@ -745,7 +746,6 @@ def _prune_block_heads(holder: nn.Module, info: dict, options: dict) -> list[str
     else:
         v_weight, v_bias = outputs_first(layers[2]), layers[2].bias
         kv_width = v_weight.shape[0] // units
-    shared_kv = bool(info.get("shared_kv"))  # (multi-query attention: a unit is a query head, k and v stay whole)
     q_width = inner // units  # (a unit's outputs of q and inputs of o; kv_width: its outputs of k and v)
     # (multi-query: the one value head is every head's, so only a head writing nothing leaves)
     out_dead, dead = _dead_heads(W_o, None if shared_kv else v_weight, units)
@@ -770,7 +770,9 @@ def _prune_block_heads(holder: nn.Module, info: dict, options: dict) -> list[str
         return [f"{label}: heads kept: dead value rows write a constant that '{info['projections'][-1]}' has no bias "
                 "to hold"]
     before = copy.deepcopy(holder.root)
-    if packing == "thirds":
+    if packing and shared_kv:  # (the one k/v head's outputs after q's, every kept head's: kept whole)
+        rewritten = [torch.cat([q_rows, torch.arange(inner, W_qkv.shape[0], device=q_rows.device)])]
+    elif packing == "thirds":
         rewritten = [torch.cat([q_rows, kv_rows + inner, kv_rows + inner + kv_total])]
     elif packing:
         rewritten = [rows_of(q_width + 2 * kv_width)]

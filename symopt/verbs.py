@@ -17,7 +17,7 @@ import functools
 from .constraints import FixedZeros, GroupSparse, LowRank, NMSparse, NonNegative, Sparse, Subspace, Tied
 from .constraints.budget import RATE, check_budget, entry_budget
 from .constraints.pooled import Pooled
-from .constraints.unit_groups import UnitGroups
+from .constraints.unit_groups import SHARED, UnitGroups
 
 def sparse(module: nn.Module, name: str | Sequence[str], strength: float | None = None, **kwargs) -> Handle:
     r"""Elementwise sparsity: $w = u ⊙ v$, so the decay $(λ/2)(‖u‖^2 + ‖v‖^2)$ is $λ‖w‖_1$.
@@ -370,7 +370,8 @@ FUSED_PROJECTION_NAMES = {("c_attn", "c_proj"): "thirds", ("query_key_value", "d
                           ("qkv_proj", "o_proj"): "thirds", ("Wqkv", "out_proj"): "thirds"}
 # block classes whose fused pair has another table entry's names but packs otherwise: GPTBigCode (StarCoder's family)
 # names its layers as GPT-2 does (c_attn, c_proj) and, with every head's own k and v, reads head h's q, k, v side by
-# side (as a class this is only a default: packing= overrides it)
+# side (as a class this is only a default: packing= overrides it); in its multi-query form (one k/v head, its
+# kv_heads attribute) q comes first, then k, then v, which both packings read alike
 FUSED_PACKING_BY_CLASS = {"GPTBigCodeAttention": "per head"}
 # fused pairs whose k and v may be narrower than q (grouped-query attention: Phi-3's q, then k, then v)
 FUSED_GROUPED_QUERY_NAMES = {("qkv_proj", "o_proj")}
@@ -390,8 +391,9 @@ HEAD_WIDTH_NAMES = ("head_dim", "head_size")
 # where a block keeps how many query heads read each k/v head (Hugging Face's Llama family: it repeats k and v that
 # many times; export lowers it where query heads leave a multi-query block)
 KV_GROUP_NAMES = ("num_key_value_groups",)
-# where a block with grouped-query attention keeps its k/v head count (export lowers it with the other)
-KV_HEAD_COUNT_NAMES = ("num_key_value_heads", "num_kv_heads", "n_kv_heads", "n_kv_head")
+# where a block with grouped-query attention keeps its k/v head count (export lowers it with the other;
+# GPTBigCode's kv_heads)
+KV_HEAD_COUNT_NAMES = ("num_key_value_heads", "num_kv_heads", "n_kv_heads", "n_kv_head", "kv_heads")
 
 
 def int_attribute(holder, names: Sequence[str]) -> str | None:
@@ -417,8 +419,10 @@ def attention_heads(model: nn.Module, name: str | Sequence[str] = "", strength: 
     head with its query heads, so that every query head keeps its keys and every k/v head the same number
     of query heads: ``max_heads`` then counts those units (k/v heads), and export also lowers a
     ``num_key_value_heads`` / ``num_kv_heads`` / ``n_kv_heads`` attribute. Under multi-query attention (one k/v
-    head, separate layers: Gemma-2B) that unit would be the whole block, so a unit is a query head, k and v stay
-    whole, and export lowers ``num_key_value_groups`` with the head count. The projections may sit in
+    head: Gemma-2B's separate layers, or fused after q: Falcon-7B's ``query_key_value``, StarCoder's ``c_attn``) that
+    unit would be the whole block, so a unit is a query head, k and v stay whole (in a fused layer their outputs
+    are no unit's: `SHARED`, not gated, not decayed), and export lowers ``num_key_value_groups`` with the head
+    count. The projections may sit in
     children of the block: the BERT family's attention (BERT, RoBERTa, ELECTRA) keeps q, k, v in
     ``self`` with the head count and ``all_head_size``, which export lowers too, and the output in
     ``output.dense``; naming ``"bert.encoder.layer.0.attention"`` finds them, as it finds DistilBERT's
@@ -760,7 +764,14 @@ def _fused_head_tensors(block: nn.Module, name: str, prefix: str, found, heads, 
     if inner % count:
         raise ValueError(f"attention_heads: {count} heads do not divide the {inner} inputs of '{found[1]}' in '{name}'")
     kv_total = _fused_kv_width(holder, name, found, outputs, inner, count, kv_heads)
-    units, per_unit, kv_per_unit = _unit_maps(inner, kv_total, count)
+    # Multi-query attention (one k/v head, every query head's: Falcon-7B's query_key_value, StarCoder's c_attn): a
+    # unit per k/v head would be the whole block, so a unit is a query head and the k and v outputs are shared
+    # (SHARED: no unit's, kept whole). With one k/v head both packings are q's outputs, then k's, then v's.
+    shared_kv = count > 1 and kv_total == inner // count
+    units, per_unit, kv_per_unit = _unit_maps(inner, inner if shared_kv else kv_total, count)
+    if shared_kv:
+        packing = "thirds"
+        kv_per_unit = torch.full((kv_total,), SHARED)
     # the q, k and v outputs of unit u are all unit u (per head: each unit's outputs side by side, its query heads'
     # then its k's and v's)
     packed = (torch.cat([per_unit, kv_per_unit, kv_per_unit]) if packing == "thirds"
@@ -775,7 +786,8 @@ def _fused_head_tensors(block: nn.Module, name: str, prefix: str, found, heads, 
     maps.append(per_unit)
     kv_attr = int_attribute(holder, KV_HEAD_COUNT_NAMES)
     return names, dims, maps, {"block": name, "projections": tuple(found), "fused": packing, "heads": count,
-                               "count_attribute": attr, "units": units,
+                               "count_attribute": attr, "units": units, "shared_kv": shared_kv,
+                               "groups_attribute": int_attribute(holder, KV_GROUP_NAMES) if shared_kv else None,
                                "kv_count_attribute": kv_attr if units < count else None,
                                "width_attribute": width_attr,
                                "count_holder": "", "inner_width_attribute": _inner_width_attribute(holder, inner)}

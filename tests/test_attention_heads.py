@@ -457,6 +457,30 @@ def test_a_users_fused_grouped_query_block_loses_whole_units(layout):
     assert torch.allclose(small(ids), lm(ids), atol=1e-12, rtol=0)
 
 
+@pytest.mark.parametrize("build, told", [
+    (OwnFusedGrouped, dict(projections=("wqkv", "wo"), kv_heads=1)),
+    (PerGroupFused, dict(projections=("wqkv", "wo"), packing="per head")),
+])
+def test_a_users_fused_multi_query_block_loses_query_heads_and_keeps_the_k_v_head(build, told):
+    """One k/v head fused after every query head's q (in thirds, or per group: the same layout with one group): a
+    unit is a query head, its q outputs and output columns; the k and v outputs are no unit's (-1) and stay. Export
+    removes two dead heads' q outputs and columns, keeps the k/v head, lowers the count, with the outputs."""
+    torch.manual_seed(0)
+    model = LMWith(build(kv_heads=1)).double().eval()
+    handle = symopt.attention_heads(model, "attn", strength=1e-3, **told)
+    maps = dict(zip([m.qualname for m in handle.members], handle.constraint.unit_maps))
+    assert maps["attn.wqkv.weight"].tolist() == [h for h in range(4) for _ in range(4)] + [-1] * 8
+    assert maps["attn.wo.weight"].tolist() == [h for h in range(4) for _ in range(4)]
+    assert handle.constraint.units == 4
+    _kill_heads(model, [1, 2])
+    ids = torch.randint(0, 30, (3, 7))
+    small = _quiet(model)
+    count = "n_heads" if build is OwnFusedGrouped else "num_heads"
+    assert (getattr(small.attn, count), small.attn.wqkv.out_features, small.attn.wo.in_features) == (2, 16, 8)
+    assert torch.equal(small.attn.wqkv.weight[8:], model.attn.wqkv.weight[16:])  # (the k/v head, whole)
+    assert torch.allclose(small(ids), model(ids), atol=1e-12, rtol=0)
+
+
 def test_a_head_budget_on_a_per_group_fused_block_lands_and_exports():
     """max_heads=1 of 2 units on InternLM2's layout lands exactly under Adam; export keeps that unit's 2 query heads
     and its k/v head, with the same outputs."""

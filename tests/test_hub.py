@@ -860,6 +860,55 @@ def test_multi_query_gemma_loses_query_heads_and_round_trips(tmp_path):
         assert torch.allclose(again(LLAMA_IDS).logits, want, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("family", ["falcon", "gpt_bigcode"])
+def test_fused_multi_query_heads_land_query_heads_and_keep_the_k_v_head(family, tmp_path):
+    """Falcon-7B (`multi_query`, the old decoder architecture) and StarCoder (GPTBigCode with `multi_query`) fuse q
+    for every head and the one k/v head every query head reads into one layer. A unit per k/v head would be the
+    whole block: a unit is a query head, and the k and v outputs are shared (`SHARED`: not gated, not decayed, kept
+    by the landing). A global budget of 5 of the 8 query heads lands under Adam; export narrows the fused layer to
+    the kept heads' q outputs and the whole k/v head, the output layer's inputs likewise, lowers the counts, with
+    the logits; symopt's round trip reloads it."""
+    if family == "falcon":
+        config = transformers.FalconConfig(vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                           multi_query=True, new_decoder_architecture=False, alibi=False,
+                                           max_position_embeddings=16, bos_token_id=0, eos_token_id=1)
+        cls, fused, out = transformers.FalconForCausalLM, "query_key_value", "dense"
+    else:
+        config = transformers.GPTBigCodeConfig(vocab_size=40, n_embd=32, n_layer=2, n_head=4, n_positions=16,
+                                               multi_query=True, bos_token_id=0, eos_token_id=1)
+        cls, fused, out = transformers.GPTBigCodeForCausalLM, "c_attn", "c_proj"
+    torch.manual_seed(0)
+    model = cls(config).double()
+    blocks = symopt.attention_blocks(model)
+    assert len(blocks) == 2
+    handle = symopt.attention_heads(model, blocks, max_heads=5, total_steps=40)
+    info = handle.constraint.attention_blocks[0]
+    assert (info["heads"], info["units"], info["shared_kv"]) == (4, 4, True)
+    assert handle.constraint.unit_maps[0].tolist() == [h for h in range(4) for _ in range(8)] + [-1] * 16
+    attention = [model.get_submodule(b) for b in blocks]
+    kv_before = [getattr(a, fused).weight.detach()[32:].clone() for a in attention]
+    _adam(model, 45, LLAMA_IDS, LLAMA_IDS)
+    kept = _kept(handle, 4)
+    assert sum(kept) == 5 and min(kept) >= 1
+    for a, before in zip(attention, kv_before):  # (the k/v head trained on, undecayed)
+        after = getattr(a, fused).weight.detach()[32:]
+        assert bool(after.norm(dim=1).gt(0).all()) and not torch.equal(after, before)
+    with torch.no_grad():
+        want = model(LLAMA_IDS).logits
+    small = _compressed(model)
+    layers = [small.get_submodule(b) for b in blocks]
+    # (Falcon keeps no num_key_value_groups before transformers 5)
+    assert [(getattr(a, fused).out_features, getattr(a, out).in_features, a.num_heads,
+             getattr(a, "num_key_value_groups", a.num_heads)) for a in layers] == [(8 * k + 16, 8 * k, k, k) for k in kept]
+    with torch.no_grad():
+        got = small(LLAMA_IDS).logits
+        assert torch.allclose(got, want, atol=1e-10, rtol=0)
+    symopt.save_pretrained(small, tmp_path)
+    back = symopt.from_pretrained(cls, tmp_path)
+    with torch.no_grad():
+        assert torch.allclose(back(LLAMA_IDS).logits, got, atol=1e-12, rtol=0)
+
+
 def test_a_config_whose_head_dim_is_read_only_is_left_as_it_was():
     """Where every block kept the same heads, export asks whether the model's config could say so; Falcon's
     `head_dim` is a read-only property (hidden size over heads) that cannot say the kept width: the config stays,

@@ -462,3 +462,122 @@ def test_a_channel_budget_on_a_block_applied_twice_lands_once_a_step():
     assert landed.index(True) == 15  # the forward after step 15 of 20 lands
     symopt.finalize(net)
     assert int((net.block[0].weight.detach().flatten(1).abs().sum(1) != 0).sum()) == 4
+
+
+# -- indices of no unit (SHARED): multi-query attention's k and v rows in a fused projection -----------------
+
+from symopt.constraints.unit_groups import SHARED, UnitGroups  # noqa: E402
+
+# rows 1 and 3 of a Linear(5, 4) belong to no unit (out of order: the layout puts them back); unit 0 is row 0,
+# unit 1 is row 2
+SHARED_MAP = torch.tensor([0, SHARED, 1, SHARED])
+
+
+def _shared_linear(strength=0.15, **kwargs):
+    torch.manual_seed(0)
+    lin = nn.Linear(5, 4).double()
+    handle = symopt.constrain(lin, ["weight", "bias"], UnitGroups(0, strength, unit_maps=[SHARED_MAP, SHARED_MAP],
+                                                                 **kwargs))
+    return lin, handle
+
+
+def test_shared_rows_keep_their_values_in_a_free_factor_that_is_not_decayed():
+    torch.manual_seed(0)
+    before = nn.Linear(5, 4).double()
+    lin, handle = _shared_linear()
+    assert torch.allclose(lin.weight, before.weight, atol=1e-15, rtol=0)
+    assert torch.allclose(lin.bias, before.bias, atol=1e-15, rtol=0)
+    weight = lin.parametrizations.weight
+    assert [tuple(f.shape) for f in (weight.original0, weight.original1, weight.original2)] == [(2,), (2, 5), (2, 5)]
+    assert torch.equal(weight.original2, before.weight.detach()[[1, 3]])  # the shared rows, as they were
+    decayed = {id(f) for f in handle.decayed_factors()}
+    assert id(weight.original2) not in decayed and id(lin.parametrizations.bias.original1) not in decayed
+    groups = symopt.param_groups(lin, weight_decay=0.01)
+    plain = [g for g in groups if "symopt_strength" not in g]
+    assert {id(p) for p in plain[0]["params"]} == {id(weight.original2), id(lin.parametrizations.bias.original1)}
+    assert plain[0]["weight_decay"] == 0.01  # (the user's decay, as on any parameter outside a constraint)
+    # a unit's norm and the penalty read its own rows only
+    W, b = before.weight.detach(), before.bias.detach()
+    rows = torch.cat([W, b[:, None]], dim=1).norm(dim=1)
+    assert torch.allclose(handle.constraint.unit_norms(handle.values()), rows[[0, 2]], atol=1e-14)
+    with torch.no_grad():
+        assert torch.allclose(handle.constraint.induced_norm(handle.values()), rows[[0, 2]].sum(), atol=1e-14)
+
+
+def test_shared_rows_train_unpenalised_next_to_the_group_lasso_of_cvxpy():
+    """The optimum of least squares + λ Σ_u ‖(W_u, b_u)‖ over the units' rows, with the shared rows free (a
+    plain least-squares fit): the factored model trained by SGD reaches cvxpy's, a dead unit included."""
+    cp = pytest.importorskip("cvxpy")
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(60, 5, generator=g, dtype=DT)
+    W0 = torch.zeros(4, 5, dtype=DT)
+    W0[0], W0[1], W0[3] = torch.tensor([1.0, -2, 0, 0, 1]), torch.tensor([0, 0.5, 1, 0, 0]), torch.tensor([0.02, 0, 0, 0, 0])
+    Y = X @ W0.T + torch.tensor([0.3, 0.2, 0.0, -0.1]) + 0.05 * torch.randn(60, 4, generator=g, dtype=DT)
+    lam = 0.15
+    lin, _ = _shared_linear(lam)
+    opt = torch.optim.SGD(symopt.param_groups(lin), lr=0.1, momentum=0.9)
+    for _ in range(1200):
+        opt.zero_grad()
+        (0.5 * ((lin(X) - Y) ** 2).sum(1).mean()).backward()
+        opt.step()
+    Wv, bv = cp.Variable((4, 5)), cp.Variable(4)
+    residual = X.numpy() @ Wv.T + cp.reshape(bv, (1, 4), order="C") - Y.numpy()
+    joint = cp.hstack([Wv, cp.reshape(bv, (4, 1), order="C")])
+    penalty = cp.norm(joint[0], 2) + cp.norm(joint[2], 2)
+    cp.Problem(cp.Minimize(0.5 * cp.sum_squares(residual) / 60 + lam * penalty)).solve()
+    W_ref, b_ref = torch.tensor(Wv.value), torch.tensor(bv.value)
+    assert float(torch.cat([W_ref[2], b_ref[2:3]]).norm()) < 1e-6  # (unit 1 is dead at the optimum)
+    assert float(W_ref[3].norm()) > 1e-3  # (the shared row 3, as small as unit 1's truth, is not: no penalty)
+    assert torch.allclose(lin.weight.detach(), W_ref, atol=2e-4) and torch.allclose(lin.bias.detach(), b_ref, atol=2e-4)
+
+
+def test_a_budget_lands_units_and_leaves_the_shared_rows():
+    lin, handle = _shared_linear(max_groups=1, total_steps=60)
+    X = torch.randn(40, 5, dtype=DT)
+    Y = torch.randn(40, 4, dtype=DT)
+    opt = torch.optim.Adam(symopt.param_groups(lin, lr=1e-2))
+    for _ in range(60):
+        opt.zero_grad()
+        ((lin(X) - Y) ** 2).mean().backward()
+        opt.step()
+    rows = torch.cat([lin.weight.detach(), lin.bias.detach()[:, None]], dim=1).norm(dim=1)
+    assert int((rows[[0, 2]] > 0).sum()) == 1  # the budget: one unit
+    assert bool((rows[[1, 3]] > 0.05).all())  # the shared rows trained on, never landed
+    weight = lin.weight.detach().clone()
+    symopt.finalize(lin)  # (default arguments: the landed budget holds exactly, no force)
+    assert symopt.list_constraints(lin) == [] and torch.equal(lin.weight.detach(), weight)
+
+
+def test_shared_rows_round_trip_through_a_state_dict_and_an_assignment():
+    lin, handle = _shared_linear()
+    with torch.no_grad():
+        lin.parametrizations.weight.original2.mul_(3.0)
+        handle.constraint.gates.mul_(1.7)
+    other, _ = _shared_linear()
+    other.load_state_dict(lin.state_dict())
+    x = torch.randn(3, 5, dtype=DT)
+    assert torch.equal(other(x), lin(x))
+    value = torch.arange(20, dtype=DT).reshape(4, 5) - 7.0
+    bias = other.bias.detach().clone()
+    other.weight = value  # every row, the shared ones into the free factor
+    assert torch.allclose(other.weight, value, atol=1e-13) and torch.allclose(other.bias, bias, atol=1e-13)
+    assert torch.equal(other.parametrizations.weight.original2, value[[1, 3]])
+
+
+@pytest.mark.parametrize("unit_map, match", [
+    (torch.tensor([0, -2, 1, 1]), r"a unit id >= 0 \(or -1: an index shared by every unit\)"),
+    (torch.full((4,), SHARED), "gives no index of it a unit"),
+])
+def test_bad_shared_maps_change_nothing(unit_map, match):
+    lin = nn.Linear(5, 4).double()
+    state = {k: v.clone() for k, v in lin.state_dict().items()}
+    with pytest.raises(ValueError, match=match):
+        symopt.constrain(lin, ["weight", "bias"], UnitGroups(0, 0.1, unit_maps=[unit_map, SHARED_MAP]))
+    assert symopt.list_constraints(lin) == [] and all(torch.equal(v, state[k]) for k, v in lin.state_dict().items())
+
+
+def test_regrow_refuses_a_group_with_shared_rows_by_name():
+    lin, _ = _shared_linear()
+    opt = torch.optim.SGD(symopt.param_groups(lin), lr=0.1)
+    with pytest.raises(ValueError, match="cannot be seeded off zero"):
+        symopt.regrow(lin, opt, names="weight, bias")

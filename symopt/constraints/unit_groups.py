@@ -28,6 +28,11 @@ from .base import (Constraint, GroupMember, acts_on_factors, chain_original, hel
 from .budget import RATE, check_budget, check_land_on_the_way, check_total_steps
 from .pooled import PooledBudget
 
+#: the unit id of an index that belongs to no unit (a unit map's entry): shared by every unit, as multi-query
+#: attention's one k/v head in a fused q|k|v projection is read by every query head. It is not gated and not decayed
+#: (a free factor of the tensor holds it: `UnitGroupsMember`), no unit's norm counts it, and no landing touches it.
+SHARED = -1
+
 
 class UnitBudget(PooledBudget):
     """The budget controller of a [`UnitGroups`][symopt.constraints.unit_groups.UnitGroups]: once every
@@ -97,6 +102,10 @@ class UnitGroups(Constraint, register=False):
         total_steps: the steps until training ends: the budget then arrives on a schedule and lands
             exactly (as for [`GroupSparse`][symopt.GroupSparse]).
         ramp: the schedule's ``(start, end)`` as fractions of ``total_steps``.
+        unit_maps: per tensor, the unit of each index along its axis (None, or a None entry: index i is unit i),
+            e.g. the rows of a head's q, k and v in one fused projection; `SHARED` (-1) marks an index of no unit,
+            shared by all (multi-query attention's k and v rows in that projection): not gated, not decayed, kept by
+            every landing. Unit ids count from 0 in each set.
         sets: one *layer index* per tensor, for one budget over several layers (a global channel
             budget, as Torch-Pruning's ``global_pruning``): tensors of the same set share its units,
             each set brings its own, and the gates, λ and ``max_groups`` span all of them. The units
@@ -163,6 +172,10 @@ class UnitGroups(Constraint, register=False):
         # per tensor: whether its unit map is the identity (index i is unit i, every unit: a layer's channels
         # in a group of one layer), so that laying per-unit scalars along it is a view, not a gather
         self._plain_maps: tuple[bool, ...] = ()
+        # per tensor: whether some of its indices are shared (no unit's: `SHARED` in its unit map), and its size
+        # along the unit axis
+        self._shared: tuple[bool, ...] = ()
+        self._full_sizes: tuple[int, ...] = ()
 
     # -- registration (the multi-tensor protocol of attach) ------------------------------------------
     def validate_members(self, tensors: Sequence[Tensor], names: Sequence[str]) -> None:
@@ -187,9 +200,12 @@ class UnitGroups(Constraint, register=False):
             size = t.shape[d % t.dim()]
             ids = self.unit_maps[i] if self.unit_maps is not None else None
             ids = torch.arange(size) if ids is None else torch.as_tensor(ids, dtype=torch.long).reshape(-1)
-            if ids.numel() != size or (ids.numel() and int(ids.min()) < 0):
-                raise ValueError(f"group_sparse: the unit map of '{name}' must give a unit id >= 0 to each of "
-                                 f"its {size} indices along dim={d}")
+            if ids.numel() != size or (ids.numel() and int(ids.min()) < SHARED):
+                raise ValueError(f"group_sparse: the unit map of '{name}' must give a unit id >= 0 (or {SHARED}: an "
+                                 f"index shared by every unit) to each of its {size} indices along dim={d}")
+            if ids.numel() and int(ids.max()) == SHARED:
+                raise ValueError(f"group_sparse: the unit map of '{name}' gives no index of it a unit ({SHARED} "
+                                 "everywhere); leave the tensor out of the group")
             axes.append(d % t.dim())
             maps.append(ids)
             counts.append(int(ids.max()) + 1 if ids.numel() else 0)
@@ -204,7 +220,8 @@ class UnitGroups(Constraint, register=False):
             set_units.append(counts[members[0]])
         # set j's units are numbered after those of the sets before it: one gate per unit of every layer
         offsets = [sum(set_units[:j]) for j in range(len(set_units))]
-        maps = [(ids + offsets[s]).to(t.device) for ids, s, t in zip(maps, sets, tensors)]
+        # (a shared index keeps its SHARED mark: it is no set's)
+        maps = [torch.where(ids == SHARED, ids, ids + offsets[s]).to(t.device) for ids, s, t in zip(maps, sets, tensors)]
         self.set_units = set_units
         first = tensors[0]
         for t, name in zip(tensors[1:], names[1:]):
@@ -219,8 +236,25 @@ class UnitGroups(Constraint, register=False):
                                  f"global budget, and every layer keeps at least one unit; give max_groups >= "
                                  f"{len(set_units)}")
             self.policy.budget, self.policy.atom_total = self.budget, self.atom_total
+        shared = tuple(bool((ids == SHARED).any()) for ids in maps)
         for i, ids in enumerate(maps):  # buffers: model.to(device) moves them with the factors
-            self.register_buffer(f"unit_map{i}", ids, persistent=False)
+            if not shared[i]:
+                self.register_buffer(f"unit_map{i}", ids, persistent=False)
+                continue
+            # ω holds the unit indices only (in order), the free factor the shared ones: θ is their concatenation
+            # along the axis, put back in the map's order by `order{i}` (none where the shared indices come last)
+            owned = (ids != SHARED).nonzero().reshape(-1)
+            free = (ids == SHARED).nonzero().reshape(-1)
+            self.register_buffer(f"unit_map{i}", ids[owned], persistent=False)
+            # (in the full layout a shared index points at one more unit, whose per-unit scalar is 1: `spread`)
+            self.register_buffer(f"full_map{i}", ids.masked_fill(ids == SHARED, self.units), persistent=False)
+            self.register_buffer(f"owned_index{i}", owned, persistent=False)
+            self.register_buffer(f"shared_index{i}", free, persistent=False)
+            placed = torch.cat([owned, free])
+            if not bool((placed.cpu() == torch.arange(placed.numel())).all()):
+                self.register_buffer(f"order{i}", torch.argsort(placed), persistent=False)
+        self._shared = shared
+        self._full_sizes = tuple(ids.numel() for ids in maps)
         self._count = len(maps)
         self._plain_maps = tuple(ids.numel() == self.units and bool((ids.cpu() == torch.arange(self.units)).all())
                                  for ids in maps)
@@ -261,6 +295,12 @@ class UnitGroups(Constraint, register=False):
         like them (their gradients, an optimizer's state): $s_c = 0$ and $ω_t[c] = 0$ for every t."""
         gates, *omegas = factors
         self._zero_units(keep, gates, dict(enumerate(omegas)))
+
+    @property
+    def can_regrow(self) -> bool:
+        # (regrow hands a kind every factor of its members, and a tensor with shared indices has a free factor
+        # beside its ω, which no seed or hold of a unit may touch: not served)
+        return super().can_regrow and not any(self._shared)
 
     def seed_atoms(self, factors: tuple[Tensor, ...], which: Tensor, grad: Sequence[Tensor], size: Tensor) -> None:
         # unit c at θ_t[c] = −size_c · g_t[c] / ‖g_·[c]‖ (the joint norm over the tensors), as
@@ -321,6 +361,7 @@ class UnitGroups(Constraint, register=False):
         tensor's $ω$ is rescaled to keep its value. The first tensor's gates are written here unless
         it is the one assigned (then parametrize stores what its right_inverse returns)."""
         with torch.no_grad():
+            # (the others' units only, their ω's layout: a tensor's shared indices are its free factor's, unchanged)
             values = [value if i == index else self._value(i) for i in range(len(self.copies))]
             new = random_gate(self.unit_norms(values), self.factorizer)
             for i in range(len(self.copies)):
@@ -331,19 +372,52 @@ class UnitGroups(Constraint, register=False):
         return new
 
     def _value(self, index: int) -> Tensor:
+        """Tensor ``index``'s value at its units' indices ($s ⊙ ω$: without its shared ones, as its ω)."""
         omega = self._omega(index)
         return self.spread(self.gates, omega, index) * omega
 
     # -- the maths on the list of values ---------------------------------------------------------------
     def spread(self, per_unit: Tensor, value: Tensor, index: int = 0) -> Tensor:
-        """Per-unit scalars laid out to multiply tensor ``index`` (``value``) entrywise."""
+        """Per-unit scalars laid out to multiply tensor ``index`` entrywise: ``value`` is the tensor itself (θ,
+        its gradient), or its $ω$ (or a tensor shaped like it), which lacks the tensor's shared indices where it
+        has some (`SHARED`); at those the scalar is 1 (True for a mask): a shared index is no unit's, so a
+        mask, a shrinkage or a gate leaves it as it is."""
         shape = [1] * value.dim()
         shape[self.axes[index]] = -1
         # (a view where the map is the identity: a gather is a few µs a call, and every forward, hold and
         # trimmed decay of every tensor lays scalars out so)
         if self._plain_maps[index]:
             return per_unit.view(shape)
+        if self._is_full(value, index):
+            return torch.cat([per_unit, per_unit.new_ones(1)])[getattr(self, f"full_map{index}")].view(shape)
         return per_unit[getattr(self, f"unit_map{index}")].view(shape)
+
+    def _is_full(self, value: Tensor, index: int) -> bool:
+        """Whether ``value`` is tensor ``index`` with its shared indices (not its $ω$, which lacks them)."""
+        return self._shared[index] and value.shape[self.axes[index]] == self._full_sizes[index]
+
+    def owned_part(self, value: Tensor, index: int) -> Tensor:
+        """Tensor ``index`` (``value``: θ, or its gradient) at its units' indices only, the layout of its $ω$:
+        ``value`` itself where it has no shared index."""
+        if not self._is_full(value, index):
+            return value
+        return value.index_select(self.axes[index], getattr(self, f"owned_index{index}"))
+
+    def shared_part(self, value: Tensor, index: int) -> Tensor:
+        """Tensor ``index`` at its shared indices (`SHARED`: no unit's), a new tensor: what its free factor holds."""
+        return value.index_select(self.axes[index], getattr(self, f"shared_index{index}"))
+
+    def assembled(self, gated: Tensor, free: Tensor, index: int) -> Tensor:
+        """Tensor ``index`` from its units' part (``gated``, $s ⊙ ω$) and its shared part (``free``), put back in
+        its map's order."""
+        axis = self.axes[index]
+        whole = torch.cat([gated, free], dim=axis)
+        order = getattr(self, f"order{index}", None)
+        return whole if order is None else whole.index_select(axis, order)
+
+    def has_shared(self, index: int) -> bool:
+        """Whether tensor ``index`` has shared indices (a free factor beside its $ω$)."""
+        return self._shared[index]
 
     def units_lead_rows(self) -> bool:
         """Whether every tensor's units lie along its first axis with the identity map (index i is unit i):
@@ -356,6 +430,8 @@ class UnitGroups(Constraint, register=False):
         per_index = value.movedim(axis, 0).reshape(value.shape[axis], -1).square().sum(dim=1)
         if self._plain_maps[index]:
             return per_index
+        if self._is_full(value, index):  # (the shared indices add into one more unit, dropped)
+            return per_index.new_zeros(self.units + 1).index_add(0, getattr(self, f"full_map{index}"), per_index)[:-1]
         return per_index.new_zeros(self.units).index_add(0, getattr(self, f"unit_map{index}"), per_index)
 
     def unit_norms(self, values: Sequence[Tensor]) -> Tensor:
@@ -507,10 +583,12 @@ class UnitGroupsMember(GroupMember):
 
     def forward(self, *factors: Tensor) -> Tensor:
         if self.index == 0:
-            gates, omega = factors
+            gates, omega, *free = factors
         else:
-            (omega,), gates = factors, self.group.gates
-        return self.group.spread(gates, omega, self.index) * omega
+            (omega, *free), gates = factors, self.group.gates
+        gated = self.group.spread(gates, omega, self.index) * omega
+        # (a tensor with shared indices: its free factor, undecayed, holds them: `SHARED`)
+        return self.group.assembled(gated, free[0], self.index) if free else gated
 
     def right_inverse(self, value: Tensor):
         group = self.group
@@ -520,8 +598,10 @@ class UnitGroupsMember(GroupMember):
             gates = group.gates.detach()
         else:  # an assignment after registration
             gates = group.regate(self.index, value.detach())
-        omega = value / group.spread(gates, value, self.index)
-        return (gates.detach().clone(), omega) if self.index == 0 else (omega,)
+        owned = group.owned_part(value, self.index)
+        omega = owned / group.spread(gates, owned, self.index)
+        free = (group.shared_part(value, self.index),) if group.has_shared(self.index) else ()
+        return (gates.detach().clone(), omega, *free) if self.index == 0 else (omega, *free)
 
     def balance(self, *factors: Tensor) -> float:
         if self.index != 0:
