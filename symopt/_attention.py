@@ -250,7 +250,8 @@ def _alibi_rows(block: nn.Module, args: tuple, kwargs: dict):
 # column), and a forward hook puts the full bias back in its output (second of its outputs, in transformers 4
 # and 5; transformers 4 adds the attention mask to a bias a block computes before handing it on, and so does the
 # hook). MPT's model builds one ALiBi bias, (heads, 1, keys), and hands it to every block, which returns none:
-# the pre-hook alone serves it. The kept heads live in a string attribute on the block and on its Embedding, as
+# the pre-hook alone serves it; so does MPNet's encoder's relative-position bias, which its attention hands the
+# block by position, not by keyword. The kept heads live in a string attribute on the block and on its Embedding, as
 # for ALiBi.
 POSITION_BIAS_HEADS = "symopt_position_bias_heads"
 _POSITION_BIAS_OUTPUT = 1  # (T5Attention returns (attn_output, position_bias, ...))
@@ -293,13 +294,19 @@ def _kept_bias_columns(embedding: nn.Module, args: tuple, output: Tensor) -> Ten
 
 
 def _kept_bias_rows(block: nn.Module, args: tuple, kwargs: dict):
-    bias = kwargs.get("position_bias")
+    # (by keyword, as T5's stack hands it, or by position, as MPNet's attention does)
+    names = forward_arguments(block)
+    at = names.index("position_bias") if "position_bias" in names else len(args)
+    by_keyword = "position_bias" in kwargs or at >= len(args)
+    bias = kwargs.get("position_bias") if by_keyword else args[at]
     if bias is None:
         return None
     kept, _ = _kept_heads(block, POSITION_BIAS_HEADS)
     rows = bias[:, kept] if bias.dim() == 4 else bias[kept]  # (T5: (batch or 1, heads, q, k); MPT: (heads, 1, k))
     block.__dict__["_symopt_whole_bias"] = (rows, bias)
-    return args, {**kwargs, "position_bias": rows}
+    if by_keyword:
+        return args, {**kwargs, "position_bias": rows}
+    return (*args[:at], rows, *args[at + 1:]), kwargs
 
 
 def _whole_bias_out(block: nn.Module, args: tuple, kwargs: dict, output):

@@ -797,6 +797,11 @@ def _prune_block_heads(holder: nn.Module, info: dict, options: dict) -> list[str
     if info.get("inner_width_attribute") is not None:
         setattr(counts, info["inner_width_attribute"], int(q_rows.numel()))
     kept_heads = (keep[:, None] * per_unit + torch.arange(per_unit, device=keep.device)).reshape(-1).tolist()
+    if not _keep_table_columns(block, info["heads"], kept_heads) and block_name:
+        # (BEiT in transformers 5: the layer holding the block reads its own table and hands the block the bias as
+        # its attention mask; a table that is not this block's alone moves the outputs, and the check undoes it)
+        parent_name, _, leaf = block_name.rpartition(".")
+        _keep_table_columns(_get(holder, _qual("root", parent_name)), info["heads"], kept_heads, skip=leaf)
     if takes_alibi(block):  # (BLOOM: the model's ALiBi tensor holds a row per original head)
         keep_alibi_rows(block, kept_heads, info["heads"])
     if takes_position_bias(block):  # (T5: a position bias of a row per head, handed from block to block)
@@ -818,6 +823,28 @@ def _prune_block_heads(holder: nn.Module, info: dict, options: dict) -> list[str
         return [f"{label}: {int(dead.sum()) * per_unit} heads removed but the outputs were not compared "
                 "(pass example_input=)"]
     return []
+
+
+# Parameters of an attention block that hold a column per head on their last axis: Swin's and BEiT's learned
+# relative-position bias, a table of (relative positions, heads) read into a bias per head. Export keeps the kept
+# heads' columns (a head's bias only weighs its own values, so a dead head's column goes with it).
+PER_HEAD_TABLE_NAMES = ("relative_position_bias_table",)
+
+
+def _keep_table_columns(module: nn.Module, heads: int, kept_heads: list[int], skip: str | None = None) -> bool:
+    """Each `PER_HEAD_TABLE_NAMES` parameter in ``module`` (outside its child ``skip``) whose last axis has ``heads``
+    entries keeps the columns ``kept_heads`` (a new parameter, as trainable as the old); whether there was one."""
+    found = False
+    for path, table in list(module.named_parameters()):
+        owner_path, _, leaf = path.rpartition(".")
+        if skip is not None and (path == skip or path.startswith(f"{skip}.")):
+            continue
+        if leaf in PER_HEAD_TABLE_NAMES and table.dim() >= 1 and table.shape[-1] == heads:
+            columns = torch.tensor(kept_heads, device=table.device)
+            kept = nn.Parameter(table.detach().index_select(-1, columns).clone(), requires_grad=table.requires_grad)
+            setattr(module.get_submodule(owner_path), leaf, kept)
+            found = True
+    return found
 
 
 def _own_config_counts(block: nn.Module, heads: int, kv_heads: int) -> bool:

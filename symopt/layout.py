@@ -11,7 +11,8 @@ weights (a size mismatch). Two remedies, in this order:
   it with no symopt at load time. This holds when every layer kept the same number of heads.
 * [`record`][symopt.layout.record] / [`rebuild`][symopt.layout.rebuild]: where no config can say it (a
   global budget leaves 3 heads in one layer and 1 in the next), the modules that differ from what the
-  config builds, as JSON — each rewritten module's type and constructor arguments, and changed scalar
+  config builds, as JSON — each rewritten module's type and constructor arguments, the new shapes of a
+  model's own module's narrowed tensors (Swin's relative-position table, a column per head), and changed scalar
   attributes — so that [`symopt.from_pretrained`][symopt.from_pretrained] builds the same layers before it
   loads the weights.
 
@@ -114,13 +115,16 @@ def _own_shapes(module: nn.Module) -> dict:
     return {name: tuple(tensor.shape) for name, tensor in own}
 
 
-def differences(model: nn.Module, reference: nn.Module) -> tuple[list[str], dict[str, dict]]:
+def differences(model: nn.Module, reference: nn.Module) -> tuple[list[str], dict[str, dict], dict[str, dict]]:
     """Where ``model`` differs from ``reference`` (the model its config builds): the outermost modules of
-    another type or other own parameter / buffer shapes (or present in one only), and, for the others,
-    the scalar attributes whose values differ (``{module name: {attribute: model's value}}``)."""
+    another type or other own parameter / buffer shapes (or present in one only); for the others, the scalar
+    attributes whose values differ (``{module name: {attribute: model's value}}``); and the modules of a type
+    symopt does not rebuild (not `RECORDABLE`: a model's own, such as Swin's relative-position bias) whose own
+    parameters and buffers are the reference's but for their shapes, which export narrowed (``{module name:
+    {tensor: shape}}``)."""
     theirs = dict(reference.named_modules())
     ours = dict(model.named_modules())
-    replaced, attributes = [], {}
+    replaced, attributes, reshaped = [], {}, {}
 
     def inside(name: str) -> bool:
         return any(name.startswith(f"{r}.") for r in replaced if r) or "" in replaced
@@ -129,9 +133,16 @@ def differences(model: nn.Module, reference: nn.Module) -> tuple[list[str], dict
         if inside(name):
             continue
         other = theirs.get(name)
-        if other is None or type(other) is not type(module) or _own_shapes(other) != _own_shapes(module):
+        if other is None or type(other) is not type(module):
             replaced.append(name)
             continue
+        shapes, reference_shapes = _own_shapes(module), _own_shapes(other)
+        if shapes != reference_shapes:
+            if shapes.keys() != reference_shapes.keys() or _rebuilds(module):
+                replaced.append(name)
+                continue
+            reshaped[name] = {tensor: list(shape) for tensor, shape in shapes.items()
+                              if shape != reference_shapes[tensor]}
         reference_values = _scalar_attributes(other)
         # (an attribute the config's model lacks counts only where symopt set it: `SYMOPT_ATTRIBUTE`)
         changed = {k: v for k, v in _scalar_attributes(module).items()
@@ -141,7 +152,14 @@ def differences(model: nn.Module, reference: nn.Module) -> tuple[list[str], dict
     for name in theirs:  # a module the config builds that the model no longer has, under an unchanged parent
         if name not in ours and not inside(name):
             replaced.append(name.rpartition(".")[0])
-    return sorted(set(replaced)), attributes
+    replaced = sorted(set(replaced))
+    return replaced, attributes, {name: shapes for name, shapes in reshaped.items() if not inside(name)}
+
+
+def _rebuilds(module: nn.Module) -> bool:
+    """Whether a layout rebuilds ``module`` whole from its type and arguments (`RECORDABLE`, a Sequential) rather
+    than giving the config's own module other tensor shapes."""
+    return type(module) is nn.Sequential or _recordable(type(module).__name__) is not None
 
 
 def config_describing(model: nn.Module, updates: dict):
@@ -169,7 +187,7 @@ def config_describing(model: nn.Module, updates: dict):
         if not _settable(candidate, name, value):
             return None
     reference = built_from_config(model, candidate)
-    if reference is None or differences(model, reference) != ([], {}):
+    if reference is None or differences(model, reference) != ([], {}, {}):
         return None
     return candidate
 
@@ -211,8 +229,8 @@ def _build(description: dict) -> nn.Module:
 
 def record(model: nn.Module) -> dict | None:
     """The JSON-ready layout of ``model`` against the model its config builds (``{"modules": {name:
-    description}, "attributes": {name: {attribute: value}}}``); None when they already agree (or the class
-    cannot be built from its config, where there is nothing to compare).
+    description}, "attributes": {name: {attribute: value}}, "shapes": {name: {tensor: shape}}}``); None when they
+    already agree (or the class cannot be built from its config, where there is nothing to compare).
 
     Raises:
         ValueError: a differing module of a type symopt does not record (named, with the alternative).
@@ -245,14 +263,14 @@ def record(model: nn.Module) -> dict | None:
     reference = built_from_config(model)
     if reference is None:
         return None
-    replaced, attributes = differences(model, reference)
-    if not replaced and not attributes:
+    replaced, attributes, reshaped = differences(model, reference)
+    if not replaced and not attributes and not reshaped:
         return None
     if "" in replaced:
         raise ValueError("save_pretrained: the model itself differs from what its config builds; save it with "
                          "torch.save(model, path)")
     modules = {name: _describe(model.get_submodule(name), name) for name in replaced}
-    return {"modules": modules, "attributes": attributes}
+    return {"modules": modules, "attributes": attributes, "shapes": reshaped}
 
 
 def rebuild(model: nn.Module, layout: dict) -> None:
@@ -267,6 +285,15 @@ def rebuild(model: nn.Module, layout: dict) -> None:
         if sample is not None:
             new = new.to(device=sample.device, dtype=sample.dtype)
         setattr(parent, leaf, new.train(model.training))
+    for name, shapes in layout.get("shapes", {}).items():  # (a layout written before shapes were recorded has none)
+        module = model.get_submodule(name)
+        for tensor, shape in shapes.items():
+            old = getattr(module, tensor)
+            empty = torch.empty(tuple(shape), dtype=old.dtype, device=old.device)
+            if tensor in module._parameters:
+                setattr(module, tensor, nn.Parameter(empty, requires_grad=old.requires_grad))
+            else:
+                module._buffers[tensor] = empty
     for name, values in layout["attributes"].items():
         module = model.get_submodule(name)
         for key, value in values.items():

@@ -3,6 +3,7 @@ refuses the plain save_pretrained that would lose its weights, symopt.save_pretr
 keep values and factors bit-exactly, and exports reload with the model class's own from_pretrained."""
 
 import copy
+import json
 import warnings
 
 import pytest
@@ -433,6 +434,9 @@ def _grouped_query(model_class, config_class, **extra):
                                     num_key_value_heads=2, intermediate_size=64, max_position_embeddings=16, **extra))
 
 
+SMALL = dict(vocab_size=40, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
+             max_position_embeddings=32)
+
 ARCHITECTURES = {
     "GPT-J": (lambda: T.GPTJForCausalLM(T.GPTJConfig(vocab_size=40, n_embd=32, n_layer=1, n_head=4, rotary_dim=4,
                                                      n_positions=16)), "transformer.h.0.attn", {}),
@@ -452,6 +456,34 @@ ARCHITECTURES = {
     # (MPT: `Wqkv` in thirds; its model hands every block one ALiBi bias of a row per head, (heads, 1, keys))
     "MPT": (lambda: T.MptForCausalLM(T.MptConfig(vocab_size=40, d_model=32, n_layers=2, n_heads=4, max_seq_len=16)),
             "transformer.blocks.1.attn", {}),
+    # (MPNet: its encoder computes a position bias of a row per head and hands it to every block positionally)
+    "MPNet": (lambda: T.MPNetModel(T.MPNetConfig(vocab_size=40, hidden_size=32, num_hidden_layers=2,
+                                                 num_attention_heads=4, intermediate_size=64,
+                                                 max_position_embeddings=32)), "encoder.layer.1.attention.attn", {}),
+    "Persimmon": (lambda: T.PersimmonForCausalLM(T.PersimmonConfig(**SMALL)), "model.layers.0.self_attn", {}),
+    "Starcoder2": (lambda: _grouped_query(T.Starcoder2ForCausalLM, T.Starcoder2Config), "model.layers.0.self_attn", {}),
+    "Cohere": (lambda: _grouped_query(T.CohereForCausalLM, T.CohereConfig), "model.layers.0.self_attn", {}),
+    "Gemma-2": (lambda: _grouped_query(T.Gemma2ForCausalLM, T.Gemma2Config, head_dim=8), "model.layers.0.self_attn",
+                {}),
+    "Qwen3": (lambda: _grouped_query(T.Qwen3ForCausalLM, T.Qwen3Config, head_dim=8), "model.layers.0.self_attn", {}),
+    "Granite": (lambda: _grouped_query(T.GraniteForCausalLM, T.GraniteConfig), "model.layers.0.self_attn", {}),
+    "GPT-Neo": (lambda: T.GPTNeoForCausalLM(T.GPTNeoConfig(vocab_size=40, hidden_size=32, num_layers=1, num_heads=4,
+                                                           attention_types=[[["global"], 1]],
+                                                           max_position_embeddings=16)),
+                "transformer.h.0.attn.attention", {}),
+    "XLM": (lambda: T.XLMWithLMHeadModel(T.XLMConfig(vocab_size=40, emb_dim=32, n_layers=1, n_heads=4,
+                                                     max_position_embeddings=16)), "transformer.attentions.0", {}),
+    "ESM": (lambda: T.EsmModel(T.EsmConfig(**SMALL, pad_token_id=1, position_embedding_type="rotary")),
+            "encoder.layer.0.attention", {}),
+    "RoFormer": (lambda: T.RoFormerModel(T.RoFormerConfig(**SMALL, embedding_size=32)), "encoder.layer.0.attention", {}),
+    "XLM-RoBERTa": (lambda: T.XLMRobertaModel(T.XLMRobertaConfig(**SMALL)), "encoder.layer.0.attention", {}),
+    "Marian": (lambda: T.MarianMTModel(T.MarianConfig(vocab_size=40, d_model=32, encoder_layers=1, decoder_layers=1,
+                                                      encoder_attention_heads=4, decoder_attention_heads=4,
+                                                      encoder_ffn_dim=64, decoder_ffn_dim=64,
+                                                      max_position_embeddings=16, pad_token_id=0,
+                                                      decoder_start_token_id=0)),
+               "model.decoder.layers.0.self_attn", {"decoder_input_ids": LLAMA_IDS[:, :5]}),
+    "SigLIP text": (lambda: T.SiglipTextModel(T.SiglipTextConfig(**SMALL)), "encoder.layers.0.self_attn", {}),
     "CLIP text": (lambda: T.CLIPTextModel(T.CLIPTextConfig(vocab_size=40, hidden_size=32, num_hidden_layers=1,
                                                             num_attention_heads=4, intermediate_size=64,
                                                             max_position_embeddings=16)),
@@ -472,6 +504,9 @@ def test_attention_heads_export_across_hugging_face_architectures(architecture):
     if architecture in ("CLIP text", "MPT") and int(transformers.__version__.split(".")[0]) < 5:
         pytest.skip(f"transformers 4's {architecture} fills its causal mask with float32's minimum, which a float64 "
                     "model's forward cannot convert")
+    if architecture == "SigLIP text" and int(transformers.__version__.split(".")[0]) < 5:
+        pytest.skip("transformers 4's SigLIP attention reshapes its heads' outputs to its input's width, so no head "
+                    "can leave (export's check keeps them, with a warning)")
     torch.manual_seed(0)
     model = build().double().eval()
     block = next(name for name, _ in model.named_modules() if name.endswith(block))
@@ -643,6 +678,109 @@ def test_a_global_ffn_neuron_budget_on_gpt2_lands_and_exports_narrower_conv1d_la
     assert [(block.mlp.c_fc.nf, block.mlp.c_proj.nx, tuple(block.mlp.c_proj.weight.shape)) for block in small.transformer.h] \
         == [(k, k, (k, 32)) for k in kept]
     _same_logits_and_reloaded(model, small, LLAMA_IDS, kept, "n_inner", tmp_path)
+
+
+VISION_TABLES = {
+    "Swin": lambda: T.SwinForImageClassification(T.SwinConfig(image_size=16, patch_size=4, num_channels=3,
+                                                              embed_dim=16, depths=[1, 1], num_heads=[2, 4],
+                                                              window_size=2, num_labels=3)),
+    "BEiT": lambda: T.BeitForImageClassification(T.BeitConfig(image_size=16, patch_size=4, hidden_size=32,
+                                                              num_hidden_layers=2, num_attention_heads=4,
+                                                              intermediate_size=64, use_relative_position_bias=True,
+                                                              num_labels=3)),
+}
+
+
+@pytest.mark.parametrize("architecture", sorted(VISION_TABLES))
+def test_heads_take_their_columns_of_a_learned_relative_position_table_along(architecture, tmp_path):
+    """Swin and BEiT learn a relative-position bias table of a column per head (Swin's inside the attention block;
+    BEiT's in the block itself on transformers 4, in the layer holding it on 5, which hands the bias on as the
+    attention mask). Export keeps the kept heads' columns with their q, k, v rows, the logits do not move, and
+    symopt's layout records the narrowed table of the model's own module (not a layer it rebuilds): the reload
+    computes the same logits."""
+    torch.manual_seed(0)
+    model = VISION_TABLES[architecture]().double().eval()
+    blocks = symopt.attention_blocks(model)
+    assert len(blocks) == 2
+    handle = symopt.attention_heads(model, blocks, strength=1e-3)
+    heads = handle.constraint.set_units
+    with torch.no_grad():
+        # (block 0: head 0; block 1: heads 1 and 2: no one config says both, so the layout records them)
+        handle.constraint.gates[[0, heads[0] + 1, heads[0] + 2]] = 0
+    pixels = torch.randn(2, 3, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = model(pixels).logits
+    tables = {name: p.shape[-1] for name, p in model.named_parameters() if name.endswith("relative_position_bias_table")}
+    small = _compressed(model, example_input=(pixels,))
+    assert {name: p.shape[-1] for name, p in small.named_parameters()
+            if name.endswith("relative_position_bias_table")} == {
+        name: n - (1 if index == 0 else 2) for index, (name, n) in enumerate(tables.items())}
+    with torch.no_grad():
+        got = small(pixels).logits
+        assert torch.allclose(got, want, atol=1e-12, rtol=0)
+    symopt.save_pretrained(small, tmp_path)
+    saved = json.loads((tmp_path / "symopt_layout.json").read_text())
+    assert sorted(saved["shapes"]) == sorted(name.rpartition(".")[0] for name in tables)
+    back = symopt.from_pretrained(type(model), tmp_path)
+    with torch.no_grad():
+        assert torch.equal(back(pixels).logits, got)
+
+
+def test_a_position_table_shared_by_every_layer_keeps_the_heads_with_a_warning():
+    """BEiT's shared relative-position bias (one table for every layer, held by the model) cannot lose one block's
+    heads: export's check sees the rewrite fail, keeps the heads, says so, and the model computes as before."""
+    config = T.BeitConfig(image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                          intermediate_size=64, use_shared_relative_position_bias=True, num_labels=3)
+    torch.manual_seed(0)
+    model = T.BeitForImageClassification(config).double().eval()
+    block = symopt.attention_blocks(model)[0]
+    handle = symopt.attention_heads(model, block, strength=1e-3)
+    with torch.no_grad():
+        handle.constraint.gates[[0]] = 0
+    pixels = torch.randn(2, 3, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = model(pixels).logits
+    with pytest.warns(symopt.ExportWarning, match=f"{block} \\(heads\\): heads kept"):
+        small = symopt.export(model, mode="compressed", example_input=(pixels,))
+    assert small.get_submodule(block).get_submodule(_q_projection(small, block)).out_features == 32
+    with torch.no_grad():
+        assert torch.allclose(small(pixels).logits, want, atol=1e-12, rtol=0)
+
+
+def _q_projection(model, block) -> str:
+    """The name of the first Linear layer of ``block`` (its q projection)."""
+    return next(name for name, m in model.get_submodule(block).named_modules() if isinstance(m, torch.nn.Linear))
+
+
+def test_a_layout_records_narrowed_tensors_of_a_module_it_does_not_rebuild():
+    """A model's own module (not a layer type symopt rebuilds) whose parameter or buffer export narrowed is recorded
+    by those tensors' shapes; the rebuild gives the module the config builds tensors of those shapes, and the
+    weights load into them."""
+    from symopt import layout
+
+    class Table(torch.nn.Module):
+        def __init__(self, heads):
+            super().__init__()
+            self.table = torch.nn.Parameter(torch.randn(5, heads))
+            self.register_buffer("index", torch.arange(heads))
+
+    class Net(torch.nn.Module):
+        def __init__(self, config):
+            super().__init__()
+            self.config = config
+            self.bias = Table(config["heads"])
+            self.out = torch.nn.Linear(4, 2)
+
+    small = Net({"heads": 4})
+    small.bias.table = torch.nn.Parameter(torch.randn(5, 3))
+    small.bias.index = torch.arange(3)
+    saved = layout.record(small)
+    assert saved["shapes"] == {"bias": {"table": [5, 3], "index": [3]}} and saved["modules"] == {}
+    again = Net({"heads": 4})
+    layout.rebuild(again, json.loads(json.dumps(saved)))
+    again.load_state_dict(small.state_dict())
+    assert torch.equal(again.bias.table, small.bias.table) and again.bias.table.requires_grad
+    assert torch.equal(again.bias.index, small.bias.index)
 
 
 def test_a_saved_layout_naming_a_layer_this_environment_cannot_build_is_refused_by_name():
