@@ -285,15 +285,19 @@ def constrain(model: nn.Module, name: str | Sequence[str], constraint: Constrain
 
 
 class _SavePretrainedGuard:
-    """Stands in for a Hugging Face model's ``save_pretrained`` while saving it would lose something.
+    """Stands in for a Hugging Face model's ``save_pretrained`` while saving it plainly would lose something.
 
-    ``model.save_pretrained`` would write the factors under keys ``from_pretrained`` does not know, and
-    ``from_pretrained`` would then re-initialise every constrained weight without an error (a warning
-    in a load report). While constraints are registered this raises instead and names the two ways
-    that keep the values; once none are left it is the model's own ``save_pretrained`` again. Layers
-    above add their own refusals (`guard_save_pretrained`: a compressed export whose layers its config
-    does not describe). It is set on the instance only (never on the class), and a deepcopy carries it
-    to the copy's model.
+    With constraints registered, the model's ``state_dict`` holds the factors (``…parametrizations.weight.
+    original0``), which ``from_pretrained`` does not know: it would re-initialise every constrained weight and
+    say so only in a load report. So the state written (the ``state_dict`` given, as ``transformers.Trainer``
+    gives its checkpoints', else the model's) gains each constrained weight's current value under its own name
+    (`with_plain_values`): ``from_pretrained`` loads the values exactly (and lists the factors' keys as unused),
+    while the constrained model's own ``load_state_dict`` restores the factors and the constraints' state
+    exactly (`_load_plain_checkpoint` then sets the values aside): ``Trainer(resume_from_checkpoint=...)``
+    resumes the training it interrupted. Once no constraint is left it is the model's own
+    ``save_pretrained`` again. Layers above add refusals (`guard_save_pretrained`: a compressed export whose
+    layers its config does not describe). It is set on the instance only (never on the class), and a
+    deepcopy carries it to the copy's model.
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -301,18 +305,49 @@ class _SavePretrainedGuard:
         self.refusals: list[Callable[[nn.Module], str | None]] = []
 
     def __call__(self, *args, **kwargs):
-        if list_constraints(self.model):
-            raise ValueError(
-                f"{type(self.model).__name__}.save_pretrained: this model has symopt constraints, whose factors "
-                "from_pretrained would not load (it re-initialises those weights silently). Use "
-                "symopt.save_pretrained(model, directory) (values + factors, reloadable with "
-                "symopt.from_pretrained), or symopt.export(model).save_pretrained(directory) (plain weights)."
-            )
         for refusal in getattr(self, "refusals", ()):  # (a guard pickled by an older symopt has none)
             problem = refusal(self.model)
             if problem is not None:
                 raise ValueError(f"{type(self.model).__name__}.save_pretrained: {problem}")
+        if list_constraints(self.model):
+            given = kwargs.get("state_dict")
+            kwargs["state_dict"] = with_plain_values(self.model, self.model.state_dict() if given is None else given)
         return type(self.model).save_pretrained(self.model, *args, **kwargs)
+
+
+def with_plain_values(model: nn.Module, state_dict: dict) -> dict:
+    """``state_dict`` (of ``model``, constrained) with each constrained weight's current value added under its
+    plain name (``layer.weight`` beside ``layer.parametrizations.weight.original0``, …): what a checkpoint of a
+    constrained model holds so that an unconstrained reader (``from_pretrained``, a plain model's
+    ``load_state_dict(strict=False)``) gets the values, and the constrained model its exact state.
+
+    Args:
+        model: the constrained model ``state_dict`` was taken from.
+        state_dict: its state (keys as ``model.state_dict()`` names them).
+
+    Returns:
+        dict: a new dict, ``state_dict``'s entries and the values (detached); the constraints' entries are copies,
+        since a group's state is one tensor under each member's key, and a writer such as ``transformers``'
+        ``save_pretrained`` refuses tensors that share memory.
+
+    Examples:
+        >>> import torch, symopt
+        >>> from symopt.attach import with_plain_values
+        >>> net = torch.nn.Sequential(torch.nn.Linear(3, 2))
+        >>> _ = symopt.sparse(net, "0.weight", strength=1e-3)
+        >>> state = with_plain_values(net, net.state_dict())
+        >>> sorted(state)
+        ['0.bias', '0.parametrizations.weight.original0', '0.parametrizations.weight.original1', '0.weight']
+        >>> torch.equal(state["0.weight"], net[0].weight.detach())
+        True
+    """
+    plain = {key: value.detach().clone() if ".parametrizations." in f".{key}" and isinstance(value, Tensor) else value
+             for key, value in state_dict.items()}
+    with torch.no_grad():
+        for handle in list_constraints(model):
+            for member in handle.members:
+                plain[member.qualname] = member.value.detach()
+    return plain
 
 
 def guard_save_pretrained(model: nn.Module, refusal: Callable[[nn.Module], str | None] | None = None) -> None:
@@ -614,6 +649,10 @@ def _load_plain_checkpoint(module, state_dict, prefix, _metadata=None, _strict=T
         if not isinstance(parametrization, Constraint) or plain_key not in state_dict:
             continue
         if base + "original0" in state_dict:
+            # (a constrained model's checkpoint also holds the value under its plain name, `with_plain_values`, for
+            # unconstrained readers: the factors are the exact state)
+            if isinstance(state_dict[plain_key], Tensor) and state_dict[plain_key].shape == getattr(module, leaf).shape:
+                del state_dict[plain_key]
             continue
         current = getattr(module, leaf)
         value = state_dict[plain_key]

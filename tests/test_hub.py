@@ -41,16 +41,74 @@ def _train_a_little(model):
         opt.step()
 
 
-def test_plain_save_pretrained_refuses_while_constraints_exist(tmp_path):
+def test_plain_save_pretrained_of_a_constrained_model_keeps_the_values_and_the_exact_state(tmp_path):
+    """The model's own save_pretrained, constraints registered: its weights file holds every constrained weight's
+    value under its plain name beside the factors and the constraints' state. from_pretrained (no symopt) loads the
+    values exactly; a model with the same constraints loads the file with a strict load_state_dict (the values set
+    aside) and holds the same state; after finalize it is the model's own save_pretrained again."""
+    from safetensors.torch import load_file
+
     model = _bert()
     _constrain(model)
-    with pytest.raises(ValueError, match="this model has symopt constraints.*symopt.save_pretrained"):
-        model.save_pretrained(tmp_path / "lost")
-    assert not (tmp_path / "lost").exists()
+    _train_a_little(model)
+    model.save_pretrained(tmp_path / "both")
+    plain = transformers.BertForSequenceClassification.from_pretrained(tmp_path / "both").eval()
+    for key, value in plain.state_dict().items():
+        prefix, _, leaf = key.rpartition(".")
+        assert torch.equal(value, getattr(model.get_submodule(prefix), leaf).detach()), key
+    again = _bert()
+    _constrain(again)
+    again.load_state_dict(load_file(tmp_path / "both" / "model.safetensors"))  # (strict: nothing left over)
+    for (key, a), b in zip(model.state_dict().items(), again.state_dict().values()):
+        assert torch.equal(a, b), key
     symopt.finalize(model, force=True)  # no constraints left: the model's own save_pretrained again
     model.save_pretrained(tmp_path / "plain")
+    assert not any(".parametrizations." in key for key in load_file(tmp_path / "plain" / "model.safetensors"))
     again = transformers.BertForSequenceClassification.from_pretrained(tmp_path / "plain").eval()
     assert torch.equal(again(IDS).logits, model(IDS).logits)
+
+
+def test_trainer_checkpoints_a_head_budget_and_resumes_it_bit_exactly(tmp_path):
+    """transformers' Trainer, given symopt's parameter groups, trains a GPT-2 to a head budget: its checkpoints go
+    through the model's save_pretrained, and resume_from_checkpoint at the first one ends where the uninterrupted
+    run ends, every factor and the budget's state to the bit; the last checkpoint loads into a plain GPT-2 with
+    the trained model's logits."""
+    pytest.importorskip("accelerate")
+    ids = torch.randint(0, 40, (64, 12), generator=torch.Generator().manual_seed(0))
+
+    class Tokens(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(ids)
+
+        def __getitem__(self, i):
+            return {"input_ids": ids[i], "labels": ids[i]}
+
+    def train(out, resume=None):
+        torch.manual_seed(0)
+        config = transformers.GPT2Config(vocab_size=40, n_positions=16, n_embd=32, n_layer=2, n_head=4,
+                                         bos_token_id=0, eos_token_id=0)
+        model = transformers.GPT2LMHeadModel(config)
+        handle = symopt.attention_heads(model, symopt.attention_blocks(model), max_heads=5, total_steps=40)
+        optimizer = torch.optim.AdamW(symopt.param_groups(model, lr=1e-2, weight_decay=0.0), lr=1e-2)
+        symopt.bind(optimizer)  # (a resume loads the optimizer's state, which replaces its groups)
+        args = transformers.TrainingArguments(output_dir=str(out), per_device_train_batch_size=8, max_steps=40,
+                                              save_steps=20, logging_steps=100, report_to=[], use_cpu=True,
+                                              disable_tqdm=True)
+        transformers.Trainer(model=model, args=args, train_dataset=Tokens(), optimizers=(optimizer, None)).train(
+            resume_from_checkpoint=resume)
+        return model.eval(), handle
+
+    whole, handle = train(tmp_path / "whole")
+    assert _kept(handle, 4) in ([2, 3], [3, 2], [1, 4], [4, 1])  # (the budget landed: 5 heads of 8)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        resumed, _ = train(tmp_path / "resumed", resume=str(tmp_path / "whole" / "checkpoint-20"))
+    assert not [w for w in caught if "symopt" in str(w.message)]
+    for (key, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), key
+    plain = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "whole" / "checkpoint-40").eval()
+    with torch.no_grad():
+        assert torch.equal(plain(LLAMA_IDS).logits, whole(LLAMA_IDS).logits)
 
 
 def test_symopt_round_trip_keeps_values_and_factors_bit_exactly(tmp_path):
