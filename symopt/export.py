@@ -782,6 +782,10 @@ def _prune_block_heads(holder: nn.Module, info: dict, options: dict) -> list[str
         _set(block, layer_name, narrowed(layer, outputs=rows))
     for path in info.get("per_head_outputs", ()):  # (DeBERTa-v2's relative-position projections: rows as q's)
         _set(block, path, narrowed(_get(block, path), outputs=q_rows))
+    if not packing:  # (OLMo-2: an RMS norm over all heads' q, and one over k)
+        q_parent = info["projections"][0].rpartition(".")[0]
+        _narrow_whole_width_norms(block, q_parent, info["projections"][:2], [q_rows, None if shared_kv else kv_rows],
+                                  [inner, kv_width * units])
     new_o = narrowed(o, inputs=q_rows)
     if has_bias and new_o.bias is None:  # (an nn.Linear: dead value rows' constant needs the bias it had not)
         new_o.bias = nn.Parameter(out_bias.detach().clone())
@@ -823,6 +827,36 @@ def _prune_block_heads(holder: nn.Module, info: dict, options: dict) -> list[str
         return [f"{label}: {int(dead.sum()) * per_unit} heads removed but the outputs were not compared "
                 "(pass example_input=)"]
     return []
+
+
+# RMS norms an attention block applies to q's (k's) whole output, all heads together, before splitting it into heads:
+# OLMo-2's q_norm and k_norm, beside the projection they follow. A dead head's outputs are 0, so removing them leaves
+# the sum of squares as it was but divides it by fewer entries: export scales the kept outputs by √(kept / all)
+# and the norm's weight by the inverse, which gives the same normalised values (the norm's ε included).
+WHOLE_WIDTH_NORM_NAMES = {"q": ("q_norm",), "k": ("k_norm",)}
+
+
+def _narrow_whole_width_norms(block: nn.Module, parent: str, projections, rows: list, widths: list[int]) -> None:
+    """For q and k (``projections[:2]``, narrowed already to ``rows``; None: kept whole), a `WHOLE_WIDTH_NORM_NAMES`
+    RMS norm beside them in ``parent`` over their whole former ``widths`` keeps its kept rows, rescaled with the
+    projection's (see there)."""
+    for which, path, kept, width in zip(("q", "k"), projections, rows, widths):
+        if kept is None or len(kept) == width:
+            continue
+        for name in WHOLE_WIDTH_NORM_NAMES[which]:
+            where = f"{parent}.{name}" if parent else name
+            norm = _get(block, where) if _has(block, where) else None
+            weight = getattr(norm, "weight", None)
+            if (norm is None or not type(norm).__name__.endswith("RMSNorm") or not isinstance(weight, Tensor)
+                    or tuple(weight.shape) != (width,) or getattr(norm, "bias", None) is not None):
+                continue
+            scale = (len(kept) / width) ** 0.5
+            projection = _get(block, path)
+            with torch.no_grad():
+                projection.weight.mul_(scale)
+                if projection.bias is not None:
+                    projection.bias.mul_(scale)
+            norm.weight = nn.Parameter(weight.detach()[kept.to(weight.device)] / scale, requires_grad=weight.requires_grad)
 
 
 # Parameters of an attention block that hold a column per head on their last axis: Swin's and BEiT's learned

@@ -784,6 +784,32 @@ def test_heads_take_their_columns_of_a_learned_relative_position_table_along(arc
         assert torch.equal(back(pixels).logits, got)
 
 
+def test_olmo2_whole_width_q_and_k_norms_are_narrowed_with_the_heads(tmp_path):
+    """OLMo-2 normalises all heads' q (and k) together by an RMS norm before splitting them into heads. A dead unit's
+    outputs are 0: export keeps the norms' kept entries and rescales the kept outputs by √(kept / all) and the norms'
+    weights by the inverse, which leaves every normalised value as it was. In float32 (OLMo-2's norms compute in
+    float32 whatever the model's dtype) the logits agree to float32's rounding; symopt's round trip reloads it."""
+    config = T.Olmo2Config(vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                           num_key_value_heads=2, intermediate_size=64, max_position_embeddings=32)
+    torch.manual_seed(0)
+    model = T.Olmo2ForCausalLM(config).eval()
+    handle = symopt.attention_heads(model, symopt.attention_blocks(model), strength=1e-3)
+    with torch.no_grad():
+        handle.constraint.gates[[0]] = 0  # (block 0's first unit: 2 query heads and their k/v head)
+        want = model(LLAMA_IDS).logits
+    small = _compressed(model)
+    first, second = (layer.self_attn for layer in small.model.layers)
+    assert (first.q_proj.out_features, first.q_norm.weight.shape[0], first.k_norm.weight.shape[0]) == (16, 16, 8)
+    assert (second.q_proj.out_features, second.q_norm.weight.shape[0]) == (32, 32)
+    with torch.no_grad():
+        got = small(LLAMA_IDS).logits
+        assert torch.allclose(got, want, atol=1e-5, rtol=0)
+    symopt.save_pretrained(small, tmp_path)
+    back = symopt.from_pretrained(T.Olmo2ForCausalLM, tmp_path)
+    with torch.no_grad():
+        assert torch.equal(back(LLAMA_IDS).logits, got)
+
+
 def test_a_position_table_shared_by_every_layer_keeps_the_heads_with_a_warning():
     """BEiT's shared relative-position bias (one table for every layer, held by the model) cannot lose one block's
     heads: export's check sees the rewrite fail, keeps the heads, says so, and the model computes as before."""
