@@ -213,6 +213,19 @@ def _class_load(cls, path):
     return cls.from_pretrained(path, **kwargs).eval()
 
 
+def _reloads_alike(small, cls, want, tmp_path, atol: float, ids=None) -> None:
+    """``small``'s logits on ``ids`` (LLAMA_IDS) are ``want``'s to ``atol``, and symopt's round trip through
+    ``tmp_path`` reloads them bit for bit."""
+    ids = LLAMA_IDS if ids is None else ids
+    with torch.no_grad():
+        got = small(ids).logits
+        assert torch.allclose(got, want, atol=atol, rtol=0)
+    symopt.save_pretrained(small, tmp_path)
+    back = symopt.from_pretrained(cls, tmp_path)
+    with torch.no_grad():
+        assert torch.equal(back(ids).logits, got)
+
+
 def _compressed(model, **kwargs):
     with warnings.catch_warnings():
         warnings.simplefilter("error", symopt.ExportWarning)  # (also: "the outputs were not compared")
@@ -801,13 +814,7 @@ def test_olmo2_whole_width_q_and_k_norms_are_narrowed_with_the_heads(tmp_path):
     first, second = (layer.self_attn for layer in small.model.layers)
     assert (first.q_proj.out_features, first.q_norm.weight.shape[0], first.k_norm.weight.shape[0]) == (16, 16, 8)
     assert (second.q_proj.out_features, second.q_norm.weight.shape[0]) == (32, 32)
-    with torch.no_grad():
-        got = small(LLAMA_IDS).logits
-        assert torch.allclose(got, want, atol=1e-5, rtol=0)
-    symopt.save_pretrained(small, tmp_path)
-    back = symopt.from_pretrained(T.Olmo2ForCausalLM, tmp_path)
-    with torch.no_grad():
-        assert torch.equal(back(LLAMA_IDS).logits, got)
+    _reloads_alike(small, T.Olmo2ForCausalLM, want, tmp_path, atol=1e-5)
 
 
 def test_a_position_table_shared_by_every_layer_keeps_the_heads_with_a_warning():
@@ -970,13 +977,7 @@ def test_falcon_grouped_query_heads_packed_per_k_v_head_land_export_and_round_tr
     assert [(a.query_key_value.out_features, a.dense.in_features, a.num_heads, a.num_kv_heads) for a in layers] == [
         (32 * k, 16 * k, 2 * k, k) for k in kept]
     assert small.config.num_attention_heads == 4
-    with torch.no_grad():
-        got = small(LLAMA_IDS).logits
-        assert torch.allclose(got, want, atol=1e-10, rtol=0)
-    symopt.save_pretrained(small, tmp_path)
-    back = symopt.from_pretrained(transformers.FalconForCausalLM, tmp_path)
-    with torch.no_grad():
-        assert torch.equal(back(LLAMA_IDS).logits, got)
+    _reloads_alike(small, transformers.FalconForCausalLM, want, tmp_path, atol=1e-10)
 
 
 def test_gpt_bigcode_heads_are_read_per_head_under_gpt2_names():

@@ -94,6 +94,15 @@ def test_assignment_after_registration_keeps_the_other_tensors():
     assert torch.allclose(net[1].bias, new_bias, atol=1e-14)
 
 
+def _least_squares_by_sgd(lin, X, Y, steps: int = 1200) -> None:
+    """``steps`` of SGD with momentum (lr 0.1, symopt's decay groups) on the mean of ½‖lin(x) − y‖²."""
+    opt = torch.optim.SGD(symopt.param_groups(lin), lr=0.1, momentum=0.9)
+    for _ in range(steps):
+        opt.zero_grad()
+        (0.5 * ((lin(X) - Y) ** 2).sum(1).mean()).backward()
+        opt.step()
+
+
 def test_training_matches_the_group_lasso_of_cvxpy_with_bias_in_the_groups():
     cp = pytest.importorskip("cvxpy")
     g = torch.Generator().manual_seed(3)
@@ -104,11 +113,7 @@ def test_training_matches_the_group_lasso_of_cvxpy_with_bias_in_the_groups():
     lam = 0.15
     lin = nn.Linear(5, 4).double()
     symopt.group_sparse(lin, ["weight", "bias"], strength=lam)
-    opt = torch.optim.SGD(symopt.param_groups(lin), lr=0.1, momentum=0.9)
-    for _ in range(1200):
-        opt.zero_grad()
-        (0.5 * ((lin(X) - Y) ** 2).sum(1).mean()).backward()
-        opt.step()
+    _least_squares_by_sgd(lin, X, Y)
     Wv, bv = cp.Variable((4, 5)), cp.Variable(4)
     residual = X.numpy() @ Wv.T + cp.reshape(bv, (1, 4), order="C") - Y.numpy()
     objective = 0.5 * cp.sum_squares(residual) / 60 + lam * cp.sum(cp.norm(cp.hstack([Wv, cp.reshape(bv, (4, 1), order="C")]), 2, axis=1))
@@ -515,11 +520,7 @@ def test_shared_rows_train_unpenalised_next_to_the_group_lasso_of_cvxpy():
     Y = X @ W0.T + torch.tensor([0.3, 0.2, 0.0, -0.1]) + 0.05 * torch.randn(60, 4, generator=g, dtype=DT)
     lam = 0.15
     lin, _ = _shared_linear(lam)
-    opt = torch.optim.SGD(symopt.param_groups(lin), lr=0.1, momentum=0.9)
-    for _ in range(1200):
-        opt.zero_grad()
-        (0.5 * ((lin(X) - Y) ** 2).sum(1).mean()).backward()
-        opt.step()
+    _least_squares_by_sgd(lin, X, Y)
     Wv, bv = cp.Variable((4, 5)), cp.Variable(4)
     residual = X.numpy() @ Wv.T + cp.reshape(bv, (1, 4), order="C") - Y.numpy()
     joint = cp.hstack([Wv, cp.reshape(bv, (4, 1), order="C")])
