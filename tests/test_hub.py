@@ -68,6 +68,34 @@ def test_plain_save_pretrained_of_a_constrained_model_keeps_the_values_and_the_e
     assert torch.equal(again(IDS).logits, model(IDS).logits)
 
 
+def test_a_budget_saved_on_its_ramp_reloads_with_its_last_reading_and_trains_on_alike(tmp_path):
+    """A density budget saved halfway through its ramp holds its last reading's dropped atoms (the trimmed decay's),
+    which a freshly registered budget has not yet: symopt.from_pretrained accepts them (it refused them as keys the
+    constraints do not match), and both models' next steps are the same to the bit."""
+    name = "bert.encoder.layer.0.intermediate.dense.weight"
+    register = lambda m: symopt.sparse(m, name, density=0.2, total_steps=40)  # noqa: E731
+
+    def steps(model, count):
+        opt = torch.optim.SGD(symopt.param_groups(model), lr=0.05)
+        for _ in range(count):
+            opt.zero_grad()
+            model(IDS, labels=torch.tensor([0, 2])).loss.backward()
+            opt.step()
+
+    model = _bert()
+    register(model)
+    steps(model, 16)
+    assert any(key.endswith(".dropped") for key in model.state_dict())
+    symopt.save_pretrained(model, tmp_path)
+    back = symopt.from_pretrained(transformers.BertForSequenceClassification, tmp_path, constrain=register)
+    for (key, a), b in zip(model.state_dict().items(), back.state_dict().values()):
+        assert torch.equal(a, b), key
+    steps(model, 6)
+    steps(back, 6)
+    for (key, a), b in zip(model.state_dict().items(), back.state_dict().values()):
+        assert torch.equal(a, b), key
+
+
 def test_trainer_checkpoints_a_head_budget_and_resumes_it_bit_exactly(tmp_path):
     """transformers' Trainer, given symopt's parameter groups, trains a GPT-2 to a head budget: its checkpoints go
     through the model's save_pretrained, and resume_from_checkpoint at the first one ends where the uninterrupted

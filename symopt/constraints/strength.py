@@ -732,6 +732,11 @@ class BudgetStrength(HostCopies, Strength):
         self.publish()
 
 
+#: entries a budget's state_dict holds only while it has them (`_save_dropped`): a freshly registered budget's
+#: state_dict lacks them, and loading a checkpoint that holds them restores them
+OPTIONAL_STATE = ("dropped", "early_keep")
+
+
 def _save_dropped(module: BudgetStrength, state_dict, prefix, _metadata) -> None:
     if module._dropped is not None:
         state_dict[prefix + "dropped"] = module._dropped
