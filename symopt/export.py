@@ -61,7 +61,7 @@ from .attach import guard_save_pretrained, list_constraints
 from . import layout, surgery
 from .constraints.base import density_count
 from .finalize import finalize
-from .verbs import HEAD_COUNT_NAMES, KV_HEAD_COUNT_NAMES, MAYBE_INNER_WIDTH_NAMES, int_attribute
+from .verbs import HEAD_COUNT_NAMES, KV_HEAD_COUNT_NAMES, MAYBE_INNER_WIDTH_NAMES, int_attribute, sharded_unit_maps
 
 MODES = ("dense", "compressed")
 SPARSE_FORMATS = ("auto", "csr", "dense")
@@ -732,6 +732,8 @@ def _prune_block_heads(holder: nn.Module, info: dict, options: dict) -> list[str
     per_unit = info["heads"] // units  # (query heads a unit holds: 1 without grouped-query attention)
     packing = info.get("fused")  # (q, k, v as one layer's outputs: "thirds", or "per head" side by side)
     shared_kv = bool(info.get("shared_kv"))  # (multi-query attention: a unit is a query head, k and v stay whole)
+    if packing == "per shard":
+        return _prune_sharded_heads(holder, info, options, block, counts, layers, inner, units)
     if packing:
         W_qkv, b_qkv = outputs_first(layers[0]), layers[0].bias
         kv_total = (W_qkv.shape[0] - inner) // 2  # (k's and v's outputs: narrower than q under grouped-query attention)
@@ -879,6 +881,47 @@ def _keep_table_columns(module: nn.Module, heads: int, kept_heads: list[int], sk
             setattr(module.get_submodule(owner_path), leaf, kept)
             found = True
     return found
+
+
+def _prune_sharded_heads(holder: nn.Module, info: dict, options: dict, block: nn.Module, counts: nn.Module,
+                         layers: list, inner: int, units: int) -> list[str]:
+    """`_prune_block_heads` for the "per shard" packing (CodeGen, `symopt.verbs.SHARDS_BY_CLASS`): a unit is one local
+    head of every shard, dead where its output columns are all 0 (the landing zeroes every row and column of a unit);
+    the fused layer keeps each shard's kept rows in place, the output layer the kept heads' columns."""
+    label = f"{info['block'] or 'the model'} (heads)"
+    heads, shards = info["heads"], info["shards"]
+    _, fused_map, out_map = sharded_unit_maps(inner, heads, shards)
+    qkv, o = layers
+    W_o = outputs_first(o)
+    out_map = out_map.to(W_o.device)
+    dead = torch.stack([W_o[:, out_map == u].abs().amax() == 0 for u in range(units)])
+    if bool(dead.all()):
+        dead[0] = False
+    options["head_counts"].append({"heads": int((~dead).sum()) * shards, "kv_heads": int((~dead).sum()) * shards,
+                                   "head_dim": inner // heads})
+    if not bool(dead.any()):
+        return []
+    kept = (~dead).nonzero().reshape(-1)
+    rows = torch.isin(fused_map.to(kept.device), kept).nonzero().reshape(-1)
+    columns = torch.isin(out_map, kept.to(out_map.device)).nonzero().reshape(-1)
+    before = copy.deepcopy(holder.root)
+    _set(block, info["projections"][0], narrowed(qkv, outputs=rows))
+    _set(block, info["projections"][1], narrowed(o, inputs=columns))
+    setattr(counts, info["count_attribute"], int(kept.numel()) * shards)
+    checked, problem = surgery.verify(before, holder.root, options["example_input"])
+    maybe_width = [n for n in MAYBE_INNER_WIDTH_NAMES if int_attribute(counts, (n,)) is not None
+                   and getattr(counts, n) == inner]
+    if problem is not None and maybe_width:  # (transformers 5's CodeGen sizes its shards by its embed_dim)
+        for attribute in maybe_width:
+            setattr(counts, attribute, int(columns.numel()))
+        checked, problem = surgery.verify(before, holder.root, options["example_input"])
+    if problem is not None:
+        holder.root = before
+        return [f"{label}: heads kept, {problem}"]
+    if not checked:
+        return [f"{label}: {int(dead.sum()) * shards} heads removed but the outputs were not compared "
+                "(pass example_input=)"]
+    return []
 
 
 def _own_config_counts(block: nn.Module, heads: int, kv_heads: int) -> bool:

@@ -367,12 +367,19 @@ PER_HEAD_OUTPUT_NAMES = ("pos_key_proj", "pos_query_proj")
 # GPT-NeoX / Pythia). A fused pair is read as the caller's packing= says, else as this table names it, else as
 # "thirds".
 FUSED_PROJECTION_NAMES = {("c_attn", "c_proj"): "thirds", ("query_key_value", "dense"): "per head",
-                          ("qkv_proj", "o_proj"): "thirds", ("Wqkv", "out_proj"): "thirds"}
+                          ("qkv_proj", "o_proj"): "thirds", ("Wqkv", "out_proj"): "thirds",
+                          ("qkv_proj", "out_proj"): "thirds"}
 # block classes whose fused pair has another table entry's names but packs otherwise: GPTBigCode (StarCoder's family)
 # names its layers as GPT-2 does (c_attn, c_proj) and, with every head's own k and v, reads head h's q, k, v side by
 # side (as a class this is only a default: packing= overrides it); in its multi-query form (one k/v head, its
 # kv_heads attribute) q comes first, then k, then v, which both packings read alike
-FUSED_PACKING_BY_CLASS = {"GPTBigCodeAttention": "per head"}
+FUSED_PACKING_BY_CLASS = {"GPTBigCodeAttention": "per head", "CodeGenAttention": "per shard"}
+# Blocks whose fused q|k|v outputs are split into model-parallel shards before the heads (the "per shard" packing):
+# CodeGen reshapes `qkv_proj`'s outputs into 4 shards (its forward's `mp_num`), each its local heads' q, then v,
+# then k, and numbers the heads shard by shard. Removing a head from one shard only would leave shards of
+# different widths, so a unit is one local head of every shard (as many heads as shards) and export keeps the
+# shards alike.
+SHARDS_BY_CLASS = {"CodeGenAttention": 4}
 # fused pairs whose k and v may be narrower than q (grouped-query attention: Phi-3's q, then k, then v)
 FUSED_GROUPED_QUERY_NAMES = {("qkv_proj", "o_proj")}
 FUSED_PACKINGS = ("thirds", "per head")
@@ -430,7 +437,9 @@ def attention_heads(model: nn.Module, name: str | Sequence[str] = "", strength: 
     (``c_attn``, a transposed ``Conv1D``) before ``c_proj``: a unit is then a head's three slices of those
     outputs and its inputs of ``c_proj``, and export narrows both layers and lowers ``num_heads`` and
     ``split_size``; GPT-NeoX (Pythia) packs head h's q, k and v side by side in ``query_key_value`` before
-    ``dense`` and reshapes by its ``head_size``.
+    ``dense`` and reshapes by its ``head_size``. CodeGen splits ``qkv_proj``'s outputs into model-parallel shards
+    and numbers its heads shard by shard: a unit is one local head of every shard (``max_heads`` counts those), so
+    that export keeps the shards alike.
     See [`UnitGroups`][symopt.constraints.unit_groups.UnitGroups].
 
     Args:
@@ -527,7 +536,8 @@ def attention_heads(model: nn.Module, name: str | Sequence[str] = "", strength: 
         if projections is not None:
             raise
         found = _blocks_found(model)
-        raise TypeError(f"{error}. {found[0].upper()}{found[1:]}") from None
+        found = found if found.startswith("symopt.") else f"{found[0].upper()}{found[1:]}"
+        raise TypeError(f"{error}. {found}") from None
     names = [n for block in blocks for n in block[0]]
     dims = [d for block in blocks for d in block[1]]
     maps = [m for block in blocks for m in block[2]]
@@ -768,6 +778,9 @@ def _fused_head_tensors(block: nn.Module, name: str, prefix: str, found, heads, 
     # unit per k/v head would be the whole block, so a unit is a query head and the k and v outputs are shared
     # (SHARED: no unit's, kept whole). With one k/v head both packings are q's outputs, then k's, then v's.
     shared_kv = count > 1 and kv_total == inner // count
+    if packing == "per shard":
+        return _sharded_head_tensors(block, name, prefix, found, qkv, qkv_axis, out_axis, inner, count, attr,
+                                     width_attr, holder)
     units, per_unit, kv_per_unit = _unit_maps(inner, inner if shared_kv else kv_total, count)
     if shared_kv:
         packing = "thirds"
@@ -776,14 +789,7 @@ def _fused_head_tensors(block: nn.Module, name: str, prefix: str, found, heads, 
     # then its k's and v's)
     packed = (torch.cat([per_unit, kv_per_unit, kv_per_unit]) if packing == "thirds"
               else torch.arange(outputs) // (outputs // units))
-    names, dims, maps = [f"{prefix}{found[0]}.weight"], [qkv_axis], [packed]
-    if qkv.bias is not None:
-        names.append(f"{prefix}{found[0]}.bias")
-        dims.append(0)
-        maps.append(packed)
-    names.append(f"{prefix}{found[1]}.weight")
-    dims.append(out_axis)
-    maps.append(per_unit)
+    names, dims, maps = _fused_members(prefix, found, qkv, qkv_axis, out_axis, packed, per_unit)
     kv_attr = int_attribute(holder, KV_HEAD_COUNT_NAMES)
     return names, dims, maps, {"block": name, "projections": tuple(found), "fused": packing, "heads": count,
                                "count_attribute": attr, "units": units, "shared_kv": shared_kv,
@@ -791,6 +797,54 @@ def _fused_head_tensors(block: nn.Module, name: str, prefix: str, found, heads, 
                                "kv_count_attribute": kv_attr if units < count else None,
                                "width_attribute": width_attr,
                                "count_holder": "", "inner_width_attribute": _inner_width_attribute(holder, inner)}
+
+
+def _fused_members(prefix: str, found, qkv: nn.Module, qkv_axis: int, out_axis: int, fused_map, out_map):
+    """``(names, dims, unit maps)`` of a fused block's head group: the fused layer's weight (and bias) along its outputs
+    by ``fused_map``, the output layer's weight along its inputs by ``out_map``."""
+    names, dims, maps = [f"{prefix}{found[0]}.weight"], [qkv_axis], [fused_map]
+    if qkv.bias is not None:
+        names.append(f"{prefix}{found[0]}.bias")
+        dims.append(0)
+        maps.append(fused_map)
+    return names + [f"{prefix}{found[1]}.weight"], dims + [out_axis], maps + [out_map]
+
+
+def sharded_unit_maps(inner: int, heads: int, shards: int):
+    """``(units, fused map, output map)`` of the "per shard" packing (`SHARDS_BY_CLASS`): the fused layer's ``3 ·
+    inner`` outputs are ``shards`` blocks, each its local heads' q, then v, then k (``inner / shards`` wide each);
+    head ``s · heads / shards + j`` is local head ``j`` of shard ``s``, and unit ``j`` is local head ``j`` of every
+    shard.
+
+    Examples:
+        >>> units, fused, out = sharded_unit_maps(8, 4, 2)     # 2 shards of 2 heads of width 2
+        >>> units, fused.tolist(), out.tolist()
+        (2, [0, 0, 1, 1, 0, 0, 1, 1, 0, 0, 1, 1, 0, 0, 1, 1, 0, 0, 1, 1, 0, 0, 1, 1], [0, 0, 1, 1, 0, 0, 1, 1])
+    """
+    import torch
+
+    head_dim, local_heads = inner // heads, heads // shards
+    local = torch.arange(3 * inner) % (inner // shards)  # (the offset inside a shard's q, v or k part)
+    return local_heads, local // head_dim, (torch.arange(inner) // head_dim) % local_heads
+
+
+def _sharded_head_tensors(block, name, prefix, found, qkv, qkv_axis, out_axis, inner, count, attr, width_attr,
+                          holder):
+    """The head group's tensors of a block packed "per shard" (CodeGen: see `SHARDS_BY_CLASS`)."""
+    # (transformers 5's CodeGen keeps its shard count in mp_num; before, its forward hard-coded it)
+    own = getattr(block, "mp_num", None)
+    shards = own if isinstance(own, int) and not isinstance(own, bool) and own > 0 else SHARDS_BY_CLASS[type(block).__name__]
+    outputs = qkv.weight.shape[qkv_axis]
+    if outputs != 3 * inner or count % shards or inner % count:
+        raise ValueError(f"attention_heads: '{name}' splits '{found[0]}' into {shards} shards of its heads' q, v and "
+                         f"k, which needs 3 × the {inner} inputs of '{found[1]}' and heads divisible by {shards}; got "
+                         f"{outputs} outputs and {count} heads")
+    units, fused_map, out_map = sharded_unit_maps(inner, count, shards)
+    names, dims, maps = _fused_members(prefix, found, qkv, qkv_axis, out_axis, fused_map, out_map)
+    return names, dims, maps, {"block": name, "projections": tuple(found), "fused": "per shard", "shards": shards,
+                               "heads": count, "count_attribute": attr, "units": units, "kv_count_attribute": None,
+                               "width_attribute": width_attr, "count_holder": "",
+                               "inner_width_attribute": _inner_width_attribute(holder, inner)}
 
 
 def _fused_kv_width(holder: nn.Module, name: str, found, outputs: int, inner: int, count: int, kv_heads) -> int:

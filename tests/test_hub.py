@@ -8,6 +8,7 @@ import warnings
 
 import pytest
 import torch
+from torch import Tensor
 
 import symopt
 
@@ -252,6 +253,16 @@ def _reloads_alike(small, cls, want, tmp_path, atol: float, ids=None) -> None:
     back = symopt.from_pretrained(cls, tmp_path)
     with torch.no_grad():
         assert torch.equal(back(ids).logits, got)
+
+
+def _landed(model, handle, per_layer: int, budget: int) -> tuple[list[int], Tensor]:
+    """Train ``model`` 45 Adam steps past its head budget's landing (`_adam`); ``(units each layer kept, the
+    logits on LLAMA_IDS)``, every layer keeping one at least and ``budget`` in all."""
+    _adam(model, 45, LLAMA_IDS, LLAMA_IDS)
+    kept = _kept(handle, per_layer)
+    assert sum(kept) == budget and min(kept) >= 1
+    with torch.no_grad():
+        return kept, model(LLAMA_IDS).logits
 
 
 def _compressed(model, **kwargs):
@@ -661,17 +672,28 @@ def test_t5_heads_land_export_with_their_position_bias_rows_and_round_trip(tmp_p
         assert torch.allclose(back(input_ids=LLAMA_IDS, decoder_input_ids=decoder_ids).logits, got[0], atol=1e-12, rtol=0)
 
 
-@pytest.mark.parametrize("build, block, kind", [  # (one layout now; a list, for the next found)
-    (lambda: T.CodeGenForCausalLM(T.CodeGenConfig(vocab_size=40, n_embd=32, n_layer=1, n_head=4, rotary_dim=4,
-                                                  n_positions=16, n_ctx=16)), "transformer.h.0.attn", "CodeGenAttention"),
-])
-def test_attention_layouts_symopt_does_not_read_are_refused_by_name(build, block, kind):
-    """CodeGen's `qkv_proj` (interleaved by model-parallel shards) is not a layout symopt reads: refused, naming the
-    block, before anything changes."""
-    model = build()
-    with pytest.raises(TypeError, match=f"'{block}' is a {kind}"):
-        symopt.attention_heads(model, block)
-    assert symopt.list_constraints(model) == []
+def test_codegen_heads_leave_one_local_head_of_every_shard_at_a_time(tmp_path):
+    """CodeGen splits `qkv_proj`'s outputs into model-parallel shards (its local heads' q, then v, then k in each) and
+    numbers its heads shard by shard: a unit is one local head of every shard, so that export keeps the shards alike.
+    A global budget of 3 of the 4 units lands under Adam; export narrows `qkv_proj` and `out_proj`, lowers
+    `num_attention_heads` (and, on transformers 5, the `embed_dim` its shards are sized by), with the logits; symopt's
+    round trip reloads it."""
+    config = T.CodeGenConfig(vocab_size=40, n_embd=64, n_layer=2, n_head=8, rotary_dim=4, n_positions=16, n_ctx=16)
+    torch.manual_seed(0)
+    model = T.CodeGenForCausalLM(config).double()
+    blocks = symopt.attention_blocks(model)
+    assert blocks == ["transformer.h.0.attn", "transformer.h.1.attn"]
+    handle = symopt.attention_heads(model, blocks, max_heads=3, total_steps=40)
+    info = handle.constraint.attention_blocks[0]
+    assert (info["fused"], info["shards"], info["units"]) == ("per shard", 4, 2)
+    # (shard s holds local heads 0, 1 of q, then of v, then of k, each 8 wide: unit j is local head j of each)
+    assert handle.constraint.unit_maps[0].tolist() == ([0] * 8 + [1] * 8) * 12
+    assert handle.constraint.unit_maps[1].tolist() == ([0] * 8 + [1] * 8) * 4  # (out_proj: qkv_proj has no bias)
+    kept, want = _landed(model, handle, per_layer=2, budget=3)
+    small = _compressed(model)
+    assert [(layer.attn.qkv_proj.out_features, layer.attn.out_proj.in_features, layer.attn.num_attention_heads)
+            for layer in small.transformer.h] == [(96 * k, 32 * k, 4 * k) for k in kept]
+    _reloads_alike(small, T.CodeGenForCausalLM, want, tmp_path, atol=1e-10)
 
 
 def _same_logits_and_reloaded(model, small, ids, kept, config_width: str, tmp_path) -> None:
@@ -957,11 +979,7 @@ def test_phi3_fused_grouped_query_heads_land_export_and_round_trip(tmp_path):
     info = handle.constraint.attention_blocks[0]
     assert (info["fused"], info["heads"], info["units"], info["kv_count_attribute"]) == ("thirds", 4, 2,
                                                                                        "num_key_value_heads")
-    _adam(model, 45, LLAMA_IDS, LLAMA_IDS)
-    kept = _kept(handle, 2)
-    assert sum(kept) == 3 and min(kept) >= 1
-    with torch.no_grad():
-        want = model(LLAMA_IDS).logits
+    kept, want = _landed(model, handle, per_layer=2, budget=3)
     small = _compressed(model)
     layers = [layer.self_attn for layer in small.model.layers]
     assert [(a.qkv_proj.out_features, a.o_proj.in_features, a.num_key_value_heads) for a in layers] == [
@@ -995,11 +1013,7 @@ def test_falcon_grouped_query_heads_packed_per_k_v_head_land_export_and_round_tr
     assert (info["fused"], info["heads"], info["units"], info["kv_count_attribute"]) == ("per head", 4, 2,
                                                                                        "num_kv_heads")
     assert handle.constraint.unit_maps[0].tolist() == [0] * 32 + [1] * 32  # (2 query heads, k, v: 4 × 8 rows a unit)
-    _adam(model, 45, LLAMA_IDS, LLAMA_IDS)
-    kept = _kept(handle, 2)
-    assert sum(kept) == 3 and min(kept) >= 1
-    with torch.no_grad():
-        want = model(LLAMA_IDS).logits
+    kept, want = _landed(model, handle, per_layer=2, budget=3)
     small = _compressed(model)
     layers = [layer.self_attention for layer in small.transformer.h]
     assert [(a.query_key_value.out_features, a.dense.in_features, a.num_heads, a.num_kv_heads) for a in layers] == [
