@@ -61,7 +61,8 @@ from .attach import guard_save_pretrained, list_constraints
 from . import layout, surgery
 from .constraints.base import density_count
 from .finalize import finalize
-from .verbs import HEAD_COUNT_NAMES, KV_HEAD_COUNT_NAMES, MAYBE_INNER_WIDTH_NAMES, int_attribute, sharded_unit_maps
+from .verbs import (HEAD_COUNT_NAMES, KV_HEAD_COUNT_NAMES, MAYBE_INNER_WIDTH_NAMES, int_attribute, latent_head_widths,
+                    sharded_unit_maps)
 
 MODES = ("dense", "compressed")
 SPARSE_FORMATS = ("auto", "csr", "dense")
@@ -723,7 +724,9 @@ def _prune_block_heads(holder: nn.Module, info: dict, options: dict) -> list[str
         return [f"{label}: heads kept: the block keeps its head count in no attribute symopt can lower "
                 "(num_heads, n_heads, num_attention_heads, n_head) and reshapes by no head_dim"]
     block = _get(holder, _qual("root", block_name))
-    counts = _get(block, info.get("count_holder", ""))  # (BERT: the child holding q, k, v keeps the counts)
+    counts = _get(block, info.get("count_holder", ""))
+    if info.get("latent"):
+        return _prune_latent_heads(holder, info, options, block, label)  # (BERT: the child holding q, k, v keeps the counts)
     layers = [_get(block, n) for n in info["projections"]]
     o = layers[-1]
     W_o = outputs_first(o)
@@ -883,6 +886,46 @@ def _keep_table_columns(module: nn.Module, heads: int, kept_heads: list[int], sk
     return found
 
 
+def _prune_latent_heads(holder: nn.Module, info: dict, options: dict, block: nn.Module, label: str) -> list[str]:
+    """`_prune_block_heads` for multi-head latent attention (`symopt.verbs.LATENT_PROJECTION_NAMES`): a head is dead
+    where its columns of the output layer are all 0; q and ``kv_b_proj`` lose its rows, the output layer its columns,
+    the latent's layers stay."""
+    q, kv_b, o = (_get(block, n) for n in info["projections"])
+    widths = latent_head_widths(block)
+    heads = info["heads"]
+    W_o = outputs_first(o)
+    dead = W_o.reshape(W_o.shape[0], heads, -1).abs().amax(dim=(0, 2)) == 0
+    if bool(dead.all()):
+        dead[0] = False
+    kept = (~dead).nonzero().reshape(-1)
+    options["head_counts"].append({"heads": int(kept.numel()), "kv_heads": int(kept.numel())})
+    if not bool(dead.any()):
+        return []
+
+    def rows_of(width: int) -> Tensor:
+        return (kept[:, None] * width + torch.arange(width, device=kept.device)).reshape(-1)
+
+    before = copy.deepcopy(holder.root)
+    _set(block, info["projections"][0], narrowed(q, outputs=rows_of(widths[0])))
+    _set(block, info["projections"][1], narrowed(kv_b, outputs=rows_of(widths[1])))
+    _set(block, info["projections"][2], narrowed(o, inputs=rows_of(widths[2])))
+    if info["count_attribute"] is not None:
+        setattr(block, info["count_attribute"], int(kept.numel()))
+    return _verified_heads(holder, before, options, label, int(dead.sum()))
+
+
+def _verified_heads(holder: nn.Module, before: nn.Module, options: dict, label: str, removed: int) -> list[str]:
+    """Export's check of a head rewrite of ``holder.root`` (``before``: the model before it), undone where the outputs
+    moved; the notes it leaves."""
+    checked, problem = surgery.verify(before, holder.root, options["example_input"])
+    if problem is not None:
+        holder.root = before
+        return [f"{label}: heads kept, {problem}"]
+    if not checked:
+        return [f"{label}: {removed} heads removed but the outputs were not compared (pass example_input=)"]
+    return []
+
+
 def _prune_sharded_heads(holder: nn.Module, info: dict, options: dict, block: nn.Module, counts: nn.Module,
                          layers: list, inner: int, units: int) -> list[str]:
     """`_prune_block_heads` for the "per shard" packing (CodeGen, `symopt.verbs.SHARDS_BY_CLASS`): a unit is one local
@@ -918,10 +961,8 @@ def _prune_sharded_heads(holder: nn.Module, info: dict, options: dict, block: nn
     if problem is not None:
         holder.root = before
         return [f"{label}: heads kept, {problem}"]
-    if not checked:
-        return [f"{label}: {int(dead.sum()) * shards} heads removed but the outputs were not compared "
-                "(pass example_input=)"]
-    return []
+    return [] if checked else [f"{label}: {int(dead.sum()) * shards} heads removed but the outputs were not compared "
+                               "(pass example_input=)"]
 
 
 def _own_config_counts(block: nn.Module, heads: int, kv_heads: int) -> bool:

@@ -362,6 +362,13 @@ PROJECTION_NAMES = (("q_proj", "k_proj", "v_proj", "out_proj"), ("q_proj", "k_pr
 # projections of its relative-position embeddings (where its config does not share q's and k's for them). A unit
 # takes its rows too, and export narrows them with q.
 PER_HEAD_OUTPUT_NAMES = ("pos_key_proj", "pos_query_proj")
+# Multi-head latent attention (DeepSeek-V2 / -V3): q (from the input, or from a low-rank `q_a_proj` / `q_b_proj`
+# pair) per head, k and v expanded per head from one shared latent by `kv_b_proj`, then `o_proj`. A unit is a head:
+# its q rows, its rows of `kv_b_proj` (its k without position, then its v) and its columns of `o_proj`; the latent's
+# layers (`kv_a_proj_with_mqa`, `q_a_proj`, their norms) are every head's and stay. The per-head widths come from
+# the block's LATENT_WIDTH_NAMES.
+LATENT_PROJECTION_NAMES = (("q_proj", "kv_b_proj", "o_proj"), ("q_b_proj", "kv_b_proj", "o_proj"))
+LATENT_WIDTH_NAMES = ("qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
 # one projection whose outputs hold q, k and v, then the output projection, and how the fused outputs are
 # packed: "thirds" (all heads' q, then k, then v: GPT-2's family) or "per head" (head h's q, k, v side by side:
 # GPT-NeoX / Pythia). A fused pair is read as the caller's packing= says, else as this table names it, else as
@@ -437,9 +444,10 @@ def attention_heads(model: nn.Module, name: str | Sequence[str] = "", strength: 
     (``c_attn``, a transposed ``Conv1D``) before ``c_proj``: a unit is then a head's three slices of those
     outputs and its inputs of ``c_proj``, and export narrows both layers and lowers ``num_heads`` and
     ``split_size``; GPT-NeoX (Pythia) packs head h's q, k and v side by side in ``query_key_value`` before
-    ``dense`` and reshapes by its ``head_size``. CodeGen splits ``qkv_proj``'s outputs into model-parallel shards
-    and numbers its heads shard by shard: a unit is one local head of every shard (``max_heads`` counts those), so
-    that export keeps the shards alike.
+    ``dense`` and reshapes by its ``head_size``. DeepSeek's multi-head latent attention (``q_proj`` or ``q_b_proj``,
+    ``kv_b_proj``, ``o_proj``) loses whole heads, its shared latent's layers staying. CodeGen splits ``qkv_proj``'s
+    outputs into model-parallel shards and numbers its heads shard by shard: a unit is one local head of every
+    shard (``max_heads`` counts those), so that export keeps the shards alike.
     See [`UnitGroups`][symopt.constraints.unit_groups.UnitGroups].
 
     Args:
@@ -670,6 +678,12 @@ def _head_tensors(model: nn.Module, name: str, projections, heads, packing=None,
 
     if projections is not None and len(projections) == 2:
         return _fused_head_tensors(block, name, prefix, tuple(projections), heads, packing, kv_heads)
+    latent = found_in(LATENT_PROJECTION_NAMES, True) if projections is None else None
+    if latent is not None and all(isinstance(getattr(block, a, None), int) for a in LATENT_WIDTH_NAMES):
+        if packing is not None or kv_heads is not None:
+            raise ValueError(f"attention_heads: '{name}' is multi-head latent attention (k and v from one latent, "
+                             "expanded per head by its kv_b_proj): drop packing= and kv_heads=")
+        return _latent_head_tensors(block, name, prefix, latent, [projection(n) for n in latent], heads)
     if projections is None and found_in(PROJECTION_NAMES, True) is None:
         fused = found_in(FUSED_PROJECTION_NAMES, False)
         if fused is not None:
@@ -797,6 +811,36 @@ def _fused_head_tensors(block: nn.Module, name: str, prefix: str, found, heads, 
                                "kv_count_attribute": kv_attr if units < count else None,
                                "width_attribute": width_attr,
                                "count_holder": "", "inner_width_attribute": _inner_width_attribute(holder, inner)}
+
+
+def latent_head_widths(block: nn.Module) -> tuple[int, int, int]:
+    """``(q, kv_b, o)``: a multi-head latent attention block's rows of q, rows of ``kv_b_proj`` and columns of
+    ``o_proj`` per head (see `LATENT_PROJECTION_NAMES`)."""
+    nope, rope, value = (getattr(block, a) for a in LATENT_WIDTH_NAMES)
+    return nope + rope, nope + value, value
+
+
+def _latent_head_tensors(block: nn.Module, name: str, prefix: str, found, layers: list, heads):
+    """The head group's tensors of a multi-head latent attention block (`LATENT_PROJECTION_NAMES`)."""
+    import torch
+
+    q, kv_b, o = layers
+    widths = latent_head_widths(block)
+    count, holder, _, attr, width_attr = _head_count(block, name, "", o.in_features, heads)
+    sizes = (q.out_features, kv_b.out_features, o.in_features)
+    if any(size != count * width for size, width in zip(sizes, widths)):
+        raise ValueError(f"attention_heads: {count} heads of latent attention need {found[0]}, {found[1]} and "
+                         f"{found[2]} widths of {count} × {widths}; got {sizes}")
+    names = [f"{prefix}{found[0]}.weight", f"{prefix}{found[1]}.weight", f"{prefix}{found[2]}.weight"]
+    dims, maps = [0, 0, 1], [torch.arange(size) // width for size, width in zip(sizes, widths)]
+    if q.bias is not None:  # (kv_b_proj and q_b_proj have none in DeepSeek's blocks; a q_proj might)
+        names.insert(1, f"{prefix}{found[0]}.bias")
+        dims.insert(1, 0)
+        maps.insert(1, maps[0])
+    return names, dims, maps, {"block": name, "projections": tuple(found), "latent": True, "heads": count,
+                               "count_attribute": attr, "units": count, "kv_count_attribute": None,
+                               "width_attribute": width_attr, "count_holder": "",
+                               "inner_width_attribute": None}
 
 
 def _fused_members(prefix: str, found, qkv: nn.Module, qkv_axis: int, out_axis: int, fused_map, out_map):
