@@ -602,6 +602,31 @@ ARCHITECTURES = {
 }
 
 
+MIXTURES = {
+    "Mixtral": lambda: _grouped_query(T.MixtralForCausalLM, T.MixtralConfig, num_local_experts=2,
+                                      num_experts_per_tok=1),
+    "Qwen2-MoE": lambda: _grouped_query(T.Qwen2MoeForCausalLM, T.Qwen2MoeConfig, num_experts=2, num_experts_per_tok=1,
+                                        moe_intermediate_size=16, shared_expert_intermediate_size=16),
+    "OLMoE": lambda: _grouped_query(T.OlmoeForCausalLM, T.OlmoeConfig, num_experts=2, num_experts_per_tok=1),
+}
+
+
+@pytest.mark.parametrize("architecture", sorted(MIXTURES))
+def test_heads_of_mixture_of_experts_models_export(architecture):
+    """Mixture-of-experts language models keep Llama-style attention (OLMoE with OLMo-2's whole-width q/k norms): a
+    dead unit leaves with the logits. In float32: their experts' grouped products take no float64."""
+    torch.manual_seed(0)
+    model = MIXTURES[architecture]().eval()
+    handle = symopt.attention_heads(model, "model.layers.0.self_attn", strength=1e-3)
+    with torch.no_grad():
+        handle.constraint.gates[[0]] = 0
+        want = model(LLAMA_IDS).logits
+    small = _compressed(model)
+    assert small.model.layers[0].self_attn.q_proj.out_features == 16
+    with torch.no_grad():
+        assert torch.allclose(small(LLAMA_IDS).logits, want, atol=1e-5, rtol=0)
+
+
 def _first_output(output):
     return output.logits if getattr(output, "logits", None) is not None else output.last_hidden_state
 
