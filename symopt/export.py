@@ -14,7 +14,9 @@ turns structure into fewer multiply-adds. ``mode="compressed"`` rewrites, on a c
   and functional forwards. A dead unit still emits a constant ``act(bias)``; it is folded into each
   consumer's bias (exact for a Linear and an unpadded conv; behind zero padding only a constant 0 can
   go). The outputs are compared before and after on ``example_input`` (or an input built from the first
-  layer) and the rewrite is undone if they moved.
+  layer) and the rewrite is undone if they moved. Where nothing traces around a feed-forward block's first
+  layer, its dead units leave through the layer that reads them, found by name (``FEED_FORWARD_PAIRS``: OPT's
+  and BART's ``fc1`` / ``fc2``), and only where the outputs are compared and do not move.
 * dead attention heads ([`symopt.attention_heads`][symopt.attention_heads]) — a
   [`HeadPrunedAttention`][symopt._attention.HeadPrunedAttention] in place of the
   ``nn.MultiheadAttention``, with the removed heads' constant outputs folded into the output bias.
@@ -56,7 +58,7 @@ from torch.nn.utils import parametrize
 
 from ._attention import (CONFIG_HEADS, HeadPrunedAttention, keep_alibi_rows, keep_position_bias_rows,
                          set_own_config_counts, takes_alibi, takes_position_bias)
-from ._layers import LAYER_TYPES, narrowed, output_axis, outputs_first
+from ._layers import LAYER_TYPES, narrowed, output_axis, outputs_first, weight_axes
 from .attach import guard_save_pretrained, list_constraints
 from . import layout, surgery
 from .constraints.base import density_count
@@ -355,9 +357,14 @@ def _shrink_units(holder: nn.Module, targets: list, options: dict) -> list[str]:
 
     widths_before = out_widths()
     scopes, untraced = _traceable_scopes(holder.root, set(producers))
+    pairs = _feed_forward_pairs(holder.root, untraced)
+    paired = {name for members in pairs.values() for name in members}
     for name, reason in untraced.items():
-        notes.append(f"{producers[name]}: {reason}")
+        if name not in paired:
+            notes.append(f"{producers[name]}: {reason}")
     removed = False
+    for consumer, members in pairs.items():
+        removed = _narrow_feed_forward(holder.root, consumer, members) or removed
     for scope, view, plan in scopes:
         for name, reasons in plan.kept.items():
             counts = {r: reasons.count(r) for r in reasons}
@@ -368,12 +375,12 @@ def _shrink_units(holder: nn.Module, targets: list, options: dict) -> list[str]:
             removed = True
     if not removed:
         return notes
-    producers = {name: label for name, label in producers.items() if name not in untraced}
+    producers = {name: label for name, label in producers.items() if name not in untraced or name in paired}
     checked, problem = surgery.verify(before, holder.root, options["example_input"])
     if problem is not None:
         holder.root = before  # never hand back a model whose outputs moved
         return notes + [f"{label}: units kept, {problem}" for label in producers.values()]
-    if not checked and any(scope or view is not holder.root for scope, view, _ in scopes):
+    if not checked and (pairs or any(scope or view is not holder.root for scope, view, _ in scopes)):
         # a block's own forward stood in for the model's graph: without a comparison nothing shows that
         # the model calls the block that way, so the rewrite is not handed back unchecked
         holder.root = before
@@ -386,6 +393,57 @@ def _shrink_units(holder: nn.Module, targets: list, options: dict) -> list[str]:
     _lower_width_attributes(holder.root, widths_before, widths)
     options["unit_widths"] += list(widths.values())  # (what a Hugging Face config would have to say)
     return notes
+
+
+# A feed-forward block's layers by their names: the layer (or, gated, the two layers) whose outputs are its hidden
+# units, and the layer that reads them after an activation (OPT's and BART's fc1 / fc2, GPT-J's fc_in / fc_out, T5's
+# wi / wo, Llama's gate_proj and up_proj / down_proj, ...). Where torch.fx traces no module around a producer
+# (OPT's and BART's layers inline their feed-forward in a forward fx cannot trace), its dead units leave through
+# this pair: the producers lose them, the consumer its inputs, and export's check of the model's outputs (which
+# must run) keeps the rewrite only where nothing moved (an activation that maps 0 to 0, the units' biases 0).
+FEED_FORWARD_PAIRS = {"fc1": "fc2", "fc_in": "fc_out", "c_fc": "c_proj", "dense_h_to_4h": "dense_4h_to_h",
+                      "wi": "wo", "wi_0": "wo", "wi_1": "wo", "gate_proj": "down_proj", "up_proj": "down_proj",
+                      "w1": "w2", "w3": "w2", "linear1": "linear2"}
+
+
+def _feed_forward_pairs(root: nn.Module, untraced: dict[str, str]) -> dict[str, list[str]]:
+    """``{consumer: its producers}`` for the untraced producers (`_traceable_scopes`) that `FEED_FORWARD_PAIRS` pairs
+    with a dense layer beside them reading exactly their outputs."""
+    pairs: dict[str, list[str]] = {}
+    for name in sorted(untraced):
+        parent, _, leaf = name.rpartition(".")
+        partner = FEED_FORWARD_PAIRS.get(leaf)
+        if partner is None or not _has(root, _qual(parent, partner)):
+            continue
+        producer, consumer = _get(root, name), _get(root, _qual(parent, partner))
+        if weight_axes(producer) is None or weight_axes(consumer) is None:
+            continue
+        if outputs_first(consumer).shape[1] != outputs_first(producer).shape[0]:
+            continue
+        pairs.setdefault(_qual(parent, partner), []).append(name)
+    return pairs
+
+
+def _narrow_feed_forward(root: nn.Module, consumer: str, producers: list[str]) -> bool:
+    """Remove the hidden units dead in every one of ``producers`` (weight rows and bias entries 0) from them and from
+    ``consumer``'s inputs (see `FEED_FORWARD_PAIRS`); whether any went (one unit stays at least)."""
+    layers = [_get(root, name) for name in producers]
+    dead = None
+    for layer in layers:
+        W = outputs_first(layer).detach()
+        here = (W == 0).all(dim=1)
+        if layer.bias is not None:
+            here &= layer.bias.detach() == 0
+        dead = here if dead is None else dead & here
+    if bool(dead.all()):
+        dead[0] = False
+    if not bool(dead.any()):
+        return False
+    kept = (~dead).nonzero().reshape(-1)
+    for name, layer in zip(producers, layers):
+        _set(root, name, narrowed(layer, outputs=kept))
+    _set(root, consumer, narrowed(_get(root, consumer), inputs=kept))
+    return True
 
 
 def _lower_width_attributes(root: nn.Module, before: dict[str, int], after: dict[str, int]) -> None:

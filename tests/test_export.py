@@ -239,3 +239,38 @@ def test_per_channel_prelu_loses_the_entries_of_removed_units():
     x = torch.randn(3, 4, dtype=DT)
     assert small[0].out_features == 4 and small[1].num_parameters == 4 and small[2].in_features == 4
     assert torch.allclose(small(x), symopt.export(net)(x), atol=1e-12, rtol=0)
+
+
+class _InlineFeedForward(nn.Module):
+    """A block whose forward torch.fx cannot trace (it branches on a value) with its feed-forward inline, fc1, an
+    activation, fc2, as OPT's and BART's layers have it."""
+
+    def __init__(self, activation):
+        super().__init__()
+        self.fc1, self.fc2, self.activation = nn.Linear(6, 10), nn.Linear(10, 6), activation
+
+    def forward(self, x):
+        if float(x.abs().sum()) >= 0:  # (a data-dependent branch: no trace)
+            x = x + self.fc2(self.activation(self.fc1(x)))
+        return x
+
+
+@pytest.mark.parametrize("activation, removed", [(nn.ReLU(), True), (nn.Sigmoid(), False)])
+def test_dead_neurons_of_an_untraced_fc1_fc2_pair_leave_only_where_the_outputs_stay(activation, removed):
+    """Where nothing traces around fc1, its dead units (rows and biases 0) leave through the fc1 / fc2 pair, checked on
+    the outputs: with ReLU (0 → 0) they go; with a sigmoid (0 → ½ still reaches fc2) the check undoes it, says so,
+    and the model is the one it was."""
+    torch.manual_seed(0)
+    block = _InlineFeedForward(activation).double().eval()
+    handle = symopt.group_sparse(block, ["fc1.weight", "fc1.bias"], strength=1e-3)
+    with torch.no_grad():
+        handle.constraint.gates[[1, 4, 7]] = 0
+    x = torch.randn(3, 6, dtype=torch.float64)
+    want = block(x)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        small = symopt.export(block, mode="compressed", example_input=(x,))
+    notes = " ".join(str(w.message) for w in caught if issubclass(w.category, ExportWarning))
+    assert (small.fc1.out_features, small.fc2.in_features) == ((7, 7) if removed else (10, 10))
+    assert ("units kept" in notes) is not removed
+    assert torch.allclose(small(x), want, atol=1e-12, rtol=0)

@@ -410,6 +410,47 @@ def test_a_global_ffn_neuron_budget_on_llama_lands_exports_narrower_mlps_and_rel
         assert torch.equal(back(LLAMA_IDS).logits, small(LLAMA_IDS).logits)
 
 
+@pytest.mark.parametrize("family", ["OPT", "BART"])
+def test_ffn_neurons_leave_layers_that_do_not_trace_through_their_fc1_fc2_pair(family, tmp_path):
+    """OPT's and BART's layers compute their feed-forward inline (fc1, activation, fc2) in a forward torch.fx cannot
+    trace, and no module around fc1 traces: a global neuron budget over fc1's rows and biases lands under Adam, and
+    export narrows fc1 and fc2 as a pair (`FEED_FORWARD_PAIRS`), checked on the model's outputs; symopt's round trip
+    reloads the narrower layers (no one config says both widths)."""
+    torch.manual_seed(0)
+    if family == "OPT":
+        model = T.OPTForCausalLM(T.OPTConfig(vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                             ffn_dim=48, max_position_embeddings=32, word_embed_proj_dim=32,
+                                             pad_token_id=1)).double()
+        kwargs, prefix = {}, "model.decoder.layers"
+    else:
+        model = T.BartForConditionalGeneration(T.BartConfig(
+            vocab_size=40, d_model=32, encoder_layers=2, decoder_layers=1, encoder_attention_heads=4,
+            decoder_attention_heads=4, encoder_ffn_dim=48, decoder_ffn_dim=48, max_position_embeddings=32)).double()
+        kwargs, prefix = {"decoder_input_ids": LLAMA_IDS[:, :5].contiguous()}, "model.encoder.layers"
+    neurons = [[f"{prefix}.{i}.fc1.weight", f"{prefix}.{i}.fc1.bias"] for i in range(2)]
+    handle = symopt.group_sparse(model, neurons, max_groups=40, total_steps=40)
+    opt = torch.optim.Adam(symopt.param_groups(model, lr=1e-2))
+    for _ in range(45):
+        opt.zero_grad()
+        model(LLAMA_IDS, labels=kwargs.get("decoder_input_ids", LLAMA_IDS), **kwargs).loss.backward()
+        opt.step()
+    model.eval()
+    kept = _kept(handle, 48)
+    assert sum(kept) == 40
+    with torch.no_grad():
+        want = model(LLAMA_IDS, **kwargs).logits
+    small = _compressed(model, example_input=(LLAMA_IDS,) if not kwargs else None)
+    narrowed = [small.get_submodule(f"{prefix}.{i}") for i in range(2)]
+    assert [(layer.fc1.out_features, layer.fc2.in_features) for layer in narrowed] == [(k, k) for k in kept]
+    with torch.no_grad():
+        got = small(LLAMA_IDS, **kwargs).logits
+        assert torch.allclose(got, want, atol=1e-10, rtol=0)
+    symopt.save_pretrained(small, tmp_path)
+    back = symopt.from_pretrained(type(model), tmp_path)
+    with torch.no_grad():
+        assert torch.allclose(back(LLAMA_IDS, **kwargs).logits, got, atol=1e-12, rtol=0)
+
+
 def test_per_layer_ffn_budgets_that_land_alike_rewrite_the_config_for_the_class_own_round_trip(tmp_path):
     """20 neurons of 48 in each layer: one config (intermediate_size=20) builds the export exactly, so export
     rewrites it and LlamaForCausalLM.from_pretrained loads the smaller model with the same logits."""
