@@ -364,7 +364,12 @@ def _shrink_units(holder: nn.Module, targets: list, options: dict) -> list[str]:
             notes.append(f"{producers[name]}: {reason}")
     removed = False
     for consumer, members in pairs.items():
-        removed = _narrow_feed_forward(holder.root, consumer, members) or removed
+        went, biased = _narrow_feed_forward(holder.root, consumer, members)
+        removed = removed or went
+        if biased:
+            notes += [f"{producers[name]}: {biased} dead unit(s) kept: their bias entries are not 0, and what the "
+                      f"activation makes of them reaches '{consumer}' (put the bias in the group: group_sparse over "
+                      "the weight and its bias)" for name in members]
     for scope, view, plan in scopes:
         for name, reasons in plan.kept.items():
             counts = {r: reasons.count(r) for r in reasons}
@@ -424,26 +429,27 @@ def _feed_forward_pairs(root: nn.Module, untraced: dict[str, str]) -> dict[str, 
     return pairs
 
 
-def _narrow_feed_forward(root: nn.Module, consumer: str, producers: list[str]) -> bool:
+def _narrow_feed_forward(root: nn.Module, consumer: str, producers: list[str]) -> tuple[bool, int]:
     """Remove the hidden units dead in every one of ``producers`` (weight rows and bias entries 0) from them and from
-    ``consumer``'s inputs (see `FEED_FORWARD_PAIRS`); whether any went (one unit stays at least)."""
+    ``consumer``'s inputs (see `FEED_FORWARD_PAIRS`). Returns whether any went (one unit stays at least), and how
+    many units had dead weight rows but a bias entry that is not 0 (kept: their constant is the activation's)."""
     layers = [_get(root, name) for name in producers]
-    dead = None
+    dead = rows_dead = None
     for layer in layers:
-        W = outputs_first(layer).detach()
-        here = (W == 0).all(dim=1)
-        if layer.bias is not None:
-            here &= layer.bias.detach() == 0
+        rows = (outputs_first(layer).detach() == 0).all(dim=1)
+        here = rows & (layer.bias.detach() == 0) if layer.bias is not None else rows
         dead = here if dead is None else dead & here
+        rows_dead = rows if rows_dead is None else rows_dead & rows
+    biased = int((rows_dead & ~dead).sum())
     if bool(dead.all()):
         dead[0] = False
     if not bool(dead.any()):
-        return False
+        return False, biased
     kept = (~dead).nonzero().reshape(-1)
     for name, layer in zip(producers, layers):
         _set(root, name, narrowed(layer, outputs=kept))
     _set(root, consumer, narrowed(_get(root, consumer), inputs=kept))
-    return True
+    return True, biased
 
 
 def _lower_width_attributes(root: nn.Module, before: dict[str, int], after: dict[str, int]) -> None:

@@ -274,3 +274,17 @@ def test_dead_neurons_of_an_untraced_fc1_fc2_pair_leave_only_where_the_outputs_s
     assert (small.fc1.out_features, small.fc2.in_features) == ((7, 7) if removed else (10, 10))
     assert ("units kept" in notes) is not removed
     assert torch.allclose(small(x), want, atol=1e-12, rtol=0)
+
+
+def test_dead_weight_rows_of_an_untraced_fc1_with_a_bias_are_kept_with_the_reason():
+    """fc1's weight alone in the group: its dead rows still emit the activation of their bias, so they stay, and the
+    warning says why and what to group."""
+    torch.manual_seed(0)
+    block = _InlineFeedForward(nn.ReLU()).double().eval()
+    symopt.group_sparse(block, "fc1.weight", dim=0, strength=1e-3)
+    _zero_rows(block.fc1, [1, 4])
+    x = torch.randn(3, 6, dtype=torch.float64)
+    with pytest.warns(ExportWarning, match=r"2 dead unit\(s\) kept: their bias entries are not 0.*its bias"):
+        small = symopt.export(block, mode="compressed", example_input=(x,))
+    assert small.fc1.out_features == 10
+    assert torch.allclose(small(x), block(x), atol=1e-12, rtol=0)
