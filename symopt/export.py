@@ -357,12 +357,26 @@ def _shrink_units(holder: nn.Module, targets: list, options: dict) -> list[str]:
 
     widths_before = out_widths()
     scopes, untraced = _traceable_scopes(holder.root, set(producers))
-    pairs = _feed_forward_pairs(holder.root, untraced)
+    # Producers with no traced scope, or whose scope is a block that only holds them (DeBERTa-v2's `intermediate`:
+    # every dead unit kept as an output of that scope), leave through their feed-forward pair where one is named
+    escaped = {_qual(scope, name) for scope, _, plan in scopes if scope for name, reasons in plan.kept.items()
+               if set(reasons) == {surgery.OUTPUT_REASON}}
+    pairs = _feed_forward_pairs(holder.root, set(untraced) | escaped)
     paired = {name for members in pairs.values() for name in members}
     for name, reason in untraced.items():
         if name not in paired:
             notes.append(f"{producers[name]}: {reason}")
     removed = False
+    for scope, view, plan in scopes:
+        for name, reasons in plan.kept.items():
+            if _qual(scope, name) in paired:
+                continue
+            counts = {r: reasons.count(r) for r in reasons}
+            why = "; ".join(f"{n} because {r}" for r, n in counts.items())
+            notes.append(f"{producers[_qual(scope, name)]}: {len(reasons)} dead unit(s) kept: {why}")
+        if plan.removed:
+            surgery.apply(view, plan)  # (a registered part's stand-in shares its block's layers)
+            removed = True
     for consumer, members in pairs.items():
         went, biased = _narrow_feed_forward(holder.root, consumer, members)
         removed = removed or went
@@ -370,14 +384,6 @@ def _shrink_units(holder: nn.Module, targets: list, options: dict) -> list[str]:
             notes += [f"{producers[name]}: {biased} dead unit(s) kept: their bias entries are not 0, and what the "
                       f"activation makes of them reaches '{consumer}' (put the bias in the group: group_sparse over "
                       "the weight and its bias)" for name in members]
-    for scope, view, plan in scopes:
-        for name, reasons in plan.kept.items():
-            counts = {r: reasons.count(r) for r in reasons}
-            why = "; ".join(f"{n} because {r}" for r, n in counts.items())
-            notes.append(f"{producers[_qual(scope, name)]}: {len(reasons)} dead unit(s) kept: {why}")
-        if plan.removed:
-            surgery.apply(view, plan)  # (a registered part's stand-in shares its block's layers)
-            removed = True
     if not removed:
         return notes
     producers = {name: label for name, label in producers.items() if name not in untraced or name in paired}
@@ -408,7 +414,9 @@ def _shrink_units(holder: nn.Module, targets: list, options: dict) -> list[str]:
 # must run) keeps the rewrite only where nothing moved (an activation that maps 0 to 0, the units' biases 0).
 FEED_FORWARD_PAIRS = {"fc1": "fc2", "fc_in": "fc_out", "c_fc": "c_proj", "dense_h_to_4h": "dense_4h_to_h",
                       "wi": "wo", "wi_0": "wo", "wi_1": "wo", "gate_proj": "down_proj", "up_proj": "down_proj",
-                      "w1": "w2", "w3": "w2", "linear1": "linear2"}
+                      "w1": "w2", "w3": "w2", "linear1": "linear2", "lin1": "lin2",
+                      # (dotted: relative to the module holding both; the BERT family's layer, DeBERTa-v2's)
+                      "intermediate.dense": "output.dense"}
 
 
 def _feed_forward_pairs(root: nn.Module, untraced: dict[str, str]) -> dict[str, list[str]]:
@@ -416,16 +424,18 @@ def _feed_forward_pairs(root: nn.Module, untraced: dict[str, str]) -> dict[str, 
     with a dense layer beside them reading exactly their outputs."""
     pairs: dict[str, list[str]] = {}
     for name in sorted(untraced):
-        parent, _, leaf = name.rpartition(".")
-        partner = FEED_FORWARD_PAIRS.get(leaf)
-        if partner is None or not _has(root, _qual(parent, partner)):
+        key = next((k for k in FEED_FORWARD_PAIRS if name == k or name.endswith(f".{k}")), None)
+        if key is None:
             continue
-        producer, consumer = _get(root, name), _get(root, _qual(parent, partner))
+        partner = name[: len(name) - len(key)] + FEED_FORWARD_PAIRS[key]
+        if not _has(root, partner):
+            continue
+        producer, consumer = _get(root, name), _get(root, partner)
         if weight_axes(producer) is None or weight_axes(consumer) is None:
             continue
         if outputs_first(consumer).shape[1] != outputs_first(producer).shape[0]:
             continue
-        pairs.setdefault(_qual(parent, partner), []).append(name)
+        pairs.setdefault(partner, []).append(name)
     return pairs
 
 

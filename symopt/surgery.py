@@ -157,6 +157,10 @@ TRACEABLE_PARTS: dict[type, str] = {}
 CONVENTIONAL_PARTS: dict[str, str] = {"transformers.": "feed_forward_chunk"}
 
 
+#: why a unit that reaches the traced module's output stays (`plan_removal`): export asks for it by name
+OUTPUT_REASON = "it is an output of the model"
+
+
 def register_traceable_part(block_type: type, method: str) -> None:
     """Declare that inside a ``block_type`` module, the units of the layers that ``method`` calls flow only
     through ``method(x)`` (one tensor in, one out), which ``torch.fx`` traces where the block's ``forward``
@@ -283,7 +287,7 @@ def plan_removal(root: nn.Module, producers: set[str], graph: torch.fx.Graph | N
             flows[node] = None
         elif node.op == "output":
             for flow in inputs(node):
-                _block_flow(units, flow, "it is an output of the model")
+                _block_flow(units, flow, OUTPUT_REASON)
         elif node.op == "call_module":
             module = modules[node.target]
             flow = flows.get(node.args[0]) if node.args and isinstance(node.args[0], torch.fx.Node) else None

@@ -451,6 +451,34 @@ def test_ffn_neurons_leave_layers_that_do_not_trace_through_their_fc1_fc2_pair(f
         assert torch.allclose(back(LLAMA_IDS, **kwargs).logits, got, atol=1e-12, rtol=0)
 
 
+def test_deberta_v2_ffn_neurons_leave_through_intermediate_and_output(tmp_path):
+    """DeBERTa-v2's layer calls `intermediate` (dense, activation) and `output(intermediate, attention)` in a forward
+    torch.fx cannot trace, with no one-input feed-forward method: the only module around `intermediate.dense` that
+    traces is `intermediate`, whose output every unit reaches. Its dead neurons leave through the named pair
+    `intermediate.dense` / `output.dense` (`FEED_FORWARD_PAIRS`), checked on the logits; symopt's round trip
+    reloads the narrower layers."""
+    config = T.DebertaV2Config(vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                               intermediate_size=48, max_position_embeddings=40, num_labels=3)
+    torch.manual_seed(0)
+    model = T.DebertaV2ForSequenceClassification(config).double().eval()
+    names = [[f"deberta.encoder.layer.{i}.intermediate.dense.weight", f"deberta.encoder.layer.{i}.intermediate.dense.bias"]
+             for i in range(2)]
+    handle = symopt.group_sparse(model, names, strength=1e-3)
+    with torch.no_grad():
+        handle.constraint.gates[[0, 5, 50, 60, 70]] = 0  # (2 neurons of layer 0, 3 of layer 1)
+        want = model(IDS % 57 + 3).logits
+    small = _compressed(model)
+    assert [(layer.intermediate.dense.out_features, layer.output.dense.in_features)
+            for layer in small.deberta.encoder.layer] == [(46, 46), (45, 45)]
+    with torch.no_grad():
+        got = small(IDS % 57 + 3).logits
+        assert torch.allclose(got, want, atol=1e-12, rtol=0)
+    symopt.save_pretrained(small, tmp_path)
+    back = symopt.from_pretrained(T.DebertaV2ForSequenceClassification, tmp_path).eval()
+    with torch.no_grad():
+        assert torch.allclose(back(IDS % 57 + 3).logits, got, atol=1e-12, rtol=0)
+
+
 def test_per_layer_ffn_budgets_that_land_alike_rewrite_the_config_for_the_class_own_round_trip(tmp_path):
     """20 neurons of 48 in each layer: one config (intermediate_size=20) builds the export exactly, so export
     rewrites it and LlamaForCausalLM.from_pretrained loads the smaller model with the same logits."""
