@@ -470,13 +470,8 @@ def test_deberta_v2_ffn_neurons_leave_through_intermediate_and_output(tmp_path):
     small = _compressed(model)
     assert [(layer.intermediate.dense.out_features, layer.output.dense.in_features)
             for layer in small.deberta.encoder.layer] == [(46, 46), (45, 45)]
-    with torch.no_grad():
-        got = small(IDS % 57 + 3).logits
-        assert torch.allclose(got, want, atol=1e-12, rtol=0)
-    symopt.save_pretrained(small, tmp_path)
-    back = symopt.from_pretrained(T.DebertaV2ForSequenceClassification, tmp_path).eval()
-    with torch.no_grad():
-        assert torch.allclose(back(IDS % 57 + 3).logits, got, atol=1e-12, rtol=0)
+    _reloads_alike(small, T.DebertaV2ForSequenceClassification, want, tmp_path, atol=1e-12, ids=IDS % 57 + 3,
+                   reload_atol=1e-12)
 
 
 def test_per_layer_ffn_budgets_that_land_alike_rewrite_the_config_for_the_class_own_round_trip(tmp_path):
@@ -1197,13 +1192,8 @@ def test_deberta_v2_heads_take_their_relative_position_projections_along(shared,
             [] if shared else [attention.pos_key_proj, attention.pos_query_proj])
         assert [p.out_features for p in narrowed] == [8 * heads] * len(narrowed)
         assert attention.num_attention_heads == heads
-    with torch.no_grad():
-        got = small(IDS % 57 + 3).logits
-        assert torch.allclose(got, want, atol=1e-12, rtol=0)
-    symopt.save_pretrained(small, tmp_path)
-    back = symopt.from_pretrained(T.DebertaV2ForSequenceClassification, tmp_path).eval()
-    with torch.no_grad():
-        assert torch.allclose(back(IDS % 57 + 3).logits, got, atol=1e-12, rtol=0)
+    _reloads_alike(small, T.DebertaV2ForSequenceClassification, want, tmp_path, atol=1e-12, ids=IDS % 57 + 3,
+                   reload_atol=1e-12)
 
 
 def test_multi_query_gemma_loses_query_heads_and_round_trips(tmp_path):
