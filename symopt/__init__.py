@@ -13,8 +13,8 @@ from .constraints import (Auto, BudgetStrength, Constraint, Fixed, FixedZeros, G
 from .decay import Binding, DecoupledDecayWarning, bind, check_optimizer, param_groups, penalty
 from .finalize import finalize, landed
 from .report import Report, report
-from .verbs import (attention_blocks, attention_heads, fixed_zeros, group_sparse, low_rank, n_m_sparse, nonnegative, sparse,
-                    subspace, tie)
+from .verbs import (attention_blocks, attention_heads, feed_forward_units, fixed_zeros, group_sparse, low_rank, n_m_sparse,
+                    nonnegative, sparse, subspace, tie)
 from .symmetry import (ConservationTracker, Diagnosis, LayerDiagnosis, conserved, diagnose, effective_rank,
                        noise_collapse, permutation_threshold, syre, NoiseWatch, watch_noise)
 from .distributed import sync_strengths
@@ -38,6 +38,7 @@ __all__ = [
     "effective_rank", "conserved", "ConservationTracker", "export", "footprint", "sync_strengths", "Footprint", "ExportWarning",
     "SparseLinear", "guard", "Guard", "GuardEvent", "Diverged", "Problem", "Result", "solve", "compare", "certify",
     "NonNegative", "nonnegative", "bind", "Binding", "Strength", "Fixed", "Auto", "BudgetStrength", "Scheduled",
-    "save_pretrained", "from_pretrained", "NMSparse", "n_m_sparse", "attention_blocks", "attention_heads", "noise_collapse",
+    "save_pretrained", "from_pretrained", "NMSparse", "n_m_sparse", "attention_blocks", "attention_heads",
+    "feed_forward_units", "noise_collapse",
     "permutation_threshold", "path", "Path", "watch_noise", "NoiseWatch", "regrow", "Regrowth",
 ]

@@ -150,3 +150,33 @@ def pairs(model: nn.Module) -> list[Pair]:
             activation, adjacent = following.get(id(m1), (None, False))
             out.append(Pair(name1, name2, activation, adjacent))
     return out
+
+
+# A feed-forward block's layers by their names: the layer (or, gated, the two layers) whose outputs are its hidden
+# units, and the layer that reads them after an activation (OPT's and BART's fc1 / fc2, GPT-J's fc_in / fc_out, T5's
+# wi / wo, Llama's gate_proj and up_proj / down_proj, ...). `symopt.feed_forward_units` lists a model's by it; where
+# torch.fx traces no module around a producer (OPT's and BART's layers inline their feed-forward in a forward fx
+# cannot trace), `symopt.export` removes its dead units through this pair: the producers lose them, the consumer
+# its inputs, and export's check of the model's outputs (which must run) keeps the rewrite only where nothing
+# moved (an activation that maps 0 to 0, the units' biases 0).
+FEED_FORWARD_PAIRS = {"fc1": "fc2", "fc_in": "fc_out", "c_fc": "c_proj", "dense_h_to_4h": "dense_4h_to_h",
+                      "wi": "wo", "wi_0": "wo", "wi_1": "wo", "gate_proj": "down_proj", "up_proj": "down_proj",
+                      "w1": "w2", "w3": "w2", "linear1": "linear2", "lin1": "lin2",
+                      # (dotted: relative to the module holding both; the BERT family's layer, DeBERTa-v2's)
+                      "intermediate.dense": "output.dense"}
+
+
+def feed_forward_partner(root: nn.Module, name: str) -> str | None:
+    """The name of the dense layer that `FEED_FORWARD_PAIRS` pairs with the dense layer ``name`` of ``root`` and that
+    reads exactly its outputs (as many inputs as it has outputs); None where there is none."""
+    key = next((k for k in FEED_FORWARD_PAIRS if name == k or name.endswith(f".{k}")), None)
+    if key is None:
+        return None
+    partner = name[: len(name) - len(key)] + FEED_FORWARD_PAIRS[key]
+    try:
+        producer, consumer = root.get_submodule(name), root.get_submodule(partner)
+    except AttributeError:
+        return None
+    if weight_axes(producer) is None or weight_axes(consumer) is None:
+        return None
+    return partner if outputs_first(consumer).shape[1] == outputs_first(producer).shape[0] else None

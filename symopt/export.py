@@ -58,7 +58,8 @@ from torch.nn.utils import parametrize
 
 from ._attention import (CONFIG_HEADS, HeadPrunedAttention, keep_alibi_rows, keep_position_bias_rows,
                          set_own_config_counts, takes_alibi, takes_position_bias)
-from ._layers import LAYER_TYPES, narrowed, output_axis, outputs_first, weight_axes
+from ._layers import FEED_FORWARD_PAIRS  # noqa: F401 - (the table export reads: symopt.export.FEED_FORWARD_PAIRS)
+from ._layers import LAYER_TYPES, feed_forward_partner, narrowed, output_axis, outputs_first
 from .attach import guard_save_pretrained, list_constraints
 from . import layout, surgery
 from .constraints.base import density_count
@@ -406,36 +407,14 @@ def _shrink_units(holder: nn.Module, targets: list, options: dict) -> list[str]:
     return notes
 
 
-# A feed-forward block's layers by their names: the layer (or, gated, the two layers) whose outputs are its hidden
-# units, and the layer that reads them after an activation (OPT's and BART's fc1 / fc2, GPT-J's fc_in / fc_out, T5's
-# wi / wo, Llama's gate_proj and up_proj / down_proj, ...). Where torch.fx traces no module around a producer
-# (OPT's and BART's layers inline their feed-forward in a forward fx cannot trace), its dead units leave through
-# this pair: the producers lose them, the consumer its inputs, and export's check of the model's outputs (which
-# must run) keeps the rewrite only where nothing moved (an activation that maps 0 to 0, the units' biases 0).
-FEED_FORWARD_PAIRS = {"fc1": "fc2", "fc_in": "fc_out", "c_fc": "c_proj", "dense_h_to_4h": "dense_4h_to_h",
-                      "wi": "wo", "wi_0": "wo", "wi_1": "wo", "gate_proj": "down_proj", "up_proj": "down_proj",
-                      "w1": "w2", "w3": "w2", "linear1": "linear2", "lin1": "lin2",
-                      # (dotted: relative to the module holding both; the BERT family's layer, DeBERTa-v2's)
-                      "intermediate.dense": "output.dense"}
-
-
-def _feed_forward_pairs(root: nn.Module, untraced: dict[str, str]) -> dict[str, list[str]]:
-    """``{consumer: its producers}`` for the untraced producers (`_traceable_scopes`) that `FEED_FORWARD_PAIRS` pairs
-    with a dense layer beside them reading exactly their outputs."""
+def _feed_forward_pairs(root: nn.Module, untraced) -> dict[str, list[str]]:
+    """``{consumer: its producers}`` for the ``untraced`` producers (`_traceable_scopes`) that
+    `symopt._layers.FEED_FORWARD_PAIRS` pairs with a dense layer reading exactly their outputs."""
     pairs: dict[str, list[str]] = {}
     for name in sorted(untraced):
-        key = next((k for k in FEED_FORWARD_PAIRS if name == k or name.endswith(f".{k}")), None)
-        if key is None:
-            continue
-        partner = name[: len(name) - len(key)] + FEED_FORWARD_PAIRS[key]
-        if not _has(root, partner):
-            continue
-        producer, consumer = _get(root, name), _get(root, partner)
-        if weight_axes(producer) is None or weight_axes(consumer) is None:
-            continue
-        if outputs_first(consumer).shape[1] != outputs_first(producer).shape[0]:
-            continue
-        pairs.setdefault(partner, []).append(name)
+        partner = feed_forward_partner(root, name)
+        if partner is not None:
+            pairs.setdefault(partner, []).append(name)
     return pairs
 
 

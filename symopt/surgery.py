@@ -293,7 +293,9 @@ def plan_removal(root: nn.Module, producers: set[str], graph: torch.fx.Graph | N
             flow = flows.get(node.args[0]) if node.args and isinstance(node.args[0], torch.fx.Node) else None
             if calls[node.target] > 1 or len(node.args) != 1 or node.kwargs:
                 unknown(node)
-            elif type(module) is nn.Linear or isinstance(module, CONVS) and module.groups == 1 or \
+            # (a subclass of nn.Linear too: Falcon's FalconLinear computes x Wᵀ + b in a forward of its own; the
+            # rewrite's check of the outputs answers for any that computes otherwise)
+            elif isinstance(module, nn.Linear) or isinstance(module, CONVS) and module.groups == 1 or \
                     _transposed(module):
                 _consume(node.target, module, flow, units, edits)
                 flows[node] = _produce(node.target, module, node.target in producers, units, edits)

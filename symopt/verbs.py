@@ -608,6 +608,57 @@ def attention_blocks(model: nn.Module) -> list[str]:
     return found
 
 
+def feed_forward_units(model: nn.Module) -> list[list[str]]:
+    """The hidden units of every feed-forward block in ``model``, as [`group_sparse`][symopt.group_sparse] takes them
+    for one budget over all of them: per block, the weights (and biases) whose outputs are its hidden units, found
+    by their names and the layer that reads them (`symopt._layers.FEED_FORWARD_PAIRS`: ``fc1`` / ``fc2``,
+    ``gate_proj`` and ``up_proj`` / ``down_proj``, ``c_fc`` / ``c_proj``, ``intermediate.dense`` / ``output.dense``,
+    ...). A unit is a hidden neuron: its rows of those layers (a gated block's gate and up rows together), whose
+    export removes the reading layer's inputs too. Layers a constraint holds already, or whose reader does not
+    take exactly their outputs, are left out.
+
+    Args:
+        model: the model to search.
+
+    Returns:
+        list[list[str]]: per block, in module order, its producers' weight names then bias names (``group_sparse``'s
+            list of lists: one global budget, each block keeping one neuron at least).
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module``.
+
+    Examples:
+        >>> import torch, symopt
+        >>> encoder = torch.nn.TransformerEncoder(torch.nn.TransformerEncoderLayer(8, 2, 24), 3,
+        ...                                       enable_nested_tensor=False)
+        >>> units = symopt.feed_forward_units(encoder)
+        >>> units[0], len(units)
+        (['layers.0.linear1.weight', 'layers.0.linear1.bias'], 3)
+        >>> handle = symopt.group_sparse(encoder, units, max_groups=30, total_steps=100)
+        >>> handle.constraint.units                 # 24 neurons in each of the three blocks, one budget of 30
+        72
+    """
+    from torch.nn.utils import parametrize
+
+    from ._layers import feed_forward_partner
+
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"feed_forward_units: model must be an nn.Module, got {type(model).__name__}")
+    blocks: dict[str, list[str]] = {}
+    for name, module in model.named_modules():
+        if not name or weight_axes(module) is None or parametrize.is_parametrized(module):
+            continue
+        partner = feed_forward_partner(model, name)
+        if partner is not None and not parametrize.is_parametrized(model.get_submodule(partner), "weight"):
+            blocks.setdefault(partner, []).append(name)
+    units = []
+    for producers in blocks.values():
+        weights = [f"{name}.weight" for name in producers]
+        biases = [f"{name}.bias" for name in producers if model.get_submodule(name).bias is not None]
+        units.append(weights + biases)
+    return units
+
+
 def _has_submodule(model: nn.Module, name: str) -> bool:
     try:
         model.get_submodule(name)

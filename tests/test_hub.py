@@ -205,12 +205,13 @@ def test_save_pretrained_needs_a_hugging_face_model(tmp_path):
 LLAMA_IDS = torch.randint(0, 40, (8, 9), generator=torch.Generator().manual_seed(0))
 
 
-def _adam(model, steps: int, ids, labels) -> None:
-    """``steps`` Adam steps (lr 1e-2, symopt's decay groups) on one batch, then eval mode."""
+def _adam(model, steps: int, ids, labels, **kwargs) -> None:
+    """``steps`` Adam steps (lr 1e-2, symopt's decay groups) on one batch (``kwargs``: an encoder-decoder's
+    decoder ids), then eval mode."""
     opt = torch.optim.Adam(symopt.param_groups(model, lr=1e-2), lr=1e-2)
     for _ in range(steps):
         opt.zero_grad()
-        model(ids, labels=labels).loss.backward()
+        model(ids, labels=labels, **kwargs).loss.backward()
         opt.step()
     model.eval()
 
@@ -429,12 +430,7 @@ def test_ffn_neurons_leave_layers_that_do_not_trace_through_their_fc1_fc2_pair(f
         kwargs, prefix = {"decoder_input_ids": LLAMA_IDS[:, :5].contiguous()}, "model.encoder.layers"
     neurons = [[f"{prefix}.{i}.fc1.weight", f"{prefix}.{i}.fc1.bias"] for i in range(2)]
     handle = symopt.group_sparse(model, neurons, max_groups=40, total_steps=40)
-    opt = torch.optim.Adam(symopt.param_groups(model, lr=1e-2))
-    for _ in range(45):
-        opt.zero_grad()
-        model(LLAMA_IDS, labels=kwargs.get("decoder_input_ids", LLAMA_IDS), **kwargs).loss.backward()
-        opt.step()
-    model.eval()
+    _adam(model, 45, LLAMA_IDS, kwargs.get("decoder_input_ids", LLAMA_IDS), **kwargs)
     kept = _kept(handle, 48)
     assert sum(kept) == 40
     with torch.no_grad():
@@ -472,6 +468,45 @@ def test_deberta_v2_ffn_neurons_leave_through_intermediate_and_output(tmp_path):
             for layer in small.deberta.encoder.layer] == [(46, 46), (45, 45)]
     _reloads_alike(small, T.DebertaV2ForSequenceClassification, want, tmp_path, atol=1e-12, ids=IDS % 57 + 3,
                    reload_atol=1e-12)
+
+
+FEED_FORWARD_MODELS = {
+    "Llama": lambda: T.LlamaForCausalLM(T.LlamaConfig(**{**SMALL, "num_hidden_layers": 2}, num_key_value_heads=2)),
+    "OPT": lambda: T.OPTForCausalLM(T.OPTConfig(vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                                ffn_dim=64, max_position_embeddings=32, word_embed_proj_dim=32,
+                                                pad_token_id=1)),
+    "GPT-2": lambda: T.GPT2LMHeadModel(T.GPT2Config(vocab_size=40, n_positions=16, n_embd=32, n_layer=2, n_head=4,
+                                                    n_inner=64)),
+    "Falcon": lambda: T.FalconForCausalLM(T.FalconConfig(vocab_size=40, hidden_size=32, num_hidden_layers=2,
+                                                         num_attention_heads=4, alibi=False, ffn_hidden_size=64,
+                                                         max_position_embeddings=32)),
+    "T5 gated": lambda: T.T5ForConditionalGeneration(T.T5Config(vocab_size=40, d_model=32, d_kv=8, d_ff=64, num_layers=1,
+                                                                num_decoder_layers=1, num_heads=4,
+                                                                feed_forward_proj="gated-gelu")),
+}
+
+
+@pytest.mark.parametrize("architecture", sorted(FEED_FORWARD_MODELS))
+def test_one_neuron_budget_over_the_feed_forward_units_symopt_finds(architecture):
+    """`symopt.feed_forward_units` lists each feed-forward block's hidden units by its layers' names; one budget of 70
+    of the 128 neurons over all of them lands under Adam, every block keeping one at least, and export narrows each
+    block to what it kept, with the logits."""
+    torch.manual_seed(0)
+    model = FEED_FORWARD_MODELS[architecture]().double()
+    units = symopt.feed_forward_units(model)
+    assert len(units) == 2
+    handle = symopt.group_sparse(model, units, max_groups=70, total_steps=40)
+    kwargs = {"decoder_input_ids": LLAMA_IDS[:, :5].contiguous()} if architecture == "T5 gated" else {}
+    _adam(model, 45, LLAMA_IDS, kwargs.get("decoder_input_ids", LLAMA_IDS), **kwargs)
+    kept = _kept(handle, 64)
+    assert sum(kept) == 70 and min(kept) >= 1
+    with torch.no_grad():
+        want = model(LLAMA_IDS, **kwargs).logits
+    small = _compressed(model, example_input=None if kwargs else (LLAMA_IDS,))
+    widths = [small.get_submodule(names[0].rpartition(".")[0]) for names in units]
+    assert [layer.weight.shape[layer.weight.shape.index(32) ^ 1] for layer in widths] == kept
+    with torch.no_grad():
+        assert torch.allclose(small(LLAMA_IDS, **kwargs).logits, want, atol=1e-10, rtol=0)
 
 
 def test_per_layer_ffn_budgets_that_land_alike_rewrite_the_config_for_the_class_own_round_trip(tmp_path):
