@@ -369,6 +369,9 @@ def _shrink_units(holder: nn.Module, targets: list, options: dict) -> list[str]:
             notes.append(f"{producers[name]}: {reason}")
     removed = False
     for scope, view, plan in scopes:
+        for name, reason in plan.unread.items():
+            notes.append(f"{producers[_qual(scope, name)]}: its dead units are kept: {reason}, and no unit can be "
+                         "followed through such a call")
         for name, reasons in plan.kept.items():
             if _qual(scope, name) in paired:
                 continue

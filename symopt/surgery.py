@@ -114,6 +114,9 @@ class Plan:
     # producers the graph never calls: they run inside a module fx records as one call (torch.nn's own
     # modules are leaves of its trace), so nothing here says where their units go
     unseen: set[str] = field(default_factory=set)
+    # producers the graph calls in a way no unit can be followed through (twice, or with more than one input or
+    # with keyword arguments), with why: none of their units is planned
+    unread: dict[str, str] = field(default_factory=dict)
 
 
 class _Units:
@@ -282,6 +285,7 @@ def plan_removal(root: nn.Module, producers: set[str], graph: torch.fx.Graph | N
             _block_flow(units, flow, f"{what} uses it, and symopt does not know how that op treats units")
         flows[node] = None
 
+    unread: dict[str, str] = {}
     for node in graph.nodes:
         if node.op in ("placeholder", "get_attr"):
             flows[node] = None
@@ -292,6 +296,9 @@ def plan_removal(root: nn.Module, producers: set[str], graph: torch.fx.Graph | N
             module = modules[node.target]
             flow = flows.get(node.args[0]) if node.args and isinstance(node.args[0], torch.fx.Node) else None
             if calls[node.target] > 1 or len(node.args) != 1 or node.kwargs:
+                if node.target in producers:
+                    unread[node.target] = (f"the graph calls it {calls[node.target]} times" if calls[node.target] > 1
+                                           else "the graph calls it with other arguments than one input")
                 unknown(node)
             # (a subclass of nn.Linear too: Falcon's FalconLinear computes x Wᵀ + b in a forward of its own; the
             # rewrite's check of the outputs answers for any that computes otherwise)
@@ -309,6 +316,7 @@ def plan_removal(root: nn.Module, producers: set[str], graph: torch.fx.Graph | N
             unknown(node)
     plan = _decide(units, edits)
     plan.unseen = set(producers) - set(calls)
+    plan.unread = unread
     return plan
 
 

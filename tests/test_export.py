@@ -288,3 +288,26 @@ def test_dead_weight_rows_of_an_untraced_fc1_with_a_bias_are_kept_with_the_reaso
         small = symopt.export(block, mode="compressed", example_input=(x,))
     assert small.fc1.out_features == 10
     assert torch.allclose(small(x), block(x), atol=1e-12, rtol=0)
+
+
+def test_a_layer_called_twice_keeps_its_dead_units_and_says_why():
+    """A layer the graph calls twice (weights shared across two uses) has units no rewrite can follow: they stay, and
+    the warning says so (before, nothing was said)."""
+
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.out = nn.Linear(4, 4), nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.out(torch.relu(self.fc(torch.relu(self.fc(x)))))
+
+    torch.manual_seed(0)
+    model = Twice().double()
+    handle = symopt.group_sparse(model, ["fc.weight", "fc.bias"], strength=1e-3)
+    with torch.no_grad():
+        handle.constraint.gates[[1]] = 0
+    x = torch.randn(2, 4, dtype=torch.float64)
+    with pytest.warns(ExportWarning, match="fc.weight .*dead units are kept: the graph calls it 2 times"):
+        small = symopt.export(model, mode="compressed", example_input=(x,))
+    assert small.fc.out_features == 4 and torch.allclose(small(x), model(x), atol=1e-12)
