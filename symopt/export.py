@@ -780,9 +780,9 @@ def _prune_block_heads(holder: nn.Module, info: dict, options: dict) -> list[str
         return [f"{label}: heads kept: the block keeps its head count in no attribute symopt can lower "
                 "(num_heads, n_heads, num_attention_heads, n_head) and reshapes by no head_dim"]
     block = _get(holder, _qual("root", block_name))
-    counts = _get(block, info.get("count_holder", ""))
+    counts = _get(block, info.get("count_holder", ""))  # (BERT: the child holding q, k, v keeps the counts)
     if info.get("latent"):
-        return _prune_latent_heads(holder, info, options, block, label)  # (BERT: the child holding q, k, v keeps the counts)
+        return _prune_latent_heads(holder, info, options, block, label)
     layers = [_get(block, n) for n in info["projections"]]
     o = layers[-1]
     W_o = outputs_first(o)
