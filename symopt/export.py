@@ -871,23 +871,11 @@ def _prune_block_heads(holder: nn.Module, info: dict, options: dict) -> list[str
         keep_alibi_rows(block, kept_heads, info["heads"])
     if takes_position_bias(block):  # (T5: a position bias of a row per head, handed from block to block)
         keep_position_bias_rows(block, kept_heads, info["heads"])
-    checked, problem = surgery.verify(before, holder.root, options["example_input"])
-    if problem is not None and _own_config_counts(block, int(keep.numel()) * per_unit, kept_kv):
-        checked, problem = surgery.verify(before, holder.root, options["example_input"])  # (Phi-3: see there)
-    maybe_width = [n for n in MAYBE_INNER_WIDTH_NAMES if n != info.get("inner_width_attribute")
-                   and int_attribute(counts, (n,)) is not None and getattr(counts, n) == inner]
-    if problem is not None and maybe_width:  # (see MAYBE_INNER_WIDTH_NAMES: DistilBERT before transformers 5)
-        for attribute in maybe_width:
-            setattr(counts, attribute, int(q_rows.numel()))
-        checked, problem = surgery.verify(before, holder.root, options["example_input"])
-    if problem is not None:
-        holder.root = before
-        read = f"'{count_attribute}'" if count_attribute is not None else "its head_dim"
-        return [f"{label}: heads kept, {problem} (does the block read its head count from {read}?)"]
-    if not checked:
-        return [f"{label}: {int(dead.sum()) * per_unit} heads removed but the outputs were not compared "
-                "(pass example_input=)"]
-    return []
+    retry = lambda: _own_config_counts(block, int(keep.numel()) * per_unit, kept_kv)  # noqa: E731 - (Phi-3: see there)
+    read = f"'{count_attribute}'" if count_attribute is not None else "its head_dim"
+    return _verified_heads(holder, before, options, label, int(dead.sum()) * per_unit, retry=retry,
+                           widths=(counts, inner, int(q_rows.numel()), info.get("inner_width_attribute")),
+                           hint=f" (does the block read its head count from {read}?)")
 
 
 # RMS norms an attention block applies to q's (k's) whole output, all heads together, before splitting it into heads:
@@ -970,13 +958,27 @@ def _prune_latent_heads(holder: nn.Module, info: dict, options: dict, block: nn.
     return _verified_heads(holder, before, options, label, int(dead.sum()))
 
 
-def _verified_heads(holder: nn.Module, before: nn.Module, options: dict, label: str, removed: int) -> list[str]:
+def _verified_heads(holder: nn.Module, before: nn.Module, options: dict, label: str, removed: int,
+                    retry: Callable[[], bool] | None = None, widths: tuple | None = None, hint: str = "") -> list[str]:
     """Export's check of a head rewrite of ``holder.root`` (``before``: the model before it), undone where the outputs
-    moved; the notes it leaves."""
+    moved; the notes it leaves (``hint`` after the reason a rewrite was undone). Where the check fails, first
+    ``retry()`` (a further change to the rewrite; True where it made one) and then, with ``widths = (the module
+    holding the counts, q's former width, its new width, an attribute not to touch)``, lowering that module's
+    `MAYBE_INNER_WIDTH_NAMES` attributes that said the former width, each checked again."""
     checked, problem = surgery.verify(before, holder.root, options["example_input"])
+    if problem is not None and retry is not None and retry():
+        checked, problem = surgery.verify(before, holder.root, options["example_input"])
+    if problem is not None and widths is not None:
+        counts, inner, width, skip = widths
+        maybe_width = [n for n in MAYBE_INNER_WIDTH_NAMES if n != skip and int_attribute(counts, (n,)) is not None
+                       and getattr(counts, n) == inner]
+        if maybe_width:  # (DistilBERT before transformers 5; transformers 5's CodeGen sizes its shards by embed_dim)
+            for attribute in maybe_width:
+                setattr(counts, attribute, width)
+            checked, problem = surgery.verify(before, holder.root, options["example_input"])
     if problem is not None:
         holder.root = before
-        return [f"{label}: heads kept, {problem}"]
+        return [f"{label}: heads kept, {problem}{hint}"]
     if not checked:
         return [f"{label}: {removed} heads removed but the outputs were not compared (pass example_input=)"]
     return []
@@ -1007,18 +1009,8 @@ def _prune_sharded_heads(holder: nn.Module, info: dict, options: dict, block: nn
     _set(block, info["projections"][0], narrowed(qkv, outputs=rows))
     _set(block, info["projections"][1], narrowed(o, inputs=columns))
     setattr(counts, info["count_attribute"], int(kept.numel()) * shards)
-    checked, problem = surgery.verify(before, holder.root, options["example_input"])
-    maybe_width = [n for n in MAYBE_INNER_WIDTH_NAMES if int_attribute(counts, (n,)) is not None
-                   and getattr(counts, n) == inner]
-    if problem is not None and maybe_width:  # (transformers 5's CodeGen sizes its shards by its embed_dim)
-        for attribute in maybe_width:
-            setattr(counts, attribute, int(columns.numel()))
-        checked, problem = surgery.verify(before, holder.root, options["example_input"])
-    if problem is not None:
-        holder.root = before
-        return [f"{label}: heads kept, {problem}"]
-    return [] if checked else [f"{label}: {int(dead.sum()) * shards} heads removed but the outputs were not compared "
-                               "(pass example_input=)"]
+    return _verified_heads(holder, before, options, label, int(dead.sum()) * shards,
+                           widths=(counts, inner, int(columns.numel()), None))
 
 
 def _own_config_counts(block: nn.Module, heads: int, kv_heads: int) -> bool:

@@ -26,6 +26,16 @@ def _kill_heads(attn, heads):
     return handle
 
 
+def _refused_unchanged(model, error, match, *args, **kwargs) -> None:
+    """``attention_heads(model, *args, **kwargs)`` raises ``error`` matching ``match``, and ``model`` has no constraint
+    and the same state as before."""
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(error, match=match):
+        symopt.attention_heads(model, *args, **kwargs)
+    assert symopt.list_constraints(model) == []
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+
+
 def _quiet(model, **kwargs):
     with warnings.catch_warnings():
         warnings.simplefilter("error", ExportWarning)
@@ -114,12 +124,7 @@ def test_bad_inputs():
 def test_a_bad_head_budget_names_max_heads_and_changes_nothing(kwargs, match):
     """The head budget's errors speak of max_heads, the argument the caller gave (the unit group beneath
     calls it max_groups), and come before anything is registered."""
-    attn = nn.MultiheadAttention(16, 4)
-    before = {k: v.clone() for k, v in attn.state_dict().items()}
-    with pytest.raises(ValueError, match=match):
-        symopt.attention_heads(attn, **kwargs)
-    assert symopt.list_constraints(attn) == []
-    assert all(torch.equal(attn.state_dict()[k], v) for k, v in before.items())
+    _refused_unchanged(nn.MultiheadAttention(16, 4), ValueError, match, **kwargs)
 
 
 class HandWritten(nn.Module):
@@ -313,12 +318,7 @@ def _kv_of_three_heads():
     (ReshapedByHeadDim, {"heads": 2}, "disagrees with .*head_dim=4"),
 ])
 def test_attention_heads_refuses_widths_and_counts_that_do_not_fit_and_changes_nothing(build, kwargs, match):
-    model = build()
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(ValueError, match=match):
-        symopt.attention_heads(model, **kwargs)
-    assert symopt.list_constraints(model) == []
-    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+    _refused_unchanged(build(), ValueError, match, **kwargs)
 
 
 class Fused(nn.Module):
@@ -516,12 +516,7 @@ def test_a_head_budget_on_a_per_group_fused_block_lands_and_exports():
      "nn.MultiheadAttention, whose k and v have all 4 heads: drop kv_heads"),
 ])
 def test_a_bad_kv_heads_is_refused_by_name_and_nothing_changes(build, kwargs, error, match):
-    model = build()
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(error, match=match):
-        symopt.attention_heads(model, **kwargs)
-    assert symopt.list_constraints(model) == []
-    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+    _refused_unchanged(build(), error, match, **kwargs)
 
 
 def test_kv_heads_that_agree_with_the_layers_change_nothing():
@@ -634,12 +629,7 @@ def test_a_per_head_block_under_other_names_is_read_in_thirds_unless_packing_say
      r"v_proj, out_proj\): drop packing"),
 ])
 def test_a_bad_packing_is_refused_by_name_and_nothing_changes(block, kwargs, match):
-    model = block()
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(ValueError, match=match):
-        symopt.attention_heads(model, **kwargs)
-    assert symopt.list_constraints(model) == []
-    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+    _refused_unchanged(block(), ValueError, match, **kwargs)
 
 
 def test_a_fused_block_with_other_widths_or_layers_is_refused_and_nothing_changes():
@@ -745,13 +735,9 @@ def test_one_head_budget_over_two_blocks_lands_and_export_removes_each_blocks_he
 
 def test_a_head_budget_over_blocks_refuses_bad_names_and_changes_nothing():
     model = TwoBlockLM()
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(ValueError, match=r"attention_heads: max_heads=1 is below the 2 blocks .* max_heads >= 2"):
-        symopt.attention_heads(model, ["first", "second"], max_heads=1)
-    with pytest.raises(ValueError, match="a list of block names"):
-        symopt.attention_heads(model, ["first", 2], max_heads=3)
-    assert symopt.list_constraints(model) == []
-    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+    _refused_unchanged(model, ValueError, r"attention_heads: max_heads=1 is below the 2 blocks .* max_heads >= 2",
+                       ["first", "second"], max_heads=1)
+    _refused_unchanged(model, ValueError, "a list of block names", ["first", 2], max_heads=3)
 
 
 def test_the_exported_attention_forms_no_mask_per_head():
@@ -811,8 +797,4 @@ def test_a_wrong_block_name_is_refused_with_the_blocks_there_are(name, error, ma
     `attention_blocks` finds (the fix), before anything changes."""
     layer = nn.TransformerEncoderLayer(16, 4, 32, batch_first=True)
     model = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(error, match=match):
-        symopt.attention_heads(model, name, max_heads=2)
-    assert symopt.list_constraints(model) == []
-    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+    _refused_unchanged(model, error, match, name, max_heads=2)
