@@ -180,3 +180,96 @@ def feed_forward_partner(root: nn.Module, name: str) -> str | None:
     if weight_axes(producer) is None or weight_axes(consumer) is None:
         return None
     return partner if outputs_first(consumer).shape[1] == outputs_first(producer).shape[0] else None
+
+
+@dataclass(frozen=True)
+class ExpertLayout:
+    r"""How a mixture-of-experts block stores its experts' feed-forwards as 3-d tensors, one slice per expert
+    (transformers 5's ``MixtralExperts``, ``Qwen3MoeExperts``, ``GptOssExperts``, ...): expert e computes
+    $\mathrm{down}_e(σ(\mathrm{gate}_e x) ⊙ \mathrm{up}_e x)$, or $\mathrm{down}_e(σ(\mathrm{up}_e x))$ without a gate.
+    A *unit* is one hidden neuron of one expert: its gate and up rows (and bias entries) in the producer, its
+    column of ``down_proj``; unit ``e · width + j`` is neuron j of expert e.
+
+    Examples:
+        >>> import torch
+        >>> class Experts(torch.nn.Module):        # the layout of transformers 5's MixtralExperts
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.gate_up_proj = torch.nn.Parameter(torch.zeros(4, 2 * 6, 8))   # (experts, 2·width, hidden)
+        ...         self.down_proj = torch.nn.Parameter(torch.zeros(4, 8, 6))          # (experts, hidden, width)
+        >>> found = expert_layout(Experts())
+        >>> found.experts, found.width, found.producers, found.unit_axes("gate_up_proj")
+        (4, 6, ('gate_up_proj',), (0, 1))
+        >>> found.unit_map("gate_up_proj")[:8].tolist()     # expert 0's gate rows, then its up rows
+        [0, 1, 2, 3, 4, 5, 0, 1]
+    """
+
+    producer: str  # "gate_up_proj" (gated) or "up_proj"
+    consumer: str  # "down_proj"
+    experts: int
+    width: int  # hidden neurons per expert
+    transposed: bool  # weights stored (experts, inputs, outputs): x @ W[e]
+    gated: bool
+    interleaved: bool  # gate and up rows alternate (gate 2j, up 2j+1) rather than all gates, then all ups
+    bias: bool  # a bias per expert beside each weight: ``<producer>_bias``, ``down_proj_bias``
+
+    @property
+    def producers(self) -> tuple[str, ...]:
+        """The tensors whose entries make the units (the producer's weight, then its bias)."""
+        return (self.producer, f"{self.producer}_bias") if self.bias else (self.producer,)
+
+    def unit_axes(self, tensor: str) -> tuple[int, int]:
+        """The axes of ``tensor`` (one of `producers`) that index its units: the expert axis and its output axis."""
+        return (0, 2) if self.transposed and tensor == self.producer else (0, 1)
+
+    def unit_map(self, tensor: str) -> Tensor:
+        """The unit of each index of ``tensor``'s two unit axes, flattened expert-major: its gate and up entries of
+        neuron j of expert e are both unit ``e · width + j``."""
+        rows = torch.arange((2 if self.gated else 1) * self.width)
+        neuron = rows // 2 if self.gated and self.interleaved else rows % self.width
+        return (torch.arange(self.experts)[:, None] * self.width + neuron).reshape(-1)
+
+    def kept_rows(self, kept: Tensor) -> Tensor:
+        """The producer's output indices (of one expert) that hold the neurons ``kept`` (indices, in order)."""
+        if not self.gated:
+            return kept
+        if self.interleaved:
+            return torch.stack([2 * kept, 2 * kept + 1], dim=1).reshape(-1)
+        return torch.cat([kept, kept + self.width])
+
+
+def expert_layout(module: nn.Module) -> ExpertLayout | None:
+    """The `ExpertLayout` of ``module`` where it stores a mixture of experts' feed-forwards as 3-d tensors
+    (``gate_up_proj`` or ``up_proj``, and ``down_proj``); None for anything else. The layout is read from the
+    attributes transformers' ``use_experts_implementation`` sets (``is_transposed``, ``is_concatenated``,
+    ``has_gate``, ``has_bias``), else from the shapes where only one reading fits them: then the gate rows come first,
+    then the up rows (transformers 4's Llama-4 and Qwen3-VL-MoE), and a module with biases is not read (transformers
+    4's GPT-OSS alternates its gate and up rows, and nothing on it says so)."""
+    down = getattr(module, "down_proj", None)
+    gated = isinstance(getattr(module, "gate_up_proj", None), Tensor)
+    producer = "gate_up_proj" if gated else "up_proj"
+    up = getattr(module, producer, None)
+    if not isinstance(down, Tensor) or not isinstance(up, Tensor) or down.dim() != 3 or up.dim() != 3:
+        return None
+    if getattr(module, "has_gate", gated) != gated:
+        return None
+    experts = up.shape[0]
+    factor = 2 if gated else 1
+    # untransposed: producer (E, factor·width, hidden), down (E, hidden, width); transposed: the last two axes swapped
+    fits = {flag: (up.shape[1:] == (down.shape[2] * factor, down.shape[1])) if not flag else
+            (up.shape[1:] == (down.shape[2], down.shape[1] * factor)) for flag in (False, True)}
+    transposed = getattr(module, "is_transposed", None)
+    if transposed is None and any(isinstance(getattr(module, f"{n}_bias", None), Tensor) for n in (producer, "down_proj")):
+        return None  # (biases and no attributes: transformers 4's GPT-OSS, whose gate and up rows alternate unsaid)
+    if transposed is None:
+        if fits[False] == fits[True]:
+            return None  # (no shape fits, or both do: a square block whose storage cannot be told)
+        transposed = fits[True]
+    if down.shape[0] != experts or not fits[bool(transposed)]:
+        return None
+    width = down.shape[1] if transposed else down.shape[2]
+    bias = bool(getattr(module, "has_bias", False))
+    if bias and not all(isinstance(getattr(module, n, None), Tensor) for n in (f"{producer}_bias", "down_proj_bias")):
+        return None
+    return ExpertLayout(producer, "down_proj", experts, width, bool(transposed), gated,
+                        not getattr(module, "is_concatenated", True), bias)

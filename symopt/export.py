@@ -59,7 +59,7 @@ from torch.nn.utils import parametrize
 from ._attention import (CONFIG_HEADS, HeadPrunedAttention, keep_alibi_rows, keep_position_bias_rows,
                          set_own_config_counts, takes_alibi, takes_position_bias)
 from ._layers import FEED_FORWARD_PAIRS  # noqa: F401 - (the table export reads: symopt.export.FEED_FORWARD_PAIRS)
-from ._layers import LAYER_TYPES, feed_forward_partner, narrowed, output_axis, outputs_first
+from ._layers import LAYER_TYPES, ExpertLayout, expert_layout, feed_forward_partner, narrowed, output_axis, outputs_first
 from .attach import guard_save_pretrained, list_constraints
 from . import layout, surgery
 from .constraints.base import density_count
@@ -210,14 +210,15 @@ def export(model: nn.Module, mode: str = "dense", *, tol: float = 1e-6, force: b
     holder.root = exported
     kept_dense = []
     options = {"tol": tol, "sparse_format": sparse_format, "csr_max_density": csr_max_density,
-               "example_input": example_input, "head_counts": [], "unit_widths": []}
+               "example_input": example_input, "head_counts": [], "unit_widths": [],
+               "expert_widths": []}
     with torch.no_grad():
         for structure, rewrite in REWRITES.items():  # in registration order: units first
             targets = [(_qual("root", module_name), tensor, constraint) for module_name, tensor, constraint in plan
                        if constraint.compressed_structure() == structure]
             if targets:
                 kept_dense += rewrite(holder, targets, options)
-    _describe_in_config(holder.root, options["head_counts"], options["unit_widths"])
+    _describe_in_config(holder.root, options["head_counts"], options["unit_widths"], options["expert_widths"])
     if kept_dense:
         notes = "; ".join(note.removeprefix("root.") for note in kept_dense)
         warnings.warn(f"export(mode='compressed') kept these dense: {notes}", ExportWarning, stacklevel=2)
@@ -330,8 +331,14 @@ def _label(where: str, tensor: str, constraint) -> str:
 
 def _shrink_units(holder: nn.Module, targets: list, options: dict) -> list[str]:
     """Remove the dead output units of every target layer at once, through the model's traced graph
-    (``symopt.surgery``), then check on an input that the outputs did not move."""
-    notes, producers = [], {}
+    (``symopt.surgery``), then check on an input that the outputs did not move. A mixture of experts' neurons
+    (`symopt._layers.expert_layout`) leave their fused expert tensors first (`_shrink_experts`)."""
+    experts = [t for t in targets if t[1] in getattr(expert_layout(_get(holder, t[0])), "producers", ())]
+    notes = _shrink_experts(holder, experts, options) if experts else []
+    targets = [t for t in targets if not any(t is e for e in experts)]
+    if not targets:
+        return notes
+    producers = {}
     # A group spanning a layer's weight and its bias / norm entries (UnitGroups) removes those entries
     # along with the weight's units: they need no rewrite of their own.
     with_weight = {id(c) for where, tensor, c in targets
@@ -408,6 +415,91 @@ def _shrink_units(holder: nn.Module, targets: list, options: dict) -> list[str]:
     _lower_width_attributes(holder.root, widths_before, widths)
     options["unit_widths"] += list(widths.values())  # (what a Hugging Face config would have to say)
     return notes
+
+
+# The width of a mixture of experts' narrowed tensors is a multiple of this many neurons (or stays whole): grouped
+# matrix products (torch's grouped_mm, transformers' default experts kernel) need each row of a weight to span a
+# multiple of 16 bytes, 8 entries in bfloat16 (in float32 four; 8 keeps a model cast after export working).
+EXPERT_WIDTH_MULTIPLE = 8
+
+
+def _shrink_experts(holder: nn.Module, targets: list, options: dict) -> list[str]:
+    """Remove dead neurons from a mixture of experts' fused tensors: every expert keeps as many neurons as the expert
+    that keeps most (the tensors hold one width for all), rounded up to a multiple of `EXPERT_WIDTH_MULTIPLE`: its
+    live ones and, to fill up, its first dead ones (whose
+    gate, up and bias entries are 0, so they add nothing where the activation maps 0 to 0: export's check of the
+    outputs undoes the rewrite where it does not). Returns notes on what stayed."""
+    notes, widths = [], []
+    before = copy.deepcopy(holder.root)
+    changed: dict[str, tuple[int, int]] = {}
+    for where in dict.fromkeys(where for where, _, _ in targets):
+        module = _get(holder, where)
+        found = expert_layout(module)
+        label = where.removeprefix("root.")
+        went, biased = _narrow_experts(module, found)
+        if biased:
+            notes.append(f"{label}: {biased} dead expert neuron(s) kept: their bias entries are not 0 (put "
+                         f"'{found.producer}_bias' in the group)")
+        widths.append(went)
+        if went < found.width:
+            changed[label] = (found.width, went)
+    if not changed:
+        options["expert_widths"] += widths
+        return notes
+    checked, problem = surgery.verify(before, holder.root, options["example_input"])
+    if problem is not None or not checked:
+        holder.root = before  # never hand back a model whose outputs moved, or that no input showed unmoved
+        why = problem if problem is not None else "its outputs could not be compared (pass example_input=)"
+        return notes + [f"{label}: expert neurons kept, {why}" for label in changed]
+    options["expert_widths"] += widths  # (what a Hugging Face config would have to say)
+    return notes
+
+
+def _narrow_experts(module: nn.Module, found: ExpertLayout) -> tuple[int, int]:
+    """Narrow ``module``'s expert tensors (laid out as ``found`` says) to the largest count of live neurons of any of
+    its experts (one at least, rounded up to a multiple of `EXPERT_WIDTH_MULTIPLE`): the producer's rows, their bias entries and ``down_proj``'s inputs. Returns the new
+    width (``found.width`` where nothing went) and how many neurons had dead weight rows but a bias entry not 0."""
+    producer = getattr(module, found.producer).detach()
+    rows = producer.transpose(1, 2) if found.transposed else producer  # (experts, outputs, inputs)
+    zero_rows = (rows == 0).all(dim=2)
+    bias = getattr(module, f"{found.producer}_bias").detach() if found.bias else None
+    with_bias = zero_rows & (bias == 0) if bias is not None else zero_rows
+
+    def per_neuron(flags: Tensor) -> Tensor:  # (experts, outputs) → (experts, width): all of a neuron's rows
+        if not found.gated:
+            return flags
+        return flags[:, 0::2] & flags[:, 1::2] if found.interleaved else flags[:, :found.width] & flags[:, found.width:]
+
+    dead, rows_dead = per_neuron(with_bias), per_neuron(zero_rows)
+    biased = int((rows_dead & ~dead).sum())
+    live = max(int((~dead).sum(dim=1).max()), 1)
+    width = min(found.width, -(-live // EXPERT_WIDTH_MULTIPLE) * EXPERT_WIDTH_MULTIPLE)
+    if width == found.width:
+        return width, biased
+    # per expert: its live neurons, then its first dead ones up to the common width, in their order
+    rank = torch.where(dead, found.width, 0) + torch.arange(found.width)
+    kept = rank.argsort(dim=1)[:, :width].sort(dim=1).values  # (experts, width)
+    out_axis, in_axis = (2, 1) if found.transposed else (1, 2)
+    producer_rows = torch.stack([found.kept_rows(k) for k in kept])  # (experts, outputs kept)
+
+    def gathered(tensor: Tensor, index: Tensor, axis: int) -> Tensor:
+        shape = list(tensor.shape)
+        shape[axis] = index.shape[1]
+        view = [index.shape[0]] + [1] * (tensor.dim() - 1)
+        view[axis] = index.shape[1]
+        return tensor.gather(axis, index.view(view).expand(shape))
+
+    new = {found.producer: gathered(producer, producer_rows, out_axis),
+           found.consumer: gathered(getattr(module, found.consumer).detach(), kept, in_axis)}
+    if bias is not None:
+        new[f"{found.producer}_bias"] = gathered(bias, producer_rows, 1)
+    for name, value in new.items():
+        old = getattr(module, name)
+        setattr(module, name, nn.Parameter(value.clone(), requires_grad=old.requires_grad))
+    for attribute in ("intermediate_dim", "expert_dim", *layout.FFN_WIDTH_NAMES):
+        if getattr(module, attribute, None) == found.width:
+            setattr(module, attribute, width)
+    return width, biased
 
 
 def _feed_forward_pairs(root: nn.Module, untraced) -> dict[str, list[str]]:
@@ -1031,8 +1123,10 @@ def _own_config_counts(block: nn.Module, heads: int, kv_heads: int) -> bool:
     return True
 
 
-def _describe_in_config(root: nn.Module, head_counts: list[dict], unit_widths: list[int]) -> None:
-    """Where every head-pruned block kept the same counts, every narrowed layer the same width, and a Hugging
+def _describe_in_config(root: nn.Module, head_counts: list[dict], unit_widths: list[int],
+                        expert_widths: list[int] = ()) -> None:
+    """Where every head-pruned block kept the same counts, every narrowed layer the same width (every mixture of
+    experts the same width per expert), and a Hugging
     Face-style ``config`` saying so (head counts; an FFN width such as ``intermediate_size``) builds exactly
     the exported model, that config replaces the model's, so its own ``save_pretrained`` / ``from_pretrained``
     round-trip it. Otherwise the config stays, and the model's ``save_pretrained`` refuses while its layers
@@ -1044,6 +1138,8 @@ def _describe_in_config(root: nn.Module, head_counts: list[dict], unit_widths: l
         updates.update(head_counts[0])
     if unit_widths and len(set(unit_widths)) == 1:
         updates["ffn_width"] = unit_widths[0]
+    if expert_widths and len(set(expert_widths)) == 1:
+        updates["expert_width"] = expert_widths[0]
     # Blocks given a config of their own (`_own_config_counts`) hold, where every block kept the same counts,
     # what the shared config would say: they are tried against it without their own, and share it if it holds
     own = [m for m in root.modules() if getattr(m, CONFIG_HEADS, None) is not None and hasattr(m, "config")]

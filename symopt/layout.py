@@ -36,6 +36,9 @@ from .verbs import HEAD_COUNT_NAMES, KV_HEAD_COUNT_NAMES, int_attribute
 SCALARS = (bool, int, float, str, type(None))
 # The names configs give a feed-forward block's hidden width (Llama / BERT, OPT, GPT-2, T5).
 FFN_WIDTH_NAMES = ("intermediate_size", "ffn_dim", "n_inner", "d_ff")
+# A mixture of experts' hidden width per expert, by the names configs give it (Qwen2-MoE's ``moe_intermediate_size``
+# beside the dense layers' ``intermediate_size``; Mixtral's experts read ``intermediate_size``).
+EXPERT_WIDTH_NAMES = ("moe_intermediate_size", "expert_ffn_hidden_size", "intermediate_size")
 # Bookkeeping a Hugging Face model keeps about where it was loaded from, not about its layers.
 IGNORED_ATTRIBUTES = {"training", "name_or_path"}
 # The prefix of the attributes export sets on a model's own modules (`symopt._attention.ALIBI_HEADS`): recorded even
@@ -166,18 +169,18 @@ def config_describing(model: nn.Module, updates: dict):
     """A copy of ``model.config`` with ``updates`` (field → value) applied, where it builds exactly ``model``;
     else None. ``"heads"`` / ``"kv_heads"`` / ``"ffn_width"`` go to the config's own names for them
     (``num_attention_heads`` / ``n_head``, ``num_key_value_heads`` / ..., ``intermediate_size`` / ``ffn_dim``
-    / ...), ``head_dim`` also where the config has none (a class may read an optional one), other fields only
+    / ...; ``"expert_width"`` to ``moe_intermediate_size`` / ...), ``head_dim`` also where the config has none (a class may read an optional one), other fields only
     where the config has them."""
     config = getattr(model, "config", None)
     if config is None or not updates:
         return None
     candidate = copy.deepcopy(config)
     for field, value in updates.items():
-        names = {"heads": HEAD_COUNT_NAMES, "kv_heads": KV_HEAD_COUNT_NAMES, "ffn_width": FFN_WIDTH_NAMES}.get(
-            field, (field,))
+        names = {"heads": HEAD_COUNT_NAMES, "kv_heads": KV_HEAD_COUNT_NAMES, "ffn_width": FFN_WIDTH_NAMES,
+                 "expert_width": EXPERT_WIDTH_NAMES}.get(field, (field,))
         name = int_attribute(candidate, names)
         if name is None:
-            if field in ("heads", "ffn_width"):
+            if field in ("heads", "ffn_width", "expert_width"):
                 return None  # the config holds no such count: it cannot describe the new one
             if field == "head_dim" and not _settable(candidate, field, value):
                 # (a class that reads an optional head_dim from its config, else hidden / heads: Phi-3. Where the

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from torch import nn
+from torch import Tensor, nn
 
-from ._layers import weight_axes
+from ._layers import expert_layout, weight_axes
 from .attach import Handle, constrain
 import functools
 
@@ -112,7 +112,9 @@ def group_sparse(module: nn.Module, name: str | Sequence[str], dim: int | None =
             keeps at least one.
         dim: the axis whose slices are the groups (default: output units — axis 0, a Linear's rows or
             a conv's channels, and axis 1 for the weight of a transposed ``Conv1D``, GPT-2's, beside its
-            bias's axis 0; 1: input features of a Linear).
+            bias's axis 0; 1: input features of a Linear). A mixture of experts' fused producer
+            (``experts.gate_up_proj`` and its bias, `symopt._layers.expert_layout`) defaults to its experts'
+            neurons: a unit over two axes (expert, output), its gate and up rows together.
         strength: λ (> 0), default 1e-3; with a budget, the starting λ.
         **kwargs: ``groups=`` (index lists instead of ``dim``; one tensor only), ``max_groups=g``
             (a budget; over several tensors it counts units across them), ``total_steps``, ``ramp``,
@@ -148,13 +150,36 @@ def group_sparse(module: nn.Module, name: str | Sequence[str], dim: int | None =
             raise ValueError(f"group_sparse over several tensors takes dim, strength, seed, max_groups, adapt_rate, "
                              f"total_steps, ramp and land_on_the_way; not {extra} (index groups act on one tensor)")
         names, sets = _layer_sets(name)
+        maps = None
         if dim is None:  # (each tensor's output units: a transposed Conv1D's weight has them on axis 1)
             axes = [_output_axis(module, n) for n in names]
+            experts = [_expert_units(module, n) for n in names]
+            if any(e is not None for e in experts):  # (a mixture of experts' neurons: two axes and a map each)
+                axes = [a if e is None else e[0] for a, e in zip(axes, experts)]
+                maps = [None if e is None else e[1] for e in experts]
             dim = axes if any(axes) else 0
-        return constrain(module, names, UnitGroups(dim, strength, sets=sets, **kwargs))
+        return constrain(module, names, UnitGroups(dim, strength, sets=sets, unit_maps=maps, **kwargs))
+    if dim is None and kwargs.get("groups") is None and isinstance(name, str) and _expert_units(module, name):
+        # an expert tensor's units are its experts' hidden neurons (two axes, gate and up rows together), which
+        # the one-axis GroupSparse cannot say
+        return group_sparse(module, [name], None, strength, **kwargs)
     if dim is None and kwargs.get("groups") is None and isinstance(name, str) and _output_axis(module, name) == 1:
         dim = 1
     return constrain(module, name, GroupSparse(dim, strength, **kwargs))
+
+
+def _expert_units(module: nn.Module, name: str) -> tuple[tuple[int, int], Tensor] | None:
+    """For a mixture of experts' producer tensor (``experts.gate_up_proj``, its bias: `symopt._layers.expert_layout`),
+    its unit axes and unit map (unit ``e · width + j``: neuron j of expert e); None for any other tensor."""
+    owner_name, _, leaf = name.rpartition(".")
+    try:
+        owner = module.get_submodule(owner_name)
+    except AttributeError:
+        return None  # (constrain names the missing parameter)
+    found = expert_layout(owner)
+    if found is None or leaf not in found.producers:
+        return None
+    return found.unit_axes(leaf), found.unit_map(leaf)
 
 
 def _output_axis(module: nn.Module, name: str) -> int:
@@ -614,7 +639,9 @@ def feed_forward_units(model: nn.Module) -> list[list[str]]:
     by their names and the layer that reads them (`symopt._layers.FEED_FORWARD_PAIRS`: ``fc1`` / ``fc2``,
     ``gate_proj`` and ``up_proj`` / ``down_proj``, ``c_fc`` / ``c_proj``, ``intermediate.dense`` / ``output.dense``,
     ...). A unit is a hidden neuron: its rows of those layers (a gated block's gate and up rows together), whose
-    export removes the reading layer's inputs too. Layers a constraint holds already, or whose reader does not
+    export removes the reading layer's inputs too. A mixture of experts' fused expert tensors (transformers 5's
+    ``experts.gate_up_proj``, `symopt._layers.expert_layout`) are one block per layer, its experts' producer and
+    bias: a unit is one neuron of one expert. Layers a constraint holds already, or whose reader does not
     take exactly their outputs, are left out.
 
     Args:
@@ -644,15 +671,24 @@ def feed_forward_units(model: nn.Module) -> list[list[str]]:
 
     if not isinstance(model, nn.Module):
         raise TypeError(f"feed_forward_units: model must be an nn.Module, got {type(model).__name__}")
-    blocks: dict[str, list[str]] = {}
+    blocks: dict[str, list[str]] = {}  # (a dense block by its reading layer: its producers' module names)
+    experts: set[str] = set()  # (a mixture's experts, by the module holding them: its producer tensors' names)
     for name, module in model.named_modules():
+        found = expert_layout(module) if name else None
+        if found is not None and not any(parametrize.is_parametrized(module, t) for t in found.producers):
+            blocks[name] = [f"{name}.{t}" for t in found.producers]
+            experts.add(name)
+            continue
         if not name or weight_axes(module) is None or parametrize.is_parametrized(module):
             continue
         partner = feed_forward_partner(model, name)
         if partner is not None and not parametrize.is_parametrized(model.get_submodule(partner), "weight"):
             blocks.setdefault(partner, []).append(name)
     units = []
-    for producers in blocks.values():
+    for block, producers in blocks.items():
+        if block in experts:
+            units.append(producers)
+            continue
         weights = [f"{name}.weight" for name in producers]
         biases = [f"{name}.bias" for name in producers if model.get_submodule(name).bias is not None]
         units.append(weights + biases)

@@ -18,6 +18,7 @@ subspace at once, and stay there.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -94,7 +95,10 @@ class UnitGroups(Constraint, register=False):
     $λ \sum_c ‖θ_{·}[c]‖_2$ at the balanced point.
 
     Args:
-        dim: the axis of every tensor that indexes the units (default 0: output channels / rows).
+        dim: the axis of every tensor that indexes the units (default 0: output channels / rows), or one per
+            tensor; an entry may be a tuple of increasing axes whose entries index the units together, numbered
+            row-major (a mixture of experts' ``(experts, outputs, inputs)`` tensor: ``(0, 1)``, with a unit map
+            folding each neuron's gate and up rows into one unit). Such a tensor may be the group's only one.
         strength: λ (> 0), default 1e-3; with a budget, the starting λ (default: from the first gradients).
         seed: seed of the gates' signs.
         max_groups: budget: λ adapts until exactly this many units are non-zero across the tensors.
@@ -135,8 +139,9 @@ class UnitGroups(Constraint, register=False):
             raise ValueError("group_sparse over several tensors: give a number for strength (λ > 0); "
                              "'auto' is not available for groups that span tensors")
         dims = [dim] if isinstance(dim, int) else list(dim) if isinstance(dim, Sequence) else [dim]
-        if any(isinstance(d, bool) or not isinstance(d, int) for d in dims):
-            raise TypeError(f"group_sparse over several tensors: dim must be an int axis (or one per tensor), got {dim!r}")
+        if any(not _is_axis(d) and not (isinstance(d, tuple) and d and all(_is_axis(a) for a in d)) for d in dims):
+            raise TypeError(f"group_sparse over several tensors: dim must be an int axis (or one per tensor, each an "
+                            f"int or a tuple of ints: the axes whose entries together index the units), got {dim!r}")
         k = check_budget(max_groups, "max_groups", "group_sparse over several tensors")
         schedule = check_total_steps(total_steps, ramp, "group_sparse over several tensors")
         if schedule is not None and k is None:
@@ -179,7 +184,8 @@ class UnitGroups(Constraint, register=False):
 
     # -- registration (the multi-tensor protocol of attach) ------------------------------------------
     def validate_members(self, tensors: Sequence[Tensor], names: Sequence[str]) -> None:
-        if len(tensors) < 2:
+        # (one tensor is served where a GroupSparse cannot say its units: several axes, or a unit map)
+        if len(tensors) < 2 and self.unit_maps is None and not any(isinstance(d, tuple) for d in self.dims):
             raise ValueError(f"group_sparse over several tensors needs at least two names, got {list(names)}; "
                              "for one tensor pass its name as a string")
         if len(self.dims) not in (1, len(tensors)):
@@ -194,10 +200,15 @@ class UnitGroups(Constraint, register=False):
         axes, maps, counts = [], [], []
         for i, (t, name) in enumerate(zip(tensors, names)):
             d = self.dims[i] if len(self.dims) > 1 else self.dims[0]
-            if t.dim() == 0 or not -t.dim() <= d < t.dim():
+            several = d if isinstance(d, tuple) else (d,)
+            if t.dim() == 0 or not all(-t.dim() <= a < t.dim() for a in several):
                 raise ValueError(f"group_sparse: dim={d} is out of range for '{name}' of shape "
                                  f"{tuple(t.shape)}; every tensor needs the unit axis")
-            size = t.shape[d % t.dim()]
+            ordered = tuple(a % t.dim() for a in several)
+            if isinstance(d, tuple) and (len(set(ordered)) != len(ordered) or list(ordered) != sorted(ordered)):
+                raise ValueError(f"group_sparse: the unit axes dim={d} of '{name}' must be distinct and in increasing "
+                                 "order (their entries are numbered row-major, as the unit map reads them)")
+            size = math.prod(t.shape[a] for a in ordered)
             ids = self.unit_maps[i] if self.unit_maps is not None else None
             ids = torch.arange(size) if ids is None else torch.as_tensor(ids, dtype=torch.long).reshape(-1)
             if ids.numel() != size or (ids.numel() and int(ids.min()) < SHARED):
@@ -206,7 +217,10 @@ class UnitGroups(Constraint, register=False):
             if ids.numel() and int(ids.max()) == SHARED:
                 raise ValueError(f"group_sparse: the unit map of '{name}' gives no index of it a unit ({SHARED} "
                                  "everywhere); leave the tensor out of the group")
-            axes.append(d % t.dim())
+            if isinstance(d, tuple) and bool((ids == SHARED).any()):
+                raise ValueError(f"group_sparse: the unit map of '{name}' marks indices {SHARED} (shared), which "
+                                 "units over several axes do not take")
+            axes.append(ordered if isinstance(d, tuple) else ordered[0])
             maps.append(ids)
             counts.append(int(ids.max()) + 1 if ids.numel() else 0)
         set_units = []
@@ -383,7 +397,12 @@ class UnitGroups(Constraint, register=False):
         has some (`SHARED`); at those the scalar is 1 (True for a mask): a shared index is no unit's, so a
         mask, a shrinkage or a gate leaves it as it is."""
         shape = [1] * value.dim()
-        shape[self.axes[index]] = -1
+        axes = self.axes[index]
+        if isinstance(axes, tuple):  # (units over several axes: the map's flat index is row-major over them)
+            for axis in axes:
+                shape[axis] = value.shape[axis]
+        else:
+            shape[axes] = -1
         # (a view where the map is the identity: a gather is a few µs a call, and every forward, hold and
         # trimmed decay of every tensor lays scalars out so)
         if self._plain_maps[index]:
@@ -426,8 +445,10 @@ class UnitGroups(Constraint, register=False):
 
     def _unit_squares(self, value: Tensor, index: int) -> Tensor:
         r"""$\sum$ of squares of tensor ``index``'s entries per unit."""
-        axis = self.axes[index]
-        per_index = value.movedim(axis, 0).reshape(value.shape[axis], -1).square().sum(dim=1)
+        axes = self.axes[index]
+        lead = axes if isinstance(axes, tuple) else (axes,)
+        per_index = value.movedim(lead, tuple(range(len(lead)))).reshape(
+            math.prod(value.shape[a] for a in lead), -1).square().sum(dim=1)
         if self._plain_maps[index]:
             return per_index
         if self._is_full(value, index):  # (the shared indices add into one more unit, dropped)
@@ -523,10 +544,17 @@ class UnitGroups(Constraint, register=False):
         return self.structure_name
 
     def unit_axis(self, ndim: int) -> int | None:
-        return self.dim % ndim
+        # (the first tensor's axis that is one axis: a mixture of experts' tensors index units over two, and a
+        # global budget may hold them beside dense layers, whose axis this is)
+        axis = next((d for d in self.dims if not isinstance(d, tuple)), None)
+        return None if axis is None else axis % ndim
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, {super().extra_repr()}"
+
+
+def _is_axis(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @acts_on_factors
@@ -576,7 +604,8 @@ class UnitGroupsMember(GroupMember):
         return self.group.spread(dropped, factor, self.index).expand_as(factor)
 
     def unit_axis(self, ndim: int) -> int | None:
-        return self.group.axes[self.index]
+        axes = self.group.axes[self.index]
+        return None if isinstance(axes, tuple) else axes  # (units over two axes are no slices along one)
 
     def compressed_structure(self) -> str | None:
         return self.group.structure_name
