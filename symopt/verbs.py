@@ -118,7 +118,10 @@ def group_sparse(module: nn.Module, name: str | Sequence[str], dim: int | None =
         strength: λ (> 0), default 1e-3; with a budget, the starting λ.
         **kwargs: ``groups=`` (index lists instead of ``dim``; one tensor only), ``max_groups=g``
             (a budget; over several tensors it counts units across them), ``total_steps``, ``ramp``,
-            ``land_on_the_way`` (False: no group lands before the end of the ramp), ``adapt_rate``, ``seed``.
+            ``land_on_the_way`` (False: no group lands before the end of the ramp), ``adapt_rate``, ``seed``;
+            ``equal_experts=True`` (one mixture of experts' producer, ``max_groups`` a multiple of its experts):
+            every expert keeps ``max_groups / experts`` neurons, so that export's fused tensors narrow to that
+            width (a budget without it lets the loss share the neurons unevenly, and the widest expert sets it).
 
     Returns:
         Handle: the registered constraint. ``module.<name>`` keeps its value; its parameter is
@@ -145,11 +148,14 @@ def group_sparse(module: nn.Module, name: str | Sequence[str], dim: int | None =
         (12, [8, 16])
     """
     if not isinstance(name, str) and isinstance(name, Sequence):
-        extra = sorted(set(kwargs) - {"seed", "max_groups", "adapt_rate", "total_steps", "ramp", "land_on_the_way"})
+        extra = sorted(set(kwargs) - {"seed", "max_groups", "adapt_rate", "total_steps", "ramp", "land_on_the_way",
+                                      "equal_experts"})
         if extra:
             raise ValueError(f"group_sparse over several tensors takes dim, strength, seed, max_groups, adapt_rate, "
-                             f"total_steps, ramp and land_on_the_way; not {extra} (index groups act on one tensor)")
+                             f"total_steps, ramp, land_on_the_way and equal_experts; not {extra} (index groups act on "
+                             "one tensor)")
         names, sets = _layer_sets(name)
+        kwargs["equal_parts"] = _equal_experts(module, names, kwargs.pop("equal_experts", False))
         maps = None
         if dim is None:  # (each tensor's output units: a transposed Conv1D's weight has them on axis 1)
             axes = [_output_axis(module, n) for n in names]
@@ -159,6 +165,8 @@ def group_sparse(module: nn.Module, name: str | Sequence[str], dim: int | None =
                 maps = [None if e is None else e[1] for e in experts]
             dim = axes if any(axes) else 0
         return constrain(module, names, UnitGroups(dim, strength, sets=sets, unit_maps=maps, **kwargs))
+    if isinstance(name, str) and "equal_experts" in kwargs:
+        return group_sparse(module, [name], dim, strength, **kwargs)  # (which says what equal_experts takes)
     if dim is None and kwargs.get("groups") is None and isinstance(name, str) and _expert_units(module, name):
         # an expert tensor's units are its experts' hidden neurons (two axes, gate and up rows together), which
         # the one-axis GroupSparse cannot say
@@ -166,6 +174,22 @@ def group_sparse(module: nn.Module, name: str | Sequence[str], dim: int | None =
     if dim is None and kwargs.get("groups") is None and isinstance(name, str) and _output_axis(module, name) == 1:
         dim = 1
     return constrain(module, name, GroupSparse(dim, strength, **kwargs))
+
+
+def _equal_experts(module: nn.Module, names: Sequence[str], asked: object) -> int | None:
+    """The number of experts that ``equal_experts=True`` asks to keep equal counts of neurons: ``names`` must be one
+    mixture's producer tensors (`symopt._layers.expert_layout`); None where not asked."""
+    if not isinstance(asked, bool):
+        raise TypeError(f"group_sparse: equal_experts must be True or False, got {asked!r}")
+    if not asked:
+        return None
+    owners = {n.rpartition(".")[0] for n in names}
+    owner = owners.pop() if len(owners) == 1 else None
+    found = expert_layout(module.get_submodule(owner)) if owner is not None and _has_submodule(module, owner) else None
+    if found is None or any(n.rpartition(".")[2] not in found.producers for n in names):
+        raise ValueError(f"group_sparse: equal_experts=True takes one mixture of experts' producer tensors (such as "
+                         f"'….experts.gate_up_proj' and its bias, one layer), got {list(names)}")
+    return found.experts
 
 
 def _expert_units(module: nn.Module, name: str) -> tuple[tuple[int, int], Tensor] | None:

@@ -264,3 +264,64 @@ def test_shared_indices_are_refused_over_two_axes():
     with pytest.raises(ValueError, match="units over several axes do not take"):
         symopt.constrain(model, ["experts.gate_up_proj"], UnitGroups([(0, 1)], 1e-3, unit_maps=[ids]))
     assert symopt.list_constraints(model) == []
+
+
+@pytest.mark.parametrize("layout", ["Mixtral", "GPT-OSS"])
+def test_equal_experts_each_keep_their_share_and_export_to_exactly_that_width(layout):
+    model = Mixture(width=24, **LAYOUTS[layout])
+    names = symopt.feed_forward_units(model)[0]
+    handle = symopt.group_sparse(model, names, max_groups=24, total_steps=60, equal_experts=True)
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.randn(64, 4, generator=g, dtype=DT), torch.randn(64, 4, generator=g, dtype=DT)
+    opt = torch.optim.Adam(symopt.param_groups(model, lr=1e-2))
+    for _ in range(60):
+        opt.zero_grad()
+        ((model(x) - y) ** 2).mean().backward()
+        opt.step()
+    assert _neuron_norms(model.experts).gt(0).sum(dim=1).tolist() == [8, 8, 8]
+    dense = symopt.export(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ExportWarning)
+        small = symopt.export(model, mode="compressed", example_input=(x,))
+    assert expert_layout(small.experts).width == 8 and handle.constraint.equal_parts == 3
+    assert torch.allclose(small(x), dense(x), atol=1e-12)
+
+
+def test_equal_experts_keep_the_largest_of_each_expert_at_the_landing():
+    model = Mixture(width=4)
+    handle = symopt.group_sparse(model, "experts.gate_up_proj", max_groups=3, equal_experts=True)
+    norms = torch.tensor([9.0, 8, 7, 6, 0.1, 0.2, 0.3, 0.4, 5, 1, 1, 1], dtype=DT)
+    assert handle.constraint.keep_mask(norms).nonzero().reshape(-1).tolist() == [0, 7, 8]  # (not 0, 1, 2)
+
+
+@pytest.mark.parametrize("names, kwargs, match", [
+    (["experts.gate_up_proj"], dict(max_groups=10, equal_experts=True), "a multiple of the 3 experts"),
+    (["experts.gate_up_proj"], dict(strength=1e-3, equal_experts=True), "give max_groups="),
+    (["router.weight", "router.bias"], dict(max_groups=2, equal_experts=True), "one mixture of experts' producer"),
+    ("router.weight", dict(max_groups=2, equal_experts=True), "one mixture of experts' producer"),
+])
+def test_bad_equal_experts_change_nothing(names, kwargs, match):
+    model = Mixture()
+    state = copy.deepcopy(model.state_dict())
+    with pytest.raises(ValueError, match=match):
+        symopt.group_sparse(model, names, **kwargs)
+    assert symopt.list_constraints(model) == []
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
+def test_equal_experts_spare_each_expert_its_share_on_the_ramp():
+    """The trimmed decay of the ramp spares the units the landing will keep: each expert's largest share, even where
+    one expert's weights are three times the others' (a ranking over all of them would spare that expert whole)."""
+    model = Mixture(width=24)
+    with torch.no_grad():
+        model.experts.gate_up_proj[0] *= 3
+    handle = symopt.group_sparse(model, "experts.gate_up_proj", max_groups=24, total_steps=100, equal_experts=True)
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.randn(64, 4, generator=g, dtype=DT), torch.randn(64, 4, generator=g, dtype=DT)
+    opt = torch.optim.Adam(symopt.param_groups(model, lr=1e-2))
+    for _ in range(30):
+        opt.zero_grad()
+        ((model(x) - y) ** 2).mean().backward()
+        opt.step()
+    spared = (handle.constraint.policy.dropped_atoms() == 0).view(3, 24).sum(dim=1).tolist()
+    assert max(spared) - min(spared) <= 1 and 24 < sum(spared) < 72

@@ -779,6 +779,33 @@ def test_a_neuron_budget_over_experts_lands_and_export_narrows_them(architecture
     _reloads_alike(small, type(model), want, tmp_path, atol=1e-5)
 
 
+@pytest.mark.parametrize("architecture, width_name", [("Mixtral", "intermediate_size"),
+                                                       ("Qwen2-MoE", "moe_intermediate_size")])
+def test_equal_experts_per_layer_rewrite_the_config_for_the_class_own_round_trip(architecture, width_name, tmp_path):
+    """8 of 24 neurons in every expert of every layer (`equal_experts=True`, a budget per layer): every layer's fused
+    tensors narrow to 8, one config (its experts' width 8) builds the export exactly, so export rewrites it and the
+    class's own from_pretrained loads the smaller model with the same logits."""
+    from symopt._layers import expert_layout
+
+    torch.manual_seed(0)
+    model = EXPERT_MODELS[architecture]()
+    experts = [names for names in symopt.feed_forward_units(model) if "experts" in names[0]]
+    if not expert_layout(model.get_submodule(experts[0][0].rpartition(".")[0])):
+        pytest.skip(f"this transformers' {architecture} keeps a ModuleList of dense experts")
+    for names in experts:
+        symopt.group_sparse(model, names, max_groups=32, total_steps=40, equal_experts=True)
+    _adam(model, 45, LLAMA_IDS, LLAMA_IDS)
+    with torch.no_grad():
+        want = model(LLAMA_IDS).logits
+    small = _compressed(model)
+    assert getattr(small.config, width_name) == 8 and getattr(model.config, width_name) == 24
+    small.save_pretrained(tmp_path)
+    again = _class_load(type(model), tmp_path)
+    assert [expert_layout(layer.mlp.experts).width for layer in again.model.layers] == [8, 8]
+    with torch.no_grad():
+        assert torch.allclose(again(LLAMA_IDS).logits, want, atol=1e-5, rtol=0)
+
+
 def _kept_in_parts(handle, sizes: list[int]) -> list[int]:
     norms = handle.constraint.unit_norms([v.detach() for v in handle.values()])
     return [int((part > 0).sum()) for part in norms.split(sizes)]

@@ -165,6 +165,27 @@ def largest_in_parts(sizes: Tensor, k: int, parts: Sequence[int], floor: int = 1
     return keep
 
 
+def equal_in_parts(sizes: Tensor, k: int, parts: int) -> Tensor:
+    """Bool mask of ``k`` of ``sizes`` (flat, ``parts`` equal runs) with each run keeping its largest ``k // parts``;
+    the ``k % parts`` left over go to the runs whose next largest is largest. A mixture's experts under one budget
+    keep equal counts so (``group_sparse(..., equal_experts=True)``): their fused tensors hold one width for all.
+
+    Examples:
+        >>> equal_in_parts(torch.tensor([9., 8, 7, 1, 2, 3]), 3, 2).tolist()   # 2 + 1: run 0's 7 beats run 1's 2
+        [True, True, True, False, False, True]
+    """
+    rows = sizes.reshape(parts, -1)
+    base, extra = divmod(k, parts)
+    order = rows.argsort(dim=1, descending=True, stable=True)
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(rows.shape[1], device=rows.device).expand_as(order))
+    keep = rank < base
+    if extra and base < rows.shape[1]:
+        following = rows.gather(1, order[:, base:base + 1]).reshape(-1)
+        winners = following.topk(extra).indices
+        keep[winners] |= rank[winners] == base
+    return keep.reshape(-1)
+
+
 def entering(excess: Tensor, alive: int) -> Tensor:
     """Which zero atoms a face admits, given ``excess`` (per atom: how far its optimality
     condition fails, ≤ 0 where it holds or the atom is alive): the worst violators, at most a quarter

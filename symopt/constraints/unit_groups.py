@@ -24,8 +24,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from .base import (Constraint, GroupMember, acts_on_factors, chain_original, held, hold_state_at_next_step,
-                   largest_in_parts, moved_since_held, random_gate)
+from .base import (Constraint, GroupMember, acts_on_factors, chain_original, equal_in_parts, held,
+                   hold_state_at_next_step, largest_in_parts, moved_since_held, random_gate)
 from .budget import RATE, check_budget, check_land_on_the_way, check_total_steps
 from .pooled import PooledBudget
 
@@ -77,7 +77,8 @@ class UnitBudget(PooledBudget):
         grad = torch.cat([p[1].reshape(-1) for p in parts])
         # with several layers each keeps its largest unit, as the landing will (`keep_mask`)
         target, dropped, steps, early = self.target(unit_atoms, value, grad, self.budget, self.atom_total,
-                                                    keep=group.keep_mask if scales is not None else None)
+                                                    keep=group.keep_mask if scales is not None or group.equal_parts
+                                                    else None)
         if dropped is not None and scales is not None:
             # a dropped unit's decay is λ times its layer's scale (the weighted group lasso whose
             # thresholds the relative atoms compare)
@@ -134,7 +135,7 @@ class UnitGroups(Constraint, register=False):
                  unit_maps: Sequence[Tensor | None] | None = None, structure_name: str = "units",
                  max_groups: int | None = None, adapt_rate: float = RATE, total_steps: int | None = None,
                  ramp: tuple[float, float] = (0.1, 0.75), sets: Sequence[int] | None = None,
-                 land_on_the_way: bool | None = None) -> None:
+                 land_on_the_way: bool | None = None, equal_parts: int | None = None) -> None:
         if isinstance(strength, str):
             raise ValueError("group_sparse over several tensors: give a number for strength (λ > 0); "
                              "'auto' is not available for groups that span tensors")
@@ -155,6 +156,13 @@ class UnitGroups(Constraint, register=False):
             # a unit's gate and its ω in every tensor (UnitGroupsMember.dropped_entries): the decay trims,
             # and units land on the way by zeroing them (unless asked not to)
             self.policy.trims, self.policy.lands_early = True, on_the_way
+        if equal_parts is not None and (isinstance(equal_parts, bool) or not isinstance(equal_parts, int)
+                                        or equal_parts < 1):
+            raise TypeError(f"group_sparse: equal_parts must be an int >= 1, got {equal_parts!r}")
+        if equal_parts is not None and k is None:
+            raise ValueError("group_sparse: equal experts share a budget; give max_groups= (a multiple of the experts)")
+        # (the units in that many equal runs, each keeping the same count of the budget: a mixture's experts)
+        self.equal_parts = equal_parts
         self.dim = dims[0]
         self.dims = dims  # one per tensor, or one for all
         # per tensor: the unit of each index along its axis (None: index i is unit i). Attention heads
@@ -249,6 +257,12 @@ class UnitGroups(Constraint, register=False):
                 raise ValueError(f"group_sparse: max_groups={self.budget} is below the {len(set_units)} layers of the "
                                  f"global budget, and every layer keeps at least one unit; give max_groups >= "
                                  f"{len(set_units)}")
+            if self.equal_parts and (len(set_units) > 1 or self.units % self.equal_parts
+                                     or self.budget % self.equal_parts):
+                raise ValueError(f"group_sparse: equal experts need one layer's experts ({len(set_units)} given) and "
+                                 f"max_groups a multiple of the {self.equal_parts} experts (got {self.budget} of "
+                                 f"{self.units} neurons); register one budget per layer, e.g. max_groups="
+                                 f"{self.equal_parts * max(1, self.budget // self.equal_parts)}")
             self.policy.budget, self.policy.atom_total = self.budget, self.atom_total
         shared = tuple(bool((ids == SHARED).any()) for ids in maps)
         for i, ids in enumerate(maps):  # buffers: model.to(device) moves them with the factors
@@ -470,8 +484,12 @@ class UnitGroups(Constraint, register=False):
         """The ``k`` (default: the budget) largest units, except that each layer of a global budget
         keeps at least its largest one, in place of the smallest unit kept by a layer that keeps
         several: a layer without a unit cuts the network (its output no longer depends on the input),
-        which a ranking across layers of different scales could otherwise ask for."""
-        return largest_in_parts(atoms, self.budget if k is None else k, self.set_units or [atoms.numel()])
+        which a ranking across layers of different scales could otherwise ask for. With ``equal_parts`` the
+        units fall in that many equal runs (a mixture's experts), each keeping ``k / equal_parts``."""
+        k = self.budget if k is None else k
+        if self.equal_parts:  # (a mixture's experts alike: each keeps its share)
+            return equal_in_parts(atoms, k, self.equal_parts)
+        return largest_in_parts(atoms, k, self.set_units or [atoms.numel()])
 
     @property
     def spans_layers(self) -> bool:
