@@ -152,7 +152,7 @@ def group_sparse(module: nn.Module, name: str | Sequence[str], dim: int | None =
                                       "equal_experts"})
         if extra:
             raise ValueError(f"group_sparse over several tensors takes dim, strength, seed, max_groups, adapt_rate, "
-                             f"total_steps, ramp, land_on_the_way and equal_experts; not {extra} (index groups act on "
+                             f"equal_experts, total_steps, ramp and land_on_the_way; not {extra} (index groups act on "
                              "one tensor)")
         names, sets = _layer_sets(name)
         kwargs["equal_parts"] = _equal_experts(module, names, kwargs.pop("equal_experts", False))

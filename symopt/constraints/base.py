@@ -171,8 +171,8 @@ def equal_in_parts(sizes: Tensor, k: int, parts: int) -> Tensor:
     keep equal counts so (``group_sparse(..., equal_experts=True)``): their fused tensors hold one width for all.
 
     Examples:
-        >>> equal_in_parts(torch.tensor([9., 8, 7, 1, 2, 3]), 3, 2).tolist()   # 2 + 1: run 0's 7 beats run 1's 2
-        [True, True, True, False, False, True]
+        >>> equal_in_parts(torch.tensor([9., 8, 7, 1, 2, 3]), 3, 2).tolist()   # 1 each, and run 0's 8 beats run 1's 2
+        [True, True, False, False, False, True]
     """
     rows = sizes.reshape(parts, -1)
     base, extra = divmod(k, parts)
