@@ -251,15 +251,26 @@ def _alibi_rows(block: nn.Module, args: tuple, kwargs: dict):
 # and 5; transformers 4 adds the attention mask to a bias a block computes before handing it on, and so does the
 # hook). MPT's model builds one ALiBi bias, (heads, 1, keys), and hands it to every block, which returns none:
 # the pre-hook alone serves it; so does MPNet's encoder's relative-position bias, which its attention hands the
-# block by position, not by keyword. The kept heads live in a string attribute on the block and on its Embedding, as
-# for ALiBi.
+# block by position, not by keyword. BEiT's shared relative-position bias (one table the model holds for every layer)
+# reaches each block as a (1, heads, queries, keys) ``relative_position_bias`` (transformers 4) or added into its
+# ``attention_mask`` (5): the pre-hook takes the kept heads' rows of it, and of a mask only where it has a row per
+# head (a mask broadcast over the heads stays). The kept heads live in a string attribute on the block and on its
+# Embedding, as for ALiBi.
 POSITION_BIAS_HEADS = "symopt_position_bias_heads"
+# the arguments by which a block may be handed a bias of a row per head, in the order looked for
+PER_HEAD_BIAS_ARGUMENTS = ("position_bias", "relative_position_bias", "attention_mask")
 _POSITION_BIAS_OUTPUT = 1  # (T5Attention returns (attn_output, position_bias, ...))
 
 
 def takes_position_bias(block: nn.Module) -> bool:
     """Whether ``block``'s forward takes a per-head ``position_bias`` argument (T5's attention)."""
     return "position_bias" in forward_arguments(block)
+
+
+def takes_per_head_bias(block: nn.Module) -> bool:
+    """Whether ``block``'s forward takes an argument that may hold a row per head (`PER_HEAD_BIAS_ARGUMENTS`: BEiT's
+    shared relative-position bias, handed on as such or inside the attention mask)."""
+    return any(name in forward_arguments(block) for name in PER_HEAD_BIAS_ARGUMENTS)
 
 
 def keep_position_bias_rows(block: nn.Module, kept: Sequence[int], heads: int) -> None:
@@ -296,16 +307,19 @@ def _kept_bias_columns(embedding: nn.Module, args: tuple, output: Tensor) -> Ten
 def _kept_bias_rows(block: nn.Module, args: tuple, kwargs: dict):
     # (by keyword, as T5's stack hands it, or by position, as MPNet's attention does)
     names = forward_arguments(block)
-    at = names.index("position_bias") if "position_bias" in names else len(args)
-    by_keyword = "position_bias" in kwargs or at >= len(args)
-    bias = kwargs.get("position_bias") if by_keyword else args[at]
+    name = next((n for n in PER_HEAD_BIAS_ARGUMENTS if n in names or n in kwargs), PER_HEAD_BIAS_ARGUMENTS[0])
+    at = names.index(name) if name in names else len(args)
+    by_keyword = name in kwargs or at >= len(args)
+    bias = kwargs.get(name) if by_keyword else args[at]
     if bias is None:
         return None
-    kept, _ = _kept_heads(block, POSITION_BIAS_HEADS)
+    kept, heads = _kept_heads(block, POSITION_BIAS_HEADS)
+    if name != "position_bias" and (not isinstance(bias, Tensor) or bias.dim() != 4 or bias.shape[1] != heads):
+        return None  # (BEiT's bias or mask: only where it has a row per head of the model's original count)
     rows = bias[:, kept] if bias.dim() == 4 else bias[kept]  # (T5: (batch or 1, heads, q, k); MPT: (heads, 1, k))
     block.__dict__["_symopt_whole_bias"] = (rows, bias)
     if by_keyword:
-        return args, {**kwargs, "position_bias": rows}
+        return args, {**kwargs, name: rows}
     return (*args[:at], rows, *args[at + 1:]), kwargs
 
 

@@ -57,7 +57,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from ._attention import (CONFIG_HEADS, HeadPrunedAttention, keep_alibi_rows, keep_position_bias_rows,
-                         set_own_config_counts, takes_alibi, takes_position_bias)
+                         set_own_config_counts, takes_alibi, takes_per_head_bias, takes_position_bias)
 from ._layers import FEED_FORWARD_PAIRS  # noqa: F401 - (the table export reads: symopt.export.FEED_FORWARD_PAIRS)
 from ._layers import LAYER_TYPES, ExpertLayout, expert_layout, feed_forward_partner, narrowed, output_axis, outputs_first
 from .attach import guard_save_pretrained, list_constraints
@@ -954,14 +954,18 @@ def _prune_block_heads(holder: nn.Module, info: dict, options: dict) -> list[str
     if info.get("inner_width_attribute") is not None:
         setattr(counts, info["inner_width_attribute"], int(q_rows.numel()))
     kept_heads = (keep[:, None] * per_unit + torch.arange(per_unit, device=keep.device)).reshape(-1).tolist()
-    if not _keep_table_columns(block, info["heads"], kept_heads) and block_name:
+    own_table = _keep_table_columns(block, info["heads"], kept_heads)
+    if not own_table and block_name:
         # (BEiT in transformers 5: the layer holding the block reads its own table and hands the block the bias as
-        # its attention mask; a table that is not this block's alone moves the outputs, and the check undoes it)
+        # its attention mask)
         parent_name, _, leaf = block_name.rpartition(".")
-        _keep_table_columns(_get(holder, _qual("root", parent_name)), info["heads"], kept_heads, skip=leaf)
+        own_table = _keep_table_columns(_get(holder, _qual("root", parent_name)), info["heads"], kept_heads, skip=leaf)
     if takes_alibi(block):  # (BLOOM: the model's ALiBi tensor holds a row per original head)
         keep_alibi_rows(block, kept_heads, info["heads"])
-    if takes_position_bias(block):  # (T5: a position bias of a row per head, handed from block to block)
+    if takes_position_bias(block) or (not own_table and takes_per_head_bias(block)
+                                      and _has_shared_table(holder.root, info["heads"])):
+        # (T5: a position bias of a row per head, handed from block to block; BEiT's shared table: the bias every
+        # layer is handed, which the block takes its kept heads' rows of)
         keep_position_bias_rows(block, kept_heads, info["heads"])
     retry = lambda: _own_config_counts(block, int(keep.numel()) * per_unit, kept_kv)  # noqa: E731 - (Phi-3: see there)
     read = f"'{count_attribute}'" if count_attribute is not None else "its head_dim"
@@ -1004,6 +1008,13 @@ def _narrow_whole_width_norms(block: nn.Module, parent: str, projections, rows: 
 # relative-position bias, a table of (relative positions, heads) read into a bias per head. Export keeps the kept
 # heads' columns (a head's bias only weighs its own values, so a dead head's column goes with it).
 PER_HEAD_TABLE_NAMES = ("relative_position_bias_table",)
+
+
+def _has_shared_table(root: nn.Module, heads: int) -> bool:
+    """Whether ``root`` holds a `PER_HEAD_TABLE_NAMES` table of ``heads`` columns that no attention block narrowed:
+    one every layer reads (BEiT's ``use_shared_relative_position_bias``)."""
+    return any(name.rpartition(".")[2] in PER_HEAD_TABLE_NAMES and table.dim() >= 1 and table.shape[-1] == heads
+               for name, table in root.named_parameters())
 
 
 def _keep_table_columns(module: nn.Module, heads: int, kept_heads: list[int], skip: str | None = None) -> bool:

@@ -1118,25 +1118,33 @@ def test_olmo2_whole_width_q_and_k_norms_are_narrowed_with_the_heads(tmp_path):
     _reloads_alike(small, T.Olmo2ForCausalLM, want, tmp_path, atol=1e-5)
 
 
-def test_a_position_table_shared_by_every_layer_keeps_the_heads_with_a_warning():
-    """BEiT's shared relative-position bias (one table for every layer, held by the model) cannot lose one block's
-    heads: export's check sees the rewrite fail, keeps the heads, says so, and the model computes as before."""
+def test_a_position_table_shared_by_every_layer_gives_each_block_its_kept_heads_rows(tmp_path):
+    """BEiT's shared relative-position bias (one table for every layer, held by the model) reaches every block with a
+    row per head (transformers 4: as ``relative_position_bias``; 5: added into its attention mask). Two blocks lose
+    different heads: each takes its kept heads' rows of the bias it is handed (the table keeps every column, the
+    other layers read it), the logits do not move, and symopt's round trip rebuilds the hooks."""
     config = T.BeitConfig(image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                           intermediate_size=64, use_shared_relative_position_bias=True, num_labels=3)
     torch.manual_seed(0)
     model = T.BeitForImageClassification(config).double().eval()
-    block = symopt.attention_blocks(model)[0]
-    handle = symopt.attention_heads(model, block, strength=1e-3)
+    blocks = symopt.attention_blocks(model)
+    handle = symopt.attention_heads(model, blocks, strength=1e-3)
     with torch.no_grad():
-        handle.constraint.gates[[0]] = 0
+        handle.constraint.gates[[0, 4 + 2, 4 + 3]] = 0  # (block 0: head 0; block 1: heads 2 and 3)
+        handle.constraint.gates[[1]] *= 5  # (a head whose bias row matters: the rows must be the kept heads')
     pixels = torch.randn(2, 3, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         want = model(pixels).logits
-    with pytest.warns(symopt.ExportWarning, match=f"{block} \\(heads\\): heads kept"):
-        small = symopt.export(model, mode="compressed", example_input=(pixels,))
-    assert small.get_submodule(block).get_submodule(_q_projection(small, block)).out_features == 32
+    small = _compressed(model, example_input=(pixels,))
+    assert [small.get_submodule(b).get_submodule(_q_projection(small, b)).out_features for b in blocks] == [24, 16]
+    assert [p.shape[-1] for n, p in small.named_parameters() if n.endswith("relative_position_bias_table")] == [4]
     with torch.no_grad():
-        assert torch.allclose(small(pixels).logits, want, atol=1e-12, rtol=0)
+        got = small(pixels).logits
+        assert torch.allclose(got, want, atol=1e-12, rtol=0)
+    symopt.save_pretrained(small, tmp_path)
+    back = symopt.from_pretrained(type(model), tmp_path)
+    with torch.no_grad():
+        assert torch.equal(back(pixels).logits, got)
 
 
 def _q_projection(model, block) -> str:
