@@ -478,3 +478,14 @@ def test_training_step_quick(model, capsys):
     decayed = {id(p) for p in groups[0]["params"]}
     assert groups[0]["weight_decay"] > 0 and decayed.isdisjoint(id(p) for p in groups[1]["params"])
     assert {id(p) for p in factored.parameters()} == decayed | {id(p) for p in groups[1]["params"]}
+
+
+def test_experts_quick(capsys):
+    """The experts benchmark's smoke run: symopt's equal-experts budget lands 16 of 64 neurons in each expert, and the
+    export's fused tensors are exactly that wide (the benchmark checks the exported model's loss is the trained one's)."""
+    pytest.importorskip("transformers", minversion="5")
+    from benchmarks import experts
+    table = experts.main(["--quick", "--methods", "symopt (equal experts)"])
+    (method, keep, loss, _, widths, params), = table
+    assert (method, keep, widths) == ("symopt (equal experts)", 16, "16/16")
+    assert loss < 3.0 and params < sum(p.numel() for p in experts.mixtral(experts.corpus()[2], 0).parameters())
