@@ -806,6 +806,47 @@ def test_equal_experts_per_layer_rewrite_the_config_for_the_class_own_round_trip
         assert torch.allclose(again(LLAMA_IDS).logits, want, atol=1e-5, rtol=0)
 
 
+def test_an_expert_budget_saved_on_its_ramp_resumes_bit_exactly(tmp_path):
+    """A Mixtral whose equal-experts budget is half-way up its ramp, saved with `symopt.save_pretrained` (factors,
+    gates, λ and the budget's state) and loaded with ``constrain=``: 20 more Adam steps from the reload (the
+    optimizer's state saved beside) end bitwise where the uninterrupted run ends."""
+    from symopt._layers import expert_layout
+
+    def build():
+        torch.manual_seed(0)
+        model = EXPERT_MODELS["Mixtral"]()
+        register(model)
+        return model
+
+    def register(model):
+        for names in symopt.feed_forward_units(model):
+            symopt.group_sparse(model, names, max_groups=32, total_steps=40, equal_experts=True)
+
+    if not any(expert_layout(module) for module in EXPERT_MODELS["Mixtral"]().modules()):
+        pytest.skip("this transformers' Mixtral keeps a ModuleList of dense experts")
+    model = build()
+    opt = torch.optim.Adam(symopt.param_groups(model, lr=1e-2), lr=1e-2)
+
+    def steps(model, opt, count):
+        for _ in range(count):
+            opt.zero_grad()
+            model(LLAMA_IDS, labels=LLAMA_IDS).loss.backward()
+            opt.step()
+
+    steps(model, opt, 20)
+    symopt.save_pretrained(model, tmp_path)
+    saved_opt = copy.deepcopy(opt.state_dict())
+    back = symopt.from_pretrained(type(model), tmp_path, constrain=register).train()
+    back_opt = torch.optim.Adam(symopt.param_groups(back, lr=1e-2), lr=1e-2)
+    back_opt.load_state_dict(saved_opt)
+    symopt.bind(back_opt)  # (load_state_dict replaced the groups that follow λ)
+    steps(model, opt, 20)
+    steps(back, back_opt, 20)
+    assert symopt.landed(back) and symopt.landed(model)
+    for (name, a), (_, b) in zip(model.state_dict().items(), back.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
 def _kept_in_parts(handle, sizes: list[int]) -> list[int]:
     norms = handle.constraint.unit_norms([v.detach() for v in handle.values()])
     return [int((part > 0).sum()) for part in norms.split(sizes)]
