@@ -108,7 +108,8 @@ def from_pretrained(cls, directory: str | os.PathLike, constrain: Callable[[nn.M
         constrain: a function that registers the same constraints on the loaded model, as they were
             registered before saving (``lambda m: symopt.low_rank(m, "…", max_rank=4)``). Without it
             the model comes back plain, holding the constrained values.
-        **kwargs: passed to ``cls.from_pretrained``. A directory with a recorded layout (a compressed
+        **kwargs: passed to ``cls.from_pretrained`` (a transformers class asked for the saved dtype where they name
+            none: transformers 4's default is float32). A directory with a recorded layout (a compressed
             export) is built from its config instead, which takes only ``dtype`` (or ``torch_dtype``).
 
     Returns:
@@ -154,7 +155,7 @@ def from_pretrained(cls, directory: str | os.PathLike, constrain: Callable[[nn.M
         with open(layout_path) as file:
             model = _from_layout(cls, directory, json.load(file), **kwargs)
     else:
-        model = cls.from_pretrained(directory, **kwargs)
+        model = cls.from_pretrained(directory, **_saved_dtype(cls, kwargs))
     if constrain is None:
         return model
     path = os.path.join(directory, STATE_FILE)
@@ -177,6 +178,17 @@ def from_pretrained(cls, directory: str | os.PathLike, constrain: Callable[[nn.M
     with torch.no_grad():
         model.load_state_dict({k: v.to(device) for k, v in state.items()})
     return model
+
+
+def _saved_dtype(cls, kwargs: dict) -> dict:
+    """``kwargs`` for a transformers class's own ``from_pretrained``, asking for the saved dtype where the caller
+    named none: transformers 4 loads float32 by default (5 the saved dtype), and a resume with ``constrain=`` copies the
+    saved factors into the model's parameters, which would round a float64 save to float32 without a word."""
+    if "dtype" in kwargs or "torch_dtype" in kwargs or not getattr(cls, "__module__", "").startswith("transformers"):
+        return kwargs
+    import transformers
+
+    return kwargs if int(transformers.__version__.split(".")[0]) >= 5 else {**kwargs, "torch_dtype": "auto"}
 
 
 def _from_layout(cls, directory: str | os.PathLike, record: dict, **kwargs) -> nn.Module:

@@ -97,6 +97,26 @@ def test_a_budget_saved_on_its_ramp_reloads_with_its_last_reading_and_trains_on_
         assert torch.equal(a, b), key
 
 
+def test_a_float64_save_loads_in_float64_with_and_without_its_constraints(tmp_path):
+    """symopt.from_pretrained of a directory without a layout defers to the class's own from_pretrained, which on
+    transformers 4 loads float32 unless told otherwise: symopt asks for the saved dtype, so a float64 model comes back
+    float64 and a resume with ``constrain=`` holds the saved factors to the bit (they had been rounded to float32)."""
+    name = "bert.encoder.layer.0.intermediate.dense.weight"
+    register = lambda m: symopt.sparse(m, name, strength=1e-3)  # noqa: E731
+    model = _bert().double()
+    register(model)
+    symopt.save_pretrained(model, tmp_path)
+    plain = symopt.from_pretrained(transformers.BertForSequenceClassification, tmp_path)
+    assert plain.dtype == torch.float64 and symopt.list_constraints(plain) == []
+    assert torch.equal(plain.get_parameter(name), model.get_submodule(name.rpartition(".")[0]).weight.detach())
+    back = symopt.from_pretrained(transformers.BertForSequenceClassification, tmp_path, constrain=register)
+    assert back.dtype == torch.float64
+    for (key, a), b in zip(model.state_dict().items(), back.state_dict().values()):
+        assert torch.equal(a, b), key
+    assert symopt.from_pretrained(transformers.BertForSequenceClassification, tmp_path,
+                                  dtype=torch.float32).dtype == torch.float32
+
+
 def test_trainer_checkpoints_a_head_budget_and_resumes_it_bit_exactly(tmp_path):
     """transformers' Trainer, given symopt's parameter groups, trains a GPT-2 to a head budget: its checkpoints go
     through the model's save_pretrained, and resume_from_checkpoint at the first one ends where the uninterrupted
