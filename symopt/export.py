@@ -426,12 +426,12 @@ EXPERT_WIDTH_MULTIPLE = 8
 def _shrink_experts(holder: nn.Module, targets: list, options: dict) -> list[str]:
     """Remove dead neurons from a mixture of experts' fused tensors: every expert keeps as many neurons as the expert
     that keeps most (the tensors hold one width for all), rounded up to a multiple of `EXPERT_WIDTH_MULTIPLE`: its
-    live ones and, to fill up, its first dead ones (whose
-    gate, up and bias entries are 0, so they add nothing where the activation maps 0 to 0: export's check of the
-    outputs undoes the rewrite where it does not). Returns notes on what stayed."""
+    live ones and, to fill up, its first dead ones (whose gate, up and bias entries are 0, so they add nothing where
+    the activation maps 0 to 0: export's check of the outputs undoes the rewrite where it does not). Returns notes
+    on what stayed."""
     notes, widths = [], []
     before = copy.deepcopy(holder.root)
-    changed: dict[str, tuple[int, int]] = {}
+    changed = []  # (the blocks narrowed, by label)
     for where in dict.fromkeys(where for where, _, _ in targets):
         module = _get(holder, where)
         found = expert_layout(module)
@@ -442,7 +442,7 @@ def _shrink_experts(holder: nn.Module, targets: list, options: dict) -> list[str
                          f"'{found.producer}_bias' in the group)")
         widths.append(went)
         if went < found.width:
-            changed[label] = (found.width, went)
+            changed.append(label)
     if not changed:
         options["expert_widths"] += widths
         return notes
@@ -457,8 +457,9 @@ def _shrink_experts(holder: nn.Module, targets: list, options: dict) -> list[str
 
 def _narrow_experts(module: nn.Module, found: ExpertLayout) -> tuple[int, int]:
     """Narrow ``module``'s expert tensors (laid out as ``found`` says) to the largest count of live neurons of any of
-    its experts (one at least, rounded up to a multiple of `EXPERT_WIDTH_MULTIPLE`): the producer's rows, their bias entries and ``down_proj``'s inputs. Returns the new
-    width (``found.width`` where nothing went) and how many neurons had dead weight rows but a bias entry not 0."""
+    its experts (one at least, rounded up to a multiple of `EXPERT_WIDTH_MULTIPLE`): the producer's rows, their bias
+    entries and ``down_proj``'s inputs. Returns the new width (``found.width`` where nothing went) and how many
+    neurons had dead weight rows but a bias entry not 0."""
     producer = getattr(module, found.producer).detach()
     rows = producer.transpose(1, 2) if found.transposed else producer  # (experts, outputs, inputs)
     zero_rows = (rows == 0).all(dim=2)

@@ -179,17 +179,21 @@ def test_training_matches_the_group_lasso_of_cvxpy_over_expert_neurons(layout):
                               torch.stack([torch.tensor(b.value) for b in bv]), atol=3e-4)
 
 
-def _train_to_budget(model: Mixture, budget: int, steps: int = 60):
-    handle = symopt.group_sparse(model, symopt.feed_forward_units(model)[0], max_groups=budget, total_steps=steps)
+def _adam(model: Mixture, steps: int) -> torch.Tensor:
+    """``steps`` Adam steps (lr 1e-2, symopt's decay groups) on one fixed regression batch; returns its inputs."""
     g = torch.Generator().manual_seed(2)
-    x = torch.randn(64, 4, generator=g, dtype=DT)
-    y = torch.randn(64, 4, generator=g, dtype=DT)
+    x, y = torch.randn(64, 4, generator=g, dtype=DT), torch.randn(64, 4, generator=g, dtype=DT)
     opt = torch.optim.Adam(symopt.param_groups(model, lr=1e-2))
     for _ in range(steps):
         opt.zero_grad()
         ((model(x) - y) ** 2).mean().backward()
         opt.step()
-    return handle, x
+    return x
+
+
+def _train_to_budget(model: Mixture, budget: int, steps: int = 60):
+    handle = symopt.group_sparse(model, symopt.feed_forward_units(model)[0], max_groups=budget, total_steps=steps)
+    return handle, _adam(model, steps)
 
 
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
@@ -271,13 +275,7 @@ def test_equal_experts_each_keep_their_share_and_export_to_exactly_that_width(la
     model = Mixture(width=24, **LAYOUTS[layout])
     names = symopt.feed_forward_units(model)[0]
     handle = symopt.group_sparse(model, names, max_groups=24, total_steps=60, equal_experts=True)
-    g = torch.Generator().manual_seed(2)
-    x, y = torch.randn(64, 4, generator=g, dtype=DT), torch.randn(64, 4, generator=g, dtype=DT)
-    opt = torch.optim.Adam(symopt.param_groups(model, lr=1e-2))
-    for _ in range(60):
-        opt.zero_grad()
-        ((model(x) - y) ** 2).mean().backward()
-        opt.step()
+    x = _adam(model, 60)
     assert _neuron_norms(model.experts).gt(0).sum(dim=1).tolist() == [8, 8, 8]
     dense = symopt.export(model)
     with warnings.catch_warnings():
@@ -316,12 +314,6 @@ def test_equal_experts_spare_each_expert_its_share_on_the_ramp():
     with torch.no_grad():
         model.experts.gate_up_proj[0] *= 3
     handle = symopt.group_sparse(model, "experts.gate_up_proj", max_groups=24, total_steps=100, equal_experts=True)
-    g = torch.Generator().manual_seed(2)
-    x, y = torch.randn(64, 4, generator=g, dtype=DT), torch.randn(64, 4, generator=g, dtype=DT)
-    opt = torch.optim.Adam(symopt.param_groups(model, lr=1e-2))
-    for _ in range(30):
-        opt.zero_grad()
-        ((model(x) - y) ** 2).mean().backward()
-        opt.step()
+    _adam(model, 30)
     spared = (handle.constraint.policy.dropped_atoms() == 0).view(3, 24).sum(dim=1).tolist()
     assert max(spared) - min(spared) <= 1 and 24 < sum(spared) < 72
