@@ -2,6 +2,7 @@
 pruning of the same neurons, on transformers' own mixture-of-experts model.
 
     python -m benchmarks.experts [--epochs 8] [--seeds 3] [--keep 16 8] [--methods ...] [--quick]
+    python -m benchmarks.experts --step [--rounds 9]
 
 The character-level language model data of `benchmarks.heads` (the source of a few standard library modules, 90%
 for training, the last 10% for validation), with a ``transformers.MixtralForCausalLM`` (an optional benchmark
@@ -19,6 +20,11 @@ characters), the same epochs for every row. ``--keep`` neurons of 64 stay per ex
 * ``symopt``: ``symopt.group_sparse(model, names, max_groups=4·keep, total_steps=N)`` per layer over
   ``symopt.feed_forward_units(model)``: the budget's cubic schedule with the trimmed decay, the landing, fine-tuning.
 * ``symopt (equal experts)``: the same with ``equal_experts=True``: every expert keeps ``keep``.
+
+``--step`` times a training step instead (the same model, batch and Adam): ``plain``; ``symopt, fixed λ`` (each
+layer's experts' neurons, ``strength=1e-4``); ``symopt equal experts, on the ramp`` (``max_groups=4·16``,
+``equal_experts=True``, ``total_steps`` 2000, timed from step 220, inside its ramp); ``--rounds`` interleaved rounds
+of 20 steps each, the median over rounds of each row's ratio to the plain step within the round.
 
 Each row: validation loss in nats per character (mean ± std over seeds), the width of each layer's fused expert
 tensors after removing the dead neurons (symopt's export; for magnitude pruning the same rule: the widest expert's
@@ -158,6 +164,43 @@ def train(method: str, keep: int, seed: int, epochs: int):
     return loss, "/".join(map(str, widths)), params, deployed(Logits(model), example)[1], seconds
 
 
+def step_times(rounds: int) -> dict[str, tuple[float, float]]:
+    """``--step``: ``{row: (median step ms, median ratio to the plain step)}`` (see the module docstring)."""
+    train_ids, _, vocab = corpus()
+    gen = torch.Generator().manual_seed(0)
+    batches = [windows(train_ids, torch.randint(0, len(train_ids) - CONTEXT - 1, (BATCH,), generator=gen))
+               for _ in range(20)]
+
+    def built(row: str):
+        model = mixtral(vocab, 0)
+        for names in symopt.feed_forward_units(model) if row != "plain" else ():
+            if row == "symopt, fixed λ":
+                symopt.group_sparse(model, names, strength=1e-4)
+            else:
+                symopt.group_sparse(model, names, max_groups=EXPERTS * 16, total_steps=2000, equal_experts=True)
+        groups = symopt.param_groups(model, lr=3e-3) if row != "plain" else model.parameters()
+        return model, torch.optim.Adam(groups, lr=3e-3)
+
+    def steps(model, opt) -> float:
+        start = time.perf_counter()
+        for batch in batches:
+            opt.zero_grad()
+            logits = model(batch[:, :-1]).logits
+            nn.functional.cross_entropy(logits.reshape(-1, vocab), batch[:, 1:].reshape(-1)).backward()
+            opt.step()
+        return (time.perf_counter() - start) / len(batches)
+
+    rows = {row: built(row) for row in ("plain", "symopt, fixed λ", "symopt equal experts, on the ramp")}
+    for _ in range(11):  # (into the ramp: it starts at 10% of 2000 steps)
+        steps(*rows["symopt equal experts, on the ramp"])
+    times = {row: [] for row in rows}
+    for _ in range(rounds):
+        for row, pair in rows.items():
+            times[row].append(steps(*pair))
+    return {row: (1e3 * statistics.median(t), statistics.median(a / b for a, b in zip(t, times["plain"])))
+            for row, t in times.items()}
+
+
 def main(argv=None) -> list:
     try:
         import transformers
@@ -165,8 +208,20 @@ def main(argv=None) -> list:
         raise SystemExit("benchmarks.experts needs transformers (pip install 'symopt[hf]')") from None
     if int(transformers.__version__.split(".")[0]) < 5:
         raise SystemExit("benchmarks.experts needs transformers 5, whose experts are fused tensors")
+    def extra(parser):
+        parser.add_argument("--step", action="store_true", help="time a training step of each row instead")
+        parser.add_argument("--rounds", type=int, default=9, help="--step: interleaved rounds of 20 steps")
+
     args = training_arguments(argv, "python -m benchmarks.experts", epochs=8, budgets="--keep", kind=int,
-                              defaults=[16, 8], smoke="16 neurons an expert")
+                              defaults=[16, 8], smoke="16 neurons an expert", extra=extra)
+    if args.step:
+        print(f"a training step of MixtralForCausalLM (hidden {HIDDEN}, {LAYERS} layers, {EXPERTS} experts of {WIDTH}), "
+              f"batch {BATCH}×{CONTEXT}, Adam; {args.rounds} rounds of 20 steps; torch {torch.__version__}, "
+              f"{torch.get_num_threads()} threads\n")
+        found = step_times(args.rounds)
+        for row, (ms, ratio) in found.items():
+            print(f"{row:36s} {ms:8.2f} ms  × {ratio:.2f}")
+        return list(found.items())
     if any(not 1 <= k < WIDTH for k in args.keep):
         raise SystemExit(f"--keep: each between 1 and {WIDTH - 1} neurons per expert")
     _, _, vocab = corpus()
