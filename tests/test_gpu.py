@@ -223,3 +223,36 @@ def test_a_sparse_lasso_whose_models_go_by_products_matches_the_cpus_on_cuda():
     cpu, gpu = symopt.solve(problem), symopt.solve(problem, device="cuda")
     assert cpu.status == gpu.status == "optimal" and int((gpu.x != 0).sum()) > 1024
     assert abs(gpu.objective - cpu.objective) <= 1e-9 * abs(cpu.objective)
+
+
+def test_expert_neurons_of_a_mixtral_land_and_export_for_grouped_products_on_cuda():
+    """transformers 5's Mixtral on CUDA (its experts through grouped matrix products): an equal-experts budget of 8
+    neurons an expert lands in each layer, and export narrows the fused expert tensors to exactly 8 (rows of 16 bytes
+    and more, which grouped_mm takes) with the trained model's logits."""
+    transformers = pytest.importorskip("transformers", minversion="5")
+    import warnings
+
+    from symopt._layers import expert_layout
+
+    torch.manual_seed(0)
+    config = transformers.MixtralConfig(vocab_size=40, hidden_size=32, intermediate_size=24, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2, num_local_experts=4,
+                                        num_experts_per_tok=2, max_position_embeddings=16)
+    model = transformers.MixtralForCausalLM(config).to(CUDA)
+    for names in symopt.feed_forward_units(model):
+        symopt.group_sparse(model, names, max_groups=4 * 8, total_steps=30, equal_experts=True)
+    ids = torch.randint(0, 40, (8, 9), device=CUDA)
+    opt = torch.optim.Adam(symopt.param_groups(model, lr=1e-2), lr=1e-2)
+    for _ in range(35):
+        opt.zero_grad()
+        model(ids, labels=ids).loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        want = model(ids).logits
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", symopt.ExportWarning)
+        small = symopt.export(model, mode="compressed", example_input=(ids,))
+    assert [expert_layout(layer.mlp.experts).width for layer in small.model.layers] == [8, 8]
+    with torch.no_grad():
+        assert torch.allclose(small(ids).logits, want, atol=1e-4, rtol=0)
