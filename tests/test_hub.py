@@ -754,6 +754,15 @@ EXPERT_MODELS = {
     "OLMoE": lambda: T.OlmoeForCausalLM(T.OlmoeConfig(**MOE, intermediate_size=24, num_experts=4)),
     "GPT-OSS": lambda: T.GptOssForCausalLM(T.GptOssConfig(**MOE, head_dim=8, intermediate_size=24, num_local_experts=4,
                                                           sliding_window=8)),
+    "Qwen3-MoE": lambda: T.Qwen3MoeForCausalLM(T.Qwen3MoeConfig(**MOE, head_dim=8, intermediate_size=64, num_experts=4,
+                                                               moe_intermediate_size=24)),
+    # (a dense first layer, then routed experts beside a shared one, with latent attention)
+    "DeepSeek-V3": lambda: T.DeepseekV3ForCausalLM(T.DeepseekV3Config(
+        **MOE, intermediate_size=64, n_routed_experts=4, moe_intermediate_size=24, n_shared_experts=1,
+        first_k_dense_replace=1, kv_lora_rank=16, q_lora_rank=16, qk_rope_head_dim=4, qk_nope_head_dim=4, v_head_dim=8,
+        n_group=1, topk_group=1)),
+    "PhiMoE": lambda: T.PhimoeForCausalLM(T.PhimoeConfig(**MOE, intermediate_size=24, num_local_experts=4)),
+    "GraniteMoE": lambda: T.GraniteMoeForCausalLM(T.GraniteMoeConfig(**MOE, intermediate_size=24, num_local_experts=4)),
 }
 MOE = dict(vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
            max_position_embeddings=16, num_experts_per_tok=2)
@@ -773,8 +782,9 @@ def test_a_neuron_budget_over_experts_lands_and_export_narrows_them(architecture
     model = EXPERT_MODELS[architecture]()
     units = symopt.feed_forward_units(model)
     if not any("expert" in name for names in units for name in names):
-        pytest.skip(f"this transformers' {architecture} keeps experts whose layout symopt does not read (GPT-OSS's "
-                    "alternating rows without the attributes that say so)")
+        pytest.skip(f"this transformers' {architecture} keeps experts in a layout symopt does not read (transformers "
+                    "4's GPT-OSS alternates its gate and up rows without saying so; its GraniteMoE holds them as "
+                    "input_linear / output_linear)")
     blocks = [names[0].rpartition(".")[0] for names in units]
     layouts = [expert_layout(model.get_submodule(block)) for block in blocks]
     sizes = [found.experts * found.width if found else outputs_first(model.get_submodule(block)).shape[0]
