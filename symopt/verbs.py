@@ -119,9 +119,11 @@ def group_sparse(module: nn.Module, name: str | Sequence[str], dim: int | None =
         **kwargs: ``groups=`` (index lists instead of ``dim``; one tensor only), ``max_groups=g``
             (a budget; over several tensors it counts units across them), ``total_steps``, ``ramp``,
             ``land_on_the_way`` (False: no group lands before the end of the ramp), ``adapt_rate``, ``seed``;
-            ``equal_experts=True`` (one mixture of experts' producer, ``max_groups`` a multiple of its experts):
-            every expert keeps ``max_groups / experts`` neurons, so that export's fused tensors narrow to that
-            width (a budget without it lets the loss share the neurons unevenly, and the widest expert sets it).
+            ``equal_experts=True`` (mixtures of experts' producers only, ``max_groups`` a multiple of the experts):
+            every expert of a layer keeps the same number of neurons, ``max_groups / experts`` for one layer, so that
+            export's fused tensors narrow to exactly that width (a budget without it lets the loss share the
+            neurons unevenly, and the widest expert sets the width); over several layers (one list each) training
+            decides each layer's count.
 
     Returns:
         Handle: the registered constraint. ``module.<name>`` keeps its value; its parameter is
@@ -184,12 +186,18 @@ def _equal_experts(module: nn.Module, names: Sequence[str], asked: object) -> in
     if not asked:
         return None
     owners = {n.rpartition(".")[0] for n in names}
-    owner = owners.pop() if len(owners) == 1 else None
-    found = expert_layout(module.get_submodule(owner)) if owner is not None and _has_submodule(module, owner) else None
-    if found is None or any(n.rpartition(".")[2] not in found.producers for n in names):
-        raise ValueError(f"group_sparse: equal_experts=True takes one mixture of experts' producer tensors (such as "
-                         f"'….experts.gate_up_proj' and its bias, one layer), got {list(names)}")
-    return found.experts
+    found = {owner: expert_layout(module.get_submodule(owner)) if _has_submodule(module, owner) else None
+             for owner in owners}
+    if any(f is None for f in found.values()) or any(n.rpartition(".")[2] not in found[n.rpartition(".")[0]].producers
+                                                     for n in names):
+        raise ValueError(f"group_sparse: equal_experts=True takes mixtures of experts' producer tensors only (such as "
+                         f"'….experts.gate_up_proj' and its bias; one list per layer for a budget over several), got "
+                         f"{list(names)}")
+    experts = {f.experts for f in found.values()}
+    if len(experts) != 1:
+        raise ValueError(f"group_sparse: equal_experts=True over several layers needs the same number of experts in "
+                         f"each, got {sorted(experts)}; register one budget per layer")
+    return experts.pop()
 
 
 def _expert_units(module: nn.Module, name: str) -> tuple[tuple[int, int], Tensor] | None:

@@ -295,8 +295,8 @@ def test_equal_experts_keep_the_largest_of_each_expert_at_the_landing():
 @pytest.mark.parametrize("names, kwargs, match", [
     (["experts.gate_up_proj"], dict(max_groups=10, equal_experts=True), "a multiple of the 3 experts"),
     (["experts.gate_up_proj"], dict(strength=1e-3, equal_experts=True), "give max_groups="),
-    (["router.weight", "router.bias"], dict(max_groups=2, equal_experts=True), "one mixture of experts' producer"),
-    ("router.weight", dict(max_groups=2, equal_experts=True), "one mixture of experts' producer"),
+    (["router.weight", "router.bias"], dict(max_groups=2, equal_experts=True), "mixtures of experts' producer tensors"),
+    ("router.weight", dict(max_groups=2, equal_experts=True), "mixtures of experts' producer tensors"),
 ])
 def test_bad_equal_experts_change_nothing(names, kwargs, match):
     model = Mixture()
@@ -317,3 +317,46 @@ def test_equal_experts_spare_each_expert_its_share_on_the_ramp():
     _adam(model, 30)
     spared = (handle.constraint.policy.dropped_atoms() == 0).view(3, 24).sum(dim=1).tolist()
     assert max(spared) - min(spared) <= 1 and 24 < sum(spared) < 72
+
+
+def _two_mixtures(**kwargs) -> nn.Sequential:
+    torch.manual_seed(0)
+    first, second = Mixture(**kwargs), Mixture(**kwargs)
+    return nn.Sequential(first, second)
+
+
+def test_one_budget_over_two_layers_of_equal_experts_lets_training_share_it_between_the_layers():
+    """`equal_experts=True` over two layers (one list each): every expert of a layer keeps as many neurons as its
+    layer's others, the layers' counts add up to the budget, each keeps some, and export narrows each layer's fused
+    tensors to its count (rounded up to 8)."""
+    model = _two_mixtures(width=24)
+    units = symopt.feed_forward_units(model)
+    assert units == [["0.experts.gate_up_proj"], ["1.experts.gate_up_proj"]]
+    handle = symopt.group_sparse(model, units, max_groups=3 * 16, total_steps=60, equal_experts=True)
+    x = _adam(model, 60)
+    counts = [_neuron_norms(layer.experts).gt(0).sum(dim=1).tolist() for layer in model]
+    assert all(len(set(c)) == 1 and c[0] >= 1 for c in counts) and sum(c[0] for c in counts) == 16, counts
+    dense = symopt.export(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ExportWarning)
+        small = symopt.export(model, mode="compressed", example_input=(x,))
+    assert [expert_layout(layer.experts).width for layer in small] == [min(24, -(-c[0] // 8) * 8) for c in counts]
+    assert torch.allclose(small(x), dense(x), atol=1e-12) and handle.constraint.equal_parts == 3
+
+
+def test_equal_slots_rank_each_layers_rth_neurons_by_their_mean_over_the_experts():
+    model = _two_mixtures(width=3)
+    handle = symopt.group_sparse(model, symopt.feed_forward_units(model), max_groups=9, equal_experts=True)
+    first = torch.tensor([9.0, 1, 1, 8, 1, 1, 7, 6, 1], dtype=DT)  # (3 experts of 3: slot 2's mean is 8/3)
+    second = torch.tensor([5.0, 4, 0, 5, 4, 0, 5, 4, 0], dtype=DT)  # (slot 2's mean is 4: it beats the first's)
+    keep = handle.constraint.keep_mask(torch.cat([first, second])).view(2, 3, 3)
+    assert keep.sum(dim=2).tolist() == [[1, 1, 1], [2, 2, 2]]
+    assert keep[0].nonzero()[:, 1].tolist() == [0, 0, 0] and keep[1, :, 2].sum() == 0
+
+
+def test_equal_experts_over_layers_of_different_expert_counts_are_refused():
+    torch.manual_seed(0)
+    model = nn.Sequential(Mixture(), Mixture(experts=2))
+    with pytest.raises(ValueError, match="the same number of experts in each"):
+        symopt.group_sparse(model, symopt.feed_forward_units(model), max_groups=12, equal_experts=True)
+    assert symopt.list_constraints(model) == []

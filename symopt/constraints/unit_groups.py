@@ -257,12 +257,13 @@ class UnitGroups(Constraint, register=False):
                 raise ValueError(f"group_sparse: max_groups={self.budget} is below the {len(set_units)} layers of the "
                                  f"global budget, and every layer keeps at least one unit; give max_groups >= "
                                  f"{len(set_units)}")
-            if self.equal_parts and (len(set_units) > 1 or self.units % self.equal_parts
-                                     or self.budget % self.equal_parts):
-                raise ValueError(f"group_sparse: equal experts need one layer's experts ({len(set_units)} given) and "
-                                 f"max_groups a multiple of the {self.equal_parts} experts (got {self.budget} of "
-                                 f"{self.units} neurons); register one budget per layer, e.g. max_groups="
-                                 f"{self.equal_parts * max(1, self.budget // self.equal_parts)}")
+            parts = self.equal_parts
+            if parts and (any(n % parts for n in set_units) or self.budget % parts
+                          or self.budget < parts * len(set_units)):
+                raise ValueError(f"group_sparse: equal experts need every layer's units in {parts} experts (got "
+                                 f"{set_units} neurons) and max_groups a multiple of the {parts} experts, at least "
+                                 f"{parts} per layer (got {self.budget}); e.g. max_groups="
+                                 f"{parts * max(len(set_units), self.budget // parts)}")
             self.policy.budget, self.policy.atom_total = self.budget, self.atom_total
         shared = tuple(bool((ids == SHARED).any()) for ids in maps)
         for i, ids in enumerate(maps):  # buffers: model.to(device) moves them with the factors
@@ -484,12 +485,27 @@ class UnitGroups(Constraint, register=False):
         """The ``k`` (default: the budget) largest units, except that each layer of a global budget
         keeps at least its largest one, in place of the smallest unit kept by a layer that keeps
         several: a layer without a unit cuts the network (its output no longer depends on the input),
-        which a ranking across layers of different scales could otherwise ask for. With ``equal_parts`` the
-        units fall in that many equal runs (a mixture's experts), each keeping ``k / equal_parts``."""
+        which a ranking across layers of different scales could otherwise ask for. With ``equal_parts`` each layer's
+        units fall in that many equal runs (a mixture's experts), each keeping the same count: ``k / equal_parts`` for
+        one layer; over several, counts the layers' experts share as `_equal_slots` ranks them."""
         k = self.budget if k is None else k
+        if self.equal_parts and len(self.set_units) > 1:
+            return self._equal_slots(atoms, k)
         if self.equal_parts:  # (a mixture's experts alike: each keeps its share)
             return equal_in_parts(atoms, k, self.equal_parts)
         return largest_in_parts(atoms, k, self.set_units or [atoms.numel()])
+
+    def _equal_slots(self, atoms: Tensor, k: int) -> Tensor:
+        """`keep_mask` of a global budget over several layers' experts alike: a layer's *slot* r is the r-th largest
+        neuron of each of its experts, scored by their mean; the ``k // experts`` best slots over all the layers (each
+        layer one at least) say how many neurons each layer's experts keep, and each expert keeps its largest that
+        many. (A count between multiples of the experts, on the ramp, keeps the multiple below it.)"""
+        parts = self.equal_parts
+        pieces = atoms.split(self.set_units)
+        slots = [piece.view(parts, -1).sort(dim=1, descending=True).values.mean(dim=0) for piece in pieces]
+        chosen = largest_in_parts(torch.cat(slots), max(k // parts, len(pieces)), [s.numel() for s in slots])
+        counts = [int(c.sum()) for c in chosen.split([s.numel() for s in slots])]
+        return torch.cat([equal_in_parts(piece, parts * count, parts) for piece, count in zip(pieces, counts)])
 
     @property
     def spans_layers(self) -> bool:
