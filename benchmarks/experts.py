@@ -20,6 +20,12 @@ characters), the same epochs for every row. ``--keep`` neurons of 64 stay per ex
 * ``symopt``: ``symopt.group_sparse(model, names, max_groups=4·keep, total_steps=N)`` per layer over
   ``symopt.feed_forward_units(model)``: the budget's cubic schedule with the trimmed decay, the landing, fine-tuning.
 * ``symopt (equal experts)``: the same with ``equal_experts=True``: every expert keeps ``keep``.
+* ``magnitude (each expert, global)``: one ranking over both layers, ``2 · 4 · keep`` neurons, every expert of a layer
+  keeping the same count (`symopt.constraints.base.equal_in_layers`: a layer's r-th largest neurons of all its
+  experts ranked together by their mean norm, each norm over its layer's mean, as Torch-Pruning's global ranking
+  normalises), so the layers share the budget as the ranking says.
+* ``symopt (equal experts, global)``: one budget over both layers, ``equal_experts=True``: the same rule on symopt's
+  relative unit norms.
 
 ``--step`` times a training step instead (the same model, batch and Adam): ``plain``; ``symopt, fixed λ`` (each
 layer's experts' neurons, ``strength=1e-4``); ``symopt equal experts, on the ramp`` (``max_groups=4·16``,
@@ -44,7 +50,7 @@ from torch import nn
 
 import symopt
 from symopt._layers import expert_layout
-from symopt.constraints.base import equal_in_parts
+from symopt.constraints.base import equal_in_layers, equal_in_parts
 from symopt.constraints.budget import scheduled_count
 from symopt.export import EXPERT_WIDTH_MULTIPLE
 
@@ -52,7 +58,8 @@ from .compression import chosen, deployed, over_seeds, pruning_epochs, seed_rang
 from .heads import BATCH, CONTEXT, corpus, validation_loss, windows
 
 HIDDEN, LAYERS, HEADS, EXPERTS, WIDTH, TOP = 64, 2, 4, 4, 64, 2
-METHODS = ("magnitude (each expert)", "magnitude (layer)", "symopt", "symopt (equal experts)")
+METHODS = ("magnitude (each expert)", "magnitude (layer)", "symopt", "symopt (equal experts)",
+           "magnitude (each expert, global)", "symopt (equal experts, global)")
 
 
 def mixtral(vocab: int, seed: int) -> nn.Module:
@@ -112,10 +119,14 @@ def train(method: str, keep: int, seed: int, epochs: int):
     model = mixtral(vocab, seed)
     per_epoch = len(train_ids) // (BATCH * CONTEXT)
     steps = epochs * per_epoch
-    if method.startswith("symopt"):
+    if method == "symopt (equal experts, global)":
+        symopt.group_sparse(model, symopt.feed_forward_units(model), max_groups=LAYERS * EXPERTS * keep,
+                            total_steps=steps, equal_experts=True)
+    elif method.startswith("symopt"):
         for names in symopt.feed_forward_units(model):
             symopt.group_sparse(model, names, max_groups=EXPERTS * keep, total_steps=steps,
                                 equal_experts=method.endswith("(equal experts)"))
+    if method.startswith("symopt"):
         opt = torch.optim.Adam(symopt.param_groups(model, lr=3e-3), lr=3e-3)
     else:
         opt = torch.optim.Adam(model.parameters(), lr=3e-3)
@@ -124,7 +135,15 @@ def train(method: str, keep: int, seed: int, epochs: int):
     gen = torch.Generator().manual_seed(seed)
     start = time.process_time()
     for epoch in range(epochs):
-        if method.startswith("magnitude") and epoch >= cubic[0]:
+        if method == "magnitude (each expert, global)" and epoch >= cubic[0]:
+            count = scheduled_count(epoch, LAYERS * EXPERTS * WIDTH, LAYERS * EXPERTS * keep, *cubic)
+            norms = [neuron_norms(experts) for experts in experts_of(model)]
+            relative = torch.cat([(n / n[m].mean()).masked_fill(~m, -1.0).reshape(-1) for n, m in zip(norms, alive)])
+            masks = equal_in_layers(relative, count, EXPERTS, [EXPERTS * WIDTH] * LAYERS).split(EXPERTS * WIDTH)
+            alive = [mask.view(EXPERTS, WIDTH) for mask in masks]
+            for experts, mask in zip(experts_of(model), alive):
+                hold_pruned(experts, mask)
+        elif method.startswith("magnitude") and epoch >= cubic[0]:
             count = scheduled_count(epoch, EXPERTS * WIDTH, EXPERTS * keep, *cubic)
             for i, experts in enumerate(experts_of(model)):
                 norms = neuron_norms(experts).masked_fill(~alive[i], -1.0).reshape(-1)
@@ -229,14 +248,14 @@ def main(argv=None) -> list:
           f"{LAYERS} layers, {EXPERTS} experts of {WIDTH} neurons (top {TOP}), Adam lr 3e-3, batch {BATCH}×{CONTEXT}, "
           f"{args.epochs} epochs, {seed_words(args)}; torch {torch.__version__}, transformers "
           f"{transformers.__version__}, {torch.get_num_threads()} threads\n")
-    print(f"{'method':24s} {'keep':>5s} {'val nats/char':>17s} {'widths':>7s} {'params':>7s} {'ms':>6s} {'CPU s':>6s}")
+    print(f"{'method':32s} {'keep':>5s} {'val nats/char':>17s} {'widths':>7s} {'params':>7s} {'ms':>6s} {'CPU s':>6s}")
     runs = [("dense", WIDTH)] * wants_dense(args) + [(m, k) for k in args.keep for m in chosen(args, METHODS)]
     table = []
     for method, keep in runs:
         mean, spread, seconds, results = over_seeds(train, method, keep, seed_range(args), args.epochs)
         table.append((method, keep, mean, spread, results[0][1], results[0][2]))
         milliseconds = statistics.median(r[3] for r in results)
-        print(f"{method:24s} {keep:5d} {mean:10.4f} ± {spread:.4f} {results[0][1]:>7s} {results[0][2]:7d} "
+        print(f"{method:32s} {keep:5d} {mean:10.4f} ± {spread:.4f} {results[0][1]:>7s} {results[0][2]:7d} "
               f"{milliseconds:6.2f} {seconds:6.1f}", flush=True)
     return table
 

@@ -186,6 +186,28 @@ def equal_in_parts(sizes: Tensor, k: int, parts: int) -> Tensor:
     return keep.reshape(-1)
 
 
+def equal_in_layers(sizes: Tensor, k: int, parts: int, layers: Sequence[int]) -> Tensor:
+    """Bool mask of about ``k`` of ``sizes`` (flat: ``layers`` runs of those lengths, each of ``parts`` equal runs, a
+    layer's experts) where every part of a layer keeps the same count. A layer's *slot* r is the r-th largest entry
+    of each of its parts, scored by their mean; the ``k // parts`` best slots over all the layers (each layer one at
+    least: `largest_in_parts`) say how many each layer's parts keep, and each part keeps its largest that many
+    (`equal_in_parts`; one layer: ``k`` exactly). A count between multiples of ``parts`` keeps the multiple below it.
+
+    Examples:
+        >>> first = torch.tensor([9., 1, 8, 1])            # 2 parts of 2: slot means 8.5, 1
+        >>> second = torch.tensor([5., 4, 5, 4])           # slot means 5, 4
+        >>> equal_in_layers(torch.cat([first, second]), 6, 2, [4, 4]).tolist()
+        [True, False, True, False, True, True, True, True]
+    """
+    if len(layers) == 1:
+        return equal_in_parts(sizes, k, parts)
+    pieces = sizes.reshape(-1).split(list(layers))
+    slots = [piece.view(parts, -1).sort(dim=1, descending=True).values.mean(dim=0) for piece in pieces]
+    chosen = largest_in_parts(torch.cat(slots), max(k // parts, len(pieces)), [s.numel() for s in slots])
+    counts = [int(c.sum()) for c in chosen.split([s.numel() for s in slots])]
+    return torch.cat([equal_in_parts(piece, parts * count, parts) for piece, count in zip(pieces, counts)])
+
+
 def entering(excess: Tensor, alive: int) -> Tensor:
     """Which zero atoms a face admits, given ``excess`` (per atom: how far its optimality
     condition fails, ≤ 0 where it holds or the atom is alive): the worst violators, at most a quarter

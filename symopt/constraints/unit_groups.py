@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from .base import (Constraint, GroupMember, acts_on_factors, chain_original, equal_in_parts, held,
+from .base import (Constraint, GroupMember, acts_on_factors, chain_original, equal_in_layers, held,
                    hold_state_at_next_step, largest_in_parts, moved_since_held, random_gate)
 from .budget import RATE, check_budget, check_land_on_the_way, check_total_steps
 from .pooled import PooledBudget
@@ -487,25 +487,11 @@ class UnitGroups(Constraint, register=False):
         several: a layer without a unit cuts the network (its output no longer depends on the input),
         which a ranking across layers of different scales could otherwise ask for. With ``equal_parts`` each layer's
         units fall in that many equal runs (a mixture's experts), each keeping the same count: ``k / equal_parts`` for
-        one layer; over several, counts the layers' experts share as `_equal_slots` ranks them."""
+        one layer; over several, counts the layers share as `equal_in_layers` ranks them."""
         k = self.budget if k is None else k
-        if self.equal_parts and len(self.set_units) > 1:
-            return self._equal_slots(atoms, k)
-        if self.equal_parts:  # (a mixture's experts alike: each keeps its share)
-            return equal_in_parts(atoms, k, self.equal_parts)
+        if self.equal_parts:  # (a mixture's experts alike: each of a layer's keeps its share)
+            return equal_in_layers(atoms, k, self.equal_parts, self.set_units or [atoms.numel()])
         return largest_in_parts(atoms, k, self.set_units or [atoms.numel()])
-
-    def _equal_slots(self, atoms: Tensor, k: int) -> Tensor:
-        """`keep_mask` of a global budget over several layers' experts alike: a layer's *slot* r is the r-th largest
-        neuron of each of its experts, scored by their mean; the ``k // experts`` best slots over all the layers (each
-        layer one at least) say how many neurons each layer's experts keep, and each expert keeps its largest that
-        many. (A count between multiples of the experts, on the ramp, keeps the multiple below it.)"""
-        parts = self.equal_parts
-        pieces = atoms.split(self.set_units)
-        slots = [piece.view(parts, -1).sort(dim=1, descending=True).values.mean(dim=0) for piece in pieces]
-        chosen = largest_in_parts(torch.cat(slots), max(k // parts, len(pieces)), [s.numel() for s in slots])
-        counts = [int(c.sum()) for c in chosen.split([s.numel() for s in slots])]
-        return torch.cat([equal_in_parts(piece, parts * count, parts) for piece, count in zip(pieces, counts)])
 
     @property
     def spans_layers(self) -> bool:
