@@ -333,9 +333,10 @@ def _shrink_units(holder: nn.Module, targets: list, options: dict) -> list[str]:
     """Remove the dead output units of every target layer at once, through the model's traced graph
     (``symopt.surgery``), then check on an input that the outputs did not move. A mixture of experts' neurons
     (`symopt._layers.expert_layout`) leave their fused expert tensors first (`_shrink_experts`)."""
-    experts = [t for t in targets if t[1] in getattr(expert_layout(_get(holder, t[0])), "producers", ())]
+    in_experts = [t[1] in getattr(expert_layout(_get(holder, t[0])), "producers", ()) for t in targets]
+    experts = [t for t, inside in zip(targets, in_experts) if inside]
     notes = _shrink_experts(holder, experts, options) if experts else []
-    targets = [t for t in targets if not any(t is e for e in experts)]
+    targets = [t for t, inside in zip(targets, in_experts) if not inside]
     if not targets:
         return notes
     producers = {}
@@ -429,37 +430,37 @@ def _shrink_experts(holder: nn.Module, targets: list, options: dict) -> list[str
     live ones and, to fill up, its first dead ones (whose gate, up and bias entries are 0, so they add nothing where
     the activation maps 0 to 0: export's check of the outputs undoes the rewrite where it does not). Returns notes
     on what stayed."""
-    notes, widths = [], []
-    before = copy.deepcopy(holder.root)
-    changed = []  # (the blocks narrowed, by label)
+    notes, widths, narrowings = [], [], []
     for where in dict.fromkeys(where for where, _, _ in targets):
         module = _get(holder, where)
         found = expert_layout(module)
         label = where.removeprefix("root.")
-        went, biased = _narrow_experts(module, found)
+        kept, biased = _live_experts(module, found)
         if biased:
             notes.append(f"{label}: {biased} dead expert neuron(s) kept: their bias entries are not 0 (put "
                          f"'{found.producer}_bias' in the group)")
-        widths.append(went)
-        if went < found.width:
-            changed.append(label)
-    if not changed:
-        options["expert_widths"] += widths
-        return notes
-    checked, problem = surgery.verify(before, holder.root, options["example_input"])
-    if problem is not None or not checked:
-        holder.root = before  # never hand back a model whose outputs moved, or that no input showed unmoved
-        why = problem if problem is not None else "its outputs could not be compared (pass example_input=)"
-        return notes + [f"{label}: expert neurons kept, {why}" for label in changed]
+        widths.append(found.width if kept is None else kept.shape[1])
+        if kept is not None:
+            narrowings.append((where, label, kept))
+    if narrowings:
+        before = copy.deepcopy(holder.root)  # (copied only where a rewrite will be checked against it)
+        for where, _, kept in narrowings:
+            module = _get(holder, where)
+            _narrow_experts(module, expert_layout(module), kept)
+        checked, problem = surgery.verify(before, holder.root, options["example_input"])
+        if problem is not None or not checked:
+            holder.root = before  # never hand back a model whose outputs moved, or that no input showed unmoved
+            why = problem if problem is not None else "its outputs could not be compared (pass example_input=)"
+            return notes + [f"{label}: expert neurons kept, {why}" for _, label, _ in narrowings]
     options["expert_widths"] += widths  # (what a Hugging Face config would have to say)
     return notes
 
 
-def _narrow_experts(module: nn.Module, found: ExpertLayout) -> tuple[int, int]:
-    """Narrow ``module``'s expert tensors (laid out as ``found`` says) to the largest count of live neurons of any of
-    its experts (one at least, rounded up to a multiple of `EXPERT_WIDTH_MULTIPLE`): the producer's rows, their bias
-    entries and ``down_proj``'s inputs. Returns the new width (``found.width`` where nothing went) and how many
-    neurons had dead weight rows but a bias entry not 0."""
+def _live_experts(module: nn.Module, found: ExpertLayout) -> tuple[Tensor | None, int]:
+    """``(kept, biased)``: per expert of ``module`` (laid out as ``found`` says), the neurons its narrowed tensors keep,
+    ``(experts, width)``, in order: its live ones, then its first dead ones up to the largest count of live neurons of
+    any expert (one at least), rounded up to a multiple of `EXPERT_WIDTH_MULTIPLE` (None where that is every neuron);
+    and how many neurons had dead weight rows but a bias entry not 0 (kept: live)."""
     producer = getattr(module, found.producer).detach()
     rows = producer.transpose(1, 2) if found.transposed else producer  # (experts, outputs, inputs)
     zero_rows = (rows == 0).all(dim=2)
@@ -476,10 +477,15 @@ def _narrow_experts(module: nn.Module, found: ExpertLayout) -> tuple[int, int]:
     live = max(int((~dead).sum(dim=1).max()), 1)
     width = min(found.width, -(-live // EXPERT_WIDTH_MULTIPLE) * EXPERT_WIDTH_MULTIPLE)
     if width == found.width:
-        return width, biased
-    # per expert: its live neurons, then its first dead ones up to the common width, in their order
+        return None, biased
     rank = torch.where(dead, found.width, 0) + torch.arange(found.width)
-    kept = rank.argsort(dim=1)[:, :width].sort(dim=1).values  # (experts, width)
+    return rank.argsort(dim=1)[:, :width].sort(dim=1).values, biased
+
+
+def _narrow_experts(module: nn.Module, found: ExpertLayout, kept: Tensor) -> None:
+    """Narrow ``module``'s expert tensors (laid out as ``found`` says) to the neurons ``kept`` of each expert
+    (`_live_experts`): the producer's rows, their bias entries and ``down_proj``'s inputs, and the module's record of
+    its width."""
     out_axis, in_axis = (2, 1) if found.transposed else (1, 2)
     producer_rows = torch.stack([found.kept_rows(k) for k in kept])  # (experts, outputs kept)
 
@@ -490,17 +496,16 @@ def _narrow_experts(module: nn.Module, found: ExpertLayout) -> tuple[int, int]:
         view[axis] = index.shape[1]
         return tensor.gather(axis, index.view(view).expand(shape))
 
-    new = {found.producer: gathered(producer, producer_rows, out_axis),
+    new = {found.producer: gathered(getattr(module, found.producer).detach(), producer_rows, out_axis),
            found.consumer: gathered(getattr(module, found.consumer).detach(), kept, in_axis)}
-    if bias is not None:
-        new[f"{found.producer}_bias"] = gathered(bias, producer_rows, 1)
+    if found.bias:
+        new[f"{found.producer}_bias"] = gathered(getattr(module, f"{found.producer}_bias").detach(), producer_rows, 1)
     for name, value in new.items():
         old = getattr(module, name)
         setattr(module, name, nn.Parameter(value.clone(), requires_grad=old.requires_grad))
     for attribute in ("intermediate_dim", "expert_dim", *layout.FFN_WIDTH_NAMES):
         if getattr(module, attribute, None) == found.width:
-            setattr(module, attribute, width)
-    return width, biased
+            setattr(module, attribute, kept.shape[1])
 
 
 def _feed_forward_pairs(root: nn.Module, untraced) -> dict[str, list[str]]:

@@ -169,8 +169,8 @@ def config_describing(model: nn.Module, updates: dict):
     """A copy of ``model.config`` with ``updates`` (field → value) applied, where it builds exactly ``model``;
     else None. ``"heads"`` / ``"kv_heads"`` / ``"ffn_width"`` go to the config's own names for them
     (``num_attention_heads`` / ``n_head``, ``num_key_value_heads`` / ..., ``intermediate_size`` / ``ffn_dim``
-    / ...; ``"expert_width"`` to ``moe_intermediate_size`` / ...), ``head_dim`` also where the config has none (a class may read an optional one), other fields only
-    where the config has them."""
+    / ...; ``"expert_width"`` to ``moe_intermediate_size`` / ...), ``head_dim`` also where the config has none (a
+    class may read an optional one), other fields only where the config has them."""
     config = getattr(model, "config", None)
     if config is None or not updates:
         return None

@@ -167,12 +167,11 @@ def group_sparse(module: nn.Module, name: str | Sequence[str], dim: int | None =
                 maps = [None if e is None else e[1] for e in experts]
             dim = axes if any(axes) else 0
         return constrain(module, names, UnitGroups(dim, strength, sets=sets, unit_maps=maps, **kwargs))
-    if isinstance(name, str) and "equal_experts" in kwargs:
-        return group_sparse(module, [name], dim, strength, **kwargs)  # (which says what equal_experts takes)
-    if dim is None and kwargs.get("groups") is None and isinstance(name, str) and _expert_units(module, name):
+    if isinstance(name, str) and ("equal_experts" in kwargs
+                                  or (dim is None and kwargs.get("groups") is None and _expert_units(module, name))):
         # an expert tensor's units are its experts' hidden neurons (two axes, gate and up rows together), which
-        # the one-axis GroupSparse cannot say
-        return group_sparse(module, [name], None, strength, **kwargs)
+        # the one-axis GroupSparse cannot say (and the list form says what equal_experts takes)
+        return group_sparse(module, [name], dim, strength, **kwargs)
     if dim is None and kwargs.get("groups") is None and isinstance(name, str) and _output_axis(module, name) == 1:
         dim = 1
     return constrain(module, name, GroupSparse(dim, strength, **kwargs))
@@ -185,15 +184,11 @@ def _equal_experts(module: nn.Module, names: Sequence[str], asked: object) -> in
         raise TypeError(f"group_sparse: equal_experts must be True or False, got {asked!r}")
     if not asked:
         return None
-    owners = {n.rpartition(".")[0] for n in names}
-    found = {owner: expert_layout(module.get_submodule(owner)) if _has_submodule(module, owner) else None
-             for owner in owners}
-    if any(f is None for f in found.values()) or any(n.rpartition(".")[2] not in found[n.rpartition(".")[0]].producers
-                                                     for n in names):
+    if any(_expert_units(module, n) is None for n in names):
         raise ValueError(f"group_sparse: equal_experts=True takes mixtures of experts' producer tensors only (such as "
                          f"'….experts.gate_up_proj' and its bias; one list per layer for a budget over several), got "
                          f"{list(names)}")
-    experts = {f.experts for f in found.values()}
+    experts = {expert_layout(module.get_submodule(n.rpartition(".")[0])).experts for n in names}
     if len(experts) != 1:
         raise ValueError(f"group_sparse: equal_experts=True over several layers needs the same number of experts in "
                          f"each, got {sorted(experts)}; register one budget per layer")
@@ -706,7 +701,9 @@ def feed_forward_units(model: nn.Module) -> list[list[str]]:
     blocks: dict[str, list[str]] = {}  # (a dense block by its reading layer: its producers' module names)
     experts: set[str] = set()  # (a mixture's experts, by the module holding them: its producer tensors' names)
     for name, module in model.named_modules():
-        found = expert_layout(module) if name else None
+        # (a constrained producer is not read: reading it would compute its parametrization)
+        held = any(parametrize.is_parametrized(module, t) for t in ("gate_up_proj", "up_proj"))
+        found = expert_layout(module) if name and not held else None
         if found is not None and not any(parametrize.is_parametrized(module, t) for t in found.producers):
             blocks[name] = [f"{name}.{t}" for t in found.producers]
             experts.add(name)

@@ -236,8 +236,8 @@ def _adam(model, steps: int, ids, labels, **kwargs) -> None:
     model.eval()
 
 
-def _kept(handle, per_layer: int) -> list[int]:
-    """The units each layer of a (landed) group budget kept."""
+def _kept(handle, per_layer: int | list[int]) -> list[int]:
+    """The units each layer of a (landed) group budget kept (``per_layer``: the units of each, or of all alike)."""
     norms = handle.constraint.unit_norms([v.detach() for v in handle.values()])
     return [int((part > 0).sum()) for part in norms.split(per_layer)]
 
@@ -791,7 +791,7 @@ def test_a_neuron_budget_over_experts_lands_and_export_narrows_them(architecture
              for found, block in zip(layouts, blocks)]
     handle = symopt.group_sparse(model, units, max_groups=6 * len(units), total_steps=40)
     _adam(model, 45, LLAMA_IDS, LLAMA_IDS)
-    kept = _kept_in_parts(handle, sizes)
+    kept = _kept(handle, sizes)
     assert sum(kept) == 6 * len(units) and min(kept) >= 1
     with torch.no_grad():
         want = model(LLAMA_IDS).logits
@@ -875,11 +875,6 @@ def test_an_expert_budget_saved_on_its_ramp_resumes_bit_exactly(tmp_path):
     assert symopt.landed(back) and symopt.landed(model)
     for (name, a), (_, b) in zip(model.state_dict().items(), back.state_dict().items()):
         assert torch.equal(a, b), name
-
-
-def _kept_in_parts(handle, sizes: list[int]) -> list[int]:
-    norms = handle.constraint.unit_norms([v.detach() for v in handle.values()])
-    return [int((part > 0).sum()) for part in norms.split(sizes)]
 
 
 def _neurons_alive(model, names, found):
