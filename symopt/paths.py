@@ -227,7 +227,7 @@ class _LeanPoints:
             # To a thousandth of the target, as the certifier finishes a point that is within it: the
             # tolerance is relative to ‖∇loss(0)‖, which on raw columns lets an atom of a small-scale
             # column sit far from its value (`Certifier.certify`).
-            theta = proximal_newton(loss, constraint, start, 1e-3 * target)
+            theta = proximal_newton(loss, constraint, start, 1e-3 * target, from_neighbour=origin != "θ = 0")
             if theta is None:
                 return None
             value, grad = loss.value_and_grad(theta)

@@ -210,6 +210,18 @@ WIDE_FROM_ZERO = 512
 # 1e-3 λ_max): 0.975× the time in the geometric mean, rows 0.70–1.09×, the same optima
 # (benchmarks/RESULTS.md, twenty-fourth session).
 _ALL_CANDIDATES = True
+# ... and, away from θ = 0, on a design of at most PRODUCTS_FROM columns and at least as many rows that count
+# (`DataTerm.resolved_coordinates`; a ridge counts as all of them), every column whether or not they fit in the
+# cap: such a model is dense, not singular by its shape, and again the problem itself, so it lands on the optimum
+# in one model. Where it does not apply (more columns, or fewer rows) a least-squares model within PRODUCTS_FROM
+# entries fills its room (the non-zeros and L1_ROOM) with the strongest zeros whether or not ∇loss pulls them yet.
+# Why: at small λ on columns of raw scales the models grew by a few entries each, every model's answer pulling
+# zeros its own candidates had left out (a 251 × 483 Lasso with an intercept at 0.0016 λ_max: supports 32, 95, 145,
+# 148, 152, 153, 153, seven models where skglm-class solvers take 2.4 ms). Measured on the four drawn option and
+# raw-scale sweeps of seeds 1213 and 2718 and, not chosen on, seed 99's two and the single-solve, positive, wide-
+# Lasso, large-answer and sparse sweeps: it changes the models of 176 of 365 rows, 0.77× and 0.79× the time summed
+# over them, no row slower beyond the noise (at most 1.09×) (benchmarks/RESULTS.md, fifty-second session).
+_EVERY_COLUMN = True
 # An ℓ1 model takes at most L1_ROOM zero entries beyond θ's non-zeros (the strongest pulls; `_candidates`):
 # from θ = 0 at most L1_ROOM in all, which `symopt.solver.descent` weighs against the rows (WIDE_L1_ROWS).
 L1_ROOM = 32
@@ -752,14 +764,17 @@ def _row_block_step(face_block: tuple[np.ndarray, int], scale: np.ndarray, unit:
 
 
 def _candidates(constraint: Constraint, theta: Tensor, grad: Tensor, lam: float, limit: int,
-                ids: Tensor | None = None, every: bool = False, first_room: int | None = None) -> Tensor | None:
+                ids: Tensor | None = None, every: bool = False, first_room: int | None = None,
+                every_column: bool = False, fill: bool = False) -> Tensor | None:
     """The entries a quadratic model is taken on: θ's non-zero atoms and the zero atoms whose pull
     exceeds λ, at most ``alive + L1_ROOM`` of those for entries (ℓ1) and ``alive // 2 + 8`` for groups (the
     strongest pulls: the next outer iteration takes the others), every pulled group at θ = 0 (with
     ``first_room``, the strongest whose entries fit in it, at least one: see ``PULLED_PER_ROW``); with
     ``every`` (a least-squares loss, see ``_ALL_CANDIDATES`` and ``_ALL_GROUPS``) every entry where all fit
-    in that cap (every group where the zero ones fit in it and θ is not 0); None
-    when their entries are more than ``limit``. ``ids`` maps θ's flat entries to their atoms
+    in that cap (every group where the zero ones fit in it and θ is not 0); for entries, with ``every`` and θ
+    not 0, every entry where ``every_column`` (see ``_EVERY_COLUMN``), else with ``fill`` a room within
+    ``PRODUCTS_FROM`` filled with the strongest zeros, pulled or not; None when their entries are more than
+    ``limit``. ``ids`` maps θ's flat entries to their atoms
     (`Constraint.atom_ids`; None: every entry is an atom).
 
     The cap keeps a model from taking in atoms that belong at zero, each a column of its curvature
@@ -794,12 +809,33 @@ def _candidates(constraint: Constraint, theta: Tensor, grad: Tensor, lam: float,
     if every and ids is not None and count and _ALL_GROUPS and pulled.numel() - count <= room:
         pulled = ~alive  # (every group: see _ALL_GROUPS)
     chosen = alive | pulled
+    if every and ids is None and count and _EVERY_COLUMN and (every_column or fill):
+        chosen = _filled(chosen, excess, count, every_column)
     entries = chosen if ids is None else chosen[ids]
     return entries.view_as(theta) if int(entries.sum()) <= limit else None
 
 
+def _filled(chosen: Tensor, excess: Tensor, count: int, every_column: bool) -> Tensor:
+    """A least-squares ℓ1 model's candidates away from θ = 0 (``count`` non-zeros; ``excess``: each zero's pull
+    minus λ, 0 at the non-zeros): every entry where ``every_column``, else, where the room of ``count +
+    L1_ROOM`` entries stays a dense model's (at most ``PRODUCTS_FROM``), ``chosen`` topped up to it with the
+    strongest zeros it left out (see ``_EVERY_COLUMN``)."""
+    if every_column:
+        return torch.ones_like(chosen)
+    room = count + L1_ROOM - int(chosen.sum())
+    if count + L1_ROOM > PRODUCTS_FROM or room <= 0:
+        return chosen
+    left_out = excess.masked_fill(chosen, -math.inf)
+    room = min(room, int((~chosen).sum()))
+    if room <= 0:
+        return chosen
+    chosen = chosen.clone()
+    chosen[torch.topk(left_out, room).indices] = True
+    return chosen
+
+
 def proximal_newton(loss, constraint: Constraint, point: Tensor, target: float,
-                    probe: bool = False) -> Tensor | None:
+                    probe: bool = False, from_neighbour: bool = False) -> Tensor | None:
     r"""θ after proximal Newton from ``point`` (see the module docstring), or None where it does not
     apply: a kind whose norm is neither ℓ1 on entries (`Constraint.entry_signs`) nor a norm of
     coordinate groups (`Constraint.atom_ids`, its atoms $c_g‖θ_g‖_2$), a loss without its own
@@ -816,6 +852,10 @@ def proximal_newton(loss, constraint: Constraint, point: Tensor, target: float,
             entries pulled than its ``L1_ROOM``) and kept at least ``DENSE_KEPT`` of them: a sign that the answer holds
             most of what ∇loss(0) pulls, which the descent reaches in fewer curvatures (see
             ``DENSE_PROBE``).
+        from_neighbour: ``point`` is a neighbouring problem's optimum (a path's previous point), whose models
+            take only the zeros ∇loss pulls (``_EVERY_COLUMN`` does not apply): there the first model is most
+            often the last, and every column or a filled room only made it larger (a 50-λ path on a 500 × 2000
+            Lasso: 1.35× the time, measured).
     """
     norm = _norm_it_takes(loss, constraint, point)
     if norm is None:
@@ -831,6 +871,8 @@ def proximal_newton(loss, constraint: Constraint, point: Tensor, target: float,
     # (an ℓ1 model beyond L1_FACE entries goes by the curvature's products where the loss offers them)
     by_products_offered = _L1_BY_PRODUCTS and ids is None and getattr(loss, "curvature_product", None) is not None
     face_limit = GROUP_FACE if ids is not None else theta.numel() if by_products_offered else L1_FACE
+    every_column = ids is None and loss_is_quadratic and not from_neighbour and _every_column(
+        loss, theta.numel(), face_limit)
     kept = None  # a least-squares products model's (candidates, single, operator)
     products_lost = False  # a model within L1_FACE ran over its products' budget
     first_residual = None
@@ -845,7 +887,8 @@ def proximal_newton(loss, constraint: Constraint, point: Tensor, target: float,
         if outer and residual <= tolerance:
             break
         candidates = _candidates(constraint, theta, grad, lam, face_limit, ids,
-                                 every=loss_is_quadratic and _ALL_CANDIDATES, first_room=first_room)
+                                 every=loss_is_quadratic and _ALL_CANDIDATES, first_room=first_room,
+                                 every_column=every_column, fill=not from_neighbour)
         if candidates is None:
             return None if outer == 0 else theta  # (what the iterations so far reached: the caller certifies it)
         if not bool(candidates.any()):
@@ -1016,6 +1059,17 @@ def declines_only_for_size(loss, constraint: Constraint, point: Tensor) -> bool:
     `symopt.optimality.polish_on_face`)."""
     norm = _norm_it_takes(loss, constraint, point)
     return norm is not None and norm[0] is None and bool(getattr(loss, "quadratic", False))
+
+
+def _every_column(loss, coordinates: int, limit: int) -> bool:
+    """Whether a least-squares ℓ1 model away from θ = 0 takes every one of θ's ``coordinates`` (see
+    ``_EVERY_COLUMN``): at most ``PRODUCTS_FROM`` (and ``limit``) of them, and the loss's curvature resolves them
+    all, or does not say."""
+    if not _EVERY_COLUMN or coordinates > min(PRODUCTS_FROM, limit):
+        return False
+    asks = getattr(loss, "resolved_coordinates", None)
+    resolved = asks() if asks is not None else None
+    return resolved is None or resolved >= coordinates
 
 
 def _first_group_room(loss, coordinates: int) -> int | None:
