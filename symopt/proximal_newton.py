@@ -219,8 +219,9 @@ _ALL_CANDIDATES = True
 # zeros its own candidates had left out (a 251 × 483 Lasso with an intercept at 0.0016 λ_max: supports 32, 95, 145,
 # 148, 152, 153, 153, seven models where skglm-class solvers take 2.4 ms). Measured on the four drawn option and
 # raw-scale sweeps of seeds 1213 and 2718 and, not chosen on, seed 99's two and the single-solve, positive, wide-
-# Lasso, large-answer and sparse sweeps: it changes the models of 176 of 365 rows, 0.77× and 0.79× the time summed
-# over them, no row slower beyond the noise (at most 1.09×) (benchmarks/RESULTS.md, fifty-second session).
+# Lasso, large-answer and sparse sweeps, the settings' order rotated: it changes the models of 176 of 365 rows,
+# 0.89× the time summed over them (0.91× in the geometric mean), rows 0.51–1.34×: small λ up to twice as fast,
+# some 2–6 ms solves at 0.01–0.3 λ_max 1.1–1.3× slower (benchmarks/RESULTS.md, fifty-second session).
 _EVERY_COLUMN = True
 # An ℓ1 model takes at most L1_ROOM zero entries beyond θ's non-zeros (the strongest pulls; `_candidates`):
 # from θ = 0 at most L1_ROOM in all, which `symopt.solver.descent` weighs against the rows (WIDE_L1_ROWS).
