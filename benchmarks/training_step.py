@@ -238,8 +238,11 @@ def main(argv=None) -> dict:
                 before(i)
             step(net, optimizer, i)
     times = {row: [] for row in rows}
-    for _ in range(rounds):
-        for row, (net, optimizer, *_) in rows.items():
+    names = list(rows)
+    for index in range(rounds):
+        # (the rows' order rotates from round to round: a row that always runs first read slower than it is)
+        for row in names[index % len(names):] + names[:index % len(names)]:
+            net, optimizer, *_ = rows[row]
             start = time.perf_counter()
             for i in range(steps):
                 step(net, optimizer, i)
