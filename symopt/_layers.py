@@ -238,6 +238,10 @@ class ExpertLayout:
         return torch.cat([kept, kept + self.width])
 
 
+#: the names a mixture's fused producer tensor goes by: gated (gate and up rows together), then plain
+EXPERT_PRODUCERS = ("gate_up_proj", "up_proj")
+
+
 def expert_layout(module: nn.Module) -> ExpertLayout | None:
     """The `ExpertLayout` of ``module`` where it stores a mixture of experts' feed-forwards as 3-d tensors
     (``gate_up_proj`` or ``up_proj``, and ``down_proj``); None for anything else. The layout is read from the
@@ -246,8 +250,8 @@ def expert_layout(module: nn.Module) -> ExpertLayout | None:
     then the up rows (transformers 4's Llama-4 and Qwen3-VL-MoE), and a module with biases is not read (transformers
     4's GPT-OSS alternates its gate and up rows, and nothing on it says so)."""
     down = getattr(module, "down_proj", None)
-    gated = isinstance(getattr(module, "gate_up_proj", None), Tensor)
-    producer = "gate_up_proj" if gated else "up_proj"
+    gated = isinstance(getattr(module, EXPERT_PRODUCERS[0], None), Tensor)
+    producer = EXPERT_PRODUCERS[0] if gated else EXPERT_PRODUCERS[1]
     up = getattr(module, producer, None)
     if not isinstance(down, Tensor) or not isinstance(up, Tensor) or down.dim() != 3 or up.dim() != 3:
         return None

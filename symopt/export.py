@@ -441,17 +441,16 @@ def _shrink_experts(holder: nn.Module, targets: list, options: dict) -> list[str
                          f"'{found.producer}_bias' in the group)")
         widths.append(found.width if kept is None else kept.shape[1])
         if kept is not None:
-            narrowings.append((where, label, kept))
+            narrowings.append((module, found, label, kept))
     if narrowings:
         before = copy.deepcopy(holder.root)  # (copied only where a rewrite will be checked against it)
-        for where, _, kept in narrowings:
-            module = _get(holder, where)
-            _narrow_experts(module, expert_layout(module), kept)
+        for module, found, _, kept in narrowings:
+            _narrow_experts(module, found, kept)
         checked, problem = surgery.verify(before, holder.root, options["example_input"])
         if problem is not None or not checked:
             holder.root = before  # never hand back a model whose outputs moved, or that no input showed unmoved
             why = problem if problem is not None else "its outputs could not be compared (pass example_input=)"
-            return notes + [f"{label}: expert neurons kept, {why}" for _, label, _ in narrowings]
+            return notes + [f"{label}: expert neurons kept, {why}" for _, _, label, _ in narrowings]
     options["expert_widths"] += widths  # (what a Hugging Face config would have to say)
     return notes
 

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from ._layers import expert_layout, weight_axes
+from ._layers import EXPERT_PRODUCERS, expert_layout, weight_axes
 from .attach import Handle, constrain
 import functools
 
@@ -702,7 +702,7 @@ def feed_forward_units(model: nn.Module) -> list[list[str]]:
     experts: set[str] = set()  # (a mixture's experts, by the module holding them: its producer tensors' names)
     for name, module in model.named_modules():
         # (a constrained producer is not read: reading it would compute its parametrization)
-        held = any(parametrize.is_parametrized(module, t) for t in ("gate_up_proj", "up_proj"))
+        held = any(parametrize.is_parametrized(module, t) for t in EXPERT_PRODUCERS)
         found = expert_layout(module) if name and not held else None
         if found is not None and not any(parametrize.is_parametrized(module, t) for t in found.producers):
             blocks[name] = [f"{name}.{t}" for t in found.producers]
