@@ -210,6 +210,7 @@ class _LeanPoints:
         loss = point.bind(point.data_on(torch.device("cpu"), torch.float64))
         if loss.value_and_grad is None or loss.curvature is None:
             return None
+        from_neighbour = start is not None  # (the previous point of the path: see `proximal_newton`)
         if start is None:
             # θ = 0 where it is exactly optimal (λ ≥ λ_max), checked as `solve` checks it: its zeros
             # are exact there, where a model's step could leave an atom of 1e-17 at λ = λ_max
@@ -227,7 +228,7 @@ class _LeanPoints:
             # To a thousandth of the target, as the certifier finishes a point that is within it: the
             # tolerance is relative to ‖∇loss(0)‖, which on raw columns lets an atom of a small-scale
             # column sit far from its value (`Certifier.certify`).
-            theta = proximal_newton(loss, constraint, start, 1e-3 * target, from_neighbour=origin != "θ = 0")
+            theta = proximal_newton(loss, constraint, start, 1e-3 * target, from_neighbour=from_neighbour)
             if theta is None:
                 return None
             value, grad = loss.value_and_grad(theta)

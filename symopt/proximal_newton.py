@@ -823,15 +823,13 @@ def _filled(chosen: Tensor, excess: Tensor, count: int, every_column: bool) -> T
     strongest zeros it left out (see ``_EVERY_COLUMN``)."""
     if every_column:
         return torch.ones_like(chosen)
-    room = count + L1_ROOM - int(chosen.sum())
-    if count + L1_ROOM > PRODUCTS_FROM or room <= 0:
+    if count + L1_ROOM > PRODUCTS_FROM:
         return chosen
-    left_out = excess.masked_fill(chosen, -math.inf)
-    room = min(room, int((~chosen).sum()))
+    room = min(count + L1_ROOM - int(chosen.sum()), int((~chosen).sum()))  # (no more than the zeros left out)
     if room <= 0:
         return chosen
     chosen = chosen.clone()
-    chosen[torch.topk(left_out, room).indices] = True
+    chosen[torch.topk(excess.masked_fill(chosen, -math.inf), room).indices] = True
     return chosen
 
 
@@ -1068,17 +1066,22 @@ def _every_column(loss, coordinates: int, limit: int) -> bool:
     all, or does not say."""
     if not _EVERY_COLUMN or coordinates > min(PRODUCTS_FROM, limit):
         return False
-    asks = getattr(loss, "resolved_coordinates", None)
-    resolved = asks() if asks is not None else None
+    resolved = _resolved_coordinates(loss)
     return resolved is None or resolved >= coordinates
+
+
+def _resolved_coordinates(loss) -> float | None:
+    """The rank ``loss``'s curvature can have at most (`BoundLoss.resolved_coordinates`), or None where it does
+    not say."""
+    asks = getattr(loss, "resolved_coordinates", None)
+    return asks() if asks is not None else None
 
 
 def _first_group_room(loss, coordinates: int) -> int | None:
     """The entries a group model from θ = 0 may take (see ``PULLED_PER_ROW``): ``PULLED_PER_ROW`` per
     coordinate the loss's curvature resolves and ``WIDE_FROM_ZERO`` in all, where it resolves fewer than
     θ's ``coordinates``; None (every pulled group) where it resolves them all or does not say."""
-    asks = getattr(loss, "resolved_coordinates", None)
-    resolved = asks() if asks is not None else None
+    resolved = _resolved_coordinates(loss)
     if resolved is None or not resolved < coordinates:
         return None
     return int(min(PULLED_PER_ROW * resolved, WIDE_FROM_ZERO))

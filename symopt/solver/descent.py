@@ -10,7 +10,7 @@ import torch
 
 from .._clock import solver_clock
 from ..constraints import Constraint
-from ..proximal_newton import GROUP_FACE, L1_ROOM, PULLED_PER_ROW, WIDE_FROM_ZERO
+from ..proximal_newton import GROUP_FACE, L1_ROOM, PULLED_PER_ROW, WIDE_FROM_ZERO, _resolved_coordinates
 from .certifier import Certifier
 from .flat import flat_stepper
 from .options import Options
@@ -358,8 +358,7 @@ class Descent:
     def _resolved_coordinates(self) -> float:
         """The rank the loss's curvature can have at most (`BoundLoss.resolved_coordinates`; 0 where the
         loss does not say)."""
-        asks = getattr(self.loss, "resolved_coordinates", None)
-        answer = asks() if asks is not None else None
+        answer = _resolved_coordinates(self.loss)
         return 0.0 if answer is None else answer
 
     def _pulled_mask_at_zero(self) -> torch.Tensor:
