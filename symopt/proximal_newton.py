@@ -245,6 +245,22 @@ DENSE_KEPT = 15 / 16
 # twenty-seventh session): it changes the candidates on 7 rows, 0.63-1.03× there, and none on the group
 # sweep, the raw-column sweep and the multi-task Lasso.
 _ALL_GROUPS = True
+# A least-squares group model's first model away from θ = 0 in a call also takes the strongest zero groups its
+# pulled ones leave room for (`_group_filled`: up to a quarter of the non-zero groups and 4, pulled or not, while
+# the model holds at most GROUP_FILL_COORDINATES coordinates). Why: on designs wider than their rows the groups
+# that belong to the answer join one model at a time, each pulled only once the last model's answer has moved
+# the residual (make_regression 60×300 of effective rank 15 in groups of 3 at 0.03 λ_max: models of 87, 90 and
+# 93 coordinates, one group joining each, 2-3 ms apiece); taken in at once they cost one model. Only the first:
+# a point that has had its filled model is near its answer's face, and filling again on faces wider than the
+# rows made the group model crawl (30×240 in groups of 2 at 0.01 λ_max: 2× the time). Not on a path's points
+# (`proximal_newton`'s ``from_neighbour``), whose first model is most often the last. Measured in one process,
+# the order of the settings rotated with a control copy, on the wide, drawn (seeds 1213, 2718, 4242), group,
+# raw-column and multi-task sweeps: 0.96× the time summed over the 128 rows it changes, rows 0.70-1.13×; on
+# three seeds it was not chosen on (9999, 555, 73) 0.95×, rows 0.50-1.09× (benchmarks/RESULTS.md, fifty-third
+# session). A room of half the non-zero groups and 8 gained as much but lost up to 1.23×; without the cap on
+# coordinates, models of 900 coordinates grew further and lost up to 1.7×.
+_GROUP_FILL = True
+GROUP_FILL_COORDINATES = 384
 _OUTER = 30  # proximal Newton iterations at most (quadratic convergence: 1 on least squares, 3-8 on the log-loss)
 _BACKTRACKS = 30
 _ARMIJO = 1e-4
@@ -774,7 +790,8 @@ def _candidates(constraint: Constraint, theta: Tensor, grad: Tensor, lam: float,
     ``every`` (a least-squares loss, see ``_ALL_CANDIDATES`` and ``_ALL_GROUPS``) every entry where all fit
     in that cap (every group where the zero ones fit in it and θ is not 0); for entries, with ``every`` and θ
     not 0, every entry where ``every_column`` (see ``_EVERY_COLUMN``), else with ``fill`` a room within
-    ``PRODUCTS_FROM`` filled with the strongest zeros, pulled or not; None when their entries are more than
+    ``PRODUCTS_FROM`` filled with the strongest zeros, pulled or not; for groups, with ``every`` and ``fill`` and
+    θ not 0, the pulled groups topped up with the strongest others (`_group_filled`); None when their entries are more than
     ``limit``. ``ids`` maps θ's flat entries to their atoms
     (`Constraint.atom_ids`; None: every entry is an atom).
 
@@ -809,11 +826,32 @@ def _candidates(constraint: Constraint, theta: Tensor, grad: Tensor, lam: float,
         pulled = torch.ones_like(pulled)
     if every and ids is not None and count and _ALL_GROUPS and pulled.numel() - count <= room:
         pulled = ~alive  # (every group: see _ALL_GROUPS)
+    elif every and fill and ids is not None and count and _GROUP_FILL:
+        pulled = _group_filled(pulled, alive, excess, ids, count)
     chosen = alive | pulled
     if every and ids is None and count and _EVERY_COLUMN and (every_column or fill):
         chosen = _filled(chosen, excess, count, every_column)
     entries = chosen if ids is None else chosen[ids]
     return entries.view_as(theta) if int(entries.sum()) <= limit else None
+
+
+def _group_filled(pulled: Tensor, alive: Tensor, excess: Tensor, ids: Tensor, count: int) -> Tensor:
+    """The zero groups a least-squares group model away from θ = 0 takes (``count`` non-zero groups ``alive``;
+    ``excess``: each zero group's pull minus its weight): the ``pulled`` ones, topped up with the strongest of
+    the others to a quarter of ``count`` and 4 in all, as long as the model holds at most
+    ``GROUP_FILL_COORDINATES`` coordinates (see ``_GROUP_FILL``)."""
+    taken = alive | pulled
+    sizes = torch.bincount(ids.reshape(-1), minlength=pulled.numel())
+    used = int(sizes[taken].sum())
+    room = count // 4 + 4 - int(pulled.sum())
+    if room <= 0 or used >= GROUP_FILL_COORDINATES:
+        return pulled
+    order = torch.argsort(excess.masked_fill(taken, -math.inf), descending=True)[:room]
+    order = order[~taken[order]]  # (fewer zero groups than the room: the taken ones sort last)
+    fits = used + torch.cumsum(sizes[order], 0) <= GROUP_FILL_COORDINATES
+    pulled = pulled.clone()
+    pulled[order[fits]] = True
+    return pulled
 
 
 def _filled(chosen: Tensor, excess: Tensor, count: int, every_column: bool) -> Tensor:
@@ -880,14 +918,18 @@ def proximal_newton(loss, constraint: Constraint, point: Tensor, target: float,
     # them back off one step at a time, where the last solution is most often its new optimum's face (see
     # `_first_iterate`). None after a full step, where θ is that solution.
     last_model = None
+    group_filled = False  # (whether a group model away from θ = 0 has been taken)
     for outer in range(_OUTER):
         # (the caller polishes a point above its target: the first check would only confirm it)
         residual = constraint.kkt_residual(theta, grad) if outer else None
         if outer and residual <= tolerance:
             break
+        # (a group model fills its room on the call's first model away from θ = 0 alone: see _GROUP_FILL)
+        fill = not from_neighbour and (ids is None or not group_filled)
         candidates = _candidates(constraint, theta, grad, lam, face_limit, ids,
                                  every=loss_is_quadratic and _ALL_CANDIDATES, first_room=first_room,
-                                 every_column=every_column, fill=not from_neighbour)
+                                 every_column=every_column, fill=fill)
+        group_filled = group_filled or (ids is not None and bool(theta.any()))
         if candidates is None:
             return None if outer == 0 else theta  # (what the iterations so far reached: the caller certifies it)
         if not bool(candidates.any()):
