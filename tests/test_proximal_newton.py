@@ -1035,6 +1035,37 @@ def test_the_joins_go_on_while_a_wide_models_face_still_shrinks(monkeypatch, see
     assert torch.equal(x == 0, y_ == 0) and float((x - y_).abs().max()) <= 1e-7 * (1 + float(x.abs().max()))
 
 
+@pytest.mark.parametrize("rows, columns, size", [(30, 90, 2), (60, 240, 2), (100, 300, 3)])
+def test_a_group_models_cut_back_newton_step_sets_the_groups_it_carries_past_zero_to_zero(monkeypatch, rows, columns,
+                                                                                          size):
+    """A group model on more columns than rows from a rough start (a ridge point, its smallest 30% of groups at 0:
+    what a descent leaves), 0.03 λ_max: where the line search cuts a Newton step back, the full step with the
+    groups it carries past 0 set to 0 (`_PROJECTED_GROUP_STEP`) is taken where it is lower. Over six drawn designs
+    each, fewer Newton rounds in all than with the cut steps alone (45 against 51, 25 against 31 and 28 against 36
+    when written), the model's KKT conditions met, and the same optimum."""
+    import symopt.proximal_newton as pn
+
+    counts = {True: 0, False: 0}
+    for seed in range(6):
+        H, g0, groups, weights, start = _wide_group_model(rows, columns, size, 8, seed, ridge=0.1)
+        weights = weights * 3.0  # (the helper's 0.01 λ_max → 0.03)
+        count = columns // size
+        norms = start.reshape(count, size).norm(dim=1)
+        start = start * (norms >= norms.quantile(0.3)).repeat_interleave(size)
+        grad = g0 + H @ start
+        solved = _rounds_counted(monkeypatch, H, grad, start, groups, weights)
+        answers = {}
+        for projected in (True, False):
+            monkeypatch.setattr(pn, "_PROJECTED_GROUP_STEP", projected)
+            answers[projected], rounds = solved()
+            counts[projected] += rounds
+            x = answers[projected]
+            scale = 1.0 + float(H.abs().max()) * (1.0 + float(x.abs().max())) + float(grad.abs().max())
+            assert _group_model_kkt(H, grad, start, x, groups, weights) <= 1e-8 * scale
+        assert float((answers[True] - answers[False]).abs().max()) <= 1e-7 * (1 + float(answers[False].abs().max()))
+    assert counts[True] < counts[False]
+
+
 @pytest.mark.parametrize("rows, size", [(slice(200, 230), 2), (slice(400, 430), 4)])
 def test_the_joins_go_on_while_the_model_still_falls_on_a_set_that_holds(monkeypatch, rows, size):
     """From θ = 0 on rows of standardised digits (fewer rows than columns), 0.01 λ_max: nearly every group
