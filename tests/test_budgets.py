@@ -483,6 +483,36 @@ def test_leading_selection_matches_topk_on_random_draws(n, fraction, shape, dtyp
     assert total == pytest.approx(float(top[:k].sum()), rel=1e-12 if dtype == torch.float64 else 1e-5)
 
 
+@pytest.mark.parametrize("n", [8_193, 16_384, 65_536, 262_144])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_numpys_selection_answers_from_its_samples_bracket_and_exactly(n, dtype):
+    """On the CPU a selection among more than BAND_FROM positive entries goes through a strided sample's bracket
+    (`_leading_in_band`): on smooth draws, at every share k/n from one entry to nearly all, the bracket answers
+    (it does not fall back to the full partition) and its k-th and (k+1)-th values are torch.topk's exactly, the
+    sum to rounding; on 40 levels of ties, where its edges sit on ties, it falls back or answers, exactly."""
+    from unittest import mock
+
+    from symopt.constraints import budget
+
+    answered = []
+    band = budget._leading_in_band
+    g = torch.Generator().manual_seed(n)
+    for shape in ("normal", "heavy tail", "ties"):
+        values = torch.randn(n, generator=g, dtype=dtype).abs() + 1e-3
+        values = values ** 8 if shape == "heavy tail" else (values * 10).round() / 10 + 0.05 if shape == "ties" \
+            else values
+        for k in (1, 7, n // 100, n // 10, n // 2, n - 2):
+            answered.clear()
+            with mock.patch.object(budget, "_leading_in_band", lambda *a: answered.append(band(*a)) or answered[-1]):
+                total, kth, after = budget.leading(values, k)
+            top = torch.topk(values.double(), k + 1).values
+            assert (kth, after) == (float(top[k - 1]), float(top[k]))
+            assert total == pytest.approx(float(top[:k].sum()), rel=1e-12 if dtype == torch.float64 else 1e-5)
+            assert len(answered) == 1
+            if shape != "ties":
+                assert answered[0] is not None, (shape, k)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
 def test_a_readings_masks_are_torchs_comparisons_in_every_dtype(dtype):
     """`below` (the trimmed decay's mask, 1.0 / 0.0 in the value's dtype) and `at_or_above` (a landing on the

@@ -193,7 +193,9 @@ def leading(values: Tensor, k: int) -> tuple[float, float, float]:
     entries alone where some are 0, `_leading_in_numpy`): one linear-time selection (introselect) of the
     k-th largest, whose right part is the k largest and whose left part's
     maximum is the (k+1)-th, exactly, with no bracket to miss; 2–8× faster than the bracket at every size
-    from 2.5k to 1M entries on a 2-core Xeon (benchmarks/RESULTS.md). torch has no linear-time selection
+    from 2.5k to 1M entries on a 2-core Xeon (benchmarks/RESULTS.md). Above ``BAND_FROM`` positive entries the
+    same sample's bracket goes first in NumPy too, with ``np.partition`` inside it (`_leading_in_band`: 0.3–0.7× a
+    full partition's time from 8k to 262k entries). torch has no linear-time selection
     on the CPU (``kthvalue`` and ``topk`` cost more than the bracket), and on a GPU the bracket stays.
     """
     flat = values.reshape(-1)
@@ -254,7 +256,7 @@ def _leading_in_numpy(array: np.ndarray, k: int, kth_only: bool = False) -> tupl
     if count < n:
         chosen = array[positive]
         if count > k:
-            return _leading_by_partition(chosen, k, kth_only)
+            return _leading_by_partition(chosen, k, kth_only, positive=True)
         if not (array[~positive] == 0).all():  # (negatives or NaN among the rest: no shortcut)
             return _leading_by_partition(array, k, kth_only)
         # the k largest are the `count` positive entries and k − count zeros; the next is a zero too
@@ -262,15 +264,68 @@ def _leading_in_numpy(array: np.ndarray, k: int, kth_only: bool = False) -> tupl
         if kth_only:
             return math.nan, kth, math.nan
         return (float(chosen.sum(dtype=np.float64)) if count else 0.0), kth, 0.0
-    return _leading_by_partition(array, k, kth_only)
+    return _leading_by_partition(array, k, kth_only, positive=True)
 
 
-def _leading_by_partition(array: np.ndarray, k: int, kth_only: bool = False) -> tuple[float, float, float]:
+def _leading_by_partition(array: np.ndarray, k: int, kth_only: bool = False,
+                          positive: bool = False) -> tuple[float, float, float]:
+    """`_leading_in_numpy`'s selection: through `_leading_in_band` where every entry is ``positive`` (so none is
+    NaN) and there are more than ``BAND_FROM``, else (or where its bracket misses) one ``np.partition``."""
     n = array.shape[0]
+    if positive and n > BAND_FROM:
+        found = _leading_in_band(array, k, kth_only)
+        if found is not None:
+            return found
     part = np.partition(array, n - k)  # (the k largest to the right of position n − k, in any order)
     if kth_only:
         return math.nan, float(part[n - k]), math.nan
     return float(part[n - k:].sum(dtype=np.float64)), float(part[n - k]), float(part[: n - k].max())
+
+
+# A NumPy selection among more than this many positive entries goes through a sample's bracket (`_leading_in_band`)
+BAND_FROM = 2 * _SAMPLE
+
+
+def _leading_in_band(array: np.ndarray, k: int, kth_only: bool) -> tuple[float, float, float] | None:
+    """`_leading_by_partition` of a 1-d array of positive entries by the bracket `leading` uses on torch tensors:
+    the k-th largest is bracketed by two quantiles of a strided sample of ``_SAMPLE`` entries (its rank ± 4 standard
+    errors), the entries above the upper edge are only counted and summed, and ``np.partition`` selects among the
+    few inside the bracket. None where the bracket misses (fewer than k entries above its lower edge, or k or more
+    above its upper one: the caller's full selection answers). Why: a reading selects twice in every budgeted layer,
+    and one ``np.partition`` of 65k entries (a 256 × 256 layer) cost 418 µs, the bracket 60-100 µs (this project's
+    AMD EPYC, benchmarks/RESULTS.md, fifty-third session)."""
+    n = array.shape[0]
+    sample = array[:: n // _SAMPLE]
+    m = sample.shape[0]
+    at, margin = k * m / n, 4.0 * math.sqrt(m * (k / n) * (1 - k / n)) + 4.0
+    # (ranks in the sample, 0 its largest; a small k has no upper edge, which would leave more than k above it, and a
+    # k near n no lower one: the band is then everything above the lower edge, or everything up to the upper)
+    low_rank, high_rank = int(math.ceil(at + margin)), int(at - margin)
+    lower_at, upper_at = (m - 1 - low_rank if low_rank < m - 1 else None), (m - 1 - high_rank if high_rank >= 1 else None)
+    if lower_at is None and upper_at is None:
+        return None
+    edges = np.partition(sample, [i for i in (lower_at, upper_at) if i is not None])
+    count, above_sum, inside = 0, 0.0, None
+    if upper_at is not None:
+        upper = edges[upper_at]
+        above = array > upper
+        count = int(np.count_nonzero(above))
+        # (Σ_{x > e} x = Σ max(x − e, 0) + count · e: no gather of the entries above, which cost 260 µs of 65k
+        # entries at k = n/2, the sum of the differences 70 µs)
+        above_sum = math.nan if kth_only else float(np.maximum(array - upper, 0).sum(dtype=np.float64)) + count * float(
+            upper)
+        inside = ~above
+    if lower_at is not None:
+        inside = array > edges[lower_at] if inside is None else inside & (array > edges[lower_at])
+    band = array[inside]
+    need, size = k - count, band.shape[0]
+    if not 1 <= need < size:  # (the k-th or the (k+1)-th largest outside the band)
+        return None
+    part = np.partition(band, size - need)
+    if kth_only:
+        return math.nan, float(part[size - need]), math.nan
+    return above_sum + float(part[size - need:].sum(dtype=np.float64)), float(part[size - need]), float(
+        part[: size - need].max())
 
 
 def _largest_and_next(values: Tensor, need: int) -> list[float]:
