@@ -800,11 +800,25 @@ def test_least_squares_models_away_from_zero_take_every_column_or_fill_their_roo
     assert counts[True] < counts[False]
 
 
+def _path_models_with_the_rule_and_without(monkeypatch, problem, grid, model: str, rule: str):
+    """``(model sizes with the rule, without it, the path with it, without it)``: ``symopt.path(problem, grid)``
+    with ``symopt.proximal_newton``'s flag ``rule`` on, then off, recording the size of each model its function
+    ``model`` solves."""
+    import symopt.proximal_newton as pn
+
+    sizes = []
+    solve = getattr(pn, model)
+    monkeypatch.setattr(pn, model, lambda hessian, *a, **k: sizes.append(hessian.shape[0]) or solve(hessian, *a, **k))
+    with_rule = symopt.path(problem, grid)
+    taken, sizes[:] = list(sizes), []
+    monkeypatch.setattr(pn, rule, False)
+    return taken, sizes, with_rule, symopt.path(problem, grid)
+
+
 def test_a_paths_points_from_their_neighbours_take_only_the_pulled_zeros(monkeypatch):
     """A path's point starts at the previous λ's optimum, where the first model is most often the last: its models
     take only the zeros ∇loss pulls, not every column or a filled room (`proximal_newton(from_neighbour=True)`;
     with them a 50-λ path on a 500 × 2000 Lasso took 1.35× the time). The same models as with the rule off."""
-    import symopt.proximal_newton as pn
     from sklearn.datasets import make_regression
 
     from symopt.problems import lasso
@@ -812,14 +826,8 @@ def test_a_paths_points_from_their_neighbours_take_only_the_pulled_zeros(monkeyp
     X, y = make_regression(300, 150, n_informative=30, noise=5.0, random_state=2)
     problem = lasso(X, y, 1.0)
     grid = problem.strength_max() * np.geomspace(1.0, 1e-2, 12)
-    sizes = []
-    solve = pn.solve_l1_quadratic
-    monkeypatch.setattr(pn, "solve_l1_quadratic", lambda hessian, *a, **k: sizes.append(hessian.shape[0]) or
-                        solve(hessian, *a, **k))
-    with_rule = symopt.path(problem, grid)
-    taken, sizes[:] = list(sizes), []
-    monkeypatch.setattr(pn, "_EVERY_COLUMN", False)
-    without = symopt.path(problem, grid)
+    taken, sizes, with_rule, without = _path_models_with_the_rule_and_without(monkeypatch, problem, grid,
+                                                                              "solve_l1_quadratic", "_EVERY_COLUMN")
     assert taken == sizes and len(taken) >= 11
     assert [r.objective for r in with_rule] == [r.objective for r in without]
 
@@ -890,7 +898,6 @@ def test_a_group_paths_points_from_their_neighbours_take_only_the_pulled_groups(
     """A group lasso path's points start at the previous λ's optimum: their models take only the groups ∇loss
     pulls, not a filled room (`_GROUP_FILL` does not apply with ``from_neighbour``). The same models and
     optima as with the rule off (on this path a filled room changes the models)."""
-    import symopt.proximal_newton as pn
     from sklearn.datasets import make_regression
 
     from symopt.problems import group_lasso
@@ -898,14 +905,8 @@ def test_a_group_paths_points_from_their_neighbours_take_only_the_pulled_groups(
     X, y = make_regression(150, 300, n_informative=10, noise=1.0, random_state=3, effective_rank=50)
     problem = group_lasso(X, y - y.mean(), 2, 1.0)
     grid = problem.strength_max() * np.geomspace(0.5, 0.03, 8)
-    sizes = []
-    solve = pn._group_model_solution
-    monkeypatch.setattr(pn, "_group_model_solution", lambda hessian, *a, **k: sizes.append(hessian.shape[0]) or
-                        solve(hessian, *a, **k))
-    with_rule = symopt.path(problem, grid)
-    taken, sizes[:] = list(sizes), []
-    monkeypatch.setattr(pn, "_GROUP_FILL", False)
-    without = symopt.path(problem, grid)
+    taken, sizes, with_rule, without = _path_models_with_the_rule_and_without(monkeypatch, problem, grid,
+                                                                              "_group_model_solution", "_GROUP_FILL")
     assert taken == sizes and len(taken) >= 8
     assert [r.objective for r in with_rule] == [r.objective for r in without]
 
