@@ -272,7 +272,7 @@ _ARMIJO = 1e-4
 # rounds → 8). The ℓ1 model's projected steps are the same idea (`symopt.l1_model`). Measured in one process, the
 # settings' order rotated with a control copy, over the 190 rows of eleven group sweeps whose rounds change (wide,
 # drawn seeds 1213, 2718, 31337, 4242, 9999, 555, 73, group, raw-column, multi-task): 0.88× and 0.91× the time
-# summed on the two halves, rows 0.48–1.31× (benchmarks/RESULTS.md, fifty-third session). Also trying it where
+# summed on the two halves, rows 0.46–1.31× (benchmarks/RESULTS.md, fifty-third session). Also trying it where
 # the line search finds no lower point at all, or going on to the next round at once after such a step (without
 # the blocked round's proximal step): the same within noise (0.876× and 0.882× against 0.880× and 0.883×), not kept.
 _PROJECTED_GROUP_STEP = True
