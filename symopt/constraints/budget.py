@@ -213,19 +213,19 @@ def leading(values: Tensor, k: int) -> tuple[float, float, float]:
     sample = _strided_sample(flat)
     if sample is not None:
         m = sample.numel()
-        at, margin = k * m / n, 4.0 * math.sqrt(m * (k / n) * (1 - k / n)) + 4.0
-        low_rank = min(m - 1, int(math.ceil(at + margin)))  # ranks in the sample, 0 = its largest
+        low_rank, high_rank = _bracket_ranks(k, n, m)
+        low_rank = min(m - 1, low_rank)
         # both edges from one selection of the sample's largest (two kthvalue calls cost twice as much)
         edges = torch.topk(sample, low_rank + 1).values
         lower_edge = edges[low_rank]
-        if at - margin < 1:  # a small k: no upper edge (the sample's top would leave more than k above it)
+        if high_rank < 1:  # a small k: no upper edge (the sample's top would leave more than k above it)
             band = flat[flat > lower_edge]
         else:
             # Above the upper edge only the count and the sum are needed, and neither needs the entries
             # gathered: sum_{x > e} x = sum relu(x − e) + count·e. Only the band between the edges (a few
             # percent of the entries) is gathered; a boolean gather of every candidate above the lower
             # edge was half of a reading (0.43 ms at n = 262k, k = 26k, measured).
-            upper_edge = edges[int(at - margin)]
+            upper_edge = edges[high_rank]
             above = flat > upper_edge
             # (the scalars a step needs go to the host together: on a GPU each read is a synchronisation)
             count, relu_sum, edge = _to_host(torch.count_nonzero(above), (flat - upper_edge).clamp_(min=0).sum(),
@@ -237,6 +237,15 @@ def leading(values: Tensor, k: int) -> tuple[float, float, float]:
             count, above_sum, band = 0, 0.0, flat
     band_sum, kth_value, after = _largest_and_next(band, k - count)
     return above_sum + band_sum, kth_value, after
+
+
+def _bracket_ranks(k: int, n: int, m: int) -> tuple[int, int]:
+    """The ranks in a sample of ``m`` of ``n`` entries (0: the sample's largest) of the edges that bracket the k-th
+    largest entry: its rank in the sample ± 4 standard errors and 4, the lower edge's rounded up, the upper's down
+    (unclamped: below 1 the upper edge would leave more than k above it, from ``m - 1`` on there is no lower one).
+    `leading`'s torch bracket and `_leading_in_band`'s NumPy one."""
+    at, margin = k * m / n, 4.0 * math.sqrt(m * (k / n) * (1 - k / n)) + 4.0
+    return int(math.ceil(at + margin)), int(at - margin)
 
 
 def _leading_in_numpy(array: np.ndarray, k: int, kth_only: bool = False) -> tuple[float, float, float]:
@@ -297,10 +306,9 @@ def _leading_in_band(array: np.ndarray, k: int, kth_only: bool) -> tuple[float, 
     n = array.shape[0]
     sample = array[:: n // _SAMPLE]
     m = sample.shape[0]
-    at, margin = k * m / n, 4.0 * math.sqrt(m * (k / n) * (1 - k / n)) + 4.0
-    # (ranks in the sample, 0 its largest; a small k has no upper edge, which would leave more than k above it, and a
-    # k near n no lower one: the band is then everything above the lower edge, or everything up to the upper)
-    low_rank, high_rank = int(math.ceil(at + margin)), int(at - margin)
+    # (a small k has no upper edge, which would leave more than k above it, and a k near n no lower one: the band is
+    # then everything above the lower edge, or everything up to the upper)
+    low_rank, high_rank = _bracket_ranks(k, n, m)
     lower_at, upper_at = (m - 1 - low_rank if low_rank < m - 1 else None), (m - 1 - high_rank if high_rank >= 1 else None)
     if lower_at is None and upper_at is None:
         return None
