@@ -223,6 +223,16 @@ _ALL_CANDIDATES = True
 # 0.89× the time summed over them (0.91× in the geometric mean), rows 0.51–1.34×: small λ up to twice as fast,
 # some 2–6 ms solves at 0.01–0.3 λ_max 1.1–1.3× slower (benchmarks/RESULTS.md, fifty-second session).
 _EVERY_COLUMN = True
+# ... and "at least as many rows" is at least EVERY_COLUMN_ROW_SHARE of the columns: a model of every column that
+# the rows leave singular by at most a quarter of its columns. Why: on designs of a few rows fewer than columns at
+# small λ the answer holds most of the rows' worth of columns, and the models grew to it 32 → 96 → 160 → 183 (a
+# 232 × 248 Lasso on raw scales at 4.7e-5 λ_max: four models, 3.5× scikit-learn), where one model of every column
+# lands on it (the ℓ1 active set solves a singular face through its null space: `symopt.l1_model`). Measured in
+# one process, the order of the settings rotated with a control copy, on the drawn option and raw-scale sweeps of
+# seeds 4711, 1213, 99, 2718, 9999, 555 and 73 and the wide-Lasso sweep: 0.85× the time summed over the 35 rows it
+# changes of 386 (0.57–1.03×), and on seeds 99/2718/9999 0.83× over 19 (one 2.3 ms row 1.11×); a share of a half
+# lost 1.38× on a 133 × 243 Lasso at 2.3e-7 λ_max (benchmarks/RESULTS.md, fifty-fourth session).
+EVERY_COLUMN_ROW_SHARE = 0.75
 # An ℓ1 model takes at most L1_ROOM zero entries beyond θ's non-zeros (the strongest pulls; `_candidates`):
 # from θ = 0 at most L1_ROOM in all, which `symopt.solver.descent` weighs against the rows (WIDE_L1_ROWS).
 L1_ROOM = 32
@@ -1130,12 +1140,12 @@ def declines_only_for_size(loss, constraint: Constraint, point: Tensor) -> bool:
 
 def _every_column(loss, coordinates: int, limit: int) -> bool:
     """Whether a least-squares ℓ1 model away from θ = 0 takes every one of θ's ``coordinates`` (see
-    ``_EVERY_COLUMN``): at most ``PRODUCTS_FROM`` (and ``limit``) of them, and the loss's curvature resolves them
-    all, or does not say."""
+    ``_EVERY_COLUMN``): at most ``PRODUCTS_FROM`` (and ``limit``) of them, and the loss's curvature resolves at
+    least ``EVERY_COLUMN_ROW_SHARE`` of them, or does not say."""
     if not _EVERY_COLUMN or coordinates > min(PRODUCTS_FROM, limit):
         return False
     resolved = _resolved_coordinates(loss)
-    return resolved is None or resolved >= coordinates
+    return resolved is None or resolved >= EVERY_COLUMN_ROW_SHARE * coordinates
 
 
 def _resolved_coordinates(loss) -> float | None:

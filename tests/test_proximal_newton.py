@@ -800,6 +800,40 @@ def test_least_squares_models_away_from_zero_take_every_column_or_fill_their_roo
     assert counts[True] < counts[False]
 
 
+@pytest.mark.parametrize("rows, columns, fraction", [(220, 240, 1e-5), (180, 230, 3e-6)])
+def test_a_least_squares_model_takes_every_column_where_its_rows_resolve_most_of_them(monkeypatch, rows, columns,
+                                                                                      fraction):
+    """On designs with a few rows fewer than columns (at least EVERY_COLUMN_ROW_SHARE of them) at small λ on raw
+    scales the Lasso's models grew toward an answer holding most of the rows' worth of columns 32 entries at a
+    time; the model away from θ = 0 now takes every column. Over six drawn designs each: a model of every column
+    in every solve, never more models than with the share at 1 (as many rows as columns), fewer in all, and the
+    same optimum."""
+    import symopt.proximal_newton as pn
+    from symopt.problems import lasso
+
+    sizes = []
+    solve = pn.solve_l1_quadratic
+    monkeypatch.setattr(pn, "solve_l1_quadratic",
+                        lambda hessian, *a, **k: sizes.append(hessian.shape[0]) or solve(hessian, *a, **k))
+    counts = {0.75: 0, 1.0: 0}
+    for seed in range(6):
+        X, y = _planted_raw_scales(seed, rows, columns)
+        problem = lasso(X, y, 1.0, fit_intercept=bool(seed % 2))
+        problem = problem.at_strength(fraction * problem.strength_max())
+        results = {}
+        for share in (0.75, 1.0):
+            monkeypatch.setattr(pn, "EVERY_COLUMN_ROW_SHARE", share)
+            sizes.clear()
+            result = symopt.solve(problem)
+            assert result.status == "optimal"
+            assert (columns in sizes) == (share == 0.75)
+            counts[share] += len(sizes)
+            results[share] = (len(sizes), result.objective)
+        assert results[0.75][0] <= results[1.0][0]
+        assert abs(results[0.75][1] - results[1.0][1]) <= 1e-12 * abs(results[1.0][1])
+    assert counts[0.75] < counts[1.0]
+
+
 def _path_models_with_the_rule_and_without(monkeypatch, problem, grid, model: str, rule: str):
     """``(model sizes with the rule, without it, the path with it, without it)``: ``symopt.path(problem, grid)``
     with ``symopt.proximal_newton``'s flag ``rule`` on, then off, recording the size of each model its function
