@@ -436,21 +436,21 @@ def test_with_more_columns_than_rows_only_a_small_quadratic_skips_the_descent():
 
 
 def test_a_wide_logistic_problem_skips_the_descent_where_few_columns_are_pulled_or_the_probe_finds_them_shared():
-    """Logistic-L1 on more than EARLY_ENTRIES columns with enough rows: the first check comes before any
+    """Logistic-L1 on more than DENSE_FROM_ZERO columns with enough rows: the first check comes before any
     descent. Where ∇loss(0) pulls at most PULLED_AT_ZERO of the columns off zero the polish goes on from θ = 0;
     where it pulls more, θ = 0 is probed (DENSE_PROBE): where the polish's first, full model keeps nearly all
-    its entries (an answer holding most columns: make_classification at 1e-3 λ_max, 97 of 100 alive) the
+    its entries (an answer holding most columns: make_classification 400 × 200 at 1e-3 λ_max) the
     polish declines and the full ``inner`` descent runs; where it drops some (pulls shared by correlated
     columns: a design of 3 factors whose label reads 3 columns, 4-9 alive) the check certifies from θ = 0."""
     from sklearn.datasets import make_classification
 
     from symopt.problems import logistic_l1
     from symopt.solver import descent
-    from symopt.solver.descent import EARLY_ENTRIES, PULLED_AT_ZERO
+    from symopt.solver.descent import DENSE_FROM_ZERO, PULLED_AT_ZERO
 
-    X, y = make_classification(n_samples=400, n_features=100, n_informative=10, random_state=0)
+    X, y = make_classification(n_samples=400, n_features=200, n_informative=10, random_state=0)
     problem = logistic_l1(X, y.astype(float), 1.0, fit_intercept=True)
-    assert problem.shape[0] > EARLY_ENTRIES
+    assert problem.shape[0] > DENSE_FROM_ZERO
     pull = np.abs((X - X.mean(0)).T @ (y - y.mean())) / len(y)  # ∇loss(0) with the intercept profiled out
     for fraction, first in ((0.3, [0]), (1e-3, [0, 20])):
         strength = fraction * problem.strength_max()
@@ -471,6 +471,36 @@ def test_a_wide_logistic_problem_skips_the_descent_where_few_columns_are_pulled_
         patch.setattr(descent, "DENSE_PROBE", False)
         unprobed_counts, unprobed = _directions_per_outer_iteration(problem)
     assert unprobed_counts[0] == 20 and abs(unprobed.objective - result.objective) <= 1e-12 * abs(result.objective)
+
+
+@pytest.mark.parametrize("features", [100, 128])
+def test_a_logistic_problem_on_few_columns_goes_on_from_zero_however_many_are_pulled(features):
+    """Logistic-L1 on more than EARLY_ENTRIES but at most DENSE_FROM_ZERO columns with enough rows, most of them
+    pulled off zero by ∇loss(0) and the answer holding nearly all of them (make_classification at 1e-3 λ_max):
+    the probe's first model keeps its entries, yet the polish goes on from θ = 0 (its models hold every column by
+    the third), and certifies there without any descent; with DENSE_FROM_ZERO at EARLY_ENTRIES the probe hands
+    over to the full ``inner`` descent, and both reach the same optimum."""
+    from sklearn.datasets import make_classification
+
+    from symopt.problems import logistic_l1
+    from symopt.solver import descent
+    from symopt.solver.descent import DENSE_FROM_ZERO, EARLY_ENTRIES, PULLED_AT_ZERO
+
+    X, y = make_classification(n_samples=400, n_features=features, n_informative=10, random_state=0)
+    problem = logistic_l1(X, y.astype(float), 1.0, fit_intercept=True)
+    assert EARLY_ENTRIES < problem.shape[0] <= DENSE_FROM_ZERO
+    strength = 1e-3 * problem.strength_max()
+    pull = np.abs((X - X.mean(0)).T @ (y - y.mean())) / len(y)
+    assert (pull > strength).mean() > PULLED_AT_ZERO
+    problem = problem.at_strength(strength)
+    counts, result = _directions_per_outer_iteration(problem)
+    assert counts == [0] and result.status == "optimal"
+    assert int((result.x != 0).sum()) >= 0.9 * features  # (a dense answer: the probe's case)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(descent, "DENSE_FROM_ZERO", EARLY_ENTRIES)
+        probed_counts, probed = _directions_per_outer_iteration(problem)
+    assert probed_counts[:2] == [0, 20] and probed.status == "optimal"  # (the probe, then the descent)
+    assert abs(probed.objective - result.objective) <= 1e-12 * abs(result.objective)
 
 
 def test_a_group_norm_whose_pulled_groups_fit_one_model_is_checked_before_any_descent(monkeypatch):

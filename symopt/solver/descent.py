@@ -46,7 +46,8 @@ EARLY_ENTRIES = 64
 # 200 columns on 40 or 100 rows at a tiny λ (twelfth session). Also slower from θ = 0: logistic-L1
 # whose answer holds most columns (a sparse 3000×500 design with 369 and 469 of 500 alive: 101 → 136
 # and 163 → 358 ms), where the face grows by at most its size + 32 atoms an outer iteration and each
-# costs a curvature of 3000 rows. So a loss that is not a quadratic, on more than EARLY_ENTRIES atoms,
+# costs a curvature of 3000 rows. So a loss that is not a quadratic, on more than EARLY_ENTRIES atoms
+# (since the fifty-fourth session DENSE_FROM_ZERO, below),
 # starts there only where ∇loss(0) pulls at most PULLED_AT_ZERO of them off zero (403 and 490 of 500
 # on that design; 325 of 500 on a 2000×500 whose answer holds 267: 150 → 66 ms from θ = 0).
 QUADRATIC_EARLY_ITERATIONS = 0
@@ -58,6 +59,19 @@ PULLED_AT_ZERO = 0.75
 # problems of 76-3000 rows with most columns pulled (AR(1), factor and sparse designs; benchmarks/RESULTS.md,
 # twenty-eighth session): see `proximal_newton`'s note on the probe.
 DENSE_PROBE = True
+# ... but not on at most DENSE_FROM_ZERO atoms (4 × L1_ROOM): there the polish goes on from θ = 0 whatever its first
+# model kept. The probe's reason is the cost of growing a model to an answer that holds most columns; on so few,
+# the models from θ = 0 hold every column by the third (32 → 96 → all) and each is a small dense one, where the
+# descent's 20 iterations cost a fixed ~8 ms. Traced: an AR(1) ρ = 0.80 164 × 83 elastic-net logistic at 0.026
+# λ_max (5.2× skglm; `--drawn-options-sweep 31415`) kept 30 of its probe's 32, so the descent ran 20 iterations;
+# its answer holds 43 columns, and from θ = 0 seven small models reach it in half the time. Measured in one
+# process, the order rotated with a control copy, medians of 5, on 240 drawn logistic-L1 problems of 65–256
+# columns and 1–30× as many rows (AR(1), make_classification, factor and sparse designs, 1e-3..0.5 λ_max; 97
+# of them probed): from θ = 0 on every one of them 0.60–0.62× the time summed up to 128 columns (rows 0.45–1.09×),
+# 0.75× from 129 to 192 columns (up to 1.05×), but 0.84–0.89× above that with rows up to 1.56× (sparse designs
+# of 220–245 columns whose answers hold nearly all of them: the probe's own case) (benchmarks/RESULTS.md,
+# fifty-fourth session).
+DENSE_FROM_ZERO = 4 * L1_ROOM
 # A norm of groups (the group lasso, the multi-task Lasso) under least squares with enough rows is
 # checked before any descent too where the groups ∇loss(0) pulls off zero fit in one group model
 # (`proximal_newton.GROUP_FACE` entries): the model's proximal-gradient steps take them in together
@@ -299,7 +313,8 @@ class Descent:
         then drops atoms one active-set step at a time, which costs more than it saves. Under an ℓ1
         norm of entries none (0) where the polish's model from θ = 0 cannot be singular by shape
         (see ``QUADRATIC_EARLY_ITERATIONS`` and ``PULLED_AT_ZERO``; where more are pulled, a probe of θ = 0
-        that hands over to the descent where its first model keeps its entries, ``DENSE_PROBE``; with fewer
+        that hands over to the descent where its first model keeps its entries, ``DENSE_PROBE``, on more than
+        ``DENSE_FROM_ZERO`` atoms; with fewer
         rows than columns ``WIDE_L1_ROWS``) and with least squares whatever its shape (``L1_FROM_ZERO``), and under a
         norm of groups with least squares where the entries of the groups ∇loss(0) pulls off zero are
         at most ``GROUPS_FROM_ZERO`` (with fewer rows than columns, the first group model capped to the
@@ -325,9 +340,9 @@ class Descent:
             # (least squares with fewer rows than columns too, however many entries are pulled: see
             # L1_FROM_ZERO)
             if (quadratic and (L1_FROM_ZERO or atoms <= EARLY_ENTRIES)) or (determined and (
-                    quadratic or atoms <= EARLY_ENTRIES or self._pulled_at_zero() <= PULLED_AT_ZERO * atoms)):
+                    quadratic or atoms <= DENSE_FROM_ZERO or self._pulled_at_zero() <= PULLED_AT_ZERO * atoms)):
                 return QUADRATIC_EARLY_ITERATIONS, False
-            # (most columns pulled: θ = 0 probed for a dense answer, see DENSE_PROBE)
+            # (most of more than DENSE_FROM_ZERO columns pulled: θ = 0 probed for a dense answer, see DENSE_PROBE)
             if determined and DENSE_PROBE:
                 return QUADRATIC_EARLY_ITERATIONS, True
             # (any other loss with fewer rows than columns: where its first model's entries are few against
