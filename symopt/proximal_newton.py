@@ -236,7 +236,8 @@ EVERY_COLUMN_ROW_SHARE = 0.75
 # An ℓ1 model takes at most L1_ROOM zero entries beyond θ's non-zeros (the strongest pulls; `_candidates`):
 # from θ = 0 at most L1_ROOM in all, which `symopt.solver.descent` weighs against the rows (WIDE_L1_ROWS).
 L1_ROOM = 32
-# Logistic-L1 with enough rows (its first model cannot be singular by shape) where ∇loss(0) pulls most columns off
+# Logistic-L1 with enough rows (its first model cannot be singular by shape) on more than
+# `symopt.solver.descent.DENSE_FROM_ZERO` columns where ∇loss(0) pulls most columns off
 # zero is probed from θ = 0 (`symopt.solver.descent.DENSE_PROBE`): the polish's first model, on the L1_ROOM
 # strongest pulls, is solved, and where it kept (nearly) every one of them the answer likely holds most of the pulled
 # columns (columns of little correlation: a sparse 2776 × 394 design, 382 alive at the optimum), which the
