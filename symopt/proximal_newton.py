@@ -233,6 +233,17 @@ _EVERY_COLUMN = True
 # changes of 386 (0.57–1.03×), and on seeds 99/2718/9999 0.83× over 19 (one 2.3 ms row 1.11×); a share of a half
 # lost 1.38× on a 133 × 243 Lasso at 2.3e-7 λ_max (benchmarks/RESULTS.md, fifty-fourth session).
 EVERY_COLUMN_ROW_SHARE = 0.75
+# ... and at θ = 0 too, where the rows resolve every column and ∇loss(0) pulls more than the first model's room
+# (L1_ROOM): its models would be the pulled L1_ROOM, then every column, and the first of the two is skipped (the
+# model of every column on a design of as many rows is the problem itself: one model). Not where the rows resolve
+# fewer: from θ = 0 a singular model's active set walked far more steps than from the first model's answer (a
+# 178 × 224 Lasso at 1.2e-5 λ_max 1.59×, 126 × 156 at 6.8e-5 1.20×); not where the pulled columns fit the room,
+# whose first model is often the last (a 4117 × 251 Lasso at 0.15 λ_max: 21 columns pulled, the Gram of all
+# 251 columns 4.7× the time). Measured in one process, the order rotated with a control copy, on 150 drawn
+# Lassos of 33–256 columns and 0.75–20× as many rows (Gaussian, AR(1), raw-scale; 1e-5..0.5 λ_max) and the
+# option, raw-scale and wide-Lasso sweeps of seeds 4711 and 1213: 0.82× the time summed over the 148 rows it
+# changes of 361 (geometric mean 0.76×, rows 0.55–1.05×) (benchmarks/RESULTS.md, fifty-fourth session).
+_EVERY_COLUMN_FROM_ZERO = True
 # An ℓ1 model takes at most L1_ROOM zero entries beyond θ's non-zeros (the strongest pulls; `_candidates`):
 # from θ = 0 at most L1_ROOM in all, which `symopt.solver.descent` weighs against the rows (WIDE_L1_ROWS).
 L1_ROOM = 32
@@ -819,14 +830,15 @@ def _row_block_step(face_block: tuple[np.ndarray, int], scale: np.ndarray, unit:
 
 def _candidates(constraint: Constraint, theta: Tensor, grad: Tensor, lam: float, limit: int,
                 ids: Tensor | None = None, every: bool = False, first_room: int | None = None,
-                every_column: bool = False, fill: bool = False) -> Tensor | None:
+                every_column: bool = False, fill: bool = False, every_column_at_zero: bool = False) -> Tensor | None:
     """The entries a quadratic model is taken on: θ's non-zero atoms and the zero atoms whose pull
     exceeds λ, at most ``alive + L1_ROOM`` of those for entries (ℓ1) and ``alive // 2 + 8`` for groups (the
     strongest pulls: the next outer iteration takes the others), every pulled group at θ = 0 (with
     ``first_room``, the strongest whose entries fit in it, at least one: see ``PULLED_PER_ROW``); with
     ``every`` (a least-squares loss, see ``_ALL_CANDIDATES`` and ``_ALL_GROUPS``) every entry where all fit
     in that cap (every group where the zero ones fit in it and θ is not 0); for entries, with ``every`` and θ
-    not 0, every entry where ``every_column`` (see ``_EVERY_COLUMN``), else with ``fill`` a room within
+    not 0, every entry where ``every_column`` (see ``_EVERY_COLUMN``; at θ = 0 where ``every_column_at_zero`` and
+    more entries are pulled than the room, see ``_EVERY_COLUMN_FROM_ZERO``), else with ``fill`` a room within
     ``PRODUCTS_FROM`` filled with the strongest zeros, pulled or not; for groups, with ``every`` and ``fill`` and
     θ not 0, the pulled groups topped up with the strongest others (`_group_filled`); None when their entries are more than
     ``limit``. ``ids`` maps θ's flat entries to their atoms
@@ -856,6 +868,9 @@ def _candidates(constraint: Constraint, theta: Tensor, grad: Tensor, lam: float,
             fits[0] = bool(pulled[order[0]])
             pulled = torch.zeros_like(pulled)
             pulled[order[fits]] = True
+    if every and ids is None and not count and every_column_at_zero and _EVERY_COLUMN_FROM_ZERO and int(
+            pulled.sum()) > room:
+        return torch.ones_like(theta, dtype=torch.bool)  # (every column: at most PRODUCTS_FROM, see _every_column)
     if int(pulled.sum()) > room:
         pulled = torch.zeros_like(pulled)
         pulled[torch.topk(excess, room).indices] = True
@@ -947,6 +962,7 @@ def proximal_newton(loss, constraint: Constraint, point: Tensor, target: float,
     face_limit = GROUP_FACE if ids is not None else theta.numel() if by_products_offered else L1_FACE
     every_column = ids is None and loss_is_quadratic and not from_neighbour and _every_column(
         loss, theta.numel(), face_limit)
+    every_column_at_zero = every_column and _every_column(loss, theta.numel(), face_limit, share=1.0)
     kept = None  # a least-squares products model's (candidates, single, operator)
     products_lost = False  # a model within L1_FACE ran over its products' budget
     first_residual = None
@@ -965,7 +981,7 @@ def proximal_newton(loss, constraint: Constraint, point: Tensor, target: float,
         fill = not from_neighbour and (ids is None or not group_filled)
         candidates = _candidates(constraint, theta, grad, lam, face_limit, ids,
                                  every=loss_is_quadratic and _ALL_CANDIDATES, first_room=first_room,
-                                 every_column=every_column, fill=fill)
+                                 every_column=every_column, fill=fill, every_column_at_zero=every_column_at_zero)
         group_filled = group_filled or (ids is not None and bool(theta.any()))
         if candidates is None:
             return None if outer == 0 else theta  # (what the iterations so far reached: the caller certifies it)
@@ -1139,14 +1155,15 @@ def declines_only_for_size(loss, constraint: Constraint, point: Tensor) -> bool:
     return norm is not None and norm[0] is None and bool(getattr(loss, "quadratic", False))
 
 
-def _every_column(loss, coordinates: int, limit: int) -> bool:
+def _every_column(loss, coordinates: int, limit: int, share: float | None = None) -> bool:
     """Whether a least-squares ℓ1 model away from θ = 0 takes every one of θ's ``coordinates`` (see
     ``_EVERY_COLUMN``): at most ``PRODUCTS_FROM`` (and ``limit``) of them, and the loss's curvature resolves at
-    least ``EVERY_COLUMN_ROW_SHARE`` of them, or does not say."""
+    least ``share`` of them (default ``EVERY_COLUMN_ROW_SHARE``; 1 asks whether it resolves them all, the rule
+    at θ = 0, ``_EVERY_COLUMN_FROM_ZERO``), or does not say."""
     if not _EVERY_COLUMN or coordinates > min(PRODUCTS_FROM, limit):
         return False
     resolved = _resolved_coordinates(loss)
-    return resolved is None or resolved >= EVERY_COLUMN_ROW_SHARE * coordinates
+    return resolved is None or resolved >= (EVERY_COLUMN_ROW_SHARE if share is None else share) * coordinates
 
 
 def _resolved_coordinates(loss) -> float | None:

@@ -834,6 +834,36 @@ def test_a_least_squares_model_takes_every_column_where_its_rows_resolve_most_of
     assert counts[0.75] < counts[1.0]
 
 
+@pytest.mark.parametrize("rows, columns, fraction", [(200, 120, 1e-6), (400, 200, 1e-3)])
+def test_a_least_squares_model_from_zero_takes_every_column_where_the_rows_resolve_them_and_many_are_pulled(
+        monkeypatch, rows, columns, fraction):
+    """Where the rows resolve every column (at most PRODUCTS_FROM of them) and ∇loss(0) pulls more columns than the
+    first model's room (L1_ROOM), the Lasso's first model from θ = 0 takes every column: the problem itself, one
+    model, where the pulled L1_ROOM and then every column took two. Over six drawn designs each: one model, the
+    same optimum as with the rule off, and two models there."""
+    import symopt.proximal_newton as pn
+    from symopt.problems import lasso
+
+    sizes = []
+    solve = pn.solve_l1_quadratic
+    monkeypatch.setattr(pn, "solve_l1_quadratic",
+                        lambda hessian, *a, **k: sizes.append(hessian.shape[0]) or solve(hessian, *a, **k))
+    for seed in range(6):
+        X, y = _planted_raw_scales(seed, rows, columns)
+        problem = lasso(X, y, 1.0, fit_intercept=bool(seed % 2))
+        problem = problem.at_strength(fraction * problem.strength_max())
+        results = {}
+        for rule in (True, False):
+            monkeypatch.setattr(pn, "_EVERY_COLUMN_FROM_ZERO", rule)
+            sizes.clear()
+            result = symopt.solve(problem)
+            assert result.status == "optimal"
+            results[rule] = (list(sizes), result.objective)
+        # (off: the first model capped at the room, so more were pulled; then every column)
+        assert results[True][0] == [columns] and results[False][0] == [pn.L1_ROOM, columns]
+        assert abs(results[True][1] - results[False][1]) <= 1e-12 * abs(results[False][1])
+
+
 def _path_models_with_the_rule_and_without(monkeypatch, problem, grid, model: str, rule: str):
     """``(model sizes with the rule, without it, the path with it, without it)``: ``symopt.path(problem, grid)``
     with ``symopt.proximal_newton``'s flag ``rule`` on, then off, recording the size of each model its function
