@@ -69,8 +69,10 @@ DENSE_PROBE = True
 # columns and 1–30× as many rows (AR(1), make_classification, factor and sparse designs, 1e-3..0.5 λ_max; 97
 # of them probed): from θ = 0 on every one of them 0.60–0.62× the time summed up to 128 columns (rows 0.45–1.09×),
 # 0.75× from 129 to 192 columns (up to 1.05×), but 0.84–0.89× above that with rows up to 1.56× (sparse designs
-# of 220–245 columns whose answers hold nearly all of them: the probe's own case) (benchmarks/RESULTS.md,
-# fifty-fourth session).
+# of 220–245 columns whose answers hold nearly all of them: the probe's own case); held out, 0.65× over 15 rows.
+# The fifty-second session set the same rule aside on a check of tall designs whose answers hold every column
+# (3000 × 100 at 0.003 λ_max, 1.35–1.48× slower then); on today's models that check reads 0.64–0.77× (56 tall
+# rows 0.74× summed, 0.44–1.14×) (benchmarks/RESULTS.md, fifty-fourth session).
 DENSE_FROM_ZERO = 4 * L1_ROOM
 # A norm of groups (the group lasso, the multi-task Lasso) under least squares with enough rows is
 # checked before any descent too where the groups ∇loss(0) pulls off zero fit in one group model
