@@ -738,6 +738,22 @@ def _calls_counted(monkeypatch, name: str) -> list:
     return calls
 
 
+def _with_the_rule_and_without(monkeypatch, problem, rule: str, record: list) -> dict:
+    """``{True: (record's entries, objective), False: (…)}``: ``symopt.solve(problem)`` with ``symopt.proximal_newton``'s
+    flag ``rule`` on, then off, each "optimal"; ``record`` (a list that a patched function appends to) is cleared
+    before each solve."""
+    import symopt.proximal_newton as pn
+
+    results = {}
+    for on in (True, False):
+        monkeypatch.setattr(pn, rule, on)
+        record.clear()
+        result = symopt.solve(problem)
+        assert result.status == "optimal"
+        results[on] = (list(record), result.objective)
+    return results
+
+
 @pytest.mark.parametrize("name, intercept, fraction", [("diabetes", True, 0.1), ("wine", False, 0.03)])
 def test_a_narrow_least_squares_model_takes_every_column_and_is_solved_once(monkeypatch, name, intercept, fraction):
     """Least squares under ℓ1 on at most 32 columns more than its non-zeros: the model takes every column, not
@@ -775,10 +791,9 @@ def _planted_raw_scales(seed: int, rows: int, columns: int):
 def test_least_squares_models_away_from_zero_take_every_column_or_fill_their_room(monkeypatch, rows, columns, fraction):
     """At small λ on columns of raw scales a Lasso's models grew by a few entries each (each answer pulling zeros
     its candidates had left out). Away from θ = 0 a least-squares model now takes every column where the design
-    has at most PRODUCTS_FROM columns and as many rows (200 × 120, 150 × 200), else fills its room with the
-    strongest zeros (120 × 300): over six drawn designs each, never more models than with the pulled zeros
-    alone, fewer in all, and the same optimum."""
-    import symopt.proximal_newton as pn
+    has at most PRODUCTS_FROM columns and rows for at least EVERY_COLUMN_ROW_SHARE of them (200 × 120, 150 × 200),
+    else fills its room with the strongest zeros (120 × 300): over six drawn designs each, never more models than
+    with the pulled zeros alone, fewer in all, and the same optimum."""
     from symopt.problems import lasso
 
     models = _calls_counted(monkeypatch, "solve_l1_quadratic")
@@ -787,15 +802,10 @@ def test_least_squares_models_away_from_zero_take_every_column_or_fill_their_roo
         X, y = _planted_raw_scales(seed, rows, columns)
         problem = lasso(X, y, 1.0, fit_intercept=True)
         problem = problem.at_strength(fraction * problem.strength_max())
-        results = {}
+        results = _with_the_rule_and_without(monkeypatch, problem, "_EVERY_COLUMN", models)
         for every in (True, False):
-            monkeypatch.setattr(pn, "_EVERY_COLUMN", every)
-            models.clear()
-            results[every] = symopt.solve(problem)
-            assert results[every].status == "optimal"
-            counts[every] += len(models)
-            results[every] = (len(models), results[every].objective)
-        assert results[True][0] <= results[False][0]
+            counts[every] += len(results[every][0])
+        assert len(results[True][0]) <= len(results[False][0])
         assert abs(results[True][1] - results[False][1]) <= 1e-12 * abs(results[False][1])
     assert counts[True] < counts[False]
 
@@ -852,13 +862,7 @@ def test_a_least_squares_model_from_zero_takes_every_column_where_the_rows_resol
         X, y = _planted_raw_scales(seed, rows, columns)
         problem = lasso(X, y, 1.0, fit_intercept=bool(seed % 2))
         problem = problem.at_strength(fraction * problem.strength_max())
-        results = {}
-        for rule in (True, False):
-            monkeypatch.setattr(pn, "_EVERY_COLUMN_FROM_ZERO", rule)
-            sizes.clear()
-            result = symopt.solve(problem)
-            assert result.status == "optimal"
-            results[rule] = (list(sizes), result.objective)
+        results = _with_the_rule_and_without(monkeypatch, problem, "_EVERY_COLUMN_FROM_ZERO", sizes)
         # (off: the first model capped at the room, so more were pulled; then every column)
         assert results[True][0] == [columns] and results[False][0] == [pn.L1_ROOM, columns]
         assert abs(results[True][1] - results[False][1]) <= 1e-12 * abs(results[False][1])
@@ -935,7 +939,6 @@ def test_a_least_squares_group_models_first_model_away_from_zero_fills_its_room(
     pulled only once the last model's answer had moved the residual. The first group model away from θ = 0
     now also takes the strongest zero groups, pulled or not (`_group_filled`): over four drawn designs, fewer
     models in all than with the pulled groups alone, and the same optimum."""
-    import symopt.proximal_newton as pn
     from sklearn.datasets import make_regression
 
     from symopt.problems import group_lasso
@@ -946,15 +949,10 @@ def test_a_least_squares_group_models_first_model_away_from_zero_fills_its_room(
         X, y = make_regression(rows, columns, n_informative=10, noise=1.0, random_state=seed, effective_rank=rank)
         problem = group_lasso(X, y - y.mean(), size, 1.0)
         problem = problem.at_strength(fraction * problem.strength_max())
-        objectives = {}
+        results = _with_the_rule_and_without(monkeypatch, problem, "_GROUP_FILL", models)
         for fill in (True, False):
-            monkeypatch.setattr(pn, "_GROUP_FILL", fill)
-            models.clear()
-            result = symopt.solve(problem)
-            assert result.status == "optimal"
-            counts[fill] += len(models)
-            objectives[fill] = result.objective
-        assert abs(objectives[True] - objectives[False]) <= 1e-12 * abs(objectives[False])
+            counts[fill] += len(results[fill][0])
+        assert abs(results[True][1] - results[False][1]) <= 1e-12 * abs(results[False][1])
     assert counts[True] < counts[False]
 
 
