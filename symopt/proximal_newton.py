@@ -868,10 +868,10 @@ def _candidates(constraint: Constraint, theta: Tensor, grad: Tensor, lam: float,
             fits[0] = bool(pulled[order[0]])
             pulled = torch.zeros_like(pulled)
             pulled[order[fits]] = True
-    if every and ids is None and not count and every_column_at_zero and _EVERY_COLUMN_FROM_ZERO and int(
-            pulled.sum()) > room:
+    over_room = int(pulled.sum()) > room
+    if over_room and every and ids is None and not count and every_column_at_zero:
         return torch.ones_like(theta, dtype=torch.bool)  # (every column: at most PRODUCTS_FROM, see _every_column)
-    if int(pulled.sum()) > room:
+    if over_room:
         pulled = torch.zeros_like(pulled)
         pulled[torch.topk(excess, room).indices] = True
     if every and ids is None and pulled.numel() <= room:
@@ -962,7 +962,8 @@ def proximal_newton(loss, constraint: Constraint, point: Tensor, target: float,
     face_limit = GROUP_FACE if ids is not None else theta.numel() if by_products_offered else L1_FACE
     every_column = ids is None and loss_is_quadratic and not from_neighbour and _every_column(
         loss, theta.numel(), face_limit)
-    every_column_at_zero = every_column and _every_column(loss, theta.numel(), face_limit, share=1.0)
+    every_column_at_zero = _EVERY_COLUMN_FROM_ZERO and every_column and _every_column(
+        loss, theta.numel(), face_limit, share=1.0)
     kept = None  # a least-squares products model's (candidates, single, operator)
     products_lost = False  # a model within L1_FACE ran over its products' budget
     first_residual = None
