@@ -738,19 +738,30 @@ def _calls_counted(monkeypatch, name: str) -> list:
     return calls
 
 
-def _with_the_rule_and_without(monkeypatch, problem, rule: str, record: list) -> dict:
-    """``{True: (record's entries, objective), False: (…)}``: ``symopt.solve(problem)`` with ``symopt.proximal_newton``'s
-    flag ``rule`` on, then off, each "optimal"; ``record`` (a list that a patched function appends to) is cleared
-    before each solve."""
+def _model_sizes(monkeypatch, name: str) -> list:
+    """A list that gets the size of each model ``symopt.proximal_newton``'s function ``name`` solves (its first
+    argument's rows; the function still runs): clear it before the calls to record."""
+    import symopt.proximal_newton as pn
+
+    sizes = []
+    solve = getattr(pn, name)
+    monkeypatch.setattr(pn, name, lambda hessian, *a, **k: sizes.append(hessian.shape[0]) or solve(hessian, *a, **k))
+    return sizes
+
+
+def _with_the_rule_and_without(monkeypatch, problem, rule: str, record: list, values=(True, False)) -> dict:
+    """``{value: (record's entries, objective)}``: ``symopt.solve(problem)`` with ``symopt.proximal_newton``'s
+    setting ``rule`` at each of ``values`` in turn (by default on, then off), each "optimal"; ``record`` (a list
+    that a patched function appends to) is cleared before each solve."""
     import symopt.proximal_newton as pn
 
     results = {}
-    for on in (True, False):
-        monkeypatch.setattr(pn, rule, on)
+    for value in values:
+        monkeypatch.setattr(pn, rule, value)
         record.clear()
         result = symopt.solve(problem)
         assert result.status == "optimal"
-        results[on] = (list(record), result.objective)
+        results[value] = (list(record), result.objective)
     return results
 
 
@@ -818,28 +829,19 @@ def test_a_least_squares_model_takes_every_column_where_its_rows_resolve_most_of
     time; the model away from θ = 0 now takes every column. Over six drawn designs each: a model of every column
     in every solve, never more models than with the share at 1 (as many rows as columns), fewer in all, and the
     same optimum."""
-    import symopt.proximal_newton as pn
     from symopt.problems import lasso
 
-    sizes = []
-    solve = pn.solve_l1_quadratic
-    monkeypatch.setattr(pn, "solve_l1_quadratic",
-                        lambda hessian, *a, **k: sizes.append(hessian.shape[0]) or solve(hessian, *a, **k))
+    sizes = _model_sizes(monkeypatch, "solve_l1_quadratic")
     counts = {0.75: 0, 1.0: 0}
     for seed in range(6):
         X, y = _planted_raw_scales(seed, rows, columns)
         problem = lasso(X, y, 1.0, fit_intercept=bool(seed % 2))
         problem = problem.at_strength(fraction * problem.strength_max())
-        results = {}
+        results = _with_the_rule_and_without(monkeypatch, problem, "EVERY_COLUMN_ROW_SHARE", sizes, values=(0.75, 1.0))
         for share in (0.75, 1.0):
-            monkeypatch.setattr(pn, "EVERY_COLUMN_ROW_SHARE", share)
-            sizes.clear()
-            result = symopt.solve(problem)
-            assert result.status == "optimal"
-            assert (columns in sizes) == (share == 0.75)
-            counts[share] += len(sizes)
-            results[share] = (len(sizes), result.objective)
-        assert results[0.75][0] <= results[1.0][0]
+            assert (columns in results[share][0]) == (share == 0.75)
+            counts[share] += len(results[share][0])
+        assert len(results[0.75][0]) <= len(results[1.0][0])
         assert abs(results[0.75][1] - results[1.0][1]) <= 1e-12 * abs(results[1.0][1])
     assert counts[0.75] < counts[1.0]
 
@@ -854,10 +856,7 @@ def test_a_least_squares_model_from_zero_takes_every_column_where_the_rows_resol
     import symopt.proximal_newton as pn
     from symopt.problems import lasso
 
-    sizes = []
-    solve = pn.solve_l1_quadratic
-    monkeypatch.setattr(pn, "solve_l1_quadratic",
-                        lambda hessian, *a, **k: sizes.append(hessian.shape[0]) or solve(hessian, *a, **k))
+    sizes = _model_sizes(monkeypatch, "solve_l1_quadratic")
     for seed in range(6):
         X, y = _planted_raw_scales(seed, rows, columns)
         problem = lasso(X, y, 1.0, fit_intercept=bool(seed % 2))
@@ -874,9 +873,7 @@ def _path_models_with_the_rule_and_without(monkeypatch, problem, grid, model: st
     ``model`` solves."""
     import symopt.proximal_newton as pn
 
-    sizes = []
-    solve = getattr(pn, model)
-    monkeypatch.setattr(pn, model, lambda hessian, *a, **k: sizes.append(hessian.shape[0]) or solve(hessian, *a, **k))
+    sizes = _model_sizes(monkeypatch, model)
     with_rule = symopt.path(problem, grid)
     taken, sizes[:] = list(sizes), []
     monkeypatch.setattr(pn, rule, False)
