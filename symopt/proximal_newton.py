@@ -239,7 +239,7 @@ EVERY_COLUMN_ROW_SHARE = 0.75
 # fewer: from θ = 0 a singular model's active set walked far more steps than from the first model's answer (a
 # 178 × 224 Lasso at 1.2e-5 λ_max 1.59×, 126 × 156 at 6.8e-5 1.20×); not where the pulled columns fit the room,
 # whose first model is often the last (a 4117 × 251 Lasso at 0.15 λ_max: 21 columns pulled, the Gram of all
-# 251 columns 4.7× the time). Measured in one process, the order rotated with a control copy, on 150 drawn
+# 251 columns 3.6–4.7× the time). Measured in one process, the order rotated with a control copy, on 150 drawn
 # Lassos of 33–256 columns and 0.75–20× as many rows (Gaussian, AR(1), raw-scale; 1e-5..0.5 λ_max) and the
 # option, raw-scale and wide-Lasso sweeps of seeds 4711 and 1213: 0.82× the time summed over the 148 rows it
 # changes of 361 (geometric mean 0.76×, rows 0.55–1.05×) (benchmarks/RESULTS.md, fifty-fourth session).
