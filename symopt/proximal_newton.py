@@ -244,6 +244,24 @@ EVERY_COLUMN_ROW_SHARE = 0.75
 # option, raw-scale and wide-Lasso sweeps of seeds 4711 and 1213: 0.82× the time summed over the 148 rows it
 # changes of 361 (geometric mean 0.76×, rows 0.55–1.05×) (benchmarks/RESULTS.md, fifty-fourth session).
 _EVERY_COLUMN_FROM_ZERO = True
+# ... and on more than PRODUCTS_FROM and at most EVERY_COLUMN_UP_TO columns (rows resolving the same share of them),
+# every column away from θ = 0 where the model would be full (more zeros pulled than its room), the last model kept
+# at least L1_ROOM non-zeros, and those with the pulled zeros are at least EVERY_COLUMN_IN_PLAY of the columns; that
+# model is formed densely (other models of more than PRODUCTS_FROM entries go by the curvature's products first).
+# Why: at small λ on designs just past 256 columns the models grew 32 → 96 → 224 → every column for an answer of
+# most of the rows (a 297 × 295 AR(1) Lasso at 3.1e-5 λ_max: 59 ms), where one dense model of every column lands on
+# it. Each condition avoids a measured loss: through the products such a model lost (1.10× in the geometric mean,
+# rows 0.55–4.7×: the ill-conditioned curvature spent the products' budget, then was formed anyway); from θ = 0, or
+# after a model that was not full, the dense Gram of every column lost where the answer is small (an 8373 × 327
+# elastic net at 0.43 λ_max 6.0×); after a first model that kept fewer than L1_ROOM, or with fewer than half the
+# columns in play, on tall designs at 0.004–0.09 λ_max (1.2–2.1×). Measured in one process, the order rotated with
+# a control copy, on drawn Lassos and elastic nets of 257–384 columns and 0.3–40× as many rows (Gaussian, AR(1),
+# factor, raw scales; weights, intercepts; 1e-7..0.5 λ_max) and the option, raw-scale, wide-Lasso and large-answer
+# sweeps: 0.56× the time summed over the 98 rows it changes on seeds the share was chosen on (rows 0.29–1.21×), 0.59×
+# over 97 rows of seeds drawn after the rule was fixed (0.30–1.09×), the same optima (benchmarks/RESULTS.md,
+# fifty-fifth session).
+EVERY_COLUMN_UP_TO = 384
+EVERY_COLUMN_IN_PLAY = 0.5
 # An ℓ1 model takes at most L1_ROOM zero entries beyond θ's non-zeros (the strongest pulls; `_candidates`):
 # from θ = 0 at most L1_ROOM in all, which `symopt.solver.descent` weighs against the rows (WIDE_L1_ROWS).
 L1_ROOM = 32
@@ -830,7 +848,8 @@ def _row_block_step(face_block: tuple[np.ndarray, int], scale: np.ndarray, unit:
 
 def _candidates(constraint: Constraint, theta: Tensor, grad: Tensor, lam: float, limit: int,
                 ids: Tensor | None = None, every: bool = False, first_room: int | None = None,
-                every_column: bool = False, fill: bool = False, every_column_at_zero: bool = False) -> Tensor | None:
+                every_column: bool = False, fill: bool = False, every_column_at_zero: bool = False,
+                every_column_when_full: bool = False) -> Tensor | None:
     """The entries a quadratic model is taken on: θ's non-zero atoms and the zero atoms whose pull
     exceeds λ, at most ``alive + L1_ROOM`` of those for entries (ℓ1) and ``alive // 2 + 8`` for groups (the
     strongest pulls: the next outer iteration takes the others), every pulled group at θ = 0 (with
@@ -838,7 +857,8 @@ def _candidates(constraint: Constraint, theta: Tensor, grad: Tensor, lam: float,
     ``every`` (a least-squares loss, see ``_ALL_CANDIDATES`` and ``_ALL_GROUPS``) every entry where all fit
     in that cap (every group where the zero ones fit in it and θ is not 0); for entries, with ``every`` and θ
     not 0, every entry where ``every_column`` (see ``_EVERY_COLUMN``; at θ = 0 where ``every_column_at_zero`` and
-    more entries are pulled than the room, see ``_EVERY_COLUMN_FROM_ZERO``), else with ``fill`` a room within
+    more entries are pulled than the room, see ``_EVERY_COLUMN_FROM_ZERO``; where ``every_column_when_full``, past
+    ``PRODUCTS_FROM`` entries, where more are pulled than the room: ``EVERY_COLUMN_UP_TO``), else with ``fill`` a room within
     ``PRODUCTS_FROM`` filled with the strongest zeros, pulled or not; for groups, with ``every`` and ``fill`` and
     θ not 0, the pulled groups topped up with the strongest others (`_group_filled`); None when their entries are more than
     ``limit``. ``ids`` maps θ's flat entries to their atoms
@@ -871,6 +891,9 @@ def _candidates(constraint: Constraint, theta: Tensor, grad: Tensor, lam: float,
     over_room = int(pulled.sum()) > room
     if over_room and every and ids is None and not count and every_column_at_zero:
         return torch.ones_like(theta, dtype=torch.bool)  # (every column: at most PRODUCTS_FROM, see _every_column)
+    if (over_room and every and ids is None and count >= L1_ROOM and every_column_when_full
+            and count + int(pulled.sum()) >= EVERY_COLUMN_IN_PLAY * theta.numel()):
+        return torch.ones_like(theta, dtype=torch.bool)  # (at most EVERY_COLUMN_UP_TO: see there)
     if over_room:
         pulled = torch.zeros_like(pulled)
         pulled[torch.topk(excess, room).indices] = True
@@ -964,6 +987,8 @@ def proximal_newton(loss, constraint: Constraint, point: Tensor, target: float,
         loss, theta.numel(), face_limit)
     every_column_at_zero = _EVERY_COLUMN_FROM_ZERO and every_column and _every_column(
         loss, theta.numel(), face_limit, share=1.0)
+    every_column_when_full = (ids is None and loss_is_quadratic and not from_neighbour and not every_column
+                              and _every_column(loss, theta.numel(), face_limit, up_to=EVERY_COLUMN_UP_TO))
     kept = None  # a least-squares products model's (candidates, single, operator)
     products_lost = False  # a model within L1_FACE ran over its products' budget
     first_residual = None
@@ -982,7 +1007,8 @@ def proximal_newton(loss, constraint: Constraint, point: Tensor, target: float,
         fill = not from_neighbour and (ids is None or not group_filled)
         candidates = _candidates(constraint, theta, grad, lam, face_limit, ids,
                                  every=loss_is_quadratic and _ALL_CANDIDATES, first_room=first_room,
-                                 every_column=every_column, fill=fill, every_column_at_zero=every_column_at_zero)
+                                 every_column=every_column, fill=fill, every_column_at_zero=every_column_at_zero,
+                                 every_column_when_full=every_column_when_full)
         group_filled = group_filled or (ids is not None and bool(theta.any()))
         if candidates is None:
             return None if outer == 0 else theta  # (what the iterations so far reached: the caller certifies it)
@@ -990,8 +1016,10 @@ def proximal_newton(loss, constraint: Constraint, point: Tensor, target: float,
             return theta  # θ = 0, and no zero is pulled off it: optimal
         size = int(candidates.sum())
         # (a model within L1_FACE goes by products too from PRODUCTS_FROM entries, on a budget: see there)
+        # (a full model's every column past PRODUCTS_FROM is formed densely: see EVERY_COLUMN_UP_TO)
+        dense_every_column = every_column_when_full and size == theta.numel()
         by_products = signs is not None and (size > L1_FACE or (
-            by_products_offered and size > PRODUCTS_FROM and not products_lost))
+            by_products_offered and size > PRODUCTS_FROM and not products_lost and not dense_every_column))
         row_block = None
         if signs is None:
             groups, weights = _local_groups(constraint, theta, candidates, ids, lam)
@@ -1156,12 +1184,12 @@ def declines_only_for_size(loss, constraint: Constraint, point: Tensor) -> bool:
     return norm is not None and norm[0] is None and bool(getattr(loss, "quadratic", False))
 
 
-def _every_column(loss, coordinates: int, limit: int, share: float | None = None) -> bool:
+def _every_column(loss, coordinates: int, limit: int, share: float | None = None, up_to: int | None = None) -> bool:
     """Whether a least-squares ℓ1 model away from θ = 0 takes every one of θ's ``coordinates`` (see
-    ``_EVERY_COLUMN``): at most ``PRODUCTS_FROM`` (and ``limit``) of them, and the loss's curvature resolves at
+    ``_EVERY_COLUMN``): at most ``up_to`` (and ``limit``) of them, and the loss's curvature resolves at
     least ``share`` of them (default ``EVERY_COLUMN_ROW_SHARE``; 1 asks whether it resolves them all, the rule
     at θ = 0, ``_EVERY_COLUMN_FROM_ZERO``), or does not say."""
-    if not _EVERY_COLUMN or coordinates > min(PRODUCTS_FROM, limit):
+    if not _EVERY_COLUMN or coordinates > min(PRODUCTS_FROM if up_to is None else up_to, limit):
         return False
     resolved = _resolved_coordinates(loss)
     return resolved is None or resolved >= (EVERY_COLUMN_ROW_SHARE if share is None else share) * coordinates

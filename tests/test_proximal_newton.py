@@ -867,6 +867,73 @@ def test_a_least_squares_model_from_zero_takes_every_column_where_the_rows_resol
         assert abs(results[True][1] - results[False][1]) <= 1e-12 * abs(results[False][1])
 
 
+@pytest.mark.parametrize("count, pulled, every_column_when_full, takes_every_column", [
+    (32, 118, True, True),     # the first model's full room kept, 150 of 300 columns in play
+    (32, 117, True, False),    # 149 in play: fewer than half
+    (31, 200, True, False),    # the last model kept fewer than L1_ROOM
+    (100, 132, True, False),   # the pulled zeros fit the room (count + L1_ROOM)
+    (100, 133, True, True),
+    (32, 250, False, False),   # not a design the rule applies to (see _every_column)
+])
+def test_a_full_model_past_products_from_takes_every_column_where_half_the_columns_are_in_play(
+        count, pulled, every_column_when_full, takes_every_column):
+    """Away from θ = 0 on more than PRODUCTS_FROM and at most EVERY_COLUMN_UP_TO columns, a least-squares model
+    takes every column where the zeros ∇loss pulls overflow its room (more than the non-zeros and L1_ROOM),
+    the non-zeros are at least L1_ROOM, and the non-zeros and pulled zeros are at least EVERY_COLUMN_IN_PLAY of
+    the columns; else the non-zeros and the strongest pulled zeros that fit the room."""
+    from symopt.proximal_newton import EVERY_COLUMN_IN_PLAY, L1_ROOM
+
+    columns, lam = 300, 1.0
+    assert count + pulled >= EVERY_COLUMN_IN_PLAY * columns or not takes_every_column
+    theta = torch.zeros(columns, dtype=torch.float64)
+    theta[:count] = 0.5
+    grad = torch.zeros(columns, dtype=torch.float64)
+    grad[:count] = -lam  # (the non-zeros' stationarity: no pull of their own)
+    grad[count:count + pulled] = torch.linspace(2.0, 1.5, pulled, dtype=torch.float64)
+    chosen = _candidates(symopt.Sparse(lam), theta, grad, lam, 1024, every=True, fill=True,
+                         every_column_when_full=every_column_when_full)
+    expected = columns if takes_every_column else count + min(pulled, count + L1_ROOM)
+    assert int(chosen.sum()) == expected
+    assert bool(chosen[:count + min(pulled, count + L1_ROOM)].all())  # (the non-zeros, the strongest pulls)
+
+
+def _ar1_lasso(seed: int, rows: int, columns: int, fraction: float):
+    """A Lasso on an AR(1) design (ρ = 0.6; 40 planted coefficients, noise 0.5) at ``fraction`` of λ_max, with an
+    intercept on odd seeds."""
+    rng = np.random.default_rng(seed)
+    X = np.empty((rows, columns))
+    X[:, 0] = rng.standard_normal(rows)
+    for j in range(1, columns):
+        X[:, j] = 0.6 * X[:, j - 1] + 0.8 * rng.standard_normal(rows)
+    truth = np.zeros(columns)
+    truth[rng.choice(columns, 40, replace=False)] = rng.standard_normal(40)
+    problem = lasso(X, X @ truth + 0.5 * rng.standard_normal(rows), 1.0, fit_intercept=bool(seed % 2))
+    return problem.at_strength(fraction * problem.strength_max())
+
+
+@pytest.mark.parametrize("rows, columns, fraction", [(300, 290, 1e-4), (300, 290, 1e-3), (400, 330, 1e-4)])
+def test_a_full_model_past_products_from_is_one_dense_model_of_every_column(monkeypatch, rows, columns, fraction):
+    """At small λ on designs of about as many rows as columns just past PRODUCTS_FROM the Lasso's models grew 32 →
+    96 → 224 → every column through the curvature's products and then densely; a full model with half the columns
+    in play now takes every column, formed densely (see EVERY_COLUMN_UP_TO). Over three drawn designs each: a dense
+    model of every column, no products model, fewer models than with the rule off (EVERY_COLUMN_UP_TO at
+    PRODUCTS_FROM), and the same optimum."""
+    import symopt.proximal_newton as pn
+
+    models = _model_sizes(monkeypatch, "solve_l1_quadratic")
+    by_products = pn.solve_l1_quadratic_by_products
+    monkeypatch.setattr(pn, "solve_l1_quadratic_by_products",
+                        lambda product, diagonal, *a, **k: models.append("products") or by_products(product, diagonal,
+                                                                                                     *a, **k))
+    for seed in range(3):
+        problem = _ar1_lasso(seed, rows, columns, fraction)
+        results = _with_the_rule_and_without(monkeypatch, problem, "EVERY_COLUMN_UP_TO", models,
+                                             values=(384, pn.PRODUCTS_FROM))
+        assert columns in results[384][0] and "products" not in results[384][0]
+        assert len(results[384][0]) < len(results[pn.PRODUCTS_FROM][0])
+        assert abs(results[384][1] - results[pn.PRODUCTS_FROM][1]) <= 1e-12 * abs(results[pn.PRODUCTS_FROM][1])
+
+
 def _path_models_with_the_rule_and_without(monkeypatch, problem, grid, model: str, rule: str):
     """``(model sizes with the rule, without it, the path with it, without it)``: ``symopt.path(problem, grid)``
     with ``symopt.proximal_newton``'s flag ``rule`` on, then off, recording the size of each model its function
