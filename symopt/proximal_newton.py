@@ -248,20 +248,20 @@ _EVERY_COLUMN_FROM_ZERO = True
 # every column away from θ = 0 where the model would be full (more zeros pulled than its room), the last model kept
 # at least L1_ROOM non-zeros, and those with the pulled zeros are at least EVERY_COLUMN_IN_PLAY of the columns; that
 # model is formed densely (other models of more than PRODUCTS_FROM entries go by the curvature's products first).
-# Why: at small λ on designs just past 256 columns the models grew 32 → 96 → 224 → every column for an answer of
-# most of the rows (a 297 × 295 AR(1) Lasso at 3.1e-5 λ_max: 59 ms), where one dense model of every column lands on
-# it. Each condition avoids a measured loss: through the products such a model lost (1.10× in the geometric mean,
-# rows 0.55–4.7×: the ill-conditioned curvature spent the products' budget, then was formed anyway); from θ = 0, or
-# after a model that was not full, the dense Gram of every column lost where the answer is small (an 8373 × 327
-# elastic net at 0.43 λ_max 6.0×); after a first model that kept fewer than L1_ROOM, or with fewer than half the
-# columns in play, on tall designs at 0.004–0.09 λ_max (1.2–2.1×). Measured in one process, the order rotated with
-# a control copy, on drawn Lassos and elastic nets of 257–384 columns and 0.3–40× as many rows (Gaussian, AR(1),
-# factor, raw scales; weights, intercepts; 1e-7..0.5 λ_max) and the option, raw-scale, wide-Lasso and large-answer
-# sweeps: 0.56× the time summed over the 98 rows it changes on seeds the share was chosen on (rows 0.29–1.21×), 0.59×
-# over 97 rows of seeds drawn after the rule was fixed (0.30–1.09×), the same optima (benchmarks/RESULTS.md,
-# fifty-fifth session).
-EVERY_COLUMN_UP_TO = 384
-EVERY_COLUMN_IN_PLAY = 0.5
+# Why: at small λ on designs past 256 columns the models grew 32 → 96 → 224 → 480 → …, those past 256 entries by
+# the products, for an answer of most of the columns (a 297 × 295 AR(1) Lasso at 3.1e-5 λ_max: 59 ms; a 10515 × 559
+# at 0.0013 λ_max: nine models, 650 ms), where one dense model of every column lands on it. Each condition avoids a
+# measured loss: through the products such a model lost (1.10× in the geometric mean, rows 0.55–4.7×: the
+# ill-conditioned curvature spent the products' budget, then was formed anyway); from θ = 0, or after a model that was
+# not full, the dense Gram of every column lost where the answer is small (an 8373 × 327 elastic net at 0.43 λ_max
+# 6.0×); after a first model that kept fewer than L1_ROOM, or with fewer than 0.7 of the columns in play, on tall
+# designs at 0.004–0.09 λ_max (1.2–2.1×; past 384 columns a half in play still lost up to 1.75×). Measured in one
+# process, the order rotated with a control copy, on drawn Lassos and elastic nets of 257–768 columns and 0.3–40× as
+# many rows (Gaussian, AR(1), factor, raw scales; weights, intercepts; 1e-7..0.5 λ_max) and the option, raw-scale,
+# wide-Lasso and large-answer sweeps; on seeds drawn after the rule was fixed 0.56× the time summed over the 56 rows
+# it changes (geometric mean 0.61×, rows 0.31–1.03×), the same optima (benchmarks/RESULTS.md, fifty-fifth session).
+EVERY_COLUMN_UP_TO = 768
+EVERY_COLUMN_IN_PLAY = 0.7
 # An ℓ1 model takes at most L1_ROOM zero entries beyond θ's non-zeros (the strongest pulls; `_candidates`):
 # from θ = 0 at most L1_ROOM in all, which `symopt.solver.descent` weighs against the rows (WIDE_L1_ROWS).
 L1_ROOM = 32

@@ -48,6 +48,18 @@ def bound_problem(problem, relative: float):
     return loss, constraint, target
 
 
+def model_sizes(monkeypatch, name: str) -> list:
+    """A list that gets the size of each model ``symopt.proximal_newton``'s function ``name`` solves (its first
+    argument's rows; the function still runs), patched through ``monkeypatch`` (pytest's fixture or a
+    ``pytest.MonkeyPatch.context()``): clear it before the calls to record."""
+    import symopt.proximal_newton as pn
+
+    sizes = []
+    solve = getattr(pn, name)
+    monkeypatch.setattr(pn, name, lambda hessian, *a, **k: sizes.append(hessian.shape[0]) or solve(hessian, *a, **k))
+    return sizes
+
+
 def least_squares(n=60, d=15, k=4, noise=0.3, seed=0):
     """Planted sparse regression; returns X (n×d), y (n,)."""
     g = torch.Generator().manual_seed(seed)

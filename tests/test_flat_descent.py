@@ -20,6 +20,8 @@ from symopt.problems import group_lasso, lasso, logistic_l1
 from symopt.problems.glm import DataTerm, LogLoss, SquaredError
 from symopt.solver.flat import FlatLBFGS, FlatObjective
 
+from helpers import model_sizes
+
 DT = torch.float64
 
 
@@ -623,7 +625,6 @@ def test_a_wide_group_problem_is_checked_from_zero_with_a_capped_first_model(row
     4.4 ms, benchmarks/RESULTS.md). The first model is no larger than the cap."""
     from sklearn.datasets import make_regression
 
-    import symopt.proximal_newton as pn
     import symopt.solver.descent as descent
     from symopt.problems import group_lasso
 
@@ -636,15 +637,8 @@ def test_a_wide_group_problem_is_checked_from_zero_with_a_capped_first_model(row
     cap = min(descent.PULLED_PER_ROW * rows, descent.WIDE_FROM_ZERO)
     assert int(pulled.sum()) * size > cap  # (the cap binds)
     assert (float(pulled.mean()) <= descent.CAPPED_PULLED_SHARE) == capped_share
-    sizes = []
-    original = pn.solve_group_quadratic
-
-    def counted(hessian, *args, **kwargs):
-        sizes.append(hessian.shape[0])
-        return original(hessian, *args, **kwargs)
-
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(pn, "solve_group_quadratic", counted)
+        sizes = model_sizes(patch, "solve_group_quadratic")
         _checked_from_zero(problem, from_zero, 20, rules=[("PULLED_PER_ROW", 0), ("CAPPED_PULLED_SHARE", 0.0)])
     if from_zero:
         assert size <= sizes[0] <= cap

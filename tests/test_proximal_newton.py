@@ -17,7 +17,7 @@ from symopt.optimality import kkt_at_snap, loss_gradient
 from symopt.problems import lasso, logistic_l1
 from symopt.l1_model import FaceFactor, quadratic_gradient, solve_l1_quadratic
 from symopt.proximal_newton import _candidates, proximal_newton
-from helpers import bound_problem
+from helpers import bound_problem, model_sizes
 
 
 def _model_kkt(H, g, x0, x, lam, nonnegative):
@@ -738,17 +738,6 @@ def _calls_counted(monkeypatch, name: str) -> list:
     return calls
 
 
-def _model_sizes(monkeypatch, name: str) -> list:
-    """A list that gets the size of each model ``symopt.proximal_newton``'s function ``name`` solves (its first
-    argument's rows; the function still runs): clear it before the calls to record."""
-    import symopt.proximal_newton as pn
-
-    sizes = []
-    solve = getattr(pn, name)
-    monkeypatch.setattr(pn, name, lambda hessian, *a, **k: sizes.append(hessian.shape[0]) or solve(hessian, *a, **k))
-    return sizes
-
-
 def _with_the_rule_and_without(monkeypatch, problem, rule: str, record: list, values=(True, False)) -> dict:
     """``{value: (record's entries, objective)}``: ``symopt.solve(problem)`` with ``symopt.proximal_newton``'s
     setting ``rule`` at each of ``values`` in turn (by default on, then off), each "optimal"; ``record`` (a list
@@ -831,7 +820,7 @@ def test_a_least_squares_model_takes_every_column_where_its_rows_resolve_most_of
     same optimum."""
     from symopt.problems import lasso
 
-    sizes = _model_sizes(monkeypatch, "solve_l1_quadratic")
+    sizes = model_sizes(monkeypatch, "solve_l1_quadratic")
     counts = {0.75: 0, 1.0: 0}
     for seed in range(6):
         X, y = _planted_raw_scales(seed, rows, columns)
@@ -856,7 +845,7 @@ def test_a_least_squares_model_from_zero_takes_every_column_where_the_rows_resol
     import symopt.proximal_newton as pn
     from symopt.problems import lasso
 
-    sizes = _model_sizes(monkeypatch, "solve_l1_quadratic")
+    sizes = model_sizes(monkeypatch, "solve_l1_quadratic")
     for seed in range(6):
         X, y = _planted_raw_scales(seed, rows, columns)
         problem = lasso(X, y, 1.0, fit_intercept=bool(seed % 2))
@@ -868,9 +857,9 @@ def test_a_least_squares_model_from_zero_takes_every_column_where_the_rows_resol
 
 
 @pytest.mark.parametrize("count, pulled, every_column_when_full, takes_every_column", [
-    (32, 118, True, True),     # the first model's full room kept, 150 of 300 columns in play
-    (32, 117, True, False),    # 149 in play: fewer than half
-    (31, 200, True, False),    # the last model kept fewer than L1_ROOM
+    (32, 178, True, True),     # the first model's full room kept, 210 of 300 columns in play
+    (32, 177, True, False),    # 209 in play: fewer than EVERY_COLUMN_IN_PLAY of them
+    (31, 250, True, False),    # the last model kept fewer than L1_ROOM
     (100, 132, True, False),   # the pulled zeros fit the room (count + L1_ROOM)
     (100, 133, True, True),
     (32, 250, False, False),   # not a design the rule applies to (see _every_column)
@@ -879,12 +868,12 @@ def test_a_full_model_past_products_from_takes_every_column_where_half_the_colum
         count, pulled, every_column_when_full, takes_every_column):
     """Away from θ = 0 on more than PRODUCTS_FROM and at most EVERY_COLUMN_UP_TO columns, a least-squares model
     takes every column where the zeros ∇loss pulls overflow its room (more than the non-zeros and L1_ROOM),
-    the non-zeros are at least L1_ROOM, and the non-zeros and pulled zeros are at least EVERY_COLUMN_IN_PLAY of
-    the columns; else the non-zeros and the strongest pulled zeros that fit the room."""
+    the non-zeros are at least L1_ROOM, and the non-zeros and pulled zeros are at least EVERY_COLUMN_IN_PLAY (0.7)
+    of the columns; else the non-zeros and the strongest pulled zeros that fit the room."""
     from symopt.proximal_newton import EVERY_COLUMN_IN_PLAY, L1_ROOM
 
     columns, lam = 300, 1.0
-    assert count + pulled >= EVERY_COLUMN_IN_PLAY * columns or not takes_every_column
+    assert (count + pulled >= EVERY_COLUMN_IN_PLAY * columns) == ((count, pulled) != (32, 177))  # (the cases' premise)
     theta = torch.zeros(columns, dtype=torch.float64)
     theta[:count] = 0.5
     grad = torch.zeros(columns, dtype=torch.float64)
@@ -911,16 +900,20 @@ def _ar1_lasso(seed: int, rows: int, columns: int, fraction: float):
     return problem.at_strength(fraction * problem.strength_max())
 
 
-@pytest.mark.parametrize("rows, columns, fraction", [(300, 290, 1e-4), (300, 290, 1e-3), (400, 330, 1e-4)])
+@pytest.mark.parametrize("rows, columns, fraction", [(300, 290, 1e-4), (300, 290, 1e-3), (400, 330, 1e-4),
+                                                     (520, 450, 1e-4)])
 def test_a_full_model_past_products_from_is_one_dense_model_of_every_column(monkeypatch, rows, columns, fraction):
-    """At small λ on designs of about as many rows as columns just past PRODUCTS_FROM the Lasso's models grew 32 →
-    96 → 224 → every column through the curvature's products and then densely; a full model with half the columns
-    in play now takes every column, formed densely (see EVERY_COLUMN_UP_TO). Over three drawn designs each: a dense
-    model of every column, no products model, fewer models than with the rule off (EVERY_COLUMN_UP_TO at
-    PRODUCTS_FROM), and the same optimum."""
+    """At small λ on designs of about as many rows as columns past PRODUCTS_FROM the Lasso's models grew 32 → 96 →
+    224 → … through the curvature's products; a full model with most columns in play (EVERY_COLUMN_IN_PLAY) now
+    takes every column, formed densely (see EVERY_COLUMN_UP_TO). Over three drawn designs each: a dense model of
+    every column, no products model, fewer models than with the rule off (EVERY_COLUMN_UP_TO at PRODUCTS_FROM), and
+    the same optimum."""
     import symopt.proximal_newton as pn
 
-    models = _model_sizes(monkeypatch, "solve_l1_quadratic")
+    assert pn.PRODUCTS_FROM < columns <= pn.EVERY_COLUMN_UP_TO
+    rule = pn.EVERY_COLUMN_UP_TO
+
+    models = model_sizes(monkeypatch, "solve_l1_quadratic")
     by_products = pn.solve_l1_quadratic_by_products
     monkeypatch.setattr(pn, "solve_l1_quadratic_by_products",
                         lambda product, diagonal, *a, **k: models.append("products") or by_products(product, diagonal,
@@ -928,10 +921,10 @@ def test_a_full_model_past_products_from_is_one_dense_model_of_every_column(monk
     for seed in range(3):
         problem = _ar1_lasso(seed, rows, columns, fraction)
         results = _with_the_rule_and_without(monkeypatch, problem, "EVERY_COLUMN_UP_TO", models,
-                                             values=(384, pn.PRODUCTS_FROM))
-        assert columns in results[384][0] and "products" not in results[384][0]
-        assert len(results[384][0]) < len(results[pn.PRODUCTS_FROM][0])
-        assert abs(results[384][1] - results[pn.PRODUCTS_FROM][1]) <= 1e-12 * abs(results[pn.PRODUCTS_FROM][1])
+                                             values=(rule, pn.PRODUCTS_FROM))
+        assert columns in results[rule][0] and "products" not in results[rule][0]
+        assert len(results[rule][0]) < len(results[pn.PRODUCTS_FROM][0])
+        assert abs(results[rule][1] - results[pn.PRODUCTS_FROM][1]) <= 1e-12 * abs(results[pn.PRODUCTS_FROM][1])
 
 
 def _path_models_with_the_rule_and_without(monkeypatch, problem, grid, model: str, rule: str):
@@ -940,7 +933,7 @@ def _path_models_with_the_rule_and_without(monkeypatch, problem, grid, model: st
     ``model`` solves."""
     import symopt.proximal_newton as pn
 
-    sizes = _model_sizes(monkeypatch, model)
+    sizes = model_sizes(monkeypatch, model)
     with_rule = symopt.path(problem, grid)
     taken, sizes[:] = list(sizes), []
     monkeypatch.setattr(pn, rule, False)
