@@ -426,6 +426,8 @@ def test_a_model_within_the_dense_limit_goes_by_products_on_a_budget_and_is_form
                             lambda *a, **k: (lambda x: answers.append(x is not None) or x)(solver(*a, **k)))
         monkeypatch.setattr(loss, "curvature", lambda *a, **k: formed.append(1) or curvature(*a, **k))
         monkeypatch.setattr(pn, "PRODUCTS_FROM", 4)
+        # (and no full least-squares model formed densely past PRODUCTS_FROM: see EVERY_COLUMN_UP_TO)
+        monkeypatch.setattr(pn, "EVERY_COLUMN_UP_TO", 4)
         monkeypatch.setattr(pn, "GRAM_PER_PRODUCT", gram_per_product)
         point = pn.proximal_newton(loss, constraint, zero, target)
         _, residual = kkt_at_snap(loss, constraint, point, 1e-9, levels=1)
@@ -494,6 +496,7 @@ def test_a_settled_least_squares_model_has_a_larger_products_budget_than_the_oth
     monkeypatch.setattr(pn, "solve_l1_quadratic_by_products",
                         lambda *a, **k: asked.append((a[6], len(a[2]), k["max_products"])) or solver(*a, **k))
     monkeypatch.setattr(pn, "PRODUCTS_FROM", 4)
+    monkeypatch.setattr(pn, "EVERY_COLUMN_UP_TO", 4)  # (no model formed densely past PRODUCTS_FROM: see there)
     monkeypatch.setattr(pn, "GRAM_PER_PRODUCT", 2)
     monkeypatch.setattr(pn, "SINGLE_PRODUCTS_FROM", float("inf"))
     point = pn.proximal_newton(loss, constraint, torch.zeros(30, dtype=torch.float64), target)
