@@ -858,11 +858,11 @@ def _candidates(constraint: Constraint, theta: Tensor, grad: Tensor, lam: float,
     in that cap (every group where the zero ones fit in it and θ is not 0); for entries, with ``every`` and θ
     not 0, every entry where ``every_column`` (see ``_EVERY_COLUMN``; at θ = 0 where ``every_column_at_zero`` and
     more entries are pulled than the room, see ``_EVERY_COLUMN_FROM_ZERO``; where ``every_column_when_full``, past
-    ``PRODUCTS_FROM`` entries, where more are pulled than the room: ``EVERY_COLUMN_UP_TO``), else with ``fill`` a room within
-    ``PRODUCTS_FROM`` filled with the strongest zeros, pulled or not; for groups, with ``every`` and ``fill`` and
-    θ not 0, the pulled groups topped up with the strongest others (`_group_filled`); None when their entries are more than
-    ``limit``. ``ids`` maps θ's flat entries to their atoms
-    (`Constraint.atom_ids`; None: every entry is an atom).
+    ``PRODUCTS_FROM`` entries, where more are pulled than the room and enough are in play: ``EVERY_COLUMN_UP_TO``),
+    else with ``fill`` a room within ``PRODUCTS_FROM`` filled with the strongest zeros, pulled or not; for groups,
+    with ``every`` and ``fill`` and θ not 0, the pulled groups topped up with the strongest others
+    (`_group_filled`); None when their entries are more than ``limit``. ``ids`` maps θ's flat entries to their
+    atoms (`Constraint.atom_ids`; None: every entry is an atom).
 
     The cap keeps a model from taking in atoms that belong at zero, each a column of its curvature
     and, in the group model's active set (one group joins at a time), a step: from a working set's
