@@ -927,6 +927,32 @@ def test_a_full_model_past_products_from_is_one_dense_model_of_every_column(monk
         assert abs(results[rule][1] - results[pn.PRODUCTS_FROM][1]) <= 1e-12 * abs(results[pn.PRODUCTS_FROM][1])
 
 
+@pytest.mark.parametrize("fraction, takes_every_column", [(0.003, False), (1e-4, True)])
+def test_a_full_model_takes_every_column_only_after_a_model_that_kept_most_of_its_entries(monkeypatch, fraction,
+                                                                                          takes_every_column):
+    """On the degree-2 polynomial features of breast_cancer (569 × 495, standardised: correlated columns, not drawn
+    here) at 0.003 λ_max the second model kept 36 of its 64 entries, many zeros were then pulled, and the answer holds
+    84: a model of every column there took 1.96× the time. The rule asks that the last model kept at least
+    EVERY_COLUMN_KEPT of its entries: no model of every column at 0.003 λ_max, and one at 1e-4 λ_max (where the
+    models kept 79-100%, and the answer is large). The same optimum as with the rule off either way."""
+    import symopt.proximal_newton as pn
+    pytest.importorskip("sklearn")
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.preprocessing import PolynomialFeatures, StandardScaler
+
+    X, y = load_breast_cancer(return_X_y=True)
+    X = StandardScaler().fit_transform(PolynomialFeatures(2, include_bias=False).fit_transform(X))
+    assert pn.PRODUCTS_FROM < X.shape[1] <= pn.EVERY_COLUMN_UP_TO
+    problem = lasso(X, y - y.mean(), 1.0)
+    problem = problem.at_strength(fraction * problem.strength_max())
+    models = model_sizes(monkeypatch, "solve_l1_quadratic")
+    rule, off = pn.EVERY_COLUMN_UP_TO, pn.PRODUCTS_FROM
+    results = _with_the_rule_and_without(monkeypatch, problem, "EVERY_COLUMN_UP_TO", models, values=(rule, off))
+    assert (X.shape[1] in results[rule][0]) == takes_every_column
+    assert X.shape[1] not in results[off][0]
+    assert abs(results[rule][1] - results[off][1]) <= 1e-12 * abs(results[off][1])
+
+
 def _path_models_with_the_rule_and_without(monkeypatch, problem, grid, model: str, rule: str):
     """``(model sizes with the rule, without it, the path with it, without it)``: ``symopt.path(problem, grid)``
     with ``symopt.proximal_newton``'s flag ``rule`` on, then off, recording the size of each model its function
