@@ -858,7 +858,7 @@ def _row_block_step(face_block: tuple[np.ndarray, int], scale: np.ndarray, unit:
 def _candidates(constraint: Constraint, theta: Tensor, grad: Tensor, lam: float, limit: int,
                 ids: Tensor | None = None, every: bool = False, first_room: int | None = None,
                 every_column: bool = False, fill: bool = False, every_column_at_zero: bool = False,
-                every_column_when_full: bool = False) -> Tensor | None:
+                every_column_when_full: bool = False, last_size: int | None = None) -> Tensor | None:
     """The entries a quadratic model is taken on: θ's non-zero atoms and the zero atoms whose pull
     exceeds λ, at most ``alive + L1_ROOM`` of those for entries (ℓ1) and ``alive // 2 + 8`` for groups (the
     strongest pulls: the next outer iteration takes the others), every pulled group at θ = 0 (with
@@ -867,7 +867,8 @@ def _candidates(constraint: Constraint, theta: Tensor, grad: Tensor, lam: float,
     in that cap (every group where the zero ones fit in it and θ is not 0); for entries, with ``every`` and θ
     not 0, every entry where ``every_column`` (see ``_EVERY_COLUMN``; at θ = 0 where ``every_column_at_zero`` and
     more entries are pulled than the room, see ``_EVERY_COLUMN_FROM_ZERO``; where ``every_column_when_full``, past
-    ``PRODUCTS_FROM`` entries, where more are pulled than the room and enough are in play: ``EVERY_COLUMN_UP_TO``),
+    ``PRODUCTS_FROM`` entries, where more are pulled than the room, enough are in play and the non-zeros are most
+    of the last model's ``last_size`` entries: ``EVERY_COLUMN_UP_TO``),
     else with ``fill`` a room within ``PRODUCTS_FROM`` filled with the strongest zeros, pulled or not; for groups,
     with ``every`` and ``fill`` and θ not 0, the pulled groups topped up with the strongest others
     (`_group_filled`); None when their entries are more than ``limit``. ``ids`` maps θ's flat entries to their
@@ -897,11 +898,13 @@ def _candidates(constraint: Constraint, theta: Tensor, grad: Tensor, lam: float,
             fits[0] = bool(pulled[order[0]])
             pulled = torch.zeros_like(pulled)
             pulled[order[fits]] = True
-    over_room = int(pulled.sum()) > room
+    pulled_count = int(pulled.sum())
+    over_room = pulled_count > room
     if over_room and every and ids is None and not count and every_column_at_zero:
         return torch.ones_like(theta, dtype=torch.bool)  # (every column: at most PRODUCTS_FROM, see _every_column)
-    if (over_room and every and ids is None and count >= L1_ROOM and every_column_when_full
-            and count + int(pulled.sum()) >= EVERY_COLUMN_IN_PLAY * theta.numel()):
+    if (over_room and every and ids is None and every_column_when_full and last_size is not None
+            and count >= max(L1_ROOM, EVERY_COLUMN_KEPT * last_size)
+            and count + pulled_count >= EVERY_COLUMN_IN_PLAY * theta.numel()):
         return torch.ones_like(theta, dtype=torch.bool)  # (at most EVERY_COLUMN_UP_TO: see there)
     if over_room:
         pulled = torch.zeros_like(pulled)
@@ -1018,8 +1021,7 @@ def proximal_newton(loss, constraint: Constraint, point: Tensor, target: float,
         candidates = _candidates(constraint, theta, grad, lam, face_limit, ids,
                                  every=loss_is_quadratic and _ALL_CANDIDATES, first_room=first_room,
                                  every_column=every_column, fill=fill, every_column_at_zero=every_column_at_zero,
-                                 every_column_when_full=every_column_when_full and last_size is not None
-                                 and int((theta != 0).sum()) >= EVERY_COLUMN_KEPT * last_size)
+                                 every_column_when_full=every_column_when_full, last_size=last_size)
         group_filled = group_filled or (ids is not None and bool(theta.any()))
         if candidates is None:
             return None if outer == 0 else theta  # (what the iterations so far reached: the caller certifies it)
@@ -1027,7 +1029,7 @@ def proximal_newton(loss, constraint: Constraint, point: Tensor, target: float,
             return theta  # θ = 0, and no zero is pulled off it: optimal
         size = last_size = int(candidates.sum())
         # (a model within L1_FACE goes by products too from PRODUCTS_FROM entries, on a budget: see there)
-        # (a full model's every column past PRODUCTS_FROM is formed densely: see EVERY_COLUMN_UP_TO)
+        # (a model of every column on a design EVERY_COLUMN_UP_TO covers is formed densely: see there)
         dense_every_column = every_column_when_full and size == theta.numel()
         by_products = signs is not None and (size > L1_FACE or (
             by_products_offered and size > PRODUCTS_FROM and not products_lost and not dense_every_column))

@@ -856,20 +856,24 @@ def test_a_least_squares_model_from_zero_takes_every_column_where_the_rows_resol
         assert abs(results[True][1] - results[False][1]) <= 1e-12 * abs(results[False][1])
 
 
-@pytest.mark.parametrize("count, pulled, every_column_when_full, takes_every_column", [
-    (32, 178, True, True),     # the first model's full room kept, 210 of 300 columns in play
-    (32, 177, True, False),    # 209 in play: fewer than EVERY_COLUMN_IN_PLAY of them
-    (31, 250, True, False),    # the last model kept fewer than L1_ROOM
-    (100, 132, True, False),   # the pulled zeros fit the room (count + L1_ROOM)
-    (100, 133, True, True),
-    (32, 250, False, False),   # not a design the rule applies to (see _every_column)
+@pytest.mark.parametrize("count, pulled, every_column_when_full, last_size, takes_every_column", [
+    (32, 178, True, 32, True),     # the first model's full room kept, 210 of 300 columns in play
+    (32, 177, True, 32, False),    # 209 in play: fewer than EVERY_COLUMN_IN_PLAY of them
+    (31, 250, True, 31, False),    # the last model kept fewer than L1_ROOM
+    (100, 132, True, 100, False),  # the pulled zeros fit the room (count + L1_ROOM)
+    (100, 133, True, 100, True),
+    (100, 133, True, 134, False),  # the last model's answer kept fewer than EVERY_COLUMN_KEPT of its 134 entries
+    (100, 133, True, 133, True),   # ... and at least that share of 133
+    (100, 133, True, None, False),  # no model yet in this call
+    (32, 250, False, 32, False),   # not a design the rule applies to (see _every_column)
 ])
-def test_a_full_model_past_products_from_takes_every_column_where_half_the_columns_are_in_play(
-        count, pulled, every_column_when_full, takes_every_column):
+def test_a_full_model_past_products_from_takes_every_column_where_most_columns_are_in_play(
+        count, pulled, every_column_when_full, last_size, takes_every_column):
     """Away from θ = 0 on more than PRODUCTS_FROM and at most EVERY_COLUMN_UP_TO columns, a least-squares model
     takes every column where the zeros ∇loss pulls overflow its room (more than the non-zeros and L1_ROOM),
-    the non-zeros are at least L1_ROOM, and the non-zeros and pulled zeros are at least EVERY_COLUMN_IN_PLAY (0.7)
-    of the columns; else the non-zeros and the strongest pulled zeros that fit the room."""
+    the non-zeros are at least L1_ROOM and at least EVERY_COLUMN_KEPT (3/4) of the last model's entries, and the
+    non-zeros and pulled zeros are at least EVERY_COLUMN_IN_PLAY (0.7) of the columns; else the non-zeros and the
+    strongest pulled zeros that fit the room."""
     from symopt.proximal_newton import EVERY_COLUMN_IN_PLAY, L1_ROOM
 
     columns, lam = 300, 1.0
@@ -880,7 +884,7 @@ def test_a_full_model_past_products_from_takes_every_column_where_half_the_colum
     grad[:count] = -lam  # (the non-zeros' stationarity: no pull of their own)
     grad[count:count + pulled] = torch.linspace(2.0, 1.5, pulled, dtype=torch.float64)
     chosen = _candidates(symopt.Sparse(lam), theta, grad, lam, 1024, every=True, fill=True,
-                         every_column_when_full=every_column_when_full)
+                         every_column_when_full=every_column_when_full, last_size=last_size)
     expected = columns if takes_every_column else count + min(pulled, count + L1_ROOM)
     assert int(chosen.sum()) == expected
     assert bool(chosen[:count + min(pulled, count + L1_ROOM)].all())  # (the non-zeros, the strongest pulls)
@@ -916,8 +920,7 @@ def test_a_full_model_past_products_from_is_one_dense_model_of_every_column(monk
     models = model_sizes(monkeypatch, "solve_l1_quadratic")
     by_products = pn.solve_l1_quadratic_by_products
     monkeypatch.setattr(pn, "solve_l1_quadratic_by_products",
-                        lambda product, diagonal, *a, **k: models.append("products") or by_products(product, diagonal,
-                                                                                                     *a, **k))
+                        lambda *a, **k: models.append("products") or by_products(*a, **k))
     for seed in range(3):
         problem = _ar1_lasso(seed, rows, columns, fraction)
         results = _with_the_rule_and_without(monkeypatch, problem, "EVERY_COLUMN_UP_TO", models,
