@@ -5,7 +5,7 @@
                                     [--completion-sweep] [--logistic-sweep] [--group-sweep] [--wide-group-sweep]
                                     [--drawn-group-sweep [SEED]] [--drawn-options-sweep [SEED]]
                                     [--drawn-raw-scales-sweep [SEED]] [--sparse-only] [--sparse-sweep]
-                                    [--large-answer-sweep]
+                                    [--large-answer-sweep] [--summary]
 
 Every row times a *whole call* as a user makes it (``symopt.solve`` / ``symopt.path`` /
 ``symopt.estimators.LassoCV`` against scikit-learn's ``Lasso`` / ``lasso_path`` / ``LassoCV`` and
@@ -37,6 +37,11 @@ logistic-L1 with drawn options (intercept, sample weights, ``l1_ratio``, ``posit
 ``--sparse-sweep`` the Lasso and logistic-L1 on eight more generated CSR designs (4e4 to 1e6 stored entries), and
 with ``--large-answer-sweep`` Lassos and logistic-L1 whose answers hold more than 1024 columns; nuclear-norm
 (reduced-rank) regression of digits' one-hot labels on its raw and standardised pixels against cvxpy.
+
+``--summary`` runs the default rows, the sparse row and every sweep (the drawn ones at their default seeds), then
+prints one line per family and kind of data (shipped with scikit-learn, or generated): the geometric mean and range of
+DCS's time over the peer's, the rows where DCS is faster, and the rows outside issue 22's rule (within 3× of the peer
+at the tolerance that reaches the optimum, or within 20 ms where the peer needs under 2 ms), listed one by one.
 """
 
 from __future__ import annotations
@@ -873,6 +878,95 @@ SWEEPS = {
 }
 
 
+# The drawn sweeps' seeds where none is given (``--drawn-group-sweep`` and the others with no SEED, ``--summary``)
+DRAWN_SEEDS = {"group": 4242, "options": 2027, "raw scales": 1000}
+
+# The issue's rule for a row (issue 22): DCS within RULE_RATIO × the peer's time (the peer at the tolerance that
+# reaches the optimum, where its default stops short), or, where the peer needs under RULE_QUICK_PEER seconds,
+# within RULE_QUICK_DCS seconds a solve.
+RULE_RATIO, RULE_QUICK_PEER, RULE_QUICK_DCS = 3.0, 0.002, 0.020
+# Words in a row's label that name a data set scikit-learn ships (real data, or features of it); every other row's
+# data are generated (make_regression and friends, AR(1), Gaussian, sparse CSR, drawn scales).
+REAL_DATA = ("diabetes", "cancer", "digits", "wine", "linnerud", "china")
+
+
+def row_family(label: str) -> str:
+    """The family a row's label names (its first words): the Lasso and the elastic net are one family, logistic-L1
+    with or without an ℓ2 part another.
+
+    Examples:
+        >>> row_family("Lasso+intercept, diabetes, 0.1 λmax"), row_family("logistic, AR(1) 261×220, l1_ratio 0.5")
+        ('Lasso / elastic net', 'logistic-L1')
+    """
+    head = label.split(",")[0].lower()
+    for prefix, family in (("lasso path", "Lasso path"), ("lassocv", "LassoCV"),
+                           ("positive lasso", "non-negative Lasso"), ("multi-task", "multi-task Lasso"),
+                           ("group lasso", "group lasso"), ("completion", "completion"),
+                           ("reduced-rank", "reduced-rank regression"), ("logistic", "logistic-L1")):
+        if head.startswith(prefix):
+            return family
+    return "Lasso / elastic net"
+
+
+def peer_seconds(row: tuple) -> float:
+    """The peer's time a row is judged by: at the tolerance that reaches the optimum where the row has one, else at
+    its default (also where no tolerance tried reached it)."""
+    calibrated = row[6] if len(row) > 6 else None
+    return calibrated[0] if calibrated else row[4]
+
+
+def peer_stops_short(row: tuple) -> bool:
+    """Whether no tolerance tried took the peer to the optimum (its objective stays above DCS's by more than
+    ``REACHED`` relative): the row has no time at equal accuracy, and the issue's rule does not apply to it."""
+    return len(row) > 6 and row[6] is None
+
+
+def inside_rule(row: tuple) -> bool:
+    """Whether a row is inside the issue's rule (see ``RULE_RATIO``; a row whose peer stops short, see
+    `peer_stops_short`, is judged by the peer's default time).
+
+    Examples:
+        >>> quick = ("Lasso, x", "optimal", 0.012, "peer", 0.0015, 0.0)    # 8× a peer under 2 ms, within 20 ms
+        >>> slow = ("Lasso, x", "optimal", 0.030, "peer", 0.005, 0.0)      # 6× a peer of 5 ms
+        >>> inside_rule(quick), inside_rule(slow)
+        (True, False)
+    """
+    peer = peer_seconds(row)
+    return row[2] <= RULE_RATIO * peer or (peer < RULE_QUICK_PEER and row[2] <= RULE_QUICK_DCS)
+
+
+def summary(rows: list[tuple]) -> list[str]:
+    """Markdown lines: per family and kind of data (shipped or generated), the rows, the geometric mean and the range
+    of DCS's time over the peer's (`peer_seconds`), the rows where DCS is faster, those whose peer stops short of the
+    optimum at every tolerance tried (`peer_stops_short`: no rule applies), and those outside the issue's rule; the
+    last two are then listed one by one."""
+    groups: dict = {}
+    for row in rows:
+        kind = "shipped" if any(word in row[0].lower() for word in REAL_DATA) else "generated"
+        groups.setdefault((row_family(row[0]), kind), []).append(row)
+    lines = ["| family | data | rows | DCS / peer, geometric mean | range | DCS faster | peer stops short "
+             "| outside the rule |", "|---|---|---|---|---|---|---|---|"]
+    short, outside = [], []
+    for (family, kind), members in sorted(groups.items()):
+        ratios = [row[2] / peer_seconds(row) for row in members]
+        stopped = [row for row in members if peer_stops_short(row)]
+        missed = [row for row in members if not peer_stops_short(row) and not inside_rule(row)]
+        short += stopped
+        outside += missed
+        mean = math.exp(statistics.fmean(math.log(r) for r in ratios))
+        lines.append(f"| {family} | {kind} | {len(members)} | {mean:.2f}× | {min(ratios):.2f}–{max(ratios):.2f}× "
+                     f"| {sum(r < 1 for r in ratios)} | {len(stopped)} | {len(missed)} |")
+    statuses = sorted({row[1] for row in rows})
+    lines.append(f"\n{len(rows)} rows; DCS statuses: {', '.join(statuses)}.")
+    for title, listed in (("The peer stops short of the optimum (its objective above DCS's by the gap given; its "
+                           "default time)", short), ("Outside the rule", outside)):
+        if listed:
+            lines.append(f"\n{title}:\n")
+            lines += [f"- {row[0]}: {1e3 * row[2]:.1f} ms against {1e3 * peer_seconds(row):.1f} ms ({row[3]}"
+                      + (f", gap {row[5]:+.1e})" if peer_stops_short(row) else ")") for row in listed]
+    return lines
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.users_data")
     parser.add_argument("--repeats", type=int, default=3)
@@ -889,12 +983,16 @@ def main(argv=None) -> None:
                         help="only the nuclear-norm regression rows against cvxpy")
     parser.add_argument("--sparse-only", action="store_true",
                         help="only the Lasso on a sparse CSR 10000×100000 design against scikit-learn")
-    parser.add_argument("--drawn-group-sweep", type=int, nargs="?", const=4242, metavar="SEED",
+    parser.add_argument("--drawn-group-sweep", type=int, nargs="?", const=DRAWN_SEEDS["group"], metavar="SEED",
                         help="only the group lasso on 20 wide designs drawn from SEED (default 4242) against skglm")
-    parser.add_argument("--drawn-options-sweep", type=int, nargs="?", const=2027, metavar="SEED",
+    parser.add_argument("--drawn-options-sweep", type=int, nargs="?", const=DRAWN_SEEDS["options"], metavar="SEED",
                         help="only the Lasso, elastic net and logistic-L1 with drawn options (intercept, sample weights, "
                              "l1_ratio, positive) on 45 problems drawn from SEED (default 2027) against scikit-learn and skglm")
-    parser.add_argument("--drawn-raw-scales-sweep", type=int, nargs="?", const=1000, metavar="SEED",
+    parser.add_argument("--summary", action="store_true",
+                        help="the default run and every sweep above (drawn ones at their default seeds), then a table "
+                             "per family: DCS's time over the peer's, and the rows outside issue 22's rule (~20 min)")
+    parser.add_argument("--drawn-raw-scales-sweep", type=int, nargs="?", const=DRAWN_SEEDS["raw scales"],
+                        metavar="SEED",
                         help="only the Lasso and elastic net on columns of scales 1e-3..1e3 at 1e-7..1e-4 λmax, 30 "
                              "problems drawn from SEED (default 1000) against scikit-learn")
     args = parser.parse_args(argv)
@@ -927,10 +1025,12 @@ def main(argv=None) -> None:
     elif args.groups_only:
         rows = lambda: groups(repeats, args.quick) + multitask(repeats, args.quick)  # noqa: E731
     else:
-        rows = lambda: (single_solves(repeats, args.quick) + positive(repeats, args.quick)  # noqa: E731
-                        + groups(repeats, args.quick) + multitask(repeats, args.quick) + paths(repeats, args.quick)
-                        + completion(repeats, args.quick) + reduced_rank(repeats, args.quick))
+        rows = lambda: _default_rows(repeats, args.quick)  # noqa: E731
+    if args.summary:
+        rows = lambda: _every_row(repeats, args.quick)  # noqa: E731
+    done = []
     for row in rows():
+        done.append(row)
         name, status, t_dcs, peer, t_peer, gap = row[:6]
         calibrated = row[6] if len(row) > 6 else ()
         if calibrated is None:
@@ -941,6 +1041,27 @@ def main(argv=None) -> None:
             reached = " | |"
         print(f"| {name} | {status} | {t_dcs:.4f} | {peer} | {t_peer:.4f} | {t_dcs / t_peer:.1f}× | {gap:+.1e} |"
               + reached, flush=True)
+    if args.summary:
+        print("\n" + "\n".join(summary(done)))
+
+
+def _default_rows(repeats: int, quick: bool) -> list[tuple]:
+    return (single_solves(repeats, quick) + positive(repeats, quick) + groups(repeats, quick)
+            + multitask(repeats, quick) + paths(repeats, quick) + completion(repeats, quick)
+            + reduced_rank(repeats, quick))
+
+
+def _every_row(repeats: int, quick: bool):
+    """The rows of the default run, then of every sweep (drawn ones at their default seeds), as they come."""
+    yield from _default_rows(repeats, quick)
+    if quick:  # (a smoke test of the summary: the default rows alone)
+        return
+    yield from sparse_design(repeats)
+    for run, _ in SWEEPS.values():
+        yield from run(repeats)
+    yield from drawn_group_sweep(repeats, DRAWN_SEEDS["group"])
+    yield from drawn_options_sweep(repeats, DRAWN_SEEDS["options"])
+    yield from drawn_raw_scales_sweep(repeats, DRAWN_SEEDS["raw scales"])
 
 
 if __name__ == "__main__":

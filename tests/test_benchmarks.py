@@ -154,6 +154,57 @@ def test_users_data_quick(capsys):
     assert "| positive Lasso, diabetes raw, intercept, 0.1 λmax | optimal |" in printed
 
 
+
+def test_users_data_summary_sorts_rows_by_family_and_data_and_lists_the_rows_outside_the_rule():
+    """`users_data.summary`: the issue's rule (3× the peer at the tolerance that reaches the optimum, or 20 ms where
+    the peer needs under 2 ms), a geometric mean per family and kind of data, and the misses named."""
+    family = users_data.row_family
+    assert family("Lasso+intercept, cancer raw, 0.01 λmax") == family("elastic net, AR(1) 300×200, 0.1 λmax") \
+        == family("Lasso, sparse CSR 20000×5000 (1e+05 entries), 0.01 λmax") == "Lasso / elastic net"
+    assert family("logistic-L1+intercept, wine std, class 1, 0.1 λmax") == family("logistic, digits raw 1472×64") \
+        == "logistic-L1"
+    assert family("positive Lasso, diabetes raw, intercept, 0.1 λmax") == "non-negative Lasso"
+    assert family("Lasso path, 50 λ, generated 500×2000") == "Lasso path"
+    assert family("LassoCV, 30 α × 5 folds, digits") == "LassoCV"
+    assert family("group lasso, digits std, 16 groups of 4, 0.1 λmax") == "group lasso"
+    assert family("multi-task Lasso, linnerud, 3 targets, 0.1 λmax") == "multi-task Lasso"
+    assert family("completion, china.jpg gray 214×320, 50% observed, 0.1 λmax (rank 3)") == "completion"
+    assert family("reduced-rank regression, digits raw, λ = 0.1") == "reduced-rank regression"
+
+    def row(label, dcs, peer, calibrated=()):
+        return (label, "optimal", dcs, "peer", peer, 0.0) + ((calibrated,) if calibrated != () else ())
+
+    inside = users_data.inside_rule
+    assert inside(row("Lasso, a", 0.030, 0.010)) and not inside(row("Lasso, a", 0.0301, 0.010))
+    assert inside(row("Lasso, a", 0.019, 0.0019)) and not inside(row("Lasso, a", 0.021, 0.0019))
+    assert not inside(row("Lasso, a", 0.021, 0.0020))  # (a peer of 2 ms or more: 3× its time)
+    # the peer at the tolerance that reaches the optimum where its default stops short; its default where none does
+    assert inside(row("Lasso, a", 0.030, 0.005, (0.010, 1e-6))) and not inside(row("Lasso, a", 0.030, 0.005))
+    assert not inside(row("Lasso, a", 0.030, 0.005, None))
+    assert users_data.peer_stops_short(row("Lasso, a", 0.030, 0.005, None))
+    assert not users_data.peer_stops_short(row("Lasso, a", 0.030, 0.005, (0.010, 1e-6)))
+    assert not users_data.peer_stops_short(row("Lasso, a", 0.030, 0.005))
+    rows = [row("Lasso, diabetes, 0.1", 0.002, 0.001), row("Lasso, diabetes, 0.01", 0.008, 0.001),
+            row("Lasso, AR(1) 300×300, 0.1", 0.040, 0.010), row("Lasso, AR(1) 300×300, 1e-6", 0.040, 0.010, None),
+            row("group lasso, wine, 0.1", 0.003, 0.004)]
+    lines = users_data.summary(rows)
+    table = {tuple(cell.strip() for cell in line.strip("|").split("|")[:2]): line
+             for line in lines if line.startswith("| ")}
+    assert "| 2 | 4.00× | 2.00–8.00× | 0 | 0 | 0 |" in table["Lasso / elastic net", "shipped"]
+    assert "| 2 | 4.00× | 4.00–4.00× | 0 | 1 | 1 |" in table["Lasso / elastic net", "generated"]
+    assert "| 1 | 0.75× | 0.75–0.75× | 1 | 0 | 0 |" in table["group lasso", "shipped"]
+    assert lines[-1] == "- Lasso, AR(1) 300×300, 0.1: 40.0 ms against 10.0 ms (peer)"
+    assert "- Lasso, AR(1) 300×300, 1e-6: 40.0 ms against 10.0 ms (peer, gap +0.0e+00)" in lines
+
+
+def test_users_data_quick_summary(capsys):
+    users_data.main(["--quick", "--summary"])
+    printed = capsys.readouterr().out
+    header = ("| family | data | rows | DCS / peer, geometric mean | range | DCS faster | peer stops short "
+              "| outside the rule |")
+    assert header in printed
+    assert "| Lasso / elastic net | shipped | 1 |" in printed and "| LassoCV | shipped | 1 |" in printed
+
 def test_the_drawn_group_sweep_draws_wide_designs_from_its_seed(monkeypatch):
     pytest.importorskip("skglm")
     monkeypatch.setattr(users_data, "_group_rows", lambda cases, repeats: cases)
