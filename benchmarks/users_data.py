@@ -954,7 +954,7 @@ def summary(rows: list[tuple]) -> list[str]:
         missed = [row for row in members if not peer_stops_short(row) and not inside_rule(row)]
         short += stopped
         outside += missed
-        mean = math.exp(statistics.fmean(math.log(r) for r in ratios))
+        mean = statistics.geometric_mean(ratios)
         lines.append(f"| {family} | {kind} | {len(members)} | {mean:.2f}× | {min(ratios):.2f}–{max(ratios):.2f}× "
                      f"| {sum(r < 1 for r in ratios)} | {len(stopped)} | {len(missed)} |")
     statuses = sorted({row[1] for row in rows})
@@ -1004,7 +1004,9 @@ def main(argv=None) -> None:
     print(f"| problem | DCS status | DCS s | peer | peer s | DCS / peer | peer gap | peer s at gap ≤ {REACHED:g} (tol) "
           "| DCS / that |")
     print("|---|---|---|---|---|---|---|---|---|")
-    if args.large_only:
+    if args.summary:
+        rows = lambda: _every_row(repeats, args.quick)  # noqa: E731
+    elif args.large_only:
         rows = lambda: completion(repeats, False, large=True)  # noqa: E731
     elif args.positive_only:
         rows = lambda: positive(repeats, args.quick)  # noqa: E731
@@ -1028,8 +1030,6 @@ def main(argv=None) -> None:
         rows = lambda: groups(repeats, args.quick) + multitask(repeats, args.quick)  # noqa: E731
     else:
         rows = lambda: _default_rows(repeats, args.quick)  # noqa: E731
-    if args.summary:
-        rows = lambda: _every_row(repeats, args.quick)  # noqa: E731
     done = []
     for row in rows():
         done.append(row)

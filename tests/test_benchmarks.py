@@ -154,7 +154,6 @@ def test_users_data_quick(capsys):
     assert "| positive Lasso, diabetes raw, intercept, 0.1 λmax | optimal |" in printed
 
 
-
 def test_users_data_summary_sorts_rows_by_family_and_data_and_lists_the_rows_outside_the_rule():
     """`users_data.summary`: the issue's rule (3× the peer at the tolerance that reaches the optimum, or 20 ms where
     the peer needs under 2 ms), a geometric mean per family and kind of data, and the misses named."""
@@ -204,6 +203,7 @@ def test_users_data_quick_summary(capsys):
               "| outside the rule |")
     assert header in printed
     assert "| Lasso / elastic net | shipped | 1 |" in printed and "| LassoCV | shipped | 1 |" in printed
+
 
 def test_the_drawn_group_sweep_draws_wide_designs_from_its_seed(monkeypatch):
     pytest.importorskip("skglm")
