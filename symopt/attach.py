@@ -477,8 +477,8 @@ def _factored_forward(module: nn.Module, input: Tensor) -> Tensor:
     `acts_on_factors`: `symopt.regrow`, a user's hook) or where its strength policy reads θ's gradient on the coming backward pass
     (`Strength.reads_next_gradient`: ``"auto"``, a budget's reading step). A landing's pre-hook runs on
     the factors first, as it would before θ is formed; a budget between its readings counts the step
-    when the backward pass reaches the output, as its gradient hook on θ would have (a pool's, once all
-    its tensors have)."""
+    when the backward pass reaches the output, as its gradient hook on θ would have (a pool's by its first
+    tensor alone: `Strength.counts_unread_pass`)."""
     if parametrize.is_parametrized(module, "weight"):
         chain = module.parametrizations["weight"]
         constraint = chain[0]
@@ -492,8 +492,9 @@ def _factored_forward(module: nn.Module, input: Tensor) -> Tensor:
                 out = _THROUGH_FACTORS[type(module).forward](module, input, *thin, constraint.registered_shape)
                 if out is None:  # (the layer's options need W: formed below; the hooks above may run twice)
                     return type(module).forward(module, input)
-                if constraint.watching and out.requires_grad and torch.is_grad_enabled():
-                    policy = constraint.policy
+                policy = constraint.policy
+                if (constraint.watching and out.requires_grad and torch.is_grad_enabled()
+                        and policy.counts_unread_pass(constraint)):
                     out.register_hook(lambda _grad: policy.observe_unread(constraint))
                 return out
     return type(module).forward(module, input)

@@ -582,3 +582,41 @@ def test_regrow_refuses_a_group_with_shared_rows_by_name():
     opt = torch.optim.SGD(symopt.param_groups(lin), lr=0.1)
     with pytest.raises(ValueError, match="cannot be seeded off zero"):
         symopt.regrow(lin, opt, names="weight, bias")
+
+
+def test_a_channel_budget_counts_a_pass_between_readings_with_one_hook_and_every_step_once():
+    """Between two readings a pool reads no gradient: its first tensor's backward alone counts the pass (one
+    hook instead of four), a reading pass hears from all four tensors, and the count is one per backward pass,
+    a forward under grad with no backward (a validation pass) counting nothing and taking nothing from the next."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.LazyLinear(4))
+    x = torch.randn(4, 3, 6, 6, generator=torch.Generator().manual_seed(1))
+    net(x)
+    handle = symopt.group_sparse(net, [["0.weight", "0.bias", "1.weight", "1.bias"]], max_groups=4, total_steps=40)
+    policy = handle.constraint.policy
+    opt = torch.optim.Adam(symopt.param_groups(net, lr=1e-2), lr=1e-2)
+    unread, read = [], []
+    observe_unread, observe = policy.observe_unread, policy.observe
+
+    def counting(member):
+        unread.append(member.slot)
+        observe_unread(member)
+
+    def reading(member, value, grad):
+        read.append(member.slot)
+        observe(member, value, grad)
+
+    policy.observe_unread, policy.observe = counting, reading
+    steps, kinds = [], []
+    for i in range(24):
+        opt.zero_grad()
+        reads = policy.reads_next_gradient()
+        kinds.append(reads)
+        unread.clear(), read.clear()
+        net(x).square().mean().backward()
+        assert (sorted(read), unread) == (([0, 1, 2, 3], []) if reads else ([], [0]))
+        opt.step()
+        if i % 3 == 0:
+            net(x).sum()  # (under grad, never backward)
+        steps.append(policy._counters()[0])
+    assert steps == list(range(1, 25)) and 3 <= sum(kinds) <= 12  # (readings on one step in four, past the warm-up)

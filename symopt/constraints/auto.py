@@ -81,8 +81,17 @@ class MultiplierEstimate(HostCopies):
 def watch_gradient(module: nn.Module, _inputs, output: Tensor) -> None:
     """Forward hook of constraints whose λ follows the gradients (auto strength, budgets,
     schedules): hand $∂ℓ/∂θ$ (with the value it was taken at) to the strength policy when backward
-    computes it."""
+    computes it. On a pass whose gradient the policy does not read (`Strength.reads_next_gradient`: a
+    budget between its readings, a schedule) only the step is counted, by the tensors the policy asks
+    to count it (`Strength.counts_unread_pass`: one of a pool's)."""
     if module.watching and isinstance(output, Tensor) and output.requires_grad and torch.is_grad_enabled():
+        policy = module.policy
+        if not policy.reads_next_gradient():
+            # (a pool of a CNN's channel groups has eight tensors: one counting hook instead of eight
+            # gradient hooks was a tenth of the ramp step's cost over the dense one, measured)
+            if policy.counts_unread_pass(module):
+                output.register_hook(lambda _grad: policy.observe_unread(module))
+            return
         value = output.detach()
         output.register_hook(lambda grad: module.observe(grad, value))
 

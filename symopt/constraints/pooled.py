@@ -55,11 +55,19 @@ class PooledBudget(BudgetStrength):
         self._round = {}
         return parts
 
+    def counts_unread_pass(self, constraint) -> bool:
+        # (the first tensor alone counts a pass that reads nothing: the others' hooks would only count it too;
+        # a pool whose first tensor is not used in a pass, a branch not taken, does not count that pass)
+        return constraint.slot == 0
+
     def _unread_observation(self, constraint):
+        quiet = self.quiet()
+        if quiet is not None:
+            return quiet  # (a pass between readings: the step is counted, whichever tensors reported it)
         parts = self._completed(constraint, None)
         if parts is None:
             return None
-        return self.quiet() or "unread"  # (θ unread on a reading step: the step is counted, λ not moved)
+        return "unread"  # (θ unread on a reading step: the step is counted, λ not moved)
 
     def _observation(self, constraint, value, grad):
         parts = self._completed(constraint, (value.detach(), grad.detach(), constraint.top_dual_atoms))

@@ -184,6 +184,13 @@ class Strength(Float64State):
         watching policy reads it, unless it says otherwise (a budget between its readings)."""
         return self.watching
 
+    def counts_unread_pass(self, constraint: Constraint) -> bool:
+        """Whether ``constraint``'s backward counts a pass on which `reads_next_gradient` is False (the
+        gradient hook of `watch_gradient`, the factored layer's of `symopt.attach`): every constraint
+        of a policy by default; a pool's first tensor alone (`PooledBudget`), whose pass is then one
+        step without its other tensors reporting."""
+        return True
+
     def observe_unread(self, constraint: Constraint) -> None:
         """The observation of a backward pass on which `reads_next_gradient` was False and ``constraint``'s θ
         was not formed (`_unread_observation`): a budget or a schedule counts the step. Ignored where
