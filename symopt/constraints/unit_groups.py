@@ -59,22 +59,25 @@ class UnitBudget(PooledBudget):
         spans = group.spans_layers and self.trimming()
         scales = group.layer_scales(group.unit_norms([p[0] for p in parts])) if spans else None
 
-        # Where every tensor's units lie on its first axis, unit i at index i, each tensor's piece of the flat
-        # layout is a (units × entries) matrix as it lies, whose row sums of squares are its part of the unit
-        # norms (half the operators of `unit_norms` on the pieces, at each of the reading's two unit norms; the
-        # same sums, in the same order)
+        # Where every tensor's units lie on its first axis, unit i at index i, each tensor is a (units × entries)
+        # matrix as it lies: side by side they make one matrix with a row per unit, whose row norms are the unit
+        # norms. The controller's flat tensors are that matrix's entries, and each of the reading's two unit norms
+        # is one operator (over the pieces, a dozen: a channel budget's reading on a dispatch-bound CNN step)
         lead_rows = group.units_lead_rows()
 
         def unit_atoms(flat: Tensor, count: int, reading: str) -> Tensor:  # the controller combines flat tensors
             if lead_rows:
-                squares = flat.square().split(sizes)
-                norms = torch.stack([piece.view(group.units, -1).sum(dim=1) for piece in squares]).sum(dim=0).sqrt()
+                norms = torch.linalg.vector_norm(flat.view(group.units, -1), dim=1)
             else:
                 norms = group.unit_norms([piece.view(shape) for piece, shape in zip(flat.split(sizes), shapes)])
             return norms if scales is None else norms / scales
 
-        value = torch.cat([p[0].reshape(-1) for p in parts])
-        grad = torch.cat([p[1].reshape(-1) for p in parts])
+        if lead_rows:
+            value = torch.cat([p[0].reshape(group.units, -1) for p in parts], dim=1).view(-1)
+            grad = torch.cat([p[1].reshape(group.units, -1) for p in parts], dim=1).view(-1)
+        else:
+            value = torch.cat([p[0].reshape(-1) for p in parts])
+            grad = torch.cat([p[1].reshape(-1) for p in parts])
         # with several layers each keeps its largest unit, as the landing will (`keep_mask`)
         target, dropped, steps, early = self.target(unit_atoms, value, grad, self.budget, self.atom_total,
                                                     keep=group.keep_mask if scales is not None or group.equal_parts
