@@ -580,7 +580,10 @@ class BudgetStrength(HostCopies, Strength):
         one unit per layer), as 1.0 / 0.0 in the value's dtype: the mask a step multiplies the decay by;
         and on a ramp that lands on the way (``lands_early``), the atoms the next forward keeps off the
         fixed subspace, by the same rule for ``LAND_BEYOND`` × the count (bool; None otherwise)."""
-        # (named in torch's profiler: most of a reading runs in NumPy on the CPU, which it does not see)
+        # (named in torch's profiler: most of a reading runs in NumPy on the CPU, which it does not see; the name is
+        # given only while a profiler records, since entering it costs ~5 µs a reading per tensor otherwise)
+        if not torch.autograd._profiler_enabled():
+            return self._reading(top_atoms, value, grad, budget, atom_total, keep)
         with torch.profiler.record_function("symopt.budget_reading"):
             return self._reading(top_atoms, value, grad, budget, atom_total, keep)
 
