@@ -503,7 +503,8 @@ def test_numpys_selection_answers_from_its_samples_bracket_and_exactly(n, dtype)
             else values
         for k in (1, 7, n // 100, n // 10, n // 2, n - 2):
             answered.clear()
-            with mock.patch.object(budget, "_leading_in_band", lambda *a: answered.append(band(*a)) or answered[-1]):
+            with mock.patch.object(budget, "_leading_in_band", lambda *a: answered.append(band(*a)) or answered[-1]), \
+                    mock.patch.object(budget, "SIMD_PARTITION", False):  # (the path of a CPU without NumPy's SIMD one)
                 total, kth, after = budget.leading(values, k)
             top = torch.topk(values.double(), k + 1).values
             assert (kth, after) == (float(top[k - 1]), float(top[k]))
@@ -511,6 +512,35 @@ def test_numpys_selection_answers_from_its_samples_bracket_and_exactly(n, dtype)
             assert len(answered) == 1
             if shape != "ties":
                 assert answered[0] is not None, (shape, k)
+
+
+@pytest.mark.parametrize("n", [8_193, 65_536])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_where_numpy_selects_by_simd_one_partition_answers_exactly_and_the_bracket_is_not_asked(n, dtype):
+    """Where NumPy's partition is a SIMD selection (`SIMD_PARTITION`: the CPU's AVX-512 group), a selection among more
+    than BAND_FROM positive entries is one ``np.partition``: the bracket is never asked, the k-th and (k+1)-th values
+    are torch.topk's exactly and the sum is theirs to float64 rounding (no float32 differences on the way), with and
+    without zeros among the entries; the flag itself is what NumPy says of the CPU."""
+    from unittest import mock
+
+    from numpy._core._multiarray_umath import __cpu_features__
+
+    from symopt.constraints import budget
+
+    assert budget.SIMD_PARTITION is bool(__cpu_features__.get("AVX512_SKX", False))
+    g = torch.Generator().manual_seed(n)
+    asked = []
+    for zeros in (0.0, 0.3):
+        values = torch.randn(n, generator=g, dtype=dtype).abs() + 1e-3
+        values[torch.rand(n, generator=g) < zeros] = 0.0
+        for k in (1, n // 10, n // 2, n - 2):
+            with mock.patch.object(budget, "SIMD_PARTITION", True), \
+                    mock.patch.object(budget, "_leading_in_band", lambda *a: asked.append(1)):
+                total, kth, after = budget.leading(values, k)
+            top = torch.topk(values.double(), k + 1).values
+            assert (kth, after) == (float(top[k - 1]), float(top[k]))
+            assert total == pytest.approx(float(top[:k].sum()), rel=1e-12)
+    assert not asked
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])

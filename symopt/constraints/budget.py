@@ -195,7 +195,8 @@ def leading(values: Tensor, k: int) -> tuple[float, float, float]:
     maximum is the (k+1)-th, exactly, with no bracket to miss; 2–8× faster than the bracket at every size
     from 2.5k to 1M entries on a 2-core Xeon (benchmarks/RESULTS.md). Above ``BAND_FROM`` positive entries the
     same sample's bracket goes first in NumPy too, with ``np.partition`` inside it (`_leading_in_band`: 0.3–0.7× a
-    full partition's time from 8k to 262k entries). torch has no linear-time selection
+    full partition's time from 8k to 262k entries on an AMD EPYC), unless NumPy's partition is a SIMD selection on
+    this CPU (`SIMD_PARTITION`), which beats the bracket. torch has no linear-time selection
     on the CPU (``kthvalue`` and ``topk`` cost more than the bracket), and on a GPU the bracket stays.
     """
     flat = values.reshape(-1)
@@ -279,9 +280,10 @@ def _leading_in_numpy(array: np.ndarray, k: int, kth_only: bool = False) -> tupl
 def _leading_by_partition(array: np.ndarray, k: int, kth_only: bool = False,
                           positive: bool = False) -> tuple[float, float, float]:
     """`_leading_in_numpy`'s selection: through `_leading_in_band` where every entry is ``positive`` (so none is
-    NaN) and there are more than ``BAND_FROM``, else (or where its bracket misses) one ``np.partition``."""
+    NaN), there are more than ``BAND_FROM`` and NumPy's partition is not a SIMD one (`SIMD_PARTITION`), else (or
+    where its bracket misses) one ``np.partition``."""
     n = array.shape[0]
-    if positive and n > BAND_FROM:
+    if positive and n > BAND_FROM and not SIMD_PARTITION:
         found = _leading_in_band(array, k, kth_only)
         if found is not None:
             return found
@@ -291,8 +293,28 @@ def _leading_by_partition(array: np.ndarray, k: int, kth_only: bool = False,
     return float(part[n - k:].sum(dtype=np.float64)), float(part[n - k]), float(part[: n - k].max())
 
 
-# A NumPy selection among more than this many positive entries goes through a sample's bracket (`_leading_in_band`)
+# A NumPy selection among more than this many positive entries goes through a sample's bracket (`_leading_in_band`) ...
 BAND_FROM = 2 * _SAMPLE
+
+
+def _numpy_partitions_by_simd() -> bool:
+    """Whether NumPy's ``np.partition`` of float32 / float64 runs x86-simd-sort's AVX-512 selection on this CPU
+    (NumPy 2 dispatches it where the CPU has the AVX512_SKX group). Measured on this project's machines: on an Intel
+    Xeon with AVX-512, one partition of the digits MLP's 65k-entry ramp atoms took 90–340 µs against the bracket's
+    140–470 µs, and of its 16k-entry ones 25–85 against 55–155 (the same k-th values, the sum to float32 rounding
+    closer); on the AMD EPYC of earlier sessions a partition of 65k entries took 400–500 µs and the bracket 0.39–0.44×
+    as long (benchmarks/RESULTS.md). A CPU without AVX-512 keeps the bracket: NumPy's AVX2 selection was not measured
+    against it, so it is not assumed to win."""
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__
+    except ImportError:  # pragma: no cover - NumPy 1 names the module numpy.core
+        return False
+    return bool(__cpu_features__.get("AVX512_SKX", False))
+
+
+# ... unless NumPy's own selection is a SIMD one, which beats the bracket at every size (the CPU decides, once: the same
+# machine always takes the same path, so a run repeats to the bit)
+SIMD_PARTITION = _numpy_partitions_by_simd()
 
 
 def _leading_in_band(array: np.ndarray, k: int, kth_only: bool) -> tuple[float, float, float] | None:
