@@ -87,8 +87,8 @@ def watch_gradient(module: nn.Module, _inputs, output: Tensor) -> None:
     if module.watching and isinstance(output, Tensor) and output.requires_grad and torch.is_grad_enabled():
         policy = module.policy
         if not policy.reads_next_gradient():
-            # (a pool of a CNN's channel groups has eight tensors: one counting hook instead of eight
-            # gradient hooks was a tenth of the ramp step's cost over the dense one, measured)
+            # (the digits CNN's two channel pools have eight tensors: two counting hooks instead of eight
+            # gradient hooks took ~0.1 ms off its 5-6 ms ramp step, measured: benchmarks/RESULTS.md)
             if policy.counts_unread_pass(module):
                 output.register_hook(lambda _grad: policy.observe_unread(module))
             return

@@ -301,8 +301,8 @@ def _numpy_partitions_by_simd() -> bool:
     """Whether NumPy's ``np.partition`` of float32 / float64 runs x86-simd-sort's AVX-512 selection on this CPU
     (NumPy 2 dispatches it where the CPU has the AVX512_SKX group). Measured on this project's machines: on an Intel
     Xeon with AVX-512, one partition of the digits MLP's 65k-entry ramp atoms took 90–340 µs against the bracket's
-    140–470 µs, and of its 16k-entry ones 25–85 against 55–155 (the same k-th values, the sum to float32 rounding
-    closer); on the AMD EPYC of earlier sessions a partition of 65k entries took 400–500 µs and the bracket 0.39–0.44×
+    140–470 µs, and of its 16k-entry ones 25–85 against 53–155 (the same k-th values; the sums closer, since the
+    bracket's rounds in float32); on the AMD EPYC of earlier sessions a partition of 65k entries took 400–500 µs and the bracket 0.39–0.44×
     as long (benchmarks/RESULTS.md). A CPU without AVX-512 keeps the bracket: NumPy's AVX2 selection was not measured
     against it, so it is not assumed to win."""
     try:
