@@ -303,8 +303,9 @@ def _numpy_partitions_by_simd() -> bool:
     Xeon with AVX-512, one partition of the digits MLP's 65k-entry ramp atoms took 90–340 µs against the bracket's
     140–470 µs, and of its 16k-entry ones 25–85 against 53–155 (the same k-th values; the sums closer, since the
     bracket's rounds in float32); on the AMD EPYC of earlier sessions a partition of 65k entries took 400–500 µs and the bracket 0.39–0.44×
-    as long (benchmarks/RESULTS.md). A CPU without AVX-512 keeps the bracket: NumPy's AVX2 selection was not measured
-    against it, so it is not assumed to win."""
+    as long (benchmarks/RESULTS.md), and on the same Xeon with NumPy held to AVX2 (``NPY_ENABLE_CPU_FEATURES`` up to
+    AVX2) a partition of 65k |normal| draws took 353 µs against the bracket's 178. So a CPU without AVX-512 keeps the
+    bracket. NumPy's own runtime features decide, so the environment variables that limit them do too."""
     try:
         from numpy._core._multiarray_umath import __cpu_features__
     except ImportError:  # pragma: no cover - NumPy 1 names the module numpy.core
