@@ -50,8 +50,6 @@ class UnitBudget(PooledBudget):
         if quiet is not None:
             return quiet
         group = constraint.group
-        shapes = [p[0].shape for p in parts]
-        sizes = [p[0].numel() for p in parts]
 
         # A global budget's trimmed ramp compares the units of different layers relative to their layer:
         # each unit's atom is divided by its layer's mean unit norm now (`UnitGroups.layer_scales`).
@@ -59,25 +57,32 @@ class UnitBudget(PooledBudget):
         spans = group.spans_layers and self.trimming()
         scales = group.layer_scales(group.unit_norms([p[0] for p in parts])) if spans else None
 
-        # Where every tensor's units lie on its first axis, unit i at index i, each tensor is a (units × entries)
-        # matrix as it lies: side by side they make one matrix with a row per unit, whose row norms are the unit
-        # norms. The controller's flat tensors are that matrix's entries, and each of the reading's two unit norms
-        # is one operator (over the pieces, a dozen: a channel budget's reading on a dispatch-bound CNN step)
-        lead_rows = group.units_lead_rows()
+        # The controller works on flat tensors: the parts laid out in one, and the unit norms read back from that
+        # layout. Where every tensor's units lie on its first axis, unit i at index i, each tensor is a (units ×
+        # entries) matrix as it lies: side by side they make one matrix with a row per unit, whose row norms are the
+        # unit norms, so each of the reading's two unit norms is one operator (over the pieces, a dozen: a channel
+        # budget's reading on a dispatch-bound CNN step). Otherwise the parts are concatenated flat and split back.
+        if group.units_lead_rows():
+            def laid_out(i: int) -> Tensor:
+                return torch.cat([p[i].reshape(group.units, -1) for p in parts], dim=1).view(-1)
 
-        def unit_atoms(flat: Tensor, count: int, reading: str) -> Tensor:  # the controller combines flat tensors
-            if lead_rows:
-                norms = torch.linalg.vector_norm(flat.view(group.units, -1), dim=1)
-            else:
-                norms = group.unit_norms([piece.view(shape) for piece, shape in zip(flat.split(sizes), shapes)])
+            def norms_of(flat: Tensor) -> Tensor:
+                return torch.linalg.vector_norm(flat.view(group.units, -1), dim=1)
+        else:
+            shapes = [p[0].shape for p in parts]
+            sizes = [p[0].numel() for p in parts]
+
+            def laid_out(i: int) -> Tensor:
+                return torch.cat([p[i].reshape(-1) for p in parts])
+
+            def norms_of(flat: Tensor) -> Tensor:
+                return group.unit_norms([piece.view(shape) for piece, shape in zip(flat.split(sizes), shapes)])
+
+        def unit_atoms(flat: Tensor, count: int, reading: str) -> Tensor:
+            norms = norms_of(flat)
             return norms if scales is None else norms / scales
 
-        if lead_rows:
-            value = torch.cat([p[0].reshape(group.units, -1) for p in parts], dim=1).view(-1)
-            grad = torch.cat([p[1].reshape(group.units, -1) for p in parts], dim=1).view(-1)
-        else:
-            value = torch.cat([p[0].reshape(-1) for p in parts])
-            grad = torch.cat([p[1].reshape(-1) for p in parts])
+        value, grad = laid_out(0), laid_out(1)
         # with several layers each keeps its largest unit, as the landing will (`keep_mask`)
         target, dropped, steps, early = self.target(unit_atoms, value, grad, self.budget, self.atom_total,
                                                     keep=group.keep_mask if scales is not None or group.equal_parts
